@@ -1,0 +1,11 @@
+//! HTTP/1.1 (RFC 9112) as a shard speaks it: parsing heads, decoding bodies,
+//! writing responses, and the per-connection state machine that ties them.
+//! No I/O happens in this module.
+
+pub mod body;
+pub mod date;
+pub mod error;
+pub mod parse;
+pub mod response;
+pub mod session;
+pub mod status;

@@ -1,0 +1,720 @@
+//! Request heads: finding where a head ends, parsing it with httparse, and
+//! checking its framing (RFC 9112 §3, §6) before any handler sees it.
+//!
+//! Nothing here allocates or does I/O: the caller owns the bytes and the
+//! header array, and `Request` borrows from both.
+
+use std::mem::MaybeUninit;
+
+use super::error::ParseError;
+
+/// The largest `max-headers` accepted; the header array lives on the stack.
+pub const MAX_HEADERS_LIMIT: usize = 256;
+
+/// Size limits applied while the head is read and parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Bytes of the whole head (request line, fields, blank line).
+    pub max_header_bytes: usize,
+    /// Bytes of the request target.
+    pub max_uri_bytes: usize,
+    /// Number of header fields, at most `MAX_HEADERS_LIMIT`.
+    pub max_headers: usize,
+}
+
+/// The protocol versions this server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.0: close after the response unless the client asks to keep alive.
+    Http10,
+    /// HTTP/1.1: persistent unless `Connection: close`.
+    Http11,
+}
+
+/// Request methods, recognised once so handlers can match on an enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD: answered like GET, without the body.
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// DELETE
+    Delete,
+    /// OPTIONS
+    Options,
+    /// PATCH
+    Patch,
+    /// TRACE
+    Trace,
+    /// Any other token; `Request::method_str` has it.
+    Other,
+}
+
+impl Method {
+    fn parse(s: &str) -> Method {
+        // RFC 9110 §9.1: method names are case-sensitive.
+        match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            "PATCH" => Method::Patch,
+            "TRACE" => Method::Trace,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    None,
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// A parsed, validated request head. Borrows the connection's input buffer.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The method, recognised.
+    pub method: Method,
+    /// The method as sent.
+    pub method_str: &'a str,
+    /// The request target exactly as sent.
+    pub target: &'a str,
+    /// The path of the target, without query; `*` for asterisk-form and `/`
+    /// for an absolute-form target with no path.
+    pub path: &'a str,
+    /// The query, without the `?`.
+    pub query: Option<&'a str>,
+    /// The authority: from an absolute-form target when there is one (RFC 9112
+    /// §3.2.2), otherwise from the Host header.
+    pub host: Option<&'a str>,
+    /// The protocol version.
+    pub version: Version,
+    /// Every header field, in order.
+    pub headers: &'a [httparse::Header<'a>],
+    /// How the body is framed.
+    pub body: BodyFraming,
+    /// Whether the client allows the connection to stay open after this response.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before sending the body.
+    pub expect_continue: bool,
+}
+
+impl<'a> Request<'a> {
+    /// The value of the first header field with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// Whether the response must omit its body (HEAD).
+    pub fn is_head(&self) -> bool {
+        self.method == Method::Head
+    }
+}
+
+/// Finds the end of a request head as bytes arrive, without rescanning what
+/// it has already seen (a client sending one byte at a time costs O(n), not
+/// O(n²) re-parses).
+#[derive(Debug, Default)]
+pub struct HeadScanner {
+    scanned: usize,
+}
+
+impl HeadScanner {
+    /// The length of the head (through its blank line) if `buf` holds all of it.
+    /// `buf` must start at the request line and only grow between calls.
+    pub fn find_end(&mut self, buf: &[u8]) -> Option<usize> {
+        let from = self.scanned;
+        self.scanned = buf.len();
+        for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| i + from) {
+            // A blank line is LF LF or LF CR LF (RFC 9112 §2.2 lets a recipient
+            // accept a bare LF as a line terminator; httparse does).
+            if (i >= 1 && buf[i - 1] == b'\n') || (i >= 2 && &buf[i - 2..i] == b"\n\r") {
+                self.scanned = 0;
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    /// Whether nothing of the current head has been scanned yet.
+    pub fn is_fresh(&self) -> bool {
+        self.scanned == 0
+    }
+
+    /// Forget progress: the next head starts fresh.
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+    }
+}
+
+/// Which error a head that outgrew `max-header-bytes` gets: still inside the
+/// request line means the target is too long (414), otherwise the fields are (431).
+pub fn overflow_error(buf: &[u8]) -> ParseError {
+    if memchr::memchr(b'\n', buf).is_none() {
+        ParseError::UriTooLong
+    } else {
+        ParseError::HeadersTooLarge
+    }
+}
+
+/// Parse and validate a complete head (`buf` ends with its blank line).
+pub fn parse<'a>(
+    buf: &'a [u8],
+    headers: &'a mut [MaybeUninit<httparse::Header<'a>>],
+    limits: &HeadLimits,
+) -> Result<Request<'a>, ParseError> {
+    let max = limits.max_headers.min(headers.len());
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers[..max]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // The scanner saw a blank line, so a partial parse means the blank line
+        // came before a request line: nothing but leading line breaks.
+        Ok(httparse::Status::Partial) => return Err(ParseError::RequestLine),
+        Err(e) => return Err(map_httparse_error(e, buf)),
+    }
+    let httparse::Request {
+        method,
+        path,
+        version,
+        headers,
+    } = req;
+    let (Some(method_str), Some(target), Some(version)) = (method, path, version) else {
+        return Err(ParseError::RequestLine);
+    };
+    let version = if version == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    if target.len() > limits.max_uri_bytes {
+        return Err(ParseError::UriTooLong);
+    }
+    let method = Method::parse(method_str);
+    if method_str == "CONNECT" {
+        return Err(ParseError::MethodNotImplemented);
+    }
+    let target_parts = split_target(target, method)?;
+    let fields = scan_fields(headers)?;
+
+    // RFC 9112 §3.2: a 1.1 request without exactly one Host is a 400.
+    if version == Version::Http11 && fields.host.is_none() {
+        return Err(ParseError::MissingHost);
+    }
+    let host = target_parts.authority.or(fields.host);
+
+    let body = match (fields.content_length, fields.transfer) {
+        (Some(_), Transfer::Chunked | Transfer::Unsupported) => {
+            return Err(ParseError::LengthAndTransferEncoding)
+        }
+        (_, Transfer::Unsupported) => return Err(ParseError::UnsupportedTransferCoding),
+        (None, Transfer::Chunked) => BodyFraming::Chunked,
+        (Some(0), Transfer::None) | (None, Transfer::None) => BodyFraming::None,
+        (Some(n), Transfer::None) => BodyFraming::Length(n),
+    };
+
+    let keep_alive = match version {
+        Version::Http11 => !fields.conn_close,
+        // RFC 9112 §6.1: a 1.0 message with Transfer-Encoding has faulty
+        // framing; answer it, then close.
+        Version::Http10 => {
+            fields.conn_keep_alive && !fields.conn_close && body != BodyFraming::Chunked
+        }
+    };
+    // RFC 9110 §10.1.1: a server must not send 100 Continue to an HTTP/1.0 client.
+    let expect_continue = fields.expect_continue && version == Version::Http11;
+
+    Ok(Request {
+        method,
+        method_str,
+        target,
+        path: target_parts.path,
+        query: target_parts.query,
+        host,
+        version,
+        headers,
+        body,
+        keep_alive,
+        expect_continue,
+    })
+}
+
+fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
+    match e {
+        httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+        httparse::Error::HeaderName | httparse::Error::HeaderValue => ParseError::HeaderField,
+        httparse::Error::Version if is_unsupported_version(buf) => ParseError::Version,
+        httparse::Error::NewLine if is_unsupported_version(buf) => ParseError::Version,
+        _ => ParseError::RequestLine,
+    }
+}
+
+/// A request line that is well formed but for a version other than 1.0/1.1
+/// (`HTTP/2.0`, the h2 preface's `PRI * HTTP/2.0`, `HTTP/3`, `HTTP/1.2`) gets
+/// 505 rather than 400: the client speaks HTTP, just not this one.
+fn is_unsupported_version(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(sp) = memchr::memrchr(b' ', line) else {
+        return false;
+    };
+    match &line[sp + 1..] {
+        [b'H', b'T', b'T', b'P', b'/', major, rest @ ..] if major.is_ascii_digit() => match rest {
+            [] => true,
+            [b'.', minor] => minor.is_ascii_digit(),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+struct TargetParts<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+    authority: Option<&'a str>,
+}
+
+/// Split a request target into path, query and authority (RFC 9112 §3.2).
+fn split_target(target: &str, method: Method) -> Result<TargetParts<'_>, ParseError> {
+    let (authority, rest) = if target.starts_with('/') {
+        (None, target)
+    } else if target == "*" {
+        if method != Method::Options {
+            return Err(ParseError::Target);
+        }
+        return Ok(TargetParts {
+            path: "*",
+            query: None,
+            authority: None,
+        });
+    } else {
+        let after_scheme = strip_prefix_ignore_case(target, "http://")
+            .or_else(|| strip_prefix_ignore_case(target, "https://"))
+            .ok_or(ParseError::Target)?;
+        let end = after_scheme
+            .find(['/', '?', '#'])
+            .unwrap_or(after_scheme.len());
+        let authority = &after_scheme[..end];
+        if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
+            return Err(ParseError::Target);
+        }
+        (Some(authority), &after_scheme[end..])
+    };
+    // A fragment is never sent by a conforming client; drop it if one is.
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    Ok(TargetParts {
+        path,
+        query,
+        authority,
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// Host is `uri-host [":" port]`: reg-name, IPv4 or a bracketed IP literal
+/// (RFC 3986 §3.2.2). Anything else (spaces, slashes, controls) is refused so
+/// that later host matching and logging see only sane bytes.
+fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Transfer {
+    #[default]
+    None,
+    Chunked,
+    Unsupported,
+}
+
+#[derive(Default)]
+struct Fields<'a> {
+    host: Option<&'a str>,
+    content_length: Option<u64>,
+    transfer: Transfer,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// One pass over the fields for everything that decides framing and
+/// persistence; every rule broken is a typed error.
+fn scan_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, ParseError> {
+    let mut f = Fields::default();
+    let mut hosts = 0;
+    let mut codings = Codings::default();
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Err(ParseError::DuplicateHost);
+            }
+            let v = trim(h.value);
+            if !valid_host(v) {
+                return Err(ParseError::Target);
+            }
+            // valid_host admits only ASCII.
+            f.host = std::str::from_utf8(v).ok();
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 §6.3: several Content-Length fields, or a list in one,
+            // are framing errors we refuse rather than guess at.
+            if f.content_length.is_some() {
+                return Err(ParseError::ContentLength);
+            }
+            f.content_length = Some(parse_content_length(h.value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.add(h.value)?;
+            f.transfer = codings.framing();
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in list_items(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    f.conn_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    f.conn_keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                f.expect_continue = true;
+            } else {
+                return Err(ParseError::Expectation);
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// The transfer codings seen so far across every Transfer-Encoding field.
+#[derive(Default)]
+struct Codings {
+    chunked_seen: bool,
+    last_is_chunked: bool,
+    other: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) -> Result<(), ParseError> {
+        let mut any = false;
+        for coding in list_items(value) {
+            any = true;
+            // A coding may carry parameters (`gzip;q=1` is not valid here, but
+            // transfer-parameters are): only the name decides.
+            let name = trim(coding.split(|&b| b == b';').next().unwrap_or(coding));
+            if name.eq_ignore_ascii_case(b"chunked") {
+                if self.chunked_seen {
+                    return Err(ParseError::ChunkedNotLast);
+                }
+                self.chunked_seen = true;
+                self.last_is_chunked = true;
+            } else {
+                if self.chunked_seen {
+                    return Err(ParseError::ChunkedNotLast);
+                }
+                self.other = true;
+                self.last_is_chunked = false;
+            }
+        }
+        if !any {
+            // An empty Transfer-Encoding names no coding at all.
+            return Err(ParseError::UnsupportedTransferCoding);
+        }
+        Ok(())
+    }
+
+    fn framing(&self) -> Transfer {
+        if self.other {
+            Transfer::Unsupported
+        } else if self.last_is_chunked {
+            Transfer::Chunked
+        } else {
+            Transfer::None
+        }
+    }
+}
+
+/// A Content-Length value: one or more digits, nothing else (no sign, no list).
+fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+    let v = trim(value);
+    if v.is_empty() {
+        return Err(ParseError::ContentLength);
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return Err(ParseError::ContentLength);
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(ParseError::ContentLength)?;
+    }
+    Ok(n)
+}
+
+/// The non-empty elements of a comma-separated field value (RFC 9110 §5.6.1).
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 8192,
+        max_uri_bytes: 1024,
+        max_headers: 32,
+    };
+
+    fn parse_str(s: &str) -> Result<(Method, String, BodyFraming, bool), ParseError> {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+        let r = parse(s.as_bytes(), &mut headers, &LIMITS)?;
+        Ok((r.method, r.path.to_string(), r.body, r.keep_alive))
+    }
+
+    fn err(s: &str) -> ParseError {
+        parse_str(s).expect_err(s)
+    }
+
+    #[test]
+    fn simple_get() {
+        let (m, p, b, ka) = parse_str("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(
+            (m, p.as_str(), b, ka),
+            (Method::Get, "/a", BodyFraming::None, true)
+        );
+    }
+
+    #[test]
+    fn http10_keep_alive_rules() {
+        assert!(!parse_str("GET / HTTP/1.0\r\n\r\n").unwrap().3);
+        assert!(
+            parse_str("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .3
+        );
+        assert!(
+            !parse_str("GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, close\r\n\r\n")
+                .unwrap()
+                .3
+        );
+    }
+
+    #[test]
+    fn absolute_form_overrides_host() {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+        let buf = b"GET http://Example.com:8080?q=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+        let r = parse(buf, &mut headers, &LIMITS).unwrap();
+        assert_eq!(r.host, Some("Example.com:8080"));
+        assert_eq!(r.path, "/");
+        assert_eq!(r.query, Some("q=1"));
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(err("GET / HTTP/1.1\r\n\r\n"), ParseError::MissingHost);
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            ParseError::DuplicateHost
+        );
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            ParseError::Target
+        );
+        assert!(parse_str("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn content_length_rules() {
+        for bad in [
+            "-1",
+            "1,1",
+            "5, 6",
+            "+5",
+            "0x10",
+            "",
+            "18446744073709551616",
+            "1 2",
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(err(&req), ParseError::ContentLength, "{bad:?}");
+        }
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
+            ParseError::ContentLength
+        );
+        let ok =
+            parse_str("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\n");
+        assert_eq!(ok.unwrap().2, BodyFraming::Length(u64::MAX));
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        let te = |v: &str| format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {v}\r\n\r\n");
+        assert_eq!(parse_str(&te("chunked")).unwrap().2, BodyFraming::Chunked);
+        assert_eq!(parse_str(&te("Chunked")).unwrap().2, BodyFraming::Chunked);
+        assert_eq!(err(&te("gzip")), ParseError::UnsupportedTransferCoding);
+        assert_eq!(
+            err(&te("gzip, chunked")),
+            ParseError::UnsupportedTransferCoding
+        );
+        assert_eq!(err(&te("chunked, gzip")), ParseError::ChunkedNotLast);
+        assert_eq!(err(&te("chunked, chunked")), ParseError::ChunkedNotLast);
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ParseError::LengthAndTransferEncoding
+        );
+    }
+
+    #[test]
+    fn malformed_heads() {
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
+            ParseError::HeaderField
+        );
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"),
+            ParseError::HeaderField
+        );
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n"),
+            ParseError::HeaderField
+        );
+        assert_eq!(
+            err("GET  / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ParseError::RequestLine
+        );
+        assert_eq!(
+            err("GET foo HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ParseError::Target
+        );
+        assert_eq!(err("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), ParseError::Target);
+        assert!(parse_str("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            err("GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            ParseError::Version
+        );
+        assert_eq!(err("PRI * HTTP/2.0\r\n\r\n"), ParseError::Version);
+        assert_eq!(err("GET / HTTP/3\r\n\r\n"), ParseError::Version);
+        assert_eq!(err("GET / FOO/1.1\r\n\r\n"), ParseError::RequestLine);
+    }
+
+    #[test]
+    fn expect_and_connect() {
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n"),
+            ParseError::Expectation
+        );
+        assert_eq!(
+            err("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+            ParseError::MethodNotImplemented
+        );
+    }
+
+    #[test]
+    fn too_many_headers_and_long_targets() {
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            err(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
+            ParseError::TooManyHeaders
+        );
+        let long = "a".repeat(2000);
+        assert_eq!(
+            err(&format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n")),
+            ParseError::UriTooLong
+        );
+    }
+
+    #[test]
+    fn scanner_finds_the_end_across_chunks() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nNEXT";
+        let mut s = HeadScanner::default();
+        for n in 1..head.len() {
+            let found = s.find_end(&head[..n]);
+            if n >= head.len() - 4 {
+                assert_eq!(found, Some(head.len() - 4));
+                break;
+            }
+            assert_eq!(found, None, "at {n}");
+        }
+        let mut s = HeadScanner::default();
+        assert_eq!(s.find_end(b"GET / HTTP/1.0\n\nX"), Some(16));
+    }
+
+    #[test]
+    fn overflow_picks_414_or_431() {
+        assert_eq!(overflow_error(b"GET /aaaaaaaa"), ParseError::UriTooLong);
+        assert_eq!(
+            overflow_error(b"GET / HTTP/1.1\r\nX: aaaa"),
+            ParseError::HeadersTooLarge
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! Response heads and bodies, appended to a connection's output buffer.
+//!
+//! Every response carries `Server`, `Date` and (when a body is allowed)
+//! `Content-Length`; `Connection` is written only when it says something the
+//! client would not assume. Writing never allocates beyond the output buffer.
+
+use super::date::DATE_LEN;
+use super::status::Status;
+
+/// The value of the `Server` header.
+pub const SERVER: &[u8] = b"coreserve";
+
+/// What the response says about the connection after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 keep-alive, the default: no header needed.
+    KeepAlive,
+    /// An HTTP/1.0 client asked to keep alive: confirm it.
+    KeepAliveHttp10,
+    /// The server closes after this response: say so.
+    Close,
+}
+
+/// Writes one response into the output buffer. A handler gets one and must
+/// call `begin` once and `body` (or `empty`) once.
+pub struct ResponseWriter<'o> {
+    out: &'o mut Vec<u8>,
+    date: [u8; DATE_LEN],
+    persistence: Persistence,
+    /// HEAD: the same head as GET, no body bytes (RFC 9110 §9.3.2).
+    head_only: bool,
+    /// Set by `begin`: 1xx/204/304 responses carry neither body nor length.
+    status: Status,
+}
+
+impl<'o> ResponseWriter<'o> {
+    /// A writer appending to `out`.
+    pub fn new(
+        out: &'o mut Vec<u8>,
+        date: [u8; DATE_LEN],
+        persistence: Persistence,
+        head_only: bool,
+    ) -> Self {
+        ResponseWriter {
+            out,
+            date,
+            persistence,
+            head_only,
+            status: Status::OK,
+        }
+    }
+
+    /// Whether this response ends the connection.
+    pub fn closes(&self) -> bool {
+        self.persistence == Persistence::Close
+    }
+
+    /// The status line and the headers every response has.
+    pub fn begin(&mut self, status: Status) {
+        self.status = status;
+        let mut code = itoa::Buffer::new();
+        self.out.extend_from_slice(b"HTTP/1.1 ");
+        self.out
+            .extend_from_slice(code.format(status.code()).as_bytes());
+        self.out.push(b' ');
+        self.out.extend_from_slice(status.reason().as_bytes());
+        self.out.extend_from_slice(b"\r\nServer: ");
+        self.out.extend_from_slice(SERVER);
+        self.out.extend_from_slice(b"\r\nDate: ");
+        self.out.extend_from_slice(&self.date);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// One more header field.
+    pub fn header(&mut self, name: &str, value: &[u8]) {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// End the head with `Content-Type` and `Content-Length` and append the body
+    /// (left out for HEAD, and for statuses that carry none).
+    pub fn body(self, content_type: &str, body: &[u8]) {
+        let allows_body = self.status.allows_body();
+        let out = self.finish_head(allows_body.then_some((content_type, body.len() as u64)));
+        if allows_body && !out.1 {
+            out.0.extend_from_slice(body);
+        }
+    }
+
+    /// End the head of a response without a body (`Content-Length: 0` where
+    /// a length is allowed).
+    pub fn empty(self) {
+        let allows_body = self.status.allows_body();
+        self.finish_head(allows_body.then_some(("", 0)));
+    }
+
+    fn finish_head(self, length: Option<(&str, u64)>) -> (&'o mut Vec<u8>, bool) {
+        let out = self.out;
+        if let Some((content_type, len)) = length {
+            if !content_type.is_empty() {
+                out.extend_from_slice(b"Content-Type: ");
+                out.extend_from_slice(content_type.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            let mut n = itoa::Buffer::new();
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(n.format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        match self.persistence {
+            Persistence::KeepAlive => {}
+            Persistence::KeepAliveHttp10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            Persistence::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+        (out, self.head_only)
+    }
+}
+
+/// The interim response sent before reading a body the client holds back
+/// (RFC 9110 §10.1.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A complete error response: the status, its reason as a plain-text body,
+/// and `Connection: close`.
+pub fn write_error(out: &mut Vec<u8>, date: [u8; DATE_LEN], status: Status, head_only: bool) {
+    let mut w = ResponseWriter::new(out, date, Persistence::Close, head_only);
+    w.begin(status);
+    let reason = status.reason();
+    // The body is the reason phrase and a newline, as curl users expect to see.
+    let mut body = [0u8; 64];
+    let n = reason.len().min(body.len() - 1);
+    body[..n].copy_from_slice(&reason.as_bytes()[..n]);
+    body[n] = b'\n';
+    w.body("text/plain; charset=utf-8", &body[..=n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: [u8; DATE_LEN] = *b"Sun, 06 Nov 1994 08:49:37 GMT";
+
+    #[test]
+    fn full_response() {
+        let mut out = Vec::new();
+        let mut w = ResponseWriter::new(&mut out, DATE, Persistence::KeepAlive, false);
+        w.begin(Status::OK);
+        w.body("text/plain", b"Hello World");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: coreserve\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+              Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nHello World"
+        );
+    }
+
+    #[test]
+    fn head_keeps_length_drops_body() {
+        let mut out = Vec::new();
+        let mut w = ResponseWriter::new(&mut out, DATE, Persistence::Close, true);
+        w.begin(Status::OK);
+        w.body("text/plain", b"Hello World");
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("Content-Length: 11\r\n"));
+        assert!(s.ends_with("Connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn not_modified_has_no_length() {
+        let mut out = Vec::new();
+        let mut w = ResponseWriter::new(&mut out, DATE, Persistence::KeepAliveHttp10, false);
+        w.begin(Status::NOT_MODIFIED);
+        w.empty();
+        let s = String::from_utf8(out).unwrap();
+        assert!(!s.contains("Content-Length"));
+        assert!(s.ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn error_body_is_the_reason() {
+        let mut out = Vec::new();
+        write_error(
+            &mut out,
+            DATE,
+            Status::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            false,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(s.ends_with("\r\n\r\nRequest Header Fields Too Large\n"));
+    }
+}

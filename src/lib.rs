@@ -1,0 +1,22 @@
+//! coreserve: a thread-per-core io_uring HTTP/1.1 server.
+//!
+//! A master runtime (`master`) checks the host, binds the listeners and pins
+//! one glommio executor — a shard (`shard`) — per CPU. It accepts connections
+//! and deals them round-robin over bounded shared-nothing channels, skipping a
+//! shard that is behind; or, with `dispatch = reuseport`, every shard accepts
+//! on its own SO_REUSEPORT socket. Each shard serves HTTP/1.1 on its own
+//! (`conn` drives the socket, `http` decides everything HTTP) and shares
+//! nothing mutable with another: master and shards exchange only messages.
+
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod cpus;
+pub mod handlers;
+pub mod host;
+pub mod http;
+pub mod listener;
+pub mod master;
+pub mod shard;
+pub mod signals;
+pub mod units;

@@ -1,0 +1,146 @@
+//! Listening sockets, created by the master before any shard starts so that
+//! a bind error stops start-up with a clear message.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Pending-connection queue length asked of the kernel (it caps it at
+/// net.core.somaxconn). Deep enough to absorb a burst while every shard is
+/// busy and the master stops handing out connections.
+pub const BACKLOG: i32 = 4096;
+
+/// A listener that could not be set up, with the address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {err}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the kernel said.
+    pub err: io::Error,
+}
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR: restart without waiting out TIME_WAIT, as nginx does.
+    sk.set_reuse_address(true)?;
+    if reuse_port {
+        sk.set_reuse_port(true)?;
+    }
+    sk.set_nonblocking(true)?;
+    Ok(sk)
+}
+
+/// One listener for the master to accept on. Without SO_REUSEPORT, so a
+/// server already on the port makes this fail instead of silently sharing it.
+pub fn bind_exclusive(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let wrap = |err| BindError { addr, err };
+    let sk = socket(addr, false).map_err(wrap)?;
+    sk.bind(&addr.into()).map_err(wrap)?;
+    sk.listen(BACKLOG).map_err(wrap)?;
+    Ok(sk.into())
+}
+
+/// `n` SO_REUSEPORT listeners on one address, one per shard. With port 0 they
+/// all share the port the first one got.
+pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, BindError> {
+    let wrap = |err| BindError { addr, err };
+    if addr.port() != 0 {
+        // An earlier server with SO_REUSEPORT on this port would quietly take
+        // a share of the connections; a plain bind tells us it is there.
+        drop(bind_probe(addr).map_err(wrap)?);
+    }
+    let mut listeners = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n {
+        let sk = socket(bound, true).map_err(wrap)?;
+        sk.bind(&bound.into()).map_err(wrap)?;
+        sk.listen(BACKLOG).map_err(wrap)?;
+        let l: TcpListener = sk.into();
+        bound = l.local_addr().map_err(wrap)?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_address(true)?;
+    sk.bind(&addr.into())?;
+    Ok(sk)
+}
+
+/// How long accepting stops after the process runs out of descriptors or
+/// memory; the kernel backlog holds new connections meanwhile (nginx pauses
+/// accepting the same way).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Handles accept errors: retries at once when the peer went away, pauses
+/// when the host is out of resources, and logs at most once a second.
+#[derive(Debug, Default)]
+pub struct AcceptErrors {
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrors {
+    /// React to one accept error of the accept loop named `who`.
+    pub async fn pause(&mut self, err: &glommio::GlommioError<()>, who: impl std::fmt::Display) {
+        let errno = match err {
+            glommio::GlommioError::IoError(e) => e.raw_os_error(),
+            glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        // A connection reset before we took it, or a signal: nothing to report.
+        if matches!(
+            errno,
+            Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO)
+        ) {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            let more = if self.suppressed > 0 {
+                format!(" ({} more since the last report)", self.suppressed)
+            } else {
+                String::new()
+            };
+            log::warn!("{who}: accept failed: {err}{more}; pausing accept for {ACCEPT_PAUSE:?}");
+            self.last_log = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        glommio::timer::sleep(ACCEPT_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_group_shares_one_port() {
+        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert!(group.iter().all(|l| l.local_addr().unwrap().port() == port));
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_in_both_modes() {
+        let first = bind_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        assert!(bind_exclusive(addr).is_err());
+        assert!(bind_reuseport_group(addr, 2).is_err());
+        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let taken = group[0].local_addr().unwrap();
+        let err = bind_reuseport_group(taken, 2).unwrap_err();
+        assert_eq!(err.err.kind(), io::ErrorKind::AddrInUse);
+    }
+}

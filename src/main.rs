@@ -1,0 +1,58 @@
+//! The `coreserve` binary: flags → configuration → master. The only place
+//! errors become exit codes.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use coreserve::cli::Cli;
+use coreserve::config::Config;
+use coreserve::master::{self, MasterError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match cli.apply(Config::default()) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                log::error!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match master::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ MasterError::Forced(_)) => {
+            log::warn!("{e}");
+            // Shards may still be running: leave without unwinding them.
+            std::process::exit(1);
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One line per message on stderr. Under systemd (JOURNAL_STREAM set) each
+/// line carries its syslog priority as `<N>`, so journald files it at the
+/// right level.
+fn init_logging() {
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, record| {
+            if journald {
+                let prio = match record.level() {
+                    log::Level::Error => 3,
+                    log::Level::Warn => 4,
+                    log::Level::Info => 6,
+                    log::Level::Debug | log::Level::Trace => 7,
+                };
+                writeln!(buf, "<{prio}>{}", record.args())
+            } else {
+                writeln!(buf, "{:<5} {}", record.level(), record.args())
+            }
+        })
+        .init();
+}

@@ -1,0 +1,440 @@
+//! The master runtime: checks the host, binds the listeners, starts one
+//! pinned shard per CPU, deals accepted connections round-robin to them
+//! (or lets each accept on its own SO_REUSEPORT socket), and turns signals
+//! into a graceful drain. Node's cluster primary, with threads for workers.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::{self, ConnectedSender};
+use glommio::net::{AcceptedTcpStream, TcpListener};
+use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
+use log::{error, info, warn};
+
+use crate::config::{Config, Dispatch};
+use crate::cpus::{self, CpuError};
+use crate::host::{self, HostError, HostLimits};
+use crate::listener::{self, AcceptErrors, BindError};
+use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
+use crate::signals::{self, Signal, SignalPipe, Signals};
+
+/// Sockets a shard may have waiting in its channel. Small on purpose: a
+/// shard that falls this far behind is skipped, and when every shard is
+/// this far behind the master stops accepting and lets the kernel backlog
+/// hold the burst.
+pub const SHARD_QUEUE: usize = 32;
+
+/// glommio's io_memory per executor is at most this (its default is 10 MiB);
+/// shards stream files through it, they do not need more.
+pub const MAX_IO_MEMORY: usize = 4 << 20;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The host cannot run io_uring executors.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The CPU selection cannot be honoured.
+    #[error("cpus: {0}")]
+    Cpus(#[from] CpuError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// An executor could not be created.
+    #[error("cannot start {what}: {err}")]
+    Executor {
+        /// Which executor.
+        what: String,
+        /// glommio's error.
+        err: String,
+    },
+    /// A shard stopped before it was ready.
+    #[error("shard {0} failed to start")]
+    ShardStart(usize),
+    /// Every shard died.
+    #[error("no shard is left alive")]
+    NoShards,
+    /// A second signal cut the drain short.
+    #[error("second {0}: exiting without waiting for connections to drain")]
+    Forced(&'static str),
+}
+
+/// Run the server until it is told to stop. Blocks the calling thread.
+pub fn run(config: Config) -> Result<(), MasterError> {
+    let limits = host::prepare()?;
+    let allowed = cpus::allowed_cpus()?;
+    let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
+    let n = plan.len();
+    if n > allowed.len() {
+        warn!(
+            "{n} shards on {} CPUs: shards share CPUs, which costs throughput",
+            allowed.len()
+        );
+    }
+    info!(
+        "master {} is running (coreserve {})",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    info!(
+        "limits: open files {}, locked memory {}",
+        limits.nofile,
+        limits.memlock_display()
+    );
+    let pipe = signals::install().map_err(MasterError::Signals)?;
+
+    // Bind before any shard starts, so a busy port stops start-up here.
+    let mut exclusive = Vec::new();
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut bound: Vec<SocketAddr> = Vec::new();
+    for &addr in &config.listen {
+        match config.dispatch {
+            Dispatch::Master => {
+                let l = listener::bind_exclusive(addr)?;
+                bound.push(l.local_addr().map_err(|err| BindError { addr, err })?);
+                exclusive.push(l);
+            }
+            Dispatch::Reuseport => {
+                let group = listener::bind_reuseport_group(addr, n)?;
+                bound.push(
+                    group[0]
+                        .local_addr()
+                        .map_err(|err| BindError { addr, err })?,
+                );
+                for (i, l) in group.into_iter().enumerate() {
+                    per_shard[i].push(l);
+                }
+            }
+        }
+    }
+
+    let io_memory = io_memory_per_executor(&limits, n);
+    let mut shards = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    let mut control_tx = Vec::with_capacity(n);
+    let mut events_rx = Vec::with_capacity(n);
+    let mut conn_tx = Vec::with_capacity(n);
+    for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {
+        let (ctl_tx, ctl_rx) = shared_channel::new_bounded(4);
+        let (ev_tx, ev_rx) = shared_channel::new_bounded(16);
+        let intake = match config.dispatch {
+            Dispatch::Master => {
+                let (tx, rx) = shared_channel::new_bounded(SHARD_QUEUE);
+                conn_tx.push(tx);
+                Intake::Channel(rx)
+            }
+            Dispatch::Reuseport => Intake::Listeners(listeners),
+        };
+        let spec = ShardSpec {
+            id,
+            cpu,
+            intake,
+            control: ctl_rx,
+            events: ev_tx,
+            limits: config.limits,
+            drain_timeout: config.drain_timeout,
+            io_memory,
+        };
+        let handle = shard::spawn(spec).map_err(|e| MasterError::Executor {
+            what: format!("shard {id} on CPU {cpu}"),
+            err: e.to_string(),
+        })?;
+        handles.push(handle);
+        control_tx.push(ctl_tx);
+        events_rx.push(ev_rx);
+        shards.push(cpu);
+    }
+
+    let master = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("master")
+        .io_memory(io_memory)
+        .make()
+        .map_err(|e| MasterError::Executor {
+            what: "the master executor".into(),
+            err: e.to_string(),
+        })?;
+    let outcome = master.run(supervise(Supervision {
+        config,
+        shards,
+        pipe,
+        exclusive,
+        bound,
+        control_tx,
+        events_rx,
+        conn_tx,
+    }));
+    if let Err(MasterError::Forced(_)) = outcome {
+        // Shards may still be serving; do not wait for them.
+        return outcome;
+    }
+    for (id, h) in handles.into_iter().enumerate() {
+        if let Err(e) = h.join() {
+            error!("shard {id} ended abnormally: {e}");
+        }
+    }
+    outcome
+}
+
+/// Share locked memory between executors: glommio registers io_memory with
+/// the kernel, which counts it against RLIMIT_MEMLOCK; past the limit
+/// registration silently fails and file I/O gets slower.
+fn io_memory_per_executor(limits: &HostLimits, shards: usize) -> usize {
+    const STEP: usize = 64 << 10;
+    let share = usize::try_from(limits.memlock / (shards as u64 + 1)).unwrap_or(usize::MAX);
+    (share / STEP * STEP).clamp(STEP, MAX_IO_MEMORY)
+}
+
+/// What the master's executor owns.
+struct Supervision {
+    config: Config,
+    /// The CPU of each shard.
+    shards: Vec<usize>,
+    pipe: SignalPipe,
+    exclusive: Vec<std::net::TcpListener>,
+    bound: Vec<SocketAddr>,
+    control_tx: Vec<shared_channel::SharedSender<Control>>,
+    events_rx: Vec<shared_channel::SharedReceiver<ShardEvent>>,
+    conn_tx: Vec<shared_channel::SharedSender<AcceptedTcpStream>>,
+}
+
+/// Everything the master waits for, on one queue.
+enum MasterEvent {
+    Signal(Signal),
+    Shard(ShardEvent),
+    /// A shard's event channel closed: it stopped or died.
+    Gone(usize),
+}
+
+async fn supervise(s: Supervision) -> Result<(), MasterError> {
+    let n = s.shards.len();
+    let (tx, rx) = local_channel::new_unbounded::<MasterEvent>();
+    let tx = Rc::new(tx);
+
+    let mut signals = Signals::attach(s.pipe);
+    let sig_tx = tx.clone();
+    glommio::spawn_local(async move {
+        while let Some(sig) = signals.next().await {
+            let _ = sig_tx.try_send(MasterEvent::Signal(sig));
+        }
+    })
+    .detach();
+    for (id, ev_rx) in s.events_rx.into_iter().enumerate() {
+        let ev_tx = tx.clone();
+        glommio::spawn_local(async move {
+            let ev_rx = ev_rx.connect().await;
+            while let Some(ev) = ev_rx.recv().await {
+                let _ = ev_tx.try_send(MasterEvent::Shard(ev));
+            }
+            let _ = ev_tx.try_send(MasterEvent::Gone(id));
+        })
+        .detach();
+    }
+    let mut control = Vec::with_capacity(n);
+    for c in s.control_tx {
+        control.push(c.connect().await);
+    }
+    let mut links = Vec::with_capacity(s.conn_tx.len());
+    for c in s.conn_tx {
+        links.push(Link {
+            tx: c.connect().await,
+            alive: Cell::new(true),
+        });
+    }
+    let dispatcher = Rc::new(Dispatcher {
+        links,
+        next: Cell::new(0),
+    });
+
+    // Wait until every shard serves.
+    let mut ready = 0;
+    let mut alive = vec![true; n];
+    while ready < n {
+        match rx.recv().await {
+            Some(MasterEvent::Shard(ShardEvent::Ready { id })) => {
+                info!("shard {id} started on CPU {}", s.shards[id]);
+                ready += 1;
+            }
+            Some(MasterEvent::Gone(id)) => return Err(MasterError::ShardStart(id)),
+            Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
+                info!("{} during start-up: stopping", signals::name(sig));
+                return Ok(());
+            }
+            Some(_) => {}
+            None => return Err(MasterError::NoShards),
+        }
+    }
+
+    // Start dealing connections.
+    let mut accepters = Vec::new();
+    for l in s.exclusive {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: a listening socket bound above, handed over exactly once.
+        let l = unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) };
+        accepters.push(glommio::spawn_local(accept_loop(l, dispatcher.clone())));
+    }
+    for addr in &s.bound {
+        info!(
+            "listening on http://{addr} (dispatch {}, {n} shards)",
+            s.config.dispatch.name()
+        );
+    }
+
+    // Serve until told to stop.
+    let mut first_signal = 0;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            MasterEvent::Signal(Signal::Terminate(sig)) => {
+                first_signal = sig;
+                break;
+            }
+            MasterEvent::Signal(Signal::Reload) => {
+                info!("SIGHUP: no configuration file to reload; still serving")
+            }
+            MasterEvent::Signal(Signal::Reopen) => {
+                info!("SIGUSR1: no log file to reopen; still serving")
+            }
+            MasterEvent::Gone(id) => {
+                error!("shard {id} (CPU {}) died", s.shards[id]);
+                alive[id] = false;
+                dispatcher.mark_dead(id);
+                if !alive.contains(&true) {
+                    return Err(MasterError::NoShards);
+                }
+            }
+            MasterEvent::Shard(_) => {}
+        }
+    }
+
+    // Drain: stop accepting, close the hand-off channels, tell every shard.
+    info!(
+        "{}: draining (deadline {:?})",
+        signals::name(first_signal),
+        s.config.drain_timeout
+    );
+    drop(accepters);
+    drop(dispatcher);
+    for (id, c) in control.iter().enumerate() {
+        if alive[id] {
+            let _ = c.try_send(Control::Drain);
+        }
+    }
+    let mut running = alive.iter().filter(|&&a| a).count();
+    while running > 0 {
+        match rx.recv().await {
+            Some(MasterEvent::Shard(ShardEvent::Stopped { id, stats, forced })) => {
+                shard::log_stopped(id, s.shards[id], &stats, forced);
+            }
+            Some(MasterEvent::Gone(id)) => {
+                if alive[id] {
+                    alive[id] = false;
+                    running -= 1;
+                }
+            }
+            Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
+                return Err(MasterError::Forced(signals::name(sig)));
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The master's end of one shard's hand-off channel.
+struct Link {
+    tx: ConnectedSender<AcceptedTcpStream>,
+    alive: Cell<bool>,
+}
+
+/// Deals accepted sockets round-robin, skipping shards that are behind or dead.
+struct Dispatcher {
+    links: Vec<Link>,
+    next: Cell<usize>,
+}
+
+/// The socket inside a failed channel send.
+fn returned<T>(e: GlommioError<T>) -> (Option<T>, bool) {
+    match e {
+        GlommioError::WouldBlock(ResourceType::Channel(t)) => (Some(t), false),
+        GlommioError::Closed(ResourceType::Channel(t)) => (Some(t), true),
+        _ => (None, true),
+    }
+}
+
+impl Dispatcher {
+    fn mark_dead(&self, id: usize) {
+        if let Some(l) = self.links.get(id) {
+            l.alive.set(false);
+        }
+    }
+
+    async fn dispatch(&self, stream: AcceptedTcpStream) {
+        let n = self.links.len();
+        let start = self.next.get();
+        let mut stream = stream;
+        // First pass: the next shard with room.
+        for k in 0..n {
+            let i = (start + k) % n;
+            let link = &self.links[i];
+            if !link.alive.get() {
+                continue;
+            }
+            match link.tx.try_send(stream) {
+                Ok(()) => {
+                    self.next.set((i + 1) % n);
+                    return;
+                }
+                Err(e) => match returned(e) {
+                    (Some(s), closed) => {
+                        if closed {
+                            link.alive.set(false);
+                        }
+                        stream = s;
+                    }
+                    (None, _) => return,
+                },
+            }
+        }
+        // Every live shard is full: wait for the next one in turn, so the
+        // master stops accepting and the backlog absorbs the burst.
+        for k in 0..n {
+            let i = (start + k) % n;
+            let link = &self.links[i];
+            if !link.alive.get() {
+                continue;
+            }
+            match link.tx.send(stream).await {
+                Ok(()) => {
+                    self.next.set((i + 1) % n);
+                    return;
+                }
+                Err(e) => match returned(e) {
+                    (Some(s), _) => {
+                        link.alive.set(false);
+                        stream = s;
+                    }
+                    (None, _) => return,
+                },
+            }
+        }
+        // No shard alive: refuse. An AcceptedTcpStream has no Drop, so bind
+        // it here just to close it.
+        drop(stream.bind_to_executor());
+    }
+}
+
+async fn accept_loop(listener: TcpListener, dispatcher: Rc<Dispatcher>) {
+    let mut errors = AcceptErrors::default();
+    loop {
+        match listener.shared_accept().await {
+            Ok(stream) => dispatcher.dispatch(stream).await,
+            Err(e) => errors.pause(&e, "master").await,
+        }
+    }
+}

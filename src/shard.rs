@@ -1,0 +1,370 @@
+//! A shard: one glommio executor pinned to one CPU, owning its connections,
+//! buffers, `Date` cache and counters. Nothing here is shared with another
+//! shard; the master talks to it only through channels.
+
+use std::cell::{Cell, RefCell};
+use std::net::TcpListener as StdTcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use glommio::channels::shared_channel::{ConnectedReceiver, SharedReceiver, SharedSender};
+use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
+use glommio::sync::Gate;
+use glommio::{LocalExecutorBuilder, Placement};
+use log::{error, info, warn};
+use slab::Slab;
+
+use crate::config::Limits;
+use crate::conn;
+use crate::handlers::{FixedResponse, Handler};
+use crate::http::date::{DateCache, DATE_LEN};
+use crate::http::error::ParseError;
+use crate::http::session::SessionLimits;
+use crate::listener;
+
+/// Where a shard's connections come from.
+pub enum Intake {
+    /// Sockets accepted by the master, dealt round-robin.
+    Channel(SharedReceiver<AcceptedTcpStream>),
+    /// This shard's own SO_REUSEPORT listeners, one per address.
+    Listeners(Vec<StdTcpListener>),
+}
+
+/// Messages from the master to a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop taking connections, finish what is in flight, and stop.
+    Drain,
+}
+
+/// Messages from a shard to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// The shard is serving.
+    Ready {
+        /// Shard id.
+        id: usize,
+    },
+    /// The shard finished draining; these are its final counters.
+    Stopped {
+        /// Shard id.
+        id: usize,
+        /// Counters at exit.
+        stats: ShardStats,
+        /// Connections still open when the drain deadline forced them closed.
+        forced: usize,
+    },
+}
+
+/// A shard's counters: plain numbers owned by the shard, sent as a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    /// Connections accepted and served.
+    pub connections: u64,
+    /// Connections refused at `max-connections`.
+    pub refused: u64,
+    /// Requests answered (errors included).
+    pub requests: u64,
+    /// Requests refused for bad input (4xx/5xx from the parser).
+    pub bad_requests: u64,
+    /// Requests that timed out (408).
+    pub timeouts: u64,
+}
+
+/// Everything a shard needs to start; `Send`, built by the master.
+pub struct ShardSpec {
+    /// Shard id, 0-based.
+    pub id: usize,
+    /// CPU the shard is pinned to.
+    pub cpu: usize,
+    /// Where its connections come from.
+    pub intake: Intake,
+    /// Control messages from the master.
+    pub control: SharedReceiver<Control>,
+    /// Events to the master.
+    pub events: SharedSender<ShardEvent>,
+    /// Request limits.
+    pub limits: Limits,
+    /// How long draining may take before open connections are cut.
+    pub drain_timeout: Duration,
+    /// glommio's io_memory for this executor, bytes.
+    pub io_memory: usize,
+}
+
+/// Start a shard's executor thread, pinned to its CPU.
+pub fn spawn(spec: ShardSpec) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
+    LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
+        .name("shard")
+        .io_memory(spec.io_memory)
+        .spawn(move || run(spec))
+}
+
+/// A connection in the shard's registry.
+#[derive(Debug)]
+struct ConnEntry {
+    fd: RawFd,
+    /// No byte of a request has arrived: shutdown may close it at once.
+    idle: Cell<bool>,
+}
+
+/// A registry key for one connection.
+pub type ConnKey = usize;
+
+/// The shard's state, shared by its tasks through `Rc`.
+pub struct Shard {
+    id: usize,
+    limits: Limits,
+    session_limits: SessionLimits,
+    date: DateCache,
+    handler: Box<dyn Handler>,
+    draining: Cell<bool>,
+    conns: RefCell<Slab<ConnEntry>>,
+    stats: Cell<ShardStats>,
+}
+
+impl Shard {
+    fn new(id: usize, limits: Limits) -> Shard {
+        Shard {
+            id,
+            limits,
+            session_limits: limits.session(),
+            date: DateCache::default(),
+            handler: Box::new(FixedResponse::hello_world()),
+            draining: Cell::new(false),
+            conns: RefCell::new(Slab::new()),
+            stats: Cell::new(ShardStats::default()),
+        }
+    }
+
+    /// The shard's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The limits the HTTP session enforces.
+    pub fn session_limits(&self) -> &SessionLimits {
+        &self.session_limits
+    }
+
+    /// The current `Date` value.
+    pub fn date(&self) -> [u8; DATE_LEN] {
+        self.date.get()
+    }
+
+    /// What answers requests.
+    pub fn handler(&self) -> &dyn Handler {
+        &*self.handler
+    }
+
+    /// Whether the shard is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Whether a new connection would exceed `max-connections`.
+    pub fn at_capacity(&self) -> bool {
+        self.conns.borrow().len() >= self.limits.max_connections
+    }
+
+    /// Track a new connection; returns its key.
+    pub fn register(&self, stream: &TcpStream) -> ConnKey {
+        self.update(|s| s.connections += 1);
+        self.conns.borrow_mut().insert(ConnEntry {
+            fd: stream.as_raw_fd(),
+            idle: Cell::new(false),
+        })
+    }
+
+    /// Forget a closed connection.
+    pub fn deregister(&self, key: ConnKey) {
+        self.conns.borrow_mut().try_remove(key);
+    }
+
+    /// Mark whether a connection is between requests.
+    pub fn set_idle(&self, key: ConnKey, idle: bool) {
+        if let Some(c) = self.conns.borrow().get(key) {
+            c.idle.set(idle);
+        }
+    }
+
+    /// Count answered requests.
+    pub fn count_requests(&self, n: u64) {
+        self.update(|s| s.requests += n);
+    }
+
+    /// Count a request refused by the parser or a timeout.
+    pub fn count_error(&self, e: ParseError) {
+        self.update(|s| match e {
+            ParseError::HeadTimeout | ParseError::BodyTimeout => s.timeouts += 1,
+            _ => s.bad_requests += 1,
+        });
+    }
+
+    /// Count a connection refused at capacity.
+    pub fn count_refused(&self) {
+        self.update(|s| s.refused += 1);
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ShardStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// Shut down connections; only the idle ones unless `all`. Their tasks
+    /// see end-of-file and finish. Returns how many were shut.
+    fn shut_connections(&self, all: bool) -> usize {
+        let conns = self.conns.borrow();
+        let mut n = 0;
+        for (_, c) in conns.iter().filter(|(_, c)| all || c.idle.get()) {
+            // SAFETY: the fd belongs to a live connection task of this shard;
+            // shutdown(2) only changes the socket's state, it closes nothing.
+            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The shard's main task.
+async fn run(spec: ShardSpec) {
+    let id = spec.id;
+    let events = spec.events.connect().await;
+    let control = spec.control.connect().await;
+    let shard = Rc::new(Shard::new(id, spec.limits));
+    let gate = Rc::new(Gate::new());
+
+    let date_shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(DateCache::until_next_second()).await;
+            date_shard.date.refresh();
+        }
+    })
+    .detach();
+
+    let mut intake: Vec<glommio::Task<()>> = Vec::new();
+    let from_channel = matches!(spec.intake, Intake::Channel(_));
+    match spec.intake {
+        Intake::Channel(rx) => {
+            let rx = rx.connect().await;
+            intake.push(glommio::spawn_local(channel_intake(
+                rx,
+                shard.clone(),
+                gate.clone(),
+            )));
+        }
+        Intake::Listeners(listeners) => {
+            for l in listeners {
+                // SAFETY: the master bound this listener for this shard and
+                // handed over its only handle.
+                let l = unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) };
+                intake.push(glommio::spawn_local(accept_intake(
+                    l,
+                    shard.clone(),
+                    gate.clone(),
+                )));
+            }
+        }
+    }
+    if events.send(ShardEvent::Ready { id }).await.is_err() {
+        return;
+    }
+
+    // Serve until the master says drain (or is gone).
+    let _ = control.recv().await;
+    shard.draining.set(true);
+    let deadline = std::time::Instant::now() + spec.drain_timeout;
+    if from_channel {
+        // The master closed its end before asking us to drain: take what it
+        // already sent (each is answered with `Connection: close`), so no
+        // accepted socket is left behind unclosed.
+        for task in intake.drain(..) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let _ = task
+                .or(async move {
+                    glommio::timer::sleep(left).await;
+                })
+                .await;
+        }
+    } else {
+        // Dropping the accept tasks cancels them and closes the listeners.
+        intake.clear();
+    }
+    shard.shut_connections(false);
+
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let closing = gate.clone();
+    let drained = async move {
+        let _ = closing.close().await;
+        true
+    }
+    .or(async move {
+        glommio::timer::sleep(left).await;
+        false
+    })
+    .await;
+    let mut forced = 0;
+    if !drained {
+        forced = shard.shut_connections(true);
+        let _ = gate.close().await;
+    }
+    let stats = shard.stats.get();
+    let _ = events.send(ShardEvent::Stopped { id, stats, forced }).await;
+}
+
+/// Spawn a connection task in the gate, isolating a panic to that connection.
+fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
+    let id = shard.id;
+    let task = AssertUnwindSafe(conn::serve(stream, shard.clone())).catch_unwind();
+    let spawned = gate.spawn(async move {
+        if let Err(panic) = task.await {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("unknown panic");
+            error!("shard {id}: connection task panicked: {msg}");
+        }
+    });
+    // A closed gate means the shard is shutting down: the future, and with
+    // it the stream, is dropped and the socket closed.
+    if let Ok(task) = spawned {
+        task.detach();
+    }
+}
+
+async fn channel_intake(
+    rx: ConnectedReceiver<AcceptedTcpStream>,
+    shard: Rc<Shard>,
+    gate: Rc<Gate>,
+) {
+    while let Some(accepted) = rx.recv().await {
+        start_connection(accepted.bind_to_executor(), &shard, &gate);
+    }
+}
+
+async fn accept_intake(listener: TcpListener, shard: Rc<Shard>, gate: Rc<Gate>) {
+    let mut errors = listener::AcceptErrors::default();
+    let who = format!("shard {}", shard.id);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => start_connection(stream, &shard, &gate),
+            Err(e) => errors.pause(&e, &who).await,
+        }
+    }
+}
+
+/// Log the final counters of a stopped shard.
+pub fn log_stopped(id: usize, cpu: usize, stats: &ShardStats, forced: usize) {
+    info!(
+        "shard {id} (CPU {cpu}) stopped: {} connections, {} requests, {} bad requests, {} timeouts, {} refused",
+        stats.connections, stats.requests, stats.bad_requests, stats.timeouts, stats.refused
+    );
+    if forced > 0 {
+        warn!("shard {id}: drain deadline passed; closed {forced} connections still open");
+    }
+}

@@ -1,0 +1,104 @@
+//! Process signals as typed events for the master: a handler writes the
+//! signal number into a socket pair, and the master's executor reads it like
+//! any other socket. No thread, no polling.
+
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use futures_lite::AsyncReadExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+
+/// What a signal asks of the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: drain and exit; a second one exits at once.
+    Terminate(i32),
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGUSR1: reopen log files.
+    Reopen,
+}
+
+impl Signal {
+    fn from_raw(sig: i32) -> Option<Signal> {
+        match sig {
+            SIGTERM | SIGINT => Some(Signal::Terminate(sig)),
+            SIGHUP => Some(Signal::Reload),
+            SIGUSR1 => Some(Signal::Reopen),
+            _ => None,
+        }
+    }
+}
+
+/// The name of a signal number, for logs.
+pub fn name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        _ => "signal",
+    }
+}
+
+/// The receiving end of the signal handlers, before it joins an executor.
+#[derive(Debug)]
+pub struct SignalPipe {
+    read_fd: RawFd,
+}
+
+/// Install handlers for SIGTERM, SIGINT, SIGHUP and SIGUSR1. Call once, on
+/// the main thread, before any executor starts.
+pub fn install() -> io::Result<SignalPipe> {
+    let (rx, tx) = StdUnixStream::pair()?;
+    rx.set_nonblocking(true)?;
+    // A full pipe drops a signal rather than blocking inside a handler.
+    tx.set_nonblocking(true)?;
+    // The write end lives as long as the process: the handlers use it.
+    let tx_fd = tx.into_raw_fd();
+    for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] {
+        // SAFETY: the action only calls write(2), which is async-signal-safe,
+        // on a descriptor that is never closed.
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                let byte = sig as u8;
+                libc::write(tx_fd, (&byte as *const u8).cast(), 1);
+            })?;
+        }
+    }
+    Ok(SignalPipe {
+        read_fd: rx.into_raw_fd(),
+    })
+}
+
+/// Signals as they arrive, inside the master's executor.
+pub struct Signals {
+    stream: glommio::net::UnixStream,
+}
+
+impl Signals {
+    /// Attach the pipe to the current executor.
+    pub fn attach(pipe: SignalPipe) -> Signals {
+        // SAFETY: `read_fd` is the connected socket from `install`, owned by
+        // the pipe and handed over here exactly once.
+        let stream = unsafe { glommio::net::UnixStream::from_raw_fd(pipe.read_fd) };
+        Signals { stream }
+    }
+
+    /// The next signal; `None` if the pipe broke.
+    pub async fn next(&mut self) -> Option<Signal> {
+        let mut byte = [0u8; 1];
+        loop {
+            match self.stream.read(&mut byte).await {
+                Ok(1) => {
+                    if let Some(sig) = Signal::from_raw(i32::from(byte[0])) {
+                        return Some(sig);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => return None,
+            }
+        }
+    }
+}

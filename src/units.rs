@@ -1,0 +1,106 @@
+//! Sizes and durations as an operator writes them (`8k`, `1m`, `75s`, `500ms`),
+//! the nginx way, for flags and configuration alike.
+
+use std::time::Duration;
+
+/// A value that is not a size or duration; the message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// Not a size.
+    #[error("must be a size like 8k, 1m or 1048576, got {0:?}")]
+    Size(String),
+    /// Not a duration.
+    #[error("must be a duration like 500ms, 60s, 5m or 1h, got {0:?}")]
+    Duration(String),
+}
+
+/// Parse a byte size: a decimal number with an optional `k`, `m` or `g`
+/// suffix (powers of 1024, case-insensitive, a trailing `b` or `ib` allowed).
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let err = || UnitError::Size(s.to_string());
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let stripped = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match stripped.as_bytes().last() {
+        Some(b'k') => (&stripped[..stripped.len() - 1], 10),
+        Some(b'm') => (&stripped[..stripped.len() - 1], 20),
+        Some(b'g') => (&stripped[..stripped.len() - 1], 30),
+        _ => (stripped, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    n.checked_mul(1 << shift).ok_or_else(err)
+}
+
+/// Parse a duration: a decimal number with `ms`, `s`, `m` or `h`; a bare
+/// number means seconds, as in nginx.
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let err = || UnitError::Duration(s.to_string());
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(err());
+    }
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(err)?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Format a size the way `parse_size` reads it, for logs and help.
+pub fn format_size(n: u64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n % (1 << 30) == 0 => format!("{}g", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}m", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}k", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("8k"), Ok(8192));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("16kb"), Ok(16 << 10));
+        for bad in ["", "lots", "-1", "1.5m", "k", "99999999999999999999g"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("75"), Ok(Duration::from_secs(75)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1 s", "1d", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_format_back() {
+        for n in [0, 1, 1000, 8192, 1 << 20, 3 << 30] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n));
+        }
+    }
+}
