@@ -30,7 +30,7 @@ pub struct Cli {
 
     /// CPUs to run shards on, like 0,2-3. [default: every CPU this process may use]
     #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    pub cpus: Option<CpuList>,
 
     /// How connections reach shards: the master accepts and deals them
     /// round-robin, or every shard accepts on its own SO_REUSEPORT socket.
@@ -86,8 +86,12 @@ fn parse_duration(s: &str) -> Result<Duration, units::UnitError> {
     units::parse_duration(s)
 }
 
-fn parse_cpus(s: &str) -> Result<Vec<usize>, cpus::CpuError> {
-    cpus::parse_cpu_list(s)
+/// A parsed `--cpus` value (a newtype, so clap takes it as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpus(s: &str) -> Result<CpuList, cpus::CpuError> {
+    cpus::parse_cpu_list(s).map(CpuList)
 }
 
 impl Cli {
@@ -102,7 +106,7 @@ impl Cli {
             c.listen = listen;
         }
         c.shards = self.shards.or(c.shards);
-        c.cpus = self.cpus.or(c.cpus);
+        c.cpus = self.cpus.map(|l| l.0).or(c.cpus);
         c.dispatch = self.dispatch.unwrap_or(c.dispatch);
         let l = &mut c.limits;
         l.max_header_bytes = self.max_header_bytes.unwrap_or(l.max_header_bytes);

@@ -62,7 +62,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Limits {
     /// Largest request head (request line and fields), bytes.
     pub max_header_bytes: u64,
-    /// Longest request target, bytes.
+    /// Longest request target, bytes; a target must also fit in the head, so
+    /// `max-header-bytes` caps it.
     pub max_uri_bytes: u64,
     /// Most header fields in one request.
     pub max_headers: usize,
@@ -102,7 +103,7 @@ impl Limits {
         SessionLimits {
             head: HeadLimits {
                 max_header_bytes: self.max_header_bytes as usize,
-                max_uri_bytes: self.max_uri_bytes as usize,
+                max_uri_bytes: self.max_uri_bytes.min(self.max_header_bytes) as usize,
                 max_headers: self.max_headers,
             },
             max_body_bytes: self.max_body_bytes,
@@ -180,13 +181,10 @@ impl Config {
                 format!("must be between 256 and 1m, got {}", l.max_header_bytes),
             ));
         }
-        if l.max_uri_bytes < 16 || l.max_uri_bytes > l.max_header_bytes {
+        if l.max_uri_bytes < 16 {
             errors.push(ConfigError::new(
                 "max-uri-bytes",
-                format!(
-                    "must be between 16 and max-header-bytes ({}), got {}",
-                    l.max_header_bytes, l.max_uri_bytes
-                ),
+                format!("must be at least 16, got {}", l.max_uri_bytes),
             ));
         }
         if !(1..=MAX_HEADERS_LIMIT).contains(&l.max_headers) {
@@ -245,7 +243,6 @@ mod tests {
                 "listen",
                 "shards",
                 "max-header-bytes",
-                "max-uri-bytes",
                 "max-headers",
                 "keepalive-timeout",
                 "max-connections"
@@ -254,10 +251,10 @@ mod tests {
     }
 
     #[test]
-    fn uri_limit_must_fit_in_the_head() {
+    fn uri_limit_is_capped_by_the_head_limit() {
         let mut c = Config::default();
-        c.limits.max_uri_bytes = c.limits.max_header_bytes + 1;
-        let errs = c.validate().unwrap_err();
-        assert_eq!(errs[0].key, "max-uri-bytes");
+        c.limits.max_header_bytes = 4096;
+        let c = c.validate().unwrap();
+        assert_eq!(c.limits.session().head.max_uri_bytes, 4096);
     }
 }

@@ -94,10 +94,11 @@ pub struct ShardSpec {
     pub io_memory: usize,
 }
 
-/// Start a shard's executor thread, pinned to its CPU.
+/// Start a shard's executor thread, pinned to its CPU. Its threads are named
+/// `shard<id>-<n>` (glommio appends a number), so `top -H` tells shards apart.
 pub fn spawn(spec: ShardSpec) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
     LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
-        .name("shard")
+        .name(&format!("shard{}", spec.id))
         .io_memory(spec.io_memory)
         .spawn(move || run(spec))
 }

@@ -119,6 +119,23 @@ impl<'o> ResponseWriter<'o> {
     }
 }
 
+/// Turn the response at `out[from..]`, written as keep-alive, into one that
+/// closes: used when shutdown starts while its request body is still arriving.
+pub fn mark_closing(out: &mut Vec<u8>, from: usize) {
+    let Some(end) = memchr::memmem::find(&out[from..], b"\r\n\r\n") else {
+        return;
+    };
+    let head_end = from + end + 2;
+    const KEEP: &[u8] = b"Connection: keep-alive\r\n";
+    const CLOSE: &[u8] = b"Connection: close\r\n";
+    if let Some(at) = memchr::memmem::find(&out[from..head_end], KEEP) {
+        let at = from + at;
+        out.splice(at..at + KEEP.len(), CLOSE.iter().copied());
+    } else {
+        out.splice(head_end..head_end, CLOSE.iter().copied());
+    }
+}
+
 /// The interim response sent before reading a body the client holds back
 /// (RFC 9110 §10.1.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -176,6 +193,21 @@ mod tests {
         let s = String::from_utf8(out).unwrap();
         assert!(!s.contains("Content-Length"));
         assert!(s.ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_pending_response_can_be_made_to_close() {
+        for p in [Persistence::KeepAlive, Persistence::KeepAliveHttp10] {
+            let mut out = b"earlier".to_vec();
+            let mut w = ResponseWriter::new(&mut out, DATE, p, false);
+            w.begin(Status::OK);
+            w.body("text/plain", b"a\r\n\r\nb");
+            mark_closing(&mut out, 7);
+            let s = String::from_utf8(out).unwrap();
+            assert!(s.starts_with("earlierHTTP/1.1 200 OK\r\n"), "{s}");
+            assert!(s.ends_with("Connection: close\r\n\r\na\r\n\r\nb"), "{s}");
+            assert!(!s.contains("keep-alive"));
+        }
     }
 
     #[test]

@@ -1,1 +1,11 @@
+//! Integration tests: the real `coreserve` binary on 127.0.0.1:0, spoken to
+//! with raw bytes over TCP (and curl where a real client matters).
 
+mod bad_input;
+mod cli;
+mod dispatch;
+mod host;
+mod http;
+mod load;
+mod shutdown;
+mod util;

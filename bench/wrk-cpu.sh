@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Server CPU per request under wrk, the way ../shared/anchors/README.md measures
+# it: the server pinned to one CPU, wrk to another, CPU time (user+sys of every
+# process and thread of the server, from /proc) divided by requests completed.
+#
+#   bench/wrk-cpu.sh [ROUNDS]     # coreserve (both dispatch modes) and nginx, interleaved
+#
+# Needs: wrk and nginx (apt-get install -y wrk nginx), a release build
+# (cargo build --release), and two CPUs. Prints one line per run and the
+# medians. Until coreserve-bench and bench/compare exist, this is how the
+# figures in bench/RESULTS.md are taken.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SERVER_CPU=${SERVER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ANCHORS=${ANCHORS:-../shared/anchors}
+BIN=target/release/coreserve
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+ticks() { # total utime+stime (clock ticks) of a process tree
+    local total=0 pid
+    for pid in "$@"; do
+        read -r -a f < "/proc/$pid/stat"
+        # fields 14 and 15 (utime, stime) counted from 1; comm has no spaces here
+        total=$((total + f[13] + f[14]))
+    done
+    echo "$total"
+}
+
+stop() { # signal pid: signal a server and wait until it is gone
+    kill "-$1" "$2" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 "$2" 2>/dev/null || return 0; sleep 0.05; done
+}
+
+wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
+
+run_one() { # name port pids...
+    local name=$1 port=$2; shift 2
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/" > /dev/null  # warm-up
+    local t0 t1 out reqs hz
+    t0=$(ticks "$@")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+    t1=$(ticks "$@")
+    reqs=$(awk '/requests in/ {print $1}' <<< "$out")
+    hz=$(getconf CLK_TCK)
+    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$hz" \
+        -v rps="$(awk '/Requests\/sec/ {print $2}' <<< "$out")" \
+        -v p50="$(awk '$1=="50%" {print $2}' <<< "$out")" \
+        -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" \
+        'BEGIN { printf "%-20s %10.0f req/s %7.2f us/req  p50 %-8s p99 %s\n", n, rps, t / hz * 1e6 / r, p50, p99 }'
+}
+
+start_coreserve() { # dispatch port
+    taskset -c "$SERVER_CPU" "$BIN" --listen "127.0.0.1:$2" --cpus "$SERVER_CPU" --dispatch "$1" \
+        > /dev/null 2> "$work/coreserve-$1.log" &
+    echo $!
+}
+
+mkdir -p "$work/nginx/logs"
+sed -e '/worker_cpu_affinity/d' "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+
+results=$work/results
+for round in $(seq "$ROUNDS"); do
+    pid=$(start_coreserve master 3100); wait_port 3100
+    run_one "coreserve master" 3100 "$pid" | tee -a "$results"
+    stop TERM "$pid"
+
+    pid=$(start_coreserve reuseport 3101); wait_port 3101
+    run_one "coreserve reuseport" 3101 "$pid" | tee -a "$results"
+    stop TERM "$pid"
+
+    taskset -c "$SERVER_CPU" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
+    pid=$!; wait_port 3002
+    run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
+    stop QUIT "$pid"
+done
+
+echo "medians over $ROUNDS rounds:"
+for name in "coreserve master" "coreserve reuseport" "nginx"; do
+    rows=$(grep "^$name " "$results" | sed "s/^$name //")
+    m=$(( ($(wc -l <<< "$rows") + 1) / 2 ))
+    rps=$(awk '{print $1}' <<< "$rows" | sort -n | sed -n "${m}p")
+    us=$(awk '{print $3}' <<< "$rows" | sort -n | sed -n "${m}p")
+    printf "%-20s %10s req/s %7s us/req\n" "$name" "$rps" "$us"
+done

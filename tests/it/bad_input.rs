@@ -1,0 +1,203 @@
+//! Every kind of bad input gets its status, the connection is closed, and
+//! nothing else is harmed.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::util::{is_closed, read_to_close, stopped_stats, Reader, Server};
+
+/// (what, raw request, expected status)
+const CASES: &[(&str, &str, u16)] = &[
+    ("garbage request line", "HELLO\r\n\r\n", 400),
+    ("two spaces in the request line", "GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("target not origin-form", "GET foo HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    ("obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  folded\r\n\r\n", 400),
+    ("control character in a value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 400),
+    ("control character in a name", "GET / HTTP/1.1\r\nHost: x\r\nX\x7fA: a\r\n\r\n", 400),
+    ("HTTP/1.1 without Host", "GET / HTTP/1.1\r\n\r\n", 400),
+    ("two Host headers", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ("invalid Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    ("negative Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+    (
+        "overflowing Content-Length",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        400,
+    ),
+    ("listed Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+    (
+        "conflicting Content-Length",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        400,
+    ),
+    (
+        "Content-Length with Transfer-Encoding",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bad chunk size",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        400,
+    ),
+    (
+        "unknown transfer coding",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    ),
+    (
+        "chunked not last",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        501,
+    ),
+    ("CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501),
+    ("HTTP/2 request line", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    ("HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+    ("unsupported expectation", "POST / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", 417),
+];
+
+#[test]
+fn each_bad_request_gets_its_status_and_is_closed() {
+    let server = Server::start(&[]);
+    // A well-behaved keep-alive client across all the abuse.
+    let mut bystander = server.connect();
+    let mut bystander_reader = Reader::new(&bystander);
+    for (what, raw, status) in CASES {
+        let mut s = server.connect();
+        s.write_all(raw.as_bytes()).unwrap();
+        let text = read_to_close(&mut s);
+        let expected = format!("HTTP/1.1 {status} ");
+        assert!(text.starts_with(&expected), "{what}: {text:?}");
+        assert!(text.contains("Connection: close\r\n"), "{what}: {text:?}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: {text:?}");
+
+        bystander.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(bystander_reader.next(false).status, 200, "after {what}");
+    }
+    let log = server.stop();
+    let bad: u64 = stopped_stats(&log).iter().map(|s| s.bad_requests).sum();
+    assert_eq!(bad, CASES.len() as u64, "{log}");
+}
+
+#[test]
+fn a_bad_request_after_good_ones_keeps_their_responses() {
+    let server = Server::start(&[]);
+    let text = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
+}
+
+#[test]
+fn oversized_header_block_gets_431() {
+    let server = Server::start(&["--max-header-bytes", "4k"]);
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(5000));
+    let text = server.exchange(big.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    // Too many fields is the same answer.
+    let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+    let text = server.exchange(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes());
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+}
+
+#[test]
+fn oversized_target_gets_414() {
+    let server = Server::start(&["--max-uri-bytes", "1k"]);
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
+    let text = server.exchange(long.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 414 "), "{text}");
+    // Longer than the whole head limit, still inside the request line: 414 too.
+    let huge = format!("GET /{}", "a".repeat(64 * 1024));
+    let text = server.exchange(huge.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 414 "), "{text}");
+}
+
+#[test]
+fn declared_body_over_the_limit_gets_413_without_being_read() {
+    let server = Server::start(&["--max-body-bytes", "1k"]);
+    let mut s = server.connect();
+    // The body is never sent: the answer must not wait for it.
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+        .unwrap();
+    let resp = Reader::new(&s).next(false);
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.header("connection"), Some("close"));
+}
+
+#[test]
+fn chunked_body_over_the_limit_gets_413() {
+    let server = Server::start(&["--max-body-bytes", "1k"]);
+    let chunk = format!("800\r\n{}\r\n", "a".repeat(0x800));
+    let text = server.exchange(
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+}
+
+#[test]
+fn slowloris_gets_408_at_the_header_timeout() {
+    let server = Server::start(&["--header-timeout", "1s"]);
+    let mut s = server.connect();
+    let start = Instant::now();
+    // Keep trickling, never finishing the head.
+    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for i in 0..30 {
+            if s.write_all(format!("X-{i}: y\r\n").as_bytes()).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let text = read_to_close(&mut reader);
+    let took = start.elapsed();
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    trickle.join().unwrap();
+}
+
+#[test]
+fn a_silent_new_connection_gets_408() {
+    let server = Server::start(&["--header-timeout", "500ms"]);
+    let mut s = server.connect();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+}
+
+#[test]
+fn a_stalled_body_gets_408() {
+    let server = Server::start(&["--body-timeout", "500ms"]);
+    let mut s = server.connect();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+}
+
+#[test]
+fn idle_keep_alive_is_closed_after_the_timeout() {
+    let server = Server::start(&["--keepalive-timeout", "500ms"]);
+    let mut s = server.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(Reader::new(&s).next(false).status, 200);
+    let start = Instant::now();
+    assert!(is_closed(&mut s));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+}
+
+#[test]
+fn connections_past_the_limit_get_503() {
+    let server = Server::start(&["--shards", "1", "--max-connections", "2"]);
+    let a = server.connect();
+    let b = server.connect();
+    // Make sure both are registered before the third arrives.
+    for s in [&a, &b] {
+        let mut w = s.try_clone().unwrap();
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(Reader::new(s).next(false).status, 200);
+    }
+    let text = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    drop((a, b));
+}

@@ -1,0 +1,53 @@
+//! The command line: help, version, bad flags, --port 0.
+
+use crate::util::{command, Server};
+
+#[test]
+fn help_and_version() {
+    let out = command().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--port", "--listen", "--shards", "--cpus", "--dispatch", "--max-header-bytes", "--header-timeout"] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    let out = command().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("coreserve {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_flag_values_exit_2_naming_the_flag() {
+    for (args, needle) in [
+        (&["--max-body-bytes", "lots"][..], "must be a size"),
+        (&["--header-timeout", "soon"][..], "must be a duration"),
+        (&["--cpus", "x"][..], "must be a CPU list"),
+        (&["--dispatch", "random"][..], "invalid value"),
+        (&["--shards", "0"][..], "shards: must be at least 1"),
+        (&["--max-uri-bytes", "4"][..], "max-uri-bytes: must be at least 16"),
+    ] {
+        let out = command().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn cpus_outside_the_affinity_mask_are_refused() {
+    let out = command().args(["--cpus", "4000", "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CPU 4000 is not available"));
+}
+
+#[test]
+fn port_zero_binds_all_interfaces_and_logs_the_real_port() {
+    let server = Server::start(&["--port", "0"]);
+    assert!(server.addr.ip().is_unspecified());
+    assert_ne!(server.addr.port(), 0);
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
+    let r = crate::util::get(local, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.text(), "Hello World");
+}

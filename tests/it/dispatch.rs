@@ -1,0 +1,124 @@
+//! Both dispatch modes spread connections over every shard, and each shard
+//! runs pinned to its CPU.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use crate::util::{stopped_stats, Reader, Server};
+
+fn spread(mode: &str) {
+    let server = Server::start(&["--shards", "2", "--dispatch", mode]);
+    for _ in 0..40 {
+        let mut s = server.connect();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(Reader::new(&s).next(false).status, 200);
+    }
+    let log = server.stop();
+    let stats = stopped_stats(&log);
+    assert_eq!(stats.len(), 2, "{log}");
+    let total: u64 = stats.iter().map(|s| s.connections).sum();
+    assert_eq!(total, 40, "{log}");
+    for s in &stats {
+        assert!(s.connections > 0, "shard {} served nothing:\n{log}", s.shard);
+    }
+    if mode == "master" {
+        // Round-robin deals connections exactly.
+        assert!(stats.iter().all(|s| s.connections == 20), "{log}");
+    }
+}
+
+#[test]
+fn master_dispatch_deals_round_robin() {
+    spread("master");
+}
+
+#[test]
+fn reuseport_dispatch_spreads_over_shards() {
+    spread("reuseport");
+}
+
+#[test]
+fn more_shards_than_cpus_still_serve() {
+    let server = Server::start(&["--shards", "3", "--cpus", "0"]);
+    for _ in 0..6 {
+        let r = crate::util::get(server.addr, "GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 200);
+    }
+    let stats = stopped_stats(&server.stop());
+    assert_eq!(stats.len(), 3);
+    assert!(stats.iter().all(|s| s.cpu == 0 && s.connections == 2));
+}
+
+/// The CPUs each shard's threads (named `shard<id>-<n>`) may run on, by shard id.
+fn shard_affinities(pid: u32) -> BTreeMap<usize, BTreeSet<String>> {
+    let mut shards: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let Some(id) = comm
+            .strip_prefix("shard")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|id| id.parse().ok())
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        shards.entry(id).or_default().insert(allowed);
+    }
+    shards
+}
+
+fn pinned(cpus: &[usize]) -> BTreeMap<usize, BTreeSet<String>> {
+    cpus.iter()
+        .enumerate()
+        .map(|(id, cpu)| (id, BTreeSet::from([cpu.to_string()])))
+        .collect()
+}
+
+#[test]
+fn each_shard_is_pinned_to_its_cpu() {
+    let ncpu = std::thread::available_parallelism().unwrap().get();
+    let server = Server::start(&[]);
+    let all: Vec<usize> = (0..ncpu).collect();
+    assert_eq!(shard_affinities(server.pid()), pinned(&all), "{}", server.log());
+    for cpu in 0..ncpu {
+        assert!(server.log().contains(&format!("shard {cpu} started on CPU {cpu}")));
+    }
+
+    let last = ncpu - 1;
+    let server = Server::start(&["--cpus", &last.to_string()]);
+    assert_eq!(shard_affinities(server.pid()), pinned(&[last]));
+}
+
+#[test]
+fn port_in_use_is_a_clear_error_in_both_modes() {
+    let first = Server::start(&[]);
+    for mode in ["master", "reuseport"] {
+        let out = crate::util::command()
+            .args(["--listen", &first.addr.to_string(), "--dispatch", mode])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("cannot listen on {}", first.addr)) && err.contains("in use"),
+            "{mode}: {err}"
+        );
+    }
+}
+
+#[test]
+fn several_listen_addresses() {
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    assert_eq!(server.addrs.len(), 2);
+    for addr in &server.addrs {
+        let r = crate::util::get(*addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+    }
+}

@@ -1,0 +1,176 @@
+//! HTTP/1.1 behaviour that must work: keep-alive, pipelining, HEAD, bodies,
+//! 100-continue, absolute-form, the headers on every response.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::util::{get, is_closed, read_to_close, Reader, Server};
+
+#[test]
+fn hello_world_with_the_headers_every_response_has() {
+    let server = Server::start(&[]);
+    let r = get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello World");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("content-length"), Some("11"));
+    assert_eq!(r.header("server"), Some("coreserve"));
+    let date = r.header("date").expect("Date header");
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+    // Every path, every method answers the same with no configuration.
+    let r = get(server.addr, "DELETE /any/path?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello World"));
+}
+
+#[test]
+fn curl_gets_hello_world() {
+    let server = Server::start(&[]);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{}/", server.addr))
+        .output()
+        .expect("curl is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"Hello World");
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    let mut r = Reader::new(&s);
+    for _ in 0..50 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let resp = r.next(false);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("connection"), None);
+    }
+}
+
+#[test]
+fn http10_closes_unless_asked_to_keep_alive() {
+    let server = Server::start(&[]);
+    let text = server.exchange(b"GET / HTTP/1.0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("Connection: close\r\n"));
+    assert!(text.ends_with("Hello World"));
+
+    let mut s = server.connect();
+    let mut r = Reader::new(&s);
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        let resp = r.next(false);
+        assert_eq!(resp.header("connection"), Some("keep-alive"));
+    }
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = Reader::new(&s).next(false);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(is_closed(&mut s));
+}
+
+#[test]
+fn a_hundred_pipelined_requests_in_one_write() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    let batch = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(99)
+        + "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    s.write_all(batch.as_bytes()).unwrap();
+    let text = read_to_close(&mut s);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 100);
+    assert_eq!(text.matches("Hello World").count(), 100);
+}
+
+#[test]
+fn a_request_delivered_one_byte_at_a_time() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    s.set_nodelay(true).unwrap();
+    let req = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+    for b in req {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let resp = Reader::new(&s).next(false);
+    assert_eq!((resp.status, resp.text().as_str()), (200, "Hello World"));
+}
+
+#[test]
+fn head_has_the_same_headers_and_no_body() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = Reader::new(&s);
+    let head = r.next(true);
+    assert_eq!(head.header("content-length"), Some("11"));
+    assert_eq!(head.header("content-type"), Some("text/plain"));
+    // The next response starts right after the head: no body bytes between.
+    let next = r.next(false);
+    assert_eq!((next.status, next.text().as_str()), (200, "Hello World"));
+}
+
+#[test]
+fn bodies_are_read_and_the_next_pipelined_request_found() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
+          PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4;name=value;flag\r\nWiki\r\n5\r\npedia\r\n0\r\nExpires: never\r\nX-Sum: 1\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let text = read_to_close(&mut s);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+}
+
+#[test]
+fn expect_100_continue_gets_continue_before_the_body() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = Reader::new(&s);
+    let interim = r.next(true);
+    assert_eq!(interim.status, 100);
+    s.write_all(b"hello").unwrap();
+    let resp = r.next(false);
+    assert_eq!((resp.status, resp.text().as_str()), (200, "Hello World"));
+}
+
+#[test]
+fn expect_with_a_declared_body_too_large_gets_413_without_continue() {
+    let server = Server::start(&["--max-body-bytes", "1k"]);
+    let text = server.exchange(
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(!text.contains("100 Continue"));
+}
+
+#[test]
+fn absolute_form_targets_are_served() {
+    let server = Server::start(&[]);
+    let r = get(
+        server.addr,
+        "GET http://example.com/path?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello World"));
+    let r = get(server.addr, "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn leading_empty_lines_are_ignored() {
+    let server = Server::start(&[]);
+    let r = get(server.addr, "\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+}

@@ -1,0 +1,85 @@
+//! SIGTERM/SIGINT drain: stop accepting, finish what is in flight with
+//! `Connection: close`, close idle connections, exit 0; a second signal or
+//! the drain deadline ends it at once.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::util::{is_closed, Reader, Server, WAIT};
+
+#[test]
+fn graceful_shutdown_finishes_a_slow_request() {
+    let mut server = Server::start(&["--shards", "2"]);
+    // An idle keep-alive connection, and one in the middle of a request.
+    let mut idle = server.connect();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(Reader::new(&idle).next(false).status, 200);
+    let mut slow = server.connect();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("draining");
+    // The idle connection is closed right away.
+    assert!(is_closed(&mut idle));
+    // New connections are refused.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+    // The slow request is still answered, and told the connection closes.
+    slow.write_all(b"world").unwrap();
+    let resp = Reader::new(&slow).next(false);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(is_closed(&mut slow));
+    let status = server.wait(WAIT);
+    assert!(status.success(), "{}", server.log());
+    assert!(server.log().contains("stopped"));
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    let mut server = Server::start(&[]);
+    server.signal(libc::SIGINT);
+    assert!(server.wait(WAIT).success());
+    assert!(server.log().contains("SIGINT: draining"));
+}
+
+#[test]
+fn the_drain_deadline_cuts_stuck_requests() {
+    let mut server = Server::start(&["--drain-timeout", "500ms"]);
+    let mut stuck = server.connect();
+    stuck.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait(WAIT);
+    assert!(status.success(), "{}", server.log());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(server.log().contains("drain deadline passed"), "{}", server.log());
+    assert!(is_closed(&mut stuck));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--drain-timeout", "60s"]);
+    let mut stuck = server.connect();
+    stuck.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("draining");
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait(WAIT);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    assert!(server.log().contains("second SIGTERM"), "{}", server.log());
+}
+
+#[test]
+fn sighup_without_a_config_file_keeps_serving() {
+    let server = Server::start(&[]);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP");
+    let r = crate::util::get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+}

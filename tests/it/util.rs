@@ -1,0 +1,418 @@
+//! Starting the real binary and talking raw HTTP to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running coreserve, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The first address it reported listening on.
+    pub addr: SocketAddr,
+    /// Every address it reported.
+    pub addrs: Vec<SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+/// A command for the coreserve binary.
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coreserve"));
+    cmd.env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Server {
+    /// Start on 127.0.0.1:0 with these extra flags.
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = command();
+        if !args.iter().any(|a| *a == "--listen" || *a == "--port") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
+        Server::spawn(cmd)
+    }
+
+    /// Start a prepared command and wait for its "listening on" lines.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.spawn().expect("start coreserve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = log.lock().unwrap().clone();
+            let addrs: Vec<SocketAddr> = text
+                .lines()
+                .filter_map(|l| l.split("listening on http://").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            // All start-up lines are logged together; give the last a moment.
+            if !addrs.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+                let addrs = {
+                    let text = log.lock().unwrap().clone();
+                    text.lines()
+                        .filter_map(|l| l.split("listening on http://").nth(1))
+                        .filter_map(|rest| rest.split_whitespace().next())
+                        .filter_map(|a| a.parse().ok())
+                        .collect::<Vec<SocketAddr>>()
+                };
+                return Server {
+                    child,
+                    addr: addrs[0],
+                    addrs,
+                    log,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("coreserve exited ({status}) before listening:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "coreserve did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connection with generous timeouts.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    /// Send raw bytes on a fresh connection and read until the server closes.
+    pub fn exchange(&self, raw: &[u8]) -> String {
+        let mut s = self.connect();
+        s.write_all(raw).unwrap();
+        read_to_close(&mut s)
+    }
+
+    /// Send a signal to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait for the server to exit.
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr thread take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coreserve still running after {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stop with SIGTERM and return the log once it has exited.
+    pub fn stop(mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let status = self.wait(WAIT);
+        assert!(status.success(), "exit {status}:\n{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connect with 10 s read and write timeouts.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Read until end of file (or a reset after data), as text.
+pub fn read_to_close(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !buf.is_empty() => break,
+            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Whether the server closed the connection: end of file or a reset.
+pub fn is_closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// One parsed response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header fields, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads responses one at a time from a connection.
+pub struct Reader {
+    inner: BufReader<TcpStream>,
+}
+
+impl Reader {
+    /// Wrap a connection (a clone of it: the caller keeps writing).
+    pub fn new(s: &TcpStream) -> Reader {
+        Reader {
+            inner: BufReader::new(s.try_clone().unwrap()),
+        }
+    }
+
+    /// The next response; `head_only` for a HEAD request's response.
+    pub fn next(&mut self, head_only: bool) -> Response {
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let n = self.inner.read_until(b'\n', &mut line).expect("read head");
+            assert!(n > 0, "connection closed before a response; got {:?}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut fields);
+        assert!(r.parse(&head).unwrap().is_complete());
+        let status = r.code.unwrap();
+        let headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if !head_only && status >= 200 && status != 204 && status != 304 {
+            let len: usize = resp
+                .header("content-length")
+                .expect("content-length on every response")
+                .parse()
+                .unwrap();
+            resp.body = vec![0; len];
+            self.inner.read_exact(&mut resp.body).unwrap();
+        }
+        resp
+    }
+}
+
+/// Send one request on a fresh connection and read one response.
+pub fn get(addr: SocketAddr, raw: &str) -> Response {
+    let mut s = connect(addr);
+    s.write_all(raw.as_bytes()).unwrap();
+    Reader::new(&s).next(raw.starts_with("HEAD "))
+}
+
+/// Make `cmd` run with RLIMIT_MEMLOCK set to `bytes` (soft and hard).
+pub fn with_memlock(cmd: &mut Command, bytes: u64) {
+    // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Make io_uring_setup fail with `errno` in `cmd`, as a disabling sysctl
+/// (EPERM) or a container's seccomp profile (ENOSYS) would.
+pub fn without_io_uring(cmd: &mut Command, errno: i32) {
+    // SAFETY: prctl(2) with a filter built before fork; only async-signal-safe
+    // calls run in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            const NR_IO_URING_SETUP: u32 = 425;
+            const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+            const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+            let arch = if cfg!(target_arch = "aarch64") {
+                AUDIT_ARCH_AARCH64
+            } else {
+                AUDIT_ARCH_X86_64
+            };
+            let ld = |k| libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let jeq = |k, jt, jf| libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt,
+                jf,
+                k,
+            };
+            let ret = |k| libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            // seccomp_data: nr at offset 0, arch at offset 4.
+            let filter = [
+                ld(4),
+                jeq(arch, 0, 3),
+                ld(0),
+                jeq(NR_IO_URING_SETUP, 0, 1),
+                ret(libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA)),
+                ret(libc::SECCOMP_RET_ALLOW),
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A shard's final counters, as its "stopped" log line gives them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stopped {
+    /// Shard id.
+    pub shard: usize,
+    /// Its CPU.
+    pub cpu: usize,
+    /// Connections served.
+    pub connections: u64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Bad requests refused.
+    pub bad_requests: u64,
+    /// Timeouts.
+    pub timeouts: u64,
+}
+
+/// Every "shard N (CPU C) stopped: ..." line in a log.
+pub fn stopped_stats(log: &str) -> Vec<Stopped> {
+    let num = |s: &str| -> u64 { s.trim_matches(|c: char| !c.is_ascii_digit()).parse().unwrap() };
+    log.lines()
+        .filter_map(|l| l.split_once("shard ").map(|(_, rest)| rest))
+        .filter(|rest| rest.contains(" stopped: "))
+        .map(|rest| {
+            let (who, counts) = rest.split_once(" stopped: ").unwrap();
+            let (shard, cpu) = who.split_once(" (CPU ").unwrap();
+            let mut s = Stopped {
+                shard: num(shard) as usize,
+                cpu: num(cpu) as usize,
+                ..Stopped::default()
+            };
+            for part in counts.split(", ") {
+                let (n, what) = part.split_once(' ').unwrap();
+                let n: u64 = n.parse().unwrap();
+                match what {
+                    "connections" => s.connections = n,
+                    "requests" => s.requests = n,
+                    "bad requests" => s.bad_requests = n,
+                    "timeouts" => s.timeouts = n,
+                    _ => {}
+                }
+            }
+            s
+        })
+        .collect()
+}
