@@ -451,14 +451,19 @@ mod tests {
     fn a_body_error_replaces_the_pending_response() {
         let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         let (out, next) = run(input, &[1000]);
-        assert!(out.starts_with(b"HTTP/1.1 400 Bad Request"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"HTTP/1.1 400 Bad Request"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         assert_eq!(count(&out, b"HTTP/1.1"), 1);
         assert_eq!(next, Next::Close { linger: true });
     }
 
     #[test]
     fn continue_is_sent_only_while_the_body_is_held_back() {
-        let head = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let head =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
         let (out, next) = run(head, &[head.len()]);
         assert_eq!(out, CONTINUE);
         assert_eq!(next, Next::Read(Wait::Body));
@@ -471,9 +476,16 @@ mod tests {
     #[test]
     fn oversized_heads_get_431_or_414() {
         let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(600));
-        assert!(run(long_target.as_bytes(), &[64]).0.starts_with(b"HTTP/1.1 414"));
-        let long_field = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(600));
-        assert!(run(long_field.as_bytes(), &[64]).0.starts_with(b"HTTP/1.1 431"));
+        assert!(run(long_target.as_bytes(), &[64])
+            .0
+            .starts_with(b"HTTP/1.1 414"));
+        let long_field = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(600)
+        );
+        assert!(run(long_field.as_bytes(), &[64])
+            .0
+            .starts_with(b"HTTP/1.1 431"));
         let big_body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 257\r\n\r\n";
         assert!(run(big_body, &[1000]).0.starts_with(b"HTTP/1.1 413"));
     }

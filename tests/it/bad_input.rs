@@ -71,7 +71,9 @@ fn each_bad_request_gets_its_status_and_is_closed() {
         assert!(text.contains("Connection: close\r\n"), "{what}: {text:?}");
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: {text:?}");
 
-        bystander.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        bystander
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         assert_eq!(bystander_reader.next(false).status, 200, "after {what}");
     }
     let log = server.stop();
@@ -82,7 +84,8 @@ fn each_bad_request_gets_its_status_and_is_closed() {
 #[test]
 fn a_bad_request_after_good_ones_keeps_their_responses() {
     let server = Server::start(&[]);
-    let text = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n");
+    let text = server
+        .exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n");
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
 }
@@ -90,7 +93,10 @@ fn a_bad_request_after_good_ones_keeps_their_responses() {
 #[test]
 fn oversized_header_block_gets_431() {
     let server = Server::start(&["--max-header-bytes", "4k"]);
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(5000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
     let text = server.exchange(big.as_bytes());
     assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
     // Too many fields is the same answer.
@@ -169,7 +175,8 @@ fn a_silent_new_connection_gets_408() {
 fn a_stalled_body_gets_408() {
     let server = Server::start(&["--body-timeout", "500ms"]);
     let mut s = server.connect();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
     let text = read_to_close(&mut s);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
 }

@@ -7,7 +7,15 @@ fn help_and_version() {
     let out = command().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--port", "--listen", "--shards", "--cpus", "--dispatch", "--max-header-bytes", "--header-timeout"] {
+    for flag in [
+        "--port",
+        "--listen",
+        "--shards",
+        "--cpus",
+        "--dispatch",
+        "--max-header-bytes",
+        "--header-timeout",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     let out = command().arg("--version").output().unwrap();
@@ -26,7 +34,10 @@ fn bad_flag_values_exit_2_naming_the_flag() {
         (&["--cpus", "x"][..], "must be a CPU list"),
         (&["--dispatch", "random"][..], "invalid value"),
         (&["--shards", "0"][..], "shards: must be at least 1"),
-        (&["--max-uri-bytes", "4"][..], "max-uri-bytes: must be at least 16"),
+        (
+            &["--max-uri-bytes", "4"][..],
+            "max-uri-bytes: must be at least 16",
+        ),
     ] {
         let out = command().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -37,7 +48,10 @@ fn bad_flag_values_exit_2_naming_the_flag() {
 
 #[test]
 fn cpus_outside_the_affinity_mask_are_refused() {
-    let out = command().args(["--cpus", "4000", "--listen", "127.0.0.1:0"]).output().unwrap();
+    let out = command()
+        .args(["--cpus", "4000", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CPU 4000 is not available"));
 }

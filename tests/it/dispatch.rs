@@ -10,7 +10,8 @@ fn spread(mode: &str) {
     let server = Server::start(&["--shards", "2", "--dispatch", mode]);
     for _ in 0..40 {
         let mut s = server.connect();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         assert_eq!(Reader::new(&s).next(false).status, 200);
     }
     let log = server.stop();
@@ -19,7 +20,11 @@ fn spread(mode: &str) {
     let total: u64 = stats.iter().map(|s| s.connections).sum();
     assert_eq!(total, 40, "{log}");
     for s in &stats {
-        assert!(s.connections > 0, "shard {} served nothing:\n{log}", s.shard);
+        assert!(
+            s.connections > 0,
+            "shard {} served nothing:\n{log}",
+            s.shard
+        );
     }
     if mode == "master" {
         // Round-robin deals connections exactly.
@@ -86,9 +91,16 @@ fn each_shard_is_pinned_to_its_cpu() {
     let ncpu = std::thread::available_parallelism().unwrap().get();
     let server = Server::start(&[]);
     let all: Vec<usize> = (0..ncpu).collect();
-    assert_eq!(shard_affinities(server.pid()), pinned(&all), "{}", server.log());
+    assert_eq!(
+        shard_affinities(server.pid()),
+        pinned(&all),
+        "{}",
+        server.log()
+    );
     for cpu in 0..ncpu {
-        assert!(server.log().contains(&format!("shard {cpu} started on CPU {cpu}")));
+        assert!(server
+            .log()
+            .contains(&format!("shard {cpu} started on CPU {cpu}")));
     }
 
     let last = ncpu - 1;

@@ -16,7 +16,10 @@ fn fails_with(mut cmd: std::process::Command, needle: &str) {
 fn too_little_locked_memory() {
     let mut cmd = command();
     with_memlock(&mut cmd, 256 * 1024);
-    fails_with(cmd, "locked-memory limit is 256 KiB but io_uring needs at least 512 KiB");
+    fails_with(
+        cmd,
+        "locked-memory limit is 256 KiB but io_uring needs at least 512 KiB",
+    );
 }
 
 #[test]

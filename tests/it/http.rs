@@ -18,7 +18,10 @@ fn hello_world_with_the_headers_every_response_has() {
     let date = r.header("date").expect("Date header");
     assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
     // Every path, every method answers the same with no configuration.
-    let r = get(server.addr, "DELETE /any/path?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = get(
+        server.addr,
+        "DELETE /any/path?x=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
     assert_eq!((r.status, r.text().as_str()), (200, "Hello World"));
 }
 
@@ -30,7 +33,11 @@ fn curl_gets_hello_world() {
         .arg(format!("http://{}/", server.addr))
         .output()
         .expect("curl is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"Hello World");
 }
 
@@ -58,7 +65,8 @@ fn http10_closes_unless_asked_to_keep_alive() {
     let mut s = server.connect();
     let mut r = Reader::new(&s);
     for _ in 0..3 {
-        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
         let resp = r.next(false);
         assert_eq!(resp.header("connection"), Some("keep-alive"));
     }
@@ -68,7 +76,8 @@ fn http10_closes_unless_asked_to_keep_alive() {
 fn connection_close_is_honoured() {
     let server = Server::start(&[]);
     let mut s = server.connect();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let resp = Reader::new(&s).next(false);
     assert_eq!(resp.header("connection"), Some("close"));
     assert!(is_closed(&mut s));
@@ -134,10 +143,8 @@ fn bodies_are_read_and_the_next_pipelined_request_found() {
 fn expect_100_continue_gets_continue_before_the_body() {
     let server = Server::start(&[]);
     let mut s = server.connect();
-    s.write_all(
-        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
-    )
-    .unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
     let mut r = Reader::new(&s);
     let interim = r.next(true);
     assert_eq!(interim.status, 100);

@@ -12,10 +12,12 @@ fn graceful_shutdown_finishes_a_slow_request() {
     let mut server = Server::start(&["--shards", "2"]);
     // An idle keep-alive connection, and one in the middle of a request.
     let mut idle = server.connect();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(Reader::new(&idle).next(false).status, 200);
     let mut slow = server.connect();
-    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
     server.signal(libc::SIGTERM);
@@ -48,14 +50,20 @@ fn sigint_drains_like_sigterm() {
 fn the_drain_deadline_cuts_stuck_requests() {
     let mut server = Server::start(&["--drain-timeout", "500ms"]);
     let mut stuck = server.connect();
-    stuck.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab").unwrap();
+    stuck
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server.wait(WAIT);
     assert!(status.success(), "{}", server.log());
     assert!(start.elapsed() < Duration::from_secs(5));
-    assert!(server.log().contains("drain deadline passed"), "{}", server.log());
+    assert!(
+        server.log().contains("drain deadline passed"),
+        "{}",
+        server.log()
+    );
     assert!(is_closed(&mut stuck));
 }
 
@@ -63,7 +71,9 @@ fn the_drain_deadline_cuts_stuck_requests() {
 fn a_second_signal_exits_at_once() {
     let mut server = Server::start(&["--drain-timeout", "60s"]);
     let mut stuck = server.connect();
-    stuck.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab").unwrap();
+    stuck
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     server.signal(libc::SIGTERM);
     server.wait_for_log("draining");

@@ -87,7 +87,10 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(50));
                 panic!("coreserve exited ({status}) before listening:\n{text}");
             }
-            assert!(Instant::now() < deadline, "coreserve did not start:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "coreserve did not start:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -248,7 +251,11 @@ impl Reader {
         loop {
             let mut line = Vec::new();
             let n = self.inner.read_until(b'\n', &mut line).expect("read head");
-            assert!(n > 0, "connection closed before a response; got {:?}", String::from_utf8_lossy(&head));
+            assert!(
+                n > 0,
+                "connection closed before a response; got {:?}",
+                String::from_utf8_lossy(&head)
+            );
             head.extend_from_slice(&line);
             if line == b"\r\n" {
                 break;
@@ -389,7 +396,11 @@ pub struct Stopped {
 
 /// Every "shard N (CPU C) stopped: ..." line in a log.
 pub fn stopped_stats(log: &str) -> Vec<Stopped> {
-    let num = |s: &str| -> u64 { s.trim_matches(|c: char| !c.is_ascii_digit()).parse().unwrap() };
+    let num = |s: &str| -> u64 {
+        s.trim_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap()
+    };
     log.lines()
         .filter_map(|l| l.split_once("shard ").map(|(_, rest)| rest))
         .filter(|rest| rest.contains(" stopped: "))
