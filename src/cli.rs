@@ -2,6 +2,7 @@
 //! names; key names match the configuration's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -16,6 +17,15 @@ use crate::units;
 #[derive(Debug, Parser)]
 #[command(name = "coreserve", version, about, long_about = None)]
 pub struct Cli {
+    /// Configuration file. [default: /etc/coreserve/coreserve.toml if it exists]
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (file and flags) and exit: 0 and
+    /// "configuration OK", or 2 and every error found. Binds nothing.
+    #[arg(long)]
+    pub check: bool,
+
     /// Listen on 0.0.0.0:PORT (0 picks a free port; the bound address is logged).
     #[arg(short, long, value_name = "PORT")]
     pub port: Option<u16>,
@@ -95,30 +105,103 @@ fn parse_cpus(s: &str) -> Result<CpuList, cpus::CpuError> {
 }
 
 impl Cli {
-    /// Apply the flags over `base` and validate the result.
+    /// The configuration file to read: `--config`, else the default path if
+    /// it exists, else none (built-in defaults).
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let p = PathBuf::from(crate::config::DEFAULT_PATH);
+            p.exists().then_some(p)
+        })
+    }
+
+    /// The base configuration (the file, or the defaults) with the flags over
+    /// it, validated.
+    pub fn load(self) -> Result<Config, Vec<ConfigError>> {
+        let (base, mut errors) = match self.config_path() {
+            Some(path) => match crate::config::load_file(&path) {
+                Ok(c) => (c, Vec::new()),
+                Err(f) => match f.partial {
+                    Some(partial) => (*partial, f.errors),
+                    None => return Err(f.errors),
+                },
+            },
+            None => (Config::default(), Vec::new()),
+        };
+        match self.apply(base) {
+            Ok(c) if errors.is_empty() => Ok(c),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                // Report each key once (a key the file got wrong was left at
+                // its default and may break a rule again), in file order.
+                for e in more {
+                    if !errors.iter().any(|x| x.key == e.key && !e.key.is_empty()) {
+                        errors.push(e);
+                    }
+                }
+                errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+                Err(errors)
+            }
+        }
+    }
+
+    /// Apply the flags over `base` and validate the result. A key set by a
+    /// flag no longer points at its line in the file.
     pub fn apply(self, base: Config) -> Result<Config, Vec<ConfigError>> {
         let mut c = base;
         let mut listen = self.listen;
         if let Some(port) = self.port {
             listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
         }
+        let mut overridden = Vec::new();
+        macro_rules! set {
+            ($flag:expr, $key:literal, $field:expr) => {
+                if let Some(v) = $flag {
+                    $field = v;
+                    overridden.push($key);
+                }
+            };
+        }
         if !listen.is_empty() {
             c.listen = listen;
+            overridden.push("server.listen");
         }
-        c.shards = self.shards.or(c.shards);
-        c.cpus = self.cpus.map(|l| l.0).or(c.cpus);
-        c.dispatch = self.dispatch.unwrap_or(c.dispatch);
+        set!(self.shards.map(Some), "server.shards", c.shards);
+        set!(self.cpus.map(|l| Some(l.0)), "server.cpus", c.cpus);
+        set!(self.dispatch, "server.dispatch", c.dispatch);
+        set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
         let l = &mut c.limits;
-        l.max_header_bytes = self.max_header_bytes.unwrap_or(l.max_header_bytes);
-        l.max_uri_bytes = self.max_uri_bytes.unwrap_or(l.max_uri_bytes);
-        l.max_headers = self.max_headers.unwrap_or(l.max_headers);
-        l.max_body_bytes = self.max_body_bytes.unwrap_or(l.max_body_bytes);
-        l.header_timeout = self.header_timeout.unwrap_or(l.header_timeout);
-        l.body_timeout = self.body_timeout.unwrap_or(l.body_timeout);
-        l.send_timeout = self.send_timeout.unwrap_or(l.send_timeout);
-        l.keepalive_timeout = self.keepalive_timeout.unwrap_or(l.keepalive_timeout);
-        l.max_connections = self.max_connections.unwrap_or(l.max_connections);
-        c.drain_timeout = self.drain_timeout.unwrap_or(c.drain_timeout);
+        set!(
+            self.max_header_bytes,
+            "limits.max-header-bytes",
+            l.max_header_bytes
+        );
+        set!(self.max_uri_bytes, "limits.max-uri-bytes", l.max_uri_bytes);
+        set!(self.max_headers, "limits.max-headers", l.max_headers);
+        set!(
+            self.max_body_bytes,
+            "limits.max-body-bytes",
+            l.max_body_bytes
+        );
+        set!(
+            self.header_timeout,
+            "limits.header-timeout",
+            l.header_timeout
+        );
+        set!(self.body_timeout, "limits.body-timeout", l.body_timeout);
+        set!(self.send_timeout, "limits.send-timeout", l.send_timeout);
+        set!(
+            self.keepalive_timeout,
+            "limits.keepalive-timeout",
+            l.keepalive_timeout
+        );
+        set!(
+            self.max_connections,
+            "limits.max-connections",
+            l.max_connections
+        );
+        for key in overridden {
+            c.lines.remove(key);
+        }
         c.validate()
     }
 }
@@ -165,6 +248,21 @@ mod tests {
         let errs = cli(&["--shards", "0"])
             .apply(Config::default())
             .unwrap_err();
-        assert_eq!(errs[0].key, "shards");
+        assert_eq!(errs[0].key, "server.shards");
+        assert_eq!(errs[0].to_string(), "server.shards: must be at least 1");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = crate::config::parse_str(
+            "[limits]\nmax-body-bytes = \"2m\"\nmax-headers = 50\n",
+            std::path::Path::new("f.toml"),
+        )
+        .map_err(|f| f.errors)
+        .unwrap();
+        let c = cli(&["--max-body-bytes", "3m"]).apply(file).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 3 << 20);
+        assert_eq!(c.limits.max_headers, 50);
+        assert!(!c.lines.contains_key("limits.max-body-bytes"));
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::http::response::write_error;
+use crate::handlers::static_files::{self, ReplyContext};
+use crate::http::response::{write_error, Persistence};
 use crate::http::session::{Context, InputBuffer, Next, Session, Wait};
 use crate::http::status::Status;
 use crate::shard::{ConnKey, Shard};
@@ -56,6 +57,29 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             return;
         }
         let wait = match next {
+            Next::Serve => {
+                let Some(p) = session.take_pending() else {
+                    return;
+                };
+                let rc = ReplyContext {
+                    persistence: p.persistence,
+                    head_only: p.head_only,
+                    date: shard.date(),
+                };
+                if static_files::serve(p.job, rc, &mut out, &mut stream)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if p.persistence == Persistence::Close {
+                    if !input.data().is_empty() {
+                        linger_close(&mut stream, &mut input).await;
+                    }
+                    return;
+                }
+                continue;
+            }
             Next::Close { linger } => {
                 if let Some(e) = session.error() {
                     shard.count_error(e);

@@ -17,6 +17,7 @@ pub mod host;
 pub mod http;
 pub mod listener;
 pub mod master;
+pub mod router;
 pub mod shard;
 pub mod signals;
 pub mod units;

@@ -6,21 +6,32 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use coreserve::cli::Cli;
-use coreserve::config::Config;
 use coreserve::master::{self, MasterError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let config = match cli.apply(Config::default()) {
+    let check = cli.check;
+    let config = match cli.load() {
         Ok(c) => c,
         Err(errors) => {
-            for e in errors {
-                log::error!("{e}");
+            for e in &errors {
+                if check {
+                    eprintln!("{e}");
+                } else {
+                    log::error!("{e}");
+                }
+            }
+            if !check {
+                log::error!("configuration has {} error(s); not starting", errors.len());
             }
             return ExitCode::from(2);
         }
     };
+    if check {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
     match master::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MasterError::Forced(_)) => {

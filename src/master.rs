@@ -137,6 +137,7 @@ pub fn run(config: Config) -> Result<(), MasterError> {
             control: ctl_rx,
             events: ev_tx,
             limits: config.limits,
+            routes: config.routes.clone(),
             drain_timeout: config.drain_timeout,
             io_memory,
         };

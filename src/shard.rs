@@ -17,13 +17,14 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use slab::Slab;
 
-use crate::config::Limits;
+use crate::config::{Limits, RouteConfig};
 use crate::conn;
-use crate::handlers::{FixedResponse, Handler};
+use crate::handlers::Handler;
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::error::ParseError;
 use crate::http::session::SessionLimits;
 use crate::listener;
+use crate::router::Router;
 
 /// Where a shard's connections come from.
 pub enum Intake {
@@ -88,6 +89,8 @@ pub struct ShardSpec {
     pub events: SharedSender<ShardEvent>,
     /// Request limits.
     pub limits: Limits,
+    /// Routes (the shard builds its own router from them).
+    pub routes: Vec<RouteConfig>,
     /// How long draining may take before open connections are cut.
     pub drain_timeout: Duration,
     /// glommio's io_memory for this executor, bytes.
@@ -127,13 +130,13 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn new(id: usize, limits: Limits) -> Shard {
+    fn new(id: usize, limits: Limits, routes: &[RouteConfig]) -> Shard {
         Shard {
             id,
             limits,
             session_limits: limits.session(),
             date: DateCache::default(),
-            handler: Box::new(FixedResponse::hello_world()),
+            handler: Box::new(Router::new(routes)),
             draining: Cell::new(false),
             conns: RefCell::new(Slab::new()),
             stats: Cell::new(ShardStats::default()),
@@ -235,7 +238,7 @@ async fn run(spec: ShardSpec) {
     let id = spec.id;
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
-    let shard = Rc::new(Shard::new(id, spec.limits));
+    let shard = Rc::new(Shard::new(id, spec.limits, &spec.routes));
     let gate = Rc::new(Gate::new());
 
     let date_shard = shard.clone();

@@ -1,7 +1,7 @@
 //! A fixed response: the same status, content type and body for every request
 //! (the Node cluster example's `Hello World`).
 
-use super::Handler;
+use super::{Handler, Outcome};
 use crate::http::parse::Request;
 use crate::http::response::ResponseWriter;
 use crate::http::status::Status;
@@ -29,8 +29,9 @@ impl FixedResponse {
 }
 
 impl Handler for FixedResponse {
-    fn handle(&self, _req: &Request<'_>, mut res: ResponseWriter<'_>) {
+    fn handle(&self, _req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
         res.begin(self.status);
         res.body(&self.content_type, &self.body);
+        Outcome::Done
     }
 }

@@ -89,6 +89,12 @@ impl<'o> ResponseWriter<'o> {
         }
     }
 
+    /// End the head with `Content-Type` and `Content-Length: len`; the caller
+    /// sends the `len` body bytes itself (streamed files), unless HEAD.
+    pub fn sized(self, content_type: &str, len: u64) {
+        self.finish_head(Some((content_type, len)));
+    }
+
     /// End the head of a response without a body (`Content-Length: 0` where
     /// a length is allowed).
     pub fn empty(self) {

@@ -14,7 +14,8 @@ use super::date::DATE_LEN;
 use super::error::{status_for, ParseError};
 use super::parse::{self, BodyFraming, HeadLimits, HeadScanner, Version, MAX_HEADERS_LIMIT};
 use super::response::{mark_closing, write_error, Persistence, ResponseWriter, CONTINUE};
-use crate::handlers::Handler;
+use crate::handlers::static_files::FileJob;
+use crate::handlers::{Handler, Outcome};
 
 /// Limits the session enforces on each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub enum Wait {
 pub enum Next {
     /// Read more input.
     Read(Wait),
+    /// A handler deferred its response (a file): take it with
+    /// `take_pending`, serve it, then call `process` again.
+    Serve,
     /// Close the connection. With `linger`, the client may still be sending
     /// (an error cut its request short, or pipelined requests were left
     /// unanswered): drain its input for a moment first, so the kernel does not
@@ -89,6 +93,19 @@ pub struct Session {
     served: u64,
     /// The error that closed the session, if one did.
     error: Option<ParseError>,
+    /// A deferred response for the request being completed.
+    pending: Option<Pending>,
+}
+
+/// A response a handler left for the connection to produce asynchronously.
+#[derive(Debug)]
+pub struct Pending {
+    /// The work.
+    pub job: Box<FileJob>,
+    /// What the response says about the connection.
+    pub persistence: Persistence,
+    /// HEAD: no body.
+    pub head_only: bool,
 }
 
 impl Default for Session {
@@ -99,6 +116,7 @@ impl Default for Session {
             committed: 0,
             served: 0,
             error: None,
+            pending: None,
         }
     }
 }
@@ -128,6 +146,11 @@ impl Session {
     /// The error that ended the session, if any.
     pub fn error(&self) -> Option<ParseError> {
         self.error
+    }
+
+    /// The deferred response `Next::Serve` announced.
+    pub fn take_pending(&mut self) -> Option<Pending> {
+        self.pending.take()
     }
 
     /// Answer every complete request in `input`, consuming what was used.
@@ -242,7 +265,10 @@ impl Session {
         self.committed = out.len();
         self.served += 1;
         self.scanner.reset();
-        if keep_alive {
+        if self.pending.is_some() {
+            // The connection serves it, then closes if its persistence says so.
+            Some(Next::Serve)
+        } else if keep_alive {
             None
         } else {
             Some(Next::Close {
@@ -279,16 +305,22 @@ impl Session {
             (true, Version::Http11) => Persistence::KeepAlive,
             (true, Version::Http10) => Persistence::KeepAliveHttp10,
         };
-        cx.handler.handle(
-            &req,
-            ResponseWriter::new(out, cx.date, persistence, req.is_head()),
-        );
+        let head_only = req.is_head();
+        let writer = ResponseWriter::new(out, cx.date, persistence, head_only);
+        if let Outcome::File(job) = cx.handler.handle(&req, writer) {
+            self.pending = Some(Pending {
+                job,
+                persistence,
+                head_only,
+            });
+        }
         Ok(HeadOutcome { body, keep_alive })
     }
 
     /// Replace any uncommitted response with the error's, and close.
     fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context) -> Next {
         out.truncate(self.committed);
+        self.pending = None;
         write_error(out, cx.date, status_for(e), false);
         self.committed = out.len();
         self.error = Some(e);
@@ -402,7 +434,7 @@ mod tests {
             out.drain(..n);
             session.written(n);
             match next {
-                Next::Close { .. } => return (written, next),
+                Next::Close { .. } | Next::Serve => return (written, next),
                 Next::Read(_) if rest.is_empty() => return (written, next),
                 Next::Read(_) => {
                     let spare = buf.spare();

@@ -3,9 +3,11 @@
 
 mod bad_input;
 mod cli;
+mod config;
 mod dispatch;
 mod host;
 mod http;
 mod load;
 mod shutdown;
+mod static_files;
 mod util;

@@ -1,0 +1,110 @@
+//! `${VAR}` and `${VAR:-default}` in the configuration text, replaced from
+//! the environment before parsing (what nginx users do with envsubst).
+
+/// A reference to a variable that is not set and has no default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unset {
+    /// 1-based line of the reference.
+    pub line: usize,
+    /// The variable's name.
+    pub name: String,
+}
+
+/// Replace every `${NAME}` / `${NAME:-default}` outside comment lines.
+/// A reference that is not closed, or whose name is not
+/// `[A-Za-z_][A-Za-z0-9_]*`, is left as written (TOML will then complain
+/// about it with its line).
+pub fn substitute(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<Unset>> {
+    let mut out = String::with_capacity(text.len());
+    let mut unset = Vec::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if !valid_name(name) {
+                out.push_str(&rest[start..start + 2 + end + 1]);
+            } else {
+                match (lookup(name).filter(|v| !v.is_empty()), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        // `${VAR}` with VAR set to "" is a value, not an error.
+                        match lookup(name) {
+                            Some(v) => out.push_str(&v),
+                            None => unset.push(Unset {
+                                line: i + 1,
+                                name: name.to_string(),
+                            }),
+                        }
+                    }
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    if unset.is_empty() {
+        Ok(out)
+    } else {
+        Err(unset)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("8080".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn replaces_and_defaults() {
+        let t = "listen = \"0.0.0.0:${PORT}\"\nroot = \"${ROOT:-/srv/www}\"\nx = \"${EMPTY:-d}${EMPTY}\"\n";
+        assert_eq!(
+            substitute(t, env).unwrap(),
+            "listen = \"0.0.0.0:8080\"\nroot = \"/srv/www\"\nx = \"d\"\n"
+        );
+    }
+
+    #[test]
+    fn unset_variables_are_reported_by_line() {
+        let t = "a = 1\nb = \"${NOPE}\"\n# c = \"${ALSO_NOPE}\"\nd = \"${X-1}\"\n";
+        let errs = substitute(t, env).unwrap_err();
+        assert_eq!(
+            errs,
+            vec![Unset {
+                line: 2,
+                name: "NOPE".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,627 @@
+//! The server's configuration: what to listen on, how many shards, how
+//! connections are dispatched, every limit a request is held to, the routes,
+//! and logging.
+//!
+//! Built from defaults, then the file (`load`), then flags; `validate` is the
+//! single step that checks the whole, reporting every rule broken with the
+//! file, line and key, before anything is bound or started.
+
+mod env;
+mod load;
+
+pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::status::Status;
+
+use crate::http::parse::{HeadLimits, MAX_HEADERS_LIMIT};
+use crate::http::session::SessionLimits;
+
+/// Where accepted connections come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Dispatch {
+    /// The master accepts and hands sockets round-robin to the shards
+    /// (Node cluster's SCHED_RR).
+    #[default]
+    Master,
+    /// Every shard accepts on its own SO_REUSEPORT listener; the kernel
+    /// spreads connections (Node cluster's SCHED_NONE).
+    Reuseport,
+}
+
+impl Dispatch {
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dispatch::Master => "master",
+            Dispatch::Reuseport => "reuseport",
+        }
+    }
+}
+
+/// The address used when none is given.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3000";
+/// nginx's `large_client_header_buffers 4 8k` lets a head reach 32 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
+/// nginx refuses a request line over one 8 KiB buffer with 414.
+pub const DEFAULT_MAX_URI_BYTES: u64 = 8 << 10;
+/// Header fields per request; real clients send a few dozen at most.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// nginx's `client_max_body_size 1m`.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// nginx's `client_header_timeout 60s`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `client_body_timeout 60s`, between two reads.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `send_timeout 60s`, between two writes.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `keepalive_timeout 75s`.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Open connections per shard; nginx's worker_connections is 512-1024 by
+/// default, which real deployments raise: a shard holds idle keep-alive
+/// connections cheaply.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
+/// How long a graceful shutdown waits for requests in flight.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits every shard enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and fields), bytes.
+    pub max_header_bytes: u64,
+    /// Longest request target, bytes; a target must also fit in the head, so
+    /// `max-header-bytes` caps it.
+    pub max_uri_bytes: u64,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: u64,
+    /// Time allowed for a whole request head to arrive (slowloris defence).
+    pub header_timeout: Duration,
+    /// Time allowed between two reads of a request body.
+    pub body_timeout: Duration,
+    /// Time allowed between two writes of a response.
+    pub send_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub keepalive_timeout: Duration,
+    /// Open connections per shard; past it, new ones get 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Limits {
+    /// The part of the limits the HTTP session enforces.
+    pub fn session(&self) -> SessionLimits {
+        SessionLimits {
+            head: HeadLimits {
+                max_header_bytes: self.max_header_bytes as usize,
+                max_uri_bytes: self.max_uri_bytes.min(self.max_header_bytes) as usize,
+                max_headers: self.max_headers,
+            },
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// Everything the master needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to accept connections on; at least one.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards; `None` means one per selected CPU.
+    pub shards: Option<usize>,
+    /// CPUs to run shards on; `None` means every CPU this process may use.
+    pub cpus: Option<Vec<usize>>,
+    /// How connections reach shards.
+    pub dispatch: Dispatch,
+    /// Request limits.
+    pub limits: Limits,
+    /// How long a graceful shutdown waits before closing what is left.
+    pub drain_timeout: Duration,
+    /// Routes, in file order; matched by longest path prefix.
+    pub routes: Vec<RouteConfig>,
+    /// Access logging.
+    pub log: LogConfig,
+    /// The file this came from, if any (for messages and reload).
+    pub source: Option<PathBuf>,
+    /// Line of each key set in the file, so that errors found after parsing
+    /// can still point at the line.
+    pub lines: HashMap<String, usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![DEFAULT_LISTEN.parse().expect("default address parses")],
+            shards: None,
+            cpus: None,
+            dispatch: Dispatch::default(),
+            limits: Limits::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            routes: vec![RouteConfig::hello_world()],
+            log: LogConfig::default(),
+            source: None,
+            lines: HashMap::new(),
+        }
+    }
+}
+
+/// One `[[route]]`: which requests it takes and what answers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Path prefix; the longest matching prefix wins. `/static/` matches
+    /// `/static/a.css` but not `/staticfoo`; `/api` matches `/api` and `/api/x`.
+    pub path: String,
+    /// Methods this route takes; others get 405. `None`: whatever the handler serves.
+    pub methods: Option<Vec<String>>,
+    /// Host (without port, case-insensitive) this route is for; `None`: any.
+    pub host: Option<String>,
+    /// What answers.
+    pub handler: HandlerConfig,
+}
+
+impl RouteConfig {
+    /// The built-in route: `/` answers `Hello World`.
+    pub fn hello_world() -> Self {
+        RouteConfig {
+            path: "/".into(),
+            methods: None,
+            host: None,
+            handler: HandlerConfig::Respond {
+                status: 200,
+                body: "Hello World".into(),
+                content_type: "text/plain".into(),
+            },
+        }
+    }
+}
+
+/// The handler of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerConfig {
+    /// A fixed status, body and content type.
+    Respond {
+        /// Status code.
+        status: u16,
+        /// Body.
+        body: String,
+        /// Content-Type.
+        content_type: String,
+    },
+    /// Files under a directory.
+    Static(StaticConfig),
+    /// A redirect.
+    Redirect {
+        /// 301, 302, 307 or 308.
+        status: u16,
+        /// The Location sent.
+        location: String,
+    },
+}
+
+/// A static-file route's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// The directory served; the route's path maps to it.
+    pub root: PathBuf,
+    /// Files tried for a directory, in order.
+    pub index: Vec<String>,
+    /// List a directory that has no index file.
+    pub autoindex: bool,
+    /// Serve symlinks that point outside the root.
+    pub follow_symlinks: bool,
+    /// Serve names starting with a dot.
+    pub dotfiles: bool,
+    /// Serve `name.br` / `name.gz` when the client accepts the encoding.
+    pub precompressed: bool,
+    /// The Cache-Control header sent with files, if any.
+    pub cache_control: Option<String>,
+    /// How long a shard trusts what it learned about a file before looking again.
+    pub cache_valid: Duration,
+}
+
+/// nginx's `open_file_cache_valid` is 60 s; one second keeps edits visible
+/// almost at once while sparing a metadata lookup on most hits.
+pub const DEFAULT_CACHE_VALID: Duration = Duration::from_secs(1);
+
+impl StaticConfig {
+    /// Defaults for everything but the root.
+    pub fn new(root: PathBuf) -> Self {
+        StaticConfig {
+            root,
+            index: vec!["index.html".into()],
+            autoindex: false,
+            follow_symlinks: false,
+            dotfiles: false,
+            precompressed: false,
+            cache_control: None,
+            cache_valid: DEFAULT_CACHE_VALID,
+        }
+    }
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// Not written.
+    #[default]
+    Off,
+    /// To standard error, with the server's own messages.
+    Stderr,
+    /// Appended to this file, reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// The Apache/nginx combined format.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// Where access lines go.
+    pub access: AccessLog,
+    /// Their format.
+    pub format: LogFormat,
+}
+
+/// A configuration value that breaks a rule: where it is, the key, and the
+/// rule, as one line (`coreserve.toml:14: limits.max-body-bytes: must be …`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, when the value came from one.
+    pub file: Option<String>,
+    /// The 1-based line in that file.
+    pub line: Option<usize>,
+    /// The key, `section.key` as in the file (flags use the same names).
+    pub key: String,
+    /// The rule broken, with the value found.
+    pub rule: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
+            (Some(file), None) => write!(f, "{file}: ")?,
+            _ => {}
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.rule)
+        } else {
+            write!(f, "{}: {}", self.key, self.rule)
+        }
+    }
+}
+
+impl ConfigError {
+    /// An error about a key, without a location yet.
+    pub fn new(key: impl Into<String>, rule: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            key: key.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Check every rule; return every error found, not just the first, each
+    /// with the line of its key when it came from the file.
+    pub fn validate(self) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
+        let l = &self.limits;
+        if self.listen.is_empty() {
+            err("server.listen", "at least one address is needed".into());
+        }
+        if self.shards == Some(0) {
+            err("server.shards", "must be at least 1".into());
+        }
+        if matches!(&self.cpus, Some(c) if c.is_empty()) {
+            err("server.cpus", "must name at least one CPU".into());
+        }
+        // The request line alone needs room for a method, a target and a version.
+        if !(256..=1 << 20).contains(&l.max_header_bytes) {
+            err(
+                "limits.max-header-bytes",
+                format!("must be between 256 and 1m, got {}", l.max_header_bytes),
+            );
+        }
+        if l.max_uri_bytes < 16 {
+            err(
+                "limits.max-uri-bytes",
+                format!("must be at least 16, got {}", l.max_uri_bytes),
+            );
+        }
+        if !(1..=MAX_HEADERS_LIMIT).contains(&l.max_headers) {
+            err(
+                "limits.max-headers",
+                format!(
+                    "must be between 1 and {MAX_HEADERS_LIMIT}, got {}",
+                    l.max_headers
+                ),
+            );
+        }
+        for (key, d) in [
+            ("limits.header-timeout", l.header_timeout),
+            ("limits.body-timeout", l.body_timeout),
+            ("limits.send-timeout", l.send_timeout),
+            ("limits.keepalive-timeout", l.keepalive_timeout),
+            ("server.drain-timeout", self.drain_timeout),
+        ] {
+            if d.is_zero() {
+                err(key, "must be longer than 0".into());
+            }
+        }
+        if l.max_connections == 0 {
+            err("limits.max-connections", "must be at least 1".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            validate_route(i, r, &self.routes[..i], &mut err);
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            for e in &mut errors {
+                self.locate(e);
+            }
+            Err(errors)
+        }
+    }
+
+    /// Point an error at the file and line its key came from, if it did.
+    pub fn locate(&self, e: &mut ConfigError) {
+        if let Some(src) = &self.source {
+            if e.file.is_none() {
+                e.file = Some(src.display().to_string());
+            }
+            if e.line.is_none() {
+                e.line = self.lines.get(&e.key).copied();
+            }
+            if e.line.is_none() {
+                // A route error names a key the route may not set; point at the route.
+                if let Some((route, _)) = e.key.split_once("].") {
+                    e.line = self.lines.get(&format!("{route}]")).copied();
+                }
+            }
+        }
+    }
+}
+
+/// The key prefix of route `i` (0-based) in messages: `route[1]` is the first.
+pub fn route_key(i: usize) -> String {
+    format!("route[{}]", i + 1)
+}
+
+fn validate_route(
+    i: usize,
+    r: &RouteConfig,
+    earlier: &[RouteConfig],
+    err: &mut impl FnMut(&str, String),
+) {
+    let key = |k: &str| format!("{}.{k}", route_key(i));
+    if !r.path.starts_with('/') {
+        err(&key("path"), format!("must start with /, got {:?}", r.path));
+    }
+    if let Some(dup) = earlier
+        .iter()
+        .position(|e| e.path == r.path && e.host == r.host && e.methods == r.methods)
+    {
+        err(
+            &key("path"),
+            format!(
+                "{:?} is already routed by {} with the same host and methods",
+                r.path,
+                route_key(dup)
+            ),
+        );
+    }
+    if let Some(methods) = &r.methods {
+        if methods.is_empty() {
+            err(&key("methods"), "must list at least one method".into());
+        }
+        for m in methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+                err(
+                    &key("methods"),
+                    format!("must be upper-case method names like \"GET\", got {m:?}"),
+                );
+            }
+        }
+    }
+    match &r.handler {
+        HandlerConfig::Respond {
+            status,
+            content_type,
+            ..
+        } => {
+            if Status::from_code(*status).is_none() {
+                err(
+                    &key("status"),
+                    format!("must be a known HTTP status between 200 and 599, got {status}"),
+                );
+            } else if *status < 200 {
+                err(&key("status"), format!("must be 200 or more, got {status}"));
+            }
+            if !is_header_value(content_type) {
+                err(
+                    &key("content-type"),
+                    format!("is not a valid header value: {content_type:?}"),
+                );
+            }
+        }
+        HandlerConfig::Redirect { status, location } => {
+            if ![301, 302, 303, 307, 308].contains(status) {
+                err(
+                    &key("status"),
+                    format!("must be 301, 302, 303, 307 or 308, got {status}"),
+                );
+            }
+            if location.is_empty() || !is_header_value(location) {
+                err(
+                    &key("location"),
+                    format!("must be a URL or path, got {location:?}"),
+                );
+            }
+        }
+        HandlerConfig::Static(s) => {
+            match std::fs::metadata(&s.root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => err(
+                    &key("root"),
+                    format!("{} is not a directory", s.root.display()),
+                ),
+                Err(e) => err(
+                    &key("root"),
+                    format!("cannot use {}: {e}", s.root.display()),
+                ),
+            }
+            for name in &s.index {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    err(
+                        &key("index"),
+                        format!("must be plain file names, got {name:?}"),
+                    );
+                }
+            }
+            if let Some(cc) = &s.cache_control {
+                if !is_header_value(cc) {
+                    err(
+                        &key("cache-control"),
+                        format!("is not a valid header value: {cc:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Visible ASCII and spaces: what may go into a header we send.
+fn is_header_value(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported() {
+        let mut c = Config::default();
+        c.listen.clear();
+        c.shards = Some(0);
+        c.limits.max_header_bytes = 10;
+        c.limits.max_headers = 0;
+        c.limits.keepalive_timeout = Duration::ZERO;
+        c.limits.max_connections = 0;
+        let keys: Vec<_> = c
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "server.shards",
+                "limits.max-header-bytes",
+                "limits.max-headers",
+                "limits.keepalive-timeout",
+                "limits.max-connections"
+            ]
+        );
+    }
+
+    #[test]
+    fn route_rules() {
+        let mut c = Config::default();
+        let mut bad = RouteConfig::hello_world();
+        bad.path = "nope".into();
+        bad.methods = Some(vec!["get".into()]);
+        bad.handler = HandlerConfig::Redirect {
+            status: 200,
+            location: String::new(),
+        };
+        c.routes.push(bad);
+        c.routes.push(RouteConfig::hello_world());
+        let mut s = RouteConfig::hello_world();
+        s.path = "/s/".into();
+        s.handler = HandlerConfig::Static(StaticConfig::new("/definitely/not/here".into()));
+        c.routes.push(s);
+        let keys: Vec<_> = c
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "route[2].path",
+                "route[2].methods",
+                "route[2].status",
+                "route[2].location",
+                "route[3].path",
+                "route[4].root"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_file_line() {
+        let mut c = Config {
+            source: Some("conf/x.toml".into()),
+            ..Config::default()
+        };
+        c.lines.insert("server.shards".into(), 7);
+        c.shards = Some(0);
+        let e = &c.validate().unwrap_err()[0];
+        assert_eq!(
+            e.to_string(),
+            "conf/x.toml:7: server.shards: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn uri_limit_is_capped_by_the_head_limit() {
+        let mut c = Config::default();
+        c.limits.max_header_bytes = 4096;
+        let c = c.validate().unwrap();
+        assert_eq!(c.limits.session().head.max_uri_bytes, 4096);
+    }
+}

@@ -1,0 +1,322 @@
+//! The file-system half of static serving. Everything here blocks, so it runs
+//! only on glommio's blocking thread (`spawn_blocking`), never on a shard.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Files up to this size are read whole and kept in the shard's cache; larger
+/// ones are streamed from disk in chunks.
+pub const SMALL_FILE: u64 = 64 << 10;
+
+/// What a request resolved to on disk.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A regular file.
+    File(FileInfo),
+    /// A directory asked for without the trailing slash: redirect to add it.
+    AddSlash,
+    /// A directory listing (autoindex), as HTML.
+    Listing(Rc<[u8]>),
+    /// Nothing there (or hidden behind a refused symlink).
+    NotFound,
+    /// A directory without an index and without autoindex.
+    Forbidden,
+}
+
+/// A file to serve and what the response says about it.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// Canonical path, opened again for streaming.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, whole seconds since the epoch.
+    pub mtime: u64,
+    /// Inode, so a replaced file is noticed even with equal size and mtime.
+    pub ino: u64,
+    /// Content-Type, from the name the client asked for.
+    pub content_type: &'static str,
+    /// `br` or `gzip` when a precompressed sibling is served.
+    pub encoding: Option<&'static str>,
+    /// The whole content, for small files.
+    pub body: Option<Rc<[u8]>>,
+}
+
+impl FileInfo {
+    /// The entity tag: modification time and size, like nginx's.
+    pub fn etag(&self) -> String {
+        format!("\"{:x}-{:x}\"", self.mtime, self.size)
+    }
+
+    /// Last-Modified as a time.
+    pub fn modified(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(self.mtime)
+    }
+}
+
+/// `Found` is built on the blocking thread and used on the shard; `Rc` bodies
+/// are created on the shard side from this `Send` form.
+#[derive(Debug)]
+pub enum FoundSend {
+    /// See `Found::File`.
+    File(FileInfoSend),
+    /// See `Found::AddSlash`.
+    AddSlash,
+    /// See `Found::Listing`.
+    Listing(Vec<u8>),
+    /// See `Found::NotFound`.
+    NotFound,
+    /// See `Found::Forbidden`.
+    Forbidden,
+}
+
+/// `FileInfo` with an owned body, to cross threads.
+#[derive(Debug)]
+pub struct FileInfoSend {
+    path: PathBuf,
+    size: u64,
+    mtime: u64,
+    ino: u64,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    body: Option<Vec<u8>>,
+}
+
+impl From<FoundSend> for Found {
+    fn from(f: FoundSend) -> Found {
+        match f {
+            FoundSend::File(i) => Found::File(FileInfo {
+                path: i.path,
+                size: i.size,
+                mtime: i.mtime,
+                ino: i.ino,
+                content_type: i.content_type,
+                encoding: i.encoding,
+                body: i.body.map(Into::into),
+            }),
+            FoundSend::AddSlash => Found::AddSlash,
+            FoundSend::Listing(v) => Found::Listing(v.into()),
+            FoundSend::NotFound => Found::NotFound,
+            FoundSend::Forbidden => Found::Forbidden,
+        }
+    }
+}
+
+/// What the blocking lookup needs; all owned, all `Send`.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// Canonical root.
+    pub root: PathBuf,
+    /// Safe relative path (see `resolve`).
+    pub rel: String,
+    /// The request ended in `/`.
+    pub trailing_slash: bool,
+    /// The request path as sent, for listing titles and links.
+    pub request_path: String,
+    /// Index names to try for a directory.
+    pub index: Vec<String>,
+    /// List directories without an index.
+    pub autoindex: bool,
+    /// Allow symlinks out of the root.
+    pub follow_symlinks: bool,
+    /// Show dotfiles in listings.
+    pub dotfiles: bool,
+    /// Precompressed encodings to try, best first (`br`, `gzip`).
+    pub encodings: Vec<&'static str>,
+}
+
+/// Resolve a lookup on disk.
+pub fn find(l: &Lookup) -> FoundSend {
+    let candidate = l.root.join(&l.rel);
+    let Some(real) = inside_root(l, &candidate) else {
+        return FoundSend::NotFound;
+    };
+    let Ok(meta) = fs::metadata(&real) else {
+        return FoundSend::NotFound;
+    };
+    if meta.is_dir() {
+        if !l.trailing_slash {
+            return FoundSend::AddSlash;
+        }
+        for name in &l.index {
+            let p = real.join(name);
+            if let Some(p) = inside_root(l, &p) {
+                if let Ok(m) = fs::metadata(&p) {
+                    if m.is_file() {
+                        return file(l, &p, name, &m);
+                    }
+                }
+            }
+        }
+        if l.autoindex {
+            return listing(l, &real);
+        }
+        return FoundSend::Forbidden;
+    }
+    if !meta.is_file() {
+        // Devices, sockets, FIFOs: never served.
+        return FoundSend::NotFound;
+    }
+    let name = l.rel.rsplit('/').next().unwrap_or("");
+    file(l, &real, name, &meta)
+}
+
+/// The canonical form of `p` if it exists and (unless symlinks may lead
+/// anywhere) stays under the root.
+fn inside_root(l: &Lookup, p: &Path) -> Option<PathBuf> {
+    let real = fs::canonicalize(p).ok()?;
+    if l.follow_symlinks || real.starts_with(&l.root) {
+        Some(real)
+    } else {
+        None
+    }
+}
+
+fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
+    let content_type = mime_guess::from_path(name)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    // A precompressed sibling, if one is accepted, exists, is a file and is
+    // not older than the original.
+    for &enc in &l.encodings {
+        let ext = if enc == "br" { "br" } else { "gz" };
+        let mut sib = path.as_os_str().to_owned();
+        sib.push(".");
+        sib.push(ext);
+        let sib = PathBuf::from(sib);
+        if let Some(real) = inside_root(l, &sib) {
+            if let Ok(m) = fs::metadata(&real) {
+                if m.is_file() && m.mtime() >= meta.mtime() {
+                    return info(&real, &m, content_type, Some(enc));
+                }
+            }
+        }
+    }
+    info(path, meta, content_type, None)
+}
+
+fn info(
+    path: &Path,
+    meta: &fs::Metadata,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+) -> FoundSend {
+    let size = meta.len();
+    let body = if size <= SMALL_FILE {
+        let mut buf = Vec::with_capacity(size as usize);
+        match fs::File::open(path).and_then(|mut f| f.read_to_end(&mut buf)) {
+            // The file changed size while read: serve what the metadata says
+            // next time; now, report it missing rather than send a wrong length.
+            Ok(n) if n as u64 == size => Some(buf),
+            _ => return FoundSend::NotFound,
+        }
+    } else {
+        None
+    };
+    FoundSend::File(FileInfoSend {
+        path: path.to_path_buf(),
+        size,
+        mtime: meta.mtime().max(0) as u64,
+        ino: meta.ino(),
+        content_type,
+        encoding,
+        body,
+    })
+}
+
+fn listing(l: &Lookup, dir: &Path) -> FoundSend {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return FoundSend::Forbidden;
+    };
+    let mut names: Vec<(String, bool)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !l.dotfiles && name.starts_with('.') {
+                return None;
+            }
+            let is_dir = e.file_type().ok()?.is_dir();
+            Some((name, is_dir))
+        })
+        .collect();
+    names.sort();
+    let title = html_escape(&l.request_path);
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n\
+         <body><h1>Index of {title}</h1><hr><pre>\n<a href=\"../\">../</a>\n"
+    );
+    for (name, is_dir) in names {
+        let slash = if is_dir { "/" } else { "" };
+        let href: String =
+            percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+                .collect();
+        html.push_str(&format!(
+            "<a href=\"{href}{slash}\">{}{slash}</a>\n",
+            html_escape(&name)
+        ));
+    }
+    html.push_str("</pre><hr></body></html>\n");
+    FoundSend::Listing(html.into_bytes())
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(root: &Path, rel: &str) -> Lookup {
+        Lookup {
+            root: fs::canonicalize(root).unwrap(),
+            rel: rel.into(),
+            trailing_slash: rel.is_empty() || rel.ends_with('/'),
+            request_path: format!("/{rel}"),
+            index: vec!["index.html".into()],
+            autoindex: false,
+            follow_symlinks: false,
+            dotfiles: false,
+            encodings: vec![],
+        }
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_not_found() {
+        let dir = std::env::temp_dir().join(format!("coreserve-fs-{}", std::process::id()));
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(dir.join("secret"), "s").unwrap();
+        fs::write(root.join("inside"), "i").unwrap();
+        let _ = fs::remove_file(root.join("out"));
+        let _ = fs::remove_file(root.join("in"));
+        std::os::unix::fs::symlink(dir.join("secret"), root.join("out")).unwrap();
+        std::os::unix::fs::symlink(root.join("inside"), root.join("in")).unwrap();
+        assert!(matches!(find(&lookup(&root, "out")), FoundSend::NotFound));
+        assert!(matches!(find(&lookup(&root, "in")), FoundSend::File(_)));
+        let mut l = lookup(&root, "out");
+        l.follow_symlinks = true;
+        assert!(matches!(find(&l), FoundSend::File(_)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(html_escape("<a&b>\"'"), "&lt;a&amp;b&gt;&quot;&#39;");
+    }
+}

@@ -1,0 +1,418 @@
+//! Static files under a root directory, as complete as nginx's: conditional
+//! requests, single ranges, index files, autoindex, precompressed siblings,
+//! Cache-Control — and never a blocking call on a shard.
+//!
+//! The request path is made safe synchronously (`resolve`), the file system
+//! is consulted on glommio's blocking thread (`fs`), small files are kept in a
+//! per-shard cache revalidated every `cache-valid`, and large files are read
+//! through io_uring in bounded chunks while they are written out.
+
+pub mod fs;
+pub mod reply;
+pub mod resolve;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_lite::AsyncWriteExt;
+use glommio::io::BufferedFile;
+use glommio::net::TcpStream;
+
+use self::fs::{FileInfo, Found, Lookup};
+use self::reply::{Conditions, Decision};
+use self::resolve::{Reject, RelPath};
+use super::{Handler, Outcome};
+use crate::config::StaticConfig;
+use crate::http::date::DATE_LEN;
+use crate::http::parse::Request;
+use crate::http::response::{Persistence, ResponseWriter};
+use crate::http::status::Status;
+
+/// Bytes read from disk and written per step when streaming a large file:
+/// memory per transfer stays flat whatever the file size.
+pub const CHUNK: usize = 64 << 10;
+
+/// Most bytes of file content one site keeps cached per shard.
+pub const CACHE_BYTES: usize = 32 << 20;
+
+/// A static route on one shard: its settings and its cache.
+pub struct StaticSite {
+    state: Rc<SiteState>,
+}
+
+struct SiteState {
+    prefix: String,
+    cfg: Rc<StaticConfig>,
+    /// The root, canonicalized once: the jail every candidate must stay in.
+    root: PathBuf,
+    cache: RefCell<HashMap<CacheKey, CacheEntry>>,
+    cache_bytes: Cell<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    rel: String,
+    trailing_slash: bool,
+    encodings: Vec<&'static str>,
+}
+
+struct CacheEntry {
+    found: Found,
+    checked: Instant,
+}
+
+impl StaticSite {
+    /// A site for the route with this prefix. Canonicalizes the root (done
+    /// once, when the shard builds its router, before it serves).
+    pub fn new(prefix: String, cfg: Rc<StaticConfig>) -> StaticSite {
+        let root = std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone());
+        StaticSite {
+            state: Rc::new(SiteState {
+                prefix,
+                cfg,
+                root,
+                cache: RefCell::new(HashMap::new()),
+                cache_bytes: Cell::new(0),
+            }),
+        }
+    }
+}
+
+/// A file request waiting for the connection to serve it.
+#[derive(Debug)]
+pub struct FileJob {
+    state: Rc<SiteState>,
+    rel: RelPath,
+    request_path: String,
+    query: Option<String>,
+    encodings: Vec<&'static str>,
+    conditions: Conditions,
+}
+
+impl std::fmt::Debug for SiteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteState")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Handler for StaticSite {
+    fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+        let s = &self.state;
+        let below = req.path.get(s.prefix.len()..).unwrap_or("");
+        let rel = match resolve::decode(below, s.cfg.dotfiles) {
+            Ok(rel) => rel,
+            Err(Reject::BadPath) => {
+                res.begin(Status::BAD_REQUEST);
+                res.body("text/plain; charset=utf-8", b"Bad Request\n");
+                return Outcome::Done;
+            }
+            Err(Reject::Hidden) => {
+                res.begin(Status::NOT_FOUND);
+                res.body("text/plain; charset=utf-8", b"Not Found\n");
+                return Outcome::Done;
+            }
+        };
+        let text = |name: &str| {
+            req.header(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_string)
+        };
+        let encodings = if s.cfg.precompressed {
+            accepted_encodings(req.header("accept-encoding").unwrap_or(b""))
+        } else {
+            Vec::new()
+        };
+        Outcome::File(Box::new(FileJob {
+            state: s.clone(),
+            rel,
+            request_path: req.path.to_string(),
+            query: req.query.map(str::to_string),
+            encodings,
+            conditions: Conditions {
+                if_none_match: text("if-none-match"),
+                if_modified_since: text("if-modified-since"),
+                range: text("range"),
+                if_range: text("if-range"),
+            },
+        }))
+    }
+}
+
+/// Precompressed encodings the client accepts, best first: `br`, then `gzip`
+/// (RFC 9110 §12.5.3; `q=0` refuses, `*` accepts what is not named).
+fn accepted_encodings(header: &[u8]) -> Vec<&'static str> {
+    let text = std::str::from_utf8(header).unwrap_or("");
+    let q = |name: &str| -> Option<bool> {
+        text.split(',').find_map(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next()?;
+            if !coding.eq_ignore_ascii_case(name) {
+                return None;
+            }
+            let zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .is_some_and(|v| v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            });
+            Some(!zero)
+        })
+    };
+    let star = q("*").unwrap_or(false);
+    let mut out = Vec::new();
+    if q("br").unwrap_or(star) {
+        out.push("br");
+    }
+    if q("gzip").unwrap_or(star) {
+        out.push("gzip");
+    }
+    out
+}
+
+/// How the file response is framed, from the session.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyContext {
+    /// What the response says about the connection.
+    pub persistence: Persistence,
+    /// HEAD: headers only.
+    pub head_only: bool,
+    /// The shard's `Date`.
+    pub date: [u8; DATE_LEN],
+}
+
+impl SiteState {
+    /// What the job's path is on disk: from the cache while fresh, otherwise
+    /// from the blocking thread.
+    async fn lookup(&self, job: &FileJob) -> Found {
+        let key = CacheKey {
+            rel: job.rel.path.clone(),
+            trailing_slash: job.rel.trailing_slash,
+            encodings: job.encodings.clone(),
+        };
+        if let Some(e) = self.cache.borrow().get(&key) {
+            if e.checked.elapsed() < self.cfg.cache_valid {
+                return e.found.clone();
+            }
+        }
+        let lookup = Lookup {
+            root: self.root.clone(),
+            rel: job.rel.path.clone(),
+            trailing_slash: job.rel.trailing_slash,
+            request_path: job.request_path.clone(),
+            index: self.cfg.index.clone(),
+            autoindex: self.cfg.autoindex,
+            follow_symlinks: self.cfg.follow_symlinks,
+            dotfiles: self.cfg.dotfiles,
+            encodings: job.encodings.clone(),
+        };
+        let found: Found = glommio::executor()
+            .spawn_blocking(move || fs::find(&lookup))
+            .await
+            .into();
+        if !self.cfg.cache_valid.is_zero() {
+            self.remember(key, &found);
+        }
+        found
+    }
+
+    fn remember(&self, key: CacheKey, found: &Found) {
+        let size = match found {
+            Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => b.len(),
+            _ => 0,
+        };
+        let mut cache = self.cache.borrow_mut();
+        if let Some(old) = cache.remove(&key) {
+            self.cache_bytes
+                .set(self.cache_bytes.get() - entry_bytes(&old.found));
+        }
+        if self.cache_bytes.get() + size > CACHE_BYTES {
+            // Full: start over rather than track recency on every hit.
+            cache.clear();
+            self.cache_bytes.set(0);
+        }
+        self.cache_bytes.set(self.cache_bytes.get() + size);
+        cache.insert(
+            key,
+            CacheEntry {
+                found: found.clone(),
+                checked: Instant::now(),
+            },
+        );
+    }
+}
+
+fn entry_bytes(found: &Found) -> usize {
+    match found {
+        Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// Serve a file job: write the whole response to `stream`. `out` is empty on
+/// entry and used as the head buffer.
+pub async fn serve(
+    job: Box<FileJob>,
+    rc: ReplyContext,
+    out: &mut Vec<u8>,
+    stream: &mut TcpStream,
+) -> std::io::Result<()> {
+    let found = job.state.lookup(&job).await;
+    let cfg = &job.state.cfg;
+    let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only);
+    let mut stream_from: Option<(PathBuf, u64, u64)> = None;
+    match found {
+        Found::NotFound => {
+            res.begin(Status::NOT_FOUND);
+            res.body("text/plain; charset=utf-8", b"Not Found\n");
+        }
+        Found::Forbidden => {
+            res.begin(Status::FORBIDDEN);
+            res.body("text/plain; charset=utf-8", b"Forbidden\n");
+        }
+        Found::AddSlash => {
+            let mut location = job.request_path.clone();
+            location.push('/');
+            if let Some(q) = &job.query {
+                location.push('?');
+                location.push_str(q);
+            }
+            res.begin(Status::MOVED_PERMANENTLY);
+            res.header("Location", location.as_bytes());
+            res.body("text/plain; charset=utf-8", b"Moved Permanently\n");
+        }
+        Found::Listing(html) => {
+            res.begin(Status::OK);
+            res.body("text/html; charset=utf-8", &html);
+        }
+        Found::File(info) => {
+            let decision = reply::decide(&info, &job.conditions, true);
+            let etag = info.etag();
+            let last_modified = httpdate::fmt_http_date(info.modified());
+            let status = match decision {
+                Decision::NotModified => Status::NOT_MODIFIED,
+                Decision::Full => Status::OK,
+                Decision::Partial { .. } => Status::PARTIAL_CONTENT,
+                Decision::Unsatisfiable => Status::RANGE_NOT_SATISFIABLE,
+            };
+            res.begin(status);
+            if decision != Decision::Unsatisfiable {
+                res.header("Last-Modified", last_modified.as_bytes());
+                res.header("ETag", etag.as_bytes());
+                if let Some(cc) = &cfg.cache_control {
+                    res.header("Cache-Control", cc.as_bytes());
+                }
+            }
+            if cfg.precompressed {
+                res.header("Vary", b"Accept-Encoding");
+            }
+            match decision {
+                Decision::NotModified => res.empty(),
+                Decision::Unsatisfiable => {
+                    res.header("Content-Range", format!("bytes */{}", info.size).as_bytes());
+                    res.body("text/plain; charset=utf-8", b"Range Not Satisfiable\n");
+                }
+                Decision::Full | Decision::Partial { .. } => {
+                    let (start, end) = match decision {
+                        Decision::Partial { start, end } => {
+                            res.header(
+                                "Content-Range",
+                                format!("bytes {start}-{end}/{}", info.size).as_bytes(),
+                            );
+                            (start, end)
+                        }
+                        _ => (0, info.size.saturating_sub(1)),
+                    };
+                    res.header("Accept-Ranges", b"bytes");
+                    if let Some(enc) = info.encoding {
+                        res.header("Content-Encoding", enc.as_bytes());
+                    }
+                    let len = if info.size == 0 { 0 } else { end - start + 1 };
+                    match &info.body {
+                        Some(body) => res.body(
+                            info.content_type,
+                            &body[start as usize..(start + len) as usize],
+                        ),
+                        None => {
+                            res.sized(info.content_type, len);
+                            if !rc.head_only && len > 0 {
+                                stream_from = Some((info.path.clone(), start, len));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    stream.write_all(out).await?;
+    out.clear();
+    if let Some((path, start, len)) = stream_from {
+        stream_file(&path, start, len, stream).await?;
+    }
+    Ok(())
+}
+
+/// Copy `len` bytes from `path` at `start` to the socket, a chunk at a time,
+/// reading through io_uring. A file that shrank underneath fails the
+/// connection: the length was already promised.
+async fn stream_file(
+    path: &PathBuf,
+    start: u64,
+    len: u64,
+    stream: &mut TcpStream,
+) -> std::io::Result<()> {
+    let file = open(path).await?;
+    let mut pos = start;
+    let end = start + len;
+    let result = async {
+        while pos < end {
+            let want = CHUNK.min((end - pos) as usize);
+            let chunk = file
+                .read_at(pos, want)
+                .await
+                .map_err(std::io::Error::from)?;
+            if chunk.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                ));
+            }
+            stream.write_all(&chunk).await?;
+            pos += chunk.len() as u64;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = file.close().await;
+    result
+}
+
+/// Open through io_uring; O_NOFOLLOW because the path is canonical already,
+/// so a symlink appearing there since is someone swapping files under us.
+async fn open(path: &PathBuf) -> std::io::Result<BufferedFile> {
+    let f = glommio::io::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .buffered_open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_encoding() {
+        assert_eq!(accepted_encodings(b"gzip, deflate, br"), vec!["br", "gzip"]);
+        assert_eq!(accepted_encodings(b"gzip;q=0.5"), vec!["gzip"]);
+        assert_eq!(accepted_encodings(b"br;q=0, gzip"), vec!["gzip"]);
+        assert_eq!(accepted_encodings(b"*"), vec!["br", "gzip"]);
+        assert_eq!(accepted_encodings(b"*, br;q=0"), vec!["gzip"]);
+        assert!(accepted_encodings(b"identity").is_empty());
+        assert!(accepted_encodings(b"").is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! What a file response is: 200, 206, 304 or 416, decided from the request's
+//! conditional and range headers (RFC 9110 §13, §14). Pure: no I/O.
+
+use std::time::SystemTime;
+
+use super::fs::FileInfo;
+
+/// The request headers that shape a file response, copied out of the head.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditions {
+    /// If-None-Match.
+    pub if_none_match: Option<String>,
+    /// If-Modified-Since.
+    pub if_modified_since: Option<String>,
+    /// Range.
+    pub range: Option<String>,
+    /// If-Range.
+    pub if_range: Option<String>,
+}
+
+/// The response to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// 304: the client's copy is current.
+    NotModified,
+    /// 200 with the whole file.
+    Full,
+    /// 206 with bytes `start..=end`.
+    Partial {
+        /// First byte.
+        start: u64,
+        /// Last byte, inclusive.
+        end: u64,
+    },
+    /// 416: the range lies outside the file.
+    Unsatisfiable,
+}
+
+/// Decide the response for `info`. `get_or_head` is false for other methods,
+/// which never reach here today but must not get 304s.
+pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
+    let etag = info.etag();
+    // RFC 9110 §13.2.2: If-None-Match first; If-Modified-Since only without it.
+    if get_or_head {
+        if let Some(inm) = &c.if_none_match {
+            if etag_list_matches(inm, &etag, false) {
+                return Decision::NotModified;
+            }
+        } else if let Some(ims) = c.if_modified_since.as_deref().and_then(parse_date) {
+            if info.modified() <= ims {
+                return Decision::NotModified;
+            }
+        }
+    }
+    let Some(range) = &c.range else {
+        return Decision::Full;
+    };
+    if let Some(ir) = &c.if_range {
+        // §13.1.5: an entity tag must match strongly; a date exactly.
+        let current = if ir.trim_start().starts_with('"') || ir.trim_start().starts_with("W/") {
+            etag_list_matches(ir, &etag, true)
+        } else {
+            parse_date(ir).is_some_and(|d| d == info.modified())
+        };
+        if !current {
+            return Decision::Full;
+        }
+    }
+    parse_range(range, info.size)
+}
+
+/// A single `bytes=` range against `size`. Multiple ranges and syntax the
+/// server does not understand are ignored (a full 200), as §14.2 allows.
+pub fn parse_range(value: &str, size: u64) -> Decision {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Decision::Full;
+    };
+    if spec.contains(',') {
+        return Decision::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Decision::Full;
+    };
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.trim(), b.trim()) {
+        ("", suffix) => match num(suffix) {
+            Some(0) => Decision::Unsatisfiable,
+            Some(n) if size > 0 => Decision::Partial {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
+            Some(_) => Decision::Unsatisfiable,
+            None => Decision::Full,
+        },
+        (first, last) => {
+            let Some(start) = num(first) else {
+                return Decision::Full;
+            };
+            let end = if last.is_empty() {
+                None
+            } else {
+                match num(last) {
+                    Some(e) if e >= start => Some(e),
+                    _ => return Decision::Full,
+                }
+            };
+            if start >= size {
+                return Decision::Unsatisfiable;
+            }
+            Decision::Partial {
+                start,
+                end: end.map_or(size - 1, |e| e.min(size - 1)),
+            }
+        }
+    }
+}
+
+/// Whether a list of entity tags (or `*`) matches `etag`.
+fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
+    list.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return !strong;
+        }
+        match t.strip_prefix("W/") {
+            Some(weak) => !strong && weak == etag,
+            None => t == etag,
+        }
+    })
+}
+
+fn parse_date(s: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(s.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(size: u64) -> FileInfo {
+        FileInfo {
+            path: "/x".into(),
+            size,
+            mtime: 1_000_000,
+            ino: 1,
+            content_type: "text/plain",
+            encoding: None,
+            body: None,
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        let p = |s, e| Decision::Partial { start: s, end: e };
+        assert_eq!(parse_range("bytes=0-9", 100), p(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), p(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), p(90, 99));
+        assert_eq!(parse_range("bytes=-500", 100), p(0, 99));
+        assert_eq!(parse_range("bytes=50-500", 100), p(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Decision::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Decision::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Decision::Full);
+        assert_eq!(parse_range("bytes=9-1", 100), Decision::Full);
+        assert_eq!(parse_range("items=0-1", 100), Decision::Full);
+        assert_eq!(parse_range("bytes=x-1", 100), Decision::Full);
+    }
+
+    #[test]
+    fn conditionals() {
+        let i = info(100);
+        let etag = i.etag();
+        let lm = httpdate::fmt_http_date(i.modified());
+        let c = |inm: Option<&str>, ims: Option<&str>| Conditions {
+            if_none_match: inm.map(Into::into),
+            if_modified_since: ims.map(Into::into),
+            ..Conditions::default()
+        };
+        assert_eq!(
+            decide(&i, &c(Some(&etag), None), true),
+            Decision::NotModified
+        );
+        assert_eq!(
+            decide(&i, &c(Some(&format!("W/{etag}")), None), true),
+            Decision::NotModified
+        );
+        assert_eq!(
+            decide(&i, &c(Some("\"other\", *"), None), true),
+            Decision::NotModified
+        );
+        assert_eq!(
+            decide(&i, &c(Some("\"other\""), Some(&lm)), true),
+            Decision::Full
+        );
+        assert_eq!(decide(&i, &c(None, Some(&lm)), true), Decision::NotModified);
+        let earlier = httpdate::fmt_http_date(i.modified() - std::time::Duration::from_secs(5));
+        assert_eq!(decide(&i, &c(None, Some(&earlier)), true), Decision::Full);
+    }
+
+    #[test]
+    fn if_range() {
+        let i = info(100);
+        let r = |ir: &str| Conditions {
+            range: Some("bytes=0-0".into()),
+            if_range: Some(ir.into()),
+            ..Conditions::default()
+        };
+        let part = Decision::Partial { start: 0, end: 0 };
+        assert_eq!(decide(&i, &r(&i.etag()), true), part);
+        assert_eq!(decide(&i, &r("\"stale\""), true), Decision::Full);
+        assert_eq!(
+            decide(&i, &r(&format!("W/{}", i.etag())), true),
+            Decision::Full
+        );
+        assert_eq!(
+            decide(&i, &r(&httpdate::fmt_http_date(i.modified())), true),
+            part
+        );
+    }
+}

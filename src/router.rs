@@ -1,0 +1,186 @@
+//! Routing: the longest matching path prefix wins, optionally narrowed by
+//! host and method. A shard owns its router; a reload replaces it whole.
+
+use std::rc::Rc;
+
+use crate::config::{HandlerConfig, RouteConfig};
+use crate::handlers::static_files::StaticSite;
+use crate::handlers::{FixedResponse, Handler, Outcome, Redirect};
+use crate::http::parse::{Method, Request};
+use crate::http::response::ResponseWriter;
+use crate::http::status::Status;
+
+/// What a route does.
+enum Action {
+    Respond(FixedResponse),
+    Redirect(Redirect),
+    Static(StaticSite),
+}
+
+impl Action {
+    fn handler(&self) -> &dyn Handler {
+        match self {
+            Action::Respond(h) => h,
+            Action::Redirect(h) => h,
+            Action::Static(h) => h,
+        }
+    }
+
+    /// Methods the handler itself serves, for 405 `Allow`; `None` is all.
+    fn methods(&self) -> Option<&'static str> {
+        match self {
+            Action::Static(_) => Some("GET, HEAD"),
+            _ => None,
+        }
+    }
+}
+
+struct Route {
+    prefix: String,
+    host: Option<String>,
+    methods: Option<Vec<String>>,
+    /// `Allow` value when `methods` is set.
+    allow: String,
+    action: Action,
+}
+
+impl Route {
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(want) = &self.host {
+            // Host without port, compared case-insensitively (RFC 9110 §4.2.3).
+            let got = host.map(strip_port).unwrap_or("");
+            if !got.eq_ignore_ascii_case(want) {
+                return false;
+            }
+        }
+        // `/api` takes `/api` and `/api/…` but not `/apix`; `/static/` takes
+        // everything below it.
+        path.starts_with(&self.prefix)
+            && (self.prefix.ends_with('/')
+                || path.len() == self.prefix.len()
+                || path.as_bytes()[self.prefix.len()] == b'/')
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// A shard's routing table.
+pub struct Router {
+    /// Longest prefix first; host-specific before any-host at equal length.
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Build from validated route settings.
+    pub fn new(configs: &[RouteConfig]) -> Router {
+        let mut routes: Vec<Route> = configs
+            .iter()
+            .map(|c| Route {
+                prefix: c.path.clone(),
+                host: c.host.clone(),
+                allow: c.methods.as_ref().map(|m| m.join(", ")).unwrap_or_default(),
+                methods: c.methods.clone(),
+                action: match &c.handler {
+                    HandlerConfig::Respond {
+                        status,
+                        body,
+                        content_type,
+                    } => Action::Respond(FixedResponse {
+                        status: Status::from_code(*status).unwrap_or(Status::OK),
+                        content_type: content_type.clone(),
+                        body: body.as_bytes().to_vec(),
+                    }),
+                    HandlerConfig::Redirect { status, location } => Action::Redirect(Redirect {
+                        status: Status::from_code(*status).unwrap_or(Status::MOVED_PERMANENTLY),
+                        location: location.clone(),
+                    }),
+                    HandlerConfig::Static(s) => {
+                        Action::Static(StaticSite::new(c.path.clone(), Rc::new(s.clone())))
+                    }
+                },
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(b.host.is_some().cmp(&a.host.is_some()))
+        });
+        Router { routes }
+    }
+}
+
+impl Handler for Router {
+    fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+        if req.path == "*" {
+            // `OPTIONS *` asks about the server, not a resource (RFC 9110 §9.3.7).
+            res.begin(Status::OK);
+            res.header("Allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
+            res.empty();
+            return Outcome::Done;
+        }
+        let Some(route) = self.routes.iter().find(|r| r.matches(req.host, req.path)) else {
+            res.begin(Status::NOT_FOUND);
+            res.body("text/plain; charset=utf-8", b"Not Found\n");
+            return Outcome::Done;
+        };
+        if let Some(methods) = &route.methods {
+            if !methods.iter().any(|m| m == req.method_str) {
+                return method_not_allowed(res, &route.allow);
+            }
+        }
+        if let Some(allow) = route.action.methods() {
+            if !matches!(req.method, Method::Get | Method::Head) {
+                return method_not_allowed(res, allow);
+            }
+        }
+        route.action.handler().handle(req, res)
+    }
+}
+
+fn method_not_allowed(mut res: ResponseWriter<'_>, allow: &str) -> Outcome {
+    res.begin(Status::METHOD_NOT_ALLOWED);
+    res.header("Allow", allow.as_bytes());
+    res.body("text/plain; charset=utf-8", b"Method Not Allowed\n");
+    Outcome::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, host: Option<&str>) -> Route {
+        Route {
+            prefix: prefix.into(),
+            host: host.map(Into::into),
+            methods: None,
+            allow: String::new(),
+            action: Action::Respond(FixedResponse::hello_world()),
+        }
+    }
+
+    #[test]
+    fn prefixes_respect_segments() {
+        assert!(route("/api", None).matches(None, "/api"));
+        assert!(route("/api", None).matches(None, "/api/x"));
+        assert!(!route("/api", None).matches(None, "/apix"));
+        assert!(route("/static/", None).matches(None, "/static/a.css"));
+        assert!(!route("/static/", None).matches(None, "/static"));
+        assert!(route("/", None).matches(None, "/anything"));
+    }
+
+    #[test]
+    fn hosts_ignore_port_and_case() {
+        let r = route("/", Some("example.com"));
+        assert!(r.matches(Some("Example.COM:8080"), "/"));
+        assert!(!r.matches(Some("other.com"), "/"));
+        assert!(!r.matches(None, "/"));
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}

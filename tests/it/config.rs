@@ -1,0 +1,212 @@
+//! Configuration files: --check, errors with file and line, flags over the
+//! file, environment substitution, routes.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::util::{command, get, Server};
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after the test.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("coreserve-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Write a file (creating parents) and return its path.
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(content.as_ref())
+            .unwrap();
+        p
+    }
+
+    /// A path inside, as a string.
+    pub fn path(&self, rel: &str) -> String {
+        self.0.join(rel).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_shipped_default_config_checks_and_serves_hello_world() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/coreserve.toml");
+    let out = command()
+        .args(["--check", "--config", conf])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration OK"
+    );
+    let server = Server::start(&["--config", conf, "--listen", "127.0.0.1:0"]);
+    let r = get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello World"));
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_key() {
+    let dir = Scratch::new("check");
+    let file = dir.write(
+        "broken.toml",
+        "[server]\nshards = \"many\"\nlisten = \"nowhere\"\n\n[limits]\nmax-body-bytes = \"lots\"\nsurprise = 1\n\n[[route]]\npath = \"/s/\"\nhandler = \"static\"\nroot = \"/no/such/dir\"\n\n[[route]]\npath = \"/r\"\nhandler = \"redirect\"\nstatus = 200\nlocation = \"/x\"\n",
+    );
+    let name = file.display().to_string();
+    let out = command()
+        .args(["--check", "--config", &name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        format!("{name}:2: server.shards: must be a number of shards or \"auto\", got \"many\""),
+        format!("{name}:3: server.listen: must be an address like \"0.0.0.0:80\" or \"[::]:80\", got \"nowhere\""),
+        format!("{name}:6: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\""),
+        format!("{name}:7: limits.surprise: unknown key"),
+        format!("{name}:12: route[1].root: cannot use /no/such/dir: No such file or directory (os error 2)"),
+        format!("{name}:17: route[2].status: must be 301, 302, 303, 307 or 308, got 200"),
+    ];
+    assert_eq!(lines, expected, "{err}");
+}
+
+#[test]
+fn the_server_refuses_to_start_on_a_bad_config_and_binds_nothing() {
+    let dir = Scratch::new("refuse");
+    let file = dir.write("bad.toml", "[limits]\nmax-headers = 0\n");
+    let out = command()
+        .args([
+            "--config",
+            &file.display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:2: limits.max-headers: must be between 1 and 256, got 0"),
+        "{err}"
+    );
+    assert!(!err.contains("listening"), "{err}");
+}
+
+#[test]
+fn a_missing_config_file_is_one_clear_line() {
+    let out = command()
+        .args(["--check", "--config", "/no/such/coreserve.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "/no/such/coreserve.toml: cannot read the configuration: No such file or directory (os error 2)");
+}
+
+#[test]
+fn flags_override_the_file_and_env_is_substituted() {
+    let dir = Scratch::new("env");
+    let file = dir.write(
+        "env.toml",
+        "[server]\nlisten = \"127.0.0.1:${CORESERVE_IT_PORT:-0}\"\n[limits]\nmax-body-bytes = \"${CORESERVE_IT_BODY}\"\n[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"from ${CORESERVE_IT_WHO}\"\n",
+    );
+    let mut cmd = command();
+    cmd.args([
+        "--config",
+        &file.display().to_string(),
+        "--max-body-bytes",
+        "10",
+    ])
+    .env("CORESERVE_IT_BODY", "1k")
+    .env("CORESERVE_IT_WHO", "env");
+    let server = Server::spawn(cmd);
+    let r = get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.text(), "from env");
+    // The flag's 10 bytes win over the file's 1k.
+    let r = get(
+        server.addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n",
+    );
+    assert_eq!(r.status, 413);
+
+    let out = command()
+        .args(["--check", "--config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("environment variable CORESERVE_IT_BODY is not set"));
+}
+
+#[test]
+fn routes_match_longest_prefix_host_and_method() {
+    let dir = Scratch::new("routes");
+    let file = dir.write(
+        "routes.toml",
+        r#"
+[[route]]
+path = "/api"
+handler = "respond"
+body = "api"
+methods = ["GET", "POST"]
+
+[[route]]
+path = "/api/v2"
+handler = "respond"
+status = 201
+body = "v2"
+
+[[route]]
+path = "/api"
+host = "admin.example"
+handler = "respond"
+body = "admin api"
+
+[[route]]
+path = "/old"
+handler = "redirect"
+status = 308
+location = "https://example.com/new"
+"#,
+    );
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let req = |line: &str, host: &str| {
+        get(
+            server.addr,
+            &format!("{line} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+    };
+    assert_eq!(req("GET /api", "x").text(), "api");
+    assert_eq!(req("GET /api/users", "x").text(), "api");
+    let r = req("GET /api/v2/users", "x");
+    assert_eq!((r.status, r.text().as_str()), (201, "v2"));
+    assert_eq!(req("GET /api", "Admin.Example:8080").text(), "admin api");
+    assert_eq!(req("GET /apix", "x").status, 404);
+    assert_eq!(req("GET /", "x").status, 404);
+    let r = req("DELETE /api", "x");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+    let r = req("GET /old", "x");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://example.com/new"));
+}

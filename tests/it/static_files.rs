@@ -1,0 +1,337 @@
+//! Static files: traversal defences, conditional requests, ranges, HEAD,
+//! precompressed siblings, index and redirect, large files streamed with flat
+//! memory, changes on disk served fresh. Real clients (curl) where it matters.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::config::Scratch;
+use crate::util::{get, Reader, Server};
+
+/// A site with a few files, served under `/static/`.
+fn site(name: &str, extra: &str) -> (Scratch, Server) {
+    let dir = Scratch::new(name);
+    dir.write("www/index.html", "<h1>home</h1>\n");
+    dir.write("www/hello.txt", "hello, world\n");
+    dir.write("www/style.css", "body { color: red }\n");
+    dir.write("www/style.css.gz", b"\x1f\x8bGZIPPED");
+    dir.write("www/style.css.br", b"BROTLI");
+    dir.write("www/docs/readme.txt", "read me\n");
+    dir.write("www/.secret", "dotfile\n");
+    dir.write("outside.txt", "outside the root\n");
+    dir.write("www/digits.txt", "0123456789");
+    std::os::unix::fs::symlink(dir.0.join("outside.txt"), dir.0.join("www/escape.txt")).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("www/hello.txt"), dir.0.join("www/alias.txt")).unwrap();
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/static/\"\nhandler = \"static\"\nroot = \"{}\"\n{extra}\n",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    (dir, server)
+}
+
+fn fetch(server: &Server, target: &str, headers: &str) -> crate::util::Response {
+    get(
+        server.addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n"),
+    )
+}
+
+fn curl(args: &[&str]) -> (String, Vec<u8>) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-D", "-", "-o", "/dev/stdout"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = out.stdout;
+    let split = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (
+        String::from_utf8_lossy(&text[..split]).into_owned(),
+        text[split..].to_vec(),
+    )
+}
+
+#[test]
+fn traversal_attempts_never_escape_the_root() {
+    let (_dir, server) = site("traversal", "");
+    for target in [
+        "/static/../outside.txt",
+        "/static/%2e%2e/outside.txt",
+        "/static/%2E%2E%2Foutside.txt",
+        "/static/..%2f..%2foutside.txt",
+        "/static/%252e%252e/outside.txt",
+        "/static/%c0%ae%c0%ae/outside.txt",
+        "/static/%c0%af..%c0%afoutside.txt",
+        "/static/..%5coutside.txt",
+        "/static/docs%00.txt",
+        "/static/hello.txt%00.png",
+        "/static//etc/passwd",
+        "/static/escape.txt",
+        "/static/.secret",
+        "/static/docs/../../outside.txt",
+    ] {
+        let r = fetch(&server, target, "");
+        assert!(
+            r.status == 400 || r.status == 404,
+            "{target}: {} {:?}",
+            r.status,
+            r.text()
+        );
+        assert!(!r.text().contains("outside the root"), "{target}");
+        assert!(!r.text().contains("dotfile"), "{target}");
+    }
+    // Inside the root, normalization and symlinks that stay inside are fine.
+    assert_eq!(
+        fetch(&server, "/static/docs/../hello.txt", "").text(),
+        "hello, world\n"
+    );
+    assert_eq!(
+        fetch(&server, "/static/alias.txt", "").text(),
+        "hello, world\n"
+    );
+}
+
+#[test]
+fn symlinks_and_dotfiles_can_be_allowed() {
+    let (_dir, server) = site("allowed", "follow-symlinks = true\ndotfiles = true\n");
+    assert_eq!(
+        fetch(&server, "/static/escape.txt", "").text(),
+        "outside the root\n"
+    );
+    assert_eq!(fetch(&server, "/static/.secret", "").text(), "dotfile\n");
+}
+
+#[test]
+fn files_carry_type_length_validators_and_cache_control() {
+    let (_dir, server) = site("headers", "cache-control = \"public, max-age=60\"\n");
+    let r = fetch(&server, "/static/style.css", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/css"));
+    assert_eq!(r.header("content-length"), Some("20"));
+    assert_eq!(r.header("cache-control"), Some("public, max-age=60"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.header("etag").unwrap().starts_with('"'));
+    assert!(httpdate::parse_http_date(r.header("last-modified").unwrap()).is_ok());
+    // HEAD: same head, no body.
+    let mut s = server.connect();
+    s.write_all(b"HEAD /static/style.css HTTP/1.1\r\nHost: x\r\n\r\nGET /static/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = Reader::new(&s);
+    let head = reader.next(true);
+    assert_eq!(head.header("content-length"), Some("20"));
+    assert_eq!(head.header("etag"), r.header("etag"));
+    assert_eq!(reader.next(false).text(), "hello, world\n");
+}
+
+#[test]
+fn conditional_requests_get_304() {
+    let (_dir, server) = site("conditional", "");
+    let first = fetch(&server, "/static/hello.txt", "");
+    let etag = first.header("etag").unwrap().to_string();
+    let lm = first.header("last-modified").unwrap().to_string();
+    let r = fetch(
+        &server,
+        "/static/hello.txt",
+        &format!("If-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = fetch(
+        &server,
+        "/static/hello.txt",
+        &format!("If-Modified-Since: {lm}\r\n"),
+    );
+    assert_eq!(r.status, 304);
+    let r = fetch(&server, "/static/hello.txt", "If-None-Match: \"stale\"\r\n");
+    assert_eq!(r.status, 200);
+    // curl's own conditional request.
+    let (head, body) = curl(&[
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        &format!("http://{}/static/hello.txt", server.addr),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+    assert!(body.is_empty());
+    let (head, _) = curl(&[
+        "-z",
+        &lm,
+        &format!("http://{}/static/hello.txt", server.addr),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+}
+
+#[test]
+fn ranges_first_last_suffix_and_unsatisfiable() {
+    let (_dir, server) = site("ranges", "");
+    let url = format!("http://{}/static/digits.txt", server.addr);
+    for (range, status, content_range, body) in [
+        ("0-3", 206, "bytes 0-3/10", "0123"),
+        ("7-", 206, "bytes 7-9/10", "789"),
+        ("-2", 206, "bytes 8-9/10", "89"),
+        ("5-100", 206, "bytes 5-9/10", "56789"),
+    ] {
+        let (head, got) = curl(&["-r", range, &url]);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{range}: {head}"
+        );
+        assert!(
+            head.contains(&format!("Content-Range: {content_range}\r\n")),
+            "{range}: {head}"
+        );
+        assert_eq!(String::from_utf8_lossy(&got), body, "{range}");
+    }
+    let r = fetch(&server, "/static/digits.txt", "Range: bytes=10-\r\n");
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */10"));
+    // Several ranges: the whole file.
+    let r = fetch(&server, "/static/digits.txt", "Range: bytes=0-1,4-5\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+    // If-Range with the current ETag honours the range; with a stale one, not.
+    let etag = fetch(&server, "/static/digits.txt", "")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let r = fetch(
+        &server,
+        "/static/digits.txt",
+        &format!("Range: bytes=0-0\r\nIf-Range: {etag}\r\n"),
+    );
+    assert_eq!((r.status, r.text().as_str()), (206, "0"));
+    let r = fetch(
+        &server,
+        "/static/digits.txt",
+        "Range: bytes=0-0\r\nIf-Range: \"old\"\r\n",
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn precompressed_siblings_follow_accept_encoding() {
+    let (_dir, server) = site("precompressed", "precompressed = true\n");
+    let r = fetch(
+        &server,
+        "/static/style.css",
+        "Accept-Encoding: gzip, br\r\n",
+    );
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert_eq!(r.text(), "BROTLI");
+    assert_eq!(r.header("content-type"), Some("text/css"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    let r = fetch(&server, "/static/style.css", "Accept-Encoding: gzip\r\n");
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let r = fetch(
+        &server,
+        "/static/style.css",
+        "Accept-Encoding: br;q=0, gzip;q=0\r\n",
+    );
+    assert_eq!(r.header("content-encoding"), None);
+    assert_eq!(r.text(), "body { color: red }\n");
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+}
+
+#[test]
+fn index_redirect_autoindex_and_forbidden() {
+    let (_dir, server) = site("index", "");
+    let r = fetch(&server, "/static/", "");
+    assert_eq!(r.text(), "<h1>home</h1>\n");
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    let r = fetch(&server, "/static/docs?x=1", "");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/static/docs/?x=1"));
+    assert_eq!(fetch(&server, "/static/docs/", "").status, 403);
+    assert_eq!(fetch(&server, "/static/nothing.txt", "").status, 404);
+    let r = get(
+        server.addr,
+        "POST /static/hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+
+    let (_dir, server) = site("autoindex", "autoindex = true\n");
+    let r = fetch(&server, "/static/docs/", "");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("<a href=\"readme%2Etxt\">readme.txt</a>"),
+        "{}",
+        r.text()
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_100_mib_file_streams_with_flat_memory() {
+    let dir = Scratch::new("big");
+    let path = dir.0.join("www/big.bin");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(100 << 20).unwrap();
+    let conf = dir.write(
+        "big.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let before = rss_kib(server.pid());
+    let mut s = server.connect();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut total = 0u64;
+    let mut peak = before;
+    let mut buf = vec![0u8; 1 << 16];
+    let start = Instant::now();
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total % (8 << 20) < n as u64 {
+            peak = peak.max(rss_kib(server.pid()));
+            // Read slowly at first so the server has to hold back.
+            if start.elapsed() < Duration::from_millis(300) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    assert!(total > 100 << 20, "{total}");
+    assert!(
+        peak < before + 16 * 1024,
+        "RSS grew from {before} KiB to {peak} KiB"
+    );
+}
+
+#[test]
+fn a_file_changed_on_disk_is_served_fresh() {
+    let (dir, server) = site("fresh", "cache-valid = \"200ms\"\n");
+    assert_eq!(
+        fetch(&server, "/static/hello.txt", "").text(),
+        "hello, world\n"
+    );
+    dir.write("www/hello.txt", "changed!\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = fetch(&server, "/static/hello.txt", "");
+    assert_eq!(r.text(), "changed!\n");
+    assert_eq!(r.header("content-length"), Some("9"));
+    std::fs::remove_file(dir.0.join("www/hello.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fetch(&server, "/static/hello.txt", "").status, 404);
+}
