@@ -12,7 +12,7 @@ use glommio::net::TcpStream;
 
 use crate::handlers::static_files::{self, ReplyContext};
 use crate::http::response::{write_error, Persistence};
-use crate::http::session::{Context, InputBuffer, Next, Session, Wait};
+use crate::http::session::{Context, InputBuffer, Next, Session, Wait, INITIAL_INPUT};
 use crate::http::status::Status;
 use crate::shard::{ConnKey, Shard};
 
@@ -22,6 +22,10 @@ use crate::shard::{ConnKey, Shard};
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Most bytes discarded while lingering.
 pub const LINGER_BYTES: usize = 1 << 20;
+
+/// Output buffer capacity an idle connection keeps; a pipelined burst may
+/// have grown it to `MAX_BATCH` and more.
+pub const IDLE_OUTPUT: usize = 4096;
 
 /// Serve one accepted connection until it closes.
 pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
@@ -34,7 +38,10 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         shard.count_refused();
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
-        let _ = stream.write_all(&out).await;
+        if stream.write_all(&out).await.is_ok() {
+            // The client's request is unread: linger so the 503 is not reset away.
+            linger_close(&mut stream, &mut InputBuffer::new(INITIAL_INPUT)).await;
+        }
         return;
     }
     let key = shard.register(&stream);
@@ -89,6 +96,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 }
                 return;
             }
+            Next::Write => continue,
             Next::Read(wait) => wait,
         };
         let timeout = match wait {
@@ -100,8 +108,18 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 deadline.saturating_duration_since(Instant::now())
             }
         };
-        // Nothing of a request has arrived: shutdown may close this one at once.
-        let idle = wait != Wait::Body && input.data().is_empty();
+        // Between requests: shutdown may close this one at once, and it
+        // should not hold on to buffers a burst made large.
+        let idle = wait == Wait::Idle;
+        if idle {
+            if shard.is_draining() {
+                return;
+            }
+            input.shrink();
+            if out.capacity() > IDLE_OUTPUT {
+                out.shrink_to(IDLE_OUTPUT);
+            }
+        }
         shard.set_idle(key, idle);
         let read = if timeout.is_zero() {
             Err(std::io::ErrorKind::TimedOut.into())
@@ -115,7 +133,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Ok(n) => input.filled(n),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let cx = shard.context();
-                session.timed_out(wait, &mut out, &cx);
+                session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
                 if let Some(e) = session.error() {
                     shard.count_error(e);
                 }

@@ -359,7 +359,7 @@ struct Dispatcher {
     next: Cell<usize>,
 }
 
-/// The socket inside a failed channel send.
+/// The socket inside a failed channel send, and whether the channel is closed.
 fn returned<T>(e: GlommioError<T>) -> (Option<T>, bool) {
     match e {
         GlommioError::WouldBlock(ResourceType::Channel(t)) => (Some(t), false),
@@ -377,56 +377,61 @@ impl Dispatcher {
 
     async fn dispatch(&self, stream: AcceptedTcpStream) {
         let n = self.links.len();
-        let start = self.next.get();
-        let mut stream = stream;
-        // First pass: the next shard with room.
-        for k in 0..n {
-            let i = (start + k) % n;
-            let link = &self.links[i];
-            if !link.alive.get() {
-                continue;
-            }
-            match link.tx.try_send(stream) {
-                Ok(()) => {
-                    self.next.set((i + 1) % n);
-                    return;
+        // Closed if this task is cancelled (shutdown) while it waits.
+        let mut held = Unbound(Some(stream));
+        let mut pause = DISPATCH_PAUSE_MIN;
+        loop {
+            let start = self.next.get();
+            let mut live = 0;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let link = &self.links[i];
+                if !link.alive.get() {
+                    continue;
                 }
-                Err(e) => match returned(e) {
-                    (Some(s), closed) => {
+                let Some(s) = held.0.take() else { return };
+                match link.tx.try_send(s) {
+                    Ok(()) => {
+                        self.next.set((i + 1) % n);
+                        return;
+                    }
+                    Err(e) => {
+                        let (s, closed) = returned(e);
+                        held.0 = s;
                         if closed {
                             link.alive.set(false);
+                        } else {
+                            live += 1;
                         }
-                        stream = s;
                     }
-                    (None, _) => return,
-                },
-            }
-        }
-        // Every live shard is full: wait for the next one in turn, so the
-        // master stops accepting and the backlog absorbs the burst.
-        for k in 0..n {
-            let i = (start + k) % n;
-            let link = &self.links[i];
-            if !link.alive.get() {
-                continue;
-            }
-            match link.tx.send(stream).await {
-                Ok(()) => {
-                    self.next.set((i + 1) % n);
-                    return;
                 }
-                Err(e) => match returned(e) {
-                    (Some(s), _) => {
-                        link.alive.set(false);
-                        stream = s;
-                    }
-                    (None, _) => return,
-                },
             }
+            if live == 0 {
+                // No shard alive: `held` drops and the connection is refused.
+                return;
+            }
+            // Every live shard is behind: stop accepting for a moment, so the
+            // kernel backlog absorbs the burst, and try again.
+            glommio::timer::sleep(pause).await;
+            pause = (pause * 2).min(DISPATCH_PAUSE_MAX);
         }
-        // No shard alive: refuse. An AcceptedTcpStream has no Drop, so bind
-        // it here just to close it.
-        drop(stream.bind_to_executor());
+    }
+}
+
+/// First and longest wait while every shard's queue is full.
+const DISPATCH_PAUSE_MIN: std::time::Duration = std::time::Duration::from_micros(500);
+const DISPATCH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// An accepted socket not yet handed to a shard. `AcceptedTcpStream` has no
+/// `Drop` (its descriptor would leak), so this closes it when dropped, by
+/// binding it to the master's executor just to drop the stream.
+struct Unbound(Option<AcceptedTcpStream>);
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            drop(s.bind_to_executor());
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub struct ShardStats {
     pub connections: u64,
     /// Connections refused at `max-connections`.
     pub refused: u64,
-    /// Requests answered (errors included).
+    /// Requests answered by a handler (bad requests and timeouts are counted apart).
     pub requests: u64,
     /// Requests refused for bad input (4xx/5xx from the parser).
     pub bad_requests: u64,
@@ -300,13 +300,16 @@ async fn run(spec: ShardSpec) {
     }
     shard.shut_connections(false);
 
+    // One close future for the whole drain: dropping it after the deadline
+    // would leave the gate closing with nobody to tell, and the last task to
+    // leave would panic notifying it.
     let left = deadline.saturating_duration_since(std::time::Instant::now());
-    let closing = gate.clone();
-    let drained = async move {
-        let _ = closing.close().await;
+    let mut closing = std::pin::pin!(gate.close());
+    let drained = async {
+        let _ = closing.as_mut().await;
         true
     }
-    .or(async move {
+    .or(async {
         glommio::timer::sleep(left).await;
         false
     })
@@ -314,7 +317,7 @@ async fn run(spec: ShardSpec) {
     let mut forced = 0;
     if !drained {
         forced = shard.shut_connections(true);
-        let _ = gate.close().await;
+        let _ = closing.await;
     }
     let stats = shard.stats.get();
     let _ = events.send(ShardEvent::Stopped { id, stats, forced }).await;

@@ -451,6 +451,11 @@ impl Codings {
             // A coding may carry parameters (`gzip;q=1` is not valid here, but
             // transfer-parameters are): only the name decides.
             let name = trim(coding.split(|&b| b == b';').next().unwrap_or(coding));
+            if name.eq_ignore_ascii_case(b"chunked") && name.len() != coding.len() {
+                // chunked takes no parameters (RFC 9112 §7); a front end that
+                // ignores `chunked;x` would frame the body differently.
+                return Err(ParseError::UnsupportedTransferCoding);
+            }
             if name.eq_ignore_ascii_case(b"chunked") {
                 if self.chunked_seen {
                     return Err(ParseError::ChunkedNotLast);
@@ -624,6 +629,10 @@ mod tests {
         );
         assert_eq!(err(&te("chunked, gzip")), ParseError::ChunkedNotLast);
         assert_eq!(err(&te("chunked, chunked")), ParseError::ChunkedNotLast);
+        assert_eq!(
+            err(&te("chunked;x=1")),
+            ParseError::UnsupportedTransferCoding
+        );
         assert_eq!(
             err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
             ParseError::LengthAndTransferEncoding

@@ -55,6 +55,8 @@ pub enum Wait {
 pub enum Next {
     /// Read more input.
     Read(Wait),
+    /// The output is large: write it, then call `process` again before reading.
+    Write,
     /// A handler deferred its response (a file): take it with
     /// `take_pending`, serve it, then call `process` again.
     Serve,
@@ -95,6 +97,9 @@ pub struct Session {
     error: Option<ParseError>,
     /// A deferred response for the request being completed.
     pending: Option<Pending>,
+    /// The request being completed is HEAD: an error replacing its response
+    /// carries no body either.
+    head_request: bool,
 }
 
 /// A response a handler left for the connection to produce asynchronously.
@@ -117,6 +122,7 @@ impl Default for Session {
             served: 0,
             error: None,
             pending: None,
+            head_request: false,
         }
     }
 }
@@ -247,10 +253,22 @@ impl Session {
     }
 
     /// The driver's read timed out in `wait`: answer 408 where a request was
-    /// under way, and close.
-    pub fn timed_out(&mut self, wait: Wait, out: &mut Vec<u8>, cx: &Context) -> Next {
+    /// under way (`started`: some of it arrived), and close. A connection that
+    /// never sent a byte is closed silently, as nginx does: an unasked-for 408
+    /// could be mistaken for the answer to a request crossing it on the wire.
+    pub fn timed_out(
+        &mut self,
+        wait: Wait,
+        started: bool,
+        out: &mut Vec<u8>,
+        cx: &Context,
+    ) -> Next {
         match wait {
             Wait::Idle => Next::Close { linger: false },
+            Wait::Head if !started => {
+                self.error = Some(ParseError::HeadTimeout);
+                Next::Close { linger: false }
+            }
             Wait::Head => self.fail(ParseError::HeadTimeout, out, cx),
             Wait::Body => self.fail(ParseError::BodyTimeout, out, cx),
         }
@@ -265,11 +283,12 @@ impl Session {
         self.committed = out.len();
         self.served += 1;
         self.scanner.reset();
+        self.head_request = false;
         if self.pending.is_some() {
             // The connection serves it, then closes if its persistence says so.
             Some(Next::Serve)
         } else if keep_alive {
-            None
+            (out.len() >= MAX_BATCH).then_some(Next::Write)
         } else {
             Some(Next::Close {
                 linger: !input.data().is_empty(),
@@ -287,6 +306,7 @@ impl Session {
     ) -> Result<HeadOutcome, ParseError> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
         let req = parse::parse(head, &mut headers, &cx.limits.head)?;
+        self.head_request = req.is_head();
         let max_body = cx.limits.max_body_bytes;
         if let BodyFraming::Length(n) = req.body {
             // Refuse a declared body over the limit without reading it.
@@ -321,7 +341,7 @@ impl Session {
     fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context) -> Next {
         out.truncate(self.committed);
         self.pending = None;
-        write_error(out, cx.date, status_for(e), false);
+        write_error(out, cx.date, status_for(e), self.head_request);
         self.committed = out.len();
         self.error = Some(e);
         Next::Close { linger: true }
@@ -340,6 +360,11 @@ pub struct InputBuffer {
     /// Largest size the buffer grows to.
     max: usize,
 }
+
+/// Responses a pipelined batch may accumulate before they are written: a
+/// client that sends many requests and reads nothing must not make the
+/// server hold an unbounded pile of answers.
+pub const MAX_BATCH: usize = 64 << 10;
 
 /// Initial input buffer size: one page holds a typical request head, and a
 /// pipelined burst of small ones.
@@ -386,6 +411,14 @@ impl InputBuffer {
             }
         }
         &mut self.buf[self.end..]
+    }
+
+    /// Give back memory a large head made the buffer take, once it is empty.
+    pub fn shrink(&mut self) {
+        if self.start == self.end && self.buf.len() > INITIAL_INPUT {
+            self.buf.truncate(INITIAL_INPUT);
+            self.buf.shrink_to_fit();
+        }
     }
 
     /// Record that `n` bytes were read into `spare()`.
@@ -435,6 +468,7 @@ mod tests {
             session.written(n);
             match next {
                 Next::Close { .. } | Next::Serve => return (written, next),
+                Next::Write => {}
                 Next::Read(_) if rest.is_empty() => return (written, next),
                 Next::Read(_) => {
                     let spare = buf.spare();

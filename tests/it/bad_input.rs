@@ -164,11 +164,37 @@ fn slowloris_gets_408_at_the_header_timeout() {
 }
 
 #[test]
-fn a_silent_new_connection_gets_408() {
+fn a_silent_new_connection_is_closed_without_a_response() {
     let server = Server::start(&["--header-timeout", "500ms"]);
     let mut s = server.connect();
+    let start = Instant::now();
+    let text = read_to_close(&mut s);
+    assert_eq!(text, "");
+    assert!(start.elapsed() >= Duration::from_millis(400));
+}
+
+#[test]
+fn a_head_request_cut_short_gets_an_error_without_a_body() {
+    let server = Server::start(&["--body-timeout", "300ms"]);
+    let mut s = server.connect();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
+        .unwrap();
     let text = read_to_close(&mut s);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+}
+
+#[test]
+fn a_client_that_never_reads_gets_its_pipeline_cut_off_not_buffered() {
+    // 32 KiB of tiny pipelined requests, never reading: the server writes as
+    // it goes (bounded batches) and the connection does not take the shard down.
+    let server = Server::start(&["--send-timeout", "1s", "--shards", "1"]);
+    let mut s = server.connect();
+    let burst = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1200);
+    let _ = s.write_all(burst.as_bytes());
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = crate::util::get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
 }
 
 #[test]
