@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::access_log::{AccessLogger, Entry};
 use crate::handlers::static_files::{self, ReplyContext};
 use crate::http::response::{write_error, Persistence};
-use crate::http::session::{Context, InputBuffer, Next, Session, Wait, INITIAL_INPUT};
+use crate::http::session::{Context, InputBuffer, Next, RequestLog, Session, Wait, INITIAL_INPUT};
 use crate::http::status::Status;
 use crate::shard::{ConnKey, Shard};
+use std::net::IpAddr;
 
 /// How long a closing connection keeps reading what the client still sends,
 /// so that unread data does not turn our FIN into a reset that destroys the
@@ -47,13 +49,18 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let key = shard.register(&stream);
     let _registration = Registration { shard: &shard, key };
 
+    let conn_log = shard.access_log().map(|logger| ConnLog {
+        logger,
+        remote: stream.peer_addr().ok().map(|a| a.ip()),
+    });
+    let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
     let mut session = Session::default();
     let mut input = InputBuffer::new(limits.max_header_bytes as usize);
     let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut head_deadline: Option<Instant> = None;
     let mut served = 0;
     loop {
-        let cx = shard.context();
+        let cx = context(&shard, log);
         let next = session.process(&mut input, &mut out, &cx);
         if session.served() != served {
             shard.count_requests(session.served() - served);
@@ -73,10 +80,12 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                     head_only: p.head_only,
                     date: shard.date(),
                 };
-                if static_files::serve(p.job, rc, &mut out, &mut stream)
-                    .await
-                    .is_err()
-                {
+                let served = static_files::serve(p.job, rc, &mut out, &mut stream).await;
+                if let (Some(l), Some(req)) = (&conn_log, &p.log) {
+                    let (status, bytes) = served.as_ref().copied().unwrap_or((0, 0));
+                    l.record(req.entry(None, status, bytes));
+                }
+                if served.is_err() {
                     return;
                 }
                 if p.persistence == Persistence::Close {
@@ -132,7 +141,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Ok(0) => return,
             Ok(n) => input.filled(n),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let cx = shard.context();
+                let cx = context(&shard, log);
                 session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
                 if let Some(e) = session.error() {
                     shard.count_error(e);
@@ -194,15 +203,28 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// Make the session context from a shard; kept here so `Context` stays free
-/// of shard types.
-impl Shard {
-    fn context(&self) -> Context<'_> {
-        Context {
-            limits: self.session_limits(),
-            date: self.date(),
-            draining: self.is_draining(),
-            handler: self.handler(),
-        }
+/// The session context from a shard; kept here so `Context` stays free of
+/// shard types.
+fn context<'a>(shard: &'a Shard, log: Option<&'a dyn RequestLog>) -> Context<'a> {
+    Context {
+        limits: shard.session_limits(),
+        date: shard.date(),
+        draining: shard.is_draining(),
+        handler: shard.handler(),
+        log,
+    }
+}
+
+/// The access log as one connection writes to it: the shard's logger and
+/// the client's address.
+struct ConnLog {
+    logger: Rc<AccessLogger>,
+    remote: Option<IpAddr>,
+}
+
+impl RequestLog for ConnLog {
+    fn record(&self, mut entry: Entry<'_>) {
+        entry.remote = self.remote;
+        self.logger.record(&entry);
     }
 }

@@ -8,6 +8,7 @@
 //! (`conn` drives the socket, `http` decides everything HTTP) and shares
 //! nothing mutable with another: master and shards exchange only messages.
 
+pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -13,7 +13,8 @@ use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use log::{error, info, warn};
 
-use crate::config::{Config, Dispatch};
+use crate::access_log;
+use crate::config::{AccessLog, Config, Dispatch};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError, HostLimits};
 use crate::listener::{self, AcceptErrors, BindError};
@@ -42,6 +43,14 @@ pub enum MasterError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The access log file could not be opened.
+    #[error("log.access: cannot open {}: {err}", path.display())]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -138,6 +147,18 @@ pub fn run(config: Config) -> Result<(), MasterError> {
             events: ev_tx,
             limits: config.limits,
             routes: config.routes.clone(),
+            log: config.log.clone(),
+            log_file: match &config.log.access {
+                AccessLog::File(path) => {
+                    Some(
+                        access_log::open(path).map_err(|err| MasterError::AccessLog {
+                            path: path.clone(),
+                            err,
+                        })?,
+                    )
+                }
+                _ => None,
+            },
             drain_timeout: config.drain_timeout,
             io_memory,
         };
@@ -296,9 +317,17 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             MasterEvent::Signal(Signal::Reload) => {
                 info!("SIGHUP: no configuration file to reload; still serving")
             }
-            MasterEvent::Signal(Signal::Reopen) => {
-                info!("SIGUSR1: no log file to reopen; still serving")
-            }
+            MasterEvent::Signal(Signal::Reopen) => match &s.config.log.access {
+                AccessLog::File(path) => {
+                    info!("SIGUSR1: reopening {}", path.display());
+                    for (id, c) in control.iter().enumerate() {
+                        if alive[id] {
+                            let _ = c.try_send(Control::ReopenLogs);
+                        }
+                    }
+                }
+                _ => info!("SIGUSR1: no log file to reopen; still serving"),
+            },
             MasterEvent::Gone(id) => {
                 error!("shard {id} (CPU {}) died", s.shards[id]);
                 alive[id] = false;

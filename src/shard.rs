@@ -17,7 +17,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use slab::Slab;
 
-use crate::config::{Limits, RouteConfig};
+use crate::access_log::AccessLogger;
+use crate::config::{Limits, LogConfig, RouteConfig};
 use crate::conn;
 use crate::handlers::Handler;
 use crate::http::date::{DateCache, DATE_LEN};
@@ -39,6 +40,8 @@ pub enum Intake {
 pub enum Control {
     /// Stop taking connections, finish what is in flight, and stop.
     Drain,
+    /// Reopen the access-log file (SIGUSR1, after logrotate).
+    ReopenLogs,
 }
 
 /// Messages from a shard to the master.
@@ -91,6 +94,10 @@ pub struct ShardSpec {
     pub limits: Limits,
     /// Routes (the shard builds its own router from them).
     pub routes: Vec<RouteConfig>,
+    /// Access logging.
+    pub log: LogConfig,
+    /// The access-log file, opened by the master for this shard.
+    pub log_file: Option<std::fs::File>,
     /// How long draining may take before open connections are cut.
     pub drain_timeout: Duration,
     /// glommio's io_memory for this executor, bytes.
@@ -125,12 +132,13 @@ pub struct Shard {
     date: DateCache,
     handler: Box<dyn Handler>,
     draining: Cell<bool>,
+    access_log: Option<Rc<AccessLogger>>,
     conns: RefCell<Slab<ConnEntry>>,
     stats: Cell<ShardStats>,
 }
 
 impl Shard {
-    fn new(id: usize, limits: Limits, routes: &[RouteConfig]) -> Shard {
+    fn new(id: usize, limits: Limits, routes: &[RouteConfig], log: Option<AccessLogger>) -> Shard {
         Shard {
             id,
             limits,
@@ -138,6 +146,7 @@ impl Shard {
             date: DateCache::default(),
             handler: Box::new(Router::new(routes)),
             draining: Cell::new(false),
+            access_log: log.map(Rc::new),
             conns: RefCell::new(Slab::new()),
             stats: Cell::new(ShardStats::default()),
         }
@@ -161,6 +170,11 @@ impl Shard {
     /// What answers requests.
     pub fn handler(&self) -> &dyn Handler {
         &*self.handler
+    }
+
+    /// The shard's access log, when logging is on.
+    pub fn access_log(&self) -> Option<Rc<AccessLogger>> {
+        self.access_log.clone()
     }
 
     /// Whether the shard is shutting down.
@@ -238,7 +252,17 @@ async fn run(spec: ShardSpec) {
     let id = spec.id;
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
-    let shard = Rc::new(Shard::new(id, spec.limits, &spec.routes));
+    let logger = AccessLogger::new(&spec.log, spec.log_file, id);
+    let shard = Rc::new(Shard::new(id, spec.limits, &spec.routes, logger));
+    if let Some(log) = shard.access_log() {
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                log.flush().await;
+            }
+        })
+        .detach();
+    }
     let gate = Rc::new(Gate::new());
 
     let date_shard = shard.clone();
@@ -279,7 +303,11 @@ async fn run(spec: ShardSpec) {
     }
 
     // Serve until the master says drain (or is gone).
-    let _ = control.recv().await;
+    while let Some(Control::ReopenLogs) = control.recv().await {
+        if let Some(log) = shard.access_log() {
+            glommio::spawn_local(async move { log.reopen().await }).detach();
+        }
+    }
     shard.draining.set(true);
     let deadline = std::time::Instant::now() + spec.drain_timeout;
     if from_channel {
@@ -318,6 +346,9 @@ async fn run(spec: ShardSpec) {
     if !drained {
         forced = shard.shut_connections(true);
         let _ = closing.await;
+    }
+    if let Some(log) = shard.access_log() {
+        log.flush().await;
     }
     let stats = shard.stats.get();
     let _ = events.send(ShardEvent::Stopped { id, stats, forced }).await;

@@ -387,6 +387,11 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             validate_route(i, r, &self.routes[..i], &mut err);
         }
+        if let AccessLog::File(path) = &self.log.access {
+            if let Err(e) = crate::access_log::open(path) {
+                err("log.access", format!("cannot open {}: {e}", path.display()));
+            }
+        }
         if errors.is_empty() {
             Ok(self)
         } else {

@@ -142,6 +142,18 @@ pub fn mark_closing(out: &mut Vec<u8>, from: usize) {
     }
 }
 
+/// Status and body length of one complete response at the start of
+/// `response` (for the access log).
+pub fn summarize(response: &[u8]) -> (u16, u64) {
+    let status = response
+        .get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    let body = memchr::memmem::find(response, b"\r\n\r\n").map_or(0, |i| response.len() - (i + 4));
+    (status, body as u64)
+}
+
 /// The interim response sent before reading a body the client holds back
 /// (RFC 9110 §10.1.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

@@ -13,7 +13,10 @@ use super::body::BodyDecoder;
 use super::date::DATE_LEN;
 use super::error::{status_for, ParseError};
 use super::parse::{self, BodyFraming, HeadLimits, HeadScanner, Version, MAX_HEADERS_LIMIT};
-use super::response::{mark_closing, write_error, Persistence, ResponseWriter, CONTINUE};
+use super::response::{
+    mark_closing, summarize, write_error, Persistence, ResponseWriter, CONTINUE,
+};
+use crate::access_log::{Entry, OwnedRequest};
 use crate::handlers::static_files::FileJob;
 use crate::handlers::{Handler, Outcome};
 
@@ -37,6 +40,14 @@ pub struct Context<'a> {
     pub draining: bool,
     /// What answers requests.
     pub handler: &'a dyn Handler,
+    /// Where a line per request goes, when access logging is on.
+    pub log: Option<&'a dyn RequestLog>,
+}
+
+/// Receives one access-log entry per answered or refused request.
+pub trait RequestLog {
+    /// Record one entry (its `remote` is filled in by the receiver).
+    fn record(&self, entry: Entry<'_>);
 }
 
 /// Which wait the connection is in, so the driver can pick the timeout.
@@ -111,6 +122,8 @@ pub struct Pending {
     pub persistence: Persistence,
     /// HEAD: no body.
     pub head_only: bool,
+    /// The request's log fields, when access logging is on.
+    pub log: Option<OwnedRequest>,
 }
 
 impl Default for Session {
@@ -326,13 +339,23 @@ impl Session {
             (true, Version::Http10) => Persistence::KeepAliveHttp10,
         };
         let head_only = req.is_head();
+        let mark = out.len();
         let writer = ResponseWriter::new(out, cx.date, persistence, head_only);
-        if let Outcome::File(job) = cx.handler.handle(&req, writer) {
-            self.pending = Some(Pending {
-                job,
-                persistence,
-                head_only,
-            });
+        match cx.handler.handle(&req, writer) {
+            Outcome::File(job) => {
+                self.pending = Some(Pending {
+                    job,
+                    persistence,
+                    head_only,
+                    log: cx.log.map(|_| OwnedRequest::new(&req)),
+                });
+            }
+            Outcome::Done => {
+                if let Some(log) = cx.log {
+                    let (status, bytes) = summarize(&out[mark..]);
+                    log.record(Entry::for_request(None, &req, status, bytes));
+                }
+            }
         }
         Ok(HeadOutcome { body, keep_alive })
     }
@@ -341,7 +364,19 @@ impl Session {
     fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context) -> Next {
         out.truncate(self.committed);
         self.pending = None;
+        let mark = out.len();
         write_error(out, cx.date, status_for(e), self.head_request);
+        if let Some(log) = cx.log {
+            let (status, bytes) = summarize(&out[mark..]);
+            log.record(Entry {
+                remote: None,
+                request: None,
+                status,
+                bytes,
+                referer: None,
+                user_agent: None,
+            });
+        }
         self.committed = out.len();
         self.error = Some(e);
         Next::Close { linger: true }
@@ -453,6 +488,7 @@ mod tests {
             date: DATE,
             draining: false,
             handler: &handler,
+            log: None,
         };
         let mut session = Session::default();
         let mut buf = InputBuffer::new(LIMITS.head.max_header_bytes);

@@ -1,6 +1,7 @@
 //! Integration tests: the real `coreserve` binary on 127.0.0.1:0, spoken to
 //! with raw bytes over TCP (and curl where a real client matters).
 
+mod access_log;
 mod bad_input;
 mod cli;
 mod config;

@@ -28,7 +28,7 @@ use super::{Handler, Outcome};
 use crate::config::StaticConfig;
 use crate::http::date::DATE_LEN;
 use crate::http::parse::Request;
-use crate::http::response::{Persistence, ResponseWriter};
+use crate::http::response::{summarize, Persistence, ResponseWriter};
 use crate::http::status::Status;
 
 /// Bytes read from disk and written per step when streaming a large file:
@@ -252,13 +252,13 @@ fn entry_bytes(found: &Found) -> usize {
 }
 
 /// Serve a file job: write the whole response to `stream`. `out` is empty on
-/// entry and used as the head buffer.
+/// entry and used as the head buffer. Returns the status and body bytes sent.
 pub async fn serve(
     job: Box<FileJob>,
     rc: ReplyContext,
     out: &mut Vec<u8>,
     stream: &mut TcpStream,
-) -> std::io::Result<()> {
+) -> std::io::Result<(u16, u64)> {
     let found = job.state.lookup(&job).await;
     let cfg = &job.state.cfg;
     let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only);
@@ -346,12 +346,14 @@ pub async fn serve(
             }
         }
     }
+    let (status, mut bytes) = summarize(out);
     stream.write_all(out).await?;
     out.clear();
     if let Some((path, start, len)) = stream_from {
         stream_file(&path, start, len, stream).await?;
+        bytes = len;
     }
-    Ok(())
+    Ok((status, bytes))
 }
 
 /// Copy `len` bytes from `path` at `start` to the socket, a chunk at a time,

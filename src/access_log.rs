@@ -1,0 +1,462 @@
+//! The access log: one line per request, in combined or JSON format.
+//!
+//! Each shard owns its logger and buffers lines; the buffer is written at
+//! least once a second, when it grows past `FLUSH_BYTES`, and at shutdown, on
+//! glommio's blocking thread so a slow disk never stalls a shard. Whole lines
+//! only: a file opened O_APPEND takes each buffer in one write(2), and a pipe
+//! gets writes of at most PIPE_BUF bytes cut at line ends, so lines from
+//! different shards never interleave mid-line.
+
+use std::cell::{Cell, RefCell};
+use std::fs::OpenOptions;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{AccessLog, LogConfig, LogFormat};
+use crate::http::parse::{Request, Version};
+
+/// Buffered bytes that trigger a write before the next second.
+pub const FLUSH_BYTES: usize = 64 << 10;
+
+/// Writes to a pipe of at most this size are atomic (POSIX PIPE_BUF on Linux).
+const PIPE_BUF: usize = 4096;
+
+/// Open an access-log file for appending, creating it `0640`.
+pub fn open(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// What a log line says about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Client address.
+    pub remote: Option<IpAddr>,
+    /// Method, target and version, when the request could be parsed.
+    pub request: Option<(&'a str, &'a str, Version)>,
+    /// Status sent.
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes: u64,
+    /// Referer header.
+    pub referer: Option<&'a [u8]>,
+    /// User-Agent header.
+    pub user_agent: Option<&'a [u8]>,
+}
+
+impl<'a> Entry<'a> {
+    /// The request-dependent fields of an entry for `req`.
+    pub fn for_request(remote: Option<IpAddr>, req: &Request<'a>, status: u16, bytes: u64) -> Self {
+        Entry {
+            remote,
+            request: Some((req.method_str, req.target, req.version)),
+            status,
+            bytes,
+            referer: req.header("referer"),
+            user_agent: req.header("user-agent"),
+        }
+    }
+}
+
+/// An owned copy of the request fields, kept while a file is served.
+#[derive(Debug, Clone)]
+pub struct OwnedRequest {
+    method: String,
+    target: String,
+    version: Version,
+    referer: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+}
+
+impl OwnedRequest {
+    /// Copy what the log needs out of a request.
+    pub fn new(req: &Request<'_>) -> Self {
+        OwnedRequest {
+            method: req.method_str.to_string(),
+            target: req.target.to_string(),
+            version: req.version,
+            referer: req.header("referer").map(<[u8]>::to_vec),
+            user_agent: req.header("user-agent").map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The entry, once the response is known.
+    pub fn entry(&self, remote: Option<IpAddr>, status: u16, bytes: u64) -> Entry<'_> {
+        Entry {
+            remote,
+            request: Some((&self.method, &self.target, self.version)),
+            status,
+            bytes,
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}
+
+enum Sink {
+    Stderr,
+    File { path: PathBuf, fd: Cell<RawFd> },
+}
+
+/// A shard's access log.
+pub struct AccessLogger {
+    format: LogFormat,
+    sink: Sink,
+    shard: usize,
+    buf: RefCell<Vec<u8>>,
+    /// A flush is under way: lines keep buffering meanwhile.
+    flushing: Cell<bool>,
+    /// The second the cached timestamps are for.
+    second: Cell<u64>,
+    clf_time: Cell<[u8; 26]>,
+    iso_time: Cell<[u8; 20]>,
+}
+
+impl AccessLogger {
+    /// A logger per the configuration, or `None` when access logging is off.
+    /// `file` is the log file, opened by the master (no blocking open on a shard).
+    pub fn new(cfg: &LogConfig, file: Option<std::fs::File>, shard: usize) -> Option<AccessLogger> {
+        let sink = match (&cfg.access, file) {
+            (AccessLog::Off, _) => return None,
+            (AccessLog::File(path), Some(file)) => Sink::File {
+                path: path.clone(),
+                fd: Cell::new(file.into_raw_fd()),
+            },
+            // A file that could not be opened was refused by validation.
+            (AccessLog::File(_), None) | (AccessLog::Stderr, _) => Sink::Stderr,
+        };
+        Some(AccessLogger {
+            format: cfg.format,
+            sink,
+            shard,
+            buf: RefCell::new(Vec::with_capacity(FLUSH_BYTES)),
+            flushing: Cell::new(false),
+            second: Cell::new(0),
+            clf_time: Cell::new([b' '; 26]),
+            iso_time: Cell::new([b' '; 20]),
+        })
+    }
+
+    /// Append one line; past `FLUSH_BYTES`, start writing without waiting
+    /// for the next second.
+    pub fn record(self: &Rc<Self>, e: &Entry) {
+        self.tick();
+        let full = {
+            let mut buf = self.buf.borrow_mut();
+            match self.format {
+                LogFormat::Combined => self.combined(&mut buf, e),
+                LogFormat::Json => self.json(&mut buf, e),
+            }
+            buf.len() >= FLUSH_BYTES
+        };
+        if full && !self.flushing.get() {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.flush().await }).detach();
+        }
+    }
+
+    fn tick(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if now != self.second.get() {
+            self.second.set(now);
+            let (y, mo, d, h, mi, s) = civil(now);
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let clf = format!(
+                "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+                MONTHS[(mo - 1) as usize]
+            );
+            let iso = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+            let mut a = [b' '; 26];
+            a.copy_from_slice(&clf.as_bytes()[..26]);
+            self.clf_time.set(a);
+            let mut b = [b' '; 20];
+            b.copy_from_slice(&iso.as_bytes()[..20]);
+            self.iso_time.set(b);
+        }
+    }
+
+    fn combined(&self, out: &mut Vec<u8>, e: &Entry) {
+        let mut num = itoa::Buffer::new();
+        match e.remote {
+            Some(ip) => out.extend_from_slice(ip.to_string().as_bytes()),
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b" - - [");
+        out.extend_from_slice(&self.clf_time.get());
+        out.extend_from_slice(b"] \"");
+        match e.request {
+            Some((m, t, v)) => {
+                clf_escape(out, m.as_bytes());
+                out.push(b' ');
+                clf_escape(out, t.as_bytes());
+                out.extend_from_slice(version(v).as_bytes());
+            }
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b"\" ");
+        out.extend_from_slice(num.format(e.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(num.format(e.bytes).as_bytes());
+        for field in [e.referer, e.user_agent] {
+            out.extend_from_slice(b" \"");
+            match field {
+                Some(v) => clf_escape(out, v),
+                None => out.push(b'-'),
+            }
+            out.push(b'"');
+        }
+        out.push(b'\n');
+    }
+
+    fn json(&self, out: &mut Vec<u8>, e: &Entry) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(&self.iso_time.get());
+        out.extend_from_slice(b"\",\"remote\":");
+        match e.remote {
+            Some(ip) => json_string(out, ip.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        let (m, t, v) = match e.request {
+            Some((m, t, v)) => (Some(m), Some(t), Some(version(v).trim_start())),
+            None => (None, None, None),
+        };
+        for (key, value) in [("method", m), ("target", t), ("protocol", v)] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            match value {
+                Some(s) => json_string(out, s.as_bytes()),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(num.format(e.status).as_bytes());
+        out.extend_from_slice(b",\"bytes\":");
+        out.extend_from_slice(num.format(e.bytes).as_bytes());
+        for (key, value) in [("referer", e.referer), ("user_agent", e.user_agent)] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            match value {
+                Some(v) => json_string(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.extend_from_slice(b",\"shard\":");
+        out.extend_from_slice(num.format(self.shard).as_bytes());
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// Write out what is buffered, on the blocking thread.
+    pub async fn flush(&self) {
+        if self.flushing.replace(true) {
+            return;
+        }
+        self.write_buffered().await;
+        self.flushing.set(false);
+    }
+
+    async fn write_buffered(&self) {
+        let data = {
+            let mut buf = self.buf.borrow_mut();
+            if buf.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES))
+        };
+        let (fd, pipe) = match &self.sink {
+            Sink::Stderr => (io::stderr().as_raw_fd(), true),
+            Sink::File { fd, .. } => (fd.get(), false),
+        };
+        glommio::executor()
+            .spawn_blocking(move || write_lines(fd, &data, pipe))
+            .await;
+    }
+
+    /// Reopen the file (after logrotate moved it); stderr needs nothing.
+    pub async fn reopen(&self) {
+        self.flush().await;
+        let Sink::File { path, fd } = &self.sink else {
+            return;
+        };
+        let path = path.clone();
+        let opened = glommio::executor()
+            .spawn_blocking(move || open(&path).map(IntoRawFd::into_raw_fd))
+            .await;
+        match opened {
+            Ok(new) => {
+                let old = fd.replace(new);
+                // SAFETY: `old` was opened by this logger and nothing else uses it.
+                unsafe { libc::close(old) };
+            }
+            Err(e) => log::error!("shard {}: cannot reopen the access log: {e}", self.shard),
+        }
+    }
+}
+
+impl Drop for AccessLogger {
+    fn drop(&mut self) {
+        if let Sink::File { fd, .. } = &self.sink {
+            // SAFETY: the logger owns this descriptor.
+            unsafe { libc::close(fd.get()) };
+        }
+    }
+}
+
+/// Write whole lines: one write(2) for a file, PIPE_BUF-sized pieces cut at
+/// line ends for a pipe or terminal.
+fn write_lines(fd: RawFd, data: &[u8], pipe: bool) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let mut n = rest.len();
+        if pipe && n > PIPE_BUF {
+            n = rest[..PIPE_BUF]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(PIPE_BUF, |i| i + 1);
+        }
+        // SAFETY: writing initialized bytes from a live slice.
+        let w = unsafe { libc::write(fd, rest.as_ptr().cast(), n) };
+        if w <= 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        rest = &rest[w as usize..];
+    }
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::Http10 => " HTTP/1.0",
+        Version::Http11 => " HTTP/1.1",
+    }
+}
+
+/// nginx's escaping for combined logs: `"`, `\` and bytes outside printable
+/// ASCII become `\xHH`, so a line can always be split on spaces and quotes.
+fn clf_escape(out: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// A JSON string; bytes that are not UTF-8 become U+FFFD.
+fn json_string(out: &mut Vec<u8>, v: &[u8]) {
+    out.push(b'"');
+    for c in String::from_utf8_lossy(v).chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut tmp = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Seconds since the epoch to (year, month, day, hour, minute, second), UTC
+/// (Howard Hinnant's days-to-civil algorithm).
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(civil(1_795_615_269), (2026, 11, 25, 14, 1, 9));
+    }
+
+    fn logger(format: LogFormat) -> AccessLogger {
+        AccessLogger {
+            format,
+            sink: Sink::Stderr,
+            shard: 1,
+            buf: RefCell::new(Vec::new()),
+            flushing: Cell::new(false),
+            second: Cell::new(0),
+            clf_time: Cell::new(*b"25/Nov/2026:14:01:09 +0000"),
+            iso_time: Cell::new(*b"2026-11-25T14:01:09Z"),
+        }
+    }
+
+    const ENTRY: Entry = Entry {
+        remote: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        request: Some(("GET", "/a\"b", Version::Http11)),
+        status: 200,
+        bytes: 11,
+        referer: None,
+        user_agent: Some(b"curl/8"),
+    };
+
+    #[test]
+    fn combined_line() {
+        let l = logger(LogFormat::Combined);
+        let mut out = Vec::new();
+        l.combined(&mut out, &ENTRY);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "127.0.0.1 - - [25/Nov/2026:14:01:09 +0000] \"GET /a\\x22b HTTP/1.1\" 200 11 \"-\" \"curl/8\"\n"
+        );
+    }
+
+    #[test]
+    fn json_line() {
+        let l = logger(LogFormat::Json);
+        let mut out = Vec::new();
+        l.json(&mut out, &ENTRY);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"time\":\"2026-11-25T14:01:09Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\",\
+             \"target\":\"/a\\\"b\",\"protocol\":\"HTTP/1.1\",\"status\":200,\"bytes\":11,\
+             \"referer\":null,\"user_agent\":\"curl/8\",\"shard\":1}\n"
+        );
+    }
+}

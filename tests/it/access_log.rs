@@ -1,0 +1,141 @@
+//! The access log: combined and JSON lines, flushed within a second and at
+//! shutdown, reopened on SIGUSR1.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Scratch;
+use crate::util::{get, Server};
+
+fn start(dir: &Scratch, format: &str) -> (Server, std::path::PathBuf) {
+    let log = dir.0.join("access.log");
+    let conf = dir.write(
+        "log.toml",
+        format!(
+            "[log]\naccess = \"{}\"\nformat = \"{format}\"\n",
+            log.display()
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "2"]);
+    (server, log)
+}
+
+fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn combined_lines_are_written_within_a_second() {
+    let dir = Scratch::new("log-combined");
+    let (server, log) = start(&dir, "combined");
+    get(
+        server.addr,
+        "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: tester/1.0\r\nReferer: http://r/\r\n\r\n",
+    );
+    get(server.addr, "GARBAGE\r\n\r\n");
+    let lines = wait_for_lines(&log, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = lines.iter().find(|l| l.contains("GET")).unwrap();
+    assert!(ok.starts_with("127.0.0.1 - - ["), "{ok}");
+    assert!(
+        ok.ends_with("\"GET /a?b=1 HTTP/1.1\" 200 11 \"http://r/\" \"tester/1.0\""),
+        "{ok}"
+    );
+    let bad = lines.iter().find(|l| !l.contains("GET")).unwrap();
+    assert!(bad.contains("\"-\" 400 12 \"-\" \"-\""), "{bad}");
+}
+
+#[test]
+fn json_lines_parse_and_file_requests_are_logged() {
+    let dir = Scratch::new("log-json");
+    dir.write("www/f.txt", "file!");
+    let log = dir.0.join("access.log");
+    let conf = dir.write(
+        "log.toml",
+        format!(
+            "[log]\naccess = \"{}\"\nformat = \"json\"\n[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            log.display(),
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    get(
+        server.addr,
+        "GET /f.txt HTTP/1.1\r\nHost: x\r\nUser-Agent: a\"b\r\n\r\n",
+    );
+    let text = server.stop();
+    let lines = wait_for_lines(&log, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}\n{text}");
+    let l = &lines[0];
+    for part in [
+        "\"remote\":\"127.0.0.1\"",
+        "\"method\":\"GET\"",
+        "\"target\":\"/f.txt\"",
+        "\"protocol\":\"HTTP/1.1\"",
+        "\"status\":200",
+        "\"bytes\":5",
+        "\"user_agent\":\"a\\\"b\"",
+        "\"referer\":null",
+    ] {
+        assert!(l.contains(part), "{part} missing from {l}");
+    }
+    assert!(l.starts_with("{\"time\":\"20") && l.ends_with('}'), "{l}");
+}
+
+#[test]
+fn sigusr1_reopens_the_file_after_rotation() {
+    let dir = Scratch::new("log-reopen");
+    let (server, log) = start(&dir, "combined");
+    get(server.addr, "GET /before HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(wait_for_lines(&log, 1).len(), 1);
+    let rotated = dir.0.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("SIGUSR1: reopening");
+    std::thread::sleep(Duration::from_millis(200));
+    get(server.addr, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    let fresh = wait_for_lines(&log, 1);
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(fresh[0].contains("/after"));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/before") && !old.contains("/after"), "{old}");
+}
+
+#[test]
+fn many_lines_from_two_shards_never_interleave() {
+    let dir = Scratch::new("log-many");
+    let (server, log) = start(&dir, "combined");
+    let addr = server.addr;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    let r = get(
+                        addr,
+                        &format!("GET /t{t}/{i}/{} HTTP/1.0\r\n\r\n", "x".repeat(200)),
+                    );
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    server.stop();
+    let lines = wait_for_lines(&log, 400);
+    assert_eq!(lines.len(), 400);
+    for l in &lines {
+        assert!(
+            l.starts_with("127.0.0.1 - - [") && l.ends_with("\"-\" \"-\""),
+            "{l}"
+        );
+    }
+}
