@@ -4,7 +4,11 @@
 # process and thread of the server, from /proc) divided by requests completed.
 #
 #   bench/wrk-cpu.sh [ROUNDS]     # coreserve (both dispatch modes) and nginx, interleaved
+#   PATHS="/ /static/4k.bin /static/1m.bin" bench/wrk-cpu.sh 3
 #
+# PATHS are the request paths measured (default "/": hello world); the
+# /static/ files 4k.bin and 1m.bin are created, served by coreserve's static
+# route and by nginx's `location /static/` (sendfile).
 # Needs: wrk and nginx (apt-get install -y wrk nginx), a release build
 # (cargo build --release), and two CPUs. Prints one line per run and the
 # medians. Until coreserve-bench and bench/compare exist, this is how the
@@ -17,8 +21,10 @@ LOAD_CPU=${LOAD_CPU:-0}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 ANCHORS=${ANCHORS:-../shared/anchors}
+PATHS=${PATHS:-/}
 BIN=target/release/coreserve
 work=$(mktemp -d)
+chmod 755 "$work"  # nginx workers run as www-data and must read the files
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 ticks() { # total utime+stime (clock ticks) of a process tree
@@ -40,12 +46,17 @@ wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/
 
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/" > /dev/null  # warm-up
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port$path" > /dev/null  # warm-up
     local t0 t1 out reqs hz
     t0=$(ticks "$@")
-    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port$path")
     t1=$(ticks "$@")
     reqs=$(awk '/requests in/ {print $1}' <<< "$out")
+    local bad
+    bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
+    if [ -n "$bad" ]; then
+        echo "$name: $bad of $reqs responses were not 2xx/3xx; the figures below are void" >&2
+    fi
     hz=$(getconf CLK_TCK)
     awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$hz" \
         -v rps="$(awk '/Requests\/sec/ {print $2}' <<< "$out")" \
@@ -55,15 +66,34 @@ run_one() { # name port pids...
 }
 
 start_coreserve() { # dispatch port
-    taskset -c "$SERVER_CPU" "$BIN" --listen "127.0.0.1:$2" --cpus "$SERVER_CPU" --dispatch "$1" \
+    taskset -c "$SERVER_CPU" "$BIN" --config "$work/coreserve.toml" \
+        --listen "127.0.0.1:$2" --cpus "$SERVER_CPU" --dispatch "$1" \
         > /dev/null 2> "$work/coreserve-$1.log" &
     echo $!
 }
 
-mkdir -p "$work/nginx/logs"
-sed -e '/worker_cpu_affinity/d' "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+mkdir -p "$work/nginx/logs" "$work/www"
+sed -e '/worker_cpu_affinity/d' -e "s|/tmp/nginx-anchor/www/|$work/www/|" \
+    "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+head -c 4096 /dev/urandom > "$work/www/4k.bin"
+head -c 1048576 /dev/urandom > "$work/www/1m.bin"
+cat > "$work/coreserve.toml" <<TOML
+[[route]]
+path = "/"
+handler = "respond"
+body = "Hello World"
+content-type = "text/plain"
+
+[[route]]
+path = "/static/"
+handler = "static"
+root = "$work/www"
+TOML
 
 results=$work/results
+for path in $PATHS; do
+echo "== $path"
+: > "$results"
 for round in $(seq "$ROUNDS"); do
     pid=$(start_coreserve master 3100); wait_port 3100
     run_one "coreserve master" 3100 "$pid" | tee -a "$results"
@@ -79,11 +109,12 @@ for round in $(seq "$ROUNDS"); do
     stop QUIT "$pid"
 done
 
-echo "medians over $ROUNDS rounds:"
+echo "medians over $ROUNDS rounds, $path:"
 for name in "coreserve master" "coreserve reuseport" "nginx"; do
     rows=$(grep "^$name " "$results" | sed "s/^$name //")
     m=$(( ($(wc -l <<< "$rows") + 1) / 2 ))
     rps=$(awk '{print $1}' <<< "$rows" | sort -n | sed -n "${m}p")
     us=$(awk '{print $3}' <<< "$rows" | sort -n | sed -n "${m}p")
     printf "%-20s %10s req/s %7s us/req\n" "$name" "$rps" "$us"
+done
 done

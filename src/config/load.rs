@@ -425,7 +425,15 @@ impl<'t> Walker<'t> {
                 "location" => location = self.string(f),
                 "root" => {
                     if let Some(r) = self.string(f) {
-                        static_cfg.root = PathBuf::from(r);
+                        // A relative root is relative to the file's directory,
+                        // so a configuration and its site can move together.
+                        let dir = self
+                            .config
+                            .source
+                            .as_deref()
+                            .and_then(Path::parent)
+                            .unwrap_or(Path::new(""));
+                        static_cfg.root = dir.join(r);
                         root_set = true;
                     }
                 }

@@ -61,6 +61,37 @@ fn the_shipped_default_config_checks_and_serves_hello_world() {
     let server = Server::start(&["--config", conf, "--listen", "127.0.0.1:0"]);
     let r = get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((r.status, r.text().as_str()), (200, "Hello World"));
+
+    // The welcome site, with caching headers and ranges, seen by curl.
+    let url = format!("http://{}/site/", server.addr);
+    let page = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/www/index.html"
+    ))
+    .unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-r", "0-14", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 206 Partial Content"), "{text}");
+    assert!(
+        text.contains("Cache-Control: public, max-age=60\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Content-Range: bytes 0-14/{}\r\n", page.len())),
+        "{text}"
+    );
+    assert!(text.ends_with("<!DOCTYPE html>"), "{text}");
+    let r = get(server.addr, "GET /site/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, page);
+    let etag = r.header("etag").unwrap();
+    let r = get(
+        server.addr,
+        &format!("GET /site/ HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 304);
 }
 
 #[test]
