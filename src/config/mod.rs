@@ -539,6 +539,15 @@ fn is_header_value(v: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The keys `validate` reports, in order.
+    fn failing_keys(c: Config) -> Vec<String> {
+        c.validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    }
+
     #[test]
     fn defaults_are_valid() {
         assert!(Config::default().validate().is_ok());
@@ -553,14 +562,8 @@ mod tests {
         c.limits.max_headers = 0;
         c.limits.keepalive_timeout = Duration::ZERO;
         c.limits.max_connections = 0;
-        let keys: Vec<_> = c
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
         assert_eq!(
-            keys,
+            failing_keys(c),
             [
                 "server.listen",
                 "server.shards",
@@ -588,14 +591,8 @@ mod tests {
         s.path = "/s/".into();
         s.handler = HandlerConfig::Static(StaticConfig::new("/definitely/not/here".into()));
         c.routes.push(s);
-        let keys: Vec<_> = c
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
         assert_eq!(
-            keys,
+            failing_keys(c),
             [
                 "route[2].path",
                 "route[2].methods",

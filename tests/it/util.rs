@@ -31,6 +31,15 @@ pub fn command() -> Command {
     cmd
 }
 
+/// The addresses in a log's "listening on http://ADDR" lines.
+fn listening(log: &str) -> Vec<SocketAddr> {
+    log.lines()
+        .filter_map(|l| l.split("listening on http://").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
 impl Server {
     /// Start on 127.0.0.1:0 with these extra flags.
     pub fn start(args: &[&str]) -> Server {
@@ -59,23 +68,10 @@ impl Server {
         let deadline = Instant::now() + WAIT;
         loop {
             let text = log.lock().unwrap().clone();
-            let addrs: Vec<SocketAddr> = text
-                .lines()
-                .filter_map(|l| l.split("listening on http://").nth(1))
-                .filter_map(|rest| rest.split_whitespace().next())
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            // All start-up lines are logged together; give the last a moment.
-            if !addrs.is_empty() {
+            if !listening(&text).is_empty() {
+                // All start-up lines are logged together; give the last a moment.
                 std::thread::sleep(Duration::from_millis(20));
-                let addrs = {
-                    let text = log.lock().unwrap().clone();
-                    text.lines()
-                        .filter_map(|l| l.split("listening on http://").nth(1))
-                        .filter_map(|rest| rest.split_whitespace().next())
-                        .filter_map(|a| a.parse().ok())
-                        .collect::<Vec<SocketAddr>>()
-                };
+                let addrs = listening(&log.lock().unwrap());
                 return Server {
                     child,
                     addr: addrs[0],
