@@ -14,7 +14,7 @@ use crate::units;
 /// coreserve: a thread-per-core io_uring HTTP/1.1 server. One shard per CPU,
 /// pinned, fed round-robin by a master; with no configuration every request
 /// is answered `200 OK` `Hello World`.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "coreserve", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file. [default: /etc/coreserve/coreserve.toml if it exists]

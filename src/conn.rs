@@ -15,7 +15,7 @@ use crate::handlers::static_files::{self, ReplyContext};
 use crate::http::response::{write_error, Persistence};
 use crate::http::session::{Context, InputBuffer, Next, RequestLog, Session, Wait, INITIAL_INPUT};
 use crate::http::status::Status;
-use crate::shard::{ConnKey, Shard};
+use crate::shard::{ConnKey, Shard, Site};
 use std::net::IpAddr;
 
 /// How long a closing connection keeps reading what the client still sends,
@@ -31,7 +31,7 @@ pub const IDLE_OUTPUT: usize = 4096;
 
 /// Serve one accepted connection until it closes.
 pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
-    let limits = shard.limits();
+    let limits = shard.site().limits;
     // Responses are written whole; Nagle would only delay the last segment.
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(limits.send_timeout));
@@ -60,7 +60,10 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut head_deadline: Option<Instant> = None;
     let mut served = 0;
     loop {
-        let cx = context(&shard, log);
+        // The site of this step: a reload takes effect for the next request.
+        let site = shard.site();
+        let limits = site.limits;
+        let cx = context(&shard, &site, log);
         let next = session.process(&mut input, &mut out, &cx);
         if session.served() != served {
             shard.count_requests(session.served() - served);
@@ -141,7 +144,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Ok(0) => return,
             Ok(n) => input.filled(n),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let cx = context(&shard, log);
+                let cx = context(&shard, &site, log);
                 session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
                 if let Some(e) = session.error() {
                     shard.count_error(e);
@@ -205,12 +208,12 @@ impl Drop for Registration<'_> {
 
 /// The session context from a shard; kept here so `Context` stays free of
 /// shard types.
-fn context<'a>(shard: &'a Shard, log: Option<&'a dyn RequestLog>) -> Context<'a> {
+fn context<'a>(shard: &Shard, site: &'a Site, log: Option<&'a dyn RequestLog>) -> Context<'a> {
     Context {
-        limits: shard.session_limits(),
+        limits: &site.session_limits,
         date: shard.date(),
         draining: shard.is_draining(),
-        handler: shard.handler(),
+        handler: &site.router,
         log,
     }
 }

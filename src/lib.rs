@@ -21,4 +21,5 @@ pub mod master;
 pub mod router;
 pub mod shard;
 pub mod signals;
+pub mod systemd;
 pub mod units;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let check = cli.check;
+    let again = cli.clone();
     let config = match cli.load() {
         Ok(c) => c,
         Err(errors) => {
@@ -32,7 +33,9 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    match master::run(config) {
+    // SIGHUP reads the same file again and applies the same flags over it.
+    let reload = Box::new(move || again.clone().load());
+    match master::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MasterError::Forced(_)) => {
             log::warn!("{e}");

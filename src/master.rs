@@ -14,12 +14,13 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use log::{error, info, warn};
 
 use crate::access_log;
-use crate::config::{AccessLog, Config, Dispatch};
+use crate::config::{AccessLog, Config, ConfigError, Dispatch};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError, HostLimits};
 use crate::listener::{self, AcceptErrors, BindError};
 use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
 use crate::signals::{self, Signal, SignalPipe, Signals};
+use crate::systemd;
 
 /// Sockets a shard may have waiting in its channel. Small on purpose: a
 /// shard that falls this far behind is skipped, and when every shard is
@@ -51,6 +52,9 @@ pub enum MasterError {
         /// Why.
         err: std::io::Error,
     },
+    /// Socket activation passed something unusable.
+    #[error("socket activation: {0}")]
+    Activation(std::io::Error),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -73,8 +77,11 @@ pub enum MasterError {
     Forced(&'static str),
 }
 
+/// Re-reads the configuration (the file, then the flags) on SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>>>;
+
 /// Run the server until it is told to stop. Blocks the calling thread.
-pub fn run(config: Config) -> Result<(), MasterError> {
+pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let limits = host::prepare()?;
     let allowed = cpus::allowed_cpus()?;
     let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
@@ -101,7 +108,33 @@ pub fn run(config: Config) -> Result<(), MasterError> {
     let mut exclusive = Vec::new();
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
     let mut bound: Vec<SocketAddr> = Vec::new();
-    for &addr in &config.listen {
+    let activated = systemd::listen_fds().map_err(MasterError::Activation)?;
+    if !activated.is_empty() {
+        info!(
+            "socket activation: {} listening sockets from the service manager; [server] listen is not used",
+            activated.len()
+        );
+    }
+    for l in activated {
+        let addr = l.local_addr().map_err(MasterError::Activation)?;
+        bound.push(addr);
+        match config.dispatch {
+            Dispatch::Master => exclusive.push(l),
+            // One accept queue shared by every shard (Node's shared handle):
+            // the passed socket cannot grow SO_REUSEPORT siblings.
+            Dispatch::Reuseport => {
+                for listeners in per_shard.iter_mut() {
+                    listeners.push(l.try_clone().map_err(MasterError::Activation)?);
+                }
+            }
+        }
+    }
+    let listen = if bound.is_empty() {
+        config.listen.clone()
+    } else {
+        Vec::new()
+    };
+    for &addr in &listen {
         match config.dispatch {
             Dispatch::Master => {
                 let l = listener::bind_exclusive(addr)?;
@@ -182,6 +215,8 @@ pub fn run(config: Config) -> Result<(), MasterError> {
         })?;
     let outcome = master.run(supervise(Supervision {
         config,
+        reload,
+        notifier: systemd::Notifier::from_env(),
         shards,
         pipe,
         exclusive,
@@ -214,6 +249,8 @@ fn io_memory_per_executor(limits: &HostLimits, shards: usize) -> usize {
 /// What the master's executor owns.
 struct Supervision {
     config: Config,
+    reload: Reloader,
+    notifier: Option<systemd::Notifier>,
     /// The CPU of each shard.
     shards: Vec<usize>,
     pipe: SignalPipe,
@@ -230,6 +267,8 @@ enum MasterEvent {
     Shard(ShardEvent),
     /// A shard's event channel closed: it stopped or died.
     Gone(usize),
+    /// Time to check the shards answered and pet the systemd watchdog.
+    Watchdog,
 }
 
 async fn supervise(s: Supervision) -> Result<(), MasterError> {
@@ -305,9 +344,35 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             s.config.dispatch.name()
         );
     }
+    let status = format!(
+        "serving {} with {n} shards",
+        s.bound
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let notifier = s.notifier;
+    if let Some(n) = &notifier {
+        n.ready(&status);
+    }
+    if let Some(every) = systemd::watchdog_interval() {
+        let tick = tx.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                let _ = tick.try_send(MasterEvent::Watchdog);
+            }
+        })
+        .detach();
+    }
 
     // Serve until told to stop.
+    let mut config = s.config;
     let mut first_signal = 0;
+    let mut reloading: usize = 0;
+    // The watchdog is petted only when every live shard answered the last ping.
+    let mut answered = vec![true; n];
     while let Some(ev) = rx.recv().await {
         match ev {
             MasterEvent::Signal(Signal::Terminate(sig)) => {
@@ -315,9 +380,79 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 break;
             }
             MasterEvent::Signal(Signal::Reload) => {
-                info!("SIGHUP: no configuration file to reload; still serving")
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
+                match (s.reload)() {
+                    Err(errors) => {
+                        for e in &errors {
+                            error!("SIGHUP: {e}");
+                        }
+                        error!(
+                            "SIGHUP: the configuration has {} error(s); still serving the previous one",
+                            errors.len()
+                        );
+                        if let Some(n) = &notifier {
+                            n.ready(&status);
+                        }
+                    }
+                    Ok(new) => {
+                        for key in needs_restart(&config, &new) {
+                            warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
+                        }
+                        let update = shard::Reload {
+                            limits: new.limits,
+                            routes: new.routes.clone(),
+                        };
+                        reloading = 0;
+                        for (id, c) in control.iter().enumerate() {
+                            if alive[id]
+                                && c.try_send(Control::Reload(Box::new(update.clone())))
+                                    .is_ok()
+                            {
+                                reloading += 1;
+                            }
+                        }
+                        config.limits = new.limits;
+                        config.routes = new.routes;
+                        if reloading == 0 {
+                            if let Some(n) = &notifier {
+                                n.ready(&status);
+                            }
+                        }
+                    }
+                }
             }
-            MasterEvent::Signal(Signal::Reopen) => match &s.config.log.access {
+            MasterEvent::Shard(ShardEvent::Reloaded { .. }) => {
+                // Acks of an older reload overtaken by a newer one are ignored.
+                if reloading > 1 {
+                    reloading -= 1;
+                } else if reloading == 1 {
+                    reloading = 0;
+                    info!("SIGHUP: configuration reloaded on every shard");
+                    if let Some(n) = &notifier {
+                        n.ready(&status);
+                    }
+                }
+            }
+            MasterEvent::Shard(ShardEvent::Pong { id }) => answered[id] = true,
+            MasterEvent::Watchdog => {
+                let stuck: Vec<usize> = (0..n).filter(|&i| alive[i] && !answered[i]).collect();
+                if stuck.is_empty() {
+                    if let Some(n) = &notifier {
+                        n.notify("WATCHDOG=1");
+                    }
+                } else {
+                    warn!("watchdog: shard(s) {stuck:?} did not answer; not petting the watchdog");
+                }
+                for (id, c) in control.iter().enumerate() {
+                    if alive[id] {
+                        answered[id] = false;
+                        let _ = c.try_send(Control::Ping);
+                    }
+                }
+            }
+            MasterEvent::Signal(Signal::Reopen) => match &config.log.access {
                 AccessLog::File(path) => {
                     info!("SIGUSR1: reopening {}", path.display());
                     for (id, c) in control.iter().enumerate() {
@@ -344,8 +479,11 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     info!(
         "{}: draining (deadline {:?})",
         signals::name(first_signal),
-        s.config.drain_timeout
+        config.drain_timeout
     );
+    if let Some(n) = &notifier {
+        n.stopping("draining connections");
+    }
     drop(accepters);
     drop(dispatcher);
     for (id, c) in control.iter().enumerate() {
@@ -374,6 +512,30 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Settings a running server cannot change, named by key, that differ.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listen != new.listen {
+        keys.push("server.listen");
+    }
+    if old.shards != new.shards {
+        keys.push("server.shards");
+    }
+    if old.cpus != new.cpus {
+        keys.push("server.cpus");
+    }
+    if old.dispatch != new.dispatch {
+        keys.push("server.dispatch");
+    }
+    if old.drain_timeout != new.drain_timeout {
+        keys.push("server.drain-timeout");
+    }
+    if old.log != new.log {
+        keys.push("[log]");
+    }
+    keys
 }
 
 /// The master's end of one shard's hand-off channel.

@@ -20,7 +20,6 @@ use slab::Slab;
 use crate::access_log::AccessLogger;
 use crate::config::{Limits, LogConfig, RouteConfig};
 use crate::conn;
-use crate::handlers::Handler;
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::error::ParseError;
 use crate::http::session::SessionLimits;
@@ -36,12 +35,25 @@ pub enum Intake {
 }
 
 /// Messages from the master to a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Control {
     /// Stop taking connections, finish what is in flight, and stop.
     Drain,
     /// Reopen the access-log file (SIGUSR1, after logrotate).
     ReopenLogs,
+    /// Serve new requests with these routes and limits (SIGHUP).
+    Reload(Box<Reload>),
+    /// Answer with `ShardEvent::Pong` (the watchdog's proof of life).
+    Ping,
+}
+
+/// The parts of the configuration a running shard can take without a restart.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// Request limits.
+    pub limits: Limits,
+    /// Routes.
+    pub routes: Vec<RouteConfig>,
 }
 
 /// Messages from a shard to the master.
@@ -49,6 +61,16 @@ pub enum Control {
 pub enum ShardEvent {
     /// The shard is serving.
     Ready {
+        /// Shard id.
+        id: usize,
+    },
+    /// Answer to `Control::Ping`.
+    Pong {
+        /// Shard id.
+        id: usize,
+    },
+    /// The shard applied a reload.
+    Reloaded {
         /// Shard id.
         id: usize,
     },
@@ -124,13 +146,32 @@ struct ConnEntry {
 /// A registry key for one connection.
 pub type ConnKey = usize;
 
+/// What a reload replaces: requests started under one `Site` finish under
+/// it (each holds an `Rc`), new ones get the current one.
+pub struct Site {
+    /// Request limits.
+    pub limits: Limits,
+    /// The part of them the HTTP session enforces.
+    pub session_limits: SessionLimits,
+    /// What answers requests.
+    pub router: Router,
+}
+
+impl Site {
+    fn new(limits: Limits, routes: &[RouteConfig]) -> Site {
+        Site {
+            limits,
+            session_limits: limits.session(),
+            router: Router::new(routes),
+        }
+    }
+}
+
 /// The shard's state, shared by its tasks through `Rc`.
 pub struct Shard {
     id: usize,
-    limits: Limits,
-    session_limits: SessionLimits,
+    site: RefCell<Rc<Site>>,
     date: DateCache,
-    handler: Box<dyn Handler>,
     draining: Cell<bool>,
     access_log: Option<Rc<AccessLogger>>,
     conns: RefCell<Slab<ConnEntry>>,
@@ -141,10 +182,8 @@ impl Shard {
     fn new(id: usize, limits: Limits, routes: &[RouteConfig], log: Option<AccessLogger>) -> Shard {
         Shard {
             id,
-            limits,
-            session_limits: limits.session(),
+            site: RefCell::new(Rc::new(Site::new(limits, routes))),
             date: DateCache::default(),
-            handler: Box::new(Router::new(routes)),
             draining: Cell::new(false),
             access_log: log.map(Rc::new),
             conns: RefCell::new(Slab::new()),
@@ -152,24 +191,14 @@ impl Shard {
         }
     }
 
-    /// The shard's limits.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// The limits the HTTP session enforces.
-    pub fn session_limits(&self) -> &SessionLimits {
-        &self.session_limits
+    /// The current routes and limits.
+    pub fn site(&self) -> Rc<Site> {
+        self.site.borrow().clone()
     }
 
     /// The current `Date` value.
     pub fn date(&self) -> [u8; DATE_LEN] {
         self.date.get()
-    }
-
-    /// What answers requests.
-    pub fn handler(&self) -> &dyn Handler {
-        &*self.handler
     }
 
     /// The shard's access log, when logging is on.
@@ -184,7 +213,7 @@ impl Shard {
 
     /// Whether a new connection would exceed `max-connections`.
     pub fn at_capacity(&self) -> bool {
-        self.conns.borrow().len() >= self.limits.max_connections
+        self.conns.borrow().len() >= self.site.borrow().limits.max_connections
     }
 
     /// Track a new connection; returns its key.
@@ -303,9 +332,23 @@ async fn run(spec: ShardSpec) {
     }
 
     // Serve until the master says drain (or is gone).
-    while let Some(Control::ReopenLogs) = control.recv().await {
-        if let Some(log) = shard.access_log() {
-            glommio::spawn_local(async move { log.reopen().await }).detach();
+    loop {
+        match control.recv().await {
+            Some(Control::ReopenLogs) => {
+                if let Some(log) = shard.access_log() {
+                    glommio::spawn_local(async move { log.reopen().await }).detach();
+                }
+            }
+            Some(Control::Reload(r)) => {
+                // Building a router canonicalizes static roots: a few stat
+                // calls, once per reload, not per request.
+                *shard.site.borrow_mut() = Rc::new(Site::new(r.limits, &r.routes));
+                let _ = events.send(ShardEvent::Reloaded { id }).await;
+            }
+            Some(Control::Ping) => {
+                let _ = events.try_send(ShardEvent::Pong { id });
+            }
+            Some(Control::Drain) | None => break,
         }
     }
     shard.draining.set(true);

@@ -9,6 +9,7 @@ mod dispatch;
 mod host;
 mod http;
 mod load;
+mod operations;
 mod shutdown;
 mod static_files;
 mod util;

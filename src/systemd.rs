@@ -1,0 +1,140 @@
+//! The two systemd protocols a `Type=notify` service speaks: readiness
+//! notifications (`sd_notify`: READY, RELOADING, STOPPING, STATUS, WATCHDOG)
+//! and socket activation (`LISTEN_FDS`). Written from the documented wire
+//! formats; no libsystemd.
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::time::Duration;
+
+/// The first descriptor systemd passes (SD_LISTEN_FDS_START).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// A connection to `$NOTIFY_SOCKET`, if the service manager gave one.
+pub struct Notifier {
+    socket: UnixDatagram,
+    addr: UnixAddr,
+}
+
+impl Notifier {
+    /// From the environment; `None` when not started by systemd with
+    /// `Type=notify` (or `NotifyAccess`). The variable is removed so that
+    /// nothing this process starts inherits it.
+    pub fn from_env() -> Option<Notifier> {
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        std::env::remove_var("NOTIFY_SOCKET");
+        let path = path.to_str()?.to_string();
+        let addr = match path.strip_prefix('@') {
+            Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name.as_bytes()).ok()?,
+            None => UnixAddr::from_pathname(&path).ok()?,
+        };
+        let socket = UnixDatagram::unbound().ok()?;
+        // A full queue at the manager drops a notification instead of
+        // blocking the master.
+        socket.set_nonblocking(true).ok()?;
+        Some(Notifier { socket, addr })
+    }
+
+    /// Send one notification (newline-separated `KEY=value` assignments).
+    pub fn notify(&self, state: &str) {
+        if let Err(e) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {
+            log::warn!("cannot notify the service manager: {e}");
+        }
+    }
+
+    /// `READY=1` with a status line.
+    pub fn ready(&self, status: &str) {
+        self.notify(&format!("READY=1\nSTATUS={status}"));
+    }
+
+    /// `RELOADING=1` with the monotonic time systemd asks for.
+    pub fn reloading(&self) {
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    }
+
+    /// `STOPPING=1` with a status line.
+    pub fn stopping(&self, status: &str) {
+        self.notify(&format!("STOPPING=1\nSTATUS={status}"));
+    }
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, if the watchdog
+/// is on and meant for this process.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Listening sockets passed by socket activation, if `$LISTEN_PID` is this
+/// process. The variables are removed afterwards, as sd_listen_fds(3) does.
+pub fn listen_fds() -> io::Result<Vec<TcpListener>> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(Vec::new());
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(Vec::new());
+    }
+    let n: RawFd = fds
+        .parse()
+        .map_err(|_| io::Error::other(format!("LISTEN_FDS is not a number: {fds:?}")))?;
+    let mut out = Vec::new();
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
+        if !is_listening_tcp(fd) {
+            return Err(io::Error::other(format!(
+                "socket activation passed descriptor {fd}, which is not a listening TCP socket"
+            )));
+        }
+        // SAFETY: systemd hands these descriptors to this process; we take
+        // ownership exactly once and mark them close-on-exec.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            out.push(TcpListener::from_raw_fd(fd));
+        }
+    }
+    for l in &out {
+        l.set_nonblocking(true)?;
+    }
+    Ok(out)
+}
+
+fn is_listening_tcp(fd: RawFd) -> bool {
+    let get = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes an int into `v`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    get(libc::SO_ACCEPTCONN) == Some(1) && get(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}

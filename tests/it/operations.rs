@@ -1,0 +1,239 @@
+//! Running it: SIGHUP reload (valid, invalid, under load), systemd
+//! notifications in order, the watchdog, and socket activation.
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Scratch;
+use crate::util::{command, connect, get, Reader, Server};
+
+fn route(body: &str) -> String {
+    format!("[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"{body}\"\n")
+}
+
+#[test]
+fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
+    let dir = Scratch::new("reload");
+    let conf = dir.write("c.toml", route("one"));
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    let body = || get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text();
+    assert_eq!(body(), "one");
+
+    dir.write("c.toml", route("two"));
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded on every shard");
+    assert_eq!(body(), "two");
+
+    dir.write("c.toml", "[limits]\nmax-headers = \"many\"\n");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("still serving the previous one");
+    assert!(
+        server
+            .log()
+            .contains("c.toml:2: limits.max-headers: must be a number"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(body(), "two");
+
+    // --listen from the command line still wins over the file; shards do not.
+    dir.write(
+        "c.toml",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\nshards = 7\n{}",
+            route("three")
+        ),
+    );
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("server.shards changed; that takes a restart");
+    assert!(!server.log().contains("server.listen changed"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(body(), "three");
+}
+
+#[test]
+fn a_request_in_flight_finishes_under_the_old_configuration() {
+    let dir = Scratch::new("reload-inflight");
+    let conf = dir.write("c.toml", route("old"));
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    // The head is answered at once; its body keeps the request open.
+    let mut s = connect(server.addr);
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    dir.write("c.toml", route("new"));
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded");
+    s.write_all(b"cdGET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = Reader::new(&s);
+    assert_eq!(r.next(false).text(), "old");
+    assert_eq!(r.next(false).text(), "new");
+}
+
+#[test]
+fn reloading_every_100ms_under_load_loses_no_request() {
+    let dir = Scratch::new("reload-load");
+    let conf = dir.write("c.toml", route("a"));
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Half keep-alive, half a new connection per request.
+                    let mut s = connect(addr);
+                    let mut r = Reader::new(&s);
+                    for _ in 0..if i % 2 == 0 { 50 } else { 1 } {
+                        if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        let resp = r.next(false);
+                        if resp.status == 200 && (resp.text() == "a" || resp.text() == "b") {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        dir.write("c.toml", route(if i % 2 == 0 { "b" } else { "a" }));
+        server.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 100);
+}
+
+/// Notifications a started server sends to a test NOTIFY_SOCKET.
+struct Listener {
+    socket: UnixDatagram,
+    _dir: Scratch,
+    path: String,
+}
+
+impl Listener {
+    fn new(name: &str) -> Listener {
+        let dir = Scratch::new(name);
+        let path = dir.path("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Listener {
+            socket,
+            _dir: dir,
+            path,
+        }
+    }
+
+    fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+#[test]
+fn systemd_notifications_come_in_order() {
+    let notify = Listener::new("notify");
+    let mut cmd = command();
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify.path);
+    let mut server = Server::spawn(cmd);
+    let ready = notify.next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving http://127.0.0.1:"),
+        "{ready}"
+    );
+    server.signal(libc::SIGHUP);
+    let reloading = notify.next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(notify.next().starts_with("READY=1"));
+    server.signal(libc::SIGTERM);
+    assert!(notify.next().starts_with("STOPPING=1"));
+    assert!(server.wait(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn the_watchdog_is_petted_while_shards_answer() {
+    let notify = Listener::new("watchdog");
+    let mut cmd = command();
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "200000");
+    let _server = Server::spawn(cmd);
+    assert!(notify.next().starts_with("READY=1"));
+    let start = Instant::now();
+    let mut pets = 0;
+    while pets < 3 {
+        if notify.next() == "WATCHDOG=1" {
+            pets += 1;
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn socket_activation_uses_the_passed_socket() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    for dispatch in ["master", "reuseport"] {
+        // The shell's pid is the pid coreserve runs as after exec.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --dispatch {dispatch}",
+                env!("CARGO_BIN_EXE_coreserve")
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: dup2 and fcntl are async-signal-safe; they run in the child
+        // before exec. When the listener already is fd 3, dup2 would be a
+        // no-op that leaves close-on-exec set.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let server = Server::spawn(cmd);
+        assert_eq!(server.addr, addr, "{}", server.log());
+        assert!(server
+            .log()
+            .contains("socket activation: 1 listening sockets"));
+        for _ in 0..4 {
+            let r = get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(r.text(), "Hello World");
+        }
+        // The socket outlives the server: the next one takes it over.
+        drop(server);
+    }
+}
