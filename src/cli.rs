@@ -17,6 +17,10 @@ use crate::units;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "coreserve", version, about, long_about = None)]
 pub struct Cli {
+    /// A command other than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Configuration file. [default: /etc/coreserve/coreserve.toml if it exists]
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -83,6 +87,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// The admin listener serving metrics, or "off". [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "ADDR:PORT|off", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<MetricsListen>,
+
     /// How long SIGTERM/SIGINT waits for requests in flight. [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -94,6 +102,34 @@ fn parse_size(s: &str) -> Result<u64, units::UnitError> {
 
 fn parse_duration(s: &str) -> Result<Duration, units::UnitError> {
     units::parse_duration(s)
+}
+
+/// Commands besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a table of a running instance's shards: CPU, connections,
+    /// requests, requests/s and p99, read from its metrics endpoint.
+    Status {
+        /// The metrics URL. [default: from [metrics] in the configuration]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Time between the two reads that give requests/s.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+    },
+}
+
+/// A parsed `--metrics-listen` value: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    if s == "off" {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|_| format!("must be an address like 127.0.0.1:9464 or off, got {s:?}"))
 }
 
 /// A parsed `--cpus` value (a newtype, so clap takes it as one value).
@@ -169,6 +205,11 @@ impl Cli {
         set!(self.cpus.map(|l| Some(l.0)), "server.cpus", c.cpus);
         set!(self.dispatch, "server.dispatch", c.dispatch);
         set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
+        set!(
+            self.metrics_listen.map(|m| m.0),
+            "metrics.listen",
+            c.metrics.listen
+        );
         let l = &mut c.limits;
         set!(
             self.max_header_bytes,

@@ -37,7 +37,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let _ = stream.set_write_timeout(Some(limits.send_timeout));
 
     if shard.at_capacity() {
-        shard.count_refused();
+        shard.count(|s| s.refused += 1);
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
         if stream.write_all(&out).await.is_ok() {
@@ -59,20 +59,38 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut head_deadline: Option<Instant> = None;
     let mut served = 0;
+    // When the bytes being processed arrived: service time runs from there
+    // to the response written.
+    let mut arrived = Instant::now();
+    let mut bytes_in = 0;
     loop {
         // The site of this step: a reload takes effect for the next request.
         let site = shard.site();
         let limits = site.limits;
         let cx = context(&shard, &site, log);
         let next = session.process(&mut input, &mut out, &cx);
-        if session.served() != served {
-            shard.count_requests(session.served() - served);
+        let Ok(written) = flush(&mut stream, &mut out, &mut session).await else {
+            return;
+        };
+        let answered = session.served() - served;
+        if answered > 0 {
             served = session.served();
             head_deadline = None;
+            let us = arrived.elapsed().as_micros() as u64;
+            shard.metrics().record_latency(us, answered);
         }
-        if flush(&mut stream, &mut out, &mut session).await.is_err() {
-            return;
-        }
+        let statuses = session.take_statuses();
+        shard.count(|s| {
+            s.requests += answered;
+            s.bytes_in += std::mem::take(&mut bytes_in);
+            s.bytes_out += written;
+            for (total, n) in s.status.iter_mut().zip(statuses) {
+                *total += n;
+            }
+            if let (Next::Close { .. }, Some(e)) = (next, session.error()) {
+                s.count_error(e);
+            }
+        });
         let wait = match next {
             Next::Serve => {
                 let Some(p) = session.take_pending() else {
@@ -83,12 +101,20 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                     head_only: p.head_only,
                     date: shard.date(),
                 };
-                let served = static_files::serve(p.job, rc, &mut out, &mut stream).await;
+                let started = Instant::now();
+                let result = static_files::serve(p.job, rc, &mut out, &mut stream).await;
+                let (status, bytes) = result.as_ref().copied().unwrap_or((0, 0));
                 if let (Some(l), Some(req)) = (&conn_log, &p.log) {
-                    let (status, bytes) = served.as_ref().copied().unwrap_or((0, 0));
                     l.record(req.entry(None, status, bytes));
                 }
-                if served.is_err() {
+                shard
+                    .metrics()
+                    .record_latency(started.elapsed().as_micros() as u64, 1);
+                shard.count(|s| {
+                    s.count_status(status);
+                    s.bytes_out += bytes;
+                });
+                if result.is_err() {
                     return;
                 }
                 if p.persistence == Persistence::Close {
@@ -100,9 +126,6 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 continue;
             }
             Next::Close { linger } => {
-                if let Some(e) = session.error() {
-                    shard.count_error(e);
-                }
                 if linger {
                     linger_close(&mut stream, &mut input).await;
                 }
@@ -142,14 +165,27 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         shard.set_idle(key, false);
         match read {
             Ok(0) => return,
-            Ok(n) => input.filled(n),
+            Ok(n) => {
+                input.filled(n);
+                bytes_in += n as u64;
+                arrived = Instant::now();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let cx = context(&shard, &site, log);
                 session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
-                if let Some(e) = session.error() {
-                    shard.count_error(e);
-                }
-                let _ = flush(&mut stream, &mut out, &mut session).await;
+                let written = flush(&mut stream, &mut out, &mut session)
+                    .await
+                    .unwrap_or(0);
+                let statuses = session.take_statuses();
+                shard.count(|s| {
+                    if let Some(e) = session.error() {
+                        s.count_error(e);
+                    }
+                    s.bytes_out += written;
+                    for (total, n) in s.status.iter_mut().zip(statuses) {
+                        *total += n;
+                    }
+                });
                 return;
             }
             Err(_) => return,
@@ -157,20 +193,21 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
 }
 
-/// Write the committed part of `out` and drop it from the buffer.
+/// Write the committed part of `out` and drop it from the buffer; returns
+/// the bytes written.
 async fn flush(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     session: &mut Session,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let n = session.committed();
     if n == 0 {
-        return Ok(());
+        return Ok(0);
     }
     stream.write_all(&out[..n]).await?;
     out.drain(..n);
     session.written(n);
-    Ok(())
+    Ok(n as u64)
 }
 
 /// Half-close, then read and discard until the client closes too, for at most

@@ -9,6 +9,7 @@
 //! nothing mutable with another: master and shards exchange only messages.
 
 pub mod access_log;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conn;
@@ -18,8 +19,10 @@ pub mod host;
 pub mod http;
 pub mod listener;
 pub mod master;
+pub mod metrics;
 pub mod router;
 pub mod shard;
 pub mod signals;
+pub mod status;
 pub mod systemd;
 pub mod units;

@@ -5,12 +5,15 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coreserve::cli::Cli;
+use coreserve::cli::{Cli, Command};
 use coreserve::master::{self, MasterError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::Status { url, interval }) = cli.command.clone() {
+        return status(cli, url, interval);
+    }
     let check = cli.check;
     let again = cli.clone();
     let config = match cli.load() {
@@ -41,6 +44,46 @@ fn main() -> ExitCode {
             log::warn!("{e}");
             // Shards may still be running: leave without unwinding them.
             std::process::exit(1);
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `coreserve status`: the URL from the flag, else from the configuration's
+/// admin listener.
+fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match cli.load() {
+            Ok(c) => match c.metrics.listen {
+                Some(mut addr) => {
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    format!("http://{addr}{}", c.metrics.path)
+                }
+                None => {
+                    log::error!(
+                        "the metrics endpoint is off ([metrics] listen = \"off\"); pass --url"
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(errors) => {
+                for e in errors {
+                    log::error!("{e}");
+                }
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match coreserve::status::run(&url, interval) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
             log::error!("{e}");

@@ -14,10 +14,12 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use log::{error, info, warn};
 
 use crate::access_log;
+use crate::admin;
 use crate::config::{AccessLog, Config, ConfigError, Dispatch};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError, HostLimits};
 use crate::listener::{self, AcceptErrors, BindError};
+use crate::metrics::{self, Snapshot};
 use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
@@ -155,6 +157,15 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         }
     }
 
+    let admin = match config.metrics.listen {
+        Some(addr) => {
+            let l = listener::bind_exclusive(addr)?;
+            let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
+            Some((l, bound))
+        }
+        None => None,
+    };
+
     let io_memory = io_memory_per_executor(&limits, n);
     let mut shards = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
@@ -217,6 +228,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         config,
         reload,
         notifier: systemd::Notifier::from_env(),
+        admin,
         shards,
         pipe,
         exclusive,
@@ -251,6 +263,8 @@ struct Supervision {
     config: Config,
     reload: Reloader,
     notifier: Option<systemd::Notifier>,
+    /// The admin (metrics) listener and its address.
+    admin: Option<(std::net::TcpListener, SocketAddr)>,
     /// The CPU of each shard.
     shards: Vec<usize>,
     pipe: SignalPipe,
@@ -269,6 +283,15 @@ enum MasterEvent {
     Gone(usize),
     /// Time to check the shards answered and pet the systemd watchdog.
     Watchdog,
+    /// The admin endpoint wants the rendered metrics.
+    Scrape(admin::ScrapeRequest),
+}
+
+/// A metrics scrape waiting for every live shard's snapshot.
+struct Gather {
+    snapshots: Vec<Snapshot>,
+    waiting_for: Vec<usize>,
+    replies: Vec<admin::ScrapeRequest>,
 }
 
 async fn supervise(s: Supervision) -> Result<(), MasterError> {
@@ -352,6 +375,19 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let mut admin_task = None;
+    if let Some((l, addr)) = s.admin {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the admin socket bound in `run`, handed over exactly once.
+        let l = unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) };
+        let scrape_tx = tx.clone();
+        let scrape = Rc::new(move |reply| {
+            let _ = scrape_tx.try_send(MasterEvent::Scrape(reply));
+        });
+        let path: Rc<str> = s.config.metrics.path.as_str().into();
+        info!("metrics on http://{addr}{path}");
+        admin_task = Some(glommio::spawn_local(admin::serve(l, path, scrape)));
+    }
     let notifier = s.notifier;
     if let Some(n) = &notifier {
         n.ready(&status);
@@ -373,8 +409,33 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     let mut reloading: usize = 0;
     // The watchdog is petted only when every live shard answered the last ping.
     let mut answered = vec![true; n];
+    let mut gather: Option<Gather> = None;
     while let Some(ev) = rx.recv().await {
         match ev {
+            MasterEvent::Scrape(reply) => match &mut gather {
+                // A scrape under way answers this one too.
+                Some(g) => g.replies.push(reply),
+                None => {
+                    let mut g = Gather {
+                        snapshots: Vec::with_capacity(n),
+                        waiting_for: Vec::new(),
+                        replies: vec![reply],
+                    };
+                    for (id, c) in control.iter().enumerate() {
+                        if alive[id] && c.try_send(Control::Snapshot).is_ok() {
+                            g.waiting_for.push(id);
+                        }
+                    }
+                    gather = finish_gather(g);
+                }
+            },
+            MasterEvent::Shard(ShardEvent::Snapshot(snap)) => {
+                if let Some(mut g) = gather.take() {
+                    g.waiting_for.retain(|&id| id != snap.shard);
+                    g.snapshots.push(*snap);
+                    gather = finish_gather(g);
+                }
+            }
             MasterEvent::Signal(Signal::Terminate(sig)) => {
                 first_signal = sig;
                 break;
@@ -466,6 +527,10 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             MasterEvent::Gone(id) => {
                 error!("shard {id} (CPU {}) died", s.shards[id]);
                 alive[id] = false;
+                if let Some(mut g) = gather.take() {
+                    g.waiting_for.retain(|&w| w != id);
+                    gather = finish_gather(g);
+                }
                 dispatcher.mark_dead(id);
                 if !alive.contains(&true) {
                     return Err(MasterError::NoShards);
@@ -485,6 +550,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
         n.stopping("draining connections");
     }
     drop(accepters);
+    drop(admin_task);
     drop(dispatcher);
     for (id, c) in control.iter().enumerate() {
         if alive[id] {
@@ -512,6 +578,19 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Answer the scrape if no shard is still to reply; otherwise keep waiting.
+fn finish_gather(mut g: Gather) -> Option<Gather> {
+    if !g.waiting_for.is_empty() {
+        return Some(g);
+    }
+    g.snapshots.sort_by_key(|s| s.shard);
+    let text = metrics::render(&g.snapshots);
+    for r in g.replies {
+        let _ = r.try_send(text.clone());
+    }
+    None
 }
 
 /// Settings a running server cannot change, named by key, that differ.

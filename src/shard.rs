@@ -21,9 +21,9 @@ use crate::access_log::AccessLogger;
 use crate::config::{Limits, LogConfig, RouteConfig};
 use crate::conn;
 use crate::http::date::{DateCache, DATE_LEN};
-use crate::http::error::ParseError;
 use crate::http::session::SessionLimits;
 use crate::listener;
+use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
 use crate::router::Router;
 
 /// Where a shard's connections come from.
@@ -45,6 +45,8 @@ pub enum Control {
     Reload(Box<Reload>),
     /// Answer with `ShardEvent::Pong` (the watchdog's proof of life).
     Ping,
+    /// Answer with `ShardEvent::Snapshot` (a metrics scrape).
+    Snapshot,
 }
 
 /// The parts of the configuration a running shard can take without a restart.
@@ -57,8 +59,10 @@ pub struct Reload {
 }
 
 /// Messages from a shard to the master.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ShardEvent {
+    /// The shard's metrics, as asked by `Control::Snapshot`.
+    Snapshot(Box<Snapshot>),
     /// The shard is serving.
     Ready {
         /// Shard id.
@@ -79,25 +83,10 @@ pub enum ShardEvent {
         /// Shard id.
         id: usize,
         /// Counters at exit.
-        stats: ShardStats,
+        stats: Box<ShardStats>,
         /// Connections still open when the drain deadline forced them closed.
         forced: usize,
     },
-}
-
-/// A shard's counters: plain numbers owned by the shard, sent as a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ShardStats {
-    /// Connections accepted and served.
-    pub connections: u64,
-    /// Connections refused at `max-connections`.
-    pub refused: u64,
-    /// Requests answered by a handler (bad requests and timeouts are counted apart).
-    pub requests: u64,
-    /// Requests refused for bad input (4xx/5xx from the parser).
-    pub bad_requests: u64,
-    /// Requests that timed out (408).
-    pub timeouts: u64,
 }
 
 /// Everything a shard needs to start; `Send`, built by the master.
@@ -175,11 +164,18 @@ pub struct Shard {
     draining: Cell<bool>,
     access_log: Option<Rc<AccessLogger>>,
     conns: RefCell<Slab<ConnEntry>>,
-    stats: Cell<ShardStats>,
+    cpu: usize,
+    metrics: ShardMetrics,
 }
 
 impl Shard {
-    fn new(id: usize, limits: Limits, routes: &[RouteConfig], log: Option<AccessLogger>) -> Shard {
+    fn new(
+        id: usize,
+        cpu: usize,
+        limits: Limits,
+        routes: &[RouteConfig],
+        log: Option<AccessLogger>,
+    ) -> Shard {
         Shard {
             id,
             site: RefCell::new(Rc::new(Site::new(limits, routes))),
@@ -187,7 +183,8 @@ impl Shard {
             draining: Cell::new(false),
             access_log: log.map(Rc::new),
             conns: RefCell::new(Slab::new()),
-            stats: Cell::new(ShardStats::default()),
+            cpu,
+            metrics: ShardMetrics::default(),
         }
     }
 
@@ -218,7 +215,7 @@ impl Shard {
 
     /// Track a new connection; returns its key.
     pub fn register(&self, stream: &TcpStream) -> ConnKey {
-        self.update(|s| s.connections += 1);
+        self.count(|s| s.connections += 1);
         self.conns.borrow_mut().insert(ConnEntry {
             fd: stream.as_raw_fd(),
             idle: Cell::new(false),
@@ -237,28 +234,14 @@ impl Shard {
         }
     }
 
-    /// Count answered requests.
-    pub fn count_requests(&self, n: u64) {
-        self.update(|s| s.requests += n);
+    /// The shard's counters and histogram.
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
     }
 
-    /// Count a request refused by the parser or a timeout.
-    pub fn count_error(&self, e: ParseError) {
-        self.update(|s| match e {
-            ParseError::HeadTimeout | ParseError::BodyTimeout => s.timeouts += 1,
-            _ => s.bad_requests += 1,
-        });
-    }
-
-    /// Count a connection refused at capacity.
-    pub fn count_refused(&self) {
-        self.update(|s| s.refused += 1);
-    }
-
-    fn update(&self, f: impl FnOnce(&mut ShardStats)) {
-        let mut s = self.stats.get();
-        f(&mut s);
-        self.stats.set(s);
+    /// Count something on the shard's counters.
+    pub fn count(&self, f: impl FnOnce(&mut ShardStats)) {
+        f(&mut self.metrics.stats.borrow_mut());
     }
 
     /// Shut down connections; only the idle ones unless `all`. Their tasks
@@ -282,7 +265,7 @@ async fn run(spec: ShardSpec) {
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
-    let shard = Rc::new(Shard::new(id, spec.limits, &spec.routes, logger));
+    let shard = Rc::new(Shard::new(id, spec.cpu, spec.limits, &spec.routes, logger));
     if let Some(log) = shard.access_log() {
         glommio::spawn_local(async move {
             loop {
@@ -345,6 +328,11 @@ async fn run(spec: ShardSpec) {
                 *shard.site.borrow_mut() = Rc::new(Site::new(r.limits, &r.routes));
                 let _ = events.send(ShardEvent::Reloaded { id }).await;
             }
+            Some(Control::Snapshot) => {
+                let active = shard.conns.borrow().len() as u64;
+                let snap = shard.metrics.snapshot(id, shard.cpu, active);
+                let _ = events.send(ShardEvent::Snapshot(Box::new(snap))).await;
+            }
             Some(Control::Ping) => {
                 let _ = events.try_send(ShardEvent::Pong { id });
             }
@@ -393,8 +381,14 @@ async fn run(spec: ShardSpec) {
     if let Some(log) = shard.access_log() {
         log.flush().await;
     }
-    let stats = shard.stats.get();
-    let _ = events.send(ShardEvent::Stopped { id, stats, forced }).await;
+    let stats = shard.metrics.stats.borrow().clone();
+    let _ = events
+        .send(ShardEvent::Stopped {
+            id,
+            stats: Box::new(stats),
+            forced,
+        })
+        .await;
 }
 
 /// Spawn a connection task in the gate, isolating a panic to that connection.

@@ -319,13 +319,29 @@ impl<'t> Walker<'t> {
         }
     }
 
-    /// `[metrics]` is reserved for the metrics endpoint; it takes no key yet.
     fn metrics(&mut self, t: &dyn TableLike) {
         for f in self.fields(t, "metrics") {
-            self.error(
-                &f,
-                "unknown key ([metrics] is reserved: the metrics endpoint is not built yet)".into(),
-            );
+            match f.key.as_str() {
+                "metrics.listen" => match self.string(&f).as_deref() {
+                    Some("off") => self.config.metrics.listen = None,
+                    Some(a) => match a.parse() {
+                        Ok(addr) => self.config.metrics.listen = Some(addr),
+                        Err(_) => self.error(
+                            &f,
+                            format!(
+                                "must be an address like \"127.0.0.1:9464\" or \"off\", got {a:?}"
+                            ),
+                        ),
+                    },
+                    None => {}
+                },
+                "metrics.path" => {
+                    if let Some(p) = self.string(&f) {
+                        self.config.metrics.path = p;
+                    }
+                }
+                _ => self.error(&f, "unknown key".into()),
+            }
         }
     }
 

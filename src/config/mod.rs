@@ -142,6 +142,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Access logging.
     pub log: LogConfig,
+    /// The metrics endpoint.
+    pub metrics: MetricsConfig,
     /// The file this came from, if any (for messages and reload).
     pub source: Option<PathBuf>,
     /// Line of each key set in the file, so that errors found after parsing
@@ -160,8 +162,35 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             routes: vec![RouteConfig::hello_world()],
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             source: None,
             lines: HashMap::new(),
+        }
+    }
+}
+
+/// Where the admin listener serves metrics by default: loopback only, on the
+/// port OpenTelemetry's Prometheus exporter uses (9090 is Prometheus itself).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// The `[metrics]` section: the master's admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of the admin listener; `None` turns it off.
+    pub listen: Option<SocketAddr>,
+    /// Path the metrics are served at.
+    pub path: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(
+                DEFAULT_METRICS_LISTEN
+                    .parse()
+                    .expect("default address parses"),
+            ),
+            path: "/metrics".into(),
         }
     }
 }
@@ -386,6 +415,23 @@ impl Config {
         }
         for (i, r) in self.routes.iter().enumerate() {
             validate_route(i, r, &self.routes[..i], &mut err);
+        }
+        if !self.metrics.path.starts_with('/') {
+            err(
+                "metrics.path",
+                format!("must start with /, got {:?}", self.metrics.path),
+            );
+        }
+        if let (Some(m), true) = (
+            self.metrics.listen,
+            self.listen.iter().any(|l| Some(*l) == self.metrics.listen),
+        ) {
+            if m.port() != 0 {
+                err(
+                    "metrics.listen",
+                    format!("{m} is also a server.listen address"),
+                );
+            }
         }
         if let AccessLog::File(path) = &self.log.access {
             if let Err(e) = crate::access_log::open(path) {

@@ -98,6 +98,34 @@ impl ParseError {
     ];
 }
 
+impl ParseError {
+    /// A stable snake_case name, for metric labels.
+    pub fn name(self) -> &'static str {
+        use ParseError::*;
+        match self {
+            RequestLine => "request_line",
+            HeaderField => "header_field",
+            Target => "target",
+            MissingHost => "missing_host",
+            DuplicateHost => "duplicate_host",
+            ContentLength => "content_length",
+            LengthAndTransferEncoding => "length_and_transfer_encoding",
+            UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ChunkedNotLast => "chunked_not_last",
+            Chunk => "chunk",
+            HeadersTooLarge => "headers_too_large",
+            TooManyHeaders => "too_many_headers",
+            UriTooLong => "uri_too_long",
+            BodyTooLarge => "body_too_large",
+            Version => "version",
+            Expectation => "expectation",
+            MethodNotImplemented => "method_not_implemented",
+            HeadTimeout => "head_timeout",
+            BodyTimeout => "body_timeout",
+        }
+    }
+}
+
 /// The status a refused request is answered with; the one place that decides it.
 pub fn status_for(err: ParseError) -> Status {
     use ParseError::*;

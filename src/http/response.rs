@@ -142,14 +142,21 @@ pub fn mark_closing(out: &mut Vec<u8>, from: usize) {
     }
 }
 
+/// The status code of the response at the start of `response`
+/// (`HTTP/1.1 NNN`), or 0.
+pub fn status_of(response: &[u8]) -> u16 {
+    match response.get(9..12) {
+        Some(&[a, b, c]) if [a, b, c].iter().all(u8::is_ascii_digit) => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => 0,
+    }
+}
+
 /// Status and body length of one complete response at the start of
 /// `response` (for the access log).
 pub fn summarize(response: &[u8]) -> (u16, u64) {
-    let status = response
-        .get(9..12)
-        .and_then(|d| std::str::from_utf8(d).ok())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0);
+    let status = status_of(response);
     let body = memchr::memmem::find(response, b"\r\n\r\n").map_or(0, |i| response.len() - (i + 4));
     (status, body as u64)
 }

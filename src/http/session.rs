@@ -14,7 +14,7 @@ use super::date::DATE_LEN;
 use super::error::{status_for, ParseError};
 use super::parse::{self, BodyFraming, HeadLimits, HeadScanner, Version, MAX_HEADERS_LIMIT};
 use super::response::{
-    mark_closing, summarize, write_error, Persistence, ResponseWriter, CONTINUE,
+    mark_closing, status_of, summarize, write_error, Persistence, ResponseWriter, CONTINUE,
 };
 use crate::access_log::{Entry, OwnedRequest};
 use crate::handlers::static_files::FileJob;
@@ -111,6 +111,8 @@ pub struct Session {
     /// The request being completed is HEAD: an error replacing its response
     /// carries no body either.
     head_request: bool,
+    /// Responses written since the last `take_statuses`, by class (1xx..5xx).
+    statuses: [u64; 5],
 }
 
 /// A response a handler left for the connection to produce asynchronously.
@@ -136,6 +138,7 @@ impl Default for Session {
             error: None,
             pending: None,
             head_request: false,
+            statuses: [0; 5],
         }
     }
 }
@@ -165,6 +168,20 @@ impl Session {
     /// The error that ended the session, if any.
     pub fn error(&self) -> Option<ParseError> {
         self.error
+    }
+
+    /// Responses written since the last call, by status class (1xx..5xx).
+    pub fn take_statuses(&mut self) -> [u64; 5] {
+        std::mem::take(&mut self.statuses)
+    }
+
+    fn count_status(&mut self, code: u16) {
+        if let Some(c) = self
+            .statuses
+            .get_mut(usize::from(code / 100).wrapping_sub(1))
+        {
+            *c += 1;
+        }
     }
 
     /// The deferred response `Next::Serve` announced.
@@ -351,6 +368,7 @@ impl Session {
                 });
             }
             Outcome::Done => {
+                self.count_status(status_of(&out[mark..]));
                 if let Some(log) = cx.log {
                     let (status, bytes) = summarize(&out[mark..]);
                     log.record(Entry::for_request(None, &req, status, bytes));
@@ -366,6 +384,7 @@ impl Session {
         self.pending = None;
         let mark = out.len();
         write_error(out, cx.date, status_for(e), self.head_request);
+        self.count_status(status_for(e).code());
         if let Some(log) = cx.log {
             let (status, bytes) = summarize(&out[mark..]);
             log.record(Entry {

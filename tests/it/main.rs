@@ -9,6 +9,7 @@ mod dispatch;
 mod host;
 mod http;
 mod load;
+mod metrics;
 mod operations;
 mod shutdown;
 mod static_files;

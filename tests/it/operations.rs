@@ -202,7 +202,7 @@ fn socket_activation_uses_the_passed_socket() {
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
             .arg(format!(
-                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --dispatch {dispatch}",
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --metrics-listen 127.0.0.1:0 --dispatch {dispatch}",
                 env!("CARGO_BIN_EXE_coreserve")
             ))
             .stdin(std::process::Stdio::null())

@@ -23,6 +23,8 @@ pub struct Server {
 /// A command for the coreserve binary.
 pub fn command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coreserve"));
+    // Tests run in parallel: every server gets its own admin port.
+    cmd.args(["--metrics-listen", "127.0.0.1:0"]);
     cmd.env("RUST_LOG", "info")
         .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
@@ -89,6 +91,16 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The admin listener's metrics URL, from the log.
+    pub fn metrics_url(&self) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find_map(|l| l.split("metrics on ").nth(1))
+            .expect("a metrics line in the log");
+        line.trim().to_string()
     }
 
     /// The server's process id.

@@ -1,0 +1,118 @@
+//! The admin listener: the master's own small HTTP endpoint for metrics,
+//! on 127.0.0.1 by default, apart from the traffic the shards serve.
+//!
+//! Each scrape asks every shard for a snapshot over its control channel and
+//! answers once all have replied (the analogue of cluster's process.send).
+
+use std::mem::MaybeUninit;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::http::parse::{self, HeadLimits, HeadScanner, Method, MAX_HEADERS_LIMIT};
+use crate::listener::AcceptErrors;
+
+/// How long an admin client may take to send its request.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests to the admin endpoint are small; anything larger is refused.
+const ADMIN_MAX_HEAD: usize = 8192;
+
+/// The content type of Prometheus' text exposition format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Asks the master for the rendered metrics; the reply comes on the sender.
+pub type ScrapeRequest = LocalSender<String>;
+
+/// Accept admin connections until cancelled.
+pub async fn serve(listener: TcpListener, path: Rc<str>, scrape: Rc<dyn Fn(ScrapeRequest)>) {
+    let mut errors = AcceptErrors::default();
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let (path, scrape) = (path.clone(), scrape.clone());
+                glommio::spawn_local(async move {
+                    let _ = answer(stream, &path, &*scrape).await;
+                })
+                .detach();
+            }
+            Err(e) => errors.pause(&e, "admin").await,
+        }
+    }
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    path: &str,
+    scrape: &dyn Fn(ScrapeRequest),
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
+    let mut buf = vec![0u8; ADMIN_MAX_HEAD];
+    let mut len = 0;
+    let mut scanner = HeadScanner::default();
+    let end = loop {
+        if len == buf.len() {
+            return reply(&mut stream, 431, "text/plain", "request too large\n").await;
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        if let Some(end) = scanner.find_end(&buf[..len]) {
+            break end;
+        }
+    };
+    let limits = HeadLimits {
+        max_header_bytes: ADMIN_MAX_HEAD,
+        max_uri_bytes: ADMIN_MAX_HEAD,
+        max_headers: 64,
+    };
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+    let (method, wanted) = match parse::parse(&buf[..end], &mut headers, &limits) {
+        Ok(req) => (req.method, req.path == path),
+        Err(_) => return reply(&mut stream, 400, "text/plain", "bad request\n").await,
+    };
+    if !wanted {
+        return reply(
+            &mut stream,
+            404,
+            "text/plain",
+            "not found: the metrics are at the configured path\n",
+        )
+        .await;
+    }
+    if !matches!(method, Method::Get | Method::Head) {
+        return reply(&mut stream, 405, "text/plain", "only GET and HEAD\n").await;
+    }
+    let (tx, rx) = local_channel::new_bounded(1);
+    scrape(tx);
+    let body = rx.recv().await.unwrap_or_default();
+    let body = if method == Method::Head {
+        String::new()
+    } else {
+        body
+    };
+    reply(&mut stream, 200, PROMETHEUS_TEXT, &body).await
+}
+
+async fn reply(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = crate::http::status::Status::from_code(status).map_or("", |s| s.reason());
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: coreserve\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await
+}

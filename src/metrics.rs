@@ -1,0 +1,359 @@
+//! Per-shard counters and latency histograms, and their Prometheus text.
+//!
+//! A shard owns its `ShardMetrics` (plain numbers in a `RefCell`, no atomics)
+//! and sends a `Snapshot` when the master asks; the master merges snapshots
+//! and renders them. Nothing here is shared between shards.
+
+use std::cell::RefCell;
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+use crate::http::error::ParseError;
+
+/// Slowest service time the histogram tells apart, in microseconds (60 s);
+/// longer ones are recorded as this.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A shard's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections refused at `max-connections`.
+    pub refused: u64,
+    /// Requests answered by a handler (bad requests and timeouts are counted apart).
+    pub requests: u64,
+    /// Responses sent, by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub status: [u64; 5],
+    /// Requests refused for bad input.
+    pub bad_requests: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Refusals by kind, indexed like `ParseError::ALL`.
+    pub errors: [u64; ParseError::ALL.len()],
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+}
+
+impl ShardStats {
+    /// Count one response with this status code.
+    pub fn count_status(&mut self, code: u16) {
+        if let Some(c) = self.status.get_mut(usize::from(code / 100).wrapping_sub(1)) {
+            *c += 1;
+        }
+    }
+
+    /// Count one refused request.
+    pub fn count_error(&mut self, e: ParseError) {
+        match e {
+            ParseError::HeadTimeout | ParseError::BodyTimeout => self.timeouts += 1,
+            _ => self.bad_requests += 1,
+        }
+        if let Some(i) = ParseError::ALL.iter().position(|k| *k == e) {
+            self.errors[i] += 1;
+        }
+    }
+
+    fn add(&mut self, o: &ShardStats) {
+        self.connections += o.connections;
+        self.refused += o.refused;
+        self.requests += o.requests;
+        self.bad_requests += o.bad_requests;
+        self.timeouts += o.timeouts;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        for (a, b) in self.status.iter_mut().zip(o.status) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(o.errors) {
+            *a += b;
+        }
+    }
+}
+
+/// The metrics a shard keeps.
+pub struct ShardMetrics {
+    /// Counters.
+    pub stats: RefCell<ShardStats>,
+    /// Service time (request head parsed → response written), microseconds.
+    latency: RefCell<Histogram<u64>>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            stats: RefCell::new(ShardStats::default()),
+            latency: RefCell::new(new_histogram()),
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+impl ShardMetrics {
+    /// Record `n` requests that each took `us` microseconds.
+    pub fn record_latency(&self, us: u64, n: u64) {
+        let v = us.clamp(1, MAX_LATENCY_US);
+        let _ = self.latency.borrow_mut().record_n(v, n);
+    }
+
+    /// A copy for the master.
+    pub fn snapshot(&self, shard: usize, cpu: usize, active: u64) -> Snapshot {
+        Snapshot {
+            shard,
+            cpu,
+            active,
+            stats: self.stats.borrow().clone(),
+            latency: self.latency.borrow().clone(),
+        }
+    }
+}
+
+/// A shard's metrics at one moment; `Send`, to cross to the master.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Shard id.
+    pub shard: usize,
+    /// Its CPU.
+    pub cpu: usize,
+    /// Connections open now.
+    pub active: u64,
+    /// Counters.
+    pub stats: ShardStats,
+    /// Service-time histogram, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+/// Quantiles reported for the service-time summary.
+pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// Render snapshots as Prometheus text exposition format (version 0.0.4):
+/// one series per shard (`shard="N"`) and one merged over all shards
+/// (`shard="all"`; leave it out when summing over shards).
+pub fn render(snaps: &[Snapshot]) -> String {
+    let mut merged_stats = ShardStats::default();
+    let mut merged_latency = new_histogram();
+    let mut active = 0;
+    for s in snaps {
+        merged_stats.add(&s.stats);
+        let _ = merged_latency.add(&s.latency);
+        active += s.active;
+    }
+    let mut rows: Vec<(String, &ShardStats, &Histogram<u64>, u64)> = snaps
+        .iter()
+        .map(|s| (s.shard.to_string(), &s.stats, &s.latency, s.active))
+        .collect();
+    rows.push(("all".into(), &merged_stats, &merged_latency, active));
+
+    let mut out = String::with_capacity(8192);
+    let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn FnMut(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        values(&mut out);
+    };
+    let simple: [Counter; 7] = [
+        (
+            "coreserve_shard_requests_total",
+            "counter",
+            "Requests answered by a handler, per shard: the spread of load over shards.",
+            |s| s.requests,
+        ),
+        (
+            "coreserve_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |s| s.connections,
+        ),
+        (
+            "coreserve_connections_refused_total",
+            "counter",
+            "Connections refused at max-connections.",
+            |s| s.refused,
+        ),
+        (
+            "coreserve_bad_requests_total",
+            "counter",
+            "Requests refused for bad input.",
+            |s| s.bad_requests,
+        ),
+        (
+            "coreserve_timeouts_total",
+            "counter",
+            "Requests that timed out (408).",
+            |s| s.timeouts,
+        ),
+        (
+            "coreserve_received_bytes_total",
+            "counter",
+            "Bytes read from clients.",
+            |s| s.bytes_in,
+        ),
+        (
+            "coreserve_sent_bytes_total",
+            "counter",
+            "Bytes written to clients.",
+            |s| s.bytes_out,
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        family(name, kind, help, &mut |o| {
+            for (shard, stats, _, _) in &rows {
+                let _ = writeln!(o, "{name}{{shard=\"{shard}\"}} {}", get(stats));
+            }
+        });
+    }
+    family(
+        "coreserve_connections_active",
+        "gauge",
+        "Connections open now.",
+        &mut |o| {
+            for (shard, _, _, active) in &rows {
+                let _ = writeln!(
+                    o,
+                    "coreserve_connections_active{{shard=\"{shard}\"}} {active}"
+                );
+            }
+        },
+    );
+    family(
+        "coreserve_requests_total",
+        "counter",
+        "Responses sent, by status class.",
+        &mut |o| {
+            for (shard, stats, _, _) in &rows {
+                for (i, n) in stats.status.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "coreserve_requests_total{{shard=\"{shard}\",class=\"{}xx\"}} {n}",
+                        i + 1
+                    );
+                }
+            }
+        },
+    );
+    family(
+        "coreserve_parse_errors_total",
+        "counter",
+        "Requests refused, by the rule they broke.",
+        &mut |o| {
+            for (shard, stats, _, _) in &rows {
+                for (kind, n) in ParseError::ALL.iter().zip(stats.errors) {
+                    let _ = writeln!(
+                        o,
+                        "coreserve_parse_errors_total{{shard=\"{shard}\",kind=\"{}\"}} {n}",
+                        kind.name()
+                    );
+                }
+            }
+        },
+    );
+    family(
+        "coreserve_request_duration_seconds",
+        "summary",
+        "Service time, from the request head parsed to the response written.",
+        &mut |o| {
+            for (shard, _, h, _) in &rows {
+                for q in QUANTILES {
+                    let v = if h.is_empty() {
+                        0
+                    } else {
+                        h.value_at_quantile(q)
+                    };
+                    let _ = writeln!(
+                        o,
+                        "coreserve_request_duration_seconds{{shard=\"{shard}\",quantile=\"{q}\"}} {}",
+                        seconds(v)
+                    );
+                }
+                let sum: f64 = h
+                    .iter_recorded()
+                    .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+                    .sum();
+                let _ = writeln!(
+                    o,
+                    "coreserve_request_duration_seconds_sum{{shard=\"{shard}\"}} {}",
+                    sum / 1e6
+                );
+                let _ = writeln!(
+                    o,
+                    "coreserve_request_duration_seconds_count{{shard=\"{shard}\"}} {}",
+                    h.len()
+                );
+            }
+        },
+    );
+    family(
+        "coreserve_request_duration_seconds_max",
+        "gauge",
+        "Slowest service time recorded.",
+        &mut |o| {
+            for (shard, _, h, _) in &rows {
+                let _ = writeln!(
+                    o,
+                    "coreserve_request_duration_seconds_max{{shard=\"{shard}\"}} {}",
+                    seconds(h.max())
+                );
+            }
+        },
+    );
+    family(
+        "coreserve_shard_cpu",
+        "gauge",
+        "The CPU each shard is pinned to.",
+        &mut |o| {
+            for s in snaps {
+                let _ = writeln!(o, "coreserve_shard_cpu{{shard=\"{}\"}} {}", s.shard, s.cpu);
+            }
+        },
+    );
+    out
+}
+
+/// A plain per-shard series: name, type, help, and how to read it.
+type Counter = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> u64,
+);
+
+fn seconds(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_series_add_up() {
+        let mut a = ShardMetrics::default().snapshot(0, 0, 2);
+        a.stats.requests = 3;
+        a.stats.count_status(200);
+        a.stats.count_status(404);
+        a.stats.count_error(ParseError::HeadTimeout);
+        let mut b = ShardMetrics::default().snapshot(1, 1, 1);
+        b.stats.requests = 5;
+        b.latency.record(1500).unwrap();
+        let text = render(&[a, b]);
+        assert!(
+            text.contains("coreserve_shard_requests_total{shard=\"all\"} 8\n"),
+            "{text}"
+        );
+        assert!(text.contains("coreserve_connections_active{shard=\"all\"} 3\n"));
+        assert!(text.contains("coreserve_requests_total{shard=\"0\",class=\"4xx\"} 1\n"));
+        assert!(text.contains("coreserve_timeouts_total{shard=\"0\"} 1\n"));
+        assert!(
+            text.contains("coreserve_parse_errors_total{shard=\"all\",kind=\"head_timeout\"} 1\n")
+        );
+        assert!(text.contains("coreserve_request_duration_seconds_count{shard=\"all\"} 1\n"));
+        assert!(text
+            .contains("coreserve_request_duration_seconds{shard=\"1\",quantile=\"0.5\"} 0.0015"));
+        assert!(text.contains("# TYPE coreserve_request_duration_seconds summary\n"));
+    }
+}

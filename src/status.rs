@@ -1,0 +1,185 @@
+//! `coreserve status`: a human table from a running instance's metrics
+//! endpoint — shards, CPUs, connections, requests/s, p99.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Why the status could not be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The URL is not `http://HOST:PORT/PATH`.
+    #[error("not an http://ADDR:PORT/PATH URL: {0}")]
+    Url(String),
+    /// The endpoint could not be reached or answered badly.
+    #[error("cannot read {url}: {why} (is coreserve running, with [metrics] listen on?)")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// One shard's row.
+#[derive(Debug, Default, Clone)]
+struct Row {
+    cpu: Option<f64>,
+    connections: f64,
+    requests: f64,
+    p99: f64,
+}
+
+/// Fetch twice, `interval` apart, and render the table.
+pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
+    let first = fetch(url)?;
+    let t0 = Instant::now();
+    std::thread::sleep(interval);
+    let second = fetch(url)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let (a, b) = (rows(&first), rows(&second));
+    let mut out = format!(
+        "{:<6} {:>4} {:>12} {:>14} {:>10} {:>10}\n",
+        "shard", "cpu", "connections", "requests", "req/s", "p99"
+    );
+    for (shard, row) in ordered(&b) {
+        let before = a.get(shard).map_or(0.0, |r| r.requests);
+        let rate = (row.requests - before).max(0.0) / secs;
+        let cpu = row.cpu.map_or("-".to_string(), |c| format!("{c}"));
+        out.push_str(&format!(
+            "{:<6} {:>4} {:>12} {:>14} {:>10.0} {:>10}\n",
+            shard,
+            cpu,
+            row.connections,
+            row.requests,
+            rate,
+            format_seconds(row.p99)
+        ));
+    }
+    let counts: Vec<f64> = b
+        .iter()
+        .filter(|(s, _)| s.as_str() != "all")
+        .map(|(_, r)| r.requests)
+        .collect();
+    if let (Some(max), Some(min)) = (
+        counts.iter().cloned().reduce(f64::max),
+        counts.iter().cloned().reduce(f64::min),
+    ) {
+        if min > 0.0 {
+            out.push_str(&format!(
+                "spread of requests over shards (max/min): {:.2}\n",
+                max / min
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn format_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.2} ms", s * 1000.0)
+    }
+}
+
+/// Rows by shard label ("0", "1", …, "all"), sorted with "all" last.
+fn rows(text: &str) -> BTreeMap<String, Row> {
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                .and_then(|v| v.split('"').next())
+        };
+        let Some(shard) = label("shard") else {
+            continue;
+        };
+        let row = rows.entry(shard.to_string()).or_default();
+        match name {
+            "coreserve_shard_cpu" => row.cpu = Some(value),
+            "coreserve_connections_active" => row.connections = value,
+            "coreserve_shard_requests_total" => row.requests = value,
+            "coreserve_request_duration_seconds" if label("quantile") == Some("0.99") => {
+                row.p99 = value
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+/// Shards in numeric order, "all" last.
+fn ordered(rows: &BTreeMap<String, Row>) -> Vec<(&String, &Row)> {
+    let mut v: Vec<_> = rows.iter().collect();
+    v.sort_by_key(|(k, _)| k.parse::<usize>().unwrap_or(usize::MAX));
+    v
+}
+
+fn fetch(url: &str) -> Result<String, StatusError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| StatusError::Url(url.into()))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let addr: SocketAddr = authority
+        .parse()
+        .map_err(|_| StatusError::Url(url.into()))?;
+    let fail = |why: String| StatusError::Fetch {
+        url: url.into(),
+        why,
+    };
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| fail(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| fail(e.to_string()))?;
+    let (head, text) = body
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| fail("no response".into()))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(fail(head.lines().next().unwrap_or("").to_string()));
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_from_prometheus_text() {
+        let text = "# HELP x\n\
+            coreserve_shard_cpu{shard=\"1\"} 3\n\
+            coreserve_connections_active{shard=\"1\"} 7\n\
+            coreserve_shard_requests_total{shard=\"10\"} 5\n\
+            coreserve_shard_requests_total{shard=\"all\"} 9\n\
+            coreserve_request_duration_seconds{shard=\"1\",quantile=\"0.99\"} 0.002\n";
+        let r = rows(text);
+        assert_eq!(r["1"].cpu, Some(3.0));
+        assert_eq!(r["1"].connections, 7.0);
+        assert_eq!(r["1"].p99, 0.002);
+        assert_eq!(r["all"].requests, 9.0);
+        let mut r2 = r.clone();
+        r2.insert("2".into(), Row::default());
+        let order: Vec<&String> = ordered(&r2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(order, ["1", "2", "10", "all"]);
+    }
+}

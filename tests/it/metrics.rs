@@ -1,0 +1,194 @@
+//! Metrics: valid Prometheus text whose per-shard series add up to the merged
+//! ones and to what the test sent; round-robin spread visible per shard.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+
+use crate::util::{get, Reader, Server};
+
+/// Scrape and parse; every sample by name and labels.
+fn scrape(server: &Server) -> prometheus_parse::Scrape {
+    let url = server.metrics_url();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "/dev/stderr", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let headers = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        headers.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+        "{headers}"
+    );
+    let lines = out.stdout.lines();
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
+}
+
+/// The value of a counter or gauge by label set.
+fn values(s: &prometheus_parse::Scrape, name: &str) -> HashMap<String, f64> {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .map(|x| {
+            let mut labels: Vec<String> =
+                x.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let v = match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (labels.join(","), v)
+        })
+        .collect()
+}
+
+#[test]
+fn counters_add_up_and_round_robin_spreads_evenly() {
+    let server = Server::start(&["--shards", "2"]);
+    // 100 keep-alive connections, 5 requests each.
+    let conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
+    for c in &conns {
+        let mut w = c.try_clone().unwrap();
+        let mut r = Reader::new(c);
+        for _ in 0..5 {
+            w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(r.next(false).status, 200);
+        }
+    }
+    // Two refused requests as well.
+    server.exchange(b"BAD\r\n\r\n");
+    server.exchange(b"GET / HTTP/2.0\r\n\r\n");
+    let s = scrape(&server);
+
+    let per_shard = values(&s, "coreserve_shard_requests_total");
+    let (a, b, all) = (
+        per_shard["shard=0"],
+        per_shard["shard=1"],
+        per_shard["shard=all"],
+    );
+    assert_eq!(a + b, all);
+    assert_eq!(all, 500.0);
+    assert!((a - b).abs() / all <= 0.10, "spread {a} / {b}");
+
+    let classes = values(&s, "coreserve_requests_total");
+    assert_eq!(classes["class=2xx,shard=all"], 500.0);
+    assert_eq!(classes["class=4xx,shard=all"], 1.0);
+    assert_eq!(classes["class=5xx,shard=all"], 1.0);
+    let bad = values(&s, "coreserve_bad_requests_total");
+    assert_eq!(bad["shard=all"], 2.0);
+    let errors = values(&s, "coreserve_parse_errors_total");
+    assert_eq!(errors["kind=version,shard=all"], 1.0);
+    assert_eq!(errors["kind=request_line,shard=all"], 1.0);
+    let accepted = values(&s, "coreserve_connections_accepted_total");
+    assert_eq!(accepted["shard=all"], 102.0);
+    // Not exactly 51 each: a burst of connects fills a shard's hand-off
+    // queue and the master skips it, as it should.
+    assert_eq!(accepted["shard=0"] + accepted["shard=1"], 102.0);
+    let active = values(&s, "coreserve_connections_active");
+    assert_eq!(active["shard=all"], 100.0);
+    assert!(values(&s, "coreserve_sent_bytes_total")["shard=all"] > 500.0 * 100.0);
+
+    // The latency summary: quantiles, count and sum, merged and per shard.
+    let summary = s
+        .samples
+        .iter()
+        .find(|x| {
+            x.metric == "coreserve_request_duration_seconds" && x.labels.get("shard") == Some("all")
+        })
+        .expect("a merged summary");
+    match &summary.value {
+        prometheus_parse::Value::Summary(qs) => {
+            let qs: Vec<f64> = qs.iter().map(|q| q.quantile).collect();
+            assert_eq!(qs, vec![0.5, 0.9, 0.99, 0.999]);
+        }
+        other => panic!("not a summary: {other:?}"),
+    }
+    let count = values(&s, "coreserve_request_duration_seconds_count");
+    assert_eq!(count["shard=all"], 500.0);
+    drop(conns);
+}
+
+#[test]
+fn the_admin_listener_answers_only_its_path_and_can_be_off() {
+    let server = Server::start(&[]);
+    let url = server.metrics_url();
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        get(addr, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        404
+    );
+    assert_eq!(
+        get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        405
+    );
+    assert_eq!(
+        get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"]);
+    let out = cmd.arg("--check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a flag given twice is refused");
+}
+
+#[test]
+fn status_prints_a_table_of_shards() {
+    let server = Server::start(&["--shards", "2"]);
+    for _ in 0..10 {
+        get(server.addr, "GET / HTTP/1.0\r\n\r\n");
+    }
+    let out = crate::util::command()
+        .args([
+            "status",
+            "--url",
+            &server.metrics_url(),
+            "--interval",
+            "200ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("shard") && lines[0].contains("p99"),
+        "{table}"
+    );
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no row {name}:\n{table}"))
+    };
+    assert_eq!(row("0")[1], "0");
+    assert_eq!(row("1")[1], "1");
+    assert_eq!(row("all")[3], "10");
+    assert!(
+        table.contains("spread of requests over shards (max/min): 1.00"),
+        "{table}"
+    );
+
+    let out = crate::util::command()
+        .args(["status", "--url", "http://127.0.0.1:1/metrics"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is coreserve running"));
+}
