@@ -68,7 +68,27 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         let site = shard.site();
         let limits = site.limits;
         let cx = context(&shard, &site, log);
-        let next = session.process(&mut input, &mut out, &cx);
+        // A panic in a handler ends this connection, with a 500 if its
+        // response was not sent yet; the shard and its other connections go on.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            session.process(&mut input, &mut out, &cx)
+        }));
+        let next = match step {
+            Ok(next) => next,
+            Err(panic) => {
+                log::error!(
+                    "shard {}: a request handler panicked: {}",
+                    shard.id(),
+                    panic_message(&*panic)
+                );
+                out.truncate(session.committed());
+                write_error(&mut out, shard.date(), Status::INTERNAL_SERVER_ERROR, false);
+                let _ = stream.write_all(&out).await;
+                shard.count(|s| s.count_status(500));
+                linger_close(&mut stream, &mut input).await;
+                return;
+            }
+        };
         let Ok(written) = flush(&mut stream, &mut out, &mut session).await else {
             return;
         };
@@ -191,6 +211,15 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Err(_) => return,
         }
     }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
 }
 
 /// Write the committed part of `out` and drop it from the buffer; returns

@@ -8,6 +8,9 @@
 //! (`conn` drives the socket, `http` decides everything HTTP) and shares
 //! nothing mutable with another: master and shards exchange only messages.
 
+#[cfg(all(feature = "fault-injection", not(debug_assertions)))]
+compile_error!("the fault-injection feature is for tests: never build a release with it");
+
 pub mod access_log;
 pub mod admin;
 pub mod cli;

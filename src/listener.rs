@@ -65,6 +65,16 @@ pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListene
     Ok(listeners)
 }
 
+/// One more SO_REUSEPORT listener on an address a group already holds (a
+/// restarted shard's); no probe, the port is ours.
+pub fn bind_reuseport_member(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let wrap = |err| BindError { addr, err };
+    let sk = socket(addr, true).map_err(wrap)?;
+    sk.bind(&addr.into()).map_err(wrap)?;
+    sk.listen(BACKLOG).map_err(wrap)?;
+    Ok(sk.into())
+}
+
 fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sk.set_reuse_address(true)?;

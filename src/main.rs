@@ -11,6 +11,20 @@ use coreserve::master::{self, MasterError};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // One line per panic, in the log's form; where it was caught (a request
+    // handler, a connection) is logged by the code that caught it.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        log::error!(
+            "panic in thread {}{at}: {}",
+            thread.name().unwrap_or("?"),
+            coreserve::conn::panic_message(info.payload())
+        );
+    }));
     if let Some(Command::Status { url, interval }) = cli.command.clone() {
         return status(cli, url, interval);
     }

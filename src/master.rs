@@ -3,7 +3,7 @@
 //! (or lets each accept on its own SO_REUSEPORT socket), and turns signals
 //! into a graceful drain. Node's cluster primary, with threads for workers.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -117,9 +117,15 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             activated.len()
         );
     }
+    let mut sources = Vec::new();
     for l in activated {
         let addr = l.local_addr().map_err(MasterError::Activation)?;
         bound.push(addr);
+        if config.dispatch == Dispatch::Reuseport {
+            sources.push(ListenSource::Activated(
+                l.try_clone().map_err(MasterError::Activation)?,
+            ));
+        }
         match config.dispatch {
             Dispatch::Master => exclusive.push(l),
             // One accept queue shared by every shard (Node's shared handle):
@@ -145,11 +151,11 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             }
             Dispatch::Reuseport => {
                 let group = listener::bind_reuseport_group(addr, n)?;
-                bound.push(
-                    group[0]
-                        .local_addr()
-                        .map_err(|err| BindError { addr, err })?,
-                );
+                let real = group[0]
+                    .local_addr()
+                    .map_err(|err| BindError { addr, err })?;
+                bound.push(real);
+                sources.push(ListenSource::Address(real));
                 for (i, l) in group.into_iter().enumerate() {
                     per_shard[i].push(l);
                 }
@@ -166,22 +172,118 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         None => None,
     };
 
-    let io_memory = io_memory_per_executor(&limits, n);
-    let mut shards = Vec::with_capacity(n);
-    let mut handles = Vec::with_capacity(n);
-    let mut control_tx = Vec::with_capacity(n);
-    let mut events_rx = Vec::with_capacity(n);
-    let mut conn_tx = Vec::with_capacity(n);
+    let launcher = Launcher {
+        io_memory: io_memory_per_executor(&limits, n),
+        sources,
+    };
+    let mut launched = Vec::with_capacity(n);
     for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {
+        launched.push(launcher.launch(id, cpu, &config, Some(listeners))?);
+    }
+    let io_memory = launcher.io_memory;
+
+    let master = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("master")
+        .io_memory(io_memory)
+        .make()
+        .map_err(|e| MasterError::Executor {
+            what: "the master executor".into(),
+            err: e.to_string(),
+        })?;
+    master.run(supervise(Supervision {
+        config,
+        reload,
+        notifier: systemd::Notifier::from_env(),
+        admin,
+        cpus: plan,
+        pipe,
+        exclusive,
+        bound,
+        launcher,
+        launched,
+    }))
+}
+
+/// Where a restarted shard's listener comes from, in reuseport mode.
+enum ListenSource {
+    /// A socket from socket activation: every shard accepts on a copy.
+    Activated(std::net::TcpListener),
+    /// A bound address: a restarted shard binds one more SO_REUSEPORT socket.
+    Address(SocketAddr),
+}
+
+/// Starts shards, at start-up and again after one dies.
+struct Launcher {
+    io_memory: usize,
+    /// Reuseport mode: one per listen address.
+    sources: Vec<ListenSource>,
+}
+
+/// A shard just started, before the master connects its channels.
+struct Launched {
+    handle: glommio::ExecutorJoinHandle<()>,
+    /// The master's end of the shard's lifeline: end of file when its thread ends.
+    lifeline: std::os::unix::net::UnixStream,
+    /// Reuseport mode: the master's copies of the shard's own listeners, to
+    /// take them out of the SO_REUSEPORT group if the shard dies.
+    listener_copies: Vec<std::net::TcpListener>,
+    control: shared_channel::SharedSender<Control>,
+    events: shared_channel::SharedReceiver<ShardEvent>,
+    /// Master dispatch: the hand-off channel.
+    conns: Option<shared_channel::SharedSender<AcceptedTcpStream>>,
+}
+
+impl Launcher {
+    /// Start shard `id` on `cpu` with the current configuration. Reuseport
+    /// listeners come from `listeners` at start-up, from `sources` on restart.
+    fn launch(
+        &self,
+        id: usize,
+        cpu: usize,
+        config: &Config,
+        listeners: Option<Vec<std::net::TcpListener>>,
+    ) -> Result<Launched, MasterError> {
         let (ctl_tx, ctl_rx) = shared_channel::new_bounded(4);
         let (ev_tx, ev_rx) = shared_channel::new_bounded(16);
+        let mut conns = None;
+        let mut listener_copies = Vec::new();
         let intake = match config.dispatch {
             Dispatch::Master => {
                 let (tx, rx) = shared_channel::new_bounded(SHARD_QUEUE);
-                conn_tx.push(tx);
+                conns = Some(tx);
                 Intake::Channel(rx)
             }
-            Dispatch::Reuseport => Intake::Listeners(listeners),
+            Dispatch::Reuseport => {
+                let own = match listeners {
+                    Some(l) => l,
+                    None => self.reuseport_listeners()?,
+                };
+                // Only a shard's own SO_REUSEPORT sockets; an activated socket
+                // is shared by every shard and must stay open.
+                if !self
+                    .sources
+                    .iter()
+                    .any(|s| matches!(s, ListenSource::Activated(_)))
+                {
+                    for l in &own {
+                        listener_copies.push(l.try_clone().map_err(MasterError::Activation)?);
+                    }
+                }
+                Intake::Listeners(own)
+            }
+        };
+        let (lifeline, shard_end) =
+            std::os::unix::net::UnixStream::pair().map_err(MasterError::Signals)?;
+        let log_file = match &config.log.access {
+            AccessLog::File(path) => {
+                Some(
+                    access_log::open(path).map_err(|err| MasterError::AccessLog {
+                        path: path.clone(),
+                        err,
+                    })?,
+                )
+            }
+            _ => None,
         };
         let spec = ShardSpec {
             id,
@@ -192,62 +294,44 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             limits: config.limits,
             routes: config.routes.clone(),
             log: config.log.clone(),
-            log_file: match &config.log.access {
-                AccessLog::File(path) => {
-                    Some(
-                        access_log::open(path).map_err(|err| MasterError::AccessLog {
-                            path: path.clone(),
-                            err,
-                        })?,
-                    )
-                }
-                _ => None,
-            },
+            log_file,
             drain_timeout: config.drain_timeout,
-            io_memory,
+            io_memory: self.io_memory,
+            lifeline: shard_end,
         };
         let handle = shard::spawn(spec).map_err(|e| MasterError::Executor {
             what: format!("shard {id} on CPU {cpu}"),
             err: e.to_string(),
         })?;
-        handles.push(handle);
-        control_tx.push(ctl_tx);
-        events_rx.push(ev_rx);
-        shards.push(cpu);
+        Ok(Launched {
+            handle,
+            lifeline,
+            listener_copies,
+            control: ctl_tx,
+            events: ev_rx,
+            conns,
+        })
     }
 
-    let master = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("master")
-        .io_memory(io_memory)
-        .make()
-        .map_err(|e| MasterError::Executor {
-            what: "the master executor".into(),
-            err: e.to_string(),
-        })?;
-    let outcome = master.run(supervise(Supervision {
-        config,
-        reload,
-        notifier: systemd::Notifier::from_env(),
-        admin,
-        shards,
-        pipe,
-        exclusive,
-        bound,
-        control_tx,
-        events_rx,
-        conn_tx,
-    }));
-    if let Err(MasterError::Forced(_)) = outcome {
-        // Shards may still be serving; do not wait for them.
-        return outcome;
+    fn reuseport_listeners(&self) -> Result<Vec<std::net::TcpListener>, MasterError> {
+        self.sources
+            .iter()
+            .map(|src| match src {
+                ListenSource::Activated(l) => l.try_clone().map_err(MasterError::Activation),
+                ListenSource::Address(addr) => Ok(listener::bind_reuseport_member(*addr)?),
+            })
+            .collect()
     }
-    for (id, h) in handles.into_iter().enumerate() {
-        if let Err(e) = h.join() {
-            error!("shard {id} ended abnormally: {e}");
-        }
-    }
-    outcome
 }
+
+/// Delay before restarting a shard that died `failures` times in a row:
+/// 1 s doubling to 30 s.
+pub fn restart_delay(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((1u64 << failures.min(5)).min(30))
+}
+
+/// A shard that lived this long before dying starts its back-off afresh.
+const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Share locked memory between executors: glommio registers io_memory with
 /// the kernel, which counts it against RLIMIT_MEMLOCK; past the limit
@@ -266,25 +350,79 @@ struct Supervision {
     /// The admin (metrics) listener and its address.
     admin: Option<(std::net::TcpListener, SocketAddr)>,
     /// The CPU of each shard.
-    shards: Vec<usize>,
+    cpus: Vec<usize>,
     pipe: SignalPipe,
     exclusive: Vec<std::net::TcpListener>,
     bound: Vec<SocketAddr>,
-    control_tx: Vec<shared_channel::SharedSender<Control>>,
-    events_rx: Vec<shared_channel::SharedReceiver<ShardEvent>>,
-    conn_tx: Vec<shared_channel::SharedSender<AcceptedTcpStream>>,
+    launcher: Launcher,
+    launched: Vec<Launched>,
+}
+
+/// The master's view of one shard.
+struct Slot {
+    cpu: usize,
+    alive: bool,
+    control: Option<ConnectedSender<Control>>,
+    handle: Option<glommio::ExecutorJoinHandle<()>>,
+    /// A restarted shard's hand-off sender, until it says it is ready.
+    pending_conns: Option<ConnectedSender<AcceptedTcpStream>>,
+    /// Deaths in a row, for the back-off.
+    failures: u32,
+    started: std::time::Instant,
+    /// Incremented at each restart.
+    generation: u64,
+    /// Reuseport mode: copies of the shard's listeners (see `Launched`).
+    listener_copies: Vec<std::net::TcpListener>,
+}
+
+/// Forward a shard's events to the master's queue.
+fn forward_events(
+    events: shared_channel::SharedReceiver<ShardEvent>,
+    tx: Rc<local_channel::LocalSender<MasterEvent>>,
+) {
+    glommio::spawn_local(async move {
+        let events = events.connect().await;
+        while let Some(ev) = events.recv().await {
+            let _ = tx.try_send(MasterEvent::Shard(ev));
+        }
+    })
+    .detach();
+}
+
+/// Watch a shard's lifeline; `Gone` when its thread has ended.
+fn watch_lifeline(
+    id: usize,
+    generation: u64,
+    lifeline: std::os::unix::net::UnixStream,
+    tx: Rc<local_channel::LocalSender<MasterEvent>>,
+) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let _ = lifeline.set_nonblocking(true);
+    // SAFETY: the master's end of the pair, handed over exactly once.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(lifeline.into_raw_fd()) };
+    glommio::spawn_local(async move {
+        let mut byte = [0u8; 1];
+        // Nothing is ever written: the read ends when the shard's end closes.
+        while let Ok(1) = stream.read(&mut byte).await {}
+        let _ = tx.try_send(MasterEvent::Gone(id, generation));
+    })
+    .detach();
 }
 
 /// Everything the master waits for, on one queue.
 enum MasterEvent {
     Signal(Signal),
     Shard(ShardEvent),
-    /// A shard's event channel closed: it stopped or died.
-    Gone(usize),
+    /// A shard's thread ended (it stopped or died); with its generation, so
+    /// news of an old incarnation is not taken for the restarted one.
+    Gone(usize, u64),
     /// Time to check the shards answered and pet the systemd watchdog.
     Watchdog,
     /// The admin endpoint wants the rendered metrics.
     Scrape(admin::ScrapeRequest),
+    /// Time to start a dead shard again.
+    Restart(usize),
 }
 
 /// A metrics scrape waiting for every live shard's snapshot.
@@ -295,7 +433,7 @@ struct Gather {
 }
 
 async fn supervise(s: Supervision) -> Result<(), MasterError> {
-    let n = s.shards.len();
+    let n = s.cpus.len();
     let (tx, rx) = local_channel::new_unbounded::<MasterEvent>();
     let tx = Rc::new(tx);
 
@@ -307,26 +445,30 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
         }
     })
     .detach();
-    for (id, ev_rx) in s.events_rx.into_iter().enumerate() {
-        let ev_tx = tx.clone();
-        glommio::spawn_local(async move {
-            let ev_rx = ev_rx.connect().await;
-            while let Some(ev) = ev_rx.recv().await {
-                let _ = ev_tx.try_send(MasterEvent::Shard(ev));
-            }
-            let _ = ev_tx.try_send(MasterEvent::Gone(id));
-        })
-        .detach();
-    }
-    let mut control = Vec::with_capacity(n);
-    for c in s.control_tx {
-        control.push(c.connect().await);
-    }
-    let mut links = Vec::with_capacity(s.conn_tx.len());
-    for c in s.conn_tx {
-        links.push(Link {
-            tx: c.connect().await,
-            alive: Cell::new(true),
+    let mut slots = Vec::with_capacity(n);
+    let mut links = Vec::new();
+    // Connecting a shared channel waits for the other end: connect in the
+    // order the shard does (events, control, hand-off) or both sides wait.
+    for (id, l) in s.launched.into_iter().enumerate() {
+        forward_events(l.events, tx.clone());
+        watch_lifeline(id, 0, l.lifeline, tx.clone());
+        let control = l.control.connect().await;
+        if let Some(c) = l.conns {
+            links.push(Link {
+                tx: RefCell::new(c.connect().await),
+                alive: Cell::new(true),
+            });
+        }
+        slots.push(Slot {
+            cpu: s.cpus[id],
+            alive: true,
+            control: Some(control),
+            handle: Some(l.handle),
+            pending_conns: None,
+            failures: 0,
+            started: std::time::Instant::now(),
+            generation: 0,
+            listener_copies: l.listener_copies,
         });
     }
     let dispatcher = Rc::new(Dispatcher {
@@ -336,14 +478,13 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
 
     // Wait until every shard serves.
     let mut ready = 0;
-    let mut alive = vec![true; n];
     while ready < n {
         match rx.recv().await {
             Some(MasterEvent::Shard(ShardEvent::Ready { id })) => {
-                info!("shard {id} started on CPU {}", s.shards[id]);
+                info!("shard {id} started on CPU {}", slots[id].cpu);
                 ready += 1;
             }
-            Some(MasterEvent::Gone(id)) => return Err(MasterError::ShardStart(id)),
+            Some(MasterEvent::Gone(id, _)) => return Err(MasterError::ShardStart(id)),
             Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
                 info!("{} during start-up: stopping", signals::name(sig));
                 return Ok(());
@@ -421,11 +562,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                         waiting_for: Vec::new(),
                         replies: vec![reply],
                     };
-                    for (id, c) in control.iter().enumerate() {
-                        if alive[id] && c.try_send(Control::Snapshot).is_ok() {
-                            g.waiting_for.push(id);
-                        }
-                    }
+                    g.waiting_for = broadcast(&slots, || Control::Snapshot);
                     gather = finish_gather(g);
                 }
             },
@@ -465,15 +602,8 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                             limits: new.limits,
                             routes: new.routes.clone(),
                         };
-                        reloading = 0;
-                        for (id, c) in control.iter().enumerate() {
-                            if alive[id]
-                                && c.try_send(Control::Reload(Box::new(update.clone())))
-                                    .is_ok()
-                            {
-                                reloading += 1;
-                            }
-                        }
+                        reloading =
+                            broadcast(&slots, || Control::Reload(Box::new(update.clone()))).len();
                         config.limits = new.limits;
                         config.routes = new.routes;
                         if reloading == 0 {
@@ -498,7 +628,8 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             }
             MasterEvent::Shard(ShardEvent::Pong { id }) => answered[id] = true,
             MasterEvent::Watchdog => {
-                let stuck: Vec<usize> = (0..n).filter(|&i| alive[i] && !answered[i]).collect();
+                let stuck: Vec<usize> =
+                    (0..n).filter(|&i| slots[i].alive && !answered[i]).collect();
                 if stuck.is_empty() {
                     if let Some(n) = &notifier {
                         n.notify("WATCHDOG=1");
@@ -506,37 +637,97 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 } else {
                     warn!("watchdog: shard(s) {stuck:?} did not answer; not petting the watchdog");
                 }
-                for (id, c) in control.iter().enumerate() {
-                    if alive[id] {
-                        answered[id] = false;
-                        let _ = c.try_send(Control::Ping);
-                    }
+                for id in broadcast(&slots, || Control::Ping) {
+                    answered[id] = false;
                 }
             }
             MasterEvent::Signal(Signal::Reopen) => match &config.log.access {
                 AccessLog::File(path) => {
                     info!("SIGUSR1: reopening {}", path.display());
-                    for (id, c) in control.iter().enumerate() {
-                        if alive[id] {
-                            let _ = c.try_send(Control::ReopenLogs);
-                        }
-                    }
+                    broadcast(&slots, || Control::ReopenLogs);
                 }
                 _ => info!("SIGUSR1: no log file to reopen; still serving"),
             },
-            MasterEvent::Gone(id) => {
-                error!("shard {id} (CPU {}) died", s.shards[id]);
-                alive[id] = false;
+            MasterEvent::Gone(id, generation) if generation == slots[id].generation => {
+                let slot = &mut slots[id];
+                // Its own SO_REUSEPORT sockets would go on taking a share of
+                // the connections nobody accepts: take them out of the group.
+                for l in slot.listener_copies.drain(..) {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: shutdown(2) on our own descriptor of the socket.
+                    unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+                }
+                slot.alive = false;
+                slot.control = None;
+                slot.pending_conns = None;
+                dispatcher.mark_dead(id);
+                answered[id] = true;
                 if let Some(mut g) = gather.take() {
                     g.waiting_for.retain(|&w| w != id);
                     gather = finish_gather(g);
                 }
-                dispatcher.mark_dead(id);
-                if !alive.contains(&true) {
-                    return Err(MasterError::NoShards);
+                let why = match slot.handle.take().map(|h| h.join()) {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "it stopped".into(),
+                };
+                if slot.started.elapsed() >= STABLE_AFTER {
+                    slot.failures = 0;
+                }
+                let delay = restart_delay(slot.failures);
+                slot.failures += 1;
+                error!(
+                    "shard {id} (CPU {}) died: {why}; restarting it in {delay:?}",
+                    slot.cpu
+                );
+                if !slots.iter().any(|s| s.alive) {
+                    error!("no shard is alive: new connections are refused until one is back");
+                }
+                let restart = tx.clone();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(delay).await;
+                    let _ = restart.try_send(MasterEvent::Restart(id));
+                })
+                .detach();
+            }
+            MasterEvent::Restart(id) => {
+                let slot = &mut slots[id];
+                match s.launcher.launch(id, slot.cpu, &config, None) {
+                    Ok(l) => {
+                        slot.generation += 1;
+                        forward_events(l.events, tx.clone());
+                        watch_lifeline(id, slot.generation, l.lifeline, tx.clone());
+                        slot.listener_copies = l.listener_copies;
+                        slot.control = Some(l.control.connect().await);
+                        slot.handle = Some(l.handle);
+                        slot.started = std::time::Instant::now();
+                        if let Some(c) = l.conns {
+                            slot.pending_conns = Some(c.connect().await);
+                        }
+                    }
+                    Err(e) => {
+                        let delay = restart_delay(slot.failures);
+                        slot.failures += 1;
+                        error!("shard {id}: restart failed: {e}; trying again in {delay:?}");
+                        let restart = tx.clone();
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(delay).await;
+                            let _ = restart.try_send(MasterEvent::Restart(id));
+                        })
+                        .detach();
+                    }
                 }
             }
-            MasterEvent::Shard(_) => {}
+            MasterEvent::Shard(ShardEvent::Ready { id }) => {
+                // A restarted shard: back into the rotation.
+                let slot = &mut slots[id];
+                slot.alive = true;
+                if let Some(c) = slot.pending_conns.take() {
+                    dispatcher.revive(id, c);
+                }
+                info!("shard {id} restarted on CPU {}", slot.cpu);
+            }
+            // News of a shard's earlier incarnation.
+            MasterEvent::Gone(..) | MasterEvent::Shard(_) => {}
         }
     }
 
@@ -552,20 +743,28 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     drop(accepters);
     drop(admin_task);
     drop(dispatcher);
-    for (id, c) in control.iter().enumerate() {
-        if alive[id] {
-            let _ = c.try_send(Control::Drain);
+    // A shard started but not yet ready is told too: its channel is connected.
+    let mut running = 0;
+    for slot in &mut slots {
+        slot.pending_conns = None;
+        if let Some(c) = &slot.control {
+            if c.try_send(Control::Drain).is_ok() {
+                running += 1;
+            }
         }
     }
-    let mut running = alive.iter().filter(|&&a| a).count();
     while running > 0 {
         match rx.recv().await {
+            // A shard is done at its Stopped report, or at its thread's end
+            // if it died first; the two arrive by different paths, in any order.
             Some(MasterEvent::Shard(ShardEvent::Stopped { id, stats, forced })) => {
-                shard::log_stopped(id, s.shards[id], &stats, forced);
+                shard::log_stopped(id, slots[id].cpu, &stats, forced);
+                if slots[id].control.take().is_some() {
+                    running -= 1;
+                }
             }
-            Some(MasterEvent::Gone(id)) => {
-                if alive[id] {
-                    alive[id] = false;
+            Some(MasterEvent::Gone(id, generation)) => {
+                if generation == slots[id].generation && slots[id].control.take().is_some() {
                     running -= 1;
                 }
             }
@@ -576,8 +775,26 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             None => break,
         }
     }
+    for (id, slot) in slots.iter_mut().enumerate() {
+        if let Some(Err(e)) = slot.handle.take().map(|h| h.join()) {
+            error!("shard {id} ended abnormally: {e}");
+        }
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Send a control message to every live shard; the ids it reached.
+fn broadcast(slots: &[Slot], msg: impl Fn() -> Control) -> Vec<usize> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.alive)
+        .filter_map(|(id, s)| {
+            let c = s.control.as_ref()?;
+            c.try_send(msg()).ok().map(|_| id)
+        })
+        .collect()
 }
 
 /// Answer the scrape if no shard is still to reply; otherwise keep waiting.
@@ -619,7 +836,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// The master's end of one shard's hand-off channel.
 struct Link {
-    tx: ConnectedSender<AcceptedTcpStream>,
+    /// Replaced when a dead shard is restarted.
+    tx: RefCell<ConnectedSender<AcceptedTcpStream>>,
     alive: Cell<bool>,
 }
 
@@ -645,6 +863,14 @@ impl Dispatcher {
         }
     }
 
+    /// Put a restarted shard back into the rotation.
+    fn revive(&self, id: usize, tx: ConnectedSender<AcceptedTcpStream>) {
+        if let Some(l) = self.links.get(id) {
+            *l.tx.borrow_mut() = tx;
+            l.alive.set(true);
+        }
+    }
+
     async fn dispatch(&self, stream: AcceptedTcpStream) {
         let n = self.links.len();
         // Closed if this task is cancelled (shutdown) while it waits.
@@ -660,7 +886,8 @@ impl Dispatcher {
                     continue;
                 }
                 let Some(s) = held.0.take() else { return };
-                match link.tx.try_send(s) {
+                let sent = link.tx.borrow().try_send(s);
+                match sent {
                     Ok(()) => {
                         self.next.set((i + 1) % n);
                         return;

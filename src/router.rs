@@ -118,6 +118,10 @@ impl Router {
 
 impl Handler for Router {
     fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = req.path.strip_prefix("/__fault/") {
+            return inject_fault(fault, res);
+        }
         if req.path == "*" {
             // `OPTIONS *` asks about the server, not a resource (RFC 9110 §9.3.7).
             res.begin(Status::OK);
@@ -142,6 +146,31 @@ impl Handler for Router {
         }
         route.action.handler().handle(req, res)
     }
+}
+
+/// Test-only faults: `panic` panics in this request's handler; `kill-shard`
+/// panics a task of the shard itself, which ends its executor.
+#[cfg(feature = "fault-injection")]
+fn inject_fault(fault: &str, mut res: ResponseWriter<'_>) -> Outcome {
+    match fault {
+        "panic" => panic!("fault injection: a request handler panicked"),
+        "kill-shard" => {
+            // Outside this request's catch_unwind: after a tick, from the
+            // executor's own loop.
+            glommio::spawn_local(async {
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                panic!("fault injection: the shard was killed");
+            })
+            .detach();
+            res.begin(Status::OK);
+            res.body("text/plain", b"killing this shard\n");
+        }
+        _ => {
+            res.begin(Status::NOT_FOUND);
+            res.body("text/plain", b"unknown fault\n");
+        }
+    }
+    Outcome::Done
 }
 
 fn method_not_allowed(mut res: ResponseWriter<'_>, allow: &str) -> Outcome {

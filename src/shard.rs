@@ -113,6 +113,17 @@ pub struct ShardSpec {
     pub drain_timeout: Duration,
     /// glommio's io_memory for this executor, bytes.
     pub io_memory: usize,
+    /// The shard's end of a socket pair the master watches: it closes when
+    /// the shard's thread ends, however it ends (see `LIFELINE`).
+    pub lifeline: std::os::unix::net::UnixStream,
+}
+
+thread_local! {
+    /// Held for the life of a shard's thread. A panic that escapes a task
+    /// unwinds out of glommio's executor without dropping the shard's tasks
+    /// (their channels never close), but thread-local destructors still run:
+    /// this is how the master learns that a shard died.
+    static LIFELINE: RefCell<Option<std::os::unix::net::UnixStream>> = const { RefCell::new(None) };
 }
 
 /// Start a shard's executor thread, pinned to its CPU. Its threads are named
@@ -188,6 +199,11 @@ impl Shard {
         }
     }
 
+    /// The shard's id.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
     /// The current routes and limits.
     pub fn site(&self) -> Rc<Site> {
         self.site.borrow().clone()
@@ -261,6 +277,10 @@ impl Shard {
 
 /// The shard's main task.
 async fn run(spec: ShardSpec) {
+    // Moved out of the spec: a copy left in this (possibly leaked) future
+    // would keep the socket open after the thread is gone.
+    let lifeline = spec.lifeline;
+    LIFELINE.with(|slot| *slot.borrow_mut() = Some(lifeline));
     let id = spec.id;
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
@@ -397,12 +417,10 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
     let task = AssertUnwindSafe(conn::serve(stream, shard.clone())).catch_unwind();
     let spawned = gate.spawn(async move {
         if let Err(panic) = task.await {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("unknown panic");
-            error!("shard {id}: connection task panicked: {msg}");
+            error!(
+                "shard {id}: connection task panicked: {}",
+                conn::panic_message(&*panic)
+            );
         }
     });
     // A closed gate means the shard is shutting down: the future, and with

@@ -13,4 +13,6 @@ mod metrics;
 mod operations;
 mod shutdown;
 mod static_files;
+#[cfg(feature = "fault-injection")]
+mod supervision;
 mod util;

@@ -1,0 +1,138 @@
+//! Supervision, through the test-only fault-injection routes: a panicking
+//! handler costs one connection a 500; a dead shard is restarted with
+//! back-off while the others serve; with no shard alive, connections are
+//! refused rather than queued.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::util::{get, is_closed, Reader, Server};
+
+/// Keep asking until `f` holds, for at most 10 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_panicking_handler_gets_500_and_harms_nobody_else() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut bystander = server.connect();
+    let mut reader = Reader::new(&bystander);
+    bystander
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(reader.next(false).status, 200);
+
+    let text = server.exchange(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /__fault/panic HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    // The request before it in the pipeline keeps its answer.
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains("HTTP/1.1 500 Internal Server Error"),
+        "{text}"
+    );
+    server.wait_for_log("shard 0: a request handler panicked: fault injection");
+
+    bystander
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(reader.next(false).status, 200);
+    assert!(!server.log().contains("died"));
+}
+
+fn restart(dispatch: &str) {
+    let server = Server::start(&["--shards", "2", "--dispatch", dispatch]);
+    // Kill whichever shard takes this connection.
+    let r = get(
+        server.addr,
+        "GET /__fault/kill-shard HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    server.wait_for_log("died");
+    assert!(
+        server.log().contains("restarting it in 1s"),
+        "{}",
+        server.log()
+    );
+    let dead: usize = server
+        .log()
+        .lines()
+        .find_map(|l| l.split("ERROR shard ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    // Meanwhile the other shard takes every connection.
+    let started = Instant::now();
+    for _ in 0..10 {
+        let r = get(server.addr, "GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 200);
+    }
+    // Back after about a second, on its CPU.
+    server.wait_for_log(&format!("shard {dead} restarted on CPU {dead}"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // And it takes connections again.
+    let mut served_by_new = 0;
+    for _ in 0..20 {
+        get(server.addr, "GET / HTTP/1.0\r\n\r\n");
+    }
+    let log = server.stop();
+    for s in crate::util::stopped_stats(&log) {
+        if s.shard == dead {
+            served_by_new = s.connections;
+        }
+    }
+    assert!(served_by_new > 0, "{log}");
+}
+
+#[test]
+fn a_dead_shard_is_restarted_master_dispatch() {
+    restart("master");
+}
+
+#[test]
+fn a_dead_shard_is_restarted_reuseport_dispatch() {
+    restart("reuseport");
+}
+
+fn none_alive(dispatch: &str) {
+    let server = Server::start(&["--shards", "1", "--dispatch", dispatch]);
+    get(
+        server.addr,
+        "GET /__fault/kill-shard HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    server.wait_for_log("no shard is alive");
+    // Refused, or accepted and closed at once: never left waiting.
+    let start = Instant::now();
+    match std::net::TcpStream::connect(server.addr) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(
+                is_closed(&mut s),
+                "a connection got an answer with no shard alive"
+            );
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(2));
+    server.wait_for_log("shard 0 restarted");
+    eventually("serving again", || {
+        std::net::TcpStream::connect(server.addr).is_ok()
+            && get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+    });
+}
+
+#[test]
+fn with_no_shard_alive_connections_are_refused_master_dispatch() {
+    none_alive("master");
+}
+
+#[test]
+fn with_no_shard_alive_connections_are_refused_reuseport_dispatch() {
+    none_alive("reuseport");
+}
