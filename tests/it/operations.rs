@@ -75,7 +75,7 @@ fn a_request_in_flight_finishes_under_the_old_configuration() {
 }
 
 #[test]
-fn reloading_every_100ms_under_load_loses_no_request() {
+fn reloading_valid_and_broken_files_under_load_loses_no_request() {
     let dir = Scratch::new("reload-load");
     let conf = dir.write("c.toml", route("a"));
     let server = Server::start(&["--config", &conf.display().to_string()]);
@@ -108,7 +108,12 @@ fn reloading_every_100ms_under_load_loses_no_request() {
         })
         .collect();
     for i in 0..20 {
-        dir.write("c.toml", route(if i % 2 == 0 { "b" } else { "a" }));
+        // Valid files alternate with broken ones, which must change nothing.
+        match i % 3 {
+            0 => dir.write("c.toml", route("b")),
+            1 => dir.write("c.toml", "[limits]\nmax-headers = 0\n"),
+            _ => dir.write("c.toml", route("a")),
+        };
         server.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(100));
     }
