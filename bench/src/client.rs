@@ -1,0 +1,359 @@
+//! One executor's share of the connections: sending on schedule (open loop)
+//! or as fast as responses come back (closed loop), reading responses, and
+//! recording what happened.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::schedule::Schedule;
+use crate::stats::Stats;
+use crate::{Plan, Progress};
+
+/// Why a response was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// No response within the timeout.
+    Timeout,
+    /// The connection ended or failed.
+    Io,
+    /// The response could not be parsed (or uses framing this tool skips).
+    Parse,
+}
+
+/// Reads responses off one connection, keeping bytes of the next.
+pub struct ResponseReader {
+    buf: Vec<u8>,
+    chunk: Box<[u8]>,
+}
+
+impl Default for ResponseReader {
+    fn default() -> Self {
+        ResponseReader {
+            buf: Vec::with_capacity(16 << 10),
+            chunk: vec![0; 64 << 10].into_boxed_slice(),
+        }
+    }
+}
+
+impl ResponseReader {
+    /// Read one response; its status and the bytes it took. The body is
+    /// counted and discarded, never kept whole.
+    pub async fn next(
+        &mut self,
+        s: &mut TcpStream,
+        head_only: bool,
+    ) -> Result<(u16, u64), ReadError> {
+        // The head.
+        let (status, head_len, body_len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 48];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = r.code.unwrap_or(0);
+                    let mut len = None;
+                    for h in r.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            len = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<u64>().ok());
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            return Err(ReadError::Parse);
+                        }
+                    }
+                    let bodiless = head_only || status < 200 || status == 204 || status == 304;
+                    let body = if bodiless {
+                        0
+                    } else {
+                        len.ok_or(ReadError::Parse)?
+                    };
+                    if status == 100 {
+                        // An interim response: the real one follows.
+                        self.buf.drain(..n);
+                        continue;
+                    }
+                    break (status, n, body);
+                }
+                Ok(httparse::Status::Partial) => self.fill(s).await?,
+                Err(_) => return Err(ReadError::Parse),
+            }
+        };
+        // The body: what is buffered, then straight from the socket.
+        let buffered = (self.buf.len() - head_len) as u64;
+        if buffered >= body_len {
+            self.buf.drain(..head_len + body_len as usize);
+        } else {
+            self.buf.clear();
+            let mut left = body_len - buffered;
+            while left > 0 {
+                let n = read(s, &mut self.chunk).await?;
+                let used = (n as u64).min(left);
+                left -= used;
+                if (n as u64) > used {
+                    // The next response started in this read.
+                    self.buf.extend_from_slice(&self.chunk[used as usize..n]);
+                }
+            }
+        }
+        Ok((status, head_len as u64 + body_len))
+    }
+
+    async fn fill(&mut self, s: &mut TcpStream) -> Result<(), ReadError> {
+        let n = read(s, &mut self.chunk).await?;
+        self.buf.extend_from_slice(&self.chunk[..n]);
+        Ok(())
+    }
+}
+
+async fn read(s: &mut TcpStream, into: &mut [u8]) -> Result<usize, ReadError> {
+    match s.read(into).await {
+        Ok(0) => Err(ReadError::Io),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(ReadError::Timeout),
+        Err(_) => Err(ReadError::Io),
+    }
+}
+
+/// Drive connections `mine` of the plan until the run ends; return what
+/// they measured.
+pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<Progress>) -> Stats {
+    let plan = Rc::new(plan);
+    let stats = Rc::new(RefCell::new(Stats::new()));
+    // Publish this executor's p99 for the progress line.
+    let (s2, p2) = (stats.clone(), progress.clone());
+    let reporter = glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            let p99 = s2.borrow().corrected.value_at_quantile(0.99);
+            p2.p99_us.fetch_max(p99, Ordering::Relaxed);
+        }
+    });
+    let tasks: Vec<_> = mine
+        .into_iter()
+        .map(|c| {
+            glommio::spawn_local(connection(
+                plan.clone(),
+                c,
+                start,
+                stats.clone(),
+                progress.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    drop(reporter);
+    let s = stats.borrow().clone();
+    s
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+async fn connect(plan: &Plan) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(plan.addr)
+        .await
+        .map_err(std::io::Error::from)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(plan.timeout))?;
+    s.set_write_timeout(Some(plan.timeout))?;
+    Ok(s)
+}
+
+async fn connection(
+    plan: Rc<Plan>,
+    index: usize,
+    start: Instant,
+    stats: Rc<RefCell<Stats>>,
+    progress: Arc<Progress>,
+) {
+    let measure_from = start + plan.warmup;
+    let end = measure_from + plan.duration;
+    let now = Instant::now();
+    if start > now {
+        glommio::timer::sleep(start - now).await;
+    }
+    match plan.rate {
+        Some(rate) => {
+            open_loop(
+                &plan,
+                index,
+                Schedule::new(start, rate, plan.connections, index),
+                measure_from,
+                end,
+                &stats,
+                &progress,
+            )
+            .await
+        }
+        None => closed_loop(&plan, index, measure_from, end, &stats, &progress).await,
+    }
+}
+
+fn count_error(stats: &RefCell<Stats>, e: ReadError) {
+    let mut s = stats.borrow_mut();
+    match e {
+        ReadError::Timeout => s.errors.timeout += 1,
+        ReadError::Io => s.errors.io += 1,
+        ReadError::Parse => s.errors.parse += 1,
+    }
+}
+
+/// wrk2's model: each request is due at its scheduled time; one in flight
+/// per connection; a late one is sent at once and its lateness counted.
+async fn open_loop(
+    plan: &Plan,
+    index: usize,
+    mut schedule: Schedule,
+    measure_from: Instant,
+    end: Instant,
+    stats: &RefCell<Stats>,
+    progress: &Progress,
+) {
+    let mut conn: Option<TcpStream> = None;
+    let mut reader = ResponseReader::default();
+    let mut n = index;
+    let head_only = plan.method == "HEAD";
+    loop {
+        let due = schedule.next_due();
+        if due >= end {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            glommio::timer::sleep(due - now).await;
+        }
+        let measured = due >= measure_from;
+        if conn.is_none() {
+            match connect(plan).await {
+                Ok(s) => {
+                    conn = Some(s);
+                    reader = ResponseReader::default();
+                }
+                Err(_) => {
+                    if measured {
+                        stats.borrow_mut().errors.connect += 1;
+                    }
+                    continue;
+                }
+            }
+        }
+        let s = conn.as_mut().expect("connected above");
+        let request = plan.request(n);
+        n += plan.connections;
+        let sent = Instant::now();
+        let result = match s.write_all(&request).await {
+            Ok(()) => reader.next(s, head_only).await,
+            Err(_) => Err(ReadError::Io),
+        };
+        let done = Instant::now();
+        progress.completed.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok((status, bytes)) => {
+                if measured {
+                    let mut st = stats.borrow_mut();
+                    st.record(status, micros(done - due), micros(done - sent));
+                    st.bytes += bytes;
+                }
+                if plan.new_connection {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                if measured {
+                    count_error(stats, e);
+                }
+                conn = None;
+            }
+        }
+    }
+}
+
+/// As fast as the server answers, `pipeline` requests in flight.
+async fn closed_loop(
+    plan: &Plan,
+    index: usize,
+    measure_from: Instant,
+    end: Instant,
+    stats: &RefCell<Stats>,
+    progress: &Progress,
+) {
+    let head_only = plan.method == "HEAD";
+    let depth = if plan.new_connection {
+        1
+    } else {
+        plan.pipeline.max(1)
+    };
+    let mut n = index;
+    let mut out = Vec::with_capacity(4096);
+    while Instant::now() < end {
+        let mut s = match connect(plan).await {
+            Ok(s) => s,
+            Err(_) => {
+                if Instant::now() >= measure_from {
+                    stats.borrow_mut().errors.connect += 1;
+                }
+                // Do not spin on a server that refuses.
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut reader = ResponseReader::default();
+        let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(depth);
+        loop {
+            let now = Instant::now();
+            while in_flight.len() < depth && now < end {
+                out.extend_from_slice(&plan.request(n));
+                n += plan.connections;
+                in_flight.push_back(now);
+                if plan.new_connection {
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                if s.write_all(&out).await.is_err() {
+                    out.clear();
+                    if Instant::now() >= measure_from && !in_flight.is_empty() {
+                        stats.borrow_mut().errors.io += 1;
+                    }
+                    break;
+                }
+                out.clear();
+            }
+            let Some(&sent) = in_flight.front() else {
+                break;
+            };
+            match reader.next(&mut s, head_only).await {
+                Ok((status, bytes)) => {
+                    in_flight.pop_front();
+                    let done = Instant::now();
+                    progress.completed.fetch_add(1, Ordering::Relaxed);
+                    if sent >= measure_from && done <= end + plan.timeout {
+                        let mut st = stats.borrow_mut();
+                        let us = micros(done - sent);
+                        st.record(status, us, us);
+                        st.bytes += bytes;
+                    }
+                    if plan.new_connection {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if sent >= measure_from {
+                        count_error(stats, e);
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = s.close().await;
+    }
+}
