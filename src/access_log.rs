@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -191,7 +191,9 @@ impl AccessLogger {
     fn combined(&self, out: &mut Vec<u8>, e: &Entry) {
         let mut num = itoa::Buffer::new();
         match e.remote {
-            Some(ip) => out.extend_from_slice(ip.to_string().as_bytes()),
+            Some(ip) => {
+                let _ = write!(out, "{ip}");
+            }
             None => out.push(b'-'),
         }
         out.extend_from_slice(b" - - [");
@@ -227,7 +229,10 @@ impl AccessLogger {
         out.extend_from_slice(&self.iso_time.get());
         out.extend_from_slice(b"\",\"remote\":");
         match e.remote {
-            Some(ip) => json_string(out, ip.to_string().as_bytes()),
+            // An address needs no JSON escaping.
+            Some(ip) => {
+                let _ = write!(out, "\"{ip}\"");
+            }
             None => out.extend_from_slice(b"null"),
         }
         let (m, t, v) = match e.request {
@@ -287,12 +292,31 @@ impl AccessLogger {
             .await;
     }
 
+    /// Write out everything buffered, waiting for a flush under way: at
+    /// shutdown no line may be left behind.
+    pub async fn flush_all(&self) {
+        loop {
+            if self.flushing.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            } else if self.buf.borrow().is_empty() {
+                return;
+            } else {
+                self.flush().await;
+            }
+        }
+    }
+
     /// Reopen the file (after logrotate moved it); stderr needs nothing.
     pub async fn reopen(&self) {
-        self.flush().await;
         let Sink::File { path, fd } = &self.sink else {
             return;
         };
+        // Hold the flush flag across the swap: a write queued on the blocking
+        // thread must never use a descriptor closed under it.
+        while self.flushing.replace(true) {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.write_buffered().await;
         let path = path.clone();
         let opened = glommio::executor()
             .spawn_blocking(move || open(&path).map(IntoRawFd::into_raw_fd))
@@ -300,11 +324,13 @@ impl AccessLogger {
         match opened {
             Ok(new) => {
                 let old = fd.replace(new);
-                // SAFETY: `old` was opened by this logger and nothing else uses it.
+                // SAFETY: `old` was opened by this logger, and no write uses
+                // it: `flushing` is held.
                 unsafe { libc::close(old) };
             }
             Err(e) => log::error!("shard {}: cannot reopen the access log: {e}", self.shard),
         }
+        self.flushing.set(false);
     }
 }
 
@@ -353,7 +379,13 @@ fn version(v: Version) -> &'static str {
 fn clf_escape(out: &mut Vec<u8>, v: &[u8]) {
     for &b in v {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
         } else {
             out.push(b);
         }

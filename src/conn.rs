@@ -96,8 +96,12 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         if answered > 0 {
             served = session.served();
             head_deadline = None;
-            let us = arrived.elapsed().as_micros() as u64;
-            shard.metrics().record_latency(us, answered);
+            // A file request is timed when it has been sent, below.
+            let now_done = answered - u64::from(next == Next::Serve);
+            if now_done > 0 {
+                let us = arrived.elapsed().as_micros() as u64;
+                shard.metrics().record_latency(us, now_done);
+            }
         }
         let statuses = session.take_statuses();
         shard.count(|s| {
@@ -121,18 +125,18 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                     head_only: p.head_only,
                     date: shard.date(),
                 };
-                let started = Instant::now();
                 let result = static_files::serve(p.job, rc, &mut out, &mut stream).await;
-                let (status, bytes) = result.as_ref().copied().unwrap_or((0, 0));
+                let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
                 if let (Some(l), Some(req)) = (&conn_log, &p.log) {
                     l.record(req.entry(None, status, bytes));
                 }
+                // From the bytes' arrival, like every other request.
                 shard
                     .metrics()
-                    .record_latency(started.elapsed().as_micros() as u64, 1);
+                    .record_latency(arrived.elapsed().as_micros() as u64, 1);
                 shard.count(|s| {
                     s.count_status(status);
-                    s.bytes_out += bytes;
+                    s.bytes_out += total;
                 });
                 if result.is_err() {
                     return;

@@ -105,6 +105,8 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         limits.memlock_display()
     );
     let pipe = signals::install().map_err(MasterError::Signals)?;
+    // Read (and remove) NOTIFY_SOCKET while this is the only thread.
+    let notifier = systemd::Notifier::from_env();
 
     // Bind before any shard starts, so a busy port stops start-up here.
     let mut exclusive = Vec::new();
@@ -193,7 +195,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     master.run(supervise(Supervision {
         config,
         reload,
-        notifier: systemd::Notifier::from_env(),
+        notifier,
         admin,
         cpus: plan,
         pipe,
@@ -423,13 +425,71 @@ enum MasterEvent {
     Scrape(admin::ScrapeRequest),
     /// Time to start a dead shard again.
     Restart(usize),
+    /// A scrape has waited long enough.
+    ScrapeTimeout(u64),
+    /// During the drain: a shard's thread ended a while ago.
+    Ended(usize),
 }
 
 /// A metrics scrape waiting for every live shard's snapshot.
 struct Gather {
-    snapshots: Vec<Snapshot>,
+    seq: u64,
     waiting_for: Vec<usize>,
     replies: Vec<admin::ScrapeRequest>,
+}
+
+/// How long a scrape waits for a shard before using its last snapshot.
+const SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the master knows of each shard's metrics. Counters must never go
+/// backwards, so a dead incarnation's last snapshot is kept ("retired") and
+/// added to its successor's, and a shard that does not answer in time is
+/// shown as it last was.
+#[derive(Default)]
+struct Scraped {
+    latest: std::collections::BTreeMap<usize, Snapshot>,
+    retired: std::collections::BTreeMap<usize, Snapshot>,
+    last_updated: Option<usize>,
+}
+
+impl Scraped {
+    fn update(&mut self, snap: Snapshot) {
+        self.last_updated = Some(snap.shard);
+        self.latest.insert(snap.shard, snap);
+    }
+
+    fn retire(&mut self, id: usize) {
+        if let Some(mut last) = self.latest.remove(&id) {
+            last.active = 0;
+            match self.retired.get_mut(&id) {
+                Some(r) => r.absorb(&last),
+                None => {
+                    self.retired.insert(id, last);
+                }
+            }
+        }
+    }
+
+    fn view(&self) -> Vec<Snapshot> {
+        let ids: std::collections::BTreeSet<usize> = self
+            .latest
+            .keys()
+            .chain(self.retired.keys())
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| match (self.latest.get(&id), self.retired.get(&id)) {
+                (Some(l), Some(r)) => {
+                    let mut v = l.clone();
+                    v.absorb(r);
+                    Some(v)
+                }
+                (Some(l), None) => Some(l.clone()),
+                (None, Some(r)) => Some(r.clone()),
+                (None, None) => None,
+            })
+            .collect()
+    }
 }
 
 async fn supervise(s: Supervision) -> Result<(), MasterError> {
@@ -547,30 +607,56 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     // Serve until told to stop.
     let mut config = s.config;
     let mut first_signal = 0;
-    let mut reloading: usize = 0;
+    let mut reload_seq: u64 = 0;
+    let mut reload_owed: Vec<usize> = Vec::new();
     // The watchdog is petted only when every live shard answered the last ping.
     let mut answered = vec![true; n];
     let mut gather: Option<Gather> = None;
+    let mut gather_seq = 0;
+    let mut scraped = Scraped::default();
     while let Some(ev) = rx.recv().await {
         match ev {
             MasterEvent::Scrape(reply) => match &mut gather {
                 // A scrape under way answers this one too.
                 Some(g) => g.replies.push(reply),
                 None => {
-                    let mut g = Gather {
-                        snapshots: Vec::with_capacity(n),
-                        waiting_for: Vec::new(),
+                    gather_seq += 1;
+                    let g = Gather {
+                        seq: gather_seq,
+                        waiting_for: broadcast(&slots, || Control::Snapshot),
                         replies: vec![reply],
                     };
-                    g.waiting_for = broadcast(&slots, || Control::Snapshot);
-                    gather = finish_gather(g);
+                    gather = finish_gather(g, &mut scraped);
+                    if gather.is_some() {
+                        // A stuck shard must not hang every scrape: answer
+                        // with its last snapshot after a moment.
+                        let timeout = tx.clone();
+                        let seq = gather_seq;
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(SCRAPE_WAIT).await;
+                            let _ = timeout.try_send(MasterEvent::ScrapeTimeout(seq));
+                        })
+                        .detach();
+                    }
                 }
             },
-            MasterEvent::Shard(ShardEvent::Snapshot(snap)) => {
+            MasterEvent::ScrapeTimeout(seq) => {
                 if let Some(mut g) = gather.take() {
-                    g.waiting_for.retain(|&id| id != snap.shard);
-                    g.snapshots.push(*snap);
-                    gather = finish_gather(g);
+                    if g.seq == seq {
+                        warn!(
+                            "metrics: shard(s) {:?} did not answer; using their last snapshot",
+                            g.waiting_for
+                        );
+                        g.waiting_for.clear();
+                    }
+                    gather = finish_gather(g, &mut scraped);
+                }
+            }
+            MasterEvent::Shard(ShardEvent::Snapshot(snap)) => {
+                scraped.update(*snap);
+                if let Some(mut g) = gather.take() {
+                    g.waiting_for.retain(|&id| Some(id) != scraped.last_updated);
+                    gather = finish_gather(g, &mut scraped);
                 }
             }
             MasterEvent::Signal(Signal::Terminate(sig)) => {
@@ -602,11 +688,13 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                             limits: new.limits,
                             routes: new.routes.clone(),
                         };
-                        reloading =
-                            broadcast(&slots, || Control::Reload(Box::new(update.clone()))).len();
+                        reload_seq += 1;
+                        let seq = reload_seq;
+                        reload_owed =
+                            broadcast(&slots, || Control::Reload(Box::new(update.clone()), seq));
                         config.limits = new.limits;
                         config.routes = new.routes;
-                        if reloading == 0 {
+                        if reload_owed.is_empty() {
                             if let Some(n) = &notifier {
                                 n.ready(&status);
                             }
@@ -614,15 +702,15 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                     }
                 }
             }
-            MasterEvent::Shard(ShardEvent::Reloaded { .. }) => {
-                // Acks of an older reload overtaken by a newer one are ignored.
-                if reloading > 1 {
-                    reloading -= 1;
-                } else if reloading == 1 {
-                    reloading = 0;
-                    info!("SIGHUP: configuration reloaded on every shard");
-                    if let Some(n) = &notifier {
-                        n.ready(&status);
+            MasterEvent::Shard(ShardEvent::Reloaded { id, seq }) => {
+                // Acks of a reload a newer one overtook do not count.
+                if seq == reload_seq && !reload_owed.is_empty() {
+                    reload_owed.retain(|&o| o != id);
+                    if reload_owed.is_empty() {
+                        info!("SIGHUP: configuration reloaded on every shard");
+                        if let Some(n) = &notifier {
+                            n.ready(&status);
+                        }
                     }
                 }
             }
@@ -664,7 +752,17 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 answered[id] = true;
                 if let Some(mut g) = gather.take() {
                     g.waiting_for.retain(|&w| w != id);
-                    gather = finish_gather(g);
+                    gather = finish_gather(g, &mut scraped);
+                }
+                scraped.retire(id);
+                if !reload_owed.is_empty() {
+                    reload_owed.retain(|&o| o != id);
+                    if reload_owed.is_empty() {
+                        info!("SIGHUP: configuration reloaded on every live shard");
+                        if let Some(n) = &notifier {
+                            n.ready(&status);
+                        }
+                    }
                 }
                 let why = match slot.handle.take().map(|h| h.join()) {
                     Some(Err(e)) => e.to_string(),
@@ -717,7 +815,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                     }
                 }
             }
-            MasterEvent::Shard(ShardEvent::Ready { id }) => {
+            MasterEvent::Shard(ShardEvent::Ready { id }) if slots[id].control.is_some() => {
                 // A restarted shard: back into the rotation.
                 let slot = &mut slots[id];
                 slot.alive = true;
@@ -727,7 +825,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 info!("shard {id} restarted on CPU {}", slot.cpu);
             }
             // News of a shard's earlier incarnation.
-            MasterEvent::Gone(..) | MasterEvent::Shard(_) => {}
+            MasterEvent::Gone(..) | MasterEvent::Ended(_) | MasterEvent::Shard(_) => {}
         }
     }
 
@@ -743,14 +841,20 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     drop(accepters);
     drop(admin_task);
     drop(dispatcher);
-    // A shard started but not yet ready is told too: its channel is connected.
+    // Every shard with a control channel is told, a restarted one not yet
+    // ready too; dropping the sender right after means a shard whose queue
+    // was full still sees the channel close, which also means drain.
     let mut running = 0;
-    for slot in &mut slots {
+    let mut stopping = vec![false; slots.len()];
+    for (id, slot) in slots.iter_mut().enumerate() {
         slot.pending_conns = None;
-        if let Some(c) = &slot.control {
-            if c.try_send(Control::Drain).is_ok() {
-                running += 1;
-            }
+        // Reuseport: the master's copies would keep the sockets listening
+        // (and queueing connections nobody accepts) until exit.
+        slot.listener_copies.clear();
+        if let Some(c) = slot.control.take() {
+            let _ = c.try_send(Control::Drain);
+            stopping[id] = true;
+            running += 1;
         }
     }
     while running > 0 {
@@ -759,12 +863,23 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             // if it died first; the two arrive by different paths, in any order.
             Some(MasterEvent::Shard(ShardEvent::Stopped { id, stats, forced })) => {
                 shard::log_stopped(id, slots[id].cpu, &stats, forced);
-                if slots[id].control.take().is_some() {
+                if std::mem::take(&mut stopping[id]) {
                     running -= 1;
                 }
             }
-            Some(MasterEvent::Gone(id, generation)) => {
-                if generation == slots[id].generation && slots[id].control.take().is_some() {
+            // The thread ended. Its Stopped report may still be on its way
+            // (another task relays it): give it a moment before counting the
+            // shard as gone without one.
+            Some(MasterEvent::Gone(id, generation)) if generation == slots[id].generation => {
+                let later = tx.clone();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+                    let _ = later.try_send(MasterEvent::Ended(id));
+                })
+                .detach();
+            }
+            Some(MasterEvent::Ended(id)) => {
+                if std::mem::take(&mut stopping[id]) {
                     running -= 1;
                 }
             }
@@ -784,12 +899,12 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     Ok(())
 }
 
-/// Send a control message to every live shard; the ids it reached.
+/// Send a control message to every shard with a control channel (a
+/// restarted one too, before it says Ready); the ids it reached.
 fn broadcast(slots: &[Slot], msg: impl Fn() -> Control) -> Vec<usize> {
     slots
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.alive)
         .filter_map(|(id, s)| {
             let c = s.control.as_ref()?;
             c.try_send(msg()).ok().map(|_| id)
@@ -798,12 +913,11 @@ fn broadcast(slots: &[Slot], msg: impl Fn() -> Control) -> Vec<usize> {
 }
 
 /// Answer the scrape if no shard is still to reply; otherwise keep waiting.
-fn finish_gather(mut g: Gather) -> Option<Gather> {
+fn finish_gather(g: Gather, scraped: &mut Scraped) -> Option<Gather> {
     if !g.waiting_for.is_empty() {
         return Some(g);
     }
-    g.snapshots.sort_by_key(|s| s.shard);
-    let text = metrics::render(&g.snapshots);
+    let text = metrics::render(&scraped.view());
     for r in g.replies {
         let _ = r.try_send(text.clone());
     }
@@ -830,6 +944,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.log != new.log {
         keys.push("[log]");
+    }
+    if old.metrics != new.metrics {
+        keys.push("[metrics]");
     }
     keys
 }

@@ -129,6 +129,15 @@ pub struct Snapshot {
     pub latency: Histogram<u64>,
 }
 
+impl Snapshot {
+    /// Add another snapshot of the same shard (an earlier incarnation's).
+    pub fn absorb(&mut self, o: &Snapshot) {
+        self.stats.add(&o.stats);
+        let _ = self.latency.add(&o.latency);
+        self.active += o.active;
+    }
+}
+
 /// Quantiles reported for the service-time summary.
 pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 

@@ -41,8 +41,9 @@ pub enum Control {
     Drain,
     /// Reopen the access-log file (SIGUSR1, after logrotate).
     ReopenLogs,
-    /// Serve new requests with these routes and limits (SIGHUP).
-    Reload(Box<Reload>),
+    /// Serve new requests with these routes and limits (SIGHUP); the number
+    /// is echoed in `Reloaded`.
+    Reload(Box<Reload>, u64),
     /// Answer with `ShardEvent::Pong` (the watchdog's proof of life).
     Ping,
     /// Answer with `ShardEvent::Snapshot` (a metrics scrape).
@@ -77,6 +78,8 @@ pub enum ShardEvent {
     Reloaded {
         /// Shard id.
         id: usize,
+        /// The reload's number.
+        seq: u64,
     },
     /// The shard finished draining; these are its final counters.
     Stopped {
@@ -342,11 +345,11 @@ async fn run(spec: ShardSpec) {
                     glommio::spawn_local(async move { log.reopen().await }).detach();
                 }
             }
-            Some(Control::Reload(r)) => {
+            Some(Control::Reload(r, seq)) => {
                 // Building a router canonicalizes static roots: a few stat
                 // calls, once per reload, not per request.
                 *shard.site.borrow_mut() = Rc::new(Site::new(r.limits, &r.routes));
-                let _ = events.send(ShardEvent::Reloaded { id }).await;
+                let _ = events.send(ShardEvent::Reloaded { id, seq }).await;
             }
             Some(Control::Snapshot) => {
                 let active = shard.conns.borrow().len() as u64;
@@ -399,7 +402,7 @@ async fn run(spec: ShardSpec) {
         let _ = closing.await;
     }
     if let Some(log) = shard.access_log() {
-        log.flush().await;
+        log.flush_all().await;
     }
     let stats = shard.metrics.stats.borrow().clone();
     let _ = events

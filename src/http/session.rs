@@ -113,6 +113,9 @@ pub struct Session {
     head_request: bool,
     /// Responses written since the last `take_statuses`, by class (1xx..5xx).
     statuses: [u64; 5],
+    /// Status of the uncommitted response, counted once its request completes
+    /// (a body error replaces it).
+    uncommitted_status: Option<u16>,
 }
 
 /// A response a handler left for the connection to produce asynchronously.
@@ -139,6 +142,7 @@ impl Default for Session {
             pending: None,
             head_request: false,
             statuses: [0; 5],
+            uncommitted_status: None,
         }
     }
 }
@@ -314,6 +318,9 @@ impl Session {
         self.served += 1;
         self.scanner.reset();
         self.head_request = false;
+        if let Some(status) = self.uncommitted_status.take() {
+            self.count_status(status);
+        }
         if self.pending.is_some() {
             // The connection serves it, then closes if its persistence says so.
             Some(Next::Serve)
@@ -368,7 +375,7 @@ impl Session {
                 });
             }
             Outcome::Done => {
-                self.count_status(status_of(&out[mark..]));
+                self.uncommitted_status = Some(status_of(&out[mark..]));
                 if let Some(log) = cx.log {
                     let (status, bytes) = summarize(&out[mark..]);
                     log.record(Entry::for_request(None, &req, status, bytes));
@@ -382,6 +389,7 @@ impl Session {
     fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context) -> Next {
         out.truncate(self.committed);
         self.pending = None;
+        self.uncommitted_status = None;
         let mark = out.len();
         write_error(out, cx.date, status_for(e), self.head_request);
         self.count_status(status_for(e).code());

@@ -252,13 +252,14 @@ fn entry_bytes(found: &Found) -> usize {
 }
 
 /// Serve a file job: write the whole response to `stream`. `out` is empty on
-/// entry and used as the head buffer. Returns the status and body bytes sent.
+/// entry and used as the head buffer. Returns the status, the body bytes and
+/// all bytes sent.
 pub async fn serve(
     job: Box<FileJob>,
     rc: ReplyContext,
     out: &mut Vec<u8>,
     stream: &mut TcpStream,
-) -> std::io::Result<(u16, u64)> {
+) -> std::io::Result<(u16, u64, u64)> {
     let found = job.state.lookup(&job).await;
     let cfg = &job.state.cfg;
     let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only);
@@ -347,13 +348,15 @@ pub async fn serve(
         }
     }
     let (status, mut bytes) = summarize(out);
+    let mut total = out.len() as u64;
     stream.write_all(out).await?;
     out.clear();
     if let Some((path, start, len)) = stream_from {
         stream_file(&path, start, len, stream).await?;
         bytes = len;
+        total += len;
     }
-    Ok((status, bytes))
+    Ok((status, bytes, total))
 }
 
 /// Copy `len` bytes from `path` at `start` to the socket, a chunk at a time,
