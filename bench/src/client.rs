@@ -50,38 +50,14 @@ impl ResponseReader {
         s: &mut TcpStream,
         head_only: bool,
     ) -> Result<(u16, u64), ReadError> {
-        // The head.
         let (status, head_len, body_len) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 48];
-            let mut r = httparse::Response::new(&mut headers);
-            match r.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = r.code.unwrap_or(0);
-                    let mut len = None;
-                    for h in r.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            len = std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|v| v.trim().parse::<u64>().ok());
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            return Err(ReadError::Parse);
-                        }
-                    }
-                    let bodiless = head_only || status < 200 || status == 204 || status == 304;
-                    let body = if bodiless {
-                        0
-                    } else {
-                        len.ok_or(ReadError::Parse)?
-                    };
-                    if status == 100 {
-                        // An interim response: the real one follows.
-                        self.buf.drain(..n);
-                        continue;
-                    }
-                    break (status, n, body);
+            match parse_head(&self.buf, head_only) {
+                Some(Ok(Head::Interim(n))) => {
+                    self.buf.drain(..n);
                 }
-                Ok(httparse::Status::Partial) => self.fill(s).await?,
-                Err(_) => return Err(ReadError::Parse),
+                Some(Ok(Head::Final { status, head, body })) => break (status, head, body),
+                Some(Err(e)) => return Err(e),
+                None => self.fill(s).await?,
             }
         };
         // The body: what is buffered, then straight from the socket.
@@ -104,11 +80,76 @@ impl ResponseReader {
         Ok((status, head_len as u64 + body_len))
     }
 
+    /// The next response if it is entirely in the buffer already: lets the
+    /// closed loop take a whole batch of pipelined answers per read.
+    pub fn try_next(&mut self, head_only: bool) -> Option<Result<(u16, u64), ReadError>> {
+        match parse_head(&self.buf, head_only)? {
+            Err(e) => Some(Err(e)),
+            Ok(Head::Interim(_)) => None,
+            Ok(Head::Final { status, head, body }) => {
+                let total = head + body as usize;
+                if self.buf.len() < total {
+                    return None;
+                }
+                self.buf.drain(..total);
+                Some(Ok((status, total as u64)))
+            }
+        }
+    }
+
     async fn fill(&mut self, s: &mut TcpStream) -> Result<(), ReadError> {
         let n = read(s, &mut self.chunk).await?;
         self.buf.extend_from_slice(&self.chunk[..n]);
         Ok(())
     }
+}
+
+/// A response head found at the start of a buffer.
+enum Head {
+    /// A 1xx interim response of this many bytes: skip it.
+    Interim(usize),
+    /// The final response: status, head bytes, body bytes.
+    Final { status: u16, head: usize, body: u64 },
+}
+
+/// Parse the head at the start of `buf`; `None` while it is incomplete.
+/// Only Content-Length framing is read (what the servers measured send);
+/// chunked responses count as parse errors rather than being misread.
+fn parse_head(buf: &[u8], head_only: bool) -> Option<Result<Head, ReadError>> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut r = httparse::Response::new(&mut headers);
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(Err(ReadError::Parse)),
+    };
+    let status = r.code.unwrap_or(0);
+    if (100..200).contains(&status) {
+        return Some(Ok(Head::Interim(n)));
+    }
+    let mut len = None;
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            len = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Some(Err(ReadError::Parse));
+        }
+    }
+    let body = if head_only || status == 204 || status == 304 {
+        0
+    } else {
+        match len {
+            Some(l) => l,
+            None => return Some(Err(ReadError::Parse)),
+        }
+    };
+    Some(Ok(Head::Final {
+        status,
+        head: n,
+        body,
+    }))
 }
 
 async fn read(s: &mut TcpStream, into: &mut [u8]) -> Result<usize, ReadError> {
@@ -222,6 +263,7 @@ async fn open_loop(
     let mut reader = ResponseReader::default();
     let mut n = index;
     let head_only = plan.method == "HEAD";
+    let requests = plan.render();
     loop {
         let due = schedule.next_due();
         if due >= end {
@@ -247,10 +289,10 @@ async fn open_loop(
             }
         }
         let s = conn.as_mut().expect("connected above");
-        let request = plan.request(n);
+        let request = &requests[n % requests.len()];
         n += plan.connections;
         let sent = Instant::now();
-        let result = match s.write_all(&request).await {
+        let result = match s.write_all(request).await {
             Ok(()) => reader.next(s, head_only).await,
             Err(_) => Err(ReadError::Io),
         };
@@ -287,6 +329,7 @@ async fn closed_loop(
     progress: &Progress,
 ) {
     let head_only = plan.method == "HEAD";
+    let requests = plan.render();
     let depth = if plan.new_connection {
         1
     } else {
@@ -308,10 +351,11 @@ async fn closed_loop(
         };
         let mut reader = ResponseReader::default();
         let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(depth);
-        loop {
+        'conn: loop {
+            // Refill the pipeline in one write.
             let now = Instant::now();
             while in_flight.len() < depth && now < end {
-                out.extend_from_slice(&plan.request(n));
+                out.extend_from_slice(&requests[n % requests.len()]);
                 n += plan.connections;
                 in_flight.push_back(now);
                 if plan.new_connection {
@@ -319,40 +363,52 @@ async fn closed_loop(
                 }
             }
             if !out.is_empty() {
-                if s.write_all(&out).await.is_err() {
-                    out.clear();
+                let wrote = s.write_all(&out).await;
+                out.clear();
+                if wrote.is_err() {
                     if Instant::now() >= measure_from && !in_flight.is_empty() {
                         stats.borrow_mut().errors.io += 1;
                     }
                     break;
                 }
-                out.clear();
             }
-            let Some(&sent) = in_flight.front() else {
+            if in_flight.is_empty() {
                 break;
-            };
-            match reader.next(&mut s, head_only).await {
-                Ok((status, bytes)) => {
-                    in_flight.pop_front();
-                    let done = Instant::now();
-                    progress.completed.fetch_add(1, Ordering::Relaxed);
-                    if sent >= measure_from && done <= end + plan.timeout {
-                        let mut st = stats.borrow_mut();
-                        let us = micros(done - sent);
-                        st.record(status, us, us);
-                        st.bytes += bytes;
+            }
+            // One response (waiting for it), then every one already buffered.
+            let mut result = reader.next(&mut s, head_only).await;
+            let mut done_here = 0;
+            while let Some(sent) = in_flight.front().copied() {
+                match result {
+                    Ok((status, bytes)) => {
+                        in_flight.pop_front();
+                        done_here += 1;
+                        let done = Instant::now();
+                        if sent >= measure_from && done <= end + plan.timeout {
+                            let mut st = stats.borrow_mut();
+                            let us = micros(done - sent);
+                            st.record(status, us, us);
+                            st.bytes += bytes;
+                        }
+                        if plan.new_connection {
+                            progress.completed.fetch_add(done_here, Ordering::Relaxed);
+                            break 'conn;
+                        }
                     }
-                    if plan.new_connection {
-                        break;
+                    Err(e) => {
+                        if sent >= measure_from {
+                            count_error(stats, e);
+                        }
+                        progress.completed.fetch_add(done_here, Ordering::Relaxed);
+                        break 'conn;
                     }
                 }
-                Err(e) => {
-                    if sent >= measure_from {
-                        count_error(stats, e);
-                    }
-                    break;
+                match reader.try_next(head_only) {
+                    Some(r) => result = r,
+                    None => break,
                 }
             }
+            progress.completed.fetch_add(done_here, Ordering::Relaxed);
         }
         let _ = s.close().await;
     }

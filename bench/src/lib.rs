@@ -60,6 +60,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every request, one per path, rendered once: the hot loop copies bytes
+    /// instead of formatting.
+    pub fn render(&self) -> Vec<Vec<u8>> {
+        (0..self.paths.len()).map(|i| self.request(i)).collect()
+    }
+
     /// The request for path number `i`, as bytes.
     pub fn request(&self, i: usize) -> Vec<u8> {
         let path = &self.paths[i % self.paths.len()];
