@@ -780,12 +780,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 if !slots.iter().any(|s| s.alive) {
                     error!("no shard is alive: new connections are refused until one is back");
                 }
-                let restart = tx.clone();
-                glommio::spawn_local(async move {
-                    glommio::timer::sleep(delay).await;
-                    let _ = restart.try_send(MasterEvent::Restart(id));
-                })
-                .detach();
+                schedule_restart(&tx, id, delay);
             }
             MasterEvent::Restart(id) => {
                 let slot = &mut slots[id];
@@ -806,12 +801,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                         let delay = restart_delay(slot.failures);
                         slot.failures += 1;
                         error!("shard {id}: restart failed: {e}; trying again in {delay:?}");
-                        let restart = tx.clone();
-                        glommio::spawn_local(async move {
-                            glommio::timer::sleep(delay).await;
-                            let _ = restart.try_send(MasterEvent::Restart(id));
-                        })
-                        .detach();
+                        schedule_restart(&tx, id, delay);
                     }
                 }
             }
@@ -897,6 +887,20 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Ask for shard `id` to be started again after `delay`.
+fn schedule_restart(
+    tx: &Rc<local_channel::LocalSender<MasterEvent>>,
+    id: usize,
+    delay: std::time::Duration,
+) {
+    let restart = tx.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(delay).await;
+        let _ = restart.try_send(MasterEvent::Restart(id));
+    })
+    .detach();
 }
 
 /// Send a control message to every shard with a control channel (a

@@ -7,17 +7,27 @@ use std::io::{BufRead, Write};
 use crate::util::{get, Reader, Server};
 
 /// Scrape and parse; every sample by name and labels.
-fn scrape(server: &Server) -> prometheus_parse::Scrape {
-    let url = server.metrics_url();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-D", "/dev/stderr", &url])
-        .output()
-        .unwrap();
+/// Run a command; it must succeed.
+fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn scrape(server: &Server) -> prometheus_parse::Scrape {
+    let url = server.metrics_url();
+    let out = succeeds(std::process::Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-D",
+        "/dev/stderr",
+        &url,
+    ]));
     let headers = String::from_utf8_lossy(&out.stderr);
     assert!(
         headers.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
@@ -156,21 +166,13 @@ fn status_prints_a_table_of_shards() {
     for _ in 0..10 {
         get(server.addr, "GET / HTTP/1.0\r\n\r\n");
     }
-    let out = crate::util::command()
-        .args([
-            "status",
-            "--url",
-            &server.metrics_url(),
-            "--interval",
-            "200ms",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(crate::util::command().args([
+        "status",
+        "--url",
+        &server.metrics_url(),
+        "--interval",
+        "200ms",
+    ]));
     let table = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
