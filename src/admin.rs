@@ -92,12 +92,14 @@ async fn answer(
     let (tx, rx) = local_channel::new_bounded(1);
     scrape(tx);
     let body = rx.recv().await.unwrap_or_default();
-    let body = if method == Method::Head {
-        String::new()
-    } else {
-        body
-    };
-    reply(&mut stream, 200, PROMETHEUS_TEXT, &body).await
+    reply_to(
+        &mut stream,
+        200,
+        PROMETHEUS_TEXT,
+        &body,
+        method == Method::Head,
+    )
+    .await
 }
 
 async fn reply(
@@ -106,6 +108,17 @@ async fn reply(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
+    reply_to(stream, status, content_type, body, false).await
+}
+
+/// Write a response; for HEAD, the same head (its length included), no body.
+async fn reply_to(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
     let reason = crate::http::status::Status::from_code(status).map_or("", |s| s.reason());
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: coreserve\r\nContent-Type: {content_type}\r\n\
@@ -113,6 +126,8 @@ async fn reply(
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.flush().await
 }

@@ -930,29 +930,21 @@ fn finish_gather(g: Gather, scraped: &mut Scraped) -> Option<Gather> {
 
 /// Settings a running server cannot change, named by key, that differ.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    if old.listen != new.listen {
-        keys.push("server.listen");
-    }
-    if old.shards != new.shards {
-        keys.push("server.shards");
-    }
-    if old.cpus != new.cpus {
-        keys.push("server.cpus");
-    }
-    if old.dispatch != new.dispatch {
-        keys.push("server.dispatch");
-    }
-    if old.drain_timeout != new.drain_timeout {
-        keys.push("server.drain-timeout");
-    }
-    if old.log != new.log {
-        keys.push("[log]");
-    }
-    if old.metrics != new.metrics {
-        keys.push("[metrics]");
-    }
-    keys
+    [
+        ("server.listen", old.listen != new.listen),
+        ("server.shards", old.shards != new.shards),
+        ("server.cpus", old.cpus != new.cpus),
+        ("server.dispatch", old.dispatch != new.dispatch),
+        (
+            "server.drain-timeout",
+            old.drain_timeout != new.drain_timeout,
+        ),
+        ("[log]", old.log != new.log),
+        ("[metrics]", old.metrics != new.metrics),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// The master's end of one shard's hand-off channel.

@@ -20,7 +20,7 @@ pub mod schedule;
 pub mod stats;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,16 +143,11 @@ pub fn run(plan: &Plan, cpus: &[usize], progress: Arc<Progress>) -> Result<Stats
     Ok(total)
 }
 
-/// Read a counter for the progress line.
-pub fn completed(p: &Progress) -> u64 {
-    p.completed.load(Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A tiny HTTP server: answers every request at once, except that the
     /// first request it reads after `stall_after` waits `stall` first.
