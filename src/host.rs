@@ -7,6 +7,25 @@ use std::io;
 /// glommio refuses to start an executor with less locked memory than this.
 pub const MIN_MEMLOCK: u64 = 512 * 1024;
 
+/// glommio's io_memory per executor is at most this (its default is 10 MiB);
+/// shards stream files through it, they do not need more.
+pub const MAX_IO_MEMORY: u64 = 4 << 20;
+
+/// glommio's smallest io_memory; it rounds anything less up to this.
+const MIN_IO_MEMORY: u64 = 64 << 10;
+
+/// glommio registers an executor's io_memory once with each of its three
+/// rings (main, latency, poll), and the kernel counts every registration.
+const REGISTRATIONS: u64 = 3;
+
+/// Locked memory an executor's rings take besides io_memory (three rings of
+/// 128 entries and two probe rings are about 80 KiB), with room to spare.
+const RING_MEMLOCK: u64 = 128 << 10;
+
+/// Executors' worth of ring memory kept free for restarting crashed shards:
+/// glommio never releases a dead executor's rings.
+const SPARE_EXECUTORS: u64 = 2;
+
 /// Why this host cannot run coreserve, with the fix in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -20,6 +39,23 @@ pub enum HostError {
     MemlockTooLow {
         /// The effective limit, bytes.
         have: u64,
+    },
+    /// RLIMIT_MEMLOCK is counted (no CAP_IPC_LOCK) and too small for the
+    /// rings of this many executors.
+    #[error(
+        "locked-memory limit is {have} KiB but {executors} io_uring executors \
+         ({shards} shards and the master) need at least {need} KiB: raise it \
+         (ulimit -l unlimited, LimitMEMLOCK=infinity in the systemd unit, or memlock \
+         in /etc/security/limits.conf) or run fewer shards",
+        have = .have / 1024, need = .need / 1024, shards = .executors - 1
+    )]
+    MemlockTooLowForShards {
+        /// The effective limit, bytes.
+        have: u64,
+        /// What `executors` need, bytes.
+        need: u64,
+        /// Shards plus the master.
+        executors: u64,
     },
     /// io_uring_setup returned EPERM.
     #[error(
@@ -56,9 +92,35 @@ pub struct HostLimits {
     pub nofile: u64,
     /// Locked memory in bytes (RLIMIT_MEMLOCK soft limit); `u64::MAX` for unlimited.
     pub memlock: u64,
+    /// Whether the kernel counts io_uring's locked memory against `memlock`:
+    /// it does unless the process has CAP_IPC_LOCK. The count is per user,
+    /// summed over every ring of every executor.
+    pub memlock_counted: bool,
 }
 
 impl HostLimits {
+    /// glommio's io_memory for each of `executors` executors (the shards and
+    /// the master), so that all their rings and registered buffers fit in the
+    /// counted locked-memory limit with room to restart crashed shards.
+    /// Where the limit is not counted or unlimited, [`MAX_IO_MEMORY`].
+    pub fn io_memory_per_executor(&self, executors: usize) -> Result<u64, HostError> {
+        if !self.memlock_counted || self.memlock == libc::RLIM_INFINITY {
+            return Ok(MAX_IO_MEMORY);
+        }
+        let executors = executors as u64;
+        let rings = (executors + SPARE_EXECUTORS) * RING_MEMLOCK;
+        let need = rings + executors * REGISTRATIONS * MIN_IO_MEMORY;
+        if self.memlock < need {
+            return Err(HostError::MemlockTooLowForShards {
+                have: self.memlock,
+                need,
+                executors,
+            });
+        }
+        let share = (self.memlock - rings) / (executors * REGISTRATIONS);
+        Ok((share / MIN_IO_MEMORY * MIN_IO_MEMORY).clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
+    }
+
     /// The locked-memory limit for logs: `unlimited` or in KiB.
     pub fn memlock_display(&self) -> String {
         if self.memlock == libc::RLIM_INFINITY {
@@ -78,7 +140,28 @@ pub fn prepare() -> Result<HostLimits, HostError> {
         return Err(HostError::MemlockTooLow { have: memlock });
     }
     probe_io_uring()?;
-    Ok(HostLimits { nofile, memlock })
+    Ok(HostLimits {
+        nofile,
+        memlock,
+        memlock_counted: !has_cap_ipc_lock(),
+    })
+}
+
+/// Whether CAP_IPC_LOCK is in this thread's effective set (root usually has
+/// it; a service under `User=` or `DynamicUser=` does not).
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    // struct __user_cap_header_struct { version, pid } and two
+    // struct __user_cap_data_struct { effective, permitted, inheritable }.
+    let mut header = [LINUX_CAPABILITY_VERSION_3, 0u32];
+    let mut data = [0u32; 6];
+    // SAFETY: capget(2) with a version-3 header and room for its two data
+    // structs; the kernel writes only into `data`.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) };
+    // If the kernel will not say, assume the limit is counted: the budget is
+    // then smaller than it could be, never too large.
+    rc == 0 && data[0] & (1 << CAP_IPC_LOCK) != 0
 }
 
 /// Set the soft limit to the hard one; return the soft limit now in force.
@@ -137,8 +220,80 @@ mod tests {
             m.contains("64 KiB") && m.contains("512 KiB") && m.contains("ulimit -l"),
             "{m}"
         );
+        let m = HostError::MemlockTooLowForShards {
+            have: 1024 * 1024,
+            need: 2048 * 1024,
+            executors: 5,
+        }
+        .to_string();
+        assert!(
+            m.contains("1024 KiB")
+                && m.contains(
+                    "5 io_uring executors (4 shards and the master) need at least 2048 KiB"
+                )
+                && m.contains("fewer shards"),
+            "{m}"
+        );
         assert!(HostError::IoUringDisabled
             .to_string()
             .contains("io_uring_disabled"));
+    }
+
+    fn limits(memlock: u64, counted: bool) -> HostLimits {
+        HostLimits {
+            nofile: 1024,
+            memlock,
+            memlock_counted: counted,
+        }
+    }
+
+    #[test]
+    fn uncounted_or_unlimited_memlock_gives_the_most_io_memory() {
+        assert_eq!(
+            limits(MIN_MEMLOCK, false)
+                .io_memory_per_executor(64)
+                .unwrap(),
+            MAX_IO_MEMORY
+        );
+        assert_eq!(
+            limits(libc::RLIM_INFINITY, true)
+                .io_memory_per_executor(64)
+                .unwrap(),
+            MAX_IO_MEMORY
+        );
+    }
+
+    #[test]
+    fn counted_memlock_is_shared_by_every_ring_of_every_executor() {
+        for executors in [1usize, 2, 3, 5, 9, 33] {
+            for memlock_kib in [1024u64, 1536, 4096, 8192, 65536, 1 << 20] {
+                let l = limits(memlock_kib * 1024, true);
+                let e = executors as u64;
+                match l.io_memory_per_executor(executors) {
+                    Ok(io) => {
+                        assert!((MIN_IO_MEMORY..=MAX_IO_MEMORY).contains(&io));
+                        assert_eq!(io % MIN_IO_MEMORY, 0);
+                        // Everything the kernel counts, spare rings included.
+                        let used = e * (RING_MEMLOCK + REGISTRATIONS * io)
+                            + SPARE_EXECUTORS * RING_MEMLOCK;
+                        assert!(
+                            used <= l.memlock,
+                            "{executors} executors, {memlock_kib} KiB: {used} > limit"
+                        );
+                    }
+                    Err(HostError::MemlockTooLowForShards { need, .. }) => {
+                        assert!(need > l.memlock);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eight_mib_counted_fits_two_shards_with_usable_buffers() {
+        // The sandbox and a DynamicUser service: 8 MiB, counted, 2 shards.
+        let io = limits(8 << 20, true).io_memory_per_executor(3).unwrap();
+        assert!(io >= 512 << 10, "{io}");
     }
 }

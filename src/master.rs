@@ -17,7 +17,7 @@ use crate::access_log;
 use crate::admin;
 use crate::config::{AccessLog, Config, ConfigError, Dispatch};
 use crate::cpus::{self, CpuError};
-use crate::host::{self, HostError, HostLimits};
+use crate::host::{self, HostError};
 use crate::listener::{self, AcceptErrors, BindError};
 use crate::metrics::{self, Snapshot};
 use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
@@ -29,10 +29,6 @@ use crate::systemd;
 /// this far behind the master stops accepting and lets the kernel backlog
 /// hold the burst.
 pub const SHARD_QUEUE: usize = 32;
-
-/// glommio's io_memory per executor is at most this (its default is 10 MiB);
-/// shards stream files through it, they do not need more.
-pub const MAX_IO_MEMORY: usize = 4 << 20;
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +95,18 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         std::process::id(),
         env!("CARGO_PKG_VERSION")
     );
+    // Every shard and the master run an executor.
+    let io_memory = limits.io_memory_per_executor(n + 1)?;
     info!(
-        "limits: open files {}, locked memory {}",
+        "limits: open files {}, locked memory {}{} ({} KiB of io_uring buffers per executor)",
         limits.nofile,
-        limits.memlock_display()
+        limits.memlock_display(),
+        if limits.memlock_counted {
+            ", counted"
+        } else {
+            ""
+        },
+        io_memory / 1024
     );
     let pipe = signals::install().map_err(MasterError::Signals)?;
     // Read (and remove) NOTIFY_SOCKET while this is the only thread.
@@ -175,7 +179,8 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     };
 
     let launcher = Launcher {
-        io_memory: io_memory_per_executor(&limits, n),
+        // At most MAX_IO_MEMORY (4 MiB): fits any usize.
+        io_memory: io_memory as usize,
         sources,
     };
     let mut launched = Vec::with_capacity(n);
@@ -334,15 +339,6 @@ pub fn restart_delay(failures: u32) -> std::time::Duration {
 
 /// A shard that lived this long before dying starts its back-off afresh.
 const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Share locked memory between executors: glommio registers io_memory with
-/// the kernel, which counts it against RLIMIT_MEMLOCK; past the limit
-/// registration silently fails and file I/O gets slower.
-fn io_memory_per_executor(limits: &HostLimits, shards: usize) -> usize {
-    const STEP: usize = 64 << 10;
-    let share = usize::try_from(limits.memlock / (shards as u64 + 1)).unwrap_or(usize::MAX);
-    (share / STEP * STEP).clamp(STEP, MAX_IO_MEMORY)
-}
 
 /// What the master's executor owns.
 struct Supervision {

@@ -1,6 +1,6 @@
 //! A host that cannot run io_uring gets one clear line and exit code 1.
 
-use crate::util::{command, with_memlock, without_io_uring};
+use crate::util::{as_user, command, get, with_memlock, without_io_uring, Server};
 
 fn fails_with(mut cmd: std::process::Command, needle: &str) {
     cmd.args(["--listen", "127.0.0.1:0"]);
@@ -19,6 +19,43 @@ fn too_little_locked_memory() {
     fails_with(
         cmd,
         "locked-memory limit is 256 KiB but io_uring needs at least 512 KiB",
+    );
+}
+
+/// Without CAP_IPC_LOCK (a service under DynamicUser=) every ring and every
+/// registered buffer of every executor is counted against one limit: the
+/// sandbox's 8 MiB must still start two shards, and serve.
+#[test]
+fn unprivileged_user_fits_two_shards_in_eight_mib() {
+    let mut cmd = command();
+    with_memlock(&mut cmd, 8 << 20);
+    if !as_user(&mut cmd, 60_101) {
+        eprintln!("skipped: needs root to switch to an unprivileged user");
+        return;
+    }
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "2"]);
+    let server = Server::spawn(cmd);
+    let log = server.log();
+    assert!(log.contains("locked memory 8192 KiB, counted"), "{log}");
+    assert!(!log.contains("registering buffers"), "{log}");
+    for _ in 0..4 {
+        let resp = get(server.addr, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(resp.status, 200);
+    }
+}
+
+#[test]
+fn unprivileged_user_with_too_little_for_the_shards() {
+    let mut cmd = command();
+    with_memlock(&mut cmd, 1 << 20);
+    if !as_user(&mut cmd, 60_102) {
+        eprintln!("skipped: needs root to switch to an unprivileged user");
+        return;
+    }
+    cmd.args(["--shards", "2"]);
+    fails_with(
+        cmd,
+        "locked-memory limit is 1024 KiB but 3 io_uring executors (2 shards and the master) need at least 1216 KiB",
     );
 }
 

@@ -325,6 +325,32 @@ pub fn with_memlock(cmd: &mut Command, bytes: u64) {
     }
 }
 
+/// Make `cmd` run as user and group `uid` with no supplementary groups and,
+/// as for any process that is not root, no capabilities: the kernel then
+/// counts io_uring's locked memory against RLIMIT_MEMLOCK, as it does for the
+/// packaged service. Use a `uid` no other test uses (the count is per user).
+/// Returns false, leaving `cmd` alone, when the tests do not run as root.
+pub fn as_user(cmd: &mut Command, uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    // SAFETY: setgroups/setgid/setuid are async-signal-safe; they run in the
+    // child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    true
+}
+
 /// Make io_uring_setup fail with `errno` in `cmd`, as a disabling sysctl
 /// (EPERM) or a container's seccomp profile (ENOSYS) would.
 pub fn without_io_uring(cmd: &mut Command, errno: i32) {
