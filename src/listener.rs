@@ -26,6 +26,11 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // SO_REUSEADDR: restart without waiting out TIME_WAIT, as nginx does.
     sk.set_reuse_address(true)?;
+    // An IPv6 address means IPv6 only (nginx's default), so "0.0.0.0:80"
+    // and "[::]:80" can both be listed instead of colliding.
+    if addr.is_ipv6() {
+        sk.set_only_v6(true)?;
+    }
     if reuse_port {
         sk.set_reuse_port(true)?;
     }
@@ -76,8 +81,7 @@ pub fn bind_reuseport_member(addr: SocketAddr) -> Result<TcpListener, BindError>
 }
 
 fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
-    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sk.set_reuse_address(true)?;
+    let sk = socket(addr, false)?;
     sk.bind(&addr.into())?;
     Ok(sk)
 }
@@ -133,6 +137,19 @@ impl AcceptErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_and_ipv6_wildcards_bind_the_same_port() {
+        let v6 = match bind_exclusive("[::]:0".parse().unwrap()) {
+            Ok(l) => l,
+            // A host without IPv6 has nothing to collide with.
+            Err(e) if e.err.raw_os_error() == Some(libc::EAFNOSUPPORT) => return,
+            Err(e) => panic!("{e}"),
+        };
+        let port = v6.local_addr().unwrap().port();
+        let v4 = bind_exclusive(SocketAddr::from(([0, 0, 0, 0], port))).unwrap();
+        assert_eq!(v4.local_addr().unwrap().port(), port);
+    }
 
     #[test]
     fn port_zero_group_shares_one_port() {
