@@ -15,7 +15,7 @@ use crate::units;
 /// pinned, fed round-robin by a master; with no configuration every request
 /// is answered `200 OK` `Hello World`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "coreserve", version, about, long_about = None)]
+#[command(name = "coreserve", version, about, long_about = None, disable_help_subcommand = true)]
 pub struct Cli {
     /// A command other than serving.
     #[command(subcommand)]
