@@ -434,7 +434,7 @@ impl Config {
             }
         }
         if let AccessLog::File(path) = &self.log.access {
-            if let Err(e) = crate::access_log::open(path) {
+            if let Err(e) = crate::access_log::check_writable(path) {
                 err("log.access", format!("cannot open {}: {e}", path.display()));
             }
         }
