@@ -143,8 +143,21 @@ pub fn prepare() -> Result<HostLimits, HostError> {
     Ok(HostLimits {
         nofile,
         memlock,
-        memlock_counted: !has_cap_ipc_lock(),
+        memlock_counted: !has_cap_ipc_lock() || in_user_namespace(),
     })
+}
+
+/// Whether this process runs in a user namespace other than the host's
+/// (rootless podman, unprivileged LXD, `systemd-nspawn -U`): its
+/// CAP_IPC_LOCK is then the namespace's, and the kernel, which asks the
+/// host's namespace, still counts io_uring's locked memory.
+fn in_user_namespace() -> bool {
+    // The host's namespace maps every uid to itself.
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
+        // Unknown: assume counted, the cautious budget.
+        Err(_) => true,
+    }
 }
 
 /// Whether CAP_IPC_LOCK is in this thread's effective set (root usually has

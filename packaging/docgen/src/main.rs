@@ -96,7 +96,8 @@ fn status_page() -> io::Result<Vec<u8>> {
         .find_subcommand("status")
         .expect("the clap definition has a status command")
         .clone()
-        .name("coreserve-status");
+        .name("coreserve-status")
+        .bin_name("coreserve status");
     let source = format!("coreserve {}", cmd.get_version().unwrap_or_default());
     let mut buf = Vec::new();
     Man::new(status)
@@ -132,7 +133,7 @@ fn operator_sections() -> Roff {
         bold("[metrics]"),
         roman(" and any number of "),
         bold("[[route]]"),
-        roman(" tables (fixed responses, static files, redirects; the longest matching path prefix wins). The installed file documents every key with its default. Flags override the file and have the keys' names. "),
+        roman(" tables (fixed responses, static files, redirects; the longest matching path prefix wins). The installed file documents every key. Flags override the file and have the keys' names. "),
         roman("${VAR} and ${VAR:-default} are replaced from the environment before parsing. Errors are reported as "),
         italic("file:line: key: rule"),
         roman("; "),
@@ -153,8 +154,13 @@ fn operator_sections() -> Roff {
     );
     item(
         &mut r,
+        "/usr/lib/systemd/system/coreserve.service, coreserve.socket",
+        "The service (Type=notify, hardened; systemctl reload checks the file, then sends SIGHUP) and its socket activation, shipped disabled.",
+    );
+    item(
+        &mut r,
         "/var/log/coreserve/access.log",
-        "The access log of the packaged configuration, reopened on SIGUSR1 (logrotate does this).",
+        "The access log of the packaged configuration, reopened on SIGUSR1; /etc/logrotate.d/coreserve rotates it daily.",
     );
 
     section(&mut r, "SIGNALS");
@@ -196,7 +202,7 @@ fn operator_sections() -> Roff {
     item(
         &mut r,
         "1",
-        "Could not start or run: a port in use, io_uring unavailable, too little locked memory.",
+        "Could not start or run: a port in use, io_uring unavailable, too little locked memory; or a second SIGTERM/SIGINT ended the drain early.",
     );
     item(
         &mut r,
