@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use coreserve::config::Config;
+use coreserve::config::{Config, MetricsConfig};
 
 /// The system allocator, counting allocations.
 struct Counting;
@@ -64,10 +64,15 @@ fn a_warm_keep_alive_request_allocates_nothing() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let mut config = Config::default();
-    config.listen = vec![addr];
-    config.shards = Some(1);
-    config.metrics.listen = None;
+    let config = Config {
+        listen: vec![addr],
+        shards: Some(1),
+        metrics: MetricsConfig {
+            listen: None,
+            ..MetricsConfig::default()
+        },
+        ..Config::default()
+    };
     let server =
         std::thread::spawn(move || coreserve::master::run(config, Box::new(|| Err(Vec::new()))));
 
