@@ -27,7 +27,7 @@ pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Most bytes discarded while lingering.
 pub const LINGER_BYTES: usize = 1 << 20;
 
-/// Output buffer capacity an idle connection keeps; a pipelined burst may
+/// Output buffer capacity a waiting connection keeps; a pipelined burst may
 /// have grown it to `MAX_BATCH` and more.
 pub const IDLE_OUTPUT: usize = 4096;
 
@@ -127,7 +127,9 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                     head_only: p.head_only,
                     date: shard.date(),
                 };
-                let result = static_files::serve(p.job, rc, &mut out, &mut stream).await;
+                // Boxed, so that the connection future (what every idle
+                // connection keeps) is not as large as a file transfer.
+                let result = Box::pin(static_files::serve(p.job, rc, &mut out, &mut stream)).await;
                 let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
                 if let (Some(l), Some(req)) = (&conn_log, &p.log) {
                     l.record(req.entry(None, status, bytes));
@@ -169,23 +171,16 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 deadline.saturating_duration_since(Instant::now())
             }
         };
-        // Between requests: shutdown may close this one at once, and it
-        // should not hold on to buffers a burst made large.
+        // Between requests shutdown may close this one at once.
         let idle = wait == Wait::Idle;
-        if idle {
-            if shard.is_draining() {
-                return;
-            }
-            input.shrink();
-            if out.capacity() > IDLE_OUTPUT {
-                out.shrink_to(IDLE_OUTPUT);
-            }
+        if idle && shard.is_draining() {
+            return;
         }
         shard.set_idle(key, idle);
         let read = if timeout.is_zero() {
             Err(std::io::ErrorKind::TimedOut.into())
         } else {
-            read_some(&mut stream, input.spare(), timeout).await
+            read_some(&mut stream, &mut input, &mut out, idle, timeout).await
         };
         shard.set_idle(key, false);
         match read {
@@ -254,13 +249,20 @@ fn may_recheck() -> bool {
 /// connections, and look again; only a connection still silent then (or
 /// once the shard's recheck budget is spent) arms the poll. An idle
 /// connection pays a few non-blocking recv calls per wait.
+///
+/// A connection that does wait between requests first gives back what a
+/// burst made its buffers grow to: idle connections are the many, and they
+/// should cost little (the buffers grow again with the next burst).
 async fn read_some(
     stream: &mut TcpStream,
-    buf: &mut [u8],
+    input: &mut InputBuffer,
+    out: &mut Vec<u8>,
+    idle: bool,
     timeout: Duration,
 ) -> std::io::Result<usize> {
     let mut check = 0;
     loop {
+        let buf = input.spare();
         // SAFETY: recv(2) into `buf`, which is valid for `buf.len()` bytes;
         // MSG_DONTWAIT keeps it from blocking the shard.
         let n = unsafe {
@@ -286,8 +288,14 @@ async fn read_some(
         check += 1;
         futures_lite::future::yield_now().await;
     }
+    if idle {
+        input.shrink();
+        if out.capacity() > IDLE_OUTPUT {
+            out.shrink_to(IDLE_OUTPUT);
+        }
+    }
     let _ = stream.set_read_timeout(Some(timeout));
-    let read = stream.read(buf).await;
+    let read = stream.read(input.spare()).await;
     RECHECKS_SINCE_IO.with(|n| n.set(0));
     read
 }

@@ -428,9 +428,10 @@ pub struct InputBuffer {
 /// server hold an unbounded pile of answers.
 pub const MAX_BATCH: usize = 64 << 10;
 
-/// Initial input buffer size: one page holds a typical request head, and a
-/// pipelined burst of small ones.
-pub const INITIAL_INPUT: usize = 4096;
+/// Initial input buffer size, and what an idle connection keeps: a typical
+/// request head fits (nginx's client_header_buffer_size is the same 1 KiB);
+/// a larger head or a pipelined burst grows the buffer up to the limit.
+pub const INITIAL_INPUT: usize = 1024;
 
 impl InputBuffer {
     /// An empty buffer that grows up to `max` bytes.
