@@ -4,7 +4,6 @@
 //! Everything HTTP lives in `http::session`; this file must stay a thin
 //! driver: read, process, write what is committed, repeat.
 
-use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use crate::handlers::static_files::{self, ReplyContext};
 use crate::http::response::{write_error, Persistence};
 use crate::http::session::{Context, InputBuffer, Next, RequestLog, Session, Wait, INITIAL_INPUT};
 use crate::http::status::Status;
+use crate::recheck;
 use crate::shard::{ConnKey, Shard, Site};
 use std::net::IpAddr;
 
@@ -213,42 +213,12 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
 }
 
-/// Times a connection that has nothing to read lets the shard's other
-/// connections run and looks again before it waits on io_uring.
-const RECHECKS: usize = 2;
-
-/// Rechecks a shard makes between two visits of its executor to io_uring.
-/// A rechecking connection stays runnable, so the executor does not look at
-/// completions (of connections that did wait, of new connections from the
-/// master, of timers) until its task queue runs dry; past this budget
-/// connections wait at once and the queue does run dry.
-const RECHECK_BUDGET: u32 = 64;
-
-thread_local! {
-    /// Rechecks made on this shard since a wait last ended, which proves the
-    /// executor has just been through its completions.
-    static RECHECKS_SINCE_IO: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether one more recheck fits in the shard's budget; counts it if so.
-fn may_recheck() -> bool {
-    RECHECKS_SINCE_IO.with(|n| {
-        let ok = n.get() < RECHECK_BUDGET;
-        n.set(n.get() + u32::from(ok));
-        ok
-    })
-}
-
 /// Read what has arrived, waiting at most `timeout` for something to.
 ///
-/// Waiting costs an io_uring poll: a submission, a completion, a timer, and
-/// — because glommio's rings are set up without COOP_TASKRUN — an interrupt
-/// of the busy shard for every completion. On a loaded shard the next
-/// request of a connection usually arrives while the shard serves the
-/// others, so look at the socket directly, step aside for the other
-/// connections, and look again; only a connection still silent then (or
-/// once the shard's recheck budget is spent) arms the poll. An idle
-/// connection pays a few non-blocking recv calls per wait.
+/// The socket is read directly first, and again after the shard's other
+/// tasks ran (`recheck`); only a connection still silent then arms
+/// glommio's poll and timer. An idle connection pays a few non-blocking
+/// recv calls per wait.
 ///
 /// A connection that does wait between requests first gives back what a
 /// burst made its buffers grow to: idle connections are the many, and they
@@ -282,11 +252,9 @@ async fn read_some(
             std::io::ErrorKind::Interrupted => continue,
             _ => return Err(err),
         }
-        if check == RECHECKS || !may_recheck() {
+        if !recheck::step_aside(&mut check).await {
             break;
         }
-        check += 1;
-        futures_lite::future::yield_now().await;
     }
     if idle {
         input.shrink();
@@ -296,7 +264,7 @@ async fn read_some(
     }
     let _ = stream.set_read_timeout(Some(timeout));
     let read = stream.read(input.spare()).await;
-    RECHECKS_SINCE_IO.with(|n| n.set(0));
+    recheck::waited();
     read
 }
 

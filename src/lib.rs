@@ -23,6 +23,7 @@ pub mod http;
 pub mod listener;
 pub mod master;
 pub mod metrics;
+pub mod recheck;
 pub mod router;
 pub mod shard;
 pub mod signals;

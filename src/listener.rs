@@ -86,6 +86,50 @@ fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
     Ok(sk)
 }
 
+/// Accept the next connection on `listener`, whose descriptor is `fd`.
+///
+/// One accept4(2) with the flags set (glommio's own accept makes four
+/// system calls), and while connections keep coming no io_uring poll: the
+/// queue is looked at again after the shard's other tasks ran (`recheck`)
+/// before glommio's accept waits on it.
+pub async fn accept(
+    listener: &glommio::net::TcpListener,
+    fd: std::os::fd::RawFd,
+) -> glommio::Result<glommio::net::TcpStream, ()> {
+    let mut check = 0;
+    loop {
+        // SAFETY: accept4(2) on a listening socket this shard holds open;
+        // no address is asked for.
+        let conn = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if conn >= 0 {
+            // SAFETY: a new descriptor that nothing else owns.
+            return Ok(unsafe {
+                <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(conn)
+            });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) => {}
+            // A connection reset before we took it, or a signal: look again.
+            Some(libc::ECONNABORTED | libc::EINTR) => continue,
+            _ => return Err(err.into()),
+        }
+        if !crate::recheck::step_aside(&mut check).await {
+            break;
+        }
+    }
+    let conn = listener.accept().await;
+    crate::recheck::waited();
+    conn
+}
+
 /// How long accepting stops after the process runs out of descriptors or
 /// memory; the kernel backlog holds new connections meanwhile (nginx pauses
 /// accepting the same way).

@@ -324,9 +324,11 @@ async fn run(spec: ShardSpec) {
             for l in listeners {
                 // SAFETY: the master bound this listener for this shard and
                 // handed over its only handle.
-                let l = unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) };
+                let fd = l.into_raw_fd();
+                let l = unsafe { TcpListener::from_raw_fd(fd) };
                 intake.push(glommio::spawn_local(accept_intake(
                     l,
+                    fd,
                     shard.clone(),
                     gate.clone(),
                 )));
@@ -446,11 +448,11 @@ async fn channel_intake(
     }
 }
 
-async fn accept_intake(listener: TcpListener, shard: Rc<Shard>, gate: Rc<Gate>) {
+async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate: Rc<Gate>) {
     let mut errors = listener::AcceptErrors::default();
     let who = format!("shard {}", shard.id);
     loop {
-        match listener.accept().await {
+        match listener::accept(&listener, fd).await {
             Ok(stream) => start_connection(stream, &shard, &gate),
             Err(e) => errors.pause(&e, &who).await,
         }
