@@ -162,14 +162,11 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Next::Write => continue,
             Next::Read(wait) => wait,
         };
-        let timeout = match wait {
-            Wait::Idle => limits.keepalive_timeout,
-            Wait::Body => limits.body_timeout,
-            Wait::Head => {
-                let deadline =
-                    *head_deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
-                deadline.saturating_duration_since(Instant::now())
-            }
+        let now = Instant::now();
+        let deadline = match wait {
+            Wait::Idle => now + limits.keepalive_timeout,
+            Wait::Body => now + limits.body_timeout,
+            Wait::Head => *head_deadline.get_or_insert(now + limits.header_timeout),
         };
         // Between requests shutdown may close this one at once.
         let idle = wait == Wait::Idle;
@@ -177,10 +174,10 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             return;
         }
         shard.set_idle(key, idle);
-        let read = if timeout.is_zero() {
+        let read = if deadline <= now {
             Err(std::io::ErrorKind::TimedOut.into())
         } else {
-            read_some(&mut stream, &mut input, &mut out, idle, timeout).await
+            read_some(&mut stream, &mut input, &mut out, idle, deadline).await
         };
         shard.set_idle(key, false);
         match read {
@@ -213,12 +210,12 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
 }
 
-/// Read what has arrived, waiting at most `timeout` for something to.
+/// Read what has arrived, waiting until `deadline` at most for something to.
 ///
 /// The socket is read directly first, and again after the shard's other
-/// tasks ran (`recheck`); only a connection still silent then arms
-/// glommio's poll and timer. An idle connection pays a few non-blocking
-/// recv calls per wait.
+/// tasks ran, within the shard's budget (`recheck`); only a connection still
+/// silent then arms glommio's poll and timer. An idle connection pays a few
+/// non-blocking recv calls per wait.
 ///
 /// A connection that does wait between requests first gives back what a
 /// burst made its buffers grow to: idle connections are the many, and they
@@ -228,10 +225,10 @@ async fn read_some(
     input: &mut InputBuffer,
     out: &mut Vec<u8>,
     idle: bool,
-    timeout: Duration,
+    deadline: Instant,
 ) -> std::io::Result<usize> {
     let mut check = 0;
-    loop {
+    while recheck::try_direct() {
         let buf = input.spare();
         // SAFETY: recv(2) into `buf`, which is valid for `buf.len()` bytes;
         // MSG_DONTWAIT keeps it from blocking the shard.
@@ -262,10 +259,13 @@ async fn read_some(
             out.shrink_to(IDLE_OUTPUT);
         }
     }
+    // Measured now: stepping aside took time.
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
     let _ = stream.set_read_timeout(Some(timeout));
-    let read = stream.read(input.spare()).await;
-    recheck::waited();
-    read
+    recheck::wait(stream.read(input.spare())).await
 }
 
 /// The text of a panic payload.

@@ -86,7 +86,8 @@ fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
     Ok(sk)
 }
 
-/// Accept the next connection on `listener`, whose descriptor is `fd`.
+/// Accept the next connection on `listener`, whose descriptor is `fd` (the
+/// listener must be non-blocking, as every listener made here is).
 ///
 /// One accept4(2) with the flags set (glommio's own accept makes four
 /// system calls), and while connections keep coming no io_uring poll: the
@@ -97,9 +98,10 @@ pub async fn accept(
     fd: std::os::fd::RawFd,
 ) -> glommio::Result<glommio::net::TcpStream, ()> {
     let mut check = 0;
-    loop {
-        // SAFETY: accept4(2) on a listening socket this shard holds open;
-        // no address is asked for.
+    while crate::recheck::try_direct() {
+        // SAFETY: accept4(2) on a listening socket this shard holds open
+        // (every listener is bound non-blocking, see `socket`, so this
+        // cannot block the shard); no address is asked for.
         let conn = unsafe {
             libc::accept4(
                 fd,
@@ -125,9 +127,7 @@ pub async fn accept(
             break;
         }
     }
-    let conn = listener.accept().await;
-    crate::recheck::waited();
-    conn
+    crate::recheck::wait(listener.accept()).await
 }
 
 /// How long accepting stops after the process runs out of descriptors or

@@ -1,53 +1,53 @@
-//! Looking again before waiting on io_uring.
+//! Doing I/O without io_uring while a shard is busy, within a budget.
 //!
 //! Waiting costs an io_uring poll: a submission, a completion, a timer, and
 //! — because glommio's rings are set up without COOP_TASKRUN — an interrupt
 //! of the busy shard for every completion. On a loaded shard what a task
 //! waits for (a connection's next request, the next connection to accept)
-//! usually arrives while the shard serves the others. So a task that finds
-//! nothing steps aside for the shard's other tasks and looks again, up to
-//! [`RECHECKS`] times, before it waits.
+//! usually arrives while the shard serves the others. So tasks first try
+//! the socket directly (a non-blocking recv or accept4), and a task that
+//! finds nothing steps aside for the shard's other tasks and looks again,
+//! up to [`RECHECKS`] times, before it waits through glommio.
 //!
-//! A rechecking task stays runnable, so the executor does not look at
-//! completions (of tasks that did wait, of new connections from the master,
-//! of timers) until its task queue runs dry. A shard-wide budget bounds
-//! that: past [`RECHECK_BUDGET`] rechecks tasks wait at once, the queue runs
-//! dry, and the first wait that ends (proof that the executor has been
-//! through its completions) renews the budget.
+//! A task that keeps finding work, or keeps stepping aside, stays runnable,
+//! and glommio only looks at completions (of tasks that did wait, of new
+//! connections from the master, of timers and control messages) when its
+//! task queue runs dry. So every direct attempt is counted against a
+//! shard-wide [`BUDGET`]; once it is spent tasks go through glommio, whose
+//! reads and accepts wait for the reactor, the queue runs dry, and the first
+//! wait that really waited (returned `Pending` at least once: proof that the
+//! executor has been through its completions) renews the budget.
 
 use std::cell::Cell;
+use std::future::Future;
+use std::task::Context;
 
 /// Times a task that found nothing steps aside and looks again.
 pub const RECHECKS: usize = 2;
 
-/// Rechecks a shard makes between two ends of a wait.
-pub const RECHECK_BUDGET: u32 = 64;
+/// Direct attempts (successful or not) a shard makes between two ends of a
+/// real wait.
+pub const BUDGET: u32 = 256;
 
 thread_local! {
-    /// Rechecks made on this shard since a wait last ended.
+    /// Direct attempts made on this shard since a real wait last ended.
     static SINCE_WAIT: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Whether one more recheck fits in the shard's budget; counts it if so.
-pub fn may_recheck() -> bool {
+/// Whether one more direct attempt fits in the shard's budget; counts it if so.
+pub fn try_direct() -> bool {
     SINCE_WAIT.with(|n| {
-        let ok = n.get() < RECHECK_BUDGET;
+        let ok = n.get() < BUDGET;
         n.set(n.get() + u32::from(ok));
         ok
     })
 }
 
-/// A wait on io_uring ended: the executor has just been through its
-/// completions, so the budget starts again.
-pub fn waited() {
-    SINCE_WAIT.with(|n| n.set(0));
-}
-
-/// After the `check`-th look found nothing: yields to the shard's other
-/// tasks and returns true if the caller should look again, false if it
-/// should wait.
+/// After the `check`-th direct look found nothing: yields to the shard's
+/// other tasks and returns true if the caller should look again, false if
+/// it should wait through glommio.
 pub async fn step_aside(check: &mut usize) -> bool {
-    if *check == RECHECKS || !may_recheck() {
+    if *check == RECHECKS || !try_direct() {
         return false;
     }
     *check += 1;
@@ -55,18 +55,48 @@ pub async fn step_aside(check: &mut usize) -> bool {
     true
 }
 
+/// Runs a glommio wait; if it really waited, renews the shard's budget.
+pub async fn wait<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut pended = false;
+    let out = std::future::poll_fn(|cx: &mut Context<'_>| {
+        let p = f.as_mut().poll(cx);
+        pended |= p.is_pending();
+        p
+    })
+    .await;
+    if pended {
+        SINCE_WAIT.with(|n| n.set(0));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn reset() {
+        SINCE_WAIT.with(|n| n.set(0));
+    }
+
     #[test]
-    fn the_budget_runs_out_and_a_wait_renews_it() {
-        waited();
-        for _ in 0..RECHECK_BUDGET {
-            assert!(may_recheck());
+    fn the_budget_runs_out() {
+        reset();
+        for _ in 0..BUDGET {
+            assert!(try_direct());
         }
-        assert!(!may_recheck());
-        waited();
-        assert!(may_recheck());
+        assert!(!try_direct());
+    }
+
+    #[test]
+    fn only_a_wait_that_waited_renews_the_budget() {
+        reset();
+        while try_direct() {}
+        // Ready at once: no visit to the reactor is proven.
+        futures_lite::future::block_on(wait(async {}));
+        assert!(!try_direct());
+        // Pending once, then ready.
+        futures_lite::future::block_on(wait(futures_lite::future::yield_now()));
+        assert!(try_direct());
     }
 }

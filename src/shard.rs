@@ -453,7 +453,12 @@ async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate:
     let who = format!("shard {}", shard.id);
     loop {
         match listener::accept(&listener, fd).await {
-            Ok(stream) => start_connection(stream, &shard, &gate),
+            Ok(stream) => {
+                start_connection(stream, &shard, &gate);
+                // A flood of connections must not keep the ones accepted
+                // from running (a full backlog never makes accept wait).
+                futures_lite::future::yield_now().await;
+            }
             Err(e) => errors.pause(&e, &who).await,
         }
     }

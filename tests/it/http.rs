@@ -181,3 +181,56 @@ fn leading_empty_lines_are_ignored() {
     let r = get(server.addr, "\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
 }
+
+/// A client that never stops sending pipelined requests (and reads the
+/// answers) must not keep the shard from serving anyone else: the shard
+/// reads sockets directly while busy, and that must still leave room for
+/// other connections, new connections and timers.
+#[test]
+fn an_endless_pipeliner_does_not_starve_other_connections() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let server = Server::start(&["--shards", "1"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = server.connect();
+    let mut hog_reader = hog.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        while let Ok(n) = hog_reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let writer = {
+        let stop = stop.clone();
+        let mut hog = hog;
+        std::thread::spawn(move || {
+            let batch = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(64);
+            while !stop.load(Ordering::Relaxed) {
+                if hog.write_all(batch.as_bytes()).is_err() {
+                    break;
+                }
+            }
+            let _ = hog.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    // Let the hog get going, then ask on new connections, one after another.
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..5 {
+        let mut s = server.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let answer = read_to_close(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(reader.join().unwrap() > 0, "the hog got no answers");
+}
