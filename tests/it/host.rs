@@ -25,15 +25,25 @@ fn too_little_locked_memory() {
 /// Without CAP_IPC_LOCK (a service under DynamicUser=) every ring and every
 /// registered buffer of every executor is counted against one limit: the
 /// sandbox's 8 MiB must still start two shards, and serve.
+/// coreserve as user `uid` (no capabilities) with `memlock` bytes of locked
+/// memory and two shards; None (the test skips) unless the tests run as root.
+fn unprivileged(uid: u32, memlock: u64) -> Option<std::process::Command> {
+    let mut cmd = command();
+    with_memlock(&mut cmd, memlock);
+    if !as_user(&mut cmd, uid) {
+        eprintln!("skipped: needs root to switch to an unprivileged user");
+        return None;
+    }
+    cmd.args(["--shards", "2"]);
+    Some(cmd)
+}
+
 #[test]
 fn unprivileged_user_fits_two_shards_in_eight_mib() {
-    let mut cmd = command();
-    with_memlock(&mut cmd, 8 << 20);
-    if !as_user(&mut cmd, 60_101) {
-        eprintln!("skipped: needs root to switch to an unprivileged user");
+    let Some(mut cmd) = unprivileged(60_101, 8 << 20) else {
         return;
-    }
-    cmd.args(["--listen", "127.0.0.1:0", "--shards", "2"]);
+    };
+    cmd.args(["--listen", "127.0.0.1:0"]);
     let server = Server::spawn(cmd);
     let log = server.log();
     assert!(log.contains("locked memory 8192 KiB, counted"), "{log}");
@@ -46,13 +56,9 @@ fn unprivileged_user_fits_two_shards_in_eight_mib() {
 
 #[test]
 fn unprivileged_user_with_too_little_for_the_shards() {
-    let mut cmd = command();
-    with_memlock(&mut cmd, 1 << 20);
-    if !as_user(&mut cmd, 60_102) {
-        eprintln!("skipped: needs root to switch to an unprivileged user");
+    let Some(cmd) = unprivileged(60_102, 1 << 20) else {
         return;
-    }
-    cmd.args(["--shards", "2"]);
+    };
     fails_with(
         cmd,
         "locked-memory limit is 1024 KiB but 3 io_uring executors (2 shards and the master) need at least 1216 KiB",
