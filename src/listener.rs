@@ -38,33 +38,34 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     Ok(sk)
 }
 
-/// One listener for the master to accept on. Without SO_REUSEPORT, so a
-/// server already on the port makes this fail instead of silently sharing it.
-pub fn bind_exclusive(addr: SocketAddr) -> Result<TcpListener, BindError> {
+/// One listening socket on `addr`.
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, BindError> {
     let wrap = |err| BindError { addr, err };
-    let sk = socket(addr, false).map_err(wrap)?;
+    let sk = socket(addr, reuse_port).map_err(wrap)?;
     sk.bind(&addr.into()).map_err(wrap)?;
     sk.listen(BACKLOG).map_err(wrap)?;
     Ok(sk.into())
 }
 
+/// One listener for the master to accept on. Without SO_REUSEPORT, so a
+/// server already on the port makes this fail instead of silently sharing it.
+pub fn bind_exclusive(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    bind(addr, false)
+}
+
 /// `n` SO_REUSEPORT listeners on one address, one per shard. With port 0 they
 /// all share the port the first one got.
 pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, BindError> {
-    let wrap = |err| BindError { addr, err };
     if addr.port() != 0 {
         // An earlier server with SO_REUSEPORT on this port would quietly take
         // a share of the connections; a plain bind tells us it is there.
-        drop(bind_probe(addr).map_err(wrap)?);
+        drop(bind_probe(addr).map_err(|err| BindError { addr, err })?);
     }
     let mut listeners = Vec::with_capacity(n);
     let mut bound = addr;
     for _ in 0..n {
-        let sk = socket(bound, true).map_err(wrap)?;
-        sk.bind(&bound.into()).map_err(wrap)?;
-        sk.listen(BACKLOG).map_err(wrap)?;
-        let l: TcpListener = sk.into();
-        bound = l.local_addr().map_err(wrap)?;
+        let l = bind(bound, true)?;
+        bound = l.local_addr().map_err(|err| BindError { addr, err })?;
         listeners.push(l);
     }
     Ok(listeners)
@@ -73,11 +74,7 @@ pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListene
 /// One more SO_REUSEPORT listener on an address a group already holds (a
 /// restarted shard's); no probe, the port is ours.
 pub fn bind_reuseport_member(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    let wrap = |err| BindError { addr, err };
-    let sk = socket(addr, true).map_err(wrap)?;
-    sk.bind(&addr.into()).map_err(wrap)?;
-    sk.listen(BACKLOG).map_err(wrap)?;
-    Ok(sk.into())
+    bind(addr, true)
 }
 
 fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
