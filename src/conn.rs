@@ -227,31 +227,20 @@ async fn read_some(
     idle: bool,
     deadline: Instant,
 ) -> std::io::Result<usize> {
-    let mut check = 0;
-    while recheck::try_direct() {
+    let fd = stream.as_raw_fd();
+    let direct = recheck::direct(|| {
         let buf = input.spare();
         // SAFETY: recv(2) into `buf`, which is valid for `buf.len()` bytes;
         // MSG_DONTWAIT keeps it from blocking the shard.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::WouldBlock => {}
-            std::io::ErrorKind::Interrupted => continue,
-            _ => return Err(err),
-        }
-        if !recheck::step_aside(&mut check).await {
-            break;
-        }
+    });
+    if let Some(read) = direct.await {
+        return read;
     }
     if idle {
         input.shrink();

@@ -94,8 +94,7 @@ pub async fn accept(
     listener: &glommio::net::TcpListener,
     fd: std::os::fd::RawFd,
 ) -> glommio::Result<glommio::net::TcpStream, ()> {
-    let mut check = 0;
-    while crate::recheck::try_direct() {
+    let direct = crate::recheck::direct(|| {
         // SAFETY: accept4(2) on a listening socket this shard holds open
         // (every listener is bound non-blocking, see `socket`, so this
         // cannot block the shard); no address is asked for.
@@ -107,22 +106,15 @@ pub async fn accept(
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             )
         };
-        if conn >= 0 {
+        if conn < 0 {
+            Err(io::Error::last_os_error())
+        } else {
             // SAFETY: a new descriptor that nothing else owns.
-            return Ok(unsafe {
-                <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(conn)
-            });
+            Ok(unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(conn) })
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EAGAIN) => {}
-            // A connection reset before we took it, or a signal: look again.
-            Some(libc::ECONNABORTED | libc::EINTR) => continue,
-            _ => return Err(err.into()),
-        }
-        if !crate::recheck::step_aside(&mut check).await {
-            break;
-        }
+    });
+    if let Some(accepted) = direct.await {
+        return accepted.map_err(Into::into);
     }
     crate::recheck::wait(listener.accept()).await
 }

@@ -20,6 +20,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io;
 use std::task::Context;
 
 /// Times a task that found nothing steps aside and looks again.
@@ -43,16 +44,35 @@ pub fn try_direct() -> bool {
     })
 }
 
-/// After the `check`-th direct look found nothing: yields to the shard's
-/// other tasks and returns true if the caller should look again, false if
-/// it should wait through glommio.
-pub async fn step_aside(check: &mut usize) -> bool {
-    if *check == RECHECKS || !try_direct() {
-        return false;
+/// Tries a non-blocking system call directly, within the shard's budget,
+/// stepping aside for the shard's other tasks (up to [`RECHECKS`] times)
+/// while it finds nothing. `op` returns the call's result, or the error of
+/// its failure (`-1` and errno). Returns what `op` got, or None when the
+/// caller should wait through glommio: nothing there, or the budget spent.
+/// A signal, or (for accept) a connection reset before it was taken, makes
+/// it look again at once (still counted against the budget).
+pub async fn direct<T>(mut op: impl FnMut() -> io::Result<T>) -> Option<io::Result<T>> {
+    let mut checks = 0;
+    while try_direct() {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            other => return Some(other),
+        }
+        if checks == RECHECKS {
+            break;
+        }
+        checks += 1;
+        futures_lite::future::yield_now().await;
     }
-    *check += 1;
-    futures_lite::future::yield_now().await;
-    true
+    None
 }
 
 /// Runs a glommio wait; if it really waited, renews the shard's budget.
@@ -77,6 +97,33 @@ mod tests {
 
     fn reset() {
         SINCE_WAIT.with(|n| n.set(0));
+    }
+
+    #[test]
+    fn direct_looks_again_then_gives_up_or_returns_what_it_got() {
+        reset();
+        let mut calls = 0;
+        let got = futures_lite::future::block_on(direct(|| {
+            calls += 1;
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        }));
+        assert!(got.is_none());
+        assert_eq!(calls, RECHECKS + 1);
+        let got = futures_lite::future::block_on(direct(|| Ok(7)));
+        assert_eq!(got.unwrap().unwrap(), 7);
+        let got = futures_lite::future::block_on(direct(|| {
+            Err::<(), _>(io::Error::from(io::ErrorKind::ConnectionReset))
+        }));
+        assert_eq!(
+            got.unwrap().unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset
+        );
+        // A spent budget: no call at all.
+        while try_direct() {}
+        let got = futures_lite::future::block_on(direct(|| -> io::Result<()> {
+            panic!("called with the budget spent")
+        }));
+        assert!(got.is_none());
     }
 
     #[test]
