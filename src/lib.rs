@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod cpus;
 pub mod handlers;
+pub mod handoff;
 pub mod host;
 pub mod http;
 pub mod listener;

@@ -3,9 +3,12 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::handoff::Handoff;
 
 /// Pending-connection queue length asked of the kernel (it caps it at
 /// net.core.somaxconn). Deep enough to absorb a burst while every shard is
@@ -83,40 +86,45 @@ fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
     Ok(sk)
 }
 
+/// accept4(2) on a non-blocking listener: the new socket, non-blocking and
+/// close-on-exec (glommio's own accept makes four system calls for this).
+fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 on a listening socket the caller holds open (every
+    // listener is bound non-blocking, see `socket`, so this cannot block the
+    // executor); no address is asked for.
+    let conn = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if conn < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(conn) })
+    }
+}
+
 /// Accept the next connection on `listener`, whose descriptor is `fd` (the
-/// listener must be non-blocking, as every listener made here is).
+/// listener must be non-blocking, as every listener made here is), for the
+/// calling executor or to hand to another.
 ///
-/// One accept4(2) with the flags set (glommio's own accept makes four
-/// system calls), and while connections keep coming no io_uring poll: the
-/// queue is looked at again after the shard's other tasks ran (`recheck`)
-/// before glommio's accept waits on it.
+/// accept4 directly, and while connections keep coming no io_uring at all:
+/// the queue is looked at again after the executor's other tasks ran
+/// (`recheck`) before glommio's accept waits on it.
 pub async fn accept(
     listener: &glommio::net::TcpListener,
-    fd: std::os::fd::RawFd,
-) -> glommio::Result<glommio::net::TcpStream, ()> {
-    let direct = crate::recheck::direct(|| {
-        // SAFETY: accept4(2) on a listening socket this shard holds open
-        // (every listener is bound non-blocking, see `socket`, so this
-        // cannot block the shard); no address is asked for.
-        let conn = unsafe {
-            libc::accept4(
-                fd,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if conn < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: a new descriptor that nothing else owns.
-            Ok(unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(conn) })
-        }
-    });
-    if let Some(accepted) = direct.await {
-        return accepted.map_err(Into::into);
+    fd: RawFd,
+) -> glommio::Result<Handoff, ()> {
+    if let Some(accepted) = crate::recheck::direct(|| accept4(fd)).await {
+        return accepted.map(Handoff::Fd).map_err(Into::into);
     }
-    crate::recheck::wait(listener.accept()).await
+    crate::recheck::wait(listener.shared_accept())
+        .await
+        .map(Handoff::from)
 }
 
 /// How long accepting stops after the process runs out of descriptors or

@@ -5,11 +5,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{self, ConnectedSender};
-use glommio::net::{AcceptedTcpStream, TcpListener};
+use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use log::{error, info, warn};
 
@@ -17,6 +18,7 @@ use crate::access_log;
 use crate::admin;
 use crate::config::{AccessLog, Config, ConfigError, Dispatch};
 use crate::cpus::{self, CpuError};
+use crate::handoff::Handoff;
 use crate::host::{self, HostError};
 use crate::listener::{self, AcceptErrors, BindError};
 use crate::metrics::{self, Snapshot};
@@ -237,7 +239,7 @@ struct Launched {
     control: shared_channel::SharedSender<Control>,
     events: shared_channel::SharedReceiver<ShardEvent>,
     /// Master dispatch: the hand-off channel.
-    conns: Option<shared_channel::SharedSender<AcceptedTcpStream>>,
+    conns: Option<shared_channel::SharedSender<Handoff>>,
 }
 
 impl Launcher {
@@ -363,7 +365,7 @@ struct Slot {
     control: Option<ConnectedSender<Control>>,
     handle: Option<glommio::ExecutorJoinHandle<()>>,
     /// A restarted shard's hand-off sender, until it says it is ready.
-    pending_conns: Option<ConnectedSender<AcceptedTcpStream>>,
+    pending_conns: Option<ConnectedSender<Handoff>>,
     /// Deaths in a row, for the back-off.
     failures: u32,
     started: std::time::Instant,
@@ -555,8 +557,9 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     for l in s.exclusive {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: a listening socket bound above, handed over exactly once.
-        let l = unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) };
-        accepters.push(glommio::spawn_local(accept_loop(l, dispatcher.clone())));
+        let fd = l.into_raw_fd();
+        let l = unsafe { TcpListener::from_raw_fd(fd) };
+        accepters.push(glommio::spawn_local(accept_loop(l, fd, dispatcher.clone())));
     }
     for addr in &s.bound {
         info!(
@@ -946,7 +949,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// The master's end of one shard's hand-off channel.
 struct Link {
     /// Replaced when a dead shard is restarted.
-    tx: RefCell<ConnectedSender<AcceptedTcpStream>>,
+    tx: RefCell<ConnectedSender<Handoff>>,
     alive: Cell<bool>,
 }
 
@@ -973,17 +976,17 @@ impl Dispatcher {
     }
 
     /// Put a restarted shard back into the rotation.
-    fn revive(&self, id: usize, tx: ConnectedSender<AcceptedTcpStream>) {
+    fn revive(&self, id: usize, tx: ConnectedSender<Handoff>) {
         if let Some(l) = self.links.get(id) {
             *l.tx.borrow_mut() = tx;
             l.alive.set(true);
         }
     }
 
-    async fn dispatch(&self, stream: AcceptedTcpStream) {
+    async fn dispatch(&self, conn: Handoff) {
         let n = self.links.len();
         // Closed if this task is cancelled (shutdown) while it waits.
-        let mut held = Unbound(Some(stream));
+        let mut held = Some(conn);
         let mut pause = DISPATCH_PAUSE_MIN;
         loop {
             let start = self.next.get();
@@ -994,7 +997,7 @@ impl Dispatcher {
                 if !link.alive.get() {
                     continue;
                 }
-                let Some(s) = held.0.take() else { return };
+                let Some(s) = held.take() else { return };
                 let sent = link.tx.borrow().try_send(s);
                 match sent {
                     Ok(()) => {
@@ -1003,7 +1006,7 @@ impl Dispatcher {
                     }
                     Err(e) => {
                         let (s, closed) = returned(e);
-                        held.0 = s;
+                        held = s;
                         if closed {
                             link.alive.set(false);
                         } else {
@@ -1028,24 +1031,17 @@ impl Dispatcher {
 const DISPATCH_PAUSE_MIN: std::time::Duration = std::time::Duration::from_micros(500);
 const DISPATCH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// An accepted socket not yet handed to a shard. `AcceptedTcpStream` has no
-/// `Drop` (its descriptor would leak), so this closes it when dropped, by
-/// binding it to the master's executor just to drop the stream.
-struct Unbound(Option<AcceptedTcpStream>);
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
-            drop(s.bind_to_executor());
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, dispatcher: Rc<Dispatcher>) {
+/// The master's accept loop on one listener, whose descriptor is `fd`.
+async fn accept_loop(listener: TcpListener, fd: RawFd, dispatcher: Rc<Dispatcher>) {
     let mut errors = AcceptErrors::default();
     loop {
-        match listener.shared_accept().await {
-            Ok(stream) => dispatcher.dispatch(stream).await,
+        match listener::accept(&listener, fd).await {
+            Ok(conn) => {
+                dispatcher.dispatch(conn).await;
+                // A flood of connections must not hold the master's other
+                // tasks (signals, supervision, scrapes) off.
+                futures_lite::future::yield_now().await;
+            }
             Err(e) => errors.pause(&e, "master").await,
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_lite::FutureExt;
 use glommio::channels::shared_channel::{ConnectedReceiver, SharedReceiver, SharedSender};
-use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
+use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
@@ -20,6 +20,7 @@ use slab::Slab;
 use crate::access_log::AccessLogger;
 use crate::config::{Limits, LogConfig, RouteConfig};
 use crate::conn;
+use crate::handoff::Handoff;
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::session::SessionLimits;
 use crate::listener;
@@ -29,7 +30,7 @@ use crate::router::Router;
 /// Where a shard's connections come from.
 pub enum Intake {
     /// Sockets accepted by the master, dealt round-robin.
-    Channel(SharedReceiver<AcceptedTcpStream>),
+    Channel(SharedReceiver<Handoff>),
     /// This shard's own SO_REUSEPORT listeners, one per address.
     Listeners(Vec<StdTcpListener>),
 }
@@ -438,13 +439,9 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
     }
 }
 
-async fn channel_intake(
-    rx: ConnectedReceiver<AcceptedTcpStream>,
-    shard: Rc<Shard>,
-    gate: Rc<Gate>,
-) {
+async fn channel_intake(rx: ConnectedReceiver<Handoff>, shard: Rc<Shard>, gate: Rc<Gate>) {
     while let Some(accepted) = rx.recv().await {
-        start_connection(accepted.bind_to_executor(), &shard, &gate);
+        start_connection(accepted.into_stream(), &shard, &gate);
     }
 }
 
@@ -453,8 +450,8 @@ async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate:
     let who = format!("shard {}", shard.id);
     loop {
         match listener::accept(&listener, fd).await {
-            Ok(stream) => {
-                start_connection(stream, &shard, &gate);
+            Ok(accepted) => {
+                start_connection(accepted.into_stream(), &shard, &gate);
                 // A flood of connections must not keep the ones accepted
                 // from running (a full backlog never makes accept wait).
                 futures_lite::future::yield_now().await;
