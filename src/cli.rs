@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "MODE")]
     pub dispatch: Option<Dispatch>,
 
+    /// Accept a connection only once its first bytes arrived
+    /// (TCP_DEFER_ACCEPT). [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub defer_accept: Option<bool>,
+
     /// Largest request head. [default: 32k]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_header_bytes: Option<u64>,
@@ -204,6 +209,7 @@ impl Cli {
         set!(self.shards.map(Some), "server.shards", c.shards);
         set!(self.cpus.map(|l| Some(l.0)), "server.cpus", c.cpus);
         set!(self.dispatch, "server.dispatch", c.dispatch);
+        set!(self.defer_accept, "server.defer-accept", c.defer_accept);
         set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
         set!(
             self.metrics_listen.map(|m| m.0),
@@ -274,12 +280,16 @@ mod tests {
             "500ms",
             "--dispatch",
             "reuseport",
+            "--defer-accept",
+            "false",
         ])
         .apply(Config::default())
         .unwrap();
         assert_eq!(c.limits.max_body_bytes, 2 << 20);
         assert_eq!(c.limits.header_timeout, Duration::from_millis(500));
         assert_eq!(c.dispatch, Dispatch::Reuseport);
+        assert!(!c.defer_accept);
+        assert!(Config::default().defer_accept);
     }
 
     #[test]

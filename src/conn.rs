@@ -34,8 +34,7 @@ pub const IDLE_OUTPUT: usize = 4096;
 /// Serve one accepted connection until it closes.
 pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let limits = shard.site().limits;
-    // Responses are written whole; Nagle would only delay the last segment.
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes with the socket, from its listener (`listener::prepare`).
     let _ = stream.set_write_timeout(Some(limits.send_timeout));
 
     if shard.at_capacity() {

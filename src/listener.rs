@@ -3,10 +3,10 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::handoff::Handoff;
 
@@ -25,7 +25,12 @@ pub struct BindError {
     pub err: io::Error,
 }
 
-fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+/// How long the kernel holds a deferred connection that has sent nothing
+/// before handing it over anyway (nginx's `deferred` uses the same second);
+/// `limits.header-timeout` runs from then.
+pub const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+fn socket(addr: SocketAddr, reuse_port: bool, defer_accept: bool) -> io::Result<Socket> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // SO_REUSEADDR: restart without waiting out TIME_WAIT, as nginx does.
     sk.set_reuse_address(true)?;
@@ -37,14 +42,43 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     if reuse_port {
         sk.set_reuse_port(true)?;
     }
-    sk.set_nonblocking(true)?;
+    if defer_accept {
+        // A connection reaches accept only with its first bytes, so the
+        // first read finds the request instead of arming a poll to wait
+        // for it (server.defer-accept).
+        // SAFETY: setsockopt(2) on our socket with an int-sized value.
+        let rc = unsafe {
+            libc::setsockopt(
+                sk.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                std::ptr::from_ref(&DEFER_ACCEPT_SECS).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    prepare(&sk)?;
     Ok(sk)
 }
 
+/// What every listener needs, whoever made it (socket activation too):
+/// non-blocking, because the accept loops call accept4 themselves; and
+/// TCP_NODELAY, which Linux copies to each accepted socket, so no
+/// connection pays a setsockopt for it. Responses are written whole, and
+/// Nagle would only hold back the last segment of one.
+pub fn prepare(listener: &impl AsFd) -> io::Result<()> {
+    let sk = SockRef::from(listener);
+    sk.set_nonblocking(true)?;
+    sk.set_nodelay(true)
+}
+
 /// One listening socket on `addr`.
-fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, BindError> {
+fn bind(addr: SocketAddr, reuse_port: bool, defer_accept: bool) -> Result<TcpListener, BindError> {
     let wrap = |err| BindError { addr, err };
-    let sk = socket(addr, reuse_port).map_err(wrap)?;
+    let sk = socket(addr, reuse_port, defer_accept).map_err(wrap)?;
     sk.bind(&addr.into()).map_err(wrap)?;
     sk.listen(BACKLOG).map_err(wrap)?;
     Ok(sk.into())
@@ -52,13 +86,18 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, BindError> {
 
 /// One listener for the master to accept on. Without SO_REUSEPORT, so a
 /// server already on the port makes this fail instead of silently sharing it.
-pub fn bind_exclusive(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    bind(addr, false)
+/// `defer_accept`: see [`DEFER_ACCEPT_SECS`].
+pub fn bind_exclusive(addr: SocketAddr, defer_accept: bool) -> Result<TcpListener, BindError> {
+    bind(addr, false, defer_accept)
 }
 
 /// `n` SO_REUSEPORT listeners on one address, one per shard. With port 0 they
 /// all share the port the first one got.
-pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, BindError> {
+pub fn bind_reuseport_group(
+    addr: SocketAddr,
+    n: usize,
+    defer_accept: bool,
+) -> Result<Vec<TcpListener>, BindError> {
     if addr.port() != 0 {
         // An earlier server with SO_REUSEPORT on this port would quietly take
         // a share of the connections; a plain bind tells us it is there.
@@ -67,7 +106,7 @@ pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListene
     let mut listeners = Vec::with_capacity(n);
     let mut bound = addr;
     for _ in 0..n {
-        let l = bind(bound, true)?;
+        let l = bind(bound, true, defer_accept)?;
         bound = l.local_addr().map_err(|err| BindError { addr, err })?;
         listeners.push(l);
     }
@@ -76,12 +115,15 @@ pub fn bind_reuseport_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListene
 
 /// One more SO_REUSEPORT listener on an address a group already holds (a
 /// restarted shard's); no probe, the port is ours.
-pub fn bind_reuseport_member(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    bind(addr, true)
+pub fn bind_reuseport_member(
+    addr: SocketAddr,
+    defer_accept: bool,
+) -> Result<TcpListener, BindError> {
+    bind(addr, true, defer_accept)
 }
 
 fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
-    let sk = socket(addr, false)?;
+    let sk = socket(addr, false, false)?;
     sk.bind(&addr.into())?;
     Ok(sk)
 }
@@ -181,20 +223,20 @@ mod tests {
 
     #[test]
     fn ipv4_and_ipv6_wildcards_bind_the_same_port() {
-        let v6 = match bind_exclusive("[::]:0".parse().unwrap()) {
+        let v6 = match bind_exclusive("[::]:0".parse().unwrap(), false) {
             Ok(l) => l,
             // A host without IPv6 has nothing to collide with.
             Err(e) if e.err.raw_os_error() == Some(libc::EAFNOSUPPORT) => return,
             Err(e) => panic!("{e}"),
         };
         let port = v6.local_addr().unwrap().port();
-        let v4 = bind_exclusive(SocketAddr::from(([0, 0, 0, 0], port))).unwrap();
+        let v4 = bind_exclusive(SocketAddr::from(([0, 0, 0, 0], port)), true).unwrap();
         assert_eq!(v4.local_addr().unwrap().port(), port);
     }
 
     #[test]
     fn port_zero_group_shares_one_port() {
-        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 3, true).unwrap();
         let port = group[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         assert!(group.iter().all(|l| l.local_addr().unwrap().port() == port));
@@ -202,13 +244,63 @@ mod tests {
 
     #[test]
     fn a_port_in_use_is_refused_in_both_modes() {
-        let first = bind_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = bind_exclusive("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = first.local_addr().unwrap();
-        assert!(bind_exclusive(addr).is_err());
-        assert!(bind_reuseport_group(addr, 2).is_err());
-        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        assert!(bind_exclusive(addr, false).is_err());
+        assert!(bind_reuseport_group(addr, 2, false).is_err());
+        let group = bind_reuseport_group("127.0.0.1:0".parse().unwrap(), 1, false).unwrap();
         let taken = group[0].local_addr().unwrap();
-        let err = bind_reuseport_group(taken, 2).unwrap_err();
+        let err = bind_reuseport_group(taken, 2, false).unwrap_err();
         assert_eq!(err.err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// The connection loop sets nothing per socket: what it relies on must
+    /// come from the listener.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_are_nonblocking() {
+        for defer in [false, true] {
+            let l = bind_exclusive("127.0.0.1:0".parse().unwrap(), defer).unwrap();
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            std::io::Write::write_all(&mut c, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let fd = loop {
+                match accept4(l.as_raw_fd()) {
+                    Ok(fd) => break fd,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let mut accepted = std::net::TcpStream::from(fd);
+            assert!(accepted.nodelay().unwrap(), "defer {defer}");
+            // Non-blocking: the request is there; a second read finds nothing
+            // and says so at once.
+            let mut buf = [0u8; 64];
+            assert!(std::io::Read::read(&mut accepted, &mut buf).unwrap() > 0);
+            let again = std::io::Read::read(&mut accepted, &mut buf).unwrap_err();
+            assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
+        }
+    }
+
+    #[test]
+    fn a_deferred_listener_hands_over_a_silent_connection_only_later() {
+        let l = bind_exclusive("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let _silent = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // Not yet: nothing was sent (the kernel passes it on after
+        // DEFER_ACCEPT_SECS and a retransmission, and header-timeout applies).
+        std::thread::sleep(Duration::from_millis(100));
+        let early = accept4(l.as_raw_fd()).unwrap_err();
+        assert_eq!(early.kind(), io::ErrorKind::WouldBlock);
+        let mut talker = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        std::io::Write::write_all(&mut talker, b"G").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = accept4(l.as_raw_fd()) {
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+            assert!(
+                Instant::now() < deadline,
+                "the talking connection never came"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -153,12 +153,12 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     for &addr in &listen {
         match config.dispatch {
             Dispatch::Master => {
-                let l = listener::bind_exclusive(addr)?;
+                let l = listener::bind_exclusive(addr, config.defer_accept)?;
                 bound.push(l.local_addr().map_err(|err| BindError { addr, err })?);
                 exclusive.push(l);
             }
             Dispatch::Reuseport => {
-                let group = listener::bind_reuseport_group(addr, n)?;
+                let group = listener::bind_reuseport_group(addr, n, config.defer_accept)?;
                 let real = group[0]
                     .local_addr()
                     .map_err(|err| BindError { addr, err })?;
@@ -173,7 +173,8 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
 
     let admin = match config.metrics.listen {
         Some(addr) => {
-            let l = listener::bind_exclusive(addr)?;
+            // A scrape now and then: the kernel's default is fine there.
+            let l = listener::bind_exclusive(addr, false)?;
             let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
             Some((l, bound))
         }
@@ -184,6 +185,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         // At most MAX_IO_MEMORY (4 MiB): fits any usize.
         io_memory: io_memory as usize,
         sources,
+        defer_accept: config.defer_accept,
     };
     let mut launched = Vec::with_capacity(n);
     for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {
@@ -226,6 +228,8 @@ struct Launcher {
     io_memory: usize,
     /// Reuseport mode: one per listen address.
     sources: Vec<ListenSource>,
+    /// `server.defer-accept`, for a restarted shard's listeners.
+    defer_accept: bool,
 }
 
 /// A shard just started, before the master connects its channels.
@@ -327,7 +331,9 @@ impl Launcher {
             .iter()
             .map(|src| match src {
                 ListenSource::Activated(l) => l.try_clone().map_err(MasterError::Activation),
-                ListenSource::Address(addr) => Ok(listener::bind_reuseport_member(*addr)?),
+                ListenSource::Address(addr) => {
+                    Ok(listener::bind_reuseport_member(*addr, self.defer_accept)?)
+                }
             })
             .collect()
     }
@@ -934,6 +940,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.shards", old.shards != new.shards),
         ("server.cpus", old.cpus != new.cpus),
         ("server.dispatch", old.dispatch != new.dispatch),
+        ("server.defer-accept", old.defer_accept != new.defer_accept),
         (
             "server.drain-timeout",
             old.drain_timeout != new.drain_timeout,

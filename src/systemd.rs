@@ -115,7 +115,7 @@ pub fn listen_fds() -> io::Result<Vec<TcpListener>> {
         }
     }
     for l in &out {
-        l.set_nonblocking(true)?;
+        crate::listener::prepare(l)?;
     }
     Ok(out)
 }

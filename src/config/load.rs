@@ -237,6 +237,11 @@ impl<'t> Walker<'t> {
                         self.config.drain_timeout = d;
                     }
                 }
+                "server.defer-accept" => {
+                    if let Some(v) = self.flag(&f) {
+                        self.config.defer_accept = v;
+                    }
+                }
                 _ => self.error(&f, "unknown key".into()),
             }
         }
@@ -623,6 +628,7 @@ shards = 2
 cpus = "0-1"
 dispatch = "reuseport"
 drain-timeout = "5s"
+defer-accept = false
 
 [limits]
 max-body-bytes = "2m"
@@ -658,7 +664,8 @@ host = "Example.com"
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1].host.as_deref(), Some("example.com"));
-        assert_eq!(c.lines["limits.max-body-bytes"], 10);
+        assert!(!c.defer_accept);
+        assert_eq!(c.lines["limits.max-body-bytes"], 11);
     }
 
     #[test]
@@ -667,6 +674,7 @@ host = "Example.com"
             r#"[server]
 shards = "many"
 colour = "blue"
+defer-accept = "yes"
 
 [limits]
 max-body-bytes = "lots"
@@ -688,10 +696,11 @@ root = "/srv"
             vec![
                 "t.toml:2: server.shards: must be a number of shards or \"auto\", got \"many\"",
                 "t.toml:3: server.colour: unknown key",
-                "t.toml:6: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
-                "t.toml:7: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
-                "t.toml:9: route[1].root: is required for a static route (the directory served)",
-                "t.toml:16: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
+                "t.toml:4: server.defer-accept: must be true or false",
+                "t.toml:7: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
+                "t.toml:8: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
+                "t.toml:10: route[1].root: is required for a static route (the directory served)",
+                "t.toml:17: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
             ]
         );
     }

@@ -134,6 +134,9 @@ pub struct Config {
     pub cpus: Option<Vec<usize>>,
     /// How connections reach shards.
     pub dispatch: Dispatch,
+    /// Whether the kernel holds a new connection until its first bytes
+    /// arrive (TCP_DEFER_ACCEPT on the listeners coreserve binds).
+    pub defer_accept: bool,
     /// Request limits.
     pub limits: Limits,
     /// How long a graceful shutdown waits before closing what is left.
@@ -158,6 +161,10 @@ impl Default for Config {
             shards: None,
             cpus: None,
             dispatch: Dispatch::default(),
+            // On, as an HTTP client always speaks first: a connection then
+            // costs no wait for its request, and one that never speaks
+            // costs nothing until the kernel gives up holding it.
+            defer_accept: true,
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             routes: vec![RouteConfig::hello_world()],
