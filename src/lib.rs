@@ -11,6 +11,7 @@
 #[cfg(all(feature = "fault-injection", not(debug_assertions)))]
 compile_error!("the fault-injection feature is for tests: never build a release with it");
 
+pub mod acceptor;
 pub mod access_log;
 pub mod admin;
 pub mod cli;

@@ -3,12 +3,10 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-
-use crate::handoff::Handoff;
 
 /// Pending-connection queue length asked of the kernel (it caps it at
 /// net.core.somaxconn). Deep enough to absorb a burst while every shard is
@@ -130,7 +128,7 @@ fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
 
 /// accept4(2) on a non-blocking listener: the new socket, non-blocking and
 /// close-on-exec (glommio's own accept makes four system calls for this).
-fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
+pub fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: accept4 on a listening socket the caller holds open (every
     // listener is bound non-blocking, see `socket`, so this cannot block the
     // executor); no address is asked for.
@@ -150,23 +148,24 @@ fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// Accept the next connection on `listener`, whose descriptor is `fd` (the
-/// listener must be non-blocking, as every listener made here is), for the
-/// calling executor or to hand to another.
+/// Accept the next connection on a shard's own `listener`, whose
+/// descriptor is `fd` (the listener must be non-blocking, as every listener
+/// made here is).
 ///
 /// accept4 directly, and while connections keep coming no io_uring at all:
-/// the queue is looked at again after the executor's other tasks ran
+/// the queue is looked at again after the shard's other tasks ran
 /// (`recheck`) before glommio's accept waits on it.
 pub async fn accept(
     listener: &glommio::net::TcpListener,
     fd: RawFd,
-) -> glommio::Result<Handoff, ()> {
+) -> glommio::Result<glommio::net::TcpStream, ()> {
     if let Some(accepted) = crate::recheck::direct(|| accept4(fd)).await {
-        return accepted.map(Handoff::Fd).map_err(Into::into);
+        // SAFETY: a connected socket that `accepted` owned alone.
+        return accepted
+            .map(|conn| unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) })
+            .map_err(Into::into);
     }
-    crate::recheck::wait(listener.shared_accept())
-        .await
-        .map(Handoff::from)
+    crate::recheck::wait(listener.accept()).await
 }
 
 /// How long accepting stops after the process runs out of descriptors or
@@ -183,19 +182,20 @@ pub struct AcceptErrors {
 }
 
 impl AcceptErrors {
-    /// React to one accept error of the accept loop named `who`.
-    pub async fn pause(&mut self, err: &glommio::GlommioError<()>, who: impl std::fmt::Display) {
-        let errno = match err {
-            glommio::GlommioError::IoError(e) => e.raw_os_error(),
-            glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
-            _ => None,
-        };
-        // A connection reset before we took it, or a signal: nothing to report.
+    /// React to one accept error of the accept loop named `who`: how long
+    /// to stop accepting, or None to go on at once (a connection reset
+    /// before it was taken, a signal). Logs at most once a second.
+    pub fn pause_for(
+        &mut self,
+        errno: Option<i32>,
+        err: &dyn std::fmt::Display,
+        who: &dyn std::fmt::Display,
+    ) -> Option<Duration> {
         if matches!(
             errno,
             Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO)
         ) {
-            return;
+            return None;
         }
         let now = Instant::now();
         if self
@@ -213,7 +213,19 @@ impl AcceptErrors {
         } else {
             self.suppressed += 1;
         }
-        glommio::timer::sleep(ACCEPT_PAUSE).await;
+        Some(ACCEPT_PAUSE)
+    }
+
+    /// `pause_for`, waiting out the pause on the calling executor.
+    pub async fn pause(&mut self, err: &glommio::GlommioError<()>, who: impl std::fmt::Display) {
+        let errno = match err {
+            glommio::GlommioError::IoError(e) => e.raw_os_error(),
+            glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        if let Some(pause) = self.pause_for(errno, err, &who) {
+            glommio::timer::sleep(pause).await;
+        }
     }
 }
 

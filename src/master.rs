@@ -3,30 +3,29 @@
 //! (or lets each accept on its own SO_REUSEPORT socket), and turns signals
 //! into a graceful drain. Node's cluster primary, with threads for workers.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{self, ConnectedSender};
 use glommio::net::TcpListener;
-use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
+use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 
+use crate::acceptor::{Acceptor, Command};
 use crate::access_log;
 use crate::admin;
 use crate::config::{AccessLog, Config, ConfigError, Dispatch};
 use crate::cpus::{self, CpuError};
-use crate::handoff::Handoff;
+use crate::handoff;
 use crate::host::{self, HostError};
-use crate::listener::{self, AcceptErrors, BindError};
+use crate::listener::{self, BindError};
 use crate::metrics::{self, Snapshot};
 use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
 
-/// Sockets a shard may have waiting in its channel. Small on purpose: a
+/// Sockets a shard may have waiting in its hand-off queue. Small on purpose: a
 /// shard that falls this far behind is skipped, and when every shard is
 /// this far behind the master stops accepting and lets the kernel backlog
 /// hold the burst.
@@ -242,8 +241,8 @@ struct Launched {
     listener_copies: Vec<std::net::TcpListener>,
     control: shared_channel::SharedSender<Control>,
     events: shared_channel::SharedReceiver<ShardEvent>,
-    /// Master dispatch: the hand-off channel.
-    conns: Option<shared_channel::SharedSender<Handoff>>,
+    /// Master dispatch: the sending end of the shard's hand-off queue.
+    conns: Option<handoff::Sender>,
 }
 
 impl Launcher {
@@ -262,7 +261,7 @@ impl Launcher {
         let mut listener_copies = Vec::new();
         let intake = match config.dispatch {
             Dispatch::Master => {
-                let (tx, rx) = shared_channel::new_bounded(SHARD_QUEUE);
+                let (tx, rx) = handoff::queue(SHARD_QUEUE);
                 conns = Some(tx);
                 Intake::Channel(rx)
             }
@@ -371,7 +370,7 @@ struct Slot {
     control: Option<ConnectedSender<Control>>,
     handle: Option<glommio::ExecutorJoinHandle<()>>,
     /// A restarted shard's hand-off sender, until it says it is ready.
-    pending_conns: Option<ConnectedSender<Handoff>>,
+    pending_conns: Option<handoff::Sender>,
     /// Deaths in a row, for the back-off.
     failures: u32,
     started: std::time::Instant,
@@ -512,17 +511,12 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     let mut slots = Vec::with_capacity(n);
     let mut links = Vec::new();
     // Connecting a shared channel waits for the other end: connect in the
-    // order the shard does (events, control, hand-off) or both sides wait.
+    // order the shard does (events, control) or both sides wait.
     for (id, l) in s.launched.into_iter().enumerate() {
         forward_events(l.events, tx.clone());
         watch_lifeline(id, 0, l.lifeline, tx.clone());
         let control = l.control.connect().await;
-        if let Some(c) = l.conns {
-            links.push(Link {
-                tx: RefCell::new(c.connect().await),
-                alive: Cell::new(true),
-            });
-        }
+        links.extend(l.conns);
         slots.push(Slot {
             cpu: s.cpus[id],
             alive: true,
@@ -535,10 +529,6 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
             listener_copies: l.listener_copies,
         });
     }
-    let dispatcher = Rc::new(Dispatcher {
-        links,
-        next: Cell::new(0),
-    });
 
     // Wait until every shard serves.
     let mut ready = 0;
@@ -559,14 +549,16 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     }
 
     // Start dealing connections.
-    let mut accepters = Vec::new();
-    for l in s.exclusive {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        // SAFETY: a listening socket bound above, handed over exactly once.
-        let fd = l.into_raw_fd();
-        let l = unsafe { TcpListener::from_raw_fd(fd) };
-        accepters.push(glommio::spawn_local(accept_loop(l, fd, dispatcher.clone())));
-    }
+    let mut acceptor = if s.exclusive.is_empty() {
+        None
+    } else {
+        Some(
+            Acceptor::start(s.exclusive, links).map_err(|e| MasterError::Executor {
+                what: "the acceptor thread".into(),
+                err: e.to_string(),
+            })?,
+        )
+    };
     for addr in &s.bound {
         info!(
             "listening on http://{addr} (dispatch {}, {n} shards)",
@@ -753,7 +745,9 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 slot.alive = false;
                 slot.control = None;
                 slot.pending_conns = None;
-                dispatcher.mark_dead(id);
+                if let Some(a) = &acceptor {
+                    a.tell(Command::ShardDied(id));
+                }
                 answered[id] = true;
                 if let Some(mut g) = gather.take() {
                     g.waiting_for.retain(|&w| w != id);
@@ -798,9 +792,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                         slot.control = Some(l.control.connect().await);
                         slot.handle = Some(l.handle);
                         slot.started = std::time::Instant::now();
-                        if let Some(c) = l.conns {
-                            slot.pending_conns = Some(c.connect().await);
-                        }
+                        slot.pending_conns = l.conns;
                     }
                     Err(e) => {
                         let delay = restart_delay(slot.failures);
@@ -814,8 +806,8 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 // A restarted shard: back into the rotation.
                 let slot = &mut slots[id];
                 slot.alive = true;
-                if let Some(c) = slot.pending_conns.take() {
-                    dispatcher.revive(id, c);
+                if let (Some(a), Some(c)) = (&acceptor, slot.pending_conns.take()) {
+                    a.tell(Command::ShardBack(id, c));
                 }
                 info!("shard {id} restarted on CPU {}", slot.cpu);
             }
@@ -833,9 +825,11 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
     if let Some(n) = &notifier {
         n.stopping("draining connections");
     }
-    drop(accepters);
+    // Closes the listeners and every hand-off queue's sending end.
+    if let Some(a) = acceptor.as_mut() {
+        a.stop();
+    }
     drop(admin_task);
-    drop(dispatcher);
     // Every shard with a control channel is told, a restarted one not yet
     // ready too; dropping the sender right after means a shard whose queue
     // was full still sees the channel close, which also means drain.
@@ -951,105 +945,4 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
     .collect()
-}
-
-/// The master's end of one shard's hand-off channel.
-struct Link {
-    /// Replaced when a dead shard is restarted.
-    tx: RefCell<ConnectedSender<Handoff>>,
-    alive: Cell<bool>,
-}
-
-/// Deals accepted sockets round-robin, skipping shards that are behind or dead.
-struct Dispatcher {
-    links: Vec<Link>,
-    next: Cell<usize>,
-}
-
-/// The socket inside a failed channel send, and whether the channel is closed.
-fn returned<T>(e: GlommioError<T>) -> (Option<T>, bool) {
-    match e {
-        GlommioError::WouldBlock(ResourceType::Channel(t)) => (Some(t), false),
-        GlommioError::Closed(ResourceType::Channel(t)) => (Some(t), true),
-        _ => (None, true),
-    }
-}
-
-impl Dispatcher {
-    fn mark_dead(&self, id: usize) {
-        if let Some(l) = self.links.get(id) {
-            l.alive.set(false);
-        }
-    }
-
-    /// Put a restarted shard back into the rotation.
-    fn revive(&self, id: usize, tx: ConnectedSender<Handoff>) {
-        if let Some(l) = self.links.get(id) {
-            *l.tx.borrow_mut() = tx;
-            l.alive.set(true);
-        }
-    }
-
-    async fn dispatch(&self, conn: Handoff) {
-        let n = self.links.len();
-        // Closed if this task is cancelled (shutdown) while it waits.
-        let mut held = Some(conn);
-        let mut pause = DISPATCH_PAUSE_MIN;
-        loop {
-            let start = self.next.get();
-            let mut live = 0;
-            for k in 0..n {
-                let i = (start + k) % n;
-                let link = &self.links[i];
-                if !link.alive.get() {
-                    continue;
-                }
-                let Some(s) = held.take() else { return };
-                let sent = link.tx.borrow().try_send(s);
-                match sent {
-                    Ok(()) => {
-                        self.next.set((i + 1) % n);
-                        return;
-                    }
-                    Err(e) => {
-                        let (s, closed) = returned(e);
-                        held = s;
-                        if closed {
-                            link.alive.set(false);
-                        } else {
-                            live += 1;
-                        }
-                    }
-                }
-            }
-            if live == 0 {
-                // No shard alive: `held` drops and the connection is refused.
-                return;
-            }
-            // Every live shard is behind: stop accepting for a moment, so the
-            // kernel backlog absorbs the burst, and try again.
-            glommio::timer::sleep(pause).await;
-            pause = (pause * 2).min(DISPATCH_PAUSE_MAX);
-        }
-    }
-}
-
-/// First and longest wait while every shard's queue is full.
-const DISPATCH_PAUSE_MIN: std::time::Duration = std::time::Duration::from_micros(500);
-const DISPATCH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// The master's accept loop on one listener, whose descriptor is `fd`.
-async fn accept_loop(listener: TcpListener, fd: RawFd, dispatcher: Rc<Dispatcher>) {
-    let mut errors = AcceptErrors::default();
-    loop {
-        match listener::accept(&listener, fd).await {
-            Ok(conn) => {
-                dispatcher.dispatch(conn).await;
-                // A flood of connections must not hold the master's other
-                // tasks (signals, supervision, scrapes) off.
-                futures_lite::future::yield_now().await;
-            }
-            Err(e) => errors.pause(&e, "master").await,
-        }
-    }
 }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
-use glommio::channels::shared_channel::{ConnectedReceiver, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -20,7 +20,7 @@ use slab::Slab;
 use crate::access_log::AccessLogger;
 use crate::config::{Limits, LogConfig, RouteConfig};
 use crate::conn;
-use crate::handoff::Handoff;
+use crate::handoff;
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::session::SessionLimits;
 use crate::listener;
@@ -30,7 +30,7 @@ use crate::router::Router;
 /// Where a shard's connections come from.
 pub enum Intake {
     /// Sockets accepted by the master, dealt round-robin.
-    Channel(SharedReceiver<Handoff>),
+    Channel(handoff::Receiver),
     /// This shard's own SO_REUSEPORT listeners, one per address.
     Listeners(Vec<StdTcpListener>),
 }
@@ -314,7 +314,6 @@ async fn run(spec: ShardSpec) {
     let from_channel = matches!(spec.intake, Intake::Channel(_));
     match spec.intake {
         Intake::Channel(rx) => {
-            let rx = rx.connect().await;
             intake.push(glommio::spawn_local(channel_intake(
                 rx,
                 shard.clone(),
@@ -439,9 +438,12 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
     }
 }
 
-async fn channel_intake(rx: ConnectedReceiver<Handoff>, shard: Rc<Shard>, gate: Rc<Gate>) {
-    while let Some(accepted) = rx.recv().await {
-        start_connection(accepted.into_stream(), &shard, &gate);
+async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>) {
+    while let Some(conn) = rx.recv().await {
+        // SAFETY: a connected socket the master accepted and handed over
+        // alone; ownership passes to the stream.
+        let stream = unsafe { TcpStream::from_raw_fd(conn.into_raw_fd()) };
+        start_connection(stream, &shard, &gate);
     }
 }
 
@@ -450,8 +452,8 @@ async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate:
     let who = format!("shard {}", shard.id);
     loop {
         match listener::accept(&listener, fd).await {
-            Ok(accepted) => {
-                start_connection(accepted.into_stream(), &shard, &gate);
+            Ok(stream) => {
+                start_connection(stream, &shard, &gate);
                 // A flood of connections must not keep the ones accepted
                 // from running (a full backlog never makes accept wait).
                 futures_lite::future::yield_now().await;
