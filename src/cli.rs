@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{Config, ConfigError, Dispatch};
+use crate::config::{Config, ConfigError, Dispatch, MetricsConfig};
 use crate::cpus;
 use crate::units;
 
@@ -153,6 +153,31 @@ impl Cli {
             let p = PathBuf::from(crate::config::DEFAULT_PATH);
             p.exists().then_some(p)
         })
+    }
+
+    /// Where a running server serves its metrics, for `coreserve status`:
+    /// the file's `[metrics]` with `--metrics-listen` over it. Only that
+    /// section (and the file's syntax) must be right: a status check has no
+    /// business opening the access log or the static roots, which the
+    /// service's own user may be the only one allowed to.
+    pub fn metrics(&self) -> Result<MetricsConfig, Vec<ConfigError>> {
+        let mut m = match self.config_path() {
+            Some(path) => match crate::config::load_file(&path) {
+                Ok(c) => c.metrics,
+                Err(f) => {
+                    let mine = |e: &ConfigError| e.key.is_empty() || e.key.starts_with("metrics.");
+                    match f.partial {
+                        Some(partial) if !f.errors.iter().any(mine) => partial.metrics,
+                        _ => return Err(f.errors.into_iter().filter(mine).collect()),
+                    }
+                }
+            },
+            None => MetricsConfig::default(),
+        };
+        if let Some(MetricsListen(listen)) = self.metrics_listen {
+            m.listen = listen;
+        }
+        Ok(m)
     }
 
     /// The base configuration (the file, or the defaults) with the flags over

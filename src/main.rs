@@ -71,13 +71,13 @@ fn main() -> ExitCode {
 fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitCode {
     let url = match url {
         Some(u) => u,
-        None => match cli.load() {
-            Ok(c) => match c.metrics.listen {
+        None => match cli.metrics() {
+            Ok(m) => match m.listen {
                 Some(mut addr) => {
                     if addr.ip().is_unspecified() {
                         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                     }
-                    format!("http://{addr}{}", c.metrics.path)
+                    format!("http://{addr}{}", m.path)
                 }
                 None => {
                     log::error!(

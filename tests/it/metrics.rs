@@ -6,7 +6,6 @@ use std::io::{BufRead, Write};
 
 use crate::util::{get, Reader, Server};
 
-/// Scrape and parse; every sample by name and labels.
 /// Run a command; it must succeed.
 fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
     let out = cmd.output().unwrap();
@@ -18,6 +17,7 @@ fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
     out
 }
 
+/// Scrape and parse; every sample by name and labels.
 fn scrape(server: &Server) -> prometheus_parse::Scrape {
     let url = server.metrics_url();
     let out = succeeds(std::process::Command::new("curl").args([
@@ -200,4 +200,55 @@ fn status_prints_a_table_of_shards() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is coreserve running"));
+}
+
+/// `coreserve status` reads only `[metrics]` from the file: a log or a
+/// static root its user cannot open (the packaged service's, under a
+/// dynamic user) must not stop it, while a broken `[metrics]` does.
+#[test]
+fn status_needs_only_the_metrics_section_of_the_file() {
+    let server = Server::start(&[]);
+    let url = server.metrics_url();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let dir = crate::config::Scratch::new("status-metrics-only");
+    let conf = dir.write(
+        "coreserve.toml",
+        format!(
+            "[log]\naccess = \"/no/such/dir/access.log\"\n\n\
+             [metrics]\nlisten = \"{addr}\"\n\n\
+             [[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"/no/such/root\"\n"
+        ),
+    );
+    let check = crate::util::command()
+        .args(["--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2), "the file is not servable");
+    // Not util::command(): its --metrics-listen would win over the file.
+    let bare = || std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"));
+    let out = succeeds(
+        bare()
+            .arg("--config")
+            .arg(&conf)
+            .args(["status", "--interval", "100ms"]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("shard"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let bad = dir.write("bad.toml", "[metrics]\nlisten = \"nowhere\"\n");
+    let out = bare()
+        .arg("--config")
+        .arg(&bad)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: metrics.listen"), "{err}");
 }
