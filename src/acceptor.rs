@@ -147,6 +147,9 @@ impl Dealer {
                     conn = back;
                 }
                 Err((back, Refused::Closed)) => {
+                    // Its shard is gone (its thread ended): what it had not
+                    // taken yet is closed now.
+                    tx.discard_queued();
                     self.shards[i] = None;
                     conn = back;
                 }
@@ -178,13 +181,35 @@ impl Dealer {
     }
 }
 
+/// Everything the accept thread keeps between passes of its loop.
+struct Accepting {
+    listeners: Vec<TcpListener>,
+    /// The bell first, then one entry per listener.
+    fds: Vec<libc::pollfd>,
+    commands: mpsc::Receiver<Command>,
+    dealer: Dealer,
+    errors: AcceptErrors,
+    /// A connection every shard was too busy to take.
+    held: Option<OwnedFd>,
+    /// Until when accepting stops (a full house, the host out of
+    /// descriptors, a failure); only the bell is watched meanwhile.
+    resume: Option<Instant>,
+    full_pause: Duration,
+}
+
+/// What a pass of the loop found.
+enum Pass {
+    Again,
+    Stopped,
+}
+
 fn run(
     listeners: Vec<TcpListener>,
     bell: OwnedFd,
     commands: mpsc::Receiver<Command>,
-    mut dealer: Dealer,
+    dealer: Dealer,
 ) {
-    let mut fds: Vec<libc::pollfd> = std::iter::once(bell.as_raw_fd())
+    let fds = std::iter::once(bell.as_raw_fd())
         .chain(listeners.iter().map(|l| l.as_raw_fd()))
         .map(|fd| libc::pollfd {
             fd,
@@ -192,81 +217,123 @@ fn run(
             revents: 0,
         })
         .collect();
-    let mut errors = AcceptErrors::default();
-    // A connection every shard was too busy to take, and until when
-    // accepting stops (a full house, or the host out of descriptors).
-    let mut held: Option<OwnedFd> = None;
-    let mut resume: Option<Instant> = None;
-    let mut full_pause = FULL_PAUSE_MIN;
+    let mut a = Accepting {
+        listeners,
+        fds,
+        commands,
+        dealer,
+        errors: AcceptErrors::default(),
+        held: None,
+        resume: None,
+        full_pause: FULL_PAUSE_MIN,
+    };
+    // A panic (a logger, a wake into a shard) must not leave the server
+    // refusing every connection while it reports itself serving: the state
+    // survives a pass, so log and go on after a pause.
     loop {
-        let now = Instant::now();
-        let paused = resume.is_some_and(|t| t > now);
-        // While paused only the bell is watched, for as long as is left.
-        let (watched, timeout) = match resume {
-            Some(t) if paused => (
-                1,
-                t.saturating_duration_since(now).as_millis().max(1) as i32,
-            ),
-            _ => (fds.len(), -1),
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.pass())) {
+            Ok(Pass::Again) => {}
+            Ok(Pass::Stopped) => return,
+            Err(panic) => {
+                log::error!(
+                    "acceptor: panicked: {}; accepting again in {:?}",
+                    crate::conn::panic_message(&*panic),
+                    listener::ACCEPT_PAUSE
+                );
+                a.resume = Some(Instant::now() + listener::ACCEPT_PAUSE);
+            }
+        }
+    }
+}
+
+impl Accepting {
+    /// Wait for connections, the bell or the end of a pause, then take
+    /// commands and accept what is queued.
+    fn pass(&mut self) -> Pass {
+        // While paused (even if the pause has just run out) only the bell
+        // is watched, never without a timeout: a held connection must not
+        // wait for the next one to arrive.
+        let paused = self.resume.is_some();
+        let (watched, timeout) = match self.resume {
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                (
+                    1,
+                    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+                )
+            }
+            None => (self.fds.len(), -1),
         };
         // SAFETY: `fds` holds `watched` or more initialised pollfd entries.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), watched as libc::nfds_t, timeout) };
-        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            warn!("acceptor: poll failed: {}", io::Error::last_os_error());
-            std::thread::sleep(listener::ACCEPT_PAUSE);
+        let rc = unsafe { libc::poll(self.fds.as_mut_ptr(), watched as libc::nfds_t, timeout) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                warn!("acceptor: poll failed: {e}");
+                self.resume = Some(Instant::now() + listener::ACCEPT_PAUSE);
+                return Pass::Again;
+            }
         }
-        if fds[0].revents != 0 {
+        if self.fds[0].revents != 0 {
             let mut count = 0u64;
             // SAFETY: an 8-byte read from our non-blocking eventfd.
-            unsafe { libc::read(fds[0].fd, std::ptr::from_mut(&mut count).cast(), 8) };
+            unsafe { libc::read(self.fds[0].fd, std::ptr::from_mut(&mut count).cast(), 8) };
         }
         loop {
-            match commands.try_recv() {
-                Ok(c) => dealer.apply(c),
+            match self.commands.try_recv() {
+                Ok(c) => self.dealer.apply(c),
                 Err(mpsc::TryRecvError::Empty) => break,
                 // The master stopped us: listeners and queues close on return.
-                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Disconnected) => return Pass::Stopped,
             }
         }
-        if resume.is_some_and(|t| t > Instant::now()) {
-            continue;
+        if self.resume.is_some_and(|t| t > Instant::now()) {
+            return Pass::Again;
         }
-        resume = None;
-        if let Some(conn) = held.take() {
-            match dealer.deal(conn) {
-                Dealt::AllFull(conn) => {
-                    held = Some(conn);
-                    resume = Some(Instant::now() + full_pause);
-                    full_pause = (full_pause * 2).min(FULL_PAUSE_MAX);
-                    continue;
-                }
-                Dealt::Queued | Dealt::Refused => full_pause = FULL_PAUSE_MIN,
+        self.resume = None;
+        if let Some(conn) = self.held.take() {
+            if !self.deal(conn) {
+                return Pass::Again;
             }
         }
-        'listeners: for (i, l) in listeners.iter().enumerate() {
+        for i in 0..self.listeners.len() {
             // After a pause the listeners were not polled: try them all.
-            if !paused && fds[i + 1].revents == 0 {
+            if !paused && self.fds[i + 1].revents == 0 {
                 continue;
             }
             for _ in 0..ACCEPT_BATCH {
-                match listener::accept4(l.as_raw_fd()) {
-                    Ok(conn) => match dealer.deal(conn) {
-                        Dealt::Queued | Dealt::Refused => {}
-                        Dealt::AllFull(conn) => {
-                            held = Some(conn);
-                            resume = Some(Instant::now() + full_pause);
-                            full_pause = (full_pause * 2).min(FULL_PAUSE_MAX);
-                            break 'listeners;
+                match listener::accept4(self.listeners[i].as_raw_fd()) {
+                    Ok(conn) => {
+                        if !self.deal(conn) {
+                            return Pass::Again;
                         }
-                    },
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        if let Some(p) = errors.pause_for(e.raw_os_error(), &e, &"master") {
-                            resume = Some(Instant::now() + p);
-                            break 'listeners;
+                        if let Some(p) = self.errors.pause_for(e.raw_os_error(), &e, &"master") {
+                            self.resume = Some(Instant::now() + p);
+                            return Pass::Again;
                         }
                     }
                 }
+            }
+        }
+        Pass::Again
+    }
+
+    /// Deal one connection; false when every shard is full, which holds it
+    /// and pauses accepting (a little longer each time in a row).
+    fn deal(&mut self, conn: OwnedFd) -> bool {
+        match self.dealer.deal(conn) {
+            Dealt::Queued | Dealt::Refused => {
+                self.full_pause = FULL_PAUSE_MIN;
+                true
+            }
+            Dealt::AllFull(conn) => {
+                self.held = Some(conn);
+                self.resume = Some(Instant::now() + self.full_pause);
+                self.full_pause = (self.full_pause * 2).min(FULL_PAUSE_MAX);
+                false
             }
         }
     }
@@ -334,5 +401,57 @@ mod tests {
         drop(rxs);
         assert!(matches!(d.deal(conn()), Dealt::Refused));
         assert!(d.shards.iter().all(Option::is_none));
+    }
+
+    /// Every shard full: the connection is held and accepting pauses; once
+    /// the shard has room the held connection goes to it without waiting
+    /// for another one to arrive (nothing else will, in this test).
+    #[test]
+    fn a_held_connection_is_dealt_when_room_comes_back() {
+        let l = listener::bind_exclusive("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let (d, rxs) = dealer(1, 1);
+        let (_commands, rx) = mpsc::channel();
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let bell = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_NONBLOCK)) };
+        let fds = [bell.as_raw_fd(), l.as_raw_fd()]
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .to_vec();
+        let mut a = Accepting {
+            listeners: vec![l],
+            fds,
+            commands: rx,
+            dealer: d,
+            errors: AcceptErrors::default(),
+            held: None,
+            resume: None,
+            full_pause: FULL_PAUSE_MIN,
+        };
+        // The shard's queue is full before the connection comes.
+        assert!(matches!(a.dealer.deal(conn()), Dealt::Queued));
+        let (done_tx, done_rx) = mpsc::channel();
+        // A thread of its own, so that a pass that blocks for good fails
+        // the test instead of hanging it.
+        std::thread::spawn(move || {
+            while a.held.is_none() {
+                a.pass();
+            }
+            assert!(a.resume.is_some(), "a full house pauses accepting");
+            // Room again, after the pause has run out.
+            assert_eq!(queued(&rxs[0]), 1);
+            std::thread::sleep(FULL_PAUSE_MAX);
+            while a.held.is_some() {
+                a.pass();
+            }
+            done_tx.send(queued(&rxs[0])).unwrap();
+        });
+        let dealt = done_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(dealt, Ok(1), "the held connection was never dealt");
+        drop(client);
     }
 }

@@ -112,6 +112,25 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// A handle that closes the queue when dropped, as the receiver's own
+    /// drop does. For the shard's thread to hold: glommio leaks the tasks of
+    /// an executor a panic escaped from, this receiver with them, and the
+    /// acceptor would go on filling a queue nobody reads.
+    pub fn closer(&self) -> Closer {
+        Closer(self.0.clone())
+    }
+}
+
+/// Marks a queue's receiving end gone when dropped; see [`Receiver::closer`].
+pub struct Closer(Arc<Shared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.receiver_gone.store(true, Ordering::Release);
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.0.receiver_gone.store(true, Ordering::Release);
@@ -147,6 +166,15 @@ mod tests {
         drop(rx);
         let (_, why) = tx.try_send(fd()).unwrap_err();
         assert_eq!(why, Refused::Closed);
+    }
+
+    #[test]
+    fn a_dropped_closer_closes_the_queue_for_the_sender() {
+        let (tx, rx) = queue(2);
+        drop(rx.closer());
+        let (_, why) = tx.try_send(fd()).unwrap_err();
+        assert_eq!(why, Refused::Closed);
+        drop(rx);
     }
 
     #[test]

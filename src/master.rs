@@ -816,7 +816,7 @@ async fn supervise(s: Supervision) -> Result<(), MasterError> {
         }
     }
 
-    // Drain: stop accepting, close the hand-off channels, tell every shard.
+    // Drain: stop accepting, close the hand-off queues, tell every shard.
     info!(
         "{}: draining (deadline {:?})",
         signals::name(first_signal),
