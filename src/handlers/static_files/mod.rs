@@ -4,15 +4,18 @@
 //!
 //! The request path is made safe synchronously (`resolve`), the file system
 //! is consulted on glommio's blocking thread (`fs`), small files are kept in a
-//! per-shard cache revalidated every `cache-valid`, and large files are read
+//! per-shard cache revalidated every `cache-valid`, and large files go out
+//! by sendfile while they are in the page cache (`sendfile`), otherwise read
 //! through io_uring in bounded chunks while they are written out.
 
 pub mod fs;
 pub mod reply;
 pub mod resolve;
+pub mod sendfile;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -30,10 +33,16 @@ use crate::http::date::DATE_LEN;
 use crate::http::parse::Request;
 use crate::http::response::{summarize, Persistence, ResponseWriter};
 use crate::http::status::Status;
+use crate::recheck;
 
 /// Bytes read from disk and written per step when streaming a large file:
 /// memory per transfer stays flat whatever the file size.
 pub const CHUNK: usize = 64 << 10;
+
+/// Most bytes one sendfile(2) is asked for, and the window checked to be in
+/// the page cache before it: a huge file partly cached still goes out by
+/// sendfile where it is.
+pub const SENDFILE_WINDOW: u64 = 1 << 20;
 
 /// Most bytes of file content one site keeps cached per shard.
 pub const CACHE_BYTES: usize = 32 << 20;
@@ -359,9 +368,16 @@ pub async fn serve(
     Ok((status, bytes, total))
 }
 
-/// Copy `len` bytes from `path` at `start` to the socket, a chunk at a time,
-/// reading through io_uring. A file that shrank underneath fails the
-/// connection: the length was already promised.
+/// Copy `len` bytes from `path` at `start` to the socket: by sendfile where
+/// the page cache holds the range, otherwise (and whenever the socket is
+/// full, to wait for room) a chunk at a time read through io_uring. A file
+/// that shrank underneath fails the connection: the length was already
+/// promised.
+///
+/// Each sendfile counts against the shard's budget of direct calls
+/// (`recheck`): a client that reads as fast as loopback allows must not
+/// hold the shard, so once the budget is spent a chunk goes the io_uring
+/// way, whose read waits for the reactor.
 async fn stream_file(
     path: &PathBuf,
     start: u64,
@@ -369,23 +385,48 @@ async fn stream_file(
     stream: &mut TcpStream,
 ) -> std::io::Result<()> {
     let file = open(path).await?;
+    let (fd, socket) = (file.as_raw_fd(), stream.as_raw_fd());
     let mut pos = start;
     let end = start + len;
+    let shrank = || {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "file shrank while being served",
+        )
+    };
     let result = async {
+        // Checked again after every chunk that went the other way (a wait
+        // in which pages may have been evicted), not before every call.
+        let mut cached_to = 0;
         while pos < end {
+            if pos >= cached_to {
+                let window = SENDFILE_WINDOW.min(end - pos);
+                if sendfile::fully_cached(fd, pos, window) {
+                    cached_to = pos + window;
+                }
+            }
+            if pos < cached_to && recheck::try_direct() {
+                match sendfile::send(socket, fd, pos, cached_to - pos) {
+                    Ok(0) => return Err(shrank()),
+                    Ok(n) => {
+                        pos += n as u64;
+                        continue;
+                    }
+                    // No room: the chunk below waits for it.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let want = CHUNK.min((end - pos) as usize);
-            let chunk = file
-                .read_at(pos, want)
+            let chunk = recheck::wait(file.read_at(pos, want))
                 .await
                 .map_err(std::io::Error::from)?;
             if chunk.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "file shrank while being served",
-                ));
+                return Err(shrank());
             }
             stream.write_all(&chunk).await?;
             pos += chunk.len() as u64;
+            cached_to = 0;
         }
         Ok(())
     }

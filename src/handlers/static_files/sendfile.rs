@@ -1,0 +1,162 @@
+//! Sending a file range straight from the page cache to a socket.
+//!
+//! sendfile(2) hands the page-cache pages to the socket: no copy through
+//! user space, where the io_uring path copies twice (page cache → buffer →
+//! socket). But sendfile reads the file synchronously, and a range not in
+//! the page cache would stall the whole shard on the disk. So it is used
+//! only for a range that cachestat(2) (Linux 6.5) reports fully cached — a
+//! page evicted between the two calls costs one read, nothing worse — and
+//! the io_uring path serves the rest. The socket is non-blocking: sendfile
+//! sends what fits and the caller waits for room its own way.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::RawFd;
+
+/// The page size the kernel counts cached pages in.
+const PAGE: u64 = 4096;
+
+/// cachestat(2)'s number, the same in the generic table (aarch64) and on
+/// x86_64; libc does not name it yet.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_CACHESTAT: libc::c_long = 451;
+
+thread_local! {
+    /// Cleared for good when the kernel has no cachestat (before 6.5, or a
+    /// seccomp filter): every range then takes the io_uring path.
+    static CACHESTAT: Cell<bool> = const { Cell::new(true) };
+}
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// Whether every page of `len` bytes of `fd` from `off` is in the page
+/// cache. False when it cannot be told.
+pub fn fully_cached(fd: RawFd, off: u64, len: u64) -> bool {
+    if len == 0 || !CACHESTAT.with(Cell::get) {
+        return false;
+    }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let range = CachestatRange { off, len };
+        let mut stat = Cachestat::default();
+        // SAFETY: cachestat(2) reads `range` and writes `stat`, both live
+        // and laid out as the kernel's structs; it changes nothing.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                fd,
+                std::ptr::from_ref(&range),
+                std::ptr::from_mut(&mut stat),
+                0,
+            )
+        };
+        if rc != 0 {
+            if matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOSYS | libc::EPERM)
+            ) {
+                CACHESTAT.with(|c| c.set(false));
+            }
+            return false;
+        }
+        let pages = (off + len).div_ceil(PAGE) - off / PAGE;
+        stat.nr_cache >= pages
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (fd, off);
+        false
+    }
+}
+
+/// One sendfile(2) of up to `len` bytes of `file` from `off` to the
+/// non-blocking `socket`: the bytes sent (0 at the file's end), or
+/// `WouldBlock` when the socket has no room.
+pub fn send(socket: RawFd, file: RawFd, off: u64, len: u64) -> io::Result<usize> {
+    let mut offset = libc::off_t::try_from(off).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // The kernel sends at most about 2 GiB per call anyway.
+    let count = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
+    // SAFETY: sendfile(2) between two descriptors the caller holds open;
+    // `offset` is ours, so the file's own position is untouched.
+    let n = unsafe { libc::sendfile(socket, file, &mut offset, count) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    fn file_of(len: usize) -> (std::fs::File, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("coreserve-sendfile-{}-{len}", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&vec![7u8; len]).unwrap();
+        f.sync_all().unwrap();
+        (std::fs::File::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn a_file_dropped_from_the_cache_is_not_cached_until_read() {
+        let (f, path) = file_of(256 << 10);
+        // SAFETY: advice on our own clean (synced) file.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if CACHESTAT.with(Cell::get) && !fully_cached(f.as_raw_fd(), 0, 256 << 10) {
+            std::io::copy(&mut &f, &mut std::io::sink()).unwrap();
+            assert!(fully_cached(f.as_raw_fd(), 0, 256 << 10));
+            assert!(fully_cached(f.as_raw_fd(), 4095, 2));
+        }
+        // Without cachestat (kernel before 6.5) nothing is ever "cached".
+        assert!(!fully_cached(f.as_raw_fd(), 0, 0));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn send_moves_the_range_and_stops_when_the_socket_is_full() {
+        let (f, path) = file_of(4 << 20);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut reader = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let n = send(sock.as_raw_fd(), f.as_raw_fd(), 100, 1000).unwrap();
+        assert_eq!(n, 1000);
+        let mut got = vec![0u8; 1000];
+        reader.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == 7));
+        // Past the end of the file: nothing to send.
+        assert_eq!(
+            send(sock.as_raw_fd(), f.as_raw_fd(), 4 << 20, 10).unwrap(),
+            0
+        );
+        // Nobody reads: the socket fills and says so instead of blocking.
+        let mut sent = 0;
+        let full = loop {
+            match send(sock.as_raw_fd(), f.as_raw_fd(), 0, 4 << 20) {
+                Ok(n) if n > 0 => sent += n,
+                other => break other,
+            }
+            assert!(sent < 64 << 20, "the socket never filled");
+        };
+        assert_eq!(full.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        std::fs::remove_file(path).unwrap();
+    }
+}
