@@ -8,7 +8,7 @@
 #
 # PATHS are the request paths measured (default "/": hello world); the
 # /static/ files 4k.bin and 1m.bin are created, served by coreserve's static
-# route and by nginx's `location /static/` (sendfile).
+# route and by nginx's `location /static/` (the anchor config: sendfile off).
 # Needs: wrk and nginx (apt-get install -y wrk nginx), a release build
 # (cargo build --release), and two CPUs. Prints one line per run and the
 # medians. Until coreserve-bench and bench/compare exist, this is how the
