@@ -35,6 +35,13 @@ pub const IDLE_OUTPUT: usize = 4096;
 pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let limits = shard.site().limits;
     // TCP_NODELAY comes with the socket, from its listener (`listener::prepare`).
+    // Every way in makes it non-blocking too: the direct recv could do
+    // without (MSG_DONTWAIT), a static file's sendfile could not.
+    debug_assert!(
+        // SAFETY: F_GETFL only reads the descriptor's status flags.
+        unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_GETFL) } & libc::O_NONBLOCK != 0,
+        "a blocking connection socket"
+    );
     let _ = stream.set_write_timeout(Some(limits.send_timeout));
 
     if shard.at_capacity() {

@@ -335,3 +335,46 @@ fn a_file_changed_on_disk_is_served_fresh() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fetch(&server, "/static/hello.txt", "").status, 404);
 }
+
+/// A client that asks for a large (cached) file and stops reading must not
+/// hold its shard up. With one shard and an idle start the reuseport shard
+/// takes the connection through glommio's accept, whose sockets are
+/// blocking until coreserve makes them not: a blocking sendfile would stall
+/// every other connection of the shard.
+#[test]
+fn a_client_that_stops_reading_a_large_file_holds_nobody_up() {
+    for dispatch in ["reuseport", "master"] {
+        let dir = Scratch::new(&format!("stall-{dispatch}"));
+        dir.write("www/big.bin", vec![b'x'; 32 << 20]);
+        dir.write("www/small.txt", "ok");
+        let conf = dir.write(
+            "stall.toml",
+            format!(
+                "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+                dir.path("www")
+            ),
+        );
+        let server = Server::start(&[
+            "--config",
+            &conf.display().to_string(),
+            "--shards",
+            "1",
+            "--dispatch",
+            dispatch,
+        ]);
+        // Idle, so that the shard waits for its next connection.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut stalled = server.connect();
+        stalled
+            .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 512];
+        let n = stalled.read(&mut head).unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{dispatch}");
+        // It reads no more; the server's socket buffer fills.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = get(server.addr, "GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200, "{dispatch}");
+        assert_eq!(r.text(), "ok", "{dispatch}");
+    }
+}

@@ -27,6 +27,7 @@ use glommio::net::TcpStream;
 use self::fs::{FileInfo, Found, Lookup};
 use self::reply::{Conditions, Decision};
 use self::resolve::{Reject, RelPath};
+use self::sendfile::Residency;
 use super::{Handler, Outcome};
 use crate::config::StaticConfig;
 use crate::http::date::DATE_LEN;
@@ -395,14 +396,17 @@ async fn stream_file(
         )
     };
     let result = async {
-        // Checked again after every chunk that went the other way (a wait
-        // in which pages may have been evicted), not before every call.
-        let mut cached_to = 0;
+        // What cachestat said: [pos, cached_to) is cached; nothing is asked
+        // again before `ask_at` (after a "no", the next window; after a
+        // chunk that waited, at once: pages may have gone meanwhile).
+        let (mut cached_to, mut ask_at) = (0, start);
         while pos < end {
-            if pos >= cached_to {
+            if pos >= cached_to && pos >= ask_at {
                 let window = SENDFILE_WINDOW.min(end - pos);
-                if sendfile::fully_cached(fd, pos, window) {
-                    cached_to = pos + window;
+                match sendfile::residency(fd, pos, window) {
+                    Residency::Cached => cached_to = pos + window,
+                    Residency::NotCached => ask_at = pos + window,
+                    Residency::Unknown => ask_at = end,
                 }
             }
             if pos < cached_to && recheck::try_direct() {
@@ -410,6 +414,9 @@ async fn stream_file(
                     Ok(0) => return Err(shrank()),
                     Ok(n) => {
                         pos += n as u64;
+                        // A reader as fast as loopback would otherwise keep
+                        // this task running for up to 256 calls in a row.
+                        futures_lite::future::yield_now().await;
                         continue;
                     }
                     // No room: the chunk below waits for it.
@@ -426,7 +433,10 @@ async fn stream_file(
             }
             stream.write_all(&chunk).await?;
             pos += chunk.len() as u64;
-            cached_to = 0;
+            if cached_to > 0 {
+                cached_to = 0;
+                ask_at = pos;
+            }
         }
         Ok(())
     }

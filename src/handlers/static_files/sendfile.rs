@@ -5,16 +5,26 @@
 //! socket). But sendfile reads the file synchronously, and a range not in
 //! the page cache would stall the whole shard on the disk. So it is used
 //! only for a range that cachestat(2) (Linux 6.5) reports fully cached — a
-//! page evicted between the two calls costs one read, nothing worse — and
-//! the io_uring path serves the rest. The socket is non-blocking: sendfile
-//! sends what fits and the caller waits for room its own way.
+//! page evicted, or still being read in, between the two calls costs one
+//! read, nothing worse — and the io_uring path serves the rest. cachestat
+//! answers only for files the caller owns or may write (Linux 6.14 and
+//! backports); for others this says "cannot tell" and they take the
+//! io_uring path. The socket must be non-blocking (every connection's is):
+//! sendfile sends what fits and the caller waits for room its own way.
 
 use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
 
 /// The page size the kernel counts cached pages in.
-const PAGE: u64 = 4096;
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf(3) only reads a system value.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    })
+}
 
 /// cachestat(2)'s number, the same in the generic table (aarch64) and on
 /// x86_64; libc does not name it yet.
@@ -25,6 +35,20 @@ thread_local! {
     /// Cleared for good when the kernel has no cachestat (before 6.5, or a
     /// seccomp filter): every range then takes the io_uring path.
     static CACHESTAT: Cell<bool> = const { Cell::new(true) };
+    /// Whether this shard has said that cachestat refused a file.
+    static TOLD_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// What cachestat says of a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Every page is in the page cache.
+    Cached,
+    /// Some page is not.
+    NotCached,
+    /// No answer for this file (not ours, no cachestat): do not ask again
+    /// during this transfer.
+    Unknown,
 }
 
 #[repr(C)]
@@ -44,10 +68,10 @@ struct Cachestat {
 }
 
 /// Whether every page of `len` bytes of `fd` from `off` is in the page
-/// cache. False when it cannot be told.
-pub fn fully_cached(fd: RawFd, off: u64, len: u64) -> bool {
+/// cache.
+pub fn residency(fd: RawFd, off: u64, len: u64) -> Residency {
     if len == 0 || !CACHESTAT.with(Cell::get) {
-        return false;
+        return Residency::Unknown;
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
@@ -65,21 +89,28 @@ pub fn fully_cached(fd: RawFd, off: u64, len: u64) -> bool {
             )
         };
         if rc != 0 {
-            if matches!(
-                io::Error::last_os_error().raw_os_error(),
-                Some(libc::ENOSYS | libc::EPERM)
-            ) {
-                CACHESTAT.with(|c| c.set(false));
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENOSYS) => CACHESTAT.with(|c| c.set(false)),
+                Some(libc::EPERM) if !TOLD_REFUSED.with(|t| t.replace(true)) => log::info!(
+                    "static files: cachestat(2) refused a file this user neither owns nor \
+                     may write; such files are read through io_uring, not sent by sendfile"
+                ),
+                _ => {}
             }
-            return false;
+            return Residency::Unknown;
         }
-        let pages = (off + len).div_ceil(PAGE) - off / PAGE;
-        stat.nr_cache >= pages
+        let page = page_size();
+        let pages = (off + len).div_ceil(page) - off / page;
+        if stat.nr_cache >= pages {
+            Residency::Cached
+        } else {
+            Residency::NotCached
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (fd, off);
-        false
+        Residency::Unknown
     }
 }
 
@@ -90,13 +121,17 @@ pub fn send(socket: RawFd, file: RawFd, off: u64, len: u64) -> io::Result<usize>
     let mut offset = libc::off_t::try_from(off).map_err(|_| io::ErrorKind::InvalidInput)?;
     // The kernel sends at most about 2 GiB per call anyway.
     let count = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
-    // SAFETY: sendfile(2) between two descriptors the caller holds open;
-    // `offset` is ours, so the file's own position is untouched.
-    let n = unsafe { libc::sendfile(socket, file, &mut offset, count) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+    loop {
+        // SAFETY: sendfile(2) between two descriptors the caller holds open;
+        // `offset` is ours, so the file's own position is untouched.
+        let n = unsafe { libc::sendfile(socket, file, &mut offset, count) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -120,13 +155,13 @@ mod tests {
         let (f, path) = file_of(256 << 10);
         // SAFETY: advice on our own clean (synced) file.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if CACHESTAT.with(Cell::get) && !fully_cached(f.as_raw_fd(), 0, 256 << 10) {
+        if residency(f.as_raw_fd(), 0, 256 << 10) == Residency::NotCached {
             std::io::copy(&mut &f, &mut std::io::sink()).unwrap();
-            assert!(fully_cached(f.as_raw_fd(), 0, 256 << 10));
-            assert!(fully_cached(f.as_raw_fd(), 4095, 2));
+            assert_eq!(residency(f.as_raw_fd(), 0, 256 << 10), Residency::Cached);
+            assert_eq!(residency(f.as_raw_fd(), 4095, 2), Residency::Cached);
         }
         // Without cachestat (kernel before 6.5) nothing is ever "cached".
-        assert!(!fully_cached(f.as_raw_fd(), 0, 0));
+        assert_eq!(residency(f.as_raw_fd(), 0, 0), Residency::Unknown);
         std::fs::remove_file(path).unwrap();
     }
 
