@@ -54,22 +54,16 @@ impl Acceptor {
     /// Start accepting on `listeners` (non-blocking, as `listener` makes
     /// them) and dealing to `shards`, indexed by shard id.
     pub fn start(listeners: Vec<TcpListener>, shards: Vec<Sender>) -> io::Result<Acceptor> {
-        // SAFETY: eventfd(2) returns a new descriptor or -1.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        let bell = unsafe { OwnedFd::from_raw_fd(raw) };
-        let bell_rx = bell.try_clone()?;
+        let bell = eventfd()?;
         let (tx, rx) = mpsc::channel();
         let dealer = Dealer {
             shards: shards.into_iter().map(Some).collect(),
             next: 0,
         };
+        let accepting = Accepting::new(listeners, bell.try_clone()?, rx, dealer);
         let thread = std::thread::Builder::new()
             .name("acceptor".into())
-            .spawn(move || run(listeners, bell_rx, rx, dealer))?;
+            .spawn(move || run(accepting))?;
         Ok(Acceptor {
             commands: Some(tx),
             bell,
@@ -181,9 +175,22 @@ impl Dealer {
     }
 }
 
+/// A new non-blocking, close-on-exec eventfd: the acceptor's bell.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) returns a new descriptor or -1.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// Everything the accept thread keeps between passes of its loop.
 struct Accepting {
     listeners: Vec<TcpListener>,
+    /// The thread's copy of the bell (`fds[0]`).
+    _bell: OwnedFd,
     /// The bell first, then one entry per listener.
     fds: Vec<libc::pollfd>,
     commands: mpsc::Receiver<Command>,
@@ -203,30 +210,7 @@ enum Pass {
     Stopped,
 }
 
-fn run(
-    listeners: Vec<TcpListener>,
-    bell: OwnedFd,
-    commands: mpsc::Receiver<Command>,
-    dealer: Dealer,
-) {
-    let fds = std::iter::once(bell.as_raw_fd())
-        .chain(listeners.iter().map(|l| l.as_raw_fd()))
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let mut a = Accepting {
-        listeners,
-        fds,
-        commands,
-        dealer,
-        errors: AcceptErrors::default(),
-        held: None,
-        resume: None,
-        full_pause: FULL_PAUSE_MIN,
-    };
+fn run(mut a: Accepting) {
     // A panic (a logger, a wake into a shard) must not leave the server
     // refusing every connection while it reports itself serving: the state
     // survives a pass, so log and go on after a pause.
@@ -247,6 +231,33 @@ fn run(
 }
 
 impl Accepting {
+    fn new(
+        listeners: Vec<TcpListener>,
+        bell: OwnedFd,
+        commands: mpsc::Receiver<Command>,
+        dealer: Dealer,
+    ) -> Accepting {
+        let fds = std::iter::once(bell.as_raw_fd())
+            .chain(listeners.iter().map(|l| l.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Accepting {
+            listeners,
+            _bell: bell,
+            fds,
+            commands,
+            dealer,
+            errors: AcceptErrors::default(),
+            held: None,
+            resume: None,
+            full_pause: FULL_PAUSE_MIN,
+        }
+    }
+
     /// Wait for connections, the bell or the end of a pause, then take
     /// commands and accept what is queued.
     fn pass(&mut self) -> Pass {
@@ -413,25 +424,7 @@ mod tests {
         std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let (d, rxs) = dealer(1, 1);
         let (_commands, rx) = mpsc::channel();
-        // SAFETY: eventfd(2) returns a new descriptor or -1.
-        let bell = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_NONBLOCK)) };
-        let fds = [bell.as_raw_fd(), l.as_raw_fd()]
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .to_vec();
-        let mut a = Accepting {
-            listeners: vec![l],
-            fds,
-            commands: rx,
-            dealer: d,
-            errors: AcceptErrors::default(),
-            held: None,
-            resume: None,
-            full_pause: FULL_PAUSE_MIN,
-        };
+        let mut a = Accepting::new(vec![l], eventfd().unwrap(), rx, d);
         // The shard's queue is full before the connection comes.
         assert!(matches!(a.dealer.deal(conn()), Dealt::Queued));
         let (done_tx, done_rx) = mpsc::channel();

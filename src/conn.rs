@@ -38,8 +38,10 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     // Every way in makes it non-blocking too: the direct recv could do
     // without (MSG_DONTWAIT), a static file's sendfile could not.
     debug_assert!(
-        // SAFETY: F_GETFL only reads the descriptor's status flags.
-        unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_GETFL) } & libc::O_NONBLOCK != 0,
+        // SAFETY: the stream's descriptor, open for as long as the borrow.
+        socket2::SockRef::from(&unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) })
+            .nonblocking()
+            .unwrap_or(false),
         "a blocking connection socket"
     );
     let _ = stream.set_write_timeout(Some(limits.send_timeout));

@@ -168,19 +168,10 @@ pub async fn accept(
     let stream = crate::recheck::wait(listener.accept()).await?;
     // glommio accepts without SOCK_NONBLOCK; every connection socket must be
     // non-blocking (sendfile has no MSG_DONTWAIT to lean on).
-    set_nonblocking(stream.as_raw_fd())?;
+    // SAFETY: the stream's descriptor, open for as long as the borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    SockRef::from(&fd).set_nonblocking(true)?;
     Ok(stream)
-}
-
-/// O_NONBLOCK on a descriptor.
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl(2) reading and setting the status flags of a descriptor
-    // the caller holds open.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// How long accepting stops after the process runs out of descriptors or
