@@ -15,6 +15,8 @@
 # figures in bench/RESULTS.md are taken.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROUNDS=${1:-3}
 SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -36,13 +38,6 @@ ticks() { # total utime+stime (clock ticks) of a process tree
     done
     echo "$total"
 }
-
-stop() { # signal pid: signal a server and wait until it is gone
-    kill "-$1" "$2" 2>/dev/null || true
-    for _ in $(seq 200); do kill -0 "$2" 2>/dev/null || return 0; sleep 0.05; done
-}
-
-wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; return 1; }
 
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
@@ -77,18 +72,7 @@ sed -e '/worker_cpu_affinity/d' -e "s|/tmp/nginx-anchor/www/|$work/www/|" \
     "$ANCHORS/nginx.conf" > "$work/nginx.conf"
 head -c 4096 /dev/urandom > "$work/www/4k.bin"
 head -c 1048576 /dev/urandom > "$work/www/1m.bin"
-cat > "$work/coreserve.toml" <<TOML
-[[route]]
-path = "/"
-handler = "respond"
-body = "Hello World"
-content-type = "text/plain"
-
-[[route]]
-path = "/static/"
-handler = "static"
-root = "$work/www"
-TOML
+hello_config "$work/coreserve.toml" "$work/www"
 
 results=$work/results
 for path in $PATHS; do

@@ -1,0 +1,37 @@
+# Helpers shared by the shell benchmarks in bench/ (sourced, not run).
+
+# wait_port PORT: until a server answers on 127.0.0.1:PORT (5 s at most).
+wait_port() {
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# stop SIGNAL PID: signal a server and wait until it is gone.
+stop() {
+    kill "-$1" "$2" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 "$2" 2>/dev/null || return 0; sleep 0.05; done
+}
+
+# hello_config FILE [STATIC_ROOT]: a coreserve configuration answering "/"
+# with the anchors' hello world (and /static/ from STATIC_ROOT if given).
+hello_config() {
+    cat > "$1" <<TOML
+[[route]]
+path = "/"
+handler = "respond"
+body = "Hello World"
+content-type = "text/plain"
+TOML
+    if [ -n "${2:-}" ]; then
+        cat >> "$1" <<TOML
+
+[[route]]
+path = "/static/"
+handler = "static"
+root = "$2"
+TOML
+    fi
+}
