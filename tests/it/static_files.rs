@@ -239,6 +239,38 @@ fn precompressed_siblings_follow_accept_encoding() {
 }
 
 #[test]
+fn the_slash_redirect_never_names_another_host() {
+    // Files served from "/": a target starting "//" that resolves to a
+    // directory must not come back as a scheme-relative Location
+    // ("//evil.example/…/"), which a browser would follow off-site.
+    let dir = Scratch::new("slash-redirect");
+    dir.write("www/docs/readme.txt", "read me\n");
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    for target in [
+        "//evil.example/..%2fdocs",
+        "//evil.example/..//docs",
+        "///docs",
+    ] {
+        let r = fetch(&server, target, "");
+        assert_eq!(r.status, 301, "{target}");
+        let location = r.header("location").unwrap();
+        assert!(
+            location.starts_with('/') && !location.starts_with("//"),
+            "{target} -> {location}"
+        );
+    }
+    let r = fetch(&server, "//docs?a=1", "");
+    assert_eq!(r.header("location"), Some("/docs/?a=1"));
+}
+
+#[test]
 fn index_redirect_autoindex_and_forbidden() {
     let (_dir, server) = site("index", "");
     let r = fetch(&server, "/static/", "");

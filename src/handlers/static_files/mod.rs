@@ -284,7 +284,12 @@ pub async fn serve(
             res.body("text/plain; charset=utf-8", b"Forbidden\n");
         }
         Found::AddSlash => {
-            let mut location = job.request_path.clone();
+            // One leading slash only: "//evil.example/..%2fdocs" names a
+            // directory here, but as a Location it would be scheme-relative
+            // and send the browser to another host.
+            let mut location = String::with_capacity(job.request_path.len() + 2);
+            location.push('/');
+            location.push_str(job.request_path.trim_start_matches('/'));
             location.push('/');
             if let Some(q) = &job.query {
                 location.push('?');
