@@ -257,16 +257,29 @@ fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> ParseError {
     match e {
         httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
         httparse::Error::HeaderName | httparse::Error::HeaderValue => ParseError::HeaderField,
-        httparse::Error::Version if is_unsupported_version(buf) => ParseError::Version,
-        httparse::Error::NewLine if is_unsupported_version(buf) => ParseError::Version,
+        httparse::Error::Version | httparse::Error::NewLine => match request_line_version(buf) {
+            VersionSeen::Supported if e == httparse::Error::NewLine => ParseError::HeaderField,
+            VersionSeen::Unsupported => ParseError::Version,
+            _ => ParseError::RequestLine,
+        },
         _ => ParseError::RequestLine,
     }
 }
 
-/// A request line that is well formed but for a version other than 1.0/1.1
-/// (`HTTP/2.0`, the h2 preface's `PRI * HTTP/2.0`, `HTTP/3`, `HTTP/1.2`) gets
-/// 505 rather than 400: the client speaks HTTP, just not this one.
-fn is_unsupported_version(buf: &[u8]) -> bool {
+/// What the request line's last word says about the version.
+enum VersionSeen {
+    /// `HTTP/1.0` or `HTTP/1.1`: the request line is fine, so a line-ending
+    /// error is in a header line (a bare CR, say): 400.
+    Supported,
+    /// Well formed but another version (`HTTP/2.0`, the h2 preface's
+    /// `PRI * HTTP/2.0`, `HTTP/3`, `HTTP/1.2`): 505 rather than 400, the
+    /// client speaks HTTP, just not this one.
+    Unsupported,
+    /// Not an HTTP version at all.
+    Malformed,
+}
+
+fn request_line_version(buf: &[u8]) -> VersionSeen {
     let start = buf
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -275,15 +288,16 @@ fn is_unsupported_version(buf: &[u8]) -> bool {
     let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(sp) = memchr::memrchr(b' ', line) else {
-        return false;
+        return VersionSeen::Malformed;
     };
     match &line[sp + 1..] {
+        b"HTTP/1.0" | b"HTTP/1.1" => VersionSeen::Supported,
         [b'H', b'T', b'T', b'P', b'/', major, rest @ ..] if major.is_ascii_digit() => match rest {
-            [] => true,
-            [b'.', minor] => minor.is_ascii_digit(),
-            _ => false,
+            [] => VersionSeen::Unsupported,
+            [b'.', minor] if minor.is_ascii_digit() => VersionSeen::Unsupported,
+            _ => VersionSeen::Malformed,
         },
-        _ => false,
+        _ => VersionSeen::Malformed,
     }
 }
 
@@ -674,6 +688,22 @@ mod tests {
         assert_eq!(err("PRI * HTTP/2.0\r\n\r\n"), ParseError::Version);
         assert_eq!(err("GET / HTTP/3\r\n\r\n"), ParseError::Version);
         assert_eq!(err("GET / FOO/1.1\r\n\r\n"), ParseError::RequestLine);
+        // A bare CR in a header line after a good request line is a bad
+        // header, not a version the server lacks.
+        for v in ["HTTP/1.1", "HTTP/1.0"] {
+            assert_eq!(
+                err(&format!("GET / {v}\r\nHost: x\r\n\rX\r\n\r\n")),
+                ParseError::HeaderField
+            );
+            assert_eq!(
+                err(&format!("GET / {v}\r\nHost: x\r\n\r\r\n\r\n")),
+                ParseError::HeaderField
+            );
+        }
+        assert_eq!(
+            err("GET / HTTP/1.1\rX\r\nHost: x\r\n\r\n"),
+            ParseError::RequestLine
+        );
     }
 
     #[test]
