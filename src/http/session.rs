@@ -116,6 +116,11 @@ pub struct Session {
     /// Status of the uncommitted response, counted once its request completes
     /// (a body error replaces it).
     uncommitted_status: Option<u16>,
+    /// Bytes of empty lines skipped since the last request. One CRLF after a
+    /// request (old clients send one after a body) leaves the connection
+    /// idle; more start the header timeout, so a trickle of line breaks
+    /// cannot hold a connection open past it.
+    blank: usize,
 }
 
 /// A response a handler left for the connection to produce asynchronously.
@@ -143,6 +148,7 @@ impl Default for Session {
             head_request: false,
             statuses: [0; 5],
             uncommitted_status: None,
+            blank: 0,
         }
     }
 }
@@ -206,13 +212,14 @@ impl Session {
                             .take_while(|&&b| b == b'\r' || b == b'\n')
                             .count();
                         input.consume(skip);
+                        self.blank += skip;
                     }
                     let data = input.data();
                     if data.is_empty() {
                         if cx.draining && self.served > 0 {
                             return Next::Close { linger: false };
                         }
-                        return Next::Read(if self.served > 0 {
+                        return Next::Read(if self.served > 0 && self.blank <= 2 {
                             Wait::Idle
                         } else {
                             Wait::Head
@@ -316,6 +323,7 @@ impl Session {
     fn complete(&mut self, keep_alive: bool, input: &InputBuffer, out: &[u8]) -> Option<Next> {
         self.committed = out.len();
         self.served += 1;
+        self.blank = 0;
         self.scanner.reset();
         self.head_request = false;
         if let Some(status) = self.uncommitted_status.take() {

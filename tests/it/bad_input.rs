@@ -220,6 +220,43 @@ fn idle_keep_alive_is_closed_after_the_timeout() {
 }
 
 #[test]
+fn a_trickle_of_empty_lines_cannot_hold_a_keep_alive_connection() {
+    // Empty lines between requests are skipped (RFC 9112 §2.2), but only one
+    // keeps the connection idle; more start the header timeout, which the
+    // trickle cannot renew. Before, every CRLF restarted the keep-alive wait.
+    let server = Server::start(&["--keepalive-timeout", "60s", "--header-timeout", "1s"]);
+    let mut s = server.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(Reader::new(&s).next(false).status, 200);
+    let mut reader = s.try_clone().unwrap();
+    let start = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if s.write_all(b"\r\n").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Closed without an answer (nothing of a request had started), long
+    // before the trickle (10 s) or the keep-alive timeout would end it.
+    assert_eq!(read_to_close(&mut reader), "");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    trickle.join().unwrap();
+
+    // One CRLF after a request is tolerated: the next request is served.
+    let mut s = server.connect();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok\r\n")
+        .unwrap();
+    let mut r = Reader::new(&s);
+    assert_eq!(r.next(false).status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(r.next(false).status, 200);
+}
+
+#[test]
 fn connections_past_the_limit_get_503() {
     let server = Server::start(&["--shards", "1", "--max-connections", "2"]);
     let a = server.connect();
