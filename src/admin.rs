@@ -4,6 +4,7 @@
 //! Each scrape asks every shard for a snapshot over its control channel and
 //! answers once all have replied (the analogue of cluster's process.send).
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,8 +16,15 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::http::parse::{self, HeadLimits, HeadScanner, Method, MAX_HEADERS_LIMIT};
 use crate::listener::AcceptErrors;
 
-/// How long an admin client may take to send its request.
+/// How long an admin exchange may take, from accept to the last byte of the
+/// answer: the whole request, not each read, so a client trickling bytes
+/// cannot hold a connection open.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Admin connections served at once; past it a connection gets 503. Scrapers
+/// need one or two; the cap keeps a flood from piling up tasks and buffers
+/// in the master.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Requests to the admin endpoint are small; anything larger is refused.
 const ADMIN_MAX_HEAD: usize = 8192;
@@ -30,12 +38,26 @@ pub type ScrapeRequest = LocalSender<String>;
 /// Accept admin connections until cancelled.
 pub async fn serve(listener: TcpListener, path: Rc<str>, scrape: Rc<dyn Fn(ScrapeRequest)>) {
     let mut errors = AcceptErrors::default();
+    let open = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                let (path, scrape) = (path.clone(), scrape.clone());
+            Ok(mut stream) => {
+                let (path, scrape, open) = (path.clone(), scrape.clone(), open.clone());
                 glommio::spawn_local(async move {
-                    let _ = answer(stream, &path, &*scrape).await;
+                    open.set(open.get() + 1);
+                    let exchange = async {
+                        if open.get() > ADMIN_MAX_CONNECTIONS {
+                            reply(&mut stream, 503, "text/plain", "too many connections\n").await
+                        } else {
+                            answer(&mut stream, &path, &*scrape).await
+                        }
+                    };
+                    let deadline = async {
+                        glommio::timer::Timer::new(ADMIN_TIMEOUT).await;
+                        Err(std::io::ErrorKind::TimedOut.into())
+                    };
+                    let _ = futures_lite::future::or(exchange, deadline).await;
+                    open.set(open.get() - 1);
                 })
                 .detach();
             }
@@ -45,18 +67,16 @@ pub async fn serve(listener: TcpListener, path: Rc<str>, scrape: Rc<dyn Fn(Scrap
 }
 
 async fn answer(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     path: &str,
     scrape: &dyn Fn(ScrapeRequest),
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
-    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
     let mut buf = vec![0u8; ADMIN_MAX_HEAD];
     let mut len = 0;
     let mut scanner = HeadScanner::default();
     let end = loop {
         if len == buf.len() {
-            return reply(&mut stream, 431, "text/plain", "request too large\n").await;
+            return reply(stream, 431, "text/plain", "request too large\n").await;
         }
         let n = stream.read(&mut buf[len..]).await?;
         if n == 0 {
@@ -75,11 +95,11 @@ async fn answer(
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
     let (method, wanted) = match parse::parse(&buf[..end], &mut headers, &limits) {
         Ok(req) => (req.method, req.path == path),
-        Err(_) => return reply(&mut stream, 400, "text/plain", "bad request\n").await,
+        Err(_) => return reply(stream, 400, "text/plain", "bad request\n").await,
     };
     if !wanted {
         return reply(
-            &mut stream,
+            stream,
             404,
             "text/plain",
             "not found: the metrics are at the configured path\n",
@@ -87,19 +107,12 @@ async fn answer(
         .await;
     }
     if !matches!(method, Method::Get | Method::Head) {
-        return reply(&mut stream, 405, "text/plain", "only GET and HEAD\n").await;
+        return reply(stream, 405, "text/plain", "only GET and HEAD\n").await;
     }
     let (tx, rx) = local_channel::new_bounded(1);
     scrape(tx);
     let body = rx.recv().await.unwrap_or_default();
-    reply_to(
-        &mut stream,
-        200,
-        PROMETHEUS_TEXT,
-        &body,
-        method == Method::Head,
-    )
-    .await
+    reply_to(stream, 200, PROMETHEUS_TEXT, &body, method == Method::Head).await
 }
 
 async fn reply(
@@ -120,9 +133,10 @@ async fn reply_to(
     head_only: bool,
 ) -> std::io::Result<()> {
     let reason = crate::http::status::Status::from_code(status).map_or("", |s| s.reason());
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: coreserve\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nServer: coreserve\r\nDate: {date}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

@@ -133,14 +133,7 @@ fn counters_add_up_and_round_robin_spreads_evenly() {
 #[test]
 fn the_admin_listener_answers_only_its_path_and_can_be_off() {
     let server = Server::start(&[]);
-    let url = server.metrics_url();
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = admin_addr(&server);
     assert_eq!(
         get(addr, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").status,
         404
@@ -153,6 +146,9 @@ fn the_admin_listener_answers_only_its_path_and_can_be_off() {
         get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status,
         200
     );
+
+    let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.header("date").is_some_and(|d| d.ends_with(" GMT")));
 
     let mut cmd = crate::util::command();
     cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"]);
@@ -251,4 +247,58 @@ fn status_needs_only_the_metrics_section_of_the_file() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: metrics.listen"), "{err}");
+}
+
+/// The admin listener's address.
+fn admin_addr(server: &Server) -> std::net::SocketAddr {
+    server
+        .metrics_url()
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_admin_listener_bounds_slow_and_piled_up_clients() {
+    let server = Server::start(&[]);
+    let addr = admin_addr(&server);
+    // A request trickled a byte at a time is cut off by the exchange's
+    // 5 s deadline; before, each byte renewed a per-read timeout.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    let mut reader = slow.try_clone().unwrap();
+    let start = std::time::Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: yyyyyyyyyyyyyyyyyyyyyyyyyyy" {
+            if slow.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    });
+    assert_eq!(crate::util::read_to_close(&mut reader), "");
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    trickle.join().unwrap();
+
+    // 64 connections at once are served (here: held open, silent); the
+    // next one gets 503 rather than another task in the master.
+    let held: Vec<_> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 503);
+    drop(held);
+    // Once they are gone, scrapes are answered again.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(status, 200);
 }
