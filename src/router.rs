@@ -129,6 +129,24 @@ impl Handler for Router {
             res.empty();
             return Outcome::Done;
         }
+        // Routes see the canonical path, so no spelling of a path reaches
+        // a route other than the one its plain form does (see http::path).
+        let path = match crate::http::path::canonical(req.path) {
+            Ok(path) => path,
+            Err(_) => {
+                res.begin(Status::BAD_REQUEST);
+                res.body("text/plain; charset=utf-8", b"Bad Request\n");
+                return Outcome::Done;
+            }
+        };
+        let canonical_req;
+        let req = match path {
+            std::borrow::Cow::Borrowed(_) => req,
+            std::borrow::Cow::Owned(ref path) => {
+                canonical_req = Request { path, ..*req };
+                &canonical_req
+            }
+        };
         let Some(route) = self.routes.iter().find(|r| r.matches(req.host, req.path)) else {
             res.begin(Status::NOT_FOUND);
             res.body("text/plain; charset=utf-8", b"Not Found\n");

@@ -6,6 +6,7 @@ pub mod body;
 pub mod date;
 pub mod error;
 pub mod parse;
+pub mod path;
 pub mod response;
 pub mod session;
 pub mod status;

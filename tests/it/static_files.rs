@@ -33,6 +33,24 @@ fn site(name: &str, extra: &str) -> (Scratch, Server) {
     (dir, server)
 }
 
+/// Files served from "/": `files` under the root, then `extra` (more keys
+/// of the static route, or further routes).
+fn root_site(name: &str, files: &[(&str, &str)], extra: &str) -> (Scratch, Server) {
+    let dir = Scratch::new(name);
+    for (path, text) in files {
+        dir.write(&format!("www/{path}"), *text);
+    }
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n{extra}",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    (dir, server)
+}
+
 fn fetch(server: &Server, target: &str, headers: &str) -> crate::util::Response {
     get(
         server.addr,
@@ -243,16 +261,7 @@ fn the_slash_redirect_never_names_another_host() {
     // Files served from "/": a target starting "//" that resolves to a
     // directory must not come back as a scheme-relative Location
     // ("//evil.example/…/"), which a browser would follow off-site.
-    let dir = Scratch::new("slash-redirect");
-    dir.write("www/docs/readme.txt", "read me\n");
-    let conf = dir.write(
-        "site.toml",
-        format!(
-            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
-            dir.path("www")
-        ),
-    );
-    let server = Server::start(&["--config", &conf.display().to_string()]);
+    let (_dir, server) = root_site("slash-redirect", &[("docs/readme.txt", "read me\n")], "");
     for target in [
         "//evil.example/..%2fdocs",
         "//evil.example/..//docs",
@@ -268,6 +277,44 @@ fn the_slash_redirect_never_names_another_host() {
     }
     let r = fetch(&server, "//docs?a=1", "");
     assert_eq!(r.header("location"), Some("/docs/?a=1"));
+}
+
+#[test]
+fn no_spelling_of_a_path_slips_past_its_route() {
+    // A deny route inside a site served from "/": every way of writing
+    // /private/key.txt must meet the deny route, not the files (routes
+    // matched the raw path before; found by a fuzzing helper).
+    let (_dir, server) = root_site(
+        "route-spelling",
+        &[("private/key.txt", "secret\n"), ("pub/a.txt", "public\n")],
+        "autoindex = true\n\n[[route]]\npath = \"/private/\"\nhandler = \"respond\"\n\
+         status = 403\nbody = \"no\"\n",
+    );
+    for target in [
+        "/private/key.txt",
+        "//private/key.txt",
+        "/%70rivate/key.txt",
+        "/./private/key.txt",
+        "/pub/../private/key.txt",
+        "/private%2fkey.txt",
+        "/pub/%2e%2e/private/key.txt",
+        "http://x//private/key.txt",
+    ] {
+        let r = fetch(&server, target, "");
+        assert_eq!(r.status, 403, "{target}");
+        assert_eq!(r.text(), "no", "{target}");
+    }
+    assert_eq!(fetch(&server, "/pub/a.txt", "").text(), "public\n");
+    assert_eq!(fetch(&server, "/pub/../pub/a.txt", "").text(), "public\n");
+    assert_eq!(fetch(&server, "/../private/key.txt", "").status, 400);
+    // A listing names the directory, not how one client spelled it.
+    let r = fetch(&server, "/pub/Moved-see-evil.example/../", "");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("<title>Index of /pub/</title>"),
+        "{}",
+        r.text()
+    );
 }
 
 #[test]

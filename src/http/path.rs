@@ -1,0 +1,116 @@
+//! The path routes are matched on and handlers see.
+//!
+//! SECURITY: a route must not be reachable, or avoidable, by spelling its
+//! path another way. `//private/key`, `/%70rivate/key`, `/./private/key`,
+//! `/pub/../private/key` and `/private%2fkey` all name `/private/key`, as
+//! nginx's normalized URI does: percent-escapes decoded once, `.` and empty
+//! segments dropped, `..` resolved. The result is written back in a form
+//! that decodes to the same bytes — `%`, controls, space and non-ASCII stay
+//! escaped — so a handler that decodes once (the static files') sees
+//! exactly these segments and no double decoding can happen.
+
+use std::borrow::Cow;
+
+/// A path that climbs above `/` (`/../x`, `/a/%2e%2e/%2e%2e/x`): 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClimbsAboveRoot;
+
+/// The canonical form of an origin-form `path` (it starts with `/`). Borrows
+/// when the path is already canonical, which is the common case and costs
+/// one scan.
+pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
+    if is_canonical(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut directory = false;
+    for seg in decoded.split(|&b| b == b'/') {
+        directory = matches!(seg, b"" | b"." | b"..");
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop().ok_or(ClimbsAboveRoot)?;
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in &segments {
+        out.push('/');
+        for &b in *seg {
+            if b == b'%' || b <= b' ' || b >= 0x7f {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            } else {
+                out.push(char::from(b));
+            }
+        }
+    }
+    if directory || out.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// No escapes, no empty, `.` or `..` segment (a trailing slash is fine).
+fn is_canonical(path: &str) -> bool {
+    !path.contains('%') && !path.contains("//") && !path.split('/').any(|s| s == "." || s == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(p: &str) -> String {
+        canonical(p).unwrap().into_owned()
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed() {
+        for p in ["/", "/a", "/a/b.txt", "/static/", "/a.b/c..d/.e"] {
+            assert!(matches!(canonical(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn spellings_of_the_same_path_meet() {
+        for p in [
+            "//private/key.txt",
+            "/%70rivate/key.txt",
+            "/./private/key.txt",
+            "/pub/../private/key.txt",
+            "/private%2fkey.txt",
+            "/private//key.txt",
+            "/private/./key.txt",
+        ] {
+            assert_eq!(c(p), "/private/key.txt", "{p}");
+        }
+        assert_eq!(c("/private/x/.."), "/private/");
+        assert_eq!(c("/private/."), "/private/");
+        assert_eq!(c("//"), "/");
+        assert_eq!(c("/a//"), "/a/");
+    }
+
+    #[test]
+    fn what_a_second_decoding_would_change_stays_escaped() {
+        assert_eq!(c("/%252e%252e/x"), "/%252e%252e/x");
+        assert_eq!(c("/a%20b/%00/%C3%A9"), "/a%20b/%00/%C3%A9");
+        assert_eq!(c("/%c0%ae"), "/%C0%AE");
+    }
+
+    #[test]
+    fn climbing_above_the_root_is_refused() {
+        for p in [
+            "/..",
+            "/../x",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/a/%2E%2E%2f..%2Fx",
+        ] {
+            assert_eq!(canonical(p), Err(ClimbsAboveRoot), "{p}");
+        }
+    }
+}
