@@ -47,8 +47,11 @@ struct Route {
 impl Route {
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(want) = &self.host {
-            // Host without port, compared case-insensitively (RFC 9110 §4.2.3).
+            // Host without port or a trailing dot (the root label: same
+            // name, as nginx treats it), compared case-insensitively
+            // (RFC 9110 §4.2.3).
             let got = host.map(strip_port).unwrap_or("");
+            let got = got.strip_suffix('.').unwrap_or(got);
             if !got.eq_ignore_ascii_case(want) {
                 return false;
             }
@@ -226,6 +229,9 @@ mod tests {
     fn hosts_ignore_port_and_case() {
         let r = route("/", Some("example.com"));
         assert!(r.matches(Some("Example.COM:8080"), "/"));
+        assert!(r.matches(Some("example.com."), "/"));
+        assert!(r.matches(Some("example.com.:80"), "/"));
+        assert!(!r.matches(Some("example.com.."), "/"));
         assert!(!r.matches(Some("other.com"), "/"));
         assert!(!r.matches(None, "/"));
         assert_eq!(strip_port("[::1]:80"), "::1");

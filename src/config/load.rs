@@ -425,7 +425,7 @@ impl<'t> Walker<'t> {
             match name {
                 "handler" | "path" => {}
                 "methods" => route.methods = self.string_list(f),
-                "host" => route.host = self.string(f).map(|h| h.to_ascii_lowercase()),
+                "host" => route.host = self.route_host(f),
                 n if !allowed.contains(&n) => {
                     let known = if handler.is_some() && !allowed.is_empty() {
                         format!(
@@ -518,6 +518,34 @@ impl<'t> Walker<'t> {
             Some(s) => Some(s.to_string()),
             None => {
                 self.error(f, "must be a string".into());
+                None
+            }
+        }
+    }
+
+    /// A route's host: a name or address as the request's Host is compared
+    /// (lower case, no port, IPv6 without brackets, no trailing dot).
+    fn route_host(&mut self, f: &Field) -> Option<String> {
+        let host = self.string(f)?.to_ascii_lowercase();
+        let bare = match host.strip_prefix('[') {
+            Some(v6) => v6
+                .strip_suffix(']')
+                .filter(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => Some(host.strip_suffix('.').unwrap_or(&host)).filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            }),
+        };
+        match bare {
+            Some(bare) => Some(bare.to_string()),
+            None => {
+                self.error(
+                    f,
+                    format!(
+                        "must be a host name or address without a port (\"example.com\", \"[::1]\"), got {host:?}"
+                    ),
+                );
                 None
             }
         }
@@ -703,6 +731,31 @@ root = "/srv"
                 "t.toml:17: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
             ]
         );
+    }
+
+    #[test]
+    fn route_hosts_are_stored_as_requests_are_compared() {
+        let route = |host: &str| {
+            format!("[[route]]\npath = \"/\"\nhandler = \"respond\"\nhost = \"{host}\"\n")
+        };
+        for (given, stored) in [
+            ("Example.COM", "example.com"),
+            ("example.com.", "example.com"),
+            ("[::2]", "::2"),
+            ("127.0.0.1", "127.0.0.1"),
+        ] {
+            let c = parse(&route(given)).unwrap();
+            assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{given}");
+        }
+        for bad in ["port.example:8080", "[::2]:80", "[nope]", "", "a b"] {
+            let errs = parse(&route(bad)).unwrap_err();
+            assert!(
+                errs[0].starts_with(
+                    "t.toml:4: route[1].host: must be a host name or address without a port"
+                ),
+                "{bad}: {errs:?}"
+            );
+        }
     }
 
     #[test]
