@@ -318,6 +318,35 @@ fn no_spelling_of_a_path_slips_past_its_route() {
 }
 
 #[test]
+fn list_fields_over_several_lines_count_as_one() {
+    // RFC 9110 §5.3: two If-None-Match (or Accept-Encoding) lines mean
+    // their values joined by a comma; only the first was read before.
+    let (_dir, server) = site("list-fields", "precompressed = true\n");
+    let etag = fetch(&server, "/static/hello.txt", "")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let r = fetch(
+        &server,
+        "/static/hello.txt",
+        &format!("If-None-Match: \"other\"\r\nIf-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(r.status, 304);
+    let r = fetch(
+        &server,
+        "/static/style.css",
+        "Accept-Encoding: identity\r\nAccept-Encoding: gzip\r\n",
+    );
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let r = fetch(
+        &server,
+        "/static/style.css",
+        "Accept-Encoding: br;q=0.1, gzip;q=1\r\n",
+    );
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+}
+
+#[test]
 fn index_redirect_autoindex_and_forbidden() {
     let (_dir, server) = site("index", "");
     let r = fetch(&server, "/static/", "");

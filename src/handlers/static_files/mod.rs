@@ -132,8 +132,19 @@ impl Handler for StaticSite {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string)
         };
+        // List-valued fields may come as several field lines, which mean
+        // the same as one line joined with commas (RFC 9110 §5.3).
+        let list = |name: &str| {
+            let mut lines = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .filter_map(|h| std::str::from_utf8(h.value).ok());
+            let first = lines.next()?.to_string();
+            Some(lines.fold(first, |all, line| all + ", " + line))
+        };
         let encodings = if s.cfg.precompressed {
-            accepted_encodings(req.header("accept-encoding").unwrap_or(b""))
+            accepted_encodings(&list("accept-encoding").unwrap_or_default())
         } else {
             Vec::new()
         };
@@ -144,7 +155,7 @@ impl Handler for StaticSite {
             query: req.query.map(str::to_string),
             encodings,
             conditions: Conditions {
-                if_none_match: text("if-none-match"),
+                if_none_match: list("if-none-match"),
                 if_modified_since: text("if-modified-since"),
                 range: text("range"),
                 if_range: text("if-range"),
@@ -153,33 +164,33 @@ impl Handler for StaticSite {
     }
 }
 
-/// Precompressed encodings the client accepts, best first: `br`, then `gzip`
-/// (RFC 9110 §12.5.3; `q=0` refuses, `*` accepts what is not named).
-fn accepted_encodings(header: &[u8]) -> Vec<&'static str> {
-    let text = std::str::from_utf8(header).unwrap_or("");
-    let q = |name: &str| -> Option<bool> {
+/// Precompressed encodings the client accepts, best first by their q-values
+/// (`br` before `gzip` on a tie; RFC 9110 §12.5.3: `q=0` refuses, `*`
+/// stands for what is not named).
+fn accepted_encodings(text: &str) -> Vec<&'static str> {
+    let q = |name: &str| -> Option<f32> {
         text.split(',').find_map(|item| {
             let mut parts = item.split(';').map(str::trim);
             let coding = parts.next()?;
             if !coding.eq_ignore_ascii_case(name) {
                 return None;
             }
-            let zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .is_some_and(|v| v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
-            });
-            Some(!zero)
+            let q = parts
+                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .map_or(Some(1.0), |v| v.trim().parse::<f32>().ok())
+                .unwrap_or(0.0);
+            Some(q)
         })
     };
-    let star = q("*").unwrap_or(false);
-    let mut out = Vec::new();
-    if q("br").unwrap_or(star) {
-        out.push("br");
-    }
-    if q("gzip").unwrap_or(star) {
-        out.push("gzip");
-    }
-    out
+    let star = q("*");
+    let mut ranked: Vec<(&'static str, f32)> = ["br", "gzip"]
+        .into_iter()
+        .filter_map(|coding| Some((coding, q(coding).or(star)?)))
+        .filter(|&(_, q)| q > 0.0)
+        .collect();
+    // A stable sort keeps br first among equals.
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.into_iter().map(|(coding, _)| coding).collect()
 }
 
 /// How the file response is framed, from the session.
@@ -468,12 +479,17 @@ mod tests {
 
     #[test]
     fn accept_encoding() {
-        assert_eq!(accepted_encodings(b"gzip, deflate, br"), vec!["br", "gzip"]);
-        assert_eq!(accepted_encodings(b"gzip;q=0.5"), vec!["gzip"]);
-        assert_eq!(accepted_encodings(b"br;q=0, gzip"), vec!["gzip"]);
-        assert_eq!(accepted_encodings(b"*"), vec!["br", "gzip"]);
-        assert_eq!(accepted_encodings(b"*, br;q=0"), vec!["gzip"]);
-        assert!(accepted_encodings(b"identity").is_empty());
-        assert!(accepted_encodings(b"").is_empty());
+        assert_eq!(accepted_encodings("gzip, deflate, br"), vec!["br", "gzip"]);
+        assert_eq!(accepted_encodings("gzip;q=0.5"), vec!["gzip"]);
+        assert_eq!(accepted_encodings("br;q=0, gzip"), vec!["gzip"]);
+        assert_eq!(accepted_encodings("*"), vec!["br", "gzip"]);
+        assert_eq!(accepted_encodings("*, br;q=0"), vec!["gzip"]);
+        assert!(accepted_encodings("identity").is_empty());
+        assert!(accepted_encodings("").is_empty());
+        // Ranked by q: the client prefers gzip here.
+        assert_eq!(accepted_encodings("br;q=0.1, gzip;q=1"), vec!["gzip", "br"]);
+        assert_eq!(accepted_encodings("gzip, br;q=0.9"), vec!["gzip", "br"]);
+        assert_eq!(accepted_encodings("*;q=0.5, br"), vec!["br", "gzip"]);
+        assert_eq!(accepted_encodings("gzip;q=0.5, *"), vec!["br", "gzip"]);
     }
 }
