@@ -165,15 +165,28 @@ pub fn find(l: &Lookup) -> FoundSend {
     file(l, &real, name, &meta)
 }
 
-/// The canonical form of `p` if it exists and (unless symlinks may lead
-/// anywhere) stays under the root.
+/// The canonical form of `p` if it exists, (unless symlinks may lead
+/// anywhere) stays under the root, and (unless dotfiles are served) is not
+/// hidden: a symlink `alias.txt -> .env` must not show what `.env` hides.
 fn inside_root(l: &Lookup, p: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     let real = fs::canonicalize(p).ok()?;
-    if l.follow_symlinks || real.starts_with(&l.root) {
-        Some(real)
-    } else {
-        None
+    let below = real.strip_prefix(&l.root).ok();
+    if !l.follow_symlinks && below.is_none() {
+        return None;
     }
+    if !l.dotfiles {
+        // Below the root every name counts; outside it (follow-symlinks),
+        // the file's own name.
+        let shown = below.unwrap_or_else(|| Path::new(real.file_name().unwrap_or_default()));
+        if shown
+            .components()
+            .any(|c| c.as_os_str().as_bytes().starts_with(b"."))
+        {
+            return None;
+        }
+    }
+    Some(real)
 }
 
 fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
@@ -311,6 +324,16 @@ mod tests {
         assert!(matches!(find(&lookup(&root, "in")), FoundSend::File(_)));
         let mut l = lookup(&root, "out");
         l.follow_symlinks = true;
+        assert!(matches!(find(&l), FoundSend::File(_)));
+        // A link to a hidden name is as hidden as the name.
+        fs::write(root.join(".env"), "e").unwrap();
+        std::os::unix::fs::symlink(root.join(".env"), root.join("env-alias")).unwrap();
+        assert!(matches!(
+            find(&lookup(&root, "env-alias")),
+            FoundSend::NotFound
+        ));
+        let mut l = lookup(&root, "env-alias");
+        l.dotfiles = true;
         assert!(matches!(find(&l), FoundSend::File(_)));
         fs::remove_dir_all(&dir).unwrap();
     }
