@@ -5,8 +5,8 @@
 //! `/pub/../private/key` and `/private%2fkey` all name `/private/key`, as
 //! nginx's normalized URI does: percent-escapes decoded once, `.` and empty
 //! segments dropped, `..` resolved. The result is written back in a form
-//! that decodes to the same bytes — `%`, controls, space and non-ASCII stay
-//! escaped — so a handler that decodes once (the static files') sees
+//! that decodes to the same bytes — `%`, `?`, `#`, controls, space and
+//! non-ASCII stay escaped (so it can also go into a Location) — so a handler that decodes once (the static files') sees
 //! exactly these segments and no double decoding can happen.
 
 use std::borrow::Cow;
@@ -39,7 +39,7 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
     for seg in &segments {
         out.push('/');
         for &b in *seg {
-            if b == b'%' || b <= b' ' || b >= 0x7f {
+            if matches!(b, b'%' | b'?' | b'#') || b <= b' ' || b >= 0x7f {
                 const HEX: &[u8; 16] = b"0123456789ABCDEF";
                 out.push('%');
                 out.push(char::from(HEX[usize::from(b >> 4)]));
@@ -99,6 +99,7 @@ mod tests {
         assert_eq!(c("/%252e%252e/x"), "/%252e%252e/x");
         assert_eq!(c("/a%20b/%00/%C3%A9"), "/a%20b/%00/%C3%A9");
         assert_eq!(c("/%c0%ae"), "/%C0%AE");
+        assert_eq!(c("/a%3Fb%23c/"), "/a%3Fb%23c/");
     }
 
     #[test]
