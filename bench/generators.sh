@@ -19,15 +19,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 ROUNDS=${1:-3}
-SERVER_CPU=${SERVER_CPU:-1}
-LOAD_CPU=${LOAD_CPU:-0}
 SECONDS_RUN=${SECONDS_RUN:-6}
-CONNS=${CONNS:-50}
-ANCHORS=${ANCHORS:-../shared/anchors}
-BIN=target/release/coreserve
 BENCH=target/release/coreserve-bench
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 busy() { # cpu: busy and idle ticks so far
     awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat

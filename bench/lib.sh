@@ -1,4 +1,16 @@
-# Helpers shared by the shell benchmarks in bench/ (sourced, not run).
+# Settings and helpers shared by the shell benchmarks in bench/ (sourced from
+# the repository's top, not run).
+
+# The server's CPU and the load's, connections, the peers' configurations.
+SERVER_CPU=${SERVER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+CONNS=${CONNS:-50}
+ANCHORS=${ANCHORS:-../shared/anchors}
+BIN=target/release/coreserve
+# Scratch space for configurations and logs, and every server started in
+# the background stopped, whatever way the script ends.
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # wait_port PORT: until a server answers on 127.0.0.1:PORT (5 s at most).
 wait_port() {

@@ -18,16 +18,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 ROUNDS=${1:-3}
-SERVER_CPU=${SERVER_CPU:-1}
-LOAD_CPU=${LOAD_CPU:-0}
 DURATION=${DURATION:-10s}
-CONNS=${CONNS:-50}
-ANCHORS=${ANCHORS:-../shared/anchors}
 PATHS=${PATHS:-/}
-BIN=target/release/coreserve
-work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers run as www-data and must read the files
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 ticks() { # total utime+stime (clock ticks) of a process tree
     local total=0 pid

@@ -110,9 +110,7 @@ impl Receiver {
         })
         .await
     }
-}
 
-impl Receiver {
     /// A handle that closes the queue when dropped, as the receiver's own
     /// drop does. For the shard's thread to hold: glommio leaks the tasks of
     /// an executor a panic escaped from, this receiver with them, and the

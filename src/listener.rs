@@ -148,6 +148,13 @@ pub fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
+/// An accepted connection (from `accept4`, owned alone) as the calling
+/// shard's glommio stream; ownership passes to the stream.
+pub fn stream(conn: OwnedFd) -> glommio::net::TcpStream {
+    // SAFETY: a connected socket nothing else owns or will close.
+    unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) }
+}
+
 /// Accept the next connection on a shard's own `listener`, whose
 /// descriptor is `fd` (the listener must be non-blocking, as every listener
 /// made here is).
@@ -160,10 +167,7 @@ pub async fn accept(
     fd: RawFd,
 ) -> glommio::Result<glommio::net::TcpStream, ()> {
     if let Some(accepted) = crate::recheck::direct(|| accept4(fd)).await {
-        // SAFETY: a connected socket that `accepted` owned alone.
-        return accepted
-            .map(|conn| unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) })
-            .map_err(Into::into);
+        return accepted.map(stream).map_err(Into::into);
     }
     let stream = crate::recheck::wait(listener.accept()).await?;
     // glommio accepts without SOCK_NONBLOCK; every connection socket must be

@@ -445,10 +445,7 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
 async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>) {
     let mut taken = 0usize;
     while let Some(conn) = rx.recv().await {
-        // SAFETY: a connected socket the master accepted and handed over
-        // alone; ownership passes to the stream.
-        let stream = unsafe { TcpStream::from_raw_fd(conn.into_raw_fd()) };
-        start_connection(stream, &shard, &gate);
+        start_connection(listener::stream(conn), &shard, &gate);
         // The acceptor refills the queue from another thread, so it might
         // never run dry: now and then let the connections taken so far (and
         // the shard's other tasks) run. Not after each one: stepping aside

@@ -1,9 +1,11 @@
 //! Request heads: finding where a head ends, parsing it with httparse, and
 //! checking its framing (RFC 9112 §3, §6) before any handler sees it.
 //!
-//! Nothing here allocates or does I/O: the caller owns the bytes and the
-//! header array, and `Request` borrows from both.
+//! Nothing here does I/O or allocates (except `Request::list` joining a
+//! field sent as several lines): the caller owns the bytes and the header
+//! array, and `Request` borrows from both.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use super::error::ParseError;
@@ -118,6 +120,25 @@ impl<'a> Request<'a> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+
+    /// A list-valued field (`If-None-Match`, `Accept-Encoding`): every
+    /// line of it joined with commas, which is what several field lines
+    /// mean (RFC 9110 §5.3). Borrowed when there is one line; lines that
+    /// are not UTF-8 are left out.
+    pub fn list(&self, name: &str) -> Option<Cow<'a, str>> {
+        let mut lines = self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok());
+        let mut all = Cow::Borrowed(lines.next()?);
+        for line in lines {
+            let all = all.to_mut();
+            all.push_str(", ");
+            all.push_str(line);
+        }
+        Some(all)
     }
 
     /// Whether the response must omit its body (HEAD).

@@ -23,18 +23,11 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
-    let mut segments: Vec<&[u8]> = Vec::new();
-    let mut directory = false;
-    for seg in decoded.split(|&b| b == b'/') {
-        directory = matches!(seg, b"" | b"." | b"..");
-        match seg {
-            b"" | b"." => {}
-            b".." => {
-                segments.pop().ok_or(ClimbsAboveRoot)?;
-            }
-            s => segments.push(s),
-        }
-    }
+    let segments = resolve_dots(&decoded)?;
+    let directory = matches!(
+        decoded.rsplit(|&b| b == b'/').next(),
+        Some(b"" | b"." | b"..")
+    );
     let mut out = String::with_capacity(path.len());
     for seg in &segments {
         out.push('/');
@@ -53,6 +46,24 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// The names of a decoded path, split on `/`: empty and `.` segments
+/// dropped, each `..` taking the name before it away. Shared with the static
+/// files' own decoding (`resolve`), which does not rely on having been given
+/// a canonical path.
+pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<&[u8]>, ClimbsAboveRoot> {
+    let mut segments = Vec::new();
+    for seg in decoded.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop().ok_or(ClimbsAboveRoot)?;
+            }
+            name => segments.push(name),
+        }
+    }
+    Ok(segments)
 }
 
 /// No escapes, no empty, `.` or `..` segment (a trailing slash is fine).

@@ -22,15 +22,21 @@ fn site(name: &str, extra: &str) -> (Scratch, Server) {
     dir.write("www/digits.txt", "0123456789");
     std::os::unix::fs::symlink(dir.0.join("outside.txt"), dir.0.join("www/escape.txt")).unwrap();
     std::os::unix::fs::symlink(dir.0.join("www/hello.txt"), dir.0.join("www/alias.txt")).unwrap();
+    let server = serve_www(&dir, "/static/", &format!("{extra}\n"));
+    (dir, server)
+}
+
+/// Start a server with a static route at `prefix` over the scratch
+/// directory's `www`, then `extra` (more keys of that route, or more routes).
+fn serve_www(dir: &Scratch, prefix: &str, extra: &str) -> Server {
     let conf = dir.write(
         "site.toml",
         format!(
-            "[[route]]\npath = \"/static/\"\nhandler = \"static\"\nroot = \"{}\"\n{extra}\n",
+            "[[route]]\npath = \"{prefix}\"\nhandler = \"static\"\nroot = \"{}\"\n{extra}",
             dir.path("www")
         ),
     );
-    let server = Server::start(&["--config", &conf.display().to_string()]);
-    (dir, server)
+    Server::start(&["--config", &conf.display().to_string()])
 }
 
 /// Files served from "/": `files` under the root, then `extra` (more keys
@@ -40,14 +46,7 @@ fn root_site(name: &str, files: &[(&str, &str)], extra: &str) -> (Scratch, Serve
     for (path, text) in files {
         dir.write(&format!("www/{path}"), *text);
     }
-    let conf = dir.write(
-        "site.toml",
-        format!(
-            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n{extra}",
-            dir.path("www")
-        ),
-    );
-    let server = Server::start(&["--config", &conf.display().to_string()]);
+    let server = serve_www(&dir, "/", extra);
     (dir, server)
 }
 

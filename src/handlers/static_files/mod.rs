@@ -13,6 +13,7 @@ pub mod reply;
 pub mod resolve;
 pub mod sendfile;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -132,19 +133,8 @@ impl Handler for StaticSite {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string)
         };
-        // List-valued fields may come as several field lines, which mean
-        // the same as one line joined with commas (RFC 9110 §5.3).
-        let list = |name: &str| {
-            let mut lines = req
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case(name))
-                .filter_map(|h| std::str::from_utf8(h.value).ok());
-            let first = lines.next()?.to_string();
-            Some(lines.fold(first, |all, line| all + ", " + line))
-        };
         let encodings = if s.cfg.precompressed {
-            accepted_encodings(&list("accept-encoding").unwrap_or_default())
+            accepted_encodings(&req.list("accept-encoding").unwrap_or_default())
         } else {
             Vec::new()
         };
@@ -155,7 +145,7 @@ impl Handler for StaticSite {
             query: req.query.map(str::to_string),
             encodings,
             conditions: Conditions {
-                if_none_match: list("if-none-match"),
+                if_none_match: req.list("if-none-match").map(Cow::into_owned),
                 if_modified_since: text("if-modified-since"),
                 range: text("range"),
                 if_range: text("if-range"),
@@ -295,12 +285,9 @@ pub async fn serve(
             res.body("text/plain; charset=utf-8", b"Forbidden\n");
         }
         Found::AddSlash => {
-            // One leading slash only: "//evil.example/..%2fdocs" names a
-            // directory here, but as a Location it would be scheme-relative
-            // and send the browser to another host.
-            let mut location = String::with_capacity(job.request_path.len() + 2);
-            location.push('/');
-            location.push_str(job.request_path.trim_start_matches('/'));
+            // The path is canonical (the router's), so it starts with one
+            // slash: never a scheme-relative "//host/…" Location.
+            let mut location = job.request_path.clone();
             location.push('/');
             if let Some(q) = &job.query {
                 location.push('?');

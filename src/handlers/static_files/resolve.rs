@@ -41,25 +41,15 @@ pub fn decode(raw: &str, dotfiles: bool) -> Result<RelPath, Reject> {
     if bytes.contains(&0) || bytes.contains(&b'\\') {
         return Err(Reject::BadPath);
     }
-    let decoded = String::from_utf8(bytes).map_err(|_| Reject::BadPath)?;
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if segments.pop().is_none() {
-                    return Err(Reject::BadPath);
-                }
-            }
-            s => segments.push(s),
-        }
-    }
-    if !dotfiles && segments.iter().any(|s| s.starts_with('.')) {
+    let decoded = std::str::from_utf8(&bytes).map_err(|_| Reject::BadPath)?;
+    let segments = crate::http::path::resolve_dots(&bytes).map_err(|_| Reject::BadPath)?;
+    if !dotfiles && segments.iter().any(|s| s.starts_with(b".")) {
         return Err(Reject::Hidden);
     }
     let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.is_empty();
     Ok(RelPath {
-        path: segments.join("/"),
+        // Whole names of valid UTF-8 joined by "/": valid UTF-8 again.
+        path: String::from_utf8(segments.join(&b'/')).map_err(|_| Reject::BadPath)?,
         trailing_slash,
     })
 }
