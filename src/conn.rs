@@ -16,6 +16,7 @@ use crate::handlers::static_files::{self, ReplyContext};
 use crate::http::response::{write_error, Persistence};
 use crate::http::session::{Context, InputBuffer, Next, RequestLog, Session, Wait, INITIAL_INPUT};
 use crate::http::status::Status;
+use crate::readiness::Interest;
 use crate::recheck;
 use crate::shard::{ConnKey, Shard, Site};
 use std::net::IpAddr;
@@ -58,6 +59,8 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
     let key = shard.register(&stream);
     let _registration = Registration { shard: &shard, key };
+    // Dropped before the stream: the socket's poll is removed before it closes.
+    let mut interest = shard.readiness().map(|r| r.register(stream.as_raw_fd()));
 
     let conn_log = shard.access_log().map(|logger| ConnLog {
         logger,
@@ -185,7 +188,12 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         let read = if deadline <= now {
             Err(std::io::ErrorKind::TimedOut.into())
         } else {
-            read_some(&mut stream, &mut input, &mut out, idle, deadline).await
+            match interest.as_mut() {
+                Some(interest) => {
+                    read_ready(&stream, interest, &mut input, &mut out, idle, deadline).await
+                }
+                None => read_some(&mut stream, &mut input, &mut out, idle, deadline).await,
+            }
         };
         shard.set_idle(key, false);
         match read {
@@ -218,7 +226,61 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
 }
 
-/// Read what has arrived, waiting until `deadline` at most for something to.
+/// Read what has arrived, waiting until `deadline` at most for something to,
+/// as the shard's readiness ring tells: a socket is read when a completion
+/// said data arrived (or it may hold more than the last read took), so a
+/// keep-alive request costs one recv and no submission.
+async fn read_ready(
+    stream: &TcpStream,
+    interest: &mut Interest,
+    input: &mut InputBuffer,
+    out: &mut Vec<u8>,
+    idle: bool,
+    deadline: Instant,
+) -> std::io::Result<usize> {
+    let fd = stream.as_raw_fd();
+    let mut shrunk = !idle;
+    loop {
+        if interest.take_ready() {
+            let buf = input.spare();
+            let room = buf.len();
+            // SAFETY: recv(2) into `buf`, which is valid for `room` bytes;
+            // MSG_DONTWAIT keeps it from blocking the shard.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                interest.read(n as usize, room);
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => {}
+                std::io::ErrorKind::Interrupted => {
+                    interest.read(room, room);
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        if !shrunk {
+            shrunk = true;
+            shrink_idle(input, out);
+        }
+        interest.readable(deadline).await?;
+    }
+}
+
+/// Give back what a burst made an idle connection's buffers grow to: idle
+/// connections are the many, and they should cost little (the buffers grow
+/// again with the next burst).
+fn shrink_idle(input: &mut InputBuffer, out: &mut Vec<u8>) {
+    input.shrink();
+    if out.capacity() > IDLE_OUTPUT {
+        out.shrink_to(IDLE_OUTPUT);
+    }
+}
+
+/// Read what has arrived, waiting until `deadline` at most for something to,
+/// on a shard without a readiness ring.
 ///
 /// The socket is read directly first, and again after the shard's other
 /// tasks ran, within the shard's budget (`recheck`); only a connection still
@@ -226,8 +288,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
 /// non-blocking recv calls per wait.
 ///
 /// A connection that does wait between requests first gives back what a
-/// burst made its buffers grow to: idle connections are the many, and they
-/// should cost little (the buffers grow again with the next burst).
+/// burst made its buffers grow to (`shrink_idle`).
 async fn read_some(
     stream: &mut TcpStream,
     input: &mut InputBuffer,
@@ -251,10 +312,7 @@ async fn read_some(
         return read;
     }
     if idle {
-        input.shrink();
-        if out.capacity() > IDLE_OUTPUT {
-            out.shrink_to(IDLE_OUTPUT);
-        }
+        shrink_idle(input, out);
     }
     // Measured now: stepping aside took time.
     let timeout = deadline.saturating_duration_since(Instant::now());

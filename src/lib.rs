@@ -25,6 +25,7 @@ pub mod http;
 pub mod listener;
 pub mod master;
 pub mod metrics;
+pub mod readiness;
 pub mod recheck;
 pub mod router;
 pub mod shard;

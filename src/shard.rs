@@ -25,6 +25,7 @@ use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::session::SessionLimits;
 use crate::listener;
 use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
+use crate::readiness::Readiness;
 use crate::router::Router;
 
 /// Where a shard's connections come from.
@@ -184,6 +185,9 @@ pub struct Shard {
     conns: RefCell<Slab<ConnEntry>>,
     cpu: usize,
     metrics: ShardMetrics,
+    /// The shard's own ring that tells connections when to read; None when
+    /// the kernel cannot set one up (they then wait through glommio).
+    readiness: Option<Rc<Readiness>>,
 }
 
 impl Shard {
@@ -203,6 +207,7 @@ impl Shard {
             conns: RefCell::new(Slab::new()),
             cpu,
             metrics: ShardMetrics::default(),
+            readiness: None,
         }
     }
 
@@ -257,6 +262,11 @@ impl Shard {
         }
     }
 
+    /// The shard's readiness ring, when it has one.
+    pub fn readiness(&self) -> Option<&Rc<Readiness>> {
+        self.readiness.as_ref()
+    }
+
     /// The shard's counters and histogram.
     pub fn metrics(&self) -> &ShardMetrics {
         &self.metrics
@@ -292,7 +302,17 @@ async fn run(spec: ShardSpec) {
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
-    let shard = Rc::new(Shard::new(id, spec.cpu, spec.limits, &spec.routes, logger));
+    let mut shard = Shard::new(id, spec.cpu, spec.limits, &spec.routes, logger);
+    match Readiness::new() {
+        Ok(readiness) => {
+            glommio::spawn_local(readiness.clone().drive()).detach();
+            shard.readiness = Some(readiness);
+        }
+        Err(e) => warn!(
+            "shard {id}: no readiness ring ({e}): connections wait through glommio, at a higher CPU cost per request"
+        ),
+    }
+    let shard = Rc::new(shard);
     if let Some(log) = shard.access_log() {
         glommio::spawn_local(async move {
             loop {

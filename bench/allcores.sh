@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The all-cores layout under wrk: every server with as many shards/workers as
+# CPUs, wrk on the same CPUs (nothing pinned by hand), rounds interleaved.
+# Per server: req/s, server CPU per request (user+sys of every thread and
+# process, from /proc) and system calls per request (perf's syscall
+# tracepoints on the server's threads).
+#
+#   bench/allcores.sh [ROUNDS]                       # coreserve and nginx
+#   BINS="old=/tmp/coreserve-old new=target/release/coreserve" bench/allcores.sh 3
+#   CONNS=1000 DURATION=5s bench/allcores.sh 3       # many connections
+#   PIPELINE=16 bench/allcores.sh 3                  # 16 requests in flight per connection
+#   NEWCONN=1 bench/allcores.sh 3                    # a new connection per request
+#
+# BINS names the coreserve binaries to compare (NAME=PATH, default
+# coreserve=target/release/coreserve); DISPATCH=reuseport picks the other
+# dispatch mode. Needs wrk, nginx and perf (apt-get install -y wrk nginx
+# linux-perf) and a release build. Prints a line per run, then medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+ROUNDS=${1:-3}
+DURATION=${DURATION:-5s}
+BINS=${BINS:-coreserve=$BIN}
+DISPATCH=${DISPATCH:-master}
+PIPELINE=${PIPELINE:-1}
+NEWCONN=${NEWCONN:-0}
+NCPU=$(nproc)
+SYSCALLS="recvfrom sendto read write writev io_uring_enter membarrier futex epoll_wait epoll_pwait accept4 close"
+
+ticks() { # total utime+stime (clock ticks) of processes, all their threads
+    local total=0 pid
+    for pid in "$@"; do
+        read -r -a f < "/proc/$pid/stat"
+        total=$((total + f[13] + f[14]))
+    done
+    echo "$total"
+}
+
+# wrk's Lua: pipelining, or a new connection per request.
+cat > "$work/pipeline.lua" <<LUA
+init = function(args)
+  local r = {}
+  for i = 1, $PIPELINE do r[i] = wrk.format() end
+  req = table.concat(r)
+end
+request = function() return req end
+LUA
+wrk_args=()
+if [ "$PIPELINE" -gt 1 ]; then wrk_args=(-s "$work/pipeline.lua"); fi
+if [ "$NEWCONN" = 1 ]; then wrk_args=(-H "Connection: close"); fi
+
+run_one() { # name port pids...
+    local name=$1 port=$2; shift 2
+    local url="http://127.0.0.1:$port/"
+    wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
+    local events="" s
+    for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
+    local pidlist
+    pidlist=$(IFS=,; echo "$*")
+    perf stat -x, -e "${events%,}" -p "$pidlist" -o "$work/perf.txt" &
+    local perf=$!
+    sleep 0.2
+    local t0 t1 out reqs
+    t0=$(ticks "$@")
+    out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${wrk_args[@]}" "$url")
+    t1=$(ticks "$@")
+    kill -INT "$perf"; wait "$perf" 2>/dev/null || true
+    reqs=$(awk '/requests in/ {print $1}' <<< "$out")
+    if [ "$PIPELINE" -gt 1 ]; then reqs=$((reqs * PIPELINE)); fi
+    local bad
+    bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
+    [ -z "$bad" ] || echo "$name: $bad responses were not 2xx/3xx; the figures below are void" >&2
+    local calls
+    calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
+    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
+        -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
+        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s\n", n, r / d, t / hz * 1e6 / r, p99, c }'
+}
+
+start_coreserve() { # binary port
+    "$1" --config "$work/coreserve.toml" --listen "127.0.0.1:$2" --shards "$NCPU" \
+        --dispatch "$DISPATCH" --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
+    echo $!
+}
+
+mkdir -p "$work/nginx/logs"
+sed -e '/worker_cpu_affinity/d' -e "s/worker_processes 1;/worker_processes $NCPU;/" \
+    "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+hello_config "$work/coreserve.toml"
+if [ "$CONNS" -gt 1000 ]; then ulimit -n 65536; fi
+
+results=$work/results
+: > "$results"
+echo "all-cores: $NCPU CPUs, wrk -t1 -c$CONNS, pipeline $PIPELINE, new connection $NEWCONN, $DURATION per run"
+for round in $(seq "$ROUNDS"); do
+    for spec in $BINS; do
+        name=${spec%%=*}; bin=${spec#*=}
+        pid=$(start_coreserve "$bin" 3100); wait_port 3100
+        run_one "$name" 3100 "$pid" | tee -a "$results"
+        stop TERM "$pid"
+    done
+    nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
+    pid=$!; wait_port 3002
+    run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
+    stop QUIT "$pid"
+done
+
+echo "medians over $ROUNDS rounds:"
+for spec in $BINS nginx; do
+    name=${spec%%=*}
+    rows=$(grep "^$name " "$results" | sed "s/^$name *//")
+    m=$(( ($(wc -l <<< "$rows") + 1) / 2 ))
+    rps=$(awk '{print $1}' <<< "$rows" | sort -n | sed -n "${m}p")
+    us=$(awk '{print $3}' <<< "$rows" | sort -n | sed -n "${m}p")
+    printf "%-22s %9s req/s %7s us/req\n" "$name" "$rps" "$us"
+done

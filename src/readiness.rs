@@ -1,0 +1,630 @@
+//! When a shard's connections have something to read: one io_uring ring of
+//! the shard's own, set up the way glommio's are not.
+//!
+//! glommio 0.9 creates its rings without `IORING_SETUP_COOP_TASKRUN`, so
+//! every completion that lands while a shard runs (a socket poll armed
+//! through glommio, once per request on a keep-alive connection) reaches
+//! the shard as task work announced by an inter-processor interrupt. With
+//! every core busy that was most of the difference from nginx (bench/
+//! RESULTS.md, "all cores"). This ring is created with `COOP_TASKRUN` and
+//! `TASKRUN_FLAG`: its completions wait, without an interrupt, until the
+//! shard next enters the kernel (it does, for every recv and send), and a
+//! sleeping shard is still woken.
+//!
+//! Each connection arms one multishot poll the first time it has to wait
+//! and keeps it until it closes: a keep-alive request costs no submission,
+//! only the completion that says its bytes arrived. A completion marks the
+//! connection ready and wakes its task; the task then reads the socket
+//! itself (one recv). The driver task reaps the completion queue; when it
+//! finds nothing it sleeps through glommio on an eventfd that this ring
+//! signals, so an idle shard parks as before. Deadlines of waiting
+//! connections are kept here too, so a wait arms no glommio timer.
+//!
+//! Invariants: a slot lives from `register` until its poll's last
+//! completion (one without `IORING_CQE_F_MORE`) has been reaped, so a
+//! completion always finds the slot it was armed for; the file stays open
+//! in the kernel until then, so the removal is submitted at once.
+//! Nothing here is shared between shards.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::recheck;
+
+/// Submission queue entries; a poll is armed once per connection, so this
+/// bounds only how many connections start waiting between two submissions
+/// (a full queue is submitted at once).
+const RING_ENTRIES: u32 = 256;
+
+/// Completion queue entries: one per connection that became readable since
+/// the driver last looked; an overflow is kept by the kernel (NODROP) and
+/// at worst ends a multishot poll, which the connection then arms again.
+const CQ_ENTRIES: u32 = 4096;
+
+/// What a connection waits for: data, end of stream, or an error.
+const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+
+/// How long a shard that just served requests waits in its own ring for the
+/// next before it lets glommio park it.
+const IDLE_WAIT: Duration = Duration::from_micros(200);
+
+/// The user data of a poll removal, whose completion says nothing we need.
+const REMOVAL: u64 = u64::MAX;
+
+/// Why a wait ended without the socket becoming readable.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The deadline passed first.
+    #[error("timed out")]
+    TimedOut,
+    /// The kernel refused the poll (the ring could not take it).
+    #[error("could not watch the socket: {0}")]
+    Ring(#[from] io::Error),
+}
+
+impl From<WaitError> for io::Error {
+    fn from(e: WaitError) -> io::Error {
+        match e {
+            WaitError::TimedOut => io::ErrorKind::TimedOut.into(),
+            WaitError::Ring(e) => e,
+        }
+    }
+}
+
+/// One registered socket.
+#[derive(Debug)]
+struct Slot {
+    fd: RawFd,
+    /// Distinguishes this registration from earlier ones of the same key.
+    generation: u32,
+    /// A multishot poll for this slot is in the kernel.
+    armed: bool,
+    /// An event arrived since the task last took it.
+    ready: bool,
+    /// The connection is gone; the slot waits for its poll's last completion.
+    closed: bool,
+    /// The task waiting for the socket, if one is.
+    waker: Option<Waker>,
+    /// When the waiting task gives up.
+    deadline: Option<Instant>,
+    /// The deadline passed while the task waited.
+    timed_out: bool,
+    /// A poll failed to arm or ended with an error.
+    error: Option<i32>,
+}
+
+/// A shard's readiness ring, its registered sockets and its driver's state.
+pub struct Readiness {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Slab<Slot>>,
+    generation: Cell<u32>,
+    /// Signalled by the ring while the driver sleeps (eventfd notifications
+    /// are disabled the rest of the time: a signal costs a wake-up).
+    eventfd: OwnedFd,
+    /// The driver is asleep in glommio; submissions and earlier deadlines
+    /// must wake it.
+    asleep: Cell<bool>,
+    /// Set by a task that needs the sleeping driver to run.
+    kicked: Cell<bool>,
+    driver: RefCell<Option<Waker>>,
+    /// The earliest deadline of a waiting slot the driver knows of.
+    next_deadline: Cell<Option<Instant>>,
+}
+
+impl Readiness {
+    /// Create the ring. Fails on a kernel without `COOP_TASKRUN` (before
+    /// 5.19) or when io_uring is not available; the caller then waits
+    /// through glommio as before.
+    pub fn new() -> io::Result<Rc<Readiness>> {
+        let mut ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(RING_ENTRIES)?;
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created, owned by nobody else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        ring.completion().disable_eventfd();
+        Ok(Rc::new(Readiness {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Slab::new()),
+            generation: Cell::new(0),
+            eventfd,
+            asleep: Cell::new(false),
+            kicked: Cell::new(false),
+            driver: RefCell::new(None),
+            next_deadline: Cell::new(None),
+        }))
+    }
+
+    /// Watch a socket; the registration ends when the returned handle drops.
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> Interest {
+        let generation = self.generation.get().wrapping_add(1);
+        self.generation.set(generation);
+        let key = self.slots.borrow_mut().insert(Slot {
+            fd,
+            generation,
+            armed: false,
+            ready: false,
+            closed: false,
+            waker: None,
+            deadline: None,
+            timed_out: false,
+            error: None,
+        });
+        Interest {
+            readiness: self.clone(),
+            key,
+            maybe_more: true,
+        }
+    }
+
+    /// Sockets registered (including closed ones whose poll is being removed).
+    pub fn registered(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    fn user_data(key: usize, generation: u32) -> u64 {
+        (u64::from(generation) << 32) | key as u64
+    }
+
+    /// Queue an entry; a full queue is submitted first.
+    fn push(&self, entry: &squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the entries used here (poll add and remove) refer to no
+        // memory of ours, only to a descriptor and user data.
+        if unsafe { ring.submission().push(entry) }.is_err() {
+            ring.submit()?;
+            // SAFETY: as above.
+            unsafe { ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        drop(ring);
+        self.kick();
+        Ok(())
+    }
+
+    /// Wake the driver if it sleeps, so that it submits what was queued or
+    /// arms an earlier timer.
+    fn kick(&self) {
+        if self.asleep.get() && !self.kicked.replace(true) {
+            if let Some(w) = self.driver.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn poll_ready(
+        &self,
+        key: usize,
+        deadline: Instant,
+        cx: &Context<'_>,
+    ) -> Poll<Result<(), WaitError>> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[key];
+        // Left set: `Interest::take_ready` clears it when the task reads.
+        if slot.ready {
+            slot.waker = None;
+            slot.deadline = None;
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(errno) = slot.error.take() {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(errno).into()));
+        }
+        if std::mem::take(&mut slot.timed_out) || deadline <= Instant::now() {
+            slot.waker = None;
+            slot.deadline = None;
+            return Poll::Ready(Err(WaitError::TimedOut));
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        slot.deadline = Some(deadline);
+        let arm = !slot.armed;
+        slot.armed = true;
+        let (fd, generation) = (slot.fd, slot.generation);
+        drop(slots);
+        if self.next_deadline.get().is_none_or(|d| deadline < d) {
+            self.next_deadline.set(Some(deadline));
+            self.kick();
+        }
+        if arm {
+            let entry = opcode::PollAdd::new(types::Fd(fd), POLL_MASK)
+                .multi(true)
+                .build()
+                .user_data(Self::user_data(key, generation));
+            if let Err(e) = self.push(&entry) {
+                let mut slots = self.slots.borrow_mut();
+                slots[key].armed = false;
+                slots[key].waker = None;
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn deregister(&self, key: usize) {
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[key];
+        if !slot.armed {
+            slots.remove(key);
+            return;
+        }
+        slot.closed = true;
+        slot.waker = None;
+        let target = Self::user_data(key, slot.generation);
+        drop(slots);
+        // The poll holds the socket open in the kernel (no FIN reaches the
+        // peer) until it is removed: submit the removal now, not when the
+        // driver next runs.
+        let entry = opcode::PollRemove::new(target).build().user_data(REMOVAL);
+        let submitted = self.push(&entry).and_then(|()| self.ring.borrow().submit());
+        if let Err(e) = submitted {
+            log::error!("readiness ring: removing a poll failed: {e}");
+        }
+    }
+
+    /// Take every completion in the queue: mark slots ready and wake their
+    /// tasks. Returns how many completions there were.
+    fn reap(&self) -> usize {
+        let mut ring = self.ring.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        let mut n = 0;
+        for cqe in ring.completion() {
+            n += 1;
+            let data = cqe.user_data();
+            if data == REMOVAL {
+                continue;
+            }
+            let key = (data & u64::from(u32::MAX)) as usize;
+            let generation = (data >> 32) as u32;
+            let Some(slot) = slots.get_mut(key).filter(|s| s.generation == generation) else {
+                continue;
+            };
+            let more = cqueue::more(cqe.flags());
+            if !more {
+                slot.armed = false;
+                if slot.closed {
+                    slots.remove(key);
+                    continue;
+                }
+            }
+            if slot.closed {
+                continue;
+            }
+            if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
+                slot.error = Some(-cqe.result());
+            }
+            // A poll that ended (the queue overflowed, say) is armed again
+            // by the task's next wait; waking it makes that happen.
+            slot.ready = true;
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+        n
+    }
+
+    /// Wake the waiting tasks whose deadline passed; returns the earliest
+    /// deadline still ahead.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for (_, slot) in self.slots.borrow_mut().iter_mut() {
+            let Some(d) = slot.deadline else { continue };
+            if d <= now {
+                slot.deadline = None;
+                slot.timed_out = true;
+                if let Some(w) = slot.waker.take() {
+                    w.wake();
+                }
+            } else if next.is_none_or(|n| d < n) {
+                next = Some(d);
+            }
+        }
+        next
+    }
+
+    /// Block in this ring until a completion arrives or `IDLE_WAIT` passes;
+    /// returns whether one arrived.
+    fn wait_briefly(&self) -> bool {
+        let ts = types::Timespec::from(IDLE_WAIT);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.borrow().submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => {}
+            Err(e) => {
+                log::error!("readiness ring: wait: {e}");
+                return false;
+            }
+        }
+        !self.ring.borrow_mut().completion().is_empty()
+    }
+
+    /// Submit what is queued, and run the ring's pending task work so that
+    /// its completions are posted.
+    fn flush(&self) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        let sq = ring.submission();
+        let needed = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        if needed {
+            ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// The shard's driver: reaps completions for as long as the shard is
+    /// busy, and sleeps through glommio when nothing is ready. Runs until
+    /// the shard's executor ends.
+    pub async fn drive(self: Rc<Self>) {
+        // A second descriptor for the eventfd, owned by glommio's file.
+        // SAFETY: dup(2) of a descriptor we own.
+        let dup = unsafe { libc::dup(self.eventfd.as_raw_fd()) };
+        if dup < 0 {
+            log::error!("readiness ring: dup: {}", io::Error::last_os_error());
+            return;
+        }
+        // SAFETY: the duplicate is owned by nothing else.
+        let doorbell = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(dup) });
+        let mut ring_read: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        let mut streak = false;
+        loop {
+            if let Err(e) = self.flush() {
+                log::error!("readiness ring: submit: {e}");
+            }
+            let reaped = self.reap();
+            let now = Instant::now();
+            if self.next_deadline.get().is_some_and(|d| d <= now) {
+                self.next_deadline.set(self.expire(now));
+            }
+            if reaped == 0 && streak && !IDLE_WAIT.is_zero() {
+                // The shard was busy a moment ago: the next request is
+                // likely close. Wait for it in this ring, a short while,
+                // instead of parking glommio (a membarrier that interrupts
+                // every CPU running a shard, and several ring entries).
+                streak = self.wait_briefly();
+                continue;
+            }
+            streak = reaped > 0;
+            if reaped > 0 {
+                // More may arrive while the woken tasks run. Within the
+                // shard's budget look again after them; past it, go
+                // through glommio's reactor so that its own completions
+                // (new connections, timers, messages) are not kept waiting.
+                if recheck::try_direct() {
+                    futures_lite::future::yield_now().await;
+                } else {
+                    recheck::wait(glommio::timer::sleep(Duration::from_micros(1))).await;
+                }
+                continue;
+            }
+            // Nothing ready: sleep until the ring signals the eventfd, a
+            // deadline passes, or a task queues a submission. Notifications
+            // are on before the last look, so nothing posted after it is missed.
+            self.ring.borrow_mut().completion().enable_eventfd();
+            self.asleep.set(true);
+            self.kicked.set(false);
+            if self.flush().is_ok() && self.ring.borrow_mut().completion().is_empty() {
+                let read = ring_read.get_or_insert_with(|| {
+                    let doorbell = doorbell.clone();
+                    Box::pin(async move {
+                        // Eight bytes reset the counter; what it said is not needed.
+                        let _ = doorbell.read_at(0, 8).await;
+                    })
+                });
+                let mut timer = self.next_deadline.get().map(|d| {
+                    glommio::timer::Timer::new(d.saturating_duration_since(Instant::now()))
+                });
+                let rang = recheck::wait(std::future::poll_fn(|cx| {
+                    if read.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(true);
+                    }
+                    let expired = timer
+                        .as_mut()
+                        .is_some_and(|t| Pin::new(t).poll(cx).is_ready());
+                    if expired || self.kicked.get() {
+                        return Poll::Ready(false);
+                    }
+                    *self.driver.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }))
+                .await;
+                if rang {
+                    ring_read = None;
+                }
+                self.driver.borrow_mut().take();
+            }
+            self.asleep.set(false);
+            self.ring.borrow_mut().completion().disable_eventfd();
+        }
+    }
+}
+
+/// A socket's registration with its shard's readiness ring; dropping it
+/// ends the registration (and removes the socket's poll).
+pub struct Interest {
+    readiness: Rc<Readiness>,
+    key: usize,
+    /// The socket may hold data no completion will announce: it is new, or
+    /// the last read filled the buffer it was given.
+    maybe_more: bool,
+}
+
+impl Interest {
+    /// Whether the socket is worth reading now; clears what said so.
+    pub fn take_ready(&mut self) -> bool {
+        let announced = std::mem::take(&mut self.readiness.slots.borrow_mut()[self.key].ready);
+        std::mem::take(&mut self.maybe_more) | announced
+    }
+
+    /// Tell the registration how much a read got of the room it had: a full
+    /// buffer may have left data behind that no new event will announce.
+    pub fn read(&mut self, got: usize, room: usize) {
+        self.maybe_more = got == room;
+    }
+
+    /// Wait until the socket is readable (or closed, or failed), at most
+    /// until `deadline`.
+    pub fn readable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), WaitError>> + '_ {
+        std::future::poll_fn(move |cx| self.readiness.poll_ready(self.key, deadline, cx))
+    }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        self.readiness.deregister(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::IntoRawFd;
+
+    /// A connected pair: the client, and the server side's descriptor
+    /// (non-blocking, as the shard's are).
+    fn pair() -> (TcpStream, OwnedFd) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        // SAFETY: taken from the stream, owned by nothing else.
+        (client, unsafe {
+            OwnedFd::from_raw_fd(server.into_raw_fd())
+        })
+    }
+
+    fn recv(fd: &OwnedFd) -> io::Result<usize> {
+        let mut buf = [0u8; 64];
+        // SAFETY: recv(2) into a local buffer of that size.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                64,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn on_a_shard(
+        test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let readiness = Readiness::new().expect("a readiness ring");
+                let driver = glommio::spawn_local(readiness.clone().drive());
+                test(readiness).await;
+                drop(driver);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_socket_is_ready_when_bytes_arrive_and_not_before() {
+        on_a_shard(|readiness| {
+            Box::pin(async move {
+                let (mut client, server) = pair();
+                let mut interest = readiness.register(server.as_raw_fd());
+                // New: worth a look, which finds nothing.
+                assert!(interest.take_ready());
+                assert_eq!(recv(&server).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+                assert!(!interest.take_ready());
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    client.write_all(b"hello").unwrap();
+                    client
+                });
+                let deadline = Instant::now() + Duration::from_secs(10);
+                interest.readable(deadline).await.unwrap();
+                assert!(interest.take_ready());
+                assert_eq!(recv(&server).unwrap(), 5);
+                interest.read(5, 64);
+                // Armed once: the next bytes are announced without a new poll.
+                let mut client = writer.join().unwrap();
+                client.write_all(b"again").unwrap();
+                interest.readable(deadline).await.unwrap();
+                assert!(interest.take_ready());
+                assert_eq!(recv(&server).unwrap(), 5);
+                // The end of the stream is announced too.
+                drop(client);
+                interest.readable(deadline).await.unwrap();
+                assert!(interest.take_ready());
+                assert_eq!(recv(&server).unwrap(), 0);
+            })
+        });
+    }
+
+    #[test]
+    fn a_wait_ends_at_its_deadline() {
+        on_a_shard(|readiness| {
+            Box::pin(async move {
+                let (_client, server) = pair();
+                let mut interest = readiness.register(server.as_raw_fd());
+                assert!(interest.take_ready());
+                let deadline = Instant::now() + Duration::from_millis(30);
+                let got = interest.readable(deadline).await;
+                assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
+                assert!(Instant::now() >= deadline);
+            })
+        });
+    }
+
+    #[test]
+    fn a_closed_connection_is_closed_for_the_peer_at_once() {
+        on_a_shard(|readiness| {
+            Box::pin(async move {
+                let (mut client, server) = pair();
+                let mut interest = readiness.register(server.as_raw_fd());
+                assert!(interest.take_ready());
+                // Arm the poll: it now holds the socket in the kernel.
+                let short = Instant::now() + Duration::from_millis(10);
+                assert!(interest.readable(short).await.is_err());
+                drop(interest);
+                drop(server);
+                // Without the removal the peer would see no FIN.
+                client
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = [0u8; 8];
+                assert_eq!(client.read(&mut buf).unwrap(), 0);
+                // The poll's last completion frees the slot.
+                for _ in 0..100 {
+                    if readiness.registered() == 0 {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(readiness.registered(), 0);
+            })
+        });
+    }
+}
