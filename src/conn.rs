@@ -241,25 +241,8 @@ async fn read_ready(
     let fd = stream.as_raw_fd();
     let mut shrunk = !idle;
     loop {
-        if interest.take_ready() {
-            let buf = input.spare();
-            let room = buf.len();
-            // SAFETY: recv(2) into `buf`, which is valid for `room` bytes;
-            // MSG_DONTWAIT keeps it from blocking the shard.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                interest.read(n as usize, room);
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::WouldBlock => {}
-                std::io::ErrorKind::Interrupted => {
-                    interest.read(room, room);
-                    continue;
-                }
-                _ => return Err(e),
-            }
+        if let Some(read) = interest.try_recv(fd, input.spare()) {
+            return read;
         }
         if !shrunk {
             shrunk = true;

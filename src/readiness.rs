@@ -468,15 +468,34 @@ pub struct Interest {
 
 impl Interest {
     /// Whether the socket is worth reading now; clears what said so.
-    pub fn take_ready(&mut self) -> bool {
+    fn take_ready(&mut self) -> bool {
         let announced = std::mem::take(&mut self.readiness.slots.borrow_mut()[self.key].ready);
         std::mem::take(&mut self.maybe_more) | announced
     }
 
-    /// Tell the registration how much a read got of the room it had: a full
-    /// buffer may have left data behind that no new event will announce.
-    pub fn read(&mut self, got: usize, room: usize) {
-        self.maybe_more = got == room;
+    /// Read the socket `fd` (the registered one) into `buf` if a completion
+    /// said data arrived or it may hold more than the last read took: one
+    /// non-blocking recv. None when there is nothing to read: then wait
+    /// with [`Interest::readable`] and try again.
+    pub fn try_recv(&mut self, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        while self.take_ready() {
+            // SAFETY: recv(2) into `buf`, valid for its length; MSG_DONTWAIT
+            // keeps it from blocking the shard.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                // A full buffer may have left data that no event announces.
+                self.maybe_more = n as usize == buf.len() && !buf.is_empty();
+                return Some(Ok(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return None,
+                io::ErrorKind::Interrupted => self.maybe_more = true,
+                _ => return Some(Err(e)),
+            }
+        }
+        None
     }
 
     /// Wait until the socket is readable (or closed, or failed), at most
@@ -515,24 +534,6 @@ mod tests {
         })
     }
 
-    fn recv(fd: &OwnedFd) -> io::Result<usize> {
-        let mut buf = [0u8; 64];
-        // SAFETY: recv(2) into a local buffer of that size.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                64,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
     fn on_a_shard(
         test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
     ) {
@@ -554,9 +555,10 @@ mod tests {
             Box::pin(async move {
                 let (mut client, server) = pair();
                 let mut interest = readiness.register(server.as_raw_fd());
-                // New: worth a look, which finds nothing.
-                assert!(interest.take_ready());
-                assert_eq!(recv(&server).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+                let fd = server.as_raw_fd();
+                let mut buf = [0u8; 64];
+                // New: worth a look, which finds nothing; then not worth one.
+                assert!(interest.try_recv(fd, &mut buf).is_none());
                 assert!(!interest.take_ready());
                 let writer = std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(50));
@@ -565,20 +567,22 @@ mod tests {
                 });
                 let deadline = Instant::now() + Duration::from_secs(10);
                 interest.readable(deadline).await.unwrap();
-                assert!(interest.take_ready());
-                assert_eq!(recv(&server).unwrap(), 5);
-                interest.read(5, 64);
+                assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 5);
+                assert!(interest.try_recv(fd, &mut buf).is_none());
                 // Armed once: the next bytes are announced without a new poll.
                 let mut client = writer.join().unwrap();
                 client.write_all(b"again").unwrap();
                 interest.readable(deadline).await.unwrap();
-                assert!(interest.take_ready());
-                assert_eq!(recv(&server).unwrap(), 5);
+                assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 5);
+                // A read that fills the buffer is followed by another look.
+                client.write_all(b"0123456789").unwrap();
+                interest.readable(deadline).await.unwrap();
+                assert_eq!(interest.try_recv(fd, &mut buf[..4]).unwrap().unwrap(), 4);
+                assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 6);
                 // The end of the stream is announced too.
                 drop(client);
                 interest.readable(deadline).await.unwrap();
-                assert!(interest.take_ready());
-                assert_eq!(recv(&server).unwrap(), 0);
+                assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 0);
             })
         });
     }
@@ -589,7 +593,7 @@ mod tests {
             Box::pin(async move {
                 let (_client, server) = pair();
                 let mut interest = readiness.register(server.as_raw_fd());
-                assert!(interest.take_ready());
+                assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
                 let deadline = Instant::now() + Duration::from_millis(30);
                 let got = interest.readable(deadline).await;
                 assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
@@ -604,7 +608,7 @@ mod tests {
             Box::pin(async move {
                 let (mut client, server) = pair();
                 let mut interest = readiness.register(server.as_raw_fd());
-                assert!(interest.take_ready());
+                assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
                 // Arm the poll: it now holds the socket in the kernel.
                 let short = Instant::now() + Duration::from_millis(10);
                 assert!(interest.readable(short).await.is_err());

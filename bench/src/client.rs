@@ -9,6 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
+use coreserve::readiness::{Interest, Readiness, WaitError};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
@@ -25,6 +28,16 @@ pub enum ReadError {
     Io,
     /// The response could not be parsed (or uses framing this tool skips).
     Parse,
+}
+
+/// A connection to the server, read as the executor's readiness ring says
+/// (the server's own mechanism: one recv per response and no io_uring
+/// submission, where glommio's read arms a poll after every short read).
+pub struct Conn {
+    /// Declared first so that it drops first: the poll goes before the socket.
+    interest: Option<Interest>,
+    stream: TcpStream,
+    timeout: Duration,
 }
 
 /// Reads responses off one connection, keeping bytes of the next.
@@ -45,11 +58,7 @@ impl Default for ResponseReader {
 impl ResponseReader {
     /// Read one response; its status and the bytes it took. The body is
     /// counted and discarded, never kept whole.
-    pub async fn next(
-        &mut self,
-        s: &mut TcpStream,
-        head_only: bool,
-    ) -> Result<(u16, u64), ReadError> {
+    pub async fn next(&mut self, s: &mut Conn, head_only: bool) -> Result<(u16, u64), ReadError> {
         let (status, head_len, body_len) = loop {
             match parse_head(&self.buf, head_only) {
                 Some(Ok(Head::Interim(n))) => {
@@ -97,7 +106,7 @@ impl ResponseReader {
         }
     }
 
-    async fn fill(&mut self, s: &mut TcpStream) -> Result<(), ReadError> {
+    async fn fill(&mut self, s: &mut Conn) -> Result<(), ReadError> {
         let n = read(s, &mut self.chunk).await?;
         self.buf.extend_from_slice(&self.chunk[..n]);
         Ok(())
@@ -152,8 +161,25 @@ fn parse_head(buf: &[u8], head_only: bool) -> Option<Result<Head, ReadError>> {
     }))
 }
 
-async fn read(s: &mut TcpStream, into: &mut [u8]) -> Result<usize, ReadError> {
-    match s.read(into).await {
+async fn read(s: &mut Conn, into: &mut [u8]) -> Result<usize, ReadError> {
+    let got = match s.interest.as_mut() {
+        Some(interest) => {
+            let fd = s.stream.as_raw_fd();
+            let deadline = Instant::now() + s.timeout;
+            loop {
+                if let Some(read) = interest.try_recv(fd, into) {
+                    break read;
+                }
+                match interest.readable(deadline).await {
+                    Ok(()) => {}
+                    Err(WaitError::TimedOut) => return Err(ReadError::Timeout),
+                    Err(WaitError::Ring(_)) => return Err(ReadError::Io),
+                }
+            }
+        }
+        None => s.stream.read(into).await,
+    };
+    match got {
         Ok(0) => Err(ReadError::Io),
         Ok(n) => Ok(n),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(ReadError::Timeout),
@@ -166,6 +192,9 @@ async fn read(s: &mut TcpStream, into: &mut [u8]) -> Result<usize, ReadError> {
 pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<Progress>) -> Stats {
     let plan = Rc::new(plan);
     let stats = Rc::new(RefCell::new(Stats::new()));
+    // Without the ring (an old kernel) connections read through glommio.
+    let readiness = Readiness::new().ok();
+    let driver = readiness.clone().map(|r| glommio::spawn_local(r.drive()));
     // Publish this executor's p99 for the progress line.
     let (s2, p2) = (stats.clone(), progress.clone());
     let reporter = glommio::spawn_local(async move {
@@ -180,6 +209,7 @@ pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<P
         .map(|c| {
             glommio::spawn_local(connection(
                 plan.clone(),
+                readiness.clone(),
                 c,
                 start,
                 stats.clone(),
@@ -191,6 +221,7 @@ pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<P
         t.await;
     }
     drop(reporter);
+    drop(driver);
     let s = stats.borrow().clone();
     s
 }
@@ -199,25 +230,33 @@ fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
-async fn connect(plan: &Plan) -> std::io::Result<TcpStream> {
+async fn connect(plan: &Plan, readiness: Option<&Rc<Readiness>>) -> std::io::Result<Conn> {
     let s = TcpStream::connect(plan.addr)
         .await
         .map_err(std::io::Error::from)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(plan.timeout))?;
     s.set_write_timeout(Some(plan.timeout))?;
-    Ok(s)
+    Ok(Conn {
+        interest: readiness.map(|r| r.register(s.as_raw_fd())),
+        stream: s,
+        timeout: plan.timeout,
+    })
 }
 
 async fn connection(
     plan: Rc<Plan>,
+    readiness: Option<Rc<Readiness>>,
     index: usize,
     start: Instant,
     stats: Rc<RefCell<Stats>>,
     progress: Arc<Progress>,
 ) {
     let measure_from = start + plan.warmup;
-    let end = measure_from + plan.duration;
+    let window = Window {
+        measure_from,
+        end: measure_from + plan.duration,
+    };
     let now = Instant::now();
     if start > now {
         glommio::timer::sleep(start - now).await;
@@ -226,17 +265,25 @@ async fn connection(
         Some(rate) => {
             open_loop(
                 &plan,
+                readiness.as_ref(),
                 index,
                 Schedule::new(start, rate, plan.connections, index),
-                measure_from,
-                end,
+                window,
                 &stats,
                 &progress,
             )
             .await
         }
-        None => closed_loop(&plan, index, measure_from, end, &stats, &progress).await,
+        None => closed_loop(&plan, readiness.as_ref(), index, window, &stats, &progress).await,
     }
+}
+
+/// The part of a run that is measured: requests sent from `measure_from`
+/// (after the warm-up) until `end`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
 }
 
 fn count_error(stats: &RefCell<Stats>, e: ReadError) {
@@ -252,14 +299,14 @@ fn count_error(stats: &RefCell<Stats>, e: ReadError) {
 /// per connection; a late one is sent at once and its lateness counted.
 async fn open_loop(
     plan: &Plan,
+    readiness: Option<&Rc<Readiness>>,
     index: usize,
     mut schedule: Schedule,
-    measure_from: Instant,
-    end: Instant,
+    Window { measure_from, end }: Window,
     stats: &RefCell<Stats>,
     progress: &Progress,
 ) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Conn> = None;
     let mut reader = ResponseReader::default();
     let mut n = index;
     let head_only = plan.method == "HEAD";
@@ -275,7 +322,7 @@ async fn open_loop(
         }
         let measured = due >= measure_from;
         if conn.is_none() {
-            match connect(plan).await {
+            match connect(plan, readiness).await {
                 Ok(s) => {
                     conn = Some(s);
                     reader = ResponseReader::default();
@@ -292,7 +339,7 @@ async fn open_loop(
         let request = &requests[n % requests.len()];
         n += plan.connections;
         let sent = Instant::now();
-        let result = match s.write_all(request).await {
+        let result = match s.stream.write_all(request).await {
             Ok(()) => reader.next(s, head_only).await,
             Err(_) => Err(ReadError::Io),
         };
@@ -322,9 +369,9 @@ async fn open_loop(
 /// As fast as the server answers, `pipeline` requests in flight.
 async fn closed_loop(
     plan: &Plan,
+    readiness: Option<&Rc<Readiness>>,
     index: usize,
-    measure_from: Instant,
-    end: Instant,
+    Window { measure_from, end }: Window,
     stats: &RefCell<Stats>,
     progress: &Progress,
 ) {
@@ -338,7 +385,7 @@ async fn closed_loop(
     let mut n = index;
     let mut out = Vec::with_capacity(4096);
     while Instant::now() < end {
-        let mut s = match connect(plan).await {
+        let mut s = match connect(plan, readiness).await {
             Ok(s) => s,
             Err(_) => {
                 if Instant::now() >= measure_from {
@@ -363,7 +410,7 @@ async fn closed_loop(
                 }
             }
             if !out.is_empty() {
-                let wrote = s.write_all(&out).await;
+                let wrote = s.stream.write_all(&out).await;
                 out.clear();
                 if wrote.is_err() {
                     if Instant::now() >= measure_from && !in_flight.is_empty() {
@@ -410,6 +457,12 @@ async fn closed_loop(
             }
             progress.completed.fetch_add(done_here, Ordering::Relaxed);
         }
-        let _ = s.close().await;
+        let Conn {
+            interest,
+            mut stream,
+            ..
+        } = s;
+        drop(interest);
+        let _ = stream.close().await;
     }
 }
