@@ -67,7 +67,6 @@ run_one() { # name port pids...
     t1=$(ticks "$@")
     kill -INT "$perf"; wait "$perf" 2>/dev/null || true
     reqs=$(awk '/requests in/ {print $1}' <<< "$out")
-    if [ "$PIPELINE" -gt 1 ]; then reqs=$((reqs * PIPELINE)); fi
     local bad
     bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
     [ -z "$bad" ] || echo "$name: $bad responses were not 2xx/3xx; the figures below are void" >&2

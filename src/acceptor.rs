@@ -360,7 +360,8 @@ mod tests {
     }
 
     fn dealer(n: usize, capacity: usize) -> (Dealer, Vec<Receiver>) {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| handoff::queue(capacity)).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| handoff::queue(capacity).unwrap()).unzip();
         let d = Dealer {
             shards: txs.into_iter().map(Some).collect(),
             next: 0,
@@ -396,7 +397,7 @@ mod tests {
         assert_eq!(queued(&rxs[0]), 2);
         assert_eq!(queued(&rxs[2]), 2);
         // A restarted shard takes its turn again.
-        let (tx, rx1) = handoff::queue(2);
+        let (tx, rx1) = handoff::queue(2).unwrap();
         d.apply(Command::ShardBack(1, tx));
         for _ in 0..3 {
             assert!(matches!(d.deal(conn()), Dealt::Queued));

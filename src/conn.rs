@@ -248,7 +248,7 @@ async fn read_ready(
             shrunk = true;
             shrink_idle(input, out);
         }
-        interest.readable(deadline).await?;
+        interest.readable(Some(deadline)).await?;
     }
 }
 

@@ -9,35 +9,65 @@
 //! a push wakes the shard only if its intake task is waiting (and glommio
 //! interrupts the shard only if it is asleep), and a pop wakes nobody.
 //!
+//! A shard with a readiness ring waits on the queue's bell instead: an
+//! eventfd its ring polls, rung by a push only while the shard waits. The
+//! wake then arrives as a completion of the shard's own ring (no interrupt
+//! of a busy shard, no glommio park between two connections); see
+//! `readiness`.
+//!
 //! Every descriptor in the queue is owned by it: whatever is left when the
 //! last end goes — a dead shard, shutdown — is closed, never leaked.
 
 use std::future::poll_fn;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
+use crate::readiness::Interest;
+
 struct Shared {
     queue: ArrayQueue<OwnedFd>,
     /// The intake task, registered when it found the queue empty.
     waker: AtomicWaker,
+    /// An eventfd the shard's readiness ring polls (never read: each write
+    /// is an event of its own).
+    bell: OwnedFd,
+    /// The intake task waits on the bell: the next push rings it.
+    ringing: AtomicBool,
     sender_gone: AtomicBool,
     receiver_gone: AtomicBool,
 }
 
 /// A new queue holding at most `capacity` connections.
-pub fn queue(capacity: usize) -> (Sender, Receiver) {
+pub fn queue(capacity: usize) -> std::io::Result<(Sender, Receiver)> {
+    // SAFETY: eventfd(2) returns a new descriptor or -1.
+    let bell = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if bell < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let shared = Arc::new(Shared {
         queue: ArrayQueue::new(capacity),
         waker: AtomicWaker::new(),
+        // SAFETY: just created, owned by nothing else.
+        bell: unsafe { OwnedFd::from_raw_fd(bell) },
+        ringing: AtomicBool::new(false),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
     });
-    (Sender(shared.clone()), Receiver(shared))
+    Ok((Sender(shared.clone()), Receiver(shared)))
+}
+
+impl Shared {
+    fn ring(&self) {
+        // Never blocks: the descriptor is non-blocking, and a counter near
+        // its limit (2^64 writes) already says what a write would.
+        // SAFETY: write(2) of eight bytes from a local.
+        unsafe { libc::write(self.bell.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+    }
 }
 
 /// Why a connection was not queued; it comes back with the answer.
@@ -60,6 +90,12 @@ impl Sender {
         }
         match self.0.queue.push(conn) {
             Ok(()) => {
+                // Pairs with the fence in `recv_ringing`: either the shard
+                // sees this connection, or this sees that it waits.
+                fence(Ordering::SeqCst);
+                if self.0.ringing.swap(false, Ordering::Relaxed) {
+                    self.0.ring();
+                }
                 self.0.waker.wake();
                 Ok(())
             }
@@ -81,6 +117,7 @@ impl Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         self.0.sender_gone.store(true, Ordering::Release);
+        self.0.ring();
         self.0.waker.wake();
     }
 }
@@ -109,6 +146,37 @@ impl Receiver {
             Poll::Pending
         })
         .await
+    }
+
+    /// The queue's bell, for the shard's readiness ring to poll.
+    pub fn bell(&self) -> std::os::fd::RawFd {
+        self.0.bell.as_raw_fd()
+    }
+
+    /// `recv`, waiting on the bell through `interest` (the registration of
+    /// [`Receiver::bell`] with the shard's readiness ring); falls back to
+    /// `recv` if the ring fails.
+    pub async fn recv_ringing(&self, interest: &mut Interest) -> Option<OwnedFd> {
+        loop {
+            if let Some(conn) = self.0.queue.pop() {
+                return Some(conn);
+            }
+            self.0.ringing.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if let Some(conn) = self.0.queue.pop() {
+                self.0.ringing.store(false, Ordering::Relaxed);
+                return Some(conn);
+            }
+            if self.0.sender_gone.load(Ordering::Acquire) {
+                return self.0.queue.pop();
+            }
+            // Earlier rings (a push that found us waiting while we were
+            // already looking) are spent here; the bell is never read.
+            interest.take_ready();
+            if interest.readable(None).await.is_err() {
+                return self.recv().await;
+            }
+        }
     }
 
     /// A handle that closes the queue when dropped, as the receiver's own
@@ -144,6 +212,10 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
+    fn queue_ok(capacity: usize) -> (Sender, Receiver) {
+        queue(capacity).unwrap()
+    }
+
     fn fd() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
     }
@@ -155,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_a_gone_receiver_closes() {
-        let (tx, rx) = queue(2);
+        let (tx, rx) = queue_ok(2);
         tx.try_send(fd()).unwrap();
         tx.try_send(fd()).unwrap();
         let (back, why) = tx.try_send(fd()).unwrap_err();
@@ -168,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_dropped_closer_closes_the_queue_for_the_sender() {
-        let (tx, rx) = queue(2);
+        let (tx, rx) = queue_ok(2);
         drop(rx.closer());
         let (_, why) = tx.try_send(fd()).unwrap_err();
         assert_eq!(why, Refused::Closed);
@@ -177,7 +249,7 @@ mod tests {
 
     #[test]
     fn what_is_left_in_a_queue_is_closed() {
-        let (tx, rx) = queue(4);
+        let (tx, rx) = queue_ok(4);
         let a = fd();
         let raw = a.as_raw_fd();
         tx.try_send(a).unwrap();
@@ -195,7 +267,7 @@ mod tests {
     /// takes everything sent, and sees the end when the sender goes.
     #[test]
     fn a_waiting_shard_is_woken_from_another_thread() {
-        let (tx, rx) = queue(8);
+        let (tx, rx) = queue_ok(8);
         let shard = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(256 << 10)
             .spawn(move || async move {
@@ -208,6 +280,41 @@ mod tests {
             .unwrap();
         for _ in 0..20 {
             // Let the shard run dry and wait before each push.
+            std::thread::sleep(Duration::from_millis(5));
+            let mut conn = fd();
+            loop {
+                match tx.try_send(conn) {
+                    Ok(()) => break,
+                    Err((back, Refused::Full)) => conn = back,
+                    Err((_, Refused::Closed)) => panic!("the shard went away"),
+                }
+                std::thread::yield_now();
+            }
+        }
+        drop(tx);
+        assert_eq!(shard.join().unwrap(), 20);
+    }
+
+    /// The same through the shard's readiness ring: each push to a waiting
+    /// shard rings the bell, and the end of the sender too.
+    #[test]
+    fn a_shard_waiting_on_the_bell_is_woken_from_another_thread() {
+        let (tx, rx) = queue_ok(8);
+        let shard = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 << 10)
+            .spawn(move || async move {
+                let readiness = crate::readiness::Readiness::new().unwrap();
+                let driver = glommio::spawn_local(readiness.clone().drive());
+                let mut bell = readiness.register(rx.bell());
+                let mut got = 0;
+                while rx.recv_ringing(&mut bell).await.is_some() {
+                    got += 1;
+                }
+                drop(driver);
+                got
+            })
+            .unwrap();
+        for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(5));
             let mut conn = fd();
             loop {

@@ -178,6 +178,25 @@ pub async fn accept(
     Ok(stream)
 }
 
+/// Accept the next connection on the listener `fd`, waiting as the shard's
+/// readiness ring tells (`interest` is the listener's registration): one
+/// accept4 per connection, and no glommio accept or poll.
+pub async fn accept_ready(
+    interest: &mut crate::readiness::Interest,
+    fd: RawFd,
+) -> glommio::Result<glommio::net::TcpStream, ()> {
+    loop {
+        // Each success may leave more in the backlog: look again next time.
+        if let Some(accepted) = interest.try_io(|| accept4(fd), |_| true) {
+            return accepted.map(stream).map_err(Into::into);
+        }
+        interest
+            .readable(None)
+            .await
+            .map_err(std::io::Error::from)?;
+    }
+}
+
 /// How long accepting stops after the process runs out of descriptors or
 /// memory; the kernel backlog holds new connections meanwhile (nginx pauses
 /// accepting the same way).

@@ -261,7 +261,10 @@ impl Launcher {
         let mut listener_copies = Vec::new();
         let intake = match config.dispatch {
             Dispatch::Master => {
-                let (tx, rx) = handoff::queue(SHARD_QUEUE);
+                let (tx, rx) = handoff::queue(SHARD_QUEUE).map_err(|e| MasterError::Executor {
+                    what: format!("shard {id}'s hand-off queue"),
+                    err: e.to_string(),
+                })?;
                 conns = Some(tx);
                 Intake::Channel(rx)
             }

@@ -212,7 +212,7 @@ impl Readiness {
     fn poll_ready(
         &self,
         key: usize,
-        deadline: Instant,
+        deadline: Option<Instant>,
         cx: &Context<'_>,
     ) -> Poll<Result<(), WaitError>> {
         let mut slots = self.slots.borrow_mut();
@@ -226,7 +226,7 @@ impl Readiness {
         if let Some(errno) = slot.error.take() {
             return Poll::Ready(Err(io::Error::from_raw_os_error(errno).into()));
         }
-        if std::mem::take(&mut slot.timed_out) || deadline <= Instant::now() {
+        if std::mem::take(&mut slot.timed_out) || deadline.is_some_and(|d| d <= Instant::now()) {
             slot.waker = None;
             slot.deadline = None;
             return Poll::Ready(Err(WaitError::TimedOut));
@@ -235,14 +235,16 @@ impl Readiness {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => slot.waker = Some(cx.waker().clone()),
         }
-        slot.deadline = Some(deadline);
+        slot.deadline = deadline;
         let arm = !slot.armed;
         slot.armed = true;
         let (fd, generation) = (slot.fd, slot.generation);
         drop(slots);
-        if self.next_deadline.get().is_none_or(|d| deadline < d) {
-            self.next_deadline.set(Some(deadline));
-            self.kick();
+        if let Some(deadline) = deadline {
+            if self.next_deadline.get().is_none_or(|d| deadline < d) {
+                self.next_deadline.set(Some(deadline));
+                self.kick();
+            }
         }
         if arm {
             let entry = opcode::PollAdd::new(types::Fd(fd), POLL_MASK)
@@ -467,42 +469,67 @@ pub struct Interest {
 }
 
 impl Interest {
-    /// Whether the socket is worth reading now; clears what said so.
-    fn take_ready(&mut self) -> bool {
+    /// Whether the descriptor is worth a look now (an event arrived, or the
+    /// last operation may have left something behind); clears what said so.
+    pub fn take_ready(&mut self) -> bool {
         let announced = std::mem::take(&mut self.readiness.slots.borrow_mut()[self.key].ready);
         std::mem::take(&mut self.maybe_more) | announced
     }
 
-    /// Read the socket `fd` (the registered one) into `buf` if a completion
-    /// said data arrived or it may hold more than the last read took: one
-    /// non-blocking recv. None when there is nothing to read: then wait
-    /// with [`Interest::readable`] and try again.
-    pub fn try_recv(&mut self, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    /// Run the non-blocking operation `op` on the registered descriptor if
+    /// it is worth a look; None when there is nothing there: then wait with
+    /// [`Interest::readable`] and try again. `left_more` says of a result
+    /// whether the descriptor may hold more that no new event will announce
+    /// (a read that filled its buffer, an accept: the backlog may hold more).
+    pub fn try_io<T>(
+        &mut self,
+        mut op: impl FnMut() -> io::Result<T>,
+        left_more: impl Fn(&T) -> bool,
+    ) -> Option<io::Result<T>> {
         while self.take_ready() {
-            // SAFETY: recv(2) into `buf`, valid for its length; MSG_DONTWAIT
-            // keeps it from blocking the shard.
-            let n =
-                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                // A full buffer may have left data that no event announces.
-                self.maybe_more = n as usize == buf.len() && !buf.is_empty();
-                return Some(Ok(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock => return None,
-                io::ErrorKind::Interrupted => self.maybe_more = true,
-                _ => return Some(Err(e)),
+            match op() {
+                Ok(got) => {
+                    self.maybe_more = left_more(&got);
+                    return Some(Ok(got));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.maybe_more = true,
+                Err(e) => {
+                    // An accept that failed (the peer reset before it was
+                    // taken) leaves the rest of the backlog unannounced.
+                    self.maybe_more = true;
+                    return Some(Err(e));
+                }
             }
         }
         None
+    }
+
+    /// Read the socket `fd` (the registered one) into `buf` if it is worth
+    /// a look: one non-blocking recv. See [`Interest::try_io`].
+    pub fn try_recv(&mut self, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let room = buf.len();
+        self.try_io(
+            || {
+                // SAFETY: recv(2) into `buf`, valid for its length;
+                // MSG_DONTWAIT keeps it from blocking the shard.
+                let n =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            },
+            |&n| n == room && room > 0,
+        )
     }
 
     /// Wait until the socket is readable (or closed, or failed), at most
     /// until `deadline`.
     pub fn readable(
         &mut self,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> impl Future<Output = Result<(), WaitError>> + '_ {
         std::future::poll_fn(move |cx| self.readiness.poll_ready(self.key, deadline, cx))
     }
@@ -566,22 +593,22 @@ mod tests {
                     client
                 });
                 let deadline = Instant::now() + Duration::from_secs(10);
-                interest.readable(deadline).await.unwrap();
+                interest.readable(Some(deadline)).await.unwrap();
                 assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 5);
                 assert!(interest.try_recv(fd, &mut buf).is_none());
                 // Armed once: the next bytes are announced without a new poll.
                 let mut client = writer.join().unwrap();
                 client.write_all(b"again").unwrap();
-                interest.readable(deadline).await.unwrap();
+                interest.readable(Some(deadline)).await.unwrap();
                 assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 5);
                 // A read that fills the buffer is followed by another look.
                 client.write_all(b"0123456789").unwrap();
-                interest.readable(deadline).await.unwrap();
+                interest.readable(Some(deadline)).await.unwrap();
                 assert_eq!(interest.try_recv(fd, &mut buf[..4]).unwrap().unwrap(), 4);
                 assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 6);
                 // The end of the stream is announced too.
                 drop(client);
-                interest.readable(deadline).await.unwrap();
+                interest.readable(Some(deadline)).await.unwrap();
                 assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 0);
             })
         });
@@ -595,7 +622,7 @@ mod tests {
                 let mut interest = readiness.register(server.as_raw_fd());
                 assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
                 let deadline = Instant::now() + Duration::from_millis(30);
-                let got = interest.readable(deadline).await;
+                let got = interest.readable(Some(deadline)).await;
                 assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
                 assert!(Instant::now() >= deadline);
             })
@@ -611,7 +638,7 @@ mod tests {
                 assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
                 // Arm the poll: it now holds the socket in the kernel.
                 let short = Instant::now() + Duration::from_millis(10);
-                assert!(interest.readable(short).await.is_err());
+                assert!(interest.readable(Some(short)).await.is_err());
                 drop(interest);
                 drop(server);
                 // Without the removal the peer would see no FIN.

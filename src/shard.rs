@@ -464,7 +464,13 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
 
 async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>) {
     let mut taken = 0usize;
-    while let Some(conn) = rx.recv().await {
+    let mut bell = shard.readiness().map(|r| r.register(rx.bell()));
+    loop {
+        let next = match bell.as_mut() {
+            Some(bell) => rx.recv_ringing(bell).await,
+            None => rx.recv().await,
+        };
+        let Some(conn) = next else { break };
         start_connection(listener::stream(conn), &shard, &gate);
         // The acceptor refills the queue from another thread, so it might
         // never run dry: now and then let the connections taken so far (and
@@ -480,8 +486,13 @@ async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>)
 async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate: Rc<Gate>) {
     let mut errors = listener::AcceptErrors::default();
     let who = format!("shard {}", shard.id);
+    let mut interest = shard.readiness().map(|r| r.register(fd));
     loop {
-        match listener::accept(&listener, fd).await {
+        let accepted = match interest.as_mut() {
+            Some(interest) => listener::accept_ready(interest, fd).await,
+            None => listener::accept(&listener, fd).await,
+        };
+        match accepted {
             Ok(stream) => {
                 start_connection(stream, &shard, &gate);
                 // A flood of connections must not keep the ones accepted

@@ -170,7 +170,7 @@ async fn read(s: &mut Conn, into: &mut [u8]) -> Result<usize, ReadError> {
                 if let Some(read) = interest.try_recv(fd, into) {
                     break read;
                 }
-                match interest.readable(deadline).await {
+                match interest.readable(Some(deadline)).await {
                     Ok(()) => {}
                     Err(WaitError::TimedOut) => return Err(ReadError::Timeout),
                     Err(WaitError::Ring(_)) => return Err(ReadError::Io),
