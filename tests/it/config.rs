@@ -236,8 +236,71 @@ location = "https://example.com/new"
     assert_eq!(req("GET /", "x").status, 404);
     let r = req("DELETE /api", "x");
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET, POST"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
     let r = req("GET /old", "x");
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location"), Some("https://example.com/new"));
+}
+
+/// Issue 15, item 7: `methods = ["GET"]` takes HEAD too, as nginx's
+/// `limit_except GET` does; other methods still get 405.
+#[test]
+fn get_in_methods_takes_head() {
+    let dir = Scratch::new("get-head");
+    let file = dir.write(
+        "get.toml",
+        r#"
+[[route]]
+path = "/"
+handler = "respond"
+body = "hi"
+methods = ["GET"]
+"#,
+    );
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let head = server.exchange(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-length: 2\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head:?}"
+    );
+    let r = get(
+        server.addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}
+
+/// Issue 15, item 8: with the shipped configuration, `/site` (a `/site/`
+/// route's prefix without its slash) is redirected to `/site/`, the query
+/// kept, instead of being answered by the `/` route.
+#[test]
+fn a_prefix_without_its_slash_is_redirected_to_it() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/coreserve.toml");
+    let server = Server::start(&["--config", conf]);
+    let r = get(server.addr, "GET /site?a=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/site/?a=1"));
+    // Spelled another way, the canonical path is what counts.
+    let r = get(server.addr, "GET /./site HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.header("location")), (301, Some("/site/")));
+    // Neighbours are still the `/` route's.
+    assert_eq!(
+        get(server.addr, "GET /sit HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "Hello World"
+    );
+    assert_eq!(
+        get(server.addr, "GET /sites HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "Hello World"
+    );
+    assert_eq!(
+        get(server.addr, "GET /site/ HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
 }
