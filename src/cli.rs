@@ -176,6 +176,7 @@ impl Cli {
         };
         if let Some(MetricsListen(listen)) = self.metrics_listen {
             m.listen = listen;
+            m.listen_is_default = false;
         }
         Ok(m)
     }
@@ -236,11 +237,11 @@ impl Cli {
         set!(self.dispatch, "server.dispatch", c.dispatch);
         set!(self.defer_accept, "server.defer-accept", c.defer_accept);
         set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
-        set!(
-            self.metrics_listen.map(|m| m.0),
-            "metrics.listen",
-            c.metrics.listen
-        );
+        if let Some(MetricsListen(listen)) = self.metrics_listen {
+            c.metrics.listen = listen;
+            c.metrics.listen_is_default = false;
+            overridden.push("metrics.listen");
+        }
         let l = &mut c.limits;
         set!(
             self.max_header_bytes,

@@ -171,12 +171,27 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     }
 
     let admin = match config.metrics.listen {
-        Some(addr) => {
-            // A scrape now and then: the kernel's default is fine there.
-            let l = listener::bind_exclusive(addr, false)?;
-            let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
-            Some((l, bound))
-        }
+        // A scrape now and then: the kernel's default is fine there.
+        Some(addr) => match listener::bind_exclusive(addr, false) {
+            Ok(l) => {
+                let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
+                Some((l, bound))
+            }
+            // Nobody asked for this port: another instance (or anything
+            // else) on it must not keep this one from serving.
+            Err(e)
+                if config.metrics.listen_is_default
+                    && e.err.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                warn!(
+                    "metrics: the default address {addr} is in use, so this instance serves \
+                     no metrics; set [metrics] listen (or --metrics-listen) to another \
+                     address, 127.0.0.1:0 for any free port, or \"off\""
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
         None => None,
     };
 
@@ -940,7 +955,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             old.drain_timeout != new.drain_timeout,
         ),
         ("[log]", old.log != new.log),
-        ("[metrics]", old.metrics != new.metrics),
+        (
+            "[metrics]",
+            old.metrics.listen != new.metrics.listen || old.metrics.path != new.metrics.path,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

@@ -339,9 +339,15 @@ impl<'t> Walker<'t> {
         for f in self.fields(t, "metrics") {
             match f.key.as_str() {
                 "metrics.listen" => match self.string(&f).as_deref() {
-                    Some("off") => self.config.metrics.listen = None,
+                    Some("off") => {
+                        self.config.metrics.listen = None;
+                        self.config.metrics.listen_is_default = false;
+                    }
                     Some(a) => match a.parse() {
-                        Ok(addr) => self.config.metrics.listen = Some(addr),
+                        Ok(addr) => {
+                            self.config.metrics.listen = Some(addr);
+                            self.config.metrics.listen_is_default = false;
+                        }
                         Err(_) => self.error(
                             &f,
                             format!(
