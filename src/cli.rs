@@ -25,8 +25,10 @@ pub struct Cli {
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Check the configuration (file and flags) and exit: 0 and
-    /// "configuration OK", or 2 and every error found. Binds nothing.
+    /// Check the configuration (file and flags) and every start-up check
+    /// but binding (CPUs, locked memory, io_uring), then exit: 0 and
+    /// "configuration OK", 2 and every configuration error found, or 1 when
+    /// the host cannot run it. Binds nothing, starts nothing.
     #[arg(long)]
     pub check: bool,
 

@@ -38,7 +38,7 @@ pub enum MasterError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// The CPU selection cannot be honoured.
-    #[error("cpus: {0}")]
+    #[error("server.cpus: {0}")]
     Cpus(#[from] CpuError),
     /// A listener could not be bound.
     #[error(transparent)]
@@ -79,25 +79,56 @@ pub enum MasterError {
 /// Re-reads the configuration (the file, then the flags) on SIGHUP.
 pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>>>;
 
-/// Run the server until it is told to stop. Blocks the calling thread.
-pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
+/// What the checks before binding found: the host's limits, where each
+/// shard runs, and the io_uring memory each executor gets.
+#[derive(Debug)]
+pub struct Preflight {
+    /// The resource limits in force (raised to the hard limits).
+    pub limits: host::HostLimits,
+    /// The CPU of each shard, in shard order.
+    pub plan: Vec<usize>,
+    /// How many CPUs this process may run on.
+    pub allowed: usize,
+    /// glommio's io_memory for each executor (shards and the master), bytes.
+    pub io_memory: u64,
+}
+
+/// Every check start-up makes before it binds anything: resource limits
+/// and io_uring, the CPU selection against the affinity mask, and locked
+/// memory for every executor. `run` starts with it and `--check` runs it
+/// too, so a configuration `--check` passes does not then fail to start
+/// (binding aside). The configuration itself was validated when loaded.
+pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let limits = host::prepare()?;
     let allowed = cpus::allowed_cpus()?;
     let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
+    // Every shard and the master run an executor.
+    let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
+    Ok(Preflight {
+        limits,
+        plan,
+        allowed: allowed.len(),
+        io_memory,
+    })
+}
+
+/// Run the server until it is told to stop. Blocks the calling thread.
+pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
+    let Preflight {
+        limits,
+        plan,
+        allowed,
+        io_memory,
+    } = preflight(&config)?;
     let n = plan.len();
-    if n > allowed.len() {
-        warn!(
-            "{n} shards on {} CPUs: shards share CPUs, which costs throughput",
-            allowed.len()
-        );
+    if n > allowed {
+        warn!("{n} shards on {allowed} CPUs: shards share CPUs, which costs throughput");
     }
     info!(
         "master {} is running (coreserve {})",
         std::process::id(),
         env!("CARGO_PKG_VERSION")
     );
-    // Every shard and the master run an executor.
-    let io_memory = limits.io_memory_per_executor(n + 1)?;
     info!(
         "limits: open files {}, locked memory {}{} ({} KiB of io_uring buffers per executor)",
         limits.nofile,

@@ -304,3 +304,69 @@ fn a_prefix_without_its_slash_is_redirected_to_it() {
         200
     );
 }
+
+/// A CPU this process may not run on: one past the highest it may.
+fn a_cpu_not_allowed() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let highest = list
+        .split([',', '-'])
+        .filter_map(|n| n.parse::<usize>().ok())
+        .max()
+        .unwrap();
+    highest + 1
+}
+
+/// Issue 15, item 3: `--check` runs every start-up check but binding. A
+/// CPU outside the affinity mask fails the check as it fails start-up,
+/// from a flag or from the file (with its line); a host check too.
+#[test]
+fn check_runs_the_start_up_checks() {
+    let cpu = a_cpu_not_allowed().to_string();
+    let rule = format!("server.cpus: CPU {cpu} is not available to this process (allowed: ");
+    let out = command()
+        .args(["--check", "--cpus", &cpu])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with(&rule), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let dir = Scratch::new("check-cpus");
+    let file = dir.write("cpus.toml", format!("[server]\ncpus = \"{cpu}\"\n"));
+    let out = command()
+        .args(["--check", "--config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:2: {rule}", file.display())),
+        "{err}"
+    );
+
+    // Start-up says the same.
+    let out = command()
+        .args(["--listen", "127.0.0.1:0", "--cpus", &cpu])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&rule), "{err}");
+
+    // The host: too little locked memory for io_uring.
+    let mut cmd = command();
+    crate::util::with_memlock(&mut cmd, 256 * 1024);
+    let out = cmd.arg("--check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("locked-memory limit is 256 KiB but io_uring needs at least 512 KiB"),
+        "{err}"
+    );
+}
