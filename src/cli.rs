@@ -22,7 +22,9 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Configuration file. [default: /etc/coreserve/coreserve.toml if it exists]
-    #[arg(short, long, value_name = "FILE")]
+    // Global: `coreserve status --config FILE` reads as naturally as
+    // `coreserve --config FILE status`, and both are accepted.
+    #[arg(short, long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     /// Check the configuration (file and flags) and every start-up check
@@ -329,6 +331,26 @@ mod tests {
             .unwrap_err();
         assert_eq!(errs[0].key, "server.shards");
         assert_eq!(errs[0].to_string(), "server.shards: must be at least 1");
+    }
+
+    #[test]
+    fn config_goes_before_or_after_status() {
+        for args in [
+            &["--config", "a.toml", "status"][..],
+            &["status", "--config", "a.toml"][..],
+            &["status", "-c", "a.toml", "--interval", "2s"][..],
+        ] {
+            let c = cli(args);
+            assert_eq!(
+                c.config.as_deref(),
+                Some(std::path::Path::new("a.toml")),
+                "{args:?}"
+            );
+            assert!(
+                matches!(c.command, Some(Command::Status { .. })),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

@@ -237,6 +237,18 @@ fn status_needs_only_the_metrics_section_of_the_file() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // Issue 15, item 4: --config after `status` works too.
+    let out = succeeds(
+        bare()
+            .args(["status", "--interval", "100ms", "--config"])
+            .arg(&conf),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("shard"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let bad = dir.write("bad.toml", "[metrics]\nlisten = \"nowhere\"\n");
     let out = bare()
         .arg("--config")
