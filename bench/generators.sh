@@ -60,7 +60,7 @@ run_one() {
 }
 
 mkdir -p "$work/nginx/logs"
-sed -e '/worker_cpu_affinity/d' "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+sed -e '/worker_cpu_affinity/d' "$PEERS/nginx.conf" > "$work/nginx.conf"
 hello_config "$work/coreserve.toml"
 
 results=$work/results

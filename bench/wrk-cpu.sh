@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Server CPU per request under wrk, the way ../shared/anchors/README.md measures
-# it: the server pinned to one CPU, wrk to another, CPU time (user+sys of every
-# process and thread of the server, from /proc) divided by requests completed.
+# Server CPU per request under wrk: the server pinned to one CPU, wrk to
+# another, CPU time (user+sys of every process and thread of the server, from
+# /proc) divided by requests completed.
 #
 #   bench/wrk-cpu.sh [ROUNDS]     # coreserve (both dispatch modes) and nginx, interleaved
 #   PATHS="/ /static/4k.bin /static/1m.bin" bench/wrk-cpu.sh 3
@@ -62,7 +62,7 @@ start_coreserve() { # dispatch port
 
 mkdir -p "$work/nginx/logs" "$work/www"
 sed -e '/worker_cpu_affinity/d' -e "s|/tmp/nginx-anchor/www/|$work/www/|" \
-    "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+    "$PEERS/nginx.conf" > "$work/nginx.conf"
 head -c 4096 /dev/urandom > "$work/www/4k.bin"
 head -c 1048576 /dev/urandom > "$work/www/1m.bin"
 hello_config "$work/coreserve.toml" "$work/www"

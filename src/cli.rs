@@ -22,11 +22,15 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Configuration file. [default: /etc/coreserve/coreserve.toml if it exists]
-    #[arg(short, long, value_name = "FILE")]
+    // Global: `coreserve status --config FILE` reads as naturally as
+    // `coreserve --config FILE status`, and both are accepted.
+    #[arg(short, long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
-    /// Check the configuration (file and flags) and exit: 0 and
-    /// "configuration OK", or 2 and every error found. Binds nothing.
+    /// Check the configuration (file and flags) and every start-up check
+    /// but binding (CPUs, locked memory, io_uring), then exit: 0 and
+    /// "configuration OK", 2 and every configuration error found, or 1 when
+    /// the host cannot run it. Binds nothing, starts nothing.
     #[arg(long)]
     pub check: bool,
 
@@ -176,6 +180,7 @@ impl Cli {
         };
         if let Some(MetricsListen(listen)) = self.metrics_listen {
             m.listen = listen;
+            m.listen_is_default = false;
         }
         Ok(m)
     }
@@ -236,11 +241,11 @@ impl Cli {
         set!(self.dispatch, "server.dispatch", c.dispatch);
         set!(self.defer_accept, "server.defer-accept", c.defer_accept);
         set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
-        set!(
-            self.metrics_listen.map(|m| m.0),
-            "metrics.listen",
-            c.metrics.listen
-        );
+        if let Some(MetricsListen(listen)) = self.metrics_listen {
+            c.metrics.listen = listen;
+            c.metrics.listen_is_default = false;
+            overridden.push("metrics.listen");
+        }
         let l = &mut c.limits;
         set!(
             self.max_header_bytes,
@@ -326,6 +331,26 @@ mod tests {
             .unwrap_err();
         assert_eq!(errs[0].key, "server.shards");
         assert_eq!(errs[0].to_string(), "server.shards: must be at least 1");
+    }
+
+    #[test]
+    fn config_goes_before_or_after_status() {
+        for args in [
+            &["--config", "a.toml", "status"][..],
+            &["status", "--config", "a.toml"][..],
+            &["status", "-c", "a.toml", "--interval", "2s"][..],
+        ] {
+            let c = cli(args);
+            assert_eq!(
+                c.config.as_deref(),
+                Some(std::path::Path::new("a.toml")),
+                "{args:?}"
+            );
+            assert!(
+                matches!(c.command, Some(Command::Status { .. })),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     // to the response written.
     let mut arrived = Instant::now();
     let mut bytes_in = 0;
+    // Whether a read has been tried on this connection yet.
+    let mut read_once = false;
     loop {
         // The site of this step: a reload takes effect for the next request.
         let site = shard.site();
@@ -179,12 +181,17 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Wait::Body => now + limits.body_timeout,
             Wait::Head => *head_deadline.get_or_insert(now + limits.header_timeout),
         };
-        // Between requests shutdown may close this one at once.
+        // Nothing of a request is here: between requests, or before the
+        // first byte of one (a browser's preconnect, a client that connected
+        // and went quiet). Nothing is in flight, so shutdown may close it at
+        // once rather than wait out the drain deadline for it.
         let idle = wait == Wait::Idle;
-        if idle && shard.is_draining() {
+        let quiet = idle || (wait == Wait::Head && input.data().is_empty());
+        // A fresh connection is read once first: its request may be there.
+        if quiet && (idle || read_once) && shard.is_draining() {
             return;
         }
-        shard.set_idle(key, idle);
+        shard.set_idle(key, quiet);
         let read = if deadline <= now {
             Err(std::io::ErrorKind::TimedOut.into())
         } else {
@@ -196,6 +203,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             }
         };
         shard.set_idle(key, false);
+        read_once = true;
         match read {
             Ok(0) => return,
             Ok(n) => {

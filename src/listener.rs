@@ -15,12 +15,33 @@ pub const BACKLOG: i32 = 4096;
 
 /// A listener that could not be set up, with the address.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {err}")]
+#[error("cannot listen on {addr}: {err}{hint}", hint = bind_hint(addr, err))]
 pub struct BindError {
     /// The address asked for.
     pub addr: SocketAddr,
     /// What the kernel said.
     pub err: io::Error,
+}
+
+/// What to do about the two bind errors a user meets most, so the message
+/// does not end at the kernel's word for it.
+fn bind_hint(addr: &SocketAddr, err: &io::Error) -> &'static str {
+    match err.kind() {
+        // Ports below net.ipv4.ip_unprivileged_port_start (1024) need
+        // CAP_NET_BIND_SERVICE, which only root has by default.
+        io::ErrorKind::PermissionDenied if addr.port() != 0 => {
+            "; a port below 1024 needs privilege: give the binary \
+             CAP_NET_BIND_SERVICE (sudo setcap cap_net_bind_service=+ep \
+             $(command -v coreserve)), let systemd pass the socket (socket \
+             activation, packaging/activation/coreserve.socket), run the \
+             packaged service (it has that capability), or use a port from 1024 up"
+        }
+        io::ErrorKind::AddrInUse => {
+            "; another process listens there (ss -ltnp shows which), or pick \
+             another port (--port 0 takes a free one)"
+        }
+        _ => "",
+    }
 }
 
 /// How long the kernel holds a deferred connection that has sent nothing
@@ -261,6 +282,34 @@ impl AcceptErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_errors_say_what_to_do() {
+        let addr: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        let denied = BindError {
+            addr,
+            err: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let msg = denied.to_string();
+        assert!(
+            msg.starts_with("cannot listen on 0.0.0.0:80: Permission denied (os error 13); "),
+            "{msg}"
+        );
+        assert!(msg.contains("CAP_NET_BIND_SERVICE"), "{msg}");
+        assert!(msg.contains("socket activation"), "{msg}");
+        let busy = BindError {
+            addr,
+            err: io::Error::from_raw_os_error(libc::EADDRINUSE),
+        };
+        assert!(busy
+            .to_string()
+            .starts_with("cannot listen on 0.0.0.0:80: Address already in use (os error 98); "));
+        let other = BindError {
+            addr,
+            err: io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+        };
+        assert!(!other.to_string().contains(';'), "{other}");
+    }
 
     #[test]
     fn ipv4_and_ipv6_wildcards_bind_the_same_port() {

@@ -47,8 +47,24 @@ fn main() -> ExitCode {
         }
     };
     if check {
-        println!("configuration OK");
-        return ExitCode::SUCCESS;
+        // Every start-up check but binding: the CPUs, the host's limits
+        // and io_uring.
+        return match master::preflight(&config) {
+            Ok(_) => {
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}", check_error(&config, &e));
+                // A CPU list that cannot be honoured is the configuration's
+                // fault; a host that cannot run io_uring is not.
+                ExitCode::from(if matches!(e, MasterError::Cpus(_)) {
+                    2
+                } else {
+                    1
+                })
+            }
+        };
     }
     // SIGHUP reads the same file again and applies the same flags over it.
     let reload = Box::new(move || again.clone().load());
@@ -63,6 +79,20 @@ fn main() -> ExitCode {
             log::error!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// A start-up check's failure as `--check` prints it: a CPU list that
+/// cannot be honoured points at its line in the file, like any other
+/// configuration error.
+fn check_error(config: &coreserve::config::Config, e: &MasterError) -> String {
+    match e {
+        MasterError::Cpus(cpu) => {
+            let mut ce = coreserve::config::ConfigError::new("server.cpus", cpu.to_string());
+            config.locate(&mut ce);
+            ce.to_string()
+        }
+        _ => e.to_string(),
     }
 }
 

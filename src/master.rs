@@ -38,7 +38,7 @@ pub enum MasterError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// The CPU selection cannot be honoured.
-    #[error("cpus: {0}")]
+    #[error("server.cpus: {0}")]
     Cpus(#[from] CpuError),
     /// A listener could not be bound.
     #[error(transparent)]
@@ -79,25 +79,56 @@ pub enum MasterError {
 /// Re-reads the configuration (the file, then the flags) on SIGHUP.
 pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>>>;
 
-/// Run the server until it is told to stop. Blocks the calling thread.
-pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
+/// What the checks before binding found: the host's limits, where each
+/// shard runs, and the io_uring memory each executor gets.
+#[derive(Debug)]
+pub struct Preflight {
+    /// The resource limits in force (raised to the hard limits).
+    pub limits: host::HostLimits,
+    /// The CPU of each shard, in shard order.
+    pub plan: Vec<usize>,
+    /// How many CPUs this process may run on.
+    pub allowed: usize,
+    /// glommio's io_memory for each executor (shards and the master), bytes.
+    pub io_memory: u64,
+}
+
+/// Every check start-up makes before it binds anything: resource limits
+/// and io_uring, the CPU selection against the affinity mask, and locked
+/// memory for every executor. `run` starts with it and `--check` runs it
+/// too, so a configuration `--check` passes does not then fail to start
+/// (binding aside). The configuration itself was validated when loaded.
+pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let limits = host::prepare()?;
     let allowed = cpus::allowed_cpus()?;
     let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
+    // Every shard and the master run an executor.
+    let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
+    Ok(Preflight {
+        limits,
+        plan,
+        allowed: allowed.len(),
+        io_memory,
+    })
+}
+
+/// Run the server until it is told to stop. Blocks the calling thread.
+pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
+    let Preflight {
+        limits,
+        plan,
+        allowed,
+        io_memory,
+    } = preflight(&config)?;
     let n = plan.len();
-    if n > allowed.len() {
-        warn!(
-            "{n} shards on {} CPUs: shards share CPUs, which costs throughput",
-            allowed.len()
-        );
+    if n > allowed {
+        warn!("{n} shards on {allowed} CPUs: shards share CPUs, which costs throughput");
     }
     info!(
         "master {} is running (coreserve {})",
         std::process::id(),
         env!("CARGO_PKG_VERSION")
     );
-    // Every shard and the master run an executor.
-    let io_memory = limits.io_memory_per_executor(n + 1)?;
     info!(
         "limits: open files {}, locked memory {}{} ({} KiB of io_uring buffers per executor)",
         limits.nofile,
@@ -171,12 +202,27 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     }
 
     let admin = match config.metrics.listen {
-        Some(addr) => {
-            // A scrape now and then: the kernel's default is fine there.
-            let l = listener::bind_exclusive(addr, false)?;
-            let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
-            Some((l, bound))
-        }
+        // A scrape now and then: the kernel's default is fine there.
+        Some(addr) => match listener::bind_exclusive(addr, false) {
+            Ok(l) => {
+                let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
+                Some((l, bound))
+            }
+            // Nobody asked for this port: another instance (or anything
+            // else) on it must not keep this one from serving.
+            Err(e)
+                if config.metrics.listen_is_default
+                    && e.err.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                warn!(
+                    "metrics: the default address {addr} is in use, so this instance serves \
+                     no metrics; set [metrics] listen (or --metrics-listen) to another \
+                     address, 127.0.0.1:0 for any free port, or \"off\""
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
         None => None,
     };
 
@@ -943,7 +989,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             old.drain_timeout != new.drain_timeout,
         ),
         ("[log]", old.log != new.log),
-        ("[metrics]", old.metrics != new.metrics),
+        (
+            "[metrics]",
+            old.metrics.listen != new.metrics.listen || old.metrics.path != new.metrics.path,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

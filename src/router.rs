@@ -87,7 +87,7 @@ impl Router {
             .map(|c| Route {
                 prefix: c.path.clone(),
                 host: c.host.clone(),
-                allow: c.methods.as_ref().map(|m| m.join(", ")).unwrap_or_default(),
+                allow: c.methods.as_deref().map(allow_header).unwrap_or_default(),
                 methods: c.methods.clone(),
                 action: match &c.handler {
                     HandlerConfig::Respond {
@@ -117,6 +117,61 @@ impl Router {
         });
         Router { routes }
     }
+
+    /// Whether `path` is a route's prefix without its trailing slash
+    /// (`/site` for a `/site/` route) that no route of at least that length
+    /// takes: it is then redirected to add the slash, as nginx does, rather
+    /// than answered by a shorter route (`/`) the user never meant for it.
+    fn wants_slash(&self, host: Option<&str>, path: &str, found: Option<&Route>) -> bool {
+        if found.is_some_and(|r| r.prefix.len() >= path.len()) {
+            return false;
+        }
+        self.routes.iter().any(|r| {
+            r.prefix.len() == path.len() + 1
+                && r.prefix.ends_with('/')
+                && r.prefix.starts_with(path)
+                && r.matches(host, &r.prefix)
+        })
+    }
+}
+
+/// Whether a route's `methods` take this request: GET implies HEAD, as
+/// nginx's `limit_except GET` does, since a HEAD is a GET without the body
+/// (RFC 9110 §9.3.2).
+fn allows(methods: &[String], req: &Request<'_>) -> bool {
+    methods
+        .iter()
+        .any(|m| m == req.method_str || (req.method == Method::Head && m == "GET"))
+}
+
+/// The `Allow` value for a route's `methods`: HEAD is added after GET when
+/// it is not listed, since GET takes it too.
+fn allow_header(methods: &[String]) -> String {
+    let mut allow: Vec<&str> = Vec::with_capacity(methods.len() + 1);
+    for m in methods {
+        allow.push(m);
+        if m == "GET" && !methods.iter().any(|h| h == "HEAD") {
+            allow.push("HEAD");
+        }
+    }
+    allow.join(", ")
+}
+
+/// 301 to the path with a slash added, the query kept. The path is
+/// canonical, so it starts with one slash: never a scheme-relative
+/// `//host/…` Location.
+fn add_slash(req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+    let mut location = String::with_capacity(req.path.len() + 2 + req.query.map_or(0, str::len));
+    location.push_str(req.path);
+    location.push('/');
+    if let Some(q) = req.query {
+        location.push('?');
+        location.push_str(q);
+    }
+    res.begin(Status::MOVED_PERMANENTLY);
+    res.header("Location", location.as_bytes());
+    res.body("text/plain; charset=utf-8", b"Moved Permanently\n");
+    Outcome::Done
 }
 
 impl Handler for Router {
@@ -150,13 +205,17 @@ impl Handler for Router {
                 &canonical_req
             }
         };
-        let Some(route) = self.routes.iter().find(|r| r.matches(req.host, req.path)) else {
+        let found = self.routes.iter().find(|r| r.matches(req.host, req.path));
+        if self.wants_slash(req.host, req.path, found) {
+            return add_slash(req, res);
+        }
+        let Some(route) = found else {
             res.begin(Status::NOT_FOUND);
             res.body("text/plain; charset=utf-8", b"Not Found\n");
             return Outcome::Done;
         };
         if let Some(methods) = &route.methods {
-            if !methods.iter().any(|m| m == req.method_str) {
+            if !allows(methods, req) {
                 return method_not_allowed(res, &route.allow);
             }
         }
@@ -223,6 +282,44 @@ mod tests {
         assert!(route("/static/", None).matches(None, "/static/a.css"));
         assert!(!route("/static/", None).matches(None, "/static"));
         assert!(route("/", None).matches(None, "/anything"));
+    }
+
+    #[test]
+    fn get_brings_head_into_allow() {
+        let list = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(allow_header(&list(&["GET"])), "GET, HEAD");
+        assert_eq!(allow_header(&list(&["GET", "POST"])), "GET, HEAD, POST");
+        assert_eq!(allow_header(&list(&["HEAD", "GET"])), "HEAD, GET");
+        assert_eq!(allow_header(&list(&["POST"])), "POST");
+    }
+
+    #[test]
+    fn a_prefix_without_its_slash_is_redirected() {
+        let r = Router {
+            routes: vec![route("/site/", None), route("/", None)],
+        };
+        let found = |p: &str| r.routes.iter().find(|x| x.matches(None, p));
+        assert!(r.wants_slash(None, "/site", found("/site")));
+        assert!(!r.wants_slash(None, "/site/", found("/site/")));
+        assert!(!r.wants_slash(None, "/sit", found("/sit")));
+        assert!(!r.wants_slash(None, "/", found("/")));
+        // A route of its own for `/site` wins over the redirect.
+        let r = Router {
+            routes: vec![
+                route("/site/", None),
+                route("/site", None),
+                route("/", None),
+            ],
+        };
+        let found = r.routes.iter().find(|x| x.matches(None, "/site"));
+        assert!(!r.wants_slash(None, "/site", found));
+        // Only for the host the route is for.
+        let r = Router {
+            routes: vec![route("/site/", Some("a.test")), route("/", None)],
+        };
+        let found = r.routes.iter().find(|x| x.matches(None, "/site"));
+        assert!(r.wants_slash(Some("a.test"), "/site", found));
+        assert!(!r.wants_slash(Some("b.test"), "/site", found));
     }
 
     #[test]

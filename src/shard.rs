@@ -255,7 +255,8 @@ impl Shard {
         self.conns.borrow_mut().try_remove(key);
     }
 
-    /// Mark whether a connection is between requests.
+    /// Mark whether no byte of a request is waiting on a connection (it is
+    /// between requests, or has sent nothing yet).
     pub fn set_idle(&self, key: ConnKey, idle: bool) {
         if let Some(c) = self.conns.borrow().get(key) {
             c.idle.set(idle);

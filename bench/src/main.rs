@@ -15,7 +15,14 @@ use coreserve_bench::{run, Plan, Progress};
 /// corrected for coordinated omission (--rate), or closed loop as fast as
 /// possible with pipelining.
 #[derive(Debug, Parser)]
-#[command(name = "coreserve-bench", version)]
+#[command(
+    name = "coreserve-bench",
+    version,
+    after_help = "Exit status: 0 when every request was answered and at least one answer \
+                  was 2xx or 3xx; 3 when any request failed (connect, io, timeout, parse) \
+                  or none succeeded, after printing and writing the report all the same; \
+                  2 for bad arguments; 1 when the run could not be made or a file not written."
+)]
 struct Args {
     /// Target, like http://127.0.0.1:3000 (paths come from --path).
     url: String,
@@ -167,5 +174,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    ExitCode::SUCCESS
+    match report.failure() {
+        None => ExitCode::SUCCESS,
+        Some(why) => {
+            eprintln!("coreserve-bench: {why}");
+            ExitCode::from(EXIT_FAILED_REQUESTS)
+        }
+    }
 }
+
+/// The exit status of a run in which requests failed or none succeeded:
+/// apart from 1 (the run itself failed) and 2 (bad arguments), so a script
+/// can keep the report of such a run and still know.
+const EXIT_FAILED_REQUESTS: u8 = 3;

@@ -111,6 +111,27 @@ impl Report {
         }
     }
 
+    /// Whether the run is fit to quote: `None` when no request failed and
+    /// at least one response was 2xx/3xx; otherwise why not, for the
+    /// message before a non-zero exit.
+    pub fn failure(&self) -> Option<String> {
+        let errors = self.errors.total();
+        let good = self.responses - self.non_2xx;
+        if errors > 0 {
+            Some(format!(
+                "{errors} request(s) failed (connect {}, io {}, timeout {}, parse {})",
+                self.errors.connect, self.errors.io, self.errors.timeout, self.errors.parse
+            ))
+        } else if good == 0 {
+            Some(format!(
+                "no request succeeded ({} responses, none 2xx or 3xx)",
+                self.responses
+            ))
+        } else {
+            None
+        }
+    }
+
     /// The human summary.
     pub fn table(&self) -> String {
         let mut o = String::new();

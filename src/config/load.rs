@@ -296,19 +296,30 @@ impl<'t> Walker<'t> {
         }
     }
 
+    /// A path from the file: a relative one is relative to the file's
+    /// directory, so a configuration, its site and its logs can move
+    /// together (a static `root` and the access log alike).
+    fn relative_to_file(&self, p: &str) -> PathBuf {
+        let dir = self
+            .config
+            .source
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        dir.join(p)
+    }
+
     fn log(&mut self, t: &dyn TableLike) {
         for f in self.fields(t, "log") {
             match f.key.as_str() {
                 "log.access" => match self.string(&f).as_deref() {
                     Some("off") => self.config.log.access = AccessLog::Off,
                     Some("stderr") => self.config.log.access = AccessLog::Stderr,
-                    Some(p) if p.starts_with('/') => {
-                        self.config.log.access = AccessLog::File(PathBuf::from(p))
-                    }
-                    Some(p) => self.error(
+                    Some("") => self.error(
                         &f,
-                        format!("must be \"off\", \"stderr\" or an absolute path, got {p:?}"),
+                        "must be \"off\", \"stderr\" or a file path, got \"\"".into(),
                     ),
+                    Some(p) => self.config.log.access = AccessLog::File(self.relative_to_file(p)),
                     None => {}
                 },
                 "log.format" => match self.string(&f).as_deref() {
@@ -328,9 +339,15 @@ impl<'t> Walker<'t> {
         for f in self.fields(t, "metrics") {
             match f.key.as_str() {
                 "metrics.listen" => match self.string(&f).as_deref() {
-                    Some("off") => self.config.metrics.listen = None,
+                    Some("off") => {
+                        self.config.metrics.listen = None;
+                        self.config.metrics.listen_is_default = false;
+                    }
                     Some(a) => match a.parse() {
-                        Ok(addr) => self.config.metrics.listen = Some(addr),
+                        Ok(addr) => {
+                            self.config.metrics.listen = Some(addr);
+                            self.config.metrics.listen_is_default = false;
+                        }
                         Err(_) => self.error(
                             &f,
                             format!(
@@ -446,15 +463,7 @@ impl<'t> Walker<'t> {
                 "location" => location = self.string(f),
                 "root" => {
                     if let Some(r) = self.string(f) {
-                        // A relative root is relative to the file's directory,
-                        // so a configuration and its site can move together.
-                        let dir = self
-                            .config
-                            .source
-                            .as_deref()
-                            .and_then(Path::parent)
-                            .unwrap_or(Path::new(""));
-                        static_cfg.root = dir.join(r);
+                        static_cfg.root = self.relative_to_file(&r);
                         root_set = true;
                     }
                 }

@@ -185,6 +185,11 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub struct MetricsConfig {
     /// Address of the admin listener; `None` turns it off.
     pub listen: Option<SocketAddr>,
+    /// Whether `listen` is the built-in default rather than the user's
+    /// choice: a busy default port is then only a warning (a second
+    /// instance on `--port 0` still starts, without metrics), while a busy
+    /// address the user asked for stops start-up.
+    pub listen_is_default: bool,
     /// Path the metrics are served at.
     pub path: String,
 }
@@ -197,6 +202,7 @@ impl Default for MetricsConfig {
                     .parse()
                     .expect("default address parses"),
             ),
+            listen_is_default: true,
             path: "/metrics".into(),
         }
     }

@@ -139,3 +139,30 @@ fn many_lines_from_two_shards_never_interleave() {
         );
     }
 }
+
+/// Issue 15, item 11: a relative access-log path is relative to the
+/// configuration file's directory, as a static route's `root` is.
+#[test]
+fn a_relative_path_is_relative_to_the_config_file() {
+    let dir = Scratch::new("log-relative");
+    std::fs::create_dir_all(dir.0.join("logs")).unwrap();
+    let conf = dir.write("conf/log.toml", "[log]\naccess = \"../logs/access.log\"\n");
+    // Started from another directory, so the path cannot be taken from it.
+    let mut cmd = crate::util::command();
+    cmd.current_dir(std::env::temp_dir());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &conf.display().to_string(),
+    ]);
+    let server = Server::spawn(cmd);
+    get(server.addr, "GET /relative HTTP/1.1\r\nHost: x\r\n\r\n");
+    let lines = wait_for_lines(&dir.0.join("logs/access.log"), 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("\"GET /relative HTTP/1.1\" 200"),
+        "{}",
+        lines[0]
+    );
+}

@@ -236,8 +236,137 @@ location = "https://example.com/new"
     assert_eq!(req("GET /", "x").status, 404);
     let r = req("DELETE /api", "x");
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET, POST"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
     let r = req("GET /old", "x");
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location"), Some("https://example.com/new"));
+}
+
+/// Issue 15, item 7: `methods = ["GET"]` takes HEAD too, as nginx's
+/// `limit_except GET` does; other methods still get 405.
+#[test]
+fn get_in_methods_takes_head() {
+    let dir = Scratch::new("get-head");
+    let file = dir.write(
+        "get.toml",
+        r#"
+[[route]]
+path = "/"
+handler = "respond"
+body = "hi"
+methods = ["GET"]
+"#,
+    );
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let head = server.exchange(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-length: 2\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head:?}"
+    );
+    let r = get(
+        server.addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}
+
+/// Issue 15, item 8: with the shipped configuration, `/site` (a `/site/`
+/// route's prefix without its slash) is redirected to `/site/`, the query
+/// kept, instead of being answered by the `/` route.
+#[test]
+fn a_prefix_without_its_slash_is_redirected_to_it() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/coreserve.toml");
+    let server = Server::start(&["--config", conf]);
+    let r = get(server.addr, "GET /site?a=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/site/?a=1"));
+    // Spelled another way, the canonical path is what counts.
+    let r = get(server.addr, "GET /./site HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.header("location")), (301, Some("/site/")));
+    // Neighbours are still the `/` route's.
+    assert_eq!(
+        get(server.addr, "GET /sit HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "Hello World"
+    );
+    assert_eq!(
+        get(server.addr, "GET /sites HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "Hello World"
+    );
+    assert_eq!(
+        get(server.addr, "GET /site/ HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+}
+
+/// A CPU this process may not run on: one past the highest it may.
+fn a_cpu_not_allowed() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let highest = list
+        .split([',', '-'])
+        .filter_map(|n| n.parse::<usize>().ok())
+        .max()
+        .unwrap();
+    highest + 1
+}
+
+/// Issue 15, item 3: `--check` runs every start-up check but binding. A
+/// CPU outside the affinity mask fails the check as it fails start-up,
+/// from a flag or from the file (with its line); a host check too.
+#[test]
+fn check_runs_the_start_up_checks() {
+    let cpu = a_cpu_not_allowed().to_string();
+    let rule = format!("server.cpus: CPU {cpu} is not available to this process (allowed: ");
+    let out = command()
+        .args(["--check", "--cpus", &cpu])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with(&rule), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let dir = Scratch::new("check-cpus");
+    let file = dir.write("cpus.toml", format!("[server]\ncpus = \"{cpu}\"\n"));
+    let out = command()
+        .args(["--check", "--config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:2: {rule}", file.display())),
+        "{err}"
+    );
+
+    // Start-up says the same.
+    let out = command()
+        .args(["--listen", "127.0.0.1:0", "--cpus", &cpu])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&rule), "{err}");
+
+    // The host: too little locked memory for io_uring.
+    let mut cmd = command();
+    crate::util::with_memlock(&mut cmd, 256 * 1024);
+    let out = cmd.arg("--check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("locked-memory limit is 256 KiB but io_uring needs at least 512 KiB"),
+        "{err}"
+    );
 }

@@ -86,3 +86,30 @@ fn effective_limits_are_logged() {
     assert!(log.contains("limits: open files"), "{log}");
     assert!(log.contains("locked memory"), "{log}");
 }
+
+/// Issue 15, item 9: a privileged port refused to an unprivileged user says
+/// what to do, not only "Permission denied".
+#[test]
+fn a_privileged_port_says_how_to_get_it() {
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if start <= 80 {
+        eprintln!("skipped: any user may bind port 80 on this host");
+        return;
+    }
+    let Some(mut cmd) = unprivileged(60_103, 8 << 20) else {
+        return;
+    };
+    cmd.args(["--listen", "127.0.0.1:80"]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot listen on 127.0.0.1:80: Permission denied (os error 13); "),
+        "{err}"
+    );
+    assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+}

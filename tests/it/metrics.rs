@@ -237,6 +237,18 @@ fn status_needs_only_the_metrics_section_of_the_file() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // Issue 15, item 4: --config after `status` works too.
+    let out = succeeds(
+        bare()
+            .args(["status", "--interval", "100ms", "--config"])
+            .arg(&conf),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("shard"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let bad = dir.write("bad.toml", "[metrics]\nlisten = \"nowhere\"\n");
     let out = bare()
         .arg("--config")
@@ -301,4 +313,74 @@ fn the_admin_listener_bounds_slow_and_piled_up_clients() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(status, 200);
+}
+
+/// A command for the binary without util::command's `--metrics-listen`, so
+/// the metrics address is the built-in default.
+fn with_default_metrics() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"));
+    cmd.env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Issue 15, item 2: two instances on `--port 0` both start. The second
+/// finds the default metrics address taken, warns how to set another, and
+/// serves without metrics. (If something else holds the default port, the
+/// first warns too; the second must warn either way.)
+#[test]
+fn a_busy_default_metrics_port_is_only_a_warning() {
+    let first = Server::spawn({
+        let mut c = with_default_metrics();
+        c.args(["--listen", "127.0.0.1:0"]);
+        c
+    });
+    let second = Server::spawn({
+        let mut c = with_default_metrics();
+        c.args(["--listen", "127.0.0.1:0"]);
+        c
+    });
+    let log = second.log();
+    assert!(
+        log.contains("metrics: the default address 127.0.0.1:9464 is in use, so this instance serves no metrics; set [metrics] listen (or --metrics-listen)"),
+        "{log}"
+    );
+    assert!(!log.contains("metrics on "), "{log}");
+    for s in [&first, &second] {
+        let r = get(s.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.text(), "Hello World");
+    }
+}
+
+/// A busy metrics address the user chose, by flag or in the file, still
+/// stops start-up.
+#[test]
+fn a_busy_metrics_address_the_user_chose_is_an_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = crate::config::Scratch::new("metrics-busy");
+    let conf = dir.write(
+        "coreserve.toml",
+        format!("[metrics]\nlisten = \"{addr}\"\n"),
+    );
+    for args in [
+        vec!["--metrics-listen", addr.as_str()],
+        vec!["--config", conf.to_str().unwrap()],
+    ] {
+        let out = with_default_metrics()
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen on {addr}: Address already in use")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("listening on"), "{err}");
+    }
 }
