@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The all-cores layout under wrk: every server with as many shards/workers as
+# The all-cores layout (or the pinned one) under wrk: every server with as many shards/workers as
 # CPUs, wrk on the same CPUs (nothing pinned by hand), rounds interleaved.
 # Per server: req/s, server CPU per request (user+sys of every thread and
 # process, from /proc) and system calls per request (perf's syscall
@@ -10,6 +10,7 @@
 #   CONNS=1000 DURATION=5s bench/allcores.sh 3       # many connections
 #   PIPELINE=16 bench/allcores.sh 3                  # 16 requests in flight per connection
 #   NEWCONN=1 bench/allcores.sh 3                    # a new connection per request
+#   LAYOUT=pinned bench/allcores.sh 3                # one shard / worker on CPU 1, wrk on CPU 0
 #
 # BINS names the coreserve binaries to compare (NAME=PATH, default
 # coreserve=target/release/coreserve); DISPATCH=reuseport picks the other
@@ -25,7 +26,15 @@ BINS=${BINS:-coreserve=$BIN}
 DISPATCH=${DISPATCH:-master}
 PIPELINE=${PIPELINE:-1}
 NEWCONN=${NEWCONN:-0}
+LAYOUT=${LAYOUT:-all-cores}
 NCPU=$(nproc)
+# pinned: the server alone on SERVER_CPU with one shard/worker, wrk on LOAD_CPU.
+on_server=() on_load=()
+if [ "$LAYOUT" = pinned ]; then
+    NCPU=1
+    on_server=(taskset -c "$SERVER_CPU")
+    on_load=(taskset -c "$LOAD_CPU")
+fi
 SYSCALLS="recvfrom sendto read write writev io_uring_enter membarrier futex epoll_wait epoll_pwait accept4 close"
 
 ticks() { # total utime+stime (clock ticks) of processes, all their threads
@@ -53,7 +62,7 @@ if [ "$NEWCONN" = 1 ]; then wrk_args=(-H "Connection: close"); fi
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
     local url="http://127.0.0.1:$port/"
-    wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
+    "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
     local events="" s
     for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
     local pidlist
@@ -63,7 +72,7 @@ run_one() { # name port pids...
     sleep 0.2
     local t0 t1 out reqs
     t0=$(ticks "$@")
-    out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${wrk_args[@]}" "$url")
+    out=$("${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${wrk_args[@]}" "$url")
     t1=$(ticks "$@")
     kill -INT "$perf"; wait "$perf" 2>/dev/null || true
     reqs=$(awk '/requests in/ {print $1}' <<< "$out")
@@ -78,20 +87,22 @@ run_one() { # name port pids...
 }
 
 start_coreserve() { # binary port
-    "$1" --config "$work/coreserve.toml" --listen "127.0.0.1:$2" --shards "$NCPU" \
+    local cpus=()
+    if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
+    "${on_server[@]}" "$1" --config "$work/coreserve.toml" --listen "127.0.0.1:$2" --shards "$NCPU" "${cpus[@]}" \
         --dispatch "$DISPATCH" --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
     echo $!
 }
 
 mkdir -p "$work/nginx/logs"
 sed -e '/worker_cpu_affinity/d' -e "s/worker_processes 1;/worker_processes $NCPU;/" \
-    "$ANCHORS/nginx.conf" > "$work/nginx.conf"
+    "$PEERS/nginx.conf" > "$work/nginx.conf"
 hello_config "$work/coreserve.toml"
 if [ "$CONNS" -gt 1000 ]; then ulimit -n 65536; fi
 
 results=$work/results
 : > "$results"
-echo "all-cores: $NCPU CPUs, wrk -t1 -c$CONNS, pipeline $PIPELINE, new connection $NEWCONN, $DURATION per run"
+echo "$LAYOUT: $NCPU shards/workers, wrk -t1 -c$CONNS, pipeline $PIPELINE, new connection $NEWCONN, $DURATION per run"
 for round in $(seq "$ROUNDS"); do
     for spec in $BINS; do
         name=${spec%%=*}; bin=${spec#*=}
@@ -99,7 +110,7 @@ for round in $(seq "$ROUNDS"); do
         run_one "$name" 3100 "$pid" | tee -a "$results"
         stop TERM "$pid"
     done
-    nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
+    "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
     pid=$!; wait_port 3002
     run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
     stop QUIT "$pid"
