@@ -221,7 +221,7 @@ fn run(mut a: Accepting) {
             Err(panic) => {
                 log::error!(
                     "acceptor: panicked: {}; accepting again in {:?}",
-                    crate::conn::panic_message(&*panic),
+                    crate::panics::message(&*panic),
                     listener::ACCEPT_PAUSE
                 );
                 a.resume = Some(Instant::now() + listener::ACCEPT_PAUSE);

@@ -10,7 +10,6 @@
 use std::cell::{Cell, RefCell};
 use std::fs::OpenOptions;
 use std::io::{self, Write as _};
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,8 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessLog, LogConfig, LogFormat};
-use crate::http::parse::{Request, Version};
+use crate::http::log::Entry;
+use crate::http::parse::Version;
 
 /// Buffered bytes that trigger a write before the next second.
 pub const FLUSH_BYTES: usize = 64 << 10;
@@ -33,103 +33,6 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
         .create(true)
         .mode(0o640)
         .open(path)
-}
-
-/// Whether the server will be able to open `path` for appending, without
-/// creating or changing anything: `coreserve --check` run as root must not
-/// leave behind a root-owned log file the service's own user cannot open.
-/// An existing file is opened for appending (and closed); for a missing one
-/// the directory must exist and be writable.
-pub fn check_writable(path: &Path) -> io::Result<()> {
-    match OpenOptions::new().append(true).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            if !std::fs::metadata(dir)?.is_dir() {
-                return Err(io::Error::other(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )));
-            }
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            // SAFETY: access(2) on a NUL-terminated path we own.
-            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// What a log line says about one request.
-#[derive(Debug, Clone, Copy)]
-pub struct Entry<'a> {
-    /// Client address.
-    pub remote: Option<IpAddr>,
-    /// Method, target and version, when the request could be parsed.
-    pub request: Option<(&'a str, &'a str, Version)>,
-    /// Status sent.
-    pub status: u16,
-    /// Body bytes sent.
-    pub bytes: u64,
-    /// Referer header.
-    pub referer: Option<&'a [u8]>,
-    /// User-Agent header.
-    pub user_agent: Option<&'a [u8]>,
-}
-
-impl<'a> Entry<'a> {
-    /// The request-dependent fields of an entry for `req`.
-    pub fn for_request(remote: Option<IpAddr>, req: &Request<'a>, status: u16, bytes: u64) -> Self {
-        Entry {
-            remote,
-            request: Some((req.method_str, req.target, req.version)),
-            status,
-            bytes,
-            referer: req.header("referer"),
-            user_agent: req.header("user-agent"),
-        }
-    }
-}
-
-/// An owned copy of the request fields, kept while a file is served.
-#[derive(Debug, Clone)]
-pub struct OwnedRequest {
-    method: String,
-    target: String,
-    version: Version,
-    referer: Option<Vec<u8>>,
-    user_agent: Option<Vec<u8>>,
-}
-
-impl OwnedRequest {
-    /// Copy what the log needs out of a request.
-    pub fn new(req: &Request<'_>) -> Self {
-        OwnedRequest {
-            method: req.method_str.to_string(),
-            target: req.target.to_string(),
-            version: req.version,
-            referer: req.header("referer").map(<[u8]>::to_vec),
-            user_agent: req.header("user-agent").map(<[u8]>::to_vec),
-        }
-    }
-
-    /// The entry, once the response is known.
-    pub fn entry(&self, remote: Option<IpAddr>, status: u16, bytes: u64) -> Entry<'_> {
-        Entry {
-            remote,
-            request: Some((&self.method, &self.target, self.version)),
-            status,
-            bytes,
-            referer: self.referer.as_deref(),
-            user_agent: self.user_agent.as_deref(),
-        }
-    }
 }
 
 enum Sink {
@@ -469,19 +372,7 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn checking_a_log_file_creates_nothing() {
-        let dir = std::env::temp_dir().join(format!("coreserve-logcheck-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = dir.join("access.log");
-        check_writable(&missing).unwrap();
-        assert!(!missing.exists(), "the check created the file");
-        std::fs::write(&missing, b"").unwrap();
-        check_writable(&missing).unwrap();
-        assert!(check_writable(&dir.join("no/such/dir/access.log")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    use std::net::IpAddr;
 
     #[test]
     fn civil_dates() {

@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::access_log::{AccessLogger, Entry};
+use crate::access_log::AccessLogger;
 use crate::handlers::static_files::{self, ReplyContext};
+use crate::handlers::Job;
+use crate::http::log::Entry;
 use crate::http::response::{write_error, Persistence};
 use crate::http::session::{Context, InputBuffer, Next, RequestLog, Session, Wait, INITIAL_INPUT};
 use crate::http::status::Status;
 use crate::readiness::Interest;
 use crate::recheck;
-use crate::shard::{ConnKey, Shard, Site};
+use crate::state::{ConnKey, Shard, Site};
 use std::net::IpAddr;
 
 /// How long a closing connection keeps reading what the client still sends,
@@ -94,7 +96,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 log::error!(
                     "shard {}: a request handler panicked: {}",
                     shard.id(),
-                    panic_message(&*panic)
+                    crate::panics::message(&*panic)
                 );
                 out.truncate(session.committed());
                 write_error(&mut out, shard.date(), Status::INTERNAL_SERVER_ERROR, false);
@@ -314,21 +316,12 @@ async fn read_some(
     recheck::wait(stream.read(input.spare())).await
 }
 
-/// The text of a panic payload.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("unknown panic")
-}
-
 /// Write the committed part of `out` and drop it from the buffer; returns
 /// the bytes written.
 async fn flush(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    session: &mut Session,
+    session: &mut Session<Job>,
 ) -> std::io::Result<u64> {
     let n = session.committed();
     if n == 0 {
@@ -375,7 +368,7 @@ impl Drop for Registration<'_> {
 
 /// The session context from a shard; kept here so `Context` stays free of
 /// shard types.
-fn context<'a>(shard: &Shard, site: &'a Site, log: Option<&'a dyn RequestLog>) -> Context<'a> {
+fn context<'a>(shard: &Shard, site: &'a Site, log: Option<&'a dyn RequestLog>) -> Context<'a, Job> {
     Context {
         limits: &site.session_limits,
         date: shard.date(),

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         log::error!(
             "panic in thread {}{at}: {}",
             thread.name().unwrap_or("?"),
-            coreserve::conn::panic_message(info.payload())
+            coreserve::panics::message(info.payload())
         );
     }));
     if let Some(Command::Status { url, interval }) = cli.command.clone() {

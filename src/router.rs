@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::config::{HandlerConfig, RouteConfig};
 use crate::handlers::static_files::StaticSite;
-use crate::handlers::{FixedResponse, Handler, Outcome, Redirect};
+use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect};
 use crate::http::parse::{Method, Request};
 use crate::http::response::ResponseWriter;
 use crate::http::status::Status;
@@ -18,7 +18,7 @@ enum Action {
 }
 
 impl Action {
-    fn handler(&self) -> &dyn Handler {
+    fn handler(&self) -> &DynHandler {
         match self {
             Action::Respond(h) => h,
             Action::Redirect(h) => h,
@@ -175,6 +175,8 @@ fn add_slash(req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
 }
 
 impl Handler for Router {
+    type Job = Job;
+
     fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
         #[cfg(feature = "fault-injection")]
         if let Some(fault) = req.path.strip_prefix("/__fault/") {

@@ -2,9 +2,9 @@
 //! buffers, `Date` cache and counters. Nothing here is shared with another
 //! shard; the master talks to it only through channels.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::TcpListener as StdTcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,18 +15,16 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
-use slab::Slab;
 
 use crate::access_log::AccessLogger;
 use crate::config::{Limits, LogConfig, RouteConfig};
 use crate::conn;
 use crate::handoff;
-use crate::http::date::{DateCache, DATE_LEN};
-use crate::http::session::SessionLimits;
+use crate::http::date::DateCache;
 use crate::listener;
-use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
+use crate::metrics::{ShardStats, Snapshot};
 use crate::readiness::Readiness;
-use crate::router::Router;
+use crate::state::Shard;
 
 /// Where a shard's connections come from.
 pub enum Intake {
@@ -143,156 +141,6 @@ pub fn spawn(spec: ShardSpec) -> glommio::Result<glommio::ExecutorJoinHandle<()>
         .spawn(move || run(spec))
 }
 
-/// A connection in the shard's registry.
-#[derive(Debug)]
-struct ConnEntry {
-    fd: RawFd,
-    /// No byte of a request has arrived: shutdown may close it at once.
-    idle: Cell<bool>,
-}
-
-/// A registry key for one connection.
-pub type ConnKey = usize;
-
-/// What a reload replaces: requests started under one `Site` finish under
-/// it (each holds an `Rc`), new ones get the current one.
-pub struct Site {
-    /// Request limits.
-    pub limits: Limits,
-    /// The part of them the HTTP session enforces.
-    pub session_limits: SessionLimits,
-    /// What answers requests.
-    pub router: Router,
-}
-
-impl Site {
-    fn new(limits: Limits, routes: &[RouteConfig]) -> Site {
-        Site {
-            limits,
-            session_limits: limits.session(),
-            router: Router::new(routes),
-        }
-    }
-}
-
-/// The shard's state, shared by its tasks through `Rc`.
-pub struct Shard {
-    id: usize,
-    site: RefCell<Rc<Site>>,
-    date: DateCache,
-    draining: Cell<bool>,
-    access_log: Option<Rc<AccessLogger>>,
-    conns: RefCell<Slab<ConnEntry>>,
-    cpu: usize,
-    metrics: ShardMetrics,
-    /// The shard's own ring that tells connections when to read; None when
-    /// the kernel cannot set one up (they then wait through glommio).
-    readiness: Option<Rc<Readiness>>,
-}
-
-impl Shard {
-    fn new(
-        id: usize,
-        cpu: usize,
-        limits: Limits,
-        routes: &[RouteConfig],
-        log: Option<AccessLogger>,
-    ) -> Shard {
-        Shard {
-            id,
-            site: RefCell::new(Rc::new(Site::new(limits, routes))),
-            date: DateCache::default(),
-            draining: Cell::new(false),
-            access_log: log.map(Rc::new),
-            conns: RefCell::new(Slab::new()),
-            cpu,
-            metrics: ShardMetrics::default(),
-            readiness: None,
-        }
-    }
-
-    /// The shard's id.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
-    /// The current routes and limits.
-    pub fn site(&self) -> Rc<Site> {
-        self.site.borrow().clone()
-    }
-
-    /// The current `Date` value.
-    pub fn date(&self) -> [u8; DATE_LEN] {
-        self.date.get()
-    }
-
-    /// The shard's access log, when logging is on.
-    pub fn access_log(&self) -> Option<Rc<AccessLogger>> {
-        self.access_log.clone()
-    }
-
-    /// Whether the shard is shutting down.
-    pub fn is_draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    /// Whether a new connection would exceed `max-connections`.
-    pub fn at_capacity(&self) -> bool {
-        self.conns.borrow().len() >= self.site.borrow().limits.max_connections
-    }
-
-    /// Track a new connection; returns its key.
-    pub fn register(&self, stream: &TcpStream) -> ConnKey {
-        self.count(|s| s.connections += 1);
-        self.conns.borrow_mut().insert(ConnEntry {
-            fd: stream.as_raw_fd(),
-            idle: Cell::new(false),
-        })
-    }
-
-    /// Forget a closed connection.
-    pub fn deregister(&self, key: ConnKey) {
-        self.conns.borrow_mut().try_remove(key);
-    }
-
-    /// Mark whether no byte of a request is waiting on a connection (it is
-    /// between requests, or has sent nothing yet).
-    pub fn set_idle(&self, key: ConnKey, idle: bool) {
-        if let Some(c) = self.conns.borrow().get(key) {
-            c.idle.set(idle);
-        }
-    }
-
-    /// The shard's readiness ring, when it has one.
-    pub fn readiness(&self) -> Option<&Rc<Readiness>> {
-        self.readiness.as_ref()
-    }
-
-    /// The shard's counters and histogram.
-    pub fn metrics(&self) -> &ShardMetrics {
-        &self.metrics
-    }
-
-    /// Count something on the shard's counters.
-    pub fn count(&self, f: impl FnOnce(&mut ShardStats)) {
-        f(&mut self.metrics.stats.borrow_mut());
-    }
-
-    /// Shut down connections; only the idle ones unless `all`. Their tasks
-    /// see end-of-file and finish. Returns how many were shut.
-    fn shut_connections(&self, all: bool) -> usize {
-        let conns = self.conns.borrow();
-        let mut n = 0;
-        for (_, c) in conns.iter().filter(|(_, c)| all || c.idle.get()) {
-            // SAFETY: the fd belongs to a live connection task of this shard;
-            // shutdown(2) only changes the socket's state, it closes nothing.
-            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
-            n += 1;
-        }
-        n
-    }
-}
-
 /// The shard's main task.
 async fn run(spec: ShardSpec) {
     // Moved out of the spec: a copy left in this (possibly leaked) future
@@ -303,17 +151,24 @@ async fn run(spec: ShardSpec) {
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
-    let mut shard = Shard::new(id, spec.cpu, spec.limits, &spec.routes, logger);
-    match Readiness::new() {
+    let readiness = match Readiness::new() {
         Ok(readiness) => {
             glommio::spawn_local(readiness.clone().drive()).detach();
-            shard.readiness = Some(readiness);
+            Some(readiness)
         }
-        Err(e) => warn!(
-            "shard {id}: no readiness ring ({e}): connections wait through glommio, at a higher CPU cost per request"
-        ),
-    }
-    let shard = Rc::new(shard);
+        Err(e) => {
+            warn!("shard {id}: no readiness ring ({e}): connections wait through glommio, at a higher CPU cost per request");
+            None
+        }
+    };
+    let shard = Rc::new(Shard::new(
+        id,
+        spec.cpu,
+        spec.limits,
+        &spec.routes,
+        logger,
+        readiness,
+    ));
     if let Some(log) = shard.access_log() {
         glommio::spawn_local(async move {
             loop {
@@ -329,7 +184,7 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(DateCache::until_next_second()).await;
-            date_shard.date.refresh();
+            date_shard.refresh_date();
         }
     })
     .detach();
@@ -375,12 +230,11 @@ async fn run(spec: ShardSpec) {
             Some(Control::Reload(r, seq)) => {
                 // Building a router canonicalizes static roots: a few stat
                 // calls, once per reload, not per request.
-                *shard.site.borrow_mut() = Rc::new(Site::new(r.limits, &r.routes));
+                shard.set_site(r.limits, &r.routes);
                 let _ = events.send(ShardEvent::Reloaded { id, seq }).await;
             }
             Some(Control::Snapshot) => {
-                let active = shard.conns.borrow().len() as u64;
-                let snap = shard.metrics.snapshot(id, shard.cpu, active);
+                let snap = shard.snapshot();
                 let _ = events.send(ShardEvent::Snapshot(Box::new(snap))).await;
             }
             Some(Control::Ping) => {
@@ -389,7 +243,7 @@ async fn run(spec: ShardSpec) {
             Some(Control::Drain) | None => break,
         }
     }
-    shard.draining.set(true);
+    shard.start_draining();
     let deadline = std::time::Instant::now() + spec.drain_timeout;
     if from_channel {
         // The master closed its end before asking us to drain: take what it
@@ -431,7 +285,7 @@ async fn run(spec: ShardSpec) {
     if let Some(log) = shard.access_log() {
         log.flush_all().await;
     }
-    let stats = shard.metrics.stats.borrow().clone();
+    let stats = shard.metrics().stats.borrow().clone();
     let _ = events
         .send(ShardEvent::Stopped {
             id,
@@ -443,7 +297,7 @@ async fn run(spec: ShardSpec) {
 
 /// Spawn a connection task in the gate, isolating a panic to that connection.
 fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
-    let id = shard.id;
+    let id = shard.id();
     // Boxed: each async wrapper below (this block, the gate's) would otherwise
     // hold the connection's future by value and again while awaiting it,
     // doubling its size at every level: 9.2 KB a connection instead of 2.3.
@@ -452,7 +306,7 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
         if let Err(panic) = task.await {
             error!(
                 "shard {id}: connection task panicked: {}",
-                conn::panic_message(&*panic)
+                crate::panics::message(&*panic)
             );
         }
     });
@@ -486,7 +340,7 @@ async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>)
 
 async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate: Rc<Gate>) {
     let mut errors = listener::AcceptErrors::default();
-    let who = format!("shard {}", shard.id);
+    let who = format!("shard {}", shard.id());
     let mut interest = shard.readiness().map(|r| r.register(fd));
     loop {
         let accepted = match interest.as_mut() {

@@ -7,6 +7,7 @@
 //! file, line and key, before anything is bound or started.
 
 mod env;
+mod files;
 mod load;
 
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
@@ -19,8 +20,7 @@ use std::time::Duration;
 
 use crate::http::status::Status;
 
-use crate::http::parse::{HeadLimits, MAX_HEADERS_LIMIT};
-use crate::http::session::SessionLimits;
+use crate::http::parse::MAX_HEADERS_LIMIT;
 
 /// Where accepted connections come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -105,20 +105,6 @@ impl Default for Limits {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
-    }
-}
-
-impl Limits {
-    /// The part of the limits the HTTP session enforces.
-    pub fn session(&self) -> SessionLimits {
-        SessionLimits {
-            head: HeadLimits {
-                max_header_bytes: self.max_header_bytes as usize,
-                max_uri_bytes: self.max_uri_bytes.min(self.max_header_bytes) as usize,
-                max_headers: self.max_headers,
-            },
-            max_body_bytes: self.max_body_bytes,
         }
     }
 }
@@ -447,7 +433,7 @@ impl Config {
             }
         }
         if let AccessLog::File(path) = &self.log.access {
-            if let Err(e) = crate::access_log::check_writable(path) {
+            if let Err(e) = files::check_writable(path) {
                 err("log.access", format!("cannot open {}: {e}", path.display()));
             }
         }
@@ -676,13 +662,5 @@ mod tests {
             e.to_string(),
             "conf/x.toml:7: server.shards: must be at least 1"
         );
-    }
-
-    #[test]
-    fn uri_limit_is_capped_by_the_head_limit() {
-        let mut c = Config::default();
-        c.limits.max_header_bytes = 4096;
-        let c = c.validate().unwrap();
-        assert_eq!(c.limits.session().head.max_uri_bytes, 4096);
     }
 }

@@ -1,7 +1,7 @@
 //! A fixed response: the same status, content type and body for every request
 //! (the Node cluster example's `Hello World`).
 
-use super::{Handler, Outcome};
+use super::{Handler, Job, Outcome};
 use crate::http::parse::Request;
 use crate::http::response::ResponseWriter;
 use crate::http::status::Status;
@@ -29,6 +29,8 @@ impl FixedResponse {
 }
 
 impl Handler for FixedResponse {
+    type Job = Job;
+
     fn handle(&self, _req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
         res.begin(self.status);
         res.body(&self.content_type, &self.body);

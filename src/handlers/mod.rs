@@ -11,21 +11,13 @@ pub mod static_files;
 pub use fixed::FixedResponse;
 pub use redirect::Redirect;
 
-use crate::http::parse::Request;
-use crate::http::response::ResponseWriter;
+pub use crate::http::handler::Handler;
 
-/// How a handler answered.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The response is written.
-    Done,
-    /// A file must be served; nothing was written yet.
-    File(Box<static_files::FileJob>),
-}
+/// What a handler here may defer to the connection: a file to serve.
+pub type Job = Box<static_files::FileJob>;
 
-/// Answers requests. Implementations are per shard (`!Sync` is fine) and must
-/// either write exactly one response through the writer or return a job.
-pub trait Handler {
-    /// Answer `req`.
-    fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome;
-}
+/// How a handler here answered.
+pub type Outcome = crate::http::handler::Outcome<Job>;
+
+/// Any handler here, as a route holds it.
+pub type DynHandler = dyn Handler<Job = Job>;

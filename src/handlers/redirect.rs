@@ -1,6 +1,6 @@
 //! A redirect: a fixed status and Location for every request of the route.
 
-use super::{Handler, Outcome};
+use super::{Handler, Job, Outcome};
 use crate::http::parse::Request;
 use crate::http::response::ResponseWriter;
 use crate::http::status::Status;
@@ -15,6 +15,8 @@ pub struct Redirect {
 }
 
 impl Handler for Redirect {
+    type Job = Job;
+
     fn handle(&self, _req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
         res.begin(self.status);
         res.header("Location", self.location.as_bytes());

@@ -5,6 +5,8 @@
 pub mod body;
 pub mod date;
 pub mod error;
+pub mod handler;
+pub mod log;
 pub mod parse;
 pub mod path;
 pub mod response;

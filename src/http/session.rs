@@ -12,13 +12,12 @@ use std::mem::MaybeUninit;
 use super::body::BodyDecoder;
 use super::date::DATE_LEN;
 use super::error::{status_for, ParseError};
+use super::handler::{Handler, Outcome};
+use super::log::{Entry, OwnedRequest};
 use super::parse::{self, BodyFraming, HeadLimits, HeadScanner, Version, MAX_HEADERS_LIMIT};
 use super::response::{
     mark_closing, status_of, summarize, write_error, Persistence, ResponseWriter, CONTINUE,
 };
-use crate::access_log::{Entry, OwnedRequest};
-use crate::handlers::static_files::FileJob;
-use crate::handlers::{Handler, Outcome};
 
 /// Limits the session enforces on each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +29,7 @@ pub struct SessionLimits {
 }
 
 /// What a session needs from its shard for one `process` call.
-pub struct Context<'a> {
+pub struct Context<'a, J> {
     /// Request limits.
     pub limits: &'a SessionLimits,
     /// The shard's current `Date` value.
@@ -39,7 +38,7 @@ pub struct Context<'a> {
     /// `Connection: close` and take no new request.
     pub draining: bool,
     /// What answers requests.
-    pub handler: &'a dyn Handler,
+    pub handler: &'a dyn Handler<Job = J>,
     /// Where a line per request goes, when access logging is on.
     pub log: Option<&'a dyn RequestLog>,
 }
@@ -95,7 +94,7 @@ enum Phase {
 
 /// One connection's HTTP state. Owned by its connection task.
 #[derive(Debug)]
-pub struct Session {
+pub struct Session<J> {
     scanner: HeadScanner,
     phase: Phase,
     /// Bytes at the front of the output buffer that belong to complete
@@ -107,7 +106,7 @@ pub struct Session {
     /// The error that closed the session, if one did.
     error: Option<ParseError>,
     /// A deferred response for the request being completed.
-    pending: Option<Pending>,
+    pending: Option<Pending<J>>,
     /// The request being completed is HEAD: an error replacing its response
     /// carries no body either.
     head_request: bool,
@@ -125,9 +124,9 @@ pub struct Session {
 
 /// A response a handler left for the connection to produce asynchronously.
 #[derive(Debug)]
-pub struct Pending {
+pub struct Pending<J> {
     /// The work.
-    pub job: Box<FileJob>,
+    pub job: J,
     /// What the response says about the connection.
     pub persistence: Persistence,
     /// HEAD: no body.
@@ -136,7 +135,7 @@ pub struct Pending {
     pub log: Option<OwnedRequest>,
 }
 
-impl Default for Session {
+impl<J> Default for Session<J> {
     fn default() -> Self {
         Session {
             scanner: HeadScanner::default(),
@@ -159,7 +158,7 @@ struct HeadOutcome {
     keep_alive: bool,
 }
 
-impl Session {
+impl<J> Session<J> {
     /// Bytes of `out` ready to be written.
     pub fn committed(&self) -> usize {
         self.committed
@@ -195,12 +194,12 @@ impl Session {
     }
 
     /// The deferred response `Next::Serve` announced.
-    pub fn take_pending(&mut self) -> Option<Pending> {
+    pub fn take_pending(&mut self) -> Option<Pending<J>> {
         self.pending.take()
     }
 
     /// Answer every complete request in `input`, consuming what was used.
-    pub fn process(&mut self, input: &mut InputBuffer, out: &mut Vec<u8>, cx: &Context) -> Next {
+    pub fn process(&mut self, input: &mut InputBuffer, out: &mut Vec<u8>, cx: &Context<J>) -> Next {
         loop {
             match &mut self.phase {
                 Phase::Head => {
@@ -302,7 +301,7 @@ impl Session {
         wait: Wait,
         started: bool,
         out: &mut Vec<u8>,
-        cx: &Context,
+        cx: &Context<J>,
     ) -> Next {
         match wait {
             Wait::Idle => Next::Close { linger: false },
@@ -347,7 +346,7 @@ impl Session {
         head: &[u8],
         body_waiting: bool,
         out: &mut Vec<u8>,
-        cx: &Context,
+        cx: &Context<J>,
     ) -> Result<HeadOutcome, ParseError> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
         let req = parse::parse(head, &mut headers, &cx.limits.head)?;
@@ -374,7 +373,7 @@ impl Session {
         let mark = out.len();
         let writer = ResponseWriter::new(out, cx.date, persistence, head_only);
         match cx.handler.handle(&req, writer) {
-            Outcome::File(job) => {
+            Outcome::Deferred(job) => {
                 self.pending = Some(Pending {
                     job,
                     persistence,
@@ -394,7 +393,7 @@ impl Session {
     }
 
     /// Replace any uncommitted response with the error's, and close.
-    fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context) -> Next {
+    fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context<J>) -> Next {
         out.truncate(self.committed);
         self.pending = None;
         self.uncommitted_status = None;

@@ -29,7 +29,7 @@ use self::fs::{FileInfo, Found, Lookup};
 use self::reply::{Conditions, Decision};
 use self::resolve::{Reject, RelPath};
 use self::sendfile::Residency;
-use super::{Handler, Outcome};
+use super::{Handler, Job, Outcome};
 use crate::config::StaticConfig;
 use crate::http::date::DATE_LEN;
 use crate::http::parse::Request;
@@ -112,6 +112,8 @@ impl std::fmt::Debug for SiteState {
 }
 
 impl Handler for StaticSite {
+    type Job = Job;
+
     fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
         let s = &self.state;
         let below = req.path.get(s.prefix.len()..).unwrap_or("");
@@ -138,7 +140,7 @@ impl Handler for StaticSite {
         } else {
             Vec::new()
         };
-        Outcome::File(Box::new(FileJob {
+        Outcome::Deferred(Box::new(FileJob {
             state: s.clone(),
             rel,
             request_path: req.path.to_string(),

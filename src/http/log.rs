@@ -1,0 +1,73 @@
+//! What the record of one exchange says: the fields an access-log line is
+//! made of. The protocol fills it in; the access log (`access_log`) formats
+//! and writes it. Kept here so the protocol layer depends on nothing above it.
+
+use std::net::IpAddr;
+
+use super::parse::{Request, Version};
+
+/// What a log line says about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Client address.
+    pub remote: Option<IpAddr>,
+    /// Method, target and version, when the request could be parsed.
+    pub request: Option<(&'a str, &'a str, Version)>,
+    /// Status sent.
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes: u64,
+    /// Referer header.
+    pub referer: Option<&'a [u8]>,
+    /// User-Agent header.
+    pub user_agent: Option<&'a [u8]>,
+}
+
+impl<'a> Entry<'a> {
+    /// The request-dependent fields of an entry for `req`.
+    pub fn for_request(remote: Option<IpAddr>, req: &Request<'a>, status: u16, bytes: u64) -> Self {
+        Entry {
+            remote,
+            request: Some((req.method_str, req.target, req.version)),
+            status,
+            bytes,
+            referer: req.header("referer"),
+            user_agent: req.header("user-agent"),
+        }
+    }
+}
+
+/// An owned copy of the request fields, kept while a file is served.
+#[derive(Debug, Clone)]
+pub struct OwnedRequest {
+    method: String,
+    target: String,
+    version: Version,
+    referer: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+}
+
+impl OwnedRequest {
+    /// Copy what the log needs out of a request.
+    pub fn new(req: &Request<'_>) -> Self {
+        OwnedRequest {
+            method: req.method_str.to_string(),
+            target: req.target.to_string(),
+            version: req.version,
+            referer: req.header("referer").map(<[u8]>::to_vec),
+            user_agent: req.header("user-agent").map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The entry, once the response is known.
+    pub fn entry(&self, remote: Option<IpAddr>, status: u16, bytes: u64) -> Entry<'_> {
+        Entry {
+            remote,
+            request: Some((&self.method, &self.target, self.version)),
+            status,
+            bytes,
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}

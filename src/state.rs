@@ -1,0 +1,219 @@
+//! A shard's state as its connections see it: the reloadable site (routes
+//! and limits), the registry of open connections, the `Date` cache, the
+//! counters and the readiness ring. `shard` runs it; `conn` uses it. Owned by
+//! one shard's thread, never shared with another.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+
+use glommio::net::TcpStream;
+use slab::Slab;
+
+use crate::access_log::AccessLogger;
+use crate::config::{Limits, RouteConfig};
+use crate::http::date::{DateCache, DATE_LEN};
+use crate::http::parse::HeadLimits;
+use crate::http::session::SessionLimits;
+use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
+use crate::readiness::Readiness;
+use crate::router::Router;
+
+/// A connection in the shard's registry.
+#[derive(Debug)]
+struct ConnEntry {
+    fd: RawFd,
+    /// No byte of a request has arrived: shutdown may close it at once.
+    idle: Cell<bool>,
+}
+
+/// A registry key for one connection.
+pub type ConnKey = usize;
+
+/// What a reload replaces: requests started under one `Site` finish under
+/// it (each holds an `Rc`), new ones get the current one.
+pub struct Site {
+    /// Request limits.
+    pub limits: Limits,
+    /// The part of them the HTTP session enforces.
+    pub session_limits: SessionLimits,
+    /// What answers requests.
+    pub router: Router,
+}
+
+impl Site {
+    pub(crate) fn new(limits: Limits, routes: &[RouteConfig]) -> Site {
+        Site {
+            limits,
+            session_limits: session_limits(&limits),
+            router: Router::new(routes),
+        }
+    }
+}
+
+/// The shard's state, shared by its tasks through `Rc`.
+pub struct Shard {
+    id: usize,
+    site: RefCell<Rc<Site>>,
+    date: DateCache,
+    draining: Cell<bool>,
+    access_log: Option<Rc<AccessLogger>>,
+    conns: RefCell<Slab<ConnEntry>>,
+    cpu: usize,
+    metrics: ShardMetrics,
+    /// The shard's own ring that tells connections when to read; None when
+    /// the kernel cannot set one up (they then wait through glommio).
+    readiness: Option<Rc<Readiness>>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: usize,
+        cpu: usize,
+        limits: Limits,
+        routes: &[RouteConfig],
+        log: Option<AccessLogger>,
+        readiness: Option<Rc<Readiness>>,
+    ) -> Shard {
+        Shard {
+            id,
+            site: RefCell::new(Rc::new(Site::new(limits, routes))),
+            date: DateCache::default(),
+            draining: Cell::new(false),
+            access_log: log.map(Rc::new),
+            conns: RefCell::new(Slab::new()),
+            cpu,
+            metrics: ShardMetrics::default(),
+            readiness,
+        }
+    }
+
+    /// The shard's id.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The current routes and limits.
+    pub fn site(&self) -> Rc<Site> {
+        self.site.borrow().clone()
+    }
+
+    /// Serve new requests with these routes and limits (a reload).
+    pub(crate) fn set_site(&self, limits: Limits, routes: &[RouteConfig]) {
+        *self.site.borrow_mut() = Rc::new(Site::new(limits, routes));
+    }
+
+    /// Bring the `Date` value up to the current second.
+    pub(crate) fn refresh_date(&self) {
+        self.date.refresh();
+    }
+
+    /// Stop taking new requests on kept-alive connections.
+    pub(crate) fn start_draining(&self) {
+        self.draining.set(true);
+    }
+
+    /// The shard's metrics as a message for the master.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let active = self.conns.borrow().len() as u64;
+        self.metrics.snapshot(self.id, self.cpu, active)
+    }
+
+    /// The current `Date` value.
+    pub fn date(&self) -> [u8; DATE_LEN] {
+        self.date.get()
+    }
+
+    /// The shard's access log, when logging is on.
+    pub fn access_log(&self) -> Option<Rc<AccessLogger>> {
+        self.access_log.clone()
+    }
+
+    /// Whether the shard is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Whether a new connection would exceed `max-connections`.
+    pub fn at_capacity(&self) -> bool {
+        self.conns.borrow().len() >= self.site.borrow().limits.max_connections
+    }
+
+    /// Track a new connection; returns its key.
+    pub fn register(&self, stream: &TcpStream) -> ConnKey {
+        self.count(|s| s.connections += 1);
+        self.conns.borrow_mut().insert(ConnEntry {
+            fd: stream.as_raw_fd(),
+            idle: Cell::new(false),
+        })
+    }
+
+    /// Forget a closed connection.
+    pub fn deregister(&self, key: ConnKey) {
+        self.conns.borrow_mut().try_remove(key);
+    }
+
+    /// Mark whether no byte of a request is waiting on a connection (it is
+    /// between requests, or has sent nothing yet).
+    pub fn set_idle(&self, key: ConnKey, idle: bool) {
+        if let Some(c) = self.conns.borrow().get(key) {
+            c.idle.set(idle);
+        }
+    }
+
+    /// The shard's readiness ring, when it has one.
+    pub fn readiness(&self) -> Option<&Rc<Readiness>> {
+        self.readiness.as_ref()
+    }
+
+    /// The shard's counters and histogram.
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    /// Count something on the shard's counters.
+    pub fn count(&self, f: impl FnOnce(&mut ShardStats)) {
+        f(&mut self.metrics.stats.borrow_mut());
+    }
+
+    /// Shut down connections; only the idle ones unless `all`. Their tasks
+    /// see end-of-file and finish. Returns how many were shut.
+    pub(crate) fn shut_connections(&self, all: bool) -> usize {
+        let conns = self.conns.borrow();
+        let mut n = 0;
+        for (_, c) in conns.iter().filter(|(_, c)| all || c.idle.get()) {
+            // SAFETY: the fd belongs to a live connection task of this shard;
+            // shutdown(2) only changes the socket's state, it closes nothing.
+            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The part of the limits the HTTP session enforces: the request-target
+/// limit never exceeds the head limit (a target is part of the head).
+fn session_limits(limits: &Limits) -> SessionLimits {
+    SessionLimits {
+        head: HeadLimits {
+            max_header_bytes: limits.max_header_bytes as usize,
+            max_uri_bytes: limits.max_uri_bytes.min(limits.max_header_bytes) as usize,
+            max_headers: limits.max_headers,
+        },
+        max_body_bytes: limits.max_body_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_limit_is_capped_by_the_head_limit() {
+        let limits = Limits {
+            max_header_bytes: 4096,
+            ..Limits::default()
+        };
+        assert_eq!(session_limits(&limits).head.max_uri_bytes, 4096);
+    }
+}
