@@ -1,0 +1,265 @@
+//! The master runtime: checks the host, binds the listeners, starts one
+//! pinned shard per CPU, deals accepted connections round-robin to them
+//! (or lets each accept on its own SO_REUSEPORT socket), and turns signals
+//! into a graceful drain. Node's cluster primary, with threads for workers.
+
+//!
+//! `run` (here) checks and binds; `launch` starts a shard; `supervisor` is
+//! the event loop that serves, reloads, restarts and drains; `scrape`
+//! gathers metrics; `backoff` spaces restarts.
+
+mod backoff;
+mod launch;
+mod scrape;
+mod supervisor;
+
+use std::net::SocketAddr;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use log::{info, warn};
+
+use crate::config::{Config, ConfigError, Dispatch};
+use crate::cpus::{self, CpuError};
+use crate::host::{self, HostError};
+use crate::listener::{self, BindError};
+use crate::signals;
+use crate::systemd;
+
+pub use backoff::restart_delay;
+use launch::{Launcher, ListenSource};
+use supervisor::{supervise, Supervision};
+
+/// Sockets a shard may have waiting in its hand-off queue. Small on purpose: a
+/// shard that falls this far behind is skipped, and when every shard is
+/// this far behind the master stops accepting and lets the kernel backlog
+/// hold the burst.
+pub const SHARD_QUEUE: usize = 32;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The host cannot run io_uring executors.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The CPU selection cannot be honoured.
+    #[error("server.cpus: {0}")]
+    Cpus(#[from] CpuError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The access log file could not be opened.
+    #[error("log.access: cannot open {}: {err}", path.display())]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// Socket activation passed something unusable.
+    #[error("socket activation: {0}")]
+    Activation(std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// An executor could not be created.
+    #[error("cannot start {what}: {err}")]
+    Executor {
+        /// Which executor.
+        what: String,
+        /// glommio's error.
+        err: String,
+    },
+    /// A shard stopped before it was ready.
+    #[error("shard {0} failed to start")]
+    ShardStart(usize),
+    /// Every shard died.
+    #[error("no shard is left alive")]
+    NoShards,
+    /// A second signal cut the drain short.
+    #[error("second {0}: exiting without waiting for connections to drain")]
+    Forced(&'static str),
+}
+
+/// Re-reads the configuration (the file, then the flags) on SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>>>;
+
+/// What the checks before binding found: the host's limits, where each
+/// shard runs, and the io_uring memory each executor gets.
+#[derive(Debug)]
+pub struct Preflight {
+    /// The resource limits in force (raised to the hard limits).
+    pub limits: host::HostLimits,
+    /// The CPU of each shard, in shard order.
+    pub plan: Vec<usize>,
+    /// How many CPUs this process may run on.
+    pub allowed: usize,
+    /// glommio's io_memory for each executor (shards and the master), bytes.
+    pub io_memory: u64,
+}
+
+/// Every check start-up makes before it binds anything: resource limits
+/// and io_uring, the CPU selection against the affinity mask, and locked
+/// memory for every executor. `run` starts with it and `--check` runs it
+/// too, so a configuration `--check` passes does not then fail to start
+/// (binding aside). The configuration itself was validated when loaded.
+pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
+    let limits = host::prepare()?;
+    let allowed = cpus::allowed_cpus()?;
+    let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
+    // Every shard and the master run an executor.
+    let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
+    Ok(Preflight {
+        limits,
+        plan,
+        allowed: allowed.len(),
+        io_memory,
+    })
+}
+
+/// Run the server until it is told to stop. Blocks the calling thread.
+pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
+    let Preflight {
+        limits,
+        plan,
+        allowed,
+        io_memory,
+    } = preflight(&config)?;
+    let n = plan.len();
+    if n > allowed {
+        warn!("{n} shards on {allowed} CPUs: shards share CPUs, which costs throughput");
+    }
+    info!(
+        "master {} is running (coreserve {})",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    info!(
+        "limits: open files {}, locked memory {}{} ({} KiB of io_uring buffers per executor)",
+        limits.nofile,
+        limits.memlock_display(),
+        if limits.memlock_counted {
+            ", counted"
+        } else {
+            ""
+        },
+        io_memory / 1024
+    );
+    let pipe = signals::install().map_err(MasterError::Signals)?;
+    // Read (and remove) NOTIFY_SOCKET while this is the only thread.
+    let notifier = systemd::Notifier::from_env();
+
+    // Bind before any shard starts, so a busy port stops start-up here.
+    let mut exclusive = Vec::new();
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut bound: Vec<SocketAddr> = Vec::new();
+    let activated = systemd::listen_fds().map_err(MasterError::Activation)?;
+    if !activated.is_empty() {
+        info!(
+            "socket activation: {} listening sockets from the service manager; [server] listen is not used",
+            activated.len()
+        );
+    }
+    let mut sources = Vec::new();
+    for l in activated {
+        let addr = l.local_addr().map_err(MasterError::Activation)?;
+        bound.push(addr);
+        if config.dispatch == Dispatch::Reuseport {
+            sources.push(ListenSource::Activated(
+                l.try_clone().map_err(MasterError::Activation)?,
+            ));
+        }
+        match config.dispatch {
+            Dispatch::Master => exclusive.push(l),
+            // One accept queue shared by every shard (Node's shared handle):
+            // the passed socket cannot grow SO_REUSEPORT siblings.
+            Dispatch::Reuseport => {
+                for listeners in per_shard.iter_mut() {
+                    listeners.push(l.try_clone().map_err(MasterError::Activation)?);
+                }
+            }
+        }
+    }
+    let listen = if bound.is_empty() {
+        config.listen.clone()
+    } else {
+        Vec::new()
+    };
+    for &addr in &listen {
+        match config.dispatch {
+            Dispatch::Master => {
+                let l = listener::bind_exclusive(addr, config.defer_accept)?;
+                bound.push(l.local_addr().map_err(|err| BindError { addr, err })?);
+                exclusive.push(l);
+            }
+            Dispatch::Reuseport => {
+                let group = listener::bind_reuseport_group(addr, n, config.defer_accept)?;
+                let real = group[0]
+                    .local_addr()
+                    .map_err(|err| BindError { addr, err })?;
+                bound.push(real);
+                sources.push(ListenSource::Address(real));
+                for (i, l) in group.into_iter().enumerate() {
+                    per_shard[i].push(l);
+                }
+            }
+        }
+    }
+
+    let admin = match config.metrics.listen {
+        // A scrape now and then: the kernel's default is fine there.
+        Some(addr) => match listener::bind_exclusive(addr, false) {
+            Ok(l) => {
+                let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
+                Some((l, bound))
+            }
+            // Nobody asked for this port: another instance (or anything
+            // else) on it must not keep this one from serving.
+            Err(e)
+                if config.metrics.listen_is_default
+                    && e.err.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                warn!(
+                    "metrics: the default address {addr} is in use, so this instance serves \
+                     no metrics; set [metrics] listen (or --metrics-listen) to another \
+                     address, 127.0.0.1:0 for any free port, or \"off\""
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+
+    let launcher = Launcher {
+        // At most MAX_IO_MEMORY (4 MiB): fits any usize.
+        io_memory: io_memory as usize,
+        sources,
+        defer_accept: config.defer_accept,
+    };
+    let mut launched = Vec::with_capacity(n);
+    for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {
+        launched.push(launcher.launch(id, cpu, &config, Some(listeners))?);
+    }
+    let io_memory = launcher.io_memory;
+
+    let master = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("master")
+        .io_memory(io_memory)
+        .make()
+        .map_err(|e| MasterError::Executor {
+            what: "the master executor".into(),
+            err: e.to_string(),
+        })?;
+    master.run(supervise(Supervision {
+        config,
+        reload,
+        notifier,
+        admin,
+        cpus: plan,
+        pipe,
+        exclusive,
+        bound,
+        launcher,
+        launched,
+    }))
+}

@@ -1,0 +1,118 @@
+//! A metrics scrape as the master answers it: every live shard is asked for
+//! a snapshot, the replies (or, after a while, the last known ones) are
+//! merged with the counters of dead incarnations, so that no counter ever
+//! goes backwards, and rendered once for every scrape that waited.
+
+use crate::admin;
+use crate::metrics::{self, Snapshot};
+
+/// A metrics scrape waiting for every live shard's snapshot.
+pub(super) struct Gather {
+    /// Which scrape this is (its timeout names it).
+    pub(super) seq: u64,
+    /// Live shards whose snapshot has not arrived.
+    pub(super) waiting_for: Vec<usize>,
+    /// Every scrape that asked meanwhile, answered together.
+    pub(super) replies: Vec<admin::ScrapeRequest>,
+}
+
+/// How long a scrape waits for a shard before using its last snapshot.
+pub(super) const SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the master knows of each shard's metrics. Counters must never go
+/// backwards, so a dead incarnation's last snapshot is kept ("retired") and
+/// added to its successor's, and a shard that does not answer in time is
+/// shown as it last was.
+#[derive(Default)]
+pub(super) struct Scraped {
+    latest: std::collections::BTreeMap<usize, Snapshot>,
+    retired: std::collections::BTreeMap<usize, Snapshot>,
+    /// The shard of the latest snapshot taken.
+    pub(super) last_updated: Option<usize>,
+}
+
+impl Scraped {
+    /// Take a shard's snapshot.
+    pub(super) fn update(&mut self, snap: Snapshot) {
+        self.last_updated = Some(snap.shard);
+        self.latest.insert(snap.shard, snap);
+    }
+
+    /// A shard died: keep its last counters, to add to its successor's.
+    pub(super) fn retire(&mut self, id: usize) {
+        if let Some(mut last) = self.latest.remove(&id) {
+            last.active = 0;
+            match self.retired.get_mut(&id) {
+                Some(r) => r.absorb(&last),
+                None => {
+                    self.retired.insert(id, last);
+                }
+            }
+        }
+    }
+
+    /// One snapshot per shard, every incarnation's counters added up.
+    pub(super) fn view(&self) -> Vec<Snapshot> {
+        let ids: std::collections::BTreeSet<usize> = self
+            .latest
+            .keys()
+            .chain(self.retired.keys())
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| match (self.latest.get(&id), self.retired.get(&id)) {
+                (Some(l), Some(r)) => {
+                    let mut v = l.clone();
+                    v.absorb(r);
+                    Some(v)
+                }
+                (Some(l), None) => Some(l.clone()),
+                (None, Some(r)) => Some(r.clone()),
+                (None, None) => None,
+            })
+            .collect()
+    }
+}
+
+/// Answer the scrape if no shard is still to reply; otherwise keep waiting.
+pub(super) fn finish_gather(g: Gather, scraped: &mut Scraped) -> Option<Gather> {
+    if !g.waiting_for.is_empty() {
+        return Some(g);
+    }
+    let text = metrics::render(&scraped.view());
+    for r in g.replies {
+        let _ = r.try_send(text.clone());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ShardMetrics;
+
+    fn snap(shard: usize, requests: u64, active: u64) -> Snapshot {
+        let mut s = ShardMetrics::default().snapshot(shard, shard, active);
+        s.stats.requests = requests;
+        s
+    }
+
+    #[test]
+    fn a_dead_shards_counters_are_kept_and_added_to_its_successors() {
+        let mut s = Scraped::default();
+        s.update(snap(0, 10, 3));
+        s.update(snap(1, 5, 1));
+        s.retire(0);
+        // Dead and not back yet: its last counters, no open connections.
+        let v = s.view();
+        assert_eq!((v[0].stats.requests, v[0].active), (10, 0));
+        // The restarted shard counts from zero; the sum never goes back.
+        s.update(snap(0, 2, 1));
+        let v = s.view();
+        assert_eq!((v[0].stats.requests, v[0].active), (12, 1));
+        assert_eq!(v[1].stats.requests, 5);
+        s.retire(0);
+        s.update(snap(0, 1, 0));
+        assert_eq!(s.view()[0].stats.requests, 13);
+    }
+}
