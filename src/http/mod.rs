@@ -4,11 +4,14 @@
 
 pub mod body;
 pub mod date;
+pub mod encode;
 pub mod error;
 pub mod handler;
+pub mod head;
 pub mod log;
 pub mod parse;
 pub mod path;
 pub mod response;
 pub mod session;
 pub mod status;
+pub mod upstream;

@@ -405,7 +405,7 @@ fn valid_host(value: &[u8]) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Transfer {
+pub(super) enum Transfer {
     #[default]
     None,
     Chunked,
@@ -472,14 +472,14 @@ fn scan_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, Parse
 
 /// The transfer codings seen so far across every Transfer-Encoding field.
 #[derive(Default)]
-struct Codings {
+pub(super) struct Codings {
     chunked_seen: bool,
     last_is_chunked: bool,
     other: bool,
 }
 
 impl Codings {
-    fn add(&mut self, value: &[u8]) -> Result<(), ParseError> {
+    pub(super) fn add(&mut self, value: &[u8]) -> Result<(), ParseError> {
         let mut any = false;
         for coding in list_items(value) {
             any = true;
@@ -512,7 +512,7 @@ impl Codings {
         Ok(())
     }
 
-    fn framing(&self) -> Transfer {
+    pub(super) fn framing(&self) -> Transfer {
         if self.other {
             Transfer::Unsupported
         } else if self.last_is_chunked {
@@ -524,7 +524,7 @@ impl Codings {
 }
 
 /// A Content-Length value: one or more digits, nothing else (no sign, no list).
-fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+pub(super) fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
     let v = trim(value);
     if v.is_empty() {
         return Err(ParseError::ContentLength);
@@ -543,14 +543,14 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
 }
 
 /// The non-empty elements of a comma-separated field value (RFC 9110 §5.6.1).
-fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(trim)
         .filter(|s| !s.is_empty())
 }
 
-fn trim(mut v: &[u8]) -> &[u8] {
+pub(super) fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
     }
