@@ -3,14 +3,16 @@
 //! and logging.
 //!
 //! Built from defaults, then the file (`load`), then flags; `validate` is the
-//! single step that checks the whole, reporting every rule broken with the
-//! file, line and key, before anything is bound or started.
+//! single step that checks the values of the whole, and `preflight` then
+//! checks what they name on the file system. Both report every rule broken
+//! with the file, line and key, before anything is bound or started.
 
 mod env;
 mod files;
 mod load;
 mod validate;
 
+pub use files::preflight;
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
 
 use std::collections::HashMap;
