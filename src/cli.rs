@@ -215,8 +215,10 @@ impl Cli {
         }
     }
 
-    /// Apply the flags over `base` and validate the result. A key set by a
-    /// flag no longer points at its line in the file.
+    /// Apply the flags over `base` and check the result: `Config::validate`
+    /// and then `config::preflight`, both always, so every error is reported
+    /// (the file system's after the values'). A key set by a flag no longer
+    /// points at its line in the file.
     pub fn apply(self, base: Config) -> Result<Config, Vec<ConfigError>> {
         let mut c = base;
         let mut listen = self.listen;
@@ -279,7 +281,15 @@ impl Cli {
         for key in overridden {
             c.lines.remove(key);
         }
-        c.validate()
+        let unusable = crate::config::preflight(&c);
+        match c.validate() {
+            Ok(c) if unusable.is_empty() => Ok(c),
+            Ok(_) => Err(unusable),
+            Err(mut errors) => {
+                errors.extend(unusable);
+                Err(errors)
+            }
+        }
     }
 }
 
@@ -331,6 +341,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(errs[0].key, "server.shards");
         assert_eq!(errs[0].to_string(), "server.shards: must be at least 1");
+    }
+
+    #[test]
+    fn apply_runs_the_file_system_checks_after_the_rules() {
+        let mut base = Config::default();
+        base.routes[0].handler = crate::config::HandlerConfig::Static(
+            crate::config::StaticConfig::new("/definitely/not/here".into()),
+        );
+        let keys = |errs: Vec<ConfigError>| errs.into_iter().map(|e| e.key).collect::<Vec<_>>();
+        let errs = cli(&["--shards", "0"]).apply(base.clone()).unwrap_err();
+        assert_eq!(keys(errs), ["server.shards", "route[1].root"]);
+        let errs = cli(&[]).apply(base).unwrap_err();
+        assert_eq!(keys(errs), ["route[1].root"]);
     }
 
     #[test]

@@ -1,10 +1,50 @@
-//! The configuration's checks against the filesystem: a pre-flight step of
-//! their own, run by `Config::validate` (and so by `--check`), kept apart
-//! from the pure checks of values.
+//! The configuration's checks against the file system: a pre-flight step of
+//! their own, kept apart from the pure checks of values (`validate`).
+//! `Cli::apply` runs both, so start-up, `--check` and SIGHUP see the same
+//! errors. Nothing here creates or changes a file.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
+
+use super::{route_key, AccessLog, Config, ConfigError, HandlerConfig};
+
+/// Whether what the configuration names on the file system is usable here:
+/// every static route's root is a directory, and the access log, if it is a
+/// file, can be opened for appending (`check_writable`). Returns every
+/// failure, in route order and then the log, each pointed at the line of its
+/// key like `validate`'s errors; empty when all is well.
+pub fn preflight(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        if let HandlerConfig::Static(s) = &r.handler {
+            let key = format!("{}.root", route_key(i));
+            match std::fs::metadata(&s.root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => errors.push(ConfigError::new(
+                    key,
+                    format!("{} is not a directory", s.root.display()),
+                )),
+                Err(e) => errors.push(ConfigError::new(
+                    key,
+                    format!("cannot use {}: {e}", s.root.display()),
+                )),
+            }
+        }
+    }
+    if let AccessLog::File(path) = &config.log.access {
+        if let Err(e) = check_writable(path) {
+            errors.push(ConfigError::new(
+                "log.access",
+                format!("cannot open {}: {e}", path.display()),
+            ));
+        }
+    }
+    for e in &mut errors {
+        config.locate(e);
+    }
+    errors
+}
 
 /// Whether the server will be able to open `path` for appending, without
 /// creating or changing anything: `coreserve --check` run as root must not
@@ -40,6 +80,50 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{RouteConfig, StaticConfig};
+
+    fn static_route(path: &str, root: &Path) -> RouteConfig {
+        RouteConfig {
+            path: path.into(),
+            handler: HandlerConfig::Static(StaticConfig::new(root.into())),
+            ..RouteConfig::hello_world()
+        }
+    }
+
+    #[test]
+    fn preflight_reports_every_unusable_path_in_order() {
+        let dir = std::env::temp_dir().join(format!("coreserve-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("file"), b"").unwrap();
+        let mut c = Config {
+            source: Some("conf/x.toml".into()),
+            ..Config::default()
+        };
+        c.routes.push(static_route("/ok/", &dir));
+        c.routes.push(static_route("/gone/", &dir.join("missing")));
+        c.routes.push(static_route("/file/", &dir.join("file")));
+        c.log.access = AccessLog::File(dir.join("no/such/dir/access.log"));
+        c.lines.insert("route[3].root".into(), 12);
+        c.lines.insert("route[4].root".into(), 14);
+        let errs: Vec<String> = preflight(&c).iter().map(|e| e.to_string()).collect();
+        let d = dir.display();
+        assert_eq!(
+            errs,
+            [
+                format!("conf/x.toml:12: route[3].root: cannot use {d}/missing: No such file or directory (os error 2)"),
+                format!("conf/x.toml:14: route[4].root: {d}/file is not a directory"),
+                format!("conf/x.toml: log.access: cannot open {d}/no/such/dir/access.log: No such file or directory (os error 2)"),
+            ]
+        );
+        c.routes.truncate(2);
+        c.log.access = AccessLog::File(dir.join("access.log"));
+        assert_eq!(preflight(&c), []);
+        assert!(
+            !dir.join("access.log").exists(),
+            "preflight created the log"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn checking_a_log_file_creates_nothing() {

@@ -1,0 +1,384 @@
+//! Reading `coreserve.toml`: environment substitution, TOML parsing with
+//! positions, and one walk over the document that checks every key and value
+//! and collects every error with its line, instead of stopping at the first.
+//!
+//! This module owns the walk: the `Walker`, the top level of the document,
+//! and how a key's line is recorded. Each section is read in a file of its
+//! own (`server`, `limits`, `log`, `metrics`, `routes`), each handler kind in
+//! `handlers/`, and the typed readers they share (`string`, `size`, …) are in
+//! `values`. Nothing here looks at the file system beyond reading the file
+//! itself: that is `files::preflight`.
+
+mod handlers;
+mod limits;
+mod log;
+mod metrics;
+mod routes;
+mod server;
+mod values;
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{ImDocument, Item, TableLike};
+
+use super::env;
+use super::{Config, ConfigError};
+
+/// The file read when no `--config` is given, if it exists.
+pub const DEFAULT_PATH: &str = "/etc/coreserve/coreserve.toml";
+
+/// A file that did not load: every error, and the configuration as far as it
+/// could be read (`None` when the file could not be read or parsed at all).
+#[derive(Debug)]
+pub struct LoadFailure {
+    /// What was read despite the errors.
+    pub partial: Option<Box<Config>>,
+    /// Every error, with file and line.
+    pub errors: Vec<ConfigError>,
+}
+
+impl LoadFailure {
+    fn new(partial: Option<Config>, errors: Vec<ConfigError>) -> Self {
+        LoadFailure {
+            partial: partial.map(Box::new),
+            errors,
+        }
+    }
+}
+
+/// Read and check a configuration file over the built-in defaults.
+/// Cross-key rules are checked later by `Config::validate`, after flags.
+/// On errors, returns them with the configuration as far as it could be read
+/// (so validation can still report the rest).
+pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let err = ConfigError {
+            file: Some(name.clone()),
+            line: None,
+            key: String::new(),
+            rule: format!("cannot read the configuration: {e}"),
+        };
+        LoadFailure::new(None, vec![err])
+    })?;
+    parse_str(&text, path)
+}
+
+/// Parse configuration text as if read from `path`.
+pub fn parse_str(text: &str, path: &Path) -> Result<Config, LoadFailure> {
+    let name = path.display().to_string();
+    let at = |line: Option<usize>, key: &str, rule: String| ConfigError {
+        file: Some(name.clone()),
+        line,
+        key: key.to_string(),
+        rule,
+    };
+    let text = env::substitute(text, |v| std::env::var(v).ok()).map_err(|unset| {
+        let unset = unset
+            .into_iter()
+            .map(|u| {
+                at(
+                    Some(u.line),
+                    "",
+                    format!(
+                        "environment variable {} is not set (write ${{{}:-default}} to give a default)",
+                        u.name, u.name
+                    ),
+                )
+            })
+            .collect::<Vec<_>>();
+        LoadFailure::new(None, unset)
+    })?;
+    let doc = ImDocument::parse(text.clone()).map_err(|e| {
+        let line = e.span().map(|s| line_of(&text, s.start));
+        let msg = e.message().trim().replace('\n', " ");
+        LoadFailure::new(None, vec![at(line, "", format!("not valid TOML: {msg}"))])
+    })?;
+
+    let mut w = Walker {
+        text: &text,
+        config: Config {
+            source: Some(PathBuf::from(path)),
+            ..Config::default()
+        },
+        errors: Vec::new(),
+    };
+    w.document(doc.as_table());
+    if w.errors.is_empty() {
+        Ok(w.config)
+    } else {
+        let mut errors = w.errors;
+        for e in &mut errors {
+            e.file = Some(name.clone());
+        }
+        Err(LoadFailure::new(Some(w.config), errors))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// One pass over the document, filling `config` and `errors`.
+struct Walker<'t> {
+    /// The text after substitution, for lines and values as written.
+    text: &'t str,
+    /// The defaults, overwritten by every value that reads correctly.
+    config: Config,
+    /// Every error so far, in the order of the document.
+    errors: Vec<ConfigError>,
+}
+
+/// A value of a key, with where it is.
+struct Field<'a> {
+    /// `section.name`, or `route[2].name`, as errors name it.
+    key: String,
+    /// The key's 1-based line, when toml_edit kept its position.
+    line: Option<usize>,
+    /// The value.
+    item: &'a Item,
+    /// The value as written, for messages.
+    raw: String,
+}
+
+impl Walker<'_> {
+    /// An error about the value of `f`, at its line.
+    fn error(&mut self, f: &Field, rule: String) {
+        self.errors.push(ConfigError {
+            file: None,
+            line: f.line,
+            key: f.key.clone(),
+            rule,
+        });
+    }
+
+    /// A key that `table` (`route[2]`) should have set and did not: the
+    /// error points at the table's own line.
+    fn missing(&mut self, table: &str, name: &str, rule: String) {
+        self.errors.push(ConfigError {
+            file: None,
+            line: self.config.lines.get(&format!("{table}]")).copied(),
+            key: format!("{table}.{name}"),
+            rule,
+        });
+    }
+
+    /// The fields of a table, keyed `prefix.name`, with their lines recorded.
+    fn fields<'a>(&mut self, table: &'a dyn TableLike, prefix: &str) -> Vec<Field<'a>> {
+        table
+            .iter()
+            .map(|(name, item)| {
+                let span = table
+                    .key(name)
+                    .and_then(|k| k.span())
+                    .or_else(|| item.span());
+                let line = span.map(|s| line_of(self.text, s.start));
+                let key = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                if let Some(l) = line {
+                    self.config.lines.insert(key.clone(), l);
+                }
+                let raw = item
+                    .span()
+                    .and_then(|s| self.text.get(s))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                Field {
+                    key,
+                    line,
+                    item,
+                    raw,
+                }
+            })
+            .collect()
+    }
+
+    /// The top level: each section goes to its own reader.
+    fn document(&mut self, root: &toml_edit::Table) {
+        for f in self.fields(root, "") {
+            match f.key.as_str() {
+                "server" | "limits" | "log" | "metrics" => match f.item.as_table_like() {
+                    Some(t) => match f.key.as_str() {
+                        "server" => self.server(t),
+                        "limits" => self.limits(t),
+                        "log" => self.log(t),
+                        _ => self.metrics(t),
+                    },
+                    None => self.error(&f, "must be a table".into()),
+                },
+                "route" => match f.item.as_array_of_tables() {
+                    Some(routes) => self.routes(routes),
+                    None => self.error(&f, "must be written as [[route]] tables".into()),
+                },
+                _ => self.error(
+                    &f,
+                    "unknown key (sections are server, limits, route, log, metrics)".into(),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Dispatch, LogFormat, RouteConfig};
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        parse_str(text, Path::new("t.toml"))
+            .map_err(|f| f.errors)
+            .and_then(|c| c.validate())
+            .map_err(|errs| errs.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.routes, vec![RouteConfig::hello_world()]);
+        assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn every_section() {
+        let c = parse(
+            r#"
+[server]
+listen = ["127.0.0.1:8080", "[::1]:8080"]
+shards = 2
+cpus = "0-1"
+dispatch = "reuseport"
+drain-timeout = "5s"
+defer-accept = false
+
+[limits]
+max-body-bytes = "2m"
+max-header-bytes = 16384
+keepalive-timeout = 30
+
+[log]
+access = "stderr"
+format = "json"
+
+[[route]]
+path = "/"
+handler = "respond"
+body = "hi"
+
+[[route]]
+path = "/old"
+handler = "redirect"
+status = 308
+location = "/new"
+methods = ["GET", "HEAD"]
+host = "Example.com"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.shards, Some(2));
+        assert_eq!(c.cpus, Some(vec![0, 1]));
+        assert_eq!(c.dispatch, Dispatch::Reuseport);
+        assert_eq!(c.limits.max_body_bytes, 2 << 20);
+        assert_eq!(c.limits.max_header_bytes, 16384);
+        assert_eq!(c.limits.keepalive_timeout.as_secs(), 30);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].host.as_deref(), Some("example.com"));
+        assert!(!c.defer_accept);
+        assert_eq!(c.lines["limits.max-body-bytes"], 11);
+    }
+
+    #[test]
+    fn every_error_with_file_line_and_key() {
+        let errs = parse(
+            r#"[server]
+shards = "many"
+colour = "blue"
+defer-accept = "yes"
+
+[limits]
+max-body-bytes = "lots"
+header-timeout = "soon"
+
+[[route]]
+path = "/x"
+handler = "static"
+
+[[route]]
+path = "/y"
+handler = "respond"
+root = "/srv"
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                "t.toml:2: server.shards: must be a number of shards or \"auto\", got \"many\"",
+                "t.toml:3: server.colour: unknown key",
+                "t.toml:4: server.defer-accept: must be true or false",
+                "t.toml:7: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
+                "t.toml:8: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
+                "t.toml:10: route[1].root: is required for a static route (the directory served)",
+                "t.toml:17: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
+            ]
+        );
+    }
+
+    #[test]
+    fn route_hosts_are_stored_as_requests_are_compared() {
+        let route = |host: &str| {
+            format!("[[route]]\npath = \"/\"\nhandler = \"respond\"\nhost = \"{host}\"\n")
+        };
+        for (given, stored) in [
+            ("Example.COM", "example.com"),
+            ("example.com.", "example.com"),
+            ("[::2]", "::2"),
+            ("127.0.0.1", "127.0.0.1"),
+        ] {
+            let c = parse(&route(given)).unwrap();
+            assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{given}");
+        }
+        for bad in ["port.example:8080", "[::2]:80", "[nope]", "", "a b"] {
+            let errs = parse(&route(bad)).unwrap_err();
+            assert!(
+                errs[0].starts_with(
+                    "t.toml:4: route[1].host: must be a host name or address without a port"
+                ),
+                "{bad}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_a_line() {
+        let errs = parse("[server]\nshards = = 2\n").unwrap_err();
+        assert!(errs[0].starts_with("t.toml:2: not valid TOML"), "{errs:?}");
+    }
+
+    #[test]
+    fn environment_is_substituted() {
+        std::env::set_var("CORESERVE_TEST_PORT", "9123");
+        let c = parse("[server]\nlisten = \"127.0.0.1:${CORESERVE_TEST_PORT}\"\ndrain-timeout = \"${CORESERVE_UNSET:-3s}\"\n").unwrap();
+        assert_eq!(c.listen[0].port(), 9123);
+        assert_eq!(c.drain_timeout.as_secs(), 3);
+        let errs = parse("\n[server]\nlisten = \"${CORESERVE_UNSET_TOO}\"\n").unwrap_err();
+        assert_eq!(
+            errs,
+            vec!["t.toml:3: environment variable CORESERVE_UNSET_TOO is not set (write ${CORESERVE_UNSET_TOO:-default} to give a default)"]
+        );
+    }
+
+    #[test]
+    fn post_parse_rules_point_at_lines() {
+        let errs = parse("[limits]\n\nmax-header-bytes = 10\n").unwrap_err();
+        assert_eq!(
+            errs,
+            vec!["t.toml:3: limits.max-header-bytes: must be between 256 and 1m, got 10"]
+        );
+    }
+}

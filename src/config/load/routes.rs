@@ -1,0 +1,207 @@
+//! The `[[route]]` tables: the keys every route takes (`path`, `handler`,
+//! `methods`, `host`), then the keys of its handler kind, read by that
+//! kind's reader from `handlers::KINDS`.
+
+use super::handlers::{self, Kind};
+use super::{line_of, Field, Walker};
+use crate::config::{route_key, HandlerConfig, RouteConfig};
+
+impl Walker<'_> {
+    /// Every `[[route]]`, in file order; they replace the built-in route.
+    pub(super) fn routes(&mut self, routes: &toml_edit::ArrayOfTables) {
+        self.config.routes.clear();
+        for (i, t) in routes.iter().enumerate() {
+            self.route(i, t);
+        }
+    }
+
+    fn route(&mut self, i: usize, t: &toml_edit::Table) {
+        let prefix = route_key(i);
+        if let Some(s) = t.span() {
+            let line = line_of(self.text, s.start);
+            self.config.lines.insert(format!("{prefix}]"), line);
+        }
+        let fields = self.fields(t, &prefix);
+        let get = |name: &str| {
+            let key = format!("{prefix}.{name}");
+            fields.iter().find(|f| f.key == key)
+        };
+        let mut route = RouteConfig {
+            path: String::new(),
+            methods: None,
+            host: None,
+            // What a route whose handler could not be read holds in the
+            // partial configuration; never served.
+            handler: HandlerConfig::Respond {
+                status: 200,
+                body: String::new(),
+                content_type: "text/plain; charset=utf-8".into(),
+            },
+        };
+        let kind = self.route_kind(&prefix, get("handler"));
+        match get("path") {
+            Some(f) => route.path = self.string(f).unwrap_or_default(),
+            None => self.missing(
+                &prefix,
+                "path",
+                "is required (a path prefix like \"/\" or \"/static/\")".into(),
+            ),
+        }
+        let mut reader = kind.map(|k| (k.reader)());
+        let keys = kind.map_or(&[][..], |k| k.keys);
+        for f in &fields {
+            let name = &f.key[prefix.len() + 1..];
+            match name {
+                "handler" | "path" => {}
+                "methods" => route.methods = self.string_list(f),
+                "host" => route.host = self.route_host(f),
+                n if keys.contains(&n) => {
+                    if let Some(r) = reader.as_mut() {
+                        r.read(self, n, f);
+                    }
+                }
+                _ => {
+                    let rule = match kind {
+                        Some(k) if !k.keys.is_empty() => format!(
+                            "unknown key for handler {:?} (it takes {})",
+                            k.name,
+                            k.keys.join(", ")
+                        ),
+                        _ => "unknown key".to_string(),
+                    };
+                    self.error(f, rule);
+                }
+            }
+        }
+        if let Some(r) = reader {
+            route.handler = r.finish(self, &prefix);
+        }
+        self.config.routes.push(route);
+    }
+
+    /// The route's `handler`: a name in `handlers::KINDS`. A missing,
+    /// malformed or unknown one is reported and gives `None`; the route's
+    /// other keys are then all unknown.
+    fn route_kind(&mut self, prefix: &str, f: Option<&Field>) -> Option<&'static Kind> {
+        let Some(f) = f else {
+            let rule = format!("is required: {}", handlers::names());
+            self.missing(prefix, "handler", rule);
+            return None;
+        };
+        let name = self.string(f)?;
+        let kind = handlers::find(&name);
+        if kind.is_none() {
+            let rule = format!("must be {}, got {name:?}", handlers::names());
+            self.error(f, rule);
+        }
+        kind
+    }
+
+    /// A route's host: a name or address as the request's Host is compared
+    /// (lower case, no port, IPv6 without brackets, no trailing dot).
+    fn route_host(&mut self, f: &Field) -> Option<String> {
+        let host = self.string(f)?.to_ascii_lowercase();
+        let bare = match host.strip_prefix('[') {
+            Some(v6) => v6
+                .strip_suffix(']')
+                .filter(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => Some(host.strip_suffix('.').unwrap_or(&host)).filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            }),
+        };
+        match bare {
+            Some(bare) => Some(bare.to_string()),
+            None => {
+                self.error(
+                    f,
+                    format!(
+                        "must be a host name or address without a port (\"example.com\", \"[::1]\"), got {host:?}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn errors(text: &str) -> Vec<String> {
+        match crate::config::parse_str(text, Path::new("t.toml")) {
+            Ok(_) => Vec::new(),
+            Err(f) => f.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_routes_errors_come_in_file_order_with_missing_keys_last() {
+        let errs = errors(
+            "[[route]]\nhandler = \"redirect\"\nstatus = \"soon\"\nhost = \"a b\"\nbody = \"x\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "t.toml:1: route[1].path: is required (a path prefix like \"/\" or \"/static/\")",
+                "t.toml:3: route[1].status: must be an HTTP status code, got \"soon\"",
+                "t.toml:4: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), got \"a b\"",
+                "t.toml:5: route[1].body: unknown key for handler \"redirect\" (it takes status, location)",
+                "t.toml:1: route[1].location: is required for a redirect route",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_or_missing_kind_makes_every_kind_key_unknown() {
+        let errs = errors(
+            "[[route]]\npath = \"/\"\nhandler = \"proxy\"\nstatus = 200\n\n\
+             [[route]]\npath = \"/b\"\nbody = \"x\"\n\n\
+             [[route]]\npath = \"/c\"\nhandler = 1\nroot = \"/srv\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "t.toml:3: route[1].handler: must be \"respond\", \"static\" or \"redirect\", got \"proxy\"",
+                "t.toml:4: route[1].status: unknown key",
+                "t.toml:6: route[2].handler: is required: \"respond\", \"static\" or \"redirect\"",
+                "t.toml:8: route[2].body: unknown key",
+                "t.toml:12: route[3].handler: must be a string",
+                "t.toml:13: route[3].root: unknown key",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_kind_reads_its_own_keys() {
+        let c = crate::config::parse_str(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\nstatus = 404\nbody = \"no\"\n\n\
+             [[route]]\npath = \"/old\"\nhandler = \"redirect\"\nlocation = \"/new\"\n\n\
+             [[route]]\npath = \"/s/\"\nhandler = \"static\"\nroot = \"www\"\nautoindex = true\ncache-valid = \"5s\"\n",
+            Path::new("/etc/x/t.toml"),
+        )
+        .unwrap();
+        use crate::config::{HandlerConfig, StaticConfig};
+        assert_eq!(
+            c.routes[0].handler,
+            HandlerConfig::Respond {
+                status: 404,
+                body: "no".into(),
+                content_type: "text/plain; charset=utf-8".into()
+            }
+        );
+        assert_eq!(
+            c.routes[1].handler,
+            HandlerConfig::Redirect {
+                status: 301,
+                location: "/new".into()
+            }
+        );
+        let mut s = StaticConfig::new("/etc/x/www".into());
+        s.autoindex = true;
+        s.cache_valid = std::time::Duration::from_secs(5);
+        assert_eq!(c.routes[2].handler, HandlerConfig::Static(s));
+    }
+}

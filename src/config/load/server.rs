@@ -1,0 +1,87 @@
+//! The `[server]` section: addresses, shards, CPUs, dispatch, draining.
+
+use std::net::SocketAddr;
+
+use toml_edit::{TableLike, Value};
+
+use super::{Field, Walker};
+use crate::config::Dispatch;
+use crate::cpus;
+
+impl Walker<'_> {
+    pub(super) fn server(&mut self, t: &dyn TableLike) {
+        for f in self.fields(t, "server") {
+            match f.key.as_str() {
+                "server.listen" => {
+                    if let Some(v) = self.listen(&f) {
+                        self.config.listen = v;
+                    }
+                }
+                "server.shards" => match f.item.as_value() {
+                    Some(Value::String(s)) if s.value() == "auto" => self.config.shards = None,
+                    _ => {
+                        if let Some(n) = self.count(&f, "a number of shards or \"auto\"") {
+                            self.config.shards = Some(n);
+                        }
+                    }
+                },
+                "server.cpus" => match f.item.as_value() {
+                    Some(Value::String(s)) if s.value() == "all" => self.config.cpus = None,
+                    Some(Value::String(s)) => match cpus::parse_cpu_list(s.value()) {
+                        Ok(list) => self.config.cpus = Some(list),
+                        Err(e) => self.error(&f, e.to_string()),
+                    },
+                    _ => self.error(&f, "must be a CPU list like \"0,2-3\" or \"all\"".into()),
+                },
+                "server.dispatch" => match self.string(&f).as_deref() {
+                    Some("master") => self.config.dispatch = Dispatch::Master,
+                    Some("reuseport") => self.config.dispatch = Dispatch::Reuseport,
+                    Some(other) => self.error(
+                        &f,
+                        format!("must be \"master\" or \"reuseport\", got {other:?}"),
+                    ),
+                    None => {}
+                },
+                "server.drain-timeout" => {
+                    if let Some(d) = self.duration(&f) {
+                        self.config.drain_timeout = d;
+                    }
+                }
+                "server.defer-accept" => {
+                    if let Some(v) = self.flag(&f) {
+                        self.config.defer_accept = v;
+                    }
+                }
+                _ => self.error(&f, "unknown key".into()),
+            }
+        }
+    }
+
+    /// `listen`: one address or a list of them. Every address that does not
+    /// parse is reported; the ones that do are kept.
+    fn listen(&mut self, f: &Field) -> Option<Vec<SocketAddr>> {
+        let strings: Option<Vec<String>> = match f.item.as_value() {
+            Some(Value::String(s)) => Some(vec![s.value().clone()]),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => None,
+        };
+        let Some(strings) = strings else {
+            self.error(
+                f,
+                "must be an address like \"0.0.0.0:80\" or a list of them".into(),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for s in strings {
+            match s.parse() {
+                Ok(a) => out.push(a),
+                Err(_) => self.error(
+                    f,
+                    format!("must be an address like \"0.0.0.0:80\" or \"[::]:80\", got {s:?}"),
+                ),
+            }
+        }
+        Some(out)
+    }
+}

@@ -1,0 +1,89 @@
+//! The typed readers every section shares: a string, a list, a flag, a
+//! count, a size, a duration, a path. Each reports a value of the wrong
+//! shape at its key's line and returns `None`, so the walk goes on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::Value;
+
+use super::{Field, Walker};
+use crate::units;
+
+impl Walker<'_> {
+    pub(super) fn string(&mut self, f: &Field) -> Option<String> {
+        match f.item.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.error(f, "must be a string".into());
+                None
+            }
+        }
+    }
+
+    pub(super) fn string_list(&mut self, f: &Field) -> Option<Vec<String>> {
+        let list = f.item.as_array().and_then(|a| {
+            a.iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        });
+        if list.is_none() {
+            self.error(f, "must be a list of strings like [\"a\", \"b\"]".into());
+        }
+        list
+    }
+
+    pub(super) fn flag(&mut self, f: &Field) -> Option<bool> {
+        let v = f.item.as_bool();
+        if v.is_none() {
+            self.error(f, "must be true or false".into());
+        }
+        v
+    }
+
+    /// A non-negative integer; `what` names it in the message.
+    pub(super) fn count(&mut self, f: &Field, what: &str) -> Option<usize> {
+        match f.item.as_integer() {
+            Some(n) if n >= 0 => Some(n as usize),
+            _ => {
+                self.error(f, format!("must be {what}, got {}", f.raw));
+                None
+            }
+        }
+    }
+
+    /// Bytes: an integer, or a string with a unit (`8k`, `1m`).
+    pub(super) fn size(&mut self, f: &Field) -> Option<u64> {
+        let parsed = match f.item.as_value() {
+            Some(Value::Integer(n)) if *n.value() >= 0 => Ok(*n.value() as u64),
+            Some(Value::String(s)) => units::parse_size(s.value()),
+            _ => units::parse_size(&f.raw),
+        };
+        parsed.map_err(|e| self.error(f, e.to_string())).ok()
+    }
+
+    /// Seconds as an integer, or a string with a unit (`500ms`, `5m`).
+    pub(super) fn duration(&mut self, f: &Field) -> Option<Duration> {
+        let parsed = match f.item.as_value() {
+            Some(Value::Integer(n)) if *n.value() >= 0 => {
+                Ok(Duration::from_secs(*n.value() as u64))
+            }
+            Some(Value::String(s)) => units::parse_duration(s.value()),
+            _ => units::parse_duration(&f.raw),
+        };
+        parsed.map_err(|e| self.error(f, e.to_string())).ok()
+    }
+
+    /// A path from the file: a relative one is relative to the file's
+    /// directory, so a configuration, its site and its logs can move
+    /// together (a static `root` and the access log alike).
+    pub(super) fn relative_to_file(&self, p: &str) -> PathBuf {
+        let dir = self
+            .config
+            .source
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        dir.join(p)
+    }
+}

@@ -1,0 +1,290 @@
+//! `Config::validate`: the rules the whole configuration must follow,
+//! checked once the file and the flags are both applied, and a unit test
+//! per rule. It looks at the values only: what the file system must hold
+//! (static roots, the access log's directory) is `files::preflight`.
+
+use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig};
+use crate::http::parse::MAX_HEADERS_LIMIT;
+use crate::http::status::Status;
+
+impl Config {
+    /// Check every rule; return every error found, not just the first, each
+    /// with the line of its key when it came from the file.
+    ///
+    /// Pure: it reads nothing but `self` (no file system, no environment),
+    /// so it gives the same answer anywhere. The checks against the file
+    /// system are `files::preflight`, which `Cli::apply` runs with it.
+    pub fn validate(self) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
+        let l = &self.limits;
+        if self.listen.is_empty() {
+            err("server.listen", "at least one address is needed".into());
+        }
+        if self.shards == Some(0) {
+            err("server.shards", "must be at least 1".into());
+        }
+        if matches!(&self.cpus, Some(c) if c.is_empty()) {
+            err("server.cpus", "must name at least one CPU".into());
+        }
+        // The request line alone needs room for a method, a target and a version.
+        if !(256..=1 << 20).contains(&l.max_header_bytes) {
+            err(
+                "limits.max-header-bytes",
+                format!("must be between 256 and 1m, got {}", l.max_header_bytes),
+            );
+        }
+        if l.max_uri_bytes < 16 {
+            err(
+                "limits.max-uri-bytes",
+                format!("must be at least 16, got {}", l.max_uri_bytes),
+            );
+        }
+        if !(1..=MAX_HEADERS_LIMIT).contains(&l.max_headers) {
+            err(
+                "limits.max-headers",
+                format!(
+                    "must be between 1 and {MAX_HEADERS_LIMIT}, got {}",
+                    l.max_headers
+                ),
+            );
+        }
+        for (key, d) in [
+            ("limits.header-timeout", l.header_timeout),
+            ("limits.body-timeout", l.body_timeout),
+            ("limits.send-timeout", l.send_timeout),
+            ("limits.keepalive-timeout", l.keepalive_timeout),
+            ("server.drain-timeout", self.drain_timeout),
+        ] {
+            if d.is_zero() {
+                err(key, "must be longer than 0".into());
+            }
+        }
+        if l.max_connections == 0 {
+            err("limits.max-connections", "must be at least 1".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            validate_route(i, r, &self.routes[..i], &mut err);
+        }
+        if !self.metrics.path.starts_with('/') {
+            err(
+                "metrics.path",
+                format!("must start with /, got {:?}", self.metrics.path),
+            );
+        }
+        if let (Some(m), true) = (
+            self.metrics.listen,
+            self.listen.iter().any(|l| Some(*l) == self.metrics.listen),
+        ) {
+            if m.port() != 0 {
+                err(
+                    "metrics.listen",
+                    format!("{m} is also a server.listen address"),
+                );
+            }
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            for e in &mut errors {
+                self.locate(e);
+            }
+            Err(errors)
+        }
+    }
+}
+
+fn validate_route(
+    i: usize,
+    r: &RouteConfig,
+    earlier: &[RouteConfig],
+    err: &mut impl FnMut(&str, String),
+) {
+    let key = |k: &str| format!("{}.{k}", route_key(i));
+    if !r.path.starts_with('/') {
+        err(&key("path"), format!("must start with /, got {:?}", r.path));
+    }
+    if let Some(dup) = earlier
+        .iter()
+        .position(|e| e.path == r.path && e.host == r.host && e.methods == r.methods)
+    {
+        err(
+            &key("path"),
+            format!(
+                "{:?} is already routed by {} with the same host and methods",
+                r.path,
+                route_key(dup)
+            ),
+        );
+    }
+    if let Some(methods) = &r.methods {
+        if methods.is_empty() {
+            err(&key("methods"), "must list at least one method".into());
+        }
+        for m in methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+                err(
+                    &key("methods"),
+                    format!("must be upper-case method names like \"GET\", got {m:?}"),
+                );
+            }
+        }
+    }
+    match &r.handler {
+        HandlerConfig::Respond {
+            status,
+            content_type,
+            ..
+        } => {
+            if Status::from_code(*status).is_none() {
+                err(
+                    &key("status"),
+                    format!("must be a known HTTP status between 200 and 599, got {status}"),
+                );
+            } else if *status < 200 {
+                err(&key("status"), format!("must be 200 or more, got {status}"));
+            }
+            if !is_header_value(content_type) {
+                err(
+                    &key("content-type"),
+                    format!("is not a valid header value: {content_type:?}"),
+                );
+            }
+        }
+        HandlerConfig::Redirect { status, location } => {
+            if ![301, 302, 303, 307, 308].contains(status) {
+                err(
+                    &key("status"),
+                    format!("must be 301, 302, 303, 307 or 308, got {status}"),
+                );
+            }
+            if location.is_empty() || !is_header_value(location) {
+                err(
+                    &key("location"),
+                    format!("must be a URL or path, got {location:?}"),
+                );
+            }
+        }
+        HandlerConfig::Static(s) => {
+            for name in &s.index {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    err(
+                        &key("index"),
+                        format!("must be plain file names, got {name:?}"),
+                    );
+                }
+            }
+            if let Some(cc) = &s.cache_control {
+                if !is_header_value(cc) {
+                    err(
+                        &key("cache-control"),
+                        format!("is not a valid header value: {cc:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Visible ASCII and spaces: what may go into a header we send.
+fn is_header_value(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AccessLog, StaticConfig};
+    use std::time::Duration;
+
+    /// The keys `validate` reports, in order.
+    fn failing_keys(c: Config) -> Vec<String> {
+        c.validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported() {
+        let mut c = Config::default();
+        c.listen.clear();
+        c.shards = Some(0);
+        c.limits.max_header_bytes = 10;
+        c.limits.max_headers = 0;
+        c.limits.keepalive_timeout = Duration::ZERO;
+        c.limits.max_connections = 0;
+        assert_eq!(
+            failing_keys(c),
+            [
+                "server.listen",
+                "server.shards",
+                "limits.max-header-bytes",
+                "limits.max-headers",
+                "limits.keepalive-timeout",
+                "limits.max-connections"
+            ]
+        );
+    }
+
+    #[test]
+    fn route_rules() {
+        let mut c = Config::default();
+        let mut bad = RouteConfig::hello_world();
+        bad.path = "nope".into();
+        bad.methods = Some(vec!["get".into()]);
+        bad.handler = HandlerConfig::Redirect {
+            status: 200,
+            location: String::new(),
+        };
+        c.routes.push(bad);
+        c.routes.push(RouteConfig::hello_world());
+        let mut s = RouteConfig::hello_world();
+        s.path = "/s/".into();
+        s.handler = HandlerConfig::Static(StaticConfig::new("/definitely/not/here".into()));
+        c.routes.push(s);
+        assert_eq!(
+            failing_keys(c),
+            [
+                "route[2].path",
+                "route[2].methods",
+                "route[2].status",
+                "route[2].location",
+                "route[3].path",
+            ]
+        );
+    }
+
+    #[test]
+    fn validate_does_not_look_at_the_file_system() {
+        let mut c = Config::default();
+        let mut s = RouteConfig::hello_world();
+        s.path = "/s/".into();
+        s.handler = HandlerConfig::Static(StaticConfig::new("/definitely/not/here".into()));
+        c.routes.push(s);
+        c.log.access = AccessLog::File("/definitely/not/here/access.log".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn errors_point_at_the_file_line() {
+        let mut c = Config {
+            source: Some("conf/x.toml".into()),
+            ..Config::default()
+        };
+        c.lines.insert("server.shards".into(), 7);
+        c.shards = Some(0);
+        let e = &c.validate().unwrap_err()[0];
+        assert_eq!(
+            e.to_string(),
+            "conf/x.toml:7: server.shards: must be at least 1"
+        );
+    }
+}
