@@ -103,6 +103,11 @@ pub struct Cli {
     /// How long SIGTERM/SIGINT waits for requests in flight. [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+
+    /// How long a shard that was just busy waits for more before it parks;
+    /// 0 parks at once. [default: 200us]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_wait: Option<Duration>,
 }
 
 fn parse_size(s: &str) -> Result<u64, units::UnitError> {
@@ -243,6 +248,7 @@ impl Cli {
         set!(self.dispatch, "server.dispatch", c.dispatch);
         set!(self.defer_accept, "server.defer-accept", c.defer_accept);
         set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
+        set!(self.idle_wait, "server.idle-wait", c.idle_wait);
         if let Some(MetricsListen(listen)) = self.metrics_listen {
             c.metrics.listen = listen;
             c.metrics.listen_is_default = false;
@@ -322,9 +328,12 @@ mod tests {
             "reuseport",
             "--defer-accept",
             "false",
+            "--idle-wait",
+            "0",
         ])
         .apply(Config::default())
         .unwrap();
+        assert_eq!(c.idle_wait, Duration::ZERO);
         assert_eq!(c.limits.max_body_bytes, 2 << 20);
         assert_eq!(c.limits.header_timeout, Duration::from_millis(500));
         assert_eq!(c.dispatch, Dispatch::Reuseport);

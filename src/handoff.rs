@@ -303,7 +303,8 @@ mod tests {
         let shard = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(256 << 10)
             .spawn(move || async move {
-                let readiness = crate::readiness::Readiness::new().unwrap();
+                let readiness =
+                    crate::readiness::Readiness::new(Duration::from_micros(200)).unwrap();
                 let driver = glommio::spawn_local(readiness.clone().drive());
                 let mut bell = readiness.register(rx.bell());
                 let mut got = 0;

@@ -53,10 +53,6 @@ const CQ_ENTRIES: u32 = 4096;
 /// What a connection waits for: data, end of stream, or an error.
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
 
-/// How long a shard that just served requests waits in its own ring for the
-/// next before it lets glommio park it.
-const IDLE_WAIT: Duration = Duration::from_micros(200);
-
 /// The user data of a poll removal, whose completion says nothing we need.
 const REMOVAL: u64 = u64::MAX;
 
@@ -118,13 +114,17 @@ pub struct Readiness {
     driver: RefCell<Option<Waker>>,
     /// The earliest deadline of a waiting slot the driver knows of.
     next_deadline: Cell<Option<Instant>>,
+    /// How long the driver waits in this ring, after a busy spell, before
+    /// it parks glommio; zero parks at once.
+    idle_wait: Duration,
 }
 
 impl Readiness {
-    /// Create the ring. Fails on a kernel without `COOP_TASKRUN` (before
-    /// 5.19) or when io_uring is not available; the caller then waits
-    /// through glommio as before.
-    pub fn new() -> io::Result<Rc<Readiness>> {
+    /// Create the ring; the driver waits up to `idle_wait` in it after a
+    /// busy spell before it parks glommio (`server.idle-wait`). Fails on a kernel without
+    /// `COOP_TASKRUN` (before 5.19) or when io_uring is not available; the
+    /// caller then waits through glommio as before.
+    pub fn new(idle_wait: Duration) -> io::Result<Rc<Readiness>> {
         let mut ring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
@@ -149,6 +149,7 @@ impl Readiness {
             kicked: Cell::new(false),
             driver: RefCell::new(None),
             next_deadline: Cell::new(None),
+            idle_wait,
         }))
     }
 
@@ -342,10 +343,10 @@ impl Readiness {
         next
     }
 
-    /// Block in this ring until a completion arrives or `IDLE_WAIT` passes;
+    /// Block in this ring until a completion arrives or `idle_wait` passes;
     /// returns whether one arrived.
     fn wait_briefly(&self) -> bool {
-        let ts = types::Timespec::from(IDLE_WAIT);
+        let ts = types::Timespec::from(self.idle_wait);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.borrow().submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -395,7 +396,7 @@ impl Readiness {
             if self.next_deadline.get().is_some_and(|d| d <= now) {
                 self.next_deadline.set(self.expire(now));
             }
-            if reaped == 0 && streak && !IDLE_WAIT.is_zero() {
+            if reaped == 0 && streak && !self.idle_wait.is_zero() {
                 // The shard was busy a moment ago: the next request is
                 // likely close. Wait for it in this ring, a short while,
                 // instead of parking glommio (a membarrier that interrupts
@@ -566,7 +567,8 @@ mod tests {
     ) {
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let readiness = Readiness::new().expect("a readiness ring");
+                let readiness =
+                    Readiness::new(Duration::from_micros(200)).expect("a readiness ring");
                 let driver = glommio::spawn_local(readiness.clone().drive());
                 test(readiness).await;
                 drop(driver);

@@ -114,6 +114,8 @@ pub struct ShardSpec {
     pub log_file: Option<std::fs::File>,
     /// How long draining may take before open connections are cut.
     pub drain_timeout: Duration,
+    /// How long the readiness ring's driver waits before parking.
+    pub idle_wait: Duration,
     /// glommio's io_memory for this executor, bytes.
     pub io_memory: usize,
     /// The shard's end of a socket pair the master watches: it closes when
@@ -151,7 +153,7 @@ async fn run(spec: ShardSpec) {
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
-    let readiness = match Readiness::new() {
+    let readiness = match Readiness::new(spec.idle_wait) {
         Ok(readiness) => {
             glommio::spawn_local(readiness.clone().drive()).detach();
             Some(readiness)

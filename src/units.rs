@@ -37,8 +37,8 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     n.checked_mul(1 << shift).ok_or_else(err)
 }
 
-/// Parse a duration: a decimal number with `ms`, `s`, `m` or `h`; a bare
-/// number means seconds, as in nginx.
+/// Parse a duration: a decimal number with `us`, `ms`, `s`, `m` or `h`; a
+/// bare number means seconds, as in nginx.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let err = || UnitError::Duration(s.to_string());
     let t = s.trim();
@@ -48,15 +48,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         return Err(err());
     }
     let n: u64 = digits.parse().map_err(|_| err())?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
+    let us = match unit {
+        "us" => Some(n),
+        "ms" => n.checked_mul(1000),
+        "" | "s" => n.checked_mul(1_000_000),
+        "m" => n.checked_mul(60_000_000),
+        "h" => n.checked_mul(3_600_000_000),
         _ => None,
     }
     .ok_or_else(err)?;
-    Ok(Duration::from_millis(ms))
+    Ok(Duration::from_micros(us))
 }
 
 /// Format a size the way `parse_size` reads it, for logs and help.
@@ -92,7 +93,18 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "1 s", "1d", "-1s", "1.5s"] {
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "s",
+            "1 s",
+            "1d",
+            "-1s",
+            "1.5s",
+            "1µs",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -193,7 +193,7 @@ pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<P
     let plan = Rc::new(plan);
     let stats = Rc::new(RefCell::new(Stats::new()));
     // Without the ring (an old kernel) connections read through glommio.
-    let readiness = Readiness::new().ok();
+    let readiness = Readiness::new(coreserve::config::DEFAULT_IDLE_WAIT).ok();
     let driver = readiness.clone().map(|r| glommio::spawn_local(r.drive()));
     // Publish this executor's p99 for the progress line.
     let (s2, p2) = (stats.clone(), progress.clone());

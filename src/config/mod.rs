@@ -68,6 +68,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
 /// How long a graceful shutdown waits for requests in flight.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `server.idle-wait`: long enough to catch the next request of a busy
+/// keep-alive load without parking glommio (a membarrier, an interrupt to
+/// every CPU running a shard, per park), short enough that glommio's own
+/// timers and messages wait little; chosen from the all-cores measurements
+/// of 0, 50, 200 and 1000 µs in bench/RESULTS.md.
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_micros(200);
+
 /// Limits every shard enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -122,6 +129,9 @@ pub struct Config {
     /// Whether the kernel holds a new connection until its first bytes
     /// arrive (TCP_DEFER_ACCEPT on the listeners coreserve binds).
     pub defer_accept: bool,
+    /// How long a shard that was just busy waits in its readiness ring for
+    /// more before it parks (zero parks at once).
+    pub idle_wait: Duration,
     /// Request limits.
     pub limits: Limits,
     /// How long a graceful shutdown waits before closing what is left.
@@ -150,6 +160,7 @@ impl Default for Config {
             // costs no wait for its request, and one that never speaks
             // costs nothing until the kernel gives up holding it.
             defer_accept: true,
+            idle_wait: DEFAULT_IDLE_WAIT,
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             routes: vec![RouteConfig::hello_world()],
@@ -370,9 +381,10 @@ impl Config {
                 e.line = self.lines.get(&e.key).copied();
             }
             if e.line.is_none() {
-                // A route error names a key the route may not set; point at the route.
+                // A route error names a key the route may not set; point at
+                // the route's table, recorded as `route[N]]` by the loader.
                 if let Some((route, _)) = e.key.split_once("].") {
-                    e.line = self.lines.get(&format!("{route}]")).copied();
+                    e.line = self.lines.get(&format!("{route}]]")).copied();
                 }
             }
         }
@@ -382,4 +394,30 @@ impl Config {
 /// The key prefix of route `i` (0-based) in messages: `route[1]` is the first.
 pub fn route_key(i: usize) -> String {
     format!("route[{}]", i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_on_a_key_a_route_did_not_set_points_at_the_route() {
+        let config = Config {
+            source: Some(PathBuf::from("site.toml")),
+            lines: HashMap::from([
+                ("route[2]]".to_string(), 7),
+                ("route[2].path".to_string(), 8),
+            ]),
+            ..Config::default()
+        };
+        let mut set = ConfigError::new("route[2].path", "bad");
+        config.locate(&mut set);
+        assert_eq!(set.line, Some(8));
+        let mut unset = ConfigError::new("route[2].status", "bad");
+        config.locate(&mut unset);
+        assert_eq!(
+            (unset.file.as_deref(), unset.line),
+            (Some("site.toml"), Some(7))
+        );
+    }
 }

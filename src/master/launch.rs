@@ -110,6 +110,7 @@ impl Launcher {
             log: config.log.clone(),
             log_file,
             drain_timeout: config.drain_timeout,
+            idle_wait: config.idle_wait,
             io_memory: self.io_memory,
             lifeline: shard_end,
         };

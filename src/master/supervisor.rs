@@ -631,6 +631,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.cpus", old.cpus != new.cpus),
         ("server.dispatch", old.dispatch != new.dispatch),
         ("server.defer-accept", old.defer_accept != new.defer_accept),
+        ("server.idle-wait", old.idle_wait != new.idle_wait),
         (
             "server.drain-timeout",
             old.drain_timeout != new.drain_timeout,

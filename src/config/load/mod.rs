@@ -253,6 +253,7 @@ cpus = "0-1"
 dispatch = "reuseport"
 drain-timeout = "5s"
 defer-accept = false
+idle-wait = "50us"
 
 [limits]
 max-body-bytes = "2m"
@@ -289,7 +290,8 @@ host = "Example.com"
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1].host.as_deref(), Some("example.com"));
         assert!(!c.defer_accept);
-        assert_eq!(c.lines["limits.max-body-bytes"], 11);
+        assert_eq!(c.idle_wait, std::time::Duration::from_micros(50));
+        assert_eq!(c.lines["limits.max-body-bytes"], 12);
     }
 
     #[test]
@@ -299,6 +301,7 @@ host = "Example.com"
 shards = "many"
 colour = "blue"
 defer-accept = "yes"
+idle-wait = "a while"
 
 [limits]
 max-body-bytes = "lots"
@@ -321,10 +324,11 @@ root = "/srv"
                 "t.toml:2: server.shards: must be a number of shards or \"auto\", got \"many\"",
                 "t.toml:3: server.colour: unknown key",
                 "t.toml:4: server.defer-accept: must be true or false",
-                "t.toml:7: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
-                "t.toml:8: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
-                "t.toml:10: route[1].root: is required for a static route (the directory served)",
-                "t.toml:17: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
+                "t.toml:5: server.idle-wait: must be a duration like 500ms, 60s, 5m or 1h, got \"a while\"",
+                "t.toml:8: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
+                "t.toml:9: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
+                "t.toml:11: route[1].root: is required for a static route (the directory served)",
+                "t.toml:18: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
             ]
         );
     }

@@ -52,6 +52,11 @@ impl Walker<'_> {
                         self.config.defer_accept = v;
                     }
                 }
+                "server.idle-wait" => {
+                    if let Some(d) = self.duration(&f) {
+                        self.config.idle_wait = d;
+                    }
+                }
                 _ => self.error(&f, "unknown key".into()),
             }
         }
