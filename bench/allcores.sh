@@ -11,6 +11,7 @@
 #   PIPELINE=16 bench/allcores.sh 3                  # 16 requests in flight per connection
 #   NEWCONN=1 bench/allcores.sh 3                    # a new connection per request
 #   LAYOUT=pinned bench/allcores.sh 3                # one shard / worker on CPU 1, wrk on CPU 0
+#   URLPATH=/static/1m.bin bench/allcores.sh 3       # a 1 MiB file (also /static/4k.bin)
 #
 # BINS names the coreserve binaries to compare (NAME=PATH, default
 # coreserve=target/release/coreserve); DISPATCH=reuseport picks the other
@@ -26,6 +27,7 @@ BINS=${BINS:-coreserve=$BIN}
 DISPATCH=${DISPATCH:-master}
 PIPELINE=${PIPELINE:-1}
 NEWCONN=${NEWCONN:-0}
+URLPATH=${URLPATH:-/}
 LAYOUT=${LAYOUT:-all-cores}
 NCPU=$(nproc)
 # pinned: the server alone on SERVER_CPU with one shard/worker, wrk on LOAD_CPU.
@@ -61,7 +63,7 @@ if [ "$NEWCONN" = 1 ]; then wrk_args=(-H "Connection: close"); fi
 
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
-    local url="http://127.0.0.1:$port/"
+    local url="http://127.0.0.1:$port$URLPATH"
     "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
     local events="" s
     for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
@@ -94,10 +96,13 @@ start_coreserve() { # binary port
     echo $!
 }
 
-mkdir -p "$work/nginx/logs"
+mkdir -p "$work/nginx/logs" "$work/www"
+chmod 755 "$work"  # nginx workers run as www-data and must read the files
+head -c 4096 /dev/urandom > "$work/www/4k.bin"
+head -c 1048576 /dev/urandom > "$work/www/1m.bin"
 sed -e '/worker_cpu_affinity/d' -e "s/worker_processes 1;/worker_processes $NCPU;/" \
-    "$PEERS/nginx.conf" > "$work/nginx.conf"
-hello_config "$work/coreserve.toml"
+    -e "s|/tmp/nginx-anchor/www/|$work/www/|" "$PEERS/nginx.conf" > "$work/nginx.conf"
+hello_config "$work/coreserve.toml" "$work/www"
 if [ "$CONNS" -gt 1000 ]; then ulimit -n 65536; fi
 
 results=$work/results
