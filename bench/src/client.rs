@@ -193,7 +193,15 @@ pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<P
     let plan = Rc::new(plan);
     let stats = Rc::new(RefCell::new(Stats::new()));
     // Without the ring (an old kernel) connections read through glommio.
-    let readiness = Readiness::new(coreserve::config::DEFAULT_IDLE_WAIT).ok();
+    // While the ring's driver waits before parking, glommio's own
+    // completions wait too: the open loop's send timers and every connect
+    // go through glommio, so those runs park at once rather than send late.
+    let idle_wait = if plan.rate.is_some() || plan.new_connection {
+        Duration::ZERO
+    } else {
+        coreserve::config::DEFAULT_IDLE_WAIT
+    };
+    let readiness = Readiness::new(idle_wait).ok();
     let driver = readiness.clone().map(|r| glommio::spawn_local(r.drive()));
     // Publish this executor's p99 for the progress line.
     let (s2, p2) = (stats.clone(), progress.clone());

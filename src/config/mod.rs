@@ -68,13 +68,14 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
 /// How long a graceful shutdown waits for requests in flight.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `server.idle-wait`: long enough to catch the next request or connection
-/// of a busy load without parking glommio (a membarrier, an interrupt to
+/// `server.idle-wait`: long enough to catch the next request of a busy
+/// keep-alive load without parking glommio (a membarrier, an interrupt to
 /// every CPU running a shard, per park), short enough that glommio's own
-/// timers, messages and file reads wait at most a millisecond. Chosen from
-/// the all-cores measurements of 0, 50, 200 and 1000 µs in bench/RESULTS.md
-/// (1000 µs: the lowest CPU per request, keep-alive and new connections).
-pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(1);
+/// timers, messages and file reads wait little. Chosen from the all-cores
+/// measurements of 0, 50, 200 and 1000 µs in bench/RESULTS.md: 1 ms costs
+/// less per keep-alive request but more per new connection with
+/// `dispatch = "reuseport"`.
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_micros(200);
 
 /// Limits every shard enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
