@@ -39,15 +39,6 @@ if [ "$LAYOUT" = pinned ]; then
 fi
 SYSCALLS="recvfrom sendto read write writev io_uring_enter membarrier futex epoll_wait epoll_pwait accept4 close"
 
-ticks() { # total utime+stime (clock ticks) of processes, all their threads
-    local total=0 pid
-    for pid in "$@"; do
-        read -r -a f < "/proc/$pid/stat"
-        total=$((total + f[13] + f[14]))
-    done
-    echo "$total"
-}
-
 # wrk's Lua: pipelining, or a new connection per request.
 cat > "$work/pipeline.lua" <<LUA
 init = function(args)

@@ -47,3 +47,14 @@ root = "$2"
 TOML
     fi
 }
+
+# ticks PID...: total utime+stime (clock ticks) of these processes, every
+# thread included (fields 14 and 15 of /proc/PID/stat; comm has no spaces here).
+ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        read -r -a f < "/proc/$pid/stat"
+        total=$((total + f[13] + f[14]))
+    done
+    echo "$total"
+}

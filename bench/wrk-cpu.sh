@@ -22,16 +22,6 @@ DURATION=${DURATION:-10s}
 PATHS=${PATHS:-/}
 chmod 755 "$work"  # nginx workers run as www-data and must read the files
 
-ticks() { # total utime+stime (clock ticks) of a process tree
-    local total=0 pid
-    for pid in "$@"; do
-        read -r -a f < "/proc/$pid/stat"
-        # fields 14 and 15 (utime, stime) counted from 1; comm has no spaces here
-        total=$((total + f[13] + f[14]))
-    done
-    echo "$total"
-}
-
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port$path" > /dev/null  # warm-up

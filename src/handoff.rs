@@ -263,6 +263,25 @@ mod tests {
         assert!(!is_open(raw));
     }
 
+    /// Push 20 connections from this thread, letting the shard run dry and
+    /// wait before each, then close the queue: the shard must count 20.
+    fn push_twenty_then_close(tx: Sender, shard: glommio::ExecutorJoinHandle<usize>) {
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(5));
+            let mut conn = fd();
+            loop {
+                match tx.try_send(conn) {
+                    Ok(()) => break,
+                    Err((back, Refused::Full)) => conn = back,
+                    Err((_, Refused::Closed)) => panic!("the shard went away"),
+                }
+                std::thread::yield_now();
+            }
+        }
+        drop(tx);
+        assert_eq!(shard.join().unwrap(), 20);
+    }
+
     /// A shard waiting on its queue is woken by a push from a plain thread,
     /// takes everything sent, and sees the end when the sender goes.
     #[test]
@@ -278,21 +297,7 @@ mod tests {
                 got
             })
             .unwrap();
-        for _ in 0..20 {
-            // Let the shard run dry and wait before each push.
-            std::thread::sleep(Duration::from_millis(5));
-            let mut conn = fd();
-            loop {
-                match tx.try_send(conn) {
-                    Ok(()) => break,
-                    Err((back, Refused::Full)) => conn = back,
-                    Err((_, Refused::Closed)) => panic!("the shard went away"),
-                }
-                std::thread::yield_now();
-            }
-        }
-        drop(tx);
-        assert_eq!(shard.join().unwrap(), 20);
+        push_twenty_then_close(tx, shard);
     }
 
     /// The same through the shard's readiness ring: each push to a waiting
@@ -315,19 +320,6 @@ mod tests {
                 got
             })
             .unwrap();
-        for _ in 0..20 {
-            std::thread::sleep(Duration::from_millis(5));
-            let mut conn = fd();
-            loop {
-                match tx.try_send(conn) {
-                    Ok(()) => break,
-                    Err((back, Refused::Full)) => conn = back,
-                    Err((_, Refused::Closed)) => panic!("the shard went away"),
-                }
-                std::thread::yield_now();
-            }
-        }
-        drop(tx);
-        assert_eq!(shard.join().unwrap(), 20);
+        push_twenty_then_close(tx, shard);
     }
 }
