@@ -53,7 +53,8 @@ const CQ_ENTRIES: u32 = 4096;
 /// What a connection waits for: data, end of stream, or an error.
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
 
-/// The user data of a poll removal, whose completion says nothing we need.
+/// The user data of a poll's cancellation, whose completion says nothing we
+/// need (the poll's own last completion frees its slot).
 const REMOVAL: u64 = u64::MAX;
 
 /// Why a wait ended without the socket becoming readable.
@@ -274,12 +275,16 @@ impl Readiness {
         let target = Self::user_data(key, slot.generation);
         drop(slots);
         // The poll holds the socket open in the kernel (no FIN reaches the
-        // peer) until it is removed: submit the removal now, not when the
-        // driver next runs.
-        let entry = opcode::PollRemove::new(target).build().user_data(REMOVAL);
+        // peer) until it is gone: submit the cancellation now, not when the
+        // driver next runs. An async cancel, not a poll remove: a remove
+        // fails (EALREADY) while a wake-up's task work owns the poll, which
+        // with COOP_TASKRUN is until this thread next enters the kernel,
+        // and the poll would stay armed for good; a cancel marks it and its
+        // owner completes it.
+        let entry = opcode::AsyncCancel::new(target).build().user_data(REMOVAL);
         let submitted = self.push(&entry).and_then(|()| self.ring.borrow().submit());
         if let Err(e) = submitted {
-            log::error!("readiness ring: removing a poll failed: {e}");
+            log::error!("readiness ring: cancelling a poll failed: {e}");
         }
     }
 
@@ -627,6 +632,48 @@ mod tests {
                 let got = interest.readable(Some(deadline)).await;
                 assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
                 assert!(Instant::now() >= deadline);
+            })
+        });
+    }
+
+    /// The race a poll remove lost: bytes arrive (their wake-up's task work
+    /// then owns the poll until this thread enters the kernel) and the
+    /// connection closes before any other system call.
+    #[test]
+    fn a_connection_closed_right_after_bytes_arrived_is_closed_for_the_peer() {
+        on_a_shard(|readiness| {
+            Box::pin(async move {
+                let (client, server) = pair();
+                let mut interest = readiness.register(server.as_raw_fd());
+                assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
+                let short = Instant::now() + Duration::from_millis(10);
+                assert!(interest.readable(Some(short)).await.is_err());
+                let written = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flag = written.clone();
+                let mut peer = client.try_clone().unwrap();
+                let writer = std::thread::spawn(move || {
+                    peer.write_all(b"late").unwrap();
+                    flag.store(true, std::sync::atomic::Ordering::Release);
+                });
+                // No system call on this thread until the close.
+                while !written.load(std::sync::atomic::Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                drop(interest);
+                drop(server);
+                writer.join().unwrap();
+                let mut client = client;
+                client
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .unwrap();
+                // Closed with unread bytes: a reset rather than a FIN. What
+                // must not happen is nothing at all.
+                let mut buf = [0u8; 8];
+                match client.read(&mut buf) {
+                    Ok(0) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                    other => panic!("the socket was not closed (the poll outlived it): {other:?}"),
+                }
             })
         });
     }
