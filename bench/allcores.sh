@@ -113,11 +113,6 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo "medians over $ROUNDS rounds:"
-for spec in $BINS nginx; do
-    name=${spec%%=*}
-    rows=$(grep "^$name " "$results" | sed "s/^$name *//")
-    m=$(( ($(wc -l <<< "$rows") + 1) / 2 ))
-    rps=$(awk '{print $1}' <<< "$rows" | sort -n | sed -n "${m}p")
-    us=$(awk '{print $3}' <<< "$rows" | sort -n | sed -n "${m}p")
-    printf "%-22s %9s req/s %7s us/req\n" "$name" "$rps" "$us"
-done
+names=()
+for spec in $BINS nginx; do names+=("${spec%%=*}"); done
+medians "$results" "${names[@]}"

@@ -58,3 +58,17 @@ ticks() {
     done
     echo "$total"
 }
+
+# medians RESULTS NAME...: per NAME, the median req/s and µs/req of its rows
+# in RESULTS (lines "NAME  <req/s> req/s <us> us/req ...").
+medians() {
+    local results=$1 name rows m rps us
+    shift
+    for name in "$@"; do
+        rows=$(grep "^$name " "$results" | sed "s/^$name *//")
+        m=$(( ($(wc -l <<< "$rows") + 1) / 2 ))
+        rps=$(awk '{print $1}' <<< "$rows" | sort -n | sed -n "${m}p")
+        us=$(awk '{print $3}' <<< "$rows" | sort -n | sed -n "${m}p")
+        printf "%-22s %9s req/s %7s us/req\n" "$name" "$rps" "$us"
+    done
+}

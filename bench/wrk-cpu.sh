@@ -77,11 +77,5 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo "medians over $ROUNDS rounds, $path:"
-for name in "coreserve master" "coreserve reuseport" "nginx"; do
-    rows=$(grep "^$name " "$results" | sed "s/^$name //")
-    m=$(( ($(wc -l <<< "$rows") + 1) / 2 ))
-    rps=$(awk '{print $1}' <<< "$rows" | sort -n | sed -n "${m}p")
-    us=$(awk '{print $3}' <<< "$rows" | sort -n | sed -n "${m}p")
-    printf "%-20s %10s req/s %7s us/req\n" "$name" "$rps" "$us"
-done
+medians "$results" "coreserve master" "coreserve reuseport" "nginx"
 done

@@ -157,23 +157,6 @@ fn allow_header(methods: &[String]) -> String {
     allow.join(", ")
 }
 
-/// 301 to the path with a slash added, the query kept. The path is
-/// canonical, so it starts with one slash: never a scheme-relative
-/// `//host/…` Location.
-fn add_slash(req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
-    let mut location = String::with_capacity(req.path.len() + 2 + req.query.map_or(0, str::len));
-    location.push_str(req.path);
-    location.push('/');
-    if let Some(q) = req.query {
-        location.push('?');
-        location.push_str(q);
-    }
-    res.begin(Status::MOVED_PERMANENTLY);
-    res.header("Location", location.as_bytes());
-    res.body("text/plain; charset=utf-8", b"Moved Permanently\n");
-    Outcome::Done
-}
-
 impl Handler for Router {
     type Job = Job;
 
@@ -209,7 +192,8 @@ impl Handler for Router {
         };
         let found = self.routes.iter().find(|r| r.matches(req.host, req.path));
         if self.wants_slash(req.host, req.path, found) {
-            return add_slash(req, res);
+            res.redirect_adding_slash(req.path, req.query);
+            return Outcome::Done;
         }
         let Some(route) = found else {
             res.begin(Status::NOT_FOUND);

@@ -79,6 +79,23 @@ impl<'o> ResponseWriter<'o> {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Answer 301 to `path` with a slash added, the query kept (a
+    /// directory asked for without its slash). `path` must be canonical,
+    /// starting with exactly one slash: the Location is then never a
+    /// scheme-relative `//host/…`.
+    pub fn redirect_adding_slash(mut self, path: &str, query: Option<&str>) {
+        let mut location = String::with_capacity(path.len() + 2 + query.map_or(0, str::len));
+        location.push_str(path);
+        location.push('/');
+        if let Some(q) = query {
+            location.push('?');
+            location.push_str(q);
+        }
+        self.begin(Status::MOVED_PERMANENTLY);
+        self.header("Location", location.as_bytes());
+        self.body("text/plain; charset=utf-8", b"Moved Permanently\n");
+    }
+
     /// End the head with `Content-Type` and `Content-Length` and append the body
     /// (left out for HEAD, and for statuses that carry none).
     pub fn body(self, content_type: &str, body: &[u8]) {

@@ -286,19 +286,8 @@ pub async fn serve(
             res.begin(Status::FORBIDDEN);
             res.body("text/plain; charset=utf-8", b"Forbidden\n");
         }
-        Found::AddSlash => {
-            // The path is canonical (the router's), so it starts with one
-            // slash: never a scheme-relative "//host/…" Location.
-            let mut location = job.request_path.clone();
-            location.push('/');
-            if let Some(q) = &job.query {
-                location.push('?');
-                location.push_str(q);
-            }
-            res.begin(Status::MOVED_PERMANENTLY);
-            res.header("Location", location.as_bytes());
-            res.body("text/plain; charset=utf-8", b"Moved Permanently\n");
-        }
+        // The path is the router's canonical one.
+        Found::AddSlash => res.redirect_adding_slash(&job.request_path, job.query.as_deref()),
         Found::Listing(html) => {
             res.begin(Status::OK);
             res.body("text/html; charset=utf-8", &html);
