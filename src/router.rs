@@ -106,6 +106,12 @@ impl Router {
                     HandlerConfig::Static(s) => {
                         Action::Static(StaticSite::new(c.path.clone(), Rc::new(s.clone())))
                     }
+                    // Replaced by the proxy handler in the next commit.
+                    HandlerConfig::Proxy(_) => Action::Respond(FixedResponse {
+                        status: Status::BAD_GATEWAY,
+                        content_type: "text/plain".into(),
+                        body: b"Bad Gateway\n".to_vec(),
+                    }),
                 },
             })
             .collect();

@@ -10,10 +10,12 @@
 mod env;
 mod files;
 mod load;
+mod upstream;
 mod validate;
 
 pub use files::preflight;
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
+pub use upstream::*;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -140,6 +142,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Routes, in file order; matched by longest path prefix.
     pub routes: Vec<RouteConfig>,
+    /// Upstream groups that `proxy` routes name, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
     /// Access logging.
     pub log: LogConfig,
     /// The metrics endpoint.
@@ -166,6 +170,7 @@ impl Default for Config {
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             routes: vec![RouteConfig::hello_world()],
+            upstreams: Vec::new(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             source: None,
@@ -257,6 +262,8 @@ pub enum HandlerConfig {
         /// The Location sent.
         location: String,
     },
+    /// The reverse proxy to an upstream group.
+    Proxy(ProxyConfig),
 }
 
 /// A static-file route's settings.

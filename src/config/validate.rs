@@ -165,6 +165,8 @@ fn validate_route(
                 );
             }
         }
+        // Checked against the upstream groups in `validate_upstreams`.
+        HandlerConfig::Proxy(_) => {}
         HandlerConfig::Static(s) => {
             for name in &s.index {
                 if name.is_empty() || name.contains('/') || name == "." || name == ".." {

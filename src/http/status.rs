@@ -34,6 +34,7 @@ macro_rules! statuses {
 
 statuses! {
     CONTINUE = 100, "Continue";
+    SWITCHING_PROTOCOLS = 101, "Switching Protocols";
     OK = 200, "OK";
     CREATED = 201, "Created";
     ACCEPTED = 202, "Accepted";
@@ -62,7 +63,9 @@ statuses! {
     REQUEST_HEADER_FIELDS_TOO_LARGE = 431, "Request Header Fields Too Large";
     INTERNAL_SERVER_ERROR = 500, "Internal Server Error";
     NOT_IMPLEMENTED = 501, "Not Implemented";
+    BAD_GATEWAY = 502, "Bad Gateway";
     SERVICE_UNAVAILABLE = 503, "Service Unavailable";
+    GATEWAY_TIMEOUT = 504, "Gateway Timeout";
     HTTP_VERSION_NOT_SUPPORTED = 505, "HTTP Version Not Supported";
 }
 

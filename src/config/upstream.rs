@@ -1,0 +1,263 @@
+//! Upstream groups (`[[upstream]]`) and the `proxy` route handler's
+//! settings: the data the reverse proxy is built from. Defaults follow
+//! nginx's `upstream` and `proxy_*` directives, except where a Node app
+//! behind the proxy needs otherwise (the idle keep-alive timeout).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Idle connections a shard keeps open to each server of a group (nginx's
+/// `keepalive 32` in the upstream block is the usual setting).
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 32;
+/// How long an idle pooled connection is kept: shorter than Node's default
+/// `server.keepAliveTimeout` of 5 s, so the pool drops a connection before
+/// the app does; otherwise a request sent on it as the app closes it fails.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Time to establish a connection to a server. nginx's
+/// `proxy_connect_timeout` is 60 s; a server on the same machine or network
+/// that has not answered a SYN in 5 s is down, and the next one is tried.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence while waiting for the response (nginx's `proxy_read_timeout`).
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest stall while sending the request (nginx's `proxy_send_timeout`).
+pub const DEFAULT_UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Failures within `fail-timeout` that take a server out (nginx's `max_fails=1`).
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+/// How long a failed server is skipped, and the window failures are counted
+/// in (nginx's `fail_timeout=10s`).
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence on an upgraded (WebSocket) tunnel in either direction
+/// before it is closed; nginx uses `proxy_read_timeout` (60 s) for it, which
+/// cuts off quiet WebSocket clients that ping less often. 10 minutes.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    /// A TCP address, as resolved when the configuration was loaded.
+    Tcp(SocketAddr),
+    /// A Unix stream socket (`unix:/path`).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => write!(f, "{a}"),
+            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How a shard picks a server for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each server in turn (`"round-robin"`).
+    #[default]
+    RoundRobin,
+    /// The server this shard has the fewest requests in flight to
+    /// (`"least-conn"`), ties in turn.
+    LeastConn,
+}
+
+/// One `[[upstream]]` group: the servers a `proxy` route sends requests to.
+/// Every shard keeps its own connections to them and its own view of their
+/// health; nothing about a group is shared between shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The name routes use (`upstream = "…"`); unique.
+    pub name: String,
+    /// The servers, in file order; at least one, no duplicates.
+    pub servers: Vec<ServerAddr>,
+    /// How a server is picked.
+    pub balance: Balance,
+    /// Idle connections kept per shard per server (0: none, close after each response).
+    pub keepalive: usize,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Longest silence from the server while a response is awaited or read.
+    pub read_timeout: Duration,
+    /// Longest stall writing the request to the server.
+    pub send_timeout: Duration,
+    /// Failures within `fail_timeout` after which the server is skipped.
+    pub max_fails: u32,
+    /// How long a failed server is skipped.
+    pub fail_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// A group with the given servers and every default.
+    pub fn new(name: impl Into<String>, servers: Vec<ServerAddr>) -> Self {
+        UpstreamConfig {
+            name: name.into(),
+            servers,
+            balance: Balance::default(),
+            keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
+            idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_UPSTREAM_READ_TIMEOUT,
+            send_timeout: DEFAULT_UPSTREAM_SEND_TIMEOUT,
+            max_fails: DEFAULT_MAX_FAILS,
+            fail_timeout: DEFAULT_FAIL_TIMEOUT,
+        }
+    }
+}
+
+/// A network of trusted peers: an address and a prefix length
+/// (`10.0.0.0/8`, `::1/128`; a bare address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network's address (bits past `prefix` are zero).
+    pub addr: IpAddr,
+    /// Leading bits that must match.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this network. An IPv4-mapped IPv6 address
+    /// (`::ffff:10.0.0.1`) counts as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// `a.b.c.d/n`, `v6/n`, or a bare address (all bits).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network (10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{s:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        let cidr = Cidr { addr, prefix };
+        // Refuse host bits past the prefix: `10.0.0.1/8` is most likely a
+        // typo for a host or a network, and either reading would surprise.
+        if !cidr.contains(addr) || cidr.masked() != addr {
+            return Err(format!("{s:?} has bits set past its prefix length"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl Cidr {
+    fn masked(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(self.prefix);
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let bits = u32::from(self.prefix);
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+}
+
+/// A `proxy` route's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The `[[upstream]]` group requests go to.
+    pub upstream: String,
+    /// Send the client's `Host` on (true, the default: apps build links
+    /// from it); false sends the server's address instead.
+    pub keep_host: bool,
+    /// Remove the route's path prefix before forwarding: with route
+    /// `/api/`, `/api/users` goes up as `/users`.
+    pub strip_prefix: bool,
+    /// Peers whose `X-Forwarded-*` fields are believed and extended; from
+    /// any other peer they are replaced. Empty: trust nobody.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Tunnel `Upgrade` requests (WebSocket) after the server's 101.
+    pub upgrade: bool,
+    /// Longest silence on an upgraded tunnel.
+    pub tunnel_idle_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// A proxy to `upstream` with every default.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        ProxyConfig {
+            upstream: upstream.into(),
+            keep_host: true,
+            strip_prefix: false,
+            trusted_proxies: Vec::new(),
+            upgrade: true,
+            tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.200.3.4".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        let host: Cidr = "::1".parse().unwrap();
+        assert!(host.contains("::1".parse().unwrap()));
+        assert!(!host.contains("127.0.0.1".parse().unwrap()));
+        let any: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_networks_are_refused() {
+        for bad in ["10.0.0.1/8", "10.0.0.0/33", "x", "10.0.0.0/", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+}
