@@ -154,6 +154,17 @@ impl AccessLogger {
             }
             out.push(b'"');
         }
+        if let Some(u) = &e.upstream {
+            // nginx users add `$upstream_addr` and friends the same way.
+            out.extend_from_slice(b" upstream=");
+            clf_escape(out, u.addr.as_bytes());
+            out.extend_from_slice(b" upstream_status=");
+            match u.status {
+                0 => out.push(b'-'),
+                s => out.extend_from_slice(num.format(s).as_bytes()),
+            }
+            let _ = write!(out, " upstream_time={:.3}", u.time.as_secs_f64());
+        }
         out.push(b'\n');
     }
 
@@ -194,6 +205,16 @@ impl AccessLogger {
                 Some(v) => json_string(out, v),
                 None => out.extend_from_slice(b"null"),
             }
+        }
+        if let Some(u) = &e.upstream {
+            out.extend_from_slice(b",\"upstream_addr\":");
+            json_string(out, u.addr.as_bytes());
+            out.extend_from_slice(b",\"upstream_status\":");
+            match u.status {
+                0 => out.extend_from_slice(b"null"),
+                s => out.extend_from_slice(num.format(s).as_bytes()),
+            }
+            let _ = write!(out, ",\"upstream_time\":{:.3}", u.time.as_secs_f64());
         }
         out.extend_from_slice(b",\"shard\":");
         out.extend_from_slice(num.format(self.shard).as_bytes());
@@ -395,6 +416,7 @@ mod tests {
     }
 
     const ENTRY: Entry = Entry {
+        upstream: None,
         remote: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
         request: Some(("GET", "/a\"b", Version::Http11)),
         status: 200,
@@ -424,6 +446,34 @@ mod tests {
             "{\"time\":\"2026-11-25T14:01:09Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\",\
              \"target\":\"/a\\\"b\",\"protocol\":\"HTTP/1.1\",\"status\":200,\"bytes\":11,\
              \"referer\":null,\"user_agent\":\"curl/8\",\"shard\":1}\n"
+        );
+    }
+
+    #[test]
+    fn proxied_requests_say_which_upstream_answered() {
+        let proxied = Entry {
+            upstream: Some(crate::http::log::UpstreamLog {
+                addr: "127.0.0.1:3001",
+                status: 502,
+                time: std::time::Duration::from_millis(12),
+            }),
+            ..ENTRY
+        };
+        let mut out = Vec::new();
+        logger(LogFormat::Json).json(&mut out, &proxied);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.contains(
+                ",\"upstream_addr\":\"127.0.0.1:3001\",\"upstream_status\":502,\"upstream_time\":0.012,"
+            ),
+            "{line}"
+        );
+        let mut out = Vec::new();
+        logger(LogFormat::Combined).combined(&mut out, &proxied);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.ends_with(" upstream=127.0.0.1:3001 upstream_status=502 upstream_time=0.012\n"),
+            "{line}"
         );
     }
 }

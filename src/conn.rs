@@ -4,24 +4,26 @@
 //! Everything HTTP lives in `http::session`; this file must stay a thin
 //! driver: read, process, write what is committed, repeat.
 
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::access_log::AccessLogger;
 use crate::handlers::static_files::{self, ReplyContext};
 use crate::handlers::Job;
-use crate::http::log::Entry;
+use crate::http::log::{Entry, UpstreamLog};
 use crate::http::response::{write_error, Persistence};
-use crate::http::session::{Context, InputBuffer, Next, RequestLog, Session, Wait, INITIAL_INPUT};
+use crate::http::session::{
+    Context, InputBuffer, Next, Pending, RequestLog, Session, Wait, INITIAL_INPUT,
+};
 use crate::http::status::Status;
-use crate::readiness::Interest;
-use crate::recheck;
+use crate::proxy;
 use crate::state::{ConnKey, Shard, Site};
-use std::net::IpAddr;
+use crate::transport::{Room, Socket, Stream};
 
 /// How long a closing connection keeps reading what the client still sends,
 /// so that unread data does not turn our FIN into a reset that destroys the
@@ -55,19 +57,21 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
         if stream.write_all(&out).await.is_ok() {
             // The client's request is unread: linger so the 503 is not reset away.
-            linger_close(&mut stream, &mut InputBuffer::new(INITIAL_INPUT)).await;
+            let mut client = Socket::new(Stream::Tcp(stream), None);
+            linger_close(&mut client, &mut InputBuffer::new(INITIAL_INPUT)).await;
         }
         return;
     }
     let key = shard.register(&stream);
     let _registration = Registration { shard: &shard, key };
-    // Dropped before the stream: the socket's poll is removed before it closes.
-    let mut interest = shard.readiness().map(|r| r.register(stream.as_raw_fd()));
-
-    let conn_log = shard.access_log().map(|logger| ConnLog {
-        logger,
-        remote: stream.peer_addr().ok().map(|a| a.ip()),
+    // A system call: made when the log needs it, else when a proxied
+    // request does.
+    let mut remote = None;
+    let conn_log = shard.access_log().map(|logger| {
+        remote = stream.peer_addr().ok().map(|a| a.ip());
+        ConnLog { logger, remote }
     });
+    let mut client = Socket::new(Stream::Tcp(stream), shard.readiness());
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
     let mut session = Session::default();
     let mut input = InputBuffer::new(limits.max_header_bytes as usize);
@@ -100,13 +104,13 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 );
                 out.truncate(session.committed());
                 write_error(&mut out, shard.date(), Status::INTERNAL_SERVER_ERROR, false);
-                let _ = stream.write_all(&out).await;
+                let _ = client.write_all(&out, limits.send_timeout).await;
                 shard.count(|s| s.count_status(500));
-                linger_close(&mut stream, &mut input).await;
+                linger_close(&mut client, &mut input).await;
                 return;
             }
         };
-        let Ok(written) = flush(&mut stream, &mut out, &mut session).await else {
+        let Ok(written) = flush(&mut client, &mut out, &mut session, &limits).await else {
             return;
         };
         let answered = session.served() - served;
@@ -137,40 +141,34 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 let Some(p) = session.take_pending() else {
                     return;
                 };
-                let rc = ReplyContext {
-                    persistence: p.persistence,
-                    head_only: p.head_only,
-                    date: shard.date(),
-                };
-                // Boxed, so that the connection future (what every idle
-                // connection keeps) is not as large as a file transfer.
-                let result = Box::pin(static_files::serve(p.job, rc, &mut out, &mut stream)).await;
-                let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
-                if let (Some(l), Some(req)) = (&conn_log, &p.log) {
-                    l.record(req.entry(None, status, bytes));
-                }
-                // From the bytes' arrival, like every other request.
-                shard
-                    .metrics()
-                    .record_latency(arrived.elapsed().as_micros() as u64, 1);
-                shard.count(|s| {
-                    s.count_status(status);
-                    s.bytes_out += total;
-                });
-                if result.is_err() {
-                    return;
-                }
-                if p.persistence == Persistence::Close {
-                    if !input.data().is_empty() {
-                        linger_close(&mut stream, &mut input).await;
+                let keep = match p.job {
+                    Job::File(_) => {
+                        serve_file(&shard, &mut client, p, &mut out, conn_log.as_ref(), arrived)
+                            .await
                     }
-                    return;
+                    Job::Proxy(_) => {
+                        let cx = Proxied {
+                            shard: &shard,
+                            site: &site,
+                            remote,
+                            log: conn_log.as_ref(),
+                            arrived,
+                        };
+                        forward(cx, &mut client, p, &mut input, &mut out).await
+                    }
+                };
+                match keep {
+                    Keep::Open => continue,
+                    Keep::Close => return,
+                    Keep::Linger => {
+                        linger_close(&mut client, &mut input).await;
+                        return;
+                    }
                 }
-                continue;
             }
             Next::Close { linger } => {
                 if linger {
-                    linger_close(&mut stream, &mut input).await;
+                    linger_close(&mut client, &mut input).await;
                 }
                 return;
             }
@@ -197,12 +195,12 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         let read = if deadline <= now {
             Err(std::io::ErrorKind::TimedOut.into())
         } else {
-            match interest.as_mut() {
-                Some(interest) => {
-                    read_ready(&stream, interest, &mut input, &mut out, idle, deadline).await
-                }
-                None => read_some(&mut stream, &mut input, &mut out, idle, deadline).await,
-            }
+            let mut room = Reading {
+                input: &mut input,
+                out: &mut out,
+                idle,
+            };
+            client.read(&mut room, deadline).await
         };
         shard.set_idle(key, false);
         read_once = true;
@@ -216,7 +214,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let cx = context(&shard, &site, log);
                 session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
-                let written = flush(&mut stream, &mut out, &mut session)
+                let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
                     .unwrap_or(0);
                 let statuses = session.take_statuses();
@@ -236,98 +234,174 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
 }
 
-/// Read what has arrived, waiting until `deadline` at most for something to,
-/// as the shard's readiness ring tells: a socket is read when a completion
-/// said data arrived (or it may hold more than the last read took), so a
-/// keep-alive request costs one recv and no submission.
-async fn read_ready(
-    stream: &TcpStream,
-    interest: &mut Interest,
-    input: &mut InputBuffer,
-    out: &mut Vec<u8>,
+/// Where a connection reads its requests: the input buffer, which gives
+/// back what a burst made it (and the output) grow to when an idle
+/// connection has to wait.
+struct Reading<'a> {
+    input: &'a mut InputBuffer,
+    out: &'a mut Vec<u8>,
     idle: bool,
-    deadline: Instant,
-) -> std::io::Result<usize> {
-    let fd = stream.as_raw_fd();
-    let mut shrunk = !idle;
-    loop {
-        if let Some(read) = interest.try_recv(fd, input.spare()) {
-            return read;
+}
+
+impl Room for Reading<'_> {
+    fn room(&mut self) -> &mut [u8] {
+        self.input.spare()
+    }
+
+    /// Idle connections are the many, and they should cost little (the
+    /// buffers grow again with the next burst).
+    fn before_wait(&mut self) {
+        if self.idle {
+            self.input.shrink();
+            if self.out.capacity() > IDLE_OUTPUT {
+                self.out.shrink_to(IDLE_OUTPUT);
+            }
         }
-        if !shrunk {
-            shrunk = true;
-            shrink_idle(input, out);
-        }
-        interest.readable(Some(deadline)).await?;
     }
 }
 
-/// Give back what a burst made an idle connection's buffers grow to: idle
-/// connections are the many, and they should cost little (the buffers grow
-/// again with the next burst).
-fn shrink_idle(input: &mut InputBuffer, out: &mut Vec<u8>) {
-    input.shrink();
-    if out.capacity() > IDLE_OUTPUT {
-        out.shrink_to(IDLE_OUTPUT);
-    }
+/// What the connection does after a job.
+enum Keep {
+    /// Take the next request.
+    Open,
+    /// Close now.
+    Close,
+    /// Close with a lingering close: the client may still be sending.
+    Linger,
 }
 
-/// Read what has arrived, waiting until `deadline` at most for something to,
-/// on a shard without a readiness ring.
-///
-/// The socket is read directly first, and again after the shard's other
-/// tasks ran, within the shard's budget (`recheck`); only a connection still
-/// silent then arms glommio's poll and timer. An idle connection pays a few
-/// non-blocking recv calls per wait.
-///
-/// A connection that does wait between requests first gives back what a
-/// burst made its buffers grow to (`shrink_idle`).
-async fn read_some(
-    stream: &mut TcpStream,
-    input: &mut InputBuffer,
+/// Serve a deferred file, count it and log it.
+async fn serve_file(
+    shard: &Shard,
+    client: &mut Socket,
+    p: Pending<Job>,
     out: &mut Vec<u8>,
-    idle: bool,
-    deadline: Instant,
-) -> std::io::Result<usize> {
-    let fd = stream.as_raw_fd();
-    let direct = recheck::direct(|| {
-        let buf = input.spare();
-        // SAFETY: recv(2) into `buf`, which is valid for `buf.len()` bytes;
-        // MSG_DONTWAIT keeps it from blocking the shard.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+    log: Option<&ConnLog>,
+    arrived: Instant,
+) -> Keep {
+    let Job::File(job) = p.job else {
+        return Keep::Close;
+    };
+    let Some(stream) = client.tcp() else {
+        return Keep::Close;
+    };
+    let rc = ReplyContext {
+        persistence: p.persistence,
+        head_only: p.head_only,
+        date: shard.date(),
+    };
+    // Boxed, so that the connection future (what every idle connection
+    // keeps) is not as large as a file transfer.
+    let result = Box::pin(static_files::serve(job, rc, out, stream)).await;
+    let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
+    if let (Some(l), Some(req)) = (log, &p.log) {
+        l.record(req.entry(None, status, bytes));
+    }
+    // From the bytes' arrival, like every other request.
+    shard
+        .metrics()
+        .record_latency(arrived.elapsed().as_micros() as u64, 1);
+    shard.count(|s| {
+        s.count_status(status);
+        s.bytes_out += total;
     });
-    if let Some(read) = direct.await {
-        return read;
+    match (result.is_ok(), p.persistence) {
+        (false, _) => Keep::Close,
+        (true, Persistence::Close) => Keep::Linger,
+        (true, _) => Keep::Open,
     }
-    if idle {
-        shrink_idle(input, out);
+}
+
+/// What a proxied exchange needs from its connection besides the buffers.
+struct Proxied<'a> {
+    shard: &'a Shard,
+    site: &'a Site,
+    remote: Option<IpAddr>,
+    log: Option<&'a ConnLog>,
+    arrived: Instant,
+}
+
+/// Run a proxied exchange (`proxy::serve`), count it and log it.
+async fn forward(
+    cx: Proxied<'_>,
+    client: &mut Socket,
+    p: Pending<Job>,
+    input: &mut InputBuffer,
+    out: &mut Vec<u8>,
+) -> Keep {
+    let Job::Proxy(job) = p.job else {
+        return Keep::Close;
+    };
+    let limits = &cx.site.limits;
+    let ex = proxy::Exchange {
+        persistence: p.persistence,
+        body: p.body,
+        date: cx.shard.date(),
+        body_timeout: limits.body_timeout,
+        send_timeout: limits.send_timeout,
+        max_head: cx.site.session_limits.head.max_header_bytes,
+    };
+    let remote = cx.remote.or_else(|| {
+        let peer = client.tcp().and_then(|s| s.peer_addr().ok());
+        peer.map(|a| a.ip())
+    });
+    let c = proxy::Client {
+        socket: client,
+        input,
+        out,
+        remote,
+    };
+    // Boxed, as a file transfer is.
+    let served = Box::pin(proxy::serve(
+        *job,
+        c,
+        ex,
+        cx.shard.upstreams(),
+        cx.shard.readiness(),
+    ))
+    .await;
+    if let (Some(l), Some(req)) = (cx.log, &p.log) {
+        let mut entry = req.entry(None, served.status, served.body_bytes);
+        entry.upstream = served
+            .upstream
+            .as_ref()
+            .map(|(s, status, time)| UpstreamLog {
+                addr: &s.label,
+                status: *status,
+                time: *time,
+            });
+        l.record(entry);
     }
-    // Measured now: stepping aside took time.
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    if timeout.is_zero() {
-        return Err(std::io::ErrorKind::TimedOut.into());
+    cx.shard
+        .metrics()
+        .record_latency(cx.arrived.elapsed().as_micros() as u64, 1);
+    cx.shard.count(|s| {
+        if served.status != 499 {
+            s.count_status(served.status);
+        }
+        s.bytes_out += served.bytes_out;
+        s.bytes_in += served.bytes_in;
+    });
+    match (served.keep_alive, served.linger) {
+        (true, _) => Keep::Open,
+        (false, true) => Keep::Linger,
+        (false, false) => Keep::Close,
     }
-    let _ = stream.set_read_timeout(Some(timeout));
-    recheck::wait(stream.read(input.spare())).await
 }
 
 /// Write the committed part of `out` and drop it from the buffer; returns
 /// the bytes written.
 async fn flush(
-    stream: &mut TcpStream,
+    client: &mut Socket,
     out: &mut Vec<u8>,
     session: &mut Session<Job>,
+    limits: &crate::config::Limits,
 ) -> std::io::Result<u64> {
     let n = session.committed();
     if n == 0 {
         return Ok(0);
     }
-    stream.write_all(&out[..n]).await?;
+    client.write_all(&out[..n], limits.send_timeout).await?;
     out.drain(..n);
     session.written(n);
     Ok(n as u64)
@@ -335,23 +409,11 @@ async fn flush(
 
 /// Half-close, then read and discard until the client closes too, for at most
 /// `LINGER_TIME` and `LINGER_BYTES`.
-async fn linger_close(stream: &mut TcpStream, input: &mut InputBuffer) {
-    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut discarded = 0;
+async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
     input.consume(input.data().len());
-    while discarded < LINGER_BYTES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(input.spare()).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => discarded += n,
-        }
-    }
+    client
+        .linger_close(input.spare(), LINGER_TIME, LINGER_BYTES)
+        .await;
 }
 
 /// Removes the connection from the shard's registry however the task ends.

@@ -482,6 +482,12 @@ impl Interest {
         std::mem::take(&mut self.maybe_more) | announced
     }
 
+    /// Whether the descriptor may hold data no completion will announce
+    /// (it is new, or the last read filled its buffer); clears nothing.
+    pub fn may_hold_more(&self) -> bool {
+        self.maybe_more
+    }
+
     /// Run the non-blocking operation `op` on the registered descriptor if
     /// it is worth a look; None when there is nothing there: then wait with
     /// [`Interest::readable`] and try again. `left_more` says of a result

@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use crate::config::{HandlerConfig, RouteConfig};
+use crate::handlers::proxy::{Proxy, ProxyRoute};
 use crate::handlers::static_files::StaticSite;
 use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect};
 use crate::http::parse::{Method, Request};
@@ -15,6 +16,7 @@ enum Action {
     Respond(FixedResponse),
     Redirect(Redirect),
     Static(StaticSite),
+    Proxy(Proxy),
 }
 
 impl Action {
@@ -23,6 +25,7 @@ impl Action {
             Action::Respond(h) => h,
             Action::Redirect(h) => h,
             Action::Static(h) => h,
+            Action::Proxy(h) => h,
         }
     }
 
@@ -106,12 +109,10 @@ impl Router {
                     HandlerConfig::Static(s) => {
                         Action::Static(StaticSite::new(c.path.clone(), Rc::new(s.clone())))
                     }
-                    // Replaced by the proxy handler in the next commit.
-                    HandlerConfig::Proxy(_) => Action::Respond(FixedResponse {
-                        status: Status::BAD_GATEWAY,
-                        content_type: "text/plain".into(),
-                        body: b"Bad Gateway\n".to_vec(),
-                    }),
+                    HandlerConfig::Proxy(p) => Action::Proxy(Proxy(Rc::new(ProxyRoute {
+                        config: Rc::new(p.clone()),
+                        prefix: c.path.clone(),
+                    }))),
                 },
             })
             .collect();

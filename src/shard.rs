@@ -17,7 +17,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, LogConfig, RouteConfig};
+use crate::config::{Limits, LogConfig, RouteConfig, UpstreamConfig};
 use crate::conn;
 use crate::handoff;
 use crate::http::date::DateCache;
@@ -57,6 +57,8 @@ pub struct Reload {
     pub limits: Limits,
     /// Routes.
     pub routes: Vec<RouteConfig>,
+    /// Upstream groups.
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 /// Messages from a shard to the master.
@@ -108,6 +110,8 @@ pub struct ShardSpec {
     pub limits: Limits,
     /// Routes (the shard builds its own router from them).
     pub routes: Vec<RouteConfig>,
+    /// Upstream groups (the shard keeps its own connections to them).
+    pub upstreams: Vec<UpstreamConfig>,
     /// Access logging.
     pub log: LogConfig,
     /// The access-log file, opened by the master for this shard.
@@ -168,9 +172,20 @@ async fn run(spec: ShardSpec) {
         spec.cpu,
         spec.limits,
         &spec.routes,
+        &spec.upstreams,
         logger,
         readiness,
     ));
+    // Idle upstream connections past their timeout, or closed by their
+    // server, are let go once a second.
+    let sweep_shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            sweep_shard.upstreams().sweep(std::time::Instant::now());
+        }
+    })
+    .detach();
     if let Some(log) = shard.access_log() {
         glommio::spawn_local(async move {
             loop {
@@ -233,6 +248,7 @@ async fn run(spec: ShardSpec) {
                 // Building a router canonicalizes static roots: a few stat
                 // calls, once per reload, not per request.
                 shard.set_site(r.limits, &r.routes);
+                shard.upstreams().update(&r.upstreams);
                 let _ = events.send(ShardEvent::Reloaded { id, seq }).await;
             }
             Some(Control::Snapshot) => {
@@ -264,6 +280,7 @@ async fn run(spec: ShardSpec) {
         intake.clear();
     }
     shard.shut_connections(false);
+    shard.upstreams().close_idle();
 
     // One close future for the whole drain: dropping it after the deadline
     // would leave the gate closing with nobody to tell, and the last task to

@@ -11,11 +11,12 @@ use glommio::net::TcpStream;
 use slab::Slab;
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, RouteConfig};
+use crate::config::{Limits, RouteConfig, UpstreamConfig};
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::parse::HeadLimits;
 use crate::http::session::SessionLimits;
 use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
+use crate::proxy::Upstreams;
 use crate::readiness::Readiness;
 use crate::router::Router;
 
@@ -64,6 +65,9 @@ pub struct Shard {
     /// The shard's own ring that tells connections when to read; None when
     /// the kernel cannot set one up (they then wait through glommio).
     readiness: Option<Rc<Readiness>>,
+    /// Upstream groups with this shard's connections to them. Outlives a
+    /// reload (`Upstreams::update`), unlike the `Site`.
+    upstreams: Upstreams,
 }
 
 impl Shard {
@@ -72,6 +76,7 @@ impl Shard {
         cpu: usize,
         limits: Limits,
         routes: &[RouteConfig],
+        upstreams: &[UpstreamConfig],
         log: Option<AccessLogger>,
         readiness: Option<Rc<Readiness>>,
     ) -> Shard {
@@ -85,6 +90,7 @@ impl Shard {
             cpu,
             metrics: ShardMetrics::default(),
             readiness,
+            upstreams: Upstreams::new(upstreams),
         }
     }
 
@@ -116,7 +122,14 @@ impl Shard {
     /// The shard's metrics as a message for the master.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let active = self.conns.borrow().len() as u64;
-        self.metrics.snapshot(self.id, self.cpu, active)
+        let mut snap = self.metrics.snapshot(self.id, self.cpu, active);
+        snap.upstreams = self.upstreams.samples();
+        snap
+    }
+
+    /// The upstream groups, with this shard's pools.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// The current `Date` value.

@@ -1,10 +1,12 @@
 //! What answers a request once its head is valid. One file per kind of handler.
 //!
 //! Handlers run on a shard, synchronously, between reads: they must not block.
-//! A handler that needs I/O (static files) answers with a job that the
-//! connection runs asynchronously before it takes the next request.
+//! A handler that needs I/O answers with a job that the connection runs
+//! asynchronously before it takes the next request: a file (`Deferred`), or
+//! a proxied exchange that also reads the request body (`Takeover`).
 
 mod fixed;
+pub mod proxy;
 mod redirect;
 pub mod static_files;
 
@@ -13,8 +15,15 @@ pub use redirect::Redirect;
 
 pub use crate::http::handler::Handler;
 
-/// What a handler here may defer to the connection: a file to serve.
-pub type Job = Box<static_files::FileJob>;
+/// What a handler here may leave to the connection: a file to serve, or a
+/// request to forward upstream.
+#[derive(Debug)]
+pub enum Job {
+    /// `Outcome::Deferred`: a static file.
+    File(Box<static_files::FileJob>),
+    /// `Outcome::Takeover`: a proxied exchange.
+    Proxy(Box<proxy::ProxyJob>),
+}
 
 /// How a handler here answered.
 pub type Outcome = crate::http::handler::Outcome<Job>;

@@ -63,6 +63,17 @@ pub struct Progress {
     pub done: bool,
 }
 
+/// What one call to `next_payload` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Input bytes that belonged to the body and may be dropped.
+    pub consumed: usize,
+    /// Where the payload run is in the input (empty when there was none).
+    pub payload: std::ops::Range<usize>,
+    /// The body ended within the input.
+    pub done: bool,
+}
+
 impl BodyDecoder {
     /// A decoder for a body with this framing, or `None` for no body.
     pub fn new(framing: BodyFraming, max_body: u64, max_trailer: usize) -> Option<Self> {
@@ -138,6 +149,50 @@ impl BodyDecoder {
         Ok(Progress {
             consumed: pos,
             payload,
+            done: self.state == State::Done,
+        })
+    }
+
+    /// Decode up to the end of the first run of payload in `input`: the
+    /// framing before it is consumed, and `payload` says where the run is
+    /// within `input`. A proxy forwards each run as it comes, re-framed, so
+    /// nothing of the sender's framing (chunk extensions, trailers) goes on.
+    pub fn next_payload(&mut self, input: &[u8]) -> Result<Piece, ParseError> {
+        let mut pos = 0;
+        if self.state == State::Length(0) {
+            self.state = State::Done;
+        }
+        while pos < input.len() && self.state != State::Done {
+            match self.state {
+                State::Length(left) | State::Data(left) => {
+                    let start = pos;
+                    let take = left.min((input.len() - pos) as u64);
+                    pos += take as usize;
+                    let chunked = matches!(self.state, State::Data(_));
+                    self.state = match (chunked, take == left) {
+                        (false, true) => State::Done,
+                        (false, false) => State::Length(left - take),
+                        (true, true) => State::DataCr,
+                        (true, false) => State::Data(left - take),
+                    };
+                    if chunked {
+                        self.total += take;
+                    }
+                    return Ok(Piece {
+                        consumed: pos,
+                        payload: start..pos,
+                        done: self.state == State::Done,
+                    });
+                }
+                _ => {
+                    self.step(input[pos])?;
+                    pos += 1;
+                }
+            }
+        }
+        Ok(Piece {
+            consumed: pos,
+            payload: pos..pos,
             done: self.state == State::Done,
         })
     }
@@ -287,6 +342,47 @@ fn is_field_byte(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every payload run `next_payload` finds in `input` fed in `step`-byte
+    /// reads, joined.
+    fn payload_of(mut d: BodyDecoder, input: &[u8], step: usize) -> (Vec<u8>, bool) {
+        let (mut got, mut buf, mut rest) = (Vec::new(), Vec::new(), input);
+        loop {
+            let take = step.min(rest.len());
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            loop {
+                let p = d.next_payload(&buf).unwrap();
+                got.extend_from_slice(&buf[p.payload.clone()]);
+                buf.drain(..p.consumed);
+                if p.done {
+                    return (got, true);
+                }
+                if p.consumed == 0 || buf.is_empty() {
+                    break;
+                }
+            }
+            if rest.is_empty() {
+                return (got, false);
+            }
+        }
+    }
+
+    #[test]
+    fn payload_runs_come_out_without_their_framing() {
+        let body = b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for step in [1, 2, 5, body.len()] {
+            let (got, done) = payload_of(chunked(), body, step);
+            assert_eq!((got.as_slice(), done), (&b"abcde"[..], true), "step {step}");
+        }
+        let d = BodyDecoder::new(BodyFraming::Length(4), 100, 100).unwrap();
+        assert_eq!(payload_of(d, b"wxyzNEXT", 3), (b"wxyz".to_vec(), true));
+        let mut empty = BodyDecoder::new(BodyFraming::Length(0), 100, 100).unwrap();
+        assert!(empty.next_payload(b"").unwrap().done);
+        let too_big = BodyDecoder::new(BodyFraming::Chunked, 2, 100).unwrap();
+        let mut d = too_big;
+        assert_eq!(d.next_payload(b"3\r\nabc"), Err(ParseError::BodyTooLarge));
+    }
 
     fn chunked() -> BodyDecoder {
         BodyDecoder::new(BodyFraming::Chunked, 1 << 20, 1024).unwrap()

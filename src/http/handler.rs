@@ -12,13 +12,19 @@ pub enum Outcome<J> {
     /// The response is written.
     Done,
     /// Work for the connection to do before the next request (a file to
-    /// serve); nothing was written yet.
+    /// serve); nothing was written yet. The session reads and drops the
+    /// request body first.
     Deferred(J),
+    /// The job takes the rest of the exchange over: it reads the request
+    /// body itself (the session hands over its decoder) and writes the
+    /// whole response (a proxy streams both). Nothing was written yet.
+    Takeover(J),
 }
 
 /// Answers requests. Implementations are per shard (`!Sync` is fine), run
 /// synchronously between reads (they must not block), and either write
-/// exactly one response through the writer or return deferred work.
+/// exactly one response through the writer or return work for the
+/// connection to run asynchronously (`Deferred`, `Takeover`).
 pub trait Handler {
     /// The work a handler may defer to the connection.
     type Job;

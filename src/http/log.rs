@@ -3,6 +3,7 @@
 //! and writes it. Kept here so the protocol layer depends on nothing above it.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::parse::{Request, Version};
 
@@ -21,6 +22,20 @@ pub struct Entry<'a> {
     pub referer: Option<&'a [u8]>,
     /// User-Agent header.
     pub user_agent: Option<&'a [u8]>,
+    /// For a proxied request: the upstream that answered (or failed).
+    pub upstream: Option<UpstreamLog<'a>>,
+}
+
+/// What the access log says of a proxied request's upstream side (nginx's
+/// `$upstream_addr`, `$upstream_status`, `$upstream_response_time`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLog<'a> {
+    /// The last server tried.
+    pub addr: &'a str,
+    /// Its response's status; 0 when none came (refused, reset, timeout).
+    pub status: u16,
+    /// From the first attempt to the response read whole (or the failure).
+    pub time: Duration,
 }
 
 impl<'a> Entry<'a> {
@@ -33,6 +48,7 @@ impl<'a> Entry<'a> {
             bytes,
             referer: req.header("referer"),
             user_agent: req.header("user-agent"),
+            upstream: None,
         }
     }
 }
@@ -68,6 +84,7 @@ impl OwnedRequest {
             bytes,
             referer: self.referer.as_deref(),
             user_agent: self.user_agent.as_deref(),
+            upstream: None,
         }
     }
 }

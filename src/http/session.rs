@@ -67,8 +67,9 @@ pub enum Next {
     Read(Wait),
     /// The output is large: write it, then call `process` again before reading.
     Write,
-    /// A handler deferred its response (a file): take it with
-    /// `take_pending`, serve it, then call `process` again.
+    /// A handler deferred its response (a file) or took the exchange over
+    /// (a proxy): take it with `take_pending`, run it, then call `process`
+    /// again if the connection is still usable.
     Serve,
     /// Close the connection. With `linger`, the client may still be sending
     /// (an error cut its request short, or pipelined requests were left
@@ -133,6 +134,13 @@ pub struct Pending<J> {
     pub head_only: bool,
     /// The request's log fields, when access logging is on.
     pub log: Option<OwnedRequest>,
+    /// `Outcome::Takeover`: the job reads the request body and writes the
+    /// whole response; with `Deferred` the body was read and dropped.
+    pub takeover: bool,
+    /// For a takeover, the request body still to be read from the input,
+    /// if there is one. The connection continues after the job only if the
+    /// job read it to its end.
+    pub body: Option<BodyDecoder>,
 }
 
 impl<J> Default for Session<J> {
@@ -379,6 +387,24 @@ impl<J> Session<J> {
                     persistence,
                     head_only,
                     log: cx.log.map(|_| OwnedRequest::new(&req)),
+                    takeover: false,
+                    body: None,
+                });
+            }
+            Outcome::Takeover(job) => {
+                self.pending = Some(Pending {
+                    job,
+                    persistence,
+                    head_only,
+                    log: cx.log.map(|_| OwnedRequest::new(&req)),
+                    takeover: true,
+                    body,
+                });
+                // The job reads the body: the request is complete for the
+                // session, which commits what came before and hands over.
+                return Ok(HeadOutcome {
+                    body: None,
+                    keep_alive,
                 });
             }
             Outcome::Done => {
@@ -409,6 +435,7 @@ impl<J> Session<J> {
                 bytes,
                 referer: None,
                 user_agent: None,
+                upstream: None,
             });
         }
         self.committed = out.len();

@@ -107,6 +107,7 @@ impl Launcher {
             events: ev_tx,
             limits: config.limits,
             routes: config.routes.clone(),
+            upstreams: config.upstreams.clone(),
             log: config.log.clone(),
             log_file,
             drain_timeout: config.drain_timeout,

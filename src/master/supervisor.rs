@@ -438,11 +438,13 @@ impl Supervisor {
         let update = shard::Reload {
             limits: new.limits,
             routes: new.routes.clone(),
+            upstreams: new.upstreams.clone(),
         };
         let seq = self.reloads.next_seq();
         let reached = self.broadcast(|| Control::Reload(Box::new(update.clone()), seq));
         self.config.limits = new.limits;
         self.config.routes = new.routes;
+        self.config.upstreams = new.upstreams;
         if self.reloads.sent(reached).1 {
             self.ready();
         }

@@ -140,7 +140,7 @@ impl Handler for StaticSite {
         } else {
             Vec::new()
         };
-        Outcome::Deferred(Box::new(FileJob {
+        Outcome::Deferred(Job::File(Box::new(FileJob {
             state: s.clone(),
             rel,
             request_path: req.path.to_string(),
@@ -152,7 +152,7 @@ impl Handler for StaticSite {
                 range: text("range"),
                 if_range: text("if-range"),
             },
-        }))
+        })))
     }
 }
 

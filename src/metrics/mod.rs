@@ -4,6 +4,10 @@
 //! and sends a `Snapshot` when the master asks; the master merges snapshots
 //! and renders them. Nothing here is shared between shards.
 
+mod upstream;
+
+pub use upstream::{empty_sample, merge_upstreams, UpstreamSample, UpstreamStats};
+
 use std::cell::RefCell;
 use std::fmt::Write;
 
@@ -91,7 +95,8 @@ impl Default for ShardMetrics {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// A latency histogram, microseconds, 1 µs to `MAX_LATENCY_US`.
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
@@ -110,6 +115,7 @@ impl ShardMetrics {
             active,
             stats: self.stats.borrow().clone(),
             latency: self.latency.borrow().clone(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -127,6 +133,8 @@ pub struct Snapshot {
     pub stats: ShardStats,
     /// Service-time histogram, microseconds.
     pub latency: Histogram<u64>,
+    /// The reverse proxy's figures per upstream server.
+    pub upstreams: Vec<UpstreamSample>,
 }
 
 impl Snapshot {
@@ -135,6 +143,7 @@ impl Snapshot {
         self.stats.add(&o.stats);
         let _ = self.latency.add(&o.latency);
         self.active += o.active;
+        merge_upstreams(&mut self.upstreams, &o.upstreams, false);
     }
 }
 
@@ -320,6 +329,11 @@ pub fn render(snaps: &[Snapshot]) -> String {
             }
         },
     );
+    let upstreams: Vec<UpstreamSample> = snaps
+        .iter()
+        .flat_map(|s| s.upstreams.iter().cloned())
+        .collect();
+    upstream::render_upstreams(&mut out, &upstreams);
     out
 }
 

@@ -1,0 +1,117 @@
+//! `handler = "proxy"`: the synchronous half of the reverse proxy. It copies
+//! the request head out of the input buffer and hands the exchange over to
+//! the connection (`Outcome::Takeover`), which runs `proxy::serve` with the
+//! shard's upstream pools: that half streams the body up, the response
+//! down, and lives above the handlers (it needs the shard's I/O).
+
+use std::rc::Rc;
+
+use super::{Handler, Job, Outcome};
+use crate::config::ProxyConfig;
+use crate::http::head::RequestHead;
+use crate::http::parse::Request;
+use crate::http::response::ResponseWriter;
+
+/// A proxy route as a shard's router holds it.
+#[derive(Debug)]
+pub struct ProxyRoute {
+    /// The route's settings.
+    pub config: Rc<ProxyConfig>,
+    /// The route's path prefix (for `strip-prefix`).
+    pub prefix: String,
+}
+
+/// One request to forward: what the connection needs to run it.
+#[derive(Debug)]
+pub struct ProxyJob {
+    /// The request head, owned: it lives across the awaits of the exchange.
+    pub head: RequestHead,
+    /// The route it came through.
+    pub route: Rc<ProxyRoute>,
+}
+
+impl ProxyRoute {
+    /// The request target to send upstream: as the client sent it (an
+    /// absolute-form target becomes origin-form), or with `strip-prefix`
+    /// the canonical path below the route's prefix, as nginx's `proxy_pass
+    /// http://app/;` does.
+    pub fn upstream_target(&self, head: &RequestHead) -> String {
+        let query = head.query().map_or(0, |q| q.len() + 1);
+        let path = if self.config.strip_prefix {
+            let prefix = self.prefix.trim_end_matches('/');
+            let below = head.path().strip_prefix(prefix).unwrap_or(head.path());
+            if below.starts_with('/') {
+                below
+            } else {
+                // `/api` itself, under route `/api` or `/api/`.
+                "/"
+            }
+        } else if head.target().starts_with('/') {
+            return head.target().to_string();
+        } else {
+            head.path()
+        };
+        let mut target = String::with_capacity(path.len() + query);
+        target.push_str(path);
+        if let Some(q) = head.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        target
+    }
+}
+
+/// The handler in a route: shares its `ProxyRoute` with the jobs it makes.
+#[derive(Debug)]
+pub struct Proxy(pub Rc<ProxyRoute>);
+
+impl Handler for Proxy {
+    type Job = Job;
+
+    fn handle(&self, req: &Request<'_>, _res: ResponseWriter<'_>) -> Outcome {
+        Outcome::Takeover(Job::Proxy(Box::new(ProxyJob {
+            head: RequestHead::new(req),
+            route: self.0.clone(),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::MaybeUninit;
+
+    fn head(raw: &str) -> RequestHead {
+        let mut fields = [const { MaybeUninit::uninit() }; 16];
+        let limits = crate::http::parse::HeadLimits {
+            max_header_bytes: 4096,
+            max_uri_bytes: 1024,
+            max_headers: 16,
+        };
+        let req = crate::http::parse::parse(raw.as_bytes(), &mut fields, &limits).unwrap();
+        RequestHead::new(&req)
+    }
+
+    fn route(prefix: &str, strip: bool) -> ProxyRoute {
+        let mut config = ProxyConfig::new("app");
+        config.strip_prefix = strip;
+        ProxyRoute {
+            config: Rc::new(config),
+            prefix: prefix.into(),
+        }
+    }
+
+    #[test]
+    fn targets_go_up_as_sent_or_below_the_prefix() {
+        let h = head("GET /api/users?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(route("/api/", false).upstream_target(&h), "/api/users?x=1");
+        assert_eq!(route("/api/", true).upstream_target(&h), "/users?x=1");
+        assert_eq!(route("/api", true).upstream_target(&h), "/users?x=1");
+        let bare = head("GET /api HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(route("/api", true).upstream_target(&bare), "/");
+        let absolute = head("GET http://a/x/y?q HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(route("/", false).upstream_target(&absolute), "/x/y?q");
+        let odd = head("GET /%61pi/%2e/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(route("/", false).upstream_target(&odd), "/%61pi/%2e/x");
+    }
+}

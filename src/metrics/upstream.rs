@@ -1,0 +1,220 @@
+//! The reverse proxy's counters per upstream server, and their Prometheus
+//! series. Each shard counts its own attempts; the master merges samples of
+//! the same group and server over shards (and over a restarted shard's
+//! incarnations) when it renders.
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+use super::{new_histogram, seconds, QUANTILES};
+
+/// Counters for one upstream server on one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamStats {
+    /// Requests sent to it (each attempt counts).
+    pub requests: u64,
+    /// Attempts that failed: no connection, a reset, a timeout, a bad or
+    /// truncated response.
+    pub failures: u64,
+    /// Requests sent on to the next server after a failure here.
+    pub retries: u64,
+    /// Responses, by status class (1xx..5xx).
+    pub status: [u64; 5],
+}
+
+impl UpstreamStats {
+    fn add(&mut self, o: &UpstreamStats) {
+        self.requests += o.requests;
+        self.failures += o.failures;
+        self.retries += o.retries;
+        for (a, b) in self.status.iter_mut().zip(o.status) {
+            *a += b;
+        }
+    }
+
+    /// Count a response with this status.
+    pub fn count_status(&mut self, code: u16) {
+        if let Some(c) = self.status.get_mut(usize::from(code / 100).wrapping_sub(1)) {
+            *c += 1;
+        }
+    }
+}
+
+/// One server's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct UpstreamSample {
+    /// The group's name.
+    pub upstream: String,
+    /// The server's address.
+    pub server: String,
+    /// Counters.
+    pub stats: UpstreamStats,
+    /// Idle pooled connections now.
+    pub idle: u64,
+    /// Requests in flight now.
+    pub busy: u64,
+    /// Response times (request sent → response read whole), microseconds.
+    pub latency: Histogram<u64>,
+}
+
+/// Add `from` into `into`, matching group and server. With `gauges`, the
+/// current idle and busy counts add up too (samples of live shards); a
+/// dead incarnation's do not.
+pub fn merge_upstreams(into: &mut Vec<UpstreamSample>, from: &[UpstreamSample], gauges: bool) {
+    for s in from {
+        match into
+            .iter_mut()
+            .find(|m| m.upstream == s.upstream && m.server == s.server)
+        {
+            Some(m) => {
+                m.stats.add(&s.stats);
+                let _ = m.latency.add(&s.latency);
+                if gauges {
+                    m.idle += s.idle;
+                    m.busy += s.busy;
+                }
+            }
+            None => {
+                let mut s = s.clone();
+                if !gauges {
+                    (s.idle, s.busy) = (0, 0);
+                }
+                into.push(s);
+            }
+        }
+    }
+}
+
+/// Append the upstream series, merged over shards.
+pub(super) fn render_upstreams(out: &mut String, samples: &[UpstreamSample]) {
+    if samples.is_empty() {
+        return;
+    }
+    let mut merged = Vec::new();
+    merge_upstreams(&mut merged, samples, true);
+    let label = |s: &UpstreamSample| format!("upstream=\"{}\",server=\"{}\"", s.upstream, s.server);
+    type Get = fn(&UpstreamSample) -> u64;
+    let counters: [(&str, &str, &str, Get); 5] = [
+        (
+            "coreserve_upstream_requests_total",
+            "counter",
+            "Requests sent to each upstream server (every attempt).",
+            |s| s.stats.requests,
+        ),
+        (
+            "coreserve_upstream_failures_total",
+            "counter",
+            "Failed attempts: refused, reset, timed out, bad or truncated response.",
+            |s| s.stats.failures,
+        ),
+        (
+            "coreserve_upstream_retries_total",
+            "counter",
+            "Requests passed on to the next server after a failure at this one.",
+            |s| s.stats.retries,
+        ),
+        (
+            "coreserve_upstream_idle_connections",
+            "gauge",
+            "Idle pooled connections to each server, over all shards.",
+            |s| s.idle,
+        ),
+        (
+            "coreserve_upstream_busy_connections",
+            "gauge",
+            "Requests in flight to each server, over all shards.",
+            |s| s.busy,
+        ),
+    ];
+    for (name, kind, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &merged {
+            let _ = writeln!(out, "{name}{{{}}} {}", label(s), get(s));
+        }
+    }
+    let name = "coreserve_upstream_responses_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Upstream responses, by status class.\n# TYPE {name} counter"
+    );
+    for s in &merged {
+        for (i, n) in s.stats.status.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{{},class=\"{}xx\"}} {n}", label(s), i + 1);
+        }
+    }
+    let name = "coreserve_upstream_response_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Upstream response time, request sent to response read whole.\n# TYPE {name} summary"
+    );
+    for s in &merged {
+        let h = &s.latency;
+        for q in QUANTILES {
+            let v = if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{{},quantile=\"{q}\"}} {}",
+                label(s),
+                seconds(v)
+            );
+        }
+        let sum: f64 = h
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+            .sum();
+        let _ = writeln!(out, "{name}_sum{{{}}} {}", label(s), sum / 1e6);
+        let _ = writeln!(out, "{name}_count{{{}}} {}", label(s), h.len());
+    }
+}
+
+/// An empty sample for a server (tests).
+pub fn empty_sample(upstream: &str, server: &str) -> UpstreamSample {
+    UpstreamSample {
+        upstream: upstream.into(),
+        server: server.into(),
+        stats: UpstreamStats::default(),
+        idle: 0,
+        busy: 0,
+        latency: new_histogram(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_of_the_same_server_add_up_over_shards() {
+        let mut a = empty_sample("app", "127.0.0.1:1");
+        a.stats.requests = 2;
+        a.idle = 3;
+        let mut b = a.clone();
+        b.stats.failures = 1;
+        let c = empty_sample("app", "127.0.0.1:2");
+        let mut out = String::new();
+        render_upstreams(&mut out, &[a, b, c]);
+        let l = "upstream=\"app\",server=\"127.0.0.1:1\"";
+        assert!(
+            out.contains(&format!("coreserve_upstream_requests_total{{{l}}} 4\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("coreserve_upstream_failures_total{{{l}}} 1\n")));
+        assert!(out.contains(&format!("coreserve_upstream_idle_connections{{{l}}} 6\n")));
+        assert!(out.contains("server=\"127.0.0.1:2\"} 0\n"));
+    }
+
+    #[test]
+    fn a_dead_incarnation_adds_counters_but_not_gauges() {
+        let mut live = vec![empty_sample("app", "s")];
+        let mut dead = empty_sample("app", "s");
+        dead.stats.requests = 7;
+        dead.busy = 4;
+        merge_upstreams(&mut live, &[dead], false);
+        assert_eq!((live[0].stats.requests, live[0].busy), (7, 0));
+    }
+}

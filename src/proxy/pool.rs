@@ -1,0 +1,350 @@
+//! A shard's upstream groups: for each server, the idle connections this
+//! shard keeps to it, how many of its requests are in flight there, its
+//! passive health and its counters. Per shard, nothing shared; it outlives
+//! a reload (`Upstreams::update` keeps what a server had when the new
+//! configuration still lists it).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::config::{Balance, ServerAddr, UpstreamConfig};
+use crate::metrics::{new_histogram, UpstreamSample, UpstreamStats, MAX_LATENCY_US};
+use crate::readiness::Readiness;
+use crate::transport::{Socket, Stream};
+
+/// Every upstream group of a shard, by name.
+#[derive(Default)]
+pub struct Upstreams {
+    groups: RefCell<HashMap<String, Rc<Group>>>,
+}
+
+/// One group as a shard sees it.
+pub struct Group {
+    /// Its settings.
+    pub config: UpstreamConfig,
+    /// Its servers, in configuration order.
+    pub servers: Vec<Rc<Server>>,
+    /// Where round-robin goes next.
+    next: Cell<usize>,
+}
+
+/// One server of a group, on one shard.
+pub struct Server {
+    /// Where it listens.
+    pub addr: ServerAddr,
+    /// Its address as logs and metrics show it.
+    pub label: String,
+    /// Idle connections, oldest first.
+    idle: RefCell<VecDeque<Idle>>,
+    /// Requests of this shard in flight to it.
+    busy: Cell<u32>,
+    /// Failures counted in the current window.
+    fails: Cell<u32>,
+    /// When the current failure window began.
+    failed_at: Cell<Option<Instant>>,
+    /// Skipped until then after `max-fails` failures.
+    down_until: Cell<Option<Instant>>,
+    /// Counters for the metrics.
+    stats: RefCell<UpstreamStats>,
+    /// Upstream response times, microseconds.
+    latency: RefCell<Histogram<u64>>,
+}
+
+struct Idle {
+    socket: Socket,
+    since: Instant,
+}
+
+impl Upstreams {
+    /// A shard's groups for these settings.
+    pub fn new(configs: &[UpstreamConfig]) -> Upstreams {
+        let u = Upstreams::default();
+        u.update(configs);
+        u
+    }
+
+    /// Take new settings (a reload). A server still listed in a group of the
+    /// same name keeps its idle connections, health and counters; requests
+    /// in flight keep the `Rc` of what they started with.
+    pub fn update(&self, configs: &[UpstreamConfig]) {
+        let mut groups = self.groups.borrow_mut();
+        let old = std::mem::take(&mut *groups);
+        for c in configs {
+            let before = old.get(&c.name);
+            let servers = c
+                .servers
+                .iter()
+                .map(|addr| {
+                    before
+                        .and_then(|g| g.servers.iter().find(|s| &s.addr == addr))
+                        .cloned()
+                        .unwrap_or_else(|| Rc::new(Server::new(addr.clone())))
+                })
+                .collect();
+            groups.insert(
+                c.name.clone(),
+                Rc::new(Group {
+                    config: c.clone(),
+                    servers,
+                    next: Cell::new(before.map_or(0, |g| g.next.get())),
+                }),
+            );
+        }
+    }
+
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<Rc<Group>> {
+        self.groups.borrow().get(name).cloned()
+    }
+
+    /// Close idle connections past their group's idle timeout, or that the
+    /// server closed (or sent something unasked) while they sat idle.
+    pub fn sweep(&self, now: Instant) {
+        for g in self.groups.borrow().values() {
+            for s in &g.servers {
+                s.idle
+                    .borrow_mut()
+                    .retain_mut(|i| i.since + g.config.idle_timeout > now && !i.socket.has_input());
+            }
+        }
+    }
+
+    /// Close every idle connection (a shutdown).
+    pub fn close_idle(&self) {
+        for g in self.groups.borrow().values() {
+            for s in &g.servers {
+                s.idle.borrow_mut().clear();
+            }
+        }
+    }
+
+    /// Counters and gauges of every server, for a metrics snapshot.
+    pub fn samples(&self) -> Vec<UpstreamSample> {
+        let groups = self.groups.borrow();
+        let mut names: Vec<&String> = groups.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            for s in &groups[name].servers {
+                out.push(UpstreamSample {
+                    upstream: name.clone(),
+                    server: s.label.clone(),
+                    stats: s.stats.borrow().clone(),
+                    idle: s.idle.borrow().len() as u64,
+                    busy: u64::from(s.busy.get()),
+                    latency: s.latency.borrow().clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Group {
+    /// The server to try next, skipping those in `tried` (indexes) and
+    /// those resting after failures; None when no server is usable.
+    pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<(usize, Rc<Server>)> {
+        let n = self.servers.len();
+        let start = self.next.get() % n.max(1);
+        let usable = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !tried.contains(i) && self.servers[*i].usable(now));
+        let chosen = match self.config.balance {
+            Balance::RoundRobin => usable.into_iter().next(),
+            // Ties go to the first in round-robin order.
+            Balance::LeastConn => usable.min_by_key(|i| self.servers[*i].busy.get()),
+        }?;
+        self.next.set(chosen + 1);
+        Some((chosen, self.servers[chosen].clone()))
+    }
+}
+
+/// A request's hold on a server: counts it busy while alive.
+pub struct Busy(Rc<Server>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+    }
+}
+
+impl Server {
+    fn new(addr: ServerAddr) -> Server {
+        Server {
+            label: addr.to_string(),
+            addr,
+            idle: RefCell::new(VecDeque::new()),
+            busy: Cell::new(0),
+            fails: Cell::new(0),
+            failed_at: Cell::new(None),
+            down_until: Cell::new(None),
+            stats: RefCell::new(UpstreamStats::default()),
+            latency: RefCell::new(new_histogram()),
+        }
+    }
+
+    fn usable(&self, now: Instant) -> bool {
+        self.down_until.get().is_none_or(|t| t <= now)
+    }
+
+    /// Count a request in flight to this server until the guard drops.
+    pub fn busy(self: &Rc<Self>) -> Busy {
+        self.busy.set(self.busy.get() + 1);
+        Busy(self.clone())
+    }
+
+    /// A pooled connection that is still good, newest first (it is the
+    /// least likely to have been closed by the server); stale ones are
+    /// closed on the way.
+    pub fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<Socket> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(mut i) = idle.pop_back() {
+            if i.since + idle_timeout > now && !i.socket.has_input() {
+                return Some(i.socket);
+            }
+        }
+        None
+    }
+
+    /// Keep a connection whose last exchange ended cleanly, for at most
+    /// `keepalive` idle ones (the oldest goes).
+    pub fn checkin(&self, socket: Socket, keepalive: usize, now: Instant) {
+        if keepalive == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        while idle.len() >= keepalive {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { socket, since: now });
+    }
+
+    /// Open a new connection, within `timeout`.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        readiness: Option<&Rc<Readiness>>,
+    ) -> io::Result<Socket> {
+        let stream = match &self.addr {
+            ServerAddr::Tcp(addr) => {
+                let s = glommio::net::TcpStream::connect_timeout(addr, timeout)
+                    .await
+                    .map_err(io::Error::from)?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+            ServerAddr::Unix(path) => Stream::connect_unix(path)?,
+        };
+        Ok(Socket::new(stream, readiness))
+    }
+
+    /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):
+    /// enough of them rest the server for `fail_timeout`.
+    pub fn failed(&self, config: &UpstreamConfig, now: Instant) {
+        self.stats.borrow_mut().failures += 1;
+        let fresh = self
+            .failed_at
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= config.fail_timeout);
+        if fresh {
+            self.fails.set(0);
+            self.failed_at.set(Some(now));
+        }
+        self.fails.set(self.fails.get() + 1);
+        if config.max_fails > 0 && self.fails.get() >= config.max_fails {
+            self.down_until.set(Some(now + config.fail_timeout));
+            // Its pooled connections are as suspect as it is.
+            self.idle.borrow_mut().clear();
+        }
+    }
+
+    /// A response came back whole: the failure count starts over.
+    pub fn succeeded(&self, took: Duration) {
+        self.fails.set(0);
+        self.down_until.set(None);
+        let us = (took.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        let _ = self.latency.borrow_mut().record(us);
+    }
+
+    /// Count on this server's counters.
+    pub fn count(&self, f: impl FnOnce(&mut UpstreamStats)) {
+        f(&mut self.stats.borrow_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(balance: Balance, n: u16) -> UpstreamConfig {
+        let servers = (1..=n)
+            .map(|p| ServerAddr::Tcp(([127, 0, 0, 1], p).into()))
+            .collect();
+        let mut c = UpstreamConfig::new("app", servers);
+        c.balance = balance;
+        c
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn_and_skips_resting_servers() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 3)]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..4).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        assert_eq!(picks, [0, 1, 2, 0]);
+        g.servers[2].failed(&g.config, now);
+        let picks: Vec<usize> = (0..3).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        assert_eq!(picks, [1, 0, 1]);
+        // Back after fail-timeout.
+        let later = now + g.config.fail_timeout;
+        assert!((0..3).any(|_| g.pick(later, &[]).unwrap().0 == 2));
+        assert_eq!(g.pick(now, &[0, 1]).map(|p| p.0), None);
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idlest_server() {
+        let u = Upstreams::new(&[group(Balance::LeastConn, 2)]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        let (first, s) = g.pick(now, &[]).unwrap();
+        let _hold = s.busy();
+        for _ in 0..3 {
+            assert_ne!(g.pick(now, &[]).unwrap().0, first);
+        }
+    }
+
+    #[test]
+    fn max_fails_counts_within_the_window() {
+        let mut c = group(Balance::RoundRobin, 1);
+        c.max_fails = 2;
+        let u = Upstreams::new(&[c]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        g.servers[0].failed(&g.config, now);
+        assert!(g.pick(now, &[]).is_some(), "one failure of two allowed");
+        // The window passed: the count starts again.
+        let later = now + g.config.fail_timeout;
+        g.servers[0].failed(&g.config, later);
+        assert!(g.pick(later, &[]).is_some());
+        g.servers[0].failed(&g.config, later);
+        assert!(g.pick(later, &[]).is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_what_a_listed_server_had() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 2)]);
+        let kept = u.group("app").unwrap().servers[1].clone();
+        kept.count(|s| s.requests += 5);
+        u.update(&[group(Balance::RoundRobin, 3)]);
+        let g = u.group("app").unwrap();
+        assert!(Rc::ptr_eq(&g.servers[1], &kept));
+        assert_eq!(g.servers.len(), 3);
+        u.update(&[]);
+        assert!(u.group("app").is_none());
+    }
+}

@@ -1,0 +1,236 @@
+//! The request head sent upstream: the client's, re-framed and without its
+//! hop-by-hop fields, with `Host` and the `X-Forwarded-*` fields set.
+//!
+//! SECURITY: nothing of the client's framing goes on. `Content-Length` and
+//! `Transfer-Encoding` are written from the body decoder's view of the
+//! request (the parser already refused ambiguous framing with 400/501), so
+//! the upstream reads exactly one message per request. `X-Forwarded-*` from
+//! a peer outside `trusted-proxies` are dropped and written anew.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use crate::config::ProxyConfig;
+use crate::http::head::RequestHead;
+use crate::http::parse::{BodyFraming, Method};
+use crate::http::upstream::{is_hop_by_hop, write_field};
+
+/// What the request head depends on besides the client's request.
+pub struct Forwarding<'a> {
+    /// The client's address.
+    pub remote: Option<IpAddr>,
+    /// The `Host` to send when the client's is not kept (or it sent none):
+    /// the server's address.
+    pub server_host: &'a str,
+    /// The `Upgrade` value, when the request is to be tunnelled.
+    pub upgrade: Option<&'a [u8]>,
+    /// Ask the upstream to close after the response (no pooling).
+    pub close: bool,
+}
+
+/// Whether the request asks to switch protocols (`Connection: upgrade` and
+/// an `Upgrade` field): its value, if so.
+pub fn upgrade_wanted(head: &RequestHead) -> Option<&[u8]> {
+    let asked = head.headers("connection").any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    head.header("upgrade").filter(|_| asked)
+}
+
+/// Append the head to send upstream for `head` with `target`.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    target: &str,
+    config: &ProxyConfig,
+    fwd: &Forwarding<'_>,
+) {
+    let trusted = fwd
+        .remote
+        .is_some_and(|ip| config.trusted_proxies.iter().any(|c| c.contains(ip)));
+    out.extend_from_slice(head.method_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let client_host = head.host().filter(|h| !h.is_empty());
+    let host = match client_host {
+        Some(h) if config.keep_host => h,
+        _ => fwd.server_host,
+    };
+    write_field(out, "Host", host.as_bytes());
+    let connection: Vec<&[u8]> = head.headers("connection").collect();
+    let mut proto_sent = false;
+    let mut host_sent = false;
+    for (name, value) in head.fields() {
+        if is_hop_by_hop(name, connection.iter().copied()) || is_reframed(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            // Written below, after the trusted values it extends.
+            continue;
+        }
+        let proto = name.eq_ignore_ascii_case("x-forwarded-proto");
+        let fhost = name.eq_ignore_ascii_case("x-forwarded-host");
+        if proto || fhost {
+            if !trusted {
+                continue;
+            }
+            proto_sent |= proto;
+            host_sent |= fhost;
+        }
+        write_field(out, name, value);
+    }
+    // X-Forwarded-For: what a trusted proxy said, then the peer itself.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    let before = out.len();
+    if trusted {
+        for v in head.headers("x-forwarded-for") {
+            let v = v.trim_ascii();
+            if !v.is_empty() {
+                if out.len() > before {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    if let Some(ip) = fwd.remote {
+        if out.len() > before {
+            out.extend_from_slice(b", ");
+        }
+        let _ = write!(out, "{ip}");
+    }
+    if out.len() == before {
+        out.extend_from_slice(b"unknown");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !proto_sent {
+        write_field(out, "X-Forwarded-Proto", b"http");
+    }
+    if let (false, Some(h)) = (host_sent, client_host) {
+        write_field(out, "X-Forwarded-Host", h.as_bytes());
+    }
+    match head.body {
+        BodyFraming::Length(n) => {
+            let mut num = itoa::Buffer::new();
+            write_field(out, "Content-Length", num.format(n).as_bytes());
+        }
+        BodyFraming::Chunked => write_field(out, "Transfer-Encoding", b"chunked"),
+        // A request that has a body by its method's nature says it is empty.
+        BodyFraming::None if matches!(head.method, Method::Post | Method::Put | Method::Patch) => {
+            write_field(out, "Content-Length", b"0")
+        }
+        BodyFraming::None => {}
+    }
+    if let Some(upgrade) = fwd.upgrade {
+        write_field(out, "Connection", b"upgrade");
+        write_field(out, "Upgrade", upgrade);
+    } else if fwd.close {
+        write_field(out, "Connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Fields the proxy writes itself, from its own view of the request.
+fn is_reframed(name: &str) -> bool {
+    ["host", "content-length", "transfer-encoding", "expect"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::MaybeUninit;
+
+    fn head(raw: &str) -> RequestHead {
+        let mut fields = [const { MaybeUninit::uninit() }; 32];
+        let limits = crate::http::parse::HeadLimits {
+            max_header_bytes: 4096,
+            max_uri_bytes: 1024,
+            max_headers: 32,
+        };
+        let req = crate::http::parse::parse(raw.as_bytes(), &mut fields, &limits).unwrap();
+        RequestHead::new(&req)
+    }
+
+    fn sent(raw: &str, config: &ProxyConfig, remote: &str) -> String {
+        let h = head(raw);
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            remote: Some(remote.parse().unwrap()),
+            server_host: "10.0.0.9:3001",
+            upgrade: upgrade_wanted(&h).filter(|_| config.upgrade),
+            close: false,
+        };
+        write_head(&mut out, &h, h.target(), config, &fwd);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_behind() {
+        let raw = "GET /x HTTP/1.1\r\nHost: a.example\r\nConnection: keep-alive, X-Secret\r\n\
+                   X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nTrailer: X\r\n\
+                   Proxy-Authorization: basic\r\nUpgrade: h2c\r\nAccept: */*\r\n\r\n";
+        let up = sent(raw, &ProxyConfig::new("app"), "192.0.2.1");
+        assert_eq!(
+            up,
+            "GET /x HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\n\
+             X-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_fields_are_replaced_unless_the_peer_is_trusted() {
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n";
+        let mut config = ProxyConfig::new("app");
+        let up = sent(raw, &config, "192.0.2.1");
+        assert!(up.contains("X-Forwarded-For: 192.0.2.1\r\n"), "{up}");
+        assert!(up.contains("X-Forwarded-Proto: http\r\n"));
+        assert!(up.contains("X-Forwarded-Host: a\r\n"));
+        assert!(!up.contains("6.6.6.6") && !up.contains("evil") && !up.contains("https"));
+        config.trusted_proxies = vec!["192.0.2.0/24".parse().unwrap()];
+        let up = sent(raw, &config, "192.0.2.1");
+        assert!(
+            up.contains("X-Forwarded-For: 6.6.6.6, 192.0.2.1\r\n"),
+            "{up}"
+        );
+        assert!(up.contains("X-Forwarded-Proto: https\r\n"));
+        assert!(up.contains("X-Forwarded-Host: evil\r\n"));
+        assert_eq!(up.matches("X-Forwarded-Proto").count(), 1);
+    }
+
+    #[test]
+    fn bodies_are_reframed_and_expect_is_answered_here() {
+        let raw = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                   Expect: 100-continue\r\n\r\n";
+        let up = sent(raw, &ProxyConfig::new("app"), "::1");
+        assert!(up.contains("Transfer-Encoding: chunked\r\n"), "{up}");
+        assert!(!up.contains("Expect"));
+        let empty = sent(
+            "POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+            &ProxyConfig::new("app"),
+            "::1",
+        );
+        assert!(empty.contains("Content-Length: 0\r\n"));
+    }
+
+    #[test]
+    fn host_and_upgrade() {
+        let raw =
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let mut config = ProxyConfig::new("app");
+        config.keep_host = false;
+        let up = sent(raw, &config, "127.0.0.1");
+        assert!(
+            up.starts_with("GET /ws HTTP/1.1\r\nHost: 10.0.0.9:3001\r\n"),
+            "{up}"
+        );
+        assert!(up.ends_with("Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"));
+        config.upgrade = false;
+        let up = sent(raw, &config, "127.0.0.1");
+        assert!(!up.contains("pgrade"), "{up}");
+    }
+}

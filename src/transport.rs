@@ -1,0 +1,328 @@
+//! The byte streams connections run on: a client's socket or an upstream
+//! connection, TCP or Unix. A `Socket` says what it can do — read through
+//! the shard's readiness ring (one direct recv when data is there), or
+//! through glommio on a shard without one; hand a plain TCP descriptor to
+//! `sendfile` — so the layers above take one type, and a stream that cannot
+//! (TLS, later) falls back to plain reads and writes.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpStream, UnixStream};
+
+use crate::http::session::InputBuffer;
+use crate::readiness::{Interest, Readiness};
+use crate::recheck;
+
+/// A stream of either kind.
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix stream socket (an upstream at `unix:/path`), and its
+    /// descriptor (glommio's type does not tell it).
+    Unix(UnixStream, RawFd),
+}
+
+/// One connected socket of a shard, with its registration on the shard's
+/// readiness ring when there is one. Dropping it removes the registration
+/// before the socket closes (field order).
+pub struct Socket {
+    interest: Option<Interest>,
+    stream: Stream,
+}
+
+impl Stream {
+    /// Connect to the Unix socket at `path`. A local connect does not
+    /// wait: it succeeds, or fails at once (EAGAIN when the listener's
+    /// backlog is full).
+    pub fn connect_unix(path: &std::path::Path) -> io::Result<Stream> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let socket = socket2::Socket::new(
+            socket2::Domain::UNIX,
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            None,
+        )?;
+        socket.connect(&socket2::SockAddr::unix(path)?)?;
+        let fd = socket.into_raw_fd();
+        // SAFETY: `fd` is a connected stream socket this function owns;
+        // the glommio stream takes it over.
+        Ok(Stream::Unix(unsafe { UnixStream::from_raw_fd(fd) }, fd))
+    }
+}
+
+impl Socket {
+    /// A socket registered with `readiness`, if the shard has a ring.
+    pub fn new(stream: Stream, readiness: Option<&Rc<Readiness>>) -> Socket {
+        let fd = match &stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(_, fd) => *fd,
+        };
+        Socket {
+            interest: readiness.map(|r| r.register(fd)),
+            stream,
+        }
+    }
+
+    /// The descriptor.
+    pub fn fd(&self) -> RawFd {
+        match &self.stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(_, fd) => *fd,
+        }
+    }
+
+    /// The TCP stream, for what only plain TCP can do (`sendfile`, the
+    /// peer's address); None for a Unix socket.
+    pub fn tcp(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.stream {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(..) => None,
+        }
+    }
+
+    /// Read what has arrived into `room`, waiting until `deadline` at most
+    /// for something to. With a ring, a completion says when to look, so a
+    /// read costs one recv and no submission. `Room::before_wait` runs once
+    /// if the socket has to be waited on.
+    pub async fn read(
+        &mut self,
+        room: &mut (impl Room + ?Sized),
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        let fd = self.fd();
+        if let Some(interest) = self.interest.as_mut() {
+            let mut waited = false;
+            loop {
+                if let Some(read) = interest.try_recv(fd, room.room()) {
+                    return read;
+                }
+                if !std::mem::replace(&mut waited, true) {
+                    room.before_wait();
+                }
+                interest.readable(Some(deadline)).await?;
+            }
+        }
+        self.read_without_ring(room, deadline).await
+    }
+
+    /// One non-blocking read, if the socket is worth a look (None: nothing
+    /// there now).
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let fd = self.fd();
+        if let Some(interest) = self.interest.as_mut() {
+            return interest.try_recv(fd, buf);
+        }
+        match recv(fd, buf, 0) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
+
+    /// On a shard without a readiness ring: the socket is read directly
+    /// first, and again after the shard's other tasks ran, within the
+    /// shard's budget (`recheck`); only a socket still silent then waits
+    /// through glommio's read and timer.
+    async fn read_without_ring(
+        &mut self,
+        room: &mut (impl Room + ?Sized),
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        let fd = self.fd();
+        if let Some(read) = recheck::direct(|| recv(fd, room.room(), 0)).await {
+            return read;
+        }
+        room.before_wait();
+        // Measured now: stepping aside took time.
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        match &mut self.stream {
+            Stream::Tcp(s) => {
+                let _ = s.set_read_timeout(Some(timeout));
+                recheck::wait(s.read(room.room())).await
+            }
+            Stream::Unix(s, _) => within(timeout, s.read(room.room())).await,
+        }
+    }
+
+    /// Write all of `buf`; a stall longer than `timeout` fails the write.
+    pub async fn write_all(&mut self, buf: &[u8], timeout: Duration) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => {
+                let _ = s.set_write_timeout(Some(timeout));
+                s.write_all(buf).await
+            }
+            Stream::Unix(s, _) => within(timeout, s.write_all(buf)).await,
+        }
+    }
+
+    /// Half-close: no more bytes from this side.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s
+                .shutdown(std::net::Shutdown::Write)
+                .await
+                .map_err(io::Error::from),
+            Stream::Unix(s, _) => s
+                .shutdown(std::net::Shutdown::Write)
+                .await
+                .map_err(io::Error::from),
+        }
+    }
+
+    /// Whether the peer has closed (or reset) the connection, looking
+    /// without taking anything: bytes waiting are not a close. For a pooled
+    /// upstream connection before reuse, and a client whose proxied request
+    /// is waiting on an upstream.
+    pub fn peer_closed(&mut self) -> bool {
+        self.peek() == Peek::Closed
+    }
+
+    fn peek(&self) -> Peek {
+        match recv(self.fd(), &mut [0u8; 1], libc::MSG_PEEK) {
+            Ok(0) => Peek::Closed,
+            Ok(_) => Peek::Data,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
+            Err(_) => Peek::Closed,
+        }
+    }
+
+    /// Wait until the peer closes or resets the connection. Bytes it sends
+    /// meanwhile (a pipelined request) are left for the next read, and end
+    /// the watch: a client that sends is there. For a client whose proxied
+    /// request waits on its upstream: nginx's `proxy_ignore_client_abort off`.
+    pub async fn closed(&mut self) {
+        loop {
+            match self.peek() {
+                Peek::Closed => return,
+                Peek::Data => return std::future::pending().await,
+                Peek::Nothing => {}
+            }
+            match self.interest.as_mut() {
+                Some(interest) => {
+                    // Nothing is there, so forgetting what said to look
+                    // loses nothing: new bytes bring a new completion.
+                    interest.take_ready();
+                    if interest.readable(None).await.is_err() {
+                        return;
+                    }
+                }
+                None => glommio::timer::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Whether the socket holds bytes or a close that no read took yet
+    /// (a pooled upstream connection must hold neither).
+    pub fn has_input(&mut self) -> bool {
+        self.peek() != Peek::Nothing
+    }
+
+    /// Wait until the socket may have something to read (or is closed),
+    /// at most until `deadline`. Nothing is taken: the next `try_read` or
+    /// `read` finds it. Without a ring this looks every 10 ms (an upgraded
+    /// tunnel on a shard that could not set up its ring).
+    pub async fn readable(&mut self, deadline: Instant) -> io::Result<()> {
+        if let Some(interest) = self.interest.as_mut() {
+            if interest.may_hold_more() {
+                return Ok(());
+            }
+            return interest
+                .readable(Some(deadline))
+                .await
+                .map_err(io::Error::from);
+        }
+        loop {
+            if self.has_input() {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            glommio::timer::sleep(left.min(Duration::from_millis(10))).await;
+        }
+    }
+
+    /// Half-close, then read and discard until the peer closes too, for at
+    /// most `time` and `bytes` (nginx's lingering close): unread data would
+    /// turn our FIN into a reset that destroys the response in flight.
+    pub async fn linger_close(&mut self, scratch: &mut [u8], time: Duration, bytes: usize) {
+        if self.shutdown_write().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + time;
+        let mut discarded = 0;
+        while discarded < bytes {
+            match self.read(scratch, deadline).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    }
+}
+
+/// Where a read puts its bytes.
+pub trait Room {
+    /// The space to read into; never empty.
+    fn room(&mut self) -> &mut [u8];
+    /// Called once before the read has to wait (an idle connection gives
+    /// back memory then).
+    fn before_wait(&mut self) {}
+}
+
+impl Room for [u8] {
+    fn room(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl Room for InputBuffer {
+    fn room(&mut self) -> &mut [u8] {
+        self.spare()
+    }
+}
+
+/// What a peek found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peek {
+    Data,
+    Nothing,
+    Closed,
+}
+
+/// One non-blocking recv(2) into `buf` with `flags` added.
+fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: recv(2) into `buf`, valid for its length; MSG_DONTWAIT keeps
+    // it from blocking the shard.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Run `io` for at most `timeout`: a timer races it (for streams without
+/// socket timeouts of their own).
+async fn within<T>(
+    timeout: Duration,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    futures_lite::future::or(io, async {
+        glommio::timer::sleep(timeout).await;
+        Err(io::ErrorKind::TimedOut.into())
+    })
+    .await
+}
