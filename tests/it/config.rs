@@ -423,6 +423,31 @@ tunnel-idle-timeout = "10m"
     assert_eq!(code, Some(0), "{err:?}");
 }
 
+/// The shipped file's commented-out proxy route and `[[upstream]]` are
+/// the documentation of those keys: uncommented, they check out. A line
+/// `# key = value` or `# [[table]]` becomes live; the rest stay comments.
+#[test]
+fn the_shipped_proxy_example_checks_when_uncommented() {
+    let shipped = include_str!("../../conf/coreserve.toml");
+    let example = &shipped[shipped.find("# A reverse proxy").unwrap()..];
+    let is_key = |l: &str| {
+        l.split_once(" = ").is_some_and(|(k, _)| {
+            !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
+    };
+    let text: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(live) if live.starts_with("[[") || is_key(live) => format!("{live}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("\nhandler = \"proxy\"\n"), "{text}");
+    assert!(text.contains("\n[[upstream]]\n"), "{text}");
+    let (code, err, _) = check("proxy-example", &text);
+    assert_eq!(code, Some(0), "{err:?}\n{text}");
+}
+
 /// Issue 16: upstream groups are reloaded on SIGHUP like routes, without a
 /// word about a restart; a bad group is reported with its line and the
 /// running configuration kept.
