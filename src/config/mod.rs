@@ -390,10 +390,11 @@ impl Config {
                 e.line = self.lines.get(&e.key).copied();
             }
             if e.line.is_none() {
-                // A route error names a key the route may not set; point at
-                // the route's table, recorded as `route[N]]` by the loader.
-                if let Some((route, _)) = e.key.split_once("].") {
-                    e.line = self.lines.get(&format!("{route}]]")).copied();
+                // An error about a route or a group may name a key it did
+                // not set; point at its table, recorded as `route[N]]` or
+                // `upstream[N]]` by the loader.
+                if let Some((table, _)) = e.key.split_once("].") {
+                    e.line = self.lines.get(&format!("{table}]]")).copied();
                 }
             }
         }
@@ -403,6 +404,12 @@ impl Config {
 /// The key prefix of route `i` (0-based) in messages: `route[1]` is the first.
 pub fn route_key(i: usize) -> String {
     format!("route[{}]", i + 1)
+}
+
+/// The key prefix of upstream group `i` (0-based) in messages:
+/// `upstream[1]` is the first `[[upstream]]` table.
+pub fn upstream_key(i: usize) -> String {
+    format!("upstream[{}]", i + 1)
 }
 
 #[cfg(test)]
@@ -428,5 +435,24 @@ mod tests {
             (unset.file.as_deref(), unset.line),
             (Some("site.toml"), Some(7))
         );
+    }
+
+    #[test]
+    fn an_error_on_a_key_a_group_did_not_set_points_at_the_group() {
+        let config = Config {
+            source: Some(PathBuf::from("site.toml")),
+            lines: HashMap::from([
+                ("upstream[1]]".to_string(), 3),
+                ("upstream[1].name".to_string(), 4),
+            ]),
+            ..Config::default()
+        };
+        let mut set = ConfigError::new("upstream[1].name", "bad");
+        config.locate(&mut set);
+        assert_eq!(set.line, Some(4));
+        let mut unset = ConfigError::new("upstream[1].keepalive", "bad");
+        config.locate(&mut unset);
+        assert_eq!(unset.line, Some(3));
+        assert_eq!(upstream_key(0), "upstream[1]");
     }
 }

@@ -10,6 +10,11 @@ use std::time::Duration;
 /// Idle connections a shard keeps open to each server of a group (nginx's
 /// `keepalive 32` in the upstream block is the usual setting).
 pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 32;
+/// The most idle connections a group may keep per shard and server. Each
+/// holds a descriptor on every shard, for every server: past a few thousand
+/// the pools would compete with clients for the open-files limit, and such
+/// a number is more likely a typo than a plan.
+pub const MAX_UPSTREAM_KEEPALIVE: usize = 4096;
 /// How long an idle pooled connection is kept: shorter than Node's default
 /// `server.keepAliveTimeout` of 5 s, so the pool drops a connection before
 /// the app does; otherwise a request sent on it as the app closes it fails.

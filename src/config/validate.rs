@@ -3,7 +3,10 @@
 //! per rule. It looks at the values only: what the file system must hold
 //! (static roots, the access log's directory) is `files::preflight`.
 
-use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig};
+use super::{
+    route_key, upstream_key, Config, ConfigError, HandlerConfig, RouteConfig, UpstreamConfig,
+    MAX_UPSTREAM_KEEPALIVE,
+};
 use crate::http::parse::MAX_HEADERS_LIMIT;
 use crate::http::status::Status;
 
@@ -66,6 +69,7 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             validate_route(i, r, &self.routes[..i], &mut err);
         }
+        validate_upstreams(&self.upstreams, &self.routes, &mut err);
         if !self.metrics.path.starts_with('/') {
             err(
                 "metrics.path",
@@ -165,8 +169,12 @@ fn validate_route(
                 );
             }
         }
-        // Checked against the upstream groups in `validate_upstreams`.
-        HandlerConfig::Proxy(_) => {}
+        // Its group is checked in `validate_upstreams`.
+        HandlerConfig::Proxy(p) => {
+            if p.tunnel_idle_timeout.is_zero() {
+                err(&key("tunnel-idle-timeout"), "must be longer than 0".into());
+            }
+        }
         HandlerConfig::Static(s) => {
             for name in &s.index {
                 if name.is_empty() || name.contains('/') || name == "." || name == ".." {
@@ -188,6 +196,101 @@ fn validate_route(
     }
 }
 
+/// The groups' own rules (a name, unique; at least one server, none
+/// twice; the keep-alive pool's size; timeouts), then that every proxy
+/// route names a group. A group no route names is allowed: it may be
+/// waiting for its route.
+fn validate_upstreams(
+    groups: &[UpstreamConfig],
+    routes: &[RouteConfig],
+    err: &mut impl FnMut(&str, String),
+) {
+    for (i, g) in groups.iter().enumerate() {
+        let key = |k: &str| format!("{}.{k}", upstream_key(i));
+        if !is_group_name(&g.name) {
+            err(
+                &key("name"),
+                format!(
+                    "must be letters, digits, \"-\", \"_\" and \".\", got {:?}",
+                    g.name
+                ),
+            );
+        } else if let Some(first) = groups[..i].iter().position(|e| e.name == g.name) {
+            err(
+                &key("name"),
+                format!(
+                    "{:?} is already the name of {}",
+                    g.name,
+                    upstream_key(first)
+                ),
+            );
+        }
+        if g.servers.is_empty() {
+            err(&key("servers"), "must list at least one server".into());
+        }
+        for (j, s) in g.servers.iter().enumerate() {
+            // Once per address, at its second appearance.
+            if g.servers[..j].iter().filter(|e| *e == s).count() == 1 {
+                err(
+                    &key("servers"),
+                    format!(
+                        "{s} is listed twice (a host name stands for every address it resolves to)"
+                    ),
+                );
+            }
+        }
+        if g.keepalive > MAX_UPSTREAM_KEEPALIVE {
+            err(
+                &key("keepalive"),
+                format!("must be 0 to {MAX_UPSTREAM_KEEPALIVE}, got {}", g.keepalive),
+            );
+        }
+        for (k, d) in [
+            ("idle-timeout", g.idle_timeout),
+            ("connect-timeout", g.connect_timeout),
+            ("read-timeout", g.read_timeout),
+            ("send-timeout", g.send_timeout),
+            ("fail-timeout", g.fail_timeout),
+        ] {
+            if d.is_zero() {
+                err(&key(k), "must be longer than 0".into());
+            }
+        }
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let HandlerConfig::Proxy(p) = &r.handler else {
+            continue;
+        };
+        if !groups.iter().any(|g| g.name == p.upstream) {
+            let mut names: Vec<String> = Vec::new();
+            for g in groups.iter().filter(|g| !g.name.is_empty()) {
+                let quoted = format!("{:?}", g.name);
+                if !names.contains(&quoted) {
+                    names.push(quoted);
+                }
+            }
+            let known = if names.is_empty() {
+                "there is no [[upstream]] group".to_string()
+            } else {
+                format!("the groups are {}", names.join(", "))
+            };
+            err(
+                &format!("{}.upstream", route_key(i)),
+                format!("no [[upstream]] group is named {:?} ({known})", p.upstream),
+            );
+        }
+    }
+}
+
+/// A group's name: letters, digits, `-`, `_` and `.`, so that it needs no
+/// quoting wherever it is written (messages, logs).
+fn is_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// Visible ASCII and spaces: what may go into a header we send.
 fn is_header_value(v: &str) -> bool {
     v.bytes()
@@ -197,7 +300,7 @@ fn is_header_value(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccessLog, StaticConfig};
+    use crate::config::{AccessLog, ProxyConfig, ServerAddr, StaticConfig};
     use std::time::Duration;
 
     /// The keys `validate` reports, in order.
@@ -264,6 +367,117 @@ mod tests {
         );
     }
 
+    /// A proxy route from `path` to the group `upstream`.
+    fn proxy_route(path: &str, upstream: &str) -> RouteConfig {
+        RouteConfig {
+            path: path.into(),
+            handler: HandlerConfig::Proxy(ProxyConfig::new(upstream)),
+            ..RouteConfig::hello_world()
+        }
+    }
+
+    fn group(name: &str, servers: &[&str]) -> UpstreamConfig {
+        let servers = servers
+            .iter()
+            .map(|s| match s.strip_prefix("unix:") {
+                Some(p) => ServerAddr::Unix(p.into()),
+                None => ServerAddr::Tcp(s.parse().unwrap()),
+            })
+            .collect();
+        UpstreamConfig::new(name, servers)
+    }
+
+    fn messages(c: Config) -> Vec<String> {
+        c.validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_proxy_route_must_name_a_group() {
+        let mut c = Config::default();
+        c.routes.push(proxy_route("/api/", "app"));
+        assert_eq!(
+            messages(c.clone()),
+            ["route[2].upstream: no [[upstream]] group is named \"app\" (there is no [[upstream]] group)"]
+        );
+        c.upstreams.push(group("web", &["127.0.0.1:3000"]));
+        c.upstreams.push(group("api.v2", &["unix:/run/api.sock"]));
+        assert_eq!(
+            messages(c.clone()),
+            ["route[2].upstream: no [[upstream]] group is named \"app\" (the groups are \"web\", \"api.v2\")"]
+        );
+        c.routes[1] = proxy_route("/api/", "api.v2");
+        // "web" is named by no route, which is allowed.
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn group_names_are_unique_and_plain() {
+        let mut c = Config {
+            source: Some("conf/x.toml".into()),
+            ..Config::default()
+        };
+        c.upstreams.push(group("app", &["127.0.0.1:3000"]));
+        c.upstreams.push(group("app b", &["127.0.0.1:3001"]));
+        c.upstreams.push(group("app", &["127.0.0.1:3002"]));
+        c.lines.insert("upstream[3]]".into(), 20);
+        c.lines.insert("upstream[3].name".into(), 21);
+        assert_eq!(
+            messages(c),
+            [
+                "conf/x.toml: upstream[2].name: must be letters, digits, \"-\", \"_\" and \".\", got \"app b\"",
+                "conf/x.toml:21: upstream[3].name: \"app\" is already the name of upstream[1]",
+            ]
+        );
+    }
+
+    #[test]
+    fn group_rules() {
+        let mut c = Config {
+            source: Some("conf/x.toml".into()),
+            ..Config::default()
+        };
+        let mut g = group(
+            "app",
+            &[
+                "127.0.0.1:3000",
+                "[::1]:3000",
+                "127.0.0.1:3000",
+                "unix:/a",
+                "unix:/a",
+                "127.0.0.1:3000",
+            ],
+        );
+        g.keepalive = MAX_UPSTREAM_KEEPALIVE + 1;
+        g.idle_timeout = Duration::ZERO;
+        g.fail_timeout = Duration::ZERO;
+        c.upstreams.push(g);
+        c.upstreams.push(group("empty", &[]));
+        let mut tunnel = proxy_route("/ws/", "app");
+        if let HandlerConfig::Proxy(p) = &mut tunnel.handler {
+            p.tunnel_idle_timeout = Duration::ZERO;
+        }
+        c.routes.push(tunnel);
+        // A key the group did not set points at the group's table.
+        c.lines.insert("upstream[1]]".into(), 9);
+        c.lines.insert("upstream[1].keepalive".into(), 12);
+        assert_eq!(
+            messages(c),
+            [
+                "conf/x.toml: route[2].tunnel-idle-timeout: must be longer than 0",
+                "conf/x.toml:9: upstream[1].servers: 127.0.0.1:3000 is listed twice (a host name stands for every address it resolves to)",
+                "conf/x.toml:9: upstream[1].servers: unix:/a is listed twice (a host name stands for every address it resolves to)",
+                "conf/x.toml:12: upstream[1].keepalive: must be 0 to 4096, got 4097",
+                "conf/x.toml:9: upstream[1].idle-timeout: must be longer than 0",
+                "conf/x.toml:9: upstream[1].fail-timeout: must be longer than 0",
+                "conf/x.toml: upstream[2].servers: must list at least one server",
+            ]
+        );
+    }
+
     #[test]
     fn validate_does_not_look_at_the_file_system() {
         let mut c = Config::default();
@@ -272,6 +486,9 @@ mod tests {
         s.handler = HandlerConfig::Static(StaticConfig::new("/definitely/not/here".into()));
         c.routes.push(s);
         c.log.access = AccessLog::File("/definitely/not/here/access.log".into());
+        c.upstreams
+            .push(group("app", &["unix:/definitely/not/here/app.sock"]));
+        c.routes.push(proxy_route("/app/", "app"));
         assert!(c.validate().is_ok());
     }
 

@@ -370,3 +370,164 @@ fn check_runs_the_start_up_checks() {
         "{err}"
     );
 }
+
+/// `coreserve --check --config FILE` on `text` written to a scratch file:
+/// its exit code, its stderr lines, and the file's name as messages give it.
+fn check(scratch: &str, text: &str) -> (Option<i32>, Vec<String>, String) {
+    let dir = Scratch::new(scratch);
+    let file = dir.write("proxy.toml", text).display().to_string();
+    let out = command()
+        .args(["--check", "--config", &file])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines = err.lines().map(str::to_string).collect();
+    (out.status.code(), lines, file)
+}
+
+/// Issue 16: upstream groups and a proxy route, every key set, check out;
+/// a name is resolved (`localhost`, from /etc/hosts) and a relative unix
+/// socket is taken from the file's directory without being looked for.
+#[test]
+fn a_proxy_config_passes_check() {
+    let (code, err, _) = check(
+        "proxy-good",
+        r#"
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:3001", "[::1]:3002", "localhost:3003", "unix:app.sock"]
+balance = "least-conn"
+keepalive = 16
+idle-timeout = "4s"
+connect-timeout = "5s"
+read-timeout = "60s"
+send-timeout = "60s"
+max-fails = 1
+fail-timeout = "10s"
+
+[[upstream]]
+name = "unused"
+servers = ["unix:/run/unused.sock"]
+
+[[route]]
+path = "/api/"
+handler = "proxy"
+upstream = "app"
+keep-host = true
+strip-prefix = true
+trusted-proxies = ["10.0.0.0/8", "::1"]
+upgrade = true
+tunnel-idle-timeout = "10m"
+"#,
+    );
+    assert_eq!(code, Some(0), "{err:?}");
+}
+
+/// The shipped file's commented-out proxy route and `[[upstream]]` are
+/// the documentation of those keys: uncommented, they check out. A line
+/// `# key = value` or `# [[table]]` becomes live; the rest stay comments.
+#[test]
+fn the_shipped_proxy_example_checks_when_uncommented() {
+    let shipped = include_str!("../../conf/coreserve.toml");
+    let example = &shipped[shipped.find("# A reverse proxy").unwrap()..];
+    let is_key = |l: &str| {
+        l.split_once(" = ").is_some_and(|(k, _)| {
+            !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
+    };
+    let text: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(live) if live.starts_with("[[") || is_key(live) => format!("{live}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("\nhandler = \"proxy\"\n"), "{text}");
+    assert!(text.contains("\n[[upstream]]\n"), "{text}");
+    let (code, err, _) = check("proxy-example", &text);
+    assert_eq!(code, Some(0), "{err:?}\n{text}");
+}
+
+/// Issue 16: upstream groups are reloaded on SIGHUP like routes, without a
+/// word about a restart; a bad group is reported with its line and the
+/// running configuration kept.
+#[test]
+fn upstream_groups_reload_on_sighup() {
+    let dir = Scratch::new("proxy-reload");
+    let conf = |servers: &str, body: &str| {
+        format!(
+            "[[upstream]]\nname = \"app\"\nservers = [{servers}]\n\n\
+             [[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"{body}\"\n"
+        )
+    };
+    let file = dir.write("c.toml", conf("\"127.0.0.1:3001\"", "one"));
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let body = || get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text();
+    assert_eq!(body(), "one");
+
+    dir.write(
+        "c.toml",
+        conf("\"127.0.0.1:3002\", \"unix:app.sock\"", "two"),
+    );
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded on every shard");
+    assert_eq!(body(), "two");
+    assert!(
+        !server.log().contains("takes a restart"),
+        "{}",
+        server.log()
+    );
+
+    dir.write("c.toml", conf("\"127.0.0.1\"", "three"));
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("still serving the previous one");
+    assert!(
+        server
+            .log()
+            .contains("c.toml:3: upstream[1].servers: \"127.0.0.1\" has no port"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(body(), "two");
+}
+
+/// Issue 16: each bad proxy setting fails `--check` with exit status 2 and
+/// one line naming the file, the line and the key.
+#[test]
+fn bad_proxy_configs_fail_check_with_file_line_and_key() {
+    let group = |servers: &str| {
+        format!("[[upstream]]\nname = \"app\"\nservers = [{servers}]\n\n[[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"app\"\n")
+    };
+    let cases = [
+        (
+            "proxy-unknown",
+            "[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:3001\"]\n\n[[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"api\"\n".to_string(),
+            "8: route[1].upstream: no [[upstream]] group is named \"api\" (the groups are \"app\")",
+        ),
+        (
+            "proxy-port",
+            group("\"nohost:99999\""),
+            "3: upstream[1].servers: \"nohost:99999\": the port must be a number from 1 to 65535",
+        ),
+        (
+            "proxy-no-port",
+            group("\"127.0.0.1\""),
+            "3: upstream[1].servers: \"127.0.0.1\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\"",
+        ),
+        (
+            "proxy-unix",
+            group("\"unix:\""),
+            "3: upstream[1].servers: \"unix:\": a unix socket needs a path, like \"unix:/run/app.sock\"",
+        ),
+        (
+            "proxy-duplicate",
+            format!("{}\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:3002\"]\n", group("\"127.0.0.1:3001\"")),
+            "11: upstream[2].name: \"app\" is already the name of upstream[1]",
+        ),
+    ];
+    for (scratch, text, expected) in cases {
+        let (code, err, file) = check(scratch, &text);
+        assert_eq!(code, Some(2), "{scratch}: {err:?}");
+        assert_eq!(err, [format!("{file}:{expected}")], "{scratch}");
+    }
+}

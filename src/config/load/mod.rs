@@ -4,10 +4,12 @@
 //!
 //! This module owns the walk: the `Walker`, the top level of the document,
 //! and how a key's line is recorded. Each section is read in a file of its
-//! own (`server`, `limits`, `log`, `metrics`, `routes`), each handler kind in
-//! `handlers/`, and the typed readers they share (`string`, `size`, …) are in
-//! `values`. Nothing here looks at the file system beyond reading the file
-//! itself: that is `files::preflight`.
+//! own (`server`, `limits`, `log`, `metrics`, `routes`, `upstreams`), each
+//! handler kind in `handlers/`, and the typed readers they share (`string`,
+//! `size`, …) are in `values`. Nothing here looks at the file system beyond
+//! reading the file itself: that is `files::preflight`. The one lookup made
+//! is resolving an upstream server's host name, through `Resolve`, which
+//! tests replace.
 
 mod handlers;
 mod limits;
@@ -15,8 +17,11 @@ mod log;
 mod metrics;
 mod routes;
 mod server;
+mod upstreams;
 mod values;
 
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use toml_edit::{ImDocument, Item, TableLike};
@@ -64,8 +69,24 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
     parse_str(&text, path)
 }
 
+/// How the loader turns an upstream server's host name and port into
+/// addresses: the system's resolver (`resolve_host`), or a fixed table in
+/// tests, which then need no DNS.
+type Resolve<'r> = &'r dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
+/// The system's resolver: every address getaddrinfo(3) gives for `host`
+/// (`/etc/hosts`, DNS, …), in its order. It blocks while it looks.
+fn resolve_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
 /// Parse configuration text as if read from `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<Config, LoadFailure> {
+    parse_with(text, path, &resolve_host)
+}
+
+/// `parse_str` with the resolver given.
+fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, LoadFailure> {
     let name = path.display().to_string();
     let at = |line: Option<usize>, key: &str, rule: String| ConfigError {
         file: Some(name.clone()),
@@ -102,6 +123,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, LoadFailure> {
             ..Config::default()
         },
         errors: Vec::new(),
+        resolve,
     };
     w.document(doc.as_table());
     if w.errors.is_empty() {
@@ -127,6 +149,8 @@ struct Walker<'t> {
     config: Config,
     /// Every error so far, in the order of the document.
     errors: Vec<ConfigError>,
+    /// Resolves the host names of upstream servers.
+    resolve: Resolve<'t>,
 }
 
 /// A value of a key, with where it is.
@@ -214,9 +238,14 @@ impl Walker<'_> {
                     Some(routes) => self.routes(routes),
                     None => self.error(&f, "must be written as [[route]] tables".into()),
                 },
+                "upstream" => match f.item.as_array_of_tables() {
+                    Some(groups) => self.upstreams(groups),
+                    None => self.error(&f, "must be written as [[upstream]] tables".into()),
+                },
                 _ => self.error(
                     &f,
-                    "unknown key (sections are server, limits, route, log, metrics)".into(),
+                    "unknown key (sections are server, limits, route, upstream, log, metrics)"
+                        .into(),
                 ),
             }
         }

@@ -157,16 +157,16 @@ mod tests {
     #[test]
     fn an_unknown_or_missing_kind_makes_every_kind_key_unknown() {
         let errs = errors(
-            "[[route]]\npath = \"/\"\nhandler = \"proxy\"\nstatus = 200\n\n\
+            "[[route]]\npath = \"/\"\nhandler = \"fastcgi\"\nstatus = 200\n\n\
              [[route]]\npath = \"/b\"\nbody = \"x\"\n\n\
              [[route]]\npath = \"/c\"\nhandler = 1\nroot = \"/srv\"\n",
         );
         assert_eq!(
             errs,
             [
-                "t.toml:3: route[1].handler: must be \"respond\", \"static\" or \"redirect\", got \"proxy\"",
+                "t.toml:3: route[1].handler: must be \"respond\", \"static\", \"redirect\" or \"proxy\", got \"fastcgi\"",
                 "t.toml:4: route[1].status: unknown key",
-                "t.toml:6: route[2].handler: is required: \"respond\", \"static\" or \"redirect\"",
+                "t.toml:6: route[2].handler: is required: \"respond\", \"static\", \"redirect\" or \"proxy\"",
                 "t.toml:8: route[2].body: unknown key",
                 "t.toml:12: route[3].handler: must be a string",
                 "t.toml:13: route[3].root: unknown key",

@@ -4,6 +4,7 @@
 //! "unknown key" message and the list of names in messages follow from
 //! the table.
 
+mod proxy;
 mod redirect;
 mod respond;
 mod static_files;
@@ -34,14 +35,19 @@ pub(super) trait KindReader {
 }
 
 /// Every handler kind, in the order messages list them.
-pub(super) static KINDS: &[Kind] = &[respond::KIND, static_files::KIND, redirect::KIND];
+pub(super) static KINDS: &[Kind] = &[
+    respond::KIND,
+    static_files::KIND,
+    redirect::KIND,
+    proxy::KIND,
+];
 
 /// The kind called `name`, if there is one.
 pub(super) fn find(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
 }
 
-/// The kinds' names for messages: `"respond", "static" or "redirect"`.
+/// The kinds' names for messages: `"respond", "static", "redirect" or "proxy"`.
 pub(super) fn names() -> String {
     let quoted: Vec<String> = KINDS.iter().map(|k| format!("{:?}", k.name)).collect();
     match quoted.split_last() {
@@ -58,12 +64,15 @@ mod tests {
     #[test]
     fn the_table_lists_every_kind_once() {
         let listed: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-        assert_eq!(listed, ["respond", "static", "redirect"]);
-        assert_eq!(names(), "\"respond\", \"static\" or \"redirect\"");
+        assert_eq!(listed, ["respond", "static", "redirect", "proxy"]);
+        assert_eq!(
+            names(),
+            "\"respond\", \"static\", \"redirect\" or \"proxy\""
+        );
         for k in KINDS {
             assert!(std::ptr::eq(find(k.name).unwrap(), k), "{}", k.name);
         }
-        assert!(find("proxy").is_none());
+        assert!(find("fastcgi").is_none());
     }
 
     #[test]

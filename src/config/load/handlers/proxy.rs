@@ -1,0 +1,145 @@
+//! `handler = "proxy"`: requests go on to an `[[upstream]]` group. That
+//! the group exists is `Config::validate`'s rule (groups may come after the
+//! route in the file).
+
+use super::{Field, Kind, KindReader, Walker};
+use crate::config::{Cidr, HandlerConfig, ProxyConfig};
+
+pub(super) const KIND: Kind = Kind {
+    name: "proxy",
+    keys: &[
+        "upstream",
+        "keep-host",
+        "strip-prefix",
+        "trusted-proxies",
+        "upgrade",
+        "tunnel-idle-timeout",
+    ],
+    reader: || {
+        Box::new(Proxy {
+            config: ProxyConfig::new(String::new()),
+            upstream_set: false,
+        })
+    },
+};
+
+/// What a proxy route set, over `ProxyConfig`'s defaults.
+struct Proxy {
+    /// The settings read so far.
+    config: ProxyConfig,
+    /// Whether `upstream` was set: it has no default.
+    upstream_set: bool,
+}
+
+impl KindReader for Proxy {
+    fn read(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
+        let c = &mut self.config;
+        match name {
+            "upstream" => {
+                self.upstream_set = true;
+                c.upstream = w.string(f).unwrap_or_default();
+            }
+            "keep-host" => c.keep_host = w.flag(f).unwrap_or(c.keep_host),
+            "strip-prefix" => c.strip_prefix = w.flag(f).unwrap_or(c.strip_prefix),
+            "upgrade" => c.upgrade = w.flag(f).unwrap_or(c.upgrade),
+            "trusted-proxies" => {
+                // Every network that parses is kept; each that does not is
+                // reported, so one typo does not hide the others.
+                for s in w.string_list(f).unwrap_or_default() {
+                    match s.parse::<Cidr>() {
+                        Ok(net) => c.trusted_proxies.push(net),
+                        Err(e) => w.error(f, e),
+                    }
+                }
+            }
+            "tunnel-idle-timeout" => {
+                if let Some(d) = w.duration(f) {
+                    c.tunnel_idle_timeout = d;
+                }
+            }
+            _ => w.error(f, "unknown key".into()),
+        }
+    }
+
+    fn finish(self: Box<Self>, w: &mut Walker<'_>, route: &str) -> HandlerConfig {
+        if !self.upstream_set {
+            let rule = "is required for a proxy route: the name of an [[upstream]] group";
+            w.missing(route, "upstream", rule.into());
+        }
+        HandlerConfig::Proxy(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{parse_str, HandlerConfig, ProxyConfig};
+
+    fn load(route: &str) -> Result<HandlerConfig, Vec<String>> {
+        let text = format!("[[route]]\npath = \"/api/\"\nhandler = \"proxy\"\n{route}");
+        parse_str(&text, Path::new("t.toml"))
+            .map(|c| c.routes[0].handler.clone())
+            .map_err(|f| f.errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            load("upstream = \"app\"\n").unwrap(),
+            HandlerConfig::Proxy(ProxyConfig::new("app"))
+        );
+        let p = ProxyConfig::new("app");
+        assert!(p.keep_host && !p.strip_prefix && p.upgrade);
+        assert!(p.trusted_proxies.is_empty());
+        assert_eq!(p.tunnel_idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn every_key() {
+        let h = load(
+            "upstream = \"app\"\nkeep-host = false\nstrip-prefix = true\n\
+             trusted-proxies = [\"10.0.0.0/8\", \"::1\"]\nupgrade = false\n\
+             tunnel-idle-timeout = \"90s\"\n",
+        )
+        .unwrap();
+        let mut p = ProxyConfig::new("app");
+        p.keep_host = false;
+        p.strip_prefix = true;
+        p.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        p.upgrade = false;
+        p.tunnel_idle_timeout = Duration::from_secs(90);
+        assert_eq!(h, HandlerConfig::Proxy(p));
+    }
+
+    #[test]
+    fn each_bad_value_with_its_line() {
+        let errs = load(
+            "keep-host = \"yes\"\nstrip-prefix = 1\ntrusted-proxies = [\"10.0.0.1/8\", \"10.0.0.0/8\", \"nowhere\"]\n\
+             upgrade = \"no\"\ntunnel-idle-timeout = \"forever\"\nroot = \"/srv\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:4: route[1].keep-host: must be true or false",
+                "t.toml:5: route[1].strip-prefix: must be true or false",
+                "t.toml:6: route[1].trusted-proxies: \"10.0.0.1/8\" has bits set past its prefix length",
+                "t.toml:6: route[1].trusted-proxies: \"nowhere\" is not an IP address or network (10.0.0.0/8)",
+                "t.toml:7: route[1].upgrade: must be true or false",
+                "t.toml:8: route[1].tunnel-idle-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"forever\"",
+                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout)",
+                "t.toml:1: route[1].upstream: is required for a proxy route: the name of an [[upstream]] group",
+            ]
+        );
+        let errs = load("upstream = 3\ntrusted-proxies = \"10.0.0.0/8\"\n").unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:4: route[1].upstream: must be a string",
+                "t.toml:5: route[1].trusted-proxies: must be a list of strings like [\"a\", \"b\"]",
+            ]
+        );
+    }
+}
