@@ -64,12 +64,13 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     }
     let key = shard.register(&stream);
     let _registration = Registration { shard: &shard, key };
-    // A system call: made when the log needs it, else when a proxied
-    // request does.
-    let mut remote = None;
+    // A system call: made when the log needs it, else when the first
+    // proxied request does (`Some` once known).
+    let mut remote: Option<Option<IpAddr>> = None;
     let conn_log = shard.access_log().map(|logger| {
-        remote = stream.peer_addr().ok().map(|a| a.ip());
-        ConnLog { logger, remote }
+        let ip = stream.peer_addr().ok().map(|a| a.ip());
+        remote = Some(ip);
+        ConnLog { logger, remote: ip }
     });
     let mut client = Socket::new(Stream::Tcp(stream), shard.readiness());
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
@@ -150,7 +151,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                         let cx = Proxied {
                             shard: &shard,
                             site: &site,
-                            remote,
+                            remote: &mut remote,
                             log: conn_log.as_ref(),
                             arrived,
                         };
@@ -316,7 +317,7 @@ async fn serve_file(
 struct Proxied<'a> {
     shard: &'a Shard,
     site: &'a Site,
-    remote: Option<IpAddr>,
+    remote: &'a mut Option<Option<IpAddr>>,
     log: Option<&'a ConnLog>,
     arrived: Instant,
 }
@@ -341,7 +342,7 @@ async fn forward(
         send_timeout: limits.send_timeout,
         max_head: cx.site.session_limits.head.max_header_bytes,
     };
-    let remote = cx.remote.or_else(|| {
+    let remote = *cx.remote.get_or_insert_with(|| {
         let peer = client.tcp().and_then(|s| s.peer_addr().ok());
         peer.map(|a| a.ip())
     });

@@ -56,6 +56,10 @@ const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::P
 /// The user data of a poll's cancellation, whose completion says nothing we
 /// need (the poll's own last completion frees its slot).
 const REMOVAL: u64 = u64::MAX;
+/// The one-shot poll `Interest::writable` arms (a connection being made).
+const WRITE_MASK: u32 = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as u32;
+/// Marks a writable poll's user data (in the key's half; keys stay far below).
+const WRITE_BIT: u64 = 1 << 31;
 
 /// Why a wait ended without the socket becoming readable.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,10 @@ struct Slot {
     timed_out: bool,
     /// A poll failed to arm or ended with an error.
     error: Option<i32>,
+    /// A one-shot writable poll is in the kernel.
+    write_armed: bool,
+    /// The writable poll completed since the task last looked.
+    writable: bool,
 }
 
 /// A shard's readiness ring, its registered sockets and its driver's state.
@@ -168,6 +176,8 @@ impl Readiness {
             deadline: None,
             timed_out: false,
             error: None,
+            write_armed: false,
+            writable: false,
         });
         Interest {
             readiness: self.clone(),
@@ -183,6 +193,20 @@ impl Readiness {
 
     fn user_data(key: usize, generation: u32) -> u64 {
         (u64::from(generation) << 32) | key as u64
+    }
+
+    /// Queue an entry while the slots are borrowed (no kick: the caller
+    /// submits).
+    fn push_locked(&self, entry: &squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: as in `push`.
+        if unsafe { ring.submission().push(entry) }.is_err() {
+            ring.submit()?;
+            // SAFETY: as above.
+            unsafe { ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        Ok(())
     }
 
     /// Queue an entry; a full queue is submitted first.
@@ -263,11 +287,70 @@ impl Readiness {
         Poll::Pending
     }
 
+    /// Like `poll_ready`, for the one-shot writable poll.
+    fn poll_writable(
+        &self,
+        key: usize,
+        deadline: Instant,
+        cx: &Context<'_>,
+    ) -> Poll<Result<(), WaitError>> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[key];
+        if std::mem::take(&mut slot.writable) {
+            slot.waker = None;
+            slot.deadline = None;
+            return Poll::Ready(Ok(()));
+        }
+        if std::mem::take(&mut slot.timed_out) || deadline <= Instant::now() {
+            slot.waker = None;
+            slot.deadline = None;
+            return Poll::Ready(Err(WaitError::TimedOut));
+        }
+        slot.waker = Some(cx.waker().clone());
+        slot.deadline = Some(deadline);
+        let arm = !slot.write_armed;
+        slot.write_armed = true;
+        let (fd, generation) = (slot.fd, slot.generation);
+        drop(slots);
+        if self.next_deadline.get().is_none_or(|d| deadline < d) {
+            self.next_deadline.set(Some(deadline));
+            self.kick();
+        }
+        if arm {
+            let entry = opcode::PollAdd::new(types::Fd(fd), WRITE_MASK)
+                .build()
+                .user_data(Self::user_data(key, generation) | WRITE_BIT);
+            if let Err(e) = self.push(&entry) {
+                let mut slots = self.slots.borrow_mut();
+                slots[key].write_armed = false;
+                slots[key].waker = None;
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        Poll::Pending
+    }
+
     fn deregister(&self, key: usize) {
         let mut slots = self.slots.borrow_mut();
         let slot = &mut slots[key];
+        let write_poll = slot
+            .write_armed
+            .then(|| Self::user_data(key, slot.generation) | WRITE_BIT);
+        if let Some(target) = write_poll {
+            // A connection given up on before it was made: its poll would
+            // hold the socket until the kernel gives up too.
+            slot.write_armed = false;
+            let entry = opcode::AsyncCancel::new(target).build().user_data(REMOVAL);
+            if let Err(e) = self.push_locked(&entry) {
+                log::error!("readiness ring: cancelling a poll failed: {e}");
+            }
+        }
         if !slot.armed {
             slots.remove(key);
+            drop(slots);
+            if write_poll.is_some() {
+                let _ = self.ring.borrow().submit();
+            }
             return;
         }
         slot.closed = true;
@@ -300,11 +383,20 @@ impl Readiness {
             if data == REMOVAL {
                 continue;
             }
-            let key = (data & u64::from(u32::MAX)) as usize;
+            let write = data & WRITE_BIT != 0;
+            let key = (data & u64::from(u32::MAX) & !WRITE_BIT) as usize;
             let generation = (data >> 32) as u32;
             let Some(slot) = slots.get_mut(key).filter(|s| s.generation == generation) else {
                 continue;
             };
+            if write {
+                slot.write_armed = false;
+                slot.writable = true;
+                if let Some(w) = slot.waker.take() {
+                    w.wake();
+                }
+                continue;
+            }
             let more = cqueue::more(cqe.flags());
             if !more {
                 slot.armed = false;
@@ -488,6 +580,15 @@ impl Interest {
         self.maybe_more
     }
 
+    /// Whether nothing has happened on the descriptor since it was last
+    /// read to the end: no completion announced data, a close or an error,
+    /// and the last read left nothing behind. Clears nothing. A completion
+    /// not reaped yet is not seen: this can be late, never wrong the other
+    /// way.
+    pub fn is_quiet(&self) -> bool {
+        !self.maybe_more && !self.readiness.slots.borrow()[self.key].ready
+    }
+
     /// Run the non-blocking operation `op` on the registered descriptor if
     /// it is worth a look; None when there is nothing there: then wait with
     /// [`Interest::readable`] and try again. `left_more` says of a result
@@ -544,6 +645,18 @@ impl Interest {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<(), WaitError>> + '_ {
         std::future::poll_fn(move |cx| self.readiness.poll_ready(self.key, deadline, cx))
+    }
+}
+
+impl Interest {
+    /// Wait until the socket is writable (a non-blocking connect finished,
+    /// or failed: then `SO_ERROR` says how), at most until `deadline`.
+    /// One-shot: for making a connection, not for every write.
+    pub fn writable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), WaitError>> + '_ {
+        std::future::poll_fn(move |cx| self.readiness.poll_writable(self.key, deadline, cx))
     }
 }
 

@@ -35,6 +35,26 @@ pub struct Socket {
 }
 
 impl Stream {
+    /// Start connecting to `addr` without waiting; true when the
+    /// connection is still being made (wait with `Socket::connected`).
+    pub fn connect_tcp(addr: &std::net::SocketAddr) -> io::Result<(Stream, bool)> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(*addr),
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_nodelay(true)?;
+        let pending = match socket.connect(&(*addr).into()) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => return Err(e),
+        };
+        // SAFETY: a stream socket this function owns; glommio takes it over.
+        let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+        Ok((Stream::Tcp(stream), pending))
+    }
+
     /// Connect to the Unix socket at `path`. A local connect does not
     /// wait: it succeeds, or fails at once (EAGAIN when the listener's
     /// backlog is full).
@@ -174,6 +194,21 @@ impl Socket {
         }
     }
 
+    /// Wait for a connection started by `Stream::connect_tcp` to be made,
+    /// until `deadline`; its failure comes back as the connect's error.
+    pub async fn connected(&mut self, deadline: Instant) -> io::Result<()> {
+        let Some(interest) = self.interest.as_mut() else {
+            return Err(io::Error::other("waiting for a connection needs the ring"));
+        };
+        interest.writable(deadline).await?;
+        // SAFETY: the socket's descriptor, open for as long as the borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
+        match socket2::SockRef::from(&fd).take_error()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the peer has closed (or reset) the connection, looking
     /// without taking anything: bytes waiting are not a close. For a pooled
     /// upstream connection before reuse, and a client whose proxied request
@@ -197,7 +232,9 @@ impl Socket {
     /// request waits on its upstream: nginx's `proxy_ignore_client_abort off`.
     pub async fn closed(&mut self) {
         loop {
-            match self.peek() {
+            // The ring says so without a system call when nothing happened.
+            let quiet = self.interest.as_ref().is_some_and(Interest::is_quiet);
+            match if quiet { Peek::Nothing } else { self.peek() } {
                 Peek::Closed => return,
                 Peek::Data => return std::future::pending().await,
                 Peek::Nothing => {}
@@ -219,6 +256,10 @@ impl Socket {
     /// Whether the socket holds bytes or a close that no read took yet
     /// (a pooled upstream connection must hold neither).
     pub fn has_input(&mut self) -> bool {
+        // The ring says so without a system call when nothing happened.
+        if self.interest.as_ref().is_some_and(Interest::is_quiet) {
+            return false;
+        }
         self.peek() != Peek::Nothing
     }
 

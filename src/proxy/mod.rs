@@ -15,6 +15,7 @@
 //! not consumed; never after a response byte. 502 for a failed or bad
 //! upstream, 504 for a timeout, 503 when no server is usable.
 
+mod buffers;
 mod pool;
 mod request;
 mod response;
@@ -27,7 +28,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ServerAddr, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::handlers::proxy::ProxyJob;
 use crate::http::body::BodyDecoder;
 use crate::http::date::DATE_LEN;
@@ -46,6 +47,8 @@ use crate::transport::Socket;
 const CHUNK: usize = 16 << 10;
 /// Most header fields accepted in an upstream's response head.
 const MAX_RESPONSE_FIELDS: usize = 128;
+/// Most servers one request is tried on.
+const MAX_TRIES: usize = 8;
 
 /// The client's side of the exchange, lent by its connection.
 pub struct Client<'a> {
@@ -154,16 +157,22 @@ pub async fn serve(
     };
     let mut body = ex.body.clone();
     let mut body_started = false;
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    // Servers tried, up to `MAX_TRIES` (nginx tries each server once).
+    let mut tried = [usize::MAX; MAX_TRIES];
+    let mut attempts = 0;
     let mut last: Option<(Rc<Server>, Failure)> = None;
-    let mut up_out: Vec<u8> = Vec::with_capacity(1024);
+    let mut up_out = buffers::take(0);
     let started = Instant::now();
 
-    while let Some((index, server)) = group.pick(Instant::now(), &tried) {
+    while attempts < MAX_TRIES {
+        let Some((index, server)) = group.pick(Instant::now(), &tried[..attempts]) else {
+            break;
+        };
         if let Some((previous, _)) = &last {
             previous.count(|s| s.retries += 1);
         }
-        tried.push(index);
+        tried[attempts] = index;
+        attempts += 1;
         let _busy = server.busy();
         let mut up = match server.checkout(cfg.idle_timeout, Instant::now()) {
             Some(s) => s,
@@ -184,7 +193,6 @@ pub async fn serve(
         };
         server.count(|s| s.requests += 1);
         up_out.clear();
-        let host = server_host(&server.addr);
         request::write_head(
             &mut up_out,
             &head,
@@ -192,7 +200,7 @@ pub async fn serve(
             &route.config,
             &request::Forwarding {
                 remote: c.remote,
-                server_host: &host,
+                server_host: &server.host,
                 upgrade,
                 close: cfg.keepalive == 0,
             },
@@ -213,7 +221,7 @@ pub async fn serve(
             return served;
         }
         // Even when sending failed, an answer may be waiting (an early 413).
-        let mut rbuf = vec![0u8; CHUNK.max(ex.max_head)];
+        let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
         let got = read_head(&mut c, &mut up, &mut rbuf, cfg, ex.max_head, asked).await;
         let filled = match got {
             Ok(filled) => filled,
@@ -282,14 +290,6 @@ pub async fn serve(
     reply(&mut c, &ex, &mut served, status).await;
     served.upstream = last.map(|(s, _)| (s, 0, started.elapsed()));
     served
-}
-
-/// The `Host` a server gets when the client's is not passed on.
-fn server_host(addr: &ServerAddr) -> String {
-    match addr {
-        ServerAddr::Tcp(a) => a.to_string(),
-        ServerAddr::Unix(_) => "localhost".into(),
-    }
 }
 
 /// Answer the client with an error status of our own.

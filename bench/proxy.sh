@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The reverse proxy's cost: coreserve's `proxy` route and nginx's
+# `proxy_pass` with a keep-alive upstream pool, in front of the same fast
+# upstream (an nginx worker answering "Hello World"), under wrk, rounds
+# interleaved. Per proxy: req/s, the proxy's own CPU per request
+# (user+sys of every thread and process, from /proc; the upstream's CPU is
+# not counted), system calls per request and wrk's p99.
+#
+#   bench/proxy.sh [ROUNDS]                  # all-cores: shards/workers = CPUs
+#   LAYOUT=pinned bench/proxy.sh 3           # proxy alone on CPU 1; wrk and upstream on CPU 0
+#   RATE=20000 bench/proxy.sh 3              # open loop at this rate (wrk2-style, via coreserve-bench)
+#
+# BINS names coreserve binaries to compare (NAME=PATH). Needs wrk, nginx and
+# perf (apt-get install -y wrk nginx linux-perf) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+ROUNDS=${1:-3}
+DURATION=${DURATION:-5s}
+BINS=${BINS:-coreserve=$BIN}
+LAYOUT=${LAYOUT:-all-cores}
+NCPU=$(nproc)
+on_server=() on_load=()
+if [ "$LAYOUT" = pinned ]; then
+    NCPU=1
+    on_server=(taskset -c "$SERVER_CPU")
+    on_load=(taskset -c "$LOAD_CPU")
+fi
+SYSCALLS="recvfrom sendto read write writev readv io_uring_enter membarrier epoll_wait connect close"
+
+run_one() { # name port pids...
+    local name=$1 port=$2; shift 2
+    local url="http://127.0.0.1:$port/"
+    "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "$url" > /dev/null  # warm-up
+    local events="" s pidlist
+    for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
+    pidlist=$(IFS=,; echo "$*")
+    perf stat -x, -e "${events%,}" -p "$pidlist" -o "$work/perf.txt" &
+    local perf=$!
+    sleep 0.2
+    local t0 t1 out reqs calls bad
+    t0=$(ticks "$@")
+    out=$("${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    t1=$(ticks "$@")
+    kill -INT "$perf"; wait "$perf" 2>/dev/null || true
+    reqs=$(awk '/requests in/ {print $1}' <<< "$out")
+    bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
+    [ -z "$bad" ] || echo "$name: $bad responses were not 2xx/3xx; the figures below are void" >&2
+    calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
+    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
+        -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
+        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s\n", n, r / d, t / hz * 1e6 / r, p99, c }'
+}
+
+mkdir -p "$work/up/logs" "$work/px/logs"
+# The upstream: one nginx worker with the hello world, on the load's CPU
+# when pinned.
+sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:3003/" "$PEERS/nginx.conf" > "$work/up.conf"
+"${on_load[@]}" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
+wait_port 3003
+sed -e "s/worker_processes 1;/worker_processes $NCPU;/" "$PEERS/nginx-proxy.conf" > "$work/px.conf"
+cat > "$work/coreserve.toml" <<TOML
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:3003"]
+
+[[route]]
+path = "/"
+handler = "proxy"
+upstream = "app"
+TOML
+
+results=$work/results
+: > "$results"
+echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, wrk -t1 -c$CONNS, $DURATION per run"
+for round in $(seq "$ROUNDS"); do
+    for spec in $BINS; do
+        name=${spec%%=*}; bin=${spec#*=}
+        cpus=()
+        if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
+        "${on_server[@]}" "$bin" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 --shards "$NCPU" \
+            "${cpus[@]}" --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
+        pid=$!; wait_port 3100
+        run_one "$name" 3100 "$pid" | tee -a "$results"
+        stop TERM "$pid"
+    done
+    "${on_server[@]}" nginx -p "$work/px/" -c "$work/px.conf" -g 'daemon off;' &
+    pid=$!; wait_port 3002
+    run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
+    stop QUIT "$pid"
+done
+
+echo "medians over $ROUNDS rounds:"
+names=()
+for spec in $BINS nginx; do names+=("${spec%%=*}"); done
+medians "$results" "${names[@]}"
