@@ -50,11 +50,13 @@ LAYERS = {
     "handlers": 2,
     "listener": 2,
     "handoff": 2,
+    "transport": 2,  # sockets as connections see them (client and upstream)
     # 3
     "router": 3,
     "admin": 3,
     "systemd": 3,
     "acceptor": 3,
+    "proxy": 3,     # the reverse proxy's exchange and per-shard upstream pools
     # 4: the per-shard state a connection sees: Shard, Site, ConnKey.
     "state": 4,
     # 5: one connection.
