@@ -7,12 +7,14 @@
 //! checks what they name on the file system. Both report every rule broken
 //! with the file, line and key, before anything is bound or started.
 
+mod app;
 mod env;
 mod files;
 mod load;
 mod upstream;
 mod validate;
 
+pub use app::*;
 pub use files::preflight;
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
 pub use upstream::*;
@@ -144,6 +146,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups that `proxy` routes name, in file order.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Application processes to run and proxy to, in file order.
+    pub apps: Vec<AppConfig>,
     /// Access logging.
     pub log: LogConfig,
     /// The metrics endpoint.
@@ -171,6 +175,7 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             routes: vec![RouteConfig::hello_world()],
             upstreams: Vec::new(),
+            apps: Vec::new(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             source: None,

@@ -1,0 +1,115 @@
+//! `[[app]]`: application processes coreserve starts, supervises and proxies
+//! to (what Node's cluster master and PM2 do for an app). Each app is also
+//! an upstream group of the same name, whose servers are its running
+//! instances: routes name it with `upstream = "…"` like any group.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::UpstreamConfig;
+
+/// How long an instance may take to accept connections after it starts.
+/// Node apps are up in well under a second; a bundle that loads for long
+/// should raise it.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped instance gets between SIGTERM and SIGKILL (PM2's
+/// `kill_timeout` is 1.6 s; a server closing its keep-alive connections
+/// needs a few seconds).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most instances of one app.
+pub const MAX_INSTANCES: usize = 256;
+
+/// How many instances an app runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instances {
+    /// Exactly this many.
+    Count(usize),
+    /// One per shard (`"auto"`), as `cluster` forks one worker per CPU.
+    PerShard,
+}
+
+/// How an instance is told where to listen; the app chooses nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppListen {
+    /// A free TCP port on 127.0.0.1, in the environment variable (`PORT`).
+    Port,
+    /// A Unix socket path, in the environment variable (`SOCKET`); Node's
+    /// `server.listen(path)` takes it as it is.
+    Unix,
+}
+
+impl AppListen {
+    /// The environment variable used when the app does not name one.
+    pub fn default_env(self) -> &'static str {
+        match self {
+            AppListen::Port => "PORT",
+            AppListen::Unix => "SOCKET",
+        }
+    }
+}
+
+/// One `[[app]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    /// Its name: also the upstream group's, unique among apps and groups.
+    pub name: String,
+    /// The program and its arguments (`["node", "server.js"]`); the program
+    /// is looked up on `PATH` when it has no slash.
+    pub command: Vec<String>,
+    /// Working directory (relative paths in the file are relative to the
+    /// file's directory); `None`: coreserve's own.
+    pub cwd: Option<PathBuf>,
+    /// Environment variables added to coreserve's own, in file order.
+    pub env: Vec<(String, String)>,
+    /// How many instances run.
+    pub instances: Instances,
+    /// How an instance is told where to listen.
+    pub listen: AppListen,
+    /// The environment variable that carries the address.
+    pub listen_env: String,
+    /// Time an instance has to accept a connection after it starts.
+    pub start_timeout: Duration,
+    /// Time a stopping instance has between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+    /// The group's proxy settings (its `servers` are the instances, filled
+    /// in while it runs; `name` is the app's).
+    pub upstream: UpstreamConfig,
+}
+
+impl AppConfig {
+    /// An app with every default.
+    pub fn new(name: impl Into<String>, command: Vec<String>) -> Self {
+        let name = name.into();
+        AppConfig {
+            upstream: UpstreamConfig::new(name.clone(), Vec::new()),
+            name,
+            command,
+            cwd: None,
+            env: Vec::new(),
+            instances: Instances::PerShard,
+            listen: AppListen::Port,
+            listen_env: AppListen::Port.default_env().into(),
+            start_timeout: DEFAULT_START_TIMEOUT,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+
+    /// How many instances run with `shards` shards.
+    pub fn instance_count(&self, shards: usize) -> usize {
+        match self.instances {
+            Instances::Count(n) => n,
+            Instances::PerShard => shards.max(1),
+        }
+    }
+
+    /// Whether a change from `self` to `new` needs the instances replaced
+    /// (a rolling reload): anything about the processes. The proxy settings
+    /// and the number of instances apply without one.
+    pub fn replaces_instances(&self, new: &AppConfig) -> bool {
+        self.command != new.command
+            || self.cwd != new.cwd
+            || self.env != new.env
+            || self.listen != new.listen
+            || self.listen_env != new.listen_env
+    }
+}
