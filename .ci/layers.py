@@ -41,6 +41,7 @@ LAYERS = {
     "recheck": 0,   # the shard's budget of direct syscalls
     "status": 0,    # `coreserve status`, a client of the metrics endpoint
     "panics": 0,    # the text of a panic payload
+    "backoff": 0,   # restart delays of a supervised child
     # 1: built on the leaves.
     "config": 1,    # Config, its loading and validation
     "readiness": 1, # the shard's own io_uring ring
@@ -63,6 +64,7 @@ LAYERS = {
     "conn": 5,
     # 6: one shard.
     "shard": 6,
+    "apps": 6,      # application processes: start, supervise, stop
     # 7: the master runtime.
     "master": 7,
     # 8: the flags; only the binary (src/main.rs) uses them.

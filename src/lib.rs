@@ -14,6 +14,8 @@ compile_error!("the fault-injection feature is for tests: never build a release 
 pub mod acceptor;
 pub mod access_log;
 pub mod admin;
+
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -6,9 +6,8 @@
 //!
 //! `run` (here) checks and binds; `launch` starts a shard; `supervisor` is
 //! the event loop that serves, reloads, restarts and drains; `scrape`
-//! gathers metrics; `backoff` spaces restarts.
+//! gathers metrics. `crate::backoff` spaces restarts.
 
-mod backoff;
 mod launch;
 mod scrape;
 mod supervisor;
@@ -25,7 +24,7 @@ use crate::listener::{self, BindError};
 use crate::signals;
 use crate::systemd;
 
-pub use backoff::restart_delay;
+pub use crate::backoff::restart_delay;
 use launch::{Launcher, ListenSource};
 use supervisor::{supervise, Supervision};
 

@@ -11,12 +11,12 @@ use glommio::channels::shared_channel::{self, ConnectedSender};
 use glommio::net::TcpListener;
 use log::{error, info, warn};
 
-use super::backoff::Backoff;
 use super::launch::{Launched, Launcher};
 use super::scrape::{finish_gather, Gather, Scraped, SCRAPE_WAIT};
 use super::{MasterError, Reloader};
 use crate::acceptor::{Acceptor, Command};
 use crate::admin;
+use crate::backoff::Backoff;
 use crate::config::{AccessLog, Config};
 use crate::handoff;
 use crate::shard::{self, Control, ShardEvent};

@@ -1,6 +1,7 @@
 //! How long to wait before starting a dead child again: 1 s doubling to
-//! 30 s for deaths in a row, afresh after a child that lived a while. For
-//! shard threads now; the same rule will serve app processes.
+//! 30 s for deaths in a row, afresh after a child that lived a while. The
+//! rule for both kinds of child the master supervises: shard threads and
+//! app processes.
 
 use std::time::{Duration, Instant};
 
