@@ -83,6 +83,7 @@ impl Server {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
+                let text = log.lock().unwrap().clone();
                 panic!("coreserve exited ({status}) before listening:\n{text}");
             }
             assert!(
@@ -234,15 +235,6 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every value of a header, in order.
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
     /// The body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -309,7 +301,7 @@ impl Reader {
         let mut line = Vec::new();
         self.inner
             .read_until(b'\n', &mut line)
-            .expect("read chunk size");
+            .unwrap_or_else(|e| panic!("reading a chunk-size line: {e} (WouldBlock or TimedOut: nothing came within the read timeout)"));
         let text = String::from_utf8_lossy(&line);
         assert!(text.ends_with("\r\n"), "bad chunk-size line {text:?}");
         let size = text.trim_end().split(';').next().unwrap();
@@ -321,7 +313,7 @@ impl Reader {
                 let n = self
                     .inner
                     .read_until(b'\n', &mut line)
-                    .expect("read trailer");
+                    .unwrap_or_else(|e| panic!("reading a trailer: {e}"));
                 assert!(n > 0, "connection closed inside a trailer section");
                 if line == b"\r\n" {
                     return None;
@@ -329,7 +321,9 @@ impl Reader {
             }
         }
         let mut data = vec![0; size + 2];
-        self.inner.read_exact(&mut data).expect("read chunk");
+        self.inner
+            .read_exact(&mut data)
+            .unwrap_or_else(|e| panic!("reading {size} bytes of chunk data: {e}"));
         assert_eq!(&data[size..], b"\r\n", "chunk data not followed by CRLF");
         data.truncate(size);
         Some(data)

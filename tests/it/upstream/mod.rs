@@ -28,11 +28,22 @@ use parse::{parse, Parsed};
 use reply::Step;
 pub use reply::{chunk, Reply};
 
+/// Bytes for a failure message: text, escaped, cut after 300 bytes.
+pub fn show(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(300)];
+    let more = if bytes.len() > cut.len() {
+        format!("…({} bytes in all)", bytes.len())
+    } else {
+        String::new()
+    };
+    format!("{:?}{more}", String::from_utf8_lossy(cut))
+}
+
 /// How often a blocked fixture thread looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
 /// One request as the upstream received it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     /// Arrival order across the whole fixture, from 0.
     pub n: usize,
@@ -86,8 +97,21 @@ impl Request {
     }
 }
 
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{} (conn {} #{}) {}",
+            self.n,
+            self.conn,
+            self.seq,
+            show(&self.raw)
+        )
+    }
+}
+
 /// What happened on one accepted connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Conn {
     /// The local port it was accepted on.
     pub port: u16,
@@ -103,13 +127,43 @@ pub struct Conn {
     pub partial: bool,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let targets: Vec<String> = self
+            .requests
+            .iter()
+            .map(|q| format!("{} {}", q.method, q.target))
+            .collect();
+        write!(
+            f,
+            "Conn {{ port {}, requests {targets:?}, {} bytes{}{}{} }}",
+            self.port,
+            self.bytes.len(),
+            if self.peer_closed {
+                ", closed by the peer"
+            } else {
+                ""
+            },
+            if self.partial {
+                ", ended inside a message"
+            } else {
+                ""
+            },
+            match &self.error {
+                Some(e) => format!(", refused: {e}"),
+                None => String::new(),
+            }
+        )
+    }
+}
+
 /// How the fixture answers: called for every complete request.
 pub type Behaviour = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
-/// Canned behaviour: 200 `body` to everything.
+/// Canned behaviour: 200 `body` to everything (the head alone to HEAD).
 pub fn ok(body: &str) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     let body = body.to_string();
-    move |_| Reply::ok(&body)
+    move |req| Reply::ok_to(req, &body)
 }
 
 /// Canned behaviour: every request echoed back (`Reply::echo_request`).

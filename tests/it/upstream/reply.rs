@@ -104,7 +104,27 @@ impl Reply {
         }
         body.push(b'\n');
         body.extend_from_slice(&req.body);
-        Reply::ok(body)
+        Reply::ok_to(req, body)
+    }
+
+    /// 200 with this body, or for a HEAD request its head alone (with the
+    /// Content-Length the body would have).
+    pub fn ok_to(req: &Request, body: impl AsRef<[u8]>) -> Reply {
+        let body = body.as_ref();
+        if req.method == "HEAD" {
+            Reply::new().write(format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ))
+        } else {
+            Reply::ok(body)
+        }
+    }
+
+    /// These steps, then `other`'s.
+    pub fn then(mut self, other: Reply) -> Reply {
+        self.steps.extend(other.steps);
+        self
     }
 
     /// A response head that is not HTTP, then silence.
@@ -146,10 +166,7 @@ impl Reply {
 
     /// 200 `body` after a pause.
     pub fn slow(delay: Duration, body: &str) -> Reply {
-        let ok = Reply::ok(body);
-        let mut r = Reply::new().sleep(delay);
-        r.steps.extend(ok.steps);
-        r
+        Reply::new().sleep(delay).then(Reply::ok(body))
     }
 
     /// A chunked `text/event-stream` of `n` events (`data: 1`, `data: 2`,

@@ -162,6 +162,8 @@ fn fixture_canned_replies_misbehave_as_named() {
     }
     let ports: Vec<u16> = two.requests().iter().map(|r| r.port).collect();
     assert_eq!(ports, vec![two.addrs[0].port(), two.addrs[1].port()]);
+    let conn_ports: Vec<u16> = two.connections().iter().map(|c| c.port).collect();
+    assert_eq!(conn_ports, ports);
     let err = TcpStream::connect(dead_addr()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }
