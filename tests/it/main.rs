@@ -11,8 +11,13 @@ mod http;
 mod load;
 mod metrics;
 mod operations;
+mod proxy;
+mod proxy_faults;
+mod proxy_headers;
+mod proxy_ops;
 mod shutdown;
 mod static_files;
 #[cfg(feature = "fault-injection")]
 mod supervision;
+mod upstream;
 mod util;

@@ -18,7 +18,7 @@ fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
 }
 
 /// Scrape and parse; every sample by name and labels.
-fn scrape(server: &Server) -> prometheus_parse::Scrape {
+pub(crate) fn scrape(server: &Server) -> prometheus_parse::Scrape {
     let url = server.metrics_url();
     let out = succeeds(std::process::Command::new("curl").args([
         "-sS",

@@ -83,6 +83,7 @@ impl Server {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
+                let text = log.lock().unwrap().clone();
                 panic!("coreserve exited ({status}) before listening:\n{text}");
             }
             assert!(
@@ -253,8 +254,8 @@ impl Reader {
         }
     }
 
-    /// The next response; `head_only` for a HEAD request's response.
-    pub fn next(&mut self, head_only: bool) -> Response {
+    /// The next response's head (status and fields), its body left unread.
+    pub fn head(&mut self) -> Response {
         let mut head = Vec::new();
         loop {
             let mut line = Vec::new();
@@ -271,7 +272,11 @@ impl Reader {
         }
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Response::new(&mut fields);
-        assert!(r.parse(&head).unwrap().is_complete());
+        assert!(
+            r.parse(&head).unwrap().is_complete(),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
         let status = r.code.unwrap();
         let headers: Vec<(String, String)> = r
             .headers
@@ -283,21 +288,104 @@ impl Reader {
                 )
             })
             .collect();
-        let mut resp = Response {
+        Response {
             status,
             headers,
             body: Vec::new(),
-        };
+        }
+    }
+
+    /// The next chunk of a chunked body; None at the last chunk (its
+    /// trailer section is read and dropped).
+    pub fn chunk(&mut self) -> Option<Vec<u8>> {
+        let mut line = Vec::new();
+        self.inner
+            .read_until(b'\n', &mut line)
+            .unwrap_or_else(|e| panic!("reading a chunk-size line: {e} (WouldBlock or TimedOut: nothing came within the read timeout)"));
+        let text = String::from_utf8_lossy(&line);
+        assert!(text.ends_with("\r\n"), "bad chunk-size line {text:?}");
+        let size = text.trim_end().split(';').next().unwrap();
+        let size = usize::from_str_radix(size, 16)
+            .unwrap_or_else(|_| panic!("bad chunk-size line {text:?}"));
+        if size == 0 {
+            loop {
+                let mut line = Vec::new();
+                let n = self
+                    .inner
+                    .read_until(b'\n', &mut line)
+                    .unwrap_or_else(|e| panic!("reading a trailer: {e}"));
+                assert!(n > 0, "connection closed inside a trailer section");
+                if line == b"\r\n" {
+                    return None;
+                }
+            }
+        }
+        let mut data = vec![0; size + 2];
+        self.inner
+            .read_exact(&mut data)
+            .unwrap_or_else(|e| panic!("reading {size} bytes of chunk data: {e}"));
+        assert_eq!(&data[size..], b"\r\n", "chunk data not followed by CRLF");
+        data.truncate(size);
+        Some(data)
+    }
+
+    /// The next response; `head_only` for a HEAD request's response. Its
+    /// body must be framed by Content-Length or chunked.
+    pub fn next(&mut self, head_only: bool) -> Response {
+        let mut resp = self.head();
+        let status = resp.status;
         if !head_only && status >= 200 && status != 204 && status != 304 {
-            let len: usize = resp
-                .header("content-length")
-                .expect("content-length on every response")
-                .parse()
-                .unwrap();
-            resp.body = vec![0; len];
-            self.inner.read_exact(&mut resp.body).unwrap();
+            let chunked = resp
+                .header("transfer-encoding")
+                .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
+            if chunked {
+                while let Some(data) = self.chunk() {
+                    resp.body.extend_from_slice(&data);
+                }
+            } else {
+                let len: usize = resp
+                    .header("content-length")
+                    .expect("content-length on every response")
+                    .parse()
+                    .unwrap();
+                resp.body = vec![0; len];
+                self.inner.read_exact(&mut resp.body).unwrap();
+            }
         }
         resp
+    }
+
+    /// The next final response (status 101 or 200 and up), skipping any
+    /// interim 1xx ones.
+    pub fn next_final(&mut self, head_only: bool) -> Response {
+        loop {
+            let r = self.next(head_only);
+            if r.status == 101 || r.status >= 200 {
+                return r;
+            }
+        }
+    }
+
+    /// Exactly `n` more bytes (after a 101, say).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.inner.read_exact(&mut buf).expect("read bytes");
+        buf
+    }
+
+    /// Everything until the peer closes (end of file, or a reset after
+    /// some data): whatever is buffered included.
+    pub fn rest(&mut self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.inner.read(&mut chunk) {
+                Ok(0) => return buf,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return buf,
+                Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&buf)),
+            }
+        }
     }
 }
 
@@ -306,6 +394,13 @@ pub fn get(addr: SocketAddr, raw: &str) -> Response {
     let mut s = connect(addr);
     s.write_all(raw.as_bytes()).unwrap();
     Reader::new(&s).next(raw.starts_with("HEAD "))
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
 }
 
 /// Make `cmd` run with RLIMIT_MEMLOCK set to `bytes` (soft and hard).

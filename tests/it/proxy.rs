@@ -1,0 +1,476 @@
+//! The reverse proxy (`handler = "proxy"`, `[[upstream]]`): bodies both
+//! ways, re-framing, 100-continue, streaming responses, WebSocket tunnels,
+//! and responses without a body. Headers are in `proxy_headers.rs`,
+//! failures in `proxy_faults.rs`, pooling and operations in `proxy_ops.rs`.
+//! Each test starts `tests/it/upstream` fixtures and a coreserve in front.
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
+use std::path::PathBuf;
+
+use crate::config::Scratch;
+use crate::upstream::{chunk, echo, Gate, Reply, Upstream};
+use crate::util::{connect, get, Reader, Response, Server};
+
+/// A coreserve in front of upstream fixtures, with its configuration file.
+pub struct Proxy {
+    pub server: Server,
+    pub dir: Scratch,
+}
+
+impl Proxy {
+    /// Start with this configuration and one shard (so that one pool and
+    /// one round-robin serve every request).
+    pub fn start(name: &str, toml: &str) -> Proxy {
+        Proxy::start_with(name, toml, &["--shards", "1"])
+    }
+
+    /// Start with this configuration and these flags.
+    pub fn start_with(name: &str, toml: &str, args: &[&str]) -> Proxy {
+        let dir = Scratch::new(name);
+        let conf = dir.write("proxy.toml", toml).display().to_string();
+        let mut all = vec!["--config", conf.as_str()];
+        all.extend_from_slice(args);
+        let server = Server::start(&all);
+        Proxy { server, dir }
+    }
+
+    /// The configuration file.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.0.join("proxy.toml")
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, raw: &str) -> Response {
+        get(self.server.addr, raw)
+    }
+}
+
+/// An `[[upstream]]` table; `extra` holds more `key = value` lines.
+pub fn group(name: &str, servers: &[String], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nservers = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// A `proxy` route; `extra` holds more `key = value` lines.
+pub fn route(path: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\npath = \"{path}\"\nhandler = \"proxy\"\nupstream = \"{upstream}\"\n{extra}\n"
+    )
+}
+
+/// Upstream group `app` of these servers, proxied at `/`.
+pub fn simple(servers: &[String], group_extra: &str, route_extra: &str) -> String {
+    group("app", servers, group_extra) + &route("/", "app", route_extra)
+}
+
+/// Whether `hay` contains `needle`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `n` bytes of a pattern no test sends by accident.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
+        .collect()
+}
+
+#[test]
+fn bodies_stream_both_ways_with_content_length() {
+    let big = pattern(3 << 20);
+    let out = big.clone();
+    let up = Upstream::start(move |req| match req.target.as_str() {
+        "/big" => Reply::ok(&out),
+        _ => Reply::ok(format!("{} {} {}", req.method, req.target, req.body.len())),
+    });
+    let proxy = Proxy::start(
+        "proxy-bodies",
+        &(simple(&[up.server()], "", "") + "[limits]\nmax-body-bytes = \"8m\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+
+    // 3 MiB up: the upstream gets exactly those bytes in one message.
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&big).unwrap();
+    let resp = r.next(false);
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "POST /upload 3145728")
+    );
+    // 3 MiB down, byte for byte.
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = r.next(false);
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == big, "the 3 MiB body came back different");
+
+    // The request body streams: half of it reaches the upstream before the
+    // client has sent the rest.
+    s.write_all(b"POST /halves HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+        .unwrap();
+    assert!(
+        up.wait_until(|u| contains(&u.received(), b"01234")),
+        "the first half of the body never reached the upstream: {:?}",
+        String::from_utf8_lossy(&up.received())
+    );
+    s.write_all(b"56789").unwrap();
+    assert_eq!(r.next(false).text(), "POST /halves 10");
+
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(reqs[0].body == big);
+    assert_eq!(reqs[2].text(), "0123456789");
+    assert!(up.errors().is_empty(), "{:?}", up.errors());
+}
+
+#[test]
+fn a_chunked_request_is_reframed_without_extensions_or_trailers() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-chunked", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+
+    // Extensions and a trailer from the client: the payload goes up, they
+    // do not.
+    s.write_all(b"POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=evil\r\nhello\r\n7;q=\"x y\"\r\n, world\r\n0\r\nX-Smuggled-Trailer: evil\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    // A chunk whose data looks like the end of the body and a request.
+    let inner = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(b"POST /inner HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    s.write_all(&chunk(inner)).unwrap();
+    s.write_all(b"0\r\n\r\n").unwrap();
+    assert_eq!(r.next(false).status, 200);
+    // Streamed: the first chunk's data is upstream before the last chunk
+    // is sent.
+    s.write_all(
+        b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    )
+    .unwrap();
+    assert!(
+        up.wait_until(|u| contains(&u.received(), b"first")),
+        "the first chunk never reached the upstream"
+    );
+    s.write_all(b"7\r\n second\r\n0\r\n\r\n").unwrap();
+    assert!(r.next(false).text().ends_with("\n\nfirst second"));
+
+    assert!(up.errors().is_empty(), "{:?}", up.errors());
+    let reqs = up.requests();
+    let targets: Vec<&str> = reqs.iter().map(|q| q.target.as_str()).collect();
+    assert_eq!(targets, ["/ext", "/inner", "/stream"]);
+    assert_eq!(reqs[0].text(), "hello, world");
+    assert_eq!(reqs[1].body, inner.to_vec());
+    for q in &reqs {
+        assert!(!q.chunk_extensions, "extensions went up: {:?}", q.raw);
+        assert!(q.trailers.is_empty(), "trailers went up: {:?}", q.trailers);
+        assert!(!q.has("x-smuggled-trailer"));
+        // One framing: a length or chunked, as the fixture checked.
+        assert!(q.has("content-length") != q.chunked, "{q:?}");
+    }
+    let raw = up.received();
+    assert!(
+        !contains(&raw, b"evil"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
+fn max_body_bytes_still_applies() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start(
+        "proxy-max-body",
+        &(simple(&[up.server()], "", "") + "[limits]\nmax-body-bytes = \"1k\"\n"),
+    );
+    // Declared too long: refused before any of it goes up.
+    let r = proxy.get("POST /declared HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n");
+    assert_eq!(r.status, 413);
+    // With Expect: 413 at once, no 100 Continue.
+    let r = proxy.get(
+        "POST /expect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n",
+    );
+    assert_eq!(r.status, 413);
+    // Chunked past the limit: 413, and the upstream never gets a complete
+    // (truncated but well-formed) request out of it.
+    let mut s = connect(proxy.addr());
+    s.write_all(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let part = chunk(vec![b'z'; 800]);
+    s.write_all(&part).unwrap();
+    let _ = s.write_all(&part);
+    let _ = s.write_all(b"0\r\n\r\n");
+    assert_eq!(Reader::new(&s).next(false).status, 413);
+    // Under the limit: goes up whole.
+    let body = "y".repeat(1000);
+    let r = proxy.get(&format!(
+        "POST /under HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{body}"
+    ));
+    assert_eq!(r.status, 200);
+
+    let reqs = up.requests();
+    let targets: Vec<&str> = reqs.iter().map(|q| q.target.as_str()).collect();
+    assert_eq!(targets, ["/under"], "{reqs:?}");
+    assert_eq!(reqs[0].text(), body);
+    let raw = up.received();
+    assert!(
+        !contains(&raw, b"/declared") && !contains(&raw, b"/expect"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
+fn expect_100_continue_gets_100_then_the_final_response() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-expect", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    for i in 0..2 {
+        s.write_all(
+            b"PUT /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        // The client waits for 100 before it sends the body.
+        assert_eq!(r.next(false).status, 100, "request {i}");
+        s.write_all(b"hello").unwrap();
+        let resp = r.next_final(false);
+        assert_eq!(resp.status, 200);
+        assert!(resp.text().ends_with("\n\nhello"), "{}", resp.text());
+    }
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|q| q.text() == "hello"));
+}
+
+#[test]
+fn a_streamed_response_reaches_the_client_as_it_arrives() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let up = Upstream::start(move |req| {
+        match req.target.as_str() {
+        "/events" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write(chunk("data: first\n\n"))
+            .wait(&g)
+            .write(chunk("data: second\n\n"))
+            .write(chunk("data: third\n\n"))
+            .write("0\r\n\r\n"),
+        _ => Reply::ok("after"),
+    }
+    });
+    let proxy = Proxy::start("proxy-stream", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let head = r.head();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        head.header("transfer-encoding"),
+        Some("chunked"),
+        "a response without a length is re-framed chunked: {head:?}"
+    );
+    // The first event arrives while the upstream still holds the rest.
+    let mut got = Vec::new();
+    while !contains(&got, b"data: first\n\n") {
+        got.extend(r.chunk().expect("the stream ended early"));
+    }
+    assert_eq!(got, b"data: first\n\n");
+    gate.open();
+    while let Some(c) = r.chunk() {
+        got.extend(c);
+    }
+    assert_eq!(got, b"data: first\n\ndata: second\n\ndata: third\n\n");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(r.next(false).text(), "after");
+}
+
+#[test]
+fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
+    let up = Upstream::start(|req| {
+        match req.target.as_str() {
+        "/bye" => Reply::new()
+            .write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .write("bye")
+            .close(),
+        _ => Reply::upgrade_echo(),
+    }
+    });
+    let proxy = Proxy::start("proxy-ws", &simple(&[up.server()], "", "upgrade = true"));
+    let upgrade = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+
+    // The client closes first.
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(upgrade("/chat").as_bytes()).unwrap();
+    let resp = r.next_final(false);
+    assert_eq!(resp.status, 101);
+    assert!(resp
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket")));
+    s.write_all(b"\x81\x05hello").unwrap();
+    assert_eq!(r.bytes(7), b"\x81\x05hello");
+    // Bytes that look like HTTP are tunnel data, not a request.
+    let fake = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(fake).unwrap();
+    assert_eq!(r.bytes(fake.len()), fake.to_vec());
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(r.rest().is_empty(), "bytes after the upstream closed");
+
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let q = &reqs[0];
+    assert!(q
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket")));
+    assert!(
+        q.header("connection")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade")),
+        "{q:?}"
+    );
+    assert_eq!(
+        q.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+    assert!(up.wait_until(|u| u.connections()[0].peer_closed));
+    let conn = &up.connections()[0];
+    assert!(conn.bytes.ends_with(fake));
+
+    // The upstream closes first.
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(upgrade("/bye").as_bytes()).unwrap();
+    assert_eq!(r.next_final(false).status, 101);
+    assert_eq!(r.rest(), b"bye");
+}
+
+/// A GET on a connection that just had a response without a body must
+/// get its own response: a body expected where there is none would
+/// swallow or stall it.
+fn after(s: &mut std::net::TcpStream, r: &mut Reader, what: &str) {
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let a = r.next(false);
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (200, "after"),
+        "after {what}"
+    );
+}
+
+#[test]
+fn head_1xx_204_and_304_are_framed_right() {
+    let up = Upstream::start(|req| match (req.method.as_str(), req.target.as_str()) {
+        ("HEAD", "/length") => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"),
+        ("HEAD", "/chunked") => {
+            Reply::new().write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        }
+        (_, "/early") => Reply::new()
+            .write("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        (_, "/204") => Reply::new().write("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"),
+        (_, "/304") => Reply::new().write("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n"),
+        _ => Reply::ok("after"),
+    });
+    let proxy = Proxy::start("proxy-nobody", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"HEAD /length HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let h = r.next(true);
+    assert_eq!(h.status, 200);
+    after(&mut s, &mut r, "HEAD with a length");
+    s.write_all(b"HEAD /chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(true).status, 200);
+    after(&mut s, &mut r, "HEAD with chunked");
+
+    s.write_all(b"GET /early HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let e = r.next_final(false);
+    assert_eq!((e.status, e.text().as_str()), (200, "ok"));
+    after(&mut s, &mut r, "a 103");
+
+    s.write_all(b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let n = r.next(false);
+    assert_eq!(n.status, 204);
+    assert_eq!(n.header("x-a"), Some("1"));
+    assert_eq!(n.header("content-length"), None, "{n:?}");
+    assert_eq!(n.header("transfer-encoding"), None, "{n:?}");
+    after(&mut s, &mut r, "a 204");
+
+    s.write_all(b"GET /304 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\n\r\n")
+        .unwrap();
+    let m = r.next(false);
+    assert_eq!(m.status, 304);
+    assert_eq!(m.header("etag"), Some("\"v1\""));
+    assert_eq!(m.header("transfer-encoding"), None, "{m:?}");
+    after(&mut s, &mut r, "a 304");
+    assert!(up.errors().is_empty());
+}
+
+#[test]
+fn an_upstream_connection_close_leaves_the_client_connection_open() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/close" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nfirst")
+            .close(),
+        // No length: the body runs until the upstream closes.
+        "/eof" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+            .close(),
+        _ => Reply::ok("again"),
+    });
+    let proxy = Proxy::start("proxy-upstream-close", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    for path in ["/close", "/eof"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let resp = r.next(false);
+        let want = if path == "/close" {
+            "first"
+        } else {
+            "until the end"
+        };
+        assert_eq!((resp.status, resp.text().as_str()), (200, want));
+        assert_eq!(resp.header("connection"), None, "{path}: {resp:?}");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(r.next(false).text(), "again", "after {path}");
+    }
+    // Nothing was sent on a connection after the upstream said it closes.
+    for c in up.connections() {
+        let last = c.requests.last().map(|q| q.target.clone());
+        for q in &c.requests {
+            if q.target == "/close" || q.target == "/eof" {
+                assert_eq!(last.as_deref(), Some(q.target.as_str()), "{c:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The reverse proxy when upstreams fail: the next server, retries only
+//! where safe, 502/503/504, passive health, and a client connection that
+//! gets none of a bad upstream's bytes afterwards.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::proxy::{simple, Proxy};
+use crate::upstream::{chunk, dead_addr, echo, ok, Reply, Request, Upstream};
+use crate::util::{connect, Reader, Response};
+
+/// Send one request on `s` (a new connection if the last response said
+/// `Connection: close`) and read the response.
+fn ask(proxy: &Proxy, s: &mut TcpStream, r: &mut Reader, closed: &mut bool, raw: &str) -> Response {
+    if *closed {
+        *s = connect(proxy.addr());
+        *r = Reader::new(s);
+    }
+    s.write_all(raw.as_bytes()).unwrap();
+    let resp = r.next_final(raw.starts_with("HEAD "));
+    *closed = resp.header("connection") == Some("close");
+    resp
+}
+
+#[test]
+fn nothing_listening_means_the_next_server_for_every_method() {
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let up = Upstream::start(echo());
+        let servers = [dead_addr().to_string(), up.server()];
+        let proxy = Proxy::start(
+            &format!("proxy-refused-{method}"),
+            &simple(&servers, "", ""),
+        );
+        // Round-robin: one of two requests starts at the dead server.
+        for i in 0..2 {
+            let body = if matches!(method, "POST" | "PUT" | "PATCH") {
+                "Content-Length: 4\r\n\r\nbody"
+            } else {
+                "\r\n"
+            };
+            let r = proxy.get(&format!("{method} /m{i} HTTP/1.1\r\nHost: x\r\n{body}"));
+            assert_eq!(r.status, 200, "{method} {i}");
+        }
+        let reqs = up.requests();
+        assert_eq!(reqs.len(), 2, "{method}: {reqs:?}");
+        for q in &reqs {
+            assert_eq!(q.method, method);
+            if method.starts_with('P') {
+                assert_eq!(q.text(), "body", "{method}");
+            }
+        }
+    }
+}
+
+/// The fixture's first request gets `first`; every later one 200 with
+/// its method and body.
+fn first_fails(first: fn() -> Reply) -> impl Fn(&Request) -> Reply + Send + Sync {
+    let done = AtomicBool::new(false);
+    move |req| {
+        if done.swap(true, Ordering::SeqCst) {
+            Reply::ok(format!("{} {}", req.method, req.text()))
+        } else {
+            first()
+        }
+    }
+}
+
+/// (what, method, the first reply, the client's status, requests the
+/// upstream gets)
+type RetryCase = (&'static str, &'static str, fn() -> Reply, u16, usize);
+
+#[test]
+fn a_reset_before_the_response_is_retried_only_for_idempotent_methods() {
+    let partial_head = || Reply::new().write("HTTP/1.1 200 OK\r\nContent-Le").reset();
+    let cases: [RetryCase; 5] = [
+        ("GET reset", "GET", Reply::reset_after_request, 200, 2),
+        ("PUT reset", "PUT", Reply::reset_after_request, 200, 2),
+        ("POST reset", "POST", Reply::reset_after_request, 502, 1),
+        ("PATCH reset", "PATCH", Reply::reset_after_request, 502, 1),
+        (
+            "GET reset after a response byte",
+            "GET",
+            partial_head,
+            502,
+            1,
+        ),
+    ];
+    for (what, method, first, status, seen) in cases {
+        // Two ports of one fixture: two servers, one record.
+        let up = Upstream::start_many(2, first_fails(first));
+        let proxy = Proxy::start(
+            &format!("proxy-retry-{}", what.replace(' ', "-")),
+            &simple(&up.servers(), "", ""),
+        );
+        let r = proxy.get(&format!(
+            "{method} /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nid"
+        ));
+        assert_eq!(r.status, status, "{what}: {r:?}");
+        if status == 200 {
+            assert_eq!(r.text(), format!("{method} id"), "{what}");
+        }
+        let reqs = up.requests();
+        assert_eq!(reqs.len(), seen, "{what}: {reqs:?}");
+        assert!(reqs.iter().all(|q| q.method == method && q.text() == "id"));
+        assert!(up.errors().is_empty(), "{what}: {:?}", up.errors());
+    }
+}
+
+#[test]
+fn a_bad_upstream_response_gets_502_and_the_client_connection_recovers() {
+    let up = Upstream::start(|req| {
+        match req.target.as_str() {
+        "/garbage" => Reply::garbage(),
+        "/oversized" => Reply::oversized_head(),
+        "/two-lengths" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
+            .hold(),
+        "/length-and-chunked" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .hold(),
+        "/gzip-coding" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nGARBAGE")
+            .hold(),
+        "/bad-status" => Reply::new()
+            .write("HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n")
+            .hold(),
+        "/http2" => Reply::new().write("HTTP/2 200\r\n\r\n").hold(),
+        "/closed" => Reply::new().close(),
+        // A correct response with the start of another after it.
+        "/extra" => Reply::new().write(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nX-Bad: 1\r\nContent-Length: 7\r\n\r\nGARBAGE",
+        ),
+        _ => Reply::ok("good"),
+    }
+    });
+    // One server that stays in: this test is about each response, not
+    // about passive health.
+    let proxy = Proxy::start(
+        "proxy-bad-upstream",
+        &simple(&[up.server()], "max-fails = 100\nread-timeout = \"5s\"", ""),
+    );
+    let bad = [
+        "/garbage",
+        "/oversized",
+        "/two-lengths",
+        "/length-and-chunked",
+        "/gzip-coding",
+        "/bad-status",
+        "/http2",
+        "/closed",
+        "/extra",
+    ];
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    let mut closed = false;
+    for path in bad {
+        let resp = ask(
+            &proxy,
+            &mut s,
+            &mut r,
+            &mut closed,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
+        if path == "/extra" {
+            assert_eq!((resp.status, resp.text().as_str()), (200, "hello"));
+        } else {
+            assert_eq!(resp.status, 502, "{path}: {resp:?}");
+        }
+        // The next request on the same client connection (or a new one if
+        // that was closed) gets its own answer and nothing of the bad one.
+        let good = ask(
+            &proxy,
+            &mut s,
+            &mut r,
+            &mut closed,
+            "GET /good HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(
+            (good.status, good.text().as_str()),
+            (200, "good"),
+            "after {path}"
+        );
+        assert!(
+            good.headers
+                .iter()
+                .all(|(n, _)| n != "x-bad" && !n.starts_with("x-filler")),
+            "after {path}: {good:?}"
+        );
+    }
+    // A connection that misbehaved carried no request after that.
+    for c in up.connections() {
+        let targets: Vec<&str> = c.requests.iter().map(|q| q.target.as_str()).collect();
+        if let Some(i) = targets.iter().position(|t| bad.contains(t)) {
+            assert_eq!(
+                i + 1,
+                targets.len(),
+                "reused after {}: {targets:?}",
+                targets[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_truncated_upstream_body_closes_the_client_connection() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/short" => Reply::truncated_body(),
+        "/short-chunked" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write(chunk("0123456789"))
+            .close(),
+        "/bad-chunk" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write(chunk("ok"))
+            .write("zz\r\nGARBAGE\r\n")
+            .hold(),
+        "/stall" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            .hold(),
+        _ => Reply::ok("good"),
+    });
+    let proxy = Proxy::start(
+        "proxy-truncated",
+        &simple(
+            &[up.server()],
+            "max-fails = 100\nread-timeout = \"300ms\"",
+            "",
+        ),
+    );
+    for path in ["/short", "/short-chunked", "/bad-chunk", "/stall"] {
+        let mut s = connect(proxy.addr());
+        let mut r = Reader::new(&s);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let head = r.head();
+        // Either it was caught before the head went out (502), or the
+        // client connection is closed before the body looks complete.
+        let rest = r.rest();
+        if head.status == 502 {
+            continue;
+        }
+        assert_eq!(head.status, 200, "{path}: {head:?}");
+        if let Some(len) = head.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            assert!(rest.len() < len, "{path}: a complete body {rest:?}");
+        } else {
+            assert_eq!(head.header("transfer-encoding"), Some("chunked"), "{path}");
+            assert!(
+                !rest.ends_with(b"0\r\n\r\n"),
+                "{path}: a truncated body made to look complete: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("GARBAGE"),
+            "{path}: {rest:?}"
+        );
+    }
+    assert_eq!(
+        proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "good"
+    );
+}
+
+#[test]
+fn a_silent_upstream_gets_504_and_the_next_request_is_answered() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/silent" => Reply::silence(),
+        "/half-head" => Reply::new().write("HTTP/1.1 200 OK\r\nContent-Le").hold(),
+        _ => Reply::ok("good"),
+    });
+    let proxy = Proxy::start(
+        "proxy-timeout",
+        &simple(
+            &[up.server()],
+            "max-fails = 100\nread-timeout = \"300ms\"",
+            "",
+        ),
+    );
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    let mut closed = false;
+    for raw in [
+        "GET /silent HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /half-head HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /silent HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    ] {
+        let resp = ask(&proxy, &mut s, &mut r, &mut closed, raw);
+        assert_eq!(resp.status, 504, "{raw:?}: {resp:?}");
+        let good = ask(
+            &proxy,
+            &mut s,
+            &mut r,
+            &mut closed,
+            "GET /good HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(
+            (good.status, good.text().as_str()),
+            (200, "good"),
+            "after {raw:?}"
+        );
+    }
+    // The POST went up once, and every timed-out connection was closed
+    // by the proxy, never used again.
+    let posts = up.requests().iter().filter(|q| q.method == "POST").count();
+    assert_eq!(posts, 1);
+    assert!(
+        up.wait_until(|u| u
+            .connections()
+            .iter()
+            .filter(|c| c.requests.iter().any(|q| q.target != "/good"))
+            .all(|c| c.peer_closed && c.requests.last().unwrap().target != "/good")),
+        "{:?}",
+        up.connections()
+    );
+}
+
+#[test]
+fn no_usable_server_gets_503() {
+    let servers = [dead_addr().to_string(), dead_addr().to_string()];
+    let proxy = Proxy::start(
+        "proxy-none-usable",
+        &simple(&servers, "max-fails = 1\nfail-timeout = \"10s\"", ""),
+    );
+    // The first finds both refusing; after that both are out.
+    let first = proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(matches!(first.status, 502 | 503), "{first:?}");
+    for _ in 0..3 {
+        let r = proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+}
+
+#[test]
+fn passive_health_skips_a_failed_server_for_fail_timeout() {
+    // Dead: every request still succeeds, all on the live server.
+    let live = Upstream::start(echo());
+    let servers = [dead_addr().to_string(), live.server()];
+    let proxy = Proxy::start(
+        "proxy-health-dead",
+        &simple(&servers, "max-fails = 1\nfail-timeout = \"10s\"", ""),
+    );
+    for i in 0..12 {
+        let method = if i % 3 == 0 { "POST" } else { "GET" };
+        let r = proxy.get(&format!(
+            "{method} /{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
+        ));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert_eq!(live.requests().len(), 12);
+
+    // A server that accepts and resets counts its attempts: one failure
+    // takes it out for fail-timeout.
+    let bad = Upstream::start(|_| Reply::reset_after_request());
+    let good = Upstream::start(ok("good"));
+    let proxy = Proxy::start(
+        "proxy-health-reset",
+        &simple(
+            &[bad.server(), good.server()],
+            "max-fails = 1\nfail-timeout = \"10s\"",
+            "",
+        ),
+    );
+    for i in 0..10 {
+        let r = proxy.get(&format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!((r.status, r.text().as_str()), (200, "good"), "request {i}");
+    }
+    assert_eq!(bad.accepted(), 1, "tried again within fail-timeout");
+    assert_eq!(good.requests().len(), 10);
+
+    // And once fail-timeout has passed, it is tried again.
+    let bad = Upstream::start(|_| Reply::reset_after_request());
+    let proxy = Proxy::start(
+        "proxy-health-back",
+        &simple(
+            &[bad.server(), good.server()],
+            "max-fails = 1\nfail-timeout = \"1s\"",
+            "",
+        ),
+    );
+    for _ in 0..2 {
+        assert_eq!(proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    }
+    let before = bad.accepted();
+    assert!(before >= 1, "round-robin never tried the first server");
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..2 {
+        assert_eq!(proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    }
+    assert!(
+        bad.accepted() > before,
+        "not tried again after fail-timeout"
+    );
+}

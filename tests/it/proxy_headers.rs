@@ -1,0 +1,352 @@
+//! The reverse proxy's header work and its edge: hop-by-hop fields,
+//! X-Forwarded-*, Host, prefix stripping, and request smuggling refused
+//! before a byte goes up.
+
+use std::io::Write;
+
+use crate::proxy::{contains, group, route, simple, Proxy};
+use crate::upstream::{echo, Reply, Upstream};
+use crate::util::{connect, read_to_close};
+
+/// Whether a Connection value names only what a proxy may say itself.
+fn only_own_connection_tokens(v: Option<&str>) -> bool {
+    v.is_none_or(|v| {
+        v.split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .all(|t| t == "keep-alive" || t == "close")
+    })
+}
+
+#[test]
+fn hop_by_hop_fields_are_removed_in_both_directions() {
+    let up = Upstream::start(|_| {
+        Reply::status(
+            200,
+            &[
+                ("Connection", "X-Up-Secret"),
+                ("X-Up-Secret", "1"),
+                ("Keep-Alive", "timeout=5, max=100"),
+                ("Proxy-Authenticate", "Basic realm=\"up\""),
+                ("Proxy-Connection", "keep-alive"),
+                ("Trailer", "X-Checksum"),
+                ("Upgrade", "h2c"),
+                ("X-End-To-End", "kept"),
+            ],
+            "body",
+        )
+    });
+    let toml = group("app", &[up.server()], "")
+        + &route("/", "app", "")
+        + &route("/noup/", "app", "upgrade = false");
+    let proxy = Proxy::start("proxy-hop", &toml);
+    let r = proxy.get(
+        "GET /hop HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-SECRET, x-other\r\n\
+         X-Secret: 1\r\nX-Other: 2\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+         Trailer: X-Checksum\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         Proxy-Connection: keep-alive\r\nX-End-To-End: kept\r\n\
+         Authorization: Bearer t\r\nCookie: a=b\r\n\r\n",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "body"));
+    for gone in [
+        "x-up-secret",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+        "connection",
+    ] {
+        assert_eq!(r.header(gone), None, "{gone} reached the client: {r:?}");
+    }
+    assert_eq!(r.header("x-end-to-end"), Some("kept"));
+
+    let q = &up.wait_for_requests(1)[0];
+    for gone in [
+        "x-secret",
+        "x-other",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(!q.has(gone), "{gone} went up: {:?}", q.headers);
+    }
+    assert!(
+        only_own_connection_tokens(q.header("connection")),
+        "{:?}",
+        q.headers
+    );
+    assert_eq!(q.header("x-end-to-end"), Some("kept"));
+    assert_eq!(q.header("authorization"), Some("Bearer t"));
+    assert_eq!(q.header("cookie"), Some("a=b"));
+
+    // Without tunnelling, an upgrade request goes up as a plain request.
+    let r = proxy.get(
+        "GET /noup/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let q = &up.wait_for_requests(2)[1];
+    assert_eq!(q.target, "/noup/ws");
+    assert!(!q.has("upgrade"), "{:?}", q.headers);
+    assert!(
+        only_own_connection_tokens(q.header("connection")),
+        "{:?}",
+        q.headers
+    );
+}
+
+#[test]
+fn x_forwarded_fields_are_set_and_untrusted_ones_replaced() {
+    let up = Upstream::start(echo());
+    let toml = group("app", &[up.server()], "")
+        + &route("/", "app", "")
+        + &route("/other-net/", "app", "trusted-proxies = [\"10.0.0.0/8\"]");
+    let proxy = Proxy::start("proxy-xff", &toml);
+    let forged = "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\
+                  X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n";
+    for (path, extra) in [("/", ""), ("/", forged), ("/other-net/", forged)] {
+        let r = proxy.get(&format!(
+            "GET {path} HTTP/1.1\r\nHost: example.test:8080\r\n{extra}\r\n"
+        ));
+        assert_eq!(r.status, 200);
+    }
+    let reqs = up.wait_for_requests(3);
+    for q in &reqs {
+        assert_eq!(q.all("x-forwarded-for"), ["127.0.0.1"], "{:?}", q.headers);
+        assert_eq!(q.all("x-forwarded-proto"), ["http"], "{:?}", q.headers);
+        assert_eq!(
+            q.all("x-forwarded-host"),
+            ["example.test:8080"],
+            "{:?}",
+            q.headers
+        );
+    }
+}
+
+#[test]
+fn trusted_proxies_keep_and_extend_x_forwarded_for() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start(
+        "proxy-trusted",
+        &simple(&[up.server()], "", "trusted-proxies = [\"127.0.0.1/32\"]"),
+    );
+    proxy.get("GET / HTTP/1.1\r\nHost: h.example\r\n\r\n");
+    proxy.get(
+        "GET / HTTP/1.1\r\nHost: h.example\r\nX-Forwarded-For: 1.2.3.4\r\n\
+         X-Forwarded-For: 5.6.7.8, 9.9.9.9\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: orig.example\r\n\r\n",
+    );
+    let reqs = up.wait_for_requests(2);
+    // Nothing forwarded before: set, as from anyone.
+    assert_eq!(reqs[0].all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(reqs[0].all("x-forwarded-proto"), ["http"]);
+    assert_eq!(reqs[0].all("x-forwarded-host"), ["h.example"]);
+    // The chain kept, in order, and the peer appended (one field or
+    // several, read as one list).
+    let chain = reqs[1].all("x-forwarded-for").join(", ");
+    assert_eq!(chain, "1.2.3.4, 5.6.7.8, 9.9.9.9, 127.0.0.1");
+    // What a trusted proxy says about the original request is kept.
+    assert_eq!(reqs[1].all("x-forwarded-proto"), ["https"]);
+    assert_eq!(reqs[1].all("x-forwarded-host"), ["orig.example"]);
+}
+
+#[test]
+fn keep_host_sends_the_client_host_or_the_server_address() {
+    let up = Upstream::start(echo());
+    let toml = group("app", &[up.server()], "")
+        + &route("/", "app", "")
+        + &route("/keep/", "app", "keep-host = true")
+        + &route("/addr/", "app", "keep-host = false");
+    let proxy = Proxy::start("proxy-host", &toml);
+    for path in ["/", "/keep/", "/addr/"] {
+        let r = proxy.get(&format!(
+            "GET {path} HTTP/1.1\r\nHost: Example.test:8080\r\n\r\n"
+        ));
+        assert_eq!(r.status, 200);
+    }
+    // An HTTP/1.0 client may send no Host; the upstream still gets one.
+    let r = proxy.get("GET /keep/ HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let reqs = up.wait_for_requests(4);
+    assert_eq!(
+        reqs[0].all("host"),
+        ["Example.test:8080"],
+        "the default keeps it"
+    );
+    assert_eq!(reqs[1].all("host"), ["Example.test:8080"]);
+    assert_eq!(reqs[2].all("host"), [up.server().as_str()]);
+    assert_eq!(reqs[2].all("x-forwarded-host"), ["Example.test:8080"]);
+    let host = reqs[3].all("host");
+    assert!(
+        host.len() == 1 && !host[0].is_empty(),
+        "{:?}",
+        reqs[3].headers
+    );
+    assert!(reqs.iter().all(|q| q.version == 1), "HTTP/1.1 upstream");
+}
+
+#[test]
+fn strip_prefix_removes_the_route_path() {
+    let up = Upstream::start(echo());
+    let toml = group("app", &[up.server()], "")
+        + &route("/api/", "app", "strip-prefix = true")
+        + &route("/plain/", "app", "");
+    let proxy = Proxy::start("proxy-strip", &toml);
+    let cases = [
+        ("/api/users?id=1", "/users?id=1"),
+        ("/api/", "/"),
+        ("/api/a/b/", "/a/b/"),
+        ("/plain/x?y=2", "/plain/x?y=2"),
+        ("http://x/api/absolute", "/absolute"),
+    ];
+    for (target, _) in cases {
+        let r = proxy.get(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(r.status, 200, "{target}");
+    }
+    let reqs = up.wait_for_requests(cases.len());
+    for ((sent, want), q) in cases.iter().zip(&reqs) {
+        assert_eq!(&q.target, want, "sent {sent}");
+    }
+}
+
+/// Requests whose framing a front end and a back end could read two ways.
+const AMBIGUOUS: &[(&str, &str)] = &[
+    (
+        "CL and TE",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+    ),
+    (
+        "TE and CL",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+    ),
+    (
+        "CL and a TE list",
+        "Content-Length: 5\r\nTransfer-Encoding: identity, chunked",
+    ),
+    ("xchunked", "Transfer-Encoding: xchunked"),
+    ("chunk", "Transfer-Encoding: chunk"),
+    ("chunked, identity", "Transfer-Encoding: chunked, identity"),
+    (
+        "two fields",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+    ),
+    ("quoted", "Transfer-Encoding: \"chunked\""),
+    ("a parameter", "Transfer-Encoding: chunked;q=1"),
+    ("empty", "Transfer-Encoding: "),
+    ("vertical tab", "Transfer-Encoding: \x0bchunked"),
+    ("space before the colon", "Transfer-Encoding : chunked"),
+    ("folded", "Transfer-Encoding:\r\n chunked"),
+    (
+        "a line starting with a space",
+        "X-A: 1\r\n Transfer-Encoding: chunked",
+    ),
+];
+
+#[test]
+fn ambiguous_framing_is_refused_at_the_edge_and_never_goes_up() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-edge", &simple(&[up.server()], "", ""));
+    for (what, fields) in AMBIGUOUS {
+        let mut s = connect(proxy.addr());
+        s.write_all(
+            format!(
+                "POST /{} HTTP/1.1\r\nHost: x\r\n{fields}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+                what.replace(' ', "-")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let text = read_to_close(&mut s);
+        assert!(
+            text.starts_with("HTTP/1.1 400 ") || text.starts_with("HTTP/1.1 501 "),
+            "{what}: {text:?}"
+        );
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: {text:?}");
+    }
+    assert!(
+        up.received().is_empty(),
+        "the upstream got {:?}",
+        String::from_utf8_lossy(&up.received())
+    );
+    // The proxy still works.
+    assert_eq!(
+        proxy.get("GET /fine HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+}
+
+#[test]
+fn smuggling_payloads_never_make_a_second_upstream_request() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-smuggle", &simple(&[up.server()], "", ""));
+    let tail = "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Each over one connection, followed by an innocent request; (payload,
+    // requests the upstream should get from it, the innocent one included
+    // if the connection survives).
+    let cases: &[(&str, String, usize)] = &[
+        (
+            "CL.TE",
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG".to_string()
+                + "ET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            0,
+        ),
+        (
+            "TE.CL",
+            "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+                + "23\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
+            0,
+        ),
+        (
+            "TE.TE",
+            "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: cow\r\n\r\n".to_string()
+                + "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            0,
+        ),
+        (
+            "a bare LF in the chunk size",
+            "POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+                + "3\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            0,
+        ),
+        (
+            "a GET with a body (CL.0)",
+            "GET /e HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+            2,
+        ),
+        (
+            "pipelined after a body",
+            "POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_string(),
+            2,
+        ),
+    ];
+    for (what, payload, expected) in cases {
+        let before = up.requests().len();
+        let mut s = connect(proxy.addr());
+        let _ = s.write_all(payload.as_bytes());
+        let _ = s.write_all(tail.as_bytes());
+        let text = read_to_close(&mut s);
+        let got = up.requests().len() - before;
+        assert_eq!(
+            got, *expected,
+            "{what}: the upstream got {got}; client saw {text:?}"
+        );
+        if *expected == 0 {
+            assert!(
+                text.starts_with("HTTP/1.1 400 ") || text.starts_with("HTTP/1.1 501 "),
+                "{what}: {text:?}"
+            );
+        }
+    }
+    let reqs = up.requests();
+    assert!(
+        reqs.iter().all(|q| !q.target.contains("smuggled")),
+        "{reqs:?}"
+    );
+    assert!(up.errors().is_empty(), "{:?}", up.errors());
+    // The smuggled text went up only as a body.
+    let e = reqs.iter().find(|q| q.target == "/e").unwrap();
+    assert!(contains(&e.body, b"/smuggled"));
+}
