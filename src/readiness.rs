@@ -101,6 +101,11 @@ struct Slot {
     timed_out: bool,
     /// A poll failed to arm or ended with an error.
     error: Option<i32>,
+    /// A completion said the peer closed its side (or the socket failed):
+    /// every read from now on finds the end at once, so the socket is
+    /// always worth a look. Without it a close that arrived with data, and
+    /// was announced by the same wake-up, would never be seen.
+    hung_up: bool,
     /// A one-shot writable poll is in the kernel.
     write_armed: bool,
     /// The writable poll completed since the task last looked.
@@ -176,6 +181,7 @@ impl Readiness {
             deadline: None,
             timed_out: false,
             error: None,
+            hung_up: false,
             write_armed: false,
             writable: false,
         });
@@ -244,7 +250,7 @@ impl Readiness {
         let mut slots = self.slots.borrow_mut();
         let slot = &mut slots[key];
         // Left set: `Interest::take_ready` clears it when the task reads.
-        if slot.ready {
+        if slot.ready || slot.hung_up {
             slot.waker = None;
             slot.deadline = None;
             return Poll::Ready(Ok(()));
@@ -411,6 +417,10 @@ impl Readiness {
             if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
                 slot.error = Some(-cqe.result());
             }
+            const GONE: i32 = libc::POLLRDHUP as i32 | libc::POLLHUP as i32 | libc::POLLERR as i32;
+            if cqe.result() > 0 && cqe.result() & GONE != 0 {
+                slot.hung_up = true;
+            }
             // A poll that ended (the queue overflowed, say) is armed again
             // by the task's next wait; waking it makes that happen.
             slot.ready = true;
@@ -570,7 +580,9 @@ impl Interest {
     /// Whether the descriptor is worth a look now (an event arrived, or the
     /// last operation may have left something behind); clears what said so.
     pub fn take_ready(&mut self) -> bool {
-        let announced = std::mem::take(&mut self.readiness.slots.borrow_mut()[self.key].ready);
+        let mut slots = self.readiness.slots.borrow_mut();
+        let slot = &mut slots[self.key];
+        let announced = std::mem::take(&mut slot.ready) | slot.hung_up;
         std::mem::take(&mut self.maybe_more) | announced
     }
 
@@ -586,7 +598,9 @@ impl Interest {
     /// not reaped yet is not seen: this can be late, never wrong the other
     /// way.
     pub fn is_quiet(&self) -> bool {
-        !self.maybe_more && !self.readiness.slots.borrow()[self.key].ready
+        let slots = self.readiness.slots.borrow();
+        let slot = &slots[self.key];
+        !self.maybe_more && !slot.ready && !slot.hung_up
     }
 
     /// Run the non-blocking operation `op` on the registered descriptor if

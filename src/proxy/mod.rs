@@ -205,9 +205,18 @@ pub async fn serve(
                 close: cfg.keepalive == 0,
             },
         );
-        let sent = send_request(&mut c, &mut up, &mut up_out, &mut body, head.body, &ex, cfg).await;
-        served.bytes_in += sent.body_bytes;
-        body_started |= sent.body_bytes > 0 || sent.consumed;
+        let mut sent =
+            send_request(&mut c, &mut up, &mut up_out, &mut body, head.body, &ex, cfg).await;
+        body_started |= sent.consumed;
+        let replay = sent.replay.take();
+        // The body goes for good: what a retry could not send again.
+        let mut commit = |c: &mut Client<'_>, body: &mut Option<BodyDecoder>| {
+            if let Some((done, taken)) = &replay {
+                *body = Some(done.clone());
+                c.input.consume(*taken);
+            }
+            served.bytes_in += sent.body_bytes;
+        };
         if let Err(end) = sent.client {
             // The upstream saw part of a request: that connection is done.
             match end {
@@ -223,6 +232,11 @@ pub async fn serve(
         // Even when sending failed, an answer may be waiting (an early 413).
         let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
         let got = read_head(&mut c, &mut up, &mut rbuf, cfg, ex.max_head, asked).await;
+        let retry =
+            matches!(got, Err(HeadEnd::Failed(Failure::Reset))) && idempotent && !body_started;
+        if !retry {
+            commit(&mut c, &mut body);
+        }
         let filled = match got {
             Ok(filled) => filled,
             Err(HeadEnd::ClientGone) => {
@@ -238,7 +252,6 @@ pub async fn serve(
                     server.label,
                     head.method_str()
                 );
-                let retry = f == Failure::Reset && idempotent && !body_started;
                 last = Some((server, f));
                 if retry {
                     continue;
@@ -264,6 +277,16 @@ pub async fn serve(
             route.config.tunnel_idle_timeout,
         )
         .await;
+        if relayed.upstream_failed && relayed.bytes_out == 0 {
+            // Nothing went to the client yet: it gets a 502 rather than a
+            // connection closed on it.
+            server.failed(cfg, Instant::now());
+            server.count(|s| s.count_status(relayed.upstream_status));
+            served.keep_alive = client.reusable;
+            reply(&mut c, &ex, &mut served, Status::BAD_GATEWAY).await;
+            served.upstream = Some((server, relayed.upstream_status, started.elapsed()));
+            return served;
+        }
         served.status = relayed.status;
         served.body_bytes = relayed.body_bytes;
         served.bytes_out += relayed.bytes_out;
@@ -329,6 +352,10 @@ struct Sent {
     client: Result<(), ClientEnd>,
     /// The whole request reached the upstream's socket.
     upstream_ok: bool,
+    /// The whole body was in the client's input and went up in the first
+    /// write: it is left there (with the decoder's end state and the bytes
+    /// it takes) until a response comes, so a retry can send it again.
+    replay: Option<(BodyDecoder, usize)>,
 }
 
 /// Write the head in `up_out` and the request body to `up`, reading the
@@ -350,6 +377,7 @@ async fn send_request(
         consumed: false,
         client: Ok(()),
         upstream_ok: false,
+        replay: None,
     };
     let Some(decoder) = body.as_mut() else {
         sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
@@ -384,11 +412,18 @@ async fn send_request(
         if trial.is_done() {
             let _ = encoder.finish(up_out);
         }
+        let first = !sent.consumed;
         if !up_out.is_empty() {
             if up.write_all(up_out, cfg.send_timeout).await.is_err() {
                 return sent;
             }
             up_out.clear();
+        }
+        if first && trial.is_done() {
+            sent.body_bytes = payload;
+            sent.upstream_ok = true;
+            sent.replay = Some((trial, taken));
+            return sent;
         }
         *decoder = trial;
         c.input.consume(taken);
