@@ -14,6 +14,7 @@ compile_error!("the fault-injection feature is for tests: never build a release 
 pub mod acceptor;
 pub mod access_log;
 pub mod admin;
+pub mod apps;
 
 pub mod backoff;
 pub mod cli;

@@ -46,6 +46,9 @@ pub enum Control {
     Reload(Box<Reload>, u64),
     /// Answer with `ShardEvent::Pong` (the watchdog's proof of life).
     Ping,
+    /// The upstream groups changed outside a reload: an app's ready
+    /// instances (the whole list, as `Reload` carries it).
+    Upstreams(Box<Vec<UpstreamConfig>>),
     /// Answer with `ShardEvent::Snapshot` (a metrics scrape).
     Snapshot,
 }
@@ -255,6 +258,7 @@ async fn run(spec: ShardSpec) {
                 let snap = shard.snapshot();
                 let _ = events.send(ShardEvent::Snapshot(Box::new(snap))).await;
             }
+            Some(Control::Upstreams(list)) => shard.upstreams().update(&list),
             Some(Control::Ping) => {
                 let _ = events.try_send(ShardEvent::Pong { id });
             }

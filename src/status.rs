@@ -73,7 +73,89 @@ pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
             ));
         }
     }
+    out.push_str(&apps_table(&second));
     Ok(out)
+}
+
+/// One line per app instance (from the `coreserve_app_*` series): pid,
+/// state, restarts, uptime, and the requests its address was sent.
+fn apps_table(text: &str) -> String {
+    #[derive(Default)]
+    struct Inst {
+        pid: String,
+        state: String,
+        server: String,
+        restarts: f64,
+        uptime: f64,
+    }
+    let mut insts: BTreeMap<(String, usize), Inst> = BTreeMap::new();
+    let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                .and_then(|v| v.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        if name == "coreserve_upstream_requests_total" {
+            requests.insert((label("upstream"), label("server")), value);
+            continue;
+        }
+        let key = (label("app"), label("instance").parse().unwrap_or(0));
+        match name {
+            "coreserve_app_instance_up" => {
+                let i = insts.entry(key).or_default();
+                (i.pid, i.state, i.server) = (label("pid"), label("state"), label("server"));
+            }
+            "coreserve_app_instance_restarts_total" => {
+                insts.entry(key).or_default().restarts = value
+            }
+            "coreserve_app_instance_uptime_seconds" => insts.entry(key).or_default().uptime = value,
+            _ => {}
+        }
+    }
+    if insts.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{:<16} {:>8} {:>8} {:<10} {:>8} {:>10} {:>12}\n",
+        "app", "instance", "pid", "state", "restarts", "uptime", "requests"
+    );
+    for ((app, index), i) in &insts {
+        let sent = requests
+            .get(&(app.clone(), i.server.clone()))
+            .copied()
+            .unwrap_or(0.0);
+        out.push_str(&format!(
+            "{:<16} {:>8} {:>8} {:<10} {:>8} {:>10} {:>12}\n",
+            app,
+            index,
+            if i.pid.is_empty() { "-" } else { &i.pid },
+            i.state,
+            i.restarts,
+            format_uptime(i.uptime),
+            sent
+        ));
+    }
+    out
+}
+
+fn format_uptime(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 fn format_seconds(s: f64) -> String {

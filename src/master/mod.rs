@@ -17,7 +17,10 @@ use std::net::SocketAddr;
 use glommio::{LocalExecutorBuilder, Placement};
 use log::{info, warn};
 
-use crate::config::{Config, ConfigError, Dispatch};
+use std::collections::HashMap;
+
+use crate::apps::{AppError, Apps};
+use crate::config::{AppConfig, Config, ConfigError, Dispatch, ServerAddr, UpstreamConfig};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError};
 use crate::listener::{self, BindError};
@@ -26,7 +29,7 @@ use crate::systemd;
 
 pub use crate::backoff::restart_delay;
 use launch::{Launcher, ListenSource};
-use supervisor::{supervise, Supervision};
+use supervisor::{supervise, AppLink, Supervision};
 
 /// Sockets a shard may have waiting in its hand-off queue. Small on purpose: a
 /// shard that falls this far behind is skipped, and when every shard is
@@ -77,6 +80,9 @@ pub enum MasterError {
     /// A second signal cut the drain short.
     #[error("second {0}: exiting without waiting for connections to drain")]
     Forced(&'static str),
+    /// An app could not be started.
+    #[error(transparent)]
+    App(#[from] AppError),
 }
 
 /// Re-reads the configuration (the file, then the flags) on SIGHUP.
@@ -229,6 +235,28 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         None => None,
     };
 
+    // The apps first: every instance accepts connections before a shard
+    // starts, so the service is ready when systemd hears so.
+    let (wake_rx, wake_tx) =
+        std::os::unix::net::UnixStream::pair().map_err(MasterError::Signals)?;
+    let _ = wake_tx.set_nonblocking(true);
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let notify: crate::apps::Notify = Box::new(move |ev| {
+        use std::io::Write;
+        if events_tx.send(ev).is_ok() {
+            // A full socket already wakes the master: nothing is lost.
+            let _ = (&wake_tx).write(&[1]);
+        }
+    });
+    if !config.apps.is_empty() {
+        info!("starting {} app(s)", config.apps.len());
+    }
+    let (apps, app_servers) = Apps::start(config.apps.clone(), n, notify)?;
+    let app_servers: HashMap<String, Vec<ServerAddr>> = app_servers.into_iter().collect();
+    let file_upstreams = config.upstreams.clone();
+    let mut config = config;
+    config.upstreams = effective_upstreams(&file_upstreams, &config.apps, &app_servers);
+
     let launcher = Launcher {
         // At most MAX_IO_MEMORY (4 MiB): fits any usize.
         io_memory: io_memory as usize,
@@ -249,7 +277,14 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             what: "the master executor".into(),
             err: e.to_string(),
         })?;
-    master.run(supervise(Supervision {
+    let supervised = master.run(supervise(Supervision {
+        apps: AppLink {
+            handle: apps.handle(),
+            servers: app_servers,
+            file_upstreams,
+            wake: wake_rx,
+            events: events_rx,
+        },
         config,
         reload,
         notifier,
@@ -260,5 +295,26 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         bound,
         launcher,
         launched,
-    }))
+    }));
+    // The shards are drained: now the apps (SIGTERM, then SIGKILL after
+    // their stop timeout), whatever way the master ended.
+    apps.stop();
+    supervised
+}
+
+/// The groups the shards proxy to: the file's, then each app's, whose
+/// servers are its ready instances.
+pub(crate) fn effective_upstreams(
+    file: &[UpstreamConfig],
+    apps: &[AppConfig],
+    servers: &HashMap<String, Vec<ServerAddr>>,
+) -> Vec<UpstreamConfig> {
+    let mut all = file.to_vec();
+    for app in apps {
+        let mut g = app.upstream.clone();
+        g.name = app.name.clone();
+        g.servers = servers.get(&app.name).cloned().unwrap_or_default();
+        all.push(g);
+    }
+    all
 }

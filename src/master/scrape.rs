@@ -4,6 +4,7 @@
 //! goes backwards, and rendered once for every scrape that waited.
 
 use crate::admin;
+use crate::apps::{AppsHandle, InstanceStatus};
 use crate::metrics::{self, Snapshot};
 
 /// A metrics scrape waiting for every live shard's snapshot.
@@ -75,15 +76,68 @@ impl Scraped {
 }
 
 /// Answer the scrape if no shard is still to reply; otherwise keep waiting.
-pub(super) fn finish_gather(g: Gather, scraped: &mut Scraped) -> Option<Gather> {
+pub(super) fn finish_gather(g: Gather, scraped: &mut Scraped, apps: &AppsHandle) -> Option<Gather> {
     if !g.waiting_for.is_empty() {
         return Some(g);
     }
-    let text = metrics::render(&scraped.view());
+    let mut text = metrics::render(&scraped.view());
+    render_apps(&mut text, &apps.status());
     for r in g.replies {
         let _ = r.try_send(text.clone());
     }
     None
+}
+
+/// The app instances' series: state, restarts, uptime. Requests per
+/// instance are the upstream series of its address (`server` here).
+fn render_apps(out: &mut String, instances: &[InstanceStatus]) {
+    use std::fmt::Write;
+    if instances.is_empty() {
+        return;
+    }
+    let label = |i: &InstanceStatus| format!("app=\"{}\",instance=\"{}\"", i.app, i.index);
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_app_instance_up Whether an app instance is ready (1) or not (0), \
+         with its pid, state and address.\n# TYPE coreserve_app_instance_up gauge"
+    );
+    for i in instances {
+        let _ = writeln!(
+            out,
+            "coreserve_app_instance_up{{{},pid=\"{}\",state=\"{}\",server=\"{}\"}} {}",
+            label(i),
+            i.pid.map_or(String::new(), |p| p.to_string()),
+            i.state,
+            i.addr.as_deref().unwrap_or(""),
+            u8::from(i.state == "ready")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_app_instance_restarts_total Times an app instance was started again after it exited.\n\
+         # TYPE coreserve_app_instance_restarts_total counter"
+    );
+    for i in instances {
+        let _ = writeln!(
+            out,
+            "coreserve_app_instance_restarts_total{{{}}} {}",
+            label(i),
+            i.restarts
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_app_instance_uptime_seconds Since the instance's process started.\n\
+         # TYPE coreserve_app_instance_uptime_seconds gauge"
+    );
+    for i in instances {
+        let _ = writeln!(
+            out,
+            "coreserve_app_instance_uptime_seconds{{{}}} {:.1}",
+            label(i),
+            i.uptime.as_secs_f64()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -17,14 +17,31 @@ use super::{MasterError, Reloader};
 use crate::acceptor::{Acceptor, Command};
 use crate::admin;
 use crate::backoff::Backoff;
-use crate::config::{AccessLog, Config};
+use std::collections::HashMap;
+
+use super::effective_upstreams;
+use crate::apps::{AppEvent, AppsHandle};
+use crate::config::{AccessLog, Config, ServerAddr, UpstreamConfig};
 use crate::handoff;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
 
+/// The master's link with the app manager.
+pub(super) struct AppLink {
+    pub(super) handle: AppsHandle,
+    /// Each app's ready instances.
+    pub(super) servers: HashMap<String, Vec<ServerAddr>>,
+    /// The groups the file defines (the shards get these and the apps').
+    pub(super) file_upstreams: Vec<UpstreamConfig>,
+    /// Written to when `events` has something.
+    pub(super) wake: std::os::unix::net::UnixStream,
+    pub(super) events: std::sync::mpsc::Receiver<AppEvent>,
+}
+
 /// What `run` hands the master's executor.
 pub(super) struct Supervision {
+    pub(super) apps: AppLink,
     pub(super) config: Config,
     pub(super) reload: Reloader,
     pub(super) notifier: Option<systemd::Notifier>,
@@ -71,6 +88,8 @@ enum MasterEvent {
     ScrapeTimeout(u64),
     /// During the drain: a shard's thread ended a while ago.
     Ended(usize),
+    /// News from the app manager.
+    App(AppEvent),
 }
 
 /// A reload under way: which live shards have not applied it yet.
@@ -137,6 +156,34 @@ struct Supervisor {
     gather: Option<Gather>,
     gather_seq: u64,
     scraped: Scraped,
+    apps: AppsHandle,
+    app_servers: HashMap<String, Vec<ServerAddr>>,
+    file_upstreams: Vec<UpstreamConfig>,
+}
+
+/// Forward the app manager's events to the master's queue.
+fn forward_app_events(
+    wake: std::os::unix::net::UnixStream,
+    events: std::sync::mpsc::Receiver<AppEvent>,
+    tx: Rc<LocalSender<MasterEvent>>,
+) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let _ = wake.set_nonblocking(true);
+    // SAFETY: the master's end of the pair, handed over exactly once.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(wake.into_raw_fd()) };
+    glommio::spawn_local(async move {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stream.read(&mut buf).await {
+            while let Ok(ev) = events.try_recv() {
+                let _ = tx.try_send(MasterEvent::App(ev));
+            }
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .detach();
 }
 
 /// Forward a shard's events to the master's queue.
@@ -190,6 +237,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     let (tx, rx) = local_channel::new_unbounded::<MasterEvent>();
     let tx = Rc::new(tx);
 
+    forward_app_events(s.apps.wake, s.apps.events, tx.clone());
     let mut signals = Signals::attach(s.pipe);
     let sig_tx = tx.clone();
     glommio::spawn_local(async move {
@@ -303,6 +351,9 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         gather: None,
         gather_seq: 0,
         scraped: Scraped::default(),
+        apps: s.apps.handle,
+        app_servers: s.apps.servers,
+        file_upstreams: s.apps.file_upstreams,
     };
     // Serve until told to stop.
     let mut first_signal = 0;
@@ -341,6 +392,9 @@ impl Supervisor {
                 self.on_gone(id)
             }
             MasterEvent::Restart(id) => self.on_restart(id).await,
+            MasterEvent::App(AppEvent::Servers { app, servers }) => {
+                self.on_app_servers(app, servers)
+            }
             MasterEvent::Shard(ShardEvent::Ready { id }) if self.slots[id].control.is_some() => {
                 self.on_ready(id)
             }
@@ -382,7 +436,7 @@ impl Supervisor {
             waiting_for: self.broadcast(|| Control::Snapshot),
             replies: vec![reply],
         };
-        self.gather = finish_gather(g, &mut self.scraped);
+        self.gather = finish_gather(g, &mut self.scraped, &self.apps);
         if self.gather.is_some() {
             // A stuck shard must not hang every scrape: answer with its
             // last snapshot after a moment.
@@ -410,7 +464,7 @@ impl Supervisor {
     fn gather_progress(&mut self, update: impl FnOnce(&mut Gather)) {
         if let Some(mut g) = self.gather.take() {
             update(&mut g);
-            self.gather = finish_gather(g, &mut self.scraped);
+            self.gather = finish_gather(g, &mut self.scraped, &self.apps);
         }
     }
 
@@ -435,19 +489,47 @@ impl Supervisor {
         for key in needs_restart(&self.config, &new) {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
         }
+        self.apps.reload(new.apps.clone());
+        self.file_upstreams = new.upstreams.clone();
+        let upstreams = effective_upstreams(&self.file_upstreams, &new.apps, &self.app_servers);
         let update = shard::Reload {
             limits: new.limits,
             routes: new.routes.clone(),
-            upstreams: new.upstreams.clone(),
+            upstreams: upstreams.clone(),
         };
         let seq = self.reloads.next_seq();
         let reached = self.broadcast(|| Control::Reload(Box::new(update.clone()), seq));
         self.config.limits = new.limits;
         self.config.routes = new.routes;
-        self.config.upstreams = new.upstreams;
+        self.config.upstreams = upstreams;
+        self.config.apps = new.apps;
         if self.reloads.sent(reached).1 {
             self.ready();
         }
+    }
+
+    /// An app's ready instances changed (started, died, replaced): the
+    /// shards' group for it gets the new servers. A server still listed
+    /// keeps its pooled connections there; one no longer listed gets no
+    /// new requests.
+    fn on_app_servers(&mut self, app: String, servers: Vec<ServerAddr>) {
+        info!(
+            "app {app}: serving on {}",
+            if servers.is_empty() {
+                "nothing (no instance is ready)".to_string()
+            } else {
+                servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        self.app_servers.insert(app, servers);
+        self.config.upstreams =
+            effective_upstreams(&self.file_upstreams, &self.config.apps, &self.app_servers);
+        let list = self.config.upstreams.clone();
+        self.broadcast(|| Control::Upstreams(Box::new(list.clone())));
     }
 
     /// The latest reload is applied on every shard that is alive.

@@ -1,0 +1,691 @@
+//! The app manager: one thread that owns every instance of every app, for
+//! as long as coreserve runs. It starts instances and waits until they
+//! accept connections, restarts one that exits (with back-off), replaces
+//! them one at a time when their app changes (a rolling reload), and stops
+//! them. It tells the master which addresses serve each app (`AppEvent`).
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use super::address;
+use super::process::{self, Process};
+use super::{AppError, AppEvent, AppServers, InstanceStatus, Notify};
+use crate::backoff::Backoff;
+use crate::config::{AppConfig, ServerAddr};
+
+/// How often starting instances are probed.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How long an instance taken out of service keeps running before it is
+/// asked to stop: the shards have stopped sending it requests by then, and
+/// the ones in flight have ended.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
+
+/// Messages to the manager's thread.
+pub(super) enum Msg {
+    /// An instance's process ended.
+    Exited { tag: u64, status: ExitStatus },
+    /// New settings (a reload).
+    Reload(Vec<AppConfig>),
+    /// Report every instance.
+    Status(Sender<Vec<InstanceStatus>>),
+    /// Stop every instance, then answer.
+    Stop(Sender<()>),
+}
+
+/// One incarnation of an instance.
+struct Instance {
+    /// Unique per incarnation: what its exit is reported with.
+    tag: u64,
+    /// The configuration generation it was started with.
+    generation: u64,
+    addr: ServerAddr,
+    process: Process,
+    state: State,
+    started: Instant,
+}
+
+enum State {
+    /// Not accepting connections yet; gives up at the deadline.
+    Starting { deadline: Instant },
+    /// Serving.
+    Ready,
+    /// Out of service; asked to stop at this time.
+    Retiring { stop_at: Instant },
+    /// Asked to stop; killed at this time.
+    Stopping { kill_at: Instant },
+}
+
+/// One instance slot of an app: its current incarnation and a
+/// replacement being started.
+struct Slot {
+    current: Option<Instance>,
+    next: Option<Instance>,
+    backoff: Backoff,
+    restarts: u32,
+    restart_at: Option<Instant>,
+}
+
+struct App {
+    config: AppConfig,
+    /// Bumped when a change needs the instances replaced.
+    generation: u64,
+    slots: Vec<Slot>,
+    /// What the master was last told.
+    published: Vec<ServerAddr>,
+}
+
+/// An instance out of service, on its way out (replaced, its slot or app
+/// removed by a reload).
+struct Leaving {
+    who: String,
+    stop_timeout: Duration,
+    inst: Instance,
+}
+
+/// The manager's state, on its own thread.
+pub(super) struct Manager {
+    apps: Vec<App>,
+    leaving: Vec<Leaving>,
+    shards: usize,
+    dir: PathBuf,
+    tx: Sender<Msg>,
+    notify: Notify,
+    next_tag: u64,
+}
+
+impl Slot {
+    fn new(now: Instant) -> Slot {
+        Slot {
+            current: None,
+            next: None,
+            backoff: Backoff::new(now),
+            restarts: 0,
+            restart_at: Some(now),
+        }
+    }
+
+    fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.current.iter().chain(self.next.iter())
+    }
+
+    /// Take the slot's instances out of service: they stop after the grace.
+    fn retire(
+        &mut self,
+        who: String,
+        stop_timeout: Duration,
+        now: Instant,
+        out: &mut Vec<Leaving>,
+    ) {
+        self.restart_at = None;
+        for mut inst in self.current.take().into_iter().chain(self.next.take()) {
+            inst.state = State::Retiring {
+                stop_at: now + RETIRE_GRACE,
+            };
+            out.push(Leaving {
+                who: who.clone(),
+                stop_timeout,
+                inst,
+            });
+        }
+    }
+}
+
+impl Manager {
+    pub(super) fn new(shards: usize, tx: Sender<Msg>, notify: Notify) -> Manager {
+        Manager {
+            apps: Vec::new(),
+            leaving: Vec::new(),
+            shards,
+            dir: address::socket_dir(),
+            tx,
+            notify,
+            next_tag: 0,
+        }
+    }
+
+    /// Start every app and wait until each instance accepts connections:
+    /// the addresses of each app, or the first failure (then everything
+    /// started is stopped again).
+    pub(super) fn start(
+        &mut self,
+        configs: Vec<AppConfig>,
+        rx: &Receiver<Msg>,
+    ) -> Result<AppServers, AppError> {
+        let now = Instant::now();
+        for config in configs {
+            let n = config.instance_count(self.shards);
+            self.apps.push(App {
+                config,
+                generation: 0,
+                slots: (0..n).map(|_| Slot::new(now)).collect(),
+                published: Vec::new(),
+            });
+        }
+        loop {
+            if let Err(e) = self.start_due(Instant::now(), true) {
+                self.stop_all(rx);
+                return Err(e);
+            }
+            if let Err(e) = self.probe(Instant::now(), true) {
+                self.stop_all(rx);
+                return Err(e);
+            }
+            let all_ready = self.apps.iter().all(|a| {
+                a.slots.iter().all(|s| {
+                    matches!(
+                        s.current,
+                        Some(Instance {
+                            state: State::Ready,
+                            ..
+                        })
+                    )
+                })
+            });
+            if all_ready {
+                let servers = self
+                    .apps
+                    .iter_mut()
+                    .map(|a| {
+                        a.published = servers_of(a);
+                        (a.config.name.clone(), a.published.clone())
+                    })
+                    .collect();
+                return Ok(servers);
+            }
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(Msg::Exited { tag, status }) => {
+                    if let Some((app, index, tail)) = self.find_tail(tag) {
+                        self.stop_all(rx);
+                        return Err(AppError::Exited {
+                            app,
+                            index,
+                            status: status.to_string(),
+                            tail,
+                        });
+                    }
+                }
+                Ok(Msg::Stop(done)) => {
+                    self.stop_all(rx);
+                    let _ = done.send(());
+                    return Err(AppError::Interrupted);
+                }
+                Ok(Msg::Status(reply)) => {
+                    let _ = reply.send(self.status());
+                }
+                Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
+            }
+        }
+    }
+
+    /// Serve messages until told to stop.
+    pub(super) fn run(&mut self, rx: &Receiver<Msg>) {
+        loop {
+            let now = Instant::now();
+            if let Err(e) = self.start_due(now, false) {
+                error!("{e}");
+            }
+            let _ = self.probe(now, false);
+            self.timers(now);
+            self.roll(now);
+            self.publish();
+            let wait = self.next_wake(Instant::now());
+            let msg = match wait {
+                Some(d) => match rx.recv_timeout(d) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return self.stop_all(rx),
+                },
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return self.stop_all(rx),
+                },
+            };
+            match msg {
+                Msg::Exited { tag, status } => self.on_exit(tag, status, Instant::now()),
+                Msg::Reload(configs) => self.on_reload(configs, Instant::now()),
+                Msg::Status(reply) => {
+                    let _ = reply.send(self.status());
+                }
+                Msg::Stop(done) => {
+                    self.stop_all(rx);
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Start what is due: new slots, restarts after back-off, and (in a
+    /// rolling reload) replacements. At start-up, a failure to spawn is the
+    /// caller's error; later it is logged and retried.
+    fn start_due(&mut self, now: Instant, startup: bool) -> Result<(), AppError> {
+        for a in 0..self.apps.len() {
+            for i in 0..self.apps[a].slots.len() {
+                let due = self.apps[a].slots[i].restart_at.is_some_and(|t| t <= now);
+                if !due {
+                    continue;
+                }
+                self.apps[a].slots[i].restart_at = None;
+                match self.spawn(a, i, now) {
+                    Ok(inst) => self.apps[a].slots[i].current = Some(inst),
+                    Err(e) if startup => return Err(e),
+                    Err(e) => {
+                        let slot = &mut self.apps[a].slots[i];
+                        let delay = slot.backoff.start_failed();
+                        slot.restart_at = Some(now + delay);
+                        error!("{e}; trying again in {}s", delay.as_secs());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, a: usize, index: usize, now: Instant) -> Result<Instance, AppError> {
+        let app = &self.apps[a];
+        let config = &app.config;
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let failed = |err: std::io::Error| AppError::Spawn {
+            app: config.name.clone(),
+            index,
+            err,
+        };
+        let addr = address::choose(config.listen, &self.dir, &config.name, tag).map_err(failed)?;
+        let tx = self.tx.clone();
+        let process = process::spawn(config, index, &address::env_value(&addr), move |status| {
+            let _ = tx.send(Msg::Exited { tag, status });
+        })
+        .map_err(failed)?;
+        info!(
+            "app {}[{index}] started: pid {}, {} = {}",
+            config.name,
+            process.pid,
+            config.listen_env,
+            address::env_value(&addr)
+        );
+        Ok(Instance {
+            tag,
+            generation: app.generation,
+            addr,
+            process,
+            state: State::Starting {
+                deadline: now + config.start_timeout,
+            },
+            started: now,
+        })
+    }
+
+    /// Probe starting instances; one that accepts is ready, one past its
+    /// start timeout is killed (at start-up: the caller's error).
+    fn probe(&mut self, now: Instant, startup: bool) -> Result<(), AppError> {
+        for app in &mut self.apps {
+            let name = &app.config.name;
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                let stop = app.config.stop_timeout;
+                for inst in slot.current.iter_mut().chain(slot.next.iter_mut()) {
+                    let State::Starting { deadline } = inst.state else {
+                        continue;
+                    };
+                    if address::accepts(&inst.addr) {
+                        inst.state = State::Ready;
+                        info!(
+                            "app {name}[{index}] is ready ({:.1}s after start)",
+                            now.duration_since(inst.started).as_secs_f64()
+                        );
+                    } else if deadline <= now {
+                        let tail = tail_of(&inst.process);
+                        let timeout = app.config.start_timeout;
+                        process::signal_group(inst.process.pid, libc::SIGKILL);
+                        inst.state = State::Stopping {
+                            kill_at: now + stop,
+                        };
+                        if startup {
+                            return Err(AppError::NotReady {
+                                app: name.clone(),
+                                index,
+                                timeout,
+                                tail,
+                            });
+                        }
+                        error!(
+                            "app {name}[{index}] did not accept connections within {}s; killed{tail}",
+                            timeout.as_secs_f64()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Retire and kill on time.
+    fn timers(&mut self, now: Instant) {
+        for l in &mut self.leaving {
+            match l.inst.state {
+                State::Retiring { stop_at } if stop_at <= now => {
+                    process::signal_group(l.inst.process.pid, libc::SIGTERM);
+                    l.inst.state = State::Stopping {
+                        kill_at: now + l.stop_timeout,
+                    };
+                }
+                State::Stopping { kill_at } if kill_at <= now => {
+                    warn!(
+                        "{} (pid {}) did not stop in time; killed",
+                        l.who, l.inst.process.pid
+                    );
+                    process::signal_group(l.inst.process.pid, libc::SIGKILL);
+                    // Its exit removes it; look again in a while.
+                    l.inst.state = State::Stopping {
+                        kill_at: now + Duration::from_secs(5),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The rolling reload: one slot at a time, start a replacement with
+    /// the current settings; once it accepts, it takes the slot and the
+    /// old instance leaves.
+    fn roll(&mut self, now: Instant) {
+        for a in 0..self.apps.len() {
+            let generation = self.apps[a].generation;
+            // A replacement that is ready takes its slot.
+            let app = &mut self.apps[a];
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                if matches!(
+                    slot.next,
+                    Some(Instance {
+                        state: State::Ready,
+                        ..
+                    })
+                ) {
+                    let old = slot.current.take();
+                    slot.current = slot.next.take();
+                    if let Some(mut inst) = old {
+                        inst.state = State::Retiring {
+                            stop_at: now + RETIRE_GRACE,
+                        };
+                        self.leaving.push(Leaving {
+                            who: format!("app {}[{index}]", app.config.name),
+                            stop_timeout: app.config.stop_timeout,
+                            inst,
+                        });
+                    }
+                }
+            }
+            let busy = self.apps[a].slots.iter().any(|s| s.next.is_some());
+            if busy {
+                continue;
+            }
+            let outdated = self.apps[a].slots.iter().position(|s| {
+                matches!(&s.current, Some(i) if i.generation != generation && matches!(i.state, State::Ready))
+            });
+            if let Some(i) = outdated {
+                match self.spawn(a, i, now) {
+                    Ok(inst) => self.apps[a].slots[i].next = Some(inst),
+                    Err(e) => error!("{e}: the rolling reload waits"),
+                }
+            }
+        }
+    }
+
+    /// Tell the master each app's serving addresses, when they changed.
+    fn publish(&mut self) {
+        for app in &mut self.apps {
+            let servers = servers_of(app);
+            if servers != app.published {
+                app.published = servers.clone();
+                (self.notify)(AppEvent::Servers {
+                    app: app.config.name.clone(),
+                    servers,
+                });
+            }
+        }
+    }
+
+    /// How long the loop may sleep.
+    fn next_wake(&self, now: Instant) -> Option<Duration> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        let states = self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .flat_map(|s| s.instances())
+            .chain(self.leaving.iter().map(|l| &l.inst))
+            .map(|i| &i.state);
+        for state in states {
+            match state {
+                State::Starting { .. } => at(now + PROBE_EVERY),
+                State::Retiring { stop_at } => at(*stop_at),
+                State::Stopping { kill_at } => at(*kill_at),
+                State::Ready => {}
+            }
+        }
+        for t in self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .filter_map(|s| s.restart_at)
+        {
+            at(t);
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    /// An instance's process ended.
+    fn on_exit(&mut self, tag: u64, status: ExitStatus, now: Instant) {
+        if let Some(pos) = self.leaving.iter().position(|l| l.inst.tag == tag) {
+            let gone = self.leaving.swap_remove(pos);
+            address::release(&gone.inst.addr);
+            info!(
+                "{} (pid {}) stopped: {status}",
+                gone.who, gone.inst.process.pid
+            );
+            return;
+        }
+        for app in &mut self.apps {
+            let name = app.config.name.clone();
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                if slot.next.as_ref().is_some_and(|i| i.tag == tag) {
+                    let gone = slot.next.take().expect("checked above");
+                    address::release(&gone.addr);
+                    error!(
+                        "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}){}",
+                        gone.process.pid,
+                        tail_of(&gone.process)
+                    );
+                    // The roll tries again on the next round.
+                    return;
+                }
+                if slot.current.as_ref().is_some_and(|i| i.tag == tag) {
+                    let gone = slot.current.take().expect("checked above");
+                    address::release(&gone.addr);
+                    let ready = matches!(gone.state, State::Ready);
+                    let delay = if ready {
+                        slot.backoff.died(now)
+                    } else {
+                        slot.backoff.start_failed()
+                    };
+                    slot.restarts += 1;
+                    slot.restart_at = Some(now + delay);
+                    // One line per death: a crash loop's deaths are spaced
+                    // by the back-off, so it logs once per step.
+                    warn!(
+                        "app {name}[{index}] (pid {}) exited {}: {status}; starting it again in {}s{}",
+                        gone.process.pid,
+                        if ready { "" } else { "before it was ready" },
+                        delay.as_secs(),
+                        tail_of(&gone.process)
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// New settings: new apps start, removed ones leave, changed ones roll,
+    /// and a changed number of instances adds or retires slots.
+    fn on_reload(&mut self, configs: Vec<AppConfig>, now: Instant) {
+        let mut old = std::mem::take(&mut self.apps);
+        for config in configs {
+            let n = config.instance_count(self.shards);
+            let app = match old.iter().position(|a| a.config.name == config.name) {
+                Some(i) => {
+                    let mut app = old.swap_remove(i);
+                    if app.config.replaces_instances(&config) {
+                        app.generation += 1;
+                        info!(
+                            "app {}: changed; replacing its instances one at a time",
+                            config.name
+                        );
+                    }
+                    app.config = config;
+                    while app.slots.len() > n {
+                        let index = app.slots.len() - 1;
+                        let mut slot = app.slots.pop().expect("more than n");
+                        let who = format!("app {}[{index}]", app.config.name);
+                        slot.retire(who, app.config.stop_timeout, now, &mut self.leaving);
+                    }
+                    while app.slots.len() < n {
+                        app.slots.push(Slot::new(now));
+                    }
+                    app
+                }
+                None => {
+                    info!("app {}: new; starting {n} instances", config.name);
+                    App {
+                        config,
+                        generation: 0,
+                        slots: (0..n).map(|_| Slot::new(now)).collect(),
+                        published: Vec::new(),
+                    }
+                }
+            };
+            self.apps.push(app);
+        }
+        for mut gone in old {
+            info!("app {}: removed; stopping its instances", gone.config.name);
+            for (index, slot) in gone.slots.iter_mut().enumerate() {
+                let who = format!("app {}[{index}]", gone.config.name);
+                slot.retire(who, gone.config.stop_timeout, now, &mut self.leaving);
+            }
+            (self.notify)(AppEvent::Servers {
+                app: gone.config.name.clone(),
+                servers: Vec::new(),
+            });
+        }
+    }
+
+    /// Stop every instance: SIGTERM to each process group, SIGKILL to
+    /// those still there after their app's stop timeout.
+    fn stop_all(&mut self, rx: &Receiver<Msg>) {
+        let now = Instant::now();
+        let mut all = std::mem::take(&mut self.leaving);
+        for app in &mut self.apps {
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                let who = format!("app {}[{index}]", app.config.name);
+                slot.retire(who, app.config.stop_timeout, now, &mut all);
+            }
+        }
+        let mut left: Vec<(u64, u32, Instant, String)> = Vec::new();
+        for l in all {
+            process::signal_group(l.inst.process.pid, libc::SIGTERM);
+            address::release(&l.inst.addr);
+            left.push((l.inst.tag, l.inst.process.pid, now + l.stop_timeout, l.who));
+        }
+        while !left.is_empty() {
+            let now = Instant::now();
+            for (_, pid, kill_at, name) in left.iter_mut() {
+                if *kill_at <= now {
+                    warn!("{name} (pid {pid}) did not stop in time; killed");
+                    process::signal_group(*pid, libc::SIGKILL);
+                    *kill_at = now + Duration::from_secs(5);
+                }
+            }
+            let wake = left.iter().map(|l| l.2).min().expect("not empty");
+            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Msg::Exited { tag, .. }) => left.retain(|l| l.0 != tag),
+                Ok(Msg::Status(reply)) => {
+                    let _ = reply.send(Vec::new());
+                }
+                Ok(Msg::Stop(done)) => {
+                    let _ = done.send(());
+                }
+                Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+
+    /// Every instance, for metrics and `coreserve status`.
+    fn status(&self) -> Vec<InstanceStatus> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for app in &self.apps {
+            for (index, slot) in app.slots.iter().enumerate() {
+                let inst = slot.current.as_ref();
+                out.push(InstanceStatus {
+                    app: app.config.name.clone(),
+                    index,
+                    pid: inst.map(|i| i.process.pid),
+                    state: match inst.map(|i| &i.state) {
+                        None if slot.restart_at.is_some() => "restarting",
+                        None => "down",
+                        Some(State::Starting { .. }) => "starting",
+                        Some(State::Ready) => "ready",
+                        Some(State::Retiring { .. }) | Some(State::Stopping { .. }) => "stopping",
+                    },
+                    restarts: slot.restarts,
+                    uptime: inst.map_or(Duration::ZERO, |i| now.duration_since(i.started)),
+                    addr: inst.map(|i| i.addr.to_string()),
+                });
+            }
+        }
+        out
+    }
+
+    /// The app, index and last output of the instance with `tag`.
+    fn find_tail(&self, tag: u64) -> Option<(String, usize, String)> {
+        self.apps.iter().find_map(|a| {
+            a.slots.iter().enumerate().find_map(|(i, s)| {
+                s.instances()
+                    .find(|inst| inst.tag == tag)
+                    .map(|inst| (a.config.name.clone(), i, tail_of(&inst.process)))
+            })
+        })
+    }
+}
+
+/// The addresses that serve an app: its ready instances, in slot order.
+fn servers_of(app: &App) -> Vec<ServerAddr> {
+    app.slots
+        .iter()
+        .filter_map(|s| s.current.as_ref())
+        .filter(|i| matches!(i.state, State::Ready))
+        .map(|i| i.addr.clone())
+        .collect()
+}
+
+/// An instance's last lines, for a message: empty, or `; its last
+/// output:` and the lines, indented.
+fn tail_of(p: &Process) -> String {
+    let tail = p.tail.lock().unwrap_or_else(|e| e.into_inner());
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("; its last output:");
+    for line in tail.iter() {
+        s.push_str("\n    ");
+        s.push_str(line);
+    }
+    s
+}

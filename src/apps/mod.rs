@@ -1,0 +1,194 @@
+//! App workers: the application processes coreserve starts, supervises and
+//! proxies to, as Node's cluster master and PM2 do for an app. Each app is an
+//! upstream group whose servers are its ready instances.
+//!
+//! One thread (`manager`) owns every instance for as long as coreserve runs:
+//! it must, because the kernel kills an instance when the *thread* that
+//! started it ends (`PR_SET_PDEATHSIG`, what keeps an instance from
+//! outliving coreserve even after a SIGKILL). The master talks to it with
+//! messages and hears back through `Notify`: which addresses serve each app.
+//! `process` is one instance's process and output; `address` where it
+//! listens and how it is probed.
+
+mod address;
+mod manager;
+mod process;
+
+pub use manager::RETIRE_GRACE;
+
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{AppConfig, ServerAddr};
+use manager::{Manager, Msg};
+
+/// What the app manager tells the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppEvent {
+    /// These addresses now serve `app` (its ready instances, in order).
+    Servers {
+        /// The app's name (its upstream group's).
+        app: String,
+        /// Its ready instances' addresses.
+        servers: Vec<ServerAddr>,
+    },
+}
+
+/// How the manager reaches the master: called on the manager's thread.
+pub type Notify = Box<dyn Fn(AppEvent) + Send>;
+
+/// Each app's name and the addresses of its ready instances.
+pub type AppServers = Vec<(String, Vec<ServerAddr>)>;
+
+/// Why the apps could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The process could not be started at all.
+    #[error("app {app}[{index}]: cannot start it: {err}")]
+    Spawn {
+        /// The app.
+        app: String,
+        /// The instance.
+        index: usize,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// It did not accept a connection within its start timeout.
+    #[error("app {app}[{index}] did not accept connections within {}s (start-timeout){tail}", timeout.as_secs_f64())]
+    NotReady {
+        /// The app.
+        app: String,
+        /// The instance.
+        index: usize,
+        /// Its start timeout.
+        timeout: Duration,
+        /// Its last output, formatted for the message.
+        tail: String,
+    },
+    /// It exited before it accepted a connection.
+    #[error("app {app}[{index}] exited during start-up ({status}){tail}")]
+    Exited {
+        /// The app.
+        app: String,
+        /// The instance.
+        index: usize,
+        /// How it ended.
+        status: String,
+        /// Its last output, formatted for the message.
+        tail: String,
+    },
+    /// Start-up was stopped (a signal), or the manager is gone.
+    #[error("app start-up was interrupted")]
+    Interrupted,
+    /// The manager's thread could not be started.
+    #[error("cannot start the app manager thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One instance as `coreserve status` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// The app.
+    pub app: String,
+    /// Its slot number.
+    pub index: usize,
+    /// The current process, if one runs.
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `stopping`, `restarting` (waiting out its
+    /// back-off) or `down`.
+    pub state: &'static str,
+    /// Times it was started again after it exited.
+    pub restarts: u32,
+    /// Since the current process started.
+    pub uptime: Duration,
+    /// Where it listens.
+    pub addr: Option<String>,
+}
+
+/// The running apps: a handle on the manager's thread.
+pub struct Apps {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Apps {
+    /// Start every instance of `configs` and wait until each accepts
+    /// connections (`start-timeout`); with `shards` shards for `"auto"`.
+    /// Returns the handle and each app's addresses; on a failure every
+    /// instance started is stopped again.
+    pub fn start(
+        configs: Vec<AppConfig>,
+        shards: usize,
+        notify: Notify,
+    ) -> Result<(Apps, AppServers), AppError> {
+        let (tx, rx) = mpsc::channel();
+        let (started_tx, started_rx) = mpsc::channel();
+        let manager_tx = tx.clone();
+        let thread = std::thread::Builder::new()
+            .name("apps".into())
+            .spawn(move || {
+                let mut m = Manager::new(shards, manager_tx, notify);
+                let started = m.start(configs, &rx);
+                let ok = started.is_ok();
+                let _ = started_tx.send(started);
+                if ok {
+                    m.run(&rx);
+                }
+            })
+            .map_err(AppError::Thread)?;
+        let servers = started_rx.recv().map_err(|_| AppError::Interrupted)??;
+        Ok((
+            Apps {
+                tx,
+                thread: Some(thread),
+            },
+            servers,
+        ))
+    }
+
+    /// A handle the master keeps while it serves.
+    pub fn handle(&self) -> AppsHandle {
+        AppsHandle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Stop every instance (SIGTERM, then SIGKILL after its app's stop
+    /// timeout) and wait until they are gone.
+    pub fn stop(mut self) {
+        let (done, wait) = mpsc::channel();
+        if self.tx.send(Msg::Stop(done)).is_ok() {
+            let _ = wait.recv();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the master holds of the app manager while it serves.
+#[derive(Clone)]
+pub struct AppsHandle {
+    tx: Sender<Msg>,
+}
+
+impl AppsHandle {
+    /// Apply new settings (SIGHUP): new apps start, removed ones stop,
+    /// changed ones are replaced one instance at a time.
+    pub fn reload(&self, configs: Vec<AppConfig>) {
+        let _ = self.tx.send(Msg::Reload(configs));
+    }
+
+    /// Every instance's state (empty if the manager does not answer within
+    /// a second).
+    pub fn status(&self) -> Vec<InstanceStatus> {
+        let (reply, answer) = mpsc::channel();
+        if self.tx.send(Msg::Status(reply)).is_err() {
+            return Vec::new();
+        }
+        answer
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_default()
+    }
+}

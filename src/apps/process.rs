@@ -1,0 +1,142 @@
+//! One instance of an app as an operating-system process: started with its
+//! address in the environment, in a process group of its own, killed by the
+//! kernel if coreserve dies (`PR_SET_PDEATHSIG`), its output turned into log
+//! lines, its exit reported to the manager.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use crate::config::AppConfig;
+
+/// Lines of output kept per instance, for the error when it fails to start.
+pub const TAIL_LINES: usize = 20;
+/// A longer line is cut: a line flood cannot grow memory or the log.
+const MAX_LINE: usize = 4096;
+
+/// The last lines an instance wrote.
+pub type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// A running instance's process.
+#[derive(Debug)]
+pub struct Process {
+    /// Its pid, also its process group's id.
+    pub pid: u32,
+    /// The last lines of its output.
+    pub tail: Tail,
+}
+
+/// Start `app`'s instance number `index`, its address in `address` (the
+/// value of `app.listen_env`); `on_exit` is called, on a thread of its own,
+/// when it exits. Must be called from the thread that lives as long as
+/// coreserve: the kernel's parent-death signal follows the thread that
+/// forked, not the process.
+pub fn spawn(
+    app: &AppConfig,
+    index: usize,
+    address: &str,
+    on_exit: impl FnOnce(ExitStatus) + Send + 'static,
+) -> io::Result<Process> {
+    let (program, args) = app
+        .command
+        .split_first()
+        .ok_or_else(|| io::Error::other("the command is empty"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(app.env.iter().map(|(k, v)| (k, v)))
+        .env(&app.listen_env, address)
+        .env("CORESERVE_APP", &app.name)
+        .env("CORESERVE_INSTANCE", index.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &app.cwd {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: getpid is async-signal-safe; the closure below runs between
+    // fork and exec and calls only async-signal-safe functions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: as said above: setpgid, prctl, getppid and kill only.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own group: a stop signal reaches what it forks too.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Killed with coreserve, even if coreserve is killed with SIGKILL.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // coreserve died between fork and prctl: nobody will signal.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let who = format!("app {}[{index}]", app.name);
+    if let Some(out) = child.stdout.take() {
+        relay_lines(out, who.clone(), tail.clone(), false);
+    }
+    if let Some(err) = child.stderr.take() {
+        relay_lines(err, who, tail.clone(), true);
+    }
+    std::thread::Builder::new()
+        .name(format!("wait-{pid}"))
+        .spawn(move || {
+            if let Ok(status) = child.wait() {
+                on_exit(status);
+            }
+        })?;
+    Ok(Process { pid, tail })
+}
+
+/// Log each line read from `pipe` (stderr at warning level), and keep the
+/// last ones in `tail`, on a thread of its own: a slow log never blocks the
+/// app for long, and never a shard.
+fn relay_lines(pipe: impl Read + Send + 'static, who: String, tail: Tail, stderr: bool) {
+    let spawned = std::thread::Builder::new()
+        .name("app-output".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::with_capacity(256);
+            loop {
+                line.clear();
+                match reader
+                    .by_ref()
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                if stderr {
+                    log::warn!("{who}: {text}");
+                } else {
+                    log::info!("{who}: {text}");
+                }
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(text.to_string());
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot read an app instance's output: {e}");
+    }
+}
+
+/// Send `signal` to the instance's process group.
+pub fn signal_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals that process group; the
+    // group is the instance's own (setpgid in `spawn`).
+    unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+}
