@@ -3,17 +3,23 @@
 //! `Cli::apply` runs both, so start-up, `--check` and SIGHUP see the same
 //! errors. Nothing here creates or changes a file.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{route_key, AccessLog, Config, ConfigError, HandlerConfig};
+use super::{app_key, route_key, AccessLog, AppConfig, Config, ConfigError, HandlerConfig};
+
+/// Where a program without a slash is looked for when `PATH` is not set:
+/// what execvp(3) searches then (glibc's `confstr(_CS_PATH)`).
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// Whether what the configuration names on the file system is usable here:
-/// every static route's root is a directory, and the access log, if it is a
-/// file, can be opened for appending (`check_writable`). Returns every
-/// failure, in route order and then the log, each pointed at the line of its
-/// key like `validate`'s errors; empty when all is well.
+/// every static route's root is a directory, the access log, if it is a
+/// file, can be opened for appending (`check_writable`), and every app's
+/// `cwd` is a directory and its program can be run (`check_app`). Returns
+/// every failure, in route order, then the log, then the apps, each pointed
+/// at the line of its key like `validate`'s errors; empty when all is well.
 pub fn preflight(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
@@ -40,10 +46,104 @@ pub fn preflight(config: &Config) -> Vec<ConfigError> {
             ));
         }
     }
+    for (i, a) in config.apps.iter().enumerate() {
+        check_app(i, a, &mut errors);
+    }
     for e in &mut errors {
         config.locate(e);
     }
     errors
+}
+
+/// An app's `cwd` is a directory, and its program (`command[0]`) is an
+/// executable file: a path with a slash as written (a relative one from
+/// `cwd`, where the instance starts), a bare name the first executable of
+/// that name in the `PATH` the instance gets (its `env`'s, else
+/// coreserve's), as execvp(3) and `std::process::Command` look. An app
+/// without a program was reported by `validate`; a relative program in a
+/// `cwd` that cannot be used is not looked for (the `cwd` is the error).
+fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
+    let key = |k: &str| format!("{}.{k}", app_key(i));
+    let mut cwd_usable = true;
+    if let Some(cwd) = &a.cwd {
+        let why = match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some(format!("{} is not a directory", cwd.display())),
+            Err(e) => Some(format!("cannot use {}: {e}", cwd.display())),
+        };
+        if let Some(why) = why {
+            cwd_usable = false;
+            errors.push(ConfigError::new(key("cwd"), why));
+        }
+    }
+    let Some(program) = a.command.first().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    // From the instance's working directory: its `cwd`, or coreserve's.
+    let from_cwd = |p: &Path| match &a.cwd {
+        Some(cwd) => cwd.join(p),
+        None => p.to_path_buf(),
+    };
+    if program.contains('/') {
+        let path = Path::new(program);
+        if path.is_relative() && !cwd_usable {
+            return;
+        }
+        if let Err(why) = check_executable(&from_cwd(path)) {
+            errors.push(ConfigError::new(key("command"), why));
+        }
+    } else {
+        let search = a
+            .env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, v)| OsString::from(v))
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        let found = std::env::split_paths(&search).any(|dir| {
+            // An empty entry is the working directory, as for execvp(3).
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            is_executable_file(&from_cwd(&dir).join(program))
+        });
+        if !found {
+            errors.push(ConfigError::new(
+                key("command"),
+                format!("{program:?} is not found on PATH"),
+            ));
+        }
+    }
+}
+
+/// Why `path` cannot be run as a program, if it cannot.
+fn check_executable(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Err(e) => Err(format!("cannot use {}: {e}", path.display())),
+        Ok(m) if m.is_dir() => Err(format!("{} is a directory, not a program", path.display())),
+        Ok(_) if !can_execute(path.as_os_str()) => {
+            Err(format!("{} is not executable", path.display()))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A file (not a directory) this process may execute.
+fn is_executable_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) && can_execute(path.as_os_str())
+}
+
+/// access(2) with `X_OK`: whether this process's real user may execute
+/// `path` (root may only when some execute bit is set).
+fn can_execute(path: &OsStr) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) on a NUL-terminated path we own.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
 /// Whether the server will be able to open `path` for appending, without
@@ -81,6 +181,7 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::config::{RouteConfig, StaticConfig};
+    use std::path::PathBuf;
 
     fn static_route(path: &str, root: &Path) -> RouteConfig {
         RouteConfig {
@@ -123,6 +224,156 @@ mod tests {
             "preflight created the log"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A scratch directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("coreserve-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        /// A file with `mode`, its parents created.
+        fn file(&self, rel: &str, mode: u32) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `preflight`'s messages for a configuration of these apps.
+    fn app_errors(apps: Vec<AppConfig>) -> Vec<String> {
+        let c = Config {
+            source: Some("conf/x.toml".into()),
+            apps,
+            lines: [
+                ("app[1].command".to_string(), 4),
+                ("app[1].cwd".to_string(), 5),
+            ]
+            .into(),
+            ..Config::default()
+        };
+        preflight(&c).iter().map(|e| e.to_string()).collect()
+    }
+
+    fn app(command: &[&str], cwd: Option<&Path>) -> AppConfig {
+        let mut a = AppConfig::new("a", command.iter().map(|s| s.to_string()).collect());
+        a.cwd = cwd.map(Path::to_path_buf);
+        a
+    }
+
+    #[test]
+    fn an_app_program_is_found_on_path() {
+        let dir = Scratch::new("preflight-path");
+        dir.file("bin/serve", 0o755);
+        dir.file("bin/plain", 0o644);
+        let bin = dir.0.join("bin").display().to_string();
+        // coreserve's own PATH: sh is on every system.
+        assert_eq!(app_errors(vec![app(&["sh", "-c", "true"], None)]), [""; 0]);
+        let with_path = |program: &str| {
+            let mut a = app(&[program], None);
+            a.env = vec![("PATH".into(), format!("/definitely/not/here:{bin}"))];
+            a
+        };
+        // The app's own PATH is the one searched, as the instance's exec does.
+        assert_eq!(app_errors(vec![with_path("serve")]), [""; 0]);
+        assert_eq!(
+            app_errors(vec![with_path("sh")]),
+            ["conf/x.toml:4: app[1].command: \"sh\" is not found on PATH"]
+        );
+        // A file that may not be executed is not a program.
+        assert_eq!(
+            app_errors(vec![with_path("plain")]),
+            ["conf/x.toml:4: app[1].command: \"plain\" is not found on PATH"]
+        );
+        assert_eq!(
+            app_errors(vec![app(&["nodee", "server.js"], None)]),
+            ["conf/x.toml:4: app[1].command: \"nodee\" is not found on PATH"]
+        );
+    }
+
+    #[test]
+    fn an_app_program_with_a_slash_is_a_path_from_cwd() {
+        let dir = Scratch::new("preflight-program");
+        let serve = dir.file("app/bin/serve", 0o755);
+        dir.file("app/server.js", 0o644);
+        let app_dir = dir.0.join("app");
+        let d = app_dir.display();
+        let ok = [
+            app(&[&serve.display().to_string()], None),
+            app(&["bin/serve"], Some(&app_dir)),
+            app(&["./bin/serve", "--port"], Some(&app_dir)),
+        ];
+        for a in ok {
+            assert_eq!(app_errors(vec![a.clone()]), [""; 0], "{a:?}");
+        }
+        assert_eq!(
+            app_errors(vec![app(&["./server.js"], Some(&app_dir))]),
+            [format!(
+                "conf/x.toml:4: app[1].command: {d}/./server.js is not executable"
+            )]
+        );
+        assert_eq!(
+            app_errors(vec![app(&["bin/nodee"], Some(&app_dir))]),
+            [format!("conf/x.toml:4: app[1].command: cannot use {d}/bin/nodee: No such file or directory (os error 2)")]
+        );
+        assert_eq!(
+            app_errors(vec![app(&["./bin"], Some(&app_dir))]),
+            [format!(
+                "conf/x.toml:4: app[1].command: {d}/./bin is a directory, not a program"
+            )]
+        );
+        // Without cwd, a relative program is coreserve's working
+        // directory's; an app without a program was validate's to report.
+        assert_eq!(
+            app_errors(vec![app(&["./definitely/not/here"], None)]),
+            ["conf/x.toml:4: app[1].command: cannot use ./definitely/not/here: No such file or directory (os error 2)"]
+        );
+        assert_eq!(app_errors(vec![app(&[], None), app(&[""], None)]), [""; 0]);
+    }
+
+    #[test]
+    fn an_app_cwd_must_be_a_directory() {
+        let dir = Scratch::new("preflight-cwd");
+        let file = dir.file("file", 0o644);
+        let gone = dir.0.join("gone");
+        let (g, f) = (gone.display(), file.display());
+        // In a missing cwd a relative program is not looked for; one on
+        // PATH still is.
+        assert_eq!(
+            app_errors(vec![app(&["./server"], Some(&gone))]),
+            [format!(
+                "conf/x.toml:5: app[1].cwd: cannot use {g}: No such file or directory (os error 2)"
+            )]
+        );
+        assert_eq!(
+            app_errors(vec![app(&["nodee"], Some(&file))]),
+            [
+                format!("conf/x.toml:5: app[1].cwd: {f} is not a directory"),
+                "conf/x.toml:4: app[1].command: \"nodee\" is not found on PATH".into(),
+            ]
+        );
+        // An absolute program does not depend on cwd.
+        assert_eq!(
+            app_errors(vec![app(&["/definitely/not/here"], Some(&gone))]),
+            [
+                format!("conf/x.toml:5: app[1].cwd: cannot use {g}: No such file or directory (os error 2)"),
+                "conf/x.toml:4: app[1].command: cannot use /definitely/not/here: No such file or directory (os error 2)".into(),
+            ]
+        );
     }
 
     #[test]

@@ -417,6 +417,12 @@ pub fn upstream_key(i: usize) -> String {
     format!("upstream[{}]", i + 1)
 }
 
+/// The key prefix of app `i` (0-based) in messages: `app[1]` is the first
+/// `[[app]]` table.
+pub fn app_key(i: usize) -> String {
+    format!("app[{}]", i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +465,27 @@ mod tests {
         config.locate(&mut unset);
         assert_eq!(unset.line, Some(3));
         assert_eq!(upstream_key(0), "upstream[1]");
+    }
+
+    #[test]
+    fn an_error_on_a_key_an_app_did_not_set_points_at_the_app() {
+        let config = Config {
+            source: Some(PathBuf::from("site.toml")),
+            lines: HashMap::from([
+                ("app[2]]".to_string(), 10),
+                ("app[2].instances".to_string(), 13),
+            ]),
+            ..Config::default()
+        };
+        let mut set = ConfigError::new("app[2].instances", "bad");
+        config.locate(&mut set);
+        assert_eq!(set.line, Some(13));
+        let mut unset = ConfigError::new("app[2].stop-timeout", "bad");
+        config.locate(&mut unset);
+        assert_eq!(unset.line, Some(10));
+        let mut variable = ConfigError::new("app[2].env.PORT", "bad");
+        config.locate(&mut variable);
+        assert_eq!(variable.line, Some(10));
+        assert_eq!(app_key(1), "app[2]");
     }
 }

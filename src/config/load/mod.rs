@@ -4,13 +4,14 @@
 //!
 //! This module owns the walk: the `Walker`, the top level of the document,
 //! and how a key's line is recorded. Each section is read in a file of its
-//! own (`server`, `limits`, `log`, `metrics`, `routes`, `upstreams`), each
+//! own (`server`, `limits`, `log`, `metrics`, `routes`, `upstreams`, `apps`), each
 //! handler kind in `handlers/`, and the typed readers they share (`string`,
 //! `size`, …) are in `values`. Nothing here looks at the file system beyond
 //! reading the file itself: that is `files::preflight`. The one lookup made
 //! is resolving an upstream server's host name, through `Resolve`, which
 //! tests replace.
 
+mod apps;
 mod handlers;
 mod limits;
 mod log;
@@ -242,9 +243,13 @@ impl Walker<'_> {
                     Some(groups) => self.upstreams(groups),
                     None => self.error(&f, "must be written as [[upstream]] tables".into()),
                 },
+                "app" => match f.item.as_array_of_tables() {
+                    Some(apps) => self.apps(apps),
+                    None => self.error(&f, "must be written as [[app]] tables".into()),
+                },
                 _ => self.error(
                     &f,
-                    "unknown key (sections are server, limits, route, upstream, log, metrics)"
+                    "unknown key (sections are server, limits, route, upstream, app, log, metrics)"
                         .into(),
                 ),
             }

@@ -4,18 +4,24 @@
 //! server, as nginx does), or `unix:/path`. The rules that compare values
 //! (unique names, no server twice, ranges, routes naming a group) are
 //! `Config::validate`'s, so that a group built in code is held to them too.
+//! How a group's servers are used (`balance`, `keepalive`, the timeouts,
+//! `max-fails`) is read by `upstream_setting`, which `[[app]]` shares.
 
 use std::net::{Ipv6Addr, SocketAddr};
 
 use toml_edit::{ArrayOfTables, Table};
 
+use super::values::set;
 use super::{line_of, Field, Walker};
 use crate::config::{upstream_key, Balance, ServerAddr, UpstreamConfig};
 
-/// The keys a group takes, in the order messages list them.
-const KEYS: &[&str] = &[
-    "name",
-    "servers",
+/// The keys a group takes besides its proxy settings.
+const KEYS: &[&str] = &["name", "servers"];
+
+/// How a group's servers are used: the keys an `[[upstream]]` and an
+/// `[[app]]` share (`Walker::upstream_setting` reads them), in the order
+/// messages list them.
+pub(super) const PROXY_KEYS: &[&str] = &[
     "balance",
     "keepalive",
     "idle-timeout",
@@ -122,14 +128,6 @@ fn target(s: &str) -> Result<Target<'_>, ServerError> {
     Ok(Target::Name(host, port))
 }
 
-/// Overwrite a default with a value that was read; one that was not (and
-/// was reported) leaves the default.
-fn set<T>(default: &mut T, read: Option<T>) {
-    if let Some(v) = read {
-        *default = v;
-    }
-}
-
 impl Walker<'_> {
     /// Every `[[upstream]]`, in file order.
     pub(super) fn upstreams(&mut self, groups: &ArrayOfTables) {
@@ -158,37 +156,11 @@ impl Walker<'_> {
                     listed = true;
                     g.servers = self.servers(&f);
                 }
-                "balance" => match self.string(&f).as_deref() {
-                    Some("round-robin") => g.balance = Balance::RoundRobin,
-                    Some("least-conn") => g.balance = Balance::LeastConn,
-                    Some(o) => self.error(
-                        &f,
-                        format!("must be \"round-robin\" or \"least-conn\", got {o:?}"),
-                    ),
-                    None => {}
-                },
-                "keepalive" => set(
-                    &mut g.keepalive,
-                    self.count(&f, "a number of idle connections per server, 0 to 4096"),
-                ),
-                "idle-timeout" => set(&mut g.idle_timeout, self.duration(&f)),
-                "connect-timeout" => set(&mut g.connect_timeout, self.duration(&f)),
-                "read-timeout" => set(&mut g.read_timeout, self.duration(&f)),
-                "send-timeout" => set(&mut g.send_timeout, self.duration(&f)),
-                "max-fails" => {
-                    let what = "a number of failures (0: never taken out)";
-                    match self.count(&f, what).map(u32::try_from) {
-                        Some(Ok(n)) => g.max_fails = n,
-                        Some(Err(_)) => {
-                            self.error(&f, format!("must be at most {}, got {}", u32::MAX, f.raw))
-                        }
-                        None => {}
+                other => {
+                    if !self.upstream_setting(&mut g, other, &f) {
+                        let keys = [KEYS, PROXY_KEYS].concat().join(", ");
+                        self.error(&f, format!("unknown key (a group takes {keys})"));
                     }
-                }
-                "fail-timeout" => set(&mut g.fail_timeout, self.duration(&f)),
-                _ => {
-                    let rule = format!("unknown key (a group takes {})", KEYS.join(", "));
-                    self.error(&f, rule);
                 }
             }
         }
@@ -201,6 +173,49 @@ impl Walker<'_> {
             self.missing(&prefix, "servers", rule.into());
         }
         self.config.upstreams.push(g);
+    }
+
+    /// Read `name`, one of `PROXY_KEYS`, into `g`: how a group's servers
+    /// are used, for an `[[upstream]]` and an `[[app]]` alike. Returns
+    /// false when `name` is not one of them (the caller's unknown key).
+    pub(super) fn upstream_setting(
+        &mut self,
+        g: &mut UpstreamConfig,
+        name: &str,
+        f: &Field,
+    ) -> bool {
+        match name {
+            "balance" => match self.string(f).as_deref() {
+                Some("round-robin") => g.balance = Balance::RoundRobin,
+                Some("least-conn") => g.balance = Balance::LeastConn,
+                Some(o) => self.error(
+                    f,
+                    format!("must be \"round-robin\" or \"least-conn\", got {o:?}"),
+                ),
+                None => {}
+            },
+            "keepalive" => set(
+                &mut g.keepalive,
+                self.count(f, "a number of idle connections per server, 0 to 4096"),
+            ),
+            "idle-timeout" => set(&mut g.idle_timeout, self.duration(f)),
+            "connect-timeout" => set(&mut g.connect_timeout, self.duration(f)),
+            "read-timeout" => set(&mut g.read_timeout, self.duration(f)),
+            "send-timeout" => set(&mut g.send_timeout, self.duration(f)),
+            "max-fails" => {
+                let what = "a number of failures (0: never taken out)";
+                match self.count(f, what).map(u32::try_from) {
+                    Some(Ok(n)) => g.max_fails = n,
+                    Some(Err(_)) => {
+                        self.error(f, format!("must be at most {}, got {}", u32::MAX, f.raw))
+                    }
+                    None => {}
+                }
+            }
+            "fail-timeout" => set(&mut g.fail_timeout, self.duration(f)),
+            _ => return false,
+        }
+        true
     }
 
     /// `servers`: a list of entries, each giving one server or, for a host

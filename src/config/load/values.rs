@@ -10,6 +10,14 @@ use toml_edit::Value;
 use super::{Field, Walker};
 use crate::units;
 
+/// Overwrite a default with a value that was read; one that was not (and
+/// was reported) leaves the default.
+pub(super) fn set<T>(default: &mut T, read: Option<T>) {
+    if let Some(v) = read {
+        *default = v;
+    }
+}
+
 impl Walker<'_> {
     pub(super) fn string(&mut self, f: &Field) -> Option<String> {
         match f.item.as_str() {

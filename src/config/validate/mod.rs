@@ -1,12 +1,13 @@
 //! `Config::validate`: the rules the whole configuration must follow,
 //! checked once the file and the flags are both applied, and a unit test
 //! per rule. It looks at the values only: what the file system must hold
-//! (static roots, the access log's directory) is `files::preflight`.
+//! (static roots, the access log's directory, an app's program and working
+//! directory) is `files::preflight`. What proxy routes send requests to
+//! (`[[upstream]]` and `[[app]]`) is checked in `upstreams`.
 
-use super::{
-    route_key, upstream_key, Config, ConfigError, HandlerConfig, RouteConfig, UpstreamConfig,
-    MAX_UPSTREAM_KEEPALIVE,
-};
+mod upstreams;
+
+use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig};
 use crate::http::parse::MAX_HEADERS_LIMIT;
 use crate::http::status::Status;
 
@@ -69,7 +70,7 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             validate_route(i, r, &self.routes[..i], &mut err);
         }
-        validate_upstreams(&self.upstreams, &self.routes, &mut err);
+        upstreams::validate_upstreams(&self.upstreams, &self.apps, &self.routes, &mut err);
         if !self.metrics.path.starts_with('/') {
             err(
                 "metrics.path",
@@ -169,7 +170,7 @@ fn validate_route(
                 );
             }
         }
-        // Its group is checked in `validate_upstreams`.
+        // Its group (or app) is checked in `upstreams::validate_upstreams`.
         HandlerConfig::Proxy(p) => {
             if p.tunnel_idle_timeout.is_zero() {
                 err(&key("tunnel-idle-timeout"), "must be longer than 0".into());
@@ -196,101 +197,6 @@ fn validate_route(
     }
 }
 
-/// The groups' own rules (a name, unique; at least one server, none
-/// twice; the keep-alive pool's size; timeouts), then that every proxy
-/// route names a group. A group no route names is allowed: it may be
-/// waiting for its route.
-fn validate_upstreams(
-    groups: &[UpstreamConfig],
-    routes: &[RouteConfig],
-    err: &mut impl FnMut(&str, String),
-) {
-    for (i, g) in groups.iter().enumerate() {
-        let key = |k: &str| format!("{}.{k}", upstream_key(i));
-        if !is_group_name(&g.name) {
-            err(
-                &key("name"),
-                format!(
-                    "must be letters, digits, \"-\", \"_\" and \".\", got {:?}",
-                    g.name
-                ),
-            );
-        } else if let Some(first) = groups[..i].iter().position(|e| e.name == g.name) {
-            err(
-                &key("name"),
-                format!(
-                    "{:?} is already the name of {}",
-                    g.name,
-                    upstream_key(first)
-                ),
-            );
-        }
-        if g.servers.is_empty() {
-            err(&key("servers"), "must list at least one server".into());
-        }
-        for (j, s) in g.servers.iter().enumerate() {
-            // Once per address, at its second appearance.
-            if g.servers[..j].iter().filter(|e| *e == s).count() == 1 {
-                err(
-                    &key("servers"),
-                    format!(
-                        "{s} is listed twice (a host name stands for every address it resolves to)"
-                    ),
-                );
-            }
-        }
-        if g.keepalive > MAX_UPSTREAM_KEEPALIVE {
-            err(
-                &key("keepalive"),
-                format!("must be 0 to {MAX_UPSTREAM_KEEPALIVE}, got {}", g.keepalive),
-            );
-        }
-        for (k, d) in [
-            ("idle-timeout", g.idle_timeout),
-            ("connect-timeout", g.connect_timeout),
-            ("read-timeout", g.read_timeout),
-            ("send-timeout", g.send_timeout),
-            ("fail-timeout", g.fail_timeout),
-        ] {
-            if d.is_zero() {
-                err(&key(k), "must be longer than 0".into());
-            }
-        }
-    }
-    for (i, r) in routes.iter().enumerate() {
-        let HandlerConfig::Proxy(p) = &r.handler else {
-            continue;
-        };
-        if !groups.iter().any(|g| g.name == p.upstream) {
-            let mut names: Vec<String> = Vec::new();
-            for g in groups.iter().filter(|g| !g.name.is_empty()) {
-                let quoted = format!("{:?}", g.name);
-                if !names.contains(&quoted) {
-                    names.push(quoted);
-                }
-            }
-            let known = if names.is_empty() {
-                "there is no [[upstream]] group".to_string()
-            } else {
-                format!("the groups are {}", names.join(", "))
-            };
-            err(
-                &format!("{}.upstream", route_key(i)),
-                format!("no [[upstream]] group is named {:?} ({known})", p.upstream),
-            );
-        }
-    }
-}
-
-/// A group's name: letters, digits, `-`, `_` and `.`, so that it needs no
-/// quoting wherever it is written (messages, logs).
-fn is_group_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
 /// Visible ASCII and spaces: what may go into a header we send.
 fn is_header_value(v: &str) -> bool {
     v.bytes()
@@ -300,7 +206,7 @@ fn is_header_value(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccessLog, ProxyConfig, ServerAddr, StaticConfig};
+    use crate::config::{AccessLog, ProxyConfig, ServerAddr, StaticConfig, UpstreamConfig};
     use std::time::Duration;
 
     /// The keys `validate` reports, in order.
@@ -368,7 +274,7 @@ mod tests {
     }
 
     /// A proxy route from `path` to the group `upstream`.
-    fn proxy_route(path: &str, upstream: &str) -> RouteConfig {
+    pub(super) fn proxy_route(path: &str, upstream: &str) -> RouteConfig {
         RouteConfig {
             path: path.into(),
             handler: HandlerConfig::Proxy(ProxyConfig::new(upstream)),
@@ -376,7 +282,7 @@ mod tests {
         }
     }
 
-    fn group(name: &str, servers: &[&str]) -> UpstreamConfig {
+    pub(super) fn group(name: &str, servers: &[&str]) -> UpstreamConfig {
         let servers = servers
             .iter()
             .map(|s| match s.strip_prefix("unix:") {
@@ -387,95 +293,12 @@ mod tests {
         UpstreamConfig::new(name, servers)
     }
 
-    fn messages(c: Config) -> Vec<String> {
+    pub(super) fn messages(c: Config) -> Vec<String> {
         c.validate()
             .unwrap_err()
             .iter()
             .map(|e| e.to_string())
             .collect()
-    }
-
-    #[test]
-    fn a_proxy_route_must_name_a_group() {
-        let mut c = Config::default();
-        c.routes.push(proxy_route("/api/", "app"));
-        assert_eq!(
-            messages(c.clone()),
-            ["route[2].upstream: no [[upstream]] group is named \"app\" (there is no [[upstream]] group)"]
-        );
-        c.upstreams.push(group("web", &["127.0.0.1:3000"]));
-        c.upstreams.push(group("api.v2", &["unix:/run/api.sock"]));
-        assert_eq!(
-            messages(c.clone()),
-            ["route[2].upstream: no [[upstream]] group is named \"app\" (the groups are \"web\", \"api.v2\")"]
-        );
-        c.routes[1] = proxy_route("/api/", "api.v2");
-        // "web" is named by no route, which is allowed.
-        assert!(c.validate().is_ok());
-    }
-
-    #[test]
-    fn group_names_are_unique_and_plain() {
-        let mut c = Config {
-            source: Some("conf/x.toml".into()),
-            ..Config::default()
-        };
-        c.upstreams.push(group("app", &["127.0.0.1:3000"]));
-        c.upstreams.push(group("app b", &["127.0.0.1:3001"]));
-        c.upstreams.push(group("app", &["127.0.0.1:3002"]));
-        c.lines.insert("upstream[3]]".into(), 20);
-        c.lines.insert("upstream[3].name".into(), 21);
-        assert_eq!(
-            messages(c),
-            [
-                "conf/x.toml: upstream[2].name: must be letters, digits, \"-\", \"_\" and \".\", got \"app b\"",
-                "conf/x.toml:21: upstream[3].name: \"app\" is already the name of upstream[1]",
-            ]
-        );
-    }
-
-    #[test]
-    fn group_rules() {
-        let mut c = Config {
-            source: Some("conf/x.toml".into()),
-            ..Config::default()
-        };
-        let mut g = group(
-            "app",
-            &[
-                "127.0.0.1:3000",
-                "[::1]:3000",
-                "127.0.0.1:3000",
-                "unix:/a",
-                "unix:/a",
-                "127.0.0.1:3000",
-            ],
-        );
-        g.keepalive = MAX_UPSTREAM_KEEPALIVE + 1;
-        g.idle_timeout = Duration::ZERO;
-        g.fail_timeout = Duration::ZERO;
-        c.upstreams.push(g);
-        c.upstreams.push(group("empty", &[]));
-        let mut tunnel = proxy_route("/ws/", "app");
-        if let HandlerConfig::Proxy(p) = &mut tunnel.handler {
-            p.tunnel_idle_timeout = Duration::ZERO;
-        }
-        c.routes.push(tunnel);
-        // A key the group did not set points at the group's table.
-        c.lines.insert("upstream[1]]".into(), 9);
-        c.lines.insert("upstream[1].keepalive".into(), 12);
-        assert_eq!(
-            messages(c),
-            [
-                "conf/x.toml: route[2].tunnel-idle-timeout: must be longer than 0",
-                "conf/x.toml:9: upstream[1].servers: 127.0.0.1:3000 is listed twice (a host name stands for every address it resolves to)",
-                "conf/x.toml:9: upstream[1].servers: unix:/a is listed twice (a host name stands for every address it resolves to)",
-                "conf/x.toml:12: upstream[1].keepalive: must be 0 to 4096, got 4097",
-                "conf/x.toml:9: upstream[1].idle-timeout: must be longer than 0",
-                "conf/x.toml:9: upstream[1].fail-timeout: must be longer than 0",
-                "conf/x.toml: upstream[2].servers: must list at least one server",
-            ]
-        );
     }
 
     #[test]

@@ -1,0 +1,403 @@
+//! The `[[app]]` tables: application processes coreserve starts and proxies
+//! to. Each is also an upstream group of its own name, so it takes a group's
+//! proxy settings (`balance`, `keepalive`, the timeouts, `max-fails`: read
+//! by `upstream_setting`, shared with `[[upstream]]`) but no `servers`: its
+//! servers are its instances. As for groups, the rules that compare values
+//! (names unique among apps and groups, ranges, variable names, timeouts
+//! above 0) are `Config::validate`'s, and whether the program and `cwd`
+//! exist is `files::preflight`'s.
+
+use toml_edit::{ArrayOfTables, Table, Value};
+
+use super::upstreams::PROXY_KEYS;
+use super::values::set;
+use super::{line_of, Field, Walker};
+use crate::config::{app_key, AppConfig, AppListen, Instances};
+
+/// The keys an app takes besides its proxy settings, in the order messages
+/// list them.
+const KEYS: &[&str] = &[
+    "name",
+    "command",
+    "cwd",
+    "env",
+    "instances",
+    "listen",
+    "listen-env",
+    "start-timeout",
+    "stop-timeout",
+];
+
+/// What `command` looks like, for messages.
+const COMMAND_EXAMPLE: &str = "the program, then its arguments, like [\"node\", \"server.js\"]";
+
+impl Walker<'_> {
+    /// Every `[[app]]`, in file order.
+    pub(super) fn apps(&mut self, apps: &ArrayOfTables) {
+        for (i, t) in apps.iter().enumerate() {
+            self.app(i, t);
+        }
+    }
+
+    fn app(&mut self, i: usize, t: &Table) {
+        let prefix = app_key(i);
+        if let Some(s) = t.span() {
+            let line = line_of(self.text, s.start);
+            self.config.lines.insert(format!("{prefix}]"), line);
+        }
+        // An app whose name or command could not be read keeps them empty
+        // in the partial configuration; never started.
+        let mut a = AppConfig::new(String::new(), Vec::new());
+        let (mut named, mut commanded) = (false, false);
+        // Its default depends on `listen`, which may come after it.
+        let mut listen_env = None;
+        for f in self.fields(t, &prefix) {
+            match &f.key[prefix.len() + 1..] {
+                "name" => {
+                    named = true;
+                    set(&mut a.name, self.string(&f));
+                }
+                "command" => {
+                    commanded = true;
+                    match f.item.as_array().and_then(|l| {
+                        l.iter()
+                            .map(|v| v.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                    }) {
+                        Some(c) => a.command = c,
+                        None => {
+                            let rule = format!("must be a list of strings: {COMMAND_EXAMPLE}");
+                            self.error(&f, rule);
+                        }
+                    }
+                }
+                "cwd" => {
+                    if let Some(p) = self.string(&f) {
+                        a.cwd = Some(self.relative_to_file(&p));
+                    }
+                }
+                "env" => a.env = self.app_env(&f),
+                "instances" => match f.item.as_value() {
+                    Some(Value::String(s)) if s.value() == "auto" => {
+                        a.instances = Instances::PerShard;
+                    }
+                    _ => {
+                        let what = "a number of instances or \"auto\" (one per shard)";
+                        if let Some(n) = self.count(&f, what) {
+                            a.instances = Instances::Count(n);
+                        }
+                    }
+                },
+                "listen" => match self.string(&f).as_deref() {
+                    Some("port") => a.listen = AppListen::Port,
+                    Some("unix") => a.listen = AppListen::Unix,
+                    Some(o) => self.error(&f, format!("must be \"port\" or \"unix\", got {o:?}")),
+                    None => {}
+                },
+                "listen-env" => {
+                    if let Some(v) = self.string(&f) {
+                        listen_env = Some(v);
+                    }
+                }
+                "start-timeout" => set(&mut a.start_timeout, self.duration(&f)),
+                "stop-timeout" => set(&mut a.stop_timeout, self.duration(&f)),
+                "servers" => {
+                    let rule = "is not a key of an app: its servers are its instances, \
+                                which coreserve starts (see instances and listen)";
+                    self.error(&f, rule.into());
+                }
+                other => {
+                    if !self.upstream_setting(&mut a.upstream, other, &f) {
+                        let keys = [KEYS, PROXY_KEYS].concat().join(", ");
+                        self.error(&f, format!("unknown key (an app takes {keys})"));
+                    }
+                }
+            }
+        }
+        if !named {
+            let rule = "is required: the app's name, also its upstream group's, \
+                        which proxy routes give as upstream = \"…\"";
+            self.missing(&prefix, "name", rule.into());
+        }
+        if !commanded {
+            self.missing(
+                &prefix,
+                "command",
+                format!("is required: {COMMAND_EXAMPLE}"),
+            );
+        }
+        a.listen_env = listen_env.unwrap_or_else(|| a.listen.default_env().into());
+        a.upstream.name = a.name.clone();
+        self.config.apps.push(a);
+    }
+
+    /// `env`: a table of strings (`{ NODE_ENV = "production" }`, or an
+    /// `[app.env]` table), kept in file order. Each variable's line is
+    /// recorded as `app[N].env.NAME`; a value that is not a string is
+    /// reported there and left out. Names are checked by `validate`.
+    fn app_env(&mut self, f: &Field) -> Vec<(String, String)> {
+        let Some(table) = f.item.as_table_like() else {
+            let rule = "must be a table of strings, like { NODE_ENV = \"production\" }";
+            self.error(f, rule.into());
+            return Vec::new();
+        };
+        let mut env = Vec::new();
+        for v in self.fields(table, &f.key) {
+            if let Some(value) = self.string(&v) {
+                env.push((v.key[f.key.len() + 1..].to_string(), value));
+            }
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{parse_str, AppConfig, AppListen, Balance, Config, Instances};
+
+    fn load(text: &str) -> Result<Config, Vec<String>> {
+        parse_str(text, Path::new("/etc/cs/t.toml"))
+            .map_err(|f| f.errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn node() -> Vec<String> {
+        vec!["node".into(), "server.js".into()]
+    }
+
+    #[test]
+    fn every_key() {
+        let c = load(
+            r#"
+[[app]]
+name = "web.v2_blue-1"
+command = ["node", "--enable-source-maps", "server.js"]
+cwd = "app"
+env = { NODE_ENV = "production", A_1 = "", _x = "a b" }
+instances = 4
+listen = "unix"
+listen-env = "APP_SOCKET"
+start-timeout = "30s"
+stop-timeout = 2
+balance = "least-conn"
+keepalive = 0
+idle-timeout = "3s"
+connect-timeout = "500ms"
+read-timeout = 30
+send-timeout = "1m"
+max-fails = 0
+fail-timeout = "20s"
+"#,
+        )
+        .unwrap();
+        let mut upstream = crate::config::UpstreamConfig::new("web.v2_blue-1", Vec::new());
+        upstream.balance = Balance::LeastConn;
+        upstream.keepalive = 0;
+        upstream.idle_timeout = Duration::from_secs(3);
+        upstream.connect_timeout = Duration::from_millis(500);
+        upstream.read_timeout = Duration::from_secs(30);
+        upstream.send_timeout = Duration::from_secs(60);
+        upstream.max_fails = 0;
+        upstream.fail_timeout = Duration::from_secs(20);
+        assert_eq!(
+            c.apps,
+            [AppConfig {
+                name: "web.v2_blue-1".into(),
+                command: vec![
+                    "node".into(),
+                    "--enable-source-maps".into(),
+                    "server.js".into()
+                ],
+                cwd: Some("/etc/cs/app".into()),
+                env: vec![
+                    ("NODE_ENV".into(), "production".into()),
+                    ("A_1".into(), String::new()),
+                    ("_x".into(), "a b".into()),
+                ],
+                instances: Instances::Count(4),
+                listen: AppListen::Unix,
+                listen_env: "APP_SOCKET".into(),
+                start_timeout: Duration::from_secs(30),
+                stop_timeout: Duration::from_secs(2),
+                upstream,
+            }]
+        );
+        assert_eq!(c.lines["app[1]]"], 2);
+        assert_eq!(c.lines["app[1].stop-timeout"], 11);
+        assert_eq!(c.lines["app[1].env.A_1"], 6);
+    }
+
+    #[test]
+    fn defaults_and_file_order() {
+        let c = load(
+            "[[app]]\nname = \"a\"\ncommand = [\"node\", \"server.js\"]\n\n\
+             [[app]]\nname = \"b\"\ncommand = [\"/usr/bin/b\"]\ninstances = \"auto\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.apps,
+            [
+                AppConfig::new("a", node()),
+                AppConfig::new("b", vec!["/usr/bin/b".into()]),
+            ]
+        );
+        let a = &c.apps[0];
+        // One instance per shard, each given a port in $PORT; the group
+        // is the app's, with a group's defaults.
+        assert_eq!(a.instances, Instances::PerShard);
+        assert_eq!((a.listen, a.listen_env.as_str()), (AppListen::Port, "PORT"));
+        assert_eq!(a.upstream.name, "a");
+        assert_eq!(
+            a.upstream,
+            crate::config::UpstreamConfig::new("a", Vec::new())
+        );
+        assert_eq!(a.cwd, None);
+        assert!(load("").unwrap().apps.is_empty());
+    }
+
+    #[test]
+    fn listen_env_follows_listen_unless_set() {
+        let app = |keys: &str| {
+            let text = format!("[[app]]\nname = \"a\"\ncommand = [\"a\"]\n{keys}");
+            let a = load(&text).unwrap().apps.remove(0);
+            (a.listen, a.listen_env)
+        };
+        assert_eq!(
+            app("listen = \"unix\"\n"),
+            (AppListen::Unix, "SOCKET".into())
+        );
+        assert_eq!(app("listen = \"port\"\n"), (AppListen::Port, "PORT".into()));
+        // Set before or after listen, it stays as set.
+        assert_eq!(
+            app("listen-env = \"APP_PORT\"\nlisten = \"unix\"\n"),
+            (AppListen::Unix, "APP_PORT".into())
+        );
+        assert_eq!(
+            app("listen = \"unix\"\nlisten-env = \"PORT\"\n"),
+            (AppListen::Unix, "PORT".into())
+        );
+    }
+
+    #[test]
+    fn env_may_be_a_table_of_its_own_and_cwd_absolute() {
+        let c = load(
+            "[[app]]\nname = \"a\"\ncommand = [\"a\"]\ncwd = \"/srv/a\"\n\n\
+             [app.env]\nZ = \"1\"\nA = \"2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].cwd.as_deref(), Some(Path::new("/srv/a")));
+        assert_eq!(
+            c.apps[0].env,
+            [("Z".into(), "1".into()), ("A".into(), "2".into())]
+        );
+        assert_eq!(c.lines["app[1].env.A"], 8);
+    }
+
+    #[test]
+    fn each_bad_value_with_its_line() {
+        let errs = load(
+            r#"[[app]]
+name = 7
+command = "node server.js"
+cwd = 3
+env = "NODE_ENV=production"
+instances = "many"
+listen = "tcp"
+listen-env = 5
+start-timeout = "soon"
+stop-timeout = -1
+balance = "random"
+servers = ["127.0.0.1:3000"]
+restart = "always"
+
+[[app]]
+command = [1]
+env = { PORT = 3000, NODE_ENV = "production" }
+instances = -1
+
+[[app]]
+"#,
+        )
+        .unwrap_err();
+        let at = |line: usize, rest: &str| format!("/etc/cs/t.toml:{line}: {rest}");
+        assert_eq!(
+            errs,
+            [
+                at(2, "app[1].name: must be a string"),
+                at(3, "app[1].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
+                at(4, "app[1].cwd: must be a string"),
+                at(5, "app[1].env: must be a table of strings, like { NODE_ENV = \"production\" }"),
+                at(6, "app[1].instances: must be a number of instances or \"auto\" (one per shard), got \"many\""),
+                at(7, "app[1].listen: must be \"port\" or \"unix\", got \"tcp\""),
+                at(8, "app[1].listen-env: must be a string"),
+                at(9, "app[1].start-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\""),
+                at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"-1\""),
+                at(11, "app[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\""),
+                at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
+                at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
+                at(17, "app[2].env.PORT: must be a string"),
+                at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),
+                at(15, "app[2].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
+                at(20, "app[3].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
+                at(20, "app[3].command: is required: the program, then its arguments, like [\"node\", \"server.js\"]"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_leaves_the_rest_of_the_app_read() {
+        let f = parse_str(
+            "[[app]]\nname = \"a\"\ncommand = [\"a\"]\nlisten = \"tcp\"\nenv = { A = 1, B = \"2\" }\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        let a = &f.partial.unwrap().apps[0];
+        assert_eq!((a.name.as_str(), a.upstream.name.as_str()), ("a", "a"));
+        assert_eq!(a.listen, AppListen::Port);
+        assert_eq!(a.env, [("B".into(), "2".into())]);
+    }
+
+    #[test]
+    fn a_route_names_an_app_as_its_upstream() {
+        let text = r#"
+[[upstream]]
+name = "api"
+servers = ["127.0.0.1:3001"]
+
+[[app]]
+name = "web"
+command = ["node", "server.js"]
+
+[[route]]
+path = "/"
+handler = "proxy"
+upstream = "web"
+"#;
+        let c = load(text).unwrap().validate().unwrap();
+        assert_eq!(c.apps[0].upstream.name, "web");
+        // The same name as a group is an error at the app's name.
+        let errs: Vec<String> = load(&text.replace("\"web\"", "\"api\""))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            ["/etc/cs/t.toml:7: app[1].name: \"api\" is already the name of upstream[1] (an app is an upstream group of its own name)"]
+        );
+    }
+
+    #[test]
+    fn app_must_be_tables() {
+        let errs = load("app = \"node server.js\"\n").unwrap_err();
+        assert_eq!(
+            errs,
+            ["/etc/cs/t.toml:1: app: must be written as [[app]] tables"]
+        );
+    }
+}
