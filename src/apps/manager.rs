@@ -519,9 +519,9 @@ impl Manager {
                     // One line per death: a crash loop's deaths are spaced
                     // by the back-off, so it logs once per step.
                     warn!(
-                        "app {name}[{index}] (pid {}) exited {}: {status}; starting it again in {}s{}",
+                        "app {name}[{index}] (pid {}) exited{}: {status}; starting it again in {}s{}",
                         gone.process.pid,
-                        if ready { "" } else { "before it was ready" },
+                        if ready { "" } else { " before it was ready" },
                         delay.as_secs(),
                         tail_of(&gone.process)
                     );
@@ -595,6 +595,9 @@ impl Manager {
                 slot.retire(who, app.config.stop_timeout, now, &mut all);
             }
         }
+        if !all.is_empty() {
+            info!("stopping {} app instance(s)", all.len());
+        }
         let mut left: Vec<(u64, u32, Instant, String)> = Vec::new();
         for l in all {
             process::signal_group(l.inst.process.pid, libc::SIGTERM);
@@ -624,6 +627,9 @@ impl Manager {
             }
         }
         let _ = std::fs::remove_dir(&self.dir);
+        if self.apps.iter().any(|a| !a.slots.is_empty()) {
+            info!("every app instance has stopped");
+        }
     }
 
     /// Every instance, for metrics and `coreserve status`.
