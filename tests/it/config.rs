@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use crate::util::{command, get, Server};
 
+mod apps;
+
 /// A scratch directory for one test, removed when dropped.
 pub struct Scratch(pub PathBuf);
 
@@ -428,24 +430,35 @@ tunnel-idle-timeout = "10m"
 /// `# key = value` or `# [[table]]` becomes live; the rest stay comments.
 #[test]
 fn the_shipped_proxy_example_checks_when_uncommented() {
+    let text = shipped_example("# A reverse proxy", "# Applications");
+    assert!(text.contains("\nhandler = \"proxy\"\n"), "{text}");
+    assert!(text.contains("\n[[upstream]]\n"), "{text}");
+    let (code, err, _) = check("proxy-example", &text);
+    assert_eq!(code, Some(0), "{err:?}\n{text}");
+}
+
+/// The part of the shipped file from the line starting with `from` to the
+/// one starting with `to` (or the end), its commented-out tables and keys
+/// made live: a line `# key = value` or `# [[table]]` becomes live; the
+/// rest stay comments.
+fn shipped_example(from: &str, to: &str) -> String {
     let shipped = include_str!("../../conf/coreserve.toml");
-    let example = &shipped[shipped.find("# A reverse proxy").unwrap()..];
+    let start = shipped.find(&format!("\n{from}")).unwrap() + 1;
+    let end = shipped[start..]
+        .find(&format!("\n{to}"))
+        .map_or(shipped.len(), |e| start + e + 1);
     let is_key = |l: &str| {
         l.split_once(" = ").is_some_and(|(k, _)| {
             !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
         })
     };
-    let text: String = example
+    shipped[start..end]
         .lines()
         .map(|l| match l.strip_prefix("# ") {
             Some(live) if live.starts_with("[[") || is_key(live) => format!("{live}\n"),
             _ => format!("{l}\n"),
         })
-        .collect();
-    assert!(text.contains("\nhandler = \"proxy\"\n"), "{text}");
-    assert!(text.contains("\n[[upstream]]\n"), "{text}");
-    let (code, err, _) = check("proxy-example", &text);
-    assert_eq!(code, Some(0), "{err:?}\n{text}");
+        .collect()
 }
 
 /// Issue 16: upstream groups are reloaded on SIGHUP like routes, without a
@@ -502,7 +515,7 @@ fn bad_proxy_configs_fail_check_with_file_line_and_key() {
         (
             "proxy-unknown",
             "[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:3001\"]\n\n[[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"api\"\n".to_string(),
-            "8: route[1].upstream: no [[upstream]] group is named \"api\" (the groups are \"app\")",
+            "8: route[1].upstream: no [[upstream]] group or [[app]] is named \"api\" (the groups are \"app\")",
         ),
         (
             "proxy-port",

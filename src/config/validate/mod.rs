@@ -282,6 +282,7 @@ mod tests {
         }
     }
 
+    /// A group of these servers (`unix:/path` or an address), defaults otherwise.
     pub(super) fn group(name: &str, servers: &[&str]) -> UpstreamConfig {
         let servers = servers
             .iter()
@@ -293,6 +294,7 @@ mod tests {
         UpstreamConfig::new(name, servers)
     }
 
+    /// `validate`'s errors, as printed.
     pub(super) fn messages(c: Config) -> Vec<String> {
         c.validate()
             .unwrap_err()
