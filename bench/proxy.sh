@@ -8,7 +8,7 @@
 #
 #   bench/proxy.sh [ROUNDS]                  # all-cores: shards/workers = CPUs
 #   LAYOUT=pinned bench/proxy.sh 3           # proxy alone on CPU 1; wrk and upstream on CPU 0
-#   RATE=20000 bench/proxy.sh 3              # open loop at this rate (wrk2-style, via coreserve-bench)
+#   RATE=20000 bench/proxy.sh 3              # open loop at this rate (coreserve-bench, corrected p99)
 #
 # BINS names coreserve binaries to compare (NAME=PATH). Needs wrk, nginx and
 # perf (apt-get install -y wrk nginx linux-perf) and a release build.
@@ -29,6 +29,27 @@ if [ "$LAYOUT" = pinned ]; then
 fi
 SYSCALLS="recvfrom sendto read write writev readv io_uring_enter membarrier epoll_wait connect close"
 
+# load URL: wrk's report, or with RATE coreserve-bench's in the same words
+# ("N requests in", "99% P99MS"), from its JSON.
+load() {
+    if [ -z "${RATE:-}" ]; then
+        "${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$1"
+        return
+    fi
+    local cpu=${LOAD_CPU}
+    [ "$LAYOUT" = pinned ] || cpu=0-$((NCPU - 1))
+    "${on_load[@]}" target/release/coreserve-bench "$1" -c "$CONNS" --rate "$RATE" \
+        -d "$DURATION" -w 1s --cpus "$cpu" --json "$work/bench.json" > /dev/null || true
+    python3 - "$work/bench.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{r['responses']} requests in")
+print(f"99% {dict(r['latency']['percentiles'])[99.0]:.2f}ms")
+if r["non_2xx"]:
+    print(f"Non-2xx or 3xx responses: {r['non_2xx']}")
+PY
+}
+
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
     local url="http://127.0.0.1:$port/"
@@ -41,7 +62,7 @@ run_one() { # name port pids...
     sleep 0.2
     local t0 t1 out reqs calls bad
     t0=$(ticks "$@")
-    out=$("${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    out=$(load "$url")
     t1=$(ticks "$@")
     kill -INT "$perf"; wait "$perf" 2>/dev/null || true
     reqs=$(awk '/requests in/ {print $1}' <<< "$out")
@@ -73,7 +94,7 @@ TOML
 
 results=$work/results
 : > "$results"
-echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, wrk -t1 -c$CONNS, $DURATION per run"
+echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
 for round in $(seq "$ROUNDS"); do
     for spec in $BINS; do
         name=${spec%%=*}; bin=${spec#*=}
