@@ -153,9 +153,13 @@ impl Group {
     pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<(usize, Rc<Server>)> {
         let n = self.servers.len();
         let start = self.next.get() % n.max(1);
+        // A lone server is never rested (as in nginx): there is nowhere
+        // else to send its requests, and 503s for `fail-timeout` after one
+        // failure would be worse than trying it.
+        let alone = n == 1;
         let usable = (0..n)
             .map(|k| (start + k) % n)
-            .filter(|i| !tried.contains(i) && self.servers[*i].usable(now));
+            .filter(|i| !tried.contains(i) && (alone || self.servers[*i].usable(now)));
         let chosen = match self.config.balance {
             Balance::RoundRobin => usable.into_iter().next(),
             // Ties go to the first in round-robin order.
@@ -337,20 +341,29 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_server_is_never_rested() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 1)]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        g.servers[0].failed(&g.config, now);
+        assert!(g.pick(now, &[]).is_some());
+    }
+
+    #[test]
     fn max_fails_counts_within_the_window() {
-        let mut c = group(Balance::RoundRobin, 1);
+        let mut c = group(Balance::RoundRobin, 2);
         c.max_fails = 2;
         let u = Upstreams::new(&[c]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
         g.servers[0].failed(&g.config, now);
-        assert!(g.pick(now, &[]).is_some(), "one failure of two allowed");
+        assert!(g.pick(now, &[1]).is_some(), "one failure of two allowed");
         // The window passed: the count starts again.
         let later = now + g.config.fail_timeout;
         g.servers[0].failed(&g.config, later);
-        assert!(g.pick(later, &[]).is_some());
+        assert!(g.pick(later, &[1]).is_some());
         g.servers[0].failed(&g.config, later);
-        assert!(g.pick(later, &[]).is_none());
+        assert!(g.pick(later, &[1]).is_none());
     }
 
     #[test]
