@@ -17,28 +17,31 @@
 
 mod buffers;
 mod pool;
+mod relay;
 mod request;
 mod response;
+mod send;
 mod tunnel;
 
 pub use pool::{Server, Upstreams};
+
+use relay::{read_head, relay, HeadEnd};
+use send::send_request;
 
 use std::io;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::UpstreamConfig;
 use crate::handlers::proxy::ProxyJob;
 use crate::http::body::BodyDecoder;
 use crate::http::date::DATE_LEN;
-use crate::http::encode::BodyEncoder;
 use crate::http::error::{status_for, ParseError};
-use crate::http::parse::{BodyFraming, Method, Version};
+use crate::http::parse::{Method, Version};
 use crate::http::response::{Persistence, ResponseWriter};
 use crate::http::session::InputBuffer;
 use crate::http::status::Status;
-use crate::http::upstream::{parse_response, Asked, ResponseFraming};
+use crate::http::upstream::Asked;
 use crate::readiness::Readiness;
 use crate::transport::Socket;
 
@@ -340,320 +343,4 @@ async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: S
         served.linger = false;
     }
     c.out.clear();
-}
-
-/// How sending the request went.
-struct Sent {
-    /// Request body bytes read from the client.
-    body_bytes: u64,
-    /// Some client input was consumed (the body cannot be sent again).
-    consumed: bool,
-    /// The client's side ended the exchange.
-    client: Result<(), ClientEnd>,
-    /// The whole request reached the upstream's socket.
-    upstream_ok: bool,
-    /// The whole body was in the client's input and went up in the first
-    /// write: it is left there (with the decoder's end state and the bytes
-    /// it takes) until a response comes, so a retry can send it again.
-    replay: Option<(BodyDecoder, usize)>,
-}
-
-/// Write the head in `up_out` and the request body to `up`, reading the
-/// body from the client as the upstream takes it. What was already read
-/// goes up with the head in one write, and is consumed from the client's
-/// input only once written, so a failed first write leaves the request
-/// whole for the next server.
-async fn send_request(
-    c: &mut Client<'_>,
-    up: &mut Socket,
-    up_out: &mut Vec<u8>,
-    body: &mut Option<BodyDecoder>,
-    framing: BodyFraming,
-    ex: &Exchange,
-    cfg: &UpstreamConfig,
-) -> Sent {
-    let mut sent = Sent {
-        body_bytes: 0,
-        consumed: false,
-        client: Ok(()),
-        upstream_ok: false,
-        replay: None,
-    };
-    let Some(decoder) = body.as_mut() else {
-        sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
-        return sent;
-    };
-    let mut encoder = match framing {
-        BodyFraming::Length(n) => BodyEncoder::Length(n),
-        _ => BodyEncoder::Chunked,
-    };
-    loop {
-        // Encode what is here on a copy; commit once it is written.
-        let mut trial = decoder.clone();
-        let mut taken = 0;
-        let mut payload = 0;
-        while taken < c.input.data().len() && !trial.is_done() && up_out.len() < CHUNK * 4 {
-            let data = &c.input.data()[taken..];
-            match trial.next_payload(data) {
-                Ok(piece) => {
-                    let _ = encoder.write(up_out, &data[piece.payload.clone()]);
-                    payload += piece.payload.len() as u64;
-                    taken += piece.consumed;
-                    if piece.consumed == 0 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    sent.client = Err(ClientEnd::Refused(e));
-                    return sent;
-                }
-            }
-        }
-        if trial.is_done() {
-            let _ = encoder.finish(up_out);
-        }
-        let first = !sent.consumed;
-        if !up_out.is_empty() {
-            if up.write_all(up_out, cfg.send_timeout).await.is_err() {
-                return sent;
-            }
-            up_out.clear();
-        }
-        if first && trial.is_done() {
-            sent.body_bytes = payload;
-            sent.upstream_ok = true;
-            sent.replay = Some((trial, taken));
-            return sent;
-        }
-        *decoder = trial;
-        c.input.consume(taken);
-        sent.consumed |= taken > 0;
-        sent.body_bytes += payload;
-        if decoder.is_done() {
-            sent.upstream_ok = true;
-            return sent;
-        }
-        if taken > 0 && !c.input.data().is_empty() {
-            continue;
-        }
-        match c
-            .socket
-            .read(&mut *c.input, Instant::now() + ex.body_timeout)
-            .await
-        {
-            Ok(0) => {
-                sent.client = Err(ClientEnd::Gone);
-                return sent;
-            }
-            Ok(n) => c.input.filled(n),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                sent.client = Err(ClientEnd::Refused(ParseError::BodyTimeout));
-                return sent;
-            }
-            Err(_) => {
-                sent.client = Err(ClientEnd::Gone);
-                return sent;
-            }
-        }
-    }
-}
-
-/// Why no response head came.
-enum HeadEnd {
-    /// The client went away while waiting.
-    ClientGone,
-    /// The upstream failed.
-    Failed(Failure),
-}
-
-/// Read until `rbuf` holds a complete final response head (interim 1xx
-/// responses are dropped: the client had its 100 Continue from us); returns
-/// how much of `rbuf` is filled. The wait ends early if the client closes.
-async fn read_head(
-    c: &mut Client<'_>,
-    up: &mut Socket,
-    rbuf: &mut [u8],
-    cfg: &UpstreamConfig,
-    max_head: usize,
-    asked: Asked,
-) -> Result<usize, HeadEnd> {
-    let mut filled = 0;
-    let mut any = false;
-    loop {
-        let deadline = Instant::now() + cfg.read_timeout;
-        let read = futures_lite::future::or(
-            async { Some(up.read(&mut rbuf[filled..max_head], deadline).await) },
-            async {
-                c.socket.closed().await;
-                None
-            },
-        )
-        .await;
-        let n = match read {
-            None => return Err(HeadEnd::ClientGone),
-            Some(Ok(0)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
-            Some(Ok(0)) => return Err(HeadEnd::Failed(Failure::Reset)),
-            Some(Ok(n)) => n,
-            Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(HeadEnd::Failed(Failure::Timeout))
-            }
-            Some(Err(_)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
-            Some(Err(_)) => return Err(HeadEnd::Failed(Failure::Reset)),
-        };
-        any = true;
-        filled += n;
-        loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-            let interim = match parse_response(&rbuf[..filled], &mut fields, max_head, asked) {
-                Err(_) => return Err(HeadEnd::Failed(Failure::Bad)),
-                Ok(None) => break,
-                Ok(Some(res)) if res.is_interim() => res.head_len,
-                Ok(Some(_)) => return Ok(filled),
-            };
-            rbuf.copy_within(interim..filled, 0);
-            filled -= interim;
-        }
-    }
-}
-
-/// How relaying the response went.
-struct Relayed {
-    status: u16,
-    upstream_status: u16,
-    body_bytes: u64,
-    bytes_out: u64,
-    client_keep_alive: bool,
-    upstream_reusable: bool,
-    upstream_failed: bool,
-}
-
-/// Send the response whose head is at the start of `rbuf[..filled]` to the
-/// client, and its body as it arrives; or tunnel an accepted upgrade.
-#[allow(clippy::too_many_arguments)]
-async fn relay(
-    c: &mut Client<'_>,
-    up: &mut Socket,
-    rbuf: &mut [u8],
-    mut filled: usize,
-    ex: &Exchange,
-    cfg: &UpstreamConfig,
-    asked: Asked,
-    client: response::ClientSide,
-    upgrade: bool,
-    tunnel_idle: Duration,
-) -> Relayed {
-    let mut r = Relayed {
-        status: 0,
-        upstream_status: 0,
-        body_bytes: 0,
-        bytes_out: 0,
-        client_keep_alive: false,
-        upstream_reusable: false,
-        upstream_failed: false,
-    };
-    c.out.clear();
-    let (framing, reusable, head_len, tunnel, down) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-        let Ok(Some(res)) = parse_response(&rbuf[..filled], &mut fields, ex.max_head, asked) else {
-            unreachable!("read_head returned a complete head");
-        };
-        r.upstream_status = res.status;
-        let tunnel = res.status == 101 && upgrade;
-        if res.status == 101 && !upgrade {
-            // A switch nobody asked for: the upstream is confused.
-            r.upstream_failed = true;
-            return r;
-        }
-        let down = response::write_head(c.out, &res, ex.date, client, tunnel);
-        (res.framing, res.reusable, res.head_len, tunnel, down)
-    };
-    r.status = r.upstream_status;
-    let mut encoder = down.encoder;
-    if tunnel {
-        if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
-            return r;
-        }
-        r.bytes_out += c.out.len() as u64;
-        c.out.clear();
-        let early: Vec<u8> = c.input.data().to_vec();
-        c.input.consume(early.len());
-        r.bytes_out += tunnel::run(
-            c.socket,
-            up,
-            &early,
-            &rbuf[head_len..filled],
-            tunnel_idle,
-            ex.send_timeout,
-        )
-        .await;
-        return r;
-    }
-    let mut decoder = framing.decoder(ex.max_head);
-    let mut pos = head_len;
-    let mut complete = framing == ResponseFraming::None;
-    loop {
-        // What is in the buffer goes into the client's output, re-framed.
-        while pos < filled && !complete {
-            match (&mut decoder, framing) {
-                (Some(d), _) => match d.next_payload(&rbuf[pos..filled]) {
-                    Ok(piece) => {
-                        let payload = &rbuf[pos + piece.payload.start..pos + piece.payload.end];
-                        let _ = encoder.write(c.out, payload);
-                        r.body_bytes += payload.len() as u64;
-                        pos += piece.consumed;
-                        complete = piece.done;
-                    }
-                    Err(_) => {
-                        r.upstream_failed = true;
-                        return r;
-                    }
-                },
-                (None, _) => {
-                    let _ = encoder.write(c.out, &rbuf[pos..filled]);
-                    r.body_bytes += (filled - pos) as u64;
-                    pos = filled;
-                }
-            }
-        }
-        if complete {
-            let _ = encoder.finish(c.out);
-        }
-        if !c.out.is_empty() {
-            if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
-                return r;
-            }
-            r.bytes_out += c.out.len() as u64;
-            c.out.clear();
-        }
-        if complete {
-            r.client_keep_alive = down.keep_alive;
-            // Bytes past the response's end were never asked for.
-            r.upstream_reusable = reusable && pos == filled;
-            return r;
-        }
-        pos = 0;
-        let deadline = Instant::now() + cfg.read_timeout;
-        let read = futures_lite::future::or(
-            async { Some(up.read(&mut rbuf[..CHUNK], deadline).await) },
-            async {
-                c.socket.closed().await;
-                None
-            },
-        )
-        .await;
-        filled = match read {
-            None => return r,
-            Some(Ok(0)) if framing == ResponseFraming::UntilClose => {
-                complete = true;
-                0
-            }
-            Some(Ok(n)) if n > 0 => n,
-            // Cut short or silent: the client's response is cut short too
-            // (its framing shows it), and the connection closes.
-            Some(_) => {
-                r.upstream_failed = true;
-                return r;
-            }
-        };
-    }
 }

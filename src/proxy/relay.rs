@@ -1,0 +1,210 @@
+//! The way back: the upstream's response head, then its body, re-framed
+//! for the client as it arrives; or the tunnel of an accepted upgrade.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIELDS};
+use crate::config::UpstreamConfig;
+use crate::http::upstream::{parse_response, Asked, ResponseFraming};
+use crate::transport::Socket;
+
+/// Why no response head came.
+pub(super) enum HeadEnd {
+    /// The client went away while waiting.
+    ClientGone,
+    /// The upstream failed.
+    Failed(Failure),
+}
+
+/// Read until `rbuf` holds a complete final response head (interim 1xx
+/// responses are dropped: the client had its 100 Continue from us); returns
+/// how much of `rbuf` is filled. The wait ends early if the client closes.
+pub(super) async fn read_head(
+    c: &mut Client<'_>,
+    up: &mut Socket,
+    rbuf: &mut [u8],
+    cfg: &UpstreamConfig,
+    max_head: usize,
+    asked: Asked,
+) -> Result<usize, HeadEnd> {
+    let mut filled = 0;
+    let mut any = false;
+    loop {
+        let deadline = Instant::now() + cfg.read_timeout;
+        let read = futures_lite::future::or(
+            async { Some(up.read(&mut rbuf[filled..max_head], deadline).await) },
+            async {
+                c.socket.closed().await;
+                None
+            },
+        )
+        .await;
+        let n = match read {
+            None => return Err(HeadEnd::ClientGone),
+            Some(Ok(0)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
+            Some(Ok(0)) => return Err(HeadEnd::Failed(Failure::Reset)),
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(HeadEnd::Failed(Failure::Timeout))
+            }
+            Some(Err(_)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
+            Some(Err(_)) => return Err(HeadEnd::Failed(Failure::Reset)),
+        };
+        any = true;
+        filled += n;
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+            let interim = match parse_response(&rbuf[..filled], &mut fields, max_head, asked) {
+                Err(_) => return Err(HeadEnd::Failed(Failure::Bad)),
+                Ok(None) => break,
+                Ok(Some(res)) if res.is_interim() => res.head_len,
+                Ok(Some(_)) => return Ok(filled),
+            };
+            rbuf.copy_within(interim..filled, 0);
+            filled -= interim;
+        }
+    }
+}
+
+/// How relaying the response went.
+pub(super) struct Relayed {
+    pub(super) status: u16,
+    pub(super) upstream_status: u16,
+    pub(super) body_bytes: u64,
+    pub(super) bytes_out: u64,
+    pub(super) client_keep_alive: bool,
+    pub(super) upstream_reusable: bool,
+    pub(super) upstream_failed: bool,
+}
+
+/// Send the response whose head is at the start of `rbuf[..filled]` to the
+/// client, and its body as it arrives; or tunnel an accepted upgrade.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn relay(
+    c: &mut Client<'_>,
+    up: &mut Socket,
+    rbuf: &mut [u8],
+    mut filled: usize,
+    ex: &Exchange,
+    cfg: &UpstreamConfig,
+    asked: Asked,
+    client: response::ClientSide,
+    upgrade: bool,
+    tunnel_idle: Duration,
+) -> Relayed {
+    let mut r = Relayed {
+        status: 0,
+        upstream_status: 0,
+        body_bytes: 0,
+        bytes_out: 0,
+        client_keep_alive: false,
+        upstream_reusable: false,
+        upstream_failed: false,
+    };
+    c.out.clear();
+    let (framing, reusable, head_len, tunnel, down) = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        let Ok(Some(res)) = parse_response(&rbuf[..filled], &mut fields, ex.max_head, asked) else {
+            unreachable!("read_head returned a complete head");
+        };
+        r.upstream_status = res.status;
+        let tunnel = res.status == 101 && upgrade;
+        if res.status == 101 && !upgrade {
+            // A switch nobody asked for: the upstream is confused.
+            r.upstream_failed = true;
+            return r;
+        }
+        let down = response::write_head(c.out, &res, ex.date, client, tunnel);
+        (res.framing, res.reusable, res.head_len, tunnel, down)
+    };
+    r.status = r.upstream_status;
+    let mut encoder = down.encoder;
+    if tunnel {
+        if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+            return r;
+        }
+        r.bytes_out += c.out.len() as u64;
+        c.out.clear();
+        let early: Vec<u8> = c.input.data().to_vec();
+        c.input.consume(early.len());
+        r.bytes_out += tunnel::run(
+            c.socket,
+            up,
+            &early,
+            &rbuf[head_len..filled],
+            tunnel_idle,
+            ex.send_timeout,
+        )
+        .await;
+        return r;
+    }
+    let mut decoder = framing.decoder(ex.max_head);
+    let mut pos = head_len;
+    let mut complete = framing == ResponseFraming::None;
+    loop {
+        // What is in the buffer goes into the client's output, re-framed.
+        while pos < filled && !complete {
+            match (&mut decoder, framing) {
+                (Some(d), _) => match d.next_payload(&rbuf[pos..filled]) {
+                    Ok(piece) => {
+                        let payload = &rbuf[pos + piece.payload.start..pos + piece.payload.end];
+                        let _ = encoder.write(c.out, payload);
+                        r.body_bytes += payload.len() as u64;
+                        pos += piece.consumed;
+                        complete = piece.done;
+                    }
+                    Err(_) => {
+                        r.upstream_failed = true;
+                        return r;
+                    }
+                },
+                (None, _) => {
+                    let _ = encoder.write(c.out, &rbuf[pos..filled]);
+                    r.body_bytes += (filled - pos) as u64;
+                    pos = filled;
+                }
+            }
+        }
+        if complete {
+            let _ = encoder.finish(c.out);
+        }
+        if !c.out.is_empty() {
+            if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+                return r;
+            }
+            r.bytes_out += c.out.len() as u64;
+            c.out.clear();
+        }
+        if complete {
+            r.client_keep_alive = down.keep_alive;
+            // Bytes past the response's end were never asked for.
+            r.upstream_reusable = reusable && pos == filled;
+            return r;
+        }
+        pos = 0;
+        let deadline = Instant::now() + cfg.read_timeout;
+        let read = futures_lite::future::or(
+            async { Some(up.read(&mut rbuf[..CHUNK], deadline).await) },
+            async {
+                c.socket.closed().await;
+                None
+            },
+        )
+        .await;
+        filled = match read {
+            None => return r,
+            Some(Ok(0)) if framing == ResponseFraming::UntilClose => {
+                complete = true;
+                0
+            }
+            Some(Ok(n)) if n > 0 => n,
+            // Cut short or silent: the client's response is cut short too
+            // (its framing shows it), and the connection closes.
+            Some(_) => {
+                r.upstream_failed = true;
+                return r;
+            }
+        };
+    }
+}

@@ -1,0 +1,129 @@
+//! Sending a request upstream: the head, then the body as the client
+//! sends it and the upstream takes it, re-framed.
+
+use std::io;
+use std::time::Instant;
+
+use super::{Client, ClientEnd, Exchange, CHUNK};
+use crate::config::UpstreamConfig;
+use crate::http::body::BodyDecoder;
+use crate::http::encode::BodyEncoder;
+use crate::http::error::ParseError;
+use crate::http::parse::BodyFraming;
+use crate::transport::Socket;
+
+/// How sending the request went.
+pub(super) struct Sent {
+    /// Request body bytes read from the client.
+    pub(super) body_bytes: u64,
+    /// Some client input was consumed (the body cannot be sent again).
+    pub(super) consumed: bool,
+    /// The client's side ended the exchange.
+    pub(super) client: Result<(), ClientEnd>,
+    /// The whole request reached the upstream's socket.
+    pub(super) upstream_ok: bool,
+    /// The whole body was in the client's input and went up in the first
+    /// write: it is left there (with the decoder's end state and the bytes
+    /// it takes) until a response comes, so a retry can send it again.
+    pub(super) replay: Option<(BodyDecoder, usize)>,
+}
+
+/// Write the head in `up_out` and the request body to `up`, reading the
+/// body from the client as the upstream takes it. What was already read
+/// goes up with the head in one write, and is consumed from the client's
+/// input only once written, so a failed first write leaves the request
+/// whole for the next server.
+pub(super) async fn send_request(
+    c: &mut Client<'_>,
+    up: &mut Socket,
+    up_out: &mut Vec<u8>,
+    body: &mut Option<BodyDecoder>,
+    framing: BodyFraming,
+    ex: &Exchange,
+    cfg: &UpstreamConfig,
+) -> Sent {
+    let mut sent = Sent {
+        body_bytes: 0,
+        consumed: false,
+        client: Ok(()),
+        upstream_ok: false,
+        replay: None,
+    };
+    let Some(decoder) = body.as_mut() else {
+        sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
+        return sent;
+    };
+    let mut encoder = match framing {
+        BodyFraming::Length(n) => BodyEncoder::Length(n),
+        _ => BodyEncoder::Chunked,
+    };
+    loop {
+        // Encode what is here on a copy; commit once it is written.
+        let mut trial = decoder.clone();
+        let mut taken = 0;
+        let mut payload = 0;
+        while taken < c.input.data().len() && !trial.is_done() && up_out.len() < CHUNK * 4 {
+            let data = &c.input.data()[taken..];
+            match trial.next_payload(data) {
+                Ok(piece) => {
+                    let _ = encoder.write(up_out, &data[piece.payload.clone()]);
+                    payload += piece.payload.len() as u64;
+                    taken += piece.consumed;
+                    if piece.consumed == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    sent.client = Err(ClientEnd::Refused(e));
+                    return sent;
+                }
+            }
+        }
+        if trial.is_done() {
+            let _ = encoder.finish(up_out);
+        }
+        let first = !sent.consumed;
+        if !up_out.is_empty() {
+            if up.write_all(up_out, cfg.send_timeout).await.is_err() {
+                return sent;
+            }
+            up_out.clear();
+        }
+        if first && trial.is_done() {
+            sent.body_bytes = payload;
+            sent.upstream_ok = true;
+            sent.replay = Some((trial, taken));
+            return sent;
+        }
+        *decoder = trial;
+        c.input.consume(taken);
+        sent.consumed |= taken > 0;
+        sent.body_bytes += payload;
+        if decoder.is_done() {
+            sent.upstream_ok = true;
+            return sent;
+        }
+        if taken > 0 && !c.input.data().is_empty() {
+            continue;
+        }
+        match c
+            .socket
+            .read(&mut *c.input, Instant::now() + ex.body_timeout)
+            .await
+        {
+            Ok(0) => {
+                sent.client = Err(ClientEnd::Gone);
+                return sent;
+            }
+            Ok(n) => c.input.filled(n),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                sent.client = Err(ClientEnd::Refused(ParseError::BodyTimeout));
+                return sent;
+            }
+            Err(_) => {
+                sent.client = Err(ClientEnd::Gone);
+                return sent;
+            }
+        }
+    }
+}
