@@ -7,8 +7,9 @@ out), finds each reference to another module of the crate -- `use crate::…`,
 `crate::conn::panic_message(…)` -- and builds the graph between modules,
 resolved to the top-level module (`shard`, `http`) and, for the directory
 modules, to their first level (`http::session`, `handlers::static_files`,
-`config::load`). `#[cfg(test)] mod tests { … }` blocks are skipped: a test
-may reach wherever it needs to.
+`config::load`). `#[cfg(test)] mod tests { … }` blocks, and test modules in
+files of their own (`…/tests.rs`), are skipped: a test may reach wherever it
+needs to.
 
 Exits 1, printing each offending edge with the file and line that makes it,
 when
@@ -250,7 +251,7 @@ def build():
     edges = defaultdict(list)  # (from unit, to unit) → [file:line]
     for p in files:
         here = module_of(p)
-        if not here:
+        if not here or here[-1] == "tests":
             continue
         src_unit = unit(here)
         for no, written in references(p):

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+mod reload;
+mod stop;
+
 use super::address;
 use super::process::{self, Process};
 use super::{AppError, AppEvent, AppServers, InstanceStatus, Notify};
@@ -390,52 +393,6 @@ impl Manager {
         }
     }
 
-    /// The rolling reload: one slot at a time, start a replacement with
-    /// the current settings; once it accepts, it takes the slot and the
-    /// old instance leaves.
-    fn roll(&mut self, now: Instant) {
-        for a in 0..self.apps.len() {
-            let generation = self.apps[a].generation;
-            // A replacement that is ready takes its slot.
-            let app = &mut self.apps[a];
-            for (index, slot) in app.slots.iter_mut().enumerate() {
-                if matches!(
-                    slot.next,
-                    Some(Instance {
-                        state: State::Ready,
-                        ..
-                    })
-                ) {
-                    let old = slot.current.take();
-                    slot.current = slot.next.take();
-                    if let Some(mut inst) = old {
-                        inst.state = State::Retiring {
-                            stop_at: now + RETIRE_GRACE,
-                        };
-                        self.leaving.push(Leaving {
-                            who: format!("app {}[{index}]", app.config.name),
-                            stop_timeout: app.config.stop_timeout,
-                            inst,
-                        });
-                    }
-                }
-            }
-            let busy = self.apps[a].slots.iter().any(|s| s.next.is_some());
-            if busy {
-                continue;
-            }
-            let outdated = self.apps[a].slots.iter().position(|s| {
-                matches!(&s.current, Some(i) if i.generation != generation && matches!(i.state, State::Ready))
-            });
-            if let Some(i) = outdated {
-                match self.spawn(a, i, now) {
-                    Ok(inst) => self.apps[a].slots[i].next = Some(inst),
-                    Err(e) => error!("{e}: the rolling reload waits"),
-                }
-            }
-        }
-    }
-
     /// Tell the master each app's serving addresses, when they changed.
     fn publish(&mut self) {
         for app in &mut self.apps {
@@ -529,134 +486,6 @@ impl Manager {
                 }
             }
         }
-    }
-
-    /// New settings: new apps start, removed ones leave, changed ones roll,
-    /// and a changed number of instances adds or retires slots.
-    fn on_reload(&mut self, configs: Vec<AppConfig>, now: Instant) {
-        let mut old = std::mem::take(&mut self.apps);
-        for config in configs {
-            let n = config.instance_count(self.shards);
-            let app = match old.iter().position(|a| a.config.name == config.name) {
-                Some(i) => {
-                    let mut app = old.swap_remove(i);
-                    if app.config.replaces_instances(&config) {
-                        app.generation += 1;
-                        info!(
-                            "app {}: changed; replacing its instances one at a time",
-                            config.name
-                        );
-                    }
-                    app.config = config;
-                    while app.slots.len() > n {
-                        let index = app.slots.len() - 1;
-                        let mut slot = app.slots.pop().expect("more than n");
-                        let who = format!("app {}[{index}]", app.config.name);
-                        slot.retire(who, app.config.stop_timeout, now, &mut self.leaving);
-                    }
-                    while app.slots.len() < n {
-                        app.slots.push(Slot::new(now));
-                    }
-                    app
-                }
-                None => {
-                    info!("app {}: new; starting {n} instances", config.name);
-                    App {
-                        config,
-                        generation: 0,
-                        slots: (0..n).map(|_| Slot::new(now)).collect(),
-                        published: Vec::new(),
-                    }
-                }
-            };
-            self.apps.push(app);
-        }
-        for mut gone in old {
-            info!("app {}: removed; stopping its instances", gone.config.name);
-            for (index, slot) in gone.slots.iter_mut().enumerate() {
-                let who = format!("app {}[{index}]", gone.config.name);
-                slot.retire(who, gone.config.stop_timeout, now, &mut self.leaving);
-            }
-            (self.notify)(AppEvent::Servers {
-                app: gone.config.name.clone(),
-                servers: Vec::new(),
-            });
-        }
-    }
-
-    /// Stop every instance: SIGTERM to each process group, SIGKILL to
-    /// those still there after their app's stop timeout.
-    fn stop_all(&mut self, rx: &Receiver<Msg>) {
-        let now = Instant::now();
-        let mut all = std::mem::take(&mut self.leaving);
-        for app in &mut self.apps {
-            for (index, slot) in app.slots.iter_mut().enumerate() {
-                let who = format!("app {}[{index}]", app.config.name);
-                slot.retire(who, app.config.stop_timeout, now, &mut all);
-            }
-        }
-        if !all.is_empty() {
-            info!("stopping {} app instance(s)", all.len());
-        }
-        let mut left: Vec<(u64, u32, Instant, String)> = Vec::new();
-        for l in all {
-            process::signal_group(l.inst.process.pid, libc::SIGTERM);
-            address::release(&l.inst.addr);
-            left.push((l.inst.tag, l.inst.process.pid, now + l.stop_timeout, l.who));
-        }
-        while !left.is_empty() {
-            let now = Instant::now();
-            for (_, pid, kill_at, name) in left.iter_mut() {
-                if *kill_at <= now {
-                    warn!("{name} (pid {pid}) did not stop in time; killed");
-                    process::signal_group(*pid, libc::SIGKILL);
-                    *kill_at = now + Duration::from_secs(5);
-                }
-            }
-            let wake = left.iter().map(|l| l.2).min().expect("not empty");
-            match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Msg::Exited { tag, .. }) => left.retain(|l| l.0 != tag),
-                Ok(Msg::Status(reply)) => {
-                    let _ = reply.send(Vec::new());
-                }
-                Ok(Msg::Stop(done)) => {
-                    let _ = done.send(());
-                }
-                Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-        if self.apps.iter().any(|a| !a.slots.is_empty()) {
-            info!("every app instance has stopped");
-        }
-    }
-
-    /// Every instance, for metrics and `coreserve status`.
-    fn status(&self) -> Vec<InstanceStatus> {
-        let now = Instant::now();
-        let mut out = Vec::new();
-        for app in &self.apps {
-            for (index, slot) in app.slots.iter().enumerate() {
-                let inst = slot.current.as_ref();
-                out.push(InstanceStatus {
-                    app: app.config.name.clone(),
-                    index,
-                    pid: inst.map(|i| i.process.pid),
-                    state: match inst.map(|i| &i.state) {
-                        None if slot.restart_at.is_some() => "restarting",
-                        None => "down",
-                        Some(State::Starting { .. }) => "starting",
-                        Some(State::Ready) => "ready",
-                        Some(State::Retiring { .. }) | Some(State::Stopping { .. }) => "stopping",
-                    },
-                    restarts: slot.restarts,
-                    uptime: inst.map_or(Duration::ZERO, |i| now.duration_since(i.started)),
-                    addr: inst.map(|i| i.addr.to_string()),
-                });
-            }
-        }
-        out
     }
 
     /// The app, index and last output of the instance with `tag`.

@@ -4,12 +4,19 @@
 //! signal; the drain tells every shard and waits for each to report.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::channels::shared_channel::{self, ConnectedSender};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::ConnectedSender;
 use glommio::net::TcpListener;
 use log::{error, info, warn};
+
+mod drain;
+mod events;
+mod reloads;
+
+use events::{forward_app_events, forward_events, later, watch_lifeline};
+use reloads::Reloads;
 
 use super::launch::{Launched, Launcher};
 use super::scrape::{finish_gather, Gather, Scraped, SCRAPE_WAIT};
@@ -92,45 +99,6 @@ enum MasterEvent {
     App(AppEvent),
 }
 
-/// A reload under way: which live shards have not applied it yet.
-#[derive(Debug, Default)]
-struct Reloads {
-    /// The number of the latest reload sent.
-    seq: u64,
-    /// Shards that still owe the latest reload an acknowledgement.
-    owed: Vec<usize>,
-}
-
-impl Reloads {
-    /// A reload was sent to `reached`; its number. True in `.1` if nobody
-    /// owes anything (no shard was reached).
-    fn sent(&mut self, reached: Vec<usize>) -> (u64, bool) {
-        self.seq += 1;
-        self.owed = reached;
-        (self.seq, self.owed.is_empty())
-    }
-
-    /// The number the next reload will have.
-    fn next_seq(&self) -> u64 {
-        self.seq + 1
-    }
-
-    /// Shard `id` applied reload `seq`; whether that completed the latest.
-    /// Acknowledgements of a reload a newer one overtook do not count.
-    fn applied(&mut self, id: usize, seq: u64) -> bool {
-        seq == self.seq && self.forget(id)
-    }
-
-    /// Shard `id` died: it owes nothing. Whether that completed the latest.
-    fn forget(&mut self, id: usize) -> bool {
-        if self.owed.is_empty() {
-            return false;
-        }
-        self.owed.retain(|&o| o != id);
-        self.owed.is_empty()
-    }
-}
-
 /// What the loop does after an event.
 enum Flow {
     Continue,
@@ -159,76 +127,6 @@ struct Supervisor {
     apps: AppsHandle,
     app_servers: HashMap<String, Vec<ServerAddr>>,
     file_upstreams: Vec<UpstreamConfig>,
-}
-
-/// Forward the app manager's events to the master's queue.
-fn forward_app_events(
-    wake: std::os::unix::net::UnixStream,
-    events: std::sync::mpsc::Receiver<AppEvent>,
-    tx: Rc<LocalSender<MasterEvent>>,
-) {
-    use futures_lite::AsyncReadExt;
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let _ = wake.set_nonblocking(true);
-    // SAFETY: the master's end of the pair, handed over exactly once.
-    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(wake.into_raw_fd()) };
-    glommio::spawn_local(async move {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = stream.read(&mut buf).await {
-            while let Ok(ev) = events.try_recv() {
-                let _ = tx.try_send(MasterEvent::App(ev));
-            }
-            if n == 0 {
-                return;
-            }
-        }
-    })
-    .detach();
-}
-
-/// Forward a shard's events to the master's queue.
-fn forward_events(
-    events: shared_channel::SharedReceiver<ShardEvent>,
-    tx: Rc<LocalSender<MasterEvent>>,
-) {
-    glommio::spawn_local(async move {
-        let events = events.connect().await;
-        while let Some(ev) = events.recv().await {
-            let _ = tx.try_send(MasterEvent::Shard(ev));
-        }
-    })
-    .detach();
-}
-
-/// Watch a shard's lifeline; `Gone` when its thread has ended.
-fn watch_lifeline(
-    id: usize,
-    generation: u64,
-    lifeline: std::os::unix::net::UnixStream,
-    tx: Rc<LocalSender<MasterEvent>>,
-) {
-    use futures_lite::AsyncReadExt;
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let _ = lifeline.set_nonblocking(true);
-    // SAFETY: the master's end of the pair, handed over exactly once.
-    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(lifeline.into_raw_fd()) };
-    glommio::spawn_local(async move {
-        let mut byte = [0u8; 1];
-        // Nothing is ever written: the read ends when the shard's end closes.
-        while let Ok(1) = stream.read(&mut byte).await {}
-        let _ = tx.try_send(MasterEvent::Gone(id, generation));
-    })
-    .detach();
-}
-
-/// Send `ev` to the master's queue after `delay`.
-fn later(tx: &Rc<LocalSender<MasterEvent>>, delay: Duration, ev: MasterEvent) {
-    let tx = tx.clone();
-    glommio::spawn_local(async move {
-        glommio::timer::sleep(delay).await;
-        let _ = tx.try_send(ev);
-    })
-    .detach();
 }
 
 /// Run the master until it is told to stop (on the master's executor).
@@ -633,78 +531,6 @@ impl Supervisor {
         }
         info!("shard {id} restarted on CPU {}", slot.cpu);
     }
-
-    /// Drain: stop accepting, close the hand-off queues, tell every shard,
-    /// and wait for each to report (or for a second signal).
-    async fn drain(mut self, sig: i32, rx: &LocalReceiver<MasterEvent>) -> Result<(), MasterError> {
-        info!(
-            "{}: draining (deadline {:?})",
-            signals::name(sig),
-            self.config.drain_timeout
-        );
-        if let Some(n) = &self.notifier {
-            n.stopping("draining connections");
-        }
-        // Closes the listeners and every hand-off queue's sending end.
-        if let Some(a) = self.acceptor.as_mut() {
-            a.stop();
-        }
-        // Every shard with a control channel is told, a restarted one not
-        // yet ready too; dropping the sender right after means a shard
-        // whose queue was full still sees the channel close, which also
-        // means drain.
-        let mut running = 0;
-        let mut stopping = vec![false; self.slots.len()];
-        for (id, slot) in self.slots.iter_mut().enumerate() {
-            slot.pending_conns = None;
-            // Reuseport: the master's copies would keep the sockets
-            // listening (and queueing connections nobody accepts) until exit.
-            slot.listener_copies.clear();
-            if let Some(c) = slot.control.take() {
-                let _ = c.try_send(Control::Drain);
-                stopping[id] = true;
-                running += 1;
-            }
-        }
-        while running > 0 {
-            match rx.recv().await {
-                // A shard is done at its Stopped report, or at its thread's
-                // end if it died first; the two arrive by different paths,
-                // in any order.
-                Some(MasterEvent::Shard(ShardEvent::Stopped { id, stats, forced })) => {
-                    shard::log_stopped(id, self.slots[id].cpu, &stats, forced);
-                    if std::mem::take(&mut stopping[id]) {
-                        running -= 1;
-                    }
-                }
-                // The thread ended. Its Stopped report may still be on its
-                // way (another task relays it): give it a moment before
-                // counting the shard as gone without one.
-                Some(MasterEvent::Gone(id, generation))
-                    if generation == self.slots[id].generation =>
-                {
-                    later(&self.tx, Duration::from_millis(200), MasterEvent::Ended(id));
-                }
-                Some(MasterEvent::Ended(id)) => {
-                    if std::mem::take(&mut stopping[id]) {
-                        running -= 1;
-                    }
-                }
-                Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
-                    return Err(MasterError::Forced(signals::name(sig)));
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-        for (id, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(Err(e)) = slot.handle.take().map(|h| h.join()) {
-                error!("shard {id} ended abnormally: {e}");
-            }
-        }
-        info!("stopped");
-        Ok(())
-    }
 }
 
 /// Settings a running server cannot change, named by key, that differ.
@@ -736,45 +562,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reload_completes_when_every_live_shard_applied_it() {
-        let mut r = Reloads::default();
-        let seq = r.next_seq();
-        assert_eq!(r.sent(vec![0, 1, 2]), (seq, false));
-        assert!(!r.applied(0, seq));
-        // Shard 1 died meanwhile: it owes nothing.
-        assert!(!r.forget(1));
-        assert!(r.applied(2, seq));
-        // Nothing owed any more: a late ack or a death completes nothing.
-        assert!(!r.applied(2, seq));
-        assert!(!r.forget(0));
-    }
-
-    #[test]
-    fn an_overtaken_reloads_acks_do_not_count() {
-        let mut r = Reloads::default();
-        let first = r.next_seq();
-        r.sent(vec![0, 1]);
-        let second = r.next_seq();
-        r.sent(vec![0, 1]);
-        assert!(!r.applied(0, first));
-        assert!(!r.applied(1, first));
-        assert!(!r.applied(0, second));
-        assert!(r.applied(1, second));
-    }
-
-    #[test]
-    fn a_reload_that_reached_nobody_is_complete_at_once() {
-        let mut r = Reloads::default();
-        assert!(r.sent(Vec::new()).1);
-    }
-
-    #[test]
     fn restart_only_settings_are_named() {
         let old = Config::default();
         let mut new = old.clone();
         assert!(needs_restart(&old, &new).is_empty());
         new.shards = Some(3);
-        new.drain_timeout = Duration::from_secs(1);
+        new.drain_timeout = std::time::Duration::from_secs(1);
         new.limits.max_body_bytes += 1;
         assert_eq!(
             needs_restart(&old, &new),

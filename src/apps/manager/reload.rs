@@ -1,0 +1,111 @@
+//! A reload's effect on the apps: new ones start, removed ones leave, a
+//! changed one is replaced one instance at a time (the rolling reload).
+
+use std::time::Instant;
+
+use log::{error, info};
+
+use super::{App, Instance, Leaving, Manager, Slot, State, RETIRE_GRACE};
+use crate::apps::AppEvent;
+use crate::config::AppConfig;
+
+impl Manager {
+    /// The rolling reload: one slot at a time, start a replacement with
+    /// the current settings; once it accepts, it takes the slot and the
+    /// old instance leaves.
+    pub(super) fn roll(&mut self, now: Instant) {
+        for a in 0..self.apps.len() {
+            let generation = self.apps[a].generation;
+            // A replacement that is ready takes its slot.
+            let app = &mut self.apps[a];
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                if matches!(
+                    slot.next,
+                    Some(Instance {
+                        state: State::Ready,
+                        ..
+                    })
+                ) {
+                    let old = slot.current.take();
+                    slot.current = slot.next.take();
+                    if let Some(mut inst) = old {
+                        inst.state = State::Retiring {
+                            stop_at: now + RETIRE_GRACE,
+                        };
+                        self.leaving.push(Leaving {
+                            who: format!("app {}[{index}]", app.config.name),
+                            stop_timeout: app.config.stop_timeout,
+                            inst,
+                        });
+                    }
+                }
+            }
+            let busy = self.apps[a].slots.iter().any(|s| s.next.is_some());
+            if busy {
+                continue;
+            }
+            let outdated = self.apps[a].slots.iter().position(|s| {
+                matches!(&s.current, Some(i) if i.generation != generation && matches!(i.state, State::Ready))
+            });
+            if let Some(i) = outdated {
+                match self.spawn(a, i, now) {
+                    Ok(inst) => self.apps[a].slots[i].next = Some(inst),
+                    Err(e) => error!("{e}: the rolling reload waits"),
+                }
+            }
+        }
+    }
+
+    /// New settings: new apps start, removed ones leave, changed ones roll,
+    /// and a changed number of instances adds or retires slots.
+    pub(super) fn on_reload(&mut self, configs: Vec<AppConfig>, now: Instant) {
+        let mut old = std::mem::take(&mut self.apps);
+        for config in configs {
+            let n = config.instance_count(self.shards);
+            let app = match old.iter().position(|a| a.config.name == config.name) {
+                Some(i) => {
+                    let mut app = old.swap_remove(i);
+                    if app.config.replaces_instances(&config) {
+                        app.generation += 1;
+                        info!(
+                            "app {}: changed; replacing its instances one at a time",
+                            config.name
+                        );
+                    }
+                    app.config = config;
+                    while app.slots.len() > n {
+                        let index = app.slots.len() - 1;
+                        let mut slot = app.slots.pop().expect("more than n");
+                        let who = format!("app {}[{index}]", app.config.name);
+                        slot.retire(who, app.config.stop_timeout, now, &mut self.leaving);
+                    }
+                    while app.slots.len() < n {
+                        app.slots.push(Slot::new(now));
+                    }
+                    app
+                }
+                None => {
+                    info!("app {}: new; starting {n} instances", config.name);
+                    App {
+                        config,
+                        generation: 0,
+                        slots: (0..n).map(|_| Slot::new(now)).collect(),
+                        published: Vec::new(),
+                    }
+                }
+            };
+            self.apps.push(app);
+        }
+        for mut gone in old {
+            info!("app {}: removed; stopping its instances", gone.config.name);
+            for (index, slot) in gone.slots.iter_mut().enumerate() {
+                let who = format!("app {}[{index}]", gone.config.name);
+                slot.retire(who, gone.config.stop_timeout, now, &mut self.leaving);
+            }
+            (self.notify)(AppEvent::Servers {
+                app: gone.config.name.clone(),
+                servers: Vec::new(),
+            });
+        }
+    }
+}

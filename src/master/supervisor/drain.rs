@@ -1,0 +1,91 @@
+//! The end of serving: stop accepting, tell every shard to drain, and wait
+//! for each to report.
+
+use std::time::Duration;
+
+use glommio::channels::local_channel::LocalReceiver;
+use log::{error, info};
+
+use super::events::later;
+use super::{MasterEvent, Supervisor};
+use crate::master::MasterError;
+use crate::shard::{self, Control, ShardEvent};
+use crate::signals::{self, Signal};
+
+impl Supervisor {
+    /// Drain: stop accepting, close the hand-off queues, tell every shard,
+    /// and wait for each to report (or for a second signal).
+    pub(super) async fn drain(
+        mut self,
+        sig: i32,
+        rx: &LocalReceiver<MasterEvent>,
+    ) -> Result<(), MasterError> {
+        info!(
+            "{}: draining (deadline {:?})",
+            signals::name(sig),
+            self.config.drain_timeout
+        );
+        if let Some(n) = &self.notifier {
+            n.stopping("draining connections");
+        }
+        // Closes the listeners and every hand-off queue's sending end.
+        if let Some(a) = self.acceptor.as_mut() {
+            a.stop();
+        }
+        // Every shard with a control channel is told, a restarted one not
+        // yet ready too; dropping the sender right after means a shard
+        // whose queue was full still sees the channel close, which also
+        // means drain.
+        let mut running = 0;
+        let mut stopping = vec![false; self.slots.len()];
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            slot.pending_conns = None;
+            // Reuseport: the master's copies would keep the sockets
+            // listening (and queueing connections nobody accepts) until exit.
+            slot.listener_copies.clear();
+            if let Some(c) = slot.control.take() {
+                let _ = c.try_send(Control::Drain);
+                stopping[id] = true;
+                running += 1;
+            }
+        }
+        while running > 0 {
+            match rx.recv().await {
+                // A shard is done at its Stopped report, or at its thread's
+                // end if it died first; the two arrive by different paths,
+                // in any order.
+                Some(MasterEvent::Shard(ShardEvent::Stopped { id, stats, forced })) => {
+                    shard::log_stopped(id, self.slots[id].cpu, &stats, forced);
+                    if std::mem::take(&mut stopping[id]) {
+                        running -= 1;
+                    }
+                }
+                // The thread ended. Its Stopped report may still be on its
+                // way (another task relays it): give it a moment before
+                // counting the shard as gone without one.
+                Some(MasterEvent::Gone(id, generation))
+                    if generation == self.slots[id].generation =>
+                {
+                    later(&self.tx, Duration::from_millis(200), MasterEvent::Ended(id));
+                }
+                Some(MasterEvent::Ended(id)) => {
+                    if std::mem::take(&mut stopping[id]) {
+                        running -= 1;
+                    }
+                }
+                Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
+                    return Err(MasterError::Forced(signals::name(sig)));
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(Err(e)) = slot.handle.take().map(|h| h.join()) {
+                error!("shard {id} ended abnormally: {e}");
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}

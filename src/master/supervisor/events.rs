@@ -1,0 +1,82 @@
+//! The tasks that bring news to the master's queue: a shard's events and
+//! its lifeline, the app manager's events, and a message sent later.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::LocalSender;
+use glommio::channels::shared_channel;
+
+use super::MasterEvent;
+use crate::apps::AppEvent;
+use crate::shard::ShardEvent;
+
+/// Forward the app manager's events to the master's queue.
+pub(super) fn forward_app_events(
+    wake: std::os::unix::net::UnixStream,
+    events: std::sync::mpsc::Receiver<AppEvent>,
+    tx: Rc<LocalSender<MasterEvent>>,
+) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let _ = wake.set_nonblocking(true);
+    // SAFETY: the master's end of the pair, handed over exactly once.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(wake.into_raw_fd()) };
+    glommio::spawn_local(async move {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stream.read(&mut buf).await {
+            while let Ok(ev) = events.try_recv() {
+                let _ = tx.try_send(MasterEvent::App(ev));
+            }
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .detach();
+}
+
+/// Forward a shard's events to the master's queue.
+pub(super) fn forward_events(
+    events: shared_channel::SharedReceiver<ShardEvent>,
+    tx: Rc<LocalSender<MasterEvent>>,
+) {
+    glommio::spawn_local(async move {
+        let events = events.connect().await;
+        while let Some(ev) = events.recv().await {
+            let _ = tx.try_send(MasterEvent::Shard(ev));
+        }
+    })
+    .detach();
+}
+
+/// Watch a shard's lifeline; `Gone` when its thread has ended.
+pub(super) fn watch_lifeline(
+    id: usize,
+    generation: u64,
+    lifeline: std::os::unix::net::UnixStream,
+    tx: Rc<LocalSender<MasterEvent>>,
+) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let _ = lifeline.set_nonblocking(true);
+    // SAFETY: the master's end of the pair, handed over exactly once.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(lifeline.into_raw_fd()) };
+    glommio::spawn_local(async move {
+        let mut byte = [0u8; 1];
+        // Nothing is ever written: the read ends when the shard's end closes.
+        while let Ok(1) = stream.read(&mut byte).await {}
+        let _ = tx.try_send(MasterEvent::Gone(id, generation));
+    })
+    .detach();
+}
+
+/// Send `ev` to the master's queue after `delay`.
+pub(super) fn later(tx: &Rc<LocalSender<MasterEvent>>, delay: Duration, ev: MasterEvent) {
+    let tx = tx.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(delay).await;
+        let _ = tx.try_send(ev);
+    })
+    .detach();
+}

@@ -1,0 +1,79 @@
+//! Which live shards still owe the latest reload an acknowledgement: the
+//! master tells systemd READY=1 again once none does.
+
+/// A reload under way: which live shards have not applied it yet.
+#[derive(Debug, Default)]
+pub(super) struct Reloads {
+    /// The number of the latest reload sent.
+    seq: u64,
+    /// Shards that still owe the latest reload an acknowledgement.
+    owed: Vec<usize>,
+}
+
+impl Reloads {
+    /// A reload was sent to `reached`; its number. True in `.1` if nobody
+    /// owes anything (no shard was reached).
+    pub(super) fn sent(&mut self, reached: Vec<usize>) -> (u64, bool) {
+        self.seq += 1;
+        self.owed = reached;
+        (self.seq, self.owed.is_empty())
+    }
+
+    /// The number the next reload will have.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.seq + 1
+    }
+
+    /// Shard `id` applied reload `seq`; whether that completed the latest.
+    /// Acknowledgements of a reload a newer one overtook do not count.
+    pub(super) fn applied(&mut self, id: usize, seq: u64) -> bool {
+        seq == self.seq && self.forget(id)
+    }
+
+    /// Shard `id` died: it owes nothing. Whether that completed the latest.
+    pub(super) fn forget(&mut self, id: usize) -> bool {
+        if self.owed.is_empty() {
+            return false;
+        }
+        self.owed.retain(|&o| o != id);
+        self.owed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_completes_when_every_live_shard_applied_it() {
+        let mut r = Reloads::default();
+        let seq = r.next_seq();
+        assert_eq!(r.sent(vec![0, 1, 2]), (seq, false));
+        assert!(!r.applied(0, seq));
+        // Shard 1 died meanwhile: it owes nothing.
+        assert!(!r.forget(1));
+        assert!(r.applied(2, seq));
+        // Nothing owed any more: a late ack or a death completes nothing.
+        assert!(!r.applied(2, seq));
+        assert!(!r.forget(0));
+    }
+
+    #[test]
+    fn an_overtaken_reloads_acks_do_not_count() {
+        let mut r = Reloads::default();
+        let first = r.next_seq();
+        r.sent(vec![0, 1]);
+        let second = r.next_seq();
+        r.sent(vec![0, 1]);
+        assert!(!r.applied(0, first));
+        assert!(!r.applied(1, first));
+        assert!(!r.applied(0, second));
+        assert!(r.applied(1, second));
+    }
+
+    #[test]
+    fn a_reload_that_reached_nobody_is_complete_at_once() {
+        let mut r = Reloads::default();
+        assert!(r.sent(Vec::new()).1);
+    }
+}

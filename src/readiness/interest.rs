@@ -1,0 +1,125 @@
+//! `Interest`: one socket's registration with its shard's readiness ring, and
+//! how a task reads through it (look only when a completion said so, or when
+//! the last read may have left something behind).
+
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::{Readiness, WaitError};
+
+/// A socket's registration with its shard's readiness ring; dropping it
+/// ends the registration (and removes the socket's poll).
+pub struct Interest {
+    pub(super) readiness: Rc<Readiness>,
+    pub(super) key: usize,
+    /// The socket may hold data no completion will announce: it is new, or
+    /// the last read filled the buffer it was given.
+    pub(super) maybe_more: bool,
+}
+
+impl Interest {
+    /// Whether the descriptor is worth a look now (an event arrived, or the
+    /// last operation may have left something behind); clears what said so.
+    pub fn take_ready(&mut self) -> bool {
+        let mut slots = self.readiness.slots.borrow_mut();
+        let slot = &mut slots[self.key];
+        let announced = std::mem::take(&mut slot.ready) | slot.hung_up;
+        std::mem::take(&mut self.maybe_more) | announced
+    }
+
+    /// Whether the descriptor may hold data no completion will announce
+    /// (it is new, or the last read filled its buffer); clears nothing.
+    pub fn may_hold_more(&self) -> bool {
+        self.maybe_more
+    }
+
+    /// Whether nothing has happened on the descriptor since it was last
+    /// read to the end: no completion announced data, a close or an error,
+    /// and the last read left nothing behind. Clears nothing. A completion
+    /// not reaped yet is not seen: this can be late, never wrong the other
+    /// way.
+    pub fn is_quiet(&self) -> bool {
+        let slots = self.readiness.slots.borrow();
+        let slot = &slots[self.key];
+        !self.maybe_more && !slot.ready && !slot.hung_up
+    }
+
+    /// Run the non-blocking operation `op` on the registered descriptor if
+    /// it is worth a look; None when there is nothing there: then wait with
+    /// [`Interest::readable`] and try again. `left_more` says of a result
+    /// whether the descriptor may hold more that no new event will announce
+    /// (a read that filled its buffer, an accept: the backlog may hold more).
+    pub fn try_io<T>(
+        &mut self,
+        mut op: impl FnMut() -> io::Result<T>,
+        left_more: impl Fn(&T) -> bool,
+    ) -> Option<io::Result<T>> {
+        while self.take_ready() {
+            match op() {
+                Ok(got) => {
+                    self.maybe_more = left_more(&got);
+                    return Some(Ok(got));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.maybe_more = true,
+                Err(e) => {
+                    // An accept that failed (the peer reset before it was
+                    // taken) leaves the rest of the backlog unannounced.
+                    self.maybe_more = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+
+    /// Read the socket `fd` (the registered one) into `buf` if it is worth
+    /// a look: one non-blocking recv. See [`Interest::try_io`].
+    pub fn try_recv(&mut self, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let room = buf.len();
+        self.try_io(
+            || {
+                // SAFETY: recv(2) into `buf`, valid for its length;
+                // MSG_DONTWAIT keeps it from blocking the shard.
+                let n =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            },
+            |&n| n == room && room > 0,
+        )
+    }
+
+    /// Wait until the socket is readable (or closed, or failed), at most
+    /// until `deadline`.
+    pub fn readable(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<(), WaitError>> + '_ {
+        std::future::poll_fn(move |cx| self.readiness.poll_ready(self.key, deadline, cx))
+    }
+}
+
+impl Interest {
+    /// Wait until the socket is writable (a non-blocking connect finished,
+    /// or failed: then `SO_ERROR` says how), at most until `deadline`.
+    /// One-shot: for making a connection, not for every write.
+    pub fn writable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), WaitError>> + '_ {
+        std::future::poll_fn(move |cx| self.readiness.poll_writable(self.key, deadline, cx))
+    }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        self.readiness.deregister(self.key);
+    }
+}

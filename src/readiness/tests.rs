@@ -1,0 +1,159 @@
+//! Tests of the readiness ring, with real sockets.
+
+use super::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::IntoRawFd;
+
+/// A connected pair: the client, and the server side's descriptor
+/// (non-blocking, as the shard's are).
+fn pair() -> (TcpStream, OwnedFd) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    // SAFETY: taken from the stream, owned by nothing else.
+    (client, unsafe {
+        OwnedFd::from_raw_fd(server.into_raw_fd())
+    })
+}
+
+fn on_a_shard(
+    test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let readiness = Readiness::new(Duration::from_micros(200)).expect("a readiness ring");
+            let driver = glommio::spawn_local(readiness.clone().drive());
+            test(readiness).await;
+            drop(driver);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn a_socket_is_ready_when_bytes_arrive_and_not_before() {
+    on_a_shard(|readiness| {
+        Box::pin(async move {
+            let (mut client, server) = pair();
+            let mut interest = readiness.register(server.as_raw_fd());
+            let fd = server.as_raw_fd();
+            let mut buf = [0u8; 64];
+            // New: worth a look, which finds nothing; then not worth one.
+            assert!(interest.try_recv(fd, &mut buf).is_none());
+            assert!(!interest.take_ready());
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                client.write_all(b"hello").unwrap();
+                client
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            interest.readable(Some(deadline)).await.unwrap();
+            assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 5);
+            assert!(interest.try_recv(fd, &mut buf).is_none());
+            // Armed once: the next bytes are announced without a new poll.
+            let mut client = writer.join().unwrap();
+            client.write_all(b"again").unwrap();
+            interest.readable(Some(deadline)).await.unwrap();
+            assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 5);
+            // A read that fills the buffer is followed by another look.
+            client.write_all(b"0123456789").unwrap();
+            interest.readable(Some(deadline)).await.unwrap();
+            assert_eq!(interest.try_recv(fd, &mut buf[..4]).unwrap().unwrap(), 4);
+            assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 6);
+            // The end of the stream is announced too.
+            drop(client);
+            interest.readable(Some(deadline)).await.unwrap();
+            assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 0);
+        })
+    });
+}
+
+#[test]
+fn a_wait_ends_at_its_deadline() {
+    on_a_shard(|readiness| {
+        Box::pin(async move {
+            let (_client, server) = pair();
+            let mut interest = readiness.register(server.as_raw_fd());
+            assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
+            let deadline = Instant::now() + Duration::from_millis(30);
+            let got = interest.readable(Some(deadline)).await;
+            assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
+            assert!(Instant::now() >= deadline);
+        })
+    });
+}
+
+/// The race a poll remove lost: bytes arrive (their wake-up's task work
+/// then owns the poll until this thread enters the kernel) and the
+/// connection closes before any other system call.
+#[test]
+fn a_connection_closed_right_after_bytes_arrived_is_closed_for_the_peer() {
+    on_a_shard(|readiness| {
+        Box::pin(async move {
+            let (client, server) = pair();
+            let mut interest = readiness.register(server.as_raw_fd());
+            assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
+            let short = Instant::now() + Duration::from_millis(10);
+            assert!(interest.readable(Some(short)).await.is_err());
+            let written = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = written.clone();
+            let mut peer = client.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                peer.write_all(b"late").unwrap();
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            });
+            // No system call on this thread until the close.
+            while !written.load(std::sync::atomic::Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            drop(interest);
+            drop(server);
+            writer.join().unwrap();
+            let mut client = client;
+            client
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            // Closed with unread bytes: a reset rather than a FIN. What
+            // must not happen is nothing at all.
+            let mut buf = [0u8; 8];
+            match client.read(&mut buf) {
+                Ok(0) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                other => panic!("the socket was not closed (the poll outlived it): {other:?}"),
+            }
+        })
+    });
+}
+
+#[test]
+fn a_closed_connection_is_closed_for_the_peer_at_once() {
+    on_a_shard(|readiness| {
+        Box::pin(async move {
+            let (mut client, server) = pair();
+            let mut interest = readiness.register(server.as_raw_fd());
+            assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
+            // Arm the poll: it now holds the socket in the kernel.
+            let short = Instant::now() + Duration::from_millis(10);
+            assert!(interest.readable(Some(short)).await.is_err());
+            drop(interest);
+            drop(server);
+            // Without the removal the peer would see no FIN.
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!(client.read(&mut buf).unwrap(), 0);
+            // The poll's last completion frees the slot.
+            for _ in 0..100 {
+                if readiness.registered() == 0 {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(readiness.registered(), 0);
+        })
+    });
+}
