@@ -198,7 +198,9 @@ impl Manager {
             }
             match rx.recv_timeout(PROBE_EVERY) {
                 Ok(Msg::Exited { tag, status }) => {
-                    if let Some((app, index, tail)) = self.find_tail(tag) {
+                    // Out of its slot first: `stop_all` waits for the exit
+                    // of every instance in a slot, and this one's is here.
+                    if let Some((app, index, tail)) = self.take_exited(tag) {
                         self.stop_all(rx);
                         return Err(AppError::Exited {
                             app,
@@ -659,15 +661,21 @@ impl Manager {
         out
     }
 
-    /// The app, index and last output of the instance with `tag`.
-    fn find_tail(&self, tag: u64) -> Option<(String, usize, String)> {
-        self.apps.iter().find_map(|a| {
-            a.slots.iter().enumerate().find_map(|(i, s)| {
-                s.instances()
-                    .find(|inst| inst.tag == tag)
-                    .map(|inst| (a.config.name.clone(), i, tail_of(&inst.process)))
-            })
-        })
+    /// Take the instance with `tag`, whose process has ended, out of its
+    /// slot: its app, index and last output.
+    fn take_exited(&mut self, tag: u64) -> Option<(String, usize, String)> {
+        for a in &mut self.apps {
+            for (i, s) in a.slots.iter_mut().enumerate() {
+                for place in [&mut s.current, &mut s.next] {
+                    if place.as_ref().is_some_and(|inst| inst.tag == tag) {
+                        let inst = place.take().expect("checked above");
+                        address::release(&inst.addr);
+                        return Some((a.config.name.clone(), i, tail_of(&inst.process)));
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
