@@ -67,6 +67,10 @@ struct Slot {
     backoff: Backoff,
     restarts: u32,
     restart_at: Option<Instant>,
+    /// Replacements that failed to come up in a row (a rolling reload to
+    /// a broken command), and when the next may start.
+    replace_backoff: Backoff,
+    replace_at: Option<Instant>,
 }
 
 struct App {
@@ -105,6 +109,8 @@ impl Slot {
             backoff: Backoff::new(now),
             restarts: 0,
             restart_at: Some(now),
+            replace_backoff: Backoff::new(now),
+            replace_at: None,
         }
     }
 
@@ -410,6 +416,7 @@ impl Manager {
                 ) {
                     let old = slot.current.take();
                     slot.current = slot.next.take();
+                    slot.replace_backoff = Backoff::new(now);
                     if let Some(mut inst) = old {
                         inst.state = State::Retiring {
                             stop_at: now + RETIRE_GRACE,
@@ -429,10 +436,24 @@ impl Manager {
             let outdated = self.apps[a].slots.iter().position(|s| {
                 matches!(&s.current, Some(i) if i.generation != generation && matches!(i.state, State::Ready))
             });
-            if let Some(i) = outdated {
-                match self.spawn(a, i, now) {
-                    Ok(inst) => self.apps[a].slots[i].next = Some(inst),
-                    Err(e) => error!("{e}: the rolling reload waits"),
+            let Some(i) = outdated else { continue };
+            if self.apps[a].slots[i].replace_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            match self.spawn(a, i, now) {
+                Ok(inst) => {
+                    let slot = &mut self.apps[a].slots[i];
+                    slot.next = Some(inst);
+                    slot.replace_at = None;
+                }
+                Err(e) => {
+                    let slot = &mut self.apps[a].slots[i];
+                    let delay = slot.replace_backoff.start_failed();
+                    slot.replace_at = Some(now + delay);
+                    error!(
+                        "{e}; the rolling reload tries again in {}s",
+                        delay.as_secs()
+                    );
                 }
             }
         }
@@ -479,6 +500,17 @@ impl Manager {
         {
             at(t);
         }
+        // A past one is spent: the roll started the replacement, or the
+        // slot needs none any more.
+        for t in self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .filter_map(|s| s.replace_at)
+            .filter(|&t| t > now)
+        {
+            at(t);
+        }
         next.map(|t| t.saturating_duration_since(now))
     }
 
@@ -499,12 +531,16 @@ impl Manager {
                 if slot.next.as_ref().is_some_and(|i| i.tag == tag) {
                     let gone = slot.next.take().expect("checked above");
                     address::release(&gone.addr);
+                    // The old instance keeps serving; the roll tries again
+                    // after a back-off, as a restart would.
+                    let delay = slot.replace_backoff.start_failed();
+                    slot.replace_at = Some(now + delay);
                     error!(
-                        "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}){}",
+                        "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}); trying again in {}s{}",
                         gone.process.pid,
+                        delay.as_secs(),
                         tail_of(&gone.process)
                     );
-                    // The roll tries again on the next round.
                     return;
                 }
                 if slot.current.as_ref().is_some_and(|i| i.tag == tag) {
@@ -544,6 +580,11 @@ impl Manager {
                     let mut app = old.swap_remove(i);
                     if app.config.replaces_instances(&config) {
                         app.generation += 1;
+                        // New settings: their replacements start at once.
+                        for slot in &mut app.slots {
+                            slot.replace_backoff = Backoff::new(now);
+                            slot.replace_at = None;
+                        }
                         info!(
                             "app {}: changed; replacing its instances one at a time",
                             config.name
