@@ -280,7 +280,11 @@ impl Manager {
                 }
                 self.apps[a].slots[i].restart_at = None;
                 match self.spawn(a, i, now) {
-                    Ok(inst) => self.apps[a].slots[i].current = Some(inst),
+                    Ok(inst) => {
+                        let slot = &mut self.apps[a].slots[i];
+                        slot.backoff.started(now);
+                        slot.current = Some(inst);
+                    }
                     Err(e) if startup => return Err(e),
                     Err(e) => {
                         let slot = &mut self.apps[a].slots[i];
@@ -417,6 +421,9 @@ impl Manager {
                     let old = slot.current.take();
                     slot.current = slot.next.take();
                     slot.replace_backoff = Backoff::new(now);
+                    if let Some(new) = &slot.current {
+                        slot.backoff.started(new.started);
+                    }
                     if let Some(mut inst) = old {
                         inst.state = State::Retiring {
                             stop_at: now + RETIRE_GRACE,
