@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use crate::config::AppConfig;
 
@@ -15,6 +16,8 @@ use crate::config::AppConfig;
 pub const TAIL_LINES: usize = 20;
 /// A longer line is cut: a line flood cannot grow memory or the log.
 const MAX_LINE: usize = 4096;
+/// Longest wait, once an instance has exited, for the rest of its output.
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
 /// The last lines an instance wrote.
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
@@ -80,16 +83,23 @@ pub fn spawn(
     let pid = child.id();
     let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     let who = format!("app {}[{index}]", app.name);
+    // Each relay holds a sender; all gone: its output is all read.
+    let (relaying, drained) = mpsc::channel::<()>();
     if let Some(out) = child.stdout.take() {
-        relay_lines(out, who.clone(), tail.clone(), false);
+        relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
     }
     if let Some(err) = child.stderr.take() {
-        relay_lines(err, who, tail.clone(), true);
+        relay_lines(err, who, tail.clone(), true, relaying);
     }
     std::thread::Builder::new()
         .name(format!("wait-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
+                // Its last lines are logged and in `tail` before its exit
+                // is reported (the error that quotes them may be the last
+                // thing coreserve does); a process it left behind holding
+                // the pipes open delays this only a little.
+                let _ = drained.recv_timeout(DRAIN_WAIT);
                 on_exit(status);
             }
         })?;
@@ -99,10 +109,17 @@ pub fn spawn(
 /// Log each line read from `pipe` (stderr at warning level), and keep the
 /// last ones in `tail`, on a thread of its own: a slow log never blocks the
 /// app for long, and never a shard.
-fn relay_lines(pipe: impl Read + Send + 'static, who: String, tail: Tail, stderr: bool) {
+fn relay_lines(
+    pipe: impl Read + Send + 'static,
+    who: String,
+    tail: Tail,
+    stderr: bool,
+    relaying: mpsc::Sender<()>,
+) {
     let spawned = std::thread::Builder::new()
         .name("app-output".into())
         .spawn(move || {
+            let _relaying = relaying;
             let mut reader = BufReader::new(pipe);
             let mut line = Vec::with_capacity(256);
             loop {

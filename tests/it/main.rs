@@ -2,6 +2,8 @@
 //! with raw bytes over TCP (and curl where a real client matters).
 
 mod access_log;
+mod apps;
+mod apps_ops;
 mod bad_input;
 mod cli;
 mod config;

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ pub struct Server {
     /// Every address it reported.
     pub addrs: Vec<SocketAddr>,
     log: Arc<Mutex<String>>,
+    skipped: Arc<AtomicU64>,
 }
 
 /// A command for the coreserve binary.
@@ -54,14 +56,26 @@ impl Server {
     }
 
     /// Start a prepared command and wait for its "listening on" lines.
-    pub fn spawn(mut cmd: Command) -> Server {
+    pub fn spawn(cmd: Command) -> Server {
+        Server::spawn_skipping(cmd, None)
+    }
+
+    /// As `spawn`, but log lines that contain `skip` are only counted
+    /// (`skipped`), not kept: for a test that floods the log.
+    pub fn spawn_skipping(mut cmd: Command, skip: Option<&'static str>) -> Server {
         let mut child = cmd.spawn().expect("start coreserve");
         let log = Arc::new(Mutex::new(String::new()));
+        let skipped = Arc::new(AtomicU64::new(0));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
+        let count = skipped.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if skip.is_some_and(|s| line.contains(s)) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
@@ -79,6 +93,7 @@ impl Server {
                     addr: addrs[0],
                     addrs,
                     log,
+                    skipped,
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -148,6 +163,11 @@ impl Server {
     /// Everything logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Log lines left out so far (`spawn_skipping`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     /// Wait until the log contains `needle`.

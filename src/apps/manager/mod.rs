@@ -70,6 +70,10 @@ struct Slot {
     backoff: Backoff,
     restarts: u32,
     restart_at: Option<Instant>,
+    /// Replacements that failed to come up in a row (a rolling reload to
+    /// a broken command), and when the next may start.
+    replace_backoff: Backoff,
+    replace_at: Option<Instant>,
 }
 
 struct App {
@@ -108,6 +112,8 @@ impl Slot {
             backoff: Backoff::new(now),
             restarts: 0,
             restart_at: Some(now),
+            replace_backoff: Backoff::new(now),
+            replace_at: None,
         }
     }
 
@@ -201,7 +207,9 @@ impl Manager {
             }
             match rx.recv_timeout(PROBE_EVERY) {
                 Ok(Msg::Exited { tag, status }) => {
-                    if let Some((app, index, tail)) = self.find_tail(tag) {
+                    // Out of its slot first: `stop_all` waits for the exit
+                    // of every instance in a slot, and this one's is here.
+                    if let Some((app, index, tail)) = self.take_exited(tag) {
                         self.stop_all(rx);
                         return Err(AppError::Exited {
                             app,
@@ -275,7 +283,11 @@ impl Manager {
                 }
                 self.apps[a].slots[i].restart_at = None;
                 match self.spawn(a, i, now) {
-                    Ok(inst) => self.apps[a].slots[i].current = Some(inst),
+                    Ok(inst) => {
+                        let slot = &mut self.apps[a].slots[i];
+                        slot.backoff.started(now);
+                        slot.current = Some(inst);
+                    }
                     Err(e) if startup => return Err(e),
                     Err(e) => {
                         let slot = &mut self.apps[a].slots[i];
@@ -434,6 +446,17 @@ impl Manager {
         {
             at(t);
         }
+        // A past one is spent: the roll started the replacement, or the
+        // slot needs none any more.
+        for t in self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .filter_map(|s| s.replace_at)
+            .filter(|&t| t > now)
+        {
+            at(t);
+        }
         next.map(|t| t.saturating_duration_since(now))
     }
 
@@ -454,12 +477,16 @@ impl Manager {
                 if slot.next.as_ref().is_some_and(|i| i.tag == tag) {
                     let gone = slot.next.take().expect("checked above");
                     address::release(&gone.addr);
+                    // The old instance keeps serving; the roll tries again
+                    // after a back-off, as a restart would.
+                    let delay = slot.replace_backoff.start_failed();
+                    slot.replace_at = Some(now + delay);
                     error!(
-                        "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}){}",
+                        "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}); trying again in {}s{}",
                         gone.process.pid,
+                        delay.as_secs(),
                         tail_of(&gone.process)
                     );
-                    // The roll tries again on the next round.
                     return;
                 }
                 if slot.current.as_ref().is_some_and(|i| i.tag == tag) {
@@ -488,15 +515,21 @@ impl Manager {
         }
     }
 
-    /// The app, index and last output of the instance with `tag`.
-    fn find_tail(&self, tag: u64) -> Option<(String, usize, String)> {
-        self.apps.iter().find_map(|a| {
-            a.slots.iter().enumerate().find_map(|(i, s)| {
-                s.instances()
-                    .find(|inst| inst.tag == tag)
-                    .map(|inst| (a.config.name.clone(), i, tail_of(&inst.process)))
-            })
-        })
+    /// Take the instance with `tag`, whose process has ended, out of its
+    /// slot: its app, index and last output.
+    fn take_exited(&mut self, tag: u64) -> Option<(String, usize, String)> {
+        for a in &mut self.apps {
+            for (i, s) in a.slots.iter_mut().enumerate() {
+                for place in [&mut s.current, &mut s.next] {
+                    if place.as_ref().is_some_and(|inst| inst.tag == tag) {
+                        let inst = place.take().expect("checked above");
+                        address::release(&inst.addr);
+                        return Some((a.config.name.clone(), i, tail_of(&inst.process)));
+                    }
+                }
+            }
+        }
+        None
     }
 }
 

@@ -7,6 +7,7 @@ use log::{error, info};
 
 use super::{App, Instance, Leaving, Manager, Slot, State, RETIRE_GRACE};
 use crate::apps::AppEvent;
+use crate::backoff::Backoff;
 use crate::config::AppConfig;
 
 impl Manager {
@@ -28,6 +29,10 @@ impl Manager {
                 ) {
                     let old = slot.current.take();
                     slot.current = slot.next.take();
+                    slot.replace_backoff = Backoff::new(now);
+                    if let Some(new) = &slot.current {
+                        slot.backoff.started(new.started);
+                    }
                     if let Some(mut inst) = old {
                         inst.state = State::Retiring {
                             stop_at: now + RETIRE_GRACE,
@@ -47,10 +52,24 @@ impl Manager {
             let outdated = self.apps[a].slots.iter().position(|s| {
                 matches!(&s.current, Some(i) if i.generation != generation && matches!(i.state, State::Ready))
             });
-            if let Some(i) = outdated {
-                match self.spawn(a, i, now) {
-                    Ok(inst) => self.apps[a].slots[i].next = Some(inst),
-                    Err(e) => error!("{e}: the rolling reload waits"),
+            let Some(i) = outdated else { continue };
+            if self.apps[a].slots[i].replace_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            match self.spawn(a, i, now) {
+                Ok(inst) => {
+                    let slot = &mut self.apps[a].slots[i];
+                    slot.next = Some(inst);
+                    slot.replace_at = None;
+                }
+                Err(e) => {
+                    let slot = &mut self.apps[a].slots[i];
+                    let delay = slot.replace_backoff.start_failed();
+                    slot.replace_at = Some(now + delay);
+                    error!(
+                        "{e}; the rolling reload tries again in {}s",
+                        delay.as_secs()
+                    );
                 }
             }
         }
@@ -67,6 +86,11 @@ impl Manager {
                     let mut app = old.swap_remove(i);
                     if app.config.replaces_instances(&config) {
                         app.generation += 1;
+                        // New settings: their replacements start at once.
+                        for slot in &mut app.slots {
+                            slot.replace_backoff = Backoff::new(now);
+                            slot.replace_at = None;
+                        }
                         info!(
                             "app {}: changed; replacing its instances one at a time",
                             config.name

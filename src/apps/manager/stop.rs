@@ -40,7 +40,12 @@ impl Manager {
             }
             let wake = left.iter().map(|l| l.2).min().expect("not empty");
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Msg::Exited { tag, .. }) => left.retain(|l| l.0 != tag),
+                Ok(Msg::Exited { tag, status }) => {
+                    if let Some(pos) = left.iter().position(|l| l.0 == tag) {
+                        let (_, pid, _, who) = left.swap_remove(pos);
+                        info!("{who} (pid {pid}) stopped: {status}");
+                    }
+                }
                 Ok(Msg::Status(reply)) => {
                     let _ = reply.send(Vec::new());
                 }

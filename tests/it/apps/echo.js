@@ -3,17 +3,43 @@
 // Listens on 127.0.0.1:$PORT (PORT=0 picks a free port), or on the Unix
 // socket $SOCKET if set, and prints `listening PORT` (or `listening PATH`)
 // once ready. Node's default keepAliveTimeout (5 s) is kept on purpose: the
-// proxy's idle pool timeout must be shorter. Exits when its stdin closes,
-// so a test that dies does not leave it behind.
+// proxy's idle pool timeout must be shorter. Started by a test, it exits
+// when its stdin closes, so a test that dies does not leave it behind;
+// started by coreserve as an `[[app]]` (CORESERVE_APP is set, stdin is
+// /dev/null) it runs until it is signalled. On SIGTERM it says so, stops
+// listening, and exits once its connections are done; with ABRUPT set it
+// dies at once, as a Node app without a SIGTERM handler does.
 //
-//   /sse   five server-sent events (`data: N`), 100 ms apart
-//   other  JSON: method, url, headers, bodyLength
+//   /whoami  text: `PID INSTANCE VERSION` (CORESERVE_INSTANCE and VERSION
+//            from its environment, `-` when unset), after the request's
+//            body; `/whoami?ms=N` answers N ms later
+//   /sse     five server-sent events (`data: N`), 100 ms apart
+//   other    JSON: method, url, headers, bodyLength
+//
+// With FLOOD set it writes lines to stdout as fast as the pipe takes them,
+// for as long as it runs.
 'use strict';
 
 const http = require('http');
 const fs = require('fs');
 
 const server = http.createServer((req, res) => {
+  if (req.url === '/whoami' || req.url.startsWith('/whoami?ms=')) {
+    const env = process.env;
+    const body = `${process.pid} ${env.CORESERVE_INSTANCE || '-'} ${env.VERSION || '-'}`;
+    const delay = Number(req.url.split('?ms=')[1] || 0);
+    req.resume();
+    req.on('end', () => {
+      setTimeout(() => {
+        res.writeHead(200, {
+          'Content-Type': 'text/plain',
+          'Content-Length': Buffer.byteLength(body),
+        });
+        res.end(body);
+      }, delay);
+    });
+    return;
+  }
   if (req.url === '/sse') {
     res.writeHead(200, {
       'Content-Type': 'text/event-stream',
@@ -66,5 +92,25 @@ if (socket) {
   });
 }
 
-process.stdin.on('end', () => process.exit(0));
-process.stdin.resume();
+if (process.env.CORESERVE_APP) {
+  if (!process.env.ABRUPT) {
+    process.on('SIGTERM', () => {
+      console.log('SIGTERM: closing');
+      server.close(() => process.exit(0));
+    });
+  }
+} else {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+}
+
+if (process.env.FLOOD) {
+  const line = `flood ${'x'.repeat(64)}\n`;
+  const burst = () => {
+    for (let i = 0; i < 100; i += 1) {
+      process.stdout.write(line);
+    }
+    setImmediate(burst);
+  };
+  burst();
+}

@@ -1,0 +1,610 @@
+//! App workers (`[[app]]`, issue #17) with real processes: the Node app
+//! `apps/echo.js` and small shell scripts each test writes. Here: the
+//! harness the app tests share, start-up and readiness (TCP and Unix
+//! sockets, metrics, `coreserve status`), a graceful stop, and no orphan
+//! after a SIGKILL of coreserve. Failures, restarts, reloads and output are
+//! in `apps_ops.rs`.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::Scratch;
+use crate::util::{Server, WAIT};
+
+/// The Node app every app test runs.
+pub const ECHO_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/echo.js");
+
+/// Whether `node` runs here; says the test is skipped when not.
+pub fn have_node() -> bool {
+    let ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED: `node` is not installed; .ci/run installs nodejs");
+    }
+    ok
+}
+
+/// An `[[app]]` running `echo.js`; `extra` holds more `key = value` lines.
+pub fn node_app(name: &str, instances: usize, extra: &str) -> String {
+    app(name, &["node", ECHO_JS], instances, extra)
+}
+
+/// An `[[app]]` running this command.
+pub fn app(name: &str, command: &[&str], instances: usize, extra: &str) -> String {
+    let list: Vec<String> = command.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[app]]\nname = \"{name}\"\ncommand = [{}]\ninstances = {instances}\n\
+         stop-timeout = \"3s\"\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// A proxy route at `path` to `upstream`, its prefix stripped.
+pub fn proxied(path: &str, upstream: &str) -> String {
+    crate::proxy::route(path, upstream, "strip-prefix = true")
+}
+
+/// A `respond` route at `/ok` that answers `ok`.
+pub const OK_ROUTE: &str = "[[route]]\npath = \"/ok\"\nhandler = \"respond\"\nbody = \"ok\"\n\n";
+
+/// What `/whoami` says: which process answered.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Who {
+    pub pid: u32,
+    pub instance: String,
+    pub version: String,
+}
+
+impl Who {
+    fn parse(body: &str) -> Option<Who> {
+        let mut parts = body.split(' ');
+        let pid = parts.next()?.parse().ok()?;
+        let instance = parts.next()?.to_string();
+        let version = parts.next()?.to_string();
+        Some(Who {
+            pid,
+            instance,
+            version,
+        })
+    }
+}
+
+/// One app instance as the metrics show it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub app: String,
+    pub index: usize,
+    pub pid: Option<u32>,
+    pub state: String,
+    pub server: String,
+    pub up: f64,
+    pub restarts: f64,
+}
+
+/// A coreserve running apps, with its configuration file.
+pub struct AppServer {
+    pub server: Server,
+    pub dir: Scratch,
+}
+
+impl AppServer {
+    /// Start with this configuration and one shard.
+    pub fn start(name: &str, toml: &str) -> AppServer {
+        let dir = Scratch::new(name);
+        let conf = dir.write("app.toml", toml).display().to_string();
+        let server = Server::start(&["--config", &conf, "--shards", "1"]);
+        AppServer { server, dir }
+    }
+
+    /// The configuration file.
+    pub fn conf(&self) -> String {
+        self.dir.path("app.toml")
+    }
+
+    /// Write a new configuration and send SIGHUP.
+    pub fn reload(&self, toml: &str) {
+        self.dir.write("app.toml", toml);
+        self.server.signal(libc::SIGHUP);
+    }
+
+    /// Which process answers `path` (a `/whoami` of echo.js), on a fresh
+    /// connection.
+    pub fn whoami(&self, path: &str) -> Who {
+        let mut conn = Conn::open(self.server.addr).expect("connect");
+        let (status, body) = conn.get(path).expect("a response");
+        assert_eq!(status, 200, "{path}: {body}");
+        Who::parse(&body).unwrap_or_else(|| panic!("{path} said {body:?}"))
+    }
+
+    /// Who answers `n` requests in a row.
+    pub fn whoamis(&self, path: &str, n: usize) -> Vec<Who> {
+        (0..n).map(|_| self.whoami(path)).collect()
+    }
+
+    /// Every app instance, from the metrics.
+    pub fn instances(&self) -> Vec<Instance> {
+        let scrape = crate::metrics::scrape(&self.server);
+        let value = |s: &prometheus_parse::Sample| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        };
+        let mut out: Vec<Instance> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "coreserve_app_instance_up")
+            .map(|s| Instance {
+                app: s.labels.get("app").unwrap_or("").to_string(),
+                index: s.labels.get("instance").unwrap().parse().unwrap(),
+                pid: s.labels.get("pid").and_then(|p| p.parse().ok()),
+                state: s.labels.get("state").unwrap_or("").to_string(),
+                server: s.labels.get("server").unwrap_or("").to_string(),
+                up: value(s),
+                restarts: f64::NAN,
+            })
+            .collect();
+        for s in scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "coreserve_app_instance_restarts_total")
+        {
+            let (app, index) = (
+                s.labels.get("app").unwrap_or(""),
+                s.labels.get("instance").unwrap().parse::<usize>().unwrap(),
+            );
+            for i in out.iter_mut().filter(|i| i.app == app && i.index == index) {
+                i.restarts = value(s);
+            }
+        }
+        out.sort_by(|a, b| (&a.app, a.index).cmp(&(&b.app, b.index)));
+        out
+    }
+
+    /// The instances of `app`, once `check` holds for them.
+    pub fn wait_instances(
+        &self,
+        app: &str,
+        what: &str,
+        check: impl Fn(&[Instance]) -> bool,
+    ) -> Vec<Instance> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mine: Vec<Instance> = self
+                .instances()
+                .into_iter()
+                .filter(|i| i.app == app)
+                .collect();
+            if check(&mine) {
+                return mine;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instances of {app} never {what}: {mine:#?}\n{}",
+                self.server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pids of `app`'s ready instances, in slot order, once there are `n`.
+    pub fn ready_pids(&self, app: &str, n: usize) -> Vec<u32> {
+        let ready =
+            |is: &[Instance]| is.len() == n && is.iter().all(|i| i.state == "ready" && i.up == 1.0);
+        self.wait_instances(app, &format!("{n} ready"), ready)
+            .iter()
+            .map(|i| i.pid.expect("a ready instance has a pid"))
+            .collect()
+    }
+
+    /// Wait until the log says `needle` at least `n` times.
+    pub fn wait_for_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.server.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?} {n} times:\n{}",
+                self.server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Wait until none of `pids` runs; false if one still does after `within`.
+pub fn all_gone(pids: &[u32], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|&p| alive(p)) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The pids a log's `app NAME[I] started: pid N` lines give, in order.
+pub fn started_pids(log: &str, who: &str) -> Vec<u32> {
+    let prefix = format!("{who} started: pid ");
+    log.lines()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split(',').next()?.parse().ok())
+        .collect()
+}
+
+/// A client connection that never panics: every failure is a value.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Result<Conn, String> {
+        let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_write_timeout(Some(WAIT)).unwrap();
+        Ok(Conn {
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// One GET; its status and body.
+    pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        self.send("GET", path)
+    }
+
+    /// One request (a POST with a small body); its status and body.
+    pub fn send(&mut self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let req = match method {
+            "POST" => format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"),
+            _ => format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        };
+        self.reader
+            .get_mut()
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let mut status = 0;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return Err("closed before a response".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+            if status == 0 {
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| format!("bad status line {line:?}"))?;
+            } else if line == "\r\n" {
+                break;
+            } else if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().map_err(|_| format!("bad {line:?}"))?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// What the load's clients saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first failures, described.
+    pub errors: Vec<String>,
+    /// Every process that answered.
+    pub seen: BTreeSet<Who>,
+}
+
+/// Clients sending requests to a `/whoami` path until stopped: some over
+/// one keep-alive connection each, some on a new connection per request.
+/// Anything but a 200 with a `/whoami` body is a failure.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    workers: Vec<JoinHandle<Tally>>,
+}
+
+impl Load {
+    /// GETs from `keepalive` + `fresh` clients.
+    pub fn start(addr: SocketAddr, path: &str, keepalive: usize, fresh: usize) -> Load {
+        Load::requests(addr, "GET", path, keepalive, fresh)
+    }
+
+    /// Requests of `method` from `keepalive` + `fresh` clients.
+    pub fn requests(
+        addr: SocketAddr,
+        method: &'static str,
+        path: &str,
+        keepalive: usize,
+        fresh: usize,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let workers = (0..keepalive + fresh)
+            .map(|i| {
+                let (stop, ok, path) = (stop.clone(), ok.clone(), path.to_string());
+                let reuse = i < keepalive;
+                std::thread::spawn(move || {
+                    let mut t = Tally::default();
+                    let mut conn = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.take() {
+                            Some(c) => Ok(c),
+                            None => Conn::open(addr),
+                        };
+                        let answer = c.and_then(|mut c| {
+                            let r = c.send(method, &path);
+                            if reuse {
+                                conn = Some(c);
+                            }
+                            r
+                        });
+                        match answer {
+                            Ok((200, body)) if Who::parse(&body).is_some() => {
+                                t.ok += 1;
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                t.seen.insert(Who::parse(&body).unwrap());
+                            }
+                            other => {
+                                conn = None;
+                                t.failed += 1;
+                                if t.errors.len() < 5 {
+                                    t.errors.push(format!("{other:?}"));
+                                }
+                            }
+                        }
+                    }
+                    t
+                })
+            })
+            .collect();
+        Load { stop, ok, workers }
+    }
+
+    /// Wait until `n` more requests have succeeded.
+    pub fn wait_ok(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + WAIT;
+        while self.ok.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the load makes no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Tally::default();
+        for w in self.workers {
+            let t = w.join().expect("a load client panicked");
+            all.ok += t.ok;
+            all.failed += t.failed;
+            all.errors.extend(t.errors);
+            all.seen.extend(t.seen);
+        }
+        all
+    }
+}
+
+#[test]
+fn instances_start_over_tcp_and_unix_sockets_and_show_in_metrics_and_status() {
+    if !have_node() {
+        return;
+    }
+    let toml = node_app("web", 2, "env = { VERSION = \"1\" }")
+        + &node_app("sock", 2, "listen = \"unix\"")
+        + OK_ROUTE
+        + &proxied("/u/", "sock")
+        + &proxied("/", "web");
+    let s = AppServer::start("apps-start", &toml);
+    let log = s.server.log();
+    // Every instance was ready before coreserve listened.
+    let listening = log.find("listening on").unwrap();
+    for who in ["web[0]", "web[1]", "sock[0]", "sock[1]"] {
+        let ready = log
+            .find(&format!("app {who} is ready"))
+            .unwrap_or_else(|| panic!("{who} never ready:\n{log}"));
+        assert!(ready < listening, "{log}");
+    }
+    assert!(log.contains("app sock[1] started: pid "), "{log}");
+    assert!(log.contains(", SOCKET = /"), "{log}");
+    // The app's own output, prefixed with app and instance.
+    for who in ["web[0]", "web[1]"] {
+        let port = log
+            .split(&format!("app {who} started: pid "))
+            .nth(1)
+            .and_then(|rest| rest.split("PORT = ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no start line for {who}:\n{log}"));
+        assert!(
+            log.contains(&format!("app {who}: listening {port}\n")),
+            "{log}"
+        );
+    }
+    assert!(log.contains("app sock[0]: listening /"), "{log}");
+
+    let web = s.ready_pids("web", 2);
+    let sock = s.ready_pids("sock", 2);
+    assert_eq!(started_pids(&log, "app web[0]"), [web[0]]);
+    assert_eq!(started_pids(&log, "app web[1]"), [web[1]]);
+    for (app, pids) in [("web", &web), ("sock", &sock)] {
+        let is = s.wait_instances(app, "listed", |is| is.len() == 2);
+        for (i, inst) in is.iter().enumerate() {
+            assert_eq!(inst.index, i);
+            assert_eq!(inst.pid, Some(pids[i]));
+            assert_eq!((inst.state.as_str(), inst.up), ("ready", 1.0), "{inst:?}");
+            assert_eq!(inst.restarts, 0.0, "{inst:?}");
+            let unix = inst.server.starts_with("unix:");
+            assert_eq!(unix, app == "sock", "{inst:?}");
+        }
+    }
+
+    // Both instances answer, each with its own pid, instance and env.
+    let answers: BTreeSet<Who> = s.whoamis("/whoami", 10).into_iter().collect();
+    let expected: BTreeSet<Who> = (0..2)
+        .map(|i| Who {
+            pid: web[i],
+            instance: i.to_string(),
+            version: "1".into(),
+        })
+        .collect();
+    assert_eq!(answers, expected);
+    let answers: BTreeSet<u32> = s
+        .whoamis("/u/whoami", 10)
+        .into_iter()
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(answers, sock.iter().copied().collect());
+
+    // `coreserve status --config FILE`: the operator's file names the
+    // metrics address this server listens on.
+    let metrics = s.server.metrics_url();
+    let addr = metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    s.dir.write(
+        "app.toml",
+        format!("{toml}\n[metrics]\nlisten = \"{addr}\"\n"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"))
+        .args(["status", "--interval", "200ms", "--config", &s.conf()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .unwrap_or_else(|| panic!("no apps table:\n{table}"));
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        columns,
+        ["app", "instance", "pid", "state", "restarts", "uptime", "requests"]
+    );
+    for (app, pids) in [("web", &web), ("sock", &sock)] {
+        for (i, pid) in pids.iter().enumerate() {
+            let row: Vec<&str> = table
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|r| r.len() == 7 && r[0] == app && r[1] == i.to_string())
+                .unwrap_or_else(|| panic!("no row {app} {i}:\n{table}"));
+            assert_eq!(row[2], pid.to_string(), "{table}");
+            assert_eq!(&row[3..5], ["ready", "0"], "{table}");
+            assert!(row[5].ends_with('s'), "{table}");
+            // Round-robin: half of the ten requests each.
+            assert_eq!(row[6], "5", "{table}");
+        }
+    }
+    let _ = s.server.stop();
+}
+
+#[test]
+fn sigterm_stops_every_instance_after_the_drain() {
+    if !have_node() {
+        return;
+    }
+    // An app that forks a worker of its own: the stop signal goes to the
+    // instance's process group, so the worker goes too.
+    let dir = Scratch::new("apps-stop-scripts");
+    let script = dir.write(
+        "forks.sh",
+        format!("sleep 300 &\necho \"worker $!\"\nexec node {ECHO_JS}\n"),
+    );
+    let toml = node_app("web", 2, "")
+        + &app("forks", &["sh", &script.display().to_string()], 1, "")
+        + &proxied("/", "web");
+    let s = AppServer::start("apps-stop", &toml);
+    let mut pids = s.ready_pids("web", 2);
+    let forks = s.ready_pids("forks", 1)[0];
+    assert_eq!(s.whoami("/whoami").version, "-");
+    s.server.wait_for_log("app forks[0]: worker ");
+    let worker: u32 = s
+        .server
+        .log()
+        .split("app forks[0]: worker ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next()?.parse().ok())
+        .unwrap();
+    assert!(alive(worker));
+    let log = s.server.stop();
+    pids.extend([forks, worker]);
+    assert!(all_gone(&pids, Duration::ZERO), "{pids:?}\n{log}");
+    // coreserve's own requests first, then the apps.
+    let drained = log.find("shard 0 (CPU").expect("the shard's stop line");
+    let stopping = log
+        .find("stopping 3 app instance(s)")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(drained < stopping, "{log}");
+    // Each instance got SIGTERM (echo.js says so) and exited on its own.
+    for (who, pid) in [
+        ("web[0]", pids[0]),
+        ("web[1]", pids[1]),
+        ("forks[0]", forks),
+    ] {
+        assert!(
+            log.contains(&format!("app {who}: SIGTERM: closing")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("app {who} (pid {pid}) stopped: exit status: 0")),
+            "{log}"
+        );
+    }
+    assert!(!log.contains("did not stop in time"), "{log}");
+    assert!(log.contains("every app instance has stopped"), "{log}");
+}
+
+/// The kernel kills each instance when coreserve dies (its parent-death
+/// signal). Not tested: a process an instance forks itself survives a
+/// SIGKILL of coreserve, unless systemd's cgroup (`KillMode`) catches it.
+#[test]
+fn no_instance_outlives_a_killed_coreserve() {
+    if !have_node() {
+        return;
+    }
+    let mut s = AppServer::start(
+        "apps-kill9",
+        &(node_app("web", 2, "") + &proxied("/", "web")),
+    );
+    let pids = s.ready_pids("web", 2);
+    assert!(pids.iter().all(|&p| alive(p)));
+    s.server.signal(libc::SIGKILL);
+    s.server.wait(WAIT);
+    assert!(
+        all_gone(&pids, Duration::from_secs(1)),
+        "still running after coreserve was killed: {:?}",
+        pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+}

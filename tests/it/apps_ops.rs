@@ -1,0 +1,466 @@
+//! App workers in operation: start-up failures (an instance that never
+//! listens, one that exits, a missing program), a killed instance restarted
+//! while traffic goes to the others, a crash loop backing off, a rolling
+//! reload under load with no failed request, a replacement that never
+//! comes up, a changed number of instances, and an output flood. The
+//! harness is in `apps.rs`.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use crate::apps::{
+    alive, all_gone, app, have_node, node_app, proxied, started_pids, AppServer, Conn, Load,
+    ECHO_JS, OK_ROUTE,
+};
+use crate::config::Scratch;
+use crate::util::{command, Server, WAIT};
+
+/// Send SIGKILL to one process.
+fn kill(pid: u32) {
+    // SAFETY: kill(2) on a process this test's coreserve started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Every line of `log` that contains `needle`, from byte `from` on.
+fn lines_with<'a>(log: &'a str, from: usize, needle: &str) -> Vec<&'a str> {
+    log[from..].lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[test]
+fn a_killed_instance_is_restarted_while_the_other_serves() {
+    if !have_node() {
+        return;
+    }
+    let s = AppServer::start(
+        "apps-restart",
+        &(node_app("web", 2, "") + &proxied("/", "web")),
+    );
+    let old = s.ready_pids("web", 2);
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    load.wait_ok(20);
+    kill(old[0]);
+    let is = s.wait_instances("web", "restarted", |is| {
+        is.len() == 2 && is[0].state == "ready" && is[0].pid.is_some_and(|p| p != old[0])
+    });
+    assert_eq!(is[0].restarts, 1.0, "{is:?}");
+    assert_eq!((is[1].pid, is[1].restarts), (Some(old[1]), 0.0), "{is:?}");
+    let new = is[0].pid.unwrap();
+    // The load reaches the new instance too.
+    let deadline = Instant::now() + WAIT;
+    while !s.whoamis("/whoami", 2).iter().any(|w| w.pid == new) {
+        assert!(Instant::now() < deadline, "{new} never answers");
+    }
+    load.wait_ok(20);
+    let t = load.stop();
+    assert_eq!(t.failed, 0, "{:?}", t.errors);
+    let log = s.server.log();
+    assert!(
+        log.contains(&format!(
+            "app web[0] (pid {}) exited: signal: 9 (SIGKILL); starting it again in 1s",
+            old[0]
+        )),
+        "{log}"
+    );
+    assert_eq!(started_pids(&log, "app web[0]"), [old[0], new]);
+    assert!(!alive(old[0]));
+}
+
+#[test]
+fn a_crash_loop_backs_off_while_the_rest_keeps_serving() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-crash-files");
+    let crash = dir.path("crash");
+    // Instance 0 crashes at once while the file exists; 1 never does.
+    let script = dir.write(
+        "app.sh",
+        format!(
+            "if [ -e {crash} ] && [ \"$CORESERVE_INSTANCE\" = 0 ]; then\n\
+             echo \"crashing on purpose\"; exit 3\nfi\nexec node {ECHO_JS}\n"
+        ),
+    );
+    let toml =
+        app("web", &["sh", &script.display().to_string()], 2, "") + OK_ROUTE + &proxied("/", "web");
+    let s = AppServer::start("apps-crash", &toml);
+    let pids = s.ready_pids("web", 2);
+    dir.write("crash", "");
+    let from = s.server.log().len();
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    kill(pids[0]);
+    let killed = Instant::now();
+    // Deaths at about 0, 1 and 3 s, then a wait of 4 s: the loop is seen
+    // up to 5 s in, then the file goes and the start at about 7 s works.
+    while killed.elapsed() < Duration::from_millis(5200) {
+        let mut c = Conn::open(s.server.addr).unwrap();
+        assert_eq!(c.get("/ok"), Ok((200, "ok".to_string())));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = s.server.log();
+    let deaths = lines_with(&log, from, "app web[0] (pid ");
+    let deaths: Vec<&&str> = deaths.iter().filter(|l| l.contains(" exited")).collect();
+    assert!(
+        (2..=4).contains(&deaths.len()),
+        "{} deaths in 5 s:\n{log}",
+        deaths.len()
+    );
+    let delays: Vec<&str> = deaths
+        .iter()
+        .filter_map(|l| l.split("starting it again in ").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_alphanumeric()).next())
+        .collect();
+    assert_eq!(delays, ["1s", "2s", "4s"][..delays.len()], "{log}");
+    assert!(
+        log[from..].contains("exited before it was ready: exit status: 3; starting it again in 2s"),
+        "{log}"
+    );
+    assert!(
+        log[from..].contains("app web[0]: crashing on purpose"),
+        "{log}"
+    );
+    let is = s.instances();
+    assert_eq!(is[0].state, "restarting", "{is:?}");
+    assert!(is[0].restarts >= 2.0, "{is:?}");
+    assert_eq!((is[1].pid, is[1].state.as_str()), (Some(pids[1]), "ready"));
+    let t = load.stop();
+    assert_eq!(t.failed, 0, "{:?}", t.errors);
+    // Instance 1 took the traffic: nothing failed, and no incarnation of
+    // the crashing one ever answered.
+    assert!(t.seen.iter().any(|w| w.pid == pids[1]), "{t:?}");
+    assert!(t.seen.iter().all(|w| pids.contains(&w.pid)), "{t:?}");
+
+    // Fixed: the next start (about 7 s in) comes up and serves again.
+    std::fs::remove_file(&crash).unwrap();
+    let is = s.wait_instances("web", "recovered", |is| {
+        is[0].state == "ready" && is[0].pid.is_some_and(|p| p != pids[0])
+    });
+    let back = is[0].pid.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !s.whoamis("/whoami", 2).iter().any(|w| w.pid == back) {
+        assert!(Instant::now() < deadline, "{back} never answers");
+    }
+}
+
+#[test]
+fn a_rolling_reload_under_load_fails_no_request() {
+    if !have_node() {
+        return;
+    }
+    // The app dies at once on SIGTERM, as a Node app without a handler
+    // does: requests still going to an old instance must have ended first.
+    let toml = |version: u32| {
+        let env = format!("env = {{ VERSION = \"{version}\", ABRUPT = \"1\" }}");
+        node_app("web", 2, &env) + &proxied("/", "web")
+    };
+    let s = AppServer::start("apps-roll", &toml(1));
+    let old = s.ready_pids("web", 2);
+    // Quick GETs, and POSTs (never retried once sent) that take 150 ms.
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    let slow = Load::requests(s.server.addr, "POST", "/whoami?ms=150", 2, 2);
+    load.wait_ok(50);
+    slow.wait_ok(10);
+    let from = s.server.log().len();
+    s.reload(&toml(2));
+    s.wait_for_count("app web: changed; replacing its instances one at a time", 1);
+    for (i, pid) in old.iter().enumerate() {
+        s.wait_for_count(&format!("app web[{i}] (pid {pid}) stopped: "), 1);
+    }
+    let new = s.ready_pids("web", 2);
+    load.wait_ok(50);
+    slow.wait_ok(10);
+    let mut t = load.stop();
+    let posts = slow.stop();
+    assert_eq!(
+        (t.failed, posts.failed),
+        (0, 0),
+        "{:?} {:?}",
+        t.errors,
+        posts.errors
+    );
+    assert!(t.ok > 100 && posts.ok > 20, "{t:?} {posts:?}");
+    t.seen.extend(posts.seen);
+    assert!(new.iter().all(|p| !old.contains(p)), "{old:?} {new:?}");
+    assert!(all_gone(&old, Duration::ZERO));
+    // Both versions served during the load, and only the new one now.
+    let versions: BTreeSet<&str> = t.seen.iter().map(|w| w.version.as_str()).collect();
+    assert_eq!(versions, BTreeSet::from(["1", "2"]), "{t:?}");
+    for w in s.whoamis("/whoami", 6) {
+        assert!(new.contains(&w.pid) && w.version == "2", "{w:?}");
+    }
+    // One at a time: the second replacement started once the first was
+    // ready, and each old instance stopped after its replacement was.
+    let log = s.server.log();
+    let events: Vec<String> = log[from..]
+        .lines()
+        .filter_map(|l| {
+            let who = l.split("app web[").nth(1)?;
+            let index = who.chars().next()?;
+            let what = if who.contains("] started: pid") {
+                "start"
+            } else if who.contains("] is ready") {
+                "ready"
+            } else if who.contains(") stopped: ") {
+                "stop"
+            } else {
+                return None;
+            };
+            Some(format!("{what}{index}"))
+        })
+        .collect();
+    let at = |e: &str| {
+        events
+            .iter()
+            .position(|x| x == e)
+            .unwrap_or_else(|| panic!("no {e} in {events:?}"))
+    };
+    assert!(
+        at("start0") < at("ready0") && at("ready0") < at("start1"),
+        "{events:?}"
+    );
+    assert!(
+        at("ready0") < at("stop0") && at("ready1") < at("stop1"),
+        "{events:?}"
+    );
+}
+
+/// A reload to a command that exits at once: the roll must not start
+/// replacements as fast as they die, and the old instance keeps serving.
+#[test]
+fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-bad-roll-files");
+    let broken = dir.write("broken.sh", "echo \"broken build\"\nexit 1\n");
+    let good = node_app("web", 1, "") + &proxied("/", "web");
+    let bad = app("web", &["sh", &broken.display().to_string()], 1, "") + &proxied("/", "web");
+    let s = AppServer::start("apps-bad-roll", &good);
+    let old = s.ready_pids("web", 1);
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    let from = s.server.log().len();
+    s.reload(&bad);
+    s.wait_for_count("app web: changed; replacing its instances one at a time", 1);
+    std::thread::sleep(Duration::from_millis(3500));
+    let log = s.server.log();
+    let tries = lines_with(&log, from, "the replacement (pid ").len();
+    // At 0, 1 and 3 s with the back-off; hundreds without.
+    assert!((1..=4).contains(&tries), "{tries} tries:\n{log}");
+    assert!(log[from..].contains("app web[0]: broken build"), "{log}");
+    let t = load.stop();
+    assert_eq!(t.failed, 0, "{:?}", t.errors);
+    assert_eq!(t.seen.iter().map(|w| w.pid).collect::<Vec<_>>(), old);
+    assert_eq!(s.ready_pids("web", 1), old);
+
+    // Back to the good command: the tries stop, and it serves.
+    s.reload(&good);
+    s.wait_for_count("app web: changed; replacing its instances one at a time", 2);
+    let restored = s.server.log().len();
+    std::thread::sleep(Duration::from_millis(2000));
+    let log = s.server.log();
+    // One broken replacement may have been on its way.
+    assert!(
+        lines_with(&log, restored, "the replacement (pid ").len() <= 1,
+        "still trying:\n{log}"
+    );
+    let now = s.ready_pids("web", 1);
+    assert_eq!(s.whoami("/whoami").pid, now[0]);
+}
+
+#[test]
+fn the_serving_set_follows_a_changed_number_of_instances() {
+    if !have_node() {
+        return;
+    }
+    let toml = |n: usize| node_app("web", n, "") + &proxied("/", "web");
+    let s = AppServer::start("apps-count", &toml(2));
+    let two = s.ready_pids("web", 2);
+    let seen = |n: usize| -> BTreeSet<(u32, String)> {
+        s.whoamis("/whoami", n)
+            .into_iter()
+            .map(|w| (w.pid, w.instance))
+            .collect()
+    };
+    assert_eq!(seen(4).len(), 2);
+
+    s.reload(&toml(3));
+    let three = s.ready_pids("web", 3);
+    assert_eq!(three[..2], two[..], "the first two were kept");
+    let expected: BTreeSet<(u32, String)> = three
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, i.to_string()))
+        .collect();
+    // Round-robin over the three, once the shard has the new list.
+    let deadline = Instant::now() + WAIT;
+    while seen(6) != expected {
+        assert!(Instant::now() < deadline, "never served by {expected:?}");
+    }
+
+    s.reload(&toml(1));
+    for (i, pid) in three.iter().enumerate().skip(1) {
+        s.wait_for_count(&format!("app web[{i}] (pid {pid}) stopped: "), 1);
+    }
+    assert_eq!(s.ready_pids("web", 1), [two[0]]);
+    assert_eq!(seen(4), BTreeSet::from([(two[0], "0".to_string())]));
+    assert!(all_gone(&three[1..], Duration::ZERO));
+    assert!(!s.server.log().contains("replacing its instances"));
+}
+
+/// Run coreserve with these flags until it exits (within `within`): its
+/// status, its log and how long it ran.
+fn run_to_exit(args: &[&str], within: Duration) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let mut child = command()
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "coreserve still running after {within:?}:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    (status, reader.join().unwrap(), took)
+}
+
+#[test]
+fn an_instance_that_never_listens_fails_start_up_with_its_last_output() {
+    let dir = Scratch::new("apps-never-ready");
+    let script = dir.write(
+        "slow.sh",
+        "echo \"loading the bundle\"\necho \"still loading\" >&2\nexec sleep 30\n",
+    );
+    let toml = app(
+        "slow",
+        &["sh", &script.display().to_string()],
+        2,
+        "start-timeout = \"1s\"",
+    ) + &proxied("/", "slow");
+    let conf = dir.write("app.toml", toml).display().to_string();
+    let (status, log, took) = run_to_exit(&["--config", &conf], Duration::from_secs(8));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(took >= Duration::from_secs(1), "{took:?}\n{log}");
+    assert!(
+        log.contains("app slow[0] did not accept connections within 1s (start-timeout)"),
+        "{log}"
+    );
+    let error = log
+        .lines()
+        .position(|l| l.contains("did not accept connections"))
+        .unwrap();
+    let after: Vec<&str> = log.lines().skip(error + 1).take(3).collect();
+    assert!(after.contains(&"    loading the bundle"), "{log}");
+    assert!(after.contains(&"    still loading"), "{log}");
+    assert!(!log.contains("listening on"), "{log}");
+    // Both instances (`sleep`, exec'd by the script) are gone.
+    let pids: Vec<u32> = ["app slow[0]", "app slow[1]"]
+        .iter()
+        .flat_map(|w| started_pids(&log, w))
+        .collect();
+    assert_eq!(pids.len(), 2, "{log}");
+    assert!(all_gone(&pids, Duration::from_secs(1)), "{pids:?}\n{log}");
+}
+
+#[test]
+fn an_instance_that_exits_at_start_up_fails_it_with_its_last_output() {
+    let dir = Scratch::new("apps-exits");
+    let script = dir.write(
+        "bad.sh",
+        "echo \"Error: Cannot find module 'express'\"\nexit 3\n",
+    );
+    let toml = app("bad", &["sh", &script.display().to_string()], 1, "") + &proxied("/", "bad");
+    let conf = dir.write("app.toml", toml).display().to_string();
+    let (status, log, _) = run_to_exit(&["--config", &conf], Duration::from_secs(8));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "app bad[0] exited during start-up (exit status: 3); its last output:\n    \
+             Error: Cannot find module 'express'\n"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_missing_program_is_a_configuration_error() {
+    let dir = Scratch::new("apps-missing");
+    let toml = app("gone", &["no-such-program-for-coreserve"], 1, "") + &proxied("/", "gone");
+    let conf = dir.write("app.toml", toml).display().to_string();
+    for flags in [
+        &["--check", "--config", &conf][..],
+        &["--config", &conf][..],
+    ] {
+        let (status, log, _) = run_to_exit(flags, Duration::from_secs(8));
+        assert_eq!(status.code(), Some(2), "{flags:?}: {log}");
+        assert!(
+            log.contains(
+                "app.toml:3: app[1].command: \"no-such-program-for-coreserve\" is not found on PATH"
+            ),
+            "{flags:?}: {log}"
+        );
+    }
+}
+
+#[test]
+fn an_output_flood_does_not_hold_up_other_routes() {
+    if !have_node() {
+        return;
+    }
+    const FLOOD: &str = "]: flood xxxx";
+    let dir = Scratch::new("apps-flood");
+    let toml = node_app("loud", 1, "env = { FLOOD = \"1\" }") + OK_ROUTE + &proxied("/", "loud");
+    let conf = dir.write("app.toml", toml).display().to_string();
+    let mut cmd = command();
+    cmd.args([
+        "--config",
+        &conf,
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let server = Server::spawn_skipping(cmd, Some(FLOOD));
+    let flooding = |more: u64| {
+        let from = server.skipped();
+        let deadline = Instant::now() + WAIT;
+        while server.skipped() < from + more {
+            assert!(Instant::now() < deadline, "no flood: {}", server.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    flooding(10_000);
+    for i in 0..20 {
+        let started = Instant::now();
+        let mut c = Conn::open(server.addr).unwrap();
+        let r = c.get("/ok");
+        assert_eq!(r, Ok((200, "ok".to_string())), "request {i}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still flooding: the requests were answered during it.
+    flooding(1_000);
+    let log = server.stop();
+    assert!(log.contains("app loud[0]: listening"), "{log}");
+}
