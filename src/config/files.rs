@@ -10,8 +10,10 @@ use std::path::Path;
 use super::{route_key, AccessLog, Config, ConfigError, HandlerConfig};
 
 /// Whether what the configuration names on the file system is usable here:
-/// every static route's root is a directory, and the access log, if it is a
-/// file, can be opened for appending (`check_writable`). Returns every
+/// every static route's root is a directory, the access log, if it is a
+/// file, can be opened for appending (`check_writable`), and each TLS
+/// certificate and key loads (`tls_files`; a near expiry is logged as a
+/// warning). Returns every
 /// failure, in route order and then the log, each pointed at the line of its
 /// key like `validate`'s errors; empty when all is well.
 pub fn preflight(config: &Config) -> Vec<ConfigError> {
@@ -43,6 +45,12 @@ pub fn preflight(config: &Config) -> Vec<ConfigError> {
     for e in &mut errors {
         config.locate(e);
     }
+    // Located already, and logged each time: a warning stops nothing.
+    let tls = super::load_certificates(config, std::time::SystemTime::now());
+    for w in &tls.warnings {
+        log::warn!("{w}");
+    }
+    errors.extend(tls.errors);
     errors
 }
 

@@ -10,11 +10,15 @@
 mod env;
 mod files;
 mod load;
+mod tls;
+mod tls_files;
 mod upstream;
 mod validate;
 
 pub use files::preflight;
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
+pub use tls::*;
+pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
 pub use upstream::*;
 
 use std::collections::HashMap;
@@ -148,6 +152,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// HTTPS: its addresses and certificates.
+    pub tls: TlsConfig,
     /// The file this came from, if any (for messages and reload).
     pub source: Option<PathBuf>,
     /// Line of each key set in the file, so that errors found after parsing
@@ -173,6 +179,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
             source: None,
             lines: HashMap::new(),
         }

@@ -87,6 +87,7 @@ impl Config {
                 );
             }
         }
+        self.tls.validate(&self.listen, &mut errors);
         if errors.is_empty() {
             Ok(self)
         } else {

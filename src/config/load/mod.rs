@@ -17,6 +17,7 @@ mod log;
 mod metrics;
 mod routes;
 mod server;
+mod tls;
 mod upstreams;
 mod values;
 
@@ -238,13 +239,17 @@ impl Walker<'_> {
                     Some(routes) => self.routes(routes),
                     None => self.error(&f, "must be written as [[route]] tables".into()),
                 },
+                "tls" => match f.item.as_table_like() {
+                    Some(t) => self.tls(t),
+                    None => self.error(&f, "must be a table".into()),
+                },
                 "upstream" => match f.item.as_array_of_tables() {
                     Some(groups) => self.upstreams(groups),
                     None => self.error(&f, "must be written as [[upstream]] tables".into()),
                 },
                 _ => self.error(
                     &f,
-                    "unknown key (sections are server, limits, route, upstream, log, metrics)"
+                    "unknown key (sections are server, limits, tls, route, upstream, log, metrics)"
                         .into(),
                 ),
             }
