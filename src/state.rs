@@ -11,7 +11,7 @@ use glommio::net::TcpStream;
 use slab::Slab;
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, RouteConfig, UpstreamConfig};
+use crate::config::{Limits, RouteConfig, TlsConfig, UpstreamConfig};
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::parse::HeadLimits;
 use crate::http::session::SessionLimits;
@@ -19,6 +19,7 @@ use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
 use crate::proxy::Upstreams;
 use crate::readiness::Readiness;
 use crate::router::Router;
+use crate::tls::TlsSite;
 
 /// A connection in the shard's registry.
 #[derive(Debug)]
@@ -68,6 +69,10 @@ pub struct Shard {
     /// Upstream groups with this shard's connections to them. Outlives a
     /// reload (`Upstreams::update`), unlike the `Site`.
     upstreams: Upstreams,
+    /// The certificates and server configuration for new TLS connections,
+    /// replaced on reload (a connection keeps the one it started with);
+    /// None when no address speaks HTTPS.
+    tls: RefCell<Option<Rc<TlsSite>>>,
 }
 
 impl Shard {
@@ -91,6 +96,27 @@ impl Shard {
             metrics: ShardMetrics::default(),
             readiness,
             upstreams: Upstreams::new(upstreams),
+            // Set by `set_tls`, before the first connection.
+            tls: RefCell::new(None),
+        }
+    }
+
+    /// The TLS settings for new connections, when an address speaks HTTPS.
+    pub fn tls(&self) -> Option<Rc<TlsSite>> {
+        self.tls.borrow().clone()
+    }
+
+    /// New TLS connections use these certificates (at start, and on each
+    /// reload). A
+    /// configuration that cannot be built keeps the old one serving.
+    pub(crate) fn set_tls(&self, tls: &TlsConfig) {
+        match TlsSite::new(tls) {
+            Some(site) => *self.tls.borrow_mut() = Some(Rc::new(site)),
+            None if tls.loaded.0.is_empty() => *self.tls.borrow_mut() = None,
+            None => log::warn!(
+                "shard {}: TLS settings not applied; the previous ones stay",
+                self.id
+            ),
         }
     }
 

@@ -13,10 +13,10 @@ use super::{route_key, AccessLog, Config, ConfigError, HandlerConfig};
 /// every static route's root is a directory, the access log, if it is a
 /// file, can be opened for appending (`check_writable`), and each TLS
 /// certificate and key loads (`tls_files`; a near expiry is logged as a
-/// warning). Returns every
+/// warning; what loads is kept in `config.tls.loaded` for the shards). Returns every
 /// failure, in route order and then the log, each pointed at the line of its
 /// key like `validate`'s errors; empty when all is well.
-pub fn preflight(config: &Config) -> Vec<ConfigError> {
+pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
         if let HandlerConfig::Static(s) = &r.handler {
@@ -51,6 +51,7 @@ pub fn preflight(config: &Config) -> Vec<ConfigError> {
         log::warn!("{w}");
     }
     errors.extend(tls.errors);
+    config.tls.loaded = super::LoadedCertificates(std::sync::Arc::new(tls.certificates));
     errors
 }
 
@@ -113,7 +114,7 @@ mod tests {
         c.log.access = AccessLog::File(dir.join("no/such/dir/access.log"));
         c.lines.insert("route[3].root".into(), 12);
         c.lines.insert("route[4].root".into(), 14);
-        let errs: Vec<String> = preflight(&c).iter().map(|e| e.to_string()).collect();
+        let errs: Vec<String> = preflight(&mut c).iter().map(|e| e.to_string()).collect();
         let d = dir.display();
         assert_eq!(
             errs,
@@ -125,7 +126,7 @@ mod tests {
         );
         c.routes.truncate(2);
         c.log.access = AccessLog::File(dir.join("access.log"));
-        assert_eq!(preflight(&c), []);
+        assert_eq!(preflight(&mut c), []);
         assert!(
             !dir.join("access.log").exists(),
             "preflight created the log"

@@ -5,8 +5,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::ConfigError;
+use super::{ConfigError, LoadedCertificate};
 
 /// A TLS protocol version coreserve can speak. TLS 1.0 and 1.1 are not
 /// here: rustls never speaks them, and Mozilla's "intermediate" profile
@@ -71,7 +72,24 @@ pub struct TlsConfig {
     /// The `Strict-Transport-Security` value sent with every response over
     /// TLS, if any.
     pub hsts: Option<String>,
+    /// The certificates as the pre-flight step loaded them: what the shards
+    /// serve, so what was checked is what is served.
+    pub loaded: LoadedCertificates,
 }
+
+/// Certificates and keys read by `tls_files`, shared with the shards (each
+/// builds its own server configuration from them). Two are equal when both
+/// are empty or they are the same load: a reload reads the files again.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedCertificates(pub Arc<Vec<LoadedCertificate>>);
+
+impl PartialEq for LoadedCertificates {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.is_empty() && other.0.is_empty())
+    }
+}
+
+impl Eq for LoadedCertificates {}
 
 impl Default for TlsConfig {
     fn default() -> Self {
@@ -82,6 +100,7 @@ impl Default for TlsConfig {
             protocols: vec![TlsProtocol::Tls12, TlsProtocol::Tls13],
             session_tickets: true,
             hsts: None,
+            loaded: LoadedCertificates::default(),
         }
     }
 }
