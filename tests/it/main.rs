@@ -15,4 +15,5 @@ mod shutdown;
 mod static_files;
 #[cfg(feature = "fault-injection")]
 mod supervision;
+mod tls;
 mod util;
