@@ -91,6 +91,10 @@ impl TlsSite {
                 }
             };
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        // The server's order (strongest first, every suite forward-secret
+        // and AEAD) rather than the client's: what testssl.sh and SSL Labs
+        // expect of a server ("cipher order configured").
+        config.ignore_client_order = true;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         if tls.session_tickets {
             if let Some(t) = TICKETER.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok()) {
