@@ -110,7 +110,7 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         // The site of this step: a reload takes effect for the next request.
         let site = shard.site();
         let limits = site.limits;
-        let cx = context(&shard, &site, log, headers);
+        let cx = context(&shard, &site, log, headers, scheme);
         // A panic in a handler ends this connection, with a 500 if its
         // response was not sent yet; the shard and its other connections go on.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -240,7 +240,7 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 arrived = Instant::now();
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let cx = context(&shard, &site, log, headers);
+                let cx = context(&shard, &site, log, headers, scheme);
                 session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
@@ -407,6 +407,7 @@ async fn forward(
         .remote
         .get_or_insert_with(|| client.peer_addr().map(|a| a.ip()));
     let c = proxy::Client {
+        https: client.is_tls(),
         socket: client,
         input,
         out,
@@ -496,12 +497,13 @@ fn context<'a>(
     site: &'a Site,
     log: Option<&'a dyn RequestLog>,
     headers: &'a [u8],
+    scheme: Scheme,
 ) -> Context<'a, Job> {
     Context {
         limits: &site.session_limits,
         date: shard.date(),
         draining: shard.is_draining(),
-        handler: &site.router,
+        handler: site.router(scheme),
         log,
         headers,
     }

@@ -11,23 +11,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 /// What a listener speaks. A shard knows it for each listener by index:
 /// the index travels with each hand-off, and each reuseport listener is
 /// one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain HTTP/1.1.
-    Http,
-    /// HTTP/1.1 over TLS.
-    Https,
-}
-
-impl Scheme {
-    /// `http` or `https`, as URLs begin.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-}
+pub use crate::config::Scheme;
 
 /// Pending-connection queue length asked of the kernel (it caps it at
 /// net.core.somaxconn). Deep enough to absorb a burst while every shard is

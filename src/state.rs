@@ -11,7 +11,7 @@ use glommio::net::TcpStream;
 use slab::Slab;
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, RouteConfig, TlsConfig, UpstreamConfig};
+use crate::config::{Limits, RouteConfig, Scheme, TlsConfig, UpstreamConfig};
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::parse::HeadLimits;
 use crate::http::session::SessionLimits;
@@ -39,16 +39,47 @@ pub struct Site {
     pub limits: Limits,
     /// The part of them the HTTP session enforces.
     pub session_limits: SessionLimits,
-    /// What answers requests.
+    /// What answers requests (plain HTTP ones, when a route is narrowed
+    /// to a scheme).
     pub router: Router,
+    /// What answers HTTPS requests when some route is narrowed to a scheme
+    /// (`scheme = "http"`: a redirect to HTTPS); None: `router` answers both.
+    pub https_router: Option<Router>,
 }
 
 impl Site {
     pub(crate) fn new(limits: Limits, routes: &[RouteConfig]) -> Site {
+        // A route narrowed to the scheme first: it wins over one for both
+        // at the same path and host (the router keeps ties in this order).
+        let only = |not: Scheme| -> Vec<RouteConfig> {
+            let (narrowed, both): (Vec<_>, Vec<_>) = routes
+                .iter()
+                .filter(|r| r.scheme != Some(not))
+                .cloned()
+                .partition(|r| r.scheme.is_some());
+            narrowed.into_iter().chain(both).collect()
+        };
+        let (router, https_router) = if routes.iter().any(|r| r.scheme.is_some()) {
+            (
+                Router::new(&only(Scheme::Https)),
+                Some(Router::new(&only(Scheme::Http))),
+            )
+        } else {
+            (Router::new(routes), None)
+        };
         Site {
             limits,
             session_limits: session_limits(&limits),
-            router: Router::new(routes),
+            router,
+            https_router,
+        }
+    }
+
+    /// The routes for a request that came over `scheme`.
+    pub fn router(&self, scheme: Scheme) -> &Router {
+        match (scheme, &self.https_router) {
+            (Scheme::Https, Some(r)) => r,
+            _ => &self.router,
         }
     }
 }

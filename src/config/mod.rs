@@ -228,6 +228,9 @@ pub struct RouteConfig {
     pub methods: Option<Vec<String>>,
     /// Host (without port, case-insensitive) this route is for; `None`: any.
     pub host: Option<String>,
+    /// Only requests that came to a plain (`http`) or an HTTPS listener;
+    /// `None`: both.
+    pub scheme: Option<Scheme>,
     /// What answers.
     pub handler: HandlerConfig,
 }
@@ -239,6 +242,7 @@ impl RouteConfig {
             path: "/".into(),
             methods: None,
             host: None,
+            scheme: None,
             handler: HandlerConfig::Respond {
                 status: 200,
                 body: "Hello World".into(),

@@ -9,6 +9,25 @@ use std::sync::Arc;
 
 use super::{ConfigError, LoadedCertificate};
 
+/// What a listener speaks; a route can be narrowed to one (`scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`, as URLs begin (and as a route's `scheme` is written).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// A TLS protocol version coreserve can speak. TLS 1.0 and 1.1 are not
 /// here: rustls never speaks them, and Mozilla's "intermediate" profile
 /// dropped them.

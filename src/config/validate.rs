@@ -109,10 +109,9 @@ fn validate_route(
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
     }
-    if let Some(dup) = earlier
-        .iter()
-        .position(|e| e.path == r.path && e.host == r.host && e.methods == r.methods)
-    {
+    if let Some(dup) = earlier.iter().position(|e| {
+        e.path == r.path && e.host == r.host && e.methods == r.methods && e.scheme == r.scheme
+    }) {
         err(
             &key("path"),
             format!(

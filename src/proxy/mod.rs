@@ -61,6 +61,8 @@ pub struct Client<'a> {
     pub out: &'a mut Vec<u8>,
     /// The client's address.
     pub remote: Option<IpAddr>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// What the session decided for this exchange, and the limits that apply.
@@ -203,6 +205,7 @@ pub async fn serve(
                 server_host: &server.host,
                 upgrade,
                 close: cfg.keepalive == 0,
+                https: c.https,
             },
         );
         let sent = send_request(&mut c, &mut up, &mut up_out, &mut body, head.body, &ex, cfg).await;

@@ -155,6 +155,11 @@ impl Socket {
         }
     }
 
+    /// Whether this is a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
     /// The ALPN protocol agreed on, if any (TLS only).
     pub fn alpn(&self) -> Option<&[u8]> {
         match &self.stream {

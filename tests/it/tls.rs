@@ -518,3 +518,34 @@ fn check_reports_bad_certificate_files_with_file_line_and_key() {
     );
     assert_eq!(lines.len(), 3, "{err}");
 }
+
+/// The README's redirect: a route narrowed to plain HTTP sends every
+/// plain request to HTTPS; the same path over TLS is served.
+#[test]
+fn plain_http_redirects_to_https_with_a_scheme_route() {
+    let dir = Scratch::new("tls-redirect");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(
+        "\n[[route]]\npath = \"/\"\nscheme = \"http\"\nhandler = \"redirect\"\nstatus = 301\n\
+         location = \"https://localhost/\"\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let (server, addr) = start(&file, &[]);
+    let plain = server.exchange(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(
+        plain.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\r\nLocation: https://localhost/\r\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("Strict-Transport-Security"), "{plain}");
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    let (head, body) = exchange(&mut s, GET);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert_eq!(body, b"hi");
+}

@@ -6,7 +6,7 @@
 use toml_edit::{TableLike, Value};
 
 use super::{line_of, Field, Walker};
-use crate::config::{certificate_key, CertificateConfig, TlsProtocol};
+use crate::config::{certificate_key, CertificateConfig, Scheme, TlsProtocol};
 
 impl Walker<'_> {
     pub(super) fn tls(&mut self, t: &dyn TableLike) {
@@ -44,6 +44,18 @@ impl Walker<'_> {
                     "unknown key (it takes listen, protocols, session-tickets, hsts, [[tls.certificate]])"
                         .into(),
                 ),
+            }
+        }
+    }
+
+    /// A route's `scheme`: `"http"` or `"https"`.
+    pub(super) fn route_scheme(&mut self, f: &Field) -> Option<Scheme> {
+        match self.string(f)?.as_str() {
+            "http" => Some(Scheme::Http),
+            "https" => Some(Scheme::Https),
+            other => {
+                self.error(f, format!("must be \"http\" or \"https\", got {other:?}"));
+                None
             }
         }
     }
