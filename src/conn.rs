@@ -58,6 +58,10 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
 
     if shard.at_capacity() {
         shard.count(|s| s.refused += 1);
+        // A TLS client could not read a plain 503: it is only closed.
+        if scheme == Scheme::Https {
+            return;
+        }
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
         if stream.write_all(&out).await.is_ok() {

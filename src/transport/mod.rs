@@ -204,7 +204,9 @@ impl Socket {
             if let Some(read) = plaintext(t, buf) {
                 return Some(read);
             }
-            t.recv(self.interest.as_mut())?.ok()?;
+            if let Err(e) = t.recv(self.interest.as_mut())? {
+                return Some(Err(e));
+            }
             return plaintext(t, buf);
         }
         if let Some(interest) = self.interest.as_mut() {
