@@ -181,6 +181,7 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                     Job::Proxy(_) => {
                         let cx = Proxied {
                             shard: &shard,
+                            headers,
                             site: &site,
                             remote: &mut remote,
                             log: conn_log.as_ref(),
@@ -381,6 +382,8 @@ async fn serve_file(
 /// What a proxied exchange needs from its connection besides the buffers.
 struct Proxied<'a> {
     shard: &'a Shard,
+    /// Header lines every response carries (HSTS).
+    headers: &'a [u8],
     site: &'a Site,
     remote: &'a mut Option<Option<IpAddr>>,
     log: Option<&'a ConnLog>,
@@ -412,6 +415,7 @@ async fn forward(
         .get_or_insert_with(|| client.peer_addr().map(|a| a.ip()));
     let c = proxy::Client {
         https: client.is_tls(),
+        headers: cx.headers,
         socket: client,
         input,
         out,

@@ -63,6 +63,10 @@ pub struct Client<'a> {
     pub remote: Option<IpAddr>,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// Header lines every response to this client carries
+    /// (`Strict-Transport-Security` over TLS), unless the upstream sent its
+    /// own; usually empty.
+    pub headers: &'a [u8],
 }
 
 /// What the session decided for this exchange, and the limits that apply.
@@ -304,7 +308,7 @@ async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: S
     };
     served.keep_alive &= persistence != Persistence::Close;
     c.out.clear();
-    let mut w = ResponseWriter::new(c.out, ex.date, persistence, false);
+    let mut w = ResponseWriter::new(c.out, ex.date, persistence, false).with_headers(c.headers);
     w.begin(status);
     let mut body = [0u8; 64];
     let reason = status.reason().as_bytes();
@@ -533,6 +537,11 @@ async fn relay(
             return r;
         }
         let down = response::write_head(c.out, &res, ex.date, client, tunnel);
+        if !c.headers.is_empty() && res.header("strict-transport-security").is_none() {
+            // Before the head's final empty line.
+            let end = c.out.len() - 2;
+            c.out.splice(end..end, c.headers.iter().copied());
+        }
         (res.framing, res.reusable, res.head_len, tunnel, down)
     };
     r.status = r.upstream_status;

@@ -549,3 +549,48 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert_eq!(body, b"hi");
 }
+
+/// A proxied request from a TLS client: the application hears
+/// `X-Forwarded-Proto: https`, and the client gets the HSTS header.
+#[test]
+fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let heard = std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\napp")
+            .unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let dir = Scratch::new("tls-proxy");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "\n[[route]]\npath = \"/app/\"\nhandler = \"proxy\"\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{app_addr}\"]\n"
+    ));
+    std::fs::write(&file, text).unwrap();
+    let (_server, addr) = start(&file, &[]);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    let (head, body) = exchange(&mut s, "GET /app/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.contains("\r\nStrict-Transport-Security: max-age=600\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"app");
+    let request = heard.join().unwrap();
+    assert!(
+        request.contains("\r\nX-Forwarded-Proto: https\r\n"),
+        "{request}"
+    );
+}
