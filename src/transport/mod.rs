@@ -260,6 +260,11 @@ impl Socket {
                 while !rest.is_empty() {
                     // rustls takes what fits its buffer (64 KiB), encrypted.
                     let n = std::io::Write::write(&mut t.conn.writer(), rest)?;
+                    if n == 0 && !t.conn.wants_write() {
+                        // Closed for writing (close_notify sent): no room
+                        // will come.
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
                     rest = &rest[n..];
                     t.flush(self.interest.as_mut(), Instant::now() + timeout)
                         .await?;
