@@ -594,3 +594,20 @@ fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
         "{request}"
     );
 }
+
+/// With reuseport dispatch each shard has its own listener per address:
+/// the HTTPS one speaks TLS, the plain one does not.
+#[test]
+fn reuseport_shards_know_their_https_listeners() {
+    let dir = Scratch::new("tls-reuseport");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (server, addr) = start(&file, &["--dispatch", "reuseport"]);
+    for _ in 0..4 {
+        let mut s = tls_connect(addr, "localhost", Some(&ca));
+        assert!(exchange(&mut s, GET).0.starts_with("HTTP/1.1 200 OK"));
+        let plain = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(plain.starts_with("HTTP/1.1 200 OK"), "{plain}");
+    }
+}
