@@ -53,6 +53,7 @@ LAYERS = {
     "listener": 2,
     "handoff": 2,
     "transport": 2,  # sockets as connections see them (client and upstream)
+    "tls": 2,       # a shard's rustls configuration: SNI, tickets, HSTS
     # 3
     "router": 3,
     "admin": 3,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use crate::handoff::{Refused, Sender};
+use crate::handoff::{Accepted, Refused, Sender};
 use crate::listener::{self, AcceptErrors};
 
 /// Connections taken from one listener before looking at the others and at
@@ -52,7 +52,8 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// Start accepting on `listeners` (non-blocking, as `listener` makes
-    /// them) and dealing to `shards`, indexed by shard id.
+    /// them) and dealing to `shards`, indexed by shard id. Each connection
+    /// goes with its listener's index in `listeners`.
     pub fn start(listeners: Vec<TcpListener>, shards: Vec<Sender>) -> io::Result<Acceptor> {
         let bell = eventfd()?;
         let (tx, rx) = mpsc::channel();
@@ -118,13 +119,13 @@ struct Dealer {
 enum Dealt {
     Queued,
     /// Every live shard is behind: the connection comes back, to try again.
-    AllFull(OwnedFd),
+    AllFull(Accepted),
     /// No shard is alive: the connection was closed.
     Refused,
 }
 
 impl Dealer {
-    fn deal(&mut self, conn: OwnedFd) -> Dealt {
+    fn deal(&mut self, conn: Accepted) -> Dealt {
         let n = self.shards.len();
         let mut conn = conn;
         let mut live = 0;
@@ -197,7 +198,7 @@ struct Accepting {
     dealer: Dealer,
     errors: AcceptErrors,
     /// A connection every shard was too busy to take.
-    held: Option<OwnedFd>,
+    held: Option<Accepted>,
     /// Until when accepting stops (a full house, the host out of
     /// descriptors, a failure); only the bell is watched meanwhile.
     resume: Option<Instant>,
@@ -314,8 +315,8 @@ impl Accepting {
             }
             for _ in 0..ACCEPT_BATCH {
                 match listener::accept4(self.listeners[i].as_raw_fd()) {
-                    Ok(conn) => {
-                        if !self.deal(conn) {
+                    Ok(fd) => {
+                        if !self.deal(Accepted { fd, listener: i }) {
                             return Pass::Again;
                         }
                     }
@@ -334,7 +335,7 @@ impl Accepting {
 
     /// Deal one connection; false when every shard is full, which holds it
     /// and pauses accepting (a little longer each time in a row).
-    fn deal(&mut self, conn: OwnedFd) -> bool {
+    fn deal(&mut self, conn: Accepted) -> bool {
         match self.dealer.deal(conn) {
             Dealt::Queued | Dealt::Refused => {
                 self.full_pause = FULL_PAUSE_MIN;
@@ -355,8 +356,11 @@ mod tests {
     use super::*;
     use crate::handoff::{self, Receiver};
 
-    fn conn() -> OwnedFd {
-        std::fs::File::open("/dev/null").unwrap().into()
+    fn conn() -> Accepted {
+        Accepted {
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            listener: 0,
+        }
     }
 
     fn dealer(n: usize, capacity: usize) -> (Dealer, Vec<Receiver>) {

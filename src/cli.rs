@@ -287,7 +287,7 @@ impl Cli {
         for key in overridden {
             c.lines.remove(key);
         }
-        let unusable = crate::config::preflight(&c);
+        let unusable = crate::config::preflight(&mut c);
         match c.validate() {
             Ok(c) if unusable.is_empty() => Ok(c),
             Ok(_) => Err(unusable),

@@ -1,5 +1,7 @@
 //! One connection on a shard: moves bytes between the socket and the HTTP
 //! session, applies the timeouts the session asks for, and closes cleanly.
+//! A connection to an HTTPS address first completes its TLS handshake
+//! (`accept_tls`) within `header-timeout`.
 //!
 //! Everything HTTP lives in `http::session`; this file must stay a thin
 //! driver: read, process, write what is committed, repeat.
@@ -13,7 +15,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::access_log::AccessLogger;
-use crate::handlers::static_files::{self, ReplyContext};
+use crate::handlers::static_files::{self, ReplyContext, Sink};
 use crate::handlers::Job;
 use crate::http::log::{Entry, UpstreamLog};
 use crate::http::response::{write_error, Persistence};
@@ -21,8 +23,10 @@ use crate::http::session::{
     Context, InputBuffer, Next, Pending, RequestLog, Session, Wait, INITIAL_INPUT,
 };
 use crate::http::status::Status;
+use crate::listener::Scheme;
 use crate::proxy;
 use crate::state::{ConnKey, Shard, Site};
+use crate::tls::{self, TlsSite};
 use crate::transport::{Room, Socket, Stream};
 
 /// How long a closing connection keeps reading what the client still sends,
@@ -36,8 +40,9 @@ pub const LINGER_BYTES: usize = 1 << 20;
 /// have grown it to `MAX_BATCH` and more.
 pub const IDLE_OUTPUT: usize = 4096;
 
-/// Serve one accepted connection until it closes.
-pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
+/// Serve one accepted connection until it closes; `scheme` says whether it
+/// came to an HTTPS address.
+pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
     let limits = shard.site().limits;
     // TCP_NODELAY comes with the socket, from its listener (`listener::prepare`).
     // Every way in makes it non-blocking too: the direct recv could do
@@ -53,6 +58,10 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
 
     if shard.at_capacity() {
         shard.count(|s| s.refused += 1);
+        // A TLS client could not read a plain 503: it is only closed.
+        if scheme == Scheme::Https {
+            return;
+        }
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
         if stream.write_all(&out).await.is_ok() {
@@ -78,6 +87,22 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
     let mut input = InputBuffer::new(limits.max_header_bytes as usize);
     let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut head_deadline: Option<Instant> = None;
+    // The TLS settings this connection started with: a reload gives new
+    // connections new certificates, this one keeps its HSTS header too.
+    let mut tls_site: Option<Rc<TlsSite>> = None;
+    if scheme == Scheme::Https {
+        // No certificates (a reload dropped them): nothing to offer.
+        let Some(site) = shard.tls() else { return };
+        // The handshake and the first request's head share header-timeout.
+        let deadline = Instant::now() + limits.header_timeout;
+        client = match accept_tls(&shard, key, client, &site, &mut input, deadline).await {
+            Some(c) => c,
+            None => return,
+        };
+        head_deadline = Some(deadline);
+        tls_site = Some(site);
+    }
+    let headers: &[u8] = tls_site.as_deref().map_or(b"", |t| &t.hsts);
     let mut served = 0;
     // When the bytes being processed arrived: service time runs from there
     // to the response written.
@@ -89,7 +114,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
         // The site of this step: a reload takes effect for the next request.
         let site = shard.site();
         let limits = site.limits;
-        let cx = context(&shard, &site, log);
+        let cx = context(&shard, &site, log, headers, scheme);
         // A panic in a handler ends this connection, with a 500 if its
         // response was not sent yet; the shard and its other connections go on.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -144,12 +169,19 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 };
                 let keep = match p.job {
                     Job::File(_) => {
-                        serve_file(&shard, &mut client, p, &mut out, conn_log.as_ref(), arrived)
-                            .await
+                        let cx = Served {
+                            shard: &shard,
+                            log: conn_log.as_ref(),
+                            arrived,
+                            headers,
+                            send_timeout: limits.send_timeout,
+                        };
+                        serve_file(cx, &mut client, p, &mut out).await
                     }
                     Job::Proxy(_) => {
                         let cx = Proxied {
                             shard: &shard,
+                            headers,
                             site: &site,
                             remote: &mut remote,
                             log: conn_log.as_ref(),
@@ -213,7 +245,7 @@ pub async fn serve(mut stream: TcpStream, shard: Rc<Shard>) {
                 arrived = Instant::now();
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let cx = context(&shard, &site, log);
+                let cx = context(&shard, &site, log, headers, scheme);
                 session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
@@ -271,29 +303,63 @@ enum Keep {
     Linger,
 }
 
+/// What a file response needs from its connection besides the buffers.
+struct Served<'a> {
+    shard: &'a Shard,
+    log: Option<&'a ConnLog>,
+    arrived: Instant,
+    /// Header lines every response carries (HSTS).
+    headers: &'a [u8],
+    send_timeout: Duration,
+}
+
+/// The client socket as a file response's sink: sendfile on plain TCP,
+/// `Socket::write_all` (encrypting) on TLS.
+struct FileSink<'a> {
+    socket: &'a mut Socket,
+    timeout: Duration,
+}
+
+impl Sink for FileSink<'_> {
+    fn sendfile_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        self.socket.tcp().map(|s| s.as_raw_fd())
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.socket.write_all(buf, self.timeout).await
+    }
+}
+
 /// Serve a deferred file, count it and log it.
 async fn serve_file(
-    shard: &Shard,
+    cx: Served<'_>,
     client: &mut Socket,
     p: Pending<Job>,
     out: &mut Vec<u8>,
-    log: Option<&ConnLog>,
-    arrived: Instant,
 ) -> Keep {
+    let Served {
+        shard,
+        log,
+        arrived,
+        headers,
+        send_timeout,
+    } = cx;
     let Job::File(job) = p.job else {
-        return Keep::Close;
-    };
-    let Some(stream) = client.tcp() else {
         return Keep::Close;
     };
     let rc = ReplyContext {
         persistence: p.persistence,
         head_only: p.head_only,
         date: shard.date(),
+        headers,
+    };
+    let mut sink = FileSink {
+        socket: client,
+        timeout: send_timeout,
     };
     // Boxed, so that the connection future (what every idle connection
     // keeps) is not as large as a file transfer.
-    let result = Box::pin(static_files::serve(job, rc, out, stream)).await;
+    let result = Box::pin(static_files::serve(job, rc, out, &mut sink)).await;
     let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
     if let (Some(l), Some(req)) = (log, &p.log) {
         l.record(req.entry(None, status, bytes));
@@ -316,6 +382,8 @@ async fn serve_file(
 /// What a proxied exchange needs from its connection besides the buffers.
 struct Proxied<'a> {
     shard: &'a Shard,
+    /// Header lines every response carries (HSTS).
+    headers: &'a [u8],
     site: &'a Site,
     remote: &'a mut Option<Option<IpAddr>>,
     log: Option<&'a ConnLog>,
@@ -342,11 +410,12 @@ async fn forward(
         send_timeout: limits.send_timeout,
         max_head: cx.site.session_limits.head.max_header_bytes,
     };
-    let remote = *cx.remote.get_or_insert_with(|| {
-        let peer = client.tcp().and_then(|s| s.peer_addr().ok());
-        peer.map(|a| a.ip())
-    });
+    let remote = *cx
+        .remote
+        .get_or_insert_with(|| client.peer_addr().map(|a| a.ip()));
     let c = proxy::Client {
+        https: client.is_tls(),
+        headers: cx.headers,
         socket: client,
         input,
         out,
@@ -431,14 +500,62 @@ impl Drop for Registration<'_> {
 
 /// The session context from a shard; kept here so `Context` stays free of
 /// shard types.
-fn context<'a>(shard: &Shard, site: &'a Site, log: Option<&'a dyn RequestLog>) -> Context<'a, Job> {
+fn context<'a>(
+    shard: &Shard,
+    site: &'a Site,
+    log: Option<&'a dyn RequestLog>,
+    headers: &'a [u8],
+    scheme: Scheme,
+) -> Context<'a, Job> {
     Context {
         limits: &site.session_limits,
         date: shard.date(),
         draining: shard.is_draining(),
-        handler: &site.router,
+        handler: site.router(scheme),
         log,
+        headers,
     }
+}
+
+/// The start of a connection to an HTTPS address, by `deadline`: its first
+/// bytes must begin a TLS handshake record — plain HTTP gets nginx's 400
+/// and a close — then the handshake. None: the connection is over (a
+/// malformed or truncated hello, a timeout, a client that left), and only
+/// this one.
+async fn accept_tls(
+    shard: &Shard,
+    key: ConnKey,
+    mut client: Socket,
+    site: &TlsSite,
+    input: &mut InputBuffer,
+    deadline: Instant,
+) -> Option<Socket> {
+    // Nothing has arrived yet: a drain may close it at once.
+    shard.set_idle(key, true);
+    let read = client.read(input, deadline).await;
+    shard.set_idle(key, false);
+    let n = match read {
+        Ok(0) | Err(_) => return None,
+        Ok(n) => n,
+    };
+    input.filled(n);
+    shard.count(|s| s.bytes_in += n as u64);
+    if !tls::is_tls_record(input.data()[0]) {
+        let out = tls::plain_http_refusal(&shard.date());
+        let limits = shard.site().limits;
+        if client.write_all(&out, limits.send_timeout).await.is_ok() {
+            shard.count(|s| {
+                s.count_status(400);
+                s.bytes_out += out.len() as u64;
+            });
+            linger_close(&mut client, input).await;
+        }
+        return None;
+    }
+    let mut client = client.start_tls(site.config.clone(), input.data()).ok()?;
+    input.consume(input.data().len());
+    client.handshake(deadline).await.ok()?;
+    Some(client)
 }
 
 /// The access log as one connection writes to it: the shard's logger and

@@ -15,6 +15,9 @@
 //! of a busy shard, no glommio park between two connections); see
 //! `readiness`.
 //!
+//! Each connection travels with the index of the listener that accepted it
+//! (`Accepted`): the shard tells an HTTPS connection from a plain one by it.
+//!
 //! Every descriptor in the queue is owned by it: whatever is left when the
 //! last end goes — a dead shard, shutdown — is closed, never leaked.
 
@@ -29,8 +32,18 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::readiness::Interest;
 
+/// An accepted connection on its way to a shard.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connected socket.
+    pub fd: OwnedFd,
+    /// Which listener accepted it: its index in the master's list of
+    /// listeners (the shard maps it to plain HTTP or HTTPS).
+    pub listener: usize,
+}
+
 struct Shared {
-    queue: ArrayQueue<OwnedFd>,
+    queue: ArrayQueue<Accepted>,
     /// The intake task, registered when it found the queue empty.
     waker: AtomicWaker,
     /// An eventfd the shard's readiness ring polls (never read: each write
@@ -84,7 +97,7 @@ pub struct Sender(Arc<Shared>);
 
 impl Sender {
     /// Queue a connection for the shard and wake it if it waits.
-    pub fn try_send(&self, conn: OwnedFd) -> Result<(), (OwnedFd, Refused)> {
+    pub fn try_send(&self, conn: Accepted) -> Result<(), (Accepted, Refused)> {
         if self.0.receiver_gone.load(Ordering::Acquire) {
             return Err((conn, Refused::Closed));
         }
@@ -128,7 +141,7 @@ pub struct Receiver(Arc<Shared>);
 impl Receiver {
     /// The next connection; None once the acceptor has gone and the queue
     /// is empty.
-    pub async fn recv(&self) -> Option<OwnedFd> {
+    pub async fn recv(&self) -> Option<Accepted> {
         poll_fn(|cx| {
             if let Some(conn) = self.0.queue.pop() {
                 return Poll::Ready(Some(conn));
@@ -156,7 +169,7 @@ impl Receiver {
     /// `recv`, waiting on the bell through `interest` (the registration of
     /// [`Receiver::bell`] with the shard's readiness ring); falls back to
     /// `recv` if the ring fails.
-    pub async fn recv_ringing(&self, interest: &mut Interest) -> Option<OwnedFd> {
+    pub async fn recv_ringing(&self, interest: &mut Interest) -> Option<Accepted> {
         loop {
             if let Some(conn) = self.0.queue.pop() {
                 return Some(conn);
@@ -216,8 +229,11 @@ mod tests {
         queue(capacity).unwrap()
     }
 
-    fn fd() -> OwnedFd {
-        std::fs::File::open("/dev/null").unwrap().into()
+    fn fd() -> Accepted {
+        Accepted {
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            listener: 0,
+        }
     }
 
     fn is_open(raw: i32) -> bool {
@@ -251,12 +267,12 @@ mod tests {
     fn what_is_left_in_a_queue_is_closed() {
         let (tx, rx) = queue_ok(4);
         let a = fd();
-        let raw = a.as_raw_fd();
+        let raw = a.fd.as_raw_fd();
         tx.try_send(a).unwrap();
         assert_eq!(tx.discard_queued(), 1);
         assert!(!is_open(raw));
         let b = fd();
-        let raw = b.as_raw_fd();
+        let raw = b.fd.as_raw_fd();
         tx.try_send(b).unwrap();
         drop(tx);
         drop(rx);

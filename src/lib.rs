@@ -38,5 +38,6 @@ pub mod signals;
 pub mod state;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod transport;
 pub mod units;

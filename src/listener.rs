@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+/// What a listener speaks. A shard knows it for each listener by index:
+/// the index travels with each hand-off, and each reuseport listener is
+/// one address.
+pub use crate::config::Scheme;
+
 /// Pending-connection queue length asked of the kernel (it caps it at
 /// net.core.somaxconn). Deep enough to absorb a burst while every shard is
 /// busy and the master stops handing out connections.

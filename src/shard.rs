@@ -17,11 +17,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, LogConfig, RouteConfig, UpstreamConfig};
+use crate::config::{Limits, LogConfig, RouteConfig, TlsConfig, UpstreamConfig};
 use crate::conn;
 use crate::handoff;
 use crate::http::date::DateCache;
-use crate::listener;
+use crate::listener::{self, Scheme};
 use crate::metrics::{ShardStats, Snapshot};
 use crate::readiness::Readiness;
 use crate::state::Shard;
@@ -30,7 +30,8 @@ use crate::state::Shard;
 pub enum Intake {
     /// Sockets accepted by the master, dealt round-robin.
     Channel(handoff::Receiver),
-    /// This shard's own SO_REUSEPORT listeners, one per address.
+    /// This shard's own SO_REUSEPORT listeners, one per address, in the
+    /// order of `ShardSpec::schemes`.
     Listeners(Vec<StdTcpListener>),
 }
 
@@ -62,6 +63,9 @@ pub struct Reload {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Certificates (loaded again by the master) and TLS settings: new
+    /// handshakes use them, established connections keep theirs.
+    pub tls: TlsConfig,
 }
 
 /// Messages from a shard to the master.
@@ -115,6 +119,10 @@ pub struct ShardSpec {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups (the shard keeps its own connections to them).
     pub upstreams: Vec<UpstreamConfig>,
+    /// What each listener speaks, by its index (the master's list).
+    pub schemes: Vec<Scheme>,
+    /// Certificates and TLS settings for the HTTPS listeners.
+    pub tls: TlsConfig,
     /// Access logging.
     pub log: LogConfig,
     /// The access-log file, opened by the master for this shard.
@@ -179,6 +187,7 @@ async fn run(spec: ShardSpec) {
         logger,
         readiness,
     ));
+    shard.set_tls(&spec.tls);
     // Idle upstream connections past their timeout, or closed by their
     // server, are let go once a second.
     let sweep_shard = shard.clone();
@@ -216,12 +225,14 @@ async fn run(spec: ShardSpec) {
             INTAKE_CLOSER.with(|slot| *slot.borrow_mut() = Some(rx.closer()));
             intake.push(glommio::spawn_local(channel_intake(
                 rx,
+                spec.schemes.clone(),
                 shard.clone(),
                 gate.clone(),
             )));
         }
         Intake::Listeners(listeners) => {
-            for l in listeners {
+            for (i, l) in listeners.into_iter().enumerate() {
+                let scheme = spec.schemes.get(i).copied().unwrap_or(Scheme::Http);
                 // SAFETY: the master bound this listener for this shard and
                 // handed over its only handle.
                 let fd = l.into_raw_fd();
@@ -229,6 +240,7 @@ async fn run(spec: ShardSpec) {
                 intake.push(glommio::spawn_local(accept_intake(
                     l,
                     fd,
+                    scheme,
                     shard.clone(),
                     gate.clone(),
                 )));
@@ -252,6 +264,7 @@ async fn run(spec: ShardSpec) {
                 // calls, once per reload, not per request.
                 shard.set_site(r.limits, &r.routes);
                 shard.upstreams().update(&r.upstreams);
+                shard.set_tls(&r.tls);
                 let _ = events.send(ShardEvent::Reloaded { id, seq }).await;
             }
             Some(Control::Snapshot) => {
@@ -319,12 +332,13 @@ async fn run(spec: ShardSpec) {
 }
 
 /// Spawn a connection task in the gate, isolating a panic to that connection.
-fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
+fn start_connection(stream: TcpStream, scheme: Scheme, shard: &Rc<Shard>, gate: &Gate) {
     let id = shard.id();
     // Boxed: each async wrapper below (this block, the gate's) would otherwise
     // hold the connection's future by value and again while awaiting it,
     // doubling its size at every level: 9.2 KB a connection instead of 2.3.
-    let task = AssertUnwindSafe(Box::pin(conn::serve(stream, shard.clone()))).catch_unwind();
+    let task =
+        AssertUnwindSafe(Box::pin(conn::serve(stream, scheme, shard.clone()))).catch_unwind();
     let spawned = gate.spawn(async move {
         if let Err(panic) = task.await {
             error!(
@@ -340,7 +354,12 @@ fn start_connection(stream: TcpStream, shard: &Rc<Shard>, gate: &Gate) {
     }
 }
 
-async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>) {
+async fn channel_intake(
+    rx: handoff::Receiver,
+    schemes: Vec<Scheme>,
+    shard: Rc<Shard>,
+    gate: Rc<Gate>,
+) {
     let mut taken = 0usize;
     let mut bell = shard.readiness().map(|r| r.register(rx.bell()));
     loop {
@@ -349,7 +368,8 @@ async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>)
             None => rx.recv().await,
         };
         let Some(conn) = next else { break };
-        start_connection(listener::stream(conn), &shard, &gate);
+        let scheme = schemes.get(conn.listener).copied().unwrap_or(Scheme::Http);
+        start_connection(listener::stream(conn.fd), scheme, &shard, &gate);
         // The acceptor refills the queue from another thread, so it might
         // never run dry: now and then let the connections taken so far (and
         // the shard's other tasks) run. Not after each one: stepping aside
@@ -361,7 +381,13 @@ async fn channel_intake(rx: handoff::Receiver, shard: Rc<Shard>, gate: Rc<Gate>)
     }
 }
 
-async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate: Rc<Gate>) {
+async fn accept_intake(
+    listener: TcpListener,
+    fd: RawFd,
+    scheme: Scheme,
+    shard: Rc<Shard>,
+    gate: Rc<Gate>,
+) {
     let mut errors = listener::AcceptErrors::default();
     let who = format!("shard {}", shard.id());
     let mut interest = shard.readiness().map(|r| r.register(fd));
@@ -372,7 +398,7 @@ async fn accept_intake(listener: TcpListener, fd: RawFd, shard: Rc<Shard>, gate:
         };
         match accepted {
             Ok(stream) => {
-                start_connection(stream, &shard, &gate);
+                start_connection(stream, scheme, &shard, &gate);
                 // A flood of connections must not keep the ones accepted
                 // from running (a full backlog never makes accept wait).
                 futures_lite::future::yield_now().await;

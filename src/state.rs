@@ -11,7 +11,7 @@ use glommio::net::TcpStream;
 use slab::Slab;
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, RouteConfig, UpstreamConfig};
+use crate::config::{Limits, RouteConfig, Scheme, TlsConfig, UpstreamConfig};
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::parse::HeadLimits;
 use crate::http::session::SessionLimits;
@@ -19,6 +19,7 @@ use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
 use crate::proxy::Upstreams;
 use crate::readiness::Readiness;
 use crate::router::Router;
+use crate::tls::TlsSite;
 
 /// A connection in the shard's registry.
 #[derive(Debug)]
@@ -38,16 +39,47 @@ pub struct Site {
     pub limits: Limits,
     /// The part of them the HTTP session enforces.
     pub session_limits: SessionLimits,
-    /// What answers requests.
+    /// What answers requests (plain HTTP ones, when a route is narrowed
+    /// to a scheme).
     pub router: Router,
+    /// What answers HTTPS requests when some route is narrowed to a scheme
+    /// (`scheme = "http"`: a redirect to HTTPS); None: `router` answers both.
+    pub https_router: Option<Router>,
 }
 
 impl Site {
     pub(crate) fn new(limits: Limits, routes: &[RouteConfig]) -> Site {
+        // A route narrowed to the scheme first: it wins over one for both
+        // at the same path and host (the router keeps ties in this order).
+        let only = |not: Scheme| -> Vec<RouteConfig> {
+            let (narrowed, both): (Vec<_>, Vec<_>) = routes
+                .iter()
+                .filter(|r| r.scheme != Some(not))
+                .cloned()
+                .partition(|r| r.scheme.is_some());
+            narrowed.into_iter().chain(both).collect()
+        };
+        let (router, https_router) = if routes.iter().any(|r| r.scheme.is_some()) {
+            (
+                Router::new(&only(Scheme::Https)),
+                Some(Router::new(&only(Scheme::Http))),
+            )
+        } else {
+            (Router::new(routes), None)
+        };
         Site {
             limits,
             session_limits: session_limits(&limits),
-            router: Router::new(routes),
+            router,
+            https_router,
+        }
+    }
+
+    /// The routes for a request that came over `scheme`.
+    pub fn router(&self, scheme: Scheme) -> &Router {
+        match (scheme, &self.https_router) {
+            (Scheme::Https, Some(r)) => r,
+            _ => &self.router,
         }
     }
 }
@@ -68,6 +100,10 @@ pub struct Shard {
     /// Upstream groups with this shard's connections to them. Outlives a
     /// reload (`Upstreams::update`), unlike the `Site`.
     upstreams: Upstreams,
+    /// The certificates and server configuration for new TLS connections,
+    /// replaced on reload (a connection keeps the one it started with);
+    /// None when no address speaks HTTPS.
+    tls: RefCell<Option<Rc<TlsSite>>>,
 }
 
 impl Shard {
@@ -91,6 +127,27 @@ impl Shard {
             metrics: ShardMetrics::default(),
             readiness,
             upstreams: Upstreams::new(upstreams),
+            // Set by `set_tls`, before the first connection.
+            tls: RefCell::new(None),
+        }
+    }
+
+    /// The TLS settings for new connections, when an address speaks HTTPS.
+    pub fn tls(&self) -> Option<Rc<TlsSite>> {
+        self.tls.borrow().clone()
+    }
+
+    /// New TLS connections use these certificates (at start, and on each
+    /// reload). A
+    /// configuration that cannot be built keeps the old one serving.
+    pub(crate) fn set_tls(&self, tls: &TlsConfig) {
+        match TlsSite::new(tls) {
+            Some(site) => *self.tls.borrow_mut() = Some(Rc::new(site)),
+            None if tls.loaded.0.is_empty() => *self.tls.borrow_mut() = None,
+            None => log::warn!(
+                "shard {}: TLS settings not applied; the previous ones stay",
+                self.id
+            ),
         }
     }
 

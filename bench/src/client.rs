@@ -38,6 +38,25 @@ pub struct Conn {
     interest: Option<Interest>,
     stream: TcpStream,
     timeout: Duration,
+    /// An `https://` target: the TLS client state.
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// TLS records waiting to be written (reused).
+    sealed: Vec<u8>,
+}
+
+impl Conn {
+    /// Write all of `buf` (encrypted on TLS).
+    async fn send(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self.tls.as_mut() {
+            None => self.stream.write_all(buf).await,
+            Some(tls) => {
+                crate::tls::seal(tls, buf, &mut self.sealed)?;
+                let wrote = self.stream.write_all(&self.sealed).await;
+                self.sealed.clear();
+                wrote
+            }
+        }
+    }
 }
 
 /// Reads responses off one connection, keeping bytes of the next.
@@ -161,7 +180,29 @@ fn parse_head(buf: &[u8], head_only: bool) -> Option<Result<Head, ReadError>> {
     }))
 }
 
+/// Read response bytes: decrypted ones on TLS (the socket's bytes pass
+/// through `into` on their way to rustls).
 async fn read(s: &mut Conn, into: &mut [u8]) -> Result<usize, ReadError> {
+    if s.tls.is_none() {
+        return read_raw(s, into).await;
+    }
+    loop {
+        let tls = s.tls.as_mut().expect("checked above");
+        match crate::tls::plaintext(tls, into) {
+            Ok(Some(0)) | Err(_) => return Err(ReadError::Io),
+            Ok(Some(n)) => return Ok(n),
+            Ok(None) => {}
+        }
+        let n = read_raw(s, into).await?;
+        let tls = s.tls.as_mut().expect("checked above");
+        crate::tls::absorb(tls, &into[..n]).map_err(|_| ReadError::Io)?;
+        if tls.wants_write() {
+            s.send(&[]).await.map_err(|_| ReadError::Io)?;
+        }
+    }
+}
+
+async fn read_raw(s: &mut Conn, into: &mut [u8]) -> Result<usize, ReadError> {
     let got = match s.interest.as_mut() {
         Some(interest) => {
             let fd = s.stream.as_raw_fd();
@@ -245,11 +286,35 @@ async fn connect(plan: &Plan, readiness: Option<&Rc<Readiness>>) -> std::io::Res
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(plan.timeout))?;
     s.set_write_timeout(Some(plan.timeout))?;
-    Ok(Conn {
+    let mut conn = Conn {
         interest: readiness.map(|r| r.register(s.as_raw_fd())),
         stream: s,
         timeout: plan.timeout,
-    })
+        tls: None,
+        sealed: Vec::new(),
+    };
+    if let Some(tls) = &plan.tls {
+        conn.tls = Some(Box::new(tls.connection()?));
+        handshake(&mut conn).await?;
+    }
+    Ok(conn)
+}
+
+/// Complete a TLS handshake: a connection that fails it counts as a
+/// connect error.
+async fn handshake(conn: &mut Conn) -> std::io::Result<()> {
+    let mut raw = vec![0u8; 16 << 10];
+    loop {
+        conn.send(&[]).await?;
+        if !conn.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            return Ok(());
+        }
+        let n = read_raw(conn, &mut raw)
+            .await
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let tls = conn.tls.as_mut().expect("a TLS connection");
+        crate::tls::absorb(tls, &raw[..n])?;
+    }
 }
 
 async fn connection(
@@ -347,7 +412,7 @@ async fn open_loop(
         let request = &requests[n % requests.len()];
         n += plan.connections;
         let sent = Instant::now();
-        let result = match s.stream.write_all(request).await {
+        let result = match s.send(request).await {
             Ok(()) => reader.next(s, head_only).await,
             Err(_) => Err(ReadError::Io),
         };
@@ -418,7 +483,7 @@ async fn closed_loop(
                 }
             }
             if !out.is_empty() {
-                let wrote = s.stream.write_all(&out).await;
+                let wrote = s.send(&out).await;
                 out.clear();
                 if wrote.is_err() {
                     if Instant::now() >= measure_from && !in_flight.is_empty() {
@@ -468,8 +533,10 @@ async fn closed_loop(
         let Conn {
             interest,
             mut stream,
+            tls,
             ..
         } = s;
+        drop(tls);
         drop(interest);
         let _ = stream.close().await;
     }

@@ -18,6 +18,7 @@ pub mod client;
 pub mod report;
 pub mod schedule;
 pub mod stats;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -57,6 +58,8 @@ pub struct Plan {
     pub warmup: Duration,
     /// A request with no response after this long is an error.
     pub timeout: Duration,
+    /// An `https://` target: how to make each TLS connection.
+    pub tls: Option<tls::TlsPlan>,
 }
 
 impl Plan {
@@ -204,6 +207,7 @@ mod tests {
             duration: Duration::from_millis(2500),
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 

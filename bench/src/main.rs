@@ -59,9 +59,14 @@ struct Args {
     /// Request body.
     #[arg(short, long, default_value = "")]
     body: String,
-    /// One request per connection (measures the accept path).
+    /// One request per connection (measures the accept path; with an
+    /// https:// URL, the handshake too).
     #[arg(long)]
     new_connection: bool,
+    /// https:// only: make a full handshake on every connection instead of
+    /// resuming the previous session (ticket or session ID).
+    #[arg(long)]
+    no_resume: bool,
     /// Write the latency percentile distribution (.hgrm) here.
     #[arg(long, value_name = "FILE")]
     hgrm: Option<std::path::PathBuf>,
@@ -83,9 +88,19 @@ fn parse_duration(s: &str) -> Result<Duration, coreserve::units::UnitError> {
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    let Some(rest) = a.url.strip_prefix("http://") else {
-        eprintln!("coreserve-bench: only http:// URLs, got {}", a.url);
-        return ExitCode::from(2);
+    let (rest, https) = match (
+        a.url.strip_prefix("http://"),
+        a.url.strip_prefix("https://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => {
+            eprintln!(
+                "coreserve-bench: only http:// and https:// URLs, got {}",
+                a.url
+            );
+            return ExitCode::from(2);
+        }
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -103,6 +118,22 @@ fn main() -> ExitCode {
         eprintln!("coreserve-bench: --rate and --connections must be positive");
         return ExitCode::from(2);
     }
+    let tls = if https {
+        // SNI is the host without its port (an address sends none).
+        let host = match authority.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => authority,
+        };
+        match coreserve_bench::tls::TlsPlan::new(host, !a.no_resume) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("coreserve-bench: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let paths = if a.paths.is_empty() {
         vec![path.to_string()]
     } else {
@@ -122,6 +153,7 @@ fn main() -> ExitCode {
         duration: a.duration,
         warmup: a.warmup,
         timeout: a.timeout,
+        tls,
     };
     let progress = Arc::new(Progress::default());
     let ticker = std::io::stderr().is_terminal().then(|| {

@@ -16,11 +16,14 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// Whether what the configuration names on the file system is usable here:
 /// every static route's root is a directory, the access log, if it is a
-/// file, can be opened for appending (`check_writable`), and every app's
-/// `cwd` is a directory and its program can be run (`check_app`). Returns
-/// every failure, in route order, then the log, then the apps, each pointed
-/// at the line of its key like `validate`'s errors; empty when all is well.
-pub fn preflight(config: &Config) -> Vec<ConfigError> {
+/// file, can be opened for appending (`check_writable`), every app's `cwd`
+/// is a directory and its program can be run (`check_app`), and each TLS
+/// certificate and key loads (`tls_files`; a near expiry is logged as a
+/// warning; what loads is kept in `config.tls.loaded` for the shards).
+/// Returns every failure, in route order, then the log, the apps and TLS,
+/// each pointed at the line of its key like `validate`'s errors; empty when
+/// all is well.
+pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
         if let HandlerConfig::Static(s) = &r.handler {
@@ -52,6 +55,13 @@ pub fn preflight(config: &Config) -> Vec<ConfigError> {
     for e in &mut errors {
         config.locate(e);
     }
+    // Located already, and logged each time: a warning stops nothing.
+    let tls = super::load_certificates(config, std::time::SystemTime::now());
+    for w in &tls.warnings {
+        log::warn!("{w}");
+    }
+    errors.extend(tls.errors);
+    config.tls.loaded = super::LoadedCertificates(std::sync::Arc::new(tls.certificates));
     errors
 }
 
@@ -206,7 +216,7 @@ mod tests {
         c.log.access = AccessLog::File(dir.join("no/such/dir/access.log"));
         c.lines.insert("route[3].root".into(), 12);
         c.lines.insert("route[4].root".into(), 14);
-        let errs: Vec<String> = preflight(&c).iter().map(|e| e.to_string()).collect();
+        let errs: Vec<String> = preflight(&mut c).iter().map(|e| e.to_string()).collect();
         let d = dir.display();
         assert_eq!(
             errs,
@@ -218,7 +228,7 @@ mod tests {
         );
         c.routes.truncate(2);
         c.log.access = AccessLog::File(dir.join("access.log"));
-        assert_eq!(preflight(&c), []);
+        assert_eq!(preflight(&mut c), []);
         assert!(
             !dir.join("access.log").exists(),
             "preflight created the log"
@@ -256,7 +266,7 @@ mod tests {
 
     /// `preflight`'s messages for a configuration of these apps.
     fn app_errors(apps: Vec<AppConfig>) -> Vec<String> {
-        let c = Config {
+        let mut c = Config {
             source: Some("conf/x.toml".into()),
             apps,
             lines: [
@@ -266,7 +276,7 @@ mod tests {
             .into(),
             ..Config::default()
         };
-        preflight(&c).iter().map(|e| e.to_string()).collect()
+        preflight(&mut c).iter().map(|e| e.to_string()).collect()
     }
 
     fn app(command: &[&str], cwd: Option<&Path>) -> AppConfig {

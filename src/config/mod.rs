@@ -11,12 +11,16 @@ mod app;
 mod env;
 mod files;
 mod load;
+mod tls;
+mod tls_files;
 mod upstream;
 mod validate;
 
 pub use app::*;
 pub use files::preflight;
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
+pub use tls::*;
+pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
 pub use upstream::*;
 
 use std::collections::HashMap;
@@ -152,6 +156,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// HTTPS: its addresses and certificates.
+    pub tls: TlsConfig,
     /// The file this came from, if any (for messages and reload).
     pub source: Option<PathBuf>,
     /// Line of each key set in the file, so that errors found after parsing
@@ -178,6 +184,7 @@ impl Default for Config {
             apps: Vec::new(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
             source: None,
             lines: HashMap::new(),
         }
@@ -226,6 +233,9 @@ pub struct RouteConfig {
     pub methods: Option<Vec<String>>,
     /// Host (without port, case-insensitive) this route is for; `None`: any.
     pub host: Option<String>,
+    /// Only requests that came to a plain (`http`) or an HTTPS listener;
+    /// `None`: both.
+    pub scheme: Option<Scheme>,
     /// What answers.
     pub handler: HandlerConfig,
 }
@@ -237,6 +247,7 @@ impl RouteConfig {
             path: "/".into(),
             methods: None,
             host: None,
+            scheme: None,
             handler: HandlerConfig::Respond {
                 status: 200,
                 body: "Hello World".into(),

@@ -31,6 +31,9 @@ pub struct ResponseWriter<'o> {
     head_only: bool,
     /// Set by `begin`: 1xx/204/304 responses carry neither body nor length.
     status: Status,
+    /// Header lines every response of the connection carries, written by
+    /// `begin` (`Strict-Transport-Security` on TLS); usually empty.
+    headers: &'o [u8],
 }
 
 impl<'o> ResponseWriter<'o> {
@@ -47,7 +50,14 @@ impl<'o> ResponseWriter<'o> {
             persistence,
             head_only,
             status: Status::OK,
+            headers: b"",
         }
+    }
+
+    /// Add `headers` (whole lines, each ending in CRLF) to the head.
+    pub fn with_headers(mut self, headers: &'o [u8]) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// Whether this response ends the connection.
@@ -69,6 +79,7 @@ impl<'o> ResponseWriter<'o> {
         self.out.extend_from_slice(b"\r\nDate: ");
         self.out.extend_from_slice(&self.date);
         self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(self.headers);
     }
 
     /// One more header field.

@@ -28,6 +28,9 @@ pub(super) struct Launcher {
     pub(super) sources: Vec<ListenSource>,
     /// `server.defer-accept`, for a restarted shard's listeners.
     pub(super) defer_accept: bool,
+    /// What each listener speaks, in the order of the listeners (the index
+    /// a hand-off carries).
+    pub(super) schemes: Vec<crate::listener::Scheme>,
 }
 
 /// A shard just started, before the master connects its channels.
@@ -108,6 +111,8 @@ impl Launcher {
             limits: config.limits,
             routes: config.routes.clone(),
             upstreams: config.upstreams.clone(),
+            schemes: self.schemes.clone(),
+            tls: config.tls.clone(),
             log: config.log.clone(),
             log_file,
             drain_timeout: config.drain_timeout,

@@ -23,7 +23,7 @@ use crate::apps::{AppError, Apps};
 use crate::config::{AppConfig, Config, ConfigError, Dispatch, ServerAddr, UpstreamConfig};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError};
-use crate::listener::{self, BindError};
+use crate::listener::{self, BindError, Scheme};
 use crate::signals;
 use crate::systemd;
 
@@ -156,7 +156,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     // Bind before any shard starts, so a busy port stops start-up here.
     let mut exclusive = Vec::new();
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
-    let mut bound: Vec<SocketAddr> = Vec::new();
+    let mut bound: Vec<(Scheme, SocketAddr)> = Vec::new();
     let activated = systemd::listen_fds().map_err(MasterError::Activation)?;
     if !activated.is_empty() {
         info!(
@@ -167,7 +167,13 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let mut sources = Vec::new();
     for l in activated {
         let addr = l.local_addr().map_err(MasterError::Activation)?;
-        bound.push(addr);
+        // A passed socket speaks TLS when its address is a tls.listen one.
+        let scheme = if config.tls.listen.contains(&addr) {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        bound.push((scheme, addr));
         if config.dispatch == Dispatch::Reuseport {
             sources.push(ListenSource::Activated(
                 l.try_clone().map_err(MasterError::Activation)?,
@@ -184,16 +190,24 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             }
         }
     }
-    let listen = if bound.is_empty() {
-        config.listen.clone()
+    // Plain addresses, then HTTPS ones: a listener's index in this order
+    // (`bound`'s) is what tells a shard which it speaks.
+    let listen: Vec<(Scheme, SocketAddr)> = if bound.is_empty() {
+        let plain = config.listen.iter().map(|&a| (Scheme::Http, a));
+        plain
+            .chain(config.tls.listen.iter().map(|&a| (Scheme::Https, a)))
+            .collect()
     } else {
         Vec::new()
     };
-    for &addr in &listen {
+    for &(scheme, addr) in &listen {
         match config.dispatch {
             Dispatch::Master => {
                 let l = listener::bind_exclusive(addr, config.defer_accept)?;
-                bound.push(l.local_addr().map_err(|err| BindError { addr, err })?);
+                bound.push((
+                    scheme,
+                    l.local_addr().map_err(|err| BindError { addr, err })?,
+                ));
                 exclusive.push(l);
             }
             Dispatch::Reuseport => {
@@ -201,7 +215,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
                 let real = group[0]
                     .local_addr()
                     .map_err(|err| BindError { addr, err })?;
-                bound.push(real);
+                bound.push((scheme, real));
                 sources.push(ListenSource::Address(real));
                 for (i, l) in group.into_iter().enumerate() {
                     per_shard[i].push(l);
@@ -262,6 +276,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         io_memory: io_memory as usize,
         sources,
         defer_accept: config.defer_accept,
+        schemes: bound.iter().map(|&(scheme, _)| scheme).collect(),
     };
     let mut launched = Vec::with_capacity(n);
     for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {

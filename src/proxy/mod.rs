@@ -64,6 +64,12 @@ pub struct Client<'a> {
     pub out: &'a mut Vec<u8>,
     /// The client's address.
     pub remote: Option<IpAddr>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+    /// Header lines every response to this client carries
+    /// (`Strict-Transport-Security` over TLS), unless the upstream sent its
+    /// own; usually empty.
+    pub headers: &'a [u8],
 }
 
 /// What the session decided for this exchange, and the limits that apply.
@@ -206,6 +212,7 @@ pub async fn serve(
                 server_host: &server.host,
                 upgrade,
                 close: cfg.keepalive == 0,
+                https: c.https,
             },
         );
         let mut sent =
@@ -327,7 +334,7 @@ async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: S
     };
     served.keep_alive &= persistence != Persistence::Close;
     c.out.clear();
-    let mut w = ResponseWriter::new(c.out, ex.date, persistence, false);
+    let mut w = ResponseWriter::new(c.out, ex.date, persistence, false).with_headers(c.headers);
     w.begin(status);
     let mut body = [0u8; 64];
     let reason = status.reason().as_bytes();

@@ -116,6 +116,11 @@ pub(super) async fn relay(
             return r;
         }
         let down = response::write_head(c.out, &res, ex.date, client, tunnel);
+        if !c.headers.is_empty() && res.header("strict-transport-security").is_none() {
+            // Before the head's final empty line.
+            let end = c.out.len() - 2;
+            c.out.splice(end..end, c.headers.iter().copied());
+        }
         (res.framing, res.reusable, res.head_len, tunnel, down)
     };
     r.status = r.upstream_status;

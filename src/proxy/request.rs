@@ -26,6 +26,8 @@ pub struct Forwarding<'a> {
     pub upgrade: Option<&'a [u8]>,
     /// Ask the upstream to close after the response (no pooling).
     pub close: bool,
+    /// The client came over TLS: `X-Forwarded-Proto` says `https`.
+    pub https: bool,
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` and
@@ -106,7 +108,8 @@ pub fn write_head(
     }
     out.extend_from_slice(b"\r\n");
     if !proto_sent {
-        write_field(out, "X-Forwarded-Proto", b"http");
+        let proto: &[u8] = if fwd.https { b"https" } else { b"http" };
+        write_field(out, "X-Forwarded-Proto", proto);
     }
     if let (false, Some(h)) = (host_sent, client_host) {
         write_field(out, "X-Forwarded-Host", h.as_bytes());
@@ -163,6 +166,7 @@ mod tests {
             server_host: "10.0.0.9:3001",
             upgrade: upgrade_wanted(&h).filter(|_| config.upgrade),
             close: false,
+            https: false,
         };
         write_head(&mut out, &h, h.target(), config, &fwd);
         String::from_utf8(out).unwrap()

@@ -21,5 +21,6 @@ mod shutdown;
 mod static_files;
 #[cfg(feature = "fault-injection")]
 mod supervision;
+mod tls;
 mod upstream;
 mod util;

@@ -109,6 +109,16 @@ impl Server {
         }
     }
 
+    /// The HTTPS addresses it reported ("listening on https://ADDR").
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("listening on https://").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
     /// The admin listener's metrics URL, from the log.
     pub fn metrics_url(&self) -> String {
         let log = self.log();

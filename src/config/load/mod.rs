@@ -18,6 +18,7 @@ mod log;
 mod metrics;
 mod routes;
 mod server;
+mod tls;
 mod upstreams;
 mod values;
 
@@ -239,6 +240,10 @@ impl Walker<'_> {
                     Some(routes) => self.routes(routes),
                     None => self.error(&f, "must be written as [[route]] tables".into()),
                 },
+                "tls" => match f.item.as_table_like() {
+                    Some(t) => self.tls(t),
+                    None => self.error(&f, "must be a table".into()),
+                },
                 "upstream" => match f.item.as_array_of_tables() {
                     Some(groups) => self.upstreams(groups),
                     None => self.error(&f, "must be written as [[upstream]] tables".into()),
@@ -249,7 +254,7 @@ impl Walker<'_> {
                 },
                 _ => self.error(
                     &f,
-                    "unknown key (sections are server, limits, route, upstream, app, log, metrics)"
+                    "unknown key (sections are server, limits, tls, route, upstream, app, log, metrics)"
                         .into(),
                 ),
             }

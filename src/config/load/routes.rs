@@ -30,6 +30,7 @@ impl Walker<'_> {
             path: String::new(),
             methods: None,
             host: None,
+            scheme: None,
             // What a route whose handler could not be read holds in the
             // partial configuration; never served.
             handler: HandlerConfig::Respond {
@@ -55,6 +56,7 @@ impl Walker<'_> {
                 "handler" | "path" => {}
                 "methods" => route.methods = self.string_list(f),
                 "host" => route.host = self.route_host(f),
+                "scheme" => route.scheme = self.route_scheme(f),
                 n if keys.contains(&n) => {
                     if let Some(r) = reader.as_mut() {
                         r.read(self, n, f);

@@ -64,7 +64,7 @@ impl Walker<'_> {
 
     /// `listen`: one address or a list of them. Every address that does not
     /// parse is reported; the ones that do are kept.
-    fn listen(&mut self, f: &Field) -> Option<Vec<SocketAddr>> {
+    pub(super) fn listen(&mut self, f: &Field) -> Option<Vec<SocketAddr>> {
         let strings: Option<Vec<String>> = match f.item.as_value() {
             Some(Value::String(s)) => Some(vec![s.value().clone()]),
             Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string)).collect(),

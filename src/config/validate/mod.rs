@@ -88,6 +88,7 @@ impl Config {
                 );
             }
         }
+        self.tls.validate(&self.listen, &mut errors);
         if errors.is_empty() {
             Ok(self)
         } else {
@@ -109,10 +110,9 @@ fn validate_route(
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
     }
-    if let Some(dup) = earlier
-        .iter()
-        .position(|e| e.path == r.path && e.host == r.host && e.methods == r.methods)
-    {
+    if let Some(dup) = earlier.iter().position(|e| {
+        e.path == r.path && e.host == r.host && e.methods == r.methods && e.scheme == r.scheme
+    }) {
         err(
             &key("path"),
             format!(

@@ -6,7 +6,9 @@
 //! is consulted on glommio's blocking thread (`fs`), small files are kept in a
 //! per-shard cache revalidated every `cache-valid`, and large files go out
 //! by sendfile while they are in the page cache (`sendfile`), otherwise read
-//! through io_uring in bounded chunks while they are written out.
+//! through io_uring in bounded chunks while they are written out. A
+//! connection that cannot take sendfile (TLS: the bytes must be encrypted
+//! on their way) gets every file the second way (`Sink`).
 
 pub mod fs;
 pub mod reply;
@@ -16,14 +18,13 @@ pub mod sendfile;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures_lite::AsyncWriteExt;
 use glommio::io::BufferedFile;
-use glommio::net::TcpStream;
 
 use self::fs::{FileInfo, Found, Lookup};
 use self::reply::{Conditions, Decision};
@@ -185,15 +186,27 @@ fn accepted_encodings(text: &str) -> Vec<&'static str> {
     ranked.into_iter().map(|(coding, _)| coding).collect()
 }
 
+/// Where a file response goes: the connection's socket.
+pub trait Sink {
+    /// The socket's descriptor when the file's bytes may go to it by
+    /// sendfile(2) (plain TCP); None otherwise (TLS).
+    fn sendfile_fd(&mut self) -> Option<RawFd>;
+    /// Write all of `buf`, failing on a stall (the connection's
+    /// send-timeout).
+    fn write_all(&mut self, buf: &[u8]) -> impl Future<Output = std::io::Result<()>>;
+}
+
 /// How the file response is framed, from the session.
 #[derive(Debug, Clone, Copy)]
-pub struct ReplyContext {
+pub struct ReplyContext<'a> {
     /// What the response says about the connection.
     pub persistence: Persistence,
     /// HEAD: headers only.
     pub head_only: bool,
     /// The shard's `Date`.
     pub date: [u8; DATE_LEN],
+    /// Header lines every response of the connection carries (HSTS).
+    pub headers: &'a [u8],
 }
 
 impl SiteState {
@@ -269,13 +282,14 @@ fn entry_bytes(found: &Found) -> usize {
 /// all bytes sent.
 pub async fn serve(
     job: Box<FileJob>,
-    rc: ReplyContext,
+    rc: ReplyContext<'_>,
     out: &mut Vec<u8>,
-    stream: &mut TcpStream,
+    stream: &mut impl Sink,
 ) -> std::io::Result<(u16, u64, u64)> {
     let found = job.state.lookup(&job).await;
     let cfg = &job.state.cfg;
-    let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only);
+    let mut res =
+        ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only).with_headers(rc.headers);
     let mut stream_from: Option<(PathBuf, u64, u64)> = None;
     match found {
         Found::NotFound => {
@@ -364,8 +378,9 @@ pub async fn serve(
 }
 
 /// Copy `len` bytes from `path` at `start` to the socket: by sendfile where
-/// the page cache holds the range, otherwise (and whenever the socket is
-/// full, to wait for room) a chunk at a time read through io_uring. A file
+/// the page cache holds the range and the socket takes it, otherwise (and
+/// whenever the socket is full, to wait for room) a chunk at a time read
+/// through io_uring. A file
 /// that shrank underneath fails the connection: the length was already
 /// promised.
 ///
@@ -377,10 +392,10 @@ async fn stream_file(
     path: &PathBuf,
     start: u64,
     len: u64,
-    stream: &mut TcpStream,
+    stream: &mut impl Sink,
 ) -> std::io::Result<()> {
     let file = open(path).await?;
-    let (fd, socket) = (file.as_raw_fd(), stream.as_raw_fd());
+    let (fd, socket) = (file.as_raw_fd(), stream.sendfile_fd());
     let mut pos = start;
     let end = start + len;
     let shrank = || {
@@ -393,7 +408,8 @@ async fn stream_file(
         // What cachestat said: [pos, cached_to) is cached; nothing is asked
         // again before `ask_at` (after a "no", the next window; after a
         // chunk that waited, at once: pages may have gone meanwhile).
-        let (mut cached_to, mut ask_at) = (0, start);
+        // Without sendfile nobody asks.
+        let (mut cached_to, mut ask_at) = (0, if socket.is_some() { start } else { end });
         while pos < end {
             if pos >= cached_to && pos >= ask_at {
                 let window = SENDFILE_WINDOW.min(end - pos);
@@ -403,7 +419,7 @@ async fn stream_file(
                     Residency::Unknown => ask_at = end,
                 }
             }
-            if pos < cached_to && recheck::try_direct() {
+            if let Some(socket) = socket.filter(|_| pos < cached_to && recheck::try_direct()) {
                 match sendfile::send(socket, fd, pos, cached_to - pos) {
                     Ok(0) => return Err(shrank()),
                     Ok(n) => {

@@ -41,6 +41,9 @@ pub struct Context<'a, J> {
     pub handler: &'a dyn Handler<Job = J>,
     /// Where a line per request goes, when access logging is on.
     pub log: Option<&'a dyn RequestLog>,
+    /// Header lines (`Name: value\r\n`) every handler's response carries
+    /// (`Strict-Transport-Security` over TLS); usually empty.
+    pub headers: &'a [u8],
 }
 
 /// Receives one access-log entry per answered or refused request.
@@ -379,7 +382,8 @@ impl<J> Session<J> {
         };
         let head_only = req.is_head();
         let mark = out.len();
-        let writer = ResponseWriter::new(out, cx.date, persistence, head_only);
+        let writer =
+            ResponseWriter::new(out, cx.date, persistence, head_only).with_headers(cx.headers);
         match cx.handler.handle(&req, writer) {
             Outcome::Deferred(job) => {
                 self.pending = Some(Pending {

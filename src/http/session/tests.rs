@@ -24,6 +24,7 @@ fn run(input: &[u8], chunks: &[usize]) -> (Vec<u8>, Next) {
         draining: false,
         handler: &handler,
         log: None,
+        headers: b"",
     };
     let mut session = Session::default();
     let mut buf = InputBuffer::new(LIMITS.head.max_header_bytes);

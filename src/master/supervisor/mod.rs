@@ -58,7 +58,7 @@ pub(super) struct Supervision {
     pub(super) cpus: Vec<usize>,
     pub(super) pipe: SignalPipe,
     pub(super) exclusive: Vec<std::net::TcpListener>,
-    pub(super) bound: Vec<std::net::SocketAddr>,
+    pub(super) bound: Vec<(crate::listener::Scheme, std::net::SocketAddr)>,
     pub(super) launcher: Launcher,
     pub(super) launched: Vec<Launched>,
 }
@@ -194,9 +194,10 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
             })?,
         )
     };
-    for addr in &s.bound {
+    for (scheme, addr) in &s.bound {
         info!(
-            "listening on http://{addr} (dispatch {}, {n} shards)",
+            "listening on {}://{addr} (dispatch {}, {n} shards)",
+            scheme.name(),
             s.config.dispatch.name()
         );
     }
@@ -204,7 +205,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         "serving {} with {n} shards",
         s.bound
             .iter()
-            .map(|a| format!("http://{a}"))
+            .map(|(scheme, a)| format!("{}://{a}", scheme.name()))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -394,6 +395,7 @@ impl Supervisor {
             limits: new.limits,
             routes: new.routes.clone(),
             upstreams: upstreams.clone(),
+            tls: new.tls.clone(),
         };
         let seq = self.reloads.next_seq();
         let reached = self.broadcast(|| Control::Reload(Box::new(update.clone()), seq));
@@ -401,6 +403,10 @@ impl Supervisor {
         self.config.routes = new.routes;
         self.config.upstreams = upstreams;
         self.config.apps = new.apps;
+        // Its addresses stay what was bound, like server.listen.
+        let listen = std::mem::take(&mut self.config.tls.listen);
+        self.config.tls = new.tls;
+        self.config.tls.listen = listen;
         if self.reloads.sent(reached).1 {
             self.ready();
         }
@@ -537,6 +543,7 @@ impl Supervisor {
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("server.listen", old.listen != new.listen),
+        ("tls.listen", old.tls.listen != new.tls.listen),
         ("server.shards", old.shards != new.shards),
         ("server.cpus", old.cpus != new.cpus),
         ("server.dispatch", old.dispatch != new.dispatch),

@@ -1,13 +1,16 @@
 //! The byte streams connections run on: a client's socket or an upstream
-//! connection, TCP or Unix. A `Socket` says what it can do — read through
-//! the shard's readiness ring (one direct recv when data is there), or
-//! through glommio on a shard without one; hand a plain TCP descriptor to
-//! `sendfile` — so the layers above take one type, and a stream that cannot
-//! (TLS, later) falls back to plain reads and writes.
+//! connection, TCP, Unix, or TLS over TCP (`tls`). A `Socket` says what it
+//! can do — read through the shard's readiness ring (one direct recv when
+//! data is there), or through glommio on a shard without one; hand a plain
+//! TCP descriptor to `sendfile` — so the layers above take one type, and a
+//! stream that cannot (TLS) falls back to plain reads and writes.
+
+mod tls;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -16,14 +19,18 @@ use glommio::net::{TcpStream, UnixStream};
 use crate::http::session::InputBuffer;
 use crate::readiness::{Interest, Readiness};
 use crate::recheck;
+use tls::TlsStream;
 
-/// A stream of either kind.
+/// A stream of one of the kinds.
 pub enum Stream {
     /// A TCP connection.
     Tcp(TcpStream),
     /// A Unix stream socket (an upstream at `unix:/path`), and its
     /// descriptor (glommio's type does not tell it).
     Unix(UnixStream, RawFd),
+    /// A TLS connection a client made to an HTTPS address; boxed, so that
+    /// a plain connection's future stays small.
+    Tls(Box<TlsStream>),
 }
 
 /// One connected socket of a shard, with its registration on the shard's
@@ -76,14 +83,12 @@ impl Stream {
 impl Socket {
     /// A socket registered with `readiness`, if the shard has a ring.
     pub fn new(stream: Stream, readiness: Option<&Rc<Readiness>>) -> Socket {
-        let fd = match &stream {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(_, fd) => *fd,
-        };
-        Socket {
-            interest: readiness.map(|r| r.register(fd)),
+        let mut socket = Socket {
+            interest: None,
             stream,
-        }
+        };
+        socket.interest = readiness.map(|r| r.register(socket.fd()));
+        socket
     }
 
     /// The descriptor.
@@ -91,15 +96,75 @@ impl Socket {
         match &self.stream {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(_, fd) => *fd,
+            Stream::Tls(t) => t.tcp.as_raw_fd(),
         }
     }
 
-    /// The TCP stream, for what only plain TCP can do (`sendfile`, the
-    /// peer's address); None for a Unix socket.
+    /// The plain TCP stream, for what only plain TCP can do (`sendfile`);
+    /// None for a Unix socket, and for TLS, whose bytes must be encrypted
+    /// on their way: a file then goes through `write_all`.
     pub fn tcp(&mut self) -> Option<&mut TcpStream> {
         match &mut self.stream {
             Stream::Tcp(s) => Some(s),
+            Stream::Unix(..) | Stream::Tls(_) => None,
+        }
+    }
+
+    /// The peer's address (a system call); None for a Unix socket.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.stream {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(t) => t.tcp.peer_addr().ok(),
             Stream::Unix(..) => None,
+        }
+    }
+
+    /// Turn a plain TCP connection into a TLS server connection, fed first
+    /// with `early`, the bytes already read from it; the registration on
+    /// the ring stays. Fails on anything but TCP, and when `early` is not
+    /// the start of a TLS handshake.
+    pub fn start_tls(self, config: Arc<rustls::ServerConfig>, early: &[u8]) -> io::Result<Socket> {
+        let Socket { interest, stream } = self;
+        let Stream::Tcp(tcp) = stream else {
+            return Err(io::Error::other("TLS runs over TCP only"));
+        };
+        Ok(Socket {
+            interest,
+            stream: Stream::Tls(Box::new(TlsStream::new(tcp, config, early)?)),
+        })
+    }
+
+    /// Complete the TLS handshake by `deadline` (nothing to do on a plain
+    /// socket). A malformed or truncated hello, an alert or the peer
+    /// leaving ends it with an error, and only this connection.
+    pub async fn handshake(&mut self, deadline: Instant) -> io::Result<()> {
+        let Stream::Tls(t) = &mut self.stream else {
+            return Ok(());
+        };
+        loop {
+            if t.conn.wants_write() {
+                t.flush(self.interest.as_mut(), deadline).await?;
+            }
+            if !t.conn.is_handshaking() {
+                return Ok(());
+            }
+            match fill(t, &mut self.interest, deadline).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Whether this is a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// The ALPN protocol agreed on, if any (TLS only).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match &self.stream {
+            Stream::Tls(t) => t.conn.alpn_protocol(),
+            _ => None,
         }
     }
 
@@ -113,6 +178,9 @@ impl Socket {
         deadline: Instant,
     ) -> io::Result<usize> {
         let fd = self.fd();
+        if let Stream::Tls(t) = &mut self.stream {
+            return read_tls(t, &mut self.interest, room, deadline).await;
+        }
         if let Some(interest) = self.interest.as_mut() {
             let mut waited = false;
             loop {
@@ -132,6 +200,15 @@ impl Socket {
     /// there now).
     pub fn try_read(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         let fd = self.fd();
+        if let Stream::Tls(t) = &mut self.stream {
+            if let Some(read) = plaintext(t, buf) {
+                return Some(read);
+            }
+            if let Err(e) = t.recv(self.interest.as_mut())? {
+                return Some(Err(e));
+            }
+            return plaintext(t, buf);
+        }
         if let Some(interest) = self.interest.as_mut() {
             return interest.try_recv(fd, buf);
         }
@@ -166,6 +243,7 @@ impl Socket {
                 recheck::wait(s.read(room.room())).await
             }
             Stream::Unix(s, _) => within(timeout, s.read(room.room())).await,
+            Stream::Tls(_) => unreachable!("TLS reads in read_tls"),
         }
     }
 
@@ -177,12 +255,37 @@ impl Socket {
                 s.write_all(buf).await
             }
             Stream::Unix(s, _) => within(timeout, s.write_all(buf)).await,
+            Stream::Tls(t) => {
+                let mut rest = buf;
+                while !rest.is_empty() {
+                    // rustls takes what fits its buffer (64 KiB), encrypted.
+                    let n = std::io::Write::write(&mut t.conn.writer(), rest)?;
+                    if n == 0 && !t.conn.wants_write() {
+                        // Closed for writing (close_notify sent): no room
+                        // will come.
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    rest = &rest[n..];
+                    t.flush(self.interest.as_mut(), Instant::now() + timeout)
+                        .await?;
+                }
+                Ok(())
+            }
         }
     }
 
     /// Half-close: no more bytes from this side.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         match &mut self.stream {
+            Stream::Tls(t) => {
+                t.close_notify();
+                t.flush(self.interest.as_mut(), Instant::now() + CLOSE_NOTIFY_TIME)
+                    .await?;
+                t.tcp
+                    .shutdown(std::net::Shutdown::Write)
+                    .await
+                    .map_err(io::Error::from)
+            }
             Stream::Tcp(s) => s
                 .shutdown(std::net::Shutdown::Write)
                 .await
@@ -256,6 +359,11 @@ impl Socket {
     /// Whether the socket holds bytes or a close that no read took yet
     /// (a pooled upstream connection must hold neither).
     pub fn has_input(&mut self) -> bool {
+        if let Stream::Tls(t) = &mut self.stream {
+            if t.buffered() {
+                return true;
+            }
+        }
         // The ring says so without a system call when nothing happened.
         if self.interest.as_ref().is_some_and(Interest::is_quiet) {
             return false;
@@ -268,6 +376,11 @@ impl Socket {
     /// `read` finds it. Without a ring this looks every 10 ms (an upgraded
     /// tunnel on a shard that could not set up its ring).
     pub async fn readable(&mut self, deadline: Instant) -> io::Result<()> {
+        if let Stream::Tls(t) = &mut self.stream {
+            if t.buffered() {
+                return Ok(());
+            }
+        }
         if let Some(interest) = self.interest.as_mut() {
             if interest.may_hold_more() {
                 return Ok(());
@@ -304,6 +417,76 @@ impl Socket {
                 Ok(n) => discarded += n,
             }
         }
+    }
+}
+
+/// How long a closing TLS connection waits to send its close_notify.
+const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(2);
+
+/// `Socket::read` for TLS: decrypted bytes already there, else one read of
+/// the socket into rustls (waiting on the ring, or glommio without one).
+async fn read_tls(
+    t: &mut TlsStream,
+    interest: &mut Option<Interest>,
+    room: &mut (impl Room + ?Sized),
+    deadline: Instant,
+) -> io::Result<usize> {
+    let mut waited = false;
+    loop {
+        if let Some(read) = plaintext(t, room.room()) {
+            return read;
+        }
+        // What reading brought to send (a key update, an alert).
+        if t.conn.wants_write() {
+            t.flush(interest.as_mut(), deadline).await?;
+        }
+        if interest.is_none() {
+            if !std::mem::replace(&mut waited, true) {
+                room.before_wait();
+            }
+            t.fill_without_ring(deadline).await?;
+            continue;
+        }
+        if t.recv(interest.as_mut()).transpose()?.is_some() {
+            continue;
+        }
+        if !std::mem::replace(&mut waited, true) {
+            room.before_wait();
+        }
+        if let Some(i) = interest.as_mut() {
+            i.readable(Some(deadline)).await?;
+        }
+    }
+}
+
+/// Read the socket into rustls once, waiting for it until `deadline`;
+/// the bytes read (0: end of stream).
+async fn fill(
+    t: &mut TlsStream,
+    interest: &mut Option<Interest>,
+    deadline: Instant,
+) -> io::Result<usize> {
+    loop {
+        let Some(i) = interest.as_mut() else {
+            return t.fill_without_ring(deadline).await;
+        };
+        if let Some(read) = t.recv(Some(i)) {
+            return read;
+        }
+        interest
+            .as_mut()
+            .expect("checked above")
+            .readable(Some(deadline))
+            .await?;
+    }
+}
+
+/// Decrypted bytes into `buf`, if any are there (None: read the socket);
+/// `Ok(0)` once the peer has closed with close_notify.
+fn plaintext(t: &mut TlsStream, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    match std::io::Read::read(&mut t.conn.reader(), buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        r => Some(r),
     }
 }
 

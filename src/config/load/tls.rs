@@ -1,0 +1,208 @@
+//! The `[tls]` section and its `[[tls.certificate]]` tables. File names
+//! are kept as paths (relative to the configuration file's directory);
+//! what the files hold is looked at by the pre-flight step
+//! (`config::tls_files`), not here.
+
+use toml_edit::{TableLike, Value};
+
+use super::{line_of, Field, Walker};
+use crate::config::{certificate_key, CertificateConfig, Scheme, TlsProtocol};
+
+impl Walker<'_> {
+    pub(super) fn tls(&mut self, t: &dyn TableLike) {
+        for f in self.fields(t, "tls") {
+            match f.key.as_str() {
+                "tls.listen" => {
+                    if let Some(v) = self.listen(&f) {
+                        self.config.tls.listen = v;
+                    }
+                }
+                "tls.certificate" => match f.item.as_array_of_tables() {
+                    Some(certs) => {
+                        for (i, c) in certs.iter().enumerate() {
+                            self.certificate(i, c);
+                        }
+                    }
+                    None => self.error(&f, "must be written as [[tls.certificate]] tables".into()),
+                },
+                "tls.protocols" => {
+                    if let Some(list) = self.protocols(&f) {
+                        self.config.tls.protocols = list;
+                    }
+                }
+                "tls.session-tickets" => {
+                    if let Some(v) = self.flag(&f) {
+                        self.config.tls.session_tickets = v;
+                    }
+                }
+                "tls.hsts" => match f.item.as_value() {
+                    Some(Value::Boolean(b)) if !*b.value() => self.config.tls.hsts = None,
+                    _ => self.config.tls.hsts = self.string(&f),
+                },
+                _ => self.error(
+                    &f,
+                    "unknown key (it takes listen, protocols, session-tickets, hsts, [[tls.certificate]])"
+                        .into(),
+                ),
+            }
+        }
+    }
+
+    /// A route's `scheme`: `"http"` or `"https"`.
+    pub(super) fn route_scheme(&mut self, f: &Field) -> Option<Scheme> {
+        match self.string(f)?.as_str() {
+            "http" => Some(Scheme::Http),
+            "https" => Some(Scheme::Https),
+            other => {
+                self.error(f, format!("must be \"http\" or \"https\", got {other:?}"));
+                None
+            }
+        }
+    }
+
+    fn protocols(&mut self, f: &Field) -> Option<Vec<TlsProtocol>> {
+        let names = self.string_list(f)?;
+        let mut out = Vec::new();
+        for n in names {
+            match TlsProtocol::parse(&n) {
+                Some(p) if !out.contains(&p) => out.push(p),
+                Some(_) => {}
+                None => self.error(
+                    f,
+                    format!(
+                        "must be \"TLSv1.2\" or \"TLSv1.3\" (older versions are not safe, and not \
+                         offered), got {n:?}"
+                    ),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    fn certificate(&mut self, i: usize, t: &toml_edit::Table) {
+        let prefix = certificate_key(i);
+        if let Some(s) = t.span() {
+            let line = line_of(self.text, s.start);
+            self.config.lines.insert(format!("{prefix}]"), line);
+        }
+        let mut cert = CertificateConfig {
+            chain: Default::default(),
+            key: Default::default(),
+            names: Vec::new(),
+        };
+        let (mut chain, mut key) = (false, false);
+        for f in self.fields(t, &prefix) {
+            match &f.key[prefix.len() + 1..] {
+                "chain" => {
+                    if let Some(p) = self.string(&f) {
+                        cert.chain = self.relative_to_file(&p);
+                        chain = true;
+                    }
+                }
+                "key" => {
+                    if let Some(p) = self.string(&f) {
+                        cert.key = self.relative_to_file(&p);
+                        key = true;
+                    }
+                }
+                "names" => {
+                    if let Some(names) = self.string_list(&f) {
+                        // Compared as SNI arrives: lower case, no final dot.
+                        cert.names = names
+                            .iter()
+                            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                            .collect();
+                    }
+                }
+                _ => self.error(&f, "unknown key (it takes chain, key, names)".into()),
+            }
+        }
+        if !chain
+            && !self
+                .errors
+                .iter()
+                .any(|e| e.key == format!("{prefix}.chain"))
+        {
+            self.missing(
+                &prefix,
+                "chain",
+                "is required (a PEM file: the certificate, then its issuers)".into(),
+            );
+        }
+        if !key && !self.errors.iter().any(|e| e.key == format!("{prefix}.key")) {
+            self.missing(
+                &prefix,
+                "key",
+                "is required (a PEM file: the private key)".into(),
+            );
+        }
+        self.config.tls.certificates.push(cert);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{parse_str, TlsProtocol};
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_str(text, Path::new("conf/t.toml")) {
+            Ok(c) => match c.validate() {
+                Ok(_) => Vec::new(),
+                Err(e) => e.iter().map(ToString::to_string).collect(),
+            },
+            Err(f) => f.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse_str(
+            r#"
+[tls]
+listen = ["127.0.0.1:8443", "[::1]:8443"]
+protocols = ["TLSv1.3"]
+session-tickets = false
+hsts = "max-age=63072000; includeSubDomains"
+
+[[tls.certificate]]
+chain = "tls/a.pem"
+key = "/etc/k.pem"
+names = ["Example.COM.", "*.example.com"]
+"#,
+            Path::new("conf/t.toml"),
+        )
+        .map_err(|f| f.errors)
+        .unwrap()
+        .validate()
+        .unwrap();
+        let t = &c.tls;
+        assert_eq!(t.listen.len(), 2);
+        assert_eq!(t.protocols, [TlsProtocol::Tls13]);
+        assert!(!t.session_tickets);
+        assert_eq!(
+            t.hsts.as_deref(),
+            Some("max-age=63072000; includeSubDomains")
+        );
+        assert_eq!(t.certificates[0].chain, Path::new("conf/tls/a.pem"));
+        assert_eq!(t.certificates[0].key, Path::new("/etc/k.pem"));
+        assert_eq!(t.certificates[0].names, ["example.com", "*.example.com"]);
+        assert_eq!(c.lines["tls.certificate[1]]"], 8);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        assert_eq!(
+            errors(
+                "[tls]\nlisten = \"127.0.0.1:8443\"\nprotocols = [\"TLSv1.1\"]\nciphers = \"x\"\n\n[[tls.certificate]]\nchain = \"a.pem\"\nsni = []\n"
+            ),
+            [
+                "conf/t.toml:3: tls.protocols: must be \"TLSv1.2\" or \"TLSv1.3\" (older versions are not safe, and not offered), got \"TLSv1.1\"",
+                "conf/t.toml:4: tls.ciphers: unknown key (it takes listen, protocols, session-tickets, hsts, [[tls.certificate]])",
+                "conf/t.toml:8: tls.certificate[1].sni: unknown key (it takes chain, key, names)",
+                "conf/t.toml:6: tls.certificate[1].key: is required (a PEM file: the private key)",
+            ]
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! `[tls]`: which addresses speak HTTPS, their certificates, the protocol
+//! versions, session resumption and `Strict-Transport-Security` — the types,
+//! their defaults and the rules on their values (pure, like `validate`).
+//! What the files hold is checked by `tls_files`, in the pre-flight step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{ConfigError, LoadedCertificate};
+
+/// What a listener speaks; a route can be narrowed to one (`scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`, as URLs begin (and as a route's `scheme` is written).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// A TLS protocol version coreserve can speak. TLS 1.0 and 1.1 are not
+/// here: rustls never speaks them, and Mozilla's "intermediate" profile
+/// dropped them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProtocol {
+    /// TLS 1.2 (RFC 5246), for older clients.
+    Tls12,
+    /// TLS 1.3 (RFC 8446).
+    Tls13,
+}
+
+impl TlsProtocol {
+    /// The name in the file, as nginx's `ssl_protocols` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsProtocol::Tls12 => "TLSv1.2",
+            TlsProtocol::Tls13 => "TLSv1.3",
+        }
+    }
+
+    /// The protocol named `s` in the file.
+    pub fn parse(s: &str) -> Option<TlsProtocol> {
+        match s {
+            "TLSv1.2" => Some(TlsProtocol::Tls12),
+            "TLSv1.3" => Some(TlsProtocol::Tls13),
+            _ => None,
+        }
+    }
+}
+
+/// One `[[tls.certificate]]`: a certificate chain and its key, and the
+/// server names it is chosen for (SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM file: the server's certificate first, then each certificate that
+    /// issued the one before it (the root may be left out).
+    pub chain: PathBuf,
+    /// PEM file: the private key of the first certificate (PKCS#8, PKCS#1
+    /// or SEC1).
+    pub key: PathBuf,
+    /// Names this certificate is chosen for: exact (`example.com`) or one
+    /// wildcard label (`*.example.com`), lower case. Empty: the DNS names
+    /// the certificate itself lists.
+    pub names: Vec<String>,
+}
+
+/// The `[tls]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Addresses that speak HTTPS; each is bound beside `server.listen`'s,
+    /// which stay plain HTTP. Empty: no HTTPS.
+    pub listen: Vec<SocketAddr>,
+    /// Certificates, chosen by the name the client asks for (SNI); the
+    /// first is the default, for a client that names none or an unknown one.
+    pub certificates: Vec<CertificateConfig>,
+    /// Protocol versions offered.
+    pub protocols: Vec<TlsProtocol>,
+    /// Resume sessions with tickets (keys rotated every 6 hours, shared by
+    /// every shard); false: only a per-shard session cache.
+    pub session_tickets: bool,
+    /// The `Strict-Transport-Security` value sent with every response over
+    /// TLS, if any.
+    pub hsts: Option<String>,
+    /// The certificates as the pre-flight step loaded them: what the shards
+    /// serve, so what was checked is what is served.
+    pub loaded: LoadedCertificates,
+}
+
+/// Certificates and keys read by `tls_files`, shared with the shards (each
+/// builds its own server configuration from them). Two are equal when both
+/// are empty or they are the same load: a reload reads the files again.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedCertificates(pub Arc<Vec<LoadedCertificate>>);
+
+impl PartialEq for LoadedCertificates {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.is_empty() && other.0.is_empty())
+    }
+}
+
+impl Eq for LoadedCertificates {}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: Vec::new(),
+            certificates: Vec::new(),
+            // Mozilla's "intermediate" profile: both, nothing older.
+            protocols: vec![TlsProtocol::Tls12, TlsProtocol::Tls13],
+            session_tickets: true,
+            hsts: None,
+            loaded: LoadedCertificates::default(),
+        }
+    }
+}
+
+/// The key prefix of certificate `i` (0-based) in messages:
+/// `tls.certificate[1]` is the first.
+pub fn certificate_key(i: usize) -> String {
+    format!("tls.certificate[{}]", i + 1)
+}
+
+/// Whether `name` is a server name a certificate can be chosen for: DNS
+/// labels of letters, digits and `-` (lower case, as stored), the first
+/// label `*` at most.
+pub fn is_server_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+impl TlsConfig {
+    /// The rules on `[tls]`'s values: HTTPS addresses apart from the plain
+    /// ones, a certificate when there is an HTTPS address, names well formed
+    /// and not given to two certificates, at least one protocol, an HSTS
+    /// value with its `max-age`.
+    pub(super) fn validate(&self, plain: &[SocketAddr], errors: &mut Vec<ConfigError>) {
+        let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
+        for (i, a) in self.listen.iter().enumerate() {
+            // Port 0 is a new port each time: never the same address.
+            if a.port() == 0 {
+                continue;
+            }
+            if plain.contains(a) {
+                err(
+                    "tls.listen",
+                    format!("{a} is also a server.listen address: a port is plain HTTP or HTTPS"),
+                );
+            } else if self.listen[..i].contains(a) {
+                err("tls.listen", format!("{a} is listed twice"));
+            }
+        }
+        if !self.listen.is_empty() && self.certificates.is_empty() {
+            err(
+                "tls.listen",
+                "HTTPS needs a certificate: add a [[tls.certificate]] with chain and key".into(),
+            );
+        }
+        if self.protocols.is_empty() {
+            err(
+                "tls.protocols",
+                "must name at least one of \"TLSv1.2\", \"TLSv1.3\"".into(),
+            );
+        }
+        if let Some(h) = &self.hsts {
+            let visible = h.bytes().all(|b| b == b' ' || (0x21..0x7f).contains(&b));
+            // RFC 6797 §6.1.1: max-age is the one required directive.
+            if !visible || !h.to_ascii_lowercase().contains("max-age=") {
+                err(
+                    "tls.hsts",
+                    format!(
+                        "must be a Strict-Transport-Security value like \"max-age=31536000\", got {h:?}"
+                    ),
+                );
+            }
+        }
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for (i, c) in self.certificates.iter().enumerate() {
+            let key = format!("{}.names", certificate_key(i));
+            for n in &c.names {
+                if !is_server_name(n) {
+                    err(
+                        &key,
+                        format!(
+                            "must be host names like \"example.com\" or \"*.example.com\", got {n:?}"
+                        ),
+                    );
+                } else if let Some(&(_, first)) = seen.iter().find(|(s, _)| s == n) {
+                    if first != i {
+                        err(
+                            &key,
+                            format!("{n:?} is already a name of {}", certificate_key(first)),
+                        );
+                    }
+                } else {
+                    seen.push((n, i));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(t: &TlsConfig, plain: &[&str]) -> Vec<String> {
+        let plain: Vec<SocketAddr> = plain.iter().map(|a| a.parse().unwrap()).collect();
+        let mut errors = Vec::new();
+        t.validate(&plain, &mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    fn cert(names: &[&str]) -> CertificateConfig {
+        CertificateConfig {
+            chain: "c.pem".into(),
+            key: "k.pem".into(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_intermediate_and_off() {
+        let t = TlsConfig::default();
+        assert!(t.listen.is_empty());
+        assert_eq!(t.protocols, [TlsProtocol::Tls12, TlsProtocol::Tls13]);
+        assert!(t.session_tickets);
+        assert!(rules(&t, &["0.0.0.0:80"]).is_empty());
+        assert_eq!(TlsProtocol::parse("TLSv1.1"), None);
+    }
+
+    #[test]
+    fn an_https_address_needs_a_certificate_and_a_port_of_its_own() {
+        let t = TlsConfig {
+            listen: vec![
+                "0.0.0.0:80".parse().unwrap(),
+                "0.0.0.0:443".parse().unwrap(),
+            ],
+            ..TlsConfig::default()
+        };
+        assert_eq!(
+            rules(&t, &["0.0.0.0:80"]),
+            [
+                "tls.listen: 0.0.0.0:80 is also a server.listen address: a port is plain HTTP or HTTPS",
+                "tls.listen: HTTPS needs a certificate: add a [[tls.certificate]] with chain and key",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_host_names_given_once() {
+        let t = TlsConfig {
+            certificates: vec![
+                cert(&["example.com", "*.example.com"]),
+                cert(&["example.com", "a.*.b", "UP.example"]),
+            ],
+            hsts: Some("includeSubDomains".into()),
+            protocols: vec![],
+            ..TlsConfig::default()
+        };
+        assert_eq!(
+            rules(&t, &[]),
+            [
+                "tls.protocols: must name at least one of \"TLSv1.2\", \"TLSv1.3\"",
+                "tls.hsts: must be a Strict-Transport-Security value like \"max-age=31536000\", got \"includeSubDomains\"",
+                "tls.certificate[2].names: \"example.com\" is already a name of tls.certificate[1]",
+                "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"a.*.b\"",
+                "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"UP.example\"",
+            ]
+        );
+        assert!(is_server_name("*.example.com"));
+        assert!(is_server_name("localhost"));
+        assert!(!is_server_name("*"));
+        assert!(!is_server_name("-a.example"));
+    }
+}

@@ -1,0 +1,423 @@
+//! The certificate and key files `[[tls.certificate]]` names: read, parsed
+//! and checked — each file readable PEM, the key the certificate's, the
+//! chain in order (each certificate issued by the next), and a warning for a
+//! certificate that expires within `EXPIRY_WARNING`. The pre-flight step
+//! runs these checks (so `--check`, start-up and SIGHUP report the same
+//! errors) and the master loads certificates with them for the shards.
+//! Reads files; writes nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::{certificate_key, Config, ConfigError};
+
+/// A certificate that expires sooner than this is warned about at start-up,
+/// by `--check` and on each reload: time to renew (ACME clients renew 30
+/// days ahead; 14 days left means renewal has been failing for two weeks).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// One certificate as the shards use it.
+#[derive(Debug, Clone)]
+pub struct LoadedCertificate {
+    /// The names it is chosen for (the configured ones, or the certificate's
+    /// own DNS names), lower case; `*.` for a wildcard label.
+    pub names: Vec<String>,
+    /// The chain and its signing key.
+    pub key: Arc<CertifiedKey>,
+}
+
+/// What loading `[[tls.certificate]]` found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every certificate that loaded, in file order (the first is the default).
+    pub certificates: Vec<LoadedCertificate>,
+    /// What makes a certificate unusable, each pointed at its key's line.
+    pub errors: Vec<ConfigError>,
+    /// What should be fixed soon (an expiry near or past).
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Read and check every certificate and key of `config` (none when no
+/// address speaks HTTPS). `now` is when expiry is measured from.
+pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
+    let mut loaded = Loaded::default();
+    if config.tls.listen.is_empty() {
+        return loaded;
+    }
+    for (i, c) in config.tls.certificates.iter().enumerate() {
+        let prefix = certificate_key(i);
+        let mut fail = |name: &str, rule: String| {
+            loaded
+                .errors
+                .push(ConfigError::new(format!("{prefix}.{name}"), rule));
+        };
+        let chain = match read_chain(&c.chain) {
+            Ok(chain) => Some(chain),
+            Err(rule) => {
+                fail("chain", rule);
+                None
+            }
+        };
+        let key = match read_key(&c.key) {
+            Ok(key) => Some(key),
+            Err(rule) => {
+                fail("key", rule);
+                None
+            }
+        };
+        let Some(chain) = chain else { continue };
+        let parsed: Result<Vec<X509Certificate>, usize> = chain
+            .iter()
+            .enumerate()
+            .map(|(n, der)| {
+                X509Certificate::from_der(der)
+                    .map(|(_, x)| x)
+                    .map_err(|_| n)
+            })
+            .collect();
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(n) => {
+                fail(
+                    "chain",
+                    format!(
+                        "certificate {} in {} is not a valid X.509 certificate",
+                        n + 1,
+                        c.chain.display()
+                    ),
+                );
+                continue;
+            }
+        };
+        if let Err(rule) = chain_order(&parsed) {
+            // Its first certificate may not be the server's: nothing more
+            // said about its names or key would help.
+            fail("chain", format!("{}: {rule}", c.chain.display()));
+            continue;
+        }
+        for (n, x) in parsed.iter().enumerate() {
+            if let Some(w) = expiry(x, now) {
+                let which = if n == 0 {
+                    "the certificate".to_string()
+                } else {
+                    format!("certificate {} of the chain", n + 1)
+                };
+                loaded.warnings.push(ConfigError::new(
+                    format!("{prefix}.chain"),
+                    format!("{which} in {} {w}", c.chain.display()),
+                ));
+            }
+        }
+        let names = if c.names.is_empty() {
+            let own = dns_names(&parsed[0]);
+            if own.is_empty() {
+                fail(
+                    "names",
+                    format!(
+                        "{} lists no DNS name: give the names it is for here",
+                        c.chain.display()
+                    ),
+                );
+            }
+            own
+        } else {
+            c.names.clone()
+        };
+        let Some(key) = key else { continue };
+        let signer = match rustls::crypto::ring::sign::any_supported_type(&key) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(
+                    "key",
+                    format!("{}: not a usable private key: {e}", c.key.display()),
+                );
+                continue;
+            }
+        };
+        let certified = CertifiedKey::new(chain, signer);
+        if certified.keys_match().is_err() {
+            fail(
+                "key",
+                format!(
+                    "{} is not the key of the certificate in {}",
+                    c.key.display(),
+                    c.chain.display()
+                ),
+            );
+            continue;
+        }
+        loaded.certificates.push(LoadedCertificate {
+            names,
+            key: Arc::new(certified),
+        });
+    }
+    for e in loaded.errors.iter_mut().chain(loaded.warnings.iter_mut()) {
+        config.locate(e);
+    }
+    loaded
+}
+
+/// The certificates of a PEM file, in file order.
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+    match chain {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )),
+        Err(e) => Err(format!("{}: not valid PEM: {e}", path.display())),
+    }
+}
+
+/// The private key of a PEM file.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => format!(
+            "{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+            path.display()
+        ),
+        e => format!("{}: not valid PEM: {e}", path.display()),
+    })
+}
+
+/// Whether each certificate was issued by the next one, as TLS sends them
+/// (RFC 8446 §4.4.2): the server's own first.
+fn chain_order(chain: &[X509Certificate]) -> Result<(), String> {
+    for (n, pair) in chain.windows(2).enumerate() {
+        let (cert, next) = (&pair[0], &pair[1]);
+        if cert.issuer().as_raw() != next.subject().as_raw() {
+            // A certificate of the file issued another one that it does
+            // not directly follow: the right ones, out of order.
+            let misplaced = chain.iter().enumerate().any(|(i, a)| {
+                chain.iter().enumerate().any(|(j, b)| {
+                    i != j && j != i + 1 && a.issuer().as_raw() == b.subject().as_raw()
+                })
+            });
+            let hint = if misplaced {
+                "the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"
+            } else {
+                "the certificate that issued it must come next"
+            };
+            return Err(format!(
+                "certificate {} (issued by {}) is followed by certificate {} ({}); {hint}",
+                n + 1,
+                cert.issuer(),
+                n + 2,
+                next.subject()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What to warn about a certificate's expiry, if it expires within
+/// `EXPIRY_WARNING` of `now` (or has expired).
+fn expiry(x: &X509Certificate, now: SystemTime) -> Option<String> {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let not_after = x.validity().not_after;
+    let left = not_after.timestamp() - now;
+    let when = not_after.to_string();
+    if left < 0 {
+        Some(format!("has expired (not after {when})"))
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        let days = left / 86400;
+        Some(format!(
+            "expires in {days} days (not after {when}): renew it"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The DNS names a certificate lists (subjectAltName), lower case.
+fn dns_names(x: &X509Certificate) -> Vec<String> {
+    let Ok(Some(san)) = x.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CertificateConfig, Config};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let d =
+                std::env::temp_dir().join(format!("coreserve-tls-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+        fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A CA, an intermediate it issued and a leaf for `names` the
+    /// intermediate issued, with the leaf's key; the leaf valid until
+    /// `not_after` (year, month, day).
+    fn chain(names: &[&str], not_after: (i32, u8, u8)) -> (String, String, String, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test root");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ca_issuer = Issuer::new(ca, ca_key);
+        let mid_key = KeyPair::generate().unwrap();
+        let mut mid = CertificateParams::new(Vec::<String>::new()).unwrap();
+        mid.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        mid.distinguished_name
+            .push(rcgen::DnType::CommonName, "test intermediate");
+        let mid_cert = mid.signed_by(&mid_key, &ca_issuer).unwrap();
+        let mid_issuer = Issuer::new(mid, mid_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        leaf.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let leaf_cert = leaf.signed_by(&leaf_key, &mid_issuer).unwrap();
+        (
+            leaf_cert.pem(),
+            mid_cert.pem(),
+            ca_cert.pem(),
+            leaf_key.serialize_pem(),
+        )
+    }
+
+    fn config(certs: Vec<CertificateConfig>) -> Config {
+        let mut c = Config {
+            source: Some("t.toml".into()),
+            ..Config::default()
+        };
+        c.tls.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.tls.certificates = certs;
+        c.lines.insert("tls.certificate[1]]".into(), 7);
+        c.lines.insert("tls.certificate[1].key".into(), 9);
+        c
+    }
+
+    fn at(y: i32, m: u8, d: u8) -> SystemTime {
+        let days = (rcgen::date_time_ymd(y, m, d).unix_timestamp() / 86400) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86400)
+    }
+
+    #[test]
+    fn a_good_chain_loads_with_its_own_names() {
+        let d = Dir::new("good");
+        let (leaf, mid, _, key) = chain(&["example.com", "*.example.com"], (2030, 1, 10));
+        let c = config(vec![CertificateConfig {
+            chain: d.write("chain.pem", &(leaf + &mid)),
+            key: d.write("key.pem", &key),
+            names: vec![],
+        }]);
+        let loaded = load_certificates(&c, at(2029, 6, 1));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert!(loaded.warnings.is_empty());
+        assert_eq!(
+            loaded.certificates[0].names,
+            ["example.com", "*.example.com"]
+        );
+        assert_eq!(loaded.certificates[0].key.cert.len(), 2);
+        // Close to the end: a warning, not an error.
+        let soon = load_certificates(&c, at(2030, 1, 5));
+        assert!(soon.errors.is_empty());
+        let w: Vec<String> = soon.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("t.toml:7: tls.certificate[1].chain: the certificate in ")
+                && w[0].contains("expires in 5 days"),
+            "{w:?}"
+        );
+        let late = load_certificates(&c, at(2030, 2, 1));
+        assert!(late.warnings[0].rule.contains("has expired"));
+        // Without an HTTPS address nothing is read.
+        let mut off = c.clone();
+        off.tls.listen.clear();
+        assert!(load_certificates(&off, at(2029, 1, 1))
+            .certificates
+            .is_empty());
+    }
+
+    #[test]
+    fn missing_files_a_foreign_key_and_a_wrong_order_are_errors() {
+        let d = Dir::new("bad");
+        let (leaf, mid, _, _) = chain(&["a.example"], (2030, 1, 10));
+        let (_, _, _, other_key) = chain(&["b.example"], (2030, 1, 10));
+        let c = config(vec![
+            CertificateConfig {
+                chain: d.0.join("missing.pem"),
+                key: d.0.join("missing.key"),
+                names: vec![],
+            },
+            CertificateConfig {
+                chain: d.write("a.pem", &(leaf.clone() + &mid)),
+                key: d.write("other.key", &other_key),
+                names: vec![],
+            },
+            CertificateConfig {
+                chain: d.write("reversed.pem", &(mid + &leaf)),
+                key: d.write("not-a-key.pem", "hello\n"),
+                names: vec![],
+            },
+        ]);
+        let errs: Vec<String> = load_certificates(&c, at(2029, 1, 1))
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let p = d.0.display();
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert_eq!(
+            errs[0],
+            format!("t.toml:7: tls.certificate[1].chain: cannot read {p}/missing.pem: No such file or directory (os error 2)")
+        );
+        assert_eq!(
+            errs[1],
+            format!("t.toml:9: tls.certificate[1].key: cannot read {p}/missing.key: No such file or directory (os error 2)")
+        );
+        assert_eq!(
+            errs[2],
+            format!("t.toml: tls.certificate[2].key: {p}/other.key is not the key of the certificate in {p}/a.pem")
+        );
+        assert_eq!(
+            errs[3],
+            format!("t.toml: tls.certificate[3].key: {p}/not-a-key.pem holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+        );
+        assert!(
+            errs[4].starts_with(&format!("t.toml: tls.certificate[3].chain: {p}/reversed.pem: certificate 1 (issued by CN=test root) is followed by certificate 2"))
+                && errs[4].ends_with("the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"),
+            "{}", errs[4]
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! What a shard needs to terminate TLS: its own `rustls::ServerConfig`
+//! (built from the certificates the pre-flight step loaded, on every
+//! reload), the choice of certificate by SNI, and session resumption.
+//!
+//! Resumption is by **session tickets, with keys shared by every shard and
+//! rotated every 6 hours** (rustls's `Ticketer`: a ticket stays good for 12
+//! hours at most). A per-shard session cache cannot work here: a client's
+//! next connection goes to the next shard (master dispatch deals them
+//! round-robin; reuseport hashes the client's new port), which never saw
+//! the session, so with N shards only 1 resumption in N would hit. A ticket
+//! carries the session itself, encrypted with the shared key, and any shard
+//! can open it. The ticket keys are process-wide (`TICKETER`), so a reload
+//! or a shard's restart does not void tickets already issued. A small
+//! per-shard cache remains for TLS 1.2 clients that do not take tickets,
+//! and for `session-tickets = false`.
+//!
+//! Nothing here runs on a plain HTTP connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{TlsConfig, TlsProtocol};
+
+/// Sessions a shard remembers for session-ID resumption (TLS 1.2 clients
+/// without tickets): rustls's own default size.
+pub const SESSION_CACHE: usize = 256;
+
+/// The one ALPN protocol offered: a client that offers only `h2` is refused
+/// with `no_application_protocol` rather than misunderstood.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The ticket keys every shard encrypts and decrypts session tickets with,
+/// made on first use and kept for the life of the process (rotated inside).
+static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
+
+/// What a shard's TLS connections use: built again on each reload; a
+/// connection keeps the one it started with.
+pub struct TlsSite {
+    /// The shard's own server configuration (its own `Arc`: a new
+    /// connection's reference count touches no other core's cache line).
+    pub config: Arc<ServerConfig>,
+    /// `Strict-Transport-Security: …\r\n`, or empty: added to responses.
+    pub hsts: Box<[u8]>,
+}
+
+impl TlsSite {
+    /// The site for `tls`'s loaded certificates; None when there are none
+    /// (no HTTPS address).
+    pub fn new(tls: &TlsConfig) -> Option<TlsSite> {
+        let certs = &tls.loaded.0;
+        let default = certs.first()?.key.clone();
+        let mut resolver = SniResolver {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default,
+        };
+        for c in certs.iter() {
+            for name in &c.names {
+                let map = match name.strip_prefix("*.") {
+                    Some(suffix) => resolver.wildcard.entry(suffix.to_string()),
+                    None => resolver.exact.entry(name.clone()),
+                };
+                // The first certificate to claim a name keeps it.
+                map.or_insert_with(|| c.key.clone());
+            }
+        }
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
+            .protocols
+            .iter()
+            .map(|p| match p {
+                TlsProtocol::Tls12 => &rustls::version::TLS12,
+                TlsProtocol::Tls13 => &rustls::version::TLS13,
+            })
+            .collect();
+        // ring's defaults are Mozilla's "intermediate" suites less the
+        // DHE ones: TLS 1.3's three, and ECDHE with AES-GCM or
+        // ChaCha20-Poly1305 for 1.2; groups X25519, P-256, P-384.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config =
+            match ServerConfig::builder_with_provider(provider).with_protocol_versions(&versions) {
+                Ok(b) => b
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(resolver)),
+                Err(e) => {
+                    log::error!("TLS: cannot build the server configuration: {e}");
+                    return None;
+                }
+            };
+        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        // The server's order (strongest first, every suite forward-secret
+        // and AEAD) rather than the client's: what testssl.sh and SSL Labs
+        // expect of a server ("cipher order configured").
+        config.ignore_client_order = true;
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        if tls.session_tickets {
+            if let Some(t) = TICKETER.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok()) {
+                config.ticketer = t.clone();
+            }
+        }
+        let hsts = match &tls.hsts {
+            Some(v) => format!("Strict-Transport-Security: {v}\r\n").into_bytes(),
+            None => Vec::new(),
+        };
+        Some(TlsSite {
+            config: Arc::new(config),
+            hsts: hsts.into_boxed_slice(),
+        })
+    }
+}
+
+/// Picks a certificate by the name the client asked for: an exact name,
+/// else a wildcard covering its first label, else the default (the first
+/// certificate), which also answers a client that sends no name.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by what follows `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        // A wildcard stands for exactly one label (RFC 6125 §6.4.3).
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// What a client that speaks plain HTTP to an HTTPS port gets, as nginx
+/// answers it, before the connection closes.
+pub fn plain_http_refusal(date: &[u8]) -> Vec<u8> {
+    const BODY: &str = "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
+    let mut out = Vec::with_capacity(256 + BODY.len());
+    out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nServer: ");
+    out.extend_from_slice(crate::http::response::SERVER);
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\nContent-Type: text/html\r\nContent-Length: ");
+    out.extend_from_slice(BODY.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(BODY.as_bytes());
+    out
+}
+
+/// Whether the first byte a client sent can begin a TLS handshake: a
+/// handshake record (RFC 8446 §5.1, content type 22).
+pub fn is_tls_record(first: u8) -> bool {
+    first == 0x16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Arc<CertifiedKey> {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+        let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer))
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_default() {
+        let (d, a, w) = (key("default.test"), key("a.example"), key("*.example"));
+        let r = SniResolver {
+            exact: HashMap::from([("a.example".to_string(), a.clone())]),
+            wildcard: HashMap::from([("example".to_string(), w.clone())]),
+            default: d.clone(),
+        };
+        assert!(Arc::ptr_eq(&r.pick(Some("a.example")), &a));
+        assert!(Arc::ptr_eq(&r.pick(Some("A.Example.")), &a));
+        assert!(Arc::ptr_eq(&r.pick(Some("b.example")), &w));
+        // One label only: not the parent, not two labels down.
+        assert!(Arc::ptr_eq(&r.pick(Some("example")), &d));
+        assert!(Arc::ptr_eq(&r.pick(Some("x.b.example")), &d));
+        assert!(Arc::ptr_eq(&r.pick(None), &d));
+    }
+}

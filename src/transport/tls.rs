@@ -1,0 +1,218 @@
+//! A TLS server connection over a shard's TCP socket: rustls's state
+//! machine fed and drained by hand, so the socket is read the way plain
+//! ones are — one recv when the readiness ring says data is there
+//! (`read_tls` straight from the socket, no copy through a buffer of ours),
+//! a wait on the ring otherwise — and written with send(2), waiting on the
+//! ring's one-shot writable poll only when the socket is full.
+//!
+//! Renegotiation cannot happen: rustls does not implement it (a TLS 1.2
+//! HelloRequest is never sent; a client's renegotiation attempt gets a
+//! `no_renegotiation` warning and nothing more).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::readiness::Interest;
+use crate::recheck;
+
+/// Bytes read from the socket at a time on a shard without a readiness
+/// ring (a TLS record is at most 16 KiB and a little).
+const NO_RING_READ: usize = 16 << 10;
+
+/// A TLS connection: the socket and rustls's state for it.
+pub struct TlsStream {
+    pub(super) tcp: TcpStream,
+    pub(super) conn: ServerConnection,
+}
+
+impl TlsStream {
+    /// Start a server-side TLS connection on `tcp`, fed first with `early`:
+    /// the bytes already read from it (the start of the ClientHello). An
+    /// error here (not TLS at all, a malformed hello) ends the connection.
+    pub(super) fn new(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        early: &[u8],
+    ) -> io::Result<TlsStream> {
+        let conn = ServerConnection::new(config).map_err(invalid)?;
+        let mut t = TlsStream { tcp, conn };
+        let mut rest = early;
+        while !rest.is_empty() {
+            if t.conn.read_tls(&mut rest)? == 0 {
+                break;
+            }
+            t.process()?;
+        }
+        Ok(t)
+    }
+
+    /// Decrypt what was read. On a protocol error rustls has queued an
+    /// alert: it is sent if the socket takes it now, and the error returned.
+    pub(super) fn process(&mut self) -> io::Result<()> {
+        if let Err(e) = self.conn.process_new_packets() {
+            let fd = self.tcp.as_raw_fd();
+            while self.conn.wants_write() {
+                if self.conn.write_tls(&mut Send(fd)).is_err() {
+                    break;
+                }
+            }
+            return Err(invalid(e));
+        }
+        Ok(())
+    }
+
+    /// Whether decrypted bytes wait to be read.
+    pub(super) fn buffered(&mut self) -> bool {
+        self.conn.process_new_packets().map_or(true, |s| {
+            s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+        })
+    }
+
+    /// One read of what the socket holds into rustls, if it is worth a
+    /// look (None: nothing there now, wait for the ring). `Some(Ok(0))` is
+    /// the end of the stream.
+    pub(super) fn recv(&mut self, interest: Option<&mut Interest>) -> Option<io::Result<usize>> {
+        let fd = self.tcp.as_raw_fd();
+        let read = match interest {
+            Some(interest) => self.conn.read_tls(&mut RingRecv { interest, fd }),
+            None => self.conn.read_tls(&mut Recv(fd)),
+        };
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
+            Ok(n) => Some(self.process().map(|()| n)),
+        }
+    }
+
+    /// Send everything rustls has queued, waiting through the ring when the
+    /// socket is full; a stall until `deadline` fails it.
+    pub(super) async fn flush(
+        &mut self,
+        interest: Option<&mut Interest>,
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let Some(interest) = interest else {
+            return self.flush_without_ring(deadline).await;
+        };
+        let fd = self.tcp.as_raw_fd();
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut Send(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    interest.writable(deadline).await.map_err(io::Error::from)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a ring: what is queued goes out through glommio's write.
+    async fn flush_without_ring(&mut self, deadline: Instant) -> io::Result<()> {
+        let mut out = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut out)?;
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let _ = self.tcp.set_write_timeout(Some(timeout));
+        self.tcp.write_all(&out).await
+    }
+
+    /// Without a ring: wait for bytes through glommio's read (after the
+    /// shard's budget of direct reads), and hand them to rustls.
+    pub(super) async fn fill_without_ring(&mut self, deadline: Instant) -> io::Result<usize> {
+        if let Some(read) = recheck::direct(|| match self.recv(None) {
+            None => Err(io::ErrorKind::WouldBlock.into()),
+            Some(r) => r,
+        })
+        .await
+        {
+            return read;
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let _ = self.tcp.set_read_timeout(Some(timeout));
+        let mut scratch = vec![0u8; NO_RING_READ];
+        let n = recheck::wait(self.tcp.read(&mut scratch)).await?;
+        let mut rest = &scratch[..n];
+        loop {
+            // An empty slice tells rustls of the end of the stream.
+            let took = self.conn.read_tls(&mut rest)?;
+            self.process()?;
+            if rest.is_empty() || took == 0 {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Send close_notify (the peer then knows the response was not cut).
+    pub(super) fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+    }
+}
+
+/// A recv(2) through the ring: WouldBlock when the ring says nothing came.
+struct RingRecv<'a> {
+    interest: &'a mut Interest,
+    fd: RawFd,
+}
+
+impl Read for RingRecv<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.interest
+            .try_recv(self.fd, buf)
+            .unwrap_or(Err(io::ErrorKind::WouldBlock.into()))
+    }
+}
+
+/// A plain non-blocking recv(2).
+struct Recv(RawFd);
+
+impl Read for Recv {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        super::recv(self.0, buf, 0)
+    }
+}
+
+/// A non-blocking send(2); no SIGPIPE for a peer that went away.
+struct Send(RawFd);
+
+impl Write for Send {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: send(2) from `buf`, valid for its length, on a socket
+        // the caller holds open; MSG_DONTWAIT keeps it from blocking.
+        let n = unsafe {
+            libc::send(
+                self.0,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// rustls's errors as I/O errors: the connection cannot go on.
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}

@@ -1,0 +1,613 @@
+//! HTTPS (issue 18): certificates made here with rcgen, spoken to with a
+//! rustls client, curl and openssl s_client — SNI, ALPN, protocol versions,
+//! resumption, plain HTTP and garbage on the TLS port, the handshake under
+//! header-timeout, certificates reloaded on SIGHUP, a large file, and
+//! `--check` on bad certificate files.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use crate::config::Scratch;
+use crate::util::{command, connect, is_closed, read_to_close, Server, WAIT};
+
+/// A test CA that issues server certificates.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+    der: CertificateDer<'static>,
+}
+
+/// A server certificate (PEM) and its key (PEM).
+struct Leaf {
+    pem: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "coreserve test CA");
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// A certificate for `names`, valid until `days` from now.
+    fn leaf(&self, names: &[&str], days: u64) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(1970, 1, 1) + (now + Duration::from_secs(days * 86400));
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            pem: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
+/// A server configuration: a plain and an HTTPS listener on port 0, a
+/// `respond` route at `/`, a static route at `/files/`, and `certs`
+/// (chain and key file names in `dir`, with names).
+fn config(dir: &Scratch, certs: &[(&str, &str, &[&str])], extra: &str) -> String {
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\n\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+         hsts = \"max-age=600\"\n{extra}\n\n[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"hi\"\n\n\
+         [[route]]\npath = \"/files/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+        dir.path("www")
+    );
+    std::fs::create_dir_all(dir.0.join("www")).unwrap();
+    for (chain, key, names) in certs {
+        let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        text.push_str(&format!(
+            "\n[[tls.certificate]]\nchain = \"{chain}\"\nkey = \"{key}\"\nnames = [{}]\n",
+            names.join(", ")
+        ));
+    }
+    dir.write("coreserve.toml", text).display().to_string()
+}
+
+/// Write a leaf's chain and key into `dir` as `name.pem` and `name.key`.
+fn install(dir: &Scratch, name: &str, leaf: &Leaf) {
+    dir.write(&format!("{name}.pem"), &leaf.pem);
+    dir.write(&format!("{name}.key"), &leaf.key);
+}
+
+/// Start a server on `file`; its HTTPS address.
+fn start(file: &str, args: &[&str]) -> (Server, SocketAddr) {
+    let server = Server::spawn({
+        let mut c = command();
+        c.args(["--config", file]).args(args);
+        c
+    });
+    let tls = server.https_addrs()[0];
+    (server, tls)
+}
+
+/// Accepts any certificate: for the tests that look at which one came.
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection to `addr` asking for `sni`, trusting `ca` (or any
+/// certificate when None), offering ALPN http/1.1; handshake done.
+fn tls_connect(addr: SocketAddr, sni: &str, ca: Option<&Ca>) -> Tls {
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+    let mut cfg = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der.clone()).unwrap();
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+            .with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let conn = ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut s = StreamOwned::new(conn, connect(addr));
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("handshake");
+    }
+    s
+}
+
+/// The certificate the server presented.
+fn presented(s: &Tls) -> CertificateDer<'static> {
+    s.conn.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+/// Send `request` and read one response: its head and its body (by
+/// Content-Length).
+fn exchange(s: &mut impl ReadWrite, request: &str) -> (String, Vec<u8>) {
+    s.write_all(request.as_bytes()).unwrap();
+    s.flush().unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).expect("read a response head");
+        assert!(n > 0, "closed before a response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = buf[end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).expect("read a body");
+        assert!(n > 0, "closed in the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (head, body)
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+const GET: &str = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+#[test]
+fn get_over_tls_with_keep_alive_alpn_and_hsts() {
+    let dir = Scratch::new("tls-get");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (_server, addr) = start(&file, &[]);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    for _ in 0..3 {
+        let (head, body) = exchange(&mut s, GET);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nStrict-Transport-Security: max-age=600\r\n"),
+            "{head}"
+        );
+        assert_eq!(body, b"hi");
+    }
+}
+
+#[test]
+fn sni_picks_exact_wildcard_and_default_certificates() {
+    let dir = Scratch::new("tls-sni");
+    let ca = Ca::new();
+    let (default, exact, wild) = (
+        ca.leaf(&["default.test"], 90),
+        ca.leaf(&["a.example"], 90),
+        ca.leaf(&["*.wild.example"], 90),
+    );
+    install(&dir, "default", &default);
+    install(&dir, "exact", &exact);
+    install(&dir, "wild", &wild);
+    let file = config(
+        &dir,
+        &[
+            ("default.pem", "default.key", &[]),
+            ("exact.pem", "exact.key", &["a.example"]),
+            ("wild.pem", "wild.key", &[]),
+        ],
+        "",
+    );
+    let (_server, addr) = start(&file, &[]);
+    for (sni, want) in [
+        ("a.example", &exact),
+        ("A.EXAMPLE", &exact),
+        ("x.wild.example", &wild),
+        ("wild.example", &default),
+        ("other.test", &default),
+    ] {
+        let s = tls_connect(addr, sni, None);
+        assert!(presented(&s) == want.der, "{sni} got the wrong certificate");
+    }
+    // A client that names no host (an address) gets the default, verified.
+    let s = tls_connect(addr, "127.0.0.1", None);
+    assert!(presented(&s) == default.der);
+}
+
+#[test]
+fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
+    let dir = Scratch::new("tls-bad");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (_server, addr) = start(&file, &[]);
+    let mut keep = tls_connect(addr, "localhost", Some(&ca));
+    let mut plain = connect(addr);
+    plain.write_all(GET.as_bytes()).unwrap();
+    let answer = read_to_close(&mut plain);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("The plain HTTP request was sent to HTTPS port"));
+    // A record header announcing a handshake, then nonsense.
+    let mut garbage = connect(addr);
+    garbage
+        .write_all(b"\x16\x03\x01\x00\x20this is not a client hello at all")
+        .unwrap();
+    assert!(is_closed_soon(&mut garbage), "garbage did not close");
+    // A hello cut short by the client's leaving.
+    let mut truncated = connect(addr);
+    truncated
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01")
+        .unwrap();
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        is_closed_soon(&mut truncated),
+        "a truncated hello did not close"
+    );
+    // The others never noticed.
+    let (head, _) = exchange(&mut keep, GET);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let mut fresh = tls_connect(addr, "localhost", Some(&ca));
+    assert!(exchange(&mut fresh, GET).0.starts_with("HTTP/1.1 200 OK"));
+}
+
+/// Reads what comes (an alert) until the server closes.
+fn is_closed_soon(s: &mut TcpStream) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if is_closed(s) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_slow_handshake_is_closed_at_header_timeout() {
+    let dir = Scratch::new("tls-slow");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (_server, addr) = start(&file, &["--header-timeout", "1s"]);
+    let mut slow = connect(addr);
+    let start = Instant::now();
+    // The first bytes of a hello, and then nothing.
+    slow.write_all(b"\x16\x03\x01\x02\x00\x01").unwrap();
+    assert!(is_closed_soon(&mut slow));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+#[test]
+fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_a_bad_one_out() {
+    let dir = Scratch::new("tls-reload");
+    let ca = Ca::new();
+    let (old, new) = (ca.leaf(&["localhost"], 90), ca.leaf(&["localhost"], 90));
+    install(&dir, "site", &old);
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (server, addr) = start(&file, &[]);
+    let mut before = tls_connect(addr, "localhost", Some(&ca));
+    assert!(presented(&before) == old.der);
+    install(&dir, "site", &new);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded on every shard");
+    let mut after = tls_connect(addr, "localhost", Some(&ca));
+    assert!(
+        presented(&after) == new.der,
+        "the new certificate was not served"
+    );
+    // The established connection keeps going, with the old one.
+    assert!(exchange(&mut before, GET).0.starts_with("HTTP/1.1 200 OK"));
+    assert!(presented(&before) == old.der);
+    // A key that is not the certificate's: the reload fails, the
+    // current certificate keeps serving.
+    dir.write("site.key", ca.leaf(&["localhost"], 90).key);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("is not the key of the certificate");
+    server.wait_for_log("still serving the previous one");
+    let again = tls_connect(addr, "localhost", Some(&ca));
+    assert!(presented(&again) == new.der);
+    assert!(exchange(&mut after, GET).0.starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn a_large_file_over_tls_is_byte_exact() {
+    let dir = Scratch::new("tls-file");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    dir.write("www/big.bin", &data);
+    let (_server, addr) = start(&file, &[]);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    for _ in 0..2 {
+        let (head, body) = exchange(
+            &mut s,
+            "GET /files/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(body == data, "the file came back different");
+    }
+    let (head, body) = exchange(
+        &mut s,
+        "GET /files/big.bin HTTP/1.1\r\nHost: localhost\r\nRange: bytes=1000-1999\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(body == data[1000..2000]);
+}
+
+/// curl and openssl s_client, as users check a server.
+#[test]
+fn curl_and_openssl_speak_to_it() {
+    let dir = Scratch::new("tls-tools");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    dir.write("ca.pem", &ca.pem);
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (_server, addr) = start(&file, &[]);
+    let url = format!("https://localhost:{}/", addr.port());
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert", &dir.path("ca.pem"), "--resolve"])
+        .arg(format!("localhost:{}:127.0.0.1", addr.port()))
+        .args([&url, &url])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hihi", "{out:?}");
+    let connect = format!("127.0.0.1:{}", addr.port());
+    let s_client = |args: &[&str]| -> String {
+        let mut c = Command::new("openssl");
+        c.args(["s_client", "-connect", &connect, "-servername", "localhost"])
+            .args(["-CAfile", &dir.path("ca.pem")])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("openssl");
+        // Long enough for the session tickets that follow the handshake.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    for (version, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let text = s_client(&[version]);
+        assert!(text.contains(&format!("New, {name}")), "{version}: {text}");
+        assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    }
+    for old in ["-tls1", "-tls1_1"] {
+        let text = s_client(&[old]);
+        assert!(!text.contains("New, TLSv1"), "{old} was accepted: {text}");
+    }
+    let alpn = s_client(&["-alpn", "http/1.1"]);
+    assert!(alpn.contains("ALPN protocol: http/1.1"), "{alpn}");
+    // Resumption, with a ticket from one connection on the next (any shard).
+    for version in ["-tls1_2", "-tls1_3"] {
+        let sess = dir.path(&format!("sess{version}"));
+        let first = s_client(&[version, "-sess_out", &sess]);
+        assert!(first.contains("New, TLSv1"), "{first}");
+        for _ in 0..3 {
+            let next = s_client(&[version, "-sess_in", &sess]);
+            assert!(
+                next.contains("Reused, TLSv1"),
+                "{version} not resumed: {next}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_reports_bad_certificate_files_with_file_line_and_key() {
+    let dir = Scratch::new("tls-check");
+    let ca = Ca::new();
+    let good = ca.leaf(&["localhost"], 90);
+    let soon = ca.leaf(&["soon.test"], 5);
+    install(&dir, "good", &good);
+    install(&dir, "soon", &soon);
+    dir.write("foreign.key", ca.leaf(&["localhost"], 90).key);
+    // The CA's certificate first, then the server's: the wrong order.
+    dir.write("reversed.pem", ca.pem.clone() + &good.pem);
+    let check = |file: &str| {
+        let out = command()
+            .args(["--check", "--config", file])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let warn = config(
+        &dir,
+        &[("good.pem", "good.key", &[]), ("soon.pem", "soon.key", &[])],
+        "",
+    );
+    let (code, err) = check(&warn);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{warn}:26: tls.certificate[2].chain: the certificate in "
+        )) && (err.contains("expires in 4 days") || err.contains("expires in 5 days")),
+        "{err}"
+    );
+    let bad = config(
+        &dir,
+        &[
+            ("missing.pem", "good.key", &[]),
+            ("good.pem", "foreign.key", &[]),
+            ("reversed.pem", "good.key", &[]),
+        ],
+        "",
+    );
+    let (code, err) = check(&bad);
+    assert_eq!(code, Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let p = dir.0.display();
+    assert_eq!(
+        lines[0],
+        format!("{bad}:21: tls.certificate[1].chain: cannot read {p}/missing.pem: No such file or directory (os error 2)")
+    );
+    assert_eq!(
+        lines[1],
+        format!("{bad}:27: tls.certificate[2].key: {p}/foreign.key is not the key of the certificate in {p}/good.pem")
+    );
+    assert!(
+        lines[2].starts_with(&format!("{bad}:31: tls.certificate[3].chain: {p}/reversed.pem: certificate 1 (issued by CN=coreserve test CA)"))
+            && lines[2].contains("the chain is in the wrong order"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines.len(), 3, "{err}");
+}
+
+/// The README's redirect: a route narrowed to plain HTTP sends every
+/// plain request to HTTPS; the same path over TLS is served.
+#[test]
+fn plain_http_redirects_to_https_with_a_scheme_route() {
+    let dir = Scratch::new("tls-redirect");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(
+        "\n[[route]]\npath = \"/\"\nscheme = \"http\"\nhandler = \"redirect\"\nstatus = 301\n\
+         location = \"https://localhost/\"\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let (server, addr) = start(&file, &[]);
+    let plain = server.exchange(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(
+        plain.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\r\nLocation: https://localhost/\r\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("Strict-Transport-Security"), "{plain}");
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    let (head, body) = exchange(&mut s, GET);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert_eq!(body, b"hi");
+}
+
+/// A proxied request from a TLS client: the application hears
+/// `X-Forwarded-Proto: https`, and the client gets the HSTS header.
+#[test]
+fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let heard = std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\napp")
+            .unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let dir = Scratch::new("tls-proxy");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "\n[[route]]\npath = \"/app/\"\nhandler = \"proxy\"\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{app_addr}\"]\n"
+    ));
+    std::fs::write(&file, text).unwrap();
+    let (_server, addr) = start(&file, &[]);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    let (head, body) = exchange(&mut s, "GET /app/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.contains("\r\nStrict-Transport-Security: max-age=600\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"app");
+    let request = heard.join().unwrap();
+    assert!(
+        request.contains("\r\nX-Forwarded-Proto: https\r\n"),
+        "{request}"
+    );
+}
+
+/// With reuseport dispatch each shard has its own listener per address:
+/// the HTTPS one speaks TLS, the plain one does not.
+#[test]
+fn reuseport_shards_know_their_https_listeners() {
+    let dir = Scratch::new("tls-reuseport");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (server, addr) = start(&file, &["--dispatch", "reuseport"]);
+    for _ in 0..4 {
+        let mut s = tls_connect(addr, "localhost", Some(&ca));
+        assert!(exchange(&mut s, GET).0.starts_with("HTTP/1.1 200 OK"));
+        let plain = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(plain.starts_with("HTTP/1.1 200 OK"), "{plain}");
+    }
+}
