@@ -39,7 +39,7 @@ load() {
     local cpu=${LOAD_CPU}
     [ "$LAYOUT" = pinned ] || cpu=0-$((NCPU - 1))
     "${on_load[@]}" target/release/coreserve-bench "$1" -c "$CONNS" --rate "$RATE" \
-        -d "$DURATION" -w 1s --cpus "$cpu" --json "$work/bench.json" > /dev/null || true
+        -d "$DURATION" -w 0s --cpus "$cpu" --json "$work/bench.json" > /dev/null || true
     python3 - "$work/bench.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
