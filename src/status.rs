@@ -90,22 +90,8 @@ fn apps_table(text: &str) -> String {
     }
     let mut insts: BTreeMap<(String, usize), Inst> = BTreeMap::new();
     let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-        let label = |key: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
-                .and_then(|v| v.split('"').next())
-                .unwrap_or("")
-                .to_string()
-        };
+    for (name, labels, value) in samples(text) {
+        let label = |key: &str| label(labels, key).unwrap_or("").to_string();
         if name == "coreserve_upstream_requests_total" {
             requests.insert((label("upstream"), label("server")), value);
             continue;
@@ -169,20 +155,8 @@ fn format_seconds(s: f64) -> String {
 /// Rows by shard label ("0", "1", …, "all"), sorted with "all" last.
 fn rows(text: &str) -> BTreeMap<String, Row> {
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-        let label = |key: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
-                .and_then(|v| v.split('"').next())
-        };
+    for (name, labels, value) in samples(text) {
+        let label = |key: &str| label(labels, key);
         let Some(shard) = label("shard") else {
             continue;
         };
@@ -198,6 +172,27 @@ fn rows(text: &str) -> BTreeMap<String, Row> {
         }
     }
     rows
+}
+
+/// Each sample of Prometheus text: its name, its labels (as written,
+/// without the braces) and its value.
+fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.parse::<f64>().ok()?;
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            Some((name, labels.trim_end_matches('}'), value))
+        })
+}
+
+/// The value of label `key` in `labels` (`a="1",b="2"`).
+fn label<'l>(labels: &'l str, key: &str) -> Option<&'l str> {
+    labels.split(',').find_map(|kv| {
+        let v = kv.strip_prefix(key)?.strip_prefix("=\"")?;
+        v.split('"').next()
+    })
 }
 
 /// Shards in numeric order, "all" last.

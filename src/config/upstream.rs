@@ -129,27 +129,30 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let bits = u32::from(self.prefix.min(32));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let bits = u32::from(self.prefix.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
+        ip.is_ipv4() == self.addr.is_ipv4() && self.mask(ip) == self.masked()
+    }
+
+    /// `ip` with the bits past this network's prefix cleared.
+    fn mask(&self, ip: IpAddr) -> IpAddr {
+        // An address as 128 bits, its width; the mask keeps `prefix` of them.
+        let (bits, width) = match ip {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        let keep = u32::from(self.prefix).min(width);
+        let mask = match keep {
+            0 => 0,
+            k => (u128::MAX << (128 - k)) >> (128 - width),
+        };
+        match ip {
+            IpAddr::V4(_) => IpAddr::V4(((bits & mask) as u32).into()),
+            IpAddr::V6(_) => IpAddr::V6((bits & mask).into()),
         }
+    }
+
+    /// The network's own address with the bits past its prefix cleared.
+    fn masked(&self) -> IpAddr {
+        self.mask(self.addr)
     }
 }
 
@@ -180,31 +183,6 @@ impl std::str::FromStr for Cidr {
             return Err(format!("{s:?} has bits set past its prefix length"));
         }
         Ok(cidr)
-    }
-}
-
-impl Cidr {
-    fn masked(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let bits = u32::from(self.prefix);
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let bits = u32::from(self.prefix);
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use toml_edit::{ArrayOfTables, Table, Value};
 
 use super::upstreams::PROXY_KEYS;
 use super::values::set;
-use super::{line_of, Field, Walker};
+use super::{Field, Walker};
 use crate::config::{app_key, AppConfig, AppListen, Instances};
 
 /// The keys an app takes besides its proxy settings, in the order messages
@@ -41,10 +41,7 @@ impl Walker<'_> {
 
     fn app(&mut self, i: usize, t: &Table) {
         let prefix = app_key(i);
-        if let Some(s) = t.span() {
-            let line = line_of(self.text, s.start);
-            self.config.lines.insert(format!("{prefix}]"), line);
-        }
+        self.table_line(&prefix, t);
         // An app whose name or command could not be read keeps them empty
         // in the partial configuration; never started.
         let mut a = AppConfig::new(String::new(), Vec::new());

@@ -189,6 +189,15 @@ impl Walker<'_> {
         });
     }
 
+    /// Record the line of an array-of-tables entry (`route[1]]`, `app[2]]`),
+    /// where an error about a key it did not set points.
+    fn table_line(&mut self, prefix: &str, t: &toml_edit::Table) {
+        if let Some(s) = t.span() {
+            let line = line_of(self.text, s.start);
+            self.config.lines.insert(format!("{prefix}]"), line);
+        }
+    }
+
     /// The fields of a table, keyed `prefix.name`, with their lines recorded.
     fn fields<'a>(&mut self, table: &'a dyn TableLike, prefix: &str) -> Vec<Field<'a>> {
         table

@@ -3,7 +3,7 @@
 //! kind's reader from `handlers::KINDS`.
 
 use super::handlers::{self, Kind};
-use super::{line_of, Field, Walker};
+use super::{Field, Walker};
 use crate::config::{route_key, HandlerConfig, RouteConfig};
 
 impl Walker<'_> {
@@ -17,10 +17,7 @@ impl Walker<'_> {
 
     fn route(&mut self, i: usize, t: &toml_edit::Table) {
         let prefix = route_key(i);
-        if let Some(s) = t.span() {
-            let line = line_of(self.text, s.start);
-            self.config.lines.insert(format!("{prefix}]"), line);
-        }
+        self.table_line(&prefix, t);
         let fields = self.fields(t, &prefix);
         let get = |name: &str| {
             let key = format!("{prefix}.{name}");

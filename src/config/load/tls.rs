@@ -5,7 +5,7 @@
 
 use toml_edit::{TableLike, Value};
 
-use super::{line_of, Field, Walker};
+use super::{Field, Walker};
 use crate::config::{certificate_key, CertificateConfig, Scheme, TlsProtocol};
 
 impl Walker<'_> {
@@ -81,10 +81,7 @@ impl Walker<'_> {
 
     fn certificate(&mut self, i: usize, t: &toml_edit::Table) {
         let prefix = certificate_key(i);
-        if let Some(s) = t.span() {
-            let line = line_of(self.text, s.start);
-            self.config.lines.insert(format!("{prefix}]"), line);
-        }
+        self.table_line(&prefix, t);
         let mut cert = CertificateConfig {
             chain: Default::default(),
             key: Default::default(),

@@ -12,7 +12,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use toml_edit::{ArrayOfTables, Table};
 
 use super::values::set;
-use super::{line_of, Field, Walker};
+use super::{Field, Walker};
 use crate::config::{upstream_key, Balance, ServerAddr, UpstreamConfig};
 
 /// The keys a group takes besides its proxy settings.
@@ -138,10 +138,7 @@ impl Walker<'_> {
 
     fn upstream(&mut self, i: usize, t: &Table) {
         let prefix = upstream_key(i);
-        if let Some(s) = t.span() {
-            let line = line_of(self.text, s.start);
-            self.config.lines.insert(format!("{prefix}]"), line);
-        }
+        self.table_line(&prefix, t);
         // A group whose name or servers could not be read keeps them
         // empty in the partial configuration; never served.
         let mut g = UpstreamConfig::new(String::new(), Vec::new());
