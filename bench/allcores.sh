@@ -52,31 +52,16 @@ wrk_args=()
 if [ "$PIPELINE" -gt 1 ]; then wrk_args=(-s "$work/pipeline.lua"); fi
 if [ "$NEWCONN" = 1 ]; then wrk_args=(-H "Connection: close"); fi
 
+# load URL: wrk's report.
+load() {
+    "${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${wrk_args[@]}" "$1"
+}
+
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
     local url="http://127.0.0.1:$port$URLPATH"
     "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
-    local events="" s
-    for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
-    local pidlist
-    pidlist=$(IFS=,; echo "$*")
-    perf stat -x, -e "${events%,}" -p "$pidlist" -o "$work/perf.txt" &
-    local perf=$!
-    sleep 0.2
-    local t0 t1 out reqs
-    t0=$(ticks "$@")
-    out=$("${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${wrk_args[@]}" "$url")
-    t1=$(ticks "$@")
-    kill -INT "$perf"; wait "$perf" 2>/dev/null || true
-    reqs=$(awk '/requests in/ {print $1}' <<< "$out")
-    local bad
-    bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
-    [ -z "$bad" ] || echo "$name: $bad responses were not 2xx/3xx; the figures below are void" >&2
-    local calls
-    calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
-    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
-        -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
-        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s\n", n, r / d, t / hz * 1e6 / r, p99, c }'
+    measured "$name" load "$url" "$@"
 }
 
 start_coreserve() { # binary port

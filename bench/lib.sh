@@ -72,3 +72,30 @@ medians() {
         printf "%-22s %9s req/s %7s us/req\n" "$name" "$rps" "$us"
     done
 }
+
+# measured NAME LOAD URL PID...: runs `LOAD URL` (a function that prints
+# wrk's report, or a report in its words: "N requests in", "99% P99") while
+# perf counts the system calls named in $SYSCALLS on the PIDs and /proc their
+# CPU time; prints "NAME <req/s> req/s <us> us/req p99 <p99> <calls per
+# request>". $DURATION is the load's length; $work holds perf's output.
+measured() {
+    local name=$1 load=$2 url=$3; shift 3
+    local events="" s pidlist
+    for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
+    pidlist=$(IFS=,; echo "$*")
+    perf stat -x, -e "${events%,}" -p "$pidlist" -o "$work/perf.txt" &
+    local perf=$!
+    sleep 0.2
+    local t0 t1 out reqs calls bad
+    t0=$(ticks "$@")
+    out=$("$load" "$url")
+    t1=$(ticks "$@")
+    kill -INT "$perf"; wait "$perf" 2>/dev/null || true
+    reqs=$(awk '/requests in/ {print $1}' <<< "$out")
+    bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
+    [ -z "$bad" ] || echo "$name: $bad responses were not 2xx/3xx; the figures below are void" >&2
+    calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
+    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
+        -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
+        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s\n", n, r / d, t / hz * 1e6 / r, p99, c }'
+}
