@@ -42,6 +42,8 @@ pub struct Conn {
     tls: Option<Box<rustls::ClientConnection>>,
     /// TLS records waiting to be written (reused).
     sealed: Vec<u8>,
+    /// Bytes read from the socket that rustls has not taken yet.
+    unread: Vec<u8>,
 }
 
 impl Conn {
@@ -193,9 +195,12 @@ async fn read(s: &mut Conn, into: &mut [u8]) -> Result<usize, ReadError> {
             Ok(Some(n)) => return Ok(n),
             Ok(None) => {}
         }
-        let n = read_raw(s, into).await?;
+        if s.unread.is_empty() {
+            let n = read_raw(s, into).await?;
+            s.unread.extend_from_slice(&into[..n]);
+        }
         let tls = s.tls.as_mut().expect("checked above");
-        crate::tls::absorb(tls, &into[..n]).map_err(|_| ReadError::Io)?;
+        crate::tls::absorb(tls, &mut s.unread).map_err(|_| ReadError::Io)?;
         if tls.wants_write() {
             s.send(&[]).await.map_err(|_| ReadError::Io)?;
         }
@@ -292,6 +297,7 @@ async fn connect(plan: &Plan, readiness: Option<&Rc<Readiness>>) -> std::io::Res
         timeout: plan.timeout,
         tls: None,
         sealed: Vec::new(),
+        unread: Vec::new(),
     };
     if let Some(tls) = &plan.tls {
         conn.tls = Some(Box::new(tls.connection()?));
@@ -312,8 +318,9 @@ async fn handshake(conn: &mut Conn) -> std::io::Result<()> {
         let n = read_raw(conn, &mut raw)
             .await
             .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        conn.unread.extend_from_slice(&raw[..n]);
         let tls = conn.tls.as_mut().expect("a TLS connection");
-        crate::tls::absorb(tls, &raw[..n])?;
+        crate::tls::absorb(tls, &mut conn.unread)?;
     }
 }
 

@@ -48,14 +48,24 @@ impl TlsPlan {
     }
 }
 
-/// Hand `raw` (bytes read from the socket) to rustls and decrypt.
-pub fn absorb(conn: &mut ClientConnection, mut raw: &[u8]) -> std::io::Result<()> {
-    while !raw.is_empty() {
-        if conn.read_tls(&mut raw)? == 0 {
+/// Hand the bytes in `raw` (read from the socket) to rustls and decrypt,
+/// removing from `raw` what rustls took. It stops once decrypted bytes wait
+/// to be read: rustls holds at most 16 KiB of them, and a large response
+/// read in one go holds more records than that; the rest stays in `raw`
+/// for the next call.
+pub fn absorb(conn: &mut ClientConnection, raw: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut rest: &[u8] = raw;
+    while !rest.is_empty() {
+        if conn.read_tls(&mut rest)? == 0 {
             break;
         }
-        conn.process_new_packets().map_err(std::io::Error::other)?;
+        let state = conn.process_new_packets().map_err(std::io::Error::other)?;
+        if state.plaintext_bytes_to_read() > 0 {
+            break;
+        }
     }
+    let taken = raw.len() - rest.len();
+    raw.drain(..taken);
     Ok(())
 }
 
