@@ -301,6 +301,9 @@ pub async fn serve(
         served.body_bytes = relayed.body_bytes;
         served.bytes_out += relayed.bytes_out;
         served.keep_alive = relayed.client_keep_alive;
+        // An upstream that answered before it took the whole body (an
+        // early 413): the client may still be sending it.
+        served.linger = !served.keep_alive && !body.as_ref().is_none_or(BodyDecoder::is_done);
         server.count(|s| s.count_status(relayed.upstream_status));
         if relayed.upstream_failed {
             server.failed(cfg, Instant::now());
