@@ -176,7 +176,8 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                             headers,
                             send_timeout: limits.send_timeout,
                         };
-                        serve_file(cx, &mut client, p, &mut out).await
+                        let unread = !input.data().is_empty();
+                        serve_file(cx, &mut client, p, &mut out, unread).await
                     }
                     Job::Proxy(_) => {
                         let cx = Proxied {
@@ -336,6 +337,7 @@ async fn serve_file(
     client: &mut Socket,
     p: Pending<Job>,
     out: &mut Vec<u8>,
+    unread: bool,
 ) -> Keep {
     let Served {
         shard,
@@ -374,7 +376,9 @@ async fn serve_file(
     });
     match (result.is_ok(), p.persistence) {
         (false, _) => Keep::Close,
-        (true, Persistence::Close) => Keep::Linger,
+        // Unread pipelined input would turn the close into a reset.
+        (true, Persistence::Close) if unread => Keep::Linger,
+        (true, Persistence::Close) => Keep::Close,
         (true, _) => Keep::Open,
     }
 }

@@ -40,11 +40,12 @@ impl Interest {
     /// read to the end: no completion announced data, a close or an error,
     /// and the last read left nothing behind. Clears nothing. A completion
     /// not reaped yet is not seen: this can be late, never wrong the other
-    /// way.
+    /// way. A descriptor whose poll is not armed (it never had to wait) has
+    /// nobody watching it: it is never quiet, so the caller looks itself.
     pub fn is_quiet(&self) -> bool {
         let slots = self.readiness.slots.borrow();
         let slot = &slots[self.key];
-        !self.maybe_more && !slot.ready && !slot.hung_up
+        slot.armed && !self.maybe_more && !slot.ready && !slot.hung_up
     }
 
     /// Run the non-blocking operation `op` on the registered descriptor if

@@ -101,8 +101,9 @@ struct Slot {
     waker: Option<Waker>,
     /// When the waiting task gives up.
     deadline: Option<Instant>,
-    /// The deadline passed while the task waited.
-    timed_out: bool,
+    /// This deadline passed while a task waited on it (a later wait with
+    /// another deadline ignores it).
+    timed_out: Option<Instant>,
     /// A poll failed to arm or ended with an error.
     error: Option<i32>,
     /// A completion said the peer closed its side (or the socket failed):
@@ -183,7 +184,7 @@ impl Readiness {
             closed: false,
             waker: None,
             deadline: None,
-            timed_out: false,
+            timed_out: None,
             error: None,
             hung_up: false,
             write_armed: false,
@@ -262,7 +263,10 @@ impl Readiness {
         if let Some(errno) = slot.error.take() {
             return Poll::Ready(Err(io::Error::from_raw_os_error(errno).into()));
         }
-        if std::mem::take(&mut slot.timed_out) || deadline.is_some_and(|d| d <= Instant::now()) {
+        // A deadline that passed belongs to this wait only if it is this
+        // wait's: a wait dropped before its deadline leaves its expiry behind.
+        let expired = slot.timed_out.take().is_some_and(|t| Some(t) == deadline);
+        if expired || deadline.is_some_and(|d| d <= Instant::now()) {
             slot.waker = None;
             slot.deadline = None;
             return Poll::Ready(Err(WaitError::TimedOut));
@@ -311,7 +315,8 @@ impl Readiness {
             slot.deadline = None;
             return Poll::Ready(Ok(()));
         }
-        if std::mem::take(&mut slot.timed_out) || deadline <= Instant::now() {
+        let expired = slot.timed_out.take() == Some(deadline);
+        if expired || deadline <= Instant::now() {
             slot.waker = None;
             slot.deadline = None;
             return Poll::Ready(Err(WaitError::TimedOut));
@@ -443,7 +448,7 @@ impl Readiness {
             let Some(d) = slot.deadline else { continue };
             if d <= now {
                 slot.deadline = None;
-                slot.timed_out = true;
+                slot.timed_out = Some(d);
                 if let Some(w) = slot.waker.take() {
                     w.wake();
                 }

@@ -389,6 +389,10 @@ impl Supervisor {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
         }
         self.apps.reload(new.apps.clone());
+        // A removed app's addresses are retiring: an app added again under
+        // its name starts from none, not from them.
+        self.app_servers
+            .retain(|name, _| new.apps.iter().any(|a| &a.name == name));
         self.file_upstreams = new.upstreams.clone();
         let upstreams = effective_upstreams(&self.file_upstreams, &new.apps, &self.app_servers);
         let update = shard::Reload {
@@ -417,6 +421,10 @@ impl Supervisor {
     /// keeps its pooled connections there; one no longer listed gets no
     /// new requests.
     fn on_app_servers(&mut self, app: String, servers: Vec<ServerAddr>) {
+        if !self.config.apps.iter().any(|a| a.name == app) {
+            // News of an app a reload removed.
+            return;
+        }
         info!(
             "app {app}: serving on {}",
             if servers.is_empty() {
