@@ -12,6 +12,7 @@
 #
 #   bench/tls.sh [ROUNDS]          # both key types, every workload
 #   KEYS=ecdsa WORKLOADS="full resumed" bench/tls.sh 3
+#   LAYOUT=all-cores bench/tls.sh 3   # shards = workers = CPUs, the load on the same CPUs
 #
 # Needs nginx, openssl and a release build of the workspace.
 set -euo pipefail
@@ -23,6 +24,14 @@ DURATION=${DURATION:-5s}
 KEYS=${KEYS:-ecdsa rsa}
 WORKLOADS=${WORKLOADS:-keepalive full resumed file1m}
 LOADGEN=target/release/coreserve-bench
+LAYOUT=${LAYOUT:-pinned}
+# pinned: one shard / worker on SERVER_CPU, the load on LOAD_CPU. all-cores:
+# as many as CPUs, the load spread over the same CPUs, nothing pinned by hand.
+NCPU=1 on_server=(taskset -c "$SERVER_CPU") on_load=(taskset -c "$LOAD_CPU") load_cpus=$LOAD_CPU
+cpus=(--cpus "$SERVER_CPU")
+if [ "$LAYOUT" = all-cores ]; then
+    NCPU=$(nproc) on_server=() on_load=() load_cpus=0-$(($(nproc) - 1)) cpus=()
+fi
 
 mkdir -p "$work/nginx/logs" "$work/www"
 chmod 755 "$work"
@@ -61,7 +70,7 @@ handler = "static"
 root = "$work/www"
 TOML
     cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes $NCPU;
 pid nginx.pid;
 error_log logs/error.log warn;
 events { worker_connections 10240; }
@@ -89,20 +98,20 @@ NGINX
 # one NAME PORT WORKLOAD PID...: a run of coreserve-bench; prints the row.
 one() {
     local name=$1 port=$2 w=$3; shift 3
-    local args=(-c 50 -d "$DURATION" -w 0s --cpus "$LOAD_CPU" --json "$work/run.json")
+    local args=(-c 50 -d "$DURATION" -w 0s --cpus "$load_cpus" --json "$work/run.json")
     local url="https://127.0.0.1:$port/"
     case $w in
         full) args+=(--new-connection --no-resume) ;;
         resumed) args+=(--new-connection) ;;
-        file1m) args=(-c 10 -d "$DURATION" -w 0s --cpus "$LOAD_CPU" --json "$work/run.json")
+        file1m) args=(-c 10 -d "$DURATION" -w 0s --cpus "$load_cpus" --json "$work/run.json")
                 url="https://127.0.0.1:$port/static/1m.bin" ;;
     esac
     # warm-up, not measured
-    taskset -c "$LOAD_CPU" "$LOADGEN" "$url" "${args[@]:0:2}" -d 1s -w 0s --cpus "$LOAD_CPU" \
+    "${on_load[@]}" "$LOADGEN" "$url" "${args[@]:0:2}" -d 1s -w 0s --cpus "$load_cpus" \
         $( [ "$w" = full ] && echo --new-connection --no-resume ) > /dev/null 2>&1 || true
     local t0 t1
     t0=$(ticks "$@")
-    taskset -c "$LOAD_CPU" "$LOADGEN" "$url" "${args[@]}" > /dev/null 2>&1 || true
+    "${on_load[@]}" "$LOADGEN" "$url" "${args[@]}" > /dev/null 2>&1 || true
     t1=$(ticks "$@")
     python3 - "$work/run.json" "$name" "$w" $((t1 - t0)) "$(getconf CLK_TCK)" <<'PY'
 import json, sys
@@ -116,18 +125,18 @@ print(f"{w:<10} {name:<10} {r['requests_per_s']:9.0f} req/s {ticks / hz * 1e6 / 
 PY
 }
 
-echo "pinned: server on CPU $SERVER_CPU, coreserve-bench on CPU $LOAD_CPU, $DURATION per run, $ROUNDS rounds"
+echo "$LAYOUT: $NCPU shards/workers, coreserve-bench on CPUs $load_cpus, $DURATION per run, $ROUNDS rounds"
 for k in $KEYS; do
     cfg "$k"
     : > "$work/results"
     for round in $(seq "$ROUNDS"); do
         for w in $WORKLOADS; do
-            taskset -c "$SERVER_CPU" "$BIN" --config "$work/coreserve.toml" --shards 1 --cpus "$SERVER_CPU" \
+            "${on_server[@]}" "$BIN" --config "$work/coreserve.toml" --shards "$NCPU" "${cpus[@]}" \
                 --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
             pid=$!; wait_port 3480
             one coreserve 3443 "$w" "$pid" | tee -a "$work/results"
             stop TERM "$pid"
-            taskset -c "$SERVER_CPU" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
+            "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
             pid=$!; sleep 0.3
             one nginx 3444 "$w" "$pid" $(pgrep -P "$pid") | tee -a "$work/results"
             stop QUIT "$pid"
