@@ -42,7 +42,7 @@ LAYERS = {
     "recheck": 0,   # the shard's budget of direct syscalls
     "status": 0,    # `coreserve status`, a client of the metrics endpoint
     "panics": 0,    # the text of a panic payload
-    "backoff": 0,   # restart delays of a supervised child
+    "child": 0,     # a supervised child: restarts and their back-off
     # 1: built on the leaves.
     "config": 1,    # Config, its loading and validation
     "readiness": 1, # the shard's own io_uring ring

@@ -16,7 +16,7 @@ pub mod access_log;
 pub mod admin;
 pub mod apps;
 
-pub mod backoff;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -6,7 +6,7 @@
 //!
 //! `run` (here) checks and binds; `launch` starts a shard; `supervisor` is
 //! the event loop that serves, reloads, restarts and drains; `scrape`
-//! gathers metrics. `crate::backoff` spaces restarts.
+//! gathers metrics. `crate::child` spaces restarts.
 
 mod launch;
 mod scrape;
@@ -27,7 +27,7 @@ use crate::listener::{self, BindError, Scheme};
 use crate::signals;
 use crate::systemd;
 
-pub use crate::backoff::restart_delay;
+pub use crate::child::restart_delay;
 use launch::{Launcher, ListenSource};
 use supervisor::{supervise, AppLink, Supervision};
 

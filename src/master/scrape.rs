@@ -75,17 +75,63 @@ impl Scraped {
     }
 }
 
+/// What the master knows of a shard's thread (not its traffic): whether it
+/// serves, and how often it died and was started again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ShardLife {
+    pub(super) id: usize,
+    pub(super) up: bool,
+    pub(super) restarts: u32,
+}
+
 /// Answer the scrape if no shard is still to reply; otherwise keep waiting.
-pub(super) fn finish_gather(g: Gather, scraped: &mut Scraped, apps: &AppsHandle) -> Option<Gather> {
+pub(super) fn finish_gather(
+    g: Gather,
+    scraped: &mut Scraped,
+    lives: &[ShardLife],
+    apps: &AppsHandle,
+) -> Option<Gather> {
     if !g.waiting_for.is_empty() {
         return Some(g);
     }
     let mut text = metrics::render(&scraped.view());
+    render_lives(&mut text, lives);
     render_apps(&mut text, &apps.status());
     for r in g.replies {
         let _ = r.try_send(text.clone());
     }
     None
+}
+
+/// The shards' supervision series: up, restarts (a dead shard's traffic
+/// counters are kept by `Scraped`; these say that it died).
+fn render_lives(out: &mut String, lives: &[ShardLife]) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_shard_up Whether a shard's thread serves (1) or is down, waiting to be restarted (0).\n\
+         # TYPE coreserve_shard_up gauge"
+    );
+    for l in lives {
+        let _ = writeln!(
+            out,
+            "coreserve_shard_up{{shard=\"{}\"}} {}",
+            l.id,
+            u8::from(l.up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_shard_restarts_total Times a shard's thread died and was started again.\n\
+         # TYPE coreserve_shard_restarts_total counter"
+    );
+    for l in lives {
+        let _ = writeln!(
+            out,
+            "coreserve_shard_restarts_total{{shard=\"{}\"}} {}",
+            l.id, l.restarts
+        );
+    }
 }
 
 /// The app instances' series: state, restarts, uptime. Requests per

@@ -38,7 +38,7 @@ pub(crate) fn scrape(server: &Server) -> prometheus_parse::Scrape {
 }
 
 /// The value of a counter or gauge by label set.
-fn values(s: &prometheus_parse::Scrape, name: &str) -> HashMap<String, f64> {
+pub(crate) fn values(s: &prometheus_parse::Scrape, name: &str) -> HashMap<String, f64> {
     s.samples
         .iter()
         .filter(|x| x.metric == name)

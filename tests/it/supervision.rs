@@ -75,6 +75,15 @@ fn restart(dispatch: &str) {
     // Back after about a second, on its CPU.
     server.wait_for_log(&format!("shard {dead} restarted on CPU {dead}"));
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The metrics say it died once and serves again; the other never died.
+    let scraped = crate::metrics::scrape(&server);
+    let restarts = crate::metrics::values(&scraped, "coreserve_shard_restarts_total");
+    let up = crate::metrics::values(&scraped, "coreserve_shard_up");
+    let other = 1 - dead;
+    assert_eq!(restarts[&format!("shard={dead}")], 1.0, "{restarts:?}");
+    assert_eq!(restarts[&format!("shard={other}")], 0.0, "{restarts:?}");
+    assert_eq!(up[&format!("shard={dead}")], 1.0, "{up:?}");
+    assert_eq!(up[&format!("shard={other}")], 1.0, "{up:?}");
     // And it takes connections again.
     let mut served_by_new = 0;
     for _ in 0..20 {

@@ -17,7 +17,7 @@ mod stop;
 use super::address;
 use super::process::{self, Process};
 use super::{AppError, AppEvent, AppServers, InstanceStatus, Notify};
-use crate::backoff::Backoff;
+use crate::child::{Backoff, Child};
 use crate::config::{AppConfig, ServerAddr};
 
 /// How often starting instances are probed.
@@ -62,14 +62,11 @@ enum State {
     Stopping { kill_at: Instant },
 }
 
-/// One instance slot of an app: its current incarnation and a
-/// replacement being started.
+/// One instance slot of an app: its current incarnation (a supervised
+/// child, as a shard thread is) and a replacement being started.
 struct Slot {
-    current: Option<Instance>,
+    current: Child<Instance>,
     next: Option<Instance>,
-    backoff: Backoff,
-    restarts: u32,
-    restart_at: Option<Instant>,
     /// Replacements that failed to come up in a row (a rolling reload to
     /// a broken command), and when the next may start.
     replace_backoff: Backoff,
@@ -107,18 +104,15 @@ pub(super) struct Manager {
 impl Slot {
     fn new(now: Instant) -> Slot {
         Slot {
-            current: None,
+            current: Child::new(now),
             next: None,
-            backoff: Backoff::new(now),
-            restarts: 0,
-            restart_at: Some(now),
             replace_backoff: Backoff::new(now),
             replace_at: None,
         }
     }
 
     fn instances(&self) -> impl Iterator<Item = &Instance> {
-        self.current.iter().chain(self.next.iter())
+        self.current.get().into_iter().chain(self.next.iter())
     }
 
     /// Take the slot's instances out of service: they stop after the grace.
@@ -129,8 +123,7 @@ impl Slot {
         now: Instant,
         out: &mut Vec<Leaving>,
     ) {
-        self.restart_at = None;
-        for mut inst in self.current.take().into_iter().chain(self.next.take()) {
+        for mut inst in self.current.retire().into_iter().chain(self.next.take()) {
             inst.state = State::Retiring {
                 stop_at: now + RETIRE_GRACE,
             };
@@ -186,7 +179,7 @@ impl Manager {
             let all_ready = self.apps.iter().all(|a| {
                 a.slots.iter().all(|s| {
                     matches!(
-                        s.current,
+                        s.current.get(),
                         Some(Instance {
                             state: State::Ready,
                             ..
@@ -277,22 +270,16 @@ impl Manager {
     fn start_due(&mut self, now: Instant, startup: bool) -> Result<(), AppError> {
         for a in 0..self.apps.len() {
             for i in 0..self.apps[a].slots.len() {
-                let due = self.apps[a].slots[i].restart_at.is_some_and(|t| t <= now);
-                if !due {
+                if !self.apps[a].slots[i].current.is_due(now) {
                     continue;
                 }
-                self.apps[a].slots[i].restart_at = None;
                 match self.spawn(a, i, now) {
                     Ok(inst) => {
-                        let slot = &mut self.apps[a].slots[i];
-                        slot.backoff.started(now);
-                        slot.current = Some(inst);
+                        self.apps[a].slots[i].current.started(inst, now);
                     }
                     Err(e) if startup => return Err(e),
                     Err(e) => {
-                        let slot = &mut self.apps[a].slots[i];
-                        let delay = slot.backoff.start_failed();
-                        slot.restart_at = Some(now + delay);
+                        let delay = self.apps[a].slots[i].current.start_failed(now);
                         error!("{e}; trying again in {}s", delay.as_secs());
                     }
                 }
@@ -343,7 +330,8 @@ impl Manager {
             let name = &app.config.name;
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 let stop = app.config.stop_timeout;
-                for inst in slot.current.iter_mut().chain(slot.next.iter_mut()) {
+                let current = slot.current.get_mut().into_iter();
+                for inst in current.chain(slot.next.iter_mut()) {
                     let State::Starting { deadline } = inst.state else {
                         continue;
                     };
@@ -442,7 +430,7 @@ impl Manager {
             .apps
             .iter()
             .flat_map(|a| a.slots.iter())
-            .filter_map(|s| s.restart_at)
+            .filter_map(|s| s.current.due())
         {
             at(t);
         }
@@ -489,17 +477,11 @@ impl Manager {
                     );
                     return;
                 }
-                if slot.current.as_ref().is_some_and(|i| i.tag == tag) {
-                    let gone = slot.current.take().expect("checked above");
+                if let Some(inst) = slot.current.get().filter(|i| i.tag == tag) {
+                    let ready = matches!(inst.state, State::Ready);
+                    let (gone, delay) = slot.current.ended(now, ready);
+                    let gone = gone.expect("checked above");
                     address::release(&gone.addr);
-                    let ready = matches!(gone.state, State::Ready);
-                    let delay = if ready {
-                        slot.backoff.died(now)
-                    } else {
-                        slot.backoff.start_failed()
-                    };
-                    slot.restarts += 1;
-                    slot.restart_at = Some(now + delay);
                     // One line per death: a crash loop's deaths are spaced
                     // by the back-off, so it logs once per step.
                     warn!(
@@ -520,13 +502,16 @@ impl Manager {
     fn take_exited(&mut self, tag: u64) -> Option<(String, usize, String)> {
         for a in &mut self.apps {
             for (i, s) in a.slots.iter_mut().enumerate() {
-                for place in [&mut s.current, &mut s.next] {
-                    if place.as_ref().is_some_and(|inst| inst.tag == tag) {
-                        let inst = place.take().expect("checked above");
-                        address::release(&inst.addr);
-                        return Some((a.config.name.clone(), i, tail_of(&inst.process)));
-                    }
-                }
+                let gone = if s.current.get().is_some_and(|inst| inst.tag == tag) {
+                    s.current.take()
+                } else if s.next.as_ref().is_some_and(|inst| inst.tag == tag) {
+                    s.next.take()
+                } else {
+                    continue;
+                };
+                let inst = gone.expect("checked above");
+                address::release(&inst.addr);
+                return Some((a.config.name.clone(), i, tail_of(&inst.process)));
             }
         }
         None
@@ -537,7 +522,7 @@ impl Manager {
 fn servers_of(app: &App) -> Vec<ServerAddr> {
     app.slots
         .iter()
-        .filter_map(|s| s.current.as_ref())
+        .filter_map(|s| s.current.get())
         .filter(|i| matches!(i.state, State::Ready))
         .map(|i| i.addr.clone())
         .collect()

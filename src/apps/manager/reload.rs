@@ -7,7 +7,7 @@ use log::{error, info};
 
 use super::{App, Instance, Leaving, Manager, Slot, State, RETIRE_GRACE};
 use crate::apps::AppEvent;
-use crate::backoff::Backoff;
+use crate::child::Backoff;
 use crate::config::AppConfig;
 
 impl Manager {
@@ -27,12 +27,10 @@ impl Manager {
                         ..
                     })
                 ) {
-                    let old = slot.current.take();
-                    slot.current = slot.next.take();
+                    let new = slot.next.take().expect("matched above");
+                    let started = new.started;
+                    let old = slot.current.started(new, started);
                     slot.replace_backoff = Backoff::new(now);
-                    if let Some(new) = &slot.current {
-                        slot.backoff.started(new.started);
-                    }
                     if let Some(mut inst) = old {
                         inst.state = State::Retiring {
                             stop_at: now + RETIRE_GRACE,
@@ -50,7 +48,7 @@ impl Manager {
                 continue;
             }
             let outdated = self.apps[a].slots.iter().position(|s| {
-                matches!(&s.current, Some(i) if i.generation != generation && matches!(i.state, State::Ready))
+                matches!(s.current.get(), Some(i) if i.generation != generation && matches!(i.state, State::Ready))
             });
             let Some(i) = outdated else { continue };
             if self.apps[a].slots[i].replace_at.is_some_and(|t| t > now) {

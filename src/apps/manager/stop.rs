@@ -68,19 +68,19 @@ impl Manager {
         let mut out = Vec::new();
         for app in &self.apps {
             for (index, slot) in app.slots.iter().enumerate() {
-                let inst = slot.current.as_ref();
+                let inst = slot.current.get();
                 out.push(InstanceStatus {
                     app: app.config.name.clone(),
                     index,
                     pid: inst.map(|i| i.process.pid),
                     state: match inst.map(|i| &i.state) {
-                        None if slot.restart_at.is_some() => "restarting",
+                        None if slot.current.due().is_some() => "restarting",
                         None => "down",
                         Some(State::Starting { .. }) => "starting",
                         Some(State::Ready) => "ready",
                         Some(State::Retiring { .. }) | Some(State::Stopping { .. }) => "stopping",
                     },
-                    restarts: slot.restarts,
+                    restarts: slot.current.restarts(),
                     uptime: inst.map_or(Duration::ZERO, |i| now.duration_since(i.started)),
                     addr: inst.map(|i| i.addr.to_string()),
                 });

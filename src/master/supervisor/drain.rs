@@ -39,11 +39,14 @@ impl Supervisor {
         let mut running = 0;
         let mut stopping = vec![false; self.slots.len()];
         for (id, slot) in self.slots.iter_mut().enumerate() {
-            slot.pending_conns = None;
+            let Some(r) = slot.child.get_mut() else {
+                continue;
+            };
+            r.pending_conns = None;
             // Reuseport: the master's copies would keep the sockets
             // listening (and queueing connections nobody accepts) until exit.
-            slot.listener_copies.clear();
-            if let Some(c) = slot.control.take() {
+            r.listener_copies.clear();
+            if let Some(c) = r.control.take() {
                 let _ = c.try_send(Control::Drain);
                 stopping[id] = true;
                 running += 1;
@@ -63,8 +66,8 @@ impl Supervisor {
                 // The thread ended. Its Stopped report may still be on its
                 // way (another task relays it): give it a moment before
                 // counting the shard as gone without one.
-                Some(MasterEvent::Gone(id, generation))
-                    if generation == self.slots[id].generation =>
+                Some(MasterEvent::Gone(id, incarnation))
+                    if self.slots[id].child.is_current(incarnation) =>
                 {
                     later(&self.tx, Duration::from_millis(200), MasterEvent::Ended(id));
                 }
@@ -81,7 +84,8 @@ impl Supervisor {
             }
         }
         for (id, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(Err(e)) = slot.handle.take().map(|h| h.join()) {
+            let handle = slot.child.take().and_then(|r| r.handle);
+            if let Some(Err(e)) = handle.map(|h| h.join()) {
                 error!("shard {id} ended abnormally: {e}");
             }
         }

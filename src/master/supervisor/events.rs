@@ -50,10 +50,11 @@ pub(super) fn forward_events(
     .detach();
 }
 
-/// Watch a shard's lifeline; `Gone` when its thread has ended.
+/// Watch a shard's lifeline; `Gone` with its incarnation when its thread
+/// has ended.
 pub(super) fn watch_lifeline(
     id: usize,
-    generation: u64,
+    incarnation: u64,
     lifeline: std::os::unix::net::UnixStream,
     tx: Rc<LocalSender<MasterEvent>>,
 ) {
@@ -66,7 +67,7 @@ pub(super) fn watch_lifeline(
         let mut byte = [0u8; 1];
         // Nothing is ever written: the read ends when the shard's end closes.
         while let Ok(1) = stream.read(&mut byte).await {}
-        let _ = tx.try_send(MasterEvent::Gone(id, generation));
+        let _ = tx.try_send(MasterEvent::Gone(id, incarnation));
     })
     .detach();
 }

@@ -19,11 +19,11 @@ use events::{forward_app_events, forward_events, later, watch_lifeline};
 use reloads::Reloads;
 
 use super::launch::{Launched, Launcher};
-use super::scrape::{finish_gather, Gather, Scraped, SCRAPE_WAIT};
+use super::scrape::{finish_gather, Gather, Scraped, ShardLife, SCRAPE_WAIT};
 use super::{MasterError, Reloader};
 use crate::acceptor::{Acceptor, Command};
 use crate::admin;
-use crate::backoff::Backoff;
+use crate::child::Child;
 use std::collections::HashMap;
 
 use super::effective_upstreams;
@@ -66,14 +66,19 @@ pub(super) struct Supervision {
 /// The master's view of one shard.
 struct Slot {
     cpu: usize,
+    /// In the rotation: started and, after a restart, said it is ready.
     alive: bool,
+    /// Its thread as a supervised child (restarts, back-off, incarnation).
+    child: Child<Running>,
+}
+
+/// The handles of a shard thread's incarnation while it runs.
+struct Running {
+    /// Taken when the drain tells it to stop.
     control: Option<ConnectedSender<Control>>,
     handle: Option<glommio::ExecutorJoinHandle<()>>,
     /// A restarted shard's hand-off sender, until it says it is ready.
     pending_conns: Option<handoff::Sender>,
-    backoff: Backoff,
-    /// Incremented at each restart.
-    generation: u64,
     /// Reuseport mode: copies of the shard's listeners (see `Launched`).
     listener_copies: Vec<std::net::TcpListener>,
 }
@@ -82,8 +87,8 @@ struct Slot {
 enum MasterEvent {
     Signal(Signal),
     Shard(ShardEvent),
-    /// A shard's thread ended (it stopped or died); with its generation, so
-    /// news of an old incarnation is not taken for the restarted one.
+    /// A shard's thread ended (it stopped or died); with its incarnation,
+    /// so news of an old one is not taken for the restarted one.
     Gone(usize, u64),
     /// Time to check the shards answered and pet the systemd watchdog.
     Watchdog,
@@ -150,18 +155,24 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     // order the shard does (events, control) or both sides wait.
     for (id, l) in s.launched.into_iter().enumerate() {
         forward_events(l.events, tx.clone());
-        watch_lifeline(id, 0, l.lifeline, tx.clone());
         let control = l.control.connect().await;
         links.extend(l.conns);
+        let now = Instant::now();
+        let mut child = Child::new(now);
+        child.started(
+            Running {
+                control: Some(control),
+                handle: Some(l.handle),
+                pending_conns: None,
+                listener_copies: l.listener_copies,
+            },
+            now,
+        );
+        watch_lifeline(id, child.incarnation(), l.lifeline, tx.clone());
         slots.push(Slot {
             cpu: s.cpus[id],
             alive: true,
-            control: Some(control),
-            handle: Some(l.handle),
-            pending_conns: None,
-            backoff: Backoff::new(Instant::now()),
-            generation: 0,
-            listener_copies: l.listener_copies,
+            child,
         });
     }
 
@@ -287,14 +298,16 @@ impl Supervisor {
             MasterEvent::Shard(ShardEvent::Pong { id }) => self.answered[id] = true,
             MasterEvent::Watchdog => self.on_watchdog(),
             MasterEvent::Signal(Signal::Reopen) => self.on_reopen(),
-            MasterEvent::Gone(id, generation) if generation == self.slots[id].generation => {
+            MasterEvent::Gone(id, incarnation) if self.slots[id].child.is_current(incarnation) => {
                 self.on_gone(id)
             }
             MasterEvent::Restart(id) => self.on_restart(id).await,
             MasterEvent::App(AppEvent::Servers { app, servers }) => {
                 self.on_app_servers(app, servers)
             }
-            MasterEvent::Shard(ShardEvent::Ready { id }) if self.slots[id].control.is_some() => {
+            MasterEvent::Shard(ShardEvent::Ready { id })
+                if self.slots[id].child.get().is_some() =>
+            {
                 self.on_ready(id)
             }
             // News of a shard's earlier incarnation.
@@ -310,8 +323,21 @@ impl Supervisor {
             .iter()
             .enumerate()
             .filter_map(|(id, s)| {
-                let c = s.control.as_ref()?;
+                let c = s.child.get()?.control.as_ref()?;
                 c.try_send(msg()).ok().map(|_| id)
+            })
+            .collect()
+    }
+
+    /// Each shard's thread as the metrics show it.
+    fn lives(&self) -> Vec<ShardLife> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(id, s)| ShardLife {
+                id,
+                up: s.alive,
+                restarts: s.child.restarts(),
             })
             .collect()
     }
@@ -335,7 +361,8 @@ impl Supervisor {
             waiting_for: self.broadcast(|| Control::Snapshot),
             replies: vec![reply],
         };
-        self.gather = finish_gather(g, &mut self.scraped, &self.apps);
+        let lives = self.lives();
+        self.gather = finish_gather(g, &mut self.scraped, &lives, &self.apps);
         if self.gather.is_some() {
             // A stuck shard must not hang every scrape: answer with its
             // last snapshot after a moment.
@@ -363,7 +390,8 @@ impl Supervisor {
     fn gather_progress(&mut self, update: impl FnOnce(&mut Gather)) {
         if let Some(mut g) = self.gather.take() {
             update(&mut g);
-            self.gather = finish_gather(g, &mut self.scraped, &self.apps);
+            let lives = self.lives();
+            self.gather = finish_gather(g, &mut self.scraped, &lives, &self.apps);
         }
     }
 
@@ -480,16 +508,19 @@ impl Supervisor {
     /// of the scrape and the reload under way, and start it again later.
     fn on_gone(&mut self, id: usize) {
         let slot = &mut self.slots[id];
-        // Its own SO_REUSEPORT sockets would go on taking a share of the
-        // connections nobody accepts: take them out of the group.
-        for l in slot.listener_copies.drain(..) {
-            use std::os::fd::AsRawFd;
-            // SAFETY: shutdown(2) on our own descriptor of the socket.
-            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
-        }
         slot.alive = false;
-        slot.control = None;
-        slot.pending_conns = None;
+        let (running, delay) = slot.child.ended(Instant::now(), true);
+        let mut handle = None;
+        if let Some(r) = running {
+            // Its own SO_REUSEPORT sockets would go on taking a share of
+            // the connections nobody accepts: take them out of the group.
+            for l in r.listener_copies {
+                use std::os::fd::AsRawFd;
+                // SAFETY: shutdown(2) on our own descriptor of the socket.
+                unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+            handle = r.handle;
+        }
         if let Some(a) = &self.acceptor {
             a.tell(Command::ShardDied(id));
         }
@@ -499,15 +530,13 @@ impl Supervisor {
         if self.reloads.forget(id) {
             self.reloaded("every live shard");
         }
-        let slot = &mut self.slots[id];
-        let why = match slot.handle.take().map(|h| h.join()) {
+        let why = match handle.map(|h| h.join()) {
             Some(Err(e)) => e.to_string(),
             _ => "it stopped".into(),
         };
-        let delay = slot.backoff.died(Instant::now());
         error!(
             "shard {id} (CPU {}) died: {why}; restarting it in {delay:?}",
-            slot.cpu
+            self.slots[id].cpu
         );
         if !self.slots.iter().any(|s| s.alive) {
             error!("no shard is alive: new connections are refused until one is back");
@@ -519,17 +548,21 @@ impl Supervisor {
         let slot = &mut self.slots[id];
         match self.launcher.launch(id, slot.cpu, &self.config, None) {
             Ok(l) => {
-                slot.generation += 1;
                 forward_events(l.events, self.tx.clone());
-                watch_lifeline(id, slot.generation, l.lifeline, self.tx.clone());
-                slot.listener_copies = l.listener_copies;
-                slot.control = Some(l.control.connect().await);
-                slot.handle = Some(l.handle);
-                slot.backoff.started(Instant::now());
-                slot.pending_conns = l.conns;
+                let control = l.control.connect().await;
+                let running = Running {
+                    control: Some(control),
+                    handle: Some(l.handle),
+                    pending_conns: l.conns,
+                    listener_copies: l.listener_copies,
+                };
+                let slot = &mut self.slots[id];
+                slot.child.started(running, Instant::now());
+                let incarnation = slot.child.incarnation();
+                watch_lifeline(id, incarnation, l.lifeline, self.tx.clone());
             }
             Err(e) => {
-                let delay = slot.backoff.start_failed();
+                let delay = slot.child.start_failed(Instant::now());
                 error!("shard {id}: restart failed: {e}; trying again in {delay:?}");
                 later(&self.tx, delay, MasterEvent::Restart(id));
             }
@@ -540,7 +573,8 @@ impl Supervisor {
     fn on_ready(&mut self, id: usize) {
         let slot = &mut self.slots[id];
         slot.alive = true;
-        if let (Some(a), Some(c)) = (&self.acceptor, slot.pending_conns.take()) {
+        let conns = slot.child.get_mut().and_then(|r| r.pending_conns.take());
+        if let (Some(a), Some(c)) = (&self.acceptor, conns) {
             a.tell(Command::ShardBack(id, c));
         }
         info!("shard {id} restarted on CPU {}", slot.cpu);

@@ -1,0 +1,228 @@
+//! A supervised child as its supervisor sees it, for both kinds of child
+//! coreserve supervises: a shard thread (`master::supervisor`) and an app
+//! instance (`apps::manager`). [`Child`] holds the running incarnation's
+//! handles, counts restarts and says when the next start is due;
+//! [`Backoff`] is the rule that spaces restarts: 1 s doubling to 30 s for
+//! deaths in a row, afresh after a child that lived a while.
+
+use std::time::{Duration, Instant};
+
+/// A child that lived this long before dying starts its back-off afresh.
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// The longest wait between two starts.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Delay before restarting a child that failed `failures` times in a row:
+/// 1 s doubling to [`MAX_DELAY`].
+pub fn restart_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5)).min(MAX_DELAY)
+}
+
+/// The back-off state of one child.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// Failures in a row (deaths, and starts that failed).
+    failures: u32,
+    /// When the current incarnation started.
+    started: Instant,
+}
+
+impl Backoff {
+    /// A child started at `now` that has not failed yet.
+    pub fn new(now: Instant) -> Backoff {
+        Backoff {
+            failures: 0,
+            started: now,
+        }
+    }
+
+    /// A new incarnation started at `now`.
+    pub fn started(&mut self, now: Instant) {
+        self.started = now;
+    }
+
+    /// The child died at `now`: how long to wait before starting it again.
+    pub fn died(&mut self, now: Instant) -> Duration {
+        if now.saturating_duration_since(self.started) >= STABLE_AFTER {
+            self.failures = 0;
+        }
+        self.next()
+    }
+
+    /// Starting the child failed: how long to wait before trying again.
+    pub fn start_failed(&mut self) -> Duration {
+        self.next()
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = restart_delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
+/// One supervised child: the handles of its running incarnation (`R`: a
+/// shard's channels and thread, an app instance's process), its back-off,
+/// its restarts and when it is next due to start.
+///
+/// Invariants: a running child has no start due; a child that is neither
+/// running nor due was retired and stays stopped until started again.
+/// The incarnation grows by one at each start, so news of an earlier
+/// incarnation (a late exit, a late report) can be told from news of this
+/// one (`is_current`).
+#[derive(Debug)]
+pub struct Child<R> {
+    running: Option<R>,
+    backoff: Backoff,
+    incarnation: u64,
+    restarts: u32,
+    due: Option<Instant>,
+}
+
+impl<R> Child<R> {
+    /// A child that is to start at `now`.
+    pub fn new(now: Instant) -> Child<R> {
+        Child {
+            running: None,
+            backoff: Backoff::new(now),
+            incarnation: 0,
+            restarts: 0,
+            due: Some(now),
+        }
+    }
+
+    /// An incarnation started at `started` runs now (a first start, a
+    /// restart, or a replacement taking over): its handles, and the
+    /// previous incarnation's if one still ran. Returns the previous
+    /// handles; the new incarnation's number is `incarnation()`.
+    pub fn started(&mut self, running: R, started: Instant) -> Option<R> {
+        self.incarnation += 1;
+        self.due = None;
+        self.backoff.started(started);
+        self.running.replace(running)
+    }
+
+    /// Starting it failed at `now`: the next try is due after the returned
+    /// back-off.
+    pub fn start_failed(&mut self, now: Instant) -> Duration {
+        let delay = self.backoff.start_failed();
+        self.due = Some(now + delay);
+        delay
+    }
+
+    /// The running incarnation ended at `now`; `served` says whether it had
+    /// come to serve (else it died starting, which backs off like a failed
+    /// start). Counts a restart and makes the next start due after the
+    /// returned back-off; gives back the ended incarnation's handles.
+    pub fn ended(&mut self, now: Instant, served: bool) -> (Option<R>, Duration) {
+        let delay = if served {
+            self.backoff.died(now)
+        } else {
+            self.backoff.start_failed()
+        };
+        self.restarts += 1;
+        self.due = Some(now + delay);
+        (self.running.take(), delay)
+    }
+
+    /// Stop supervising it: nothing more is due. Gives back the running
+    /// incarnation's handles, to stop it.
+    pub fn retire(&mut self) -> Option<R> {
+        self.due = None;
+        self.running.take()
+    }
+
+    /// Whether a start is due at `now`; taking it (so it is not started
+    /// twice) is `started` or `start_failed`.
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.due.is_some_and(|t| t <= now)
+    }
+
+    /// When the next start is due, if one is (a restart waiting out its
+    /// back-off).
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// The running incarnation's handles.
+    pub fn get(&self) -> Option<&R> {
+        self.running.as_ref()
+    }
+
+    /// The running incarnation's handles, to change.
+    pub fn get_mut(&mut self) -> Option<&mut R> {
+        self.running.as_mut()
+    }
+
+    /// Take the running incarnation's handles out without counting an
+    /// exit (at the end of a drain, or when a caller looks at an exit
+    /// before deciding what it means).
+    pub fn take(&mut self) -> Option<R> {
+        self.running.take()
+    }
+
+    /// The number of the latest incarnation started (0: none yet).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Whether `incarnation` is the one running now.
+    pub fn is_current(&self, incarnation: u64) -> bool {
+        self.running.is_some() && incarnation == self.incarnation
+    }
+
+    /// How many times it ended while supervised (and so was started again).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_to_thirty_seconds() {
+        let secs: Vec<u64> = (0..8).map(|f| restart_delay(f).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn deaths_in_a_row_back_off_and_a_stable_run_starts_afresh() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new(t0);
+        let second = Duration::from_secs(1);
+        assert_eq!(b.died(t0 + second), second);
+        b.started(t0 + 2 * second);
+        assert_eq!(b.died(t0 + 3 * second), 2 * second);
+        assert_eq!(b.start_failed(), 4 * second);
+        b.started(t0 + 10 * second);
+        // Lived a minute: the next death is the first of a new run.
+        assert_eq!(b.died(t0 + 10 * second + STABLE_AFTER), second);
+    }
+
+    #[test]
+    fn a_child_restarts_after_its_back_off_and_tells_incarnations_apart() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut c: Child<&str> = Child::new(t0);
+        assert!(c.is_due(t0));
+        assert_eq!(c.start_failed(t0), second);
+        assert!(!c.is_due(t0) && c.is_due(t0 + second));
+        assert_eq!(c.started("a", t0 + second), None);
+        assert!(c.is_current(1) && c.due().is_none());
+        let (old, delay) = c.ended(t0 + 2 * second, true);
+        assert_eq!((old, delay), (Some("a"), 2 * second));
+        assert_eq!(c.restarts(), 1);
+        // News of the ended incarnation is not news of the next.
+        assert!(!c.is_current(1));
+        c.started("b", t0 + 4 * second);
+        assert!(c.is_current(2) && !c.is_current(1));
+        // A replacement takes over: the old handles come back, no restart.
+        assert_eq!(c.started("c", t0 + 5 * second), Some("b"));
+        assert_eq!((c.restarts(), c.incarnation()), (1, 3));
+        assert_eq!(c.retire(), Some("c"));
+        assert!(c.due().is_none() && c.get().is_none());
+    }
+}
