@@ -74,10 +74,11 @@ medians() {
 }
 
 # measured NAME LOAD URL PID...: runs `LOAD URL` (a function that prints
-# wrk's report, or a report in its words: "N requests in", "99% P99") while
-# perf counts the system calls named in $SYSCALLS on the PIDs and /proc their
-# CPU time; prints "NAME <req/s> req/s <us> us/req p99 <p99> <calls per
-# request>". $DURATION is the load's length; $work holds perf's output.
+# wrk's report, or a report in its words: "N requests in", "50% P50", "99%
+# P99") while perf counts the system calls named in $SYSCALLS on the PIDs and
+# /proc their CPU time; prints "NAME <req/s> req/s <us> us/req p99 <p99>
+# <calls per request> p50 <p50>". $DURATION is the load's length; $work holds
+# perf's output.
 measured() {
     local name=$1 load=$2 url=$3; shift 3
     local events="" s pidlist
@@ -97,5 +98,6 @@ measured() {
     calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
     awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
         -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
-        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s\n", n, r / d, t / hz * 1e6 / r, p99, c }'
+        -v p50="$(awk '$1=="50%" {print $2}' <<< "$out")" \
+        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s p50 %s\n", n, r / d, t / hz * 1e6 / r, p99, c, p50 }'
 }
