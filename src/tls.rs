@@ -76,10 +76,11 @@ impl TlsSite {
                 TlsProtocol::Tls13 => &rustls::version::TLS13,
             })
             .collect();
-        // ring's defaults are Mozilla's "intermediate" suites less the
-        // DHE ones: TLS 1.3's three, and ECDHE with AES-GCM or
-        // ChaCha20-Poly1305 for 1.2; groups X25519, P-256, P-384.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The provider's defaults are Mozilla's "intermediate" suites less
+        // the DHE ones: TLS 1.3's three, and ECDHE with AES-GCM or
+        // ChaCha20-Poly1305 for 1.2; groups X25519, P-256, P-384, then the
+        // post-quantum hybrid X25519MLKEM768 for clients that offer it.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config =
             match ServerConfig::builder_with_provider(provider).with_protocol_versions(&versions) {
                 Ok(b) => b
@@ -97,7 +98,9 @@ impl TlsSite {
         config.ignore_client_order = true;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         if tls.session_tickets {
-            if let Some(t) = TICKETER.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok()) {
+            if let Some(t) =
+                TICKETER.get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
+            {
                 config.ticketer = t.clone();
             }
         }
@@ -177,7 +180,7 @@ mod tests {
     fn key(name: &str) -> Arc<CertifiedKey> {
         let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
         let der = rustls_pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
-        let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).unwrap();
         Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer))
     }
 

@@ -306,6 +306,15 @@ async fn connect(plan: &Plan, readiness: Option<&Rc<Readiness>>) -> std::io::Res
     Ok(conn)
 }
 
+impl Conn {
+    /// Over TLS: whether its handshake resumed a session; `None` for plain
+    /// HTTP.
+    fn resumed(&self) -> Option<bool> {
+        let kind = self.tls.as_ref()?.handshake_kind();
+        Some(kind == Some(rustls::HandshakeKind::Resumed))
+    }
+}
+
 /// Complete a TLS handshake: a connection that fails it counts as a
 /// connect error.
 async fn handshake(conn: &mut Conn) -> std::io::Result<()> {
@@ -404,6 +413,9 @@ async fn open_loop(
         if conn.is_none() {
             match connect(plan, readiness).await {
                 Ok(s) => {
+                    if measured {
+                        stats.borrow_mut().connected(s.resumed());
+                    }
                     conn = Some(s);
                     reader = ResponseReader::default();
                 }
@@ -466,7 +478,12 @@ async fn closed_loop(
     let mut out = Vec::with_capacity(4096);
     while Instant::now() < end {
         let mut s = match connect(plan, readiness).await {
-            Ok(s) => s,
+            Ok(s) => {
+                if Instant::now() >= measure_from {
+                    stats.borrow_mut().connected(s.resumed());
+                }
+                s
+            }
             Err(_) => {
                 if Instant::now() >= measure_from {
                     stats.borrow_mut().errors.connect += 1;

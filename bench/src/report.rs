@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::stats::{Errors, Stats};
+use crate::stats::{Errors, Handshakes, Stats};
 
 /// Percentiles in the summary and the JSON.
 pub const PERCENTILES: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 99.99];
@@ -75,6 +75,8 @@ pub struct Report {
     pub errors: Errors,
     /// Response bytes per second.
     pub bytes_per_s: f64,
+    /// TLS handshakes (`https://` only), and how many resumed.
+    pub tls_handshakes: Handshakes,
     /// Latency from the intended send time (open loop; in closed loop the
     /// same as `uncorrected`).
     pub latency: Latency,
@@ -106,6 +108,7 @@ impl Report {
             statuses: stats.statuses.iter().map(|(s, n)| (*s, *n)).collect(),
             errors: stats.errors,
             bytes_per_s: stats.bytes as f64 / secs,
+            tls_handshakes: stats.handshakes,
             latency: Latency::of(&stats.corrected),
             uncorrected: Latency::of(&stats.uncorrected),
         }
@@ -194,6 +197,14 @@ impl Report {
             e.parse,
             self.non_2xx
         );
+        let h = &self.tls_handshakes;
+        if h.total > 0 {
+            let _ = writeln!(
+                o,
+                "tls        {} handshakes, {} resumed",
+                h.total, h.resumed
+            );
+        }
         o
     }
 }

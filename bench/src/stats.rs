@@ -43,6 +43,19 @@ pub struct Stats {
     pub errors: Errors,
     /// Bytes of responses read.
     pub bytes: u64,
+    /// TLS handshakes completed, and how many of them resumed a session.
+    pub handshakes: Handshakes,
+}
+
+/// TLS handshakes of an `https://` run: whether the resumed ones really
+/// resumed (a "resumed" run whose handshakes were full measures the wrong
+/// thing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Handshakes {
+    /// Handshakes completed.
+    pub total: u64,
+    /// Of those, resumed with a ticket or session id.
+    pub resumed: u64,
 }
 
 impl Default for Stats {
@@ -61,6 +74,7 @@ impl Stats {
             statuses: BTreeMap::new(),
             errors: Errors::default(),
             bytes: 0,
+            handshakes: Handshakes::default(),
         }
     }
 
@@ -97,5 +111,15 @@ impl Stats {
         self.errors.timeout += o.errors.timeout;
         self.errors.parse += o.errors.parse;
         self.bytes += o.bytes;
+        self.handshakes.total += o.handshakes.total;
+        self.handshakes.resumed += o.handshakes.resumed;
+    }
+
+    /// Count a new connection's handshake (`None`: plain HTTP).
+    pub fn connected(&mut self, resumed: Option<bool>) {
+        if let Some(r) = resumed {
+            self.handshakes.total += 1;
+            self.handshakes.resumed += u64::from(r);
+        }
     }
 }

@@ -130,7 +130,7 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
             c.names.clone()
         };
         let Some(key) = key else { continue };
-        let signer = match rustls::crypto::ring::sign::any_supported_type(&key) {
+        let signer = match rustls::crypto::aws_lc_rs::sign::any_supported_type(&key) {
             Ok(s) => s,
             Err(e) => {
                 fail(

@@ -135,7 +135,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
+        rustls::crypto::aws_lc_rs::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -146,10 +146,11 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 /// A TLS connection to `addr` asking for `sni`, trusting `ca` (or any
 /// certificate when None), offering ALPN http/1.1; handshake done.
 fn tls_connect(addr: SocketAddr, sni: &str, ca: Option<&Ca>) -> Tls {
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap();
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap();
     let mut cfg = match ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
