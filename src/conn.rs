@@ -4,7 +4,9 @@
 //! (`accept_tls`) within `header-timeout`.
 //!
 //! Everything HTTP lives in `http::session`; this file must stay a thin
-//! driver: read, process, write what is committed, repeat.
+//! driver: read, process, write what is committed, repeat. Every exchange,
+//! whoever answered it, ends in `finish`: its access-log line and its
+//! counts.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -17,6 +19,7 @@ use glommio::net::TcpStream;
 use crate::access_log::AccessLogger;
 use crate::handlers::static_files::{self, ReplyContext, Sink};
 use crate::handlers::Job;
+use crate::http::exchange::{Record, Tally};
 use crate::http::log::{Entry, UpstreamLog};
 use crate::http::response::{write_error, Persistence};
 use crate::http::session::{
@@ -79,7 +82,11 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
     let conn_log = shard.access_log().map(|logger| {
         let ip = stream.peer_addr().ok().map(|a| a.ip());
         remote = Some(ip);
-        ConnLog { logger, remote: ip }
+        ConnLog {
+            shard: &shard,
+            logger,
+            remote: ip,
+        }
     });
     let mut client = Socket::new(Stream::Tcp(stream), shard.readiness());
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
@@ -131,7 +138,9 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 out.truncate(session.committed());
                 write_error(&mut out, shard.date(), Status::INTERNAL_SERVER_ERROR, false);
                 let _ = client.write_all(&out, limits.send_timeout).await;
-                shard.count(|s| s.count_status(500));
+                // Its bytes are not counted: the write may have failed.
+                let panicked = Tally::response(500, 0);
+                finish(&shard, None, &Record::counts(panicked, None));
                 linger_close(&mut client, &mut input).await;
                 return;
             }
@@ -139,29 +148,18 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         let Ok(written) = flush(&mut client, &mut out, &mut session, &limits).await else {
             return;
         };
-        let answered = session.served() - served;
-        if answered > 0 {
+        if session.served() != served {
             served = session.served();
             head_deadline = None;
-            // A file request is timed when it has been sent, below.
-            let now_done = answered - u64::from(next == Next::Serve);
-            if now_done > 0 {
-                let us = arrived.elapsed().as_micros() as u64;
-                shard.metrics().record_latency(us, now_done);
-            }
         }
-        let statuses = session.take_statuses();
-        shard.count(|s| {
-            s.requests += answered;
-            s.bytes_in += std::mem::take(&mut bytes_in);
-            s.bytes_out += written;
-            for (total, n) in s.status.iter_mut().zip(statuses) {
-                *total += n;
-            }
-            if let (Next::Close { .. }, Some(e)) = (next, session.error()) {
-                s.count_error(e);
-            }
-        });
+        // The batch just written: its responses' lines went as the session
+        // wrote them; a job's request is left to the job's own record.
+        let batch = Tally {
+            bytes_in: std::mem::take(&mut bytes_in),
+            bytes_out: written,
+            ..session.take_tally()
+        };
+        finish(&shard, None, &Record::counts(batch, Some(arrived)));
         let wait = match next {
             Next::Serve => {
                 let Some(p) = session.take_pending() else {
@@ -251,16 +249,12 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
                     .unwrap_or(0);
-                let statuses = session.take_statuses();
-                shard.count(|s| {
-                    if let Some(e) = session.error() {
-                        s.count_error(e);
-                    }
-                    s.bytes_out += written;
-                    for (total, n) in s.status.iter_mut().zip(statuses) {
-                        *total += n;
-                    }
-                });
+                // The 408's line went as the session wrote it.
+                let tally = Tally {
+                    bytes_out: written,
+                    ..session.take_tally()
+                };
+                finish(&shard, None, &Record::counts(tally, None));
                 return;
             }
             Err(_) => return,
@@ -307,7 +301,7 @@ enum Keep {
 /// What a file response needs from its connection besides the buffers.
 struct Served<'a> {
     shard: &'a Shard,
-    log: Option<&'a ConnLog>,
+    log: Option<&'a ConnLog<'a>>,
     arrived: Instant,
     /// Header lines every response carries (HSTS).
     headers: &'a [u8],
@@ -331,7 +325,7 @@ impl Sink for FileSink<'_> {
     }
 }
 
-/// Serve a deferred file, count it and log it.
+/// Serve a deferred file and finish its record.
 async fn serve_file(
     cx: Served<'_>,
     client: &mut Socket,
@@ -363,17 +357,19 @@ async fn serve_file(
     // keeps) is not as large as a file transfer.
     let result = Box::pin(static_files::serve(job, rc, out, &mut sink)).await;
     let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
-    if let (Some(l), Some(req)) = (log, &p.log) {
-        l.record(req.entry(None, status, bytes));
-    }
-    // From the bytes' arrival, like every other request.
-    shard
-        .metrics()
-        .record_latency(arrived.elapsed().as_micros() as u64, 1);
-    shard.count(|s| {
-        s.count_status(status);
-        s.bytes_out += total;
-    });
+    let mut tally = Tally {
+        requests: 1,
+        bytes_out: total,
+        ..Tally::default()
+    };
+    tally.count_status(status);
+    let record = Record {
+        entry: p.log.as_ref().map(|req| req.entry(None, status, bytes)),
+        tally,
+        // From the bytes' arrival, like every other request.
+        arrived: Some(arrived),
+    };
+    finish(shard, log, &record);
     match (result.is_ok(), p.persistence) {
         (false, _) => Keep::Close,
         // Unread pipelined input would turn the close into a reset.
@@ -390,11 +386,11 @@ struct Proxied<'a> {
     headers: &'a [u8],
     site: &'a Site,
     remote: &'a mut Option<Option<IpAddr>>,
-    log: Option<&'a ConnLog>,
+    log: Option<&'a ConnLog<'a>>,
     arrived: Instant,
 }
 
-/// Run a proxied exchange (`proxy::serve`), count it and log it.
+/// Run a proxied exchange (`proxy::serve`) and finish its record.
 async fn forward(
     cx: Proxied<'_>,
     client: &mut Socket,
@@ -434,28 +430,34 @@ async fn forward(
         cx.shard.readiness(),
     ))
     .await;
-    if let (Some(l), Some(req)) = (cx.log, &p.log) {
-        let mut entry = req.entry(None, served.status, served.body_bytes);
-        entry.upstream = served
-            .upstream
-            .as_ref()
-            .map(|(s, status, time)| UpstreamLog {
-                addr: &s.label,
-                status: *status,
-                time: *time,
-            });
-        l.record(entry);
+    let upstream = served
+        .upstream
+        .as_ref()
+        .map(|(s, status, time)| UpstreamLog {
+            addr: s.label.clone(),
+            status: *status,
+            time: *time,
+        });
+    let mut tally = Tally {
+        requests: 1,
+        bytes_in: served.bytes_in,
+        bytes_out: served.bytes_out,
+        ..Tally::default()
+    };
+    // A client that left got no response: its 499 is the log's, not a
+    // status sent.
+    if served.status != 499 {
+        tally.count_status(served.status);
     }
-    cx.shard
-        .metrics()
-        .record_latency(cx.arrived.elapsed().as_micros() as u64, 1);
-    cx.shard.count(|s| {
-        if served.status != 499 {
-            s.count_status(served.status);
-        }
-        s.bytes_out += served.bytes_out;
-        s.bytes_in += served.bytes_in;
-    });
+    let record = Record {
+        entry: p.log.as_ref().map(|req| Entry {
+            upstream: upstream.as_ref(),
+            ..req.entry(None, served.status, served.body_bytes)
+        }),
+        tally,
+        arrived: Some(cx.arrived),
+    };
+    finish(cx.shard, cx.log, &record);
     match (served.keep_alive, served.linger) {
         (true, _) => Keep::Open,
         (false, true) => Keep::Linger,
@@ -543,15 +545,18 @@ async fn accept_tls(
         Ok(n) => n,
     };
     input.filled(n);
-    shard.count(|s| s.bytes_in += n as u64);
+    let hello = Tally {
+        bytes_in: n as u64,
+        ..Tally::default()
+    };
+    finish(shard, None, &Record::counts(hello, None));
     if !tls::is_tls_record(input.data()[0]) {
         let out = tls::plain_http_refusal(&shard.date());
         let limits = shard.site().limits;
         if client.write_all(&out, limits.send_timeout).await.is_ok() {
-            shard.count(|s| {
-                s.count_status(400);
-                s.bytes_out += out.len() as u64;
-            });
+            // Not in the access log: no request was read.
+            let refusal = Tally::response(400, out.len() as u64);
+            finish(shard, None, &Record::counts(refusal, None));
             linger_close(&mut client, input).await;
         }
         return None;
@@ -562,16 +567,43 @@ async fn accept_tls(
     Some(client)
 }
 
+/// Where every exchange of a connection ends, whoever answered it (the
+/// session, a job, the connection itself): the record's access-log line,
+/// when it has one and logging is on, and its counts and service time on
+/// the shard. The one place a connection logs or counts an exchange.
+fn finish(shard: &Shard, log: Option<&ConnLog>, record: &Record<'_>) {
+    if let (Some(log), Some(entry)) = (log, record.entry) {
+        log.write(entry);
+    }
+    let tally = &record.tally;
+    if let (Some(arrived), n @ 1..) = (record.arrived, tally.requests) {
+        let us = arrived.elapsed().as_micros() as u64;
+        shard.metrics().record_latency(us, n);
+    }
+    shard.count(|s| s.add_tally(tally));
+}
+
 /// The access log as one connection writes to it: the shard's logger and
 /// the client's address.
-struct ConnLog {
+struct ConnLog<'a> {
+    /// The shard the session's own lines are finished on.
+    shard: &'a Shard,
     logger: Rc<AccessLogger>,
     remote: Option<IpAddr>,
 }
 
-impl RequestLog for ConnLog {
-    fn record(&self, mut entry: Entry<'_>) {
+impl ConnLog<'_> {
+    /// Write one line, with the client's address.
+    fn write(&self, mut entry: Entry<'_>) {
         entry.remote = self.remote;
         self.logger.record(&entry);
+    }
+}
+
+impl RequestLog for ConnLog<'_> {
+    /// A line the session wrote with its response: finished like every
+    /// record (its counts come with the batch).
+    fn record(&self, entry: Entry<'_>) {
+        finish(self.shard, Some(self), &Record::line(entry));
     }
 }
