@@ -4,9 +4,10 @@
 //! (`accept_tls`) within `header-timeout`.
 //!
 //! Everything HTTP lives in `http::session`; this file must stay a thin
-//! driver: read, process, write what is committed, repeat. Every exchange,
-//! whoever answered it, ends in `finish`: its access-log line and its
-//! counts.
+//! driver: read, process, write what is committed, repeat. A job a handler
+//! left (a file, a proxied exchange) runs through `job::run`, whatever its
+//! kind. Every exchange, whoever answered it, ends in `finish`: its
+//! access-log line and its counts.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -17,17 +18,16 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::access_log::AccessLogger;
-use crate::handlers::static_files::{self, ReplyContext, Sink};
 use crate::handlers::Job;
-use crate::http::exchange::{Record, Tally};
-use crate::http::log::{Entry, UpstreamLog};
-use crate::http::response::{write_error, Persistence};
+use crate::http::exchange::{After, Record, Tally};
+use crate::http::log::Entry;
+use crate::http::response::write_error;
 use crate::http::session::{
     Context, InputBuffer, Next, Pending, RequestLog, Session, Wait, INITIAL_INPUT,
 };
 use crate::http::status::Status;
+use crate::job::{self, JobConn};
 use crate::listener::Scheme;
-use crate::proxy;
 use crate::state::{ConnKey, Shard, Site};
 use crate::tls::{self, TlsSite};
 use crate::transport::{Room, Socket, Stream};
@@ -162,37 +162,46 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         finish(&shard, None, &Record::counts(batch, Some(arrived)));
         let wait = match next {
             Next::Serve => {
-                let Some(p) = session.take_pending() else {
-                    return;
+                // In a block of its own, and taken apart rather than
+                // borrowed, so that nothing of the job outlives its run in
+                // this future (what every idle connection keeps).
+                let after = {
+                    let Some(Pending {
+                        job,
+                        persistence,
+                        head_only,
+                        log: request,
+                        body,
+                        ..
+                    }) = session.take_pending()
+                    else {
+                        return;
+                    };
+                    let lent = JobConn {
+                        persistence,
+                        head_only,
+                        body,
+                        socket: &mut client,
+                        input: &mut input,
+                        out: &mut out,
+                        headers,
+                        date: shard.date(),
+                        limits: &limits,
+                        max_head: site.session_limits.head.max_header_bytes,
+                        remote: &mut remote,
+                        upstreams: shard.upstreams(),
+                        readiness: shard.readiness(),
+                    };
+                    let ended = job::run(job, lent).await;
+                    // Timed from the bytes' arrival, like every other request.
+                    let record = ended.record(request.as_ref(), arrived);
+                    finish(&shard, conn_log.as_ref(), &record);
+                    ended.after
                 };
-                let keep = match p.job {
-                    Job::File(_) => {
-                        let cx = Served {
-                            shard: &shard,
-                            log: conn_log.as_ref(),
-                            arrived,
-                            headers,
-                            send_timeout: limits.send_timeout,
-                        };
-                        let unread = !input.data().is_empty();
-                        serve_file(cx, &mut client, p, &mut out, unread).await
-                    }
-                    Job::Proxy(_) => {
-                        let cx = Proxied {
-                            shard: &shard,
-                            headers,
-                            site: &site,
-                            remote: &mut remote,
-                            log: conn_log.as_ref(),
-                            arrived,
-                        };
-                        forward(cx, &mut client, p, &mut input, &mut out).await
-                    }
-                };
-                match keep {
-                    Keep::Open => continue,
-                    Keep::Close => return,
-                    Keep::Linger => {
+                match after {
+                    After::Open => continue,
+                    After::Close => return,
+                    After::Linger => {
                         linger_close(&mut client, &mut input).await;
                         return;
                     }
@@ -285,183 +294,6 @@ impl Room for Reading<'_> {
                 self.out.shrink_to(IDLE_OUTPUT);
             }
         }
-    }
-}
-
-/// What the connection does after a job.
-enum Keep {
-    /// Take the next request.
-    Open,
-    /// Close now.
-    Close,
-    /// Close with a lingering close: the client may still be sending.
-    Linger,
-}
-
-/// What a file response needs from its connection besides the buffers.
-struct Served<'a> {
-    shard: &'a Shard,
-    log: Option<&'a ConnLog<'a>>,
-    arrived: Instant,
-    /// Header lines every response carries (HSTS).
-    headers: &'a [u8],
-    send_timeout: Duration,
-}
-
-/// The client socket as a file response's sink: sendfile on plain TCP,
-/// `Socket::write_all` (encrypting) on TLS.
-struct FileSink<'a> {
-    socket: &'a mut Socket,
-    timeout: Duration,
-}
-
-impl Sink for FileSink<'_> {
-    fn sendfile_fd(&mut self) -> Option<std::os::fd::RawFd> {
-        self.socket.tcp().map(|s| s.as_raw_fd())
-    }
-
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.socket.write_all(buf, self.timeout).await
-    }
-}
-
-/// Serve a deferred file and finish its record.
-async fn serve_file(
-    cx: Served<'_>,
-    client: &mut Socket,
-    p: Pending<Job>,
-    out: &mut Vec<u8>,
-    unread: bool,
-) -> Keep {
-    let Served {
-        shard,
-        log,
-        arrived,
-        headers,
-        send_timeout,
-    } = cx;
-    let Job::File(job) = p.job else {
-        return Keep::Close;
-    };
-    let rc = ReplyContext {
-        persistence: p.persistence,
-        head_only: p.head_only,
-        date: shard.date(),
-        headers,
-    };
-    let mut sink = FileSink {
-        socket: client,
-        timeout: send_timeout,
-    };
-    // Boxed, so that the connection future (what every idle connection
-    // keeps) is not as large as a file transfer.
-    let result = Box::pin(static_files::serve(job, rc, out, &mut sink)).await;
-    let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
-    let mut tally = Tally {
-        requests: 1,
-        bytes_out: total,
-        ..Tally::default()
-    };
-    tally.count_status(status);
-    let record = Record {
-        entry: p.log.as_ref().map(|req| req.entry(None, status, bytes)),
-        tally,
-        // From the bytes' arrival, like every other request.
-        arrived: Some(arrived),
-    };
-    finish(shard, log, &record);
-    match (result.is_ok(), p.persistence) {
-        (false, _) => Keep::Close,
-        // Unread pipelined input would turn the close into a reset.
-        (true, Persistence::Close) if unread => Keep::Linger,
-        (true, Persistence::Close) => Keep::Close,
-        (true, _) => Keep::Open,
-    }
-}
-
-/// What a proxied exchange needs from its connection besides the buffers.
-struct Proxied<'a> {
-    shard: &'a Shard,
-    /// Header lines every response carries (HSTS).
-    headers: &'a [u8],
-    site: &'a Site,
-    remote: &'a mut Option<Option<IpAddr>>,
-    log: Option<&'a ConnLog<'a>>,
-    arrived: Instant,
-}
-
-/// Run a proxied exchange (`proxy::serve`) and finish its record.
-async fn forward(
-    cx: Proxied<'_>,
-    client: &mut Socket,
-    p: Pending<Job>,
-    input: &mut InputBuffer,
-    out: &mut Vec<u8>,
-) -> Keep {
-    let Job::Proxy(job) = p.job else {
-        return Keep::Close;
-    };
-    let limits = &cx.site.limits;
-    let ex = proxy::Exchange {
-        persistence: p.persistence,
-        body: p.body,
-        date: cx.shard.date(),
-        body_timeout: limits.body_timeout,
-        send_timeout: limits.send_timeout,
-        max_head: cx.site.session_limits.head.max_header_bytes,
-    };
-    let remote = *cx
-        .remote
-        .get_or_insert_with(|| client.peer_addr().map(|a| a.ip()));
-    let c = proxy::Client {
-        https: client.is_tls(),
-        headers: cx.headers,
-        socket: client,
-        input,
-        out,
-        remote,
-    };
-    // Boxed, as a file transfer is.
-    let served = Box::pin(proxy::serve(
-        *job,
-        c,
-        ex,
-        cx.shard.upstreams(),
-        cx.shard.readiness(),
-    ))
-    .await;
-    let upstream = served
-        .upstream
-        .as_ref()
-        .map(|(s, status, time)| UpstreamLog {
-            addr: s.label.clone(),
-            status: *status,
-            time: *time,
-        });
-    let mut tally = Tally {
-        requests: 1,
-        bytes_in: served.bytes_in,
-        bytes_out: served.bytes_out,
-        ..Tally::default()
-    };
-    // A client that left got no response: its 499 is the log's, not a
-    // status sent.
-    if served.status != 499 {
-        tally.count_status(served.status);
-    }
-    let record = Record {
-        entry: p.log.as_ref().map(|req| Entry {
-            upstream: upstream.as_ref(),
-            ..req.entry(None, served.status, served.body_bytes)
-        }),
-        tally,
-        arrived: Some(cx.arrived),
-    };
-    finish(cx.shard, cx.log, &record);
-    match (served.keep_alive, served.linger) {
-        (true, _) => Keep::Open,
-        (false, true) => Keep::Linger,
-        (false, false) => Keep::Close,
     }
 }
 

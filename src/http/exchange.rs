@@ -1,9 +1,9 @@
 //! The record of an exchange: what the access log and the metrics learn once
 //! a request has been answered. Whoever answered it reports it in this one
 //! shape — the session for the responses it writes itself, a job for a
-//! file or a proxied request, the connection for a refusal — and the
-//! connection hands every record to one place (`conn::finish`) that feeds
-//! both the log and the shard's counters.
+//! file or a proxied request (`Ended`), the connection for a refusal — and
+//! the connection hands every record to one place (`conn::finish`) that
+//! feeds both the log and the shard's counters.
 //!
 //! No I/O and no clock reading here: the connection says when the bytes
 //! arrived, and `finish` measures the service time from there.
@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use super::error::ParseError;
-use super::log::Entry;
+use super::log::{Entry, OwnedRequest, UpstreamLog};
 
 /// What an exchange, or a batch of them, adds to a shard's counters.
 ///
@@ -98,6 +98,54 @@ impl<'a> Record<'a> {
             entry: None,
             tally,
             arrived,
+        }
+    }
+}
+
+/// What the connection does once a job's exchange is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Take the next request.
+    Open,
+    /// Close now.
+    Close,
+    /// Close with a lingering close: the client may still be sending, and
+    /// unread input would turn the close into a reset that destroys the
+    /// response in flight.
+    Linger,
+}
+
+/// How a job's exchange (a file served, a request proxied) ended, whatever
+/// its kind: the same for every job, so the connection runs them all alike.
+/// The connection turns it into a `Record` with the request's log fields,
+/// kept since its head, and goes on as `after` says.
+#[derive(Debug)]
+pub struct Ended {
+    /// The status the log shows: 0 when nothing could be sent, 499 when
+    /// the client left before its answer (nginx's convention).
+    pub status: u16,
+    /// Body bytes sent (the log's byte count).
+    pub body_bytes: u64,
+    /// For a proxied request: the upstream that answered (or failed).
+    pub upstream: Option<UpstreamLog>,
+    /// What the counters add: the request, its status when one was sent
+    /// (never the log's 499), the bytes both ways.
+    pub tally: Tally,
+    /// What the connection does next.
+    pub after: After,
+}
+
+impl Ended {
+    /// The record, given the request's log fields (None when logging is
+    /// off) and when its bytes arrived.
+    pub fn record<'a>(&'a self, request: Option<&'a OwnedRequest>, arrived: Instant) -> Record<'a> {
+        Record {
+            entry: request.map(|r| Entry {
+                upstream: self.upstream.as_ref(),
+                ..r.entry(None, self.status, self.body_bytes)
+            }),
+            tally: self.tally,
+            arrived: Some(arrived),
         }
     }
 }
