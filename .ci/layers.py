@@ -60,8 +60,10 @@ LAYERS = {
     "systemd": 3,
     "acceptor": 3,
     "proxy": 3,     # the reverse proxy's exchange and per-shard upstream pools
-    # 4: the per-shard state a connection sees: Shard, Site, ConnKey.
+    # 4: the per-shard state a connection sees: Shard, Site, ConnKey; and
+    # a handler's job run with what the connection lends it.
     "state": 4,
+    "job": 4,
     # 5: one connection.
     "conn": 5,
     # 6: one shard.

@@ -451,12 +451,13 @@ mod tests {
 
     #[test]
     fn proxied_requests_say_which_upstream_answered() {
+        let upstream = crate::http::log::UpstreamLog {
+            addr: "127.0.0.1:3001".into(),
+            status: 502,
+            time: std::time::Duration::from_millis(12),
+        };
         let proxied = Entry {
-            upstream: Some(crate::http::log::UpstreamLog {
-                addr: "127.0.0.1:3001",
-                status: 502,
-                time: std::time::Duration::from_millis(12),
-            }),
+            upstream: Some(&upstream),
             ..ENTRY
         };
         let mut out = Vec::new();

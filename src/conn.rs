@@ -4,7 +4,10 @@
 //! (`accept_tls`) within `header-timeout`.
 //!
 //! Everything HTTP lives in `http::session`; this file must stay a thin
-//! driver: read, process, write what is committed, repeat.
+//! driver: read, process, write what is committed, repeat. A job a handler
+//! left (a file, a proxied exchange) runs through `job::run`, whatever its
+//! kind. Every exchange, whoever answered it, ends in `finish`: its
+//! access-log line and its counts.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -15,16 +18,16 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::access_log::AccessLogger;
-use crate::handlers::static_files::{self, ReplyContext, Sink};
 use crate::handlers::Job;
-use crate::http::log::{Entry, UpstreamLog};
-use crate::http::response::{write_error, Persistence};
+use crate::http::exchange::{After, Record, Tally};
+use crate::http::log::Entry;
+use crate::http::response::write_error;
 use crate::http::session::{
     Context, InputBuffer, Next, Pending, RequestLog, Session, Wait, INITIAL_INPUT,
 };
 use crate::http::status::Status;
+use crate::job::{self, JobConn};
 use crate::listener::Scheme;
-use crate::proxy;
 use crate::state::{ConnKey, Shard, Site};
 use crate::tls::{self, TlsSite};
 use crate::transport::{Room, Socket, Stream};
@@ -79,7 +82,11 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
     let conn_log = shard.access_log().map(|logger| {
         let ip = stream.peer_addr().ok().map(|a| a.ip());
         remote = Some(ip);
-        ConnLog { logger, remote: ip }
+        ConnLog {
+            shard: &shard,
+            logger,
+            remote: ip,
+        }
     });
     let mut client = Socket::new(Stream::Tcp(stream), shard.readiness());
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
@@ -131,7 +138,9 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 out.truncate(session.committed());
                 write_error(&mut out, shard.date(), Status::INTERNAL_SERVER_ERROR, false);
                 let _ = client.write_all(&out, limits.send_timeout).await;
-                shard.count(|s| s.count_status(500));
+                // Its bytes are not counted: the write may have failed.
+                let panicked = Tally::response(500, 0);
+                finish(&shard, None, &Record::counts(panicked, None));
                 linger_close(&mut client, &mut input).await;
                 return;
             }
@@ -139,62 +148,60 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         let Ok(written) = flush(&mut client, &mut out, &mut session, &limits).await else {
             return;
         };
-        let answered = session.served() - served;
-        if answered > 0 {
+        if session.served() != served {
             served = session.served();
             head_deadline = None;
-            // A file request is timed when it has been sent, below.
-            let now_done = answered - u64::from(next == Next::Serve);
-            if now_done > 0 {
-                let us = arrived.elapsed().as_micros() as u64;
-                shard.metrics().record_latency(us, now_done);
-            }
         }
-        let statuses = session.take_statuses();
-        shard.count(|s| {
-            s.requests += answered;
-            s.bytes_in += std::mem::take(&mut bytes_in);
-            s.bytes_out += written;
-            for (total, n) in s.status.iter_mut().zip(statuses) {
-                *total += n;
-            }
-            if let (Next::Close { .. }, Some(e)) = (next, session.error()) {
-                s.count_error(e);
-            }
-        });
+        // The batch just written: its responses' lines went as the session
+        // wrote them; a job's request is left to the job's own record.
+        let batch = Tally {
+            bytes_in: std::mem::take(&mut bytes_in),
+            bytes_out: written,
+            ..session.take_tally()
+        };
+        finish(&shard, None, &Record::counts(batch, Some(arrived)));
         let wait = match next {
             Next::Serve => {
-                let Some(p) = session.take_pending() else {
-                    return;
+                // In a block of its own, and taken apart rather than
+                // borrowed, so that nothing of the job outlives its run in
+                // this future (what every idle connection keeps).
+                let after = {
+                    let Some(Pending {
+                        job,
+                        persistence,
+                        head_only,
+                        log: request,
+                        body,
+                        ..
+                    }) = session.take_pending()
+                    else {
+                        return;
+                    };
+                    let lent = JobConn {
+                        persistence,
+                        head_only,
+                        body,
+                        socket: &mut client,
+                        input: &mut input,
+                        out: &mut out,
+                        headers,
+                        date: shard.date(),
+                        limits: &limits,
+                        max_head: site.session_limits.head.max_header_bytes,
+                        remote: &mut remote,
+                        upstreams: shard.upstreams(),
+                        readiness: shard.readiness(),
+                    };
+                    let ended = job::run(job, lent).await;
+                    // Timed from the bytes' arrival, like every other request.
+                    let record = ended.record(request.as_ref(), arrived);
+                    finish(&shard, conn_log.as_ref(), &record);
+                    ended.after
                 };
-                let keep = match p.job {
-                    Job::File(_) => {
-                        let cx = Served {
-                            shard: &shard,
-                            log: conn_log.as_ref(),
-                            arrived,
-                            headers,
-                            send_timeout: limits.send_timeout,
-                        };
-                        let unread = !input.data().is_empty();
-                        serve_file(cx, &mut client, p, &mut out, unread).await
-                    }
-                    Job::Proxy(_) => {
-                        let cx = Proxied {
-                            shard: &shard,
-                            headers,
-                            site: &site,
-                            remote: &mut remote,
-                            log: conn_log.as_ref(),
-                            arrived,
-                        };
-                        forward(cx, &mut client, p, &mut input, &mut out).await
-                    }
-                };
-                match keep {
-                    Keep::Open => continue,
-                    Keep::Close => return,
-                    Keep::Linger => {
+                match after {
+                    After::Open => continue,
+                    After::Close => return,
+                    After::Linger => {
                         linger_close(&mut client, &mut input).await;
                         return;
                     }
@@ -251,16 +258,12 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
                     .unwrap_or(0);
-                let statuses = session.take_statuses();
-                shard.count(|s| {
-                    if let Some(e) = session.error() {
-                        s.count_error(e);
-                    }
-                    s.bytes_out += written;
-                    for (total, n) in s.status.iter_mut().zip(statuses) {
-                        *total += n;
-                    }
-                });
+                // The 408's line went as the session wrote it.
+                let tally = Tally {
+                    bytes_out: written,
+                    ..session.take_tally()
+                };
+                finish(&shard, None, &Record::counts(tally, None));
                 return;
             }
             Err(_) => return,
@@ -291,175 +294,6 @@ impl Room for Reading<'_> {
                 self.out.shrink_to(IDLE_OUTPUT);
             }
         }
-    }
-}
-
-/// What the connection does after a job.
-enum Keep {
-    /// Take the next request.
-    Open,
-    /// Close now.
-    Close,
-    /// Close with a lingering close: the client may still be sending.
-    Linger,
-}
-
-/// What a file response needs from its connection besides the buffers.
-struct Served<'a> {
-    shard: &'a Shard,
-    log: Option<&'a ConnLog>,
-    arrived: Instant,
-    /// Header lines every response carries (HSTS).
-    headers: &'a [u8],
-    send_timeout: Duration,
-}
-
-/// The client socket as a file response's sink: sendfile on plain TCP,
-/// `Socket::write_all` (encrypting) on TLS.
-struct FileSink<'a> {
-    socket: &'a mut Socket,
-    timeout: Duration,
-}
-
-impl Sink for FileSink<'_> {
-    fn sendfile_fd(&mut self) -> Option<std::os::fd::RawFd> {
-        self.socket.tcp().map(|s| s.as_raw_fd())
-    }
-
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.socket.write_all(buf, self.timeout).await
-    }
-}
-
-/// Serve a deferred file, count it and log it.
-async fn serve_file(
-    cx: Served<'_>,
-    client: &mut Socket,
-    p: Pending<Job>,
-    out: &mut Vec<u8>,
-    unread: bool,
-) -> Keep {
-    let Served {
-        shard,
-        log,
-        arrived,
-        headers,
-        send_timeout,
-    } = cx;
-    let Job::File(job) = p.job else {
-        return Keep::Close;
-    };
-    let rc = ReplyContext {
-        persistence: p.persistence,
-        head_only: p.head_only,
-        date: shard.date(),
-        headers,
-    };
-    let mut sink = FileSink {
-        socket: client,
-        timeout: send_timeout,
-    };
-    // Boxed, so that the connection future (what every idle connection
-    // keeps) is not as large as a file transfer.
-    let result = Box::pin(static_files::serve(job, rc, out, &mut sink)).await;
-    let (status, bytes, total) = result.as_ref().copied().unwrap_or((0, 0, 0));
-    if let (Some(l), Some(req)) = (log, &p.log) {
-        l.record(req.entry(None, status, bytes));
-    }
-    // From the bytes' arrival, like every other request.
-    shard
-        .metrics()
-        .record_latency(arrived.elapsed().as_micros() as u64, 1);
-    shard.count(|s| {
-        s.count_status(status);
-        s.bytes_out += total;
-    });
-    match (result.is_ok(), p.persistence) {
-        (false, _) => Keep::Close,
-        // Unread pipelined input would turn the close into a reset.
-        (true, Persistence::Close) if unread => Keep::Linger,
-        (true, Persistence::Close) => Keep::Close,
-        (true, _) => Keep::Open,
-    }
-}
-
-/// What a proxied exchange needs from its connection besides the buffers.
-struct Proxied<'a> {
-    shard: &'a Shard,
-    /// Header lines every response carries (HSTS).
-    headers: &'a [u8],
-    site: &'a Site,
-    remote: &'a mut Option<Option<IpAddr>>,
-    log: Option<&'a ConnLog>,
-    arrived: Instant,
-}
-
-/// Run a proxied exchange (`proxy::serve`), count it and log it.
-async fn forward(
-    cx: Proxied<'_>,
-    client: &mut Socket,
-    p: Pending<Job>,
-    input: &mut InputBuffer,
-    out: &mut Vec<u8>,
-) -> Keep {
-    let Job::Proxy(job) = p.job else {
-        return Keep::Close;
-    };
-    let limits = &cx.site.limits;
-    let ex = proxy::Exchange {
-        persistence: p.persistence,
-        body: p.body,
-        date: cx.shard.date(),
-        body_timeout: limits.body_timeout,
-        send_timeout: limits.send_timeout,
-        max_head: cx.site.session_limits.head.max_header_bytes,
-    };
-    let remote = *cx
-        .remote
-        .get_or_insert_with(|| client.peer_addr().map(|a| a.ip()));
-    let c = proxy::Client {
-        https: client.is_tls(),
-        headers: cx.headers,
-        socket: client,
-        input,
-        out,
-        remote,
-    };
-    // Boxed, as a file transfer is.
-    let served = Box::pin(proxy::serve(
-        *job,
-        c,
-        ex,
-        cx.shard.upstreams(),
-        cx.shard.readiness(),
-    ))
-    .await;
-    if let (Some(l), Some(req)) = (cx.log, &p.log) {
-        let mut entry = req.entry(None, served.status, served.body_bytes);
-        entry.upstream = served
-            .upstream
-            .as_ref()
-            .map(|(s, status, time)| UpstreamLog {
-                addr: &s.label,
-                status: *status,
-                time: *time,
-            });
-        l.record(entry);
-    }
-    cx.shard
-        .metrics()
-        .record_latency(cx.arrived.elapsed().as_micros() as u64, 1);
-    cx.shard.count(|s| {
-        if served.status != 499 {
-            s.count_status(served.status);
-        }
-        s.bytes_out += served.bytes_out;
-        s.bytes_in += served.bytes_in;
-    });
-    match (served.keep_alive, served.linger) {
-        (true, _) => Keep::Open,
-        (false, true) => Keep::Linger,
-        (false, false) => Keep::Close,
     }
 }
 
@@ -543,15 +377,18 @@ async fn accept_tls(
         Ok(n) => n,
     };
     input.filled(n);
-    shard.count(|s| s.bytes_in += n as u64);
+    let hello = Tally {
+        bytes_in: n as u64,
+        ..Tally::default()
+    };
+    finish(shard, None, &Record::counts(hello, None));
     if !tls::is_tls_record(input.data()[0]) {
         let out = tls::plain_http_refusal(&shard.date());
         let limits = shard.site().limits;
         if client.write_all(&out, limits.send_timeout).await.is_ok() {
-            shard.count(|s| {
-                s.count_status(400);
-                s.bytes_out += out.len() as u64;
-            });
+            // Not in the access log: no request was read.
+            let refusal = Tally::response(400, out.len() as u64);
+            finish(shard, None, &Record::counts(refusal, None));
             linger_close(&mut client, input).await;
         }
         return None;
@@ -562,16 +399,43 @@ async fn accept_tls(
     Some(client)
 }
 
+/// Where every exchange of a connection ends, whoever answered it (the
+/// session, a job, the connection itself): the record's access-log line,
+/// when it has one and logging is on, and its counts and service time on
+/// the shard. The one place a connection logs or counts an exchange.
+fn finish(shard: &Shard, log: Option<&ConnLog>, record: &Record<'_>) {
+    if let (Some(log), Some(entry)) = (log, record.entry) {
+        log.write(entry);
+    }
+    let tally = &record.tally;
+    if let (Some(arrived), n @ 1..) = (record.arrived, tally.requests) {
+        let us = arrived.elapsed().as_micros() as u64;
+        shard.metrics().record_latency(us, n);
+    }
+    shard.count(|s| s.add_tally(tally));
+}
+
 /// The access log as one connection writes to it: the shard's logger and
 /// the client's address.
-struct ConnLog {
+struct ConnLog<'a> {
+    /// The shard the session's own lines are finished on.
+    shard: &'a Shard,
     logger: Rc<AccessLogger>,
     remote: Option<IpAddr>,
 }
 
-impl RequestLog for ConnLog {
-    fn record(&self, mut entry: Entry<'_>) {
+impl ConnLog<'_> {
+    /// Write one line, with the client's address.
+    fn write(&self, mut entry: Entry<'_>) {
         entry.remote = self.remote;
         self.logger.record(&entry);
+    }
+}
+
+impl RequestLog for ConnLog<'_> {
+    /// A line the session wrote with its response: finished like every
+    /// record (its counts come with the batch).
+    fn record(&self, entry: Entry<'_>) {
+        finish(self.shard, Some(self), &Record::line(entry));
     }
 }

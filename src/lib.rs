@@ -25,6 +25,7 @@ pub mod handlers;
 pub mod handoff;
 pub mod host;
 pub mod http;
+pub mod job;
 pub mod listener;
 pub mod master;
 pub mod metrics;

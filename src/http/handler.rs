@@ -11,9 +11,10 @@ use super::response::ResponseWriter;
 pub enum Outcome<J> {
     /// The response is written.
     Done,
-    /// Work for the connection to do before the next request (a file to
-    /// serve); nothing was written yet. The session reads and drops the
-    /// request body first.
+    /// A job that answers without the request body (a file to serve);
+    /// nothing was written yet. The session reads and drops the body first,
+    /// under the same limits, timeouts and refusals as any request's, then
+    /// the connection runs the job as it runs a takeover.
     Deferred(J),
     /// The job takes the rest of the exchange over: it reads the request
     /// body itself (the session hands over its decoder) and writes the

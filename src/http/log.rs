@@ -1,8 +1,10 @@
-//! What the record of one exchange says: the fields an access-log line is
-//! made of. The protocol fills it in; the access log (`access_log`) formats
-//! and writes it. Kept here so the protocol layer depends on nothing above it.
+//! The fields an access-log line is made of. The protocol fills them in
+//! (through the record of an exchange, `exchange::Record`); the access log
+//! (`access_log`) formats and writes them. Kept here so the protocol layer
+//! depends on nothing above it.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::parse::{Request, Version};
@@ -23,15 +25,17 @@ pub struct Entry<'a> {
     /// User-Agent header.
     pub user_agent: Option<&'a [u8]>,
     /// For a proxied request: the upstream that answered (or failed).
-    pub upstream: Option<UpstreamLog<'a>>,
+    pub upstream: Option<&'a UpstreamLog>,
 }
 
 /// What the access log says of a proxied request's upstream side (nginx's
 /// `$upstream_addr`, `$upstream_status`, `$upstream_response_time`).
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamLog<'a> {
+/// Owned, so that it outlives the proxy's exchange; the address is the
+/// server's own label, shared, not copied.
+#[derive(Debug, Clone)]
+pub struct UpstreamLog {
     /// The last server tried.
-    pub addr: &'a str,
+    pub addr: Rc<str>,
     /// Its response's status; 0 when none came (refused, reset, timeout).
     pub status: u16,
     /// From the first attempt to the response read whole (or the failure).
@@ -53,7 +57,8 @@ impl<'a> Entry<'a> {
     }
 }
 
-/// An owned copy of the request fields, kept while a file is served.
+/// An owned copy of the request fields, kept while a job (a file, a
+/// proxied exchange) runs: its log line is written when it ends.
 #[derive(Debug, Clone)]
 pub struct OwnedRequest {
     method: String,

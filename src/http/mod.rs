@@ -6,6 +6,7 @@ pub mod body;
 pub mod date;
 pub mod encode;
 pub mod error;
+pub mod exchange;
 pub mod handler;
 pub mod head;
 pub mod log;

@@ -14,6 +14,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use crate::http::error::ParseError;
+use crate::http::exchange::Tally;
 
 /// Slowest service time the histogram tells apart, in microseconds (60 s);
 /// longer ones are recorded as this.
@@ -43,10 +44,17 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
-    /// Count one response with this status code.
-    pub fn count_status(&mut self, code: u16) {
-        if let Some(c) = self.status.get_mut(usize::from(code / 100).wrapping_sub(1)) {
-            *c += 1;
+    /// Add what a record of exchanges counts (`exchange::Record`): the one
+    /// way a connection's requests, statuses, bytes and refusals get here.
+    pub fn add_tally(&mut self, t: &Tally) {
+        self.requests += t.requests;
+        for (total, n) in self.status.iter_mut().zip(t.statuses) {
+            *total += n;
+        }
+        self.bytes_in += t.bytes_in;
+        self.bytes_out += t.bytes_out;
+        if let Some(e) = t.error {
+            self.count_error(e);
         }
     }
 
@@ -356,10 +364,14 @@ mod tests {
     #[test]
     fn merged_series_add_up() {
         let mut a = ShardMetrics::default().snapshot(0, 0, 2);
-        a.stats.requests = 3;
-        a.stats.count_status(200);
-        a.stats.count_status(404);
-        a.stats.count_error(ParseError::HeadTimeout);
+        let mut t = Tally {
+            requests: 3,
+            error: Some(ParseError::HeadTimeout),
+            ..Tally::default()
+        };
+        t.count_status(200);
+        t.count_status(404);
+        a.stats.add_tally(&t);
         let mut b = ShardMetrics::default().snapshot(1, 1, 1);
         b.stats.requests = 5;
         b.latency.record(1500).unwrap();

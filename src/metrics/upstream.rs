@@ -8,6 +8,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use super::{new_histogram, seconds, QUANTILES};
+use crate::http::exchange;
 
 /// Counters for one upstream server on one shard.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,9 +36,7 @@ impl UpstreamStats {
 
     /// Count a response with this status.
     pub fn count_status(&mut self, code: u16) {
-        if let Some(c) = self.status.get_mut(usize::from(code / 100).wrapping_sub(1)) {
-            *c += 1;
-        }
+        exchange::count_status(&mut self.status, code);
     }
 }
 

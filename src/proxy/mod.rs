@@ -2,7 +2,9 @@
 //! server of an upstream group and its response streamed back.
 //!
 //! The handler (`handlers::proxy`) has already copied the request head; the
-//! connection runs `serve` with the session's body decoder. The request body
+//! connection runs the job (`job::run`), which calls `serve` with the
+//! session's body decoder, and records the `Ended` it returns like any
+//! other exchange's. The request body
 //! goes up and the response body comes down as they arrive, re-framed, one
 //! buffer at a time: a slow client slows the upstream read and a slow
 //! upstream the client read, and nothing is held whole. Each shard keeps
@@ -37,6 +39,8 @@ use crate::handlers::proxy::ProxyJob;
 use crate::http::body::BodyDecoder;
 use crate::http::date::DATE_LEN;
 use crate::http::error::{status_for, ParseError};
+use crate::http::exchange::{After, Ended, Tally};
+use crate::http::log::UpstreamLog;
 use crate::http::parse::{Method, Version};
 use crate::http::response::{Persistence, ResponseWriter};
 use crate::http::session::InputBuffer;
@@ -88,9 +92,10 @@ pub struct Exchange {
     pub max_head: usize,
 }
 
-/// How the exchange went, for the connection, the log and the metrics.
+/// How the exchange went, as it is worked out along the way; `ended` makes
+/// the `Ended` every job reports.
 #[derive(Default)]
-pub struct Served {
+struct Served {
     /// Status sent to the client; 499 when the client went away first
     /// (nginx's convention), 0 when nothing was sent.
     pub status: u16,
@@ -138,8 +143,52 @@ enum ClientEnd {
     Refused(ParseError),
 }
 
-/// Forward `job` to its upstream group and stream the answer back.
+/// Forward `job` to its upstream group and stream the answer back: a job's
+/// run (see `job`), reported as every job reports its exchange.
 pub async fn serve(
+    job: ProxyJob,
+    c: Client<'_>,
+    ex: Exchange,
+    upstreams: &Upstreams,
+    readiness: Option<&Rc<Readiness>>,
+) -> Ended {
+    forward(job, c, ex, upstreams, readiness).await.ended()
+}
+
+impl Served {
+    /// The exchange as the connection records it.
+    fn ended(self) -> Ended {
+        let mut tally = Tally {
+            requests: 1,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            ..Tally::default()
+        };
+        // A client that left got no response: its 499 is the log's, not a
+        // status sent.
+        if self.status != 499 {
+            tally.count_status(self.status);
+        }
+        Ended {
+            status: self.status,
+            body_bytes: self.body_bytes,
+            upstream: self.upstream.map(|(server, status, time)| UpstreamLog {
+                addr: server.label.clone(),
+                status,
+                time,
+            }),
+            tally,
+            after: match (self.keep_alive, self.linger) {
+                (true, _) => After::Open,
+                (false, true) => After::Linger,
+                (false, false) => After::Close,
+            },
+        }
+    }
+}
+
+/// The exchange itself: servers tried in turn, the answer relayed.
+async fn forward(
     job: ProxyJob,
     mut c: Client<'_>,
     ex: Exchange,

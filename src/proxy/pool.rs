@@ -37,8 +37,9 @@ pub struct Group {
 pub struct Server {
     /// Where it listens.
     pub addr: ServerAddr,
-    /// Its address as logs and metrics show it.
-    pub label: String,
+    /// Its address as logs and metrics show it; shared with the log lines
+    /// of the requests it answered (`UpstreamLog`).
+    pub label: Rc<str>,
     /// The `Host` it gets when the client's is not passed on.
     pub host: String,
     /// Idle connections, oldest first.
@@ -135,7 +136,7 @@ impl Upstreams {
             for s in &groups[name].servers {
                 out.push(UpstreamSample {
                     upstream: name.clone(),
-                    server: s.label.clone(),
+                    server: s.label.to_string(),
                     stats: s.stats.borrow().clone(),
                     idle: s.idle.borrow().len() as u64,
                     busy: u64::from(s.busy.get()),
@@ -182,7 +183,7 @@ impl Drop for Busy {
 impl Server {
     fn new(addr: ServerAddr) -> Server {
         Server {
-            label: addr.to_string(),
+            label: addr.to_string().into(),
             host: match &addr {
                 ServerAddr::Tcp(a) => a.to_string(),
                 ServerAddr::Unix(_) => "localhost".into(),

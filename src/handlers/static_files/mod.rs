@@ -33,6 +33,7 @@ use self::sendfile::Residency;
 use super::{Handler, Job, Outcome};
 use crate::config::StaticConfig;
 use crate::http::date::DATE_LEN;
+use crate::http::exchange::{After, Ended, Tally};
 use crate::http::parse::Request;
 use crate::http::response::{summarize, Persistence, ResponseWriter};
 use crate::http::status::Status;
@@ -277,10 +278,44 @@ fn entry_bytes(found: &Found) -> usize {
     }
 }
 
+/// A file job's run (see `job`): serve it and report the exchange as every
+/// job does. `unread`: input is waiting behind this request (pipelined), so
+/// a closing response closes with a lingering close.
+pub async fn run(
+    job: Box<FileJob>,
+    rc: ReplyContext<'_>,
+    out: &mut Vec<u8>,
+    stream: &mut impl Sink,
+    unread: bool,
+) -> Ended {
+    let result = serve(job, rc, out, stream).await;
+    let (status, body_bytes, bytes_out) = result.as_ref().copied().unwrap_or((0, 0, 0));
+    let mut tally = Tally {
+        requests: 1,
+        bytes_out,
+        ..Tally::default()
+    };
+    tally.count_status(status);
+    let after = match (result.is_ok(), rc.persistence) {
+        (false, _) => After::Close,
+        // Unread pipelined input would turn the close into a reset.
+        (true, Persistence::Close) if unread => After::Linger,
+        (true, Persistence::Close) => After::Close,
+        (true, _) => After::Open,
+    };
+    Ended {
+        status,
+        body_bytes,
+        upstream: None,
+        tally,
+        after,
+    }
+}
+
 /// Serve a file job: write the whole response to `stream`. `out` is empty on
 /// entry and used as the head buffer. Returns the status, the body bytes and
 /// all bytes sent.
-pub async fn serve(
+async fn serve(
     job: Box<FileJob>,
     rc: ReplyContext<'_>,
     out: &mut Vec<u8>,

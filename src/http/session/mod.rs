@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use super::body::BodyDecoder;
 use super::date::DATE_LEN;
 use super::error::{status_for, ParseError};
+use super::exchange::{count_status, Tally};
 use super::handler::{Handler, Outcome};
 use super::log::{Entry, OwnedRequest};
 use super::parse::{self, BodyFraming, HeadLimits, HeadScanner, Version, MAX_HEADERS_LIMIT};
@@ -46,7 +47,10 @@ pub struct Context<'a, J> {
     pub headers: &'a [u8],
 }
 
-/// Receives one access-log entry per answered or refused request.
+/// Receives the access-log entry of each response the session writes itself
+/// (answered or refused), as it writes it: the entry borrows the request,
+/// which lives only inside `process`. The response's counts come apart, in
+/// the batch's `Tally` (`take_tally`), once the batch is written.
 pub trait RequestLog {
     /// Record one entry (its `remote` is filled in by the receiver).
     fn record(&self, entry: Entry<'_>);
@@ -70,9 +74,10 @@ pub enum Next {
     Read(Wait),
     /// The output is large: write it, then call `process` again before reading.
     Write,
-    /// A handler deferred its response (a file) or took the exchange over
-    /// (a proxy): take it with `take_pending`, run it, then call `process`
-    /// again if the connection is still usable.
+    /// A handler left a job (`Outcome::Deferred` or `Outcome::Takeover`):
+    /// take it with `take_pending`, run it, then call `process` again if the
+    /// connection is still usable. The job reports its own exchange: the
+    /// batch's `Tally` leaves its request out.
     Serve,
     /// Close the connection. With `linger`, the client may still be sending
     /// (an error cut its request short, or pipelined requests were left
@@ -105,17 +110,25 @@ pub struct Session<J> {
     /// responses and may be written. A response whose request body is still
     /// being read stays uncommitted, so a body error can replace it.
     committed: usize,
-    /// Requests answered on this connection.
+    /// Requests answered on this connection, jobs' included.
     served: u64,
     /// The error that closed the session, if one did.
     error: Option<ParseError>,
-    /// A deferred response for the request being completed.
+    /// The job a handler left for the request being completed.
     pending: Option<Pending<J>>,
     /// The request being completed is HEAD: an error replacing its response
     /// carries no body either.
     head_request: bool,
-    /// Responses written since the last `take_statuses`, by class (1xx..5xx).
+    /// Requests answered here (not those left to a job) since the last
+    /// `take_tally`.
+    requests: u64,
+    /// Responses written since the last `take_tally`, by status class
+    /// (1xx..5xx). With `requests`, the session's part of a `Tally`, kept
+    /// apart so that the session (part of every idle connection) carries no
+    /// byte counts it never sets.
     statuses: [u64; 5],
+    /// `error` went into a tally already: it is counted once.
+    error_tallied: bool,
     /// Status of the uncommitted response, counted once its request completes
     /// (a body error replaces it).
     uncommitted_status: Option<u16>,
@@ -126,7 +139,8 @@ pub struct Session<J> {
     blank: usize,
 }
 
-/// A response a handler left for the connection to produce asynchronously.
+/// A job a handler left for the connection to run asynchronously, with what
+/// the session decided about its exchange.
 #[derive(Debug)]
 pub struct Pending<J> {
     /// The work.
@@ -156,7 +170,9 @@ impl<J> Default for Session<J> {
             error: None,
             pending: None,
             head_request: false,
+            requests: 0,
             statuses: [0; 5],
+            error_tallied: false,
             uncommitted_status: None,
             blank: 0,
         }
@@ -185,26 +201,21 @@ impl<J> Session<J> {
         self.served
     }
 
-    /// The error that ended the session, if any.
-    pub fn error(&self) -> Option<ParseError> {
-        self.error
-    }
-
-    /// Responses written since the last call, by status class (1xx..5xx).
-    pub fn take_statuses(&mut self) -> [u64; 5] {
-        std::mem::take(&mut self.statuses)
-    }
-
-    fn count_status(&mut self, code: u16) {
-        if let Some(c) = self
-            .statuses
-            .get_mut(usize::from(code / 100).wrapping_sub(1))
-        {
-            *c += 1;
+    /// What the responses written since the last call count (the caller
+    /// adds the bytes and the time): the session's part of the batch's
+    /// `exchange::Record`.
+    pub fn take_tally(&mut self) -> Tally {
+        let error = self.error.filter(|_| !self.error_tallied);
+        self.error_tallied = self.error.is_some();
+        Tally {
+            requests: std::mem::take(&mut self.requests),
+            statuses: std::mem::take(&mut self.statuses),
+            error,
+            ..Tally::default()
         }
     }
 
-    /// The deferred response `Next::Serve` announced.
+    /// The job `Next::Serve` announced.
     pub fn take_pending(&mut self) -> Option<Pending<J>> {
         self.pending.take()
     }
@@ -337,12 +348,15 @@ impl<J> Session<J> {
         self.scanner.reset();
         self.head_request = false;
         if let Some(status) = self.uncommitted_status.take() {
-            self.count_status(status);
+            count_status(&mut self.statuses, status);
         }
         if self.pending.is_some() {
-            // The connection serves it, then closes if its persistence says so.
-            Some(Next::Serve)
-        } else if keep_alive {
+            // The connection runs it, then closes if the job says so. Its
+            // request is counted with the job's own record.
+            return Some(Next::Serve);
+        }
+        self.requests += 1;
+        if keep_alive {
             (out.len() >= MAX_BATCH).then_some(Next::Write)
         } else {
             Some(Next::Close {
@@ -429,7 +443,7 @@ impl<J> Session<J> {
         self.uncommitted_status = None;
         let mark = out.len();
         write_error(out, cx.date, status_for(e), self.head_request);
-        self.count_status(status_for(e).code());
+        count_status(&mut self.statuses, status_for(e).code());
         if let Some(log) = cx.log {
             let (status, bytes) = summarize(&out[mark..]);
             log.record(Entry {
