@@ -109,7 +109,10 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                 out: c.out,
                 remote,
             };
-            Box::pin(proxy::serve(*job, client, ex, c.upstreams, c.readiness)).await
+            let ended = Box::pin(proxy::serve(&job, client, ex, c.upstreams, c.readiness)).await;
+            // Its buffers serve the shard's next proxied request.
+            crate::handlers::proxy::recycle(job);
+            ended
         }
     }
 }

@@ -47,39 +47,53 @@ fn push(text: &mut String, s: &str) -> Span {
 impl RequestHead {
     /// Copy `req` (its fields in order) out of the input buffer.
     pub fn new(req: &Request<'_>) -> RequestHead {
-        let names: usize = req.headers.iter().map(|h| h.name.len()).sum();
-        let mut text = String::with_capacity(req.method_str.len() + req.target.len() + names + 64);
-        let method_str = push(&mut text, req.method_str);
-        let target = push(&mut text, req.target);
-        let path = push(&mut text, req.path);
-        let query = req.query.map(|q| push(&mut text, q));
-        let host = req.host.map(|h| push(&mut text, h));
-        let mut values = Vec::with_capacity(req.headers.iter().map(|h| h.value.len()).sum());
-        let fields = req
-            .headers
-            .iter()
-            .map(|h| {
-                let name = push(&mut text, h.name);
-                let start = values.len() as u32;
-                values.extend_from_slice(h.value);
-                (name, start..values.len() as u32)
-            })
-            .collect();
-        RequestHead {
-            text,
-            method_str,
-            target,
-            path,
-            query,
-            host,
-            fields,
-            values,
+        let mut head = RequestHead {
+            text: String::new(),
+            method_str: 0..0,
+            target: 0..0,
+            path: 0..0,
+            query: None,
+            host: None,
+            fields: Vec::new(),
+            values: Vec::new(),
             method: req.method,
             version: req.version,
             body: req.body,
             keep_alive: req.keep_alive,
             expect_continue: req.expect_continue,
+        };
+        head.refill(req);
+        head
+    }
+
+    /// Make this head a copy of `req`, keeping its buffers: a head reused
+    /// for the next request of its size allocates nothing.
+    pub fn refill(&mut self, req: &Request<'_>) {
+        let names: usize = req.headers.iter().map(|h| h.name.len()).sum();
+        let text = &mut self.text;
+        text.clear();
+        text.reserve(req.method_str.len() + 2 * req.target.len() + names + 64);
+        self.method_str = push(text, req.method_str);
+        self.target = push(text, req.target);
+        self.path = push(text, req.path);
+        self.query = req.query.map(|q| push(text, q));
+        self.host = req.host.map(|h| push(text, h));
+        self.values.clear();
+        self.values
+            .reserve(req.headers.iter().map(|h| h.value.len()).sum());
+        self.fields.clear();
+        self.fields.reserve(req.headers.len());
+        for h in req.headers.iter() {
+            let name = push(text, h.name);
+            let start = self.values.len() as u32;
+            self.values.extend_from_slice(h.value);
+            self.fields.push((name, start..self.values.len() as u32));
         }
+        self.method = req.method;
+        self.version = req.version;
+        self.body = req.body;
+        self.keep_alive = req.keep_alive;
+        self.expect_continue = req.expect_continue;
     }
 
     fn str(&self, s: &Span) -> &str {
@@ -191,6 +205,48 @@ mod tests {
         assert_eq!(
             names,
             ["Host", "X-Bin", "Accept", "Accept", "Content-Length"]
+        );
+    }
+
+    #[test]
+    fn a_refilled_head_is_the_new_request_and_keeps_its_buffers() {
+        let limits = HeadLimits {
+            max_header_bytes: 4096,
+            max_uri_bytes: 1024,
+            max_headers: 16,
+        };
+        let mut fields = [const { MaybeUninit::uninit() }; 16];
+        let big = b"POST /a/long/path?with=query HTTP/1.1\r\nHost: one.example\r\n\
+                    X-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
+        let mut head = RequestHead::new(&parse(big, &mut fields, &limits).unwrap());
+        let small = b"GET /x HTTP/1.0\r\nAccept: b\r\n\r\n";
+        let capacity = (
+            head.text.capacity(),
+            head.values.capacity(),
+            head.fields.capacity(),
+        );
+        let mut fields2 = [const { MaybeUninit::uninit() }; 16];
+        head.refill(&parse(small, &mut fields2, &limits).unwrap());
+        // Nothing of the first request is left, and nothing grew.
+        assert_eq!(
+            (
+                head.method_str(),
+                head.target(),
+                head.path(),
+                head.query(),
+                head.host()
+            ),
+            ("GET", "/x", "/x", None, None)
+        );
+        assert_eq!(head.fields().collect::<Vec<_>>(), [("Accept", &b"b"[..])]);
+        assert_eq!((head.method, head.version), (Method::Get, Version::Http10));
+        assert_eq!(
+            (
+                head.text.capacity(),
+                head.values.capacity(),
+                head.fields.capacity()
+            ),
+            capacity
         );
     }
 }

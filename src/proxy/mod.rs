@@ -146,7 +146,7 @@ enum ClientEnd {
 /// Forward `job` to its upstream group and stream the answer back: a job's
 /// run (see `job`), reported as every job reports its exchange.
 pub async fn serve(
-    job: ProxyJob,
+    job: &ProxyJob,
     c: Client<'_>,
     ex: Exchange,
     upstreams: &Upstreams,
@@ -189,7 +189,7 @@ impl Served {
 
 /// The exchange itself: servers tried in turn, the answer relayed.
 async fn forward(
-    job: ProxyJob,
+    job: &ProxyJob,
     mut c: Client<'_>,
     ex: Exchange,
     upstreams: &Upstreams,
@@ -204,8 +204,8 @@ async fn forward(
         return served;
     };
     let cfg = &group.config;
-    let target = route.upstream_target(&head);
-    let upgrade = request::upgrade_wanted(&head).filter(|_| route.config.upgrade);
+    let target = route.upstream_target(head);
+    let upgrade = request::upgrade_wanted(head).filter(|_| route.config.upgrade);
     let idempotent = matches!(
         head.method,
         Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
@@ -253,7 +253,7 @@ async fn forward(
         up_out.clear();
         request::write_head(
             &mut up_out,
-            &head,
+            head,
             &target,
             &route.config,
             &request::Forwarding {
