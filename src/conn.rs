@@ -137,10 +137,16 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 );
                 out.truncate(session.committed());
                 write_error(&mut out, shard.date(), Status::INTERNAL_SERVER_ERROR, false);
-                let _ = client.write_all(&out, limits.send_timeout).await;
-                // Its bytes are not counted: the write may have failed.
-                let panicked = Tally::response(500, 0);
-                finish(&shard, None, &Record::counts(panicked, None));
+                let wrote = client.write_all(&out, limits.send_timeout).await.is_ok();
+                // The responses committed before the panic went out with
+                // the 500: the batch is counted with it.
+                let mut panicked = Tally {
+                    bytes_in: std::mem::take(&mut bytes_in),
+                    bytes_out: if wrote { out.len() as u64 } else { 0 },
+                    ..session.take_tally()
+                };
+                panicked.count_status(500);
+                finish(&shard, None, &Record::counts(panicked, Some(arrived)));
                 linger_close(&mut client, &mut input).await;
                 return;
             }
@@ -412,7 +418,10 @@ fn finish(shard: &Shard, log: Option<&ConnLog>, record: &Record<'_>) {
         let us = arrived.elapsed().as_micros() as u64;
         shard.metrics().record_latency(us, n);
     }
-    shard.count(|s| s.add_tally(tally));
+    // A log line alone (a fixed response's: its counts come with the batch).
+    if *tally != Tally::default() {
+        shard.count(|s| s.add_tally(tally));
+    }
 }
 
 /// The access log as one connection writes to it: the shard's logger and

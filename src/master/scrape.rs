@@ -122,7 +122,7 @@ fn render_lives(out: &mut String, lives: &[ShardLife]) {
     }
     let _ = writeln!(
         out,
-        "# HELP coreserve_shard_restarts_total Times a shard's thread died and was started again.\n\
+        "# HELP coreserve_shard_restarts_total Times a shard's thread died (each death is followed by a restart after the back-off).\n\
          # TYPE coreserve_shard_restarts_total counter"
     );
     for l in lives {

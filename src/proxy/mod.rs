@@ -267,14 +267,15 @@ async fn forward(
         let mut sent =
             send_request(&mut c, &mut up, &mut up_out, &mut body, head.body, &ex, cfg).await;
         body_started |= sent.consumed;
+        // Bytes off the client's socket count however the attempt ends.
+        served.bytes_in += sent.read;
         let replay = sent.replay.take();
         // The body goes for good: what a retry could not send again.
-        let mut commit = |c: &mut Client<'_>, body: &mut Option<BodyDecoder>| {
+        let commit = |c: &mut Client<'_>, body: &mut Option<BodyDecoder>| {
             if let Some((done, taken)) = &replay {
                 *body = Some(done.clone());
                 c.input.consume(*taken);
             }
-            served.bytes_in += sent.body_bytes;
         };
         if let Err(end) = sent.client {
             // The upstream saw part of a request: that connection is done.

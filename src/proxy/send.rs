@@ -14,8 +14,9 @@ use crate::transport::Socket;
 
 /// How sending the request went.
 pub(super) struct Sent {
-    /// Request body bytes read from the client.
-    pub(super) body_bytes: u64,
+    /// Bytes read from the client's socket while sending (the connection
+    /// counted what it had read before: the head and the body's start).
+    pub(super) read: u64,
     /// Some client input was consumed (the body cannot be sent again).
     pub(super) consumed: bool,
     /// The client's side ended the exchange.
@@ -43,7 +44,7 @@ pub(super) async fn send_request(
     cfg: &UpstreamConfig,
 ) -> Sent {
     let mut sent = Sent {
-        body_bytes: 0,
+        read: 0,
         consumed: false,
         client: Ok(()),
         upstream_ok: false,
@@ -61,13 +62,11 @@ pub(super) async fn send_request(
         // Encode what is here on a copy; commit once it is written.
         let mut trial = decoder.clone();
         let mut taken = 0;
-        let mut payload = 0;
         while taken < c.input.data().len() && !trial.is_done() && up_out.len() < CHUNK * 4 {
             let data = &c.input.data()[taken..];
             match trial.next_payload(data) {
                 Ok(piece) => {
                     let _ = encoder.write(up_out, &data[piece.payload.clone()]);
-                    payload += piece.payload.len() as u64;
                     taken += piece.consumed;
                     if piece.consumed == 0 {
                         break;
@@ -90,7 +89,6 @@ pub(super) async fn send_request(
             up_out.clear();
         }
         if first && trial.is_done() {
-            sent.body_bytes = payload;
             sent.upstream_ok = true;
             sent.replay = Some((trial, taken));
             return sent;
@@ -98,7 +96,6 @@ pub(super) async fn send_request(
         *decoder = trial;
         c.input.consume(taken);
         sent.consumed |= taken > 0;
-        sent.body_bytes += payload;
         if decoder.is_done() {
             sent.upstream_ok = true;
             return sent;
@@ -115,7 +112,10 @@ pub(super) async fn send_request(
                 sent.client = Err(ClientEnd::Gone);
                 return sent;
             }
-            Ok(n) => c.input.filled(n),
+            Ok(n) => {
+                c.input.filled(n);
+                sent.read += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 sent.client = Err(ClientEnd::Refused(ParseError::BodyTimeout));
                 return sent;

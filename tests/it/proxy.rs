@@ -138,6 +138,27 @@ fn bodies_stream_both_ways_with_content_length() {
     assert!(reqs[0].body == big);
     assert_eq!(reqs[2].text(), "0123456789");
     assert!(up.errors().is_empty(), "{:?}", up.errors());
+
+    // Every byte the client sent is counted once: the body bytes that came
+    // with a head (read by the connection) and those read while sending.
+    let sent = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    )
+    .len()
+        + big.len()
+        + "GET /big HTTP/1.1\r\nHost: x\r\n\r\n".len()
+        + "POST /halves HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789".len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let scraped = crate::metrics::scrape(&proxy.server);
+        let got = crate::metrics::values(&scraped, "coreserve_received_bytes_total")["shard=all"];
+        if got == sent as f64 || std::time::Instant::now() > deadline {
+            assert_eq!(got, sent as f64);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -43,6 +43,13 @@ fn a_panicking_handler_gets_500_and_harms_nobody_else() {
         .unwrap();
     assert_eq!(reader.next(false).status, 200);
     assert!(!server.log().contains("died"));
+    // The 200 sent with the 500 is counted too: three 2xx, one 5xx.
+    eventually("the statuses counted", || {
+        let scraped = crate::metrics::scrape(&server);
+        let classes = crate::metrics::values(&scraped, "coreserve_requests_total");
+        classes.get("class=2xx,shard=all") == Some(&3.0)
+            && classes.get("class=5xx,shard=all") == Some(&1.0)
+    });
 }
 
 fn restart(dispatch: &str) {
