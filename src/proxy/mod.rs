@@ -399,6 +399,10 @@ async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: S
     if c.socket.write_all(c.out, ex.send_timeout).await.is_ok() {
         served.bytes_out += c.out.len() as u64;
     } else {
+        // Nothing reached the client: logged as nginx does (499), and not
+        // counted as a status sent.
+        served.status = 499;
+        served.body_bytes = 0;
         served.keep_alive = false;
         served.linger = false;
     }
