@@ -252,7 +252,10 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         shard.set_idle(key, false);
         read_once = true;
         match read {
-            Ok(0) => return,
+            Ok(0) => {
+                session.client_left(log);
+                return;
+            }
             Ok(n) => {
                 input.filled(n);
                 bytes_in += n as u64;
@@ -272,7 +275,10 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 finish(&shard, None, &Record::counts(tally, None));
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                session.client_left(log);
+                return;
+            }
         }
     }
 }

@@ -166,3 +166,46 @@ fn a_relative_path_is_relative_to_the_config_file() {
         lines[0]
     );
 }
+
+#[test]
+fn a_request_whose_body_fails_gets_one_line() {
+    let dir = Scratch::new("log-body-fails");
+    let log = dir.0.join("access.log");
+    let conf = dir.write(
+        "log.toml",
+        format!(
+            "[log]\naccess = \"{}\"\n[limits]\nbody-timeout = \"1s\"\n",
+            log.display()
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    use std::io::{Read, Write};
+    let half = "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".to_string()
+        + &"x".repeat(50);
+    // Half a body, then silence: the body timeout's 408 is the line.
+    let mut s = server.connect();
+    s.write_all(half.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Half a body, then the client leaves: nothing was sent, 499.
+    let mut s = server.connect();
+    s.write_all(half.replace("/slow", "/gone").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    wait_for_lines(&log, 2);
+    // A second line for either request (the 200 a fixed route answered
+    // before the body failed) would have been flushed by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = wait_for_lines(&log, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("\"POST /slow HTTP/1.1\" 408 "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("\"POST /gone HTTP/1.1\" 499 0 "),
+        "{lines:?}"
+    );
+}

@@ -132,6 +132,11 @@ pub struct Session<J> {
     /// Status of the uncommitted response, counted once its request completes
     /// (a body error replaces it).
     uncommitted_status: Option<u16>,
+    /// The log line of the uncommitted response while its request body is
+    /// read: written when the request completes, or turned into the
+    /// error's line if the body fails, so a request gets one line. Boxed:
+    /// only requests with a body, with logging on, have one.
+    unlogged: Option<Box<(OwnedRequest, u16, u64)>>,
     /// Bytes of empty lines skipped since the last request. One CRLF after a
     /// request (old clients send one after a body) leaves the connection
     /// idle; more start the header timeout, so a trickle of line breaks
@@ -174,6 +179,7 @@ impl<J> Default for Session<J> {
             statuses: [0; 5],
             error_tallied: false,
             uncommitted_status: None,
+            unlogged: None,
             blank: 0,
         }
     }
@@ -212,6 +218,15 @@ impl<J> Session<J> {
             statuses: std::mem::take(&mut self.statuses),
             error,
             ..Tally::default()
+        }
+    }
+
+    /// The client closed (or its socket failed) while the connection waited
+    /// for input: a request whose body was being read gets its one log line,
+    /// 499 as nginx logs a client that left, with nothing sent.
+    pub fn client_left(&mut self, log: Option<&dyn RequestLog>) {
+        if let (Some(line), Some(log)) = (self.unlogged.take(), log) {
+            log.record(line.0.entry(None, 499, 0));
         }
     }
 
@@ -266,7 +281,7 @@ impl<J> Session<J> {
                             body: None,
                             keep_alive,
                         }) => {
-                            if let Some(next) = self.complete(keep_alive, input, out) {
+                            if let Some(next) = self.complete(keep_alive, input, out, cx) {
                                 return next;
                             }
                         }
@@ -304,7 +319,7 @@ impl<J> Session<J> {
                                 return Next::Read(Wait::Body);
                             }
                             self.phase = Phase::Head;
-                            if let Some(next) = self.complete(keep_alive, input, out) {
+                            if let Some(next) = self.complete(keep_alive, input, out, cx) {
                                 return next;
                             }
                         }
@@ -341,8 +356,18 @@ impl<J> Session<J> {
     }
 
     /// A request is fully read and answered: commit its response.
-    fn complete(&mut self, keep_alive: bool, input: &InputBuffer, out: &[u8]) -> Option<Next> {
+    fn complete(
+        &mut self,
+        keep_alive: bool,
+        input: &InputBuffer,
+        out: &[u8],
+        cx: &Context<J>,
+    ) -> Option<Next> {
         self.committed = out.len();
+        if let (Some(line), Some(log)) = (self.unlogged.take(), cx.log) {
+            let (request, status, bytes) = &*line;
+            log.record(request.entry(None, *status, *bytes));
+        }
         self.served += 1;
         self.blank = 0;
         self.scanner.reset();
@@ -429,7 +454,12 @@ impl<J> Session<J> {
                 self.uncommitted_status = Some(status_of(&out[mark..]));
                 if let Some(log) = cx.log {
                     let (status, bytes) = summarize(&out[mark..]);
-                    log.record(Entry::for_request(None, &req, status, bytes));
+                    if body.is_some() {
+                        // Its body may yet fail and replace the response.
+                        self.unlogged = Some(Box::new((OwnedRequest::new(&req), status, bytes)));
+                    } else {
+                        log.record(Entry::for_request(None, &req, status, bytes));
+                    }
                 }
             }
         }
@@ -444,16 +474,21 @@ impl<J> Session<J> {
         let mark = out.len();
         write_error(out, cx.date, status_for(e), self.head_request);
         count_status(&mut self.statuses, status_for(e).code());
+        let unlogged = self.unlogged.take();
         if let Some(log) = cx.log {
             let (status, bytes) = summarize(&out[mark..]);
-            log.record(Entry {
-                remote: None,
-                request: None,
-                status,
-                bytes,
-                referer: None,
-                user_agent: None,
-                upstream: None,
+            // The request whose body failed, if its head was answered.
+            log.record(match &unlogged {
+                Some(line) => line.0.entry(None, status, bytes),
+                None => Entry {
+                    remote: None,
+                    request: None,
+                    status,
+                    bytes,
+                    referer: None,
+                    user_agent: None,
+                    upstream: None,
+                },
             });
         }
         self.committed = out.len();
