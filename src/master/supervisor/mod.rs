@@ -16,7 +16,7 @@ mod events;
 mod reloads;
 
 use events::{forward_app_events, forward_events, later, watch_lifeline};
-use reloads::Reloads;
+use reloads::{needs_restart, Reloads};
 
 use super::launch::{Launched, Launcher};
 use super::scrape::{finish_gather, Gather, Scraped, ShardLife, SCRAPE_WAIT};
@@ -578,49 +578,5 @@ impl Supervisor {
             a.tell(Command::ShardBack(id, c));
         }
         info!("shard {id} restarted on CPU {}", slot.cpu);
-    }
-}
-
-/// Settings a running server cannot change, named by key, that differ.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    [
-        ("server.listen", old.listen != new.listen),
-        ("tls.listen", old.tls.listen != new.tls.listen),
-        ("server.shards", old.shards != new.shards),
-        ("server.cpus", old.cpus != new.cpus),
-        ("server.dispatch", old.dispatch != new.dispatch),
-        ("server.defer-accept", old.defer_accept != new.defer_accept),
-        ("server.idle-wait", old.idle_wait != new.idle_wait),
-        (
-            "server.drain-timeout",
-            old.drain_timeout != new.drain_timeout,
-        ),
-        ("[log]", old.log != new.log),
-        (
-            "[metrics]",
-            old.metrics.listen != new.metrics.listen || old.metrics.path != new.metrics.path,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, changed)| changed.then_some(key))
-    .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_only_settings_are_named() {
-        let old = Config::default();
-        let mut new = old.clone();
-        assert!(needs_restart(&old, &new).is_empty());
-        new.shards = Some(3);
-        new.drain_timeout = std::time::Duration::from_secs(1);
-        new.limits.max_body_bytes += 1;
-        assert_eq!(
-            needs_restart(&old, &new),
-            ["server.shards", "server.drain-timeout"]
-        );
     }
 }
