@@ -14,6 +14,8 @@ use log::{error, info, warn};
 mod drain;
 mod events;
 mod reloads;
+#[cfg(test)]
+mod tests;
 mod world;
 
 use events::forward_app_events;
