@@ -167,6 +167,12 @@ impl<R> Child<R> {
         self.incarnation
     }
 
+    /// The number the next start will give its incarnation, for handles
+    /// made before it (a lifeline reporting which incarnation ended).
+    pub fn next_incarnation(&self) -> u64 {
+        self.incarnation + 1
+    }
+
     /// Whether `incarnation` is the one running now.
     pub fn is_current(&self, incarnation: u64) -> bool {
         self.running.is_some() && incarnation == self.incarnation
@@ -210,6 +216,7 @@ mod tests {
         assert!(c.is_due(t0));
         assert_eq!(c.start_failed(t0), second);
         assert!(!c.is_due(t0) && c.is_due(t0 + second));
+        assert_eq!(c.next_incarnation(), 1);
         assert_eq!(c.started("a", t0 + second), None);
         assert!(c.is_current(1) && c.due().is_none());
         let (old, delay) = c.ended(t0 + 2 * second, true);

@@ -4,7 +4,7 @@
 //! goes backwards, and rendered once for every scrape that waited.
 
 use crate::admin;
-use crate::apps::{AppsHandle, InstanceStatus};
+use crate::apps::InstanceStatus;
 use crate::metrics::{self, Snapshot};
 
 /// A metrics scrape waiting for every live shard's snapshot.
@@ -85,18 +85,20 @@ pub(super) struct ShardLife {
 }
 
 /// Answer the scrape if no shard is still to reply; otherwise keep waiting.
+/// `apps` is asked only when the scrape is answered (it waits for the app
+/// manager).
 pub(super) fn finish_gather(
     g: Gather,
     scraped: &mut Scraped,
     lives: &[ShardLife],
-    apps: &AppsHandle,
+    apps: impl FnOnce() -> Vec<InstanceStatus>,
 ) -> Option<Gather> {
     if !g.waiting_for.is_empty() {
         return Some(g);
     }
     let mut text = metrics::render(&scraped.view());
     render_lives(&mut text, lives);
-    render_apps(&mut text, &apps.status());
+    render_apps(&mut text, &apps());
     for r in g.replies {
         let _ = r.try_send(text.clone());
     }

@@ -7,12 +7,13 @@ use glommio::channels::local_channel::LocalReceiver;
 use log::{error, info};
 
 use super::events::later;
+use super::world::Real;
 use super::{MasterEvent, Supervisor};
 use crate::master::MasterError;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal};
 
-impl Supervisor {
+impl Supervisor<Real> {
     /// Drain: stop accepting, close the hand-off queues, tell every shard,
     /// and wait for each to report (or for a second signal).
     pub(super) async fn drain(
@@ -25,11 +26,11 @@ impl Supervisor {
             signals::name(sig),
             self.config.drain_timeout
         );
-        if let Some(n) = &self.notifier {
+        if let Some(n) = &self.world.notifier {
             n.stopping("draining connections");
         }
         // Closes the listeners and every hand-off queue's sending end.
-        if let Some(a) = self.acceptor.as_mut() {
+        if let Some(a) = self.world.acceptor.as_mut() {
             a.stop();
         }
         // Every shard with a control channel is told, a restarted one not
@@ -69,7 +70,11 @@ impl Supervisor {
                 Some(MasterEvent::Gone(id, incarnation))
                     if self.slots[id].child.is_current(incarnation) =>
                 {
-                    later(&self.tx, Duration::from_millis(200), MasterEvent::Ended(id));
+                    later(
+                        &self.world.tx,
+                        Duration::from_millis(200),
+                        MasterEvent::Ended(id),
+                    );
                 }
                 Some(MasterEvent::Ended(id)) => {
                     if std::mem::take(&mut stopping[id]) {

@@ -3,33 +3,34 @@
 //! per event. Start-up waits for every shard; the loop serves until a stop
 //! signal; the drain tells every shard and waits for each to report.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::channels::local_channel::{self, LocalSender};
-use glommio::channels::shared_channel::ConnectedSender;
+use glommio::channels::local_channel;
 use glommio::net::TcpListener;
 use log::{error, info, warn};
 
 mod drain;
 mod events;
 mod reloads;
+#[cfg(test)]
+mod tests;
+mod world;
 
-use events::{forward_app_events, forward_events, later, watch_lifeline};
-use reloads::Reloads;
+use events::forward_app_events;
+use reloads::{needs_restart, Reloads};
+use world::{connect, Note, Real, World};
 
+use super::effective_upstreams;
 use super::launch::{Launched, Launcher};
 use super::scrape::{finish_gather, Gather, Scraped, ShardLife, SCRAPE_WAIT};
 use super::{MasterError, Reloader};
-use crate::acceptor::{Acceptor, Command};
+use crate::acceptor::Acceptor;
 use crate::admin;
-use crate::child::Child;
-use std::collections::HashMap;
-
-use super::effective_upstreams;
 use crate::apps::{AppEvent, AppsHandle};
+use crate::child::Child;
 use crate::config::{AccessLog, Config, ServerAddr, UpstreamConfig};
-use crate::handoff;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
@@ -63,24 +64,14 @@ pub(super) struct Supervision {
     pub(super) launched: Vec<Launched>,
 }
 
-/// The master's view of one shard.
-struct Slot {
+/// The master's view of one shard; `S`, its running incarnation's handles
+/// (`world::Running`).
+struct Slot<S> {
     cpu: usize,
     /// In the rotation: started and, after a restart, said it is ready.
     alive: bool,
     /// Its thread as a supervised child (restarts, back-off, incarnation).
-    child: Child<Running>,
-}
-
-/// The handles of a shard thread's incarnation while it runs.
-struct Running {
-    /// Taken when the drain tells it to stop.
-    control: Option<ConnectedSender<Control>>,
-    handle: Option<glommio::ExecutorJoinHandle<()>>,
-    /// A restarted shard's hand-off sender, until it says it is ready.
-    pending_conns: Option<handoff::Sender>,
-    /// Reuseport mode: copies of the shard's listeners (see `Launched`).
-    listener_copies: Vec<std::net::TcpListener>,
+    child: Child<S>,
 }
 
 /// Everything the master waits for, on one queue.
@@ -111,17 +102,13 @@ enum Flow {
     Drain(i32),
 }
 
-/// The master's state while it serves.
-struct Supervisor {
-    tx: Rc<LocalSender<MasterEvent>>,
-    slots: Vec<Slot>,
+/// The master's state while it serves, and its decisions: what it does
+/// about them goes through `world` (`Real` while serving, a fake in tests).
+struct Supervisor<W: World> {
+    world: W,
+    slots: Vec<Slot<W::Shard>>,
     config: Config,
     reload: Reloader,
-    launcher: Launcher,
-    acceptor: Option<Acceptor>,
-    notifier: Option<systemd::Notifier>,
-    /// What systemd's status line says while serving.
-    status: String,
     reloads: Reloads,
     /// Per shard: answered the last watchdog ping (the watchdog is petted
     /// only when every live shard did).
@@ -129,8 +116,9 @@ struct Supervisor {
     gather: Option<Gather>,
     gather_seq: u64,
     scraped: Scraped,
-    apps: AppsHandle,
+    /// Each app's ready instances.
     app_servers: HashMap<String, Vec<ServerAddr>>,
+    /// The groups the file defines (the shards get these and the apps').
     file_upstreams: Vec<UpstreamConfig>,
 }
 
@@ -151,24 +139,13 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     .detach();
     let mut slots = Vec::with_capacity(n);
     let mut links = Vec::new();
-    // Connecting a shared channel waits for the other end: connect in the
-    // order the shard does (events, control) or both sides wait.
     for (id, l) in s.launched.into_iter().enumerate() {
-        forward_events(l.events, tx.clone());
-        let control = l.control.connect().await;
-        links.extend(l.conns);
         let now = Instant::now();
         let mut child = Child::new(now);
-        child.started(
-            Running {
-                control: Some(control),
-                handle: Some(l.handle),
-                pending_conns: None,
-                listener_copies: l.listener_copies,
-            },
-            now,
-        );
-        watch_lifeline(id, child.incarnation(), l.lifeline, tx.clone());
+        let mut running = connect(&tx, id, child.next_incarnation(), l).await;
+        // The acceptor starts with every first incarnation's queue.
+        links.extend(running.pending_conns.take());
+        child.started(running, now);
         slots.push(Slot {
             cpu: s.cpus[id],
             alive: true,
@@ -247,24 +224,22 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         .detach();
     }
 
-    let mut sup = Supervisor {
+    let world = Real {
         tx,
-        slots,
-        config: s.config,
-        reload: s.reload,
         launcher: s.launcher,
         acceptor,
         notifier: s.notifier,
         status,
-        reloads: Reloads::default(),
-        answered: vec![true; n],
-        gather: None,
-        gather_seq: 0,
-        scraped: Scraped::default(),
         apps: s.apps.handle,
-        app_servers: s.apps.servers,
-        file_upstreams: s.apps.file_upstreams,
     };
+    let mut sup = Supervisor::new(
+        world,
+        slots,
+        s.config,
+        s.reload,
+        s.apps.servers,
+        s.apps.file_upstreams,
+    );
     // Serve until told to stop.
     let mut first_signal = 0;
     while let Some(ev) = rx.recv().await {
@@ -277,7 +252,31 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     sup.drain(first_signal, &rx).await
 }
 
-impl Supervisor {
+impl<W: World> Supervisor<W> {
+    /// A supervisor of `slots`, every one serving.
+    fn new(
+        world: W,
+        slots: Vec<Slot<W::Shard>>,
+        config: Config,
+        reload: Reloader,
+        app_servers: HashMap<String, Vec<ServerAddr>>,
+        file_upstreams: Vec<UpstreamConfig>,
+    ) -> Self {
+        Supervisor {
+            answered: vec![true; slots.len()],
+            world,
+            slots,
+            config,
+            reload,
+            reloads: Reloads::default(),
+            gather: None,
+            gather_seq: 0,
+            scraped: Scraped::default(),
+            app_servers,
+            file_upstreams,
+        }
+    }
+
     /// Handle one event of the serving loop.
     async fn on_event(&mut self, ev: MasterEvent) -> Flow {
         match ev {
@@ -316,16 +315,14 @@ impl Supervisor {
         Flow::Continue
     }
 
-    /// Send a control message to every shard with a control channel (a
-    /// restarted one too, before it says Ready); the ids it reached.
-    fn broadcast(&self, msg: impl Fn() -> Control) -> Vec<usize> {
+    /// Send a control message to every running shard (a restarted one
+    /// too, before it says Ready); the ids it reached.
+    fn broadcast(&mut self, msg: impl Fn() -> Control) -> Vec<usize> {
+        let world = &mut self.world;
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(id, s)| {
-                let c = s.child.get()?.control.as_ref()?;
-                c.try_send(msg()).ok().map(|_| id)
-            })
+            .filter_map(|(id, s)| world.send(s.child.get()?, msg()).then_some(id))
             .collect()
     }
 
@@ -343,10 +340,8 @@ impl Supervisor {
     }
 
     /// Tell systemd the service serves (again).
-    fn ready(&self) {
-        if let Some(n) = &self.notifier {
-            n.ready(&self.status);
-        }
+    fn ready(&mut self) {
+        self.world.notify(Note::Ready);
     }
 
     fn on_scrape(&mut self, reply: admin::ScrapeRequest) {
@@ -362,15 +357,13 @@ impl Supervisor {
             replies: vec![reply],
         };
         let lives = self.lives();
-        self.gather = finish_gather(g, &mut self.scraped, &lives, &self.apps);
+        let world = &self.world;
+        self.gather = finish_gather(g, &mut self.scraped, &lives, || world.app_status());
         if self.gather.is_some() {
             // A stuck shard must not hang every scrape: answer with its
             // last snapshot after a moment.
-            later(
-                &self.tx,
-                SCRAPE_WAIT,
-                MasterEvent::ScrapeTimeout(self.gather_seq),
-            );
+            let timeout = MasterEvent::ScrapeTimeout(self.gather_seq);
+            self.world.later(SCRAPE_WAIT, timeout);
         }
     }
 
@@ -391,14 +384,13 @@ impl Supervisor {
         if let Some(mut g) = self.gather.take() {
             update(&mut g);
             let lives = self.lives();
-            self.gather = finish_gather(g, &mut self.scraped, &lives, &self.apps);
+            let world = &self.world;
+            self.gather = finish_gather(g, &mut self.scraped, &lives, || world.app_status());
         }
     }
 
     fn on_reload(&mut self) {
-        if let Some(n) = &self.notifier {
-            n.reloading();
-        }
+        self.world.notify(Note::Reloading);
         let new = match (self.reload)() {
             Ok(new) => new,
             Err(errors) => {
@@ -416,7 +408,7 @@ impl Supervisor {
         for key in needs_restart(&self.config, &new) {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
         }
-        self.apps.reload(new.apps.clone());
+        self.world.reload_apps(new.apps.clone());
         // A removed app's addresses are retiring: an app added again under
         // its name starts from none, not from them.
         self.app_servers
@@ -473,7 +465,7 @@ impl Supervisor {
     }
 
     /// The latest reload is applied on every shard that is alive.
-    fn reloaded(&self, which: &str) {
+    fn reloaded(&mut self, which: &str) {
         info!("SIGHUP: configuration reloaded on {which}");
         self.ready();
     }
@@ -483,9 +475,7 @@ impl Supervisor {
             .filter(|&i| self.slots[i].alive && !self.answered[i])
             .collect();
         if stuck.is_empty() {
-            if let Some(n) = &self.notifier {
-                n.notify("WATCHDOG=1");
-            }
+            self.world.notify(Note::Watchdog);
         } else {
             warn!("watchdog: shard(s) {stuck:?} did not answer; not petting the watchdog");
         }
@@ -494,7 +484,7 @@ impl Supervisor {
         }
     }
 
-    fn on_reopen(&self) {
+    fn on_reopen(&mut self) {
         match &self.config.log.access {
             AccessLog::File(path) => {
                 info!("SIGUSR1: reopening {}", path.display());
@@ -510,30 +500,13 @@ impl Supervisor {
         let slot = &mut self.slots[id];
         slot.alive = false;
         let (running, delay) = slot.child.ended(Instant::now(), true);
-        let mut handle = None;
-        if let Some(r) = running {
-            // Its own SO_REUSEPORT sockets would go on taking a share of
-            // the connections nobody accepts: take them out of the group.
-            for l in r.listener_copies {
-                use std::os::fd::AsRawFd;
-                // SAFETY: shutdown(2) on our own descriptor of the socket.
-                unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
-            }
-            handle = r.handle;
-        }
-        if let Some(a) = &self.acceptor {
-            a.tell(Command::ShardDied(id));
-        }
+        let why = self.world.ended(id, running);
         self.answered[id] = true;
         self.gather_progress(|g| g.waiting_for.retain(|&w| w != id));
         self.scraped.retire(id);
         if self.reloads.forget(id) {
             self.reloaded("every live shard");
         }
-        let why = match handle.map(|h| h.join()) {
-            Some(Err(e)) => e.to_string(),
-            _ => "it stopped".into(),
-        };
         error!(
             "shard {id} (CPU {}) died: {why}; restarting it in {delay:?}",
             self.slots[id].cpu
@@ -541,30 +514,20 @@ impl Supervisor {
         if !self.slots.iter().any(|s| s.alive) {
             error!("no shard is alive: new connections are refused until one is back");
         }
-        later(&self.tx, delay, MasterEvent::Restart(id));
+        self.world.later(delay, MasterEvent::Restart(id));
     }
 
     async fn on_restart(&mut self, id: usize) {
-        let slot = &mut self.slots[id];
-        match self.launcher.launch(id, slot.cpu, &self.config, None) {
-            Ok(l) => {
-                forward_events(l.events, self.tx.clone());
-                let control = l.control.connect().await;
-                let running = Running {
-                    control: Some(control),
-                    handle: Some(l.handle),
-                    pending_conns: l.conns,
-                    listener_copies: l.listener_copies,
-                };
-                let slot = &mut self.slots[id];
-                slot.child.started(running, Instant::now());
-                let incarnation = slot.child.incarnation();
-                watch_lifeline(id, incarnation, l.lifeline, self.tx.clone());
+        let slot = &self.slots[id];
+        let (cpu, incarnation) = (slot.cpu, slot.child.next_incarnation());
+        match self.world.launch(id, cpu, &self.config, incarnation).await {
+            Ok(running) => {
+                self.slots[id].child.started(running, Instant::now());
             }
             Err(e) => {
-                let delay = slot.child.start_failed(Instant::now());
+                let delay = self.slots[id].child.start_failed(Instant::now());
                 error!("shard {id}: restart failed: {e}; trying again in {delay:?}");
-                later(&self.tx, delay, MasterEvent::Restart(id));
+                self.world.later(delay, MasterEvent::Restart(id));
             }
         }
     }
@@ -573,54 +536,9 @@ impl Supervisor {
     fn on_ready(&mut self, id: usize) {
         let slot = &mut self.slots[id];
         slot.alive = true;
-        let conns = slot.child.get_mut().and_then(|r| r.pending_conns.take());
-        if let (Some(a), Some(c)) = (&self.acceptor, conns) {
-            a.tell(Command::ShardBack(id, c));
+        if let Some(running) = slot.child.get_mut() {
+            self.world.back(id, running);
         }
         info!("shard {id} restarted on CPU {}", slot.cpu);
-    }
-}
-
-/// Settings a running server cannot change, named by key, that differ.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    [
-        ("server.listen", old.listen != new.listen),
-        ("tls.listen", old.tls.listen != new.tls.listen),
-        ("server.shards", old.shards != new.shards),
-        ("server.cpus", old.cpus != new.cpus),
-        ("server.dispatch", old.dispatch != new.dispatch),
-        ("server.defer-accept", old.defer_accept != new.defer_accept),
-        ("server.idle-wait", old.idle_wait != new.idle_wait),
-        (
-            "server.drain-timeout",
-            old.drain_timeout != new.drain_timeout,
-        ),
-        ("[log]", old.log != new.log),
-        (
-            "[metrics]",
-            old.metrics.listen != new.metrics.listen || old.metrics.path != new.metrics.path,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, changed)| changed.then_some(key))
-    .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_only_settings_are_named() {
-        let old = Config::default();
-        let mut new = old.clone();
-        assert!(needs_restart(&old, &new).is_empty());
-        new.shards = Some(3);
-        new.drain_timeout = std::time::Duration::from_secs(1);
-        new.limits.max_body_bytes += 1;
-        assert_eq!(
-            needs_restart(&old, &new),
-            ["server.shards", "server.drain-timeout"]
-        );
     }
 }

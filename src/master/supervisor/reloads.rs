@@ -1,5 +1,8 @@
 //! Which live shards still owe the latest reload an acknowledgement: the
-//! master tells systemd READY=1 again once none does.
+//! master tells systemd READY=1 again once none does; and which settings a
+//! reload cannot change.
+
+use crate::config::Config;
 
 /// A reload under way: which live shards have not applied it yet.
 #[derive(Debug, Default)]
@@ -40,9 +43,48 @@ impl Reloads {
     }
 }
 
+/// Settings a running server cannot change, named by key, that differ.
+pub(super) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("server.listen", old.listen != new.listen),
+        ("tls.listen", old.tls.listen != new.tls.listen),
+        ("server.shards", old.shards != new.shards),
+        ("server.cpus", old.cpus != new.cpus),
+        ("server.dispatch", old.dispatch != new.dispatch),
+        ("server.defer-accept", old.defer_accept != new.defer_accept),
+        ("server.idle-wait", old.idle_wait != new.idle_wait),
+        (
+            "server.drain-timeout",
+            old.drain_timeout != new.drain_timeout,
+        ),
+        ("[log]", old.log != new.log),
+        (
+            "[metrics]",
+            old.metrics.listen != new.metrics.listen || old.metrics.path != new.metrics.path,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(needs_restart(&old, &new).is_empty());
+        new.shards = Some(3);
+        new.drain_timeout = std::time::Duration::from_secs(1);
+        new.limits.max_body_bytes += 1;
+        assert_eq!(
+            needs_restart(&old, &new),
+            ["server.shards", "server.drain-timeout"]
+        );
+    }
 
     #[test]
     fn a_reload_completes_when_every_live_shard_applied_it() {

@@ -1,0 +1,520 @@
+//! The supervisor's decisions, event by event, against a fake world that
+//! records what it was asked to do: no shard thread, no acceptor, no
+//! executor. Each test states what the world must see, in order.
+
+use std::time::Duration;
+
+use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalReceiver};
+
+use super::*;
+use crate::apps::InstanceStatus;
+use crate::config::{AppConfig, ConfigError};
+use crate::metrics::ShardMetrics;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A running shard as the fake world knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FakeShard {
+    id: usize,
+    incarnation: u64,
+}
+
+/// What the supervisor asked of the world.
+#[derive(Debug, PartialEq)]
+enum Did {
+    /// Start this shard as this incarnation.
+    Launch(usize, u64),
+    /// A control message to a shard's incarnation.
+    Send(usize, u64, Sent),
+    /// Out of the rotation, with the incarnation whose handles came back.
+    Ended(usize, Option<u64>),
+    /// Back into the rotation, with the incarnation whose queue is dealt to.
+    Back(usize, u64),
+    Later(Duration, Due),
+    Notify(Note),
+    /// The names of the apps a reload hands the app manager.
+    ReloadApps(Vec<String>),
+}
+
+/// A control message, by what tells one from another.
+#[derive(Debug, PartialEq)]
+enum Sent {
+    Ping,
+    Snapshot,
+    ReopenLogs,
+    Drain,
+    Reload {
+        seq: u64,
+        max_body_bytes: u64,
+    },
+    /// Each group's name and servers.
+    Upstreams(Vec<(String, Vec<String>)>),
+}
+
+/// An event put on the queue for later.
+#[derive(Debug, PartialEq)]
+enum Due {
+    Restart(usize),
+    ScrapeTimeout(u64),
+}
+
+#[derive(Default)]
+struct Fake {
+    did: Vec<Did>,
+    /// How many launches from now on fail.
+    failing_launches: u32,
+}
+
+impl Fake {
+    /// What was done since the last look.
+    fn take(&mut self) -> Vec<Did> {
+        std::mem::take(&mut self.did)
+    }
+}
+
+impl World for Fake {
+    type Shard = FakeShard;
+
+    async fn launch(
+        &mut self,
+        id: usize,
+        _cpu: usize,
+        _config: &Config,
+        incarnation: u64,
+    ) -> Result<FakeShard, MasterError> {
+        self.did.push(Did::Launch(id, incarnation));
+        if self.failing_launches > 0 {
+            self.failing_launches -= 1;
+            return Err(MasterError::Executor {
+                what: format!("shard {id}"),
+                err: "no thread for you".into(),
+            });
+        }
+        Ok(FakeShard { id, incarnation })
+    }
+
+    fn send(&mut self, shard: &FakeShard, msg: Control) -> bool {
+        let sent = match msg {
+            Control::Ping => Sent::Ping,
+            Control::Snapshot => Sent::Snapshot,
+            Control::ReopenLogs => Sent::ReopenLogs,
+            Control::Drain => Sent::Drain,
+            Control::Reload(r, seq) => Sent::Reload {
+                seq,
+                max_body_bytes: r.limits.max_body_bytes,
+            },
+            Control::Upstreams(groups) => Sent::Upstreams(
+                groups
+                    .iter()
+                    .map(|g| {
+                        let servers = g.servers.iter().map(ToString::to_string).collect();
+                        (g.name.clone(), servers)
+                    })
+                    .collect(),
+            ),
+        };
+        self.did.push(Did::Send(shard.id, shard.incarnation, sent));
+        true
+    }
+
+    fn ended(&mut self, id: usize, shard: Option<FakeShard>) -> String {
+        self.did.push(Did::Ended(id, shard.map(|s| s.incarnation)));
+        "it was killed".into()
+    }
+
+    fn back(&mut self, id: usize, shard: &mut FakeShard) {
+        self.did.push(Did::Back(id, shard.incarnation));
+    }
+
+    fn later(&mut self, delay: Duration, ev: MasterEvent) {
+        let due = match ev {
+            MasterEvent::Restart(id) => Due::Restart(id),
+            MasterEvent::ScrapeTimeout(seq) => Due::ScrapeTimeout(seq),
+            _ => panic!("nothing else is put off"),
+        };
+        self.did.push(Did::Later(delay, due));
+    }
+
+    fn notify(&mut self, note: Note) {
+        self.did.push(Did::Notify(note));
+    }
+
+    fn reload_apps(&mut self, apps: Vec<AppConfig>) {
+        self.did
+            .push(Did::ReloadApps(apps.into_iter().map(|a| a.name).collect()));
+    }
+
+    fn app_status(&self) -> Vec<InstanceStatus> {
+        Vec::new()
+    }
+}
+
+/// A supervisor of `n` shards, all serving their first incarnation, with
+/// `config`; a SIGHUP reads `reload`.
+fn serving_with(n: usize, config: Config, reload: Reloader) -> Supervisor<Fake> {
+    let now = Instant::now();
+    let slots = (0..n)
+        .map(|id| {
+            let mut child = Child::new(now);
+            let incarnation = child.next_incarnation();
+            child.started(FakeShard { id, incarnation }, now);
+            Slot {
+                cpu: id,
+                alive: true,
+                child,
+            }
+        })
+        .collect();
+    Supervisor::new(
+        Fake::default(),
+        slots,
+        config,
+        reload,
+        HashMap::new(),
+        Vec::new(),
+    )
+}
+
+fn serving(n: usize) -> Supervisor<Fake> {
+    serving_with(n, Config::default(), Box::new(|| Ok(Config::default())))
+}
+
+/// Hand the supervisor one event, as the loop does.
+fn on(sup: &mut Supervisor<Fake>, ev: MasterEvent) {
+    // The fake world never makes it wait.
+    if let Flow::Drain(_) = future::block_on(sup.on_event(ev)) {
+        panic!("only a stop signal drains");
+    }
+}
+
+/// Each shard as the metrics show it: (up, restarts).
+fn lives(sup: &Supervisor<Fake>) -> Vec<(bool, u32)> {
+    sup.lives().iter().map(|l| (l.up, l.restarts)).collect()
+}
+
+fn pong(id: usize) -> MasterEvent {
+    MasterEvent::Shard(ShardEvent::Pong { id })
+}
+
+fn ready(id: usize) -> MasterEvent {
+    MasterEvent::Shard(ShardEvent::Ready { id })
+}
+
+#[test]
+fn a_dead_shard_leaves_the_rotation_and_comes_back_after_its_back_off() {
+    let mut sup = serving(2);
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    assert_eq!(
+        sup.world.take(),
+        [Did::Ended(1, Some(1)), Did::Later(SECOND, Due::Restart(1))]
+    );
+    assert_eq!(lives(&sup), [(true, 0), (false, 1)]);
+
+    // Started again, but dealt nothing until it says it serves.
+    on(&mut sup, MasterEvent::Restart(1));
+    assert_eq!(sup.world.take(), [Did::Launch(1, 2)]);
+    assert_eq!(lives(&sup), [(true, 0), (false, 1)]);
+    on(&mut sup, ready(1));
+    assert_eq!(sup.world.take(), [Did::Back(1, 2)]);
+    assert_eq!(lives(&sup), [(true, 0), (true, 1)]);
+
+    // Dead again at once: the second death in a row waits twice as long.
+    on(&mut sup, MasterEvent::Gone(1, 2));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Ended(1, Some(2)),
+            Did::Later(2 * SECOND, Due::Restart(1))
+        ]
+    );
+    assert_eq!(lives(&sup), [(true, 0), (false, 2)]);
+
+    // The last one dies too: nothing is up, and its back-off is its own.
+    on(&mut sup, MasterEvent::Gone(0, 1));
+    assert_eq!(
+        sup.world.take(),
+        [Did::Ended(0, Some(1)), Did::Later(SECOND, Due::Restart(0))]
+    );
+    assert_eq!(lives(&sup), [(false, 1), (false, 2)]);
+}
+
+#[test]
+fn news_of_an_earlier_incarnation_is_ignored() {
+    let mut sup = serving(2);
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    sup.world.take();
+    // Dead and not started again: a Ready cannot be its.
+    on(&mut sup, ready(1));
+    assert!(sup.world.take().is_empty());
+    assert_eq!(lives(&sup), [(true, 0), (false, 1)]);
+    on(&mut sup, MasterEvent::Restart(1));
+    on(&mut sup, ready(1));
+    sup.world.take();
+    assert_eq!(lives(&sup), [(true, 0), (true, 1)]);
+
+    // The first incarnation's end, reported late: the second serves on.
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    assert!(sup.world.take().is_empty());
+    assert_eq!(lives(&sup), [(true, 0), (true, 1)]);
+}
+
+#[test]
+fn a_restart_that_fails_is_tried_again_after_the_back_off() {
+    let mut sup = serving(1);
+    on(&mut sup, MasterEvent::Gone(0, 1));
+    sup.world.take();
+    sup.world.failing_launches = 1;
+    on(&mut sup, MasterEvent::Restart(0));
+    assert_eq!(
+        sup.world.take(),
+        [Did::Launch(0, 2), Did::Later(2 * SECOND, Due::Restart(0))]
+    );
+    // A start that failed is no death: no restart counted, still down.
+    assert_eq!(lives(&sup), [(false, 1)]);
+    on(&mut sup, ready(0));
+    assert!(sup.world.take().is_empty());
+
+    // The incarnation that failed never ran: the next try is the same one.
+    on(&mut sup, MasterEvent::Restart(0));
+    on(&mut sup, ready(0));
+    assert_eq!(sup.world.take(), [Did::Launch(0, 2), Did::Back(0, 2)]);
+    assert_eq!(lives(&sup), [(true, 1)]);
+}
+
+/// A watchdog tick: whether systemd was told WATCHDOG=1, and which
+/// incarnations were pinged, as (shard, incarnation).
+fn tick(sup: &mut Supervisor<Fake>) -> (bool, Vec<(usize, u64)>) {
+    sup.world.take();
+    on(sup, MasterEvent::Watchdog);
+    let did = sup.world.take();
+    let pinged = did
+        .iter()
+        .filter_map(|d| match d {
+            Did::Send(id, incarnation, Sent::Ping) => Some((*id, *incarnation)),
+            _ => None,
+        })
+        .collect();
+    (did.contains(&Did::Notify(Note::Watchdog)), pinged)
+}
+
+#[test]
+fn the_watchdog_is_petted_only_when_every_live_shard_answered() {
+    let mut sup = serving(2);
+    assert_eq!(tick(&mut sup), (true, vec![(0, 1), (1, 1)]));
+    on(&mut sup, pong(0));
+    assert_eq!(tick(&mut sup), (false, vec![(0, 1), (1, 1)]));
+    on(&mut sup, pong(0));
+    on(&mut sup, pong(1));
+    assert_eq!(tick(&mut sup), (true, vec![(0, 1), (1, 1)]));
+}
+
+#[test]
+fn a_dead_shard_does_not_hold_the_watchdog_back() {
+    let mut sup = serving(2);
+    tick(&mut sup);
+    on(&mut sup, pong(0));
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    assert_eq!(tick(&mut sup), (true, vec![(0, 1)]));
+    // Restarted but not yet serving: pinged, not waited for.
+    on(&mut sup, MasterEvent::Restart(1));
+    on(&mut sup, pong(0));
+    assert_eq!(tick(&mut sup), (true, vec![(0, 1), (1, 2)]));
+    // Serving: waited for like any other.
+    on(&mut sup, ready(1));
+    on(&mut sup, pong(0));
+    assert!(!tick(&mut sup).0);
+}
+
+#[test]
+fn a_shard_back_before_the_next_tick_owes_no_answer() {
+    let mut sup = serving(2);
+    tick(&mut sup);
+    on(&mut sup, pong(0));
+    // Shard 1 dies owing an answer; its next incarnation was never asked.
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    on(&mut sup, MasterEvent::Restart(1));
+    on(&mut sup, ready(1));
+    assert_eq!(tick(&mut sup), (true, vec![(0, 1), (1, 2)]));
+}
+
+#[test]
+fn a_reload_with_errors_keeps_the_configuration_and_serves_on() {
+    let broken = || {
+        Err(vec![ConfigError {
+            file: None,
+            line: None,
+            key: "limits.max-body".into(),
+            rule: "must be a size".into(),
+        }])
+    };
+    let mut sup = serving_with(2, Config::default(), Box::new(broken));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    assert_eq!(
+        sup.world.take(),
+        [Did::Notify(Note::Reloading), Did::Notify(Note::Ready)]
+    );
+    assert_eq!(sup.config.limits, Config::default().limits);
+}
+
+#[test]
+fn a_reload_is_complete_once_every_live_shard_applied_it() {
+    let mut new = Config::default();
+    new.limits.max_body_bytes = 1234;
+    new.apps = vec![AppConfig::new("api", vec!["node".into()])];
+    let mut sup = serving_with(3, Config::default(), Box::new(move || Ok(new.clone())));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    let reload = |id| {
+        Did::Send(
+            id,
+            1,
+            Sent::Reload {
+                seq: 1,
+                max_body_bytes: 1234,
+            },
+        )
+    };
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec!["api".into()]),
+            reload(0),
+            reload(1),
+            reload(2)
+        ]
+    );
+    assert_eq!(sup.config.limits.max_body_bytes, 1234);
+
+    let applied = |id| MasterEvent::Shard(ShardEvent::Reloaded { id, seq: 1 });
+    on(&mut sup, applied(0));
+    on(&mut sup, applied(2));
+    assert!(sup.world.take().is_empty());
+    // Shard 1 dies before it applied it: it owes nothing, and systemd
+    // hears READY again.
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Ended(1, Some(1)),
+            Did::Notify(Note::Ready),
+            Did::Later(SECOND, Due::Restart(1))
+        ]
+    );
+    // Its late acknowledgement does not make it twice.
+    on(&mut sup, applied(1));
+    assert!(sup.world.take().is_empty());
+}
+
+/// Shard `shard`'s snapshot, with `requests` answered.
+fn snapshot(shard: usize, requests: u64) -> MasterEvent {
+    let mut s = ShardMetrics::default().snapshot(shard, shard, 0);
+    s.stats.requests = requests;
+    MasterEvent::Shard(ShardEvent::Snapshot(Box::new(s)))
+}
+
+/// Ask for the metrics; they come on the receiver once answered.
+fn scrape(sup: &mut Supervisor<Fake>) -> LocalReceiver<String> {
+    let (reply, answer) = local_channel::new_bounded(1);
+    on(sup, MasterEvent::Scrape(reply));
+    answer
+}
+
+/// The scrape's answer, if it has one yet.
+fn answer(rx: &LocalReceiver<String>) -> Option<String> {
+    future::block_on(future::poll_once(rx.recv())).flatten()
+}
+
+/// Shard `shard`'s value of the series `name` in a scrape's answer.
+fn value<'a>(text: &'a str, name: &str, shard: usize) -> &'a str {
+    let series = format!("{name}{{shard=\"{shard}\"}} ");
+    let line = text.lines().find_map(|l| l.strip_prefix(&series));
+    line.unwrap_or_else(|| panic!("no {series}in {text}"))
+}
+
+const REQUESTS: &str = "coreserve_shard_requests_total";
+
+#[test]
+fn a_scrape_is_answered_when_every_live_shard_replied() {
+    let mut sup = serving(3);
+    on(&mut sup, MasterEvent::Gone(2, 1));
+    sup.world.take();
+    let first = scrape(&mut sup);
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Send(0, 1, Sent::Snapshot),
+            Did::Send(1, 1, Sent::Snapshot),
+            Did::Later(SCRAPE_WAIT, Due::ScrapeTimeout(1))
+        ]
+    );
+    // Another scrape meanwhile waits for the same replies.
+    let second = scrape(&mut sup);
+    assert!(sup.world.take().is_empty());
+    on(&mut sup, snapshot(0, 5));
+    assert_eq!(answer(&first), None);
+    on(&mut sup, snapshot(1, 7));
+    let text = answer(&first).expect("answered");
+    assert_eq!(answer(&second).as_ref(), Some(&text));
+    assert_eq!(
+        (value(&text, REQUESTS, 0), value(&text, REQUESTS, 1)),
+        ("5", "7")
+    );
+    assert_eq!(value(&text, "coreserve_shard_up", 2), "0");
+    assert_eq!(value(&text, "coreserve_shard_restarts_total", 2), "1");
+}
+
+#[test]
+fn a_scrape_waits_for_no_shard_that_died_meanwhile() {
+    let mut sup = serving(2);
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 5));
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    let text = answer(&answered).expect("answered");
+    assert_eq!(value(&text, "coreserve_shard_up", 1), "0");
+}
+
+#[test]
+fn a_scrape_a_shard_does_not_answer_is_answered_with_its_last_snapshot() {
+    let mut sup = serving(2);
+    scrape(&mut sup);
+    on(&mut sup, snapshot(0, 5));
+    on(&mut sup, snapshot(1, 7));
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 6));
+    // The first scrape's timeout is no reason to cut this one short.
+    on(&mut sup, MasterEvent::ScrapeTimeout(1));
+    assert_eq!(answer(&answered), None);
+    on(&mut sup, MasterEvent::ScrapeTimeout(2));
+    let text = answer(&answered).expect("answered at the timeout");
+    assert_eq!(
+        (value(&text, REQUESTS, 0), value(&text, REQUESTS, 1)),
+        ("6", "7")
+    );
+}
+
+#[test]
+fn an_apps_ready_instances_go_to_every_shard() {
+    let config = Config {
+        apps: vec![AppConfig::new("api", vec!["node".into()])],
+        ..Config::default()
+    };
+    let mut sup = serving_with(2, config, Box::new(|| Ok(Config::default())));
+    let servers = vec![ServerAddr::Tcp("127.0.0.1:9000".parse().unwrap())];
+    let app = |name: &str| {
+        MasterEvent::App(AppEvent::Servers {
+            app: name.into(),
+            servers: servers.clone(),
+        })
+    };
+    on(&mut sup, app("api"));
+    let groups = || Sent::Upstreams(vec![("api".into(), vec!["127.0.0.1:9000".into()])]);
+    assert_eq!(
+        sup.world.take(),
+        [Did::Send(0, 1, groups()), Did::Send(1, 1, groups())]
+    );
+    // News of an app the configuration no longer has.
+    on(&mut sup, app("gone"));
+    assert!(sup.world.take().is_empty());
+}

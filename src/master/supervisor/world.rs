@@ -1,0 +1,194 @@
+//! The seam between the supervisor's decisions and what they act on. The
+//! `Supervisor` decides (who is in the rotation, when a shard restarts,
+//! when systemd hears READY or WATCHDOG, when a reload or a scrape is
+//! complete); a `World` carries it out. `Real` is the world itself: shard
+//! threads started by the `Launcher`, the acceptor thread, systemd, glommio
+//! timers and the app manager. The supervisor's unit tests put a fake in its
+//! place that records what it was asked to do.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::LocalSender;
+use glommio::channels::shared_channel::ConnectedSender;
+
+use super::events::{forward_events, later, watch_lifeline};
+use super::MasterEvent;
+use crate::acceptor::{Acceptor, Command};
+use crate::apps::{AppsHandle, InstanceStatus};
+use crate::config::{AppConfig, Config};
+use crate::handoff;
+use crate::master::launch::{Launched, Launcher};
+use crate::master::MasterError;
+use crate::shard::Control;
+use crate::systemd;
+
+/// Everything the supervisor does outside its own state goes through here.
+pub(super) trait World {
+    /// A running shard's handles, kept in its slot's `Child` for as long as
+    /// that incarnation runs.
+    type Shard;
+
+    /// Start shard `id` on `cpu` with `config`. The end of its thread is to
+    /// come back as `MasterEvent::Gone(id, incarnation)`, its news as
+    /// `MasterEvent::Shard`.
+    async fn launch(
+        &mut self,
+        id: usize,
+        cpu: usize,
+        config: &Config,
+        incarnation: u64,
+    ) -> Result<Self::Shard, MasterError>;
+
+    /// Send a running shard a control message; whether it went (a full or
+    /// closed channel drops it).
+    fn send(&mut self, shard: &Self::Shard, msg: Control) -> bool;
+
+    /// Shard `id`'s thread ended (`shard`: its incarnation's handles): deal
+    /// it no more connections and take its own listeners out of their
+    /// SO_REUSEPORT groups. Returns why it ended.
+    fn ended(&mut self, id: usize, shard: Option<Self::Shard>) -> String;
+
+    /// Restarted shard `id` serves: deal it connections again.
+    fn back(&mut self, id: usize, shard: &mut Self::Shard);
+
+    /// Put `ev` on the master's queue after `delay`.
+    fn later(&mut self, delay: Duration, ev: MasterEvent);
+
+    /// Tell systemd.
+    fn notify(&mut self, note: Note);
+
+    /// Hand the app manager the apps of a reload.
+    fn reload_apps(&mut self, apps: Vec<AppConfig>);
+
+    /// Every app instance's state, for a scrape.
+    fn app_status(&self) -> Vec<InstanceStatus>;
+}
+
+/// What the supervisor tells systemd while it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Note {
+    /// `READY=1` with the serving status: serving (again, after a reload).
+    Ready,
+    /// `RELOADING=1`: a reload began.
+    Reloading,
+    /// `WATCHDOG=1`: every live shard answered the last ping.
+    Watchdog,
+}
+
+/// The world as it is.
+pub(super) struct Real {
+    /// The master's queue, for timers and the tasks that relay a shard's news.
+    pub(super) tx: Rc<LocalSender<MasterEvent>>,
+    pub(super) launcher: Launcher,
+    /// Master dispatch: the thread that accepts and deals connections.
+    pub(super) acceptor: Option<Acceptor>,
+    pub(super) notifier: Option<systemd::Notifier>,
+    /// What systemd's status line says while serving.
+    pub(super) status: String,
+    pub(super) apps: AppsHandle,
+}
+
+/// The handles of a shard thread's incarnation while it runs.
+pub(super) struct Running {
+    /// Taken when the drain tells it to stop.
+    pub(super) control: Option<ConnectedSender<Control>>,
+    pub(super) handle: Option<glommio::ExecutorJoinHandle<()>>,
+    /// A restarted shard's hand-off sender, until it says it is ready.
+    pub(super) pending_conns: Option<handoff::Sender>,
+    /// Reuseport mode: copies of the shard's listeners (see `Launched`).
+    pub(super) listener_copies: Vec<std::net::TcpListener>,
+}
+
+/// Connect the master to shard `id` just launched, as incarnation
+/// `incarnation`: its events and its lifeline to the master's queue, and
+/// its control channel.
+pub(super) async fn connect(
+    tx: &Rc<LocalSender<MasterEvent>>,
+    id: usize,
+    incarnation: u64,
+    l: Launched,
+) -> Running {
+    // Connecting a shared channel waits for the other end: connect in the
+    // order the shard does (events, control) or both sides wait.
+    forward_events(l.events, tx.clone());
+    let control = l.control.connect().await;
+    watch_lifeline(id, incarnation, l.lifeline, tx.clone());
+    Running {
+        control: Some(control),
+        handle: Some(l.handle),
+        pending_conns: l.conns,
+        listener_copies: l.listener_copies,
+    }
+}
+
+impl World for Real {
+    type Shard = Running;
+
+    async fn launch(
+        &mut self,
+        id: usize,
+        cpu: usize,
+        config: &Config,
+        incarnation: u64,
+    ) -> Result<Running, MasterError> {
+        let l = self.launcher.launch(id, cpu, config, None)?;
+        Ok(connect(&self.tx, id, incarnation, l).await)
+    }
+
+    fn send(&mut self, shard: &Running, msg: Control) -> bool {
+        shard
+            .control
+            .as_ref()
+            .is_some_and(|c| c.try_send(msg).is_ok())
+    }
+
+    fn ended(&mut self, id: usize, shard: Option<Running>) -> String {
+        let mut handle = None;
+        if let Some(r) = shard {
+            // Its own SO_REUSEPORT sockets would go on taking a share of
+            // the connections nobody accepts: take them out of the group.
+            for l in r.listener_copies {
+                use std::os::fd::AsRawFd;
+                // SAFETY: shutdown(2) on our own descriptor of the socket.
+                unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+            handle = r.handle;
+        }
+        if let Some(a) = &self.acceptor {
+            a.tell(Command::ShardDied(id));
+        }
+        match handle.map(|h| h.join()) {
+            Some(Err(e)) => e.to_string(),
+            _ => "it stopped".into(),
+        }
+    }
+
+    fn back(&mut self, id: usize, shard: &mut Running) {
+        if let (Some(a), Some(c)) = (&self.acceptor, shard.pending_conns.take()) {
+            a.tell(Command::ShardBack(id, c));
+        }
+    }
+
+    fn later(&mut self, delay: Duration, ev: MasterEvent) {
+        later(&self.tx, delay, ev);
+    }
+
+    fn notify(&mut self, note: Note) {
+        if let Some(n) = &self.notifier {
+            match note {
+                Note::Ready => n.ready(&self.status),
+                Note::Reloading => n.reloading(),
+                Note::Watchdog => n.notify("WATCHDOG=1"),
+            }
+        }
+    }
+
+    fn reload_apps(&mut self, apps: Vec<AppConfig>) {
+        self.apps.reload(apps);
+    }
+
+    fn app_status(&self) -> Vec<InstanceStatus> {
+        self.apps.status()
+    }
+}
