@@ -85,16 +85,21 @@ results=$work/results
 : > "$results"
 echo "$LAYOUT: $NCPU shards/workers, wrk -t1 -c$CONNS, pipeline $PIPELINE, new connection $NEWCONN, $DURATION per run"
 for round in $(seq "$ROUNDS"); do
-    for spec in $BINS; do
+    # shellcheck disable=SC2086
+    for spec in $(rotated $((round - 1)) $BINS nginx); do
+        if [ "$spec" = nginx ]; then
+            "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
+            pid=$!; wait_port 3002
+            # shellcheck disable=SC2046
+            run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
+            stop QUIT "$pid"
+            continue
+        fi
         name=${spec%%=*}; bin=${spec#*=}
         pid=$(start_coreserve "$bin" 3100); wait_port 3100
         run_one "$name" 3100 "$pid" | tee -a "$results"
         stop TERM "$pid"
     done
-    "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
-    pid=$!; wait_port 3002
-    run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
-    stop QUIT "$pid"
 done
 
 echo "medians over $ROUNDS rounds:"

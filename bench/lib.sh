@@ -48,6 +48,17 @@ TOML
     fi
 }
 
+# rotated N WORD...: the words, rotated left by N. A round's first place is
+# favoured by a few per cent on this VM, so interleaved scripts give each
+# server every place in turn (round r starts at its r-th server).
+rotated() {
+    local n=$1; shift
+    local words=("$@") i
+    for ((i = 0; i < ${#words[@]}; i++)); do
+        printf '%s\n' "${words[$(((i + n) % ${#words[@]}))]}"
+    done
+}
+
 # ticks PID...: total utime+stime (clock ticks) of these processes, every
 # thread included (fields 14 and 15 of /proc/PID/stat; comm has no spaces here).
 ticks() {

@@ -79,7 +79,16 @@ results=$work/results
 : > "$results"
 echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
 for round in $(seq "$ROUNDS"); do
-    for spec in $BINS; do
+    # shellcheck disable=SC2086
+    for spec in $(rotated $((round - 1)) $BINS nginx); do
+        if [ "$spec" = nginx ]; then
+            "${on_server[@]}" nginx -p "$work/px/" -c "$work/px.conf" -g 'daemon off;' &
+            pid=$!; wait_port 3002
+            # shellcheck disable=SC2046
+            run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
+            stop QUIT "$pid"
+            continue
+        fi
         name=${spec%%=*}; bin=${spec#*=}
         cpus=()
         if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
@@ -89,10 +98,6 @@ for round in $(seq "$ROUNDS"); do
         run_one "$name" 3100 "$pid" | tee -a "$results"
         stop TERM "$pid"
     done
-    "${on_server[@]}" nginx -p "$work/px/" -c "$work/px.conf" -g 'daemon off;' &
-    pid=$!; wait_port 3002
-    run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
-    stop QUIT "$pid"
 done
 
 echo "medians over $ROUNDS rounds:"
