@@ -67,6 +67,10 @@ impl ProxyRoute {
 /// shard has in flight at once; beyond that they are freed.
 const SPARE_JOBS: usize = 64;
 
+/// A job whose head buffers grew beyond this (a rare large head) is freed
+/// rather than kept: the spares stay small whatever passed through.
+const SPARE_HEAD_BYTES: usize = 8 << 10;
+
 thread_local! {
     /// This shard's finished jobs, their head buffers kept: a warm proxied
     /// request takes one instead of allocating a box, a head text and two
@@ -81,7 +85,7 @@ thread_local! {
 pub fn recycle(job: Box<ProxyJob>) {
     SPARE.with(|s| {
         let mut spare = s.borrow_mut();
-        if spare.len() < SPARE_JOBS {
+        if spare.len() < SPARE_JOBS && job.head.capacity() <= SPARE_HEAD_BYTES {
             spare.push(job);
         }
     });

@@ -96,6 +96,13 @@ impl RequestHead {
         self.expect_continue = req.expect_continue;
     }
 
+    /// Bytes its buffers hold on to (what a reused head keeps).
+    pub fn capacity(&self) -> usize {
+        self.text.capacity()
+            + self.values.capacity()
+            + self.fields.capacity() * std::mem::size_of::<(Span, Span)>()
+    }
+
     fn str(&self, s: &Span) -> &str {
         &self.text[s.start as usize..s.end as usize]
     }

@@ -103,8 +103,11 @@ struct Served {
     pub body_bytes: u64,
     /// Bytes written to the client.
     pub bytes_out: u64,
-    /// Request body bytes read from the client.
+    /// Bytes the exchange read from the client's socket (the connection
+    /// counted those it read before).
     pub bytes_in: u64,
+    /// The rule the client's body broke, if it broke one (a 400, 408, 413).
+    pub error: Option<ParseError>,
     /// The client connection can take its next request.
     pub keep_alive: bool,
     /// Close with a lingering close (the client may still be sending).
@@ -162,6 +165,7 @@ impl Served {
             requests: 1,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+            error: self.error,
             ..Tally::default()
         };
         // A client that left got no response: its 499 is the log's, not a
@@ -282,6 +286,8 @@ async fn forward(
             match end {
                 ClientEnd::Gone => served.status = 499,
                 ClientEnd::Refused(e) => {
+                    // Counted with the refusals of the session's own bodies.
+                    served.error = Some(e);
                     served.linger = true;
                     reply(&mut c, &ex, &mut served, status_for(e)).await;
                 }

@@ -256,6 +256,11 @@ fn max_body_bytes_still_applies() {
         "{}",
         String::from_utf8_lossy(&raw)
     );
+    // All three refusals are counted as bad requests, the one the proxy
+    // made while streaming the chunked body too.
+    let scraped = crate::metrics::scrape(&proxy.server);
+    let bad = crate::metrics::values(&scraped, "coreserve_bad_requests_total");
+    assert_eq!(bad.get("shard=all"), Some(&3.0), "{bad:?}");
 }
 
 #[test]
