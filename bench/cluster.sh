@@ -66,32 +66,45 @@ sed -e "s/worker_processes 1;/worker_processes $N;/" \
 results=$work/results
 : > "$results"
 echo "all-cores: $N app processes behind each, $CONNS connections, $DURATION per run, $ROUNDS rounds"
+# one SETUP: start it, measure it, stop it.
+one() {
+    local pid apps=() i
+    case $1 in
+    coreserve)
+        "$BIN" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 --shards "$N" \
+            --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
+        pid=$!; wait_port 3100
+        # shellcheck disable=SC2046
+        run_one coreserve 3100 $(descendants "$pid") | tee -a "$results"
+        stop TERM "$pid"
+        ;;
+    cluster)
+        PORT=3001 WORKERS=$N node "$PEERS/cluster.js" > /dev/null &
+        pid=$!; wait_port 3001
+        # shellcheck disable=SC2046
+        run_one cluster 3001 $(descendants "$pid") | tee -a "$results"
+        stop TERM "$pid"
+        ;;
+    nginx)
+        for i in $(seq "$N"); do
+            PORT=$((3010 + i)) node "$APP" &
+            apps+=($!)
+        done
+        for i in $(seq "$N"); do wait_port $((3010 + i)); done
+        nginx -p "$work/px/" -c "$work/px.conf" -g 'daemon off;' &
+        pid=$!; wait_port 3002
+        # shellcheck disable=SC2046
+        run_one nginx 3002 $(descendants "$pid") "${apps[@]}" | tee -a "$results"
+        stop QUIT "$pid"
+        for i in "${apps[@]}"; do stop TERM "$i"; done
+        ;;
+    esac
+}
+
 for round in $(seq "$ROUNDS"); do
-    "$BIN" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 --shards "$N" \
-        --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
-    pid=$!; wait_port 3100
-    # shellcheck disable=SC2046
-    run_one coreserve 3100 $(descendants "$pid") | tee -a "$results"
-    stop TERM "$pid"
-
-    PORT=3001 WORKERS=$N node "$PEERS/cluster.js" > /dev/null &
-    pid=$!; wait_port 3001
-    # shellcheck disable=SC2046
-    run_one cluster 3001 $(descendants "$pid") | tee -a "$results"
-    stop TERM "$pid"
-
-    apps=()
-    for i in $(seq "$N"); do
-        PORT=$((3010 + i)) node "$APP" &
-        apps+=($!)
+    for setup in $(rotated $((round - 1)) coreserve cluster nginx); do
+        one "$setup"
     done
-    for i in $(seq "$N"); do wait_port $((3010 + i)); done
-    nginx -p "$work/px/" -c "$work/px.conf" -g 'daemon off;' &
-    pid=$!; wait_port 3002
-    # shellcheck disable=SC2046
-    run_one nginx 3002 $(descendants "$pid") "${apps[@]}" | tee -a "$results"
-    stop QUIT "$pid"
-    for p in "${apps[@]}"; do stop TERM "$p"; done
 done
 
 python3 - "$results" "$N" "$ROUNDS" "${OUT:-}" <<'PYEOF'
