@@ -131,15 +131,22 @@ for k in $KEYS; do
     : > "$work/results"
     for round in $(seq "$ROUNDS"); do
         for w in $WORKLOADS; do
-            "${on_server[@]}" "$BIN" --config "$work/coreserve.toml" --shards "$NCPU" "${cpus[@]}" \
-                --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
-            pid=$!; wait_port 3480
-            one coreserve 3443 "$w" "$pid" | tee -a "$work/results"
-            stop TERM "$pid"
-            "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
-            pid=$!; sleep 0.3
-            one nginx 3444 "$w" "$pid" $(pgrep -P "$pid") | tee -a "$work/results"
-            stop QUIT "$pid"
+            # Each round starts with the other server (lib.sh, `rotated`).
+            for server in $(rotated $((round - 1)) coreserve nginx); do
+                if [ "$server" = coreserve ]; then
+                    "${on_server[@]}" "$BIN" --config "$work/coreserve.toml" --shards "$NCPU" "${cpus[@]}" \
+                        --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
+                    pid=$!; wait_port 3480
+                    one coreserve 3443 "$w" "$pid" | tee -a "$work/results"
+                    stop TERM "$pid"
+                else
+                    "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
+                    pid=$!; sleep 0.3
+                    # shellcheck disable=SC2046
+                    one nginx 3444 "$w" "$pid" $(pgrep -P "$pid") | tee -a "$work/results"
+                    stop QUIT "$pid"
+                fi
+            done
         done
     done
     echo "$k: medians over $ROUNDS rounds"
