@@ -68,6 +68,20 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
         if stream.write_all(&out).await.is_ok() {
+            // Counted and logged as any response (its request unread: a
+            // line without one, as for a request that did not parse).
+            let log = shard.access_log().map(|logger| ConnLog {
+                shard: &shard,
+                logger,
+                remote: stream.peer_addr().ok().map(|a| a.ip()),
+            });
+            let (status, bytes) = crate::http::response::summarize(&out);
+            let record = Record {
+                entry: Some(Entry::bare(status, bytes)),
+                tally: Tally::response(status, out.len() as u64),
+                arrived: None,
+            };
+            finish(&shard, log.as_ref(), &record);
             // The client's request is unread: linger so the 503 is not reset away.
             let mut client = Socket::new(Stream::Tcp(stream), None);
             linger_close(&mut client, &mut InputBuffer::new(INITIAL_INPUT)).await;

@@ -55,6 +55,20 @@ impl<'a> Entry<'a> {
             upstream: None,
         }
     }
+
+    /// An entry for a response with no request to name (one that did not
+    /// parse, or was never read): `"-"` in its place.
+    pub fn bare(status: u16, bytes: u64) -> Self {
+        Entry {
+            remote: None,
+            request: None,
+            status,
+            bytes,
+            referer: None,
+            user_agent: None,
+            upstream: None,
+        }
+    }
 }
 
 /// An owned copy of the request fields, kept while a job (a file, a

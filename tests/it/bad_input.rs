@@ -270,4 +270,14 @@ fn connections_past_the_limit_get_503() {
     let text = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     drop((a, b));
+    // Counted as a refused connection and as a 5xx response sent.
+    let scraped = crate::metrics::scrape(&server);
+    let refused = crate::metrics::values(&scraped, "coreserve_connections_refused_total");
+    let classes = crate::metrics::values(&scraped, "coreserve_requests_total");
+    assert_eq!(refused.get("shard=all"), Some(&1.0), "{refused:?}");
+    assert_eq!(
+        classes.get("class=5xx,shard=all"),
+        Some(&1.0),
+        "{classes:?}"
+    );
 }

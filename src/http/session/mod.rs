@@ -480,15 +480,7 @@ impl<J> Session<J> {
             // The request whose body failed, if its head was answered.
             log.record(match &unlogged {
                 Some(line) => line.0.entry(None, status, bytes),
-                None => Entry {
-                    remote: None,
-                    request: None,
-                    status,
-                    bytes,
-                    referer: None,
-                    user_agent: None,
-                    upstream: None,
-                },
+                None => Entry::bare(status, bytes),
             });
         }
         self.committed = out.len();
