@@ -88,11 +88,7 @@ for round in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2086
     for spec in $(rotated $((round - 1)) $BINS nginx); do
         if [ "$spec" = nginx ]; then
-            "${on_server[@]}" nginx -p "$work/nginx/" -c "$work/nginx.conf" -g 'daemon off;' &
-            pid=$!; wait_port 3002
-            # shellcheck disable=SC2046
-            run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
-            stop QUIT "$pid"
+            nginx_run "$work/nginx/" "$work/nginx.conf"
             continue
         fi
         name=${spec%%=*}; bin=${spec#*=}

@@ -48,6 +48,18 @@ TOML
     fi
 }
 
+# nginx_run PREFIX CONF: start nginx from CONF (prefix PREFIX, listening on
+# 3002), measure it with the script's `run_one` (master and workers
+# counted), stop it.
+nginx_run() {
+    local pid
+    "${on_server[@]}" nginx -p "$1" -c "$2" -g 'daemon off;' &
+    pid=$!; wait_port 3002
+    # shellcheck disable=SC2046
+    run_one "nginx" 3002 "$pid" $(pgrep -P "$pid") | tee -a "$results"
+    stop QUIT "$pid"
+}
+
 # rotated N WORD...: the words, rotated left by N. A round's first place is
 # favoured by a few per cent on this VM, so interleaved scripts give each
 # server every place in turn (round r starts at its r-th server).

@@ -70,11 +70,7 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         if stream.write_all(&out).await.is_ok() {
             // Counted and logged as any response (its request unread: a
             // line without one, as for a request that did not parse).
-            let log = shard.access_log().map(|logger| ConnLog {
-                shard: &shard,
-                logger,
-                remote: stream.peer_addr().ok().map(|a| a.ip()),
-            });
+            let log = ConnLog::of(&shard, &stream);
             let (status, bytes) = crate::http::response::summarize(&out);
             let record = Record {
                 entry: Some(Entry::bare(status, bytes)),
@@ -92,16 +88,8 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
     let _registration = Registration { shard: &shard, key };
     // A system call: made when the log needs it, else when the first
     // proxied request does (`Some` once known).
-    let mut remote: Option<Option<IpAddr>> = None;
-    let conn_log = shard.access_log().map(|logger| {
-        let ip = stream.peer_addr().ok().map(|a| a.ip());
-        remote = Some(ip);
-        ConnLog {
-            shard: &shard,
-            logger,
-            remote: ip,
-        }
-    });
+    let conn_log = ConnLog::of(&shard, &stream);
+    let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote);
     let mut client = Socket::new(Stream::Tcp(stream), shard.readiness());
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
     let mut session = Session::default();
@@ -453,7 +441,18 @@ struct ConnLog<'a> {
     remote: Option<IpAddr>,
 }
 
-impl ConnLog<'_> {
+impl<'a> ConnLog<'a> {
+    /// The log as `stream`'s connection writes to it, when logging is on
+    /// (the client's address costs a system call, made only then).
+    fn of(shard: &'a Shard, stream: &TcpStream) -> Option<ConnLog<'a>> {
+        let logger = shard.access_log()?;
+        Some(ConnLog {
+            shard,
+            logger,
+            remote: stream.peer_addr().ok().map(|a| a.ip()),
+        })
+    }
+
     /// Write one line, with the client's address.
     fn write(&self, mut entry: Entry<'_>) {
         entry.remote = self.remote;

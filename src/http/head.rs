@@ -166,6 +166,11 @@ mod tests {
     use crate::http::parse::{parse, HeadLimits};
     use std::mem::MaybeUninit;
 
+    /// The head's method, target, path, query and host.
+    fn texts(h: &RequestHead) -> (&str, &str, &str, Option<&str>, Option<&str>) {
+        (h.method_str(), h.target(), h.path(), h.query(), h.host())
+    }
+
     #[test]
     fn a_head_outlives_the_buffer_it_was_parsed_from() {
         let limits = HeadLimits {
@@ -183,13 +188,7 @@ mod tests {
             RequestHead::new(&req)
         };
         assert_eq!(
-            (
-                head.method_str(),
-                head.target(),
-                head.path(),
-                head.query(),
-                head.host()
-            ),
+            texts(&head),
             (
                 "POST",
                 "/api/items?page=2",
@@ -235,16 +234,7 @@ mod tests {
         let mut fields2 = [const { MaybeUninit::uninit() }; 16];
         head.refill(&parse(small, &mut fields2, &limits).unwrap());
         // Nothing of the first request is left, and nothing grew.
-        assert_eq!(
-            (
-                head.method_str(),
-                head.target(),
-                head.path(),
-                head.query(),
-                head.host()
-            ),
-            ("GET", "/x", "/x", None, None)
-        );
+        assert_eq!(texts(&head), ("GET", "/x", "/x", None, None));
         assert_eq!(head.fields().collect::<Vec<_>>(), [("Accept", &b"b"[..])]);
         assert_eq!((head.method, head.version), (Method::Get, Version::Http10));
         assert_eq!(

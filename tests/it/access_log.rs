@@ -7,15 +7,26 @@ use crate::config::Scratch;
 use crate::util::{get, Server};
 
 fn start(dir: &Scratch, format: &str) -> (Server, std::path::PathBuf) {
+    start_with(dir, format, "", "2")
+}
+
+/// A server logging to `access.log` in `dir`, with `extra` TOML after the
+/// `[log]` table and `shards` shards.
+fn start_with(
+    dir: &Scratch,
+    format: &str,
+    extra: &str,
+    shards: &str,
+) -> (Server, std::path::PathBuf) {
     let log = dir.0.join("access.log");
     let conf = dir.write(
         "log.toml",
         format!(
-            "[log]\naccess = \"{}\"\nformat = \"{format}\"\n",
+            "[log]\naccess = \"{}\"\nformat = \"{format}\"\n{extra}",
             log.display()
         ),
     );
-    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "2"]);
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", shards]);
     (server, log)
 }
 
@@ -170,15 +181,7 @@ fn a_relative_path_is_relative_to_the_config_file() {
 #[test]
 fn a_request_whose_body_fails_gets_one_line() {
     let dir = Scratch::new("log-body-fails");
-    let log = dir.0.join("access.log");
-    let conf = dir.write(
-        "log.toml",
-        format!(
-            "[log]\naccess = \"{}\"\n[limits]\nbody-timeout = \"1s\"\n",
-            log.display()
-        ),
-    );
-    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let (server, log) = start_with(&dir, "combined", "[limits]\nbody-timeout = \"1s\"\n", "1");
     use std::io::{Read, Write};
     let half = "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".to_string()
         + &"x".repeat(50);

@@ -156,9 +156,6 @@ pub struct Pending<J> {
     pub head_only: bool,
     /// The request's log fields, when access logging is on.
     pub log: Option<OwnedRequest>,
-    /// `Outcome::Takeover`: the job reads the request body and writes the
-    /// whole response; with `Deferred` the body was read and dropped.
-    pub takeover: bool,
     /// For a takeover, the request body still to be read from the input,
     /// if there is one. The connection continues after the job only if the
     /// job read it to its end.
@@ -430,7 +427,6 @@ impl<J> Session<J> {
                     persistence,
                     head_only,
                     log: cx.log.map(|_| OwnedRequest::new(&req)),
-                    takeover: false,
                     body: None,
                 });
             }
@@ -440,7 +436,6 @@ impl<J> Session<J> {
                     persistence,
                     head_only,
                     log: cx.log.map(|_| OwnedRequest::new(&req)),
-                    takeover: true,
                     body,
                 });
                 // The job reads the body: the request is complete for the
