@@ -268,8 +268,23 @@ async fn forward(
                 https: c.https,
             },
         );
-        let mut sent =
-            send_request(&mut c, &mut up, &mut up_out, &mut body, head.body, &ex, cfg).await;
+        let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
+        let mut answer = send::Answer {
+            buf: &mut rbuf,
+            max_head: ex.max_head,
+            asked,
+        };
+        let mut sent = send_request(
+            &mut c,
+            &mut up,
+            &mut up_out,
+            &mut body,
+            head.body,
+            &ex,
+            cfg,
+            &mut answer,
+        )
+        .await;
         body_started |= sent.consumed;
         // Bytes off the client's socket count however the attempt ends.
         served.bytes_in += sent.read;
@@ -295,9 +310,19 @@ async fn forward(
             served.keep_alive = false;
             return served;
         }
-        // Even when sending failed, an answer may be waiting (an early 413).
-        let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
-        let got = read_head(&mut c, &mut up, &mut rbuf, cfg, ex.max_head, asked).await;
+        // Even when sending failed or stopped, an answer may be waiting
+        // (an early 413).
+        let got = read_head(
+            &mut c,
+            &mut up,
+            &mut rbuf,
+            sent.heard,
+            sent.any,
+            cfg,
+            ex.max_head,
+            asked,
+        )
+        .await;
         let retry =
             matches!(got, Err(HeadEnd::Failed(Failure::Reset))) && idempotent && !body_started;
         if !retry {

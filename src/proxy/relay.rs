@@ -17,20 +17,61 @@ pub(super) enum HeadEnd {
     Failed(Failure),
 }
 
-/// Read until `rbuf` holds a complete final response head (interim 1xx
-/// responses are dropped: the client had its 100 Continue from us); returns
-/// how much of `rbuf` is filled. The wait ends early if the client closes.
+/// What the start of an upstream's response buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Heard {
+    /// A complete final response head.
+    Final,
+    /// Not a complete head yet; `interim` when what is there can only be
+    /// the start of a 1xx response (or is too short to tell).
+    Partial { interim: bool },
+    /// Not a response head, or one too large.
+    Bad,
+}
+
+/// Drop the complete interim (1xx) responses at the start of
+/// `rbuf[..*filled]` (the client had its 100 Continue from us) and say what
+/// is left.
+pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize, asked: Asked) -> Heard {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        let interim = match parse_response(&rbuf[..*filled], &mut fields, max_head, asked) {
+            Err(_) => return Heard::Bad,
+            Ok(None) => {
+                // "HTTP/1.1 1": the status's first digit is the tenth byte.
+                let start = &rbuf[..*filled];
+                let interim = start.len() < 10 || start[9] == b'1';
+                return Heard::Partial { interim };
+            }
+            Ok(Some(res)) if res.is_interim() => res.head_len,
+            Ok(Some(_)) => return Heard::Final,
+        };
+        rbuf.copy_within(interim..*filled, 0);
+        *filled -= interim;
+    }
+}
+
+/// Read until `rbuf` holds a complete final response head, starting with
+/// the `filled` bytes already there (an answer that came while the body
+/// went up; `any`: the upstream had sent something); returns how much of
+/// `rbuf` is filled. The wait ends early if the client closes.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_head(
     c: &mut Client<'_>,
     up: &mut Socket,
     rbuf: &mut [u8],
+    mut filled: usize,
+    mut any: bool,
     cfg: &UpstreamConfig,
     max_head: usize,
     asked: Asked,
 ) -> Result<usize, HeadEnd> {
-    let mut filled = 0;
-    let mut any = false;
     loop {
+        match heard(rbuf, &mut filled, max_head, asked) {
+            Heard::Final => return Ok(filled),
+            Heard::Bad => return Err(HeadEnd::Failed(Failure::Bad)),
+            Heard::Partial { .. } => {}
+        }
         let deadline = Instant::now() + cfg.read_timeout;
         let read = futures_lite::future::or(
             async { Some(up.read(&mut rbuf[filled..max_head], deadline).await) },
@@ -53,17 +94,6 @@ pub(super) async fn read_head(
         };
         any = true;
         filled += n;
-        loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-            let interim = match parse_response(&rbuf[..filled], &mut fields, max_head, asked) {
-                Err(_) => return Err(HeadEnd::Failed(Failure::Bad)),
-                Ok(None) => break,
-                Ok(Some(res)) if res.is_interim() => res.head_len,
-                Ok(Some(_)) => return Ok(filled),
-            };
-            rbuf.copy_within(interim..filled, 0);
-            filled -= interim;
-        }
     }
 }
 

@@ -4,12 +4,14 @@
 use std::io;
 use std::time::Instant;
 
+use super::relay::{heard, Heard};
 use super::{Client, ClientEnd, Exchange, CHUNK};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
 use crate::http::encode::BodyEncoder;
 use crate::http::error::ParseError;
 use crate::http::parse::BodyFraming;
+use crate::http::upstream::Asked;
 use crate::transport::Socket;
 
 /// How sending the request went.
@@ -23,10 +25,25 @@ pub(super) struct Sent {
     pub(super) client: Result<(), ClientEnd>,
     /// The whole request reached the upstream's socket.
     pub(super) upstream_ok: bool,
+    /// Bytes of the upstream's answer read while the body went up, at the
+    /// start of the response buffer (interim responses dropped).
+    pub(super) heard: usize,
+    /// The upstream sent something while the body went up.
+    pub(super) any: bool,
     /// The whole body was in the client's input and went up in the first
     /// write: it is left there (with the decoder's end state and the bytes
     /// it takes) until a response comes, so a retry can send it again.
     pub(super) replay: Option<(BodyDecoder, usize)>,
+}
+
+/// The upstream's response buffer, which an early answer starts to fill.
+pub(super) struct Answer<'a> {
+    /// The buffer.
+    pub(super) buf: &'a mut [u8],
+    /// Largest response head accepted.
+    pub(super) max_head: usize,
+    /// What the request asked (HEAD: no body).
+    pub(super) asked: Asked,
 }
 
 /// Write the head in `up_out` and the request body to `up`, reading the
@@ -34,6 +51,15 @@ pub(super) struct Sent {
 /// goes up with the head in one write, and is consumed from the client's
 /// input only once written, so a failed first write leaves the request
 /// whole for the next server.
+///
+/// An upstream may answer before it has the whole body (an early 413 or
+/// 401), and then stop reading it: the sending stops at its final answer,
+/// which is left in `answer` for the response's reading (`Sent::heard`),
+/// and the exchange goes on to relay it. The client's connection then
+/// closes after the response, its body unread (as a client of the
+/// upstream should, RFC 9112 §9.5, and the session does for its own early
+/// answers). Interim 1xx responses do not stop it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send_request(
     c: &mut Client<'_>,
     up: &mut Socket,
@@ -42,6 +68,7 @@ pub(super) async fn send_request(
     framing: BodyFraming,
     ex: &Exchange,
     cfg: &UpstreamConfig,
+    answer: &mut Answer<'_>,
 ) -> Sent {
     let mut sent = Sent {
         read: 0,
@@ -49,6 +76,8 @@ pub(super) async fn send_request(
         client: Ok(()),
         upstream_ok: false,
         replay: None,
+        heard: 0,
+        any: false,
     };
     let Some(decoder) = body.as_mut() else {
         sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
@@ -82,12 +111,20 @@ pub(super) async fn send_request(
             let _ = encoder.finish(up_out);
         }
         let first = !sent.consumed;
-        if !up_out.is_empty() {
-            if up.write_all(up_out, cfg.send_timeout).await.is_err() {
+        let mut written = 0;
+        while written < up_out.len() {
+            match up
+                .write_or_answer(&up_out[written..], cfg.send_timeout)
+                .await
+            {
+                Ok(n) => written += n,
+                Err(_) => return sent,
+            }
+            if written < up_out.len() && take_answer(up, answer, &mut sent) {
                 return sent;
             }
-            up_out.clear();
         }
+        up_out.clear();
         if first && trial.is_done() {
             sent.upstream_ok = true;
             sent.replay = Some((trial, taken));
@@ -103,11 +140,22 @@ pub(super) async fn send_request(
         if taken > 0 && !c.input.data().is_empty() {
             continue;
         }
-        match c
-            .socket
-            .read(&mut *c.input, Instant::now() + ex.body_timeout)
-            .await
-        {
+        let deadline = Instant::now() + ex.body_timeout;
+        let read = futures_lite::future::or(
+            async { Some(c.socket.read(&mut *c.input, deadline).await) },
+            async {
+                up.answered().await;
+                None
+            },
+        )
+        .await;
+        let Some(read) = read else {
+            if take_answer(up, answer, &mut sent) {
+                return sent;
+            }
+            continue;
+        };
+        match read {
             Ok(0) => {
                 sent.client = Err(ClientEnd::Gone);
                 return sent;
@@ -124,6 +172,24 @@ pub(super) async fn send_request(
                 sent.client = Err(ClientEnd::Gone);
                 return sent;
             }
+        }
+    }
+}
+
+/// The upstream said something while its request's body went up: read it
+/// into `answer`. True when the sending should stop: a final answer or its
+/// start, the end of the connection, or a failure; false when it was only
+/// interim responses (dropped), or too little to tell yet.
+fn take_answer(up: &mut Socket, answer: &mut Answer<'_>, sent: &mut Sent) -> bool {
+    let room = &mut answer.buf[sent.heard..answer.max_head];
+    match up.try_read(room) {
+        None => false,
+        Some(Ok(0)) | Some(Err(_)) => true,
+        Some(Ok(n)) => {
+            sent.heard += n;
+            sent.any = true;
+            let left = heard(answer.buf, &mut sent.heard, answer.max_head, answer.asked);
+            left != (Heard::Partial { interim: true })
         }
     }
 }

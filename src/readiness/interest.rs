@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 use super::{Readiness, WaitError};
@@ -116,6 +117,32 @@ impl Interest {
         deadline: Instant,
     ) -> impl Future<Output = Result<(), WaitError>> + '_ {
         std::future::poll_fn(move |cx| self.readiness.poll_writable(self.key, deadline, cx))
+    }
+}
+
+impl Interest {
+    /// Wait until the socket is readable (true) or has room to write
+    /// (false), at most until `deadline`: for a write that stops when the
+    /// peer starts answering. Readability is the level the task last left
+    /// (a stale event too): the caller looks before it believes it.
+    pub fn readable_or_writable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<bool, WaitError>> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(r) = self.readiness.poll_ready(self.key, Some(deadline), cx) {
+                return Poll::Ready(r.map(|()| true));
+            }
+            self.readiness
+                .poll_writable(self.key, deadline, cx)
+                .map(|r| r.map(|()| false))
+        })
+    }
+
+    /// The caller saw bytes waiting (a peek): the next read looks, though
+    /// no event says so.
+    pub fn look_again(&mut self) {
+        self.maybe_more = true;
     }
 }
 

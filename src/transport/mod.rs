@@ -321,12 +321,7 @@ impl Socket {
     }
 
     fn peek(&self) -> Peek {
-        match recv(self.fd(), &mut [0u8; 1], libc::MSG_PEEK) {
-            Ok(0) => Peek::Closed,
-            Ok(_) => Peek::Data,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
-            Err(_) => Peek::Closed,
-        }
+        peek(self.fd())
     }
 
     /// Wait until the peer closes or resets the connection. Bytes it sends
@@ -334,13 +329,31 @@ impl Socket {
     /// the watch: a client that sends is there. For a client whose proxied
     /// request waits on its upstream: nginx's `proxy_ignore_client_abort off`.
     pub async fn closed(&mut self) {
+        if self.stirred().await == Peek::Data {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Wait until the peer sends something or closes; nothing is taken, and
+    /// the next read looks. For an upstream that may answer while its
+    /// request's body is still going up.
+    pub async fn answered(&mut self) {
+        self.stirred().await;
+    }
+
+    /// Wait until a peek finds bytes or the end, and say which.
+    async fn stirred(&mut self) -> Peek {
         loop {
             // The ring says so without a system call when nothing happened.
             let quiet = self.interest.as_ref().is_some_and(Interest::is_quiet);
             match if quiet { Peek::Nothing } else { self.peek() } {
-                Peek::Closed => return,
-                Peek::Data => return std::future::pending().await,
                 Peek::Nothing => {}
+                seen => {
+                    if let Some(interest) = self.interest.as_mut() {
+                        interest.look_again();
+                    }
+                    return seen;
+                }
             }
             match self.interest.as_mut() {
                 Some(interest) => {
@@ -348,12 +361,69 @@ impl Socket {
                     // loses nothing: new bytes bring a new completion.
                     interest.take_ready();
                     if interest.readable(None).await.is_err() {
-                        return;
+                        return Peek::Closed;
                     }
                 }
                 None => glommio::timer::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Write `buf`, unless the peer starts answering (sends bytes or
+    /// closes) while the write waits for room: then stop there. Returns
+    /// the bytes written, all of `buf` unless it stopped. A stall longer
+    /// than `timeout` fails the write. For a request body going to an
+    /// upstream that may answer before it has read it all (an early 413),
+    /// which would otherwise hold the exchange until the timeout. Without
+    /// a ring, or over TLS, this is `write_all`.
+    pub async fn write_or_answer(&mut self, buf: &[u8], timeout: Duration) -> io::Result<usize> {
+        let fd = self.fd();
+        let (Some(interest), Stream::Tcp(_) | Stream::Unix(..)) =
+            (self.interest.as_mut(), &self.stream)
+        else {
+            return self.write_all(buf, timeout).await.map(|()| buf.len());
+        };
+        let mut done = 0;
+        let mut deadline = Instant::now() + timeout;
+        while done < buf.len() {
+            // SAFETY: send(2) from `buf[done..]`, valid for its length;
+            // MSG_DONTWAIT keeps it from blocking the shard, MSG_NOSIGNAL
+            // turns a closed peer into EPIPE rather than a signal.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    buf[done..].as_ptr().cast(),
+                    buf.len() - done,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                done += n as usize;
+                deadline = Instant::now() + timeout;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => {}
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+            // No room: wait for some, or for an answer.
+            if interest.readable_or_writable(deadline).await? {
+                match peek(fd) {
+                    Peek::Nothing => {
+                        // A stale event: nothing is there, and new bytes
+                        // bring a new completion.
+                        interest.take_ready();
+                    }
+                    _ => {
+                        interest.look_again();
+                        return Ok(done);
+                    }
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Whether the socket holds bytes or a close that no read took yet
@@ -517,6 +587,16 @@ enum Peek {
     Data,
     Nothing,
     Closed,
+}
+
+/// What the socket `fd` holds, looking without taking.
+fn peek(fd: RawFd) -> Peek {
+    match recv(fd, &mut [0u8; 1], libc::MSG_PEEK) {
+        Ok(0) => Peek::Closed,
+        Ok(_) => Peek::Data,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
+        Err(_) => Peek::Closed,
+    }
 }
 
 /// One non-blocking recv(2) into `buf` with `flags` added.

@@ -4,9 +4,10 @@
 //! failures in `proxy_faults.rs`, pooling and operations in `proxy_ops.rs`.
 //! Each test starts `tests/it/upstream` fixtures and a coreserve in front.
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::Scratch;
 use crate::upstream::{chunk, echo, Gate, Reply, Upstream};
@@ -261,6 +262,123 @@ fn max_body_bytes_still_applies() {
     let scraped = crate::metrics::scrape(&proxy.server);
     let bad = crate::metrics::values(&scraped, "coreserve_bad_requests_total");
     assert_eq!(bad.get("shard=all"), Some(&3.0), "{bad:?}");
+}
+
+/// An upstream written by hand for what the fixture cannot do (answer
+/// before a request is whole): `app` gets each connection on a thread of
+/// its own, until the test ends. Returns the `host:port` to proxy to.
+fn raw_upstream(app: impl Fn(TcpStream) + Send + Sync + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = std::sync::Arc::new(app);
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let app = app.clone();
+            std::thread::spawn(move || app(s));
+        }
+    });
+    addr.to_string()
+}
+
+/// Read `s` up to the end of a request head; returns what came after it.
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !contains(&got, b"\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the request head was cut short");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    got.split_off(end)
+}
+
+#[test]
+fn an_early_answer_reaches_the_client_while_its_body_is_still_coming() {
+    // An app that refuses an upload when it sees the head and reads no
+    // more of it (as nginx's client_max_body_size does): the client gets
+    // that answer at once, not after the upstream's send timeout (60 s;
+    // the client here gives up after 10 s), and its connection closes.
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        let _ =
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large");
+        std::thread::sleep(Duration::from_secs(15));
+    });
+    let proxy = Proxy::start(
+        "proxy-early-answer",
+        &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"1g\"\n"),
+    );
+    for how in ["Content-Length: 1000000000", "Transfer-Encoding: chunked"] {
+        let mut s = connect(proxy.addr());
+        s.write_all(format!("POST /upload HTTP/1.1\r\nHost: x\r\n{how}\r\n\r\n").as_bytes())
+            .unwrap();
+        // The client sends for as long as it is let.
+        let mut w = s.try_clone().unwrap();
+        let chunked = how.starts_with("Transfer");
+        let writer = std::thread::spawn(move || {
+            let piece = if chunked {
+                chunk(vec![b'u'; 60_000])
+            } else {
+                vec![b'u'; 60_000]
+            };
+            for _ in 0..10_000 {
+                if w.write_all(&piece).is_err() {
+                    break;
+                }
+            }
+        });
+        let r = Reader::new(&s).next(false);
+        assert_eq!((r.status, r.text().as_str()), (413, "too large"), "{how}");
+        assert_eq!(r.header("connection"), Some("close"), "{how}");
+        // The rest of the body is not waited for: the connection ends.
+        let _ = s.shutdown(Shutdown::Both);
+        writer.join().unwrap();
+    }
+}
+
+#[test]
+fn an_interim_response_does_not_stop_the_body() {
+    // 103 Early Hints as soon as the head is in, then the whole body read
+    // and its length answered.
+    let up = raw_upstream(|mut s| {
+        let mut got = read_head(&mut s).len();
+        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+        let mut buf = vec![0u8; 1 << 16];
+        while got < 3 << 20 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        let body = got.to_string();
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let _ = s.read(&mut buf);
+    });
+    let proxy = Proxy::start(
+        "proxy-interim-answer",
+        &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"8m\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3145728\r\n\r\n")
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..48 {
+            w.write_all(&[b'u'; 1 << 16]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let r = Reader::new(&s).next(false);
+    writer.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "3145728"));
+    assert_eq!(r.header("connection"), None);
 }
 
 #[test]
