@@ -243,3 +243,39 @@ pub(super) async fn relay(
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASKED: Asked = Asked { head: false };
+
+    fn hear(bytes: &[u8]) -> (Heard, Vec<u8>) {
+        let mut buf = vec![0u8; 256];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let mut filled = bytes.len();
+        let heard = heard(&mut buf, &mut filled, 256, ASKED);
+        (heard, buf[..filled].to_vec())
+    }
+
+    #[test]
+    fn interim_responses_are_dropped_and_what_follows_is_kept() {
+        let (h, left) = hear(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 413 Too");
+        assert_eq!(h, Heard::Partial { interim: false });
+        assert_eq!(left, b"HTTP/1.1 413 Too");
+        let (h, left) = hear(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(h, Heard::Final);
+        assert_eq!(left, b"HTTP/1.1 200 OK\r\n\r\n");
+        let (h, left) = hear(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!(h, Heard::Partial { interim: true });
+        assert!(left.is_empty());
+    }
+
+    #[test]
+    fn a_start_too_short_to_tell_or_of_a_1xx_does_not_stop_the_body() {
+        assert_eq!(hear(b"HTTP/1.").0, Heard::Partial { interim: true });
+        assert_eq!(hear(b"HTTP/1.1 10").0, Heard::Partial { interim: true });
+        assert_eq!(hear(b"HTTP/1.1 2").0, Heard::Partial { interim: false });
+        assert_eq!(hear(b"garbage!\r\n\r\n").0, Heard::Bad);
+    }
+}
