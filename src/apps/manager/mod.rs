@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 mod reload;
+mod status;
 mod stop;
 
 use super::address;
 use super::process::{self, Process};
-use super::{AppError, AppEvent, AppServers, InstanceStatus, Notify};
+use super::{AppError, AppEvent, AppServers, Notify};
 use crate::child::{Backoff, Child};
 use crate::config::{AppConfig, ServerAddr};
+pub(super) use status::Board;
 
 /// How often starting instances are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -33,8 +35,6 @@ pub(super) enum Msg {
     Exited { tag: u64, status: ExitStatus },
     /// New settings (a reload).
     Reload(Vec<AppConfig>),
-    /// Report every instance.
-    Status(Sender<Vec<InstanceStatus>>),
     /// Stop every instance, then answer.
     Stop(Sender<()>),
 }
@@ -98,6 +98,8 @@ pub(super) struct Manager {
     dir: PathBuf,
     tx: Sender<Msg>,
     notify: Notify,
+    /// Where the handles read every instance's status.
+    board: Board,
     next_tag: u64,
 }
 
@@ -137,7 +139,9 @@ impl Slot {
 }
 
 impl Manager {
-    pub(super) fn new(shards: usize, tx: Sender<Msg>, notify: Notify) -> Manager {
+    /// A manager with no app yet; it sends itself its instances' exits on
+    /// `tx` and posts their status on `board`.
+    pub(super) fn new(shards: usize, tx: Sender<Msg>, notify: Notify, board: Board) -> Manager {
         Manager {
             apps: Vec::new(),
             leaving: Vec::new(),
@@ -145,6 +149,7 @@ impl Manager {
             dir: address::socket_dir(),
             tx,
             notify,
+            board,
             next_tag: 0,
         }
     }
@@ -176,6 +181,7 @@ impl Manager {
                 self.stop_all(rx);
                 return Err(e);
             }
+            self.post_status();
             let all_ready = self.apps.iter().all(|a| {
                 a.slots.iter().all(|s| {
                     matches!(
@@ -217,9 +223,6 @@ impl Manager {
                     let _ = done.send(());
                     return Err(AppError::Interrupted);
                 }
-                Ok(Msg::Status(reply)) => {
-                    let _ = reply.send(self.status());
-                }
                 Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
             }
@@ -228,40 +231,63 @@ impl Manager {
 
     /// Serve messages until told to stop.
     pub(super) fn run(&mut self, rx: &Receiver<Msg>) {
-        loop {
-            let now = Instant::now();
-            if let Err(e) = self.start_due(now, false) {
-                error!("{e}");
-            }
-            let _ = self.probe(now, false);
-            self.timers(now);
-            self.roll(now);
-            self.publish();
-            let wait = self.next_wake(Instant::now());
-            let msg = match wait {
-                Some(d) => match rx.recv_timeout(d) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return self.stop_all(rx),
-                },
-                None => match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return self.stop_all(rx),
-                },
-            };
-            match msg {
-                Msg::Exited { tag, status } => self.on_exit(tag, status, Instant::now()),
-                Msg::Reload(configs) => self.on_reload(configs, Instant::now()),
-                Msg::Status(reply) => {
-                    let _ = reply.send(self.status());
-                }
-                Msg::Stop(done) => {
+        while self.turn(rx, None) {}
+    }
+
+    /// One turn of the loop: wait for a message or the next timer, act on
+    /// it, then make a pass. `until` cuts the wait short (a test's
+    /// deadline; the loop itself waits as long as nothing is due). False
+    /// once it has stopped every instance.
+    fn turn(&mut self, rx: &Receiver<Msg>, until: Option<Instant>) -> bool {
+        let now = Instant::now();
+        let wake = self.next_wake(now).map(|d| now + d);
+        let wake = match (wake, until) {
+            (Some(w), Some(u)) => Some(w.min(u)),
+            (w, u) => w.or(u),
+        };
+        let msg = match wake {
+            Some(t) => match rx.recv_timeout(t.saturating_duration_since(now)) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
                     self.stop_all(rx);
-                    let _ = done.send(());
-                    return;
+                    return false;
                 }
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    self.stop_all(rx);
+                    return false;
+                }
+            },
+        };
+        match msg {
+            Some(Msg::Exited { tag, status }) => self.on_exit(tag, status, Instant::now()),
+            Some(Msg::Reload(configs)) => self.on_reload(configs, Instant::now()),
+            Some(Msg::Stop(done)) => {
+                self.stop_all(rx);
+                let _ = done.send(());
+                return false;
             }
+            None => {}
         }
+        self.pass(Instant::now());
+        true
+    }
+
+    /// Start, probe, retire and replace what is due, then tell the master
+    /// what changed and post every instance's status: after each turn, the
+    /// master's view is the manager's.
+    fn pass(&mut self, now: Instant) {
+        if let Err(e) = self.start_due(now, false) {
+            error!("{e}");
+        }
+        let _ = self.probe(now, false);
+        self.timers(now);
+        self.roll(now);
+        self.publish();
+        self.post_status();
     }
 
     /// Start what is due: new slots, restarts after back-off, and (in a
