@@ -14,6 +14,8 @@ use log::{error, info, warn};
 mod reload;
 mod status;
 mod stop;
+#[cfg(test)]
+mod tests;
 
 use super::address;
 use super::process::{self, Process};
