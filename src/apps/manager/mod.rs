@@ -30,6 +30,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// asked to stop: the shards have stopped sending it requests by then, and
 /// the ones in flight have ended.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// How often an instance still there after SIGKILL is killed again: its
+/// exit is not seen yet (the rest of its output is awaited, or the kernel
+/// has not let it go).
+const KILL_AGAIN: Duration = Duration::from_secs(5);
 
 /// Messages to the manager's thread.
 pub(super) enum Msg {
@@ -395,7 +399,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Retire and kill on time.
+    /// Retire and kill on time: a leaving instance gets SIGTERM when its
+    /// grace is over; any instance asked to stop (leaving, or killed in
+    /// its slot at its start timeout) gets SIGKILL when its kill time has
+    /// come and its exit has not been seen.
     fn timers(&mut self, now: Instant) {
         for l in &mut self.leaving {
             match l.inst.state {
@@ -405,18 +412,16 @@ impl Manager {
                         kill_at: now + l.stop_timeout,
                     };
                 }
-                State::Stopping { kill_at } if kill_at <= now => {
-                    warn!(
-                        "{} (pid {}) did not stop in time; killed",
-                        l.who, l.inst.process.pid
-                    );
-                    process::signal_group(l.inst.process.pid, libc::SIGKILL);
-                    // Its exit removes it; look again in a while.
-                    l.inst.state = State::Stopping {
-                        kill_at: now + Duration::from_secs(5),
-                    };
+                _ => kill_overdue(&mut l.inst, now, || l.who.clone()),
+            }
+        }
+        for app in &mut self.apps {
+            let name = &app.config.name;
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                let current = slot.current.get_mut().into_iter();
+                for inst in current.chain(slot.next.iter_mut()) {
+                    kill_overdue(inst, now, || format!("app {name}[{index}]"));
                 }
-                _ => {}
             }
         }
     }
@@ -544,6 +549,27 @@ impl Manager {
         }
         None
     }
+}
+
+/// SIGKILL to an instance asked to stop that is still there at its kill
+/// time, and a new kill time: the loop wakes at it, and would spin on a
+/// time gone by until the exit is seen.
+fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String) {
+    let State::Stopping { kill_at } = inst.state else {
+        return;
+    };
+    if kill_at > now {
+        return;
+    }
+    warn!(
+        "{} (pid {}) did not stop in time; killed",
+        who(),
+        inst.process.pid
+    );
+    process::signal_group(inst.process.pid, libc::SIGKILL);
+    inst.state = State::Stopping {
+        kill_at: now + KILL_AGAIN,
+    };
 }
 
 /// The addresses that serve an app: its ready instances, in slot order.

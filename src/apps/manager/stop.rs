@@ -1,11 +1,11 @@
 //! The end of every instance.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 
-use super::{Manager, Msg};
+use super::{Manager, Msg, KILL_AGAIN};
 use crate::apps::{address, process};
 
 impl Manager {
@@ -36,7 +36,7 @@ impl Manager {
                 if *kill_at <= now {
                     warn!("{name} (pid {pid}) did not stop in time; killed");
                     process::signal_group(*pid, libc::SIGKILL);
-                    *kill_at = now + Duration::from_secs(5);
+                    *kill_at = now + KILL_AGAIN;
                 }
             }
             let wake = left.iter().map(|l| l.2).min().expect("not empty");

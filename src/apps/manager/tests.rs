@@ -627,3 +627,33 @@ fn status_counts_uptime_when_read_and_is_empty_once_the_manager_is_gone() {
         assert!(board.read(Instant::now()).is_empty());
     });
 }
+
+#[test]
+fn an_instance_killed_at_its_start_timeout_is_awaited_without_spinning() {
+    within(|| {
+        let mut h = Harness::new("spin");
+        let web = app("web", 1, SERVES, &h.dir);
+        // The new version never listens, and leaves a process of a session
+        // of its own holding its output open: once it is killed, its exit
+        // is reported only after the wait for the rest of its output
+        // (200 ms), long after its 1 ms stop timeout.
+        let mut v2 = version(web.clone(), "2");
+        v2.command[3] = format!(
+            "{PRELUDE}\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1)\n    os._exit(0)\nsignal.pause()"
+        );
+        v2.start_timeout = Duration::from_secs(1);
+        v2.stop_timeout = Duration::from_millis(1);
+        h.start(vec![web]).unwrap();
+        h.send(Msg::Reload(vec![v2]));
+        h.turn_until("the replacement is killed at its start timeout", |m| {
+            let next = m.apps[0].slots[0].next.as_ref();
+            next.is_some_and(|i| matches!(i.state, State::Stopping { .. }))
+        });
+        let mut turns = 0;
+        h.turn_until("its exit is seen", |m| {
+            turns += 1;
+            m.apps[0].slots[0].next.is_none()
+        });
+        assert!(turns <= 5, "{turns} turns of the loop to wait for one exit");
+    });
+}
