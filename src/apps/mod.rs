@@ -6,7 +6,9 @@
 //! it must, because the kernel kills an instance when the *thread* that
 //! started it ends (`PR_SET_PDEATHSIG`, what keeps an instance from
 //! outliving coreserve even after a SIGKILL). The master talks to it with
-//! messages and hears back through `Notify`: which addresses serve each app.
+//! messages and hears back through `Notify`: which addresses serve each app;
+//! it posts every instance's status on a `Board` the master reads without
+//! waiting for it.
 //! `process` is one instance's process and output; `address` where it
 //! listens and how it is probed.
 
@@ -18,10 +20,10 @@ pub use manager::RETIRE_GRACE;
 
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{AppConfig, ServerAddr};
-use manager::{Manager, Msg};
+use manager::{Board, Manager, Msg};
 
 /// What the app manager tells the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +102,8 @@ pub struct InstanceStatus {
     pub state: &'static str,
     /// Times it was started again after it exited.
     pub restarts: u32,
-    /// Since the current process started.
+    /// Since the current process started, counted when the status is read
+    /// (zero when no process runs).
     pub uptime: Duration,
     /// Where it listens.
     pub addr: Option<String>,
@@ -109,6 +112,8 @@ pub struct InstanceStatus {
 /// The running apps: a handle on the manager's thread.
 pub struct Apps {
     tx: Sender<Msg>,
+    /// What the manager last posted of its instances.
+    board: Board,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -125,10 +130,12 @@ impl Apps {
         let (tx, rx) = mpsc::channel();
         let (started_tx, started_rx) = mpsc::channel();
         let manager_tx = tx.clone();
+        let board = Board::default();
+        let manager_board = board.clone();
         let thread = std::thread::Builder::new()
             .name("apps".into())
             .spawn(move || {
-                let mut m = Manager::new(shards, manager_tx, notify);
+                let mut m = Manager::new(shards, manager_tx, notify, manager_board);
                 let started = m.start(configs, &rx);
                 let ok = started.is_ok();
                 let _ = started_tx.send(started);
@@ -141,6 +148,7 @@ impl Apps {
         Ok((
             Apps {
                 tx,
+                board,
                 thread: Some(thread),
             },
             servers,
@@ -151,6 +159,7 @@ impl Apps {
     pub fn handle(&self) -> AppsHandle {
         AppsHandle {
             tx: self.tx.clone(),
+            board: self.board.clone(),
         }
     }
 
@@ -167,10 +176,13 @@ impl Apps {
     }
 }
 
-/// What the master holds of the app manager while it serves.
+/// What the master holds of the app manager while it serves: it never
+/// waits for the manager's thread.
 #[derive(Clone)]
 pub struct AppsHandle {
     tx: Sender<Msg>,
+    /// What the manager last posted of its instances.
+    board: Board,
 }
 
 impl AppsHandle {
@@ -180,15 +192,12 @@ impl AppsHandle {
         let _ = self.tx.send(Msg::Reload(configs));
     }
 
-    /// Every instance's state (empty if the manager does not answer within
-    /// a second).
+    /// Every instance slot's state as of the manager's latest pass (it
+    /// makes one after each event and timer), in app then slot order, each
+    /// uptime counted to now; empty once the manager has stopped. Never
+    /// waits for the manager: the supervisor's loop answers a scrape with
+    /// it.
     pub fn status(&self) -> Vec<InstanceStatus> {
-        let (reply, answer) = mpsc::channel();
-        if self.tx.send(Msg::Status(reply)).is_err() {
-            return Vec::new();
-        }
-        answer
-            .recv_timeout(Duration::from_secs(1))
-            .unwrap_or_default()
+        self.board.read(Instant::now())
     }
 }

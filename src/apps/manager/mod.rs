@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 mod reload;
+mod status;
 mod stop;
+#[cfg(test)]
+mod tests;
 
 use super::address;
 use super::process::{self, Process};
-use super::{AppError, AppEvent, AppServers, InstanceStatus, Notify};
+use super::{AppError, AppEvent, AppServers, Notify};
 use crate::child::{Backoff, Child};
 use crate::config::{AppConfig, ServerAddr};
+pub(super) use status::Board;
 
 /// How often starting instances are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -26,6 +30,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// asked to stop: the shards have stopped sending it requests by then, and
 /// the ones in flight have ended.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// How often an instance still there after SIGKILL is killed again: its
+/// exit is not seen yet (the rest of its output is awaited, or the kernel
+/// has not let it go).
+const KILL_AGAIN: Duration = Duration::from_secs(5);
 
 /// Messages to the manager's thread.
 pub(super) enum Msg {
@@ -33,8 +41,6 @@ pub(super) enum Msg {
     Exited { tag: u64, status: ExitStatus },
     /// New settings (a reload).
     Reload(Vec<AppConfig>),
-    /// Report every instance.
-    Status(Sender<Vec<InstanceStatus>>),
     /// Stop every instance, then answer.
     Stop(Sender<()>),
 }
@@ -98,6 +104,8 @@ pub(super) struct Manager {
     dir: PathBuf,
     tx: Sender<Msg>,
     notify: Notify,
+    /// Where the handles read every instance's status.
+    board: Board,
     next_tag: u64,
 }
 
@@ -137,7 +145,9 @@ impl Slot {
 }
 
 impl Manager {
-    pub(super) fn new(shards: usize, tx: Sender<Msg>, notify: Notify) -> Manager {
+    /// A manager with no app yet; it sends itself its instances' exits on
+    /// `tx` and posts their status on `board`.
+    pub(super) fn new(shards: usize, tx: Sender<Msg>, notify: Notify, board: Board) -> Manager {
         Manager {
             apps: Vec::new(),
             leaving: Vec::new(),
@@ -145,6 +155,7 @@ impl Manager {
             dir: address::socket_dir(),
             tx,
             notify,
+            board,
             next_tag: 0,
         }
     }
@@ -176,6 +187,7 @@ impl Manager {
                 self.stop_all(rx);
                 return Err(e);
             }
+            self.post_status();
             let all_ready = self.apps.iter().all(|a| {
                 a.slots.iter().all(|s| {
                     matches!(
@@ -217,9 +229,6 @@ impl Manager {
                     let _ = done.send(());
                     return Err(AppError::Interrupted);
                 }
-                Ok(Msg::Status(reply)) => {
-                    let _ = reply.send(self.status());
-                }
                 Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
             }
@@ -228,40 +237,63 @@ impl Manager {
 
     /// Serve messages until told to stop.
     pub(super) fn run(&mut self, rx: &Receiver<Msg>) {
-        loop {
-            let now = Instant::now();
-            if let Err(e) = self.start_due(now, false) {
-                error!("{e}");
-            }
-            let _ = self.probe(now, false);
-            self.timers(now);
-            self.roll(now);
-            self.publish();
-            let wait = self.next_wake(Instant::now());
-            let msg = match wait {
-                Some(d) => match rx.recv_timeout(d) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return self.stop_all(rx),
-                },
-                None => match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return self.stop_all(rx),
-                },
-            };
-            match msg {
-                Msg::Exited { tag, status } => self.on_exit(tag, status, Instant::now()),
-                Msg::Reload(configs) => self.on_reload(configs, Instant::now()),
-                Msg::Status(reply) => {
-                    let _ = reply.send(self.status());
-                }
-                Msg::Stop(done) => {
+        while self.turn(rx, None) {}
+    }
+
+    /// One turn of the loop: wait for a message or the next timer, act on
+    /// it, then make a pass. `until` cuts the wait short (a test's
+    /// deadline; the loop itself waits as long as nothing is due). False
+    /// once it has stopped every instance.
+    fn turn(&mut self, rx: &Receiver<Msg>, until: Option<Instant>) -> bool {
+        let now = Instant::now();
+        let wake = self.next_wake(now).map(|d| now + d);
+        let wake = match (wake, until) {
+            (Some(w), Some(u)) => Some(w.min(u)),
+            (w, u) => w.or(u),
+        };
+        let msg = match wake {
+            Some(t) => match rx.recv_timeout(t.saturating_duration_since(now)) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
                     self.stop_all(rx);
-                    let _ = done.send(());
-                    return;
+                    return false;
                 }
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    self.stop_all(rx);
+                    return false;
+                }
+            },
+        };
+        match msg {
+            Some(Msg::Exited { tag, status }) => self.on_exit(tag, status, Instant::now()),
+            Some(Msg::Reload(configs)) => self.on_reload(configs, Instant::now()),
+            Some(Msg::Stop(done)) => {
+                self.stop_all(rx);
+                let _ = done.send(());
+                return false;
             }
+            None => {}
         }
+        self.pass(Instant::now());
+        true
+    }
+
+    /// Start, probe, retire and replace what is due, then tell the master
+    /// what changed and post every instance's status: after each turn, the
+    /// master's view is the manager's.
+    fn pass(&mut self, now: Instant) {
+        if let Err(e) = self.start_due(now, false) {
+            error!("{e}");
+        }
+        let _ = self.probe(now, false);
+        self.timers(now);
+        self.roll(now);
+        self.publish();
+        self.post_status();
     }
 
     /// Start what is due: new slots, restarts after back-off, and (in a
@@ -367,7 +399,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Retire and kill on time.
+    /// Retire and kill on time: a leaving instance gets SIGTERM when its
+    /// grace is over; any instance asked to stop (leaving, or killed in
+    /// its slot at its start timeout) gets SIGKILL when its kill time has
+    /// come and its exit has not been seen.
     fn timers(&mut self, now: Instant) {
         for l in &mut self.leaving {
             match l.inst.state {
@@ -377,18 +412,16 @@ impl Manager {
                         kill_at: now + l.stop_timeout,
                     };
                 }
-                State::Stopping { kill_at } if kill_at <= now => {
-                    warn!(
-                        "{} (pid {}) did not stop in time; killed",
-                        l.who, l.inst.process.pid
-                    );
-                    process::signal_group(l.inst.process.pid, libc::SIGKILL);
-                    // Its exit removes it; look again in a while.
-                    l.inst.state = State::Stopping {
-                        kill_at: now + Duration::from_secs(5),
-                    };
+                _ => kill_overdue(&mut l.inst, now, || l.who.clone()),
+            }
+        }
+        for app in &mut self.apps {
+            let name = &app.config.name;
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                let current = slot.current.get_mut().into_iter();
+                for inst in current.chain(slot.next.iter_mut()) {
+                    kill_overdue(inst, now, || format!("app {name}[{index}]"));
                 }
-                _ => {}
             }
         }
     }
@@ -516,6 +549,27 @@ impl Manager {
         }
         None
     }
+}
+
+/// SIGKILL to an instance asked to stop that is still there at its kill
+/// time, and a new kill time: the loop wakes at it, and would spin on a
+/// time gone by until the exit is seen.
+fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String) {
+    let State::Stopping { kill_at } = inst.state else {
+        return;
+    };
+    if kill_at > now {
+        return;
+    }
+    warn!(
+        "{} (pid {}) did not stop in time; killed",
+        who(),
+        inst.process.pid
+    );
+    process::signal_group(inst.process.pid, libc::SIGKILL);
+    inst.state = State::Stopping {
+        kill_at: now + KILL_AGAIN,
+    };
 }
 
 /// The addresses that serve an app: its ready instances, in slot order.

@@ -61,7 +61,8 @@ pub(super) trait World {
     /// Hand the app manager the apps of a reload.
     fn reload_apps(&mut self, apps: Vec<AppConfig>);
 
-    /// Every app instance's state, for a scrape.
+    /// Every app instance's state, for a scrape; must not block (the
+    /// supervisor's loop calls it).
     fn app_status(&self) -> Vec<InstanceStatus>;
 }
 

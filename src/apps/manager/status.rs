@@ -1,0 +1,118 @@
+//! What the master is shown of the instances: a snapshot the manager posts
+//! after every turn of its loop (and while it starts and stops them), which
+//! `AppsHandle::status` copies without waiting for the manager's thread. A
+//! metrics scrape is answered on the master's supervisor loop, which must
+//! never block on the manager (a manager busy stopping instances, or gone).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{Manager, State};
+use crate::apps::InstanceStatus;
+
+/// The manager's latest snapshot of its instances, shared by the manager
+/// (which replaces it) and every handle (which copy it).
+///
+/// Invariant: it describes instances that run now, or ran at the end of the
+/// manager's last turn; once the manager is dropped (its thread ended, and
+/// with it, through `PR_SET_PDEATHSIG`, every instance) it is empty.
+#[derive(Clone, Default)]
+pub(in crate::apps) struct Board(Arc<Mutex<Vec<Shown>>>);
+
+/// One slot as last posted: its status but for the uptime, which depends
+/// on when it is read.
+#[derive(Clone)]
+pub(in crate::apps) struct Shown {
+    /// With `uptime` zero: `read` fills it in.
+    status: InstanceStatus,
+    /// When the slot's current process started; `None`: none runs.
+    started: Option<Instant>,
+}
+
+impl Board {
+    /// Every instance as last posted, its uptime counted up to `now`.
+    pub(in crate::apps) fn read(&self, now: Instant) -> Vec<InstanceStatus> {
+        self.lock()
+            .iter()
+            .map(|s| InstanceStatus {
+                uptime: s
+                    .started
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+                ..s.status.clone()
+            })
+            .collect()
+    }
+
+    /// Replace the snapshot.
+    pub(super) fn post(&self, shown: Vec<Shown>) {
+        *self.lock() = shown;
+    }
+
+    /// Take the instance `pid` out of the snapshot (it has stopped).
+    pub(super) fn remove(&self, pid: u32) {
+        self.lock().retain(|s| s.status.pid != Some(pid));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Shown>> {
+        // A panic while it was held left a whole Vec behind: still a
+        // snapshot, if an old one.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Manager {
+    /// Every slot of every app, as `coreserve status` and the metrics show
+    /// it.
+    pub(super) fn shown(&self) -> Vec<Shown> {
+        let mut out = Vec::new();
+        for app in &self.apps {
+            for (index, slot) in app.slots.iter().enumerate() {
+                let inst = slot.current.get();
+                out.push(Shown {
+                    status: InstanceStatus {
+                        app: app.config.name.clone(),
+                        index,
+                        pid: inst.map(|i| i.process.pid),
+                        state: match inst.map(|i| &i.state) {
+                            None if slot.current.due().is_some() => "restarting",
+                            None => "down",
+                            Some(State::Starting { .. }) => "starting",
+                            Some(State::Ready) => "ready",
+                            Some(State::Retiring { .. }) | Some(State::Stopping { .. }) => {
+                                "stopping"
+                            }
+                        },
+                        restarts: slot.current.restarts(),
+                        uptime: Duration::ZERO,
+                        addr: inst.map(|i| i.addr.to_string()),
+                    },
+                    started: inst.map(|i| i.started),
+                });
+            }
+        }
+        out
+    }
+
+    /// Post the snapshot of every slot for the handles to read.
+    pub(super) fn post_status(&self) {
+        self.board.post(self.shown());
+    }
+
+    /// Post every slot whose process runs as `stopping`: what a scrape
+    /// sees while `stop_all` waits for them.
+    pub(super) fn post_stopping(&self) {
+        let mut shown = self.shown();
+        shown.retain(|s| s.status.pid.is_some());
+        for s in &mut shown {
+            s.status.state = "stopping";
+        }
+        self.board.post(shown);
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // Its instances die with its thread: nothing left to show.
+        self.board.post(Vec::new());
+    }
+}

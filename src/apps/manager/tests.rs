@@ -1,0 +1,655 @@
+//! The manager against real processes. Each test's app is a python3
+//! program (`PRELUDE`, then a body) that listens on `$PORT` or `$SOCKET`,
+//! exits, or ignores SIGTERM, as the test needs, and records in a file
+//! named after its pid what happened to it and when: its start (with its
+//! `VERSION`) and each SIGTERM. The manager runs on the test's own thread,
+//! one `turn` of its loop at a time, so a test looks at its state between
+//! turns; tests wait for conditions with a deadline, never for a fixed
+//! time. The instances die with the test's thread (`PR_SET_PDEATHSIG`),
+//! even when a test fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Board, Instance, Manager, Msg, State, RETIRE_GRACE};
+use crate::apps::{address, process, AppError, AppEvent, AppServers, Apps, Notify};
+use crate::child::restart_delay;
+use crate::config::{AppConfig, AppListen, Instances, ServerAddr};
+
+/// Longest a test may take, hung manager included.
+const LIMIT: Duration = Duration::from_secs(10);
+/// Longest wait for one step of a test (a start, a restart, a roll).
+const STEP: Duration = Duration::from_secs(5);
+/// Slack for comparing an instance's record with when the master was
+/// told: the manager sets its timers a moment before it tells the master.
+const SLACK: f64 = 0.1;
+
+/// What every test app runs first: its record, and the helpers the bodies
+/// use.
+const PRELUDE: &str = r#"
+import os, signal, socket, sys, time
+DIR = os.environ['TEST_DIR']
+def mark(what):
+    with open(os.path.join(DIR, str(os.getpid())), 'a') as f:
+        f.write('%s %f\n' % (what, time.monotonic()))
+mark('start ' + os.environ.get('VERSION', '-'))
+def listen():
+    if 'SOCKET' in os.environ:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(os.environ['SOCKET'])
+    else:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('127.0.0.1', int(os.environ['PORT'])))
+    s.listen(64)
+    return s
+def serve(s):
+    while True:
+        s.accept()[0].close()
+def on_term(then):
+    def handler(signum, frame):
+        mark('term')
+        then()
+    signal.signal(signal.SIGTERM, handler)
+def wait_for(name):
+    while not os.path.exists(os.path.join(DIR, name)):
+        time.sleep(0.01)
+def once(name):
+    path = os.path.join(DIR, name)
+    if os.path.exists(path):
+        return False
+    open(path, 'w').close()
+    return True
+"#;
+
+/// A well-behaved app: serves at once, exits (status 0) on SIGTERM.
+const SERVES: &str = "on_term(lambda: sys.exit(0))\nserve(listen())";
+
+/// An app named `name` of `instances` instances running `body`, recording
+/// into `dir`; short timeouts, for fast tests.
+fn app(name: &str, instances: usize, body: &str, dir: &Path) -> AppConfig {
+    let mut c = AppConfig::new(name, command(body));
+    c.instances = Instances::Count(instances);
+    c.env = vec![("TEST_DIR".into(), dir.display().to_string())];
+    c.start_timeout = Duration::from_secs(3);
+    c.stop_timeout = Duration::from_secs(1);
+    c
+}
+
+/// The command that runs `body` after `PRELUDE`.
+fn command(body: &str) -> Vec<String> {
+    let program = format!("{PRELUDE}\n{body}");
+    // -u: unbuffered, so its output reaches the manager as it is written.
+    ["python3", "-u", "-c", &program].map(String::from).to_vec()
+}
+
+/// App `c` as version `v` running `body`: a change that replaces its
+/// instances.
+fn version(c: &AppConfig, v: &str, body: &str) -> AppConfig {
+    let mut c = c.clone();
+    c.env.push(("VERSION".into(), v.into()));
+    c.command = command(body);
+    c
+}
+
+/// Run `test` on a thread of its own and fail if it has not finished
+/// within `LIMIT` (a manager that hangs fails its test, and the
+/// instances die with that thread).
+fn within(test: impl FnOnce() + Send + 'static) {
+    let (done, wait) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match wait.recv_timeout(LIMIT) {
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = t.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(RecvTimeoutError::Timeout) => panic!("the test hung for {LIMIT:?}"),
+    }
+}
+
+/// A fresh directory for a test's records (and sockets).
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coreserve-apps-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+/// Seconds on the clock python's `time.monotonic()` reads
+/// (CLOCK_MONOTONIC), to compare the manager's acts with the instances'
+/// records.
+fn mono() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Whether the process `pid` exists (a zombie counts: not yet waited for).
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What an instance recorded about itself.
+#[derive(Debug, Default)]
+struct Record {
+    /// Its `VERSION` (`-` when unset).
+    version: String,
+    /// When it got a SIGTERM.
+    term: Option<f64>,
+}
+
+/// Every instance's record in `dir`, by pid.
+fn records(dir: &Path) -> BTreeMap<u32, Record> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("the scratch directory") {
+        let entry = entry.expect("an entry");
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut r = Record::default();
+        // A line still being written has no newline yet: skipped.
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["start", v, _] => r.version = v.to_string(),
+                ["term", t] => r.term = r.term.or(t.parse().ok()),
+                _ => panic!("a strange record: {line:?}"),
+            }
+        }
+        out.insert(pid, r);
+    }
+    out
+}
+
+/// The pids of the instances the manager knows: in a slot (current or
+/// replacement) or on their way out.
+fn tracked(m: &Manager) -> BTreeSet<u32> {
+    m.apps
+        .iter()
+        .flat_map(|a| a.slots.iter())
+        .flat_map(|s| s.instances())
+        .chain(m.leaving.iter().map(|l| &l.inst))
+        .map(|i| i.process.pid)
+        .collect()
+}
+
+/// The current instance of `app`'s slot `index`.
+fn current<'m>(m: &'m Manager, app: &str, index: usize) -> Option<&'m Instance> {
+    let app = m.apps.iter().find(|a| a.config.name == app)?;
+    app.slots.get(index)?.current.get()
+}
+
+/// Whether `i` is an instance that serves.
+fn is_ready(i: Option<&Instance>) -> bool {
+    matches!(
+        i,
+        Some(Instance {
+            state: State::Ready,
+            ..
+        })
+    )
+}
+
+/// An `AppEvent::Servers` the master was sent.
+#[derive(Debug)]
+struct Sent {
+    /// When (`mono`).
+    at: f64,
+    /// Which app.
+    app: String,
+    /// Its ready instances, as the master would give them to the shards.
+    servers: Vec<ServerAddr>,
+    /// Whether every one of them accepted a connection then.
+    all_accept: bool,
+}
+
+/// A manager on the test's thread, the events it sent and the test's
+/// directory.
+struct Harness {
+    /// The manager under test.
+    m: Manager,
+    /// Its messages: the instances' exits and what the test sends.
+    rx: Receiver<Msg>,
+    /// What its `Notify` was called with, in order.
+    sent: Arc<Mutex<Vec<Sent>>>,
+    /// The instances' records, flag files and sockets.
+    dir: PathBuf,
+}
+
+impl Harness {
+    fn new(test: &str) -> Harness {
+        let dir = scratch(test);
+        let (tx, rx) = mpsc::channel();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let notify: Notify = Box::new(move |e| {
+            let AppEvent::Servers { app, servers } = e;
+            let all_accept = servers.iter().all(address::accepts);
+            log.lock().unwrap().push(Sent {
+                at: mono(),
+                app,
+                servers,
+                all_accept,
+            });
+        });
+        let mut m = Manager::new(1, tx, notify, Board::default());
+        // Tests run side by side in one process: sockets of their own.
+        m.dir = dir.join("sockets");
+        Harness { m, rx, sent, dir }
+    }
+
+    fn start(&mut self, configs: Vec<AppConfig>) -> Result<AppServers, AppError> {
+        self.m.start(configs, &self.rx)
+    }
+
+    /// Hand the manager a message, as the master does.
+    fn send(&self, msg: Msg) {
+        self.m.tx.send(msg).expect("the manager's channel");
+    }
+
+    /// Create the file an instance's `wait_for(name)` waits for.
+    fn touch(&self, name: &str) {
+        std::fs::write(self.dir.join(name), "").expect("a flag file");
+    }
+
+    /// Turn the manager's loop until `done` (also where a test asserts
+    /// what must hold after every turn) says so; fail after `STEP`.
+    fn turn_until(&mut self, what: &str, mut done: impl FnMut(&Manager) -> bool) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            self.check();
+            if done(&self.m) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not within {STEP:?}: {what}");
+            assert!(self.m.turn(&self.rx, Some(deadline)), "stopped: {what}");
+        }
+    }
+
+    /// Turn the manager's loop until `end`, checking after every turn.
+    fn turn_till(&mut self, end: Instant) {
+        loop {
+            self.check();
+            if Instant::now() >= end {
+                return;
+            }
+            assert!(self.m.turn(&self.rx, Some(end)), "stopped");
+        }
+    }
+
+    /// What holds after every turn: each instance process that runs is
+    /// one the manager knows (none orphaned, which nothing would ever
+    /// stop), and each address the master was sent accepted connections
+    /// when it was sent.
+    fn check(&self) {
+        let tracked = tracked(&self.m);
+        for pid in records(&self.dir).into_keys() {
+            assert!(
+                !alive(pid) || tracked.contains(&pid),
+                "pid {pid} runs, but the manager does not know it (orphaned)"
+            );
+        }
+        for e in self.sent.lock().unwrap().iter() {
+            assert!(
+                e.all_accept,
+                "the master was told {:?} serve {} while one did not accept",
+                e.servers, e.app
+            );
+        }
+    }
+
+    /// A thread that waits (until `STEP`) for `board` to show an instance
+    /// in `state`: what a scrape sees while the manager is busy.
+    fn watch(board: Board, state: &'static str) -> JoinHandle<bool> {
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + STEP;
+            while Instant::now() < deadline {
+                if board.read(Instant::now()).iter().any(|s| s.state == state) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        })
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn start_up_waits_until_every_instance_accepts() {
+    within(|| {
+        let mut h = Harness::new("ready");
+        // Listens only after a while: start-up waits, showing it starting.
+        let body = format!("time.sleep(0.3)\n{SERVES}");
+        let starting = Harness::watch(h.m.board.clone(), "starting");
+        let servers = h.start(vec![app("web", 2, &body, &h.dir)]).unwrap();
+        assert!(starting.join().unwrap(), "never shown starting");
+        let [(name, addrs)] = &servers[..] else {
+            panic!("one app: {servers:?}")
+        };
+        assert_eq!((name.as_str(), addrs.len()), ("web", 2));
+        assert!(addrs.iter().all(address::accepts));
+        let shown = h.m.board.read(Instant::now());
+        let states: Vec<_> = shown.iter().map(|s| (s.index, s.state)).collect();
+        assert_eq!(states, [(0, "ready"), (1, "ready")]);
+        let shown_addrs: Vec<_> = shown.iter().map(|s| s.addr.clone().unwrap()).collect();
+        let addrs: Vec<_> = addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(shown_addrs, addrs);
+    });
+}
+
+#[test]
+fn start_up_fails_with_the_last_output_when_an_instance_never_accepts() {
+    within(|| {
+        let mut h = Harness::new("silent");
+        let body = "print('booting v1')\n\
+                    print('cannot listen: no such thing', file=sys.stderr)\n\
+                    signal.pause()";
+        let mut c = app("web", 1, body, &h.dir);
+        c.start_timeout = Duration::from_secs(1);
+        let began = Instant::now();
+        let err = h.start(vec![c]).unwrap_err();
+        assert!(began.elapsed() >= Duration::from_secs(1), "gave up early");
+        assert!(matches!(err, AppError::NotReady { .. }), "{err}");
+        // Its two pipes are read apart: the lines' order is not known.
+        let msg = err.to_string();
+        let head = "app web[0] did not accept connections within 1s (start-timeout); \
+                    its last output:";
+        assert!(msg.starts_with(head), "{msg}");
+        assert!(msg.contains("\n    booting v1"), "{msg}");
+        assert!(msg.contains("\n    cannot listen: no such thing"), "{msg}");
+        // Killed and waited for before the error came back.
+        let pids: Vec<u32> = records(&h.dir).into_keys().collect();
+        assert_eq!(pids.len(), 1);
+        assert!(!alive(pids[0]));
+        assert!(h.m.board.read(Instant::now()).is_empty());
+    });
+}
+
+#[test]
+fn start_up_fails_with_the_last_output_when_an_instance_exits() {
+    within(|| {
+        let mut h = Harness::new("exits");
+        let body = "print('no DATABASE_URL', file=sys.stderr)\nsys.exit(3)";
+        let err = h.start(vec![app("web", 1, body, &h.dir)]).unwrap_err();
+        assert!(matches!(err, AppError::Exited { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "app web[0] exited during start-up (exit status: 3); its last output:\n    no DATABASE_URL"
+        );
+    });
+}
+
+#[test]
+fn an_instance_that_exits_is_restarted_after_its_back_off() {
+    within(|| {
+        let mut h = Harness::new("restart");
+        // The first incarnation serves until told to exit (status 3); the
+        // next ones serve. On a Unix socket, to cover `$SOCKET`.
+        let body = "s = listen()\n\
+                    if once('first'):\n    wait_for('exit')\n    sys.exit(3)\n\
+                    on_term(lambda: sys.exit(0))\n\
+                    serve(s)";
+        let mut c = app("web", 1, body, &h.dir);
+        c.listen = AppListen::Unix;
+        c.listen_env = AppListen::Unix.default_env().into();
+        h.start(vec![c]).unwrap();
+        let first = current(&h.m, "web", 0).unwrap().process.pid;
+        h.touch("exit");
+        let mut seen = Instant::now();
+        h.turn_until("the exit is seen", |m| {
+            seen = Instant::now();
+            current(m, "web", 0).is_none_or(|i| i.process.pid != first)
+        });
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!(shown.len(), 1);
+        assert_eq!((shown[0].state, shown[0].restarts), ("restarting", 1));
+        assert_eq!((shown[0].pid, shown[0].addr.as_deref()), (None, None));
+        // Out of its group at once.
+        let last = |h: &Harness| h.sent.lock().unwrap().last().map(|e| e.servers.clone());
+        assert_eq!(last(&h), Some(Vec::new()));
+
+        h.turn_until("started again and ready", |m| {
+            is_ready(current(m, "web", 0))
+        });
+        let again = current(&h.m, "web", 0).unwrap();
+        let waited = again.started.duration_since(seen);
+        let backoff = restart_delay(0);
+        assert!(
+            waited + Duration::from_millis(50) >= backoff,
+            "restarted after {waited:?}"
+        );
+        assert_ne!(again.process.pid, first);
+        assert_eq!(last(&h), Some(vec![again.addr.clone()]));
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!((shown[0].state, shown[0].restarts), ("ready", 1));
+        assert_eq!(shown[0].pid, Some(again.process.pid));
+    });
+}
+
+#[test]
+fn a_rolling_reload_replaces_one_instance_at_a_time() {
+    within(|| {
+        let mut h = Harness::new("roll");
+        let web = app("web", 2, SERVES, &h.dir);
+        h.start(vec![version(&web, "1", SERVES)]).unwrap();
+        // The new version takes a while to come up, as apps do.
+        let v2 = version(&web, "2", &format!("time.sleep(0.2)\n{SERVES}"));
+        let old: Vec<(u32, ServerAddr)> = (0..2)
+            .map(|i| current(&h.m, "web", i).unwrap())
+            .map(|i| (i.process.pid, i.addr.clone()))
+            .collect();
+        h.send(Msg::Reload(vec![v2]));
+        h.turn_until("both instances replaced, the old ones gone", |m| {
+            let app = &m.apps[0];
+            // One replacement at a time, and never a slot without a ready
+            // instance, nor a server fewer for the shards.
+            assert!(app.slots.iter().filter(|s| s.next.is_some()).count() <= 1);
+            assert!(app.slots.iter().all(|s| is_ready(s.current.get())));
+            assert_eq!(app.published.len(), 2);
+            app.slots
+                .iter()
+                .all(|s| s.current.get().unwrap().generation == 1)
+                && m.leaving.is_empty()
+        });
+        let sent = h.sent.lock().unwrap();
+        let records = records(&h.dir);
+        // Two events, each swapping one address: slot 0, then slot 1.
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].servers[1], old[1].1);
+        assert!(!sent[0].servers.contains(&old[0].1));
+        assert!(!sent[1].servers.contains(&old[1].1));
+        for (pid, addr) in &old {
+            let out = sent.iter().find(|e| !e.servers.contains(addr)).unwrap();
+            let term = records[pid].term.expect("the old instance got a SIGTERM");
+            // Its replacement was published, and the shards had the grace
+            // to stop sending it requests, before it was asked to stop.
+            assert!(
+                term - out.at >= RETIRE_GRACE.as_secs_f64() - SLACK,
+                "SIGTERM {:.3}s after it was taken out",
+                term - out.at
+            );
+            assert!(!alive(*pid));
+        }
+        for i in 0..2 {
+            let new = current(&h.m, "web", i).unwrap();
+            assert_eq!(records[&new.process.pid].version, "2");
+            assert_eq!(sent[1].servers[i], new.addr);
+        }
+    });
+}
+
+#[test]
+fn an_instance_that_dies_during_a_rolling_reload_leaves_one_instance_in_its_slot() {
+    within(|| {
+        let mut h = Harness::new("die");
+        let web = app("web", 1, SERVES, &h.dir);
+        // The replacement comes up only when the test says so.
+        let v2 = version(&web, "2", &format!("wait_for('go')\n{SERVES}"));
+        h.start(vec![web]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap().process.pid;
+        h.send(Msg::Reload(vec![v2]));
+        h.turn_until("the replacement starts", |m| {
+            m.apps[0].slots[0].next.is_some()
+        });
+        process::signal_group(old, libc::SIGKILL);
+        h.turn_until("the old instance's death is seen", |m| {
+            m.apps[0].slots[0].current.restarts() == 1
+        });
+        let due = h.m.apps[0].slots[0].current.due().expect("a restart due");
+        h.touch("go");
+        h.turn_until("the replacement takes the slot", |m| {
+            let slot = &m.apps[0].slots[0];
+            is_ready(slot.current.get()) && slot.current.get().unwrap().generation == 1
+        });
+        let new = current(&h.m, "web", 0).unwrap().process.pid;
+        // The restart that was due must not start a second instance over
+        // the replacement: `check` finds an orphan after every turn.
+        h.turn_till(due + Duration::from_millis(300));
+        let slot = &h.m.apps[0].slots[0];
+        assert_eq!(slot.current.get().map(|i| i.process.pid), Some(new));
+        assert!(slot.next.is_none() && slot.current.due().is_none());
+        let running: Vec<u32> = records(&h.dir).into_keys().filter(|&p| alive(p)).collect();
+        assert_eq!(running, [new]);
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!(shown.len(), 1);
+        assert_eq!((shown[0].state, shown[0].pid), ("ready", Some(new)));
+    });
+}
+
+#[test]
+fn removing_an_app_stops_its_instances_and_unpublishes_them() {
+    within(|| {
+        let mut h = Harness::new("remove");
+        let keep = app("keep", 1, SERVES, &h.dir);
+        h.start(vec![keep.clone(), app("gone", 2, SERVES, &h.dir)])
+            .unwrap();
+        let kept = current(&h.m, "keep", 0).unwrap().process.pid;
+        let gone: Vec<u32> = (0..2)
+            .map(|i| current(&h.m, "gone", i).unwrap().process.pid)
+            .collect();
+        h.send(Msg::Reload(vec![keep]));
+        h.turn_until("the removed app's instances stopped", |m| {
+            m.apps.len() == 1 && m.leaving.is_empty()
+        });
+        let sent = h.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            (sent[0].app.as_str(), &sent[0].servers[..]),
+            ("gone", &[][..])
+        );
+        let records = records(&h.dir);
+        for pid in &gone {
+            let term = records[pid].term.expect("stopped with a SIGTERM");
+            assert!(term - sent[0].at >= RETIRE_GRACE.as_secs_f64() - SLACK);
+            assert!(!alive(*pid));
+        }
+        assert_eq!(current(&h.m, "keep", 0).unwrap().process.pid, kept);
+        let shown = h.m.board.read(Instant::now());
+        let shown: Vec<_> = shown.iter().map(|s| (s.app.as_str(), s.state)).collect();
+        assert_eq!(shown, [("keep", "ready")]);
+    });
+}
+
+#[test]
+fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
+    within(|| {
+        let dir = scratch("stop");
+        let stop_timeout = Duration::from_millis(300);
+        let mut stubborn = app(
+            "stubborn",
+            1,
+            "on_term(lambda: None)\nserve(listen())",
+            &dir,
+        );
+        stubborn.stop_timeout = stop_timeout;
+        let polite = app("polite", 1, SERVES, &dir);
+        // The real thread and handle, as the master has them.
+        let (apps, _) = Apps::start(vec![stubborn, polite], 1, Box::new(|_| {})).unwrap();
+        let handle = apps.handle();
+        let states: Vec<_> = handle.status().iter().map(|s| s.state).collect();
+        assert_eq!(states, ["ready", "ready"]);
+        let began = Instant::now();
+        let stopper = std::thread::spawn(move || apps.stop());
+        // While the manager waits for the stubborn one, the handle answers
+        // at once and shows it stopping.
+        let stopping = Harness::watch(handle.board.clone(), "stopping");
+        assert!(stopping.join().unwrap(), "never shown stopping");
+        stopper.join().unwrap();
+        assert!(
+            began.elapsed() >= stop_timeout,
+            "killed before its stop timeout"
+        );
+        assert!(handle.status().is_empty());
+        let records = records(&dir);
+        assert_eq!(records.len(), 2);
+        for (pid, r) in &records {
+            assert!(r.term.is_some(), "{pid} got no SIGTERM");
+            assert!(!alive(*pid), "{pid} still runs");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn status_counts_uptime_when_read_and_is_empty_once_the_manager_is_gone() {
+    within(|| {
+        let mut h = Harness::new("uptime");
+        h.start(vec![app("web", 1, SERVES, &h.dir)]).unwrap();
+        let board = h.m.board.clone();
+        let started = current(&h.m, "web", 0).unwrap().started;
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        assert_eq!(board.read(now)[0].uptime, now - started);
+        assert_eq!(board.read(later)[0].uptime, later - started);
+        drop(h);
+        assert!(board.read(Instant::now()).is_empty());
+    });
+}
+
+#[test]
+fn an_instance_killed_at_its_start_timeout_is_awaited_without_spinning() {
+    within(|| {
+        let mut h = Harness::new("spin");
+        let web = app("web", 1, SERVES, &h.dir);
+        // The new version never listens, and leaves a process of a session
+        // of its own holding its output open: once it is killed, its exit
+        // is reported only after the wait for the rest of its output
+        // (200 ms), long after its 1 ms stop timeout.
+        let body = "if os.fork() == 0:\n    os.setsid()\n    time.sleep(1)\n    os._exit(0)\n\
+                    signal.pause()";
+        let mut v2 = version(&web, "2", body);
+        v2.start_timeout = Duration::from_secs(1);
+        v2.stop_timeout = Duration::from_millis(1);
+        h.start(vec![web]).unwrap();
+        h.send(Msg::Reload(vec![v2]));
+        h.turn_until("the replacement is killed at its start timeout", |m| {
+            let next = m.apps[0].slots[0].next.as_ref();
+            next.is_some_and(|i| matches!(i.state, State::Stopping { .. }))
+        });
+        let mut turns = 0;
+        h.turn_until("its exit is seen", |m| {
+            turns += 1;
+            m.apps[0].slots[0].next.is_none()
+        });
+        assert!(turns <= 5, "{turns} turns of the loop to wait for one exit");
+    });
+}
