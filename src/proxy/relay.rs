@@ -31,24 +31,40 @@ pub(super) enum Heard {
 
 /// Drop the complete interim (1xx) responses at the start of
 /// `rbuf[..*filled]` (the client had its 100 Continue from us) and say what
-/// is left.
+/// is left. A final head is only seen to end here: `relay` parses it, once
+/// (a parse costs the zeroing of its field array, most of it).
 pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize, asked: Asked) -> Heard {
     loop {
+        let start = &rbuf[..*filled];
+        // "HTTP/1.1 1": the status's first digit is the tenth byte.
+        if start.len() >= 10 && start[9] != b'1' {
+            return if !start.starts_with(b"HTTP/1.") {
+                Heard::Bad
+            } else if head_ended(start) {
+                Heard::Final
+            } else if start.len() >= max_head {
+                Heard::Bad
+            } else {
+                Heard::Partial { interim: false }
+            };
+        }
         let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-        let interim = match parse_response(&rbuf[..*filled], &mut fields, max_head, asked) {
+        let interim = match parse_response(start, &mut fields, max_head, asked) {
             Err(_) => return Heard::Bad,
-            Ok(None) => {
-                // "HTTP/1.1 1": the status's first digit is the tenth byte.
-                let start = &rbuf[..*filled];
-                let interim = start.len() < 10 || start[9] == b'1';
-                return Heard::Partial { interim };
-            }
+            Ok(None) => return Heard::Partial { interim: true },
             Ok(Some(res)) if res.is_interim() => res.head_len,
             Ok(Some(_)) => return Heard::Final,
         };
         rbuf.copy_within(interim..*filled, 0);
         *filled -= interim;
     }
+}
+
+/// Whether `head` holds the empty line that ends a head (CRLF or, as
+/// httparse also takes it, a bare LF).
+fn head_ended(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head)
+        .any(|i| matches!(&head[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// Read until `rbuf` holds a complete final response head, starting with
@@ -136,7 +152,10 @@ pub(super) async fn relay(
     let (framing, reusable, head_len, tunnel, down) = {
         let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
         let Ok(Some(res)) = parse_response(&rbuf[..filled], &mut fields, ex.max_head, asked) else {
-            unreachable!("read_head returned a complete head");
+            // `read_head` saw where the head ends; whether it holds
+            // together shows here: a bad upstream, answered with a 502.
+            r.upstream_failed = true;
+            return r;
         };
         r.upstream_status = res.status;
         let tunnel = res.status == 101 && upgrade;
@@ -277,5 +296,11 @@ mod tests {
         assert_eq!(hear(b"HTTP/1.1 10").0, Heard::Partial { interim: true });
         assert_eq!(hear(b"HTTP/1.1 2").0, Heard::Partial { interim: false });
         assert_eq!(hear(b"garbage!\r\n\r\n").0, Heard::Bad);
+        assert_eq!(hear(b"HTTP/1.1 200 OK\nA: b\n\n").0, Heard::Final);
+        assert_eq!(
+            hear(b"HTTP/1.1 200 OK\r\nA: b\r\n").0,
+            Heard::Partial { interim: false }
+        );
+        assert_eq!(hear(&[b'x'; 256]).0, Heard::Bad);
     }
 }
