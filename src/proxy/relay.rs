@@ -154,6 +154,7 @@ pub(super) async fn relay(
         let Ok(Some(res)) = parse_response(&rbuf[..filled], &mut fields, ex.max_head, asked) else {
             // `read_head` saw where the head ends; whether it holds
             // together shows here: a bad upstream, answered with a 502.
+            log::warn!("upstream {}: an invalid response head", cfg.name);
             r.upstream_failed = true;
             return r;
         };
