@@ -269,11 +269,6 @@ async fn forward(
             },
         );
         let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
-        let mut answer = send::Answer {
-            buf: &mut rbuf,
-            max_head: ex.max_head,
-            asked,
-        };
         let mut sent = send_request(
             &mut c,
             &mut up,
@@ -282,7 +277,7 @@ async fn forward(
             head.body,
             &ex,
             cfg,
-            &mut answer,
+            &mut rbuf,
         )
         .await;
         body_started |= sent.consumed;
@@ -320,7 +315,6 @@ async fn forward(
             sent.any,
             cfg,
             ex.max_head,
-            asked,
         )
         .await;
         let retry =
@@ -371,9 +365,17 @@ async fn forward(
         if relayed.upstream_failed && relayed.bytes_out == 0 {
             // Nothing went to the client yet: it gets a 502 rather than a
             // connection closed on it.
+            log::warn!(
+                "upstream {} ({}): {} {target}: an invalid response",
+                cfg.name,
+                server.label,
+                head.method_str()
+            );
             server.failed(cfg, Instant::now());
             server.count(|s| s.count_status(relayed.upstream_status));
             served.keep_alive = client.reusable;
+            // Its body may still be coming (the upstream answered early).
+            served.linger = !served.keep_alive && !body.as_ref().is_none_or(BodyDecoder::is_done);
             reply(&mut c, &ex, &mut served, Status::BAD_GATEWAY).await;
             served.upstream = Some((server, relayed.upstream_status, started.elapsed()));
             return served;

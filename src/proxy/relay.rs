@@ -33,7 +33,7 @@ pub(super) enum Heard {
 /// `rbuf[..*filled]` (the client had its 100 Continue from us) and say what
 /// is left. A final head is only seen to end here: `relay` parses it, once
 /// (a parse costs the zeroing of its field array, most of it).
-pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize, asked: Asked) -> Heard {
+pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize) -> Heard {
     loop {
         let start = &rbuf[..*filled];
         // "HTTP/1.1 1": the status's first digit is the tenth byte.
@@ -49,6 +49,9 @@ pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize, asked:
             };
         }
         let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        // Whether the request was a HEAD changes only a final response's
+        // framing, which is not read here.
+        let asked = Asked { head: false };
         let interim = match parse_response(start, &mut fields, max_head, asked) {
             Err(_) => return Heard::Bad,
             Ok(None) => return Heard::Partial { interim: true },
@@ -80,10 +83,9 @@ pub(super) async fn read_head(
     mut any: bool,
     cfg: &UpstreamConfig,
     max_head: usize,
-    asked: Asked,
 ) -> Result<usize, HeadEnd> {
     loop {
-        match heard(rbuf, &mut filled, max_head, asked) {
+        match heard(rbuf, &mut filled, max_head) {
             Heard::Final => return Ok(filled),
             Heard::Bad => return Err(HeadEnd::Failed(Failure::Bad)),
             Heard::Partial { .. } => {}
@@ -154,7 +156,6 @@ pub(super) async fn relay(
         let Ok(Some(res)) = parse_response(&rbuf[..filled], &mut fields, ex.max_head, asked) else {
             // `read_head` saw where the head ends; whether it holds
             // together shows here: a bad upstream, answered with a 502.
-            log::warn!("upstream {}: an invalid response head", cfg.name);
             r.upstream_failed = true;
             return r;
         };
@@ -268,13 +269,11 @@ pub(super) async fn relay(
 mod tests {
     use super::*;
 
-    const ASKED: Asked = Asked { head: false };
-
     fn hear(bytes: &[u8]) -> (Heard, Vec<u8>) {
         let mut buf = vec![0u8; 256];
         buf[..bytes.len()].copy_from_slice(bytes);
         let mut filled = bytes.len();
-        let heard = heard(&mut buf, &mut filled, 256, ASKED);
+        let heard = heard(&mut buf, &mut filled, 256);
         (heard, buf[..filled].to_vec())
     }
 

@@ -11,7 +11,6 @@ use crate::http::body::BodyDecoder;
 use crate::http::encode::BodyEncoder;
 use crate::http::error::ParseError;
 use crate::http::parse::BodyFraming;
-use crate::http::upstream::Asked;
 use crate::transport::Socket;
 
 /// How sending the request went.
@@ -30,20 +29,13 @@ pub(super) struct Sent {
     pub(super) heard: usize,
     /// The upstream sent something while the body went up.
     pub(super) any: bool,
+    /// The upstream is watched for an early answer; not once a success
+    /// has begun (the body then goes on, and the answer waits).
+    watch: bool,
     /// The whole body was in the client's input and went up in the first
     /// write: it is left there (with the decoder's end state and the bytes
     /// it takes) until a response comes, so a retry can send it again.
     pub(super) replay: Option<(BodyDecoder, usize)>,
-}
-
-/// The upstream's response buffer, which an early answer starts to fill.
-pub(super) struct Answer<'a> {
-    /// The buffer.
-    pub(super) buf: &'a mut [u8],
-    /// Largest response head accepted.
-    pub(super) max_head: usize,
-    /// What the request asked (HEAD: no body).
-    pub(super) asked: Asked,
 }
 
 /// Write the head in `up_out` and the request body to `up`, reading the
@@ -53,12 +45,14 @@ pub(super) struct Answer<'a> {
 /// whole for the next server.
 ///
 /// An upstream may answer before it has the whole body (an early 413 or
-/// 401), and then stop reading it: the sending stops at its final answer,
-/// which is left in `answer` for the response's reading (`Sent::heard`),
-/// and the exchange goes on to relay it. The client's connection then
-/// closes after the response, its body unread (as a client of the
-/// upstream should, RFC 9112 §9.5, and the session does for its own early
-/// answers). Interim 1xx responses do not stop it.
+/// 401), and then stop reading it: the sending stops at such an answer (a
+/// status of 300 or more, or a head that is no response), which is left
+/// at the start of `rbuf` for the response's reading (`Sent::heard`), and
+/// the exchange goes on to relay it. The client's connection then closes
+/// after the response, its body unread (as a client of the upstream
+/// should, RFC 9112 §9.5, and the session does for its own early answers).
+/// Interim 1xx responses do not stop it, nor a success (an upload
+/// answered as it streams): the body goes on whole, as before.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn send_request(
     c: &mut Client<'_>,
@@ -68,7 +62,7 @@ pub(super) async fn send_request(
     framing: BodyFraming,
     ex: &Exchange,
     cfg: &UpstreamConfig,
-    answer: &mut Answer<'_>,
+    rbuf: &mut [u8],
 ) -> Sent {
     let mut sent = Sent {
         read: 0,
@@ -78,6 +72,7 @@ pub(super) async fn send_request(
         replay: None,
         heard: 0,
         any: false,
+        watch: true,
     };
     let Some(decoder) = body.as_mut() else {
         sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
@@ -113,14 +108,18 @@ pub(super) async fn send_request(
         let first = !sent.consumed;
         let mut written = 0;
         while written < up_out.len() {
-            match up
-                .write_or_answer(&up_out[written..], cfg.send_timeout)
-                .await
-            {
+            let rest = &up_out[written..];
+            let wrote = if sent.watch {
+                up.write_or_answer(rest, cfg.send_timeout).await
+            } else {
+                let all = rest.len();
+                up.write_all(rest, cfg.send_timeout).await.map(|()| all)
+            };
+            match wrote {
                 Ok(n) => written += n,
                 Err(_) => return sent,
             }
-            if written < up_out.len() && take_answer(up, answer, &mut sent) {
+            if written < up_out.len() && take_answer(up, rbuf, ex.max_head, &mut sent) {
                 return sent;
             }
         }
@@ -141,16 +140,20 @@ pub(super) async fn send_request(
             continue;
         }
         let deadline = Instant::now() + ex.body_timeout;
-        let read = futures_lite::future::or(
-            async { Some(c.socket.read(&mut *c.input, deadline).await) },
-            async {
-                up.answered().await;
-                None
-            },
-        )
-        .await;
+        let read = if sent.watch {
+            futures_lite::future::or(
+                async { Some(c.socket.read(&mut *c.input, deadline).await) },
+                async {
+                    up.answered().await;
+                    None
+                },
+            )
+            .await
+        } else {
+            Some(c.socket.read(&mut *c.input, deadline).await)
+        };
         let Some(read) = read else {
-            if take_answer(up, answer, &mut sent) {
+            if take_answer(up, rbuf, ex.max_head, &mut sent) {
                 return sent;
             }
             continue;
@@ -177,19 +180,28 @@ pub(super) async fn send_request(
 }
 
 /// The upstream said something while its request's body went up: read it
-/// into `answer`. True when the sending should stop: a final answer or its
-/// start, the end of the connection, or a failure; false when it was only
-/// interim responses (dropped), or too little to tell yet.
-fn take_answer(up: &mut Socket, answer: &mut Answer<'_>, sent: &mut Sent) -> bool {
-    let room = &mut answer.buf[sent.heard..answer.max_head];
-    match up.try_read(room) {
+/// into `rbuf` after what `sent.heard` says is there. True when the sending
+/// should stop: an answer of 300 or more or its start, something that is
+/// no response, the end of the connection, or a failure. False when it was
+/// only interim responses (dropped), too little to tell yet, or a success,
+/// which stops the watching instead.
+fn take_answer(up: &mut Socket, rbuf: &mut [u8], max_head: usize, sent: &mut Sent) -> bool {
+    match up.try_read(&mut rbuf[sent.heard..max_head]) {
         None => false,
         Some(Ok(0)) | Some(Err(_)) => true,
         Some(Ok(n)) => {
             sent.heard += n;
             sent.any = true;
-            let left = heard(answer.buf, &mut sent.heard, answer.max_head, answer.asked);
-            left != (Heard::Partial { interim: true })
+            match heard(rbuf, &mut sent.heard, max_head) {
+                Heard::Partial { interim: true } => false,
+                Heard::Bad => true,
+                // "HTTP/1.1 2": the status's first digit.
+                _ if rbuf.get(9) == Some(&b'2') => {
+                    sent.watch = false;
+                    false
+                }
+                _ => true,
+            }
         }
     }
 }

@@ -124,7 +124,10 @@ impl Interest {
     /// Wait until the socket is readable (true) or has room to write
     /// (false), at most until `deadline`: for a write that stops when the
     /// peer starts answering. Readability is the level the task last left
-    /// (a stale event too): the caller looks before it believes it.
+    /// (a stale event too): the caller looks before it believes it. When
+    /// it ends readable, the write poll stays armed; its completion later
+    /// marks the slot writable, which costs at most one wake and one send
+    /// that finds no room.
     pub fn readable_or_writable(
         &mut self,
         deadline: Instant,

@@ -386,27 +386,15 @@ impl Socket {
         let mut done = 0;
         let mut deadline = Instant::now() + timeout;
         while done < buf.len() {
-            // SAFETY: send(2) from `buf[done..]`, valid for its length;
-            // MSG_DONTWAIT keeps it from blocking the shard, MSG_NOSIGNAL
-            // turns a closed peer into EPIPE rather than a signal.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    buf[done..].as_ptr().cast(),
-                    buf.len() - done,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                done += n as usize;
-                deadline = Instant::now() + timeout;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock => {}
-                io::ErrorKind::Interrupted => continue,
-                _ => return Err(e),
+            match send(fd, &buf[done..]) {
+                Ok(n) => {
+                    done += n;
+                    deadline = Instant::now() + timeout;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
             // No room: wait for some, or for an answer.
             if interest.readable_or_writable(deadline).await? {
@@ -596,6 +584,26 @@ fn peek(fd: RawFd) -> Peek {
         Ok(_) => Peek::Data,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
         Err(_) => Peek::Closed,
+    }
+}
+
+/// One non-blocking send(2) from `buf`; no SIGPIPE for a peer that went
+/// away (EPIPE instead).
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send(2) from `buf`, valid for its length, on a socket the
+    // caller holds open; MSG_DONTWAIT keeps it from blocking the shard.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

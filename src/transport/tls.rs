@@ -190,21 +190,7 @@ struct Send(RawFd);
 
 impl Write for Send {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: send(2) from `buf`, valid for its length, on a socket
-        // the caller holds open; MSG_DONTWAIT keeps it from blocking.
-        let n = unsafe {
-            libc::send(
-                self.0,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        super::send(self.0, buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
