@@ -6,7 +6,7 @@ SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 CONNS=${CONNS:-50}
 PEERS=${PEERS:-bench/peers}
-BIN=target/release/coreserve
+BIN=${BIN:-target/release/coreserve}
 # Scratch space for configurations and logs, and every server started in
 # the background stopped, whatever way the script ends.
 work=$(mktemp -d)

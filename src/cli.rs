@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{Config, ConfigError, Dispatch, MetricsConfig};
+use crate::config::{Affinity, Config, ConfigError, Dispatch, MetricsConfig};
 use crate::cpus;
 use crate::units;
 
@@ -49,6 +49,11 @@ pub struct Cli {
     /// CPUs to run shards on, like 0,2-3. [default: every CPU this process may use]
     #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
     pub cpus: Option<CpuList>,
+
+    /// Whether each shard keeps to its own CPU (pinned) or may run on any
+    /// of the selected CPUs (floating). [default: floating]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub affinity: Option<Affinity>,
 
     /// How connections reach shards: the master accepts and deals them
     /// round-robin, or every shard accepts on its own SO_REUSEPORT socket.
@@ -246,6 +251,7 @@ impl Cli {
         set!(self.shards.map(Some), "server.shards", c.shards);
         set!(self.cpus.map(|l| Some(l.0)), "server.cpus", c.cpus);
         set!(self.dispatch, "server.dispatch", c.dispatch);
+        set!(self.affinity, "server.affinity", c.affinity);
         set!(self.defer_accept, "server.defer-accept", c.defer_accept);
         set!(self.drain_timeout, "server.drain-timeout", c.drain_timeout);
         set!(self.idle_wait, "server.idle-wait", c.idle_wait);
@@ -330,6 +336,8 @@ mod tests {
             "false",
             "--idle-wait",
             "0",
+            "--affinity",
+            "pinned",
         ])
         .apply(Config::default())
         .unwrap();
@@ -337,6 +345,8 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 2 << 20);
         assert_eq!(c.limits.header_timeout, Duration::from_millis(500));
         assert_eq!(c.dispatch, Dispatch::Reuseport);
+        assert_eq!(c.affinity, Affinity::Pinned);
+        assert_eq!(Config::default().affinity, Affinity::Floating);
         assert!(!c.defer_accept);
         assert!(Config::default().defer_accept);
     }

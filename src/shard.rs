@@ -105,8 +105,11 @@ pub enum ShardEvent {
 pub struct ShardSpec {
     /// Shard id, 0-based.
     pub id: usize,
-    /// CPU the shard is pinned to.
+    /// The shard's CPU in the plan: the one it is pinned to, or (floating)
+    /// the one it is named for in logs and metrics.
     pub cpu: usize,
+    /// Where its thread may run (`server.affinity`).
+    pub placement: Placement,
     /// Where its connections come from.
     pub intake: Intake,
     /// Control messages from the master.
@@ -149,10 +152,10 @@ thread_local! {
     static INTAKE_CLOSER: RefCell<Option<handoff::Closer>> = const { RefCell::new(None) };
 }
 
-/// Start a shard's executor thread, pinned to its CPU. Its threads are named
+/// Start a shard's executor thread, placed as its spec says. Its threads are named
 /// `shard<id>-<n>` (glommio appends a number), so `top -H` tells shards apart.
 pub fn spawn(spec: ShardSpec) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
-    LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
+    LocalExecutorBuilder::new(spec.placement.clone())
         .name(&format!("shard{}", spec.id))
         .io_memory(spec.io_memory)
         .spawn(move || run(spec))
@@ -409,9 +412,9 @@ async fn accept_intake(
 }
 
 /// Log the final counters of a stopped shard.
-pub fn log_stopped(id: usize, cpu: usize, stats: &ShardStats, forced: usize) {
+pub fn log_stopped(id: usize, place: &str, stats: &ShardStats, forced: usize) {
     info!(
-        "shard {id} (CPU {cpu}) stopped: {} connections, {} requests, {} bad requests, {} timeouts, {} refused",
+        "shard {id} ({place}) stopped: {} connections, {} requests, {} bad requests, {} timeouts, {} refused",
         stats.connections, stats.requests, stats.bad_requests, stats.timeouts, stats.refused
     );
     if forced > 0 {

@@ -51,6 +51,30 @@ impl Dispatch {
     }
 }
 
+/// Which CPUs a shard's thread may run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Affinity {
+    /// Each shard runs only on its own CPU of `server.cpus`.
+    Pinned,
+    /// Every shard may run on any CPU of `server.cpus`, where the kernel's
+    /// scheduler puts it: a shard can move off a CPU that other work (an
+    /// app process, a single-threaded client, the acceptor) keeps busy.
+    /// The default: with every core busy it costs less per request and per
+    /// connection than pinning, and the same otherwise (bench/RESULTS.md).
+    #[default]
+    Floating,
+}
+
+impl Affinity {
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Affinity::Pinned => "pinned",
+            Affinity::Floating => "floating",
+        }
+    }
+}
+
 /// The address used when none is given.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3000";
 /// nginx's `large_client_header_buffers 4 8k` lets a head reach 32 KiB.
@@ -136,6 +160,8 @@ pub struct Config {
     pub cpus: Option<Vec<usize>>,
     /// How connections reach shards.
     pub dispatch: Dispatch,
+    /// Whether each shard keeps to its own CPU.
+    pub affinity: Affinity,
     /// Whether the kernel holds a new connection until its first bytes
     /// arrive (TCP_DEFER_ACCEPT on the listeners coreserve binds).
     pub defer_accept: bool,
@@ -172,6 +198,7 @@ impl Default for Config {
             shards: None,
             cpus: None,
             dispatch: Dispatch::default(),
+            affinity: Affinity::default(),
             // On, as an HTTP client always speaks first: a connection then
             // costs no wait for its request, and one that never speaks
             // costs nothing until the kernel gives up holding it.

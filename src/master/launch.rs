@@ -5,10 +5,11 @@
 use std::net::SocketAddr;
 
 use glommio::channels::shared_channel;
+use glommio::{CpuSet, Placement};
 
 use super::{MasterError, SHARD_QUEUE};
 use crate::access_log;
-use crate::config::{AccessLog, Config, Dispatch};
+use crate::config::{AccessLog, Affinity, Config, Dispatch};
 use crate::handoff;
 use crate::listener;
 use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
@@ -31,6 +32,10 @@ pub(super) struct Launcher {
     /// What each listener speaks, in the order of the listeners (the index
     /// a hand-off carries).
     pub(super) schemes: Vec<crate::listener::Scheme>,
+    /// `server.affinity`, for every shard this launcher starts.
+    pub(super) affinity: Affinity,
+    /// The CPUs of the plan, sorted, each once: where a floating shard may run.
+    pub(super) cpus: Vec<usize>,
 }
 
 /// A shard just started, before the master connects its channels.
@@ -102,9 +107,14 @@ impl Launcher {
             }
             _ => None,
         };
+        let placement = self.placement(cpu).map_err(|e| MasterError::Executor {
+            what: format!("shard {id}'s CPU set"),
+            err: e.to_string(),
+        })?;
         let spec = ShardSpec {
             id,
             cpu,
+            placement,
             intake,
             control: ctl_rx,
             events: ev_tx,
@@ -131,6 +141,27 @@ impl Launcher {
             control: ctl_tx,
             events: ev_rx,
             conns,
+        })
+    }
+
+    /// Where a shard planned on `cpu` runs, as logs say it ("CPU 1", or
+    /// "CPUs 0-3" when floating over more than one).
+    pub(super) fn place(&self, cpu: usize) -> String {
+        match (self.affinity, self.cpus.as_slice()) {
+            (Affinity::Floating, [_, _, ..]) => {
+                format!("CPUs {}", crate::cpus::format_cpu_list(&self.cpus))
+            }
+            _ => format!("CPU {cpu}"),
+        }
+    }
+
+    /// Where shard threads run: on `cpu` alone, or on any CPU of the plan.
+    fn placement(&self, cpu: usize) -> glommio::Result<Placement, ()> {
+        Ok(match self.affinity {
+            Affinity::Pinned => Placement::Fixed(cpu),
+            Affinity::Floating => {
+                Placement::Fenced(CpuSet::online()?.filter(|l| self.cpus.contains(&l.cpu)))
+            }
         })
     }
 

@@ -277,6 +277,13 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         sources,
         defer_accept: config.defer_accept,
         schemes: bound.iter().map(|&(scheme, _)| scheme).collect(),
+        affinity: config.affinity,
+        cpus: {
+            let mut set = plan.clone();
+            set.sort_unstable();
+            set.dedup();
+            set
+        },
     };
     let mut launched = Vec::with_capacity(n);
     for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {

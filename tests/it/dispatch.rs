@@ -51,7 +51,9 @@ fn more_shards_than_cpus_still_serve() {
     }
     let stats = stopped_stats(&server.stop());
     assert_eq!(stats.len(), 3);
-    assert!(stats.iter().all(|s| s.cpu == 0 && s.connections == 2));
+    assert!(stats
+        .iter()
+        .all(|s| s.place == "CPU 0" && s.connections == 2));
 }
 
 /// The CPUs each shard's threads (named `shard<id>-<n>`) may run on, by shard id.
@@ -87,10 +89,34 @@ fn pinned(cpus: &[usize]) -> BTreeMap<usize, BTreeSet<String>> {
 }
 
 #[test]
-fn each_shard_is_pinned_to_its_cpu() {
+fn shards_float_over_their_cpus_unless_pinned() {
     let ncpu = std::thread::available_parallelism().unwrap().get();
-    let server = Server::start(&[]);
     let all: Vec<usize> = (0..ncpu).collect();
+    let list = if ncpu == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", ncpu - 1)
+    };
+    let place = if ncpu == 1 {
+        "CPU 0".to_string()
+    } else {
+        format!("CPUs {list}")
+    };
+
+    // The default: every shard may run on every CPU of the plan.
+    let server = Server::start(&[]);
+    let floating: BTreeMap<usize, BTreeSet<String>> = all
+        .iter()
+        .map(|&id| (id, BTreeSet::from([list.clone()])))
+        .collect();
+    assert_eq!(shard_affinities(server.pid()), floating, "{}", server.log());
+    for id in 0..ncpu {
+        assert!(server
+            .log()
+            .contains(&format!("shard {id} started on {place}")));
+    }
+
+    let server = Server::start(&["--affinity", "pinned"]);
     assert_eq!(
         shard_affinities(server.pid()),
         pinned(&all),
@@ -103,7 +129,10 @@ fn each_shard_is_pinned_to_its_cpu() {
             .contains(&format!("shard {cpu} started on CPU {cpu}")));
     }
 
+    // Either way, --cpus bounds where shards run.
     let last = ncpu - 1;
+    let server = Server::start(&["--affinity", "pinned", "--cpus", &last.to_string()]);
+    assert_eq!(shard_affinities(server.pid()), pinned(&[last]));
     let server = Server::start(&["--cpus", &last.to_string()]);
     assert_eq!(shard_affinities(server.pid()), pinned(&[last]));
 }

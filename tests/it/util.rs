@@ -537,12 +537,12 @@ pub fn without_io_uring(cmd: &mut Command, errno: i32) {
 }
 
 /// A shard's final counters, as its "stopped" log line gives them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Stopped {
     /// Shard id.
     pub shard: usize,
-    /// Its CPU.
-    pub cpu: usize,
+    /// Where it ran, as the log says: "CPU 0", or "CPUs 0-1" floating.
+    pub place: String,
     /// Connections served.
     pub connections: u64,
     /// Requests answered.
@@ -553,7 +553,7 @@ pub struct Stopped {
     pub timeouts: u64,
 }
 
-/// Every "shard N (CPU C) stopped: ..." line in a log.
+/// Every "shard N (CPU C) stopped: ..." line in a log ("CPUs A-B" floating).
 pub fn stopped_stats(log: &str) -> Vec<Stopped> {
     let num = |s: &str| -> u64 {
         s.trim_matches(|c: char| !c.is_ascii_digit())
@@ -565,10 +565,10 @@ pub fn stopped_stats(log: &str) -> Vec<Stopped> {
         .filter(|rest| rest.contains(" stopped: "))
         .map(|rest| {
             let (who, counts) = rest.split_once(" stopped: ").unwrap();
-            let (shard, cpu) = who.split_once(" (CPU ").unwrap();
+            let (shard, place) = who.split_once(" (").unwrap();
             let mut s = Stopped {
                 shard: num(shard) as usize,
-                cpu: num(cpu) as usize,
+                place: place.trim_end_matches(')').to_string(),
                 ..Stopped::default()
             };
             for part in counts.split(", ") {

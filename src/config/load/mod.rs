@@ -274,7 +274,7 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dispatch, LogFormat, RouteConfig};
+    use crate::config::{Affinity, Dispatch, LogFormat, RouteConfig};
 
     fn parse(text: &str) -> Result<Config, Vec<String>> {
         parse_str(text, Path::new("t.toml"))
@@ -299,6 +299,7 @@ listen = ["127.0.0.1:8080", "[::1]:8080"]
 shards = 2
 cpus = "0-1"
 dispatch = "reuseport"
+affinity = "pinned"
 drain-timeout = "5s"
 defer-accept = false
 idle-wait = "50us"
@@ -331,6 +332,7 @@ host = "Example.com"
         assert_eq!(c.shards, Some(2));
         assert_eq!(c.cpus, Some(vec![0, 1]));
         assert_eq!(c.dispatch, Dispatch::Reuseport);
+        assert_eq!(c.affinity, Affinity::Pinned);
         assert_eq!(c.limits.max_body_bytes, 2 << 20);
         assert_eq!(c.limits.max_header_bytes, 16384);
         assert_eq!(c.limits.keepalive_timeout.as_secs(), 30);
@@ -339,7 +341,7 @@ host = "Example.com"
         assert_eq!(c.routes[1].host.as_deref(), Some("example.com"));
         assert!(!c.defer_accept);
         assert_eq!(c.idle_wait, std::time::Duration::from_micros(50));
-        assert_eq!(c.lines["limits.max-body-bytes"], 12);
+        assert_eq!(c.lines["limits.max-body-bytes"], 13);
     }
 
     #[test]
@@ -350,6 +352,7 @@ shards = "many"
 colour = "blue"
 defer-accept = "yes"
 idle-wait = "a while"
+affinity = "loose"
 
 [limits]
 max-body-bytes = "lots"
@@ -373,10 +376,11 @@ root = "/srv"
                 "t.toml:3: server.colour: unknown key",
                 "t.toml:4: server.defer-accept: must be true or false",
                 "t.toml:5: server.idle-wait: must be a duration like 500ms, 60s, 5m or 1h, got \"a while\"",
-                "t.toml:8: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
-                "t.toml:9: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
-                "t.toml:11: route[1].root: is required for a static route (the directory served)",
-                "t.toml:18: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
+                "t.toml:6: server.affinity: must be \"pinned\" or \"floating\", got \"loose\"",
+                "t.toml:9: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
+                "t.toml:10: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
+                "t.toml:12: route[1].root: is required for a static route (the directory served)",
+                "t.toml:19: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
             ]
         );
     }

@@ -1,11 +1,11 @@
-//! The `[server]` section: addresses, shards, CPUs, dispatch, draining.
+//! The `[server]` section: addresses, shards, CPUs, affinity, dispatch, draining.
 
 use std::net::SocketAddr;
 
 use toml_edit::{TableLike, Value};
 
 use super::{Field, Walker};
-use crate::config::Dispatch;
+use crate::config::{Affinity, Dispatch};
 use crate::cpus;
 
 impl Walker<'_> {
@@ -39,6 +39,15 @@ impl Walker<'_> {
                     Some(other) => self.error(
                         &f,
                         format!("must be \"master\" or \"reuseport\", got {other:?}"),
+                    ),
+                    None => {}
+                },
+                "server.affinity" => match self.string(&f).as_deref() {
+                    Some("pinned") => self.config.affinity = Affinity::Pinned,
+                    Some("floating") => self.config.affinity = Affinity::Floating,
+                    Some(other) => self.error(
+                        &f,
+                        format!("must be \"pinned\" or \"floating\", got {other:?}"),
                     ),
                     None => {}
                 },

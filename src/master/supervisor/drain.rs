@@ -59,7 +59,7 @@ impl Supervisor<Real> {
                 // end if it died first; the two arrive by different paths,
                 // in any order.
                 Some(MasterEvent::Shard(ShardEvent::Stopped { id, stats, forced })) => {
-                    shard::log_stopped(id, self.slots[id].cpu, &stats, forced);
+                    shard::log_stopped(id, &self.slots[id].place, &stats, forced);
                     if std::mem::take(&mut stopping[id]) {
                         running -= 1;
                     }

@@ -68,6 +68,8 @@ pub(super) struct Supervision {
 /// (`world::Running`).
 struct Slot<S> {
     cpu: usize,
+    /// Where it runs, for logs: `Launcher::place`.
+    place: String,
     /// In the rotation: started and, after a restart, said it is ready.
     alive: bool,
     /// Its thread as a supervised child (restarts, back-off, incarnation).
@@ -148,6 +150,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         child.started(running, now);
         slots.push(Slot {
             cpu: s.cpus[id],
+            place: s.launcher.place(s.cpus[id]),
             alive: true,
             child,
         });
@@ -158,7 +161,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     while ready < n {
         match rx.recv().await {
             Some(MasterEvent::Shard(ShardEvent::Ready { id })) => {
-                info!("shard {id} started on CPU {}", slots[id].cpu);
+                info!("shard {id} started on {}", slots[id].place);
                 ready += 1;
             }
             Some(MasterEvent::Gone(id, _)) => return Err(MasterError::ShardStart(id)),
@@ -508,8 +511,8 @@ impl<W: World> Supervisor<W> {
             self.reloaded("every live shard");
         }
         error!(
-            "shard {id} (CPU {}) died: {why}; restarting it in {delay:?}",
-            self.slots[id].cpu
+            "shard {id} ({}) died: {why}; restarting it in {delay:?}",
+            self.slots[id].place
         );
         if !self.slots.iter().any(|s| s.alive) {
             error!("no shard is alive: new connections are refused until one is back");
@@ -539,6 +542,6 @@ impl<W: World> Supervisor<W> {
         if let Some(running) = slot.child.get_mut() {
             self.world.back(id, running);
         }
-        info!("shard {id} restarted on CPU {}", slot.cpu);
+        info!("shard {id} restarted on {}", slot.place);
     }
 }

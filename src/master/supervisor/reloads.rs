@@ -51,6 +51,7 @@ pub(super) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.shards", old.shards != new.shards),
         ("server.cpus", old.cpus != new.cpus),
         ("server.dispatch", old.dispatch != new.dispatch),
+        ("server.affinity", old.affinity != new.affinity),
         ("server.defer-accept", old.defer_accept != new.defer_accept),
         ("server.idle-wait", old.idle_wait != new.idle_wait),
         (

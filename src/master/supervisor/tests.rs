@@ -162,6 +162,7 @@ fn serving_with(n: usize, config: Config, reload: Reloader) -> Supervisor<Fake> 
             child.started(FakeShard { id, incarnation }, now);
             Slot {
                 cpu: id,
+                place: format!("CPU {id}"),
                 alive: true,
                 child,
             }
