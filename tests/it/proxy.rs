@@ -375,6 +375,102 @@ fn an_early_success_lets_the_body_go_on_whole() {
     assert_eq!(r.header("connection"), None);
 }
 
+/// Send a body of `pieces` × 60 000 bytes on `s` from a thread, until the
+/// peer stops taking it.
+fn upload(s: &TcpStream, pieces: usize) -> std::thread::JoinHandle<()> {
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..pieces {
+            if w.write_all(&[b'u'; 60_000]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[test]
+fn an_early_answer_on_a_pooled_connection_reaches_the_client() {
+    // The upload goes up a connection an earlier request left in the pool:
+    // its early 413 is seen all the same, and that connection is not
+    // pooled again (the next request opens a new one).
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    let up = raw_upstream(move |mut s| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst");
+        // The next request on this connection: the upload, refused at its
+        // head; nothing more is read of it.
+        read_head(&mut s);
+        let _ =
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large");
+        std::thread::sleep(Duration::from_secs(15));
+    });
+    let proxy = Proxy::start(
+        "proxy-early-pooled",
+        &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"1g\"\n"),
+    );
+    let r = get(proxy.addr(), "GET /first HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "first"));
+
+    let mut s = connect(proxy.addr());
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        .unwrap();
+    let writer = upload(&s, 10_000);
+    let r = Reader::new(&s).next(false);
+    assert_eq!((r.status, r.text().as_str()), (413, "too large"));
+    assert_eq!(r.header("connection"), Some("close"));
+    let _ = s.shutdown(Shutdown::Both);
+    writer.join().unwrap();
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The refused upload's connection was not pooled: a new one serves this.
+    let r = get(proxy.addr(), "GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_malformed_early_answer_is_a_502_and_goes_no_further() {
+    // An upstream that answers an upload, mid-body, with something that is
+    // not HTTP: the client gets a 502 and its connection closes (lingering,
+    // so the 502 is not lost to a reset); nothing of the garbage reaches it,
+    // and the next client is served on a new upstream connection.
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    let up = raw_upstream(move |mut s| {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        read_head(&mut s);
+        if n == 0 {
+            let _ = s.write_all(b"SPDY/9 what\r\nGarbage: yes\r\n\r\nmore garbage");
+            std::thread::sleep(Duration::from_secs(15));
+        } else {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine");
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-early-garbage",
+        &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"1g\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        .unwrap();
+    let writer = upload(&s, 10_000);
+    let mut reader = Reader::new(&s);
+    let r = reader.next(false);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(!contains(&r.body, b"garbage"));
+    let _ = s.shutdown(Shutdown::Both);
+    writer.join().unwrap();
+
+    let r = get(proxy.addr(), "GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "fine"));
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[test]
 fn an_interim_response_does_not_stop_the_body() {
     // 103 Early Hints as soon as the head is in, then the whole body read
