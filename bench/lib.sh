@@ -6,7 +6,8 @@ SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 CONNS=${CONNS:-50}
 PEERS=${PEERS:-bench/peers}
-BIN=${BIN:-target/release/coreserve}
+# The coreserve binary measured (CORESERVE_BIN=PATH measures another build).
+BIN=${CORESERVE_BIN:-target/release/coreserve}
 # Scratch space for configurations and logs, and every server started in
 # the background stopped, whatever way the script ends.
 work=$(mktemp -d)

@@ -12,7 +12,7 @@ use crate::cpus;
 use crate::units;
 
 /// coreserve: a thread-per-core io_uring HTTP/1.1 server. One shard per CPU,
-/// pinned, fed round-robin by a master; with no configuration every request
+/// fed round-robin by a master; with no configuration every request
 /// is answered `200 OK` `Hello World`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "coreserve", version, about, long_about = None, disable_help_subcommand = true)]

@@ -1,5 +1,6 @@
 //! Which CPUs get a shard: the CPUs this process may run on, narrowed by
-//! `--cpus` and `--shards`.
+//! `--cpus` and `--shards`; where a floating shard may run; starting a
+//! thread bound to CPUs.
 
 /// A CPU selection that cannot be honoured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,9 +109,111 @@ pub fn plan_shards(
     Ok((0..n).map(|i| selected[i % selected.len()]).collect())
 }
 
+/// The CPUs `--cpus` selects (every allowed one without it), sorted.
+pub fn selected(allowed: &[usize], cpus: Option<&[usize]>) -> Vec<usize> {
+    cpus.unwrap_or(allowed).to_vec()
+}
+
+/// The host's NUMA nodes, each as its CPUs (from
+/// `/sys/devices/system/node/node*/cpulist`); empty when the host does not
+/// say. Read once, by the master, before the shards start.
+pub fn numa_nodes() -> Vec<Vec<usize>> {
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/node") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("node")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cpulist")).ok())
+        .filter_map(|list| parse_cpu_list(list.trim()).ok())
+        .collect()
+}
+
+/// Where a floating shard planned on `cpu` may run: the selected CPUs of
+/// `cpu`'s NUMA node, so that it never moves away from the memory it
+/// allocated (all of `selected` on a host with one node, or none known).
+pub fn fence(selected: &[usize], cpu: usize, nodes: &[Vec<usize>]) -> Vec<usize> {
+    match nodes.iter().find(|node| node.contains(&cpu)) {
+        Some(node) => selected
+            .iter()
+            .copied()
+            .filter(|c| node.contains(c))
+            .collect(),
+        None => selected.to_vec(),
+    }
+}
+
+/// Run `f` with the calling thread bound to `cpus`, then give the thread
+/// its CPUs back. A thread started meanwhile inherits the binding (Linux
+/// threads start with their creator's CPU mask), and so do the threads it
+/// starts. CPUs past the kernel's 1024-CPU set are left out.
+pub fn while_bound<T>(cpus: &[usize], f: impl FnOnce() -> T) -> std::io::Result<T> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut before: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `before` is a cpu_set_t of `size` bytes; pid 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, size, &mut before) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu < libc::CPU_SETSIZE as usize {
+            // SAFETY: `cpu` is within the set's bounds.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_setaffinity(0, size, &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let out = f();
+    // SAFETY: the mask this thread had, valid as it was read.
+    unsafe { libc::sched_setaffinity(0, size, &before) };
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_floating_shard_keeps_to_its_numa_node() {
+        let nodes = vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]];
+        let selected = [1, 2, 5, 6];
+        assert_eq!(fence(&selected, 2, &nodes), vec![1, 2]);
+        assert_eq!(fence(&selected, 6, &nodes), vec![5, 6]);
+        // One node, or none known: every selected CPU.
+        assert_eq!(fence(&selected, 6, &[]), vec![1, 2, 5, 6]);
+        assert_eq!(
+            fence(&selected, 1, &[vec![0, 1, 2, 3, 4, 5, 6, 7]]),
+            vec![1, 2, 5, 6]
+        );
+        // `--cpus`, or every allowed CPU.
+        assert_eq!(super::selected(&[0, 1, 2], Some(&[2])), vec![2]);
+        assert_eq!(super::selected(&[0, 1, 2], None), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_thread_started_while_bound_keeps_the_binding() {
+        std::thread::spawn(|| {
+            let allowed = allowed_cpus().unwrap();
+            let one = allowed[..1].to_vec();
+            let inner = while_bound(&one, || {
+                std::thread::spawn(allowed_cpus).join().unwrap().unwrap()
+            })
+            .unwrap();
+            assert_eq!(inner, one);
+            // The binding thread has its CPUs back.
+            assert_eq!(allowed_cpus().unwrap(), allowed);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn lists() {

@@ -1,4 +1,4 @@
-//! A shard: one glommio executor pinned to one CPU, owning its connections,
+//! A shard: one glommio executor on the selected CPUs (or pinned to one), owning its connections,
 //! buffers, `Date` cache and counters. Nothing here is shared with another
 //! shard; the master talks to it only through channels.
 
@@ -13,7 +13,7 @@ use futures_lite::FutureExt;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::LocalExecutorBuilder;
 use log::{error, info, warn};
 
 use crate::access_log::AccessLogger;
@@ -152,10 +152,39 @@ thread_local! {
     static INTAKE_CLOSER: RefCell<Option<handoff::Closer>> = const { RefCell::new(None) };
 }
 
+/// Which CPUs a shard's executor thread runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// This CPU alone (glommio's `Placement::Fixed`, which binds the
+    /// executor's blocking-call thread there too).
+    Pinned(usize),
+    /// Any of these CPUs, where the kernel puts it (the executor's
+    /// blocking-call thread too). glommio's own `Fenced` placement is not
+    /// used: it reads the host's whole topology once per CPU of the set, per
+    /// shard (seconds of start-up on a large host).
+    Floating(Vec<usize>),
+}
+
 /// Start a shard's executor thread, placed as its spec says. Its threads are named
 /// `shard<id>-<n>` (glommio appends a number), so `top -H` tells shards apart.
 pub fn spawn(spec: ShardSpec) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
-    LocalExecutorBuilder::new(spec.placement.clone())
+    match spec.placement.clone() {
+        Placement::Pinned(cpu) => build(glommio::Placement::Fixed(cpu), spec),
+        // Started from a thread bound to the set, the executor's thread and
+        // its blocking-call thread inherit it (glommio leaves an unbound
+        // executor's mask alone).
+        Placement::Floating(cpus) => {
+            crate::cpus::while_bound(&cpus, || build(glommio::Placement::Unbound, spec))
+                .map_err(glommio::GlommioError::IoError)?
+        }
+    }
+}
+
+fn build(
+    placement: glommio::Placement,
+    spec: ShardSpec,
+) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
+    LocalExecutorBuilder::new(placement)
         .name(&format!("shard{}", spec.id))
         .io_memory(spec.io_memory)
         .spawn(move || run(spec))

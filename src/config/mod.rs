@@ -56,23 +56,13 @@ impl Dispatch {
 pub enum Affinity {
     /// Each shard runs only on its own CPU of `server.cpus`.
     Pinned,
-    /// Every shard may run on any CPU of `server.cpus`, where the kernel's
-    /// scheduler puts it: a shard can move off a CPU that other work (an
-    /// app process, a single-threaded client, the acceptor) keeps busy.
-    /// The default: with every core busy it costs less per request and per
-    /// connection than pinning, and the same otherwise (bench/RESULTS.md).
+    /// Every shard may run on any CPU of `server.cpus` in its NUMA node,
+    /// where the kernel's scheduler puts it: a shard can move off a CPU
+    /// that other work (an app process, a single-threaded client, the
+    /// acceptor) keeps busy. The default: measured with every core busy it
+    /// costs less per request and per connection than pinning.
     #[default]
     Floating,
-}
-
-impl Affinity {
-    /// The name used on the command line and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Affinity::Pinned => "pinned",
-            Affinity::Floating => "floating",
-        }
-    }
 }
 
 /// The address used when none is given.
@@ -104,9 +94,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// keep-alive load without parking glommio (a membarrier, an interrupt to
 /// every CPU running a shard, per park), short enough that glommio's own
 /// timers, messages and file reads wait little. Chosen from the all-cores
-/// measurements of 0, 50, 200 and 1000 µs in bench/RESULTS.md: 1 ms costs
-/// less per keep-alive request but more per new connection with
-/// `dispatch = "reuseport"`.
+/// measurements of 0, 50, 200 and 1000 µs in bench/RESULTS.md: 1 ms cost
+/// more per new connection with `dispatch = "reuseport"`, and per
+/// keep-alive request less with pinned shards but more with floating ones.
 pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_micros(200);
 
 /// Limits every shard enforces.

@@ -1,18 +1,18 @@
 //! Starting a shard: its channels, its hand-off queue or listeners, its
-//! lifeline and access-log file, then its pinned executor. Used at start-up
+//! lifeline and access-log file, then its executor, placed by `server.affinity`. Used at start-up
 //! and again for a shard that died.
 
 use std::net::SocketAddr;
 
 use glommio::channels::shared_channel;
-use glommio::{CpuSet, Placement};
 
 use super::{MasterError, SHARD_QUEUE};
 use crate::access_log;
 use crate::config::{AccessLog, Affinity, Config, Dispatch};
+use crate::cpus;
 use crate::handoff;
 use crate::listener;
-use crate::shard::{self, Control, Intake, ShardEvent, ShardSpec};
+use crate::shard::{self, Control, Intake, Placement, ShardEvent, ShardSpec};
 
 /// Where a restarted shard's listener comes from, in reuseport mode.
 pub(super) enum ListenSource {
@@ -34,8 +34,10 @@ pub(super) struct Launcher {
     pub(super) schemes: Vec<crate::listener::Scheme>,
     /// `server.affinity`, for every shard this launcher starts.
     pub(super) affinity: Affinity,
-    /// The CPUs of the plan, sorted, each once: where a floating shard may run.
-    pub(super) cpus: Vec<usize>,
+    /// The CPUs `server.cpus` selects, sorted: where floating shards run.
+    pub(super) selected: Vec<usize>,
+    /// The host's NUMA nodes, as their CPUs (`cpus::numa_nodes`).
+    pub(super) nodes: Vec<Vec<usize>>,
 }
 
 /// A shard just started, before the master connects its channels.
@@ -107,14 +109,10 @@ impl Launcher {
             }
             _ => None,
         };
-        let placement = self.placement(cpu).map_err(|e| MasterError::Executor {
-            what: format!("shard {id}'s CPU set"),
-            err: e.to_string(),
-        })?;
         let spec = ShardSpec {
             id,
             cpu,
-            placement,
+            placement: self.placement(cpu),
             intake,
             control: ctl_rx,
             events: ev_tx,
@@ -131,7 +129,7 @@ impl Launcher {
             lifeline: shard_end,
         };
         let handle = shard::spawn(spec).map_err(|e| MasterError::Executor {
-            what: format!("shard {id} on CPU {cpu}"),
+            what: format!("shard {id} on {}", self.place(cpu)),
             err: e.to_string(),
         })?;
         Ok(Launched {
@@ -144,25 +142,25 @@ impl Launcher {
         })
     }
 
-    /// Where a shard planned on `cpu` runs, as logs say it ("CPU 1", or
-    /// "CPUs 0-3" when floating over more than one).
-    pub(super) fn place(&self, cpu: usize) -> String {
-        match (self.affinity, self.cpus.as_slice()) {
-            (Affinity::Floating, [_, _, ..]) => {
-                format!("CPUs {}", crate::cpus::format_cpu_list(&self.cpus))
+    /// Where a shard planned on `cpu` runs.
+    fn placement(&self, cpu: usize) -> Placement {
+        match self.affinity {
+            Affinity::Pinned => Placement::Pinned(cpu),
+            Affinity::Floating => {
+                Placement::Floating(cpus::fence(&self.selected, cpu, &self.nodes))
             }
-            _ => format!("CPU {cpu}"),
         }
     }
 
-    /// Where shard threads run: on `cpu` alone, or on any CPU of the plan.
-    fn placement(&self, cpu: usize) -> glommio::Result<Placement, ()> {
-        Ok(match self.affinity {
-            Affinity::Pinned => Placement::Fixed(cpu),
-            Affinity::Floating => {
-                Placement::Fenced(CpuSet::online()?.filter(|l| self.cpus.contains(&l.cpu)))
+    /// Where a shard planned on `cpu` runs, as logs say it ("CPU 1", or
+    /// "CPUs 0-3" when floating over more than one).
+    pub(super) fn place(&self, cpu: usize) -> String {
+        match self.placement(cpu) {
+            Placement::Floating(set) if set.len() > 1 => {
+                format!("CPUs {}", cpus::format_cpu_list(&set))
             }
-        })
+            _ => format!("CPU {cpu}"),
+        }
     }
 
     fn reuseport_listeners(&self) -> Result<Vec<std::net::TcpListener>, MasterError> {

@@ -1,5 +1,5 @@
 //! The master runtime: checks the host, binds the listeners, starts one
-//! pinned shard per CPU, deals accepted connections round-robin to them
+//! shard per CPU (floating over the selected CPUs, or pinned to one each), deals accepted connections round-robin to them
 //! (or lets each accept on its own SO_REUSEPORT socket), and turns signals
 //! into a graceful drain. Node's cluster primary, with threads for workers.
 
@@ -96,6 +96,8 @@ pub struct Preflight {
     pub limits: host::HostLimits,
     /// The CPU of each shard, in shard order.
     pub plan: Vec<usize>,
+    /// The CPUs `server.cpus` selects: where floating shards run.
+    pub selected: Vec<usize>,
     /// How many CPUs this process may run on.
     pub allowed: usize,
     /// glommio's io_memory for each executor (shards and the master), bytes.
@@ -111,11 +113,13 @@ pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let limits = host::prepare()?;
     let allowed = cpus::allowed_cpus()?;
     let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
+    let selected = cpus::selected(&allowed, config.cpus.as_deref());
     // Every shard and the master run an executor.
     let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
     Ok(Preflight {
         limits,
         plan,
+        selected,
         allowed: allowed.len(),
         io_memory,
     })
@@ -126,6 +130,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let Preflight {
         limits,
         plan,
+        selected,
         allowed,
         io_memory,
     } = preflight(&config)?;
@@ -278,12 +283,8 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         defer_accept: config.defer_accept,
         schemes: bound.iter().map(|&(scheme, _)| scheme).collect(),
         affinity: config.affinity,
-        cpus: {
-            let mut set = plan.clone();
-            set.sort_unstable();
-            set.dedup();
-            set
-        },
+        selected,
+        nodes: cpus::numa_nodes(),
     };
     let mut launched = Vec::with_capacity(n);
     for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {

@@ -330,7 +330,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
     family(
         "coreserve_shard_cpu",
         "gauge",
-        "The CPU each shard is pinned to.",
+        "The CPU each shard was planned on: the one it runs on when pinned.",
         &mut |o| {
             for s in snaps {
                 let _ = writeln!(o, "coreserve_shard_cpu{{shard=\"{}\"}} {}", s.shard, s.cpu);

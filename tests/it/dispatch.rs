@@ -1,5 +1,5 @@
-//! Both dispatch modes spread connections over every shard, and each shard
-//! runs pinned to its CPU.
+//! Both dispatch modes spread connections over every shard; shards float
+//! over the selected CPUs, or run pinned to one each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -88,6 +88,29 @@ fn pinned(cpus: &[usize]) -> BTreeMap<usize, BTreeSet<String>> {
         .collect()
 }
 
+/// The CPUs a log line "shard N started on CPUs 0-1" (or "on CPU 3") names.
+fn started_on(log: &str, id: usize) -> String {
+    let prefix = format!("shard {id} started on ");
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once(&prefix).map(|(_, rest)| rest.to_string()))
+        .unwrap_or_else(|| panic!("no \"{prefix}\" in {log}"));
+    line.trim_start_matches("CPUs ")
+        .trim_start_matches("CPU ")
+        .to_string()
+}
+
+/// Whether this host has more than one NUMA node (floating shards keep to
+/// their node's CPUs there).
+fn numa() -> bool {
+    std::fs::read_dir("/sys/devices/system/node").is_ok_and(|d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("node"))
+            .count()
+            > 1
+    })
+}
+
 #[test]
 fn shards_float_over_their_cpus_unless_pinned() {
     let ncpu = std::thread::available_parallelism().unwrap().get();
@@ -97,23 +120,31 @@ fn shards_float_over_their_cpus_unless_pinned() {
     } else {
         format!("0-{}", ncpu - 1)
     };
-    let place = if ncpu == 1 {
-        "CPU 0".to_string()
-    } else {
-        format!("CPUs {list}")
-    };
 
-    // The default: every shard may run on every CPU of the plan.
+    // The default: every shard may run on every selected CPU (of its NUMA
+    // node), and the log says so.
     let server = Server::start(&[]);
-    let floating: BTreeMap<usize, BTreeSet<String>> = all
-        .iter()
-        .map(|&id| (id, BTreeSet::from([list.clone()])))
-        .collect();
-    assert_eq!(shard_affinities(server.pid()), floating, "{}", server.log());
-    for id in 0..ncpu {
-        assert!(server
-            .log()
-            .contains(&format!("shard {id} started on {place}")));
+    let affinities = shard_affinities(server.pid());
+    assert_eq!(affinities.len(), ncpu, "{}", server.log());
+    for (id, allowed) in &affinities {
+        let logged = started_on(&server.log(), *id);
+        assert_eq!(
+            allowed,
+            &BTreeSet::from([logged.clone()]),
+            "{}",
+            server.log()
+        );
+        if !numa() {
+            assert_eq!(logged, list);
+        }
+    }
+    // Fewer shards than CPUs: a shard still floats over every selected CPU.
+    if ncpu >= 2 && !numa() {
+        let server = Server::start(&["--shards", "1", "--cpus", "0-1"]);
+        assert_eq!(
+            shard_affinities(server.pid()),
+            BTreeMap::from([(0, BTreeSet::from(["0-1".to_string()]))])
+        );
     }
 
     let server = Server::start(&["--affinity", "pinned"]);
@@ -124,9 +155,7 @@ fn shards_float_over_their_cpus_unless_pinned() {
         server.log()
     );
     for cpu in 0..ncpu {
-        assert!(server
-            .log()
-            .contains(&format!("shard {cpu} started on CPU {cpu}")));
+        assert_eq!(started_on(&server.log(), cpu), cpu.to_string());
     }
 
     // Either way, --cpus bounds where shards run.

@@ -79,11 +79,12 @@ mod tests {
         let mut new = old.clone();
         assert!(needs_restart(&old, &new).is_empty());
         new.shards = Some(3);
+        new.affinity = crate::config::Affinity::Pinned;
         new.drain_timeout = std::time::Duration::from_secs(1);
         new.limits.max_body_bytes += 1;
         assert_eq!(
             needs_restart(&old, &new),
-            ["server.shards", "server.drain-timeout"]
+            ["server.shards", "server.affinity", "server.drain-timeout"]
         );
     }
 
