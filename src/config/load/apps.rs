@@ -85,12 +85,12 @@ impl Walker<'_> {
                         }
                     }
                 },
-                "listen" => match self.string(&f).as_deref() {
-                    Some("port") => a.listen = AppListen::Port,
-                    Some("unix") => a.listen = AppListen::Unix,
-                    Some(o) => self.error(&f, format!("must be \"port\" or \"unix\", got {o:?}")),
-                    None => {}
-                },
+                "listen" => {
+                    let choices = [("port", AppListen::Port), ("unix", AppListen::Unix)];
+                    if let Some(v) = self.one_of(&f, &choices) {
+                        a.listen = v;
+                    }
+                }
                 "listen-env" => {
                     if let Some(v) = self.string(&f) {
                         listen_env = Some(v);

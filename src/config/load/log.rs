@@ -19,14 +19,12 @@ impl Walker<'_> {
                     Some(p) => self.config.log.access = AccessLog::File(self.relative_to_file(p)),
                     None => {}
                 },
-                "log.format" => match self.string(&f).as_deref() {
-                    Some("combined") => self.config.log.format = LogFormat::Combined,
-                    Some("json") => self.config.log.format = LogFormat::Json,
-                    Some(o) => {
-                        self.error(&f, format!("must be \"combined\" or \"json\", got {o:?}"))
+                "log.format" => {
+                    let choices = [("combined", LogFormat::Combined), ("json", LogFormat::Json)];
+                    if let Some(v) = self.one_of(&f, &choices) {
+                        self.config.log.format = v;
                     }
-                    None => {}
-                },
+                }
                 _ => self.error(&f, "unknown key".into()),
             }
         }

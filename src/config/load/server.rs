@@ -33,24 +33,24 @@ impl Walker<'_> {
                     },
                     _ => self.error(&f, "must be a CPU list like \"0,2-3\" or \"all\"".into()),
                 },
-                "server.dispatch" => match self.string(&f).as_deref() {
-                    Some("master") => self.config.dispatch = Dispatch::Master,
-                    Some("reuseport") => self.config.dispatch = Dispatch::Reuseport,
-                    Some(other) => self.error(
-                        &f,
-                        format!("must be \"master\" or \"reuseport\", got {other:?}"),
-                    ),
-                    None => {}
-                },
-                "server.affinity" => match self.string(&f).as_deref() {
-                    Some("pinned") => self.config.affinity = Affinity::Pinned,
-                    Some("floating") => self.config.affinity = Affinity::Floating,
-                    Some(other) => self.error(
-                        &f,
-                        format!("must be \"pinned\" or \"floating\", got {other:?}"),
-                    ),
-                    None => {}
-                },
+                "server.dispatch" => {
+                    let choices = [
+                        ("master", Dispatch::Master),
+                        ("reuseport", Dispatch::Reuseport),
+                    ];
+                    if let Some(v) = self.one_of(&f, &choices) {
+                        self.config.dispatch = v;
+                    }
+                }
+                "server.affinity" => {
+                    let choices = [
+                        ("pinned", Affinity::Pinned),
+                        ("floating", Affinity::Floating),
+                    ];
+                    if let Some(v) = self.one_of(&f, &choices) {
+                        self.config.affinity = v;
+                    }
+                }
                 "server.drain-timeout" => {
                     if let Some(d) = self.duration(&f) {
                         self.config.drain_timeout = d;

@@ -182,15 +182,15 @@ impl Walker<'_> {
         f: &Field,
     ) -> bool {
         match name {
-            "balance" => match self.string(f).as_deref() {
-                Some("round-robin") => g.balance = Balance::RoundRobin,
-                Some("least-conn") => g.balance = Balance::LeastConn,
-                Some(o) => self.error(
-                    f,
-                    format!("must be \"round-robin\" or \"least-conn\", got {o:?}"),
-                ),
-                None => {}
-            },
+            "balance" => {
+                let choices = [
+                    ("round-robin", Balance::RoundRobin),
+                    ("least-conn", Balance::LeastConn),
+                ];
+                if let Some(v) = self.one_of(f, &choices) {
+                    g.balance = v;
+                }
+            }
             "keepalive" => set(
                 &mut g.keepalive,
                 self.count(f, "a number of idle connections per server, 0 to 4096"),

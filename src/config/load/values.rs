@@ -29,6 +29,23 @@ impl Walker<'_> {
         }
     }
 
+    /// A string that must be one of `choices`' names: its value, or an
+    /// error listing the names ("must be \"a\" or \"b\", got \"c\"").
+    pub(super) fn one_of<T: Copy>(&mut self, f: &Field, choices: &[(&str, T)]) -> Option<T> {
+        let given = self.string(f)?;
+        if let Some(&(_, v)) = choices.iter().find(|(name, _)| *name == given) {
+            return Some(v);
+        }
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let list = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.error(f, format!("must be {list}, got {given:?}"));
+        None
+    }
+
     pub(super) fn string_list(&mut self, f: &Field) -> Option<Vec<String>> {
         let list = f.item.as_array().and_then(|a| {
             a.iter()
