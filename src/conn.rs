@@ -80,7 +80,11 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
             finish(&shard, log.as_ref(), &record);
             // The client's request is unread: linger so the 503 is not reset away.
             let mut client = Socket::new(Stream::Tcp(stream), None);
-            linger_close(&mut client, &mut InputBuffer::new(INITIAL_INPUT)).await;
+            Box::pin(linger_close(
+                &mut client,
+                &mut InputBuffer::new(INITIAL_INPUT),
+            ))
+            .await;
         }
         return;
     }
@@ -104,7 +108,12 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         let Some(site) = shard.tls() else { return };
         // The handshake and the first request's head share header-timeout.
         let deadline = Instant::now() + limits.header_timeout;
-        client = match accept_tls(&shard, key, client, &site, &mut input, deadline).await {
+        // Boxed, as every lingering close below: the connection's future,
+        // which each idle connection keeps, is as large as the largest
+        // future it awaits in place (the handshake's was 960 bytes of its
+        // 2 280; bench/RESULTS.md).
+        client = match Box::pin(accept_tls(&shard, key, client, &site, &mut input, deadline)).await
+        {
             Some(c) => c,
             None => return,
         };
@@ -149,7 +158,7 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                 };
                 panicked.count_status(500);
                 finish(&shard, None, &Record::counts(panicked, Some(arrived)));
-                linger_close(&mut client, &mut input).await;
+                Box::pin(linger_close(&mut client, &mut input)).await;
                 return;
             }
         };
@@ -210,14 +219,14 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
                     After::Open => continue,
                     After::Close => return,
                     After::Linger => {
-                        linger_close(&mut client, &mut input).await;
+                        Box::pin(linger_close(&mut client, &mut input)).await;
                         return;
                     }
                 }
             }
             Next::Close { linger } => {
                 if linger {
-                    linger_close(&mut client, &mut input).await;
+                    Box::pin(linger_close(&mut client, &mut input)).await;
                 }
                 return;
             }
