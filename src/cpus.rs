@@ -147,6 +147,13 @@ pub fn fence(selected: &[usize], cpu: usize, nodes: &[Vec<usize>]) -> Vec<usize>
     }
 }
 
+/// The CPU the calling thread runs on at this moment (sched_getcpu).
+pub fn current() -> Option<usize> {
+    // SAFETY: no arguments; returns a CPU number or -1.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
 /// Run `f` with the calling thread bound to `cpus`, then give the thread
 /// its CPUs back. A thread started meanwhile inherits the binding (Linux
 /// threads start with their creator's CPU mask), and so do the threads it
@@ -196,6 +203,12 @@ mod tests {
         // `--cpus`, or every allowed CPU.
         assert_eq!(super::selected(&[0, 1, 2], Some(&[2])), vec![2]);
         assert_eq!(super::selected(&[0, 1, 2], None), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_thread_knows_its_cpu() {
+        let cpu = current().unwrap();
+        assert!(allowed_cpus().unwrap().contains(&cpu), "{cpu}");
     }
 
     #[test]

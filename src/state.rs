@@ -92,6 +92,7 @@ pub struct Shard {
     draining: Cell<bool>,
     access_log: Option<Rc<AccessLogger>>,
     conns: RefCell<Slab<ConnEntry>>,
+    /// The CPU the shard was planned on (its own when pinned).
     cpu: usize,
     metrics: ShardMetrics,
     /// The shard's own ring that tells connections when to read; None when
@@ -179,7 +180,10 @@ impl Shard {
     /// The shard's metrics as a message for the master.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let active = self.conns.borrow().len() as u64;
-        let mut snap = self.metrics.snapshot(self.id, self.cpu, active);
+        // Where the shard runs now: its own CPU when pinned, wherever the
+        // kernel put it when floating.
+        let cpu = crate::cpus::current().unwrap_or(self.cpu);
+        let mut snap = self.metrics.snapshot(self.id, cpu, active);
         snap.upstreams = self.upstreams.samples();
         snap
     }

@@ -330,7 +330,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
     family(
         "coreserve_shard_cpu",
         "gauge",
-        "The CPU each shard was planned on: the one it runs on when pinned.",
+        "The CPU each shard ran on when its metrics were gathered (pinned: always its own).",
         &mut |o| {
             for s in snaps {
                 let _ = writeln!(o, "coreserve_shard_cpu{{shard=\"{}\"}} {}", s.shard, s.cpu);
