@@ -88,20 +88,17 @@ pub fn plan_shards(
     cpus: Option<&[usize]>,
     shards: Option<usize>,
 ) -> Result<Vec<usize>, CpuError> {
-    let selected: Vec<usize> = match cpus {
-        Some(list) => {
-            for &cpu in list {
-                if !allowed.contains(&cpu) {
-                    return Err(CpuError::NotAllowed {
-                        cpu,
-                        allowed: format_cpu_list(allowed),
-                    });
-                }
-            }
-            list.to_vec()
-        }
-        None => allowed.to_vec(),
-    };
+    if let Some(&cpu) = cpus
+        .unwrap_or_default()
+        .iter()
+        .find(|c| !allowed.contains(c))
+    {
+        return Err(CpuError::NotAllowed {
+            cpu,
+            allowed: format_cpu_list(allowed),
+        });
+    }
+    let selected = selected(allowed, cpus);
     let n = shards.unwrap_or(selected.len());
     if n == 0 {
         return Err(CpuError::NoShards);

@@ -106,7 +106,7 @@ pub struct ShardSpec {
     /// Shard id, 0-based.
     pub id: usize,
     /// The shard's CPU in the plan: the one it is pinned to, or (floating)
-    /// the one it is named for in logs and metrics.
+    /// the one whose NUMA node it keeps to.
     pub cpu: usize,
     /// Where its thread may run (`server.affinity`).
     pub placement: Placement,

@@ -337,13 +337,17 @@ fn an_early_answer_reaches_the_client_while_its_body_is_still_coming() {
     }
 }
 
-#[test]
-fn an_early_success_lets_the_body_go_on_whole() {
-    // A streamed upload answered as it goes: the 200's head comes first,
-    // then the body is read whole and its length sent as the last chunk.
-    let up = raw_upstream(|mut s| {
+/// A 3 MiB upload through a proxy to an upstream that sends `first` as soon
+/// as the request head is in, then reads the whole body and sends
+/// `last(length read)`: the response the client gets.
+fn upload_answered_as_it_goes(
+    name: &str,
+    first: &'static [u8],
+    last: fn(String) -> String,
+) -> Response {
+    let up = raw_upstream(move |mut s| {
         let mut got = read_head(&mut s).len();
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let _ = s.write_all(first);
         let mut buf = vec![0u8; 1 << 16];
         while got < 3 << 20 {
             match s.read(&mut buf) {
@@ -351,12 +355,11 @@ fn an_early_success_lets_the_body_go_on_whole() {
                 Ok(n) => got += n,
             }
         }
-        let body = got.to_string();
-        let _ = s.write_all(format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes());
+        let _ = s.write_all(last(got.to_string()).as_bytes());
         let _ = s.read(&mut buf);
     });
     let proxy = Proxy::start(
-        "proxy-early-success",
+        name,
         &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"8m\"\n"),
     );
     let mut s = connect(proxy.addr());
@@ -371,6 +374,18 @@ fn an_early_success_lets_the_body_go_on_whole() {
     });
     let r = Reader::new(&s).next(false);
     writer.join().unwrap();
+    r
+}
+
+#[test]
+fn an_early_success_lets_the_body_go_on_whole() {
+    // A streamed upload answered as it goes: the 200's head comes first,
+    // then the body is read whole and its length sent as the last chunk.
+    let r = upload_answered_as_it_goes(
+        "proxy-early-success",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        |body| format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()),
+    );
     assert_eq!((r.status, r.text().as_str()), (200, "3145728"));
     assert_eq!(r.header("connection"), None);
 }
@@ -491,42 +506,16 @@ fn a_malformed_early_answer_is_a_502_and_goes_no_further() {
 fn an_interim_response_does_not_stop_the_body() {
     // 103 Early Hints as soon as the head is in, then the whole body read
     // and its length answered.
-    let up = raw_upstream(|mut s| {
-        let mut got = read_head(&mut s).len();
-        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
-        let mut buf = vec![0u8; 1 << 16];
-        while got < 3 << 20 {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got += n,
-            }
-        }
-        let body = got.to_string();
-        let _ = s.write_all(
+    let r = upload_answered_as_it_goes(
+        "proxy-interim-answer",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+        |body| {
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
-            .as_bytes(),
-        );
-        let _ = s.read(&mut buf);
-    });
-    let proxy = Proxy::start(
-        "proxy-interim-answer",
-        &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"8m\"\n"),
+        },
     );
-    let mut s = connect(proxy.addr());
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3145728\r\n\r\n")
-        .unwrap();
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        for _ in 0..48 {
-            w.write_all(&[b'u'; 1 << 16]).unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    });
-    let r = Reader::new(&s).next(false);
-    writer.join().unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "3145728"));
     assert_eq!(r.header("connection"), None);
 }
