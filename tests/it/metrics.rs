@@ -158,7 +158,9 @@ fn the_admin_listener_answers_only_its_path_and_can_be_off() {
 
 #[test]
 fn status_prints_a_table_of_shards() {
-    let server = Server::start(&["--shards", "2"]);
+    // Pinned, so that each shard's CPU is known: the column says where a
+    // shard ran (a floating one, wherever the kernel put it).
+    let server = Server::start(&["--shards", "2", "--affinity", "pinned"]);
     for _ in 0..10 {
         get(server.addr, "GET / HTTP/1.0\r\n\r\n");
     }
