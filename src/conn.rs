@@ -10,12 +10,8 @@
 //! access-log line and its counts.
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 
 use crate::access_log::AccessLogger;
 use crate::handlers::Job;
@@ -30,7 +26,7 @@ use crate::job::{self, JobConn};
 use crate::listener::Scheme;
 use crate::state::{ConnKey, Shard, Site};
 use crate::tls::{self, TlsSite};
-use crate::transport::{Room, Socket, Stream};
+use crate::transport::{Room, Socket};
 
 /// How long a closing connection keeps reading what the client still sends,
 /// so that unread data does not turn our FIN into a reset that destroys the
@@ -45,19 +41,18 @@ pub const IDLE_OUTPUT: usize = 4096;
 
 /// Serve one accepted connection until it closes; `scheme` says whether it
 /// came to an HTTPS address.
-pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
+pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
     let limits = shard.site().limits;
     // TCP_NODELAY comes with the socket, from its listener (`listener::prepare`).
     // Every way in makes it non-blocking too: the direct recv could do
     // without (MSG_DONTWAIT), a static file's sendfile could not.
     debug_assert!(
-        // SAFETY: the stream's descriptor, open for as long as the borrow.
-        socket2::SockRef::from(&unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) })
+        // SAFETY: the socket's descriptor, open for as long as the borrow.
+        socket2::SockRef::from(&unsafe { std::os::fd::BorrowedFd::borrow_raw(client.fd()) })
             .nonblocking()
             .unwrap_or(false),
         "a blocking connection socket"
     );
-    let _ = stream.set_write_timeout(Some(limits.send_timeout));
 
     if shard.at_capacity() {
         shard.count(|s| s.refused += 1);
@@ -67,10 +62,10 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         }
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
-        if stream.write_all(&out).await.is_ok() {
+        if client.write_all(&out, limits.send_timeout).await.is_ok() {
             // Counted and logged as any response (its request unread: a
             // line without one, as for a request that did not parse).
-            let log = ConnLog::of(&shard, &stream);
+            let log = ConnLog::of(&shard, &client);
             let (status, bytes) = crate::http::response::summarize(&out);
             let record = Record {
                 entry: Some(Entry::bare(status, bytes)),
@@ -79,7 +74,6 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
             };
             finish(&shard, log.as_ref(), &record);
             // The client's request is unread: linger so the 503 is not reset away.
-            let mut client = Socket::new(Stream::Tcp(stream), None);
             Box::pin(linger_close(
                 &mut client,
                 &mut InputBuffer::new(INITIAL_INPUT),
@@ -88,13 +82,12 @@ pub async fn serve(mut stream: TcpStream, scheme: Scheme, shard: Rc<Shard>) {
         }
         return;
     }
-    let key = shard.register(&stream);
+    let key = shard.register(client.fd());
     let _registration = Registration { shard: &shard, key };
     // A system call: made when the log needs it, else when the first
     // proxied request does (`Some` once known).
-    let conn_log = ConnLog::of(&shard, &stream);
+    let conn_log = ConnLog::of(&shard, &client);
     let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote);
-    let mut client = Socket::new(Stream::Tcp(stream), shard.readiness());
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
     let mut session = Session::default();
     let mut input = InputBuffer::new(limits.max_header_bytes as usize);
@@ -451,14 +444,14 @@ struct ConnLog<'a> {
 }
 
 impl<'a> ConnLog<'a> {
-    /// The log as `stream`'s connection writes to it, when logging is on
+    /// The log as `client`'s connection writes to it, when logging is on
     /// (the client's address costs a system call, made only then).
-    fn of(shard: &'a Shard, stream: &TcpStream) -> Option<ConnLog<'a>> {
+    fn of(shard: &'a Shard, client: &Socket) -> Option<ConnLog<'a>> {
         let logger = shard.access_log()?;
         Some(ConnLog {
             shard,
             logger,
-            remote: stream.peer_addr().ok().map(|a| a.ip()),
+            remote: client.peer_addr().map(|a| a.ip()),
         })
     }
 

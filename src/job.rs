@@ -11,7 +11,7 @@
 //! returns, like every other (`conn::finish`).
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -127,7 +127,7 @@ struct SocketSink<'a> {
 
 impl Sink for SocketSink<'_> {
     fn sendfile_fd(&mut self) -> Option<RawFd> {
-        self.socket.tcp().map(|s| s.as_raw_fd())
+        self.socket.sendfile_fd()
     }
 
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {

@@ -174,16 +174,10 @@ pub fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// An accepted connection (from `accept4`, owned alone) as the calling
-/// shard's glommio stream; ownership passes to the stream.
-pub fn stream(conn: OwnedFd) -> glommio::net::TcpStream {
-    // SAFETY: a connected socket nothing else owns or will close.
-    unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) }
-}
-
 /// Accept the next connection on a shard's own `listener`, whose
 /// descriptor is `fd` (the listener must be non-blocking, as every listener
-/// made here is).
+/// made here is), on a shard without a readiness ring: glommio's stream
+/// waits on the connection.
 ///
 /// accept4 directly, and while connections keep coming no io_uring at all:
 /// the queue is looked at again after the shard's other tasks ran
@@ -193,7 +187,10 @@ pub async fn accept(
     fd: RawFd,
 ) -> glommio::Result<glommio::net::TcpStream, ()> {
     if let Some(accepted) = crate::recheck::direct(|| accept4(fd)).await {
-        return accepted.map(stream).map_err(Into::into);
+        // SAFETY: a connected socket nothing else owns or will close.
+        return accepted
+            .map(|conn| unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) })
+            .map_err(Into::into);
     }
     let stream = crate::recheck::wait(listener.accept()).await?;
     // glommio accepts without SOCK_NONBLOCK; every connection socket must be
@@ -210,16 +207,13 @@ pub async fn accept(
 pub async fn accept_ready(
     interest: &mut crate::readiness::Interest,
     fd: RawFd,
-) -> glommio::Result<glommio::net::TcpStream, ()> {
+) -> io::Result<OwnedFd> {
     loop {
         // Each success may leave more in the backlog: look again next time.
         if let Some(accepted) = interest.try_io(|| accept4(fd), |_| true) {
-            return accepted.map(stream).map_err(Into::into);
+            return accepted;
         }
-        interest
-            .readable(None)
-            .await
-            .map_err(std::io::Error::from)?;
+        interest.readable(None).await?;
     }
 }
 

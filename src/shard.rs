@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_lite::FutureExt;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use glommio::LocalExecutorBuilder;
 use log::{error, info, warn};
@@ -25,6 +25,7 @@ use crate::listener::{self, Scheme};
 use crate::metrics::{ShardStats, Snapshot};
 use crate::readiness::Readiness;
 use crate::state::Shard;
+use crate::transport::Socket;
 
 /// Where a shard's connections come from.
 pub enum Intake {
@@ -200,7 +201,7 @@ async fn run(spec: ShardSpec) {
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
-    let readiness = match Readiness::new(spec.idle_wait) {
+    let readiness = match readiness_ring(spec.idle_wait) {
         Ok(readiness) => {
             glommio::spawn_local(readiness.clone().drive()).detach();
             Some(readiness)
@@ -363,14 +364,25 @@ async fn run(spec: ShardSpec) {
         .await;
 }
 
+/// The shard's readiness ring. With `fault-injection`, the environment
+/// variable `CORESERVE_FAULT_NO_RING` refuses it, so tests reach the path of
+/// a kernel that cannot set one up (glommio's streams wait instead).
+fn readiness_ring(idle_wait: Duration) -> std::io::Result<Rc<Readiness>> {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var_os("CORESERVE_FAULT_NO_RING").is_some() {
+        return Err(std::io::Error::other("refused by CORESERVE_FAULT_NO_RING"));
+    }
+    Readiness::new(idle_wait)
+}
+
 /// Spawn a connection task in the gate, isolating a panic to that connection.
-fn start_connection(stream: TcpStream, scheme: Scheme, shard: &Rc<Shard>, gate: &Gate) {
+fn start_connection(client: Socket, scheme: Scheme, shard: &Rc<Shard>, gate: &Gate) {
     let id = shard.id();
     // Boxed: each async wrapper below (this block, the gate's) would otherwise
     // hold the connection's future by value and again while awaiting it,
     // doubling its size at every level: 9.2 KB a connection instead of 2.3.
     let task =
-        AssertUnwindSafe(Box::pin(conn::serve(stream, scheme, shard.clone()))).catch_unwind();
+        AssertUnwindSafe(Box::pin(conn::serve(client, scheme, shard.clone()))).catch_unwind();
     let spawned = gate.spawn(async move {
         if let Err(panic) = task.await {
             error!(
@@ -380,7 +392,7 @@ fn start_connection(stream: TcpStream, scheme: Scheme, shard: &Rc<Shard>, gate: 
         }
     });
     // A closed gate means the shard is shutting down: the future, and with
-    // it the stream, is dropped and the socket closed.
+    // it the socket, is dropped and closed.
     if let Ok(task) = spawned {
         task.detach();
     }
@@ -401,7 +413,8 @@ async fn channel_intake(
         };
         let Some(conn) = next else { break };
         let scheme = schemes.get(conn.listener).copied().unwrap_or(Scheme::Http);
-        start_connection(listener::stream(conn.fd), scheme, &shard, &gate);
+        let client = Socket::accepted(conn.fd, shard.readiness());
+        start_connection(client, scheme, &shard, &gate);
         // The acceptor refills the queue from another thread, so it might
         // never run dry: now and then let the connections taken so far (and
         // the shard's other tasks) run. Not after each one: stepping aside
@@ -424,13 +437,16 @@ async fn accept_intake(
     let who = format!("shard {}", shard.id());
     let mut interest = shard.readiness().map(|r| r.register(fd));
     loop {
-        let accepted = match interest.as_mut() {
-            Some(interest) => listener::accept_ready(interest, fd).await,
-            None => listener::accept(&listener, fd).await,
+        let accepted = match (interest.as_mut(), shard.readiness()) {
+            (Some(interest), Some(readiness)) => listener::accept_ready(interest, fd)
+                .await
+                .map(|conn| Socket::accepted(conn, Some(readiness)))
+                .map_err(glommio::GlommioError::from),
+            _ => listener::accept(&listener, fd).await.map(Socket::glommio),
         };
         match accepted {
-            Ok(stream) => {
-                start_connection(stream, scheme, &shard, &gate);
+            Ok(client) => {
+                start_connection(client, scheme, &shard, &gate);
                 // A flood of connections must not keep the ones accepted
                 // from running (a full backlog never makes accept wait).
                 futures_lite::future::yield_now().await;

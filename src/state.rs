@@ -4,10 +4,9 @@
 //! one shard's thread, never shared with another.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
 use slab::Slab;
 
 use crate::access_log::AccessLogger;
@@ -213,11 +212,11 @@ impl Shard {
         self.conns.borrow().len() >= self.site.borrow().limits.max_connections
     }
 
-    /// Track a new connection; returns its key.
-    pub fn register(&self, stream: &TcpStream) -> ConnKey {
+    /// Track a new connection, whose socket is `fd`; returns its key.
+    pub fn register(&self, fd: RawFd) -> ConnKey {
         self.count(|s| s.connections += 1);
         self.conns.borrow_mut().insert(ConnEntry {
-            fd: stream.as_raw_fd(),
+            fd,
             idle: Cell::new(false),
         })
     }

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
 use crate::metrics::{new_histogram, UpstreamSample, UpstreamStats, MAX_LATENCY_US};
 use crate::readiness::Readiness;
-use crate::transport::{Socket, Stream};
+use crate::transport::Socket;
 
 /// Every upstream group of a shard, by name.
 #[derive(Default)]
@@ -241,29 +241,27 @@ impl Server {
         timeout: Duration,
         readiness: Option<&Rc<Readiness>>,
     ) -> io::Result<Socket> {
-        let stream = match &self.addr {
-            ServerAddr::Tcp(addr) if readiness.is_some() => {
+        match (&self.addr, readiness) {
+            (ServerAddr::Tcp(addr), Some(readiness)) => {
                 // Through the shard's ring: glommio's connect completes
                 // only when glommio next looks at its own ring, which a
                 // busy shard puts off (p99 of 50-80 ms measured).
                 let deadline = Instant::now() + timeout;
-                let (stream, pending) = Stream::connect_tcp(addr)?;
-                let mut socket = Socket::new(stream, readiness);
+                let (mut socket, pending) = Socket::connect_tcp(addr, readiness)?;
                 if pending {
                     socket.connected(deadline).await?;
                 }
-                return Ok(socket);
+                Ok(socket)
             }
-            ServerAddr::Tcp(addr) => {
+            (ServerAddr::Tcp(addr), None) => {
                 let s = glommio::net::TcpStream::connect_timeout(addr, timeout)
                     .await
                     .map_err(io::Error::from)?;
                 let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
+                Ok(Socket::glommio(s))
             }
-            ServerAddr::Unix(path) => Stream::connect_unix(path)?,
-        };
-        Ok(Socket::new(stream, readiness))
+            (ServerAddr::Unix(path), _) => Socket::connect_unix(path, readiness),
+        }
     }
 
     /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):

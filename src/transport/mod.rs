@@ -8,7 +8,7 @@
 mod tls;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,15 +21,24 @@ use crate::readiness::{Interest, Readiness};
 use crate::recheck;
 use tls::TlsStream;
 
-/// A stream of one of the kinds.
+/// A stream of one of the kinds. `Socket`'s constructors choose the kind
+/// from whether the shard has a readiness ring, so a `Direct` stream always
+/// has its registration and a glommio one never does.
 pub enum Stream {
-    /// A TCP connection.
-    Tcp(TcpStream),
-    /// A Unix stream socket (an upstream at `unix:/path`), and its
-    /// descriptor (glommio's type does not tell it).
-    Unix(UnixStream, RawFd),
-    /// A TLS connection a client made to an HTTPS address; boxed, so that
-    /// a plain connection's future stays small.
+    /// A TCP or Unix socket on a shard with a readiness ring: read and
+    /// written with system calls on its descriptor, waited on through the
+    /// ring. Not a glommio stream, which would arm a poll on glommio's own
+    /// ring for each socket and keep about 500 bytes that nothing uses.
+    Direct(OwnedFd),
+    /// A TCP connection on a shard without a ring: glommio's stream waits
+    /// (boxed: rare, and the connection's future holds a `Stream`).
+    Tcp(Box<TcpStream>),
+    /// A Unix stream socket on a shard without a ring (an upstream at
+    /// `unix:/path`), and its descriptor (glommio's type does not tell it).
+    Unix(Box<UnixStream>, RawFd),
+    /// A TLS connection a client made to an HTTPS address, over a `Direct`
+    /// or `Tcp` stream; boxed, so that a plain connection's future stays
+    /// small.
     Tls(Box<TlsStream>),
 }
 
@@ -42,10 +51,51 @@ pub struct Socket {
 }
 
 impl Stream {
-    /// Start connecting to `addr` without waiting; true when the
-    /// connection is still being made (wait with `Socket::connected`).
-    pub fn connect_tcp(addr: &std::net::SocketAddr) -> io::Result<(Stream, bool)> {
-        use std::os::fd::{FromRawFd, IntoRawFd};
+    /// The descriptor.
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Direct(fd) => fd.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(_, fd) => *fd,
+            Stream::Tls(t) => t.tcp.fd(),
+        }
+    }
+}
+
+impl Socket {
+    /// A socket registered with `readiness`, if the shard has a ring.
+    fn new(stream: Stream, readiness: Option<&Rc<Readiness>>) -> Socket {
+        let mut socket = Socket {
+            interest: None,
+            stream,
+        };
+        socket.interest = readiness.map(|r| r.register(socket.fd()));
+        socket
+    }
+
+    /// A connection the shard accepted (non-blocking, owned alone): read
+    /// directly and waited on through `readiness`, or through glommio on a
+    /// shard without a ring.
+    pub fn accepted(conn: OwnedFd, readiness: Option<&Rc<Readiness>>) -> Socket {
+        match readiness {
+            Some(_) => Socket::new(Stream::Direct(conn), readiness),
+            // SAFETY: a connected socket nothing else owns; glommio takes it.
+            None => Socket::glommio(unsafe { TcpStream::from_raw_fd(conn.into_raw_fd()) }),
+        }
+    }
+
+    /// A connection glommio accepted or made (on a shard without a ring).
+    pub fn glommio(stream: TcpStream) -> Socket {
+        Socket::new(Stream::Tcp(Box::new(stream)), None)
+    }
+
+    /// Start connecting to `addr` through the shard's ring, without
+    /// waiting; true when the connection is still being made (wait with
+    /// `Socket::connected`).
+    pub fn connect_tcp(
+        addr: &std::net::SocketAddr,
+        readiness: &Rc<Readiness>,
+    ) -> io::Result<(Socket, bool)> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(*addr),
             socket2::Type::STREAM.nonblocking().cloexec(),
@@ -57,66 +107,56 @@ impl Stream {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
             Err(e) => return Err(e),
         };
-        // SAFETY: a stream socket this function owns; glommio takes it over.
-        let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-        Ok((Stream::Tcp(stream), pending))
+        let stream = Stream::Direct(socket.into());
+        Ok((Socket::new(stream, Some(readiness)), pending))
     }
 
     /// Connect to the Unix socket at `path`. A local connect does not
     /// wait: it succeeds, or fails at once (EAGAIN when the listener's
     /// backlog is full).
-    pub fn connect_unix(path: &std::path::Path) -> io::Result<Stream> {
-        use std::os::fd::{FromRawFd, IntoRawFd};
+    pub fn connect_unix(
+        path: &std::path::Path,
+        readiness: Option<&Rc<Readiness>>,
+    ) -> io::Result<Socket> {
         let socket = socket2::Socket::new(
             socket2::Domain::UNIX,
             socket2::Type::STREAM.nonblocking().cloexec(),
             None,
         )?;
         socket.connect(&socket2::SockAddr::unix(path)?)?;
-        let fd = socket.into_raw_fd();
-        // SAFETY: `fd` is a connected stream socket this function owns;
-        // the glommio stream takes it over.
-        Ok(Stream::Unix(unsafe { UnixStream::from_raw_fd(fd) }, fd))
-    }
-}
-
-impl Socket {
-    /// A socket registered with `readiness`, if the shard has a ring.
-    pub fn new(stream: Stream, readiness: Option<&Rc<Readiness>>) -> Socket {
-        let mut socket = Socket {
-            interest: None,
-            stream,
+        let stream = match readiness {
+            Some(_) => Stream::Direct(socket.into()),
+            None => {
+                let fd = socket.into_raw_fd();
+                // SAFETY: `fd` is a connected stream socket this function
+                // owns; the glommio stream takes it over.
+                Stream::Unix(Box::new(unsafe { UnixStream::from_raw_fd(fd) }), fd)
+            }
         };
-        socket.interest = readiness.map(|r| r.register(socket.fd()));
-        socket
+        Ok(Socket::new(stream, readiness))
     }
 
     /// The descriptor.
     pub fn fd(&self) -> RawFd {
-        match &self.stream {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(_, fd) => *fd,
-            Stream::Tls(t) => t.tcp.as_raw_fd(),
-        }
+        self.stream.fd()
     }
 
-    /// The plain TCP stream, for what only plain TCP can do (`sendfile`);
-    /// None for a Unix socket, and for TLS, whose bytes must be encrypted
-    /// on their way: a file then goes through `write_all`.
-    pub fn tcp(&mut self) -> Option<&mut TcpStream> {
-        match &mut self.stream {
-            Stream::Tcp(s) => Some(s),
+    /// The descriptor `sendfile` may write to: None for TLS, whose bytes
+    /// must be encrypted on their way (a file then goes through
+    /// `write_all`), and for a glommio Unix stream.
+    pub fn sendfile_fd(&self) -> Option<RawFd> {
+        match &self.stream {
+            Stream::Direct(fd) => Some(fd.as_raw_fd()),
+            Stream::Tcp(s) => Some(s.as_raw_fd()),
             Stream::Unix(..) | Stream::Tls(_) => None,
         }
     }
 
     /// The peer's address (a system call); None for a Unix socket.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        match &self.stream {
-            Stream::Tcp(s) => s.peer_addr().ok(),
-            Stream::Tls(t) => t.tcp.peer_addr().ok(),
-            Stream::Unix(..) => None,
-        }
+        // SAFETY: the socket's descriptor, open for as long as the borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
+        socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
     }
 
     /// Turn a plain TCP connection into a TLS server connection, fed first
@@ -125,12 +165,12 @@ impl Socket {
     /// the start of a TLS handshake.
     pub fn start_tls(self, config: Arc<rustls::ServerConfig>, early: &[u8]) -> io::Result<Socket> {
         let Socket { interest, stream } = self;
-        let Stream::Tcp(tcp) = stream else {
+        if !matches!(stream, Stream::Direct(_) | Stream::Tcp(_)) {
             return Err(io::Error::other("TLS runs over TCP only"));
-        };
+        }
         Ok(Socket {
             interest,
-            stream: Stream::Tls(Box::new(TlsStream::new(tcp, config, early)?)),
+            stream: Stream::Tls(Box::new(TlsStream::new(stream, config, early)?)),
         })
     }
 
@@ -243,13 +283,39 @@ impl Socket {
                 recheck::wait(s.read(room.room())).await
             }
             Stream::Unix(s, _) => within(timeout, s.read(room.room())).await,
+            Stream::Direct(_) => Err(io::Error::other("a direct socket without its ring")),
             Stream::Tls(_) => unreachable!("TLS reads in read_tls"),
         }
     }
 
     /// Write all of `buf`; a stall longer than `timeout` fails the write.
     pub async fn write_all(&mut self, buf: &[u8], timeout: Duration) -> io::Result<()> {
+        let fd = self.fd();
         match &mut self.stream {
+            Stream::Direct(_) => {
+                let Some(interest) = self.interest.as_mut() else {
+                    return Err(io::Error::other("a direct socket without its ring"));
+                };
+                let mut rest = buf;
+                // Since when the socket has had no room; the clock is read
+                // only then, not on a write that goes out at once.
+                let mut deadline = None;
+                while !rest.is_empty() {
+                    match send(fd, rest) {
+                        Ok(n) => {
+                            rest = &rest[n..];
+                            deadline = None;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                            interest.writable(by).await?;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
             Stream::Tcp(s) => {
                 let _ = s.set_write_timeout(Some(timeout));
                 s.write_all(buf).await
@@ -274,27 +340,16 @@ impl Socket {
         }
     }
 
-    /// Half-close: no more bytes from this side.
+    /// Half-close: no more bytes from this side (after TLS's close_notify).
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
-        match &mut self.stream {
-            Stream::Tls(t) => {
-                t.close_notify();
-                t.flush(self.interest.as_mut(), Instant::now() + CLOSE_NOTIFY_TIME)
-                    .await?;
-                t.tcp
-                    .shutdown(std::net::Shutdown::Write)
-                    .await
-                    .map_err(io::Error::from)
-            }
-            Stream::Tcp(s) => s
-                .shutdown(std::net::Shutdown::Write)
-                .await
-                .map_err(io::Error::from),
-            Stream::Unix(s, _) => s
-                .shutdown(std::net::Shutdown::Write)
-                .await
-                .map_err(io::Error::from),
+        if let Stream::Tls(t) = &mut self.stream {
+            t.close_notify();
+            t.flush(self.interest.as_mut(), Instant::now() + CLOSE_NOTIFY_TIME)
+                .await?;
         }
+        // SAFETY: the socket's descriptor, open for as long as the borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
+        socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
     }
 
     /// Wait for a connection started by `Stream::connect_tcp` to be made,
@@ -305,7 +360,7 @@ impl Socket {
         };
         interest.writable(deadline).await?;
         // SAFETY: the socket's descriptor, open for as long as the borrow.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
         match socket2::SockRef::from(&fd).take_error()? {
             Some(e) => Err(e),
             None => Ok(()),
@@ -378,18 +433,17 @@ impl Socket {
     /// a ring, or over TLS, this is `write_all`.
     pub async fn write_or_answer(&mut self, buf: &[u8], timeout: Duration) -> io::Result<usize> {
         let fd = self.fd();
-        let (Some(interest), Stream::Tcp(_) | Stream::Unix(..)) =
-            (self.interest.as_mut(), &self.stream)
-        else {
+        let (Some(interest), Stream::Direct(_)) = (self.interest.as_mut(), &self.stream) else {
             return self.write_all(buf, timeout).await.map(|()| buf.len());
         };
         let mut done = 0;
-        let mut deadline = Instant::now() + timeout;
+        // As in `write_all`: the clock is read only once the socket is full.
+        let mut deadline = None;
         while done < buf.len() {
             match send(fd, &buf[done..]) {
                 Ok(n) => {
                     done += n;
-                    deadline = Instant::now() + timeout;
+                    deadline = None;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -397,7 +451,8 @@ impl Socket {
                 Err(e) => return Err(e),
             }
             // No room: wait for some, or for an answer.
-            if interest.readable_or_writable(deadline).await? {
+            let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+            if interest.readable_or_writable(by).await? {
                 match peek(fd) {
                     Peek::Nothing => {
                         // A stale event: nothing is there, and new bytes

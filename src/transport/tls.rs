@@ -10,13 +10,15 @@
 //! `no_renegotiation` warning and nothing more).
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
+
+use super::Stream;
 
 use crate::readiness::Interest;
 use crate::recheck;
@@ -27,7 +29,9 @@ const NO_RING_READ: usize = 16 << 10;
 
 /// A TLS connection: the socket and rustls's state for it.
 pub struct TlsStream {
-    pub(super) tcp: TcpStream,
+    /// `Stream::Direct` on a shard with a readiness ring, `Stream::Tcp`
+    /// on one without.
+    pub(super) tcp: Stream,
     pub(super) conn: ServerConnection,
 }
 
@@ -36,7 +40,7 @@ impl TlsStream {
     /// the bytes already read from it (the start of the ClientHello). An
     /// error here (not TLS at all, a malformed hello) ends the connection.
     pub(super) fn new(
-        tcp: TcpStream,
+        tcp: Stream,
         config: Arc<ServerConfig>,
         early: &[u8],
     ) -> io::Result<TlsStream> {
@@ -56,7 +60,7 @@ impl TlsStream {
     /// alert: it is sent if the socket takes it now, and the error returned.
     pub(super) fn process(&mut self) -> io::Result<()> {
         if let Err(e) = self.conn.process_new_packets() {
-            let fd = self.tcp.as_raw_fd();
+            let fd = self.tcp.fd();
             while self.conn.wants_write() {
                 if self.conn.write_tls(&mut Send(fd)).is_err() {
                     break;
@@ -78,7 +82,7 @@ impl TlsStream {
     /// look (None: nothing there now, wait for the ring). `Some(Ok(0))` is
     /// the end of the stream.
     pub(super) fn recv(&mut self, interest: Option<&mut Interest>) -> Option<io::Result<usize>> {
-        let fd = self.tcp.as_raw_fd();
+        let fd = self.tcp.fd();
         let read = match interest {
             Some(interest) => self.conn.read_tls(&mut RingRecv { interest, fd }),
             None => self.conn.read_tls(&mut Recv(fd)),
@@ -100,7 +104,7 @@ impl TlsStream {
         let Some(interest) = interest else {
             return self.flush_without_ring(deadline).await;
         };
-        let fd = self.tcp.as_raw_fd();
+        let fd = self.tcp.fd();
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut Send(fd)) {
                 Ok(_) => {}
@@ -123,8 +127,9 @@ impl TlsStream {
         if timeout.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let _ = self.tcp.set_write_timeout(Some(timeout));
-        self.tcp.write_all(&out).await
+        let tcp = self.glommio()?;
+        let _ = tcp.set_write_timeout(Some(timeout));
+        tcp.write_all(&out).await
     }
 
     /// Without a ring: wait for bytes through glommio's read (after the
@@ -142,9 +147,10 @@ impl TlsStream {
         if timeout.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let _ = self.tcp.set_read_timeout(Some(timeout));
+        let tcp = self.glommio()?;
+        let _ = tcp.set_read_timeout(Some(timeout));
         let mut scratch = vec![0u8; NO_RING_READ];
-        let n = recheck::wait(self.tcp.read(&mut scratch)).await?;
+        let n = recheck::wait(tcp.read(&mut scratch)).await?;
         let mut rest = &scratch[..n];
         loop {
             // An empty slice tells rustls of the end of the stream.
@@ -153,6 +159,16 @@ impl TlsStream {
             if rest.is_empty() || took == 0 {
                 return Ok(n);
             }
+        }
+    }
+
+    /// The glommio stream the no-ring paths wait on.
+    fn glommio(&mut self) -> io::Result<&mut TcpStream> {
+        match &mut self.tcp {
+            Stream::Tcp(tcp) => Ok(tcp),
+            _ => Err(io::Error::other(
+                "TLS without a ring needs a glommio stream",
+            )),
         }
     }
 

@@ -12,6 +12,7 @@ mod host;
 mod http;
 mod load;
 mod metrics;
+mod no_ring;
 mod operations;
 mod proxy;
 mod proxy_faults;

@@ -397,6 +397,39 @@ fn a_large_file_over_tls_is_byte_exact() {
     assert!(body == data[1000..2000]);
 }
 
+/// A shard without its readiness ring (a kernel that cannot set one up)
+/// reads and writes TLS through glommio's streams.
+#[test]
+fn https_works_on_shards_without_a_readiness_ring() {
+    let dir = Scratch::new("tls-no-ring");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    dir.write("www/big.bin", &data);
+    let server = Server::spawn({
+        let mut c = command();
+        c.env("CORESERVE_FAULT_NO_RING", "1")
+            .args(["--config", &file]);
+        c
+    });
+    server.wait_for_log("no readiness ring");
+    let mut s = tls_connect(server.https_addrs()[0], "localhost", Some(&ca));
+    for _ in 0..2 {
+        let (head, body) = exchange(&mut s, GET);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(body, b"hi");
+    }
+    let (head, body) = exchange(
+        &mut s,
+        "GET /files/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(body == data, "the file came back different");
+    let (_, body) = exchange(&mut s, GET);
+    assert_eq!(body, b"hi");
+}
+
 /// curl and openssl s_client, as users check a server.
 #[test]
 fn curl_and_openssl_speak_to_it() {
