@@ -111,7 +111,8 @@ impl Interest {
 impl Interest {
     /// Wait until the socket is writable (a non-blocking connect finished,
     /// or failed: then `SO_ERROR` says how), at most until `deadline`.
-    /// One-shot: for making a connection, not for every write.
+    /// One-shot: armed only when a write found no room (or a connect is
+    /// under way), never for a write that goes out at once.
     pub fn writable(
         &mut self,
         deadline: Instant,

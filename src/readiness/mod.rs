@@ -60,7 +60,8 @@ const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::P
 /// The user data of a poll's cancellation, whose completion says nothing we
 /// need (the poll's own last completion frees its slot).
 const REMOVAL: u64 = u64::MAX;
-/// The one-shot poll `Interest::writable` arms (a connection being made).
+/// The one-shot poll `Interest::writable` arms (a connection being made, or
+/// a write that found the socket full).
 const WRITE_MASK: u32 = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as u32;
 /// Marks a writable poll's user data (in the key's half; keys stay far below).
 const WRITE_BIT: u64 = 1 << 31;

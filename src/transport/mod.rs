@@ -141,9 +141,9 @@ impl Socket {
         self.stream.fd()
     }
 
-    /// The descriptor `sendfile` may write to: None for TLS, whose bytes
-    /// must be encrypted on their way (a file then goes through
-    /// `write_all`), and for a glommio Unix stream.
+    /// The descriptor `sendfile` may write to (a client's socket): None for
+    /// TLS, whose bytes must be encrypted on their way (a file then goes
+    /// through `write_all`), and for a glommio Unix stream.
     pub fn sendfile_fd(&self) -> Option<RawFd> {
         match &self.stream {
             Stream::Direct(fd) => Some(fd.as_raw_fd()),
@@ -164,14 +164,22 @@ impl Socket {
     /// the ring stays. Fails on anything but TCP, and when `early` is not
     /// the start of a TLS handshake.
     pub fn start_tls(self, config: Arc<rustls::ServerConfig>, early: &[u8]) -> io::Result<Socket> {
-        let Socket { interest, stream } = self;
-        if !matches!(stream, Stream::Direct(_) | Stream::Tcp(_)) {
+        if !matches!(self.stream, Stream::Direct(_) | Stream::Tcp(_)) {
             return Err(io::Error::other("TLS runs over TCP only"));
         }
-        Ok(Socket {
-            interest,
-            stream: Stream::Tls(Box::new(TlsStream::new(stream, config, early)?)),
-        })
+        let Socket { interest, stream } = self;
+        match TlsStream::new(stream, config, early) {
+            Ok(t) => Ok(Socket {
+                interest,
+                stream: Stream::Tls(Box::new(t)),
+            }),
+            Err((e, stream)) => {
+                // Dropped as a `Socket`: the registration goes before the
+                // descriptor closes.
+                drop(Socket { interest, stream });
+                Err(e)
+            }
+        }
     }
 
     /// Complete the TLS handshake by `deadline` (nothing to do on a plain

@@ -38,22 +38,33 @@ pub struct TlsStream {
 impl TlsStream {
     /// Start a server-side TLS connection on `tcp`, fed first with `early`:
     /// the bytes already read from it (the start of the ClientHello). An
-    /// error here (not TLS at all, a malformed hello) ends the connection.
+    /// error here (not TLS at all, a malformed hello) ends the connection:
+    /// it comes back with the stream, for the caller to close.
     pub(super) fn new(
         tcp: Stream,
         config: Arc<ServerConfig>,
         early: &[u8],
-    ) -> io::Result<TlsStream> {
-        let conn = ServerConnection::new(config).map_err(invalid)?;
+    ) -> Result<TlsStream, (io::Error, Stream)> {
+        let conn = match ServerConnection::new(config) {
+            Ok(conn) => conn,
+            Err(e) => return Err((invalid(e), tcp)),
+        };
         let mut t = TlsStream { tcp, conn };
-        let mut rest = early;
+        match t.feed(early) {
+            Ok(()) => Ok(t),
+            Err(e) => Err((e, t.tcp)),
+        }
+    }
+
+    /// Hand rustls the bytes read before it existed.
+    fn feed(&mut self, mut rest: &[u8]) -> io::Result<()> {
         while !rest.is_empty() {
-            if t.conn.read_tls(&mut rest)? == 0 {
+            if self.conn.read_tls(&mut rest)? == 0 {
                 break;
             }
-            t.process()?;
+            self.process()?;
         }
-        Ok(t)
+        Ok(())
     }
 
     /// Decrypt what was read. On a protocol error rustls has queued an

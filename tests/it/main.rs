@@ -12,6 +12,7 @@ mod host;
 mod http;
 mod load;
 mod metrics;
+#[cfg(feature = "fault-injection")]
 mod no_ring;
 mod operations;
 mod proxy;

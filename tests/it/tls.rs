@@ -399,6 +399,7 @@ fn a_large_file_over_tls_is_byte_exact() {
 
 /// A shard without its readiness ring (a kernel that cannot set one up)
 /// reads and writes TLS through glommio's streams.
+#[cfg(feature = "fault-injection")]
 #[test]
 fn https_works_on_shards_without_a_readiness_ring() {
     let dir = Scratch::new("tls-no-ring");
