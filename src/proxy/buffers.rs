@@ -5,24 +5,35 @@
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-/// Buffers kept per shard: enough for the exchanges of a busy shard.
+/// Buffers kept per shard and kind: enough for the exchanges of a busy
+/// shard.
 const KEPT: usize = 256;
 
 thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Spare buffers by kind: `[written by extending, read into]`. Kept
+    /// apart, or a request head (written into an emptied buffer) takes a
+    /// response buffer and leaves its 16 KiB to be zeroed again by the next
+    /// exchange (a memset per proxied request, 1.4 % of its CPU).
+    static SPARE: RefCell<[Vec<Vec<u8>>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 /// A buffer on loan; back to the shard's spares when dropped.
-pub struct Buffer(Vec<u8>);
+pub struct Buffer {
+    v: Vec<u8>,
+    /// Which spares it came from and goes back to.
+    kind: usize,
+}
 
 /// A buffer of `len` bytes (zeroed the first time only), or with `len` 0
 /// an empty one with some capacity, to be written by extending.
 pub fn take(len: usize) -> Buffer {
+    let kind = usize::from(len > 0);
     let mut v = SPARE
         .with(|s| {
             let mut s = s.borrow_mut();
-            let i = s.iter().rposition(|b| b.capacity() >= len.max(1))?;
-            Some(s.swap_remove(i))
+            let spares = &mut s[kind];
+            let i = spares.iter().rposition(|b| b.capacity() >= len)?;
+            Some(spares.swap_remove(i))
         })
         .unwrap_or_else(|| Vec::with_capacity(len.max(1024)));
     if len == 0 {
@@ -32,16 +43,16 @@ pub fn take(len: usize) -> Buffer {
     } else {
         v.truncate(len);
     }
-    Buffer(v)
+    Buffer { v, kind }
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
+        let v = std::mem::take(&mut self.v);
         SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < KEPT {
-                s.push(v);
+            let spares = &mut s.borrow_mut()[self.kind];
+            if spares.len() < KEPT {
+                spares.push(v);
             }
         });
     }
@@ -50,12 +61,36 @@ impl Drop for Buffer {
 impl Deref for Buffer {
     type Target = Vec<u8>;
     fn deref(&self) -> &Vec<u8> {
-        &self.0
+        &self.v
     }
 }
 
 impl DerefMut for Buffer {
     fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.0
+        &mut self.v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_buffer_comes_back_as_it_was_not_emptied_by_a_write_one() {
+        let mut read = take(16 << 10);
+        read.fill(7);
+        let at = read.as_ptr();
+        drop(read);
+        // A buffer to write into: not the read buffer, which would lose
+        // its length and be zeroed again by the next `take(16 KiB)`.
+        let mut write = take(0);
+        assert_ne!(write.as_ptr(), at);
+        write.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        drop(write);
+        let read = take(16 << 10);
+        assert_eq!(read.as_ptr(), at);
+        assert!(read.iter().all(|&b| b == 7), "zeroed again");
+        let write = take(0);
+        assert!(write.is_empty());
     }
 }
