@@ -38,6 +38,7 @@ pub mod shard;
 pub mod signals;
 pub mod state;
 pub mod status;
+pub mod sys;
 pub mod systemd;
 pub mod tls;
 pub mod transport;

@@ -82,20 +82,7 @@ impl Interest {
     /// a look: one non-blocking recv. See [`Interest::try_io`].
     pub fn try_recv(&mut self, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
         let room = buf.len();
-        self.try_io(
-            || {
-                // SAFETY: recv(2) into `buf`, valid for its length;
-                // MSG_DONTWAIT keeps it from blocking the shard.
-                let n =
-                    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            },
-            |&n| n == room && room > 0,
-        )
+        self.try_io(|| crate::sys::recv(fd, buf, 0), |&n| n == room && room > 0)
     }
 
     /// Wait until the socket is readable (or closed, or failed), at most

@@ -19,6 +19,7 @@ use glommio::net::{TcpStream, UnixStream};
 use crate::http::session::InputBuffer;
 use crate::readiness::{Interest, Readiness};
 use crate::recheck;
+use crate::sys::{recv, send};
 use tls::TlsStream;
 
 /// A stream of one of the kinds. `Socket`'s constructors choose the kind
@@ -647,45 +648,6 @@ fn peek(fd: RawFd) -> Peek {
         Ok(_) => Peek::Data,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
         Err(_) => Peek::Closed,
-    }
-}
-
-/// One non-blocking send(2) from `buf`; no SIGPIPE for a peer that went
-/// away (EPIPE instead).
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: send(2) from `buf`, valid for its length, on a socket the
-    // caller holds open; MSG_DONTWAIT keeps it from blocking the shard.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// One non-blocking recv(2) into `buf` with `flags` added.
-fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: recv(2) into `buf`, valid for its length; MSG_DONTWAIT keeps
-    // it from blocking the shard.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
