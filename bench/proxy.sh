@@ -9,6 +9,7 @@
 #   bench/proxy.sh [ROUNDS]                  # all-cores: shards/workers = CPUs
 #   LAYOUT=pinned bench/proxy.sh 3           # proxy alone on CPU 1; wrk and upstream on CPU 0
 #   RATE=20000 bench/proxy.sh 3              # open loop at this rate (coreserve-bench, corrected p99)
+#   NGINX_KEEPALIVE=64 bench/proxy.sh 3      # nginx's upstream keepalive (default 32, coreserve's too)
 #
 # BINS names coreserve binaries to compare (NAME=PATH). Needs wrk, nginx and
 # perf (apt-get install -y wrk nginx linux-perf) and a release build.
@@ -63,7 +64,8 @@ mkdir -p "$work/up/logs" "$work/px/logs"
 sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:3003/" "$PEERS/nginx.conf" > "$work/up.conf"
 "${on_load[@]}" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
 wait_port 3003
-sed -e "s/worker_processes 1;/worker_processes $NCPU;/" "$PEERS/nginx-proxy.conf" > "$work/px.conf"
+sed -e "s/worker_processes 1;/worker_processes $NCPU;/" \
+    -e "s/keepalive 32;/keepalive ${NGINX_KEEPALIVE:-32};/" "$PEERS/nginx-proxy.conf" > "$work/px.conf"
 cat > "$work/coreserve.toml" <<TOML
 [[upstream]]
 name = "app"

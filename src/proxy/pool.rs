@@ -106,13 +106,14 @@ impl Upstreams {
     }
 
     /// Close idle connections past their group's idle timeout, or that the
-    /// server closed (or sent something unasked) while they sat idle.
+    /// server closed (or sent something unasked) while they sat idle, and
+    /// those beyond `keepalive` past `OVERFLOW_GRACE`.
     pub fn sweep(&self, now: Instant) {
         for g in self.groups.borrow().values() {
             for s in &g.servers {
-                s.idle
-                    .borrow_mut()
-                    .retain_mut(|i| i.since + g.config.idle_timeout > now && !i.socket.has_input());
+                let mut idle = s.idle.borrow_mut();
+                idle.retain_mut(|i| i.since + g.config.idle_timeout > now && !i.socket.has_input());
+                trim(&mut idle, g.config.keepalive, now);
             }
         }
     }
@@ -180,6 +181,28 @@ impl Drop for Busy {
     }
 }
 
+/// How long a connection beyond a server's `keepalive` idle ones may stay
+/// idle. A burst of more requests in flight than `keepalive` opens extra
+/// connections; closing them as soon as they come back (nginx's rule) makes
+/// the next burst open them again, and a loopback connection made and
+/// closed costs the proxy about 40 µs of CPU, several requests' worth
+/// (bench/RESULTS.md). Kept this long, they serve the next bursts and go
+/// when the bursts stop. The server never sees more connections than the
+/// shard had requests in flight to it.
+pub const OVERFLOW_GRACE: Duration = Duration::from_secs(1);
+
+/// Close the oldest of `idle` (oldest first) beyond `keepalive`, those
+/// idle for `OVERFLOW_GRACE` or longer.
+fn trim(idle: &mut VecDeque<Idle>, keepalive: usize, now: Instant) {
+    while idle.len() > keepalive
+        && idle
+            .front()
+            .is_some_and(|i| now.saturating_duration_since(i.since) >= OVERFLOW_GRACE)
+    {
+        idle.pop_front();
+    }
+}
+
 impl Server {
     fn new(addr: ServerAddr) -> Server {
         Server {
@@ -222,17 +245,15 @@ impl Server {
         None
     }
 
-    /// Keep a connection whose last exchange ended cleanly, for at most
-    /// `keepalive` idle ones (the oldest goes).
+    /// Keep a connection whose last exchange ended cleanly. Beyond
+    /// `keepalive` idle ones, the oldest go once idle for `OVERFLOW_GRACE`.
     pub fn checkin(&self, socket: Socket, keepalive: usize, now: Instant) {
         if keepalive == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        while idle.len() >= keepalive {
-            idle.pop_front();
-        }
         idle.push_back(Idle { socket, since: now });
+        trim(&mut idle, keepalive, now);
     }
 
     /// Open a new connection, within `timeout`.

@@ -32,6 +32,41 @@ fn keepalive_reuses_one_upstream_connection() {
     assert_eq!(up.connections()[0].requests.len(), 15);
 }
 
+/// More requests in flight than `keepalive` open more connections; they
+/// are kept for the next burst (`OVERFLOW_GRACE`, 1 s), then all but
+/// `keepalive` of them are closed.
+#[test]
+fn a_burst_beyond_keepalive_keeps_its_connections_for_the_next_then_lets_them_go() {
+    let up = Upstream::start(|_| Reply::slow(Duration::from_millis(200), "late"));
+    let proxy = Proxy::start(
+        "proxy-overflow",
+        &simple(&[up.server()], "keepalive = 2", ""),
+    );
+    let addr = proxy.addr();
+    let burst = || {
+        let clients: Vec<_> = (0..6)
+            .map(|_| std::thread::spawn(move || crate::util::get(addr, GET).text()))
+            .collect();
+        for c in clients {
+            assert_eq!(c.join().unwrap(), "late");
+        }
+    };
+    burst();
+    assert_eq!(up.accepted(), 6, "six requests in flight, six connections");
+    burst();
+    assert_eq!(up.accepted(), 6, "the second burst made connections again");
+    // Past the grace (and the shard's sweep, once a second), four go.
+    let open = |u: &Upstream| u.connections().iter().filter(|c| !c.peer_closed).count();
+    assert!(
+        up.wait_until(|u| open(u) == 2),
+        "{} upstream connections open, keepalive 2",
+        open(&up)
+    );
+    // The two kept serve on.
+    burst();
+    assert_eq!(up.accepted(), 10);
+}
+
 #[test]
 fn keepalive_zero_opens_a_connection_per_request() {
     let up = Upstream::start(ok("fresh"));
