@@ -10,12 +10,17 @@ use std::ops::{Deref, DerefMut};
 const KEPT: usize = 256;
 
 thread_local! {
-    /// Spare buffers by kind: `[written by extending, read into]`. Kept
+    /// Spare buffers by kind (`WRITE`, `READ`). Kept
     /// apart, or a request head (written into an emptied buffer) takes a
     /// response buffer and leaves its 16 KiB to be zeroed again by the next
     /// exchange (a memset per proxied request, 1.4 % of its CPU).
     static SPARE: RefCell<[Vec<Vec<u8>>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
+
+/// The kind of a buffer taken empty, to be written by extending.
+const WRITE: usize = 0;
+/// The kind of a buffer taken with a length, to be read into.
+const READ: usize = 1;
 
 /// A buffer on loan; back to the shard's spares when dropped.
 pub struct Buffer {
@@ -27,7 +32,7 @@ pub struct Buffer {
 /// A buffer of `len` bytes (zeroed the first time only), or with `len` 0
 /// an empty one with some capacity, to be written by extending.
 pub fn take(len: usize) -> Buffer {
-    let kind = usize::from(len > 0);
+    let kind = if len == 0 { WRITE } else { READ };
     let mut v = SPARE
         .with(|s| {
             let mut s = s.borrow_mut();
@@ -46,9 +51,17 @@ pub fn take(len: usize) -> Buffer {
     Buffer { v, kind }
 }
 
+/// Largest write buffer kept for reuse: one grown past it by a large head
+/// and body bytes is freed. (A read buffer's length is the configured
+/// head limit or 16 KiB, so those are bounded already.)
+const KEPT_CAPACITY: usize = 64 << 10;
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.v);
+        if self.kind == WRITE && v.capacity() > KEPT_CAPACITY {
+            return;
+        }
         SPARE.with(|s| {
             let spares = &mut s.borrow_mut()[self.kind];
             if spares.len() < KEPT {

@@ -37,23 +37,32 @@ fn keepalive_reuses_one_upstream_connection() {
 /// `keepalive` of them are closed.
 #[test]
 fn a_burst_beyond_keepalive_keeps_its_connections_for_the_next_then_lets_them_go() {
-    let up = Upstream::start(|_| Reply::slow(Duration::from_millis(200), "late"));
+    // Replies wait for the gate: the first burst's six requests are all in
+    // flight at once, on six connections.
+    let gate = Gate::new();
+    let held = gate.clone();
+    let up = Upstream::start(move |_| Reply::new().wait(&held).then(Reply::ok("late")));
     let proxy = Proxy::start(
         "proxy-overflow",
         &simple(&[up.server()], "keepalive = 2", ""),
     );
     let addr = proxy.addr();
-    let burst = || {
-        let clients: Vec<_> = (0..6)
+    let burst = || -> Vec<_> {
+        (0..6)
             .map(|_| std::thread::spawn(move || crate::util::get(addr, GET).text()))
-            .collect();
-        for c in clients {
-            assert_eq!(c.join().unwrap(), "late");
-        }
+            .collect()
     };
-    burst();
+    let first = burst();
+    up.wait_for_requests(6);
+    gate.open();
+    for c in first {
+        assert_eq!(c.join().unwrap(), "late");
+    }
     assert_eq!(up.accepted(), 6, "six requests in flight, six connections");
-    burst();
+    // At once again: the six connections came back to the pool and serve.
+    for c in burst() {
+        assert_eq!(c.join().unwrap(), "late");
+    }
     assert_eq!(up.accepted(), 6, "the second burst made connections again");
     // Past the grace (and the shard's sweep, once a second), four go.
     let open = |u: &Upstream| u.connections().iter().filter(|c| !c.peer_closed).count();
@@ -62,9 +71,7 @@ fn a_burst_beyond_keepalive_keeps_its_connections_for_the_next_then_lets_them_go
         "{} upstream connections open, keepalive 2",
         open(&up)
     );
-    // The two kept serve on.
-    burst();
-    assert_eq!(up.accepted(), 10);
+    assert_eq!(proxy.get(GET).text(), "late");
 }
 
 #[test]
