@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Two coreserve builds measured at the same time, for an A/B that this
-# VM's slow mode cannot skew: both servers (one shard each) on SERVER_CPU,
-# one wrk against each on LOAD_CPU, so whatever slows the machine slows
-# both alike. Prints the server CPU per request of each (user+sys from
-# /proc) and B/A for each pair; the order of the two swaps every other pair.
+# Two servers measured at the same time, for an A/B that this VM's slow
+# mode cannot skew: both (one shard / one worker each) on SERVER_CPU, one
+# wrk against each on LOAD_CPU, so whatever slows the machine slows both
+# alike. Each side is a coreserve binary, or `nginx` (bench/peers'
+# configuration, one worker). Prints the server CPU per request of each
+# (user+sys of all its processes, from /proc) and B/A for each pair; the
+# order of the two swaps every other pair.
 #
 #   bench/paired.sh OLD_BIN NEW_BIN [PAIRS]
 #   NEWCONN=1 bench/paired.sh /tmp/coreserve-old target/release/coreserve 6
 #   PROXY=1 bench/paired.sh OLD_BIN NEW_BIN      # both proxy to one nginx worker on LOAD_CPU
+#   bench/paired.sh nginx target/release/coreserve   # coreserve against nginx
+#   PROXY=1 NGINX_KEEPALIVE=64 bench/paired.sh nginx target/release/coreserve
 #
-# Needs wrk (apt-get install -y wrk), nginx for PROXY=1, and two release
-# builds.
+# Sharing one CPU, each server gets about half of it: a figure here is not
+# the pinned layout's, but the ratio of the two is steady. Needs wrk
+# (apt-get install -y wrk), nginx for PROXY=1 or an `nginx` side, and
+# release builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 if [ $# -lt 2 ]; then
-    echo "usage: bench/paired.sh OLD_BIN NEW_BIN [PAIRS]" >&2
+    echo "usage: bench/paired.sh A_BIN|nginx B_BIN|nginx [PAIRS]" >&2
     exit 2
 fi
 A=$1 B=$2 PAIRS=${3:-8}
@@ -45,11 +51,45 @@ path = "/"
 handler = "proxy"
 upstream = "app"
 TOML
+    nginx_conf=$PEERS/nginx-proxy.conf
 else
     hello_config "$work/hello.toml"
+    nginx_conf=$PEERS/nginx.conf
 fi
 tck=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# start SIDE PORT: start a server on 127.0.0.1:PORT on SERVER_CPU; sets
+# `pids` to its processes (nginx: master and worker).
+start() {
+    local pid
+    pids=''
+    if curl -s -o /dev/null "http://127.0.0.1:$2/"; then
+        echo "127.0.0.1:$2 is taken by another server" >&2
+        return 1
+    fi
+    if [ "$1" = nginx ]; then
+        mkdir -p "$work/nginx$2/logs"
+        sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$2/" \
+            -e "s/server 127.0.0.1:3003;/server 127.0.0.1:3013;/" \
+            -e "s/keepalive 32;/keepalive ${NGINX_KEEPALIVE:-32};/" "$nginx_conf" > "$work/nginx$2.conf"
+        taskset -c "$SERVER_CPU" nginx -p "$work/nginx$2/" -c "$work/nginx$2.conf" \
+            -g 'daemon off;' 2>/dev/null &
+    else
+        taskset -c "$SERVER_CPU" "$1" --config "$work/hello.toml" --listen "127.0.0.1:$2" \
+            --shards 1 --cpus "$SERVER_CPU" --metrics-listen off 2>/dev/null &
+    fi
+    pid=$!
+    pids=$pid
+    wait_port "$2" || return 1
+    pids="$pid $(pgrep -P "$pid" | tr '\n' ' ' || true)"
+}
+
+# cpu_ticks PID...: user+sys clock ticks of these processes, all threads.
+cpu_ticks() {
+    local total=0 p
+    for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$total"
+}
 
 # pair FIRST SECOND: one run of both at once; prints "us_first us_second".
 # It runs in a subshell (`$(pair …)`), which lib.sh's trap does not
@@ -59,23 +99,20 @@ pair() {
     # Not local: the trap runs after the function has returned.
     p1='' p2=''
     trap 'kill $p1 $p2 2>/dev/null || true' EXIT
-    taskset -c "$SERVER_CPU" "$1" --config "$work/hello.toml" --listen 127.0.0.1:3011 \
-        --shards 1 --cpus "$SERVER_CPU" --metrics-listen off 2>/dev/null &
-    p1=$!
-    taskset -c "$SERVER_CPU" "$2" --config "$work/hello.toml" --listen 127.0.0.1:3012 \
-        --shards 1 --cpus "$SERVER_CPU" --metrics-listen off 2>/dev/null &
-    p2=$!
-    if ! wait_port 3011 || ! wait_port 3012; then
-        echo "a server did not start: $1 or $2" >&2
-        return 1
-    fi
-    c1=$(cpu_ticks "$p1"); c2=$(cpu_ticks "$p2")
+    start "$1" 3011 || { p1=$pids; echo "$1 did not start" >&2; return 1; }
+    p1=$pids
+    start "$2" 3012 || { p2=$pids; echo "$2 did not start" >&2; return 1; }
+    p2=$pids
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $p1); c2=$(cpu_ticks $p2)
     taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" http://127.0.0.1:3012/ > "$work/w2" &
     taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" http://127.0.0.1:3011/ > "$work/w1"
     wait "$!"
-    c1=$(( $(cpu_ticks "$p1") - c1 )); c2=$(( $(cpu_ticks "$p2") - c2 ))
+    # shellcheck disable=SC2086
+    c1=$(( $(cpu_ticks $p1) - c1 )); c2=$(( $(cpu_ticks $p2) - c2 ))
     r1=$(awk '/requests in/ {print $1}' "$work/w1"); r2=$(awk '/requests in/ {print $1}' "$work/w2")
-    stop TERM "$p1"; stop TERM "$p2"
+    # The first pid of each is the one started: nginx's master, coreserve.
+    stop TERM "${p1%% *}"; stop TERM "${p2%% *}"
     if [ "${r1:-0}" = 0 ] || [ "${r2:-0}" = 0 ]; then
         echo "a server answered no request (wrk: $(cat "$work/w1" "$work/w2"))" >&2
         return 1
