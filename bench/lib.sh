@@ -49,6 +49,32 @@ TOML
     fi
 }
 
+# start_upstream PORT [PREFIX...]: the proxies' upstream, one nginx worker
+# answering the hello world on 127.0.0.1:PORT, started in the background
+# (run under PREFIX, a taskset say) and stopped with the script.
+start_upstream() {
+    local port=$1; shift
+    mkdir -p "$work/up/logs"
+    sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$port/" "$PEERS/nginx.conf" > "$work/up.conf"
+    "$@" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
+    wait_port "$port"
+}
+
+# proxy_config FILE PORT: a coreserve configuration proxying every request
+# to 127.0.0.1:PORT.
+proxy_config() {
+    cat > "$1" <<TOML
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:$2"]
+
+[[route]]
+path = "/"
+handler = "proxy"
+upstream = "app"
+TOML
+}
+
 # nginx_run PREFIX CONF: start nginx from CONF (prefix PREFIX, listening on
 # 3002), measure it with the script's `run_one` (master and workers
 # counted), stop it.

@@ -37,20 +37,8 @@ LUA
     wrk_args+=(-s "$work/close.lua")
 fi
 if [ "${PROXY:-0}" = 1 ]; then
-    mkdir -p "$work/up/logs"
-    sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:3013/" "$PEERS/nginx.conf" > "$work/up.conf"
-    taskset -c "$LOAD_CPU" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
-    wait_port 3013
-    cat > "$work/hello.toml" <<TOML
-[[upstream]]
-name = "app"
-servers = ["127.0.0.1:3013"]
-
-[[route]]
-path = "/"
-handler = "proxy"
-upstream = "app"
-TOML
+    start_upstream 3013 taskset -c "$LOAD_CPU"
+    proxy_config "$work/hello.toml" 3013
     nginx_conf=$PEERS/nginx-proxy.conf
 else
     hello_config "$work/hello.toml"

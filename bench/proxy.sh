@@ -58,24 +58,13 @@ run_one() { # name port pids...
     measured "$name" load "$url" "$@"
 }
 
-mkdir -p "$work/up/logs" "$work/px/logs"
+mkdir -p "$work/px/logs"
 # The upstream: one nginx worker with the hello world, on the load's CPU
 # when pinned.
-sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:3003/" "$PEERS/nginx.conf" > "$work/up.conf"
-"${on_load[@]}" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
-wait_port 3003
+start_upstream 3003 "${on_load[@]}"
 sed -e "s/worker_processes 1;/worker_processes $NCPU;/" \
     -e "s/keepalive 32;/keepalive ${NGINX_KEEPALIVE:-32};/" "$PEERS/nginx-proxy.conf" > "$work/px.conf"
-cat > "$work/coreserve.toml" <<TOML
-[[upstream]]
-name = "app"
-servers = ["127.0.0.1:3003"]
-
-[[route]]
-path = "/"
-handler = "proxy"
-upstream = "app"
-TOML
+proxy_config "$work/coreserve.toml" 3003
 
 results=$work/results
 : > "$results"

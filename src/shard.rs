@@ -435,14 +435,15 @@ async fn accept_intake(
 ) {
     let mut errors = listener::AcceptErrors::default();
     let who = format!("shard {}", shard.id());
-    let mut interest = shard.readiness().map(|r| r.register(fd));
+    // The ring, with the listener's registration on it, when the shard has one.
+    let mut ring = shard.readiness().map(|r| (r.clone(), r.register(fd)));
     loop {
-        let accepted = match (interest.as_mut(), shard.readiness()) {
-            (Some(interest), Some(readiness)) => listener::accept_ready(interest, fd)
+        let accepted = match ring.as_mut() {
+            Some((readiness, interest)) => listener::accept_ready(interest, fd)
                 .await
                 .map(|conn| Socket::accepted(conn, Some(readiness)))
                 .map_err(glommio::GlommioError::from),
-            _ => listener::accept(&listener, fd).await.map(Socket::glommio),
+            None => listener::accept(&listener, fd).await.map(Socket::glommio),
         };
         match accepted {
             Ok(client) => {

@@ -12,36 +12,49 @@ use std::os::fd::RawFd;
 /// One non-blocking send(2) from `buf` to the socket `fd`; no SIGPIPE for
 /// a peer that went away (EPIPE instead).
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: sendto(2) from `buf`, valid for its length, with no address;
-    // the caller holds `fd` open. MSG_DONTWAIT keeps it from blocking the
-    // shard. Every argument is passed as a C long, as syscall(2) reads them.
-    let n = unsafe {
-        libc::syscall(
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: sendto(2) reads `buf`, valid for its length.
+    unsafe {
+        transfer(
             libc::SYS_sendto,
-            libc::c_long::from(fd),
-            buf.as_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-            libc::c_long::from(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
-            0 as libc::c_long,
-            0 as libc::c_long,
+            fd,
+            buf.as_ptr().cast_mut(),
+            buf.len(),
+            flags,
         )
-    };
-    done(n)
+    }
 }
 
 /// One non-blocking recv(2) from the socket `fd` into `buf`, with `flags`
 /// added (`MSG_PEEK`).
 pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: recvfrom(2) into `buf`, valid for its length, asking for no
-    // address; the caller holds `fd` open. MSG_DONTWAIT keeps it from
-    // blocking the shard.
+    let flags = flags | libc::MSG_DONTWAIT;
+    // SAFETY: recvfrom(2) writes `buf`, valid for its length.
+    unsafe { transfer(libc::SYS_recvfrom, fd, buf.as_mut_ptr(), buf.len(), flags) }
+}
+
+/// sendto(2) or recvfrom(2) (`nr`) of `len` bytes at `buf` on the socket
+/// `fd`, with no address. Every argument goes as a C long, as syscall(2)
+/// reads them. MSG_DONTWAIT in `flags` keeps it from blocking the shard.
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes, for reading (sendto) or writing
+/// (recvfrom).
+unsafe fn transfer(
+    nr: libc::c_long,
+    fd: RawFd,
+    buf: *mut u8,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    // SAFETY: the caller vouches for `buf`; a bad `fd` is an error, EBADF.
     let n = unsafe {
         libc::syscall(
-            libc::SYS_recvfrom,
+            nr,
             libc::c_long::from(fd),
-            buf.as_mut_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-            libc::c_long::from(flags | libc::MSG_DONTWAIT),
+            buf as libc::c_long,
+            len as libc::c_long,
+            libc::c_long::from(flags),
             0 as libc::c_long,
             0 as libc::c_long,
         )

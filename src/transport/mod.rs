@@ -305,25 +305,9 @@ impl Socket {
                 let Some(interest) = self.interest.as_mut() else {
                     return Err(io::Error::other("a direct socket without its ring"));
                 };
-                let mut rest = buf;
-                // Since when the socket has had no room; the clock is read
-                // only then, not on a write that goes out at once.
-                let mut deadline = None;
-                while !rest.is_empty() {
-                    match send(fd, rest) {
-                        Ok(n) => {
-                            rest = &rest[n..];
-                            deadline = None;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                            interest.writable(by).await?;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
+                send_direct(fd, interest, buf, timeout, false)
+                    .await
+                    .map(drop)
             }
             Stream::Tcp(s) => {
                 let _ = s.set_write_timeout(Some(timeout));
@@ -361,7 +345,7 @@ impl Socket {
         socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
     }
 
-    /// Wait for a connection started by `Stream::connect_tcp` to be made,
+    /// Wait for a connection started by `Socket::connect_tcp` to be made,
     /// until `deadline`; its failure comes back as the connect's error.
     pub async fn connected(&mut self, deadline: Instant) -> io::Result<()> {
         let Some(interest) = self.interest.as_mut() else {
@@ -445,37 +429,7 @@ impl Socket {
         let (Some(interest), Stream::Direct(_)) = (self.interest.as_mut(), &self.stream) else {
             return self.write_all(buf, timeout).await.map(|()| buf.len());
         };
-        let mut done = 0;
-        // As in `write_all`: the clock is read only once the socket is full.
-        let mut deadline = None;
-        while done < buf.len() {
-            match send(fd, &buf[done..]) {
-                Ok(n) => {
-                    done += n;
-                    deadline = None;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            // No room: wait for some, or for an answer.
-            let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-            if interest.readable_or_writable(by).await? {
-                match peek(fd) {
-                    Peek::Nothing => {
-                        // A stale event: nothing is there, and new bytes
-                        // bring a new completion.
-                        interest.take_ready();
-                    }
-                    _ => {
-                        interest.look_again();
-                        return Ok(done);
-                    }
-                }
-            }
-        }
-        Ok(done)
+        send_direct(fd, interest, buf, timeout, true).await
     }
 
     /// Whether the socket holds bytes or a close that no read took yet
@@ -649,6 +603,54 @@ fn peek(fd: RawFd) -> Peek {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
         Err(_) => Peek::Closed,
     }
+}
+
+/// send(2) `buf` on the direct socket `fd` until all of it went, waiting on
+/// the ring (`interest`) when the socket is full; a stall longer than
+/// `timeout` fails the write. With `stop_on_answer` the wait also ends when
+/// the peer sends bytes or closes, and the write stops there (see
+/// `Socket::write_or_answer`). Returns the bytes written. The clock is read
+/// only once the socket is full, not for a write that goes out at once.
+async fn send_direct(
+    fd: RawFd,
+    interest: &mut Interest,
+    buf: &[u8],
+    timeout: Duration,
+    stop_on_answer: bool,
+) -> io::Result<usize> {
+    let mut done = 0;
+    // Since when the socket has had no room.
+    let mut deadline = None;
+    while done < buf.len() {
+        match send(fd, &buf[done..]) {
+            Ok(n) => {
+                done += n;
+                deadline = None;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+        if !stop_on_answer {
+            interest.writable(by).await?;
+        } else if interest.readable_or_writable(by).await? {
+            // No room, and the peer stirred: it may be answering.
+            match peek(fd) {
+                Peek::Nothing => {
+                    // A stale event: nothing is there, and new bytes
+                    // bring a new completion.
+                    interest.take_ready();
+                }
+                _ => {
+                    interest.look_again();
+                    return Ok(done);
+                }
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Run `io` for at most `timeout`: a timer races it (for streams without
