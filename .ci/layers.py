@@ -40,6 +40,7 @@ LAYERS = {
     "host": 0,      # rlimits, the io_uring probe
     "signals": 0,   # signals as typed events
     "recheck": 0,   # the shard's budget of direct syscalls
+    "recycled": 0,  # a future in a block the shard reuses (a Box::pin without malloc)
     "sys": 0,       # send and recv without libc's cancellation wrappers
     "status": 0,    # `coreserve status`, a client of the metrics endpoint
     "panics": 0,    # the text of a panic payload

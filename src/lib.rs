@@ -33,6 +33,7 @@ pub mod panics;
 pub mod proxy;
 pub mod readiness;
 pub mod recheck;
+pub mod recycled;
 pub mod router;
 pub mod shard;
 pub mod signals;

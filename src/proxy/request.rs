@@ -101,7 +101,7 @@ pub fn write_head(
         if out.len() > before {
             out.extend_from_slice(b", ");
         }
-        let _ = write!(out, "{ip}");
+        write_ip(out, ip);
     }
     if out.len() == before {
         out.extend_from_slice(b"unknown");
@@ -133,6 +133,25 @@ pub fn write_head(
         write_field(out, "Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Append `ip` as text. An IPv4 address, the usual peer, is written
+/// without `core::fmt`, which cost about 1 % of a proxied request's CPU.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(num.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// Fields the proxy writes itself, from its own view of the request.
@@ -170,6 +189,23 @@ mod tests {
         };
         write_head(&mut out, &h, h.target(), config, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let ips: [IpAddr; 6] = [
+            "0.0.0.0".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            "10.200.3.45".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:192.0.2.9".parse().unwrap(),
+        ];
+        for ip in ips {
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]
