@@ -12,7 +12,8 @@
 //! allocated with; the future never moves while it lives in its block (it is
 //! reached through a pointer only); blocks never leave their thread (a
 //! `Recycled` is neither `Send` nor `Sync`). At most [`SPARE_BLOCKS`] blocks
-//! are kept; the rest are freed.
+//! of each layout are kept; the rest are freed, so a burst of one kind of
+//! job cannot crowd out the blocks of another.
 
 use std::alloc::{self, Layout};
 use std::cell::RefCell;
@@ -22,19 +23,35 @@ use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
-/// Most spare blocks a thread keeps: about the jobs one shard has in
-/// flight at once.
+/// Most spare blocks of one layout a thread keeps: about the jobs of one
+/// kind a shard has in flight at once.
 pub const SPARE_BLOCKS: usize = 256;
 
-/// This thread's spare blocks, with the layout each was allocated for.
-struct Spares(Vec<(Layout, NonNull<u8>)>);
+/// This thread's spare blocks, a stack per layout (one per kind of job:
+/// the search over layouts ends within a few entries).
+struct Spares(Vec<(Layout, Vec<NonNull<u8>>)>);
+
+impl Spares {
+    fn stack(&mut self, layout: Layout) -> &mut Vec<NonNull<u8>> {
+        let at = match self.0.iter().position(|(l, _)| *l == layout) {
+            Some(at) => at,
+            None => {
+                self.0.push((layout, Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+}
 
 impl Drop for Spares {
     fn drop(&mut self) {
-        for (layout, block) in self.0.drain(..) {
-            // SAFETY: allocated with this layout by `Recycled::new`, owned
-            // by the spare list alone.
-            unsafe { alloc::dealloc(block.as_ptr(), layout) };
+        for (layout, stack) in self.0.drain(..) {
+            for block in stack {
+                // SAFETY: allocated with this layout by `Recycled::new`,
+                // owned by the spare list alone.
+                unsafe { alloc::dealloc(block.as_ptr(), layout) };
+            }
         }
     }
 }
@@ -46,13 +63,7 @@ thread_local! {
 /// A block for a value of `layout`: a spare one, else a new allocation.
 fn take(layout: Layout) -> NonNull<u8> {
     let spare = SPARES
-        .try_with(|s| {
-            let mut s = s.borrow_mut();
-            // The latest matching block: with one or two kinds of job the
-            // search ends at once.
-            let at = s.0.iter().rposition(|&(l, _)| l == layout)?;
-            Some(s.0.swap_remove(at).1)
-        })
+        .try_with(|s| s.borrow_mut().stack(layout).pop())
         .ok()
         .flatten();
     spare.unwrap_or_else(|| {
@@ -67,12 +78,12 @@ fn give_back(layout: Layout, block: NonNull<u8>) {
     let kept = SPARES
         .try_with(|s| {
             let mut s = s.borrow_mut();
-            if s.0.len() < SPARE_BLOCKS {
-                s.0.push((layout, block));
-                true
-            } else {
-                false
+            let stack = s.stack(layout);
+            let room = stack.len() < SPARE_BLOCKS;
+            if room {
+                stack.push(block);
             }
+            room
         })
         .unwrap_or(false);
     if !kept {
@@ -116,6 +127,10 @@ impl<F: Future> Recycled<F> {
     }
 }
 
+// The future is reached through a pointer and never moved: moving the
+// handle moves nothing pinned.
+impl<F> Unpin for Recycled<F> {}
+
 impl<F: Future> Future for Recycled<F> {
     type Output = F::Output;
 
@@ -123,19 +138,25 @@ impl<F: Future> Future for Recycled<F> {
         // SAFETY: the future lives in its block until `drop` and is never
         // moved out of it, so pinning it there is sound; `self` is the only
         // way to reach it.
-        let future = unsafe { Pin::new_unchecked(&mut *self.get_unchecked_mut().future.as_ptr()) };
+        let future = unsafe { Pin::new_unchecked(&mut *self.future.as_ptr()) };
         future.poll(cx)
     }
 }
 
 impl<F> Drop for Recycled<F> {
     fn drop(&mut self) {
-        let layout = Layout::new::<F>();
+        /// Gives the block back even if the future's drop panics.
+        struct GiveBack(Layout, NonNull<u8>);
+        impl Drop for GiveBack {
+            fn drop(&mut self) {
+                if self.0.size() != 0 {
+                    give_back(self.0, self.1);
+                }
+            }
+        }
+        let _back = GiveBack(Layout::new::<F>(), self.future.cast());
         // SAFETY: the block holds a live `F`, dropped once, here.
         unsafe { std::ptr::drop_in_place(self.future.as_ptr()) };
-        if layout.size() != 0 {
-            give_back(layout, self.future.cast());
-        }
     }
 }
 
@@ -145,8 +166,9 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    /// Spare blocks of every layout.
     fn spares() -> usize {
-        SPARES.with(|s| s.borrow().0.len())
+        SPARES.with(|s| s.borrow().0.iter().map(|(_, stack)| stack.len()).sum())
     }
 
     /// Counts its drops; pending once, then ready with its number.
@@ -210,20 +232,52 @@ mod tests {
     fn blocks_of_another_layout_are_not_taken() {
         let drops = Rc::new(Cell::new(0));
         drop(Recycled::new(counted(&drops, 1)));
+        let before = spares();
         let small = Recycled::new(async { 7u8 });
+        assert_eq!(spares(), before, "the larger block stays a spare");
         assert_eq!(futures_lite::future::block_on(small), 7);
+        assert_eq!(spares(), before + 1);
         assert_eq!(drops.get(), 1);
     }
 
     #[test]
-    fn no_more_than_the_cap_is_kept() {
+    fn the_cap_is_per_layout_so_one_kind_cannot_crowd_out_another() {
         let drops = Rc::new(Cell::new(0));
         let many: Vec<_> = (0..SPARE_BLOCKS as u64 + 10)
             .map(|n| Recycled::new(counted(&drops, n)))
             .collect();
         drop(many);
-        assert!(spares() <= SPARE_BLOCKS);
+        assert_eq!(spares(), SPARE_BLOCKS);
         assert_eq!(drops.get(), SPARE_BLOCKS as u32 + 10);
+        // A full stack of one layout: a block of another is still kept,
+        // and taken again by the next future of its layout.
+        let small = Recycled::new(std::future::ready(7u32));
+        let block = small.future.cast::<u8>();
+        drop(small);
+        assert_eq!(spares(), SPARE_BLOCKS + 1);
+        let again = Recycled::new(std::future::ready(8u32));
+        assert_eq!(again.future.cast::<u8>(), block);
+    }
+
+    #[test]
+    fn a_future_whose_drop_panics_still_gives_its_block_back() {
+        struct Bomb([u8; 24]);
+        impl Future for Bomb {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                Poll::Pending
+            }
+        }
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("boom {}", self.0[0]);
+            }
+        }
+        let before = spares();
+        let bomb = Recycled::new(Bomb([0; 24]));
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(bomb)));
+        assert!(dropped.is_err());
+        assert_eq!(spares(), before + 1);
     }
 
     #[test]

@@ -86,6 +86,46 @@ fn a_wait_ends_at_its_deadline() {
     });
 }
 
+/// A wait whose deadline has already passed times out: the wait reads no
+/// clock, the driver's next round expires it, whether the driver slept
+/// with no deadline or knew a later one.
+#[test]
+fn a_wait_whose_deadline_has_passed_times_out() {
+    on_a_shard(|readiness| {
+        Box::pin(async move {
+            let (_client, server) = pair();
+            let fd = server.as_raw_fd();
+            let mut interest = readiness.register(fd);
+            assert!(interest.try_recv(fd, &mut [0; 8]).is_none());
+            // Long enough for the driver to go to sleep, with no deadline.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            let past = Instant::now() - Duration::from_millis(1);
+            let got = interest.readable(Some(past)).await;
+            assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
+
+            // Another socket waits with a later deadline.
+            let (mut other_client, other_server) = pair();
+            let mut other = readiness.register(other_server.as_raw_fd());
+            assert!(other
+                .try_recv(other_server.as_raw_fd(), &mut [0; 8])
+                .is_none());
+            let later = Instant::now() + Duration::from_secs(30);
+            let waiting = glommio::spawn_local(async move {
+                let got = other.readable(Some(later)).await;
+                drop(other);
+                drop(other_server);
+                got.is_ok()
+            });
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            let past = Instant::now() - Duration::from_millis(1);
+            let got = interest.readable(Some(past)).await;
+            assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
+            other_client.write_all(b"x").unwrap();
+            assert!(waiting.await, "the later wait ends when its bytes arrive");
+        })
+    });
+}
+
 /// The race a poll remove lost: bytes arrive (their wake-up's task work
 /// then owns the poll until this thread enters the kernel) and the
 /// connection closes before any other system call.
