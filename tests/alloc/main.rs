@@ -156,6 +156,12 @@ fn warm_requests_allocate_nothing_answered_or_proxied() {
             listen: None,
             ..MetricsConfig::default()
         },
+        // A proxied request waits for the upstream, a thread that may be
+        // scheduled late on a busy machine: past `idle-wait` the shard
+        // parks glommio, which allocates (2 821 times over the proxied
+        // requests in one CI run at the default 200 µs). Waiting longer in
+        // the shard's own ring keeps the count to the request's path.
+        idle_wait: Duration::from_millis(50),
         ..parsed
     };
     let server =
@@ -225,13 +231,11 @@ fn warm_requests_allocate_nothing_answered_or_proxied() {
         batched < requests / 20,
         "{batched} allocations over {requests} requests: the request path allocates"
     );
-    // Each proxied request waits for the upstream; when the answer takes
-    // longer than `idle-wait` the shard parks glommio, a few allocations
-    // (a debug build on a busy machine: hundreds over the run). One per
-    // request would be `proxied_requests` at least.
+    // One per request would be `proxied_requests` at least; what is left
+    // is a park now and then (an answer later than `idle-wait`).
     if ring {
         assert!(
-            proxied < proxied_requests / 2,
+            proxied < proxied_requests / 10,
             "{proxied} allocations over {proxied_requests} proxied requests: the proxy's path allocates"
         );
     } else {
