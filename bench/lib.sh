@@ -54,10 +54,24 @@ TOML
 # (run under PREFIX, a taskset say) and stopped with the script.
 start_upstream() {
     local port=$1; shift
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+        echo "127.0.0.1:$port is taken by another server" >&2
+        return 1
+    fi
     mkdir -p "$work/up/logs"
     sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$port/" "$PEERS/nginx.conf" > "$work/up.conf"
     "$@" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
     wait_port "$port"
+}
+
+# nginx_conf_for CONF WORKERS UPSTREAM_PORT: a bench/peers nginx
+# configuration on stdout with WORKERS workers, its upstream (if it has one)
+# on 127.0.0.1:UPSTREAM_PORT and keeping NGINX_KEEPALIVE (default 32, as
+# coreserve's `keepalive`) idle upstream connections.
+nginx_conf_for() {
+    sed -e "s/worker_processes 1;/worker_processes $2;/" \
+        -e "s/server 127.0.0.1:3003;/server 127.0.0.1:$3;/" \
+        -e "s/keepalive 32;/keepalive ${NGINX_KEEPALIVE:-32};/" "$1"
 }
 
 # proxy_config FILE PORT: a coreserve configuration proxying every request

@@ -13,6 +13,9 @@
 #   bench/paired.sh nginx target/release/coreserve   # coreserve against nginx
 #   PROXY=1 NGINX_KEEPALIVE=64 bench/paired.sh nginx target/release/coreserve
 #
+# DURATION (default 4s) is each pair's run, CONNS (default 50) the clients
+# shared by the two wrks; SERVER_CPU and LOAD_CPU as in bench/lib.sh.
+#
 # Sharing one CPU, each server gets about half of it: a figure here is not
 # the pinned layout's, but the ratio of the two is steady. Needs wrk
 # (apt-get install -y wrk), nginx for PROXY=1 or an `nginx` side, and
@@ -57,9 +60,8 @@ start() {
     fi
     if [ "$1" = nginx ]; then
         mkdir -p "$work/nginx$2/logs"
-        sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$2/" \
-            -e "s/server 127.0.0.1:3003;/server 127.0.0.1:3013;/" \
-            -e "s/keepalive 32;/keepalive ${NGINX_KEEPALIVE:-32};/" "$nginx_conf" > "$work/nginx$2.conf"
+        nginx_conf_for "$nginx_conf" 1 3013 \
+            | sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$2/" > "$work/nginx$2.conf"
         taskset -c "$SERVER_CPU" nginx -p "$work/nginx$2/" -c "$work/nginx$2.conf" \
             -g 'daemon off;' 2>/dev/null &
     else
@@ -70,13 +72,6 @@ start() {
     pids=$pid
     wait_port "$2" || return 1
     pids="$pid $(pgrep -P "$pid" | tr '\n' ' ' || true)"
-}
-
-# cpu_ticks PID...: user+sys clock ticks of these processes, all threads.
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    echo "$total"
 }
 
 # pair FIRST SECOND: one run of both at once; prints "us_first us_second".
@@ -92,17 +87,21 @@ pair() {
     start "$2" 3012 || { p2=$pids; echo "$2 did not start" >&2; return 1; }
     p2=$pids
     # shellcheck disable=SC2086
-    c1=$(cpu_ticks $p1); c2=$(cpu_ticks $p2)
+    c1=$(ticks $p1); c2=$(ticks $p2)
     taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" http://127.0.0.1:3012/ > "$work/w2" &
     taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" http://127.0.0.1:3011/ > "$work/w1"
     wait "$!"
     # shellcheck disable=SC2086
-    c1=$(( $(cpu_ticks $p1) - c1 )); c2=$(( $(cpu_ticks $p2) - c2 ))
+    c1=$(( $(ticks $p1) - c1 )); c2=$(( $(ticks $p2) - c2 ))
     r1=$(awk '/requests in/ {print $1}' "$work/w1"); r2=$(awk '/requests in/ {print $1}' "$work/w2")
     # The first pid of each is the one started: nginx's master, coreserve.
     stop TERM "${p1%% *}"; stop TERM "${p2%% *}"
     if [ "${r1:-0}" = 0 ] || [ "${r2:-0}" = 0 ]; then
         echo "a server answered no request (wrk: $(cat "$work/w1" "$work/w2"))" >&2
+        return 1
+    fi
+    if grep -q "Non-2xx" "$work/w1" "$work/w2"; then
+        echo "responses that were not 2xx/3xx: the pair is void (wrk: $(cat "$work/w1" "$work/w2"))" >&2
         return 1
     fi
     awk -v c1="$c1" -v c2="$c2" -v r1="$r1" -v r2="$r2" -v t="$tck" \

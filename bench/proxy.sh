@@ -62,8 +62,7 @@ mkdir -p "$work/px/logs"
 # The upstream: one nginx worker with the hello world, on the load's CPU
 # when pinned.
 start_upstream 3003 "${on_load[@]}"
-sed -e "s/worker_processes 1;/worker_processes $NCPU;/" \
-    -e "s/keepalive 32;/keepalive ${NGINX_KEEPALIVE:-32};/" "$PEERS/nginx-proxy.conf" > "$work/px.conf"
+nginx_conf_for "$PEERS/nginx-proxy.conf" "$NCPU" 3003 > "$work/px.conf"
 proxy_config "$work/coreserve.toml" 3003
 
 results=$work/results

@@ -47,8 +47,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
     // Every way in makes it non-blocking too: the direct recv could do
     // without (MSG_DONTWAIT), a static file's sendfile could not.
     debug_assert!(
-        // SAFETY: the socket's descriptor, open for as long as the borrow.
-        socket2::SockRef::from(&unsafe { std::os::fd::BorrowedFd::borrow_raw(client.fd()) })
+        socket2::SockRef::from(&client)
             .nonblocking()
             .unwrap_or(false),
         "a blocking connection socket"

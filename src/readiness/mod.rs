@@ -286,10 +286,7 @@ impl Readiness {
         let (fd, generation) = (slot.fd, slot.generation);
         drop(slots);
         if let Some(deadline) = deadline {
-            if self.next_deadline.get().is_none_or(|d| deadline < d) {
-                self.next_deadline.set(Some(deadline));
-                self.kick();
-            }
+            self.watch_deadline(deadline);
         }
         if arm {
             let entry = opcode::PollAdd::new(types::Fd(fd), POLL_MASK)
@@ -306,6 +303,15 @@ impl Readiness {
         Poll::Pending
     }
 
+    /// Make sure the driver expires `deadline`: it becomes the driver's
+    /// next one if it is earlier, and a sleeping driver is woken to arm it.
+    fn watch_deadline(&self, deadline: Instant) {
+        if self.next_deadline.get().is_none_or(|d| deadline < d) {
+            self.next_deadline.set(Some(deadline));
+            self.kick();
+        }
+    }
+
     /// Like `poll_ready`, for the one-shot writable poll.
     fn poll_writable(
         &self,
@@ -320,8 +326,8 @@ impl Readiness {
             slot.deadline = None;
             return Poll::Ready(Ok(()));
         }
-        let expired = slot.timed_out.take() == Some(deadline);
-        if expired || deadline <= Instant::now() {
+        // A deadline already past is the driver's to expire, as in `poll_ready`.
+        if slot.timed_out.take() == Some(deadline) {
             slot.waker = None;
             slot.deadline = None;
             return Poll::Ready(Err(WaitError::TimedOut));
@@ -332,10 +338,7 @@ impl Readiness {
         slot.write_armed = true;
         let (fd, generation) = (slot.fd, slot.generation);
         drop(slots);
-        if self.next_deadline.get().is_none_or(|d| deadline < d) {
-            self.next_deadline.set(Some(deadline));
-            self.kick();
-        }
+        self.watch_deadline(deadline);
         if arm {
             let entry = opcode::PollAdd::new(types::Fd(fd), WRITE_MASK)
                 .build()

@@ -8,7 +8,7 @@
 mod tls;
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,14 @@ pub enum Stream {
 pub struct Socket {
     interest: Option<Interest>,
     stream: Stream,
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to the stream, which `self` holds
+        // for as long as the borrow lasts.
+        unsafe { BorrowedFd::borrow_raw(self.fd()) }
+    }
 }
 
 impl Stream {
@@ -155,9 +163,7 @@ impl Socket {
 
     /// The peer's address (a system call); None for a Unix socket.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        // SAFETY: the socket's descriptor, open for as long as the borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
-        socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+        socket2::SockRef::from(self).peer_addr().ok()?.as_socket()
     }
 
     /// Turn a plain TCP connection into a TLS server connection, fed first
@@ -340,9 +346,7 @@ impl Socket {
             t.flush(self.interest.as_mut(), Instant::now() + CLOSE_NOTIFY_TIME)
                 .await?;
         }
-        // SAFETY: the socket's descriptor, open for as long as the borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
-        socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
+        socket2::SockRef::from(&*self).shutdown(std::net::Shutdown::Write)
     }
 
     /// Wait for a connection started by `Socket::connect_tcp` to be made,
@@ -352,9 +356,7 @@ impl Socket {
             return Err(io::Error::other("waiting for a connection needs the ring"));
         };
         interest.writable(deadline).await?;
-        // SAFETY: the socket's descriptor, open for as long as the borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
-        match socket2::SockRef::from(&fd).take_error()? {
+        match socket2::SockRef::from(&*self).take_error()? {
             Some(e) => Err(e),
             None => Ok(()),
         }
