@@ -114,11 +114,19 @@ rotated() {
 
 # ticks PID...: total utime+stime (clock ticks) of these processes, every
 # thread included (fields 14 and 15 of /proc/PID/stat; comm has no spaces here).
-ticks() {
-    local total=0 pid
+ticks() { stat_ticks 13 "$@"; }
+
+# sys_ticks PID...: the kernel's part of `ticks` (stime, field 15).
+sys_ticks() { stat_ticks 14 "$@"; }
+
+# stat_ticks FIRST PID...: the sum over the PIDs of the stat fields from
+# index FIRST (0-based) to stime.
+stat_ticks() {
+    local first=$1 total=0 pid i
+    shift
     for pid in "$@"; do
         read -r -a f < "/proc/$pid/stat"
-        total=$((total + f[13] + f[14]))
+        for ((i = first; i <= 14; i++)); do total=$((total + f[i])); done
     done
     echo "$total"
 }
@@ -141,8 +149,8 @@ medians() {
 # wrk's report, or a report in its words: "N requests in", "50% P50", "99%
 # P99") while perf counts the system calls named in $SYSCALLS on the PIDs and
 # /proc their CPU time; prints "NAME <req/s> req/s <us> us/req p99 <p99>
-# <calls per request> p50 <p50>". $DURATION is the load's length; $work holds
-# perf's output.
+# kernel <its share of the CPU time> <calls per request> p50 <p50>".
+# $DURATION is the load's length; $work holds perf's output.
 measured() {
     local name=$1 load=$2 url=$3; shift 3
     local events="" s pidlist
@@ -151,10 +159,10 @@ measured() {
     perf stat -x, -e "${events%,}" -p "$pidlist" -o "$work/perf.txt" &
     local perf=$!
     sleep 0.2
-    local t0 t1 out reqs calls bad
-    t0=$(ticks "$@")
+    local t0 t1 k0 k1 out reqs calls bad
+    t0=$(ticks "$@") k0=$(sys_ticks "$@")
     out=$("$load" "$url")
-    t1=$(ticks "$@")
+    t1=$(ticks "$@") k1=$(sys_ticks "$@")
     kill -INT "$perf"; wait "$perf" 2>/dev/null || true
     reqs=$(awk '/requests in/ {print $1}' <<< "$out")
     bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
@@ -162,6 +170,6 @@ measured() {
     calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
     awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
         -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
-        -v p50="$(awk '$1=="50%" {print $2}' <<< "$out")" \
-        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s%s p50 %s\n", n, r / d, t / hz * 1e6 / r, p99, c, p50 }'
+        -v p50="$(awk '$1=="50%" {print $2}' <<< "$out")" -v k=$((k1 - k0)) \
+        'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s kernel %2.0f%%%s p50 %s\n", n, r / d, t / hz * 1e6 / r, p99, t ? 100 * k / t : 0, c, p50 }'
 }
