@@ -3,15 +3,18 @@
 # every core three ways, rounds interleaved, under wrk with every core busy
 # (the servers, the apps and wrk share the CPUs; nothing pinned):
 #   coreserve   coreserve with N shards running N app instances ([[app]])
-#               and proxying to them;
+#               and proxying to them over TCP (listen = "port", the default);
+#   coreserve-unix  the same with the instances on Unix sockets (listen = "unix");
 #   cluster     Node's cluster module, N workers (bench/peers/cluster.js);
 #   nginx       nginx with N workers proxying (keep-alive pool) to N app
-#               processes started by hand.
+#               processes started by hand, on TCP ports;
+#   nginx-unix  the same with the app processes on Unix sockets.
 # N = the number of CPUs. Per setup: req/s, p50 and p99 (wrk), and the CPU
 # per request of everything it runs (proxy and app processes, every thread,
 # from /proc), with the system calls per request of all of it.
 #
 #   bench/cluster.sh [ROUNDS]               # 3 rounds of 5 s
+#   SETUPS="coreserve nginx" bench/cluster.sh   # only some of the setups
 #   OUT=bench/results/DIR bench/cluster.sh  # also README.md (table) and cluster.svg (plot)
 #
 # Needs node, wrk, nginx and perf (apt-get install -y nodejs wrk nginx
@@ -23,6 +26,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 DURATION=${DURATION:-5s}
 N=${N:-$(nproc)}
+SETUPS=${SETUPS:-coreserve coreserve-unix cluster nginx nginx-unix}
 SYSCALLS="recvfrom sendto read write writev readv io_uring_enter membarrier epoll_wait epoll_pwait futex"
 APP=$PWD/$PEERS/hello.js
 
@@ -43,25 +47,39 @@ descendants() {
     for p in $(pgrep -P "$1"); do descendants "$p"; done
 }
 
-cat > "$work/coreserve.toml" <<TOML
+# coreserve_conf LISTEN: coreserve's config with the apps on LISTEN ("port" or "unix").
+coreserve_conf() {
+    cat <<TOML
 [[app]]
 name = "hello"
 command = ["node", "$APP"]
 instances = $N
+listen = "$1"
 
 [[route]]
 path = "/"
 handler = "proxy"
 upstream = "hello"
 TOML
+}
+coreserve_conf port > "$work/coreserve.toml"
+coreserve_conf unix > "$work/coreserve-unix.toml"
 
-# nginx in front of N app processes on ports 3011..: bench/peers/nginx-proxy.conf
-# (its keep-alive pool and headers) with N workers and N servers.
-servers=""
-for i in $(seq "$N"); do servers+="        server 127.0.0.1:$((3010 + i));\\n"; done
+# nginx in front of N app processes: bench/peers/nginx-proxy.conf (its
+# keep-alive pool and headers) with N workers and N servers, on ports 3011..
+# (nginx) or Unix sockets app-1.sock.. in $work (nginx-unix).
+# nginx_conf SERVER...: that config with these upstream servers.
+nginx_conf() {
+    local servers="" s
+    for s in "$@"; do servers+="        server ${s//\//\\/};\\n"; done
+    sed -e "s/worker_processes 1;/worker_processes $N;/" \
+        -e "s/^        server 127.0.0.1:3003;\$/${servers%\\n}/" "$PEERS/nginx-proxy.conf"
+}
 mkdir -p "$work/px/logs"
-sed -e "s/worker_processes 1;/worker_processes $N;/" \
-    -e "s/^        server 127.0.0.1:3003;\$/${servers%\\n}/" "$PEERS/nginx-proxy.conf" > "$work/px.conf"
+# shellcheck disable=SC2046
+nginx_conf $(for i in $(seq "$N"); do echo "127.0.0.1:$((3010 + i))"; done) > "$work/nginx.conf"
+# shellcheck disable=SC2046
+nginx_conf $(for i in $(seq "$N"); do echo "unix:$work/app-$i.sock"; done) > "$work/nginx-unix.conf"
 
 results=$work/results
 : > "$results"
@@ -70,12 +88,12 @@ echo "all-cores: $N app processes behind each, $CONNS connections, $DURATION per
 one() {
     local pid apps=() i
     case $1 in
-    coreserve)
-        "$BIN" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 --shards "$N" \
-            --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
+    coreserve | coreserve-unix)
+        "$BIN" --config "$work/$1.toml" --listen 127.0.0.1:3100 --shards "$N" \
+            --metrics-listen off > /dev/null 2> "$work/$1.log" &
         pid=$!; wait_port 3100
         # shellcheck disable=SC2046
-        run_one coreserve 3100 $(descendants "$pid") | tee -a "$results"
+        run_one "$1" 3100 $(descendants "$pid") | tee -a "$results"
         stop TERM "$pid"
         ;;
     cluster)
@@ -85,16 +103,30 @@ one() {
         run_one cluster 3001 $(descendants "$pid") | tee -a "$results"
         stop TERM "$pid"
         ;;
-    nginx)
+    nginx | nginx-unix)
         for i in $(seq "$N"); do
-            PORT=$((3010 + i)) node "$APP" &
+            if [ "$1" = nginx ]; then
+                PORT=$((3010 + i)) node "$APP" &
+            else
+                # nginx's workers run as another user (nobody, when started
+                # as root): the socket and its directory must let them in.
+                chmod 755 "$work"
+                rm -f "$work/app-$i.sock"
+                (umask 0 && SOCKET=$work/app-$i.sock exec node "$APP") &
+            fi
             apps+=($!)
         done
-        for i in $(seq "$N"); do wait_port $((3010 + i)); done
-        nginx -p "$work/px/" -c "$work/px.conf" -g 'daemon off;' &
+        for i in $(seq "$N"); do
+            if [ "$1" = nginx ]; then
+                wait_port $((3010 + i))
+            else
+                for _ in $(seq 100); do [ -S "$work/app-$i.sock" ] && break; sleep 0.05; done
+            fi
+        done
+        nginx -p "$work/px/" -c "$work/$1.conf" -g 'daemon off;' &
         pid=$!; wait_port 3002
         # shellcheck disable=SC2046
-        run_one nginx 3002 $(descendants "$pid") "${apps[@]}" | tee -a "$results"
+        run_one "$1" 3002 $(descendants "$pid") "${apps[@]}" | tee -a "$results"
         stop QUIT "$pid"
         for i in "${apps[@]}"; do stop TERM "$i"; done
         ;;
@@ -102,7 +134,8 @@ one() {
 }
 
 for round in $(seq "$ROUNDS"); do
-    for setup in $(rotated $((round - 1)) coreserve cluster nginx); do
+    # shellcheck disable=SC2086
+    for setup in $(rotated $((round - 1)) $SETUPS); do
         one "$setup"
     done
 done
@@ -110,10 +143,12 @@ done
 python3 - "$results" "$N" "$ROUNDS" "${OUT:-}" <<'PYEOF'
 import os, re, statistics, sys
 path, n, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-names = ["coreserve", "cluster", "nginx"]
-label = {"coreserve": f"coreserve, {n} shards, {n} app instances",
+names = ["coreserve", "coreserve-unix", "cluster", "nginx", "nginx-unix"]
+label = {"coreserve": f"coreserve, {n} shards, {n} app instances (TCP)",
+         "coreserve-unix": f"coreserve, {n} shards, {n} app instances (Unix sockets)",
          "cluster": f"Node cluster, {n} workers",
-         "nginx": f"nginx, {n} workers, in front of {n} app processes"}
+         "nginx": f"nginx, {n} workers, in front of {n} app processes (TCP)",
+         "nginx-unix": f"nginx, {n} workers, in front of {n} app processes (Unix sockets)"}
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)$", v or "")
     if not m:
@@ -127,23 +162,28 @@ for line in open(path):
                            "p99": ms(f[6]), "p50": ms(f[-1])})
 med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "us", "p50", "p99")}
        for k, v in rows.items() if v}
+def vs(us):
+    return f"{us / med['nginx']['us']:.2f}×" if "nginx" in med else "–"
 table = ["| setup | req/s | p50 | p99 | CPU µs/request (everything) | vs nginx |",
          "|---|---|---|---|---|---|"]
 for k in names:
     if k in med:
         m = med[k]
         table.append(f"| {label[k]} | {m['rps']:,.0f} | {m['p50']:.2f} ms | {m['p99']:.2f} ms "
-                     f"| {m['us']:.2f} | {m['us'] / med['nginx']['us']:.2f}× |")
+                     f"| {m['us']:.2f} | {vs(m['us'])} |")
 print(f"medians over {rounds} rounds:")
 print("\n".join(table))
 if not out:
     sys.exit()
 os.makedirs(out, exist_ok=True)
 # Three bar charts side by side: req/s, CPU per request, p99.
-W, H, pad = 780, 300, 40
+W, H, pad = 1050, 300, 30
 panels = [("requests/s", "rps", "{:,.0f}"), ("CPU µs per request", "us", "{:.1f}"),
           ("p99 latency, ms", "p99", "{:.2f}")]
-colors = {"coreserve": "#1f77b4", "cluster": "#2ca02c", "nginx": "#d62728"}
+short = {"coreserve": "cs TCP", "coreserve-unix": "cs unix", "nginx": "nginx TCP",
+         "nginx-unix": "nginx unix"}
+colors = {"coreserve": "#1f77b4", "coreserve-unix": "#9467bd", "cluster": "#2ca02c",
+          "nginx": "#d62728", "nginx-unix": "#ff9896"}
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
        'font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>']
@@ -160,7 +200,7 @@ for i, (title, key, fmt) in enumerate(panels):
         y = H - 60 - h
         svg.append(f'<rect x="{x + 4:.1f}" y="{y:.1f}" width="{bw - 8:.1f}" height="{h:.1f}" fill="{colors[k]}"/>')
         svg.append(f'<text x="{x + bw / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle">{fmt.format(v)}</text>')
-        svg.append(f'<text x="{x + bw / 2:.1f}" y="{H - 44}" text-anchor="middle">{k}</text>')
+        svg.append(f'<text x="{x + bw / 2:.1f}" y="{H - 44}" text-anchor="middle" font-size="10">{short.get(k, k)}</text>')
 svg.append(f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle" fill="#555">'
            f'hello-world Node app on {n} cores; medians of {rounds} interleaved rounds (bench/cluster.sh)</text>')
 svg.append("</svg>")
