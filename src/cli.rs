@@ -105,7 +105,8 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR:PORT|off", value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<MetricsListen>,
 
-    /// How long SIGTERM/SIGINT waits for requests in flight. [default: 10s]
+    /// How long SIGTERM/SIGINT waits for requests in flight, and the longest
+    /// a replaced app instance keeps running for its own. [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
 

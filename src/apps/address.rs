@@ -67,3 +67,143 @@ pub fn release(addr: &ServerAddr) {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// How many connections the instance at `addr` has accepted and still
+/// holds open: while coreserve proxies to it, the requests it has in
+/// flight (a shard closes the connections of a server it no longer lists
+/// once their requests end). Read from the kernel's socket tables (the
+/// instance's side of each connection, so a connection coreserve has
+/// closed no longer counts); `None` when they cannot be read.
+pub fn open_connections(addr: &ServerAddr) -> Option<usize> {
+    let table = |name: &str| {
+        let bytes = std::fs::read(name).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match addr {
+        ServerAddr::Tcp(a) => {
+            let v4 = table("/proc/net/tcp")?;
+            // Node listens on `::` when given only a port: IPv4 clients
+            // then appear in the IPv6 table, their address mapped.
+            let v6 = table("/proc/net/tcp6").unwrap_or_default();
+            Some(tcp_connections(&v4, a.port()) + tcp_connections(&v6, a.port()))
+        }
+        ServerAddr::Unix(p) => Some(unix_connections(&table("/proc/net/unix")?, p)),
+    }
+}
+
+/// `/proc/net/tcp` or `tcp6`: the established connections whose local end
+/// is the loopback address at `port` (127.0.0.1, plain or IPv4-mapped).
+fn tcp_connections(table: &str, port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    let v4 = format!("0100007F:{port:04X}");
+    let mapped = format!("0000000000000000FFFF0000{v4}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut f = line.split_ascii_whitespace();
+            let local = f.nth(1);
+            let state = f.nth(1);
+            matches!(local, Some(l) if l == v4 || l == mapped) && state == Some(ESTABLISHED)
+        })
+        .count()
+}
+
+/// `/proc/net/unix`: the connected sockets bound to `path` (what accept
+/// returned on the instance's listening socket carries its address).
+fn unix_connections(table: &str, path: &Path) -> usize {
+    const CONNECTED: &str = "03";
+    let Some(path) = path.to_str() else { return 0 };
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            // Num RefCount Protocol Flags Type St Inode, then the path,
+            // which may hold spaces.
+            let mut rest = *line;
+            let mut state = "";
+            for i in 0..7 {
+                rest = rest.trim_start();
+                let end = rest
+                    .find(|c: char| c.is_ascii_whitespace())
+                    .unwrap_or(rest.len());
+                if i == 5 {
+                    state = &rest[..end];
+                }
+                rest = &rest[end..];
+            }
+            state == CONNECTED && rest.trim_start() == path
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_counts_established_connections_to_the_port_only() {
+        // 127.0.0.1:3001 listening, two accepted connections to it (one
+        // closed by the peer: CLOSE_WAIT), coreserve's own end of one, and
+        // an unrelated connection to 127.0.0.2:3001.
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0BB9 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 10 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0BB9 0100007F:A2F4 01 00000000:00000000 00:00000000 00000000  1000        0 11 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:0BB9 0100007F:A2F6 08 00000000:00000000 00:00000000 00000000  1000        0 12 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:A2F4 0100007F:0BB9 01 00000000:00000000 00:00000000 00000000  1000        0 13 1 0000000000000000 20 4 30 10 -1
+   4: 0200007F:0BB9 0100007F:A2F8 01 00000000:00000000 00:00000000 00000000  1000        0 14 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(tcp_connections(v4, 3001), 1);
+        assert_eq!(tcp_connections(v4, 3002), 0);
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0BB9 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 20 1 0000000000000000 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:0BB9 0000000000000000FFFF00000100007F:A2FA 01 00000000:00000000 00:00000000 00000000  1000        0 21 1 0000000000000000 20 4 30 10 -1
+   2: 0000000000000000FFFF00000100007F:0BB9 0000000000000000FFFF00000100007F:A2FC 01 00000000:00000000 00:00000000 00000000  1000        0 22 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(tcp_connections(v6, 3001), 2);
+        assert_eq!(tcp_connections("", 3001), 0);
+    }
+
+    #[test]
+    fn unix_counts_connected_sockets_bound_to_the_path() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 30 /run/cs/web.1.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 31 /run/cs/web.1.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 32
+0000000000000000: 00000003 00000000 00000000 0001 03 33 /run/cs/web.1.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 34 /run/cs/web.12.sock
+0000000000000000: 00000003 00000000 00000000 0001 03  1235 /run/cs dir/web.1.sock
+";
+        assert_eq!(unix_connections(table, Path::new("/run/cs/web.1.sock")), 2);
+        assert_eq!(
+            unix_connections(table, Path::new("/run/cs dir/web.1.sock")),
+            1
+        );
+        assert_eq!(unix_connections(table, Path::new("/run/cs/web.2.sock")), 0);
+    }
+
+    #[test]
+    fn this_process_sees_its_own_connections() {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = ServerAddr::Tcp(l.local_addr().unwrap());
+        assert_eq!(open_connections(&addr), Some(0));
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(open_connections(&addr), Some(1));
+        drop(s);
+        assert_eq!(open_connections(&addr), Some(0));
+
+        let dir = std::env::temp_dir().join(format!("cs-addr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let addr = ServerAddr::Unix(path.clone());
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(open_connections(&addr), Some(1));
+        drop(s);
+        assert_eq!(open_connections(&addr), Some(0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

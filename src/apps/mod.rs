@@ -120,11 +120,14 @@ pub struct Apps {
 impl Apps {
     /// Start every instance of `configs` and wait until each accepts
     /// connections (`start-timeout`); with `shards` shards for `"auto"`.
+    /// An instance taken out of service (a reload) gets `drain` (the
+    /// server's `drain-timeout`) to finish its requests in flight.
     /// Returns the handle and each app's addresses; on a failure every
     /// instance started is stopped again.
     pub fn start(
         configs: Vec<AppConfig>,
         shards: usize,
+        drain: Duration,
         notify: Notify,
     ) -> Result<(Apps, AppServers), AppError> {
         let (tx, rx) = mpsc::channel();
@@ -135,7 +138,7 @@ impl Apps {
         let thread = std::thread::Builder::new()
             .name("apps".into())
             .spawn(move || {
-                let mut m = Manager::new(shards, manager_tx, notify, manager_board);
+                let mut m = Manager::new(shards, drain, manager_tx, notify, manager_board);
                 let started = m.start(configs, &rx);
                 let ok = started.is_ok();
                 let _ = started_tx.send(started);

@@ -270,7 +270,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     if !config.apps.is_empty() {
         info!("starting {} app(s)", config.apps.len());
     }
-    let (apps, app_servers) = Apps::start(config.apps.clone(), n, notify)?;
+    let (apps, app_servers) = Apps::start(config.apps.clone(), n, config.drain_timeout, notify)?;
     let app_servers: HashMap<String, Vec<ServerAddr>> = app_servers.into_iter().collect();
     let file_upstreams = config.upstreams.clone();
     let mut config = config;

@@ -1,7 +1,8 @@
 //! App workers in operation: start-up failures (an instance that never
 //! listens, one that exits, a missing program), a killed instance restarted
 //! while traffic goes to the others, a crash loop backing off, a rolling
-//! reload under load with no failed request, a replacement that never
+//! reload under load with no failed request, a long request on a replaced
+//! instance answered before it is stopped, a replacement that never
 //! comes up, a changed number of instances, and an output flood. The
 //! harness is in `apps.rs`.
 
@@ -15,7 +16,7 @@ use crate::apps::{
     ECHO_JS, OK_ROUTE,
 };
 use crate::config::Scratch;
-use crate::util::{command, Server, WAIT};
+use crate::util::{command, get, Server, WAIT};
 
 /// Send SIGKILL to one process.
 fn kill(pid: u32) {
@@ -143,17 +144,21 @@ fn a_crash_loop_backs_off_while_the_rest_keeps_serving() {
     }
 }
 
+/// App `web` of `instances` echo.js instances at `version`, proxied at
+/// `/`. Its instances die at once on SIGTERM, as a Node app without a
+/// handler does: the requests still going to an old instance must have
+/// ended before it is stopped.
+fn abrupt_web(instances: usize, version: u32) -> String {
+    let env = format!("env = {{ VERSION = \"{version}\", ABRUPT = \"1\" }}");
+    node_app("web", instances, &env) + &proxied("/", "web")
+}
+
 #[test]
 fn a_rolling_reload_under_load_fails_no_request() {
     if !have_node() {
         return;
     }
-    // The app dies at once on SIGTERM, as a Node app without a handler
-    // does: requests still going to an old instance must have ended first.
-    let toml = |version: u32| {
-        let env = format!("env = {{ VERSION = \"{version}\", ABRUPT = \"1\" }}");
-        node_app("web", 2, &env) + &proxied("/", "web")
-    };
+    let toml = |version| abrupt_web(2, version);
     let s = AppServer::start("apps-roll", &toml(1));
     let old = s.ready_pids("web", 2);
     // Quick GETs, and POSTs (never retried once sent) that take 150 ms.
@@ -223,6 +228,58 @@ fn a_rolling_reload_under_load_fails_no_request() {
         at("ready0") < at("stop0") && at("ready1") < at("stop1"),
         "{events:?}"
     );
+}
+
+/// A request still running on an instance that a reload replaces, well
+/// past the second the shards need to stop sending it new ones: the old
+/// instance (dying at once on SIGTERM, as a Node app without a handler
+/// does) is asked to stop only once it has answered, and the answer (to a
+/// POST, which is never retried) reaches the client.
+#[test]
+fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
+    if !have_node() {
+        return;
+    }
+    let toml = |version| abrupt_web(1, version);
+    let s = AppServer::start("apps-long", &toml(1));
+    let old = s.ready_pids("web", 1);
+    let addr = s.server.addr;
+    let slow = std::thread::spawn(move || {
+        let raw = "POST /whoami?ms=3000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+        get(addr, raw)
+    });
+    // The request is at the instance once the shard counts it busy.
+    let deadline = Instant::now() + WAIT;
+    while crate::metrics::values(
+        &crate::metrics::scrape(&s.server),
+        "coreserve_upstream_busy_connections",
+    )
+    .values()
+    .sum::<f64>()
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the app"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.reload(&toml(2));
+    let answer = slow.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", s.server.log());
+    assert_eq!(
+        answer.text(),
+        format!("{} 0 1", old[0]),
+        "answered by the old instance"
+    );
+    s.server.wait_for_log(&format!(
+        "app web[0] (pid {}): out of service; waiting for its 1 open connection(s) to end",
+        old[0]
+    ));
+    s.wait_for_count(&format!("app web[0] (pid {}) stopped: ", old[0]), 1);
+    let new = s.ready_pids("web", 1);
+    assert_ne!(new, old);
+    assert!(!s.server.log().contains("still open after drain-timeout"));
 }
 
 /// A reload to a command that exits at once: the roll must not start

@@ -26,10 +26,14 @@ pub(super) use status::Board;
 
 /// How often starting instances are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
-/// How long an instance taken out of service keeps running before it is
-/// asked to stop: the shards have stopped sending it requests by then, and
-/// the ones in flight have ended.
+/// How long an instance taken out of service keeps running at least before
+/// it is asked to stop: the shards have stopped sending it requests by
+/// then. It is asked once the requests it still has are done (its
+/// connections from the shards are closed), or after the server's
+/// `drain-timeout` if they are not.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// How often a retiring instance's open connections are counted.
+const RETIRE_POLL: Duration = Duration::from_millis(100);
 /// How often an instance still there after SIGKILL is killed again: its
 /// exit is not seen yet (the rest of its output is awaited, or the kernel
 /// has not let it go).
@@ -62,8 +66,15 @@ enum State {
     Starting { deadline: Instant },
     /// Serving.
     Ready,
-    /// Out of service; asked to stop at this time.
-    Retiring { stop_at: Instant },
+    /// Out of service; asked to stop at `stop_at` if it has no connection
+    /// left then (else it is looked at again), and at `give_up` at the
+    /// latest.
+    Retiring {
+        stop_at: Instant,
+        give_up: Instant,
+        /// Its open connections were counted and said so in the log.
+        waiting: bool,
+    },
     /// Asked to stop; killed at this time.
     Stopping { kill_at: Instant },
 }
@@ -101,12 +112,26 @@ pub(super) struct Manager {
     apps: Vec<App>,
     leaving: Vec<Leaving>,
     shards: usize,
+    /// How long a retiring instance's requests in flight may take (the
+    /// server's `drain-timeout`).
+    drain: Duration,
     dir: PathBuf,
     tx: Sender<Msg>,
     notify: Notify,
     /// Where the handles read every instance's status.
     board: Board,
     next_tag: u64,
+}
+
+impl State {
+    /// Taken out of service at `now`; its requests in flight get `drain`.
+    fn retiring(now: Instant, drain: Duration) -> State {
+        State::Retiring {
+            stop_at: now + RETIRE_GRACE,
+            give_up: now + drain.max(RETIRE_GRACE),
+            waiting: false,
+        }
+    }
 }
 
 impl Slot {
@@ -129,12 +154,11 @@ impl Slot {
         who: String,
         stop_timeout: Duration,
         now: Instant,
+        drain: Duration,
         out: &mut Vec<Leaving>,
     ) {
         for mut inst in self.current.retire().into_iter().chain(self.next.take()) {
-            inst.state = State::Retiring {
-                stop_at: now + RETIRE_GRACE,
-            };
+            inst.state = State::retiring(now, drain);
             out.push(Leaving {
                 who: who.clone(),
                 stop_timeout,
@@ -146,12 +170,20 @@ impl Slot {
 
 impl Manager {
     /// A manager with no app yet; it sends itself its instances' exits on
-    /// `tx` and posts their status on `board`.
-    pub(super) fn new(shards: usize, tx: Sender<Msg>, notify: Notify, board: Board) -> Manager {
+    /// `tx` and posts their status on `board`. A retiring instance gets
+    /// `drain` to finish its requests.
+    pub(super) fn new(
+        shards: usize,
+        drain: Duration,
+        tx: Sender<Msg>,
+        notify: Notify,
+        board: Board,
+    ) -> Manager {
         Manager {
             apps: Vec::new(),
             leaving: Vec::new(),
             shards,
+            drain,
             dir: address::socket_dir(),
             tx,
             notify,
@@ -400,14 +432,44 @@ impl Manager {
     }
 
     /// Retire and kill on time: a leaving instance gets SIGTERM when its
-    /// grace is over; any instance asked to stop (leaving, or killed in
-    /// its slot at its start timeout) gets SIGKILL when its kill time has
-    /// come and its exit has not been seen.
+    /// grace is over and its requests are done (or the drain timeout
+    /// passed); any instance asked to stop (leaving, or killed in its slot
+    /// at its start timeout) gets SIGKILL when its kill time has come and
+    /// its exit has not been seen.
     fn timers(&mut self, now: Instant) {
         for l in &mut self.leaving {
             match l.inst.state {
-                State::Retiring { stop_at } if stop_at <= now => {
-                    process::signal_group(l.inst.process.pid, libc::SIGTERM);
+                State::Retiring {
+                    stop_at,
+                    give_up,
+                    waiting,
+                } if stop_at <= now => {
+                    // Unknown (no /proc): the grace has to do.
+                    let open = address::open_connections(&l.inst.addr).unwrap_or(0);
+                    let pid = l.inst.process.pid;
+                    if open > 0 && give_up > now {
+                        if !waiting {
+                            info!(
+                                "{} (pid {pid}): out of service; waiting for its {open} open connection(s) to end (at most {:.1}s more)",
+                                l.who,
+                                give_up.duration_since(now).as_secs_f64()
+                            );
+                        }
+                        l.inst.state = State::Retiring {
+                            stop_at: now + RETIRE_POLL,
+                            give_up,
+                            waiting: true,
+                        };
+                        continue;
+                    }
+                    if open > 0 {
+                        warn!(
+                            "{} (pid {pid}): {open} connection(s) still open after drain-timeout ({:.1}s); stopping it",
+                            l.who,
+                            self.drain.as_secs_f64()
+                        );
+                    }
+                    process::signal_group(pid, libc::SIGTERM);
                     l.inst.state = State::Stopping {
                         kill_at: now + l.stop_timeout,
                     };
@@ -454,7 +516,7 @@ impl Manager {
         for state in states {
             match state {
                 State::Starting { .. } => at(now + PROBE_EVERY),
-                State::Retiring { stop_at } => at(*stop_at),
+                State::Retiring { stop_at, .. } => at(*stop_at),
                 State::Stopping { kill_at } => at(*kill_at),
                 State::Ready => {}
             }

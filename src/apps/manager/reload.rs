@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use log::{error, info};
 
-use super::{App, Instance, Leaving, Manager, Slot, State, RETIRE_GRACE};
+use super::{App, Instance, Leaving, Manager, Slot, State};
 use crate::apps::AppEvent;
 use crate::child::Backoff;
 use crate::config::AppConfig;
@@ -32,9 +32,7 @@ impl Manager {
                     let old = slot.current.started(new, started);
                     slot.replace_backoff = Backoff::new(now);
                     if let Some(mut inst) = old {
-                        inst.state = State::Retiring {
-                            stop_at: now + RETIRE_GRACE,
-                        };
+                        inst.state = State::retiring(now, self.drain);
                         self.leaving.push(Leaving {
                             who: format!("app {}[{index}]", app.config.name),
                             stop_timeout: app.config.stop_timeout,
@@ -99,7 +97,13 @@ impl Manager {
                         let index = app.slots.len() - 1;
                         let mut slot = app.slots.pop().expect("more than n");
                         let who = format!("app {}[{index}]", app.config.name);
-                        slot.retire(who, app.config.stop_timeout, now, &mut self.leaving);
+                        slot.retire(
+                            who,
+                            app.config.stop_timeout,
+                            now,
+                            self.drain,
+                            &mut self.leaving,
+                        );
                     }
                     while app.slots.len() < n {
                         app.slots.push(Slot::new(now));
@@ -122,7 +126,13 @@ impl Manager {
             info!("app {}: removed; stopping its instances", gone.config.name);
             for (index, slot) in gone.slots.iter_mut().enumerate() {
                 let who = format!("app {}[{index}]", gone.config.name);
-                slot.retire(who, gone.config.stop_timeout, now, &mut self.leaving);
+                slot.retire(
+                    who,
+                    gone.config.stop_timeout,
+                    now,
+                    self.drain,
+                    &mut self.leaving,
+                );
             }
             (self.notify)(AppEvent::Servers {
                 app: gone.config.name.clone(),

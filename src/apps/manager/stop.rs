@@ -15,10 +15,11 @@ impl Manager {
         let now = Instant::now();
         self.post_stopping();
         let mut all = std::mem::take(&mut self.leaving);
+        let drain = self.drain;
         for app in &mut self.apps {
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 let who = format!("app {}[{index}]", app.config.name);
-                slot.retire(who, app.config.stop_timeout, now, &mut all);
+                slot.retire(who, app.config.stop_timeout, now, drain, &mut all);
             }
         }
         if !all.is_empty() {

@@ -24,6 +24,9 @@ use crate::config::{AppConfig, AppListen, Instances, ServerAddr};
 const LIMIT: Duration = Duration::from_secs(10);
 /// Longest wait for one step of a test (a start, a restart, a roll).
 const STEP: Duration = Duration::from_secs(5);
+/// The server's drain timeout the manager is given: what a retiring
+/// instance's open connections get at most.
+const DRAIN: Duration = Duration::from_secs(3);
 /// Slack for comparing an instance's record with when the master was
 /// told: the manager sets its timers a moment before it tells the master.
 const SLACK: f64 = 0.1;
@@ -68,6 +71,10 @@ def once(name):
 
 /// A well-behaved app: serves at once, exits (status 0) on SIGTERM.
 const SERVES: &str = "on_term(lambda: sys.exit(0))\nserve(listen())";
+/// An app that keeps every connection it accepts open (a request it is
+/// still answering), and exits on SIGTERM.
+const HOLDS: &str =
+    "on_term(lambda: sys.exit(0))\ns = listen()\nheld = []\nwhile True: held.append(s.accept()[0])";
 
 /// An app named `name` of `instances` instances running `body`, recording
 /// into `dir`; short timeouts, for fast tests.
@@ -245,7 +252,7 @@ impl Harness {
                 all_accept,
             });
         });
-        let mut m = Manager::new(1, tx, notify, Board::default());
+        let mut m = Manager::new(1, DRAIN, tx, notify, Board::default());
         // Tests run side by side in one process: sockets of their own.
         m.dir = dir.join("sockets");
         Harness { m, rx, sent, dir }
@@ -583,7 +590,7 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
         stubborn.stop_timeout = stop_timeout;
         let polite = app("polite", 1, SERVES, &dir);
         // The real thread and handle, as the master has them.
-        let (apps, _) = Apps::start(vec![stubborn, polite], 1, Box::new(|_| {})).unwrap();
+        let (apps, _) = Apps::start(vec![stubborn, polite], 1, DRAIN, Box::new(|_| {})).unwrap();
         let handle = apps.handle();
         let states: Vec<_> = handle.status().iter().map(|s| s.state).collect();
         assert_eq!(states, ["ready", "ready"]);
@@ -651,5 +658,67 @@ fn an_instance_killed_at_its_start_timeout_is_awaited_without_spinning() {
             m.apps[0].slots[0].next.is_none()
         });
         assert!(turns <= 5, "{turns} turns of the loop to wait for one exit");
+    });
+}
+
+/// A connection to the instance of `web`'s slot 0: its pid, its address
+/// and the connection.
+fn hold(m: &Manager) -> (u32, ServerAddr, std::net::TcpStream) {
+    let inst = current(m, "web", 0).unwrap();
+    let ServerAddr::Tcp(at) = inst.addr else {
+        panic!("{:?}", inst.addr)
+    };
+    let conn = std::net::TcpStream::connect(at).unwrap();
+    (inst.process.pid, inst.addr.clone(), conn)
+}
+
+#[test]
+fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeout() {
+    within(|| {
+        let mut h = Harness::new("drain");
+        let web = app("web", 1, HOLDS, &h.dir);
+        h.start(vec![version(&web, "1", HOLDS)]).unwrap();
+        // A request the old instance is still answering when it is replaced.
+        let (pid, _, inflight) = hold(&h.m);
+        h.send(Msg::Reload(vec![version(&web, "2", HOLDS)]));
+        h.turn_until("the old instance waits for its connection", |m| {
+            m.leaving.iter().any(|l| {
+                l.inst.process.pid == pid
+                    && matches!(l.inst.state, State::Retiring { waiting: true, .. })
+            })
+        });
+        // Well past the grace: still no SIGTERM while the request runs.
+        h.turn_till(Instant::now() + Duration::from_millis(500));
+        assert_eq!(records(&h.dir)[&pid].term, None);
+        let closed = mono();
+        drop(inflight);
+        h.turn_until("the old instance gone", |m| m.leaving.is_empty());
+        let term = records(&h.dir)[&pid].term.expect("a SIGTERM");
+        assert!(
+            term >= closed,
+            "SIGTERM {:.3}s before the connection ended",
+            closed - term
+        );
+
+        // A connection that never ends holds it up to the drain timeout only.
+        let (pid, addr, _stuck) = hold(&h.m);
+        h.send(Msg::Reload(vec![version(&web, "3", HOLDS)]));
+        h.turn_until("the second instance gone", |m| {
+            m.leaving.is_empty() && current(m, "web", 0).is_some_and(|i| i.process.pid != pid)
+        });
+        let out = h
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| !e.servers.contains(&addr) && e.servers.len() == 1)
+            .map(|e| e.at)
+            .unwrap();
+        let term = records(&h.dir)[&pid].term.expect("a SIGTERM");
+        assert!(
+            term - out >= DRAIN.as_secs_f64() - SLACK,
+            "SIGTERM {:.3}s after it was taken out",
+            term - out
+        );
     });
 }
