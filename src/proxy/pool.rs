@@ -56,6 +56,10 @@ pub struct Server {
     stats: RefCell<UpstreamStats>,
     /// Upstream response times, microseconds.
     latency: RefCell<Histogram<u64>>,
+    /// A reload dropped it from every group: requests that started before
+    /// still finish there, but its connections are not kept, so that an
+    /// app instance being replaced sees them close when its requests end.
+    removed: Cell<bool>,
 }
 
 struct Idle {
@@ -97,6 +101,19 @@ impl Upstreams {
                     next: Cell::new(before.map_or(0, |g| g.next.get())),
                 }),
             );
+        }
+        // What no group lists any more: its pooled connections go now, and
+        // those in use when their requests end (`checkin`).
+        for g in old.values() {
+            for s in &g.servers {
+                let kept = groups
+                    .values()
+                    .any(|n| n.servers.iter().any(|k| Rc::ptr_eq(k, s)));
+                if !kept {
+                    s.removed.set(true);
+                    s.idle.borrow_mut().clear();
+                }
+            }
         }
     }
 
@@ -219,6 +236,7 @@ impl Server {
             down_until: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(new_histogram()),
+            removed: Cell::new(false),
         }
     }
 
@@ -246,9 +264,10 @@ impl Server {
     }
 
     /// Keep a connection whose last exchange ended cleanly. Beyond
-    /// `keepalive` idle ones, the oldest go once idle for `OVERFLOW_GRACE`.
+    /// `keepalive` idle ones, the oldest go once idle for `OVERFLOW_GRACE`;
+    /// none is kept for a server a reload removed.
     pub fn checkin(&self, socket: Socket, keepalive: usize, now: Instant) {
-        if keepalive == 0 {
+        if keepalive == 0 || self.removed.get() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -397,5 +416,54 @@ mod tests {
         assert_eq!(g.servers.len(), 3);
         u.update(&[]);
         assert!(u.group("app").is_none());
+    }
+
+    /// A connected pair: the peer's end, and ours as the shard holds it.
+    fn pair(readiness: &Rc<Readiness>) -> (std::net::TcpStream, Socket) {
+        use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        // SAFETY: taken from the stream, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(ours.into_raw_fd()) };
+        (peer, Socket::accepted(fd, Some(readiness)))
+    }
+
+    /// True once the other end closed `peer` (it reads the end of stream).
+    fn closed(peer: &mut std::net::TcpStream) -> bool {
+        use std::io::Read;
+        peer.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        matches!(peer.read(&mut [0; 8]), Ok(0))
+    }
+
+    #[test]
+    fn a_server_a_reload_removed_keeps_no_connection() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let readiness = Readiness::new(Duration::from_micros(200)).unwrap();
+                let u = Upstreams::new(&[group(Balance::RoundRobin, 2)]);
+                let g = u.group("app").unwrap();
+                let now = Instant::now();
+                let (mut pooled, socket) = pair(&readiness);
+                g.servers[1].checkin(socket, 8, now);
+                let (mut kept, socket) = pair(&readiness);
+                g.servers[0].checkin(socket, 8, now);
+                assert!(!closed(&mut pooled) && !closed(&mut kept));
+                // Server 1 goes: its idle connection is closed at once, and
+                // one of its requests in flight then is not pooled after.
+                u.update(&[group(Balance::RoundRobin, 1)]);
+                assert!(closed(&mut pooled), "the idle connection is closed");
+                assert!(!closed(&mut kept), "server 0's stays");
+                let (mut in_flight, socket) = pair(&readiness);
+                g.servers[1].checkin(socket, 8, now);
+                assert!(closed(&mut in_flight), "not pooled after its request");
+                assert!(g.servers[1].checkout(Duration::from_secs(4), now).is_none());
+                assert!(g.servers[0].checkout(Duration::from_secs(4), now).is_some());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -453,3 +453,47 @@ fn sighup_switches_servers_and_a_request_in_flight_completes() {
         "new requests went to the old server"
     );
 }
+
+/// A server a reload removed keeps no pooled connection, even while a
+/// request of the old configuration still runs on the shard: an app
+/// instance being replaced waits for its connections to close before it
+/// is stopped (see apps_ops).
+#[test]
+fn a_server_a_reload_removed_has_its_idle_connections_closed_at_once() {
+    let gate = Gate::new();
+    let a = Upstream::start(named("A", &gate));
+    let b = Upstream::start(ok("B"));
+    let proxy = Proxy::start_with(
+        "proxy-reload-removed",
+        &simple(&[a.server()], "", ""),
+        &["--shards", "1"],
+    );
+    // One connection to A busy with /hold, a second idle in the pool.
+    let held = connect(proxy.addr());
+    (&held)
+        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(a.wait_until(|u| u.requests().iter().any(|q| q.target == "/hold")));
+    assert_eq!(proxy.get(GET).text(), "A");
+    assert_eq!(a.accepted(), 2);
+
+    std::fs::write(proxy.conf(), simple(&[b.server()], "", "")).unwrap();
+    proxy.server.signal(libc::SIGHUP);
+    proxy
+        .server
+        .wait_for_log("configuration reloaded on every shard");
+    assert!(
+        a.wait_until(|u| u.connections().iter().filter(|c| c.peer_closed).count() == 1),
+        "the idle connection to the removed server stayed open: {:?}",
+        a.connections()
+    );
+    // The request in flight finishes there, and its connection is not kept.
+    gate.open();
+    assert_eq!(Reader::new(&held).next(false).text(), "A");
+    assert!(
+        a.wait_until(|u| u.connections().iter().all(|c| c.peer_closed)),
+        "{:?}",
+        a.connections()
+    );
+    assert_eq!(proxy.get(GET).text(), "B");
+}
