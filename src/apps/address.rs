@@ -3,6 +3,7 @@
 //! Each incarnation gets a new address, so a replacement can start while
 //! the instance it replaces still serves.
 
+use std::cell::OnceCell;
 use std::io;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -68,27 +69,45 @@ pub fn release(addr: &ServerAddr) {
     }
 }
 
-/// How many connections the instance at `addr` has accepted and still
-/// holds open: while coreserve proxies to it, the requests it has in
-/// flight (a shard closes the connections of a server it no longer lists
-/// once their requests end). Read from the kernel's socket tables (the
-/// instance's side of each connection, so a connection coreserve has
-/// closed no longer counts); `None` when they cannot be read.
-pub fn open_connections(addr: &ServerAddr) -> Option<usize> {
-    let table = |name: &str| {
-        let bytes = std::fs::read(name).ok()?;
-        Some(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    match addr {
-        ServerAddr::Tcp(a) => {
-            let v4 = table("/proc/net/tcp")?;
-            // Node listens on `::` when given only a port: IPv4 clients
-            // then appear in the IPv6 table, their address mapped.
-            let v6 = table("/proc/net/tcp6").unwrap_or_default();
-            Some(tcp_connections(&v4, a.port()) + tcp_connections(&v6, a.port()))
+/// The kernel's socket tables, each read at most once: one look serves
+/// every retiring instance counted in the same pass.
+#[derive(Default)]
+pub struct SocketTables {
+    tcp: OnceCell<Option<String>>,
+    tcp6: OnceCell<Option<String>>,
+    unix: OnceCell<Option<String>>,
+}
+
+impl SocketTables {
+    /// How many connections the instance at `addr` has accepted (or has
+    /// waiting to be accepted) and not closed: while coreserve proxies to
+    /// it, the requests it has in flight, since a shard closes its
+    /// connections to a server it no longer lists once their requests end.
+    /// Over TCP, a connection coreserve closed stops counting at once (the
+    /// instance's end is then in CLOSE_WAIT); over a Unix socket, when the
+    /// instance closes its end too, as Node does when it reads the end of
+    /// the stream. `None` when the tables cannot be read.
+    pub fn open_connections(&self, addr: &ServerAddr) -> Option<usize> {
+        match addr {
+            ServerAddr::Tcp(a) => {
+                let v4 = read(&self.tcp, "/proc/net/tcp")?;
+                // Node listens on `::` when given only a port: IPv4 clients
+                // then appear in the IPv6 table, their address mapped.
+                let v6 = read(&self.tcp6, "/proc/net/tcp6").unwrap_or_default();
+                Some(tcp_connections(v4, a.port()) + tcp_connections(v6, a.port()))
+            }
+            ServerAddr::Unix(p) => Some(unix_connections(read(&self.unix, "/proc/net/unix")?, p)),
         }
-        ServerAddr::Unix(p) => Some(unix_connections(&table("/proc/net/unix")?, p)),
     }
+}
+
+/// The table at `path`, read on the first call.
+fn read<'a>(cell: &'a OnceCell<Option<String>>, path: &str) -> Option<&'a str> {
+    cell.get_or_init(|| {
+        let bytes = std::fs::read(path).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    })
+    .as_deref()
 }
 
 /// `/proc/net/tcp` or `tcp6`: the established connections whose local end
@@ -109,9 +128,11 @@ fn tcp_connections(table: &str, port: u16) -> usize {
         .count()
 }
 
-/// `/proc/net/unix`: the connected sockets bound to `path` (what accept
-/// returned on the instance's listening socket carries its address).
+/// `/proc/net/unix`: the sockets bound to `path` that are connected (what
+/// accept returned on the instance's listening socket carries its address)
+/// or waiting in its backlog to be accepted (shown as connecting).
 fn unix_connections(table: &str, path: &Path) -> usize {
+    const CONNECTING: &str = "02";
     const CONNECTED: &str = "03";
     let Some(path) = path.to_str() else { return 0 };
     table
@@ -132,7 +153,7 @@ fn unix_connections(table: &str, path: &Path) -> usize {
                 }
                 rest = &rest[end..];
             }
-            state == CONNECTED && rest.trim_start() == path
+            (state == CONNECTED || state == CONNECTING) && rest.trim_start() == path
         })
         .count()
 }
@@ -173,8 +194,9 @@ mod tests {
 0000000000000000: 00000003 00000000 00000000 0001 03 33 /run/cs/web.1.sock
 0000000000000000: 00000003 00000000 00000000 0001 03 34 /run/cs/web.12.sock
 0000000000000000: 00000003 00000000 00000000 0001 03  1235 /run/cs dir/web.1.sock
+0000000000000000: 00000002 00000000 00000000 0001 02 36 /run/cs/web.1.sock
 ";
-        assert_eq!(unix_connections(table, Path::new("/run/cs/web.1.sock")), 2);
+        assert_eq!(unix_connections(table, Path::new("/run/cs/web.1.sock")), 3);
         assert_eq!(
             unix_connections(table, Path::new("/run/cs dir/web.1.sock")),
             1
@@ -184,14 +206,23 @@ mod tests {
 
     #[test]
     fn this_process_sees_its_own_connections() {
+        let count = |addr| SocketTables::default().open_connections(addr);
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let addr = ServerAddr::Tcp(l.local_addr().unwrap());
-        assert_eq!(open_connections(&addr), Some(0));
+        assert_eq!(count(&addr), Some(0));
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(count(&addr), Some(1), "waiting to be accepted");
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(count(&addr), Some(1));
+        // The client (coreserve) closes its end: done, whatever the
+        // instance does with its own.
+        drop(c);
+        assert_eq!(count(&addr), Some(0));
+        drop(s);
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
-        assert_eq!(open_connections(&addr), Some(1));
         drop(s);
-        assert_eq!(open_connections(&addr), Some(0));
+        assert_eq!(count(&addr), Some(0), "closed by the instance");
 
         let dir = std::env::temp_dir().join(format!("cs-addr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -199,11 +230,21 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let addr = ServerAddr::Unix(path.clone());
-        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert_eq!(count(&addr), Some(1), "waiting to be accepted");
         let (s, _) = l.accept().unwrap();
-        assert_eq!(open_connections(&addr), Some(1));
+        assert_eq!(count(&addr), Some(1));
+        // Over a Unix socket the instance's end counts until it closes it.
+        drop(c);
+        assert_eq!(count(&addr), Some(1));
         drop(s);
-        assert_eq!(open_connections(&addr), Some(0));
+        assert_eq!(count(&addr), Some(0));
+        // One look at the tables per pass: what changes after it is not seen.
+        let tables = SocketTables::default();
+        assert_eq!(tables.open_connections(&addr), Some(0));
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert_eq!(tables.open_connections(&addr), Some(0));
+        assert_eq!(count(&addr), Some(1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -245,7 +245,7 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
     let old = s.ready_pids("web", 1);
     let addr = s.server.addr;
     let slow = std::thread::spawn(move || {
-        let raw = "POST /whoami?ms=3000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+        let raw = "POST /whoami?ms=6000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
         get(addr, raw)
     });
     // The request is at the instance once the shard counts it busy.

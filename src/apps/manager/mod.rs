@@ -33,7 +33,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// `drain-timeout` if they are not.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// How often a retiring instance's open connections are counted.
-const RETIRE_POLL: Duration = Duration::from_millis(100);
+const RETIRE_POLL: Duration = Duration::from_millis(250);
 /// How often an instance still there after SIGKILL is killed again: its
 /// exit is not seen yet (the rest of its output is awaited, or the kernel
 /// has not let it go).
@@ -437,6 +437,7 @@ impl Manager {
     /// at its start timeout) gets SIGKILL when its kill time has come and
     /// its exit has not been seen.
     fn timers(&mut self, now: Instant) {
+        let tables = address::SocketTables::default();
         for l in &mut self.leaving {
             match l.inst.state {
                 State::Retiring {
@@ -445,7 +446,7 @@ impl Manager {
                     waiting,
                 } if stop_at <= now => {
                     // Unknown (no /proc): the grace has to do.
-                    let open = address::open_connections(&l.inst.addr).unwrap_or(0);
+                    let open = tables.open_connections(&l.inst.addr).unwrap_or(0);
                     let pid = l.inst.process.pid;
                     if open > 0 && give_up > now {
                         if !waiting {
@@ -466,7 +467,7 @@ impl Manager {
                         warn!(
                             "{} (pid {pid}): {open} connection(s) still open after drain-timeout ({:.1}s); stopping it",
                             l.who,
-                            self.drain.as_secs_f64()
+                            self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
                     process::signal_group(pid, libc::SIGTERM);

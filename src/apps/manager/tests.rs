@@ -26,7 +26,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 const STEP: Duration = Duration::from_secs(5);
 /// The server's drain timeout the manager is given: what a retiring
 /// instance's open connections get at most.
-const DRAIN: Duration = Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(2);
 /// Slack for comparing an instance's record with when the master was
 /// told: the manager sets its timers a moment before it tells the master.
 const SLACK: f64 = 0.1;
@@ -711,6 +711,7 @@ fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeo
             .lock()
             .unwrap()
             .iter()
+            .rev()
             .find(|e| !e.servers.contains(&addr) && e.servers.len() == 1)
             .map(|e| e.at)
             .unwrap();
