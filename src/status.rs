@@ -78,17 +78,21 @@ pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
 }
 
 /// One line per app instance (from the `coreserve_app_*` series): pid,
-/// state, restarts, uptime, and the requests its address was sent.
-fn apps_table(text: &str) -> String {
+/// state, restarts, uptime, and the requests its address was sent. An
+/// instance on its way out follows its slot's current one, its state
+/// `draining(K)` with K open connections, or `stopping`.
+pub(crate) fn apps_table(text: &str) -> String {
     #[derive(Default)]
     struct Inst {
         pid: String,
         state: String,
         server: String,
-        restarts: f64,
-        uptime: f64,
+        restarts: Option<f64>,
+        uptime: Option<f64>,
     }
-    let mut insts: BTreeMap<(String, usize), Inst> = BTreeMap::new();
+    // By app, slot, then the current instance (pid "") before those
+    // leaving (by pid).
+    let mut insts: BTreeMap<(String, usize, String), Inst> = BTreeMap::new();
     let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (name, labels, value) in samples(text) {
         let label = |key: &str| label(labels, key).unwrap_or("").to_string();
@@ -96,16 +100,28 @@ fn apps_table(text: &str) -> String {
             requests.insert((label("upstream"), label("server")), value);
             continue;
         }
-        let key = (label("app"), label("instance").parse().unwrap_or(0));
+        let slot = (label("app"), label("instance").parse().unwrap_or(0));
+        let current = (slot.0.clone(), slot.1, String::new());
         match name {
             "coreserve_app_instance_up" => {
-                let i = insts.entry(key).or_default();
+                let i = insts.entry(current).or_default();
                 (i.pid, i.state, i.server) = (label("pid"), label("state"), label("server"));
             }
             "coreserve_app_instance_restarts_total" => {
-                insts.entry(key).or_default().restarts = value
+                insts.entry(current).or_default().restarts = Some(value)
             }
-            "coreserve_app_instance_uptime_seconds" => insts.entry(key).or_default().uptime = value,
+            "coreserve_app_instance_uptime_seconds" => {
+                insts.entry(current).or_default().uptime = Some(value)
+            }
+            "coreserve_app_instance_leaving_connections" => {
+                let pid = label("pid");
+                let state = match label("state").as_str() {
+                    "draining" => format!("draining({value})"),
+                    other => other.to_string(),
+                };
+                let i = insts.entry((slot.0, slot.1, pid.clone())).or_default();
+                (i.pid, i.state, i.server) = (pid, state, label("server"));
+            }
             _ => {}
         }
     }
@@ -116,20 +132,23 @@ fn apps_table(text: &str) -> String {
         "\n{:<16} {:>8} {:>8} {:<10} {:>8} {:>10} {:>12}\n",
         "app", "instance", "pid", "state", "restarts", "uptime", "requests"
     );
-    for ((app, index), i) in &insts {
-        let sent = requests
-            .get(&(app.clone(), i.server.clone()))
-            .copied()
-            .unwrap_or(0.0);
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for ((app, index, _), i) in &insts {
+        let sent = requests.get(&(app.clone(), i.server.clone()));
         out.push_str(&format!(
             "{:<16} {:>8} {:>8} {:<10} {:>8} {:>10} {:>12}\n",
             app,
             index,
             if i.pid.is_empty() { "-" } else { &i.pid },
             i.state,
-            i.restarts,
-            format_uptime(i.uptime),
-            sent
+            or_dash(i.restarts.map(|r| r.to_string())),
+            or_dash(i.uptime.map(format_uptime)),
+            // A current instance not sent anything yet has no series.
+            match (sent, i.restarts) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(_)) => "0".into(),
+                (None, None) => "-".into(),
+            }
         ));
     }
     out

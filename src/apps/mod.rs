@@ -98,7 +98,8 @@ pub struct InstanceStatus {
     /// The current process, if one runs.
     pub pid: Option<u32>,
     /// `starting`, `ready`, `stopping`, `restarting` (waiting out its
-    /// back-off) or `down`.
+    /// back-off) or `down`; for one leaving, `draining` (waiting for its
+    /// connections to end) or `stopping`.
     pub state: &'static str,
     /// Times it was started again after it exited.
     pub restarts: u32,
@@ -107,6 +108,10 @@ pub struct InstanceStatus {
     pub uptime: Duration,
     /// Where it listens.
     pub addr: Option<String>,
+    /// `Some` for an instance out of service on its way out (replaced by a
+    /// reload, or its slot or app removed), not its slot's current one:
+    /// the connections it still had open at the last count.
+    pub leaving: Option<usize>,
 }
 
 /// The running apps: a handle on the manager's thread.

@@ -136,10 +136,15 @@ fn render_lives(out: &mut String, lives: &[ShardLife]) {
     }
 }
 
-/// The app instances' series: state, restarts, uptime. Requests per
+/// The app instances' series: state, restarts, uptime of each slot's
+/// current instance, and the instances on their way out. Requests per
 /// instance are the upstream series of its address (`server` here).
-fn render_apps(out: &mut String, instances: &[InstanceStatus]) {
+fn render_apps(out: &mut String, all: &[InstanceStatus]) {
     use std::fmt::Write;
+    let (leaving, instances): (Vec<&InstanceStatus>, Vec<&InstanceStatus>) =
+        all.iter().partition(|i| i.leaving.is_some());
+    // A slot always has a current instance's series, even with none
+    // running: no current means no app.
     if instances.is_empty() {
         return;
     }
@@ -149,7 +154,7 @@ fn render_apps(out: &mut String, instances: &[InstanceStatus]) {
         "# HELP coreserve_app_instance_up Whether an app instance is ready (1) or not (0), \
          with its pid, state and address.\n# TYPE coreserve_app_instance_up gauge"
     );
-    for i in instances {
+    for i in &instances {
         let _ = writeln!(
             out,
             "coreserve_app_instance_up{{{},pid=\"{}\",state=\"{}\",server=\"{}\"}} {}",
@@ -165,7 +170,7 @@ fn render_apps(out: &mut String, instances: &[InstanceStatus]) {
         "# HELP coreserve_app_instance_restarts_total Times an app instance was started again after it exited.\n\
          # TYPE coreserve_app_instance_restarts_total counter"
     );
-    for i in instances {
+    for i in &instances {
         let _ = writeln!(
             out,
             "coreserve_app_instance_restarts_total{{{}}} {}",
@@ -178,12 +183,42 @@ fn render_apps(out: &mut String, instances: &[InstanceStatus]) {
         "# HELP coreserve_app_instance_uptime_seconds Since the instance's process started.\n\
          # TYPE coreserve_app_instance_uptime_seconds gauge"
     );
-    for i in instances {
+    for i in &instances {
         let _ = writeln!(
             out,
             "coreserve_app_instance_uptime_seconds{{{}}} {:.1}",
             label(i),
             i.uptime.as_secs_f64()
+        );
+    }
+    render_leaving(out, &leaving);
+}
+
+/// Instances out of service that have not exited yet (a rolling reload
+/// waiting for their requests to end): one series each, told apart by
+/// pid, as a slot may have several.
+fn render_leaving(out: &mut String, leaving: &[&InstanceStatus]) {
+    use std::fmt::Write;
+    if leaving.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_app_instance_leaving_connections An app instance taken out of service \
+         (replaced, or its slot or app removed) that has not exited yet: its open connections \
+         at the last count, with its slot, pid, state (draining, or stopping once asked to) \
+         and address.\n# TYPE coreserve_app_instance_leaving_connections gauge"
+    );
+    for i in leaving {
+        let _ = writeln!(
+            out,
+            "coreserve_app_instance_leaving_connections{{app=\"{}\",instance=\"{}\",pid=\"{}\",state=\"{}\",server=\"{}\"}} {}",
+            i.app,
+            i.index,
+            i.pid.map_or(String::new(), |p| p.to_string()),
+            i.state,
+            i.addr.as_deref().unwrap_or(""),
+            i.leaving.unwrap_or(0)
         );
     }
 }
@@ -216,5 +251,63 @@ mod tests {
         s.retire(0);
         s.update(snap(0, 1, 0));
         assert_eq!(s.view()[0].stats.requests, 13);
+    }
+
+    fn instance(
+        index: usize,
+        pid: u32,
+        state: &'static str,
+        leaving: Option<usize>,
+    ) -> InstanceStatus {
+        InstanceStatus {
+            app: "web".into(),
+            index,
+            pid: Some(pid),
+            state,
+            restarts: 2,
+            uptime: std::time::Duration::from_secs(90),
+            addr: Some(format!("127.0.0.1:{pid}")),
+            leaving,
+        }
+    }
+
+    #[test]
+    fn an_instance_on_its_way_out_has_a_series_and_a_row_of_its_own() {
+        let mut text = String::new();
+        render_apps(
+            &mut text,
+            &[
+                instance(0, 30, "ready", None),
+                instance(0, 10, "draining", Some(3)),
+                instance(1, 40, "ready", None),
+                instance(1, 20, "stopping", Some(0)),
+            ],
+        );
+        // One series per slot for the current instances: no duplicates.
+        assert_eq!(
+            text.matches("coreserve_app_instance_uptime_seconds{")
+                .count(),
+            2
+        );
+        assert!(text.contains(
+            "coreserve_app_instance_leaving_connections{app=\"web\",instance=\"0\",pid=\"10\",\
+             state=\"draining\",server=\"127.0.0.1:10\"} 3\n"
+        ));
+        let table = crate::status::apps_table(&text);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ["web", "0", "30", "ready", "2", "1m30s", "0"],
+                ["web", "0", "10", "draining(3)", "-", "-", "-"],
+                ["web", "1", "40", "ready", "2", "1m30s", "0"],
+                ["web", "1", "20", "stopping", "-", "-", "-"],
+            ],
+            "{table}"
+        );
     }
 }

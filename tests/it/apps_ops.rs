@@ -276,6 +276,21 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
         "app web[0] (pid {}): out of service; waiting for its 1 open connection(s) to end",
         old[0]
     ));
+    // The metrics (and `coreserve status`) show it, and what it waits for.
+    let draining = |scrape: &prometheus_parse::Scrape| {
+        crate::metrics::values(scrape, "coreserve_app_instance_leaving_connections")
+            .into_iter()
+            .any(|(labels, open)| {
+                labels.contains(&format!("pid={}", old[0]))
+                    && labels.contains("state=draining")
+                    && open == 1.0
+            })
+    };
+    let deadline = Instant::now() + WAIT;
+    while !draining(&crate::metrics::scrape(&s.server)) {
+        assert!(Instant::now() < deadline, "never shown as draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     s.wait_for_count(&format!("app web[0] (pid {}) stopped: ", old[0]), 1);
     let new = s.ready_pids("web", 1);
     assert_ne!(new, old);

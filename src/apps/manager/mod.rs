@@ -102,9 +102,30 @@ struct App {
 /// An instance out of service, on its way out (replaced, its slot or app
 /// removed by a reload).
 struct Leaving {
-    who: String,
+    app: String,
+    index: usize,
     stop_timeout: Duration,
     inst: Instance,
+    /// Its open connections at the last count (`timers`).
+    open: usize,
+}
+
+impl Leaving {
+    /// `inst`, taken out of slot `index` of `app` with its state set.
+    fn new(app: &AppConfig, index: usize, inst: Instance) -> Leaving {
+        Leaving {
+            app: app.name.clone(),
+            index,
+            stop_timeout: app.stop_timeout,
+            inst,
+            open: 0,
+        }
+    }
+
+    /// How the log names it.
+    fn who(&self) -> String {
+        format!("app {}[{}]", self.app, self.index)
+    }
 }
 
 /// The manager's state, on its own thread.
@@ -151,19 +172,15 @@ impl Slot {
     /// Take the slot's instances out of service: they stop after the grace.
     fn retire(
         &mut self,
-        who: String,
-        stop_timeout: Duration,
+        app: &AppConfig,
+        index: usize,
         now: Instant,
         drain: Duration,
         out: &mut Vec<Leaving>,
     ) {
         for mut inst in self.current.retire().into_iter().chain(self.next.take()) {
             inst.state = State::retiring(now, drain);
-            out.push(Leaving {
-                who: who.clone(),
-                stop_timeout,
-                inst,
-            });
+            out.push(Leaving::new(app, index, inst));
         }
     }
 }
@@ -448,11 +465,12 @@ impl Manager {
                     // Unknown (no /proc): the grace has to do.
                     let open = tables.open_connections(&l.inst.addr).unwrap_or(0);
                     let pid = l.inst.process.pid;
+                    l.open = open;
                     if open > 0 && give_up > now {
                         if !waiting {
                             info!(
                                 "{} (pid {pid}): out of service; waiting for its {open} open connection(s) to end (at most {:.1}s more)",
-                                l.who,
+                                l.who(),
                                 give_up.duration_since(now).as_secs_f64()
                             );
                         }
@@ -466,7 +484,7 @@ impl Manager {
                     if open > 0 {
                         warn!(
                             "{} (pid {pid}): {open} connection(s) still open after drain-timeout ({:.1}s); stopping it",
-                            l.who,
+                            l.who(),
                             self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
@@ -475,7 +493,10 @@ impl Manager {
                         kill_at: now + l.stop_timeout,
                     };
                 }
-                _ => kill_overdue(&mut l.inst, now, || l.who.clone()),
+                _ => {
+                    let (app, index) = (&l.app, l.index);
+                    kill_overdue(&mut l.inst, now, || format!("app {app}[{index}]"))
+                }
             }
         }
         for app in &mut self.apps {
@@ -551,7 +572,8 @@ impl Manager {
             address::release(&gone.inst.addr);
             info!(
                 "{} (pid {}) stopped: {status}",
-                gone.who, gone.inst.process.pid
+                gone.who(),
+                gone.inst.process.pid
             );
             return;
         }

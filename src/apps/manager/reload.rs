@@ -33,11 +33,7 @@ impl Manager {
                     slot.replace_backoff = Backoff::new(now);
                     if let Some(mut inst) = old {
                         inst.state = State::retiring(now, self.drain);
-                        self.leaving.push(Leaving {
-                            who: format!("app {}[{index}]", app.config.name),
-                            stop_timeout: app.config.stop_timeout,
-                            inst,
-                        });
+                        self.leaving.push(Leaving::new(&app.config, index, inst));
                     }
                 }
             }
@@ -96,14 +92,7 @@ impl Manager {
                     while app.slots.len() > n {
                         let index = app.slots.len() - 1;
                         let mut slot = app.slots.pop().expect("more than n");
-                        let who = format!("app {}[{index}]", app.config.name);
-                        slot.retire(
-                            who,
-                            app.config.stop_timeout,
-                            now,
-                            self.drain,
-                            &mut self.leaving,
-                        );
+                        slot.retire(&app.config, index, now, self.drain, &mut self.leaving);
                     }
                     while app.slots.len() < n {
                         app.slots.push(Slot::new(now));
@@ -125,14 +114,7 @@ impl Manager {
         for mut gone in old {
             info!("app {}: removed; stopping its instances", gone.config.name);
             for (index, slot) in gone.slots.iter_mut().enumerate() {
-                let who = format!("app {}[{index}]", gone.config.name);
-                slot.retire(
-                    who,
-                    gone.config.stop_timeout,
-                    now,
-                    self.drain,
-                    &mut self.leaving,
-                );
+                slot.retire(&gone.config, index, now, self.drain, &mut self.leaving);
             }
             (self.notify)(AppEvent::Servers {
                 app: gone.config.name.clone(),

@@ -24,7 +24,7 @@ pub(in crate::apps) struct Board(Arc<Mutex<Vec<Shown>>>);
 #[derive(Clone)]
 pub(in crate::apps) struct Shown {
     /// With `uptime` zero: `read` fills it in.
-    status: InstanceStatus,
+    pub(super) status: InstanceStatus,
     /// When the slot's current process started; `None`: none runs.
     started: Option<Instant>,
 }
@@ -78,6 +78,9 @@ impl Manager {
                             None => "down",
                             Some(State::Starting { .. }) => "starting",
                             Some(State::Ready) => "ready",
+                            // A slot's instance is retired by moving it
+                            // to `leaving`; stopped in its slot, at its
+                            // start timeout.
                             Some(State::Retiring { .. }) | Some(State::Stopping { .. }) => {
                                 "stopping"
                             }
@@ -85,10 +88,31 @@ impl Manager {
                         restarts: slot.current.restarts(),
                         uptime: Duration::ZERO,
                         addr: inst.map(|i| i.addr.to_string()),
+                        leaving: None,
                     },
                     started: inst.map(|i| i.started),
                 });
             }
+        }
+        // Shown until their exit is seen (`Board::remove` takes them off
+        // meanwhile): what a rolling reload waits for.
+        for l in &self.leaving {
+            out.push(Shown {
+                status: InstanceStatus {
+                    app: l.app.clone(),
+                    index: l.index,
+                    pid: Some(l.inst.process.pid),
+                    state: match l.inst.state {
+                        State::Retiring { .. } => "draining",
+                        _ => "stopping",
+                    },
+                    restarts: 0,
+                    uptime: Duration::ZERO,
+                    addr: Some(l.inst.addr.to_string()),
+                    leaving: Some(l.open),
+                },
+                started: Some(l.inst.started),
+            });
         }
         out
     }

@@ -18,8 +18,7 @@ impl Manager {
         let drain = self.drain;
         for app in &mut self.apps {
             for (index, slot) in app.slots.iter_mut().enumerate() {
-                let who = format!("app {}[{index}]", app.config.name);
-                slot.retire(who, app.config.stop_timeout, now, drain, &mut all);
+                slot.retire(&app.config, index, now, drain, &mut all);
             }
         }
         if !all.is_empty() {
@@ -29,7 +28,12 @@ impl Manager {
         for l in all {
             process::signal_group(l.inst.process.pid, libc::SIGTERM);
             address::release(&l.inst.addr);
-            left.push((l.inst.tag, l.inst.process.pid, now + l.stop_timeout, l.who));
+            left.push((
+                l.inst.tag,
+                l.inst.process.pid,
+                now + l.stop_timeout,
+                l.who(),
+            ));
         }
         while !left.is_empty() {
             let now = Instant::now();
