@@ -197,7 +197,9 @@ pub(super) async fn relay(
     }
     let mut decoder = framing.decoder(ex.max_head);
     let mut pos = head_len;
-    let mut complete = framing == ResponseFraming::None;
+    // A length of nothing is complete with its head: no read would ever
+    // bring the bytes that end it (Express's `res.status(201).end()`).
+    let mut complete = matches!(framing, ResponseFraming::None | ResponseFraming::Length(0));
     loop {
         // What is in the buffer goes into the client's output, re-framed.
         while pos < filled && !complete {

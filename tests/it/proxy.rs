@@ -678,6 +678,8 @@ fn head_1xx_204_and_304_are_framed_right() {
             .write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
         (_, "/204") => Reply::new().write("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"),
         (_, "/304") => Reply::new().write("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n"),
+        // Express's res.status(201).end(): a length of nothing.
+        (_, "/empty") => Reply::new().write("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
         _ => Reply::ok("after"),
     });
     let proxy = Proxy::start("proxy-nobody", &simple(&[up.server()], "", ""));
@@ -715,7 +717,23 @@ fn head_1xx_204_and_304_are_framed_right() {
     assert_eq!(m.header("etag"), Some("\"v1\""));
     assert_eq!(m.header("transfer-encoding"), None, "{m:?}");
     after(&mut s, &mut r, "a 304");
+
+    s.write_all(b"POST /empty HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let e = r.next(false);
+    assert_eq!(
+        (e.status, e.header("content-length")),
+        (201, Some("0")),
+        "{e:?}"
+    );
+    after(&mut s, &mut r, "an empty body with a length");
     assert!(up.errors().is_empty());
+    assert_eq!(
+        up.accepted(),
+        1,
+        "every exchange ended cleanly: {:?}",
+        up.connections()
+    );
 }
 
 #[test]
