@@ -156,6 +156,11 @@ pub fn parse_response<'a>(
     let (Some(version), Some(status)) = (version, code) else {
         return Err(UpstreamError::Malformed);
     };
+    // httparse takes any three digits; below 100 is no status (RFC 9110
+    // §15), and would be relayed as a two-digit one.
+    if status < 100 {
+        return Err(UpstreamError::Malformed);
+    }
     let version = if version == 0 {
         Version::Http10
     } else {
@@ -351,6 +356,10 @@ mod tests {
         }
         assert_eq!(err(b"HTTP/2 200\r\n\r\n"), UpstreamError::Malformed);
         assert_eq!(err(b"garbage\r\n\r\n"), UpstreamError::Malformed);
+        assert_eq!(
+            err(b"HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n"),
+            UpstreamError::Malformed
+        );
     }
 
     #[test]
