@@ -204,7 +204,14 @@ async fn forward(
     let Some(group) = upstreams.group(&route.config.upstream) else {
         // Only when a reload removed the group under a request of the
         // previous routes.
-        reply(&mut c, &ex, &mut served, Status::SERVICE_UNAVAILABLE).await;
+        reply(
+            &mut c,
+            &ex,
+            &mut served,
+            head.is_head(),
+            Status::SERVICE_UNAVAILABLE,
+        )
+        .await;
         return served;
     };
     let cfg = &group.config;
@@ -223,6 +230,13 @@ async fn forward(
     let mut tried = [usize::MAX; MAX_TRIES];
     let mut attempts = 0;
     let mut last: Option<(Rc<Server>, Failure)> = None;
+    // A pooled connection the server had closed (its keep-alive timeout
+    // racing our request) is no failure of the server's: an idempotent
+    // request gets one more try, which may go to the same server, on a
+    // new connection (nginx gives a cached connection's error a try of
+    // its own too).
+    let mut stale_retry = true;
+    let mut fresh = false;
     let mut up_out = buffers::take(0);
     let started = Instant::now();
 
@@ -244,7 +258,13 @@ async fn forward(
         tried[attempts] = index;
         attempts += 1;
         let _busy = server.busy();
-        let mut up = match server.checkout(cfg.idle_timeout, now) {
+        let pooled = if fresh {
+            None
+        } else {
+            server.checkout(cfg.idle_timeout, now)
+        };
+        let reused = pooled.is_some();
+        let mut up = match pooled {
             Some(s) => s,
             None => match server.connect(cfg.connect_timeout, readiness).await {
                 Ok(s) => s,
@@ -307,7 +327,7 @@ async fn forward(
                     // Counted with the refusals of the session's own bodies.
                     served.error = Some(e);
                     served.linger = true;
-                    reply(&mut c, &ex, &mut served, status_for(e)).await;
+                    reply(&mut c, &ex, &mut served, asked.head, status_for(e)).await;
                 }
             }
             served.keep_alive = false;
@@ -336,6 +356,20 @@ async fn forward(
                 served.status = 499;
                 served.upstream = Some((server, 0, started.elapsed()));
                 return served;
+            }
+            Err(HeadEnd::Failed(f)) if retry && reused && stale_retry => {
+                log::info!(
+                    "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
+                    cfg.name,
+                    server.label,
+                    head.method_str()
+                );
+                stale_retry = false;
+                fresh = true;
+                attempts -= 1;
+                tried[attempts] = usize::MAX;
+                last = Some((server, f));
+                continue;
             }
             Err(HeadEnd::Failed(f)) => {
                 server.failed(cfg, Instant::now());
@@ -384,7 +418,7 @@ async fn forward(
             served.keep_alive = client.reusable;
             // Its body may still be coming (the upstream answered early).
             served.linger = !served.keep_alive && !body.as_ref().is_none_or(BodyDecoder::is_done);
-            reply(&mut c, &ex, &mut served, Status::BAD_GATEWAY).await;
+            reply(&mut c, &ex, &mut served, asked.head, Status::BAD_GATEWAY).await;
             served.upstream = Some((server, relayed.upstream_status, started.elapsed()));
             return served;
         }
@@ -416,13 +450,20 @@ async fn forward(
     // The body may not have been read whole: then the connection closes.
     served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
     served.linger = !served.keep_alive;
-    reply(&mut c, &ex, &mut served, status).await;
+    reply(&mut c, &ex, &mut served, asked.head, status).await;
     served.upstream = last.map(|(s, _)| (s, 0, started.elapsed()));
     served
 }
 
-/// Answer the client with an error status of our own.
-async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: Status) {
+/// Answer the client with an error status of our own; its head alone to
+/// HEAD (a body there would be read as the start of the next response).
+async fn reply(
+    c: &mut Client<'_>,
+    ex: &Exchange,
+    served: &mut Served,
+    head_only: bool,
+    status: Status,
+) {
     let persistence = if served.keep_alive {
         ex.persistence
     } else {
@@ -430,7 +471,7 @@ async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: S
     };
     served.keep_alive &= persistence != Persistence::Close;
     c.out.clear();
-    let mut w = ResponseWriter::new(c.out, ex.date, persistence, false).with_headers(c.headers);
+    let mut w = ResponseWriter::new(c.out, ex.date, persistence, head_only).with_headers(c.headers);
     w.begin(status);
     let mut body = [0u8; 64];
     let reason = status.reason().as_bytes();
@@ -438,7 +479,11 @@ async fn reply(c: &mut Client<'_>, ex: &Exchange, served: &mut Served, status: S
     body[reason.len()] = b'\n';
     w.body("text/plain; charset=utf-8", &body[..=reason.len()]);
     served.status = status.code();
-    served.body_bytes = reason.len() as u64 + 1;
+    served.body_bytes = if head_only {
+        0
+    } else {
+        reason.len() as u64 + 1
+    };
     if c.socket.write_all(c.out, ex.send_timeout).await.is_ok() {
         served.bytes_out += c.out.len() as u64;
     } else {

@@ -108,6 +108,41 @@ fn a_reset_before_the_response_is_retried_only_for_idempotent_methods() {
     }
 }
 
+/// The keep-alive race with a lone server: it closes a pooled connection
+/// as the next request arrives on it. An idempotent request is tried again
+/// on a new connection to the same server, and the server is not counted
+/// as failed; a POST, which may have been acted on, gets 502.
+#[test]
+fn a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one() {
+    // Every connection's second request is read and then reset unanswered.
+    let up = Upstream::start(|req| {
+        if req.seq == 1 {
+            Reply::reset_after_request()
+        } else {
+            Reply::ok(format!("{} {}", req.method, req.seq))
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-stale-pooled",
+        &simple(&[up.server()], "max-fails = 1", ""),
+    );
+    let get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(proxy.get(get).text(), "GET 0");
+    let r = proxy.get(get);
+    assert_eq!((r.status, r.text().as_str()), (200, "GET 0"), "{r:?}");
+    assert_eq!(up.accepted(), 2, "{:?}", up.connections());
+    // Not rested after it (max-fails = 1, a lone server is never rested
+    // anyway): the failure counter says so.
+    let failures = crate::metrics::values(
+        &crate::metrics::scrape(&proxy.server),
+        "coreserve_upstream_failures_total",
+    );
+    assert!(failures.values().all(|v| *v == 0.0), "{failures:?}");
+    let post = proxy.get("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nid");
+    assert_eq!(post.status, 502, "{post:?}");
+    assert_eq!(up.accepted(), 2, "a POST is not sent twice");
+}
+
 #[test]
 fn a_bad_upstream_response_gets_502_and_the_client_connection_recovers() {
     let up = Upstream::start(|req| {
@@ -332,6 +367,19 @@ fn no_usable_server_gets_503() {
         let r = proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(r.status, 503, "{r:?}");
     }
+    // To HEAD, the head alone: a body would be read as the next response.
+    let mut s = connect(proxy.addr());
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = Reader::new(&s);
+    let head = r.next(true);
+    assert_eq!(head.status, 503, "{head:?}");
+    assert!(head.body.is_empty(), "{head:?}");
+    let get = r.next(false);
+    assert_eq!(
+        (get.status, get.text().as_str()),
+        (503, "Service Unavailable\n")
+    );
 }
 
 #[test]
