@@ -5,7 +5,10 @@
 //! `Transfer-Encoding` are written from the body decoder's view of the
 //! request (the parser already refused ambiguous framing with 400/501), so
 //! the upstream reads exactly one message per request. `X-Forwarded-*` from
-//! a peer outside `trusted-proxies` are dropped and written anew.
+//! a peer outside `trusted-proxies` are dropped and written anew, and so
+//! is `X-Real-IP` (what apps set up behind nginx's usual
+//! `proxy_set_header X-Real-IP $remote_addr` read); its `Forwarded`
+//! (RFC 7239) is dropped.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -64,6 +67,7 @@ pub fn write_head(
     let connection: Vec<&[u8]> = head.headers("connection").collect();
     let mut proto_sent = false;
     let mut host_sent = false;
+    let mut real_sent = false;
     for (name, value) in head.fields() {
         if is_hop_by_hop(name, connection.iter().copied()) || is_reframed(name) {
             continue;
@@ -74,12 +78,14 @@ pub fn write_head(
         }
         let proto = name.eq_ignore_ascii_case("x-forwarded-proto");
         let fhost = name.eq_ignore_ascii_case("x-forwarded-host");
-        if proto || fhost {
+        let real = name.eq_ignore_ascii_case("x-real-ip");
+        if proto || fhost || real || name.eq_ignore_ascii_case("forwarded") {
             if !trusted {
                 continue;
             }
             proto_sent |= proto;
             host_sent |= fhost;
+            real_sent |= real;
         }
         write_field(out, name, value);
     }
@@ -113,6 +119,11 @@ pub fn write_head(
     }
     if let (false, Some(h)) = (host_sent, client_host) {
         write_field(out, "X-Forwarded-Host", h.as_bytes());
+    }
+    if let (false, Some(ip)) = (real_sent, fwd.remote) {
+        out.extend_from_slice(b"X-Real-IP: ");
+        write_ip(out, ip);
+        out.extend_from_slice(b"\r\n");
     }
     match head.body {
         BodyFraming::Length(n) => {
@@ -217,20 +228,24 @@ mod tests {
         assert_eq!(
             up,
             "GET /x HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.1\r\n\
-             X-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\r\n"
+             X-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\nX-Real-IP: 192.0.2.1\r\n\r\n"
         );
     }
 
     #[test]
     fn forwarded_fields_are_replaced_unless_the_peer_is_trusted() {
         let raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\
-                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n";
+                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nX-Real-IP: 7.7.7.7\r\n\
+                   Forwarded: for=8.8.8.8\r\n\r\n";
         let mut config = ProxyConfig::new("app");
         let up = sent(raw, &config, "192.0.2.1");
         assert!(up.contains("X-Forwarded-For: 192.0.2.1\r\n"), "{up}");
         assert!(up.contains("X-Forwarded-Proto: http\r\n"));
         assert!(up.contains("X-Forwarded-Host: a\r\n"));
-        assert!(!up.contains("6.6.6.6") && !up.contains("evil") && !up.contains("https"));
+        assert!(up.contains("X-Real-IP: 192.0.2.1\r\n"));
+        for forged in ["6.6.6.6", "evil", "https", "7.7.7.7", "Forwarded:"] {
+            assert!(!up.contains(forged), "{forged}: {up}");
+        }
         config.trusted_proxies = vec!["192.0.2.0/24".parse().unwrap()];
         let up = sent(raw, &config, "192.0.2.1");
         assert!(
@@ -239,7 +254,10 @@ mod tests {
         );
         assert!(up.contains("X-Forwarded-Proto: https\r\n"));
         assert!(up.contains("X-Forwarded-Host: evil\r\n"));
+        assert!(up.contains("X-Real-IP: 7.7.7.7\r\n"));
+        assert!(up.contains("Forwarded: for=8.8.8.8\r\n"));
         assert_eq!(up.matches("X-Forwarded-Proto").count(), 1);
+        assert_eq!(up.matches("X-Real-IP").count(), 1);
     }
 
     #[test]

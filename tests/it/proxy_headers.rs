@@ -106,7 +106,8 @@ fn x_forwarded_fields_are_set_and_untrusted_ones_replaced() {
         + &route("/other-net/", "app", "trusted-proxies = [\"10.0.0.0/8\"]");
     let proxy = Proxy::start("proxy-xff", &toml);
     let forged = "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\
-                  X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n";
+                  X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\
+                  X-Real-IP: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\n";
     for (path, extra) in [("/", ""), ("/", forged), ("/other-net/", forged)] {
         let r = proxy.get(&format!(
             "GET {path} HTTP/1.1\r\nHost: example.test:8080\r\n{extra}\r\n"
@@ -123,6 +124,8 @@ fn x_forwarded_fields_are_set_and_untrusted_ones_replaced() {
             "{:?}",
             q.headers
         );
+        assert_eq!(q.all("x-real-ip"), ["127.0.0.1"], "{:?}", q.headers);
+        assert!(!q.has("forwarded"), "{:?}", q.headers);
     }
 }
 
