@@ -90,9 +90,9 @@ pub(crate) fn apps_table(text: &str) -> String {
         restarts: Option<f64>,
         uptime: Option<f64>,
     }
-    // By app, slot, then the current instance (pid "") before those
+    // By app, slot, then the current instance (no pid) before those
     // leaving (by pid).
-    let mut insts: BTreeMap<(String, usize, String), Inst> = BTreeMap::new();
+    let mut insts: BTreeMap<(String, usize, Option<u64>), Inst> = BTreeMap::new();
     let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (name, labels, value) in samples(text) {
         let label = |key: &str| label(labels, key).unwrap_or("").to_string();
@@ -101,7 +101,7 @@ pub(crate) fn apps_table(text: &str) -> String {
             continue;
         }
         let slot = (label("app"), label("instance").parse().unwrap_or(0));
-        let current = (slot.0.clone(), slot.1, String::new());
+        let current = (slot.0.clone(), slot.1, None);
         match name {
             "coreserve_app_instance_up" => {
                 let i = insts.entry(current).or_default();
@@ -116,10 +116,12 @@ pub(crate) fn apps_table(text: &str) -> String {
             "coreserve_app_instance_leaving_connections" => {
                 let pid = label("pid");
                 let state = match label("state").as_str() {
-                    "draining" => format!("draining({value})"),
+                    // NaN: not counted (no /proc).
+                    "draining" if !value.is_nan() => format!("draining({value})"),
                     other => other.to_string(),
                 };
-                let i = insts.entry((slot.0, slot.1, pid.clone())).or_default();
+                let key = (slot.0, slot.1, Some(pid.parse().unwrap_or(0)));
+                let i = insts.entry(key).or_default();
                 (i.pid, i.state, i.server) = (pid, state, label("server"));
             }
             _ => {}
@@ -129,14 +131,14 @@ pub(crate) fn apps_table(text: &str) -> String {
         return String::new();
     }
     let mut out = format!(
-        "\n{:<16} {:>8} {:>8} {:<10} {:>8} {:>10} {:>12}\n",
+        "\n{:<16} {:>8} {:>8} {:<13} {:>8} {:>10} {:>12}\n",
         "app", "instance", "pid", "state", "restarts", "uptime", "requests"
     );
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for ((app, index, _), i) in &insts {
         let sent = requests.get(&(app.clone(), i.server.clone()));
         out.push_str(&format!(
-            "{:<16} {:>8} {:>8} {:<10} {:>8} {:>10} {:>12}\n",
+            "{:<16} {:>8} {:>8} {:<13} {:>8} {:>10} {:>12}\n",
             app,
             index,
             if i.pid.is_empty() { "-" } else { &i.pid },

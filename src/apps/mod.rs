@@ -108,10 +108,12 @@ pub struct InstanceStatus {
     pub uptime: Duration,
     /// Where it listens.
     pub addr: Option<String>,
-    /// `Some` for an instance out of service on its way out (replaced by a
-    /// reload, or its slot or app removed), not its slot's current one:
-    /// the connections it still had open at the last count.
-    pub leaving: Option<usize>,
+    /// An instance out of service on its way out (replaced by a reload,
+    /// or its slot or app removed), not its slot's current one.
+    pub leaving: bool,
+    /// For one leaving, the connections it still had open at the last
+    /// count: `None` when the kernel's tables could not be read.
+    pub open_connections: Option<usize>,
 }
 
 /// The running apps: a handle on the manager's thread.

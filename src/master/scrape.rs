@@ -142,7 +142,9 @@ fn render_lives(out: &mut String, lives: &[ShardLife]) {
 fn render_apps(out: &mut String, all: &[InstanceStatus]) {
     use std::fmt::Write;
     let (leaving, instances): (Vec<&InstanceStatus>, Vec<&InstanceStatus>) =
-        all.iter().partition(|i| i.leaving.is_some());
+        all.iter().partition(|i| i.leaving);
+    // Instances of an app a reload removed may still be leaving.
+    render_leaving(out, &leaving);
     // A slot always has a current instance's series, even with none
     // running: no current means no app.
     if instances.is_empty() {
@@ -191,7 +193,6 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
             i.uptime.as_secs_f64()
         );
     }
-    render_leaving(out, &leaving);
 }
 
 /// Instances out of service that have not exited yet (a rolling reload
@@ -218,7 +219,8 @@ fn render_leaving(out: &mut String, leaving: &[&InstanceStatus]) {
             i.pid.map_or(String::new(), |p| p.to_string()),
             i.state,
             i.addr.as_deref().unwrap_or(""),
-            i.leaving.unwrap_or(0)
+            // Unknown (no /proc): NaN, as Prometheus writes it.
+            i.open_connections.map_or(f64::NAN, |n| n as f64)
         );
     }
 }
@@ -253,11 +255,12 @@ mod tests {
         assert_eq!(s.view()[0].stats.requests, 13);
     }
 
+    /// `leaving`: None for a slot's current instance, else its count.
     fn instance(
         index: usize,
         pid: u32,
         state: &'static str,
-        leaving: Option<usize>,
+        leaving: Option<Option<usize>>,
     ) -> InstanceStatus {
         InstanceStatus {
             app: "web".into(),
@@ -267,7 +270,8 @@ mod tests {
             restarts: 2,
             uptime: std::time::Duration::from_secs(90),
             addr: Some(format!("127.0.0.1:{pid}")),
-            leaving,
+            leaving: leaving.is_some(),
+            open_connections: leaving.flatten(),
         }
     }
 
@@ -278,9 +282,9 @@ mod tests {
             &mut text,
             &[
                 instance(0, 30, "ready", None),
-                instance(0, 10, "draining", Some(3)),
+                instance(0, 10, "draining", Some(Some(3))),
                 instance(1, 40, "ready", None),
-                instance(1, 20, "stopping", Some(0)),
+                instance(1, 20, "stopping", Some(None)),
             ],
         );
         // One series per slot for the current instances: no duplicates.
@@ -293,6 +297,15 @@ mod tests {
             "coreserve_app_instance_leaving_connections{app=\"web\",instance=\"0\",pid=\"10\",\
              state=\"draining\",server=\"127.0.0.1:10\"} 3\n"
         ));
+        // An app a reload removed: its leaving instances alone.
+        let mut gone = String::new();
+        render_apps(&mut gone, &[instance(0, 10, "draining", Some(Some(3)))]);
+        assert_eq!(
+            gone.matches("coreserve_app_instance_leaving_connections{")
+                .count(),
+            1
+        );
+        assert!(!gone.contains("coreserve_app_instance_up"));
         let table = crate::status::apps_table(&text);
         let rows: Vec<Vec<&str>> = table
             .lines()

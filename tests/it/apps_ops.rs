@@ -265,18 +265,8 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
         std::thread::sleep(Duration::from_millis(20));
     }
     s.reload(&toml(2));
-    let answer = slow.join().unwrap();
-    assert_eq!(answer.status, 200, "{}", s.server.log());
-    assert_eq!(
-        answer.text(),
-        format!("{} 0 1", old[0]),
-        "answered by the old instance"
-    );
-    s.server.wait_for_log(&format!(
-        "app web[0] (pid {}): out of service; waiting for its 1 open connection(s) to end",
-        old[0]
-    ));
-    // The metrics (and `coreserve status`) show it, and what it waits for.
+    // While the request runs, the metrics (and `coreserve status`) show
+    // the old instance draining, and what it waits for.
     let draining = |scrape: &prometheus_parse::Scrape| {
         crate::metrics::values(scrape, "coreserve_app_instance_leaving_connections")
             .into_iter()
@@ -291,6 +281,17 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
         assert!(Instant::now() < deadline, "never shown as draining");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let answer = slow.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", s.server.log());
+    assert_eq!(
+        answer.text(),
+        format!("{} 0 1", old[0]),
+        "answered by the old instance"
+    );
+    s.server.wait_for_log(&format!(
+        "app web[0] (pid {}): out of service; waiting for its 1 open connection(s) to end",
+        old[0]
+    ));
     s.wait_for_count(&format!("app web[0] (pid {}) stopped: ", old[0]), 1);
     let new = s.ready_pids("web", 1);
     assert_ne!(new, old);

@@ -106,8 +106,10 @@ struct Leaving {
     index: usize,
     stop_timeout: Duration,
     inst: Instance,
-    /// Its open connections at the last count (`timers`).
-    open: usize,
+    /// Its open connections at the last count (`timers`, from the first
+    /// pass after it left on); `None` before, or when the kernel's tables
+    /// cannot be read.
+    open: Option<usize>,
 }
 
 impl Leaving {
@@ -118,7 +120,7 @@ impl Leaving {
             index,
             stop_timeout: app.stop_timeout,
             inst,
-            open: 0,
+            open: None,
         }
     }
 
@@ -456,6 +458,11 @@ impl Manager {
     fn timers(&mut self, now: Instant) {
         let tables = address::SocketTables::default();
         for l in &mut self.leaving {
+            if l.open.is_none() && matches!(l.inst.state, State::Retiring { .. }) {
+                // Counted at once, for the status board, while the grace
+                // runs.
+                l.open = tables.open_connections(&l.inst.addr);
+            }
             match l.inst.state {
                 State::Retiring {
                     stop_at,
@@ -463,9 +470,10 @@ impl Manager {
                     waiting,
                 } if stop_at <= now => {
                     // Unknown (no /proc): the grace has to do.
-                    let open = tables.open_connections(&l.inst.addr).unwrap_or(0);
+                    l.open = tables.open_connections(&l.inst.addr);
+                    // Unknown (no /proc): the grace has to do.
+                    let open = l.open.unwrap_or(0);
                     let pid = l.inst.process.pid;
-                    l.open = open;
                     if open > 0 && give_up > now {
                         if !waiting {
                             info!(

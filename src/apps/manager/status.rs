@@ -88,7 +88,8 @@ impl Manager {
                         restarts: slot.current.restarts(),
                         uptime: Duration::ZERO,
                         addr: inst.map(|i| i.addr.to_string()),
-                        leaving: None,
+                        leaving: false,
+                        open_connections: None,
                     },
                     started: inst.map(|i| i.started),
                 });
@@ -109,7 +110,8 @@ impl Manager {
                     restarts: 0,
                     uptime: Duration::ZERO,
                     addr: Some(l.inst.addr.to_string()),
-                    leaving: Some(l.open),
+                    leaving: true,
+                    open_connections: l.open,
                 },
                 started: Some(l.inst.started),
             });

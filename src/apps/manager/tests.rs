@@ -691,12 +691,12 @@ fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeo
         let shown: Vec<_> = h.m.shown().into_iter().map(|s| s.status).collect();
         let old = shown.iter().find(|s| s.pid == Some(pid)).expect("shown");
         assert_eq!(
-            (old.index, old.state, old.leaving),
-            (0, "draining", Some(1))
+            (old.index, old.state, old.leaving, old.open_connections),
+            (0, "draining", true, Some(1))
         );
         assert!(shown
             .iter()
-            .any(|s| s.index == 0 && s.leaving.is_none() && s.pid != Some(pid)));
+            .any(|s| s.index == 0 && !s.leaving && s.pid != Some(pid)));
         // Well past the grace: still no SIGTERM while the request runs.
         h.turn_till(Instant::now() + Duration::from_millis(500));
         assert_eq!(records(&h.dir)[&pid].term, None);
