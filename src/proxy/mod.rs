@@ -28,7 +28,7 @@ mod tunnel;
 pub use pool::{Server, Upstreams};
 
 use relay::{read_head, relay, HeadEnd};
-use send::send_request;
+use send::{send_request, Back};
 
 use std::io;
 use std::net::IpAddr;
@@ -236,7 +236,8 @@ async fn forward(
     // new connection (nginx gives a cached connection's error a try of
     // its own too).
     let mut stale_retry = true;
-    let mut fresh = false;
+    // The server whose pooled connection that was: its pool is passed by.
+    let mut stale: Option<usize> = None;
     let mut up_out = buffers::take(0);
     let started = Instant::now();
 
@@ -258,7 +259,7 @@ async fn forward(
         tried[attempts] = index;
         attempts += 1;
         let _busy = server.busy();
-        let pooled = if fresh {
+        let pooled = if stale == Some(index) {
             None
         } else {
             server.checkout(cfg.idle_timeout, now)
@@ -297,6 +298,15 @@ async fn forward(
             },
         );
         let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
+        let http10 = head.version == Version::Http10;
+        let back = Back {
+            asked,
+            client: response::ClientSide {
+                persistence: ex.persistence,
+                http10,
+                reusable: true,
+            },
+        };
         let mut sent = send_request(
             &mut c,
             &mut up,
@@ -306,6 +316,7 @@ async fn forward(
             &ex,
             cfg,
             &mut rbuf,
+            back,
         )
         .await;
         body_started |= sent.consumed;
@@ -321,8 +332,18 @@ async fn forward(
         };
         if let Err(end) = sent.client {
             // The upstream saw part of a request: that connection is done.
+            let begun = sent.begun.take();
+            if let Some((_, r)) = &begun {
+                served.bytes_out += r.bytes_out;
+            }
             match end {
                 ClientEnd::Gone => served.status = 499,
+                // A response already under way is cut short instead:
+                // nothing else can follow its start.
+                ClientEnd::Refused(e) if begun.as_ref().is_some_and(|(_, r)| r.bytes_out > 0) => {
+                    served.error = Some(e);
+                    served.status = begun.map_or(0, |(_, r)| r.status);
+                }
                 ClientEnd::Refused(e) => {
                     // Counted with the refusals of the session's own bodies.
                     served.error = Some(e);
@@ -333,77 +354,90 @@ async fn forward(
             served.keep_alive = false;
             return served;
         }
-        // Even when sending failed or stopped, an answer may be waiting
-        // (an early 413).
-        let got = read_head(
-            &mut c,
-            &mut up,
-            &mut rbuf,
-            sent.heard,
-            sent.any,
-            cfg,
-            ex.max_head,
-        )
-        .await;
-        let retry =
-            matches!(got, Err(HeadEnd::Failed(Failure::Reset))) && idempotent && !body_started;
-        if !retry {
+        let relayed = if let Some((out, r)) = sent.begun.take() {
+            // The response began while the body went up (an early
+            // success), and flows on.
             commit(&mut c, &mut body);
-        }
-        let filled = match got {
-            Ok(filled) => filled,
-            Err(HeadEnd::ClientGone) => {
-                served.status = 499;
-                served.upstream = Some((server, 0, started.elapsed()));
-                return served;
+            let mut relayed =
+                relay::stream(&mut c, &mut up, &mut rbuf, 0, 0, &ex, cfg, out, r).await;
+            // Its head said the connection stays open on the belief that
+            // the body would go up whole.
+            relayed.client_keep_alive &=
+                body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok;
+            relayed
+        } else {
+            // Even when sending failed or stopped, an answer may be waiting
+            // (an early 413).
+            let got = read_head(
+                &mut c,
+                &mut up,
+                &mut rbuf,
+                sent.heard,
+                sent.any,
+                cfg,
+                ex.max_head,
+            )
+            .await;
+            let retry =
+                matches!(got, Err(HeadEnd::Failed(Failure::Reset))) && idempotent && !body_started;
+            if !retry {
+                commit(&mut c, &mut body);
             }
-            Err(HeadEnd::Failed(f)) if retry && reused && stale_retry => {
-                log::info!(
-                    "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
-                    cfg.name,
-                    server.label,
-                    head.method_str()
-                );
-                stale_retry = false;
-                fresh = true;
-                attempts -= 1;
-                tried[attempts] = usize::MAX;
-                last = Some((server, f));
-                continue;
-            }
-            Err(HeadEnd::Failed(f)) => {
-                server.failed(cfg, Instant::now());
-                log::warn!(
-                    "upstream {} ({}): {} {target}: {f:?}",
-                    cfg.name,
-                    server.label,
-                    head.method_str()
-                );
-                last = Some((server, f));
-                if retry {
+            let filled = match got {
+                Ok(filled) => filled,
+                Err(HeadEnd::ClientGone) => {
+                    served.status = 499;
+                    served.upstream = Some((server, 0, started.elapsed()));
+                    return served;
+                }
+                Err(HeadEnd::Failed(_)) if retry && reused && stale_retry => {
+                    log::info!(
+                        "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
+                        cfg.name,
+                        server.label,
+                        head.method_str()
+                    );
+                    // Neither a failure nor a retry after one: `last` stays
+                    // as it was (a 503 if no server is left to pick).
+                    stale_retry = false;
+                    stale = Some(tried[attempts - 1]);
+                    attempts -= 1;
+                    tried[attempts] = usize::MAX;
                     continue;
                 }
-                break;
-            }
+                Err(HeadEnd::Failed(f)) => {
+                    server.failed(cfg, Instant::now());
+                    log::warn!(
+                        "upstream {} ({}): {} {target}: {f:?}",
+                        cfg.name,
+                        server.label,
+                        head.method_str()
+                    );
+                    last = Some((server, f));
+                    if retry {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            let client = response::ClientSide {
+                reusable: body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok,
+                ..back.client
+            };
+            relay(
+                &mut c,
+                &mut up,
+                &mut rbuf,
+                filled,
+                &ex,
+                cfg,
+                asked,
+                client,
+                upgrade.is_some(),
+                route.config.tunnel_idle_timeout,
+            )
+            .await
         };
-        let client = response::ClientSide {
-            persistence: ex.persistence,
-            http10: head.version == Version::Http10,
-            reusable: body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok,
-        };
-        let relayed = relay(
-            &mut c,
-            &mut up,
-            &mut rbuf,
-            filled,
-            &ex,
-            cfg,
-            asked,
-            client,
-            upgrade.is_some(),
-            route.config.tunnel_idle_timeout,
-        )
-        .await;
         if relayed.upstream_failed && relayed.bytes_out == 0 {
             // Nothing went to the client yet: it gets a 502 rather than a
             // connection closed on it.
@@ -415,7 +449,7 @@ async fn forward(
             );
             server.failed(cfg, Instant::now());
             server.count(|s| s.count_status(relayed.upstream_status));
-            served.keep_alive = client.reusable;
+            served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok;
             // Its body may still be coming (the upstream answered early).
             served.linger = !served.keep_alive && !body.as_ref().is_none_or(BodyDecoder::is_done);
             reply(&mut c, &ex, &mut served, asked.head, Status::BAD_GATEWAY).await;

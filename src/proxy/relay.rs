@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIELDS};
 use crate::config::UpstreamConfig;
+use crate::http::body::BodyDecoder;
+use crate::http::encode::BodyEncoder;
 use crate::http::upstream::{parse_response, Asked, ResponseFraming};
 use crate::transport::Socket;
 
@@ -116,6 +118,7 @@ pub(super) async fn read_head(
 }
 
 /// How relaying the response went.
+#[derive(Default)]
 pub(super) struct Relayed {
     pub(super) status: u16,
     pub(super) upstream_status: u16,
@@ -126,6 +129,139 @@ pub(super) struct Relayed {
     pub(super) upstream_failed: bool,
 }
 
+/// A response whose head went into the client's output: its body,
+/// re-framed for the client as it arrives.
+pub(super) struct Outgoing {
+    framing: ResponseFraming,
+    decoder: Option<BodyDecoder>,
+    encoder: BodyEncoder,
+    /// The whole body came.
+    complete: bool,
+    /// Its end (a chunked body's last chunk) went into the client's output.
+    ended: bool,
+    /// The upstream's connection may carry another request after it.
+    reusable: bool,
+    /// The client's connection stays open after it.
+    keep_alive: bool,
+}
+
+/// The start of a response: the final head at the start of `rbuf`, parsed
+/// and written into the client's output.
+pub(super) struct Begun {
+    pub(super) out: Outgoing,
+    /// Where the body starts in `rbuf`.
+    pub(super) head_len: usize,
+    /// An accepted upgrade: the connections are tunnelled from here.
+    pub(super) tunnel: bool,
+}
+
+/// Parse the final head at the start of `rbuf` and write the client's head
+/// into `c.out` (emptied first). None when it is invalid, or a switch
+/// nobody asked for (`r.upstream_failed` says so).
+pub(super) fn begin(
+    c: &mut Client<'_>,
+    rbuf: &[u8],
+    ex: &Exchange,
+    asked: Asked,
+    client: response::ClientSide,
+    upgrade: bool,
+    r: &mut Relayed,
+) -> Option<Begun> {
+    c.out.clear();
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    let Ok(Some(res)) = parse_response(rbuf, &mut fields, ex.max_head, asked) else {
+        // `read_head` saw where the head ends; whether it holds together
+        // shows here: a bad upstream, answered with a 502.
+        r.upstream_failed = true;
+        return None;
+    };
+    r.upstream_status = res.status;
+    let tunnel = res.status == 101 && upgrade;
+    if res.status == 101 && !upgrade {
+        // A switch nobody asked for: the upstream is confused.
+        r.upstream_failed = true;
+        return None;
+    }
+    let down = response::write_head(c.out, &res, ex.date, client, tunnel);
+    if !c.headers.is_empty() && res.header("strict-transport-security").is_none() {
+        // Before the head's final empty line.
+        let end = c.out.len() - 2;
+        c.out.splice(end..end, c.headers.iter().copied());
+    }
+    r.status = r.upstream_status;
+    let framing = res.framing;
+    Some(Begun {
+        out: Outgoing {
+            framing,
+            decoder: framing.decoder(ex.max_head),
+            encoder: down.encoder,
+            // A length of nothing is complete with its head: no read
+            // would ever bring the bytes that end it (Express's
+            // `res.status(201).end()`).
+            complete: matches!(framing, ResponseFraming::None | ResponseFraming::Length(0)),
+            ended: false,
+            reusable: res.reusable,
+            keep_alive: down.keep_alive,
+        },
+        head_len: res.head_len,
+        tunnel,
+    })
+}
+
+impl Outgoing {
+    /// Re-frame the body bytes `bytes` into `out`, and the body's end once
+    /// it is complete. Returns the bytes taken: all of them, unless the
+    /// body ended before their end. An error when they break its framing.
+    pub(super) fn feed(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        r: &mut Relayed,
+    ) -> Result<usize, ()> {
+        let mut pos = 0;
+        while pos < bytes.len() && !self.complete {
+            match &mut self.decoder {
+                Some(d) => {
+                    let piece = d.next_payload(&bytes[pos..]).map_err(drop)?;
+                    let payload = &bytes[pos + piece.payload.start..pos + piece.payload.end];
+                    let _ = self.encoder.write(out, payload);
+                    r.body_bytes += payload.len() as u64;
+                    pos += piece.consumed;
+                    self.complete = piece.done;
+                }
+                None => {
+                    let _ = self.encoder.write(out, &bytes[pos..]);
+                    r.body_bytes += (bytes.len() - pos) as u64;
+                    pos = bytes.len();
+                }
+            }
+        }
+        if self.complete {
+            self.end(out);
+        }
+        if pos < bytes.len() {
+            // Bytes past the response's end were never asked for.
+            self.reusable = false;
+        }
+        Ok(pos)
+    }
+
+    /// The body is whole (`complete`), or ends with the connection: its
+    /// end goes into `out`, once.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        self.complete = true;
+        if !self.ended {
+            self.ended = true;
+            let _ = self.encoder.finish(out);
+        }
+    }
+
+    /// The whole body went into the client's output.
+    pub(super) fn complete(&self) -> bool {
+        self.complete
+    }
+}
+
 /// Send the response whose head is at the start of `rbuf[..filled]` to the
 /// client, and its body as it arrives; or tunnel an accepted upgrade.
 #[allow(clippy::too_many_arguments)]
@@ -133,7 +269,7 @@ pub(super) async fn relay(
     c: &mut Client<'_>,
     up: &mut Socket,
     rbuf: &mut [u8],
-    mut filled: usize,
+    filled: usize,
     ex: &Exchange,
     cfg: &UpstreamConfig,
     asked: Asked,
@@ -141,42 +277,14 @@ pub(super) async fn relay(
     upgrade: bool,
     tunnel_idle: Duration,
 ) -> Relayed {
-    let mut r = Relayed {
-        status: 0,
-        upstream_status: 0,
-        body_bytes: 0,
-        bytes_out: 0,
-        client_keep_alive: false,
-        upstream_reusable: false,
-        upstream_failed: false,
+    let mut r = Relayed::default();
+    let Some(begun) = begin(c, &rbuf[..filled], ex, asked, client, upgrade, &mut r) else {
+        return r;
     };
-    c.out.clear();
-    let (framing, reusable, head_len, tunnel, down) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-        let Ok(Some(res)) = parse_response(&rbuf[..filled], &mut fields, ex.max_head, asked) else {
-            // `read_head` saw where the head ends; whether it holds
-            // together shows here: a bad upstream, answered with a 502.
-            r.upstream_failed = true;
-            return r;
-        };
-        r.upstream_status = res.status;
-        let tunnel = res.status == 101 && upgrade;
-        if res.status == 101 && !upgrade {
-            // A switch nobody asked for: the upstream is confused.
-            r.upstream_failed = true;
-            return r;
-        }
-        let down = response::write_head(c.out, &res, ex.date, client, tunnel);
-        if !c.headers.is_empty() && res.header("strict-transport-security").is_none() {
-            // Before the head's final empty line.
-            let end = c.out.len() - 2;
-            c.out.splice(end..end, c.headers.iter().copied());
-        }
-        (res.framing, res.reusable, res.head_len, tunnel, down)
-    };
-    r.status = r.upstream_status;
-    let mut encoder = down.encoder;
-    if tunnel {
+    let head_len = begun.head_len;
+    if begun.tunnel {
+        // The head, then bytes both ways as they come; the client's
+        // connection is the tunnel's until it ends.
         if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
             return r;
         }
@@ -195,37 +303,29 @@ pub(super) async fn relay(
         .await;
         return r;
     }
-    let mut decoder = framing.decoder(ex.max_head);
-    let mut pos = head_len;
-    // A length of nothing is complete with its head: no read would ever
-    // bring the bytes that end it (Express's `res.status(201).end()`).
-    let mut complete = matches!(framing, ResponseFraming::None | ResponseFraming::Length(0));
+    stream(c, up, rbuf, head_len, filled, ex, cfg, begun.out, r).await
+}
+
+/// Relay the rest of a response whose head is in the client's output:
+/// `rbuf[pos..filled]` first, then what the upstream sends, each read
+/// written to the client before the next is waited for.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn stream(
+    c: &mut Client<'_>,
+    up: &mut Socket,
+    rbuf: &mut [u8],
+    pos: usize,
+    filled: usize,
+    ex: &Exchange,
+    cfg: &UpstreamConfig,
+    mut out: Outgoing,
+    mut r: Relayed,
+) -> Relayed {
+    let mut piece = pos..filled;
     loop {
-        // What is in the buffer goes into the client's output, re-framed.
-        while pos < filled && !complete {
-            match (&mut decoder, framing) {
-                (Some(d), _) => match d.next_payload(&rbuf[pos..filled]) {
-                    Ok(piece) => {
-                        let payload = &rbuf[pos + piece.payload.start..pos + piece.payload.end];
-                        let _ = encoder.write(c.out, payload);
-                        r.body_bytes += payload.len() as u64;
-                        pos += piece.consumed;
-                        complete = piece.done;
-                    }
-                    Err(_) => {
-                        r.upstream_failed = true;
-                        return r;
-                    }
-                },
-                (None, _) => {
-                    let _ = encoder.write(c.out, &rbuf[pos..filled]);
-                    r.body_bytes += (filled - pos) as u64;
-                    pos = filled;
-                }
-            }
-        }
-        if complete {
-            let _ = encoder.finish(c.out);
+        if out.feed(&rbuf[piece], c.out, &mut r).is_err() {
+            r.upstream_failed = true;
+            return r;
         }
         if !c.out.is_empty() {
             if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
@@ -234,13 +334,11 @@ pub(super) async fn relay(
             r.bytes_out += c.out.len() as u64;
             c.out.clear();
         }
-        if complete {
-            r.client_keep_alive = down.keep_alive;
-            // Bytes past the response's end were never asked for.
-            r.upstream_reusable = reusable && pos == filled;
+        if out.complete {
+            r.client_keep_alive = out.keep_alive;
+            r.upstream_reusable = out.reusable;
             return r;
         }
-        pos = 0;
         let deadline = Instant::now() + cfg.read_timeout;
         let read = futures_lite::future::or(
             async { Some(up.read(&mut rbuf[..CHUNK], deadline).await) },
@@ -250,10 +348,10 @@ pub(super) async fn relay(
             },
         )
         .await;
-        filled = match read {
+        piece = 0..match read {
             None => return r,
-            Some(Ok(0)) if framing == ResponseFraming::UntilClose => {
-                complete = true;
+            Some(Ok(0)) if out.framing == ResponseFraming::UntilClose => {
+                out.end(c.out);
                 0
             }
             Some(Ok(n)) if n > 0 => n,

@@ -4,13 +4,14 @@
 use std::io;
 use std::time::Instant;
 
-use super::relay::{heard, Heard};
-use super::{Client, ClientEnd, Exchange, CHUNK};
+use super::relay::{begin, heard, Heard, Outgoing, Relayed};
+use super::{response, Client, ClientEnd, Exchange, CHUNK};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
 use crate::http::encode::BodyEncoder;
 use crate::http::error::ParseError;
 use crate::http::parse::BodyFraming;
+use crate::http::upstream::Asked;
 use crate::transport::Socket;
 
 /// How sending the request went.
@@ -29,9 +30,13 @@ pub(super) struct Sent {
     pub(super) heard: usize,
     /// The upstream sent something while the body went up.
     pub(super) any: bool,
-    /// The upstream is watched for an early answer; not once a success
-    /// has begun (the body then goes on, and the answer waits).
-    watch: bool,
+    /// An early success: its response began (its head is in the client's
+    /// output or went out) while the body still went up, and is relayed
+    /// from here on as it comes.
+    pub(super) begun: Option<(Outgoing, Relayed)>,
+    /// A success has begun: the body goes on, and the response flows
+    /// back at the same time.
+    duplex: bool,
     /// The whole body was in the client's input and went up in the first
     /// write: it is left there (with the decoder's end state and the bytes
     /// it takes) until a response comes, so a retry can send it again.
@@ -52,7 +57,10 @@ pub(super) struct Sent {
 /// after the response, its body unread (as a client of the upstream
 /// should, RFC 9112 §9.5, and the session does for its own early answers).
 /// Interim 1xx responses do not stop it, nor a success (an upload
-/// answered as it streams): the body goes on whole, as before.
+/// answered as it streams, an echo): the body goes on whole, and the
+/// response is relayed to the client as it comes meanwhile (`Sent::begun`;
+/// its head written as for `back`), so an upstream that stops reading
+/// until its answer is read is not stuck.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn send_request(
     c: &mut Client<'_>,
@@ -63,6 +71,7 @@ pub(super) async fn send_request(
     ex: &Exchange,
     cfg: &UpstreamConfig,
     rbuf: &mut [u8],
+    back: Back,
 ) -> Sent {
     let mut sent = Sent {
         read: 0,
@@ -72,7 +81,8 @@ pub(super) async fn send_request(
         replay: None,
         heard: 0,
         any: false,
-        watch: true,
+        begun: None,
+        duplex: false,
     };
     let Some(decoder) = body.as_mut() else {
         sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
@@ -108,18 +118,14 @@ pub(super) async fn send_request(
         let first = !sent.consumed;
         let mut written = 0;
         while written < up_out.len() {
-            let rest = &up_out[written..];
-            let wrote = if sent.watch {
-                up.write_or_answer(rest, cfg.send_timeout).await
-            } else {
-                let all = rest.len();
-                up.write_all(rest, cfg.send_timeout).await.map(|()| all)
-            };
-            match wrote {
+            match up
+                .write_or_answer(&up_out[written..], cfg.send_timeout)
+                .await
+            {
                 Ok(n) => written += n,
                 Err(_) => return sent,
             }
-            if written < up_out.len() && take_answer(up, rbuf, ex.max_head, &mut sent) {
+            if written < up_out.len() && answer(c, up, rbuf, ex, back, &mut sent).await {
                 return sent;
             }
         }
@@ -140,20 +146,16 @@ pub(super) async fn send_request(
             continue;
         }
         let deadline = Instant::now() + ex.body_timeout;
-        let read = if sent.watch {
-            futures_lite::future::or(
-                async { Some(c.socket.read(&mut *c.input, deadline).await) },
-                async {
-                    up.answered().await;
-                    None
-                },
-            )
-            .await
-        } else {
-            Some(c.socket.read(&mut *c.input, deadline).await)
-        };
+        let read = futures_lite::future::or(
+            async { Some(c.socket.read(&mut *c.input, deadline).await) },
+            async {
+                up.answered().await;
+                None
+            },
+        )
+        .await;
         let Some(read) = read else {
-            if take_answer(up, rbuf, ex.max_head, &mut sent) {
+            if answer(c, up, rbuf, ex, back, &mut sent).await {
                 return sent;
             }
             continue;
@@ -179,12 +181,37 @@ pub(super) async fn send_request(
     }
 }
 
-/// The upstream said something while its request's body went up: read it
-/// into `rbuf` after what `sent.heard` says is there. True when the sending
-/// should stop: an answer of 300 or more or its start, something that is
-/// no response, the end of the connection, or a failure. False when it was
-/// only interim responses (dropped), too little to tell yet, or a success,
-/// which stops the watching instead.
+/// How the response of a request whose body is still going up is written
+/// to the client, should it begin early.
+#[derive(Clone, Copy)]
+pub(super) struct Back {
+    pub(super) asked: Asked,
+    /// As the exchange will be if the body goes up whole.
+    pub(super) client: response::ClientSide,
+}
+
+/// The upstream said something while its request's body went up. True
+/// when the sending should stop.
+async fn answer(
+    c: &mut Client<'_>,
+    up: &mut Socket,
+    rbuf: &mut [u8],
+    ex: &Exchange,
+    back: Back,
+    sent: &mut Sent,
+) -> bool {
+    if !sent.duplex && take_answer(up, rbuf, ex.max_head, sent) {
+        return true;
+    }
+    // A success began, now or before: what came of it goes on at once.
+    sent.duplex && flow(c, up, rbuf, ex, back, sent).await
+}
+
+/// Read the upstream's answer into `rbuf` after what `sent.heard` says is
+/// there. True when the sending should stop: an answer of 300 or more or
+/// its start, something that is no response, the end of the connection,
+/// or a failure. False when it was only interim responses (dropped), too
+/// little to tell yet, or a success, which turns to `duplex`.
 fn take_answer(up: &mut Socket, rbuf: &mut [u8], max_head: usize, sent: &mut Sent) -> bool {
     match up.try_read(&mut rbuf[sent.heard..max_head]) {
         None => false,
@@ -197,11 +224,89 @@ fn take_answer(up: &mut Socket, rbuf: &mut [u8], max_head: usize, sent: &mut Sen
                 Heard::Bad => true,
                 // "HTTP/1.1 2": the status's first digit.
                 _ if rbuf.get(9) == Some(&b'2') => {
-                    sent.watch = false;
+                    sent.duplex = true;
                     false
                 }
                 _ => true,
             }
+        }
+    }
+}
+
+/// The success the upstream began while the body goes up: its head once
+/// whole, then its body, relayed to the client as far as the upstream has
+/// sent it, without waiting for more. True when the sending should stop:
+/// the response ended (the upstream wants no more of the body), the
+/// upstream closed, failed or sent no valid head, or the client went.
+async fn flow(
+    c: &mut Client<'_>,
+    up: &mut Socket,
+    rbuf: &mut [u8],
+    ex: &Exchange,
+    back: Back,
+    sent: &mut Sent,
+) -> bool {
+    loop {
+        if sent.begun.is_none() {
+            match heard(rbuf, &mut sent.heard, ex.max_head) {
+                Heard::Final => {
+                    let mut r = Relayed::default();
+                    let Some(b) = begin(
+                        c,
+                        &rbuf[..sent.heard],
+                        ex,
+                        back.asked,
+                        back.client,
+                        false,
+                        &mut r,
+                    ) else {
+                        // Left for `read_head` and `relay`, which find it bad.
+                        return true;
+                    };
+                    let mut out = b.out;
+                    let fed = out.feed(&rbuf[b.head_len..sent.heard], c.out, &mut r);
+                    r.upstream_failed = fed.is_err();
+                    sent.heard = 0;
+                    sent.begun = Some((out, r));
+                    if fed.is_err() {
+                        return true;
+                    }
+                }
+                Heard::Bad => return true,
+                Heard::Partial { .. } => {}
+            }
+        }
+        if let Some((out, r)) = &mut sent.begun {
+            if !c.out.is_empty() {
+                if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+                    sent.client = Err(ClientEnd::Gone);
+                    return true;
+                }
+                r.bytes_out += c.out.len() as u64;
+                c.out.clear();
+            }
+            if out.complete() {
+                return true;
+            }
+        }
+        let room = match sent.begun {
+            None => &mut rbuf[sent.heard..ex.max_head],
+            Some(_) => &mut rbuf[..CHUNK],
+        };
+        match up.try_read(room) {
+            None => return false,
+            // Closed or failed: what it means (a body read until the
+            // close, a response cut short) is for `relay::stream` to say.
+            Some(Ok(0)) | Some(Err(_)) => return true,
+            Some(Ok(n)) => match &mut sent.begun {
+                None => sent.heard += n,
+                Some((out, r)) => {
+                    if out.feed(&rbuf[..n], c.out, r).is_err() {
+                        r.upstream_failed = true;
+                        return true;
+                    }
+                }
+            },
         }
     }
 }

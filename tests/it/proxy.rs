@@ -390,6 +390,61 @@ fn an_early_success_lets_the_body_go_on_whole() {
     assert_eq!(r.header("connection"), None);
 }
 
+/// An upstream that answers an upload by sending it back as it reads it,
+/// and reads no more while its answer is not taken (Node's
+/// `req.pipe(res)`): the two bodies must flow at once. 24 MiB is far more
+/// than the loopback's socket buffers hold, so a proxy that sends the
+/// whole body before it reads the answer is stuck until its send timeout.
+#[test]
+fn an_echoing_upstream_gets_its_body_while_its_answer_flows_back() {
+    const SIZE: usize = 24 << 20;
+    let up = raw_upstream(|mut s| {
+        let early = read_head(&mut s);
+        let mut out = s.try_clone().unwrap();
+        let mut echo = |bytes: &[u8]| {
+            let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
+            chunk.extend_from_slice(bytes);
+            chunk.extend_from_slice(b"\r\n");
+            out.write_all(&chunk).is_ok()
+        };
+        if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .is_err()
+            || !early.is_empty() && !echo(&early)
+        {
+            return;
+        }
+        let mut got = early.len();
+        let mut buf = vec![0u8; 1 << 16];
+        while got < SIZE {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 && echo(&buf[..n]) => got += n,
+                _ => return,
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+        let _ = s.read(&mut buf);
+    });
+    let proxy = Proxy::start(
+        "proxy-echo",
+        &(simple(&[up], "send-timeout = \"3s\"", "") + "[limits]\nmax-body-bytes = \"32m\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    s.write_all(
+        format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let piece = pattern(1 << 16);
+        (0..SIZE >> 16).all(|_| w.write_all(&piece).is_ok())
+    });
+    let r = Reader::new(&s).next(false);
+    assert!(writer.join().unwrap(), "the upload was cut short");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), SIZE, "the echo was cut short");
+    assert!(r.body.chunks(1 << 16).all(|c| c == pattern(1 << 16)));
+}
+
 /// Send a body of `pieces` × 60 000 bytes on `s` from a thread, until the
 /// peer stops taking it.
 fn upload(s: &TcpStream, pieces: usize) -> std::thread::JoinHandle<()> {
