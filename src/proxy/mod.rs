@@ -238,6 +238,8 @@ async fn forward(
     let mut stale_retry = true;
     // The server whose pooled connection that was: its pool is passed by.
     let mut stale: Option<usize> = None;
+    // Set for the attempt after the keep-alive race: that is no retry.
+    let mut stale_again = false;
     let mut up_out = buffers::take(0);
     let started = Instant::now();
 
@@ -253,9 +255,10 @@ async fn forward(
         let Some((index, server)) = group.pick(now, &tried[..attempts]) else {
             break;
         };
-        if let Some((previous, _)) = &last {
+        if let (Some((previous, _)), false) = (&last, stale_again) {
             previous.count(|s| s.retries += 1);
         }
+        stale_again = false;
         tried[attempts] = index;
         attempts += 1;
         let _busy = server.busy();
@@ -334,7 +337,10 @@ async fn forward(
             // The upstream saw part of a request: that connection is done.
             let begun = sent.begun.take();
             if let Some((_, r)) = &begun {
+                c.out.clear();
                 served.bytes_out += r.bytes_out;
+                served.body_bytes = r.body_bytes;
+                served.upstream = Some((server.clone(), r.upstream_status, started.elapsed()));
             }
             match end {
                 ClientEnd::Gone => served.status = 499,
@@ -356,10 +362,15 @@ async fn forward(
         }
         let relayed = if let Some((out, r)) = sent.begun.take() {
             // The response began while the body went up (an early
-            // success), and flows on.
+            // success), and flows on, unless the upstream already broke
+            // it: then it ends here (a 502 if nothing of it went out).
             commit(&mut c, &mut body);
-            let mut relayed =
-                relay::stream(&mut c, &mut up, &mut rbuf, 0, 0, &ex, cfg, out, r).await;
+            let mut relayed = if r.upstream_failed {
+                c.out.clear();
+                r
+            } else {
+                relay::stream(&mut c, &mut up, &mut rbuf, 0, 0, &ex, cfg, out, r).await
+            };
             // Its head said the connection stays open on the belief that
             // the body would go up whole.
             relayed.client_keep_alive &=
@@ -401,6 +412,7 @@ async fn forward(
                     // as it was (a 503 if no server is left to pick).
                     stale_retry = false;
                     stale = Some(tried[attempts - 1]);
+                    stale_again = true;
                     attempts -= 1;
                     tried[attempts] = usize::MAX;
                     continue;

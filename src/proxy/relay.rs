@@ -260,6 +260,11 @@ impl Outgoing {
     pub(super) fn complete(&self) -> bool {
         self.complete
     }
+
+    /// The upstream's connection may carry another request after it.
+    pub(super) fn reusable(&self) -> bool {
+        self.reusable
+    }
 }
 
 /// Send the response whose head is at the start of `rbuf[..filled]` to the

@@ -92,6 +92,9 @@ pub(super) async fn send_request(
         BodyFraming::Length(n) => BodyEncoder::Length(n),
         _ => BodyEncoder::Chunked,
     };
+    // Renewed only by the client's bytes: an upstream that keeps talking
+    // does not keep a stalled upload alive.
+    let mut deadline = Instant::now() + ex.body_timeout;
     loop {
         // Encode what is here on a copy; commit once it is written.
         let mut trial = decoder.clone();
@@ -145,7 +148,6 @@ pub(super) async fn send_request(
         if taken > 0 && !c.input.data().is_empty() {
             continue;
         }
-        let deadline = Instant::now() + ex.body_timeout;
         let read = futures_lite::future::or(
             async { Some(c.socket.read(&mut *c.input, deadline).await) },
             async {
@@ -168,6 +170,7 @@ pub(super) async fn send_request(
             Ok(n) => {
                 c.input.filled(n);
                 sent.read += n as u64;
+                deadline = Instant::now() + ex.body_timeout;
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 sent.client = Err(ClientEnd::Refused(ParseError::BodyTimeout));
@@ -285,7 +288,10 @@ async fn flow(
                 r.bytes_out += c.out.len() as u64;
                 c.out.clear();
             }
-            if out.complete() {
+            // A whole response that keeps its connection: the upstream
+            // still reads (RFC 9110 §10.1.1 has one that will not say it
+            // closes), so the body goes on; otherwise it is not wanted.
+            if out.complete() && !out.reusable() {
                 return true;
             }
         }
@@ -295,9 +301,16 @@ async fn flow(
         };
         match up.try_read(room) {
             None => return false,
-            // Closed or failed: what it means (a body read until the
-            // close, a response cut short) is for `relay::stream` to say.
-            Some(Ok(0)) | Some(Err(_)) => return true,
+            // Closed: what it means (a body read until the close, a
+            // response cut short) is for `relay::stream` to say.
+            Some(Ok(0)) => return true,
+            // A reset reads as a close next time: said here, once.
+            Some(Err(_)) => {
+                if let Some((_, r)) = &mut sent.begun {
+                    r.upstream_failed = true;
+                }
+                return true;
+            }
             Some(Ok(n)) => match &mut sent.begun {
                 None => sent.heard += n,
                 Some((out, r)) => {

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
 use crate::upstream::{chunk, echo, Gate, Reply, Upstream};
@@ -443,6 +443,46 @@ fn an_echoing_upstream_gets_its_body_while_its_answer_flows_back() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), SIZE, "the echo was cut short");
     assert!(r.body.chunks(1 << 16).all(|c| c == pattern(1 << 16)));
+}
+
+/// An app that accepts an upload at once (a 202 with no body, its
+/// connection kept) and goes on reading it: the whole body still goes up.
+#[test]
+fn an_early_whole_success_still_gets_the_whole_body() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const SIZE: usize = 3 << 20;
+    let got = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = got.clone();
+    let up = raw_upstream(move |mut s| {
+        let mut total = read_head(&mut s).len();
+        let _ = s.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+        seen.store(total, SeqCst);
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            total += n;
+            seen.store(total, SeqCst);
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-early-202",
+        &(simple(&[up], "", "") + "[limits]\nmax-body-bytes = \"8m\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    s.write_all(
+        format!("POST /store HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer =
+        std::thread::spawn(move || (0..SIZE >> 16).all(|_| w.write_all(&[b'u'; 1 << 16]).is_ok()));
+    let r = Reader::new(&s).next(false);
+    assert_eq!(r.status, 202);
+    assert!(writer.join().unwrap(), "the upload was cut short");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.load(SeqCst) < SIZE && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(got.load(SeqCst), SIZE, "the body did not go up whole");
 }
 
 /// Send a body of `pieces` × 60 000 bytes on `s` from a thread, until the
