@@ -234,12 +234,10 @@ async fn forward(
     // racing our request) is no failure of the server's: an idempotent
     // request gets one more try, which may go to the same server, on a
     // new connection (nginx gives a cached connection's error a try of
-    // its own too).
-    let mut stale_retry = true;
-    // The server whose pooled connection that was: its pool is passed by.
-    let mut stale: Option<usize> = None;
-    // Set for the attempt after the keep-alive race: that is no retry.
-    let mut stale_again = false;
+    // its own too). Once per request: `stale` is the server whose pooled
+    // connection that was (its pool is passed by) and the attempt that
+    // tries again (no retry after a failure).
+    let mut stale: Option<(usize, usize)> = None;
     let mut up_out = buffers::take(0);
     let started = Instant::now();
 
@@ -255,14 +253,15 @@ async fn forward(
         let Some((index, server)) = group.pick(now, &tried[..attempts]) else {
             break;
         };
-        if let (Some((previous, _)), false) = (&last, stale_again) {
-            previous.count(|s| s.retries += 1);
+        match (&last, stale) {
+            (Some(_), Some((_, again))) if again == attempts => {}
+            (Some((previous, _)), _) => previous.count(|s| s.retries += 1),
+            (None, _) => {}
         }
-        stale_again = false;
         tried[attempts] = index;
         attempts += 1;
         let _busy = server.busy();
-        let pooled = if stale == Some(index) {
+        let pooled = if stale.is_some_and(|(s, _)| s == index) {
             None
         } else {
             server.checkout(cfg.idle_timeout, now)
@@ -301,12 +300,11 @@ async fn forward(
             },
         );
         let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
-        let http10 = head.version == Version::Http10;
         let back = Back {
             asked,
             client: response::ClientSide {
                 persistence: ex.persistence,
-                http10,
+                http10: head.version == Version::Http10,
                 reusable: true,
             },
         };
@@ -401,7 +399,7 @@ async fn forward(
                     served.upstream = Some((server, 0, started.elapsed()));
                     return served;
                 }
-                Err(HeadEnd::Failed(_)) if retry && reused && stale_retry => {
+                Err(HeadEnd::Failed(_)) if retry && reused && stale.is_none() => {
                     log::info!(
                         "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
                         cfg.name,
@@ -410,10 +408,8 @@ async fn forward(
                     );
                     // Neither a failure nor a retry after one: `last` stays
                     // as it was (a 503 if no server is left to pick).
-                    stale_retry = false;
-                    stale = Some(tried[attempts - 1]);
-                    stale_again = true;
                     attempts -= 1;
+                    stale = Some((tried[attempts], attempts));
                     tried[attempts] = usize::MAX;
                     continue;
                 }

@@ -126,7 +126,7 @@ impl Leaving {
 
     /// How the log names it.
     fn who(&self) -> String {
-        format!("app {}[{}]", self.app, self.index)
+        who(&self.app, self.index)
     }
 }
 
@@ -503,7 +503,7 @@ impl Manager {
                 }
                 _ => {
                     let (app, index) = (&l.app, l.index);
-                    kill_overdue(&mut l.inst, now, || format!("app {app}[{index}]"))
+                    kill_overdue(&mut l.inst, now, || who(app, index))
                 }
             }
         }
@@ -512,7 +512,7 @@ impl Manager {
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 let current = slot.current.get_mut().into_iter();
                 for inst in current.chain(slot.next.iter_mut()) {
-                    kill_overdue(inst, now, || format!("app {name}[{index}]"));
+                    kill_overdue(inst, now, || who(name, index));
                 }
             }
         }
@@ -642,6 +642,11 @@ impl Manager {
         }
         None
     }
+}
+
+/// How the log names slot `index` of `app`.
+fn who(app: &str, index: usize) -> String {
+    format!("app {app}[{index}]")
 }
 
 /// SIGKILL to an instance asked to stop that is still there at its kill
