@@ -358,11 +358,22 @@ async fn forward(
             served.keep_alive = false;
             return served;
         }
-        let relayed = if let Some((out, r)) = sent.begun.take() {
+        let relayed = if let Some((out, mut r)) = sent.begun.take() {
             // The response began while the body went up (an early
             // success), and flows on, unless the upstream already broke
-            // it: then it ends here (a 502 if nothing of it went out).
+            // it or stopped taking the body before it ended (its answer
+            // would then run on without the request it answers): it ends
+            // here (a 502 if nothing of it went out).
             commit(&mut c, &mut body);
+            if sent.send_failed && !out.complete() {
+                log::warn!(
+                    "upstream {} ({}): {} {target}: the request body could not be sent (nothing taken for send-timeout, or a failed write); the response is cut short",
+                    cfg.name,
+                    server.label,
+                    head.method_str()
+                );
+                r.upstream_failed = true;
+            }
             let mut relayed = if r.upstream_failed {
                 c.out.clear();
                 r

@@ -25,6 +25,9 @@ pub(super) struct Sent {
     pub(super) client: Result<(), ClientEnd>,
     /// The whole request reached the upstream's socket.
     pub(super) upstream_ok: bool,
+    /// A write to the upstream failed, or found no room for
+    /// `send-timeout`: the body cannot go on.
+    pub(super) send_failed: bool,
     /// Bytes of the upstream's answer read while the body went up, at the
     /// start of the response buffer (interim responses dropped).
     pub(super) heard: usize,
@@ -78,6 +81,7 @@ pub(super) async fn send_request(
         consumed: false,
         client: Ok(()),
         upstream_ok: false,
+        send_failed: false,
         replay: None,
         heard: 0,
         any: false,
@@ -95,6 +99,9 @@ pub(super) async fn send_request(
     // Renewed only by the client's bytes: an upstream that keeps talking
     // does not keep a stalled upload alive.
     let mut deadline = Instant::now() + ex.body_timeout;
+    // When the upstream's stall in taking the body fails it: kept across
+    // the answers it sends meanwhile, which do not renew it.
+    let mut stall = None;
     loop {
         // Encode what is here on a copy; commit once it is written.
         let mut trial = decoder.clone();
@@ -122,11 +129,14 @@ pub(super) async fn send_request(
         let mut written = 0;
         while written < up_out.len() {
             match up
-                .write_or_answer(&up_out[written..], cfg.send_timeout)
+                .write_or_answer(&up_out[written..], cfg.send_timeout, &mut stall)
                 .await
             {
                 Ok(n) => written += n,
-                Err(_) => return sent,
+                Err(_) => {
+                    sent.send_failed = true;
+                    return sent;
+                }
             }
             if written < up_out.len() && answer(c, up, rbuf, ex, back, &mut sent).await {
                 return sent;

@@ -311,7 +311,7 @@ impl Socket {
                 let Some(interest) = self.interest.as_mut() else {
                     return Err(io::Error::other("a direct socket without its ring"));
                 };
-                send_direct(fd, interest, buf, timeout, false)
+                send_direct(fd, interest, buf, timeout, false, &mut None)
                     .await
                     .map(drop)
             }
@@ -424,14 +424,23 @@ impl Socket {
     /// the bytes written, all of `buf` unless it stopped. A stall longer
     /// than `timeout` fails the write. For a request body going to an
     /// upstream that may answer before it has read it all (an early 413),
-    /// which would otherwise hold the exchange until the timeout. Without
-    /// a ring, or over TLS, this is `write_all`.
-    pub async fn write_or_answer(&mut self, buf: &[u8], timeout: Duration) -> io::Result<usize> {
+    /// which would otherwise hold the exchange until the timeout. `stall`
+    /// is when the stall under way ends the write, kept by the caller from
+    /// one call to the next (None until the socket is first full, and again
+    /// after any progress): a peer that keeps answering without reading
+    /// does not renew the timeout. Without a ring, or over TLS, this is
+    /// `write_all`.
+    pub async fn write_or_answer(
+        &mut self,
+        buf: &[u8],
+        timeout: Duration,
+        stall: &mut Option<Instant>,
+    ) -> io::Result<usize> {
         let fd = self.fd();
         let (Some(interest), Stream::Direct(_)) = (self.interest.as_mut(), &self.stream) else {
             return self.write_all(buf, timeout).await.map(|()| buf.len());
         };
-        send_direct(fd, interest, buf, timeout, true).await
+        send_direct(fd, interest, buf, timeout, true, stall).await
     }
 
     /// Whether the socket holds bytes or a close that no read took yet
@@ -611,23 +620,24 @@ fn peek(fd: RawFd) -> Peek {
 /// the ring (`interest`) when the socket is full; a stall longer than
 /// `timeout` fails the write. With `stop_on_answer` the wait also ends when
 /// the peer sends bytes or closes, and the write stops there (see
-/// `Socket::write_or_answer`). Returns the bytes written. The clock is read
-/// only once the socket is full, not for a write that goes out at once.
+/// `Socket::write_or_answer`). Returns the bytes written. `deadline` ends
+/// the stall under way, if one is (a stall begun by an earlier call goes
+/// on). The clock is read only once the socket is full, not for a write
+/// that goes out at once.
 async fn send_direct(
     fd: RawFd,
     interest: &mut Interest,
     buf: &[u8],
     timeout: Duration,
     stop_on_answer: bool,
+    deadline: &mut Option<Instant>,
 ) -> io::Result<usize> {
     let mut done = 0;
-    // Since when the socket has had no room.
-    let mut deadline = None;
     while done < buf.len() {
         match send(fd, &buf[done..]) {
             Ok(n) => {
                 done += n;
-                deadline = None;
+                *deadline = None;
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -445,6 +445,54 @@ fn an_echoing_upstream_gets_its_body_while_its_answer_flows_back() {
     assert!(r.body.chunks(1 << 16).all(|c| c == pattern(1 << 16)));
 }
 
+/// An upstream that begins a success at once and keeps sending a byte of
+/// it every 50 ms, but reads nothing of the body: its chatter does not
+/// renew `send-timeout`, which ends the exchange once the body has had
+/// no room for that long (as nginx's `proxy_send_timeout` does).
+#[test]
+fn an_upstream_that_talks_but_takes_no_body_meets_the_send_timeout() {
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        // 20 s of chatter, far past the timeout; then the end.
+        for _ in 0..400 {
+            if s.write_all(b"1\r\nx\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+    });
+    let proxy = Proxy::start(
+        "proxy-chatty",
+        &(simple(&[up], "send-timeout = \"1s\"", "") + "[limits]\nmax-body-bytes = \"64m\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+        .unwrap();
+    // Far more than the socket buffers on the way hold.
+    let _writer = upload(&s, 1100);
+    let mut r = Reader::new(&s);
+    assert_eq!(r.head().status, 200);
+    let rest = r.rest();
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "the response was let run to its end"
+    );
+    // The upstream talks for 20 s; the timeout is 1 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the exchange outlived send-timeout by {:?}",
+        started.elapsed()
+    );
+}
+
 /// An app that accepts an upload at once (a 202 with no body, its
 /// connection kept) and goes on reading it: the whole body still goes up.
 #[test]
