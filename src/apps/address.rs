@@ -69,16 +69,31 @@ pub fn release(addr: &ServerAddr) {
     }
 }
 
+/// Where the kernel shows its socket tables. A sandbox can hide it
+/// (systemd's `ProcSubset=pid`): the tables then cannot be read.
+pub const PROC_NET: &str = "/proc/net";
+
 /// The kernel's socket tables, each read at most once: one look serves
 /// every retiring instance counted in the same pass.
-#[derive(Default)]
-pub struct SocketTables {
+pub struct SocketTables<'a> {
+    /// The directory that holds them: `PROC_NET` but in tests.
+    dir: &'a Path,
     tcp: OnceCell<Option<String>>,
     tcp6: OnceCell<Option<String>>,
     unix: OnceCell<Option<String>>,
 }
 
-impl SocketTables {
+impl<'a> SocketTables<'a> {
+    /// The tables in `dir` (`PROC_NET`), none read yet.
+    pub fn new(dir: &'a Path) -> SocketTables<'a> {
+        SocketTables {
+            dir,
+            tcp: OnceCell::new(),
+            tcp6: OnceCell::new(),
+            unix: OnceCell::new(),
+        }
+    }
+
     /// How many connections the instance at `addr` has accepted (or has
     /// waiting to be accepted) and not closed: while coreserve proxies to
     /// it, the requests it has in flight, since a shard closes its
@@ -90,24 +105,24 @@ impl SocketTables {
     pub fn open_connections(&self, addr: &ServerAddr) -> Option<usize> {
         match addr {
             ServerAddr::Tcp(a) => {
-                let v4 = read(&self.tcp, "/proc/net/tcp")?;
+                let v4 = self.read(&self.tcp, "tcp")?;
                 // Node listens on `::` when given only a port: IPv4 clients
                 // then appear in the IPv6 table, their address mapped.
-                let v6 = read(&self.tcp6, "/proc/net/tcp6").unwrap_or_default();
+                let v6 = self.read(&self.tcp6, "tcp6").unwrap_or_default();
                 Some(tcp_connections(v4, a.port()) + tcp_connections(v6, a.port()))
             }
-            ServerAddr::Unix(p) => Some(unix_connections(read(&self.unix, "/proc/net/unix")?, p)),
+            ServerAddr::Unix(p) => Some(unix_connections(self.read(&self.unix, "unix")?, p)),
         }
     }
-}
 
-/// The table at `path`, read on the first call.
-fn read<'a>(cell: &'a OnceCell<Option<String>>, path: &str) -> Option<&'a str> {
-    cell.get_or_init(|| {
-        let bytes = std::fs::read(path).ok()?;
-        Some(String::from_utf8_lossy(&bytes).into_owned())
-    })
-    .as_deref()
+    /// The table `name`, read on the first call.
+    fn read<'c>(&self, cell: &'c OnceCell<Option<String>>, name: &str) -> Option<&'c str> {
+        cell.get_or_init(|| {
+            let bytes = std::fs::read(self.dir.join(name)).ok()?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        })
+        .as_deref()
+    }
 }
 
 /// `/proc/net/tcp` or `tcp6`: the established connections whose local end
@@ -206,7 +221,7 @@ mod tests {
 
     #[test]
     fn this_process_sees_its_own_connections() {
-        let count = |addr| SocketTables::default().open_connections(addr);
+        let count = |addr| SocketTables::new(Path::new(PROC_NET)).open_connections(addr);
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let addr = ServerAddr::Tcp(l.local_addr().unwrap());
         assert_eq!(count(&addr), Some(0));
@@ -240,7 +255,7 @@ mod tests {
         drop(s);
         assert_eq!(count(&addr), Some(0));
         // One look at the tables per pass: what changes after it is not seen.
-        let tables = SocketTables::default();
+        let tables = SocketTables::new(Path::new(PROC_NET));
         assert_eq!(tables.open_connections(&addr), Some(0));
         let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
         assert_eq!(tables.open_connections(&addr), Some(0));

@@ -95,6 +95,12 @@ pub fn spawn(
         .name(format!("wait-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
+                // What it forked and left behind (a shell's or npm's child,
+                // a worker that ignored SIGTERM) goes with it, or it would
+                // hold its port or socket until coreserve stops. The group
+                // keeps the pid taken while any member lives, so this
+                // reaches nothing else.
+                signal_group(pid, libc::SIGKILL);
                 // Its last lines are logged and in `tail` before its exit
                 // is reported (the error that quotes them may be the last
                 // thing coreserve does); a process it left behind holding
@@ -156,4 +162,43 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) with a negative pid signals that process group; the
     // group is the instance's own (setpgid in `spawn`).
     unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `pid` still runs (a zombie, killed and not yet reaped by
+    /// its new parent, does not).
+    fn runs(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn what_an_instance_leaves_behind_dies_with_it() {
+        // A shell that starts a long sleep in its group and exits at once.
+        let app = AppConfig::new(
+            "orphans",
+            ["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let (tx, rx) = mpsc::channel();
+        let p = spawn(&app, 0, "0", move |_| tx.send(()).unwrap()).unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the shell's exit");
+        let line = p.tail.lock().unwrap().front().cloned().expect("its output");
+        let sleeper: u32 = line.trim().parse().expect(&line);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while runs(sleeper) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!runs(sleeper), "the shell's child {sleeper} outlived it");
+    }
 }

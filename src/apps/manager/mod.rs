@@ -139,6 +139,8 @@ pub(super) struct Manager {
     /// server's `drain-timeout`).
     drain: Duration,
     dir: PathBuf,
+    /// Where the kernel's socket tables are read (`address::PROC_NET`).
+    proc_net: PathBuf,
     tx: Sender<Msg>,
     notify: Notify,
     /// Where the handles read every instance's status.
@@ -204,6 +206,7 @@ impl Manager {
             shards,
             drain,
             dir: address::socket_dir(),
+            proc_net: PathBuf::from(address::PROC_NET),
             tx,
             notify,
             board,
@@ -456,7 +459,7 @@ impl Manager {
     /// at its start timeout) gets SIGKILL when its kill time has come and
     /// its exit has not been seen.
     fn timers(&mut self, now: Instant) {
-        let tables = address::SocketTables::default();
+        let tables = address::SocketTables::new(&self.proc_net);
         for l in &mut self.leaving {
             if l.open.is_none() && matches!(l.inst.state, State::Retiring { .. }) {
                 // Counted at once, for the status board, while the grace
@@ -469,18 +472,25 @@ impl Manager {
                     give_up,
                     waiting,
                 } if stop_at <= now => {
-                    // Unknown (no /proc): the grace has to do.
                     l.open = tables.open_connections(&l.inst.addr);
-                    // Unknown (no /proc): the grace has to do.
-                    let open = l.open.unwrap_or(0);
                     let pid = l.inst.process.pid;
+                    // Uncounted (/proc/net unreadable: a sandbox that hides
+                    // it) is taken as busy: the instance keeps its
+                    // drain-timeout rather than being cut off after the grace.
+                    let open = l.open.unwrap_or(usize::MAX);
                     if open > 0 && give_up > now {
                         if !waiting {
-                            info!(
-                                "{} (pid {pid}): out of service; waiting for its {open} open connection(s) to end (at most {:.1}s more)",
-                                l.who(),
-                                give_up.duration_since(now).as_secs_f64()
-                            );
+                            let left = give_up.duration_since(now).as_secs_f64();
+                            match l.open {
+                                Some(open) => info!(
+                                    "{} (pid {pid}): out of service; waiting for its {open} open connection(s) to end (at most {left:.1}s more)",
+                                    l.who()
+                                ),
+                                None => warn!(
+                                    "{} (pid {pid}): out of service; its connections cannot be counted (/proc/net/tcp, tcp6 or unix unreadable), so it gets all of drain-timeout ({left:.1}s more)",
+                                    l.who()
+                                ),
+                            }
                         }
                         l.inst.state = State::Retiring {
                             stop_at: now + RETIRE_POLL,
@@ -489,7 +499,7 @@ impl Manager {
                         };
                         continue;
                     }
-                    if open > 0 {
+                    if let Some(open @ 1..) = l.open {
                         warn!(
                             "{} (pid {pid}): {open} connection(s) still open after drain-timeout ({:.1}s); stopping it",
                             l.who(),
