@@ -206,7 +206,10 @@ pub fn parse_response<'a>(
     };
     let persistent = match version {
         Version::Http11 => !close,
-        Version::Http10 => keep_alive && !close,
+        // Transfer-Encoding in an HTTP/1.0 message may be framing a 1.0
+        // hop did not understand: the connection ends after it (RFC 9112
+        // §6.1).
+        Version::Http10 => keep_alive && !close && !te,
     };
     Ok(Some(Response {
         status,
@@ -385,6 +388,10 @@ mod tests {
         assert!(!reusable(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
         assert!(reusable(
             b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        // Chunked in an HTTP/1.0 message: read as chunked, then closed.
+        assert!(!reusable(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
         ));
         assert!(!reusable(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"

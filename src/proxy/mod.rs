@@ -203,7 +203,10 @@ async fn forward(
     let mut served = Served::default();
     let Some(group) = upstreams.group(&route.config.upstream) else {
         // Only when a reload removed the group under a request of the
-        // previous routes.
+        // previous routes. As for any 503: a body not read whole closes
+        // the connection, lingering so that the answer is not lost.
+        served.keep_alive = ex.body.as_ref().is_none_or(BodyDecoder::is_done);
+        served.linger = !served.keep_alive;
         reply(
             &mut c,
             &ex,

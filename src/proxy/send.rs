@@ -106,7 +106,13 @@ pub(super) async fn send_request(
         // Encode what is here on a copy; commit once it is written.
         let mut trial = decoder.clone();
         let mut taken = 0;
-        while taken < c.input.data().len() && !trial.is_done() && up_out.len() < CHUNK * 4 {
+        // At least one piece whatever the head's size: a head of more than
+        // the cap (a large `max-header-bytes`) must not leave the body's
+        // start unsent, waiting for client bytes that already came.
+        while taken < c.input.data().len()
+            && !trial.is_done()
+            && (taken == 0 || up_out.len() < CHUNK * 4)
+        {
             let data = &c.input.data()[taken..];
             match trial.next_payload(data) {
                 Ok(piece) => {

@@ -337,6 +337,29 @@ fn an_early_answer_reaches_the_client_while_its_body_is_still_coming() {
     }
 }
 
+/// A request head larger than the proxy's first write to the upstream
+/// (64 KiB; `max-header-bytes` allows up to 1 MiB), its whole body sent
+/// with it: the body goes up too, without waiting for more from the client.
+#[test]
+fn a_body_after_a_very_large_head_goes_up_at_once() {
+    let up = Upstream::start(|req| Reply::ok(format!("{} bytes", req.body.len())));
+    let proxy = Proxy::start(
+        "proxy-large-head",
+        &(simple(&[up.server()], "", "") + "[limits]\nmax-header-bytes = \"256k\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    let cookie = "c".repeat(70_000);
+    s.write_all(
+        format!(
+            "POST /x HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = Reader::new(&s).next(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "5 bytes"));
+}
+
 /// A 3 MiB upload through a proxy to an upstream that sends `first` as soon
 /// as the request head is in, then reads the whole body and sends
 /// `last(length read)`: the response the client gets.
