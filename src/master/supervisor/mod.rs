@@ -3,9 +3,9 @@
 //! per event. Start-up waits for every shard; the loop serves until a stop
 //! signal; the drain tells every shard and waits for each to report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel;
 use glommio::net::TcpListener;
@@ -20,7 +20,7 @@ mod world;
 
 use events::forward_app_events;
 use reloads::{needs_restart, Reloads};
-use world::{connect, Note, Real, World};
+use world::{connect, Delivery, Note, Real, World};
 
 use super::effective_upstreams;
 use super::launch::{Launched, Launcher};
@@ -95,7 +95,13 @@ enum MasterEvent {
     Ended(usize),
     /// News from the app manager.
     App(AppEvent),
+    /// Time to send again what a full control queue held back.
+    Flush,
 }
+
+/// How soon a control message that found its shard's queue full is sent
+/// again.
+const FLUSH_RETRY: Duration = Duration::from_millis(20);
 
 /// What the loop does after an event.
 enum Flow {
@@ -115,6 +121,14 @@ struct Supervisor<W: World> {
     /// Per shard: answered the last watchdog ping (the watchdog is petted
     /// only when every live shard did).
     answered: Vec<bool>,
+    /// Per shard: the messages it must get (a reload, new upstream
+    /// servers, a log reopen) that found its queue full, oldest first;
+    /// sent again every `FLUSH_RETRY` until they go, and forgotten if its
+    /// incarnation ends (the next one starts from the current
+    /// configuration).
+    backlog: Vec<VecDeque<Control>>,
+    /// A `MasterEvent::Flush` is on its way.
+    flush_due: bool,
     gather: Option<Gather>,
     gather_seq: u64,
     scraped: Scraped,
@@ -267,6 +281,8 @@ impl<W: World> Supervisor<W> {
     ) -> Self {
         Supervisor {
             answered: vec![true; slots.len()],
+            backlog: slots.iter().map(|_| VecDeque::new()).collect(),
+            flush_due: false,
             world,
             slots,
             config,
@@ -304,6 +320,7 @@ impl<W: World> Supervisor<W> {
                 self.on_gone(id)
             }
             MasterEvent::Restart(id) => self.on_restart(id).await,
+            MasterEvent::Flush => self.on_flush(),
             MasterEvent::App(AppEvent::Servers { app, servers }) => {
                 self.on_app_servers(app, servers)
             }
@@ -319,14 +336,75 @@ impl<W: World> Supervisor<W> {
     }
 
     /// Send a control message to every running shard (a restarted one
-    /// too, before it says Ready); the ids it reached.
+    /// too, before it says Ready); the ids it reached or is to reach. One
+    /// that must arrive waits in the shard's backlog when its queue is full
+    /// (or others wait there before it), and counts as reached; a ping or a
+    /// snapshot request is dropped instead (their answers have deadlines).
     fn broadcast(&mut self, msg: impl Fn() -> Control) -> Vec<usize> {
-        let world = &mut self.world;
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(id, s)| world.send(s.child.get()?, msg()).then_some(id))
-            .collect()
+        let mut reached = Vec::new();
+        for (id, slot) in self.slots.iter().enumerate() {
+            let Some(shard) = slot.child.get() else {
+                continue;
+            };
+            let msg = msg();
+            let must = matches!(
+                msg,
+                Control::Reload(..) | Control::Upstreams(_) | Control::ReopenLogs
+            );
+            let backlog = &mut self.backlog[id];
+            let delivery = if must && !backlog.is_empty() {
+                // Behind what waits already: the order is kept.
+                Delivery::Full(msg)
+            } else {
+                self.world.send(shard, msg)
+            };
+            match delivery {
+                Delivery::Sent => reached.push(id),
+                Delivery::Full(msg) if must => {
+                    if backlog.is_empty() {
+                        warn!("shard {id}'s control queue is full: its messages wait");
+                    }
+                    hold_back(backlog, msg);
+                    reached.push(id);
+                }
+                Delivery::Full(_) | Delivery::Closed => {}
+            }
+        }
+        self.flush_later();
+        reached
+    }
+
+    /// Send again what waits in the backlogs, in order, as far as each
+    /// shard's queue takes it.
+    fn on_flush(&mut self) {
+        self.flush_due = false;
+        for (id, slot) in self.slots.iter().enumerate() {
+            let backlog = &mut self.backlog[id];
+            let Some(shard) = slot.child.get() else {
+                backlog.clear();
+                continue;
+            };
+            while let Some(msg) = backlog.pop_front() {
+                match self.world.send(shard, msg) {
+                    Delivery::Sent => {}
+                    Delivery::Full(msg) => {
+                        backlog.push_front(msg);
+                        break;
+                    }
+                    // Its `Gone` clears the rest.
+                    Delivery::Closed => break,
+                }
+            }
+        }
+        self.flush_later();
+    }
+
+    /// Ask for a `Flush` if something waits and none is on its way.
+    fn flush_later(&mut self) {
+        if !self.flush_due && self.backlog.iter().any(|b| !b.is_empty()) {
+            self.flush_due = true;
+            self.world.later(FLUSH_RETRY, MasterEvent::Flush);
+        }
     }
 
     /// Each shard's thread as the metrics show it.
@@ -482,8 +560,13 @@ impl<W: World> Supervisor<W> {
         } else {
             warn!("watchdog: shard(s) {stuck:?} did not answer; not petting the watchdog");
         }
-        for id in self.broadcast(|| Control::Ping) {
-            self.answered[id] = false;
+        self.broadcast(|| Control::Ping);
+        // Owed by every running shard, reached or not: one whose queue is
+        // too full to take a ping is not keeping up either.
+        for (id, slot) in self.slots.iter().enumerate() {
+            if slot.child.get().is_some() {
+                self.answered[id] = false;
+            }
         }
     }
 
@@ -503,6 +586,7 @@ impl<W: World> Supervisor<W> {
         let slot = &mut self.slots[id];
         slot.alive = false;
         let (running, delay) = slot.child.ended(Instant::now(), true);
+        self.backlog[id].clear();
         let why = self.world.ended(id, running);
         self.answered[id] = true;
         self.gather_progress(|g| g.waiting_for.retain(|&w| w != id));
@@ -544,4 +628,15 @@ impl<W: World> Supervisor<W> {
         }
         info!("shard {id} restarted on {}", slot.place);
     }
+}
+
+/// Put `msg` at the end of a shard's backlog. A list of upstream servers
+/// is whole, so it replaces any older one waiting; so does a log reopen.
+fn hold_back(backlog: &mut VecDeque<Control>, msg: Control) {
+    match msg {
+        Control::Upstreams(_) => backlog.retain(|m| !matches!(m, Control::Upstreams(_))),
+        Control::ReopenLogs => backlog.retain(|m| !matches!(m, Control::ReopenLogs)),
+        _ => {}
+    }
+    backlog.push_back(msg);
 }

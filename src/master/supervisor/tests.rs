@@ -58,6 +58,7 @@ enum Sent {
 enum Due {
     Restart(usize),
     ScrapeTimeout(u64),
+    Flush,
 }
 
 #[derive(Default)]
@@ -65,6 +66,9 @@ struct Fake {
     did: Vec<Did>,
     /// How many launches from now on fail.
     failing_launches: u32,
+    /// The shards whose control queue is full: what is sent to them is
+    /// given back.
+    full: Vec<usize>,
 }
 
 impl Fake {
@@ -95,7 +99,10 @@ impl World for Fake {
         Ok(FakeShard { id, incarnation })
     }
 
-    fn send(&mut self, shard: &FakeShard, msg: Control) -> bool {
+    fn send(&mut self, shard: &FakeShard, msg: Control) -> Delivery {
+        if self.full.contains(&shard.id) {
+            return Delivery::Full(msg);
+        }
         let sent = match msg {
             Control::Ping => Sent::Ping,
             Control::Snapshot => Sent::Snapshot,
@@ -116,7 +123,7 @@ impl World for Fake {
             ),
         };
         self.did.push(Did::Send(shard.id, shard.incarnation, sent));
-        true
+        Delivery::Sent
     }
 
     fn ended(&mut self, id: usize, shard: Option<FakeShard>) -> String {
@@ -132,6 +139,7 @@ impl World for Fake {
         let due = match ev {
             MasterEvent::Restart(id) => Due::Restart(id),
             MasterEvent::ScrapeTimeout(seq) => Due::ScrapeTimeout(seq),
+            MasterEvent::Flush => Due::Flush,
             _ => panic!("nothing else is put off"),
         };
         self.did.push(Did::Later(delay, due));
@@ -359,6 +367,19 @@ fn a_reload_with_errors_keeps_the_configuration_and_serves_on() {
     assert_eq!(sup.config.limits, Config::default().limits);
 }
 
+/// The first reload (seq 1, `max-body-bytes` 1234) sent to shard `id`'s
+/// first incarnation.
+fn first_reload(id: usize) -> Did {
+    Did::Send(
+        id,
+        1,
+        Sent::Reload {
+            seq: 1,
+            max_body_bytes: 1234,
+        },
+    )
+}
+
 #[test]
 fn a_reload_is_complete_once_every_live_shard_applied_it() {
     let mut new = Config::default();
@@ -366,24 +387,14 @@ fn a_reload_is_complete_once_every_live_shard_applied_it() {
     new.apps = vec![AppConfig::new("api", vec!["node".into()])];
     let mut sup = serving_with(3, Config::default(), Box::new(move || Ok(new.clone())));
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
-    let reload = |id| {
-        Did::Send(
-            id,
-            1,
-            Sent::Reload {
-                seq: 1,
-                max_body_bytes: 1234,
-            },
-        )
-    };
     assert_eq!(
         sup.world.take(),
         [
             Did::Notify(Note::Reloading),
             Did::ReloadApps(vec!["api".into()]),
-            reload(0),
-            reload(1),
-            reload(2)
+            first_reload(0),
+            first_reload(1),
+            first_reload(2)
         ]
     );
     assert_eq!(sup.config.limits.max_body_bytes, 1234);
@@ -518,4 +529,66 @@ fn an_apps_ready_instances_go_to_every_shard() {
     // News of an app the configuration no longer has.
     on(&mut sup, app("gone"));
     assert!(sup.world.take().is_empty());
+}
+
+#[test]
+fn what_a_full_control_queue_held_back_follows_in_order() {
+    let config = Config {
+        apps: vec![AppConfig::new("api", vec!["node".into()])],
+        ..Config::default()
+    };
+    let mut new = config.clone();
+    new.limits.max_body_bytes = 1234;
+    let mut sup = serving_with(2, config, Box::new(move || Ok(new.clone())));
+    let servers = |port: u16| {
+        MasterEvent::App(AppEvent::Servers {
+            app: "api".into(),
+            servers: vec![ServerAddr::Tcp(([127, 0, 0, 1], port).into())],
+        })
+    };
+    let groups =
+        |port: u16| Sent::Upstreams(vec![("api".into(), vec![format!("127.0.0.1:{port}")])]);
+    sup.world.full = vec![1];
+    on(&mut sup, servers(9000));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    on(&mut sup, servers(9001));
+    // Shard 0 has all of it at once; shard 1's waits, one retry asked for.
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Send(0, 1, groups(9000)),
+            Did::Later(FLUSH_RETRY, Due::Flush),
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec!["api".into()]),
+            first_reload(0),
+            Did::Send(0, 1, groups(9001)),
+        ]
+    );
+    // Still full: tried again later, nothing lost.
+    on(&mut sup, MasterEvent::Flush);
+    assert_eq!(sup.world.take(), [Did::Later(FLUSH_RETRY, Due::Flush)]);
+    // Room again: the reload, then the latest servers only (a list is whole).
+    sup.world.full.clear();
+    on(&mut sup, MasterEvent::Flush);
+    assert_eq!(
+        sup.world.take(),
+        [first_reload(1), Did::Send(1, 1, groups(9001))]
+    );
+    // The reload counted on shard 1 all along: done once both applied it.
+    let applied = |id| MasterEvent::Shard(ShardEvent::Reloaded { id, seq: 1 });
+    on(&mut sup, applied(0));
+    assert!(sup.world.take().is_empty());
+    on(&mut sup, applied(1));
+    assert_eq!(sup.world.take(), [Did::Notify(Note::Ready)]);
+}
+
+#[test]
+fn a_shard_too_full_to_take_a_ping_holds_the_watchdog_back() {
+    let mut sup = serving(2);
+    on(&mut sup, pong(0));
+    on(&mut sup, pong(1));
+    sup.world.full = vec![1];
+    assert_eq!(tick(&mut sup), (true, vec![(0, 1)]));
+    on(&mut sup, pong(0));
+    assert_eq!(tick(&mut sup), (false, vec![(0, 1)]));
 }

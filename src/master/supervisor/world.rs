@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
+use glommio::{GlommioError, ResourceType};
 
 use super::events::{forward_events, later, watch_lifeline};
 use super::MasterEvent;
@@ -40,9 +41,8 @@ pub(super) trait World {
         incarnation: u64,
     ) -> Result<Self::Shard, MasterError>;
 
-    /// Send a running shard a control message; whether it went (a full or
-    /// closed channel drops it).
-    fn send(&mut self, shard: &Self::Shard, msg: Control) -> bool;
+    /// Send a running shard a control message.
+    fn send(&mut self, shard: &Self::Shard, msg: Control) -> Delivery;
 
     /// Shard `id`'s thread ended (`shard`: its incarnation's handles): deal
     /// it no more connections and take its own listeners out of their
@@ -64,6 +64,16 @@ pub(super) trait World {
     /// Every app instance's state, for a scrape; must not block (the
     /// supervisor's loop calls it).
     fn app_status(&self) -> Vec<InstanceStatus>;
+}
+
+/// What became of a control message sent to a shard.
+pub(super) enum Delivery {
+    /// It is in the shard's queue.
+    Sent,
+    /// The queue is full (the shard is behind): the message, given back.
+    Full(Control),
+    /// The shard's queue is closed: its end is on its way as `Gone`.
+    Closed,
 }
 
 /// What the supervisor tells systemd while it serves.
@@ -137,11 +147,15 @@ impl World for Real {
         Ok(connect(&self.tx, id, incarnation, l).await)
     }
 
-    fn send(&mut self, shard: &Running, msg: Control) -> bool {
-        shard
-            .control
-            .as_ref()
-            .is_some_and(|c| c.try_send(msg).is_ok())
+    fn send(&mut self, shard: &Running, msg: Control) -> Delivery {
+        let Some(c) = &shard.control else {
+            return Delivery::Closed;
+        };
+        match c.try_send(msg) {
+            Ok(()) => Delivery::Sent,
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => Delivery::Full(msg),
+            Err(_) => Delivery::Closed,
+        }
     }
 
     fn ended(&mut self, id: usize, shard: Option<Running>) -> String {
