@@ -72,6 +72,60 @@ pub fn install() -> io::Result<SignalPipe> {
     })
 }
 
+/// A look at the signal pipe from outside the master's executor: the
+/// main thread, while it waits for the apps to start or to stop (the
+/// executor is not running then). A duplicate of the pipe's descriptor.
+#[derive(Debug)]
+pub struct SignalWatch {
+    pipe: StdUnixStream,
+    /// Signals read while looking for a stop, for the executor to handle.
+    held: Vec<Signal>,
+}
+
+impl SignalPipe {
+    /// A watch on this pipe for the main thread.
+    pub fn watch(&self) -> io::Result<SignalWatch> {
+        // SAFETY: `read_fd` is open for as long as the pipe lives; the
+        // duplicate is a descriptor of our own.
+        let fd = unsafe { libc::dup(self.read_fd) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just duplicated and nothing else owns it.
+        let pipe = unsafe { StdUnixStream::from_raw_fd(fd) };
+        Ok(SignalWatch {
+            pipe,
+            held: Vec::new(),
+        })
+    }
+}
+
+impl SignalWatch {
+    /// The first SIGTERM or SIGINT that arrived since the last look, if
+    /// one did; never blocks. Other signals are kept for `held`.
+    pub fn stop_signal(&mut self) -> Option<i32> {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        loop {
+            match (&self.pipe).read(&mut byte) {
+                Ok(1) => match Signal::from_raw(i32::from(byte[0])) {
+                    Some(Signal::Terminate(sig)) => return Some(sig),
+                    Some(other) => self.held.push(other),
+                    None => {}
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Empty (WouldBlock), or broken.
+                _ => return None,
+            }
+        }
+    }
+
+    /// The other signals read while looking for a stop, oldest first.
+    pub fn held(&mut self) -> Vec<Signal> {
+        std::mem::take(&mut self.held)
+    }
+}
+
 /// Signals as they arrive, inside the master's executor.
 pub struct Signals {
     stream: glommio::net::UnixStream,

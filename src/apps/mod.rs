@@ -18,12 +18,18 @@ mod process;
 
 pub use manager::RETIRE_GRACE;
 
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{AppConfig, ServerAddr};
+use log::warn;
 use manager::{Board, Manager, Msg};
+
+/// How often the main thread looks for a stop signal while the apps start
+/// or stop (the master's executor, which reads signals otherwise, is not
+/// running then).
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// What the app manager tells the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,12 +136,16 @@ impl Apps {
     /// An instance taken out of service (a reload) gets `drain` (the
     /// server's `drain-timeout`) to finish its requests in flight.
     /// Returns the handle and each app's addresses; on a failure every
-    /// instance started is stopped again.
+    /// instance started is stopped again. `stop_signal` is asked every
+    /// `SIGNAL_POLL` while it waits: a stop signal (SIGTERM, SIGINT) ends
+    /// the start-up as `AppError::Interrupted`, after the instances started
+    /// so far are stopped as `stop` does.
     pub fn start(
         configs: Vec<AppConfig>,
         shards: usize,
         drain: Duration,
         notify: Notify,
+        mut stop_signal: impl FnMut() -> bool,
     ) -> Result<(Apps, AppServers), AppError> {
         let (tx, rx) = mpsc::channel();
         let (started_tx, started_rx) = mpsc::channel();
@@ -154,15 +164,23 @@ impl Apps {
                 }
             })
             .map_err(AppError::Thread)?;
-        let servers = started_rx.recv().map_err(|_| AppError::Interrupted)??;
-        Ok((
-            Apps {
-                tx,
-                board,
-                thread: Some(thread),
-            },
-            servers,
-        ))
+        let mut apps = Apps {
+            tx,
+            board,
+            thread: Some(thread),
+        };
+        loop {
+            match started_rx.recv_timeout(SIGNAL_POLL) {
+                Ok(Ok(servers)) => return Ok((apps, servers)),
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
+                Err(RecvTimeoutError::Timeout) if stop_signal() => {
+                    apps.stop_instances(false, stop_signal);
+                    return Err(AppError::Interrupted);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     /// A handle the master keeps while it serves.
@@ -174,11 +192,28 @@ impl Apps {
     }
 
     /// Stop every instance (SIGTERM, then SIGKILL after its app's stop
-    /// timeout) and wait until they are gone.
-    pub fn stop(mut self) {
+    /// timeout) and wait until they are gone. With `at_once` (the master
+    /// was forced to stop by a second signal), or once `stop_signal` says
+    /// another stop signal came (asked every `SIGNAL_POLL`), SIGKILL goes
+    /// to what is left at once.
+    pub fn stop(mut self, at_once: bool, stop_signal: impl FnMut() -> bool) {
+        self.stop_instances(at_once, stop_signal);
+    }
+
+    /// `stop`, on an `Apps` that may not have started.
+    fn stop_instances(&mut self, mut at_once: bool, mut stop_signal: impl FnMut() -> bool) {
         let (done, wait) = mpsc::channel();
         if self.tx.send(Msg::Stop(done)).is_ok() {
-            let _ = wait.recv();
+            if at_once {
+                let _ = self.tx.send(Msg::KillNow);
+            }
+            while let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(SIGNAL_POLL) {
+                if !at_once && stop_signal() {
+                    warn!("a second stop signal: killing the app instances now");
+                    at_once = true;
+                    let _ = self.tx.send(Msg::KillNow);
+                }
+            }
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();

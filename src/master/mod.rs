@@ -155,6 +155,9 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         io_memory / 1024
     );
     let pipe = signals::install().map_err(MasterError::Signals)?;
+    // Stop signals while the apps start or stop, when the master's
+    // executor (which reads the pipe otherwise) is not running.
+    let mut watch = pipe.watch().map_err(MasterError::Signals)?;
     // Read (and remove) NOTIFY_SOCKET while this is the only thread.
     let notifier = systemd::Notifier::from_env();
 
@@ -270,7 +273,21 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     if !config.apps.is_empty() {
         info!("starting {} app(s)", config.apps.len());
     }
-    let (apps, app_servers) = Apps::start(config.apps.clone(), n, config.drain_timeout, notify)?;
+    let mut stopped_by = None;
+    let started = Apps::start(config.apps.clone(), n, config.drain_timeout, notify, || {
+        stopped_by = watch.stop_signal();
+        stopped_by.is_some()
+    });
+    let (apps, app_servers) = match (started, stopped_by) {
+        (Err(AppError::Interrupted), Some(sig)) => {
+            info!(
+                "{}: stopped while the apps started; nothing served",
+                signals::name(sig)
+            );
+            return Ok(());
+        }
+        (started, _) => started?,
+    };
     let app_servers: HashMap<String, Vec<ServerAddr>> = app_servers.into_iter().collect();
     let file_upstreams = config.upstreams.clone();
     let mut config = config;
@@ -314,14 +331,17 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         admin,
         cpus: plan,
         pipe,
+        held_signals: watch.held(),
         exclusive,
         bound,
         launcher,
         launched,
     }));
     // The shards are drained: now the apps (SIGTERM, then SIGKILL after
-    // their stop timeout), whatever way the master ended.
-    apps.stop();
+    // their stop timeout, or at once after a second stop signal, before
+    // or during this), whatever way the master ended.
+    let forced = matches!(supervised, Err(MasterError::Forced(_)));
+    apps.stop(forced, || watch.stop_signal().is_some());
     supervised
 }
 

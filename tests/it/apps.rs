@@ -608,3 +608,80 @@ fn no_instance_outlives_a_killed_coreserve() {
         pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
     );
 }
+
+/// An instance that listens on `$PORT` and ignores SIGTERM.
+const DEAF: &str = "import os, signal, socket, time\n\
+signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+s = socket.socket()\n\
+s.bind(('127.0.0.1', int(os.environ['PORT'])))\n\
+s.listen(8)\n\
+print('listening', flush=True)\n\
+time.sleep(600)\n";
+
+#[test]
+fn a_stop_signal_while_the_apps_start_stops_at_once() {
+    // An instance that never listens, with a start-timeout far away.
+    let dir = Scratch::new("apps-stop-at-start");
+    let conf = dir.write(
+        "app.toml",
+        app(
+            "slow",
+            &["sh", "-c", "echo started $$; exec sleep 300"],
+            1,
+            "start-timeout = \"2m\"",
+        ),
+    );
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--config"]).arg(&conf);
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("app slow[0]: started ") || !log.ends_with('\n') {
+        assert!(err.read_line(&mut log).unwrap() > 0, "{log}");
+    }
+    let sleeper: u32 = log
+        .split("app slow[0]: started ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    err.read_to_string(&mut log).unwrap();
+    assert!(sent.elapsed() < WAIT, "{:?}\n{log}", sent.elapsed());
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.contains("SIGTERM: stopped while the apps started"),
+        "{log}"
+    );
+    assert!(!log.contains("listening on"), "{log}");
+    assert!(all_gone(&[sleeper], Duration::from_secs(2)), "{log}");
+}
+
+#[test]
+fn a_second_stop_signal_kills_the_instances_at_once() {
+    let dir = Scratch::new("apps-second-signal-script");
+    let script = dir.write("deaf.py", DEAF).display().to_string();
+    let toml = app("deaf", &["python3", &script], 1, "") + &proxied("/", "deaf");
+    // Far beyond the test's patience.
+    let toml = toml.replace("stop-timeout = \"3s\"", "stop-timeout = \"2m\"");
+    let mut s = AppServer::start("apps-second-signal", &toml);
+    let pid = s.ready_pids("deaf", 1)[0];
+    s.server.signal(libc::SIGTERM);
+    s.server.wait_for_log("stopping 1 app instance(s)");
+    let second = Instant::now();
+    s.server.signal(libc::SIGTERM);
+    s.server.wait(WAIT);
+    let log = s.server.log();
+    assert!(second.elapsed() < WAIT, "{log}");
+    assert!(
+        log.contains("a second stop signal: killing the app instances now"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("app deaf[0] (pid {pid}) killed at once")),
+        "{log}"
+    );
+    assert!(all_gone(&[pid], Duration::from_secs(2)), "{log}");
+}

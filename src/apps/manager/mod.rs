@@ -47,6 +47,9 @@ pub(super) enum Msg {
     Reload(Vec<AppConfig>),
     /// Stop every instance, then answer.
     Stop(Sender<()>),
+    /// During a stop: SIGKILL what is left now, not at its stop timeout
+    /// (a second stop signal).
+    KillNow,
 }
 
 /// One incarnation of an instance.
@@ -283,7 +286,7 @@ impl Manager {
                     let _ = done.send(());
                     return Err(AppError::Interrupted);
                 }
-                Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Reload(_) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
             }
         }
@@ -330,7 +333,8 @@ impl Manager {
                 let _ = done.send(());
                 return false;
             }
-            None => {}
+            // Only follows a Stop, which `stop_all` serves.
+            Some(Msg::KillNow) | None => {}
         }
         self.pass(Instant::now());
         true

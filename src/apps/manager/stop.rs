@@ -35,11 +35,16 @@ impl Manager {
                 l.who(),
             ));
         }
+        let mut at_once = false;
         while !left.is_empty() {
             let now = Instant::now();
             for (_, pid, kill_at, name) in left.iter_mut() {
                 if *kill_at <= now {
-                    warn!("{name} (pid {pid}) did not stop in time; killed");
+                    if at_once {
+                        warn!("{name} (pid {pid}) killed at once (a second stop signal)");
+                    } else {
+                        warn!("{name} (pid {pid}) did not stop in time; killed");
+                    }
                     process::signal_group(*pid, libc::SIGKILL);
                     *kill_at = now + KILL_AGAIN;
                 }
@@ -56,7 +61,13 @@ impl Manager {
                 Ok(Msg::Stop(done)) => {
                     let _ = done.send(());
                 }
-                Ok(Msg::Reload(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::KillNow) if !at_once => {
+                    at_once = true;
+                    for l in left.iter_mut() {
+                        l.2 = Instant::now();
+                    }
+                }
+                Ok(Msg::Reload(_) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }

@@ -590,12 +590,13 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
         stubborn.stop_timeout = stop_timeout;
         let polite = app("polite", 1, SERVES, &dir);
         // The real thread and handle, as the master has them.
-        let (apps, _) = Apps::start(vec![stubborn, polite], 1, DRAIN, Box::new(|_| {})).unwrap();
+        let (apps, _) =
+            Apps::start(vec![stubborn, polite], 1, DRAIN, Box::new(|_| {}), || false).unwrap();
         let handle = apps.handle();
         let states: Vec<_> = handle.status().iter().map(|s| s.state).collect();
         assert_eq!(states, ["ready", "ready"]);
         let began = Instant::now();
-        let stopper = std::thread::spawn(move || apps.stop());
+        let stopper = std::thread::spawn(move || apps.stop(false, || false));
         // While the manager waits for the stubborn one, the handle answers
         // at once and shows it stopping.
         let stopping = Harness::watch(handle.board.clone(), "stopping");

@@ -58,6 +58,9 @@ pub(super) struct Supervision {
     /// The CPU of each shard.
     pub(super) cpus: Vec<usize>,
     pub(super) pipe: SignalPipe,
+    /// Signals other than stop signals that came while the apps started:
+    /// handled first.
+    pub(super) held_signals: Vec<Signal>,
     pub(super) exclusive: Vec<std::net::TcpListener>,
     pub(super) bound: Vec<(crate::listener::Scheme, std::net::SocketAddr)>,
     pub(super) launcher: Launcher,
@@ -145,6 +148,9 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     let tx = Rc::new(tx);
 
     forward_app_events(s.apps.wake, s.apps.events, tx.clone());
+    for sig in s.held_signals {
+        let _ = tx.try_send(MasterEvent::Signal(sig));
+    }
     let mut signals = Signals::attach(s.pipe);
     let sig_tx = tx.clone();
     glommio::spawn_local(async move {
@@ -170,7 +176,9 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         });
     }
 
-    // Wait until every shard serves.
+    // Wait until every shard serves. News meanwhile (an app's servers, a
+    // reload) is kept for the supervisor, in order.
+    let mut early = Vec::new();
     let mut ready = 0;
     while ready < n {
         match rx.recv().await {
@@ -183,7 +191,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 info!("{} during start-up: stopping", signals::name(sig));
                 return Ok(());
             }
-            Some(_) => {}
+            Some(ev) => early.push(ev),
             None => return Err(MasterError::NoShards),
         }
     }
@@ -259,7 +267,11 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     );
     // Serve until told to stop.
     let mut first_signal = 0;
-    while let Some(ev) = rx.recv().await {
+    let mut early = early.into_iter();
+    while let Some(ev) = match early.next() {
+        Some(ev) => Some(ev),
+        None => rx.recv().await,
+    } {
         if let Flow::Drain(sig) = sup.on_event(ev).await {
             first_signal = sig;
             break;
