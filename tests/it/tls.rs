@@ -370,6 +370,30 @@ fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_a_bad_one_out() 
 }
 
 #[test]
+fn a_reload_without_tls_keeps_https_serving_until_a_restart() {
+    let dir = Scratch::new("tls-removed");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (server, addr) = start(&file, &[]);
+    // The same file with its [tls] table and certificates gone.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let plain: String = text
+        .split("\n\n")
+        .filter(|t| !t.starts_with("[tls]") && !t.starts_with("[[tls.certificate]]"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    assert!(!plain.contains("[tls"), "{plain}");
+    dir.write("coreserve.toml", plain);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded on every shard");
+    assert!(server.log().contains("[tls] removed"), "{}", server.log());
+    // The HTTPS port it still listens on still answers.
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    assert!(exchange(&mut s, GET).0.starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
 fn a_large_file_over_tls_is_byte_exact() {
     let dir = Scratch::new("tls-file");
     let ca = Ca::new();

@@ -484,7 +484,7 @@ impl<W: World> Supervisor<W> {
 
     fn on_reload(&mut self) {
         self.world.notify(Note::Reloading);
-        let new = match (self.reload)() {
+        let mut new = match (self.reload)() {
             Ok(new) => new,
             Err(errors) => {
                 for e in &errors {
@@ -500,6 +500,12 @@ impl<W: World> Supervisor<W> {
         };
         for key in needs_restart(&self.config, &new) {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
+        }
+        if new.tls.listen.is_empty() && !self.config.tls.listen.is_empty() {
+            // Its HTTPS listeners stay bound until a restart: without
+            // certificates they would take connections and drop them.
+            warn!("SIGHUP: [tls] removed; HTTPS keeps its current settings and certificates until a restart");
+            new.tls = self.config.tls.clone();
         }
         self.world.reload_apps(new.apps.clone());
         // A removed app's addresses are retiring: an app added again under
