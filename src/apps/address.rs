@@ -38,11 +38,36 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             Ok(ServerAddr::Tcp(l.local_addr()?))
         }
         AppListen::Unix => {
-            std::fs::create_dir_all(dir)?;
+            own_dir(dir)?;
             let path = dir.join(format!("{app}.{tag}.sock"));
             let _ = std::fs::remove_file(&path);
             Ok(ServerAddr::Unix(path))
         }
+    }
+}
+
+/// Make `dir` (its parent exists) readable and writable by this user
+/// alone, or check that it already is and belongs to this user: under a
+/// shared temporary directory its name is easy to guess, and another user
+/// who made it first could swap the apps' sockets.
+fn own_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(dir)?;
+            // SAFETY: geteuid(2) cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+                return Err(io::Error::other(format!(
+                    "{} is not a directory of this user's that only it can use (owner uid {}, mode {:o}); remove it",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                )));
+            }
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -217,6 +242,30 @@ mod tests {
             1
         );
         assert_eq!(unix_connections(table, Path::new("/run/cs/web.2.sock")), 0);
+    }
+
+    #[test]
+    fn the_socket_directory_is_this_users_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("cs-own-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("sockets");
+        let at = |dir: &Path| choose(AppListen::Unix, dir, "web", 1);
+        assert!(at(&dir).is_ok());
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Made before by someone who lets others in: refused.
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = at(&open).unwrap_err().to_string();
+        assert!(err.contains("remove it"), "{err}");
+        // Not a directory at all.
+        let file = base.join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(at(&file).is_err());
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
