@@ -8,6 +8,10 @@ pub struct Unset {
     pub line: usize,
     /// The variable's name.
     pub name: String,
+    /// The key whose value holds it, as errors name keys (`server.listen`,
+    /// `app[2].env`), as far as the lines around it say: empty when none
+    /// does.
+    pub key: String,
 }
 
 /// Replace every `${NAME}` / `${NAME:-default}` outside comment lines.
@@ -20,11 +24,13 @@ pub fn substitute(
 ) -> Result<String, Vec<Unset>> {
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
+    let mut at = KeyTracker::default();
     for (i, line) in text.split_inclusive('\n').enumerate() {
         if line.trim_start().starts_with('#') {
             out.push_str(line);
             continue;
         }
+        at.line(line);
         let mut rest = line;
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
@@ -52,6 +58,7 @@ pub fn substitute(
                             None => unset.push(Unset {
                                 line: i + 1,
                                 name: name.to_string(),
+                                key: at.key(),
                             }),
                         }
                     }
@@ -65,6 +72,48 @@ pub fn substitute(
         Ok(out)
     } else {
         Err(unset)
+    }
+}
+
+/// Which key a line belongs to, from the table headers and assignments
+/// before it: enough to name the key of a reference in an error, without
+/// parsing text that cannot be parsed yet.
+#[derive(Default)]
+struct KeyTracker {
+    /// `server`, or `app[2]` (entries of an array of tables counted from 1).
+    table: String,
+    /// Entries seen of each array of tables.
+    entries: std::collections::HashMap<String, usize>,
+    /// The last key assigned in the table (a value may span lines).
+    key: String,
+}
+
+impl KeyTracker {
+    fn line(&mut self, line: &str) {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = self.entries.entry(name.clone()).or_default();
+            *n += 1;
+            self.table = format!("{name}[{n}]");
+            self.key.clear();
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            self.table = name.trim().to_string();
+            self.key.clear();
+        } else if let Some((key, _)) = t.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            if !key.is_empty() && !key.contains("${") {
+                self.key = key.to_string();
+            }
+        }
+    }
+
+    fn key(&self) -> String {
+        match (self.table.is_empty(), self.key.is_empty()) {
+            (_, true) => self.table.clone(),
+            (true, false) => self.key.clone(),
+            (false, false) => format!("{}.{}", self.table, self.key),
+        }
     }
 }
 
@@ -103,7 +152,8 @@ mod tests {
             errs,
             vec![Unset {
                 line: 2,
-                name: "NOPE".into()
+                name: "NOPE".into(),
+                key: "b".into(),
             }]
         );
     }

@@ -4,8 +4,9 @@
 //! SECURITY: nothing of the client's framing goes on. `Content-Length` and
 //! `Transfer-Encoding` are written from the body decoder's view of the
 //! request (the parser already refused ambiguous framing with 400/501), so
-//! the upstream reads exactly one message per request. `X-Forwarded-*` from
-//! a peer outside `trusted-proxies` are dropped and written anew, and so
+//! the upstream reads exactly one message per request. `X-Forwarded-For`,
+//! `-Proto` and `-Host` from a peer outside `trusted-proxies` are dropped
+//! and written anew (other `X-Forwarded-*` fields pass, as with nginx), and so
 //! is `X-Real-IP` (what apps set up behind nginx's usual
 //! `proxy_set_header X-Real-IP $remote_addr` read); its `Forwarded`
 //! (RFC 7239) is dropped.

@@ -102,7 +102,7 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
             .map(|u| {
                 at(
                     Some(u.line),
-                    "",
+                    &u.key,
                     format!(
                         "environment variable {} is not set (write ${{{}:-default}} to give a default)",
                         u.name, u.name
@@ -425,7 +425,16 @@ root = "/srv"
         let errs = parse("\n[server]\nlisten = \"${CORESERVE_UNSET_TOO}\"\n").unwrap_err();
         assert_eq!(
             errs,
-            vec!["t.toml:3: environment variable CORESERVE_UNSET_TOO is not set (write ${CORESERVE_UNSET_TOO:-default} to give a default)"]
+            vec!["t.toml:3: server.listen: environment variable CORESERVE_UNSET_TOO is not set (write ${CORESERVE_UNSET_TOO:-default} to give a default)"]
+        );
+        let errs = parse("[[app]]\nname = \"a\"\n\n[[app]]\nname = \"b\"\nenv = { A = \"${CORESERVE_UNSET_TOO}\" }\ncommand = [\n  \"${CORESERVE_UNSET_TOO}\",\n]\n").unwrap_err();
+        assert!(
+            errs[0].starts_with("t.toml:6: app[2].env: environment"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("t.toml:8: app[2].command: environment"),
+            "{errs:?}"
         );
     }
 

@@ -25,6 +25,12 @@ impl Config {
         if self.listen.is_empty() {
             err("server.listen", "at least one address is needed".into());
         }
+        for (i, a) in self.listen.iter().enumerate() {
+            // Port 0 twice is two ports the kernel chooses.
+            if a.port() != 0 && self.listen[..i].contains(a) {
+                err("server.listen", format!("{a} is listed twice"));
+            }
+        }
         if self.shards == Some(0) {
             err("server.shards", "must be at least 1".into());
         }
@@ -77,15 +83,14 @@ impl Config {
                 format!("must start with /, got {:?}", self.metrics.path),
             );
         }
-        if let (Some(m), true) = (
-            self.metrics.listen,
-            self.listen.iter().any(|l| Some(*l) == self.metrics.listen),
-        ) {
-            if m.port() != 0 {
-                err(
-                    "metrics.listen",
-                    format!("{m} is also a server.listen address"),
-                );
+        if let Some(m) = self.metrics.listen.filter(|m| m.port() != 0) {
+            for (list, name) in [
+                (&self.listen, "server.listen"),
+                (&self.tls.listen, "tls.listen"),
+            ] {
+                if list.contains(&m) {
+                    err("metrics.listen", format!("{m} is also a {name} address"));
+                }
             }
         }
         self.tls.validate(&self.listen, &mut errors);
@@ -221,6 +226,31 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn an_address_is_bound_once() {
+        let mut c = Config::default();
+        let a: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let tls: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        // Port 0 twice is two ports.
+        c.listen = vec![a, any, a, any];
+        c.tls.listen = vec![tls];
+        c.metrics.listen = Some(tls);
+        let errors = c.validate().unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(&"server.listen: 127.0.0.1:8080 is listed twice".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"metrics.listen: 127.0.0.1:8443 is also a tls.listen address".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(!text.iter().any(|t| t.contains("127.0.0.1:0")), "{text:?}");
     }
 
     #[test]

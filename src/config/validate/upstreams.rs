@@ -174,6 +174,11 @@ fn validate_app(
                     "{name} is set by coreserve to each instance's address (listen-env); leave it out"
                 ),
             );
+        } else if matches!(name.as_str(), "CORESERVE_APP" | "CORESERVE_INSTANCE") {
+            err(
+                &key,
+                format!("{name} is set by coreserve to each instance's app name or number; leave it out"),
+            );
         }
         if value.contains('\0') {
             err(&key, "must not contain a NUL character".into());
@@ -369,10 +374,16 @@ mod tests {
         a.env = vec![("PORT".into(), "3000".into())];
         c.apps.push(a.clone());
         assert!(c.clone().validate().is_ok());
-        c.apps[0].env = vec![("SOCKET".into(), "/tmp/x".into())];
+        c.apps[0].env = vec![
+            ("SOCKET".into(), "/tmp/x".into()),
+            ("CORESERVE_INSTANCE".into(), "7".into()),
+        ];
         assert_eq!(
             messages(c),
-            ["app[1].env.SOCKET: SOCKET is set by coreserve to each instance's address (listen-env); leave it out"]
+            [
+                "app[1].env.SOCKET: SOCKET is set by coreserve to each instance's address (listen-env); leave it out",
+                "app[1].env.CORESERVE_INSTANCE: CORESERVE_INSTANCE is set by coreserve to each instance's app name or number; leave it out",
+            ]
         );
     }
 
