@@ -391,12 +391,36 @@ impl Socket {
         self.stirred().await;
     }
 
-    /// Wait until a peek finds bytes or the end, and say which.
+    /// Wait until a peek finds bytes or the end, and say which. Over TLS
+    /// the bytes are records: they are taken into rustls (what they
+    /// decrypt to stays there for the next read), and say whether the
+    /// client sent data, closed (its `close_notify`, as curl and browsers
+    /// send on leaving) or only talked TLS (a key update: go on waiting).
     async fn stirred(&mut self) -> Peek {
         loop {
+            if let Stream::Tls(t) = &mut self.stream {
+                if let Some(seen) = t.pending() {
+                    return seen_as_peek(seen);
+                }
+            }
             // The ring says so without a system call when nothing happened.
             let quiet = self.interest.as_ref().is_some_and(Interest::is_quiet);
-            match if quiet { Peek::Nothing } else { self.peek() } {
+            let mut seen = if quiet { Peek::Nothing } else { self.peek() };
+            if let (Peek::Data, Stream::Tls(t)) = (seen, &mut self.stream) {
+                seen = match t.recv(self.interest.as_mut()) {
+                    None => Peek::Nothing,
+                    Some(Ok(0)) => Peek::Closed,
+                    // rustls's plaintext buffer is full: a client sending.
+                    Some(Err(_)) if t.pending() == Some(true) => Peek::Data,
+                    Some(Err(_)) => Peek::Closed,
+                    Some(Ok(_)) => t.pending().map_or(Peek::Nothing, seen_as_peek),
+                };
+                if seen == Peek::Nothing {
+                    // Taken: the ring brings a completion for new bytes.
+                    continue;
+                }
+            }
+            match seen {
                 Peek::Nothing => {}
                 seen => {
                     if let Some(interest) = self.interest.as_mut() {
@@ -604,6 +628,16 @@ enum Peek {
     Data,
     Nothing,
     Closed,
+}
+
+/// What a TLS connection's decrypted side holds (`TlsStream::pending`) as
+/// a peek would say it.
+fn seen_as_peek(data: bool) -> Peek {
+    if data {
+        Peek::Data
+    } else {
+        Peek::Closed
+    }
 }
 
 /// What the socket `fd` holds, looking without taking.

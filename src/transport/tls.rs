@@ -89,6 +89,18 @@ impl TlsStream {
         })
     }
 
+    /// What the decrypted side holds: `Some(true)`, bytes to read;
+    /// `Some(false)`, the peer's close_notify and nothing before it; `None`,
+    /// neither. A protocol error reads as a close.
+    pub(super) fn pending(&mut self) -> Option<bool> {
+        match self.conn.process_new_packets() {
+            Ok(s) if s.plaintext_bytes_to_read() > 0 => Some(true),
+            Ok(s) if s.peer_has_closed() => Some(false),
+            Ok(_) => None,
+            Err(_) => Some(false),
+        }
+    }
+
     /// One read of what the socket holds into rustls, if it is worth a
     /// look (None: nothing there now, wait for the ring). `Some(Ok(0))` is
     /// the end of the stream.

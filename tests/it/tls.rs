@@ -394,6 +394,32 @@ fn a_reload_without_tls_keeps_https_serving_until_a_restart() {
 }
 
 #[test]
+fn https_alone_with_an_empty_server_listen() {
+    let dir = Scratch::new("tls-alone");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let text = std::fs::read_to_string(&file).unwrap();
+    dir.write(
+        "coreserve.toml",
+        text.replace("listen = [\"127.0.0.1:0\"]\nshards", "listen = []\nshards"),
+    );
+    let check = command()
+        .args(["--check", "--config", &file])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let (server, addr) = start(&file, &[]);
+    assert!(
+        !server.log().contains("listening on http://"),
+        "{}",
+        server.log()
+    );
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    assert!(exchange(&mut s, GET).0.starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
 fn a_large_file_over_tls_is_byte_exact() {
     let dir = Scratch::new("tls-file");
     let ca = Ca::new();
@@ -611,6 +637,23 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
 
 /// A proxied request from a TLS client: the application hears
 /// `X-Forwarded-Proto: https`, and the client gets the HSTS header.
+/// A server whose `/app/` proxies to `app`: it, its HTTPS address and the
+/// CA its certificate comes from.
+fn proxying_to(name: &str, app: SocketAddr) -> (Server, SocketAddr, Ca) {
+    let dir = Scratch::new(name);
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "\n[[route]]\npath = \"/app/\"\nhandler = \"proxy\"\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{app}\"]\n"
+    ));
+    std::fs::write(&file, text).unwrap();
+    let (server, addr) = start(&file, &[]);
+    (server, addr, ca)
+}
+
 #[test]
 fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -628,17 +671,7 @@ fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
             .unwrap();
         String::from_utf8_lossy(&buf).into_owned()
     });
-    let dir = Scratch::new("tls-proxy");
-    let ca = Ca::new();
-    install(&dir, "site", &ca.leaf(&["localhost"], 90));
-    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
-    let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str(&format!(
-        "\n[[route]]\npath = \"/app/\"\nhandler = \"proxy\"\nupstream = \"app\"\n\n\
-         [[upstream]]\nname = \"app\"\nservers = [\"{app_addr}\"]\n"
-    ));
-    std::fs::write(&file, text).unwrap();
-    let (_server, addr) = start(&file, &[]);
+    let (_server, addr, ca) = proxying_to("tls-proxy", app_addr);
     let mut s = tls_connect(addr, "localhost", Some(&ca));
     let (head, body) = exchange(&mut s, "GET /app/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -652,6 +685,39 @@ fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
         request.contains("\r\nX-Forwarded-Proto: https\r\n"),
         "{request}"
     );
+}
+
+/// A TLS client that leaves (its close_notify, the TCP connection still
+/// open) while its proxied request waits on the app: the app's request is
+/// cancelled, as for a plain client that closes.
+#[test]
+fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let (told, cancelled) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        // Never answers; says when the proxy closes the connection.
+        let mut chunk = [0u8; 4096];
+        while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
+        let _ = told.send(());
+    });
+    let (_server, addr, ca) = proxying_to("tls-abort", app_addr);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    s.write_all(b"GET /app/wait HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.conn.send_close_notify();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut s.sock).unwrap();
+    }
+    // The app's read-timeout is 60 s: only the client's leaving ends it.
+    assert!(
+        cancelled.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the app's request outlived its client"
+    );
+    drop(s);
 }
 
 /// With reuseport dispatch each shard has its own listener per address:

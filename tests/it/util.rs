@@ -35,13 +35,23 @@ pub fn command() -> Command {
     cmd
 }
 
-/// The addresses in a log's "listening on http://ADDR" lines.
+/// The addresses in a log's "listening on http://ADDR" lines, or its
+/// "listening on https://ADDR" ones when it serves HTTPS alone.
 fn listening(log: &str) -> Vec<SocketAddr> {
-    log.lines()
-        .filter_map(|l| l.split("listening on http://").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter_map(|a| a.parse().ok())
-        .collect()
+    let of = |scheme: &str| -> Vec<SocketAddr> {
+        let marker = format!("listening on {scheme}://");
+        log.lines()
+            .filter_map(|l| l.split(&marker).nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    };
+    let plain = of("http");
+    if plain.is_empty() {
+        of("https")
+    } else {
+        plain
+    }
 }
 
 impl Server {

@@ -22,8 +22,11 @@ impl Config {
         let mut errors = Vec::new();
         let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
         let l = &self.limits;
-        if self.listen.is_empty() {
-            err("server.listen", "at least one address is needed".into());
+        if self.listen.is_empty() && self.tls.listen.is_empty() {
+            err(
+                "server.listen",
+                "at least one address is needed (here, or in tls.listen for HTTPS alone)".into(),
+            );
         }
         for (i, a) in self.listen.iter().enumerate() {
             // Port 0 twice is two ports the kernel chooses.
