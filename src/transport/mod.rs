@@ -339,6 +339,97 @@ impl Socket {
         }
     }
 
+    /// Whether `try_write`, `unsent`, `try_flush` and `ready` serve this
+    /// socket: one the ring watches, plain or TLS over it (a tunnel that
+    /// moves both ways at once needs them).
+    pub fn non_blocking(&self) -> bool {
+        self.interest.is_some()
+            && match &self.stream {
+                Stream::Direct(_) => true,
+                Stream::Tls(t) => matches!(t.tcp, Stream::Direct(_)),
+                Stream::Tcp(_) | Stream::Unix(..) => false,
+            }
+    }
+
+    /// Write what the socket takes of `buf` now, never waiting: None when
+    /// it has no room. Over TLS rustls takes the bytes, encrypted, and
+    /// what the socket does not take yet waits there (`unsent`); it takes
+    /// none while some wait. Only where `non_blocking`.
+    pub fn try_write(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        match &mut self.stream {
+            Stream::Direct(fd) => match send(fd.as_raw_fd(), buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    None
+                }
+                r => Some(r),
+            },
+            Stream::Tls(t) => {
+                if let Err(e) = t.push() {
+                    return Some(Err(e));
+                }
+                if t.conn.wants_write() {
+                    return None;
+                }
+                let n = match std::io::Write::write(&mut t.conn.writer(), buf) {
+                    Ok(0) if !buf.is_empty() => return Some(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => n,
+                    Err(e) => return Some(Err(e)),
+                };
+                Some(t.push().map(|()| n))
+            }
+            Stream::Tcp(_) | Stream::Unix(..) => Some(Err(io::Error::other(
+                "a non-blocking write needs a socket the ring watches",
+            ))),
+        }
+    }
+
+    /// Whether bytes `try_write` took still wait to go (TLS records).
+    pub fn unsent(&self) -> bool {
+        matches!(&self.stream, Stream::Tls(t) if t.conn.wants_write())
+    }
+
+    /// Send what waits (`unsent`) as far as the socket takes it now.
+    pub fn try_flush(&mut self) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tls(t) => t.push(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wait until the socket is worth a read (`read`) or has room for a
+    /// write (`write`), at most until `deadline`. Only where
+    /// `non_blocking`; with neither, it waits for the deadline.
+    pub async fn ready(&mut self, read: bool, write: bool, deadline: Instant) -> io::Result<()> {
+        if read {
+            if let Stream::Tls(t) = &mut self.stream {
+                if t.buffered() {
+                    return Ok(());
+                }
+            }
+        }
+        let Some(interest) = self.interest.as_mut() else {
+            return Err(io::Error::other("no ring to wait on"));
+        };
+        if read && interest.may_hold_more() {
+            return Ok(());
+        }
+        let waited = match (read, write) {
+            (true, true) => interest.readable_or_writable(deadline).await.map(drop),
+            (true, false) => interest.readable(Some(deadline)).await,
+            (false, true) => interest.writable(deadline).await,
+            (false, false) => {
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        };
+        waited.map_err(io::Error::from)
+    }
+
     /// Half-close: no more bytes from this side (after TLS's close_notify).
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         if let Stream::Tls(t) = &mut self.stream {

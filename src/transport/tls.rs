@@ -140,6 +140,20 @@ impl TlsStream {
         Ok(())
     }
 
+    /// Send what rustls has queued as far as the socket takes it now,
+    /// never waiting (the rest stays queued: `conn.wants_write()`).
+    pub(super) fn push(&mut self) -> io::Result<()> {
+        let fd = self.tcp.fd();
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut Send(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Without a ring: what is queued goes out through glommio's write.
     async fn flush_without_ring(&mut self, deadline: Instant) -> io::Result<()> {
         let mut out = Vec::new();

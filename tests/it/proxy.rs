@@ -817,6 +817,68 @@ fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
     assert_eq!(r.rest(), b"bye");
 }
 
+/// A tunnel whose client reads nothing for a while, its upstream pushing
+/// far more than the socket buffers on the way hold: what the client
+/// sends meanwhile still reaches the upstream. One way stuck on a reader
+/// that is behind must not stop the other (a "stop" message from a
+/// phone that reads slowly), nor wait for send-timeout.
+#[test]
+fn a_tunnel_moves_one_way_while_the_other_waits() {
+    use std::sync::mpsc;
+    let (heard_tx, heard) = mpsc::channel();
+    let heard_tx = std::sync::Mutex::new(heard_tx);
+    let up = raw_upstream(move |mut s| {
+        read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .unwrap();
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..512 {
+                if w.write_all(&[b'd'; 1 << 16]).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !contains(&got, b"ping") {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = heard_tx.lock().unwrap().send(());
+    });
+    let proxy = Proxy::start(
+        "proxy-ws-ways",
+        &simple(&[up], "send-timeout = \"30s\"", "upgrade = true"),
+    );
+    let mut s = connect(proxy.addr());
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    // Time for the push to fill every buffer on its way; nothing read.
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_all(b"ping").unwrap();
+    assert!(
+        heard.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the client's message waited for the other way"
+    );
+}
+
 /// A GET on a connection that just had a response without a body must
 /// get its own response: a body expected where there is none would
 /// swallow or stall it.

@@ -637,16 +637,16 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
 
 /// A proxied request from a TLS client: the application hears
 /// `X-Forwarded-Proto: https`, and the client gets the HSTS header.
-/// A server whose `/app/` proxies to `app`: it, its HTTPS address and the
-/// CA its certificate comes from.
-fn proxying_to(name: &str, app: SocketAddr) -> (Server, SocketAddr, Ca) {
+/// A server whose `/app/` proxies to `app` (`route` adds keys to the
+/// route): it, its HTTPS address and the CA its certificate comes from.
+fn proxying_to(name: &str, app: SocketAddr, route: &str) -> (Server, SocketAddr, Ca) {
     let dir = Scratch::new(name);
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
     let file = config(&dir, &[("site.pem", "site.key", &[])], "");
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str(&format!(
-        "\n[[route]]\npath = \"/app/\"\nhandler = \"proxy\"\nupstream = \"app\"\n\n\
+        "\n[[route]]\npath = \"/app/\"\nhandler = \"proxy\"\nupstream = \"app\"\n{route}\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"{app}\"]\n"
     ));
     std::fs::write(&file, text).unwrap();
@@ -671,7 +671,7 @@ fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
             .unwrap();
         String::from_utf8_lossy(&buf).into_owned()
     });
-    let (_server, addr, ca) = proxying_to("tls-proxy", app_addr);
+    let (_server, addr, ca) = proxying_to("tls-proxy", app_addr, "");
     let mut s = tls_connect(addr, "localhost", Some(&ca));
     let (head, body) = exchange(&mut s, "GET /app/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -702,7 +702,7 @@ fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
         while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
         let _ = told.send(());
     });
-    let (_server, addr, ca) = proxying_to("tls-abort", app_addr);
+    let (_server, addr, ca) = proxying_to("tls-abort", app_addr, "");
     let mut s = tls_connect(addr, "localhost", Some(&ca));
     s.write_all(b"GET /app/wait HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
@@ -718,6 +718,77 @@ fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
         "the app's request outlived its client"
     );
     drop(s);
+}
+
+/// A WebSocket over TLS: after the 101, 4 MiB each way at once through
+/// the tunnel, the client's side encrypted.
+#[test]
+fn a_tunnel_over_tls_moves_both_ways() {
+    const SIZE: usize = 4 << 20;
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1 << 16];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .unwrap();
+        // An echo.
+        loop {
+            match s.read(&mut chunk) {
+                Ok(n) if n > 0 => s.write_all(&chunk[..n]).unwrap(),
+                _ => return,
+            }
+        }
+    });
+    let (_server, addr, ca) = proxying_to("tls-tunnel", app_addr, "upgrade = true");
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    s.write_all(
+        b"GET /app/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    // Write some, read what came back meanwhile, until all went round.
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let (mut sent, mut got) = (0, Vec::with_capacity(SIZE));
+    s.sock.set_nonblocking(true).unwrap();
+    while got.len() < SIZE {
+        if sent < SIZE {
+            match s.write(&data[sent..SIZE.min(sent + (1 << 14))]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+            let _ = s.flush();
+        }
+        let mut chunk = [0u8; 1 << 16];
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("closed after {} bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(got == data, "the echo came back different");
 }
 
 /// With reuseport dispatch each shard has its own listener per address:
