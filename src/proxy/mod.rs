@@ -11,11 +11,14 @@
 //! its own connections to each server (`pool`).
 //!
 //! Failures (nginx's `proxy_next_upstream error timeout` with its rules for
-//! non-idempotent requests): no connection → the next server, whatever the
-//! method; a reset or close after the request went out but before any byte
-//! of a response → the next server for idempotent methods whose body was
-//! not consumed; never after a response byte. 502 for a failed or bad
-//! upstream, 504 for a timeout, 503 when no server is usable.
+//! non-idempotent requests, but for read timeouts): no connection (refused,
+//! or none within connect-timeout) → the next server, whatever the method;
+//! a reset or close after the request went out but before any byte of a
+//! response → the next server for idempotent methods whose body was not
+//! consumed; never after a response byte. A server silent for read-timeout
+//! is not tried again on another (504): the request may be what makes it
+//! slow, and a retry would double the client's wait. 502 for a failed or
+//! bad upstream, 504 for a timeout, 503 when no server is usable.
 
 mod buffers;
 mod pool;
