@@ -91,19 +91,43 @@ struct KeyTracker {
 impl KeyTracker {
     fn line(&mut self, line: &str) {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
+        // A header names a table in bare-key characters: a line of an
+        // array value (`["a", "b"],`) is none.
+        let header = |inner: &str| {
+            let inner = inner.trim();
+            (!inner.is_empty()
+                && inner
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c)))
+            .then(|| inner.to_string())
+        };
+        if let Some(name) = t
+            .strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .and_then(header)
+        {
             let n = self.entries.entry(name.clone()).or_default();
             *n += 1;
             self.table = format!("{name}[{n}]");
             self.key.clear();
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            self.table = name.trim().to_string();
+        } else if let Some(name) = t
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(header)
+        {
+            self.table = name;
             self.key.clear();
         } else if let Some((key, _)) = t.split_once('=') {
-            let key = key.trim().trim_matches('"');
-            if !key.is_empty() && !key.contains("${") {
-                self.key = key.to_string();
+            // A key, bare or quoted whole: not the start of a string in an
+            // array (`"--opt=${X}",`).
+            let key = key.trim();
+            let quoted = key.len() >= 2 && key.starts_with('"') && key.ends_with('"');
+            let bare = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if quoted || bare {
+                self.key = key.trim_matches('"').to_string();
             }
         }
     }

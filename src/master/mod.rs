@@ -275,8 +275,10 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     }
     let mut stopped_by = None;
     let started = Apps::start(config.apps.clone(), n, config.drain_timeout, notify, || {
-        stopped_by = watch.stop_signal();
-        stopped_by.is_some()
+        // Asked again while the instances stop: the first signal stays.
+        let sig = watch.stop_signal();
+        stopped_by = stopped_by.or(sig);
+        sig.is_some()
     });
     let (apps, app_servers) = match (started, stopped_by) {
         (Err(AppError::Interrupted), Some(sig)) => {

@@ -371,7 +371,10 @@ async fn forward(
             // would then run on without the request it answers): it ends
             // here (a 502 if nothing of it went out).
             commit(&mut c, &mut body);
-            if sent.send_failed && !out.complete() {
+            // A body that ends at the close is whole only once the close
+            // is read: an upstream that answered in full and closed fails
+            // the body's write first, and `relay::stream` reads the rest.
+            if sent.send_failed && !out.complete() && !out.ends_at_close() {
                 log::warn!(
                     "upstream {} ({}): {} {target}: the request body could not be sent (nothing taken for send-timeout, or a failed write); the response is cut short",
                     cfg.name,

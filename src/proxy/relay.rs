@@ -265,6 +265,11 @@ impl Outgoing {
     pub(super) fn reusable(&self) -> bool {
         self.reusable
     }
+
+    /// Its body ends where the upstream closes (no length, not chunked).
+    pub(super) fn ends_at_close(&self) -> bool {
+        self.framing == ResponseFraming::UntilClose
+    }
 }
 
 /// Send the response whose head is at the start of `rbuf[..filled]` to the

@@ -144,8 +144,16 @@ pub(super) async fn send_request(
                     return sent;
                 }
             }
-            if written < up_out.len() && answer(c, up, rbuf, ex, back, &mut sent).await {
-                return sent;
+            if written < up_out.len() {
+                let relaying = Instant::now();
+                if answer(c, up, rbuf, ex, back, &mut sent).await {
+                    return sent;
+                }
+                // Time spent waiting on the client to take the answer is
+                // not the upstream's stall.
+                if let Some(d) = stall.as_mut() {
+                    *d += relaying.elapsed();
+                }
             }
         }
         up_out.clear();

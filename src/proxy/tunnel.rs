@@ -49,8 +49,8 @@ pub async fn run(
     if client.non_blocking() && upstream.non_blocking() {
         return to_client + duplex(client, upstream, idle, send_timeout).await;
     }
-    // Sockets the ring does not watch (a Unix upstream, a shard without a
-    // ring): one way at a time, each write waited for.
+    // Sockets the ring does not watch (a shard without a ring): one way
+    // at a time, each write waited for.
     let mut buf = vec![0u8; CHUNK];
     loop {
         let deadline = Instant::now() + idle;
@@ -128,8 +128,10 @@ impl Pipe {
 }
 
 /// Both ways at once, never waiting on a write: each side is waited on for
-/// what its way needs (a read when its buffer is empty, room when it is
-/// not). Returns the bytes sent to the client.
+/// what its way needs (a read when that way has nothing waiting to be
+/// written, room when it has). When one side closes, what was read for it
+/// from the other is still written to it (it may only have half-closed).
+/// Returns the bytes sent to the client.
 async fn duplex(
     client: &mut Socket,
     upstream: &mut Socket,
@@ -142,11 +144,23 @@ async fn duplex(
     let mut quiet_until = Instant::now() + idle;
     loop {
         let now = Instant::now();
-        let Ok(sent_up) = step(client, upstream, &mut up, now, send_timeout) else {
-            return to_client;
+        let sent_up = match step(client, upstream, &mut up, now, send_timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    to_client += finish(client, &mut down, send_timeout).await;
+                }
+                return to_client;
+            }
         };
-        let Ok(sent_down) = step(upstream, client, &mut down, now, send_timeout) else {
-            return to_client;
+        let sent_down = match step(upstream, client, &mut down, now, send_timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    finish(upstream, &mut up, send_timeout).await;
+                }
+                return to_client;
+            }
         };
         to_client += sent_down.written as u64;
         if sent_up.moved || sent_down.moved {
@@ -158,9 +172,14 @@ async fn duplex(
             .flatten()
             .min()
             .expect("the idle deadline is always there");
+        // A way with bytes waiting for its writer reads nothing more: its
+        // reader is not waited on (it would say "readable" at once, and
+        // again, without anything moving).
+        let up_held = up.pending() || upstream.unsent();
+        let down_held = down.pending() || client.unsent();
         let woke = futures_lite::future::or(
-            client.ready(!up.pending(), down.pending() || client.unsent(), deadline),
-            upstream.ready(!down.pending(), up.pending() || upstream.unsent(), deadline),
+            client.ready(!up_held, down_held, deadline),
+            upstream.ready(!down_held, up_held, deadline),
         )
         .await;
         // Idle for `idle`, a write stalled for `send-timeout`, or a failure.
@@ -174,13 +193,13 @@ async fn duplex(
 struct Stepped {
     /// Bytes written to the far side.
     written: usize,
-    /// Something was read or written.
+    /// Something was read or written (or sent on, over TLS).
     moved: bool,
 }
 
 /// Move `p`'s way, from `from` to `to`: write what waits as far as `to`
 /// takes it now, then, once nothing waits, read what `from` has. An error
-/// when a side closed or failed.
+/// when a side failed, `UnexpectedEof` when `from` closed.
 fn step(
     from: &mut Socket,
     to: &mut Socket,
@@ -193,7 +212,7 @@ fn step(
         moved: false,
     };
     if to.unsent() {
-        to.try_flush()?;
+        done.moved = to.try_flush()? > 0;
     }
     while p.pending() {
         match to.try_write(&p.buf[p.start..p.end]) {
@@ -201,12 +220,14 @@ fn step(
             Some(Ok(n)) => {
                 p.start += n;
                 done.written += n;
+                done.moved = true;
             }
             Some(Err(e)) => return Err(e),
         }
     }
-    done.moved = done.written > 0;
     if p.pending() || to.unsent() {
+        // The stall runs from the last progress: TLS records going out
+        // count, not only bytes rustls took.
         if done.moved || p.stall.is_none() {
             p.stall = Some(now + send_timeout);
         }
@@ -223,4 +244,30 @@ fn step(
         Some(Err(e)) => return Err(e),
     }
     Ok(done)
+}
+
+/// Write what `p` holds for `to`, and what TLS still has to send, waiting
+/// for room up to `send_timeout` at a time; the bytes written.
+async fn finish(to: &mut Socket, p: &mut Pipe, send_timeout: Duration) -> u64 {
+    let rest = &p.buf[p.start..p.end];
+    if !rest.is_empty() && to.write_all(rest, send_timeout).await.is_err() {
+        return 0;
+    }
+    p.start = p.end;
+    while to.unsent() {
+        match to.try_flush() {
+            Ok(0) => {
+                if to
+                    .ready(false, true, Instant::now() + send_timeout)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    rest.len() as u64
 }

@@ -380,7 +380,7 @@ impl Socket {
                     Ok(n) => n,
                     Err(e) => return Some(Err(e)),
                 };
-                Some(t.push().map(|()| n))
+                Some(t.push().map(|_| n))
             }
             Stream::Tcp(_) | Stream::Unix(..) => Some(Err(io::Error::other(
                 "a non-blocking write needs a socket the ring watches",
@@ -393,11 +393,12 @@ impl Socket {
         matches!(&self.stream, Stream::Tls(t) if t.conn.wants_write())
     }
 
-    /// Send what waits (`unsent`) as far as the socket takes it now.
-    pub fn try_flush(&mut self) -> io::Result<()> {
+    /// Send what waits (`unsent`) as far as the socket takes it now; the
+    /// bytes that went.
+    pub fn try_flush(&mut self) -> io::Result<usize> {
         match &mut self.stream {
             Stream::Tls(t) => t.push(),
-            _ => Ok(()),
+            _ => Ok(0),
         }
     }
 

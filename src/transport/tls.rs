@@ -141,17 +141,19 @@ impl TlsStream {
     }
 
     /// Send what rustls has queued as far as the socket takes it now,
-    /// never waiting (the rest stays queued: `conn.wants_write()`).
-    pub(super) fn push(&mut self) -> io::Result<()> {
+    /// never waiting (the rest stays queued: `conn.wants_write()`); the
+    /// bytes sent.
+    pub(super) fn push(&mut self) -> io::Result<usize> {
         let fd = self.tcp.fd();
+        let mut sent = 0;
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut Send(fd)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Without a ring: what is queued goes out through glommio's write.

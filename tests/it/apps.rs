@@ -620,13 +620,18 @@ time.sleep(600)\n";
 
 #[test]
 fn a_stop_signal_while_the_apps_start_stops_at_once() {
-    // An instance that never listens, with a start-timeout far away.
+    // An instance that never listens, with a start-timeout far away, and
+    // that takes a moment to exit on SIGTERM.
     let dir = Scratch::new("apps-stop-at-start");
     let conf = dir.write(
         "app.toml",
         app(
             "slow",
-            &["sh", "-c", "echo started $$; exec sleep 300"],
+            &[
+                "sh",
+                "-c",
+                "trap 'sleep 0.3; exit 0' TERM; echo started $$; while true; do sleep 0.1; done",
+            ],
             1,
             "start-timeout = \"2m\"",
         ),

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
 use crate::upstream::{chunk, echo, Gate, Reply, Upstream};
-use crate::util::{connect, get, Reader, Response, Server};
+use crate::util::{
+    connect, expect_switch, get, push_until_ping, upgrade_request, Reader, Response, Server,
+    SWITCHING,
+};
 
 /// A coreserve in front of upstream fixtures, with its configuration file.
 pub struct Proxy {
@@ -824,52 +827,20 @@ fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
 /// phone that reads slowly), nor wait for send-timeout.
 #[test]
 fn a_tunnel_moves_one_way_while_the_other_waits() {
-    use std::sync::mpsc;
-    let (heard_tx, heard) = mpsc::channel();
+    let (heard_tx, heard) = std::sync::mpsc::channel();
     let heard_tx = std::sync::Mutex::new(heard_tx);
     let up = raw_upstream(move |mut s| {
         read_head(&mut s);
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .unwrap();
-        let mut w = s.try_clone().unwrap();
-        std::thread::spawn(move || {
-            for _ in 0..512 {
-                if w.write_all(&[b'd'; 1 << 16]).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !contains(&got, b"ping") {
-            match s.read(&mut buf) {
-                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                _ => return,
-            }
-        }
-        let _ = heard_tx.lock().unwrap().send(());
+        s.write_all(SWITCHING).unwrap();
+        push_until_ping(s, heard_tx.lock().unwrap().clone());
     });
     let proxy = Proxy::start(
         "proxy-ws-ways",
         &simple(&[up], "send-timeout = \"30s\"", "upgrade = true"),
     );
     let mut s = connect(proxy.addr());
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1);
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
+    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    expect_switch(&mut s);
     // Time for the push to fill every buffer on its way; nothing read.
     std::thread::sleep(Duration::from_millis(500));
     s.write_all(b"ping").unwrap();

@@ -15,7 +15,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::config::Scratch;
-use crate::util::{command, connect, is_closed, read_to_close, Server, WAIT};
+use crate::util::{
+    command, connect, expect_switch, is_closed, push_until_ping, read_to_close, upgrade_request,
+    Server, SWITCHING, WAIT,
+};
 
 /// A test CA that issues server certificates.
 struct Ca {
@@ -637,9 +640,15 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
 
 /// A proxied request from a TLS client: the application hears
 /// `X-Forwarded-Proto: https`, and the client gets the HSTS header.
-/// A server whose `/app/` proxies to `app` (`route` adds keys to the
-/// route): it, its HTTPS address and the CA its certificate comes from.
-fn proxying_to(name: &str, app: SocketAddr, route: &str) -> (Server, SocketAddr, Ca) {
+/// A server (started with `args`) whose `/app/` proxies to `app` (`route`
+/// adds keys to the route): it, its HTTPS address and the CA its
+/// certificate comes from.
+fn proxying_to(
+    name: &str,
+    app: SocketAddr,
+    route: &str,
+    args: &[&str],
+) -> (Server, SocketAddr, Ca) {
     let dir = Scratch::new(name);
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
@@ -650,7 +659,7 @@ fn proxying_to(name: &str, app: SocketAddr, route: &str) -> (Server, SocketAddr,
          [[upstream]]\nname = \"app\"\nservers = [\"{app}\"]\n"
     ));
     std::fs::write(&file, text).unwrap();
-    let (server, addr) = start(&file, &[]);
+    let (server, addr) = start(&file, args);
     (server, addr, ca)
 }
 
@@ -671,7 +680,7 @@ fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
             .unwrap();
         String::from_utf8_lossy(&buf).into_owned()
     });
-    let (_server, addr, ca) = proxying_to("tls-proxy", app_addr, "");
+    let (_server, addr, ca) = proxying_to("tls-proxy", app_addr, "", &[]);
     let mut s = tls_connect(addr, "localhost", Some(&ca));
     let (head, body) = exchange(&mut s, "GET /app/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -702,7 +711,7 @@ fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
         while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
         let _ = told.send(());
     });
-    let (_server, addr, ca) = proxying_to("tls-abort", app_addr, "");
+    let (_server, addr, ca) = proxying_to("tls-abort", app_addr, "", &[]);
     let mut s = tls_connect(addr, "localhost", Some(&ca));
     s.write_all(b"GET /app/wait HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
@@ -720,25 +729,40 @@ fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
     drop(s);
 }
 
+/// An app that takes one connection, answers its upgrade request with a
+/// 101 and hands the connection to `then`; its address.
+fn upgraded_app(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> SocketAddr {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            buf.push(byte[0]);
+        }
+        s.write_all(SWITCHING).unwrap();
+        then(s);
+    });
+    addr
+}
+
+/// Upgrade the TLS connection `s` to a tunnel at `/app/ws`.
+fn upgrade(s: &mut Tls) {
+    s.write_all(upgrade_request("/app/ws").as_bytes()).unwrap();
+    s.flush().unwrap();
+    expect_switch(s);
+}
+
 /// A WebSocket over TLS: after the 101, 4 MiB each way at once through
 /// the tunnel, the client's side encrypted.
 #[test]
 fn a_tunnel_over_tls_moves_both_ways() {
     const SIZE: usize = 4 << 20;
-    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let app_addr = app.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let (mut s, _) = app.accept().unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1 << 16];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0);
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .unwrap();
+    let app_addr = upgraded_app(|mut s| {
         // An echo.
+        let mut chunk = [0u8; 1 << 16];
         loop {
             match s.read(&mut chunk) {
                 Ok(n) if n > 0 => s.write_all(&chunk[..n]).unwrap(),
@@ -746,25 +770,9 @@ fn a_tunnel_over_tls_moves_both_ways() {
             }
         }
     });
-    let (_server, addr, ca) = proxying_to("tls-tunnel", app_addr, "upgrade = true");
+    let (_server, addr, ca) = proxying_to("tls-tunnel", app_addr, "upgrade = true", &[]);
     let mut s = tls_connect(addr, "localhost", Some(&ca));
-    s.write_all(
-        b"GET /app/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    s.flush().unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
+    upgrade(&mut s);
     // Write some, read what came back meanwhile, until all went round.
     let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
     let (mut sent, mut got) = (0, Vec::with_capacity(SIZE));
@@ -789,6 +797,35 @@ fn a_tunnel_over_tls_moves_both_ways() {
         }
     }
     assert!(got == data, "the echo came back different");
+}
+
+/// A WebSocket over TLS whose client stops reading while the app pushes
+/// far more than the buffers on the way hold: the one shard goes on
+/// serving other connections, and what the client sends still reaches the
+/// app.
+#[test]
+fn a_tls_tunnel_to_a_client_that_reads_nothing_stalls_nothing_else() {
+    let (heard_tx, heard) = std::sync::mpsc::channel();
+    let app_addr = upgraded_app(move |s| push_until_ping(s, heard_tx));
+    // One shard: the connection that must still be served is on it.
+    let (_server, addr, ca) = proxying_to(
+        "tls-tunnel-stuck",
+        app_addr,
+        "upgrade = true",
+        &["--shards", "1"],
+    );
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    upgrade(&mut s);
+    // Nothing more read: the push fills every buffer on its way.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut other = tls_connect(addr, "localhost", Some(&ca));
+    assert!(exchange(&mut other, GET).0.starts_with("HTTP/1.1 200 OK"));
+    s.write_all(b"ping").unwrap();
+    s.flush().unwrap();
+    assert!(
+        heard.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the client's message waited for the other way"
+    );
 }
 
 /// With reuseport dispatch each shard has its own listener per address:

@@ -596,3 +596,55 @@ pub fn stopped_stats(log: &str) -> Vec<Stopped> {
         })
         .collect()
 }
+
+/// A WebSocket upgrade request for `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// The 101 an upgraded test app answers with.
+pub const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+/// Read a response head byte by byte (nothing after it is taken) and
+/// check it is a 101.
+pub fn expect_switch(s: &mut impl Read) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("a response head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+/// An upgraded app's side of a tunnel whose client reads nothing: push 32
+/// MiB at it from a thread (far more than the buffers on the way hold),
+/// and say on `heard` once "ping" arrived from it meanwhile.
+pub fn push_until_ping(s: TcpStream, heard: std::sync::mpsc::Sender<()>) {
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..512 {
+            if w.write_all(&[b'd'; 1 << 16]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = s;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"ping") {
+        match r.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let _ = heard.send(());
+}

@@ -427,13 +427,17 @@ root = "/srv"
             errs,
             vec!["t.toml:3: server.listen: environment variable CORESERVE_UNSET_TOO is not set (write ${CORESERVE_UNSET_TOO:-default} to give a default)"]
         );
-        let errs = parse("[[app]]\nname = \"a\"\n\n[[app]]\nname = \"b\"\nenv = { A = \"${CORESERVE_UNSET_TOO}\" }\ncommand = [\n  \"${CORESERVE_UNSET_TOO}\",\n]\n").unwrap_err();
+        let errs = parse("[[app]]\nname = \"a\"\n\n[[app]]\nname = \"b\"\nenv = { A = \"${CORESERVE_UNSET_TOO}\" }\ncommand = [\n  \"--opt=${CORESERVE_UNSET_TOO}\",\n  [\"x\"],\n  \"${CORESERVE_UNSET_TOO}\",\n]\n").unwrap_err();
         assert!(
             errs[0].starts_with("t.toml:6: app[2].env: environment"),
             "{errs:?}"
         );
         assert!(
             errs[1].starts_with("t.toml:8: app[2].command: environment"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("t.toml:10: app[2].command: environment"),
             "{errs:?}"
         );
     }
