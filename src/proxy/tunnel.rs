@@ -110,6 +110,8 @@ struct Pipe {
     /// When the write, finding no room, fails (`send-timeout` after its
     /// last progress); None while nothing waits.
     stall: Option<Instant>,
+    /// Bytes written to the far side so far.
+    sent: u64,
 }
 
 impl Pipe {
@@ -119,6 +121,7 @@ impl Pipe {
             start: 0,
             end: 0,
             stall: None,
+            sent: 0,
         }
     }
 
@@ -140,31 +143,34 @@ async fn duplex(
 ) -> u64 {
     let mut up = Pipe::new();
     let mut down = Pipe::new();
-    let mut to_client = 0u64;
     let mut quiet_until = Instant::now() + idle;
     loop {
         let now = Instant::now();
-        let sent_up = match step(client, upstream, &mut up, now, send_timeout) {
-            Ok(s) => s,
+        let moved_up = match step(client, upstream, &mut up, now, send_timeout) {
+            Ok(moved) => moved,
             Err(e) => {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
-                    to_client += finish(client, &mut down, send_timeout).await;
+                    finish(client, &mut down, send_timeout).await;
                 }
-                return to_client;
+                return down.sent;
             }
         };
-        let sent_down = match step(upstream, client, &mut down, now, send_timeout) {
-            Ok(s) => s,
+        let moved_down = match step(upstream, client, &mut down, now, send_timeout) {
+            Ok(moved) => moved,
             Err(e) => {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     finish(upstream, &mut up, send_timeout).await;
                 }
-                return to_client;
+                return down.sent;
             }
         };
-        to_client += sent_down.written as u64;
-        if sent_up.moved || sent_down.moved {
+        if moved_up || moved_down {
             quiet_until = now + idle;
+            // A peer as fast as loopback keeps every read full and every
+            // write taken: without this the tunnel would keep the shard
+            // (its other connections, the ring's driver) for as long as
+            // the transfer lasts.
+            futures_lite::future::yield_now().await;
             continue;
         }
         let deadline = [Some(quiet_until), up.stall, down.stall]
@@ -184,21 +190,14 @@ async fn duplex(
         .await;
         // Idle for `idle`, a write stalled for `send-timeout`, or a failure.
         if woke.is_err() {
-            return to_client;
+            return down.sent;
         }
     }
 }
 
-/// What one `step` did.
-struct Stepped {
-    /// Bytes written to the far side.
-    written: usize,
-    /// Something was read or written (or sent on, over TLS).
-    moved: bool,
-}
-
 /// Move `p`'s way, from `from` to `to`: write what waits as far as `to`
-/// takes it now, then, once nothing waits, read what `from` has. An error
+/// takes it now (counted in `p.sent`), then, once nothing waits, read what
+/// `from` has. Whether anything moved (TLS records going out too); an error
 /// when a side failed, `UnexpectedEof` when `from` closed.
 fn step(
     from: &mut Socket,
@@ -206,21 +205,18 @@ fn step(
     p: &mut Pipe,
     now: Instant,
     send_timeout: Duration,
-) -> io::Result<Stepped> {
-    let mut done = Stepped {
-        written: 0,
-        moved: false,
-    };
+) -> io::Result<bool> {
+    let mut moved = false;
     if to.unsent() {
-        done.moved = to.try_flush()? > 0;
+        moved = to.try_flush()? > 0;
     }
     while p.pending() {
         match to.try_write(&p.buf[p.start..p.end]) {
             None => break,
             Some(Ok(n)) => {
                 p.start += n;
-                done.written += n;
-                done.moved = true;
+                p.sent += n as u64;
+                moved = true;
             }
             Some(Err(e)) => return Err(e),
         }
@@ -228,10 +224,10 @@ fn step(
     if p.pending() || to.unsent() {
         // The stall runs from the last progress: TLS records going out
         // count, not only bytes rustls took.
-        if done.moved || p.stall.is_none() {
+        if moved || p.stall.is_none() {
             p.stall = Some(now + send_timeout);
         }
-        return Ok(done);
+        return Ok(moved);
     }
     p.stall = None;
     match from.try_read(&mut p.buf) {
@@ -239,20 +235,21 @@ fn step(
         Some(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
         Some(Ok(n)) => {
             (p.start, p.end) = (0, n);
-            done.moved = true;
+            moved = true;
         }
         Some(Err(e)) => return Err(e),
     }
-    Ok(done)
+    Ok(moved)
 }
 
-/// Write what `p` holds for `to`, and what TLS still has to send, waiting
-/// for room up to `send_timeout` at a time; the bytes written.
-async fn finish(to: &mut Socket, p: &mut Pipe, send_timeout: Duration) -> u64 {
+/// Write what `p` holds for `to` (counted in `p.sent`), and what TLS
+/// still has to send, waiting for room up to `send_timeout` at a time.
+async fn finish(to: &mut Socket, p: &mut Pipe, send_timeout: Duration) {
     let rest = &p.buf[p.start..p.end];
     if !rest.is_empty() && to.write_all(rest, send_timeout).await.is_err() {
-        return 0;
+        return;
     }
+    p.sent += rest.len() as u64;
     p.start = p.end;
     while to.unsent() {
         match to.try_flush() {
@@ -269,5 +266,4 @@ async fn finish(to: &mut Socket, p: &mut Pipe, send_timeout: Duration) -> u64 {
             Err(_) => break,
         }
     }
-    rest.len() as u64
 }

@@ -499,6 +499,11 @@ impl Socket {
             let quiet = self.interest.as_ref().is_some_and(Interest::is_quiet);
             let mut seen = if quiet { Peek::Nothing } else { self.peek() };
             if let (Peek::Data, Stream::Tls(t)) = (seen, &mut self.stream) {
+                // The peek saw bytes: the read below must take them, even
+                // with no completion to say so (a poll that stopped).
+                if let Some(interest) = self.interest.as_mut() {
+                    interest.look_again();
+                }
                 seen = match t.recv(self.interest.as_mut()) {
                     None => Peek::Nothing,
                     Some(Ok(0)) => Peek::Closed,
@@ -508,7 +513,8 @@ impl Socket {
                     Some(Ok(_)) => t.pending().map_or(Peek::Nothing, seen_as_peek),
                 };
                 if seen == Peek::Nothing {
-                    // Taken: the ring brings a completion for new bytes.
+                    // Bytes taken (a record's start, a key update): look
+                    // again; the next peek finds more, or nothing and waits.
                     continue;
                 }
             }
