@@ -14,7 +14,8 @@ pub struct Unset {
     pub key: String,
 }
 
-/// Replace every `${NAME}` / `${NAME:-default}` outside comment lines.
+/// Replace every `${NAME}` / `${NAME:-default}` outside comments (a `#`
+/// outside a string, to the end of its line).
 /// A reference that is not closed, or whose name is not
 /// `[A-Za-z_][A-Za-z0-9_]*`, is left as written (TOML will then complain
 /// about it with its line).
@@ -25,9 +26,12 @@ pub fn substitute(
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
     let mut at = KeyTracker::default();
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        if line.trim_start().starts_with('#') {
-            out.push_str(line);
+    let mut open = None;
+    for (i, whole) in text.split_inclusive('\n').enumerate() {
+        // Past the first unquoted `#`: a comment, kept as written.
+        let (line, comment) = whole.split_at(comment_start(whole, &mut open));
+        if line.trim().is_empty() {
+            out.push_str(whole);
             continue;
         }
         at.line(line);
@@ -67,12 +71,55 @@ pub fn substitute(
             rest = &after[end + 1..];
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     if unset.is_empty() {
         Ok(out)
     } else {
         Err(unset)
     }
+}
+
+/// Where the comment of `line` starts (its length when it has none): the
+/// first `#` outside a string. `open` carries a multi-line string (`"""` or
+/// `'''`) from one line to the next.
+fn comment_start(line: &str, open: &mut Option<&'static [u8]>) -> usize {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(close) = *open {
+            match bytes[i..].windows(3).position(|w| w == close) {
+                Some(at) => {
+                    i += at + 3;
+                    *open = None;
+                    continue;
+                }
+                None => return line.len(),
+            }
+        }
+        let rest = &bytes[i..];
+        match bytes[i] {
+            b'#' => return i,
+            _ if rest.starts_with(b"\"\"\"") || rest.starts_with(b"'''") => {
+                *open = Some(if rest[0] == b'"' { b"\"\"\"" } else { b"'''" });
+                i += 3;
+            }
+            quote @ (b'"' | b'\'') => {
+                // To the closing quote on this line; `\` escapes in "…".
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if quote == b'"' && bytes[i] == b'\\' {
+                        2
+                    } else {
+                        1
+                    };
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    line.len()
 }
 
 /// Which key a line belongs to, from the table headers and assignments
@@ -165,6 +212,23 @@ mod tests {
         assert_eq!(
             substitute(t, env).unwrap(),
             "listen = \"0.0.0.0:8080\"\nroot = \"/srv/www\"\nx = \"d\"\n"
+        );
+    }
+
+    #[test]
+    fn comments_after_values_are_left_alone() {
+        let t = "a = \"${PORT}\" # not ${NOPE}\n\
+                 b = \"#${PORT}\" # \"${NOPE}\"\n\
+                 c = 'x#${PORT}' # '${NOPE}'\n\
+                 d = \"\"\"\nline # ${PORT}\n\"\"\" # ${NOPE}\n\
+                 e = \"q\\\"#${PORT}\" # ${NOPE}\n";
+        assert_eq!(
+            substitute(t, env).unwrap(),
+            "a = \"8080\" # not ${NOPE}\n\
+             b = \"#8080\" # \"${NOPE}\"\n\
+             c = 'x#8080' # '${NOPE}'\n\
+             d = \"\"\"\nline # 8080\n\"\"\" # ${NOPE}\n\
+             e = \"q\\\"#8080\" # ${NOPE}\n"
         );
     }
 
