@@ -146,25 +146,27 @@ async fn duplex(
     let mut quiet_until = Instant::now() + idle;
     loop {
         let now = Instant::now();
-        let moved_up = match step(client, upstream, &mut up, now, send_timeout) {
+        // Each way's end: on a close, what was read for the side that
+        // closed still goes to it.
+        let moved = match step(client, upstream, &mut up, now, send_timeout) {
+            Ok(moved_up) => step(upstream, client, &mut down, now, send_timeout)
+                .map(|moved_down| moved_up || moved_down)
+                .map_err(|e| (e, Side::Upstream)),
+            Err(e) => Err((e, Side::Client)),
+        };
+        let moved = match moved {
             Ok(moved) => moved,
-            Err(e) => {
+            Err((e, closed)) => {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
-                    finish(client, &mut down, send_timeout).await;
+                    match closed {
+                        Side::Client => finish(client, &mut down, send_timeout).await,
+                        Side::Upstream => finish(upstream, &mut up, send_timeout).await,
+                    }
                 }
                 return down.sent;
             }
         };
-        let moved_down = match step(upstream, client, &mut down, now, send_timeout) {
-            Ok(moved) => moved,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    finish(upstream, &mut up, send_timeout).await;
-                }
-                return down.sent;
-            }
-        };
-        if moved_up || moved_down {
+        if moved {
             quiet_until = now + idle;
             // A peer as fast as loopback keeps every read full and every
             // write taken: without this the tunnel would keep the shard
