@@ -11,6 +11,8 @@
 //! the client gets the payload re-framed by `encode::BodyEncoder`; the
 //! hop-by-hop fields of either side never cross (`is_hop_by_hop`).
 
+use std::mem::MaybeUninit;
+
 use super::body::BodyDecoder;
 use super::error::ParseError;
 use super::parse::{list_items, parse_content_length, trim, Codings, Transfer, Version};
@@ -130,12 +132,15 @@ pub struct Asked {
 /// large).
 pub fn parse_response<'a>(
     buf: &'a [u8],
-    headers: &'a mut [httparse::Header<'a>],
+    headers: &'a mut [MaybeUninit<httparse::Header<'a>>],
     max_head: usize,
     asked: Asked,
 ) -> Result<Option<Response<'a>>, UpstreamError> {
-    let mut res = httparse::Response::new(headers);
-    let head_len = match res.parse(buf) {
+    let mut res = httparse::Response::new(&mut []);
+    // Uninitialised: zeroing a field array costs more than most parses.
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, headers);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Err(UpstreamError::HeadTooLarge)
@@ -236,15 +241,27 @@ pub fn is_hop_by_hop<'v>(name: &str, connection: impl IntoIterator<Item = &'v [u
         "upgrade",
         "proxy-connection",
     ];
-    if FIXED.iter().any(|f| name.eq_ignore_ascii_case(f))
-        || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
-    {
+    if FIXED.iter().any(|f| is_field(name, f)) || name.len() > 6 && is_field(&name[..6], "proxy-") {
         return true;
     }
     connection
         .into_iter()
         .flat_map(list_items)
         .any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Whether the field `name` is the one named `lower` (lowercase), in any
+/// case and with `_` taken for `-`. CGI-style servers (PHP-FPM, WSGI,
+/// Rack) read `X_Forwarded_For` and `X-Forwarded-For` as one variable, so
+/// a field the proxy removes or writes itself must go in both spellings:
+/// else a client could forge, beside the proxy's value, one the
+/// application takes for it.
+pub fn is_field(name: &str, lower: &str) -> bool {
+    name.len() == lower.len()
+        && name
+            .bytes()
+            .zip(lower.bytes())
+            .all(|(n, l)| n.to_ascii_lowercase() == l || n == b'_' && l == b'-')
 }
 
 /// Append a request line and the given header fields to `out`, ending the
@@ -277,7 +294,6 @@ pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::mem::MaybeUninit;
 
     const GET: Asked = Asked { head: false };
 
@@ -285,7 +301,7 @@ mod tests {
         buf: &[u8],
         asked: Asked,
     ) -> Result<Option<(u16, ResponseFraming, bool, usize)>, UpstreamError> {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = [const { MaybeUninit::uninit() }; 32];
         parse_response(buf, &mut headers, 8192, asked)
             .map(|r| r.map(|r| (r.status, r.framing, r.reusable, r.head_len)))
     }
@@ -396,7 +412,7 @@ mod tests {
         assert!(!reusable(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
         ));
-        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut headers = [const { MaybeUninit::uninit() }; 8];
         let r = parse_response(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
             &mut headers,
@@ -407,7 +423,7 @@ mod tests {
         .unwrap();
         assert!(r.is_interim());
         assert_eq!(r.header("link"), Some(&b"</a>"[..]));
-        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut headers = [const { MaybeUninit::uninit() }; 8];
         let r = parse_response(
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             &mut headers,
@@ -433,6 +449,9 @@ mod tests {
             "proxy-connection",
             "x-secret",
             "Close",
+            "Keep_Alive",
+            "Transfer_Encoding",
+            "Proxy_Authorization",
         ] {
             assert!(is_hop_by_hop(name, connection), "{name}");
         }
@@ -442,9 +461,21 @@ mod tests {
             "X-Forwarded-For",
             "Proxy",
             "Cookie",
+            "Keep_Alive_X",
+            "X_Secret",
         ] {
             assert!(!is_hop_by_hop(name, connection), "{name}");
         }
+    }
+
+    #[test]
+    fn field_names_match_in_any_case_and_with_underscores() {
+        assert!(is_field("X-Forwarded-For", "x-forwarded-for"));
+        assert!(is_field("x_FORWARDED_for", "x-forwarded-for"));
+        assert!(!is_field("X-Forwarded-Fo", "x-forwarded-for"));
+        assert!(!is_field("X-Forwarded_Forr", "x-forwarded-for"));
+        // Only `_` stands for `-`, not the other way round.
+        assert!(!is_field("x-real-ip", "x_real_ip"));
     }
 
     #[test]

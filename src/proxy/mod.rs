@@ -55,8 +55,9 @@ use crate::transport::Socket;
 /// Upstream response bytes read at once, and how much of the client's
 /// response is gathered before it is written.
 const CHUNK: usize = 16 << 10;
-/// Most header fields accepted in an upstream's response head.
-const MAX_RESPONSE_FIELDS: usize = 128;
+/// Most header fields accepted in an upstream's response head (more is a
+/// 502): as many as `max-headers` may allow a request.
+const MAX_RESPONSE_FIELDS: usize = crate::http::parse::MAX_HEADERS_LIMIT;
 /// Most servers one request is tried on.
 const MAX_TRIES: usize = 8;
 
@@ -396,14 +397,19 @@ async fn forward(
             relayed
         } else {
             // Even when sending failed or stopped, an answer may be waiting
-            // (an early 413).
+            // (an early 413); after a send-timeout only one already there.
+            let wait = if sent.send_timed_out {
+                Duration::ZERO
+            } else {
+                cfg.read_timeout
+            };
             let got = read_head(
                 &mut c,
                 &mut up,
                 &mut rbuf,
                 sent.heard,
                 sent.any,
-                cfg,
+                wait,
                 ex.max_head,
             )
             .await;

@@ -2,6 +2,7 @@
 //! for the client as it arrives; or the tunnel of an accepted upgrade.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIELDS};
@@ -34,7 +35,7 @@ pub(super) enum Heard {
 /// Drop the complete interim (1xx) responses at the start of
 /// `rbuf[..*filled]` (the client had its 100 Continue from us) and say what
 /// is left. A final head is only seen to end here: `relay` parses it, once
-/// (a parse costs the zeroing of its field array, most of it).
+/// (a parse reads the whole head again).
 pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize) -> Heard {
     loop {
         let start = &rbuf[..*filled];
@@ -50,7 +51,7 @@ pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize) -> Hea
                 Heard::Partial { interim: false }
             };
         }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
         // Whether the request was a HEAD changes only a final response's
         // framing, which is not read here.
         let asked = Asked { head: false };
@@ -75,7 +76,8 @@ fn head_ended(head: &[u8]) -> bool {
 /// Read until `rbuf` holds a complete final response head, starting with
 /// the `filled` bytes already there (an answer that came while the body
 /// went up; `any`: the upstream had sent something); returns how much of
-/// `rbuf` is filled. The wait ends early if the client closes.
+/// `rbuf` is filled. Each read waits at most `wait` (`read-timeout`; none
+/// after `send-timeout`); the wait ends early if the client closes.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_head(
     c: &mut Client<'_>,
@@ -83,7 +85,7 @@ pub(super) async fn read_head(
     rbuf: &mut [u8],
     mut filled: usize,
     mut any: bool,
-    cfg: &UpstreamConfig,
+    wait: Duration,
     max_head: usize,
 ) -> Result<usize, HeadEnd> {
     loop {
@@ -92,7 +94,7 @@ pub(super) async fn read_head(
             Heard::Bad => return Err(HeadEnd::Failed(Failure::Bad)),
             Heard::Partial { .. } => {}
         }
-        let deadline = Instant::now() + cfg.read_timeout;
+        let deadline = Instant::now() + wait;
         let read = futures_lite::future::or(
             async { Some(up.read(&mut rbuf[filled..max_head], deadline).await) },
             async {
@@ -168,7 +170,7 @@ pub(super) fn begin(
     r: &mut Relayed,
 ) -> Option<Begun> {
     c.out.clear();
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
     let Ok(Some(res)) = parse_response(rbuf, &mut fields, ex.max_head, asked) else {
         // `read_head` saw where the head ends; whether it holds together
         // shows here: a bad upstream, answered with a 502.

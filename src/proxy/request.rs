@@ -9,7 +9,9 @@
 //! and written anew (other `X-Forwarded-*` fields pass, as with nginx), and so
 //! is `X-Real-IP` (what apps set up behind nginx's usual
 //! `proxy_set_header X-Real-IP $remote_addr` read); its `Forwarded`
-//! (RFC 7239) is dropped.
+//! (RFC 7239) is dropped. Each of these fields, and every field the proxy
+//! removes, goes in any spelling with `_` for `-` too (`X_Forwarded_For`),
+//! which CGI-style apps read as the same; as does `Proxy` ("httpoxy").
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -17,7 +19,7 @@ use std::net::IpAddr;
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
 use crate::http::parse::{BodyFraming, Method};
-use crate::http::upstream::{is_hop_by_hop, write_field};
+use crate::http::upstream::{is_field, is_hop_by_hop, write_field};
 
 /// What the request head depends on besides the client's request.
 pub struct Forwarding<'a> {
@@ -70,18 +72,26 @@ pub fn write_head(
     let mut host_sent = false;
     let mut real_sent = false;
     for (name, value) in head.fields() {
-        if is_hop_by_hop(name, connection.iter().copied()) || is_reframed(name) {
+        // `Proxy` is no field of HTTP's, but CGI-style apps read it as the
+        // `HTTP_PROXY` variable that their HTTP clients take for the proxy
+        // to use ("httpoxy"): never forwarded.
+        if is_hop_by_hop(name, connection.iter().copied())
+            || is_reframed(name)
+            || is_field(name, "proxy")
+        {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
+        if is_field(name, "x-forwarded-for") {
             // Written below, after the trusted values it extends.
             continue;
         }
-        let proto = name.eq_ignore_ascii_case("x-forwarded-proto");
-        let fhost = name.eq_ignore_ascii_case("x-forwarded-host");
-        let real = name.eq_ignore_ascii_case("x-real-ip");
-        if proto || fhost || real || name.eq_ignore_ascii_case("forwarded") {
-            if !trusted {
+        let proto = is_field(name, "x-forwarded-proto");
+        let fhost = is_field(name, "x-forwarded-host");
+        let real = is_field(name, "x-real-ip");
+        if proto || fhost || real || is_field(name, "forwarded") {
+            // Only as spelled: `X_Real_IP` is the same field to CGI-style
+            // apps, but no proxy sends it so.
+            if !trusted || name.contains('_') {
                 continue;
             }
             proto_sent |= proto;
@@ -170,7 +180,7 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
 fn is_reframed(name: &str) -> bool {
     ["host", "content-length", "transfer-encoding", "expect"]
         .iter()
-        .any(|f| name.eq_ignore_ascii_case(f))
+        .any(|f| is_field(name, f))
 }
 
 #[cfg(test)]
@@ -259,6 +269,29 @@ mod tests {
         assert!(up.contains("Forwarded: for=8.8.8.8\r\n"));
         assert_eq!(up.matches("X-Forwarded-Proto").count(), 1);
         assert_eq!(up.matches("X-Real-IP").count(), 1);
+    }
+
+    #[test]
+    fn underscore_spellings_of_the_proxys_fields_are_dropped() {
+        // CGI-style apps read `X_Real_IP` as `X-Real-IP`: a forged value in
+        // that spelling would stand beside (or replace) the proxy's.
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n\
+                   x_forwarded_proto: https\r\nX_Forwarded-Host: evil\r\nX_Real_IP: 7.7.7.7\r\n\
+                   Proxy: http://8.8.8.8\r\nKeep_Alive: 1\r\nContent_Length: 3\r\n\
+                   Proxy_Authorization: basic\r\nX_Custom: kept\r\n\r\n";
+        let mut config = ProxyConfig::new("app");
+        for trusted in [false, true] {
+            if trusted {
+                config.trusted_proxies = vec!["192.0.2.0/24".parse().unwrap()];
+            }
+            let up = sent(raw, &config, "192.0.2.1");
+            assert_eq!(
+                up,
+                "GET / HTTP/1.1\r\nHost: a\r\nX_Custom: kept\r\nX-Forwarded-For: 192.0.2.1\r\n\
+                 X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\nX-Real-IP: 192.0.2.1\r\n\r\n",
+                "trusted: {trusted}"
+            );
+        }
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn write_head(
 mod tests {
     use super::*;
     use crate::http::upstream::{parse_response, Asked};
+    use std::mem::MaybeUninit;
 
     const DATE: [u8; DATE_LEN] = *b"Sun, 06 Nov 1994 08:49:37 GMT";
     const KEEP: ClientSide = ClientSide {
@@ -129,7 +130,7 @@ mod tests {
     };
 
     fn convert(raw: &str, head: bool, client: ClientSide) -> (String, Downstream) {
-        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut fields = [const { MaybeUninit::uninit() }; 32];
         let res = parse_response(raw.as_bytes(), &mut fields, 4096, Asked { head })
             .unwrap()
             .unwrap();

@@ -28,6 +28,9 @@ pub(super) struct Sent {
     /// A write to the upstream failed, or found no room for
     /// `send-timeout`: the body cannot go on.
     pub(super) send_failed: bool,
+    /// That was `send-timeout`: the upstream is not waited on for an
+    /// answer it had all that time to give (a 504, as nginx's).
+    pub(super) send_timed_out: bool,
     /// Bytes of the upstream's answer read while the body went up, at the
     /// start of the response buffer (interim responses dropped).
     pub(super) heard: usize,
@@ -82,6 +85,7 @@ pub(super) async fn send_request(
         client: Ok(()),
         upstream_ok: false,
         send_failed: false,
+        send_timed_out: false,
         replay: None,
         heard: 0,
         any: false,
@@ -89,7 +93,11 @@ pub(super) async fn send_request(
         duplex: false,
     };
     let Some(decoder) = body.as_mut() else {
-        sent.upstream_ok = up.write_all(up_out, cfg.send_timeout).await.is_ok();
+        let wrote = up.write_all(up_out, cfg.send_timeout).await;
+        sent.send_timed_out = wrote
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut);
+        sent.upstream_ok = wrote.is_ok();
         return sent;
     };
     let mut encoder = match framing {
@@ -139,8 +147,9 @@ pub(super) async fn send_request(
                 .await
             {
                 Ok(n) => written += n,
-                Err(_) => {
+                Err(e) => {
                     sent.send_failed = true;
+                    sent.send_timed_out = e.kind() == io::ErrorKind::TimedOut;
                     return sent;
                 }
             }

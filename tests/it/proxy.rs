@@ -296,6 +296,48 @@ fn read_head(s: &mut TcpStream) -> Vec<u8> {
     got.split_off(end)
 }
 
+/// A response head of many fields (a page setting 200 cookies) is relayed
+/// whole, up to the 256 fields a request may have; one of more is a 502.
+#[test]
+fn a_response_of_many_fields_is_relayed_up_to_256() {
+    let up = raw_upstream(|mut s| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // GET /N: a response of N fields and "ok", then the next request.
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                got.drain(..end + 4);
+                let fields: usize = head.split(' ').nth(1).unwrap()[1..].parse().unwrap();
+                let mut out = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+                for i in 2..fields {
+                    out.push_str(&format!("Set-Cookie: c{i}=v\r\n"));
+                }
+                out.push_str("\r\nok");
+                if s.write_all(out.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let proxy = Proxy::start("proxy-many-fields", &simple(&[up], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    // Content-Length and 198 cookies.
+    s.write_all(b"GET /200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = r.next(false);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"ok");
+    let cookies = got.headers.iter().filter(|(n, _)| n == "set-cookie");
+    assert_eq!(cookies.count(), 198);
+    // Past what the field array holds: the upstream is at fault.
+    s.write_all(b"GET /300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 502);
+}
+
 #[test]
 fn an_early_answer_reaches_the_client_while_its_body_is_still_coming() {
     // An app that refuses an upload when it sees the head and reads no
@@ -515,6 +557,36 @@ fn an_upstream_that_talks_but_takes_no_body_meets_the_send_timeout() {
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the exchange outlived send-timeout by {:?}",
+        started.elapsed()
+    );
+}
+
+/// An upstream that reads nothing of a body and says nothing: the request
+/// fails at `send-timeout` with a 504, as nginx's does, instead of then
+/// waiting out `read-timeout` as well for an answer it had all that time
+/// to give.
+#[test]
+fn an_upstream_that_takes_no_body_and_says_nothing_is_a_504_at_the_send_timeout() {
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        std::thread::sleep(Duration::from_secs(40));
+    });
+    let proxy = Proxy::start(
+        "proxy-mute",
+        &(simple(&[up], "send-timeout = \"1s\"\nread-timeout = \"60s\"", "")
+            + "[limits]\nmax-body-bytes = \"64m\"\n"),
+    );
+    let mut s = connect(proxy.addr());
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+        .unwrap();
+    let _writer = upload(&s, 1100);
+    let r = Reader::new(&s).next(false);
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the 504 came only after {:?}: read-timeout was waited out too",
         started.elapsed()
     );
 }

@@ -310,7 +310,7 @@ impl Reader {
                 break;
             }
         }
-        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut fields = [httparse::EMPTY_HEADER; 512];
         let mut r = httparse::Response::new(&mut fields);
         assert!(
             r.parse(&head).unwrap().is_complete(),
