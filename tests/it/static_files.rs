@@ -443,6 +443,138 @@ fn a_file_changed_on_disk_is_served_fresh() {
     assert_eq!(fetch(&server, "/static/hello.txt", "").status, 404);
 }
 
+/// A large file replaced (renamed over) while its lookup is cached: each
+/// response is one file's, its bytes those its validators and length name.
+/// They were the new file's bytes under the old ETag and length (a resumed
+/// download spliced two versions; a smaller file cut the response short).
+#[test]
+fn a_large_file_replaced_while_cached_is_never_served_spliced() {
+    let (dir, server) = root_site("replaced", &[("a.txt", "a")], "cache-valid = \"60s\"\n");
+    dir.write("www/v.bin", vec![b'A'; 100_000]);
+    let first = fetch(&server, "/v.bin", "");
+    assert_eq!((first.status, first.body.len()), (200, 100_000));
+    let etag = first.header("etag").unwrap().to_string();
+    // Which version a response is, from its ETag ("mtime-size", sizes
+    // told apart here): its length and its bytes must be that version's.
+    let version = |r: &crate::util::Response| {
+        let etag = r.header("etag").unwrap();
+        let size = etag.trim_matches('"').split('-').nth(1).unwrap();
+        match usize::from_str_radix(size, 16).unwrap() {
+            100_000 => b'A',
+            300_000 => b'B',
+            70_000 => b'C',
+            other => panic!("no version of {other} bytes"),
+        }
+    };
+    for (size, byte) in [(300_000, b'B'), (70_000, b'C')] {
+        dir.write("www/v.tmp", vec![byte; size]);
+        std::fs::rename(dir.0.join("www/v.tmp"), dir.0.join("www/v.bin")).unwrap();
+        // New connections: each shard's cache in turn, the one that has
+        // the old version included.
+        for _ in 0..4 {
+            let r = fetch(&server, "/v.bin", "");
+            assert_eq!(r.status, 200);
+            let v = version(&r);
+            let whole = if v == b'A' { 100_000 } else { r.body.len() };
+            assert_eq!(r.body.len(), whole);
+            assert!(r.body.iter().all(|&b| b == v), "bytes of another version");
+            let r = fetch(
+                &server,
+                "/v.bin",
+                &format!("Range: bytes=99990-\r\nIf-Range: {etag}\r\n"),
+            );
+            match r.status {
+                206 => assert_eq!(r.body.as_slice(), &[b'A'; 10][..]),
+                // The version resumed is gone: the whole new one.
+                200 => assert!(r.body.iter().all(|&b| b == version(&r))),
+                other => panic!("status {other}"),
+            }
+        }
+    }
+}
+
+/// A directory swapped for a link out of the root while a file below it
+/// is cached: nothing of the outside is served, then or after.
+#[test]
+fn a_directory_swapped_for_a_link_out_serves_nothing_outside() {
+    let (dir, server) = root_site("swapped", &[("a.txt", "a")], "cache-valid = \"300ms\"\n");
+    dir.write("www/up/big.bin", vec![b'I'; 100_000]);
+    dir.write("outside/big.bin", vec![b'S'; 100_000]);
+    // Once on each shard (new connections go round), so each caches it.
+    for _ in 0..2 {
+        assert_eq!(fetch(&server, "/up/big.bin", "").status, 200);
+    }
+    std::fs::rename(dir.0.join("www/up"), dir.0.join("www/up.old")).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("outside"), dir.0.join("www/up")).unwrap();
+    for _ in 0..2 {
+        let r = fetch(&server, "/up/big.bin", "");
+        assert!(
+            !r.body.contains(&b'S'),
+            "a file outside the root was served"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(fetch(&server, "/up/big.bin", "").status, 404);
+}
+
+/// `file/` is no directory: 404, as open(2) and nginx say, in every
+/// spelling that ends in a slash.
+#[test]
+fn a_file_asked_for_as_a_directory_is_not_found() {
+    let (_dir, server) = site("file-slash", "");
+    assert_eq!(fetch(&server, "/static/hello.txt", "").status, 200);
+    for target in [
+        "/static/hello.txt/",
+        "/static/hello.txt//",
+        "/static/hello.txt/.",
+        "/static/hello.txt%2f",
+        "/static/alias.txt/",
+    ] {
+        assert_eq!(fetch(&server, target, "").status, 404, "{target}");
+    }
+}
+
+/// If-Match and If-Unmodified-Since (RFC 9110 §13.1.1, §13.1.4): a client
+/// that holds another version gets 412, range or not.
+#[test]
+fn preconditions_that_fail_get_412() {
+    let (_dir, server) = site("preconditions", "");
+    let etag = fetch(&server, "/static/digits.txt", "")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    for (headers, status) in [
+        (format!("If-Match: {etag}\r\n"), 200),
+        ("If-Match: *\r\n".to_string(), 200),
+        ("If-Match: \"nope\"\r\n".to_string(), 412),
+        (format!("If-Match: W/{etag}\r\n"), 412),
+        (
+            "If-Match: \"nope\"\r\nRange: bytes=0-1\r\n".to_string(),
+            412,
+        ),
+        (format!("If-Match: {etag}\r\nRange: bytes=0-1\r\n"), 206),
+        (
+            "If-Unmodified-Since: Mon, 04 Dec 2000 14:57:49 GMT\r\n".to_string(),
+            412,
+        ),
+        (
+            "If-Unmodified-Since: Fri, 04 Dec 2099 14:57:49 GMT\r\n".to_string(),
+            200,
+        ),
+    ] {
+        let r = fetch(&server, "/static/digits.txt", &headers);
+        assert_eq!(r.status, status, "{headers}");
+    }
+}
+
+/// The last bytes of an empty file are all of it: 200, as nginx.
+#[test]
+fn a_suffix_range_of_an_empty_file_is_the_whole_file() {
+    let (_dir, server) = root_site("empty-range", &[("empty.txt", "")], "");
+    let r = fetch(&server, "/empty.txt", "Range: bytes=-5\r\n");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+}
+
 /// A client that asks for a large (cached) file and stops reading must not
 /// hold its shard up. With one shard and an idle start the reuseport shard
 /// takes the connection through glommio's accept, whose sockets are

@@ -1,10 +1,13 @@
 //! The file-system half of static serving. Everything here blocks, so it runs
 //! only on glommio's blocking thread (`spawn_blocking`), never on a shard.
 
+use std::ffi::CString;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,23 +30,25 @@ pub enum Found {
     Forbidden,
 }
 
-/// A file to serve and what the response says about it.
+/// A file to serve and what the response says about it. Size and time are
+/// the open file's own, and its bytes come from that same open file (`body`
+/// or `file`), never from the path opened again: a file replaced or a
+/// directory swapped for a link since the lookup changes nothing of a
+/// response, which stays one file's, as its validators say.
 #[derive(Debug, Clone)]
 pub struct FileInfo {
-    /// Canonical path, opened again for streaming.
-    pub path: PathBuf,
     /// Size in bytes.
     pub size: u64,
     /// Modification time, whole seconds since the epoch.
     pub mtime: u64,
-    /// Inode, so a replaced file is noticed even with equal size and mtime.
-    pub ino: u64,
     /// Content-Type, from the name the client asked for.
     pub content_type: &'static str,
     /// `br` or `gzip` when a precompressed sibling is served.
     pub encoding: Option<&'static str>,
     /// The whole content, for small files.
     pub body: Option<Rc<[u8]>>,
+    /// The open file, for large ones (streamed from it).
+    pub file: Option<Rc<OwnedFd>>,
 }
 
 impl FileInfo {
@@ -77,26 +82,24 @@ pub enum FoundSend {
 /// `FileInfo` with an owned body, to cross threads.
 #[derive(Debug)]
 pub struct FileInfoSend {
-    path: PathBuf,
     size: u64,
     mtime: u64,
-    ino: u64,
     content_type: &'static str,
     encoding: Option<&'static str>,
     body: Option<Vec<u8>>,
+    file: Option<OwnedFd>,
 }
 
 impl From<FoundSend> for Found {
     fn from(f: FoundSend) -> Found {
         match f {
             FoundSend::File(i) => Found::File(FileInfo {
-                path: i.path,
                 size: i.size,
                 mtime: i.mtime,
-                ino: i.ino,
                 content_type: i.content_type,
                 encoding: i.encoding,
                 body: i.body.map(Into::into),
+                file: i.file.map(Rc::new),
             }),
             FoundSend::AddSlash => Found::AddSlash,
             FoundSend::Listing(v) => Found::Listing(v.into()),
@@ -138,6 +141,11 @@ pub fn find(l: &Lookup) -> FoundSend {
     let Ok(meta) = fs::metadata(&real) else {
         return FoundSend::NotFound;
     };
+    if !meta.is_dir() && l.trailing_slash {
+        // `file.txt/` names a directory that is not there (open(2) says
+        // ENOTDIR); serving the file there would give it many names.
+        return FoundSend::NotFound;
+    }
     if meta.is_dir() {
         if !l.trailing_slash {
             return FoundSend::AddSlash;
@@ -169,7 +177,6 @@ pub fn find(l: &Lookup) -> FoundSend {
 /// anywhere) stays under the root, and (unless dotfiles are served) is not
 /// hidden: a symlink `alias.txt -> .env` must not show what `.env` hides.
 fn inside_root(l: &Lookup, p: &Path) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
     let real = fs::canonicalize(p).ok()?;
     let below = real.strip_prefix(&l.root).ok();
     if !l.follow_symlinks && below.is_none() {
@@ -204,41 +211,97 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
         if let Some(real) = inside_root(l, &sib) {
             if let Ok(m) = fs::metadata(&real) {
                 if m.is_file() && m.mtime() >= meta.mtime() {
-                    return info(&real, &m, content_type, Some(enc));
+                    return info(l, &real, content_type, Some(enc));
                 }
             }
         }
     }
-    info(path, meta, content_type, None)
+    info(l, path, content_type, None)
 }
 
+/// Open `real` (from `inside_root`) and describe it from the open file.
 fn info(
-    path: &Path,
-    meta: &fs::Metadata,
+    l: &Lookup,
+    real: &Path,
     content_type: &'static str,
     encoding: Option<&'static str>,
 ) -> FoundSend {
+    let Ok(mut file) = open_checked(l, real) else {
+        return FoundSend::NotFound;
+    };
+    let Ok(meta) = file.metadata() else {
+        return FoundSend::NotFound;
+    };
+    if !meta.is_file() {
+        return FoundSend::NotFound;
+    }
     let size = meta.len();
-    let body = if size <= SMALL_FILE {
+    let (body, file) = if size <= SMALL_FILE {
         let mut buf = Vec::with_capacity(size as usize);
-        match fs::File::open(path).and_then(|mut f| f.read_to_end(&mut buf)) {
+        match file.read_to_end(&mut buf) {
             // The file changed size while read: serve what the metadata says
             // next time; now, report it missing rather than send a wrong length.
-            Ok(n) if n as u64 == size => Some(buf),
+            Ok(n) if n as u64 == size => (Some(buf), None),
             _ => return FoundSend::NotFound,
         }
     } else {
-        None
+        (None, Some(OwnedFd::from(file)))
     };
     FoundSend::File(FileInfoSend {
-        path: path.to_path_buf(),
         size,
         mtime: meta.mtime().max(0) as u64,
-        ino: meta.ino(),
         content_type,
         encoding,
         body,
+        file,
     })
+}
+
+/// Open `real`, a canonical path `inside_root` approved, making sure that
+/// what opens is what was approved. Below the root each name is opened in
+/// turn without following a symlink: a canonical path has none, so one
+/// found now was swapped in since (a directory replaced by a link out of
+/// the root) and the open fails. Outside the root (`follow-symlinks`)
+/// anything goes. Non-blocking, so that a FIFO swapped in does not hang
+/// the blocking thread; `info` refuses all but regular files.
+fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let Ok(below) = real.strip_prefix(&l.root) else {
+        return fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(real);
+    };
+    let mut at = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(&l.root)?;
+    let mut names = below.components().peekable();
+    let mut opened = false;
+    while let Some(name) = names.next() {
+        let Component::Normal(name) = name else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        let name = CString::new(name.as_bytes())?;
+        let mode = if names.peek().is_some() {
+            libc::O_PATH | libc::O_DIRECTORY
+        } else {
+            libc::O_RDONLY
+        };
+        // SAFETY: `at` is an open descriptor and `name` a C string; the
+        // descriptor returned is ours alone.
+        let fd = unsafe { libc::openat(at.as_raw_fd(), name.as_ptr(), flags | mode) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just opened, owned by nothing else.
+        at = unsafe { fs::File::from_raw_fd(fd) };
+        opened = true;
+    }
+    if !opened {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    Ok(at)
 }
 
 fn listing(l: &Lookup, dir: &Path) -> FoundSend {
@@ -335,6 +398,42 @@ mod tests {
         let mut l = lookup(&root, "env-alias");
         l.dotfiles = true;
         assert!(matches!(find(&l), FoundSend::File(_)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn what_opens_is_what_was_approved() {
+        let dir = std::env::temp_dir().join(format!("coreserve-swap-{}", std::process::id()));
+        let root = dir.join("root");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(dir.join("outside")).unwrap();
+        fs::write(root.join("sub/f.bin"), vec![b'i'; 100_000]).unwrap();
+        fs::write(dir.join("outside/f.bin"), vec![b's'; 100_000]).unwrap();
+        let l = lookup(&root, "sub/f.bin");
+        let real = inside_root(&l, &root.join("sub/f.bin")).unwrap();
+        assert!(open_checked(&l, &real).is_ok());
+        // Between the check and the open, `sub` becomes a link out.
+        fs::rename(root.join("sub"), root.join("sub.old")).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), root.join("sub")).unwrap();
+        assert!(open_checked(&l, &real).is_err());
+        assert!(matches!(find(&l), FoundSend::NotFound));
+        // A file is no directory: `f.bin/` is not found.
+        // (`rel` comes without the slash, `trailing_slash` says it was there.)
+        let mut slashed = lookup(&root, "sub.old/f.bin");
+        slashed.trailing_slash = true;
+        assert!(matches!(find(&slashed), FoundSend::NotFound));
+        // A large file is described by, and served from, the file opened.
+        let FoundSend::File(f) = find(&lookup(&root, "sub.old/f.bin")) else {
+            panic!("not found");
+        };
+        assert_eq!((f.size, f.body.is_none()), (100_000, true));
+        fs::rename(root.join("sub.old/f.bin"), root.join("sub.old/g.bin")).unwrap();
+        fs::write(root.join("sub.old/f.bin"), b"replaced").unwrap();
+        let mut kept = fs::File::from(f.file.unwrap());
+        let mut first = [0u8; 4];
+        kept.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"iiii");
         fs::remove_dir_all(&dir).unwrap();
     }
 

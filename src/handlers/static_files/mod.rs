@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -48,8 +48,18 @@ pub const CHUNK: usize = 64 << 10;
 /// sendfile where it is.
 pub const SENDFILE_WINDOW: u64 = 1 << 20;
 
-/// Most bytes of file content one site keeps cached per shard.
+/// Most bytes one site keeps cached per shard: file content, and
+/// `ENTRY_COST` an entry.
 pub const CACHE_BYTES: usize = 32 << 20;
+
+/// What an entry counts against `CACHE_BYTES` besides its content and
+/// name: its bookkeeping, so that names looked up and not there (each
+/// cached as not found) cannot grow the cache without bound.
+const ENTRY_COST: usize = 256;
+
+/// Most open large files one site keeps cached per shard (as nginx's
+/// `open_file_cache max=1000`): each holds a descriptor.
+pub const CACHE_FILES: usize = 1000;
 
 /// A static route on one shard: its settings and its cache.
 pub struct StaticSite {
@@ -63,6 +73,8 @@ struct SiteState {
     root: PathBuf,
     cache: RefCell<HashMap<CacheKey, CacheEntry>>,
     cache_bytes: Cell<usize>,
+    /// Entries holding an open file.
+    cache_files: Cell<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -89,6 +101,7 @@ impl StaticSite {
                 root,
                 cache: RefCell::new(HashMap::new()),
                 cache_bytes: Cell::new(0),
+                cache_files: Cell::new(0),
             }),
         }
     }
@@ -149,6 +162,8 @@ impl Handler for StaticSite {
             query: req.query.map(str::to_string),
             encodings,
             conditions: Conditions {
+                if_match: req.list("if-match").map(Cow::into_owned),
+                if_unmodified_since: text("if-unmodified-since"),
                 if_none_match: req.list("if-none-match").map(Cow::into_owned),
                 if_modified_since: text("if-modified-since"),
                 range: text("range"),
@@ -246,21 +261,23 @@ impl SiteState {
     }
 
     fn remember(&self, key: CacheKey, found: &Found) {
-        let size = match found {
-            Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => b.len(),
-            _ => 0,
-        };
+        let (size, files) = cost(&key, found);
         let mut cache = self.cache.borrow_mut();
         if let Some(old) = cache.remove(&key) {
-            self.cache_bytes
-                .set(self.cache_bytes.get() - entry_bytes(&old.found));
+            let (old_size, old_files) = cost(&key, &old.found);
+            self.cache_bytes.set(self.cache_bytes.get() - old_size);
+            self.cache_files.set(self.cache_files.get() - old_files);
         }
-        if self.cache_bytes.get() + size > CACHE_BYTES {
+        if self.cache_bytes.get() + size > CACHE_BYTES
+            || self.cache_files.get() + files > CACHE_FILES
+        {
             // Full: start over rather than track recency on every hit.
             cache.clear();
             self.cache_bytes.set(0);
+            self.cache_files.set(0);
         }
         self.cache_bytes.set(self.cache_bytes.get() + size);
+        self.cache_files.set(self.cache_files.get() + files);
         cache.insert(
             key,
             CacheEntry {
@@ -271,11 +288,14 @@ impl SiteState {
     }
 }
 
-fn entry_bytes(found: &Found) -> usize {
-    match found {
-        Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => b.len(),
-        _ => 0,
-    }
+/// What an entry counts against the cache's limits: bytes, open files.
+fn cost(key: &CacheKey, found: &Found) -> (usize, usize) {
+    let (content, files) = match found {
+        Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => (b.len(), 0),
+        Found::File(FileInfo { file: Some(_), .. }) => (0, 1),
+        _ => (0, 0),
+    };
+    (ENTRY_COST + key.rel.len() + content, files)
 }
 
 /// A file job's run (see `job`): serve it and report the exchange as every
@@ -325,7 +345,7 @@ async fn serve(
     let cfg = &job.state.cfg;
     let mut res =
         ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only).with_headers(rc.headers);
-    let mut stream_from: Option<(PathBuf, u64, u64)> = None;
+    let mut stream_from: Option<(Rc<OwnedFd>, u64, u64)> = None;
     match found {
         Found::NotFound => {
             res.begin(Status::NOT_FOUND);
@@ -350,9 +370,13 @@ async fn serve(
                 Decision::Full => Status::OK,
                 Decision::Partial { .. } => Status::PARTIAL_CONTENT,
                 Decision::Unsatisfiable => Status::RANGE_NOT_SATISFIABLE,
+                Decision::PreconditionFailed => Status::PRECONDITION_FAILED,
             };
             res.begin(status);
-            if decision != Decision::Unsatisfiable {
+            if !matches!(
+                decision,
+                Decision::Unsatisfiable | Decision::PreconditionFailed
+            ) {
                 res.header("Last-Modified", last_modified.as_bytes());
                 res.header("ETag", etag.as_bytes());
                 if let Some(cc) = &cfg.cache_control {
@@ -367,6 +391,9 @@ async fn serve(
                 Decision::Unsatisfiable => {
                     res.header("Content-Range", format!("bytes */{}", info.size).as_bytes());
                     res.body("text/plain; charset=utf-8", b"Range Not Satisfiable\n");
+                }
+                Decision::PreconditionFailed => {
+                    res.body("text/plain; charset=utf-8", b"Precondition Failed\n");
                 }
                 Decision::Full | Decision::Partial { .. } => {
                     let (start, end) = match decision {
@@ -391,8 +418,10 @@ async fn serve(
                         ),
                         None => {
                             res.sized(info.content_type, len);
-                            if !rc.head_only && len > 0 {
-                                stream_from = Some((info.path.clone(), start, len));
+                            if let Some(file) = info.file.as_ref().filter(|_| !rc.head_only) {
+                                if len > 0 {
+                                    stream_from = Some((file.clone(), start, len));
+                                }
                             }
                         }
                     }
@@ -404,15 +433,15 @@ async fn serve(
     let mut total = out.len() as u64;
     stream.write_all(out).await?;
     out.clear();
-    if let Some((path, start, len)) = stream_from {
-        stream_file(&path, start, len, stream).await?;
+    if let Some((file, start, len)) = stream_from {
+        stream_file(&file, start, len, stream).await?;
         bytes = len;
         total += len;
     }
     Ok((status, bytes, total))
 }
 
-/// Copy `len` bytes from `path` at `start` to the socket: by sendfile where
+/// Copy `len` bytes from `file` at `start` to the socket: by sendfile where
 /// the page cache holds the range and the socket takes it, otherwise (and
 /// whenever the socket is full, to wait for room) a chunk at a time read
 /// through io_uring. A file
@@ -424,12 +453,16 @@ async fn serve(
 /// hold the shard, so once the budget is spent a chunk goes the io_uring
 /// way, whose read waits for the reactor.
 async fn stream_file(
-    path: &PathBuf,
+    file: &OwnedFd,
     start: u64,
     len: u64,
     stream: &mut impl Sink,
 ) -> std::io::Result<()> {
-    let file = open(path).await?;
+    // The lookup's descriptor, shared by the requests the cache gives it
+    // to (reads and sendfile take their offset, not the file's): a copy for
+    // glommio to own and close.
+    // SAFETY: a fresh duplicate, owned by nothing else.
+    let file = unsafe { BufferedFile::from_raw_fd(file.try_clone()?.into_raw_fd()) };
     let (fd, socket) = (file.as_raw_fd(), stream.sendfile_fd());
     let mut pos = start;
     let end = start + len;
@@ -488,18 +521,6 @@ async fn stream_file(
     .await;
     let _ = file.close().await;
     result
-}
-
-/// Open through io_uring; O_NOFOLLOW because the path is canonical already,
-/// so a symlink appearing there since is someone swapping files under us.
-async fn open(path: &PathBuf) -> std::io::Result<BufferedFile> {
-    let f = glommio::io::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .buffered_open(path)
-        .await
-        .map_err(std::io::Error::from)?;
-    Ok(f)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! What a file response is: 200, 206, 304 or 416, decided from the request's
-//! conditional and range headers (RFC 9110 §13, §14). Pure: no I/O.
+//! What a file response is: 200, 206, 304, 412 or 416, decided from the
+//! request's conditional and range headers (RFC 9110 §13, §14). Pure: no I/O.
 
 use std::time::SystemTime;
 
@@ -8,6 +8,10 @@ use super::fs::FileInfo;
 /// The request headers that shape a file response, copied out of the head.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conditions {
+    /// If-Match.
+    pub if_match: Option<String>,
+    /// If-Unmodified-Since.
+    pub if_unmodified_since: Option<String>,
     /// If-None-Match.
     pub if_none_match: Option<String>,
     /// If-Modified-Since.
@@ -34,13 +38,27 @@ pub enum Decision {
     },
     /// 416: the range lies outside the file.
     Unsatisfiable,
+    /// 412: the client's If-Match or If-Unmodified-Since is not met (it
+    /// holds another version than this one).
+    PreconditionFailed,
 }
 
 /// Decide the response for `info`. `get_or_head` is false for other methods,
 /// which never reach here today but must not get 304s.
 pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
     let etag = info.etag();
-    // RFC 9110 §13.2.2: If-None-Match first; If-Modified-Since only without it.
+    // RFC 9110 §13.2.2: If-Match first (strong; `*` is any version), then
+    // If-Unmodified-Since only without it (an unparsable date is ignored).
+    if let Some(im) = &c.if_match {
+        if !etag_list_matches(im, &etag, true) && im.trim() != "*" {
+            return Decision::PreconditionFailed;
+        }
+    } else if let Some(ius) = c.if_unmodified_since.as_deref().and_then(parse_date) {
+        if info.modified() > ius {
+            return Decision::PreconditionFailed;
+        }
+    }
+    // Then If-None-Match; If-Modified-Since only without it.
     if get_or_head {
         if let Some(inm) = &c.if_none_match {
             if etag_list_matches(inm, &etag, false) {
@@ -93,7 +111,9 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
                 start: size.saturating_sub(n),
                 end: size - 1,
             },
-            Some(_) => Decision::Unsatisfiable,
+            // The last n bytes of an empty file are the whole of it
+            // (§14.1.1), which no Content-Range can say: a 200, as nginx.
+            Some(_) => Decision::Full,
             None => Decision::Full,
         },
         (first, last) => {
@@ -142,13 +162,12 @@ mod tests {
 
     fn info(size: u64) -> FileInfo {
         FileInfo {
-            path: "/x".into(),
             size,
             mtime: 1_000_000,
-            ino: 1,
             content_type: "text/plain",
             encoding: None,
             body: None,
+            file: None,
         }
     }
 
@@ -166,6 +185,47 @@ mod tests {
         assert_eq!(parse_range("bytes=9-1", 100), Decision::Full);
         assert_eq!(parse_range("items=0-1", 100), Decision::Full);
         assert_eq!(parse_range("bytes=x-1", 100), Decision::Full);
+        assert_eq!(parse_range("bytes=-5", 0), Decision::Full);
+        assert_eq!(parse_range("bytes=0-", 0), Decision::Unsatisfiable);
+    }
+
+    #[test]
+    fn preconditions() {
+        let i = info(100);
+        let etag = i.etag();
+        let lm = httpdate::fmt_http_date(i.modified());
+        let earlier = httpdate::fmt_http_date(i.modified() - std::time::Duration::from_secs(5));
+        let c = |im: Option<&str>, ius: Option<&str>| Conditions {
+            if_match: im.map(Into::into),
+            if_unmodified_since: ius.map(Into::into),
+            range: Some("bytes=0-1".into()),
+            ..Conditions::default()
+        };
+        let part = Decision::Partial { start: 0, end: 1 };
+        let failed = Decision::PreconditionFailed;
+        assert_eq!(decide(&i, &c(Some(&etag), None), true), part);
+        assert_eq!(
+            decide(&i, &c(Some(&format!("\"x\", {etag}")), None), true),
+            part
+        );
+        assert_eq!(decide(&i, &c(Some("*"), None), true), part);
+        assert_eq!(decide(&i, &c(Some("\"x\""), None), true), failed);
+        // If-Match compares strongly.
+        assert_eq!(
+            decide(&i, &c(Some(&format!("W/{etag}")), None), true),
+            failed
+        );
+        assert_eq!(decide(&i, &c(None, Some(&lm)), true), part);
+        assert_eq!(decide(&i, &c(None, Some(&earlier)), true), failed);
+        assert_eq!(decide(&i, &c(None, Some("not a date")), true), part);
+        // If-Unmodified-Since is not looked at beside If-Match.
+        assert_eq!(decide(&i, &c(Some(&etag), Some(&earlier)), true), part);
+        // A failed precondition wins over a 304.
+        let both = Conditions {
+            if_none_match: Some(etag.clone()),
+            ..c(Some("\"x\""), None)
+        };
+        assert_eq!(decide(&i, &both, true), failed);
     }
 
     #[test]
