@@ -97,22 +97,27 @@ async fn answer(
         Ok(req) => (req.method, req.path == path),
         Err(_) => return reply(stream, 400, "text/plain", "bad request\n").await,
     };
+    let head_only = method == Method::Head;
     if !wanted {
-        return reply(
-            stream,
-            404,
-            "text/plain",
-            "not found: the metrics are at the configured path\n",
-        )
-        .await;
+        let body = "not found: the metrics are at the configured path\n";
+        return reply_to(stream, 404, "text/plain", body, "", head_only).await;
     }
     if !matches!(method, Method::Get | Method::Head) {
-        return reply(stream, 405, "text/plain", "only GET and HEAD\n").await;
+        let allow = "Allow: GET, HEAD\r\n";
+        return reply_to(
+            stream,
+            405,
+            "text/plain",
+            "only GET and HEAD\n",
+            allow,
+            false,
+        )
+        .await;
     }
     let (tx, rx) = local_channel::new_bounded(1);
     scrape(tx);
     let body = rx.recv().await.unwrap_or_default();
-    reply_to(stream, 200, PROMETHEUS_TEXT, &body, method == Method::Head).await
+    reply_to(stream, 200, PROMETHEUS_TEXT, &body, "", head_only).await
 }
 
 async fn reply(
@@ -121,22 +126,24 @@ async fn reply(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    reply_to(stream, status, content_type, body, false).await
+    reply_to(stream, status, content_type, body, "", false).await
 }
 
-/// Write a response; for HEAD, the same head (its length included), no body.
+/// Write a response, with the header lines in `extra` (each ending in
+/// CRLF); for HEAD, the same head (its length included), no body.
 async fn reply_to(
     stream: &mut TcpStream,
     status: u16,
     content_type: &str,
     body: &str,
+    extra: &str,
     head_only: bool,
 ) -> std::io::Result<()> {
     let reason = crate::http::status::Status::from_code(status).map_or("", |s| s.reason());
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: coreserve\r\nDate: {date}\r\n\
-         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

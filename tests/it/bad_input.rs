@@ -184,6 +184,32 @@ fn a_head_request_cut_short_gets_an_error_without_a_body() {
     assert!(text.ends_with("\r\n\r\n"), "{text:?}");
 }
 
+/// A HEAD request refused for its head (bad, or too large) gets its error
+/// without a body too (RFC 9110 §9.3.2): the head's method is known even
+/// when the rest of it is not taken.
+#[test]
+fn a_bad_head_request_gets_its_error_without_a_body() {
+    let server = Server::start(&["--max-header-bytes", "1k"]);
+    let long = format!(
+        "HEAD / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(2000)
+    );
+    for (raw, status) in [
+        ("HEAD / HTTP/1.1\r\n\r\n", "400"),
+        (
+            "\r\nHEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+            "400",
+        ),
+        (long.as_str(), "431"),
+    ] {
+        let mut s = server.connect();
+        s.write_all(raw.as_bytes()).unwrap();
+        let text = read_to_close(&mut s);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{raw:.40?}: {text:?}");
+    }
+}
+
 #[test]
 fn a_client_that_never_reads_gets_its_pipeline_cut_off_not_buffered() {
     // 32 KiB of tiny pipelined requests, never reading: the server writes as

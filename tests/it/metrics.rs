@@ -138,10 +138,13 @@ fn the_admin_listener_answers_only_its_path_and_can_be_off() {
         get(addr, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").status,
         404
     );
-    assert_eq!(
-        get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status,
-        405
-    );
+    let r = get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, b"HEAD /other HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let text = crate::util::read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "a body after HEAD: {text:?}");
     assert_eq!(
         get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status,
         200

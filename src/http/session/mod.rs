@@ -264,6 +264,7 @@ impl<J> Session<J> {
                     // the answer does not depend on how the bytes arrived.
                     if end.map_or(data.len() >= max, |end| end > max) {
                         let e = parse::overflow_error(&data[..max.min(data.len())]);
+                        self.head_request = begins_head(data);
                         return self.fail(e, out, cx);
                     }
                     let Some(end) = end else {
@@ -396,6 +397,8 @@ impl<J> Session<J> {
         cx: &Context<J>,
     ) -> Result<HeadOutcome, ParseError> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+        // Also for the error, should the head be refused.
+        self.head_request = begins_head(head);
         let req = parse::parse(head, &mut headers, &cx.limits.head)?;
         self.head_request = req.is_head();
         let max_body = cx.limits.max_body_bytes;
@@ -482,6 +485,17 @@ impl<J> Session<J> {
         self.error = Some(e);
         Next::Close { linger: true }
     }
+}
+
+/// Whether a request's bytes begin a HEAD request (after the empty lines a
+/// server skips, RFC 9112 §2.2): the answer to a head refused as bad or
+/// too large carries no body then either (RFC 9110 §9.3.2).
+fn begins_head(data: &[u8]) -> bool {
+    let start = data
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(data.len());
+    data[start..].starts_with(b"HEAD ")
 }
 
 /// A connection's input: bytes read but not yet consumed.
