@@ -360,7 +360,10 @@ mod tests {
             .apply(Config::default())
             .unwrap_err();
         assert_eq!(errs[0].key, "server.shards");
-        assert_eq!(errs[0].to_string(), "server.shards: must be at least 1");
+        assert_eq!(
+            errs[0].to_string(),
+            "server.shards: must be between 1 and 1024, got 0"
+        );
     }
 
     #[test]

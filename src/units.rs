@@ -12,7 +12,14 @@ pub enum UnitError {
     /// Not a duration.
     #[error("must be a duration like 500ms, 60s, 5m or 1h, got {0:?}")]
     Duration(String),
+    /// A duration past `MAX_DURATION`.
+    #[error("must be at most 365 days (8760h), got {0:?}")]
+    DurationTooLong(String),
 }
+
+/// The longest duration taken: past it no timeout means anything, and
+/// a deadline far enough out overflows the clock's `Instant`.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parse a byte size: a decimal number with an optional `k`, `m` or `g`
 /// suffix (powers of 1024, case-insensitive, a trailing `b` or `ib` allowed).
@@ -47,17 +54,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     if digits.is_empty() {
         return Err(err());
     }
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    let us = match unit {
-        "us" => Some(n),
-        "ms" => n.checked_mul(1000),
-        "" | "s" => n.checked_mul(1_000_000),
-        "m" => n.checked_mul(60_000_000),
-        "h" => n.checked_mul(3_600_000_000),
-        _ => None,
+    let micros_per = match unit {
+        "us" => 1,
+        "ms" => 1000,
+        "" | "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        _ => return Err(err()),
+    };
+    // All digits: too many of them is too long, not malformed.
+    let too_long = || UnitError::DurationTooLong(s.to_string());
+    let n: u64 = digits.parse().map_err(|_| too_long())?;
+    let us = n.checked_mul(micros_per).ok_or_else(too_long)?;
+    let d = Duration::from_micros(us);
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
-    .ok_or_else(err)?;
-    Ok(Duration::from_micros(us))
+    Ok(d)
 }
 
 /// Format a size the way `parse_size` reads it, for logs and help.
@@ -95,16 +108,14 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in [
-            "",
-            "s",
-            "1 s",
-            "1d",
-            "-1s",
-            "1.5s",
-            "1µs",
-            "99999999999999999999h",
-        ] {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for long in ["8761h", "31536001", "9223372036854775807"] {
+            assert_eq!(
+                parse_duration(long),
+                Err(UnitError::DurationTooLong(long.into()))
+            );
+        }
+        for bad in ["", "s", "1 s", "1d", "-1s", "1.5s", "1µs"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

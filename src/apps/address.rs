@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use crate::config::{AppListen, ServerAddr};
 
+/// Bytes of an app's name in its sockets' file names.
+const SOCKET_NAME_BYTES: usize = 32;
+
+/// The longest path a Unix socket address holds (`sun_path`, less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Longest wait of one readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -39,7 +45,17 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
         }
         AppListen::Unix => {
             own_dir(dir)?;
-            let path = dir.join(format!("{app}.{tag}.sock"));
+            // The tag alone makes the name unique; the app's name, cut
+            // short, says whose socket it is, and keeps the path within
+            // what `sun_path` holds however long the name.
+            let short = app.get(..SOCKET_NAME_BYTES).unwrap_or(app);
+            let path = dir.join(format!("{short}.{tag}.sock"));
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(io::Error::other(format!(
+                    "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket address holds: set a shorter RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR",
+                    path.display()
+                )));
+            }
             let _ = std::fs::remove_file(&path);
             Ok(ServerAddr::Unix(path))
         }
@@ -265,6 +281,18 @@ mod tests {
         let file = base.join("file");
         std::fs::write(&file, b"").unwrap();
         assert!(at(&file).is_err());
+        // A long app name is cut short in the socket's name, which the
+        // tag keeps unique; a directory too deep is said so.
+        let long = "a".repeat(120);
+        let Ok(ServerAddr::Unix(p)) = choose(AppListen::Unix, &dir, &long, 12) else {
+            panic!("no socket path for a long name");
+        };
+        assert_eq!(p, dir.join(format!("{}.12.sock", &long[..32])));
+        let deep = base.join("d".repeat(100));
+        let err = choose(AppListen::Unix, &deep, "web", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than the 107 bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -10,6 +10,34 @@ use std::path::{Path, PathBuf};
 
 use super::{app_key, route_key, AccessLog, AppConfig, Config, ConfigError, HandlerConfig};
 
+/// Read a file the configuration names (the configuration itself, a TLS
+/// certificate or key) whole, if it is a regular file of at most `max`
+/// bytes: `/dev/zero` or a FIFO named by mistake is refused at once instead
+/// of read without end.
+pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(io::Error::other(format!(
+            "{} bytes, more than the {} such a file may have",
+            meta.len(),
+            crate::units::format_size(max)
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if it grows while read.
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Where a program without a slash is looked for when `PATH` is not set:
 /// what execvp(3) searches then (glibc's `confstr(_CS_PATH)`).
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
@@ -162,8 +190,19 @@ fn can_execute(path: &OsStr) -> bool {
 /// An existing file is opened for appending (and closed); for a missing one
 /// the directory must exist and be writable.
 pub fn check_writable(path: &Path) -> io::Result<()> {
-    match OpenOptions::new().append(true).open(path) {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // Non-blocking: a FIFO without a reader must not hang the check.
+    let opened = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    // A pipe or socket would block the thread that writes the log (which
+    // also does the static files' lookups) whenever its reader lags.
+    let not_a_file = || io::Error::other("a FIFO or socket, not a file");
+    match opened {
+        Ok(f) if f.metadata()?.file_type().is_fifo() => Err(not_a_file()),
         Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(not_a_file()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -396,6 +435,26 @@ mod tests {
         std::fs::write(&missing, b"").unwrap();
         check_writable(&missing).unwrap();
         assert!(check_writable(&dir.join("no/such/dir/access.log")).is_err());
+        // A FIFO with no reader: refused at once, not waited on.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = check_writable(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a file"), "{err}");
+        assert!(read_small(&fifo, 100).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_read_whole_are_small_regular_files() {
+        let err = read_small(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+        let path = std::env::temp_dir().join(format!("coreserve-small-{}", std::process::id()));
+        std::fs::write(&path, [b'x'; 2000]).unwrap();
+        assert_eq!(read_small(&path, 2000).unwrap().len(), 2000);
+        let err = read_small(&path, 1024).unwrap_err().to_string();
+        assert_eq!(err, "2000 bytes, more than the 1k such a file may have");
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::validate::{clash, clash_message};
 use super::{ConfigError, LoadedCertificate};
 
 /// What a listener speaks; a route can be narrowed to one (`scheme`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     /// Plain HTTP/1.1.
     Http,
@@ -156,17 +157,14 @@ impl TlsConfig {
     pub(super) fn validate(&self, plain: &[SocketAddr], errors: &mut Vec<ConfigError>) {
         let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
         for (i, a) in self.listen.iter().enumerate() {
-            // Port 0 is a new port each time: never the same address.
-            if a.port() == 0 {
-                continue;
-            }
-            if plain.contains(a) {
+            if let Some(b) = plain.iter().find(|b| clash(a, b)) {
+                let rule = clash_message(a, b, "server.listen");
                 err(
                     "tls.listen",
-                    format!("{a} is also a server.listen address: a port is plain HTTP or HTTPS"),
+                    format!("{rule}: a port is plain HTTP or HTTPS"),
                 );
-            } else if self.listen[..i].contains(a) {
-                err("tls.listen", format!("{a} is listed twice"));
+            } else if let Some(b) = self.listen[..i].iter().find(|b| clash(a, b)) {
+                err("tls.listen", clash_message(a, b, "listed"));
             }
         }
         if !self.listen.is_empty() && self.certificates.is_empty() {

@@ -163,9 +163,15 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
     loaded
 }
 
+/// A PEM file's bytes (at most 1 MiB: a chain is a few KiB).
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    super::files::read_small(path, 1 << 20)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 /// The certificates of a PEM file, in file order.
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_pem(path)?;
     let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
     match chain {
         Ok(c) if !c.is_empty() => Ok(c),
@@ -179,7 +185,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// The private key of a PEM file.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_pem(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => format!(
             "{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)",

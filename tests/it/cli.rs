@@ -33,7 +33,19 @@ fn bad_flag_values_exit_2_naming_the_flag() {
         (&["--header-timeout", "soon"][..], "must be a duration"),
         (&["--cpus", "x"][..], "must be a CPU list"),
         (&["--dispatch", "random"][..], "invalid value"),
-        (&["--shards", "0"][..], "shards: must be at least 1"),
+        (&["--shards", "0"][..], "shards: must be between 1 and 1024"),
+        (
+            &["--shards", "9223372036854775807"][..],
+            "shards: must be between 1 and 1024",
+        ),
+        (
+            &["--idle-wait", "1s"][..],
+            "idle-wait: must be at most 10ms",
+        ),
+        (
+            &["--drain-timeout", "9223372036854775807"][..],
+            "must be at most 365 days",
+        ),
         (
             &["--max-uri-bytes", "4"][..],
             "max-uri-bytes: must be at least 16",

@@ -53,21 +53,28 @@ impl LoadFailure {
     }
 }
 
+/// The largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Read and check a configuration file over the built-in defaults.
 /// Cross-key rules are checked later by `Config::validate`, after flags.
 /// On errors, returns them with the configuration as far as it could be read
 /// (so validation can still report the rest).
 pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let err = ConfigError {
-            file: Some(name.clone()),
-            line: None,
-            key: String::new(),
-            rule: format!("cannot read the configuration: {e}"),
-        };
-        LoadFailure::new(None, vec![err])
-    })?;
+    let text = super::files::read_small(path, MAX_CONFIG_BYTES)
+        .and_then(|b| {
+            String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        })
+        .map_err(|e| {
+            let err = ConfigError {
+                file: Some(name.clone()),
+                line: None,
+                key: String::new(),
+                rule: format!("cannot read the configuration: {e}"),
+            };
+            LoadFailure::new(None, vec![err])
+        })?;
     parse_str(&text, path)
 }
 
@@ -120,6 +127,7 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
 
     let mut w = Walker {
         text: &text,
+        lines: LineEnds::of(&text),
         config: Config {
             source: Some(PathBuf::from(path)),
             ..Config::default()
@@ -143,10 +151,28 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// Where each line of a text ends, to find a key's line without counting
+/// from the start each time (a file of thousands of routes has tens of
+/// thousands of keys).
+struct LineEnds(Vec<usize>);
+
+impl LineEnds {
+    fn of(text: &str) -> LineEnds {
+        LineEnds(memchr::memchr_iter(b'\n', text.as_bytes()).collect())
+    }
+
+    /// The 1-based line of the byte at `offset`.
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&end| end < offset) + 1
+    }
+}
+
 /// One pass over the document, filling `config` and `errors`.
 struct Walker<'t> {
-    /// The text after substitution, for lines and values as written.
+    /// The text after substitution, for values as written.
     text: &'t str,
+    /// Its lines.
+    lines: LineEnds,
     /// The defaults, overwritten by every value that reads correctly.
     config: Config,
     /// Every error so far, in the order of the document.
@@ -193,7 +219,7 @@ impl Walker<'_> {
     /// where an error about a key it did not set points.
     fn table_line(&mut self, prefix: &str, t: &toml_edit::Table) {
         if let Some(s) = t.span() {
-            let line = line_of(self.text, s.start);
+            let line = self.lines.line(s.start);
             self.config.lines.insert(format!("{prefix}]"), line);
         }
     }
@@ -207,7 +233,7 @@ impl Walker<'_> {
                     .key(name)
                     .and_then(|k| k.span())
                     .or_else(|| item.span());
-                let line = span.map(|s| line_of(self.text, s.start));
+                let line = span.map(|s| self.lines.line(s.start));
                 let key = if prefix.is_empty() {
                     name.to_string()
                 } else {
@@ -366,6 +392,16 @@ handler = "static"
 path = "/y"
 handler = "respond"
 root = "/srv"
+
+[[route]]
+path = "/z"
+handler = "respond"
+status = 65736
+
+[[upstream]]
+name = "u"
+servers = ["127.0.0.1:1"]
+read-timeout = 9223372036854775807
 "#,
         )
         .unwrap_err();
@@ -381,6 +417,8 @@ root = "/srv"
                 "t.toml:10: limits.header-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"",
                 "t.toml:12: route[1].root: is required for a static route (the directory served)",
                 "t.toml:19: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
+                "t.toml:24: route[3].status: must be an HTTP status code, got 65736",
+                "t.toml:29: upstream[1].read-timeout: must be at most 365 days (8760h), got \"9223372036854775807\"",
             ]
         );
     }

@@ -77,6 +77,15 @@ impl Walker<'_> {
         }
     }
 
+    /// An HTTP status code: a number that fits one (which codes a handler
+    /// takes is for `validate` to say).
+    pub(super) fn status(&mut self, f: &Field) -> Option<u16> {
+        let n = self.count(f, "an HTTP status code")?;
+        u16::try_from(n)
+            .map_err(|_| self.error(f, format!("must be an HTTP status code, got {}", f.raw)))
+            .ok()
+    }
+
     /// Bytes: an integer, or a string with a unit (`8k`, `1m`).
     pub(super) fn size(&mut self, f: &Field) -> Option<u64> {
         let parsed = match f.item.as_value() {
@@ -90,8 +99,9 @@ impl Walker<'_> {
     /// Seconds as an integer, or a string with a unit (`500ms`, `5m`).
     pub(super) fn duration(&mut self, f: &Field) -> Option<Duration> {
         let parsed = match f.item.as_value() {
+            // Seconds, with the string form's limit.
             Some(Value::Integer(n)) if *n.value() >= 0 => {
-                Ok(Duration::from_secs(*n.value() as u64))
+                units::parse_duration(&n.value().to_string())
             }
             Some(Value::String(s)) => units::parse_duration(s.value()),
             _ => units::parse_duration(&f.raw),

@@ -10,6 +10,8 @@ mod upstreams;
 use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig};
 use crate::http::parse::MAX_HEADERS_LIMIT;
 use crate::http::status::Status;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
 impl Config {
     /// Check every rule; return every error found, not just the first, each
@@ -29,13 +31,22 @@ impl Config {
             );
         }
         for (i, a) in self.listen.iter().enumerate() {
-            // Port 0 twice is two ports the kernel chooses.
-            if a.port() != 0 && self.listen[..i].contains(a) {
-                err("server.listen", format!("{a} is listed twice"));
+            if let Some(b) = self.listen[..i].iter().find(|b| clash(a, b)) {
+                err("server.listen", clash_message(a, b, "listed"));
             }
         }
-        if self.shards == Some(0) {
-            err("server.shards", "must be at least 1".into());
+        if let Some(n) = self.shards.filter(|n| !(1..=MAX_SHARDS).contains(n)) {
+            err(
+                "server.shards",
+                format!("must be between 1 and {MAX_SHARDS}, got {n}"),
+            );
+        }
+        if self.idle_wait > MAX_IDLE_WAIT {
+            // The executor's timers and control messages wait that long.
+            err(
+                "server.idle-wait",
+                format!("must be at most 10ms, got {:?}", self.idle_wait),
+            );
         }
         if matches!(&self.cpus, Some(c) if c.is_empty()) {
             err("server.cpus", "must name at least one CPU".into());
@@ -76,8 +87,13 @@ impl Config {
         if l.max_connections == 0 {
             err("limits.max-connections", "must be at least 1".into());
         }
+        // The first route of each path, host, methods and scheme.
+        let mut routed = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
-            validate_route(i, r, &self.routes[..i], &mut err);
+            let first = *routed
+                .entry((&r.path, &r.host, &r.methods, r.scheme))
+                .or_insert(i);
+            validate_route(i, r, (first != i).then_some(first), &mut err);
         }
         upstreams::validate_upstreams(&self.upstreams, &self.apps, &self.routes, &mut err);
         if !self.metrics.path.starts_with('/') {
@@ -86,13 +102,13 @@ impl Config {
                 format!("must start with /, got {:?}", self.metrics.path),
             );
         }
-        if let Some(m) = self.metrics.listen.filter(|m| m.port() != 0) {
+        if let Some(m) = self.metrics.listen {
             for (list, name) in [
                 (&self.listen, "server.listen"),
                 (&self.tls.listen, "tls.listen"),
             ] {
-                if list.contains(&m) {
-                    err("metrics.listen", format!("{m} is also a {name} address"));
+                if let Some(b) = list.iter().find(|b| clash(&m, b)) {
+                    err("metrics.listen", clash_message(&m, b, name));
                 }
             }
         }
@@ -108,19 +124,53 @@ impl Config {
     }
 }
 
+/// Most shards: each is a thread with its own rings and buffers (about 2 MB),
+/// and a start-up that builds them all.
+pub const MAX_SHARDS: usize = 1024;
+
+/// Longest `idle-wait`: a shard waiting in its ring does not run its
+/// executor's timers and control messages meanwhile.
+const MAX_IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether two listening addresses cannot both be bound: the same port,
+/// and the same address or one of them the wildcard of its family (an IPv6
+/// socket is IPv6-only, `listener`, so `[::]` leaves IPv4 alone). Port 0
+/// is a new port each time.
+pub(super) fn clash(a: &SocketAddr, b: &SocketAddr) -> bool {
+    let (x, y) = (a.ip(), b.ip());
+    a.port() == b.port()
+        && a.port() != 0
+        && x.is_ipv4() == y.is_ipv4()
+        && (x == y || x.is_unspecified() || y.is_unspecified())
+}
+
+/// The error for `a` clashing with `b`, an address of `list`.
+pub(super) fn clash_message(a: &SocketAddr, b: &SocketAddr, list: &str) -> String {
+    match (a == b, list) {
+        (true, "listed") => format!("{a} is listed twice"),
+        (true, _) => format!("{a} is also a {list} address"),
+        (false, "listed") => {
+            format!("{a} and {b} cannot both be bound: one takes the other's port")
+        }
+        (false, _) => {
+            format!("{a} cannot be bound beside {b}, a {list} address: one takes the other's port")
+        }
+    }
+}
+
+/// The rules on route `i`; `dup`: an earlier route with the same path,
+/// host, methods and scheme.
 fn validate_route(
     i: usize,
     r: &RouteConfig,
-    earlier: &[RouteConfig],
+    dup: Option<usize>,
     err: &mut impl FnMut(&str, String),
 ) {
     let key = |k: &str| format!("{}.{k}", route_key(i));
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
     }
-    if let Some(dup) = earlier.iter().position(|e| {
-        e.path == r.path && e.host == r.host && e.methods == r.methods && e.scheme == r.scheme
-    }) {
+    if let Some(dup) = dup {
         err(
             &key("path"),
             format!(
@@ -257,6 +307,53 @@ mod tests {
     }
 
     #[test]
+    fn a_wildcard_takes_its_port_on_every_address() {
+        let at = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+        assert!(clash(&at("0.0.0.0:80"), &at("127.0.0.1:80")));
+        assert!(clash(&at("127.0.0.1:80"), &at("0.0.0.0:80")));
+        assert!(clash(&at("[::]:80"), &at("[::1]:80")));
+        // IPv6 sockets are IPv6-only.
+        assert!(!clash(&at("[::]:80"), &at("10.0.0.1:80")));
+        assert!(!clash(&at("0.0.0.0:80"), &at("[::]:80")));
+        assert!(!clash(&at("0.0.0.0:80"), &at("[::1]:80")));
+        assert!(!clash(&at("0.0.0.0:80"), &at("127.0.0.1:81")));
+        assert!(!clash(&at("127.0.0.2:80"), &at("127.0.0.1:80")));
+        assert!(!clash(&at("0.0.0.0:0"), &at("127.0.0.1:0")));
+        let mut c = Config {
+            listen: vec![at("127.0.0.1:8080"), at("0.0.0.0:8080")],
+            ..Config::default()
+        };
+        c.metrics.listen = Some(at("0.0.0.0:8080"));
+        let text = messages(c);
+        assert!(
+            text.contains(&"server.listen: 0.0.0.0:8080 and 127.0.0.1:8080 cannot both be bound: one takes the other's port".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t
+                .starts_with("metrics.listen: 0.0.0.0:8080 cannot be bound beside 127.0.0.1:8080")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn shards_and_idle_wait_have_a_ceiling() {
+        let c = Config {
+            shards: Some(MAX_SHARDS + 1),
+            idle_wait: Duration::from_millis(11),
+            ..Config::default()
+        };
+        let text = messages(c);
+        assert_eq!(
+            text,
+            [
+                "server.shards: must be between 1 and 1024, got 1025",
+                "server.idle-wait: must be at most 10ms, got 11ms"
+            ]
+        );
+    }
+
+    #[test]
     fn every_broken_rule_is_reported() {
         let mut c = Config::default();
         c.listen.clear();
@@ -361,7 +458,7 @@ mod tests {
         let e = &c.validate().unwrap_err()[0];
         assert_eq!(
             e.to_string(),
-            "conf/x.toml:7: server.shards: must be at least 1"
+            "conf/x.toml:7: server.shards: must be between 1 and 1024, got 0"
         );
     }
 }

@@ -197,6 +197,19 @@ fn validate_app(
             &key("listen-env"),
             format!("{:?} {NOT_AN_ENV_NAME}", a.listen_env),
         );
+    } else if matches!(
+        a.listen_env.as_str(),
+        "CORESERVE_APP" | "CORESERVE_INSTANCE" | "PATH"
+    ) {
+        // Overwritten with the address, each would lose its meaning: PATH
+        // no longer finds the app's program.
+        err(
+            &key("listen-env"),
+            format!(
+                "{} is not free for the address: pick another name (PORT, SOCKET_PATH)",
+                a.listen_env
+            ),
+        );
     }
     for (k, d) in [
         ("start-timeout", a.start_timeout),
@@ -385,6 +398,17 @@ mod tests {
                 "app[1].env.CORESERVE_INSTANCE: CORESERVE_INSTANCE is set by coreserve to each instance's app name or number; leave it out",
             ]
         );
+        for taken in ["PATH", "CORESERVE_APP"] {
+            let mut c = Config::default();
+            c.apps.push(AppConfig {
+                listen_env: taken.into(),
+                ..app("shop")
+            });
+            assert_eq!(
+                messages(c),
+                [format!("app[1].listen-env: {taken} is not free for the address: pick another name (PORT, SOCKET_PATH)")]
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ struct Redirect {
 impl KindReader for Redirect {
     fn read(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
         match name {
-            "status" => self.status = w.count(f, "an HTTP status code").map(|n| n as u16),
+            "status" => self.status = w.status(f),
             "location" => self.location = w.string(f),
             _ => w.error(f, "unknown key".into()),
         }

@@ -23,7 +23,7 @@ struct Respond {
 impl KindReader for Respond {
     fn read(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
         match name {
-            "status" => self.status = w.count(f, "an HTTP status code").map(|n| n as u16),
+            "status" => self.status = w.status(f),
             "body" => self.body = w.string(f).unwrap_or_default(),
             "content-type" => self.content_type = Some(w.string(f).unwrap_or_default()),
             _ => w.error(f, "unknown key".into()),
