@@ -3,8 +3,9 @@
 //! while traffic goes to the others, a crash loop backing off, a rolling
 //! reload under load with no failed request, a long request on a replaced
 //! instance answered before it is stopped, a replacement that never
-//! comes up, a changed number of instances, and an output flood. The
-//! harness is in `apps.rs`.
+//! comes up, an app renamed under load with no failed request, a new app
+//! that never comes up refusing its reload, a changed number of instances,
+//! and an output flood. The harness is in `apps.rs`.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -339,6 +340,109 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     );
     let now = s.ready_pids("web", 1);
     assert_eq!(s.whoami("/whoami").pid, now[0]);
+}
+
+/// App `name` of `instances` echo.js instances at `version`, proxied at
+/// `/`, that take a second to listen (a Node app loading its bundle).
+fn slow_starting(name: &str, instances: usize, version: u32) -> String {
+    let command = format!("sleep 1; exec node {ECHO_JS}");
+    let env = format!("env = {{ VERSION = \"{version}\" }}");
+    app(name, &["sh", "-c", &command], instances, &env) + &proxied("/", name)
+}
+
+/// A reload that renames the app (`web` to `web2`, in its `[[app]]` and
+/// in the route) is a new app and a route to it: the shards keep routing
+/// to `web` until every instance of `web2` is ready, and `web` stops only
+/// after the switch. Before, the route went to `web2` at once and every
+/// request was a 503 until its instances were up.
+#[test]
+fn renaming_an_app_under_load_fails_no_request() {
+    if !have_node() {
+        return;
+    }
+    let s = AppServer::start("apps-rename", &slow_starting("web", 2, 1));
+    let old = s.ready_pids("web", 2);
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    load.wait_ok(50);
+    let from = s.server.log().len();
+    s.reload(&slow_starting("web2", 2, 2));
+    s.wait_for_count("app web2: new; starting 2 instances", 1);
+    let new = s.ready_pids("web2", 2);
+    s.wait_for_count("SIGHUP: configuration reloaded on every shard", 1);
+    for (i, pid) in old.iter().enumerate() {
+        s.wait_for_count(&format!("app web[{i}] (pid {pid}) stopped: "), 1);
+    }
+    load.wait_ok(50);
+    let t = load.stop();
+    let log = s.server.log();
+    assert_eq!(t.failed, 0, "{:?}\n{log}", t.errors);
+    assert!(new.iter().all(|p| !old.contains(p)), "{old:?} {new:?}");
+    assert!(all_gone(&old, Duration::ZERO));
+    // Both apps served during the load, and only the new one now.
+    let versions: BTreeSet<&str> = t.seen.iter().map(|w| w.version.as_str()).collect();
+    assert_eq!(versions, BTreeSet::from(["1", "2"]), "{t:?}");
+    for w in s.whoamis("/whoami", 4) {
+        assert!(new.contains(&w.pid) && w.version == "2", "{w:?}");
+    }
+    // In order: web2's instances ready, the switch, then web leaves.
+    let at = |needle: &str| {
+        log[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+    };
+    let switched = at("SIGHUP: app(s) web2 ready; the new configuration applies");
+    assert!(at("app web2[0] is ready") < switched, "{log}");
+    assert!(at("app web2[1] is ready") < switched, "{log}");
+    assert!(
+        switched < at("app web: removed; stopping its instances"),
+        "{log}"
+    );
+    assert!(switched < at("SIGHUP: configuration reloaded on every shard"));
+}
+
+/// A reload that renames the app to one whose program exits at once: the
+/// shards never route to it, the reload is refused once its start-timeout
+/// (and a second) is over, its instances stop, and the old app serves
+/// throughout. The same rename, fixed, then applies.
+#[test]
+fn a_reload_adding_an_app_that_never_comes_up_is_refused() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-bad-new-files");
+    let broken = dir.write("broken.sh", "echo \"broken build\"\nexit 1\n");
+    let good = node_app("web", 1, "") + &proxied("/", "web");
+    let timeout = "start-timeout = \"1s\"";
+    let bad =
+        app("web2", &["sh", &broken.display().to_string()], 1, timeout) + &proxied("/", "web2");
+    let s = AppServer::start("apps-bad-new", &good);
+    let old = s.ready_pids("web", 1);
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    load.wait_ok(20);
+    let from = s.server.log().len();
+    s.reload(&bad);
+    s.wait_for_count("the reload is refused, still serving the previous", 1);
+    load.wait_ok(20);
+    let t = load.stop();
+    let log = s.server.log();
+    assert_eq!(t.failed, 0, "{:?}\n{log}", t.errors);
+    assert_eq!(t.seen.iter().map(|w| w.pid).collect::<Vec<_>>(), old);
+    assert!(
+        log[from..].contains("SIGHUP: app web2: 0 of its 1 instance(s) ready after 2s"),
+        "{log}"
+    );
+    assert!(log[from..].contains("app web2[0]: broken build"), "{log}");
+    assert!(!log[from..].contains("configuration reloaded"), "{log}");
+    assert!(!log[from..].contains("app web: removed"), "{log}");
+    s.wait_instances("web2", "gone", |is| is.is_empty());
+    assert_eq!(s.ready_pids("web", 1), old);
+
+    // Fixed: the rename applies, and web leaves.
+    s.reload(&(node_app("web2", 1, "") + &proxied("/", "web2")));
+    let new = s.ready_pids("web2", 1);
+    s.wait_for_count("SIGHUP: configuration reloaded on every shard", 1);
+    assert_eq!(s.whoami("/whoami").pid, new[0]);
+    s.wait_for_count(&format!("app web[0] (pid {}) stopped: ", old[0]), 1);
 }
 
 #[test]

@@ -30,7 +30,7 @@ use crate::acceptor::Acceptor;
 use crate::admin;
 use crate::apps::{AppEvent, AppsHandle};
 use crate::child::Child;
-use crate::config::{AccessLog, Config, ServerAddr, UpstreamConfig};
+use crate::config::{AccessLog, AppConfig, Config, ServerAddr, UpstreamConfig};
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
@@ -100,11 +100,39 @@ enum MasterEvent {
     App(AppEvent),
     /// Time to send again what a full control queue held back.
     Flush,
+    /// A reload held for its new apps (`Held::seq`) has waited long
+    /// enough.
+    ReloadTimeout(u64),
 }
 
 /// How soon a control message that found its shard's queue full is sent
 /// again.
 const FLUSH_RETRY: Duration = Duration::from_millis(20);
+
+/// How much longer than its new apps' `start-timeout` a held reload
+/// waits: the app manager starts the instances once it has the reload, and
+/// their readiness reaches the master a probe (50 ms) and a message later.
+const HELD_RELOAD_SLACK: Duration = Duration::from_secs(1);
+
+/// A reload that adds apps, held back until every instance of each is
+/// ready. The shards keep the previous configuration meanwhile: its routes
+/// name the apps that serve, whereas a new app's group would have no server
+/// yet and every request routed to it would be a 503. The app manager
+/// already runs the new apps (and still runs every app this reload
+/// removes, which the previous routes may name); they serve once the
+/// reload is applied, or stop if it is refused (`on_reload_timeout`).
+struct Held {
+    /// The configuration read, as the shards are to get it.
+    config: Config,
+    /// The apps it adds (names no serving app has), which it waits for.
+    starting: Vec<String>,
+    /// Which `MasterEvent::ReloadTimeout` is this reload's: one of a
+    /// reload a newer SIGHUP replaced does nothing.
+    seq: u64,
+    /// How long it waits at most: the longest `start-timeout` of the apps
+    /// it adds, and `HELD_RELOAD_SLACK`.
+    wait: Duration,
+}
 
 /// What the loop does after an event.
 enum Flow {
@@ -139,6 +167,10 @@ struct Supervisor<W: World> {
     app_servers: HashMap<String, Vec<ServerAddr>>,
     /// The groups the file defines (the shards get these and the apps').
     file_upstreams: Vec<UpstreamConfig>,
+    /// A reload waiting for the instances of the apps it adds.
+    held: Option<Held>,
+    /// The number of the latest held reload.
+    held_seq: u64,
 }
 
 /// Run the master until it is told to stop (on the master's executor).
@@ -305,6 +337,8 @@ impl<W: World> Supervisor<W> {
             scraped: Scraped::default(),
             app_servers,
             file_upstreams,
+            held: None,
+            held_seq: 0,
         }
     }
 
@@ -333,6 +367,7 @@ impl<W: World> Supervisor<W> {
             }
             MasterEvent::Restart(id) => self.on_restart(id).await,
             MasterEvent::Flush => self.on_flush(),
+            MasterEvent::ReloadTimeout(seq) => self.on_reload_timeout(seq),
             MasterEvent::App(AppEvent::Servers { app, servers }) => {
                 self.on_app_servers(app, servers)
             }
@@ -507,7 +542,72 @@ impl<W: World> Supervisor<W> {
             warn!("SIGHUP: [tls] removed; HTTPS keeps its current settings and certificates until a restart");
             new.tls = self.config.tls.clone();
         }
-        self.world.reload_apps(new.apps.clone());
+        if let Some(old) = self.held.take() {
+            info!(
+                "SIGHUP: this reload replaces the one waiting for app(s) {}",
+                old.starting.join(", ")
+            );
+        }
+        let starting: Vec<&AppConfig> = new
+            .apps
+            .iter()
+            .filter(|a| !self.config.apps.iter().any(|o| o.name == a.name))
+            .collect();
+        if starting.is_empty() {
+            self.world.reload_apps(new.apps.clone());
+            self.apply(new);
+            return;
+        }
+        // Apps the shards have no servers for: the new configuration waits
+        // for them. The manager gets every app it adds or changes, and
+        // keeps those it removes, which the routes still serving may name.
+        let starting: Vec<String> = starting.iter().map(|a| a.name.clone()).collect();
+        let wait = new
+            .apps
+            .iter()
+            .filter(|a| starting.contains(&a.name))
+            .map(|a| a.start_timeout)
+            .max()
+            .unwrap_or_default()
+            + HELD_RELOAD_SLACK;
+        let mut apps = new.apps.clone();
+        let removed = self.config.apps.iter();
+        apps.extend(
+            removed
+                .filter(|o| !new.apps.iter().any(|a| a.name == o.name))
+                .cloned(),
+        );
+        self.world.reload_apps(apps);
+        // What the manager runs no more: the apps of a held reload this one
+        // replaced. An app added again under such a name starts from none.
+        let runs = |name: &String| {
+            new.apps
+                .iter()
+                .chain(&self.config.apps)
+                .any(|a| &a.name == name)
+        };
+        self.app_servers.retain(|name, _| runs(name));
+        info!(
+            "SIGHUP: new app(s) {}: the new configuration waits until their instances are ready (at most {wait:?}); the previous one serves meanwhile",
+            starting.join(", ")
+        );
+        self.held_seq += 1;
+        self.held = Some(Held {
+            config: new,
+            starting,
+            seq: self.held_seq,
+            wait,
+        });
+        self.world
+            .later(wait, MasterEvent::ReloadTimeout(self.held_seq));
+        // Instances a replaced held reload started may be ready already.
+        self.release_held();
+    }
+
+    /// Switch every shard to `new`, which the app manager has already been
+    /// given: its routes, groups (with each app's ready instances), limits
+    /// and certificates.
+    fn apply(&mut self, new: Config) {
         // A removed app's addresses are retiring: an app added again under
         // its name starts from none, not from them.
         self.app_servers
@@ -535,32 +635,101 @@ impl<W: World> Supervisor<W> {
         }
     }
 
+    /// The apps `held` waits for that lack ready instances: each name,
+    /// with how many of its instances are ready and how many it runs.
+    fn not_ready<'a>(&self, held: &'a Held) -> Vec<(&'a str, usize, usize)> {
+        let shards = self.slots.len();
+        held.config
+            .apps
+            .iter()
+            .filter(|a| held.starting.contains(&a.name))
+            .filter_map(|a| {
+                let ready = self.app_servers.get(&a.name).map_or(0, Vec::len);
+                let wanted = a.instance_count(shards);
+                (ready < wanted).then_some((a.name.as_str(), ready, wanted))
+            })
+            .collect()
+    }
+
+    /// Apply the held reload once every instance of the apps it adds is
+    /// ready. The apps it removes stop only then: the manager gets the
+    /// reload's own list, as the shards get routes that no longer name
+    /// them (an instance leaving gets `RETIRE_GRACE` for the shards to
+    /// take the new routes).
+    fn release_held(&mut self) {
+        match &self.held {
+            Some(held) if self.not_ready(held).is_empty() => {}
+            _ => return,
+        }
+        let held = self.held.take().expect("matched above");
+        info!(
+            "SIGHUP: app(s) {} ready; the new configuration applies",
+            held.starting.join(", ")
+        );
+        self.world.reload_apps(held.config.apps.clone());
+        self.apply(held.config);
+    }
+
+    /// A held reload waited its apps' start-timeout out: it is refused,
+    /// as a configuration with errors is, and the previous one serves on.
+    /// The manager gets the serving apps back: the new ones stop, and any
+    /// the reload changed are replaced again with their serving settings.
+    fn on_reload_timeout(&mut self, seq: u64) {
+        let Some(held) = self.held.take_if(|h| h.seq == seq) else {
+            // Applied, or replaced by a newer reload.
+            return;
+        };
+        for (app, ready, wanted) in self.not_ready(&held) {
+            error!(
+                "SIGHUP: app {app}: {ready} of its {wanted} instance(s) ready after {:?} (start-timeout)",
+                held.wait
+            );
+        }
+        error!("SIGHUP: the new app(s) did not start; the reload is refused, still serving the previous configuration");
+        self.world.reload_apps(self.config.apps.clone());
+        let apps = &self.config.apps;
+        self.app_servers
+            .retain(|name, _| apps.iter().any(|a| &a.name == name));
+        self.ready();
+    }
+
     /// An app's ready instances changed (started, died, replaced): the
     /// shards' group for it gets the new servers. A server still listed
     /// keeps its pooled connections there; one no longer listed gets no
     /// new requests.
+    ///
+    /// An app a held reload adds is not in the shards' groups yet: its
+    /// servers are kept for the reload, which applies once it has them all.
     fn on_app_servers(&mut self, app: String, servers: Vec<ServerAddr>) {
-        if !self.config.apps.iter().any(|a| a.name == app) {
-            // News of an app a reload removed.
+        let serving = self.config.apps.iter().any(|a| a.name == app);
+        let held = self.held.as_ref();
+        let held = held.is_some_and(|h| h.config.apps.iter().any(|a| a.name == app));
+        if !serving && !held {
+            // News of an app a reload removed (or a refused one added).
             return;
         }
-        info!(
-            "app {app}: serving on {}",
-            if servers.is_empty() {
-                "nothing (no instance is ready)".to_string()
-            } else {
-                servers
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
+        let on = if servers.is_empty() {
+            "nothing (no instance is ready)".to_string()
+        } else {
+            servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if serving {
+            info!("app {app}: serving on {on}");
+        } else {
+            info!("app {app}: ready on {on}; routed to once the reload that adds it applies");
+        }
         self.app_servers.insert(app, servers);
-        self.config.upstreams =
-            effective_upstreams(&self.file_upstreams, &self.config.apps, &self.app_servers);
-        let list = self.config.upstreams.clone();
-        self.broadcast(|| Control::Upstreams(Box::new(list.clone())));
+        if serving {
+            self.config.upstreams =
+                effective_upstreams(&self.file_upstreams, &self.config.apps, &self.app_servers);
+            let list = self.config.upstreams.clone();
+            self.broadcast(|| Control::Upstreams(Box::new(list.clone())));
+        }
+        self.release_held();
     }
 
     /// The latest reload is applied on every shard that is alive.

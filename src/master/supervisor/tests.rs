@@ -9,7 +9,7 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 
 use super::*;
 use crate::apps::InstanceStatus;
-use crate::config::{AppConfig, ConfigError};
+use crate::config::{AppConfig, ConfigError, Instances, DEFAULT_START_TIMEOUT};
 use crate::metrics::ShardMetrics;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -59,6 +59,7 @@ enum Due {
     Restart(usize),
     ScrapeTimeout(u64),
     Flush,
+    ReloadTimeout(u64),
 }
 
 #[derive(Default)]
@@ -140,6 +141,7 @@ impl World for Fake {
             MasterEvent::Restart(id) => Due::Restart(id),
             MasterEvent::ScrapeTimeout(seq) => Due::ScrapeTimeout(seq),
             MasterEvent::Flush => Due::Flush,
+            MasterEvent::ReloadTimeout(seq) => Due::ReloadTimeout(seq),
             _ => panic!("nothing else is put off"),
         };
         self.did.push(Did::Later(delay, due));
@@ -382,10 +384,13 @@ fn first_reload(id: usize) -> Did {
 
 #[test]
 fn a_reload_is_complete_once_every_live_shard_applied_it() {
-    let mut new = Config::default();
+    let config = Config {
+        apps: vec![AppConfig::new("api", vec!["node".into()])],
+        ..Config::default()
+    };
+    let mut new = config.clone();
     new.limits.max_body_bytes = 1234;
-    new.apps = vec![AppConfig::new("api", vec!["node".into()])];
-    let mut sup = serving_with(3, Config::default(), Box::new(move || Ok(new.clone())));
+    let mut sup = serving_with(3, config, Box::new(move || Ok(new.clone())));
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
     assert_eq!(
         sup.world.take(),
@@ -591,4 +596,194 @@ fn a_shard_too_full_to_take_a_ping_holds_the_watchdog_back() {
     assert_eq!(tick(&mut sup), (true, vec![(0, 1)]));
     on(&mut sup, pong(0));
     assert_eq!(tick(&mut sup), (false, vec![(0, 1)]));
+}
+
+/// App `name` running `n` instances.
+fn app_of(name: &str, n: usize) -> AppConfig {
+    AppConfig {
+        instances: Instances::Count(n),
+        ..AppConfig::new(name, vec!["node".into()])
+    }
+}
+
+/// The app manager's news: `app` is served on these local ports.
+fn app_servers(app: &str, ports: &[u16]) -> MasterEvent {
+    MasterEvent::App(AppEvent::Servers {
+        app: app.into(),
+        servers: ports
+            .iter()
+            .map(|&p| ServerAddr::Tcp(([127, 0, 0, 1], p).into()))
+            .collect(),
+    })
+}
+
+/// Each group the shards are to proxy to: its name and servers.
+fn groups_of(sup: &Supervisor<Fake>) -> Vec<(String, Vec<String>)> {
+    sup.config
+        .upstreams
+        .iter()
+        .map(|g| {
+            (
+                g.name.clone(),
+                g.servers.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Serving app `web`; a SIGHUP reads `web2` in its place (its routes would
+/// name it), with `max-body-bytes` 1234.
+fn renaming(instances: usize) -> Supervisor<Fake> {
+    let old = Config {
+        apps: vec![app_of("web", 2)],
+        ..Config::default()
+    };
+    let mut new = Config {
+        apps: vec![app_of("web2", instances)],
+        ..Config::default()
+    };
+    new.limits.max_body_bytes = 1234;
+    let mut sup = serving_with(2, old, Box::new(move || Ok(new.clone())));
+    on(&mut sup, app_servers("web", &[9000, 9001]));
+    sup.world.take();
+    sup
+}
+
+#[test]
+fn a_reload_that_adds_an_app_waits_until_its_instances_are_ready() {
+    let mut sup = renaming(2);
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    // The manager starts web2 and keeps web; the shards keep the routes
+    // to web for now.
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec!["web2".into(), "web".into()]),
+            Did::Later(
+                DEFAULT_START_TIMEOUT + HELD_RELOAD_SLACK,
+                Due::ReloadTimeout(1)
+            ),
+        ]
+    );
+    assert_eq!(sup.config.limits, Config::default().limits);
+    // web serves meanwhile: its news goes to the shards as before.
+    on(&mut sup, app_servers("web", &[9001]));
+    let web = || Sent::Upstreams(vec![("web".into(), vec!["127.0.0.1:9001".into()])]);
+    assert_eq!(
+        sup.world.take(),
+        [Did::Send(0, 1, web()), Did::Send(1, 1, web())]
+    );
+    // One of web2's two instances is not enough.
+    on(&mut sup, app_servers("web2", &[9100]));
+    assert!(sup.world.take().is_empty());
+    // Both are: the shards switch, and only then does web leave.
+    on(&mut sup, app_servers("web2", &[9100, 9101]));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::ReloadApps(vec!["web2".into()]),
+            first_reload(0),
+            first_reload(1)
+        ]
+    );
+    assert_eq!(sup.config.limits.max_body_bytes, 1234);
+    let web2 = vec!["127.0.0.1:9100".to_string(), "127.0.0.1:9101".into()];
+    assert_eq!(groups_of(&sup), [("web2".to_string(), web2)]);
+    // The applied reload's timeout, and news of web gone, change nothing.
+    on(&mut sup, MasterEvent::ReloadTimeout(1));
+    on(&mut sup, app_servers("web", &[]));
+    assert!(sup.world.take().is_empty());
+    let applied = |id| MasterEvent::Shard(ShardEvent::Reloaded { id, seq: 1 });
+    on(&mut sup, applied(0));
+    on(&mut sup, applied(1));
+    assert_eq!(sup.world.take(), [Did::Notify(Note::Ready)]);
+}
+
+#[test]
+fn a_reload_whose_new_app_is_not_ready_in_time_is_refused() {
+    let mut sup = renaming(2);
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    on(&mut sup, app_servers("web2", &[9100]));
+    sup.world.take();
+    // The manager goes back to the apps that serve; the shards heard
+    // nothing, and systemd hears READY again.
+    on(&mut sup, MasterEvent::ReloadTimeout(1));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::ReloadApps(vec!["web".into()]),
+            Did::Notify(Note::Ready)
+        ]
+    );
+    assert_eq!(sup.config.limits, Config::default().limits);
+    assert_eq!(
+        groups_of(&sup),
+        [(
+            "web".to_string(),
+            vec!["127.0.0.1:9000".to_string(), "127.0.0.1:9001".into()]
+        )]
+    );
+    // web2's late readiness is news of an app nobody wants.
+    on(&mut sup, app_servers("web2", &[9100, 9101]));
+    assert!(sup.world.take().is_empty());
+}
+
+#[test]
+fn a_newer_reload_replaces_a_held_one_and_its_timeout() {
+    let mut sup = renaming(2);
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    on(&mut sup, app_servers("web2", &[9100]));
+    sup.world.take();
+    // The same file again: waited for anew, with what is ready kept.
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec!["web2".into(), "web".into()]),
+            Did::Later(
+                DEFAULT_START_TIMEOUT + HELD_RELOAD_SLACK,
+                Due::ReloadTimeout(2)
+            ),
+        ]
+    );
+    // The first one's timeout is not this one's.
+    on(&mut sup, MasterEvent::ReloadTimeout(1));
+    assert!(sup.world.take().is_empty());
+    on(&mut sup, app_servers("web2", &[9100, 9101]));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::ReloadApps(vec!["web2".into()]),
+            first_reload(0),
+            first_reload(1)
+        ]
+    );
+}
+
+#[test]
+fn a_reload_that_adds_no_app_is_not_held() {
+    // The reload removes web and adds nothing: web2 serves already, so
+    // nothing waits.
+    let old = Config {
+        apps: vec![app_of("web", 1), app_of("web2", 1)],
+        ..Config::default()
+    };
+    let mut new = Config {
+        apps: vec![app_of("web2", 1)],
+        ..Config::default()
+    };
+    new.limits.max_body_bytes = 1234;
+    let mut sup = serving_with(2, old, Box::new(move || Ok(new.clone())));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec!["web2".into()]),
+            first_reload(0),
+            first_reload(1)
+        ]
+    );
 }
