@@ -200,6 +200,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                         remote: &mut remote,
                         upstreams: shard.upstreams(),
                         readiness: shard.readiness(),
+                        draining: shard.draining_flag(),
                     };
                     let ended = job::run(job, lent).await;
                     // Timed from the bytes' arrival, like every other request.

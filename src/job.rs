@@ -10,6 +10,7 @@
 //! Must never count or log: the connection finishes the record a job
 //! returns, like every other (`conn::finish`).
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -61,6 +62,8 @@ pub struct JobConn<'a> {
     pub upstreams: &'a Upstreams,
     /// The shard's readiness ring, when it has one.
     pub readiness: Option<&'a Rc<Readiness>>,
+    /// The shard's shutdown flag (`Shard::draining_flag`).
+    pub draining: &'a Cell<bool>,
 }
 
 /// Run `job` to the end of its exchange.
@@ -104,6 +107,7 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                 max_head: c.max_head,
             };
             let client = proxy::Client {
+                draining: c.draining,
                 https: c.socket.is_tls(),
                 headers: c.headers,
                 socket: c.socket,

@@ -207,6 +207,12 @@ impl Shard {
         self.draining.get()
     }
 
+    /// The flag `is_draining` reads, for a job whose response begins only
+    /// later (a proxied one): drained by then, it says it closes.
+    pub fn draining_flag(&self) -> &Cell<bool> {
+        &self.draining
+    }
+
     /// Whether a new connection would exceed `max-connections`.
     pub fn at_capacity(&self) -> bool {
         self.conns.borrow().len() >= self.site.borrow().limits.max_connections

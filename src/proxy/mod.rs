@@ -33,6 +33,7 @@ pub use pool::{Server, Upstreams};
 use relay::{read_head, relay, HeadEnd};
 use send::{send_request, Back};
 
+use std::cell::Cell;
 use std::io;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -78,6 +79,9 @@ pub struct Client<'a> {
     /// (`Strict-Transport-Security` over TLS), unless the upstream sent its
     /// own; usually empty.
     pub headers: &'a [u8],
+    /// The shard's shutdown flag: a response that begins once it is set
+    /// says `Connection: close` (the connection will not serve another).
+    pub draining: &'a Cell<bool>,
 }
 
 /// What the session decided for this exchange, and the limits that apply.
@@ -532,7 +536,7 @@ async fn reply(
     head_only: bool,
     status: Status,
 ) {
-    let persistence = if served.keep_alive {
+    let persistence = if served.keep_alive && !c.draining.get() {
         ex.persistence
     } else {
         Persistence::Close

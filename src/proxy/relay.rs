@@ -9,6 +9,7 @@ use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIE
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
 use crate::http::encode::BodyEncoder;
+use crate::http::response::Persistence;
 use crate::http::upstream::{parse_response, Asked, ResponseFraming};
 use crate::transport::Socket;
 
@@ -170,6 +171,15 @@ pub(super) fn begin(
     r: &mut Relayed,
 ) -> Option<Begun> {
     c.out.clear();
+    // Shutdown began since the request came: this is the connection's last.
+    let client = if c.draining.get() {
+        response::ClientSide {
+            persistence: Persistence::Close,
+            ..client
+        }
+    } else {
+        client
+    };
     let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
     let Ok(Some(res)) = parse_response(rbuf, &mut fields, ex.max_head, asked) else {
         // `read_head` saw where the head ends; whether it holds together

@@ -338,6 +338,28 @@ fn a_response_of_many_fields_is_relayed_up_to_256() {
     assert_eq!(r.next(false).status, 502);
 }
 
+/// A proxied request in flight when the drain begins: its response, which
+/// begins later, says the connection closes (the client would otherwise
+/// send its next request on a connection about to close).
+#[test]
+fn a_proxied_response_begun_during_the_drain_says_it_closes() {
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+    });
+    let mut proxy = Proxy::start("proxy-drain-close", &simple(&[up], "", ""));
+    let mut s = connect(proxy.addr());
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.server.signal(libc::SIGTERM);
+    let r = Reader::new(&s).next(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"slow"[..]));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(proxy.server.wait(crate::util::WAIT).success());
+}
+
 #[test]
 fn an_early_answer_reaches_the_client_while_its_body_is_still_coming() {
     // An app that refuses an upload when it sees the head and reads no
