@@ -68,7 +68,14 @@ pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<&[u8]>, ClimbsAboveRoot> {
 
 /// No escapes, no empty, `.` or `..` segment (a trailing slash is fine).
 fn is_canonical(path: &str) -> bool {
-    !path.contains('%') && !path.contains("//") && !path.split('/').any(|s| s == "." || s == "..")
+    // Bytes the canonical form escapes: a request may carry raw UTF-8
+    // (curl sends it so), which must meet its escaped spelling, and a
+    // route's path may hold any of them.
+    !path
+        .bytes()
+        .any(|b| matches!(b, b'%' | b'?' | b'#') || b <= b' ' || b >= 0x7f)
+        && !path.contains("//")
+        && !path.split('/').any(|s| s == "." || s == "..")
 }
 
 #[cfg(test)]
@@ -111,6 +118,9 @@ mod tests {
         assert_eq!(c("/a%20b/%00/%C3%A9"), "/a%20b/%00/%C3%A9");
         assert_eq!(c("/%c0%ae"), "/%C0%AE");
         assert_eq!(c("/a%3Fb%23c/"), "/a%3Fb%23c/");
+        // Raw, as curl sends UTF-8, it meets the escaped spelling.
+        assert_eq!(c("/café/"), "/caf%C3%A9/");
+        assert_eq!(c("/a b"), "/a%20b");
     }
 
     #[test]

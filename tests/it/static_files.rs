@@ -316,6 +316,22 @@ fn no_spelling_of_a_path_slips_past_its_route() {
     );
 }
 
+/// A route written with non-ASCII or a space meets the request however
+/// the client spelled it: raw (curl sends UTF-8 so), escaped, lowercase.
+#[test]
+fn a_route_with_non_ascii_meets_every_spelling() {
+    let (_dir, server) = root_site(
+        "route-unicode",
+        &[("a.txt", "a")],
+        "\n[[route]]\npath = \"/café/\"\nhandler = \"respond\"\nbody = \"menu\"\n",
+    );
+    for target in ["/café/x", "/caf%C3%A9/x", "/caf%c3%a9/x", "/caf%C3%A9/"] {
+        let r = fetch(&server, target, "");
+        assert_eq!((r.status, r.text().as_str()), (200, "menu"), "{target}");
+    }
+    assert_eq!(fetch(&server, "/cafe/x", "").status, 404);
+}
+
 #[test]
 fn list_fields_over_several_lines_count_as_one() {
     // RFC 9110 §5.3: two If-None-Match (or Accept-Encoding) lines mean

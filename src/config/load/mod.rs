@@ -424,6 +424,29 @@ read-timeout = 9223372036854775807
     }
 
     #[test]
+    fn route_paths_are_stored_as_requests_are_routed() {
+        let path_of = |path: &str| {
+            let toml = format!("[[route]]\npath = \"{path}\"\nhandler = \"respond\"\n");
+            parse(&toml).map(|c| c.routes[0].path.clone())
+        };
+        for (written, stored) in [
+            ("/", "/"),
+            ("/api", "/api"),
+            ("/static/", "/static/"),
+            ("/.well-known/", "/.well-known/"),
+            ("/café/", "/caf%C3%A9/"),
+            ("/caf%c3%a9/", "/caf%C3%A9/"),
+            ("/my docs/", "/my%20docs/"),
+            ("/%70rivate/", "/private/"),
+            ("//a/./b/../c", "/a/c"),
+        ] {
+            assert_eq!(path_of(written), Ok(stored.to_string()), "{written}");
+        }
+        let errs = path_of("/../x").unwrap_err();
+        assert_eq!(errs, ["t.toml:2: route[1].path: \"/../x\" climbs above /"]);
+    }
+
+    #[test]
     fn route_hosts_are_stored_as_requests_are_compared() {
         let route = |host: &str| {
             format!("[[route]]\npath = \"/\"\nhandler = \"respond\"\nhost = \"{host}\"\n")

@@ -38,7 +38,20 @@ impl Walker<'_> {
         };
         let kind = self.route_kind(&prefix, get("handler"));
         match get("path") {
-            Some(f) => route.path = self.string(f).unwrap_or_default(),
+            Some(f) => {
+                let path = self.string(f).unwrap_or_default();
+                // As requests are routed: decoded and normalized, written
+                // back escaped (`/café/` is `/caf%C3%A9/`, `/a/../b` is
+                // `/b`), so the route matches every spelling of its path.
+                route.path = match crate::http::path::canonical(&path) {
+                    _ if !path.starts_with('/') => path,
+                    Ok(canonical) => canonical.into_owned(),
+                    Err(_) => {
+                        self.error(f, format!("{path:?} climbs above /"));
+                        path
+                    }
+                };
+            }
             None => self.missing(
                 &prefix,
                 "path",
