@@ -11,30 +11,28 @@ use std::path::{Path, PathBuf};
 use super::{app_key, route_key, AccessLog, AppConfig, Config, ConfigError, HandlerConfig};
 
 /// Read a file the configuration names (the configuration itself, a TLS
-/// certificate or key) whole, if it is a regular file of at most `max`
-/// bytes: `/dev/zero` or a FIFO named by mistake is refused at once instead
-/// of read without end.
+/// certificate or key) whole, if it holds at most `max` bytes: `/dev/zero`
+/// named by mistake is refused once `max` is read, instead of read without
+/// end. A pipe (`--config /dev/stdin`) is read as a file is.
 pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    if meta.len() > max {
-        return Err(io::Error::other(format!(
-            "{} bytes, more than the {} such a file may have",
-            meta.len(),
+    let file = OpenOptions::new().read(true).open(path)?;
+    let too_large = |n: u64| {
+        io::Error::other(format!(
+            "more than the {} such a file may have ({n} bytes or more)",
             crate::units::format_size(max)
-        )));
+        ))
+    };
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() > max {
+        return Err(too_large(meta.len()));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // Bounded even if it grows while read.
-    file.take(max).read_to_end(&mut bytes)?;
+    let mut bytes = Vec::new();
+    // Bounded whatever it is, or however it grows while read.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
     Ok(bytes)
 }
 
@@ -190,19 +188,18 @@ fn can_execute(path: &OsStr) -> bool {
 /// An existing file is opened for appending (and closed); for a missing one
 /// the directory must exist and be writable.
 pub fn check_writable(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    // Non-blocking: a FIFO without a reader must not hang the check.
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO without a reader must not hang the check. One
+    // with a reader (/dev/stdout in a container) is taken, as stderr is.
     let opened = OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path);
-    // A pipe or socket would block the thread that writes the log (which
-    // also does the static files' lookups) whenever its reader lags.
-    let not_a_file = || io::Error::other("a FIFO or socket, not a file");
     match opened {
-        Ok(f) if f.metadata()?.file_type().is_fifo() => Err(not_a_file()),
         Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(not_a_file()),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            Err(io::Error::other("a FIFO that nothing reads"))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -230,6 +227,7 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::config::{RouteConfig, StaticConfig};
+    use std::os::unix::fs::OpenOptionsExt;
     use std::path::PathBuf;
 
     fn static_route(path: &str, root: &Path) -> RouteConfig {
@@ -441,20 +439,33 @@ mod tests {
         // SAFETY: mkfifo(3) on a NUL-terminated path we own.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = check_writable(&fifo).unwrap_err().to_string();
-        assert!(err.contains("not a file"), "{err}");
-        assert!(read_small(&fifo, 100).is_err());
+        assert_eq!(err, "a FIFO that nothing reads");
+        // With a reader (a container's /dev/stdout), it is taken.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        check_writable(&fifo).unwrap();
+        drop(reader);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn files_read_whole_are_small_regular_files() {
+    fn files_read_whole_are_small() {
         let err = read_small(Path::new("/dev/zero"), 1 << 20).unwrap_err();
-        assert_eq!(err.to_string(), "not a regular file");
+        assert_eq!(
+            err.to_string(),
+            "more than the 1m such a file may have (1048577 bytes or more)"
+        );
         let path = std::env::temp_dir().join(format!("coreserve-small-{}", std::process::id()));
         std::fs::write(&path, [b'x'; 2000]).unwrap();
         assert_eq!(read_small(&path, 2000).unwrap().len(), 2000);
         let err = read_small(&path, 1024).unwrap_err().to_string();
-        assert_eq!(err, "2000 bytes, more than the 1k such a file may have");
+        assert_eq!(
+            err,
+            "more than the 1k such a file may have (2000 bytes or more)"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }

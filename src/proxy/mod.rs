@@ -401,8 +401,9 @@ async fn forward(
             relayed
         } else {
             // Even when sending failed or stopped, an answer may be waiting
-            // (an early 413); after a send-timeout only one already there.
-            let wait = if sent.send_timed_out {
+            // (an early 413); after a send-timeout, when nothing of one came
+            // meanwhile, only one already there.
+            let wait = if sent.send_timed_out && !sent.any {
                 Duration::ZERO
             } else {
                 cfg.read_timeout

@@ -509,6 +509,33 @@ fn a_large_file_replaced_while_cached_is_never_served_spliced() {
     }
 }
 
+/// A large file the cache holds open, then deleted: once `cache-valid` has
+/// passed, the next lookup of any file of the route closes it (it stayed
+/// open, its disk space taken, until someone asked for that name again).
+#[test]
+fn a_deleted_large_file_is_not_kept_open_past_cache_valid() {
+    let (dir, server) = root_site("closed", &[("a.txt", "a")], "cache-valid = \"200ms\"\n");
+    dir.write("www/gone.bin", vec![b'g'; 100_000]);
+    let held = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().contains("gone.bin"))
+            .count()
+    };
+    // On each shard.
+    for _ in 0..2 {
+        assert_eq!(fetch(&server, "/gone.bin", "").status, 200);
+    }
+    assert!(held() > 0, "the cache holds no descriptor");
+    std::fs::remove_file(dir.0.join("www/gone.bin")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        assert_eq!(fetch(&server, "/a.txt", "").status, 200);
+    }
+    assert_eq!(held(), 0, "a deleted file is still open");
+}
+
 /// A directory swapped for a link out of the root while a file below it
 /// is cached: nothing of the outside is served, then or after.
 #[test]

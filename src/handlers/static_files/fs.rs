@@ -235,6 +235,13 @@ fn info(
     if !meta.is_file() {
         return FoundSend::NotFound;
     }
+    // Opened non-blocking in case a FIFO was swapped in; a file's reads go
+    // through io_uring, which before Linux 5.16 does not retry a read of an
+    // O_NONBLOCK file that misses the page cache: EAGAIN mid-response.
+    // SAFETY: fcntl(2) on a descriptor `file` owns.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+        return FoundSend::NotFound;
+    }
     let size = meta.len();
     let (body, file) = if size <= SMALL_FILE {
         let mut buf = Vec::with_capacity(size as usize);

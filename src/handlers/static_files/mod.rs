@@ -17,7 +17,7 @@ pub mod sendfile;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -75,6 +75,12 @@ struct SiteState {
     cache_bytes: Cell<usize>,
     /// Entries holding an open file.
     cache_files: Cell<usize>,
+    /// The entries that hold an open file, oldest first, with when each was
+    /// made: expired, they are dropped at the site's next lookup, so that a
+    /// file deleted or replaced under a name nobody asks for again does not
+    /// stay open (and its disk space taken). An entry made again since
+    /// leaves a stale item, skipped.
+    open_files: RefCell<VecDeque<(Instant, CacheKey)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,6 +108,7 @@ impl StaticSite {
                 cache: RefCell::new(HashMap::new()),
                 cache_bytes: Cell::new(0),
                 cache_files: Cell::new(0),
+                open_files: RefCell::new(VecDeque::new()),
             }),
         }
     }
@@ -234,8 +241,10 @@ impl SiteState {
             trailing_slash: job.rel.trailing_slash,
             encodings: job.encodings.clone(),
         };
+        let now = Instant::now();
+        self.close_expired(now);
         if let Some(e) = self.cache.borrow().get(&key) {
-            if e.checked.elapsed() < self.cfg.cache_valid {
+            if now.duration_since(e.checked) < self.cfg.cache_valid {
                 return e.found.clone();
             }
         }
@@ -260,6 +269,24 @@ impl SiteState {
         found
     }
 
+    /// Drop the entries holding an open file that expired by `now`.
+    fn close_expired(&self, now: Instant) {
+        let mut queue = self.open_files.borrow_mut();
+        while let Some((made, key)) = queue.front() {
+            if now.duration_since(*made) < self.cfg.cache_valid {
+                break;
+            }
+            let mut cache = self.cache.borrow_mut();
+            if cache.get(key).is_some_and(|e| e.checked == *made) {
+                let e = cache.remove(key).expect("just seen");
+                let (size, files) = cost(key, &e.found);
+                self.cache_bytes.set(self.cache_bytes.get() - size);
+                self.cache_files.set(self.cache_files.get() - files);
+            }
+            queue.pop_front();
+        }
+    }
+
     fn remember(&self, key: CacheKey, found: &Found) {
         let (size, files) = cost(&key, found);
         let mut cache = self.cache.borrow_mut();
@@ -273,16 +300,23 @@ impl SiteState {
         {
             // Full: start over rather than track recency on every hit.
             cache.clear();
+            self.open_files.borrow_mut().clear();
             self.cache_bytes.set(0);
             self.cache_files.set(0);
         }
         self.cache_bytes.set(self.cache_bytes.get() + size);
         self.cache_files.set(self.cache_files.get() + files);
+        let checked = Instant::now();
+        if files > 0 {
+            self.open_files
+                .borrow_mut()
+                .push_back((checked, key.clone()));
+        }
         cache.insert(
             key,
             CacheEntry {
                 found: found.clone(),
-                checked: Instant::now(),
+                checked,
             },
         );
     }

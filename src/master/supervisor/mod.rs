@@ -529,6 +529,14 @@ impl<W: World> Supervisor<W> {
                     "SIGHUP: the configuration has {} error(s); still serving the previous one",
                     errors.len()
                 );
+                // The file it was read from has changed since: the latest
+                // file says what is wanted, and it is refused.
+                if let Some(held) = self.drop_held() {
+                    error!(
+                        "SIGHUP: the reload that waited for app(s) {} is given up too",
+                        held.starting.join(", ")
+                    );
+                }
                 self.ready();
                 return;
             }
@@ -675,22 +683,32 @@ impl<W: World> Supervisor<W> {
     /// The manager gets the serving apps back: the new ones stop, and any
     /// the reload changed are replaced again with their serving settings.
     fn on_reload_timeout(&mut self, seq: u64) {
-        let Some(held) = self.held.take_if(|h| h.seq == seq) else {
+        let Some(held) = self.held.as_ref().filter(|h| h.seq == seq) else {
             // Applied, or replaced by a newer reload.
             return;
         };
-        for (app, ready, wanted) in self.not_ready(&held) {
+        for (app, ready, wanted) in self.not_ready(held) {
             error!(
                 "SIGHUP: app {app}: {ready} of its {wanted} instance(s) ready after {:?} (start-timeout)",
                 held.wait
             );
         }
         error!("SIGHUP: the new app(s) did not start; the reload is refused, still serving the previous configuration");
+        self.drop_held();
+        self.ready();
+    }
+
+    /// Give the held reload up, if there is one: the manager gets the
+    /// serving apps back (the new ones stop, any it changed are replaced
+    /// again with their serving settings), and what the new ones had ready
+    /// is forgotten.
+    fn drop_held(&mut self) -> Option<Held> {
+        let held = self.held.take()?;
         self.world.reload_apps(self.config.apps.clone());
         let apps = &self.config.apps;
         self.app_servers
             .retain(|name, _| apps.iter().any(|a| &a.name == name));
-        self.ready();
+        Some(held)
     }
 
     /// An app's ready instances changed (started, died, replaced): the

@@ -701,6 +701,36 @@ fn a_reload_that_adds_an_app_waits_until_its_instances_are_ready() {
 }
 
 #[test]
+fn a_reload_of_a_broken_file_gives_a_held_one_up() {
+    let mut sup = renaming(2);
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    sup.world.take();
+    // The file was edited again, and now has an error: the reload it
+    // replaces is not applied seconds later behind the log's back.
+    sup.reload = Box::new(|| {
+        Err(vec![ConfigError {
+            file: None,
+            line: None,
+            key: "limits.max-body".into(),
+            rule: "must be a size".into(),
+        }])
+    });
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec!["web".into()]),
+            Did::Notify(Note::Ready)
+        ]
+    );
+    on(&mut sup, app_servers("web2", &[9100, 9101]));
+    on(&mut sup, MasterEvent::ReloadTimeout(1));
+    assert!(sup.world.take().is_empty());
+    assert_eq!(sup.config.limits, Config::default().limits);
+}
+
+#[test]
 fn a_reload_whose_new_app_is_not_ready_in_time_is_refused() {
     let mut sup = renaming(2);
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
