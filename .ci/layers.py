@@ -87,9 +87,10 @@ ONLY = [
     ),
     (
         "config",
-        ["config", "http::parse", "http::status", "units", "cpus"],
-        "configuration is data: it may know protocol limits and status "
-        "codes, not the session, the handlers or the access log",
+        ["config", "http::parse", "http::path", "http::status", "units", "cpus"],
+        "configuration is data: it may know protocol limits, status codes "
+        "and the canonical form of a path, not the session, the handlers or "
+        "the access log",
     ),
     (
         "handlers",

@@ -210,7 +210,13 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 };
                 match after {
                     After::Open => continue,
-                    After::Close => return,
+                    After::Close => {
+                        // Boxed, as the lingering close: off the future
+                        // every idle connection keeps.
+                        Box::pin(client.finish()).await;
+                        return;
+                    }
+                    After::Abort => return,
                     After::Linger => {
                         Box::pin(linger_close(&mut client, &mut input)).await;
                         return;
@@ -220,6 +226,8 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
             Next::Close { linger } => {
                 if linger {
                     Box::pin(linger_close(&mut client, &mut input)).await;
+                } else {
+                    Box::pin(client.finish()).await;
                 }
                 return;
             }

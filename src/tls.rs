@@ -29,9 +29,12 @@ use crate::config::{TlsConfig, TlsProtocol};
 /// without tickets): rustls's own default size.
 pub const SESSION_CACHE: usize = 256;
 
-/// The one ALPN protocol offered: a client that offers only `h2` is refused
-/// with `no_application_protocol` rather than misunderstood.
-pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// The ALPN protocols offered, the server's choice first: HTTP/1.1, and
+/// HTTP/1.0 for a client that offers only that (curl 7.88 to 8.4 with
+/// `--http1.0`: rustls refuses a handshake whose offers all miss). A
+/// client that offers only `h2` is refused with `no_application_protocol`
+/// rather than misunderstood.
+pub const ALPN: [&[u8]; 2] = [b"http/1.1", b"http/1.0"];
 
 /// The ticket keys every shard encrypts and decrypts session tickets with,
 /// made on first use and kept for the life of the process (rotated inside).
@@ -91,7 +94,7 @@ impl TlsSite {
                     return None;
                 }
             };
-        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         // The server's order (strongest first, every suite forward-secret
         // and AEAD) rather than the client's: what testssl.sh and SSL Labs
         // expect of a server ("cipher order configured").

@@ -107,8 +107,11 @@ impl<'a> Record<'a> {
 pub enum After {
     /// Take the next request.
     Open,
-    /// Close now.
+    /// Close now, cleanly (over TLS, with close_notify).
     Close,
+    /// Close now, the response cut short: over TLS without close_notify,
+    /// so that a body that ends at the close does not look whole.
+    Abort,
     /// Close with a lingering close: the client may still be sending, and
     /// unread input would turn the close into a reset that destroys the
     /// response in flight.

@@ -125,6 +125,18 @@ pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     })
 }
 
+/// Whether a socket the service manager passed, bound to `passed`, is the
+/// configured address `wanted`: the same, or on its port with either one
+/// the wildcard. `ListenStream=443` gives `[::]:443`, which takes IPv4 too
+/// (`BindIPv6Only=both`), where the file says `0.0.0.0:443`: that port is
+/// still the HTTPS one (it was served as plain HTTP, every handshake
+/// answered with a 400).
+fn same_listener(passed: SocketAddr, wanted: SocketAddr) -> bool {
+    passed == wanted
+        || passed.port() == wanted.port()
+            && (passed.ip().is_unspecified() || wanted.ip().is_unspecified())
+}
+
 /// Run the server until it is told to stop. Blocks the calling thread.
 pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let Preflight {
@@ -173,14 +185,23 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         );
     }
     let mut sources = Vec::new();
+    let passed = !activated.is_empty();
     for l in activated {
         let addr = l.local_addr().map_err(MasterError::Activation)?;
         // A passed socket speaks TLS when its address is a tls.listen one.
-        let scheme = if config.tls.listen.contains(&addr) {
+        let scheme = if config.tls.listen.iter().any(|&t| same_listener(addr, t)) {
             Scheme::Https
         } else {
             Scheme::Http
         };
+        info!(
+            "socket activation: {addr} serves {}",
+            if scheme == Scheme::Https {
+                "HTTPS (a tls.listen address)"
+            } else {
+                "plain HTTP"
+            }
+        );
         bound.push((scheme, addr));
         if config.dispatch == Dispatch::Reuseport {
             sources.push(ListenSource::Activated(
@@ -195,6 +216,16 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
                 for listeners in per_shard.iter_mut() {
                     listeners.push(l.try_clone().map_err(MasterError::Activation)?);
                 }
+            }
+        }
+    }
+    if passed {
+        for &t in &config.tls.listen {
+            if !bound
+                .iter()
+                .any(|&(s, a)| s == Scheme::Https && same_listener(a, t))
+            {
+                warn!("socket activation: no socket was passed for tls.listen {t}: HTTPS is not served there (the unit needs a ListenStream= for it)");
             }
         }
     }
@@ -362,4 +393,19 @@ pub(crate) fn effective_upstreams(
         all.push(g);
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_wildcard_socket_is_the_address_on_its_port() {
+        let at = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        assert!(same_listener(at("[::]:443"), at("0.0.0.0:443")));
+        assert!(same_listener(at("0.0.0.0:443"), at("127.0.0.1:443")));
+        assert!(same_listener(at("127.0.0.1:443"), at("127.0.0.1:443")));
+        assert!(!same_listener(at("[::]:443"), at("0.0.0.0:8443")));
+        assert!(!same_listener(at("127.0.0.2:443"), at("127.0.0.1:443")));
+    }
 }

@@ -120,6 +120,9 @@ struct Served {
     pub keep_alive: bool,
     /// Close with a lingering close (the client may still be sending).
     pub linger: bool,
+    /// The response was cut short after it began: the connection ends
+    /// without TLS's close_notify (`After::Abort`).
+    pub cut: bool,
     /// The last server tried, its status (0: none) and the time taken.
     pub upstream: Option<(Rc<Server>, u16, Duration)>,
 }
@@ -190,10 +193,11 @@ impl Served {
                 time,
             }),
             tally,
-            after: match (self.keep_alive, self.linger) {
-                (true, _) => After::Open,
-                (false, true) => After::Linger,
-                (false, false) => After::Close,
+            after: match (self.keep_alive, self.linger, self.cut) {
+                (_, _, true) => After::Abort,
+                (true, _, _) => After::Open,
+                (false, true, _) => After::Linger,
+                (false, false, _) => After::Close,
             },
         }
     }
@@ -357,6 +361,7 @@ async fn forward(
                 // nothing else can follow its start.
                 ClientEnd::Refused(e) if begun.as_ref().is_some_and(|(_, r)| r.bytes_out > 0) => {
                     served.error = Some(e);
+                    served.cut = true;
                     served.status = begun.map_or(0, |(_, r)| r.status);
                 }
                 ClientEnd::Refused(e) => {
@@ -505,6 +510,7 @@ async fn forward(
         server.count(|s| s.count_status(relayed.upstream_status));
         let ended = Instant::now();
         let took = ended.saturating_duration_since(started);
+        served.cut = relayed.upstream_failed;
         if relayed.upstream_failed {
             server.failed(cfg, ended);
         } else {

@@ -198,7 +198,7 @@ impl Socket {
         };
         loop {
             if t.conn.wants_write() {
-                t.flush(self.interest.as_mut(), deadline).await?;
+                t.flush(self.interest.as_mut(), deadline, None).await?;
             }
             if !t.conn.is_handshaking() {
                 return Ok(());
@@ -331,7 +331,8 @@ impl Socket {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
                     rest = &rest[n..];
-                    t.flush(self.interest.as_mut(), Instant::now() + timeout)
+                    let deadline = Instant::now() + timeout;
+                    t.flush(self.interest.as_mut(), deadline, Some(timeout))
                         .await?;
                 }
                 Ok(())
@@ -431,12 +432,26 @@ impl Socket {
         waited.map_err(io::Error::from)
     }
 
+    /// End a connection that closes cleanly: over TLS, close_notify first
+    /// (within `CLOSE_NOTIFY_TIME`), so that a client tells a body that ends
+    /// at the close from one cut short, as nginx's clients can; plain TCP's
+    /// FIN says it already.
+    pub async fn finish(&mut self) {
+        if self.is_tls() {
+            let _ = self.shutdown_write().await;
+        }
+    }
+
     /// Half-close: no more bytes from this side (after TLS's close_notify).
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         if let Stream::Tls(t) = &mut self.stream {
             t.close_notify();
-            t.flush(self.interest.as_mut(), Instant::now() + CLOSE_NOTIFY_TIME)
-                .await?;
+            t.flush(
+                self.interest.as_mut(),
+                Instant::now() + CLOSE_NOTIFY_TIME,
+                None,
+            )
+            .await?;
         }
         socket2::SockRef::from(&*self).shutdown(std::net::Shutdown::Write)
     }
@@ -647,7 +662,7 @@ async fn read_tls(
         }
         // What reading brought to send (a key update, an alert).
         if t.conn.wants_write() {
-            t.flush(interest.as_mut(), deadline).await?;
+            t.flush(interest.as_mut(), deadline, None).await?;
         }
         if interest.is_none() {
             if !std::mem::replace(&mut waited, true) {

@@ -12,7 +12,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -118,11 +118,15 @@ impl TlsStream {
     }
 
     /// Send everything rustls has queued, waiting through the ring when the
-    /// socket is full; a stall until `deadline` fails it.
+    /// socket is full; a stall until `deadline` fails it. With `renew`, each
+    /// write that sends something moves the deadline to that long after
+    /// it: a client that reads slowly but steadily is not a stall (plain
+    /// sockets measure send-timeout between writes too).
     pub(super) async fn flush(
         &mut self,
         interest: Option<&mut Interest>,
-        deadline: Instant,
+        mut deadline: Instant,
+        renew: Option<Duration>,
     ) -> io::Result<()> {
         let Some(interest) = interest else {
             return self.flush_without_ring(deadline).await;
@@ -130,7 +134,11 @@ impl TlsStream {
         let fd = self.tcp.fd();
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut Send(fd)) {
-                Ok(_) => {}
+                Ok(n) => {
+                    if let Some(stall) = renew.filter(|_| n > 0) {
+                        deadline = Instant::now() + stall;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     interest.writable(deadline).await.map_err(io::Error::from)?;
                 }

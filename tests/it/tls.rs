@@ -214,6 +214,33 @@ impl<T: Read + Write> ReadWrite for T {}
 
 const GET: &str = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
+/// A connection that closes after its response (HTTP/1.0, `Connection:
+/// close`) ends with close_notify: a TLS client tells that clean end from
+/// a cut (rustls reports a bare close as UnexpectedEof; OpenSSL 3 clients,
+/// curl among them, as "unexpected eof while reading").
+#[test]
+fn a_connection_that_closes_cleanly_sends_close_notify() {
+    let dir = Scratch::new("tls-close-notify");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (_server, addr) = start(&file, &[]);
+    for request in [
+        "GET / HTTP/1.0\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut s = tls_connect(addr, "localhost", Some(&ca));
+        s.write_all(request.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)
+            .unwrap_or_else(|e| panic!("{request:?}: {e} after {all:?}"));
+        assert!(
+            all.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{request:?}: {all:?}"
+        );
+    }
+}
+
 #[test]
 fn get_over_tls_with_keep_alive_alpn_and_hsts() {
     let dir = Scratch::new("tls-get");
@@ -528,6 +555,18 @@ fn curl_and_openssl_speak_to_it() {
     }
     let alpn = s_client(&["-alpn", "http/1.1"]);
     assert!(alpn.contains("ALPN protocol: http/1.1"), "{alpn}");
+    // An HTTP/1.0 client's only offer (curl --http1.0, 7.88 to 8.4), and
+    // HTTP/1.1 preferred when both are offered.
+    let alpn = s_client(&["-alpn", "http/1.0"]);
+    assert!(alpn.contains("ALPN protocol: http/1.0"), "{alpn}");
+    let alpn = s_client(&["-alpn", "http/1.0,http/1.1"]);
+    assert!(alpn.contains("ALPN protocol: http/1.1"), "{alpn}");
+    // h2 alone: refused, not misunderstood.
+    let alpn = s_client(&["-alpn", "h2"]);
+    assert!(
+        alpn.contains("no application protocol"),
+        "h2 was accepted: {alpn}"
+    );
     // Resumption, with a ticket from one connection on the next (any shard).
     for version in ["-tls1_2", "-tls1_3"] {
         let sess = dir.path(&format!("sess{version}"));

@@ -351,7 +351,8 @@ pub async fn run(
     };
     tally.count_status(status);
     let after = match (result.is_ok(), rc.persistence) {
-        (false, _) => After::Close,
+        // A write failed, or the file shrank under a promised length.
+        (false, _) => After::Abort,
         // Unread pipelined input would turn the close into a reset.
         (true, Persistence::Close) if unread => After::Linger,
         (true, Persistence::Close) => After::Close,
