@@ -291,18 +291,36 @@ impl Cli {
             "limits.max-connections",
             l.max_connections
         );
-        for key in overridden {
-            c.lines.remove(key);
+        for key in &overridden {
+            c.lines.remove(*key);
         }
         let unusable = crate::config::preflight(&mut c);
         match c.validate() {
             Ok(c) if unusable.is_empty() => Ok(c),
             Ok(_) => Err(unusable),
             Err(mut errors) => {
+                // A value a flag set is the flag's error, not the file's.
+                for e in &mut errors {
+                    if overridden.contains(&e.key.as_str()) {
+                        e.key = flag_of(&e.key);
+                        e.file = None;
+                        e.line = None;
+                    }
+                }
                 errors.extend(unusable);
                 Err(errors)
             }
         }
+    }
+}
+
+/// The flag that sets configuration key `key` (`limits.max-body-bytes` is
+/// `--max-body-bytes`).
+fn flag_of(key: &str) -> String {
+    match key {
+        "server.listen" => "--listen/--port".into(),
+        "metrics.listen" => "--metrics-listen".into(),
+        k => format!("--{}", k.split_once('.').map_or(k, |(_, name)| name)),
     }
 }
 
@@ -356,13 +374,28 @@ mod tests {
     fn bad_values_are_refused_by_name() {
         let e = Cli::try_parse_from(["coreserve", "--max-body-bytes", "lots"]).unwrap_err();
         assert!(e.to_string().contains("must be a size"), "{e}");
-        let errs = cli(&["--shards", "0"])
-            .apply(Config::default())
-            .unwrap_err();
-        assert_eq!(errs[0].key, "server.shards");
+        // Named by the flag, not by the file the rest came from.
+        let file = Config {
+            source: Some("/etc/coreserve/coreserve.toml".into()),
+            ..Config::default()
+        };
+        let errs = cli(&[
+            "--shards",
+            "0",
+            "--max-body-bytes",
+            "1k",
+            "--idle-wait",
+            "1s",
+        ])
+        .apply(file)
+        .unwrap_err();
+        let texts: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert_eq!(
-            errs[0].to_string(),
-            "server.shards: must be between 1 and 1024, got 0"
+            texts,
+            [
+                "--shards: must be between 1 and 1024, got 0",
+                "--idle-wait: must be at most 10ms, got 1s"
+            ]
         );
     }
 
@@ -374,7 +407,7 @@ mod tests {
         );
         let keys = |errs: Vec<ConfigError>| errs.into_iter().map(|e| e.key).collect::<Vec<_>>();
         let errs = cli(&["--shards", "0"]).apply(base.clone()).unwrap_err();
-        assert_eq!(keys(errs), ["server.shards", "route[1].root"]);
+        assert_eq!(keys(errs), ["--shards", "route[1].root"]);
         let errs = cli(&[]).apply(base).unwrap_err();
         assert_eq!(keys(errs), ["route[1].root"]);
     }
