@@ -567,8 +567,10 @@ impl<W: World> Supervisor<W> {
             return;
         }
         // Apps the shards have no servers for: the new configuration waits
-        // for them. The manager gets every app it adds or changes, and
-        // keeps those it removes, which the routes still serving may name.
+        // for them. The manager gets the apps it adds, and the serving ones
+        // as they are: one it changes is replaced only once it applies (a
+        // refused reload must not have rolled new code out meanwhile), one
+        // it removes stays, as the routes still serving may name it.
         let starting: Vec<String> = starting.iter().map(|a| a.name.clone()).collect();
         let wait = new
             .apps
@@ -578,13 +580,8 @@ impl<W: World> Supervisor<W> {
             .max()
             .unwrap_or_default()
             + HELD_RELOAD_SLACK;
-        let mut apps = new.apps.clone();
-        let removed = self.config.apps.iter();
-        apps.extend(
-            removed
-                .filter(|o| !new.apps.iter().any(|a| a.name == o.name))
-                .cloned(),
-        );
+        let adds = new.apps.iter().filter(|a| starting.contains(&a.name));
+        let apps = adds.chain(&self.config.apps).cloned().collect();
         self.world.reload_apps(apps);
         // What the manager runs no more: the apps of a held reload this one
         // replaced. An app added again under such a name starts from none.

@@ -151,9 +151,14 @@ impl World for Fake {
         self.did.push(Did::Notify(note));
     }
 
+    /// Each app by name, and its environment's values when it has one
+    /// (`web RELEASE=2`), to tell a changed app from the serving one.
     fn reload_apps(&mut self, apps: Vec<AppConfig>) {
-        self.did
-            .push(Did::ReloadApps(apps.into_iter().map(|a| a.name).collect()));
+        let apps = apps.into_iter().map(|a| {
+            let env = a.env.iter().map(|(k, v)| format!(" {k}={v}"));
+            a.name + &env.collect::<String>()
+        });
+        self.did.push(Did::ReloadApps(apps.collect()));
     }
 
     fn app_status(&self) -> Vec<InstanceStatus> {
@@ -728,6 +733,40 @@ fn a_reload_of_a_broken_file_gives_a_held_one_up() {
     on(&mut sup, MasterEvent::ReloadTimeout(1));
     assert!(sup.world.take().is_empty());
     assert_eq!(sup.config.limits, Config::default().limits);
+}
+
+/// A reload that adds an app and changes another: the changed one is
+/// replaced only once the reload applies, so a refused reload has rolled
+/// nothing out.
+#[test]
+fn a_held_reload_changes_no_serving_app_until_it_applies() {
+    let release = |n: &str| AppConfig {
+        env: vec![("RELEASE".into(), n.into())],
+        ..app_of("web", 2)
+    };
+    let old = Config {
+        apps: vec![release("1")],
+        ..Config::default()
+    };
+    let new = Config {
+        apps: vec![release("2"), app_of("api", 1)],
+        ..Config::default()
+    };
+    let mut sup = serving_with(2, old, Box::new(move || Ok(new.clone())));
+    on(&mut sup, app_servers("web", &[9000, 9001]));
+    sup.world.take();
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    let did = sup.world.take();
+    assert_eq!(
+        did[1],
+        Did::ReloadApps(vec!["api".into(), "web RELEASE=1".into()])
+    );
+    on(&mut sup, app_servers("api", &[9100]));
+    let did = sup.world.take();
+    assert_eq!(
+        did[0],
+        Did::ReloadApps(vec!["web RELEASE=2".into(), "api".into()])
+    );
 }
 
 #[test]
