@@ -15,7 +15,8 @@
 //! or none within connect-timeout) → the next server, whatever the method;
 //! a reset or close after the request went out but before any byte of a
 //! response → the next server for idempotent methods whose body was not
-//! consumed; never after a response byte. A server silent for read-timeout
+//! consumed, once (`MAX_DROPPED`: a request that crashes app processes
+//! takes down two at most, not each in turn); never after a response byte. A server silent for read-timeout
 //! is not tried again on another (504): the request may be what makes it
 //! slow, and a retry would double the client's wait. 502 for a failed or
 //! bad upstream, 504 for a timeout, 503 when no server is usable.
@@ -61,6 +62,11 @@ const CHUNK: usize = 16 << 10;
 const MAX_RESPONSE_FIELDS: usize = crate::http::parse::MAX_HEADERS_LIMIT;
 /// Most servers one request is tried on.
 const MAX_TRIES: usize = 8;
+/// Most servers one request reaches that close on it without an answer:
+/// past two, the request is most likely what ends them (an app process
+/// that crashes on it), and each retry would take another instance down.
+/// A pooled connection's close (the keep-alive race) counts too.
+const MAX_DROPPED: usize = 2;
 
 /// The client's side of the exchange, lent by its connection.
 pub struct Client<'a> {
@@ -253,6 +259,8 @@ async fn forward(
     // connection that was (its pool is passed by) and the attempt that
     // tries again (no retry after a failure).
     let mut stale: Option<(usize, usize)> = None;
+    // Servers that took the request and closed without a word.
+    let mut dropped = 0;
     let mut up_out = buffers::take(0);
     let started = Instant::now();
 
@@ -423,8 +431,9 @@ async fn forward(
                 ex.max_head,
             )
             .await;
-            let retry =
-                matches!(got, Err(HeadEnd::Failed(Failure::Reset))) && idempotent && !body_started;
+            let reset = matches!(got, Err(HeadEnd::Failed(Failure::Reset)));
+            dropped += usize::from(reset);
+            let retry = reset && idempotent && !body_started && dropped < MAX_DROPPED;
             if !retry {
                 commit(&mut c, &mut body);
             }

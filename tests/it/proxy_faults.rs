@@ -108,6 +108,32 @@ fn a_reset_before_the_response_is_retried_only_for_idempotent_methods() {
     }
 }
 
+/// A request that every server drops without a word (an app that crashes
+/// on it) reaches two of them, not each in turn: the rest keep serving.
+#[test]
+fn a_request_that_servers_drop_reaches_two_at_most() {
+    let up = Upstream::start_many(4, |req| {
+        if req.target == "/crash" {
+            Reply::reset_after_request()
+        } else {
+            Reply::ok("fine")
+        }
+    });
+    let proxy = Proxy::start("proxy-poison", &simple(&up.servers(), "max-fails = 0", ""));
+    let r = proxy.get("GET /crash HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502, "{r:?}");
+    let reached = up
+        .requests()
+        .iter()
+        .filter(|q| q.target == "/crash")
+        .count();
+    assert_eq!(reached, 2, "{:?}", up.requests());
+    assert_eq!(
+        proxy.get("GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "fine"
+    );
+}
+
 /// The keep-alive race with a lone server: it closes a pooled connection
 /// as the next request arrives on it. An idempotent request is tried again
 /// on a new connection to the same server, counted neither as a failure
