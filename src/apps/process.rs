@@ -138,6 +138,19 @@ fn relay_lines(
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
+                let cut = line.len() == MAX_LINE && line.last() != Some(&b'\n');
+                if cut {
+                    // The rest of the line is skipped (one line of output
+                    // is one line of the log), and a character the cut
+                    // split is left out whole rather than garbled.
+                    let _ = reader.skip_until(b'\n');
+                    if let Err(e) = std::str::from_utf8(&line) {
+                        if e.error_len().is_none() {
+                            line.truncate(e.valid_up_to());
+                        }
+                    }
+                    line.extend_from_slice(" [cut]".as_bytes());
+                }
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 if stderr {
@@ -167,6 +180,34 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_once_and_whole_characters_kept() {
+        // 4 095 bytes and a two-byte character that the cut at 4 096
+        // splits, then more of the same line, then the next line.
+        let mut out = "a".repeat(MAX_LINE - 1).into_bytes();
+        out.extend_from_slice("é".repeat(3000).as_bytes());
+        out.extend_from_slice(b"\nnext\n");
+        let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (relaying, done) = mpsc::channel();
+        relay_lines(
+            std::io::Cursor::new(out),
+            "t".into(),
+            tail.clone(),
+            false,
+            relaying,
+        );
+        assert!(done.recv().is_err(), "the relay ended");
+        let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], "a".repeat(MAX_LINE - 1) + " [cut]");
+        assert_eq!(lines[1], "next");
+    }
 
     /// Whether `pid` still runs (a zombie, killed and not yet reaped by
     /// its new parent, does not).
