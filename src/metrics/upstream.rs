@@ -25,7 +25,8 @@ pub struct UpstreamStats {
 }
 
 impl UpstreamStats {
-    fn add(&mut self, o: &UpstreamStats) {
+    /// Add another server's (or shard's) counts in.
+    pub fn add(&mut self, o: &UpstreamStats) {
         self.requests += o.requests;
         self.failures += o.failures;
         self.retries += o.retries;

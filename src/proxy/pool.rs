@@ -21,7 +21,18 @@ use crate::transport::Socket;
 #[derive(Default)]
 pub struct Upstreams {
     groups: RefCell<HashMap<String, Rc<Group>>>,
+    /// Servers a reload dropped, by the group that had them: reported as
+    /// they are while requests to them are in flight, then added into
+    /// `removed`.
+    retired: RefCell<Vec<(String, Rc<Server>)>>,
+    /// What the servers each group dropped had counted: the group's
+    /// `server="removed"` series, so that its totals never go down (an app
+    /// instance gets a new address each time it is replaced).
+    removed: RefCell<HashMap<String, (UpstreamStats, Histogram<u64>)>>,
 }
+
+/// The `server` label of what the servers a group dropped had counted.
+pub const REMOVED_SERVERS: &str = "removed";
 
 /// One group as a shard sees it.
 pub struct Group {
@@ -104,14 +115,15 @@ impl Upstreams {
         }
         // What no group lists any more: its pooled connections go now, and
         // those in use when their requests end (`checkin`).
-        for g in old.values() {
+        let mut retired = self.retired.borrow_mut();
+        for (name, g) in &old {
             for s in &g.servers {
                 let kept = groups
                     .values()
                     .any(|n| n.servers.iter().any(|k| Rc::ptr_eq(k, s)));
-                if !kept {
-                    s.removed.set(true);
+                if !kept && !s.removed.replace(true) {
                     s.idle.borrow_mut().clear();
+                    retired.push((name.clone(), s.clone()));
                 }
             }
         }
@@ -144,24 +156,56 @@ impl Upstreams {
         }
     }
 
-    /// Counters and gauges of every server, for a metrics snapshot.
+    /// Counters and gauges of every server, for a metrics snapshot: those
+    /// listed, those dropped with requests still in flight, and per group
+    /// what the dropped ones counted (`REMOVED_SERVERS`).
     pub fn samples(&self) -> Vec<UpstreamSample> {
+        let mut removed = self.removed.borrow_mut();
+        self.retired.borrow_mut().retain(|(name, s)| {
+            if s.busy.get() > 0 {
+                return true;
+            }
+            let (stats, latency) = removed
+                .entry(name.clone())
+                .or_insert_with(|| (UpstreamStats::default(), new_histogram()));
+            stats.add(&s.stats.borrow());
+            let _ = latency.add(&*s.latency.borrow());
+            false
+        });
+        let sample = |name: &String, s: &Server| UpstreamSample {
+            upstream: name.clone(),
+            server: s.label.to_string(),
+            stats: s.stats.borrow().clone(),
+            idle: s.idle.borrow().len() as u64,
+            busy: u64::from(s.busy.get()),
+            latency: s.latency.borrow().clone(),
+        };
         let groups = self.groups.borrow();
         let mut names: Vec<&String> = groups.keys().collect();
         names.sort();
         let mut out = Vec::new();
         for name in names {
-            for s in &groups[name].servers {
-                out.push(UpstreamSample {
-                    upstream: name.clone(),
-                    server: s.label.to_string(),
-                    stats: s.stats.borrow().clone(),
-                    idle: s.idle.borrow().len() as u64,
-                    busy: u64::from(s.busy.get()),
-                    latency: s.latency.borrow().clone(),
-                });
-            }
+            out.extend(groups[name].servers.iter().map(|s| sample(name, s)));
         }
+        out.extend(
+            self.retired
+                .borrow()
+                .iter()
+                .map(|(name, s)| sample(name, s)),
+        );
+        let mut gone: Vec<_> = removed.iter().collect();
+        gone.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend(
+            gone.into_iter()
+                .map(|(name, (stats, latency))| UpstreamSample {
+                    upstream: name.clone(),
+                    server: REMOVED_SERVERS.into(),
+                    stats: stats.clone(),
+                    idle: 0,
+                    busy: 0,
+                    latency: latency.clone(),
+                }),
+        );
         out
     }
 }
@@ -365,6 +409,45 @@ mod tests {
         let later = now + g.config.fail_timeout;
         assert!((0..3).any(|_| g.pick(later, &[]).unwrap().0 == 2));
         assert_eq!(g.pick(now, &[0, 1]).map(|p| p.0), None);
+    }
+
+    #[test]
+    fn a_dropped_servers_counts_stay_in_its_groups_totals() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 3)]);
+        let g = u.group("app").unwrap();
+        for s in &g.servers {
+            s.count(|st| st.requests += 10);
+        }
+        // One in flight on the third server as a reload drops two.
+        let hold = g.servers[2].busy();
+        u.update(&[group(Balance::RoundRobin, 1)]);
+        g.servers[2].count(|st| st.requests += 1);
+        let series = |u: &Upstreams| {
+            u.samples()
+                .into_iter()
+                .map(|s| (s.server, s.stats.requests, s.busy))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            series(&u),
+            [
+                ("127.0.0.1:1".into(), 10, 0),
+                ("127.0.0.1:3".into(), 11, 1),
+                (REMOVED_SERVERS.into(), 10, 0)
+            ]
+        );
+        // Its request done, the third is counted with the removed ones.
+        drop(hold);
+        assert_eq!(
+            series(&u),
+            [
+                ("127.0.0.1:1".into(), 10, 0),
+                (REMOVED_SERVERS.into(), 21, 0)
+            ]
+        );
+        // A group the reload drops whole keeps its totals too.
+        u.update(&[]);
+        assert_eq!(series(&u), [(REMOVED_SERVERS.into(), 31, 0)]);
     }
 
     #[test]
