@@ -248,6 +248,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         let quiet = idle || (wait == Wait::Head && input.data().is_empty());
         // A fresh connection is read once first: its request may be there.
         if quiet && (idle || read_once) && shard.is_draining() {
+            Box::pin(client.finish()).await;
             return;
         }
         shard.set_idle(key, quiet);
@@ -275,7 +276,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let cx = context(&shard, &site, log, headers, scheme);
-                session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
+                let next = session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
                     .unwrap_or(0);
@@ -285,6 +286,11 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                     ..session.take_tally()
                 };
                 finish(&shard, None, &Record::counts(tally, None));
+                // Idle past keepalive-timeout, or silent since it came: a
+                // clean end (a 408 is not, as nginx has it).
+                if matches!(next, Next::Close { linger: false }) {
+                    Box::pin(client.finish()).await;
+                }
                 return;
             }
             Err(_) => {

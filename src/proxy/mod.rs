@@ -364,7 +364,10 @@ async fn forward(
                 served.upstream = Some((server.clone(), r.upstream_status, started.elapsed()));
             }
             match end {
-                ClientEnd::Gone => served.status = 499,
+                ClientEnd::Gone => {
+                    served.status = 499;
+                    served.cut = true;
+                }
                 // A response already under way is cut short instead:
                 // nothing else can follow its start.
                 ClientEnd::Refused(e) if begun.as_ref().is_some_and(|(_, r)| r.bytes_out > 0) => {
@@ -441,6 +444,7 @@ async fn forward(
                 Ok(filled) => filled,
                 Err(HeadEnd::ClientGone) => {
                     served.status = 499;
+                    served.cut = true;
                     served.upstream = Some((server, 0, started.elapsed()));
                     return served;
                 }
@@ -519,7 +523,7 @@ async fn forward(
         server.count(|s| s.count_status(relayed.upstream_status));
         let ended = Instant::now();
         let took = ended.saturating_duration_since(started);
-        served.cut = relayed.upstream_failed;
+        served.cut = relayed.upstream_failed || relayed.client_failed;
         if relayed.upstream_failed {
             server.failed(cfg, ended);
         } else {

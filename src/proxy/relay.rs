@@ -130,6 +130,9 @@ pub(super) struct Relayed {
     pub(super) client_keep_alive: bool,
     pub(super) upstream_reusable: bool,
     pub(super) upstream_failed: bool,
+    /// The client took no more of it (gone, or nothing taken for
+    /// send-timeout): the response is cut short on its side.
+    pub(super) client_failed: bool,
 }
 
 /// A response whose head went into the client's output: its body,
@@ -308,6 +311,7 @@ pub(super) async fn relay(
         // The head, then bytes both ways as they come; the client's
         // connection is the tunnel's until it ends.
         if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+            r.client_failed = true;
             return r;
         }
         r.bytes_out += c.out.len() as u64;
@@ -351,6 +355,7 @@ pub(super) async fn stream(
         }
         if !c.out.is_empty() {
             if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+                r.client_failed = true;
                 return r;
             }
             r.bytes_out += c.out.len() as u64;
@@ -371,7 +376,10 @@ pub(super) async fn stream(
         )
         .await;
         piece = 0..match read {
-            None => return r,
+            None => {
+                r.client_failed = true;
+                return r;
+            }
             Some(Ok(0)) if out.framing == ResponseFraming::UntilClose => {
                 out.end(c.out);
                 0

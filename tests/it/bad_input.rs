@@ -184,6 +184,24 @@ fn a_head_request_cut_short_gets_an_error_without_a_body() {
     assert!(text.ends_with("\r\n\r\n"), "{text:?}");
 }
 
+/// A TLS ClientHello on a plain port (`curl https://` to an http port), or
+/// any first byte no method begins with, is a 400 at once, as nginx has
+/// it, not a wait for the rest of a head that never comes.
+#[test]
+fn a_tls_hello_on_a_plain_port_gets_400_at_once() {
+    let server = Server::start(&["--header-timeout", "60s"]);
+    for start in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\r\n\x00GET",
+    ] {
+        let mut s = server.connect();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(start).unwrap();
+        let text = read_to_close(&mut s);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{start:?}: {text}");
+    }
+}
+
 /// A HEAD request refused for its head (bad, or too large) gets its error
 /// without a body too (RFC 9110 §9.3.2): the head's method is known even
 /// when the rest of it is not taken.

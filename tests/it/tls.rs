@@ -215,7 +215,7 @@ impl<T: Read + Write> ReadWrite for T {}
 const GET: &str = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// A connection that closes after its response (HTTP/1.0, `Connection:
-/// close`) ends with close_notify: a TLS client tells that clean end from
+/// close`) or idle past keepalive-timeout ends with close_notify: a TLS client tells that clean end from
 /// a cut (rustls reports a bare close as UnexpectedEof; OpenSSL 3 clients,
 /// curl among them, as "unexpected eof while reading").
 #[test]
@@ -224,10 +224,12 @@ fn a_connection_that_closes_cleanly_sends_close_notify() {
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
     let file = config(&dir, &[("site.pem", "site.key", &[])], "");
-    let (_server, addr) = start(&file, &[]);
+    let (_server, addr) = start(&file, &["--keepalive-timeout", "1s"]);
     for request in [
         "GET / HTTP/1.0\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        // Kept alive, then idle past keepalive-timeout: a clean end too.
+        GET,
     ] {
         let mut s = tls_connect(addr, "localhost", Some(&ca));
         s.write_all(request.as_bytes()).unwrap();

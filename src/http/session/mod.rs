@@ -258,6 +258,13 @@ impl<J> Session<J> {
                             Wait::Head
                         });
                     }
+                    // A request begins with its method's first letter (after
+                    // empty lines): any other byte, a TLS ClientHello's 0x16
+                    // on a plain port above all, is refused at once rather
+                    // than waited on for header-timeout.
+                    if !begins_request(data) {
+                        return self.fail(ParseError::RequestLine, out, cx);
+                    }
                     let max = cx.limits.head.max_header_bytes;
                     let end = self.scanner.find_end(data);
                     // Judge an oversized head on its first `max` bytes only, so
@@ -485,6 +492,15 @@ impl<J> Session<J> {
         self.error = Some(e);
         Next::Close { linger: true }
     }
+}
+
+/// Whether `data`, the start of a request, may still be one: its first
+/// byte past empty lines is a method's (an RFC 9110 token character), or
+/// there is none yet.
+fn begins_request(data: &[u8]) -> bool {
+    data.iter()
+        .find(|&&b| b != b'\r' && b != b'\n')
+        .is_none_or(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether a request's bytes begin a HEAD request (after the empty lines a
