@@ -211,9 +211,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 match after {
                     After::Open => continue,
                     After::Close => {
-                        // Boxed, as the lingering close: off the future
-                        // every idle connection keeps.
-                        Box::pin(client.finish()).await;
+                        finish_tls(&mut client).await;
                         return;
                     }
                     After::Abort => return,
@@ -227,7 +225,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 if linger {
                     Box::pin(linger_close(&mut client, &mut input)).await;
                 } else {
-                    Box::pin(client.finish()).await;
+                    finish_tls(&mut client).await;
                 }
                 return;
             }
@@ -248,7 +246,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         let quiet = idle || (wait == Wait::Head && input.data().is_empty());
         // A fresh connection is read once first: its request may be there.
         if quiet && (idle || read_once) && shard.is_draining() {
-            Box::pin(client.finish()).await;
+            finish_tls(&mut client).await;
             return;
         }
         shard.set_idle(key, quiet);
@@ -289,7 +287,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 // Idle past keepalive-timeout, or silent since it came: a
                 // clean end (a 408 is not, as nginx has it).
                 if matches!(next, Next::Close { linger: false }) {
-                    Box::pin(client.finish()).await;
+                    finish_tls(&mut client).await;
                 }
                 return;
             }
@@ -352,6 +350,15 @@ async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
     client
         .linger_close(input.spare(), LINGER_TIME, LINGER_BYTES)
         .await;
+}
+
+/// End a connection that closes cleanly (`Socket::finish`): boxed, as the
+/// lingering close, to keep it off the future every idle connection keeps,
+/// and only for TLS, which has something to send.
+async fn finish_tls(client: &mut Socket) {
+    if client.is_tls() {
+        Box::pin(client.finish()).await;
+    }
 }
 
 /// Removes the connection from the shard's registry however the task ends.

@@ -112,6 +112,27 @@ pub fn spawn(
     Ok(Process { pid, tail })
 }
 
+/// How much of `line`, cut at an arbitrary byte, holds whole characters:
+/// all of it but an incomplete UTF-8 sequence at its end.
+fn whole_chars(line: &[u8]) -> usize {
+    // A character's first byte is within its last 4 bytes.
+    for back in 1..=line.len().min(4) {
+        let at = line.len() - back;
+        let b = line[at];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let needs = match b {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if needs > back { at } else { line.len() };
+    }
+    line.len()
+}
+
 /// Log each line read from `pipe` (stderr at warning level), and keep the
 /// last ones in `tail`, on a thread of its own: a slow log never blocks the
 /// app for long, and never a shard.
@@ -140,15 +161,9 @@ fn relay_lines(
                 }
                 let cut = line.len() == MAX_LINE && line.last() != Some(&b'\n');
                 if cut {
-                    // The rest of the line is skipped (one line of output
-                    // is one line of the log), and a character the cut
-                    // split is left out whole rather than garbled.
-                    let _ = reader.skip_until(b'\n');
-                    if let Err(e) = std::str::from_utf8(&line) {
-                        if e.error_len().is_none() {
-                            line.truncate(e.valid_up_to());
-                        }
-                    }
+                    // A character the cut split is left out whole rather
+                    // than garbled.
+                    line.truncate(whole_chars(&line));
                     line.extend_from_slice(" [cut]".as_bytes());
                 }
                 let text = String::from_utf8_lossy(&line);
@@ -163,6 +178,12 @@ fn relay_lines(
                     t.pop_front();
                 }
                 t.push_back(text.to_string());
+                drop(t);
+                if cut {
+                    // The rest of the line, once its start is logged, is
+                    // skipped: one line of output is one line of the log.
+                    let _ = reader.skip_until(b'\n');
+                }
             }
         });
     if let Err(e) = spawned {
@@ -180,6 +201,20 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_keeps_whole_characters_only() {
+        let e = "é".as_bytes();
+        let euro = "€".as_bytes();
+        assert_eq!(whole_chars(b"abc"), 3);
+        assert_eq!(whole_chars(&[b'a', e[0]]), 1);
+        assert_eq!(whole_chars(&[b'a', e[0], e[1]]), 3);
+        assert_eq!(whole_chars(&[b'a', euro[0], euro[1]]), 1);
+        assert_eq!(whole_chars(&[euro[0], euro[1], euro[2]]), 3);
+        // An invalid byte earlier is not this function's business.
+        assert_eq!(whole_chars(&[0xFF, b'a']), 2);
+        assert_eq!(whole_chars(&[]), 0);
+    }
 
     #[test]
     fn a_long_line_is_cut_once_and_whole_characters_kept() {

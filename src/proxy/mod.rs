@@ -65,7 +65,8 @@ const MAX_TRIES: usize = 8;
 /// Most servers one request reaches that close on it without an answer:
 /// past two, the request is most likely what ends them (an app process
 /// that crashes on it), and each retry would take another instance down.
-/// A pooled connection's close (the keep-alive race) counts too.
+/// A pooled connection's close that gets the keep-alive race's own try
+/// does not count.
 const MAX_DROPPED: usize = 2;
 
 /// The client's side of the exchange, lent by its connection.
@@ -435,7 +436,10 @@ async fn forward(
             )
             .await;
             let reset = matches!(got, Err(HeadEnd::Failed(Failure::Reset)));
-            dropped += usize::from(reset);
+            // A pooled connection's first close is the keep-alive race's
+            // (its own try follows): the request most likely never reached
+            // the app, and a killed instance's backlog may drop the next.
+            dropped += usize::from(reset && !(reused && stale.is_none()));
             let retry = reset && idempotent && !body_started && dropped < MAX_DROPPED;
             if !retry {
                 commit(&mut c, &mut body);
@@ -585,6 +589,7 @@ async fn reply(
         served.body_bytes = 0;
         served.keep_alive = false;
         served.linger = false;
+        served.cut = true;
     }
     c.out.clear();
 }

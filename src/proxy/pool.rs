@@ -92,16 +92,28 @@ impl Upstreams {
     pub fn update(&self, configs: &[UpstreamConfig]) {
         let mut groups = self.groups.borrow_mut();
         let old = std::mem::take(&mut *groups);
+        let mut retired = self.retired.borrow_mut();
         for c in configs {
             let before = old.get(&c.name);
             let servers = c
                 .servers
                 .iter()
                 .map(|addr| {
-                    before
-                        .and_then(|g| g.servers.iter().find(|s| &s.addr == addr))
-                        .cloned()
-                        .unwrap_or_else(|| Rc::new(Server::new(addr.clone())))
+                    if let Some(s) = before.and_then(|g| g.servers.iter().find(|s| &s.addr == addr))
+                    {
+                        return s.clone();
+                    }
+                    // Dropped before with requests still in flight, and back
+                    // (a port used again): its series goes on as it was.
+                    if let Some(i) = retired
+                        .iter()
+                        .position(|(name, s)| name == &c.name && &s.addr == addr)
+                    {
+                        let (_, s) = retired.swap_remove(i);
+                        s.removed.set(false);
+                        return s;
+                    }
+                    Rc::new(Server::new(addr.clone()))
                 })
                 .collect();
             groups.insert(
@@ -115,7 +127,6 @@ impl Upstreams {
         }
         // What no group lists any more: its pooled connections go now, and
         // those in use when their requests end (`checkin`).
-        let mut retired = self.retired.borrow_mut();
         for (name, g) in &old {
             for s in &g.servers {
                 let kept = groups
@@ -127,6 +138,28 @@ impl Upstreams {
                 }
             }
         }
+        drop(retired);
+        self.fold_retired();
+    }
+
+    /// Add what the dropped servers with nothing in flight counted into
+    /// their groups' `removed` totals, and let them go: `retired` holds
+    /// only servers with requests in flight (each holds a latency
+    /// histogram of about 136 KiB, and an app instance replaced over and
+    /// over drops one each time). Called at each update, sweep and scrape.
+    fn fold_retired(&self) {
+        let mut removed = self.removed.borrow_mut();
+        self.retired.borrow_mut().retain(|(name, s)| {
+            if s.busy.get() > 0 {
+                return true;
+            }
+            let (stats, latency) = removed
+                .entry(name.clone())
+                .or_insert_with(|| (UpstreamStats::default(), new_histogram()));
+            stats.add(&s.stats.borrow());
+            let _ = latency.add(&*s.latency.borrow());
+            false
+        });
     }
 
     /// The group called `name`.
@@ -145,6 +178,7 @@ impl Upstreams {
                 trim(&mut idle, g.config.keepalive, now);
             }
         }
+        self.fold_retired();
     }
 
     /// Close every idle connection (a shutdown).
@@ -160,18 +194,8 @@ impl Upstreams {
     /// listed, those dropped with requests still in flight, and per group
     /// what the dropped ones counted (`REMOVED_SERVERS`).
     pub fn samples(&self) -> Vec<UpstreamSample> {
-        let mut removed = self.removed.borrow_mut();
-        self.retired.borrow_mut().retain(|(name, s)| {
-            if s.busy.get() > 0 {
-                return true;
-            }
-            let (stats, latency) = removed
-                .entry(name.clone())
-                .or_insert_with(|| (UpstreamStats::default(), new_histogram()));
-            stats.add(&s.stats.borrow());
-            let _ = latency.add(&*s.latency.borrow());
-            false
-        });
+        self.fold_retired();
+        let removed = self.removed.borrow();
         let sample = |name: &String, s: &Server| UpstreamSample {
             upstream: name.clone(),
             server: s.label.to_string(),
@@ -448,6 +472,25 @@ mod tests {
         // A group the reload drops whole keeps its totals too.
         u.update(&[]);
         assert_eq!(series(&u), [(REMOVED_SERVERS.into(), 31, 0)]);
+    }
+
+    #[test]
+    fn a_dropped_server_is_let_go_when_idle_or_taken_back() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 2)]);
+        let g = u.group("app").unwrap();
+        let second = Rc::downgrade(&g.servers[1]);
+        let busy = g.servers[0].busy();
+        drop(g);
+        // Dropped idle: gone at once, no scrape needed.
+        u.update(&[group(Balance::RoundRobin, 0)]);
+        assert!(second.upgrade().is_none(), "an idle dropped server is kept");
+        assert_eq!(u.retired.borrow().len(), 1);
+        // Back while busy: the same server, its counts going on.
+        u.update(&[group(Balance::RoundRobin, 1)]);
+        assert!(u.retired.borrow().is_empty());
+        let g = u.group("app").unwrap();
+        assert!(Rc::ptr_eq(&g.servers[0], &busy.0));
+        assert!(!g.servers[0].removed.get());
     }
 
     #[test]

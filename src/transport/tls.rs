@@ -118,10 +118,10 @@ impl TlsStream {
     }
 
     /// Send everything rustls has queued, waiting through the ring when the
-    /// socket is full; a stall until `deadline` fails it. With `renew`, each
-    /// write that sends something moves the deadline to that long after
-    /// it: a client that reads slowly but steadily is not a stall (plain
-    /// sockets measure send-timeout between writes too).
+    /// socket is full; a stall until `deadline` fails it. With `renew`, a
+    /// wait after writes that sent something may last that long again: a
+    /// client that reads slowly but steadily is not a stall (plain sockets
+    /// measure send-timeout between writes too).
     pub(super) async fn flush(
         &mut self,
         interest: Option<&mut Interest>,
@@ -132,14 +132,16 @@ impl TlsStream {
             return self.flush_without_ring(deadline).await;
         };
         let fd = self.tcp.fd();
+        // Some went out since the deadline was set: moved on before a wait
+        // (not at every write: a clock read each).
+        let mut progressed = false;
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut Send(fd)) {
-                Ok(n) => {
-                    if let Some(stall) = renew.filter(|_| n > 0) {
+                Ok(n) => progressed |= n > 0,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(stall) = renew.filter(|_| std::mem::take(&mut progressed)) {
                         deadline = Instant::now() + stall;
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     interest.writable(deadline).await.map_err(io::Error::from)?;
                 }
                 Err(e) => return Err(e),
