@@ -352,12 +352,14 @@ async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
         .await;
 }
 
-/// End a connection that closes cleanly (`Socket::finish`): boxed, as the
-/// lingering close, to keep it off the future every idle connection keeps,
-/// and only for TLS, which has something to send.
+/// End a connection that closes cleanly: over TLS, close_notify first
+/// (within `CLOSE_NOTIFY_TIME`), so that a client tells a body that ends at
+/// the close from one cut short, as nginx's clients can; plain TCP's FIN
+/// says it already. Boxed, as the lingering close, to keep it off the
+/// future every idle connection keeps.
 async fn finish_tls(client: &mut Socket) {
     if client.is_tls() {
-        Box::pin(client.finish()).await;
+        let _ = Box::pin(client.shutdown_write()).await;
     }
 }
 

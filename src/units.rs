@@ -73,6 +73,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     Ok(d)
 }
 
+/// A number of seconds as a duration, within `MAX_DURATION` (a bare
+/// integer in the configuration file).
+pub fn seconds(n: u64) -> Result<Duration, UnitError> {
+    let d = Duration::from_secs(n);
+    if d > MAX_DURATION {
+        return Err(UnitError::DurationTooLong(n.to_string()));
+    }
+    Ok(d)
+}
+
 /// Format a size the way `parse_size` reads it, for logs and help.
 pub fn format_size(n: u64) -> String {
     match n {

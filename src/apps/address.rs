@@ -9,13 +9,10 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{AppListen, ServerAddr};
+use crate::config::{AppListen, ServerAddr, MAX_UNIX_PATH};
 
 /// Bytes of an app's name in its sockets' file names.
 const SOCKET_NAME_BYTES: usize = 32;
-
-/// The longest path a Unix socket address holds (`sun_path`, less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Longest wait of one readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -50,9 +47,9 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             // what `sun_path` holds however long the name.
             let short = app.get(..SOCKET_NAME_BYTES).unwrap_or(app);
             let path = dir.join(format!("{short}.{tag}.sock"));
-            if path.as_os_str().len() > MAX_SOCKET_PATH {
+            if path.as_os_str().len() > MAX_UNIX_PATH {
                 return Err(io::Error::other(format!(
-                    "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket address holds: set a shorter RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR",
+                    "the socket path {} is longer than the {MAX_UNIX_PATH} bytes a Unix socket address holds: set a shorter RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR",
                     path.display()
                 )));
             }

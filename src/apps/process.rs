@@ -113,24 +113,10 @@ pub fn spawn(
 }
 
 /// How much of `line`, cut at an arbitrary byte, holds whole characters:
-/// all of it but an incomplete UTF-8 sequence at its end.
+/// all of it but what is not valid UTF-8 at its end (a character the cut
+/// split).
 fn whole_chars(line: &[u8]) -> usize {
-    // A character's first byte is within its last 4 bytes.
-    for back in 1..=line.len().min(4) {
-        let at = line.len() - back;
-        let b = line[at];
-        if b & 0xC0 == 0x80 {
-            continue;
-        }
-        let needs = match b {
-            0xF0.. => 4,
-            0xE0.. => 3,
-            0xC0.. => 2,
-            _ => 1,
-        };
-        return if needs > back { at } else { line.len() };
-    }
-    line.len()
+    line.len() - line.utf8_chunks().last().map_or(0, |c| c.invalid().len())
 }
 
 /// Log each line read from `pipe` (stderr at warning level), and keep the
@@ -164,7 +150,7 @@ fn relay_lines(
                     // A character the cut split is left out whole rather
                     // than garbled.
                     line.truncate(whole_chars(&line));
-                    line.extend_from_slice(" [cut]".as_bytes());
+                    line.extend_from_slice(b" [cut]");
                 }
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);

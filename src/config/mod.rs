@@ -434,6 +434,12 @@ impl Config {
     }
 }
 
+/// The longest path a Unix socket address holds: Linux's `sun_path` has
+/// 108 bytes, one of them the terminating NUL. A longer path could never be
+/// connected to: an upstream's is refused at load, an app socket's when
+/// its directory is chosen.
+pub const MAX_UNIX_PATH: usize = 107;
+
 /// The key prefix of route `i` (0-based) in messages: `route[1]` is the first.
 pub fn route_key(i: usize) -> String {
     format!("route[{}]", i + 1)

@@ -66,7 +66,9 @@ pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<&[u8]>, ClimbsAboveRoot> {
     Ok(segments)
 }
 
-/// No escapes, no empty, `.` or `..` segment (a trailing slash is fine).
+/// No escapes, no byte the canonical form escapes (space, control,
+/// non-ASCII, `?`, `#`), no empty, `.` or `..` segment (a trailing slash is
+/// fine).
 fn is_canonical(path: &str) -> bool {
     // Bytes the canonical form escapes: a request may carry raw UTF-8
     // (curl sends it so), which must meet its escaped spelling, and a

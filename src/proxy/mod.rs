@@ -15,8 +15,10 @@
 //! or none within connect-timeout) → the next server, whatever the method;
 //! a reset or close after the request went out but before any byte of a
 //! response → the next server for idempotent methods whose body was not
-//! consumed, once (`MAX_DROPPED`: a request that crashes app processes
-//! takes down two at most, not each in turn); never after a response byte. A server silent for read-timeout
+//! consumed, unless it is the second such close (`MAX_DROPPED`: a request
+//! that crashes app processes takes down two of them, three when the first
+//! close was a pooled connection's, not each in turn); never after a
+//! response byte. A server silent for read-timeout
 //! is not tried again on another (504): the request may be what makes it
 //! slow, and a retry would double the client's wait. 502 for a failed or
 //! bad upstream, 504 for a timeout, 503 when no server is usable.
@@ -439,7 +441,8 @@ async fn forward(
             // A pooled connection's first close is the keep-alive race's
             // (its own try follows): the request most likely never reached
             // the app, and a killed instance's backlog may drop the next.
-            dropped += usize::from(reset && !(reused && stale.is_none()));
+            let race = reused && stale.is_none();
+            dropped += usize::from(reset && !race);
             let retry = reset && idempotent && !body_started && dropped < MAX_DROPPED;
             if !retry {
                 commit(&mut c, &mut body);
@@ -452,7 +455,7 @@ async fn forward(
                     served.upstream = Some((server, 0, started.elapsed()));
                     return served;
                 }
-                Err(HeadEnd::Failed(_)) if retry && reused && stale.is_none() => {
+                Err(HeadEnd::Failed(_)) if retry && race => {
                     log::info!(
                         "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
                         cfg.name,

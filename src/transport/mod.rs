@@ -432,16 +432,6 @@ impl Socket {
         waited.map_err(io::Error::from)
     }
 
-    /// End a connection that closes cleanly: over TLS, close_notify first
-    /// (within `CLOSE_NOTIFY_TIME`), so that a client tells a body that ends
-    /// at the close from one cut short, as nginx's clients can; plain TCP's
-    /// FIN says it already.
-    pub async fn finish(&mut self) {
-        if self.is_tls() {
-            let _ = self.shutdown_write().await;
-        }
-    }
-
     /// Half-close: no more bytes from this side (after TLS's close_notify).
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         if let Stream::Tls(t) = &mut self.stream {

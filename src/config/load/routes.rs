@@ -43,12 +43,16 @@ impl Walker<'_> {
                 // As requests are routed: decoded and normalized, written
                 // back escaped (`/café/` is `/caf%C3%A9/`, `/a/../b` is
                 // `/b`), so the route matches every spelling of its path.
-                route.path = match crate::http::path::canonical(&path) {
-                    _ if !path.starts_with('/') => path,
-                    Ok(canonical) => canonical.into_owned(),
-                    Err(_) => {
-                        self.error(f, format!("{path:?} climbs above /"));
-                        path
+                route.path = if !path.starts_with('/') {
+                    // `validate` says it must.
+                    path
+                } else {
+                    match crate::http::path::canonical(&path) {
+                        Ok(canonical) => canonical.into_owned(),
+                        Err(_) => {
+                            self.error(f, format!("{path:?} climbs above /"));
+                            path
+                        }
                     }
                 };
             }

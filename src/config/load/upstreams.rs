@@ -7,6 +7,7 @@
 //! How a group's servers are used (`balance`, `keepalive`, the timeouts,
 //! `max-fails`) is read by `upstream_setting`, which `[[app]]` shares.
 
+use crate::config::MAX_UNIX_PATH;
 use std::net::{Ipv6Addr, SocketAddr};
 
 use toml_edit::{ArrayOfTables, Table};
@@ -31,11 +32,6 @@ pub(super) const PROXY_KEYS: &[&str] = &[
     "max-fails",
     "fail-timeout",
 ];
-
-/// The longest path a Unix socket address holds: Linux's `sun_path` has
-/// 108 bytes, one of them the terminating NUL. A longer path could never be
-/// connected to, so it is refused now rather than at the first request.
-const MAX_UNIX_PATH: usize = 107;
 
 /// Why a `servers` entry cannot be used; each names the entry as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -99,10 +99,7 @@ impl Walker<'_> {
     /// Seconds as an integer, or a string with a unit (`500ms`, `5m`).
     pub(super) fn duration(&mut self, f: &Field) -> Option<Duration> {
         let parsed = match f.item.as_value() {
-            // Seconds, with the string form's limit.
-            Some(Value::Integer(n)) if *n.value() >= 0 => {
-                units::parse_duration(&n.value().to_string())
-            }
+            Some(Value::Integer(n)) if *n.value() >= 0 => units::seconds(*n.value() as u64),
             Some(Value::String(s)) => units::parse_duration(s.value()),
             _ => units::parse_duration(&f.raw),
         };

@@ -45,7 +45,10 @@ impl Config {
             // The executor's timers and control messages wait that long.
             err(
                 "server.idle-wait",
-                format!("must be at most 10ms, got {:?}", self.idle_wait),
+                format!(
+                    "must be at most {:?}, got {:?}",
+                    MAX_IDLE_WAIT, self.idle_wait
+                ),
             );
         }
         if matches!(&self.cpus, Some(c) if c.is_empty()) {

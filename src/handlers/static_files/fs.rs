@@ -283,8 +283,11 @@ fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(&l.root)?;
+    if below.as_os_str().is_empty() {
+        // The root itself: no file.
+        return Err(io::ErrorKind::NotFound.into());
+    }
     let mut names = below.components().peekable();
-    let mut opened = false;
     while let Some(name) = names.next() {
         let Component::Normal(name) = name else {
             return Err(io::ErrorKind::NotFound.into());
@@ -303,10 +306,6 @@ fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
         }
         // SAFETY: just opened, owned by nothing else.
         at = unsafe { fs::File::from_raw_fd(fd) };
-        opened = true;
-    }
-    if !opened {
-        return Err(io::ErrorKind::NotFound.into());
     }
     Ok(at)
 }

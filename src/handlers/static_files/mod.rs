@@ -494,10 +494,10 @@ async fn stream_file(
     stream: &mut impl Sink,
 ) -> std::io::Result<()> {
     // The lookup's descriptor, shared by the requests the cache gives it
-    // to (reads and sendfile take their offset, not the file's): a copy for
-    // glommio to own and close.
-    // SAFETY: a fresh duplicate, owned by nothing else.
-    let file = unsafe { BufferedFile::from_raw_fd(file.try_clone()?.into_raw_fd()) };
+    // to (reads and sendfile take their offset, not the file's). glommio's
+    // reads need a copy of their own to own and close: made only if a chunk
+    // goes that way (TLS, or what is not in the page cache).
+    let mut reader: Option<BufferedFile> = None;
     let (fd, socket) = (file.as_raw_fd(), stream.sendfile_fd());
     let mut pos = start;
     let end = start + len;
@@ -538,7 +538,13 @@ async fn stream_file(
                 }
             }
             let want = CHUNK.min((end - pos) as usize);
-            let chunk = recheck::wait(file.read_at(pos, want))
+            let reader = match &mut reader {
+                Some(r) => r,
+                // SAFETY: a fresh duplicate, owned by nothing else.
+                none => none
+                    .insert(unsafe { BufferedFile::from_raw_fd(file.try_clone()?.into_raw_fd()) }),
+            };
+            let chunk = recheck::wait(reader.read_at(pos, want))
                 .await
                 .map_err(std::io::Error::from)?;
             if chunk.is_empty() {
@@ -554,7 +560,9 @@ async fn stream_file(
         Ok(())
     }
     .await;
-    let _ = file.close().await;
+    if let Some(reader) = reader {
+        let _ = reader.close().await;
+    }
     result
 }
 

@@ -14,6 +14,10 @@
 //! 6. On disk (see `fs.rs`), the candidate is canonicalized and must still lie
 //!    under the canonical root unless `follow-symlinks` is set, so a symlink
 //!    cannot lead outside.
+//! 7. `fs::open_checked` then opens it below the root one name at a time with
+//!    `O_NOFOLLOW`, so what opens is what step 6 approved: a directory swapped
+//!    for a link in between is refused, and the bytes served come from that
+//!    open file, never from the path opened again.
 
 use percent_encoding::percent_decode_str;
 

@@ -258,20 +258,22 @@ impl<J> Session<J> {
                             Wait::Head
                         });
                     }
-                    // A request begins with its method's first letter (after
-                    // empty lines): any other byte, a TLS ClientHello's 0x16
-                    // on a plain port above all, is refused at once rather
-                    // than waited on for header-timeout.
-                    if !begins_request(data) {
+                    // A request begins with its method's first letter (the
+                    // empty lines before it are gone): any other byte, a TLS
+                    // ClientHello's 0x16 on a plain port above all, is
+                    // refused at once rather than waited on for
+                    // header-timeout. The answer to a HEAD, whatever it
+                    // turns out to be, has no body (RFC 9110 §9.3.2).
+                    if !is_method_byte(data[0]) {
                         return self.fail(ParseError::RequestLine, out, cx);
                     }
+                    self.head_request = data.starts_with(b"HEAD ");
                     let max = cx.limits.head.max_header_bytes;
                     let end = self.scanner.find_end(data);
                     // Judge an oversized head on its first `max` bytes only, so
                     // the answer does not depend on how the bytes arrived.
                     if end.map_or(data.len() >= max, |end| end > max) {
                         let e = parse::overflow_error(&data[..max.min(data.len())]);
-                        self.head_request = begins_head(data);
                         return self.fail(e, out, cx);
                     }
                     let Some(end) = end else {
@@ -404,10 +406,7 @@ impl<J> Session<J> {
         cx: &Context<J>,
     ) -> Result<HeadOutcome, ParseError> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
-        // Also for the error, should the head be refused.
-        self.head_request = begins_head(head);
         let req = parse::parse(head, &mut headers, &cx.limits.head)?;
-        self.head_request = req.is_head();
         let max_body = cx.limits.max_body_bytes;
         if let BodyFraming::Length(n) = req.body {
             // Refuse a declared body over the limit without reading it.
@@ -494,24 +493,10 @@ impl<J> Session<J> {
     }
 }
 
-/// Whether `data`, the start of a request, may still be one: its first
-/// byte past empty lines is a method's (an RFC 9110 token character), or
-/// there is none yet.
-fn begins_request(data: &[u8]) -> bool {
-    data.iter()
-        .find(|&&b| b != b'\r' && b != b'\n')
-        .is_none_or(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Whether a request's bytes begin a HEAD request (after the empty lines a
-/// server skips, RFC 9112 §2.2): the answer to a head refused as bad or
-/// too large carries no body then either (RFC 9110 §9.3.2).
-fn begins_head(data: &[u8]) -> bool {
-    let start = data
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(data.len());
-    data[start..].starts_with(b"HEAD ")
+/// Whether `b` may begin a request: a method's first character (an RFC
+/// 9110 token character).
+fn is_method_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A connection's input: bytes read but not yet consumed.
