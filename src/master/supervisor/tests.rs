@@ -654,23 +654,27 @@ fn renaming(instances: usize) -> Supervisor<Fake> {
     sup
 }
 
+/// What a SIGHUP of `renaming`'s file does while web2 is not ready: the
+/// manager starts web2 and keeps web, the shards hear nothing, and the
+/// wait's end is set (held reload number `seq`).
+fn held_renaming(seq: u64) -> [Did; 3] {
+    [
+        Did::Notify(Note::Reloading),
+        Did::ReloadApps(vec!["web2".into(), "web".into()]),
+        Did::Later(
+            DEFAULT_START_TIMEOUT + HELD_RELOAD_SLACK,
+            Due::ReloadTimeout(seq),
+        ),
+    ]
+}
+
 #[test]
 fn a_reload_that_adds_an_app_waits_until_its_instances_are_ready() {
     let mut sup = renaming(2);
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
     // The manager starts web2 and keeps web; the shards keep the routes
     // to web for now.
-    assert_eq!(
-        sup.world.take(),
-        [
-            Did::Notify(Note::Reloading),
-            Did::ReloadApps(vec!["web2".into(), "web".into()]),
-            Did::Later(
-                DEFAULT_START_TIMEOUT + HELD_RELOAD_SLACK,
-                Due::ReloadTimeout(1)
-            ),
-        ]
-    );
+    assert_eq!(sup.world.take(), held_renaming(1));
     assert_eq!(sup.config.limits, Config::default().limits);
     // web serves meanwhile: its news goes to the shards as before.
     on(&mut sup, app_servers("web", &[9001]));
@@ -806,17 +810,7 @@ fn a_newer_reload_replaces_a_held_one_and_its_timeout() {
     sup.world.take();
     // The same file again: waited for anew, with what is ready kept.
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
-    assert_eq!(
-        sup.world.take(),
-        [
-            Did::Notify(Note::Reloading),
-            Did::ReloadApps(vec!["web2".into(), "web".into()]),
-            Did::Later(
-                DEFAULT_START_TIMEOUT + HELD_RELOAD_SLACK,
-                Due::ReloadTimeout(2)
-            ),
-        ]
-    );
+    assert_eq!(sup.world.take(), held_renaming(2));
     // The first one's timeout is not this one's.
     on(&mut sup, MasterEvent::ReloadTimeout(1));
     assert!(sup.world.take().is_empty());
