@@ -106,16 +106,7 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
     let text = env::substitute(text, |v| std::env::var(v).ok()).map_err(|unset| {
         let unset = unset
             .into_iter()
-            .map(|u| {
-                at(
-                    Some(u.line),
-                    &u.key,
-                    format!(
-                        "environment variable {} is not set (write ${{{}:-default}} to give a default)",
-                        u.name, u.name
-                    ),
-                )
-            })
+            .map(|u| at(Some(u.line), &u.key, u.rule()))
             .collect::<Vec<_>>();
         LoadFailure::new(None, unset)
     })?;
