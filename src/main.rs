@@ -138,10 +138,16 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 
 /// One line per message on stderr. Under systemd (JOURNAL_STREAM set) each
 /// line carries its syslog priority as `<N>`, so journald files it at the
-/// right level.
+/// right level. rustls is held to errors unless RUST_LOG names it: it warns of each
+/// peer's misstep (an alert, a refused renegotiation, a message out of
+/// order), which any client can repeat on one connection to flood the log;
+/// nginx logs a client's TLS failures at `info`, below its default level.
 fn init_logging() {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("rustls", log::LevelFilter::Error)
+        .parse_env(env_logger::Env::default())
         .format(move |buf, record| {
             if journald {
                 let prio = match record.level() {

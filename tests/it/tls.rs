@@ -521,7 +521,7 @@ fn curl_and_openssl_speak_to_it() {
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
     dir.write("ca.pem", &ca.pem);
     let file = config(&dir, &[("site.pem", "site.key", &[])], "");
-    let (_server, addr) = start(&file, &[]);
+    let (server, addr) = start(&file, &[]);
     let url = format!("https://localhost:{}/", addr.port());
     let out = Command::new("curl")
         .args(["-sS", "--cacert", &dir.path("ca.pem"), "--resolve"])
@@ -582,6 +582,27 @@ fn curl_and_openssl_speak_to_it() {
             );
         }
     }
+    // A renegotiation (`R` to s_client) is refused with a warning alert,
+    // which a client could ask for without end: rustls' warning of it
+    // stays out of the log.
+    let mut reneg = Command::new("openssl")
+        .args(["s_client", "-connect", &connect, "-tls1_2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut input = reneg.stdin.take().unwrap();
+    let _ = input.write_all(b"R\n");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(input);
+    let out = reneg.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("RENEGOTIATING"), "{text}");
+    std::thread::sleep(Duration::from_millis(100));
+    let log = server.log();
+    assert!(!log.contains("NoRenegotiation"), "{log}");
 }
 
 #[test]
