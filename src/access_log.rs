@@ -155,15 +155,29 @@ impl AccessLogger {
             out.push(b'"');
         }
         if let Some(u) = &e.upstream {
-            // nginx users add `$upstream_addr` and friends the same way.
+            // nginx users add `$upstream_addr` and friends the same way,
+            // each a list when the request was tried on several servers
+            // (comma-separated here, without nginx's spaces, so that each
+            // stays one field).
             out.extend_from_slice(b" upstream=");
+            for (addr, _) in &u.failed {
+                clf_escape(out, addr.as_bytes());
+                out.push(b',');
+            }
             clf_escape(out, u.addr.as_bytes());
             out.extend_from_slice(b" upstream_status=");
+            for _ in &u.failed {
+                out.extend_from_slice(b"-,");
+            }
             match u.status {
                 0 => out.push(b'-'),
                 s => out.extend_from_slice(num.format(s).as_bytes()),
             }
-            let _ = write!(out, " upstream_time={:.3}", u.time.as_secs_f64());
+            out.extend_from_slice(b" upstream_time=");
+            for (_, took) in &u.failed {
+                let _ = write!(out, "{:.3},", took.as_secs_f64());
+            }
+            let _ = write!(out, "{:.3}", u.time.as_secs_f64());
         }
         out.push(b'\n');
     }
@@ -215,6 +229,18 @@ impl AccessLogger {
                 s => out.extend_from_slice(num.format(s).as_bytes()),
             }
             let _ = write!(out, ",\"upstream_time\":{:.3}", u.time.as_secs_f64());
+            if !u.failed.is_empty() {
+                out.extend_from_slice(b",\"upstream_failed\":[");
+                for (i, (addr, took)) in u.failed.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"addr\":");
+                    json_string(out, addr.as_bytes());
+                    let _ = write!(out, ",\"time\":{:.3}}}", took.as_secs_f64());
+                }
+                out.push(b']');
+            }
         }
         out.extend_from_slice(b",\"shard\":");
         out.extend_from_slice(num.format(self.shard).as_bytes());
@@ -455,6 +481,7 @@ mod tests {
             addr: "127.0.0.1:3001".into(),
             status: 502,
             time: std::time::Duration::from_millis(12),
+            failed: Vec::new(),
         };
         let proxied = Entry {
             upstream: Some(&upstream),
@@ -474,6 +501,45 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         assert!(
             line.ends_with(" upstream=127.0.0.1:3001 upstream_status=502 upstream_time=0.012\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_request_tried_again_lists_every_server() {
+        let ms = std::time::Duration::from_millis;
+        let upstream = crate::http::log::UpstreamLog {
+            addr: "127.0.0.1:3003".into(),
+            status: 200,
+            time: ms(4),
+            failed: vec![
+                ("127.0.0.1:3001".into(), ms(1)),
+                ("unix:/run/a".into(), ms(30)),
+            ],
+        };
+        let proxied = Entry {
+            upstream: Some(&upstream),
+            ..ENTRY
+        };
+        let mut out = Vec::new();
+        logger(LogFormat::Combined).combined(&mut out, &proxied);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.ends_with(
+                " upstream=127.0.0.1:3001,unix:/run/a,127.0.0.1:3003 upstream_status=-,-,200 \
+                 upstream_time=0.001,0.030,0.004\n"
+            ),
+            "{line}"
+        );
+        let mut out = Vec::new();
+        logger(LogFormat::Json).json(&mut out, &proxied);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.contains(
+                ",\"upstream_addr\":\"127.0.0.1:3003\",\"upstream_status\":200,\"upstream_time\":0.004,\
+                 \"upstream_failed\":[{\"addr\":\"127.0.0.1:3001\",\"time\":0.001},\
+                 {\"addr\":\"unix:/run/a\",\"time\":0.030}],"
+            ),
             "{line}"
         );
     }

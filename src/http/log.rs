@@ -38,8 +38,12 @@ pub struct UpstreamLog {
     pub addr: Rc<str>,
     /// Its response's status; 0 when none came (refused, reset, timeout).
     pub status: u16,
-    /// From the first attempt to the response read whole (or the failure).
+    /// From its attempt's start to the response read whole (or the
+    /// failure).
     pub time: Duration,
+    /// The servers tried before it, which failed, in order, each with the
+    /// time its attempt took (nginx lists them the same way).
+    pub failed: Vec<(Rc<str>, Duration)>,
 }
 
 impl<'a> Entry<'a> {

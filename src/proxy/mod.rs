@@ -132,8 +132,12 @@ struct Served {
     /// The response was cut short after it began: the connection ends
     /// without TLS's close_notify (`After::Abort`).
     pub cut: bool,
-    /// The last server tried, its status (0: none) and the time taken.
+    /// The last server tried, its status (0: none) and the time its
+    /// attempt took.
     pub upstream: Option<(Rc<Server>, u16, Duration)>,
+    /// The servers that failed before it, with the time each attempt took
+    /// (empty, unallocated, unless the request was tried again).
+    pub failed: Vec<(Rc<str>, Duration)>,
 }
 
 /// How one attempt at a server failed.
@@ -200,6 +204,7 @@ impl Served {
                 addr: server.label.clone(),
                 status,
                 time,
+                failed: self.failed,
             }),
             tally,
             after: match (self.keep_alive, self.linger, self.cut) {
@@ -265,17 +270,15 @@ async fn forward(
     // Servers that took the request and closed without a word.
     let mut dropped = 0;
     let mut up_out = buffers::take(0);
-    let started = Instant::now();
+    let mut now = Instant::now();
 
     while attempts < MAX_TRIES {
-        // The clock is read once per attempt (the first shares `started`)
-        // and once at the end: a dozen reads per proxied request were 2.7 %
-        // of its CPU (bench/RESULTS.md).
-        let now = if attempts == 0 {
-            started
-        } else {
-            Instant::now()
-        };
+        // The clock is read once per attempt and once at its end: a dozen
+        // reads per proxied request were 2.7 % of its CPU
+        // (bench/RESULTS.md).
+        if attempts > 0 {
+            now = Instant::now();
+        }
         let Some((index, server)) = group.pick(now, &tried[..attempts]) else {
             break;
         };
@@ -298,7 +301,9 @@ async fn forward(
             None => match server.connect(cfg.connect_timeout, readiness).await {
                 Ok(s) => s,
                 Err(e) => {
-                    server.failed(cfg, Instant::now());
+                    let at = Instant::now();
+                    server.failed(cfg, at);
+                    served.failed.push((server.label.clone(), at - now));
                     let kind = if e.kind() == io::ErrorKind::TimedOut {
                         Failure::Timeout
                     } else {
@@ -364,7 +369,7 @@ async fn forward(
                 c.out.clear();
                 served.bytes_out += r.bytes_out;
                 served.body_bytes = r.body_bytes;
-                served.upstream = Some((server.clone(), r.upstream_status, started.elapsed()));
+                served.upstream = Some((server.clone(), r.upstream_status, now.elapsed()));
             }
             match end {
                 ClientEnd::Gone => {
@@ -452,7 +457,7 @@ async fn forward(
                 Err(HeadEnd::ClientGone) => {
                     served.status = 499;
                     served.cut = true;
-                    served.upstream = Some((server, 0, started.elapsed()));
+                    served.upstream = Some((server, 0, now.elapsed()));
                     return served;
                 }
                 Err(HeadEnd::Failed(_)) if retry && race => {
@@ -470,7 +475,9 @@ async fn forward(
                     continue;
                 }
                 Err(HeadEnd::Failed(f)) => {
-                    server.failed(cfg, Instant::now());
+                    let at = Instant::now();
+                    server.failed(cfg, at);
+                    served.failed.push((server.label.clone(), at - now));
                     log::warn!(
                         "upstream {} ({}): {} {target}: {f:?}",
                         cfg.name,
@@ -517,7 +524,7 @@ async fn forward(
             // Its body may still be coming (the upstream answered early).
             served.linger = !served.keep_alive && !body.as_ref().is_none_or(BodyDecoder::is_done);
             reply(&mut c, &ex, &mut served, asked.head, Status::BAD_GATEWAY).await;
-            served.upstream = Some((server, relayed.upstream_status, started.elapsed()));
+            served.upstream = Some((server, relayed.upstream_status, now.elapsed()));
             return served;
         }
         served.status = relayed.status;
@@ -529,7 +536,7 @@ async fn forward(
         served.linger = !served.keep_alive && !body.as_ref().is_none_or(BodyDecoder::is_done);
         server.count(|s| s.count_status(relayed.upstream_status));
         let ended = Instant::now();
-        let took = ended.saturating_duration_since(started);
+        let took = ended.saturating_duration_since(now);
         served.cut = relayed.upstream_failed || relayed.client_failed;
         if relayed.upstream_failed {
             server.failed(cfg, ended);
@@ -550,7 +557,11 @@ async fn forward(
     served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
     served.linger = !served.keep_alive;
     reply(&mut c, &ex, &mut served, asked.head, status).await;
-    served.upstream = last.map(|(s, _)| (s, 0, started.elapsed()));
+    // The last failure is the entry's own, not one before it.
+    served.upstream = last.and_then(|(s, _)| {
+        let (_, took) = served.failed.pop()?;
+        Some((s, 0, took))
+    });
     served
 }
 

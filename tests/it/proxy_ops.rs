@@ -370,17 +370,20 @@ fn upstream_metrics_count_requests_failures_and_retries() {
 #[test]
 fn the_access_log_records_the_upstream() {
     let up = Upstream::start(ok("logged"));
+    let dead = dead_addr().to_string();
     let logs = Scratch::new("proxy-access-log");
     let log = logs.0.join("access.log");
     let toml = format!(
         "[log]\naccess = \"{}\"\nformat = \"json\"\n\n[[route]]\npath = \"/plain\"\nhandler = \"respond\"\nbody = \"plain\"\n\n",
         log.display()
-    ) + &simple(&[up.server()], "", "");
+    ) + &simple(&[dead.clone(), up.server()], "", "");
     let proxy = Proxy::start("proxy-log", &toml);
-    assert_eq!(
-        proxy.get("GET /proxied HTTP/1.1\r\nHost: x\r\n\r\n").status,
-        200
-    );
+    // Round robin (each shard its own): one of the first two at least
+    // goes to the dead server first.
+    for target in ["/proxied", "/again"] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(proxy.get(&req).status, 200);
+    }
     assert_eq!(
         proxy.get("GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").status,
         200
@@ -408,6 +411,21 @@ fn the_access_log_records_the_upstream() {
         .parse()
         .unwrap_or_else(|_| panic!("upstream_time {time:?} is not a number of seconds"));
     assert!((0.0..60.0).contains(&secs), "{proxied}");
+    // The request tried on the dead server first says so, as nginx lists
+    // each server in `$upstream_addr`.
+    let failed = format!("\"upstream_failed\":[{{\"addr\":\"{dead}\",\"time\":");
+    let retried: Vec<_> = ["/proxied", "/again"]
+        .into_iter()
+        .map(line)
+        .filter(|l| l.contains(&failed))
+        .collect();
+    assert!(!retried.is_empty(), "{text}");
+    for l in retried {
+        assert!(
+            l.contains(&format!("\"upstream_addr\":\"{}\"", up.server())),
+            "{l}"
+        );
+    }
     let plain = line("/plain");
     assert!(
         !plain.contains("\"upstream_addr\":\""),
