@@ -327,9 +327,13 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     assert_eq!(t.seen.iter().map(|w| w.pid).collect::<Vec<_>>(), old);
     assert_eq!(s.ready_pids("web", 1), old);
 
-    // Back to the good command: the tries stop, and it serves.
+    // Back to the good command: the tries stop, and the instance that
+    // runs it already is kept.
     s.reload(&good);
-    s.wait_for_count("app web: changed; replacing its instances one at a time", 2);
+    s.wait_for_count(
+        "app web: changed back to the settings its instances run; none is replaced",
+        1,
+    );
     let restored = s.server.log().len();
     std::thread::sleep(Duration::from_millis(2000));
     let log = s.server.log();
@@ -338,8 +342,8 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
         lines_with(&log, restored, "the replacement (pid ").len() <= 1,
         "still trying:\n{log}"
     );
-    let now = s.ready_pids("web", 1);
-    assert_eq!(s.whoami("/whoami").pid, now[0]);
+    assert_eq!(s.ready_pids("web", 1), old);
+    assert_eq!(s.whoami("/whoami").pid, old[0]);
 }
 
 /// App `name` of `instances` echo.js instances at `version`, proxied at

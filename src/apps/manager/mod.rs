@@ -95,8 +95,13 @@ struct Slot {
 
 struct App {
     config: AppConfig,
-    /// Bumped when a change needs the instances replaced.
+    /// The generation of `config`: instances of another one are replaced.
     generation: u64,
+    /// The highest generation given yet (a new change takes the next).
+    issued: u64,
+    /// Earlier settings that instances still run, with their generation:
+    /// a reload back to one of them keeps those instances.
+    earlier: Vec<(u64, AppConfig)>,
     slots: Vec<Slot>,
     /// What the master was last told.
     published: Vec<ServerAddr>,
@@ -231,6 +236,8 @@ impl Manager {
             self.apps.push(App {
                 config,
                 generation: 0,
+                issued: 0,
+                earlier: Vec::new(),
                 slots: (0..n).map(|_| Slot::new(now)).collect(),
                 published: Vec::new(),
             });

@@ -67,6 +67,64 @@ impl Manager {
         }
     }
 
+    /// `app`'s settings change to `config`, which its instances cannot
+    /// take running: a generation of their own, or the one of settings
+    /// some instances still run (a reload back after a failed rolling
+    /// reload replaces none of those). A replacement being started for
+    /// other settings leaves, and replacements start at once.
+    fn change(&mut self, app: &mut App, config: &AppConfig, now: Instant) {
+        let left = (app.generation, app.config.clone());
+        app.earlier.push(left);
+        let runs = |g: u64| {
+            app.slots
+                .iter()
+                .any(|s| s.current.get().is_some_and(|i| i.generation == g))
+        };
+        app.earlier.retain(|(g, _)| runs(*g));
+        let back = app
+            .earlier
+            .iter()
+            .position(|(_, c)| !c.replaces_instances(config));
+        app.generation = match back {
+            Some(at) => app.earlier.swap_remove(at).0,
+            None => {
+                app.issued += 1;
+                app.issued
+            }
+        };
+        for (index, slot) in app.slots.iter_mut().enumerate() {
+            if let Some(mut next) = slot.next.take_if(|n| n.generation != app.generation) {
+                next.state = State::retiring(now, self.drain);
+                self.leaving.push(Leaving::new(&app.config, index, next));
+            }
+            slot.replace_backoff = Backoff::new(now);
+            slot.replace_at = None;
+        }
+        let outdated = app
+            .slots
+            .iter()
+            .filter(|s| {
+                s.current
+                    .get()
+                    .is_some_and(|i| i.generation != app.generation)
+            })
+            .count();
+        match (back, outdated) {
+            (Some(_), 0) => info!(
+                "app {}: changed back to the settings its instances run; none is replaced",
+                config.name
+            ),
+            (Some(_), n) => info!(
+                "app {}: changed back to the settings some of its instances run; replacing the other {n} one at a time",
+                config.name
+            ),
+            (None, _) => info!(
+                "app {}: changed; replacing its instances one at a time",
+                config.name
+            ),
+        }
+    }
+
     /// New settings: new apps start, removed ones leave, changed ones roll,
     /// and a changed number of instances adds or retires slots.
     pub(super) fn on_reload(&mut self, configs: Vec<AppConfig>, now: Instant) {
@@ -77,16 +135,7 @@ impl Manager {
                 Some(i) => {
                     let mut app = old.swap_remove(i);
                     if app.config.replaces_instances(&config) {
-                        app.generation += 1;
-                        // New settings: their replacements start at once.
-                        for slot in &mut app.slots {
-                            slot.replace_backoff = Backoff::new(now);
-                            slot.replace_at = None;
-                        }
-                        info!(
-                            "app {}: changed; replacing its instances one at a time",
-                            config.name
-                        );
+                        self.change(&mut app, &config, now);
                     }
                     app.config = config;
                     while app.slots.len() > n {
@@ -104,6 +153,8 @@ impl Manager {
                     App {
                         config,
                         generation: 0,
+                        issued: 0,
+                        earlier: Vec::new(),
                         slots: (0..n).map(|_| Slot::new(now)).collect(),
                         published: Vec::new(),
                     }

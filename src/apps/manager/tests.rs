@@ -543,6 +543,47 @@ fn an_instance_that_dies_during_a_rolling_reload_leaves_one_instance_in_its_slot
 }
 
 #[test]
+fn a_reload_back_to_the_running_settings_keeps_the_instances() {
+    within(|| {
+        let mut h = Harness::new("back");
+        let web = app("web", 2, SERVES, &h.dir);
+        let v1 = version(&web, "1", SERVES);
+        h.start(vec![v1.clone()]).unwrap();
+        let pids = |m: &Manager| -> Vec<u32> {
+            (0..2)
+                .map(|i| current(m, "web", i).unwrap().process.pid)
+                .collect()
+        };
+        let old = pids(&h.m);
+        // A version that never comes up: its replacement stays starting.
+        h.send(Msg::Reload(vec![version(&web, "2", "wait_for('never')")]));
+        h.turn_until("a replacement starts", |m| {
+            m.apps[0].slots.iter().any(|s| s.next.is_some())
+        });
+        let doomed = h.m.apps[0]
+            .slots
+            .iter()
+            .find_map(|s| s.next.as_ref())
+            .unwrap()
+            .process
+            .pid;
+        h.send(Msg::Reload(vec![v1]));
+        h.turn_until("the replacement for version 2 is gone", |_| !alive(doomed));
+        // Nothing to replace: the instances run version 1 already.
+        h.turn_till(Instant::now() + Duration::from_millis(500));
+        assert_eq!(pids(&h.m), old);
+        let app = &h.m.apps[0];
+        assert!(app.slots.iter().all(|s| s.next.is_none()));
+        assert!(app
+            .slots
+            .iter()
+            .all(|s| s.current.get().unwrap().generation == app.generation));
+        let started = records(&h.dir).len();
+        assert_eq!(started, 3, "instances started: {:?}", records(&h.dir));
+    });
+}
+
+#[test]
 fn removing_an_app_stops_its_instances_and_unpublishes_them() {
     within(|| {
         let mut h = Harness::new("remove");
