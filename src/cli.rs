@@ -34,20 +34,23 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
-    /// Listen on 0.0.0.0:PORT (0 picks a free port; the bound address is logged).
-    #[arg(short, long, value_name = "PORT")]
+    /// Listen on 0.0.0.0:PORT (0 picks a free port; the bound address is
+    /// logged), besides any --listen address.
+    #[arg(short, long, value_name = "PORT", value_parser = parse_port)]
     pub port: Option<u16>,
 
-    /// Listen on ADDR:PORT; repeat for several addresses. [default: 0.0.0.0:3000]
-    #[arg(short, long, value_name = "ADDR:PORT")]
+    /// Listen on ADDR:PORT; repeat for several addresses (with --port, its
+    /// address too). [default: 0.0.0.0:3000]
+    #[arg(short, long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: Vec<SocketAddr>,
 
-    /// Number of shards. [default: one per CPU]
-    #[arg(long, value_name = "N")]
-    pub shards: Option<usize>,
+    /// Number of shards, or "auto": one per CPU. [default: auto]
+    #[arg(long, value_name = "N|auto", value_parser = parse_shards)]
+    pub shards: Option<ShardCount>,
 
-    /// CPUs to run shards on, like 0,2-3. [default: every CPU this process may use]
-    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    /// CPUs to run shards on, like 0,2-3, or "all": every CPU this process
+    /// may use. [default: all]
+    #[arg(long, value_name = "LIST|all", value_parser = parse_cpus)]
     pub cpus: Option<CpuList>,
 
     /// Whether each shard keeps to its own CPU (pinned) or may run on any
@@ -74,7 +77,7 @@ pub struct Cli {
     pub max_uri_bytes: Option<u64>,
 
     /// Most header fields per request. [default: 100]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     pub max_headers: Option<usize>,
 
     /// Largest request body. [default: 1m]
@@ -98,7 +101,7 @@ pub struct Cli {
     pub keepalive_timeout: Option<Duration>,
 
     /// Open connections per shard. [default: 16384]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     pub max_connections: Option<usize>,
 
     /// The admin listener serving metrics, or "off". [default: 127.0.0.1:9464]
@@ -152,12 +155,96 @@ fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
         .map_err(|_| format!("must be an address like 127.0.0.1:9464 or off, got {s:?}"))
 }
 
-/// A parsed `--cpus` value (a newtype, so clap takes it as one value).
+/// A parsed `--cpus` value (a newtype, so clap takes it as one value):
+/// `None` for "all".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuList(pub Vec<usize>);
+pub struct CpuList(pub Option<Vec<usize>>);
 
 fn parse_cpus(s: &str) -> Result<CpuList, cpus::CpuError> {
-    cpus::parse_cpu_list(s).map(CpuList)
+    if s == "all" {
+        return Ok(CpuList(None));
+    }
+    cpus::parse_cpu_list(s).map(|l| CpuList(Some(l)))
+}
+
+/// A parsed `--shards` value: `None` for "auto" (one per CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardCount(pub Option<usize>);
+
+fn parse_shards(s: &str) -> Result<ShardCount, String> {
+    if s == "auto" {
+        return Ok(ShardCount(None));
+    }
+    s.parse()
+        .map(|n| ShardCount(Some(n)))
+        .map_err(|_| format!("must be a number of shards or \"auto\", got {s:?}"))
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.parse()
+        .map_err(|_| format!("must be a whole number, got {s:?}"))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.parse()
+        .map_err(|_| format!("must be a port from 0 to 65535, got {s:?}"))
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("must be an address like \"0.0.0.0:80\" or \"[::]:80\", got {s:?}"))
+}
+
+/// The flags, or one line naming the flag and the rule and exit status 2
+/// (help and version are printed as clap prints them).
+pub fn parse_or_exit() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        use clap::error::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            e.exit();
+        }
+        eprintln!("{}", one_line(&e));
+        std::process::exit(2);
+    })
+}
+
+/// A flag error as one line: `--shards: must be ..., got "many"`, as the
+/// errors of values that parse but break a rule read.
+fn one_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    // "--max-body-bytes <SIZE>": the flag's own name.
+    let flag = context(ContextKind::InvalidArg).map(|a| a.split(' ').next().unwrap_or(a));
+    let rule = match (std::error::Error::source(e), e.get(ContextKind::ValidValue)) {
+        (Some(source), _) => Some(source.to_string()),
+        (None, Some(ContextValue::Strings(valid))) => Some(format!(
+            "must be {}, got {:?}",
+            valid.join(" or "),
+            context(ContextKind::InvalidValue).unwrap_or_default()
+        )),
+        _ => None,
+    };
+    match (flag, rule) {
+        (Some(flag), Some(rule)) => format!("{flag}: {rule}"),
+        // Not a value's fault (an unknown flag, one given twice): clap's
+        // own first line, without its "error: ".
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            format!(
+                "{} (coreserve --help lists the flags)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            )
+        }
+    }
 }
 
 impl Cli {
@@ -249,8 +336,8 @@ impl Cli {
             c.listen = listen;
             overridden.push("server.listen");
         }
-        set!(self.shards.map(Some), "server.shards", c.shards);
-        set!(self.cpus.map(|l| Some(l.0)), "server.cpus", c.cpus);
+        set!(self.shards.map(|n| n.0), "server.shards", c.shards);
+        set!(self.cpus.map(|l| l.0), "server.cpus", c.cpus);
         set!(self.dispatch, "server.dispatch", c.dispatch);
         set!(self.affinity, "server.affinity", c.affinity);
         set!(self.defer_accept, "server.defer-accept", c.defer_accept);
@@ -368,6 +455,57 @@ mod tests {
         assert_eq!(Config::default().affinity, Affinity::Floating);
         assert!(!c.defer_accept);
         assert!(Config::default().defer_accept);
+    }
+
+    #[test]
+    fn a_flag_that_does_not_parse_is_one_line_naming_it() {
+        let line = |args: &[&str]| {
+            let e = Cli::try_parse_from(std::iter::once("coreserve").chain(args.iter().copied()))
+                .unwrap_err();
+            one_line(&e)
+        };
+        assert_eq!(
+            line(&["--max-body-bytes", "lots"]),
+            "--max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\""
+        );
+        assert_eq!(
+            line(&["--shards", "many"]),
+            "--shards: must be a number of shards or \"auto\", got \"many\""
+        );
+        assert_eq!(
+            line(&["-p", "70000"]),
+            "--port: must be a port from 0 to 65535, got \"70000\""
+        );
+        assert_eq!(
+            line(&["--listen", "127.0.0.1"]),
+            "--listen: must be an address like \"0.0.0.0:80\" or \"[::]:80\", got \"127.0.0.1\""
+        );
+        assert_eq!(
+            line(&["--affinity", "x"]),
+            "--affinity: must be pinned or floating, got \"x\""
+        );
+        assert_eq!(
+            line(&["--max-headers", "many"]),
+            "--max-headers: must be a whole number, got \"many\""
+        );
+        let unknown = line(&["--bogus"]);
+        assert!(
+            unknown.starts_with("unexpected argument '--bogus' found") && !unknown.contains('\n'),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn auto_and_all_put_the_defaults_back() {
+        let file = Config {
+            shards: Some(3),
+            cpus: Some(vec![0]),
+            ..Config::default()
+        };
+        let c = cli(&["--shards", "auto", "--cpus", "all"])
+            .apply(file)
+            .unwrap();
+        assert_eq!((c.shards, c.cpus), (None, None));
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn bind_hint(addr: &SocketAddr, err: &io::Error) -> &'static str {
         }
         io::ErrorKind::AddrInUse => {
             "; another process listens there (ss -ltnp shows which), or pick \
-             another port (--port 0 takes a free one)"
+             another port (port 0 takes a free one)"
         }
         _ => "",
     }

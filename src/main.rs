@@ -4,12 +4,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use coreserve::cli::{Cli, Command};
 use coreserve::master::{self, MasterError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = coreserve::cli::parse_or_exit();
     init_logging();
     // One line per panic, in the log's form; where it was caught (a request
     // handler, a connection) is logged by the code that caught it.
@@ -29,6 +28,7 @@ fn main() -> ExitCode {
         return status(cli, url, interval);
     }
     let check = cli.check;
+    let cpus_by_flag = cli.cpus.is_some();
     let again = cli.clone();
     let config = match cli.load() {
         Ok(c) => c,
@@ -50,12 +50,15 @@ fn main() -> ExitCode {
         // Every start-up check but binding: the CPUs, the host's limits
         // and io_uring.
         return match master::preflight(&config) {
-            Ok(_) => {
+            Ok(p) => {
+                if let Some(shared) = p.shared_cpus() {
+                    eprintln!("warning: {shared}");
+                }
                 println!("configuration OK");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}", check_error(&config, &e));
+                eprintln!("{}", check_error(&config, &e, cpus_by_flag));
                 // A CPU list that cannot be honoured is the configuration's
                 // fault; a host that cannot run io_uring is not.
                 ExitCode::from(if matches!(e, MasterError::Cpus(_)) {
@@ -84,9 +87,10 @@ fn main() -> ExitCode {
 
 /// A start-up check's failure as `--check` prints it: a CPU list that
 /// cannot be honoured points at its line in the file, like any other
-/// configuration error.
-fn check_error(config: &coreserve::config::Config, e: &MasterError) -> String {
+/// configuration error, or at `--cpus` when that gave it.
+fn check_error(config: &coreserve::config::Config, e: &MasterError, by_flag: bool) -> String {
     match e {
+        MasterError::Cpus(cpu) if by_flag => format!("--cpus: {cpu}"),
         MasterError::Cpus(cpu) => {
             let mut ce = coreserve::config::ConfigError::new("server.cpus", cpu.to_string());
             config.locate(&mut ce);

@@ -49,6 +49,9 @@ pub enum MasterError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The admin (metrics) listener could not be bound.
+    #[error("metrics.listen (--metrics-listen): {0}")]
+    MetricsBind(BindError),
     /// The access log file could not be opened.
     #[error("log.access: cannot open {}: {err}", path.display())]
     AccessLog {
@@ -104,6 +107,19 @@ pub struct Preflight {
     pub io_memory: u64,
 }
 
+impl Preflight {
+    /// The warning for more shards than CPUs, if there are more.
+    pub fn shared_cpus(&self) -> Option<String> {
+        let n = self.plan.len();
+        (n > self.allowed).then(|| {
+            format!(
+                "{n} shards on {} CPUs: shards share CPUs, which costs throughput",
+                self.allowed
+            )
+        })
+    }
+}
+
 /// Every check start-up makes before it binds anything: resource limits
 /// and io_uring, the CPU selection against the affinity mask, and locked
 /// memory for every executor. `run` starts with it and `--check` runs it
@@ -139,17 +155,18 @@ fn same_listener(passed: SocketAddr, wanted: SocketAddr) -> bool {
 
 /// Run the server until it is told to stop. Blocks the calling thread.
 pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
+    let checked = preflight(&config)?;
+    if let Some(shared) = checked.shared_cpus() {
+        warn!("{shared}");
+    }
     let Preflight {
         limits,
         plan,
         selected,
-        allowed,
         io_memory,
-    } = preflight(&config)?;
+        ..
+    } = checked;
     let n = plan.len();
-    if n > allowed {
-        warn!("{n} shards on {allowed} CPUs: shards share CPUs, which costs throughput");
-    }
     info!(
         "master {} is running (coreserve {})",
         std::process::id(),
@@ -283,7 +300,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
                 );
                 None
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(MasterError::MetricsBind(e)),
         },
         None => None,
     };

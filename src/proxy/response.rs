@@ -1,5 +1,7 @@
 //! The response head sent to the client: the upstream's status and
-//! end-to-end fields, our own `Date`, `Connection` and framing.
+//! end-to-end fields, our own `Date`, `Server`, `Connection` and framing.
+//! The upstream's `Server` is dropped, as nginx hides it by default: the
+//! app behind (and its version) is not told to every client.
 //!
 //! SECURITY: the upstream's framing never reaches the client as it came.
 //! Its body is decoded (`http::upstream` decided the framing strictly) and
@@ -54,7 +56,7 @@ pub fn write_head(
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(&date);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\r\nServer: coreserve\r\n");
     let connection = res
         .headers
         .iter()
@@ -66,7 +68,10 @@ pub fn write_head(
             length = Some(h.value);
             continue;
         }
-        if h.name.eq_ignore_ascii_case("date") || is_hop_by_hop(h.name, connection.clone()) {
+        if h.name.eq_ignore_ascii_case("date")
+            || h.name.eq_ignore_ascii_case("server")
+            || is_hop_by_hop(h.name, connection.clone())
+        {
             continue;
         }
         write_field(out, h.name, h.value);
@@ -149,7 +154,7 @@ mod tests {
         );
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: node\r\n\
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: coreserve\r\n\
              Content-Length: 2\r\n\r\n"
         );
         assert_eq!(d.encoder, BodyEncoder::Length(2));

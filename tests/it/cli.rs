@@ -32,7 +32,15 @@ fn bad_flag_values_exit_2_naming_the_flag() {
         (&["--max-body-bytes", "lots"][..], "must be a size"),
         (&["--header-timeout", "soon"][..], "must be a duration"),
         (&["--cpus", "x"][..], "must be a CPU list"),
-        (&["--dispatch", "random"][..], "invalid value"),
+        (
+            &["--dispatch", "random"][..],
+            "--dispatch: must be master or reuseport, got \"random\"",
+        ),
+        (
+            &["--shards", "many"][..],
+            "--shards: must be a number of shards or \"auto\", got \"many\"",
+        ),
+        (&["--port", "70000"][..], "--port: must be a port"),
         (&["--shards", "0"][..], "shards: must be between 1 and 1024"),
         (
             &["--shards", "9223372036854775807"][..],
@@ -55,6 +63,17 @@ fn bad_flag_values_exit_2_naming_the_flag() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+        // One line names the flag first, as README promises (the log's
+        // level before it once logging is up), and no usage text follows.
+        let named = err
+            .lines()
+            .filter(|l| {
+                let l = l.strip_prefix("ERROR ").unwrap_or(l);
+                l.starts_with(&format!("{}: ", args[0]))
+            })
+            .count();
+        assert_eq!(named, 1, "{args:?}: {err}");
+        assert!(!err.contains("--help"), "{args:?}: {err}");
     }
 }
 

@@ -383,7 +383,9 @@ fn a_busy_metrics_address_the_user_chose_is_an_error() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
-            err.contains(&format!("cannot listen on {addr}: Address already in use")),
+            err.contains(&format!(
+                "metrics.listen (--metrics-listen): cannot listen on {addr}: Address already in use"
+            )),
             "{args:?}: {err}"
         );
         assert!(!err.contains("listening on"), "{err}");

@@ -31,6 +31,7 @@ fn hop_by_hop_fields_are_removed_in_both_directions() {
                 ("Trailer", "X-Checksum"),
                 ("Upgrade", "h2c"),
                 ("X-End-To-End", "kept"),
+                ("Server", "gunicorn/19.9.0"),
             ],
             "body",
         )
@@ -59,6 +60,10 @@ fn hop_by_hop_fields_are_removed_in_both_directions() {
         assert_eq!(r.header(gone), None, "{gone} reached the client: {r:?}");
     }
     assert_eq!(r.header("x-end-to-end"), Some("kept"));
+    // The app behind is not named to clients (nginx's default too).
+    let servers: Vec<_> = r.headers.iter().filter(|(n, _)| n == "server").collect();
+    assert_eq!(servers.len(), 1, "{r:?}");
+    assert_eq!(r.header("server"), Some("coreserve"), "{r:?}");
 
     let q = &up.wait_for_requests(1)[0];
     for gone in [
