@@ -309,7 +309,10 @@ async fn forward(
                     } else {
                         Failure::Connect
                     };
-                    log::warn!("upstream {} ({}): connect: {e}", cfg.name, server.label);
+                    server.warn(
+                        at,
+                        format_args!("upstream {} ({}): connect: {e}", cfg.name, server.label),
+                    );
                     last = Some((server, kind));
                     continue;
                 }
@@ -404,11 +407,14 @@ async fn forward(
             // is read: an upstream that answered in full and closed fails
             // the body's write first, and `relay::stream` reads the rest.
             if sent.send_failed && !out.complete() && !out.ends_at_close() {
-                log::warn!(
-                    "upstream {} ({}): {} {target}: the request body could not be sent (nothing taken for send-timeout, or a failed write); the response is cut short",
-                    cfg.name,
-                    server.label,
-                    head.method_str()
+                server.warn(
+                    Instant::now(),
+                    format_args!(
+                        "upstream {} ({}): {} {target}: the request body could not be sent (nothing taken for send-timeout, or a failed write); the response is cut short",
+                        cfg.name,
+                        server.label,
+                        head.method_str()
+                    ),
                 );
                 r.upstream_failed = true;
             }
@@ -478,11 +484,14 @@ async fn forward(
                     let at = Instant::now();
                     server.failed(cfg, at);
                     served.failed.push((server.label.clone(), at - now));
-                    log::warn!(
-                        "upstream {} ({}): {} {target}: {f:?}",
-                        cfg.name,
-                        server.label,
-                        head.method_str()
+                    server.warn(
+                        at,
+                        format_args!(
+                            "upstream {} ({}): {} {target}: {f:?}",
+                            cfg.name,
+                            server.label,
+                            head.method_str()
+                        ),
                     );
                     last = Some((server, f));
                     if retry {
@@ -512,13 +521,17 @@ async fn forward(
         if relayed.upstream_failed && relayed.bytes_out == 0 {
             // Nothing went to the client yet: it gets a 502 rather than a
             // connection closed on it.
-            log::warn!(
-                "upstream {} ({}): {} {target}: an invalid response",
-                cfg.name,
-                server.label,
-                head.method_str()
+            let at = Instant::now();
+            server.warn(
+                at,
+                format_args!(
+                    "upstream {} ({}): {} {target}: an invalid response",
+                    cfg.name,
+                    server.label,
+                    head.method_str()
+                ),
             );
-            server.failed(cfg, Instant::now());
+            server.failed(cfg, at);
             server.count(|s| s.count_status(relayed.upstream_status));
             served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok;
             // Its body may still be coming (the upstream answered early).

@@ -71,7 +71,16 @@ pub struct Server {
     /// still finish there, but its connections are not kept, so that an
     /// app instance being replaced sees them close when its requests end.
     removed: Cell<bool>,
+    /// When a warning about it was last logged, and how many were held
+    /// back since (`warn`).
+    warned: Cell<Option<Instant>>,
+    held_back: Cell<u64>,
 }
+
+/// The least time between two warnings about one server on one shard: a
+/// server that is down fails every request sent to it (a group of one is
+/// never skipped), and a warning each was thousands of lines a second.
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
 struct Idle {
     socket: Socket,
@@ -305,6 +314,27 @@ impl Server {
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(new_histogram()),
             removed: Cell::new(false),
+            warned: Cell::new(None),
+            held_back: Cell::new(0),
+        }
+    }
+
+    /// Log a warning about this server, unless one was logged less than
+    /// `WARN_EVERY` ago: then it is only counted, and the next one logged
+    /// says how many were held back.
+    pub fn warn(&self, now: Instant, message: std::fmt::Arguments<'_>) {
+        if self
+            .warned
+            .get()
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            self.held_back.set(self.held_back.get() + 1);
+            return;
+        }
+        self.warned.set(Some(now));
+        match self.held_back.replace(0) {
+            0 => log::warn!("{message}"),
+            n => log::warn!("{message} ({n} more warnings about this server held back)"),
         }
     }
 

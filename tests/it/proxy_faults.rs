@@ -419,6 +419,29 @@ fn no_usable_server_gets_503() {
     );
 }
 
+/// A group of one server that is down fails every request (such a server
+/// is never skipped, as in nginx); its warnings come at most once a second
+/// per shard, the next one saying how many were held back.
+#[test]
+fn a_server_that_is_down_is_not_a_warning_per_request() {
+    let dead = dead_addr().to_string();
+    let proxy = Proxy::start("proxy-warn-once", &simple(&[dead], "", ""));
+    let connect_warnings = |log: &str| log.lines().filter(|l| l.contains("connect:")).count();
+    for i in 0..30 {
+        let r = proxy.get(&format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(r.status, 502, "request {i}");
+    }
+    let log = proxy.server.log();
+    // One shard: one line, unless the 30 requests took over a second.
+    assert!((1..=2).contains(&connect_warnings(&log)), "{log}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = proxy.get("GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502);
+    proxy
+        .server
+        .wait_for_log("more warnings about this server held back)");
+}
+
 #[test]
 fn passive_health_skips_a_failed_server_for_fail_timeout() {
     // Dead: every request still succeeds, all on the live server.
