@@ -126,6 +126,17 @@ impl<R> Child<R> {
         (self.running.take(), delay)
     }
 
+    /// New settings, which may start where the old ones failed: a start
+    /// waiting out its back-off is due at `now`, and the back-off starts
+    /// afresh (its failures were the old settings'). A running child is
+    /// left alone.
+    pub fn start_afresh(&mut self, now: Instant) {
+        if self.running.is_none() && self.due.is_some() {
+            self.due = Some(now);
+            self.backoff = Backoff::new(now);
+        }
+    }
+
     /// Stop supervising it: nothing more is due. Gives back the running
     /// incarnation's handles, to stop it.
     pub fn retire(&mut self) -> Option<R> {

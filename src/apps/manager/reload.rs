@@ -99,6 +99,8 @@ impl Manager {
             }
             slot.replace_backoff = Backoff::new(now);
             slot.replace_at = None;
+            // An instance that kept failing may start with these at once.
+            slot.current.start_afresh(now);
         }
         let outdated = app
             .slots

@@ -543,6 +543,30 @@ fn an_instance_that_dies_during_a_rolling_reload_leaves_one_instance_in_its_slot
 }
 
 #[test]
+fn a_reload_that_fixes_a_failing_app_starts_it_without_waiting_out_its_back_off() {
+    within(|| {
+        let mut h = Harness::new("fix");
+        // Serves once, until told to exit; every later start fails at once.
+        let body = "if not once('first'):\n    sys.exit(1)\n\
+                    s = listen()\n\
+                    wait_for('exit')\n\
+                    sys.exit(3)";
+        let web = app("web", 1, body, &h.dir);
+        h.start(vec![web.clone()]).unwrap();
+        h.touch("exit");
+        h.turn_until("two restarts failed", |m| {
+            m.apps[0].slots[0].current.restarts() >= 3
+        });
+        let due = h.m.apps[0].slots[0].current.due().expect("a restart due");
+        assert!(due > Instant::now() + Duration::from_secs(2), "{due:?}");
+        h.send(Msg::Reload(vec![version(&web, "2", SERVES)]));
+        // Long before the back-off would have let it.
+        h.turn_until("the fixed app serves", |m| is_ready(current(m, "web", 0)));
+        assert!(Instant::now() < due, "it waited out the back-off");
+    });
+}
+
+#[test]
 fn a_reload_back_to_the_running_settings_keeps_the_instances() {
     within(|| {
         let mut h = Harness::new("back");
