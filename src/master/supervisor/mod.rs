@@ -18,7 +18,7 @@ mod reloads;
 mod tests;
 mod world;
 
-use events::forward_app_events;
+use events::{forward_app_events, keep_awake};
 use reloads::{needs_restart, Reloads};
 use world::{connect, Delivery, Note, Real, World};
 
@@ -180,6 +180,10 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     let tx = Rc::new(tx);
 
     forward_app_events(s.apps.wake, s.apps.events, tx.clone());
+    keep_awake().map_err(|e| MasterError::Executor {
+        what: "the master's heartbeat thread".into(),
+        err: e.to_string(),
+    })?;
     for sig in s.held_signals {
         let _ = tx.try_send(MasterEvent::Signal(sig));
     }
