@@ -60,6 +60,16 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// An entry for a request refused for its head (a 400 for a missing
+    /// Host, a 501 for an unknown transfer coding): its request line, as
+    /// nginx logs it, when the head's first line is one; else as `bare`.
+    pub fn refused(head: &'a [u8], status: u16, bytes: u64) -> Self {
+        Entry {
+            request: request_line(head),
+            ..Entry::bare(status, bytes)
+        }
+    }
+
     /// An entry for a response with no request to name (one that did not
     /// parse, or was never read): `"-"` in its place.
     pub fn bare(status: u16, bytes: u64) -> Self {
@@ -73,6 +83,36 @@ impl<'a> Entry<'a> {
             upstream: None,
         }
     }
+}
+
+/// The method, target and version of `head`'s first line, if it is a
+/// request line (a token, a target without spaces or controls, HTTP/1.0
+/// or HTTP/1.1, one space apart).
+fn request_line(head: &[u8]) -> Option<(&str, &str, Version)> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let visible = |b: &u8| *b > b' ' && *b != 0x7f;
+    if parts.next().is_some()
+        || method.is_empty()
+        || !method.iter().all(token)
+        || target.is_empty()
+        || !target.iter().all(visible)
+    {
+        return None;
+    }
+    let version = match version {
+        b"HTTP/1.1" => Version::Http11,
+        b"HTTP/1.0" => Version::Http10,
+        _ => return None,
+    };
+    Some((
+        std::str::from_utf8(method).ok()?,
+        std::str::from_utf8(target).ok()?,
+        version,
+    ))
 }
 
 /// An owned copy of the request fields, kept while a job (a file, a
@@ -108,6 +148,31 @@ impl OwnedRequest {
             referer: self.referer.as_deref(),
             user_agent: self.user_agent.as_deref(),
             upstream: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_head_names_its_request_line_when_it_has_one() {
+        let head = b"GET /a?b=1 HTTP/1.1\r\nBad Header\r\n\r\n";
+        assert_eq!(
+            Entry::refused(head, 400, 0).request,
+            Some(("GET", "/a?b=1", Version::Http11))
+        );
+        for not_one in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+            b"G\x01T / HTTP/1.1\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.0\r\n\r\n",
+        ] {
+            assert_eq!(Entry::refused(not_one, 400, 0).request, None, "{not_one:?}");
         }
     }
 }

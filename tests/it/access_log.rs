@@ -51,9 +51,13 @@ fn combined_lines_are_written_within_a_second() {
         "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: tester/1.0\r\nReferer: http://r/\r\n\r\n",
     );
     get(server.addr, "GARBAGE\r\n\r\n");
-    let lines = wait_for_lines(&log, 2);
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    let ok = lines.iter().find(|l| l.contains("GET")).unwrap();
+    // Refused for its head, not its request line: nginx logs the line.
+    get(server.addr, "GET /nohost HTTP/1.1\r\n\r\n");
+    let lines = wait_for_lines(&log, 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let nohost = lines.iter().find(|l| l.contains("/nohost")).unwrap();
+    assert!(nohost.contains("\"GET /nohost HTTP/1.1\" 400 "), "{nohost}");
+    let ok = lines.iter().find(|l| l.contains("GET /a")).unwrap();
     assert!(ok.starts_with("127.0.0.1 - - ["), "{ok}");
     assert!(
         ok.ends_with("\"GET /a?b=1 HTTP/1.1\" 200 11 \"http://r/\" \"tester/1.0\""),

@@ -280,22 +280,28 @@ impl<J> Session<J> {
                         return Next::Read(Wait::Head);
                     };
                     let body_waiting = data.len() == end;
-                    let outcome = self.answer_head(&data[..end], body_waiting, out, cx);
+                    let outcome = match self.answer_head(&data[..end], body_waiting, out, cx) {
+                        Ok(outcome) => outcome,
+                        Err(e) => {
+                            let next = self.fail_with(e, Some(&data[..end]), out, cx);
+                            input.consume(end);
+                            return next;
+                        }
+                    };
                     input.consume(end);
                     match outcome {
-                        Err(e) => return self.fail(e, out, cx),
-                        Ok(HeadOutcome {
+                        HeadOutcome {
                             body: None,
                             keep_alive,
-                        }) => {
+                        } => {
                             if let Some(next) = self.complete(keep_alive, input, out, cx) {
                                 return next;
                             }
                         }
-                        Ok(HeadOutcome {
+                        HeadOutcome {
                             body: Some(decoder),
                             keep_alive,
-                        }) => {
+                        } => {
                             self.phase = Phase::Body {
                                 decoder,
                                 keep_alive,
@@ -472,6 +478,18 @@ impl<J> Session<J> {
 
     /// Replace any uncommitted response with the error's, and close.
     fn fail(&mut self, e: ParseError, out: &mut Vec<u8>, cx: &Context<J>) -> Next {
+        self.fail_with(e, None, out, cx)
+    }
+
+    /// `fail`, for a request refused for its `head`: its log line names the
+    /// request line.
+    fn fail_with(
+        &mut self,
+        e: ParseError,
+        head: Option<&[u8]>,
+        out: &mut Vec<u8>,
+        cx: &Context<J>,
+    ) -> Next {
         out.truncate(self.committed);
         self.pending = None;
         self.uncommitted_status = None;
@@ -484,7 +502,10 @@ impl<J> Session<J> {
             // The request whose body failed, if its head was answered.
             log.record(match &unlogged {
                 Some(line) => line.0.entry(None, status, bytes),
-                None => Entry::bare(status, bytes),
+                None => match head {
+                    Some(head) => Entry::refused(head, status, bytes),
+                    None => Entry::bare(status, bytes),
+                },
             });
         }
         self.committed = out.len();
