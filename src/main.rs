@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         return status(cli, url, interval);
     }
     let check = cli.check;
-    let cpus_by_flag = cli.cpus.is_some();
+    let cpus_by_flag = matches!(cli.cpus, Some(coreserve::cli::CpuList(Some(_))));
     let again = cli.clone();
     let config = match cli.load() {
         Ok(c) => c,
@@ -77,6 +77,10 @@ fn main() -> ExitCode {
             log::warn!("{e}");
             // Shards may still be running: leave without unwinding them.
             std::process::exit(1);
+        }
+        Err(MasterError::Cpus(cpu)) if cpus_by_flag => {
+            log::error!("--cpus: {cpu}");
+            ExitCode::from(1)
         }
         Err(e) => {
             log::error!("{e}");
@@ -148,10 +152,23 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 /// nginx logs a client's TLS failures at `info`, below its default level.
 fn init_logging() {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .filter_module("rustls", log::LevelFilter::Error)
-        .parse_env(env_logger::Env::default())
+    let mut builder = env_logger::Builder::new();
+    match std::env::var("RUST_LOG") {
+        // RUST_LOG as env_logger reads it (a module alone leaves the rest
+        // off; "off" is off), rustls held to errors if it does not name it.
+        Ok(filter) => {
+            if !filter.contains("rustls") && filter.trim() != "off" {
+                builder.filter_module("rustls", log::LevelFilter::Error);
+            }
+            builder.parse_filters(&filter);
+        }
+        Err(_) => {
+            builder
+                .filter_level(log::LevelFilter::Info)
+                .filter_module("rustls", log::LevelFilter::Error);
+        }
+    }
+    builder
         .format(move |buf, record| {
             if journald {
                 let prio = match record.level() {

@@ -108,14 +108,12 @@ pub struct Preflight {
 }
 
 impl Preflight {
-    /// The warning for more shards than CPUs, if there are more.
+    /// The warning for more shards than the CPUs selected for them, if
+    /// there are more.
     pub fn shared_cpus(&self) -> Option<String> {
-        let n = self.plan.len();
-        (n > self.allowed).then(|| {
-            format!(
-                "{n} shards on {} CPUs: shards share CPUs, which costs throughput",
-                self.allowed
-            )
+        let (n, cpus) = (self.plan.len(), self.selected.len());
+        (n > cpus).then(|| {
+            format!("{n} shards on {cpus} CPUs: shards share CPUs, which costs throughput")
         })
     }
 }
