@@ -93,7 +93,7 @@ fn request_line(head: &[u8]) -> Option<(&str, &str, Version)> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|&b| b == b' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let token = |b: &u8| super::parse::is_token_byte(*b);
     let visible = |b: &u8| *b > b' ' && *b != 0x7f;
     if parts.next().is_some()
         || method.is_empty()

@@ -560,5 +560,11 @@ pub(super) fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// Whether `b` is an RFC 9110 token character: what a method is made of
+/// (so a request's first byte must be one).
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 #[cfg(test)]
 mod tests;

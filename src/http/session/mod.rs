@@ -264,7 +264,7 @@ impl<J> Session<J> {
                     // refused at once rather than waited on for
                     // header-timeout. The answer to a HEAD, whatever it
                     // turns out to be, has no body (RFC 9110 §9.3.2).
-                    if !is_method_byte(data[0]) {
+                    if !parse::is_token_byte(data[0]) {
                         return self.fail(ParseError::RequestLine, out, cx);
                     }
                     self.head_request = data.starts_with(b"HEAD ");
@@ -512,12 +512,6 @@ impl<J> Session<J> {
         self.error = Some(e);
         Next::Close { linger: true }
     }
-}
-
-/// Whether `b` may begin a request: a method's first character (an RFC
-/// 9110 token character).
-fn is_method_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A connection's input: bytes read but not yet consumed.
