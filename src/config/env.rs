@@ -25,6 +25,10 @@ pub enum Why {
     /// another control character outside a `"…"` string, or a `'` in a
     /// `'…'` string (nothing can be escaped there).
     Unfit(&'static str),
+    /// It sits in defaults nested deeper than `MAX_NESTING`.
+    TooDeep,
+    /// With it replaced, the text is longer than this many bytes.
+    TooLarge(usize),
 }
 
 impl Unset {
@@ -38,6 +42,13 @@ impl Unset {
             ),
             Why::Unfit(what) => format!(
                 "environment variable {name} holds {what}, which cannot be written here: put ${{{name}}} inside a \"…\" string"
+            ),
+            Why::TooLarge(limit) => format!(
+                "with ${{{name}}} replaced the file is larger than {} MiB, the most a configuration may be",
+                limit >> 20
+            ),
+            Why::TooDeep => format!(
+                "${{{name}}} is nested in more than {MAX_NESTING} defaults (${{A:-${{B:-x}}}} is 2)"
             ),
         }
     }
@@ -68,6 +79,7 @@ enum Quote {
 pub fn substitute(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
+    limit: usize,
 ) -> Result<String, Vec<Unset>> {
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
@@ -93,8 +105,23 @@ pub fn substitute(
                     why,
                 })
             };
-            expand(&line[range.clone()], q, &lookup, &mut out, &mut problem);
+            expand(&line[range.clone()], q, &lookup, &mut out, &mut problem, 0);
             from = range.end;
+            // Values can make a small file huge: stop at the first that
+            // makes it larger than a file may be.
+            if out.len() > limit {
+                let name = line[range.start + 2..range.end - 1]
+                    .split(":-")
+                    .next()
+                    .unwrap_or_default();
+                unset.push(Unset {
+                    line: i + 1,
+                    name: name.to_string(),
+                    key: at.key(),
+                    why: Why::TooLarge(limit),
+                });
+                return Err(unset);
+            }
         }
         out.push_str(&line[from..]);
         out.push_str(comment);
@@ -107,13 +134,14 @@ pub fn substitute(
 }
 
 /// Write what `reference` (`${…}`, closed) stands for to `out`, as the
-/// string it is in wants it.
+/// string it is in wants it; `depth`: the defaults it is nested in.
 fn expand(
     reference: &str,
     quote: Quote,
     lookup: &impl Fn(&str) -> Option<String>,
     out: &mut String,
     problem: &mut impl FnMut(&str, Why),
+    depth: usize,
 ) {
     let inner = &reference[2..reference.len() - 1];
     let (name, default) = match inner.split_once(":-") {
@@ -124,6 +152,9 @@ fn expand(
         out.push_str(reference);
         return;
     }
+    if depth > MAX_NESTING {
+        return problem(name, Why::TooDeep);
+    }
     // `${VAR}` with VAR set to "" is a value; `${VAR:-d}` gives d for it.
     let value = match (lookup(name), default) {
         (Some(v), Some(_)) if !v.is_empty() => v,
@@ -131,14 +162,17 @@ fn expand(
         (_, Some(d)) => {
             // The default is the file's own text: written as it stands,
             // but for references of its own.
-            let mut from = 0;
-            while let Some((start, end)) = d[from..].find("${").and_then(|s| {
-                let s = from + s;
-                closing(&d[s..]).map(|len| (s, s + len))
-            }) {
-                out.push_str(&d[from..start]);
-                expand(&d[start..end], quote, lookup, out, problem);
-                from = end;
+            let closed = closings(d);
+            let (mut from, mut at) = (0, 0);
+            while let Some(start) = d[at..].find("${").map(|s| at + s) {
+                match closed.get(&start) {
+                    Some(&end) => {
+                        out.push_str(&d[from..start]);
+                        expand(&d[start..end], quote, lookup, out, problem, depth + 1);
+                        (from, at) = (end, end);
+                    }
+                    None => at = start + 2,
+                }
             }
             out.push_str(&d[from..]);
             return;
@@ -176,27 +210,34 @@ fn expand(
     }
 }
 
-/// The length of the reference `text` starts with (`${` to its own `}`,
-/// past the references nested in its default), if it is closed.
-fn closing(text: &str) -> Option<usize> {
+/// How deep references may nest in defaults (`${A:-${B:-x}}` is 2): the
+/// expansion recurses once a level, and a file is not to decide how deep
+/// a thread's stack goes.
+pub const MAX_NESTING: usize = 8;
+
+/// Where each closed reference in `text` ends: for the byte offset of a
+/// `${`, the offset just past its own `}` (the references nested in its
+/// default closed inside it). One pass, so a line of thousands of `${`
+/// costs no more than its length.
+fn closings(text: &str) -> std::collections::HashMap<usize, usize> {
     let bytes = text.as_bytes();
-    let mut depth = 0usize;
+    let mut open = Vec::new();
+    let mut closed = std::collections::HashMap::new();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i..].starts_with(b"${") {
-            depth += 1;
+            open.push(i);
             i += 2;
             continue;
         }
         if bytes[i] == b'}' {
-            depth -= 1;
-            if depth == 0 {
-                return Some(i + 1);
+            if let Some(start) = open.pop() {
+                closed.insert(start, i + 1);
             }
         }
         i += 1;
     }
-    None
+    closed
 }
 
 /// A line's comment and references, as `lex` finds them.
@@ -212,16 +253,15 @@ struct Lexed {
 /// the next.
 fn lex(line: &str, quote: &mut Quote) -> Lexed {
     let bytes = line.as_bytes();
+    let closed = closings(line);
     let mut references = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let rest = &bytes[i..];
-        if rest.starts_with(b"${") {
-            if let Some(len) = closing(&line[i..]) {
-                references.push((i..i + len, *quote));
-                i += len;
-                continue;
-            }
+        if let Some(&end) = closed.get(&i) {
+            references.push((i..end, *quote));
+            i = end;
+            continue;
         }
         match (*quote, bytes[i]) {
             (Quote::Bare, b'#') => {
@@ -246,13 +286,14 @@ fn lex(line: &str, quote: &mut Quote) -> Lexed {
                 *quote = Quote::Bare;
                 i += 1;
             }
-            (Quote::Basic { multi: true }, b'"') if rest.starts_with(b"\"\"\"") => {
+            // A run of up to five quotes ends the string with its last
+            // three (`"""a""""` is `a"`).
+            (Quote::Basic { multi: true }, q @ b'"')
+            | (Quote::Literal { multi: true }, q @ b'\'')
+                if rest.starts_with(&[q; 3]) =>
+            {
                 *quote = Quote::Bare;
-                i += 3;
-            }
-            (Quote::Literal { multi: true }, b'\'') if rest.starts_with(b"'''") => {
-                *quote = Quote::Bare;
-                i += 3;
+                i += rest.iter().take(5).take_while(|&&b| b == q).count();
             }
             _ => i += 1,
         }
@@ -355,7 +396,7 @@ mod tests {
     fn replaces_and_defaults() {
         let t = "listen = \"0.0.0.0:${PORT}\"\nroot = \"${ROOT:-/srv/www}\"\nx = \"${EMPTY:-d}${EMPTY}\"\n";
         assert_eq!(
-            substitute(t, env).unwrap(),
+            substitute(t, env, 1 << 20).unwrap(),
             "listen = \"0.0.0.0:8080\"\nroot = \"/srv/www\"\nx = \"d\"\n"
         );
     }
@@ -368,7 +409,7 @@ mod tests {
                  d = \"\"\"\nline # ${PORT}\n\"\"\" # ${NOPE}\n\
                  e = \"q\\\"#${PORT}\" # ${NOPE}\n";
         assert_eq!(
-            substitute(t, env).unwrap(),
+            substitute(t, env, 1 << 20).unwrap(),
             "a = \"8080\" # not ${NOPE}\n\
              b = \"#8080\" # \"${NOPE}\"\n\
              c = 'x#8080' # '${NOPE}'\n\
@@ -380,7 +421,7 @@ mod tests {
     #[test]
     fn unset_variables_are_reported_by_line() {
         let t = "a = 1\nb = \"${NOPE}\"\n# c = \"${ALSO_NOPE}\"\nd = \"${X-1}\"\n";
-        let errs = substitute(t, env).unwrap_err();
+        let errs = substitute(t, env, 1 << 20).unwrap_err();
         assert_eq!(
             errs,
             vec![Unset {
@@ -395,8 +436,11 @@ mod tests {
     #[test]
     fn defaults_may_hold_references() {
         let t = "a = \"${NOPE:-${PORT}}\"\nb = \"${NOPE:-x${ALSO:-${EMPTY:-y}}z}\"\n";
-        assert_eq!(substitute(t, env).unwrap(), "a = \"8080\"\nb = \"xyz\"\n");
-        let errs = substitute("a = \"${NOPE:-${ALSO}}\"\n", env).unwrap_err();
+        assert_eq!(
+            substitute(t, env, 1 << 20).unwrap(),
+            "a = \"8080\"\nb = \"xyz\"\n"
+        );
+        let errs = substitute("a = \"${NOPE:-${ALSO}}\"\n", env, 1 << 20).unwrap_err();
         assert_eq!(errs[0].name, "ALSO");
     }
 
@@ -410,7 +454,7 @@ mod tests {
             _ => None,
         };
         let t = "a = \"${ODD}\"\nm = \"\"\"\n${ODD}\n\"\"\"\nn = ${N}\nbad = nope\n";
-        let text = substitute(t, odd).unwrap();
+        let text = substitute(t, odd, 1 << 20).unwrap();
         // The lines after a value with a line break are where they were.
         assert_eq!(text.lines().nth(5), Some("bad = nope"));
         let doc = toml_edit::ImDocument::parse(text.replace("bad = nope", "")).unwrap();
@@ -426,7 +470,7 @@ mod tests {
         assert_eq!(doc["n"].as_integer(), Some(4));
         // Where nothing can be escaped, such a value is an error.
         let t = "a = 'x${APOS}'\nb = ${LINES}\nc = '${N}'\n";
-        let errs = substitute(t, odd).unwrap_err();
+        let errs = substitute(t, odd, 1 << 20).unwrap_err();
         let got: Vec<_> = errs
             .iter()
             .map(|u| (u.line, u.name.as_str(), u.why))
@@ -441,5 +485,49 @@ mod tests {
         assert!(errs[1]
             .rule()
             .contains("put ${LINES} inside a \"…\" string"));
+    }
+
+    #[test]
+    fn deep_or_unclosed_references_cost_their_length_and_no_stack() {
+        // 40 000 nested defaults: an error, not a stack overflow.
+        let deep = format!("a = {}1{}\n", "${A:-".repeat(40_000), "}".repeat(40_000));
+        let errs = substitute(&deep, env, 1 << 20).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].why, Why::TooDeep);
+        assert!(
+            errs[0].rule().contains("more than 8 defaults"),
+            "{}",
+            errs[0].rule()
+        );
+        // Eight are fine.
+        let eight = format!("a = {}1{}\n", "${A:-".repeat(8), "}".repeat(8));
+        assert_eq!(substitute(&eight, env, 1 << 20).unwrap(), "a = 1\n");
+        // 200 000 references never closed: left as written, at once.
+        let open = format!("x = \"{}\"\n", "${A".repeat(200_000));
+        let started = std::time::Instant::now();
+        assert_eq!(substitute(&open, env, 1 << 20).unwrap(), open);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A small file that values make larger than a file may be.
+        let big = |_: &str| Some("x".repeat(100_000));
+        let many = "a = \"${BIG}\"\n".repeat(20);
+        let errs = substitute(&many, big, 1 << 20).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].why), (11, Why::TooLarge(1 << 20)));
+        assert!(
+            errs[0].rule().contains("larger than 1 MiB"),
+            "{}",
+            errs[0].rule()
+        );
+    }
+
+    #[test]
+    fn a_multi_line_string_may_end_in_more_than_three_quotes() {
+        // `"""a""""` is `a"`: what follows is a comment.
+        for t in [
+            "x = \"\"\"a\"\"\"\"  # ${NOPE}\ny = \"${PORT}\"\n",
+            "x = '''a''''  # ${NOPE}\ny = \"${PORT}\"\n",
+        ] {
+            let text = substitute(t, env, 1 << 20).unwrap();
+            assert!(text.ends_with("# ${NOPE}\ny = \"8080\"\n"), "{text}");
+        }
     }
 }
