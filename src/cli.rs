@@ -36,7 +36,7 @@ pub struct Cli {
 
     /// Listen on 0.0.0.0:PORT (0 picks a free port; the bound address is
     /// logged), besides any --listen address.
-    #[arg(short, long, value_name = "PORT", value_parser = parse_port)]
+    #[arg(short, long, value_name = "PORT", allow_hyphen_values = true, value_parser = parse_port)]
     pub port: Option<u16>,
 
     /// Listen on ADDR:PORT; repeat for several addresses (with --port, its
@@ -45,7 +45,7 @@ pub struct Cli {
     pub listen: Vec<SocketAddr>,
 
     /// Number of shards, or "auto": one per CPU. [default: auto]
-    #[arg(long, value_name = "N|auto", value_parser = parse_shards)]
+    #[arg(long, value_name = "N|auto", allow_hyphen_values = true, value_parser = parse_shards)]
     pub shards: Option<ShardCount>,
 
     /// CPUs to run shards on, like 0,2-3, or "all": every CPU this process
@@ -69,39 +69,39 @@ pub struct Cli {
     pub defer_accept: Option<bool>,
 
     /// Largest request head. [default: 32k]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = parse_size)]
     pub max_header_bytes: Option<u64>,
 
     /// Longest request target. [default: 8k]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = parse_size)]
     pub max_uri_bytes: Option<u64>,
 
     /// Most header fields per request. [default: 100]
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = parse_count)]
     pub max_headers: Option<usize>,
 
     /// Largest request body. [default: 1m]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = parse_size)]
     pub max_body_bytes: Option<u64>,
 
     /// Time for a whole request head to arrive. [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
 
     /// Time allowed between two reads of a request body. [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub body_timeout: Option<Duration>,
 
     /// Time allowed between two writes of a response. [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub send_timeout: Option<Duration>,
 
     /// How long an idle keep-alive connection stays open. [default: 75s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub keepalive_timeout: Option<Duration>,
 
     /// Open connections per shard. [default: 16384]
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = parse_count)]
     pub max_connections: Option<usize>,
 
     /// The admin listener serving metrics, or "off". [default: 127.0.0.1:9464]
@@ -110,12 +110,12 @@ pub struct Cli {
 
     /// How long SIGTERM/SIGINT waits for requests in flight, and the longest
     /// a replaced app instance keeps running for its own. [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
 
     /// How long a shard that was just busy waits for more before it parks;
     /// 0 parks at once. [default: 200us]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub idle_wait: Option<Duration>,
 }
 
@@ -137,7 +137,7 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
         /// Time between the two reads that give requests/s.
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", allow_hyphen_values = true, value_parser = parse_duration)]
         interval: Duration,
     },
 }
@@ -223,12 +223,15 @@ fn one_line(e: &clap::Error) -> String {
     };
     // "--max-body-bytes <SIZE>": the flag's own name.
     let flag = context(ContextKind::InvalidArg).map(|a| a.split(' ').next().unwrap_or(a));
+    let value = context(ContextKind::InvalidValue);
     let rule = match (std::error::Error::source(e), e.get(ContextKind::ValidValue)) {
+        // `--port` last, or `--port ''`.
+        _ if value == Some("") => Some("needs a value".into()),
         (Some(source), _) => Some(source.to_string()),
         (None, Some(ContextValue::Strings(valid))) => Some(format!(
             "must be {}, got {:?}",
             valid.join(" or "),
-            context(ContextKind::InvalidValue).unwrap_or_default()
+            value.unwrap_or_default()
         )),
         _ => None,
     };
@@ -487,6 +490,15 @@ mod tests {
         assert_eq!(
             line(&["--max-headers", "many"]),
             "--max-headers: must be a whole number, got \"many\""
+        );
+        assert_eq!(
+            line(&["--shards", "-1"]),
+            "--shards: must be a number of shards or \"auto\", got \"-1\""
+        );
+        assert_eq!(line(&["--port"]), "--port: needs a value");
+        assert_eq!(
+            line(&["--max-body-bytes", ""]),
+            "--max-body-bytes: needs a value"
         );
         let unknown = line(&["--bogus"]);
         assert!(

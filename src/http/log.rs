@@ -86,10 +86,11 @@ impl<'a> Entry<'a> {
 }
 
 /// The method, target and version of `head`'s first line, if it is a
-/// request line (a token, a target without spaces or controls, HTTP/1.0
-/// or HTTP/1.1, one space apart).
+/// whole request line (a token, a target without spaces or controls,
+/// HTTP/1.0 or HTTP/1.1, one space apart, its line ended: a head cut at
+/// the size limit may have only part of one).
 fn request_line(head: &[u8]) -> Option<(&str, &str, Version)> {
-    let line = head.split(|&b| b == b'\n').next()?;
+    let line = &head[..head.iter().position(|&b| b == b'\n')?];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|&b| b == b' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
@@ -171,6 +172,7 @@ mod tests {
             b"G\x01T / HTTP/1.1\r\n\r\n",
             b"GET /\x7f HTTP/1.1\r\n\r\n",
             b"GET /\xff HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.1",
         ] {
             assert_eq!(Entry::refused(not_one, 400, 0).request, None, "{not_one:?}");
         }

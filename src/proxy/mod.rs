@@ -311,7 +311,8 @@ async fn forward(
                     } else {
                         Failure::Connect
                     };
-                    server.warn(
+                    server.log(
+                        log::Level::Warn,
                         at,
                         format_args!("upstream {} ({}): connect: {e}", cfg.name, server.label),
                     );
@@ -409,7 +410,8 @@ async fn forward(
             // is read: an upstream that answered in full and closed fails
             // the body's write first, and `relay::stream` reads the rest.
             if sent.send_failed && !out.complete() && !out.ends_at_close() {
-                server.warn(
+                server.log(
+                    log::Level::Warn,
                     Instant::now(),
                     format_args!(
                         "upstream {} ({}): {} {target}: the request body could not be sent (nothing taken for send-timeout, or a failed write); the response is cut short",
@@ -469,11 +471,15 @@ async fn forward(
                     return served;
                 }
                 Err(HeadEnd::Failed(_)) if retry && race => {
-                    log::info!(
-                        "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
-                        cfg.name,
-                        server.label,
-                        head.method_str()
+                    server.log(
+                        log::Level::Info,
+                        Instant::now(),
+                        format_args!(
+                            "upstream {} ({}): {} {target}: a pooled connection was closed under it; trying again on a new one",
+                            cfg.name,
+                            server.label,
+                            head.method_str()
+                        ),
                     );
                     // Neither a failure nor a retry after one: `last` stays
                     // as it was (a 503 if no server is left to pick).
@@ -486,7 +492,8 @@ async fn forward(
                     let at = Instant::now();
                     server.failed(cfg, at);
                     served.failed.push((server.label.clone(), at - now));
-                    server.warn(
+                    server.log(
+                        log::Level::Warn,
                         at,
                         format_args!(
                             "upstream {} ({}): {} {target}: {f:?}",
@@ -524,7 +531,8 @@ async fn forward(
             // Nothing went to the client yet: it gets a 502 rather than a
             // connection closed on it.
             let at = Instant::now();
-            server.warn(
+            server.log(
+                log::Level::Warn,
                 at,
                 format_args!(
                     "upstream {} ({}): {} {target}: an invalid response",

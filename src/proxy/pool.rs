@@ -71,16 +71,16 @@ pub struct Server {
     /// still finish there, but its connections are not kept, so that an
     /// app instance being replaced sees them close when its requests end.
     removed: Cell<bool>,
-    /// When a warning about it was last logged, and how many were held
-    /// back since (`warn`).
+    /// When a line about it was last logged, and how many were held back
+    /// since (`log`).
     warned: Cell<Option<Instant>>,
     held_back: Cell<u64>,
 }
 
-/// The least time between two warnings about one server on one shard: a
+/// The least time between two log lines about one server on one shard: a
 /// server that is down fails every request sent to it (a group of one is
 /// never skipped), and a warning each was thousands of lines a second.
-const WARN_EVERY: Duration = Duration::from_secs(1);
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 struct Idle {
     socket: Socket,
@@ -319,22 +319,25 @@ impl Server {
         }
     }
 
-    /// Log a warning about this server, unless one was logged less than
-    /// `WARN_EVERY` ago: then it is only counted, and the next one logged
+    /// Log a line about this server, unless one was logged less than
+    /// `LOG_EVERY` ago: then it is only counted, and the next one logged
     /// says how many were held back.
-    pub fn warn(&self, now: Instant, message: std::fmt::Arguments<'_>) {
+    pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
         if self
             .warned
             .get()
-            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+            .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
         {
             self.held_back.set(self.held_back.get() + 1);
             return;
         }
         self.warned.set(Some(now));
         match self.held_back.replace(0) {
-            0 => log::warn!("{message}"),
-            n => log::warn!("{message} ({n} more warnings about this server held back)"),
+            0 => log::log!(level, "{message}"),
+            n => log::log!(
+                level,
+                "{message} ({n} more lines about this server held back)"
+            ),
         }
     }
 

@@ -53,10 +53,18 @@ fn combined_lines_are_written_within_a_second() {
     get(server.addr, "GARBAGE\r\n\r\n");
     // Refused for its head, not its request line: nginx logs the line.
     get(server.addr, "GET /nohost HTTP/1.1\r\n\r\n");
-    let lines = wait_for_lines(&log, 3);
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    // Too large a head, its request line read whole: 431, and the line.
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    assert_eq!(get(server.addr, &big).status, 431);
+    let lines = wait_for_lines(&log, 4);
+    assert_eq!(lines.len(), 4, "{lines:?}");
     let nohost = lines.iter().find(|l| l.contains("/nohost")).unwrap();
     assert!(nohost.contains("\"GET /nohost HTTP/1.1\" 400 "), "{nohost}");
+    let large = lines.iter().find(|l| l.contains("/big")).unwrap();
+    assert!(large.contains("\"GET /big HTTP/1.1\" 431 "), "{large}");
     let ok = lines.iter().find(|l| l.contains("GET /a")).unwrap();
     assert!(ok.starts_with("127.0.0.1 - - ["), "{ok}");
     assert!(

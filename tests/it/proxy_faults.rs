@@ -439,7 +439,7 @@ fn a_server_that_is_down_is_not_a_warning_per_request() {
     assert_eq!(r.status, 502);
     proxy
         .server
-        .wait_for_log("more warnings about this server held back)");
+        .wait_for_log("more lines about this server held back)");
 }
 
 #[test]

@@ -84,11 +84,11 @@ impl Config {
             ("server.drain-timeout", self.drain_timeout),
         ] {
             if d.is_zero() {
-                err(key, "must be longer than 0".into());
+                err(key, "must be longer than 0, got 0".into());
             }
         }
         if l.max_connections == 0 {
-            err("limits.max-connections", "must be at least 1".into());
+            err("limits.max-connections", "must be at least 1, got 0".into());
         }
         // The first route of each path, host, methods and scheme.
         let mut routed = HashMap::new();

@@ -273,8 +273,9 @@ impl<J> Session<J> {
                     // Judge an oversized head on its first `max` bytes only, so
                     // the answer does not depend on how the bytes arrived.
                     if end.map_or(data.len() >= max, |end| end > max) {
-                        let e = parse::overflow_error(&data[..max.min(data.len())]);
-                        return self.fail(e, out, cx);
+                        let seen = &data[..max.min(data.len())];
+                        let e = parse::overflow_error(seen);
+                        return self.fail_with(e, Some(seen), out, cx);
                     }
                     let Some(end) = end else {
                         return Next::Read(Wait::Head);
