@@ -44,6 +44,8 @@ struct Route {
     methods: Option<Vec<String>>,
     /// `Allow` value when `methods` is set.
     allow: String,
+    /// The route's own body limit, if it has one.
+    max_body: Option<u64>,
     action: Action,
 }
 
@@ -92,6 +94,7 @@ impl Router {
                 host: c.host.clone(),
                 allow: c.methods.as_deref().map(allow_header).unwrap_or_default(),
                 methods: c.methods.clone(),
+                max_body: c.max_body_bytes,
                 action: match &c.handler {
                     HandlerConfig::Respond {
                         status,
@@ -219,6 +222,16 @@ impl Handler for Router {
         }
         route.action.handler().handle(req, res)
     }
+
+    fn max_body(&self, req: &Request<'_>) -> Option<u64> {
+        // Found as `handle` finds it (a path that is no path gets a 400
+        // there, whatever its body).
+        let path = crate::http::path::canonical(req.path).ok()?;
+        self.routes
+            .iter()
+            .find(|r| r.matches(req.host, &path))?
+            .max_body
+    }
 }
 
 /// Test-only faults: `panic` panics in this request's handler; `kill-shard`
@@ -263,6 +276,7 @@ mod tests {
             host: host.map(Into::into),
             methods: None,
             allow: String::new(),
+            max_body: None,
             action: Action::Respond(FixedResponse::hello_world()),
         }
     }

@@ -253,6 +253,9 @@ pub struct RouteConfig {
     /// Only requests that came to a plain (`http`) or an HTTPS listener;
     /// `None`: both.
     pub scheme: Option<Scheme>,
+    /// The largest request body this route takes (nginx's
+    /// `client_max_body_size` in a location); `None`: `[limits]`'s.
+    pub max_body_bytes: Option<u64>,
     /// What answers.
     pub handler: HandlerConfig,
 }
@@ -265,6 +268,7 @@ impl RouteConfig {
             methods: None,
             host: None,
             scheme: None,
+            max_body_bytes: None,
             handler: HandlerConfig::Respond {
                 status: 200,
                 body: "Hello World".into(),

@@ -31,4 +31,11 @@ pub trait Handler {
     type Job;
     /// Answer `req`.
     fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome<Self::Job>;
+
+    /// The largest body `req` may have, if whatever answers it says so
+    /// (a route's own limit); `None`: the session's. Asked only of a
+    /// request with a body, before `handle`.
+    fn max_body(&self, _req: &Request<'_>) -> Option<u64> {
+        None
+    }
 }

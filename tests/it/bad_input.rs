@@ -140,6 +140,48 @@ fn chunked_body_over_the_limit_gets_413() {
     assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
 }
 
+/// A route's own `max-body-bytes` wins over `[limits]`'s, up or down, for
+/// declared and chunked bodies alike (nginx's `client_max_body_size` in a
+/// location).
+#[test]
+fn a_route_may_take_larger_or_only_smaller_bodies() {
+    let dir = crate::config::Scratch::new("route-body-limit");
+    let file = dir.write(
+        "c.toml",
+        "[limits]\nmax-body-bytes = \"1k\"\n\n\
+         [[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"ok\"\n\n\
+         [[route]]\npath = \"/upload/\"\nhandler = \"respond\"\nbody = \"up\"\nmax-body-bytes = \"64k\"\n\n\
+         [[route]]\npath = \"/tiny\"\nhandler = \"respond\"\nbody = \"t\"\nmax-body-bytes = 10\n",
+    );
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let body = "a".repeat(10_000);
+    let post = |path: &str, body: &str| {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let text = server.exchange(raw.as_bytes());
+        text[9..12].parse::<u16>().unwrap()
+    };
+    let chunked = |path: &str, body: &str| {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        let text = server.exchange(raw.as_bytes());
+        text[9..12].parse::<u16>().unwrap()
+    };
+    assert_eq!(post("/upload/file", &body), 200);
+    assert_eq!(chunked("/upload/file", &body), 200);
+    assert_eq!(post("/other", &body), 413);
+    assert_eq!(chunked("/other", &body), 413);
+    // A path spelled otherwise is the same route.
+    assert_eq!(post("/x/../upload/%66ile", &body), 200);
+    assert_eq!(post("/tiny", "0123456789"), 200);
+    assert_eq!(post("/tiny", "0123456789a"), 413);
+    assert_eq!(chunked("/tiny", "0123456789a"), 413);
+}
+
 #[test]
 fn slowloris_gets_408_at_the_header_timeout() {
     let server = Server::start(&["--header-timeout", "1s"]);

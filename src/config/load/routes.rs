@@ -28,6 +28,7 @@ impl Walker<'_> {
             methods: None,
             host: None,
             scheme: None,
+            max_body_bytes: None,
             // What a route whose handler could not be read holds in the
             // partial configuration; never served.
             handler: HandlerConfig::Respond {
@@ -71,6 +72,7 @@ impl Walker<'_> {
                 "methods" => route.methods = self.string_list(f),
                 "host" => route.host = self.route_host(f),
                 "scheme" => route.scheme = self.route_scheme(f),
+                "max-body-bytes" => route.max_body_bytes = self.size(f),
                 n if keys.contains(&n) => {
                     if let Some(r) = reader.as_mut() {
                         r.read(self, n, f);

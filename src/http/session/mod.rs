@@ -414,7 +414,14 @@ impl<J> Session<J> {
     ) -> Result<HeadOutcome, ParseError> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
         let req = parse::parse(head, &mut headers, &cx.limits.head)?;
-        let max_body = cx.limits.max_body_bytes;
+        // A route may take larger (or only smaller) bodies than the rest.
+        let max_body = match req.body {
+            BodyFraming::None => cx.limits.max_body_bytes,
+            _ => cx
+                .handler
+                .max_body(&req)
+                .unwrap_or(cx.limits.max_body_bytes),
+        };
         if let BodyFraming::Length(n) = req.body {
             // Refuse a declared body over the limit without reading it.
             if n > max_body {
