@@ -46,6 +46,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A CPU list that cannot be honoured is named as any configuration
+    // error: by its flag, or by its line in the file.
+    let mut cpus_at = coreserve::config::ConfigError::new(
+        if cpus_by_flag {
+            "--cpus"
+        } else {
+            "server.cpus"
+        },
+        "",
+    );
+    if !cpus_by_flag {
+        config.locate(&mut cpus_at);
+    }
+    let cpus_error = move |cpu: &coreserve::cpus::CpuError| {
+        let mut at = cpus_at.clone();
+        at.rule = cpu.to_string();
+        at.to_string()
+    };
     if check {
         // Every start-up check but binding: the CPUs, the host's limits
         // and io_uring.
@@ -58,7 +76,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}", check_error(&config, &e, cpus_by_flag));
+                match &e {
+                    MasterError::Cpus(cpu) => eprintln!("{}", cpus_error(cpu)),
+                    e => eprintln!("{e}"),
+                }
                 // A CPU list that cannot be honoured is the configuration's
                 // fault; a host that cannot run io_uring is not.
                 ExitCode::from(if matches!(e, MasterError::Cpus(_)) {
@@ -78,29 +99,14 @@ fn main() -> ExitCode {
             // Shards may still be running: leave without unwinding them.
             std::process::exit(1);
         }
-        Err(MasterError::Cpus(cpu)) if cpus_by_flag => {
-            log::error!("--cpus: {cpu}");
+        Err(MasterError::Cpus(cpu)) => {
+            log::error!("{}", cpus_error(&cpu));
             ExitCode::from(1)
         }
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// A start-up check's failure as `--check` prints it: a CPU list that
-/// cannot be honoured points at its line in the file, like any other
-/// configuration error, or at `--cpus` when that gave it.
-fn check_error(config: &coreserve::config::Config, e: &MasterError, by_flag: bool) -> String {
-    match e {
-        MasterError::Cpus(cpu) if by_flag => format!("--cpus: {cpu}"),
-        MasterError::Cpus(cpu) => {
-            let mut ce = coreserve::config::ConfigError::new("server.cpus", cpu.to_string());
-            config.locate(&mut ce);
-            ce.to_string()
-        }
-        _ => e.to_string(),
     }
 }
 

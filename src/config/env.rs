@@ -27,6 +27,8 @@ pub enum Why {
     Unfit(&'static str),
     /// It sits in defaults nested deeper than `MAX_NESTING`.
     TooDeep,
+    /// Its value is not UTF-8 (a configuration is text).
+    NotUtf8,
     /// With it replaced, the text is longer than this many bytes.
     TooLarge(usize),
 }
@@ -47,12 +49,17 @@ impl Unset {
                 "with ${{{name}}} replaced the file is larger than {} MiB, the most a configuration may be",
                 limit >> 20
             ),
+            Why::NotUtf8 => format!("environment variable {name} is not valid UTF-8"),
             Why::TooDeep => format!(
                 "${{{name}}} is nested in more than {MAX_NESTING} defaults (${{A:-${{B:-x}}}} is 2)"
             ),
         }
     }
 }
+
+/// A variable as the environment holds it: `Ok(None)` when it is not set,
+/// `Err` when its value is not UTF-8.
+pub type Lookup = Result<Option<String>, std::ffi::OsString>;
 
 /// The kind of string a place in the text is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +85,7 @@ enum Quote {
 /// about it with its line).
 pub fn substitute(
     text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
+    lookup: impl Fn(&str) -> Lookup,
     limit: usize,
 ) -> Result<String, Vec<Unset>> {
     let mut out = String::with_capacity(text.len());
@@ -138,7 +145,7 @@ pub fn substitute(
 fn expand(
     reference: &str,
     quote: Quote,
-    lookup: &impl Fn(&str) -> Option<String>,
+    lookup: &impl Fn(&str) -> Lookup,
     out: &mut String,
     problem: &mut impl FnMut(&str, Why),
     depth: usize,
@@ -155,8 +162,11 @@ fn expand(
     if depth > MAX_NESTING {
         return problem(name, Why::TooDeep);
     }
+    let Ok(found) = lookup(name) else {
+        return problem(name, Why::NotUtf8);
+    };
     // `${VAR}` with VAR set to "" is a value; `${VAR:-d}` gives d for it.
-    let value = match (lookup(name), default) {
+    let value = match (found, default) {
         (Some(v), Some(_)) if !v.is_empty() => v,
         (Some(v), None) => v,
         (_, Some(d)) => {
@@ -348,7 +358,13 @@ impl KeyTracker {
             .and_then(|r| r.strip_suffix(']'))
             .and_then(header)
         {
-            self.table = name;
+            // `[app.env]` after `[[app]]` is that entry's table: `app[2].env`.
+            self.table = match name.split_once('.') {
+                Some((array, rest)) if self.entries.contains_key(array) => {
+                    format!("{array}[{}].{rest}", self.entries[array])
+                }
+                _ => name,
+            };
             self.key.clear();
         } else if let Some((key, _)) = t.split_once('=') {
             // A key, bare or quoted whole: not the start of a string in an
@@ -384,6 +400,10 @@ fn valid_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn ok(f: impl Fn(&str) -> Option<String>) -> impl Fn(&str) -> Lookup {
+        move |name| Ok(f(name))
+    }
+
     fn env(name: &str) -> Option<String> {
         match name {
             "PORT" => Some("8080".into()),
@@ -396,7 +416,7 @@ mod tests {
     fn replaces_and_defaults() {
         let t = "listen = \"0.0.0.0:${PORT}\"\nroot = \"${ROOT:-/srv/www}\"\nx = \"${EMPTY:-d}${EMPTY}\"\n";
         assert_eq!(
-            substitute(t, env, 1 << 20).unwrap(),
+            substitute(t, ok(env), 1 << 20).unwrap(),
             "listen = \"0.0.0.0:8080\"\nroot = \"/srv/www\"\nx = \"d\"\n"
         );
     }
@@ -409,7 +429,7 @@ mod tests {
                  d = \"\"\"\nline # ${PORT}\n\"\"\" # ${NOPE}\n\
                  e = \"q\\\"#${PORT}\" # ${NOPE}\n";
         assert_eq!(
-            substitute(t, env, 1 << 20).unwrap(),
+            substitute(t, ok(env), 1 << 20).unwrap(),
             "a = \"8080\" # not ${NOPE}\n\
              b = \"#8080\" # \"${NOPE}\"\n\
              c = 'x#8080' # '${NOPE}'\n\
@@ -421,7 +441,7 @@ mod tests {
     #[test]
     fn unset_variables_are_reported_by_line() {
         let t = "a = 1\nb = \"${NOPE}\"\n# c = \"${ALSO_NOPE}\"\nd = \"${X-1}\"\n";
-        let errs = substitute(t, env, 1 << 20).unwrap_err();
+        let errs = substitute(t, ok(env), 1 << 20).unwrap_err();
         assert_eq!(
             errs,
             vec![Unset {
@@ -431,16 +451,20 @@ mod tests {
                 why: Why::NotSet,
             }]
         );
+        // A table of an array's entry is named after the entry.
+        let t = "[[app]]\nname = \"a\"\n[[app]]\nname = \"b\"\n[app.env]\nA = \"${NOPE}\"\n";
+        let errs = substitute(t, ok(env), 1 << 20).unwrap_err();
+        assert_eq!(errs[0].key, "app[2].env.A");
     }
 
     #[test]
     fn defaults_may_hold_references() {
         let t = "a = \"${NOPE:-${PORT}}\"\nb = \"${NOPE:-x${ALSO:-${EMPTY:-y}}z}\"\n";
         assert_eq!(
-            substitute(t, env, 1 << 20).unwrap(),
+            substitute(t, ok(env), 1 << 20).unwrap(),
             "a = \"8080\"\nb = \"xyz\"\n"
         );
-        let errs = substitute("a = \"${NOPE:-${ALSO}}\"\n", env, 1 << 20).unwrap_err();
+        let errs = substitute("a = \"${NOPE:-${ALSO}}\"\n", ok(env), 1 << 20).unwrap_err();
         assert_eq!(errs[0].name, "ALSO");
     }
 
@@ -454,7 +478,7 @@ mod tests {
             _ => None,
         };
         let t = "a = \"${ODD}\"\nm = \"\"\"\n${ODD}\n\"\"\"\nn = ${N}\nbad = nope\n";
-        let text = substitute(t, odd, 1 << 20).unwrap();
+        let text = substitute(t, ok(odd), 1 << 20).unwrap();
         // The lines after a value with a line break are where they were.
         assert_eq!(text.lines().nth(5), Some("bad = nope"));
         let doc = toml_edit::ImDocument::parse(text.replace("bad = nope", "")).unwrap();
@@ -470,7 +494,7 @@ mod tests {
         assert_eq!(doc["n"].as_integer(), Some(4));
         // Where nothing can be escaped, such a value is an error.
         let t = "a = 'x${APOS}'\nb = ${LINES}\nc = '${N}'\n";
-        let errs = substitute(t, odd, 1 << 20).unwrap_err();
+        let errs = substitute(t, ok(odd), 1 << 20).unwrap_err();
         let got: Vec<_> = errs
             .iter()
             .map(|u| (u.line, u.name.as_str(), u.why))
@@ -491,7 +515,7 @@ mod tests {
     fn deep_or_unclosed_references_cost_their_length_and_no_stack() {
         // 40 000 nested defaults: an error, not a stack overflow.
         let deep = format!("a = {}1{}\n", "${A:-".repeat(40_000), "}".repeat(40_000));
-        let errs = substitute(&deep, env, 1 << 20).unwrap_err();
+        let errs = substitute(&deep, ok(env), 1 << 20).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].why, Why::TooDeep);
         assert!(
@@ -501,16 +525,16 @@ mod tests {
         );
         // Eight are fine.
         let eight = format!("a = {}1{}\n", "${A:-".repeat(8), "}".repeat(8));
-        assert_eq!(substitute(&eight, env, 1 << 20).unwrap(), "a = 1\n");
+        assert_eq!(substitute(&eight, ok(env), 1 << 20).unwrap(), "a = 1\n");
         // 200 000 references never closed: left as written, at once.
         let open = format!("x = \"{}\"\n", "${A".repeat(200_000));
         let started = std::time::Instant::now();
-        assert_eq!(substitute(&open, env, 1 << 20).unwrap(), open);
+        assert_eq!(substitute(&open, ok(env), 1 << 20).unwrap(), open);
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // A small file that values make larger than a file may be.
         let big = |_: &str| Some("x".repeat(100_000));
         let many = "a = \"${BIG}\"\n".repeat(20);
-        let errs = substitute(&many, big, 1 << 20).unwrap_err();
+        let errs = substitute(&many, ok(big), 1 << 20).unwrap_err();
         assert_eq!((errs[0].line, errs[0].why), (11, Why::TooLarge(1 << 20)));
         assert!(
             errs[0].rule().contains("larger than 1 MiB"),
@@ -526,7 +550,7 @@ mod tests {
             "x = \"\"\"a\"\"\"\"  # ${NOPE}\ny = \"${PORT}\"\n",
             "x = '''a''''  # ${NOPE}\ny = \"${PORT}\"\n",
         ] {
-            let text = substitute(t, env, 1 << 20).unwrap();
+            let text = substitute(t, ok(env), 1 << 20).unwrap();
             assert!(text.ends_with("# ${NOPE}\ny = \"8080\"\n"), "{text}");
         }
     }

@@ -103,14 +103,22 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
         key: key.to_string(),
         rule,
     };
-    let text = env::substitute(text, |v| std::env::var(v).ok(), MAX_CONFIG_BYTES as usize)
-        .map_err(|unset| {
-            let unset = unset
-                .into_iter()
-                .map(|u| at(Some(u.line), &u.key, u.rule()))
-                .collect::<Vec<_>>();
-            LoadFailure::new(None, unset)
-        })?;
+    let text = env::substitute(
+        text,
+        |v| match std::env::var(v) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(raw),
+        },
+        MAX_CONFIG_BYTES as usize,
+    )
+    .map_err(|unset| {
+        let unset = unset
+            .into_iter()
+            .map(|u| at(Some(u.line), &u.key, u.rule()))
+            .collect::<Vec<_>>();
+        LoadFailure::new(None, unset)
+    })?;
     let doc = ImDocument::parse(text.clone()).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
         let msg = e.message().trim().replace('\n', " ");
