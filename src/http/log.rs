@@ -64,8 +64,24 @@ impl<'a> Entry<'a> {
     /// Host, a 501 for an unknown transfer coding): its request line, as
     /// nginx logs it, when the head's first line is one; else as `bare`.
     pub fn refused(head: &'a [u8], status: u16, bytes: u64) -> Self {
+        let request = request_line(head);
+        // Its Referer and User-Agent too, as far as its lines say them
+        // (the head broke a rule: each line is taken only if it reads as
+        // `name: value`).
+        let field = |name: &str| {
+            request?;
+            head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|&b| b == b':')?;
+                let (n, v) = line.split_at(colon);
+                n.eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| v[1..].trim_ascii())
+            })
+        };
         Entry {
-            request: request_line(head),
+            request,
+            referer: field("referer"),
+            user_agent: field("user-agent"),
             ..Entry::bare(status, bytes)
         }
     }
@@ -159,11 +175,11 @@ mod tests {
 
     #[test]
     fn a_refused_head_names_its_request_line_when_it_has_one() {
-        let head = b"GET /a?b=1 HTTP/1.1\r\nBad Header\r\n\r\n";
-        assert_eq!(
-            Entry::refused(head, 400, 0).request,
-            Some(("GET", "/a?b=1", Version::Http11))
-        );
+        let head = b"GET /a?b=1 HTTP/1.1\r\nBad Header\r\nUser-Agent:  curl/8 \r\n\r\n";
+        let entry = Entry::refused(head, 400, 0);
+        assert_eq!(entry.request, Some(("GET", "/a?b=1", Version::Http11)));
+        assert_eq!(entry.user_agent, Some(&b"curl/8"[..]));
+        assert_eq!(entry.referer, None);
         for not_one in [
             &b"GARBAGE\r\n\r\n"[..],
             b"GET / HTTP/2.0\r\n\r\n",

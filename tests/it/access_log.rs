@@ -52,7 +52,10 @@ fn combined_lines_are_written_within_a_second() {
     );
     get(server.addr, "GARBAGE\r\n\r\n");
     // Refused for its head, not its request line: nginx logs the line.
-    get(server.addr, "GET /nohost HTTP/1.1\r\n\r\n");
+    get(
+        server.addr,
+        "GET /nohost HTTP/1.1\r\nUser-Agent: probe/1\r\n\r\n",
+    );
     // Too large a head, its request line read whole: 431, and the line.
     let big = format!(
         "GET /big HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
@@ -63,6 +66,7 @@ fn combined_lines_are_written_within_a_second() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     let nohost = lines.iter().find(|l| l.contains("/nohost")).unwrap();
     assert!(nohost.contains("\"GET /nohost HTTP/1.1\" 400 "), "{nohost}");
+    assert!(nohost.ends_with(" \"-\" \"probe/1\""), "{nohost}");
     let large = lines.iter().find(|l| l.contains("/big")).unwrap();
     assert!(large.contains("\"GET /big HTTP/1.1\" 431 "), "{large}");
     let ok = lines.iter().find(|l| l.contains("GET /a")).unwrap();
