@@ -50,6 +50,20 @@ struct Route {
 }
 
 impl Route {
+    /// Whether it serves the request's method: its `methods`, and what its
+    /// handler serves (a static route only GET and HEAD).
+    fn takes(&self, req: &Request<'_>) -> bool {
+        self.methods.as_deref().is_none_or(|m| allows(m, req))
+            && (self.action.methods().is_none() || matches!(req.method, Method::Get | Method::Head))
+    }
+
+    /// Its `Allow` for a 405: what its handler serves when that is less
+    /// than every method (a static route's GET and HEAD), else its
+    /// `methods`.
+    fn allow(&self) -> &str {
+        self.action.methods().unwrap_or(&self.allow)
+    }
+
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(want) = &self.host {
             // Host without port or a trailing dot (the root label: same
@@ -80,7 +94,8 @@ fn strip_port(host: &str) -> &str {
 
 /// A shard's routing table.
 pub struct Router {
-    /// Longest prefix first; host-specific before any-host at equal length.
+    /// Longest prefix first; host-specific before any-host at equal length;
+    /// then with `methods` before without; then in the file's order.
     routes: Vec<Route>,
 }
 
@@ -124,25 +139,62 @@ impl Router {
                 .len()
                 .cmp(&a.prefix.len())
                 .then(b.host.is_some().cmp(&a.host.is_some()))
+                .then(b.methods.is_some().cmp(&a.methods.is_some()))
         });
         Router { routes }
     }
 
-    /// Whether `path` is a route's prefix without its trailing slash
-    /// (`/site` for a `/site/` route) that no route of at least that length
-    /// takes: it is then redirected to add the slash, as nginx does, rather
-    /// than answered by a shorter route (`/`) the user never meant for it.
-    fn wants_slash(&self, host: Option<&str>, path: &str, found: Option<&Route>) -> bool {
+    /// The route `path` is redirected to, if it is a route's prefix without
+    /// its trailing slash (`/site` for a `/site/` route) that no route of
+    /// at least that length takes: it is then redirected to add the slash,
+    /// as nginx does, rather than answered by a shorter route (`/`) the
+    /// user never meant for it.
+    fn wants_slash(&self, host: Option<&str>, path: &str, found: Option<&Route>) -> Option<&Route> {
         if found.is_some_and(|r| r.prefix.len() >= path.len()) {
-            return false;
+            return None;
         }
-        self.routes.iter().any(|r| {
+        self.routes.iter().find(|r| {
             r.prefix.len() == path.len() + 1
                 && r.prefix.ends_with('/')
                 && r.prefix.starts_with(path)
                 && r.matches(host, &r.prefix)
         })
     }
+
+    /// The routes that take `path` (for `host`) best: the longest prefix,
+    /// for this host before any host; several when they differ by
+    /// `methods` (those with `methods` first, then in the file's order).
+    /// Empty when no route takes it.
+    fn best<'r>(
+        &'r self,
+        host: Option<&'r str>,
+        path: &'r str,
+    ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
+        let start = self.routes.iter().position(|r| r.matches(host, path));
+        let level = start.map(|i| (self.routes[i].prefix.len(), self.routes[i].host.is_some()));
+        self.routes[start.unwrap_or(self.routes.len())..]
+            .iter()
+            .take_while(move |r| Some((r.prefix.len(), r.host.is_some())) == level)
+            .filter(move |r| r.matches(host, path))
+    }
+}
+
+/// What answers a request among the best routes: the first that takes its
+/// method, or the `Allow` of them all when none does (a 405).
+fn by_method<'r>(
+    mut best: impl Iterator<Item = &'r Route> + Clone,
+    req: &Request<'_>,
+) -> Result<&'r Route, String> {
+    if let Some(route) = best.clone().find(|r| r.takes(req)) {
+        return Ok(route);
+    }
+    let mut allow: Vec<&str> = Vec::new();
+    for m in best.by_ref().flat_map(|r| r.allow().split(", ")) {
+        if !allow.contains(&m) {
+            allow.push(m);
+        }
+    }
+    Err(allow.join(", "))
 }
 
 /// Whether a route's `methods` take this request: GET implies HEAD, as
@@ -200,37 +252,37 @@ impl Handler for Router {
                 &canonical_req
             }
         };
-        let found = self.routes.iter().find(|r| r.matches(req.host, req.path));
-        if self.wants_slash(req.host, req.path, found) {
+        let best = self.best(req.host, req.path);
+        if self
+            .wants_slash(req.host, req.path, best.clone().next())
+            .is_some()
+        {
             res.redirect_adding_slash(req.path, req.query);
             return Outcome::Done;
         }
-        let Some(route) = found else {
+        if best.clone().next().is_none() {
             res.begin(Status::NOT_FOUND);
             res.body("text/plain; charset=utf-8", b"Not Found\n");
             return Outcome::Done;
-        };
-        if let Some(methods) = &route.methods {
-            if !allows(methods, req) {
-                return method_not_allowed(res, &route.allow);
-            }
         }
-        if let Some(allow) = route.action.methods() {
-            if !matches!(req.method, Method::Get | Method::Head) {
-                return method_not_allowed(res, allow);
-            }
+        match by_method(best, req) {
+            Ok(route) => route.action.handler().handle(req, res),
+            Err(allow) => method_not_allowed(res, &allow),
         }
-        route.action.handler().handle(req, res)
     }
 
     fn max_body(&self, req: &Request<'_>) -> Option<u64> {
         // Found as `handle` finds it (a path that is no path gets a 400
-        // there, whatever its body).
+        // there, whatever its body); a path redirected to add its slash
+        // has the limit of the route it is sent to, as nginx does.
         let path = crate::http::path::canonical(req.path).ok()?;
-        self.routes
-            .iter()
-            .find(|r| r.matches(req.host, &path))?
-            .max_body
+        let best = self.best(req.host, &path);
+        if let Some(to) = self.wants_slash(req.host, &path, best.clone().next()) {
+            return by_method(self.best(req.host, &to.prefix), req)
+                .ok()?
+                .max_body;
+        }
+        by_method(best, req).ok()?.max_body
     }
 }
 
@@ -306,10 +358,10 @@ mod tests {
             routes: vec![route("/site/", None), route("/", None)],
         };
         let found = |p: &str| r.routes.iter().find(|x| x.matches(None, p));
-        assert!(r.wants_slash(None, "/site", found("/site")));
-        assert!(!r.wants_slash(None, "/site/", found("/site/")));
-        assert!(!r.wants_slash(None, "/sit", found("/sit")));
-        assert!(!r.wants_slash(None, "/", found("/")));
+        assert!(r.wants_slash(None, "/site", found("/site")).is_some());
+        assert!(r.wants_slash(None, "/site/", found("/site/")).is_none());
+        assert!(r.wants_slash(None, "/sit", found("/sit")).is_none());
+        assert!(r.wants_slash(None, "/", found("/")).is_none());
         // A route of its own for `/site` wins over the redirect.
         let r = Router {
             routes: vec![
@@ -319,14 +371,14 @@ mod tests {
             ],
         };
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
-        assert!(!r.wants_slash(None, "/site", found));
+        assert!(r.wants_slash(None, "/site", found).is_none());
         // Only for the host the route is for.
         let r = Router {
             routes: vec![route("/site/", Some("a.test")), route("/", None)],
         };
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
-        assert!(r.wants_slash(Some("a.test"), "/site", found));
-        assert!(!r.wants_slash(Some("b.test"), "/site", found));
+        assert!(r.wants_slash(Some("a.test"), "/site", found).is_some());
+        assert!(r.wants_slash(Some("b.test"), "/site", found).is_none());
     }
 
     #[test]

@@ -279,6 +279,75 @@ methods = ["GET"]
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
 
+/// Routes of one path that differ by `methods` each answer their own
+/// methods (`--check` accepts them as different routes), whatever their
+/// order in the file, a route with `methods` before one without; a method
+/// none takes is a 405 listing them all. Each route's body limit goes with
+/// it, and a path redirected to add its slash has its target's limit.
+#[test]
+fn routes_of_one_path_are_chosen_by_method() {
+    let dir = Scratch::new("by-method");
+    let file = dir.write(
+        "m.toml",
+        r#"
+[limits]
+max-body-bytes = "1k"
+
+[[route]]
+path = "/up/"
+handler = "respond"
+body = "get"
+methods = ["GET"]
+max-body-bytes = 10
+
+[[route]]
+path = "/up/"
+handler = "respond"
+body = "post"
+methods = ["POST"]
+max-body-bytes = "10m"
+
+[[route]]
+path = "/up/"
+host = "h.test"
+handler = "respond"
+body = "host-any"
+
+[[route]]
+path = "/up/"
+host = "h.test"
+handler = "respond"
+body = "host-post"
+methods = ["POST"]
+max-body-bytes = "10m"
+"#,
+    );
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let ask = |method: &str, host: &str, path: &str, body: usize| {
+        let raw = format!(
+            "{method} {path} HTTP/1.1
+Host: {host}
+Content-Length: {body}
+
+{}",
+            "a".repeat(body)
+        );
+        get(server.addr, &raw)
+    };
+    assert_eq!(ask("GET", "x", "/up/", 0).text(), "get");
+    assert_eq!(ask("POST", "x", "/up/", 5000).text(), "post");
+    assert_eq!(ask("GET", "x", "/up/", 11).status, 413);
+    let r = ask("PUT", "x", "/up/", 0);
+    assert_eq!(
+        (r.status, r.header("allow")),
+        (405, Some("GET, HEAD, POST"))
+    );
+    assert_eq!(ask("POST", "h.test", "/up/", 5000).text(), "host-post");
+    assert_eq!(ask("GET", "h.test", "/up/", 0).text(), "host-any");
+    // `/up` is redirected to `/up/`, whose POST route takes 10m.
+    assert_eq!(ask("POST", "x", "/up", 5000).status, 301);
+}
+
 /// Issue 15, item 8: with the shipped configuration, `/site` (a `/site/`
 /// route's prefix without its slash) is redirected to `/site/`, the query
 /// kept, instead of being answered by the `/` route.
