@@ -46,6 +46,8 @@ struct Route {
     allow: String,
     /// The route's own body limit, if it has one.
     max_body: Option<u64>,
+    /// It has a `scheme`: it wins over routes without one.
+    narrowed: bool,
     action: Action,
 }
 
@@ -57,11 +59,20 @@ impl Route {
             && (self.action.methods().is_none() || matches!(req.method, Method::Get | Method::Head))
     }
 
-    /// Its `Allow` for a 405: what its handler serves when that is less
-    /// than every method (a static route's GET and HEAD), else its
-    /// `methods`.
-    fn allow(&self) -> &str {
-        self.action.methods().unwrap_or(&self.allow)
+    /// Its `Allow` for a 405: its `methods` and what its handler serves
+    /// (a static route's GET and HEAD), both when both say.
+    fn allow(&self) -> std::borrow::Cow<'_, str> {
+        match (self.action.methods(), &self.methods) {
+            (Some(served), Some(_)) => self
+                .allow
+                .split(", ")
+                .filter(|m| served.split(", ").any(|s| s == *m))
+                .collect::<Vec<_>>()
+                .join(", ")
+                .into(),
+            (Some(served), None) => served.into(),
+            (None, _) => self.allow.as_str().into(),
+        }
     }
 
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
@@ -95,7 +106,8 @@ fn strip_port(host: &str) -> &str {
 /// A shard's routing table.
 pub struct Router {
     /// Longest prefix first; host-specific before any-host at equal length;
-    /// then with `methods` before without; then in the file's order.
+    /// then with `scheme` before without; then with `methods` before
+    /// without; then in the file's order.
     routes: Vec<Route>,
 }
 
@@ -110,6 +122,7 @@ impl Router {
                 allow: c.methods.as_deref().map(allow_header).unwrap_or_default(),
                 methods: c.methods.clone(),
                 max_body: c.max_body_bytes,
+                narrowed: c.scheme.is_some(),
                 action: match &c.handler {
                     HandlerConfig::Respond {
                         status,
@@ -139,6 +152,7 @@ impl Router {
                 .len()
                 .cmp(&a.prefix.len())
                 .then(b.host.is_some().cmp(&a.host.is_some()))
+                .then(b.narrowed.cmp(&a.narrowed))
                 .then(b.methods.is_some().cmp(&a.methods.is_some()))
         });
         Router { routes }
@@ -188,10 +202,12 @@ fn by_method<'r>(
     if let Some(route) = best.clone().find(|r| r.takes(req)) {
         return Ok(route);
     }
-    let mut allow: Vec<&str> = Vec::new();
-    for m in best.by_ref().flat_map(|r| r.allow().split(", ")) {
-        if !allow.contains(&m) {
-            allow.push(m);
+    let mut allow: Vec<String> = Vec::new();
+    for r in best.by_ref() {
+        for m in r.allow().split(", ").filter(|m| !m.is_empty()) {
+            if !allow.iter().any(|a| a == m) {
+                allow.push(m.to_string());
+            }
         }
     }
     Err(allow.join(", "))
@@ -329,6 +345,7 @@ mod tests {
             methods: None,
             allow: String::new(),
             max_body: None,
+            narrowed: false,
             action: Action::Respond(FixedResponse::hello_world()),
         }
     }
@@ -379,6 +396,27 @@ mod tests {
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
         assert!(r.wants_slash(Some("a.test"), "/site", found).is_some());
         assert!(r.wants_slash(Some("b.test"), "/site", found).is_none());
+    }
+
+    #[test]
+    fn a_route_for_one_scheme_comes_before_one_with_methods() {
+        // What `state` gives the plain listener's router: a redirect to
+        // HTTPS for plain requests, and a GET route for both schemes.
+        let redirect = RouteConfig {
+            scheme: Some(crate::config::Scheme::Http),
+            handler: HandlerConfig::Redirect {
+                status: 301,
+                location: "https://example.com/".into(),
+            },
+            ..RouteConfig::hello_world()
+        };
+        let get = RouteConfig {
+            methods: Some(vec!["GET".into()]),
+            ..RouteConfig::hello_world()
+        };
+        let r = Router::new(&[redirect, get]);
+        let first = r.best(None, "/").next().unwrap();
+        assert!(first.narrowed && matches!(first.action, Action::Redirect(_)));
     }
 
     #[test]

@@ -90,13 +90,41 @@ impl Config {
         if l.max_connections == 0 {
             err("limits.max-connections", "must be at least 1, got 0".into());
         }
-        // The first route of each path, host, methods and scheme.
+        // The first route of each path, host, methods and scheme; and the
+        // methods the routes of a path, host and scheme with `methods`
+        // take, in the order the router tries them (the file's).
         let mut routed = HashMap::new();
+        let mut taken: HashMap<_, Vec<(usize, &str)>> = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
             let first = *routed
                 .entry((&r.path, &r.host, &r.methods, r.scheme))
                 .or_insert(i);
-            validate_route(i, r, (first != i).then_some(first), &mut err);
+            let dup = (first != i).then_some(first);
+            validate_route(i, r, dup, &mut err);
+            let (Some(methods), None) = (&r.methods, dup) else {
+                continue;
+            };
+            let earlier = taken.entry((&r.path, &r.host, r.scheme)).or_default();
+            // GET takes HEAD too.
+            let by = |m: &str| {
+                earlier
+                    .iter()
+                    .find(|(_, t)| *t == m || (m == "HEAD" && *t == "GET"))
+                    .map(|&(j, _)| j)
+            };
+            let shadowed: Option<Vec<usize>> = methods.iter().map(|m| by(m)).collect();
+            if let Some(by) = shadowed.and_then(|by| by.into_iter().max()) {
+                err(
+                    &format!("{}.methods", route_key(i)),
+                    format!(
+                        "{:?} is never reached: {} (or one before it) takes {} first",
+                        r.path,
+                        route_key(by),
+                        methods.join(", ")
+                    ),
+                );
+            }
+            earlier.extend(methods.iter().map(|m| (i, m.as_str())));
         }
         upstreams::validate_upstreams(&self.upstreams, &self.apps, &self.routes, &mut err);
         if !self.metrics.path.starts_with('/') {
@@ -277,6 +305,38 @@ mod tests {
             .into_iter()
             .map(|e| e.key)
             .collect()
+    }
+
+    #[test]
+    fn a_route_whose_methods_earlier_routes_take_is_refused() {
+        let route = |methods: &[&str]| RouteConfig {
+            path: "/up/".into(),
+            methods: Some(methods.iter().map(|m| m.to_string()).collect()),
+            ..RouteConfig::hello_world()
+        };
+        let text = |routes: Vec<RouteConfig>| -> Vec<String> {
+            let c = Config {
+                routes,
+                ..Config::default()
+            };
+            c.validate()
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        // Different methods: each answers its own.
+        assert!(text(vec![route(&["GET"]), route(&["POST"])]).is_empty());
+        assert_eq!(
+            text(vec![route(&["GET", "POST"]), route(&["POST"]), route(&["HEAD"])]),
+            [
+                "route[2].methods: \"/up/\" is never reached: route[1] (or one before it) takes POST first",
+                "route[3].methods: \"/up/\" is never reached: route[1] (or one before it) takes HEAD first",
+            ]
+        );
+        // Partly taken: it still answers the rest.
+        assert!(text(vec![route(&["GET"]), route(&["GET", "PUT"])]).is_empty());
     }
 
     #[test]
