@@ -42,7 +42,8 @@ struct Route {
     prefix: String,
     host: Option<String>,
     methods: Option<Vec<String>>,
-    /// `Allow` value when `methods` is set.
+    /// Its `Allow` for a 405: its `methods` and what its handler serves
+    /// (a static route's GET and HEAD), both when both say.
     allow: String,
     /// The route's own body limit, if it has one.
     max_body: Option<u64>,
@@ -57,22 +58,6 @@ impl Route {
     fn takes(&self, req: &Request<'_>) -> bool {
         self.methods.as_deref().is_none_or(|m| allows(m, req))
             && (self.action.methods().is_none() || matches!(req.method, Method::Get | Method::Head))
-    }
-
-    /// Its `Allow` for a 405: its `methods` and what its handler serves
-    /// (a static route's GET and HEAD), both when both say.
-    fn allow(&self) -> std::borrow::Cow<'_, str> {
-        match (self.action.methods(), &self.methods) {
-            (Some(served), Some(_)) => self
-                .allow
-                .split(", ")
-                .filter(|m| served.split(", ").any(|s| s == *m))
-                .collect::<Vec<_>>()
-                .join(", ")
-                .into(),
-            (Some(served), None) => served.into(),
-            (None, _) => self.allow.as_str().into(),
-        }
     }
 
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
@@ -119,7 +104,7 @@ impl Router {
             .map(|c| Route {
                 prefix: c.path.clone(),
                 host: c.host.clone(),
-                allow: c.methods.as_deref().map(allow_header).unwrap_or_default(),
+                allow: String::new(),
                 methods: c.methods.clone(),
                 max_body: c.max_body_bytes,
                 narrowed: c.scheme.is_some(),
@@ -147,6 +132,18 @@ impl Router {
                 },
             })
             .collect();
+        for r in &mut routes {
+            let listed = r.methods.as_deref().map(allow_header);
+            r.allow = match (r.action.methods(), listed) {
+                (Some(served), Some(listed)) => listed
+                    .split(", ")
+                    .filter(|m| served.split(", ").any(|s| s == *m))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                (Some(served), None) => served.into(),
+                (None, listed) => listed.unwrap_or_default(),
+            };
+        }
         routes.sort_by(|a, b| {
             b.prefix
                 .len()
@@ -177,7 +174,7 @@ impl Router {
 
     /// The routes that take `path` (for `host`) best: the longest prefix,
     /// for this host before any host; several when they differ by
-    /// `methods` (those with `methods` first, then in the file's order).
+    /// `scheme` or `methods`, in the order `routes` keeps.
     /// Empty when no route takes it.
     fn best<'r>(
         &'r self,
@@ -204,7 +201,7 @@ fn by_method<'r>(
     }
     let mut allow: Vec<String> = Vec::new();
     for r in best.by_ref() {
-        for m in r.allow().split(", ").filter(|m| !m.is_empty()) {
+        for m in r.allow.split(", ").filter(|m| !m.is_empty()) {
             if !allow.iter().any(|a| a == m) {
                 allow.push(m.to_string());
             }
@@ -269,14 +266,12 @@ impl Handler for Router {
             }
         };
         let best = self.best(req.host, req.path);
-        if self
-            .wants_slash(req.host, req.path, best.clone().next())
-            .is_some()
-        {
+        let first = best.clone().next();
+        if self.wants_slash(req.host, req.path, first).is_some() {
             res.redirect_adding_slash(req.path, req.query);
             return Outcome::Done;
         }
-        if best.clone().next().is_none() {
+        if first.is_none() {
             res.begin(Status::NOT_FOUND);
             res.body("text/plain; charset=utf-8", b"Not Found\n");
             return Outcome::Done;

@@ -73,7 +73,7 @@ pub struct Server {
     removed: Cell<bool>,
     /// When a line about it was last logged, and how many were held back
     /// since (`log`).
-    warned: Cell<Option<Instant>>,
+    logged_at: Cell<Option<Instant>>,
     held_back: Cell<u64>,
 }
 
@@ -314,7 +314,7 @@ impl Server {
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(new_histogram()),
             removed: Cell::new(false),
-            warned: Cell::new(None),
+            logged_at: Cell::new(None),
             held_back: Cell::new(0),
         }
     }
@@ -324,14 +324,14 @@ impl Server {
     /// says how many were held back.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
         if self
-            .warned
+            .logged_at
             .get()
             .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
         {
             self.held_back.set(self.held_back.get() + 1);
             return;
         }
-        self.warned.set(Some(now));
+        self.logged_at.set(Some(now));
         match self.held_back.replace(0) {
             0 => log::log!(level, "{message}"),
             n => log::log!(
