@@ -18,7 +18,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessLog, LogConfig, LogFormat};
 use crate::http::log::Entry;
-use crate::http::parse::Version;
 
 /// Buffered bytes that trigger a write before the next second.
 pub const FLUSH_BYTES: usize = 64 << 10;
@@ -138,7 +137,8 @@ impl AccessLogger {
                 clf_escape(out, m.as_bytes());
                 out.push(b' ');
                 clf_escape(out, t.as_bytes());
-                out.extend_from_slice(version(v).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(v.as_bytes());
             }
             None => out.push(b'-'),
         }
@@ -195,7 +195,7 @@ impl AccessLogger {
             None => out.extend_from_slice(b"null"),
         }
         let (m, t, v) = match e.request {
-            Some((m, t, v)) => (Some(m), Some(t), Some(version(v).trim_start())),
+            Some((m, t, v)) => (Some(m), Some(t), Some(v)),
             None => (None, None, None),
         };
         for (key, value) in [("method", m), ("target", t), ("protocol", v)] {
@@ -348,13 +348,6 @@ fn write_lines(fd: RawFd, data: &[u8], pipe: bool) {
     }
 }
 
-fn version(v: Version) -> &'static str {
-    match v {
-        Version::Http10 => " HTTP/1.0",
-        Version::Http11 => " HTTP/1.1",
-    }
-}
-
 /// nginx's escaping for combined logs: `"`, `\` and bytes outside printable
 /// ASCII become `\xHH`, so a line can always be split on spaces and quotes.
 fn clf_escape(out: &mut Vec<u8>, v: &[u8]) {
@@ -444,7 +437,7 @@ mod tests {
     const ENTRY: Entry = Entry {
         upstream: None,
         remote: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-        request: Some(("GET", "/a\"b", Version::Http11)),
+        request: Some(("GET", "/a\"b", "HTTP/1.1")),
         status: 200,
         bytes: 11,
         referer: None,

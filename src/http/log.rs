@@ -14,8 +14,10 @@ use super::parse::{Request, Version};
 pub struct Entry<'a> {
     /// Client address.
     pub remote: Option<IpAddr>,
-    /// Method, target and version, when the request could be parsed.
-    pub request: Option<(&'a str, &'a str, Version)>,
+    /// Method, target and protocol (`HTTP/1.1`), when the request line
+    /// could be read: the protocol may be one this server does not speak
+    /// (a 505's `HTTP/2.0`).
+    pub request: Option<(&'a str, &'a str, &'a str)>,
     /// Status sent.
     pub status: u16,
     /// Body bytes sent.
@@ -51,7 +53,7 @@ impl<'a> Entry<'a> {
     pub fn for_request(remote: Option<IpAddr>, req: &Request<'a>, status: u16, bytes: u64) -> Self {
         Entry {
             remote,
-            request: Some((req.method_str, req.target, req.version)),
+            request: Some((req.method_str, req.target, req.version.as_str())),
             status,
             bytes,
             referer: req.header("referer"),
@@ -102,10 +104,10 @@ impl<'a> Entry<'a> {
 }
 
 /// The method, target and version of `head`'s first line, if it is a
-/// whole request line (a token, a target without spaces or controls,
-/// HTTP/1.0 or HTTP/1.1, one space apart, its line ended: a head cut at
-/// the size limit may have only part of one).
-fn request_line(head: &[u8]) -> Option<(&str, &str, Version)> {
+/// whole request line (a token, a target without spaces or controls, an
+/// HTTP version, one space apart, its line ended: a head cut at the size
+/// limit may have only part of one).
+fn request_line(head: &[u8]) -> Option<(&str, &str, &str)> {
     let line = &head[..head.iter().position(|&b| b == b'\n')?];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|&b| b == b' ');
@@ -120,15 +122,13 @@ fn request_line(head: &[u8]) -> Option<(&str, &str, Version)> {
     {
         return None;
     }
-    let version = match version {
-        b"HTTP/1.1" => Version::Http11,
-        b"HTTP/1.0" => Version::Http10,
-        _ => return None,
-    };
+    if !super::parse::is_version_text(version) {
+        return None;
+    }
     Some((
         std::str::from_utf8(method).ok()?,
         std::str::from_utf8(target).ok()?,
-        version,
+        std::str::from_utf8(version).ok()?,
     ))
 }
 
@@ -159,7 +159,7 @@ impl OwnedRequest {
     pub fn entry(&self, remote: Option<IpAddr>, status: u16, bytes: u64) -> Entry<'_> {
         Entry {
             remote,
-            request: Some((&self.method, &self.target, self.version)),
+            request: Some((&self.method, &self.target, self.version.as_str())),
             status,
             bytes,
             referer: self.referer.as_deref(),
@@ -177,12 +177,16 @@ mod tests {
     fn a_refused_head_names_its_request_line_when_it_has_one() {
         let head = b"GET /a?b=1 HTTP/1.1\r\nBad Header\r\nUser-Agent:  curl/8 \r\n\r\n";
         let entry = Entry::refused(head, 400, 0);
-        assert_eq!(entry.request, Some(("GET", "/a?b=1", Version::Http11)));
+        assert_eq!(entry.request, Some(("GET", "/a?b=1", "HTTP/1.1")));
+        // A version this server does not speak is still the request's (a 505).
+        let h2 = Entry::refused(b"GET / HTTP/2.0\r\n\r\n", 505, 0);
+        assert_eq!(h2.request, Some(("GET", "/", "HTTP/2.0")));
         assert_eq!(entry.user_agent, Some(&b"curl/8"[..]));
         assert_eq!(entry.referer, None);
         for not_one in [
             &b"GARBAGE\r\n\r\n"[..],
-            b"GET / HTTP/2.0\r\n\r\n",
+            b"GET / HTTP/2.x\r\n\r\n",
+            b"GET / HTTPS/1.1\r\n\r\n",
             b"GET  / HTTP/1.1\r\n\r\n",
             b"GET /a b HTTP/1.1\r\n\r\n",
             b"G\x01T / HTTP/1.1\r\n\r\n",

@@ -62,8 +62,15 @@ fn combined_lines_are_written_within_a_second() {
         "a".repeat(40_000)
     );
     assert_eq!(get(server.addr, &big).status, 431);
-    let lines = wait_for_lines(&log, 4);
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    // A version this server does not speak: 505, and the line as sent.
+    assert_eq!(
+        get(server.addr, "GET /h2 HTTP/2.0\r\nHost: x\r\n\r\n").status,
+        505
+    );
+    let lines = wait_for_lines(&log, 5);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let h2 = lines.iter().find(|l| l.contains("/h2")).unwrap();
+    assert!(h2.contains("\"GET /h2 HTTP/2.0\" 505 "), "{h2}");
     let nohost = lines.iter().find(|l| l.contains("/nohost")).unwrap();
     assert!(nohost.contains("\"GET /nohost HTTP/1.1\" 400 "), "{nohost}");
     assert!(nohost.ends_with(" \"-\" \"probe/1\""), "{nohost}");

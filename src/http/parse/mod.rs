@@ -33,6 +33,28 @@ pub enum Version {
     Http11,
 }
 
+impl Version {
+    /// As a request line spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// Whether `v` is an HTTP version as RFC 9112 §2.3 writes one (`HTTP/1.1`,
+/// `HTTP/2.0`), or as HTTP/2 and 3 name themselves (`HTTP/2`): a version
+/// this server may not speak, but a client speaking HTTP.
+pub fn is_version_text(v: &[u8]) -> bool {
+    match v {
+        [b'H', b'T', b'T', b'P', b'/', major, rest @ ..] if major.is_ascii_digit() => {
+            matches!(rest, [] | [b'.', b'0'..=b'9'])
+        }
+        _ => false,
+    }
+}
+
 /// Request methods, recognised once so handlers can match on an enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -313,11 +335,7 @@ fn request_line_version(buf: &[u8]) -> VersionSeen {
     };
     match &line[sp + 1..] {
         b"HTTP/1.0" | b"HTTP/1.1" => VersionSeen::Supported,
-        [b'H', b'T', b'T', b'P', b'/', major, rest @ ..] if major.is_ascii_digit() => match rest {
-            [] => VersionSeen::Unsupported,
-            [b'.', minor] if minor.is_ascii_digit() => VersionSeen::Unsupported,
-            _ => VersionSeen::Malformed,
-        },
+        v if is_version_text(v) => VersionSeen::Unsupported,
         _ => VersionSeen::Malformed,
     }
 }
