@@ -110,6 +110,7 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                 draining: c.draining,
                 https: c.socket.is_tls(),
                 headers: c.headers,
+                added: job.added.as_ref(),
                 socket: c.socket,
                 input: c.input,
                 out: c.out,

@@ -8,7 +8,7 @@ use crate::handlers::proxy::{Proxy, ProxyRoute};
 use crate::handlers::static_files::StaticSite;
 use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect};
 use crate::http::parse::{Method, Request};
-use crate::http::response::ResponseWriter;
+use crate::http::response::{AddedHeaders, ResponseWriter};
 use crate::http::status::Status;
 
 /// What a route does.
@@ -49,6 +49,8 @@ struct Route {
     max_body: Option<u64>,
     /// It has a `scheme`: it wins over routes without one.
     narrowed: bool,
+    /// The fields it adds to each response its handler gives.
+    added: Option<Rc<AddedHeaders>>,
     action: Action,
 }
 
@@ -108,6 +110,7 @@ impl Router {
                 methods: c.methods.clone(),
                 max_body: c.max_body_bytes,
                 narrowed: c.scheme.is_some(),
+                added: AddedHeaders::new(&c.headers),
                 action: match &c.handler {
                     HandlerConfig::Respond {
                         status,
@@ -277,7 +280,10 @@ impl Handler for Router {
             return Outcome::Done;
         }
         match by_method(best, req) {
-            Ok(route) => route.action.handler().handle(req, res),
+            Ok(route) => route
+                .action
+                .handler()
+                .handle(req, res.with_added(route.added.as_ref())),
             Err(allow) => method_not_allowed(res, &allow),
         }
     }
@@ -341,6 +347,7 @@ mod tests {
             allow: String::new(),
             max_body: None,
             narrowed: false,
+            added: None,
             action: Action::Respond(FixedResponse::hello_world()),
         }
     }

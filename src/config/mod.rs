@@ -256,6 +256,11 @@ pub struct RouteConfig {
     /// The largest request body this route takes (nginx's
     /// `client_max_body_size` in a location); `None`: `[limits]`'s.
     pub max_body_bytes: Option<u64>,
+    /// Header fields added to every response the route's handler gives
+    /// (nginx's `add_header ... always`), in the file's order: names are
+    /// tokens, none of them one coreserve writes itself; values visible
+    /// ASCII and spaces (the loader checks both).
+    pub headers: Vec<(String, String)>,
     /// What answers.
     pub handler: HandlerConfig,
 }
@@ -269,6 +274,7 @@ impl RouteConfig {
             host: None,
             scheme: None,
             max_body_bytes: None,
+            headers: Vec::new(),
             handler: HandlerConfig::Respond {
                 status: 200,
                 body: "Hello World".into(),

@@ -12,7 +12,7 @@ use super::{Handler, Job, Outcome};
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
 use crate::http::parse::Request;
-use crate::http::response::ResponseWriter;
+use crate::http::response::{AddedHeaders, ResponseWriter};
 
 /// A proxy route as a shard's router holds it.
 #[derive(Debug)]
@@ -30,6 +30,9 @@ pub struct ProxyJob {
     pub head: RequestHead,
     /// The route it came through.
     pub route: Rc<ProxyRoute>,
+    /// The fields the route adds to its responses (an application's own
+    /// field of the same name is kept instead).
+    pub added: Option<Rc<AddedHeaders>>,
 }
 
 impl ProxyRoute {
@@ -98,16 +101,18 @@ pub struct Proxy(pub Rc<ProxyRoute>);
 impl Handler for Proxy {
     type Job = Job;
 
-    fn handle(&self, req: &Request<'_>, _res: ResponseWriter<'_>) -> Outcome {
+    fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome {
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);
                 job.route = self.0.clone();
+                job.added = res.added().cloned();
                 job
             }
             None => Box::new(ProxyJob {
                 head: RequestHead::new(req),
                 route: self.0.clone(),
+                added: res.added().cloned(),
             }),
         };
         Outcome::Takeover(Job::Proxy(job))

@@ -4,6 +4,9 @@
 //! `Content-Length`; `Connection` is written only when it says something the
 //! client would not assume. Writing never allocates beyond the output buffer.
 
+use std::ops::Range;
+use std::rc::Rc;
+
 use super::date::DATE_LEN;
 use super::status::Status;
 
@@ -34,6 +37,57 @@ pub struct ResponseWriter<'o> {
     /// Header lines every response of the connection carries, written by
     /// `begin` (`Strict-Transport-Security` on TLS); usually empty.
     headers: &'o [u8],
+    /// The fields the route answering adds (its `headers`), written by
+    /// `begin` after `headers`; a job the handler leaves keeps them.
+    added: Option<&'o Rc<AddedHeaders>>,
+}
+
+/// Header fields a route adds to each response it gives (a route's
+/// `headers`, as nginx's `add_header ... always`), ready to write. Names are
+/// tokens and values visible ASCII and spaces, none that coreserve writes
+/// itself (the configuration checks both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedHeaders {
+    /// Every field's line, each ending in CRLF.
+    block: Box<[u8]>,
+    /// Each field's name and its line's place in `block`.
+    fields: Box<[(Box<str>, Range<usize>)]>,
+}
+
+impl AddedHeaders {
+    /// The lines for `fields` (name, value), in their order; `None` when
+    /// there are none, so that a route without any costs nothing.
+    pub fn new(fields: &[(String, String)]) -> Option<Rc<AddedHeaders>> {
+        if fields.is_empty() {
+            return None;
+        }
+        let mut block = Vec::new();
+        let mut places = Vec::with_capacity(fields.len());
+        for (name, value) in fields {
+            let start = block.len();
+            block.extend_from_slice(name.as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(value.as_bytes());
+            block.extend_from_slice(b"\r\n");
+            places.push((name.as_str().into(), start..block.len()));
+        }
+        Some(Rc::new(AddedHeaders {
+            block: block.into_boxed_slice(),
+            fields: places.into_boxed_slice(),
+        }))
+    }
+
+    /// All the lines.
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+
+    /// Each field's name and its whole line.
+    pub fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields
+            .iter()
+            .map(|(name, place)| (&**name, &self.block[place.clone()]))
+    }
 }
 
 impl<'o> ResponseWriter<'o> {
@@ -51,6 +105,7 @@ impl<'o> ResponseWriter<'o> {
             head_only,
             status: Status::OK,
             headers: b"",
+            added: None,
         }
     }
 
@@ -58,6 +113,20 @@ impl<'o> ResponseWriter<'o> {
     pub fn with_headers(mut self, headers: &'o [u8]) -> Self {
         self.headers = headers;
         self
+    }
+
+    /// Add the fields a route adds to its responses (`None`: none).
+    pub fn with_added<'r>(self, added: Option<&'r Rc<AddedHeaders>>) -> ResponseWriter<'r>
+    where
+        'o: 'r,
+    {
+        ResponseWriter { added, ..self }
+    }
+
+    /// The fields the route answering adds, for a job that writes its
+    /// response later.
+    pub fn added(&self) -> Option<&Rc<AddedHeaders>> {
+        self.added
     }
 
     /// Whether this response ends the connection.
@@ -80,6 +149,9 @@ impl<'o> ResponseWriter<'o> {
         self.out.extend_from_slice(&self.date);
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(self.headers);
+        if let Some(added) = self.added {
+            self.out.extend_from_slice(added.block());
+        }
     }
 
     /// One more header field.

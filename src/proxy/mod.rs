@@ -49,7 +49,7 @@ use crate::http::error::{status_for, ParseError};
 use crate::http::exchange::{After, Ended, Tally};
 use crate::http::log::UpstreamLog;
 use crate::http::parse::{Method, Version};
-use crate::http::response::{Persistence, ResponseWriter};
+use crate::http::response::{AddedHeaders, Persistence, ResponseWriter};
 use crate::http::session::InputBuffer;
 use crate::http::status::Status;
 use crate::http::upstream::Asked;
@@ -88,6 +88,9 @@ pub struct Client<'a> {
     /// (`Strict-Transport-Security` over TLS), unless the upstream sent its
     /// own; usually empty.
     pub headers: &'a [u8],
+    /// The fields the route adds to each response, each unless the
+    /// upstream sent a field of its name.
+    pub added: Option<&'a Rc<AddedHeaders>>,
     /// The shard's shutdown flag: a response that begins once it is set
     /// says `Connection: close` (the connection will not serve another).
     pub draining: &'a Cell<bool>,
@@ -225,7 +228,7 @@ async fn forward(
     upstreams: &Upstreams,
     readiness: Option<&Rc<Readiness>>,
 ) -> Served {
-    let ProxyJob { head, route } = job;
+    let ProxyJob { head, route, .. } = job;
     let mut served = Served::default();
     let Some(group) = upstreams.group(&route.config.upstream) else {
         // Only when a reload removed the group under a request of the
@@ -604,7 +607,9 @@ async fn reply(
     };
     served.keep_alive &= persistence != Persistence::Close;
     c.out.clear();
-    let mut w = ResponseWriter::new(c.out, ex.date, persistence, head_only).with_headers(c.headers);
+    let mut w = ResponseWriter::new(c.out, ex.date, persistence, head_only)
+        .with_headers(c.headers)
+        .with_added(c.added);
     w.begin(status);
     let mut body = [0u8; 64];
     let reason = status.reason().as_bytes();

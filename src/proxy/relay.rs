@@ -198,11 +198,19 @@ pub(super) fn begin(
         return None;
     }
     let down = response::write_head(c.out, &res, ex.date, client, tunnel);
+    // Before the head's final empty line: the connection's HSTS, then the
+    // route's fields, each unless the application sent its own.
+    let end = c.out.len() - 2;
+    c.out.truncate(end);
     if !c.headers.is_empty() && res.header("strict-transport-security").is_none() {
-        // Before the head's final empty line.
-        let end = c.out.len() - 2;
-        c.out.splice(end..end, c.headers.iter().copied());
+        c.out.extend_from_slice(c.headers);
     }
+    for (name, line) in c.added.iter().flat_map(|a| a.lines()) {
+        if res.header(name).is_none() {
+            c.out.extend_from_slice(line);
+        }
+    }
+    c.out.extend_from_slice(b"\r\n");
     r.status = r.upstream_status;
     let framing = res.framing;
     Some(Begun {

@@ -358,3 +358,62 @@ fn smuggling_payloads_never_make_a_second_upstream_request() {
     let e = reqs.iter().find(|q| q.target == "/e").unwrap();
     assert!(contains(&e.body, b"/smuggled"));
 }
+
+/// A route's `headers` go on every response its handler gives: a fixed
+/// one, a redirect, a file and a static 404, a proxied response (where the
+/// application's own field of that name wins) and the proxy's own 502.
+#[test]
+fn a_routes_headers_go_on_every_response_it_gives() {
+    let up = Upstream::start(|_| {
+        Reply::status(200, &[("X-Frame-Options", "SAMEORIGIN")], "from the app")
+    });
+    let www = crate::config::Scratch::new("route-headers-www");
+    www.write("a.txt", "file");
+    let added = "headers = { X-Frame-Options = \"DENY\", Access-Control-Allow-Origin = \"*\" }";
+    let toml = group("app", &[up.server()], "")
+        + &group("down", &["127.0.0.1:1".to_string()], "")
+        + &route("/api/", "app", added)
+        + &route("/down/", "down", added)
+        + &format!(
+            "[[route]]\npath = \"/files/\"\nhandler = \"static\"\nroot = \"{}\"\n{added}\n\n\
+             [[route]]\npath = \"/old\"\nhandler = \"redirect\"\nlocation = \"/new\"\n{added}\n\n\
+             [[route]]\npath = \"/fixed\"\nhandler = \"respond\"\nbody = \"ok\"\n{added}\n\n\
+             [[route]]\npath = \"/plain\"\nhandler = \"respond\"\nbody = \"ok\"\n",
+            www.path("")
+        );
+    let proxy = Proxy::start("route-headers", &toml);
+    let ask = |target: &str| proxy.get(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    for (target, status) in [
+        ("/fixed", 200),
+        ("/old", 301),
+        ("/files/a.txt", 200),
+        ("/files/none", 404),
+        ("/down/x", 502),
+    ] {
+        let r = ask(target);
+        assert_eq!(r.status, status, "{target}: {r:?}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{target}: {r:?}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("*"),
+            "{target}: {r:?}"
+        );
+    }
+    let r = ask("/api/x");
+    assert_eq!((r.status, r.text().as_str()), (200, "from the app"));
+    let frames: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-frame-options")
+        .collect();
+    assert_eq!(
+        frames,
+        [&("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
+    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{r:?}");
+    // Another route adds nothing; nor does the 404 no route gives.
+    for target in ["/plain", "/nowhere"] {
+        let r = ask(target);
+        assert_eq!(r.header("x-frame-options"), None, "{target}: {r:?}");
+    }
+}

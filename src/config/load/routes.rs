@@ -29,6 +29,7 @@ impl Walker<'_> {
             host: None,
             scheme: None,
             max_body_bytes: None,
+            headers: Vec::new(),
             // What a route whose handler could not be read holds in the
             // partial configuration; never served.
             handler: HandlerConfig::Respond {
@@ -73,6 +74,7 @@ impl Walker<'_> {
                 "host" => route.host = self.route_host(f),
                 "scheme" => route.scheme = self.route_scheme(f),
                 "max-body-bytes" => route.max_body_bytes = self.size(f),
+                "headers" => route.headers = self.route_headers(f, kind.map(|k| k.name)),
                 n if keys.contains(&n) => {
                     if let Some(r) = reader.as_mut() {
                         r.read(self, n, f);
@@ -115,6 +117,56 @@ impl Walker<'_> {
         kind
     }
 
+    /// A route's `headers`: a table of field names and values, each name a
+    /// token that no other field of the table spells too, and none that
+    /// coreserve writes itself for a route of this `kind` (framing, the
+    /// connection's own fields, what the handler's keys set); each value
+    /// visible ASCII with spaces inside. Read once, at load: the router
+    /// writes them as they are.
+    fn route_headers(&mut self, f: &Field, kind: Option<&str>) -> Vec<(String, String)> {
+        let Some(table) = f.item.as_table_like() else {
+            let rule = "must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }";
+            self.error(f, rule.into());
+            return Vec::new();
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for v in self.fields(table, &f.key) {
+            let name = &v.key[f.key.len() + 1..];
+            if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
+                let rule = format!(
+                    "{name:?} is not a header field name (letters, digits and !#$%&'*+-.^_`|~)"
+                );
+                self.error(&v, rule);
+                continue;
+            }
+            if let Some(why) = written_by_coreserve(name, kind) {
+                self.error(&v, format!("{name} cannot be added: {why}"));
+                continue;
+            }
+            if let Some((first, _)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                let rule = format!("{first} is already set (field names are not case-sensitive)");
+                self.error(&v, rule);
+                continue;
+            }
+            let Some(value) = self.string(&v) else {
+                continue;
+            };
+            let visible = |b: u8| (b' '..=b'~').contains(&b) || b == b'\t';
+            if value.is_empty()
+                || !value.bytes().all(visible)
+                || value.trim_matches([' ', '\t']).len() != value.len()
+            {
+                let rule = format!(
+                    "must be a header value: visible ASCII, spaces only inside, not empty; got {value:?}"
+                );
+                self.error(&v, rule);
+                continue;
+            }
+            headers.push((name.to_string(), value));
+        }
+        headers
+    }
+
     /// A route's host: a name or address as the request's Host is compared
     /// (lower case, no port, IPv6 without brackets, no trailing dot).
     fn route_host(&mut self, f: &Field) -> Option<String> {
@@ -141,6 +193,53 @@ impl Walker<'_> {
                 None
             }
         }
+    }
+}
+
+/// Why a route of `kind` cannot add field `name`, if it cannot: coreserve
+/// writes it itself on every response, or the handler does from its keys.
+fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    if ["content-length", "transfer-encoding"].into_iter().any(is) {
+        return Some("coreserve frames every response itself");
+    }
+    let hop = [
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "trailer",
+        "te",
+        "proxy-connection",
+    ];
+    if hop.into_iter().any(is) {
+        return Some("it is about the connection, which coreserve manages");
+    }
+    if is("date") || is("server") {
+        return Some("coreserve writes its own");
+    }
+    if is("strict-transport-security") {
+        return Some("set it with tls.hsts, which sends it over HTTPS only");
+    }
+    if is("content-type") {
+        return Some("the handler sets it (content-type, for a respond route)");
+    }
+    match kind {
+        Some("redirect") if is("location") => Some("it is the route's location"),
+        Some("static") if is("cache-control") => Some("use the route's cache-control"),
+        Some("static")
+            if [
+                "etag",
+                "last-modified",
+                "content-range",
+                "accept-ranges",
+                "content-encoding",
+            ]
+            .into_iter()
+            .any(is) =>
+        {
+            Some("the static handler writes it for each file")
+        }
+        _ => None,
     }
 }
 
@@ -221,5 +320,55 @@ mod tests {
         s.autoindex = true;
         s.cache_valid = std::time::Duration::from_secs(5);
         assert_eq!(c.routes[2].handler, HandlerConfig::Static(s));
+    }
+
+    #[test]
+    fn headers_are_read_in_order_and_checked() {
+        let c = crate::config::parse_str(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\n\
+             headers = { \"X-Frame-Options\" = \"DENY\", \"Access-Control-Allow-Origin\" = \"*\" }\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.routes[0].headers,
+            [
+                ("X-Frame-Options".to_string(), "DENY".to_string()),
+                ("Access-Control-Allow-Origin".to_string(), "*".to_string()),
+            ]
+        );
+        let errs = errors(
+            "[[route]]\npath = \"/s/\"\nhandler = \"static\"\nroot = \"www\"\n\
+             [route.headers]\n\
+             \"X A\" = \"1\"\n\
+             Content-Length = \"1\"\n\
+             connection = \"close\"\n\
+             ETag = \"x\"\n\
+             X-B = \"1\"\n\
+             x-b = \"2\"\n\
+             X-C = \"a\\nb\"\n\
+             X-D = \" padded\"\n\
+             X-E = \"\"\n\
+             X-F = 1\n\
+             Vary = \"Origin\"\n\n\
+             [[route]]\npath = \"/r\"\nhandler = \"redirect\"\nlocation = \"/\"\nheaders = { Location = \"/x\", ETag = \"ok\" }\n\
+             [[route]]\npath = \"/f\"\nhandler = \"respond\"\nheaders = \"X-A: 1\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "t.toml:6: route[1].headers.X A: \"X A\" is not a header field name (letters, digits and !#$%&'*+-.^_`|~)",
+                "t.toml:7: route[1].headers.Content-Length: Content-Length cannot be added: coreserve frames every response itself",
+                "t.toml:8: route[1].headers.connection: connection cannot be added: it is about the connection, which coreserve manages",
+                "t.toml:9: route[1].headers.ETag: ETag cannot be added: the static handler writes it for each file",
+                "t.toml:11: route[1].headers.x-b: X-B is already set (field names are not case-sensitive)",
+                "t.toml:12: route[1].headers.X-C: must be a header value: visible ASCII, spaces only inside, not empty; got \"a\\nb\"",
+                "t.toml:13: route[1].headers.X-D: must be a header value: visible ASCII, spaces only inside, not empty; got \" padded\"",
+                "t.toml:14: route[1].headers.X-E: must be a header value: visible ASCII, spaces only inside, not empty; got \"\"",
+                "t.toml:15: route[1].headers.X-F: must be a string",
+                "t.toml:22: route[2].headers.Location: Location cannot be added: it is the route's location",
+                "t.toml:26: route[3].headers: must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }",
+            ]
+        );
     }
 }

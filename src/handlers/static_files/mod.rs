@@ -35,7 +35,7 @@ use crate::config::StaticConfig;
 use crate::http::date::DATE_LEN;
 use crate::http::exchange::{After, Ended, Tally};
 use crate::http::parse::Request;
-use crate::http::response::{summarize, Persistence, ResponseWriter};
+use crate::http::response::{summarize, AddedHeaders, Persistence, ResponseWriter};
 use crate::http::status::Status;
 use crate::recheck;
 
@@ -123,6 +123,8 @@ pub struct FileJob {
     query: Option<String>,
     encodings: Vec<&'static str>,
     conditions: Conditions,
+    /// The fields its route adds to the response.
+    added: Option<Rc<AddedHeaders>>,
 }
 
 impl std::fmt::Debug for SiteState {
@@ -168,6 +170,7 @@ impl Handler for StaticSite {
             request_path: req.path.to_string(),
             query: req.query.map(str::to_string),
             encodings,
+            added: res.added().cloned(),
             conditions: Conditions {
                 if_match: req.list("if-match").map(Cow::into_owned),
                 if_unmodified_since: text("if-unmodified-since"),
@@ -378,8 +381,9 @@ async fn serve(
 ) -> std::io::Result<(u16, u64, u64)> {
     let found = job.state.lookup(&job).await;
     let cfg = &job.state.cfg;
-    let mut res =
-        ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only).with_headers(rc.headers);
+    let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only)
+        .with_headers(rc.headers)
+        .with_added(job.added.as_ref());
     let mut stream_from: Option<(Rc<OwnedFd>, u64, u64)> = None;
     match found {
         Found::NotFound => {
