@@ -45,6 +45,7 @@ LAYERS = {
     "status": 0,    # `coreserve status`, a client of the metrics endpoint
     "panics": 0,    # the text of a panic payload
     "child": 0,     # a supervised child: restarts and their back-off
+    "keep_awake": 0, # a thread that wakes an executor's task (glommio's lost wake-up)
     # 1: built on the leaves.
     "config": 1,    # Config, its loading and validation
     "readiness": 1, # the shard's own io_uring ring

@@ -26,6 +26,7 @@ pub mod handoff;
 pub mod host;
 pub mod http;
 pub mod job;
+pub mod keep_awake;
 pub mod listener;
 pub mod master;
 pub mod metrics;

@@ -21,6 +21,7 @@ use crate::config::{Limits, LogConfig, RouteConfig, TlsConfig, UpstreamConfig};
 use crate::conn;
 use crate::handoff;
 use crate::http::date::DateCache;
+use crate::keep_awake::{self, KeepAwake};
 use crate::listener::{self, Scheme};
 use crate::metrics::{ShardStats, Snapshot};
 use crate::readiness::Readiness;
@@ -198,6 +199,11 @@ async fn run(spec: ShardSpec) {
     let lifeline = spec.lifeline;
     LIFELINE.with(|slot| *slot.borrow_mut() = Some(lifeline));
     let id = spec.id;
+    // Held for the shard's whole run: glommio may park the executor with a
+    // task queued (see `keep_awake`); this bounds that to a period.
+    let _awake = KeepAwake::start(&format!("awake-shard{id}"), keep_awake::PERIOD)
+        .map_err(|e| warn!("shard {id}: no keep-awake thread ({e}): a control message may wait for the next request"))
+        .ok();
     let events = spec.events.connect().await;
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);

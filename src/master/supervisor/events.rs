@@ -36,46 +36,6 @@ pub(super) fn forward_app_events(
     .detach();
 }
 
-/// How often the master is woken whatever happens (`keep_awake`).
-pub(super) const HEARTBEAT: Duration = Duration::from_millis(100);
-
-/// Wake the master's executor every `HEARTBEAT`, from a thread of its own
-/// through a socket the executor reads. glommio's wake-up of a sleeping
-/// executor when a shard sends it a message is sometimes lost: about one
-/// start in a hundred with the CPUs crowded, a shard's `Ready` sat unread
-/// and start-up never finished, while a signal (a socket read, like this
-/// one) still woke the master. Every wake-up looks at the shared channels
-/// again, so a lost one costs at most a heartbeat. The thread ends when
-/// the master's end is gone.
-pub(super) fn keep_awake() -> std::io::Result<()> {
-    use futures_lite::AsyncReadExt;
-    use std::io::Write;
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let (master, ticker) = std::os::unix::net::UnixStream::pair()?;
-    // A master too busy to read must not stop the thread: a byte or a
-    // thousand waiting wake it the same.
-    ticker.set_nonblocking(true)?;
-    master.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("master-tick".into())
-        .spawn(move || loop {
-            std::thread::sleep(HEARTBEAT);
-            match (&ticker).write(&[0]) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        })?;
-    // SAFETY: the master's end of the pair, handed over exactly once.
-    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(master.into_raw_fd()) };
-    glommio::spawn_local(async move {
-        let mut buf = [0u8; 64];
-        while let Ok(1..) = stream.read(&mut buf).await {}
-    })
-    .detach();
-    Ok(())
-}
-
 /// Forward a shard's events to the master's queue.
 pub(super) fn forward_events(
     events: shared_channel::SharedReceiver<ShardEvent>,

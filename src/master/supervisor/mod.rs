@@ -18,7 +18,7 @@ mod reloads;
 mod tests;
 mod world;
 
-use events::{forward_app_events, keep_awake};
+use events::forward_app_events;
 use reloads::{needs_restart, Reloads};
 use world::{connect, Delivery, Note, Real, World};
 
@@ -31,6 +31,7 @@ use crate::admin;
 use crate::apps::{AppEvent, AppsHandle};
 use crate::child::Child;
 use crate::config::{AccessLog, AppConfig, Config, ServerAddr, UpstreamConfig};
+use crate::keep_awake::{self, KeepAwake};
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
@@ -180,9 +181,12 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     let tx = Rc::new(tx);
 
     forward_app_events(s.apps.wake, s.apps.events, tx.clone());
-    keep_awake().map_err(|e| MasterError::Executor {
-        what: "the master's heartbeat thread".into(),
-        err: e.to_string(),
+    // Held to the end of the master's run (see `keep_awake`).
+    let _awake = KeepAwake::start("master-awake", keep_awake::PERIOD).map_err(|e| {
+        MasterError::Executor {
+            what: "the master's keep-awake thread".into(),
+            err: e.to_string(),
+        }
     })?;
     for sig in s.held_signals {
         let _ = tx.try_send(MasterEvent::Signal(sig));

@@ -1,0 +1,184 @@
+//! A thread that wakes a task of a glommio executor at a steady pace, so
+//! that the executor never sleeps for good with work queued.
+//!
+//! Why: glommio 0.9's loop can park an executor while one of its tasks is
+//! queued to run. When the preemption timer (100 ms) has fired before the
+//! task queues run, as happens when the thread was kept off its CPU that
+//! long, `run_task_queues` returns without running anything, the loop takes
+//! that for "nothing to do" and parks; the woken task stays queued until
+//! some I/O completion or timer wakes the executor again (a later fork of
+//! glommio fixed its loop for this). At start-up the master once hung so,
+//! a shard's `Ready` read from its channel by a task that never ran.
+//!
+//! A wake from another thread writes the executor's eventfd, which it
+//! always watches while asleep, and the pass that follows runs every
+//! queued task; nothing on the executor has to run first for the next
+//! wake to work (a socket a task reads would need that task to read
+//! again). So a stuck executor is stuck for at most one period.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often an executor's task is woken: the longest an executor stays
+/// asleep with work queued.
+pub const PERIOD: Duration = Duration::from_millis(100);
+
+/// Wakes queued for the task and not yet seen by it: past this, the
+/// executor is busy, not asleep, and more wakes would only pile up
+/// references to the task (glommio counts them in an `i16`).
+const MAX_UNSEEN: u32 = 16;
+
+/// What the thread and the task share.
+struct Shared {
+    /// Wakes sent since the task last ran.
+    unseen: AtomicU32,
+    /// Set when the owner is done: the thread ends.
+    stop: AtomicBool,
+    /// Runs of the task (for tests: whether the wakes arrive).
+    runs: AtomicU32,
+}
+
+/// The running thread. Dropping it (on the executor's thread, which must
+/// still run) stops the thread and waits for it: the task's waker is
+/// handed back and dropped here, not on the other thread, where dropping
+/// the last reference of a glommio task whose executor is gone is not safe.
+pub struct KeepAwake {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<Option<Waker>>>,
+}
+
+impl KeepAwake {
+    /// Start waking a new task of the current executor every `period`;
+    /// `name` names the thread. Must be called on a glommio executor.
+    pub fn start(name: &str, period: Duration) -> std::io::Result<KeepAwake> {
+        let shared = Arc::new(Shared {
+            unseen: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+            runs: AtomicU32::new(0),
+        });
+        let (tx, rx) = mpsc::sync_channel::<Waker>(1);
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            // It only sleeps and wakes: a small stack is plenty.
+            .stack_size(64 << 10)
+            .spawn(move || tick(&theirs, &rx, period))?;
+        glommio::spawn_local(Awake {
+            shared: shared.clone(),
+            first: Some(tx),
+        })
+        .detach();
+        Ok(KeepAwake {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            // The waker, dropped here, on the executor's own thread.
+            drop(thread.join());
+        }
+    }
+}
+
+/// The thread: wait for the task's waker, then wake it every `period`
+/// until told to stop; give the waker back.
+fn tick(shared: &Shared, rx: &mpsc::Receiver<Waker>, period: Duration) -> Option<Waker> {
+    let waker = loop {
+        match rx.recv_timeout(period) {
+            Ok(waker) => break waker,
+            Err(mpsc::RecvTimeoutError::Timeout) if !shared.stop.load(Ordering::Relaxed) => {}
+            // Stopped, or the task dropped before its first run.
+            Err(_) => return None,
+        }
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(period);
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if shared.unseen.fetch_add(1, Ordering::Relaxed) < MAX_UNSEEN {
+            waker.wake_by_ref();
+        } else {
+            shared.unseen.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    Some(waker)
+}
+
+/// The task: never done; each run says it was woken, and the first sends
+/// its waker to the thread.
+struct Awake {
+    shared: Arc<Shared>,
+    first: Option<mpsc::SyncSender<Waker>>,
+}
+
+impl std::future::Future for Awake {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.unseen.store(0, Ordering::Relaxed);
+        self.shared.runs.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = self.first.take() {
+            let _ = tx.send(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn on_executor(f: impl std::future::Future<Output = ()> + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("an executor (locked memory?)")
+            .run(f);
+    }
+
+    #[test]
+    fn its_task_is_woken_each_period_until_it_is_dropped() {
+        on_executor(async {
+            let awake = KeepAwake::start("test-awake", Duration::from_millis(20)).unwrap();
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let runs = awake.shared.runs.load(Ordering::Relaxed);
+            // The first run, then about one per period (a crowded CPU may
+            // let fewer through).
+            assert!((4..=20).contains(&runs), "{runs} runs");
+            let shared = awake.shared.clone();
+            let started = Instant::now();
+            drop(awake);
+            assert!(started.elapsed() < Duration::from_secs(1));
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let after = shared.runs.load(Ordering::Relaxed);
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                shared.runs.load(Ordering::Relaxed),
+                after,
+                "woken after the drop"
+            );
+        });
+    }
+
+    #[test]
+    fn dropped_before_its_task_ever_ran_it_still_stops() {
+        on_executor(async {
+            let started = Instant::now();
+            drop(KeepAwake::start("test-awake", Duration::from_millis(20)).unwrap());
+            assert!(started.elapsed() < Duration::from_secs(1));
+            // The task's first run finds nobody to send its waker to.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        });
+    }
+}
