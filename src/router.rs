@@ -246,7 +246,7 @@ impl Handler for Router {
         if req.path == "*" {
             // `OPTIONS *` asks about the server, not a resource (RFC 9110 §9.3.7).
             res.begin(Status::OK);
-            res.header("Allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
+            res.header("Allow", crate::handlers::ALLOW_ALL);
             res.empty();
             return Outcome::Done;
         }

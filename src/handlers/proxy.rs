@@ -11,8 +11,10 @@ use std::rc::Rc;
 use super::{Handler, Job, Outcome};
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
-use crate::http::parse::Request;
+use crate::http::parse::{Method, Request};
 use crate::http::response::{AddedHeaders, ResponseWriter};
+use crate::http::status::Status;
+use crate::http::upstream::max_forwards;
 
 /// A proxy route as a shard's router holds it.
 #[derive(Debug)]
@@ -52,7 +54,10 @@ impl ProxyRoute {
                 "/"
             }
         } else if head.target().starts_with('/') {
-            return Cow::Borrowed(head.target());
+            // Without a fragment, which is no part of a request target (RFC
+            // 9112 §3.2) and was dropped when the request was parsed.
+            let target = head.target();
+            return Cow::Borrowed(target.split_once('#').map_or(target, |(t, _)| t));
         } else {
             head.path()
         };
@@ -101,7 +106,28 @@ pub struct Proxy(pub Rc<ProxyRoute>);
 impl Handler for Proxy {
     type Job = Job;
 
-    fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome {
+    fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+        let ends_here = matches!(req.method, Method::Options | Method::Trace)
+            && req.header("max-forwards").and_then(max_forwards) == Some(0);
+        if ends_here {
+            // RFC 9110 §7.6.2: an OPTIONS or TRACE whose Max-Forwards is 0
+            // goes no further; answered as a final recipient: what the
+            // route takes, and TRACE refused, as nginx refuses it (a reflected
+            // request would show its cookies to a script).
+            let options = req.method == Method::Options;
+            res.begin(if options {
+                Status::OK
+            } else {
+                Status::METHOD_NOT_ALLOWED
+            });
+            res.header("Allow", super::ALLOW_ALL);
+            if options {
+                res.empty();
+            } else {
+                res.body("text/plain; charset=utf-8", b"Method Not Allowed\n");
+            }
+            return Outcome::Done;
+        }
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);
@@ -154,6 +180,8 @@ mod tests {
         assert_eq!(route("/api", true).upstream_target(&bare), "/");
         let absolute = head("GET http://a/x/y?q HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(route("/", false).upstream_target(&absolute), "/x/y?q");
+        let fragment = head("GET /api/x?q#frag HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(route("/", false).upstream_target(&fragment), "/api/x?q");
         let odd = head("GET /%61pi/%2e/x HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(route("/", false).upstream_target(&odd), "/%61pi/%2e/x");
     }

@@ -264,6 +264,16 @@ pub fn is_field(name: &str, lower: &str) -> bool {
             .all(|(n, l)| n.to_ascii_lowercase() == l || n == b'_' && l == b'-')
 }
 
+/// A `Max-Forwards` value (RFC 9110 §7.6.2: `1*DIGIT`), or `None` for one
+/// that is not a number (such a field is passed on as it came).
+pub fn max_forwards(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Past u64, as good as unlimited.
+    Some(std::str::from_utf8(value).ok()?.parse().unwrap_or(u64::MAX))
+}
+
 /// Append a request line and the given header fields to `out`, ending the
 /// head: `method target HTTP/1.1`. Values are written as given (they come
 /// from a parsed message or from the configuration, both already checked).

@@ -156,6 +156,18 @@ enum Failure {
     Bad,
 }
 
+impl std::fmt::Display for Failure {
+    /// As the log says it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failure::Connect => "no connection",
+            Failure::Timeout => "no response in time",
+            Failure::Reset => "closed or reset before any response",
+            Failure::Bad => "an invalid, oversized or cut-short response head",
+        })
+    }
+}
+
 impl Failure {
     fn status(self) -> Status {
         match self {
@@ -499,7 +511,7 @@ async fn forward(
                         log::Level::Warn,
                         at,
                         format_args!(
-                            "upstream {} ({}): {} {target}: {f:?}",
+                            "upstream {} ({}): {} {target}: {f}",
                             cfg.name,
                             server.label,
                             head.method_str()

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
 use crate::http::parse::{BodyFraming, Method};
-use crate::http::upstream::{is_field, is_hop_by_hop, write_field};
+use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, write_field};
 
 /// What the request head depends on besides the client's request.
 pub struct Forwarding<'a> {
@@ -80,6 +80,16 @@ pub fn write_head(
             || is_field(name, "proxy")
         {
             continue;
+        }
+        if is_field(name, "max-forwards") && matches!(head.method, Method::Options | Method::Trace)
+        {
+            // RFC 9110 §7.6.2: each intermediary lowers it (a 0 was answered
+            // by the route itself).
+            if let Some(n) = max_forwards(value) {
+                let mut num = itoa::Buffer::new();
+                write_field(out, name, num.format(n.saturating_sub(1)).as_bytes());
+                continue;
+            }
         }
         if is_field(name, "x-forwarded-for") {
             // Written below, after the trusted values it extends.
@@ -227,6 +237,26 @@ mod tests {
             let mut out = Vec::new();
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn max_forwards_is_lowered_for_options_and_trace_only() {
+        let config = ProxyConfig::new("app");
+        for (method, value, up) in [
+            ("OPTIONS", "3", "Max-Forwards: 2\r\n"),
+            ("TRACE", "1", "Max-Forwards: 0\r\n"),
+            (
+                "OPTIONS",
+                "99999999999999999999999",
+                "Max-Forwards: 18446744073709551614\r\n",
+            ),
+            ("OPTIONS", "x1", "Max-Forwards: x1\r\n"),
+            ("GET", "3", "Max-Forwards: 3\r\n"),
+        ] {
+            let raw = format!("{method} /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: {value}\r\n\r\n");
+            let sent = sent(&raw, &config, "192.0.2.1");
+            assert!(sent.contains(up), "{method} {value}: {sent}");
         }
     }
 

@@ -417,3 +417,39 @@ fn a_routes_headers_go_on_every_response_it_gives() {
         assert_eq!(r.header("x-frame-options"), None, "{target}: {r:?}");
     }
 }
+
+/// What the differential probe against nginx found at the edge: an OPTIONS
+/// or TRACE whose Max-Forwards is 0 goes no further and a larger one goes
+/// up lowered (RFC 9110 §7.6.2); a fragment never goes up; a Host that is
+/// no host and port is a 400 (RFC 9112 §3.2), never forwarded.
+#[test]
+fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-edge", &simple(&[up.server()], "", ""));
+    let r = proxy.get("OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("OPTIONS")),
+        "{r:?}"
+    );
+    let r = proxy.get("TRACE /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nCookie: s=1\r\n\r\n");
+    assert_eq!(r.status, 405, "{r:?}");
+    for host in ["localhost:abc", "::1", "[::1", "a:1:2"] {
+        let r = proxy.get(&format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        assert_eq!(r.status, 400, "{host}: {r:?}");
+    }
+    let r = proxy.get("OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 2\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = proxy.get("GET /y?q=1#frag HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    // Only the last two went up.
+    let got = up.wait_for_requests(2);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let got_all = up.requests();
+    assert_eq!(got_all.len(), 2, "{got_all:?}");
+    assert_eq!(
+        (got[0].method.as_str(), got[0].header("max-forwards")),
+        ("OPTIONS", Some("1"))
+    );
+    assert_eq!(got[1].target, "/y?q=1");
+}

@@ -392,34 +392,59 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// Host is `uri-host [":" port]`: reg-name, IPv4 or a bracketed IP literal
-/// (RFC 3986 §3.2.2). Anything else (spaces, slashes, controls) is refused so
-/// that later host matching and logging see only sane bytes.
+/// Host is `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
+/// reg-name or IPv4 address, or an IPv6 address in brackets, then digits
+/// after a colon. Anything else (spaces, slashes, controls, a port that is
+/// no number, a bare or unclosed IPv6 literal) is refused (RFC 9112 §3.2:
+/// 400), so that host matching, logging and the `Host` an upstream gets see
+/// only a host.
 fn valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'%'
-            )
-    })
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(close) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = std::str::from_utf8(&rest[..close]).ok();
+            if literal
+                .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+                .is_none()
+            {
+                return false;
+            }
+            (&b""[..], &rest[close + 1..])
+        }
+        None => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

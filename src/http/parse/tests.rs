@@ -63,6 +63,36 @@ fn host_rules() {
         err("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
         ParseError::Target
     );
+    // RFC 9112 §3.2: a Host that is no `uri-host [":" port]` is a 400.
+    for bad in [
+        "localhost:abc",
+        "a:1:2",
+        "::1",
+        "[::1",
+        "[::1]x",
+        "[::1]:8a",
+        "[not-v6]",
+        "a]b",
+        "x:-1",
+    ] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+        assert_eq!(err(&req), ParseError::Target, "{bad:?}");
+        let absolute = format!("GET http://{bad}/ HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(err(&absolute), ParseError::Target, "{bad:?}");
+    }
+    for good in [
+        "example.com",
+        "example.com:8080",
+        "example.com:",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:3000",
+        "[2001:db8::1]",
+        "caf%C3%A9.example",
+    ] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+        assert!(parse_str(&req).is_ok(), "{good:?}");
+    }
     assert!(parse_str("GET / HTTP/1.0\r\n\r\n").is_ok());
 }
 
