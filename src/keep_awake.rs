@@ -16,6 +16,7 @@
 //! wake to work (a socket a task reads would need that task to read
 //! again). So a stuck executor is stuck for at most one period.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -38,6 +39,12 @@ struct Shared {
     unseen: AtomicU32,
     /// Set when the owner is done: the thread ends.
     stop: AtomicBool,
+    /// Set when the executor's thread ended without dropping the owner (a
+    /// shard that died by a panic: glommio keeps its tasks, the one that
+    /// owns this among them, alive through wakers it queued to itself):
+    /// the thread ends and forgets the waker rather than drop it on
+    /// itself.
+    abandoned: AtomicBool,
     /// Runs of the task (for tests: whether the wakes arrive).
     runs: AtomicU32,
 }
@@ -58,6 +65,7 @@ impl KeepAwake {
         let shared = Arc::new(Shared {
             unseen: AtomicU32::new(0),
             stop: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             runs: AtomicU32::new(0),
         });
         let (tx, rx) = mpsc::sync_channel::<Waker>(1);
@@ -67,6 +75,8 @@ impl KeepAwake {
             // It only sleeps and wakes: a small stack is plenty.
             .stack_size(64 << 10)
             .spawn(move || tick(&theirs, &rx, period))?;
+        let handle = thread.thread().clone();
+        ORPHANS.with(|o| o.0.borrow_mut().push((shared.clone(), handle)));
         glommio::spawn_local(Awake {
             shared: shared.clone(),
             first: Some(tx),
@@ -79,8 +89,32 @@ impl KeepAwake {
     }
 }
 
+thread_local! {
+    /// The keep-awake threads started on this thread, told to end when it
+    /// ends, in case their owners never get dropped.
+    static ORPHANS: Orphans = const { Orphans(RefCell::new(Vec::new())) };
+}
+
+/// The threads a dying executor thread leaves behind.
+struct Orphans(RefCell<Vec<(Arc<Shared>, std::thread::Thread)>>);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        for (shared, thread) in self.0.borrow().iter() {
+            shared.abandoned.store(true, Ordering::Release);
+            shared.stop.store(true, Ordering::Release);
+            thread.unpark();
+        }
+    }
+}
+
 impl Drop for KeepAwake {
     fn drop(&mut self) {
+        // Not an orphan: it ends here.
+        let _ = ORPHANS.try_with(|o| {
+            o.0.borrow_mut()
+                .retain(|(s, _)| !Arc::ptr_eq(s, &self.shared))
+        });
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
@@ -91,14 +125,16 @@ impl Drop for KeepAwake {
 }
 
 /// The thread: wait for the task's waker, then wake it every `period`
-/// until told to stop; give the waker back.
+/// until told to stop; give the waker back (forgotten instead when the
+/// executor's thread is gone).
 fn tick(shared: &Shared, rx: &mpsc::Receiver<Waker>, period: Duration) -> Option<Waker> {
     let waker = loop {
         match rx.recv_timeout(period) {
             Ok(waker) => break waker,
             Err(mpsc::RecvTimeoutError::Timeout) if !shared.stop.load(Ordering::Relaxed) => {}
-            // Stopped, or the task dropped before its first run.
-            Err(_) => return None,
+            // Stopped (the waker may have come meanwhile), or the task
+            // dropped before its first run.
+            Err(_) => return handed_back(shared, rx.try_recv().ok()),
         }
     };
     while !shared.stop.load(Ordering::Relaxed) {
@@ -112,7 +148,18 @@ fn tick(shared: &Shared, rx: &mpsc::Receiver<Waker>, period: Duration) -> Option
             shared.unseen.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    Some(waker)
+    handed_back(shared, Some(waker))
+}
+
+/// The waker for the owner to drop on the executor's thread; none, and
+/// the waker forgotten, when that thread is gone (dropped here, the last
+/// reference of a glommio task would go to an executor that is no more).
+fn handed_back(shared: &Shared, waker: Option<Waker>) -> Option<Waker> {
+    if shared.abandoned.load(Ordering::Acquire) {
+        std::mem::forget(waker);
+        return None;
+    }
+    waker
 }
 
 /// The task: never done; each run says it was woken, and the first sends
@@ -169,6 +216,37 @@ mod tests {
                 "woken after the drop"
             );
         });
+    }
+
+    #[test]
+    fn one_never_dropped_ends_with_its_executors_thread() {
+        let named = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).unwrap_or_default()
+                        == "orphan-awake\n"
+                })
+        };
+        std::thread::spawn(|| {
+            on_executor(async {
+                let awake = KeepAwake::start("orphan-awake", Duration::from_millis(10)).unwrap();
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                // As a shard that died by a panic leaves it.
+                std::mem::forget(awake);
+            })
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while named() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !named(),
+            "the keep-awake thread outlived its executor's thread"
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ pub fn write_head(
         {
             continue;
         }
-        if is_field(name, "max-forwards") && matches!(head.method, Method::Options | Method::Trace)
+        // Only as spelled, as the route read it (`Max_Forwards` passes).
+        if matches!(head.method, Method::Options | Method::Trace)
+            && name.eq_ignore_ascii_case("max-forwards")
         {
             // RFC 9110 §7.6.2: each intermediary lowers it (a 0 was answered
             // by the route itself).

@@ -225,6 +225,9 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
     }
     match kind {
         Some("redirect") if is("location") => Some("it is the route's location"),
+        Some("static") if is("location") => {
+            Some("the static handler sends its own (a directory's added slash)")
+        }
         Some("static") if is("cache-control") => Some("use the route's cache-control"),
         Some("static")
             if [
@@ -369,6 +372,13 @@ mod tests {
                 "t.toml:22: route[2].headers.Location: Location cannot be added: it is the route's location",
                 "t.toml:26: route[3].headers: must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }",
             ]
+        );
+        let errs = errors(
+            "[[route]]\npath = \"/s/\"\nhandler = \"static\"\nroot = \"www\"\nheaders = { Location = \"/x\" }\n",
+        );
+        assert_eq!(
+            errs,
+            ["t.toml:5: route[1].headers.Location: Location cannot be added: the static handler sends its own (a directory's added slash)"]
         );
     }
 }

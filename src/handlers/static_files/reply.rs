@@ -90,7 +90,13 @@ pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
 /// A single `bytes=` range against `size`. Multiple ranges and syntax the
 /// server does not understand are ignored (a full 200), as §14.2 allows.
 pub fn parse_range(value: &str, size: u64) -> Decision {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+    // The unit is compared without regard to case (§14.1).
+    let value = value.trim();
+    let Some(spec) = value
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &value[6..])
+    else {
         return Decision::Full;
     };
     if spec.contains(',') {
@@ -175,6 +181,8 @@ mod tests {
     fn ranges() {
         let p = |s, e| Decision::Partial { start: s, end: e };
         assert_eq!(parse_range("bytes=0-9", 100), p(0, 9));
+        assert_eq!(parse_range("BYTES=0-9", 100), p(0, 9));
+        assert_eq!(parse_range("Bytes=-10", 100), p(90, 99));
         assert_eq!(parse_range("bytes=90-", 100), p(90, 99));
         assert_eq!(parse_range("bytes=-10", 100), p(90, 99));
         assert_eq!(parse_range("bytes=-500", 100), p(0, 99));

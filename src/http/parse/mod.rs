@@ -420,7 +420,10 @@ fn valid_host(value: &[u8]) -> bool {
     };
     let port_ok = match port {
         [] => true,
-        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        // A port needs a host (RFC 9110 §4.2.1: `:80` names nothing).
+        [b':', digits @ ..] => {
+            (!host.is_empty() || value.starts_with(b"[")) && digits.iter().all(u8::is_ascii_digit)
+        }
         _ => false,
     };
     port_ok

@@ -74,6 +74,7 @@ fn host_rules() {
         "[not-v6]",
         "a]b",
         "x:-1",
+        ":80",
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
         assert_eq!(err(&req), ParseError::Target, "{bad:?}");
