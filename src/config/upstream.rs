@@ -204,6 +204,12 @@ pub struct ProxyConfig {
     pub upgrade: bool,
     /// Longest silence on an upgraded tunnel.
     pub tunnel_idle_timeout: Duration,
+    /// Request fields set on what goes up (nginx's `proxy_set_header`), in
+    /// the file's order: each replaces the client's field of its name (in
+    /// any case, and spelled with `_` for `-`); an empty value only
+    /// removes it. `Host` replaces the Host `keep-host` chooses. Never a
+    /// framing, hop-by-hop or `X-Forwarded-*` field (the loader checks).
+    pub request_headers: Vec<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -216,6 +222,7 @@ impl ProxyConfig {
             trusted_proxies: Vec::new(),
             upgrade: true,
             tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            request_headers: Vec::new(),
         }
     }
 }

@@ -264,6 +264,17 @@ pub fn is_field(name: &str, lower: &str) -> bool {
             .all(|(n, l)| n.to_ascii_lowercase() == l || n == b'_' && l == b'-')
 }
 
+/// Whether two field names are one field to every application: equal in
+/// any case, with `_` and `-` taken as the same (as CGI-style apps read
+/// them).
+pub fn same_field(a: &str, b: &str) -> bool {
+    let norm = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+}
+
 /// A `Max-Forwards` value (RFC 9110 §7.6.2: `1*DIGIT`), or `None` for one
 /// that is not a number (such a field is passed on as it came).
 pub fn max_forwards(value: &[u8]) -> Option<u64> {

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
 use crate::http::parse::{BodyFraming, Method};
-use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, write_field};
+use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, same_field, write_field};
 
 /// What the request head depends on besides the client's request.
 pub struct Forwarding<'a> {
@@ -62,8 +62,15 @@ pub fn write_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let client_host = head.host().filter(|h| !h.is_empty());
-    let host = match client_host {
-        Some(h) if config.keep_host => h,
+    let set = &config.request_headers;
+    // The route's Host, if it sets one, over the client's or the server's.
+    let set_host = set
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_str());
+    let host = match (set_host, client_host) {
+        (Some(h), _) => h,
+        (None, Some(h)) if config.keep_host => h,
         _ => fwd.server_host,
     };
     write_field(out, "Host", host.as_bytes());
@@ -97,6 +104,10 @@ pub fn write_head(
             // Written below, after the trusted values it extends.
             continue;
         }
+        if !set.is_empty() && set.iter().any(|(n, _)| same_field(name, n)) {
+            // The route's value goes up instead (below).
+            continue;
+        }
         let proto = is_field(name, "x-forwarded-proto");
         let fhost = is_field(name, "x-forwarded-host");
         let real = is_field(name, "x-real-ip");
@@ -111,6 +122,11 @@ pub fn write_head(
             real_sent |= real;
         }
         write_field(out, name, value);
+    }
+    for (name, value) in set {
+        if !value.is_empty() && !name.eq_ignore_ascii_case("host") {
+            write_field(out, name, value.as_bytes());
+        }
     }
     // X-Forwarded-For: what a trusted proxy said, then the peer itself.
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -240,6 +256,25 @@ mod tests {
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
+    }
+
+    #[test]
+    fn a_routes_request_headers_replace_or_remove_the_clients() {
+        let mut config = ProxyConfig::new("app");
+        config.request_headers = vec![
+            ("Host".into(), "api.internal".into()),
+            ("X-Api-Key".into(), "k1".into()),
+            ("Cookie".into(), String::new()),
+        ];
+        let raw = "GET /x HTTP/1.1\r\nHost: a.example\r\nCookie: s=1\r\nx-api-key: forged\r\n\
+                   X_Api_Key: forged2\r\nAccept: */*\r\n\r\n";
+        let up = sent(raw, &config, "192.0.2.1");
+        assert_eq!(
+            up,
+            "GET /x HTTP/1.1\r\nHost: api.internal\r\nAccept: */*\r\nX-Api-Key: k1\r\n\
+             X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\
+             X-Real-IP: 192.0.2.1\r\n\r\n"
+        );
     }
 
     #[test]

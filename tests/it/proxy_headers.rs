@@ -453,3 +453,29 @@ fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
     );
     assert_eq!(got[1].target, "/y?q=1");
 }
+
+/// `request-headers` on a proxy route, as nginx's `proxy_set_header`: a
+/// value replaces the client's field in any spelling, an empty one removes
+/// it, and `Host` replaces the one `keep-host` would send.
+#[test]
+fn a_routes_request_headers_replace_and_remove_the_clients() {
+    let up = Upstream::start(echo());
+    let set = "request-headers = { Host = \"api.internal\", X-Api-Key = \"k1\", Cookie = \"\" }";
+    let proxy = Proxy::start("proxy-set", &simple(&[up.server()], "", set));
+    let r = proxy.get(
+        "GET /x HTTP/1.1\r\nHost: shop.example\r\nCookie: s=1\r\nX-Api-Key: forged\r\n\
+         X_Api_Key: forged2\r\nAccept: */*\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let q = &up.wait_for_requests(1)[0];
+    assert_eq!(q.header("host"), Some("api.internal"), "{:?}", q.headers);
+    let keys: Vec<_> = q
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("x_api_key"))
+        .collect();
+    assert_eq!(keys, [&("X-Api-Key".to_string(), "k1".to_string())]);
+    assert!(!q.has("cookie"), "{:?}", q.headers);
+    assert_eq!(q.header("x-forwarded-host"), Some("shop.example"));
+    assert_eq!(q.header("accept"), Some("*/*"));
+}

@@ -117,54 +117,10 @@ impl Walker<'_> {
         kind
     }
 
-    /// A route's `headers`: a table of field names and values, each name a
-    /// token that no other field of the table spells too, and none that
-    /// coreserve writes itself for a route of this `kind` (framing, the
-    /// connection's own fields, what the handler's keys set); each value
-    /// visible ASCII with spaces inside. Read once, at load: the router
-    /// writes them as they are.
+    /// A route's `headers`: fields added to its responses, none that
+    /// coreserve writes itself for a route of this `kind`.
     fn route_headers(&mut self, f: &Field, kind: Option<&str>) -> Vec<(String, String)> {
-        let Some(table) = f.item.as_table_like() else {
-            let rule = "must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }";
-            self.error(f, rule.into());
-            return Vec::new();
-        };
-        let mut headers: Vec<(String, String)> = Vec::new();
-        for v in self.fields(table, &f.key) {
-            let name = &v.key[f.key.len() + 1..];
-            if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
-                let rule = format!(
-                    "{name:?} is not a header field name (letters, digits and !#$%&'*+-.^_`|~)"
-                );
-                self.error(&v, rule);
-                continue;
-            }
-            if let Some(why) = written_by_coreserve(name, kind) {
-                self.error(&v, format!("{name} cannot be added: {why}"));
-                continue;
-            }
-            if let Some((first, _)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                let rule = format!("{first} is already set (field names are not case-sensitive)");
-                self.error(&v, rule);
-                continue;
-            }
-            let Some(value) = self.string(&v) else {
-                continue;
-            };
-            let visible = |b: u8| (b' '..=b'~').contains(&b) || b == b'\t';
-            if value.is_empty()
-                || !value.bytes().all(visible)
-                || value.trim_matches([' ', '\t']).len() != value.len()
-            {
-                let rule = format!(
-                    "must be a header value: visible ASCII, spaces only inside, not empty; got {value:?}"
-                );
-                self.error(&v, rule);
-                continue;
-            }
-            headers.push((name.to_string(), value));
-        }
-        headers
+        self.header_fields(f, |name| written_by_coreserve(name, kind), false)
     }
 
     /// A route's host: a name or address as the request's Host is compared
@@ -203,15 +159,7 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
     if ["content-length", "transfer-encoding"].into_iter().any(is) {
         return Some("coreserve frames every response itself");
     }
-    let hop = [
-        "connection",
-        "keep-alive",
-        "upgrade",
-        "trailer",
-        "te",
-        "proxy-connection",
-    ];
-    if hop.into_iter().any(is) {
+    if super::values::CONNECTION_FIELDS.into_iter().any(is) {
         return Some("it is about the connection, which coreserve manages");
     }
     if is("date") || is("server") {
@@ -361,15 +309,15 @@ mod tests {
             errs,
             [
                 "t.toml:6: route[1].headers.X A: \"X A\" is not a header field name (letters, digits and !#$%&'*+-.^_`|~)",
-                "t.toml:7: route[1].headers.Content-Length: Content-Length cannot be added: coreserve frames every response itself",
-                "t.toml:8: route[1].headers.connection: connection cannot be added: it is about the connection, which coreserve manages",
-                "t.toml:9: route[1].headers.ETag: ETag cannot be added: the static handler writes it for each file",
+                "t.toml:7: route[1].headers.Content-Length: Content-Length cannot be set: coreserve frames every response itself",
+                "t.toml:8: route[1].headers.connection: connection cannot be set: it is about the connection, which coreserve manages",
+                "t.toml:9: route[1].headers.ETag: ETag cannot be set: the static handler writes it for each file",
                 "t.toml:11: route[1].headers.x-b: X-B is already set (field names are not case-sensitive)",
                 "t.toml:12: route[1].headers.X-C: must be a header value: visible ASCII, spaces only inside, not empty; got \"a\\nb\"",
                 "t.toml:13: route[1].headers.X-D: must be a header value: visible ASCII, spaces only inside, not empty; got \" padded\"",
                 "t.toml:14: route[1].headers.X-E: must be a header value: visible ASCII, spaces only inside, not empty; got \"\"",
                 "t.toml:15: route[1].headers.X-F: must be a string",
-                "t.toml:22: route[2].headers.Location: Location cannot be added: it is the route's location",
+                "t.toml:22: route[2].headers.Location: Location cannot be set: it is the route's location",
                 "t.toml:26: route[3].headers: must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }",
             ]
         );
@@ -378,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             errs,
-            ["t.toml:5: route[1].headers.Location: Location cannot be added: the static handler sends its own (a directory's added slash)"]
+            ["t.toml:5: route[1].headers.Location: Location cannot be set: the static handler sends its own (a directory's added slash)"]
         );
     }
 }

@@ -18,6 +18,17 @@ pub(super) fn set<T>(default: &mut T, read: Option<T>) {
     }
 }
 
+/// Fields about one connection (hop-by-hop), which coreserve writes or
+/// drops itself: no table of header fields may set them.
+pub(super) const CONNECTION_FIELDS: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "trailer",
+    "te",
+    "proxy-connection",
+];
+
 impl Walker<'_> {
     pub(super) fn string(&mut self, f: &Field) -> Option<String> {
         match f.item.as_str() {
@@ -104,6 +115,61 @@ impl Walker<'_> {
             _ => units::parse_duration(&f.raw),
         };
         parsed.map_err(|e| self.error(f, e.to_string())).ok()
+    }
+
+    /// A table of header fields (`{ X-Frame-Options = "DENY" }`): each name
+    /// a token no other name of the table spells too (any case), and none
+    /// that `refused` gives a reason against; each value visible ASCII with
+    /// spaces inside, or empty where `empty` allows it (a field to remove).
+    /// Read once, at load: what uses them writes them as they are.
+    pub(super) fn header_fields(
+        &mut self,
+        f: &Field,
+        refused: impl Fn(&str) -> Option<&'static str>,
+        empty: bool,
+    ) -> Vec<(String, String)> {
+        let Some(table) = f.item.as_table_like() else {
+            let rule = "must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }";
+            self.error(f, rule.into());
+            return Vec::new();
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for v in self.fields(table, &f.key) {
+            let name = &v.key[f.key.len() + 1..];
+            if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
+                let rule = format!(
+                    "{name:?} is not a header field name (letters, digits and !#$%&'*+-.^_`|~)"
+                );
+                self.error(&v, rule);
+                continue;
+            }
+            if let Some(why) = refused(name) {
+                self.error(&v, format!("{name} cannot be set: {why}"));
+                continue;
+            }
+            if let Some((first, _)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                let rule = format!("{first} is already set (field names are not case-sensitive)");
+                self.error(&v, rule);
+                continue;
+            }
+            let Some(value) = self.string(&v) else {
+                continue;
+            };
+            let visible = |b: u8| (b' '..=b'~').contains(&b) || b == b'\t';
+            let fits = value.bytes().all(visible)
+                && value.trim_matches([' ', '\t']).len() == value.len()
+                && (empty || !value.is_empty());
+            if !fits {
+                let what = if empty { "" } else { ", not empty" };
+                let rule = format!(
+                    "must be a header value: visible ASCII, spaces only inside{what}; got {value:?}"
+                );
+                self.error(&v, rule);
+                continue;
+            }
+            headers.push((name.to_string(), value));
+        }
+        headers
     }
 
     /// A path from the file: a relative one is relative to the file's

@@ -14,6 +14,7 @@ pub(super) const KIND: Kind = Kind {
         "trusted-proxies",
         "upgrade",
         "tunnel-idle-timeout",
+        "request-headers",
     ],
     reader: || {
         Box::new(Proxy {
@@ -57,6 +58,16 @@ impl KindReader for Proxy {
                     c.tunnel_idle_timeout = d;
                 }
             }
+            "request-headers" => {
+                c.request_headers = w.header_fields(f, set_by_coreserve, true);
+                if c.request_headers
+                    .iter()
+                    .any(|(n, v)| n.eq_ignore_ascii_case("host") && v.is_empty())
+                {
+                    let rule = "sets Host to nothing: HTTP/1.1 needs one (keep-host = false sends the server's address)";
+                    w.error(f, rule.into());
+                }
+            }
             _ => w.error(f, "unknown key".into()),
         }
     }
@@ -68,6 +79,43 @@ impl KindReader for Proxy {
         }
         HandlerConfig::Proxy(self.config)
     }
+}
+
+/// Why a proxy route cannot set request field `name`, if it cannot: the
+/// proxy writes it from the request's framing or the connection, or never
+/// sends it on.
+fn set_by_coreserve(name: &str) -> Option<&'static str> {
+    // In any case, and with `_` for `-`: CGI-style apps read both alike.
+    let is = |n: &str| {
+        name.len() == n.len()
+            && name
+                .bytes()
+                .zip(n.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b || a == b'_' && b == b'-')
+    };
+    if is("content-length") || is("transfer-encoding") {
+        return Some("coreserve frames what it forwards");
+    }
+    if super::super::values::CONNECTION_FIELDS.into_iter().any(is) {
+        return Some("it is about a connection, which coreserve manages");
+    }
+    if is("expect") {
+        return Some("coreserve answers it itself");
+    }
+    let forwarded = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
+    ];
+    if forwarded.into_iter().any(is) {
+        return Some("coreserve sets it from the connection (see trusted-proxies)");
+    }
+    if is("proxy") {
+        return Some("it is never forwarded (\"httpoxy\")");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -114,6 +162,42 @@ mod tests {
     }
 
     #[test]
+    fn request_headers_are_read_and_checked() {
+        let h = load(
+            "upstream = \"app\"\nrequest-headers = { Host = \"api.internal\", X-Api-Key = \"k\", Cookie = \"\" }\n",
+        )
+        .unwrap();
+        let HandlerConfig::Proxy(p) = h else {
+            panic!("{h:?}")
+        };
+        let want: Vec<(String, String)> =
+            [("Host", "api.internal"), ("X-Api-Key", "k"), ("Cookie", "")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(p.request_headers, want);
+        let errs = load(
+            "upstream = \"app\"\n[route.request-headers]\nX_Forwarded_For = \"1.2.3.4\"\n\
+             Transfer-Encoding = \"chunked\"\nExpect = \"100-continue\"\nX-A = \"a\\r\\nX-B: b\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:6: route[1].request-headers.X_Forwarded_For: X_Forwarded_For cannot be set: coreserve sets it from the connection (see trusted-proxies)",
+                "t.toml:7: route[1].request-headers.Transfer-Encoding: Transfer-Encoding cannot be set: coreserve frames what it forwards",
+                "t.toml:8: route[1].request-headers.Expect: Expect cannot be set: coreserve answers it itself",
+                "t.toml:9: route[1].request-headers.X-A: must be a header value: visible ASCII, spaces only inside; got \"a\\r\\nX-B: b\"",
+            ]
+        );
+        let errs = load("upstream = \"app\"\nrequest-headers = { host = \"\" }\n").unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.toml:5: route[1].request-headers: sets Host to nothing: HTTP/1.1 needs one (keep-host = false sends the server's address)"]
+        );
+    }
+
+    #[test]
     fn each_bad_value_with_its_line() {
         let errs = load(
             "keep-host = \"yes\"\nstrip-prefix = 1\ntrusted-proxies = [\"10.0.0.1/8\", \"10.0.0.0/8\", \"nowhere\"]\n\
@@ -129,7 +213,7 @@ mod tests {
                 "t.toml:6: route[1].trusted-proxies: \"nowhere\" is not an IP address or network (10.0.0.0/8)",
                 "t.toml:7: route[1].upgrade: must be true or false",
                 "t.toml:8: route[1].tunnel-idle-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"forever\"",
-                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout)",
+                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, request-headers)",
                 "t.toml:1: route[1].upstream: is required for a proxy route: the name of an [[upstream]] group",
             ]
         );
