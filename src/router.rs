@@ -10,6 +10,11 @@ use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect
 use crate::http::parse::{Method, Request};
 use crate::http::response::{AddedHeaders, ResponseWriter};
 use crate::http::status::Status;
+use crate::http::upstream::max_forwards;
+
+/// The `Allow` of what takes every method coreserve knows: the server
+/// itself (`OPTIONS *`), a route without `methods` whose handler takes any.
+const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 /// What a route does.
 enum Action {
@@ -196,21 +201,57 @@ impl Router {
 /// What answers a request among the best routes: the first that takes its
 /// method, or the `Allow` of them all when none does (a 405).
 fn by_method<'r>(
-    mut best: impl Iterator<Item = &'r Route> + Clone,
+    best: impl Iterator<Item = &'r Route> + Clone,
     req: &Request<'_>,
 ) -> Result<&'r Route, String> {
     if let Some(route) = best.clone().find(|r| r.takes(req)) {
         return Ok(route);
     }
-    let mut allow: Vec<String> = Vec::new();
-    for r in best.by_ref() {
-        for m in r.allow.split(", ").filter(|m| !m.is_empty()) {
-            if !allow.iter().any(|a| a == m) {
-                allow.push(m.to_string());
+    Err(allow_of(best))
+}
+
+/// The methods `routes` take together, for `Allow`: each route's own, and
+/// every method coreserve knows for one that takes them all.
+fn allow_of<'r>(routes: impl Iterator<Item = &'r Route>) -> String {
+    let mut allow: Vec<&str> = Vec::new();
+    for r in routes {
+        let methods = if r.allow.is_empty() {
+            ALLOW_ALL
+        } else {
+            &r.allow
+        };
+        for m in methods.split(", ") {
+            if !allow.contains(&m) {
+                allow.push(m);
             }
         }
     }
-    Err(allow.join(", "))
+    allow.join(", ")
+}
+
+/// Whether `req` is an OPTIONS or TRACE that may go no further (RFC 9110
+/// §7.6.2: `Max-Forwards: 0`): a proxy route answers it as the final
+/// recipient would.
+fn goes_no_further(req: &Request<'_>) -> bool {
+    matches!(req.method, Method::Options | Method::Trace)
+        && req.header("max-forwards").and_then(max_forwards) == Some(0)
+}
+
+/// The final recipient's answer: what the route takes to an OPTIONS, and
+/// a TRACE refused, as nginx refuses it (a reflected request would show a
+/// script the client's cookies).
+fn answer_here(mut res: ResponseWriter<'_>, req: &Request<'_>, allow: &str) -> Outcome {
+    if req.method == Method::Options {
+        res.begin(Status::OK);
+        res.header("Allow", allow.as_bytes());
+        res.empty();
+    } else {
+        let allow: Vec<&str> = allow.split(", ").filter(|m| *m != "TRACE").collect();
+        res.begin(Status::METHOD_NOT_ALLOWED);
+        res.header("Allow", allow.join(", ").as_bytes());
+        res.body("text/plain; charset=utf-8", b"Method Not Allowed\n");
+    }
+    Outcome::Done
 }
 
 /// Whether a route's `methods` take this request: GET implies HEAD, as
@@ -246,7 +287,7 @@ impl Handler for Router {
         if req.path == "*" {
             // `OPTIONS *` asks about the server, not a resource (RFC 9110 §9.3.7).
             res.begin(Status::OK);
-            res.header("Allow", crate::handlers::ALLOW_ALL);
+            res.header("Allow", ALLOW_ALL.as_bytes());
             res.empty();
             return Outcome::Done;
         }
@@ -279,7 +320,10 @@ impl Handler for Router {
             res.body("text/plain; charset=utf-8", b"Not Found\n");
             return Outcome::Done;
         }
-        match by_method(best, req) {
+        match by_method(best.clone(), req) {
+            Ok(route) if matches!(route.action, Action::Proxy(_)) && goes_no_further(req) => {
+                answer_here(res.with_added(route.added.as_ref()), req, &allow_of(best))
+            }
             Ok(route) => route
                 .action
                 .handler()

@@ -29,11 +29,6 @@ pub enum Job {
     Proxy(Box<proxy::ProxyJob>),
 }
 
-/// The `Allow` of a resource that takes every method coreserve knows (the
-/// server itself, for `OPTIONS *`; a proxied route, for an `OPTIONS` that
-/// goes no further).
-pub const ALLOW_ALL: &[u8] = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
-
 /// How a handler here answered.
 pub type Outcome = crate::http::handler::Outcome<Job>;
 

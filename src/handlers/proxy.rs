@@ -11,10 +11,8 @@ use std::rc::Rc;
 use super::{Handler, Job, Outcome};
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
-use crate::http::parse::{Method, Request};
+use crate::http::parse::Request;
 use crate::http::response::{AddedHeaders, ResponseWriter};
-use crate::http::status::Status;
-use crate::http::upstream::max_forwards;
 
 /// A proxy route as a shard's router holds it.
 #[derive(Debug)]
@@ -106,28 +104,7 @@ pub struct Proxy(pub Rc<ProxyRoute>);
 impl Handler for Proxy {
     type Job = Job;
 
-    fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
-        let ends_here = matches!(req.method, Method::Options | Method::Trace)
-            && req.header("max-forwards").and_then(max_forwards) == Some(0);
-        if ends_here {
-            // RFC 9110 §7.6.2: an OPTIONS or TRACE whose Max-Forwards is 0
-            // goes no further; answered as a final recipient: what the
-            // route takes, and TRACE refused, as nginx refuses it (a reflected
-            // request would show its cookies to a script).
-            let options = req.method == Method::Options;
-            res.begin(if options {
-                Status::OK
-            } else {
-                Status::METHOD_NOT_ALLOWED
-            });
-            res.header("Allow", super::ALLOW_ALL);
-            if options {
-                res.empty();
-            } else {
-                res.body("text/plain; charset=utf-8", b"Method Not Allowed\n");
-            }
-            return Outcome::Done;
-        }
+    fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome {
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);

@@ -408,6 +408,9 @@ async fn forward(
                     // Counted with the refusals of the session's own bodies.
                     served.error = Some(e);
                     served.linger = true;
+                    // As the session's own refusals of a body: without the
+                    // route's fields, which are for what the route answers.
+                    c.added = None;
                     reply(&mut c, &ex, &mut served, asked.head, status_for(e)).await;
                 }
             }

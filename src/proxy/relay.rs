@@ -202,11 +202,11 @@ pub(super) fn begin(
     // route's fields, each unless the application sent its own.
     let end = c.out.len() - 2;
     c.out.truncate(end);
-    if !c.headers.is_empty() && res.header("strict-transport-security").is_none() {
+    if !c.headers.is_empty() && !response::sends_own(&res, "strict-transport-security") {
         c.out.extend_from_slice(c.headers);
     }
     for (name, line) in c.added.iter().flat_map(|a| a.lines()) {
-        if res.header(name).is_none() {
+        if !response::sends_own(&res, name) {
             c.out.extend_from_slice(line);
         }
     }

@@ -57,24 +57,16 @@ pub fn write_head(
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(&date);
     out.extend_from_slice(b"\r\nServer: coreserve\r\n");
-    let connection = res
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value);
+    let connection = connection_of(res);
     let mut length = None;
     for h in res.headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             length = Some(h.value);
             continue;
         }
-        if h.name.eq_ignore_ascii_case("date")
-            || h.name.eq_ignore_ascii_case("server")
-            || is_hop_by_hop(h.name, connection.clone())
-        {
-            continue;
+        if passes(h.name, connection.clone()) {
+            write_field(out, h.name, h.value);
         }
-        write_field(out, h.name, h.value);
     }
     if tunnel {
         write_field(out, "Connection", b"upgrade");
@@ -119,6 +111,31 @@ pub fn write_head(
         encoder,
         keep_alive,
     }
+}
+
+/// The values of the response's `Connection` fields.
+fn connection_of<'r>(res: &'r Response<'_>) -> impl Iterator<Item = &'r [u8]> + Clone {
+    res.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+}
+
+/// Whether an upstream's field named `name` goes on to the client as it
+/// came: not its framing, `Date` or `Server` (ours are sent), nor a
+/// hop-by-hop field (fixed, or named by `connection`, its response's).
+fn passes<'v>(name: &str, connection: impl IntoIterator<Item = &'v [u8]>) -> bool {
+    !(name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("date")
+        || name.eq_ignore_ascii_case("server")
+        || is_hop_by_hop(name, connection))
+}
+
+/// Whether the client gets the upstream's own field named `name`: one it
+/// sent that passes. A field coreserve adds (HSTS, a route's `headers`)
+/// gives way only to that.
+pub fn sends_own(res: &Response<'_>, name: &str) -> bool {
+    res.header(name).is_some() && passes(name, connection_of(res))
 }
 
 #[cfg(test)]

@@ -364,7 +364,16 @@ fn smuggling_payloads_never_make_a_second_upstream_request() {
 /// application's own field of that name wins) and the proxy's own 502.
 #[test]
 fn a_routes_headers_go_on_every_response_it_gives() {
-    let up = Upstream::start(|_| {
+    let up = Upstream::start(|r| {
+        if r.target.starts_with("/hop/") {
+            // Its own field, but hop-by-hop: it never reaches the client,
+            // so the route's goes instead.
+            let own = [
+                ("Connection", "X-Frame-Options"),
+                ("X-Frame-Options", "SAMEORIGIN"),
+            ];
+            return Reply::status(200, &own, "hop");
+        }
         Reply::status(200, &[("X-Frame-Options", "SAMEORIGIN")], "from the app")
     });
     let www = crate::config::Scratch::new("route-headers-www");
@@ -373,6 +382,7 @@ fn a_routes_headers_go_on_every_response_it_gives() {
     let toml = group("app", &[up.server()], "")
         + &group("down", &["127.0.0.1:1".to_string()], "")
         + &route("/api/", "app", added)
+        + &route("/hop/", "app", &format!("{added}\nmax-body-bytes = 10"))
         + &route("/down/", "down", added)
         + &format!(
             "[[route]]\npath = \"/files/\"\nhandler = \"static\"\nroot = \"{}\"\n{added}\n\n\
@@ -411,6 +421,17 @@ fn a_routes_headers_go_on_every_response_it_gives() {
         [&("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
     );
     assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{r:?}");
+    let r = ask("/hop/x");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-frame-options"), Some("DENY"), "{r:?}");
+    // A body refused while the proxy streams it carries none, as the
+    // session's own refusals do.
+    let r = proxy.get(
+        "POST /hop/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         19\r\n0123456789012345678901234\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.header("x-frame-options"), None, "{r:?}");
     // Another route adds nothing; nor does the 404 no route gives.
     for target in ["/plain", "/nowhere"] {
         let r = ask(target);
@@ -425,7 +446,10 @@ fn a_routes_headers_go_on_every_response_it_gives() {
 #[test]
 fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
     let up = Upstream::start(echo());
-    let proxy = Proxy::start("proxy-edge", &simple(&[up.server()], "", ""));
+    let toml = simple(&[up.server()], "", "")
+        + &route("/m/", "app", "methods = [\"GET\", \"OPTIONS\", \"TRACE\"]")
+        + &route("/m/", "app", "methods = [\"POST\"]");
+    let proxy = Proxy::start("proxy-max-forwards", &toml);
     let r = proxy.get("OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
@@ -434,6 +458,19 @@ fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
     );
     let r = proxy.get("TRACE /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nCookie: s=1\r\n\r\n");
     assert_eq!(r.status, 405, "{r:?}");
+    // `Allow` says what the routes of that path take.
+    let r = proxy.get("OPTIONS /m/x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
+    assert_eq!(
+        r.header("allow"),
+        Some("GET, HEAD, OPTIONS, TRACE, POST"),
+        "{r:?}"
+    );
+    let r = proxy.get("TRACE /m/x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
+    assert_eq!(
+        (r.status, r.header("allow")),
+        (405, Some("GET, HEAD, OPTIONS, POST")),
+        "{r:?}"
+    );
     for host in ["localhost:abc", "::1", "[::1", "a:1:2"] {
         let r = proxy.get(&format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n"));
         assert_eq!(r.status, 400, "{host}: {r:?}");

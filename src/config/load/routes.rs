@@ -3,6 +3,7 @@
 //! kind's reader from `handlers::KINDS`.
 
 use super::handlers::{self, Kind};
+use super::values::Sent;
 use super::{Field, Walker};
 use crate::config::{route_key, HandlerConfig, RouteConfig};
 
@@ -120,7 +121,7 @@ impl Walker<'_> {
     /// A route's `headers`: fields added to its responses, none that
     /// coreserve writes itself for a route of this `kind`.
     fn route_headers(&mut self, f: &Field, kind: Option<&str>) -> Vec<(String, String)> {
-        self.header_fields(f, |name| written_by_coreserve(name, kind), false)
+        self.header_fields(f, |name| written_by_coreserve(name, kind), Sent::Client)
     }
 
     /// A route's host: a name or address as the request's Host is compared
@@ -159,7 +160,8 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
     if ["content-length", "transfer-encoding"].into_iter().any(is) {
         return Some("coreserve frames every response itself");
     }
-    if super::values::CONNECTION_FIELDS.into_iter().any(is) {
+    let proxy_field = name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-");
+    if proxy_field || super::values::CONNECTION_FIELDS.into_iter().any(is) {
         return Some("it is about the connection, which coreserve manages");
     }
     if is("date") || is("server") {
@@ -169,7 +171,10 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
         return Some("set it with tls.hsts, which sends it over HTTPS only");
     }
     if is("content-type") {
-        return Some("the handler sets it (content-type, for a respond route)");
+        return Some("the handler sets it (a respond route from its content-type)");
+    }
+    if is("content-encoding") || is("content-range") {
+        return Some("it describes a body the route does not transform");
     }
     match kind {
         Some("redirect") if is("location") => Some("it is the route's location"),
@@ -178,15 +183,9 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
         }
         Some("static") if is("cache-control") => Some("use the route's cache-control"),
         Some("static")
-            if [
-                "etag",
-                "last-modified",
-                "content-range",
-                "accept-ranges",
-                "content-encoding",
-            ]
-            .into_iter()
-            .any(is) =>
+            if ["etag", "last-modified", "accept-ranges"]
+                .into_iter()
+                .any(is) =>
         {
             Some("the static handler writes it for each file")
         }
@@ -313,14 +312,40 @@ mod tests {
                 "t.toml:8: route[1].headers.connection: connection cannot be set: it is about the connection, which coreserve manages",
                 "t.toml:9: route[1].headers.ETag: ETag cannot be set: the static handler writes it for each file",
                 "t.toml:11: route[1].headers.x-b: X-B is already set (field names are not case-sensitive)",
-                "t.toml:12: route[1].headers.X-C: must be a header value: visible ASCII, spaces only inside, not empty; got \"a\\nb\"",
-                "t.toml:13: route[1].headers.X-D: must be a header value: visible ASCII, spaces only inside, not empty; got \" padded\"",
-                "t.toml:14: route[1].headers.X-E: must be a header value: visible ASCII, spaces only inside, not empty; got \"\"",
+                "t.toml:12: route[1].headers.X-C: must be a header value: visible ASCII, spaces and tabs only inside, not empty; got \"a\\nb\"",
+                "t.toml:13: route[1].headers.X-D: must be a header value: visible ASCII, spaces and tabs only inside, not empty; got \" padded\"",
+                "t.toml:14: route[1].headers.X-E: must be a header value: visible ASCII, spaces and tabs only inside, not empty; got \"\"",
                 "t.toml:15: route[1].headers.X-F: must be a string",
                 "t.toml:22: route[2].headers.Location: Location cannot be set: it is the route's location",
                 "t.toml:26: route[3].headers: must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }",
             ]
         );
+        let errs = errors(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\n\
+             headers = { Content-Encoding = \"gzip\", Proxy-Authenticate = \"Basic\", X-A = \"1\", X_A = \"2\" }\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "t.toml:4: route[1].headers.Content-Encoding: Content-Encoding cannot be set: it describes a body the route does not transform",
+                "t.toml:4: route[1].headers.Proxy-Authenticate: Proxy-Authenticate cannot be set: it is about the connection, which coreserve manages",
+            ],
+            "X-A and X_A are two fields to a client"
+        );
+        let many: String = (0..65).map(|i| format!("X-{i} = \"v\"\n")).collect();
+        let errs = errors(&format!(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\n[route.headers]\n{many}"
+        ));
+        assert_eq!(
+            errs,
+            ["t.toml:4: route[1].headers: 65 fields of 575 bytes: at most 64 fields of 8 KiB in all (a head that large is refused by clients and servers alike)"]
+        );
+        let big = "v".repeat(9000);
+        let errs = errors(&format!(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\nheaders = {{ X-Big = \"{big}\" }}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("1 fields of 9009 bytes"), "{errs:?}");
         let errs = errors(
             "[[route]]\npath = \"/s/\"\nhandler = \"static\"\nroot = \"www\"\nheaders = { Location = \"/x\" }\n",
         );

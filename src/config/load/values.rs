@@ -29,6 +29,22 @@ pub(super) const CONNECTION_FIELDS: [&str; 6] = [
     "proxy-connection",
 ];
 
+/// Most fields a table of header fields may set.
+pub(super) const MAX_HEADER_FIELDS: usize = 64;
+/// Most bytes a table of header fields may add to a head, as lines
+/// (`Name: value` and CRLF): well under what clients take (curl 300 KiB,
+/// browsers 256 KiB) and what servers read (nginx's 8 KiB per line).
+pub(super) const MAX_HEADER_BLOCK: usize = 8 << 10;
+
+/// Where a table of header fields goes, which decides its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// To clients, with responses: every value says something.
+    Client,
+    /// Upstream, with requests: an empty value removes the field.
+    Upstream,
+}
+
 impl Walker<'_> {
     pub(super) fn string(&mut self, f: &Field) -> Option<String> {
         match f.item.as_str() {
@@ -118,22 +134,34 @@ impl Walker<'_> {
     }
 
     /// A table of header fields (`{ X-Frame-Options = "DENY" }`): each name
-    /// a token no other name of the table spells too (any case), and none
-    /// that `refused` gives a reason against; each value visible ASCII with
-    /// spaces inside, or empty where `empty` allows it (a field to remove).
-    /// Read once, at load: what uses them writes them as they are.
+    /// a token no other name of the table spells too (in any case; for
+    /// `Sent::Upstream`, with `_` for `-` as well, which CGI-style apps read
+    /// alike), and none that `refused` gives a reason against; each value
+    /// visible ASCII, spaces and tabs inside, or empty for `Sent::Upstream`
+    /// (a field removed); at most `MAX_HEADER_FIELDS` fields of
+    /// `MAX_HEADER_BLOCK` bytes in all, as lines. Read once, at load: what
+    /// uses them writes them as they are.
     pub(super) fn header_fields(
         &mut self,
         f: &Field,
         refused: impl Fn(&str) -> Option<&'static str>,
-        empty: bool,
+        sent: Sent,
     ) -> Vec<(String, String)> {
         let Some(table) = f.item.as_table_like() else {
             let rule = "must be a table of header fields, like { \"X-Frame-Options\" = \"DENY\" }";
             self.error(f, rule.into());
             return Vec::new();
         };
+        let upstream = sent == Sent::Upstream;
+        let same = |a: &str, b: &str| {
+            let norm = |c: u8| match c {
+                b'_' if upstream => b'-',
+                c => c.to_ascii_lowercase(),
+            };
+            a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+        };
         let mut headers: Vec<(String, String)> = Vec::new();
+        let mut bytes = 0;
         for v in self.fields(table, &f.key) {
             let name = &v.key[f.key.len() + 1..];
             if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
@@ -147,9 +175,13 @@ impl Walker<'_> {
                 self.error(&v, format!("{name} cannot be set: {why}"));
                 continue;
             }
-            if let Some((first, _)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                let rule = format!("{first} is already set (field names are not case-sensitive)");
-                self.error(&v, rule);
+            if let Some((first, _)) = headers.iter().find(|(n, _)| same(n, name)) {
+                let how = if upstream {
+                    "field names are not case-sensitive, and apps read _ as -"
+                } else {
+                    "field names are not case-sensitive"
+                };
+                self.error(&v, format!("{first} is already set ({how})"));
                 continue;
             }
             let Some(value) = self.string(&v) else {
@@ -158,16 +190,25 @@ impl Walker<'_> {
             let visible = |b: u8| (b' '..=b'~').contains(&b) || b == b'\t';
             let fits = value.bytes().all(visible)
                 && value.trim_matches([' ', '\t']).len() == value.len()
-                && (empty || !value.is_empty());
+                && (upstream || !value.is_empty());
             if !fits {
-                let what = if empty { "" } else { ", not empty" };
+                let what = if upstream { "" } else { ", not empty" };
                 let rule = format!(
-                    "must be a header value: visible ASCII, spaces only inside{what}; got {value:?}"
+                    "must be a header value: visible ASCII, spaces and tabs only inside{what}; got {value:?}"
                 );
                 self.error(&v, rule);
                 continue;
             }
+            bytes += name.len() + value.len() + 4;
             headers.push((name.to_string(), value));
+        }
+        if headers.len() > MAX_HEADER_FIELDS || bytes > MAX_HEADER_BLOCK {
+            let rule = format!(
+                "{} fields of {bytes} bytes: at most {MAX_HEADER_FIELDS} fields of {} KiB in all (a head that large is refused by clients and servers alike)",
+                headers.len(),
+                MAX_HEADER_BLOCK >> 10
+            );
+            self.error(f, rule);
         }
         headers
     }

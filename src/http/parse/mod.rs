@@ -398,7 +398,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// no number, a bare or unclosed IPv6 literal) is refused (RFC 9112 §3.2:
 /// 400), so that host matching, logging and the `Host` an upstream gets see
 /// only a host.
-fn valid_host(value: &[u8]) -> bool {
+pub fn valid_host(value: &[u8]) -> bool {
     let (host, port) = match value.strip_prefix(b"[") {
         Some(rest) => {
             let Some(close) = rest.iter().position(|&b| b == b']') else {

@@ -2,6 +2,7 @@
 //! the group exists is `Config::validate`'s rule (groups may come after the
 //! route in the file).
 
+use super::super::values::Sent;
 use super::{Field, Kind, KindReader, Walker};
 use crate::config::{Cidr, HandlerConfig, ProxyConfig};
 
@@ -59,13 +60,19 @@ impl KindReader for Proxy {
                 }
             }
             "request-headers" => {
-                c.request_headers = w.header_fields(f, set_by_coreserve, true);
-                if c.request_headers
+                c.request_headers = w.header_fields(f, set_by_coreserve, Sent::Upstream);
+                let host = c
+                    .request_headers
                     .iter()
-                    .any(|(n, v)| n.eq_ignore_ascii_case("host") && v.is_empty())
-                {
-                    let rule = "sets Host to nothing: HTTP/1.1 needs one (keep-host = false sends the server's address)";
-                    w.error(f, rule.into());
+                    .find(|(n, _)| n.eq_ignore_ascii_case("host"));
+                if let Some((_, h)) = host {
+                    // Held to what a client's Host is held to.
+                    if h.is_empty() || !crate::http::parse::valid_host(h.as_bytes()) {
+                        let rule = format!(
+                            "sets Host to {h:?}: it must be a host and an optional port, like \"api.internal:8080\" (keep-host = false sends the server's address)"
+                        );
+                        w.error(f, rule);
+                    }
                 }
             }
             _ => w.error(f, "unknown key".into()),
@@ -187,13 +194,24 @@ mod tests {
                 "t.toml:6: route[1].request-headers.X_Forwarded_For: X_Forwarded_For cannot be set: coreserve sets it from the connection (see trusted-proxies)",
                 "t.toml:7: route[1].request-headers.Transfer-Encoding: Transfer-Encoding cannot be set: coreserve frames what it forwards",
                 "t.toml:8: route[1].request-headers.Expect: Expect cannot be set: coreserve answers it itself",
-                "t.toml:9: route[1].request-headers.X-A: must be a header value: visible ASCII, spaces only inside; got \"a\\r\\nX-B: b\"",
+                "t.toml:9: route[1].request-headers.X-A: must be a header value: visible ASCII, spaces and tabs only inside; got \"a\\r\\nX-B: b\"",
+            ]
+        );
+        let errs = load(
+            "upstream = \"app\"\nrequest-headers = { X-A = \"1\", X_A = \"2\", Host = \"a b\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:5: route[1].request-headers.X_A: X-A is already set (field names are not case-sensitive, and apps read _ as -)",
+                "t.toml:5: route[1].request-headers: sets Host to \"a b\": it must be a host and an optional port, like \"api.internal:8080\" (keep-host = false sends the server's address)",
             ]
         );
         let errs = load("upstream = \"app\"\nrequest-headers = { host = \"\" }\n").unwrap_err();
         assert_eq!(
             errs,
-            ["t.toml:5: route[1].request-headers: sets Host to nothing: HTTP/1.1 needs one (keep-host = false sends the server's address)"]
+            ["t.toml:5: route[1].request-headers: sets Host to \"\": it must be a host and an optional port, like \"api.internal:8080\" (keep-host = false sends the server's address)"]
         );
     }
 
