@@ -14,7 +14,7 @@ use crate::http::upstream::max_forwards;
 
 /// The `Allow` of what takes every method coreserve knows: the server
 /// itself (`OPTIONS *`), a route without `methods` whose handler takes any.
-const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 
 /// What a route does.
 enum Action {
@@ -215,12 +215,11 @@ fn by_method<'r>(
 fn allow_of<'r>(routes: impl Iterator<Item = &'r Route>) -> String {
     let mut allow: Vec<&str> = Vec::new();
     for r in routes {
-        let methods = if r.allow.is_empty() {
-            ALLOW_ALL
-        } else {
-            &r.allow
-        };
-        for m in methods.split(", ") {
+        // Its `allow` is empty both when it takes every method and when
+        // it takes none (a static route whose `methods` has no GET).
+        let all = r.methods.is_none() && r.action.methods().is_none();
+        let methods = if all { ALLOW_ALL } else { &r.allow };
+        for m in methods.split(", ").filter(|m| !m.is_empty()) {
             if !allow.contains(&m) {
                 allow.push(m);
             }

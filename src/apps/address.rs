@@ -34,10 +34,19 @@ pub fn socket_dir() -> PathBuf {
 pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<ServerAddr> {
     match listen {
         AppListen::Port => {
-            // The kernel's choice of a free port; released for the app to
-            // take (another process could take it first: the instance then
-            // fails to start and is started again with another).
-            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            // A free port, released for the app to take. Below the kernel's
+            // ephemeral range when it can: every bind to port 0 and every
+            // outgoing connection of this host takes its port from that
+            // range, so one of them could take the port first (the
+            // instance then fails to listen, at start-up fatally); below
+            // it, only a program that binds that very number can.
+            let range = std::fs::read_to_string(EPHEMERAL_RANGE).ok();
+            let low = range
+                .as_deref()
+                .and_then(|r| r.split_ascii_whitespace().next()?.parse().ok())
+                .unwrap_or(32768);
+            let l = free_port_below(low, tag)
+                .map_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)), Ok)?;
             Ok(ServerAddr::Tcp(l.local_addr()?))
         }
         AppListen::Unix => {
@@ -57,6 +66,35 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             Ok(ServerAddr::Unix(path))
         }
     }
+}
+
+/// Where the kernel says which ports it hands out itself.
+const EPHEMERAL_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The lowest port an app is given: below are the ports services are
+/// usually configured on.
+const LOWEST_APP_PORT: u16 = 10000;
+
+/// A listener on a free port of 127.0.0.1 from `LOWEST_APP_PORT` up to
+/// `below` (the ephemeral range's start), tried at random places: `None`
+/// when that range is small or no try found one free.
+fn free_port_below(below: u16, tag: u64) -> Option<TcpListener> {
+    let span = u64::from(below.checked_sub(LOWEST_APP_PORT)?);
+    if span < 1000 {
+        return None;
+    }
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = clock ^ tag.rotate_left(32) ^ u64::from(std::process::id()) | 1;
+    (0..32).find_map(|_| {
+        // xorshift64: spread enough for picking ports.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = LOWEST_APP_PORT + (x % span) as u16;
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()
+    })
 }
 
 /// Make `dir` (its parent exists) readable and writable by this user
@@ -291,6 +329,33 @@ mod tests {
             .to_string();
         assert!(err.contains("longer than the 107 bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn app_ports_come_from_below_the_ephemeral_range() {
+        for tag in 0..20 {
+            let ServerAddr::Tcp(a) = choose(AppListen::Port, Path::new("/"), "web", tag).unwrap()
+            else {
+                panic!("not a port");
+            };
+            let port = a.port();
+            let low: u16 = std::fs::read_to_string(EPHEMERAL_RANGE)
+                .unwrap()
+                .split_ascii_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if low >= LOWEST_APP_PORT + 1000 {
+                assert!(
+                    (LOWEST_APP_PORT..low).contains(&port),
+                    "{port} is not below the ephemeral range from {low}"
+                );
+            }
+        }
+        // Too small a range below: the kernel's choice.
+        assert!(free_port_below(LOWEST_APP_PORT + 10, 1).is_none());
+        assert!(free_port_below(LOWEST_APP_PORT - 1, 1).is_none());
     }
 
     #[test]

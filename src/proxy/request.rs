@@ -1,5 +1,7 @@
 //! The request head sent upstream: the client's, re-framed and without its
-//! hop-by-hop fields, with `Host` and the `X-Forwarded-*` fields set.
+//! hop-by-hop fields, with `Host` and the `X-Forwarded-*` fields set, and
+//! the route's `request-headers` in place of the client's fields of their
+//! names (which cannot name any field this module writes itself).
 //!
 //! SECURITY: nothing of the client's framing goes on. `Content-Length` and
 //! `Transfer-Encoding` are written from the body decoder's view of the

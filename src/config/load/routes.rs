@@ -167,6 +167,9 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
     if is("date") || is("server") {
         return Some("coreserve writes its own");
     }
+    if is("allow") {
+        return Some("coreserve writes it with its 405 and OPTIONS answers");
+    }
     if is("strict-transport-security") {
         return Some("set it with tls.hsts, which sends it over HTTPS only");
     }

@@ -37,12 +37,13 @@ pub(super) const MAX_HEADER_FIELDS: usize = 64;
 pub(super) const MAX_HEADER_BLOCK: usize = 8 << 10;
 
 /// Where a table of header fields goes, which decides its rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Sent {
     /// To clients, with responses: every value says something.
     Client,
-    /// Upstream, with requests: an empty value removes the field.
-    Upstream,
+    /// Upstream, with requests: an empty value removes the field; the
+    /// function says what is wrong with a field's value, if anything.
+    Upstream(fn(&str, &str) -> Option<String>),
 }
 
 impl Walker<'_> {
@@ -152,7 +153,7 @@ impl Walker<'_> {
             self.error(f, rule.into());
             return Vec::new();
         };
-        let upstream = sent == Sent::Upstream;
+        let upstream = matches!(sent, Sent::Upstream(_));
         let same = |a: &str, b: &str| {
             let norm = |c: u8| match c {
                 b'_' if upstream => b'-',
@@ -196,6 +197,13 @@ impl Walker<'_> {
                 let rule = format!(
                     "must be a header value: visible ASCII, spaces and tabs only inside{what}; got {value:?}"
                 );
+                self.error(&v, rule);
+                continue;
+            }
+            if let Some(rule) = match sent {
+                Sent::Upstream(rule) => rule(name, &value),
+                Sent::Client => None,
+            } {
                 self.error(&v, rule);
                 continue;
             }

@@ -223,6 +223,16 @@ fn validate_route(
                 );
             }
         }
+        let serves_get = methods.iter().any(|m| m == "GET" || m == "HEAD");
+        if matches!(r.handler, HandlerConfig::Static(_)) && !methods.is_empty() && !serves_get {
+            err(
+                &key("methods"),
+                format!(
+                    "a static route serves GET and HEAD only: [{}] leaves it nothing to serve",
+                    methods.join(", ")
+                ),
+            );
+        }
     }
     match &r.handler {
         HandlerConfig::Respond {
@@ -308,24 +318,42 @@ mod tests {
     }
 
     #[test]
+    fn a_static_route_without_get_or_head_is_refused() {
+        let route = |methods: &[&str]| RouteConfig {
+            path: "/s/".into(),
+            methods: Some(methods.iter().map(|m| m.to_string()).collect()),
+            handler: HandlerConfig::Static(crate::config::StaticConfig::new("/srv".into())),
+            ..RouteConfig::hello_world()
+        };
+        assert_eq!(
+            route_errors(vec![route(&["POST"])]),
+            ["route[1].methods: a static route serves GET and HEAD only: [POST] leaves it nothing to serve"]
+        );
+        assert!(route_errors(vec![route(&["HEAD", "POST"])]).is_empty());
+    }
+
+    /// What `validate` says of a configuration of these routes.
+    fn route_errors(routes: Vec<RouteConfig>) -> Vec<String> {
+        let c = Config {
+            routes,
+            ..Config::default()
+        };
+        c.validate()
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
     fn a_route_whose_methods_earlier_routes_take_is_refused() {
         let route = |methods: &[&str]| RouteConfig {
             path: "/up/".into(),
             methods: Some(methods.iter().map(|m| m.to_string()).collect()),
             ..RouteConfig::hello_world()
         };
-        let text = |routes: Vec<RouteConfig>| -> Vec<String> {
-            let c = Config {
-                routes,
-                ..Config::default()
-            };
-            c.validate()
-                .err()
-                .unwrap_or_default()
-                .iter()
-                .map(ToString::to_string)
-                .collect()
-        };
+        let text = route_errors;
         // Different methods: each answers its own.
         assert!(text(vec![route(&["GET"]), route(&["POST"])]).is_empty());
         assert_eq!(

@@ -60,20 +60,7 @@ impl KindReader for Proxy {
                 }
             }
             "request-headers" => {
-                c.request_headers = w.header_fields(f, set_by_coreserve, Sent::Upstream);
-                let host = c
-                    .request_headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case("host"));
-                if let Some((_, h)) = host {
-                    // Held to what a client's Host is held to.
-                    if h.is_empty() || !crate::http::parse::valid_host(h.as_bytes()) {
-                        let rule = format!(
-                            "sets Host to {h:?}: it must be a host and an optional port, like \"api.internal:8080\" (keep-host = false sends the server's address)"
-                        );
-                        w.error(f, rule);
-                    }
-                }
+                c.request_headers = w.header_fields(f, set_by_coreserve, Sent::Upstream(host_rule));
             }
             _ => w.error(f, "unknown key".into()),
         }
@@ -86,6 +73,18 @@ impl KindReader for Proxy {
         }
         HandlerConfig::Proxy(self.config)
     }
+}
+
+/// What is wrong with a value of `request-headers`' `name`, if anything:
+/// a Host is held to what a client's is held to.
+fn host_rule(name: &str, value: &str) -> Option<String> {
+    let bad = name.eq_ignore_ascii_case("host")
+        && (value.is_empty() || !crate::http::parse::valid_host(value.as_bytes()));
+    bad.then(|| {
+        format!(
+            "must be a host and an optional port, like \"api.internal:8080\", got {value:?} (keep-host = false sends the server's address)"
+        )
+    })
 }
 
 /// Why a proxy route cannot set request field `name`, if it cannot: the
@@ -103,11 +102,16 @@ fn set_by_coreserve(name: &str) -> Option<&'static str> {
     if is("content-length") || is("transfer-encoding") {
         return Some("coreserve frames what it forwards");
     }
-    if super::super::values::CONNECTION_FIELDS.into_iter().any(is) {
+    let proxy_field = name.len() > 6
+        && (name[..6].eq_ignore_ascii_case("proxy-") || name[..6].eq_ignore_ascii_case("proxy_"));
+    if proxy_field || super::super::values::CONNECTION_FIELDS.into_iter().any(is) {
         return Some("it is about a connection, which coreserve manages");
     }
     if is("expect") {
         return Some("coreserve answers it itself");
+    }
+    if is("max-forwards") {
+        return Some("coreserve lowers the client's (RFC 9110 §7.6.2)");
     }
     let forwarded = [
         "x-forwarded-for",
@@ -205,13 +209,13 @@ mod tests {
             errs,
             [
                 "t.toml:5: route[1].request-headers.X_A: X-A is already set (field names are not case-sensitive, and apps read _ as -)",
-                "t.toml:5: route[1].request-headers: sets Host to \"a b\": it must be a host and an optional port, like \"api.internal:8080\" (keep-host = false sends the server's address)",
+                "t.toml:5: route[1].request-headers.Host: must be a host and an optional port, like \"api.internal:8080\", got \"a b\" (keep-host = false sends the server's address)",
             ]
         );
         let errs = load("upstream = \"app\"\nrequest-headers = { host = \"\" }\n").unwrap_err();
         assert_eq!(
             errs,
-            ["t.toml:5: route[1].request-headers: sets Host to \"\": it must be a host and an optional port, like \"api.internal:8080\" (keep-host = false sends the server's address)"]
+            ["t.toml:5: route[1].request-headers.host: must be a host and an optional port, like \"api.internal:8080\", got \"\" (keep-host = false sends the server's address)"]
         );
     }
 
