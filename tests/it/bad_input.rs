@@ -1,7 +1,7 @@
 //! Every kind of bad input gets its status, the connection is closed, and
 //! nothing else is harmed.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::util::{is_closed, read_to_close, stopped_stats, Reader, Server};
@@ -325,8 +325,15 @@ fn a_trickle_of_empty_lines_cannot_hold_a_keep_alive_connection() {
         }
     });
     // Closed without an answer (nothing of a request had started), long
-    // before the trickle (10 s) or the keep-alive timeout would end it.
-    assert_eq!(read_to_close(&mut reader), "");
+    // before the trickle (10 s) or the keep-alive timeout would end it: an
+    // end of file, or a reset when a CRLF of the trickle was still unread
+    // as the server closed (a busy machine's timing).
+    let mut b = [0u8; 64];
+    match reader.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("not closed without an answer: {other:?} {:?}", &b[..8]),
+    }
     let took = start.elapsed();
     assert!(took < Duration::from_secs(8), "{took:?}");
     trickle.join().unwrap();

@@ -43,6 +43,19 @@ impl Version {
     }
 }
 
+/// Where the minor digit of `head`'s request line version is, when that
+/// version is HTTP/1 with a minor above 1 (`HTTP/1.2`): a client of a later
+/// HTTP/1 that this server answers as HTTP/1.1 (RFC 9110 §2.5).
+pub fn later_minor(head: &[u8]) -> Option<usize> {
+    let line_end = memchr::memchr(b'\n', head)?;
+    let line = &head[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match line.get(line.len().checked_sub(9)?..)? {
+        [b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(line.len() - 1),
+        _ => None,
+    }
+}
+
 /// Whether `v` is an HTTP version as RFC 9112 §2.3 writes one (`HTTP/1.1`,
 /// `HTTP/2.0`), or as HTTP/2 and 3 name themselves (`HTTP/2`): a version
 /// this server may not speak, but a client speaking HTTP.
@@ -315,8 +328,9 @@ enum VersionSeen {
     /// error is in a header line (a bare CR, say): 400.
     Supported,
     /// Well formed but another version (`HTTP/2.0`, the h2 preface's
-    /// `PRI * HTTP/2.0`, `HTTP/3`, `HTTP/1.2`): 505 rather than 400, the
-    /// client speaks HTTP, just not this one.
+    /// `PRI * HTTP/2.0`, `HTTP/3`): 505 rather than 400, the client speaks
+    /// HTTP, just not this one. (`HTTP/1.2` is one too, which the session
+    /// answers as HTTP/1.1: `later_minor`.)
     Unsupported,
     /// Not an HTTP version at all.
     Malformed,

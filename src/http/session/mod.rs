@@ -283,6 +283,13 @@ impl<J> Session<J> {
                     let body_waiting = data.len() == end;
                     let outcome = match self.answer_head(&data[..end], body_waiting, out, cx) {
                         Ok(outcome) => outcome,
+                        Err(ParseError::Version) if parse::later_minor(&data[..end]).is_some() => {
+                            // RFC 9110 §2.5: a later HTTP/1 minor version is
+                            // served as the latest this server speaks.
+                            let at = parse::later_minor(&data[..end]).unwrap_or(0);
+                            input.data_mut()[at] = b'1';
+                            continue;
+                        }
                         Err(e) => {
                             let next = self.fail_with(e, Some(&data[..end]), out, cx);
                             input.consume(end);
@@ -559,6 +566,12 @@ impl InputBuffer {
     /// The unconsumed bytes.
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
+    }
+
+    /// The unconsumed bytes, to change in place (a request line's version
+    /// read as another).
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
     }
 
     /// Drop the first `n` unconsumed bytes.

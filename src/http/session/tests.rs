@@ -66,6 +66,24 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
 }
 
 #[test]
+fn a_later_http1_minor_version_is_answered_as_http11() {
+    let (out, next) = run(b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", &[64]);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(next, Next::Read(Wait::Idle));
+    // HTTP/2 and 3 are other protocols: 505.
+    let (out, _) = run(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", &[64]);
+    assert!(
+        out.starts_with(b"HTTP/1.1 505 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order_in_one_batch() {
     let one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let input = one.repeat(20);
