@@ -47,8 +47,9 @@ struct Route {
     prefix: String,
     host: Option<String>,
     methods: Option<Vec<String>>,
-    /// Its `Allow` for a 405: its `methods` and what its handler serves
-    /// (a static route's GET and HEAD), both when both say.
+    /// Its `Allow`: its `methods` and what its handler serves (a static
+    /// route's GET and HEAD), both when both say; `ALLOW_ALL` when neither
+    /// limits it.
     allow: String,
     /// The route's own body limit, if it has one.
     max_body: Option<u64>,
@@ -149,7 +150,10 @@ impl Router {
                     .collect::<Vec<_>>()
                     .join(", "),
                 (Some(served), None) => served.into(),
-                (None, listed) => listed.unwrap_or_default(),
+                // Every method: this route never answers 405, but its
+                // `Allow` joins others' (`allow_of`).
+                (None, None) => ALLOW_ALL.into(),
+                (None, Some(listed)) => listed,
             };
         }
         routes.sort_by(|a, b| {
@@ -210,16 +214,11 @@ fn by_method<'r>(
     Err(allow_of(best))
 }
 
-/// The methods `routes` take together, for `Allow`: each route's own, and
-/// every method coreserve knows for one that takes them all.
+/// The methods `routes` take together, for `Allow`.
 fn allow_of<'r>(routes: impl Iterator<Item = &'r Route>) -> String {
     let mut allow: Vec<&str> = Vec::new();
     for r in routes {
-        // Its `allow` is empty both when it takes every method and when
-        // it takes none (a static route whose `methods` has no GET).
-        let all = r.methods.is_none() && r.action.methods().is_none();
-        let methods = if all { ALLOW_ALL } else { &r.allow };
-        for m in methods.split(", ").filter(|m| !m.is_empty()) {
+        for m in r.allow.split(", ").filter(|m| !m.is_empty()) {
             if !allow.contains(&m) {
                 allow.push(m);
             }

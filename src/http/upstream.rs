@@ -15,7 +15,9 @@ use std::mem::MaybeUninit;
 
 use super::body::BodyDecoder;
 use super::error::ParseError;
-use super::parse::{list_items, parse_content_length, trim, Codings, Transfer, Version};
+use super::parse::{
+    is_connection_field, list_items, parse_content_length, trim, Codings, Transfer, Version,
+};
 
 /// Why an upstream's response head was refused (the client gets 502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -232,16 +234,7 @@ pub fn parse_response<'a>(
 /// connection and is never forwarded. `connection` is the message's
 /// Connection field values, whose tokens name more such fields.
 pub fn is_hop_by_hop<'v>(name: &str, connection: impl IntoIterator<Item = &'v [u8]>) -> bool {
-    const FIXED: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-    ];
-    if FIXED.iter().any(|f| is_field(name, f)) || name.len() > 6 && is_field(&name[..6], "proxy-") {
+    if is_connection_field(name) {
         return true;
     }
     connection
@@ -262,17 +255,6 @@ pub fn is_field(name: &str, lower: &str) -> bool {
             .bytes()
             .zip(lower.bytes())
             .all(|(n, l)| n.to_ascii_lowercase() == l || n == b'_' && l == b'-')
-}
-
-/// Whether two field names are one field to every application: equal in
-/// any case, with `_` and `-` taken as the same (as CGI-style apps read
-/// them).
-pub fn same_field(a: &str, b: &str) -> bool {
-    let norm = |c: u8| match c {
-        b'_' => b'-',
-        c => c.to_ascii_lowercase(),
-    };
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
 }
 
 /// A `Max-Forwards` value (RFC 9110 §7.6.2: `1*DIGIT`), or `None` for one

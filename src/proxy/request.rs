@@ -20,8 +20,8 @@ use std::net::IpAddr;
 
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
-use crate::http::parse::{BodyFraming, Method};
-use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, same_field, write_field};
+use crate::http::parse::{same_field, BodyFraming, Method};
+use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, write_field};
 
 /// What the request head depends on besides the client's request.
 pub struct Forwarding<'a> {

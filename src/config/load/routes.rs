@@ -160,8 +160,7 @@ fn written_by_coreserve(name: &str, kind: Option<&str>) -> Option<&'static str> 
     if ["content-length", "transfer-encoding"].into_iter().any(is) {
         return Some("coreserve frames every response itself");
     }
-    let proxy_field = name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-");
-    if proxy_field || super::values::CONNECTION_FIELDS.into_iter().any(is) {
+    if crate::http::parse::is_connection_field(name) {
         return Some("it is about the connection, which coreserve manages");
     }
     if is("date") || is("server") {

@@ -18,17 +18,6 @@ pub(super) fn set<T>(default: &mut T, read: Option<T>) {
     }
 }
 
-/// Fields about one connection (hop-by-hop), which coreserve writes or
-/// drops itself: no table of header fields may set them.
-pub(super) const CONNECTION_FIELDS: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "trailer",
-    "te",
-    "proxy-connection",
-];
-
 /// Most fields a table of header fields may set.
 pub(super) const MAX_HEADER_FIELDS: usize = 64;
 /// Most bytes a table of header fields may add to a head, as lines
@@ -155,11 +144,11 @@ impl Walker<'_> {
         };
         let upstream = matches!(sent, Sent::Upstream(_));
         let same = |a: &str, b: &str| {
-            let norm = |c: u8| match c {
-                b'_' if upstream => b'-',
-                c => c.to_ascii_lowercase(),
-            };
-            a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+            if upstream {
+                crate::http::parse::same_field(a, b)
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
         };
         let mut headers: Vec<(String, String)> = Vec::new();
         let mut bytes = 0;

@@ -626,5 +626,34 @@ pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Whether two field names are one field to every application: equal in
+/// any case, with `_` and `-` taken as the same (CGI-style servers such as
+/// PHP-FPM, WSGI and Rack read both as one `HTTP_` variable).
+pub fn same_field(a: &str, b: &str) -> bool {
+    let norm = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+}
+
+/// Whether `name` is a field about one connection whatever the message
+/// says (RFC 9110 §7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, `Proxy-Connection` and every other
+/// `Proxy-*`, in any spelling `same_field` takes for them.
+pub fn is_connection_field(name: &str) -> bool {
+    const FIXED: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    ];
+    FIXED.iter().any(|f| same_field(name, f))
+        || name.len() > 6 && name.get(..6).is_some_and(|p| same_field(p, "proxy-"))
+}
+
 #[cfg(test)]
 mod tests;

@@ -283,14 +283,16 @@ impl<J> Session<J> {
                     let body_waiting = data.len() == end;
                     let outcome = match self.answer_head(&data[..end], body_waiting, out, cx) {
                         Ok(outcome) => outcome,
-                        Err(ParseError::Version) if parse::later_minor(&data[..end]).is_some() => {
-                            // RFC 9110 §2.5: a later HTTP/1 minor version is
-                            // served as the latest this server speaks.
-                            let at = parse::later_minor(&data[..end]).unwrap_or(0);
-                            input.data_mut()[at] = b'1';
-                            continue;
-                        }
                         Err(e) => {
+                            let later = (e == ParseError::Version)
+                                .then(|| parse::later_minor(&data[..end]))
+                                .flatten();
+                            if let Some(at) = later {
+                                // RFC 9110 §2.5: a later HTTP/1 minor version
+                                // is served as the latest this server speaks.
+                                input.data_mut()[at] = b'1';
+                                continue;
+                            }
                             let next = self.fail_with(e, Some(&data[..end]), out, cx);
                             input.consume(end);
                             return next;

@@ -92,19 +92,11 @@ fn host_rule(name: &str, value: &str) -> Option<String> {
 /// sends it on.
 fn set_by_coreserve(name: &str) -> Option<&'static str> {
     // In any case, and with `_` for `-`: CGI-style apps read both alike.
-    let is = |n: &str| {
-        name.len() == n.len()
-            && name
-                .bytes()
-                .zip(n.bytes())
-                .all(|(a, b)| a.to_ascii_lowercase() == b || a == b'_' && b == b'-')
-    };
+    let is = |n: &str| crate::http::parse::same_field(name, n);
     if is("content-length") || is("transfer-encoding") {
         return Some("coreserve frames what it forwards");
     }
-    let proxy_field = name.len() > 6
-        && (name[..6].eq_ignore_ascii_case("proxy-") || name[..6].eq_ignore_ascii_case("proxy_"));
-    if proxy_field || super::super::values::CONNECTION_FIELDS.into_iter().any(is) {
+    if crate::http::parse::is_connection_field(name) {
         return Some("it is about a connection, which coreserve manages");
     }
     if is("expect") {
