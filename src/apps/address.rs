@@ -40,12 +40,7 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             // range, so one of them could take the port first (the
             // instance then fails to listen, at start-up fatally); below
             // it, only a program that binds that very number can.
-            let range = std::fs::read_to_string(EPHEMERAL_RANGE).ok();
-            let low = range
-                .as_deref()
-                .and_then(|r| r.split_ascii_whitespace().next()?.parse().ok())
-                .unwrap_or(32768);
-            let l = free_port_below(low, tag)
+            let l = free_port_below(ephemeral_start(), tag)
                 .map_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)), Ok)?;
             Ok(ServerAddr::Tcp(l.local_addr()?))
         }
@@ -70,6 +65,16 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
 
 /// Where the kernel says which ports it hands out itself.
 const EPHEMERAL_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The first port of the kernel's ephemeral range (32768, its default,
+/// when the setting cannot be read).
+fn ephemeral_start() -> u16 {
+    let range = std::fs::read_to_string(EPHEMERAL_RANGE).ok();
+    range
+        .as_deref()
+        .and_then(|r| r.split_ascii_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
 
 /// The lowest port an app is given: below are the ports services are
 /// usually configured on.
@@ -339,13 +344,7 @@ mod tests {
                 panic!("not a port");
             };
             let port = a.port();
-            let low: u16 = std::fs::read_to_string(EPHEMERAL_RANGE)
-                .unwrap()
-                .split_ascii_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let low = ephemeral_start();
             if low >= LOWEST_APP_PORT + 1000 {
                 assert!(
                     (LOWEST_APP_PORT..low).contains(&port),
@@ -361,7 +360,11 @@ mod tests {
     #[test]
     fn this_process_sees_its_own_connections() {
         let count = |addr| SocketTables::new(Path::new(PROC_NET)).open_connections(addr);
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        // A port where apps get theirs, below the ephemeral range: there no
+        // other connection on the host can have it as its local port (one
+        // did once, with a port-0 listener, while a probe ran).
+        let l = free_port_below(ephemeral_start(), 7)
+            .unwrap_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
         let addr = ServerAddr::Tcp(l.local_addr().unwrap());
         assert_eq!(count(&addr), Some(0));
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
