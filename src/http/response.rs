@@ -226,7 +226,8 @@ impl<'o> ResponseWriter<'o> {
 }
 
 /// Turn the response at `out[from..]`, written as keep-alive, into one that
-/// closes: used when shutdown starts while its request body is still arriving.
+/// closes: used when shutdown starts while its request body is still
+/// arriving, or when a body held back for `100 Continue` will not be read.
 pub fn mark_closing(out: &mut Vec<u8>, from: usize) {
     let Some(end) = memchr::memmem::find(&out[from..], b"\r\n\r\n") else {
         return;

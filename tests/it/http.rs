@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::config::Scratch;
 use crate::util::{get, is_closed, read_to_close, Reader, Server};
 
 #[test]
@@ -140,17 +141,59 @@ fn bodies_are_read_and_the_next_pipelined_request_found() {
 }
 
 #[test]
-fn expect_100_continue_gets_continue_before_the_body() {
-    let server = Server::start(&[]);
-    let mut s = server.connect();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+fn expect_100_continue_gets_the_answer_at_once_when_the_body_is_not_needed() {
+    // The fixed response, and a refusal, are made without the body: they
+    // are sent instead of 100 Continue, and the connection closes after
+    // them, whether or not the client then sends its body.
+    let dir = Scratch::new("http-expect-answered");
+    let conf = dir.write(
+        "c.toml",
+        "[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"Hello World\"\n\
+         [[route]]\npath = \"/get-only\"\nhandler = \"respond\"\nbody = \"x\"\nmethods = [\"GET\"]\n",
+    );
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    for (path, status, send_body) in [("/", 200, false), ("/get-only", 405, true)] {
+        let mut s = server.connect();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
         .unwrap();
-    let mut r = Reader::new(&s);
-    let interim = r.next(true);
-    assert_eq!(interim.status, 100);
-    s.write_all(b"hello").unwrap();
-    let resp = r.next(false);
-    assert_eq!((resp.status, resp.text().as_str()), (200, "Hello World"));
+        let mut r = Reader::new(&s);
+        let resp = r.next(false);
+        assert_eq!(resp.status, status, "{path}");
+        assert_eq!(resp.header("connection"), Some("close"), "{path}");
+        if send_body {
+            // A client that sends it anyway does not destroy the answer.
+            let _ = s.write_all(b"hello");
+        }
+        assert!(is_closed(&mut s), "{path}");
+    }
+}
+
+#[test]
+fn curl_uploading_to_a_route_that_needs_no_body_is_answered_without_sending_it() {
+    let dir = Scratch::new("http-curl-upload");
+    let upload = dir.write("upload", "x".repeat(500_000));
+    let server = Server::start(&[]);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-H", "Expect: 100-continue"])
+        .args(["--data-binary", &format!("@{}", upload.display())])
+        .arg(format!("http://{}/", server.addr))
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"Hello World");
+    // The answer came before the body was asked for: curl never sent it.
+    let received = crate::metrics::values(
+        &crate::metrics::scrape(&server),
+        "coreserve_received_bytes_total",
+    )["shard=all"];
+    assert!(received < 10_000.0, "{received} bytes read");
 }
 
 #[test]

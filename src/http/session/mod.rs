@@ -186,6 +186,9 @@ impl<J> Default for Session<J> {
 struct HeadOutcome {
     body: Option<BodyDecoder>,
     keep_alive: bool,
+    /// The request's body was held back for a 100 Continue never sent: the
+    /// client may still send it, so the connection closes with a linger.
+    unread_body: bool,
 }
 
 impl<J> Session<J> {
@@ -303,14 +306,20 @@ impl<J> Session<J> {
                         HeadOutcome {
                             body: None,
                             keep_alive,
+                            unread_body,
                         } => {
-                            if let Some(next) = self.complete(keep_alive, input, out, cx) {
+                            let next = self.complete(keep_alive, input, out, cx);
+                            if unread_body {
+                                return Next::Close { linger: true };
+                            }
+                            if let Some(next) = next {
                                 return next;
                             }
                         }
                         HeadOutcome {
                             body: Some(decoder),
                             keep_alive,
+                            ..
                         } => {
                             self.phase = Phase::Body {
                                 decoder,
@@ -437,12 +446,13 @@ impl<J> Session<J> {
                 return Err(ParseError::BodyTooLarge);
             }
         }
-        let body = BodyDecoder::new(req.body, max_body, cx.limits.head.max_header_bytes);
-        if req.expect_continue && body_waiting && body.as_ref().is_some_and(|d| d.untouched()) {
-            out.extend_from_slice(CONTINUE);
-            self.committed = out.len();
-        }
-        let keep_alive = req.keep_alive && !cx.draining;
+        let mut body = BodyDecoder::new(req.body, max_body, cx.limits.head.max_header_bytes);
+        // The client holds its body back until it hears 100 Continue: sent
+        // only when a job will take the body, not before an answer made
+        // without it (below).
+        let held_back =
+            req.expect_continue && body_waiting && body.as_ref().is_some_and(|d| d.untouched());
+        let mut keep_alive = req.keep_alive && !cx.draining;
         let persistence = match (keep_alive, req.version) {
             (false, _) => Persistence::Close,
             (true, Version::Http11) => Persistence::KeepAlive,
@@ -452,7 +462,13 @@ impl<J> Session<J> {
         let mark = out.len();
         let writer =
             ResponseWriter::new(out, cx.date, persistence, head_only).with_headers(cx.headers);
-        match cx.handler.handle(&req, writer) {
+        let outcome = cx.handler.handle(&req, writer);
+        if held_back && !matches!(outcome, Outcome::Done) {
+            out.splice(mark..mark, CONTINUE.iter().copied());
+            self.committed = mark + CONTINUE.len();
+        }
+        let mut unread_body = false;
+        match outcome {
             Outcome::Deferred(job) => {
                 self.pending = Some(Pending {
                     job,
@@ -475,9 +491,24 @@ impl<J> Session<J> {
                 return Ok(HeadOutcome {
                     body: None,
                     keep_alive,
+                    unread_body: false,
                 });
             }
             Outcome::Done => {
+                if held_back {
+                    // Answered without the body (a refusal, a redirect, a
+                    // fixed response): RFC 9110 §10.1.1 lets the server
+                    // answer at once instead of asking for it, as nginx
+                    // does. The client may send it or not, so the
+                    // connection cannot go on: it closes after this
+                    // response, draining whatever body does come.
+                    if keep_alive {
+                        mark_closing(out, mark);
+                    }
+                    body = None;
+                    keep_alive = false;
+                    unread_body = true;
+                }
                 self.uncommitted_status = Some(status_of(&out[mark..]));
                 if let Some(log) = cx.log {
                     let (status, bytes) = summarize(&out[mark..]);
@@ -490,7 +521,11 @@ impl<J> Session<J> {
                 }
             }
         }
-        Ok(HeadOutcome { body, keep_alive })
+        Ok(HeadOutcome {
+            body,
+            keep_alive,
+            unread_body,
+        })
     }
 
     /// Replace any uncommitted response with the error's, and close.
