@@ -6,7 +6,7 @@
 
 mod upstream;
 
-pub use upstream::{empty_sample, merge_upstreams, UpstreamSample, UpstreamStats};
+pub use upstream::{empty_sample, merge_upstreams, UpstreamSample, UpstreamStats, GROUP_ITSELF};
 
 use std::cell::RefCell;
 use std::fmt::Write;

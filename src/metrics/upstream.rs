@@ -22,7 +22,16 @@ pub struct UpstreamStats {
     pub retries: u64,
     /// Responses, by status class (1xx..5xx).
     pub status: [u64; 5],
+    /// Requests answered 503 because no server of the group could be
+    /// tried (all resting after failures): counted on the group's own
+    /// sample (`server` is `GROUP_ITSELF`), which no server could count.
+    pub unavailable: u64,
 }
+
+/// The `server` of the sample that carries a group's own counts
+/// (`unavailable`) rather than a server's: left out of the per-server
+/// series.
+pub const GROUP_ITSELF: &str = "";
 
 impl UpstreamStats {
     /// Add another server's (or shard's) counts in.
@@ -30,6 +39,7 @@ impl UpstreamStats {
         self.requests += o.requests;
         self.failures += o.failures;
         self.retries += o.retries;
+        self.unavailable += o.unavailable;
         for (a, b) in self.status.iter_mut().zip(o.status) {
             *a += b;
         }
@@ -93,6 +103,23 @@ pub(super) fn render_upstreams(out: &mut String, samples: &[UpstreamSample]) {
     }
     let mut merged = Vec::new();
     merge_upstreams(&mut merged, samples, true);
+    // Each group's own count, the groups in the order they first appear.
+    let name = "coreserve_upstream_unavailable_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests answered 503 because no server of the group could be tried.\n# TYPE {name} counter"
+    );
+    let mut groups: Vec<(&str, u64)> = Vec::new();
+    for s in &merged {
+        match groups.iter_mut().find(|(g, _)| *g == s.upstream) {
+            Some((_, n)) => *n += s.stats.unavailable,
+            None => groups.push((&s.upstream, s.stats.unavailable)),
+        }
+    }
+    for (group, n) in groups {
+        let _ = writeln!(out, "{name}{{upstream=\"{group}\"}} {n}");
+    }
+    merged.retain(|s| s.server != GROUP_ITSELF);
     let label = |s: &UpstreamSample| format!("upstream=\"{}\",server=\"{}\"", s.upstream, s.server);
     type Get = fn(&UpstreamSample) -> u64;
     let counters: [(&str, &str, &str, Get); 5] = [
@@ -206,6 +233,25 @@ mod tests {
         assert!(out.contains(&format!("coreserve_upstream_failures_total{{{l}}} 1\n")));
         assert!(out.contains(&format!("coreserve_upstream_idle_connections{{{l}}} 6\n")));
         assert!(out.contains("server=\"127.0.0.1:2\"} 0\n"));
+    }
+
+    #[test]
+    fn a_groups_own_count_has_a_series_of_its_own() {
+        let mut own = empty_sample("app", GROUP_ITSELF);
+        own.stats.unavailable = 3;
+        let mut other_shard = own.clone();
+        other_shard.stats.unavailable = 2;
+        let server = empty_sample("app", "127.0.0.1:1");
+        let lone = empty_sample("api", "127.0.0.1:2");
+        let mut out = String::new();
+        render_upstreams(&mut out, &[server, own, other_shard, lone]);
+        assert!(
+            out.contains("coreserve_upstream_unavailable_total{upstream=\"app\"} 5\n"),
+            "{out}"
+        );
+        assert!(out.contains("coreserve_upstream_unavailable_total{upstream=\"api\"} 0\n"));
+        // No per-server series for the group's own sample.
+        assert!(!out.contains("server=\"\""), "{out}");
     }
 
     #[test]

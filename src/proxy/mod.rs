@@ -246,6 +246,7 @@ async fn forward(
         // Only when a reload removed the group under a request of the
         // previous routes. As for any 503: a body not read whole closes
         // the connection, lingering so that the answer is not lost.
+        upstreams.count_unavailable(&route.config.upstream);
         served.keep_alive = ex.body.as_ref().is_none_or(BodyDecoder::is_done);
         served.linger = !served.keep_alive;
         reply(
@@ -591,7 +592,10 @@ async fn forward(
         return served;
     }
     let status = match &last {
-        None => Status::SERVICE_UNAVAILABLE,
+        None => {
+            upstreams.count_unavailable(&route.config.upstream);
+            Status::SERVICE_UNAVAILABLE
+        }
         Some((_, f)) => f.status(),
     };
     // The body may not have been read whole: then the connection closes.

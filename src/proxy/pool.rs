@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
-use crate::metrics::{new_histogram, UpstreamSample, UpstreamStats, MAX_LATENCY_US};
+use crate::metrics::{new_histogram, UpstreamSample, UpstreamStats, GROUP_ITSELF, MAX_LATENCY_US};
 use crate::readiness::Readiness;
 use crate::transport::Socket;
 
@@ -29,6 +29,9 @@ pub struct Upstreams {
     /// `server="removed"` series, so that its totals never go down (an app
     /// instance gets a new address each time it is replaced).
     removed: RefCell<HashMap<String, (UpstreamStats, Histogram<u64>)>>,
+    /// Requests each group (by name, so that a reload keeps the count)
+    /// answered 503 with no server to try.
+    unavailable: RefCell<HashMap<String, u64>>,
 }
 
 /// The `server` label of what the servers a group dropped had counted.
@@ -171,6 +174,18 @@ impl Upstreams {
         });
     }
 
+    /// Count a request the group `name` answered 503 because none of its
+    /// servers could be tried.
+    pub fn count_unavailable(&self, name: &str) {
+        let mut counts = self.unavailable.borrow_mut();
+        match counts.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(name.to_string(), 1);
+            }
+        }
+    }
+
     /// The group called `name`.
     pub fn group(&self, name: &str) -> Option<Rc<Group>> {
         self.groups.borrow().get(name).cloned()
@@ -239,6 +254,21 @@ impl Upstreams {
                     latency: latency.clone(),
                 }),
         );
+        let mut own: Vec<_> = self.unavailable.borrow().clone().into_iter().collect();
+        own.sort();
+        out.extend(own.into_iter().map(|(name, n)| UpstreamSample {
+            upstream: name,
+            server: GROUP_ITSELF.into(),
+            stats: UpstreamStats {
+                unavailable: n,
+                ..UpstreamStats::default()
+            },
+            idle: 0,
+            busy: 0,
+            // It times nothing: the smallest histogram there is, not a
+            // server's 136 KiB one.
+            latency: Histogram::new(1).expect("one significant figure is valid"),
+        }));
         out
     }
 }

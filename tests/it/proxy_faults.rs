@@ -417,6 +417,16 @@ fn no_usable_server_gets_503() {
         (get.status, get.text().as_str()),
         (503, "Service Unavailable\n")
     );
+    // Counted for the group, as no server could count them; no series
+    // for a server that is none.
+    let s = crate::metrics::scrape(&proxy.server);
+    let own = crate::metrics::values(&s, "coreserve_upstream_unavailable_total");
+    let expected = if first.status == 503 { 6.0 } else { 5.0 };
+    assert_eq!(own.get("upstream=app"), Some(&expected), "{own:?}");
+    assert!(
+        !s.samples.iter().any(|x| x.labels.get("server") == Some("")),
+        "a series for no server"
+    );
 }
 
 /// A group of one server that is down fails every request (such a server

@@ -358,6 +358,11 @@ fn upstream_metrics_count_requests_failures_and_retries() {
     let retries = upstream_sample(&s, "coreserve_upstream_retries_total", &dead)
         + upstream_sample(&s, "coreserve_upstream_retries_total", &live);
     assert_eq!(retries, 1.0);
+    // Every request found a server to try.
+    assert_eq!(
+        crate::metrics::values(&s, "coreserve_upstream_unavailable_total").get("upstream=app"),
+        Some(&0.0)
+    );
     assert!(
         s.samples
             .iter()
