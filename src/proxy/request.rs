@@ -80,6 +80,7 @@ pub fn write_head(
     let mut proto_sent = false;
     let mut host_sent = false;
     let mut real_sent = false;
+    let mut max_forwards_sent = false;
     for (name, value) in head.fields() {
         // `Proxy` is no field of HTTP's, but CGI-style apps read it as the
         // `HTTP_PROXY` variable that their HTTP clients take for the proxy
@@ -94,6 +95,13 @@ pub fn write_head(
         if matches!(head.method, Method::Options | Method::Trace)
             && name.eq_ignore_ascii_case("max-forwards")
         {
+            // One goes up: the one the route read. Another, lowered or
+            // not, would let the request travel further than the client
+            // allowed at the next hop that reads that one.
+            if max_forwards_sent {
+                continue;
+            }
+            max_forwards_sent = true;
             // RFC 9110 §7.6.2: each intermediary lowers it (a 0 was answered
             // by the route itself).
             if let Some(n) = max_forwards(value) {
@@ -297,6 +305,12 @@ mod tests {
             let sent = sent(&raw, &config, "192.0.2.1");
             assert!(sent.contains(up), "{method} {value}: {sent}");
         }
+        // Sent twice: the first, the one the route read, goes up lowered,
+        // and alone.
+        let raw = "TRACE /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 2\r\nMax-Forwards: 9\r\n\r\n";
+        let sent = sent(raw, &config, "192.0.2.1");
+        assert!(sent.contains("Max-Forwards: 1\r\n"), "{sent}");
+        assert_eq!(sent.matches("Max-Forwards").count(), 1, "{sent}");
     }
 
     #[test]
