@@ -111,6 +111,7 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                 https: c.socket.is_tls(),
                 headers: c.headers,
                 added: job.added.as_ref(),
+                gzip: job.route.config.gzip.as_ref().filter(|_| job.gzip),
                 socket: c.socket,
                 input: c.input,
                 out: c.out,

@@ -210,6 +210,69 @@ pub struct ProxyConfig {
     /// removes it. `Host` replaces the Host `keep-host` chooses. Never a
     /// framing, hop-by-hop or `X-Forwarded-*` field (the loader checks).
     pub request_headers: Vec<(String, String)>,
+    /// Compress responses with gzip for clients that accept it (nginx's
+    /// `gzip on` in front of a proxy); None: pass them as they come.
+    pub gzip: Option<GzipConfig>,
+}
+
+/// Which proxied responses are compressed, and how hard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GzipConfig {
+    /// Deflate level, 1 (fastest, nginx's default) to 9 (smallest).
+    pub level: u32,
+    /// A response that declares fewer body bytes is sent as it is: its
+    /// gzip framing would cost more than it saves.
+    pub min_length: u64,
+    /// Media types compressed (lower case, without parameters); `*`: all.
+    pub types: Vec<String>,
+}
+
+/// The media types compressed when `gzip-types` is not set: text that
+/// compresses well, and none already compressed (images, archives, fonts
+/// in WOFF).
+pub const DEFAULT_GZIP_TYPES: &[&str] = &[
+    "text/html",
+    "text/plain",
+    "text/css",
+    "text/javascript",
+    "text/xml",
+    "text/csv",
+    "text/markdown",
+    "application/javascript",
+    "application/json",
+    "application/ld+json",
+    "application/manifest+json",
+    "application/problem+json",
+    "application/xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/wasm",
+    "image/svg+xml",
+];
+
+impl Default for GzipConfig {
+    fn default() -> GzipConfig {
+        GzipConfig {
+            level: 1,
+            min_length: 256,
+            types: DEFAULT_GZIP_TYPES.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+}
+
+impl GzipConfig {
+    /// Whether a response of this `Content-Type` value is compressed: its
+    /// media type, parameters left out, in any case.
+    pub fn compresses_type(&self, content_type: &[u8]) -> bool {
+        let media = content_type
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        self.types
+            .iter()
+            .any(|t| t == "*" || t.as_bytes().eq_ignore_ascii_case(media))
+    }
 }
 
 impl ProxyConfig {
@@ -223,6 +286,7 @@ impl ProxyConfig {
             upgrade: true,
             tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
             request_headers: Vec::new(),
+            gzip: None,
         }
     }
 }

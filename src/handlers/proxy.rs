@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use super::{Handler, Job, Outcome};
 use crate::config::ProxyConfig;
+use crate::http::coding::accepts_gzip;
 use crate::http::head::RequestHead;
 use crate::http::parse::Request;
 use crate::http::response::{AddedHeaders, ResponseWriter};
@@ -33,6 +34,10 @@ pub struct ProxyJob {
     /// The fields the route adds to its responses (an application's own
     /// field of the same name is kept instead).
     pub added: Option<Rc<AddedHeaders>>,
+    /// The route compresses (`gzip`), the client accepts gzip and the
+    /// request is not a HEAD (whose head would then differ from its GET's
+    /// for nothing): its response may be compressed.
+    pub gzip: bool,
 }
 
 impl ProxyRoute {
@@ -105,17 +110,24 @@ impl Handler for Proxy {
     type Job = Job;
 
     fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome {
+        let gzip = self.0.config.gzip.is_some()
+            && !req.is_head()
+            && req
+                .list("accept-encoding")
+                .is_some_and(|v| accepts_gzip(&v));
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);
                 job.route = self.0.clone();
                 job.added = res.added().cloned();
+                job.gzip = gzip;
                 job
             }
             None => Box::new(ProxyJob {
                 head: RequestHead::new(req),
                 route: self.0.clone(),
                 added: res.added().cloned(),
+                gzip,
             }),
         };
         Outcome::Takeover(Job::Proxy(job))

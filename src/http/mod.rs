@@ -3,6 +3,7 @@
 //! No I/O happens in this module.
 
 pub mod body;
+pub mod coding;
 pub mod date;
 pub mod encode;
 pub mod error;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIELDS};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
+use crate::http::coding::GzipStream;
 use crate::http::encode::BodyEncoder;
 use crate::http::response::Persistence;
 use crate::http::upstream::{parse_response, Asked, ResponseFraming};
@@ -141,6 +142,9 @@ pub(super) struct Outgoing {
     framing: ResponseFraming,
     decoder: Option<BodyDecoder>,
     encoder: BodyEncoder,
+    /// The body is compressed on its way (`gzip`); boxed, as few
+    /// responses are, to keep every proxied exchange's future small.
+    gzip: Option<Box<GzipStream>>,
     /// The whole body came.
     complete: bool,
     /// Its end (a chunked body's last chunk) went into the client's output.
@@ -197,7 +201,7 @@ pub(super) fn begin(
         r.upstream_failed = true;
         return None;
     }
-    let down = response::write_head(c.out, &res, ex.date, client, tunnel);
+    let down = response::write_head(c.out, &res, ex.date, client, tunnel, c.gzip);
     // Before the head's final empty line: the connection's HSTS, then the
     // route's fields, each unless the application sent its own.
     let end = c.out.len() - 2;
@@ -222,6 +226,10 @@ pub(super) fn begin(
             // would ever bring the bytes that end it (Express's
             // `res.status(201).end()`).
             complete: matches!(framing, ResponseFraming::None | ResponseFraming::Length(0)),
+            gzip: c
+                .gzip
+                .filter(|_| down.gzip)
+                .map(|g| Box::new(GzipStream::new(g.level))),
             ended: false,
             reusable: res.reusable,
             keep_alive: down.keep_alive,
@@ -242,25 +250,40 @@ impl Outgoing {
         r: &mut Relayed,
     ) -> Result<usize, ()> {
         let mut pos = 0;
+        let mut fed = false;
         while pos < bytes.len() && !self.complete {
-            match &mut self.decoder {
+            let payload = match &mut self.decoder {
                 Some(d) => {
                     let piece = d.next_payload(&bytes[pos..]).map_err(drop)?;
-                    let payload = &bytes[pos + piece.payload.start..pos + piece.payload.end];
-                    let _ = self.encoder.write(out, payload);
-                    r.body_bytes += payload.len() as u64;
+                    let payload = pos + piece.payload.start..pos + piece.payload.end;
                     pos += piece.consumed;
                     self.complete = piece.done;
+                    payload
                 }
                 None => {
-                    let _ = self.encoder.write(out, &bytes[pos..]);
-                    r.body_bytes += (bytes.len() - pos) as u64;
+                    let payload = pos..bytes.len();
                     pos = bytes.len();
+                    payload
+                }
+            };
+            let payload = &bytes[payload];
+            fed |= !payload.is_empty();
+            match &mut self.gzip {
+                Some(g) => g.write(payload).map_err(drop)?,
+                None => {
+                    let _ = self.encoder.write(out, payload);
+                    r.body_bytes += payload.len() as u64;
                 }
             }
         }
         if self.complete {
-            self.end(out);
+            self.end(out, r)?;
+        } else if let Some(g) = self.gzip.as_mut().filter(|_| fed) {
+            // What came in this read reaches the client now, decodable: a
+            // streamed response (events, a long page) is not held back
+            // until the compressor's window fills.
+            g.flush().map_err(drop)?;
+            Self::send_compressed(g, &mut self.encoder, out, r);
         }
         if pos < bytes.len() {
             // Bytes past the response's end were never asked for.
@@ -270,13 +293,32 @@ impl Outgoing {
     }
 
     /// The body is whole (`complete`), or ends with the connection: its
-    /// end goes into `out`, once.
-    fn end(&mut self, out: &mut Vec<u8>) {
+    /// end goes into `out`, once (for a compressed body, the end of the
+    /// gzip stream first).
+    fn end(&mut self, out: &mut Vec<u8>, r: &mut Relayed) -> Result<(), ()> {
         self.complete = true;
         if !self.ended {
             self.ended = true;
+            if let Some(g) = &mut self.gzip {
+                g.finish().map_err(drop)?;
+                Self::send_compressed(g, &mut self.encoder, out, r);
+            }
             let _ = self.encoder.finish(out);
         }
+        Ok(())
+    }
+
+    /// Frame what the compressor wrote into `out`, and count it as body
+    /// bytes sent (as nginx's `$body_bytes_sent`, compressed).
+    fn send_compressed(
+        g: &mut GzipStream,
+        encoder: &mut BodyEncoder,
+        out: &mut Vec<u8>,
+        r: &mut Relayed,
+    ) {
+        let _ = encoder.write(out, g.output());
+        r.body_bytes += g.output().len() as u64;
+        g.clear();
     }
 
     /// The whole body went into the client's output.
@@ -389,7 +431,10 @@ pub(super) async fn stream(
                 return r;
             }
             Some(Ok(0)) if out.framing == ResponseFraming::UntilClose => {
-                out.end(c.out);
+                if out.end(c.out, &mut r).is_err() {
+                    r.upstream_failed = true;
+                    return r;
+                }
                 0
             }
             Some(Ok(n)) if n > 0 => n,

@@ -9,8 +9,10 @@
 //! make the client see a second response, and its `Connection: close`
 //! closes only the upstream connection.
 
+use crate::config::GzipConfig;
 use crate::http::date::DATE_LEN;
 use crate::http::encode::BodyEncoder;
+use crate::http::parse::list_items;
 use crate::http::response::Persistence;
 use crate::http::status::Status;
 use crate::http::upstream::{is_hop_by_hop, write_field, Response, ResponseFraming};
@@ -22,6 +24,8 @@ pub struct Downstream {
     pub encoder: BodyEncoder,
     /// The client connection stays open after it.
     pub keep_alive: bool,
+    /// The body goes gzip-compressed (its head says so).
+    pub gzip: bool,
 }
 
 /// What the client's request decided about its response.
@@ -37,14 +41,18 @@ pub struct ClientSide {
 }
 
 /// Append the head for `res` to `out`; `tunnel`: a 101 that switches the
-/// client's connection over to the upstream.
+/// client's connection over to the upstream; `gzip`: the route's
+/// compression, if the client takes gzip (the response is compressed if
+/// it qualifies, `compresses`).
 pub fn write_head(
     out: &mut Vec<u8>,
     res: &Response<'_>,
     date: [u8; DATE_LEN],
     client: ClientSide,
     tunnel: bool,
+    gzip: Option<&GzipConfig>,
 ) -> Downstream {
+    let gzip = !tunnel && gzip.is_some_and(|g| compresses(res, g));
     let mut code = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(code.format(res.status).as_bytes());
@@ -59,13 +67,41 @@ pub fn write_head(
     out.extend_from_slice(b"\r\nServer: coreserve\r\n");
     let connection = connection_of(res);
     let mut length = None;
+    let mut varies = false;
     for h in res.headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             length = Some(h.value);
             continue;
         }
-        if passes(h.name, connection.clone()) {
-            write_field(out, h.name, h.value);
+        if !passes(h.name, connection.clone()) {
+            continue;
+        }
+        if gzip {
+            // Ranges of the compressed body are not offered; a strong
+            // validator names the bytes the app sent, which these are not
+            // (as nginx: it is made weak).
+            if h.name.eq_ignore_ascii_case("accept-ranges") {
+                continue;
+            }
+            if h.name.eq_ignore_ascii_case("etag") && h.value.starts_with(b"\"") {
+                let mut weak = Vec::with_capacity(h.value.len() + 2);
+                weak.extend_from_slice(b"W/");
+                weak.extend_from_slice(h.value);
+                write_field(out, h.name, &weak);
+                continue;
+            }
+            varies |= h.name.eq_ignore_ascii_case("vary")
+                && list_items(h.value)
+                    .any(|v| v == b"*" || v.eq_ignore_ascii_case(b"accept-encoding"));
+        }
+        write_field(out, h.name, h.value);
+    }
+    if gzip {
+        write_field(out, "Content-Encoding", b"gzip");
+        // A cache must not give the compressed body to a client that did
+        // not ask for it.
+        if !varies {
+            write_field(out, "Vary", b"Accept-Encoding");
         }
     }
     if tunnel {
@@ -77,9 +113,16 @@ pub fn write_head(
         return Downstream {
             encoder: BodyEncoder::None,
             keep_alive: false,
+            gzip: false,
         };
     }
     let encoder = match res.framing {
+        // The compressed length is known only at the end.
+        _ if gzip && client.http10 => BodyEncoder::Close,
+        _ if gzip => {
+            write_field(out, "Transfer-Encoding", b"chunked");
+            BodyEncoder::Chunked
+        }
         ResponseFraming::None => {
             // A HEAD's or 304's length describes the representation: pass it.
             if let Some(n) = length.filter(|_| res.status != 204 && res.status >= 200) {
@@ -110,7 +153,31 @@ pub fn write_head(
     Downstream {
         encoder,
         keep_alive,
+        gzip,
     }
+}
+
+/// Whether `res` is compressed under `g`: a 200, 403 or 404 (the statuses
+/// nginx compresses) with a body, of a type `g` lists, not encoded
+/// already, not a range, not shorter than `min-length`, and not marked
+/// `no-transform` (RFC 9110 §7.7: a proxy must not change such content).
+pub fn compresses(res: &Response<'_>, g: &GzipConfig) -> bool {
+    let long_enough = match res.framing {
+        ResponseFraming::None | ResponseFraming::Length(0) => false,
+        ResponseFraming::Length(n) => n >= g.min_length,
+        ResponseFraming::Chunked | ResponseFraming::UntilClose => true,
+    };
+    matches!(res.status, 200 | 403 | 404)
+        && long_enough
+        && res.header("content-encoding").is_none()
+        && res.header("content-range").is_none()
+        && res
+            .header("content-type")
+            .is_some_and(|t| g.compresses_type(t))
+        && !res.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("cache-control")
+                && list_items(h.value).any(|d| d.eq_ignore_ascii_case(b"no-transform"))
+        })
 }
 
 /// The values of the response's `Connection` fields.
@@ -152,13 +219,104 @@ mod tests {
     };
 
     fn convert(raw: &str, head: bool, client: ClientSide) -> (String, Downstream) {
+        convert_with(raw, head, client, None)
+    }
+
+    fn convert_with(
+        raw: &str,
+        head: bool,
+        client: ClientSide,
+        gzip: Option<&GzipConfig>,
+    ) -> (String, Downstream) {
         let mut fields = [const { MaybeUninit::uninit() }; 32];
         let res = parse_response(raw.as_bytes(), &mut fields, 4096, Asked { head })
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
-        let d = write_head(&mut out, &res, DATE, client, false);
+        let d = write_head(&mut out, &res, DATE, client, false, gzip);
         (String::from_utf8(out).unwrap(), d)
+    }
+
+    #[test]
+    fn a_compressed_response_says_so_and_loses_what_named_the_plain_bytes() {
+        let g = GzipConfig::default();
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n\
+                   Content-Length: 1000\r\nETag: \"abc\"\r\nAccept-Ranges: bytes\r\n\
+                   Vary: Origin\r\n\r\n";
+        let (head, d) = convert_with(raw, false, KEEP, Some(&g));
+        assert!(d.gzip && d.keep_alive);
+        assert_eq!(d.encoder, BodyEncoder::Chunked);
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: coreserve\r\n\
+             Content-Type: application/json; charset=utf-8\r\nETag: W/\"abc\"\r\nVary: Origin\r\n\
+             Content-Encoding: gzip\r\nVary: Accept-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        // A weak validator stays as it is; a Vary that covers it, too.
+        let raw = "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nETag: W/\"x\"\r\n\
+                   Vary: accept-encoding\r\n\r\n";
+        let (head, d) = convert_with(raw, false, KEEP, Some(&g));
+        assert!(d.gzip);
+        assert!(head.contains("ETag: W/\"x\"\r\n"), "{head}");
+        assert_eq!(head.matches("Vary").count(), 1, "{head}");
+        // To HTTP/1.0, the end of the connection ends it.
+        let old = ClientSide {
+            persistence: Persistence::KeepAliveHttp10,
+            http10: true,
+            reusable: true,
+        };
+        let (head, d) = convert_with(raw, false, old, Some(&g));
+        assert_eq!(
+            (d.gzip, d.encoder, d.keep_alive),
+            (true, BodyEncoder::Close, false)
+        );
+        assert!(
+            !head.contains("chunked") && head.contains("Connection: close"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn what_is_not_compressed() {
+        let mut g = GzipConfig::default();
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 300\r\n";
+        for (raw, why) in [
+            (format!("{ok}\r\n"), ""),
+            (format!("{ok}Content-Encoding: br\r\n\r\n"), "encoded already"),
+            (format!("{ok}Content-Encoding: identity\r\n\r\n"), "encoded already"),
+            (format!("{ok}Cache-Control: public, No-Transform\r\n\r\n"), "no-transform"),
+            (format!("{ok}Content-Range: bytes 0-299/900\r\n\r\n"), "a range"),
+            ("HTTP/1.1 206 Partial Content\r\nContent-Type: text/plain\r\nContent-Length: 300\r\n\r\n".into(), "206"),
+            ("HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 300\r\n\r\n".into(), "201"),
+            ("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 300\r\n\r\n".into(), "a type not listed"),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n".into(), "no type"),
+            ("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 255\r\n\r\n".into(), "too short"),
+            ("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n".into(), "empty"),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Type: text/plain\r\n\r\n".into(), "304"),
+        ] {
+            let (head, d) = convert_with(&raw, false, KEEP, Some(&g));
+            assert_eq!(d.gzip, why.is_empty(), "{why}: {head}");
+            assert_eq!(head.contains("gzip"), why.is_empty(), "{why}: {head}");
+        }
+        // Without a length, compressed whatever its size; `*` takes any type.
+        let (_, d) = convert_with(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            KEEP,
+            Some(&g),
+        );
+        assert!(d.gzip);
+        g.types = vec!["*".into()];
+        let raw =
+            "HTTP/1.1 200 OK\r\nContent-Type: image/x-anything\r\nContent-Length: 300\r\n\r\n";
+        assert!(convert_with(raw, false, KEEP, Some(&g)).1.gzip);
+        // Never a tunnel's 101.
+        let mut fields = [const { MaybeUninit::uninit() }; 32];
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Type: text/plain\r\n\r\n";
+        let res = parse_response(raw.as_bytes(), &mut fields, 4096, Asked { head: false })
+            .unwrap()
+            .unwrap();
+        assert!(!write_head(&mut Vec::new(), &res, DATE, KEEP, true, Some(&g)).gzip);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod no_ring;
 mod operations;
 mod proxy;
 mod proxy_faults;
+mod proxy_gzip;
 mod proxy_headers;
 mod proxy_ops;
 mod shutdown;

@@ -196,10 +196,16 @@ struct Field<'a> {
 impl Walker<'_> {
     /// An error about the value of `f`, at its line.
     fn error(&mut self, f: &Field, rule: String) {
+        self.error_at(f.key.clone(), f.line, rule);
+    }
+
+    /// An error about the key `key`, at `line`: for a rule that can only
+    /// be checked once its table is read whole.
+    fn error_at(&mut self, key: String, line: Option<usize>, rule: String) {
         self.errors.push(ConfigError {
             file: None,
-            line: f.line,
-            key: f.key.clone(),
+            line,
+            key,
             rule,
         });
     }

@@ -32,6 +32,7 @@ use self::resolve::{Reject, RelPath};
 use self::sendfile::Residency;
 use super::{Handler, Job, Outcome};
 use crate::config::StaticConfig;
+use crate::http::coding::accepted_encodings;
 use crate::http::date::DATE_LEN;
 use crate::http::exchange::{After, Ended, Tally};
 use crate::http::parse::Request;
@@ -181,35 +182,6 @@ impl Handler for StaticSite {
             },
         })))
     }
-}
-
-/// Precompressed encodings the client accepts, best first by their q-values
-/// (`br` before `gzip` on a tie; RFC 9110 §12.5.3: `q=0` refuses, `*`
-/// stands for what is not named).
-fn accepted_encodings(text: &str) -> Vec<&'static str> {
-    let q = |name: &str| -> Option<f32> {
-        text.split(',').find_map(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let coding = parts.next()?;
-            if !coding.eq_ignore_ascii_case(name) {
-                return None;
-            }
-            let q = parts
-                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
-                .map_or(Some(1.0), |v| v.trim().parse::<f32>().ok())
-                .unwrap_or(0.0);
-            Some(q)
-        })
-    };
-    let star = q("*");
-    let mut ranked: Vec<(&'static str, f32)> = ["br", "gzip"]
-        .into_iter()
-        .filter_map(|coding| Some((coding, q(coding).or(star)?)))
-        .filter(|&(_, q)| q > 0.0)
-        .collect();
-    // A stable sort keeps br first among equals.
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    ranked.into_iter().map(|(coding, _)| coding).collect()
 }
 
 /// Where a file response goes: the connection's socket.
@@ -568,25 +540,4 @@ async fn stream_file(
         let _ = reader.close().await;
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_encoding() {
-        assert_eq!(accepted_encodings("gzip, deflate, br"), vec!["br", "gzip"]);
-        assert_eq!(accepted_encodings("gzip;q=0.5"), vec!["gzip"]);
-        assert_eq!(accepted_encodings("br;q=0, gzip"), vec!["gzip"]);
-        assert_eq!(accepted_encodings("*"), vec!["br", "gzip"]);
-        assert_eq!(accepted_encodings("*, br;q=0"), vec!["gzip"]);
-        assert!(accepted_encodings("identity").is_empty());
-        assert!(accepted_encodings("").is_empty());
-        // Ranked by q: the client prefers gzip here.
-        assert_eq!(accepted_encodings("br;q=0.1, gzip;q=1"), vec!["gzip", "br"]);
-        assert_eq!(accepted_encodings("gzip, br;q=0.9"), vec!["gzip", "br"]);
-        assert_eq!(accepted_encodings("*;q=0.5, br"), vec!["br", "gzip"]);
-        assert_eq!(accepted_encodings("gzip;q=0.5, *"), vec!["br", "gzip"]);
-    }
 }

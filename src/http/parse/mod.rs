@@ -603,7 +603,7 @@ pub(super) fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
 }
 
 /// The non-empty elements of a comma-separated field value (RFC 9110 §5.6.1).
-pub(super) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(trim)

@@ -4,7 +4,7 @@
 
 use super::super::values::Sent;
 use super::{Field, Kind, KindReader, Walker};
-use crate::config::{Cidr, HandlerConfig, ProxyConfig};
+use crate::config::{Cidr, GzipConfig, HandlerConfig, ProxyConfig};
 
 pub(super) const KIND: Kind = Kind {
     name: "proxy",
@@ -16,11 +16,18 @@ pub(super) const KIND: Kind = Kind {
         "upgrade",
         "tunnel-idle-timeout",
         "request-headers",
+        "gzip",
+        "gzip-level",
+        "gzip-min-length",
+        "gzip-types",
     ],
     reader: || {
         Box::new(Proxy {
             config: ProxyConfig::new(String::new()),
             upstream_set: false,
+            gzip: false,
+            gzip_config: GzipConfig::default(),
+            gzip_setting: None,
         })
     },
 };
@@ -31,6 +38,13 @@ struct Proxy {
     config: ProxyConfig,
     /// Whether `upstream` was set: it has no default.
     upstream_set: bool,
+    /// `gzip = true` was read.
+    gzip: bool,
+    /// The `gzip-*` settings read, over their defaults.
+    gzip_config: GzipConfig,
+    /// The first `gzip-*` key set, and its line: an error there if `gzip`
+    /// is not on, as such a key would do nothing.
+    gzip_setting: Option<(String, Option<usize>)>,
 }
 
 impl KindReader for Proxy {
@@ -62,17 +76,81 @@ impl KindReader for Proxy {
             "request-headers" => {
                 c.request_headers = w.header_fields(f, set_by_coreserve, Sent::Upstream(host_rule));
             }
+            "gzip" => self.gzip = w.flag(f).unwrap_or(false),
+            "gzip-level" | "gzip-min-length" | "gzip-types" => {
+                if self.gzip_setting.is_none() {
+                    self.gzip_setting = Some((f.key.clone(), f.line));
+                }
+                self.read_gzip(w, name, f);
+            }
             _ => w.error(f, "unknown key".into()),
         }
     }
 
-    fn finish(self: Box<Self>, w: &mut Walker<'_>, route: &str) -> HandlerConfig {
+    fn finish(mut self: Box<Self>, w: &mut Walker<'_>, route: &str) -> HandlerConfig {
         if !self.upstream_set {
             let rule = "is required for a proxy route: the name of an [[upstream]] group";
             w.missing(route, "upstream", rule.into());
         }
+        if self.gzip {
+            self.config.gzip = Some(self.gzip_config);
+        } else if let Some((key, line)) = self.gzip_setting {
+            w.error_at(
+                key,
+                line,
+                "does nothing without gzip = true on the route".into(),
+            );
+        }
         HandlerConfig::Proxy(self.config)
     }
+}
+
+impl Proxy {
+    fn read_gzip(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
+        let g = &mut self.gzip_config;
+        match name {
+            "gzip-level" => match w.count(f, "a level from 1 (fastest) to 9 (smallest)") {
+                Some(n @ 1..=9) => g.level = n as u32,
+                Some(_) => w.error(
+                    f,
+                    format!(
+                        "must be a level from 1 (fastest) to 9 (smallest), got {}",
+                        f.raw
+                    ),
+                ),
+                None => {}
+            },
+            "gzip-min-length" => {
+                if let Some(n) = w.size(f) {
+                    g.min_length = n;
+                }
+            }
+            _ => {
+                let Some(types) = w.string_list(f) else {
+                    return;
+                };
+                g.types.clear();
+                for t in types {
+                    if is_media_type(&t) {
+                        g.types.push(t.to_ascii_lowercase());
+                    } else {
+                        w.error(
+                            f,
+                            format!(
+                                "{t:?} is not a media type like \"application/json\" (without parameters), or \"*\" for all"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `type/subtype` of tokens, or `*`.
+fn is_media_type(t: &str) -> bool {
+    let token = |s: &str| !s.is_empty() && s.bytes().all(crate::http::parse::is_token_byte);
+    t == "*" || t.split_once('/').is_some_and(|(a, b)| token(a) && token(b))
 }
 
 /// What is wrong with a value of `request-headers`' `name`, if anything:
@@ -126,7 +204,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use crate::config::{parse_str, HandlerConfig, ProxyConfig};
+    use crate::config::{parse_str, GzipConfig, HandlerConfig, ProxyConfig};
 
     fn load(route: &str) -> Result<HandlerConfig, Vec<String>> {
         let text = format!("[[route]]\npath = \"/api/\"\nhandler = \"proxy\"\n{route}");
@@ -162,6 +240,48 @@ mod tests {
         p.upgrade = false;
         p.tunnel_idle_timeout = Duration::from_secs(90);
         assert_eq!(h, HandlerConfig::Proxy(p));
+    }
+
+    #[test]
+    fn gzip_is_off_unless_asked_and_its_settings_checked() {
+        let HandlerConfig::Proxy(p) = load("upstream = \"app\"\ngzip = true\n").unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.gzip, Some(GzipConfig::default()));
+        let h = load(
+            "upstream = \"app\"\ngzip-level = 6\ngzip = true\ngzip-min-length = \"1k\"\n\
+             gzip-types = [\"Text/HTML\", \"application/json\"]\n",
+        )
+        .unwrap();
+        let HandlerConfig::Proxy(p) = h else { panic!() };
+        assert_eq!(
+            p.gzip,
+            Some(GzipConfig {
+                level: 6,
+                min_length: 1024,
+                types: vec!["text/html".into(), "application/json".into()],
+            })
+        );
+        let errs = load(
+            "upstream = \"app\"\ngzip = true\ngzip-level = 0\ngzip-types = [\"json\", \"text/html; charset=utf-8\", \"*\"]\n\
+             gzip-min-length = \"big\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:6: route[1].gzip-level: must be a level from 1 (fastest) to 9 (smallest), got 0",
+                "t.toml:7: route[1].gzip-types: \"json\" is not a media type like \"application/json\" (without parameters), or \"*\" for all",
+                "t.toml:7: route[1].gzip-types: \"text/html; charset=utf-8\" is not a media type like \"application/json\" (without parameters), or \"*\" for all",
+                "t.toml:8: route[1].gzip-min-length: must be a size like 8k, 1m or 1048576, got \"big\"",
+            ]
+        );
+        let errs =
+            load("upstream = \"app\"\ngzip = false\ngzip-types = [\"text/html\"]\n").unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.toml:6: route[1].gzip-types: does nothing without gzip = true on the route"]
+        );
     }
 
     #[test]
@@ -227,7 +347,7 @@ mod tests {
                 "t.toml:6: route[1].trusted-proxies: \"nowhere\" is not an IP address or network (10.0.0.0/8)",
                 "t.toml:7: route[1].upgrade: must be true or false",
                 "t.toml:8: route[1].tunnel-idle-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"forever\"",
-                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, request-headers)",
+                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, request-headers, gzip, gzip-level, gzip-min-length, gzip-types)",
                 "t.toml:1: route[1].upstream: is required for a proxy route: the name of an [[upstream]] group",
             ]
         );
