@@ -59,7 +59,7 @@ start_upstream() {
         return 1
     fi
     mkdir -p "$work/up/logs"
-    sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$port/" "$PEERS/nginx.conf" > "$work/up.conf"
+    sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$port/" "${UPSTREAM_CONF:-$PEERS/nginx.conf}" > "$work/up.conf"
     "$@" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
     wait_port "$port"
 }

@@ -10,6 +10,9 @@
 #   LAYOUT=pinned bench/proxy.sh 3           # proxy alone on CPU 1; wrk and upstream on CPU 0
 #   RATE=20000 bench/proxy.sh 3              # open loop at this rate (coreserve-bench, corrected p99)
 #   NGINX_KEEPALIVE=64 bench/proxy.sh 3      # nginx's upstream keepalive (default 32, coreserve's too)
+#   GZIP=1 bench/proxy.sh 3                  # the upstream answers an 8 KiB JSON file, both proxies
+#                                            # gzip it at level 1 (coreserve `gzip = true`, nginx
+#                                            # `gzip on`) for a client sending Accept-Encoding: gzip
 #
 # BINS names coreserve binaries to compare (NAME=PATH). Needs wrk, nginx and
 # perf (apt-get install -y wrk nginx linux-perf) and a release build.
@@ -32,9 +35,11 @@ SYSCALLS="recvfrom sendto read write writev readv io_uring_enter membarrier epol
 
 # load URL: wrk's report, or with RATE coreserve-bench's in the same words
 # ("N requests in", "99% P99MS"), from its JSON.
+wrk_args=()
+[ -z "${GZIP:-}" ] || wrk_args=(-H "Accept-Encoding: gzip")
 load() {
     if [ -z "${RATE:-}" ]; then
-        "${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$1"
+        "${on_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${wrk_args[@]}" "$1"
         return
     fi
     local cpu=${LOAD_CPU}
@@ -54,20 +59,37 @@ PY
 run_one() { # name port pids...
     local name=$1 port=$2; shift 2
     local url="http://127.0.0.1:$port/"
-    "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "$url" > /dev/null  # warm-up
+    "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
+    if [ -n "${GZIP:-}" ]; then
+        # What the client gets, so that both are seen to compress.
+        curl -s -H "Accept-Encoding: gzip" -o "$work/got" -D "$work/got.head" "$url"
+        echo "$name: $(grep -ci '^content-encoding: gzip' "$work/got.head" || true) gzip, $(wc -c < "$work/got") body bytes" >&2
+    fi
     measured "$name" load "$url" "$@"
 }
 
 mkdir -p "$work/px/logs"
-# The upstream: one nginx worker with the hello world, on the load's CPU
+# The upstream: one nginx worker with the hello world (GZIP: a JSON file), on the load's CPU
 # when pinned.
+if [ -n "${GZIP:-}" ]; then
+    # An app's JSON answer: 8 KiB of records, a file the upstream serves
+    # with its length and a strong ETag.
+    python3 -c 'import json; print(json.dumps([{"id": i, "name": f"item {i}", "price": i * 3 % 97, "tags": ["a", "b"]} for i in range(150)]))' > "$work/data.json"
+    sed -e "s|location = / { default_type text/plain; return 200 'Hello World'; }|location = / { default_type application/json; alias $work/data.json; }|" \
+        "$PEERS/nginx.conf" > "$work/up-template.conf"
+    export UPSTREAM_CONF=$work/up-template.conf
+fi
 start_upstream 3003 "${on_load[@]}"
 nginx_conf_for "$PEERS/nginx-proxy.conf" "$NCPU" 3003 > "$work/px.conf"
 proxy_config "$work/coreserve.toml" 3003
+if [ -n "${GZIP:-}" ]; then
+    sed -i -e 's|^http {|http {\n    gzip on; gzip_comp_level 1; gzip_min_length 256; gzip_types application/json; gzip_vary on;|' "$work/px.conf"
+    printf 'gzip = true\n' >> "$work/coreserve.toml"
+fi
 
 results=$work/results
 : > "$results"
-echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
+echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${GZIP:+an 8 KiB JSON gzipped at level 1, }${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
 for round in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2086
     for spec in $(rotated $((round - 1)) $BINS nginx); do

@@ -545,7 +545,7 @@ async fn forward(
                 cfg,
                 asked,
                 client,
-                upgrade.is_some(),
+                upgrade,
                 route.config.tunnel_idle_timeout,
             )
             .await
@@ -585,7 +585,11 @@ async fn forward(
         let took = ended.saturating_duration_since(now);
         served.cut = relayed.upstream_failed || relayed.client_failed;
         if relayed.upstream_failed {
-            server.failed(cfg, ended);
+            // Counted, but not held against its health (as nginx): it
+            // answered, and a response a client can make the app cut
+            // short would otherwise take every server of the group out
+            // in turn, then answer everyone 503 for fail-timeout.
+            server.count(|s| s.failures += 1);
         } else {
             server.succeeded(took);
         }

@@ -10,6 +10,7 @@ use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
 use crate::http::coding::GzipStream;
 use crate::http::encode::BodyEncoder;
+use crate::http::parse::list_items;
 use crate::http::response::Persistence;
 use crate::http::upstream::{parse_response, Asked, ResponseFraming};
 use crate::transport::Socket;
@@ -165,8 +166,20 @@ pub(super) struct Begun {
     pub(super) tunnel: bool,
 }
 
+/// Whether a 101's `Upgrade` value (`switched`) names only protocols that
+/// the request's (`asked`) offered: it must name at least one (RFC 9110
+/// §7.8), compared as tokens in any case.
+fn switch_asked(asked: &[u8], switched: Option<&[u8]>) -> bool {
+    let Some(switched) = switched else {
+        return false;
+    };
+    let mut named = list_items(switched).peekable();
+    named.peek().is_some() && named.all(|p| list_items(asked).any(|a| a.eq_ignore_ascii_case(p)))
+}
+
 /// Parse the final head at the start of `rbuf` and write the client's head
-/// into `c.out` (emptied first). None when it is invalid, or a switch
+/// into `c.out` (emptied first). `upgrade`: the request's `Upgrade` value,
+/// when the route tunnels it. None when it is invalid, or a switch
 /// nobody asked for (`r.upstream_failed` says so).
 pub(super) fn begin(
     c: &mut Client<'_>,
@@ -174,7 +187,7 @@ pub(super) fn begin(
     ex: &Exchange,
     asked: Asked,
     client: response::ClientSide,
-    upgrade: bool,
+    upgrade: Option<&[u8]>,
     r: &mut Relayed,
 ) -> Option<Begun> {
     c.out.clear();
@@ -195,9 +208,12 @@ pub(super) fn begin(
         return None;
     };
     r.upstream_status = res.status;
-    let tunnel = res.status == 101 && upgrade;
-    if res.status == 101 && !upgrade {
-        // A switch nobody asked for: the upstream is confused.
+    let tunnel = res.status == 101;
+    if tunnel && !upgrade.is_some_and(|asked| switch_asked(asked, res.header("upgrade"))) {
+        // A switch nobody asked for, or to a protocol the client did not
+        // offer (RFC 9110 §7.8: the server must not; its 101 names the
+        // protocol): the upstream is confused, and the client would be
+        // tunnelled into something it does not speak.
         r.upstream_failed = true;
         return None;
     }
@@ -349,7 +365,7 @@ pub(super) async fn relay(
     cfg: &UpstreamConfig,
     asked: Asked,
     client: response::ClientSide,
-    upgrade: bool,
+    upgrade: Option<&[u8]>,
     tunnel_idle: Duration,
 ) -> Relayed {
     let mut r = Relayed::default();
@@ -458,6 +474,16 @@ mod tests {
         let mut filled = bytes.len();
         let heard = heard(&mut buf, &mut filled, 256);
         (heard, buf[..filled].to_vec())
+    }
+
+    #[test]
+    fn a_switch_must_be_to_a_protocol_the_client_offered() {
+        assert!(switch_asked(b"websocket", Some(b"WebSocket")));
+        assert!(switch_asked(b"h2c, websocket", Some(b"websocket")));
+        assert!(!switch_asked(b"websocket", Some(b"foo")));
+        assert!(!switch_asked(b"websocket", Some(b"websocket, h2c")));
+        assert!(!switch_asked(b"websocket", Some(b"")));
+        assert!(!switch_asked(b"websocket", None));
     }
 
     #[test]

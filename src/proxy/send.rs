@@ -293,7 +293,7 @@ async fn flow(
                         ex,
                         back.asked,
                         back.client,
-                        false,
+                        None,
                         &mut r,
                     ) else {
                         // Left for `read_head` and `relay`, which find it bad.

@@ -914,6 +914,34 @@ fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
     assert_eq!(r.rest(), b"bye");
 }
 
+/// A 101 to a protocol the client did not offer, or to a request that
+/// asked for no switch, is a bad upstream: 502, never a tunnel.
+#[test]
+fn a_switch_the_client_did_not_ask_for_is_a_502() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/other" => Reply::new()
+            .write(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .echo(),
+        "/unnamed" => Reply::new()
+            .write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n")
+            .echo(),
+        _ => Reply::upgrade_echo(),
+    });
+    let proxy = Proxy::start("proxy-wrong-switch", &simple(&[up.server()], "", ""));
+    for path in ["/other", "/unnamed"] {
+        let r = proxy.get(&upgrade_request(path));
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+    }
+    let r = proxy.get("GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502, "a 101 to a plain request: {r:?}");
+    // The switch it offered still works.
+    let mut s = connect(proxy.addr());
+    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    expect_switch(&mut s);
+}
+
 /// A tunnel whose client reads nothing for a while, its upstream pushing
 /// far more than the socket buffers on the way hold: what the client
 /// sends meanwhile still reaches the upstream. One way stuck on a reader

@@ -452,6 +452,45 @@ fn a_server_that_is_down_is_not_a_warning_per_request() {
         .wait_for_log("more lines about this server held back)");
 }
 
+/// A server that answers and then cuts its response short is not taken
+/// out (as nginx): else a response a client can make the app cut short
+/// would take every server out in turn, and all would get 503.
+#[test]
+fn a_response_cut_short_does_not_take_its_server_out() {
+    let cuts = Upstream::start(|_| Reply::truncated_body());
+    let good = Upstream::start(ok("good"));
+    let proxy = Proxy::start(
+        "proxy-health-cut",
+        &simple(
+            &[cuts.server(), good.server()],
+            "max-fails = 1\nfail-timeout = \"10s\"",
+            "",
+        ),
+    );
+    let mut cut = 0;
+    for i in 0..8 {
+        let mut s = connect(proxy.addr());
+        let mut r = Reader::new(&s);
+        s.write_all(
+            format!("GET /{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let head = r.head();
+        assert_eq!(head.status, 200, "request {i}");
+        let rest = r.rest();
+        if rest != b"good" {
+            cut += 1;
+        }
+    }
+    // Round-robin went on alternating: half of them were cut short.
+    assert_eq!(cut, 4);
+    assert_eq!(cuts.requests().len(), 4);
+    let s = crate::metrics::scrape(&proxy.server);
+    let failures = crate::metrics::values(&s, "coreserve_upstream_failures_total");
+    let label = format!("server={},upstream=app", cuts.server());
+    assert_eq!(failures.get(&label), Some(&4.0), "{failures:?}");
+}
+
 #[test]
 fn passive_health_skips_a_failed_server_for_fail_timeout() {
     // Dead: every request still succeeds, all on the live server.
