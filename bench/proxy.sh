@@ -11,8 +11,10 @@
 #   RATE=20000 bench/proxy.sh 3              # open loop at this rate (coreserve-bench, corrected p99)
 #   NGINX_KEEPALIVE=64 bench/proxy.sh 3      # nginx's upstream keepalive (default 32, coreserve's too)
 #   GZIP=1 bench/proxy.sh 3                  # the upstream answers an 8 KiB JSON file, both proxies
-#                                            # gzip it at level 1 (coreserve `gzip = true`, nginx
-#                                            # `gzip on`) for a client sending Accept-Encoding: gzip
+#                                            # gzip it for a client sending Accept-Encoding: gzip:
+#                                            # coreserve `gzip = true` at its default level 2, nginx
+#                                            # `gzip on` at its default 1 (the same output size);
+#                                            # CS_GZIP_LEVEL sets coreserve's
 #
 # BINS names coreserve binaries to compare (NAME=PATH). Needs wrk, nginx and
 # perf (apt-get install -y wrk nginx linux-perf) and a release build.
@@ -73,9 +75,13 @@ mkdir -p "$work/px/logs"
 # when pinned.
 if [ -n "${GZIP:-}" ]; then
     # An app's JSON answer: 8 KiB of records, a file the upstream serves
-    # with its length and a strong ETag.
-    python3 -c 'import json; print(json.dumps([{"id": i, "name": f"item {i}", "price": i * 3 % 97, "tags": ["a", "b"]} for i in range(150)]))' > "$work/data.json"
-    sed -e "s|location = / { default_type text/plain; return 200 'Hello World'; }|location = / { default_type application/json; alias $work/data.json; }|" \
+    # with its length and a strong ETag (run as root, nginx reads it as
+    # nobody: the work directory must let it through).
+    chmod 711 "$work"
+    mkdir -p "$work/app"
+    python3 -c 'import json; print(json.dumps([{"id": i, "name": f"item {i}", "price": i * 3 % 97, "tags": ["a", "b"]} for i in range(150)]))' > "$work/app/data.json"
+    chmod -R a+rX "$work/app"
+    sed -e "s|location = / { default_type text/plain; return 200 'Hello World'; }|location = / { default_type application/json; root $work/app; try_files /data.json =404; }|" \
         "$PEERS/nginx.conf" > "$work/up-template.conf"
     export UPSTREAM_CONF=$work/up-template.conf
 fi
@@ -84,12 +90,12 @@ nginx_conf_for "$PEERS/nginx-proxy.conf" "$NCPU" 3003 > "$work/px.conf"
 proxy_config "$work/coreserve.toml" 3003
 if [ -n "${GZIP:-}" ]; then
     sed -i -e 's|^http {|http {\n    gzip on; gzip_comp_level 1; gzip_min_length 256; gzip_types application/json; gzip_vary on;|' "$work/px.conf"
-    printf 'gzip = true\n' >> "$work/coreserve.toml"
+    printf 'gzip = true\ngzip-level = %s\n' "${CS_GZIP_LEVEL:-2}" >> "$work/coreserve.toml"
 fi
 
 results=$work/results
 : > "$results"
-echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${GZIP:+an 8 KiB JSON gzipped at level 1, }${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
+echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${GZIP:+an 8 KiB JSON gzipped, }${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
 for round in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2086
     for spec in $(rotated $((round - 1)) $BINS nginx); do

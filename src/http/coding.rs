@@ -3,7 +3,7 @@
 //! flushed so that everything written so far decodes at the client: a
 //! response streamed by its upstream stays streamed when it is compressed.
 //!
-//! The deflate state is large (about 300 KiB) and costly to set up, so a
+//! The deflate state is large (a few hundred KiB) and costly to set up, so a
 //! thread keeps the states its finished streams used and hands them to the
 //! next ones: no allocation per compressed response once a shard is warm.
 
