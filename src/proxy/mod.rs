@@ -473,6 +473,7 @@ async fn forward(
                 sent.any,
                 wait,
                 ex.max_head,
+                (!back.client.http10).then_some(ex.send_timeout),
             )
             .await;
             let reset = matches!(got, Err(HeadEnd::Failed(Failure::Reset)));

@@ -35,11 +35,30 @@ pub(super) enum Heard {
     Bad,
 }
 
-/// Drop the complete interim (1xx) responses at the start of
-/// `rbuf[..*filled]` (the client had its 100 Continue from us) and say what
-/// is left. A final head is only seen to end here: `relay` parses it, once
-/// (a parse reads the whole head again).
-pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize) -> Heard {
+/// Most interim responses passed on to the client per request: an
+/// upstream that sends thousands does not make the proxy send them all.
+const MAX_FORWARDED_INTERIM: u32 = 16;
+
+/// Where the interim responses a request gets go: to the client's output
+/// (`out`), up to `MAX_FORWARDED_INTERIM` of them; `sent` counts them.
+pub(super) struct Interim<'a> {
+    pub(super) out: &'a mut Vec<u8>,
+    pub(super) sent: &'a mut u32,
+}
+
+/// Take the complete interim (1xx) responses off the start of
+/// `rbuf[..*filled]` and say what is left. Each but a `100 Continue` (the
+/// client had its own from us) goes into `interim`'s output when there is
+/// one: RFC 9110 §15.2 has a proxy pass on what it did not ask for (a
+/// `103 Early Hints` lets a browser fetch a page's resources while the app
+/// works on it). A final head is only seen to end here: `relay` parses
+/// it, once (a parse reads the whole head again).
+pub(super) fn heard(
+    rbuf: &mut [u8],
+    filled: &mut usize,
+    max_head: usize,
+    mut interim: Option<Interim<'_>>,
+) -> Heard {
     loop {
         let start = &rbuf[..*filled];
         // "HTTP/1.1 1": the status's first digit is the tenth byte.
@@ -58,14 +77,22 @@ pub(super) fn heard(rbuf: &mut [u8], filled: &mut usize, max_head: usize) -> Hea
         // Whether the request was a HEAD changes only a final response's
         // framing, which is not read here.
         let asked = Asked { head: false };
-        let interim = match parse_response(start, &mut fields, max_head, asked) {
+        let len = match parse_response(start, &mut fields, max_head, asked) {
             Err(_) => return Heard::Bad,
             Ok(None) => return Heard::Partial { interim: true },
-            Ok(Some(res)) if res.is_interim() => res.head_len,
+            Ok(Some(res)) if res.is_interim() => {
+                if let Some(i) = interim.as_mut() {
+                    if res.status != 100 && *i.sent < MAX_FORWARDED_INTERIM {
+                        *i.sent += 1;
+                        response::write_interim(i.out, &res);
+                    }
+                }
+                res.head_len
+            }
             Ok(Some(_)) => return Heard::Final,
         };
-        rbuf.copy_within(interim..*filled, 0);
-        *filled -= interim;
+        rbuf.copy_within(len..*filled, 0);
+        *filled -= len;
     }
 }
 
@@ -80,7 +107,10 @@ fn head_ended(head: &[u8]) -> bool {
 /// the `filled` bytes already there (an answer that came while the body
 /// went up; `any`: the upstream had sent something); returns how much of
 /// `rbuf` is filled. Each read waits at most `wait` (`read-timeout`; none
-/// after `send-timeout`); the wait ends early if the client closes.
+/// after `send-timeout`); the wait ends early if the client closes. With
+/// `pass_interim` (the send-timeout), the interim responses on the way are
+/// passed on to the client (`heard`), written before the next read: for an
+/// HTTP/1.1 client (HTTP/1.0 has no 1xx, RFC 9110 §15.2).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_head(
     c: &mut Client<'_>,
@@ -90,9 +120,25 @@ pub(super) async fn read_head(
     mut any: bool,
     wait: Duration,
     max_head: usize,
+    pass_interim: Option<Duration>,
 ) -> Result<usize, HeadEnd> {
+    let mut sent = 0;
+    // Nothing of this response has gone to the client's output yet.
+    c.out.clear();
     loop {
-        match heard(rbuf, &mut filled, max_head) {
+        let pass = pass_interim.is_some().then_some(Interim {
+            out: c.out,
+            sent: &mut sent,
+        });
+        let heard = heard(rbuf, &mut filled, max_head, pass);
+        if let Some(send_timeout) = pass_interim.filter(|_| !c.out.is_empty()) {
+            if c.socket.write_all(c.out, send_timeout).await.is_err() {
+                c.out.clear();
+                return Err(HeadEnd::ClientGone);
+            }
+            c.out.clear();
+        }
+        match heard {
             Heard::Final => return Ok(filled),
             Heard::Bad => return Err(HeadEnd::Failed(Failure::Bad)),
             Heard::Partial { .. } => {}
@@ -472,7 +518,7 @@ mod tests {
         let mut buf = vec![0u8; 256];
         buf[..bytes.len()].copy_from_slice(bytes);
         let mut filled = bytes.len();
-        let heard = heard(&mut buf, &mut filled, 256);
+        let heard = heard(&mut buf, &mut filled, 256, None);
         (heard, buf[..filled].to_vec())
     }
 
@@ -497,6 +543,30 @@ mod tests {
         let (h, left) = hear(b"HTTP/1.1 100 Continue\r\n\r\n");
         assert_eq!(h, Heard::Partial { interim: true });
         assert!(left.is_empty());
+    }
+
+    #[test]
+    fn interim_responses_but_100_are_passed_on_up_to_the_cap() {
+        let mut raw = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            raw.extend_from_slice(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nKeep-Alive: 5\r\n\r\n",
+            );
+        }
+        raw.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let mut buf = vec![0u8; 4096];
+        buf[..raw.len()].copy_from_slice(&raw);
+        let mut filled = raw.len();
+        let (mut out, mut sent) = (Vec::new(), 0);
+        let pass = Interim {
+            out: &mut out,
+            sent: &mut sent,
+        };
+        assert_eq!(heard(&mut buf, &mut filled, 4096, Some(pass)), Heard::Final);
+        assert_eq!(&buf[..filled], b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(sent, MAX_FORWARDED_INTERIM);
+        let one = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+        assert_eq!(out, one.repeat(MAX_FORWARDED_INTERIM as usize));
     }
 
     #[test]

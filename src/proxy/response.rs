@@ -54,15 +54,8 @@ pub fn write_head(
 ) -> Downstream {
     let gzip = !tunnel && gzip.is_some_and(|g| compresses(res, g));
     let mut code = itoa::Buffer::new();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(code.format(res.status).as_bytes());
-    out.push(b' ');
-    let reason = match res.reason {
-        "" => Status::from_code(res.status).map_or("", Status::reason),
-        r => r,
-    };
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\nDate: ");
+    write_status_line(out, res);
+    out.extend_from_slice(b"Date: ");
     out.extend_from_slice(&date);
     out.extend_from_slice(b"\r\nServer: coreserve\r\n");
     let connection = connection_of(res);
@@ -178,6 +171,36 @@ pub fn compresses(res: &Response<'_>, g: &GzipConfig) -> bool {
             h.name.eq_ignore_ascii_case("cache-control")
                 && list_items(h.value).any(|d| d.eq_ignore_ascii_case(b"no-transform"))
         })
+}
+
+/// Append an interim (1xx) response head for the client: its status and
+/// end-to-end fields (a `103`'s `Link`s), without hop-by-hop fields or
+/// anything about a body.
+pub fn write_interim(out: &mut Vec<u8>, res: &Response<'_>) {
+    write_status_line(out, res);
+    let connection = connection_of(res);
+    for h in res.headers {
+        // Not `Content-Length` nor `Transfer-Encoding` (hop-by-hop) either.
+        if passes(h.name, connection.clone()) {
+            write_field(out, h.name, h.value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `HTTP/1.1`, the status and its reason (the standard one when the
+/// upstream gave none), and the line's end.
+fn write_status_line(out: &mut Vec<u8>, res: &Response<'_>) {
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.format(res.status).as_bytes());
+    out.push(b' ');
+    let reason = match res.reason {
+        "" => Status::from_code(res.status).map_or("", Status::reason),
+        r => r,
+    };
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The values of the response's `Connection` fields.

@@ -255,7 +255,7 @@ fn take_answer(up: &mut Socket, rbuf: &mut [u8], max_head: usize, sent: &mut Sen
         Some(Ok(n)) => {
             sent.heard += n;
             sent.any = true;
-            match heard(rbuf, &mut sent.heard, max_head) {
+            match heard(rbuf, &mut sent.heard, max_head, None) {
                 Heard::Partial { interim: true } => false,
                 Heard::Bad => true,
                 // "HTTP/1.1 2": the status's first digit.
@@ -284,7 +284,7 @@ async fn flow(
 ) -> bool {
     loop {
         if sent.begun.is_none() {
-            match heard(rbuf, &mut sent.heard, ex.max_head) {
+            match heard(rbuf, &mut sent.heard, ex.max_head, None) {
                 Heard::Final => {
                     let mut r = Relayed::default();
                     let Some(b) = begin(

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use crate::config::Scratch;
 use crate::upstream::{chunk, echo, Gate, Reply, Upstream};
 use crate::util::{
-    connect, expect_switch, get, push_until_ping, upgrade_request, Reader, Response, Server,
-    SWITCHING,
+    connect, expect_switch, get, push_until_ping, read_to_close, upgrade_request, Reader, Response,
+    Server, SWITCHING,
 };
 
 /// A coreserve in front of upstream fixtures, with its configuration file.
@@ -781,6 +781,64 @@ fn an_interim_response_does_not_stop_the_body() {
     );
     assert_eq!((r.status, r.text().as_str()), (200, "3145728"));
     assert_eq!(r.header("connection"), None);
+}
+
+/// Interim responses the client did not get from coreserve itself go on
+/// to it (RFC 9110 §15.2), a 103's `Link`s included: to HTTP/1.1 clients,
+/// at most 16 per request; a 100 never (coreserve answers `Expect`).
+#[test]
+fn early_hints_reach_an_http11_client() {
+    let up = Upstream::start(|req| {
+        match req.target.as_str() {
+        "/many" => {
+            let mut r = Reply::new();
+            for i in 0..40 {
+                r = r.write(format!("HTTP/1.1 103 Early Hints\r\nLink: </{i}.css>; rel=preload\r\n\r\n"));
+            }
+            r.write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmany")
+        }
+        _ => Reply::new()
+            .write("HTTP/1.1 100 Continue\r\n\r\n")
+            .write("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n")
+            .sleep(Duration::from_millis(200))
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    }
+    });
+    let proxy = Proxy::start("proxy-early-hints", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // The hint comes before the app has answered.
+    let hint = r.next(false);
+    assert_eq!(hint.status, 103, "{hint:?}");
+    assert_eq!(hint.header("link"), Some("</s.css>; rel=preload"));
+    assert_eq!(hint.header("x-hop"), None, "{hint:?}");
+    assert_eq!(hint.header("connection"), None, "{hint:?}");
+    let page = r.next(false);
+    assert_eq!((page.status, page.text().as_str()), (200, "ok"));
+
+    s.write_all(b"GET /many HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut hints = 0;
+    loop {
+        let res = r.next(false);
+        if res.status == 103 {
+            hints += 1;
+            continue;
+        }
+        assert_eq!((res.status, res.text().as_str()), (200, "many"));
+        break;
+    }
+    assert_eq!(hints, 16);
+
+    // HTTP/1.0 has no 1xx: the final response alone.
+    let mut s = connect(proxy.addr());
+    s.write_all(b"GET /page HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("103"), "{text}");
 }
 
 #[test]
