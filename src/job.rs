@@ -111,7 +111,15 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                 https: c.socket.is_tls(),
                 headers: c.headers,
                 added: job.added.as_ref(),
-                gzip: job.route.config.gzip.as_ref().filter(|_| job.gzip),
+                gzip: job
+                    .route
+                    .config
+                    .gzip
+                    .as_ref()
+                    .map(|config| proxy::Compression {
+                        config,
+                        accepted: job.gzip,
+                    }),
                 socket: c.socket,
                 input: c.input,
                 out: c.out,

@@ -225,7 +225,8 @@ pub struct GzipConfig {
     /// A response that declares fewer body bytes is sent as it is: its
     /// gzip framing would cost more than it saves.
     pub min_length: u64,
-    /// Media types compressed (lower case, without parameters); `*`: all.
+    /// Media types compressed (lower case, without parameters): each
+    /// `type/subtype`, `type/*` for all of a type, or `*` (`*/*`) for all.
     pub types: Vec<String>,
 }
 
@@ -271,9 +272,43 @@ impl GzipConfig {
             .next()
             .unwrap_or_default()
             .trim_ascii();
-        self.types
-            .iter()
-            .any(|t| t == "*" || t.as_bytes().eq_ignore_ascii_case(media))
+        self.types.iter().any(|t| match t.strip_suffix('*') {
+            Some("" | "*/") => true,
+            Some(kind) => {
+                media.len() > kind.len()
+                    && media[..kind.len()].eq_ignore_ascii_case(kind.as_bytes())
+            }
+            None => t.as_bytes().eq_ignore_ascii_case(media),
+        })
+    }
+}
+
+#[cfg(test)]
+mod gzip_tests {
+    use super::GzipConfig;
+
+    #[test]
+    fn types_match_without_parameters_in_any_case_and_by_wildcard() {
+        let g = |types: &[&str]| GzipConfig {
+            types: types.iter().map(|t| t.to_string()).collect(),
+            ..GzipConfig::default()
+        };
+        let json = g(&["application/json"]);
+        assert!(json.compresses_type(b"application/json"));
+        assert!(json.compresses_type(b"Application/JSON ; charset=utf-8"));
+        assert!(!json.compresses_type(b"application/jsonx"));
+        assert!(!json.compresses_type(b""));
+        let text = g(&["text/*"]);
+        assert!(text.compresses_type(b"text/html; charset=utf-8"));
+        assert!(text.compresses_type(b"TEXT/css"));
+        assert!(!text.compresses_type(b"text/"));
+        assert!(!text.compresses_type(b"textual/html"));
+        assert!(!text.compresses_type(b"image/svg+xml"));
+        for all in [&["*"], &["*/*"]] {
+            assert!(g(all).compresses_type(b"image/png"));
+        }
+        assert!(GzipConfig::default().compresses_type(b"image/svg+xml"));
+        assert!(!GzipConfig::default().compresses_type(b"text/event-stream"));
     }
 }
 

@@ -12,7 +12,7 @@ use super::{Handler, Job, Outcome};
 use crate::config::ProxyConfig;
 use crate::http::coding::accepts_gzip;
 use crate::http::head::RequestHead;
-use crate::http::parse::Request;
+use crate::http::parse::{Request, Version};
 use crate::http::response::{AddedHeaders, ResponseWriter};
 
 /// A proxy route as a shard's router holds it.
@@ -34,9 +34,11 @@ pub struct ProxyJob {
     /// The fields the route adds to its responses (an application's own
     /// field of the same name is kept instead).
     pub added: Option<Rc<AddedHeaders>>,
-    /// The route compresses (`gzip`), the client accepts gzip and the
-    /// request is not a HEAD (whose head would then differ from its GET's
-    /// for nothing): its response may be compressed.
+    /// The route compresses (`gzip`), and this request takes it: the
+    /// client accepts gzip, speaks HTTP/1.1 (HTTP/1.0 caches do not read
+    /// `Vary`; nginx's `gzip_http_version 1.1`) and did not ask that the
+    /// content not be transformed (RFC 9111 §5.2.1.6), and the request is
+    /// not a HEAD (whose head would differ from its GET's for nothing).
     pub gzip: bool,
 }
 
@@ -112,9 +114,14 @@ impl Handler for Proxy {
     fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome {
         let gzip = self.0.config.gzip.is_some()
             && !req.is_head()
+            && req.version == Version::Http11
             && req
                 .list("accept-encoding")
-                .is_some_and(|v| accepts_gzip(&v));
+                .is_some_and(|v| accepts_gzip(&v))
+            && !req.list("cache-control").is_some_and(|v| {
+                v.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+            });
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);

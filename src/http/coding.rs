@@ -7,7 +7,7 @@
 //! thread keeps the states its finished streams used and hands them to the
 //! next ones: no allocation per compressed response once a shard is warm.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
@@ -59,9 +59,17 @@ fn quality(text: &str, coding: &str) -> Option<f32> {
 /// deflate, made on Unix.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
 
-/// Most deflate states a thread keeps for reuse: about the compressed
-/// responses one shard has under way at once; beyond that they are freed.
-const SPARE_STATES: usize = 8;
+/// Most deflate states a thread keeps for reuse: the compressed responses
+/// one shard has under way at once under a busy load (50 connections over
+/// 2 shards keep about 25); beyond that they are freed.
+const SPARE_STATES: usize = 32;
+
+/// Most gzip streams under way at once on a thread: each holds a deflate
+/// state from its response's head to its end (an event stream, a slow
+/// reader: indefinitely), so past this a response goes uncompressed
+/// rather than memory growing with the connections (256 of them are
+/// about 70 MiB).
+pub const MAX_LIVE_STREAMS: u32 = 256;
 
 /// An output buffer that grew beyond this is not kept with its state.
 const SPARE_OUTPUT_BYTES: usize = 64 << 10;
@@ -76,6 +84,8 @@ struct Spare {
 thread_local! {
     /// The deflate states and buffers of finished streams.
     static SPARE: RefCell<Vec<Spare>> = const { RefCell::new(Vec::new()) };
+    /// Streams of this thread not yet dropped.
+    static LIVE: Cell<u32> = const { Cell::new(0) };
 }
 
 /// The compressor broke (it never does on valid input; the stream is
@@ -92,6 +102,7 @@ pub struct GzipStream {
     spare: Option<Spare>,
     crc: Crc,
     started: bool,
+    finished: bool,
 }
 
 impl std::fmt::Debug for GzipStream {
@@ -103,8 +114,16 @@ impl std::fmt::Debug for GzipStream {
 }
 
 impl GzipStream {
+    /// Whether another stream may start on this thread (fewer than
+    /// `MAX_LIVE_STREAMS` are under way): asked before a response's head
+    /// says it is compressed.
+    pub fn available() -> bool {
+        LIVE.with(Cell::get) < MAX_LIVE_STREAMS
+    }
+
     /// A stream compressing at `level` (1 fastest to 9 smallest).
     pub fn new(level: u32) -> GzipStream {
+        LIVE.with(|n| n.set(n.get() + 1));
         let spare = SPARE.with(|s| {
             let mut s = s.borrow_mut();
             let at = s.iter().position(|sp| sp.level == level)?;
@@ -119,6 +138,7 @@ impl GzipStream {
             })),
             crc: Crc::new(),
             started: false,
+            finished: false,
         }
     }
 
@@ -128,6 +148,9 @@ impl GzipStream {
         if payload.is_empty() {
             return Ok(());
         }
+        if self.finished {
+            return Err(GzipError);
+        }
         self.start();
         self.crc.update(payload);
         self.deflate(payload, FlushCompress::None)
@@ -136,15 +159,20 @@ impl GzipStream {
     /// Put what the compressor holds into the output, so that everything
     /// written so far decodes (a sync flush: the stream goes on after it).
     pub fn flush(&mut self) -> Result<(), GzipError> {
-        if !self.started {
+        if !self.started || self.finished {
             return Ok(());
         }
         self.deflate(&[], FlushCompress::Sync)
     }
 
     /// Put the end of the stream into the output: the last of the
-    /// compressed payload and the trailer. Nothing may be written after it.
+    /// compressed payload and the trailer, once (a second call adds
+    /// nothing). Nothing may be written after it.
     pub fn finish(&mut self) -> Result<(), GzipError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
         self.start();
         self.deflate(&[], FlushCompress::Finish)?;
         let (sum, amount) = (self.crc.sum(), self.crc.amount());
@@ -206,6 +234,7 @@ impl GzipStream {
 
 impl Drop for GzipStream {
     fn drop(&mut self) {
+        let _ = LIVE.try_with(|n| n.set(n.get().saturating_sub(1)));
         let Some(mut spare) = self.spare.take() else {
             return;
         };
@@ -253,10 +282,26 @@ mod tests {
             assert!(out.len() < text.len() / 5, "level {level}: {}", out.len());
             assert_eq!(gunzip(&out).unwrap(), text, "level {level}");
         }
-        // Nothing at all is an empty member.
-        let mut g = GzipStream::new(1);
+        // Nothing at all is an empty member; a second finish adds nothing,
+        // and nothing can be written after it.
+        let mut g = GzipStream::new(2);
+        g.finish().unwrap();
         g.finish().unwrap();
         assert_eq!(gunzip(g.output()).unwrap(), b"");
+        assert_eq!(g.output().len(), 20);
+        assert_eq!(g.write(b"late"), Err(GzipError));
+    }
+
+    #[test]
+    fn streams_are_counted_while_they_live() {
+        let before = LIVE.with(Cell::get);
+        let streams: Vec<GzipStream> = (0..MAX_LIVE_STREAMS - before)
+            .map(|_| GzipStream::new(2))
+            .collect();
+        assert!(!GzipStream::available());
+        drop(streams);
+        assert_eq!(LIVE.with(Cell::get), before);
+        assert!(GzipStream::available());
     }
 
     #[test]
@@ -301,6 +346,11 @@ mod tests {
         g.finish().unwrap();
         assert_eq!(gunzip(g.output()).unwrap(), b"fresh");
         assert_eq!(SPARE.with(|s| s.borrow().len()), 0, "taken");
+        drop(g);
+        // A state serves its own level only.
+        let other = GzipStream::new(9);
+        assert_eq!(SPARE.with(|s| s.borrow().len()), 1, "level 3 left alone");
+        drop(other);
     }
 
     #[test]

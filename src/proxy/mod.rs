@@ -32,6 +32,7 @@ mod send;
 mod tunnel;
 
 pub use pool::{Server, Upstreams};
+pub use response::Compression;
 
 use relay::{read_head, relay, HeadEnd};
 use send::{send_request, Back};
@@ -42,7 +43,6 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::GzipConfig;
 use crate::handlers::proxy::ProxyJob;
 use crate::http::body::BodyDecoder;
 use crate::http::date::DATE_LEN;
@@ -92,9 +92,9 @@ pub struct Client<'a> {
     /// The fields the route adds to each response, each unless the
     /// upstream sent a field of its name.
     pub added: Option<&'a Rc<AddedHeaders>>,
-    /// The route's compression, when the client takes gzip and the request
-    /// is not a HEAD: a response it covers is compressed.
-    pub gzip: Option<&'a GzipConfig>,
+    /// The route's compression (`gzip`), and whether this request takes
+    /// it: a response it covers says `Vary`, and is compressed if so.
+    pub gzip: Option<Compression<'a>>,
     /// The shard's shutdown flag: a response that begins once it is set
     /// says `Connection: close` (the connection will not serve another).
     pub draining: &'a Cell<bool>,

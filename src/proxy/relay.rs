@@ -263,7 +263,12 @@ pub(super) fn begin(
         r.upstream_failed = true;
         return None;
     }
-    let down = response::write_head(c.out, &res, ex.date, client, tunnel, c.gzip);
+    // Past the shard's cap on streams under way, this one goes as it is.
+    let gzip = c.gzip.map(|g| response::Compression {
+        accepted: g.accepted && GzipStream::available(),
+        ..g
+    });
+    let down = response::write_head(c.out, &res, ex.date, client, tunnel, gzip);
     // Before the head's final empty line: the connection's HSTS, then the
     // route's fields, each unless the application sent its own.
     let end = c.out.len() - 2;
@@ -272,7 +277,8 @@ pub(super) fn begin(
         c.out.extend_from_slice(c.headers);
     }
     for (name, line) in c.added.iter().flat_map(|a| a.lines()) {
-        if !response::sends_own(&res, name) {
+        let dropped = down.gzip && response::drops_when_compressed(name);
+        if !dropped && !response::sends_own(&res, name) {
             c.out.extend_from_slice(line);
         }
     }
@@ -288,10 +294,9 @@ pub(super) fn begin(
             // would ever bring the bytes that end it (Express's
             // `res.status(201).end()`).
             complete: matches!(framing, ResponseFraming::None | ResponseFraming::Length(0)),
-            gzip: c
-                .gzip
+            gzip: gzip
                 .filter(|_| down.gzip)
-                .map(|g| Box::new(GzipStream::new(g.level))),
+                .map(|g| Box::new(GzipStream::new(g.config.level))),
             ended: false,
             reusable: res.reusable,
             keep_alive: down.keep_alive,
@@ -340,10 +345,16 @@ impl Outgoing {
         }
         if self.complete {
             self.end(out, r)?;
-        } else if let Some(g) = self.gzip.as_mut().filter(|_| fed) {
+        } else if let Some(g) = self
+            .gzip
+            .as_mut()
+            .filter(|_| fed && !matches!(self.framing, ResponseFraming::Length(_)))
+        {
             // What came in this read reaches the client now, decodable: a
-            // streamed response (events, a long page) is not held back
-            // until the compressor's window fills.
+            // streamed response (events, a long page: no length) is not
+            // held back until the compressor's window fills. One with a
+            // length is not a stream: its pieces go as the compressor
+            // makes them, with no flush's few bytes each.
             g.flush().map_err(drop)?;
             Self::send_compressed(g, &mut self.encoder, out, r);
         }

@@ -40,19 +40,35 @@ pub struct ClientSide {
     pub reusable: bool,
 }
 
+/// A route's compression as it applies to one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Compression<'a> {
+    /// The route's settings.
+    pub config: &'a GzipConfig,
+    /// The response may be compressed: the client takes gzip, speaks
+    /// HTTP/1.1 (nginx's `gzip_http_version 1.1`: HTTP/1.0 caches do not
+    /// read `Vary`) and did not ask for `no-transform`; the request is not
+    /// a HEAD; the shard has room for another stream.
+    pub accepted: bool,
+}
+
 /// Append the head for `res` to `out`; `tunnel`: a 101 that switches the
 /// client's connection over to the upstream; `gzip`: the route's
-/// compression, if the client takes gzip (the response is compressed if
-/// it qualifies, `compresses`).
+/// compression. A response it covers (`compresses`) says `Vary:
+/// Accept-Encoding`, and is compressed if the request `accepted` it.
 pub fn write_head(
     out: &mut Vec<u8>,
     res: &Response<'_>,
     date: [u8; DATE_LEN],
     client: ClientSide,
     tunnel: bool,
-    gzip: Option<&GzipConfig>,
+    gzip: Option<Compression<'_>>,
 ) -> Downstream {
-    let gzip = !tunnel && gzip.is_some_and(|g| compresses(res, g));
+    // Which of the body's forms this client gets depends on its
+    // Accept-Encoding: a cache must know it (RFC 9110 §12.5.5), whichever
+    // form this one is.
+    let varies = !tunnel && gzip.is_some_and(|g| compresses(res, g.config));
+    let gzip = varies && gzip.is_some_and(|g| g.accepted) && !client.http10;
     let mut code = itoa::Buffer::new();
     write_status_line(out, res);
     out.extend_from_slice(b"Date: ");
@@ -60,7 +76,7 @@ pub fn write_head(
     out.extend_from_slice(b"\r\nServer: coreserve\r\n");
     let connection = connection_of(res);
     let mut length = None;
-    let mut varies = false;
+    let mut vary_sent = false;
     for h in res.headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             length = Some(h.value);
@@ -70,32 +86,30 @@ pub fn write_head(
             continue;
         }
         if gzip {
-            // Ranges of the compressed body are not offered; a strong
-            // validator names the bytes the app sent, which these are not
-            // (as nginx: it is made weak).
-            if h.name.eq_ignore_ascii_case("accept-ranges") {
+            // Ranges and digests of the compressed body are not what the
+            // app's fields describe; a strong validator names the bytes
+            // the app sent, which these are not (as nginx: made weak).
+            if drops_when_compressed(h.name) {
                 continue;
             }
             if h.name.eq_ignore_ascii_case("etag") && h.value.starts_with(b"\"") {
-                let mut weak = Vec::with_capacity(h.value.len() + 2);
-                weak.extend_from_slice(b"W/");
-                weak.extend_from_slice(h.value);
-                write_field(out, h.name, &weak);
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": W/");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
                 continue;
             }
-            varies |= h.name.eq_ignore_ascii_case("vary")
-                && list_items(h.value)
-                    .any(|v| v == b"*" || v.eq_ignore_ascii_case(b"accept-encoding"));
         }
+        vary_sent |= varies
+            && h.name.eq_ignore_ascii_case("vary")
+            && list_items(h.value).any(|v| v == b"*" || v.eq_ignore_ascii_case(b"accept-encoding"));
         write_field(out, h.name, h.value);
     }
     if gzip {
         write_field(out, "Content-Encoding", b"gzip");
-        // A cache must not give the compressed body to a client that did
-        // not ask for it.
-        if !varies {
-            write_field(out, "Vary", b"Accept-Encoding");
-        }
+    }
+    if varies && !vary_sent {
+        write_field(out, "Vary", b"Accept-Encoding");
     }
     if tunnel {
         write_field(out, "Connection", b"upgrade");
@@ -111,7 +125,6 @@ pub fn write_head(
     }
     let encoder = match res.framing {
         // The compressed length is known only at the end.
-        _ if gzip && client.http10 => BodyEncoder::Close,
         _ if gzip => {
             write_field(out, "Transfer-Encoding", b"chunked");
             BodyEncoder::Chunked
@@ -148,6 +161,21 @@ pub fn write_head(
         keep_alive,
         gzip,
     }
+}
+
+/// The fields that describe the app's bytes as they were, not compressed:
+/// left out of a compressed response (a route may not add them either,
+/// see `relay::begin`).
+pub fn drops_when_compressed(name: &str) -> bool {
+    [
+        "accept-ranges",
+        "content-md5",
+        "digest",
+        "content-digest",
+        "repr-digest",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Whether `res` is compressed under `g`: a 200, 403 or 404 (the statuses
@@ -256,6 +284,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
+        let gzip = gzip.map(|config| Compression {
+            config,
+            accepted: true,
+        });
         let d = write_head(&mut out, &res, DATE, client, false, gzip);
         (String::from_utf8(out).unwrap(), d)
     }
@@ -265,7 +297,7 @@ mod tests {
         let g = GzipConfig::default();
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n\
                    Content-Length: 1000\r\nETag: \"abc\"\r\nAccept-Ranges: bytes\r\n\
-                   Vary: Origin\r\n\r\n";
+                   Content-Digest: sha-256=:x:\r\nVary: Origin\r\n\r\n";
         let (head, d) = convert_with(raw, false, KEEP, Some(&g));
         assert!(d.gzip && d.keep_alive);
         assert_eq!(d.encoder, BodyEncoder::Chunked);
@@ -282,19 +314,34 @@ mod tests {
         assert!(d.gzip);
         assert!(head.contains("ETag: W/\"x\"\r\n"), "{head}");
         assert_eq!(head.matches("Vary").count(), 1, "{head}");
-        // To HTTP/1.0, the end of the connection ends it.
+        // Not to HTTP/1.0 (its caches do not read Vary), nor to a client
+        // that did not take it: the app's bytes, and the Vary that says
+        // they depend on Accept-Encoding.
         let old = ClientSide {
             persistence: Persistence::KeepAliveHttp10,
             http10: true,
             reusable: true,
         };
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 300\r\n\
+                   ETag: \"x\"\r\n\r\n";
         let (head, d) = convert_with(raw, false, old, Some(&g));
-        assert_eq!(
-            (d.gzip, d.encoder, d.keep_alive),
-            (true, BodyEncoder::Close, false)
-        );
+        assert_eq!((d.gzip, d.encoder), (false, BodyEncoder::Length(300)));
+        assert!(head.contains("Vary: Accept-Encoding\r\n"), "{head}");
+        assert!(head.contains("ETag: \"x\"\r\n"), "{head}");
+        let mut fields = [const { MaybeUninit::uninit() }; 32];
+        let res = parse_response(raw.as_bytes(), &mut fields, 4096, Asked { head: false })
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let refused = Compression {
+            config: &g,
+            accepted: false,
+        };
+        let d = write_head(&mut out, &res, DATE, KEEP, false, Some(refused));
+        let head = String::from_utf8(out).unwrap();
+        assert_eq!((d.gzip, d.encoder), (false, BodyEncoder::Length(300)));
         assert!(
-            !head.contains("chunked") && head.contains("Connection: close"),
+            head.contains("Vary: Accept-Encoding\r\n") && !head.contains("gzip"),
             "{head}"
         );
     }
@@ -339,7 +386,11 @@ mod tests {
         let res = parse_response(raw.as_bytes(), &mut fields, 4096, Asked { head: false })
             .unwrap()
             .unwrap();
-        assert!(!write_head(&mut Vec::new(), &res, DATE, KEEP, true, Some(&g)).gzip);
+        let gzip = Some(Compression {
+            config: &g,
+            accepted: true,
+        });
+        assert!(!write_head(&mut Vec::new(), &res, DATE, KEEP, true, gzip).gzip);
     }
 
     #[test]

@@ -39,7 +39,15 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
             &sent,
         )
     });
-    let proxy = Proxy::start("proxy-gzip", &simple(&[up.server()], "", "gzip = true"));
+    // The route's own Accept-Ranges goes the way of the app's.
+    let proxy = Proxy::start(
+        "proxy-gzip",
+        &simple(
+            &[up.server()],
+            "",
+            "gzip = true\nheaders = { X-Route = \"1\", Accept-Ranges = \"bytes\" }",
+        ),
+    );
     let mut s = connect(proxy.addr());
     let mut r = Reader::new(&s);
     let asks = "GET /items HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n";
@@ -51,7 +59,8 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
     assert_eq!(res.header("vary"), Some("Accept-Encoding"));
     assert_eq!(res.header("etag"), Some("W/\"v1\""));
     assert_eq!(res.header("content-length"), None);
-    assert_eq!(res.header("accept-ranges"), None);
+    assert_eq!(res.header("accept-ranges"), None, "{res:?}");
+    assert_eq!(res.header("x-route"), Some("1"));
     assert!(res.body.len() < body.len() / 4, "{} bytes", res.body.len());
     assert_eq!(gunzip(&res.body), body.as_bytes());
     // The app sees what the client takes, and the connection goes on.
@@ -62,17 +71,16 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
     s.write_all(asks.as_bytes()).unwrap();
     assert_eq!(gunzip(&r.next(false).body), body.as_bytes());
 
-    // A client that does not take gzip, and a HEAD, get the app's bytes.
+    // A client that does not take gzip, one that asks for no transform,
+    // an HTTP/1.0 client and a HEAD get the app's bytes; all but the HEAD
+    // (which has no body to choose) with the Vary that says a client
+    // taking gzip gets another form.
     for (req, head) in [
         ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", false),
-        (
-            "GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0, br\r\n\r\n",
-            false,
-        ),
-        (
-            "HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
-            true,
-        ),
+        ("GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0, br\r\n\r\n", false),
+        ("GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nCache-Control: no-cache, No-Transform\r\n\r\n", false),
+        ("GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nAccept-Encoding: gzip\r\n\r\n", false),
+        ("HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n", true),
     ] {
         s.write_all(req.as_bytes()).unwrap();
         let res = r.next(head);
@@ -80,10 +88,69 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
         assert_eq!(res.header("etag"), Some("\"v1\""), "{req}");
         let length = body.len().to_string();
         assert_eq!(res.header("content-length"), Some(length.as_str()), "{req}");
+        let vary = (!head).then_some("Accept-Encoding");
+        assert_eq!(res.header("vary"), vary, "{req}");
         if !head {
             assert_eq!(res.text(), body);
         }
     }
+}
+
+/// A body the app ends by closing its connection ends the gzip stream
+/// whole; one the app cuts short leaves it without its end, and the
+/// client's chunked framing without its last chunk: never a complete-
+/// looking response.
+#[test]
+fn a_compressed_body_ends_where_the_apps_does() {
+    let body = json();
+    let sent = body.clone();
+    let up = Upstream::start(move |req| {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
+        match req.target.as_str() {
+            "/cut" => Reply::new()
+                .write(format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    sent.len()
+                ))
+                .write(&sent[..sent.len() / 2])
+                .close(),
+            _ => Reply::new().write(head).write(&sent).close(),
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-gzip-ends",
+        &simple(&[up.server()], "", "gzip = true"),
+    );
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /until-close HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        .unwrap();
+    let res = r.next(false);
+    assert_eq!(res.header("content-encoding"), Some("gzip"), "{res:?}");
+    assert_eq!(gunzip(&res.body), body.as_bytes());
+
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /cut HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        .unwrap();
+    let head = r.head();
+    assert_eq!(head.header("content-encoding"), Some("gzip"), "{head:?}");
+    let rest = r.rest();
+    assert!(!rest.ends_with(b"0\r\n\r\n"), "made to look complete");
+    // What came decodes as far as it goes, and no further.
+    let mut compressed = Vec::new();
+    let mut framed = &rest[..];
+    while let Some(line_end) = framed.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&framed[..line_end]).unwrap(), 16).unwrap();
+        let data = line_end + 2;
+        compressed.extend_from_slice(&framed[data..(data + size).min(framed.len())]);
+        framed = &framed[(data + size + 2).min(framed.len())..];
+    }
+    let mut plain = Vec::new();
+    let whole = flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut plain);
+    assert!(whole.is_err(), "a whole gzip stream from a cut body");
+    assert!(body.as_bytes().starts_with(&plain));
 }
 
 #[test]
@@ -196,8 +263,7 @@ fn curl_reads_what_it_is_sent_compressed() {
     let sent = body.clone();
     let up = Upstream::start(move |req| {
         if req.target == "/stream" {
-            // No length: compressed whatever its size, to an HTTP/1.0
-            // client delimited by the end of the connection.
+            // No length: compressed whatever its size.
             let mut r = Reply::new().write(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
             );
@@ -212,7 +278,12 @@ fn curl_reads_what_it_is_sent_compressed() {
         "proxy-gzip-curl",
         &simple(&[up.server()], "", "gzip = true\ngzip-level = 9"),
     );
-    for (path, http10) in [("/", false), ("/stream", false), ("/stream", true)] {
+    for (path, http10) in [
+        ("/", false),
+        ("/stream", false),
+        ("/stream", true),
+        ("/", true),
+    ] {
         let mut cmd = std::process::Command::new("curl");
         cmd.args([
             "-sS",
@@ -231,8 +302,10 @@ fn curl_reads_what_it_is_sent_compressed() {
             .expect("curl is installed");
         let headers = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert!(out.status.success(), "{path}: {headers}");
-        assert!(
+        // Not to HTTP/1.0 (nginx's gzip_http_version 1.1).
+        assert_eq!(
             headers.contains("content-encoding: gzip"),
+            !http10,
             "{path}: {headers}"
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), body, "{path}");

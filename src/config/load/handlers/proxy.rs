@@ -129,6 +129,13 @@ impl Proxy {
                 let Some(types) = w.string_list(f) else {
                     return;
                 };
+                if types.is_empty() {
+                    w.error(
+                        f,
+                        "lists no type, so nothing would be compressed: list some, or leave gzip off".into(),
+                    );
+                    return;
+                }
                 g.types.clear();
                 for t in types {
                     if is_media_type(&t) {
@@ -137,7 +144,7 @@ impl Proxy {
                         w.error(
                             f,
                             format!(
-                                "{t:?} is not a media type like \"application/json\" (without parameters), or \"*\" for all"
+                                "{t:?} is not a media type like \"application/json\" or \"text/*\" (without parameters), or \"*\" for all"
                             ),
                         );
                     }
@@ -147,10 +154,15 @@ impl Proxy {
     }
 }
 
-/// `type/subtype` of tokens, or `*`.
+/// `type/subtype` of tokens, `type/*`, or `*` (`*/*`) for all.
 fn is_media_type(t: &str) -> bool {
-    let token = |s: &str| !s.is_empty() && s.bytes().all(crate::http::parse::is_token_byte);
-    t == "*" || t.split_once('/').is_some_and(|(a, b)| token(a) && token(b))
+    let token = |s: &str| {
+        !s.is_empty() && !s.contains('*') && s.bytes().all(crate::http::parse::is_token_byte)
+    };
+    t == "*"
+        || t == "*/*"
+        || t.split_once('/')
+            .is_some_and(|(a, b)| token(a) && (b == "*" || token(b)))
 }
 
 /// What is wrong with a value of `request-headers`' `name`, if anything:
@@ -263,7 +275,7 @@ mod tests {
             })
         );
         let errs = load(
-            "upstream = \"app\"\ngzip = true\ngzip-level = 0\ngzip-types = [\"json\", \"text/html; charset=utf-8\", \"*\"]\n\
+            "upstream = \"app\"\ngzip = true\ngzip-level = 0\ngzip-types = [\"json\", \"text/html; charset=utf-8\", \"*/html\", \"text/*\", \"*\"]\n\
              gzip-min-length = \"big\"\n",
         )
         .unwrap_err();
@@ -271,10 +283,16 @@ mod tests {
             errs,
             [
                 "t.toml:6: route[1].gzip-level: must be a level from 1 (fastest) to 9 (smallest), got 0",
-                "t.toml:7: route[1].gzip-types: \"json\" is not a media type like \"application/json\" (without parameters), or \"*\" for all",
-                "t.toml:7: route[1].gzip-types: \"text/html; charset=utf-8\" is not a media type like \"application/json\" (without parameters), or \"*\" for all",
+                "t.toml:7: route[1].gzip-types: \"json\" is not a media type like \"application/json\" or \"text/*\" (without parameters), or \"*\" for all",
+                "t.toml:7: route[1].gzip-types: \"text/html; charset=utf-8\" is not a media type like \"application/json\" or \"text/*\" (without parameters), or \"*\" for all",
+                "t.toml:7: route[1].gzip-types: \"*/html\" is not a media type like \"application/json\" or \"text/*\" (without parameters), or \"*\" for all",
                 "t.toml:8: route[1].gzip-min-length: must be a size like 8k, 1m or 1048576, got \"big\"",
             ]
+        );
+        let errs = load("upstream = \"app\"\ngzip = true\ngzip-types = []\n").unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.toml:6: route[1].gzip-types: lists no type, so nothing would be compressed: list some, or leave gzip off"]
         );
         let errs =
             load("upstream = \"app\"\ngzip = false\ngzip-types = [\"text/html\"]\n").unwrap_err();
