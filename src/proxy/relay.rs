@@ -60,6 +60,15 @@ pub(super) fn heard(
     mut interim: Option<Interim<'_>>,
 ) -> Heard {
     loop {
+        if rbuf[..*filled].starts_with(b"HTTP/1.")
+            && matches!(rbuf.get(7), Some(b'2'..=b'9'))
+            && *filled > 8
+            && rbuf[8] == b' '
+        {
+            // RFC 9110 §2.5: a later HTTP/1 minor version is read as the
+            // latest this proxy speaks (as a client's is).
+            rbuf[7] = b'1';
+        }
         let start = &rbuf[..*filled];
         // "HTTP/1.1 1": the status's first digit is the tenth byte.
         if start.len() >= 10 && start[9] != b'1' {
@@ -578,6 +587,17 @@ mod tests {
         assert_eq!(sent, MAX_FORWARDED_INTERIM);
         let one = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
         assert_eq!(out, one.repeat(MAX_FORWARDED_INTERIM as usize));
+    }
+
+    #[test]
+    fn a_later_http1_minor_is_read_as_11() {
+        let (h, left) = hear(b"HTTP/1.2 103 Early Hints\r\n\r\nHTTP/1.9 200 OK\r\n\r\n");
+        assert_eq!(h, Heard::Final);
+        assert_eq!(left, b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(hear(b"HTTP/1.22 200 OK\r\n\r\n").0, Heard::Final);
+        let mut fields = [const { MaybeUninit::uninit() }; 4];
+        let asked = Asked { head: false };
+        assert!(parse_response(b"HTTP/1.22 200 OK\r\n\r\n", &mut fields, 256, asked).is_err());
     }
 
     #[test]
