@@ -37,8 +37,8 @@ pub struct ProxyJob {
     /// The route compresses (`gzip`), and this request takes it: the
     /// client accepts gzip, speaks HTTP/1.1 (HTTP/1.0 caches do not read
     /// `Vary`; nginx's `gzip_http_version 1.1`) and did not ask that the
-    /// content not be transformed (RFC 9111 §5.2.1.6), and the request is
-    /// not a HEAD (whose head would differ from its GET's for nothing).
+    /// content not be transformed (RFC 9111 §5.2.1.6). A HEAD too: its
+    /// head is the one its GET would get (RFC 9110 §9.3.2).
     pub gzip: bool,
 }
 
@@ -113,7 +113,6 @@ impl Handler for Proxy {
 
     fn handle(&self, req: &Request<'_>, res: ResponseWriter<'_>) -> Outcome {
         let gzip = self.0.config.gzip.is_some()
-            && !req.is_head()
             && req.version == Version::Http11
             && req
                 .list("accept-encoding")

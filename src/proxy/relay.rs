@@ -303,8 +303,9 @@ pub(super) fn begin(
             // would ever bring the bytes that end it (Express's
             // `res.status(201).end()`).
             complete: matches!(framing, ResponseFraming::None | ResponseFraming::Length(0)),
+            // A HEAD's answer says it is compressed, but has no body to.
             gzip: gzip
-                .filter(|_| down.gzip)
+                .filter(|_| down.gzip && framing != ResponseFraming::None)
                 .map(|g| Box::new(GzipStream::new(g.config.level))),
             ended: false,
             reusable: res.reusable,
@@ -354,18 +355,20 @@ impl Outgoing {
         }
         if self.complete {
             self.end(out, r)?;
-        } else if let Some(g) = self
-            .gzip
-            .as_mut()
-            .filter(|_| fed && !matches!(self.framing, ResponseFraming::Length(_)))
-        {
-            // What came in this read reaches the client now, decodable: a
-            // streamed response (events, a long page: no length) is not
-            // held back until the compressor's window fills. One with a
-            // length is not a stream: its pieces go as the compressor
-            // makes them, with no flush's few bytes each.
-            g.flush().map_err(drop)?;
-            Self::send_compressed(g, &mut self.encoder, out, r);
+        } else if let Some(g) = &mut self.gzip {
+            if fed && !matches!(self.framing, ResponseFraming::Length(_)) {
+                // What came in this read reaches the client now, decodable:
+                // a streamed response (events, a long page: no length) is
+                // not held back until the compressor's window fills. One
+                // with a length is not a stream: no flush's few bytes per
+                // read.
+                g.flush().map_err(drop)?;
+            }
+            // Whatever the compressor has made goes on now: held here, a
+            // large body would be held whole.
+            if !g.output().is_empty() {
+                Self::send_compressed(g, &mut self.encoder, out, r);
+            }
         }
         if pos < bytes.len() {
             // Bytes past the response's end were never asked for.

@@ -124,17 +124,19 @@ pub fn write_head(
         };
     }
     let encoder = match res.framing {
+        ResponseFraming::None => {
+            // A HEAD's or 304's length describes the representation: pass
+            // it, unless it is the one compression replaces (a HEAD's
+            // head is its GET's: compressed, its length unknown).
+            if let Some(n) = length.filter(|_| res.status != 204 && res.status >= 200 && !gzip) {
+                write_field(out, "Content-Length", n);
+            }
+            BodyEncoder::None
+        }
         // The compressed length is known only at the end.
         _ if gzip => {
             write_field(out, "Transfer-Encoding", b"chunked");
             BodyEncoder::Chunked
-        }
-        ResponseFraming::None => {
-            // A HEAD's or 304's length describes the representation: pass it.
-            if let Some(n) = length.filter(|_| res.status != 204 && res.status >= 200) {
-                write_field(out, "Content-Length", n);
-            }
-            BodyEncoder::None
         }
         ResponseFraming::Length(n) => {
             write_field(out, "Content-Length", code.format(n).as_bytes());
@@ -183,18 +185,27 @@ pub fn drops_when_compressed(name: &str) -> bool {
 /// already, not a range, not shorter than `min-length`, and not marked
 /// `no-transform` (RFC 9110 §7.7: a proxy must not change such content).
 pub fn compresses(res: &Response<'_>, g: &GzipConfig) -> bool {
+    let declared = |n: u64| n > 0 && n >= g.min_length;
     let long_enough = match res.framing {
-        ResponseFraming::None | ResponseFraming::Length(0) => false,
-        ResponseFraming::Length(n) => n >= g.min_length,
+        ResponseFraming::Length(n) => declared(n),
         ResponseFraming::Chunked | ResponseFraming::UntilClose => true,
+        // No body: a 200, 403 or 404 without one answers a HEAD, whose head
+        // is its GET's; the length it declares is the GET's body's.
+        ResponseFraming::None => res
+            .header("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+            .is_none_or(declared),
     };
     matches!(res.status, 200 | 403 | 404)
         && long_enough
         && res.header("content-encoding").is_none()
         && res.header("content-range").is_none()
+        // `*` takes a response without a type too, as nginx's does.
         && res
             .header("content-type")
-            .is_some_and(|t| g.compresses_type(t))
+            .map_or(g.types.iter().any(|t| t == "*" || t == "*/*"), |t| {
+                g.compresses_type(t)
+            })
         && !res.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("cache-control")
                 && list_items(h.value).any(|d| d.eq_ignore_ascii_case(b"no-transform"))
@@ -344,6 +355,36 @@ mod tests {
             head.contains("Vary: Accept-Encoding\r\n") && !head.contains("gzip"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn a_head_gets_the_head_its_get_would() {
+        let g = GzipConfig::default();
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5000\r\n\
+                   ETag: \"a\"\r\n\r\n";
+        let (head, d) = convert_with(raw, true, KEEP, Some(&g));
+        assert_eq!((d.gzip, d.encoder), (true, BodyEncoder::None));
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: coreserve\r\n\
+             Content-Type: text/html\r\nETag: W/\"a\"\r\nContent-Encoding: gzip\r\n\
+             Vary: Accept-Encoding\r\n\r\n"
+        );
+        // Too short, or of a type not compressed, as its GET.
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n";
+        let (head, d) = convert_with(raw, true, KEEP, Some(&g));
+        assert!(
+            !d.gzip && head.contains("Content-Length: 100\r\n"),
+            "{head}"
+        );
+        // `*` takes a response without a type.
+        let all = GzipConfig {
+            types: vec!["*".into()],
+            ..GzipConfig::default()
+        };
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n";
+        assert!(convert_with(raw, false, KEEP, Some(&all)).1.gzip);
+        assert!(!convert_with(raw, false, KEEP, Some(&g)).1.gzip);
     }
 
     #[test]

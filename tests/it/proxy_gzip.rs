@@ -72,15 +72,14 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
     assert_eq!(gunzip(&r.next(false).body), body.as_bytes());
 
     // A client that does not take gzip, one that asks for no transform,
-    // an HTTP/1.0 client and a HEAD get the app's bytes; all but the HEAD
-    // (which has no body to choose) with the Vary that says a client
-    // taking gzip gets another form.
+    // an HTTP/1.0 client, and a HEAD without Accept-Encoding get the app's
+    // bytes, and the Vary that says a client taking gzip gets another form.
     for (req, head) in [
         ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", false),
         ("GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0, br\r\n\r\n", false),
         ("GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nCache-Control: no-cache, No-Transform\r\n\r\n", false),
         ("GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nAccept-Encoding: gzip\r\n\r\n", false),
-        ("HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n", true),
+        ("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", true),
     ] {
         s.write_all(req.as_bytes()).unwrap();
         let res = r.next(head);
@@ -88,12 +87,22 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
         assert_eq!(res.header("etag"), Some("\"v1\""), "{req}");
         let length = body.len().to_string();
         assert_eq!(res.header("content-length"), Some(length.as_str()), "{req}");
-        let vary = (!head).then_some("Accept-Encoding");
-        assert_eq!(res.header("vary"), vary, "{req}");
+        assert_eq!(res.header("vary"), Some("Accept-Encoding"), "{req}");
         if !head {
             assert_eq!(res.text(), body);
         }
     }
+    // A HEAD that takes gzip gets the head its GET gets, and no body.
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        .unwrap();
+    let res = r.next(true);
+    assert_eq!(res.header("content-encoding"), Some("gzip"), "{res:?}");
+    assert_eq!(res.header("etag"), Some("W/\"v1\""));
+    assert_eq!(res.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(res.header("content-length"), None);
+    // Nothing of a body followed: the next answer is whole.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(r.next(false).text(), body);
 }
 
 /// A body the app ends by closing its connection ends the gzip stream
@@ -255,6 +264,59 @@ fn a_compressed_stream_reaches_the_client_as_it_is_sent() {
         compressed.extend(c);
     }
     assert_eq!(gunzip(&compressed), b"data: first\n\ndata: second\n\n");
+}
+
+/// A body with a length is not flushed per read, but what the compressor
+/// makes goes on as it makes it: a large body is never held whole (it was,
+/// until the upstream finished: hundreds of MiB for a large download).
+#[test]
+fn a_large_body_with_a_length_goes_on_as_it_is_compressed() {
+    // Bytes that do not compress: what goes in comes out at once.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (first, rest) = (noise[..2 << 20].to_vec(), noise[2 << 20..].to_vec());
+    let gate = Gate::new();
+    let g = gate.clone();
+    let up = Upstream::start(move |_| {
+        Reply::new()
+            .write(format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                4 << 20
+            ))
+            .write(&first)
+            .wait(&g)
+            .write(&rest)
+    });
+    let proxy = Proxy::start(
+        "proxy-gzip-large",
+        &simple(&[up.server()], "", "gzip = true\ngzip-types = [\"*\"]"),
+    );
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        .unwrap();
+    let head = r.head();
+    assert_eq!(head.header("content-encoding"), Some("gzip"), "{head:?}");
+    // Most of the first half arrives while the upstream holds the rest.
+    let mut compressed = Vec::new();
+    while compressed.len() < 1 << 20 {
+        compressed.extend(
+            r.chunk()
+                .expect("the body stopped before the upstream's half"),
+        );
+    }
+    gate.open();
+    while let Some(c) = r.chunk() {
+        compressed.extend(c);
+    }
+    assert_eq!(gunzip(&compressed), noise);
 }
 
 #[test]
