@@ -474,6 +474,7 @@ async fn forward(
                 wait,
                 ex.max_head,
                 (!back.client.http10).then_some(ex.send_timeout),
+                &mut served.bytes_out,
             )
             .await;
             let reset = matches!(got, Err(HeadEnd::Failed(Failure::Reset)));

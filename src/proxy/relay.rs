@@ -60,10 +60,10 @@ pub(super) fn heard(
     mut interim: Option<Interim<'_>>,
 ) -> Heard {
     loop {
-        if rbuf[..*filled].starts_with(b"HTTP/1.")
-            && matches!(rbuf.get(7), Some(b'2'..=b'9'))
-            && *filled > 8
-            && rbuf[8] == b' '
+        if *filled >= 8
+            && rbuf.starts_with(b"HTTP/1.")
+            && matches!(rbuf[7], b'2'..=b'9')
+            && (*filled == 8 || rbuf[8] == b' ')
         {
             // RFC 9110 §2.5: a later HTTP/1 minor version is read as the
             // latest this proxy speaks (as a client's is).
@@ -119,7 +119,8 @@ fn head_ended(head: &[u8]) -> bool {
 /// after `send-timeout`); the wait ends early if the client closes. With
 /// `pass_interim` (the send-timeout), the interim responses on the way are
 /// passed on to the client (`heard`), written before the next read: for an
-/// HTTP/1.1 client (HTTP/1.0 has no 1xx, RFC 9110 §15.2).
+/// HTTP/1.1 client (HTTP/1.0 has no 1xx, RFC 9110 §15.2); `interim_bytes`
+/// counts what they took.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_head(
     c: &mut Client<'_>,
@@ -130,6 +131,7 @@ pub(super) async fn read_head(
     wait: Duration,
     max_head: usize,
     pass_interim: Option<Duration>,
+    interim_bytes: &mut u64,
 ) -> Result<usize, HeadEnd> {
     let mut sent = 0;
     // Nothing of this response has gone to the client's output yet.
@@ -145,6 +147,7 @@ pub(super) async fn read_head(
                 c.out.clear();
                 return Err(HeadEnd::ClientGone);
             }
+            *interim_bytes += c.out.len() as u64;
             c.out.clear();
         }
         match heard {
@@ -598,6 +601,12 @@ mod tests {
         assert_eq!(h, Heard::Final);
         assert_eq!(left, b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(hear(b"HTTP/1.22 200 OK\r\n\r\n").0, Heard::Final);
+        // Cut right after the version, as a read may leave it.
+        let (h, left) = hear(b"HTTP/1.2");
+        assert_eq!(
+            (h, left.as_slice()),
+            (Heard::Partial { interim: true }, &b"HTTP/1.1"[..])
+        );
         let mut fields = [const { MaybeUninit::uninit() }; 4];
         let asked = Asked { head: false };
         assert!(parse_response(b"HTTP/1.22 200 OK\r\n\r\n", &mut fields, 256, asked).is_err());

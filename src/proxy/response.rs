@@ -47,8 +47,9 @@ pub struct Compression<'a> {
     pub config: &'a GzipConfig,
     /// The response may be compressed: the client takes gzip, speaks
     /// HTTP/1.1 (nginx's `gzip_http_version 1.1`: HTTP/1.0 caches do not
-    /// read `Vary`) and did not ask for `no-transform`; the request is not
-    /// a HEAD; the shard has room for another stream.
+    /// read `Vary`) and did not ask for `no-transform`, and the shard has
+    /// room for another stream. (A HEAD gets the compressed response's
+    /// head, without a body.)
     pub accepted: bool,
 }
 

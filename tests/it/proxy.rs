@@ -841,6 +841,32 @@ fn early_hints_reach_an_http11_client() {
     assert!(!text.contains("103"), "{text}");
 }
 
+/// Once a 103 went to the client, the request is answered by that server
+/// or not at all: a close after it is a 502, never a retry elsewhere whose
+/// answer would follow another server's hint.
+#[test]
+fn after_a_hint_went_out_a_failure_is_not_retried() {
+    let hint_then_close = || {
+        Upstream::start(|_| {
+            Reply::new()
+                .write("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+                .close()
+        })
+    };
+    let (a, b) = (hint_then_close(), hint_then_close());
+    let proxy = Proxy::start(
+        "proxy-hint-close",
+        &simple(&[a.server(), b.server()], "max-fails = 0", ""),
+    );
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 103);
+    assert_eq!(r.next(false).status, 502);
+    assert_eq!(a.requests().len() + b.requests().len(), 1);
+}
+
 #[test]
 fn expect_100_continue_gets_100_then_the_final_response() {
     let up = Upstream::start(echo());

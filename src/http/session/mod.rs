@@ -498,10 +498,11 @@ impl<J> Session<J> {
                 if held_back {
                     // Answered without the body (a refusal, a redirect, a
                     // fixed response): RFC 9110 §10.1.1 lets the server
-                    // answer at once instead of asking for it, as nginx
-                    // does. The client may send it or not, so the
-                    // connection cannot go on: it closes after this
-                    // response, draining whatever body does come.
+                    // answer at once instead of asking for it (nginx does
+                    // so for a body too large only; it asks for the rest
+                    // and throws them away). The client may send it or
+                    // not, so the connection cannot go on: it closes after
+                    // this response, draining whatever body does come.
                     if keep_alive {
                         mark_closing(out, mark);
                     }
