@@ -119,6 +119,7 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                     .map(|config| proxy::Compression {
                         config,
                         accepted: job.gzip,
+                        weak_validator: job.weak_validator,
                     }),
                 socket: c.socket,
                 input: c.input,

@@ -40,6 +40,9 @@ pub struct ProxyJob {
     /// content not be transformed (RFC 9111 §5.2.1.6). A HEAD too: its
     /// head is the one its GET would get (RFC 9110 §9.3.2).
     pub gzip: bool,
+    /// The route compresses and the request revalidates with a weak tag
+    /// (`If-None-Match: W/"…"`): see `proxy::Compression`.
+    pub weak_validator: bool,
 }
 
 impl ProxyRoute {
@@ -121,12 +124,17 @@ impl Handler for Proxy {
                 v.split(',')
                     .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
             });
+        let weak_validator = self.0.config.gzip.is_some()
+            && req
+                .list("if-none-match")
+                .is_some_and(|v| v.split(',').any(|t| t.trim_start().starts_with("W/")));
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);
                 job.route = self.0.clone();
                 job.added = res.added().cloned();
                 job.gzip = gzip;
+                job.weak_validator = weak_validator;
                 job
             }
             None => Box::new(ProxyJob {
@@ -134,6 +142,7 @@ impl Handler for Proxy {
                 route: self.0.clone(),
                 added: res.added().cloned(),
                 gzip,
+                weak_validator,
             }),
         };
         Outcome::Takeover(Job::Proxy(job))

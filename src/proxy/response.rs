@@ -51,6 +51,10 @@ pub struct Compression<'a> {
     /// room for another stream. (A HEAD gets the compressed response's
     /// head, without a body.)
     pub accepted: bool,
+    /// The request revalidates with a weak entity tag (`If-None-Match:
+    /// W/"…"`), as a copy of a compressed response has: a 304 then says
+    /// what that response said (its tag weak, `Vary`), RFC 9110 §15.4.5.
+    pub weak_validator: bool,
 }
 
 /// Append the head for `res` to `out`; `tunnel`: a 101 that switches the
@@ -68,8 +72,12 @@ pub fn write_head(
     // Which of the body's forms this client gets depends on its
     // Accept-Encoding: a cache must know it (RFC 9110 §12.5.5), whichever
     // form this one is.
-    let varies = !tunnel && gzip.is_some_and(|g| compresses(res, g.config));
-    let gzip = varies && gzip.is_some_and(|g| g.accepted) && !client.http10;
+    let compressible = !tunnel && gzip.is_some_and(|g| compresses(res, g.config));
+    // A 304 to the copy of a compressed response stands for that response.
+    let revalidated = res.status == 304 && gzip.is_some_and(|g| g.accepted && g.weak_validator);
+    let varies = compressible || revalidated;
+    let weakens = revalidated || compressible && gzip.is_some_and(|g| g.accepted) && !client.http10;
+    let gzip = compressible && weakens;
     let mut code = itoa::Buffer::new();
     write_status_line(out, res);
     out.extend_from_slice(b"Date: ");
@@ -86,20 +94,18 @@ pub fn write_head(
         if !passes(h.name, connection.clone()) {
             continue;
         }
-        if gzip {
-            // Ranges and digests of the compressed body are not what the
-            // app's fields describe; a strong validator names the bytes
-            // the app sent, which these are not (as nginx: made weak).
-            if drops_when_compressed(h.name) {
-                continue;
-            }
-            if h.name.eq_ignore_ascii_case("etag") && h.value.starts_with(b"\"") {
-                out.extend_from_slice(h.name.as_bytes());
-                out.extend_from_slice(b": W/");
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b"\r\n");
-                continue;
-            }
+        // Ranges and digests of the compressed body are not what the
+        // app's fields describe; a strong validator names the bytes the
+        // app sent, which these are not (as nginx: made weak).
+        if gzip && drops_when_compressed(h.name) {
+            continue;
+        }
+        if weakens && h.name.eq_ignore_ascii_case("etag") && h.value.starts_with(b"\"") {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": W/");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+            continue;
         }
         vary_sent |= varies
             && h.name.eq_ignore_ascii_case("vary")
@@ -299,6 +305,7 @@ mod tests {
         let gzip = gzip.map(|config| Compression {
             config,
             accepted: true,
+            weak_validator: false,
         });
         let d = write_head(&mut out, &res, DATE, client, false, gzip);
         (String::from_utf8(out).unwrap(), d)
@@ -348,6 +355,7 @@ mod tests {
         let refused = Compression {
             config: &g,
             accepted: false,
+            weak_validator: false,
         };
         let d = write_head(&mut out, &res, DATE, KEEP, false, Some(refused));
         let head = String::from_utf8(out).unwrap();
@@ -386,6 +394,41 @@ mod tests {
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n";
         assert!(convert_with(raw, false, KEEP, Some(&all)).1.gzip);
         assert!(!convert_with(raw, false, KEEP, Some(&g)).1.gzip);
+    }
+
+    #[test]
+    fn a_304_to_a_compressed_copy_says_what_that_copy_said() {
+        let g = GzipConfig::default();
+        let raw = "HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\n\r\n";
+        let mut fields = [const { MaybeUninit::uninit() }; 32];
+        let res = parse_response(raw.as_bytes(), &mut fields, 4096, Asked { head: false })
+            .unwrap()
+            .unwrap();
+        let head = |weak_validator: bool, accepted: bool| {
+            let mut out = Vec::new();
+            let c = Compression {
+                config: &g,
+                accepted,
+                weak_validator,
+            };
+            let d = write_head(&mut out, &res, DATE, KEEP, false, Some(c));
+            assert!(!d.gzip);
+            String::from_utf8(out).unwrap()
+        };
+        // The client's copy came compressed (its tag is weak).
+        let h = head(true, true);
+        assert!(
+            h.contains("ETag: W/\"abc\"\r\n") && h.contains("Vary: Accept-Encoding\r\n"),
+            "{h}"
+        );
+        assert!(!h.contains("Content-Encoding"), "{h}");
+        // A strong copy, or a client that does not take gzip: as it came.
+        for h in [head(false, true), head(true, false)] {
+            assert!(
+                h.contains("ETag: \"abc\"\r\n") && !h.contains("Vary"),
+                "{h}"
+            );
+        }
     }
 
     #[test]
@@ -431,6 +474,7 @@ mod tests {
         let gzip = Some(Compression {
             config: &g,
             accepted: true,
+            weak_validator: false,
         });
         assert!(!write_head(&mut Vec::new(), &res, DATE, KEEP, true, gzip).gzip);
     }

@@ -28,7 +28,11 @@ fn json() -> String {
 fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
     let body = json();
     let sent = body.clone();
-    let up = Upstream::start(move |_| {
+    let up = Upstream::start(move |req| {
+        if req.has("if-none-match") {
+            // As Express does: weak comparison, its own tag strong.
+            return Reply::new().write("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n");
+        }
         Reply::status(
             200,
             &[
@@ -70,6 +74,15 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
     );
     s.write_all(asks.as_bytes()).unwrap();
     assert_eq!(gunzip(&r.next(false).body), body.as_bytes());
+    // Revalidating that compressed copy: the 304 says what it said.
+    s.write_all(
+        b"GET /items HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nIf-None-Match: W/\"v1\"\r\n\r\n",
+    )
+    .unwrap();
+    let res = r.next(false);
+    assert_eq!(res.status, 304);
+    assert_eq!(res.header("etag"), Some("W/\"v1\""), "{res:?}");
+    assert_eq!(res.header("vary"), Some("Accept-Encoding"));
 
     // A client that does not take gzip, one that asks for no transform,
     // an HTTP/1.0 client, and a HEAD without Accept-Encoding get the app's
