@@ -265,21 +265,26 @@ impl Default for GzipConfig {
 
 impl GzipConfig {
     /// Whether a response of this `Content-Type` value is compressed: its
-    /// media type, parameters left out, in any case.
-    pub fn compresses_type(&self, content_type: &[u8]) -> bool {
-        let media = content_type
-            .split(|&b| b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        self.types.iter().any(|t| match t.strip_suffix('*') {
-            Some("" | "*/") => true,
-            Some(kind) => {
-                media.len() > kind.len()
-                    && media[..kind.len()].eq_ignore_ascii_case(kind.as_bytes())
-            }
-            None => t.as_bytes().eq_ignore_ascii_case(media),
-        })
+    /// media type, parameters left out, in any case. A response without
+    /// one only under `*`, as nginx's.
+    pub fn compresses_type(&self, content_type: Option<&[u8]>) -> bool {
+        let media = content_type.map(|t| {
+            t.split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+        });
+        self.types
+            .iter()
+            .any(|t| match (t.strip_suffix('*'), media) {
+                (Some("" | "*/"), _) => true,
+                (_, None) => false,
+                (Some(kind), Some(media)) => {
+                    media.len() > kind.len()
+                        && media[..kind.len()].eq_ignore_ascii_case(kind.as_bytes())
+                }
+                (None, Some(media)) => t.as_bytes().eq_ignore_ascii_case(media),
+            })
     }
 }
 
@@ -294,21 +299,21 @@ mod gzip_tests {
             ..GzipConfig::default()
         };
         let json = g(&["application/json"]);
-        assert!(json.compresses_type(b"application/json"));
-        assert!(json.compresses_type(b"Application/JSON ; charset=utf-8"));
-        assert!(!json.compresses_type(b"application/jsonx"));
-        assert!(!json.compresses_type(b""));
+        assert!(json.compresses_type(Some("application/json".as_bytes())));
+        assert!(json.compresses_type(Some("Application/JSON ; charset=utf-8".as_bytes())));
+        assert!(!json.compresses_type(Some("application/jsonx".as_bytes())));
+        assert!(!json.compresses_type(Some("".as_bytes())));
         let text = g(&["text/*"]);
-        assert!(text.compresses_type(b"text/html; charset=utf-8"));
-        assert!(text.compresses_type(b"TEXT/css"));
-        assert!(!text.compresses_type(b"text/"));
-        assert!(!text.compresses_type(b"textual/html"));
-        assert!(!text.compresses_type(b"image/svg+xml"));
+        assert!(text.compresses_type(Some("text/html; charset=utf-8".as_bytes())));
+        assert!(text.compresses_type(Some("TEXT/css".as_bytes())));
+        assert!(!text.compresses_type(Some("text/".as_bytes())));
+        assert!(!text.compresses_type(Some("textual/html".as_bytes())));
+        assert!(!text.compresses_type(Some("image/svg+xml".as_bytes())));
         for all in [&["*"], &["*/*"]] {
-            assert!(g(all).compresses_type(b"image/png"));
+            assert!(g(all).compresses_type(Some("image/png".as_bytes())));
         }
-        assert!(GzipConfig::default().compresses_type(b"image/svg+xml"));
-        assert!(!GzipConfig::default().compresses_type(b"text/event-stream"));
+        assert!(GzipConfig::default().compresses_type(Some("image/svg+xml".as_bytes())));
+        assert!(!GzipConfig::default().compresses_type(Some("text/event-stream".as_bytes())));
     }
 }
 

@@ -12,7 +12,7 @@ use super::{Handler, Job, Outcome};
 use crate::config::ProxyConfig;
 use crate::http::coding::accepts_gzip;
 use crate::http::head::RequestHead;
-use crate::http::parse::{Request, Version};
+use crate::http::parse::{has_token, list_items, Request, Version};
 use crate::http::response::{AddedHeaders, ResponseWriter};
 
 /// A proxy route as a shard's router holds it.
@@ -40,7 +40,7 @@ pub struct ProxyJob {
     /// content not be transformed (RFC 9111 §5.2.1.6). A HEAD too: its
     /// head is the one its GET would get (RFC 9110 §9.3.2).
     pub gzip: bool,
-    /// The route compresses and the request revalidates with a weak tag
+    /// `gzip`, and the request revalidates with a weak tag
     /// (`If-None-Match: W/"…"`): see `proxy::Compression`.
     pub weak_validator: bool,
 }
@@ -120,14 +120,13 @@ impl Handler for Proxy {
             && req
                 .list("accept-encoding")
                 .is_some_and(|v| accepts_gzip(&v))
-            && !req.list("cache-control").is_some_and(|v| {
-                v.split(',')
-                    .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
-            });
-        let weak_validator = self.0.config.gzip.is_some()
+            && !req
+                .list("cache-control")
+                .is_some_and(|v| has_token(v.as_bytes(), b"no-transform"));
+        let weak_validator = gzip
             && req
                 .list("if-none-match")
-                .is_some_and(|v| v.split(',').any(|t| t.trim_start().starts_with("W/")));
+                .is_some_and(|v| list_items(v.as_bytes()).any(|t| t.starts_with(b"W/")));
         let job = match SPARE.with(|s| s.borrow_mut().pop()) {
             Some(mut job) => {
                 job.head.refill(req);

@@ -16,7 +16,8 @@ use std::mem::MaybeUninit;
 use super::body::BodyDecoder;
 use super::error::ParseError;
 use super::parse::{
-    is_connection_field, list_items, parse_content_length, trim, Codings, Transfer, Version,
+    has_token, is_connection_field, list_items, parse_content_length, trim, Codings, Transfer,
+    Version,
 };
 
 /// Why an upstream's response head was refused (the client gets 502).
@@ -239,8 +240,7 @@ pub fn is_hop_by_hop<'v>(name: &str, connection: impl IntoIterator<Item = &'v [u
     }
     connection
         .into_iter()
-        .flat_map(list_items)
-        .any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
+        .any(|v| has_token(v, name.as_bytes()))
 }
 
 /// Whether the field `name` is the one named `lower` (lowercase), in any

@@ -254,7 +254,12 @@ impl Upstreams {
                     latency: latency.clone(),
                 }),
         );
-        let mut own: Vec<_> = self.unavailable.borrow().clone().into_iter().collect();
+        let mut own: Vec<(String, u64)> = self
+            .unavailable
+            .borrow()
+            .iter()
+            .map(|(name, n)| (name.clone(), *n))
+            .collect();
         own.sort();
         out.extend(own.into_iter().map(|(name, n)| UpstreamSample {
             upstream: name,

@@ -10,7 +10,7 @@ use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
 use crate::http::coding::GzipStream;
 use crate::http::encode::BodyEncoder;
-use crate::http::parse::list_items;
+use crate::http::parse::{has_token, list_items};
 use crate::http::response::Persistence;
 use crate::http::upstream::{parse_response, Asked, ResponseFraming};
 use crate::transport::Socket;
@@ -232,7 +232,7 @@ fn switch_asked(asked: &[u8], switched: Option<&[u8]>) -> bool {
         return false;
     };
     let mut named = list_items(switched).peekable();
-    named.peek().is_some() && named.all(|p| list_items(asked).any(|a| a.eq_ignore_ascii_case(p)))
+    named.peek().is_some() && named.all(|p| has_token(asked, p))
 }
 
 /// Parse the final head at the start of `rbuf` and write the client's head

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
-use crate::http::parse::{same_field, BodyFraming, Method};
+use crate::http::parse::{has_token, same_field, BodyFraming, Method};
 use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, write_field};
 
 /// What the request head depends on besides the client's request.
@@ -41,10 +41,7 @@ pub struct Forwarding<'a> {
 /// Whether the request asks to switch protocols (`Connection: upgrade` and
 /// an `Upgrade` field): its value, if so.
 pub fn upgrade_wanted(head: &RequestHead) -> Option<&[u8]> {
-    let asked = head.headers("connection").any(|v| {
-        v.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
+    let asked = head.headers("connection").any(|v| has_token(v, b"upgrade"));
     head.header("upgrade").filter(|_| asked)
 }
 

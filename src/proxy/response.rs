@@ -12,7 +12,7 @@
 use crate::config::GzipConfig;
 use crate::http::date::DATE_LEN;
 use crate::http::encode::BodyEncoder;
-use crate::http::parse::list_items;
+use crate::http::parse::has_token;
 use crate::http::response::Persistence;
 use crate::http::status::Status;
 use crate::http::upstream::{is_hop_by_hop, write_field, Response, ResponseFraming};
@@ -51,15 +51,16 @@ pub struct Compression<'a> {
     /// room for another stream. (A HEAD gets the compressed response's
     /// head, without a body.)
     pub accepted: bool,
-    /// The request revalidates with a weak entity tag (`If-None-Match:
-    /// W/"…"`), as a copy of a compressed response has: a 304 then says
-    /// what that response said (its tag weak, `Vary`), RFC 9110 §15.4.5.
+    /// The client takes gzip and revalidates with a weak entity tag
+    /// (`If-None-Match: W/"…"`), as a copy of a compressed response has: a
+    /// 304 then says what that response said (its tag weak, `Vary`), RFC
+    /// 9110 §15.4.5.
     pub weak_validator: bool,
 }
 
 /// Append the head for `res` to `out`; `tunnel`: a 101 that switches the
-/// client's connection over to the upstream; `gzip`: the route's
-/// compression. A response it covers (`compresses`) says `Vary:
+/// client's connection over to the upstream; `compression`: the route's
+/// gzip. A response it covers (`compresses`) says `Vary:
 /// Accept-Encoding`, and is compressed if the request `accepted` it.
 pub fn write_head(
     out: &mut Vec<u8>,
@@ -67,17 +68,18 @@ pub fn write_head(
     date: [u8; DATE_LEN],
     client: ClientSide,
     tunnel: bool,
-    gzip: Option<Compression<'_>>,
+    compression: Option<Compression<'_>>,
 ) -> Downstream {
     // Which of the body's forms this client gets depends on its
     // Accept-Encoding: a cache must know it (RFC 9110 §12.5.5), whichever
     // form this one is.
-    let compressible = !tunnel && gzip.is_some_and(|g| compresses(res, g.config));
+    let compressible = !tunnel && compression.is_some_and(|g| compresses(res, g.config));
+    let gzip = compressible && compression.is_some_and(|g| g.accepted) && !client.http10;
     // A 304 to the copy of a compressed response stands for that response.
-    let revalidated = res.status == 304 && gzip.is_some_and(|g| g.accepted && g.weak_validator);
+    let revalidated =
+        res.status == 304 && compression.is_some_and(|g| g.accepted && g.weak_validator);
     let varies = compressible || revalidated;
-    let weakens = revalidated || compressible && gzip.is_some_and(|g| g.accepted) && !client.http10;
-    let gzip = compressible && weakens;
+    let weakens = gzip || revalidated;
     let mut code = itoa::Buffer::new();
     write_status_line(out, res);
     out.extend_from_slice(b"Date: ");
@@ -109,7 +111,7 @@ pub fn write_head(
         }
         vary_sent |= varies
             && h.name.eq_ignore_ascii_case("vary")
-            && list_items(h.value).any(|v| v == b"*" || v.eq_ignore_ascii_case(b"accept-encoding"));
+            && (has_token(h.value, b"*") || has_token(h.value, b"accept-encoding"));
         write_field(out, h.name, h.value);
     }
     if gzip {
@@ -207,15 +209,9 @@ pub fn compresses(res: &Response<'_>, g: &GzipConfig) -> bool {
         && long_enough
         && res.header("content-encoding").is_none()
         && res.header("content-range").is_none()
-        // `*` takes a response without a type too, as nginx's does.
-        && res
-            .header("content-type")
-            .map_or(g.types.iter().any(|t| t == "*" || t == "*/*"), |t| {
-                g.compresses_type(t)
-            })
+        && g.compresses_type(res.header("content-type"))
         && !res.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("cache-control")
-                && list_items(h.value).any(|d| d.eq_ignore_ascii_case(b"no-transform"))
+            h.name.eq_ignore_ascii_case("cache-control") && has_token(h.value, b"no-transform")
         })
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::config::Scratch;
-use crate::util::{get, is_closed, read_to_close, Reader, Server};
+use crate::util::{get, is_closed, read_to_close, succeeds, Reader, Server};
 
 #[test]
 fn hello_world_with_the_headers_every_response_has() {
@@ -29,15 +29,10 @@ fn hello_world_with_the_headers_every_response_has() {
 #[test]
 fn curl_gets_hello_world() {
     let server = Server::start(&[]);
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .arg(format!("http://{}/", server.addr))
-        .output()
-        .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://{}/", server.addr)),
     );
     assert_eq!(out.stdout, b"Hello World");
 }
@@ -176,16 +171,11 @@ fn curl_uploading_to_a_route_that_needs_no_body_is_answered_without_sending_it()
     let dir = Scratch::new("http-curl-upload");
     let upload = dir.write("upload", "x".repeat(500_000));
     let server = Server::start(&[]);
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-H", "Expect: 100-continue"])
-        .args(["--data-binary", &format!("@{}", upload.display())])
-        .arg(format!("http://{}/", server.addr))
-        .output()
-        .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-H", "Expect: 100-continue"])
+            .args(["--data-binary", &format!("@{}", upload.display())])
+            .arg(format!("http://{}/", server.addr)),
     );
     assert_eq!(out.stdout, b"Hello World");
     // The answer came before the body was asked for: curl never sent it.

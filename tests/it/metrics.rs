@@ -4,18 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
-use crate::util::{get, Reader, Server};
-
-/// Run a command; it must succeed.
-fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use crate::util::{get, succeeds, Reader, Server};
 
 /// Scrape and parse; every sample by name and labels.
 pub(crate) fn scrape(server: &Server) -> prometheus_parse::Scrape {

@@ -648,3 +648,14 @@ pub fn push_until_ping(s: TcpStream, heard: std::sync::mpsc::Sender<()>) {
     }
     let _ = heard.send(());
 }
+
+/// Run a command (curl, say); it must succeed.
+pub fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("the command is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -602,6 +602,13 @@ pub(super) fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
     Ok(n)
 }
 
+/// Whether the comma-separated field value `value` has `token` among its
+/// elements, in any case (`Connection: Upgrade`, `Cache-Control:
+/// no-transform`, `Vary: accept-encoding`).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// The non-empty elements of a comma-separated field value (RFC 9110 §5.6.1).
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value

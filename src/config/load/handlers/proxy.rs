@@ -109,15 +109,9 @@ impl Proxy {
     fn read_gzip(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
         let g = &mut self.gzip_config;
         match name {
-            "gzip-level" => match w.count(f, "a level from 1 (fastest) to 9 (smallest)") {
+            "gzip-level" => match w.count(f, LEVELS) {
                 Some(n @ 1..=9) => g.level = n as u32,
-                Some(_) => w.error(
-                    f,
-                    format!(
-                        "must be a level from 1 (fastest) to 9 (smallest), got {}",
-                        f.raw
-                    ),
-                ),
+                Some(_) => w.error(f, format!("must be {LEVELS}, got {}", f.raw)),
                 None => {}
             },
             "gzip-min-length" => {
@@ -153,6 +147,9 @@ impl Proxy {
         }
     }
 }
+
+/// What `gzip-level` takes, as its errors say it.
+const LEVELS: &str = "a level from 1 (fastest) to 9 (smallest)";
 
 /// `type/subtype` of tokens, `type/*`, or `*` (`*/*`) for all.
 fn is_media_type(t: &str) -> bool {
