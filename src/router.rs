@@ -12,9 +12,12 @@ use crate::http::response::{AddedHeaders, ResponseWriter};
 use crate::http::status::Status;
 use crate::http::upstream::max_forwards;
 
-/// The `Allow` of what takes every method coreserve knows: the server
-/// itself (`OPTIONS *`), a route without `methods` whose handler takes any.
-const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+/// The `Allow` of what takes every method coreserve knows but TRACE: the
+/// server itself (`OPTIONS *`), a route without `methods` whose handler
+/// takes any. TRACE is taken only where `methods` lists it, as nginx
+/// refuses it everywhere: an app that echoes it back would show a script
+/// the client's cookies and credentials (cross-site tracing).
+const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 /// What a route does.
 enum Action {
@@ -61,10 +64,13 @@ struct Route {
 }
 
 impl Route {
-    /// Whether it serves the request's method: its `methods`, and what its
-    /// handler serves (a static route only GET and HEAD).
+    /// Whether it serves the request's method: its `methods` (without
+    /// them, anything but TRACE), and what its handler serves (a static
+    /// route only GET and HEAD).
     fn takes(&self, req: &Request<'_>) -> bool {
-        self.methods.as_deref().is_none_or(|m| allows(m, req))
+        self.methods
+            .as_deref()
+            .map_or(req.method != Method::Trace, |m| allows(m, req))
             && (self.action.methods().is_none() || matches!(req.method, Method::Get | Method::Head))
     }
 

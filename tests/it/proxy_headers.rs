@@ -441,8 +441,10 @@ fn a_routes_headers_go_on_every_response_it_gives() {
 
 /// What the differential probe against nginx found at the edge: an OPTIONS
 /// or TRACE whose Max-Forwards is 0 goes no further and a larger one goes
-/// up lowered (RFC 9110 §7.6.2); a fragment never goes up; a Host that is
-/// no host and port is a 400 (RFC 9112 §3.2), never forwarded.
+/// up lowered (RFC 9110 §7.6.2); a TRACE goes up only to a route whose
+/// `methods` lists it (nginx refuses every TRACE); a fragment never goes
+/// up; a Host that is no host and port is a 400 (RFC 9112 §3.2), never
+/// forwarded.
 #[test]
 fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
     let up = Upstream::start(echo());
@@ -456,8 +458,16 @@ fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
         r.header("allow").is_some_and(|a| a.contains("OPTIONS")),
         "{r:?}"
     );
-    let r = proxy.get("TRACE /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nCookie: s=1\r\n\r\n");
-    assert_eq!(r.status, 405, "{r:?}");
+    for max_forwards in ["Max-Forwards: 0\r\n", "Max-Forwards: 5\r\n", ""] {
+        let r = proxy.get(&format!(
+            "TRACE /x HTTP/1.1\r\nHost: a\r\n{max_forwards}Cookie: s=1\r\n\r\n"
+        ));
+        assert_eq!(
+            (r.status, r.header("allow")),
+            (405, Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")),
+            "{max_forwards}: {r:?}"
+        );
+    }
     // `Allow` says what the routes of that path take.
     let r = proxy.get("OPTIONS /m/x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
     assert_eq!(
@@ -479,16 +489,22 @@ fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
     assert_eq!(r.status, 200, "{r:?}");
     let r = proxy.get("GET /y?q=1#frag HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
-    // Only the last two went up.
-    let got = up.wait_for_requests(2);
+    let r = proxy.get("TRACE /m/x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 3\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    // Only the last three went up.
+    let got = up.wait_for_requests(3);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let got_all = up.requests();
-    assert_eq!(got_all.len(), 2, "{got_all:?}");
+    assert_eq!(got_all.len(), 3, "{got_all:?}");
     assert_eq!(
         (got[0].method.as_str(), got[0].header("max-forwards")),
         ("OPTIONS", Some("1"))
     );
     assert_eq!(got[1].target, "/y?q=1");
+    assert_eq!(
+        (got[2].method.as_str(), got[2].header("max-forwards")),
+        ("TRACE", Some("2"))
+    );
 }
 
 /// `request-headers` on a proxy route, as nginx's `proxy_set_header`: a
