@@ -10,6 +10,7 @@
 mod app;
 mod env;
 mod files;
+mod gzip;
 mod load;
 mod tls;
 mod tls_files;
@@ -18,6 +19,7 @@ mod validate;
 
 pub use app::*;
 pub use files::preflight;
+pub use gzip::*;
 pub use load::{load_file, parse_str, LoadFailure, DEFAULT_PATH};
 pub use tls::*;
 pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
@@ -328,6 +330,9 @@ pub struct StaticConfig {
     pub cache_control: Option<String>,
     /// How long a shard trusts what it learned about a file before looking again.
     pub cache_valid: Duration,
+    /// Compress files of these types for clients that accept gzip (once
+    /// per shard, kept while the file is unchanged); None: never.
+    pub gzip: Option<GzipConfig>,
 }
 
 /// nginx's `open_file_cache_valid` is 60 s; one second keeps edits visible
@@ -346,6 +351,7 @@ impl StaticConfig {
             precompressed: false,
             cache_control: None,
             cache_valid: DEFAULT_CACHE_VALID,
+            gzip: None,
         }
     }
 }

@@ -232,6 +232,16 @@ impl GzipStream {
     }
 }
 
+/// `input` gzipped whole at `level`, as one gzip member: a static file
+/// compressed once and kept.
+pub fn gzip_whole(input: &[u8], level: u32) -> Result<Vec<u8>, GzipError> {
+    let mut stream = GzipStream::new(level);
+    stream.write(input)?;
+    stream.finish()?;
+    let spare = stream.spare.as_mut().ok_or(GzipError)?;
+    Ok(std::mem::take(&mut spare.output))
+}
+
 impl Drop for GzipStream {
     fn drop(&mut self) {
         let _ = LIVE.try_with(|n| n.set(n.get().saturating_sub(1)));
@@ -262,6 +272,16 @@ mod tests {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    #[test]
+    fn a_whole_body_is_one_gzip_member() {
+        let text = b"a file compressed once and kept ".repeat(1000);
+        for input in [&text[..], b""] {
+            let out = gzip_whole(input, 2).unwrap();
+            assert_eq!(gunzip(&out).unwrap(), input);
+        }
+        assert!(gzip_whole(&text, 2).unwrap().len() < text.len() / 20);
     }
 
     #[test]

@@ -6,15 +6,7 @@ use std::io::{Read, Write};
 
 use crate::proxy::{contains, simple, Proxy};
 use crate::upstream::{chunk, Gate, Reply, Upstream};
-use crate::util::{connect, Reader};
-
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .expect("a whole gzip stream");
-    out
-}
+use crate::util::{connect, gunzip, Reader};
 
 /// A JSON body of about 6 KiB that compresses well.
 fn json() -> String {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
-use crate::util::{get, Reader, Server};
+use crate::util::{get, gunzip, Reader, Server};
 
 /// A site with a few files, served under `/static/`.
 fn site(name: &str, extra: &str) -> (Scratch, Server) {
@@ -659,4 +659,118 @@ fn a_client_that_stops_reading_a_large_file_holds_nobody_up() {
         assert_eq!(r.status, 200, "{dispatch}");
         assert_eq!(r.text(), "ok", "{dispatch}");
     }
+}
+
+/// `gzip = true` on a static route, as nginx's `gzip on` for files: a file
+/// of a listed type is gzipped for an HTTP/1.1 client that takes it, with
+/// its exact length, a weak tag, no `Accept-Ranges` and `Vary`; its
+/// revalidation gets a 304; its HEAD the GET's head. A range, HTTP/1.0,
+/// `no-transform`, an image, a file under `gzip-min-length` get the file
+/// as it is; a precompressed sibling comes before compressing; a file
+/// changed on disk (same size, same second) is compressed again.
+#[test]
+fn gzip_compresses_text_files_for_clients_that_take_it() {
+    let dir = Scratch::new("static-gzip");
+    let page = "<p>hello, compressed world</p>\n".repeat(400);
+    let bundle: String = (0..40_000).map(|i| format!("let v{i} = {i};\n")).collect();
+    assert!(
+        bundle.len() > 256 << 10,
+        "a file streamed, not cached whole"
+    );
+    dir.write("www/page.html", &page);
+    dir.write("www/app.js", &bundle);
+    dir.write("www/tiny.txt", "tiny\n");
+    dir.write("www/logo.png", &page);
+    dir.write("www/pre.css", "body { margin: 0 }\n".repeat(100));
+    dir.write("www/pre.css.gz", b"\x1f\x8bPRECOMPRESSED");
+    let server = serve_www(
+        &dir,
+        "/",
+        &format!(
+            "gzip = true\ncache-valid = \"100ms\"\n\n[[route]]\npath = \"/pre/\"\n\
+             handler = \"static\"\nroot = \"{}\"\ngzip = true\nprecompressed = true\n",
+            dir.path("www")
+        ),
+    );
+    let gz = "Accept-Encoding: gzip, deflate\r\n";
+
+    let r = fetch(&server, "/page.html", gz);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-encoding"), Some("gzip"), "{r:?}");
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(r.header("accept-ranges"), None);
+    assert_eq!(r.header("content-length"), Some(&*r.body.len().to_string()));
+    assert!(r.body.len() < page.len() / 10, "{}", r.body.len());
+    assert_eq!(gunzip(&r.body), page.as_bytes());
+    let tag = r.header("etag").unwrap().to_string();
+    assert!(tag.starts_with("W/\""), "{tag}");
+
+    // Without gzip: the file, its strong tag, ranges, and Vary too.
+    let r = fetch(&server, "/page.html", "");
+    assert_eq!(r.header("content-encoding"), None);
+    assert_eq!(r.body, page.as_bytes());
+    assert_eq!(r.header("etag"), tag.strip_prefix("W/"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+
+    let r = fetch(
+        &server,
+        "/page.html",
+        &format!("{gz}If-None-Match: {tag}\r\n"),
+    );
+    assert_eq!((r.status, r.header("etag")), (304, Some(&*tag)), "{r:?}");
+    let head = get(
+        server.addr,
+        &format!("HEAD /page.html HTTP/1.1\r\nHost: x\r\n{gz}\r\n"),
+    );
+    assert_eq!(head.header("content-encoding"), Some("gzip"));
+    let got = fetch(&server, "/page.html", gz);
+    assert_eq!(head.header("content-length"), got.header("content-length"));
+
+    // What gets the file as it is.
+    let r = fetch(&server, "/page.html", &format!("{gz}Range: bytes=0-9\r\n"));
+    assert_eq!((r.status, r.header("content-encoding")), (206, None));
+    assert_eq!(r.body, &page.as_bytes()[..10]);
+    let r = fetch(
+        &server,
+        "/page.html",
+        &format!("{gz}Cache-Control: no-transform\r\n"),
+    );
+    assert_eq!(
+        (r.header("content-encoding"), r.body.len()),
+        (None, page.len())
+    );
+    let r = get(server.addr, &format!("GET /page.html HTTP/1.0\r\n{gz}\r\n"));
+    assert_eq!(
+        (r.header("content-encoding"), r.body.len()),
+        (None, page.len())
+    );
+    for file in ["/tiny.txt", "/logo.png"] {
+        let r = fetch(&server, file, gz);
+        assert_eq!(r.status, 200, "{file}: {r:?}");
+        assert_eq!(
+            (r.header("content-encoding"), r.header("vary")),
+            (None, None),
+            "{file}: {r:?}"
+        );
+    }
+    let r = fetch(&server, "/pre/pre.css", gz);
+    assert_eq!(r.body, b"\x1f\x8bPRECOMPRESSED");
+
+    // A large file, through a real client that decodes it.
+    let url = format!("http://{}/app.js", server.addr);
+    let (head, body) = curl(&["--compressed", &url]);
+    assert!(
+        head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
+    assert!(body == bundle.as_bytes(), "the bundle decoded whole");
+
+    // The same size, within the same second: compressed again.
+    let changed = page.replace("hello", "HELLO");
+    dir.write("www/page.html", &changed);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = fetch(&server, "/page.html", gz);
+    assert_eq!(gunzip(&r.body), changed.as_bytes());
 }

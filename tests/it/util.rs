@@ -436,6 +436,14 @@ pub fn get(addr: SocketAddr, raw: &str) -> Response {
     Reader::new(&s).next(raw.starts_with("HEAD "))
 }
 
+/// `bytes` decoded as one whole gzip member (panics on anything else).
+pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)
+        .expect("a whole gzip member");
+    out
+}
+
 /// How many file descriptors process `pid` has open.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

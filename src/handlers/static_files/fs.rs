@@ -43,18 +43,65 @@ pub struct FileInfo {
     pub mtime: u64,
     /// Content-Type, from the name the client asked for.
     pub content_type: &'static str,
-    /// `br` or `gzip` when a precompressed sibling is served.
+    /// `br` or `gzip` when a precompressed sibling is served, or the file
+    /// compressed here.
     pub encoding: Option<&'static str>,
+    /// Which version of which file this is, finer than `mtime`: what was
+    /// compressed from it is kept while it stays the same.
+    pub stamp: FileStamp,
+    /// The file's own size when the body is the file gzipped here (its
+    /// tag is then weak: another compressor, or level, makes other bytes).
+    pub compressed_from: Option<u64>,
     /// The whole content, for small files.
     pub body: Option<Rc<[u8]>>,
     /// The open file, for large ones (streamed from it).
     pub file: Option<Rc<OwnedFd>>,
 }
 
+/// A version of a file: its inode, and its modification and change times
+/// to the nanosecond (a write, even within the second and of the same
+/// size, changes them; a file renamed over it has another inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileStamp {
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> FileStamp {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileStamp {
+            ino: meta.ino(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
 impl FileInfo {
-    /// The entity tag: modification time and size, like nginx's.
+    /// The entity tag: modification time and size, like nginx's; weak,
+    /// with the file's own size, for the file gzipped here (as nginx's
+    /// `gzip` weakens the file's tag).
     pub fn etag(&self) -> String {
-        format!("\"{:x}-{:x}\"", self.mtime, self.size)
+        match self.compressed_from {
+            Some(size) => format!("W/\"{:x}-{:x}\"", self.mtime, size),
+            None => format!("\"{:x}-{:x}\"", self.mtime, self.size),
+        }
+    }
+
+    /// This file served as `gzip`ped, its compressed bytes.
+    pub fn gzipped(&self, body: Rc<[u8]>) -> FileInfo {
+        FileInfo {
+            size: body.len() as u64,
+            mtime: self.mtime,
+            stamp: self.stamp,
+            content_type: self.content_type,
+            encoding: Some("gzip"),
+            compressed_from: Some(self.size),
+            body: Some(body),
+            file: None,
+        }
     }
 
     /// Last-Modified as a time.
@@ -84,6 +131,7 @@ pub enum FoundSend {
 pub struct FileInfoSend {
     size: u64,
     mtime: u64,
+    stamp: FileStamp,
     content_type: &'static str,
     encoding: Option<&'static str>,
     body: Option<Vec<u8>>,
@@ -96,8 +144,10 @@ impl From<FoundSend> for Found {
             FoundSend::File(i) => Found::File(FileInfo {
                 size: i.size,
                 mtime: i.mtime,
+                stamp: i.stamp,
                 content_type: i.content_type,
                 encoding: i.encoding,
+                compressed_from: None,
                 body: i.body.map(Into::into),
                 file: i.file.map(Rc::new),
             }),
@@ -257,6 +307,7 @@ fn info(
     FoundSend::File(FileInfoSend {
         size,
         mtime: meta.mtime().max(0) as u64,
+        stamp: FileStamp::of(&meta),
         content_type,
         encoding,
         body,
@@ -447,4 +498,32 @@ mod tests {
     fn escapes_html() {
         assert_eq!(html_escape("<a&b>\"'"), "&lt;a&amp;b&gt;&quot;&#39;");
     }
+}
+
+/// The whole of a file to compress: the bytes of a small one (already
+/// read), or a large one's open file and size.
+#[derive(Debug)]
+pub enum Whole {
+    /// Its content.
+    Bytes(Vec<u8>),
+    /// A descriptor of the open file (a duplicate: this side's own), and
+    /// the size its response says.
+    File(OwnedFd, u64),
+}
+
+/// `whole` gzipped at `level`, for a static route's `gzip`. Fails when the
+/// file no longer has the size its lookup saw (it changed since: the next
+/// lookup sees it again) or the compressor fails.
+pub fn gzip_whole(whole: Whole, level: u32) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let bytes = match whole {
+        Whole::Bytes(b) => b,
+        Whole::File(fd, size) => {
+            let file = fs::File::from(fd);
+            let mut buf = vec![0; usize::try_from(size).map_err(io::Error::other)?];
+            file.read_exact_at(&mut buf, 0)?;
+            buf
+        }
+    };
+    crate::http::coding::gzip_whole(&bytes, level).map_err(io::Error::other)
 }

@@ -8,7 +8,10 @@
 //! by sendfile while they are in the page cache (`sendfile`), otherwise read
 //! through io_uring in bounded chunks while they are written out. A
 //! connection that cannot take sendfile (TLS: the bytes must be encrypted
-//! on their way) gets every file the second way (`Sink`).
+//! on their way) gets every file the second way (`Sink`). With `gzip`, a
+//! file is compressed on the blocking thread the first time a client that
+//! takes gzip asks for it, and the shard keeps the result while the file
+//! keeps its size and time.
 
 pub mod fs;
 pub mod reply;
@@ -17,7 +20,7 @@ pub mod sendfile;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -26,16 +29,16 @@ use std::time::Instant;
 
 use glommio::io::BufferedFile;
 
-use self::fs::{FileInfo, Found, Lookup};
+use self::fs::{FileInfo, FileStamp, Found, Lookup};
 use self::reply::{Conditions, Decision};
 use self::resolve::{Reject, RelPath};
 use self::sendfile::Residency;
 use super::{Handler, Job, Outcome};
-use crate::config::StaticConfig;
-use crate::http::coding::accepted_encodings;
+use crate::config::{GzipConfig, StaticConfig};
+use crate::http::coding::{accepted_encodings, accepts_gzip};
 use crate::http::date::DATE_LEN;
 use crate::http::exchange::{After, Ended, Tally};
-use crate::http::parse::Request;
+use crate::http::parse::{has_token, Request, Version};
 use crate::http::response::{summarize, AddedHeaders, Persistence, ResponseWriter};
 use crate::http::status::Status;
 use crate::recheck;
@@ -57,6 +60,16 @@ pub const CACHE_BYTES: usize = 32 << 20;
 /// name: its bookkeeping, so that names looked up and not there (each
 /// cached as not found) cannot grow the cache without bound.
 const ENTRY_COST: usize = 256;
+
+/// Files larger than this are never compressed by `gzip` (served as they
+/// are, or from a precompressed sibling): one is read whole and compressed
+/// in one go on the shard's blocking thread, tens of milliseconds for the
+/// largest.
+pub const GZIP_MAX_FILE: u64 = 8 << 20;
+
+/// Most compressed bytes one site keeps per shard (and `ENTRY_COST` an
+/// entry); past it the compressed files are dropped and made again.
+pub const GZIP_CACHE_BYTES: usize = 32 << 20;
 
 /// Most open large files one site keeps cached per shard (as nginx's
 /// `open_file_cache max=1000`): each holds a descriptor.
@@ -82,6 +95,25 @@ struct SiteState {
     /// stay open (and its disk space taken). An entry made again since
     /// leaves a stale item, skipped.
     open_files: RefCell<VecDeque<(Instant, CacheKey)>>,
+    /// Files compressed by `gzip`, by path; each valid while the file is
+    /// the version it was made from.
+    gzipped: RefCell<HashMap<PathKey, Gzipped>>,
+    /// What `gzipped` holds, against `GZIP_CACHE_BYTES`.
+    gzipped_bytes: Cell<usize>,
+    /// Paths being compressed now: a request for one meanwhile gets the
+    /// file as it is rather than a compression of its own (a burst of
+    /// requests for a new bundle compresses it once).
+    gzipping: RefCell<HashSet<PathKey>>,
+}
+
+/// A path as the request named it (the route's `rel` and trailing slash).
+type PathKey = (String, bool);
+
+/// A file compressed by `gzip`, and the version it was compressed from.
+struct Gzipped {
+    stamp: FileStamp,
+    size: u64,
+    body: Rc<[u8]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -110,6 +142,9 @@ impl StaticSite {
                 cache_bytes: Cell::new(0),
                 cache_files: Cell::new(0),
                 open_files: RefCell::new(VecDeque::new()),
+                gzipped: RefCell::new(HashMap::new()),
+                gzipped_bytes: Cell::new(0),
+                gzipping: RefCell::new(HashSet::new()),
             }),
         }
     }
@@ -123,6 +158,10 @@ pub struct FileJob {
     request_path: String,
     query: Option<String>,
     encodings: Vec<&'static str>,
+    /// The route's `gzip` may compress the file for this request: it takes
+    /// gzip, is HTTP/1.1 (as nginx's `gzip_http_version`), asks for no
+    /// range and no `no-transform`.
+    gzip: bool,
     conditions: Conditions,
     /// The fields its route adds to the response.
     added: Option<Rc<AddedHeaders>>,
@@ -160,17 +199,28 @@ impl Handler for StaticSite {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string)
         };
+        let accept = req.list("accept-encoding").unwrap_or_default();
         let encodings = if s.cfg.precompressed {
-            accepted_encodings(&req.list("accept-encoding").unwrap_or_default())
+            accepted_encodings(&accept)
         } else {
             Vec::new()
         };
+        // A range of the compressed bytes is of no use to a client that
+        // wants a range of the file: a range request gets the file.
+        let gzip = s.cfg.gzip.is_some()
+            && req.version == Version::Http11
+            && accepts_gzip(&accept)
+            && req.header("range").is_none()
+            && !req
+                .list("cache-control")
+                .is_some_and(|v| has_token(v.as_bytes(), b"no-transform"));
         Outcome::Deferred(Job::File(Box::new(FileJob {
             state: s.clone(),
             rel,
             request_path: req.path.to_string(),
             query: req.query.map(str::to_string),
             encodings,
+            gzip,
             added: res.added().cloned(),
             conditions: Conditions {
                 if_match: req.list("if-match").map(Cow::into_owned),
@@ -297,6 +347,83 @@ impl SiteState {
     }
 }
 
+impl SiteState {
+    /// `found` as this job gets it: gzipped when it is a file the route's
+    /// `gzip` compresses for this request, from what the shard kept or
+    /// compressed now on the blocking thread; as it is otherwise, and while
+    /// another request of the shard is compressing it.
+    async fn maybe_gzipped(&self, job: &FileJob, found: Found) -> Found {
+        let Found::File(info) = &found else {
+            return found;
+        };
+        let Some(g) = self.cfg.gzip.as_ref().filter(|_| job.gzip) else {
+            return found;
+        };
+        if !compressible(g, info) {
+            return found;
+        }
+        let key: PathKey = (job.rel.path.clone(), job.rel.trailing_slash);
+        if let Some(z) = self.gzipped.borrow().get(&key) {
+            if (z.stamp, z.size) == (info.stamp, info.size) {
+                return Found::File(info.gzipped(z.body.clone()));
+            }
+        }
+        let whole = match (&info.body, &info.file) {
+            (Some(body), _) => fs::Whole::Bytes(body.to_vec()),
+            (None, Some(file)) => match file.try_clone() {
+                Ok(fd) => fs::Whole::File(fd, info.size),
+                Err(_) => return found,
+            },
+            (None, None) => return found,
+        };
+        if !self.gzipping.borrow_mut().insert(key.clone()) {
+            return found;
+        }
+        let level = g.level;
+        let result = glommio::executor()
+            .spawn_blocking(move || fs::gzip_whole(whole, level))
+            .await;
+        self.gzipping.borrow_mut().remove(&key);
+        let Ok(bytes) = result else {
+            return found;
+        };
+        let body: Rc<[u8]> = bytes.into();
+        self.keep_gzipped(key, info, body.clone());
+        Found::File(info.gzipped(body))
+    }
+
+    fn keep_gzipped(&self, key: PathKey, info: &FileInfo, body: Rc<[u8]>) {
+        let cost = |key: &PathKey, z: &Gzipped| ENTRY_COST + key.0.len() + z.body.len();
+        let z = Gzipped {
+            stamp: info.stamp,
+            size: info.size,
+            body,
+        };
+        let mut kept = self.gzipped.borrow_mut();
+        if let Some(old) = kept.remove(&key) {
+            self.gzipped_bytes
+                .set(self.gzipped_bytes.get() - cost(&key, &old));
+        }
+        if self.gzipped_bytes.get() + cost(&key, &z) > GZIP_CACHE_BYTES {
+            // Full: start over, as the lookup cache does.
+            kept.clear();
+            self.gzipped_bytes.set(0);
+        }
+        self.gzipped_bytes
+            .set(self.gzipped_bytes.get() + cost(&key, &z));
+        kept.insert(key, z);
+    }
+}
+
+/// Whether `g` compresses this file (as it is on disk) for a client that
+/// takes gzip: of a type it lists, not already encoded, of a size between
+/// its `min-length` and `GZIP_MAX_FILE`.
+fn compressible(g: &GzipConfig, info: &FileInfo) -> bool {
+    info.encoding.is_none()
+        && (g.min_length..=GZIP_MAX_FILE).contains(&info.size)
+        && g.compresses_type(Some(info.content_type.as_bytes()))
+}
+
 /// What an entry counts against the cache's limits: bytes, open files.
 fn cost(key: &CacheKey, found: &Found) -> (usize, usize) {
     let (content, files) = match found {
@@ -352,6 +479,7 @@ async fn serve(
     stream: &mut impl Sink,
 ) -> std::io::Result<(u16, u64, u64)> {
     let found = job.state.lookup(&job).await;
+    let found = job.state.maybe_gzipped(&job, found).await;
     let cfg = &job.state.cfg;
     let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only)
         .with_headers(rc.headers)
@@ -394,7 +522,12 @@ async fn serve(
                     res.header("Cache-Control", cc.as_bytes());
                 }
             }
-            if cfg.precompressed {
+            // Whenever another client could get other bytes for it.
+            let gzip_varies = cfg
+                .gzip
+                .as_ref()
+                .is_some_and(|g| info.compressed_from.is_some() || compressible(g, &info));
+            if cfg.precompressed || gzip_varies {
                 res.header("Vary", b"Accept-Encoding");
             }
             match decision {
@@ -417,7 +550,11 @@ async fn serve(
                         }
                         _ => (0, info.size.saturating_sub(1)),
                     };
-                    res.header("Accept-Ranges", b"bytes");
+                    // Ranges are served of the file, never of what is
+                    // compressed here (a range request gets the file).
+                    if info.compressed_from.is_none() {
+                        res.header("Accept-Ranges", b"bytes");
+                    }
                     if let Some(enc) = info.encoding {
                         res.header("Content-Encoding", enc.as_bytes());
                     }

@@ -146,15 +146,22 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
 }
 
 /// Whether a list of entity tags (or `*`) matches `etag`.
+/// `strong`: the strong comparison (RFC 9110 §8.8.3.2: both tags strong
+/// and the same), else the weak one (the same without `W/`).
 fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
+    let (ours, ours_weak) = match etag.strip_prefix("W/") {
+        Some(tag) => (tag, true),
+        None => (etag, false),
+    };
     list.split(',').map(str::trim).any(|t| {
         if t == "*" {
             return !strong;
         }
-        match t.strip_prefix("W/") {
-            Some(weak) => !strong && weak == etag,
-            None => t == etag,
-        }
+        let (theirs, theirs_weak) = match t.strip_prefix("W/") {
+            Some(tag) => (tag, true),
+            None => (t, false),
+        };
+        theirs == ours && !(strong && (ours_weak || theirs_weak))
     })
 }
 
@@ -170,11 +177,37 @@ mod tests {
         FileInfo {
             size,
             mtime: 1_000_000,
+            stamp: Default::default(),
             content_type: "text/plain",
             encoding: None,
+            compressed_from: None,
             body: None,
             file: None,
         }
+    }
+
+    /// A file gzipped here has a weak tag: it revalidates (If-None-Match
+    /// compares weakly, in either spelling) but meets no If-Match (which
+    /// compares strongly, even against itself).
+    #[test]
+    fn a_weak_tag_of_ours_compares_weakly_only() {
+        let mut i = info(100);
+        i.compressed_from = Some(300);
+        let tag = i.etag();
+        assert!(tag.starts_with("W/\""), "{tag}");
+        let strong_spelling = tag.strip_prefix("W/").unwrap();
+        for inm in [tag.as_str(), strong_spelling] {
+            let c = Conditions {
+                if_none_match: Some(inm.into()),
+                ..Conditions::default()
+            };
+            assert_eq!(decide(&i, &c, true), Decision::NotModified, "{inm}");
+        }
+        let c = Conditions {
+            if_match: Some(tag.clone()),
+            ..Conditions::default()
+        };
+        assert_eq!(decide(&i, &c, true), Decision::PreconditionFailed);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! "unknown key" message and the list of names in messages follow from
 //! the table.
 
+mod gzip;
 mod proxy;
 mod redirect;
 mod respond;

@@ -3,8 +3,9 @@
 //! route in the file).
 
 use super::super::values::Sent;
+use super::gzip::GzipKeys;
 use super::{Field, Kind, KindReader, Walker};
-use crate::config::{Cidr, GzipConfig, HandlerConfig, ProxyConfig};
+use crate::config::{Cidr, HandlerConfig, ProxyConfig};
 
 pub(super) const KIND: Kind = Kind {
     name: "proxy",
@@ -25,9 +26,7 @@ pub(super) const KIND: Kind = Kind {
         Box::new(Proxy {
             config: ProxyConfig::new(String::new()),
             upstream_set: false,
-            gzip: false,
-            gzip_config: GzipConfig::default(),
-            gzip_setting: None,
+            gzip: GzipKeys::default(),
         })
     },
 };
@@ -38,13 +37,8 @@ struct Proxy {
     config: ProxyConfig,
     /// Whether `upstream` was set: it has no default.
     upstream_set: bool,
-    /// `gzip = true` was read.
-    gzip: bool,
-    /// The `gzip-*` settings read, over their defaults.
-    gzip_config: GzipConfig,
-    /// The first `gzip-*` key set, and its line: an error there if `gzip`
-    /// is not on, as such a key would do nothing.
-    gzip_setting: Option<(String, Option<usize>)>,
+    /// `gzip` and its settings.
+    gzip: GzipKeys,
 }
 
 impl KindReader for Proxy {
@@ -76,13 +70,7 @@ impl KindReader for Proxy {
             "request-headers" => {
                 c.request_headers = w.header_fields(f, set_by_coreserve, Sent::Upstream(host_rule));
             }
-            "gzip" => self.gzip = w.flag(f).unwrap_or(false),
-            "gzip-level" | "gzip-min-length" | "gzip-types" => {
-                if self.gzip_setting.is_none() {
-                    self.gzip_setting = Some((f.key.clone(), f.line));
-                }
-                self.read_gzip(w, name, f);
-            }
+            "gzip" | "gzip-level" | "gzip-min-length" | "gzip-types" => self.gzip.read(w, name, f),
             _ => w.error(f, "unknown key".into()),
         }
     }
@@ -92,74 +80,9 @@ impl KindReader for Proxy {
             let rule = "is required for a proxy route: the name of an [[upstream]] group";
             w.missing(route, "upstream", rule.into());
         }
-        if self.gzip {
-            self.config.gzip = Some(self.gzip_config);
-        } else if let Some((key, line)) = self.gzip_setting {
-            w.error_at(
-                key,
-                line,
-                "does nothing without gzip = true on the route".into(),
-            );
-        }
+        self.config.gzip = self.gzip.finish(w);
         HandlerConfig::Proxy(self.config)
     }
-}
-
-impl Proxy {
-    fn read_gzip(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
-        let g = &mut self.gzip_config;
-        match name {
-            "gzip-level" => match w.count(f, LEVELS) {
-                Some(n @ 1..=9) => g.level = n as u32,
-                Some(_) => w.error(f, format!("must be {LEVELS}, got {}", f.raw)),
-                None => {}
-            },
-            "gzip-min-length" => {
-                if let Some(n) = w.size(f) {
-                    g.min_length = n;
-                }
-            }
-            _ => {
-                let Some(types) = w.string_list(f) else {
-                    return;
-                };
-                if types.is_empty() {
-                    w.error(
-                        f,
-                        "lists no type, so nothing would be compressed: list some, or leave gzip off".into(),
-                    );
-                    return;
-                }
-                g.types.clear();
-                for t in types {
-                    if is_media_type(&t) {
-                        g.types.push(t.to_ascii_lowercase());
-                    } else {
-                        w.error(
-                            f,
-                            format!(
-                                "{t:?} is not a media type like \"application/json\" or \"text/*\" (without parameters), or \"*\" for all"
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// What `gzip-level` takes, as its errors say it.
-const LEVELS: &str = "a level from 1 (fastest) to 9 (smallest)";
-
-/// `type/subtype` of tokens, `type/*`, or `*` (`*/*`) for all.
-fn is_media_type(t: &str) -> bool {
-    let token = |s: &str| {
-        !s.is_empty() && !s.contains('*') && s.bytes().all(crate::http::parse::is_token_byte)
-    };
-    t == "*"
-        || t == "*/*"
-        || t.split_once('/')
-            .is_some_and(|(a, b)| token(a) && (b == "*" || token(b)))
 }
 
 /// What is wrong with a value of `request-headers`' `name`, if anything:

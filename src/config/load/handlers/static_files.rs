@@ -1,5 +1,6 @@
 //! `handler = "static"`: files under a directory.
 
+use super::gzip::GzipKeys;
 use super::{Field, Kind, KindReader, Walker};
 use crate::config::{HandlerConfig, StaticConfig};
 
@@ -14,11 +15,16 @@ pub(super) const KIND: Kind = Kind {
         "precompressed",
         "cache-control",
         "cache-valid",
+        "gzip",
+        "gzip-level",
+        "gzip-min-length",
+        "gzip-types",
     ],
     reader: || {
         Box::new(Static {
             config: StaticConfig::new(Default::default()),
             root_set: false,
+            gzip: GzipKeys::default(),
         })
     },
 };
@@ -29,6 +35,8 @@ struct Static {
     config: StaticConfig,
     /// Whether `root` was read: it has no default.
     root_set: bool,
+    /// `gzip` and its settings.
+    gzip: GzipKeys,
 }
 
 impl KindReader for Static {
@@ -56,15 +64,61 @@ impl KindReader for Static {
                     c.cache_valid = d;
                 }
             }
+            "gzip" | "gzip-level" | "gzip-min-length" | "gzip-types" => self.gzip.read(w, name, f),
             _ => w.error(f, "unknown key".into()),
         }
     }
 
-    fn finish(self: Box<Self>, w: &mut Walker<'_>, route: &str) -> HandlerConfig {
+    fn finish(mut self: Box<Self>, w: &mut Walker<'_>, route: &str) -> HandlerConfig {
         if !self.root_set {
             let rule = "is required for a static route (the directory served)";
             w.missing(route, "root", rule.into());
         }
+        self.config.gzip = self.gzip.finish(w);
         HandlerConfig::Static(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{parse_str, GzipConfig, HandlerConfig};
+
+    fn load(route: &str) -> Result<HandlerConfig, Vec<String>> {
+        let text =
+            format!("[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n{route}");
+        parse_str(&text, Path::new("/srv/t.toml"))
+            .map(|c| c.routes[0].handler.clone())
+            .map_err(|f| f.errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn gzip_is_off_unless_asked_and_takes_the_proxys_settings() {
+        let HandlerConfig::Static(s) = load("").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.gzip, None);
+        let HandlerConfig::Static(s) =
+            load("gzip = true\ngzip-level = 5\ngzip-types = [\"text/*\"]\n").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            s.gzip,
+            Some(GzipConfig {
+                level: 5,
+                types: vec!["text/*".into()],
+                ..GzipConfig::default()
+            })
+        );
+        assert_eq!(
+            load("gzip-min-length = \"1k\"\n").unwrap_err(),
+            ["/srv/t.toml:5: route[1].gzip-min-length: does nothing without gzip = true on the route"]
+        );
+        assert_eq!(
+            load("gzip = true\ngzip-level = 10\n").unwrap_err(),
+            ["/srv/t.toml:6: route[1].gzip-level: must be a level from 1 (fastest) to 9 (smallest), got 10"]
+        );
     }
 }
