@@ -40,8 +40,19 @@ pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 /// what execvp(3) searches then (glibc's `confstr(_CS_PATH)`).
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
+/// Why a static route's `fallback` cannot be served from `root`, if it
+/// cannot: it must be a file there now (one deleted later is a 404).
+fn not_a_file(root: &Path, fallback: &str) -> Option<String> {
+    let file = root.join(fallback);
+    match std::fs::metadata(&file) {
+        Ok(m) if m.is_file() => None,
+        Ok(_) => Some(format!("{} is not a file", file.display())),
+        Err(e) => Some(format!("cannot use {}: {e}", file.display())),
+    }
+}
+
 /// Whether what the configuration names on the file system is usable here:
-/// every static route's root is a directory, the access log, if it is a
+/// every static route's root is a directory (and its `fallback` a file in it), the access log, if it is a
 /// file, can be opened for appending (`check_writable`), every app's `cwd`
 /// is a directory and its program can be run (`check_app`), and each TLS
 /// certificate and key loads (`tls_files`; a near expiry is logged as a
@@ -55,7 +66,14 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
         if let HandlerConfig::Static(s) = &r.handler {
             let key = format!("{}.root", route_key(i));
             match std::fs::metadata(&s.root) {
-                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.is_dir() => {
+                    if let Some(fault) = s.fallback.as_ref().and_then(|f| not_a_file(&s.root, f)) {
+                        errors.push(ConfigError::new(
+                            format!("{}.fallback", route_key(i)),
+                            fault,
+                        ));
+                    }
+                }
                 Ok(_) => errors.push(ConfigError::new(
                     key,
                     format!("{} is not a directory", s.root.display()),
@@ -250,9 +268,17 @@ mod tests {
         c.routes.push(static_route("/ok/", &dir));
         c.routes.push(static_route("/gone/", &dir.join("missing")));
         c.routes.push(static_route("/file/", &dir.join("file")));
+        for fallback in ["missing.html", "."] {
+            let mut spa = static_route("/spa/", &dir);
+            if let HandlerConfig::Static(s) = &mut spa.handler {
+                s.fallback = Some(fallback.into());
+            }
+            c.routes.push(spa);
+        }
         c.log.access = AccessLog::File(dir.join("no/such/dir/access.log"));
         c.lines.insert("route[3].root".into(), 12);
         c.lines.insert("route[4].root".into(), 14);
+        c.lines.insert("route[5].fallback".into(), 17);
         let errs: Vec<String> = preflight(&mut c).iter().map(|e| e.to_string()).collect();
         let d = dir.display();
         assert_eq!(
@@ -260,6 +286,8 @@ mod tests {
             [
                 format!("conf/x.toml:12: route[3].root: cannot use {d}/missing: No such file or directory (os error 2)"),
                 format!("conf/x.toml:14: route[4].root: {d}/file is not a directory"),
+                format!("conf/x.toml:17: route[5].fallback: cannot use {d}/missing.html: No such file or directory (os error 2)"),
+                format!("conf/x.toml: route[6].fallback: {d}/. is not a file"),
                 format!("conf/x.toml: log.access: cannot open {d}/no/such/dir/access.log: No such file or directory (os error 2)"),
             ]
         );

@@ -330,6 +330,9 @@ pub struct StaticConfig {
     pub cache_control: Option<String>,
     /// How long a shard trusts what it learned about a file before looking again.
     pub cache_valid: Duration,
+    /// The file (a path below `root`, without a leading slash) served with
+    /// a 200 for a path that names nothing, as a single-page app wants.
+    pub fallback: Option<String>,
     /// Compress files of these types for clients that accept gzip (once
     /// per shard, kept while the file is unchanged); None: never.
     pub gzip: Option<GzipConfig>,
@@ -351,6 +354,7 @@ impl StaticConfig {
             precompressed: false,
             cache_control: None,
             cache_valid: DEFAULT_CACHE_VALID,
+            fallback: None,
             gzip: None,
         }
     }

@@ -774,3 +774,49 @@ fn gzip_compresses_text_files_for_clients_that_take_it() {
     let r = fetch(&server, "/page.html", gz);
     assert_eq!(gunzip(&r.body), changed.as_bytes());
 }
+
+/// `fallback` serves a single-page app: a path that names nothing gets the
+/// app's page with a 200 (nginx's `try_files $uri $uri/ /index.html`),
+/// with its validators; files, directories and hidden names are what they
+/// were.
+#[test]
+fn a_fallback_gives_a_single_page_app_its_page() {
+    let shell = "<!doctype html><div id=app></div>\n";
+    let (dir, server) = root_site(
+        "spa-fallback",
+        &[
+            ("index.html", shell),
+            ("assets/app.js", "boot();\n"),
+            ("docs/guide.txt", "guide\n"),
+            (".env", "SECRET=1\n"),
+        ],
+        "fallback = \"/index.html\"\n",
+    );
+    for path in [
+        "/dashboard/settings",
+        "/users/42?tab=1",
+        "/assets/missing.js",
+    ] {
+        let r = fetch(&server, path, "");
+        assert_eq!(
+            (r.status, r.header("content-type"), r.text().as_str()),
+            (200, Some("text/html"), shell),
+            "{path}"
+        );
+    }
+    let tag = fetch(&server, "/somewhere", "")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let r = fetch(&server, "/elsewhere", &format!("If-None-Match: {tag}\r\n"));
+    assert_eq!(r.status, 304, "{r:?}");
+    assert_eq!(fetch(&server, "/assets/app.js", "").text(), "boot();\n");
+    let r = fetch(&server, "/docs", "");
+    assert_eq!((r.status, r.header("location")), (301, Some("/docs/")));
+    assert_eq!(fetch(&server, "/docs/", "").status, 403);
+    assert_eq!(fetch(&server, "/.env", "").status, 404);
+    // The page gone: a 404, not an error.
+    std::fs::remove_file(dir.0.join("www/index.html")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(fetch(&server, "/dashboard", "").status, 404);
+}

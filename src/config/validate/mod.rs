@@ -284,6 +284,11 @@ fn validate_route(
                     );
                 }
             }
+            if let Some(fallback) = &s.fallback {
+                if let Some(why) = fallback_fault(fallback, s.dotfiles) {
+                    err(&key("fallback"), why);
+                }
+            }
             if let Some(cc) = &s.cache_control {
                 if !is_header_value(cc) {
                     err(
@@ -294,6 +299,29 @@ fn validate_route(
             }
         }
     }
+}
+
+/// What is wrong with a static route's `fallback` (its leading slash
+/// already removed), if anything: it must name a file below the root by a
+/// plain path, which the route would serve (no hidden name without
+/// `dotfiles`).
+fn fallback_fault(path: &str, dotfiles: bool) -> Option<String> {
+    let names: Vec<&str> = path.split('/').collect();
+    if path.contains(['\0', '\\'])
+        || names
+            .iter()
+            .any(|n| n.is_empty() || *n == "." || *n == "..")
+    {
+        return Some(format!(
+            "must be a file below the root, like \"/index.html\", got {path:?}"
+        ));
+    }
+    if !dotfiles && names.iter().any(|n| n.starts_with('.')) {
+        return Some(format!(
+            "{path:?} is a hidden name, which this route does not serve (dotfiles = false)"
+        ));
+    }
+    None
 }
 
 /// Visible ASCII and spaces: what may go into a header we send.

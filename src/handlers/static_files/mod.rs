@@ -258,12 +258,12 @@ pub struct ReplyContext<'a> {
 }
 
 impl SiteState {
-    /// What the job's path is on disk: from the cache while fresh, otherwise
-    /// from the blocking thread.
-    async fn lookup(&self, job: &FileJob) -> Found {
+    /// What `rel` (the job's path, or the route's `fallback`) is on disk:
+    /// from the cache while fresh, otherwise from the blocking thread.
+    async fn lookup(&self, job: &FileJob, rel: &str, trailing_slash: bool) -> Found {
         let key = CacheKey {
-            rel: job.rel.path.clone(),
-            trailing_slash: job.rel.trailing_slash,
+            rel: rel.to_string(),
+            trailing_slash,
             encodings: job.encodings.clone(),
         };
         let now = Instant::now();
@@ -275,8 +275,8 @@ impl SiteState {
         }
         let lookup = Lookup {
             root: self.root.clone(),
-            rel: job.rel.path.clone(),
-            trailing_slash: job.rel.trailing_slash,
+            rel: rel.to_string(),
+            trailing_slash,
             request_path: job.request_path.clone(),
             index: self.cfg.index.clone(),
             autoindex: self.cfg.autoindex,
@@ -352,7 +352,7 @@ impl SiteState {
     /// `gzip` compresses for this request, from what the shard kept or
     /// compressed now on the blocking thread; as it is otherwise, and while
     /// another request of the shard is compressing it.
-    async fn maybe_gzipped(&self, job: &FileJob, found: Found) -> Found {
+    async fn maybe_gzipped(&self, job: &FileJob, path: PathKey, found: Found) -> Found {
         let Found::File(info) = &found else {
             return found;
         };
@@ -362,7 +362,7 @@ impl SiteState {
         if !compressible(g, info) {
             return found;
         }
-        let key: PathKey = (job.rel.path.clone(), job.rel.trailing_slash);
+        let key = path;
         if let Some(z) = self.gzipped.borrow().get(&key) {
             if (z.stamp, z.size) == (info.stamp, info.size) {
                 return Found::File(info.gzipped(z.body.clone()));
@@ -478,9 +478,16 @@ async fn serve(
     out: &mut Vec<u8>,
     stream: &mut impl Sink,
 ) -> std::io::Result<(u16, u64, u64)> {
-    let found = job.state.lookup(&job).await;
-    let found = job.state.maybe_gzipped(&job, found).await;
     let cfg = &job.state.cfg;
+    let mut path: PathKey = (job.rel.path.clone(), job.rel.trailing_slash);
+    let mut found = job.state.lookup(&job, &path.0, path.1).await;
+    if let (Found::NotFound, Some(fallback)) = (&found, &cfg.fallback) {
+        // A single-page app's paths are its own: they get its page (nginx's
+        // `try_files $uri $uri/ /index.html`).
+        path = (fallback.clone(), false);
+        found = job.state.lookup(&job, fallback, false).await;
+    }
+    let found = job.state.maybe_gzipped(&job, path, found).await;
     let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only)
         .with_headers(rc.headers)
         .with_added(job.added.as_ref());

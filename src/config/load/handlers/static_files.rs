@@ -15,6 +15,7 @@ pub(super) const KIND: Kind = Kind {
         "precompressed",
         "cache-control",
         "cache-valid",
+        "fallback",
         "gzip",
         "gzip-level",
         "gzip-min-length",
@@ -59,6 +60,8 @@ impl KindReader for Static {
             "dotfiles" => c.dotfiles = w.flag(f).unwrap_or(false),
             "precompressed" => c.precompressed = w.flag(f).unwrap_or(false),
             "cache-control" => c.cache_control = w.string(f),
+            // `/index.html`, as nginx's `try_files` names it, or `index.html`.
+            "fallback" => c.fallback = w.string(f).map(|p| p.trim_start_matches('/').into()),
             "cache-valid" => {
                 if let Some(d) = w.duration(f) {
                     c.cache_valid = d;
@@ -85,12 +88,45 @@ mod tests {
 
     use crate::config::{parse_str, GzipConfig, HandlerConfig};
 
+    /// The route's handler, loaded and validated.
     fn load(route: &str) -> Result<HandlerConfig, Vec<String>> {
         let text =
             format!("[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n{route}");
-        parse_str(&text, Path::new("/srv/t.toml"))
+        let errors =
+            |errs: &[crate::config::ConfigError]| errs.iter().map(|e| e.to_string()).collect();
+        let loaded = parse_str(&text, Path::new("/srv/t.toml")).map_err(|f| errors(&f.errors))?;
+        loaded
+            .validate()
             .map(|c| c.routes[0].handler.clone())
-            .map_err(|f| f.errors.iter().map(|e| e.to_string()).collect())
+            .map_err(|errs| errors(&errs))
+    }
+
+    #[test]
+    fn a_fallback_is_a_plain_path_below_the_root() {
+        for (given, kept) in [
+            ("/index.html", "index.html"),
+            ("app/shell.html", "app/shell.html"),
+        ] {
+            let HandlerConfig::Static(s) = load(&format!("fallback = {given:?}\n")).unwrap() else {
+                panic!()
+            };
+            assert_eq!(s.fallback.as_deref(), Some(kept));
+        }
+        for bad in ["", "/", "../etc/passwd", "a//b.html", "a/./b.html", "dir/"] {
+            assert_eq!(
+                load(&format!("fallback = {bad:?}\n")).unwrap_err(),
+                [format!(
+                    "/srv/t.toml:5: route[1].fallback: must be a file below the root, like \"/index.html\", got {:?}",
+                    bad.trim_start_matches('/')
+                )],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            load("fallback = \"/.app/index.html\"\n").unwrap_err(),
+            ["/srv/t.toml:5: route[1].fallback: \".app/index.html\" is a hidden name, which this route does not serve (dotfiles = false)"]
+        );
+        assert!(load("fallback = \"/.app/index.html\"\ndotfiles = true\n").is_ok());
     }
 
     #[test]
