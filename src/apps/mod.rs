@@ -103,9 +103,10 @@ pub struct InstanceStatus {
     pub index: usize,
     /// The current process, if one runs.
     pub pid: Option<u32>,
-    /// `starting`, `ready`, `stopping`, `restarting` (waiting out its
-    /// back-off) or `down`; for one leaving, `draining` (waiting for its
-    /// connections to end) or `stopping`.
+    /// `starting`, `ready`, `ready-old` (serving with settings a reload
+    /// replaced, its replacement having failed to come up), `stopping`,
+    /// `restarting` (waiting out its back-off) or `down`; for one leaving,
+    /// `draining` (waiting for its connections to end) or `stopping`.
     pub state: &'static str,
     /// Times it was started again after it exited.
     pub restarts: u32,

@@ -164,7 +164,7 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
             i.pid.map_or(String::new(), |p| p.to_string()),
             i.state,
             i.addr.as_deref().unwrap_or(""),
-            u8::from(i.state == "ready")
+            u8::from(matches!(i.state, "ready" | "ready-old"))
         );
     }
     let _ = writeln!(

@@ -91,6 +91,12 @@ struct Slot {
     /// a broken command), and when the next may start.
     replace_backoff: Backoff,
     replace_at: Option<Instant>,
+    /// The generation the slot's next restart runs: an earlier one when
+    /// the instance that exited ran it and the app's settings have not
+    /// been ready anywhere yet, so that a rolling reload to a broken
+    /// command never takes away the instances that still work; `None`:
+    /// the app's.
+    restart_as: Option<u64>,
 }
 
 struct App {
@@ -99,9 +105,12 @@ struct App {
     generation: u64,
     /// The highest generation given yet (a new change takes the next).
     issued: u64,
-    /// Earlier settings that instances still run, with their generation:
-    /// a reload back to one of them keeps those instances.
+    /// Earlier settings that instances still run (or restart with), with
+    /// their generation: a reload back to one of them keeps those
+    /// instances.
     earlier: Vec<(u64, AppConfig)>,
+    /// An instance of `generation` has been ready: its settings work.
+    proven: bool,
     slots: Vec<Slot>,
     /// What the master was last told.
     published: Vec<ServerAddr>,
@@ -174,6 +183,7 @@ impl Slot {
             next: None,
             replace_backoff: Backoff::new(now),
             replace_at: None,
+            restart_as: None,
         }
     }
 
@@ -194,6 +204,32 @@ impl Slot {
             inst.state = State::retiring(now, drain);
             out.push(Leaving::new(app, index, inst));
         }
+    }
+}
+
+impl App {
+    /// A new app of `n` slots, each to start at `now`.
+    fn new(config: AppConfig, n: usize, now: Instant) -> App {
+        App {
+            config,
+            generation: 0,
+            issued: 0,
+            earlier: Vec::new(),
+            proven: false,
+            slots: (0..n).map(|_| Slot::new(now)).collect(),
+            published: Vec::new(),
+        }
+    }
+
+    /// The settings of `generation`: the app's, or earlier ones instances
+    /// still run; None when no longer known.
+    fn settings(&self, generation: u64) -> Option<&AppConfig> {
+        if generation == self.generation {
+            return Some(&self.config);
+        }
+        self.earlier
+            .iter()
+            .find_map(|(g, c)| (*g == generation).then_some(c))
     }
 }
 
@@ -233,14 +269,7 @@ impl Manager {
         let now = Instant::now();
         for config in configs {
             let n = config.instance_count(self.shards);
-            self.apps.push(App {
-                config,
-                generation: 0,
-                issued: 0,
-                earlier: Vec::new(),
-                slots: (0..n).map(|_| Slot::new(now)).collect(),
-                published: Vec::new(),
-            });
+            self.apps.push(App::new(config, n, now));
         }
         loop {
             if let Err(e) = self.start_due(Instant::now(), true) {
@@ -370,7 +399,12 @@ impl Manager {
                 if !self.apps[a].slots[i].current.is_due(now) {
                     continue;
                 }
-                match self.spawn(a, i, now) {
+                let app = &mut self.apps[a];
+                let generation = match app.slots[i].restart_as.take() {
+                    Some(earlier) if !app.proven => earlier,
+                    _ => app.generation,
+                };
+                match self.spawn(a, i, generation, now) {
                     Ok(inst) => {
                         self.apps[a].slots[i].current.started(inst, now);
                     }
@@ -385,9 +419,20 @@ impl Manager {
         Ok(())
     }
 
-    fn spawn(&mut self, a: usize, index: usize, now: Instant) -> Result<Instance, AppError> {
+    /// Start an instance for slot `index` of app `a` with the settings of
+    /// `generation` (the app's, unless they are no longer known).
+    fn spawn(
+        &mut self,
+        a: usize,
+        index: usize,
+        generation: u64,
+        now: Instant,
+    ) -> Result<Instance, AppError> {
         let app = &self.apps[a];
-        let config = &app.config;
+        let (generation, config) = match app.settings(generation) {
+            Some(config) => (generation, config),
+            None => (app.generation, &app.config),
+        };
         self.next_tag += 1;
         let tag = self.next_tag;
         let failed = |err: std::io::Error| AppError::Spawn {
@@ -410,7 +455,7 @@ impl Manager {
         );
         Ok(Instance {
             tag,
-            generation: app.generation,
+            generation,
             addr,
             process,
             state: State::Starting {
@@ -608,6 +653,7 @@ impl Manager {
         }
         for app in &mut self.apps {
             let name = app.config.name.clone();
+            let (generation, proven) = (app.generation, app.proven);
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 if slot.next.as_ref().is_some_and(|i| i.tag == tag) {
                     let gone = slot.next.take().expect("checked above");
@@ -629,13 +675,22 @@ impl Manager {
                     let (gone, delay) = slot.current.ended(now, ready);
                     let gone = gone.expect("checked above");
                     address::release(&gone.addr);
+                    // Settings a reload replaced, while the new ones have
+                    // not come up anywhere: the ones known to work.
+                    let earlier = gone.generation != generation && !proven;
+                    slot.restart_as = earlier.then_some(gone.generation);
                     // One line per death: a crash loop's deaths are spaced
                     // by the back-off, so it logs once per step.
                     warn!(
-                        "app {name}[{index}] (pid {}) exited{}: {status}; starting it again in {}s{}",
+                        "app {name}[{index}] (pid {}) exited{}: {status}; starting it again in {}s{}{}",
                         gone.process.pid,
                         if ready { "" } else { " before it was ready" },
                         delay.as_secs(),
+                        if earlier {
+                            " with the settings it ran (the reload's have not come up yet)"
+                        } else {
+                            ""
+                        },
                         tail_of(&gone.process)
                     );
                     return;

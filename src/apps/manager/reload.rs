@@ -19,6 +19,12 @@ impl Manager {
             let generation = self.apps[a].generation;
             // A replacement that is ready takes its slot.
             let app = &mut self.apps[a];
+            app.proven = app.proven
+                || app
+                    .slots
+                    .iter()
+                    .flat_map(Slot::instances)
+                    .any(|i| i.generation == generation && matches!(i.state, State::Ready));
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 if matches!(
                     slot.next,
@@ -31,6 +37,7 @@ impl Manager {
                     let started = new.started;
                     let old = slot.current.started(new, started);
                     slot.replace_backoff = Backoff::new(now);
+                    slot.restart_as = None;
                     if let Some(mut inst) = old {
                         inst.state = State::retiring(now, self.drain);
                         self.leaving.push(Leaving::new(&app.config, index, inst));
@@ -48,7 +55,7 @@ impl Manager {
             if self.apps[a].slots[i].replace_at.is_some_and(|t| t > now) {
                 continue;
             }
-            match self.spawn(a, i, now) {
+            match self.spawn(a, i, generation, now) {
                 Ok(inst) => {
                     let slot = &mut self.apps[a].slots[i];
                     slot.next = Some(inst);
@@ -75,10 +82,11 @@ impl Manager {
     fn change(&mut self, app: &mut App, config: &AppConfig, now: Instant) {
         let left = (app.generation, app.config.clone());
         app.earlier.push(left);
+        app.proven = false;
         let runs = |g: u64| {
-            app.slots
-                .iter()
-                .any(|s| s.current.get().is_some_and(|i| i.generation == g))
+            app.slots.iter().any(|s| {
+                s.current.get().is_some_and(|i| i.generation == g) || s.restart_as == Some(g)
+            })
         };
         app.earlier.retain(|(g, _)| runs(*g));
         let back = app
@@ -138,6 +146,16 @@ impl Manager {
                     let mut app = old.swap_remove(i);
                     if app.config.replaces_instances(&config) {
                         self.change(&mut app, &config, now);
+                    } else {
+                        // A reload is the operator's "try again now" (the
+                        // cause fixed outside the settings: a database up
+                        // again, the app's files deployed): what waits out
+                        // a back-off starts at once.
+                        for slot in &mut app.slots {
+                            slot.current.start_afresh(now);
+                            slot.replace_backoff = Backoff::new(now);
+                            slot.replace_at = None;
+                        }
                     }
                     app.config = config;
                     while app.slots.len() > n {
@@ -152,14 +170,7 @@ impl Manager {
                 }
                 None => {
                     info!("app {}: new; starting {n} instances", config.name);
-                    App {
-                        config,
-                        generation: 0,
-                        issued: 0,
-                        earlier: Vec::new(),
-                        slots: (0..n).map(|_| Slot::new(now)).collect(),
-                        published: Vec::new(),
-                    }
+                    App::new(config, n, now)
                 }
             };
             self.apps.push(app);

@@ -77,6 +77,14 @@ impl Manager {
                             None if slot.current.due().is_some() => "restarting",
                             None => "down",
                             Some(State::Starting { .. }) => "starting",
+                            // Its replacement (a reload's settings) failed
+                            // to come up and waits to be tried again.
+                            Some(State::Ready)
+                                if slot.replace_at.is_some()
+                                    && inst.is_some_and(|i| i.generation != app.generation) =>
+                            {
+                                "ready-old"
+                            }
                             Some(State::Ready) => "ready",
                             // A slot's instance is retired by moving it
                             // to `leaving`; stopped in its slot, at its

@@ -535,11 +535,26 @@ fn an_instance_that_dies_during_a_rolling_reload_leaves_one_instance_in_its_slot
         assert_eq!(slot.current.get().map(|i| i.process.pid), Some(new));
         assert!(slot.next.is_none() && slot.current.due().is_none());
         let running: Vec<u32> = records(&h.dir).into_keys().filter(|&p| alive(p)).collect();
-        assert_eq!(running, [new]);
+        assert_eq!(running, [new], "{:?}", records(&h.dir));
         let shown = h.m.board.read(Instant::now());
         assert_eq!(shown.len(), 1);
         assert_eq!((shown[0].state, shown[0].pid), ("ready", Some(new)));
     });
+}
+
+/// App `web` of one instance running `body`, which serves once until the
+/// flag `exit` (raised here), then fails to start: its settings, and when
+/// its next restart is due, seconds away after two failures.
+fn failing_after_first(h: &mut Harness, body: &str) -> (AppConfig, Instant) {
+    let web = app("web", 1, body, &h.dir);
+    h.start(vec![web.clone()]).unwrap();
+    h.touch("exit");
+    h.turn_until("two restarts failed", |m| {
+        m.apps[0].slots[0].current.restarts() >= 3
+    });
+    let due = h.m.apps[0].slots[0].current.due().expect("a restart due");
+    assert!(due > Instant::now() + Duration::from_secs(2), "{due:?}");
+    (web, due)
 }
 
 #[test]
@@ -551,17 +566,62 @@ fn a_reload_that_fixes_a_failing_app_starts_it_without_waiting_out_its_back_off(
                     s = listen()\n\
                     wait_for('exit')\n\
                     sys.exit(3)";
-        let web = app("web", 1, body, &h.dir);
-        h.start(vec![web.clone()]).unwrap();
-        h.touch("exit");
-        h.turn_until("two restarts failed", |m| {
-            m.apps[0].slots[0].current.restarts() >= 3
-        });
-        let due = h.m.apps[0].slots[0].current.due().expect("a restart due");
-        assert!(due > Instant::now() + Duration::from_secs(2), "{due:?}");
+        let (web, due) = failing_after_first(&mut h, body);
         h.send(Msg::Reload(vec![version(&web, "2", SERVES)]));
         // Long before the back-off would have let it.
         h.turn_until("the fixed app serves", |m| is_ready(current(m, "web", 0)));
+        assert!(Instant::now() < due, "it waited out the back-off");
+    });
+}
+
+/// A rolling reload to settings that never come up leaves the old
+/// instance serving (shown `ready-old`), and when it dies meanwhile it
+/// starts again with the settings it ran, not the broken ones: a bad
+/// deploy never takes away what works.
+#[test]
+fn an_old_instance_that_dies_while_its_replacement_fails_restarts_as_it_ran() {
+    within(|| {
+        let mut h = Harness::new("as-it-ran");
+        let web = app("web", 1, SERVES, &h.dir);
+        h.start(vec![version(&web, "1", SERVES)]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap().process.pid;
+        h.send(Msg::Reload(vec![version(&web, "2", "sys.exit(5)")]));
+        h.turn_until("a replacement failed", |m| {
+            m.apps[0].slots[0].replace_at.is_some()
+        });
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!((shown[0].state, shown[0].pid), ("ready-old", Some(old)));
+        process::signal_group(old, libc::SIGKILL);
+        h.turn_until("the old instance's death is seen", |m| {
+            m.apps[0].slots[0].current.restarts() == 1
+        });
+        h.turn_until("started again, and serving", |m| {
+            is_ready(current(m, "web", 0))
+        });
+        let again = current(&h.m, "web", 0).unwrap().process.pid;
+        assert_ne!(again, old);
+        assert_eq!(records(&h.dir)[&again].version, "1");
+    });
+}
+
+/// A reload that changes nothing is the operator's "try again now": an
+/// instance waiting out its back-off (its cause fixed outside the
+/// settings) starts at once.
+#[test]
+fn a_reload_without_changes_starts_at_once_what_waits_out_its_back_off() {
+    within(|| {
+        let mut h = Harness::new("again");
+        // Serves once, until told to exit; later starts fail at once until
+        // the flag `fixed` exists.
+        let body = "first = once('first')\n\
+                    if not first and not os.path.exists(os.path.join(DIR, 'fixed')):\n    sys.exit(1)\n\
+                    if first:\n    s = listen()\n    wait_for('exit')\n    sys.exit(3)\n\
+                    on_term(lambda: sys.exit(0))\n\
+                    serve(listen())";
+        let (web, due) = failing_after_first(&mut h, body);
+        h.touch("fixed");
+        h.send(Msg::Reload(vec![web]));
+        h.turn_until("it serves", |m| is_ready(current(m, "web", 0)));
         assert!(Instant::now() < due, "it waited out the back-off");
     });
 }
