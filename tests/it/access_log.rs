@@ -86,10 +86,9 @@ fn combined_lines_are_written_within_a_second() {
     assert!(bad.contains("\"-\" 400 12 \"-\" \"-\""), "{bad}");
 }
 
-#[test]
-fn json_lines_parse_and_file_requests_are_logged() {
-    let dir = Scratch::new("log-json");
-    dir.write("www/f.txt", "file!");
+/// A server of the files under `dir`'s `www`, logging JSON lines to its
+/// `access.log`.
+fn json_files_site(dir: &Scratch) -> (Server, std::path::PathBuf) {
     let log = dir.0.join("access.log");
     let conf = dir.write(
         "log.toml",
@@ -99,7 +98,17 @@ fn json_lines_parse_and_file_requests_are_logged() {
             dir.path("www")
         ),
     );
-    let server = Server::start(&["--config", &conf.display().to_string()]);
+    (
+        Server::start(&["--config", &conf.display().to_string()]),
+        log,
+    )
+}
+
+#[test]
+fn json_lines_parse_and_file_requests_are_logged() {
+    let dir = Scratch::new("log-json");
+    dir.write("www/f.txt", "file!");
+    let (server, log) = json_files_site(&dir);
     get(
         server.addr,
         "GET /f.txt HTTP/1.1\r\nHost: x\r\nUser-Agent: a\"b\r\n\r\n",
@@ -234,4 +243,39 @@ fn a_request_whose_body_fails_gets_one_line() {
         lines[1].contains("\"POST /gone HTTP/1.1\" 499 0 "),
         "{lines:?}"
     );
+}
+
+/// A file download the client abandons is logged with its status and the
+/// body bytes that went out, as nginx logs it (it was `0 0`: the response
+/// looked as if never sent, and its bytes were missing from the metrics).
+#[test]
+fn an_abandoned_download_is_logged_with_what_was_sent() {
+    use std::io::{Read, Write};
+    let dir = Scratch::new("log-abandoned");
+    let size: u64 = 256 << 20;
+    dir.write("www/big.bin", "");
+    std::fs::File::options()
+        .write(true)
+        .open(dir.0.join("www/big.bin"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let (server, log) = json_files_site(&dir);
+    let mut s = crate::util::connect(server.addr);
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = vec![0; 1 << 20];
+    s.read_exact(&mut got).unwrap();
+    drop(s);
+    let lines = wait_for_lines(&log, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert!(l.contains("\"status\":200"), "{l}");
+    let bytes: u64 = l
+        .split("\"bytes\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes in {l}"));
+    assert!(bytes > 0 && bytes < size, "{bytes} of {size}: {l}");
 }

@@ -444,8 +444,15 @@ pub async fn run(
     stream: &mut impl Sink,
     unread: bool,
 ) -> Ended {
-    let result = serve(job, rc, out, stream).await;
-    let (status, body_bytes, bytes_out) = result.as_ref().copied().unwrap_or((0, 0, 0));
+    // A response cut short (the client left, or stalled past send-timeout)
+    // is counted and logged with its status and what was sent of it, as
+    // nginx logs it.
+    let Served {
+        status,
+        body_bytes,
+        bytes_out,
+        result,
+    } = serve(job, rc, out, stream).await;
     let mut tally = Tally {
         requests: 1,
         bytes_out,
@@ -469,15 +476,25 @@ pub async fn run(
     }
 }
 
+/// What `serve` sent of a file response.
+struct Served {
+    status: u16,
+    /// The body's bytes sent (all of them unless `result` failed).
+    body_bytes: u64,
+    /// Every byte sent, head included.
+    bytes_out: u64,
+    /// Whether all of it went out.
+    result: std::io::Result<()>,
+}
+
 /// Serve a file job: write the whole response to `stream`. `out` is empty on
-/// entry and used as the head buffer. Returns the status, the body bytes and
-/// all bytes sent.
+/// entry and used as the head buffer.
 async fn serve(
     job: Box<FileJob>,
     rc: ReplyContext<'_>,
     out: &mut Vec<u8>,
     stream: &mut impl Sink,
-) -> std::io::Result<(u16, u64, u64)> {
+) -> Served {
     let cfg = &job.state.cfg;
     let mut path: PathKey = (job.rel.path.clone(), job.rel.trailing_slash);
     let mut found = job.state.lookup(&job, &path.0, path.1).await;
@@ -584,16 +601,27 @@ async fn serve(
             }
         }
     }
-    let (status, mut bytes) = summarize(out);
-    let mut total = out.len() as u64;
-    stream.write_all(out).await?;
+    let (status, body_bytes) = summarize(out);
+    let head = out.len() as u64;
+    let result = stream.write_all(out).await;
     out.clear();
-    if let Some((file, start, len)) = stream_from {
-        stream_file(&file, start, len, stream).await?;
-        bytes = len;
-        total += len;
+    let Some((file, start, len)) = stream_from.filter(|_| result.is_ok()) else {
+        // A head that did not go out whole counts as not sent.
+        let sent = result.is_ok();
+        return Served {
+            status,
+            body_bytes: if sent { body_bytes } else { 0 },
+            bytes_out: if sent { head } else { 0 },
+            result,
+        };
+    };
+    let (streamed, result) = stream_file(&file, start, len, stream).await;
+    Served {
+        status,
+        body_bytes: streamed,
+        bytes_out: head + streamed,
+        result,
     }
-    Ok((status, bytes, total))
 }
 
 /// Copy `len` bytes from `file` at `start` to the socket: by sendfile where
@@ -601,7 +629,8 @@ async fn serve(
 /// whenever the socket is full, to wait for room) a chunk at a time read
 /// through io_uring. A file
 /// that shrank underneath fails the connection: the length was already
-/// promised.
+/// promised. Returns the bytes sent (on a failure, those before the call
+/// or chunk that failed) and whether all of them went.
 ///
 /// Each sendfile counts against the shard's budget of direct calls
 /// (`recheck`): a client that reads as fast as loopback allows must not
@@ -612,7 +641,7 @@ async fn stream_file(
     start: u64,
     len: u64,
     stream: &mut impl Sink,
-) -> std::io::Result<()> {
+) -> (u64, std::io::Result<()>) {
     // The lookup's descriptor, shared by the requests the cache gives it
     // to (reads and sendfile take their offset, not the file's). glommio's
     // reads need a copy of their own to own and close: made only if a chunk
@@ -683,5 +712,5 @@ async fn stream_file(
     if let Some(reader) = reader {
         let _ = reader.close().await;
     }
-    result
+    (pos - start, result)
 }
