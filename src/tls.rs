@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{ServerConfig, SignatureScheme};
 
 use crate::config::{TlsConfig, TlsProtocol};
 
@@ -55,20 +55,30 @@ impl TlsSite {
     /// (no HTTPS address).
     pub fn new(tls: &TlsConfig) -> Option<TlsSite> {
         let certs = &tls.loaded.0;
-        let default = certs.first()?.key.clone();
+        let first = certs.first()?;
+        // The default is the first certificate, and those of other key
+        // types for its first name (its RSA or ECDSA twin).
+        let twins = certs.iter().filter(|c| {
+            c.names
+                .first()
+                .is_some_and(|n| first.names.first() == Some(n))
+        });
         let mut resolver = SniResolver {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
-            default,
+            default: twins.map(|c| c.key.clone()).collect(),
         };
+        if resolver.default.is_empty() {
+            resolver.default.push(first.key.clone());
+        }
         for c in certs.iter() {
             for name in &c.names {
                 let map = match name.strip_prefix("*.") {
                     Some(suffix) => resolver.wildcard.entry(suffix.to_string()),
                     None => resolver.exact.entry(name.clone()),
                 };
-                // The first certificate to claim a name keeps it.
-                map.or_insert_with(|| c.key.clone());
+                // In file order: the first a client can verify is chosen.
+                map.or_default().push(c.key.clone());
             }
         }
         let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
@@ -120,37 +130,48 @@ impl TlsSite {
 
 /// Picks a certificate by the name the client asked for: an exact name,
 /// else a wildcard covering its first label, else the default (the first
-/// certificate), which also answers a client that sends no name.
+/// certificate), which also answers a client that sends no name. A name
+/// may have a certificate per key type (RSA and ECDSA, as nginx's two
+/// `ssl_certificate` lines): the client gets the first, in file order,
+/// whose key signs with an algorithm it offers.
 #[derive(Debug)]
 struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Keyed by what follows `*.`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    /// Never an empty list.
+    exact: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    /// Keyed by what follows `*.`; never an empty list.
+    wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    /// Never empty.
+    default: Vec<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
-    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = name else {
-            return self.default.clone();
-        };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(k) = self.exact.get(&name) {
-            return k.clone();
+    /// The certificate for `name` and a client offering `schemes`.
+    fn pick(&self, name: Option<&str>, schemes: &[SignatureScheme]) -> Arc<CertifiedKey> {
+        let named = name.and_then(|name| {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            // A wildcard stands for exactly one label (RFC 6125 §6.4.3).
+            self.exact.get(&name).or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+        });
+        let candidates = named.unwrap_or(&self.default);
+        let first = &candidates[0];
+        if candidates.len() == 1 {
+            return first.clone();
         }
-        // A wildcard stands for exactly one label (RFC 6125 §6.4.3).
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(k) = self.wildcard.get(parent) {
-                return k.clone();
-            }
-        }
-        self.default.clone()
+        // None fits: the first, whose handshake then fails as it would.
+        candidates
+            .iter()
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .unwrap_or(first)
+            .clone()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        Some(self.pick(hello.server_name(), hello.signature_schemes()))
     }
 }
 
@@ -180,27 +201,66 @@ pub fn is_tls_record(first: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> Arc<CertifiedKey> {
-        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+    /// A self-signed certificate for `name` with a key of `alg`.
+    fn key_of(name: &str, alg: &'static rcgen::SignatureAlgorithm) -> Arc<CertifiedKey> {
+        let pair = rcgen::KeyPair::generate_for(alg).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(pair.serialize_der().into());
         let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).unwrap();
-        Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer))
+        Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer))
     }
+
+    fn key(name: &str) -> Arc<CertifiedKey> {
+        key_of(name, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    const ECDSA: &[SignatureScheme] = &[SignatureScheme::ECDSA_NISTP256_SHA256];
 
     #[test]
     fn sni_picks_exact_then_wildcard_then_the_default() {
         let (d, a, w) = (key("default.test"), key("a.example"), key("*.example"));
         let r = SniResolver {
-            exact: HashMap::from([("a.example".to_string(), a.clone())]),
-            wildcard: HashMap::from([("example".to_string(), w.clone())]),
-            default: d.clone(),
+            exact: HashMap::from([("a.example".to_string(), vec![a.clone()])]),
+            wildcard: HashMap::from([("example".to_string(), vec![w.clone()])]),
+            default: vec![d.clone()],
         };
-        assert!(Arc::ptr_eq(&r.pick(Some("a.example")), &a));
-        assert!(Arc::ptr_eq(&r.pick(Some("A.Example.")), &a));
-        assert!(Arc::ptr_eq(&r.pick(Some("b.example")), &w));
+        let pick = |name| r.pick(name, ECDSA);
+        assert!(Arc::ptr_eq(&pick(Some("a.example")), &a));
+        assert!(Arc::ptr_eq(&pick(Some("A.Example.")), &a));
+        assert!(Arc::ptr_eq(&pick(Some("b.example")), &w));
         // One label only: not the parent, not two labels down.
-        assert!(Arc::ptr_eq(&r.pick(Some("example")), &d));
-        assert!(Arc::ptr_eq(&r.pick(Some("x.b.example")), &d));
-        assert!(Arc::ptr_eq(&r.pick(None), &d));
+        assert!(Arc::ptr_eq(&pick(Some("example")), &d));
+        assert!(Arc::ptr_eq(&pick(Some("x.b.example")), &d));
+        assert!(Arc::ptr_eq(&pick(None), &d));
+    }
+
+    /// A name with a certificate per key type: each client gets the first
+    /// it can verify, in file order.
+    #[test]
+    fn a_client_gets_the_first_certificate_it_can_verify() {
+        let ec = key("a.example");
+        let ed = key_of("a.example", &rcgen::PKCS_ED25519);
+        let r = SniResolver {
+            exact: HashMap::from([("a.example".to_string(), vec![ec.clone(), ed.clone()])]),
+            wildcard: HashMap::new(),
+            default: vec![ec.clone(), ed.clone()],
+        };
+        let both = [
+            SignatureScheme::ED25519,
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+        ];
+        for name in [Some("a.example"), None] {
+            assert!(Arc::ptr_eq(&r.pick(name, &both), &ec));
+            assert!(Arc::ptr_eq(&r.pick(name, ECDSA), &ec));
+            assert!(Arc::ptr_eq(&r.pick(name, &[SignatureScheme::ED25519]), &ed));
+            // Neither: the first (its handshake fails as it would anyway).
+            assert!(Arc::ptr_eq(
+                &r.pick(name, &[SignatureScheme::RSA_PSS_SHA256]),
+                &ec
+            ));
+        }
     }
 }

@@ -191,27 +191,17 @@ impl TlsConfig {
                 );
             }
         }
-        let mut seen: Vec<(&str, usize)> = Vec::new();
+        // A name of two certificates is checked when their keys are read
+        // (`tls_files`): it may have one per key type.
         for (i, c) in self.certificates.iter().enumerate() {
             let key = format!("{}.names", certificate_key(i));
-            for n in &c.names {
-                if !is_server_name(n) {
-                    err(
-                        &key,
-                        format!(
-                            "must be host names like \"example.com\" or \"*.example.com\", got {n:?}"
-                        ),
-                    );
-                } else if let Some(&(_, first)) = seen.iter().find(|(s, _)| s == n) {
-                    if first != i {
-                        err(
-                            &key,
-                            format!("{n:?} is already a name of {}", certificate_key(first)),
-                        );
-                    }
-                } else {
-                    seen.push((n, i));
-                }
+            for n in c.names.iter().filter(|n| !is_server_name(n)) {
+                err(
+                    &key,
+                    format!(
+                        "must be host names like \"example.com\" or \"*.example.com\", got {n:?}"
+                    ),
+                );
             }
         }
     }
@@ -265,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_host_names_given_once() {
+    fn names_are_host_names() {
         let t = TlsConfig {
             certificates: vec![
                 cert(&["example.com", "*.example.com"]),
@@ -280,7 +270,6 @@ mod tests {
             [
                 "tls.protocols: must name at least one of \"TLSv1.2\", \"TLSv1.3\"",
                 "tls.hsts: must be a Strict-Transport-Security value like \"max-age=31536000\", got \"includeSubDomains\"",
-                "tls.certificate[2].names: \"example.com\" is already a name of tls.certificate[1]",
                 "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"a.*.b\"",
                 "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"UP.example\"",
             ]

@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{certificate_key, Config, ConfigError};
+use rustls::SignatureAlgorithm;
 
 /// A certificate that expires sooner than this is warned about at start-up,
 /// by `--check` and on each reload: time to renew (ACME clients renew 30
@@ -50,6 +51,9 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
     if config.tls.listen.is_empty() {
         return loaded;
     }
+    // Each name's certificates so far, with their key types: a name may
+    // have one certificate per type (nginx's RSA and ECDSA pair).
+    let mut claimed: Vec<(String, usize, SignatureAlgorithm)> = Vec::new();
     for (i, c) in config.tls.certificates.iter().enumerate() {
         let prefix = certificate_key(i);
         let mut fail = |name: &str, rule: String| {
@@ -152,6 +156,30 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
             );
             continue;
         }
+        let algorithm = certified.key.algorithm();
+        let names_key = if c.names.is_empty() { "chain" } else { "names" };
+        let mut taken = false;
+        for name in &names {
+            match claimed
+                .iter()
+                .find(|(n, first, a)| n == name && *a == algorithm && *first != i)
+            {
+                Some((_, first, _)) => {
+                    taken = true;
+                    fail(
+                        names_key,
+                        format!(
+                            "{name:?} is already a name of {}, whose key is {algorithm:?} too: a name may have one certificate per key type (one RSA, one ECDSA)",
+                            certificate_key(*first)
+                        ),
+                    );
+                }
+                None => claimed.push((name.clone(), i, algorithm)),
+            }
+        }
+        if taken {
+            continue;
+        }
         loaded.certificates.push(LoadedCertificate {
             names,
             key: Arc::new(certified),
@@ -186,6 +214,14 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// The private key of a PEM file.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = read_pem(path)?;
+    // PKCS#8's encrypted form, or OpenSSL's older one (a Proc-Type header).
+    let encrypted = |marker: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
+    if encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || encrypted(b"Proc-Type: 4,ENCRYPTED") {
+        return Err(format!(
+            "{} is encrypted (protected by a passphrase), which a server starting on its own cannot enter: decrypt it (openssl pkey -in {0} -out {0}.plain) and name that",
+            path.display()
+        ));
+    }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => format!(
             "{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
@@ -425,5 +461,58 @@ mod tests {
                 && errs[4].ends_with("the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"),
             "{}", errs[4]
         );
+    }
+
+    /// Two certificates for one name load when their keys differ in type
+    /// (nginx's RSA and ECDSA pair); of the same type, the second is an
+    /// error, named by the key where the names came from.
+    #[test]
+    fn a_name_has_one_certificate_per_key_type() {
+        let d = Dir::new("twins");
+        let (leaf, mid, _, key) = chain(&["a.example"], (2030, 1, 10));
+        let ed_pair = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ed_leaf = CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&ed_pair)
+            .unwrap();
+        let ec = CertificateConfig {
+            chain: d.write("ec.pem", &(leaf + &mid)),
+            key: d.write("ec.key", &key),
+            names: vec![],
+        };
+        let ed = CertificateConfig {
+            chain: d.write("ed.pem", &ed_leaf.pem()),
+            key: d.write("ed.key", &ed_pair.serialize_pem()),
+            names: vec![],
+        };
+        let loaded = load_certificates(&config(vec![ec.clone(), ed]), at(2029, 1, 1));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.certificates.len(), 2);
+        let again = CertificateConfig {
+            names: vec!["b.example".into(), "a.example".into()],
+            ..ec.clone()
+        };
+        let errs: Vec<String> = load_certificates(&config(vec![ec, again]), at(2029, 1, 1))
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errs,
+            ["t.toml: tls.certificate[2].names: \"a.example\" is already a name of tls.certificate[1], whose key is ECDSA too: a name may have one certificate per key type (one RSA, one ECDSA)"]
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_is_named_as_such() {
+        let d = Dir::new("encrypted");
+        for text in [
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMIIB\n-----END EC PRIVATE KEY-----\n",
+        ] {
+            let path = d.write("k.pem", text);
+            let err = read_key(&path).unwrap_err();
+            assert!(err.contains("is encrypted (protected by a passphrase)"), "{err}");
+        }
     }
 }
