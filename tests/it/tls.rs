@@ -51,7 +51,11 @@ impl Ca {
 
     /// A certificate for `names`, valid until `days` from now.
     fn leaf(&self, names: &[&str], days: u64) -> Leaf {
-        let key = KeyPair::generate().unwrap();
+        self.leaf_with(names, days, KeyPair::generate().unwrap())
+    }
+
+    /// A certificate for `names`, valid until `days` from now, of `key`.
+    fn leaf_with(&self, names: &[&str], days: u64, key: KeyPair) -> Leaf {
         let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
         let now = std::time::SystemTime::now()
@@ -107,8 +111,9 @@ fn start(file: &str, args: &[&str]) -> (Server, SocketAddr) {
 }
 
 /// Accepts any certificate: for the tests that look at which one came.
+/// It offers the signature schemes it holds (None: all it can verify).
 #[derive(Debug)]
-struct AnyCertificate;
+struct AnyCertificate(Option<Vec<rustls::SignatureScheme>>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -138,9 +143,11 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.clone().unwrap_or_else(|| {
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        })
     }
 }
 
@@ -149,6 +156,17 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 /// A TLS connection to `addr` asking for `sni`, trusting `ca` (or any
 /// certificate when None), offering ALPN http/1.1; handshake done.
 fn tls_connect(addr: SocketAddr, sni: &str, ca: Option<&Ca>) -> Tls {
+    tls_connect_offering(addr, sni, ca, None)
+}
+
+/// `tls_connect`, the client offering only `schemes` (when given and not
+/// trusting `ca`) to verify the server's signature with.
+fn tls_connect_offering(
+    addr: SocketAddr,
+    sni: &str,
+    ca: Option<&Ca>,
+    schemes: Option<Vec<rustls::SignatureScheme>>,
+) -> Tls {
     let builder = ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -162,7 +180,7 @@ fn tls_connect(addr: SocketAddr, sni: &str, ca: Option<&Ca>) -> Tls {
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(schemes)))
             .with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -298,6 +316,42 @@ fn sni_picks_exact_wildcard_and_default_certificates() {
     // A client that names no host (an address) gets the default, verified.
     let s = tls_connect(addr, "127.0.0.1", None);
     assert!(presented(&s) == default.der);
+}
+
+/// Two certificates for one name, of two key types (nginx's ECDSA and RSA
+/// pair; Ed25519 here): each client gets the first it can verify.
+#[test]
+fn a_name_with_two_key_types_gives_each_client_one_it_verifies() {
+    use rustls::SignatureScheme;
+    let dir = Scratch::new("tls-twins");
+    let ca = Ca::new();
+    let ec = ca.leaf(&["a.example"], 90);
+    let ed = ca.leaf_with(
+        &["a.example"],
+        90,
+        KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+    );
+    install(&dir, "ec", &ec);
+    install(&dir, "ed", &ed);
+    let file = config(
+        &dir,
+        &[("ec.pem", "ec.key", &[]), ("ed.pem", "ed.key", &[])],
+        "",
+    );
+    let (_server, addr) = start(&file, &[]);
+    for (offered, want) in [
+        (None, &ec),
+        (Some(vec![SignatureScheme::ED25519]), &ed),
+        (Some(vec![SignatureScheme::ECDSA_NISTP256_SHA256]), &ec),
+    ] {
+        for sni in ["a.example", "127.0.0.1"] {
+            let s = tls_connect_offering(addr, sni, None, offered.clone());
+            assert!(
+                presented(&s) == want.der,
+                "{sni}, {offered:?}: the wrong certificate"
+            );
+        }
+    }
 }
 
 #[test]
