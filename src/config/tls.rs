@@ -181,8 +181,10 @@ impl TlsConfig {
         }
         if let Some(h) = &self.hsts {
             let visible = h.bytes().all(|b| b == b' ' || (0x21..0x7f).contains(&b));
-            // RFC 6797 §6.1.1: max-age is the one required directive.
-            if !visible || !h.to_ascii_lowercase().contains("max-age=") {
+            // RFC 6797 §6.1.1: max-age is the one required directive, a
+            // number of seconds (quoted or not); a browser ignores a header
+            // without a valid one.
+            if !visible || !has_max_age(h) {
                 err(
                     "tls.hsts",
                     format!(
@@ -205,6 +207,25 @@ impl TlsConfig {
             }
         }
     }
+}
+
+/// Whether a Strict-Transport-Security value has a `max-age` directive
+/// with a number of seconds (RFC 6797 §6.1.1: `max-age=31536000`, or
+/// quoted).
+fn has_max_age(value: &str) -> bool {
+    value.split(';').any(|directive| {
+        let Some((name, seconds)) = directive.split_once('=') else {
+            return false;
+        };
+        let seconds = seconds.trim();
+        let seconds = seconds
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .unwrap_or(seconds);
+        name.trim().eq_ignore_ascii_case("max-age")
+            && !seconds.is_empty()
+            && seconds.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 #[cfg(test)]
@@ -274,6 +295,21 @@ mod tests {
                 "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"UP.example\"",
             ]
         );
+        for good in [
+            "max-age=31536000",
+            "Max-Age=\"600\"; includeSubDomains",
+            "preload; max-age = 0",
+        ] {
+            assert!(has_max_age(good), "{good}");
+        }
+        for bad in [
+            "max-age=abc",
+            "max-age=",
+            "includeSubDomains; xmax-age=5",
+            "max-age=-1",
+        ] {
+            assert!(!has_max_age(bad), "{bad}");
+        }
         assert!(is_server_name("*.example.com"));
         assert!(is_server_name("localhost"));
         assert!(!is_server_name("*"));
