@@ -24,6 +24,7 @@ use crate::http::session::{
 use crate::http::status::Status;
 use crate::job::{self, JobConn};
 use crate::listener::Scheme;
+use crate::metrics::TlsFailure;
 use crate::state::{ConnKey, Shard, Site};
 use crate::tls::{self, TlsSite};
 use crate::transport::{Room, Socket};
@@ -432,10 +433,25 @@ async fn accept_tls(
         }
         return None;
     }
-    let mut client = client.start_tls(site.config.clone(), input.data()).ok()?;
-    input.consume(input.data().len());
-    client.handshake(deadline).await.ok()?;
-    Some(client)
+    let peer = client.peer_addr();
+    // What arrived with the first read (often the whole hello) is read
+    // at the start: a malformed hello fails there.
+    let done = match client.start_tls(site.config.clone(), input.data()) {
+        Ok(mut client) => {
+            input.consume(input.data().len());
+            client.handshake(deadline).await.map(|()| client)
+        }
+        Err(e) => Err(e),
+    };
+    done.inspect_err(|e| {
+        // Counted, and for who looks closer (RUST_LOG=debug) said with its
+        // cause: nginx logs these at its info level, below the default.
+        let why = TlsFailure::of(e);
+        shard.count(|s| s.tls_failures[why as usize] += 1);
+        let peer = peer.map_or_else(|| "?".into(), |a| a.to_string());
+        log::debug!("TLS handshake with {peer} failed ({}): {e}", why.name());
+    })
+    .ok()
 }
 
 /// Where every exchange of a connection ends, whoever answered it (the

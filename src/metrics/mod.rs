@@ -41,6 +41,47 @@ pub struct ShardStats {
     pub bytes_in: u64,
     /// Bytes written to clients.
     pub bytes_out: u64,
+    /// TLS handshakes that failed, by `TlsFailure` (indexed like
+    /// `TlsFailure::ALL`).
+    pub tls_failures: [u64; TlsFailure::ALL.len()],
+}
+
+/// Why a TLS handshake failed, as the metrics tell them apart: what an
+/// operator looks for behind a client that says it cannot connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Not done within `header-timeout` (a silent client, a half hello).
+    Timeout,
+    /// Refused for what the client sent or offered: a malformed hello, no
+    /// protocol version, cipher suite, signature algorithm or ALPN
+    /// protocol in common (rustls sent an alert).
+    Refused,
+    /// The client closed or reset the connection during it.
+    Closed,
+}
+
+impl TlsFailure {
+    /// Every kind, in the order `ShardStats::tls_failures` counts them.
+    pub const ALL: [TlsFailure; 3] = [TlsFailure::Timeout, TlsFailure::Refused, TlsFailure::Closed];
+
+    /// Its `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Refused => "refused",
+            TlsFailure::Closed => "closed",
+        }
+    }
+
+    /// The kind of a handshake's error: the transport reports a timeout as
+    /// `TimedOut` and a TLS protocol error as `InvalidData`.
+    pub fn of(e: &std::io::Error) -> TlsFailure {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => TlsFailure::Timeout,
+            std::io::ErrorKind::InvalidData => TlsFailure::Refused,
+            _ => TlsFailure::Closed,
+        }
+    }
 }
 
 impl ShardStats {
@@ -81,6 +122,9 @@ impl ShardStats {
             *a += b;
         }
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
+            *a += b;
+        }
+        for (a, b) in self.tls_failures.iter_mut().zip(o.tls_failures) {
             *a += b;
         }
     }
@@ -262,22 +306,32 @@ pub fn render(snaps: &[Snapshot]) -> String {
             }
         },
     );
-    family(
-        "coreserve_parse_errors_total",
-        "counter",
-        "Requests refused, by the rule they broke.",
-        &mut |o| {
+    // Counters with a label per kind: (name, help, label, each kind's
+    // label value and count on a shard).
+    type ByKind = fn(&ShardStats) -> Vec<(&'static str, u64)>;
+    let by_kind: [(&str, &str, &str, ByKind); 2] = [
+        (
+            "coreserve_parse_errors_total",
+            "Requests refused, by the rule they broke.",
+            "kind",
+            |s| ParseError::ALL.iter().map(|k| k.name()).zip(s.errors).collect(),
+        ),
+        (
+            "coreserve_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason: timeout, refused (what the client sent or offered; an alert was sent) or closed (the client left).",
+            "reason",
+            |s| TlsFailure::ALL.iter().map(|k| k.name()).zip(s.tls_failures).collect(),
+        ),
+    ];
+    for (name, help, label, kinds) in by_kind {
+        family(name, "counter", help, &mut |o| {
             for (shard, stats, _, _) in &rows {
-                for (kind, n) in ParseError::ALL.iter().zip(stats.errors) {
-                    let _ = writeln!(
-                        o,
-                        "coreserve_parse_errors_total{{shard=\"{shard}\",kind=\"{}\"}} {n}",
-                        kind.name()
-                    );
+                for (kind, n) in kinds(stats) {
+                    let _ = writeln!(o, "{name}{{shard=\"{shard}\",{label}=\"{kind}\"}} {n}");
                 }
             }
-        },
-    );
+        });
+    }
     family(
         "coreserve_request_duration_seconds",
         "summary",

@@ -360,7 +360,7 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
     let file = config(&dir, &[("site.pem", "site.key", &[])], "");
-    let (_server, addr) = start(&file, &[]);
+    let (server, addr) = start(&file, &[]);
     let mut keep = tls_connect(addr, "localhost", Some(&ca));
     let mut plain = connect(addr);
     plain.write_all(GET.as_bytes()).unwrap();
@@ -385,6 +385,15 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
     assert!(
         is_closed_soon(&mut truncated),
         "a truncated hello did not close"
+    );
+    // Both counted, by reason: what an operator sees of them.
+    let scraped = crate::metrics::scrape(&server);
+    let failures = crate::metrics::values(&scraped, "coreserve_tls_handshake_failures_total");
+    let of = |reason: &str| failures[&format!("reason={reason},shard=all")];
+    assert_eq!(
+        (of("refused"), of("closed"), of("timeout")),
+        (1.0, 1.0, 0.0),
+        "{failures:?}"
     );
     // The others never noticed.
     let (head, _) = exchange(&mut keep, GET);
