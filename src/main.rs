@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         };
     }
     // SIGHUP reads the same file again and applies the same flags over it.
-    let reload = Box::new(move || again.clone().load());
+    let reload = Box::new(move || again.clone().reload());
     match master::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MasterError::Forced(_)) => {

@@ -13,10 +13,21 @@ use super::{app_key, route_key, AccessLog, AppConfig, Config, ConfigError, Handl
 /// Read a file the configuration names (the configuration itself, a TLS
 /// certificate or key) whole, if it holds at most `max` bytes: `/dev/zero`
 /// named by mistake is refused once `max` is read, instead of read without
-/// end. A pipe (`--config /dev/stdin`) is read as a file is.
+/// end. A pipe (`--config /dev/stdin`) is read as a file is, to its end;
+/// a named pipe nothing writes to is opened without waiting for a writer,
+/// and reads as empty.
 pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = OpenOptions::new().read(true).open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    // Reads wait for data again (a pipe's writer may be slower than us).
+    // SAFETY: fcntl(2) on a descriptor `file` owns.
+    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let too_large = |n: u64| {
         io::Error::other(format!(
             "more than the {} such a file may have ({n} bytes or more)",

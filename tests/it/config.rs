@@ -615,3 +615,60 @@ fn bad_proxy_configs_fail_check_with_file_line_and_key() {
         assert_eq!(err, [format!("{file}:{expected}")], "{scratch}");
     }
 }
+
+/// A configuration read from a pipe (`--config /dev/stdin`) is read once:
+/// a SIGHUP is refused with a line saying why and the routes stay (read
+/// again, the pipe gave an empty file, every route replaced by the
+/// defaults). A named pipe nothing writes to, as the configuration or a
+/// key, is an error at once, not a wait.
+#[test]
+fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut ends = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors, then owned here.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    std::fs::File::from(write)
+        .write_all(b"[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"from the pipe\"\n")
+        .unwrap();
+    let mut cmd = command();
+    cmd.args(["--listen", "127.0.0.1:0", "--config", "/dev/stdin"])
+        .stdin(std::process::Stdio::from(read));
+    let server = Server::spawn(cmd);
+    let ask = || get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text();
+    assert_eq!(ask(), "from the pipe");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("cannot be read again; restart coreserve");
+    assert_eq!(ask(), "from the pipe");
+
+    let dir = Scratch::new("named-pipe");
+    let fifo = dir.0.join("fifo");
+    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let key = dir.write(
+        "key.toml",
+        format!(
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\n[[tls.certificate]]\nchain = \"{0}\"\nkey = \"{0}\"\nnames = [\"a.test\"]\n",
+            fifo.display()
+        ),
+    );
+    for (config, says) in [
+        (
+            &fifo,
+            "cannot read the configuration: nothing was written to this pipe",
+        ),
+        (&key, "holds no PEM certificate"),
+    ] {
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(env!("CARGO_BIN_EXE_coreserve"))
+            .args(["--check", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", config.display());
+        assert!(err.contains(says), "{err}");
+    }
+}

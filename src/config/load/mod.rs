@@ -66,6 +66,14 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
         .and_then(|b| {
             String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         })
+        .and_then(|text| {
+            // Empty is a valid file (every default); from a pipe it is more
+            // likely a named pipe nobody writes to.
+            if text.is_empty() && !is_regular(path) {
+                return Err(io::Error::other("nothing was written to this pipe"));
+            }
+            Ok(text)
+        })
         .map_err(|e| {
             let err = ConfigError {
                 file: Some(name.clone()),
@@ -76,6 +84,12 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
             LoadFailure::new(None, vec![err])
         })?;
     parse_str(&text, path)
+}
+
+/// Whether `path` is a regular file (following links): what can be read
+/// again on a reload, unlike a pipe (`--config /dev/stdin`).
+pub fn is_regular(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// How the loader turns an upstream server's host name and port into
