@@ -26,7 +26,7 @@ pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING
 pub use upstream::*;
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -405,18 +405,30 @@ pub struct ConfigError {
     pub rule: String,
 }
 
+/// One line whatever it holds: a control character in a file name, a
+/// quoted key or a value quoted in a rule (`"a\nINFO fake"`) is written
+/// escaped, so an error can never forge a line of the log it goes to.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
         match (&self.file, self.line) {
-            (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
-            (Some(file), None) => write!(f, "{file}: ")?,
+            (Some(file), Some(line)) => text.push_str(&format!("{file}:{line}: ")),
+            (Some(file), None) => text.push_str(&format!("{file}: ")),
             _ => {}
         }
-        if self.key.is_empty() {
-            write!(f, "{}", self.rule)
-        } else {
-            write!(f, "{}: {}", self.key, self.rule)
+        if !self.key.is_empty() {
+            text.push_str(&self.key);
+            text.push_str(": ");
         }
+        text.push_str(&self.rule);
+        for c in text.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -480,6 +492,22 @@ pub fn app_key(i: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A quoted key with a newline in it (`"evil\nINFO fake" = 1`) would
+    /// print a forged second line.
+    #[test]
+    fn an_error_is_one_line_whatever_its_key_holds() {
+        let e = ConfigError {
+            file: Some("a\tb.toml".into()),
+            line: Some(2),
+            key: "server.evil\nINFO  fake log line".into(),
+            rule: "unknown key\u{1b}[2J".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "a\\tb.toml:2: server.evil\\nINFO  fake log line: unknown key\\u{1b}[2J"
+        );
+    }
 
     #[test]
     fn an_error_on_a_key_a_route_did_not_set_points_at_the_route() {
