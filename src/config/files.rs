@@ -78,6 +78,9 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
             let key = format!("{}.root", route_key(i));
             match std::fs::metadata(&s.root) {
                 Ok(m) if m.is_dir() => {
+                    if let Some(fault) = unusable_dir(&s.root, libc::R_OK | libc::X_OK) {
+                        errors.push(ConfigError::new(key.clone(), fault));
+                    }
                     if let Some(fault) = s.fallback.as_ref().and_then(|f| not_a_file(&s.root, f)) {
                         errors.push(ConfigError::new(
                             format!("{}.fallback", route_key(i)),
@@ -132,7 +135,7 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
     let mut cwd_usable = true;
     if let Some(cwd) = &a.cwd {
         let why = match std::fs::metadata(cwd) {
-            Ok(m) if m.is_dir() => None,
+            Ok(m) if m.is_dir() => unusable_dir(cwd, libc::X_OK),
             Ok(_) => Some(format!("{} is not a directory", cwd.display())),
             Err(e) => Some(format!("cannot use {}: {e}", cwd.display())),
         };
@@ -204,11 +207,27 @@ fn is_executable_file(path: &Path) -> bool {
 /// access(2) with `X_OK`: whether this process's real user may execute
 /// `path` (root may only when some execute bit is set).
 fn can_execute(path: &OsStr) -> bool {
+    may(path, libc::X_OK)
+}
+
+/// access(2) with `mode`: whether this process's real user may use `path`
+/// so (what a shard or an app, running as that user, will try).
+fn may(path: &OsStr, mode: libc::c_int) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_encoded_bytes()) else {
         return false;
     };
     // SAFETY: access(2) on a NUL-terminated path we own.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+}
+
+/// Why this process cannot use directory `dir` as `needs` says (list it
+/// and open what is in it, or only enter it), if it cannot: the check
+/// that passed a directory of mode 000, whose every request then failed.
+fn unusable_dir(dir: &Path, mode: libc::c_int) -> Option<String> {
+    (!may(dir.as_os_str(), mode)).then(|| {
+        let err = io::Error::last_os_error();
+        format!("cannot use {}: {err}", dir.display())
+    })
 }
 
 /// Whether the server will be able to open `path` for appending, without

@@ -672,3 +672,49 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// What the user coreserve runs as cannot open is a --check error, not a
+/// server that starts and then answers every file with 403 or cannot
+/// start its app: a static root or an app's cwd of mode 000 (checked as
+/// `nobody` when the test runs as root, who may open anything).
+#[test]
+fn a_directory_the_server_may_not_open_is_a_check_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("no-access");
+    dir.write("www/index.html", "hi");
+    dir.write("locked/.keep", "");
+    let conf = dir.write(
+        "site.toml",
+        "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n\n\
+         [[app]]\nname = \"web\"\ncommand = [\"true\"]\ncwd = \"locked\"\n",
+    );
+    for d in ["www", "locked"] {
+        std::fs::set_permissions(dir.0.join(d), std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_coreserve");
+    // SAFETY: geteuid(2) has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c
+    } else {
+        std::process::Command::new(bin)
+    };
+    let out = cmd
+        .args(["--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    for d in ["www", "locked"] {
+        std::fs::set_permissions(dir.0.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for (key, d) in [("route[1].root", "www"), ("app[1].cwd", "locked")] {
+        let line = format!(
+            "{key}: cannot use {}: Permission denied (os error 13)",
+            dir.path(d)
+        );
+        assert!(err.contains(&line), "{line} not in:\n{err}");
+    }
+}
