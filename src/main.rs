@@ -152,7 +152,8 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 
 /// One line per message on stderr. Under systemd (JOURNAL_STREAM set) each
 /// line carries its syslog priority as `<N>`, so journald files it at the
-/// right level. rustls is held to errors unless RUST_LOG names it: it warns of each
+/// right level. An app's output lines (`app_output`) are logged whatever
+/// level RUST_LOG gives the rest, unless it names them. rustls is held to errors unless RUST_LOG names it: it warns of each
 /// peer's misstep (an alert, a refused renegotiation, a message out of
 /// order), which any client can repeat on one connection to flood the log;
 /// nginx logs a client's TLS failures at `info`, below its default level.
@@ -165,6 +166,11 @@ fn init_logging() {
         Ok(filter) => {
             if !filter.contains("rustls") && filter.trim() != "off" {
                 builder.filter_module("rustls", log::LevelFilter::Error);
+            }
+            // An app's output is kept whatever level quiets coreserve's
+            // own lines (RUST_LOG=warn), unless RUST_LOG names it.
+            if filter.trim() != "off" {
+                builder.filter_module(coreserve::apps::OUTPUT_TARGET, log::LevelFilter::Info);
             }
             builder.parse_filters(&filter);
         }

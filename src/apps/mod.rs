@@ -16,6 +16,12 @@ mod address;
 mod manager;
 mod process;
 
+/// The log target of the apps' own output lines: logged at `info`
+/// (stdout) and `warn` (stderr) whatever `RUST_LOG` sets for coreserve's
+/// own messages, unless it names this target (`app_output=off`): an app's
+/// logs are the app's, not coreserve's chatter.
+pub const OUTPUT_TARGET: &str = "app_output";
+
 pub use manager::RETIRE_GRACE;
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};

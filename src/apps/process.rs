@@ -155,9 +155,9 @@ fn relay_lines(
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 if stderr {
-                    log::warn!("{who}: {text}");
+                    log::warn!(target: crate::apps::OUTPUT_TARGET, "{who}: {text}");
                 } else {
-                    log::info!("{who}: {text}");
+                    log::info!(target: crate::apps::OUTPUT_TARGET, "{who}: {text}");
                 }
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == TAIL_LINES {

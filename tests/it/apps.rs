@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
-use crate::util::{Server, WAIT};
+use crate::util::{command, Server, WAIT};
 
 /// The Node app every app test runs.
 pub const ECHO_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/echo.js");
@@ -689,4 +689,38 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
         "{log}"
     );
     assert!(all_gone(&[pid], Duration::from_secs(2)), "{log}");
+}
+
+/// An app's output goes to the log whatever level quiets coreserve's own
+/// lines (`RUST_LOG=warn`: every `console.log` of the app was dropped),
+/// unless RUST_LOG names it (`app_output=off`).
+#[test]
+fn an_apps_output_is_logged_whatever_level_quiets_coreserves_own() {
+    let program = "import os, socket, sys, time; \
+                   print('hello from stdout', flush=True); \
+                   print('hello from stderr', file=sys.stderr, flush=True); \
+                   s = socket.socket(); \
+                   s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+                   s.bind(('127.0.0.1', int(os.environ['PORT']))); \
+                   s.listen(); \
+                   time.sleep(600)";
+    let dir = Scratch::new("app-output-level");
+    let conf = dir.write("app.toml", app("web", &["python3", "-c", program], 1, ""));
+    for (filter, shown) in [("warn", true), ("warn,app_output=off", false)] {
+        let mut cmd = command();
+        // The master's "listening on" line, which the test waits for.
+        cmd.env("RUST_LOG", format!("{filter},coreserve::master=info"))
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&conf);
+        let server = Server::spawn(cmd);
+        if shown {
+            server.wait_for_log("app web[0]: hello from stdout");
+            server.wait_for_log("app web[0]: hello from stderr");
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!server.log().contains("hello from"), "{}", server.log());
+        }
+        // coreserve's own info lines stay out either way.
+        assert!(!server.log().contains("is ready"), "{}", server.log());
+    }
 }
