@@ -22,7 +22,21 @@ pub enum CpuError {
     /// `--shards 0`.
     #[error("must be at least 1")]
     NoShards,
+    /// Far more shards than the CPUs they may run on: each is a thread
+    /// with its own io_uring and locked memory, and that many only compete
+    /// (1024 on 2 CPUs took minutes to start, deaf to signals meanwhile).
+    #[error("{shards} shards on {cpus} CPU(s) is more than {SHARDS_PER_CPU} a CPU: shards beyond one a CPU only share them")]
+    TooManyShards {
+        /// Shards asked for.
+        shards: usize,
+        /// CPUs they may run on.
+        cpus: usize,
+    },
 }
+
+/// Most shards a CPU may be given (`server.shards` over the CPUs it may
+/// use): sharing is for tests and small hosts, not a way to scale.
+pub const SHARDS_PER_CPU: usize = 8;
 
 /// Parse a CPU list: comma-separated numbers and inclusive ranges (`0,2-3`),
 /// as taskset and cgroups write them. Sorted, without duplicates.
@@ -102,6 +116,12 @@ pub fn plan_shards(
     let n = shards.unwrap_or(selected.len());
     if n == 0 {
         return Err(CpuError::NoShards);
+    }
+    if n > SHARDS_PER_CPU * selected.len() {
+        return Err(CpuError::TooManyShards {
+            shards: n,
+            cpus: selected.len(),
+        });
     }
     Ok((0..n).map(|i| selected[i % selected.len()]).collect())
 }
@@ -249,6 +269,17 @@ mod tests {
         assert_eq!(
             plan_shards(&allowed, None, Some(0)),
             Err(CpuError::NoShards)
+        );
+        assert_eq!(
+            plan_shards(&[0, 1], None, Some(16)).map(|p| p.len()),
+            Ok(16)
+        );
+        assert_eq!(
+            plan_shards(&allowed, Some(&[1, 3]), Some(17)),
+            Err(CpuError::TooManyShards {
+                shards: 17,
+                cpus: 2
+            })
         );
     }
 }

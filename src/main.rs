@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     }
     let check = cli.check;
     let cpus_by_flag = matches!(cli.cpus, Some(coreserve::cli::CpuList(Some(_))));
+    let shards_by_flag = cli.shards.is_some();
     let again = cli.clone();
     let config = match cli.load() {
         Ok(c) => c,
@@ -46,21 +47,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A CPU list that cannot be honoured is named as any configuration
-    // error: by its flag, or by its line in the file.
-    let mut cpus_at = coreserve::config::ConfigError::new(
-        if cpus_by_flag {
-            "--cpus"
-        } else {
-            "server.cpus"
-        },
-        "",
-    );
-    if !cpus_by_flag {
-        config.locate(&mut cpus_at);
-    }
+    // A CPU list that cannot be honoured (or too many shards for it) is
+    // named as any configuration error: by its flag, or by its line in the
+    // file.
+    let named = |by_flag: bool, flag: &str, key: &str| {
+        let mut at = coreserve::config::ConfigError::new(if by_flag { flag } else { key }, "");
+        if !by_flag {
+            config.locate(&mut at);
+        }
+        at
+    };
+    let cpus_at = named(cpus_by_flag, "--cpus", "server.cpus");
+    let shards_at = named(shards_by_flag, "--shards", "server.shards");
     let cpus_error = move |cpu: &coreserve::cpus::CpuError| {
-        let mut at = cpus_at.clone();
+        let mut at = match cpu {
+            coreserve::cpus::CpuError::TooManyShards { .. } => shards_at.clone(),
+            _ => cpus_at.clone(),
+        };
         at.rule = cpu.to_string();
         at.to_string()
     };

@@ -718,3 +718,30 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
         assert!(err.contains(&line), "{line} not in:\n{err}");
     }
 }
+
+/// Far more shards than CPUs is refused before anything starts, named by
+/// its line or flag: 1024 shards on 2 CPUs passed --check, then took
+/// minutes to start, deaf to signals meanwhile.
+#[test]
+fn far_more_shards_than_cpus_is_a_check_error() {
+    let dir = Scratch::new("too-many-shards");
+    let conf = dir.write("s.toml", "[server]\nshards = 1024\ncpus = \"0\"\n");
+    let out = command()
+        .args(["--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = format!(
+        "{}:2: server.shards: 1024 shards on 1 CPU(s) is more than 8 a CPU",
+        conf.display()
+    );
+    assert!(err.contains(&line), "{line} not in {err}");
+    let out = command()
+        .args(["--check", "--cpus", "0", "--shards", "9"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("--shards: 9 shards on 1 CPU(s)"), "{err}");
+}
