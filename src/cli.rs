@@ -298,7 +298,39 @@ impl Cli {
                 rule: "is not a regular file but a pipe, read to its end at start-up: it cannot be read again; restart coreserve to change its configuration".into(),
             }]);
         }
-        self.load()
+        let config = self.clone().load()?;
+        // What start-up would refuse is refused now (the running CPUs and
+        // shards stay until a restart, which must not then fail).
+        if let Ok(allowed) = cpus::allowed_cpus() {
+            if let Err(e) = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards) {
+                let about_shards = matches!(e, cpus::CpuError::TooManyShards { .. });
+                let mut at = self.cpu_error_at(&config, about_shards);
+                at.rule = e.to_string();
+                return Err(vec![at]);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Where an error of the CPU plan is named: by the flag that set what
+    /// it is about (`--cpus`, or `--shards` when `about_shards`: too many
+    /// shards), else by that key's line in `config`'s file. Its rule is
+    /// left empty.
+    pub fn cpu_error_at(&self, config: &Config, about_shards: bool) -> ConfigError {
+        let (by_flag, flag, key) = if about_shards {
+            (self.shards.is_some(), "--shards", "server.shards")
+        } else {
+            (
+                matches!(self.cpus, Some(CpuList(Some(_)))),
+                "--cpus",
+                "server.cpus",
+            )
+        };
+        let mut at = ConfigError::new(if by_flag { flag } else { key }, "");
+        if !by_flag {
+            config.locate(&mut at);
+        }
+        at
     }
 
     /// The base configuration (the file, or the defaults) with the flags over

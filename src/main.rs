@@ -28,8 +28,6 @@ fn main() -> ExitCode {
         return status(cli, url, interval);
     }
     let check = cli.check;
-    let cpus_by_flag = matches!(cli.cpus, Some(coreserve::cli::CpuList(Some(_))));
-    let shards_by_flag = cli.shards.is_some();
     let again = cli.clone();
     let config = match cli.load() {
         Ok(c) => c,
@@ -50,15 +48,8 @@ fn main() -> ExitCode {
     // A CPU list that cannot be honoured (or too many shards for it) is
     // named as any configuration error: by its flag, or by its line in the
     // file.
-    let named = |by_flag: bool, flag: &str, key: &str| {
-        let mut at = coreserve::config::ConfigError::new(if by_flag { flag } else { key }, "");
-        if !by_flag {
-            config.locate(&mut at);
-        }
-        at
-    };
-    let cpus_at = named(cpus_by_flag, "--cpus", "server.cpus");
-    let shards_at = named(shards_by_flag, "--shards", "server.shards");
+    let cpus_at = again.cpu_error_at(&config, false);
+    let shards_at = again.cpu_error_at(&config, true);
     let cpus_error = move |cpu: &coreserve::cpus::CpuError| {
         let mut at = match cpu {
             coreserve::cpus::CpuError::TooManyShards { .. } => shards_at.clone(),

@@ -745,3 +745,34 @@ fn far_more_shards_than_cpus_is_a_check_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("--shards: 9 shards on 1 CPU(s)"), "{err}");
 }
+
+/// A reload to CPUs the process may not use is refused with start-up's
+/// error, not taken as a change for the next restart (which then failed).
+#[test]
+fn a_reload_to_cpus_start_up_would_refuse_is_refused() {
+    let dir = Scratch::new("reload-cpus");
+    let route = "[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"v1\"\n";
+    let conf = dir.write("c.toml", format!("[server]\nshards = 1\n{route}"));
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    dir.write(
+        "c.toml",
+        format!(
+            "[server]\nshards = 1\ncpus = \"4095\"\n{}",
+            route.replace("v1", "v2")
+        ),
+    );
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("still serving the previous one");
+    let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "SIGHUP: {}:3: server.cpus: CPU 4095 is not available to this process",
+            conf.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "v1"
+    );
+}
