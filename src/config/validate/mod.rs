@@ -7,7 +7,7 @@
 
 mod upstreams;
 
-use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig};
+use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig, Scheme};
 use crate::http::parse::MAX_HEADERS_LIMIT;
 use crate::http::status::Status;
 use std::collections::HashMap;
@@ -127,10 +127,32 @@ impl Config {
             earlier.extend(methods.iter().map(|m| (i, m.as_str())));
         }
         upstreams::validate_upstreams(&self.upstreams, &self.apps, &self.routes, &mut err);
-        if !self.metrics.path.starts_with('/') {
+        let path = &self.metrics.path;
+        // What a request target's path can be: no query, fragment, space.
+        if !path.starts_with('/')
+            || path
+                .bytes()
+                .any(|b| b"?# ".contains(&b) || !b.is_ascii_graphic())
+        {
             err(
                 "metrics.path",
-                format!("must start with /, got {:?}", self.metrics.path),
+                format!("must be a path like \"/metrics\" (from /, without ?, # or spaces), got {path:?}"),
+            );
+        }
+        // A route for a scheme no listener speaks would never be reached.
+        for (i, r) in self.routes.iter().enumerate() {
+            let unheard = match r.scheme {
+                Some(Scheme::Https) if self.tls.listen.is_empty() => {
+                    "no [tls] listen address speaks HTTPS"
+                }
+                Some(Scheme::Http) if self.listen.is_empty() => {
+                    "no server.listen address speaks plain HTTP"
+                }
+                _ => continue,
+            };
+            err(
+                &format!("{}.scheme", route_key(i)),
+                format!("is never reached: {unheard}"),
             );
         }
         if let Some(m) = self.metrics.listen {
@@ -238,7 +260,7 @@ fn validate_route(
         HandlerConfig::Respond {
             status,
             content_type,
-            ..
+            body,
         } => {
             if Status::from_code(*status).is_none() {
                 err(
@@ -247,6 +269,12 @@ fn validate_route(
                 );
             } else if *status < 200 {
                 err(&key("status"), format!("must be 200 or more, got {status}"));
+            } else if matches!(status, 204 | 304) && !body.is_empty() {
+                // RFC 9110 §15.3.5, §15.4.5: it ends at its head.
+                err(
+                    &key("body"),
+                    format!("a {status} response has no body: leave body out, or use 200"),
+                );
             }
             if !is_header_value(content_type) {
                 err(
@@ -262,7 +290,7 @@ fn validate_route(
                     format!("must be 301, 302, 303, 307 or 308, got {status}"),
                 );
             }
-            if location.is_empty() || !is_header_value(location) {
+            if location.trim().is_empty() || !is_header_value(location) {
                 err(
                     &key("location"),
                     format!("must be a URL or path, got {location:?}"),
@@ -518,6 +546,45 @@ mod tests {
                 "route[2].status",
                 "route[2].location",
                 "route[3].path",
+            ]
+        );
+    }
+
+    /// Values that parse but could never work: a blank redirect, a body
+    /// on a 204, a metrics path no request can name, a route for a scheme
+    /// no listener speaks.
+    #[test]
+    fn values_that_could_never_work_are_refused() {
+        let mut c = Config::default();
+        let route = |handler| RouteConfig {
+            handler,
+            ..RouteConfig::hello_world()
+        };
+        c.routes = vec![
+            route(HandlerConfig::Redirect {
+                status: 301,
+                location: "  ".into(),
+            }),
+            route(HandlerConfig::Respond {
+                status: 204,
+                content_type: "text/plain".into(),
+                body: "gone".into(),
+            }),
+            RouteConfig {
+                scheme: Some(Scheme::Https),
+                ..RouteConfig::hello_world()
+            },
+        ];
+        c.routes[1].path = "/b".into();
+        c.routes[2].path = "/c".into();
+        c.metrics.path = "/m?x".into();
+        assert_eq!(
+            messages(c),
+            [
+                "route[1].location: must be a URL or path, got \"  \"",
+                "route[2].body: a 204 response has no body: leave body out, or use 200",
+                "metrics.path: must be a path like \"/metrics\" (from /, without ?, # or spaces), got \"/m?x\"",
+                "route[3].scheme: is never reached: no [tls] listen address speaks HTTPS",
             ]
         );
     }
