@@ -325,7 +325,11 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     let t = load.stop();
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     assert_eq!(t.seen.iter().map(|w| w.pid).collect::<Vec<_>>(), old);
-    assert_eq!(s.ready_pids("web", 1), old);
+    // Serving, and shown as running the settings the reload replaced.
+    let shown = s.wait_instances("web", "ready-old", |is| {
+        is.len() == 1 && is[0].state == "ready-old" && is[0].up == 1.0
+    });
+    assert_eq!(shown[0].pid, Some(old[0]));
 
     // Back to the good command: the tries stop, and the instance that
     // runs it already is kept.
