@@ -28,6 +28,18 @@ pub enum Instances {
     PerShard,
 }
 
+/// Which reloads (SIGHUP) replace an app's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppReload {
+    /// Those that change its processes' settings (`command`, `cwd`, `env`,
+    /// `listen`, `listen-env`).
+    #[default]
+    Changed,
+    /// Every one, as `pm2 reload` does: the way to roll out new code under
+    /// the same settings (`systemctl reload coreserve` after a deploy).
+    Always,
+}
+
 /// How an instance is told where to listen; the app chooses nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppListen {
@@ -71,6 +83,8 @@ pub struct AppConfig {
     pub start_timeout: Duration,
     /// Time a stopping instance has between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Which reloads replace its instances.
+    pub reload: AppReload,
     /// The group's proxy settings (its `servers` are the instances, filled
     /// in while it runs; `name` is the app's).
     pub upstream: UpstreamConfig,
@@ -91,6 +105,7 @@ impl AppConfig {
             listen_env: AppListen::Port.default_env().into(),
             start_timeout: DEFAULT_START_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            reload: AppReload::Changed,
         }
     }
 

@@ -649,3 +649,44 @@ fn an_output_flood_does_not_hold_up_other_routes() {
     let log = server.stop();
     assert!(log.contains("app loud[0]: listening"), "{log}");
 }
+
+/// `reload = "always"`: a SIGHUP with the same settings replaces the
+/// instances one at a time all the same, as `pm2 reload` does: new code
+/// deployed (here a release file the app reads at start) goes live with
+/// `systemctl reload`, and no request fails.
+#[test]
+fn reload_always_rolls_out_new_code_under_the_same_settings() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-reload-always-code");
+    dir.write("release", "1");
+    let command = format!("VERSION=$(cat release) exec node {ECHO_JS}");
+    let toml = app(
+        "web",
+        &["sh", "-c", &command],
+        2,
+        &format!("cwd = \"{}\"\nreload = \"always\"", dir.path("")),
+    ) + &proxied("/", "web");
+    let s = AppServer::start("apps-reload-always", &toml);
+    let old = s.ready_pids("web", 2);
+    let load = Load::start(s.server.addr, "/whoami", 1, 1);
+    load.wait_ok(50);
+    dir.write("release", "2");
+    s.reload(&toml);
+    s.wait_for_count(
+        "app web: reload = \"always\"; replacing its instances one at a time",
+        1,
+    );
+    for (i, pid) in old.iter().enumerate() {
+        s.wait_for_count(&format!("app web[{i}] (pid {pid}) stopped: "), 1);
+    }
+    let new = s.ready_pids("web", 2);
+    load.wait_ok(50);
+    let t = load.stop();
+    assert_eq!(t.failed, 0, "{:?}", t.errors);
+    assert!(new.iter().all(|p| !old.contains(p)), "{old:?} {new:?}");
+    for w in s.whoamis("/whoami", 4) {
+        assert!(new.contains(&w.pid) && w.version == "2", "{w:?}");
+    }
+}

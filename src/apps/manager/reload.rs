@@ -8,7 +8,7 @@ use log::{error, info};
 use super::{App, Instance, Leaving, Manager, Slot, State};
 use crate::apps::AppEvent;
 use crate::child::Backoff;
-use crate::config::AppConfig;
+use crate::config::{AppConfig, AppReload};
 
 impl Manager {
     /// The rolling reload: one slot at a time, start a replacement with
@@ -78,8 +78,10 @@ impl Manager {
     /// take running: a generation of their own, or the one of settings
     /// some instances still run (a reload back after a failed rolling
     /// reload replaces none of those). A replacement being started for
-    /// other settings leaves, and replacements start at once.
-    fn change(&mut self, app: &mut App, config: &AppConfig, now: Instant) {
+    /// other settings leaves, and replacements start at once. `renew`:
+    /// the settings are the same but every instance is replaced all the
+    /// same (`reload = "always"`), a generation of their own.
+    fn change(&mut self, app: &mut App, config: &AppConfig, now: Instant, renew: bool) {
         let left = (app.generation, app.config.clone());
         app.earlier.push(left);
         app.proven = false;
@@ -92,7 +94,7 @@ impl Manager {
         let back = app
             .earlier
             .iter()
-            .position(|(_, c)| !c.replaces_instances(config));
+            .position(|(_, c)| !renew && !c.replaces_instances(config));
         app.generation = match back {
             Some(at) => app.earlier.swap_remove(at).0,
             None => {
@@ -128,6 +130,10 @@ impl Manager {
                 "app {}: changed back to the settings some of its instances run; replacing the other {n} one at a time",
                 config.name
             ),
+            (None, _) if renew => info!(
+                "app {}: reload = \"always\"; replacing its instances one at a time",
+                config.name
+            ),
             (None, _) => info!(
                 "app {}: changed; replacing its instances one at a time",
                 config.name
@@ -144,8 +150,9 @@ impl Manager {
             let app = match old.iter().position(|a| a.config.name == config.name) {
                 Some(i) => {
                     let mut app = old.swap_remove(i);
-                    if app.config.replaces_instances(&config) {
-                        self.change(&mut app, &config, now);
+                    let changed = app.config.replaces_instances(&config);
+                    if changed || config.reload == AppReload::Always {
+                        self.change(&mut app, &config, now, !changed);
                     } else {
                         // A reload is the operator's "try again now" (the
                         // cause fixed outside the settings: a database up

@@ -12,7 +12,7 @@ use toml_edit::{ArrayOfTables, Table, Value};
 use super::upstreams::PROXY_KEYS;
 use super::values::set;
 use super::{Field, Walker};
-use crate::config::{app_key, AppConfig, AppListen, Instances};
+use crate::config::{app_key, AppConfig, AppListen, AppReload, Instances};
 
 /// The keys an app takes besides its proxy settings, in the order messages
 /// list them.
@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "listen-env",
     "start-timeout",
     "stop-timeout",
+    "reload",
 ];
 
 /// What `command` looks like, for messages.
@@ -98,6 +99,15 @@ impl Walker<'_> {
                 }
                 "start-timeout" => set(&mut a.start_timeout, self.duration(&f)),
                 "stop-timeout" => set(&mut a.stop_timeout, self.duration(&f)),
+                "reload" => {
+                    let choices = [
+                        ("changed", AppReload::Changed),
+                        ("always", AppReload::Always),
+                    ];
+                    if let Some(v) = self.one_of(&f, &choices) {
+                        a.reload = v;
+                    }
+                }
                 "servers" => {
                     let rule = "is not a key of an app: its servers are its instances, \
                                 which coreserve starts (see instances and listen)";
@@ -178,6 +188,7 @@ listen = "unix"
 listen-env = "APP_SOCKET"
 start-timeout = "30s"
 stop-timeout = 2
+reload = "always"
 balance = "least-conn"
 keepalive = 0
 idle-timeout = "3s"
@@ -218,6 +229,7 @@ fail-timeout = "20s"
                 listen_env: "APP_SOCKET".into(),
                 start_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(2),
+                reload: crate::config::AppReload::Always,
                 upstream,
             }]
         );
@@ -333,7 +345,7 @@ instances = -1
                 at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"-1\""),
                 at(11, "app[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\""),
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
-                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, reload, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string"),
                 at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),
