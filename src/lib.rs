@@ -28,6 +28,7 @@ pub mod http;
 pub mod job;
 pub mod keep_awake;
 pub mod listener;
+pub mod log_queue;
 pub mod master;
 pub mod metrics;
 pub mod panics;

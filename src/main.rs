@@ -4,12 +4,33 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::sync::OnceLock;
+
 use coreserve::cli::{Cli, Command};
+use coreserve::log_queue::{Flusher, LogQueue};
 use coreserve::master::{self, MasterError};
+
+/// Waits for the log's queued lines before the process exits.
+static LOG: OnceLock<Flusher> = OnceLock::new();
 
 fn main() -> ExitCode {
     let cli = coreserve::cli::parse_or_exit();
     init_logging();
+    let code = run(cli);
+    flush_log();
+    code
+}
+
+/// Let the log writer put out what is queued (at most 2 s: stderr may be
+/// stalled for good), so the lines that say why the process ends are
+/// not lost with it.
+fn flush_log() {
+    if let Some(f) = LOG.get() {
+        f.flush(std::time::Duration::from_secs(2));
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
     // One line per panic, in the log's form; where it was caught (a request
     // handler, a connection) is logged by the code that caught it.
     std::panic::set_hook(Box::new(|info| {
@@ -91,6 +112,7 @@ fn main() -> ExitCode {
         Err(e @ MasterError::Forced(_)) => {
             log::warn!("{e}");
             // Shards may still be running: leave without unwinding them.
+            flush_log();
             std::process::exit(1);
         }
         Err(MasterError::Cpus(cpu)) => {
@@ -173,6 +195,17 @@ fn init_logging() {
                 .filter_level(log::LevelFilter::Info)
                 .filter_module("rustls", log::LevelFilter::Error);
         }
+    }
+    // Through a queue of its own thread: a stderr nobody reads must not
+    // stop whoever logs (a shard, the master, an app's output relay).
+    let dropped: fn(u64) -> String = if journald {
+        |n| format!("<4>{n} log line(s) dropped: the log was not read fast enough\n")
+    } else {
+        |n| format!("WARN  {n} log line(s) dropped: the log was not read fast enough\n")
+    };
+    if let Ok(queue) = LogQueue::to_stderr(dropped) {
+        let _ = LOG.set(queue.flusher());
+        builder.target(env_logger::Target::Pipe(Box::new(queue)));
     }
     builder
         .format(move |buf, record| {

@@ -170,3 +170,59 @@ fn with_no_shard_alive_connections_are_refused_master_dispatch() {
 fn with_no_shard_alive_connections_are_refused_reuseport_dispatch() {
     none_alive("reuseport");
 }
+
+/// A log nobody reads (stderr a pipe whose reader stopped: a stalled
+/// journald) never stops a shard: each panic logs two lines, and after
+/// the pipe's 64 KiB the shard blocked on its next one, every request
+/// after it hanging. Lines past the log's queue are dropped instead.
+#[test]
+fn a_log_nobody_reads_never_stops_a_shard() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut ends = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors, then owned here.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let (_unread, write) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    /// Killed however the test ends (a stuck server ignores SIGTERM).
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        crate::util::command()
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
+            .stderr(std::process::Stdio::from(write))
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually("it listens", || std::net::TcpStream::connect(addr).is_ok());
+    let ask = |target: &str| -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    };
+    for i in 0..3000 {
+        let text = ask("/__fault/panic");
+        assert!(
+            text.starts_with("HTTP/1.1 500"),
+            "request {i} got {text:?}: the shard is stuck on its log"
+        );
+    }
+    assert!(ask("/").starts_with("HTTP/1.1 200 OK"));
+}
