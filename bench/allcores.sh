@@ -12,6 +12,10 @@
 #   NEWCONN=1 bench/allcores.sh 3                    # a new connection per request
 #   LAYOUT=pinned bench/allcores.sh 3                # one shard / worker on CPU 1, wrk on CPU 0
 #   URLPATH=/static/1m.bin bench/allcores.sh 3       # a 1 MiB file (also /static/4k.bin)
+#   GZIP=1 bench/allcores.sh 3                       # an 8 KiB JSON file, gzipped for a client
+#                                                    # sending Accept-Encoding: gzip: coreserve's
+#                                                    # static `gzip = true` (level 2), nginx's
+#                                                    # `gzip on` (level 1: the same output size)
 #
 # BINS names the coreserve binaries to compare (NAME=PATH, default
 # coreserve=target/release/coreserve); DISPATCH=reuseport picks the other
@@ -51,6 +55,10 @@ LUA
 wrk_args=()
 if [ "$PIPELINE" -gt 1 ]; then wrk_args=(-s "$work/pipeline.lua"); fi
 if [ "$NEWCONN" = 1 ]; then wrk_args=(-H "Connection: close"); fi
+if [ -n "${GZIP:-}" ]; then
+    wrk_args+=(-H "Accept-Encoding: gzip")
+    URLPATH=/static/data.json
+fi
 
 # load URL: wrk's report.
 load() {
@@ -61,6 +69,11 @@ run_one() { # name port pids...
     local name=$1 port=$2; shift 2
     local url="http://127.0.0.1:$port$URLPATH"
     "${on_load[@]}" wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "$url" > /dev/null  # warm-up
+    if [ -n "${GZIP:-}" ]; then
+        # What the client gets, so that both are seen to compress.
+        curl -s -H "Accept-Encoding: gzip" -o "$work/got" -D "$work/got.head" "$url"
+        echo "$name: $(grep -ci '^content-encoding: gzip' "$work/got.head" || true) gzip, $(wc -c < "$work/got") body bytes" >&2
+    fi
     measured "$name" load "$url" "$@"
 }
 
@@ -79,6 +92,13 @@ head -c 1048576 /dev/urandom > "$work/www/1m.bin"
 sed -e '/worker_cpu_affinity/d' -e "s/worker_processes 1;/worker_processes $NCPU;/" \
     -e "s|/tmp/nginx-anchor/www/|$work/www/|" "$PEERS/nginx.conf" > "$work/nginx.conf"
 hello_config "$work/coreserve.toml" "$work/www"
+if [ -n "${GZIP:-}" ]; then
+    # An app's JSON, as bench/proxy.sh's GZIP mode serves it through the proxy.
+    python3 -c 'import json; print(json.dumps([{"id": i, "name": f"item {i}", "price": i * 3 % 97, "tags": ["a", "b"]} for i in range(150)]))' > "$work/www/data.json"
+    chmod a+r "$work/www/data.json"
+    sed -i -e 's|^http {|http {\n    types { application/json json; } gzip on; gzip_comp_level 1; gzip_min_length 256; gzip_types application/json; gzip_vary on;|' "$work/nginx.conf"
+    printf 'gzip = true\n' >> "$work/coreserve.toml"
+fi
 if [ "$CONNS" -gt 1000 ]; then ulimit -n 65536; fi
 
 results=$work/results
