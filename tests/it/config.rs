@@ -116,7 +116,7 @@ fn check_reports_every_error_with_file_line_and_key() {
         format!("{name}:2: server.shards: must be a number of shards or \"auto\", got \"many\""),
         format!("{name}:3: server.listen: must be an address like \"0.0.0.0:80\" or \"[::]:80\", got \"nowhere\""),
         format!("{name}:6: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\""),
-        format!("{name}:7: limits.surprise: unknown key"),
+        format!("{name}:7: limits.surprise: unknown key (it takes max-header-bytes, max-uri-bytes, max-body-bytes, max-headers, max-connections, header-timeout, body-timeout, send-timeout, keepalive-timeout)"),
         format!("{name}:12: route[1].root: cannot use /no/such/dir: No such file or directory (os error 2)"),
         format!("{name}:17: route[2].status: must be 301, 302, 303, 307 or 308, got 200"),
     ];

@@ -115,8 +115,7 @@ impl Walker<'_> {
                 }
                 other => {
                     if !self.upstream_setting(&mut a.upstream, other, &f) {
-                        let keys = [KEYS, PROXY_KEYS].concat().join(", ");
-                        self.error(&f, format!("unknown key (an app takes {keys})"));
+                        self.unknown(&f, other, &[KEYS, PROXY_KEYS].concat(), "an app");
                     }
                 }
             }

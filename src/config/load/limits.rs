@@ -4,6 +4,19 @@ use toml_edit::TableLike;
 
 use super::Walker;
 
+/// The keys of `[limits]`, as messages list them.
+const KEYS: &[&str] = &[
+    "max-header-bytes",
+    "max-uri-bytes",
+    "max-body-bytes",
+    "max-headers",
+    "max-connections",
+    "header-timeout",
+    "body-timeout",
+    "send-timeout",
+    "keepalive-timeout",
+];
+
 impl Walker<'_> {
     pub(super) fn limits(&mut self, t: &dyn TableLike) {
         for f in self.fields(t, "limits") {
@@ -42,7 +55,7 @@ impl Walker<'_> {
                         }
                     }
                 }
-                _ => self.error(&f, "unknown key".into()),
+                other => self.unknown(&f, &other["limits.".len()..], KEYS, "it"),
             }
         }
     }

@@ -25,7 +25,7 @@ impl Walker<'_> {
                         self.config.log.format = v;
                     }
                 }
-                _ => self.error(&f, "unknown key".into()),
+                other => self.unknown(&f, &other["log.".len()..], &["access", "format"], "it"),
             }
         }
     }

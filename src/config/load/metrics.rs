@@ -32,7 +32,7 @@ impl Walker<'_> {
                         self.config.metrics.path = p;
                     }
                 }
-                _ => self.error(&f, "unknown key".into()),
+                other => self.unknown(&f, &other["metrics.".len()..], &["listen", "path"], "it"),
             }
         }
     }

@@ -213,6 +213,18 @@ impl Walker<'_> {
         self.error_at(f.key.clone(), f.line, rule);
     }
 
+    /// `f`'s key (the last part of it, `name`) is none of `known`, the
+    /// keys its table takes: the error names the closest when it looks
+    /// like a typo of one, else lists them, as `who` ("it", "an app")
+    /// takes them.
+    fn unknown(&mut self, f: &Field, name: &str, known: &[&str], who: &str) {
+        let rule = match closest(name, known) {
+            Some(meant) => format!("unknown key (did you mean {meant}?)"),
+            None => format!("unknown key ({who} takes {})", known.join(", ")),
+        };
+        self.error(f, rule);
+    }
+
     /// An error about the key `key`, at `line`: for a rule that can only
     /// be checked once its table is read whole.
     fn error_at(&mut self, key: String, line: Option<usize>, rule: String) {
@@ -307,19 +319,86 @@ impl Walker<'_> {
                     Some(apps) => self.apps(apps),
                     None => self.error(&f, "must be written as [[app]] tables".into()),
                 },
-                _ => self.error(
-                    &f,
-                    "unknown key (sections are server, limits, tls, route, upstream, app, log, metrics)"
-                        .into(),
-                ),
+                other => {
+                    let sections = [
+                        "server", "limits", "tls", "route", "upstream", "app", "log", "metrics",
+                    ];
+                    let rule = match closest(other, &sections) {
+                        Some(meant) => format!("unknown key (did you mean {meant}?)"),
+                        None => format!("unknown key (sections are {})", sections.join(", ")),
+                    };
+                    self.error(&f, rule);
+                }
             }
         }
     }
 }
 
+/// The one of `known` that `name` most likely misspells: at most two
+/// edits (one for a short name) away, in any case.
+fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let name = name.to_ascii_lowercase();
+    let limit = if name.len() <= 4 { 1 } else { 2 };
+    known
+        .iter()
+        .map(|k| (edits(&name, k), *k))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance between `a` and `b`, by bytes.
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key one or two letters off a known one is named as the typo it
+    /// likely is, in any table; one far from every key gets the list.
+    #[test]
+    fn a_misspelt_key_names_the_key_it_likely_means() {
+        let errs = parse_str(
+            "[limit]\nx = 1\n[limits]\nmax-body-byte = \"1m\"\n[server]\nShards = 2\n\
+             [[route]]\npath = \"/\"\nhandlr = \"respond\"\n\
+             [[app]]\nname = \"a\"\ncommand = [\"a\"]\nstart-timout = \"1s\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .filter(|e| e.contains("unknown key"))
+        .collect::<Vec<_>>();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:1: limit: unknown key (did you mean limits?)",
+                "t.toml:4: limits.max-body-byte: unknown key (did you mean max-body-bytes?)",
+                "t.toml:6: server.Shards: unknown key (did you mean shards?)",
+                "t.toml:9: route[1].handlr: unknown key (did you mean handler?)",
+                "t.toml:13: app[1].start-timout: unknown key (did you mean start-timeout?)",
+            ]
+        );
+        assert_eq!(edits("kitten", "sitting"), 3);
+        assert_eq!(closest("pth", &["path", "host"]), Some("path"));
+        assert_eq!(closest("colour", &["listen", "shards"]), None);
+    }
     use crate::config::{Affinity, Dispatch, LogFormat, RouteConfig};
 
     fn parse(text: &str) -> Result<Config, Vec<String>> {
@@ -429,7 +508,7 @@ read-timeout = 9223372036854775807
             errs,
             vec![
                 "t.toml:2: server.shards: must be a number of shards or \"auto\", got \"many\"",
-                "t.toml:3: server.colour: unknown key",
+                "t.toml:3: server.colour: unknown key (it takes listen, shards, cpus, dispatch, affinity, drain-timeout, defer-accept, idle-wait)",
                 "t.toml:4: server.defer-accept: must be true or false",
                 "t.toml:5: server.idle-wait: must be a duration like 500ms, 60s, 5m or 1h, got \"a while\"",
                 "t.toml:6: server.affinity: must be \"pinned\" or \"floating\", got \"loose\"",

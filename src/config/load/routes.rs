@@ -82,8 +82,19 @@ impl Walker<'_> {
                     }
                 }
                 _ => {
-                    let rule = match kind {
-                        Some(k) if !k.keys.is_empty() => format!(
+                    let every = [
+                        "path",
+                        "handler",
+                        "methods",
+                        "host",
+                        "scheme",
+                        "max-body-bytes",
+                        "headers",
+                    ];
+                    let known = [&every[..], keys].concat();
+                    let rule = match (super::closest(name, &known), kind) {
+                        (Some(meant), _) => format!("unknown key (did you mean {meant}?)"),
+                        (None, Some(k)) if !k.keys.is_empty() => format!(
                             "unknown key for handler {:?} (it takes {})",
                             k.name,
                             k.keys.join(", ")

@@ -8,6 +8,18 @@ use super::{Field, Walker};
 use crate::config::{Affinity, Dispatch};
 use crate::cpus;
 
+/// The keys of `[server]`, as messages list them.
+const KEYS: &[&str] = &[
+    "listen",
+    "shards",
+    "cpus",
+    "dispatch",
+    "affinity",
+    "drain-timeout",
+    "defer-accept",
+    "idle-wait",
+];
+
 impl Walker<'_> {
     pub(super) fn server(&mut self, t: &dyn TableLike) {
         for f in self.fields(t, "server") {
@@ -66,7 +78,7 @@ impl Walker<'_> {
                         self.config.idle_wait = d;
                     }
                 }
-                _ => self.error(&f, "unknown key".into()),
+                other => self.unknown(&f, &other["server.".len()..], KEYS, "it"),
             }
         }
     }

@@ -39,11 +39,16 @@ impl Walker<'_> {
                     Some(Value::Boolean(b)) if !*b.value() => self.config.tls.hsts = None,
                     _ => self.config.tls.hsts = self.string(&f),
                 },
-                _ => self.error(
-                    &f,
-                    "unknown key (it takes listen, protocols, session-tickets, hsts, [[tls.certificate]])"
-                        .into(),
-                ),
+                other => {
+                    let known = [
+                        "listen",
+                        "protocols",
+                        "session-tickets",
+                        "hsts",
+                        "[[tls.certificate]]",
+                    ];
+                    self.unknown(&f, &other["tls.".len()..], &known, "it");
+                }
             }
         }
     }
@@ -111,7 +116,10 @@ impl Walker<'_> {
                             .collect();
                     }
                 }
-                _ => self.error(&f, "unknown key (it takes chain, key, names)".into()),
+                other => {
+                    let name = other.rsplit('.').next().unwrap_or(other);
+                    self.unknown(&f, name, &["chain", "key", "names"], "it");
+                }
             }
         }
         if !chain

@@ -151,8 +151,7 @@ impl Walker<'_> {
                 }
                 other => {
                     if !self.upstream_setting(&mut g, other, &f) {
-                        let keys = [KEYS, PROXY_KEYS].concat().join(", ");
-                        self.error(&f, format!("unknown key (a group takes {keys})"));
+                        self.unknown(&f, other, &[KEYS, PROXY_KEYS].concat(), "a group");
                     }
                 }
             }
