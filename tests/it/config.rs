@@ -776,3 +776,25 @@ fn a_reload_to_cpus_start_up_would_refuse_is_refused() {
         "v1"
     );
 }
+
+/// A file that is not UTF-8 (saved in Latin-1) is an error at the line
+/// where it stops being text, not at a byte offset.
+#[test]
+fn a_file_that_is_not_utf8_is_named_by_its_line() {
+    let dir = Scratch::new("latin1");
+    let conf = dir.write("c.toml", b"[server]\nshards = 1\n# caf\xe9\n");
+    let out = command()
+        .args(["--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "{}:3: not UTF-8 text: a configuration must be UTF-8 (a file saved in Latin-1?)",
+            conf.display()
+        )
+    );
+}

@@ -62,7 +62,23 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// (so validation can still report the rest).
 pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
     let name = path.display().to_string();
-    let text = super::files::read_small(path, MAX_CONFIG_BYTES)
+    let bytes = super::files::read_small(path, MAX_CONFIG_BYTES);
+    // Where the bytes stop being UTF-8, as a line an editor can go to.
+    if let Ok(b) = &bytes {
+        if let Err(e) = std::str::from_utf8(b) {
+            let at = e.valid_up_to();
+            let line = 1 + b[..at].iter().filter(|&&c| c == b'\n').count();
+            let err = ConfigError {
+                file: Some(name),
+                line: Some(line),
+                key: String::new(),
+                rule: "not UTF-8 text: a configuration must be UTF-8 (a file saved in Latin-1?)"
+                    .into(),
+            };
+            return Err(LoadFailure::new(None, vec![err]));
+        }
+    }
+    let text = bytes
         .and_then(|b| {
             String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         })
