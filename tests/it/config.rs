@@ -719,6 +719,19 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
     }
 }
 
+/// `coreserve --check --config FILE`, which must fail as a configuration
+/// error does (status 2): its stderr.
+fn check_fails(conf: &std::path::Path) -> String {
+    let out = command()
+        .args(["--check", "--config"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 /// Far more shards than CPUs is refused before anything starts, named by
 /// its line or flag: 1024 shards on 2 CPUs passed --check, then took
 /// minutes to start, deaf to signals meanwhile.
@@ -726,13 +739,7 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
 fn far_more_shards_than_cpus_is_a_check_error() {
     let dir = Scratch::new("too-many-shards");
     let conf = dir.write("s.toml", "[server]\nshards = 1024\ncpus = \"0\"\n");
-    let out = command()
-        .args(["--check", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = check_fails(&conf);
     let line = format!(
         "{}:2: server.shards: 1024 shards on 1 CPU(s) is more than 8 a CPU",
         conf.display()
@@ -783,13 +790,7 @@ fn a_reload_to_cpus_start_up_would_refuse_is_refused() {
 fn a_file_that_is_not_utf8_is_named_by_its_line() {
     let dir = Scratch::new("latin1");
     let conf = dir.write("c.toml", b"[server]\nshards = 1\n# caf\xe9\n");
-    let out = command()
-        .args(["--check", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = check_fails(&conf);
     assert_eq!(
         err.trim(),
         format!(
