@@ -549,7 +549,7 @@ impl<W: World> Supervisor<W> {
                 return;
             }
         };
-        for key in needs_restart(&self.config, &new) {
+        for key in needs_restart(&self.config, &new, self.slots.len()) {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
         }
         if new.tls.listen.is_empty() && !self.config.tls.listen.is_empty() {
