@@ -350,10 +350,15 @@ impl Cli {
             Ok(c) if errors.is_empty() => Ok(c),
             Ok(_) => Err(errors),
             Err(more) => {
-                // Report each key once (a key the file got wrong was left at
-                // its default and may break a rule again), in file order.
+                // A key the file got wrong was left at its default and may
+                // break a rule again: not reported twice. Every rule a key
+                // the loader took breaks is (two addresses listed twice).
+                let loaded = errors.len();
                 for e in more {
-                    if !errors.iter().any(|x| x.key == e.key && !e.key.is_empty()) {
+                    if !errors[..loaded]
+                        .iter()
+                        .any(|x| x.key == e.key && !e.key.is_empty())
+                    {
                         errors.push(e);
                     }
                 }

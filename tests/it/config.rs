@@ -799,3 +799,24 @@ fn a_file_that_is_not_utf8_is_named_by_its_line() {
         )
     );
 }
+
+/// Every rule a key breaks is reported, not only the first: two
+/// addresses listed twice are two errors, as are two bad methods.
+#[test]
+fn every_broken_rule_of_one_key_is_reported() {
+    let dir = Scratch::new("every-rule");
+    let conf = dir.write(
+        "c.toml",
+        "[server]\nlisten = [\"127.0.0.1:81\", \"127.0.0.1:81\", \"127.0.0.1:82\", \"127.0.0.1:82\"]\n\
+         [[route]]\npath = \"/\"\nhandler = \"respond\"\nmethods = [\"get\", \"post\"]\n",
+    );
+    let err = check_fails(&conf);
+    for said in [
+        "server.listen: 127.0.0.1:81 is listed twice",
+        "server.listen: 127.0.0.1:82 is listed twice",
+        "methods: must be upper-case method names like \"GET\", got \"get\"",
+        "methods: must be upper-case method names like \"GET\", got \"post\"",
+    ] {
+        assert!(err.contains(said), "{said} not in:\n{err}");
+    }
+}
