@@ -676,8 +676,10 @@ impl Manager {
                     let gone = gone.expect("checked above");
                     address::release(&gone.addr);
                     // Settings a reload replaced, while the new ones have
-                    // not come up anywhere: the ones known to work.
-                    let earlier = gone.generation != generation && !proven;
+                    // not come up anywhere: the ones known to work, if
+                    // they worked for this instance (else the reload may
+                    // be the fix for them).
+                    let earlier = ready && gone.generation != generation && !proven;
                     slot.restart_as = earlier.then_some(gone.generation);
                     // One line per death: a crash loop's deaths are spaced
                     // by the back-off, so it logs once per step.

@@ -604,6 +604,39 @@ fn an_old_instance_that_dies_while_its_replacement_fails_restarts_as_it_ran() {
     });
 }
 
+/// A reload that fixes an app whose old instance is still starting (it
+/// never came up) starts the fixed settings when that instance exits:
+/// only settings that served are fallen back to.
+#[test]
+fn a_reload_while_a_broken_instance_starts_fixes_it() {
+    within(|| {
+        let mut h = Harness::new("fix-starting");
+        // Serves once; later starts wait a moment, then fail.
+        let body = "if not once('first'):\n    time.sleep(0.3)\n    sys.exit(1)\n\
+                    on_term(lambda: sys.exit(0))\n\
+                    serve(listen())";
+        let web = app("web", 1, body, &h.dir);
+        h.start(vec![web.clone()]).unwrap();
+        let first = current(&h.m, "web", 0).unwrap().process.pid;
+        process::signal_group(first, libc::SIGKILL);
+        h.turn_until("a broken instance starting", |m| {
+            matches!(
+                current(m, "web", 0),
+                Some(Instance {
+                    state: State::Starting { .. },
+                    ..
+                })
+            )
+        });
+        h.send(Msg::Reload(vec![version(&web, "2", SERVES)]));
+        h.turn_until("the fixed version serves", |m| {
+            is_ready(current(m, "web", 0))
+        });
+        let now = current(&h.m, "web", 0).unwrap().process.pid;
+        assert_eq!(records(&h.dir)[&now].version, "2");
+    });
+}
+
 /// A reload that changes nothing is the operator's "try again now": an
 /// instance waiting out its back-off (its cause fixed outside the
 /// settings) starts at once.
