@@ -239,9 +239,11 @@ pub struct AppsHandle {
 
 impl AppsHandle {
     /// Apply new settings (SIGHUP): new apps start, removed ones stop,
-    /// changed ones are replaced one instance at a time.
-    pub fn reload(&self, configs: Vec<AppConfig>) {
-        let _ = self.tx.send(Msg::Reload(configs));
+    /// changed ones are replaced one instance at a time. `renew`: these are
+    /// the reload's own settings, applied now (an app with `reload =
+    /// "always"` is replaced then; not for serving settings sent again).
+    pub fn reload(&self, configs: Vec<AppConfig>, renew: bool) {
+        let _ = self.tx.send(Msg::Reload(configs, renew));
     }
 
     /// Every instance slot's state as of the manager's latest pass (it

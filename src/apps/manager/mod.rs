@@ -43,8 +43,11 @@ const KILL_AGAIN: Duration = Duration::from_secs(5);
 pub(super) enum Msg {
     /// An instance's process ended.
     Exited { tag: u64, status: ExitStatus },
-    /// New settings (a reload).
-    Reload(Vec<AppConfig>),
+    /// New settings (a reload); `true`: the reload's own, applied now, so
+    /// an app with `reload = "always"` is replaced even if they did not
+    /// change (not for the serving settings resent while a reload waits
+    /// for new apps, nor for a reload given up).
+    Reload(Vec<AppConfig>, bool),
     /// Stop every instance, then answer.
     Stop(Sender<()>),
     /// During a stop: SIGKILL what is left now, not at its stop timeout
@@ -322,7 +325,7 @@ impl Manager {
                     let _ = done.send(());
                     return Err(AppError::Interrupted);
                 }
-                Ok(Msg::Reload(_) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Reload(..) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
             }
         }
@@ -363,7 +366,7 @@ impl Manager {
         };
         match msg {
             Some(Msg::Exited { tag, status }) => self.on_exit(tag, status, Instant::now()),
-            Some(Msg::Reload(configs)) => self.on_reload(configs, Instant::now()),
+            Some(Msg::Reload(configs, renew)) => self.on_reload(configs, renew, Instant::now()),
             Some(Msg::Stop(done)) => {
                 self.stop_all(rx);
                 let _ = done.send(());

@@ -141,9 +141,10 @@ impl Manager {
         }
     }
 
-    /// New settings: new apps start, removed ones leave, changed ones roll,
-    /// and a changed number of instances adds or retires slots.
-    pub(super) fn on_reload(&mut self, configs: Vec<AppConfig>, now: Instant) {
+    /// New settings: new apps start, removed ones leave, changed ones roll
+    /// (with `renew`, those of `reload = "always"` too), and a changed
+    /// number of instances adds or retires slots.
+    pub(super) fn on_reload(&mut self, configs: Vec<AppConfig>, renew: bool, now: Instant) {
         let mut old = std::mem::take(&mut self.apps);
         for config in configs {
             let n = config.instance_count(self.shards);
@@ -151,7 +152,7 @@ impl Manager {
                 Some(i) => {
                     let mut app = old.swap_remove(i);
                     let changed = app.config.replaces_instances(&config);
-                    if changed || config.reload == AppReload::Always {
+                    if changed || (renew && config.reload == AppReload::Always) {
                         self.change(&mut app, &config, now, !changed);
                     } else {
                         // A reload is the operator's "try again now" (the

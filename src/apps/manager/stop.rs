@@ -67,7 +67,7 @@ impl Manager {
                         l.2 = Instant::now();
                     }
                 }
-                Ok(Msg::Reload(_) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Reload(..) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }

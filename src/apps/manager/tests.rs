@@ -464,7 +464,7 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
             .map(|i| current(&h.m, "web", i).unwrap())
             .map(|i| (i.process.pid, i.addr.clone()))
             .collect();
-        h.send(Msg::Reload(vec![v2]));
+        h.send(Msg::Reload(vec![v2], true));
         h.turn_until("both instances replaced, the old ones gone", |m| {
             let app = &m.apps[0];
             // One replacement at a time, and never a slot without a ready
@@ -513,7 +513,7 @@ fn an_instance_that_dies_during_a_rolling_reload_leaves_one_instance_in_its_slot
         let v2 = version(&web, "2", &format!("wait_for('go')\n{SERVES}"));
         h.start(vec![web]).unwrap();
         let old = current(&h.m, "web", 0).unwrap().process.pid;
-        h.send(Msg::Reload(vec![v2]));
+        h.send(Msg::Reload(vec![v2], true));
         h.turn_until("the replacement starts", |m| {
             m.apps[0].slots[0].next.is_some()
         });
@@ -567,7 +567,7 @@ fn a_reload_that_fixes_a_failing_app_starts_it_without_waiting_out_its_back_off(
                     wait_for('exit')\n\
                     sys.exit(3)";
         let (web, due) = failing_after_first(&mut h, body);
-        h.send(Msg::Reload(vec![version(&web, "2", SERVES)]));
+        h.send(Msg::Reload(vec![version(&web, "2", SERVES)], true));
         // Long before the back-off would have let it.
         h.turn_until("the fixed app serves", |m| is_ready(current(m, "web", 0)));
         assert!(Instant::now() < due, "it waited out the back-off");
@@ -585,7 +585,7 @@ fn an_old_instance_that_dies_while_its_replacement_fails_restarts_as_it_ran() {
         let web = app("web", 1, SERVES, &h.dir);
         h.start(vec![version(&web, "1", SERVES)]).unwrap();
         let old = current(&h.m, "web", 0).unwrap().process.pid;
-        h.send(Msg::Reload(vec![version(&web, "2", "sys.exit(5)")]));
+        h.send(Msg::Reload(vec![version(&web, "2", "sys.exit(5)")], true));
         h.turn_until("a replacement failed", |m| {
             m.apps[0].slots[0].replace_at.is_some()
         });
@@ -628,12 +628,35 @@ fn a_reload_while_a_broken_instance_starts_fixes_it() {
                 })
             )
         });
-        h.send(Msg::Reload(vec![version(&web, "2", SERVES)]));
+        h.send(Msg::Reload(vec![version(&web, "2", SERVES)], true));
         h.turn_until("the fixed version serves", |m| {
             is_ready(current(m, "web", 0))
         });
         let now = current(&h.m, "web", 0).unwrap().process.pid;
         assert_eq!(records(&h.dir)[&now].version, "2");
+    });
+}
+
+/// `reload = "always"` replaces the instances for the reload's own
+/// settings only: the serving ones sent again while a reload waits for a
+/// new app (or once it is given up) replace nothing.
+#[test]
+fn reload_always_renews_for_the_reloads_own_settings_only() {
+    within(|| {
+        let mut h = Harness::new("renew");
+        let mut web = app("web", 1, SERVES, &h.dir);
+        web.reload = crate::config::AppReload::Always;
+        h.start(vec![web.clone()]).unwrap();
+        let first = current(&h.m, "web", 0).unwrap().process.pid;
+        h.send(Msg::Reload(vec![web.clone()], false));
+        h.turn_till(Instant::now() + Duration::from_millis(300));
+        assert_eq!(h.m.apps[0].generation, 0);
+        assert_eq!(current(&h.m, "web", 0).unwrap().process.pid, first);
+        h.send(Msg::Reload(vec![web], true));
+        h.turn_until("replaced", |m| {
+            current(m, "web", 0).is_some_and(|i| i.process.pid != first && i.generation == 1)
+                && is_ready(current(m, "web", 0))
+        });
     });
 }
 
@@ -653,7 +676,7 @@ fn a_reload_without_changes_starts_at_once_what_waits_out_its_back_off() {
                     serve(listen())";
         let (web, due) = failing_after_first(&mut h, body);
         h.touch("fixed");
-        h.send(Msg::Reload(vec![web]));
+        h.send(Msg::Reload(vec![web], true));
         h.turn_until("it serves", |m| is_ready(current(m, "web", 0)));
         assert!(Instant::now() < due, "it waited out the back-off");
     });
@@ -673,7 +696,10 @@ fn a_reload_back_to_the_running_settings_keeps_the_instances() {
         };
         let old = pids(&h.m);
         // A version that never comes up: its replacement stays starting.
-        h.send(Msg::Reload(vec![version(&web, "2", "wait_for('never')")]));
+        h.send(Msg::Reload(
+            vec![version(&web, "2", "wait_for('never')")],
+            true,
+        ));
         h.turn_until("a replacement starts", |m| {
             m.apps[0].slots.iter().any(|s| s.next.is_some())
         });
@@ -684,7 +710,7 @@ fn a_reload_back_to_the_running_settings_keeps_the_instances() {
             .unwrap()
             .process
             .pid;
-        h.send(Msg::Reload(vec![v1]));
+        h.send(Msg::Reload(vec![v1], true));
         h.turn_until("the replacement for version 2 is gone", |_| !alive(doomed));
         // Nothing to replace: the instances run version 1 already.
         h.turn_till(Instant::now() + Duration::from_millis(500));
@@ -711,7 +737,7 @@ fn removing_an_app_stops_its_instances_and_unpublishes_them() {
         let gone: Vec<u32> = (0..2)
             .map(|i| current(&h.m, "gone", i).unwrap().process.pid)
             .collect();
-        h.send(Msg::Reload(vec![keep]));
+        h.send(Msg::Reload(vec![keep], true));
         h.turn_until("the removed app's instances stopped", |m| {
             m.apps.len() == 1 && m.leaving.is_empty()
         });
@@ -806,7 +832,7 @@ fn an_instance_killed_at_its_start_timeout_is_awaited_without_spinning() {
         v2.start_timeout = Duration::from_secs(1);
         v2.stop_timeout = Duration::from_millis(1);
         h.start(vec![web]).unwrap();
-        h.send(Msg::Reload(vec![v2]));
+        h.send(Msg::Reload(vec![v2], true));
         h.turn_until("the replacement is killed at its start timeout", |m| {
             let next = m.apps[0].slots[0].next.as_ref();
             next.is_some_and(|i| matches!(i.state, State::Stopping { .. }))
@@ -839,7 +865,7 @@ fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeo
         h.start(vec![version(&web, "1", HOLDS)]).unwrap();
         // A request the old instance is still answering when it is replaced.
         let (pid, _, inflight) = hold(&h.m);
-        h.send(Msg::Reload(vec![version(&web, "2", HOLDS)]));
+        h.send(Msg::Reload(vec![version(&web, "2", HOLDS)], true));
         h.turn_until("the old instance waits for its connection", |m| {
             m.leaving.iter().any(|l| {
                 l.inst.process.pid == pid
@@ -871,7 +897,7 @@ fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeo
 
         // A connection that never ends holds it up to the drain timeout only.
         let (pid, _, _stuck) = hold(&h.m);
-        h.send(Msg::Reload(vec![version(&web, "3", HOLDS)]));
+        h.send(Msg::Reload(vec![version(&web, "3", HOLDS)], true));
         sigterm_after_the_drain_timeout(&mut h, pid);
     });
 }
@@ -910,7 +936,7 @@ fn a_retiring_instance_whose_connections_cannot_be_counted_gets_the_whole_drain_
         let web = app("web", 1, SERVES, &h.dir);
         h.start(vec![version(&web, "1", SERVES)]).unwrap();
         let pid = current(&h.m, "web", 0).unwrap().process.pid;
-        h.send(Msg::Reload(vec![version(&web, "2", SERVES)]));
+        h.send(Msg::Reload(vec![version(&web, "2", SERVES)], true));
         // Idle, but nothing says so: it may still be answering requests.
         sigterm_after_the_drain_timeout(&mut h, pid);
     });

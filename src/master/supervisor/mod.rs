@@ -570,7 +570,7 @@ impl<W: World> Supervisor<W> {
             .filter(|a| !self.config.apps.iter().any(|o| o.name == a.name))
             .collect();
         if starting.is_empty() {
-            self.world.reload_apps(new.apps.clone());
+            self.world.reload_apps(new.apps.clone(), true);
             self.apply(new);
             return;
         }
@@ -590,7 +590,7 @@ impl<W: World> Supervisor<W> {
             + HELD_RELOAD_SLACK;
         let adds = new.apps.iter().filter(|a| starting.contains(&a.name));
         let apps = adds.chain(&self.config.apps).cloned().collect();
-        self.world.reload_apps(apps);
+        self.world.reload_apps(apps, false);
         // What the manager runs no more: the apps of a held reload this one
         // replaced. An app added again under such a name starts from none.
         let runs = |name: &String| {
@@ -679,7 +679,7 @@ impl<W: World> Supervisor<W> {
             "SIGHUP: app(s) {} ready; the new configuration applies",
             held.starting.join(", ")
         );
-        self.world.reload_apps(held.config.apps.clone());
+        self.world.reload_apps(held.config.apps.clone(), true);
         self.apply(held.config);
     }
 
@@ -709,7 +709,7 @@ impl<W: World> Supervisor<W> {
     /// is forgotten.
     fn drop_held(&mut self) -> Option<Held> {
         let held = self.held.take()?;
-        self.world.reload_apps(self.config.apps.clone());
+        self.world.reload_apps(self.config.apps.clone(), false);
         let apps = &self.config.apps;
         self.app_servers
             .retain(|name, _| apps.iter().any(|a| &a.name == name));

@@ -153,7 +153,7 @@ impl World for Fake {
 
     /// Each app by name, and its environment's values when it has one
     /// (`web RELEASE=2`), to tell a changed app from the serving one.
-    fn reload_apps(&mut self, apps: Vec<AppConfig>) {
+    fn reload_apps(&mut self, apps: Vec<AppConfig>, _renew: bool) {
         let apps = apps.into_iter().map(|a| {
             let env = a.env.iter().map(|(k, v)| format!(" {k}={v}"));
             a.name + &env.collect::<String>()

@@ -58,8 +58,9 @@ pub(super) trait World {
     /// Tell systemd.
     fn notify(&mut self, note: Note);
 
-    /// Hand the app manager the apps of a reload.
-    fn reload_apps(&mut self, apps: Vec<AppConfig>);
+    /// Hand the app manager the apps of a reload; `renew`: the reload's
+    /// own, applied now (see `AppsHandle::reload`).
+    fn reload_apps(&mut self, apps: Vec<AppConfig>, renew: bool);
 
     /// Every app instance's state, for a scrape; must not block (the
     /// supervisor's loop calls it).
@@ -199,8 +200,8 @@ impl World for Real {
         }
     }
 
-    fn reload_apps(&mut self, apps: Vec<AppConfig>) {
-        self.apps.reload(apps);
+    fn reload_apps(&mut self, apps: Vec<AppConfig>, renew: bool) {
+        self.apps.reload(apps, renew);
     }
 
     fn app_status(&self) -> Vec<InstanceStatus> {
