@@ -820,3 +820,63 @@ fn a_fallback_gives_a_single_page_app_its_page() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(fetch(&server, "/dashboard", "").status, 404);
 }
+
+/// A large file gzipped here goes to every client from the shard's one
+/// compressed copy: 40 clients that do not read it hold no copy each (it
+/// was copied whole into each connection's buffer: 8 MiB a slow client).
+#[test]
+fn a_large_gzipped_file_is_not_copied_per_connection() {
+    let dir = Scratch::new("gzip-shared");
+    // Text that compresses only to about three quarters: ~6 MiB gzipped,
+    // more than the kernel's socket buffers take of a client that reads
+    // nothing.
+    let mut seed = 1u64;
+    let text: String = (0..8 << 20)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                    [(seed >> 58) as usize],
+            )
+        })
+        .collect();
+    dir.write("www/bundle.js", &text);
+    let conf = dir.write(
+        "gz.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\ngzip = true\n",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let ask = b"GET /bundle.js HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n";
+    // Compressed once, read whole.
+    let r = get(server.addr, std::str::from_utf8(ask).unwrap());
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&r.body), text.as_bytes());
+    let compressed = r.body.len() as u64;
+    assert!(compressed > 5 << 20, "{compressed}");
+    let before = rss_kib(server.pid());
+    let idle: Vec<_> = (0..40)
+        .map(|_| {
+            // A small receive window: what the client does not read stays
+            // with the server.
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            s.connect(&server.addr.into()).unwrap();
+            let mut s = std::net::TcpStream::from(s);
+            s.write_all(ask).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(server.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB with {} clients of a {compressed}-byte body",
+        idle.len()
+    );
+}

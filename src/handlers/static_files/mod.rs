@@ -476,6 +476,16 @@ pub async fn run(
     }
 }
 
+/// The body of a file response that goes out after its head, by the
+/// connection's writes rather than from its head buffer.
+enum Rest {
+    /// `len` bytes of the open file from `start`.
+    File(Rc<OwnedFd>, u64, u64),
+    /// These bytes of a body the shard keeps (a large file compressed
+    /// here), shared by every response that sends it.
+    Memory(Rc<[u8]>, std::ops::Range<usize>),
+}
+
 /// What `serve` sent of a file response.
 struct Served {
     status: u16,
@@ -508,7 +518,7 @@ async fn serve(
     let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only)
         .with_headers(rc.headers)
         .with_added(job.added.as_ref());
-    let mut stream_from: Option<(Rc<OwnedFd>, u64, u64)> = None;
+    let mut rest: Option<Rest> = None;
     match found {
         Found::NotFound => {
             res.begin(Status::NOT_FOUND);
@@ -583,16 +593,24 @@ async fn serve(
                         res.header("Content-Encoding", enc.as_bytes());
                     }
                     let len = if info.size == 0 { 0 } else { end - start + 1 };
+                    let range = start as usize..(start + len) as usize;
                     match &info.body {
-                        Some(body) => res.body(
-                            info.content_type,
-                            &body[start as usize..(start + len) as usize],
-                        ),
+                        Some(body) if len <= fs::SMALL_FILE => {
+                            res.body(info.content_type, &body[range])
+                        }
+                        // A large file compressed here: sent from the
+                        // shard's one copy, never copied per connection.
+                        Some(body) => {
+                            res.sized(info.content_type, len);
+                            if !rc.head_only {
+                                rest = Some(Rest::Memory(body.clone(), range));
+                            }
+                        }
                         None => {
                             res.sized(info.content_type, len);
                             if let Some(file) = info.file.as_ref().filter(|_| !rc.head_only) {
                                 if len > 0 {
-                                    stream_from = Some((file.clone(), start, len));
+                                    rest = Some(Rest::File(file.clone(), start, len));
                                 }
                             }
                         }
@@ -605,7 +623,7 @@ async fn serve(
     let head = out.len() as u64;
     let result = stream.write_all(out).await;
     out.clear();
-    let Some((file, start, len)) = stream_from.filter(|_| result.is_ok()) else {
+    let Some(rest) = rest.filter(|_| result.is_ok()) else {
         // A head that did not go out whole counts as not sent.
         let sent = result.is_ok();
         return Served {
@@ -615,7 +633,21 @@ async fn serve(
             result,
         };
     };
-    let (streamed, result) = stream_file(&file, start, len, stream).await;
+    let (streamed, result) = match rest {
+        Rest::File(file, start, len) => stream_file(&file, start, len, stream).await,
+        Rest::Memory(body, range) => {
+            let mut sent = 0;
+            let mut result = Ok(());
+            for chunk in body[range].chunks(CHUNK) {
+                result = stream.write_all(chunk).await;
+                if result.is_err() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+            (sent, result)
+        }
+    };
     Served {
         status,
         body_bytes: streamed,
