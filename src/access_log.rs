@@ -6,11 +6,17 @@
 //! only: a file opened O_APPEND takes each buffer in one write(2), and a pipe
 //! gets writes of at most PIPE_BUF bytes cut at line ends, so lines from
 //! different shards never interleave mid-line.
+//!
+//! A log that does not keep up never holds anything up: stderr is written
+//! by a thread of its own (`stderr_lines`), never the shard's blocking
+//! thread, which static files need, through a bounded queue; and a shard
+//! buffers at most `MAX_BUFFERED` bytes while a write is under way. Lines
+//! past either bound are dropped, and how many is logged.
 
 use std::cell::{Cell, RefCell};
 use std::fs::OpenOptions;
 use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -24,6 +30,14 @@ pub const FLUSH_BYTES: usize = 64 << 10;
 
 /// Writes to a pipe of at most this size are atomic (POSIX PIPE_BUF on Linux).
 const PIPE_BUF: usize = 4096;
+
+/// Most bytes a shard buffers while its last write has not returned (a
+/// stalled stderr, a slow disk): past it, lines are dropped.
+pub const MAX_BUFFERED: usize = 4 << 20;
+
+/// Buffers (of up to `FLUSH_BYTES` or so) that may wait for the stderr
+/// writer thread, from all shards together.
+const STDERR_QUEUE: usize = 64;
 
 /// Open an access-log file for appending, creating it `0640`.
 pub fn open(path: &Path) -> io::Result<std::fs::File> {
@@ -47,6 +61,9 @@ pub struct AccessLogger {
     buf: RefCell<Vec<u8>>,
     /// A flush is under way: lines keep buffering meanwhile.
     flushing: Cell<bool>,
+    /// Lines dropped (the buffer was full, or the stderr queue) since the
+    /// last flush said so.
+    dropped: Cell<u64>,
     /// The second the cached timestamps are for.
     second: Cell<u64>,
     clf_time: Cell<[u8; 26]>,
@@ -72,6 +89,7 @@ impl AccessLogger {
             shard,
             buf: RefCell::new(Vec::with_capacity(FLUSH_BYTES)),
             flushing: Cell::new(false),
+            dropped: Cell::new(0),
             second: Cell::new(0),
             clf_time: Cell::new([b' '; 26]),
             iso_time: Cell::new([b' '; 20]),
@@ -84,6 +102,10 @@ impl AccessLogger {
         self.tick();
         let full = {
             let mut buf = self.buf.borrow_mut();
+            if buf.len() >= MAX_BUFFERED {
+                self.dropped.set(self.dropped.get() + 1);
+                return;
+            }
             match self.format {
                 LogFormat::Combined => self.combined(&mut buf, e),
                 LogFormat::Json => self.json(&mut buf, e),
@@ -264,13 +286,26 @@ impl AccessLogger {
             }
             std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES))
         };
-        let (fd, pipe) = match &self.sink {
-            Sink::Stderr => (io::stderr().as_raw_fd(), true),
-            Sink::File { fd, .. } => (fd.get(), false),
-        };
-        glommio::executor()
-            .spawn_blocking(move || write_lines(fd, &data, pipe))
-            .await;
+        match &self.sink {
+            Sink::Stderr => {
+                if let Err(lost) = stderr_lines::send(data) {
+                    self.dropped.set(self.dropped.get() + lost);
+                }
+            }
+            Sink::File { fd, .. } => {
+                let fd = fd.get();
+                glommio::executor()
+                    .spawn_blocking(move || write_lines(fd, &data, false))
+                    .await;
+            }
+        }
+        let dropped = self.dropped.replace(0);
+        if dropped > 0 {
+            log::warn!(
+                "shard {}: access log: {dropped} line(s) dropped: its writes did not keep up",
+                self.shard
+            );
+        }
     }
 
     /// Write out everything buffered, waiting for a flush under way: at
@@ -320,6 +355,66 @@ impl Drop for AccessLogger {
         if let Sink::File { fd, .. } = &self.sink {
             // SAFETY: the logger owns this descriptor.
             unsafe { libc::close(fd.get()) };
+        }
+    }
+}
+
+/// Access-log lines bound for stderr, from every shard: a bounded queue
+/// and the thread that writes it, started with the first lines. A stderr
+/// nobody reads stops only this thread.
+pub mod stderr_lines {
+    use std::io::{self, Write as _};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::{self, SyncSender, TrySendError};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    /// Buffers queued and not yet written.
+    static PENDING: AtomicUsize = AtomicUsize::new(0);
+    /// The queue, once its thread runs (`None`: it could not start).
+    static QUEUE: OnceLock<Option<Mutex<SyncSender<Vec<u8>>>>> = OnceLock::new();
+
+    /// Queue `data` (whole lines) for stderr; `Err(lines)` when they were
+    /// dropped, the queue being full.
+    pub fn send(data: Vec<u8>) -> Result<(), u64> {
+        let queue = QUEUE.get_or_init(|| {
+            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(super::STDERR_QUEUE);
+            std::thread::Builder::new()
+                .name("access-stderr".into())
+                .spawn(move || {
+                    let fd = io::stderr().as_raw_fd();
+                    for data in rx {
+                        super::write_lines(fd, &data, true);
+                        PENDING.fetch_sub(1, Ordering::AcqRel);
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(tx))
+        });
+        let Some(tx) = queue else {
+            // No thread: as the lines would have gone before, directly.
+            let _ = io::stderr().write_all(&data);
+            return Ok(());
+        };
+        let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+        PENDING.fetch_add(1, Ordering::AcqRel);
+        match tx.try_send(data) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(data) | TrySendError::Disconnected(data)) => {
+                PENDING.fetch_sub(1, Ordering::AcqRel);
+                let n = data.iter().filter(|&&b| b == b'\n').count() as u64;
+                Err(n)
+            }
+        }
+    }
+
+    /// Wait until what is queued is written, at most `limit`: before the
+    /// process exits.
+    pub fn flush(limit: Duration) {
+        let until = Instant::now() + limit;
+        while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }
@@ -428,6 +523,7 @@ mod tests {
             shard: 1,
             buf: RefCell::new(Vec::new()),
             flushing: Cell::new(false),
+            dropped: Cell::new(0),
             second: Cell::new(0),
             clf_time: Cell::new(*b"25/Nov/2026:14:01:09 +0000"),
             iso_time: Cell::new(*b"2026-11-25T14:01:09Z"),

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
 /// stalled for good), so the lines that say why the process ends are
 /// not lost with it.
 fn flush_log() {
+    coreserve::access_log::stderr_lines::flush(std::time::Duration::from_secs(2));
     if let Some(f) = LOG.get() {
         f.flush(std::time::Duration::from_secs(2));
     }

@@ -172,18 +172,31 @@ fn with_no_shard_alive_connections_are_refused_reuseport_dispatch() {
 }
 
 /// A log nobody reads (stderr a pipe whose reader stopped: a stalled
-/// journald) never stops a shard: each panic logs two lines, and after
-/// the pipe's 64 KiB the shard blocked on its next one, every request
-/// after it hanging. Lines past the log's queue are dropped instead.
+/// journald) never stops a shard: each panic logs two lines and each
+/// request an access-log line, and after the pipe's 64 KiB the shard
+/// blocked on its next log line (every request after it hanging), or its
+/// blocking thread on the access log (every static file hanging, and a
+/// graceful stop never ending). Lines past the logs' queues are dropped
+/// instead.
 #[test]
 fn a_log_nobody_reads_never_stops_a_shard() {
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = crate::config::Scratch::new("log-unread");
+    dir.write("www/small.txt", "small\n");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    let conf = dir.write(
+        "c.toml",
+        format!(
+            "[log]\naccess = \"stderr\"\n[[route]]\npath = \"/static/\"\nhandler = \"static\"\nroot = \"{}\"\n\
+             [[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"hi\"\n",
+            dir.path("www")
+        ),
+    );
     let mut ends = [0; 2];
     // SAFETY: pipe(2) fills the two descriptors, then owned here.
     assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
@@ -197,9 +210,16 @@ fn a_log_nobody_reads_never_stops_a_shard() {
             let _ = self.0.wait();
         }
     }
-    let _server = Killed(
+    let mut server = Killed(
         crate::util::command()
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "1",
+                "--config",
+            ])
+            .arg(&conf)
             .stderr(std::process::Stdio::from(write))
             .spawn()
             .unwrap(),
@@ -218,11 +238,21 @@ fn a_log_nobody_reads_never_stops_a_shard() {
         text
     };
     for i in 0..3000 {
-        let text = ask("/__fault/panic");
+        let (target, status) = match i % 10 {
+            0 => ("/static/small.txt", "HTTP/1.1 200"),
+            _ => ("/__fault/panic", "HTTP/1.1 500"),
+        };
+        let text = ask(target);
         assert!(
-            text.starts_with("HTTP/1.1 500"),
-            "request {i} got {text:?}: the shard is stuck on its log"
+            text.starts_with(status),
+            "request {i} for {target} got {text:?}: the shard is stuck on its log"
         );
     }
-    assert!(ask("/").starts_with("HTTP/1.1 200 OK"));
+    // SAFETY: kill(2) on the child's pid.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "a graceful stop never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
