@@ -94,6 +94,9 @@ struct Slot {
     /// a broken command), and when the next may start.
     replace_backoff: Backoff,
     replace_at: Option<Instant>,
+    /// A replacement for this slot failed to come up, and none has since:
+    /// its instance serves settings a reload replaced (`ready-old`).
+    replacement_failed: bool,
     /// The generation the slot's next restart runs: an earlier one when
     /// the instance that exited ran it and the app's settings have not
     /// been ready anywhere yet, so that a rolling reload to a broken
@@ -186,6 +189,7 @@ impl Slot {
             next: None,
             replace_backoff: Backoff::new(now),
             replace_at: None,
+            replacement_failed: false,
             restart_as: None,
         }
     }
@@ -665,6 +669,7 @@ impl Manager {
                     // after a back-off, as a restart would.
                     let delay = slot.replace_backoff.start_failed();
                     slot.replace_at = Some(now + delay);
+                    slot.replacement_failed = true;
                     error!(
                         "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}); trying again in {}s{}",
                         gone.process.pid,

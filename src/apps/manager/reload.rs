@@ -37,6 +37,7 @@ impl Manager {
                     let started = new.started;
                     let old = slot.current.started(new, started);
                     slot.replace_backoff = Backoff::new(now);
+                    slot.replacement_failed = false;
                     slot.restart_as = None;
                     if let Some(mut inst) = old {
                         inst.state = State::retiring(now, self.drain);
@@ -44,7 +45,12 @@ impl Manager {
                     }
                 }
             }
-            let busy = self.apps[a].slots.iter().any(|s| s.next.is_some());
+            // One replacement at a time: none while one starts, nor while
+            // one that failed waits out its back-off (in any slot).
+            let busy = self.apps[a]
+                .slots
+                .iter()
+                .any(|s| s.next.is_some() || s.replace_at.is_some_and(|t| t > now));
             if busy {
                 continue;
             }
@@ -52,9 +58,6 @@ impl Manager {
                 matches!(s.current.get(), Some(i) if i.generation != generation && matches!(i.state, State::Ready))
             });
             let Some(i) = outdated else { continue };
-            if self.apps[a].slots[i].replace_at.is_some_and(|t| t > now) {
-                continue;
-            }
             match self.spawn(a, i, generation, now) {
                 Ok(inst) => {
                     let slot = &mut self.apps[a].slots[i];
@@ -65,6 +68,7 @@ impl Manager {
                     let slot = &mut self.apps[a].slots[i];
                     let delay = slot.replace_backoff.start_failed();
                     slot.replace_at = Some(now + delay);
+                    slot.replacement_failed = true;
                     error!(
                         "{e}; the rolling reload tries again in {}s",
                         delay.as_secs()
@@ -109,6 +113,7 @@ impl Manager {
             }
             slot.replace_backoff = Backoff::new(now);
             slot.replace_at = None;
+            slot.replacement_failed = false;
             // An instance that kept failing may start with these at once.
             slot.current.start_afresh(now);
         }
@@ -152,8 +157,9 @@ impl Manager {
                 Some(i) => {
                     let mut app = old.swap_remove(i);
                     let changed = app.config.replaces_instances(&config);
-                    if changed || (renew && config.reload == AppReload::Always) {
-                        self.change(&mut app, &config, now, !changed);
+                    let always = renew && config.reload == AppReload::Always;
+                    if changed || always {
+                        self.change(&mut app, &config, now, always);
                     } else {
                         // A reload is the operator's "try again now" (the
                         // cause fixed outside the settings: a database up

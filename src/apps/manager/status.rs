@@ -66,6 +66,7 @@ impl Manager {
     pub(super) fn shown(&self) -> Vec<Shown> {
         let mut out = Vec::new();
         for app in &self.apps {
+            let failing = app.slots.iter().any(|s| s.replacement_failed);
             for (index, slot) in app.slots.iter().enumerate() {
                 let inst = slot.current.get();
                 out.push(Shown {
@@ -77,10 +78,10 @@ impl Manager {
                             None if slot.current.due().is_some() => "restarting",
                             None => "down",
                             Some(State::Starting { .. }) => "starting",
-                            // Its replacement (a reload's settings) failed
-                            // to come up and waits to be tried again.
+                            // The reload's settings failed to come up (in
+                            // this slot or another): it serves the old ones.
                             Some(State::Ready)
-                                if slot.replace_at.is_some()
+                                if failing
                                     && inst.is_some_and(|i| i.generation != app.generation) =>
                             {
                                 "ready-old"

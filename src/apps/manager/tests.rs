@@ -660,6 +660,46 @@ fn reload_always_renews_for_the_reloads_own_settings_only() {
     });
 }
 
+/// A rolling reload whose replacement fails: every slot still on the
+/// old settings shows `ready-old`, and while the failed one waits out its
+/// back-off no other slot starts one (one at a time). With `reload =
+/// "always"`, a reload back to the running settings replaces them all the
+/// same (the deploy the broken reload was for goes live).
+#[test]
+fn a_failing_rollout_shows_every_old_slot_and_stays_one_at_a_time() {
+    within(|| {
+        let mut h = Harness::new("rollout");
+        let mut web = app("web", 2, SERVES, &h.dir);
+        web.reload = crate::config::AppReload::Always;
+        let v1 = version(&web, "1", SERVES);
+        h.start(vec![v1.clone()]).unwrap();
+        let old: Vec<u32> = (0..2)
+            .map(|i| current(&h.m, "web", i).unwrap().process.pid)
+            .collect();
+        h.send(Msg::Reload(vec![version(&web, "2", "sys.exit(5)")], true));
+        h.turn_until("a replacement failed", |m| {
+            m.apps[0].slots.iter().any(|s| s.replacement_failed)
+        });
+        let states: Vec<&str> =
+            h.m.board
+                .read(Instant::now())
+                .iter()
+                .map(|s| s.state)
+                .collect();
+        assert_eq!(states, ["ready-old", "ready-old"]);
+        // The failed one waits (1 s); nothing else starts meanwhile.
+        h.turn_till(Instant::now() + Duration::from_millis(600));
+        assert!(h.m.apps[0].slots.iter().all(|s| s.next.is_none()));
+        h.send(Msg::Reload(vec![v1], true));
+        h.turn_until("both replaced with version 1 again", |m| {
+            (0..2).all(|i| {
+                current(m, "web", i).is_some_and(|c| !old.contains(&c.process.pid))
+                    && is_ready(current(m, "web", i))
+            })
+        });
+    });
+}
+
 /// A reload that changes nothing is the operator's "try again now": an
 /// instance waiting out its back-off (its cause fixed outside the
 /// settings) starts at once.
