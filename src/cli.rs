@@ -290,12 +290,12 @@ impl Cli {
     /// read from a pipe (`--config /dev/stdin`), which was read to its end
     /// at start-up: read again it would be empty, every route gone.
     pub fn reload(self) -> Result<Config, Vec<ConfigError>> {
-        if let Some(path) = self.config_path().filter(|p| !crate::config::is_regular(p)) {
+        if let Some(path) = self.config_path().filter(|p| crate::config::is_pipe(p)) {
             return Err(vec![ConfigError {
                 file: Some(path.display().to_string()),
                 line: None,
                 key: String::new(),
-                rule: "is not a regular file but a pipe, read to its end at start-up: it cannot be read again; restart coreserve to change its configuration".into(),
+                rule: "is a pipe, read to its end at start-up: it cannot be read again; restart coreserve to change its configuration".into(),
             }]);
         }
         let config = self.clone().load()?;

@@ -78,7 +78,14 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
             let key = format!("{}.root", route_key(i));
             match std::fs::metadata(&s.root) {
                 Ok(m) if m.is_dir() => {
-                    if let Some(fault) = unusable_dir(&s.root, libc::R_OK | libc::X_OK) {
+                    // Files are opened through it by name: entering it is
+                    // enough, unless its listings are served.
+                    let needs = if s.autoindex {
+                        libc::R_OK | libc::X_OK
+                    } else {
+                        libc::X_OK
+                    };
+                    if let Some(fault) = unusable_dir(&s.root, needs) {
                         errors.push(ConfigError::new(key.clone(), fault));
                     }
                     if let Some(fault) = s.fallback.as_ref().and_then(|f| not_a_file(&s.root, f)) {

@@ -20,7 +20,7 @@ mod validate;
 pub use app::*;
 pub use files::preflight;
 pub use gzip::*;
-pub use load::{is_regular, load_file, parse_str, LoadFailure, DEFAULT_PATH};
+pub use load::{is_pipe, load_file, parse_str, LoadFailure, DEFAULT_PATH};
 pub use tls::*;
 pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
 pub use upstream::*;

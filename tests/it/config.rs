@@ -653,6 +653,16 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
             fifo.display()
         ),
     );
+    // /dev/null is an empty file, not a pipe: every default.
+    let out = command()
+        .args(["--check", "--config", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (config, says) in [
         (
             &fifo,
@@ -683,14 +693,22 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
     let dir = Scratch::new("no-access");
     dir.write("www/index.html", "hi");
     dir.write("locked/.keep", "");
+    dir.write("entered/index.html", "hi");
     let conf = dir.write(
         "site.toml",
         "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n\n\
+         [[route]]\npath = \"/e/\"\nhandler = \"static\"\nroot = \"entered\"\n\n\
          [[app]]\nname = \"web\"\ncommand = [\"true\"]\ncwd = \"locked\"\n",
     );
     for d in ["www", "locked"] {
         std::fs::set_permissions(dir.0.join(d), std::fs::Permissions::from_mode(0o000)).unwrap();
     }
+    // Entered but not listed: files are opened by name, so it serves.
+    std::fs::set_permissions(
+        dir.0.join("entered"),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
     let bin = env!("CARGO_BIN_EXE_coreserve");
     // SAFETY: geteuid(2) has no preconditions.
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
@@ -717,6 +735,7 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
         );
         assert!(err.contains(&line), "{line} not in:\n{err}");
     }
+    assert!(!err.contains("route[2]"), "{err}");
 }
 
 /// `coreserve --check --config FILE`, which must fail as a configuration

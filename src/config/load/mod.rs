@@ -83,9 +83,9 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
             String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         })
         .and_then(|text| {
-            // Empty is a valid file (every default); from a pipe it is more
-            // likely a named pipe nobody writes to.
-            if text.is_empty() && !is_regular(path) {
+            // Empty is a valid file (every default, as /dev/null gives);
+            // from a named pipe, more likely nobody wrote to it.
+            if text.is_empty() && is_pipe(path) {
                 return Err(io::Error::other("nothing was written to this pipe"));
             }
             Ok(text)
@@ -102,10 +102,12 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
     parse_str(&text, path)
 }
 
-/// Whether `path` is a regular file (following links): what can be read
-/// again on a reload, unlike a pipe (`--config /dev/stdin`).
-pub fn is_regular(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+/// Whether `path` is a pipe or a socket (following links: `/dev/stdin`
+/// fed by one): what is read once, to its end, and cannot be read again
+/// on a reload, unlike a file (or `/dev/null`).
+pub fn is_pipe(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket())
 }
 
 /// How the loader turns an upstream server's host name and port into
