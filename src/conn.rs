@@ -413,8 +413,20 @@ async fn accept_tls(
     let read = client.read(input, deadline).await;
     shard.set_idle(key, false);
     let n = match read {
-        Ok(0) | Err(_) => return None,
-        Ok(n) => n,
+        Ok(n @ 1..) => n,
+        // A client that never said hello: a silent one timed out, a
+        // preconnect closed unused (not counted while draining, which
+        // closes them itself).
+        done => {
+            if !shard.is_draining() {
+                let why = match done {
+                    Err(e) => TlsFailure::of(&e),
+                    Ok(_) => TlsFailure::Closed,
+                };
+                shard.count(|s| s.tls_failures[why as usize] += 1);
+            }
+            return None;
+        }
     };
     input.filled(n);
     let hello = Tally {
@@ -433,7 +445,11 @@ async fn accept_tls(
         }
         return None;
     }
-    let peer = client.peer_addr();
+    // Only for the debug line a failure gets: a getpeername(2) saved on
+    // every handshake otherwise.
+    let peer = log::log_enabled!(log::Level::Debug)
+        .then(|| client.peer_addr())
+        .flatten();
     // What arrived with the first read (often the whole hello) is read
     // at the start: a malformed hello fails there.
     let done = match client.start_tls(site.config.clone(), input.data()) {

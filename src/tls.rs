@@ -57,12 +57,13 @@ impl TlsSite {
         let certs = &tls.loaded.0;
         let first = certs.first()?;
         // The default is the first certificate, and those of other key
-        // types for its first name (its RSA or ECDSA twin).
-        let twins = certs.iter().filter(|c| {
-            c.names
-                .first()
-                .is_some_and(|n| first.names.first() == Some(n))
-        });
+        // types for the same names, in any order (its RSA or ECDSA twin).
+        let names = |c: &crate::config::LoadedCertificate| {
+            let mut n = c.names.clone();
+            n.sort();
+            n
+        };
+        let twins = certs.iter().filter(|c| names(c) == names(first));
         let mut resolver = SniResolver {
             exact: HashMap::new(),
             wildcard: HashMap::new(),

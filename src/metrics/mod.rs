@@ -56,29 +56,47 @@ pub enum TlsFailure {
     /// protocol version, cipher suite, signature algorithm or ALPN
     /// protocol in common (rustls sent an alert).
     Refused,
-    /// The client closed or reset the connection during it.
+    /// The client refused ours and said so with an alert: most often our
+    /// certificate (an unknown CA, expired, for another name).
+    Alert,
+    /// The client closed or reset the connection before or during it.
     Closed,
 }
 
 impl TlsFailure {
     /// Every kind, in the order `ShardStats::tls_failures` counts them.
-    pub const ALL: [TlsFailure; 3] = [TlsFailure::Timeout, TlsFailure::Refused, TlsFailure::Closed];
+    pub const ALL: [TlsFailure; 4] = [
+        TlsFailure::Timeout,
+        TlsFailure::Refused,
+        TlsFailure::Alert,
+        TlsFailure::Closed,
+    ];
 
     /// Its `reason` label.
     pub fn name(self) -> &'static str {
         match self {
             TlsFailure::Timeout => "timeout",
             TlsFailure::Refused => "refused",
+            TlsFailure::Alert => "alert",
             TlsFailure::Closed => "closed",
         }
     }
 
     /// The kind of a handshake's error: the transport reports a timeout as
-    /// `TimedOut` and a TLS protocol error as `InvalidData`.
+    /// `TimedOut` and a TLS protocol error as `InvalidData` carrying
+    /// rustls' error (an alert the client sent is its `AlertReceived`).
     pub fn of(e: &std::io::Error) -> TlsFailure {
         match e.kind() {
             std::io::ErrorKind::TimedOut => TlsFailure::Timeout,
-            std::io::ErrorKind::InvalidData => TlsFailure::Refused,
+            std::io::ErrorKind::InvalidData => {
+                let tls = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                match tls {
+                    Some(rustls::Error::AlertReceived(_)) => TlsFailure::Alert,
+                    _ => TlsFailure::Refused,
+                }
+            }
             _ => TlsFailure::Closed,
         }
     }
@@ -318,7 +336,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
         ),
         (
             "coreserve_tls_handshake_failures_total",
-            "TLS handshakes that failed, by reason: timeout, refused (what the client sent or offered; an alert was sent) or closed (the client left).",
+            "TLS handshakes that failed, by reason: timeout, refused (what the client sent or offered; an alert was sent), alert (the client refused ours: its certificate, most often) or closed (the client left).",
             "reason",
             |s| TlsFailure::ALL.iter().map(|k| k.name()).zip(s.tls_failures).collect(),
         ),

@@ -167,6 +167,16 @@ fn tls_connect_offering(
     ca: Option<&Ca>,
     schemes: Option<Vec<rustls::SignatureScheme>>,
 ) -> Tls {
+    try_tls_connect(addr, sni, ca, schemes).expect("handshake")
+}
+
+/// `tls_connect_offering`, its handshake's failure given back.
+fn try_tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    ca: Option<&Ca>,
+    schemes: Option<Vec<rustls::SignatureScheme>>,
+) -> std::io::Result<Tls> {
     let builder = ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -188,9 +198,9 @@ fn tls_connect_offering(
     let conn = ClientConnection::new(Arc::new(cfg), name).unwrap();
     let mut s = StreamOwned::new(conn, connect(addr));
     while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).expect("handshake");
+        s.conn.complete_io(&mut s.sock)?;
     }
-    s
+    Ok(s)
 }
 
 /// The certificate the server presented.
@@ -386,13 +396,18 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
         is_closed_soon(&mut truncated),
         "a truncated hello did not close"
     );
-    // Both counted, by reason: what an operator sees of them.
+    // A client that does not trust our certificate says so with an alert.
+    assert!(try_tls_connect(addr, "localhost", Some(&Ca::new()), None).is_err());
+    // A client that connects and leaves without a word (a preconnect).
+    drop(connect(addr));
+    std::thread::sleep(Duration::from_millis(100));
+    // Each counted, by reason: what an operator sees of them.
     let scraped = crate::metrics::scrape(&server);
     let failures = crate::metrics::values(&scraped, "coreserve_tls_handshake_failures_total");
     let of = |reason: &str| failures[&format!("reason={reason},shard=all")];
     assert_eq!(
-        (of("refused"), of("closed"), of("timeout")),
-        (1.0, 1.0, 0.0),
+        (of("refused"), of("alert"), of("closed"), of("timeout")),
+        (1.0, 1.0, 2.0, 0.0),
         "{failures:?}"
     );
     // The others never noticed.
