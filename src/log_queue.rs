@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Lines that may wait for stderr: a burst (a reload's lines, a crash
 /// loop's output) passes whole; a log stalled for good costs at most this
-/// many lines of memory (an app's lines are cut at 16 KiB).
+/// many lines of memory: a few hundred KiB of coreserve's own, 64 MiB at
+/// the very worst of app output (its lines are cut at 16 KiB).
 pub const CAPACITY: usize = 4096;
 
 /// What the writing end and the writer thread share.

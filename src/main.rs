@@ -45,6 +45,10 @@ fn run(cli: Cli) -> ExitCode {
             thread.name().unwrap_or("?"),
             coreserve::panics::message(info.payload())
         );
+        // The main thread's panic ends the process: its line first.
+        if thread.name() == Some("main") {
+            flush_log();
+        }
     }));
     if let Some(Command::Status { url, interval }) = cli.command.clone() {
         return status(cli, url, interval);

@@ -678,6 +678,7 @@ fn gzip_compresses_text_files_for_clients_that_take_it() {
         "a file streamed, not cached whole"
     );
     dir.write("www/page.html", &page);
+    dir.write("www/other.html", &page);
     dir.write("www/app.js", &bundle);
     dir.write("www/tiny.txt", "tiny\n");
     dir.write("www/logo.png", &page);
@@ -720,6 +721,23 @@ fn gzip_compresses_text_files_for_clients_that_take_it() {
         &format!("{gz}If-None-Match: {tag}\r\n"),
     );
     assert_eq!((r.status, r.header("etag")), (304, Some(&*tag)), "{r:?}");
+    // A revalidation of a file not compressed yet is answered from its
+    // validators alone.
+    let strong = fetch(&server, "/other.html", "")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let weak = format!("W/{strong}");
+    let r = fetch(
+        &server,
+        "/other.html",
+        &format!("{gz}If-None-Match: {weak}\r\n"),
+    );
+    assert_eq!(
+        (r.status, r.header("etag"), r.header("vary")),
+        (304, Some(&*weak), Some("Accept-Encoding")),
+        "{r:?}"
+    );
     let head = get(
         server.addr,
         &format!("HEAD /page.html HTTP/1.1\r\nHost: x\r\n{gz}\r\n"),
@@ -767,9 +785,21 @@ fn gzip_compresses_text_files_for_clients_that_take_it() {
     );
     assert!(body == bundle.as_bytes(), "the bundle decoded whole");
 
-    // The same size, within the same second: compressed again.
+    // The same size, its time set back into the same second (what a
+    // second-resolution stamp, as the ETag's, cannot tell apart): compressed
+    // again.
+    let path = dir.0.join("www/page.html");
+    let was = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let second = was.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let changed = page.replace("hello", "HELLO");
     dir.write("www/page.html", &changed);
+    let same_second = std::time::UNIX_EPOCH + Duration::new(second, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(same_second)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let r = fetch(&server, "/page.html", gz);
     assert_eq!(gunzip(&r.body), changed.as_bytes());

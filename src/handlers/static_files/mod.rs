@@ -368,6 +368,21 @@ impl SiteState {
                 return Found::File(info.gzipped(z.body.clone()));
             }
         }
+        // A revalidation that ends in 304 (or 412) needs only the
+        // compressed form's validators, not its bytes.
+        let validators = FileInfo {
+            compressed_from: Some(info.size),
+            encoding: Some("gzip"),
+            body: None,
+            file: None,
+            ..info.clone()
+        };
+        if matches!(
+            reply::decide(&validators, &job.conditions, true),
+            Decision::NotModified | Decision::PreconditionFailed
+        ) {
+            return Found::File(validators);
+        }
         let whole = match (&info.body, &info.file) {
             (Some(body), _) => fs::Whole::Bytes(body.to_vec()),
             (None, Some(file)) => match file.try_clone() {
@@ -379,11 +394,20 @@ impl SiteState {
         if !self.gzipping.borrow_mut().insert(key.clone()) {
             return found;
         }
+        /// Takes the path out of `gzipping` however the compression ends
+        /// (this future dropped too).
+        struct Done<'s>(&'s RefCell<HashSet<PathKey>>, &'s PathKey);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.borrow_mut().remove(self.1);
+            }
+        }
+        let done = Done(&self.gzipping, &key);
         let level = g.level;
         let result = glommio::executor()
             .spawn_blocking(move || fs::gzip_whole(whole, level))
             .await;
-        self.gzipping.borrow_mut().remove(&key);
+        drop(done);
         let Ok(bytes) = result else {
             return found;
         };
@@ -404,10 +428,16 @@ impl SiteState {
             self.gzipped_bytes
                 .set(self.gzipped_bytes.get() - cost(&key, &old));
         }
-        if self.gzipped_bytes.get() + cost(&key, &z) > GZIP_CACHE_BYTES {
-            // Full: start over, as the lookup cache does.
-            kept.clear();
-            self.gzipped_bytes.set(0);
+        // Full: others make room, one at a time (not all at once: each
+        // costs a compression to make again).
+        while self.gzipped_bytes.get() + cost(&key, &z) > GZIP_CACHE_BYTES {
+            let Some(victim) = kept.keys().next().cloned() else {
+                break;
+            };
+            if let Some(old) = kept.remove(&victim) {
+                self.gzipped_bytes
+                    .set(self.gzipped_bytes.get() - cost(&victim, &old));
+            }
         }
         self.gzipped_bytes
             .set(self.gzipped_bytes.get() + cost(&key, &z));
