@@ -549,7 +549,15 @@ impl<W: World> Supervisor<W> {
                 return;
             }
         };
-        for key in needs_restart(&self.config, &new, self.slots.len()) {
+        // What the new settings would start: "auto" is the CPUs they give.
+        let running = self.slots.len();
+        let wanted = crate::cpus::allowed_cpus()
+            .ok()
+            .and_then(|allowed| {
+                crate::cpus::plan_shards(&allowed, new.cpus.as_deref(), new.shards).ok()
+            })
+            .map_or(running, |plan| plan.len());
+        for key in needs_restart(&self.config, &new, running, wanted) {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
         }
         if new.tls.listen.is_empty() && !self.config.tls.listen.is_empty() {

@@ -44,16 +44,19 @@ impl Reloads {
 }
 
 /// Settings a running server cannot change, named by key, that differ.
-/// `running`: the shards there are, what `shards = "auto"` means here (a
-/// file that writes that number instead changes nothing).
-pub(super) fn needs_restart(old: &Config, new: &Config, running: usize) -> Vec<&'static str> {
+/// Shards are compared by number: `running`, the shards there are, and
+/// `wanted`, what `new` would start (`"auto"` and the number it gives
+/// here are the same).
+pub(super) fn needs_restart(
+    old: &Config,
+    new: &Config,
+    running: usize,
+    wanted: usize,
+) -> Vec<&'static str> {
     [
         ("server.listen", old.listen != new.listen),
         ("tls.listen", old.tls.listen != new.tls.listen),
-        (
-            "server.shards",
-            old.shards.unwrap_or(running) != new.shards.unwrap_or(running),
-        ),
+        ("server.shards", running != wanted),
         ("server.cpus", old.cpus != new.cpus),
         ("server.dispatch", old.dispatch != new.dispatch),
         ("server.affinity", old.affinity != new.affinity),
@@ -82,16 +85,18 @@ mod tests {
     fn restart_only_settings_are_named() {
         let old = Config::default();
         let mut new = old.clone();
-        assert!(needs_restart(&old, &new, 2).is_empty());
+        assert!(needs_restart(&old, &new, 2, 2).is_empty());
         // "auto" and the number it means here are the same.
         new.shards = Some(2);
-        assert!(needs_restart(&old, &new, 2).is_empty());
+        assert!(needs_restart(&old, &new, 2, 2).is_empty());
+        // A number to "auto", which would start more.
+        assert_eq!(needs_restart(&new, &old, 2, 8), ["server.shards"]);
         new.shards = Some(3);
         new.affinity = crate::config::Affinity::Pinned;
         new.drain_timeout = std::time::Duration::from_secs(1);
         new.limits.max_body_bytes += 1;
         assert_eq!(
-            needs_restart(&old, &new, 2),
+            needs_restart(&old, &new, 2, 3),
             ["server.shards", "server.affinity", "server.drain-timeout"]
         );
     }
