@@ -65,6 +65,10 @@ struct Instance {
     process: Process,
     state: State,
     started: Instant,
+    /// Started with the settings its slot's last instance served with
+    /// (`Slot::restart_as`), a rollout's not having come up: a fallback,
+    /// which stays one if it fails before it is ready.
+    fallback: bool,
 }
 
 enum State {
@@ -407,16 +411,17 @@ impl Manager {
                     continue;
                 }
                 let app = &mut self.apps[a];
-                let generation = match app.slots[i].restart_as.take() {
-                    Some(earlier) if !app.proven => earlier,
-                    _ => app.generation,
-                };
+                let fallback = app.slots[i].restart_as.filter(|_| !app.proven);
+                let generation = fallback.unwrap_or(app.generation);
                 match self.spawn(a, i, generation, now) {
-                    Ok(inst) => {
+                    Ok(mut inst) => {
+                        inst.fallback = fallback.is_some();
+                        self.apps[a].slots[i].restart_as = None;
                         self.apps[a].slots[i].current.started(inst, now);
                     }
                     Err(e) if startup => return Err(e),
                     Err(e) => {
+                        // `restart_as` kept: the next try falls back too.
                         let delay = self.apps[a].slots[i].current.start_failed(now);
                         error!("{e}; trying again in {}s", delay.as_secs());
                     }
@@ -469,6 +474,7 @@ impl Manager {
                 deadline: now + config.start_timeout,
             },
             started: now,
+            fallback: false,
         })
     }
 
@@ -685,9 +691,10 @@ impl Manager {
                     address::release(&gone.addr);
                     // Settings a reload replaced, while the new ones have
                     // not come up anywhere: the ones known to work, if
-                    // they worked for this instance (else the reload may
-                    // be the fix for them).
-                    let earlier = ready && gone.generation != generation && !proven;
+                    // they served in this slot (this instance, or the one
+                    // it fell back for); else the reload may be their fix.
+                    let served = ready || gone.fallback;
+                    let earlier = served && gone.generation != generation && !proven;
                     slot.restart_as = earlier.then_some(gone.generation);
                     // One line per death: a crash loop's deaths are spaced
                     // by the back-off, so it logs once per step.

@@ -604,6 +604,37 @@ fn an_old_instance_that_dies_while_its_replacement_fails_restarts_as_it_ran() {
     });
 }
 
+/// A fallback that fails once before it is ready (a database blip) is
+/// still a fallback: the slot keeps to the settings that served, not the
+/// broken rollout's.
+#[test]
+fn a_fallback_that_fails_once_falls_back_again() {
+    within(|| {
+        let mut h = Harness::new("fallback-blip");
+        let web = app("web", 1, SERVES, &h.dir);
+        // Version 1 fails its start once when `blip` is there.
+        let v1 = version(
+            &web,
+            "1",
+            &format!("if os.path.exists(os.path.join(DIR, 'blip')) and once('blipped'):\n    sys.exit(1)\n{SERVES}"),
+        );
+        h.start(vec![v1]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap().process.pid;
+        h.send(Msg::Reload(vec![version(&web, "2", "sys.exit(5)")], true));
+        h.turn_until("a replacement failed", |m| {
+            m.apps[0].slots[0].replacement_failed
+        });
+        h.touch("blip");
+        process::signal_group(old, libc::SIGKILL);
+        h.turn_until("the fallback failed once", |m| {
+            m.apps[0].slots[0].current.restarts() >= 2
+        });
+        h.turn_until("serving again", |m| is_ready(current(m, "web", 0)));
+        let now = current(&h.m, "web", 0).unwrap().process.pid;
+        assert_eq!(records(&h.dir)[&now].version, "1");
+    });
+}
+
 /// A reload that fixes an app whose old instance is still starting (it
 /// never came up) starts the fixed settings when that instance exits:
 /// only settings that served are fallen back to.
