@@ -64,6 +64,9 @@ pub struct AccessLogger {
     /// Lines dropped (the buffer was full, or the stderr queue) since the
     /// last flush said so.
     dropped: Cell<u64>,
+    /// Shutting down (`flush_all`): a full stderr queue is waited for, a
+    /// while, rather than its lines dropped.
+    closing: Cell<bool>,
     /// The second the cached timestamps are for.
     second: Cell<u64>,
     clf_time: Cell<[u8; 26]>,
@@ -90,6 +93,7 @@ impl AccessLogger {
             buf: RefCell::new(Vec::with_capacity(FLUSH_BYTES)),
             flushing: Cell::new(false),
             dropped: Cell::new(0),
+            closing: Cell::new(false),
             second: Cell::new(0),
             clf_time: Cell::new([b' '; 26]),
             iso_time: Cell::new([b' '; 20]),
@@ -288,8 +292,21 @@ impl AccessLogger {
         };
         match &self.sink {
             Sink::Stderr => {
-                if let Err(lost) = stderr_lines::send(data) {
-                    self.dropped.set(self.dropped.get() + lost);
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let mut data = data;
+                loop {
+                    match stderr_lines::send(data) {
+                        Ok(()) => break,
+                        Err(back) if self.closing.get() && std::time::Instant::now() < until => {
+                            data = back;
+                            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        Err(back) => {
+                            let lines = back.iter().filter(|&&b| b == b'\n').count() as u64;
+                            self.dropped.set(self.dropped.get() + lines);
+                            break;
+                        }
+                    }
                 }
             }
             Sink::File { fd, .. } => {
@@ -311,6 +328,7 @@ impl AccessLogger {
     /// Write out everything buffered, waiting for a flush under way: at
     /// shutdown no line may be left behind.
     pub async fn flush_all(&self) {
+        self.closing.set(true);
         loop {
             if self.flushing.get() {
                 glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
@@ -375,10 +393,15 @@ pub mod stderr_lines {
     /// The queue, once its thread runs (`None`: it could not start).
     static QUEUE: OnceLock<Option<Mutex<SyncSender<Vec<u8>>>>> = OnceLock::new();
 
-    /// Queue `data` (whole lines) for stderr; `Err(lines)` when they were
-    /// dropped, the queue being full.
-    pub fn send(data: Vec<u8>) -> Result<(), u64> {
-        let queue = QUEUE.get_or_init(|| {
+    /// Start the writer thread (else the first lines do): from the main
+    /// thread, before any shard, so that it does not inherit a pinned
+    /// shard's CPU.
+    pub fn start() {
+        queue();
+    }
+
+    fn queue() -> &'static Option<Mutex<SyncSender<Vec<u8>>>> {
+        QUEUE.get_or_init(|| {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(super::STDERR_QUEUE);
             std::thread::Builder::new()
                 .name("access-stderr".into())
@@ -391,8 +414,13 @@ pub mod stderr_lines {
                 })
                 .ok()
                 .map(|_| Mutex::new(tx))
-        });
-        let Some(tx) = queue else {
+        })
+    }
+
+    /// Queue `data` (whole lines) for stderr; given back when the queue is
+    /// full.
+    pub fn send(data: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(tx) = queue() else {
             // No thread: as the lines would have gone before, directly.
             let _ = io::stderr().write_all(&data);
             return Ok(());
@@ -403,8 +431,7 @@ pub mod stderr_lines {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(data) | TrySendError::Disconnected(data)) => {
                 PENDING.fetch_sub(1, Ordering::AcqRel);
-                let n = data.iter().filter(|&&b| b == b'\n').count() as u64;
-                Err(n)
+                Err(data)
             }
         }
     }
@@ -524,6 +551,7 @@ mod tests {
             buf: RefCell::new(Vec::new()),
             flushing: Cell::new(false),
             dropped: Cell::new(0),
+            closing: Cell::new(false),
             second: Cell::new(0),
             clf_time: Cell::new(*b"25/Nov/2026:14:01:09 +0000"),
             iso_time: Cell::new(*b"2026-11-25T14:01:09Z"),

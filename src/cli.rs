@@ -295,7 +295,7 @@ impl Cli {
                 file: Some(path.display().to_string()),
                 line: None,
                 key: String::new(),
-                rule: "is a pipe, read to its end at start-up: it cannot be read again; restart coreserve to change its configuration".into(),
+                rule: "is a pipe or terminal, read to its end at start-up: it cannot be read again; restart coreserve to change its configuration".into(),
             }]);
         }
         let config = self.clone().load()?;

@@ -414,19 +414,17 @@ async fn accept_tls(
     shard.set_idle(key, false);
     let n = match read {
         Ok(n @ 1..) => n,
-        // A client that never said hello: a silent one timed out, a
-        // preconnect closed unused (not counted while draining, which
-        // closes them itself).
-        done => {
-            if !shard.is_draining() {
-                let why = match done {
-                    Err(e) => TlsFailure::of(&e),
-                    Ok(_) => TlsFailure::Closed,
-                };
+        // A client that never said hello: one silent until the timeout is
+        // counted; one that closed at once is not (a load balancer's TCP
+        // check, a browser's unused preconnect), nor what a drain closes.
+        Err(e) => {
+            let why = TlsFailure::of(&e);
+            if why == TlsFailure::Timeout && !shard.is_draining() {
                 shard.count(|s| s.tls_failures[why as usize] += 1);
             }
             return None;
         }
+        Ok(_) => return None,
     };
     input.filled(n);
     let hello = Tally {

@@ -16,6 +16,7 @@ static LOG: OnceLock<Flusher> = OnceLock::new();
 fn main() -> ExitCode {
     let cli = coreserve::cli::parse_or_exit();
     init_logging();
+    coreserve::access_log::stderr_lines::start();
     let code = run(cli);
     flush_log();
     code

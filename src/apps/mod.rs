@@ -110,7 +110,8 @@ pub struct InstanceStatus {
     /// The current process, if one runs.
     pub pid: Option<u32>,
     /// `starting`, `ready`, `ready-old` (serving with settings a reload
-    /// replaced, its replacement having failed to come up), `stopping`,
+    /// replaced, while that reload's replacements fail to come up),
+    /// `stopping`,
     /// `restarting` (waiting out its back-off) or `down`; for one leaving,
     /// `draining` (waiting for its connections to end) or `stopping`.
     pub state: &'static str,

@@ -88,7 +88,16 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
                     if let Some(fault) = unusable_dir(&s.root, needs) {
                         errors.push(ConfigError::new(key.clone(), fault));
                     }
-                    if let Some(fault) = s.fallback.as_ref().and_then(|f| not_a_file(&s.root, f)) {
+                    // One validation refused (`..`, a hidden name) is not
+                    // looked for, outside the root perhaps.
+                    let plain =
+                        |f: &&String| super::validate::fallback_fault(f, s.dotfiles).is_none();
+                    if let Some(fault) = s
+                        .fallback
+                        .as_ref()
+                        .filter(plain)
+                        .and_then(|f| not_a_file(&s.root, f))
+                    {
                         errors.push(ConfigError::new(
                             format!("{}.fallback", route_key(i)),
                             fault,
@@ -305,7 +314,9 @@ mod tests {
         c.routes.push(static_route("/ok/", &dir));
         c.routes.push(static_route("/gone/", &dir.join("missing")));
         c.routes.push(static_route("/file/", &dir.join("file")));
-        for fallback in ["missing.html", "."] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        // ".." is validation's to refuse, never looked for.
+        for fallback in ["missing.html", "sub", "../x"] {
             let mut spa = static_route("/spa/", &dir);
             if let HandlerConfig::Static(s) = &mut spa.handler {
                 s.fallback = Some(fallback.into());
@@ -324,7 +335,7 @@ mod tests {
                 format!("conf/x.toml:12: route[3].root: cannot use {d}/missing: No such file or directory (os error 2)"),
                 format!("conf/x.toml:14: route[4].root: {d}/file is not a directory"),
                 format!("conf/x.toml:17: route[5].fallback: cannot use {d}/missing.html: No such file or directory (os error 2)"),
-                format!("conf/x.toml: route[6].fallback: {d}/. is not a file"),
+                format!("conf/x.toml: route[6].fallback: {d}/sub is not a file"),
                 format!("conf/x.toml: log.access: cannot open {d}/no/such/dir/access.log: No such file or directory (os error 2)"),
             ]
         );

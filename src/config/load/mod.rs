@@ -85,7 +85,12 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
         .and_then(|text| {
             // Empty is a valid file (every default, as /dev/null gives);
             // from a named pipe, more likely nobody wrote to it.
-            if text.is_empty() && is_pipe(path) {
+            if text.is_empty()
+                && std::fs::metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_fifo()
+                })
+            {
                 return Err(io::Error::other("nothing was written to this pipe"));
             }
             Ok(text)
@@ -102,12 +107,18 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
     parse_str(&text, path)
 }
 
-/// Whether `path` is a pipe or a socket (following links: `/dev/stdin`
-/// fed by one): what is read once, to its end, and cannot be read again
-/// on a reload, unlike a file (or `/dev/null`).
+/// Whether `path` is a pipe, a socket or a terminal (following links:
+/// `/dev/stdin`): what is read once, to its end, and cannot be read again
+/// on a reload (a terminal would wait for its end), unlike a file or
+/// `/dev/null`.
 pub fn is_pipe(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket())
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    let t = m.file_type();
+    let null = std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null"));
+    t.is_fifo() || t.is_socket() || (t.is_char_device() && !null)
 }
 
 /// How the loader turns an upstream server's host name and port into
@@ -365,22 +376,31 @@ fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
         .map(|(_, k)| k)
 }
 
-/// Levenshtein distance between `a` and `b`, by bytes.
+/// Edits between `a` and `b`, by bytes: insertions, deletions,
+/// substitutions and swaps of two neighbours, each one (the optimal
+/// string alignment distance: `tsl` is one edit from `tls`).
 fn edits(a: &str, b: &str) -> usize {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, &ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != cb))
-                .min(row[j] + 1)
-                .min(above + 1);
-            diagonal = above;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -414,6 +434,8 @@ mod tests {
             ]
         );
         assert_eq!(edits("kitten", "sitting"), 3);
+        assert_eq!(edits("tsl", "tls"), 1);
+        assert_eq!(closest("lgo", &["log", "app"]), Some("log"));
         assert_eq!(closest("pth", &["path", "host"]), Some("path"));
         assert_eq!(closest("colour", &["listen", "shards"]), None);
     }

@@ -40,14 +40,22 @@ impl Walker<'_> {
                     _ => self.config.tls.hsts = self.string(&f),
                 },
                 other => {
-                    let known = [
-                        "listen",
-                        "protocols",
-                        "session-tickets",
-                        "hsts",
-                        "[[tls.certificate]]",
-                    ];
-                    self.unknown(&f, &other["tls.".len()..], &known, "it");
+                    let name = &other["tls.".len()..];
+                    // The certificates are tables of their own: a key close
+                    // to that name is one written as a key.
+                    if super::closest(name, &["certificate", "certificates"]).is_some() {
+                        let rule = "unknown key (did you mean [[tls.certificate]] tables?)";
+                        self.error(&f, rule.into());
+                    } else {
+                        let known = [
+                            "listen",
+                            "protocols",
+                            "session-tickets",
+                            "hsts",
+                            "[[tls.certificate]]",
+                        ];
+                        self.unknown(&f, name, &known, "it");
+                    }
                 }
             }
         }

@@ -327,7 +327,7 @@ fn validate_route(
 /// already removed), if anything: it must name a file below the root by a
 /// plain path, which the route would serve (no hidden name without
 /// `dotfiles`).
-fn fallback_fault(path: &str, dotfiles: bool) -> Option<String> {
+pub(super) fn fallback_fault(path: &str, dotfiles: bool) -> Option<String> {
     let names: Vec<&str> = path.split('/').collect();
     if path.contains(['\0', '\\'])
         || names

@@ -428,16 +428,19 @@ impl SiteState {
             self.gzipped_bytes
                 .set(self.gzipped_bytes.get() - cost(&key, &old));
         }
-        // Full: others make room, one at a time (not all at once: each
-        // costs a compression to make again).
-        while self.gzipped_bytes.get() + cost(&key, &z) > GZIP_CACHE_BYTES {
-            let Some(victim) = kept.keys().next().cloned() else {
-                break;
-            };
-            if let Some(old) = kept.remove(&victim) {
-                self.gzipped_bytes
-                    .set(self.gzipped_bytes.get() - cost(&victim, &old));
-            }
+        // Full: others make room, as few as will do (not all: each costs
+        // a compression to make again), chosen in one pass.
+        let mut over = (self.gzipped_bytes.get() + cost(&key, &z)).saturating_sub(GZIP_CACHE_BYTES);
+        if over > 0 {
+            kept.retain(|k, old| {
+                if over == 0 {
+                    return true;
+                }
+                let freed = cost(k, old);
+                over = over.saturating_sub(freed);
+                self.gzipped_bytes.set(self.gzipped_bytes.get() - freed);
+                false
+            });
         }
         self.gzipped_bytes
             .set(self.gzipped_bytes.get() + cost(&key, &z));
