@@ -711,6 +711,7 @@ fn a_failing_rollout_shows_every_old_slot_and_stays_one_at_a_time() {
         h.turn_until("a replacement failed", |m| {
             m.apps[0].slots.iter().any(|s| s.replacement_failed)
         });
+        let failed_at = Instant::now();
         let states: Vec<&str> =
             h.m.board
                 .read(Instant::now())
@@ -718,9 +719,19 @@ fn a_failing_rollout_shows_every_old_slot_and_stays_one_at_a_time() {
                 .map(|s| s.state)
                 .collect();
         assert_eq!(states, ["ready-old", "ready-old"]);
-        // The failed one waits (1 s); nothing else starts meanwhile.
-        h.turn_till(Instant::now() + Duration::from_millis(600));
-        assert!(h.m.apps[0].slots.iter().all(|s| s.next.is_none()));
+        // The failed one waits (1 s); nothing else starts meanwhile, not
+        // even once its old instance dies (the other slot then came first).
+        let failed = h.m.apps[0]
+            .slots
+            .iter()
+            .position(|s| s.replacement_failed)
+            .unwrap();
+        process::signal_group(old[failed], libc::SIGKILL);
+        h.turn_till(failed_at + Duration::from_millis(700));
+        assert!(
+            h.m.apps[0].slots.iter().all(|s| s.next.is_none()),
+            "a second replacement started during the back-off"
+        );
         h.send(Msg::Reload(vec![v1], true));
         h.turn_until("both replaced with version 1 again", |m| {
             (0..2).all(|i| {
