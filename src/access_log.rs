@@ -7,19 +7,21 @@
 //! gets writes of at most PIPE_BUF bytes cut at line ends, so lines from
 //! different shards never interleave mid-line.
 //!
-//! A log that does not keep up never holds anything up: stderr is written
-//! by a thread of its own (`stderr_lines`), never the shard's blocking
-//! thread, which static files need, through a bounded queue; and a shard
-//! buffers at most `MAX_BUFFERED` bytes while a write is under way. Lines
-//! past either bound are dropped, and how many is logged.
+//! A log that does not keep up never holds anything up: stderr, and a log
+//! "file" that is a pipe, terminal or socket (`/dev/stdout` in a container),
+//! are written by a thread of its own (`stream_lines`), never the shard's
+//! blocking thread, which static files need, through a bounded queue; and
+//! a shard buffers at most `MAX_BUFFERED` bytes while a write is under
+//! way. Lines past either bound are dropped, and how many is logged.
 
 use std::cell::{Cell, RefCell};
 use std::fs::OpenOptions;
 use std::io::{self, Write as _};
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessLog, LogConfig, LogFormat};
@@ -50,7 +52,13 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
 
 enum Sink {
     Stderr,
-    File { path: PathBuf, fd: Cell<RawFd> },
+    /// A path that is no regular file (a pipe, a terminal, a socket):
+    /// written as stderr is, never reopened (there is nothing to rotate).
+    Stream(Arc<OwnedFd>),
+    File {
+        path: PathBuf,
+        fd: Cell<RawFd>,
+    },
 }
 
 /// A shard's access log.
@@ -79,6 +87,9 @@ impl AccessLogger {
     pub fn new(cfg: &LogConfig, file: Option<std::fs::File>, shard: usize) -> Option<AccessLogger> {
         let sink = match (&cfg.access, file) {
             (AccessLog::Off, _) => return None,
+            (AccessLog::File(_), Some(file)) if !file.metadata().is_ok_and(|m| m.is_file()) => {
+                Sink::Stream(Arc::new(OwnedFd::from(file)))
+            }
             (AccessLog::File(path), Some(file)) => Sink::File {
                 path: path.clone(),
                 fd: Cell::new(file.into_raw_fd()),
@@ -291,11 +302,15 @@ impl AccessLogger {
             std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES))
         };
         match &self.sink {
-            Sink::Stderr => {
+            Sink::Stderr | Sink::Stream(_) => {
+                let to = match &self.sink {
+                    Sink::Stream(fd) => Some(fd.clone()),
+                    _ => None,
+                };
                 let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
                 let mut data = data;
                 loop {
-                    match stderr_lines::send(data) {
+                    match stream_lines::send(to.clone(), data) {
                         Ok(()) => break,
                         Err(back) if self.closing.get() && std::time::Instant::now() < until => {
                             data = back;
@@ -377,21 +392,26 @@ impl Drop for AccessLogger {
     }
 }
 
-/// Access-log lines bound for stderr, from every shard: a bounded queue
-/// and the thread that writes it, started with the first lines. A stderr
-/// nobody reads stops only this thread.
-pub mod stderr_lines {
-    use std::io::{self, Write as _};
-    use std::os::fd::AsRawFd;
+/// Access-log lines bound for stderr or another stream (a pipe, a
+/// terminal), from every shard: a bounded queue and the thread that writes
+/// it. A stream nobody reads stops only this thread.
+pub mod stream_lines {
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{self, SyncSender, TrySendError};
+    use std::sync::Arc;
     use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
     /// Buffers queued and not yet written.
     static PENDING: AtomicUsize = AtomicUsize::new(0);
+    /// Lines for one stream: its descriptor (kept open until they are
+    /// written, whatever its logger does meanwhile), or stderr.
+    type Lines = (Option<Arc<OwnedFd>>, Vec<u8>);
+
     /// The queue, once its thread runs (`None`: it could not start).
-    static QUEUE: OnceLock<Option<Mutex<SyncSender<Vec<u8>>>>> = OnceLock::new();
+    static QUEUE: OnceLock<Option<Mutex<SyncSender<Lines>>>> = OnceLock::new();
 
     /// Start the writer thread (else the first lines do): from the main
     /// thread, before any shard, so that it does not inherit a pinned
@@ -400,14 +420,15 @@ pub mod stderr_lines {
         queue();
     }
 
-    fn queue() -> &'static Option<Mutex<SyncSender<Vec<u8>>>> {
+    fn queue() -> &'static Option<Mutex<SyncSender<Lines>>> {
         QUEUE.get_or_init(|| {
-            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(super::STDERR_QUEUE);
+            let (tx, rx) = mpsc::sync_channel::<Lines>(super::STDERR_QUEUE);
             std::thread::Builder::new()
-                .name("access-stderr".into())
+                .name("access-stream".into())
                 .spawn(move || {
-                    let fd = io::stderr().as_raw_fd();
-                    for data in rx {
+                    let stderr = io::stderr().as_raw_fd();
+                    for (to, data) in rx {
+                        let fd = to.as_ref().map_or(stderr, |fd| fd.as_raw_fd());
                         super::write_lines(fd, &data, true);
                         PENDING.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -417,19 +438,22 @@ pub mod stderr_lines {
         })
     }
 
-    /// Queue `data` (whole lines) for stderr; given back when the queue is
-    /// full.
-    pub fn send(data: Vec<u8>) -> Result<(), Vec<u8>> {
+    /// Queue `data` (whole lines) for `to` (None: stderr); given back
+    /// when the queue is full.
+    pub fn send(to: Option<Arc<OwnedFd>>, data: Vec<u8>) -> Result<(), Vec<u8>> {
         let Some(tx) = queue() else {
             // No thread: as the lines would have gone before, directly.
-            let _ = io::stderr().write_all(&data);
+            let fd = to
+                .as_ref()
+                .map_or(io::stderr().as_raw_fd(), |fd| fd.as_raw_fd());
+            super::write_lines(fd, &data, true);
             return Ok(());
         };
         let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
         PENDING.fetch_add(1, Ordering::AcqRel);
-        match tx.try_send(data) {
+        match tx.try_send((to, data)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(data) | TrySendError::Disconnected(data)) => {
+            Err(TrySendError::Full((_, data)) | TrySendError::Disconnected((_, data))) => {
                 PENDING.fetch_sub(1, Ordering::AcqRel);
                 Err(data)
             }

@@ -16,7 +16,7 @@ static LOG: OnceLock<Flusher> = OnceLock::new();
 fn main() -> ExitCode {
     let cli = coreserve::cli::parse_or_exit();
     init_logging();
-    coreserve::access_log::stderr_lines::start();
+    coreserve::access_log::stream_lines::start();
     let code = run(cli);
     flush_log();
     code
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 /// stalled for good), so the lines that say why the process ends are
 /// not lost with it.
 fn flush_log() {
-    coreserve::access_log::stderr_lines::flush(std::time::Duration::from_secs(2));
+    coreserve::access_log::stream_lines::flush(std::time::Duration::from_secs(2));
     if let Some(f) = LOG.get() {
         f.flush(std::time::Duration::from_secs(2));
     }

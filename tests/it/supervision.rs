@@ -256,3 +256,37 @@ fn a_log_nobody_reads_never_stops_a_shard() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An access log "file" that is a pipe nobody reads (`/dev/stdout` in a
+/// container whose log reader stalled, a named pipe) never stops a shard:
+/// it was written on the shard's blocking thread, and every static file
+/// hung once the pipe was full.
+#[test]
+fn an_access_log_pipe_nobody_reads_never_stops_static_files() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = crate::config::Scratch::new("log-fifo");
+    dir.write("www/small.txt", "small\n");
+    let fifo = dir.0.join("access.fifo");
+    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // Held open, never read: the server's open for writing does not wait.
+    let _unread = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let conf = dir.write(
+        "c.toml",
+        format!(
+            "[log]\naccess = \"{}\"\n[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            fifo.display(),
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    for i in 0..3000 {
+        let r = get(server.addr, "GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+}
