@@ -654,15 +654,7 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
         ),
     );
     // /dev/null is an empty file, not a pipe: every default.
-    let out = command()
-        .args(["--check", "--config", "/dev/null"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::util::succeeds(command().args(["--check", "--config", "/dev/null"]));
     for (config, says) in [
         (
             &fifo,

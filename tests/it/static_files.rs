@@ -873,14 +873,7 @@ fn a_large_gzipped_file_is_not_copied_per_connection() {
         })
         .collect();
     dir.write("www/bundle.js", &text);
-    let conf = dir.write(
-        "gz.toml",
-        format!(
-            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\ngzip = true\n",
-            dir.path("www")
-        ),
-    );
-    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let server = serve_www(&dir, "/", "gzip = true\n\n[server]\nshards = 1\n");
     let ask = b"GET /bundle.js HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n";
     // Compressed once, read whole.
     let r = get(server.addr, std::str::from_utf8(ask).unwrap());

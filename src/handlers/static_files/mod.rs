@@ -95,19 +95,17 @@ struct SiteState {
     /// stay open (and its disk space taken). An entry made again since
     /// leaves a stale item, skipped.
     open_files: RefCell<VecDeque<(Instant, CacheKey)>>,
-    /// Files compressed by `gzip`, by path; each valid while the file is
-    /// the version it was made from.
-    gzipped: RefCell<HashMap<PathKey, Gzipped>>,
+    /// Files compressed by `gzip`, by path below the root (the one file a
+    /// lookup of it finds: a directory's is its index); each valid while
+    /// the file is the version it was made from.
+    gzipped: RefCell<HashMap<String, Gzipped>>,
     /// What `gzipped` holds, against `GZIP_CACHE_BYTES`.
     gzipped_bytes: Cell<usize>,
     /// Paths being compressed now: a request for one meanwhile gets the
     /// file as it is rather than a compression of its own (a burst of
     /// requests for a new bundle compresses it once).
-    gzipping: RefCell<HashSet<PathKey>>,
+    gzipping: RefCell<HashSet<String>>,
 }
-
-/// A path as the request named it (the route's `rel` and trailing slash).
-type PathKey = (String, bool);
 
 /// A file compressed by `gzip`, and the version it was compressed from.
 struct Gzipped {
@@ -199,7 +197,12 @@ impl Handler for StaticSite {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string)
         };
-        let accept = req.list("accept-encoding").unwrap_or_default();
+        // Looked at only by a route that can choose an encoding.
+        let accept = if s.cfg.precompressed || s.cfg.gzip.is_some() {
+            req.list("accept-encoding").unwrap_or_default()
+        } else {
+            Cow::Borrowed("")
+        };
         let encodings = if s.cfg.precompressed {
             accepted_encodings(&accept)
         } else {
@@ -352,7 +355,7 @@ impl SiteState {
     /// `gzip` compresses for this request, from what the shard kept or
     /// compressed now on the blocking thread; as it is otherwise, and while
     /// another request of the shard is compressing it.
-    async fn maybe_gzipped(&self, job: &FileJob, path: PathKey, found: Found) -> Found {
+    async fn maybe_gzipped(&self, job: &FileJob, rel: &str, found: Found) -> Found {
         let Found::File(info) = &found else {
             return found;
         };
@@ -362,8 +365,7 @@ impl SiteState {
         if !compressible(g, info) {
             return found;
         }
-        let key = path;
-        if let Some(z) = self.gzipped.borrow().get(&key) {
+        if let Some(z) = self.gzipped.borrow().get(rel) {
             if (z.stamp, z.size) == (info.stamp, info.size) {
                 return Found::File(info.gzipped(z.body.clone()));
             }
@@ -391,18 +393,18 @@ impl SiteState {
             },
             (None, None) => return found,
         };
-        if !self.gzipping.borrow_mut().insert(key.clone()) {
+        if !self.gzipping.borrow_mut().insert(rel.to_string()) {
             return found;
         }
         /// Takes the path out of `gzipping` however the compression ends
         /// (this future dropped too).
-        struct Done<'s>(&'s RefCell<HashSet<PathKey>>, &'s PathKey);
+        struct Done<'s>(&'s RefCell<HashSet<String>>, &'s str);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 self.0.borrow_mut().remove(self.1);
             }
         }
-        let done = Done(&self.gzipping, &key);
+        let done = Done(&self.gzipping, rel);
         let level = g.level;
         let result = glommio::executor()
             .spawn_blocking(move || fs::gzip_whole(whole, level))
@@ -412,12 +414,12 @@ impl SiteState {
             return found;
         };
         let body: Rc<[u8]> = bytes.into();
-        self.keep_gzipped(key, info, body.clone());
+        self.keep_gzipped(rel.to_string(), info, body.clone());
         Found::File(info.gzipped(body))
     }
 
-    fn keep_gzipped(&self, key: PathKey, info: &FileInfo, body: Rc<[u8]>) {
-        let cost = |key: &PathKey, z: &Gzipped| ENTRY_COST + key.0.len() + z.body.len();
+    fn keep_gzipped(&self, key: String, info: &FileInfo, body: Rc<[u8]>) {
+        let cost = |key: &String, z: &Gzipped| ENTRY_COST + key.len() + z.body.len();
         let z = Gzipped {
             stamp: info.stamp,
             size: info.size,
@@ -539,15 +541,15 @@ async fn serve(
     stream: &mut impl Sink,
 ) -> Served {
     let cfg = &job.state.cfg;
-    let mut path: PathKey = (job.rel.path.clone(), job.rel.trailing_slash);
-    let mut found = job.state.lookup(&job, &path.0, path.1).await;
+    let mut rel = job.rel.path.as_str();
+    let mut found = job.state.lookup(&job, rel, job.rel.trailing_slash).await;
     if let (Found::NotFound, Some(fallback)) = (&found, &cfg.fallback) {
         // A single-page app's paths are its own: they get its page (nginx's
         // `try_files $uri $uri/ /index.html`).
-        path = (fallback.clone(), false);
+        rel = fallback;
         found = job.state.lookup(&job, fallback, false).await;
     }
-    let found = job.state.maybe_gzipped(&job, path, found).await;
+    let found = job.state.maybe_gzipped(&job, rel, found).await;
     let mut res = ResponseWriter::new(out, rc.date, rc.persistence, rc.head_only)
         .with_headers(rc.headers)
         .with_added(job.added.as_ref());
