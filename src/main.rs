@@ -174,8 +174,10 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 
 /// One line per message on stderr. Under systemd (JOURNAL_STREAM set) each
 /// line carries its syslog priority as `<N>`, so journald files it at the
-/// right level. An app's output lines (`app_output`) are logged whatever
-/// level RUST_LOG gives the rest, unless it names them. rustls is held to errors unless RUST_LOG names it: it warns of each
+/// right level. An app's output lines (`app_output`) and the "listening
+/// on" lines (`listening`) are logged whatever level RUST_LOG gives the
+/// rest, unless it names them. rustls is held to errors unless RUST_LOG
+/// names it: it warns of each
 /// peer's misstep (an alert, a refused renegotiation, a message out of
 /// order), which any client can repeat on one connection to flood the log;
 /// nginx logs a client's TLS failures at `info`, below its default level.
@@ -193,6 +195,7 @@ fn init_logging() {
             // own lines (RUST_LOG=warn), unless RUST_LOG names it.
             if filter.trim() != "off" {
                 builder.filter_module(coreserve::apps::OUTPUT_TARGET, log::LevelFilter::Info);
+                builder.filter_module(coreserve::master::LISTENING_TARGET, log::LevelFilter::Info);
             }
             builder.parse_filters(&filter);
         }

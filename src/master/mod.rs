@@ -28,6 +28,12 @@ use crate::signals;
 use crate::systemd;
 
 pub use crate::child::restart_delay;
+
+/// The log target of the "listening on" lines: logged whatever level
+/// `RUST_LOG` sets for the rest (`RUST_LOG=warn`), unless it names this
+/// target, since with `--port 0` that line is the only way to learn the
+/// port.
+pub const LISTENING_TARGET: &str = "listening";
 use launch::{Launcher, ListenSource};
 use supervisor::{supervise, AppLink, Supervision};
 

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::master::LISTENING_TARGET;
 use glommio::channels::local_channel;
 use glommio::net::TcpListener;
 use log::{error, info, warn};
@@ -249,6 +250,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     };
     for (scheme, addr) in &s.bound {
         info!(
+            target: LISTENING_TARGET,
             "listening on {}://{addr} (dispatch {}, {n} shards)",
             scheme.name(),
             s.config.dispatch.name()
