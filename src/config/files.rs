@@ -6,7 +6,10 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Socket, Type};
 
 use super::{app_key, route_key, AccessLog, AppConfig, Config, ConfigError, HandlerConfig};
 
@@ -126,6 +129,22 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     for (i, a) in config.apps.iter().enumerate() {
         check_app(i, a, &mut errors);
     }
+    // Under socket activation systemd binds what is served; the file's
+    // addresses are only matched against what it passed.
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        let listens = [
+            ("server.listen", &config.listen[..]),
+            ("tls.listen", &config.tls.listen[..]),
+            ("metrics.listen", config.metrics.listen.as_slice()),
+        ];
+        for (key, addrs) in listens {
+            for a in addrs {
+                if let Some(fault) = not_local(*a) {
+                    errors.push(ConfigError::new(key, fault));
+                }
+            }
+        }
+    }
     for e in &mut errors {
         config.locate(e);
     }
@@ -137,6 +156,28 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     errors.extend(tls.errors);
     config.tls.loaded = super::LoadedCertificates(std::sync::Arc::new(tls.certificates));
     errors
+}
+
+/// Why `addr` cannot be listened on, if its IP is no address of this
+/// machine (a typo, another host's, one a DHCP lease took away): start-up
+/// would fail on it with EADDRNOTAVAIL. Binding that IP with port 0 asks
+/// the kernel just that, taking no port and listening on nothing, so a
+/// port in use (by the running server itself, when `--check` precedes a
+/// reload) is no error here.
+fn not_local(addr: SocketAddr) -> Option<String> {
+    if addr.ip().is_unspecified() {
+        return None;
+    }
+    let mut probe = addr;
+    probe.set_port(0);
+    let sk = Socket::new(Domain::for_address(probe), Type::STREAM, None).ok()?;
+    match sk.bind(&probe.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => Some(format!(
+            "cannot listen on {addr}: {} is not an address of this machine (ip addr lists them)",
+            addr.ip()
+        )),
+        _ => None,
+    }
 }
 
 /// An app's `cwd` is a directory, and its program (`command[0]`) is an
@@ -497,6 +538,22 @@ mod tests {
                 "conf/x.toml:4: app[1].command: cannot use /definitely/not/here: No such file or directory (os error 2)".into(),
             ]
         );
+    }
+
+    #[test]
+    fn a_listen_address_must_be_one_of_this_machine() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // TEST-NET-3 (RFC 5737): documentation only, on no interface.
+        assert_eq!(
+            not_local(addr("203.0.113.9:8080")).as_deref(),
+            Some("cannot listen on 203.0.113.9:8080: 203.0.113.9 is not an address of this machine (ip addr lists them)")
+        );
+        for ok in ["127.0.0.1:8080", "0.0.0.0:80", "[::]:443"] {
+            assert_eq!(not_local(addr(ok)), None, "{ok}");
+        }
+        // A port in use is for start-up to report, not the check.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(not_local(taken.local_addr().unwrap()), None);
     }
 
     #[test]
