@@ -31,6 +31,46 @@ impl Signal {
     }
 }
 
+/// The name of a signal that ended a process (`SIGSEGV`), as `kill -l`
+/// lists the standard ones; `None` for another number.
+pub fn abbreviation(sig: i32) -> Option<&'static str> {
+    use libc::*;
+    Some(match sig {
+        SIGHUP => "SIGHUP",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGILL => "SIGILL",
+        SIGTRAP => "SIGTRAP",
+        SIGABRT => "SIGABRT",
+        SIGBUS => "SIGBUS",
+        SIGFPE => "SIGFPE",
+        SIGKILL => "SIGKILL",
+        SIGUSR1 => "SIGUSR1",
+        SIGSEGV => "SIGSEGV",
+        SIGUSR2 => "SIGUSR2",
+        SIGPIPE => "SIGPIPE",
+        SIGALRM => "SIGALRM",
+        SIGTERM => "SIGTERM",
+        SIGXCPU => "SIGXCPU",
+        SIGXFSZ => "SIGXFSZ",
+        SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// How a process ended, in few words: `exit 1`, `SIGSEGV`, `SIGKILL`
+/// (`signal 40` for one without a name here).
+pub fn exit_summary(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => {
+            abbreviation(sig).map_or_else(|| format!("signal {sig}"), str::to_string)
+        }
+        (None, None) => status.to_string(),
+    }
+}
+
 /// The name of a signal number, for logs.
 pub fn name(sig: i32) -> &'static str {
     match sig {

@@ -78,7 +78,9 @@ pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
 }
 
 /// One line per app instance (from the `coreserve_app_*` series): pid,
-/// state, restarts, uptime, and the requests its address was sent. An
+/// state (`restarting(Ns)`: its next start in N s), restarts, uptime, how
+/// and how long ago its last process ended, and the requests its address
+/// was sent. An
 /// instance on its way out follows its slot's current one, its state
 /// `draining(K)` with K open connections, or `stopping`.
 pub(crate) fn apps_table(text: &str) -> String {
@@ -89,6 +91,8 @@ pub(crate) fn apps_table(text: &str) -> String {
         server: String,
         restarts: Option<f64>,
         uptime: Option<f64>,
+        last_exit: Option<(String, f64)>,
+        restart_in: Option<f64>,
     }
     // By app, slot, then the current instance (no pid) before those
     // leaving (by pid).
@@ -113,6 +117,12 @@ pub(crate) fn apps_table(text: &str) -> String {
             "coreserve_app_instance_uptime_seconds" => {
                 insts.entry(current).or_default().uptime = Some(value)
             }
+            "coreserve_app_instance_last_exit_seconds" => {
+                insts.entry(current).or_default().last_exit = Some((label("how"), value))
+            }
+            "coreserve_app_instance_restart_in_seconds" => {
+                insts.entry(current).or_default().restart_in = Some(value)
+            }
             "coreserve_app_instance_leaving_connections" => {
                 let pid = label("pid");
                 let state = match label("state").as_str() {
@@ -131,18 +141,24 @@ pub(crate) fn apps_table(text: &str) -> String {
         return String::new();
     }
     let mut out = format!(
-        "\n{:<16} {:>8} {:>8} {:<13} {:>8} {:>10} {:>12}\n",
-        "app", "instance", "pid", "state", "restarts", "uptime", "requests"
+        "\n{:<16} {:>8} {:>8} {:<16} {:>8} {:>10} {:>12}  {}\n",
+        "app", "instance", "pid", "state", "restarts", "uptime", "requests", "last exit"
     );
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for ((app, index, _), i) in &insts {
         let sent = requests.get(&(app.clone(), i.server.clone()));
+        let state = match i.restart_in {
+            Some(t) if i.state == "restarting" => {
+                format!("restarting({})", format_uptime(t.ceil()))
+            }
+            _ => i.state.clone(),
+        };
         out.push_str(&format!(
-            "{:<16} {:>8} {:>8} {:<13} {:>8} {:>10} {:>12}\n",
+            "{:<16} {:>8} {:>8} {:<16} {:>8} {:>10} {:>12}  {}\n",
             app,
             index,
             if i.pid.is_empty() { "-" } else { &i.pid },
-            i.state,
+            state,
             or_dash(i.restarts.map(|r| r.to_string())),
             or_dash(i.uptime.map(format_uptime)),
             // A current instance not sent anything yet has no series.
@@ -150,7 +166,12 @@ pub(crate) fn apps_table(text: &str) -> String {
                 (Some(n), _) => n.to_string(),
                 (None, Some(_)) => "0".into(),
                 (None, None) => "-".into(),
-            }
+            },
+            or_dash(
+                i.last_exit
+                    .as_ref()
+                    .map(|(how, ago)| format!("{how}, {} ago", format_uptime(*ago)))
+            )
         ));
     }
     out

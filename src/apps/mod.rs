@@ -128,6 +128,13 @@ pub struct InstanceStatus {
     /// For one leaving, the connections it still had open at the last
     /// count: `None` when the kernel's tables could not be read.
     pub open_connections: Option<usize>,
+    /// How the slot's last process to end ended (`exit 1`, `SIGSEGV`) and
+    /// how long ago, counted when the status is read; `None` while none
+    /// has.
+    pub last_exit: Option<(String, Duration)>,
+    /// For a slot `restarting`: how long until its next start, counted
+    /// when the status is read.
+    pub restart_in: Option<Duration>,
 }
 
 /// The running apps: a handle on the manager's thread.

@@ -193,6 +193,45 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
             i.uptime.as_secs_f64()
         );
     }
+    let exited: Vec<_> = instances
+        .iter()
+        .filter_map(|i| Some((i, i.last_exit.as_ref()?)))
+        .collect();
+    if !exited.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP coreserve_app_instance_last_exit_seconds Since the slot's last process \
+             ended, with how (exit N, or the signal's name).\n\
+             # TYPE coreserve_app_instance_last_exit_seconds gauge"
+        );
+        for (i, (how, ago)) in exited {
+            let _ = writeln!(
+                out,
+                "coreserve_app_instance_last_exit_seconds{{{},how=\"{how}\"}} {:.1}",
+                label(i),
+                ago.as_secs_f64()
+            );
+        }
+    }
+    let waiting: Vec<_> = instances
+        .iter()
+        .filter_map(|i| Some((i, i.restart_in?)))
+        .collect();
+    if !waiting.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP coreserve_app_instance_restart_in_seconds Until the next start of a slot \
+             waiting out its back-off.\n# TYPE coreserve_app_instance_restart_in_seconds gauge"
+        );
+        for (i, t) in waiting {
+            let _ = writeln!(
+                out,
+                "coreserve_app_instance_restart_in_seconds{{{}}} {:.1}",
+                label(i),
+                t.as_secs_f64()
+            );
+        }
+    }
 }
 
 /// Instances out of service that have not exited yet (a rolling reload
@@ -272,7 +311,18 @@ mod tests {
             addr: Some(format!("127.0.0.1:{pid}")),
             leaving: leaving.is_some(),
             open_connections: leaving.flatten(),
+            last_exit: None,
+            restart_in: None,
         }
+    }
+
+    /// The words of each row of `status`'s apps table, below its header.
+    fn table_rows(table: &str) -> Vec<Vec<&str>> {
+        table
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect()
     }
 
     #[test]
@@ -307,19 +357,52 @@ mod tests {
         );
         assert!(!gone.contains("coreserve_app_instance_up"));
         let table = crate::status::apps_table(&text);
-        let rows: Vec<Vec<&str>> = table
-            .lines()
-            .skip(2)
-            .map(|l| l.split_whitespace().collect())
-            .collect();
+        let rows = table_rows(&table);
         assert_eq!(
             rows,
             [
-                ["web", "0", "30", "ready", "2", "1m30s", "0"],
-                ["web", "0", "10", "draining(3)", "-", "-", "-"],
-                ["web", "1", "40", "ready", "2", "1m30s", "0"],
-                ["web", "1", "20", "stopping", "-", "-", "-"],
+                ["web", "0", "30", "ready", "2", "1m30s", "0", "-"],
+                ["web", "0", "10", "draining(3)", "-", "-", "-", "-"],
+                ["web", "1", "40", "ready", "2", "1m30s", "0", "-"],
+                ["web", "1", "20", "stopping", "-", "-", "-", "-"],
             ],
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_slots_last_exit_and_next_start_are_shown() {
+        use std::time::Duration;
+        let crashed = InstanceStatus {
+            pid: None,
+            uptime: Duration::ZERO,
+            last_exit: Some(("SIGSEGV".into(), Duration::from_secs(75))),
+            restart_in: Some(Duration::from_millis(3200)),
+            ..instance(0, 30, "restarting", None)
+        };
+        let exited = InstanceStatus {
+            last_exit: Some(("exit 1".into(), Duration::from_secs(5))),
+            ..instance(1, 40, "ready", None)
+        };
+        let mut text = String::new();
+        render_apps(&mut text, &[crashed, exited]);
+        for series in [
+            "coreserve_app_instance_last_exit_seconds{app=\"web\",instance=\"0\",how=\"SIGSEGV\"} 75.0\n",
+            "coreserve_app_instance_last_exit_seconds{app=\"web\",instance=\"1\",how=\"exit 1\"} 5.0\n",
+            "coreserve_app_instance_restart_in_seconds{app=\"web\",instance=\"0\"} 3.2\n",
+        ] {
+            assert!(text.contains(series), "{series}{text}");
+        }
+        assert_eq!(text.matches("restart_in_seconds{").count(), 1, "{text}");
+        let table = crate::status::apps_table(&text);
+        let rows = table_rows(&table);
+        assert_eq!(
+            rows,
+            [
+                "web 0 - restarting(4s) 2 0s 0 SIGSEGV, 1m15s ago",
+                "web 1 40 ready 2 1m30s 0 exit 1, 5s ago",
+            ]
+            .map(|r| r.split(' ').collect::<Vec<_>>()),
             "{table}"
         );
     }

@@ -511,20 +511,22 @@ fn instances_start_over_tcp_and_unix_sockets_and_show_in_metrics_and_status() {
     let columns: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(
         columns,
-        ["app", "instance", "pid", "state", "restarts", "uptime", "requests"]
+        ["app", "instance", "pid", "state", "restarts", "uptime", "requests", "last", "exit"]
     );
     for (app, pids) in [("web", &web), ("sock", &sock)] {
         for (i, pid) in pids.iter().enumerate() {
             let row: Vec<&str> = table
                 .lines()
                 .map(|l| l.split_whitespace().collect::<Vec<_>>())
-                .find(|r| r.len() == 7 && r[0] == app && r[1] == i.to_string())
+                .find(|r| r.len() == 8 && r[0] == app && r[1] == i.to_string())
                 .unwrap_or_else(|| panic!("no row {app} {i}:\n{table}"));
             assert_eq!(row[2], pid.to_string(), "{table}");
             assert_eq!(&row[3..5], ["ready", "0"], "{table}");
             assert!(row[5].ends_with('s'), "{table}");
             // Round-robin: half of the ten requests each.
             assert_eq!(row[6], "5", "{table}");
+            // Never ended.
+            assert_eq!(row[7], "-", "{table}");
         }
     }
     let _ = s.server.stop();

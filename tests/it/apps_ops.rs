@@ -126,6 +126,35 @@ fn a_crash_loop_backs_off_while_the_rest_keeps_serving() {
     assert_eq!(is[0].state, "restarting", "{is:?}");
     assert!(is[0].restarts >= 2.0, "{is:?}");
     assert_eq!((is[1].pid, is[1].state.as_str()), (Some(pids[1]), "ready"));
+    // `coreserve status` says how it last ended and when it starts again,
+    // as `pm2 ls`/`pm2 describe` would; instance 1 never ended.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"))
+        .args([
+            "status",
+            "--interval",
+            "100ms",
+            "--url",
+            &s.server.metrics_url(),
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |i: &str| -> Vec<&str> {
+        table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|r| r.len() > 2 && r[0] == "web" && r[1] == i)
+            .unwrap_or_else(|| panic!("no row {i}:\n{table}"))
+    };
+    let (crashing, fine) = (row("0"), row("1"));
+    assert!(crashing[3].starts_with("restarting("), "{table}");
+    assert_eq!(
+        crashing[crashing.len() - 4..crashing.len() - 2],
+        ["exit", "3,"],
+        "{table}"
+    );
+    assert_eq!(crashing.last(), Some(&"ago"), "{table}");
+    assert_eq!(fine.last(), Some(&"-"), "{table}");
     let t = load.stop();
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     // Instance 1 took the traffic: nothing failed, and no incarnation of

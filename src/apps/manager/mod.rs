@@ -22,6 +22,7 @@ use super::process::{self, Process};
 use super::{AppError, AppEvent, AppServers, Notify};
 use crate::child::{Backoff, Child};
 use crate::config::{AppConfig, ServerAddr};
+use crate::signals;
 pub(super) use status::Board;
 
 /// How often starting instances are probed.
@@ -107,6 +108,9 @@ struct Slot {
     /// command never takes away the instances that still work; `None`:
     /// the app's.
     restart_as: Option<u64>,
+    /// How and when its last process to end (current or replacement)
+    /// ended, for `coreserve status`.
+    last_exit: Option<(String, Instant)>,
 }
 
 struct App {
@@ -195,6 +199,7 @@ impl Slot {
             replace_at: None,
             replacement_failed: false,
             restart_as: None,
+            last_exit: None,
         }
     }
 
@@ -671,6 +676,7 @@ impl Manager {
                 if slot.next.as_ref().is_some_and(|i| i.tag == tag) {
                     let gone = slot.next.take().expect("checked above");
                     address::release(&gone.addr);
+                    slot.last_exit = Some((signals::exit_summary(status), now));
                     // The old instance keeps serving; the roll tries again
                     // after a back-off, as a restart would.
                     let delay = slot.replace_backoff.start_failed();
@@ -689,6 +695,7 @@ impl Manager {
                     let (gone, delay) = slot.current.ended(now, ready);
                     let gone = gone.expect("checked above");
                     address::release(&gone.addr);
+                    slot.last_exit = Some((signals::exit_summary(status), now));
                     // Settings a reload replaced, while the new ones have
                     // not come up anywhere: the ones known to work, if
                     // they served in this slot (this instance, or the one

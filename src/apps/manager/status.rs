@@ -23,10 +23,15 @@ pub(in crate::apps) struct Board(Arc<Mutex<Vec<Shown>>>);
 /// on when it is read.
 #[derive(Clone)]
 pub(in crate::apps) struct Shown {
-    /// With `uptime` zero: `read` fills it in.
+    /// With `uptime`, `last_exit`'s age and `restart_in` zero: `read`
+    /// fills them in.
     pub(super) status: InstanceStatus,
     /// When the slot's current process started; `None`: none runs.
     started: Option<Instant>,
+    /// When its last process ended.
+    exited: Option<Instant>,
+    /// When its next start is due, if it waits out a back-off.
+    due: Option<Instant>,
 }
 
 impl Board {
@@ -34,11 +39,16 @@ impl Board {
     pub(in crate::apps) fn read(&self, now: Instant) -> Vec<InstanceStatus> {
         self.lock()
             .iter()
-            .map(|s| InstanceStatus {
-                uptime: s
+            .map(|s| {
+                let mut status = s.status.clone();
+                status.uptime = s
                     .started
-                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
-                ..s.status.clone()
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                if let (Some((_, ago)), Some(t)) = (status.last_exit.as_mut(), s.exited) {
+                    *ago = now.saturating_duration_since(t);
+                }
+                status.restart_in = s.due.map(|t| t.saturating_duration_since(now));
+                status
             })
             .collect()
     }
@@ -99,8 +109,19 @@ impl Manager {
                         addr: inst.map(|i| i.addr.to_string()),
                         leaving: false,
                         open_connections: None,
+                        last_exit: slot
+                            .last_exit
+                            .as_ref()
+                            .map(|(how, _)| (how.clone(), Duration::ZERO)),
+                        restart_in: None,
                     },
                     started: inst.map(|i| i.started),
+                    exited: slot.last_exit.as_ref().map(|&(_, t)| t),
+                    due: if inst.is_none() {
+                        slot.current.due()
+                    } else {
+                        None
+                    },
                 });
             }
         }
@@ -121,8 +142,12 @@ impl Manager {
                     addr: Some(l.inst.addr.to_string()),
                     leaving: true,
                     open_connections: l.open,
+                    last_exit: None,
+                    restart_in: None,
                 },
                 started: Some(l.inst.started),
+                exited: None,
+                due: None,
             });
         }
         out
