@@ -2,8 +2,10 @@
 //! groups, `[[app]]`s (each an upstream group of its own name), their
 //! proxy settings, and every proxy route naming one of them.
 
+use std::collections::{HashMap, HashSet};
+
 use super::super::{
-    app_key, route_key, upstream_key, AppConfig, HandlerConfig, Instances, RouteConfig,
+    app_key, route_key, upstream_key, AppConfig, HandlerConfig, Instances, RouteConfig, ServerAddr,
     UpstreamConfig, MAX_INSTANCES, MAX_UPSTREAM_KEEPALIVE,
 };
 
@@ -17,11 +19,14 @@ pub(super) fn validate_upstreams(
     routes: &[RouteConfig],
     err: &mut impl FnMut(&str, String),
 ) {
+    // Looked up, not searched: a generated file may list thousands.
+    let mut group_at: HashMap<&str, usize> = HashMap::new();
     for (i, g) in groups.iter().enumerate() {
         let key = |k: &str| format!("{}.{k}", upstream_key(i));
+        let first = *group_at.entry(&g.name).or_insert(i);
         if !is_group_name(&g.name) {
             err(&key("name"), not_a_group_name(&g.name));
-        } else if let Some(first) = groups[..i].iter().position(|e| e.name == g.name) {
+        } else if first != i {
             err(
                 &key("name"),
                 format!(
@@ -34,9 +39,12 @@ pub(super) fn validate_upstreams(
         if g.servers.is_empty() {
             err(&key("servers"), "must list at least one server".into());
         }
-        for (j, s) in g.servers.iter().enumerate() {
+        let mut seen: HashMap<&ServerAddr, usize> = HashMap::new();
+        for s in &g.servers {
+            let n = seen.entry(s).or_insert(0);
+            *n += 1;
             // Once per address, at its second appearance.
-            if g.servers[..j].iter().filter(|e| *e == s).count() == 1 {
+            if *n == 2 {
                 err(
                     &key("servers"),
                     format!(
@@ -50,12 +58,13 @@ pub(super) fn validate_upstreams(
     for (i, a) in apps.iter().enumerate() {
         validate_app(i, a, &apps[..i], groups, err);
     }
+    let app_names: HashSet<&str> = apps.iter().map(|a| a.name.as_str()).collect();
     for (i, r) in routes.iter().enumerate() {
         let HandlerConfig::Proxy(p) = &r.handler else {
             continue;
         };
-        let named = groups.iter().any(|g| g.name == p.upstream)
-            || apps.iter().any(|a| a.name == p.upstream);
+        let named =
+            group_at.contains_key(p.upstream.as_str()) || app_names.contains(p.upstream.as_str());
         if !named {
             let known = [
                 ("the groups are", names(groups.iter().map(|g| &g.name))),
