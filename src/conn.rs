@@ -195,7 +195,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                         input: &mut input,
                         out: &mut out,
                         headers,
-                        date: shard.date(),
+                        date: shard.date_cache(),
                         limits: &limits,
                         max_head: site.session_limits.head.max_header_bytes,
                         remote: &mut remote,

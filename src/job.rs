@@ -20,7 +20,7 @@ use crate::config::Limits;
 use crate::handlers::static_files::{self, ReplyContext, Sink};
 use crate::handlers::Job;
 use crate::http::body::BodyDecoder;
-use crate::http::date::DATE_LEN;
+use crate::http::date::DateCache;
 use crate::http::exchange::Ended;
 use crate::http::response::Persistence;
 use crate::http::session::InputBuffer;
@@ -49,8 +49,8 @@ pub struct JobConn<'a> {
     pub out: &'a mut Vec<u8>,
     /// Header lines every response of the connection carries (HSTS).
     pub headers: &'a [u8],
-    /// The shard's current `Date`.
-    pub date: [u8; DATE_LEN],
+    /// The shard's `Date`, read when a response head is written.
+    pub date: &'a DateCache,
     /// The limits of the site the request came in under.
     pub limits: &'a Limits,
     /// Largest head accepted (the session's limit), also from an upstream.
@@ -84,7 +84,7 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
             let rc = ReplyContext {
                 persistence,
                 head_only,
-                date: c.date,
+                date: c.date.get(),
                 headers: c.headers,
             };
             let unread = !c.input.data().is_empty();
@@ -101,13 +101,13 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
             let ex = proxy::Exchange {
                 persistence,
                 body,
-                date: c.date,
                 body_timeout: c.limits.body_timeout,
                 send_timeout: c.limits.send_timeout,
                 max_head: c.max_head,
             };
             let client = proxy::Client {
                 draining: c.draining,
+                date: c.date,
                 https: c.socket.is_tls(),
                 headers: c.headers,
                 added: job.added.as_ref(),

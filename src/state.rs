@@ -197,6 +197,12 @@ impl Shard {
         self.date.get()
     }
 
+    /// The shard's `Date`, for a job that answers later than it starts (a
+    /// proxied request): read when its response head is written.
+    pub fn date_cache(&self) -> &DateCache {
+        &self.date
+    }
+
     /// The shard's access log, when logging is on.
     pub fn access_log(&self) -> Option<Rc<AccessLogger>> {
         self.access_log.clone()

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use crate::handlers::proxy::ProxyJob;
 use crate::http::body::BodyDecoder;
-use crate::http::date::DATE_LEN;
+use crate::http::date::DateCache;
 use crate::http::error::{status_for, ParseError};
 use crate::http::exchange::{After, Ended, Tally};
 use crate::http::log::UpstreamLog;
@@ -98,6 +98,10 @@ pub struct Client<'a> {
     /// The shard's shutdown flag: a response that begins once it is set
     /// says `Connection: close` (the connection will not serve another).
     pub draining: &'a Cell<bool>,
+    /// The shard's `Date`, read as each response head is written: an
+    /// upstream may answer long after the request came (RFC 9110 §6.6.1:
+    /// the time the message was made; a cache ages it from there).
+    pub date: &'a DateCache,
 }
 
 /// What the session decided for this exchange, and the limits that apply.
@@ -106,8 +110,6 @@ pub struct Exchange {
     pub persistence: Persistence,
     /// The request body still to read, if there is one.
     pub body: Option<BodyDecoder>,
-    /// The shard's current `Date`.
-    pub date: [u8; DATE_LEN],
     /// Longest wait between two reads of the request body.
     pub body_timeout: Duration,
     /// Longest stall writing to the client.
@@ -636,7 +638,7 @@ async fn reply(
     };
     served.keep_alive &= persistence != Persistence::Close;
     c.out.clear();
-    let mut w = ResponseWriter::new(c.out, ex.date, persistence, head_only)
+    let mut w = ResponseWriter::new(c.out, c.date.get(), persistence, head_only)
         .with_headers(c.headers)
         .with_added(c.added);
     w.begin(status);

@@ -280,7 +280,7 @@ pub(super) fn begin(
         accepted: g.accepted && GzipStream::available(),
         ..g
     });
-    let down = response::write_head(c.out, &res, ex.date, client, tunnel, gzip);
+    let down = response::write_head(c.out, &res, c.date.get(), client, tunnel, gzip);
     // Before the head's final empty line: the connection's HSTS, then the
     // route's fields, each unless the application sent its own.
     let end = c.out.len() - 2;

@@ -552,3 +552,44 @@ fn passive_health_skips_a_failed_server_for_fail_timeout() {
         "not tried again after fail-timeout"
     );
 }
+
+/// The `Date` of a proxied response is when coreserve sent it, not when
+/// the request came (RFC 9110 §6.6.1; a cache ages a response from it):
+/// a slow upstream's answer, and a 504 at the read timeout, carry the
+/// time they were written.
+#[test]
+fn a_slow_upstreams_response_is_dated_when_it_is_sent() {
+    let up = Upstream::start(|r| {
+        if r.target == "/slow" {
+            Reply::new()
+                .sleep(Duration::from_millis(2200))
+                .write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+        } else {
+            Reply::new().hold()
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-date",
+        &simple(&[up.server()], "read-timeout = \"3s\"", ""),
+    );
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    for (target, status) in [("/slow", 200), ("/silent", 504)] {
+        let asked = now();
+        let r = proxy.get(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(r.status, status, "{target}");
+        let date = httpdate::parse_http_date(r.header("date").unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            date >= asked + 2,
+            "{target}: asked at {asked}, dated {date}"
+        );
+    }
+}
