@@ -5,9 +5,13 @@
 //! `/pub/../private/key` and `/private%2fkey` all name `/private/key`, as
 //! nginx's normalized URI does: percent-escapes decoded once, `.` and empty
 //! segments dropped, `..` resolved. The result is written back in a form
-//! that decodes to the same bytes — `%`, `?`, `#`, controls, space and
-//! non-ASCII stay escaped (so it can also go into a Location) — so a handler that decodes once (the static files') sees
-//! exactly these segments and no double decoding can happen.
+//! that decodes to the same bytes — `%`, `?`, `#`, controls, space,
+//! non-ASCII and every other byte RFC 3986 allows in no path segment
+//! (`\`, `"`, `<`, `{`, …) stay escaped, as nginx escapes what it
+//! forwards, so that it can go into a Location or upstream as it is — so
+//! a handler that decodes once (the static files') sees exactly these
+//! segments and no double decoding can happen. An upstream is never sent
+//! a `\` that it could take for `/` (`/pub%5C..%5Cadmin` is one segment).
 
 use std::borrow::Cow;
 
@@ -32,7 +36,7 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
     for seg in &segments {
         out.push('/');
         for &b in *seg {
-            if matches!(b, b'%' | b'?' | b'#') || b <= b' ' || b >= 0x7f {
+            if ESCAPED[usize::from(b)] {
                 const HEX: &[u8; 16] = b"0123456789ABCDEF";
                 out.push('%');
                 out.push(char::from(HEX[usize::from(b >> 4)]));
@@ -66,16 +70,46 @@ pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<&[u8]>, ClimbsAboveRoot> {
     Ok(segments)
 }
 
-/// No escapes, no byte the canonical form escapes (space, control,
-/// non-ASCII, `?`, `#`), no empty, `.` or `..` segment (a trailing slash is
-/// fine).
+/// The bytes the canonical form escapes: `%` and every byte RFC 3986's
+/// `pchar` leaves out (`?`, `#`, `[`, `]`, `"`, `<`, `>`, `\`, `^`, `` ` ``,
+/// `{`, `|`, `}`, space, controls, non-ASCII); `/` only separates.
+const ESCAPED: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut b = 0;
+    while b < 128 {
+        t[b] = !((b as u8).is_ascii_alphanumeric()
+            || matches!(
+                b as u8,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            ));
+        b += 1;
+    }
+    t
+};
+
+/// No escapes, no byte the canonical form escapes (`ESCAPED`), no empty,
+/// `.` or `..` segment (a trailing slash is fine).
 fn is_canonical(path: &str) -> bool {
     // Bytes the canonical form escapes: a request may carry raw UTF-8
     // (curl sends it so), which must meet its escaped spelling, and a
     // route's path may hold any of them.
-    !path
-        .bytes()
-        .any(|b| matches!(b, b'%' | b'?' | b'#') || b <= b' ' || b >= 0x7f)
+    !path.bytes().any(|b| ESCAPED[usize::from(b)])
         && !path.contains("//")
         && !path.split('/').any(|s| s == "." || s == "..")
 }
@@ -123,6 +157,23 @@ mod tests {
         // Raw, as curl sends UTF-8, it meets the escaped spelling.
         assert_eq!(c("/café/"), "/caf%C3%A9/");
         assert_eq!(c("/a b"), "/a%20b");
+    }
+
+    #[test]
+    fn bytes_no_path_may_hold_are_escaped() {
+        // Decoded, then written back escaped: an upstream never sees a
+        // `\` it may take for `/`, nor a `"` or `{` it may refuse.
+        assert_eq!(c("/pub%5C..%5Cadmin/x"), "/pub%5C..%5Cadmin/x");
+        assert_eq!(
+            c("/a%7Bb%7D%22%3C%3E%5E%60%7C%5B%5D"),
+            "/a%7Bb%7D%22%3C%3E%5E%60%7C%5B%5D"
+        );
+        // Raw, they meet their escaped spelling.
+        assert_eq!(c("/a\\b{c}"), "/a%5Cb%7Bc%7D");
+        // What a path segment may hold stays as it is.
+        let allowed = "/az-AZ09._~!$&'()*+,;=:@";
+        assert!(matches!(canonical(allowed), Ok(Cow::Borrowed(_))));
+        assert_eq!(c("/%41%2D%7E%40"), "/A-~@");
     }
 
     #[test]

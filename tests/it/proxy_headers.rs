@@ -209,6 +209,12 @@ fn strip_prefix_removes_the_route_path() {
         ("/api/a/b/", "/a/b/"),
         ("/plain/x?y=2", "/plain/x?y=2"),
         ("http://x/api/absolute", "/absolute"),
+        // Decoded for routing, written back with what no path may hold
+        // escaped, as nginx does: a `\` the app could take for `/` (and
+        // so climb to a path a route of coreserve's refuses), a `"` or `{`
+        // a strict parser refuses, a `?` that would start a query.
+        ("/api/pub%5C..%5Cadmin/x", "/pub%5C..%5Cadmin/x"),
+        ("/api/a%7Bb%7D%22%3F", "/a%7Bb%7D%22%3F"),
     ];
     for (target, _) in cases {
         let r = proxy.get(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
