@@ -75,6 +75,14 @@ pub async fn direct<T>(mut op: impl FnMut() -> io::Result<T>) -> Option<io::Resu
     None
 }
 
+/// Let the shard's other tasks run and glommio's completions be seen (new
+/// connections, timers, the readiness ring's doorbell), for a task that
+/// keeps finding work without ever waiting: a wait through glommio's
+/// reactor, which renews the budget.
+pub async fn step_aside() {
+    wait(glommio::timer::sleep(std::time::Duration::from_micros(1))).await;
+}
+
 /// Runs a glommio wait; if it really waited, renews the shard's budget.
 pub async fn wait<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);

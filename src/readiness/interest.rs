@@ -19,7 +19,16 @@ pub struct Interest {
     /// The socket may hold data no completion will announce: it is new, or
     /// the last read filled the buffer it was given.
     pub(super) maybe_more: bool,
+    /// Reads in a row that found data at once, never waiting for it.
+    pub(super) at_once: u8,
 }
+
+/// Reads in a row that may find data at once before the task steps aside
+/// for the shard's others (`Interest::counted`). A peer that always has
+/// more (requests pipelined without pause, an upload as fast as loopback)
+/// would otherwise keep its task running, and every other connection of
+/// the shard waiting, for as long as it keeps sending.
+pub const READS_AT_ONCE: u8 = 8;
 
 impl Interest {
     /// Whether the descriptor is worth a look now (an event arrived, or the
@@ -76,6 +85,18 @@ impl Interest {
             }
         }
         None
+    }
+
+    /// Count a read that ended, `waited` or not: true when it was the
+    /// `READS_AT_ONCE`th in a row to find its data at once, and the task
+    /// should step aside before its next (the count starts again).
+    pub fn counted(&mut self, waited: bool) -> bool {
+        self.at_once = if waited { 0 } else { self.at_once + 1 };
+        let hogging = self.at_once >= READS_AT_ONCE;
+        if hogging {
+            self.at_once = 0;
+        }
+        hogging
     }
 
     /// Read the socket `fd` (the registered one) into `buf` if it is worth

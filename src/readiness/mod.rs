@@ -195,6 +195,7 @@ impl Readiness {
             readiness: self.clone(),
             key,
             maybe_more: true,
+            at_once: 0,
         }
     }
 
@@ -537,7 +538,7 @@ impl Readiness {
                 if recheck::try_direct() {
                     futures_lite::future::yield_now().await;
                 } else {
-                    recheck::wait(glommio::timer::sleep(Duration::from_micros(1))).await;
+                    recheck::step_aside().await;
                 }
                 continue;
             }

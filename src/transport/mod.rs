@@ -226,8 +226,33 @@ impl Socket {
     /// Read what has arrived into `room`, waiting until `deadline` at most
     /// for something to. With a ring, a completion says when to look, so a
     /// read costs one recv and no submission. `Room::before_wait` runs once
-    /// if the socket has to be waited on.
+    /// if the socket has to be waited on. A socket that keeps having data
+    /// at once steps aside for the shard's other tasks every
+    /// `READS_AT_ONCE` reads (without a ring the shard's budget does it).
     pub async fn read(
+        &mut self,
+        room: &mut (impl Room + ?Sized),
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        let mut polls = 0u32;
+        let read = {
+            let mut inner = std::pin::pin!(self.read_now_or_later(room, deadline));
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                std::future::Future::poll(inner.as_mut(), cx)
+            })
+            .await
+        };
+        if let Some(interest) = self.interest.as_mut() {
+            if interest.counted(polls > 1) {
+                recheck::step_aside().await;
+            }
+        }
+        read
+    }
+
+    /// `read` but for stepping aside.
+    async fn read_now_or_later(
         &mut self,
         room: &mut (impl Room + ?Sized),
         deadline: Instant,

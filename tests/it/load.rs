@@ -21,3 +21,104 @@ fn a_thousand_concurrent_keep_alive_connections() {
     let stats = crate::util::stopped_stats(&log);
     assert_eq!(stats.iter().map(|s| s.requests).sum::<u64>(), 2000);
 }
+
+/// How long a flood lasts at most: the other connections' requests must
+/// be answered within it (they were answered in milliseconds; starved,
+/// they took seconds, one behind each pause of the flood).
+const FLOOD: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A connection that sends without pause (`batch` over and over, for
+/// at most `FLOOD`) and reads whatever comes back, until stopped.
+struct Flood {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: std::thread::JoinHandle<bool>,
+    reader: std::thread::JoinHandle<u64>,
+    conn: std::net::TcpStream,
+}
+
+impl Flood {
+    fn start(server: &Server, batch: Vec<u8>) -> Flood {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conn = server.connect();
+        conn.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut drain = conn.try_clone().unwrap();
+        let mut send = conn.try_clone().unwrap();
+        let stop = done.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match std::io::Read::read(&mut drain, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n as u64,
+                }
+            }
+            got
+        });
+        let stop = done.clone();
+        let writer = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < FLOOD {
+                if send.write_all(&batch).is_err() {
+                    break;
+                }
+            }
+            stop.load(Ordering::Relaxed)
+        });
+        Flood {
+            done,
+            writer,
+            reader,
+            conn,
+        }
+    }
+
+    /// Stop it; whether it was still sending when told to, and that it
+    /// was answered.
+    fn stop(self) -> (bool, u64) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flooding = self.writer.join().unwrap();
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        (flooding, self.reader.join().unwrap())
+    }
+}
+
+/// A client that never pauses (requests pipelined back to back, or
+/// uploads one after the other, read as fast as they are answered) does
+/// not keep its shard from the others: requests on other connections are
+/// answered while the floods go on. Its reads always found data at once,
+/// so its task never waited and the shard ran nothing else for as long as
+/// it kept sending.
+#[test]
+fn a_client_that_never_pauses_does_not_starve_the_shards_other_connections() {
+    let server = Server::start(&["--shards", "2", "--max-body-bytes", "2m"]);
+    let mut upload = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        900_000
+    )
+    .into_bytes();
+    upload.resize(upload.len() + 900_000, b'x');
+    let pipelined = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    // Connections are dealt round-robin: one flood of each kind per shard.
+    let floods: Vec<Flood> = [upload.clone(), upload, pipelined.clone(), pipelined]
+        .into_iter()
+        .map(|batch| Flood::start(&server, batch))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Several: a starved one waited behind a pause of its shard's flood,
+    // which came sooner or later.
+    for i in 0..12 {
+        let r = crate::util::get(
+            server.addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    for (i, f) in floods.into_iter().enumerate() {
+        let (flooding, answered) = f.stop();
+        assert!(answered > 0, "flood {i}");
+        assert!(flooding, "answered only once flood {i} had stopped");
+    }
+}
