@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use crate::config::ProxyConfig;
 use crate::http::head::RequestHead;
-use crate::http::parse::{has_token, same_field, BodyFraming, Method};
+use crate::http::parse::{has_token, same_field, BodyFraming, Method, Version};
 use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, write_field};
 
 /// What the request head depends on besides the client's request.
@@ -39,10 +39,18 @@ pub struct Forwarding<'a> {
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` and
-/// an `Upgrade` field): its value, if so.
+/// an `Upgrade` field): its value, if so. Not in HTTP/1.0, which has no
+/// such switch (RFC 9110 §7.8: ignored), and never to `h2c`: an upgrade
+/// to cleartext HTTP/2 would tunnel the client to the app, past every
+/// route of coreserve's ("h2c smuggling": its later requests reach paths
+/// a route refuses); without it the request goes up as a plain one.
 pub fn upgrade_wanted(head: &RequestHead) -> Option<&[u8]> {
+    if head.version != Version::Http11 {
+        return None;
+    }
     let asked = head.headers("connection").any(|v| has_token(v, b"upgrade"));
-    head.header("upgrade").filter(|_| asked)
+    head.header("upgrade")
+        .filter(|v| asked && !has_token(v, b"h2c"))
 }
 
 /// Append the head to send upstream for `head` with `target`.
@@ -404,5 +412,26 @@ mod tests {
         config.upgrade = false;
         let up = sent(raw, &config, "127.0.0.1");
         assert!(!up.contains("pgrade"), "{up}");
+    }
+
+    #[test]
+    fn no_upgrade_to_h2c_nor_in_http_1_0() {
+        let config = ProxyConfig::new("app");
+        for raw in [
+            // Cleartext HTTP/2 would tunnel the client past every route.
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            // Its settings are for one connection, named in Connection or not.
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: H2C\r\n\
+             HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\
+             Upgrade: websocket, h2c\r\n\r\n",
+            // HTTP/1.0 has no Upgrade (RFC 9110 §7.8).
+            "GET /ws HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            let up = sent(raw, &config, "127.0.0.1");
+            assert!(!up.to_ascii_lowercase().contains("upgrade"), "{up}");
+            assert!(!up.contains("HTTP2-Settings"), "{up}");
+        }
     }
 }

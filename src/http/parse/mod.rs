@@ -646,10 +646,11 @@ pub fn same_field(a: &str, b: &str) -> bool {
 
 /// Whether `name` is a field about one connection whatever the message
 /// says (RFC 9110 §7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade`, `Proxy-Connection` and every other
-/// `Proxy-*`, in any spelling `same_field` takes for them.
+/// `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`, every other
+/// `Proxy-*` and `HTTP2-Settings`, in any spelling `same_field` takes for
+/// them.
 pub fn is_connection_field(name: &str) -> bool {
-    const FIXED: [&str; 7] = [
+    const FIXED: [&str; 8] = [
         "connection",
         "keep-alive",
         "te",
@@ -657,6 +658,9 @@ pub fn is_connection_field(name: &str) -> bool {
         "transfer-encoding",
         "upgrade",
         "proxy-connection",
+        // The h2c upgrade's settings, for one connection only (RFC 9113
+        // §3.2.1 has the client name it in Connection; not all do).
+        "http2-settings",
     ];
     FIXED.iter().any(|f| same_field(name, f))
         || name.len() > 6 && name.get(..6).is_some_and(|p| same_field(p, "proxy-"))
