@@ -903,3 +903,64 @@ fn a_large_gzipped_file_is_not_copied_per_connection() {
         idle.len()
     );
 }
+
+/// Out of file descriptors, a file is a 500 (and a log line), not a 404
+/// that tells clients and caches it is gone (nginx: 500); once
+/// descriptors are free it is served again (the failure is not cached).
+#[test]
+fn out_of_descriptors_a_file_is_a_500_not_a_404() {
+    let dir = Scratch::new("static-emfile");
+    dir.write("www/ten.txt", "0123456789");
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            dir.path("www")
+        ),
+    );
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(&conf);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 64);
+    let server = Server::spawn(cmd);
+    let ask = |s: &mut std::net::TcpStream| {
+        s.write_all(b"GET /ten.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        Reader::new(s).next(false)
+    };
+    // Connections until coreserve takes no more: each one it took holds a
+    // descriptor, and the last ones wait in the backlog.
+    let mut conns: Vec<std::net::TcpStream> = (0..80).map(|_| server.connect()).collect();
+    for s in &mut conns {
+        s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut taken = Vec::new();
+    for mut s in conns.drain(..) {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        if matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            s.set_nonblocking(false).unwrap();
+            taken.push(s);
+        }
+    }
+    assert!(taken.len() < 80, "every connection was taken: no limit?");
+    let r = ask(&mut taken[0]);
+    assert_eq!(r.status, 500, "{r:?}");
+    server.wait_for_log("static file /ten.txt: Too many open files");
+    // Free again: the file, not a remembered failure.
+    let mut first = taken.swap_remove(0);
+    drop(taken);
+    let deadline = Instant::now() + crate::util::WAIT;
+    loop {
+        let r = ask(&mut first);
+        if r.status == 200 {
+            assert_eq!(r.body, b"0123456789");
+            break;
+        }
+        assert_eq!(r.status, 500, "{r:?}");
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -453,14 +453,19 @@ pub fn open_fds(pid: u32) -> usize {
 
 /// Make `cmd` run with RLIMIT_MEMLOCK set to `bytes` (soft and hard).
 pub fn with_memlock(cmd: &mut Command, bytes: u64) {
+    with_rlimit(cmd, libc::RLIMIT_MEMLOCK, bytes);
+}
+
+/// Make `cmd` run with `resource` limited to `n` (soft and hard).
+pub fn with_rlimit(cmd: &mut Command, resource: libc::__rlimit_resource_t, n: u64) {
     // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
     unsafe {
         cmd.pre_exec(move || {
             let lim = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
+                rlim_cur: n,
+                rlim_max: n,
             };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+            if libc::setrlimit(resource, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

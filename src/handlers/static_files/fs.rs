@@ -26,8 +26,13 @@ pub enum Found {
     Listing(Rc<[u8]>),
     /// Nothing there (or hidden behind a refused symlink).
     NotFound,
-    /// A directory without an index and without autoindex.
+    /// A directory without an index and without autoindex, or a file or
+    /// directory the server may not read (EACCES, as nginx answers it).
     Forbidden,
+    /// The server could not look (out of descriptors, an I/O error): a
+    /// 500, logged, and never cached. A 404 would tell clients and caches
+    /// the file is gone.
+    Failed(Rc<str>),
 }
 
 /// A file to serve and what the response says about it. Size and time are
@@ -124,6 +129,8 @@ pub enum FoundSend {
     NotFound,
     /// See `Found::Forbidden`.
     Forbidden,
+    /// See `Found::Failed`.
+    Failed(String),
 }
 
 /// `FileInfo` with an owned body, to cross threads.
@@ -155,6 +162,7 @@ impl From<FoundSend> for Found {
             FoundSend::Listing(v) => Found::Listing(v.into()),
             FoundSend::NotFound => Found::NotFound,
             FoundSend::Forbidden => Found::Forbidden,
+            FoundSend::Failed(why) => Found::Failed(why.into()),
         }
     }
 }
@@ -188,8 +196,9 @@ pub fn find(l: &Lookup) -> FoundSend {
     let Some(real) = inside_root(l, &candidate) else {
         return FoundSend::NotFound;
     };
-    let Ok(meta) = fs::metadata(&real) else {
-        return FoundSend::NotFound;
+    let meta = match fs::metadata(&real) {
+        Ok(meta) => meta,
+        Err(e) => return failure(e),
     };
     if !meta.is_dir() && l.trailing_slash {
         // `file.txt/` names a directory that is not there (open(2) says
@@ -269,6 +278,21 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
     info(l, path, content_type, None)
 }
 
+/// What a failed look at a file means for its request: not there (it, or
+/// a directory on the way, is missing; a symlink refused; a name too
+/// long), not to be read (EACCES: 403, as nginx), or the server's own
+/// failure (out of descriptors, an I/O error: 500).
+fn failure(e: io::Error) -> FoundSend {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => {
+            FoundSend::NotFound
+        }
+        Some(libc::EACCES) => FoundSend::Forbidden,
+        _ if e.kind() == io::ErrorKind::NotFound => FoundSend::NotFound,
+        _ => FoundSend::Failed(e.to_string()),
+    }
+}
+
 /// Open `real` (from `inside_root`) and describe it from the open file.
 fn info(
     l: &Lookup,
@@ -276,11 +300,13 @@ fn info(
     content_type: &'static str,
     encoding: Option<&'static str>,
 ) -> FoundSend {
-    let Ok(mut file) = open_checked(l, real) else {
-        return FoundSend::NotFound;
+    let mut file = match open_checked(l, real) {
+        Ok(file) => file,
+        Err(e) => return failure(e),
     };
-    let Ok(meta) = file.metadata() else {
-        return FoundSend::NotFound;
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return failure(e),
     };
     if !meta.is_file() {
         return FoundSend::NotFound;
@@ -290,7 +316,7 @@ fn info(
     // O_NONBLOCK file that misses the page cache: EAGAIN mid-response.
     // SAFETY: fcntl(2) on a descriptor `file` owns.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
-        return FoundSend::NotFound;
+        return failure(io::Error::last_os_error());
     }
     let size = meta.len();
     let (body, file) = if size <= SMALL_FILE {
@@ -299,7 +325,8 @@ fn info(
             // The file changed size while read: serve what the metadata says
             // next time; now, report it missing rather than send a wrong length.
             Ok(n) if n as u64 == size => (Some(buf), None),
-            _ => return FoundSend::NotFound,
+            Ok(_) => return FoundSend::NotFound,
+            Err(e) => return failure(e),
         }
     } else {
         (None, Some(OwnedFd::from(file)))
@@ -362,8 +389,14 @@ fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
 }
 
 fn listing(l: &Lookup, dir: &Path) -> FoundSend {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return FoundSend::Forbidden;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            return match failure(e) {
+                FoundSend::NotFound => FoundSend::Forbidden,
+                other => other,
+            }
+        }
     };
     let mut names: Vec<(String, bool)> = entries
         .filter_map(Result::ok)
@@ -414,6 +447,18 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_failed_look_answers() {
+        let of = |errno| failure(io::Error::from_raw_os_error(errno));
+        for missing in [libc::ENOENT, libc::ENOTDIR, libc::ELOOP, libc::ENAMETOOLONG] {
+            assert!(matches!(of(missing), FoundSend::NotFound), "{missing}");
+        }
+        assert!(matches!(of(libc::EACCES), FoundSend::Forbidden));
+        for ours in [libc::EMFILE, libc::ENFILE, libc::EIO, libc::ENOMEM] {
+            assert!(matches!(of(ours), FoundSend::Failed(_)), "{ours}");
+        }
+    }
 
     fn lookup(root: &Path, rel: &str) -> Lookup {
         Lookup {

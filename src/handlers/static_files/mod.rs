@@ -291,7 +291,7 @@ impl SiteState {
             .spawn_blocking(move || fs::find(&lookup))
             .await
             .into();
-        if !self.cfg.cache_valid.is_zero() {
+        if !self.cfg.cache_valid.is_zero() && !matches!(found, Found::Failed(_)) {
             self.remember(key, &found);
         }
         found
@@ -562,6 +562,11 @@ async fn serve(
         Found::Forbidden => {
             res.begin(Status::FORBIDDEN);
             res.body("text/plain; charset=utf-8", b"Forbidden\n");
+        }
+        Found::Failed(why) => {
+            log::error!("static file /{rel}: {why}");
+            res.begin(Status::INTERNAL_SERVER_ERROR);
+            res.body("text/plain; charset=utf-8", b"Internal Server Error\n");
         }
         // The path is the router's canonical one.
         Found::AddSlash => res.redirect_adding_slash(&job.request_path, job.query.as_deref()),
