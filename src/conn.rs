@@ -54,7 +54,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         "a blocking connection socket"
     );
 
-    if shard.at_capacity() {
+    if shard.at_capacity() && !shard.reclaim_idle() {
         shard.count(|s| s.refused += 1);
         // A TLS client could not read a plain 503: it is only closed.
         if scheme == Scheme::Https {

@@ -224,6 +224,26 @@ impl Shard {
         self.conns.borrow().len() >= self.site.borrow().limits.max_connections
     }
 
+    /// Make room for a connection past `max-connections` by closing one
+    /// that waits for a request (idle between requests, or silent since it
+    /// came), as nginx reuses its keep-alive connections when short of
+    /// them: else whoever opens idle connections first holds the shard's
+    /// every place until `keepalive-timeout`. True if one was closed. Its
+    /// task sees the end of the stream and finishes; until then the shard
+    /// has one connection more than the limit.
+    pub fn reclaim_idle(&self) -> bool {
+        let conns = self.conns.borrow();
+        let Some((_, c)) = conns.iter().find(|(_, c)| c.idle.get()) else {
+            return false;
+        };
+        // Not chosen twice before its task has run.
+        c.idle.set(false);
+        // SAFETY: the fd belongs to a live connection task of this shard;
+        // shutdown(2) only changes the socket's state, it closes nothing.
+        unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+        true
+    }
+
     /// Track a new connection, whose socket is `fd`; returns its key.
     pub fn register(&self, fd: RawFd) -> ConnKey {
         self.count(|s| s.connections += 1);

@@ -349,17 +349,45 @@ fn a_trickle_of_empty_lines_cannot_hold_a_keep_alive_connection() {
     assert_eq!(r.next(false).status, 200);
 }
 
+/// Past `max-connections` a connection waiting for a request makes room
+/// (as nginx reuses keep-alive connections): the new one is served, the
+/// idle one closed; the others keep theirs.
+#[test]
+fn an_idle_connection_makes_room_past_the_limit() {
+    let server = Server::start(&["--shards", "1", "--max-connections", "2"]);
+    let busy = server.connect();
+    let idle = server.connect();
+    for s in [&busy, &idle] {
+        let mut w = s.try_clone().unwrap();
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(Reader::new(s).next(false).status, 200);
+    }
+    // Half a request: not idle.
+    (&busy).write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let text = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    // The idle one was closed; the busy one finishes its request.
+    let mut buf = [0u8; 16];
+    assert!(matches!((&idle).read(&mut buf), Ok(0) | Err(_)));
+    (&busy).write_all(b"Host: x\r\n\r\n").unwrap();
+    assert_eq!(Reader::new(&busy).next(false).status, 200);
+}
+
 #[test]
 fn connections_past_the_limit_get_503() {
     let server = Server::start(&["--shards", "1", "--max-connections", "2"]);
     let a = server.connect();
     let b = server.connect();
-    // Make sure both are registered before the third arrives.
+    // Make sure both are registered before the third arrives, and busy:
+    // each has half a request in, so none may be closed to make room.
     for s in [&a, &b] {
         let mut w = s.try_clone().unwrap();
         w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(Reader::new(s).next(false).status, 200);
+        w.write_all(b"GET / HTTP/1.1\r\n").unwrap();
     }
+    std::thread::sleep(Duration::from_millis(100));
     let text = server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     drop((a, b));
