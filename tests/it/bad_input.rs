@@ -115,6 +115,13 @@ fn oversized_target_gets_414() {
     let huge = format!("GET /{}", "a".repeat(64 * 1024));
     let text = server.exchange(huge.as_bytes());
     assert!(text.starts_with("HTTP/1.1 414 "), "{text}");
+    // Over max-uri-bytes but under the head limit, the line still coming:
+    // answered now, not at header-timeout (the read would time out).
+    let mut s = server.connect();
+    s.write_all(format!("GET /{}", "a".repeat(2000)).as_bytes())
+        .unwrap();
+    let r = Reader::new(&s).next(false);
+    assert_eq!(r.status, 414);
 }
 
 #[test]

@@ -228,6 +228,22 @@ pub fn overflow_error(buf: &[u8]) -> ParseError {
     }
 }
 
+/// Whether the start of a head whose request line has not ended already
+/// holds a target longer than `max_uri` after a well-formed method: a 414
+/// whatever follows, so it is answered now (nginx does) rather than at
+/// `header-timeout` or once the head outgrows `max-header-bytes`.
+pub fn target_outgrew(partial: &[u8], max_uri: usize) -> bool {
+    if partial.len() <= max_uri || memchr::memchr(b'\n', partial).is_some() {
+        return false;
+    }
+    let Some(sp) = memchr::memchr(b' ', partial) else {
+        return false;
+    };
+    let target = &partial[sp + 1..];
+    let target = memchr::memchr(b' ', target).map_or(target, |end| &target[..end]);
+    target.len() > max_uri && partial[..sp].iter().all(|&b| is_token_byte(b))
+}
+
 /// Parse and validate a complete head (`buf` ends with its blank line).
 pub fn parse<'a>(
     buf: &'a [u8],

@@ -281,6 +281,10 @@ impl<J> Session<J> {
                         return self.fail_with(e, Some(seen), out, cx);
                     }
                     let Some(end) = end else {
+                        let max_uri = cx.limits.head.max_uri_bytes;
+                        if parse::target_outgrew(data, max_uri) {
+                            return self.fail_with(ParseError::UriTooLong, Some(data), out, cx);
+                        }
                         return Next::Read(Wait::Head);
                     };
                     let body_waiting = data.len() == end;
