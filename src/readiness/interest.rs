@@ -87,11 +87,19 @@ impl Interest {
         None
     }
 
-    /// Count a read that ended, `waited` or not: true when it was the
-    /// `READS_AT_ONCE`th in a row to find its data at once, and the task
-    /// should step aside before its next (the count starts again).
-    pub fn counted(&mut self, waited: bool) -> bool {
-        self.at_once = if waited { 0 } else { self.at_once + 1 };
+    /// Count a read that ended, `waited` or not.
+    pub fn counted(&mut self, waited: bool) {
+        self.at_once = if waited {
+            0
+        } else {
+            self.at_once.saturating_add(1)
+        };
+    }
+
+    /// Whether the last `READS_AT_ONCE` reads all found their data at once,
+    /// so that the task should step aside before it reads again (the count
+    /// then starts over).
+    pub fn should_step_aside(&mut self) -> bool {
         let hogging = self.at_once >= READS_AT_ONCE;
         if hogging {
             self.at_once = 0;

@@ -234,6 +234,16 @@ impl Socket {
         room: &mut (impl Room + ?Sized),
         deadline: Instant,
     ) -> io::Result<usize> {
+        // Before the read, not after it: a caller may drop this future
+        // while it waits (a read raced against the upstream's answer), and
+        // what a finished recv took would be lost with it.
+        if self
+            .interest
+            .as_mut()
+            .is_some_and(Interest::should_step_aside)
+        {
+            recheck::step_aside().await;
+        }
         let mut polls = 0u32;
         let read = {
             let mut inner = std::pin::pin!(self.read_now_or_later(room, deadline));
@@ -244,9 +254,7 @@ impl Socket {
             .await
         };
         if let Some(interest) = self.interest.as_mut() {
-            if interest.counted(polls > 1) {
-                recheck::step_aside().await;
-            }
+            interest.counted(polls > 1);
         }
         read
     }
