@@ -287,18 +287,28 @@ async fn flow(
             match heard(rbuf, &mut sent.heard, ex.max_head, None) {
                 Heard::Final => {
                     let mut r = Relayed::default();
-                    let Some(b) = begin(
-                        c,
-                        &rbuf[..sent.heard],
-                        ex,
-                        back.asked,
-                        back.client,
-                        None,
-                        &mut r,
-                    ) else {
+                    let head = &rbuf[..sent.heard];
+                    let Some(mut b) = begin(c, head, ex, back.asked, back.client, None, &mut r)
+                    else {
                         // Left for `read_head` and `relay`, which find it bad.
                         return true;
                     };
+                    if !b.out.reusable() && back.client.reusable {
+                        // The upstream closes after it: it will not take
+                        // the rest of the body, so the client's connection
+                        // ends with this response, and its head says so
+                        // (RFC 9112 §9.6), as an early refusal's does.
+                        let client = response::ClientSide {
+                            reusable: false,
+                            ..back.client
+                        };
+                        r = Relayed::default();
+                        let Some(closing) = begin(c, head, ex, back.asked, client, None, &mut r)
+                        else {
+                            return true;
+                        };
+                        b = closing;
+                    }
                     let mut out = b.out;
                     let fed = out.feed(&rbuf[b.head_len..sent.heard], c.out, &mut r);
                     r.upstream_failed = fed.is_err();

@@ -480,6 +480,27 @@ fn an_early_success_lets_the_body_go_on_whole() {
     assert_eq!(r.header("connection"), None);
 }
 
+/// An early success from an upstream that closes after it (it will not
+/// take the rest of the body): the client's connection ends with the
+/// response, and its head says so (RFC 9112 §9.6), as it does for an early
+/// refusal.
+#[test]
+fn an_early_success_from_an_upstream_that_closes_says_it_closes() {
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly");
+    });
+    let proxy = Proxy::start("proxy-early-close", &simple(&[up], "", ""));
+    let mut s = connect(proxy.addr());
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'u'; 1000]).unwrap();
+    let r = Reader::new(&s).next(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "early"));
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+}
+
 /// An upstream that answers an upload by sending it back as it reads it,
 /// and reads no more while its answer is not taken (Node's
 /// `req.pipe(res)`): the two bodies must flow at once. 24 MiB is far more
