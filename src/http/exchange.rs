@@ -54,12 +54,18 @@ impl Tally {
 }
 
 /// Count one response with status `code` in `classes` (1xx..5xx); a code
-/// outside 100..=599 (0: nothing was sent) counts nothing. The one rule
-/// for every per-class count: a tally's, the session's, an upstream's.
+/// of 600 to 999 that an upstream sent (and the proxy relays, as nginx
+/// does) counts as a 5xx, as RFC 9110 §15 has a client take it, so that
+/// the classes still add up to the responses; 0 (nothing was sent) counts
+/// nothing. The one rule for every per-class count: a tally's, the
+/// session's, an upstream's.
 pub fn count_status(classes: &mut [u64; 5], code: u16) {
-    if let Some(c) = classes.get_mut(usize::from(code / 100).wrapping_sub(1)) {
-        *c += 1;
-    }
+    let class = match code {
+        100..=599 => usize::from(code / 100) - 1,
+        600..=999 => 4,
+        _ => return,
+    };
+    classes[class] += 1;
 }
 
 /// One finished exchange, or a batch of the session's, as the access log and
@@ -160,9 +166,13 @@ mod tests {
     #[test]
     fn statuses_count_by_class_and_nothing_else() {
         let mut t = Tally::default();
-        for code in [100, 200, 206, 304, 404, 499, 503, 0, 99, 600] {
+        for code in [100, 200, 206, 304, 404, 499, 503, 0, 99, 1000] {
             t.count_status(code);
         }
         assert_eq!(t.statuses, [1, 2, 1, 2, 1]);
+        // 600 to 999, relayed from an upstream: as a 5xx (RFC 9110 §15).
+        t.count_status(600);
+        t.count_status(999);
+        assert_eq!(t.statuses, [1, 2, 1, 2, 3]);
     }
 }
