@@ -456,7 +456,7 @@ pub(super) async fn relay(
         c.out.clear();
         let early: Vec<u8> = c.input.data().to_vec();
         c.input.consume(early.len());
-        r.bytes_out += tunnel::run(
+        let tunnelled = tunnel::run(
             c.socket,
             up,
             &early,
@@ -465,6 +465,10 @@ pub(super) async fn relay(
             ex.send_timeout,
         )
         .await;
+        // What went through the tunnel is the 101's body for the access
+        // log, as nginx's `$body_bytes_sent` counts it.
+        r.bytes_out += tunnelled;
+        r.body_bytes = tunnelled;
         return r;
     }
     stream(c, up, rbuf, head_len, filled, ex, cfg, begun.out, r).await

@@ -1019,6 +1019,36 @@ fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
     assert_eq!(r.rest(), b"bye");
 }
 
+/// What went through a tunnel is its 101's body in the access log, as
+/// nginx's `$body_bytes_sent` counts it.
+#[test]
+fn a_tunnels_bytes_are_logged() {
+    let up = Upstream::start(|_| {
+        Reply::new()
+            .write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .write("x".repeat(5000))
+            .close()
+    });
+    let logs = crate::config::Scratch::new("proxy-ws-log");
+    let log = logs.0.join("access.log");
+    let toml = format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n\n",
+        log.display()
+    ) + &simple(&[up.server()], "", "");
+    let proxy = Proxy::start("proxy-ws-log", &toml);
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.next_final(false).status, 101);
+    assert_eq!(r.rest().len(), 5000);
+    proxy.server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"status\":101,\"bytes\":5000,"), "{text}");
+}
+
 /// A 101 to a protocol the client did not offer, or to a request that
 /// asked for no switch, is a bad upstream: 502, never a tunnel.
 #[test]
