@@ -517,7 +517,14 @@ async fn forward(
                 }
                 Err(HeadEnd::Failed(f)) => {
                     let at = Instant::now();
-                    server.failed(cfg, at);
+                    if reset && race {
+                        // The keep-alive race, for a request that may not
+                        // be sent again (a POST): a 502, but the server is
+                        // most likely well, and is not taken out for it.
+                        server.count(|s| s.failures += 1);
+                    } else {
+                        server.failed(cfg, at);
+                    }
                     served.failed.push((server.label.clone(), at - now));
                     server.log(
                         log::Level::Warn,

@@ -180,6 +180,35 @@ fn a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one() {
     assert_eq!(up.accepted(), 2, "a POST is not sent twice");
 }
 
+/// A POST that meets the keep-alive race gets its 502, but its server is
+/// not taken out for it (`max-fails = 1`): the server is most likely well,
+/// and an app behind a race would otherwise be rested for `fail-timeout`
+/// by every POST that hit one.
+#[test]
+fn a_post_in_the_keep_alive_race_does_not_rest_its_server() {
+    let a = Upstream::start(|req| {
+        if req.seq == 1 {
+            Reply::reset_after_request()
+        } else {
+            Reply::ok("A")
+        }
+    });
+    let b = Upstream::start(ok("B"));
+    let proxy = Proxy::start(
+        "proxy-race-post",
+        &simple(&[a.server(), b.server()], "max-fails = 1", ""),
+    );
+    let get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Round-robin: A, B, then the POST on A's pooled connection.
+    assert_eq!(proxy.get(get).text(), "A");
+    assert_eq!(proxy.get(get).text(), "B");
+    let post = proxy.get("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nid");
+    assert_eq!(post.status, 502, "{post:?}");
+    // A still takes its turn.
+    let answers: Vec<String> = (0..2).map(|_| proxy.get(get).text()).collect();
+    assert!(answers.contains(&"A".to_string()), "{answers:?}");
+}
+
 #[test]
 fn a_bad_upstream_response_gets_502_and_the_client_connection_recovers() {
     let up = Upstream::start(|req| {
