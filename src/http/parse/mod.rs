@@ -228,20 +228,25 @@ pub fn overflow_error(buf: &[u8]) -> ParseError {
     }
 }
 
-/// Whether the start of a head whose request line has not ended already
-/// holds a target longer than `max_uri` after a well-formed method: a 414
-/// whatever follows, so it is answered now (nginx does) rather than at
-/// `header-timeout` or once the head outgrows `max-header-bytes`.
-pub fn target_outgrew(partial: &[u8], max_uri: usize) -> bool {
-    if partial.len() <= max_uri || memchr::memchr(b'\n', partial).is_some() {
+/// Whether the start of a head (whole or not) holds a request target
+/// longer than `max_uri` after a well-formed method: a 414 whatever
+/// follows, judged on the length alone and before anything else of the
+/// head, so that the answer is the same however the bytes arrive, and
+/// comes as soon as they show it (nginx's too), not at `header-timeout`.
+pub fn target_outgrew(start: &[u8], max_uri: usize) -> bool {
+    let line = memchr::memchr(b'\n', start).map_or(start, |end| &start[..end]);
+    if line.len() <= max_uri {
         return false;
     }
-    let Some(sp) = memchr::memchr(b' ', partial) else {
+    let Some(sp) = memchr::memchr(b' ', line) else {
         return false;
     };
-    let target = &partial[sp + 1..];
-    let target = memchr::memchr(b' ', target).map_or(target, |end| &target[..end]);
-    target.len() > max_uri && partial[..sp].iter().all(|&b| is_token_byte(b))
+    let target = &line[sp + 1..];
+    let len = target
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r')
+        .unwrap_or(target.len());
+    len > max_uri && line[..sp].iter().all(|&b| is_token_byte(b))
 }
 
 /// Parse and validate a complete head (`buf` ends with its blank line).

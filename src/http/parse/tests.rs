@@ -243,13 +243,20 @@ fn scanner_finds_the_end_across_chunks() {
 #[test]
 fn overflow_picks_414_or_431() {
     assert_eq!(overflow_error(b"GET /aaaaaaaa"), ParseError::UriTooLong);
-    // A request line still coming whose target is already too long.
+    // A target too long, the request line ended or not.
     assert!(target_outgrew(b"GET /aaaaaaaaaa", 8));
-    assert!(!target_outgrew(b"GET /aaaaaaa", 8));
-    assert!(!target_outgrew(b"GET /aaaaaaaaaa HTTP/1.1\r\n", 8));
+    assert!(target_outgrew(b"GET /aaaaaaaaaa HTTP/1", 8));
+    assert!(target_outgrew(
+        b"GET /aaaaaaaaaa HTTP/1.1\r\nHost: x\r\n",
+        8
+    ));
+    assert!(target_outgrew(b"GET /aaaaaaaaaa\r\n", 8));
+    assert!(!target_outgrew(
+        b"GET /aaaaaaa HTTP/1.1\r\nX-Long: aaaaaaaaaaaaaaaa\r\n",
+        8
+    ));
     assert!(!target_outgrew(b"G(T /aaaaaaaaaa", 8));
     assert!(!target_outgrew(b"GETGETGETGETGET", 8));
-    assert!(target_outgrew(b"GET /aaaaaaaaaa HTTP/1", 8));
     assert_eq!(
         overflow_error(b"GET / HTTP/1.1\r\nX: aaaa"),
         ParseError::HeadersTooLarge

@@ -272,6 +272,13 @@ impl<J> Session<J> {
                     }
                     self.head_request = data.starts_with(b"HEAD ");
                     let max = cx.limits.head.max_header_bytes;
+                    // A target too long is a 414 as soon as it shows,
+                    // whatever else the head holds or lacks.
+                    let max_uri = cx.limits.head.max_uri_bytes;
+                    let seen = &data[..max.min(data.len())];
+                    if data.len() > max_uri && parse::target_outgrew(seen, max_uri) {
+                        return self.fail_with(ParseError::UriTooLong, Some(seen), out, cx);
+                    }
                     let end = self.scanner.find_end(data);
                     // Judge an oversized head on its first `max` bytes only, so
                     // the answer does not depend on how the bytes arrived.
@@ -281,10 +288,6 @@ impl<J> Session<J> {
                         return self.fail_with(e, Some(seen), out, cx);
                     }
                     let Some(end) = end else {
-                        let max_uri = cx.limits.head.max_uri_bytes;
-                        if parse::target_outgrew(data, max_uri) {
-                            return self.fail_with(ParseError::UriTooLong, Some(data), out, cx);
-                        }
                         return Next::Read(Wait::Head);
                     };
                     let body_waiting = data.len() == end;
