@@ -8,6 +8,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Socket, Type};
 
@@ -130,8 +131,11 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
         check_app(i, a, &mut errors);
     }
     // Under socket activation systemd binds what is served; the file's
-    // addresses are only matched against what it passed.
-    if std::env::var_os("LISTEN_FDS").is_none() {
+    // addresses are only matched against what it passed. Once serving, a
+    // reload cannot change them (they are bound, or were passed): an
+    // address that has since left this host (a failed-over VIP) must not
+    // refuse it.
+    if std::env::var_os("LISTEN_FDS").is_none() && !LISTENERS_BOUND.load(Ordering::Relaxed) {
         let listens = [
             ("server.listen", &config.listen[..]),
             ("tls.listen", &config.tls.listen[..]),
@@ -158,12 +162,22 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     errors
 }
 
+/// Set once the process holds its listeners (bound, or passed by systemd):
+/// from then on `preflight` (a reload's) leaves the listen addresses alone.
+static LISTENERS_BOUND: AtomicBool = AtomicBool::new(false);
+
+/// Say that the listeners are held: later checks (a reload's) do not ask
+/// whether their addresses are this machine's.
+pub fn listeners_bound() {
+    LISTENERS_BOUND.store(true, Ordering::Relaxed);
+}
+
 /// Why `addr` cannot be listened on, if its IP is no address of this
 /// machine (a typo, another host's, one a DHCP lease took away): start-up
 /// would fail on it with EADDRNOTAVAIL. Binding that IP with port 0 asks
-/// the kernel just that, taking no port and listening on nothing, so a
-/// port in use (by the running server itself, when `--check` precedes a
-/// reload) is no error here.
+/// the kernel just that, listening on nothing (the ephemeral port it takes
+/// is let go at once), so a port in use (by the running server itself,
+/// when `--check` precedes a reload) is no error here.
 fn not_local(addr: SocketAddr) -> Option<String> {
     if addr.ip().is_unspecified() {
         return None;
@@ -543,11 +557,16 @@ mod tests {
     #[test]
     fn a_listen_address_must_be_one_of_this_machine() {
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
-        // TEST-NET-3 (RFC 5737): documentation only, on no interface.
-        assert_eq!(
-            not_local(addr("203.0.113.9:8080")).as_deref(),
-            Some("cannot listen on 203.0.113.9:8080: 203.0.113.9 is not an address of this machine (ip addr lists them)")
-        );
+        // TEST-NET-3 (RFC 5737): documentation only, on no interface; a
+        // host that binds any address (ip_nonlocal_bind) takes it too.
+        let nonlocal = std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind")
+            .is_ok_and(|v| v.trim() == "1");
+        if !nonlocal {
+            assert_eq!(
+                not_local(addr("203.0.113.9:8080")).as_deref(),
+                Some("cannot listen on 203.0.113.9:8080: 203.0.113.9 is not an address of this machine (ip addr lists them)")
+            );
+        }
         for ok in ["127.0.0.1:8080", "0.0.0.0:80", "[::]:443"] {
             assert_eq!(not_local(addr(ok)), None, "{ok}");
         }
