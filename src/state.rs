@@ -26,6 +26,9 @@ struct ConnEntry {
     fd: RawFd,
     /// No byte of a request has arrived: shutdown may close it at once.
     idle: Cell<bool>,
+    /// When it last became idle, in the shard's count of such moments
+    /// (`Shard::idle_turns`): the lowest is the longest idle.
+    idle_since: Cell<u64>,
 }
 
 /// A registry key for one connection.
@@ -91,6 +94,9 @@ pub struct Shard {
     draining: Cell<bool>,
     access_log: Option<Rc<AccessLogger>>,
     conns: RefCell<Slab<ConnEntry>>,
+    /// Times a connection of the shard became idle: orders them by how
+    /// long they have been (a counter, not a clock: nothing to read).
+    idle_turns: Cell<u64>,
     /// The CPU the shard was planned on (its own when pinned).
     cpu: usize,
     metrics: ShardMetrics,
@@ -123,6 +129,7 @@ impl Shard {
             draining: Cell::new(false),
             access_log: log.map(Rc::new),
             conns: RefCell::new(Slab::new()),
+            idle_turns: Cell::new(0),
             cpu,
             metrics: ShardMetrics::default(),
             readiness,
@@ -231,9 +238,16 @@ impl Shard {
     /// every place until `keepalive-timeout`. True if one was closed. Its
     /// task sees the end of the stream and finishes; until then the shard
     /// has one connection more than the limit.
+    /// The one closed is the longest idle, as nginx closes the least
+    /// recently used: a connection that has just sent a response may be
+    /// about to get its next request.
     pub fn reclaim_idle(&self) -> bool {
         let conns = self.conns.borrow();
-        let Some((_, c)) = conns.iter().find(|(_, c)| c.idle.get()) else {
+        let Some((_, c)) = conns
+            .iter()
+            .filter(|(_, c)| c.idle.get())
+            .min_by_key(|(_, c)| c.idle_since.get())
+        else {
             return false;
         };
         // Not chosen twice before its task has run.
@@ -250,6 +264,7 @@ impl Shard {
         self.conns.borrow_mut().insert(ConnEntry {
             fd,
             idle: Cell::new(false),
+            idle_since: Cell::new(0),
         })
     }
 
@@ -262,6 +277,11 @@ impl Shard {
     /// between requests, or has sent nothing yet).
     pub fn set_idle(&self, key: ConnKey, idle: bool) {
         if let Some(c) = self.conns.borrow().get(key) {
+            if idle && !c.idle.get() {
+                let turn = self.idle_turns.get() + 1;
+                self.idle_turns.set(turn);
+                c.idle_since.set(turn);
+            }
             c.idle.set(idle);
         }
     }
