@@ -193,8 +193,10 @@ pub struct Lookup {
 /// Resolve a lookup on disk.
 pub fn find(l: &Lookup) -> FoundSend {
     let candidate = l.root.join(&l.rel);
-    let Some(real) = inside_root(l, &candidate) else {
-        return FoundSend::NotFound;
+    let real = match inside_root(l, &candidate) {
+        Ok(Some(real)) => real,
+        Ok(None) => return FoundSend::NotFound,
+        Err(e) => return failure(e),
     };
     let meta = match fs::metadata(&real) {
         Ok(meta) => meta,
@@ -211,7 +213,7 @@ pub fn find(l: &Lookup) -> FoundSend {
         }
         for name in &l.index {
             let p = real.join(name);
-            if let Some(p) = inside_root(l, &p) {
+            if let Ok(Some(p)) = inside_root(l, &p) {
                 if let Ok(m) = fs::metadata(&p) {
                     if m.is_file() {
                         return file(l, &p, name, &m);
@@ -235,11 +237,13 @@ pub fn find(l: &Lookup) -> FoundSend {
 /// The canonical form of `p` if it exists, (unless symlinks may lead
 /// anywhere) stays under the root, and (unless dotfiles are served) is not
 /// hidden: a symlink `alias.txt -> .env` must not show what `.env` hides.
-fn inside_root(l: &Lookup, p: &Path) -> Option<PathBuf> {
-    let real = fs::canonicalize(p).ok()?;
+/// `Ok(None)`: refused; an error: it could not be resolved (`failure`
+/// says what that means: missing, forbidden, or the server's fault).
+fn inside_root(l: &Lookup, p: &Path) -> io::Result<Option<PathBuf>> {
+    let real = fs::canonicalize(p)?;
     let below = real.strip_prefix(&l.root).ok();
     if !l.follow_symlinks && below.is_none() {
-        return None;
+        return Ok(None);
     }
     if !l.dotfiles {
         // Below the root every name counts; outside it (follow-symlinks),
@@ -249,10 +253,10 @@ fn inside_root(l: &Lookup, p: &Path) -> Option<PathBuf> {
             .components()
             .any(|c| c.as_os_str().as_bytes().starts_with(b"."))
         {
-            return None;
+            return Ok(None);
         }
     }
-    Some(real)
+    Ok(Some(real))
 }
 
 fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
@@ -267,7 +271,7 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
         sib.push(".");
         sib.push(ext);
         let sib = PathBuf::from(sib);
-        if let Some(real) = inside_root(l, &sib) {
+        if let Ok(Some(real)) = inside_root(l, &sib) {
             if let Ok(m) = fs::metadata(&real) {
                 if m.is_file() && m.mtime() >= meta.mtime() {
                     return info(l, &real, content_type, Some(enc));
@@ -513,7 +517,7 @@ mod tests {
         fs::write(root.join("sub/f.bin"), vec![b'i'; 100_000]).unwrap();
         fs::write(dir.join("outside/f.bin"), vec![b's'; 100_000]).unwrap();
         let l = lookup(&root, "sub/f.bin");
-        let real = inside_root(&l, &root.join("sub/f.bin")).unwrap();
+        let real = inside_root(&l, &root.join("sub/f.bin")).unwrap().unwrap();
         assert!(open_checked(&l, &real).is_ok());
         // Between the check and the open, `sub` becomes a link out.
         fs::rename(root.join("sub"), root.join("sub.old")).unwrap();
