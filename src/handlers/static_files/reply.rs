@@ -105,10 +105,12 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
     let Some((a, b)) = spec.trim().split_once('-') else {
         return Decision::Full;
     };
+    // Digits past what a u64 holds are a position past any file: the
+    // range is then clipped to its end (or unsatisfiable), as a smaller
+    // one past the end would be, not ignored.
     let num = |s: &str| -> Option<u64> {
         (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
+            .then(|| s.parse().unwrap_or(u64::MAX))
     };
     match (a.trim(), b.trim()) {
         ("", suffix) => match num(suffix) {
@@ -228,6 +230,14 @@ mod tests {
         assert_eq!(parse_range("bytes=x-1", 100), Decision::Full);
         assert_eq!(parse_range("bytes=-5", 0), Decision::Full);
         assert_eq!(parse_range("bytes=0-", 0), Decision::Unsatisfiable);
+        // Positions past what 64 bits hold.
+        let huge = "99999999999999999999999";
+        assert_eq!(parse_range(&format!("bytes=0-{huge}"), 100), p(0, 99));
+        assert_eq!(parse_range(&format!("bytes=-{huge}"), 100), p(0, 99));
+        assert_eq!(
+            parse_range(&format!("bytes={huge}-"), 100),
+            Decision::Unsatisfiable
+        );
     }
 
     #[test]
