@@ -75,6 +75,9 @@ fn host_rules() {
         "a]b",
         "x:-1",
         ":80",
+        "..",
+        "a..b",
+        "a..:80",
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
         assert_eq!(err(&req), ParseError::Target, "{bad:?}");
@@ -90,6 +93,7 @@ fn host_rules() {
         "[::1]:3000",
         "[2001:db8::1]",
         "caf%C3%A9.example",
+        "example.com.",
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
         assert!(parse_str(&req).is_ok(), "{good:?}");
