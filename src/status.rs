@@ -160,7 +160,12 @@ pub(crate) fn apps_table(text: &str) -> String {
             if i.pid.is_empty() { "-" } else { &i.pid },
             state,
             or_dash(i.restarts.map(|r| r.to_string())),
-            or_dash(i.uptime.map(format_uptime)),
+            // No process, no uptime (a slot restarting, or down).
+            if i.pid.is_empty() {
+                "-".to_string()
+            } else {
+                or_dash(i.uptime.map(format_uptime))
+            },
             // A current instance not sent anything yet has no series.
             match (sent, i.restarts) {
                 (Some(n), _) => n.to_string(),

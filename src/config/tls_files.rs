@@ -273,10 +273,12 @@ fn expiry(x: &X509Certificate, now: SystemTime) -> Option<String> {
     if left < 0 {
         Some(format!("has expired (not after {when})"))
     } else if left < EXPIRY_WARNING.as_secs() as i64 {
-        let days = left / 86400;
-        Some(format!(
-            "expires in {days} days (not after {when}): renew it"
-        ))
+        let days = match left / 86400 {
+            0 => "less than a day".to_string(),
+            1 => "1 day".to_string(),
+            n => format!("{n} days"),
+        };
+        Some(format!("expires in {days} (not after {when}): renew it"))
     } else {
         None
     }

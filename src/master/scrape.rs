@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "web 0 - restarting(4s) 2 0s 0 SIGSEGV, 1m15s ago",
+                "web 0 - restarting(4s) 2 - 0 SIGSEGV, 1m15s ago",
                 "web 1 40 ready 2 1m30s 0 exit 1, 5s ago",
             ]
             .map(|r| r.split(' ').collect::<Vec<_>>()),
