@@ -11,22 +11,13 @@ use std::time::Duration;
 
 use crate::config::{AppListen, ServerAddr, MAX_UNIX_PATH};
 
-/// Bytes of an app's name in its sockets' file names.
-const SOCKET_NAME_BYTES: usize = 32;
-
 /// Longest wait of one readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// The directory for apps' Unix sockets: systemd's `RuntimeDirectory=` when
-/// the service has one, else `$XDG_RUNTIME_DIR` or the temporary directory,
-/// in a subdirectory of this process's own.
+/// The directory for this process's apps' Unix sockets
+/// (`config::socket_dir`).
 pub fn socket_dir() -> PathBuf {
-    let base = std::env::var_os("RUNTIME_DIRECTORY")
-        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("coreserve-{}", std::process::id()))
+    crate::config::socket_dir(std::process::id())
 }
 
 /// A new address of the kind `listen` asks for; `tag` names the
@@ -46,11 +37,7 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
         }
         AppListen::Unix => {
             own_dir(dir)?;
-            // The tag alone makes the name unique; the app's name, cut
-            // short, says whose socket it is, and keeps the path within
-            // what `sun_path` holds however long the name.
-            let short = app.get(..SOCKET_NAME_BYTES).unwrap_or(app);
-            let path = dir.join(format!("{short}.{tag}.sock"));
+            let path = dir.join(crate::config::socket_file(app, tag));
             if path.as_os_str().len() > MAX_UNIX_PATH {
                 return Err(io::Error::other(format!(
                     "the socket path {} is longer than the {MAX_UNIX_PATH} bytes a Unix socket address holds: set a shorter RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR",

@@ -19,6 +19,29 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most instances of one app.
 pub const MAX_INSTANCES: usize = 256;
 
+/// Bytes of an app's name in its sockets' file names (`listen = "unix"`).
+pub const SOCKET_NAME_BYTES: usize = 32;
+
+/// The directory for apps' Unix sockets of process `pid`: systemd's
+/// `RuntimeDirectory=` when the service has one, else `$XDG_RUNTIME_DIR`
+/// or the temporary directory, in a subdirectory of the process's own.
+pub fn socket_dir(pid: u32) -> PathBuf {
+    let base = std::env::var_os("RUNTIME_DIRECTORY")
+        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("coreserve-{pid}"))
+}
+
+/// The file name of app `app`'s socket for its incarnation `tag`: the tag
+/// makes it unique; the name, cut short, says whose it is and keeps the
+/// path within what `sun_path` holds however long the name.
+pub fn socket_file(app: &str, tag: u64) -> String {
+    let short = app.get(..SOCKET_NAME_BYTES).unwrap_or(app);
+    format!("{short}.{tag}.sock")
+}
+
 /// How many instances an app runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instances {

@@ -194,6 +194,30 @@ fn not_local(addr: SocketAddr) -> Option<String> {
     }
 }
 
+/// The highest process id Linux gives (`pid_max`'s ceiling), and an
+/// incarnation number past any a service reaches: the longest socket path
+/// an app of `listen = "unix"` can be given.
+const LONGEST_PID: u32 = 4_194_304;
+const LONGEST_TAG: u64 = 999_999;
+
+/// Why an app's sockets (`listen = "unix"`) could not be made, if their
+/// paths would not fit a Unix socket address (the runtime directory is
+/// deep): start-up would fail on it.
+fn socket_too_long(a: &AppConfig) -> Option<String> {
+    if a.listen != super::AppListen::Unix {
+        return None;
+    }
+    let path = super::socket_dir(LONGEST_PID).join(super::socket_file(&a.name, LONGEST_TAG));
+    let len = path.as_os_str().len();
+    (len > super::MAX_UNIX_PATH).then(|| {
+        format!(
+            "its socket paths (up to {}) would be longer than the {} bytes a Unix socket address holds: set a shorter RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR",
+            path.display(),
+            super::MAX_UNIX_PATH
+        )
+    })
+}
+
 /// An app's `cwd` is a directory, and its program (`command[0]`) is an
 /// executable file: a path with a slash as written (a relative one from
 /// `cwd`, where the instance starts), a bare name the first executable of
@@ -203,6 +227,9 @@ fn not_local(addr: SocketAddr) -> Option<String> {
 /// `cwd` that cannot be used is not looked for (the `cwd` is the error).
 fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
     let key = |k: &str| format!("{}.{k}", app_key(i));
+    if let Some(why) = socket_too_long(a) {
+        errors.push(ConfigError::new(key("listen"), why));
+    }
     let mut cwd_usable = true;
     if let Some(cwd) = &a.cwd {
         let why = match std::fs::metadata(cwd) {

@@ -727,3 +727,42 @@ fn an_apps_output_is_logged_whatever_level_quiets_coreserves_own() {
         assert!(!server.log().contains("is ready"), "{}", server.log());
     }
 }
+
+/// An app of `listen = "unix"` whose socket paths would not fit a Unix
+/// socket address (a deep runtime directory) is an error of `--check`, at
+/// its `listen`, before anything starts; a short directory passes.
+#[test]
+fn unix_socket_paths_too_long_are_found_by_check() {
+    let dir = Scratch::new("app-socket-path");
+    let conf = dir.write(
+        "app.toml",
+        app("web", &["true"], 1, "listen = \"unix\"") + &proxied("/", "web"),
+    );
+    let deep = dir.path(&"d".repeat(60));
+    let deep = format!("{deep}/{}", "e".repeat(40));
+    std::fs::create_dir_all(&deep).unwrap();
+    let check = |runtime: &str| {
+        command()
+            .env("RUNTIME_DIRECTORY", runtime)
+            .arg("--check")
+            .arg("--config")
+            .arg(&conf)
+            .output()
+            .unwrap()
+    };
+    let out = check(&deep);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("app.toml:6: app[1].listen: its socket paths (up to ")
+            && err.contains("would be longer than the 107 bytes a Unix socket address holds"),
+        "{err}"
+    );
+    let out = check(&dir.path(""));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
