@@ -21,7 +21,27 @@ pub struct Interest {
     pub(super) maybe_more: bool,
     /// Reads in a row that found data at once, never waiting for it.
     pub(super) at_once: u8,
+    /// Times it stepped aside since it last went through glommio's reactor.
+    pub(super) asides: u8,
 }
+
+/// How a task that keeps finding data steps aside (`Interest::aside`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aside {
+    /// Not now.
+    No,
+    /// Let the tasks already woken run (a yield: nothing allocated).
+    Yield,
+    /// Through glommio's reactor (a 1 µs timer), so that completions not
+    /// seen yet are: the ring's (other connections, new ones), glommio's
+    /// own (timers, messages).
+    Reactor,
+}
+
+/// Step-asides by yielding between two through the reactor, when the ring
+/// has no news: glommio's own completions (a timer, a message) wait at
+/// most this many.
+const YIELDS_PER_REACTOR: u8 = 8;
 
 /// Reads in a row that may find data at once before the task steps aside
 /// for the shard's others (`Interest::counted`). A peer that always has
@@ -96,15 +116,23 @@ impl Interest {
         };
     }
 
-    /// Whether the last `READS_AT_ONCE` reads all found their data at once,
-    /// so that the task should step aside before it reads again (the count
-    /// then starts over).
-    pub fn should_step_aside(&mut self) -> bool {
-        let hogging = self.at_once >= READS_AT_ONCE;
-        if hogging {
-            self.at_once = 0;
+    /// Whether, and how, the task should step aside before it reads again:
+    /// when the last `READS_AT_ONCE` reads all found their data at once
+    /// (the count then starts over). Through the reactor when the ring has
+    /// news for others, and every `YIELDS_PER_REACTOR`th time; else a
+    /// yield, which allocates nothing (a timer does).
+    pub fn aside(&mut self) -> Aside {
+        if self.at_once < READS_AT_ONCE {
+            return Aside::No;
         }
-        hogging
+        self.at_once = 0;
+        self.asides += 1;
+        if self.asides >= YIELDS_PER_REACTOR || self.readiness.has_news() {
+            self.asides = 0;
+            Aside::Reactor
+        } else {
+            Aside::Yield
+        }
     }
 
     /// Read the socket `fd` (the registered one) into `buf` if it is worth

@@ -42,7 +42,7 @@ use crate::recheck;
 
 mod interest;
 
-pub use interest::Interest;
+pub use interest::{Aside, Interest};
 
 /// Submission queue entries; a poll is armed once per connection, so this
 /// bounds only how many connections start waiting between two submissions
@@ -196,7 +196,15 @@ impl Readiness {
             key,
             maybe_more: true,
             at_once: 0,
+            asides: 0,
         }
+    }
+
+    /// Whether the ring holds completions the driver has not reaped yet:
+    /// other connections' news (data, a close, a new connection's bell)
+    /// waiting for a task that keeps the shard to step aside.
+    pub fn has_news(&self) -> bool {
+        !self.ring.borrow_mut().completion().is_empty()
     }
 
     /// Sockets registered (including closed ones whose poll is being removed).

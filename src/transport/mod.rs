@@ -17,7 +17,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UnixStream};
 
 use crate::http::session::InputBuffer;
-use crate::readiness::{Interest, Readiness};
+use crate::readiness::{Aside, Interest, Readiness};
 use crate::recheck;
 use crate::sys::{recv, send};
 use tls::TlsStream;
@@ -237,12 +237,10 @@ impl Socket {
         // Before the read, not after it: a caller may drop this future
         // while it waits (a read raced against the upstream's answer), and
         // what a finished recv took would be lost with it.
-        if self
-            .interest
-            .as_mut()
-            .is_some_and(Interest::should_step_aside)
-        {
-            recheck::step_aside().await;
+        match self.interest.as_mut().map(Interest::aside) {
+            Some(Aside::Reactor) => recheck::step_aside().await,
+            Some(Aside::Yield) => futures_lite::future::yield_now().await,
+            Some(Aside::No) | None => {}
         }
         let mut polls = 0u32;
         let read = {
