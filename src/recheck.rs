@@ -85,6 +85,16 @@ pub async fn step_aside() {
 
 /// Runs a glommio wait; if it really waited, renews the shard's budget.
 pub async fn wait<F: Future>(f: F) -> F::Output {
+    let (out, pended) = waited(f).await;
+    if pended {
+        SINCE_WAIT.with(|n| n.set(0));
+    }
+    out
+}
+
+/// Runs `f`, and says whether it waited (returned `Pending` at least once)
+/// or was ready at its first poll.
+pub async fn waited<F: Future>(f: F) -> (F::Output, bool) {
     let mut f = std::pin::pin!(f);
     let mut pended = false;
     let out = std::future::poll_fn(|cx: &mut Context<'_>| {
@@ -93,10 +103,7 @@ pub async fn wait<F: Future>(f: F) -> F::Output {
         p
     })
     .await;
-    if pended {
-        SINCE_WAIT.with(|n| n.set(0));
-    }
-    out
+    (out, pended)
 }
 
 #[cfg(test)]

@@ -73,13 +73,7 @@ pub fn exit_summary(status: std::process::ExitStatus) -> String {
 
 /// The name of a signal number, for logs.
 pub fn name(sig: i32) -> &'static str {
-    match sig {
-        SIGTERM => "SIGTERM",
-        SIGINT => "SIGINT",
-        SIGHUP => "SIGHUP",
-        SIGUSR1 => "SIGUSR1",
-        _ => "signal",
-    }
+    abbreviation(sig).unwrap_or("signal")
 }
 
 /// The receiving end of the signal handlers, before it joins an executor.

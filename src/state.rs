@@ -238,6 +238,7 @@ impl Shard {
     /// every place until `keepalive-timeout`. True if one was closed. Its
     /// task sees the end of the stream and finishes; until then the shard
     /// has one connection more than the limit.
+    ///
     /// The one closed is the longest idle, as nginx closes the least
     /// recently used: a connection that has just sent a response may be
     /// about to get its next request.

@@ -70,34 +70,38 @@ pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<&[u8]>, ClimbsAboveRoot> {
     Ok(segments)
 }
 
+/// Whether `b` is one of RFC 3986's `unreserved` or `sub-delims`: what a
+/// path segment and a host name both take as they are.
+pub const fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
 /// The bytes the canonical form escapes: `%` and every byte RFC 3986's
 /// `pchar` leaves out (`?`, `#`, `[`, `]`, `"`, `<`, `>`, `\`, `^`, `` ` ``,
 /// `{`, `|`, `}`, space, controls, non-ASCII); `/` only separates.
 const ESCAPED: [bool; 256] = {
     let mut t = [true; 256];
     let mut b = 0;
-    while b < 128 {
-        t[b] = !((b as u8).is_ascii_alphanumeric()
-            || matches!(
-                b as u8,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-            ));
+    while b < 256 {
+        let byte = b as u8;
+        t[b] = !(is_unreserved_or_sub_delim(byte) || matches!(byte, b':' | b'@' | b'/'));
         b += 1;
     }
     t

@@ -242,17 +242,9 @@ impl Socket {
             Some(Aside::Yield) => futures_lite::future::yield_now().await,
             Some(Aside::No) | None => {}
         }
-        let mut polls = 0u32;
-        let read = {
-            let mut inner = std::pin::pin!(self.read_now_or_later(room, deadline));
-            std::future::poll_fn(|cx| {
-                polls += 1;
-                std::future::Future::poll(inner.as_mut(), cx)
-            })
-            .await
-        };
+        let (read, waited) = recheck::waited(self.read_now_or_later(room, deadline)).await;
         if let Some(interest) = self.interest.as_mut() {
-            interest.counted(polls > 1);
+            interest.counted(waited);
         }
         read
     }

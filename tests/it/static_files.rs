@@ -29,14 +29,19 @@ fn site(name: &str, extra: &str) -> (Scratch, Server) {
 /// Start a server with a static route at `prefix` over the scratch
 /// directory's `www`, then `extra` (more keys of that route, or more routes).
 fn serve_www(dir: &Scratch, prefix: &str, extra: &str) -> Server {
-    let conf = dir.write(
+    let conf = www_conf(dir, prefix, extra);
+    Server::start(&["--config", &conf.display().to_string()])
+}
+
+/// The configuration `serve_www` starts with, written as `site.toml`.
+fn www_conf(dir: &Scratch, prefix: &str, extra: &str) -> std::path::PathBuf {
+    dir.write(
         "site.toml",
         format!(
             "[[route]]\npath = \"{prefix}\"\nhandler = \"static\"\nroot = \"{}\"\n{extra}",
             dir.path("www")
         ),
-    );
-    Server::start(&["--config", &conf.display().to_string()])
+    )
 }
 
 /// Files served from "/": `files` under the root, then `extra` (more keys
@@ -629,13 +634,7 @@ fn a_client_that_stops_reading_a_large_file_holds_nobody_up() {
         let dir = Scratch::new(&format!("stall-{dispatch}"));
         dir.write("www/big.bin", vec![b'x'; 32 << 20]);
         dir.write("www/small.txt", "ok");
-        let conf = dir.write(
-            "stall.toml",
-            format!(
-                "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
-                dir.path("www")
-            ),
-        );
+        let conf = www_conf(&dir, "/", "");
         let server = Server::start(&[
             "--config",
             &conf.display().to_string(),
@@ -911,13 +910,7 @@ fn a_large_gzipped_file_is_not_copied_per_connection() {
 fn out_of_descriptors_a_file_is_a_500_not_a_404() {
     let dir = Scratch::new("static-emfile");
     dir.write("www/ten.txt", "0123456789");
-    let conf = dir.write(
-        "site.toml",
-        format!(
-            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
-            dir.path("www")
-        ),
-    );
+    let conf = www_conf(&dir, "/", "");
     let mut cmd = crate::util::command();
     cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
         .arg(&conf);

@@ -464,27 +464,9 @@ pub fn valid_host(value: &[u8]) -> bool {
     };
     port_ok
         && !host.windows(2).any(|w| w == b"..")
-        && host.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b'%'
-                )
-        })
+        && host
+            .iter()
+            .all(|&b| crate::http::path::is_unreserved_or_sub_delim(b) || b == b'%')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
