@@ -211,12 +211,15 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 };
                 match after {
                     After::Open => continue,
-                    After::Close => {
+                    // A file that went before its request's body, which
+                    // may still be on its way, lingers (below): a plain
+                    // close would answer the body with a reset.
+                    After::Close if !session.body_answered() => {
                         finish_tls(&mut client).await;
                         return;
                     }
                     After::Abort => return,
-                    After::Linger => {
+                    After::Close | After::Linger => {
                         Box::pin(linger_close(&mut client, &mut input)).await;
                         return;
                     }

@@ -99,6 +99,13 @@ impl BodyDecoder {
         self.state == State::Done
     }
 
+    /// Whether what is left of the body is a known number of bytes
+    /// (Content-Length framing): no byte of it can make the request fail,
+    /// its length having been checked against the limit with the head.
+    pub fn is_counted(&self) -> bool {
+        matches!(self.state, State::Length(_))
+    }
+
     /// Whether no byte of the body has been seen yet (for `100 Continue`).
     pub fn untouched(&self) -> bool {
         self.total == 0

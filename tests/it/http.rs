@@ -186,6 +186,46 @@ fn curl_uploading_to_a_route_that_needs_no_body_is_answered_without_sending_it()
     assert!(received < 10_000.0, "{received} bytes read");
 }
 
+/// A route that does not read the body (a fixed answer, a file) answers a
+/// request that declares one without waiting for it, as nginx does; the
+/// body, when it comes, is read past and the connection goes on.
+#[test]
+fn a_declared_body_is_not_waited_for_by_a_route_that_ignores_it() {
+    let dir = Scratch::new("body-not-waited");
+    dir.write("www/a.txt", "file a");
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[limits]\nbody-timeout = \"60s\"\n\n[[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"Hello World\"\n\n[[route]]\npath = \"/files/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    for (target, text) in [("/", "Hello World"), ("/files/a.txt", "file a")] {
+        let mut s = server.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = Reader::new(&s);
+        let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let first = r.next(false);
+        assert_eq!(
+            (first.status, first.text().as_str()),
+            (200, text),
+            "{target}"
+        );
+        // The body, a byte at a time, then the next request.
+        for b in b"0123456789" {
+            s.write_all(&[*b]).unwrap();
+        }
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let second = r.next(false);
+        assert_eq!(
+            (second.status, second.text().as_str()),
+            (200, "Hello World")
+        );
+    }
+}
+
 #[test]
 fn expect_with_a_declared_body_too_large_gets_413_without_continue() {
     let server = Server::start(&["--max-body-bytes", "1k"]);

@@ -94,10 +94,14 @@ pub enum Next {
 enum Phase {
     /// Waiting for, or inside, a request head.
     Head,
-    /// The response is written (not committed); its request body is being read.
+    /// The request's body is being read. Its response is written but not
+    /// committed, so that a body error can replace it; or, when no byte of
+    /// the body can fail (`answered`), it is sent already and the body is
+    /// read only to find the next request.
     Body {
         decoder: BodyDecoder,
         keep_alive: bool,
+        answered: bool,
     },
 }
 
@@ -186,6 +190,8 @@ impl<J> Default for Session<J> {
 struct HeadOutcome {
     body: Option<BodyDecoder>,
     keep_alive: bool,
+    /// The response does not wait for the body (`Phase::Body::answered`).
+    answered: bool,
     /// The request's body was held back for a 100 Continue never sent: the
     /// client may still send it, so the connection closes with a linger.
     unread_body: bool,
@@ -314,6 +320,7 @@ impl<J> Session<J> {
                             body: None,
                             keep_alive,
                             unread_body,
+                            ..
                         } => {
                             let next = self.complete(keep_alive, input, out, cx);
                             if unread_body {
@@ -326,11 +333,28 @@ impl<J> Session<J> {
                         HeadOutcome {
                             body: Some(decoder),
                             keep_alive,
+                            answered,
                             ..
                         } => {
                             self.phase = Phase::Body {
                                 decoder,
                                 keep_alive,
+                                answered,
+                            };
+                            if answered {
+                                // Sent before its body, as nginx does
+                                // (a client that declares a body and holds
+                                // it back is answered, not kept waiting);
+                                // the body is then read and dropped.
+                                match self.complete(keep_alive, input, out, cx) {
+                                    // Nothing follows: the body need not
+                                    // be read, only drained on the way out.
+                                    Some(Next::Close { .. }) => {
+                                        return Next::Close { linger: true }
+                                    }
+                                    Some(next) => return next,
+                                    None => {}
+                                }
                             }
                         }
                     }
@@ -338,7 +362,14 @@ impl<J> Session<J> {
                 Phase::Body {
                     decoder,
                     keep_alive,
+                    answered,
                 } => {
+                    let answered = *answered;
+                    if cx.draining && answered {
+                        // The response is out and promised more: close
+                        // instead, draining what comes of the body.
+                        return Next::Close { linger: true };
+                    }
                     if cx.draining && *keep_alive {
                         // Shutdown began while this body was arriving: the
                         // response written before must now say it closes.
@@ -358,6 +389,9 @@ impl<J> Session<J> {
                                 return Next::Read(Wait::Body);
                             }
                             self.phase = Phase::Head;
+                            if answered {
+                                continue;
+                            }
                             if let Some(next) = self.complete(keep_alive, input, out, cx) {
                                 return next;
                             }
@@ -386,8 +420,19 @@ impl<J> Session<J> {
                 Next::Close { linger: false }
             }
             Wait::Head => self.fail(ParseError::HeadTimeout, out, cx),
+            // The response went before the body: a 408 now would be taken
+            // for the answer to a next request. The timeout is counted.
+            Wait::Body if self.body_answered() => {
+                self.error = Some(ParseError::BodyTimeout);
+                Next::Close { linger: false }
+            }
             Wait::Body => self.fail(ParseError::BodyTimeout, out, cx),
         }
+    }
+
+    /// A request body is being read whose response has gone already.
+    pub fn body_answered(&self) -> bool {
+        matches!(self.phase, Phase::Body { answered: true, .. })
     }
 
     fn scanner_at_start(&self) -> bool {
@@ -475,6 +520,10 @@ impl<J> Session<J> {
             self.committed = mark + CONTINUE.len();
         }
         let mut unread_body = false;
+        // A response made without the body goes before it when no byte of
+        // the body can fail the request (a counted length; chunked framing
+        // may still be refused, and that refusal replaces the response).
+        let answered = body.as_ref().is_some_and(BodyDecoder::is_counted);
         match outcome {
             Outcome::Deferred(job) => {
                 self.pending = Some(Pending {
@@ -498,6 +547,7 @@ impl<J> Session<J> {
                 return Ok(HeadOutcome {
                     body: None,
                     keep_alive,
+                    answered: false,
                     unread_body: false,
                 });
             }
@@ -520,7 +570,7 @@ impl<J> Session<J> {
                 self.uncommitted_status = Some(status_of(&out[mark..]));
                 if let Some(log) = cx.log {
                     let (status, bytes) = summarize(&out[mark..]);
-                    if body.is_some() {
+                    if body.is_some() && !answered {
                         // Its body may yet fail and replace the response.
                         self.unlogged = Some(Box::new((OwnedRequest::new(&req), status, bytes)));
                     } else {
@@ -532,6 +582,7 @@ impl<J> Session<J> {
         Ok(HeadOutcome {
             body,
             keep_alive,
+            answered,
             unread_body,
         })
     }

@@ -14,18 +14,23 @@ const LIMITS: SessionLimits = SessionLimits {
     max_body_bytes: 256,
 };
 
+/// What the tests' sessions run with: `handler`, the test limits, no log.
+fn context<J>(handler: &dyn Handler<Job = J>) -> Context<'_, J> {
+    Context {
+        limits: &LIMITS,
+        date: DATE,
+        draining: false,
+        handler,
+        log: None,
+        headers: b"",
+    }
+}
+
 /// Feed `input` in the given chunk sizes, as reads would deliver it; return
 /// everything the session wrote and its last decision.
 fn run(input: &[u8], chunks: &[usize]) -> (Vec<u8>, Next) {
     let handler = FixedResponse::hello_world();
-    let cx = Context {
-        limits: &LIMITS,
-        date: DATE,
-        draining: false,
-        handler: &handler,
-        log: None,
-        headers: b"",
-    };
+    let cx = context(&handler);
     let mut session = Session::default();
     let mut buf = InputBuffer::new(LIMITS.head.max_header_bytes);
     let mut out = Vec::new();
@@ -106,6 +111,50 @@ fn a_body_error_replaces_the_pending_response() {
         String::from_utf8_lossy(&out)
     );
     assert_eq!(count(&out, b"HTTP/1.1"), 1);
+    assert_eq!(next, Next::Close { linger: true });
+}
+
+#[test]
+fn a_response_made_without_a_counted_body_goes_before_it() {
+    // The client declares 10 bytes and sends none yet: it is answered.
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
+    let (out, next) = run(head, &[head.len()]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("close"), "{text}");
+    assert_eq!(next, Next::Read(Wait::Body));
+    // The body, when it comes, is dropped and the next request answered,
+    // however the bytes arrive.
+    let mut two = head.to_vec();
+    two.extend_from_slice(b"0123456789GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    for chunk in [1, 7, two.len()] {
+        let (out, next) = run(&two, &[chunk]);
+        assert_eq!(count(&out, b"HTTP/1.1 200 OK"), 2, "{chunk}");
+        assert_eq!(next, Next::Read(Wait::Idle), "{chunk}");
+    }
+    // A body that stops coming ends the connection without a 408, which
+    // the client would take for the answer to its next request.
+    let handler = FixedResponse::hello_world();
+    let cx = context(&handler);
+    let mut session = Session::default();
+    let mut buf = InputBuffer::new(512);
+    buf.spare()[..head.len()].copy_from_slice(head);
+    buf.filled(head.len());
+    let mut out = Vec::new();
+    assert_eq!(
+        session.process(&mut buf, &mut out, &cx),
+        Next::Read(Wait::Body)
+    );
+    let sent = out.len();
+    assert_eq!(session.committed(), sent);
+    let next = session.timed_out(Wait::Body, false, &mut out, &cx);
+    assert_eq!(next, Next::Close { linger: false });
+    assert_eq!(out.len(), sent);
+    assert_eq!(session.take_tally().error, Some(ParseError::BodyTimeout));
+    // With Connection: close, the body is not waited for at all.
+    let head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n";
+    let (out, next) = run(head, &[head.len()]);
+    assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert_eq!(next, Next::Close { linger: true });
 }
 
