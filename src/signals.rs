@@ -3,7 +3,7 @@
 //! any other socket. No thread, no polling.
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use futures_lite::AsyncReadExt;
@@ -119,14 +119,12 @@ pub struct SignalWatch {
 impl SignalPipe {
     /// A watch on this pipe for the main thread.
     pub fn watch(&self) -> io::Result<SignalWatch> {
-        // SAFETY: `read_fd` is open for as long as the pipe lives; the
-        // duplicate is a descriptor of our own.
-        let fd = unsafe { libc::dup(self.read_fd) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just duplicated and nothing else owns it.
-        let pipe = unsafe { StdUnixStream::from_raw_fd(fd) };
+        // SAFETY: `read_fd` is open for as long as the pipe lives.
+        let ours = unsafe { BorrowedFd::borrow_raw(self.read_fd) };
+        // Close-on-exec, as every descriptor of coreserve's: an app
+        // instance that inherited it could read the signals meant for
+        // coreserve.
+        let pipe = StdUnixStream::from(ours.try_clone_to_owned()?);
         Ok(SignalWatch {
             pipe,
             held: Vec::new(),

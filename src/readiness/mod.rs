@@ -29,7 +29,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -509,15 +509,18 @@ impl Readiness {
     /// busy, and sleeps through glommio when nothing is ready. Runs until
     /// the shard's executor ends.
     pub async fn drive(self: Rc<Self>) {
-        // A second descriptor for the eventfd, owned by glommio's file.
-        // SAFETY: dup(2) of a descriptor we own.
-        let dup = unsafe { libc::dup(self.eventfd.as_raw_fd()) };
-        if dup < 0 {
-            log::error!("readiness ring: dup: {}", io::Error::last_os_error());
-            return;
-        }
+        // A second descriptor for the eventfd, owned by glommio's file;
+        // close-on-exec, so that no app instance started later holds it.
+        let dup = match self.eventfd.try_clone() {
+            Ok(dup) => dup,
+            Err(e) => {
+                log::error!("readiness ring: dup: {e}");
+                return;
+            }
+        };
         // SAFETY: the duplicate is owned by nothing else.
-        let doorbell = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(dup) });
+        let doorbell =
+            Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(dup.into_raw_fd()) });
         let mut ring_read: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
         let mut streak = false;
         loop {

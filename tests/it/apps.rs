@@ -766,3 +766,68 @@ fn unix_socket_paths_too_long_are_found_by_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An instance starts with standard input, output and error and nothing
+/// else of coreserve's: an inherited descriptor would let an app read the
+/// signals meant for coreserve, or keep its sockets and rings open. The
+/// first instance starts before the shards run, a reload's after.
+#[test]
+fn instances_inherit_no_descriptor_of_coreserves() {
+    if !have_node() {
+        return;
+    }
+    let out = Scratch::new("apps-fds-out");
+    // Python lists what it was started with (fstat and readlink open
+    // nothing), then becomes the app.
+    let lister = out.write(
+        "list/fds.py",
+        "import os, sys\n\
+         fds = []\n\
+         for fd in range(4096):\n    \
+             try:\n        \
+                 os.fstat(fd)\n        \
+                 fds.append(f'{fd} {os.readlink(f\"/proc/self/fd/{fd}\")}')\n    \
+             except OSError:\n        \
+                 pass\n\
+         open(f'{sys.argv[1]}/fds.{os.getpid()}', 'w').write('\\n'.join(fds))\n\
+         os.execvp('node', ['node', sys.argv[2]])\n",
+    );
+    let (lister, dir) = (lister.display().to_string(), out.0.display().to_string());
+    let toml = |version: &str| {
+        app(
+            "web",
+            &["python3", &lister, &dir, ECHO_JS],
+            1,
+            &format!("env = {{ VERSION = \"{version}\" }}"),
+        ) + &proxied("/", "web")
+    };
+    let s = AppServer::start("apps-fds", &toml("1"));
+    let first = s.ready_pids("web", 1);
+    s.reload(&toml("2"));
+    s.wait_instances("web", "replaced", |is| {
+        is.len() == 1 && is[0].state == "ready" && is[0].pid != Some(first[0])
+    });
+    let lists: Vec<String> = std::fs::read_dir(&out.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    for list in &lists {
+        for line in list.lines() {
+            let (fd, target) = line.split_once(' ').unwrap();
+            if ["0", "1", "2"].contains(&fd) {
+                continue;
+            }
+            // What the test itself was started with (a CI runner's pipes)
+            // coreserve passes on as any program does.
+            let ours = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+            assert_eq!(
+                ours.ok().map(|p| p.display().to_string()).as_deref(),
+                Some(target),
+                "an instance inherited fd {fd} ({target}) from coreserve:\n{list}"
+            );
+        }
+    }
+}
