@@ -16,6 +16,11 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// `kill_timeout` is 1.6 s; a server closing its keep-alive connections
 /// needs a few seconds).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replacement serves beside the instance it replaces before
+/// that one leaves (PM2's `min_uptime` is 1 s): a release that comes up
+/// and then dies on its first requests is found while the old instances
+/// still run.
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(2);
 /// Most instances of one app.
 pub const MAX_INSTANCES: usize = 256;
 
@@ -106,6 +111,10 @@ pub struct AppConfig {
     pub start_timeout: Duration,
     /// Time a stopping instance has between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Time a replacement in a rolling reload serves, ready, beside the
+    /// instance it replaces before that one leaves; zero: it leaves as
+    /// soon as the replacement accepts.
+    pub min_uptime: Duration,
     /// Which reloads replace its instances.
     pub reload: AppReload,
     /// The group's proxy settings (its `servers` are the instances, filled
@@ -128,6 +137,7 @@ impl AppConfig {
             listen_env: AppListen::Port.default_env().into(),
             start_timeout: DEFAULT_START_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            min_uptime: DEFAULT_MIN_UPTIME,
             reload: AppReload::Changed,
         }
     }

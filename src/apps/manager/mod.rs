@@ -66,6 +66,8 @@ struct Instance {
     process: Process,
     state: State,
     started: Instant,
+    /// When it first accepted a connection (`started` until then).
+    ready_at: Instant,
     /// Started with the settings its slot's last instance served with
     /// (`Slot::restart_as`), a rollout's not having come up: a fallback,
     /// which stays one if it fails before it is ready.
@@ -479,6 +481,7 @@ impl Manager {
                 deadline: now + config.start_timeout,
             },
             started: now,
+            ready_at: now,
             fallback: false,
         })
     }
@@ -497,6 +500,7 @@ impl Manager {
                     };
                     if address::accepts(&inst.addr) {
                         inst.state = State::Ready;
+                        inst.ready_at = now;
                         info!(
                             "app {name}[{index}] is ready ({:.1}s after start)",
                             now.duration_since(inst.started).as_secs_f64()
@@ -643,6 +647,15 @@ impl Manager {
         {
             at(t);
         }
+        // A replacement serving its min-uptime beside the instance it
+        // replaces takes the slot then.
+        for app in &self.apps {
+            for next in app.slots.iter().filter_map(|s| s.next.as_ref()) {
+                if matches!(next.state, State::Ready) {
+                    at(next.ready_at + app.config.min_uptime);
+                }
+            }
+        }
         // A past one is spent: the roll started the replacement, or the
         // slot needs none any more.
         for t in self
@@ -676,6 +689,13 @@ impl Manager {
                 if slot.next.as_ref().is_some_and(|i| i.tag == tag) {
                     let gone = slot.next.take().expect("checked above");
                     address::release(&gone.addr);
+                    let when = match gone.state {
+                        State::Ready => format!(
+                            "{:.1}s after it was ready, within min-uptime",
+                            now.duration_since(gone.ready_at).as_secs_f64()
+                        ),
+                        _ => "before it was ready".to_string(),
+                    };
                     slot.last_exit = Some((signals::exit_summary(status), now));
                     // The old instance keeps serving; the roll tries again
                     // after a back-off, as a restart would.
@@ -683,7 +703,7 @@ impl Manager {
                     slot.replace_at = Some(now + delay);
                     slot.replacement_failed = true;
                     error!(
-                        "app {name}[{index}]: the replacement (pid {}) exited before it was ready ({status}); trying again in {}s{}",
+                        "app {name}[{index}]: the replacement (pid {}) exited {when} ({status}); the instance it was to replace serves on; trying again in {}s{}",
                         gone.process.pid,
                         delay.as_secs(),
                         tail_of(&gone.process)
@@ -770,11 +790,12 @@ fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String)
     };
 }
 
-/// The addresses that serve an app: its ready instances, in slot order.
+/// The addresses that serve an app: its ready instances, in slot order
+/// (a replacement serving its min-uptime after the one it replaces).
 fn servers_of(app: &App) -> Vec<ServerAddr> {
     app.slots
         .iter()
-        .filter_map(|s| s.current.get())
+        .flat_map(Slot::instances)
         .filter(|i| matches!(i.state, State::Ready))
         .map(|i| i.addr.clone())
         .collect()

@@ -12,27 +12,34 @@ use crate::config::{AppConfig, AppReload};
 
 impl Manager {
     /// The rolling reload: one slot at a time, start a replacement with
-    /// the current settings; once it accepts, it takes the slot and the
-    /// old instance leaves.
+    /// the current settings; once it accepts, it serves beside the old
+    /// instance for the app's `min-uptime`, then takes the slot and the old
+    /// instance leaves. A replacement that exits before is one that failed
+    /// (`on_exit`): the old instance never left.
     pub(super) fn roll(&mut self, now: Instant) {
         for a in 0..self.apps.len() {
             let generation = self.apps[a].generation;
-            // A replacement that is ready takes its slot.
             let app = &mut self.apps[a];
+            // Proven by an instance in its slot: a replacement still
+            // serving its min-uptime may yet fail.
             app.proven = app.proven
                 || app
                     .slots
                     .iter()
-                    .flat_map(Slot::instances)
+                    .filter_map(|s| s.current.get())
                     .any(|i| i.generation == generation && matches!(i.state, State::Ready));
+            let min_uptime = app.config.min_uptime;
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 if matches!(
                     slot.next,
                     Some(Instance {
                         state: State::Ready,
+                        ready_at,
                         ..
-                    })
+                    }) if ready_at + min_uptime <= now || slot.current.get().is_none()
                 ) {
+                    // (An old instance that died meanwhile leaves nothing
+                    // to serve beside: the replacement takes the slot.)
                     let new = slot.next.take().expect("matched above");
                     let started = new.started;
                     let old = slot.current.started(new, started);

@@ -84,8 +84,13 @@ fn app(name: &str, instances: usize, body: &str, dir: &Path) -> AppConfig {
     c.env = vec![("TEST_DIR".into(), dir.display().to_string())];
     c.start_timeout = Duration::from_secs(3);
     c.stop_timeout = Duration::from_secs(1);
+    c.min_uptime = MIN_UPTIME;
     c
 }
+
+/// The test apps' `min-uptime`: short, for quick tests, but long enough to
+/// be seen.
+const MIN_UPTIME: Duration = Duration::from_millis(300);
 
 /// The command that runs `body` after `PRELUDE`.
 fn command(body: &str) -> Vec<String> {
@@ -468,10 +473,11 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
         h.turn_until("both instances replaced, the old ones gone", |m| {
             let app = &m.apps[0];
             // One replacement at a time, and never a slot without a ready
-            // instance, nor a server fewer for the shards.
+            // instance, nor a server fewer for the shards (one more while
+            // a replacement serves its min-uptime).
             assert!(app.slots.iter().filter(|s| s.next.is_some()).count() <= 1);
             assert!(app.slots.iter().all(|s| is_ready(s.current.get())));
-            assert_eq!(app.published.len(), 2);
+            assert!((2..=3).contains(&app.published.len()));
             app.slots
                 .iter()
                 .all(|s| s.current.get().unwrap().generation == 1)
@@ -479,11 +485,26 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
         });
         let sent = h.sent.lock().unwrap();
         let records = records(&h.dir);
-        // Two events, each swapping one address: slot 0, then slot 1.
-        assert_eq!(sent.len(), 2, "{sent:?}");
-        assert_eq!(sent[0].servers[1], old[1].1);
-        assert!(!sent[0].servers.contains(&old[0].1));
-        assert!(!sent[1].servers.contains(&old[1].1));
+        // Four events, slot 0 then slot 1: the replacement joins, and
+        // once it has served min-uptime beside it, the old one goes.
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        let new: Vec<ServerAddr> = (0..2)
+            .map(|i| current(&h.m, "web", i).unwrap().addr.clone())
+            .collect();
+        assert_eq!(
+            sent[0].servers,
+            [old[0].1.clone(), new[0].clone(), old[1].1.clone()]
+        );
+        assert_eq!(sent[1].servers, [new[0].clone(), old[1].1.clone()]);
+        assert_eq!(
+            sent[2].servers,
+            [new[0].clone(), old[1].1.clone(), new[1].clone()]
+        );
+        assert_eq!(sent[3].servers, new);
+        for (joined, left) in [(0, 1), (2, 3)] {
+            let served = sent[left].at - sent[joined].at;
+            assert!(served >= MIN_UPTIME.as_secs_f64() - SLACK, "{served:.3}s");
+        }
         for (pid, addr) in &old {
             let out = sent.iter().find(|e| !e.servers.contains(addr)).unwrap();
             let term = records[pid].term.expect("the old instance got a SIGTERM");
@@ -499,8 +520,36 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
         for i in 0..2 {
             let new = current(&h.m, "web", i).unwrap();
             assert_eq!(records[&new.process.pid].version, "2");
-            assert_eq!(sent[1].servers[i], new.addr);
         }
+    });
+}
+
+/// A replacement that accepts and then dies within min-uptime (a release
+/// that crashes on its first requests) is a failed replacement: the
+/// instance it was to replace never left, and serves on.
+#[test]
+fn a_replacement_that_dies_within_min_uptime_leaves_the_old_instance_serving() {
+    within(|| {
+        let mut h = Harness::new("probation");
+        let web = app("web", 1, SERVES, &h.dir);
+        h.start(vec![version(&web, "1", SERVES)]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap();
+        let (pid, addr) = (old.process.pid, old.addr.clone());
+        let v2 = version(&web, "2", "s = listen()\ntime.sleep(0.1)\nsys.exit(1)");
+        h.send(Msg::Reload(vec![v2], true));
+        h.turn_until("the replacement failed after it was ready", |m| {
+            m.apps[0].slots[0].replacement_failed
+        });
+        let slot = &h.m.apps[0].slots[0];
+        assert_eq!(slot.current.get().map(|i| i.process.pid), Some(pid));
+        assert!(h.m.leaving.is_empty());
+        assert!(alive(pid));
+        assert_eq!(records(&h.dir)[&pid].term, None);
+        // The replacement served beside it, and the old one never left
+        // the shards' list.
+        let sent = h.sent.lock().unwrap();
+        assert!(sent.iter().any(|e| e.servers.len() == 2), "{sent:?}");
+        assert!(sent.iter().all(|e| e.servers.contains(&addr)), "{sent:?}");
     });
 }
 

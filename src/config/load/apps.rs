@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "listen-env",
     "start-timeout",
     "stop-timeout",
+    "min-uptime",
     "reload",
 ];
 
@@ -99,6 +100,7 @@ impl Walker<'_> {
                 }
                 "start-timeout" => set(&mut a.start_timeout, self.duration(&f)),
                 "stop-timeout" => set(&mut a.stop_timeout, self.duration(&f)),
+                "min-uptime" => set(&mut a.min_uptime, self.duration(&f)),
                 "reload" => {
                     let choices = [
                         ("changed", AppReload::Changed),
@@ -187,6 +189,7 @@ listen = "unix"
 listen-env = "APP_SOCKET"
 start-timeout = "30s"
 stop-timeout = 2
+min-uptime = "0s"
 reload = "always"
 balance = "least-conn"
 keepalive = 0
@@ -228,6 +231,7 @@ fail-timeout = "20s"
                 listen_env: "APP_SOCKET".into(),
                 start_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(2),
+                min_uptime: Duration::ZERO,
                 reload: crate::config::AppReload::Always,
                 upstream,
             }]
@@ -344,7 +348,7 @@ instances = -1
                 at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"-1\""),
                 at(11, "app[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\""),
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
-                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, reload, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, min-uptime, reload, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string"),
                 at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),
