@@ -504,6 +504,42 @@ fn a_reload_without_tls_keeps_https_serving_until_a_restart() {
     assert!(exchange(&mut s, GET).0.starts_with("HTTP/1.1 200 OK"));
 }
 
+/// HTTPS added by a reload: a reload opens no listening socket, so the
+/// whole reload is refused; else a redirect of plain HTTP to the new port
+/// (the README's setup) would send every client to a port nobody listens on.
+#[test]
+fn a_reload_that_adds_https_is_refused_until_a_restart() {
+    let dir = Scratch::new("tls-added");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let with_tls = std::fs::read_to_string(&file).unwrap();
+    let plain: String = with_tls
+        .split("\n\n")
+        .filter(|t| !t.starts_with("[tls]") && !t.starts_with("[[tls.certificate]]"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    dir.write("coreserve.toml", &plain);
+    let server = Server::start(&["--config", &file]);
+    let redirect = "\n[[route]]\npath = \"/\"\nscheme = \"http\"\nhandler = \"redirect\"\n\
+                    status = 301\nlocation = \"https://localhost/\"\n";
+    let (head, routes) = with_tls.split_once("\n[[route]]").unwrap();
+    dir.write(
+        "coreserve.toml",
+        format!("{head}{redirect}\n[[route]]{routes}"),
+    );
+    let check = crate::util::succeeds(command().args(["--check", "--config", &file]));
+    assert!(check.status.success());
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("the reload is refused");
+    let log = server.log();
+    assert!(log.contains("tls.listen adds 127.0.0.1:0"), "{log}");
+    assert!(!log.contains("configuration reloaded"), "{log}");
+    let r = crate::util::get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "hi"));
+    assert!(server.https_addrs().is_empty());
+}
+
 #[test]
 fn https_alone_with_an_empty_server_listen() {
     let dir = Scratch::new("tls-alone");

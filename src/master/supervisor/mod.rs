@@ -20,7 +20,7 @@ mod tests;
 mod world;
 
 use events::forward_app_events;
-use reloads::{needs_restart, Reloads};
+use reloads::{added_listeners, needs_restart, Reloads};
 use world::{connect, Delivery, Note, Real, World};
 
 use super::effective_upstreams;
@@ -539,18 +539,22 @@ impl<W: World> Supervisor<W> {
                     "SIGHUP: the configuration has {} error(s); still serving the previous one",
                     errors.len()
                 );
-                // The file it was read from has changed since: the latest
-                // file says what is wanted, and it is refused.
-                if let Some(held) = self.drop_held() {
-                    error!(
-                        "SIGHUP: the reload that waited for app(s) {} is given up too",
-                        held.starting.join(", ")
-                    );
-                }
-                self.ready();
+                self.refused();
                 return;
             }
         };
+        // A reload opens no listening socket: routes written for a new
+        // address (a redirect of plain HTTP to a new HTTPS port) would
+        // apply without it, so the whole reload waits for the restart.
+        let added = added_listeners(&self.config, &new);
+        if !added.is_empty() {
+            for (key, addr) in &added {
+                error!("SIGHUP: {key} adds {addr}, which takes a restart (a reload opens no listening socket)");
+            }
+            error!("SIGHUP: the reload is refused, so that nothing written for the new address applies without it; still serving the previous one (restart coreserve to apply it)");
+            self.refused();
+            return;
+        }
         // What the new settings would start: "auto" is the CPUs they give.
         let running = self.slots.len();
         let wanted = crate::cpus::allowed_cpus()
@@ -717,6 +721,19 @@ impl<W: World> Supervisor<W> {
     /// serving apps back (the new ones stop, any it changed are replaced
     /// again with their serving settings), and what the new ones had ready
     /// is forgotten.
+    /// A reload was refused: the file it was read from has changed since
+    /// any reload still waiting for its apps, and the latest file says
+    /// what is wanted, so that one is given up too.
+    fn refused(&mut self) {
+        if let Some(held) = self.drop_held() {
+            error!(
+                "SIGHUP: the reload that waited for app(s) {} is given up too",
+                held.starting.join(", ")
+            );
+        }
+        self.ready();
+    }
+
     fn drop_held(&mut self) -> Option<Held> {
         let held = self.held.take()?;
         self.world.reload_apps(self.config.apps.clone(), false);

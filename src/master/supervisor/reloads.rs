@@ -2,6 +2,8 @@
 //! master tells systemd READY=1 again once none does; and which settings a
 //! reload cannot change.
 
+use std::net::SocketAddr;
+
 use crate::config::Config;
 
 /// A reload under way: which live shards have not applied it yet.
@@ -43,7 +45,23 @@ impl Reloads {
     }
 }
 
-/// Settings a running server cannot change, named by key, that differ.
+/// Listening addresses `new` has that `old` has not, with the key that
+/// names them: a reload cannot open them.
+pub(super) fn added_listeners(old: &Config, new: &Config) -> Vec<(&'static str, SocketAddr)> {
+    let plain = new.listen.iter().filter(|a| !old.listen.contains(a));
+    let tls = new
+        .tls
+        .listen
+        .iter()
+        .filter(|a| !old.tls.listen.contains(a));
+    plain
+        .map(|a| ("server.listen", *a))
+        .chain(tls.map(|a| ("tls.listen", *a)))
+        .collect()
+}
+
+/// Settings a running server cannot change, named by key, that differ
+/// (listening addresses removed: `added_listeners` refuses new ones).
 /// Shards are compared by number: `running`, the shards there are, and
 /// `wanted`, what `new` would start (`"auto"` and the number it gives
 /// here are the same).
@@ -80,6 +98,23 @@ pub(super) fn needs_restart(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_listening_addresses_are_named() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(added_listeners(&old, &new).is_empty());
+        let a: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        new.tls.listen.push(a);
+        new.listen.push(b);
+        assert_eq!(
+            added_listeners(&old, &new),
+            [("server.listen", b), ("tls.listen", a)]
+        );
+        // Removed ones are not added ones.
+        assert!(added_listeners(&new, &old).is_empty());
+    }
 
     #[test]
     fn restart_only_settings_are_named() {
