@@ -46,6 +46,17 @@ impl Walker<'_> {
         }
     }
 
+    /// A string that means nothing when empty (a path, a header's value):
+    /// its value, or an error.
+    pub(super) fn non_empty_string(&mut self, f: &Field) -> Option<String> {
+        let s = self.string(f)?;
+        if s.is_empty() {
+            self.error(f, "must not be empty".into());
+            return None;
+        }
+        Some(s)
+    }
+
     /// A string that must be one of `choices`' names: its value, or an
     /// error listing the names ("must be \"a\" or \"b\", got \"c\"").
     pub(super) fn one_of<T: Copy>(&mut self, f: &Field, choices: &[(&str, T)]) -> Option<T> {

@@ -45,10 +45,13 @@ impl KindReader for Static {
         let c = &mut self.config;
         match name {
             "root" => {
-                if let Some(r) = w.string(f) {
+                // "" would be the file's own directory: the configuration
+                // itself served.
+                if let Some(r) = w.non_empty_string(f) {
                     c.root = w.relative_to_file(&r);
-                    self.root_set = true;
                 }
+                // Given, if wrongly: its own error is enough.
+                self.root_set = true;
             }
             "index" => {
                 if let Some(v) = w.string_list(f) {
@@ -59,7 +62,7 @@ impl KindReader for Static {
             "follow-symlinks" => c.follow_symlinks = w.flag(f).unwrap_or(false),
             "dotfiles" => c.dotfiles = w.flag(f).unwrap_or(false),
             "precompressed" => c.precompressed = w.flag(f).unwrap_or(false),
-            "cache-control" => c.cache_control = w.string(f),
+            "cache-control" => c.cache_control = w.non_empty_string(f),
             // `/index.html`, as nginx's `try_files` names it, or `index.html`.
             "fallback" => c.fallback = w.string(f).map(|p| p.trim_start_matches('/').into()),
             "cache-valid" => {
@@ -99,6 +102,23 @@ mod tests {
             .validate()
             .map(|c| c.routes[0].handler.clone())
             .map_err(|errs| errors(&errs))
+    }
+
+    #[test]
+    fn an_empty_root_or_cache_control_is_refused() {
+        let text =
+            "[[route]]\npath = \"/s/\"\nhandler = \"static\"\nroot = \"\"\ncache-control = \"\"\n";
+        let errs = parse_str(text, Path::new("/srv/t.toml"))
+            .unwrap_err()
+            .errors;
+        let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errs,
+            [
+                "/srv/t.toml:4: route[1].root: must not be empty",
+                "/srv/t.toml:5: route[1].cache-control: must not be empty"
+            ]
+        );
     }
 
     #[test]
