@@ -7,25 +7,30 @@ use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use futures_lite::AsyncReadExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
 /// What a signal asks of the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// SIGTERM or SIGINT: drain and exit; a second one exits at once.
+    /// SIGTERM, SIGINT or SIGQUIT (nginx's graceful stop): drain and exit;
+    /// a second one exits at once.
     Terminate(i32),
     /// SIGHUP: reload the configuration.
     Reload,
     /// SIGUSR1: reopen log files.
     Reopen,
+    /// SIGUSR2, nginx's binary upgrade, which has no counterpart here:
+    /// said and ignored, rather than the default action's sudden death.
+    Unsupported(i32),
 }
 
 impl Signal {
     fn from_raw(sig: i32) -> Option<Signal> {
         match sig {
-            SIGTERM | SIGINT => Some(Signal::Terminate(sig)),
+            SIGTERM | SIGINT | SIGQUIT => Some(Signal::Terminate(sig)),
             SIGHUP => Some(Signal::Reload),
             SIGUSR1 => Some(Signal::Reopen),
+            SIGUSR2 => Some(Signal::Unsupported(sig)),
             _ => None,
         }
     }
@@ -82,7 +87,8 @@ pub struct SignalPipe {
     read_fd: RawFd,
 }
 
-/// Install handlers for SIGTERM, SIGINT, SIGHUP and SIGUSR1. Call once, on
+/// Install handlers for SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 and
+/// SIGUSR2. Call once, on
 /// the main thread, before any executor starts.
 pub fn install() -> io::Result<SignalPipe> {
     let (rx, tx) = StdUnixStream::pair()?;
@@ -91,7 +97,7 @@ pub fn install() -> io::Result<SignalPipe> {
     tx.set_nonblocking(true)?;
     // The write end lives as long as the process: the handlers use it.
     let tx_fd = tx.into_raw_fd();
-    for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] {
+    for sig in [SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2] {
         // SAFETY: the action only calls write(2), which is async-signal-safe,
         // on a descriptor that is never closed.
         unsafe {

@@ -40,11 +40,25 @@ fn graceful_shutdown_finishes_a_slow_request() {
 }
 
 #[test]
-fn sigint_drains_like_sigterm() {
-    let mut server = Server::start(&[]);
-    server.signal(libc::SIGINT);
-    assert!(server.wait(WAIT).success());
-    assert!(server.log().contains("SIGINT: draining"));
+fn sigint_and_sigquit_drain_like_sigterm() {
+    // SIGQUIT is nginx's graceful stop (`nginx -s quit`), not a core dump.
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGQUIT, "SIGQUIT")] {
+        let mut server = Server::start(&[]);
+        server.signal(sig);
+        assert!(server.wait(WAIT).success(), "{name}");
+        assert!(server.log().contains(&format!("{name}: draining")));
+    }
+}
+
+/// SIGUSR2 (nginx's binary upgrade) is said and ignored, not the sudden
+/// death of its default action.
+#[test]
+fn sigusr2_is_ignored_with_a_word() {
+    let server = Server::start(&[]);
+    server.signal(libc::SIGUSR2);
+    server.wait_for_log("SIGUSR2: ignored");
+    let r = crate::util::get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
 }
 
 #[test]

@@ -174,8 +174,8 @@ fn operator_sections() -> Roff {
     section(&mut r, "SIGNALS");
     item(
         &mut r,
-        "SIGTERM, SIGINT",
-        "Graceful shutdown: stop accepting, let requests in flight finish within drain-timeout, close idle connections, exit 0. A second signal exits at once.",
+        "SIGTERM, SIGINT, SIGQUIT",
+        "Graceful shutdown (SIGQUIT as nginx's quit): stop accepting, let requests in flight finish within drain-timeout, close idle connections, exit 0. A second signal exits at once.",
     );
     item(
         &mut r,
@@ -183,6 +183,11 @@ fn operator_sections() -> Roff {
         "Reload the configuration. A valid file replaces routes and limits on every shard without dropping a connection; an invalid one is logged and the running configuration kept. Settings that need a restart ([server], [log], [metrics]) keep their running values and are named in the log.",
     );
     item(&mut r, "SIGUSR1", "Reopen the access log file.");
+    item(
+        &mut r,
+        "SIGUSR2",
+        "Ignored, with a warning: nginx's binary upgrade has no counterpart; restart the service.",
+    );
 
     section(&mut r, "ENVIRONMENT");
     item(

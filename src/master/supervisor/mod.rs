@@ -372,6 +372,10 @@ impl<W: World> Supervisor<W> {
             MasterEvent::Shard(ShardEvent::Pong { id }) => self.answered[id] = true,
             MasterEvent::Watchdog => self.on_watchdog(),
             MasterEvent::Signal(Signal::Reopen) => self.on_reopen(),
+            MasterEvent::Signal(Signal::Unsupported(sig)) => warn!(
+                "{}: ignored (nginx's binary upgrade has no counterpart: restart the service)",
+                signals::name(sig)
+            ),
             MasterEvent::Gone(id, incarnation) if self.slots[id].child.is_current(incarnation) => {
                 self.on_gone(id)
             }
