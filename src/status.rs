@@ -20,6 +20,10 @@ pub enum StatusError {
         /// What went wrong.
         why: String,
     },
+    /// The endpoint answered, but not with coreserve's metrics (another
+    /// port of the server, another program's endpoint).
+    #[error("{0} answered, but not with coreserve's metrics (no coreserve_shard_requests_total): is it the [metrics] address and path?")]
+    NotMetrics(String),
 }
 
 /// One shard's row.
@@ -34,6 +38,9 @@ struct Row {
 /// Fetch twice, `interval` apart, and render the table.
 pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
     let first = fetch(url)?;
+    if !samples(&first).any(|(name, _, _)| name == "coreserve_shard_requests_total") {
+        return Err(StatusError::NotMetrics(url.to_string()));
+    }
     let t0 = Instant::now();
     std::thread::sleep(interval);
     let second = fetch(url)?;

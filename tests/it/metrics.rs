@@ -190,6 +190,19 @@ fn status_prints_a_table_of_shards() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is coreserve running"));
+    // An address that answers 200, but is not the metrics endpoint: an
+    // error, not an empty table.
+    let out = crate::util::command()
+        .args([
+            "status",
+            "--url",
+            &format!("http://{}/metrics", server.addr),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not with coreserve's metrics"), "{err}");
 }
 
 /// `coreserve status` reads only `[metrics]` from the file: a log or a
