@@ -211,15 +211,12 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 };
                 match after {
                     After::Open => continue,
-                    // A file that went before its request's body, which
-                    // may still be on its way, lingers (below): a plain
-                    // close would answer the body with a reset.
-                    After::Close if !session.body_answered() => {
+                    After::Close => {
                         finish_tls(&mut client).await;
                         return;
                     }
                     After::Abort => return,
-                    After::Close | After::Linger => {
+                    After::Linger => {
                         Box::pin(linger_close(&mut client, &mut input)).await;
                         return;
                     }

@@ -139,7 +139,7 @@ impl SignalPipe {
 }
 
 impl SignalWatch {
-    /// The first SIGTERM or SIGINT that arrived since the last look, if
+    /// The first SIGTERM, SIGINT or SIGQUIT that arrived since the last look, if
     /// one did; never blocks. Other signals are kept for `held`.
     pub fn stop_signal(&mut self) -> Option<i32> {
         use std::io::Read;

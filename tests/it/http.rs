@@ -186,9 +186,10 @@ fn curl_uploading_to_a_route_that_needs_no_body_is_answered_without_sending_it()
     assert!(received < 10_000.0, "{received} bytes read");
 }
 
-/// A route that does not read the body (a fixed answer, a file) answers a
-/// request that declares one without waiting for it, as nginx does; the
-/// body, when it comes, is read past and the connection goes on.
+/// A route that does not read the body (a fixed answer, a redirect, a
+/// refusal) answers a request that declares one without waiting for it, as
+/// nginx does; the body, when it comes, is read past and the connection
+/// goes on.
 #[test]
 fn a_declared_body_is_not_waited_for_by_a_route_that_ignores_it() {
     let dir = Scratch::new("body-not-waited");
@@ -201,18 +202,18 @@ fn a_declared_body_is_not_waited_for_by_a_route_that_ignores_it() {
         ),
     );
     let server = Server::start(&["--config", &conf.display().to_string()]);
-    for (target, text) in [("/", "Hello World"), ("/files/a.txt", "file a")] {
+    // A POST to a static route is refused (405) without its body.
+    for (target, text) in [
+        ("/", "Hello World"),
+        ("/files/a.txt", "Method Not Allowed\n"),
+    ] {
         let mut s = server.connect();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut r = Reader::new(&s);
-        let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n");
+        let head = format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n");
         s.write_all(head.as_bytes()).unwrap();
         let first = r.next(false);
-        assert_eq!(
-            (first.status, first.text().as_str()),
-            (200, text),
-            "{target}"
-        );
+        assert_eq!(first.text(), text, "{target}");
         // The body, a byte at a time, then the next request.
         for b in b"0123456789" {
             s.write_all(&[*b]).unwrap();

@@ -50,7 +50,7 @@ impl Walker<'_> {
     /// its value, or an error.
     pub(super) fn non_empty_string(&mut self, f: &Field) -> Option<String> {
         let s = self.string(f)?;
-        if s.is_empty() {
+        if s.trim().is_empty() {
             self.error(f, "must not be empty".into());
             return None;
         }

@@ -345,15 +345,12 @@ impl<J> Session<J> {
                                 // Sent before its body, as nginx does
                                 // (a client that declares a body and holds
                                 // it back is answered, not kept waiting);
-                                // the body is then read and dropped.
-                                match self.complete(keep_alive, input, out, cx) {
-                                    // Nothing follows: the body need not
-                                    // be read, only drained on the way out.
-                                    Some(Next::Close { .. }) => {
-                                        return Next::Close { linger: true }
-                                    }
-                                    Some(next) => return next,
-                                    None => {}
+                                // the body is then read and dropped, and
+                                // the connection closes after it if the
+                                // response said so (a close now, or a short
+                                // linger, would reset a slow upload).
+                                if let Some(next) = self.complete(true, input, out, cx) {
+                                    return next;
                                 }
                             }
                         }
@@ -366,9 +363,9 @@ impl<J> Session<J> {
                 } => {
                     let answered = *answered;
                     if cx.draining && answered {
-                        // The response is out and promised more: close
-                        // instead, draining what comes of the body.
-                        return Next::Close { linger: true };
+                        // The response is out and said the connection
+                        // goes on: it closes once the body is read.
+                        *keep_alive = false;
                     }
                     if cx.draining && *keep_alive {
                         // Shutdown began while this body was arriving: the
@@ -389,8 +386,13 @@ impl<J> Session<J> {
                                 return Next::Read(Wait::Body);
                             }
                             self.phase = Phase::Head;
-                            if answered {
+                            if answered && keep_alive {
                                 continue;
+                            }
+                            if answered {
+                                return Next::Close {
+                                    linger: !input.data().is_empty(),
+                                };
                             }
                             if let Some(next) = self.complete(keep_alive, input, out, cx) {
                                 return next;
@@ -523,7 +525,10 @@ impl<J> Session<J> {
         // A response made without the body goes before it when no byte of
         // the body can fail the request (a counted length; chunked framing
         // may still be refused, and that refusal replaces the response).
-        let answered = body.as_ref().is_some_and(BodyDecoder::is_counted);
+        // Not a file's: sent before the body, a large one would wait for a
+        // client that uploads before it reads, and that client for it.
+        let answered =
+            matches!(outcome, Outcome::Done) && body.as_ref().is_some_and(BodyDecoder::is_counted);
         match outcome {
             Outcome::Deferred(job) => {
                 self.pending = Some(Pending {

@@ -721,10 +721,6 @@ impl<W: World> Supervisor<W> {
         self.ready();
     }
 
-    /// Give the held reload up, if there is one: the manager gets the
-    /// serving apps back (the new ones stop, any it changed are replaced
-    /// again with their serving settings), and what the new ones had ready
-    /// is forgotten.
     /// A reload was refused: the file it was read from has changed since
     /// any reload still waiting for its apps, and the latest file says
     /// what is wanted, so that one is given up too.
@@ -738,6 +734,10 @@ impl<W: World> Supervisor<W> {
         self.ready();
     }
 
+    /// Give the held reload up, if there is one: the manager gets the
+    /// serving apps back (the new ones stop, any it changed are replaced
+    /// again with their serving settings), and what the new ones had ready
+    /// is forgotten.
     fn drop_held(&mut self) -> Option<Held> {
         let held = self.held.take()?;
         self.world.reload_apps(self.config.apps.clone(), false);
