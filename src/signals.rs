@@ -3,7 +3,7 @@
 //! any other socket. No thread, no polling.
 
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use futures_lite::AsyncReadExt;
@@ -84,7 +84,7 @@ pub fn name(sig: i32) -> &'static str {
 /// The receiving end of the signal handlers, before it joins an executor.
 #[derive(Debug)]
 pub struct SignalPipe {
-    read_fd: RawFd,
+    read_fd: OwnedFd,
 }
 
 /// Install handlers for SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 and
@@ -107,9 +107,7 @@ pub fn install() -> io::Result<SignalPipe> {
             })?;
         }
     }
-    Ok(SignalPipe {
-        read_fd: rx.into_raw_fd(),
-    })
+    Ok(SignalPipe { read_fd: rx.into() })
 }
 
 /// A look at the signal pipe from outside the master's executor: the
@@ -125,12 +123,10 @@ pub struct SignalWatch {
 impl SignalPipe {
     /// A watch on this pipe for the main thread.
     pub fn watch(&self) -> io::Result<SignalWatch> {
-        // SAFETY: `read_fd` is open for as long as the pipe lives.
-        let ours = unsafe { BorrowedFd::borrow_raw(self.read_fd) };
         // Close-on-exec, as every descriptor of coreserve's: an app
         // instance that inherited it could read the signals meant for
         // coreserve.
-        let pipe = StdUnixStream::from(ours.try_clone_to_owned()?);
+        let pipe = StdUnixStream::from(self.read_fd.try_clone()?);
         Ok(SignalWatch {
             pipe,
             held: Vec::new(),
@@ -173,8 +169,8 @@ impl Signals {
     /// Attach the pipe to the current executor.
     pub fn attach(pipe: SignalPipe) -> Signals {
         // SAFETY: `read_fd` is the connected socket from `install`, owned by
-        // the pipe and handed over here exactly once.
-        let stream = unsafe { glommio::net::UnixStream::from_raw_fd(pipe.read_fd) };
+        // the pipe, which gives it up here.
+        let stream = unsafe { glommio::net::UnixStream::from_raw_fd(pipe.read_fd.into_raw_fd()) };
         Signals { stream }
     }
 

@@ -66,8 +66,6 @@ struct Instance {
     process: Process,
     state: State,
     started: Instant,
-    /// When it first accepted a connection (`started` until then).
-    ready_at: Instant,
     /// Started with the settings its slot's last instance served with
     /// (`Slot::restart_as`), a rollout's not having come up: a fallback,
     /// which stays one if it fails before it is ready.
@@ -77,8 +75,8 @@ struct Instance {
 enum State {
     /// Not accepting connections yet; gives up at the deadline.
     Starting { deadline: Instant },
-    /// Serving.
-    Ready,
+    /// Serving, since it first accepted a connection.
+    Ready { since: Instant },
     /// Out of service; asked to stop at `stop_at` if it has no connection
     /// left then (else it is looked at again), and at `give_up` at the
     /// latest.
@@ -304,7 +302,7 @@ impl Manager {
                     matches!(
                         s.current.get(),
                         Some(Instance {
-                            state: State::Ready,
+                            state: State::Ready { .. },
                             ..
                         })
                     )
@@ -481,7 +479,6 @@ impl Manager {
                 deadline: now + config.start_timeout,
             },
             started: now,
-            ready_at: now,
             fallback: false,
         })
     }
@@ -499,8 +496,7 @@ impl Manager {
                         continue;
                     };
                     if address::accepts(&inst.addr) {
-                        inst.state = State::Ready;
-                        inst.ready_at = now;
+                        inst.state = State::Ready { since: now };
                         info!(
                             "app {name}[{index}] is ready ({:.1}s after start)",
                             now.duration_since(inst.started).as_secs_f64()
@@ -636,7 +632,7 @@ impl Manager {
                 State::Starting { .. } => at(now + PROBE_EVERY),
                 State::Retiring { stop_at, .. } => at(*stop_at),
                 State::Stopping { kill_at } => at(*kill_at),
-                State::Ready => {}
+                State::Ready { .. } => {}
             }
         }
         for t in self
@@ -651,8 +647,8 @@ impl Manager {
         // replaces takes the slot then.
         for app in &self.apps {
             for next in app.slots.iter().filter_map(|s| s.next.as_ref()) {
-                if matches!(next.state, State::Ready) {
-                    at(next.ready_at + app.config.min_uptime);
+                if let State::Ready { since } = next.state {
+                    at(since + app.config.min_uptime);
                 }
             }
         }
@@ -690,9 +686,9 @@ impl Manager {
                     let gone = slot.next.take().expect("checked above");
                     address::release(&gone.addr);
                     let when = match gone.state {
-                        State::Ready => format!(
+                        State::Ready { since } => format!(
                             "{:.1}s after it was ready, within min-uptime",
-                            now.duration_since(gone.ready_at).as_secs_f64()
+                            now.duration_since(since).as_secs_f64()
                         ),
                         _ => "before it was ready".to_string(),
                     };
@@ -711,7 +707,7 @@ impl Manager {
                     return;
                 }
                 if let Some(inst) = slot.current.get().filter(|i| i.tag == tag) {
-                    let ready = matches!(inst.state, State::Ready);
+                    let ready = matches!(inst.state, State::Ready { .. });
                     let (gone, delay) = slot.current.ended(now, ready);
                     let gone = gone.expect("checked above");
                     address::release(&gone.addr);
@@ -796,7 +792,7 @@ fn servers_of(app: &App) -> Vec<ServerAddr> {
     app.slots
         .iter()
         .flat_map(Slot::instances)
-        .filter(|i| matches!(i.state, State::Ready))
+        .filter(|i| matches!(i.state, State::Ready { .. }))
         .map(|i| i.addr.clone())
         .collect()
 }

@@ -22,21 +22,19 @@ impl Manager {
             let app = &mut self.apps[a];
             // Proven by an instance in its slot: a replacement still
             // serving its min-uptime may yet fail.
-            app.proven = app.proven
-                || app
-                    .slots
-                    .iter()
-                    .filter_map(|s| s.current.get())
-                    .any(|i| i.generation == generation && matches!(i.state, State::Ready));
+            app.proven =
+                app.proven
+                    || app.slots.iter().filter_map(|s| s.current.get()).any(|i| {
+                        i.generation == generation && matches!(i.state, State::Ready { .. })
+                    });
             let min_uptime = app.config.min_uptime;
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 if matches!(
                     slot.next,
                     Some(Instance {
-                        state: State::Ready,
-                        ready_at,
+                        state: State::Ready { since },
                         ..
-                    }) if ready_at + min_uptime <= now || slot.current.get().is_none()
+                    }) if since + min_uptime <= now || slot.current.get().is_none()
                 ) {
                     // (An old instance that died meanwhile leaves nothing
                     // to serve beside: the replacement takes the slot.)
@@ -62,7 +60,7 @@ impl Manager {
                 continue;
             }
             let outdated = self.apps[a].slots.iter().position(|s| {
-                matches!(s.current.get(), Some(i) if i.generation != generation && matches!(i.state, State::Ready))
+                matches!(s.current.get(), Some(i) if i.generation != generation && matches!(i.state, State::Ready { .. }))
             });
             let Some(i) = outdated else { continue };
             match self.spawn(a, i, generation, now) {

@@ -90,13 +90,13 @@ impl Manager {
                             Some(State::Starting { .. }) => "starting",
                             // The reload's settings failed to come up (in
                             // this slot or another): it serves the old ones.
-                            Some(State::Ready)
+                            Some(State::Ready { .. })
                                 if failing
                                     && inst.is_some_and(|i| i.generation != app.generation) =>
                             {
                                 "ready-old"
                             }
-                            Some(State::Ready) => "ready",
+                            Some(State::Ready { .. }) => "ready",
                             // A slot's instance is retired by moving it
                             // to `leaving`; stopped in its slot, at its
                             // start timeout.

@@ -209,7 +209,7 @@ fn is_ready(i: Option<&Instance>) -> bool {
     matches!(
         i,
         Some(Instance {
-            state: State::Ready,
+            state: State::Ready { .. },
             ..
         })
     )

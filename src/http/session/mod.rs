@@ -433,7 +433,7 @@ impl<J> Session<J> {
     }
 
     /// A request body is being read whose response has gone already.
-    pub fn body_answered(&self) -> bool {
+    fn body_answered(&self) -> bool {
         matches!(self.phase, Phase::Body { answered: true, .. })
     }
 
