@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ pub const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 4096;
 /// Longest wait, once an instance has exited, for the rest of its output.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
+/// How often, once the process coreserve started has exited after a
+/// SIGTERM, its group is looked at for processes still finishing.
+const GROUP_POLL: Duration = Duration::from_millis(20);
 
 /// The last lines an instance wrote.
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
@@ -29,6 +33,22 @@ pub struct Process {
     pub pid: u32,
     /// The last lines of its output.
     pub tail: Tail,
+    /// Asked to stop (`stop`): once it exits, the rest of its group gets
+    /// its time too, until the manager's SIGKILL at the stop timeout.
+    stopping: Arc<AtomicBool>,
+}
+
+impl Process {
+    /// Ask the instance to stop: SIGTERM to its process group. Its exit is
+    /// reported only once every process of the group has ended, so that
+    /// the app a wrapper started (`npm start`, `sh -c "node app.js; …"`),
+    /// which outlives the wrapper's death by SIGTERM, finishes its
+    /// requests within the stop timeout rather than being killed with the
+    /// wrapper.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        signal_group(self.pid, libc::SIGTERM);
+    }
 }
 
 /// Start `app`'s instance number `index`, its address in `address` (the
@@ -85,6 +105,8 @@ pub fn spawn(
     let who = format!("app {}[{index}]", app.name);
     // Each relay holds a sender; all gone: its output is all read.
     let (relaying, drained) = mpsc::channel::<()>();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let asked = stopping.clone();
     if let Some(out) = child.stdout.take() {
         relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
     }
@@ -95,12 +117,21 @@ pub fn spawn(
         .name(format!("wait-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
-                // What it forked and left behind (a shell's or npm's child,
-                // a worker that ignored SIGTERM) goes with it, or it would
-                // hold its port or socket until coreserve stops. The group
-                // keeps the pid taken while any member lives, so this
-                // reaches nothing else.
-                signal_group(pid, libc::SIGKILL);
+                if asked.load(Ordering::Acquire) {
+                    // Stopping: the group got the SIGTERM too; what is
+                    // left of it finishes, or the manager's SIGKILL at the
+                    // stop timeout ends it.
+                    while group_lives(pid) {
+                        std::thread::sleep(GROUP_POLL);
+                    }
+                } else {
+                    // It ended by itself: what it forked and left behind
+                    // (a shell's or npm's child, a worker) goes with it,
+                    // or it would hold its port or socket until coreserve
+                    // stops. The group keeps the pid taken while any
+                    // member lives, so this reaches nothing else.
+                    signal_group(pid, libc::SIGKILL);
+                }
                 // Its last lines are logged and in `tail` before its exit
                 // is reported (the error that quotes them may be the last
                 // thing coreserve does); a process it left behind holding
@@ -109,7 +140,11 @@ pub fn spawn(
                 on_exit(status);
             }
         })?;
-    Ok(Process { pid, tail })
+    Ok(Process {
+        pid,
+        tail,
+        stopping,
+    })
 }
 
 /// How much of `line`, cut at an arbitrary byte, holds whole characters:
@@ -177,6 +212,49 @@ fn relay_lines(
     }
 }
 
+/// Whether process group `pgid` has a process that still runs. A zombie
+/// does not count: its new parent may never reap it (coreserve as a
+/// container's pid 1), and it holds nothing.
+fn group_lives(pgid: u32) -> bool {
+    // SAFETY: signal 0 only checks that a member exists.
+    if unsafe { libc::kill(-(pgid as libc::pid_t), 0) } != 0 {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        // Unreadable /proc: the member seen above is taken to run; the
+        // manager's SIGKILL ends the wait.
+        return true;
+    };
+    procs.flatten().any(|entry| {
+        let stat = entry.path().join("stat");
+        std::fs::read_to_string(stat).is_ok_and(|s| runs_in_group(&s, pgid))
+    })
+}
+
+/// Whether the `/proc/PID/stat` line `stat` is of a process of group
+/// `pgid` that is neither a zombie nor dead.
+fn runs_in_group(stat: &str, pgid: u32) -> bool {
+    // The command name, in parentheses, may hold anything: the fields
+    // come after its last `)`: state, parent, group.
+    let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+    let state = fields.next().unwrap_or("Z");
+    let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+    group == Some(pgid) && !matches!(state, "Z" | "X" | "x")
+}
+
+/// Whether `pid` still runs (a zombie, killed and not yet reaped by its
+/// new parent, does not): for tests of what outlives what.
+#[cfg(test)]
+pub(crate) fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with(['Z', 'X'])
+    })
+}
+
 /// Send `signal` to the instance's process group.
 pub fn signal_group(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) with a negative pid signals that process group; the
@@ -230,16 +308,19 @@ mod tests {
         assert_eq!(lines[1], "next");
     }
 
-    /// Whether `pid` still runs (a zombie, killed and not yet reaped by
-    /// its new parent, does not).
-    fn runs(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
+    #[test]
+    fn a_group_runs_while_a_member_is_neither_zombie_nor_dead() {
+        let line = |name: &str, state: &str, group: u32| {
+            format!("4242 ({name}) {state} 1 {group} {group} 0 -1 4194560 99 0")
+        };
+        assert!(runs_in_group(&line("node", "S", 7), 7));
+        assert!(runs_in_group(&line("node", "R", 7), 7));
+        assert!(!runs_in_group(&line("node", "S", 8), 7));
+        assert!(!runs_in_group(&line("node", "Z", 7), 7));
+        assert!(!runs_in_group(&line("node", "X", 7), 7));
+        // A name with a parenthesis and spaces in it.
+        assert!(runs_in_group(&line("a) Z 1 9 (b", "S", 7), 7));
+        assert!(!runs_in_group("garbage", 7));
     }
 
     #[test]

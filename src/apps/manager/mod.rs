@@ -580,7 +580,7 @@ impl Manager {
                             self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
-                    process::signal_group(pid, libc::SIGTERM);
+                    l.inst.process.stop();
                     l.inst.state = State::Stopping {
                         kill_at: now + l.stop_timeout,
                     };

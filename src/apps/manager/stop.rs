@@ -26,7 +26,7 @@ impl Manager {
         }
         let mut left: Vec<(u64, u32, Instant, String)> = Vec::new();
         for l in all {
-            process::signal_group(l.inst.process.pid, libc::SIGTERM);
+            l.inst.process.stop();
             address::release(&l.inst.addr);
             left.push((
                 l.inst.tag,

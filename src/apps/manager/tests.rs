@@ -160,6 +160,8 @@ struct Record {
     version: String,
     /// When it got a SIGTERM.
     term: Option<f64>,
+    /// When it finished what it did after its SIGTERM (apps that say so).
+    stopped: Option<f64>,
 }
 
 /// Every instance's record in `dir`, by pid.
@@ -178,6 +180,7 @@ fn records(dir: &Path) -> BTreeMap<u32, Record> {
             match words[..] {
                 ["start", v, _] => r.version = v.to_string(),
                 ["term", t] => r.term = r.term.or(t.parse().ok()),
+                ["stopped", t] => r.stopped = t.parse().ok(),
                 _ => panic!("a strange record: {line:?}"),
             }
         }
@@ -930,6 +933,53 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
             assert!(r.term.is_some(), "{pid} got no SIGTERM");
             assert!(!alive(*pid), "{pid} still runs");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn an_app_behind_a_wrapper_gets_its_stop_timeout_when_the_wrapper_dies_at_once() {
+    within(|| {
+        let dir = scratch("wrapper");
+        // A shell that runs the app and waits for it (as `npm start` does):
+        // the group's SIGTERM kills the shell at once, while the app takes
+        // `finish` to end its requests.
+        let finish = 0.4;
+        let wrapped = |name: &str, on_term: &str| {
+            let program = format!("{PRELUDE}\n{on_term}\nserve(listen())");
+            let mut c = app(name, 1, "", &dir);
+            c.command = ["sh", "-c", "python3 -u -c \"$1\"; true", "sh", &program]
+                .map(String::from)
+                .to_vec();
+            c
+        };
+        let polite = wrapped(
+            "polite",
+            &format!("on_term(lambda: (time.sleep({finish}), mark('stopped'), sys.exit(0)))"),
+        );
+        // One that never ends by itself is still killed at its timeout.
+        let mut stubborn = wrapped("stubborn", "on_term(lambda: None)");
+        stubborn.stop_timeout = Duration::from_millis(600);
+        let (apps, _) =
+            Apps::start(vec![polite, stubborn], 1, DRAIN, Box::new(|_| {}), || false).unwrap();
+        let began = mono();
+        apps.stop(false, || false);
+        let took = mono() - began;
+        let records = records(&dir);
+        assert_eq!(records.len(), 2, "{records:?}");
+        let mut stopped = 0;
+        for (pid, r) in &records {
+            assert!(r.term.is_some(), "{pid} got no SIGTERM");
+            // Not the shell's child: a zombie its new parent has not
+            // reaped yet does not count.
+            assert!(!process::runs(*pid), "{pid} still runs");
+            if let Some(at) = r.stopped {
+                stopped += 1;
+                assert!(at - r.term.unwrap() >= finish - SLACK);
+            }
+        }
+        assert_eq!(stopped, 1, "the wrapped app finished: {records:?}");
+        assert!(took >= 0.6 - SLACK, "the stubborn one killed early: {took}");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
