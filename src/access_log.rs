@@ -41,13 +41,68 @@ pub const MAX_BUFFERED: usize = 4 << 20;
 /// writer thread, from all shards together.
 const STDERR_QUEUE: usize = 64;
 
-/// Open an access-log file for appending, creating it `0640`.
+/// Open an access-log file for appending, creating it `0640`. A FIFO that
+/// nothing reads is refused at once: a blocking open would wait for a
+/// reader, the ports bound and nothing served.
 pub fn open(path: &Path) -> io::Result<std::fs::File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => io::Error::other("a FIFO that nothing reads"),
+            _ => e,
+        })?;
+    // Writes block again: a stream's go on a thread of their own, a file's
+    // on the blocking thread, and a full pipe must slow them, not fail them.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: fcntl(2) on a descriptor `file` owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Why lines were not written: the error, and how many lines it lost.
+type Lost = (io::Error, u64);
+
+/// Lines lost to failed writes, said once per run of failures: the first
+/// failure is an error line, the first success after it says how many
+/// lines were lost (nginx logs each failed write; a full disk would make
+/// that a line per request).
+#[derive(Default)]
+struct Failures {
+    /// Lines lost since writes last worked; 0: they work.
+    lost: u64,
+}
+
+impl Failures {
+    /// Account for a write to `what` (the shard's or stream's name in the
+    /// log line).
+    fn note(&mut self, result: Result<(), Lost>, what: impl std::fmt::Display) {
+        match result {
+            Err((e, lines)) => {
+                if self.lost == 0 {
+                    log::error!(
+                        "{what}: cannot write the access log: {e}; its lines are lost until a write works"
+                    );
+                }
+                self.lost += lines.max(1);
+            }
+            Ok(()) if self.lost > 0 => {
+                log::warn!(
+                    "{what}: the access log is written again; {} line(s) were lost",
+                    self.lost
+                );
+                self.lost = 0;
+            }
+            Ok(()) => {}
+        }
+    }
 }
 
 enum Sink {
@@ -75,6 +130,8 @@ pub struct AccessLogger {
     /// Shutting down (`flush_all`): a full stderr queue is waited for, a
     /// while, rather than its lines dropped.
     closing: Cell<bool>,
+    /// Writes to its file that failed (a full disk).
+    failures: RefCell<Failures>,
     /// The second the cached timestamps are for.
     second: Cell<u64>,
     clf_time: Cell<[u8; 26]>,
@@ -105,6 +162,7 @@ impl AccessLogger {
             flushing: Cell::new(false),
             dropped: Cell::new(0),
             closing: Cell::new(false),
+            failures: RefCell::default(),
             second: Cell::new(0),
             clf_time: Cell::new([b' '; 26]),
             iso_time: Cell::new([b' '; 20]),
@@ -324,11 +382,13 @@ impl AccessLogger {
                     }
                 }
             }
-            Sink::File { fd, .. } => {
+            Sink::File { fd, path } => {
                 let fd = fd.get();
-                glommio::executor()
+                let written = glommio::executor()
                     .spawn_blocking(move || write_lines(fd, &data, false))
                     .await;
+                let what = format_args!("shard {} ({})", self.shard, path.display());
+                self.failures.borrow_mut().note(written, what);
             }
         }
         let dropped = self.dropped.replace(0);
@@ -427,9 +487,13 @@ pub mod stream_lines {
                 .name("access-stream".into())
                 .spawn(move || {
                     let stderr = io::stderr().as_raw_fd();
+                    // One stream at a time in practice (stderr, or the
+                    // configured one until a restart).
+                    let mut failures = super::Failures::default();
                     for (to, data) in rx {
                         let fd = to.as_ref().map_or(stderr, |fd| fd.as_raw_fd());
-                        super::write_lines(fd, &data, true);
+                        let what = if to.is_some() { "log.access" } else { "stderr" };
+                        failures.note(super::write_lines(fd, &data, true), what);
                         PENDING.fetch_sub(1, Ordering::AcqRel);
                     }
                 })
@@ -446,7 +510,8 @@ pub mod stream_lines {
             let fd = to
                 .as_ref()
                 .map_or(io::stderr().as_raw_fd(), |fd| fd.as_raw_fd());
-            super::write_lines(fd, &data, true);
+            // Nowhere to say that it failed but the stream itself.
+            let _ = super::write_lines(fd, &data, true);
             return Ok(());
         };
         let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
@@ -471,8 +536,9 @@ pub mod stream_lines {
 }
 
 /// Write whole lines: one write(2) for a file, PIPE_BUF-sized pieces cut at
-/// line ends for a pipe or terminal.
-fn write_lines(fd: RawFd, data: &[u8], pipe: bool) {
+/// line ends for a pipe or terminal. A failed write ends it: what is left
+/// is lost (a later flush tries again with its own lines).
+fn write_lines(fd: RawFd, data: &[u8], pipe: bool) -> Result<(), Lost> {
     let mut rest = data;
     while !rest.is_empty() {
         let mut n = rest.len();
@@ -485,13 +551,19 @@ fn write_lines(fd: RawFd, data: &[u8], pipe: bool) {
         // SAFETY: writing initialized bytes from a live slice.
         let w = unsafe { libc::write(fd, rest.as_ptr().cast(), n) };
         if w <= 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            let err = match w {
+                0 => io::Error::from(io::ErrorKind::WriteZero),
+                _ => io::Error::last_os_error(),
+            };
+            if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return;
+            let lines = rest.iter().filter(|&&b| b == b'\n').count() as u64;
+            return Err((err, lines));
         }
         rest = &rest[w as usize..];
     }
+    Ok(())
 }
 
 /// nginx's escaping for combined logs: `"`, `\` and bytes outside printable
@@ -576,6 +648,7 @@ mod tests {
             flushing: Cell::new(false),
             dropped: Cell::new(0),
             closing: Cell::new(false),
+            failures: RefCell::default(),
             second: Cell::new(0),
             clf_time: Cell::new(*b"25/Nov/2026:14:01:09 +0000"),
             iso_time: Cell::new(*b"2026-11-25T14:01:09Z"),

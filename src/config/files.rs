@@ -332,20 +332,26 @@ fn unusable_dir(dir: &Path, mode: libc::c_int) -> Option<String> {
 /// creating or changing anything: `coreserve --check` run as root must not
 /// leave behind a root-owned log file the service's own user cannot open.
 /// An existing file is opened for appending (and closed); for a missing one
-/// the directory must exist and be writable.
+/// the directory must exist and be writable. A FIFO is not opened: closing
+/// it would end a reader that stops at end of file (`cat fifo`), and the
+/// server's own open would then find none; whether one reads is for the
+/// server's open to say.
 pub fn check_writable(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking: a FIFO without a reader must not hang the check. One
-    // with a reader (/dev/stdout in a container) is taken, as stderr is.
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return match may(path.as_os_str(), libc::W_OK) {
+            true => Ok(()),
+            false => Err(io::Error::last_os_error()),
+        };
+    }
+    // Non-blocking: a FIFO made since the look above must not hang the
+    // check.
     let opened = OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path);
     match opened {
         Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            Err(io::Error::other("a FIFO that nothing reads"))
-        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -612,21 +618,28 @@ mod tests {
         std::fs::write(&missing, b"").unwrap();
         check_writable(&missing).unwrap();
         assert!(check_writable(&dir.join("no/such/dir/access.log")).is_err());
-        // A FIFO with no reader: refused at once, not waited on.
+        // A FIFO is not opened (closing it would end a reader that stops
+        // at end of file): with no reader the check neither waits nor
+        // fails; the server's open refuses it at once.
         let fifo = dir.join("fifo");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo(3) on a NUL-terminated path we own.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let err = check_writable(&fifo).unwrap_err().to_string();
+        check_writable(&fifo).unwrap();
+        let err = crate::access_log::open(&fifo).unwrap_err().to_string();
         assert_eq!(err, "a FIFO that nothing reads");
-        // With a reader (a container's /dev/stdout), it is taken.
+        // With a reader (a container's /dev/stdout), the server's open
+        // takes it, its writes blocking (a full pipe slows, never fails).
         let reader = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        check_writable(&fifo).unwrap();
-        drop(reader);
+        let writer = crate::access_log::open(&fifo).unwrap();
+        // SAFETY: F_GETFL on a descriptor `writer` owns.
+        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&writer), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop((writer, reader));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

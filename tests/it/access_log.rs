@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
-use crate::util::{get, Server};
+use crate::util::{get, run_to_exit, Server};
 
 fn start(dir: &Scratch, format: &str) -> (Server, std::path::PathBuf) {
     start_with(dir, format, "", "2")
@@ -281,4 +281,60 @@ fn an_abandoned_download_is_logged_with_what_was_sent() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no bytes in {l}"));
     assert!(bytes > 0 && bytes < size, "{bytes} of {size}: {l}");
+}
+
+#[test]
+fn a_fifo_whose_reader_stops_at_its_end_is_written_and_one_nobody_reads_refused() {
+    let dir = Scratch::new("log-fifo-reader");
+    let fifo = dir.fifo("access.fifo");
+    let conf = dir.write(
+        "log.toml",
+        format!("[log]\naccess = \"{}\"\n", fifo.display()),
+    );
+    let conf = conf.display().to_string();
+    // Nothing reads it: start-up fails at once, saying so, not waiting for
+    // a reader with its ports bound.
+    let (status, log, _) = run_to_exit(&["--config", &conf], Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("a FIFO that nothing reads"), "{log}");
+    // A reader that ends at the end of file, as `cat fifo > file` does: a
+    // writer opened and closed before the server's (the check's, once)
+    // would end it, and the server's own open would then wait for good.
+    let out = dir.0.join("read.log");
+    let mut reader = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat '{}' > '{}'", fifo.display(), out.display()))
+        .spawn()
+        .unwrap();
+    let server = Server::start(&["--config", &conf, "--shards", "1"]);
+    get(
+        server.addr,
+        "GET /through-the-fifo HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let lines = wait_for_lines(&out, 1);
+    assert!(lines[0].contains("GET /through-the-fifo"), "{lines:?}");
+    drop(server);
+    let _ = reader.wait();
+}
+
+#[test]
+fn a_failing_access_log_says_so_once_and_the_server_serves_on() {
+    let dir = Scratch::new("log-full");
+    let conf = dir.write("log.toml", "[log]\naccess = \"/dev/full\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let ok = get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(ok.status, 200);
+    server.wait_for_log("cannot write the access log: No space left on device");
+    // More lines, more failed writes a second apart: still one error line.
+    for _ in 0..3 {
+        get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let log = server.log();
+    assert_eq!(
+        log.matches("cannot write the access log").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("log.access: cannot write"), "{log}");
 }

@@ -8,8 +8,6 @@
 //! and an output flood. The harness is in `apps.rs`.
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::apps::{
@@ -17,7 +15,7 @@ use crate::apps::{
     ECHO_JS, OK_ROUTE,
 };
 use crate::config::Scratch;
-use crate::util::{command, get, Server, WAIT};
+use crate::util::{command, get, run_to_exit, Server, WAIT};
 
 /// Send SIGKILL to one process.
 fn kill(pid: u32) {
@@ -520,39 +518,6 @@ fn the_serving_set_follows_a_changed_number_of_instances() {
     assert_eq!(seen(4), BTreeSet::from([(two[0], "0".to_string())]));
     assert!(all_gone(&three[1..], Duration::ZERO));
     assert!(!s.server.log().contains("replacing its instances"));
-}
-
-/// Run coreserve with these flags until it exits (within `within`): its
-/// status, its log and how long it ran.
-fn run_to_exit(args: &[&str], within: Duration) -> (ExitStatus, String, Duration) {
-    let started = Instant::now();
-    let mut child = command()
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > within {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "coreserve still running after {within:?}:\n{}",
-                reader.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = started.elapsed();
-    (status, reader.join().unwrap(), took)
 }
 
 #[test]

@@ -35,6 +35,15 @@ impl Scratch {
     pub fn path(&self, rel: &str) -> String {
         self.0.join(rel).display().to_string()
     }
+
+    /// Make a FIFO (named pipe) inside and return its path.
+    pub fn fifo(&self, rel: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        p
+    }
 }
 
 impl Drop for Scratch {
@@ -642,10 +651,7 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
     assert_eq!(ask(), "from the pipe");
 
     let dir = Scratch::new("named-pipe");
-    let fifo = dir.0.join("fifo");
-    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let fifo = dir.fifo("fifo");
     let key = dir.write(
         "key.toml",
         format!(

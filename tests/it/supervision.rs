@@ -266,10 +266,7 @@ fn an_access_log_pipe_nobody_reads_never_stops_static_files() {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = crate::config::Scratch::new("log-fifo");
     dir.write("www/small.txt", "small\n");
-    let fifo = dir.0.join("access.fifo");
-    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let fifo = dir.fifo("access.fifo");
     // Held open, never read: the server's open for writing does not wait.
     let _unread = std::fs::OpenOptions::new()
         .read(true)

@@ -672,3 +672,36 @@ pub fn succeeds(cmd: &mut Command) -> std::process::Output {
     );
     out
 }
+
+/// Run coreserve with these flags until it exits (within `within`): its
+/// status, its log and how long it ran.
+pub fn run_to_exit(args: &[&str], within: Duration) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let mut child = command()
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "coreserve still running after {within:?}:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    (status, reader.join().unwrap(), took)
+}
