@@ -152,6 +152,14 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     for e in &mut errors {
         config.locate(e);
     }
+    if let (Some(file), false) = (&config.source, config.has_own_routes()) {
+        // Valid (every default), but an empty or cut-short file is the
+        // likelier cause than a wish for Hello World on every path.
+        log::warn!(
+            "{}: no [[route]]: every request gets the built-in Hello World response",
+            file.display()
+        );
+    }
     // Located already, and logged each time: a warning stops nothing.
     let tls = super::load_certificates(config, std::time::SystemTime::now());
     for w in &tls.warnings {

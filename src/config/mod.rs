@@ -464,6 +464,13 @@ impl Config {
             }
         }
     }
+
+    /// Whether the file this came from has its own routes: false with no
+    /// file, and for a file without a `[[route]]` table (empty, or cut
+    /// short), whose every request the built-in Hello World route answers.
+    pub fn has_own_routes(&self) -> bool {
+        self.source.is_some() && self.lines.keys().any(|k| k.starts_with("route["))
+    }
 }
 
 /// The longest path a Unix socket address holds: Linux's `sun_path` has

@@ -467,6 +467,22 @@ fn check(scratch: &str, text: &str) -> (Option<i32>, Vec<String>, String) {
     (out.status.code(), lines, file)
 }
 
+/// A file without a route is valid (every request gets the built-in Hello
+/// World), but more likely emptied or cut short than meant: `--check` says
+/// so, and passes.
+#[test]
+fn a_file_without_routes_checks_out_with_a_warning() {
+    for text in ["", "[server]\nshards = 1\n"] {
+        let (code, err, file) = check("no-routes", text);
+        assert_eq!(code, Some(0), "{err:?}");
+        let warning = format!("{file}: no [[route]]: every request gets the built-in Hello World");
+        assert!(err.iter().any(|l| l.contains(&warning)), "{err:?}");
+    }
+    let (code, err, _) = check("with-routes", crate::apps::OK_ROUTE);
+    assert_eq!(code, Some(0), "{err:?}");
+    assert!(!err.iter().any(|l| l.contains("no [[route]]")), "{err:?}");
+}
+
 /// Issue 16: upstream groups and a proxy route, every key set, check out;
 /// a name is resolved (`localhost`, from /etc/hosts) and a relative unix
 /// socket is taken from the file's directory without being looked for.

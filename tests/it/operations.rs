@@ -53,6 +53,13 @@ fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
     assert!(!server.log().contains("server.listen changed"));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(body(), "three");
+
+    // Emptied, or cut short before its first route (valid TOML either
+    // way): refused, rather than Hello World on every path.
+    dir.write("c.toml", "[server]\nshards = 7\n");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("has no [[route]] (an empty or cut-short file?)");
+    assert_eq!(body(), "three");
 }
 
 #[test]

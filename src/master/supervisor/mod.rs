@@ -559,6 +559,13 @@ impl<W: World> Supervisor<W> {
             self.refused();
             return;
         }
+        if self.config.has_own_routes() && !new.has_own_routes() {
+            // A file emptied or cut short (a deploy that wrote half of it)
+            // would put Hello World in place of every route.
+            error!("SIGHUP: the new configuration has no [[route]] (an empty or cut-short file?), so every request would get the built-in Hello World; the reload is refused, still serving the previous one (restart coreserve to serve it as it is)");
+            self.refused();
+            return;
+        }
         // What the new settings would start: "auto" is the CPUs they give.
         let running = self.slots.len();
         let wanted = crate::cpus::allowed_cpus()
