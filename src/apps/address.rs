@@ -1,11 +1,12 @@
 //! Where an instance listens: coreserve chooses, the app is told. A free TCP
-//! port on 127.0.0.1, or a Unix socket path in a directory of coreserve's.
+//! port on 127.0.0.1 (free on ::1 too: an app that listens on `localhost`
+//! may take either), or a Unix socket path in a directory of coreserve's.
 //! Each incarnation gets a new address, so a replacement can start while
 //! the instance it replaces still serves.
 
 use std::cell::OnceCell;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,8 +86,20 @@ fn free_port_below(below: u16, tag: u64) -> Option<TcpListener> {
         x ^= x >> 7;
         x ^= x << 17;
         let port = LOWEST_APP_PORT + (x % span) as u16;
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
+        free_on_ipv6_loopback(port).then_some(listener)
     })
+}
+
+/// Whether nothing listens on `[::1]:port` (true on a host without IPv6):
+/// an app told only the port that binds `localhost` may get ::1 (Node 17
+/// and later take the resolver's first answer), and must not find it
+/// taken, nor its readiness be seen in another program's listener.
+fn free_on_ipv6_loopback(port: u16) -> bool {
+    match TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::AddrInUse,
+    }
 }
 
 /// Make `dir` (its parent exists) readable and writable by this user
@@ -128,6 +141,25 @@ pub fn accepts(addr: &ServerAddr) -> bool {
         ServerAddr::Tcp(a) => TcpStream::connect_timeout(a, PROBE_TIMEOUT).is_ok(),
         ServerAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
     }
+}
+
+/// Where the instance told `addr` accepts connections, if it does yet:
+/// `addr`, or for a port on 127.0.0.1 the same port on ::1, where an app
+/// that listens on `localhost` alone may be (`listen(PORT, "localhost")`
+/// in Node 17 and later, as the resolver orders ::1 first). nginx in front
+/// of such an app gets "connection refused" from 127.0.0.1.
+pub fn accepting(addr: &ServerAddr) -> Option<ServerAddr> {
+    if accepts(addr) {
+        return Some(addr.clone());
+    }
+    let ServerAddr::Tcp(a) = addr else {
+        return None;
+    };
+    if a.ip() != Ipv4Addr::LOCALHOST {
+        return None;
+    }
+    let v6 = ServerAddr::Tcp(SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())));
+    accepts(&v6).then_some(v6)
 }
 
 /// Remove what an address left behind (a Unix socket's file).
@@ -194,11 +226,14 @@ impl<'a> SocketTables<'a> {
 }
 
 /// `/proc/net/tcp` or `tcp6`: the established connections whose local end
-/// is the loopback address at `port` (127.0.0.1, plain or IPv4-mapped).
+/// is a loopback address at `port` (127.0.0.1, plain or IPv4-mapped, or
+/// ::1, where an app on `localhost` may listen).
 fn tcp_connections(table: &str, port: u16) -> usize {
     const ESTABLISHED: &str = "01";
     let v4 = format!("0100007F:{port:04X}");
     let mapped = format!("0000000000000000FFFF0000{v4}");
+    // ::1, its four words each in the kernel's (little-endian) order.
+    let v6 = format!("00000000000000000000000001000000:{port:04X}");
     table
         .lines()
         .skip(1)
@@ -206,7 +241,8 @@ fn tcp_connections(table: &str, port: u16) -> usize {
             let mut f = line.split_ascii_whitespace();
             let local = f.nth(1);
             let state = f.nth(1);
-            matches!(local, Some(l) if l == v4 || l == mapped) && state == Some(ESTABLISHED)
+            matches!(local, Some(l) if l == v4 || l == mapped || l == v6)
+                && state == Some(ESTABLISHED)
         })
         .count()
 }
@@ -263,8 +299,10 @@ mod tests {
    0: 00000000000000000000000000000000:0BB9 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 20 1 0000000000000000 100 0 0 10 0
    1: 0000000000000000FFFF00000100007F:0BB9 0000000000000000FFFF00000100007F:A2FA 01 00000000:00000000 00:00000000 00000000  1000        0 21 1 0000000000000000 20 4 30 10 -1
    2: 0000000000000000FFFF00000100007F:0BB9 0000000000000000FFFF00000100007F:A2FC 01 00000000:00000000 00:00000000 00000000  1000        0 22 1 0000000000000000 20 4 30 10 -1
+   3: 00000000000000000000000001000000:0BB9 00000000000000000000000001000000:A2FE 01 00000000:00000000 00:00000000 00000000  1000        0 23 1 0000000000000000 20 4 30 10 -1
+   4: 00000000000000000000000001000000:A2FE 00000000000000000000000001000000:0BB9 01 00000000:00000000 00:00000000 00000000  1000        0 24 1 0000000000000000 20 4 30 10 -1
 ";
-        assert_eq!(tcp_connections(v6, 3001), 2);
+        assert_eq!(tcp_connections(v6, 3001), 3);
         assert_eq!(tcp_connections("", 3001), 0);
     }
 

@@ -495,12 +495,16 @@ impl Manager {
                     let State::Starting { deadline } = inst.state else {
                         continue;
                     };
-                    if address::accepts(&inst.addr) {
+                    if let Some(at) = address::accepting(&inst.addr) {
                         inst.state = State::Ready { since: now };
                         info!(
                             "app {name}[{index}] is ready ({:.1}s after start)",
                             now.duration_since(inst.started).as_secs_f64()
                         );
+                        if at != inst.addr {
+                            info!("app {name}[{index}] listens on {at} (not 127.0.0.1): requests go there");
+                            inst.addr = at;
+                        }
                     } else if deadline <= now {
                         let tail = tail_of(&inst.process);
                         let timeout = app.config.start_timeout;

@@ -984,6 +984,27 @@ fn an_app_behind_a_wrapper_gets_its_stop_timeout_when_the_wrapper_dies_at_once()
     });
 }
 
+/// Node 17 and later, told `listen(PORT, "localhost")`, may listen on ::1
+/// alone: the instance is found there, and its requests sent there.
+#[test]
+fn an_instance_on_the_ipv6_loopback_alone_is_found_there() {
+    within(|| {
+        let mut h = Harness::new("ipv6");
+        let body = "s = socket.socket(socket.AF_INET6)\n\
+                    s.bind(('::1', int(os.environ['PORT'])))\n\
+                    s.listen(8)\n\
+                    serve(s)";
+        let servers = h.start(vec![app("web", 1, body, &h.dir)]).unwrap();
+        let addr = current(&h.m, "web", 0).unwrap().addr.clone();
+        let ServerAddr::Tcp(at) = &addr else {
+            panic!("{addr:?}")
+        };
+        assert_eq!(at.ip(), std::net::Ipv6Addr::LOCALHOST, "{addr}");
+        assert!(address::accepts(&addr));
+        assert_eq!(servers, [("web".to_string(), vec![addr])]);
+    });
+}
+
 #[test]
 fn status_counts_uptime_when_read_and_is_empty_once_the_manager_is_gone() {
     within(|| {
