@@ -87,8 +87,10 @@ pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
 /// One line per app instance (from the `coreserve_app_*` series): pid,
 /// state (`restarting(Ns)`: its next start in N s), restarts, uptime, how
 /// and how long ago its last process ended, and the requests its address
-/// was sent. An
-/// instance on its way out follows its slot's current one, its state
+/// was sent. A
+/// replacement a rolling reload started follows its slot's current one,
+/// its state `new-starting`, or `new-ready` while it serves its
+/// `min-uptime` beside it; so does an instance on its way out, its state
 /// `draining(K)` with K open connections, or `stopping`.
 pub(crate) fn apps_table(text: &str) -> String {
     #[derive(Default)]
@@ -129,6 +131,14 @@ pub(crate) fn apps_table(text: &str) -> String {
             }
             "coreserve_app_instance_restart_in_seconds" => {
                 insts.entry(current).or_default().restart_in = Some(value)
+            }
+            "coreserve_app_instance_replacement_uptime_seconds" => {
+                let pid = label("pid");
+                let key = (slot.0, slot.1, Some(pid.parse().unwrap_or(0)));
+                let i = insts.entry(key).or_default();
+                let state = format!("new-{}", label("state"));
+                (i.pid, i.state, i.server) = (pid, state, label("server"));
+                i.uptime = Some(value);
             }
             "coreserve_app_instance_leaving_connections" => {
                 let pid = label("pid");

@@ -100,6 +100,19 @@ pub enum AppError {
     Thread(std::io::Error),
 }
 
+/// What an instance is to its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The slot's instance (or the slot with none running).
+    Current,
+    /// A replacement a rolling reload started, not in the slot yet:
+    /// starting, or serving beside the current one for its `min-uptime`.
+    Replacement,
+    /// Out of service on its way out (replaced by a reload, or its slot or
+    /// app removed).
+    Leaving,
+}
+
 /// One instance as `coreserve status` and the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceStatus {
@@ -122,9 +135,8 @@ pub struct InstanceStatus {
     pub uptime: Duration,
     /// Where it listens.
     pub addr: Option<String>,
-    /// An instance out of service on its way out (replaced by a reload,
-    /// or its slot or app removed), not its slot's current one.
-    pub leaving: bool,
+    /// The slot's current instance, its replacement, or one leaving.
+    pub role: Role,
     /// For one leaving, the connections it still had open at the last
     /// count: `None` when the kernel's tables could not be read.
     pub open_connections: Option<usize>,

@@ -4,7 +4,7 @@
 //! goes backwards, and rendered once for every scrape that waited.
 
 use crate::admin;
-use crate::apps::InstanceStatus;
+use crate::apps::{InstanceStatus, Role};
 use crate::metrics::{self, Snapshot};
 
 /// A metrics scrape waiting for every live shard's snapshot.
@@ -141,10 +141,12 @@ fn render_lives(out: &mut String, lives: &[ShardLife]) {
 /// instance are the upstream series of its address (`server` here).
 fn render_apps(out: &mut String, all: &[InstanceStatus]) {
     use std::fmt::Write;
-    let (leaving, instances): (Vec<&InstanceStatus>, Vec<&InstanceStatus>) =
-        all.iter().partition(|i| i.leaving);
+    let of = |role: Role| all.iter().filter(move |i| i.role == role);
+    let leaving: Vec<&InstanceStatus> = of(Role::Leaving).collect();
+    let instances: Vec<&InstanceStatus> = of(Role::Current).collect();
     // Instances of an app a reload removed may still be leaving.
     render_leaving(out, &leaving);
+    render_replacements(out, &of(Role::Replacement).collect::<Vec<_>>());
     // A slot always has a current instance's series, even with none
     // running: no current means no app.
     if instances.is_empty() {
@@ -234,32 +236,66 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
     }
 }
 
+/// Replacements a rolling reload started that have not taken their slot:
+/// one series each, its uptime, its state `starting` or `ready` (serving
+/// beside the slot's instance for its `min-uptime`).
+fn render_replacements(out: &mut String, next: &[&InstanceStatus]) {
+    per_process(
+        out,
+        "coreserve_app_instance_replacement_uptime_seconds",
+        "A replacement a rolling reload started, not in its slot yet (starting, or ready: \
+         serving beside the slot's instance for its min-uptime): since its process started, \
+         with its slot, pid, state and address.",
+        next,
+        |i| format!("{:.1}", i.uptime.as_secs_f64()),
+    );
+}
+
 /// Instances out of service that have not exited yet (a rolling reload
 /// waiting for their requests to end): one series each, told apart by
 /// pid, as a slot may have several.
 fn render_leaving(out: &mut String, leaving: &[&InstanceStatus]) {
+    per_process(
+        out,
+        "coreserve_app_instance_leaving_connections",
+        "An app instance taken out of service (replaced, or its slot or app removed) that has \
+         not exited yet: its open connections at the last count, with its slot, pid, state \
+         (draining, or stopping once asked to) and address.",
+        leaving,
+        // Unknown (no /proc): NaN, as Prometheus writes it.
+        |i| {
+            i.open_connections
+                .map_or(f64::NAN, |n| n as f64)
+                .to_string()
+        },
+    );
+}
+
+/// A gauge `name` with one series per process of `rows` (labelled with its
+/// slot, pid, state and address), its value `value`; nothing when there
+/// are none.
+fn per_process(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    rows: &[&InstanceStatus],
+    value: impl Fn(&InstanceStatus) -> String,
+) {
     use std::fmt::Write;
-    if leaving.is_empty() {
+    if rows.is_empty() {
         return;
     }
-    let _ = writeln!(
-        out,
-        "# HELP coreserve_app_instance_leaving_connections An app instance taken out of service \
-         (replaced, or its slot or app removed) that has not exited yet: its open connections \
-         at the last count, with its slot, pid, state (draining, or stopping once asked to) \
-         and address.\n# TYPE coreserve_app_instance_leaving_connections gauge"
-    );
-    for i in leaving {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for i in rows {
         let _ = writeln!(
             out,
-            "coreserve_app_instance_leaving_connections{{app=\"{}\",instance=\"{}\",pid=\"{}\",state=\"{}\",server=\"{}\"}} {}",
+            "{name}{{app=\"{}\",instance=\"{}\",pid=\"{}\",state=\"{}\",server=\"{}\"}} {}",
             i.app,
             i.index,
             i.pid.map_or(String::new(), |p| p.to_string()),
             i.state,
             i.addr.as_deref().unwrap_or(""),
-            // Unknown (no /proc): NaN, as Prometheus writes it.
-            i.open_connections.map_or(f64::NAN, |n| n as f64)
+            value(i)
         );
     }
 }
@@ -301,6 +337,10 @@ mod tests {
         state: &'static str,
         leaving: Option<Option<usize>>,
     ) -> InstanceStatus {
+        let role = match leaving {
+            Some(_) => Role::Leaving,
+            None => Role::Current,
+        };
         InstanceStatus {
             app: "web".into(),
             index,
@@ -309,7 +349,7 @@ mod tests {
             restarts: 2,
             uptime: std::time::Duration::from_secs(90),
             addr: Some(format!("127.0.0.1:{pid}")),
-            leaving: leaving.is_some(),
+            role,
             open_connections: leaving.flatten(),
             last_exit: None,
             restart_in: None,
@@ -335,8 +375,18 @@ mod tests {
                 instance(0, 10, "draining", Some(Some(3))),
                 instance(1, 40, "ready", None),
                 instance(1, 20, "stopping", Some(None)),
+                InstanceStatus {
+                    role: Role::Replacement,
+                    restarts: 0,
+                    uptime: std::time::Duration::from_millis(1500),
+                    ..instance(1, 50, "ready", None)
+                },
             ],
         );
+        assert!(text.contains(
+            "coreserve_app_instance_replacement_uptime_seconds{app=\"web\",instance=\"1\",pid=\"50\",\
+             state=\"ready\",server=\"127.0.0.1:50\"} 1.5\n"
+        ));
         // One series per slot for the current instances: no duplicates.
         assert_eq!(
             text.matches("coreserve_app_instance_uptime_seconds{")
@@ -365,6 +415,7 @@ mod tests {
                 ["web", "0", "10", "draining(3)", "-", "-", "-", "-"],
                 ["web", "1", "40", "ready", "2", "1m30s", "0", "-"],
                 ["web", "1", "20", "stopping", "-", "-", "-", "-"],
+                ["web", "1", "50", "new-ready", "-", "1s", "-", "-"],
             ],
             "{table}"
         );

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{Manager, State};
-use crate::apps::InstanceStatus;
+use crate::apps::{InstanceStatus, Role};
 
 /// The manager's latest snapshot of its instances, shared by the manager
 /// (which replaces it) and every handle (which copy it).
@@ -107,7 +107,7 @@ impl Manager {
                         restarts: slot.current.restarts(),
                         uptime: Duration::ZERO,
                         addr: inst.map(|i| i.addr.to_string()),
-                        leaving: false,
+                        role: Role::Current,
                         open_connections: None,
                         last_exit: slot
                             .last_exit
@@ -123,6 +123,32 @@ impl Manager {
                         None
                     },
                 });
+                // Its replacement, after it: starting, or serving its
+                // min-uptime beside it.
+                if let Some(next) = &slot.next {
+                    out.push(Shown {
+                        status: InstanceStatus {
+                            app: app.config.name.clone(),
+                            index,
+                            pid: Some(next.process.pid),
+                            state: match next.state {
+                                State::Starting { .. } => "starting",
+                                State::Ready { .. } => "ready",
+                                State::Retiring { .. } | State::Stopping { .. } => "stopping",
+                            },
+                            restarts: 0,
+                            uptime: Duration::ZERO,
+                            addr: Some(next.addr.to_string()),
+                            role: Role::Replacement,
+                            open_connections: None,
+                            last_exit: None,
+                            restart_in: None,
+                        },
+                        started: Some(next.started),
+                        exited: None,
+                        due: None,
+                    });
+                }
             }
         }
         // Shown until their exit is seen (`Board::remove` takes them off
@@ -140,7 +166,7 @@ impl Manager {
                     restarts: 0,
                     uptime: Duration::ZERO,
                     addr: Some(l.inst.addr.to_string()),
-                    leaving: true,
+                    role: Role::Leaving,
                     open_connections: l.open,
                     last_exit: None,
                     restart_in: None,

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Board, Instance, Manager, Msg, State, RETIRE_GRACE};
-use crate::apps::{address, process, AppError, AppEvent, AppServers, Apps, Notify};
+use crate::apps::{address, process, AppError, AppEvent, AppServers, Apps, Notify, Role};
 use crate::child::restart_delay;
 use crate::config::{AppConfig, AppListen, Instances, ServerAddr};
 
@@ -473,12 +473,29 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
             .map(|i| (i.process.pid, i.addr.clone()))
             .collect();
         h.send(Msg::Reload(vec![v2], true));
+        // A replacement's states as `coreserve status` showed them.
+        let mut seen = BTreeSet::new();
         h.turn_until("both instances replaced, the old ones gone", |m| {
             let app = &m.apps[0];
             // One replacement at a time, and never a slot without a ready
             // instance, nor a server fewer for the shards (one more while
             // a replacement serves its min-uptime).
             assert!(app.slots.iter().filter(|s| s.next.is_some()).count() <= 1);
+            for (index, next) in app
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((i, s.next.as_ref()?)))
+            {
+                let shown = m.shown();
+                let row = shown
+                    .iter()
+                    .map(|s| &s.status)
+                    .find(|s| s.role == Role::Replacement)
+                    .expect("the replacement has a row");
+                assert_eq!((row.index, row.pid), (index, Some(next.process.pid)));
+                seen.insert(row.state);
+            }
             assert!(app.slots.iter().all(|s| is_ready(s.current.get())));
             assert!((2..=3).contains(&app.published.len()));
             app.slots
@@ -486,6 +503,7 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
                 .all(|s| s.current.get().unwrap().generation == 1)
                 && m.leaving.is_empty()
         });
+        assert_eq!(seen, BTreeSet::from(["ready", "starting"]));
         let sent = h.sent.lock().unwrap();
         let records = records(&h.dir);
         // Four events, slot 0 then slot 1: the replacement joins, and
@@ -1080,12 +1098,12 @@ fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeo
         let shown: Vec<_> = h.m.shown().into_iter().map(|s| s.status).collect();
         let old = shown.iter().find(|s| s.pid == Some(pid)).expect("shown");
         assert_eq!(
-            (old.index, old.state, old.leaving, old.open_connections),
-            (0, "draining", true, Some(1))
+            (old.index, old.state, old.role, old.open_connections),
+            (0, "draining", Role::Leaving, Some(1))
         );
         assert!(shown
             .iter()
-            .any(|s| s.index == 0 && !s.leaving && s.pid != Some(pid)));
+            .any(|s| s.index == 0 && s.role == Role::Current && s.pid != Some(pid)));
         // Well past the grace: still no SIGTERM while the request runs.
         h.turn_till(Instant::now() + Duration::from_millis(500));
         assert_eq!(records(&h.dir)[&pid].term, None);
