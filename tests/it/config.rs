@@ -420,7 +420,11 @@ fn check_runs_the_start_up_checks() {
     assert!(out.stdout.is_empty());
 
     let dir = Scratch::new("check-cpus");
-    let file = dir.write("cpus.toml", format!("[server]\ncpus = \"{cpu}\"\n"));
+    // With a route: a file without one is also warned about.
+    let file = dir.write(
+        "cpus.toml",
+        format!("[server]\ncpus = \"{cpu}\"\n{}", crate::apps::OK_ROUTE),
+    );
     let out = command()
         .args(["--check", "--config", &file.display().to_string()])
         .output()
