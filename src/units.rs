@@ -1,4 +1,5 @@
-//! Sizes and durations as an operator writes them (`8k`, `1m`, `75s`, `500ms`),
+//! Sizes and durations as an operator writes them (`8k`, `1m`, `75s`, `500ms`,
+//! `1h 30m`),
 //! the nginx way, for flags and configuration alike.
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ pub enum UnitError {
     #[error("must be a size like 8k, 1m or 1048576, got {0:?}")]
     Size(String),
     /// Not a duration.
-    #[error("must be a duration like 500ms, 60s, 5m or 1h, got {0:?}")]
+    #[error("must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got {0:?}")]
     Duration(String),
     /// A duration past `MAX_DURATION`.
     #[error("must be at most 365 days (8760h), got {0:?}")]
@@ -44,33 +45,90 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     n.checked_mul(1 << shift).ok_or_else(err)
 }
 
-/// Parse a duration: a decimal number with `us`, `ms`, `s`, `m` or `h`; a
-/// bare number means seconds, as in nginx.
+/// Parse a duration, nginx's way: one or more terms of a number and a unit
+/// (`us`, `ms`, `s`, `m`, `h`, `d`, `w`), summed, written together or apart
+/// (`1h30m`, `1h 30m`); a bare number means seconds. A term's number may
+/// have a fraction (`0.2s`, `1.5h`, which nginx does not take), cut to the
+/// microsecond.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let err = || UnitError::Duration(s.to_string());
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    if digits.is_empty() {
-        return Err(err());
-    }
-    let micros_per = match unit {
-        "us" => 1,
-        "ms" => 1000,
-        "" | "s" => 1_000_000,
-        "m" => 60_000_000,
-        "h" => 3_600_000_000,
-        _ => return Err(err()),
-    };
     // All digits: too many of them is too long, not malformed.
     let too_long = || UnitError::DurationTooLong(s.to_string());
-    let n: u64 = digits.parse().map_err(|_| too_long())?;
-    let us = n.checked_mul(micros_per).ok_or_else(too_long)?;
-    let d = Duration::from_micros(us);
-    if d > MAX_DURATION {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u64 = t.parse().map_err(|_| too_long())?;
+        return seconds(n).map_err(|_| too_long());
+    }
+    let mut micros: u128 = 0;
+    let mut terms = 0;
+    for word in t.split_ascii_whitespace() {
+        let mut rest = word;
+        while !rest.is_empty() {
+            let (value, unit, after) = term(rest).ok_or_else(err)?;
+            let per: u128 = match unit {
+                "us" => 1,
+                "ms" => 1_000,
+                "s" => 1_000_000,
+                "m" => 60_000_000,
+                "h" => 3_600_000_000,
+                "d" => 86_400_000_000,
+                "w" => 604_800_000_000,
+                _ => return Err(err()),
+            };
+            let (whole, fraction) = value;
+            let whole: u128 = whole.parse().map_err(|_| too_long())?;
+            // The fraction's digits past the microsecond change nothing.
+            let digits = &fraction[..fraction.len().min(12)];
+            let part = match digits {
+                "" => 0,
+                d => d.parse::<u128>().map_err(|_| err())? * per / 10u128.pow(d.len() as u32),
+            };
+            micros = whole
+                .checked_mul(per)
+                .and_then(|w| w.checked_add(part))
+                .and_then(|v| v.checked_add(micros))
+                .ok_or_else(too_long)?;
+            terms += 1;
+            rest = after;
+        }
+    }
+    if terms == 0 {
+        return Err(err());
+    }
+    if micros > MAX_DURATION.as_micros() {
         return Err(too_long());
     }
-    Ok(d)
+    Ok(Duration::from_micros(micros as u64))
+}
+
+/// The first term of `s`: its number's whole and fraction digits, its unit
+/// (letters) and what follows; `None` if it does not start with a digit, a
+/// fraction point has no digit after it, or it has no unit.
+fn term(s: &str) -> Option<((&str, &str), &str, &str)> {
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let w = digits(s);
+    if w == 0 {
+        return None;
+    }
+    let (whole, rest) = s.split_at(w);
+    let (fraction, rest) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let f = digits(r);
+            if f == 0 {
+                return None;
+            }
+            r.split_at(f)
+        }
+        None => ("", rest),
+    };
+    let u = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    if u == 0 {
+        return None;
+    }
+    let (unit, after) = rest.split_at(u);
+    Some(((whole, fraction), unit, after))
 }
 
 /// A number of seconds as a duration, within `MAX_DURATION` (a bare
@@ -125,8 +183,32 @@ mod tests {
                 Err(UnitError::DurationTooLong(long.into()))
             );
         }
-        for bad in ["", "s", "1 s", "1d", "-1s", "1.5s", "1µs"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        // nginx's longer units and sums of terms, apart or together.
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1m 500ms"),
+            Ok(Duration::from_millis(60_500))
+        );
+        // Fractions, to the microsecond.
+        assert_eq!(parse_duration("0.2s"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0.0000019s"), Ok(Duration::from_micros(1)));
+        assert_eq!(parse_duration("52w 1d"), Ok(MAX_DURATION));
+        assert_eq!(
+            parse_duration("52w 2d"),
+            Err(UnitError::DurationTooLong("52w 2d".into()))
+        );
+        for bad in [
+            "", " ", "s", "1 s", "-1s", "1µs", "1.s", ".5s", "1x", "1h 30", "1h,30m", "1..5s",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(UnitError::Duration(bad.into())),
+                "{bad}"
+            );
         }
     }
 

@@ -402,7 +402,7 @@ servers = "127.0.0.1:80"
                 format!("/etc/cs/{s}: \"empty:80\": cannot resolve \"empty\": it has no address"),
                 "/etc/cs/t.toml:4: upstream[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\"".into(),
                 "/etc/cs/t.toml:5: upstream[1].keepalive: must be a number of idle connections per server, 0 to 4096, got -1".into(),
-                "/etc/cs/t.toml:6: upstream[1].idle-timeout: must be a duration like 500ms, 60s, 5m or 1h, got \"soon\"".into(),
+                "/etc/cs/t.toml:6: upstream[1].idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\"".into(),
                 "/etc/cs/t.toml:7: upstream[1].max-fails: must be at most 4294967295, got 4294967296".into(),
                 "/etc/cs/t.toml:8: upstream[1].weight: unknown key (a group takes name, servers, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)".into(),
                 "/etc/cs/t.toml:11: upstream[2].servers: must be a list like [\"127.0.0.1:3001\", \"unix:/run/app.sock\"]".into(),
