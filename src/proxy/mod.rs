@@ -34,7 +34,7 @@ mod tunnel;
 pub use pool::{Server, Upstreams};
 pub use response::Compression;
 
-use relay::{read_head, relay, HeadEnd};
+use relay::{read_head, relay, Fault, HeadEnd};
 use send::{send_request, Back};
 
 use std::cell::Cell;
@@ -445,9 +445,9 @@ async fn forward(
                         head.method_str()
                     ),
                 );
-                r.upstream_failed = true;
+                r.upstream_fault = Some(Fault::RequestBody);
             }
-            let mut relayed = if r.upstream_failed {
+            let mut relayed = if r.upstream_fault.is_some() {
                 c.out.clear();
                 r
             } else {
@@ -561,21 +561,39 @@ async fn forward(
             )
             .await
         };
-        if relayed.upstream_failed && relayed.bytes_out == 0 {
+        // Said as nginx says it (a request body that could not be sent was
+        // said where it failed); on a failure only, so the words may cost.
+        if let Some(fault) = relayed.upstream_fault.filter(|&f| f != Fault::RequestBody) {
+            let then = match relayed.bytes_out {
+                0 => "answered 502".to_string(),
+                _ => format!(
+                    "the response was cut short after {} byte(s) of body",
+                    relayed.body_bytes
+                ),
+            };
+            server.log(
+                log::Level::Warn,
+                Instant::now(),
+                format_args!(
+                    "upstream {} ({}): {} {target}: {}; {then}",
+                    cfg.name,
+                    server.label,
+                    head.method_str(),
+                    fault.says()
+                ),
+            );
+        }
+        if let (Some(fault), 0) = (relayed.upstream_fault, relayed.bytes_out) {
             // Nothing went to the client yet: it gets a 502 rather than a
             // connection closed on it.
             let at = Instant::now();
-            server.log(
-                log::Level::Warn,
-                at,
-                format_args!(
-                    "upstream {} ({}): {} {target}: an invalid response",
-                    cfg.name,
-                    server.label,
-                    head.method_str()
-                ),
-            );
-            server.failed(cfg, at);
+            // However the bytes of a bad body arrived (with its head, or
+            // after it was sent), the server's health is the same.
+            if fault.is_the_servers() {
+                server.failed(cfg, at);
+            } else {
+                server.count(|s| s.failures += 1);
+            }
             server.count(|s| s.count_status(relayed.upstream_status));
             served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok;
             // Its body may still be coming (the upstream answered early).
@@ -594,8 +612,8 @@ async fn forward(
         server.count(|s| s.count_status(relayed.upstream_status));
         let ended = Instant::now();
         let took = ended.saturating_duration_since(now);
-        served.cut = relayed.upstream_failed || relayed.client_failed;
-        if relayed.upstream_failed {
+        served.cut = relayed.upstream_fault.is_some() || relayed.client_failed;
+        if relayed.upstream_fault.is_some() {
             // Counted, but not held against its health (as nginx): it
             // answered, and a response a client can make the app cut
             // short would otherwise take every server of the group out

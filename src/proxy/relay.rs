@@ -180,6 +180,49 @@ pub(super) async fn read_head(
     }
 }
 
+/// What went wrong with an upstream's response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// Its head does not hold together.
+    InvalidHead,
+    /// A 101 the client did not ask for, or to a protocol it did not offer.
+    UnaskedSwitch,
+    /// Its body's framing is broken (a bad chunk), or its gzip stream
+    /// could not be ended.
+    InvalidBody,
+    /// It closed before its body ended.
+    Closed,
+    /// It reset the connection.
+    Reset,
+    /// Silent for `read-timeout` within its body.
+    TimedOut,
+    /// The request's body could not be sent (said where it happens).
+    RequestBody,
+}
+
+impl Fault {
+    /// Whether it holds against the server's health (`max-fails`): a head
+    /// that does not hold together is the server's; what befalls a body
+    /// after a good head is not, since a client may be able to make the
+    /// app cut it short, and would then take every server out in turn.
+    pub(super) fn is_the_servers(self) -> bool {
+        matches!(self, Fault::InvalidHead | Fault::UnaskedSwitch)
+    }
+
+    /// What the log says of it.
+    pub(super) fn says(self) -> &'static str {
+        match self {
+            Fault::InvalidHead => "an invalid response head",
+            Fault::UnaskedSwitch => "a 101 (switching protocols) the client did not ask for",
+            Fault::InvalidBody => "an invalid response body (its framing is broken)",
+            Fault::Closed => "it closed the connection before the response ended",
+            Fault::Reset => "it reset the connection before the response ended",
+            Fault::TimedOut => "nothing came for read-timeout before the response ended",
+            Fault::RequestBody => "the request body could not be sent",
+        }
+    }
+}
+
 /// How relaying the response went.
 #[derive(Default)]
 pub(super) struct Relayed {
@@ -189,7 +232,9 @@ pub(super) struct Relayed {
     pub(super) bytes_out: u64,
     pub(super) client_keep_alive: bool,
     pub(super) upstream_reusable: bool,
-    pub(super) upstream_failed: bool,
+    /// What went wrong on the upstream's side, if anything: the response
+    /// is cut short (or, with nothing sent yet, a 502).
+    pub(super) upstream_fault: Option<Fault>,
     /// The client took no more of it (gone, or nothing taken for
     /// send-timeout): the response is cut short on its side.
     pub(super) client_failed: bool,
@@ -238,7 +283,7 @@ fn switch_asked(asked: &[u8], switched: Option<&[u8]>) -> bool {
 /// Parse the final head at the start of `rbuf` and write the client's head
 /// into `c.out` (emptied first). `upgrade`: the request's `Upgrade` value,
 /// when the route tunnels it. None when it is invalid, or a switch
-/// nobody asked for (`r.upstream_failed` says so).
+/// nobody asked for (`r.upstream_fault` says so).
 pub(super) fn begin(
     c: &mut Client<'_>,
     rbuf: &[u8],
@@ -262,7 +307,7 @@ pub(super) fn begin(
     let Ok(Some(res)) = parse_response(rbuf, &mut fields, ex.max_head, asked) else {
         // `read_head` saw where the head ends; whether it holds together
         // shows here: a bad upstream, answered with a 502.
-        r.upstream_failed = true;
+        r.upstream_fault = Some(Fault::InvalidHead);
         return None;
     };
     r.upstream_status = res.status;
@@ -272,7 +317,7 @@ pub(super) fn begin(
         // offer (RFC 9110 §7.8: the server must not; its 101 names the
         // protocol): the upstream is confused, and the client would be
         // tunnelled into something it does not speak.
-        r.upstream_failed = true;
+        r.upstream_fault = Some(Fault::UnaskedSwitch);
         return None;
     }
     // Past the shard's cap on streams under way, this one goes as it is.
@@ -492,7 +537,7 @@ pub(super) async fn stream(
     let mut piece = pos..filled;
     loop {
         if out.feed(&rbuf[piece], c.out, &mut r).is_err() {
-            r.upstream_failed = true;
+            r.upstream_fault = Some(Fault::InvalidBody);
             return r;
         }
         if !c.out.is_empty() {
@@ -524,7 +569,7 @@ pub(super) async fn stream(
             }
             Some(Ok(0)) if out.framing == ResponseFraming::UntilClose => {
                 if out.end(c.out, &mut r).is_err() {
-                    r.upstream_failed = true;
+                    r.upstream_fault = Some(Fault::InvalidBody);
                     return r;
                 }
                 0
@@ -532,8 +577,15 @@ pub(super) async fn stream(
             Some(Ok(n)) if n > 0 => n,
             // Cut short or silent: the client's response is cut short too
             // (its framing shows it), and the connection closes.
-            Some(_) => {
-                r.upstream_failed = true;
+            Some(Ok(_)) => {
+                r.upstream_fault = Some(Fault::Closed);
+                return r;
+            }
+            Some(Err(e)) => {
+                r.upstream_fault = Some(match e.kind() {
+                    std::io::ErrorKind::TimedOut => Fault::TimedOut,
+                    _ => Fault::Reset,
+                });
                 return r;
             }
         };

@@ -4,7 +4,7 @@
 use std::io;
 use std::time::Instant;
 
-use super::relay::{begin, heard, Heard, Outgoing, Relayed};
+use super::relay::{begin, heard, Fault, Heard, Outgoing, Relayed};
 use super::{response, Client, ClientEnd, Exchange, CHUNK};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
@@ -311,7 +311,7 @@ async fn flow(
                     }
                     let mut out = b.out;
                     let fed = out.feed(&rbuf[b.head_len..sent.heard], c.out, &mut r);
-                    r.upstream_failed = fed.is_err();
+                    r.upstream_fault = fed.is_err().then_some(Fault::InvalidBody);
                     sent.heard = 0;
                     sent.begun = Some((out, r));
                     if fed.is_err() {
@@ -350,7 +350,7 @@ async fn flow(
             // A reset reads as a close next time: said here, once.
             Some(Err(_)) => {
                 if let Some((_, r)) = &mut sent.begun {
-                    r.upstream_failed = true;
+                    r.upstream_fault = Some(Fault::Reset);
                 }
                 return true;
             }
@@ -358,7 +358,7 @@ async fn flow(
                 None => sent.heard += n,
                 Some((out, r)) => {
                     if out.feed(&rbuf[..n], c.out, r).is_err() {
-                        r.upstream_failed = true;
+                        r.upstream_fault = Some(Fault::InvalidBody);
                         return true;
                     }
                 }

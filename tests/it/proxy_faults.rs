@@ -518,6 +518,38 @@ fn a_response_cut_short_does_not_take_its_server_out() {
     let failures = crate::metrics::values(&s, "coreserve_upstream_failures_total");
     let label = format!("server={},upstream=app", cuts.server());
     assert_eq!(failures.get(&label), Some(&4.0), "{failures:?}");
+    // Said in the log, as nginx says it.
+    proxy
+        .server
+        .wait_for_log("it closed the connection before the response ended; the response was cut short after 10 byte(s) of body");
+
+    // A broken body that comes in the same read as its head: nothing has
+    // gone to the client, which gets a 502, but the server's health is
+    // what it would be had the body come a moment later.
+    let broken = Upstream::start(|_| {
+        Reply::new()
+            .write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n")
+    });
+    let proxy = Proxy::start(
+        "proxy-health-bad-body",
+        &simple(
+            &[broken.server(), good.server()],
+            "max-fails = 1\nfail-timeout = \"10s\"",
+            "",
+        ),
+    );
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| {
+            proxy
+                .get(&format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n"))
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, [502, 200, 502, 200, 502, 200, 502, 200]);
+    assert_eq!(broken.requests().len(), 4);
+    proxy
+        .server
+        .wait_for_log("an invalid response body (its framing is broken); answered 502");
 }
 
 #[test]
