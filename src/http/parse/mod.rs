@@ -588,7 +588,13 @@ impl Codings {
     }
 }
 
-/// A Content-Length value: one or more digits, nothing else (no sign, no list).
+/// The largest Content-Length taken: a signed 64-bit size's, nginx's
+/// (`off_t`) and most clients' limit (curl refuses more, so a larger length
+/// passed on would break the response at the client).
+pub(super) const MAX_CONTENT_LENGTH: u64 = i64::MAX as u64;
+
+/// A Content-Length value: one or more digits, nothing else (no sign, no
+/// list), at most `MAX_CONTENT_LENGTH`.
 pub(super) fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
     let v = trim(value);
     if v.is_empty() {
@@ -602,6 +608,7 @@ pub(super) fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
         n = n
             .checked_mul(10)
             .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .filter(|&n| n <= MAX_CONTENT_LENGTH)
             .ok_or(ParseError::ContentLength)?;
     }
     Ok(n)
