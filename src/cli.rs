@@ -35,7 +35,8 @@ pub struct Cli {
     pub check: bool,
 
     /// Listen on 0.0.0.0:PORT (0 picks a free port; the bound address is
-    /// logged), besides any --listen address.
+    /// logged), besides any --listen address; with or without one, in place
+    /// of the file's server.listen.
     #[arg(short, long, value_name = "PORT", allow_hyphen_values = true, value_parser = parse_port)]
     pub port: Option<u16>,
 

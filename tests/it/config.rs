@@ -845,10 +845,13 @@ fn every_broken_rule_of_one_key_is_reported() {
     let conf = dir.write(
         "c.toml",
         "[server]\nlisten = [\"127.0.0.1:81\", \"127.0.0.1:81\", \"127.0.0.1:82\", \"127.0.0.1:82\"]\n\
-         [[route]]\npath = \"/\"\nhandler = \"respond\"\nmethods = [\"get\", \"post\"]\n",
+         [[route]]\npath = \"/\"\nhandler = \"respond\"\nmethods = [\"get\", \"post\"]\n\
+         [[route]]\npath = \"/x\"\nhandler = \"respond\"\nmethods = [\"GET\", \"CONNECT\", \"GET\"]\n",
     );
     let err = check_fails(&conf);
     for said in [
+        "route[2].methods: CONNECT is never routed: coreserve is not a forward proxy, and answers it 501",
+        "route[2].methods: \"GET\" is listed twice",
         "server.listen: 127.0.0.1:81 is listed twice",
         "server.listen: 127.0.0.1:82 is listed twice",
         "methods: must be upper-case method names like \"GET\", got \"get\"",

@@ -231,12 +231,22 @@ fn validate_route(
         if methods.is_empty() {
             err(&key("methods"), "must list at least one method".into());
         }
-        for m in methods {
+        for (n, m) in methods.iter().enumerate() {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
                 err(
                     &key("methods"),
                     format!("must be upper-case method names like \"GET\", got {m:?}"),
                 );
+            } else if m == "CONNECT" {
+                // Refused before routing (a forward proxy's method): the
+                // route would never see one.
+                err(
+                    &key("methods"),
+                    "CONNECT is never routed: coreserve is not a forward proxy, and answers it 501"
+                        .into(),
+                );
+            } else if methods[..n].contains(m) {
+                err(&key("methods"), format!("{m:?} is listed twice"));
             }
         }
         let serves_get = methods.iter().any(|m| m == "GET" || m == "HEAD");
