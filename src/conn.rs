@@ -212,7 +212,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 match after {
                     After::Open => continue,
                     After::Close => {
-                        finish_tls(&mut client).await;
+                        close_after_response(&mut client, &mut input).await;
                         return;
                     }
                     After::Abort => return,
@@ -226,7 +226,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 if linger {
                     Box::pin(linger_close(&mut client, &mut input)).await;
                 } else {
-                    finish_tls(&mut client).await;
+                    close_after_response(&mut client, &mut input).await;
                 }
                 return;
             }
@@ -351,6 +351,20 @@ async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
     client
         .linger_close(input.spare(), LINGER_TIME, LINGER_BYTES)
         .await;
+}
+
+/// End a connection after its last response, as the server decided (HTTP/1.0,
+/// `Connection: close`, an error): lingering if the client sent more while
+/// the response went (a pipelined request, its TLS close_notify once it
+/// had sent its request), which a plain close would turn into a reset that
+/// destroys the response's unread end at the client; else cleanly. nginx's
+/// `lingering_close on` decides the same way, when it closes.
+async fn close_after_response(client: &mut Socket, input: &mut InputBuffer) {
+    if client.unread_in_kernel() {
+        Box::pin(linger_close(client, input)).await;
+    } else {
+        finish_tls(client).await;
+    }
 }
 
 /// End a connection that closes cleanly: over TLS, close_notify first

@@ -593,6 +593,16 @@ impl Socket {
         send_direct(fd, interest, buf, timeout, true, stall).await
     }
 
+    /// Whether bytes the peer sent wait unread in the kernel (a pipelined
+    /// request, a TLS close_notify): closing now would reset the
+    /// connection, and the reset destroys what of the response the peer
+    /// has not read yet (RFC 9112 §9.6). A close alone is not such bytes.
+    pub fn unread_in_kernel(&self) -> bool {
+        // Always a look: the ring can be late to say that bytes came, and
+        // being late here is the reset this is to avoid.
+        self.peek() == Peek::Data
+    }
+
     /// Whether the socket holds bytes or a close that no read took yet
     /// (a pooled upstream connection must hold neither).
     pub fn has_input(&mut self) -> bool {

@@ -963,3 +963,25 @@ fn out_of_descriptors_a_file_is_a_500_not_a_404() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A client that sends more after a request the server answers and then
+/// closes (a pipelined request after `Connection: close`, sent while the
+/// response is still going) gets the whole response: closing with those
+/// bytes unread would reset the connection, and the reset destroys what
+/// the client has not read yet. nginx lingers the same way.
+#[test]
+fn bytes_sent_after_a_closing_request_do_not_cut_its_response() {
+    let dir = Scratch::new("closing-pipelined");
+    let data = vec![b'x'; 8 << 20];
+    dir.write("www/big.bin", &data);
+    let server = serve_www(&dir, "/", "");
+    let mut s = server.connect();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // While the response fills the socket buffers, none of it read yet.
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"GET /more HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    crate::util::read_whole_response(&mut s, data.len());
+}

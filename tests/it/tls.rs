@@ -1021,3 +1021,28 @@ fn reuseport_shards_know_their_https_listeners() {
         assert!(plain.starts_with("HTTP/1.1 200 OK"), "{plain}");
     }
 }
+
+/// A client that sends its close_notify once its request is out (TLS 1.3
+/// allows the half-close; Go's `CloseWrite` does it) gets the whole
+/// response and a clean end: the record waits unread while the response
+/// goes, and closing with it unread would reset the connection and destroy
+/// the response's end.
+#[test]
+fn a_close_notify_after_a_closing_request_does_not_cut_its_response() {
+    let dir = Scratch::new("tls-half-close");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let data = vec![b'x'; 8 << 20];
+    dir.write("www/big.bin", &data);
+    let (_server, addr) = start(&file, &[]);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    s.write_all(b"GET /files/big.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Sent while the response fills the socket buffers, none of it read.
+    std::thread::sleep(Duration::from_millis(100));
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    crate::util::read_whole_response(&mut s, data.len());
+}

@@ -705,3 +705,20 @@ pub fn run_to_exit(args: &[&str], within: Duration) -> (ExitStatus, String, Dura
     let took = started.elapsed();
     (status, reader.join().unwrap(), took)
 }
+
+/// Read one response from `s` until the server closes, and assert that it
+/// came whole (a body of `len` bytes) and ended cleanly (no reset).
+pub fn read_whole_response(s: &mut impl Read, len: usize) {
+    let mut all = Vec::new();
+    let read = s.read_to_end(&mut all);
+    let head = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(
+        read.is_ok() && all.len() - head == len,
+        "{read:?} after {} of {len} body bytes",
+        all.len() - head,
+    );
+}
