@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
 use super::{certificate_key, Config, ConfigError};
 use rustls::SignatureAlgorithm;
@@ -137,9 +137,16 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         let signer = match rustls::crypto::aws_lc_rs::sign::any_supported_type(&key) {
             Ok(s) => s,
             Err(e) => {
+                // The library says only that it could not parse it; an RSA
+                // key that parses as one is most likely too short.
+                let hint = if is_rsa(&key) {
+                    " (an RSA key must have at least 2048 bits)"
+                } else {
+                    ""
+                };
                 fail(
                     "key",
-                    format!("{}: not a usable private key: {e}", c.key.display()),
+                    format!("{}: not a usable private key: {e}{hint}", c.key.display()),
                 );
                 continue;
             }
@@ -191,10 +198,35 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
     loaded
 }
 
-/// A PEM file's bytes (at most 1 MiB: a chain is a few KiB).
+/// A PEM file's bytes (at most 1 MiB: a chain is a few KiB), without the
+/// UTF-8 byte-order mark an editor may have put first: before the first
+/// `-----BEGIN` line, it hid that section (the server's own certificate),
+/// where OpenSSL reads it.
 fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    super::files::read_small(path, 1 << 20)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    let mut bytes = super::files::read_small(path, 1 << 20)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    Ok(bytes)
+}
+
+/// Why `path` is not valid PEM, in words (the library's say its markers as
+/// lists of byte values).
+fn pem_fault(path: &Path, e: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    let why = match e {
+        // The library gives the label alone (`CERTIFICATE`).
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no -----END {}----- line (the file is cut short?)",
+            String::from_utf8_lossy(&end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("a malformed line: {:?}", String::from_utf8_lossy(&line))
+        }
+        e => e.to_string(),
+    };
+    format!("{}: not valid PEM: {why}", path.display())
 }
 
 /// The certificates of a PEM file, in file order.
@@ -207,7 +239,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
             "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
             path.display()
         )),
-        Err(e) => Err(format!("{}: not valid PEM: {e}", path.display())),
+        Err(e) => Err(pem_fault(path, e)),
     }
 }
 
@@ -227,7 +259,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
             "{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
             path.display()
         ),
-        e => format!("{}: not valid PEM: {e}", path.display()),
+        e => pem_fault(path, e),
     })
 }
 
@@ -236,13 +268,14 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 fn chain_order(chain: &[X509Certificate]) -> Result<(), String> {
     for (n, pair) in chain.windows(2).enumerate() {
         let (cert, next) = (&pair[0], &pair[1]);
-        if cert.issuer().as_raw() != next.subject().as_raw() {
+        if !same_name(cert.issuer(), next.subject()) {
             // A certificate of the file issued another one that it does
             // not directly follow: the right ones, out of order.
             let misplaced = chain.iter().enumerate().any(|(i, a)| {
-                chain.iter().enumerate().any(|(j, b)| {
-                    i != j && j != i + 1 && a.issuer().as_raw() == b.subject().as_raw()
-                })
+                chain
+                    .iter()
+                    .enumerate()
+                    .any(|(j, b)| i != j && j != i + 1 && same_name(a.issuer(), b.subject()))
             });
             let hint = if misplaced {
                 "the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"
@@ -261,12 +294,56 @@ fn chain_order(chain: &[X509Certificate]) -> Result<(), String> {
     Ok(())
 }
 
-/// What to warn about a certificate's expiry, if it expires within
-/// `EXPIRY_WARNING` of `now` (or has expired).
+/// Whether `key` is an RSA key: PKCS#1, or PKCS#8 naming rsaEncryption.
+fn is_rsa(key: &PrivateKeyDer) -> bool {
+    // The DER of the rsaEncryption OID, 1.2.840.113549.1.1.1.
+    const RSA_OID: &[u8] = &[
+        0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
+    ];
+    match key {
+        PrivateKeyDer::Pkcs1(_) => true,
+        PrivateKeyDer::Pkcs8(k) => k
+            .secret_pkcs8_der()
+            .windows(RSA_OID.len())
+            .any(|w| w == RSA_OID),
+        _ => false,
+    }
+}
+
+/// Whether two distinguished names are the same (RFC 5280 §7.1, in
+/// short): the same bytes, or the same attributes in the same order whose
+/// values match once case and runs of spaces are folded. An issuer written
+/// as a UTF8String and the subject it names as a PrintableString are one
+/// name to OpenSSL and to clients.
+fn same_name(a: &X509Name, b: &X509Name) -> bool {
+    if a.as_raw() == b.as_raw() {
+        return true;
+    }
+    let folded = |n: &X509Name| -> Option<Vec<(String, String)>> {
+        n.iter_attributes()
+            .map(|at| {
+                let value = at.as_str().ok()?.split_whitespace();
+                let value = value.collect::<Vec<_>>().join(" ").to_lowercase();
+                Some((at.attr_type().to_id_string(), value))
+            })
+            .collect()
+    };
+    matches!((folded(a), folded(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// What to warn about a certificate's validity: not valid yet (a clock, or
+/// a certificate issued for later), or expiring within `EXPIRY_WARNING` of
+/// `now` (or expired).
 fn expiry(x: &X509Certificate, now: SystemTime) -> Option<String> {
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    let not_before = x.validity().not_before;
+    if not_before.timestamp() > now {
+        return Some(format!(
+            "is not valid yet (not before {not_before}): clients refuse it until then; is this machine's clock right?"
+        ));
+    }
     let not_after = x.validity().not_after;
     let left = not_after.timestamp() - now;
     let when = not_after.to_string();
@@ -405,6 +482,31 @@ mod tests {
         );
         let late = load_certificates(&c, at(2030, 2, 1));
         assert!(late.warnings[0].rule.contains("has expired"));
+        // Before its start (rcgen's is 1975): a warning too.
+        let early = load_certificates(&c, at(1974, 6, 1));
+        assert!(early.errors.is_empty());
+        assert!(
+            early.warnings[0]
+                .rule
+                .contains("is not valid yet (not before "),
+            "{:?}",
+            early.warnings
+        );
+        // A byte-order mark an editor put first hides nothing.
+        let bom = config(vec![CertificateConfig {
+            chain: d.write(
+                "bom.pem",
+                &format!(
+                    "\u{feff}{}",
+                    std::fs::read_to_string(&c.tls.certificates[0].chain).unwrap()
+                ),
+            ),
+            key: d.write("bom.key", &format!("\u{feff}{key}")),
+            names: vec![],
+        }]);
+        let loaded = load_certificates(&bom, at(2029, 6, 1));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.certificates[0].key.cert.len(), 2);
         // Without an HTTPS address nothing is read.
         let mut off = c.clone();
         off.tls.listen.clear();
@@ -503,6 +605,74 @@ mod tests {
             errs,
             ["t.toml: tls.certificate[2].names: \"a.example\" is already a name of tls.certificate[1], whose key is ECDSA too: a name may have one certificate per key type (one RSA, one ECDSA)"]
         );
+    }
+
+    /// An issuer's name written in another string type than the subject
+    /// of the certificate it names (UTF8String against PrintableString)
+    /// is the same name: the chain is in order.
+    #[test]
+    fn names_match_whatever_string_type_they_are_written_in() {
+        let d = Dir::new("encodings");
+        let mid_key = KeyPair::generate().unwrap();
+        let mut printable = CertificateParams::new(Vec::<String>::new()).unwrap();
+        printable.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        printable.distinguished_name = rcgen::DistinguishedName::new();
+        printable.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            rcgen::DnValue::PrintableString(
+                rcgen::string::PrintableString::try_from("Enc  Intermediate").unwrap(),
+            ),
+        );
+        let mid = printable.self_signed(&mid_key).unwrap();
+        let mut utf8 = printable.clone();
+        utf8.distinguished_name = rcgen::DistinguishedName::new();
+        utf8.distinguished_name
+            .push(rcgen::DnType::CommonName, "enc intermediate");
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["enc.example".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &Issuer::new(utf8, mid_key))
+            .unwrap();
+        let c = config(vec![CertificateConfig {
+            chain: d.write("chain.pem", &(leaf.pem() + &mid.pem())),
+            key: d.write("key.pem", &leaf_key.serialize_pem()),
+            names: vec![],
+        }]);
+        let loaded = load_certificates(&c, at(2029, 1, 1));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        // Another name is still another name.
+        let (_, other_mid, _, _) = chain(&["x.example"], (2030, 1, 10));
+        let c = config(vec![CertificateConfig {
+            chain: d.write("wrong.pem", &(leaf.pem() + &other_mid)),
+            key: d.write("key.pem", &leaf_key.serialize_pem()),
+            names: vec![],
+        }]);
+        let errs = load_certificates(&c, at(2029, 1, 1)).errors;
+        assert!(
+            errs[0]
+                .rule
+                .contains("the certificate that issued it must come next"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_cut_pem_file_and_a_short_rsa_key_are_said_in_words() {
+        let d = Dir::new("words");
+        let path = d.write("cut.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
+        let err = read_chain(&path).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "{}: not valid PEM: a section has no -----END CERTIFICATE----- line (the file is cut short?)",
+                path.display()
+            )
+        );
+        assert!(is_rsa(&PrivateKeyDer::Pkcs1(vec![0u8; 4].into())));
+        let (_, _, _, ec) = chain(&["a.example"], (2030, 1, 10));
+        assert!(!is_rsa(
+            &PrivateKeyDer::from_pem_slice(ec.as_bytes()).unwrap()
+        ));
     }
 
     #[test]
