@@ -51,9 +51,15 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
         .mode(0o640)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENXIO) => io::Error::other("a FIFO that nothing reads"),
-            _ => e,
+        .map_err(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            // ENXIO is also a Unix socket's path, or a device without a
+            // driver: said in words for a FIFO only.
+            let fifo = || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+            match e.raw_os_error() {
+                Some(libc::ENXIO) if fifo() => io::Error::other("a FIFO that nothing reads"),
+                _ => e,
+            }
         })?;
     // Writes block again: a stream's go on a thread of their own, a file's
     // on the blocking thread, and a full pipe must slow them, not fail them.

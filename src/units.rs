@@ -83,6 +83,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
                 "" => 0,
                 d => d.parse::<u128>().map_err(|_| err())? * per / 10u128.pow(d.len() as u32),
             };
+            // A fraction below the microsecond is one: a value written
+            // non-zero never reads as 0 (which some keys take as "none").
+            let nonzero = fraction.bytes().any(|b| b != b'0');
+            let part = if part == 0 && nonzero { 1 } else { part };
             micros = whole
                 .checked_mul(per)
                 .and_then(|w| w.checked_add(part))
@@ -196,6 +200,9 @@ mod tests {
         assert_eq!(parse_duration("0.2s"), Ok(Duration::from_millis(200)));
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("0.0000019s"), Ok(Duration::from_micros(1)));
+        // Never 0 when written non-zero.
+        assert_eq!(parse_duration("0.0000001s"), Ok(Duration::from_micros(1)));
+        assert_eq!(parse_duration("0.0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("52w 1d"), Ok(MAX_DURATION));
         assert_eq!(
             parse_duration("52w 2d"),

@@ -32,8 +32,7 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             // range, so one of them could take the port first (the
             // instance then fails to listen, at start-up fatally); below
             // it, only a program that binds that very number can.
-            let l = free_port_below(ephemeral_start(), tag)
-                .map_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)), Ok)?;
+            let l = free_port_below(ephemeral_start(), tag).map_or_else(any_free_port, Ok)?;
             Ok(ServerAddr::Tcp(l.local_addr()?))
         }
         AppListen::Unix => {
@@ -89,6 +88,19 @@ fn free_port_below(below: u16, tag: u64) -> Option<TcpListener> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
         free_on_ipv6_loopback(port).then_some(listener)
     })
+}
+
+/// A listener on a port of 127.0.0.1 the kernel chose, free on ::1 too
+/// if one of a few tries finds it so.
+fn any_free_port() -> io::Result<TcpListener> {
+    let mut l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    for _ in 0..8 {
+        if free_on_ipv6_loopback(l.local_addr()?.port()) {
+            break;
+        }
+        l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    }
+    Ok(l)
 }
 
 /// Whether nothing listens on `[::1]:port` (true on a host without IPv6):

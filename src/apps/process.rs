@@ -7,9 +7,8 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::config::AppConfig;
 
@@ -22,6 +21,14 @@ const DRAIN_WAIT: Duration = Duration::from_millis(200);
 /// How often, once the process coreserve started has exited after a
 /// SIGTERM, its group is looked at for processes still finishing.
 const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How often the process table is read for such a group (whose members
+/// may all be zombies, which hold nothing); a read costs a look at every
+/// process of the host, so not at every poll.
+const SCAN_EVERY: Duration = Duration::from_millis(250);
+/// How long past its SIGKILL such a group is waited for at most: a member
+/// that does not go even then (in uninterruptible sleep) is left behind,
+/// and the instance reported gone, so that a stop never hangs on it.
+const GIVE_UP: Duration = Duration::from_secs(10);
 
 /// The last lines an instance wrote.
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
@@ -33,20 +40,21 @@ pub struct Process {
     pub pid: u32,
     /// The last lines of its output.
     pub tail: Tail,
-    /// Asked to stop (`stop`): once it exits, the rest of its group gets
-    /// its time too, until the manager's SIGKILL at the stop timeout.
-    stopping: Arc<AtomicBool>,
+    /// Asked to stop (`stop`): when its group gets SIGKILL. Once it
+    /// exits, the rest of its group gets its time until then.
+    stopping: Arc<OnceLock<Instant>>,
 }
 
 impl Process {
-    /// Ask the instance to stop: SIGTERM to its process group. Its exit is
+    /// Ask the instance to stop: SIGTERM to its process group, SIGKILL
+    /// after `timeout` (the manager sends its own too). Its exit is
     /// reported only once every process of the group has ended, so that
     /// the app a wrapper started (`npm start`, `sh -c "node app.js; …"`),
     /// which outlives the wrapper's death by SIGTERM, finishes its
     /// requests within the stop timeout rather than being killed with the
     /// wrapper.
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+    pub fn stop(&self, timeout: Duration) {
+        let _ = self.stopping.set(Instant::now() + timeout);
         signal_group(self.pid, libc::SIGTERM);
     }
 }
@@ -105,7 +113,7 @@ pub fn spawn(
     let who = format!("app {}[{index}]", app.name);
     // Each relay holds a sender; all gone: its output is all read.
     let (relaying, drained) = mpsc::channel::<()>();
-    let stopping = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::new(OnceLock::new());
     let asked = stopping.clone();
     if let Some(out) = child.stdout.take() {
         relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
@@ -117,13 +125,11 @@ pub fn spawn(
         .name(format!("wait-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
-                if asked.load(Ordering::Acquire) {
+                if let Some(&kill_at) = asked.get() {
                     // Stopping: the group got the SIGTERM too; what is
-                    // left of it finishes, or the manager's SIGKILL at the
-                    // stop timeout ends it.
-                    while group_lives(pid) {
-                        std::thread::sleep(GROUP_POLL);
-                    }
+                    // left of it finishes, or SIGKILL at the stop timeout
+                    // ends it.
+                    await_group(pid, kill_at);
                 } else {
                     // It ended by itself: what it forked and left behind
                     // (a shell's or npm's child, a worker) goes with it,
@@ -212,34 +218,85 @@ fn relay_lines(
     }
 }
 
-/// Whether process group `pgid` has a process that still runs. A zombie
-/// does not count: its new parent may never reap it (coreserve as a
-/// container's pid 1), and it holds nothing.
-fn group_lives(pgid: u32) -> bool {
-    // SAFETY: signal 0 only checks that a member exists.
-    if unsafe { libc::kill(-(pgid as libc::pid_t), 0) } != 0 {
-        return false;
+/// Wait for process group `pgid`, whose leader (asked to stop) has
+/// exited, to empty: SIGKILL at `kill_at`, and stop waiting `GIVE_UP`
+/// later. Members that are all zombies (their new parent may never reap
+/// them: coreserve as a container's pid 1) count as gone.
+fn await_group(pgid: u32, kill_at: Instant) {
+    let mut killed = false;
+    let mut scanned: Option<Instant> = None;
+    loop {
+        // SAFETY: signal 0 only checks that a member exists; while one
+        // does, the group's id is not given to another.
+        if unsafe { libc::kill(-(pgid as libc::pid_t), 0) } != 0 {
+            return;
+        }
+        let now = Instant::now();
+        if now >= kill_at && !std::mem::replace(&mut killed, true) {
+            signal_group(pgid, libc::SIGKILL);
+        }
+        if now >= kill_at + GIVE_UP {
+            return;
+        }
+        if scanned.is_none_or(|t| now.duration_since(t) >= SCAN_EVERY) {
+            scanned = Some(now);
+            if !group_runs(pgid) {
+                // Zombies alone, or members this /proc does not show (a
+                // pid namespace of their own): a SIGKILL, harmless to
+                // zombies, leaves none of them running.
+                signal_group(pgid, libc::SIGKILL);
+                return;
+            }
+        }
+        std::thread::sleep(GROUP_POLL);
     }
+}
+
+/// Whether the process table shows a process of group `pgid` that runs
+/// (true when it cannot be read: then only the group's end or `GIVE_UP`
+/// ends the wait).
+fn group_runs(pgid: u32) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        // Unreadable /proc: the member seen above is taken to run; the
-        // manager's SIGKILL ends the wait.
         return true;
     };
     procs.flatten().any(|entry| {
-        let stat = entry.path().join("stat");
-        std::fs::read_to_string(stat).is_ok_and(|s| runs_in_group(&s, pgid))
+        let dir = entry.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            return false;
+        };
+        match member_state(&stat, pgid) {
+            Some(Member::Runs) => true,
+            // A process whose main thread ended while others go on shows
+            // as a zombie too: its tasks tell.
+            Some(Member::Zombie) => {
+                std::fs::read_dir(dir.join("task")).is_ok_and(|t| t.count() > 1)
+            }
+            None => false,
+        }
     })
 }
 
-/// Whether the `/proc/PID/stat` line `stat` is of a process of group
-/// `pgid` that is neither a zombie nor dead.
-fn runs_in_group(stat: &str, pgid: u32) -> bool {
+/// What a process of a group is, as its `/proc/PID/stat` line says.
+#[derive(Debug, PartialEq, Eq)]
+enum Member {
+    Runs,
+    /// A zombie, or dead.
+    Zombie,
+}
+
+/// What the `/proc/PID/stat` line `stat` says of a process of group
+/// `pgid`; `None` for a process of another group (or no such line).
+fn member_state(stat: &str, pgid: u32) -> Option<Member> {
     // The command name, in parentheses, may hold anything: the fields
     // come after its last `)`: state, parent, group.
     let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-    let state = fields.next().unwrap_or("Z");
+    let state = fields.next()?;
     let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-    group == Some(pgid) && !matches!(state, "Z" | "X" | "x")
+    let member = match state {
+        "Z" | "X" | "x" => Member::Zombie,
+        _ => Member::Runs,
+    };
+    (group == Some(pgid)).then_some(member)
 }
 
 /// Whether `pid` still runs (a zombie, killed and not yet reaped by its
@@ -309,18 +366,21 @@ mod tests {
     }
 
     #[test]
-    fn a_group_runs_while_a_member_is_neither_zombie_nor_dead() {
+    fn a_members_state_is_read_after_its_name() {
         let line = |name: &str, state: &str, group: u32| {
             format!("4242 ({name}) {state} 1 {group} {group} 0 -1 4194560 99 0")
         };
-        assert!(runs_in_group(&line("node", "S", 7), 7));
-        assert!(runs_in_group(&line("node", "R", 7), 7));
-        assert!(!runs_in_group(&line("node", "S", 8), 7));
-        assert!(!runs_in_group(&line("node", "Z", 7), 7));
-        assert!(!runs_in_group(&line("node", "X", 7), 7));
+        assert_eq!(member_state(&line("node", "S", 7), 7), Some(Member::Runs));
+        assert_eq!(member_state(&line("node", "R", 7), 7), Some(Member::Runs));
+        assert_eq!(member_state(&line("node", "S", 8), 7), None);
+        assert_eq!(member_state(&line("node", "Z", 7), 7), Some(Member::Zombie));
+        assert_eq!(member_state(&line("node", "X", 7), 7), Some(Member::Zombie));
         // A name with a parenthesis and spaces in it.
-        assert!(runs_in_group(&line("a) Z 1 9 (b", "S", 7), 7));
-        assert!(!runs_in_group("garbage", 7));
+        assert_eq!(
+            member_state(&line("a) Z 1 9 (b", "S", 7), 7),
+            Some(Member::Runs)
+        );
+        assert_eq!(member_state("garbage", 7), None);
     }
 
     #[test]

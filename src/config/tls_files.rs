@@ -99,11 +99,21 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                 continue;
             }
         };
-        if let Err(rule) = chain_order(&parsed) {
-            // Its first certificate may not be the server's: nothing more
-            // said about its names or key would help.
-            fail("chain", format!("{}: {rule}", c.chain.display()));
-            continue;
+        match chain_order(&parsed) {
+            Ok(warnings) => {
+                for w in warnings {
+                    loaded.warnings.push(ConfigError::new(
+                        format!("{prefix}.chain"),
+                        format!("{}: {w}", c.chain.display()),
+                    ));
+                }
+            }
+            Err(rule) => {
+                // Its first certificate may not be the server's: nothing
+                // more said about its names or key would help.
+                fail("chain", format!("{}: {rule}", c.chain.display()));
+                continue;
+            }
         }
         for (n, x) in parsed.iter().enumerate() {
             if let Some(w) = expiry(x, now) {
@@ -140,7 +150,7 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                 // The library says only that it could not parse it; an RSA
                 // key that parses as one is most likely too short.
                 let hint = if is_rsa(&key) {
-                    " (an RSA key must have at least 2048 bits)"
+                    " (an RSA key must have 2048 to 8192 bits)"
                 } else {
                     ""
                 };
@@ -264,10 +274,25 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// Whether each certificate was issued by the next one, as TLS sends them
-/// (RFC 8446 §4.4.2): the server's own first.
-fn chain_order(chain: &[X509Certificate]) -> Result<(), String> {
+/// (RFC 8446 §4.4.2): the server's own first. In order, what to warn of:
+/// an issuer that names the next certificate only once both names are
+/// normalized (their bytes differ: a string type, or case), which OpenSSL
+/// and browsers chain but clients that compare the bytes (Go's, rustls')
+/// do not.
+fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
     for (n, pair) in chain.windows(2).enumerate() {
         let (cert, next) = (&pair[0], &pair[1]);
+        if cert.issuer().as_raw() != next.subject().as_raw()
+            && same_name(cert.issuer(), next.subject())
+        {
+            warnings.push(format!(
+                "certificate {}'s issuer ({}) is written differently from certificate {}'s subject (a string type, or case): OpenSSL and browsers chain them, clients that compare the bytes (Go's, rustls') may not; reissue or fetch the chain as the CA serves it",
+                n + 1,
+                cert.issuer(),
+                n + 2
+            ));
+        }
         if !same_name(cert.issuer(), next.subject()) {
             // A certificate of the file issued another one that it does
             // not directly follow: the right ones, out of order.
@@ -291,7 +316,7 @@ fn chain_order(chain: &[X509Certificate]) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Whether `key` is an RSA key: PKCS#1, or PKCS#8 naming rsaEncryption.
@@ -314,7 +339,8 @@ fn is_rsa(key: &PrivateKeyDer) -> bool {
 /// short): the same bytes, or the same attributes in the same order whose
 /// values match once case and runs of spaces are folded. An issuer written
 /// as a UTF8String and the subject it names as a PrintableString are one
-/// name to OpenSSL and to clients.
+/// name to OpenSSL and browsers (not to Go's or rustls' verifiers, which
+/// compare bytes: `chain_order` warns of it).
 fn same_name(a: &X509Name, b: &X509Name) -> bool {
     if a.as_raw() == b.as_raw() {
         return true;
@@ -640,6 +666,11 @@ mod tests {
         }]);
         let loaded = load_certificates(&c, at(2029, 1, 1));
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        // Warned of: not every client normalizes names.
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0]
+            .rule
+            .contains("certificate 1's issuer (CN=enc intermediate) is written differently from certificate 2's subject"));
         // Another name is still another name.
         let (_, other_mid, _, _) = chain(&["x.example"], (2030, 1, 10));
         let c = config(vec![CertificateConfig {

@@ -562,14 +562,11 @@ async fn forward(
             .await
         };
         // Said as nginx says it (a request body that could not be sent was
-        // said where it failed); on a failure only, so the words may cost.
+        // said where it failed).
         if let Some(fault) = relayed.upstream_fault.filter(|&f| f != Fault::RequestBody) {
-            let then = match relayed.bytes_out {
-                0 => "answered 502".to_string(),
-                _ => format!(
-                    "the response was cut short after {} byte(s) of body",
-                    relayed.body_bytes
-                ),
+            let then = relay::Aftermath {
+                bytes_out: relayed.bytes_out,
+                body_bytes: relayed.body_bytes,
             };
             server.log(
                 log::Level::Warn,

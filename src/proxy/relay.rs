@@ -223,6 +223,26 @@ impl Fault {
     }
 }
 
+/// What a fault meant for the client, as the log says it: a 502 when
+/// nothing had gone to it, else a response cut short.
+pub(super) struct Aftermath {
+    pub(super) bytes_out: u64,
+    pub(super) body_bytes: u64,
+}
+
+impl std::fmt::Display for Aftermath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.bytes_out {
+            0 => f.write_str("answered 502"),
+            _ => write!(
+                f,
+                "the response was cut short after {} byte(s) of body",
+                self.body_bytes
+            ),
+        }
+    }
+}
+
 /// How relaying the response went.
 #[derive(Default)]
 pub(super) struct Relayed {

@@ -1,6 +1,7 @@
 //! The access log: combined and JSON lines, flushed within a second and at
 //! shutdown, reopened on SIGUSR1.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
@@ -301,20 +302,52 @@ fn a_fifo_whose_reader_stops_at_its_end_is_written_and_one_nobody_reads_refused(
     // writer opened and closed before the server's (the check's, once)
     // would end it, and the server's own open would then wait for good.
     let out = dir.0.join("read.log");
-    let mut reader = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("cat '{}' > '{}'", fifo.display(), out.display()))
+    let cat = std::process::Command::new("cat")
+        .arg(&fifo)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _cat = KillOnDrop(cat);
+    // Held, never read: the server's open finds a reader however late
+    // `cat` opens its end (a slow machine), and this end is no writer.
+    let _held = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    // `cat` waits in its open for a writer before the server starts (the
+    // kernel says where it waits), so a check's writer would reach it.
+    let wchan = format!("/proc/{}/wchan", _cat.0.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // (`wait_for_partner`, inside fifo_open; a kernel that hides it
+    // costs the test the deadline, never its verdict).
+    let waiting = |w: &str| w.contains("partner") || w.contains("fifo");
+    while std::fs::read_to_string(&wchan).is_ok_and(|w| !waiting(&w)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let server = Server::start(&["--config", &conf, "--shards", "1"]);
     get(
         server.addr,
         "GET /through-the-fifo HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     let lines = wait_for_lines(&out, 1);
-    assert!(lines[0].contains("GET /through-the-fifo"), "{lines:?}");
-    drop(server);
-    let _ = reader.wait();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.contains("GET /through-the-fifo")),
+        "{lines:?}"
+    );
+}
+
+/// A child process killed (and reaped) when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

@@ -584,7 +584,7 @@ impl Manager {
                             self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
-                    l.inst.process.stop();
+                    l.inst.process.stop(l.stop_timeout);
                     l.inst.state = State::Stopping {
                         kill_at: now + l.stop_timeout,
                     };

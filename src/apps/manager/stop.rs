@@ -26,7 +26,7 @@ impl Manager {
         }
         let mut left: Vec<(u64, u32, Instant, String)> = Vec::new();
         for l in all {
-            l.inst.process.stop();
+            l.inst.process.stop(l.stop_timeout);
             address::release(&l.inst.addr);
             left.push((
                 l.inst.tag,

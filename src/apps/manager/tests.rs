@@ -1006,6 +1006,10 @@ fn an_app_behind_a_wrapper_gets_its_stop_timeout_when_the_wrapper_dies_at_once()
 /// alone: the instance is found there, and its requests sent there.
 #[test]
 fn an_instance_on_the_ipv6_loopback_alone_is_found_there() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this host has no IPv6 loopback");
+        return;
+    }
     within(|| {
         let mut h = Harness::new("ipv6");
         let body = "s = socket.socket(socket.AF_INET6)\n\
