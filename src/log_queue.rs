@@ -3,19 +3,39 @@
 //! stalled journald, a pipe whose reader stopped) never stops a shard, the
 //! master or the relay of an app's output. Past `CAPACITY` waiting lines,
 //! new ones are dropped and counted, and the count is logged once the
-//! writer catches up.
+//! writer catches up, at most once a second. Lines from a thread marked
+//! `bulk_thread` (an app's output relayed) may fill only three quarters of
+//! it: a flood of an app's output leaves room for coreserve's own lines
+//! (that instance's exit, its restart).
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Lines that may wait for stderr: a burst (a reload's lines, a crash
 /// loop's output) passes whole; a log stalled for good costs at most this
-/// many lines of memory: a few hundred KiB of coreserve's own, 64 MiB at
-/// the very worst of app output (its lines are cut at 16 KiB).
+/// many lines of memory: a few hundred KiB of coreserve's own, 16 MiB at
+/// the very worst of app output (its lines are cut at 4 KiB).
 pub const CAPACITY: usize = 4096;
+
+/// How often, at most, the count of dropped lines is logged: a log that
+/// keeps falling behind gets one such line a second, not one per line.
+const SAY_DROPPED_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This thread's lines are bulk (`bulk_thread`).
+    static BULK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Mark the lines this thread logs from now on as bulk (an app's output,
+/// relayed): past three quarters of the queue they are dropped, so that
+/// coreserve's own lines still find room.
+pub fn bulk_thread() {
+    BULK.with(|b| b.set(true));
+}
 
 /// What the writing end and the writer thread share.
 #[derive(Debug, Default)]
@@ -31,6 +51,8 @@ struct Counts {
 pub struct LogQueue {
     tx: SyncSender<Vec<u8>>,
     counts: Arc<Counts>,
+    /// Waiting lines past which bulk lines are dropped.
+    bulk_capacity: usize,
 }
 
 /// Waits for the queue to be written out (see `flush`).
@@ -57,18 +79,33 @@ impl LogQueue {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
-                for line in rx {
-                    // A failed write (stderr closed) loses the line, as
-                    // writing it directly would.
-                    let _ = sink.write_all(&line);
+                let mut said: Option<Instant> = None;
+                loop {
+                    match rx.recv_timeout(SAY_DROPPED_EVERY) {
+                        Ok(line) => {
+                            // A failed write (stderr closed) loses the
+                            // line, as writing it directly would.
+                            let _ = sink.write_all(&line);
+                            shared.pending.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if said.is_some_and(|t| t.elapsed() < SAY_DROPPED_EVERY) {
+                        continue;
+                    }
                     let dropped = shared.dropped.swap(0, Ordering::AcqRel);
                     if dropped > 0 {
                         let _ = sink.write_all(dropped_line(dropped).as_bytes());
+                        said = Some(Instant::now());
                     }
-                    shared.pending.fetch_sub(1, Ordering::AcqRel);
                 }
             })?;
-        Ok(LogQueue { tx, counts })
+        Ok(LogQueue {
+            tx,
+            counts,
+            bulk_capacity: capacity - capacity / 4,
+        })
     }
 
     /// What waits for this queue to be written out.
@@ -79,7 +116,12 @@ impl LogQueue {
 
 impl Write for LogQueue {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.counts.pending.fetch_add(1, Ordering::AcqRel);
+        let waiting = self.counts.pending.fetch_add(1, Ordering::AcqRel);
+        if waiting >= self.bulk_capacity && BULK.with(Cell::get) {
+            self.counts.pending.fetch_sub(1, Ordering::AcqRel);
+            self.counts.dropped.fetch_add(1, Ordering::AcqRel);
+            return Ok(buf.len());
+        }
         match self.tx.try_send(buf.to_vec()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -168,5 +210,49 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .expect("a dropped line");
         assert_eq!(dropped as usize + lines.len() - 1, 20, "{text}");
+    }
+
+    #[test]
+    fn a_flood_of_bulk_lines_leaves_room_for_the_others() {
+        let (open, gate) = mpsc::channel();
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let sink = Gated {
+            gate,
+            taken: taken.clone(),
+        };
+        let q = LogQueue::to(sink, 8, |n| format!("{n} dropped\n")).unwrap();
+        let flusher = q.flusher();
+        let q = Arc::new(Mutex::new(q));
+        let flood = q.clone();
+        std::thread::spawn(move || {
+            bulk_thread();
+            for i in 0..50 {
+                flood
+                    .lock()
+                    .unwrap()
+                    .write_all(format!("app {i}\n").as_bytes())
+                    .unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        for i in 0..2 {
+            q.lock()
+                .unwrap()
+                .write_all(format!("own {i}\n").as_bytes())
+                .unwrap();
+        }
+        for _ in 0..100 {
+            let _ = open.send(());
+        }
+        flusher.flush(Duration::from_secs(5));
+        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let bulk = lines.iter().filter(|l| l.starts_with("app ")).count();
+        assert_eq!(bulk, 6, "three quarters of 8: {text}");
+        assert!(
+            lines.contains(&"own 0") && lines.contains(&"own 1"),
+            "{text}"
+        );
     }
 }

@@ -174,6 +174,9 @@ fn relay_lines(
         .name("app-output".into())
         .spawn(move || {
             let _relaying = relaying;
+            // A flood of it must leave room in coreserve's log for its
+            // own lines (this instance's exit, its restart).
+            crate::log_queue::bulk_thread();
             let mut reader = BufReader::new(pipe);
             let mut line = Vec::with_capacity(256);
             loop {
