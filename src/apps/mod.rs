@@ -14,6 +14,7 @@
 
 mod address;
 mod manager;
+mod proc_table;
 mod process;
 
 /// The log target of the apps' own output lines: logged at `info`

@@ -10,6 +10,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::proc_table::{self, Known};
 use crate::config::AppConfig;
 
 /// Lines of output kept per instance, for the error when it fails to start.
@@ -34,28 +35,54 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// A running instance's process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Process {
     /// Its pid, also its process group's id.
     pub pid: u32,
     /// The last lines of its output.
     pub tail: Tail,
-    /// Asked to stop (`stop`): when its group gets SIGKILL. Once it
-    /// exits, the rest of its group gets its time until then.
-    stopping: Arc<OnceLock<Instant>>,
+    /// Asked to stop (`stop`): what the stop reaches, and when it gets
+    /// SIGKILL. Once it exits, the rest gets its time until then.
+    stopping: Arc<OnceLock<Stop>>,
+}
+
+/// An instance's stop under way.
+#[derive(Debug)]
+struct Stop {
+    /// When what is left of it gets SIGKILL.
+    kill_at: Instant,
+    /// Its descendants outside its process group when it was asked.
+    strays: Vec<Known>,
 }
 
 impl Process {
-    /// Ask the instance to stop: SIGTERM to its process group, SIGKILL
-    /// after `timeout` (the manager sends its own too). Its exit is
-    /// reported only once every process of the group has ended, so that
-    /// the app a wrapper started (`npm start`, `sh -c "node app.js; …"`),
-    /// which outlives the wrapper's death by SIGTERM, finishes its
+    /// Ask the instance to stop: SIGTERM to its process group and to its
+    /// descendants that left it (a child spawned `detached`: PM2 kills the
+    /// whole tree), SIGKILL after `timeout` (the manager sends its own
+    /// too). Its exit is reported only once all of them have ended, so
+    /// that the app a wrapper started (`npm start`, `sh -c "node app.js;
+    /// …"`), which outlives the wrapper's death by SIGTERM, finishes its
     /// requests within the stop timeout rather than being killed with the
     /// wrapper.
     pub fn stop(&self, timeout: Duration) {
-        let _ = self.stopping.set(Instant::now() + timeout);
+        let stop = Stop {
+            kill_at: Instant::now() + timeout,
+            strays: proc_table::strays(self.pid),
+        };
         signal_group(self.pid, libc::SIGTERM);
+        for s in &stop.strays {
+            s.signal(libc::SIGTERM);
+        }
+        let _ = self.stopping.set(stop);
+    }
+
+    /// SIGKILL to the instance's process group, and to the descendants
+    /// outside it its stop found.
+    pub fn kill(&self) {
+        signal_group(self.pid, libc::SIGKILL);
+        for s in self.stopping.get().iter().flat_map(|s| &s.strays) {
+            s.signal(libc::SIGKILL);
+        }
     }
 }
 
@@ -80,6 +107,8 @@ pub fn spawn(
         .env(&app.listen_env, address)
         .env("CORESERVE_APP", &app.name)
         .env("CORESERVE_INSTANCE", index.to_string())
+        // What PM2 sets (the `config` package reads it).
+        .env("NODE_APP_INSTANCE", index.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -107,10 +136,23 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let cwd = app
+            .cwd
+            .as_ref()
+            .map_or(String::new(), |d| format!(" in {}", d.display()));
+        let hint = match e.kind() {
+            io::ErrorKind::NotFound => {
+                " (the program, the interpreter its #! line names, or the directory is missing)"
+            }
+            _ => "",
+        };
+        io::Error::new(e.kind(), format!("{program}{cwd}: {e}{hint}"))
+    })?;
     let pid = child.id();
     let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     let who = format!("app {}[{index}]", app.name);
+    let stopped = who.clone();
     // Each relay holds a sender; all gone: its output is all read.
     let (relaying, drained) = mpsc::channel::<()>();
     let stopping = Arc::new(OnceLock::new());
@@ -125,18 +167,23 @@ pub fn spawn(
         .name(format!("wait-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
-                if let Some(&kill_at) = asked.get() {
+                match asked.get() {
                     // Stopping: the group got the SIGTERM too; what is
                     // left of it finishes, or SIGKILL at the stop timeout
                     // ends it.
-                    await_group(pid, kill_at);
-                } else {
+                    Some(stop) => await_group(pid, stop, Some(&stopped)),
                     // It ended by itself: what it forked and left behind
-                    // (a shell's or npm's child, a worker) goes with it,
-                    // or it would hold its port or socket until coreserve
-                    // stops. The group keeps the pid taken while any
-                    // member lives, so this reaches nothing else.
-                    signal_group(pid, libc::SIGKILL);
+                    // in its group (a shell's or npm's child, a worker)
+                    // goes with it at once, or it would hold its port or
+                    // socket until coreserve stops.
+                    None => await_group(
+                        pid,
+                        &Stop {
+                            kill_at: Instant::now(),
+                            strays: Vec::new(),
+                        },
+                        None,
+                    ),
                 }
                 // Its last lines are logged and in `tail` before its exit
                 // is reported (the error that quotes them may be the last
@@ -221,98 +268,61 @@ fn relay_lines(
     }
 }
 
-/// Wait for process group `pgid`, whose leader (asked to stop) has
-/// exited, to empty: SIGKILL at `kill_at`, and stop waiting `GIVE_UP`
-/// later. Members that are all zombies (their new parent may never reap
-/// them: coreserve as a container's pid 1) count as gone.
-fn await_group(pgid: u32, kill_at: Instant) {
+/// Wait for process group `pgid`, whose leader has exited, and the
+/// strays of its stop, to end: SIGKILL at the stop's `kill_at`, and stop
+/// waiting `GIVE_UP` later. Members that are all zombies (their new parent
+/// may never reap them: coreserve as a container's pid 1) count as gone.
+/// `stopped`: the instance, whose stop this is (its SIGKILL is logged).
+fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
     let mut killed = false;
     let mut scanned: Option<Instant> = None;
+    let mut group_gone = false;
     loop {
+        let now = Instant::now();
         // SAFETY: signal 0 only checks that a member exists; while one
         // does, the group's id is not given to another.
-        if unsafe { libc::kill(-(pgid as libc::pid_t), 0) } != 0 {
-            return;
+        if !group_gone && unsafe { libc::kill(-(pgid as libc::pid_t), 0) } != 0 {
+            group_gone = true;
         }
-        let now = Instant::now();
-        if now >= kill_at && !std::mem::replace(&mut killed, true) {
-            signal_group(pgid, libc::SIGKILL);
-        }
-        if now >= kill_at + GIVE_UP {
-            return;
-        }
-        if scanned.is_none_or(|t| now.duration_since(t) >= SCAN_EVERY) {
+        if !group_gone && scanned.is_none_or(|t| now.duration_since(t) >= SCAN_EVERY) {
             scanned = Some(now);
-            if !group_runs(pgid) {
+            if !proc_table::group_runs(pgid) {
                 // Zombies alone, or members this /proc does not show (a
                 // pid namespace of their own): a SIGKILL, harmless to
                 // zombies, leaves none of them running.
                 signal_group(pgid, libc::SIGKILL);
-                return;
+                group_gone = true;
             }
+        }
+        if group_gone && !stop.strays.iter().any(Known::runs) {
+            return;
+        }
+        if now >= stop.kill_at && !std::mem::replace(&mut killed, true) {
+            if let Some(who) = stopped {
+                // The status coreserve logs is its own process's (a
+                // wrapper's SIGTERM): this says the app behind it did not
+                // stop in time.
+                log::warn!(
+                    "{who} (pid {pgid}): what it started was still running at stop-timeout; killed"
+                );
+            }
+            signal_group(pgid, libc::SIGKILL);
+            for s in &stop.strays {
+                s.signal(libc::SIGKILL);
+            }
+        }
+        if now >= stop.kill_at + GIVE_UP {
+            return;
         }
         std::thread::sleep(GROUP_POLL);
     }
-}
-
-/// Whether the process table shows a process of group `pgid` that runs
-/// (true when it cannot be read: then only the group's end or `GIVE_UP`
-/// ends the wait).
-fn group_runs(pgid: u32) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    procs.flatten().any(|entry| {
-        let dir = entry.path();
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            return false;
-        };
-        match member_state(&stat, pgid) {
-            Some(Member::Runs) => true,
-            // A process whose main thread ended while others go on shows
-            // as a zombie too: its tasks tell.
-            Some(Member::Zombie) => {
-                std::fs::read_dir(dir.join("task")).is_ok_and(|t| t.count() > 1)
-            }
-            None => false,
-        }
-    })
-}
-
-/// What a process of a group is, as its `/proc/PID/stat` line says.
-#[derive(Debug, PartialEq, Eq)]
-enum Member {
-    Runs,
-    /// A zombie, or dead.
-    Zombie,
-}
-
-/// What the `/proc/PID/stat` line `stat` says of a process of group
-/// `pgid`; `None` for a process of another group (or no such line).
-fn member_state(stat: &str, pgid: u32) -> Option<Member> {
-    // The command name, in parentheses, may hold anything: the fields
-    // come after its last `)`: state, parent, group.
-    let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-    let state = fields.next()?;
-    let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-    let member = match state {
-        "Z" | "X" | "x" => Member::Zombie,
-        _ => Member::Runs,
-    };
-    (group == Some(pgid)).then_some(member)
 }
 
 /// Whether `pid` still runs (a zombie, killed and not yet reaped by its
 /// new parent, does not): for tests of what outlives what.
 #[cfg(test)]
 pub(crate) fn runs(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with(['Z', 'X'])
-    })
+    proc_table::Stat::read(pid).is_some_and(|s| s.runs())
 }
 
 /// Send `signal` to the instance's process group.
@@ -366,24 +376,6 @@ mod tests {
         );
         assert_eq!(lines[0], "a".repeat(MAX_LINE - 1) + " [cut]");
         assert_eq!(lines[1], "next");
-    }
-
-    #[test]
-    fn a_members_state_is_read_after_its_name() {
-        let line = |name: &str, state: &str, group: u32| {
-            format!("4242 ({name}) {state} 1 {group} {group} 0 -1 4194560 99 0")
-        };
-        assert_eq!(member_state(&line("node", "S", 7), 7), Some(Member::Runs));
-        assert_eq!(member_state(&line("node", "R", 7), 7), Some(Member::Runs));
-        assert_eq!(member_state(&line("node", "S", 8), 7), None);
-        assert_eq!(member_state(&line("node", "Z", 7), 7), Some(Member::Zombie));
-        assert_eq!(member_state(&line("node", "X", 7), 7), Some(Member::Zombie));
-        // A name with a parenthesis and spaces in it.
-        assert_eq!(
-            member_state(&line("a) Z 1 9 (b", "S", 7), 7),
-            Some(Member::Runs)
-        );
-        assert_eq!(member_state("garbage", 7), None);
     }
 
     #[test]

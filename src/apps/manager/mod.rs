@@ -402,8 +402,22 @@ impl Manager {
         let _ = self.probe(now, false);
         self.timers(now);
         self.roll(now);
+        self.count_leaving();
         self.publish();
         self.post_status();
+    }
+
+    /// Count the open connections of each instance that has just begun to
+    /// leave (`timers` counts again when its grace is over): the status
+    /// board shows them while the grace runs, for the instance a roll
+    /// retired in this very pass too.
+    fn count_leaving(&mut self) {
+        let tables = address::SocketTables::new(&self.proc_net);
+        for l in &mut self.leaving {
+            if l.open.is_none() && matches!(l.inst.state, State::Retiring { .. }) {
+                l.open = tables.open_connections(&l.inst.addr);
+            }
+        }
     }
 
     /// Start what is due: new slots, restarts after back-off, and (in a
@@ -508,7 +522,7 @@ impl Manager {
                     } else if deadline <= now {
                         let tail = tail_of(&inst.process);
                         let timeout = app.config.start_timeout;
-                        process::signal_group(inst.process.pid, libc::SIGKILL);
+                        inst.process.kill();
                         inst.state = State::Stopping {
                             kill_at: now + stop,
                         };
@@ -539,11 +553,6 @@ impl Manager {
     fn timers(&mut self, now: Instant) {
         let tables = address::SocketTables::new(&self.proc_net);
         for l in &mut self.leaving {
-            if l.open.is_none() && matches!(l.inst.state, State::Retiring { .. }) {
-                // Counted at once, for the status board, while the grace
-                // runs.
-                l.open = tables.open_connections(&l.inst.addr);
-            }
             match l.inst.state {
                 State::Retiring {
                     stop_at,
@@ -784,7 +793,7 @@ fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String)
         who(),
         inst.process.pid
     );
-    process::signal_group(inst.process.pid, libc::SIGKILL);
+    inst.process.kill();
     inst.state = State::Stopping {
         kill_at: now + KILL_AGAIN,
     };

@@ -3,10 +3,27 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use log::{info, warn};
+use log::{error, info, warn};
 
-use super::{Manager, Msg, KILL_AGAIN};
-use crate::apps::{address, process};
+use super::{Manager, Msg, State, KILL_AGAIN};
+use crate::apps::address;
+use crate::apps::process::Process;
+
+/// How long after its SIGKILL an instance is waited for at most: one that
+/// has not gone by then (a process in uninterruptible sleep, on a hung
+/// disk) is left behind, so that coreserve's stop never hangs on it.
+const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An instance being stopped.
+struct Going {
+    tag: u64,
+    process: Process,
+    /// When it gets SIGKILL (again).
+    kill_at: Instant,
+    /// When it first got SIGKILL.
+    killed: Option<Instant>,
+    who: String,
+}
 
 impl Manager {
     /// Stop every instance: SIGTERM to each process group, SIGKILL to
@@ -24,38 +41,63 @@ impl Manager {
         if !all.is_empty() {
             info!("stopping {} app instance(s)", all.len());
         }
-        let mut left: Vec<(u64, u32, Instant, String)> = Vec::new();
+        let mut left: Vec<Going> = Vec::new();
         for l in all {
-            l.inst.process.stop(l.stop_timeout);
+            let kill_at = match l.inst.state {
+                // Asked already (a reload retired it): a second SIGTERM
+                // could read as "now" to an app, and its time runs on.
+                State::Stopping { kill_at } => kill_at,
+                _ => {
+                    l.inst.process.stop(l.stop_timeout);
+                    now + l.stop_timeout
+                }
+            };
             address::release(&l.inst.addr);
-            left.push((
-                l.inst.tag,
-                l.inst.process.pid,
-                now + l.stop_timeout,
-                l.who(),
-            ));
+            left.push(Going {
+                tag: l.inst.tag,
+                who: l.who(),
+                process: l.inst.process,
+                kill_at,
+                killed: None,
+            });
         }
         let mut at_once = false;
         while !left.is_empty() {
             let now = Instant::now();
-            for (_, pid, kill_at, name) in left.iter_mut() {
-                if *kill_at <= now {
-                    if at_once {
-                        warn!("{name} (pid {pid}) killed at once (a second stop signal)");
-                    } else {
-                        warn!("{name} (pid {pid}) did not stop in time; killed");
-                    }
-                    process::signal_group(*pid, libc::SIGKILL);
-                    *kill_at = now + KILL_AGAIN;
+            left.retain(|g| {
+                let pid = g.process.pid;
+                let hung = g.killed.is_some_and(|t| now >= t + GIVE_UP);
+                if hung {
+                    error!(
+                        "{} (pid {pid}) is still there {}s after SIGKILL (a process in uninterruptible sleep?); left behind",
+                        g.who,
+                        GIVE_UP.as_secs()
+                    );
+                    self.board.remove(pid);
                 }
+                !hung
+            });
+            for g in left.iter_mut().filter(|g| g.kill_at <= now) {
+                let (name, pid) = (&g.who, g.process.pid);
+                if at_once {
+                    warn!("{name} (pid {pid}) killed at once (a second stop signal)");
+                } else if g.killed.is_none() {
+                    warn!("{name} (pid {pid}) did not stop in time; killed");
+                }
+                g.process.kill();
+                g.killed.get_or_insert(now);
+                g.kill_at = now + KILL_AGAIN;
             }
-            let wake = left.iter().map(|l| l.2).min().expect("not empty");
+            let Some(wake) = left.iter().map(|g| g.kill_at).min() else {
+                break;
+            };
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Msg::Exited { tag, status }) => {
-                    if let Some(pos) = left.iter().position(|l| l.0 == tag) {
-                        let (_, pid, _, who) = left.swap_remove(pos);
+                    if let Some(pos) = left.iter().position(|g| g.tag == tag) {
+                        let g = left.swap_remove(pos);
+                        let pid = g.process.pid;
                         self.board.remove(pid);
-                        info!("{who} (pid {pid}) stopped: {status}");
+                        info!("{} (pid {pid}) stopped: {status}", g.who);
                     }
                 }
                 Ok(Msg::Stop(done)) => {
@@ -63,8 +105,8 @@ impl Manager {
                 }
                 Ok(Msg::KillNow) if !at_once => {
                     at_once = true;
-                    for l in left.iter_mut() {
-                        l.2 = Instant::now();
+                    for g in left.iter_mut() {
+                        g.kill_at = Instant::now();
                     }
                 }
                 Ok(Msg::Reload(..) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}

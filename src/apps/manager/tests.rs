@@ -160,6 +160,8 @@ struct Record {
     version: String,
     /// When it got a SIGTERM.
     term: Option<f64>,
+    /// How many SIGTERMs it got.
+    terms: usize,
     /// When it finished what it did after its SIGTERM (apps that say so).
     stopped: Option<f64>,
 }
@@ -179,7 +181,10 @@ fn records(dir: &Path) -> BTreeMap<u32, Record> {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words[..] {
                 ["start", v, _] => r.version = v.to_string(),
-                ["term", t] => r.term = r.term.or(t.parse().ok()),
+                ["term", t] => {
+                    r.term = r.term.or(t.parse().ok());
+                    r.terms += 1;
+                }
                 ["stopped", t] => r.stopped = t.parse().ok(),
                 _ => panic!("a strange record: {line:?}"),
             }
@@ -481,6 +486,12 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
             // instance, nor a server fewer for the shards (one more while
             // a replacement serves its min-uptime).
             assert!(app.slots.iter().filter(|s| s.next.is_some()).count() <= 1);
+            // A leaving instance's connections are counted in the pass
+            // that retired it, not a grace later.
+            assert!(m
+                .leaving
+                .iter()
+                .all(|l| l.open.is_some() || !matches!(l.inst.state, State::Retiring { .. })));
             for (index, next) in app
                 .slots
                 .iter()
@@ -1024,6 +1035,71 @@ fn an_instance_on_the_ipv6_loopback_alone_is_found_there() {
         assert_eq!(at.ip(), std::net::Ipv6Addr::LOCALHOST, "{addr}");
         assert!(address::accepts(&addr));
         assert_eq!(servers, [("web".to_string(), vec![addr])]);
+    });
+}
+
+/// A child the instance spawned in a session of its own (Node's
+/// `detached`) is outside its process group: its stop reaches it anyway,
+/// as PM2's tree kill does, instead of leaving it behind for good.
+#[test]
+fn a_stop_reaches_a_child_that_left_the_instances_group() {
+    within(|| {
+        let dir = scratch("stray");
+        let body = format!(
+            "import subprocess\n\
+             p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n\
+             open(os.path.join(DIR, 'stray'), 'w').write(str(p.pid))\n\
+             {SERVES}"
+        );
+        let (apps, _) = Apps::start(
+            vec![app("detaches", 1, &body, &dir)],
+            1,
+            DRAIN,
+            Box::new(|_| {}),
+            || false,
+        )
+        .unwrap();
+        let stray: u32 = std::fs::read_to_string(dir.join("stray"))
+            .expect("the stray's pid")
+            .parse()
+            .unwrap();
+        assert!(process::runs(stray));
+        apps.stop(false, || false);
+        let deadline = Instant::now() + STEP;
+        while process::runs(stray) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !process::runs(stray),
+            "the detached child {stray} outlived the stop"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// An instance a reload already asked to stop is not asked again when
+/// coreserve stops: a second SIGTERM reads as "now" to some apps.
+#[test]
+fn an_instance_already_stopping_gets_no_second_sigterm() {
+    within(|| {
+        let mut h = Harness::new("no-second-term");
+        let mut web = app("web", 1, "on_term(lambda: None)\nserve(listen())", &h.dir);
+        web.stop_timeout = Duration::from_secs(2);
+        h.start(vec![web.clone()]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap().process.pid;
+        let v2 = version(&web, "2", "on_term(lambda: None)\nserve(listen())");
+        h.send(Msg::Reload(vec![v2], true));
+        h.turn_until("the old instance asked to stop", |m| {
+            m.leaving.iter().any(|l| {
+                l.inst.process.pid == old && matches!(l.inst.state, State::Stopping { .. })
+            })
+        });
+        let dir = h.dir.clone();
+        h.turn_until("its SIGTERM recorded", |_| {
+            records(&dir).get(&old).is_some_and(|r| r.term.is_some())
+        });
+        h.m.stop_all(&h.rx);
+        assert_eq!(records(&h.dir)[&old].terms, 1);
     });
 }
 

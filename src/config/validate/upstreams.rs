@@ -183,7 +183,10 @@ fn validate_app(
                     "{name} is set by coreserve to each instance's address (listen-env); leave it out"
                 ),
             );
-        } else if matches!(name.as_str(), "CORESERVE_APP" | "CORESERVE_INSTANCE") {
+        } else if matches!(
+            name.as_str(),
+            "CORESERVE_APP" | "CORESERVE_INSTANCE" | "NODE_APP_INSTANCE"
+        ) {
             err(
                 &key,
                 format!("{name} is set by coreserve to each instance's app name or number; leave it out"),
@@ -208,7 +211,7 @@ fn validate_app(
         );
     } else if matches!(
         a.listen_env.as_str(),
-        "CORESERVE_APP" | "CORESERVE_INSTANCE" | "PATH"
+        "CORESERVE_APP" | "CORESERVE_INSTANCE" | "NODE_APP_INSTANCE" | "PATH"
     ) {
         // Overwritten with the address, each would lose its meaning: PATH
         // no longer finds the app's program.
@@ -407,7 +410,7 @@ mod tests {
                 "app[1].env.CORESERVE_INSTANCE: CORESERVE_INSTANCE is set by coreserve to each instance's app name or number; leave it out",
             ]
         );
-        for taken in ["PATH", "CORESERVE_APP"] {
+        for taken in ["PATH", "CORESERVE_APP", "NODE_APP_INSTANCE"] {
             let mut c = Config::default();
             c.apps.push(AppConfig {
                 listen_env: taken.into(),

@@ -1,0 +1,200 @@
+//! The kernel's process table (`/proc`), as the supervision of app
+//! instances reads it: a process's state, parent, group and start time;
+//! the descendants of an instance that left its process group (a child
+//! spawned `detached`, a daemon), which its stop must reach too, as PM2's
+//! tree kill does; whether a group still has a process that runs; and the
+//! reaping of a group's zombies left to coreserve (as a container's pid 1,
+//! it inherits every orphan).
+
+use std::collections::HashMap;
+
+/// A process as its `/proc/PID/stat` line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Its state letter (`R`, `S`, `D`, `Z`, …).
+    pub state: u8,
+    /// Its parent's pid.
+    pub parent: u32,
+    /// Its process group.
+    pub group: u32,
+    /// When it started, in clock ticks since boot: with the pid, what
+    /// tells it from a later process given the same pid.
+    pub start: u64,
+}
+
+impl Stat {
+    /// Read from a `/proc/PID/stat` line.
+    pub fn parse(line: &str) -> Option<Stat> {
+        // The command name, in parentheses, may hold anything: the fields
+        // come after its last `)`.
+        let mut f = line.rsplit_once(')')?.1.split_ascii_whitespace();
+        let state = *f.next()?.as_bytes().first()?;
+        let parent = f.next()?.parse().ok()?;
+        let group = f.next()?.parse().ok()?;
+        // session, tty, tpgid, flags, 4 fault counts, 4 times, priority,
+        // nice, threads, itrealvalue: 16 fields, then the start time.
+        let start = f.nth(16)?.parse().ok()?;
+        Some(Stat {
+            state,
+            parent,
+            group,
+            start,
+        })
+    }
+
+    /// Process `pid`'s, if it exists.
+    pub fn read(pid: u32) -> Option<Stat> {
+        let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Stat::parse(&line)
+    }
+
+    /// Neither a zombie nor dead.
+    pub fn runs(&self) -> bool {
+        !matches!(self.state, b'Z' | b'X' | b'x')
+    }
+}
+
+/// A process known by its pid and start time: by the time it is looked at
+/// again, its pid may be another process's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Its pid.
+    pub pid: u32,
+    start: u64,
+}
+
+impl Known {
+    /// Whether it still runs (the same process, neither zombie nor dead).
+    pub fn runs(&self) -> bool {
+        Stat::read(self.pid).is_some_and(|s| s.start == self.start && s.runs())
+    }
+
+    /// Send it `signal`, if it is still the same process.
+    pub fn signal(&self, signal: libc::c_int) {
+        if Stat::read(self.pid).is_some_and(|s| s.start == self.start) {
+            // SAFETY: kill(2) on a pid just seen to be this process.
+            unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+        }
+    }
+}
+
+/// Every process of the table, by pid; `None` when `/proc` cannot be
+/// read.
+fn table() -> Option<HashMap<u32, Stat>> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    Some(
+        procs
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse().ok()?;
+                Some((pid, Stat::read(pid)?))
+            })
+            .collect(),
+    )
+}
+
+/// The descendants of `leader`, found through their parents, that are
+/// not in its process group: a signal to the group misses them.
+pub fn strays(leader: u32) -> Vec<Known> {
+    let Some(table) = table() else {
+        return Vec::new();
+    };
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, s) in &table {
+        children.entry(s.parent).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut next = vec![leader];
+    while let Some(pid) = next.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            let s = &table[&child];
+            if s.group != leader {
+                out.push(Known {
+                    pid: child,
+                    start: s.start,
+                });
+            }
+            next.push(child);
+        }
+    }
+    out
+}
+
+/// Whether the table shows a process of group `group` that runs (true
+/// when it cannot be read). A group's zombies whose parent is coreserve
+/// (the orphans a container's pid 1 inherits) are reaped on the way:
+/// nothing else would, and each holds a slot of the process table.
+pub fn group_runs(group: u32) -> bool {
+    let Some(table) = table() else {
+        return true;
+    };
+    let me = std::process::id();
+    let mut runs = false;
+    for (&pid, s) in table.iter().filter(|(_, s)| s.group == group) {
+        if s.runs() {
+            runs = true;
+        } else if std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|t| t.count() > 1) {
+            // Its main thread ended while others go on: it shows as a
+            // zombie, and runs.
+            runs = true;
+        } else if s.parent == me && pid != group {
+            // Never the group's leader: that is an instance, which its own
+            // thread waits for.
+            // SAFETY: waitpid(2) on a zombie child of ours, without waiting.
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(name: &str, state: &str, parent: u32, group: u32, start: u64) -> String {
+        format!("4242 ({name}) {state} {parent} {group} {group} 0 -1 4194560 99 0 0 0 5 3 0 0 20 0 1 0 {start} 123 45")
+    }
+
+    #[test]
+    fn a_stat_line_is_read_after_the_name() {
+        let s = Stat::parse(&line("node", "S", 1, 7, 987)).unwrap();
+        assert_eq!(
+            s,
+            Stat {
+                state: b'S',
+                parent: 1,
+                group: 7,
+                start: 987
+            }
+        );
+        assert!(s.runs());
+        for dead in ["Z", "X"] {
+            assert!(!Stat::parse(&line("node", dead, 1, 7, 9)).unwrap().runs());
+        }
+        // A name with a parenthesis and spaces in it.
+        let odd = Stat::parse(&line("a) Z 1 9 (b", "R", 3, 7, 5)).unwrap();
+        assert_eq!((odd.state, odd.parent, odd.group), (b'R', 3, 7));
+        assert_eq!(Stat::parse("garbage"), None);
+        assert_eq!(Stat::parse("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_reads_as_itself() {
+        let me = Stat::read(std::process::id()).unwrap();
+        assert!(me.runs());
+        // SAFETY: getppid and getpgrp cannot fail.
+        let (parent, group) = unsafe { (libc::getppid(), libc::getpgrp()) };
+        assert_eq!((me.parent, me.group), (parent as u32, group as u32));
+        let known = Known {
+            pid: std::process::id(),
+            start: me.start,
+        };
+        assert!(known.runs());
+        // Another start time: another process that had the pid.
+        let other = Known {
+            start: me.start + 1,
+            ..known
+        };
+        assert!(!other.runs());
+    }
+}
