@@ -985,3 +985,32 @@ fn bytes_sent_after_a_closing_request_do_not_cut_its_response() {
     std::thread::sleep(Duration::from_millis(100));
     crate::util::read_whole_response(&mut s, data.len());
 }
+
+/// A root that is a symlink (`current -> releases/N`, the atomic deploy)
+/// is followed at each look, not once at start: the swap is served once
+/// `cache-valid` has passed, and removing the old release takes nothing
+/// away, as with nginx.
+#[test]
+fn a_symlinked_root_follows_its_swap() {
+    let dir = Scratch::new("symlinked-root");
+    dir.write("releases/1/v.txt", "one\n");
+    dir.write("releases/2/v.txt", "two\n");
+    std::os::unix::fs::symlink("releases/1", dir.0.join("current")).unwrap();
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\ncache-valid = \"100ms\"\n",
+            dir.path("current")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let v = || get(server.addr, "GET /v.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(v().text(), "one\n");
+    // As deploy tools swap it: a new link renamed over the old one.
+    std::os::unix::fs::symlink("releases/2", dir.0.join("current.new")).unwrap();
+    std::fs::rename(dir.0.join("current.new"), dir.0.join("current")).unwrap();
+    std::fs::remove_dir_all(dir.0.join("releases/1")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = v();
+    assert_eq!((r.status, r.text().as_str()), (200, "two\n"));
+}

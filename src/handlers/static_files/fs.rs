@@ -170,7 +170,8 @@ impl From<FoundSend> for Found {
 /// What the blocking lookup needs; all owned, all `Send`.
 #[derive(Debug, Clone)]
 pub struct Lookup {
-    /// Canonical root.
+    /// The root: canonical for `find`, as configured for
+    /// `find_from_configured`.
     pub root: PathBuf,
     /// Safe relative path (see `resolve`).
     pub rel: String,
@@ -188,6 +189,20 @@ pub struct Lookup {
     pub dotfiles: bool,
     /// Precompressed encodings to try, best first (`br`, `gzip`).
     pub encodings: Vec<&'static str>,
+}
+
+/// Resolve a lookup whose root is as configured: the root is resolved
+/// first, at each look rather than once, so that a deploy that swaps a
+/// symlinked root (`current -> releases/N`) is served at once, as nginx
+/// serves it. A root that is not there is a 404, as a missing file.
+pub fn find_from_configured(mut l: Lookup) -> FoundSend {
+    match fs::canonicalize(&l.root) {
+        Ok(root) => {
+            l.root = root;
+            find(&l)
+        }
+        Err(e) => failure(e),
+    }
 }
 
 /// Resolve a lookup on disk.

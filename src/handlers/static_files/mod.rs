@@ -83,7 +83,8 @@ pub struct StaticSite {
 struct SiteState {
     prefix: String,
     cfg: Rc<StaticConfig>,
-    /// The root, canonicalized once: the jail every candidate must stay in.
+    /// The root as configured: resolved at each look (`fs::find_from_configured`),
+    /// it is the jail every candidate must stay in.
     root: PathBuf,
     cache: RefCell<HashMap<CacheKey, CacheEntry>>,
     cache_bytes: Cell<usize>,
@@ -127,10 +128,9 @@ struct CacheEntry {
 }
 
 impl StaticSite {
-    /// A site for the route with this prefix. Canonicalizes the root (done
-    /// once, when the shard builds its router, before it serves).
+    /// A site for the route with this prefix.
     pub fn new(prefix: String, cfg: Rc<StaticConfig>) -> StaticSite {
-        let root = std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone());
+        let root = cfg.root.clone();
         StaticSite {
             state: Rc::new(SiteState {
                 prefix,
@@ -288,7 +288,7 @@ impl SiteState {
             encodings: job.encodings.clone(),
         };
         let found: Found = glommio::executor()
-            .spawn_blocking(move || fs::find(&lookup))
+            .spawn_blocking(move || fs::find_from_configured(lookup))
             .await
             .into();
         if !self.cfg.cache_valid.is_zero() && !matches!(found, Found::Failed(_)) {
