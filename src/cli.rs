@@ -274,6 +274,10 @@ impl Cli {
                     let mine = |e: &ConfigError| e.key.is_empty() || e.key.starts_with("metrics.");
                     match f.partial {
                         Some(partial) if !f.errors.iter().any(mine) => partial.metrics,
+                        // Not read at all (an unset `${VAR}` elsewhere: the
+                        // text could not be parsed): every reason, rather
+                        // than none.
+                        None if !f.errors.iter().any(mine) => return Err(f.errors),
                         _ => return Err(f.errors.into_iter().filter(mine).collect()),
                     }
                 }

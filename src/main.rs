@@ -140,8 +140,16 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
         None => match cli.metrics() {
             Ok(m) => match m.listen {
                 Some(mut addr) => {
-                    if addr.ip().is_unspecified() {
-                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    // A wildcard is asked on its loopback: `[::]` may take
+                    // IPv6 alone.
+                    match addr.ip() {
+                        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into())
+                        }
+                        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                            addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into())
+                        }
+                        _ => {}
                     }
                     format!("http://{addr}{}", m.path)
                 }
@@ -156,6 +164,7 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
                 for e in errors {
                     log::error!("{e}");
                 }
+                log::error!("cannot tell where the metrics are; pass --url");
                 return ExitCode::from(2);
             }
         },

@@ -232,28 +232,18 @@ fn status_needs_only_the_metrics_section_of_the_file() {
     assert_eq!(check.status.code(), Some(2), "the file is not servable");
     // Not util::command(): its --metrics-listen would win over the file.
     let bare = || std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"));
-    let out = succeeds(
+    assert_status_table(
         bare()
             .arg("--config")
             .arg(&conf)
             .args(["status", "--interval", "100ms"]),
     );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("shard"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 
     // Issue 15, item 4: --config after `status` works too.
-    let out = succeeds(
+    assert_status_table(
         bare()
             .args(["status", "--interval", "100ms", "--config"])
             .arg(&conf),
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("shard"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
     );
 
     let bad = dir.write("bad.toml", "[metrics]\nlisten = \"nowhere\"\n");
@@ -266,6 +256,26 @@ fn status_needs_only_the_metrics_section_of_the_file() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: metrics.listen"), "{err}");
+
+    // An unset variable elsewhere leaves nothing parsed: it is said, not
+    // an empty error.
+    let unset = dir.write(
+        "unset.toml",
+        "[server]\nshards = ${CORESERVE_TEST_SURELY_UNSET}\n",
+    );
+    let out = bare()
+        .arg("--config")
+        .arg(&unset)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment variable CORESERVE_TEST_SURELY_UNSET is not set")
+            && err.contains("pass --url"),
+        "{err}"
+    );
 }
 
 /// The admin listener's address.
@@ -392,4 +402,50 @@ fn a_busy_metrics_address_the_user_chose_is_an_error() {
         );
         assert!(!err.contains("listening on"), "{err}");
     }
+}
+
+/// A metrics endpoint on the IPv6 wildcard (`[::]`, which may take IPv6
+/// alone) is asked on `::1` by `coreserve status`, not on 127.0.0.1.
+#[test]
+fn status_asks_an_ipv6_wildcard_on_its_loopback() {
+    let Ok(free) = std::net::TcpListener::bind("[::]:0") else {
+        eprintln!("skipped: this host has no IPv6");
+        return;
+    };
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let dir = crate::config::Scratch::new("status-ipv6");
+    let conf = dir.write(
+        "coreserve.toml",
+        format!(
+            "[metrics]\nlisten = \"[::]:{port}\"\n{}",
+            crate::apps::OK_ROUTE
+        ),
+    );
+    let bare = || std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"));
+    let mut cmd = bare();
+    cmd.arg("--config")
+        .arg(&conf)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped());
+    let server = Server::spawn(cmd);
+    server.wait_for_log("metrics on");
+    assert_status_table(
+        bare()
+            .arg("--config")
+            .arg(&conf)
+            .args(["status", "--interval", "100ms"]),
+    );
+}
+
+/// Run `coreserve status` as `cmd` says: it must succeed and print the
+/// table of shards.
+fn assert_status_table(cmd: &mut std::process::Command) {
+    let out = succeeds(cmd);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("shard"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
