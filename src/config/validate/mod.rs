@@ -273,8 +273,9 @@ fn validate_route(
                 );
             } else if *status < 200 {
                 err(&key("status"), format!("must be 200 or more, got {status}"));
-            } else if matches!(status, 204 | 304) && !body.is_empty() {
-                // RFC 9110 §15.3.5, §15.4.5: it ends at its head.
+            } else if matches!(status, 204 | 205 | 304) && !body.is_empty() {
+                // RFC 9110 §15.3.5, §15.3.6, §15.4.5: it ends at its head
+                // (a 205 may not carry content either).
                 err(
                     &key("body"),
                     format!("a {status} response has no body: leave body out, or use 200"),
@@ -578,15 +579,29 @@ mod tests {
                 scheme: Some(Scheme::Https),
                 ..RouteConfig::hello_world()
             },
+            route(HandlerConfig::Respond {
+                status: 205,
+                content_type: "text/plain".into(),
+                body: "reset".into(),
+            }),
+            route(HandlerConfig::Respond {
+                status: 299,
+                content_type: "text/plain".into(),
+                body: String::new(),
+            }),
         ];
         c.routes[1].path = "/b".into();
         c.routes[2].path = "/c".into();
+        c.routes[3].path = "/d".into();
+        c.routes[4].path = "/e".into();
         c.metrics.path = "/m?x".into();
         assert_eq!(
             messages(c),
             [
                 "route[1].location: must be a URL or path, got \"  \"",
                 "route[2].body: a 204 response has no body: leave body out, or use 200",
+                "route[4].body: a 205 response has no body: leave body out, or use 200",
+                "route[5].status: must be a known HTTP status between 200 and 599, got 299",
                 "metrics.path: must be a path like \"/metrics\" (from /, without ?, # or spaces), got \"/m?x\"",
                 "route[3].scheme: is never reached: no [tls] listen address speaks HTTPS",
             ]
