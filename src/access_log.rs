@@ -73,8 +73,10 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Why lines were not written: the error, and how many lines it lost.
-type Lost = (io::Error, u64);
+/// Why lines were not written: the error, how many lines it lost, and
+/// whether the write stopped within a line (a full disk takes what fits):
+/// the next line must not be glued to that piece.
+type Lost = (io::Error, u64, bool);
 
 /// Lines lost to failed writes, said once per run of failures: the first
 /// failure is an error line, the first success after it says how many
@@ -84,6 +86,9 @@ type Lost = (io::Error, u64);
 struct Failures {
     /// Lines lost since writes last worked; 0: they work.
     lost: u64,
+    /// The last failed write left a piece of a line: the next write
+    /// starts on a line of its own.
+    torn: bool,
 }
 
 impl Failures {
@@ -91,7 +96,8 @@ impl Failures {
     /// log line).
     fn note(&mut self, result: Result<(), Lost>, what: impl std::fmt::Display) {
         match result {
-            Err((e, lines)) => {
+            Err((e, lines, torn)) => {
+                self.torn |= torn;
                 if self.lost == 0 {
                     log::error!(
                         "{what}: cannot write the access log: {e}; its lines are lost until a write works"
@@ -107,6 +113,15 @@ impl Failures {
                 self.lost = 0;
             }
             Ok(()) => {}
+        }
+    }
+
+    /// Start `data`, about to be written, on a line of its own if the
+    /// last failed write left a piece of one (a JSON line glued to it
+    /// would no longer parse).
+    fn mend(&mut self, data: &mut Vec<u8>) {
+        if std::mem::take(&mut self.torn) {
+            data.insert(0, b'\n');
         }
     }
 }
@@ -138,6 +153,8 @@ pub struct AccessLogger {
     closing: Cell<bool>,
     /// Writes to its file that failed (a full disk).
     failures: RefCell<Failures>,
+    /// When dropped lines were last said: at most once a second.
+    dropped_said: Cell<Option<std::time::Instant>>,
     /// The second the cached timestamps are for.
     second: Cell<u64>,
     clf_time: Cell<[u8; 26]>,
@@ -169,6 +186,7 @@ impl AccessLogger {
             dropped: Cell::new(0),
             closing: Cell::new(false),
             failures: RefCell::default(),
+            dropped_said: Cell::new(None),
             second: Cell::new(0),
             clf_time: Cell::new([b' '; 26]),
             iso_time: Cell::new([b' '; 20]),
@@ -390,6 +408,8 @@ impl AccessLogger {
             }
             Sink::File { fd, path } => {
                 let fd = fd.get();
+                let mut data = data;
+                self.failures.borrow_mut().mend(&mut data);
                 let written = glommio::executor()
                     .spawn_blocking(move || write_lines(fd, &data, false))
                     .await;
@@ -397,8 +417,16 @@ impl AccessLogger {
                 self.failures.borrow_mut().note(written, what);
             }
         }
-        let dropped = self.dropped.replace(0);
-        if dropped > 0 {
+        // Said at most once a second: a log that stays behind would
+        // otherwise get a warning per flush.
+        let now = std::time::Instant::now();
+        let due = self
+            .dropped_said
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if due && self.dropped.get() > 0 {
+            let dropped = self.dropped.replace(0);
+            self.dropped_said.set(Some(now));
             log::warn!(
                 "shard {}: access log: {dropped} line(s) dropped: its writes did not keep up",
                 self.shard
@@ -496,7 +524,8 @@ pub mod stream_lines {
                     // One stream at a time in practice (stderr, or the
                     // configured one until a restart).
                     let mut failures = super::Failures::default();
-                    for (to, data) in rx {
+                    for (to, mut data) in rx {
+                        failures.mend(&mut data);
                         let fd = to.as_ref().map_or(stderr, |fd| fd.as_raw_fd());
                         let what = if to.is_some() { "log.access" } else { "stderr" };
                         failures.note(super::write_lines(fd, &data, true), what);
@@ -565,7 +594,8 @@ fn write_lines(fd: RawFd, data: &[u8], pipe: bool) -> Result<(), Lost> {
                 continue;
             }
             let lines = rest.iter().filter(|&&b| b == b'\n').count() as u64;
-            return Err((err, lines));
+            let torn = rest.len() < data.len() && data[data.len() - rest.len() - 1] != b'\n';
+            return Err((err, lines, torn));
         }
         rest = &rest[w as usize..];
     }
@@ -639,6 +669,37 @@ mod tests {
     use std::net::IpAddr;
 
     #[test]
+    fn a_write_cut_within_a_line_starts_the_next_on_its_own() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2(2) fills the two descriptors it is given.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
+            0
+        );
+        // 1000 lines of 100 bytes into a pipe that takes 65536: the write
+        // stops 36 bytes into line 656.
+        let mut line = vec![b'x'; 99];
+        line.push(b'\n');
+        let data = line.repeat(1000);
+        let written = write_lines(fds[1], &data, false);
+        let Err((_, lines, torn)) = &written else {
+            panic!("a pipe larger than 64 KiB: {written:?}")
+        };
+        assert_eq!((*lines, *torn), (345, true));
+        let mut f = Failures::default();
+        f.note(written, "test");
+        let mut next = b"{}\n".to_vec();
+        f.mend(&mut next);
+        assert_eq!(next, b"\n{}\n");
+        f.mend(&mut next);
+        assert_eq!(next, b"\n{}\n", "mended once");
+        // SAFETY: closing the descriptors pipe2 gave.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: as above.
+        unsafe { libc::close(fds[1]) };
+    }
+
+    #[test]
     fn civil_dates() {
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
@@ -655,6 +716,7 @@ mod tests {
             dropped: Cell::new(0),
             closing: Cell::new(false),
             failures: RefCell::default(),
+            dropped_said: Cell::new(None),
             second: Cell::new(0),
             clf_time: Cell::new(*b"25/Nov/2026:14:01:09 +0000"),
             iso_time: Cell::new(*b"2026-11-25T14:01:09Z"),
