@@ -73,10 +73,8 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Why lines were not written: the error, how many lines it lost, and
-/// whether the write stopped within a line (a full disk takes what fits):
-/// the next line must not be glued to that piece.
-type Lost = (io::Error, u64, bool);
+/// Why lines were not written: the error, and how many lines it lost.
+type Lost = (io::Error, u64);
 
 /// Lines lost to failed writes, said once per run of failures: the first
 /// failure is an error line, the first success after it says how many
@@ -86,9 +84,6 @@ type Lost = (io::Error, u64, bool);
 struct Failures {
     /// Lines lost since writes last worked; 0: they work.
     lost: u64,
-    /// The last failed write left a piece of a line: the next write
-    /// starts on a line of its own.
-    torn: bool,
 }
 
 impl Failures {
@@ -96,8 +91,7 @@ impl Failures {
     /// log line).
     fn note(&mut self, result: Result<(), Lost>, what: impl std::fmt::Display) {
         match result {
-            Err((e, lines, torn)) => {
-                self.torn |= torn;
+            Err((e, lines)) => {
                 if self.lost == 0 {
                     log::error!(
                         "{what}: cannot write the access log: {e}; its lines are lost until a write works"
@@ -116,13 +110,29 @@ impl Failures {
         }
     }
 
-    /// Start `data`, about to be written, on a line of its own if the
-    /// last failed write left a piece of one (a JSON line glued to it
-    /// would no longer parse).
-    fn mend(&mut self, data: &mut Vec<u8>) {
-        if std::mem::take(&mut self.torn) {
-            data.insert(0, b'\n');
-        }
+    /// Whether a write failed since writes last worked: the file may end
+    /// in a piece of a line (`mend_file`).
+    fn failing(&self) -> bool {
+        self.lost > 0
+    }
+}
+
+/// Start `data`, about to be appended to the file `fd`, on a line of its
+/// own if the file ends within one: a write a full disk cut (by any shard:
+/// each appends to the same file) leaves a piece, and a JSON line glued to
+/// it would no longer parse. On the blocking thread: it reads the file.
+fn mend_file(fd: RawFd, data: &mut Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    // The descriptor appends only: the same file, opened again to read.
+    let Ok(file) = std::fs::File::open(format!("/proc/self/fd/{fd}")) else {
+        return;
+    };
+    let Some(end) = file.metadata().ok().map(|m| m.len()).filter(|&n| n > 0) else {
+        return;
+    };
+    let mut last = [0u8];
+    if file.read_exact_at(&mut last, end - 1).is_ok() && last[0] != b'\n' {
+        data.insert(0, b'\n');
     }
 }
 
@@ -409,9 +419,14 @@ impl AccessLogger {
             Sink::File { fd, path } => {
                 let fd = fd.get();
                 let mut data = data;
-                self.failures.borrow_mut().mend(&mut data);
+                let mend = self.failures.borrow().failing();
                 let written = glommio::executor()
-                    .spawn_blocking(move || write_lines(fd, &data, false))
+                    .spawn_blocking(move || {
+                        if mend {
+                            mend_file(fd, &mut data);
+                        }
+                        write_lines(fd, &data, false)
+                    })
                     .await;
                 let what = format_args!("shard {} ({})", self.shard, path.display());
                 self.failures.borrow_mut().note(written, what);
@@ -420,10 +435,12 @@ impl AccessLogger {
         // Said at most once a second: a log that stays behind would
         // otherwise get a warning per flush.
         let now = std::time::Instant::now();
-        let due = self
-            .dropped_said
-            .get()
-            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        // At shutdown the last count is said whenever it is.
+        let due = self.closing.get()
+            || self
+                .dropped_said
+                .get()
+                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
         if due && self.dropped.get() > 0 {
             let dropped = self.dropped.replace(0);
             self.dropped_said.set(Some(now));
@@ -524,8 +541,7 @@ pub mod stream_lines {
                     // One stream at a time in practice (stderr, or the
                     // configured one until a restart).
                     let mut failures = super::Failures::default();
-                    for (to, mut data) in rx {
-                        failures.mend(&mut data);
+                    for (to, data) in rx {
                         let fd = to.as_ref().map_or(stderr, |fd| fd.as_raw_fd());
                         let what = if to.is_some() { "log.access" } else { "stderr" };
                         failures.note(super::write_lines(fd, &data, true), what);
@@ -594,8 +610,7 @@ fn write_lines(fd: RawFd, data: &[u8], pipe: bool) -> Result<(), Lost> {
                 continue;
             }
             let lines = rest.iter().filter(|&&b| b == b'\n').count() as u64;
-            let torn = rest.len() < data.len() && data[data.len() - rest.len() - 1] != b'\n';
-            return Err((err, lines, torn));
+            return Err((err, lines));
         }
         rest = &rest[w as usize..];
     }
@@ -669,34 +684,21 @@ mod tests {
     use std::net::IpAddr;
 
     #[test]
-    fn a_write_cut_within_a_line_starts_the_next_on_its_own() {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2(2) fills the two descriptors it is given.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
-        // 1000 lines of 100 bytes into a pipe that takes 65536: the write
-        // stops 36 bytes into line 656.
-        let mut line = vec![b'x'; 99];
-        line.push(b'\n');
-        let data = line.repeat(1000);
-        let written = write_lines(fds[1], &data, false);
-        let Err((_, lines, torn)) = &written else {
-            panic!("a pipe larger than 64 KiB: {written:?}")
+    fn a_file_cut_within_a_line_gets_the_next_on_a_line_of_its_own() {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("coreserve-mend-{}", std::process::id()));
+        let mended = |content: &[u8]| {
+            std::fs::write(&path, content).unwrap();
+            let f = open(&path).unwrap();
+            let mut data = b"{}\n".to_vec();
+            mend_file(f.as_raw_fd(), &mut data);
+            data
         };
-        assert_eq!((*lines, *torn), (345, true));
-        let mut f = Failures::default();
-        f.note(written, "test");
-        let mut next = b"{}\n".to_vec();
-        f.mend(&mut next);
-        assert_eq!(next, b"\n{}\n");
-        f.mend(&mut next);
-        assert_eq!(next, b"\n{}\n", "mended once");
-        // SAFETY: closing the descriptors pipe2 gave.
-        unsafe { libc::close(fds[0]) };
-        // SAFETY: as above.
-        unsafe { libc::close(fds[1]) };
+        // A piece of a line a full disk left: the next starts on its own.
+        assert_eq!(mended(b"{\"a\":1}\n{\"b\""), b"\n{}\n");
+        assert_eq!(mended(b"{\"a\":1}\n"), b"{}\n");
+        assert_eq!(mended(b""), b"{}\n");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -299,8 +299,6 @@ async fn run(spec: ShardSpec) {
                 }
             }
             Some(Control::Reload(r, seq)) => {
-                // Building a router canonicalizes static roots: a few stat
-                // calls, once per reload, not per request.
                 shard.set_site(r.limits, &r.routes);
                 shard.upstreams().update(&r.upstreams);
                 shard.set_tls(&r.tls);

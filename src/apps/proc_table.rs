@@ -69,7 +69,20 @@ impl Known {
         Stat::read(self.pid).is_some_and(|s| s.start == self.start && s.runs())
     }
 
-    /// Send it `signal`, if it is still the same process.
+    /// Reap it if it is a zombie whose parent is coreserve (an orphan a
+    /// container's pid 1 inherited), still the same process.
+    pub fn reap_if_ours(&self) {
+        let mine = Stat::read(self.pid)
+            .is_some_and(|s| s.start == self.start && !s.runs() && s.parent == std::process::id());
+        if mine {
+            // SAFETY: waitpid(2) on a zombie child of ours, without waiting.
+            unsafe { libc::waitpid(self.pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+
+    /// Send it `signal`, if it is still the same process (as read just
+    /// before: a pid reused in between could still be hit, as by any
+    /// kill(2) without a pidfd).
     pub fn signal(&self, signal: libc::c_int) {
         if Stat::read(self.pid).is_some_and(|s| s.start == self.start) {
             // SAFETY: kill(2) on a pid just seen to be this process.
@@ -103,10 +116,17 @@ pub fn strays(leader: u32) -> Vec<Known> {
     for (&pid, s) in &table {
         children.entry(s.parent).or_default().push(pid);
     }
+    let me = std::process::id();
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::from([leader]);
     let mut next = vec![leader];
     while let Some(pid) = next.pop() {
         for &child in children.get(&pid).into_iter().flatten() {
+            // The table is no snapshot: a pid reused while it was read
+            // could make a loop, or lead to coreserve itself.
+            if child == me || !seen.insert(child) {
+                continue;
+            }
             let s = &table[&child];
             if s.group != leader {
                 out.push(Known {

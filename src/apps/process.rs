@@ -155,7 +155,7 @@ pub fn spawn(
     let stopped = who.clone();
     // Each relay holds a sender; all gone: its output is all read.
     let (relaying, drained) = mpsc::channel::<()>();
-    let stopping = Arc::new(OnceLock::new());
+    let stopping: Arc<OnceLock<Stop>> = Arc::new(OnceLock::new());
     let asked = stopping.clone();
     if let Some(out) = child.stdout.take() {
         relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
@@ -171,7 +171,13 @@ pub fn spawn(
                     // Stopping: the group got the SIGTERM too; what is
                     // left of it finishes, or SIGKILL at the stop timeout
                     // ends it.
-                    Some(stop) => await_group(pid, stop, Some(&stopped)),
+                    // Its SIGKILL is worth a word only when the process
+                    // coreserve started had ended before it (a wrapper):
+                    // killed itself at the stop timeout, the manager says so.
+                    Some(stop) => {
+                        let early = Instant::now() < stop.kill_at;
+                        await_group(pid, stop, early.then_some(stopped.as_str()))
+                    }
                     // It ended by itself: what it forked and left behind
                     // in its group (a shell's or npm's child, a worker)
                     // goes with it at once, or it would hold its port or
@@ -294,7 +300,13 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
                 group_gone = true;
             }
         }
-        if group_gone && !stop.strays.iter().any(Known::runs) {
+        let strays_run = stop.strays.iter().any(Known::runs);
+        for s in &stop.strays {
+            // A stray killed is a zombie of its parent, or of coreserve
+            // as a container's pid 1, which reaps it (nothing else would).
+            s.reap_if_ours();
+        }
+        if group_gone && !strays_run {
             return;
         }
         if now >= stop.kill_at && !std::mem::replace(&mut killed, true) {

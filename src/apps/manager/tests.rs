@@ -982,10 +982,13 @@ fn an_app_behind_a_wrapper_gets_its_stop_timeout_when_the_wrapper_dies_at_once()
                 .to_vec();
             c
         };
-        let polite = wrapped(
+        let mut polite = wrapped(
             "polite",
             &format!("on_term(lambda: (time.sleep({finish}), mark('stopped'), sys.exit(0)))"),
         );
+        // Ample: on a loaded machine its 0.4 s of work must not meet the
+        // SIGKILL.
+        polite.stop_timeout = Duration::from_secs(5);
         // One that never ends by itself is still killed at its timeout.
         let mut stubborn = wrapped("stubborn", "on_term(lambda: None)");
         stubborn.stop_timeout = Duration::from_millis(600);
