@@ -65,15 +65,17 @@ impl Process {
     /// requests within the stop timeout rather than being killed with the
     /// wrapper.
     pub fn stop(&self, timeout: Duration) {
-        let stop = Stop {
+        // Set before the SIGTERM: a wrapper dies of it at once, and its
+        // wait thread must find the stop, or it takes the exit for a crash
+        // and SIGKILLs the group.
+        let _ = self.stopping.set(Stop {
             kill_at: Instant::now() + timeout,
             strays: proc_table::strays(self.pid),
-        };
+        });
         signal_group(self.pid, libc::SIGTERM);
-        for s in &stop.strays {
+        for s in self.stopping.get().iter().flat_map(|s| &s.strays) {
             s.signal(libc::SIGTERM);
         }
-        let _ = self.stopping.set(stop);
     }
 
     /// SIGKILL to the instance's process group, and to the descendants
