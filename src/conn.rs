@@ -275,7 +275,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let cx = context(&shard, &site, log, headers, scheme);
-                let next = session.timed_out(wait, !input.data().is_empty(), &mut out, &cx);
+                let next = session.timed_out(wait, input.data(), &mut out, &cx);
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
                     .unwrap_or(0);

@@ -249,6 +249,31 @@ fn a_request_whose_body_fails_gets_one_line() {
     );
 }
 
+/// A head cut short by header-timeout is logged with its request line when
+/// that arrived whole (nginx's `"GET /slow HTTP/1.1" 408`), `"-"` when not.
+#[test]
+fn a_head_that_times_out_is_logged_with_its_request_line() {
+    let dir = Scratch::new("log-head-timeout");
+    let (server, log) = start_with(&dir, "combined", "[limits]\nheader-timeout = \"1s\"\n", "1");
+    use std::io::{Read, Write};
+    for part in [
+        "GET /slow HTTP/1.1\r\nHost: x\r\nUser-Agent: slowpoke/1\r\n",
+        "GET /cut-sho",
+    ] {
+        let mut s = server.connect();
+        s.write_all(part.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let lines = wait_for_lines(&log, 2);
+    assert!(
+        lines[0].contains("\"GET /slow HTTP/1.1\" 408 ") && lines[0].contains("\"slowpoke/1\""),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("\"-\" 408 "), "{lines:?}");
+}
+
 /// A file download the client abandons is logged with its status and the
 /// body bytes that went out, as nginx logs it (it was `0 0`: the response
 /// looked as if never sent, and its bytes were missing from the metrics).

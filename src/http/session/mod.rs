@@ -405,23 +405,25 @@ impl<J> Session<J> {
     }
 
     /// The driver's read timed out in `wait`: answer 408 where a request was
-    /// under way (`started`: some of it arrived), and close. A connection that
-    /// never sent a byte is closed silently, as nginx does: an unasked-for 408
-    /// could be mistaken for the answer to a request crossing it on the wire.
+    /// under way (`unread`, what arrived of it, is not empty), and close. A
+    /// connection that never sent a byte is closed silently, as nginx does:
+    /// an unasked-for 408 could be mistaken for the answer to a request
+    /// crossing it on the wire. A head cut short is logged with its request
+    /// line when that arrived whole, as nginx logs it.
     pub fn timed_out(
         &mut self,
         wait: Wait,
-        started: bool,
+        unread: &[u8],
         out: &mut Vec<u8>,
         cx: &Context<J>,
     ) -> Next {
         match wait {
             Wait::Idle => Next::Close { linger: false },
-            Wait::Head if !started => {
+            Wait::Head if unread.is_empty() => {
                 self.error = Some(ParseError::HeadTimeout);
                 Next::Close { linger: false }
             }
-            Wait::Head => self.fail(ParseError::HeadTimeout, out, cx),
+            Wait::Head => self.fail_with(ParseError::HeadTimeout, Some(unread), out, cx),
             // The response went before the body: a 408 now would be taken
             // for the answer to a next request. The timeout is counted.
             Wait::Body if self.body_answered() => {

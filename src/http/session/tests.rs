@@ -147,7 +147,7 @@ fn a_response_made_without_a_counted_body_goes_before_it() {
     );
     let sent = out.len();
     assert_eq!(session.committed(), sent);
-    let next = session.timed_out(Wait::Body, false, &mut out, &cx);
+    let next = session.timed_out(Wait::Body, &[], &mut out, &cx);
     assert_eq!(next, Next::Close { linger: false });
     assert_eq!(out.len(), sent);
     assert_eq!(session.take_tally().error, Some(ParseError::BodyTimeout));
