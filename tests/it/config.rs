@@ -699,6 +699,28 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
         assert_eq!(out.status.code(), Some(2), "{}: {err}", config.display());
         assert!(err.contains(says), "{err}");
     }
+
+    // Relative paths of a configuration from a pipe are relative to where
+    // coreserve was started (`/dev/www` was meant by nobody).
+    dir.write("www/index.html", "hi");
+    let mut check = command()
+        .args(["--check", "--config", "/dev/stdin"])
+        .current_dir(&dir.0)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n")
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What the user coreserve runs as cannot open is a --check error, not a

@@ -225,12 +225,15 @@ impl Walker<'_> {
     /// directory, so a configuration, its site and its logs can move
     /// together (a static `root` and the access log alike).
     pub(super) fn relative_to_file(&self, p: &str) -> PathBuf {
-        let dir = self
-            .config
-            .source
-            .as_deref()
+        let source = self.config.source.as_deref();
+        if source.is_some_and(super::is_pipe) {
+            // Read from a pipe (`--config /dev/stdin`): no directory of its
+            // own (`/dev` is none to mean), so the one coreserve started in.
+            return std::env::current_dir().unwrap_or_default().join(p);
+        }
+        source
             .and_then(Path::parent)
-            .unwrap_or(Path::new(""));
-        dir.join(p)
+            .unwrap_or(Path::new(""))
+            .join(p)
     }
 }
