@@ -63,13 +63,7 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
         })?;
     // Writes block again: a stream's go on a thread of their own, a file's
     // on the blocking thread, and a full pipe must slow them, not fail them.
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // SAFETY: fcntl(2) on a descriptor `file` owns.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::config::wait_again(&file)?;
     Ok(file)
 }
 

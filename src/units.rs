@@ -59,8 +59,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         let n: u64 = t.parse().map_err(|_| too_long())?;
         return seconds(n).map_err(|_| too_long());
     }
+    if t.is_empty() {
+        return Err(err());
+    }
     let mut micros: u128 = 0;
-    let mut terms = 0;
     for word in t.split_ascii_whitespace() {
         let mut rest = word;
         while !rest.is_empty() {
@@ -92,12 +94,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
                 .and_then(|w| w.checked_add(part))
                 .and_then(|v| v.checked_add(micros))
                 .ok_or_else(too_long)?;
-            terms += 1;
             rest = after;
         }
-    }
-    if terms == 0 {
-        return Err(err());
     }
     if micros > MAX_DURATION.as_micros() {
         return Err(too_long());

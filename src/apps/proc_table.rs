@@ -75,8 +75,7 @@ impl Known {
         let mine = Stat::read(self.pid)
             .is_some_and(|s| s.start == self.start && !s.runs() && s.parent == std::process::id());
         if mine {
-            // SAFETY: waitpid(2) on a zombie child of ours, without waiting.
-            unsafe { libc::waitpid(self.pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+            reap(self.pid);
         }
     }
 
@@ -160,11 +159,18 @@ pub fn group_runs(group: u32) -> bool {
         } else if s.parent == me && pid != group {
             // Never the group's leader: that is an instance, which its own
             // thread waits for.
-            // SAFETY: waitpid(2) on a zombie child of ours, without waiting.
-            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+            reap(pid);
         }
     }
     runs
+}
+
+/// Reap `pid`, a zombie child of coreserve's (an orphan it inherited), if
+/// it is one; never waits.
+fn reap(pid: u32) {
+    // SAFETY: waitpid(2) on one pid, without waiting: a process that is
+    // not our zombie child is left as it is.
+    unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
 }
 
 #[cfg(test)]

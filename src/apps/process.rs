@@ -26,16 +26,17 @@ const GROUP_POLL: Duration = Duration::from_millis(20);
 /// may all be zombies, which hold nothing); a read costs a look at every
 /// process of the host, so not at every poll.
 const SCAN_EVERY: Duration = Duration::from_millis(250);
-/// How long past its SIGKILL such a group is waited for at most: a member
-/// that does not go even then (in uninterruptible sleep) is left behind,
-/// and the instance reported gone, so that a stop never hangs on it.
-const GIVE_UP: Duration = Duration::from_secs(10);
+/// How long past its SIGKILL an instance (its group, its strays) is waited
+/// for at most: a process that does not go even then (in uninterruptible
+/// sleep) is left behind, and the instance reported gone, so that a stop
+/// never hangs on it.
+pub(super) const GIVE_UP: Duration = Duration::from_secs(10);
 
 /// The last lines an instance wrote.
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// A running instance's process.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Process {
     /// Its pid, also its process group's id.
     pub pid: u32,
@@ -55,6 +56,16 @@ struct Stop {
     strays: Vec<Known>,
 }
 
+impl Stop {
+    /// Send `signal` to the process group `pgid` and to the strays.
+    fn signal(&self, pgid: u32, signal: libc::c_int) {
+        signal_group(pgid, signal);
+        for s in &self.strays {
+            s.signal(signal);
+        }
+    }
+}
+
 impl Process {
     /// Ask the instance to stop: SIGTERM to its process group and to its
     /// descendants that left it (a child spawned `detached`: PM2 kills the
@@ -72,18 +83,17 @@ impl Process {
             kill_at: Instant::now() + timeout,
             strays: proc_table::strays(self.pid),
         });
-        signal_group(self.pid, libc::SIGTERM);
-        for s in self.stopping.get().iter().flat_map(|s| &s.strays) {
-            s.signal(libc::SIGTERM);
+        if let Some(stop) = self.stopping.get() {
+            stop.signal(self.pid, libc::SIGTERM);
         }
     }
 
     /// SIGKILL to the instance's process group, and to the descendants
     /// outside it its stop found.
     pub fn kill(&self) {
-        signal_group(self.pid, libc::SIGKILL);
-        for s in self.stopping.get().iter().flat_map(|s| &s.strays) {
-            s.signal(libc::SIGKILL);
+        match self.stopping.get() {
+            Some(stop) => stop.signal(self.pid, libc::SIGKILL),
+            None => signal_group(self.pid, libc::SIGKILL),
         }
     }
 }
@@ -302,11 +312,15 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
                 group_gone = true;
             }
         }
-        let strays_run = stop.strays.iter().any(Known::runs);
+        // A stray killed is a zombie of its parent, or of coreserve as a
+        // container's pid 1, which reaps it (nothing else would).
+        let mut strays_run = false;
         for s in &stop.strays {
-            // A stray killed is a zombie of its parent, or of coreserve
-            // as a container's pid 1, which reaps it (nothing else would).
-            s.reap_if_ours();
+            if s.runs() {
+                strays_run = true;
+            } else {
+                s.reap_if_ours();
+            }
         }
         if group_gone && !strays_run {
             return;
@@ -320,10 +334,7 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
                     "{who} (pid {pgid}): what it started was still running at stop-timeout; killed"
                 );
             }
-            signal_group(pgid, libc::SIGKILL);
-            for s in &stop.strays {
-                s.signal(libc::SIGKILL);
-            }
+            stop.signal(pgid, libc::SIGKILL);
         }
         if now >= stop.kill_at + GIVE_UP {
             return;

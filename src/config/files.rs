@@ -28,10 +28,7 @@ pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
     // Reads wait for data again (a pipe's writer may be slower than us).
-    // SAFETY: fcntl(2) on a descriptor `file` owns.
-    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    wait_again(&file)?;
     let too_large = |n: u64| {
         io::Error::other(format!(
             "more than the {} such a file may have ({n} bytes or more)",
@@ -168,6 +165,20 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     errors.extend(tls.errors);
     config.tls.loaded = super::LoadedCertificates(std::sync::Arc::new(tls.certificates));
     errors
+}
+
+/// Make `file`, opened with O_NONBLOCK so that a FIFO could not make the
+/// open wait, block again on its reads and writes (its other flags, as
+/// O_APPEND, stay).
+pub fn wait_again(file: &std::fs::File) -> io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // SAFETY: fcntl(2) on a descriptor `file` owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Set once the process holds its listeners (bound, or passed by systemd):

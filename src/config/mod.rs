@@ -18,7 +18,7 @@ mod upstream;
 mod validate;
 
 pub use app::*;
-pub use files::{listeners_bound, preflight};
+pub use files::{listeners_bound, preflight, wait_again};
 pub use gzip::*;
 pub use load::{is_pipe, load_file, parse_str, LoadFailure, DEFAULT_PATH};
 pub use tls::*;

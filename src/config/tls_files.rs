@@ -283,17 +283,17 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     for (n, pair) in chain.windows(2).enumerate() {
         let (cert, next) = (&pair[0], &pair[1]);
-        if cert.issuer().as_raw() != next.subject().as_raw()
-            && same_name(cert.issuer(), next.subject())
-        {
+        if cert.issuer().as_raw() == next.subject().as_raw() {
+            continue;
+        }
+        if same_name(cert.issuer(), next.subject()) {
             warnings.push(format!(
                 "certificate {}'s issuer ({}) is written differently from certificate {}'s subject (a string type, or case): OpenSSL and browsers chain them, clients that compare the bytes (Go's, rustls') may not; reissue or fetch the chain as the CA serves it",
                 n + 1,
                 cert.issuer(),
                 n + 2
             ));
-        }
-        if !same_name(cert.issuer(), next.subject()) {
+        } else {
             // A certificate of the file issued another one that it does
             // not directly follow: the right ones, out of order.
             let misplaced = chain.iter().enumerate().any(|(i, a)| {

@@ -7,12 +7,7 @@ use log::{error, info, warn};
 
 use super::{Manager, Msg, State, KILL_AGAIN};
 use crate::apps::address;
-use crate::apps::process::Process;
-
-/// How long after its SIGKILL an instance is waited for at most: one that
-/// has not gone by then (a process in uninterruptible sleep, on a hung
-/// disk) is left behind, so that coreserve's stop never hangs on it.
-const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::apps::process::{Process, GIVE_UP};
 
 /// An instance being stopped.
 struct Going {

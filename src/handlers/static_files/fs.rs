@@ -333,9 +333,8 @@ fn info(
     // Opened non-blocking in case a FIFO was swapped in; a file's reads go
     // through io_uring, which before Linux 5.16 does not retry a read of an
     // O_NONBLOCK file that misses the page cache: EAGAIN mid-response.
-    // SAFETY: fcntl(2) on a descriptor `file` owns.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
-        return failure(io::Error::last_os_error());
+    if let Err(e) = crate::config::wait_again(&file) {
+        return failure(e);
     }
     let size = meta.len();
     let (body, file) = if size <= SMALL_FILE {

@@ -23,7 +23,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -83,9 +82,6 @@ pub struct StaticSite {
 struct SiteState {
     prefix: String,
     cfg: Rc<StaticConfig>,
-    /// The root as configured: resolved at each look (`fs::find_from_configured`),
-    /// it is the jail every candidate must stay in.
-    root: PathBuf,
     cache: RefCell<HashMap<CacheKey, CacheEntry>>,
     cache_bytes: Cell<usize>,
     /// Entries holding an open file.
@@ -130,12 +126,10 @@ struct CacheEntry {
 impl StaticSite {
     /// A site for the route with this prefix.
     pub fn new(prefix: String, cfg: Rc<StaticConfig>) -> StaticSite {
-        let root = cfg.root.clone();
         StaticSite {
             state: Rc::new(SiteState {
                 prefix,
                 cfg,
-                root,
                 cache: RefCell::new(HashMap::new()),
                 cache_bytes: Cell::new(0),
                 cache_files: Cell::new(0),
@@ -277,7 +271,10 @@ impl SiteState {
             }
         }
         let lookup = Lookup {
-            root: self.root.clone(),
+            // As configured: resolved at each look
+            // (`fs::find_from_configured`), the jail every candidate must
+            // stay in.
+            root: self.cfg.root.clone(),
             rel: rel.to_string(),
             trailing_slash,
             request_path: job.request_path.clone(),
