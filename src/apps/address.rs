@@ -5,6 +5,7 @@
 //! the instance it replaces still serves.
 
 use std::cell::OnceCell;
+use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -227,6 +228,24 @@ impl<'a> SocketTables<'a> {
         }
     }
 
+    /// Where the sockets among `inodes` listen (TCP and Unix), in the
+    /// tables' order; `None` when no table can be read.
+    pub fn listening(&self, inodes: &HashSet<u64>) -> Option<Vec<ServerAddr>> {
+        let tcp = [self.read(&self.tcp, "tcp"), self.read(&self.tcp6, "tcp6")];
+        let unix = self.read(&self.unix, "unix");
+        if tcp.iter().all(Option::is_none) && unix.is_none() {
+            return None;
+        }
+        let mut out: Vec<ServerAddr> = tcp
+            .into_iter()
+            .flatten()
+            .flat_map(|t| tcp_listening(t, inodes))
+            .map(ServerAddr::Tcp)
+            .collect();
+        out.extend(unix.into_iter().flat_map(|t| unix_listening(t, inodes)));
+        Some(out)
+    }
+
     /// The table `name`, read on the first call.
     fn read<'c>(&self, cell: &'c OnceCell<Option<String>>, name: &str) -> Option<&'c str> {
         cell.get_or_init(|| {
@@ -259,6 +278,83 @@ fn tcp_connections(table: &str, port: u16) -> usize {
         .count()
 }
 
+/// `/proc/net/tcp` or `tcp6`: where the listening sockets among `inodes`
+/// listen.
+fn tcp_listening<'t>(
+    table: &'t str,
+    inodes: &'t HashSet<u64>,
+) -> impl Iterator<Item = SocketAddr> + 't {
+    const LISTEN: &str = "0A";
+    table.lines().skip(1).filter_map(move |line| {
+        // sl, local address, remote address, state, queues, timer,
+        // retransmits, uid, timeout, inode.
+        let f: Vec<&str> = line.split_ascii_whitespace().take(10).collect();
+        let inode: u64 = f.get(9)?.parse().ok()?;
+        if f[3] != LISTEN || !inodes.contains(&inode) {
+            return None;
+        }
+        kernel_socket_addr(f[1])
+    })
+}
+
+/// A socket address as the kernel's tables write it: the address in hex,
+/// each 32-bit word printed as the host holds it in memory, then `:` and
+/// the port in hex.
+fn kernel_socket_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut words = [0u32; 4];
+    let n = ip.len() / 8;
+    if !(n == 1 || n == 4) || ip.len() % 8 != 0 {
+        return None;
+    }
+    for (i, w) in words.iter_mut().take(n).enumerate() {
+        *w = u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).ok()?;
+    }
+    let ip: std::net::IpAddr = if n == 1 {
+        Ipv4Addr::from(words[0].to_ne_bytes()).into()
+    } else {
+        let mut bytes = [0u8; 16];
+        for (chunk, w) in bytes.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        Ipv6Addr::from(bytes).into()
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// `/proc/net/unix`: the paths where the listening sockets among `inodes`
+/// listen.
+fn unix_listening<'t>(
+    table: &'t str,
+    inodes: &'t HashSet<u64>,
+) -> impl Iterator<Item = ServerAddr> + 't {
+    const ACCEPTING: &str = "00010000";
+    table.lines().skip(1).filter_map(move |line| {
+        let (fields, path) = unix_fields(line);
+        let inode: u64 = fields[6].parse().ok()?;
+        (fields[3] == ACCEPTING && inodes.contains(&inode) && !path.is_empty())
+            .then(|| ServerAddr::Unix(PathBuf::from(path)))
+    })
+}
+
+/// A line of `/proc/net/unix`: Num, RefCount, Protocol, Flags, Type, St,
+/// Inode, and the path, which may hold spaces (empty for a socket bound
+/// to none).
+fn unix_fields(line: &str) -> ([&str; 7], &str) {
+    let mut fields = [""; 7];
+    let mut rest = line;
+    for field in &mut fields {
+        rest = rest.trim_start();
+        let end = rest
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        *field = &rest[..end];
+        rest = &rest[end..];
+    }
+    (fields, rest.trim_start())
+}
+
 /// `/proc/net/unix`: the sockets bound to `path` that are connected (what
 /// accept returned on the instance's listening socket carries its address)
 /// or waiting in its backlog to be accepted (shown as connecting).
@@ -270,21 +366,8 @@ fn unix_connections(table: &str, path: &Path) -> usize {
         .lines()
         .skip(1)
         .filter(|line| {
-            // Num RefCount Protocol Flags Type St Inode, then the path,
-            // which may hold spaces.
-            let mut rest = *line;
-            let mut state = "";
-            for i in 0..7 {
-                rest = rest.trim_start();
-                let end = rest
-                    .find(|c: char| c.is_ascii_whitespace())
-                    .unwrap_or(rest.len());
-                if i == 5 {
-                    state = &rest[..end];
-                }
-                rest = &rest[end..];
-            }
-            (state == CONNECTED || state == CONNECTING) && rest.trim_start() == path
+            let (fields, bound) = unix_fields(line);
+            (fields[5] == CONNECTED || fields[5] == CONNECTING) && bound == path
         })
         .count()
 }
@@ -316,6 +399,34 @@ mod tests {
 ";
         assert_eq!(tcp_connections(v6, 3001), 3);
         assert_eq!(tcp_connections("", 3001), 0);
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_their_inodes() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0BB9 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 10 1 0000000000000000 100 0 0 10 0
+   1: 00000000:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 11 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:0BB9 0100007F:A2F4 01 00000000:00000000 00:00000000 00000000  1000        0 12 1 0000000000000000 20 4 30 10 -1
+";
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0BB9 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 20 1 0000000000000000 100 0 0 10 0
+";
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 30 /run/cs dir/web.1.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 31 /run/cs dir/web.1.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 32
+";
+        let inodes = HashSet::from([10, 12, 20, 30, 31, 32]);
+        let tcp: Vec<String> = tcp_listening(v4, &inodes)
+            .chain(tcp_listening(v6, &inodes))
+            .map(|a| a.to_string())
+            .collect();
+        // Not inode 11 (another process's), nor 12 (a connection).
+        assert_eq!(tcp, ["127.0.0.1:3001", "[::1]:3001"]);
+        let paths: Vec<ServerAddr> = unix_listening(unix, &inodes).collect();
+        assert_eq!(paths, [ServerAddr::Unix("/run/cs dir/web.1.sock".into())]);
+        assert_eq!(kernel_socket_addr("0100007F"), None);
+        assert_eq!(kernel_socket_addr("0100007:0BB9"), None);
     }
 
     #[test]
@@ -433,6 +544,10 @@ mod tests {
         assert_eq!(count(&addr), Some(1));
         drop(s);
         assert_eq!(count(&addr), Some(0));
+        // This process's own listener, found through its descriptors.
+        let inodes = crate::apps::proc_table::socket_inodes(std::process::id()).unwrap();
+        let listening = SocketTables::new(Path::new(PROC_NET)).listening(&inodes);
+        assert!(listening.unwrap().contains(&addr), "{addr} not found");
         // One look at the tables per pass: what changes after it is not seen.
         let tables = SocketTables::new(Path::new(PROC_NET));
         assert_eq!(tables.open_connections(&addr), Some(0));

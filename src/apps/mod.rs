@@ -70,7 +70,7 @@ pub enum AppError {
         err: std::io::Error,
     },
     /// It did not accept a connection within its start timeout.
-    #[error("app {app}[{index}] did not accept connections within {}s (start-timeout){tail}", timeout.as_secs_f64())]
+    #[error("app {app}[{index}] did not accept connections within {}s (start-timeout){listens}{tail}", timeout.as_secs_f64())]
     NotReady {
         /// The app.
         app: String,
@@ -78,6 +78,9 @@ pub enum AppError {
         index: usize,
         /// Its start timeout.
         timeout: Duration,
+        /// Where it listens instead, formatted for the message (empty
+        /// when that cannot be seen).
+        listens: String,
         /// Its last output, formatted for the message.
         tail: String,
     },

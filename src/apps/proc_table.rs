@@ -6,7 +6,7 @@
 //! reaping of a group's zombies left to coreserve (as a container's pid 1,
 //! it inherits every orphan).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A process as its `/proc/PID/stat` line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,19 +105,15 @@ fn table() -> Option<HashMap<u32, Stat>> {
     )
 }
 
-/// The descendants of `leader`, found through their parents, that are
-/// not in its process group: a signal to the group misses them.
-pub fn strays(leader: u32) -> Vec<Known> {
-    let Some(table) = table() else {
-        return Vec::new();
-    };
+/// The descendants of `leader` in `table`, found through their parents.
+fn descendants(table: &HashMap<u32, Stat>, leader: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (&pid, s) in &table {
+    for (&pid, s) in table {
         children.entry(s.parent).or_default().push(pid);
     }
     let me = std::process::id();
     let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::from([leader]);
+    let mut seen = HashSet::from([leader]);
     let mut next = vec![leader];
     while let Some(pid) = next.pop() {
         for &child in children.get(&pid).into_iter().flatten() {
@@ -126,17 +122,56 @@ pub fn strays(leader: u32) -> Vec<Known> {
             if child == me || !seen.insert(child) {
                 continue;
             }
-            let s = &table[&child];
-            if s.group != leader {
-                out.push(Known {
-                    pid: child,
-                    start: s.start,
-                });
-            }
+            out.push(child);
             next.push(child);
         }
     }
     out
+}
+
+/// The descendants of `leader` that are not in its process group: a
+/// signal to the group misses them.
+pub fn strays(leader: u32) -> Vec<Known> {
+    let Some(table) = table() else {
+        return Vec::new();
+    };
+    descendants(&table, leader)
+        .into_iter()
+        .filter_map(|pid| {
+            let s = &table[&pid];
+            (s.group != leader).then_some(Known {
+                pid,
+                start: s.start,
+            })
+        })
+        .collect()
+}
+
+/// The inodes of the sockets `leader` and its descendants hold open (an
+/// app's listening socket may be a child's: `npm start`, a cluster
+/// worker); `None` when `/proc` cannot be read. A descriptor of another
+/// user's process cannot be read and is left out.
+pub fn socket_inodes(leader: u32) -> Option<HashSet<u64>> {
+    let table = table()?;
+    let mut inodes = HashSet::new();
+    let pids = std::iter::once(leader).chain(descendants(&table, leader));
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok());
+            inodes.extend(inode);
+        }
+    }
+    Some(inodes)
 }
 
 /// Whether the table shows a process of group `group` that runs (true

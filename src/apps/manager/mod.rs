@@ -4,7 +4,7 @@
 //! them one at a time when their app changes (a rolling reload), and stops
 //! them. It tells the master which addresses serve each app (`AppEvent`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ mod stop;
 #[cfg(test)]
 mod tests;
 
-use super::address;
 use super::process::{self, Process};
+use super::{address, proc_table};
 use super::{AppError, AppEvent, AppServers, Notify};
 use crate::child::{Backoff, Child};
 use crate::config::{AppConfig, ServerAddr};
@@ -521,6 +521,8 @@ impl Manager {
                         }
                     } else if deadline <= now {
                         let tail = tail_of(&inst.process);
+                        let listens =
+                            where_it_listens(inst, &app.config.listen_env, &self.proc_net);
                         let timeout = app.config.start_timeout;
                         inst.process.kill();
                         inst.state = State::Stopping {
@@ -531,11 +533,12 @@ impl Manager {
                                 app: name.clone(),
                                 index,
                                 timeout,
+                                listens,
                                 tail,
                             });
                         }
                         error!(
-                            "app {name}[{index}] did not accept connections within {}s; killed{tail}",
+                            "app {name}[{index}] did not accept connections within {}s; killed{listens}{tail}",
                             timeout.as_secs_f64()
                         );
                     }
@@ -616,6 +619,10 @@ impl Manager {
     }
 
     /// Tell the master each app's serving addresses, when they changed.
+    /// The grace of an instance taken out counts from then: the pass
+    /// that retired it may have spent a while probing and reading the
+    /// socket tables since its `now`, and the grace is the shards' time
+    /// to stop sending it requests.
     fn publish(&mut self) {
         for app in &mut self.apps {
             let servers = servers_of(app);
@@ -625,6 +632,7 @@ impl Manager {
                     app: app.config.name.clone(),
                     servers,
                 });
+                grace_from_now(&mut self.leaving, &app.config.name);
             }
         }
     }
@@ -808,6 +816,48 @@ fn servers_of(app: &App) -> Vec<ServerAddr> {
         .filter(|i| matches!(i.state, State::Ready { .. }))
         .map(|i| i.addr.clone())
         .collect()
+}
+
+/// Start again the grace of `app`'s instances taken out of service and
+/// still in it: the master has just been told they left.
+fn grace_from_now(leaving: &mut [Leaving], app: &str) {
+    let graced = Instant::now() + RETIRE_GRACE;
+    for l in leaving.iter_mut().filter(|l| l.app == app) {
+        if let State::Retiring {
+            stop_at,
+            give_up,
+            waiting: false,
+        } = &mut l.inst.state
+        {
+            *stop_at = (*stop_at).max(graced);
+            *give_up = (*give_up).max(graced);
+        }
+    }
+}
+
+/// Where an instance that did not accept connections where it was told
+/// listens, for a message: the usual mistake is an app that ignores
+/// `$PORT` (a port written in its code, as in Node cluster's examples).
+/// Empty when its sockets cannot be seen (`/proc` hidden, another user's
+/// process).
+fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
+    let Some(inodes) = proc_table::socket_inodes(inst.process.pid) else {
+        return String::new();
+    };
+    let given = address::env_value(&inst.addr);
+    match address::SocketTables::new(proc_net).listening(&inodes) {
+        None => String::new(),
+        Some(at) if at.is_empty() => {
+            format!("; it listens on no socket (it was given {env}={given})")
+        }
+        Some(at) => {
+            let at: Vec<String> = at.iter().map(ToString::to_string).collect();
+            format!(
+                "; it listens on {}, but was given {env}={given}",
+                at.join(", ")
+            )
+        }
+    }
 }
 
 /// An instance's last lines, for a message: empty, or `; its last

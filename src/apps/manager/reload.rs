@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use log::{error, info};
 
-use super::{App, Instance, Leaving, Manager, Slot, State};
+use super::{grace_from_now, App, Instance, Leaving, Manager, Slot, State};
 use crate::apps::AppEvent;
 use crate::child::Backoff;
 use crate::config::{AppConfig, AppReload};
@@ -203,6 +203,7 @@ impl Manager {
                 app: gone.config.name.clone(),
                 servers: Vec::new(),
             });
+            grace_from_now(&mut self.leaving, &gone.config.name);
         }
     }
 }
