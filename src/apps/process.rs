@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::proc_table::{self, Known};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, StopSignal};
 
 /// Lines of output kept per instance, for the error when it fails to start.
 pub const TAIL_LINES: usize = 20;
@@ -67,16 +67,16 @@ impl Stop {
 }
 
 impl Process {
-    /// Ask the instance to stop: SIGTERM to its process group and to its
-    /// descendants that left it (a child spawned `detached`: PM2 kills the
-    /// whole tree), SIGKILL after `timeout` (the manager sends its own
-    /// too). Its exit is reported only once all of them have ended, so
-    /// that the app a wrapper started (`npm start`, `sh -c "node app.js;
-    /// …"`), which outlives the wrapper's death by SIGTERM, finishes its
-    /// requests within the stop timeout rather than being killed with the
-    /// wrapper.
-    pub fn stop(&self, timeout: Duration) {
-        // Set before the SIGTERM: a wrapper dies of it at once, and its
+    /// Ask the instance to stop: `signal` (SIGTERM unless its app says
+    /// otherwise) to its process group and to its descendants that left it
+    /// (a child spawned `detached`: PM2 kills the whole tree), SIGKILL
+    /// after `timeout` (the manager sends its own too). Its exit is
+    /// reported only once all of them have ended, so that the app a
+    /// wrapper started (`npm start`, `sh -c "node app.js; …"`), which
+    /// outlives the wrapper's death by the signal, finishes its requests
+    /// within the stop timeout rather than being killed with the wrapper.
+    pub fn stop(&self, timeout: Duration, signal: StopSignal) {
+        // Set before the signal: a wrapper dies of it at once, and its
         // wait thread must find the stop, or it takes the exit for a crash
         // and SIGKILLs the group.
         let _ = self.stopping.set(Stop {
@@ -84,7 +84,7 @@ impl Process {
             strays: proc_table::strays(self.pid),
         });
         if let Some(stop) = self.stopping.get() {
-            stop.signal(self.pid, libc::SIGTERM);
+            stop.signal(self.pid, signal.number());
         }
     }
 
@@ -180,7 +180,7 @@ pub fn spawn(
         .spawn(move || {
             if let Ok(status) = child.wait() {
                 match asked.get() {
-                    // Stopping: the group got the SIGTERM too; what is
+                    // Stopping: the group got the stop signal too; what is
                     // left of it finishes, or SIGKILL at the stop timeout
                     // ends it.
                     // Its SIGKILL is worth a word only when the process
@@ -328,7 +328,7 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
         if now >= stop.kill_at && !std::mem::replace(&mut killed, true) {
             if let Some(who) = stopped {
                 // The status coreserve logs is its own process's (a
-                // wrapper's SIGTERM): this says the app behind it did not
+                // wrapper's death by the stop signal): this says the app behind it did not
                 // stop in time.
                 log::warn!(
                     "{who} (pid {pgid}): what it started was still running at stop-timeout; killed"

@@ -68,6 +68,50 @@ pub enum AppReload {
     Always,
 }
 
+/// The signal that asks an instance to stop (SIGKILL follows after its
+/// `stop-timeout`): SIGTERM, as Node's cluster and systemd send; PM2 sends
+/// SIGINT, and an app written for it may handle that one alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopSignal {
+    /// SIGTERM.
+    #[default]
+    Term,
+    /// SIGINT.
+    Int,
+    /// SIGQUIT.
+    Quit,
+    /// SIGHUP.
+    Hup,
+    /// SIGUSR1.
+    Usr1,
+    /// SIGUSR2.
+    Usr2,
+}
+
+impl StopSignal {
+    /// Every one, with its name in the configuration.
+    pub const NAMED: [(&'static str, StopSignal); 6] = [
+        ("SIGTERM", StopSignal::Term),
+        ("SIGINT", StopSignal::Int),
+        ("SIGQUIT", StopSignal::Quit),
+        ("SIGHUP", StopSignal::Hup),
+        ("SIGUSR1", StopSignal::Usr1),
+        ("SIGUSR2", StopSignal::Usr2),
+    ];
+
+    /// Its number, for kill(2).
+    pub fn number(self) -> libc::c_int {
+        match self {
+            StopSignal::Term => libc::SIGTERM,
+            StopSignal::Int => libc::SIGINT,
+            StopSignal::Quit => libc::SIGQUIT,
+            StopSignal::Hup => libc::SIGHUP,
+            StopSignal::Usr1 => libc::SIGUSR1,
+            StopSignal::Usr2 => libc::SIGUSR2,
+        }
+    }
+}
+
 /// How an instance is told where to listen; the app chooses nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppListen {
@@ -109,8 +153,10 @@ pub struct AppConfig {
     pub listen_env: String,
     /// Time an instance has to accept a connection after it starts.
     pub start_timeout: Duration,
-    /// Time a stopping instance has between SIGTERM and SIGKILL.
+    /// Time a stopping instance has between its stop signal and SIGKILL.
     pub stop_timeout: Duration,
+    /// The signal that asks an instance to stop.
+    pub stop_signal: StopSignal,
     /// Time a replacement in a rolling reload serves, ready, beside the
     /// instance it replaces before that one leaves; zero: it leaves as
     /// soon as the replacement accepts.
@@ -137,6 +183,7 @@ impl AppConfig {
             listen_env: AppListen::Port.default_env().into(),
             start_timeout: DEFAULT_START_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            stop_signal: StopSignal::Term,
             min_uptime: DEFAULT_MIN_UPTIME,
             reload: AppReload::Changed,
         }

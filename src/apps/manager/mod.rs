@@ -21,7 +21,7 @@ use super::process::{self, Process};
 use super::{address, proc_table};
 use super::{AppError, AppEvent, AppServers, Notify};
 use crate::child::{Backoff, Child};
-use crate::config::{AppConfig, ServerAddr};
+use crate::config::{AppConfig, ServerAddr, StopSignal};
 use crate::signals;
 pub(super) use status::Board;
 
@@ -136,6 +136,7 @@ struct Leaving {
     app: String,
     index: usize,
     stop_timeout: Duration,
+    stop_signal: StopSignal,
     inst: Instance,
     /// Its open connections at the last count (`timers`, from the first
     /// pass after it left on); `None` before, or when the kernel's tables
@@ -150,6 +151,7 @@ impl Leaving {
             app: app.name.clone(),
             index,
             stop_timeout: app.stop_timeout,
+            stop_signal: app.stop_signal,
             inst,
             open: None,
         }
@@ -596,7 +598,7 @@ impl Manager {
                             self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
-                    l.inst.process.stop(l.stop_timeout);
+                    l.inst.process.stop(l.stop_timeout, l.stop_signal);
                     l.inst.state = State::Stopping {
                         kill_at: now + l.stop_timeout,
                     };

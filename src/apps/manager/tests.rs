@@ -996,6 +996,35 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
 }
 
 #[test]
+fn an_app_is_stopped_with_its_stop_signal() {
+    within(|| {
+        let dir = scratch("stop-signal");
+        // Written for PM2: SIGINT is its stop, SIGTERM is ignored.
+        let body = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+                    signal.signal(signal.SIGINT, lambda *_: (mark('term'), sys.exit(0)))\n\
+                    serve(listen())";
+        let mut c = app("pm2", 1, body, &dir);
+        c.stop_signal = crate::config::StopSignal::Int;
+        c.stop_timeout = Duration::from_secs(3);
+        let (apps, _) = Apps::start(vec![c], 1, DRAIN, Box::new(|_| {}), || false).unwrap();
+        let began = Instant::now();
+        apps.stop(false, || false);
+        // Gone on its signal, not SIGKILLed at the stop timeout.
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "killed at its timeout"
+        );
+        let records = records(&dir);
+        assert_eq!(records.len(), 1);
+        for (pid, r) in &records {
+            assert!(r.term.is_some(), "{pid} got no SIGINT");
+            assert!(!alive(*pid));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
 fn an_app_behind_a_wrapper_gets_its_stop_timeout_when_the_wrapper_dies_at_once() {
     within(|| {
         let dir = scratch("wrapper");

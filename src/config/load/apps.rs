@@ -12,7 +12,7 @@ use toml_edit::{ArrayOfTables, Table, Value};
 use super::upstreams::PROXY_KEYS;
 use super::values::set;
 use super::{Field, Walker};
-use crate::config::{app_key, AppConfig, AppListen, AppReload, Instances};
+use crate::config::{app_key, AppConfig, AppListen, AppReload, Instances, StopSignal};
 
 /// The keys an app takes besides its proxy settings, in the order messages
 /// list them.
@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "listen-env",
     "start-timeout",
     "stop-timeout",
+    "stop-signal",
     "min-uptime",
     "reload",
 ];
@@ -100,6 +101,7 @@ impl Walker<'_> {
                 }
                 "start-timeout" => set(&mut a.start_timeout, self.duration(&f)),
                 "stop-timeout" => set(&mut a.stop_timeout, self.duration(&f)),
+                "stop-signal" => set(&mut a.stop_signal, self.one_of(&f, &StopSignal::NAMED)),
                 "min-uptime" => set(&mut a.min_uptime, self.duration(&f)),
                 "reload" => {
                     let choices = [
@@ -189,6 +191,7 @@ listen = "unix"
 listen-env = "APP_SOCKET"
 start-timeout = "30s"
 stop-timeout = 2
+stop-signal = "SIGINT"
 min-uptime = "0s"
 reload = "always"
 balance = "least-conn"
@@ -231,6 +234,7 @@ fail-timeout = "20s"
                 listen_env: "APP_SOCKET".into(),
                 start_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(2),
+                stop_signal: crate::config::StopSignal::Int,
                 min_uptime: Duration::ZERO,
                 reload: crate::config::AppReload::Always,
                 upstream,
@@ -330,6 +334,7 @@ env = { PORT = 3000, NODE_ENV = "production" }
 instances = -1
 
 [[app]]
+stop-signal = "TERM"
 "#,
         )
         .unwrap_err();
@@ -348,11 +353,12 @@ instances = -1
                 at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"-1\""),
                 at(11, "app[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\""),
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
-                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, min-uptime, reload, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string"),
                 at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),
                 at(15, "app[2].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
+                at(21, "app[3].stop-signal: must be \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", \"SIGUSR1\" or \"SIGUSR2\", got \"TERM\""),
                 at(20, "app[3].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
                 at(20, "app[3].command: is required: the program, then its arguments, like [\"node\", \"server.js\"]"),
             ]
