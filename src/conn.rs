@@ -71,6 +71,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 entry: Some(Entry::bare(status, bytes)),
                 tally: Tally::response(status, out.len() as u64),
                 arrived: None,
+                switched: None,
             };
             finish(&shard, log.as_ref(), &record);
             // The client's request is unread: linger so the 503 is not reset away.
@@ -441,20 +442,34 @@ async fn accept_tls(
         Ok(_) => return None,
     };
     input.filled(n);
-    let hello = Tally {
-        bytes_in: n as u64,
-        ..Tally::default()
-    };
-    finish(shard, None, &Record::counts(hello, None));
+    // The handshake's bytes are not counted (received bytes are what the
+    // requests carried, as sent bytes are what the responses did).
     if !tls::is_tls_record(input.data()[0]) {
         let out = tls::plain_http_refusal(&shard.date());
         let limits = shard.site().limits;
-        if client.write_all(&out, limits.send_timeout).await.is_ok() {
-            // Not in the access log: no request was read.
-            let refusal = Tally::response(400, out.len() as u64);
-            finish(shard, None, &Record::counts(refusal, None));
-            linger_close(&mut client, input).await;
+        let bytes_in = n as u64;
+        if client.write_all(&out, limits.send_timeout).await.is_err() {
+            let gone = Tally {
+                bytes_in,
+                ..Tally::default()
+            };
+            finish(shard, None, &Record::counts(gone, None));
+            return None;
         }
+        // Logged as nginx logs it, but without its request line (not read
+        // as a request), as the refusal at max-connections is.
+        let (status, bytes) = crate::http::response::summarize(&out);
+        let refusal = Record {
+            entry: Some(Entry::bare(status, bytes)),
+            tally: Tally {
+                bytes_in,
+                ..Tally::response(status, out.len() as u64)
+            },
+            arrived: None,
+            switched: None,
+        };
+        finish(shard, ConnLog::of(shard, &client).as_ref(), &refusal);
+        linger_close(&mut client, input).await;
         return None;
     }
     // Only for the debug line a failure gets: a getpeername(2) saved on
@@ -492,7 +507,8 @@ fn finish(shard: &Shard, log: Option<&ConnLog>, record: &Record<'_>) {
     }
     let tally = &record.tally;
     if let (Some(arrived), n @ 1..) = (record.arrived, tally.requests) {
-        let us = arrived.elapsed().as_micros() as u64;
+        let ended = record.switched.unwrap_or_else(Instant::now);
+        let us = ended.saturating_duration_since(arrived).as_micros() as u64;
         shard.metrics().record_latency(us, n);
     }
     // A log line alone (a fixed response's: its counts come with the batch).

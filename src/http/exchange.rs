@@ -81,9 +81,12 @@ pub struct Record<'a> {
     /// What the counters add.
     pub tally: Tally,
     /// When the bytes of the counted requests arrived: their service time
-    /// runs from here to the record's finish. Some whenever
-    /// `tally.requests` is not 0.
+    /// runs from here to the record's finish (or `switched`). Some
+    /// whenever `tally.requests` is not 0.
     pub arrived: Option<Instant>,
+    /// When a tunnel began (a WebSocket's 101): its request's service time
+    /// ends there, not when the tunnel closes, hours later maybe.
+    pub switched: Option<Instant>,
 }
 
 impl<'a> Record<'a> {
@@ -94,6 +97,7 @@ impl<'a> Record<'a> {
             entry: Some(entry),
             tally: Tally::default(),
             arrived: None,
+            switched: None,
         }
     }
 
@@ -104,6 +108,7 @@ impl<'a> Record<'a> {
             entry: None,
             tally,
             arrived,
+            switched: None,
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct Ended {
     pub tally: Tally,
     /// What the connection does next.
     pub after: After,
+    /// When a tunnel began, if the exchange became one (`Record::switched`).
+    pub switched: Option<Instant>,
 }
 
 impl Ended {
@@ -155,6 +162,7 @@ impl Ended {
             }),
             tally: self.tally,
             arrived: Some(arrived),
+            switched: self.switched,
         }
     }
 }

@@ -165,7 +165,7 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
             label(i),
             i.pid.map_or(String::new(), |p| p.to_string()),
             i.state,
-            i.addr.as_deref().unwrap_or(""),
+            metrics::LabelValue(i.addr.as_deref().unwrap_or("")),
             u8::from(matches!(i.state, "ready" | "ready-old"))
         );
     }
@@ -294,7 +294,7 @@ fn per_process(
             i.index,
             i.pid.map_or(String::new(), |p| p.to_string()),
             i.state,
-            i.addr.as_deref().unwrap_or(""),
+            metrics::LabelValue(i.addr.as_deref().unwrap_or("")),
             value(i)
         );
     }

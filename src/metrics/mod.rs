@@ -20,6 +20,28 @@ use crate::http::exchange::Tally;
 /// longer ones are recorded as this.
 pub const MAX_LATENCY_US: u64 = 60_000_000;
 
+/// A label's value written as the text format wants it: `\`, `"` and a
+/// line feed escaped. A server's address may hold any of them (a Unix
+/// socket's path); unescaped, one such value makes the whole scrape
+/// unreadable.
+pub struct LabelValue<'a>(pub &'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
 /// A shard's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShardStats {
@@ -368,14 +390,10 @@ pub fn render(snaps: &[Snapshot]) -> String {
                         seconds(v)
                     );
                 }
-                let sum: f64 = h
-                    .iter_recorded()
-                    .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-                    .sum();
                 let _ = writeln!(
                     o,
                     "coreserve_request_duration_seconds_sum{{shard=\"{shard}\"}} {}",
-                    sum / 1e6
+                    sum_seconds(h)
                 );
                 let _ = writeln!(
                     o,
@@ -427,6 +445,15 @@ type Counter = (
 
 fn seconds(us: u64) -> f64 {
     us as f64 / 1e6
+}
+
+/// The sum of what `h` recorded, in seconds: a summary's `_sum`. Folded
+/// from +0: an empty `f64` sum is -0, which a scrape would show as `-0`.
+fn sum_seconds(h: &Histogram<u64>) -> f64 {
+    h.iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .fold(0.0, |a, b| a + b)
+        / 1e6
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use hdrhistogram::Histogram;
 
-use super::{new_histogram, seconds, QUANTILES};
+use super::{new_histogram, seconds, sum_seconds, LabelValue, QUANTILES};
 use crate::http::exchange;
 
 /// Counters for one upstream server on one shard.
@@ -117,10 +117,16 @@ pub(super) fn render_upstreams(out: &mut String, samples: &[UpstreamSample]) {
         }
     }
     for (group, n) in groups {
-        let _ = writeln!(out, "{name}{{upstream=\"{group}\"}} {n}");
+        let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {n}", LabelValue(group));
     }
     merged.retain(|s| s.server != GROUP_ITSELF);
-    let label = |s: &UpstreamSample| format!("upstream=\"{}\",server=\"{}\"", s.upstream, s.server);
+    let label = |s: &UpstreamSample| {
+        format!(
+            "upstream=\"{}\",server=\"{}\"",
+            LabelValue(&s.upstream),
+            LabelValue(&s.server)
+        )
+    };
     type Get = fn(&UpstreamSample) -> u64;
     let counters: [(&str, &str, &str, Get); 5] = [
         (
@@ -190,11 +196,7 @@ pub(super) fn render_upstreams(out: &mut String, samples: &[UpstreamSample]) {
                 seconds(v)
             );
         }
-        let sum: f64 = h
-            .iter_recorded()
-            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-            .sum();
-        let _ = writeln!(out, "{name}_sum{{{}}} {}", label(s), sum / 1e6);
+        let _ = writeln!(out, "{name}_sum{{{}}} {}", label(s), sum_seconds(h));
         let _ = writeln!(out, "{name}_count{{{}}} {}", label(s), h.len());
     }
 }
@@ -233,6 +235,22 @@ mod tests {
         assert!(out.contains(&format!("coreserve_upstream_failures_total{{{l}}} 1\n")));
         assert!(out.contains(&format!("coreserve_upstream_idle_connections{{{l}}} 6\n")));
         assert!(out.contains("server=\"127.0.0.1:2\"} 0\n"));
+    }
+
+    #[test]
+    fn a_socket_path_is_escaped_in_its_label() {
+        let odd = "unix:/run/a\"b\\c\nd.sock";
+        let mut out = String::new();
+        render_upstreams(&mut out, &[empty_sample("app", odd)]);
+        let l = "upstream=\"app\",server=\"unix:/run/a\\\"b\\\\c\\nd.sock\"";
+        assert!(
+            out.contains(&format!("coreserve_upstream_requests_total{{{l}}} 0\n")),
+            "{out}"
+        );
+        // Every line still a comment or a whole sample.
+        assert!(out
+            .lines()
+            .all(|line| line.starts_with('#') || line.ends_with(" 0")));
     }
 
     #[test]

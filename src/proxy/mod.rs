@@ -134,6 +134,8 @@ struct Served {
     pub bytes_in: u64,
     /// The rule the client's body broke, if it broke one (a 400, 408, 413).
     pub error: Option<ParseError>,
+    /// When the exchange became a tunnel, if it did.
+    pub switched: Option<Instant>,
     /// The client connection can take its next request.
     pub keep_alive: bool,
     /// Close with a lingering close (the client may still be sending).
@@ -234,6 +236,7 @@ impl Served {
                 (false, true, _) => After::Linger,
                 (false, false, _) => After::Close,
             },
+            switched: self.switched,
         }
     }
 }
@@ -313,6 +316,9 @@ async fn forward(
         }
         tried[attempts] = index;
         attempts += 1;
+        // Every attempt, one that cannot connect too: failures over
+        // requests is the server's error rate.
+        server.count(|s| s.requests += 1);
         let _busy = server.busy();
         let pooled = if stale.is_some_and(|(s, _)| s == index) {
             None
@@ -343,7 +349,6 @@ async fn forward(
                 }
             },
         };
-        server.count(|s| s.requests += 1);
         up_out.clear();
         request::write_head(
             &mut up_out,
@@ -602,6 +607,8 @@ async fn forward(
         served.status = relayed.status;
         served.body_bytes = relayed.body_bytes;
         served.bytes_out += relayed.bytes_out;
+        served.bytes_in += relayed.bytes_in;
+        served.switched = relayed.switched;
         served.keep_alive = relayed.client_keep_alive;
         // An upstream that answered before it took the whole body (an
         // early 413): the client may still be sending it.
@@ -617,7 +624,9 @@ async fn forward(
             // in turn, then answer everyone 503 for fail-timeout.
             server.count(|s| s.failures += 1);
         } else {
-            server.succeeded(took);
+            // A tunnel's response time is its switch's.
+            let answered = relayed.switched.unwrap_or(ended);
+            server.succeeded(answered.saturating_duration_since(now));
         }
         if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 {
             server.checkin(up, cfg.keepalive, ended);

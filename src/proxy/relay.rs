@@ -250,6 +250,10 @@ pub(super) struct Relayed {
     pub(super) upstream_status: u16,
     pub(super) body_bytes: u64,
     pub(super) bytes_out: u64,
+    /// Bytes read from the client past the request (a tunnel's).
+    pub(super) bytes_in: u64,
+    /// When the tunnel began, if the response switched to one.
+    pub(super) switched: Option<Instant>,
     pub(super) client_keep_alive: bool,
     pub(super) upstream_reusable: bool,
     /// What went wrong on the upstream's side, if anything: the response
@@ -518,6 +522,7 @@ pub(super) async fn relay(
             return r;
         }
         r.bytes_out += c.out.len() as u64;
+        r.switched = Some(Instant::now());
         c.out.clear();
         let early: Vec<u8> = c.input.data().to_vec();
         c.input.consume(early.len());
@@ -532,8 +537,9 @@ pub(super) async fn relay(
         .await;
         // What went through the tunnel is the 101's body for the access
         // log, as nginx's `$body_bytes_sent` counts it.
-        r.bytes_out += tunnelled;
-        r.body_bytes = tunnelled;
+        r.bytes_out += tunnelled.to_client;
+        r.body_bytes = tunnelled.to_client;
+        r.bytes_in = tunnelled.from_client;
         return r;
     }
     stream(c, up, rbuf, head_len, filled, ex, cfg, begun.out, r).await

@@ -20,10 +20,19 @@ enum Side {
     Upstream,
 }
 
+/// What went through a tunnel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Bytes sent to the client.
+    pub to_client: u64,
+    /// Bytes read from the client once the tunnel began (not those read
+    /// before, which the connection counted).
+    pub from_client: u64,
+}
+
 /// Copy both ways until one side closes, fails, or the tunnel idles out;
 /// `client_early` and `upstream_early` are bytes each side sent before the
-/// switch that were already read (they go first). Returns the bytes sent to
-/// the client.
+/// switch that were already read (they go first).
 pub async fn run(
     client: &mut Socket,
     upstream: &mut Socket,
@@ -31,8 +40,11 @@ pub async fn run(
     upstream_early: &[u8],
     idle: Duration,
     send_timeout: Duration,
-) -> u64 {
-    let mut to_client = upstream_early.len() as u64;
+) -> Moved {
+    let mut moved = Moved {
+        to_client: upstream_early.len() as u64,
+        from_client: 0,
+    };
     if !client_early.is_empty()
         && upstream
             .write_all(client_early, send_timeout)
@@ -44,10 +56,13 @@ pub async fn run(
                 .await
                 .is_err()
     {
-        return to_client;
+        return moved;
     }
     if client.non_blocking() && upstream.non_blocking() {
-        return to_client + duplex(client, upstream, idle, send_timeout).await;
+        let both = duplex(client, upstream, idle, send_timeout).await;
+        moved.to_client += both.to_client;
+        moved.from_client = both.from_client;
+        return moved;
     }
     // Sockets the ring does not watch (a shard without a ring): one way
     // at a time, each write waited for.
@@ -60,7 +75,7 @@ pub async fn run(
         )
         .await;
         let Ok(first) = woke else {
-            return to_client;
+            return moved;
         };
         // Whichever woke first, then the other, so neither waits on the
         // other's traffic.
@@ -74,12 +89,11 @@ pub async fn run(
                 Side::Upstream => (&mut *upstream, &mut *client),
             };
             match pass(from, to, &mut buf, send_timeout).await {
-                Ok(n) => {
-                    if matches!(side, Side::Upstream) {
-                        to_client += n as u64;
-                    }
-                }
-                Err(_) => return to_client,
+                Ok(n) => match side {
+                    Side::Upstream => moved.to_client += n as u64,
+                    Side::Client => moved.from_client += n as u64,
+                },
+                Err(_) => return moved,
             }
         }
     }
@@ -112,6 +126,8 @@ struct Pipe {
     stall: Option<Instant>,
     /// Bytes written to the far side so far.
     sent: u64,
+    /// Bytes read from the near side so far.
+    got: u64,
 }
 
 impl Pipe {
@@ -122,6 +138,7 @@ impl Pipe {
             end: 0,
             stall: None,
             sent: 0,
+            got: 0,
         }
     }
 
@@ -134,13 +151,12 @@ impl Pipe {
 /// what its way needs (a read when that way has nothing waiting to be
 /// written, room when it has). When one side closes, what was read for it
 /// from the other is still written to it (it may only have half-closed).
-/// Returns the bytes sent to the client.
 async fn duplex(
     client: &mut Socket,
     upstream: &mut Socket,
     idle: Duration,
     send_timeout: Duration,
-) -> u64 {
+) -> Moved {
     let mut up = Pipe::new();
     let mut down = Pipe::new();
     let mut quiet_until = Instant::now() + idle;
@@ -163,7 +179,10 @@ async fn duplex(
                         Side::Upstream => finish(upstream, &mut up, send_timeout).await,
                     }
                 }
-                return down.sent;
+                return Moved {
+                    to_client: down.sent,
+                    from_client: up.got,
+                };
             }
         };
         if moved {
@@ -192,7 +211,10 @@ async fn duplex(
         .await;
         // Idle for `idle`, a write stalled for `send-timeout`, or a failure.
         if woke.is_err() {
-            return down.sent;
+            return Moved {
+                to_client: down.sent,
+                from_client: up.got,
+            };
         }
     }
 }
@@ -237,6 +259,7 @@ fn step(
         Some(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
         Some(Ok(n)) => {
             (p.start, p.end) = (0, n);
+            p.got += n as u64;
             moved = true;
         }
         Some(Err(e)) => return Err(e),

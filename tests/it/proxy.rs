@@ -1049,6 +1049,45 @@ fn a_tunnels_bytes_are_logged() {
     assert!(text.contains("\"status\":101,\"bytes\":5000,"), "{text}");
 }
 
+/// A tunnel's bytes count both ways in the metrics, and its request's
+/// service time ends at the switch: a WebSocket open for minutes must not
+/// become every latency figure's worst.
+#[test]
+fn a_tunnel_counts_what_the_client_sent_and_its_switch_is_its_latency() {
+    let up = Upstream::start(|_| Reply::upgrade_echo());
+    let proxy = Proxy::start("proxy-ws-metrics", &simple(&[up.server()], "", ""));
+    let head = upgrade_request("/ws");
+    let mut s = connect(proxy.addr());
+    s.write_all(head.as_bytes()).unwrap();
+    expect_switch(&mut s);
+    let mut r = Reader::new(&s);
+    let frame = [b'x'; 1000];
+    for _ in 0..10 {
+        s.write_all(&frame).unwrap();
+        assert_eq!(r.bytes(frame.len()), frame.to_vec());
+    }
+    let open_for = std::time::Duration::from_millis(800);
+    std::thread::sleep(open_for);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(r.rest().is_empty());
+    let sent = (head.len() + 10 * frame.len()) as f64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let scraped = loop {
+        let scraped = crate::metrics::scrape(&proxy.server);
+        let got = crate::metrics::values(&scraped, "coreserve_received_bytes_total")["shard=all"];
+        if got == sent || std::time::Instant::now() > deadline {
+            assert_eq!(got, sent, "received bytes");
+            break scraped;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let worst = crate::metrics::values(&scraped, "coreserve_request_duration_seconds_max");
+    assert!(worst["shard=all"] < open_for.as_secs_f64(), "{worst:?}");
+    let upstream = crate::metrics::values(&scraped, "coreserve_upstream_response_seconds_sum");
+    let server = format!("server={},upstream=app", up.server());
+    assert!(upstream[&server] < open_for.as_secs_f64(), "{upstream:?}");
+}
+
 /// A 101 to a protocol the client did not offer, or to a request that
 /// asked for no switch, is a bad upstream: 502, never a tunnel.
 #[test]

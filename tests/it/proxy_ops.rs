@@ -351,6 +351,12 @@ fn upstream_metrics_count_requests_failures_and_retries() {
         upstream_sample(&s, "coreserve_upstream_failures_total", &dead),
         1.0
     );
+    // The attempt that could not connect is a request too: failures are
+    // never more than requests.
+    assert_eq!(
+        upstream_sample(&s, "coreserve_upstream_requests_total", &dead),
+        1.0
+    );
     assert_eq!(
         upstream_sample(&s, "coreserve_upstream_failures_total", &live),
         0.0

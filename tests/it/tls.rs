@@ -369,7 +369,9 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
     let dir = Scratch::new("tls-bad");
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
-    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let log = dir.0.join("access.log");
+    let logged = format!("\n[log]\naccess = \"{}\"", log.display());
+    let file = config(&dir, &[("site.pem", "site.key", &[])], &logged);
     let (server, addr) = start(&file, &[]);
     let mut keep = tls_connect(addr, "localhost", Some(&ca));
     let mut plain = connect(addr);
@@ -411,11 +413,21 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
         (1.0, 1.0, 1.0, 0.0),
         "{failures:?}"
     );
+    // The plain request's bytes are received bytes; no handshake's are.
+    let received = crate::metrics::values(&scraped, "coreserve_received_bytes_total");
+    assert_eq!(received["shard=all"], GET.len() as f64);
     // The others never noticed.
     let (head, _) = exchange(&mut keep, GET);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     let mut fresh = tls_connect(addr, "localhost", Some(&ca));
     assert!(exchange(&mut fresh, GET).0.starts_with("HTTP/1.1 200 OK"));
+    // The plain request's 400 is logged, as nginx logs it, and no line
+    // for the failed handshakes: the two requests served, and it.
+    server.stop();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    let refused = lines.lines().filter(|l| l.contains("\"-\" 400 "));
+    assert_eq!(refused.count(), 1, "{lines}");
 }
 
 /// Reads what comes (an alert) until the server closes.

@@ -505,6 +505,7 @@ pub async fn run(
         upstream: None,
         tally,
         after,
+        switched: None,
     }
 }
 
