@@ -398,11 +398,14 @@ async fn forward(
         if let Err(end) = sent.client {
             // The upstream saw part of a request: that connection is done.
             let begun = sent.begun.take();
+            // Logged with the server it went to, its status `-` when it had
+            // not answered (as nginx logs a 499 whose request was sent).
+            let status = begun.as_ref().map_or(0, |(_, r)| r.upstream_status);
+            served.upstream = Some((server.clone(), status, now.elapsed()));
             if let Some((_, r)) = &begun {
                 c.out.clear();
                 served.bytes_out += r.bytes_out;
                 served.body_bytes = r.body_bytes;
-                served.upstream = Some((server.clone(), r.upstream_status, now.elapsed()));
             }
             match end {
                 ClientEnd::Gone => {

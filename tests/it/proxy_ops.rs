@@ -399,6 +399,16 @@ fn the_access_log_records_the_upstream() {
         proxy.get("GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").status,
         200
     );
+    // A client that leaves in the middle of its body: the request went up.
+    let mut left = connect(proxy.addr());
+    left.write_all(b"POST /left HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    assert!(up.wait_until(|u| u
+        .connections()
+        .iter()
+        .any(|c| contains(&c.bytes, b"0123456789"))));
+    drop(left);
+    std::thread::sleep(Duration::from_millis(200));
     proxy.server.stop();
     let text = std::fs::read_to_string(&log).unwrap();
     let line = |target: &str| {
@@ -407,6 +417,13 @@ fn the_access_log_records_the_upstream() {
             .unwrap_or_else(|| panic!("no line for {target}:\n{text}"))
             .to_string()
     };
+    let gone = line("/left");
+    assert!(gone.contains("\"status\":499,"), "{gone}");
+    assert!(
+        gone.contains(&format!("\"upstream_addr\":\"{}\"", up.server())),
+        "{gone}"
+    );
+    assert!(gone.contains("\"upstream_status\":null"), "{gone}");
     let proxied = line("/proxied");
     assert!(
         proxied.contains(&format!("\"upstream_addr\":\"{}\"", up.server())),
