@@ -176,7 +176,11 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
         }
         Err(e) => {
             log::error!("{e}");
-            ExitCode::from(1)
+            // A URL that is not one is a usage error, as a bad flag is.
+            match e {
+                coreserve::status::StatusError::Url(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

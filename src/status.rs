@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Why the status could not be shown.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     /// The URL is not `http://HOST:PORT/PATH`.
-    #[error("not an http://ADDR:PORT/PATH URL: {0}")]
+    #[error("not an http://HOST:PORT/PATH URL: {0}")]
     Url(String),
     /// The endpoint could not be reached or answered badly.
     #[error("cannot read {url}: {why} (is coreserve running, with [metrics] listen on?)")]
@@ -274,15 +274,32 @@ fn fetch(url: &str) -> Result<String, StatusError> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/metrics"),
     };
-    let addr: SocketAddr = authority
-        .parse()
-        .map_err(|_| StatusError::Url(url.into()))?;
+    // A host name (`localhost`) or an address, and a port.
+    let port = authority.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+    if !matches!(port, Some(Ok(_))) {
+        return Err(StatusError::Url(url.into()));
+    }
     let fail = |why: String| StatusError::Fetch {
         url: url.into(),
         why,
     };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| fail(e.to_string()))?;
+    let addrs: Vec<SocketAddr> = authority
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
+    // Each address the name has in turn (`localhost` may be ::1 first,
+    // the endpoint on 127.0.0.1 only).
+    let mut connected = Err(fail("the name has no address".into()));
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, Duration::from_secs(5)) {
+            Ok(s) => {
+                connected = Ok(s);
+                break;
+            }
+            Err(e) => connected = Err(fail(e.to_string())),
+        }
+    }
+    let mut s = connected?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
         s,

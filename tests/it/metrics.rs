@@ -183,6 +183,20 @@ fn status_prints_a_table_of_shards() {
         table.contains("spread of requests over shards (max/min): 1.00"),
         "{table}"
     );
+    // By name, as an operator types it.
+    let by_name = server.metrics_url().replace("127.0.0.1", "localhost");
+    let out = succeeds(crate::util::command().args(["status", "--url", &by_name]));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("shard"));
+    // Not a URL: a usage error, as a bad flag.
+    for bad in ["localhost:9090", "http://localhost/metrics", "ftp://x:1/"] {
+        let out = crate::util::command()
+            .args(["status", "--url", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not an http://HOST:PORT/PATH URL"), "{err}");
+    }
 
     let out = crate::util::command()
         .args(["status", "--url", "http://127.0.0.1:1/metrics"])
