@@ -47,6 +47,8 @@ LAYERS = {
     "child": 0,     # a supervised child: restarts and their back-off
     "keep_awake": 0, # a thread that wakes an executor's task (glommio's lost wake-up)
     "log_queue": 0, # the log's lines on their way to stderr, never waited for
+    "throttle": 0,  # at most one log line a second about one thing
+    "proxy_protocol": 0, # the PROXY protocol header a load balancer sends first
     # 1: built on the leaves.
     "config": 1,    # Config, its loading and validation
     "readiness": 1, # the shard's own io_uring ring

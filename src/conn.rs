@@ -25,6 +25,7 @@ use crate::http::status::Status;
 use crate::job::{self, JobConn};
 use crate::listener::Scheme;
 use crate::metrics::TlsFailure;
+use crate::proxy_protocol;
 use crate::state::{ConnKey, Shard, Site};
 use crate::tls::{self, TlsSite};
 use crate::transport::{Room, Socket};
@@ -65,7 +66,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         if client.write_all(&out, limits.send_timeout).await.is_ok() {
             // Counted and logged as any response (its request unread: a
             // line without one, as for a request that did not parse).
-            let log = ConnLog::of(&shard, &client);
+            let log = ConnLog::of(&shard, &client, None);
             let (status, bytes) = crate::http::response::summarize(&out);
             let record = Record {
                 entry: Some(Entry::bare(status, bytes)),
@@ -85,15 +86,38 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
     }
     let key = shard.register(client.fd());
     let _registration = Registration { shard: &shard, key };
+    let mut input = InputBuffer::new(limits.max_header_bytes as usize);
+    let mut head_deadline: Option<Instant> = None;
+    // From a load balancer that says whose connection it is: that client's
+    // address is this connection's (`None`: the balancer's own, or not one).
+    let mut proxied: Option<Option<IpAddr>> = None;
+    let site = shard.site();
+    let balancers = &site.proxy_protocol;
+    if !balancers.is_empty() {
+        let peer = client.peer_addr().map(|a| a.ip());
+        if peer.is_some_and(|ip| balancers.iter().any(|n| n.contains(ip))) {
+            // The header, the handshake and the first request's head share
+            // header-timeout.
+            let deadline = Instant::now() + limits.header_timeout;
+            let header = Box::pin(read_proxy_header(
+                &shard,
+                key,
+                &mut client,
+                &mut input,
+                deadline,
+            ));
+            let Some(source) = header.await else { return };
+            proxied = Some(source.or(peer));
+            head_deadline = Some(deadline);
+        }
+    }
     // A system call: made when the log needs it, else when the first
     // proxied request does (`Some` once known).
-    let conn_log = ConnLog::of(&shard, &client);
-    let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote);
+    let conn_log = ConnLog::of(&shard, &client, proxied);
+    let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote).or(proxied);
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
     let mut session = Session::default();
-    let mut input = InputBuffer::new(limits.max_header_bytes as usize);
     let mut out: Vec<u8> = Vec::with_capacity(512);
-    let mut head_deadline: Option<Instant> = None;
     // The TLS settings this connection started with: a reload gives new
     // connections new certificates, this one keeps its HSTS header too.
     let mut tls_site: Option<Rc<TlsSite>> = None;
@@ -101,12 +125,15 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         // No certificates (a reload dropped them): nothing to offer.
         let Some(site) = shard.tls() else { return };
         // The handshake and the first request's head share header-timeout.
-        let deadline = Instant::now() + limits.header_timeout;
+        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + limits.header_timeout);
         // Boxed, as every lingering close below: the connection's future,
         // which each idle connection keeps, is as large as the largest
         // future it awaits in place (the handshake's was 960 bytes of its
         // 2 280; bench/RESULTS.md).
-        client = match Box::pin(accept_tls(&shard, key, client, &site, &mut input, deadline)).await
+        client = match Box::pin(accept_tls(
+            &shard, key, client, &site, &mut input, deadline, proxied,
+        ))
+        .await
         {
             Some(c) => c,
             None => return,
@@ -422,11 +449,18 @@ async fn accept_tls(
     site: &TlsSite,
     input: &mut InputBuffer,
     deadline: Instant,
+    proxied: Option<Option<IpAddr>>,
 ) -> Option<Socket> {
-    // Nothing has arrived yet: a drain may close it at once.
-    shard.set_idle(key, true);
-    let read = client.read(input, deadline).await;
-    shard.set_idle(key, false);
+    // Nothing has arrived yet (but a PROXY protocol header): a drain may
+    // close it at once.
+    let read = if input.data().is_empty() {
+        shard.set_idle(key, true);
+        let read = client.read(input, deadline).await;
+        shard.set_idle(key, false);
+        read.inspect(|&n| input.filled(n))
+    } else {
+        Ok(input.data().len())
+    };
     let n = match read {
         Ok(n @ 1..) => n,
         // A client that never said hello: one silent until the timeout is
@@ -441,7 +475,6 @@ async fn accept_tls(
         }
         Ok(_) => return None,
     };
-    input.filled(n);
     // The handshake's bytes are not counted (received bytes are what the
     // requests carried, as sent bytes are what the responses did).
     if !tls::is_tls_record(input.data()[0]) {
@@ -468,7 +501,11 @@ async fn accept_tls(
             arrived: None,
             switched: None,
         };
-        finish(shard, ConnLog::of(shard, &client).as_ref(), &refusal);
+        finish(
+            shard,
+            ConnLog::of(shard, &client, proxied).as_ref(),
+            &refusal,
+        );
         linger_close(&mut client, input).await;
         return None;
     }
@@ -495,6 +532,66 @@ async fn accept_tls(
         log::debug!("TLS handshake with {peer} failed ({}): {e}", why.name());
     })
     .ok()
+}
+
+/// Read the PROXY protocol header a load balancer sends first: the client's
+/// address it gives (`Some(None)` for the balancer's own connection), the
+/// bytes after it left in `input`. `None` when the connection is to close:
+/// it sent something else, or nothing whole by `deadline` (nginx closes
+/// such a connection too, and says so in its error log).
+async fn read_proxy_header(
+    shard: &Shard,
+    key: ConnKey,
+    client: &mut Socket,
+    input: &mut InputBuffer,
+    deadline: Instant,
+) -> Option<Option<IpAddr>> {
+    loop {
+        let why = match proxy_protocol::parse(input.data()) {
+            Ok(Some(header)) => {
+                input.consume(header.len);
+                return Some(header.source.map(|a| a.ip()));
+            }
+            // At most `V2_MAX` bytes are waited for: a longer header is
+            // refused by its parse.
+            Ok(None) => {
+                // Nothing of it yet: a drain may close it at once.
+                let idle = input.data().is_empty();
+                shard.set_idle(key, idle);
+                let read = client.read(input, deadline).await;
+                shard.set_idle(key, false);
+                match read {
+                    Ok(n @ 1..) => {
+                        input.filled(n);
+                        continue;
+                    }
+                    // Closed at once (a TCP health check): nothing to say.
+                    Ok(_) if idle => return None,
+                    Ok(_) => "closed before the header ended".to_string(),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        "no whole header within header-timeout".to_string()
+                    }
+                    Err(_) => return None,
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        shard.count(|s| s.proxy_protocol_failures += 1);
+        if let Some(held) = shard.proxy_protocol_lines().admit(Instant::now()) {
+            let peer = client
+                .peer_addr()
+                .map_or_else(|| "?".into(), |a| a.to_string());
+            let more = match held {
+                0 => String::new(),
+                n => format!(" ({n} more since the last report)"),
+            };
+            log::warn!(
+                "shard {}: connection from {peer} (listed in server.proxy-protocol) closed: {why}{more}",
+                shard.id()
+            );
+        }
+        return None;
+    }
 }
 
 /// Where every exchange of a connection ends, whoever answered it (the
@@ -529,12 +626,16 @@ struct ConnLog<'a> {
 impl<'a> ConnLog<'a> {
     /// The log as `client`'s connection writes to it, when logging is on
     /// (the client's address costs a system call, made only then).
-    fn of(shard: &'a Shard, client: &Socket) -> Option<ConnLog<'a>> {
+    fn of(
+        shard: &'a Shard,
+        client: &Socket,
+        proxied: Option<Option<IpAddr>>,
+    ) -> Option<ConnLog<'a>> {
         let logger = shard.access_log()?;
         Some(ConnLog {
             shard,
             logger,
-            remote: client.peer_addr().map(|a| a.ip()),
+            remote: proxied.unwrap_or_else(|| client.peer_addr().map(|a| a.ip())),
         })
     }
 

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use crate::throttle::Throttle;
+
 /// What a listener speaks. A shard knows it for each listener by index:
 /// the index travels with each hand-off, and each reuseport listener is
 /// one address.
@@ -226,8 +228,7 @@ pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// when the host is out of resources, and logs at most once a second.
 #[derive(Debug, Default)]
 pub struct AcceptErrors {
-    last_log: Option<Instant>,
-    suppressed: u64,
+    lines: Throttle,
 }
 
 impl AcceptErrors {
@@ -246,21 +247,13 @@ impl AcceptErrors {
         ) {
             return None;
         }
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            let more = if self.suppressed > 0 {
-                format!(" ({} more since the last report)", self.suppressed)
+        if let Some(held) = self.lines.admit(Instant::now()) {
+            let more = if held > 0 {
+                format!(" ({held} more since the last report)")
             } else {
                 String::new()
             };
             log::warn!("{who}: accept failed: {err}{more}; pausing accept for {ACCEPT_PAUSE:?}");
-            self.last_log = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
         }
         Some(ACCEPT_PAUSE)
     }

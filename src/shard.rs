@@ -17,7 +17,7 @@ use glommio::LocalExecutorBuilder;
 use log::{error, info, warn};
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, LogConfig, RouteConfig, TlsConfig, UpstreamConfig};
+use crate::config::{Cidr, Limits, LogConfig, RouteConfig, TlsConfig, UpstreamConfig};
 use crate::conn;
 use crate::handoff;
 use crate::http::date::DateCache;
@@ -25,7 +25,7 @@ use crate::keep_awake::{self, KeepAwake};
 use crate::listener::{self, Scheme};
 use crate::metrics::{ShardStats, Snapshot};
 use crate::readiness::Readiness;
-use crate::state::Shard;
+use crate::state::{Shard, Site};
 use crate::transport::Socket;
 
 /// Where a shard's connections come from.
@@ -65,6 +65,8 @@ pub struct Reload {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `server.proxy-protocol`.
+    pub proxy_protocol: Vec<Cidr>,
     /// Certificates (loaded again by the master) and TLS settings: new
     /// handshakes use them, established connections keep theirs.
     pub tls: TlsConfig,
@@ -124,6 +126,9 @@ pub struct ShardSpec {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups (the shard keeps its own connections to them).
     pub upstreams: Vec<UpstreamConfig>,
+    /// The load balancers whose connections begin with a PROXY protocol
+    /// header (`server.proxy-protocol`).
+    pub proxy_protocol: Vec<Cidr>,
     /// What each listener speaks, by its index (the master's list).
     pub schemes: Vec<Scheme>,
     /// Certificates and TLS settings for the HTTPS listeners.
@@ -220,8 +225,7 @@ async fn run(spec: ShardSpec) {
     let shard = Rc::new(Shard::new(
         id,
         spec.cpu,
-        spec.limits,
-        &spec.routes,
+        Site::new(spec.limits, &spec.routes, &spec.proxy_protocol),
         &spec.upstreams,
         logger,
         readiness,
@@ -299,7 +303,7 @@ async fn run(spec: ShardSpec) {
                 }
             }
             Some(Control::Reload(r, seq)) => {
-                shard.set_site(r.limits, &r.routes);
+                shard.set_site(Site::new(r.limits, &r.routes, &r.proxy_protocol));
                 shard.upstreams().update(&r.upstreams);
                 shard.set_tls(&r.tls);
                 let _ = events.send(ShardEvent::Reloaded { id, seq }).await;

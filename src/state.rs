@@ -10,7 +10,7 @@ use std::rc::Rc;
 use slab::Slab;
 
 use crate::access_log::AccessLogger;
-use crate::config::{Limits, RouteConfig, Scheme, TlsConfig, UpstreamConfig};
+use crate::config::{Cidr, Limits, RouteConfig, Scheme, TlsConfig, UpstreamConfig};
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::parse::HeadLimits;
 use crate::http::session::SessionLimits;
@@ -18,6 +18,7 @@ use crate::metrics::{ShardMetrics, ShardStats, Snapshot};
 use crate::proxy::Upstreams;
 use crate::readiness::Readiness;
 use crate::router::Router;
+use crate::throttle::Throttle;
 use crate::tls::TlsSite;
 
 /// A connection in the shard's registry.
@@ -47,10 +48,13 @@ pub struct Site {
     /// What answers HTTPS requests when some route is narrowed to a scheme
     /// (`scheme = "http"`: a redirect to HTTPS); None: `router` answers both.
     pub https_router: Option<Router>,
+    /// The load balancers whose connections begin with a PROXY protocol
+    /// header (`server.proxy-protocol`); empty: nobody's do.
+    pub proxy_protocol: Vec<Cidr>,
 }
 
 impl Site {
-    pub(crate) fn new(limits: Limits, routes: &[RouteConfig]) -> Site {
+    pub(crate) fn new(limits: Limits, routes: &[RouteConfig], proxy_protocol: &[Cidr]) -> Site {
         // A route narrowed to the scheme first: it wins over one for both
         // at the same path and host (the router keeps ties in this order).
         let only = |not: Scheme| -> Vec<RouteConfig> {
@@ -74,6 +78,7 @@ impl Site {
             session_limits: session_limits(&limits),
             router,
             https_router,
+            proxy_protocol: proxy_protocol.to_vec(),
         }
     }
 
@@ -93,6 +98,8 @@ pub struct Shard {
     date: DateCache,
     draining: Cell<bool>,
     access_log: Option<Rc<AccessLogger>>,
+    /// The lines about connections closed for their PROXY protocol header.
+    proxy_protocol_lines: Throttle,
     conns: RefCell<Slab<ConnEntry>>,
     /// Times a connection of the shard became idle: orders them by how
     /// long they have been (a counter, not a clock: nothing to read).
@@ -116,18 +123,18 @@ impl Shard {
     pub(crate) fn new(
         id: usize,
         cpu: usize,
-        limits: Limits,
-        routes: &[RouteConfig],
+        site: Site,
         upstreams: &[UpstreamConfig],
         log: Option<AccessLogger>,
         readiness: Option<Rc<Readiness>>,
     ) -> Shard {
         Shard {
             id,
-            site: RefCell::new(Rc::new(Site::new(limits, routes))),
+            site: RefCell::new(Rc::new(site)),
             date: DateCache::default(),
             draining: Cell::new(false),
             access_log: log.map(Rc::new),
+            proxy_protocol_lines: Throttle::default(),
             conns: RefCell::new(Slab::new()),
             idle_turns: Cell::new(0),
             cpu,
@@ -158,6 +165,12 @@ impl Shard {
         }
     }
 
+    /// Its lines about connections closed for their PROXY protocol header:
+    /// a load balancer that does not send one fails every connection.
+    pub fn proxy_protocol_lines(&self) -> &Throttle {
+        &self.proxy_protocol_lines
+    }
+
     /// The shard's id.
     pub fn id(&self) -> usize {
         self.id
@@ -168,9 +181,10 @@ impl Shard {
         self.site.borrow().clone()
     }
 
-    /// Serve new requests with these routes and limits (a reload).
-    pub(crate) fn set_site(&self, limits: Limits, routes: &[RouteConfig]) {
-        *self.site.borrow_mut() = Rc::new(Site::new(limits, routes));
+    /// Serve new requests with these routes and limits, new connections
+    /// with this `proxy-protocol` (a reload).
+    pub(crate) fn set_site(&self, site: Site) {
+        *self.site.borrow_mut() = Rc::new(site);
     }
 
     /// Bring the `Date` value up to the current second.

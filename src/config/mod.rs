@@ -160,6 +160,10 @@ pub struct Config {
     /// How long a shard that was just busy waits in its readiness ring for
     /// more before it parks (zero parks at once).
     pub idle_wait: Duration,
+    /// The networks of the load balancers in front whose connections begin
+    /// with a PROXY protocol header (every listener): its client address
+    /// is the connection's. Others' connections are taken as they come.
+    pub proxy_protocol: Vec<Cidr>,
     /// Request limits.
     pub limits: Limits,
     /// How long a graceful shutdown waits before closing what is left.
@@ -196,6 +200,7 @@ impl Default for Config {
             // costs nothing until the kernel gives up holding it.
             defer_accept: true,
             idle_wait: DEFAULT_IDLE_WAIT,
+            proxy_protocol: Vec::new(),
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             routes: vec![RouteConfig::hello_world()],

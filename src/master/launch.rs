@@ -119,6 +119,7 @@ impl Launcher {
             limits: config.limits,
             routes: config.routes.clone(),
             upstreams: config.upstreams.clone(),
+            proxy_protocol: config.proxy_protocol.clone(),
             schemes: self.schemes.clone(),
             tls: config.tls.clone(),
             log: config.log.clone(),

@@ -66,6 +66,9 @@ pub struct ShardStats {
     /// TLS handshakes that failed, by `TlsFailure` (indexed like
     /// `TlsFailure::ALL`).
     pub tls_failures: [u64; TlsFailure::ALL.len()],
+    /// Connections from a `proxy-protocol` load balancer closed for a
+    /// missing, malformed or late PROXY protocol header.
+    pub proxy_protocol_failures: u64,
 }
 
 /// Why a TLS handshake failed, as the metrics tell them apart: what an
@@ -158,6 +161,7 @@ impl ShardStats {
         self.timeouts += o.timeouts;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.proxy_protocol_failures += o.proxy_protocol_failures;
         for (a, b) in self.status.iter_mut().zip(o.status) {
             *a += b;
         }
@@ -266,7 +270,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
         let _ = writeln!(out, "# TYPE {name} {kind}");
         values(&mut out);
     };
-    let simple: [Counter; 7] = [
+    let simple: [Counter; 8] = [
         (
             "coreserve_shard_requests_total",
             "counter",
@@ -308,6 +312,12 @@ pub fn render(snaps: &[Snapshot]) -> String {
             "counter",
             "Bytes written to clients.",
             |s| s.bytes_out,
+        ),
+        (
+            "coreserve_proxy_protocol_failures_total",
+            "counter",
+            "Connections from a server.proxy-protocol load balancer closed for a missing, malformed or late PROXY protocol header.",
+            |s| s.proxy_protocol_failures,
         ),
     ];
     for (name, kind, help, get) in simple {

@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
 use crate::metrics::{new_histogram, UpstreamSample, UpstreamStats, GROUP_ITSELF, MAX_LATENCY_US};
 use crate::readiness::Readiness;
+use crate::throttle::Throttle;
 use crate::transport::Socket;
 
 /// Every upstream group of a shard, by name.
@@ -74,16 +75,11 @@ pub struct Server {
     /// still finish there, but its connections are not kept, so that an
     /// app instance being replaced sees them close when its requests end.
     removed: Cell<bool>,
-    /// When a line about it was last logged, and how many were held back
-    /// since (`log`).
-    logged_at: Cell<Option<Instant>>,
-    held_back: Cell<u64>,
+    /// Its log lines (`log`): a server that is down fails every request
+    /// sent to it (a group of one is never skipped), and a warning each
+    /// was thousands of lines a second.
+    lines: Throttle,
 }
-
-/// The least time between two log lines about one server on one shard: a
-/// server that is down fails every request sent to it (a group of one is
-/// never skipped), and a warning each was thousands of lines a second.
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
 struct Idle {
     socket: Socket,
@@ -349,27 +345,18 @@ impl Server {
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(new_histogram()),
             removed: Cell::new(false),
-            logged_at: Cell::new(None),
-            held_back: Cell::new(0),
+            lines: Throttle::default(),
         }
     }
 
-    /// Log a line about this server, unless one was logged less than
-    /// `LOG_EVERY` ago: then it is only counted, and the next one logged
-    /// says how many were held back.
+    /// Log a line about this server, unless one was logged less than a
+    /// second ago (`throttle`): then it is only counted, and the next one
+    /// logged says how many were held back.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
-        if self
-            .logged_at
-            .get()
-            .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
-        {
-            self.held_back.set(self.held_back.get() + 1);
-            return;
-        }
-        self.logged_at.set(Some(now));
-        match self.held_back.replace(0) {
-            0 => log::log!(level, "{message}"),
-            n => log::log!(
+        match self.lines.admit(now) {
+            None => {}
+            Some(0) => log::log!(level, "{message}"),
+            Some(n) => log::log!(
                 level,
                 "{message} ({n} more lines about this server held back)"
             ),

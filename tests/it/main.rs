@@ -20,6 +20,7 @@ mod proxy_faults;
 mod proxy_gzip;
 mod proxy_headers;
 mod proxy_ops;
+mod proxy_protocol;
 mod shutdown;
 mod static_files;
 #[cfg(feature = "fault-injection")]

@@ -641,6 +641,37 @@ fn https_works_on_shards_without_a_readiness_ring() {
 }
 
 /// curl and openssl s_client, as users check a server.
+/// Behind a load balancer that sends the PROXY protocol, the handshake
+/// comes after its header (curl sends one, with the client it is).
+#[test]
+fn https_behind_a_proxy_protocol_balancer() {
+    let dir = Scratch::new("tls-proxy-protocol");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    dir.write("ca.pem", &ca.pem);
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let listed = "shards = 2\nproxy-protocol = [\"127.0.0.1\"]\n";
+    std::fs::write(&file, text.replacen("shards = 2\n", listed, 1)).unwrap();
+    let (_server, addr) = start(&file, &[]);
+    let url = format!("https://localhost:{}/", addr.port());
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert", &dir.path("ca.pem")])
+            .arg("--resolve")
+            .arg(format!("localhost:{}:127.0.0.1", addr.port()))
+            .args(extra)
+            .args([&url, &url])
+            .output()
+            .expect("curl")
+    };
+    let out = curl(&["--haproxy-protocol"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hihi", "{out:?}");
+    // Without the header, the hello is no header: closed.
+    let out = curl(&[]);
+    assert!(!out.status.success(), "{out:?}");
+}
+
 #[test]
 fn curl_and_openssl_speak_to_it() {
     let dir = Scratch::new("tls-tools");

@@ -468,6 +468,7 @@ affinity = "pinned"
 drain-timeout = "5s"
 defer-accept = false
 idle-wait = "50us"
+proxy-protocol = ["10.0.0.0/8", "::1"]
 
 [limits]
 max-body-bytes = "2m"
@@ -506,7 +507,9 @@ host = "Example.com"
         assert_eq!(c.routes[1].host.as_deref(), Some("example.com"));
         assert!(!c.defer_accept);
         assert_eq!(c.idle_wait, std::time::Duration::from_micros(50));
-        assert_eq!(c.lines["limits.max-body-bytes"], 13);
+        assert_eq!(c.proxy_protocol.len(), 2);
+        assert!(c.proxy_protocol[0].contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(c.lines["limits.max-body-bytes"], 14);
     }
 
     #[test]
@@ -548,7 +551,7 @@ read-timeout = 9223372036854775807
             errs,
             vec![
                 "t.toml:2: server.shards: must be a number of shards or \"auto\", got \"many\"",
-                "t.toml:3: server.colour: unknown key (it takes listen, shards, cpus, dispatch, affinity, drain-timeout, defer-accept, idle-wait)",
+                "t.toml:3: server.colour: unknown key (it takes listen, shards, cpus, dispatch, affinity, drain-timeout, defer-accept, idle-wait, proxy-protocol)",
                 "t.toml:4: server.defer-accept: must be true or false",
                 "t.toml:5: server.idle-wait: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"a while\"",
                 "t.toml:6: server.affinity: must be \"pinned\" or \"floating\", got \"loose\"",

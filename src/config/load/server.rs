@@ -18,6 +18,7 @@ const KEYS: &[&str] = &[
     "drain-timeout",
     "defer-accept",
     "idle-wait",
+    "proxy-protocol",
 ];
 
 impl Walker<'_> {
@@ -78,6 +79,7 @@ impl Walker<'_> {
                         self.config.idle_wait = d;
                     }
                 }
+                "server.proxy-protocol" => self.config.proxy_protocol = self.networks(&f),
                 other => self.unknown(&f, &other["server.".len()..], KEYS, "it"),
             }
         }

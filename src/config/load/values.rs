@@ -8,6 +8,7 @@ use std::time::Duration;
 use toml_edit::Value;
 
 use super::{Field, Walker};
+use crate::config::Cidr;
 use crate::units;
 
 /// Overwrite a default with a value that was read; one that was not (and
@@ -84,6 +85,20 @@ impl Walker<'_> {
             self.error(f, "must be a list of strings like [\"a\", \"b\"]".into());
         }
         list
+    }
+
+    /// A list of networks (`"10.0.0.0/8"`, `"::1"`): every one that
+    /// parses is kept, and each that does not is reported, so that one
+    /// typo does not hide the others.
+    pub(super) fn networks(&mut self, f: &Field) -> Vec<Cidr> {
+        let mut out = Vec::new();
+        for s in self.string_list(f).unwrap_or_default() {
+            match s.parse::<Cidr>() {
+                Ok(net) => out.push(net),
+                Err(e) => self.error(f, e),
+            }
+        }
+        out
     }
 
     pub(super) fn flag(&mut self, f: &Field) -> Option<bool> {

@@ -656,12 +656,14 @@ impl<W: World> Supervisor<W> {
             limits: new.limits,
             routes: new.routes.clone(),
             upstreams: upstreams.clone(),
+            proxy_protocol: new.proxy_protocol.clone(),
             tls: new.tls.clone(),
         };
         let seq = self.reloads.next_seq();
         let reached = self.broadcast(|| Control::Reload(Box::new(update.clone()), seq));
         self.config.limits = new.limits;
         self.config.routes = new.routes;
+        self.config.proxy_protocol = new.proxy_protocol;
         self.config.upstreams = upstreams;
         self.config.apps = new.apps;
         // Its addresses stay what was bound, like server.listen.

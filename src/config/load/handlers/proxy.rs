@@ -5,7 +5,7 @@
 use super::super::values::Sent;
 use super::gzip::GzipKeys;
 use super::{Field, Kind, KindReader, Walker};
-use crate::config::{Cidr, HandlerConfig, ProxyConfig};
+use crate::config::{HandlerConfig, ProxyConfig};
 
 pub(super) const KIND: Kind = Kind {
     name: "proxy",
@@ -52,16 +52,7 @@ impl KindReader for Proxy {
             "keep-host" => c.keep_host = w.flag(f).unwrap_or(c.keep_host),
             "strip-prefix" => c.strip_prefix = w.flag(f).unwrap_or(c.strip_prefix),
             "upgrade" => c.upgrade = w.flag(f).unwrap_or(c.upgrade),
-            "trusted-proxies" => {
-                // Every network that parses is kept; each that does not is
-                // reported, so one typo does not hide the others.
-                for s in w.string_list(f).unwrap_or_default() {
-                    match s.parse::<Cidr>() {
-                        Ok(net) => c.trusted_proxies.push(net),
-                        Err(e) => w.error(f, e),
-                    }
-                }
-            }
+            "trusted-proxies" => c.trusted_proxies = w.networks(f),
             "tunnel-idle-timeout" => {
                 if let Some(d) = w.duration(f) {
                     c.tunnel_idle_timeout = d;
