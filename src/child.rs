@@ -7,8 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-/// A child that lived this long before dying starts its back-off afresh.
-pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// A child that lived this long before dying starts its back-off afresh
+/// (PM2's rule for its exponential back-off): a crash loop dies within
+/// seconds, and an app that crashes every minute or so is not in one,
+/// nor should it wait 30 s each time with nothing else serving.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// The longest wait between two starts.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -126,6 +129,14 @@ impl<R> Child<R> {
         (self.running.take(), delay)
     }
 
+    /// A replacement of new settings (a rolling reload) runs now, started
+    /// at `started`: `started`, and its back-off starts afresh, as the
+    /// failures were the old settings'. Returns the previous handles.
+    pub fn replaced(&mut self, running: R, started: Instant) -> Option<R> {
+        self.backoff = Backoff::new(started);
+        self.started(running, started)
+    }
+
     /// New settings, which may start where the old ones failed: a start
     /// waiting out its back-off is due at `now`, and the back-off starts
     /// afresh (its failures were the old settings'). A running child is
@@ -215,8 +226,22 @@ mod tests {
         assert_eq!(b.died(t0 + 3 * second), 2 * second);
         assert_eq!(b.start_failed(), 4 * second);
         b.started(t0 + 10 * second);
-        // Lived a minute: the next death is the first of a new run.
+        // Lived 30 s: the next death is the first of a new run.
         assert_eq!(b.died(t0 + 10 * second + STABLE_AFTER), second);
+    }
+
+    #[test]
+    fn a_replacement_of_new_settings_starts_the_back_off_afresh() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut c: Child<&str> = Child::new(t0);
+        c.started("v1", t0);
+        for n in 0..4 {
+            assert_eq!(c.ended(t0 + second, true).1, second * (1 << n));
+            c.started("v1", t0);
+        }
+        assert_eq!(c.replaced("v2", t0 + second), Some("v1"));
+        assert_eq!(c.ended(t0 + 2 * second, true).1, second);
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Manager {
                     // to serve beside: the replacement takes the slot.)
                     let new = slot.next.take().expect("matched above");
                     let started = new.started;
-                    let old = slot.current.started(new, started);
+                    let old = slot.current.replaced(new, started);
                     slot.replace_backoff = Backoff::new(now);
                     slot.replacement_failed = false;
                     slot.restart_as = None;
