@@ -6,7 +6,10 @@
 
 mod upstream;
 
-pub use upstream::{empty_sample, merge_upstreams, UpstreamSample, UpstreamStats, GROUP_ITSELF};
+pub use upstream::{
+    empty_sample, merge_upstreams, new_upstream_histogram, UpstreamSample, UpstreamStats,
+    GROUP_ITSELF,
+};
 
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -437,11 +440,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
             }
         },
     );
-    let upstreams: Vec<UpstreamSample> = snaps
-        .iter()
-        .flat_map(|s| s.upstreams.iter().cloned())
-        .collect();
-    upstream::render_upstreams(&mut out, &upstreams);
+    upstream::render_upstreams(&mut out, snaps.iter().flat_map(|s| &s.upstreams));
     out
 }
 

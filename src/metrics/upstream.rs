@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use hdrhistogram::Histogram;
 
-use super::{new_histogram, seconds, sum_seconds, LabelValue, QUANTILES};
+use super::{seconds, sum_seconds, LabelValue, MAX_LATENCY_US, QUANTILES};
 use crate::http::exchange;
 
 /// Counters for one upstream server on one shard.
@@ -64,22 +64,48 @@ pub struct UpstreamSample {
     pub idle: u64,
     /// Requests in flight now.
     pub busy: u64,
-    /// Response times (request sent → response read whole), microseconds.
-    pub latency: Histogram<u64>,
+    /// Response times (request sent → response read whole), microseconds;
+    /// `None` while there are none (most servers of a large configuration:
+    /// a scrape then copies nothing of them).
+    pub latency: Option<Histogram<u64>>,
+}
+
+/// A server's response-time histogram: 1 µs to 60 s, two significant
+/// figures (each quantile within 1 %), about 20 KiB. A shard keeps one per
+/// server, and a scrape copies each that has recorded something from
+/// every shard.
+pub fn new_upstream_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds")
 }
 
 /// Add `from` into `into`, matching group and server. With `gauges`, the
 /// current idle and busy counts add up too (samples of live shards); a
 /// dead incarnation's do not.
-pub fn merge_upstreams(into: &mut Vec<UpstreamSample>, from: &[UpstreamSample], gauges: bool) {
+pub fn merge_upstreams<'a>(
+    into: &mut Vec<UpstreamSample>,
+    from: impl IntoIterator<Item = &'a UpstreamSample>,
+    gauges: bool,
+) {
+    // Found by name, not by a scan: thousands of servers times every
+    // shard's sample was a scrape of seconds.
+    let mut at: std::collections::HashMap<(String, String), usize> = into
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ((m.upstream.clone(), m.server.clone()), i))
+        .collect();
     for s in from {
-        match into
-            .iter_mut()
-            .find(|m| m.upstream == s.upstream && m.server == s.server)
-        {
-            Some(m) => {
+        let key = (s.upstream.clone(), s.server.clone());
+        match at.get(&key) {
+            Some(&i) => {
+                let m = &mut into[i];
                 m.stats.add(&s.stats);
-                let _ = m.latency.add(&s.latency);
+                match (&mut m.latency, &s.latency) {
+                    (Some(a), Some(b)) => {
+                        let _ = a.add(b);
+                    }
+                    (a @ None, Some(b)) => *a = Some(b.clone()),
+                    (_, None) => {}
+                }
                 if gauges {
                     m.idle += s.idle;
                     m.busy += s.busy;
@@ -90,6 +116,7 @@ pub fn merge_upstreams(into: &mut Vec<UpstreamSample>, from: &[UpstreamSample], 
                 if !gauges {
                     (s.idle, s.busy) = (0, 0);
                 }
+                at.insert(key, into.len());
                 into.push(s);
             }
         }
@@ -97,12 +124,15 @@ pub fn merge_upstreams(into: &mut Vec<UpstreamSample>, from: &[UpstreamSample], 
 }
 
 /// Append the upstream series, merged over shards.
-pub(super) fn render_upstreams(out: &mut String, samples: &[UpstreamSample]) {
-    if samples.is_empty() {
-        return;
-    }
+pub(super) fn render_upstreams<'a>(
+    out: &mut String,
+    samples: impl IntoIterator<Item = &'a UpstreamSample>,
+) {
     let mut merged = Vec::new();
     merge_upstreams(&mut merged, samples, true);
+    if merged.is_empty() {
+        return;
+    }
     // Each group's own count, the groups in the order they first appear.
     let name = "coreserve_upstream_unavailable_total";
     let _ = writeln!(
@@ -181,8 +211,9 @@ pub(super) fn render_upstreams(out: &mut String, samples: &[UpstreamSample]) {
         out,
         "# HELP {name} Upstream response time, request sent to response read whole.\n# TYPE {name} summary"
     );
+    let none = new_upstream_histogram();
     for s in &merged {
-        let h = &s.latency;
+        let h = s.latency.as_ref().unwrap_or(&none);
         for q in QUANTILES {
             let v = if h.is_empty() {
                 0
@@ -209,7 +240,7 @@ pub fn empty_sample(upstream: &str, server: &str) -> UpstreamSample {
         stats: UpstreamStats::default(),
         idle: 0,
         busy: 0,
-        latency: new_histogram(),
+        latency: None,
     }
 }
 
@@ -235,6 +266,27 @@ mod tests {
         assert!(out.contains(&format!("coreserve_upstream_failures_total{{{l}}} 1\n")));
         assert!(out.contains(&format!("coreserve_upstream_idle_connections{{{l}}} 6\n")));
         assert!(out.contains("server=\"127.0.0.1:2\"} 0\n"));
+    }
+
+    #[test]
+    fn a_server_that_timed_nothing_carries_no_histogram() {
+        let quiet = empty_sample("app", "127.0.0.1:1");
+        let mut timed = quiet.clone();
+        let mut h = new_upstream_histogram();
+        h.record(2000).unwrap();
+        timed.latency = Some(h);
+        let mut merged = Vec::new();
+        merge_upstreams(&mut merged, [&quiet, &quiet], true);
+        assert!(merged[0].latency.is_none());
+        merge_upstreams(&mut merged, [&timed, &quiet, &timed], true);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].latency.as_ref().map(|h| h.len()), Some(2));
+        let mut out = String::new();
+        render_upstreams(&mut out, [&quiet]);
+        assert!(
+            out.contains("_count{upstream=\"app\",server=\"127.0.0.1:1\"} 0\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
-use crate::metrics::{new_histogram, UpstreamSample, UpstreamStats, GROUP_ITSELF, MAX_LATENCY_US};
+use crate::metrics::{
+    new_upstream_histogram, UpstreamSample, UpstreamStats, GROUP_ITSELF, MAX_LATENCY_US,
+};
 use crate::readiness::Readiness;
 use crate::throttle::Throttle;
 use crate::transport::Socket;
@@ -153,7 +155,7 @@ impl Upstreams {
     /// Add what the dropped servers with nothing in flight counted into
     /// their groups' `removed` totals, and let them go: `retired` holds
     /// only servers with requests in flight (each holds a latency
-    /// histogram of about 136 KiB, and an app instance replaced over and
+    /// histogram of about 20 KiB, and an app instance replaced over and
     /// over drops one each time). Called at each update, sweep and scrape.
     fn fold_retired(&self) {
         let mut removed = self.removed.borrow_mut();
@@ -163,7 +165,7 @@ impl Upstreams {
             }
             let (stats, latency) = removed
                 .entry(name.clone())
-                .or_insert_with(|| (UpstreamStats::default(), new_histogram()));
+                .or_insert_with(|| (UpstreamStats::default(), new_upstream_histogram()));
             stats.add(&s.stats.borrow());
             let _ = latency.add(&*s.latency.borrow());
             false
@@ -222,7 +224,9 @@ impl Upstreams {
             stats: s.stats.borrow().clone(),
             idle: s.idle.borrow().len() as u64,
             busy: u64::from(s.busy.get()),
-            latency: s.latency.borrow().clone(),
+            latency: Some(&*s.latency.borrow())
+                .filter(|h| !h.is_empty())
+                .cloned(),
         };
         let groups = self.groups.borrow();
         let mut names: Vec<&String> = groups.keys().collect();
@@ -247,7 +251,7 @@ impl Upstreams {
                     stats: stats.clone(),
                     idle: 0,
                     busy: 0,
-                    latency: latency.clone(),
+                    latency: Some(latency).filter(|h| !h.is_empty()).cloned(),
                 }),
         );
         let mut own: Vec<(String, u64)> = self
@@ -266,9 +270,8 @@ impl Upstreams {
             },
             idle: 0,
             busy: 0,
-            // It times nothing: the smallest histogram there is, not a
-            // server's 136 KiB one.
-            latency: Histogram::new(1).expect("one significant figure is valid"),
+            // It times nothing.
+            latency: None,
         }));
         out
     }
@@ -343,7 +346,7 @@ impl Server {
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
-            latency: RefCell::new(new_histogram()),
+            latency: RefCell::new(new_upstream_histogram()),
             removed: Cell::new(false),
             lines: Throttle::default(),
         }
