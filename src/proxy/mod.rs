@@ -162,6 +162,10 @@ enum Failure {
     Reset,
     /// An invalid or oversized response head, or one cut short.
     Bad,
+    /// This process could not make a connection at all (out of
+    /// descriptors or memory): nothing the server did, so not held
+    /// against it, and no other server is tried (each would fail alike).
+    Local,
 }
 
 impl std::fmt::Display for Failure {
@@ -172,6 +176,7 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => "no response in time",
             Failure::Reset => "closed or reset before any response",
             Failure::Bad => "an invalid, oversized or cut-short response head",
+            Failure::Local => "no connection could be made here",
         })
     }
 }
@@ -180,6 +185,8 @@ impl Failure {
     fn status(self) -> Status {
         match self {
             Failure::Timeout => Status::GATEWAY_TIMEOUT,
+            // As nginx answers a socket(2) that failed.
+            Failure::Local => Status::INTERNAL_SERVER_ERROR,
             _ => Status::BAD_GATEWAY,
         }
     }
@@ -239,6 +246,15 @@ impl Served {
             switched: self.switched,
         }
     }
+}
+
+/// Whether a connect failed for want of this process's resources (its
+/// descriptors, the system's, memory), which no other server would change.
+fn is_local(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// The exchange itself: servers tried in turn, the answer relayed.
@@ -330,6 +346,19 @@ async fn forward(
             Some(s) => s,
             None => match server.connect(cfg.connect_timeout, readiness).await {
                 Ok(s) => s,
+                Err(e) if is_local(&e) => {
+                    server.log(
+                        log::Level::Error,
+                        Instant::now(),
+                        format_args!(
+                            "upstream {} ({}): connect: {e} (a limit of this process, not the server's fault)",
+                            cfg.name, server.label
+                        ),
+                    );
+                    served.failed.push((server.label.clone(), now.elapsed()));
+                    last = Some((server, Failure::Local));
+                    break;
+                }
                 Err(e) => {
                     let at = Instant::now();
                     server.failed(cfg, at);

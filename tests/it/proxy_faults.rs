@@ -654,3 +654,57 @@ fn a_slow_upstreams_response_is_dated_when_it_is_sent() {
         );
     }
 }
+
+/// Out of descriptors, a connection to an upstream cannot be made: a 500
+/// (nginx's answer to a socket(2) that failed), no other server tried, and
+/// nothing held against the servers: once descriptors are free, the next
+/// request is served, not refused 503 for `fail-timeout`.
+#[test]
+fn out_of_descriptors_is_not_the_servers_fault() {
+    use std::io::Read;
+    let a = Upstream::start(ok("a"));
+    let b = Upstream::start(ok("b"));
+    let dir = crate::config::Scratch::new("proxy-emfile");
+    let conf = dir.write(
+        "proxy.toml",
+        // No pool: each request needs a connection of its own.
+        simple(
+            &[a.server(), b.server()],
+            "max-fails = 1\nfail-timeout = \"30s\"\nkeepalive = 0",
+            "",
+        ),
+    );
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(&conf);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 64);
+    let server = crate::util::Server::spawn(cmd);
+    let mut first = server.connect();
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        Reader::new(s).next(false)
+    };
+    assert_eq!(ask(&mut first).status, 200);
+    // Connections until coreserve takes no more (see the static files'
+    // test of the same): the rest wait in the backlog.
+    let mut conns: Vec<TcpStream> = (0..80).map(|_| server.connect()).collect();
+    for s in &mut conns {
+        s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answered = 0;
+    for s in &mut conns {
+        s.set_nonblocking(true).unwrap();
+        answered += usize::from(matches!(s.read(&mut [0u8; 512]), Ok(n) if n > 0));
+    }
+    assert!(answered < 80, "every connection was taken: no limit?");
+    let refused = ask(&mut first);
+    assert_eq!(refused.status, 500, "{refused:?}");
+    server.wait_for_log("not the server's fault");
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..4 {
+        assert_eq!(ask(&mut first).status, 200);
+    }
+}
