@@ -90,8 +90,9 @@ fn run(cli: Cli) -> ExitCode {
         // and io_uring.
         return match master::preflight(&config) {
             Ok(p) => {
-                if let Some(shared) = p.shared_cpus() {
-                    eprintln!("warning: {shared}");
+                let short = p.short_of_descriptors(config.limits.max_connections);
+                for warning in p.shared_cpus().into_iter().chain(short) {
+                    eprintln!("warning: {warning}");
                 }
                 println!("configuration OK");
                 ExitCode::SUCCESS

@@ -122,7 +122,33 @@ impl Preflight {
             format!("{n} shards on {cpus} CPUs: shards share CPUs, which costs throughput")
         })
     }
+
+    /// The warning for more connections than descriptors, if
+    /// `max_connections` per shard could take more than the open-files
+    /// limit allows (nginx warns the same of its `worker_connections`):
+    /// past it accepts fail, and the idle keep-alive connections
+    /// `max-connections` would reclaim are never reclaimed.
+    pub fn short_of_descriptors(&self, max_connections: usize) -> Option<String> {
+        let n = self.plan.len() as u64;
+        let wanted = n.saturating_mul(max_connections as u64);
+        let have = self.limits.nofile;
+        // What the process holds besides connections: listeners, rings,
+        // eventfds, log files, pipes (a few dozen), left out of the fit.
+        let fits = have.saturating_sub(RESERVED_DESCRIPTORS) / n.max(1);
+        (wanted > have).then(|| {
+            format!(
+                "{n} shard(s) x max-connections {max_connections} = {wanted} connections exceed the open files limit ({have}): \
+                 past it new connections wait in the backlog and idle ones are not reclaimed; \
+                 raise it (LimitNOFILE=, ulimit -n) or set [limits] max-connections to {fits} at most \
+                 (half that when proxying: a proxied request holds two)"
+            )
+        })
+    }
 }
+
+/// Descriptors the process holds besides its connections, about: what
+/// `short_of_descriptors` leaves out when it says what fits.
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Every check start-up makes before it binds anything: resource limits
 /// and io_uring, the CPU selection against the affinity mask, and locked
@@ -162,6 +188,9 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let checked = preflight(&config)?;
     if let Some(shared) = checked.shared_cpus() {
         warn!("{shared}");
+    }
+    if let Some(short) = checked.short_of_descriptors(config.limits.max_connections) {
+        warn!("{short}");
     }
     let Preflight {
         limits,

@@ -113,3 +113,26 @@ fn a_privileged_port_says_how_to_get_it() {
     assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
     assert!(!err.contains("listening on"), "{err}");
 }
+
+/// More connections than descriptors (nginx's "worker_connections exceed
+/// open file resource limit"): said at --check and at start-up, with what
+/// fits; nothing said when they fit.
+#[test]
+fn more_connections_than_descriptors_is_warned_of() {
+    let check = |max: &str| {
+        let mut cmd = crate::util::command();
+        cmd.args(["--check", "--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--max-connections", max]);
+        crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 1000);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check("16384");
+    assert!(
+        err.contains("2 shard(s) x max-connections 16384 = 32768 connections exceed the open files limit (1000)"),
+        "{err}"
+    );
+    assert!(err.contains("max-connections to 468 at most"), "{err}");
+    assert!(!check("400").contains("open files"));
+}
