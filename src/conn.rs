@@ -44,7 +44,8 @@ pub const IDLE_OUTPUT: usize = 4096;
 /// Serve one accepted connection until it closes; `scheme` says whether it
 /// came to an HTTPS address.
 pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
-    let limits = shard.site().limits;
+    let first_site = shard.site();
+    let limits = first_site.limits;
     // TCP_NODELAY comes with the socket, from its listener (`listener::prepare`).
     // Every way in makes it non-blocking too: the direct recv could do
     // without (MSG_DONTWAIT), a static file's sendfile could not.
@@ -91,25 +92,27 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
     // From a load balancer that says whose connection it is: that client's
     // address is this connection's (`None`: the balancer's own, or not one).
     let mut proxied: Option<Option<IpAddr>> = None;
-    let site = shard.site();
-    let balancers = &site.proxy_protocol;
-    if !balancers.is_empty() {
-        let peer = client.peer_addr().map(|a| a.ip());
-        if peer.is_some_and(|ip| balancers.iter().any(|n| n.contains(ip))) {
-            // The header, the handshake and the first request's head share
-            // header-timeout.
-            let deadline = Instant::now() + limits.header_timeout;
-            let header = Box::pin(read_proxy_header(
-                &shard,
-                key,
-                &mut client,
-                &mut input,
-                deadline,
-            ));
-            let Some(source) = header.await else { return };
-            proxied = Some(source.or(peer));
-            head_deadline = Some(deadline);
-        }
+    // Only the peer's test holds the site: a connection must not keep a
+    // reloaded-away site (its routes, its router) alive for its lifetime.
+    let peer = (!first_site.proxy_protocol.is_empty())
+        .then(|| client.peer_addr().map(|a| a.ip()))
+        .flatten();
+    let balanced = peer.is_some_and(|ip| first_site.proxy_protocol.iter().any(|n| n.contains(ip)));
+    drop(first_site);
+    if balanced {
+        // The header, the handshake and the first request's head share
+        // header-timeout.
+        let deadline = Instant::now() + limits.header_timeout;
+        let header = Box::pin(read_proxy_header(
+            &shard,
+            key,
+            &mut client,
+            &mut input,
+            deadline,
+        ));
+        let Some(source) = header.await else { return };
+        proxied = Some(source.or(peer));
+        head_deadline = Some(deadline);
     }
     // A system call: made when the log needs it, else when the first
     // proxied request does (`Some` once known).
