@@ -301,7 +301,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
         (
             "coreserve_timeouts_total",
             "counter",
-            "Requests that timed out (408).",
+            "Requests whose head or body timed out: a 408 when nothing was answered yet, else a close.",
             |s| s.timeouts,
         ),
         (
