@@ -68,14 +68,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
             // Counted and logged as any response (its request unread: a
             // line without one, as for a request that did not parse).
             let log = ConnLog::of(&shard, &client, None);
-            let (status, bytes) = crate::http::response::summarize(&out);
-            let record = Record {
-                entry: Some(Entry::bare(status, bytes)),
-                tally: Tally::response(status, out.len() as u64),
-                arrived: None,
-                switched: None,
-            };
-            finish(&shard, log.as_ref(), &record);
+            finish(&shard, log.as_ref(), &Record::refusal(&out, 0));
             // The client's request is unread: linger so the 503 is not reset away.
             Box::pin(linger_close(
                 &mut client,
@@ -89,16 +82,16 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
     let _registration = Registration { shard: &shard, key };
     let mut input = InputBuffer::new(limits.max_header_bytes as usize);
     let mut head_deadline: Option<Instant> = None;
-    // From a load balancer that says whose connection it is: that client's
-    // address is this connection's (`None`: the balancer's own, or not one).
-    let mut proxied: Option<Option<IpAddr>> = None;
-    // Only the peer's test holds the site: a connection must not keep a
-    // reloaded-away site (its routes, its router) alive for its lifetime.
-    let peer = (!first_site.proxy_protocol.is_empty())
-        .then(|| client.peer_addr().map(|a| a.ip()))
-        .flatten();
+    // The client's address, once known (`Some`): read for the PROXY
+    // protocol's test, or named by the load balancer that passed the
+    // connection on (`Some(None)`: the balancer's own check).
+    let asked = !first_site.proxy_protocol.is_empty();
+    let peer = asked.then(|| client.peer_addr().map(|a| a.ip())).flatten();
     let balanced = peer.is_some_and(|ip| first_site.proxy_protocol.iter().any(|n| n.contains(ip)));
+    // Only that test holds the site: a connection must not keep a
+    // reloaded-away site (its routes, its router) alive for its lifetime.
     drop(first_site);
+    let mut known: Option<Option<IpAddr>> = asked.then_some(peer);
     if balanced {
         // The header, the handshake and the first request's head share
         // header-timeout.
@@ -111,13 +104,13 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
             deadline,
         ));
         let Some(source) = header.await else { return };
-        proxied = Some(source.or(peer));
+        known = Some(source.or(peer));
         head_deadline = Some(deadline);
     }
     // A system call: made when the log needs it, else when the first
     // proxied request does (`Some` once known).
-    let conn_log = ConnLog::of(&shard, &client, proxied);
-    let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote).or(proxied);
+    let conn_log = ConnLog::of(&shard, &client, known);
+    let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote).or(known);
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
     let mut session = Session::default();
     let mut out: Vec<u8> = Vec::with_capacity(512);
@@ -134,7 +127,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         // future it awaits in place (the handshake's was 960 bytes of its
         // 2 280; bench/RESULTS.md).
         client = match Box::pin(accept_tls(
-            &shard, key, client, &site, &mut input, deadline, proxied,
+            &shard, key, client, &site, &mut input, deadline, known,
         ))
         .await
         {
@@ -149,7 +142,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
     // When the bytes being processed arrived: service time runs from there
     // to the response written.
     let mut arrived = Instant::now();
-    let mut bytes_in = 0;
+    // What came after a PROXY protocol header in its read (a TLS start
+    // took its own bytes in): the first request's, not counted yet.
+    let mut bytes_in = input.data().len() as u64;
     // Whether a read has been tried on this connection yet.
     let mut read_once = false;
     loop {
@@ -452,7 +447,7 @@ async fn accept_tls(
     site: &TlsSite,
     input: &mut InputBuffer,
     deadline: Instant,
-    proxied: Option<Option<IpAddr>>,
+    known: Option<Option<IpAddr>>,
 ) -> Option<Socket> {
     // Nothing has arrived yet (but a PROXY protocol header): a drain may
     // close it at once.
@@ -494,21 +489,8 @@ async fn accept_tls(
         }
         // Logged as nginx logs it, but without its request line (not read
         // as a request), as the refusal at max-connections is.
-        let (status, bytes) = crate::http::response::summarize(&out);
-        let refusal = Record {
-            entry: Some(Entry::bare(status, bytes)),
-            tally: Tally {
-                bytes_in,
-                ..Tally::response(status, out.len() as u64)
-            },
-            arrived: None,
-            switched: None,
-        };
-        finish(
-            shard,
-            ConnLog::of(shard, &client, proxied).as_ref(),
-            &refusal,
-        );
+        let refusal = Record::refusal(&out, bytes_in);
+        finish(shard, ConnLog::of(shard, &client, known).as_ref(), &refusal);
         linger_close(&mut client, input).await;
         return None;
     }
@@ -584,12 +566,8 @@ async fn read_proxy_header(
             let peer = client
                 .peer_addr()
                 .map_or_else(|| "?".into(), |a| a.to_string());
-            let more = match held {
-                0 => String::new(),
-                n => format!(" ({n} more since the last report)"),
-            };
             log::warn!(
-                "shard {}: connection from {peer} (listed in server.proxy-protocol) closed: {why}{more}",
+                "shard {}: connection from {peer} (listed in server.proxy-protocol) closed: {why}{held}",
                 shard.id()
             );
         }
@@ -629,16 +607,12 @@ struct ConnLog<'a> {
 impl<'a> ConnLog<'a> {
     /// The log as `client`'s connection writes to it, when logging is on
     /// (the client's address costs a system call, made only then).
-    fn of(
-        shard: &'a Shard,
-        client: &Socket,
-        proxied: Option<Option<IpAddr>>,
-    ) -> Option<ConnLog<'a>> {
+    fn of(shard: &'a Shard, client: &Socket, known: Option<Option<IpAddr>>) -> Option<ConnLog<'a>> {
         let logger = shard.access_log()?;
         Some(ConnLog {
             shard,
             logger,
-            remote: proxied.unwrap_or_else(|| client.peer_addr().map(|a| a.ip())),
+            remote: known.unwrap_or_else(|| client.peer_addr().map(|a| a.ip())),
         })
     }
 

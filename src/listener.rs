@@ -248,12 +248,7 @@ impl AcceptErrors {
             return None;
         }
         if let Some(held) = self.lines.admit(Instant::now()) {
-            let more = if held > 0 {
-                format!(" ({held} more since the last report)")
-            } else {
-                String::new()
-            };
-            log::warn!("{who}: accept failed: {err}{more}; pausing accept for {ACCEPT_PAUSE:?}");
+            log::warn!("{who}: accept failed: {err}{held}; pausing accept for {ACCEPT_PAUSE:?}");
         }
         Some(ACCEPT_PAUSE)
     }

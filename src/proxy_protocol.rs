@@ -92,8 +92,9 @@ fn v1(buf: &[u8]) -> Result<Option<Header>, BadHeader> {
         "TCP6" => false,
         _ => return Err(BadHeader::V1("the protocol is not TCP4, TCP6 or UNKNOWN")),
     };
-    let fields: Vec<&str> = f.collect();
-    let [src, dst, sport, dport] = fields[..] else {
+    let (Some(src), Some(dst), Some(sport), Some(dport), None) =
+        (f.next(), f.next(), f.next(), f.next(), f.next())
+    else {
         return Err(BadHeader::V1("not four fields after the protocol"));
     };
     let ip = |s: &str| -> Result<IpAddr, BadHeader> {
@@ -127,7 +128,7 @@ fn v2(buf: &[u8]) -> Result<Option<Header>, BadHeader> {
     if version != 2 {
         return Err(BadHeader::V2("not version 2"));
     }
-    let family = buf[13] >> 4;
+    let (family, transport) = (buf[13] >> 4, buf[13] & 0x0f);
     let rest = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
     let len = 16 + rest;
     if len > V2_MAX {
@@ -137,9 +138,17 @@ fn v2(buf: &[u8]) -> Result<Option<Header>, BadHeader> {
         return Ok(None);
     }
     let body = &buf[16..len];
+    // A connection is a stream: an IP family over datagrams is not one
+    // (the specification has a receiver refuse what it does not expect).
+    let stream = transport == 1;
     let source = match command {
         // LOCAL: the load balancer's own connection.
         0 => None,
+        1 if matches!(family, 1 | 2) && !stream => {
+            return Err(BadHeader::V2(
+                "an IP address over a transport other than a stream",
+            ))
+        }
         1 => match family {
             // AF_INET: source and destination addresses, then ports.
             1 => {
@@ -276,6 +285,11 @@ mod tests {
         assert!(parse(&v2_header(1, 0x21, &[0; 12])).is_err(), "short v6");
         assert!(parse(&v2_header(2, 0x11, &[0; 12])).is_err(), "command");
         assert!(parse(&v2_header(1, 0x41, &[0; 12])).is_err(), "family");
+        assert!(parse(&v2_header(1, 0x12, &[0; 12])).is_err(), "datagrams");
+        assert!(
+            parse(&v2_header(1, 0x10, &[0; 12])).is_err(),
+            "no transport"
+        );
         let mut v1 = v2_header(1, 0x11, &[0; 12]);
         v1[12] = 0x11;
         assert!(parse(&v1).is_err(), "version");

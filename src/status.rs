@@ -108,7 +108,7 @@ pub(crate) fn apps_table(text: &str) -> String {
     let mut insts: BTreeMap<(String, usize, Option<u64>), Inst> = BTreeMap::new();
     let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (name, labels, value) in samples(text) {
-        let label = |key: &str| label(labels, key).unwrap_or("").to_string();
+        let label = |key: &str| label(labels, key).unwrap_or_default();
         if name == "coreserve_upstream_requests_total" {
             requests.insert((label("upstream"), label("server")), value);
             continue;
@@ -229,7 +229,9 @@ fn rows(text: &str) -> BTreeMap<String, Row> {
             "coreserve_shard_cpu" => row.cpu = Some(value),
             "coreserve_connections_active" => row.connections = value,
             "coreserve_shard_requests_total" => row.requests = value,
-            "coreserve_request_duration_seconds" if label("quantile") == Some("0.99") => {
+            "coreserve_request_duration_seconds"
+                if label("quantile").as_deref() == Some("0.99") =>
+            {
                 row.p99 = value
             }
             _ => {}
@@ -247,16 +249,36 @@ fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
             let (series, value) = line.rsplit_once(' ')?;
             let value = value.parse::<f64>().ok()?;
             let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            Some((name, labels.trim_end_matches('}'), value))
+            Some((name, labels.strip_suffix('}').unwrap_or(labels), value))
         })
 }
 
-/// The value of label `key` in `labels` (`a="1",b="2"`).
-fn label<'l>(labels: &'l str, key: &str) -> Option<&'l str> {
-    labels.split(',').find_map(|kv| {
-        let v = kv.strip_prefix(key)?.strip_prefix("=\"")?;
-        v.split('"').next()
-    })
+/// The value of label `key` in `labels` (`a="1",b="x\"y"`), its escapes
+/// undone: a server's address may hold a quote, a comma or a backslash.
+fn label(labels: &str, key: &str) -> Option<String> {
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        if name == key {
+            return Some(value);
+        }
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    None
 }
 
 /// Shards in numeric order, "all" last.
@@ -321,6 +343,20 @@ fn fetch(url: &str) -> Result<String, StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_read_with_their_escapes_undone() {
+        let labels = r#"app="web",server="unix:/run/a\"b,c\\d\ne.sock",state="ready""#;
+        assert_eq!(label(labels, "app").as_deref(), Some("web"));
+        assert_eq!(
+            label(labels, "server").as_deref(),
+            Some("unix:/run/a\"b,c\\d\ne.sock")
+        );
+        assert_eq!(label(labels, "state").as_deref(), Some("ready"));
+        assert_eq!(label(labels, "pid"), None);
+        assert_eq!(label("", "app"), None);
+        assert_eq!(label(r#"app="cut"#, "app"), None);
+    }
 
     #[test]
     fn rows_from_prometheus_text() {

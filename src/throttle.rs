@@ -18,11 +18,25 @@ pub struct Throttle {
     held: Cell<u64>,
 }
 
+/// How many lines were held back before the one let through: written at
+/// its end, as ` (N more since the last report)`, or nothing when none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held(pub u64);
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} more since the last report)"),
+        }
+    }
+}
+
 impl Throttle {
-    /// Whether a line may go out at `now`: `Some(n)`, with how many were
-    /// held back since the last one (reset to 0), or `None` when one went
-    /// out less than `EVERY` ago (this one is counted).
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    /// Whether a line may go out at `now`: `Some`, with how many were held
+    /// back since the last one (the count starts over), or `None` when one
+    /// went out less than `EVERY` ago (this one is counted).
+    pub fn admit(&self, now: Instant) -> Option<Held> {
         if self
             .last
             .get()
@@ -32,7 +46,7 @@ impl Throttle {
             return None;
         }
         self.last.set(Some(now));
-        Some(self.held.replace(0))
+        Some(Held(self.held.replace(0)))
     }
 }
 
@@ -44,10 +58,11 @@ mod tests {
     fn one_line_a_second_and_the_count_of_the_rest() {
         let t = Throttle::default();
         let start = Instant::now();
-        assert_eq!(t.admit(start), Some(0));
+        assert_eq!(t.admit(start), Some(Held(0)));
         assert_eq!(t.admit(start + Duration::from_millis(10)), None);
         assert_eq!(t.admit(start + Duration::from_millis(999)), None);
-        assert_eq!(t.admit(start + EVERY), Some(2));
-        assert_eq!(t.admit(start + EVERY * 3), Some(0));
+        let held = t.admit(start + EVERY).unwrap();
+        assert_eq!(held.to_string(), " (2 more since the last report)");
+        assert_eq!(t.admit(start + EVERY * 3).unwrap().to_string(), "");
     }
 }

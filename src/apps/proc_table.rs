@@ -149,15 +149,18 @@ pub fn strays(leader: u32) -> Vec<Known> {
 
 /// The inodes of the sockets `leader` and its descendants hold open (an
 /// app's listening socket may be a child's: `npm start`, a cluster
-/// worker); `None` when `/proc` cannot be read. A descriptor of another
-/// user's process cannot be read and is left out.
+/// worker); `None` when `/proc` cannot be read, nor the leader's own
+/// descriptors (`hidepid`, gone). A descendant's that cannot be read
+/// (another user's) are left out.
 pub fn socket_inodes(leader: u32) -> Option<HashSet<u64>> {
     let table = table()?;
     let mut inodes = HashSet::new();
     let pids = std::iter::once(leader).chain(descendants(&table, leader));
     for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
+        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => fds,
+            Err(_) if pid == leader => return None,
+            Err(_) => continue,
         };
         for fd in fds.flatten() {
             let Ok(link) = std::fs::read_link(fd.path()) else {

@@ -101,6 +101,23 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// A response written before any request was read (a refusal at
+    /// `max-connections`, plain HTTP on an HTTPS port), `out` whole, after
+    /// `bytes_in` were read: its log line, without a request (`"-"`), and
+    /// its counts.
+    pub fn refusal(out: &[u8], bytes_in: u64) -> Self {
+        let (status, bytes) = super::response::summarize(out);
+        Record {
+            entry: Some(Entry::bare(status, bytes)),
+            tally: Tally {
+                bytes_in,
+                ..Tally::response(status, out.len() as u64)
+            },
+            arrived: None,
+            switched: None,
+        }
+    }
+
     /// Counts alone: a written batch of the session's responses, or what
     /// the log does not show.
     pub fn counts(tally: Tally, arrived: Option<Instant>) -> Self {

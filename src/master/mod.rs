@@ -135,7 +135,7 @@ impl Preflight {
         // What the process holds besides connections: listeners, rings,
         // eventfds, log files, pipes (a few dozen), left out of the fit.
         let fits = have.saturating_sub(RESERVED_DESCRIPTORS) / n.max(1);
-        (wanted > have).then(|| {
+        (wanted > have.saturating_sub(RESERVED_DESCRIPTORS)).then(|| {
             format!(
                 "{n} shard(s) x max-connections {max_connections} = {wanted} connections exceed the open files limit ({have}): \
                  past it new connections wait in the backlog and idle ones are not reclaimed; \

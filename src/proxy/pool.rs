@@ -356,13 +356,8 @@ impl Server {
     /// second ago (`throttle`): then it is only counted, and the next one
     /// logged says how many were held back.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
-        match self.lines.admit(now) {
-            None => {}
-            Some(0) => log::log!(level, "{message}"),
-            Some(n) => log::log!(
-                level,
-                "{message} ({n} more lines about this server held back)"
-            ),
+        if let Some(held) = self.lines.admit(now) {
+            log::log!(level, "{message}{held}");
         }
     }
 

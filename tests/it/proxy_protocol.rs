@@ -97,6 +97,13 @@ fn the_client_a_load_balancer_names_is_the_connections() {
         forwarded,
         ["192.0.2.7", "192.0.2.7", "2001:db8::7", "127.0.0.1"]
     );
+    // The requests' bytes are received bytes, those that came in the
+    // header's segment too; the headers' are not.
+    let received = crate::metrics::values(
+        &crate::metrics::scrape(&proxy.server),
+        "coreserve_received_bytes_total",
+    );
+    assert_eq!(received["shard=all"], (4 * GET.len()) as f64);
     proxy.server.stop();
     let lines = std::fs::read_to_string(dir.0.join("access.log")).unwrap();
     let remotes: Vec<&str> = lines

@@ -640,7 +640,6 @@ fn https_works_on_shards_without_a_readiness_ring() {
     assert_eq!(body, b"hi");
 }
 
-/// curl and openssl s_client, as users check a server.
 /// Behind a load balancer that sends the PROXY protocol, the handshake
 /// comes after its header (curl sends one, with the client it is).
 #[test]
@@ -672,6 +671,7 @@ fn https_behind_a_proxy_protocol_balancer() {
     assert!(!out.status.success(), "{out:?}");
 }
 
+/// curl and openssl s_client, as users check a server.
 #[test]
 fn curl_and_openssl_speak_to_it() {
     let dir = Scratch::new("tls-tools");

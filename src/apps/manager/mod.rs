@@ -70,6 +70,10 @@ struct Instance {
     /// (`Slot::restart_as`), a rollout's not having come up: a fallback,
     /// which stays one if it fails before it is ready.
     fallback: bool,
+    /// How it is asked to stop: its settings' `stop-signal` and
+    /// `stop-timeout`, those of a reload that did not replace it (a
+    /// replaced instance keeps the ones its code was started with).
+    stop: (StopSignal, Duration),
 }
 
 enum State {
@@ -135,8 +139,6 @@ struct App {
 struct Leaving {
     app: String,
     index: usize,
-    stop_timeout: Duration,
-    stop_signal: StopSignal,
     inst: Instance,
     /// Its open connections at the last count (`timers`, from the first
     /// pass after it left on); `None` before, or when the kernel's tables
@@ -150,8 +152,6 @@ impl Leaving {
         Leaving {
             app: app.name.clone(),
             index,
-            stop_timeout: app.stop_timeout,
-            stop_signal: app.stop_signal,
             inst,
             open: None,
         }
@@ -496,6 +496,7 @@ impl Manager {
             },
             started: now,
             fallback: false,
+            stop: (config.stop_signal, config.stop_timeout),
         })
     }
 
@@ -505,7 +506,6 @@ impl Manager {
         for app in &mut self.apps {
             let name = &app.config.name;
             for (index, slot) in app.slots.iter_mut().enumerate() {
-                let stop = app.config.stop_timeout;
                 let current = slot.current.get_mut().into_iter();
                 for inst in current.chain(slot.next.iter_mut()) {
                     let State::Starting { deadline } = inst.state else {
@@ -528,7 +528,7 @@ impl Manager {
                         let timeout = app.config.start_timeout;
                         inst.process.kill();
                         inst.state = State::Stopping {
-                            kill_at: now + stop,
+                            kill_at: now + inst.stop.1,
                         };
                         if startup {
                             return Err(AppError::NotReady {
@@ -598,9 +598,10 @@ impl Manager {
                             self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
-                    l.inst.process.stop(l.stop_timeout, l.stop_signal);
+                    let (signal, timeout) = l.inst.stop;
+                    l.inst.process.stop(timeout, signal);
                     l.inst.state = State::Stopping {
-                        kill_at: now + l.stop_timeout,
+                        kill_at: now + timeout,
                     };
                 }
                 _ => {
@@ -629,12 +630,14 @@ impl Manager {
         for app in &mut self.apps {
             let servers = servers_of(app);
             if servers != app.published {
-                app.published = servers.clone();
+                let old = std::mem::replace(&mut app.published, servers.clone());
                 (self.notify)(AppEvent::Servers {
                     app: app.config.name.clone(),
                     servers,
                 });
-                grace_from_now(&mut self.leaving, &app.config.name);
+                let gone: Vec<&ServerAddr> =
+                    old.iter().filter(|a| !app.published.contains(a)).collect();
+                grace_from_now(&mut self.leaving, &app.config.name, &gone);
             }
         }
     }
@@ -820,11 +823,16 @@ fn servers_of(app: &App) -> Vec<ServerAddr> {
         .collect()
 }
 
-/// Start again the grace of `app`'s instances taken out of service and
-/// still in it: the master has just been told they left.
-fn grace_from_now(leaving: &mut [Leaving], app: &str) {
+/// Start again the grace of `app`'s instances at `gone` that are out of
+/// service and still in their grace: the master has just been told they
+/// left (only those: a later change of the app's servers must not put
+/// off the stop of one told before).
+fn grace_from_now(leaving: &mut [Leaving], app: &str, gone: &[&ServerAddr]) {
     let graced = Instant::now() + RETIRE_GRACE;
-    for l in leaving.iter_mut().filter(|l| l.app == app) {
+    for l in leaving
+        .iter_mut()
+        .filter(|l| l.app == app && gone.contains(&&l.inst.addr))
+    {
         if let State::Retiring {
             stop_at,
             give_up,

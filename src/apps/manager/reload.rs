@@ -8,7 +8,7 @@ use log::{error, info};
 use super::{grace_from_now, App, Instance, Leaving, Manager, Slot, State};
 use crate::apps::AppEvent;
 use crate::child::Backoff;
-use crate::config::{AppConfig, AppReload};
+use crate::config::{AppConfig, AppReload, ServerAddr};
 
 impl Manager {
     /// The rolling reload: one slot at a time, start a replacement with
@@ -174,6 +174,13 @@ impl Manager {
                             slot.current.start_afresh(now);
                             slot.replace_backoff = Backoff::new(now);
                             slot.replace_at = None;
+                            // Its processes run on: the next stop is the
+                            // new settings' (a stop-signal fixed by this
+                            // very reload).
+                            let running = slot.current.get_mut().into_iter();
+                            for inst in running.chain(slot.next.iter_mut()) {
+                                inst.stop = (config.stop_signal, config.stop_timeout);
+                            }
                         }
                     }
                     app.config = config;
@@ -203,7 +210,8 @@ impl Manager {
                 app: gone.config.name.clone(),
                 servers: Vec::new(),
             });
-            grace_from_now(&mut self.leaving, &gone.config.name);
+            let was: Vec<&ServerAddr> = gone.published.iter().collect();
+            grace_from_now(&mut self.leaving, &gone.config.name, &was);
         }
     }
 }

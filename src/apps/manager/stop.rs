@@ -43,8 +43,9 @@ impl Manager {
                 // could read as "now" to an app, and its time runs on.
                 State::Stopping { kill_at } => kill_at,
                 _ => {
-                    l.inst.process.stop(l.stop_timeout, l.stop_signal);
-                    now + l.stop_timeout
+                    let (signal, timeout) = l.inst.stop;
+                    l.inst.process.stop(timeout, signal);
+                    now + timeout
                 }
             };
             address::release(&l.inst.addr);

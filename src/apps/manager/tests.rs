@@ -995,15 +995,35 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
     });
 }
 
+/// A reload that replaces an app written for PM2 (SIGINT) with one that
+/// stops on SIGTERM: the old instance is stopped as its own settings say.
+#[test]
+fn a_replaced_instance_is_stopped_as_its_own_settings_say() {
+    within(|| {
+        let mut h = Harness::new("stop-own");
+        let mut c = app("web", 1, PM2_STYLE, &h.dir);
+        c.stop_signal = crate::config::StopSignal::Int;
+        c.stop_timeout = Duration::from_secs(4);
+        h.start(vec![c.clone()]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap().process.pid;
+        let mut v2 = version(&c, "2", SERVES);
+        v2.stop_signal = crate::config::StopSignal::Term;
+        h.send(Msg::Reload(vec![v2], true));
+        h.turn_until("the old instance is gone", |_| !alive(old));
+        assert!(records(&h.dir)[&old].term.is_some(), "no SIGINT");
+    });
+}
+
+/// An app written for PM2: SIGINT is its stop, SIGTERM is ignored.
+const PM2_STYLE: &str = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+                         signal.signal(signal.SIGINT, lambda *_: (mark('term'), sys.exit(0)))\n\
+                         serve(listen())";
+
 #[test]
 fn an_app_is_stopped_with_its_stop_signal() {
     within(|| {
         let dir = scratch("stop-signal");
-        // Written for PM2: SIGINT is its stop, SIGTERM is ignored.
-        let body = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
-                    signal.signal(signal.SIGINT, lambda *_: (mark('term'), sys.exit(0)))\n\
-                    serve(listen())";
-        let mut c = app("pm2", 1, body, &dir);
+        let mut c = app("pm2", 1, PM2_STYLE, &dir);
         c.stop_signal = crate::config::StopSignal::Int;
         c.stop_timeout = Duration::from_secs(3);
         let (apps, _) = Apps::start(vec![c], 1, DRAIN, Box::new(|_| {}), || false).unwrap();
