@@ -561,6 +561,10 @@ async fn read_proxy_header(
             }
             Err(e) => e.to_string(),
         };
+        // A drain that closed it mid-header: nothing the balancer did.
+        if shard.is_draining() {
+            return None;
+        }
         shard.count(|s| s.proxy_protocol_failures += 1);
         if let Some(held) = shard.proxy_protocol_lines().admit(Instant::now()) {
             let peer = client

@@ -322,15 +322,21 @@ fn fetch(url: &str) -> Result<String, StatusError> {
         }
     }
     let mut s = connected?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let patience = Duration::from_secs(10);
+    s.set_read_timeout(Some(patience)).ok();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| fail(e.to_string()))?;
     let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| fail(e.to_string()))?;
+    s.read_to_string(&mut body).map_err(|e| match e.kind() {
+        // What a read timeout gives on Linux: say it in words.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            fail(format!("no answer within {}s", patience.as_secs()))
+        }
+        _ => fail(e.to_string()),
+    })?;
     let (head, text) = body
         .split_once("\r\n\r\n")
         .ok_or_else(|| fail("no response".into()))?;

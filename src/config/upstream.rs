@@ -178,6 +178,15 @@ impl std::str::FromStr for Cidr {
                 _ => return Err(format!("{s:?}: the prefix length must be 0 to {max}")),
             },
         };
+        // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 one
+        // it carries: a peer is matched as IPv4 either way (`contains`).
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
         let cidr = Cidr { addr, prefix };
         // Refuse host bits past the prefix: `10.0.0.1/8` is most likely a
         // typo for a host or a network, and either reading would surprise.
@@ -248,6 +257,13 @@ mod tests {
         assert!(!host.contains("127.0.0.1".parse().unwrap()));
         let any: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(any.contains("192.0.2.1".parse().unwrap()));
+        // An IPv4-mapped network is the IPv4 one: both forms of a peer.
+        let mapped: Cidr = "::ffff:192.0.2.0/120".parse().unwrap();
+        assert!(mapped.contains("192.0.2.9".parse().unwrap()));
+        assert!(mapped.contains("::ffff:192.0.2.9".parse().unwrap()));
+        assert!(!mapped.contains("192.0.3.9".parse().unwrap()));
+        let one: Cidr = "::ffff:127.0.0.2".parse().unwrap();
+        assert!(one.contains("127.0.0.2".parse().unwrap()));
     }
 
     #[test]

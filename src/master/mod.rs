@@ -136,11 +136,18 @@ impl Preflight {
         // eventfds, log files, pipes (a few dozen), left out of the fit.
         let fits = have.saturating_sub(RESERVED_DESCRIPTORS) / n.max(1);
         (wanted > have.saturating_sub(RESERVED_DESCRIPTORS)).then(|| {
+            let or_fewer = match fits {
+                // Too few for any: only a higher limit helps.
+                0..=1 => String::new(),
+                _ => format!(
+                    " or set [limits] max-connections to {fits} at most \
+                     (half that when proxying: a proxied request holds two)"
+                ),
+            };
             format!(
                 "{n} shard(s) x max-connections {max_connections} = {wanted} connections exceed the open files limit ({have}): \
                  past it new connections wait in the backlog and idle ones are not reclaimed; \
-                 raise it (LimitNOFILE=, ulimit -n) or set [limits] max-connections to {fits} at most \
-                 (half that when proxying: a proxied request holds two)"
+                 raise it (LimitNOFILE=, ulimit -n){or_fewer}"
             )
         })
     }

@@ -332,9 +332,6 @@ async fn forward(
         }
         tried[attempts] = index;
         attempts += 1;
-        // Every attempt, one that cannot connect too: failures over
-        // requests is the server's error rate.
-        server.count(|s| s.requests += 1);
         let _busy = server.busy();
         let pooled = if stale.is_some_and(|(s, _)| s == index) {
             None
@@ -360,6 +357,9 @@ async fn forward(
                     break;
                 }
                 Err(e) => {
+                    // A request to it too: failures over requests is its
+                    // error rate (not one this process could not make).
+                    server.count(|st| st.requests += 1);
                     let at = Instant::now();
                     server.failed(cfg, at);
                     served.failed.push((server.label.clone(), at - now));
@@ -378,6 +378,7 @@ async fn forward(
                 }
             },
         };
+        server.count(|st| st.requests += 1);
         up_out.clear();
         request::write_head(
             &mut up_out,

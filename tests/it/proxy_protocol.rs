@@ -160,3 +160,19 @@ fn a_peer_outside_the_listed_networks_speaks_plain_http() {
         .collect();
     assert_eq!(forwarded, ["127.0.0.1"]);
 }
+
+/// A drain that cuts a connection still in its header (at drain-timeout)
+/// is no failure of the load balancer's: not logged as one.
+#[test]
+fn a_drain_is_no_failure_of_the_balancers() {
+    let up = Upstream::start(ok("hi"));
+    let toml = "[server]\nproxy-protocol = [\"127.0.0.1\"]\ndrain-timeout = \"1s\"\n\n".to_string()
+        + &simple(&[up.server()], "", "");
+    let proxy = Proxy::start("pp-drain", &toml);
+    let mut s = connect(proxy.addr());
+    s.write_all(b"PROX").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let log = proxy.server.stop();
+    assert!(!log.contains("server.proxy-protocol"), "{log}");
+    assert_eq!(read_to_close(&mut s), "");
+}
