@@ -140,10 +140,14 @@ pub(super) fn render_upstreams<'a>(
         "# HELP {name} Requests answered 503 because no server of the group could be tried.\n# TYPE {name} counter"
     );
     let mut groups: Vec<(&str, u64)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for s in &merged {
-        match groups.iter_mut().find(|(g, _)| *g == s.upstream) {
-            Some((_, n)) => *n += s.stats.unavailable,
-            None => groups.push((&s.upstream, s.stats.unavailable)),
+        match at.get(s.upstream.as_str()) {
+            Some(&i) => groups[i].1 += s.stats.unavailable,
+            None => {
+                at.insert(&s.upstream, groups.len());
+                groups.push((&s.upstream, s.stats.unavailable));
+            }
         }
     }
     for (group, n) in groups {
