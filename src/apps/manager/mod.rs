@@ -635,9 +635,8 @@ impl Manager {
                     app: app.config.name.clone(),
                     servers,
                 });
-                let gone: Vec<&ServerAddr> =
-                    old.iter().filter(|a| !app.published.contains(a)).collect();
-                grace_from_now(&mut self.leaving, &app.config.name, &gone);
+                let now_out = |a: &ServerAddr| old.contains(a) && !app.published.contains(a);
+                grace_from_now(&mut self.leaving, &app.config.name, now_out);
             }
         }
     }
@@ -823,15 +822,15 @@ fn servers_of(app: &App) -> Vec<ServerAddr> {
         .collect()
 }
 
-/// Start again the grace of `app`'s instances at `gone` that are out of
-/// service and still in their grace: the master has just been told they
-/// left (only those: a later change of the app's servers must not put
-/// off the stop of one told before).
-fn grace_from_now(leaving: &mut [Leaving], app: &str, gone: &[&ServerAddr]) {
+/// Start again the grace of `app`'s instances whose address is `gone`
+/// that are out of service and still in their grace: the master has just
+/// been told they left (only those: a later change of the app's servers
+/// must not put off the stop of one told before).
+fn grace_from_now(leaving: &mut [Leaving], app: &str, gone: impl Fn(&ServerAddr) -> bool) {
     let graced = Instant::now() + RETIRE_GRACE;
     for l in leaving
         .iter_mut()
-        .filter(|l| l.app == app && gone.contains(&&l.inst.addr))
+        .filter(|l| l.app == app && gone(&l.inst.addr))
     {
         if let State::Retiring {
             stop_at,

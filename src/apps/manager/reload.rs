@@ -210,8 +210,8 @@ impl Manager {
                 app: gone.config.name.clone(),
                 servers: Vec::new(),
             });
-            let was: Vec<&ServerAddr> = gone.published.iter().collect();
-            grace_from_now(&mut self.leaving, &gone.config.name, &was);
+            let was = |a: &ServerAddr| gone.published.contains(a);
+            grace_from_now(&mut self.leaving, &gone.config.name, was);
         }
     }
 }
