@@ -1,6 +1,7 @@
 //! Routing: the longest matching path prefix wins, optionally narrowed by
 //! host and method. A shard owns its router; a reload replaces it whole.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::config::{HandlerConfig, RouteConfig};
@@ -79,9 +80,7 @@ impl Route {
             // Host without port or a trailing dot (the root label: same
             // name, as nginx treats it), compared case-insensitively
             // (RFC 9110 §4.2.3).
-            let got = host.map(strip_port).unwrap_or("");
-            let got = got.strip_suffix('.').unwrap_or(got);
-            if !got.eq_ignore_ascii_case(want) {
+            if !host.map(bare_host).unwrap_or("").eq_ignore_ascii_case(want) {
                 return false;
             }
         }
@@ -92,6 +91,14 @@ impl Route {
                 || path.len() == self.prefix.len()
                 || path.as_bytes()[self.prefix.len()] == b'/')
     }
+}
+
+/// A request's `Host` as a route's `host` is written: without its port or
+/// a trailing dot (the root label: same name, as nginx treats it); its
+/// case is still the client's (RFC 9110 §4.2.3 makes it irrelevant).
+fn bare_host(host: &str) -> &str {
+    let host = strip_port(host);
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -108,12 +115,21 @@ pub struct Router {
     /// then with `scheme` before without; then with `methods` before
     /// without; then in the file's order.
     routes: Vec<Route>,
+    /// For each `host` some route names, the positions in `routes` of its
+    /// routes and of those for any host, in `routes`' order: a request is
+    /// matched against these alone, so a config of thousands of sites
+    /// costs a lookup, not a scan of every site's routes. Empty when no
+    /// route names a host.
+    by_host: HashMap<Box<str>, Box<[usize]>>,
+    /// The positions of the routes for any host: what a request whose
+    /// host no route names is matched against.
+    any_host: Box<[usize]>,
 }
 
 impl Router {
     /// Build from validated route settings.
     pub fn new(configs: &[RouteConfig]) -> Router {
-        let mut routes: Vec<Route> = configs
+        let routes: Vec<Route> = configs
             .iter()
             .map(|c| Route {
                 prefix: c.path.clone(),
@@ -147,6 +163,11 @@ impl Router {
                 },
             })
             .collect();
+        Router::of(routes)
+    }
+
+    /// The table of `routes`, in their order of precedence.
+    fn of(mut routes: Vec<Route>) -> Router {
         for r in &mut routes {
             let listed = r.methods.as_deref().map(allow_header);
             r.allow = match (r.action.methods(), listed) {
@@ -170,7 +191,46 @@ impl Router {
                 .then(b.narrowed.cmp(&a.narrowed))
                 .then(b.methods.is_some().cmp(&a.methods.is_some()))
         });
-        Router { routes }
+        let any_host: Box<[usize]> = (0..routes.len())
+            .filter(|&i| routes[i].host.is_none())
+            .collect();
+        let mut by_host: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(host) = &r.host {
+                by_host.entry(host.as_str().into()).or_default().push(i);
+            }
+        }
+        let by_host = by_host
+            .into_iter()
+            .map(|(host, mut own)| {
+                own.extend_from_slice(&any_host);
+                own.sort_unstable();
+                (host, own.into_boxed_slice())
+            })
+            .collect();
+        Router {
+            routes,
+            by_host,
+            any_host,
+        }
+    }
+
+    /// The positions in `routes` of those a request for `host` may take,
+    /// in order: its host's and those for any host.
+    fn candidates(&self, host: Option<&str>) -> &[usize] {
+        match host.map(bare_host) {
+            Some(host) if !self.by_host.is_empty() => {
+                // Route hosts are kept in lower case; clients send theirs
+                // so, and only another spelling costs a copy.
+                let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.by_host.get(host.to_ascii_lowercase().as_str())
+                } else {
+                    self.by_host.get(host)
+                };
+                found.unwrap_or(&self.any_host)
+            }
+            _ => &self.any_host,
+        }
     }
 
     /// The route `path` is redirected to, if it is a route's prefix without
@@ -182,12 +242,15 @@ impl Router {
         if found.is_some_and(|r| r.prefix.len() >= path.len()) {
             return None;
         }
-        self.routes.iter().find(|r| {
-            r.prefix.len() == path.len() + 1
-                && r.prefix.ends_with('/')
-                && r.prefix.starts_with(path)
-                && r.matches(host, &r.prefix)
-        })
+        self.candidates(host)
+            .iter()
+            .map(|&i| &self.routes[i])
+            .find(|r| {
+                r.prefix.len() == path.len() + 1
+                    && r.prefix.ends_with('/')
+                    && r.prefix.starts_with(path)
+                    && r.matches(host, &r.prefix)
+            })
     }
 
     /// The routes that take `path` (for `host`) best: the longest prefix,
@@ -199,10 +262,17 @@ impl Router {
         host: Option<&'r str>,
         path: &'r str,
     ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
-        let start = self.routes.iter().position(|r| r.matches(host, path));
-        let level = start.map(|i| (self.routes[i].prefix.len(), self.routes[i].host.is_some()));
-        self.routes[start.unwrap_or(self.routes.len())..]
+        let list = self.candidates(host);
+        let start = list
             .iter()
+            .position(|&i| self.routes[i].matches(host, path))
+            .unwrap_or(list.len());
+        let level = list
+            .get(start)
+            .map(|&i| (self.routes[i].prefix.len(), self.routes[i].host.is_some()));
+        list[start..]
+            .iter()
+            .map(|&i| &self.routes[i])
             .take_while(move |r| Some((r.prefix.len(), r.host.is_some())) == level)
             .filter(move |r| r.matches(host, path))
     }
@@ -421,28 +491,22 @@ mod tests {
 
     #[test]
     fn a_prefix_without_its_slash_is_redirected() {
-        let r = Router {
-            routes: vec![route("/site/", None), route("/", None)],
-        };
+        let r = Router::of(vec![route("/site/", None), route("/", None)]);
         let found = |p: &str| r.routes.iter().find(|x| x.matches(None, p));
         assert!(r.wants_slash(None, "/site", found("/site")).is_some());
         assert!(r.wants_slash(None, "/site/", found("/site/")).is_none());
         assert!(r.wants_slash(None, "/sit", found("/sit")).is_none());
         assert!(r.wants_slash(None, "/", found("/")).is_none());
         // A route of its own for `/site` wins over the redirect.
-        let r = Router {
-            routes: vec![
-                route("/site/", None),
-                route("/site", None),
-                route("/", None),
-            ],
-        };
+        let r = Router::of(vec![
+            route("/site/", None),
+            route("/site", None),
+            route("/", None),
+        ]);
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
         assert!(r.wants_slash(None, "/site", found).is_none());
         // Only for the host the route is for.
-        let r = Router {
-            routes: vec![route("/site/", Some("a.test")), route("/", None)],
-        };
+        let r = Router::of(vec![route("/site/", Some("a.test")), route("/", None)]);
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
         assert!(r.wants_slash(Some("a.test"), "/site", found).is_some());
         assert!(r.wants_slash(Some("b.test"), "/site", found).is_none());
@@ -467,6 +531,42 @@ mod tests {
         let r = Router::new(&[redirect, get]);
         let first = r.best(None, "/").next().unwrap();
         assert!(first.narrowed && matches!(first.action, Action::Redirect(_)));
+    }
+
+    #[test]
+    fn a_request_meets_its_hosts_routes_and_those_for_any_host() {
+        let mut routes: Vec<Route> = (0..500)
+            .map(|n| route("/", Some(&format!("site{n}.test"))))
+            .collect();
+        routes.push(route("/api/", Some("site7.test")));
+        routes.push(route("/api/v2/", None));
+        routes.push(route("/", None));
+        let r = Router::of(routes);
+        let best = |host: Option<&str>, path: &str| {
+            let found = r.best(host, path).next().unwrap();
+            (found.prefix.clone(), found.host.clone())
+        };
+        let site7 = Some("site7.test".to_string());
+        assert_eq!(best(Some("site7.test"), "/x"), ("/".into(), site7.clone()));
+        assert_eq!(
+            best(Some("SITE7.Test.:80"), "/api/x"),
+            ("/api/".into(), site7.clone())
+        );
+        // A longer prefix for any host still wins over the host's shorter one.
+        assert_eq!(
+            best(Some("site7.test"), "/api/v2/x"),
+            ("/api/v2/".into(), None)
+        );
+        assert_eq!(
+            best(Some("site499.test"), "/api/x"),
+            ("/".into(), Some("site499.test".into()))
+        );
+        assert_eq!(best(Some("elsewhere.test"), "/x"), ("/".into(), None));
+        assert_eq!(best(None, "/api/x"), ("/".into(), None));
+        assert_eq!(r.candidates(Some("site7.test")).len(), 4);
+        let r = Router::of(vec![route("/", Some("only.test"))]);
+        assert!(r.best(Some("other.test"), "/").next().is_none());
+        assert!(r.best(Some("Only.Test"), "/").next().is_some());
     }
 
     #[test]
