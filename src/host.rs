@@ -26,6 +26,20 @@ const RING_MEMLOCK: u64 = 128 << 10;
 /// glommio never releases a dead executor's rings.
 const SPARE_EXECUTORS: u64 = 2;
 
+/// Threads coreserve runs besides its shards': the main thread, the master
+/// executor's and its blocking-call thread, keep-awake, the acceptor, the
+/// app manager, the log writer and the access-log stream.
+const BASE_THREADS: u64 = 8;
+
+/// Threads each shard runs: its executor, glommio's blocking-call thread
+/// and its keep-awake thread.
+const THREADS_PER_SHARD: u64 = 3;
+
+/// Tasks each app instance takes at least: its process, and coreserve's
+/// thread that waits for it and two that relay its output. A Node process
+/// runs a dozen threads of its own, which count too.
+const TASKS_PER_INSTANCE: u64 = 4;
+
 /// Why this host cannot run coreserve, with the fix in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -75,6 +89,27 @@ pub enum HostError {
     /// io_uring_setup failed for another reason.
     #[error("io_uring is not usable: io_uring_setup failed: {0}")]
     IoUring(io::Error),
+    /// RLIMIT_NPROC leaves too few tasks for the threads coreserve starts:
+    /// glommio panics where it cannot start one.
+    #[error(
+        "the process limit (ulimit -u) is {limit} tasks for this user, {in_use} of them \
+         running already, but {shards} shards{apps} need at least {need} more: raise it \
+         (ulimit -u, LimitNPROC= in the systemd unit, or nproc in /etc/security/limits.conf) \
+         or run fewer shards",
+        apps = if *.instances == 0 { String::new() } else { format!(" and {} app instances", .instances) }
+    )]
+    TooFewTasks {
+        /// The effective limit.
+        limit: u64,
+        /// The user's tasks (threads of every process) running now.
+        in_use: u64,
+        /// What coreserve would start.
+        need: u64,
+        /// Shards to start.
+        shards: u64,
+        /// App instances to start.
+        instances: u64,
+    },
     /// getrlimit/setrlimit failed.
     #[error("cannot read or raise {which}: {err}")]
     Rlimit {
@@ -96,6 +131,21 @@ pub struct HostLimits {
     /// it does unless the process has CAP_IPC_LOCK. The count is per user,
     /// summed over every ring of every executor.
     pub memlock_counted: bool,
+    /// The user's tasks and the limit on them (RLIMIT_NPROC, which counts
+    /// every thread of every process of the user); `None` when it does not
+    /// bind this process (unlimited, or root or CAP_SYS_RESOURCE, which
+    /// the kernel exempts).
+    pub tasks: Option<Tasks>,
+}
+
+/// The user's tasks against RLIMIT_NPROC.
+#[derive(Debug, Clone, Copy)]
+pub struct Tasks {
+    /// The soft limit, raised to the hard one.
+    pub limit: u64,
+    /// Tasks of this user running now, this process's included (as far as
+    /// this PID namespace's /proc shows them).
+    pub in_use: u64,
 }
 
 impl HostLimits {
@@ -121,6 +171,28 @@ impl HostLimits {
         Ok((share / MIN_IO_MEMORY * MIN_IO_MEMORY).clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
     }
 
+    /// Whether RLIMIT_NPROC leaves room for the threads of `shards` shards
+    /// and `instances` app instances: a thread or process past it fails
+    /// with EAGAIN, and glommio panics on it.
+    pub fn tasks_for(&self, shards: u64, instances: u64) -> Result<(), HostError> {
+        let Some(Tasks { limit, in_use }) = self.tasks else {
+            return Ok(());
+        };
+        // This process's own threads so far are in `in_use`; BASE_THREADS
+        // counts them again, a margin of a few.
+        let need = BASE_THREADS + shards * THREADS_PER_SHARD + instances * TASKS_PER_INSTANCE;
+        if in_use.saturating_add(need) > limit {
+            return Err(HostError::TooFewTasks {
+                limit,
+                in_use,
+                need,
+                shards,
+                instances,
+            });
+        }
+        Ok(())
+    }
+
     /// The locked-memory limit for logs: `unlimited` or in KiB.
     pub fn memlock_display(&self) -> String {
         if self.memlock == libc::RLIM_INFINITY {
@@ -139,12 +211,57 @@ pub fn prepare() -> Result<HostLimits, HostError> {
     if memlock < MIN_MEMLOCK {
         return Err(HostError::MemlockTooLow { have: memlock });
     }
+    let nproc = raise(libc::RLIMIT_NPROC, "RLIMIT_NPROC")?;
     probe_io_uring()?;
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    // The kernel exempts the host's root and holders of these capabilities
+    // in the host's user namespace, not a container's root.
+    let exempt = !in_user_namespace()
+        && (uid == 0 || has_capability(CAP_SYS_RESOURCE) || has_capability(CAP_SYS_ADMIN));
     Ok(HostLimits {
         nofile,
         memlock,
-        memlock_counted: !has_cap_ipc_lock() || in_user_namespace(),
+        memlock_counted: !has_capability(CAP_IPC_LOCK) || in_user_namespace(),
+        tasks: (nproc != libc::RLIM_INFINITY && !exempt).then(|| Tasks {
+            limit: nproc,
+            in_use: tasks_of(uid),
+        }),
     })
+}
+
+/// The tasks (threads) of the processes whose real user is `uid`, as the
+/// kernel counts them against RLIMIT_NPROC; 0 for what cannot be read.
+fn tasks_of(uid: libc::uid_t) -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut tasks = 0;
+    for entry in procs.flatten() {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .iter()
+            .all(u8::is_ascii_digit)
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        // `Uid:` is real, effective, saved and filesystem; the first counts.
+        if field("Uid:") == Some(u64::from(uid)) {
+            tasks += field("Threads:").unwrap_or(1);
+        }
+    }
+    tasks
 }
 
 /// Whether this process runs in a user namespace other than the host's
@@ -160,10 +277,14 @@ fn in_user_namespace() -> bool {
     }
 }
 
-/// Whether CAP_IPC_LOCK is in this thread's effective set (root usually has
-/// it; a service under `User=` or `DynamicUser=` does not).
-fn has_cap_ipc_lock() -> bool {
-    const CAP_IPC_LOCK: u32 = 14;
+const CAP_IPC_LOCK: u32 = 14;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether capability `cap` (below 32) is in this thread's effective set
+/// (root usually has them; a service under `User=` or `DynamicUser=` does
+/// not).
+fn has_capability(cap: u32) -> bool {
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     // struct __user_cap_header_struct { version, pid } and two
     // struct __user_cap_data_struct { effective, permitted, inheritable }.
@@ -172,9 +293,9 @@ fn has_cap_ipc_lock() -> bool {
     // SAFETY: capget(2) with a version-3 header and room for its two data
     // structs; the kernel writes only into `data`.
     let rc = unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) };
-    // If the kernel will not say, assume the limit is counted: the budget is
-    // then smaller than it could be, never too large.
-    rc == 0 && data[0] & (1 << CAP_IPC_LOCK) != 0
+    // If the kernel will not say, assume it is absent: limits are then
+    // checked and budgeted as if they bind, which they may not.
+    rc == 0 && data[0] & (1 << cap) != 0
 }
 
 /// Set the soft limit to the hard one; return the soft limit now in force.
@@ -233,6 +354,20 @@ mod tests {
             m.contains("64 KiB") && m.contains("512 KiB") && m.contains("ulimit -l"),
             "{m}"
         );
+        let m = HostError::TooFewTasks {
+            limit: 40,
+            in_use: 30,
+            need: 22,
+            shards: 2,
+            instances: 2,
+        }
+        .to_string();
+        assert!(
+            m.contains("limit (ulimit -u) is 40 tasks for this user, 30 of them running already, but 2 shards and 2 app instances need at least 22 more")
+                && m.contains("LimitNPROC=")
+                && m.contains("fewer shards"),
+            "{m}"
+        );
         let m = HostError::MemlockTooLowForShards {
             have: 1024 * 1024,
             need: 2048 * 1024,
@@ -257,7 +392,25 @@ mod tests {
             nofile: 1024,
             memlock,
             memlock_counted: counted,
+            tasks: None,
         }
+    }
+
+    #[test]
+    fn the_task_limit_must_leave_room_for_every_thread() {
+        let with = |limit, in_use| HostLimits {
+            tasks: Some(Tasks { limit, in_use }),
+            ..limits(u64::MAX, false)
+        };
+        // 8 + 2 x 3 + 2 x 4 = 22.
+        assert!(with(100, 78).tasks_for(2, 2).is_ok());
+        assert!(matches!(
+            with(100, 79).tasks_for(2, 2),
+            Err(HostError::TooFewTasks { need: 22, .. })
+        ));
+        assert!(with(16, 2).tasks_for(2, 0).is_ok());
+        assert!(with(16, 3).tasks_for(2, 0).is_err());
+        assert!(limits(u64::MAX, false).tasks_for(1000, 1000).is_ok());
     }
 
     #[test]

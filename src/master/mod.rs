@@ -169,6 +169,12 @@ pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let selected = cpus::selected(&allowed, config.cpus.as_deref());
     // Every shard and the master run an executor.
     let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
+    let instances = config
+        .apps
+        .iter()
+        .map(|a| a.instance_count(plan.len()))
+        .sum::<usize>();
+    limits.tasks_for(plan.len() as u64, instances as u64)?;
     Ok(Preflight {
         limits,
         plan,

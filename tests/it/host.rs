@@ -65,6 +65,44 @@ fn unprivileged_user_with_too_little_for_the_shards() {
     );
 }
 
+/// RLIMIT_NPROC counts every thread of the user's: one too low for the
+/// shards' threads is said before any starts (glommio panics where it
+/// cannot start one), and one that fits them serves.
+#[test]
+fn a_task_limit_too_low_for_the_shards() {
+    let mut cmd = command();
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NPROC, 12);
+    if !as_user(&mut cmd, 60_103) {
+        return eprintln!("skipped: needs root to switch to an unprivileged user");
+    }
+    cmd.args(["--shards", "2"]);
+    fails_with(
+        cmd,
+        "the process limit (ulimit -u) is 12 tasks for this user",
+    );
+    let mut cmd = command();
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NPROC, 12);
+    as_user(&mut cmd, 60_103);
+    cmd.args(["--shards", "2", "--check"]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("but 2 shards need at least 14 more"), "{err}");
+    assert!(err.contains("LimitNPROC="), "{err}");
+
+    let mut cmd = command();
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NPROC, 32);
+    as_user(&mut cmd, 60_103);
+    cmd.args(["--shards", "2", "--listen", "127.0.0.1:0"]);
+    let server = Server::spawn(cmd);
+    for _ in 0..4 {
+        assert_eq!(
+            get(server.addr, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            200
+        );
+    }
+}
+
 #[test]
 fn io_uring_disabled_by_sysctl() {
     let mut cmd = command();
