@@ -464,6 +464,48 @@ fn a_file_changed_on_disk_is_served_fresh() {
     assert_eq!(fetch(&server, "/static/hello.txt", "").status, 404);
 }
 
+/// A small file written to while it is read (a log appended to, a status
+/// page rewritten in place) is served as read, each response's length its
+/// body's: never a 404, which would be cached and take the page down.
+#[test]
+fn a_small_file_written_while_read_is_never_a_404() {
+    let (dir, server) = site("busy", "cache-valid = \"10ms\"\n");
+    let path = dir.0.join("www/log.txt");
+    std::fs::write(&path, "start\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        while !writing.load(std::sync::atomic::Ordering::Relaxed) {
+            log.write_all(&[b'y'; 100]).unwrap();
+            if log.metadata().unwrap().len() > 60_000 {
+                log.set_len(6).unwrap();
+            }
+        }
+    });
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut served = 0;
+    while Instant::now() < end {
+        let r = fetch(&server, "/static/log.txt", "");
+        assert_eq!(r.status, 200, "after {served} served");
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        assert!(r.body.starts_with(b"start\n"));
+        served += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let size = std::fs::metadata(dir.0.join("www/log.txt")).unwrap().len();
+    let r = fetch(&server, "/static/log.txt", "");
+    assert_eq!(r.body.len() as u64, size);
+}
+
 /// A large file replaced (renamed over) while its lookup is cached: each
 /// response is one file's, its bytes those its validators and length name.
 /// They were the new file's bytes under the old ETag and length (a resumed

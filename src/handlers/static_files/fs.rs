@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -14,6 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Files up to this size are read whole and kept in the shard's cache; larger
 /// ones are streamed from disk in chunks.
 pub const SMALL_FILE: u64 = 64 << 10;
+
+/// Reads of a small file that changes while it is read before what was
+/// read is served as it is.
+const SMALL_FILE_READS: u32 = 3;
 
 /// What a request resolved to on disk.
 #[derive(Debug, Clone)]
@@ -323,7 +327,7 @@ fn info(
         Ok(file) => file,
         Err(e) => return failure(e),
     };
-    let meta = match file.metadata() {
+    let mut meta = match file.metadata() {
         Ok(meta) => meta,
         Err(e) => return failure(e),
     };
@@ -336,18 +340,42 @@ fn info(
     if let Err(e) = crate::config::wait_again(&file) {
         return failure(e);
     }
-    let size = meta.len();
-    let (body, file) = if size <= SMALL_FILE {
-        let mut buf = Vec::with_capacity(size as usize);
-        match file.read_to_end(&mut buf) {
-            // The file changed size while read: serve what the metadata says
-            // next time; now, report it missing rather than send a wrong length.
-            Ok(n) if n as u64 == size => (Some(buf), None),
-            Ok(_) => return FoundSend::NotFound,
-            Err(e) => return failure(e),
+    let mut tries = 0;
+    let (size, body, file) = loop {
+        if meta.len() > SMALL_FILE {
+            break (meta.len(), None, Some(OwnedFd::from(file)));
         }
-    } else {
-        (None, Some(OwnedFd::from(file)))
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        if let Err(e) = (&file).take(SMALL_FILE + 1).read_to_end(&mut buf) {
+            return failure(e);
+        }
+        let after = match file.metadata() {
+            Ok(after) => after,
+            Err(e) => return failure(e),
+        };
+        let n = buf.len() as u64;
+        tries += 1;
+        // Unchanged while read: the bytes are the version the validators
+        // name.
+        if n == after.len() && FileStamp::of(&after) == FileStamp::of(&meta) {
+            break (n, Some(buf), None);
+        }
+        // Still being written (a log appended to, a page rewritten in
+        // place): what was read, with its own length, as nginx sends what
+        // it reads. It keeps the stamp of before the read, which no later
+        // version has (the change time only grows), so nothing compressed
+        // from these bytes is taken for another version's.
+        if tries >= SMALL_FILE_READS && n <= SMALL_FILE {
+            break (n, Some(buf), None);
+        }
+        meta = after;
+        if tries >= SMALL_FILE_READS {
+            // Grown past a small file while read: streamed as a large one.
+            break (meta.len(), None, Some(OwnedFd::from(file)));
+        }
+        if let Err(e) = file.seek(io::SeekFrom::Start(0)) {
+            return failure(e);
+        }
     };
     FoundSend::File(FileInfoSend {
         size,
