@@ -172,6 +172,13 @@ fn conditional_requests_get_304() {
         &format!("If-Modified-Since: {lm}\r\n"),
     );
     assert_eq!(r.status, 304);
+    // Sent twice, the date is no date (RFC 9110 §13.1.3): ignored.
+    let r = fetch(
+        &server,
+        "/static/hello.txt",
+        &format!("If-Modified-Since: {lm}\r\nIf-Modified-Since: {lm}\r\n"),
+    );
+    assert_eq!(r.status, 200);
     let r = fetch(&server, "/static/hello.txt", "If-None-Match: \"stale\"\r\n");
     assert_eq!(r.status, 200);
     // curl's own conditional request.

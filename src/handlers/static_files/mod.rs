@@ -186,11 +186,10 @@ impl Handler for StaticSite {
                 return Outcome::Done;
             }
         };
-        let text = |name: &str| {
-            req.header(name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_string)
-        };
+        // Every line of a field, joined: a date or a range sent twice is
+        // then no valid date or range, and ignored (RFC 9110 §13.1.3), not
+        // taken from its first line.
+        let text = |name: &str| req.list(name).map(Cow::into_owned);
         // Looked at only by a route that can choose an encoding.
         let accept = if s.cfg.precompressed || s.cfg.gzip.is_some() {
             req.list("accept-encoding").unwrap_or_default()
