@@ -141,7 +141,8 @@ impl Preflight {
                 0..=1 => String::new(),
                 _ => format!(
                     " or set [limits] max-connections to {fits} at most \
-                     (half that when proxying: a proxied request holds two)"
+                     (half that when proxying or serving large files: \
+                     a proxied request or a file over 64 KiB being sent holds two)"
                 ),
             };
             format!(

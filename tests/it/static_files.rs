@@ -1013,6 +1013,34 @@ fn out_of_descriptors_a_file_is_a_500_not_a_404() {
     }
 }
 
+/// The large files a site keeps open (up to 1000 per shard, as nginx's
+/// `open_file_cache`) give their descriptors back when the process runs
+/// out: many files looked at in a second under a low limit are served, not
+/// a 500 for every file past the limit until the first ones expire.
+#[test]
+fn cached_open_files_make_room_when_descriptors_run_out() {
+    let dir = Scratch::new("static-cache-fds");
+    let big = vec![b'x'; 70 << 10];
+    for i in 0..150 {
+        dir.write(&format!("www/f{i}.bin"), &big);
+    }
+    let conf = www_conf(&dir, "/", "cache-valid = \"1m\"\n");
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(&conf);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 100);
+    let server = Server::spawn(cmd);
+    let mut s = server.connect();
+    for i in 0..150 {
+        s.write_all(format!("HEAD /f{i}.bin HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = Reader::new(&mut s).next(true);
+        assert_eq!(r.status, 200, "file {i}: {r:?}");
+    }
+    let r = fetch(&server, "/f0.bin", "");
+    assert_eq!((r.status, r.body.len()), (200, big.len()));
+}
+
 /// A client that sends more after a request the server answers and then
 /// closes (a pipelined request after `Connection: close`, sent while the
 /// response is still going) gets the whole response: closing with those

@@ -135,6 +135,9 @@ pub enum FoundSend {
     Forbidden,
     /// See `Found::Failed`.
     Failed(String),
+    /// The process is out of descriptors (EMFILE, ENFILE): a
+    /// `Found::Failed`, unless closing cached files makes room.
+    Short(String),
 }
 
 /// `FileInfo` with an owned body, to cross threads.
@@ -166,7 +169,7 @@ impl From<FoundSend> for Found {
             FoundSend::Listing(v) => Found::Listing(v.into()),
             FoundSend::NotFound => Found::NotFound,
             FoundSend::Forbidden => Found::Forbidden,
-            FoundSend::Failed(why) => Found::Failed(why.into()),
+            FoundSend::Failed(why) | FoundSend::Short(why) => Found::Failed(why.into()),
         }
     }
 }
@@ -311,6 +314,7 @@ fn failure(e: io::Error) -> FoundSend {
             FoundSend::NotFound
         }
         Some(libc::EACCES) => FoundSend::Forbidden,
+        Some(libc::EMFILE | libc::ENFILE) => FoundSend::Short(e.to_string()),
         _ if e.kind() == io::ErrorKind::NotFound => FoundSend::NotFound,
         _ => FoundSend::Failed(e.to_string()),
     }
@@ -501,8 +505,11 @@ mod tests {
             assert!(matches!(of(missing), FoundSend::NotFound), "{missing}");
         }
         assert!(matches!(of(libc::EACCES), FoundSend::Forbidden));
-        for ours in [libc::EMFILE, libc::ENFILE, libc::EIO, libc::ENOMEM] {
+        for ours in [libc::EIO, libc::ENOMEM] {
             assert!(matches!(of(ours), FoundSend::Failed(_)), "{ours}");
+        }
+        for short in [libc::EMFILE, libc::ENFILE] {
+            assert!(matches!(of(short), FoundSend::Short(_)), "{short}");
         }
     }
 

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use glommio::io::BufferedFile;
 
-use self::fs::{FileInfo, FileStamp, Found, Lookup};
+use self::fs::{FileInfo, FileStamp, Found, FoundSend, Lookup};
 use self::reply::{Conditions, Decision};
 use self::resolve::{Reject, RelPath};
 use self::sendfile::Residency;
@@ -263,7 +263,7 @@ impl SiteState {
             encodings: job.encodings.clone(),
         };
         let now = Instant::now();
-        self.close_expired(now);
+        self.close_files(Some(now));
         if let Some(e) = self.cache.borrow().get(&key) {
             if now.duration_since(e.checked) < self.cfg.cache_valid {
                 return e.found.clone();
@@ -283,21 +283,31 @@ impl SiteState {
             dotfiles: self.cfg.dotfiles,
             encodings: job.encodings.clone(),
         };
-        let found: Found = glommio::executor()
-            .spawn_blocking(move || fs::find_from_configured(lookup))
-            .await
-            .into();
+        let look = |lookup: Lookup| {
+            glommio::executor().spawn_blocking(move || fs::find_from_configured(lookup))
+        };
+        let mut found = look(lookup.clone()).await;
+        if matches!(found, FoundSend::Short(_)) && self.cache_files.get() > 0 {
+            // Out of descriptors while this site keeps files open: they
+            // go first (one a response still sends stays open until it
+            // ends), then one more look, rather than a 500 for every new
+            // file until they expire.
+            self.close_files(None);
+            found = look(lookup).await;
+        }
+        let found: Found = found.into();
         if !self.cfg.cache_valid.is_zero() && !matches!(found, Found::Failed(_)) {
             self.remember(key, &found);
         }
         found
     }
 
-    /// Drop the entries holding an open file that expired by `now`.
-    fn close_expired(&self, now: Instant) {
+    /// Drop the entries holding an open file that expired by `now`, or
+    /// every one of them (`None`).
+    fn close_files(&self, expired_by: Option<Instant>) {
         let mut queue = self.open_files.borrow_mut();
         while let Some((made, key)) = queue.front() {
-            if now.duration_since(*made) < self.cfg.cache_valid {
+            if expired_by.is_some_and(|now| now.duration_since(*made) < self.cfg.cache_valid) {
                 break;
             }
             let mut cache = self.cache.borrow_mut();
