@@ -1034,7 +1034,7 @@ fn cached_open_files_make_room_when_descriptors_run_out() {
     for i in 0..150 {
         s.write_all(format!("HEAD /f{i}.bin HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .unwrap();
-        let r = Reader::new(&mut s).next(true);
+        let r = Reader::new(&s).next(true);
         assert_eq!(r.status, 200, "file {i}: {r:?}");
     }
     let r = fetch(&server, "/f0.bin", "");
