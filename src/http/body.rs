@@ -6,7 +6,7 @@
 //! the payload and find the next pipelined request right after it.
 
 use super::error::ParseError;
-use super::parse::BodyFraming;
+use super::parse::{is_token_byte, BodyFraming};
 
 /// Longest chunk-size line (size, extensions, CRLF) accepted; extensions are
 /// read and ignored, so an endless one must not keep the decoder busy forever.
@@ -44,7 +44,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final blank line).
     TrailerStart { used: usize },
-    /// Inside a trailer field line.
+    /// Inside a trailer field's name, before its colon.
+    TrailerName { used: usize },
+    /// Inside a trailer field's value.
     TrailerLine { used: usize },
     /// Saw CR inside or ending a trailer line.
     TrailerLf { used: usize, blank: bool },
@@ -268,9 +270,19 @@ impl BodyDecoder {
                 let used = self.trailer_len(used)?;
                 match b {
                     b'\r' => State::TrailerLf { used, blank: true },
-                    // obs-fold is as forbidden in trailers as in the head.
-                    b' ' | b'\t' => return Err(ParseError::Chunk),
-                    b if is_field_byte(b) => State::TrailerLine { used },
+                    // A trailer line is a field line, `name: value`, as in
+                    // the head (RFC 9112 §7.1.2): anything else (obs-fold,
+                    // a request line a front proxy took for the next
+                    // request) is refused, not dropped.
+                    b if is_token_byte(b) => State::TrailerName { used },
+                    _ => return Err(ParseError::Chunk),
+                }
+            }
+            State::TrailerName { used } => {
+                let used = self.trailer_len(used)?;
+                match b {
+                    b':' => State::TrailerLine { used },
+                    b if is_token_byte(b) => State::TrailerName { used },
                     _ => return Err(ParseError::Chunk),
                 }
             }
@@ -441,6 +453,12 @@ mod tests {
             b"5 x\r\n",
             b"0\r\n bad\r\n\r\n",
             b"0\r\nA\x01\r\n\r\n",
+            // Trailer lines that are no field lines.
+            b"0\r\nGET /internal HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"0\r\nbogus\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
+            b"0\r\nName : space before the colon\r\n\r\n",
+            b"0\r\nX: ok\r\nno colon\r\n\r\n",
         ] {
             assert_eq!(run(chunked(), bad), Err(ParseError::Chunk), "{bad:?}");
         }

@@ -326,6 +326,12 @@ fn smuggling_payloads_never_make_a_second_upstream_request() {
             0,
         ),
         (
+            "a request line among the trailers",
+            "POST /g HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+                + "5\r\nhello\r\n0\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            0,
+        ),
+        (
             "a GET with a body (CL.0)",
             "GET /e HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
             2,

@@ -525,10 +525,13 @@ fn scan_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, Parse
                 }
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                f.expect_continue = true;
-            } else {
-                return Err(ParseError::Expectation);
+            // A list (RFC 9110 §10.1.1): an empty one expects nothing.
+            for item in list_items(h.value) {
+                if item.eq_ignore_ascii_case(b"100-continue") {
+                    f.expect_continue = true;
+                } else {
+                    return Err(ParseError::Expectation);
+                }
             }
         }
     }

@@ -211,6 +211,22 @@ fn expect_and_connect() {
         ParseError::Expectation
     );
     assert_eq!(
+        err("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue, foo\r\n\r\n"),
+        ParseError::Expectation
+    );
+    // An empty list expects nothing; the element may come with empty ones.
+    let continues = |expect: &str| {
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nExpect:{expect}\r\n\r\n");
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+        parse(head.as_bytes(), &mut headers, &LIMITS)
+            .unwrap()
+            .expect_continue
+    };
+    for expect in ["", " ", ",", " , "] {
+        assert!(!continues(expect), "{expect:?}");
+    }
+    assert!(continues(" , 100-Continue"));
+    assert_eq!(
         err("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n"),
         ParseError::MethodNotImplemented
     );
