@@ -57,8 +57,6 @@ struct Route {
     allow: String,
     /// The route's own body limit, if it has one.
     max_body: Option<u64>,
-    /// It has a `scheme`: it wins over routes without one.
-    narrowed: bool,
     /// The fields it adds to each response its handler gives.
     added: Option<Rc<AddedHeaders>>,
     action: Action,
@@ -116,109 +114,87 @@ pub struct Router {
     /// without; then in the file's order.
     routes: Vec<Route>,
     /// For each `host` some route names, the positions in `routes` of its
-    /// routes and of those for any host, in `routes`' order: a request is
-    /// matched against these alone, so a config of thousands of sites
-    /// costs a lookup, not a scan of every site's routes. Empty when no
-    /// route names a host.
-    by_host: HashMap<Box<str>, Box<[usize]>>,
+    /// routes, ascending: a request is matched against these and
+    /// `any_host` alone, so a config of thousands of sites costs a lookup,
+    /// not a scan of every site's routes. Empty when no route names a host.
+    by_host: HashMap<Box<str>, Vec<usize>>,
     /// The positions of the routes for any host: what a request whose
     /// host no route names is matched against.
-    any_host: Box<[usize]>,
+    any_host: Vec<usize>,
 }
 
 impl Router {
-    /// Build from validated route settings.
-    pub fn new(configs: &[RouteConfig]) -> Router {
-        let routes: Vec<Route> = configs
-            .iter()
-            .map(|c| Route {
-                prefix: c.path.clone(),
-                host: c.host.clone(),
-                allow: String::new(),
-                methods: c.methods.clone(),
-                max_body: c.max_body_bytes,
-                narrowed: c.scheme.is_some(),
-                added: AddedHeaders::new(&c.headers),
-                action: match &c.handler {
-                    HandlerConfig::Respond {
-                        status,
-                        body,
-                        content_type,
-                    } => Action::Respond(FixedResponse {
-                        status: Status::from_code(*status).unwrap_or(Status::OK),
-                        content_type: content_type.clone(),
-                        body: body.as_bytes().to_vec(),
-                    }),
-                    HandlerConfig::Redirect { status, location } => Action::Redirect(Redirect {
-                        status: Status::from_code(*status).unwrap_or(Status::MOVED_PERMANENTLY),
-                        location: location.clone(),
-                    }),
-                    HandlerConfig::Static(s) => {
-                        Action::Static(StaticSite::new(c.path.clone(), Rc::new(s.clone())))
-                    }
-                    HandlerConfig::Proxy(p) => Action::Proxy(Proxy(Rc::new(ProxyRoute {
-                        config: Rc::new(p.clone()),
-                        prefix: c.path.clone(),
-                    }))),
-                },
-            })
-            .collect();
-        Router::of(routes)
+    /// Build from validated route settings, in the file's order (which
+    /// breaks ties of precedence).
+    pub fn new<'c>(configs: impl IntoIterator<Item = &'c RouteConfig>) -> Router {
+        let mut building = Router::builder(configs);
+        while building.step(usize::MAX) {}
+        building.finish()
     }
 
-    /// The table of `routes`, in their order of precedence.
-    fn of(mut routes: Vec<Route>) -> Router {
-        for r in &mut routes {
-            let listed = r.methods.as_deref().map(allow_header);
-            r.allow = match (r.action.methods(), listed) {
-                (Some(served), Some(listed)) => listed
-                    .split(", ")
-                    .filter(|m| served.split(", ").any(|s| s == *m))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                (Some(served), None) => served.into(),
-                // Every method: this route never answers 405, but its
-                // `Allow` joins others' (`allow_of`).
-                (None, None) => ALLOW_ALL.into(),
-                (None, Some(listed)) => listed,
-            };
-        }
-        routes.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then(b.host.is_some().cmp(&a.host.is_some()))
-                .then(b.narrowed.cmp(&a.narrowed))
-                .then(b.methods.is_some().cmp(&a.methods.is_some()))
+    /// A router built a few routes at a time (`RouterBuilder::step`), so
+    /// that a shard serves between them while it builds thousands.
+    pub fn builder<'c>(configs: impl IntoIterator<Item = &'c RouteConfig>) -> RouterBuilder<'c> {
+        // Sorted as references: moving built routes costs more.
+        let mut configs: Vec<&RouteConfig> = configs.into_iter().collect();
+        configs.sort_by(|a, b| {
+            precedence(
+                (
+                    &a.path,
+                    a.host.is_some(),
+                    a.scheme.is_some(),
+                    a.methods.is_some(),
+                ),
+                (
+                    &b.path,
+                    b.host.is_some(),
+                    b.scheme.is_some(),
+                    b.methods.is_some(),
+                ),
+            )
         });
-        let any_host: Box<[usize]> = (0..routes.len())
-            .filter(|&i| routes[i].host.is_none())
-            .collect();
-        let mut by_host: HashMap<Box<str>, Vec<usize>> = HashMap::new();
-        for (i, r) in routes.iter().enumerate() {
-            if let Some(host) = &r.host {
-                by_host.entry(host.as_str().into()).or_default().push(i);
-            }
+        RouterBuilder {
+            routes: Vec::with_capacity(configs.len()),
+            pending: configs.into_iter(),
+            by_host: HashMap::new(),
+            any_host: Vec::new(),
         }
-        let by_host = by_host
-            .into_iter()
-            .map(|(host, mut own)| {
-                own.extend_from_slice(&any_host);
-                own.sort_unstable();
-                (host, own.into_boxed_slice())
-            })
-            .collect();
-        Router {
-            routes,
-            by_host,
-            any_host,
+    }
+
+    /// The table of `routes` (none of them for a scheme), in their order
+    /// of precedence.
+    #[cfg(test)]
+    fn of(mut routes: Vec<Route>) -> Router {
+        routes.sort_by(|a, b| {
+            precedence(
+                (&a.prefix, a.host.is_some(), false, a.methods.is_some()),
+                (&b.prefix, b.host.is_some(), false, b.methods.is_some()),
+            )
+        });
+        let mut building = RouterBuilder {
+            pending: Vec::new().into_iter(),
+            routes: Vec::with_capacity(routes.len()),
+            by_host: HashMap::new(),
+            any_host: Vec::new(),
+        };
+        for r in routes {
+            building.push(r);
         }
+        building.finish()
+    }
+
+    /// Drop up to `n` of the routes, the last first; whether any are left.
+    /// A shard lets go of a replaced router of thousands of routes a few
+    /// at a time, as it builds one.
+    pub fn shed(&mut self, n: usize) -> bool {
+        self.routes.truncate(self.routes.len().saturating_sub(n));
+        !self.routes.is_empty()
     }
 
     /// The positions in `routes` of those a request for `host` may take,
     /// in order: its host's and those for any host.
-    fn candidates(&self, host: Option<&str>) -> &[usize] {
-        match host.map(bare_host) {
+    fn candidates(&self, host: Option<&str>) -> Merged<'_> {
+        let own = match host.map(bare_host) {
             Some(host) if !self.by_host.is_empty() => {
                 // Route hosts are kept in lower case; clients send theirs
                 // so, and only another spelling costs a copy.
@@ -227,9 +203,13 @@ impl Router {
                 } else {
                     self.by_host.get(host)
                 };
-                found.unwrap_or(&self.any_host)
+                found.map_or(&[][..], |own| own)
             }
-            _ => &self.any_host,
+            _ => &[],
+        };
+        Merged {
+            a: own,
+            b: &self.any_host,
         }
     }
 
@@ -242,15 +222,12 @@ impl Router {
         if found.is_some_and(|r| r.prefix.len() >= path.len()) {
             return None;
         }
-        self.candidates(host)
-            .iter()
-            .map(|&i| &self.routes[i])
-            .find(|r| {
-                r.prefix.len() == path.len() + 1
-                    && r.prefix.ends_with('/')
-                    && r.prefix.starts_with(path)
-                    && r.matches(host, &r.prefix)
-            })
+        self.candidates(host).map(|i| &self.routes[i]).find(|r| {
+            r.prefix.len() == path.len() + 1
+                && r.prefix.ends_with('/')
+                && r.prefix.starts_with(path)
+                && r.matches(host, &r.prefix)
+        })
     }
 
     /// The routes that take `path` (for `host`) best: the longest prefix,
@@ -262,19 +239,150 @@ impl Router {
         host: Option<&'r str>,
         path: &'r str,
     ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
-        let list = self.candidates(host);
-        let start = list
-            .iter()
-            .position(|&i| self.routes[i].matches(host, path))
-            .unwrap_or(list.len());
-        let level = list
-            .get(start)
-            .map(|&i| (self.routes[i].prefix.len(), self.routes[i].host.is_some()));
-        list[start..]
-            .iter()
-            .map(|&i| &self.routes[i])
+        let mut rest = self.candidates(host);
+        let mut level = None;
+        loop {
+            let here = rest.clone();
+            let Some(i) = rest.next() else { break };
+            let r = &self.routes[i];
+            if r.matches(host, path) {
+                level = Some((r.prefix.len(), r.host.is_some()));
+                rest = here;
+                break;
+            }
+        }
+        rest.map(move |i| &self.routes[i])
             .take_while(move |r| Some((r.prefix.len(), r.host.is_some())) == level)
             .filter(move |r| r.matches(host, path))
+    }
+}
+
+/// A `Router` being built: see `Router::builder`.
+pub struct RouterBuilder<'c> {
+    /// What is left to build, in order of precedence.
+    pending: std::vec::IntoIter<&'c RouteConfig>,
+    routes: Vec<Route>,
+    by_host: HashMap<Box<str>, Vec<usize>>,
+    any_host: Vec<usize>,
+}
+
+impl RouterBuilder<'_> {
+    /// Build up to `n` more routes; whether any are left.
+    pub fn step(&mut self, n: usize) -> bool {
+        for _ in 0..n {
+            let Some(c) = self.pending.next() else { break };
+            self.push(route(c));
+        }
+        self.pending.len() > 0
+    }
+
+    /// Add `r`, which comes after every route added before it.
+    fn push(&mut self, mut r: Route) {
+        let listed = r.methods.as_deref().map(allow_header);
+        r.allow = match (r.action.methods(), listed) {
+            (Some(served), Some(listed)) => listed
+                .split(", ")
+                .filter(|m| served.split(", ").any(|s| s == *m))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (Some(served), None) => served.into(),
+            // Every method: this route never answers 405, but its
+            // `Allow` joins others' (`allow_of`).
+            (None, None) => ALLOW_ALL.into(),
+            (None, Some(listed)) => listed,
+        };
+        let at = self.routes.len();
+        match &r.host {
+            Some(host) => self
+                .by_host
+                .entry(host.as_str().into())
+                .or_default()
+                .push(at),
+            None => self.any_host.push(at),
+        }
+        self.routes.push(r);
+    }
+
+    /// The router of the routes built (all of them, once `step` said none
+    /// are left).
+    pub fn finish(self) -> Router {
+        Router {
+            routes: self.routes,
+            by_host: self.by_host,
+            any_host: self.any_host,
+        }
+    }
+}
+
+/// The route a validated route setting describes.
+fn route(c: &RouteConfig) -> Route {
+    Route {
+        prefix: c.path.clone(),
+        host: c.host.clone(),
+        allow: String::new(),
+        methods: c.methods.clone(),
+        max_body: c.max_body_bytes,
+        added: AddedHeaders::new(&c.headers),
+        action: match &c.handler {
+            HandlerConfig::Respond {
+                status,
+                body,
+                content_type,
+            } => Action::Respond(FixedResponse {
+                status: Status::from_code(*status).unwrap_or(Status::OK),
+                content_type: content_type.clone(),
+                body: body.as_bytes().to_vec(),
+            }),
+            HandlerConfig::Redirect { status, location } => Action::Redirect(Redirect {
+                status: Status::from_code(*status).unwrap_or(Status::MOVED_PERMANENTLY),
+                location: location.clone(),
+            }),
+            HandlerConfig::Static(s) => {
+                Action::Static(StaticSite::new(c.path.clone(), Rc::new(s.clone())))
+            }
+            HandlerConfig::Proxy(p) => Action::Proxy(Proxy(Rc::new(ProxyRoute {
+                config: Rc::new(p.clone()),
+                prefix: c.path.clone(),
+            }))),
+        },
+    }
+}
+
+/// Whether a route of `a`'s (path, has a host, has a scheme, has methods)
+/// comes before one of `b`'s: the longer prefix; then the one for a host;
+/// then the one for a scheme; then the one with methods; else neither
+/// (a stable sort keeps the file's order).
+fn precedence(
+    a: (&String, bool, bool, bool),
+    b: (&String, bool, bool, bool),
+) -> std::cmp::Ordering {
+    b.0.len()
+        .cmp(&a.0.len())
+        .then(b.1.cmp(&a.1))
+        .then(b.2.cmp(&a.2))
+        .then(b.3.cmp(&a.3))
+}
+
+/// Positions from two ascending lists (a host's routes and those for any
+/// host), in ascending order: the routes in order of precedence.
+#[derive(Clone)]
+struct Merged<'a> {
+    a: &'a [usize],
+    b: &'a [usize],
+}
+
+impl Iterator for Merged<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x < y,
+            (a, _) => a.is_some(),
+        };
+        let list = if take_a { &mut self.a } else { &mut self.b };
+        let (&first, rest) = list.split_first()?;
+        *list = rest;
+        Some(first)
     }
 }
 
@@ -464,7 +572,6 @@ mod tests {
             methods: None,
             allow: String::new(),
             max_body: None,
-            narrowed: false,
             added: None,
             action: Action::Respond(FixedResponse::hello_world()),
         }
@@ -530,7 +637,7 @@ mod tests {
         };
         let r = Router::new(&[redirect, get]);
         let first = r.best(None, "/").next().unwrap();
-        assert!(first.narrowed && matches!(first.action, Action::Redirect(_)));
+        assert!(matches!(first.action, Action::Redirect(_)));
     }
 
     #[test]
@@ -563,7 +670,9 @@ mod tests {
         );
         assert_eq!(best(Some("elsewhere.test"), "/x"), ("/".into(), None));
         assert_eq!(best(None, "/api/x"), ("/".into(), None));
-        assert_eq!(r.candidates(Some("site7.test")).len(), 4);
+        assert_eq!(r.candidates(Some("site7.test")).count(), 4);
+        assert_eq!(r.candidates(Some("Site7.test")).count(), 4);
+        assert_eq!(r.candidates(Some("elsewhere.test")).count(), 2);
         let r = Router::of(vec![route("/", Some("only.test"))]);
         assert!(r.best(Some("other.test"), "/").next().is_none());
         assert!(r.best(Some("Only.Test"), "/").next().is_some());

@@ -7,6 +7,7 @@ use std::net::TcpListener as StdTcpListener;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
@@ -46,7 +47,7 @@ pub enum Control {
     ReopenLogs,
     /// Serve new requests with these routes and limits (SIGHUP); the number
     /// is echoed in `Reloaded`.
-    Reload(Box<Reload>, u64),
+    Reload(Arc<Reload>, u64),
     /// Answer with `ShardEvent::Pong` (the watchdog's proof of life).
     Ping,
     /// The upstream groups changed outside a reload: an app's ready
@@ -225,7 +226,7 @@ async fn run(spec: ShardSpec) {
     let shard = Rc::new(Shard::new(
         id,
         spec.cpu,
-        Site::new(spec.limits, &spec.routes, &spec.proxy_protocol),
+        Site::build(spec.limits, &spec.routes, &spec.proxy_protocol).await,
         &spec.upstreams,
         logger,
         readiness,
@@ -303,10 +304,17 @@ async fn run(spec: ShardSpec) {
                 }
             }
             Some(Control::Reload(r, seq)) => {
-                shard.set_site(Site::new(r.limits, &r.routes, &r.proxy_protocol));
+                // Built a few routes at a time, serving meanwhile under the
+                // old site; then the site, groups and certificates change
+                // at once.
+                let site = Site::build(r.limits, &r.routes, &r.proxy_protocol).await;
+                let old = shard.set_site(site);
                 shard.upstreams().update(&r.upstreams);
                 shard.set_tls(&r.tls);
                 let _ = events.send(ShardEvent::Reloaded { id, seq }).await;
+                if let Some(old) = old {
+                    old.dismantle().await;
+                }
             }
             Some(Control::Snapshot) => {
                 let snap = shard.snapshot();

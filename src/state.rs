@@ -53,25 +53,39 @@ pub struct Site {
     pub proxy_protocol: Vec<Cidr>,
 }
 
+/// Routes a shard builds between two pauses in which it serves (about half
+/// a millisecond's work): a reload of thousands of sites then delays no
+/// request by more than that.
+const ROUTES_PER_TURN: usize = 256;
+
 impl Site {
-    pub(crate) fn new(limits: Limits, routes: &[RouteConfig], proxy_protocol: &[Cidr]) -> Site {
+    /// The site of these settings, built a few routes at a time: the
+    /// shard serves its connections between them.
+    pub(crate) async fn build(
+        limits: Limits,
+        routes: &[RouteConfig],
+        proxy_protocol: &[Cidr],
+    ) -> Site {
+        async fn router<'c>(configs: impl IntoIterator<Item = &'c RouteConfig>) -> Router {
+            let mut building = Router::builder(configs);
+            while building.step(ROUTES_PER_TURN) {
+                serve_meanwhile().await;
+            }
+            building.finish()
+        }
         // A route narrowed to the scheme first: it wins over one for both
         // at the same path and host (the router keeps ties in this order).
-        let only = |not: Scheme| -> Vec<RouteConfig> {
-            let (narrowed, both): (Vec<_>, Vec<_>) = routes
-                .iter()
-                .filter(|r| r.scheme != Some(not))
-                .cloned()
-                .partition(|r| r.scheme.is_some());
-            narrowed.into_iter().chain(both).collect()
+        let only = |scheme: Scheme| {
+            let narrowed = routes.iter().filter(move |r| r.scheme == Some(scheme));
+            narrowed.chain(routes.iter().filter(|r| r.scheme.is_none()))
         };
         let (router, https_router) = if routes.iter().any(|r| r.scheme.is_some()) {
             (
-                Router::new(&only(Scheme::Https)),
-                Some(Router::new(&only(Scheme::Http))),
+                router(only(Scheme::Http)).await,
+                Some(router(only(Scheme::Https)).await),
             )
         } else {
-            (Router::new(routes), None)
+            (router(routes).await, None)
         };
         Site {
             limits,
@@ -82,6 +96,18 @@ impl Site {
         }
     }
 
+    /// Let go of the site a few routes at a time, as `build` makes one.
+    pub(crate) async fn dismantle(mut self) {
+        for router in [Some(&mut self.router), self.https_router.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            while router.shed(ROUTES_PER_TURN) {
+                serve_meanwhile().await;
+            }
+        }
+    }
+
     /// The routes for a request that came over `scheme`.
     pub fn router(&self, scheme: Scheme) -> &Router {
         match (scheme, &self.https_router) {
@@ -89,6 +115,13 @@ impl Site {
             _ => &self.router,
         }
     }
+}
+
+/// Give the shard's connections a turn in the middle of a long piece of
+/// work: a timer, not a bare yield, so that the executor looks for I/O
+/// before it resumes the work.
+async fn serve_meanwhile() {
+    glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }
 
 /// The shard's state, shared by its tasks through `Rc`.
@@ -183,8 +216,13 @@ impl Shard {
 
     /// Serve new requests with these routes and limits, new connections
     /// with this `proxy-protocol` (a reload).
-    pub(crate) fn set_site(&self, site: Site) {
-        *self.site.borrow_mut() = Rc::new(site);
+    /// Serve new requests with `site`. The one replaced is returned when
+    /// no request holds it, for the caller to `dismantle` once the rest
+    /// of the reload is applied (else the last request that holds it
+    /// drops it).
+    pub(crate) fn set_site(&self, site: Site) -> Option<Site> {
+        let old = std::mem::replace(&mut *self.site.borrow_mut(), Rc::new(site));
+        Rc::try_unwrap(old).ok()
     }
 
     /// Bring the `Date` value up to the current second.

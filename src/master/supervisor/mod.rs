@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::master::LISTENING_TARGET;
@@ -151,6 +152,10 @@ struct Supervisor<W: World> {
     config: Config,
     reload: Reloader,
     reloads: Reloads,
+    /// What the last reload sent the shards, shared by them: held here so
+    /// that freeing it (thousands of routes) falls to the master, not to
+    /// the last shard done with it.
+    sent: Option<Arc<shard::Reload>>,
     /// Per shard: answered the last watchdog ping (the watchdog is petted
     /// only when every live shard did).
     answered: Vec<bool>,
@@ -342,6 +347,7 @@ impl<W: World> Supervisor<W> {
             config,
             reload,
             reloads: Reloads::default(),
+            sent: None,
             gather: None,
             gather_seq: 0,
             scraped: Scraped::default(),
@@ -652,15 +658,16 @@ impl<W: World> Supervisor<W> {
             .retain(|name, _| new.apps.iter().any(|a| &a.name == name));
         self.file_upstreams = new.upstreams.clone();
         let upstreams = effective_upstreams(&self.file_upstreams, &new.apps, &self.app_servers);
-        let update = shard::Reload {
+        let update = Arc::new(shard::Reload {
             limits: new.limits,
             routes: new.routes.clone(),
             upstreams: upstreams.clone(),
             proxy_protocol: new.proxy_protocol.clone(),
             tls: new.tls.clone(),
-        };
+        });
         let seq = self.reloads.next_seq();
-        let reached = self.broadcast(|| Control::Reload(Box::new(update.clone()), seq));
+        let reached = self.broadcast(|| Control::Reload(update.clone(), seq));
+        self.sent = Some(update);
         self.config.limits = new.limits;
         self.config.routes = new.routes;
         self.config.proxy_protocol = new.proxy_protocol;
