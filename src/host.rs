@@ -203,8 +203,9 @@ impl HostLimits {
     }
 }
 
-/// Raise the soft open-file and locked-memory limits to the hard ones, then
-/// check that io_uring can be used.
+/// Raise the soft open-file, locked-memory and process limits to the hard
+/// ones, check that io_uring can be used, and count the user's tasks
+/// against the process limit (see `HostLimits::tasks_for`).
 pub fn prepare() -> Result<HostLimits, HostError> {
     let nofile = raise(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
     let memlock = raise(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK")?;

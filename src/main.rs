@@ -91,7 +91,8 @@ fn run(cli: Cli) -> ExitCode {
         return match master::preflight(&config) {
             Ok(p) => {
                 let short = p.short_of_descriptors(config.limits.max_connections);
-                for warning in p.shared_cpus().into_iter().chain(short) {
+                let tasks = p.short_of_tasks(&config).err().map(|e| e.to_string());
+                for warning in p.shared_cpus().into_iter().chain(short).chain(tasks) {
                     eprintln!("warning: {warning}");
                 }
                 println!("configuration OK");

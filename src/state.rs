@@ -53,9 +53,9 @@ pub struct Site {
     pub proxy_protocol: Vec<Cidr>,
 }
 
-/// Routes a shard builds between two pauses in which it serves (about half
-/// a millisecond's work): a reload of thousands of sites then delays no
-/// request by more than that.
+/// Routes a shard builds between two pauses in which it serves (under a
+/// millisecond's work): a reload of thousands of sites then delays a
+/// request by little more than that.
 const ROUTES_PER_TURN: usize = 256;
 
 impl Site {
@@ -214,12 +214,12 @@ impl Shard {
         self.site.borrow().clone()
     }
 
-    /// Serve new requests with these routes and limits, new connections
-    /// with this `proxy-protocol` (a reload).
-    /// Serve new requests with `site`. The one replaced is returned when
-    /// no request holds it, for the caller to `dismantle` once the rest
-    /// of the reload is applied (else the last request that holds it
-    /// drops it).
+    /// Serve new requests with `site`'s routes and limits, new
+    /// connections with its `proxy-protocol` (a reload). The one replaced
+    /// is returned when no connection holds it, for the caller to
+    /// `dismantle` once the rest of the reload is applied; else the last
+    /// connection that holds it (one kept alive holds it while idle)
+    /// drops it whole.
     pub(crate) fn set_site(&self, site: Site) -> Option<Site> {
         let old = std::mem::replace(&mut *self.site.borrow_mut(), Rc::new(site));
         Rc::try_unwrap(old).ok()

@@ -123,6 +123,16 @@ impl Preflight {
         })
     }
 
+    /// Whether the process limit leaves room for the threads the shards
+    /// and apps start: an error at start-up, a warning from `--check`,
+    /// which beside a running server (the packaged unit's `ExecReload`)
+    /// counts its threads as taken.
+    pub fn short_of_tasks(&self, config: &Config) -> Result<(), HostError> {
+        let n = self.plan.len();
+        let instances: usize = config.apps.iter().map(|a| a.instance_count(n)).sum();
+        self.limits.tasks_for(n as u64, instances as u64)
+    }
+
     /// The warning for more connections than descriptors, if
     /// `max_connections` per shard could take more than the open-files
     /// limit allows (nginx warns the same of its `worker_connections`):
@@ -170,12 +180,6 @@ pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let selected = cpus::selected(&allowed, config.cpus.as_deref());
     // Every shard and the master run an executor.
     let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
-    let instances = config
-        .apps
-        .iter()
-        .map(|a| a.instance_count(plan.len()))
-        .sum::<usize>();
-    limits.tasks_for(plan.len() as u64, instances as u64)?;
     Ok(Preflight {
         limits,
         plan,
@@ -206,6 +210,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     if let Some(short) = checked.short_of_descriptors(config.limits.max_connections) {
         warn!("{short}");
     }
+    checked.short_of_tasks(&config)?;
     let Preflight {
         limits,
         plan,

@@ -83,10 +83,13 @@ fn a_task_limit_too_low_for_the_shards() {
     let mut cmd = command();
     crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NPROC, 12);
     as_user(&mut cmd, 60_103);
+    // `--check` warns only: beside a running server (the unit's
+    // ExecReload) it counts that server's threads as taken.
     cmd.args(["--shards", "2", "--check"]);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning: the process limit"), "{err}");
     assert!(err.contains("but 2 shards need at least 14 more"), "{err}");
     assert!(err.contains("LimitNPROC="), "{err}");
 
