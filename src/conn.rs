@@ -198,6 +198,11 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
         finish(&shard, None, &Record::counts(batch, Some(arrived)));
         let wait = match next {
             Next::Serve => {
+                // Not held while the job runs (a tunnel for hours): a
+                // reload's old site is then let go by the shard, a few
+                // routes at a time, not whole by the last holder.
+                let max_head = site.session_limits.head.max_header_bytes;
+                drop(site);
                 // In a block of its own, and taken apart rather than
                 // borrowed, so that nothing of the job outlives its run in
                 // this future (what every idle connection keeps).
@@ -223,7 +228,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                         headers,
                         date: shard.date_cache(),
                         limits: &limits,
-                        max_head: site.session_limits.head.max_header_bytes,
+                        max_head,
                         remote: &mut remote,
                         upstreams: shard.upstreams(),
                         readiness: shard.readiness(),
@@ -277,6 +282,8 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
             return;
         }
         shard.set_idle(key, quiet);
+        // Nor while it waits for a request.
+        drop(site);
         let read = if deadline <= now {
             Err(std::io::ErrorKind::TimedOut.into())
         } else {
@@ -300,6 +307,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
                 arrived = Instant::now();
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let site = shard.site();
                 let cx = context(&shard, &site, log, headers, scheme);
                 let next = session.timed_out(wait, input.data(), &mut out, &cx);
                 let written = flush(&mut client, &mut out, &mut session, &limits)

@@ -218,8 +218,8 @@ impl Shard {
     /// connections with its `proxy-protocol` (a reload). The one replaced
     /// is returned when no connection holds it, for the caller to
     /// `dismantle` once the rest of the reload is applied; else the last
-    /// connection that holds it (one kept alive holds it while idle)
-    /// drops it whole.
+    /// connection that holds it (only while it parses a request) drops it
+    /// whole.
     pub(crate) fn set_site(&self, site: Site) -> Option<Site> {
         let old = std::mem::replace(&mut *self.site.borrow_mut(), Rc::new(site));
         Rc::try_unwrap(old).ok()

@@ -590,6 +590,41 @@ fn a_deleted_large_file_is_not_kept_open_past_cache_valid() {
     assert_eq!(held(), 0, "a deleted file is still open");
 }
 
+/// A reload lets go of the old routes' cached files even while a
+/// connection that used them stays open, idle (it held the old site, and
+/// with it every file the site kept open, until it closed).
+#[test]
+fn a_reload_closes_the_old_sites_files_under_an_open_connection() {
+    let (dir, server) = root_site("reload-closed", &[("a.txt", "a")], "cache-valid = \"1h\"\n");
+    dir.write("www/big.bin", vec![b'g'; 100_000]);
+    let held = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().contains("big.bin"))
+            .count()
+    };
+    let mut kept = server.connect();
+    kept.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(Reader::new(&kept).next(false).status, 200);
+    assert!(held() > 0, "the cache holds no descriptor");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded on every shard");
+    let deadline = Instant::now() + crate::util::WAIT;
+    while held() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the old site's file is still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The connection is still served, under the new site.
+    kept.write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(Reader::new(&kept).next(false).body, b"a");
+}
+
 /// A directory swapped for a link out of the root while a file below it
 /// is cached: nothing of the outside is served, then or after.
 #[test]
