@@ -136,21 +136,43 @@ impl Walker<'_> {
     }
 
     /// A route's host: a name or address as the request's Host is compared
-    /// (lower case, no port, IPv6 without brackets, no trailing dot).
+    /// (lower case, no port, IPv6 without brackets and in its shortest
+    /// form, no trailing dot).
     fn route_host(&mut self, f: &Field) -> Option<String> {
         let host = self.string(f)?.to_ascii_lowercase();
+        if (host.len() > 1 && host.starts_with('.')) || host.starts_with("*.") {
+            // nginx's `.example.com` and `*.example.com` are several names;
+            // a route's host is one, compared whole: a route that would
+            // never match.
+            self.error(
+                f,
+                format!(
+                    "must be one host name, got {host:?}: a route takes no wildcard (give each name its own route)"
+                ),
+            );
+            return None;
+        }
         let bare = match host.strip_prefix('[') {
+            // As a request names it: `[0:0::1]` is `[::1]`.
             Some(v6) => v6
                 .strip_suffix(']')
-                .filter(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
-            None => Some(host.strip_suffix('.').unwrap_or(&host)).filter(|h| {
-                !h.is_empty()
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-            }),
+                .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
+                .map(|a| a.to_string()),
+            // No empty label (`a..b`, `a.b..`): a request naming one is
+            // refused (400), so the route would never match.
+            None => Some(host.strip_suffix('.').unwrap_or(&host))
+                .filter(|h| {
+                    h.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    })
+                })
+                .map(str::to_string),
         };
         match bare {
-            Some(bare) => Some(bare.to_string()),
+            Some(bare) => Some(bare),
             None => {
                 self.error(
                     f,
@@ -232,6 +254,37 @@ mod tests {
                 "t.toml:1: route[1].location: is required for a redirect route",
             ]
         );
+    }
+
+    #[test]
+    fn a_host_that_no_request_could_name_is_an_error() {
+        let route = |host: &str| {
+            format!("[[route]]\npath = \"/\"\nhost = \"{host}\"\nhandler = \"respond\"\n")
+        };
+        for bad in ["a..b", "example.com..", ".", "", "[::1", "[nope]"] {
+            let errs = errors(&route(bad));
+            assert_eq!(
+                errs,
+                [format!("t.toml:3: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), got {bad:?}")],
+                "{bad}"
+            );
+        }
+        for wild in [".example.com", "*.example.com"] {
+            let errs = errors(&route(wild));
+            assert_eq!(
+                errs,
+                [format!("t.toml:3: route[1].host: must be one host name, got {wild:?}: a route takes no wildcard (give each name its own route)")]
+            );
+        }
+        for good in [
+            "example.com",
+            "Example.COM.",
+            "[0:0::1]",
+            "_dmarc.example",
+            "10.0.0.1",
+        ] {
+            assert!(errors(&route(good)).is_empty(), "{good}");
+        }
     }
 
     #[test]
