@@ -125,8 +125,9 @@ pub struct Router {
 
 impl Router {
     /// Build from validated route settings, in the file's order (which
-    /// breaks ties of precedence).
-    pub fn new<'c>(configs: impl IntoIterator<Item = &'c RouteConfig>) -> Router {
+    /// breaks ties of precedence), in one go (shards use `builder`).
+    #[cfg(test)]
+    fn new<'c>(configs: impl IntoIterator<Item = &'c RouteConfig>) -> Router {
         let mut building = Router::builder(configs);
         while building.step(usize::MAX) {}
         building.finish()

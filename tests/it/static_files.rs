@@ -55,6 +55,16 @@ fn root_site(name: &str, files: &[(&str, &str)], extra: &str) -> (Scratch, Serve
     (dir, server)
 }
 
+/// How many of the server's descriptors are open to a file whose path
+/// holds `name`.
+fn open_to(server: &Server, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().contains(name))
+        .count()
+}
+
 fn fetch(server: &Server, target: &str, headers: &str) -> crate::util::Response {
     get(
         server.addr,
@@ -570,13 +580,7 @@ fn a_large_file_replaced_while_cached_is_never_served_spliced() {
 fn a_deleted_large_file_is_not_kept_open_past_cache_valid() {
     let (dir, server) = root_site("closed", &[("a.txt", "a")], "cache-valid = \"200ms\"\n");
     dir.write("www/gone.bin", vec![b'g'; 100_000]);
-    let held = || {
-        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|l| l.to_string_lossy().contains("gone.bin"))
-            .count()
-    };
+    let held = || open_to(&server, "gone.bin");
     // On each shard.
     for _ in 0..2 {
         assert_eq!(fetch(&server, "/gone.bin", "").status, 200);
@@ -597,13 +601,7 @@ fn a_deleted_large_file_is_not_kept_open_past_cache_valid() {
 fn a_reload_closes_the_old_sites_files_under_an_open_connection() {
     let (dir, server) = root_site("reload-closed", &[("a.txt", "a")], "cache-valid = \"1h\"\n");
     dir.write("www/big.bin", vec![b'g'; 100_000]);
-    let held = || {
-        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|l| l.to_string_lossy().contains("big.bin"))
-            .count()
-    };
+    let held = || open_to(&server, "big.bin");
     let mut kept = server.connect();
     kept.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
