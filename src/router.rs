@@ -1,6 +1,7 @@
 //! Routing: the longest matching path prefix wins, optionally narrowed by
 //! host and method. A shard owns its router; a reload replaces it whole.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -47,9 +48,67 @@ impl Action {
     }
 }
 
+/// The names a route is for (`RouteConfig::host`), lower case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hosts {
+    /// One name (or address).
+    Name(Box<str>),
+    /// Every name under `suffix` (`*.example.com`, which nginx's
+    /// `server_name` takes to any depth: `a.b.example.com` too), and
+    /// `suffix` itself if `itself` (`.example.com`).
+    Under { suffix: Box<str>, itself: bool },
+}
+
+impl Hosts {
+    /// As a route's `host` setting writes it.
+    fn of(host: &str) -> Hosts {
+        match (host.strip_prefix("*."), host.strip_prefix('.')) {
+            (Some(suffix), _) => Hosts::Under {
+                suffix: suffix.into(),
+                itself: false,
+            },
+            (_, Some(suffix)) => Hosts::Under {
+                suffix: suffix.into(),
+                itself: true,
+            },
+            _ => Hosts::Name(host.into()),
+        }
+    }
+
+    /// Whether `host` (bare: no port, no trailing dot) is one of them.
+    fn take(&self, host: &str) -> bool {
+        match self {
+            Hosts::Name(name) => host.eq_ignore_ascii_case(name),
+            Hosts::Under { suffix, itself } => match host.len().checked_sub(suffix.len()) {
+                Some(0) => *itself && host.eq_ignore_ascii_case(suffix),
+                // A label and its dot before the suffix at least.
+                Some(2..) => {
+                    let (below, tail) = host.split_at(host.len() - suffix.len());
+                    below.ends_with('.') && tail.eq_ignore_ascii_case(suffix)
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+/// How narrowly routes name their hosts, the narrowest highest: at one
+/// prefix a route for the request's name wins over a wildcard's, the
+/// longer of two wildcards over the shorter (nginx's choice among
+/// `server_name`s), and any of them over a route for any host.
+fn narrowness(host: Option<&str>) -> usize {
+    match host.map(|h| h.strip_prefix('*').unwrap_or(h).strip_prefix('.')) {
+        None => 0,
+        Some(Some(suffix)) => 1 + suffix.len(),
+        Some(None) => usize::MAX,
+    }
+}
+
 struct Route {
     prefix: String,
-    host: Option<String>,
+    host: Option<Hosts>,
+    /// `narrowness` of its host.
+    narrowness: usize,
     methods: Option<Vec<String>>,
     /// Its `Allow`: its `methods` and what its handler serves (a static
     /// route's GET and HEAD), both when both say; `ALLOW_ALL` when neither
@@ -78,7 +137,7 @@ impl Route {
             // Host without port or a trailing dot (the root label: same
             // name, as nginx treats it), compared case-insensitively
             // (RFC 9110 §4.2.3).
-            if !host.map(bare_host).unwrap_or("").eq_ignore_ascii_case(want) {
+            if !want.take(host.map(bare_host).unwrap_or("")) {
                 return false;
             }
         }
@@ -109,15 +168,21 @@ fn strip_port(host: &str) -> &str {
 
 /// A shard's routing table.
 pub struct Router {
-    /// Longest prefix first; host-specific before any-host at equal length;
-    /// then with `scheme` before without; then with `methods` before
-    /// without; then in the file's order.
+    /// Longest prefix first; then the narrowest host (`narrowness`); then
+    /// with `scheme` before without; then with `methods` before without;
+    /// then in the file's order.
     routes: Vec<Route>,
-    /// For each `host` some route names, the positions in `routes` of its
-    /// routes, ascending: a request is matched against these and
+    /// For each name some route's `host` takes by name (`.example.com`
+    /// takes `example.com` so), the positions in `routes` of those routes,
+    /// ascending: a request is matched against these, `under`'s and
     /// `any_host` alone, so a config of thousands of sites costs a lookup,
     /// not a scan of every site's routes. Empty when no route names a host.
     by_host: HashMap<Box<str>, Vec<usize>>,
+    /// For each suffix a wildcard names (`example.com` of `*.example.com`),
+    /// the positions of the routes for the names under it: its wildcards'
+    /// and those of every shorter suffix of it (`*.com`'s), ascending. A
+    /// name is looked up by its suffixes, longest first.
+    under: HashMap<Box<str>, Vec<usize>>,
     /// The positions of the routes for any host: what a request whose
     /// host no route names is matched against.
     any_host: Vec<usize>,
@@ -138,26 +203,19 @@ impl Router {
     pub fn builder<'c>(configs: impl IntoIterator<Item = &'c RouteConfig>) -> RouterBuilder<'c> {
         // Sorted as references: moving built routes costs more.
         let mut configs: Vec<&RouteConfig> = configs.into_iter().collect();
-        configs.sort_by(|a, b| {
+        configs.sort_by_cached_key(|c| {
             precedence(
-                (
-                    &a.path,
-                    a.host.is_some(),
-                    a.scheme.is_some(),
-                    a.methods.is_some(),
-                ),
-                (
-                    &b.path,
-                    b.host.is_some(),
-                    b.scheme.is_some(),
-                    b.methods.is_some(),
-                ),
+                &c.path,
+                narrowness(c.host.as_deref()),
+                c.scheme.is_some(),
+                c.methods.is_some(),
             )
         });
         RouterBuilder {
             routes: Vec::with_capacity(configs.len()),
             pending: configs.into_iter(),
             by_host: HashMap::new(),
+            under: HashMap::new(),
             any_host: Vec::new(),
         }
     }
@@ -166,16 +224,12 @@ impl Router {
     /// of precedence.
     #[cfg(test)]
     fn of(mut routes: Vec<Route>) -> Router {
-        routes.sort_by(|a, b| {
-            precedence(
-                (&a.prefix, a.host.is_some(), false, a.methods.is_some()),
-                (&b.prefix, b.host.is_some(), false, b.methods.is_some()),
-            )
-        });
+        routes.sort_by_key(|r| precedence(&r.prefix, r.narrowness, false, r.methods.is_some()));
         let mut building = RouterBuilder {
             pending: Vec::new().into_iter(),
             routes: Vec::with_capacity(routes.len()),
             by_host: HashMap::new(),
+            under: HashMap::new(),
             any_host: Vec::new(),
         };
         for r in routes {
@@ -193,25 +247,32 @@ impl Router {
     }
 
     /// The positions in `routes` of those a request for `host` may take,
-    /// in order: its host's and those for any host.
+    /// in order: its name's, its wildcards' and those for any host.
     fn candidates(&self, host: Option<&str>) -> Merged<'_> {
-        let own = match host.map(bare_host) {
-            Some(host) if !self.by_host.is_empty() => {
+        let mut lists = [&[][..], &[][..], &self.any_host[..]];
+        match host.map(bare_host) {
+            Some(host) if !self.by_host.is_empty() || !self.under.is_empty() => {
                 // Route hosts are kept in lower case; clients send theirs
                 // so, and only another spelling costs a copy.
-                let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                    self.by_host.get(host.to_ascii_lowercase().as_str())
+                let lower;
+                let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    lower = host.to_ascii_lowercase();
+                    &lower
                 } else {
-                    self.by_host.get(host)
+                    host
                 };
-                found.map_or(&[][..], |own| own)
+                lists[0] = self.by_host.get(host).map_or(&[], Vec::as_slice);
+                if !self.under.is_empty() {
+                    // The longest suffix: its list has the shorter ones'.
+                    lists[1] = host
+                        .match_indices('.')
+                        .find_map(|(dot, _)| self.under.get(&host[dot + 1..]))
+                        .map_or(&[], Vec::as_slice);
+                }
             }
-            _ => &[],
-        };
-        Merged {
-            a: own,
-            b: &self.any_host,
+            _ => {}
         }
+        Merged(lists)
     }
 
     /// The route `path` is redirected to, if it is a route's prefix without
@@ -247,13 +308,13 @@ impl Router {
             let Some(i) = rest.next() else { break };
             let r = &self.routes[i];
             if r.matches(host, path) {
-                level = Some((r.prefix.len(), r.host.is_some()));
+                level = Some((r.prefix.len(), r.narrowness));
                 rest = here;
                 break;
             }
         }
         rest.map(move |i| &self.routes[i])
-            .take_while(move |r| Some((r.prefix.len(), r.host.is_some())) == level)
+            .take_while(move |r| Some((r.prefix.len(), r.narrowness)) == level)
             .filter(move |r| r.matches(host, path))
     }
 }
@@ -264,6 +325,9 @@ pub struct RouterBuilder<'c> {
     pending: std::vec::IntoIter<&'c RouteConfig>,
     routes: Vec<Route>,
     by_host: HashMap<Box<str>, Vec<usize>>,
+    /// Each wildcard suffix's own routes (`Router::under` adds its
+    /// shorter suffixes' when finished).
+    under: HashMap<Box<str>, Vec<usize>>,
     any_host: Vec<usize>,
 }
 
@@ -293,12 +357,17 @@ impl RouterBuilder<'_> {
             (None, Some(listed)) => listed,
         };
         let at = self.routes.len();
+        let list = |map: &mut HashMap<Box<str>, Vec<usize>>, name: &str| {
+            map.entry(name.into()).or_default().push(at)
+        };
         match &r.host {
-            Some(host) => self
-                .by_host
-                .entry(host.as_str().into())
-                .or_default()
-                .push(at),
+            Some(Hosts::Name(name)) => list(&mut self.by_host, name),
+            Some(Hosts::Under { suffix, itself }) => {
+                list(&mut self.under, suffix);
+                if *itself {
+                    list(&mut self.by_host, suffix);
+                }
+            }
             None => self.any_host.push(at),
         }
         self.routes.push(r);
@@ -307,9 +376,24 @@ impl RouterBuilder<'_> {
     /// The router of the routes built (all of them, once `step` said none
     /// are left).
     pub fn finish(self) -> Router {
+        // Each suffix's list takes in those of its shorter suffixes (of
+        // `*.com` for `*.example.com`), so that a name is matched against
+        // one list of wildcards: its longest suffix's.
+        let mut under = HashMap::with_capacity(self.under.len());
+        for (suffix, own) in &self.under {
+            let mut all = own.clone();
+            for (dot, _) in suffix.match_indices('.') {
+                if let Some(shorter) = self.under.get(&suffix[dot + 1..]) {
+                    all.extend_from_slice(shorter);
+                }
+            }
+            all.sort_unstable();
+            under.insert(suffix.clone(), all);
+        }
         Router {
             routes: self.routes,
             by_host: self.by_host,
+            under,
             any_host: self.any_host,
         }
     }
@@ -319,7 +403,8 @@ impl RouterBuilder<'_> {
 fn route(c: &RouteConfig) -> Route {
     Route {
         prefix: c.path.clone(),
-        host: c.host.clone(),
+        host: c.host.as_deref().map(Hosts::of),
+        narrowness: narrowness(c.host.as_deref()),
         allow: String::new(),
         methods: c.methods.clone(),
         max_body: c.max_body_bytes,
@@ -349,38 +434,34 @@ fn route(c: &RouteConfig) -> Route {
     }
 }
 
-/// Whether a route of `a`'s (path, has a host, has a scheme, has methods)
-/// comes before one of `b`'s: the longer prefix; then the one for a host;
-/// then the one for a scheme; then the one with methods; else neither
-/// (a stable sort keeps the file's order).
+/// The sort key of a route of `path`, host `narrowness`, with a scheme or
+/// not and `methods` or not, the first first: the longer prefix; then the
+/// narrower host; then the one for a scheme; then the one with methods;
+/// else neither (a stable sort keeps the file's order).
 fn precedence(
-    a: (&String, bool, bool, bool),
-    b: (&String, bool, bool, bool),
-) -> std::cmp::Ordering {
-    b.0.len()
-        .cmp(&a.0.len())
-        .then(b.1.cmp(&a.1))
-        .then(b.2.cmp(&a.2))
-        .then(b.3.cmp(&a.3))
+    path: &str,
+    narrowness: usize,
+    scheme: bool,
+    methods: bool,
+) -> (Reverse<usize>, Reverse<usize>, bool, bool) {
+    (Reverse(path.len()), Reverse(narrowness), !scheme, !methods)
 }
 
-/// Positions from two ascending lists (a host's routes and those for any
-/// host), in ascending order: the routes in order of precedence.
+/// Positions from three ascending lists (a name's routes, its wildcards'
+/// and those for any host), in ascending order: the routes in order of
+/// precedence.
 #[derive(Clone)]
-struct Merged<'a> {
-    a: &'a [usize],
-    b: &'a [usize],
-}
+struct Merged<'a>([&'a [usize]; 3]);
 
 impl Iterator for Merged<'_> {
     type Item = usize;
 
     fn next(&mut self) -> Option<usize> {
-        let take_a = match (self.a.first(), self.b.first()) {
-            (Some(x), Some(y)) => x < y,
-            (a, _) => a.is_some(),
-        };
-        let list = if take_a { &mut self.a } else { &mut self.b };
+        let list = self
+            .0
+            .iter_mut()
+            .filter(|l| !l.is_empty())
+            .min_by_key(|l| l[0])?;
         let (&first, rest) = list.split_first()?;
         *list = rest;
         Some(first)
@@ -569,7 +650,8 @@ mod tests {
     fn route(prefix: &str, host: Option<&str>) -> Route {
         Route {
             prefix: prefix.into(),
-            host: host.map(Into::into),
+            host: host.map(Hosts::of),
+            narrowness: narrowness(host),
             methods: None,
             allow: String::new(),
             max_body: None,
@@ -652,7 +734,13 @@ mod tests {
         let r = Router::of(routes);
         let best = |host: Option<&str>, path: &str| {
             let found = r.best(host, path).next().unwrap();
-            (found.prefix.clone(), found.host.clone())
+            (
+                found.prefix.clone(),
+                found.host.clone().map(|h| match h {
+                    Hosts::Name(name) => name.to_string(),
+                    Hosts::Under { .. } => unreachable!(),
+                }),
+            )
         };
         let site7 = Some("site7.test".to_string());
         assert_eq!(best(Some("site7.test"), "/x"), ("/".into(), site7.clone()));
@@ -677,6 +765,70 @@ mod tests {
         let r = Router::of(vec![route("/", Some("only.test"))]);
         assert!(r.best(Some("other.test"), "/").next().is_none());
         assert!(r.best(Some("Only.Test"), "/").next().is_some());
+    }
+
+    /// nginx's `server_name` wildcards: `*.example.com` takes the names
+    /// under it at any depth, `.example.com` it too; at one prefix a
+    /// route for the name wins over a wildcard, the longer wildcard over
+    /// the shorter, and a wildcard over a route for any host.
+    #[test]
+    fn wildcards_take_the_names_under_them_narrowest_first() {
+        let r = Router::of(vec![
+            route("/", Some("*.example.com")),
+            route("/", Some("*.a.example.com")),
+            route("/", Some("x.example.com")),
+            route("/api/", Some("*.example.com")),
+            route("/", Some(".example.org")),
+            route("/", Some("*.com")),
+            route("/", None),
+        ]);
+        let best = |host: &str, path: &str| {
+            let found = r.best(Some(host), path).next().unwrap();
+            let host = match &found.host {
+                None => "any".to_string(),
+                Some(Hosts::Name(name)) => name.to_string(),
+                Some(Hosts::Under { suffix, itself }) => {
+                    format!("{}{suffix}", if *itself { "." } else { "*." })
+                }
+            };
+            format!("{} {host}", found.prefix)
+        };
+        assert_eq!(best("x.example.com", "/"), "/ x.example.com");
+        assert_eq!(best("x.example.com", "/api/v"), "/api/ *.example.com");
+        assert_eq!(best("y.example.com", "/"), "/ *.example.com");
+        assert_eq!(best("Y.Example.COM.:8080", "/"), "/ *.example.com");
+        assert_eq!(best("a.example.com", "/"), "/ *.example.com");
+        assert_eq!(best("b.a.example.com", "/"), "/ *.a.example.com");
+        assert_eq!(best("c.b.a.example.com", "/"), "/ *.a.example.com");
+        assert_eq!(best("example.com", "/"), "/ *.com");
+        assert_eq!(best("notexample.com", "/"), "/ *.com");
+        assert_eq!(best("com", "/"), "/ any");
+        assert_eq!(best("example.org", "/"), "/ .example.org");
+        assert_eq!(best("deep.sub.example.org", "/"), "/ .example.org");
+        assert_eq!(best("example.org.uk", "/"), "/ any");
+        // Its name's, its wildcards' (of both suffixes), any host's.
+        assert_eq!(r.candidates(Some("x.example.com")).count(), 5);
+        assert_eq!(r.candidates(Some("b.a.example.com")).count(), 5);
+        assert_eq!(r.candidates(Some("example.org")).count(), 2);
+        assert_eq!(r.candidates(None).count(), 1);
+        let positions: Vec<usize> = r.candidates(Some("b.a.example.com")).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+
+    #[test]
+    fn a_wildcard_takes_whole_labels() {
+        let under = Hosts::of("*.example.com");
+        assert!(under.take("a.example.com"));
+        assert!(under.take("a.b.EXAMPLE.com"));
+        assert!(!under.take("example.com"));
+        assert!(!under.take("aexample.com"));
+        assert!(!under.take(".example.com.x"));
+        assert!(!under.take(""));
+        let itself = Hosts::of(".example.com");
+        assert!(itself.take("example.com"));
+        assert!(itself.take("a.example.com"));
+        assert!(!itself.take("xample.com"));
+        assert!(Hosts::of("example.com").take("Example.Com"));
     }
 
     #[test]

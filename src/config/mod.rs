@@ -255,7 +255,10 @@ pub struct RouteConfig {
     pub path: String,
     /// Methods this route takes; others get 405. `None`: whatever the handler serves.
     pub methods: Option<Vec<String>>,
-    /// Host (without port, case-insensitive) this route is for; `None`: any.
+    /// Host this route is for, lower case without port or trailing dot
+    /// (as `router` compares a request's); or a wildcard: `*.example.com`
+    /// the names under `example.com`, `.example.com` it and those.
+    /// `None`: any.
     pub host: Option<String>,
     /// Only requests that came to a plain (`http`) or an HTTPS listener;
     /// `None`: both.

@@ -253,6 +253,79 @@ location = "https://example.com/new"
     assert_eq!(r.header("location"), Some("https://example.com/new"));
 }
 
+/// A route's `host` may be nginx's wildcard: `*.example.com` takes every
+/// name under it, `.example.com` it too; a route for the name itself wins
+/// over them at one path, the longer wildcard over the shorter.
+#[test]
+fn wildcard_hosts_take_the_names_under_them() {
+    let dir = Scratch::new("wildcard-hosts");
+    let file = dir.write(
+        "wild.toml",
+        r#"
+[[route]]
+path = "/"
+handler = "respond"
+body = "any"
+
+[[route]]
+path = "/"
+host = "*.example.com"
+handler = "respond"
+body = "under example.com"
+
+[[route]]
+path = "/"
+host = "*.eu.example.com"
+handler = "respond"
+body = "under eu"
+
+[[route]]
+path = "/"
+host = "www.example.com"
+handler = "respond"
+body = "www"
+
+[[route]]
+path = "/"
+host = ".example.org"
+handler = "respond"
+body = "example.org"
+"#,
+    );
+    let server = Server::start(&["--config", &file.display().to_string()]);
+    let at = |host: &str| {
+        get(
+            server.addr,
+            &format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+        .text()
+    };
+    assert_eq!(at("www.example.com"), "www");
+    assert_eq!(at("shop.example.com"), "under example.com");
+    assert_eq!(at("A.B.Example.COM:8080"), "under example.com");
+    assert_eq!(at("paris.eu.example.com"), "under eu");
+    assert_eq!(at("example.com"), "any");
+    assert_eq!(at("badexample.com"), "any");
+    assert_eq!(at("example.org"), "example.org");
+    assert_eq!(at("x.example.org."), "example.org");
+    // One wildcard after the other for the same names: refused.
+    let twice = dir.write(
+        "twice.toml",
+        "[[route]]\npath = \"/\"\nhost = \".example.com\"\nhandler = \"respond\"\n\n\
+         [[route]]\npath = \"/\"\nhost = \"*.example.com\"\nhandler = \"respond\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"))
+        .args(["--check", "--config", &twice.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("twice.toml:7: route[2].path: \"/\" is already routed by route[1] with the same methods for the names under example.com"),
+        "{stderr}"
+    );
+}
+
 /// Issue 15, item 7: `methods = ["GET"]` takes HEAD too, as nginx's
 /// `limit_except GET` does; other methods still get 405.
 #[test]

@@ -598,6 +598,8 @@ read-timeout = 9223372036854775807
             ("example.com.", "example.com"),
             ("[::2]", "::2"),
             ("127.0.0.1", "127.0.0.1"),
+            ("*.Example.COM.", "*.example.com"),
+            (".example.com", ".example.com"),
         ] {
             let c = parse(&route(given)).unwrap();
             assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{given}");

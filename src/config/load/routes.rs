@@ -137,30 +137,27 @@ impl Walker<'_> {
 
     /// A route's host: a name or address as the request's Host is compared
     /// (lower case, no port, IPv6 without brackets and in its shortest
-    /// form, no trailing dot).
+    /// form, no trailing dot), or a name's wildcard as nginx's
+    /// `server_name` has them: `*.example.com` (every name under it) or
+    /// `.example.com` (that name and every name under it).
     fn route_host(&mut self, f: &Field) -> Option<String> {
         let host = self.string(f)?.to_ascii_lowercase();
-        if (host.len() > 1 && host.starts_with('.')) || host.starts_with("*.") {
-            // nginx's `.example.com` and `*.example.com` are several names;
-            // a route's host is one, compared whole: a route that would
-            // never match.
-            self.error(
-                f,
-                format!(
-                    "must be one host name, got {host:?}: a route takes no wildcard (give each name its own route)"
-                ),
-            );
-            return None;
-        }
-        let bare = match host.strip_prefix('[') {
+        let (wildcard, name) = match (host.strip_prefix("*."), host.strip_prefix('.')) {
+            (Some(name), _) => ("*.", name),
+            (_, Some(name)) => (".", name),
+            _ => ("", host.as_str()),
+        };
+        let bare = match name.strip_prefix('[') {
             // As a request names it: `[0:0::1]` is `[::1]`.
-            Some(v6) => v6
+            Some(v6) if wildcard.is_empty() => v6
                 .strip_suffix(']')
                 .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
                 .map(|a| a.to_string()),
             // No empty label (`a..b`, `a.b..`): a request naming one is
-            // refused (400), so the route would never match.
-            None => Some(host.strip_suffix('.').unwrap_or(&host))
+            // refused (400), so the route would never match; and no
+            // wildcard but the first label (nginx's `www.example.*` is not
+            // taken).
+            _ => Some(name.strip_suffix('.').unwrap_or(name))
                 .filter(|h| {
                     h.split('.').all(|label| {
                         !label.is_empty()
@@ -169,20 +166,17 @@ impl Walker<'_> {
                                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     })
                 })
-                .map(str::to_string),
+                .map(|h| format!("{wildcard}{h}")),
         };
-        match bare {
-            Some(bare) => Some(bare),
-            None => {
-                self.error(
-                    f,
-                    format!(
-                        "must be a host name or address without a port (\"example.com\", \"[::1]\"), got {host:?}"
-                    ),
-                );
-                None
-            }
+        if bare.is_none() {
+            self.error(
+                f,
+                format!(
+                    "must be a host name or address without a port (\"example.com\", \"[::1]\"), or a name's wildcard (\"*.example.com\": the names under it; \".example.com\": it and the names under it), got {host:?}"
+                ),
+            );
         }
+        bare
     }
 }
 
@@ -249,7 +243,7 @@ mod tests {
             [
                 "t.toml:1: route[1].path: is required (a path prefix like \"/\" or \"/static/\")",
                 "t.toml:3: route[1].status: must be an HTTP status code, got \"soon\"",
-                "t.toml:4: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), got \"a b\"",
+                "t.toml:4: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), or a name's wildcard (\"*.example.com\": the names under it; \".example.com\": it and the names under it), got \"a b\"",
                 "t.toml:5: route[1].body: unknown key for handler \"redirect\" (it takes status, location)",
                 "t.toml:1: route[1].location: is required for a redirect route",
             ]
@@ -261,19 +255,26 @@ mod tests {
         let route = |host: &str| {
             format!("[[route]]\npath = \"/\"\nhost = \"{host}\"\nhandler = \"respond\"\n")
         };
-        for bad in ["a..b", "example.com..", ".", "", "[::1", "[nope]"] {
+        for bad in [
+            "a..b",
+            "example.com..",
+            ".",
+            "",
+            "[::1",
+            "[nope]",
+            "*.",
+            "*",
+            "*.[::1]",
+            "..example.com",
+            "*.*.example.com",
+            "www.example.*",
+            "a.*.example.com",
+        ] {
             let errs = errors(&route(bad));
             assert_eq!(
                 errs,
-                [format!("t.toml:3: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), got {bad:?}")],
+                [format!("t.toml:3: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), or a name's wildcard (\"*.example.com\": the names under it; \".example.com\": it and the names under it), got {bad:?}")],
                 "{bad}"
-            );
-        }
-        for wild in [".example.com", "*.example.com"] {
-            let errs = errors(&route(wild));
-            assert_eq!(
-                errs,
-                [format!("t.toml:3: route[1].host: must be one host name, got {wild:?}: a route takes no wildcard (give each name its own route)")]
             );
         }
         for good in [
@@ -282,6 +283,9 @@ mod tests {
             "[0:0::1]",
             "_dmarc.example",
             "10.0.0.1",
+            ".example.com",
+            "*.example.com",
+            "*.Example.com.",
         ] {
             assert!(errors(&route(good)).is_empty(), "{good}");
         }

@@ -96,15 +96,19 @@ impl Config {
         let mut routed = HashMap::new();
         let mut taken: HashMap<_, Vec<(usize, &str)>> = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
+            // `.example.com` takes what `*.example.com` does (and
+            // `example.com`, where a route for that name comes first): of
+            // two such routes, the second would answer no name under it.
+            let host = r.host.as_deref().map(|h| h.strip_prefix('*').unwrap_or(h));
             let first = *routed
-                .entry((&r.path, &r.host, &r.methods, r.scheme))
+                .entry((&r.path, host, &r.methods, r.scheme))
                 .or_insert(i);
-            let dup = (first != i).then_some(first);
+            let dup = (first != i).then(|| (first, &self.routes[first]));
             validate_route(i, r, dup, &mut err);
             let (Some(methods), None) = (&r.methods, dup) else {
                 continue;
             };
-            let earlier = taken.entry((&r.path, &r.host, r.scheme)).or_default();
+            let earlier = taken.entry((&r.path, host, r.scheme)).or_default();
             // GET takes HEAD too.
             let by = |m: &str| {
                 earlier
@@ -205,27 +209,34 @@ pub(super) fn clash_message(a: &SocketAddr, b: &SocketAddr, list: &str) -> Strin
     }
 }
 
-/// The rules on route `i`; `dup`: an earlier route with the same path,
-/// host, methods and scheme.
+/// The rules on route `i`; `dup`: an earlier route (its index) with the
+/// same path, methods, scheme and host, or the other wildcard for the
+/// names under the same one.
 fn validate_route(
     i: usize,
     r: &RouteConfig,
-    dup: Option<usize>,
+    dup: Option<(usize, &RouteConfig)>,
     err: &mut impl FnMut(&str, String),
 ) {
     let key = |k: &str| format!("{}.{k}", route_key(i));
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
     }
-    if let Some(dup) = dup {
-        err(
-            &key("path"),
-            format!(
+    if let Some((n, dup)) = dup {
+        let rule = match (&dup.host, &r.host) {
+            (Some(a), Some(b)) if a != b => format!(
+                "{:?} is already routed by {} with the same methods for the names under {} ({a:?} takes them as {b:?} does)",
+                r.path,
+                route_key(n),
+                &b[b.find('.').unwrap_or(0) + 1..]
+            ),
+            _ => format!(
                 "{:?} is already routed by {} with the same host and methods",
                 r.path,
-                route_key(dup)
+                route_key(n)
             ),
-        );
+        };
+        err(&key("path"), rule);
     }
     if let Some(methods) = &r.methods {
         if methods.is_empty() {
@@ -553,6 +564,33 @@ mod tests {
                 "route[3].path",
             ]
         );
+    }
+
+    /// `.example.com` and `*.example.com` both take the names under
+    /// example.com: two routes of one path with them, the second would
+    /// answer none of those. Beside a route for `example.com` itself, or
+    /// for another wildcard, either is a route of its own.
+    #[test]
+    fn two_wildcards_for_the_same_names_are_one_route_too_many() {
+        let at = |host: &str| RouteConfig {
+            host: Some(host.into()),
+            ..RouteConfig::hello_world()
+        };
+        assert_eq!(
+            route_errors(vec![at(".example.com"), at("*.example.com")]),
+            ["route[2].path: \"/\" is already routed by route[1] with the same methods for the names under example.com (\".example.com\" takes them as \"*.example.com\" does)"]
+        );
+        assert_eq!(
+            route_errors(vec![at("*.example.com"), at("*.example.com")]),
+            ["route[2].path: \"/\" is already routed by route[1] with the same host and methods"]
+        );
+        assert!(route_errors(vec![
+            at("example.com"),
+            at("*.example.com"),
+            at("*.a.example.com"),
+            at(".example.org"),
+        ])
+        .is_empty());
     }
 
     /// Values that parse but could never work: a blank redirect, a body
