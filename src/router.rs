@@ -280,28 +280,51 @@ impl Router {
     /// at least that length takes: it is then redirected to add the slash,
     /// as nginx does, rather than answered by a shorter route (`/`) the
     /// user never meant for it.
-    fn wants_slash(&self, host: Option<&str>, path: &str, found: Option<&Route>) -> Option<&Route> {
+    /// `candidates` are the request's (`candidates`).
+    fn wants_slash(
+        &self,
+        candidates: Merged<'_>,
+        host: Option<&str>,
+        path: &str,
+        found: Option<&Route>,
+    ) -> Option<&Route> {
         if found.is_some_and(|r| r.prefix.len() >= path.len()) {
             return None;
         }
-        self.candidates(host).map(|i| &self.routes[i]).find(|r| {
-            r.prefix.len() == path.len() + 1
-                && r.prefix.ends_with('/')
-                && r.prefix.starts_with(path)
-                && r.matches(host, &r.prefix)
-        })
+        // Longest prefix first: those longer than the path and its slash
+        // are passed, the shorter ones never looked at.
+        candidates
+            .map(|i| &self.routes[i])
+            .take_while(|r| r.prefix.len() > path.len())
+            .find(|r| {
+                r.prefix.len() == path.len() + 1
+                    && r.prefix.ends_with('/')
+                    && r.prefix.starts_with(path)
+                    && r.matches(host, &r.prefix)
+            })
     }
 
-    /// The routes that take `path` (for `host`) best: the longest prefix,
-    /// for this host before any host; several when they differ by
-    /// `scheme` or `methods`, in the order `routes` keeps.
-    /// Empty when no route takes it.
+    /// `best` among the request's `candidates` for `host`.
+    #[cfg(test)]
     fn best<'r>(
         &'r self,
         host: Option<&'r str>,
         path: &'r str,
     ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
-        let mut rest = self.candidates(host);
+        self.best_among(self.candidates(host), host, path)
+    }
+
+    /// The routes that take `path` (for `host`, whose `candidates` they
+    /// are) best: the longest prefix, for the narrowest host; several when
+    /// they differ by `scheme` or `methods`, in the order `routes` keeps.
+    /// Empty when no route takes it.
+    fn best_among<'r>(
+        &'r self,
+        candidates: Merged<'r>,
+        host: Option<&'r str>,
+        path: &'r str,
+    ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
+        let mut rest = candidates;
         let mut level = None;
         loop {
             let here = rest.clone();
@@ -573,9 +596,15 @@ impl Handler for Router {
                 &canonical_req
             }
         };
-        let best = self.best(req.host, req.path);
+        // Found once: a lookup for each of the host's labels when routes
+        // name wildcards.
+        let candidates = self.candidates(req.host);
+        let best = self.best_among(candidates.clone(), req.host, req.path);
         let first = best.clone().next();
-        if self.wants_slash(req.host, req.path, first).is_some() {
+        if self
+            .wants_slash(candidates, req.host, req.path, first)
+            .is_some()
+        {
             res.redirect_adding_slash(req.path, req.query);
             return Outcome::Done;
         }
@@ -601,9 +630,11 @@ impl Handler for Router {
         // there, whatever its body); a path redirected to add its slash
         // has the limit of the route it is sent to, as nginx does.
         let path = crate::http::path::canonical(req.path).ok()?;
-        let best = self.best(req.host, &path);
-        if let Some(to) = self.wants_slash(req.host, &path, best.clone().next()) {
-            return by_method(self.best(req.host, &to.prefix), req)
+        let candidates = self.candidates(req.host);
+        let best = self.best_among(candidates.clone(), req.host, &path);
+        if let Some(to) = self.wants_slash(candidates.clone(), req.host, &path, best.clone().next())
+        {
+            return by_method(self.best_among(candidates, req.host, &to.prefix), req)
                 .ok()?
                 .max_body;
         }
@@ -683,10 +714,18 @@ mod tests {
     fn a_prefix_without_its_slash_is_redirected() {
         let r = Router::of(vec![route("/site/", None), route("/", None)]);
         let found = |p: &str| r.routes.iter().find(|x| x.matches(None, p));
-        assert!(r.wants_slash(None, "/site", found("/site")).is_some());
-        assert!(r.wants_slash(None, "/site/", found("/site/")).is_none());
-        assert!(r.wants_slash(None, "/sit", found("/sit")).is_none());
-        assert!(r.wants_slash(None, "/", found("/")).is_none());
+        assert!(r
+            .wants_slash(r.candidates(None), None, "/site", found("/site"))
+            .is_some());
+        assert!(r
+            .wants_slash(r.candidates(None), None, "/site/", found("/site/"))
+            .is_none());
+        assert!(r
+            .wants_slash(r.candidates(None), None, "/sit", found("/sit"))
+            .is_none());
+        assert!(r
+            .wants_slash(r.candidates(None), None, "/", found("/"))
+            .is_none());
         // A route of its own for `/site` wins over the redirect.
         let r = Router::of(vec![
             route("/site/", None),
@@ -694,12 +733,18 @@ mod tests {
             route("/", None),
         ]);
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
-        assert!(r.wants_slash(None, "/site", found).is_none());
+        assert!(r
+            .wants_slash(r.candidates(None), None, "/site", found)
+            .is_none());
         // Only for the host the route is for.
         let r = Router::of(vec![route("/site/", Some("a.test")), route("/", None)]);
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
-        assert!(r.wants_slash(Some("a.test"), "/site", found).is_some());
-        assert!(r.wants_slash(Some("b.test"), "/site", found).is_none());
+        assert!(r
+            .wants_slash(r.candidates(Some("a.test")), Some("a.test"), "/site", found)
+            .is_some());
+        assert!(r
+            .wants_slash(r.candidates(Some("b.test")), Some("b.test"), "/site", found)
+            .is_none());
     }
 
     #[test]
