@@ -1074,6 +1074,50 @@ fn cached_open_files_make_room_when_descriptors_run_out() {
     assert_eq!((r.status, r.body.len()), (200, big.len()));
 }
 
+/// Out of descriptors, a shard closes the files every static route of its
+/// keeps open, not only the route asked: a site that has opened nothing
+/// yet is served while another holds the shard's descriptors.
+#[test]
+fn one_sites_cached_files_make_room_for_another() {
+    let dir = Scratch::new("static-cache-fds-shard");
+    let big = vec![b'x'; 70 << 10];
+    for i in 0..150 {
+        dir.write(&format!("www/f{i}.bin"), &big);
+    }
+    let conf = www_conf(
+        &dir,
+        "/a/",
+        &format!(
+            "cache-valid = \"1m\"\n\n[[route]]\npath = \"/b/\"\nhandler = \"static\"\nroot = \"{}\"\ncache-valid = \"1m\"\n",
+            dir.path("www")
+        ),
+    );
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(&conf);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 100);
+    let server = Server::spawn(cmd);
+    let mut s = server.connect();
+    let mut head = |path: &str| {
+        s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        Reader::new(&s).next(true)
+    };
+    // Route /a/ keeps files open until the process has no descriptor left.
+    let mut full = false;
+    for i in 0..150 {
+        let r = head(&format!("/a/f{i}.bin"));
+        assert_eq!(r.status, 200, "file {i}: {r:?}");
+        if crate::util::open_fds(server.pid()) >= 100 {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the server never ran out of descriptors");
+    let r = head("/b/f0.bin");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 /// A client that sends more after a request the server answers and then
 /// closes (a pipelined request after `Connection: close`, sent while the
 /// response is still going) gets the whole response: closing with those

@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use glommio::io::BufferedFile;
@@ -74,6 +74,52 @@ pub const GZIP_CACHE_BYTES: usize = 32 << 20;
 /// `open_file_cache max=1000`): each holds a descriptor.
 pub const CACHE_FILES: usize = 1000;
 
+thread_local! {
+    /// This shard's static routes that have kept a file open: out of
+    /// descriptors, every one of them closes its cached files, not only the
+    /// route that needs one (a site that has opened nothing yet would
+    /// otherwise get 500s while others hold the shard's descriptors until
+    /// they expire). A route is listed once; routes a reload dropped are
+    /// pruned as the list doubles.
+    static KEEPING_FILES: RefCell<Keepers> = const {
+        RefCell::new(Keepers {
+            sites: Vec::new(),
+            pruned_at: 0,
+        })
+    };
+}
+
+struct Keepers {
+    sites: Vec<Weak<SiteState>>,
+    /// The list's length after its last pruning.
+    pruned_at: usize,
+}
+
+impl Keepers {
+    fn add(&mut self, site: Weak<SiteState>) {
+        self.sites.push(site);
+        if self.sites.len() >= 2 * self.pruned_at.max(32) {
+            self.sites.retain(|s| s.strong_count() > 0);
+            self.pruned_at = self.sites.len();
+        }
+    }
+}
+
+/// Close the files every static route of this shard keeps open (one a
+/// response still sends stays open until it ends); how many there were.
+fn close_shard_files() -> usize {
+    let sites: Vec<Rc<SiteState>> =
+        KEEPING_FILES.with_borrow(|k| k.sites.iter().filter_map(Weak::upgrade).collect());
+    sites
+        .iter()
+        .map(|site| {
+            let open = site.cache_files.get();
+            site.close_files(None);
+            open
+        })
+        .sum()
+}
+
 /// A static route on one shard: its settings and its cache.
 pub struct StaticSite {
     state: Rc<SiteState>,
@@ -86,6 +132,9 @@ struct SiteState {
     cache_bytes: Cell<usize>,
     /// Entries holding an open file.
     cache_files: Cell<usize>,
+    /// Whether it is in `KEEPING_FILES`, which it joins with its first
+    /// open file (and is pruned from once dropped).
+    keeps_files: Cell<bool>,
     /// The entries that hold an open file, oldest first, with when each was
     /// made: expired, they are dropped at the site's next lookup, so that a
     /// file deleted or replaced under a name nobody asks for again does not
@@ -133,6 +182,7 @@ impl StaticSite {
                 cache: RefCell::new(HashMap::new()),
                 cache_bytes: Cell::new(0),
                 cache_files: Cell::new(0),
+                keeps_files: Cell::new(false),
                 open_files: RefCell::new(VecDeque::new()),
                 gzipped: RefCell::new(HashMap::new()),
                 gzipped_bytes: Cell::new(0),
@@ -256,7 +306,7 @@ pub struct ReplyContext<'a> {
 impl SiteState {
     /// What `rel` (the job's path, or the route's `fallback`) is on disk:
     /// from the cache while fresh, otherwise from the blocking thread.
-    async fn lookup(&self, job: &FileJob, rel: &str, trailing_slash: bool) -> Found {
+    async fn lookup(self: &Rc<Self>, job: &FileJob, rel: &str, trailing_slash: bool) -> Found {
         let key = CacheKey {
             rel: rel.to_string(),
             trailing_slash,
@@ -287,17 +337,18 @@ impl SiteState {
             glommio::executor().spawn_blocking(move || fs::find_from_configured(lookup))
         };
         let mut found = look(lookup.clone()).await;
-        if matches!(found, FoundSend::Short(_)) && self.cache_files.get() > 0 {
-            // Out of descriptors while this site keeps files open: they
-            // go first (one a response still sends stays open until it
-            // ends), then one more look, rather than a 500 for every new
-            // file until they expire.
-            self.close_files(None);
+        if matches!(found, FoundSend::Short(_)) && close_shard_files() > 0 {
+            // Out of descriptors while the shard's sites keep files open:
+            // they go first, then one more look, rather than a 500 for
+            // every new file until they expire.
             found = look(lookup).await;
         }
         let found: Found = found.into();
         if !self.cfg.cache_valid.is_zero() && !matches!(found, Found::Failed(_)) {
             self.remember(key, &found);
+            if self.cache_files.get() > 0 && !self.keeps_files.replace(true) {
+                KEEPING_FILES.with_borrow_mut(|k| k.add(Rc::downgrade(self)));
+            }
         }
         found
     }
