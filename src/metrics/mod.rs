@@ -4,24 +4,22 @@
 //! and sends a `Snapshot` when the master asks; the master merges snapshots
 //! and renders them. Nothing here is shared between shards.
 
+mod timings;
 mod upstream;
 
+pub use timings::{Recorder, Timings, MAX_LATENCY_US};
 pub use upstream::{
-    empty_sample, merge_upstreams, new_upstream_histogram, UpstreamSample, UpstreamStats,
-    GROUP_ITSELF,
+    empty_sample, merge_upstreams, UpstreamSample, UpstreamStats, GROUP_ITSELF, UPSTREAM_FIGURES,
 };
 
 use std::cell::RefCell;
 use std::fmt::Write;
 
-use hdrhistogram::Histogram;
-
 use crate::http::error::ParseError;
 use crate::http::exchange::Tally;
 
-/// Slowest service time the histogram tells apart, in microseconds (60 s);
-/// longer ones are recorded as this.
-pub const MAX_LATENCY_US: u64 = 60_000_000;
+/// Significant figures of a shard's service-time histogram.
+const SHARD_FIGURES: u8 = 3;
 
 /// A label's value written as the text format wants it: `\`, `"` and a
 /// line feed escaped. A server's address may hold any of them (a Unix
@@ -182,28 +180,22 @@ pub struct ShardMetrics {
     /// Counters.
     pub stats: RefCell<ShardStats>,
     /// Service time (request head parsed → response written), microseconds.
-    latency: RefCell<Histogram<u64>>,
+    latency: RefCell<Recorder>,
 }
 
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
             stats: RefCell::new(ShardStats::default()),
-            latency: RefCell::new(new_histogram()),
+            latency: RefCell::new(Recorder::new(SHARD_FIGURES)),
         }
     }
-}
-
-/// A latency histogram, microseconds, 1 µs to `MAX_LATENCY_US`.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
 impl ShardMetrics {
     /// Record `n` requests that each took `us` microseconds.
     pub fn record_latency(&self, us: u64, n: u64) {
-        let v = us.clamp(1, MAX_LATENCY_US);
-        let _ = self.latency.borrow_mut().record_n(v, n);
+        self.latency.borrow_mut().record(us, n);
     }
 
     /// A copy for the master.
@@ -213,7 +205,7 @@ impl ShardMetrics {
             cpu,
             active,
             stats: self.stats.borrow().clone(),
-            latency: self.latency.borrow().clone(),
+            latency: self.latency.borrow().timings(),
             upstreams: Vec::new(),
         }
     }
@@ -230,8 +222,8 @@ pub struct Snapshot {
     pub active: u64,
     /// Counters.
     pub stats: ShardStats,
-    /// Service-time histogram, microseconds.
-    pub latency: Histogram<u64>,
+    /// Service times, microseconds.
+    pub latency: Timings,
     /// The reverse proxy's figures per upstream server.
     pub upstreams: Vec<UpstreamSample>,
 }
@@ -240,7 +232,7 @@ impl Snapshot {
     /// Add another snapshot of the same shard (an earlier incarnation's).
     pub fn absorb(&mut self, o: &Snapshot) {
         self.stats.add(&o.stats);
-        let _ = self.latency.add(&o.latency);
+        self.latency.add(&o.latency);
         self.active += o.active;
         merge_upstreams(&mut self.upstreams, &o.upstreams, false);
     }
@@ -254,14 +246,14 @@ pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 /// (`shard="all"`; leave it out when summing over shards).
 pub fn render(snaps: &[Snapshot]) -> String {
     let mut merged_stats = ShardStats::default();
-    let mut merged_latency = new_histogram();
+    let mut merged_latency = Timings::default();
     let mut active = 0;
     for s in snaps {
         merged_stats.add(&s.stats);
-        let _ = merged_latency.add(&s.latency);
+        merged_latency.add(&s.latency);
         active += s.active;
     }
-    let mut rows: Vec<(String, &ShardStats, &Histogram<u64>, u64)> = snaps
+    let mut rows: Vec<(String, &ShardStats, &Timings, u64)> = snaps
         .iter()
         .map(|s| (s.shard.to_string(), &s.stats, &s.latency, s.active))
         .collect();
@@ -392,21 +384,16 @@ pub fn render(snaps: &[Snapshot]) -> String {
         &mut |o| {
             for (shard, _, h, _) in &rows {
                 for q in QUANTILES {
-                    let v = if h.is_empty() {
-                        0
-                    } else {
-                        h.value_at_quantile(q)
-                    };
                     let _ = writeln!(
                         o,
                         "coreserve_request_duration_seconds{{shard=\"{shard}\",quantile=\"{q}\"}} {}",
-                        seconds(v)
+                        seconds(h.quantile(q))
                     );
                 }
                 let _ = writeln!(
                     o,
                     "coreserve_request_duration_seconds_sum{{shard=\"{shard}\"}} {}",
-                    sum_seconds(h)
+                    seconds(h.sum_us())
                 );
                 let _ = writeln!(
                     o,
@@ -425,7 +412,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
                 let _ = writeln!(
                     o,
                     "coreserve_request_duration_seconds_max{{shard=\"{shard}\"}} {}",
-                    seconds(h.max())
+                    seconds(h.max_us())
                 );
             }
         },
@@ -456,15 +443,6 @@ fn seconds(us: u64) -> f64 {
     us as f64 / 1e6
 }
 
-/// The sum of what `h` recorded, in seconds: a summary's `_sum`. Folded
-/// from +0: an empty `f64` sum is -0, which a scrape would show as `-0`.
-fn sum_seconds(h: &Histogram<u64>) -> f64 {
-    h.iter_recorded()
-        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-        .fold(0.0, |a, b| a + b)
-        / 1e6
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,9 +458,10 @@ mod tests {
         t.count_status(200);
         t.count_status(404);
         a.stats.add_tally(&t);
-        let mut b = ShardMetrics::default().snapshot(1, 1, 1);
+        let b = ShardMetrics::default();
+        b.record_latency(1500, 1);
+        let mut b = b.snapshot(1, 1, 1);
         b.stats.requests = 5;
-        b.latency.record(1500).unwrap();
         let text = render(&[a, b]);
         assert!(
             text.contains("coreserve_shard_requests_total{shard=\"all\"} 8\n"),

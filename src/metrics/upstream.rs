@@ -5,9 +5,7 @@
 
 use std::fmt::Write;
 
-use hdrhistogram::Histogram;
-
-use super::{seconds, sum_seconds, LabelValue, MAX_LATENCY_US, QUANTILES};
+use super::{seconds, LabelValue, Timings, QUANTILES};
 use crate::http::exchange;
 
 /// Counters for one upstream server on one shard.
@@ -65,18 +63,14 @@ pub struct UpstreamSample {
     /// Requests in flight now.
     pub busy: u64,
     /// Response times (request sent → response read whole), microseconds;
-    /// `None` while there are none (most servers of a large configuration:
-    /// a scrape then copies nothing of them).
-    pub latency: Option<Histogram<u64>>,
+    /// empty (nothing allocated) while there are none, as for most servers
+    /// of a large configuration.
+    pub latency: Timings,
 }
 
-/// A server's response-time histogram: 1 µs to 60 s, two significant
-/// figures (each quantile within 1 %), about 20 KiB. A shard keeps one per
-/// server, and a scrape copies each that has recorded something from
-/// every shard.
-pub fn new_upstream_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds")
-}
+/// Significant figures of a server's response-time `Recorder`: each
+/// quantile within 1 %, about 20 KiB, one per server on every shard.
+pub const UPSTREAM_FIGURES: u8 = 2;
 
 /// Add `from` into `into`, matching group and server. With `gauges`, the
 /// current idle and busy counts add up too (samples of live shards); a
@@ -99,13 +93,7 @@ pub fn merge_upstreams<'a>(
             Some(&i) => {
                 let m = &mut into[i];
                 m.stats.add(&s.stats);
-                match (&mut m.latency, &s.latency) {
-                    (Some(a), Some(b)) => {
-                        let _ = a.add(b);
-                    }
-                    (a @ None, Some(b)) => *a = Some(b.clone()),
-                    (_, None) => {}
-                }
+                m.latency.add(&s.latency);
                 if gauges {
                     m.idle += s.idle;
                     m.busy += s.busy;
@@ -215,23 +203,17 @@ pub(super) fn render_upstreams<'a>(
         out,
         "# HELP {name} Upstream response time, request sent to response read whole.\n# TYPE {name} summary"
     );
-    let none = new_upstream_histogram();
     for s in &merged {
-        let h = s.latency.as_ref().unwrap_or(&none);
+        let h = &s.latency;
         for q in QUANTILES {
-            let v = if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(q)
-            };
             let _ = writeln!(
                 out,
                 "{name}{{{},quantile=\"{q}\"}} {}",
                 label(s),
-                seconds(v)
+                seconds(h.quantile(q))
             );
         }
-        let _ = writeln!(out, "{name}_sum{{{}}} {}", label(s), sum_seconds(h));
+        let _ = writeln!(out, "{name}_sum{{{}}} {}", label(s), seconds(h.sum_us()));
         let _ = writeln!(out, "{name}_count{{{}}} {}", label(s), h.len());
     }
 }
@@ -244,7 +226,7 @@ pub fn empty_sample(upstream: &str, server: &str) -> UpstreamSample {
         stats: UpstreamStats::default(),
         idle: 0,
         busy: 0,
-        latency: None,
+        latency: Timings::default(),
     }
 }
 
@@ -273,18 +255,19 @@ mod tests {
     }
 
     #[test]
-    fn a_server_that_timed_nothing_carries_no_histogram() {
+    fn timings_add_up_over_shards() {
         let quiet = empty_sample("app", "127.0.0.1:1");
         let mut timed = quiet.clone();
-        let mut h = new_upstream_histogram();
-        h.record(2000).unwrap();
-        timed.latency = Some(h);
+        let mut r = super::super::Recorder::new(UPSTREAM_FIGURES);
+        r.record(2000, 1);
+        timed.latency = r.timings();
         let mut merged = Vec::new();
         merge_upstreams(&mut merged, [&quiet, &quiet], true);
-        assert!(merged[0].latency.is_none());
+        assert!(merged[0].latency.is_empty());
         merge_upstreams(&mut merged, [&timed, &quiet, &timed], true);
         assert_eq!(merged.len(), 1);
-        assert_eq!(merged[0].latency.as_ref().map(|h| h.len()), Some(2));
+        assert_eq!(merged[0].latency.len(), 2);
+        assert_eq!(merged[0].latency.sum_us(), 4000);
         let mut out = String::new();
         render_upstreams(&mut out, [&quiet]);
         assert!(

@@ -10,11 +10,9 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
 use crate::metrics::{
-    new_upstream_histogram, UpstreamSample, UpstreamStats, GROUP_ITSELF, MAX_LATENCY_US,
+    Recorder, Timings, UpstreamSample, UpstreamStats, GROUP_ITSELF, UPSTREAM_FIGURES,
 };
 use crate::readiness::Readiness;
 use crate::throttle::Throttle;
@@ -31,7 +29,7 @@ pub struct Upstreams {
     /// What the servers each group dropped had counted: the group's
     /// `server="removed"` series, so that its totals never go down (an app
     /// instance gets a new address each time it is replaced).
-    removed: RefCell<HashMap<String, (UpstreamStats, Histogram<u64>)>>,
+    removed: RefCell<HashMap<String, (UpstreamStats, Timings)>>,
     /// Requests each group (by name, so that a reload keeps the count)
     /// answered 503 with no server to try.
     unavailable: RefCell<HashMap<String, u64>>,
@@ -72,7 +70,7 @@ pub struct Server {
     /// Counters for the metrics.
     stats: RefCell<UpstreamStats>,
     /// Upstream response times, microseconds.
-    latency: RefCell<Histogram<u64>>,
+    latency: RefCell<Recorder>,
     /// A reload dropped it from every group: requests that started before
     /// still finish there, but its connections are not kept, so that an
     /// app instance being replaced sees them close when its requests end.
@@ -163,11 +161,9 @@ impl Upstreams {
             if s.busy.get() > 0 {
                 return true;
             }
-            let (stats, latency) = removed
-                .entry(name.clone())
-                .or_insert_with(|| (UpstreamStats::default(), new_upstream_histogram()));
+            let (stats, latency) = removed.entry(name.clone()).or_default();
             stats.add(&s.stats.borrow());
-            let _ = latency.add(&*s.latency.borrow());
+            latency.add(&s.latency.borrow().timings());
             false
         });
     }
@@ -224,9 +220,7 @@ impl Upstreams {
             stats: s.stats.borrow().clone(),
             idle: s.idle.borrow().len() as u64,
             busy: u64::from(s.busy.get()),
-            latency: Some(&*s.latency.borrow())
-                .filter(|h| !h.is_empty())
-                .cloned(),
+            latency: s.latency.borrow().timings(),
         };
         let groups = self.groups.borrow();
         let mut names: Vec<&String> = groups.keys().collect();
@@ -251,7 +245,7 @@ impl Upstreams {
                     stats: stats.clone(),
                     idle: 0,
                     busy: 0,
-                    latency: Some(latency).filter(|h| !h.is_empty()).cloned(),
+                    latency: latency.clone(),
                 }),
         );
         let mut own: Vec<(String, u64)> = self
@@ -271,7 +265,7 @@ impl Upstreams {
             idle: 0,
             busy: 0,
             // It times nothing.
-            latency: None,
+            latency: Timings::default(),
         }));
         out
     }
@@ -346,7 +340,7 @@ impl Server {
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
-            latency: RefCell::new(new_upstream_histogram()),
+            latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
             removed: Cell::new(false),
             lines: Throttle::default(),
         }
@@ -449,8 +443,8 @@ impl Server {
     pub fn succeeded(&self, took: Duration) {
         self.fails.set(0);
         self.down_until.set(None);
-        let us = (took.as_micros() as u64).clamp(1, MAX_LATENCY_US);
-        let _ = self.latency.borrow_mut().record(us);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency.borrow_mut().record(us, 1);
     }
 
     /// Count on this server's counters.
