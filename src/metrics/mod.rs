@@ -202,6 +202,7 @@ impl ShardMetrics {
     pub fn snapshot(&self, shard: usize, cpu: usize, active: u64) -> Snapshot {
         Snapshot {
             shard,
+            incarnation: 0,
             cpu,
             active,
             stats: self.stats.borrow().clone(),
@@ -216,6 +217,11 @@ impl ShardMetrics {
 pub struct Snapshot {
     /// Shard id.
     pub shard: usize,
+    /// Which of the shard's threads (its incarnation, counted by the
+    /// master's supervision) took it: the master's forwarder of that
+    /// thread's events stamps it (0 until then), so that one sent just
+    /// before its shard died is not taken for its successor's.
+    pub incarnation: u64,
     /// Its CPU.
     pub cpu: usize,
     /// Connections open now.

@@ -36,14 +36,19 @@ pub(super) fn forward_app_events(
     .detach();
 }
 
-/// Forward a shard's events to the master's queue.
+/// Forward the events of a shard's thread, its `incarnation`, to the
+/// master's queue; its snapshots stamped with the incarnation.
 pub(super) fn forward_events(
     events: shared_channel::SharedReceiver<ShardEvent>,
+    incarnation: u64,
     tx: Rc<LocalSender<MasterEvent>>,
 ) {
     glommio::spawn_local(async move {
         let events = events.connect().await;
-        while let Some(ev) = events.recv().await {
+        while let Some(mut ev) = events.recv().await {
+            if let ShardEvent::Snapshot(snap) = &mut ev {
+                snap.incarnation = incarnation;
+            }
             let _ = tx.try_send(MasterEvent::Shard(ev));
         }
     })

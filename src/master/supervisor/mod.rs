@@ -363,7 +363,12 @@ impl<W: World> Supervisor<W> {
         match ev {
             MasterEvent::Scrape(reply) => self.on_scrape(reply),
             MasterEvent::ScrapeTimeout(seq) => self.on_scrape_timeout(seq),
-            MasterEvent::Shard(ShardEvent::Snapshot(snap)) => {
+            // One sent just before its thread died (its end may come
+            // first, on another channel) would count the dead thread's
+            // figures twice: its last ones are kept already.
+            MasterEvent::Shard(ShardEvent::Snapshot(snap))
+                if self.slots[snap.shard].child.is_current(snap.incarnation) =>
+            {
                 self.scraped.update(*snap);
                 let last = self.scraped.last_updated;
                 self.gather_progress(|g| g.waiting_for.retain(|&id| Some(id) != last));

@@ -429,10 +429,17 @@ fn a_reload_is_complete_once_every_live_shard_applied_it() {
     assert!(sup.world.take().is_empty());
 }
 
-/// Shard `shard`'s snapshot, with `requests` answered.
+/// Shard `shard`'s snapshot, with `requests` answered, from its first
+/// thread.
 fn snapshot(shard: usize, requests: u64) -> MasterEvent {
+    snapshot_of(shard, 1, requests)
+}
+
+/// Shard `shard`'s snapshot from its thread `incarnation`.
+fn snapshot_of(shard: usize, incarnation: u64, requests: u64) -> MasterEvent {
     let mut s = ShardMetrics::default().snapshot(shard, shard, 0);
     s.stats.requests = requests;
+    s.incarnation = incarnation;
     MasterEvent::Shard(ShardEvent::Snapshot(Box::new(s)))
 }
 
@@ -513,6 +520,35 @@ fn a_scrape_a_shard_does_not_answer_is_answered_with_its_last_snapshot() {
     assert_eq!(
         (value(&text, REQUESTS, 0), value(&text, REQUESTS, 1)),
         ("6", "7")
+    );
+}
+
+/// A snapshot the dead thread sent before it died, arriving after its end
+/// (they come on two channels): its last figures are kept already, so it
+/// is dropped, not counted again beside them, nor replaced by the next
+/// thread's first, which would send the counters backwards.
+#[test]
+fn a_dead_threads_late_snapshot_is_not_counted_twice() {
+    let mut sup = serving(2);
+    on(&mut sup, snapshot(1, 7));
+    on(&mut sup, MasterEvent::Gone(1, 1));
+    on(&mut sup, snapshot_of(1, 1, 9));
+    // Scraped while it is down: what it had when it died.
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 5));
+    let text = answer(&answered).expect("answered");
+    assert_eq!(value(&text, REQUESTS, 1), "7");
+    on(&mut sup, MasterEvent::Restart(1));
+    on(&mut sup, ready(1));
+    sup.world.take();
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 5));
+    assert_eq!(answer(&answered), None);
+    on(&mut sup, snapshot_of(1, 2, 1));
+    let text = answer(&answered).expect("answered");
+    assert_eq!(
+        (value(&text, REQUESTS, 0), value(&text, REQUESTS, 1)),
+        ("5", "8")
     );
 }
 

@@ -123,7 +123,7 @@ pub(super) async fn connect(
 ) -> Running {
     // Connecting a shared channel waits for the other end: connect in the
     // order the shard does (events, control) or both sides wait.
-    forward_events(l.events, tx.clone());
+    forward_events(l.events, incarnation, tx.clone());
     let control = l.control.connect().await;
     watch_lifeline(id, incarnation, l.lifeline, tx.clone());
     Running {
