@@ -263,7 +263,10 @@ impl AccessLogger {
                 out.push(b' ');
                 out.extend_from_slice(v.as_bytes());
             }
-            None => out.push(b'-'),
+            None => match e.line {
+                Some(line) => clf_escape(out, line),
+                None => out.push(b'-'),
+            },
         }
         out.extend_from_slice(b"\" ");
         out.extend_from_slice(num.format(e.status).as_bytes());
@@ -329,6 +332,10 @@ impl AccessLogger {
                 Some(s) => json_string(out, s.as_bytes()),
                 None => out.extend_from_slice(b"null"),
             }
+        }
+        if let Some(line) = e.line {
+            out.extend_from_slice(b",\"line\":");
+            json_string(out, line);
         }
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(num.format(e.status).as_bytes());
@@ -723,11 +730,37 @@ mod tests {
         upstream: None,
         remote: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
         request: Some(("GET", "/a\"b", "HTTP/1.1")),
+        line: None,
         status: 200,
         bytes: 11,
         referer: None,
         user_agent: Some(b"curl/8"),
     };
+
+    /// A refused head whose first line is no request line: that line,
+    /// escaped, where the request goes (nginx logs `"\x16\x03..."`).
+    #[test]
+    fn a_line_that_is_no_request_is_logged_as_sent() {
+        let garbage = Entry {
+            request: None,
+            line: Some(b"\x16\x03\x01 \"x\xff"),
+            ..ENTRY
+        };
+        let mut out = Vec::new();
+        logger(LogFormat::Combined).combined(&mut out, &garbage);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.contains(" \"\\x16\\x03\\x01 \\x22x\\xFF\" 200 "),
+            "{line}"
+        );
+        let mut out = Vec::new();
+        logger(LogFormat::Json).json(&mut out, &garbage);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.contains("\"method\":null,\"target\":null,\"protocol\":null,\"line\":\"\\u0016\\u0003\\u0001 \\\"x\u{fffd}\",\"status\""),
+            "{line}"
+        );
+    }
 
     #[test]
     fn combined_line() {

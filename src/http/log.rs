@@ -18,6 +18,11 @@ pub struct Entry<'a> {
     /// could be read: the protocol may be one this server does not speak
     /// (a 505's `HTTP/2.0`).
     pub request: Option<(&'a str, &'a str, &'a str)>,
+    /// A refused head's first line as sent, when it is no request line
+    /// (`request` is None): logged escaped in its place, as nginx logs
+    /// what a malformed request began with (a scanner's probe, TLS sent to
+    /// a plain port).
+    pub line: Option<&'a [u8]>,
     /// Status sent.
     pub status: u16,
     /// Body bytes sent.
@@ -54,6 +59,7 @@ impl<'a> Entry<'a> {
         Entry {
             remote,
             request: Some((req.method_str, req.target, req.version.as_str())),
+            line: None,
             status,
             bytes,
             referer: req.header("referer"),
@@ -64,9 +70,17 @@ impl<'a> Entry<'a> {
 
     /// An entry for a request refused for its head (a 400 for a missing
     /// Host, a 501 for an unknown transfer coding): its request line, as
-    /// nginx logs it, when the head's first line is one; else as `bare`.
+    /// nginx logs it, when the head's first line is one; else that line as
+    /// sent (`line`), when it ended; else as `bare`.
     pub fn refused(head: &'a [u8], status: u16, bytes: u64) -> Self {
         let request = request_line(head);
+        let line = match request {
+            Some(_) => None,
+            None => head.iter().position(|&b| b == b'\n').map(|end| {
+                let line = &head[..end];
+                line.strip_suffix(b"\r").unwrap_or(line)
+            }),
+        };
         // Its Referer and User-Agent too, as far as its lines say them
         // (the head broke a rule: each line is taken only if it reads as
         // `name: value`).
@@ -82,6 +96,7 @@ impl<'a> Entry<'a> {
         };
         Entry {
             request,
+            line,
             referer: field("referer"),
             user_agent: field("user-agent"),
             ..Entry::bare(status, bytes)
@@ -94,6 +109,7 @@ impl<'a> Entry<'a> {
         Entry {
             remote: None,
             request: None,
+            line: None,
             status,
             bytes,
             referer: None,
@@ -160,6 +176,7 @@ impl OwnedRequest {
         Entry {
             remote,
             request: Some((&self.method, &self.target, self.version.as_str())),
+            line: None,
             status,
             bytes,
             referer: self.referer.as_deref(),
@@ -196,5 +213,10 @@ mod tests {
         ] {
             assert_eq!(Entry::refused(not_one, 400, 0).request, None, "{not_one:?}");
         }
+        // Logged as sent when its line ended; an unended one is cut short.
+        let garbage = Entry::refused(b"\x16\x03\x01\x00\x05hello\r\n\r\n", 400, 0);
+        assert_eq!(garbage.line, Some(&b"\x16\x03\x01\x00\x05hello"[..]));
+        assert_eq!(Entry::refused(b"GET / HTTP/1.1", 400, 0).line, None);
+        assert_eq!(entry.line, None);
     }
 }
