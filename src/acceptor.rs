@@ -3,7 +3,8 @@
 //! It waits in poll(2) on the listeners and an eventfd the master rings,
 //! accepts with accept4 whatever the kernel has queued, and deals the
 //! connections round-robin to the shards' hand-off queues, skipping a shard
-//! that is behind (its queue is full) or dead. When every live shard is
+//! that is behind (its queue is full) or dead, and one that holds
+//! `max-connections` while another has room. When every live shard is
 //! behind it stops accepting for a moment, so the kernel backlog absorbs the
 //! burst; with no shard alive a connection is closed at once (refused).
 //!
@@ -128,33 +129,41 @@ impl Dealer {
     fn deal(&mut self, conn: Accepted) -> Dealt {
         let n = self.shards.len();
         let mut conn = conn;
-        let mut live = 0;
-        for k in 0..n {
-            let i = (self.next + k) % n;
-            let Some(tx) = &self.shards[i] else { continue };
-            match tx.try_send(conn) {
-                Ok(()) => {
-                    self.next = (i + 1) % n;
-                    return Dealt::Queued;
-                }
-                Err((back, Refused::Full)) => {
+        // First the shards with room; when every one holds
+        // `max-connections`, any that is not behind (it closes an idle
+        // connection to make room, or answers 503).
+        for with_room in [true, false] {
+            let mut live = 0;
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                let Some(tx) = &self.shards[i] else { continue };
+                if with_room && tx.at_capacity() {
                     live += 1;
-                    conn = back;
+                    continue;
                 }
-                Err((back, Refused::Closed)) => {
-                    // Its shard is gone (its thread ended): what it had not
-                    // taken yet is closed now.
-                    tx.discard_queued();
-                    self.shards[i] = None;
-                    conn = back;
+                match tx.try_send(conn) {
+                    Ok(()) => {
+                        self.next = (i + 1) % n;
+                        return Dealt::Queued;
+                    }
+                    Err((back, Refused::Full)) => {
+                        live += 1;
+                        conn = back;
+                    }
+                    Err((back, Refused::Closed)) => {
+                        // Its shard is gone (its thread ended): what it had
+                        // not taken yet is closed now.
+                        tx.discard_queued();
+                        self.shards[i] = None;
+                        conn = back;
+                    }
                 }
             }
+            if live == 0 {
+                return Dealt::Refused;
+            }
         }
-        if live == 0 {
-            Dealt::Refused
-        } else {
-            Dealt::AllFull(conn)
-        }
+        Dealt::AllFull(conn)
     }
 
     fn apply(&mut self, command: Command) {
@@ -409,6 +418,30 @@ mod tests {
         for rx in [&rxs[0], &rx1, &rxs[2]] {
             assert_eq!(queued(rx), 1);
         }
+    }
+
+    /// A shard that holds `max-connections` is passed over while another
+    /// has room (it would close an idle connection or answer 503 where the
+    /// other serves); when every one does, they are dealt to in turn.
+    #[test]
+    fn a_shard_at_capacity_is_passed_over_while_another_has_room() {
+        let (mut d, rxs) = dealer(3, 8);
+        rxs[0].capacity().set(true);
+        for _ in 0..4 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [0, 2, 2]);
+        rxs[1].capacity().set(true);
+        rxs[2].capacity().set(true);
+        for _ in 0..3 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 1, 1]);
+        rxs[0].capacity().set(false);
+        for _ in 0..2 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [2, 0, 0]);
     }
 
     #[test]

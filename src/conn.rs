@@ -58,10 +58,11 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
 
     if shard.at_capacity() && !shard.reclaim_idle() {
         shard.count(|s| s.refused += 1);
-        // A TLS client could not read a plain 503: it is only closed.
-        if scheme == Scheme::Https {
+        // A TLS client could not read a plain 503: it is only closed; so is
+        // one past the 503s under way (each holds a descriptor).
+        let Some(_refusal) = (scheme == Scheme::Http).then(|| shard.refusal()).flatten() else {
             return;
-        }
+        };
         let mut out = Vec::new();
         write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
         if client.write_all(&out, limits.send_timeout).await.is_ok() {

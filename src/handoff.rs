@@ -15,6 +15,11 @@
 //! of a busy shard, no glommio park between two connections); see
 //! `readiness`.
 //!
+//! The shard also says through it whether it holds `max-connections`
+//! already (`Capacity`): the acceptor then deals to the others while one
+//! has room, as nginx's accept mutex keeps a nearly full worker from
+//! taking new connections.
+//!
 //! Each connection travels with the index of the listener that accepted it
 //! (`Accepted`): the shard tells an HTTPS connection from a plain one by it.
 //!
@@ -53,6 +58,10 @@ struct Shared {
     ringing: AtomicBool,
     sender_gone: AtomicBool,
     receiver_gone: AtomicBool,
+    /// The shard holds `max-connections`: written by the shard when that
+    /// changes, read by the acceptor as it deals (a hint: no ordering
+    /// with the queue is needed).
+    at_capacity: AtomicBool,
 }
 
 /// A new queue holding at most `capacity` connections.
@@ -70,6 +79,7 @@ pub fn queue(capacity: usize) -> std::io::Result<(Sender, Receiver)> {
         ringing: AtomicBool::new(false),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
+        at_capacity: AtomicBool::new(false),
     });
     Ok((Sender(shared.clone()), Receiver(shared)))
 }
@@ -114,6 +124,11 @@ impl Sender {
             }
             Err(conn) => Err((conn, Refused::Full)),
         }
+    }
+
+    /// Whether the shard said it holds `max-connections` (`Capacity`).
+    pub fn at_capacity(&self) -> bool {
+        self.0.at_capacity.load(Ordering::Relaxed)
     }
 
     /// Close what the queue still holds (its shard died and will not take
@@ -198,6 +213,23 @@ impl Receiver {
     /// acceptor would go on filling a queue nobody reads.
     pub fn closer(&self) -> Closer {
         Closer(self.0.clone())
+    }
+
+    /// A handle for the shard to say whether it holds `max-connections`.
+    pub fn capacity(&self) -> Capacity {
+        Capacity(self.0.clone())
+    }
+}
+
+/// How the shard tells the acceptor that it holds `max-connections` (it
+/// is dealt new connections only when every shard does: it then closes an
+/// idle one to make room, or answers 503), and that it has room again.
+pub struct Capacity(Arc<Shared>);
+
+impl Capacity {
+    /// Say whether the shard is at `max-connections`.
+    pub fn set(&self, full: bool) {
+        self.0.at_capacity.store(full, Ordering::Relaxed);
     }
 }
 

@@ -40,6 +40,20 @@ const THREADS_PER_SHARD: u64 = 3;
 /// runs a dozen threads of its own, which count too.
 const TASKS_PER_INSTANCE: u64 = 4;
 
+/// Descriptors coreserve holds besides its shards', apps' and
+/// connections': its listeners, the metrics endpoint, the signal pipe, the
+/// acceptor's bell, log files, the master's rings (about 18 measured).
+const BASE_DESCRIPTORS: u64 = 24;
+
+/// Descriptors each shard holds before any connection: its io_uring rings,
+/// its readiness ring, eventfds, its hand-off bell, its lifeline and
+/// control channel (10 measured).
+const DESCRIPTORS_PER_SHARD: u64 = 12;
+
+/// Descriptors coreserve holds for each app instance: the pipes that relay
+/// its output and the handle it is waited on by.
+const DESCRIPTORS_PER_INSTANCE: u64 = 4;
+
 /// Why this host cannot run coreserve, with the fix in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -70,6 +84,26 @@ pub enum HostError {
         need: u64,
         /// Shards plus the master.
         executors: u64,
+    },
+    /// RLIMIT_NOFILE leaves the shards too few descriptors to start and
+    /// hold a connection each: a shard would fail to start ("no readiness
+    /// ring", a shard that "failed to start") or the signal handlers could
+    /// not be installed.
+    #[error(
+        "the open files limit (ulimit -n) is {have}, but {shards} shards{apps} need about \
+         {need} descriptors before they hold connections: raise it (ulimit -n, LimitNOFILE= \
+         in the systemd unit) or run fewer shards",
+        apps = if *.instances == 0 { String::new() } else { format!(" and {} app instances", .instances) }
+    )]
+    TooFewDescriptors {
+        /// The effective limit.
+        have: u64,
+        /// What coreserve needs, with a connection per shard.
+        need: u64,
+        /// Shards to start.
+        shards: u64,
+        /// App instances to start.
+        instances: u64,
     },
     /// io_uring_setup returned EPERM.
     #[error(
@@ -169,6 +203,31 @@ impl HostLimits {
         }
         let share = (self.memlock - rings) / (executors * REGISTRATIONS);
         Ok((share / MIN_IO_MEMORY * MIN_IO_MEMORY).clamp(MIN_IO_MEMORY, MAX_IO_MEMORY))
+    }
+
+    /// Descriptors the process holds besides its connections with `shards`
+    /// shards, each with room for `refusing` 503s under way, and
+    /// `instances` app instances (about: what the advice on
+    /// `max-connections` leaves out).
+    pub fn reserved_descriptors(shards: u64, refusing: u64, instances: u64) -> u64 {
+        BASE_DESCRIPTORS
+            + shards * (DESCRIPTORS_PER_SHARD + refusing)
+            + instances * DESCRIPTORS_PER_INSTANCE
+    }
+
+    /// Whether the open-files limit lets `shards` shards and `instances`
+    /// app instances start and each shard hold a connection.
+    pub fn descriptors_for(&self, shards: u64, instances: u64) -> Result<(), HostError> {
+        let need = Self::reserved_descriptors(shards, 1, instances);
+        if self.nofile < need {
+            return Err(HostError::TooFewDescriptors {
+                have: self.nofile,
+                need,
+                shards,
+                instances,
+            });
+        }
+        Ok(())
     }
 
     /// Whether RLIMIT_NPROC leaves room for the threads of `shards` shards
@@ -412,6 +471,25 @@ mod tests {
         assert!(with(16, 2).tasks_for(2, 0).is_ok());
         assert!(with(16, 3).tasks_for(2, 0).is_err());
         assert!(limits(u64::MAX, false).tasks_for(1000, 1000).is_ok());
+    }
+
+    #[test]
+    fn the_open_files_limit_must_let_every_shard_start() {
+        let with = |nofile| HostLimits {
+            nofile,
+            ..limits(u64::MAX, false)
+        };
+        // 24 + 16 x (12 + 1) = 232: what a 16-shard server holds idle
+        // (178 measured) and a connection each.
+        assert!(with(232).descriptors_for(16, 0).is_ok());
+        let m = with(128).descriptors_for(16, 2).unwrap_err().to_string();
+        assert!(
+            m.contains("open files limit (ulimit -n) is 128, but 16 shards and 2 app instances need about 240 descriptors")
+                && m.contains("LimitNOFILE=")
+                && m.contains("fewer shards"),
+            "{m}"
+        );
+        assert!(with(128).descriptors_for(2, 0).is_ok());
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn run(cli: Cli) -> ExitCode {
         // and io_uring.
         return match master::preflight(&config) {
             Ok(p) => {
-                let short = p.short_of_descriptors(config.limits.max_connections);
+                let short = p.short_of_descriptors(&config);
                 let tasks = p.short_of_tasks(&config).err().map(|e| e.to_string());
                 for warning in p.shared_cpus().into_iter().chain(short).chain(tasks) {
                     eprintln!("warning: {warning}");

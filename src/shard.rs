@@ -267,6 +267,7 @@ async fn run(spec: ShardSpec) {
     match spec.intake {
         Intake::Channel(rx) => {
             INTAKE_CLOSER.with(|slot| *slot.borrow_mut() = Some(rx.closer()));
+            shard.tell_capacity(rx.capacity());
             intake.push(glommio::spawn_local(channel_intake(
                 rx,
                 spec.schemes.clone(),

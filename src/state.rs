@@ -3,7 +3,7 @@
 //! counters and the readiness ring. `shard` runs it; `conn` uses it. Owned by
 //! one shard's thread, never shared with another.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
@@ -11,6 +11,7 @@ use slab::Slab;
 
 use crate::access_log::AccessLogger;
 use crate::config::{Cidr, Limits, RouteConfig, Scheme, TlsConfig, UpstreamConfig};
+use crate::handoff::Capacity;
 use crate::http::date::{DateCache, DATE_LEN};
 use crate::http::parse::HeadLimits;
 use crate::http::session::SessionLimits;
@@ -150,6 +151,29 @@ pub struct Shard {
     /// replaced on reload (a connection keeps the one it started with);
     /// None when no address speaks HTTPS.
     tls: RefCell<Option<Rc<TlsSite>>>,
+    /// Where it tells the master's acceptor that it holds
+    /// `max-connections` (master dispatch), and what it said last.
+    capacity: OnceCell<Capacity>,
+    said_full: Cell<bool>,
+    /// Connections being answered 503 at `max-connections` (`refusal`).
+    refusing: Cell<usize>,
+}
+
+/// Most connections a shard answers 503 at a time at `max-connections`;
+/// past them one is closed unanswered (as nginx closes one it has no
+/// connection for). Each holds a descriptor while its 503 goes out and
+/// the client's request is drained (up to `LINGER_TIME`), outside
+/// `max-connections`: without a bound, a flood of them ran the process out
+/// of descriptors under the limit `--check` advises.
+pub const MAX_REFUSING: usize = 16;
+
+/// A refusal under way (`Shard::refusal`); ends when dropped.
+pub struct Refusal<'a>(&'a Shard);
+
+impl Drop for Refusal<'_> {
+    fn drop(&mut self) {
+        self.0.refusing.set(self.0.refusing.get() - 1);
+    }
 }
 
 impl Shard {
@@ -176,7 +200,37 @@ impl Shard {
             upstreams: Upstreams::new(upstreams),
             // Set by `set_tls`, before the first connection.
             tls: RefCell::new(None),
+            capacity: OnceCell::new(),
+            said_full: Cell::new(false),
+            refusing: Cell::new(0),
         }
+    }
+
+    /// Tell the acceptor through `capacity` whenever the shard comes to
+    /// hold `max-connections` and when it has room again.
+    pub(crate) fn tell_capacity(&self, capacity: Capacity) {
+        let _ = self.capacity.set(capacity);
+        self.say_capacity();
+    }
+
+    fn say_capacity(&self) {
+        let full = self.at_capacity();
+        if full != self.said_full.get() {
+            self.said_full.set(full);
+            if let Some(c) = self.capacity.get() {
+                c.set(full);
+            }
+        }
+    }
+
+    /// Room to answer a connection past `max-connections` with a 503, if
+    /// fewer than `MAX_REFUSING` are being answered so.
+    pub fn refusal(&self) -> Option<Refusal<'_>> {
+        let n = self.refusing.get();
+        (n < MAX_REFUSING).then(|| {
+            self.refusing.set(n + 1);
+            Refusal(self)
+        })
     }
 
     /// The TLS settings for new connections, when an address speaks HTTPS.
@@ -222,6 +276,8 @@ impl Shard {
     /// whole.
     pub(crate) fn set_site(&self, site: Site) -> Option<Site> {
         let old = std::mem::replace(&mut *self.site.borrow_mut(), Rc::new(site));
+        // Its max-connections may differ.
+        self.say_capacity();
         Rc::try_unwrap(old).ok()
     }
 
@@ -314,16 +370,19 @@ impl Shard {
     /// Track a new connection, whose socket is `fd`; returns its key.
     pub fn register(&self, fd: RawFd) -> ConnKey {
         self.count(|s| s.connections += 1);
-        self.conns.borrow_mut().insert(ConnEntry {
+        let key = self.conns.borrow_mut().insert(ConnEntry {
             fd,
             idle: Cell::new(false),
             idle_since: Cell::new(0),
-        })
+        });
+        self.say_capacity();
+        key
     }
 
     /// Forget a closed connection.
     pub fn deregister(&self, key: ConnKey) {
         self.conns.borrow_mut().try_remove(key);
+        self.say_capacity();
     }
 
     /// Mark whether no byte of a request is waiting on a connection (it is

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use crate::apps::{AppError, Apps};
 use crate::config::{AppConfig, Config, ConfigError, Dispatch, ServerAddr, UpstreamConfig};
 use crate::cpus::{self, CpuError};
-use crate::host::{self, HostError};
+use crate::host::{self, HostError, HostLimits};
 use crate::listener::{self, BindError, Scheme};
 use crate::signals;
 use crate::systemd;
@@ -129,8 +129,7 @@ impl Preflight {
     /// counts its threads as taken.
     pub fn short_of_tasks(&self, config: &Config) -> Result<(), HostError> {
         let n = self.plan.len();
-        let instances: usize = config.apps.iter().map(|a| a.instance_count(n)).sum();
-        self.limits.tasks_for(n as u64, instances as u64)
+        self.limits.tasks_for(n as u64, app_instances(config, n))
     }
 
     /// The warning for more connections than descriptors, if
@@ -138,14 +137,21 @@ impl Preflight {
     /// limit allows (nginx warns the same of its `worker_connections`):
     /// past it accepts fail, and the idle keep-alive connections
     /// `max-connections` would reclaim are never reclaimed.
-    pub fn short_of_descriptors(&self, max_connections: usize) -> Option<String> {
+    pub fn short_of_descriptors(&self, config: &Config) -> Option<String> {
+        let max_connections = config.limits.max_connections;
         let n = self.plan.len() as u64;
         let wanted = n.saturating_mul(max_connections as u64);
         let have = self.limits.nofile;
-        // What the process holds besides connections: listeners, rings,
-        // eventfds, log files, pipes (a few dozen), left out of the fit.
-        let fits = have.saturating_sub(RESERVED_DESCRIPTORS) / n.max(1);
-        (wanted > have.saturating_sub(RESERVED_DESCRIPTORS)).then(|| {
+        // What the process holds besides connections (listeners, rings,
+        // eventfds, log files, app pipes, 503s under way), left out of the
+        // fit.
+        let reserved = HostLimits::reserved_descriptors(
+            n,
+            crate::state::MAX_REFUSING as u64,
+            app_instances(config, self.plan.len()),
+        );
+        let fits = have.saturating_sub(reserved) / n.max(1);
+        (wanted > have.saturating_sub(reserved)).then(|| {
             let or_fewer = match fits {
                 // Too few for any: only a higher limit helps.
                 0..=1 => String::new(),
@@ -164,9 +170,14 @@ impl Preflight {
     }
 }
 
-/// Descriptors the process holds besides its connections, about: what
-/// `short_of_descriptors` leaves out when it says what fits.
-const RESERVED_DESCRIPTORS: u64 = 64;
+/// The app instances `config` starts beside `shards` shards.
+fn app_instances(config: &Config, shards: usize) -> u64 {
+    config
+        .apps
+        .iter()
+        .map(|a| a.instance_count(shards) as u64)
+        .sum()
+}
 
 /// Every check start-up makes before it binds anything: resource limits
 /// and io_uring, the CPU selection against the affinity mask, and locked
@@ -178,6 +189,7 @@ pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let allowed = cpus::allowed_cpus()?;
     let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
     let selected = cpus::selected(&allowed, config.cpus.as_deref());
+    limits.descriptors_for(plan.len() as u64, app_instances(config, plan.len()))?;
     // Every shard and the master run an executor.
     let io_memory = limits.io_memory_per_executor(plan.len() + 1)?;
     Ok(Preflight {
@@ -207,7 +219,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     if let Some(shared) = checked.shared_cpus() {
         warn!("{shared}");
     }
-    if let Some(short) = checked.short_of_descriptors(config.limits.max_connections) {
+    if let Some(short) = checked.short_of_descriptors(&config) {
         warn!("{short}");
     }
     checked.short_of_tasks(&config)?;

@@ -414,6 +414,44 @@ fn an_idle_connection_makes_room_past_the_limit() {
     assert_eq!(waiting.next(false).status, 200);
 }
 
+/// A flood past `max-connections` is answered 503 a few at a time (each
+/// holds a descriptor while the 503 goes out and the request is drained);
+/// the rest are closed unanswered, as nginx closes what it has no
+/// connection for, rather than run the process out of descriptors.
+#[test]
+fn a_flood_past_the_limit_is_answered_a_few_at_a_time() {
+    let server = Server::start(&["--shards", "1", "--max-connections", "1"]);
+    let busy = server.connect();
+    half_a_request_in(&busy, &mut Reader::new(&busy));
+    // Each sends its request and reads nothing yet: a 503 lingers.
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let mut s = server.connect();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Closed unanswered with the request unread: a reset, nothing read.
+    let answers: Vec<String> = flood
+        .into_iter()
+        .map(|mut s| {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            String::from_utf8_lossy(&got).into_owned()
+        })
+        .collect();
+    let refused = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503 "))
+        .count();
+    let closed = answers.iter().filter(|a| a.is_empty()).count();
+    assert_eq!(refused + closed, 40, "{answers:?}");
+    assert!((1..=16).contains(&refused), "{refused} answered 503");
+    let scraped = crate::metrics::scrape(&server);
+    let counted = crate::metrics::values(&scraped, "coreserve_connections_refused_total");
+    assert_eq!(counted.get("shard=all"), Some(&40.0), "{counted:?}");
+}
+
 #[test]
 fn connections_past_the_limit_get_503() {
     let server = Server::start(&["--shards", "1", "--max-connections", "2"]);

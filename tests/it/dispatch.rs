@@ -32,6 +32,36 @@ fn spread(mode: &str) {
     }
 }
 
+/// A shard that holds `max-connections` is passed over while another has
+/// room (nginx's accept mutex does the same for a nearly full worker): new
+/// connections are served there, not answered 503 by the full one.
+#[test]
+fn a_full_shard_is_passed_over_while_another_has_room() {
+    let server = Server::start(&["--shards", "2", "--max-connections", "3"]);
+    let close = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Round-robin: each held connection goes to shard 0 (busy: half its
+    // second request sent, never reclaimed), each closing one to shard 1.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = server.connect();
+        (&s).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n")
+            .unwrap();
+        assert_eq!(Reader::new(&s).next(false).status, 200);
+        held.push(s);
+        assert!(server.exchange(close).starts_with("HTTP/1.1 200 "));
+    }
+    for i in 0..6 {
+        let text = server.exchange(close);
+        assert!(text.starts_with("HTTP/1.1 200 "), "connection {i}: {text}");
+    }
+    drop(held);
+    let log = server.stop();
+    // One shard took the three held; the other every other connection.
+    let mut dealt: Vec<u64> = stopped_stats(&log).iter().map(|s| s.connections).collect();
+    dealt.sort_unstable();
+    assert_eq!(dealt, [3, 9], "{log}");
+}
+
 #[test]
 fn master_dispatch_deals_round_robin() {
     spread("master");

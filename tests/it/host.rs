@@ -174,6 +174,31 @@ fn more_connections_than_descriptors_is_warned_of() {
         err.contains("2 shard(s) x max-connections 16384 = 32768 connections exceed the open files limit (1000)"),
         "{err}"
     );
-    assert!(err.contains("max-connections to 468 at most"), "{err}");
+    assert!(err.contains("max-connections to 460 at most"), "{err}");
     assert!(!check("400").contains("open files"));
+}
+
+/// An open-files limit too low for the shards to start (each holds about
+/// ten descriptors before any connection) is one line at --check and at
+/// start-up, naming the limit and what is needed; it was `configuration
+/// OK`, then shards that "failed to start" or signal handlers that could
+/// not be installed.
+#[test]
+fn too_few_descriptors_for_the_shards_is_an_error() {
+    for check in [true, false] {
+        let mut cmd = crate::util::command();
+        if check {
+            cmd.arg("--check");
+        }
+        cmd.args(["--listen", "127.0.0.1:0", "--shards", "16"]);
+        crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 128);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("the open files limit (ulimit -n) is 128, but 16 shards need about 232 descriptors before they hold connections"),
+            "{err}"
+        );
+        assert!(!err.contains("listening on"), "{err}");
+    }
 }
