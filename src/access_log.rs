@@ -478,9 +478,9 @@ impl AccessLogger {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         self.write_buffered().await;
-        let path = path.clone();
+        let at = path.clone();
         let opened = glommio::executor()
-            .spawn_blocking(move || open(&path).map(IntoRawFd::into_raw_fd))
+            .spawn_blocking(move || open(&at).map(IntoRawFd::into_raw_fd))
             .await;
         match opened {
             Ok(new) => {
@@ -489,7 +489,11 @@ impl AccessLogger {
                 // it: `flushing` is held.
                 unsafe { libc::close(old) };
             }
-            Err(e) => log::error!("shard {}: cannot reopen the access log: {e}", self.shard),
+            Err(e) => log::error!(
+                "shard {}: cannot reopen the access log {}: {e}",
+                self.shard,
+                path.display()
+            ),
         }
         self.flushing.set(false);
     }

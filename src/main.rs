@@ -233,6 +233,8 @@ fn init_logging() {
     }
     builder
         .format(move |buf, record| {
+            let text = record.args().to_string();
+            let text = one_line(&text);
             if journald {
                 let prio = match record.level() {
                     log::Level::Error => 3,
@@ -240,10 +242,32 @@ fn init_logging() {
                     log::Level::Info => 6,
                     log::Level::Debug | log::Level::Trace => 7,
                 };
-                writeln!(buf, "<{prio}>{}", record.args())
+                writeln!(buf, "<{prio}>{text}")
             } else {
-                writeln!(buf, "{:<5} {}", record.level(), record.args())
+                writeln!(buf, "{:<5} {text}", record.level())
             }
         })
         .init();
+}
+
+/// A log message as one line: a line break or other control character in
+/// it (a socket path or log file named with one, in the configuration) is
+/// escaped, so that it cannot end the line early and make the rest look
+/// like a line of its own, without a level (journald would take it as an
+/// entry of its own).
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }

@@ -153,6 +153,47 @@ fn sigusr1_reopens_the_file_after_rotation() {
     assert!(old.contains("/before") && !old.contains("/after"), "{old}");
 }
 
+/// A log file named with a line break: the server's own line about it
+/// escapes it, so that it stays one line (the rest would read as a line of
+/// its own, without a level).
+#[test]
+fn a_line_break_in_a_logged_name_is_escaped() {
+    let dir = Scratch::new("log-newline");
+    let conf = dir.write("nl.toml", "[log]\naccess = \"a\\nb.log\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("SIGUSR1: reopening");
+    let log = server.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("SIGUSR1: reopening"))
+        .unwrap();
+    assert!(line.ends_with("a\\nb.log"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("b.log")), "{log}");
+}
+
+/// A log that cannot be reopened (its directory removed) is said with its
+/// path, as nginx names the file it could not open.
+#[test]
+fn a_log_that_cannot_be_reopened_is_named() {
+    let dir = Scratch::new("log-reopen-fails");
+    std::fs::create_dir_all(dir.0.join("logs")).unwrap();
+    let conf = dir.write("r.toml", "[log]\naccess = \"logs/access.log\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    std::fs::remove_dir_all(dir.0.join("logs")).unwrap();
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("cannot reopen the access log");
+    let log = server.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot reopen the access log"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("{}: ", dir.0.join("logs/access.log").display())),
+        "{line}"
+    );
+}
+
 #[test]
 fn many_lines_from_two_shards_never_interleave() {
     let dir = Scratch::new("log-many");
