@@ -131,9 +131,12 @@ impl Dealer {
         let mut conn = conn;
         // First the shards with room; when every one holds
         // `max-connections`, any that is not behind (it closes an idle
-        // connection to make room, or answers 503).
+        // connection to make room, or answers 503). One with room that is
+        // only behind is waited for (a pause), not passed over for a full
+        // one.
         for with_room in [true, false] {
             let mut live = 0;
+            let mut roomy_behind = false;
             for k in 0..n {
                 let i = (self.next + k) % n;
                 let Some(tx) = &self.shards[i] else { continue };
@@ -148,6 +151,7 @@ impl Dealer {
                     }
                     Err((back, Refused::Full)) => {
                         live += 1;
+                        roomy_behind |= with_room;
                         conn = back;
                     }
                     Err((back, Refused::Closed)) => {
@@ -161,6 +165,9 @@ impl Dealer {
             }
             if live == 0 {
                 return Dealt::Refused;
+            }
+            if roomy_behind {
+                break;
             }
         }
         Dealt::AllFull(conn)
@@ -442,6 +449,13 @@ mod tests {
             assert!(matches!(d.deal(conn()), Dealt::Queued));
         }
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [2, 0, 0]);
+        // The one with room is behind for a moment: accepting pauses
+        // rather than deal to the full ones.
+        let (mut d, rxs) = dealer(2, 1);
+        rxs[1].capacity().set(true);
+        assert!(matches!(d.deal(conn()), Dealt::Queued));
+        assert!(matches!(d.deal(conn()), Dealt::AllFull(_)));
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 0]);
     }
 
     #[test]

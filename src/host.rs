@@ -218,7 +218,7 @@ impl HostLimits {
     /// Whether the open-files limit lets `shards` shards and `instances`
     /// app instances start and each shard hold a connection.
     pub fn descriptors_for(&self, shards: u64, instances: u64) -> Result<(), HostError> {
-        let need = Self::reserved_descriptors(shards, 1, instances);
+        let need = Self::reserved_descriptors(shards, 0, instances) + shards;
         if self.nofile < need {
             return Err(HostError::TooFewDescriptors {
                 have: self.nofile,

@@ -233,8 +233,16 @@ fn init_logging() {
     }
     builder
         .format(move |buf, record| {
-            let text = record.args().to_string();
-            let text = one_line(&text);
+            // Most messages are formatted; a plain one is not copied.
+            let formatted;
+            let text = match record.args().as_str() {
+                Some(plain) => plain,
+                None => {
+                    formatted = record.args().to_string();
+                    &formatted
+                }
+            };
+            let text = one_line(text);
             if journald {
                 let prio = match record.level() {
                     log::Level::Error => 3,

@@ -71,16 +71,25 @@ impl<'a> Entry<'a> {
     /// An entry for a request refused for its head (a 400 for a missing
     /// Host, a 501 for an unknown transfer coding): its request line, as
     /// nginx logs it, when the head's first line is one; else that line as
-    /// sent (`line`), when it ended; else as `bare`.
+    /// sent (`line`), when it ended or could not begin a request (its first
+    /// byte is no token's: TLS on a plain port), its first `LOGGED_LINE`
+    /// bytes; else as `bare`.
     pub fn refused(head: &'a [u8], status: u16, bytes: u64) -> Self {
         let request = request_line(head);
         let line = match request {
             Some(_) => None,
-            None => head.iter().position(|&b| b == b'\n').map(|end| {
-                let line = &head[..end];
-                line.strip_suffix(b"\r").unwrap_or(line)
-            }),
-        };
+            None => match head.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let line = &head[..end];
+                    Some(line.strip_suffix(b"\r").unwrap_or(line))
+                }
+                None => head
+                    .first()
+                    .is_some_and(|b| !super::parse::is_token_byte(*b))
+                    .then_some(head),
+            },
+        }
+        .map(|line| &line[..line.len().min(LOGGED_LINE)]);
         // Its Referer and User-Agent too, as far as its lines say them
         // (the head broke a rule: each line is taken only if it reads as
         // `name: value`).
@@ -118,6 +127,11 @@ impl<'a> Entry<'a> {
         }
     }
 }
+
+/// Most bytes of a line that is no request line the log keeps: what the
+/// client meant shows in them, and a line of a megabyte of escaped bytes
+/// (four times its size) is not written for one request.
+pub const LOGGED_LINE: usize = 512;
 
 /// The method, target and version of `head`'s first line, if it is a
 /// whole request line (a token, a target without spaces or controls, an
@@ -213,10 +227,19 @@ mod tests {
         ] {
             assert_eq!(Entry::refused(not_one, 400, 0).request, None, "{not_one:?}");
         }
-        // Logged as sent when its line ended; an unended one is cut short.
+        // Logged as sent when its line ended, or when no request could
+        // begin so (TLS: no line end in sight); a request line not ended
+        // yet is not; a long one is cut.
         let garbage = Entry::refused(b"\x16\x03\x01\x00\x05hello\r\n\r\n", 400, 0);
         assert_eq!(garbage.line, Some(&b"\x16\x03\x01\x00\x05hello"[..]));
+        let hello = Entry::refused(b"\x16\x03\x01\x02\x00\x01", 400, 0);
+        assert_eq!(hello.line, Some(&b"\x16\x03\x01\x02\x00\x01"[..]));
         assert_eq!(Entry::refused(b"GET / HTTP/1.1", 400, 0).line, None);
         assert_eq!(entry.line, None);
+        let long = [b"A".as_slice(), &[0xff; 30_000], b"\r\n\r\n"].concat();
+        assert_eq!(
+            Entry::refused(&long, 400, 0).line.map(<[u8]>::len),
+            Some(LOGGED_LINE)
+        );
     }
 }

@@ -14,8 +14,11 @@ pub const MAX_LATENCY_US: u64 = 60_000_000;
 /// bucket increment: no allocation.
 #[derive(Debug)]
 pub struct Recorder {
+    /// The times, to the significant figures asked, up to `MAX_LATENCY_US`.
     hist: Histogram<u64>,
+    /// Their sum, unclamped (saturating).
     sum_us: u64,
+    /// The longest, unclamped.
     max_us: u64,
 }
 
@@ -43,6 +46,11 @@ impl Recorder {
 
     /// What it recorded, as a scrape carries it.
     pub fn timings(&self) -> Timings {
+        if self.hist.is_empty() {
+            // Most servers of a large configuration: iterating an empty
+            // histogram walks every bucket.
+            return Timings::default();
+        }
         Timings {
             buckets: self
                 .hist
@@ -64,9 +72,13 @@ impl Recorder {
 /// of recorders of the same precision (their buckets are the same).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Timings {
+    /// (the highest value of a bucket, its count), ascending by value.
     buckets: Vec<(u64, u64)>,
+    /// The counts' sum.
     count: u64,
+    /// As `Recorder`'s.
     sum_us: u64,
+    /// As `Recorder`'s.
     max_us: u64,
 }
 
@@ -128,8 +140,9 @@ impl Timings {
 
     /// The time at quantile `q` (0 < q ≤ 1), microseconds, as the
     /// histogram gives it (`Histogram::value_at_quantile`: the highest
-    /// value of the bucket the `q`-th time fell in; at most
-    /// `MAX_LATENCY_US`); 0 when empty.
+    /// value of the bucket the `q`-th time fell in: a time past
+    /// `MAX_LATENCY_US` gives the top of the last bucket, within the
+    /// histogram's precision of it); 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
         let rank = ((q.min(1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0;

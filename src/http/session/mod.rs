@@ -274,7 +274,9 @@ impl<J> Session<J> {
                     // header-timeout. The answer to a HEAD, whatever it
                     // turns out to be, has no body (RFC 9110 §9.3.2).
                     if !parse::is_token_byte(data[0]) {
-                        return self.fail(ParseError::RequestLine, out, cx);
+                        // Logged as read (nginx logs `"\x16\x03..."`).
+                        let seen = &data[..data.len().min(cx.limits.head.max_header_bytes)];
+                        return self.fail_with(ParseError::RequestLine, Some(seen), out, cx);
                     }
                     self.head_request = data.starts_with(b"HEAD ");
                     let max = cx.limits.head.max_header_bytes;
