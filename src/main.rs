@@ -242,7 +242,7 @@ fn init_logging() {
                     &formatted
                 }
             };
-            let text = one_line(text);
+            let text = escaped(text);
             if journald {
                 let prio = match record.level() {
                     log::Level::Error => 3,
@@ -250,6 +250,8 @@ fn init_logging() {
                     log::Level::Info => 6,
                     log::Level::Debug | log::Level::Trace => 7,
                 };
+                // Each continuation line an entry of the same priority.
+                let text = text.replace("\n    ", &format!("\n<{prio}>    "));
                 writeln!(buf, "<{prio}>{text}")
             } else {
                 writeln!(buf, "{:<5} {text}", record.level())
@@ -258,23 +260,26 @@ fn init_logging() {
         .init();
 }
 
-/// A log message as one line: a line break or other control character in
-/// it (a socket path or log file named with one, in the configuration) is
-/// escaped, so that it cannot end the line early and make the rest look
-/// like a line of its own, without a level (journald would take it as an
-/// entry of its own).
-fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
+/// A log message with its control characters escaped (a socket path or log
+/// file named with a line break, an app's colour codes), so that nothing in
+/// it can end its line early and make the rest look like a line of its own:
+/// the one line break kept is the one before an indented continuation
+/// line (four spaces: an app's last output under the error it explains).
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    let kept = |i: usize, c: char| c == '\t' || (c == '\n' && text[i + 1..].starts_with("    "));
+    if !text
+        .char_indices()
+        .any(|(i, c)| c.is_control() && !kept(i, c))
+    {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
+    for (i, c) in text.char_indices() {
         match c {
+            c if !c.is_control() || kept(i, c) => out.push(c),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
-            '\t' => out.push('\t'),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
+            c => out.push_str(&format!("\\x{:02x}", c as u32)),
         }
     }
     out.into()

@@ -2,7 +2,8 @@
 //! host and method. A shard owns its router; a reload replaces it whole.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use crate::config::{HandlerConfig, RouteConfig};
@@ -71,7 +72,10 @@ impl Hosts {
         }
     }
 
-    /// Whether `host` (bare: no port, no trailing dot) is one of them.
+    /// Whether `host` (bare: no port, no trailing dot) is one of them: the
+    /// rule the router's tables keep (`tables_for`), and the tests'
+    /// reference.
+    #[cfg(test)]
     fn take(&self, host: &str) -> bool {
         match self {
             Hosts::Name(name) => host.eq_ignore_ascii_case(name),
@@ -139,6 +143,10 @@ impl Route {
             && (self.action.methods().is_none() || matches!(req.method, Method::Get | Method::Head))
     }
 
+    /// Whether it takes a request for `host` and `path`: the rule the
+    /// router's tables keep (`tables_for`, `prefixes`), and the tests'
+    /// reference.
+    #[cfg(test)]
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(want) = &self.host {
             // Host without port or a trailing dot (the root label: same
@@ -174,29 +182,116 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// A shard's routing table.
+///
+/// A request is matched through its host's tables (its name's, its
+/// wildcards', any host's: `HostTables`) by the prefixes of its path that
+/// a route could have, longest first (`prefixes`): a hash lookup each, so
+/// a table of thousands of routes, or of sites, costs what a few do.
 pub struct Router {
     /// Longest prefix first; then the narrowest host (`narrowness`); then
     /// with `scheme` before without; then with `methods` before without;
-    /// then in the file's order.
+    /// then in the file's order. A route's position here is its rank.
     routes: Vec<Route>,
-    /// For each name some route's `host` takes by name (`.example.com`
-    /// takes `example.com` so), the positions in `routes` of those routes,
-    /// ascending: a request is matched against these, `under`'s and
-    /// `any_host` alone, so a config of thousands of sites costs a lookup,
-    /// not a scan of every site's routes. Empty when no route names a host.
-    by_host: HashMap<Box<str>, Vec<usize>>,
-    /// For each suffix a wildcard names (`example.com` of `*.example.com`),
-    /// the positions of the routes for the names under it: its wildcards'
-    /// and those of every shorter suffix of it (`*.com`'s), ascending. A
-    /// name is looked up by its suffixes, longest first.
-    under: HashMap<Box<str>, Vec<usize>>,
-    /// The longest suffix in `under`, in bytes: a name's longer suffixes
-    /// are never looked up (one lookup per label of a host of thousands of
-    /// labels, each hashing the rest, made a request cost seconds).
-    longest_under: usize,
-    /// The positions of the routes for any host: what a request whose
-    /// host no route names is matched against.
-    any_host: Vec<usize>,
+    /// For each route, the next of its table and prefix (`NONE` if it is
+    /// the last): routes that differ by `scheme` or `methods` alone.
+    next: Vec<u32>,
+    /// The position of the first route of each table and prefix (by their
+    /// numbers), the others chained from it (`next`). A table is the
+    /// routes of one host pattern (a name, a wildcard; `ANY`: any host).
+    /// One map for every table, not a map each (with thousands of sites,
+    /// a map each cost a fifth more memory).
+    first: FxHashMap<(u32, u32), u32>,
+    /// The position of the first route of each table whose prefix ends in
+    /// `/`, by the number of the prefix without it (`/site` for `/site/`):
+    /// where that path is redirected.
+    slashed: FxHashMap<(u32, u32), u32>,
+    /// A number for each prefix routes have, and for each without its
+    /// trailing slash (`/site` of `/site/`): tables are keyed by them, so
+    /// that thousands of sites' tables hold no copy of `/` each, and a
+    /// path's prefix is hashed once, not once per table.
+    ids: FxHashMap<Box<str>, u32>,
+    /// The tables of each name a route's host names (`example.com` of
+    /// `example.com`, `.example.com` and `*.example.com`). Empty when no
+    /// route names a host.
+    names: FxHashMap<Box<str>, NameTables>,
+    /// The longest suffix a wildcard names, in bytes: a host's longer
+    /// suffixes are never looked up (one lookup per label of a host of
+    /// thousands of labels, each hashing the rest, made a request cost
+    /// seconds).
+    longest_suffix: usize,
+    /// The longest route prefix, in bytes: a path's longer prefixes are
+    /// never looked up.
+    longest_prefix: usize,
+}
+
+/// The table of the routes for any host.
+const ANY: u32 = 0;
+
+/// The end of a `Router::next` chain.
+const NONE: u32 = u32::MAX;
+
+/// The tables of the routes for one name: for it alone (`exact`), for it
+/// and the names under it (`dotted`, `.example.com`), for the names under
+/// it (`starred`, `*.example.com`).
+#[derive(Default, Clone, Copy)]
+struct NameTables {
+    exact: Option<u32>,
+    dotted: Option<u32>,
+    starred: Option<u32>,
+}
+
+/// The tables a request's host is matched against: its name's, its
+/// wildcards', any host's. Held inline: a host matches more than a few
+/// only under wildcards nested many deep.
+struct HostTables {
+    inline: [u32; 8],
+    len: usize,
+    more: Vec<u32>,
+}
+
+impl HostTables {
+    fn new() -> HostTables {
+        HostTables {
+            inline: [ANY; 8],
+            len: 0,
+            more: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, table: u32) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = table;
+                self.len += 1;
+            }
+            None => self.more.push(table),
+        }
+    }
+
+    fn extend_with(&mut self, tables: [Option<u32>; 2]) {
+        for t in tables.into_iter().flatten() {
+            self.push(t);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.inline[..self.len].iter().chain(&self.more).copied()
+    }
+}
+
+/// The prefixes a route could have that takes `path`, longest first, none
+/// longer than `longest`: the path itself, then at each `/` from the end
+/// the path up to and with it (`/a/` for `/a/b`), and without it (`/a`).
+fn prefixes(path: &str, longest: usize) -> impl Iterator<Item = &str> {
+    let whole = (path.len() <= longest).then_some(path);
+    let slashes = memchr::memrchr_iter(b'/', path.as_bytes()).flat_map(move |i| {
+        let with = (i + 1 < path.len()).then(|| &path[..=i]);
+        let without = (i > 0).then(|| &path[..i]);
+        with.into_iter().chain(without)
+    });
+    whole
+        .into_iter()
+        .chain(slashes.skip_while(move |p| p.len() > longest))
 }
 
 impl Router {
@@ -224,10 +319,13 @@ impl Router {
         });
         RouterBuilder {
             routes: Vec::with_capacity(configs.len()),
+            next: Vec::with_capacity(configs.len()),
             pending: configs.into_iter(),
-            by_host: HashMap::new(),
-            under: HashMap::new(),
-            any_host: Vec::new(),
+            tables: 1,
+            first: FxHashMap::default(),
+            slashed: FxHashMap::default(),
+            ids: FxHashMap::default(),
+            names: FxHashMap::default(),
         }
     }
 
@@ -239,9 +337,12 @@ impl Router {
         let mut building = RouterBuilder {
             pending: Vec::new().into_iter(),
             routes: Vec::with_capacity(routes.len()),
-            by_host: HashMap::new(),
-            under: HashMap::new(),
-            any_host: Vec::new(),
+            next: Vec::with_capacity(routes.len()),
+            tables: 1,
+            first: FxHashMap::default(),
+            slashed: FxHashMap::default(),
+            ids: FxHashMap::default(),
+            names: FxHashMap::default(),
         };
         for r in routes {
             building.push(r);
@@ -251,18 +352,23 @@ impl Router {
 
     /// Drop up to `n` of the routes, the last first; whether any are left.
     /// A shard lets go of a replaced router of thousands of routes a few
-    /// at a time, as it builds one.
+    /// at a time, as it builds one; it is looked up no more.
     pub fn shed(&mut self, n: usize) -> bool {
         self.routes.truncate(self.routes.len().saturating_sub(n));
         !self.routes.is_empty()
     }
 
-    /// The positions in `routes` of those a request for `host` may take,
-    /// in order: its name's, its wildcards' and those for any host.
-    fn candidates(&self, host: Option<&str>) -> Merged<'_> {
-        let mut lists = [&[][..], &[][..], &self.any_host[..]];
+    /// The position of the route at `at`'s table and prefix that comes
+    /// after it, if any.
+    fn after(&self, at: u32) -> Option<u32> {
+        Some(self.next[at as usize]).filter(|&n| n != NONE)
+    }
+
+    /// The tables a request for `host` is matched against.
+    fn tables_for(&self, host: Option<&str>) -> HostTables {
+        let mut tables = HostTables::new();
         match host.map(bare_host) {
-            Some(host) if !self.by_host.is_empty() || !self.under.is_empty() => {
+            Some(host) if !self.names.is_empty() => {
                 // Route hosts are kept in lower case; clients send theirs
                 // so, and only another spelling costs a copy.
                 let lower;
@@ -272,24 +378,25 @@ impl Router {
                 } else {
                     host
                 };
-                lists[0] = self.by_host.get(host).map_or(&[], Vec::as_slice);
-                if !self.under.is_empty() {
-                    // The longest suffix: its list has the shorter ones'.
-                    lists[1] = self
-                        .wildcard_suffixes(host)
-                        .find_map(|suffix| self.under.get(suffix))
-                        .map_or(&[], Vec::as_slice);
+                if let Some(name) = self.names.get(host) {
+                    tables.extend_with([name.exact, name.dotted]);
+                }
+                for suffix in self.wildcard_suffixes(host) {
+                    if let Some(name) = self.names.get(suffix) {
+                        tables.extend_with([name.starred, name.dotted]);
+                    }
                 }
             }
             _ => {}
         }
-        Merged(lists)
+        tables.push(ANY);
+        tables
     }
 
     /// The suffixes of `host` a wildcard could name, longest first: those
     /// after each of its dots, no longer than the longest wildcard's.
     fn wildcard_suffixes<'h>(&self, host: &'h str) -> impl Iterator<Item = &'h str> + 'h {
-        let longest = self.longest_under;
+        let longest = self.longest_suffix;
         host.match_indices('.')
             .map(move |(dot, _)| &host[dot + 1..])
             .skip_while(move |suffix| suffix.len() > longest)
@@ -299,66 +406,69 @@ impl Router {
     /// its trailing slash (`/site` for a `/site/` route) that no route of
     /// at least that length takes: it is then redirected to add the slash,
     /// as nginx does, rather than answered by a shorter route (`/`) the
-    /// user never meant for it.
-    /// `candidates` are the request's (`candidates`).
+    /// user never meant for it. `tables` are the request's.
     fn wants_slash(
         &self,
-        candidates: Merged<'_>,
-        host: Option<&str>,
+        tables: &HostTables,
         path: &str,
         found: Option<&Route>,
     ) -> Option<&Route> {
         if found.is_some_and(|r| r.prefix.len() >= path.len()) {
             return None;
         }
-        // Longest prefix first: those longer than the path and its slash
-        // are passed, the shorter ones never looked at.
-        candidates
-            .map(|i| &self.routes[i])
-            .take_while(|r| r.prefix.len() > path.len())
-            .find(|r| {
-                r.prefix.len() == path.len() + 1
-                    && r.prefix.ends_with('/')
-                    && r.prefix.starts_with(path)
-                    && r.matches(host, &r.prefix)
-            })
+        let id = self.ids.get(path)?;
+        tables
+            .iter()
+            .filter_map(|t| self.slashed.get(&(t, *id)))
+            .min()
+            .map(|&at| &self.routes[at as usize])
     }
 
-    /// `best` among the request's `candidates` for `host`.
+    /// `best` among the request's tables for `host`.
     #[cfg(test)]
     fn best<'r>(
         &'r self,
-        host: Option<&'r str>,
-        path: &'r str,
+        host: Option<&str>,
+        path: &str,
     ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
-        self.best_among(self.candidates(host), host, path)
+        self.best_among(&self.tables_for(host), path)
     }
 
-    /// The routes that take `path` (for `host`, whose `candidates` they
-    /// are) best: the longest prefix, for the narrowest host; several when
-    /// they differ by `scheme` or `methods`, in the order `routes` keeps.
+    /// The routes that take `path` best (for the host whose `tables` they
+    /// are): the longest prefix, for the narrowest host; several when they
+    /// differ by `scheme` or `methods`, in the order `routes` keeps.
     /// Empty when no route takes it.
     fn best_among<'r>(
         &'r self,
-        candidates: Merged<'r>,
-        host: Option<&'r str>,
-        path: &'r str,
+        tables: &HostTables,
+        path: &str,
     ) -> impl Iterator<Item = &'r Route> + Clone + 'r {
-        let mut rest = candidates;
-        let mut level = None;
-        loop {
-            let here = rest.clone();
-            let Some(i) = rest.next() else { break };
-            let r = &self.routes[i];
-            if r.matches(host, path) {
-                level = Some((r.prefix.len(), r.narrowness));
-                rest = here;
-                break;
+        let mut level = Level {
+            router: self,
+            heads: [NONE, NONE],
+        };
+        for prefix in prefixes(path, self.longest_prefix) {
+            let Some(id) = self.ids.get(prefix) else {
+                continue;
+            };
+            let found = |t: u32| self.first.get(&(t, *id)).copied();
+            let Some(first) = tables.iter().filter_map(found).min() else {
+                continue;
+            };
+            // Of this prefix, the routes as narrow as the first: those of
+            // one table, or of `.x` and `*.x` for a name under x.
+            let narrowness = self.routes[first as usize].narrowness;
+            let mut heads = level.heads.iter_mut();
+            for at in tables.iter().filter_map(found) {
+                if self.routes[at as usize].narrowness == narrowness {
+                    if let Some(head) = heads.next() {
+                        *head = at;
+                    }
+                }
             }
+            break;
         }
-        rest.map(move |i| &self.routes[i])
-            .take_while(move |r| Some((r.prefix.len(), r.narrowness)) == level)
-            .filter(move |r| r.matches(host, path))
+        level
     }
 }
 
@@ -367,11 +477,13 @@ pub struct RouterBuilder<'c> {
     /// What is left to build, in order of precedence.
     pending: std::vec::IntoIter<&'c RouteConfig>,
     routes: Vec<Route>,
-    by_host: HashMap<Box<str>, Vec<usize>>,
-    /// Each wildcard suffix's own routes (`Router::under` adds its
-    /// shorter suffixes' when finished).
-    under: HashMap<Box<str>, Vec<usize>>,
-    any_host: Vec<usize>,
+    next: Vec<u32>,
+    /// How many tables there are.
+    tables: u32,
+    first: FxHashMap<(u32, u32), u32>,
+    slashed: FxHashMap<(u32, u32), u32>,
+    ids: FxHashMap<Box<str>, u32>,
+    names: FxHashMap<Box<str>, NameTables>,
 }
 
 impl RouterBuilder<'_> {
@@ -399,48 +511,91 @@ impl RouterBuilder<'_> {
             (None, None) => ALLOW_ALL.into(),
             (None, Some(listed)) => listed,
         };
-        let at = self.routes.len();
-        let list = |map: &mut HashMap<Box<str>, Vec<usize>>, name: &str| {
-            map.entry(name.into()).or_default().push(at)
-        };
-        match &r.host {
-            Some(Hosts::Name(name)) => list(&mut self.by_host, name),
-            Some(Hosts::Under { suffix, itself }) => {
-                list(&mut self.under, suffix);
-                if *itself {
-                    list(&mut self.by_host, suffix);
-                }
+        let table = match &r.host {
+            None => ANY,
+            Some(hosts) => {
+                let (name, slot) = match hosts {
+                    Hosts::Name(name) => (name, Slot::Exact),
+                    Hosts::Under { suffix, itself } => {
+                        (suffix, if *itself { Slot::Dotted } else { Slot::Starred })
+                    }
+                };
+                let tables = self.names.entry(name.clone()).or_default();
+                let id = match slot {
+                    Slot::Exact => &mut tables.exact,
+                    Slot::Dotted => &mut tables.dotted,
+                    Slot::Starred => &mut tables.starred,
+                };
+                *id.get_or_insert_with(|| {
+                    self.tables += 1;
+                    self.tables - 1
+                })
             }
-            None => self.any_host.push(at),
+        };
+        let at = u32::try_from(self.routes.len()).expect("fewer than 4 billion routes");
+        let id = self.id(&r.prefix);
+        match self.first.entry((table, id)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(at);
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                // Appended to its chain: a few routes that differ by
+                // `scheme` or `methods`.
+                let mut last = *o.get() as usize;
+                while self.next[last] != NONE {
+                    last = self.next[last] as usize;
+                }
+                self.next[last] = at;
+            }
+        }
+        self.next.push(NONE);
+        // `/` has none: no path is empty.
+        if let Some(slashless) = r.prefix.strip_suffix('/').filter(|s| !s.is_empty()) {
+            let id = self.id(slashless);
+            self.slashed.entry((table, id)).or_insert(at);
         }
         self.routes.push(r);
+    }
+
+    /// The number of `prefix` (`Router::ids`).
+    fn id(&mut self, prefix: &str) -> u32 {
+        let n = u32::try_from(self.ids.len()).expect("fewer than 4 billion prefixes");
+        *self.ids.entry(prefix.into()).or_insert(n)
     }
 
     /// The router of the routes built (all of them, once `step` said none
     /// are left).
     pub fn finish(self) -> Router {
-        // Each suffix's list takes in those of its shorter suffixes (of
-        // `*.com` for `*.example.com`), so that a name is matched against
-        // one list of wildcards: its longest suffix's.
-        let mut under = HashMap::with_capacity(self.under.len());
-        for (suffix, own) in &self.under {
-            let mut all = own.clone();
-            for (dot, _) in suffix.match_indices('.') {
-                if let Some(shorter) = self.under.get(&suffix[dot + 1..]) {
-                    all.extend_from_slice(shorter);
-                }
-            }
-            all.sort_unstable();
-            under.insert(suffix.clone(), all);
-        }
+        let longest_suffix = self
+            .names
+            .iter()
+            .filter(|(_, t)| t.dotted.is_some() || t.starred.is_some())
+            .map(|(name, _)| name.len())
+            .max()
+            .unwrap_or(0);
         Router {
+            longest_prefix: self
+                .routes
+                .iter()
+                .map(|r| r.prefix.len())
+                .max()
+                .unwrap_or(0),
             routes: self.routes,
-            by_host: self.by_host,
-            longest_under: under.keys().map(|s| s.len()).max().unwrap_or(0),
-            under,
-            any_host: self.any_host,
+            next: self.next,
+            first: self.first,
+            slashed: self.slashed,
+            ids: self.ids,
+            names: self.names,
+            longest_suffix,
         }
     }
+}
+
+/// Which of a name's tables a route goes to.
+enum Slot {
+    Exact,
+    Dotted,
+    Starred,
 }
 
 /// The route a validated route setting describes.
@@ -491,24 +646,28 @@ fn precedence(
     (Reverse(path.len()), Reverse(narrowness), !scheme, !methods)
 }
 
-/// Positions from three ascending lists (a name's routes, its wildcards'
-/// and those for any host), in ascending order: the routes in order of
-/// precedence.
+/// The routes of one level (a prefix and a host's narrowness) in order of
+/// precedence: one table's chain, or two merged (`.x`'s and `*.x`'s, for a
+/// name under x), from their heads (`NONE`: none).
 #[derive(Clone)]
-struct Merged<'a>([&'a [usize]; 3]);
+struct Level<'r> {
+    router: &'r Router,
+    heads: [u32; 2],
+}
 
-impl Iterator for Merged<'_> {
-    type Item = usize;
+impl<'r> Iterator for Level<'r> {
+    type Item = &'r Route;
 
-    fn next(&mut self) -> Option<usize> {
-        let list = self
-            .0
-            .iter_mut()
-            .filter(|l| !l.is_empty())
-            .min_by_key(|l| l[0])?;
-        let (&first, rest) = list.split_first()?;
-        *list = rest;
-        Some(first)
+    fn next(&mut self) -> Option<&'r Route> {
+        // NONE is the largest: the smaller head is the next route.
+        let [a, b] = &mut self.heads;
+        let head = if *b < *a { b } else { a };
+        if *head == NONE {
+            return None;
+        }
+        let at = *head;
+        *head = self.router.after(at).unwrap_or(NONE);
+        Some(&self.router.routes[at as usize])
     }
 }
 
@@ -619,13 +778,10 @@ impl Handler for Router {
         };
         // Found once: a lookup for each of the host's labels when routes
         // name wildcards.
-        let candidates = self.candidates(req.host);
-        let best = self.best_among(candidates.clone(), req.host, req.path);
+        let tables = self.tables_for(req.host);
+        let best = self.best_among(&tables, req.path);
         let first = best.clone().next();
-        if self
-            .wants_slash(candidates, req.host, req.path, first)
-            .is_some()
-        {
+        if self.wants_slash(&tables, req.path, first).is_some() {
             res.redirect_adding_slash(req.path, req.query);
             return Outcome::Done;
         }
@@ -651,11 +807,10 @@ impl Handler for Router {
         // there, whatever its body); a path redirected to add its slash
         // has the limit of the route it is sent to, as nginx does.
         let path = crate::http::path::canonical(req.path).ok()?;
-        let candidates = self.candidates(req.host);
-        let best = self.best_among(candidates.clone(), req.host, &path);
-        if let Some(to) = self.wants_slash(candidates.clone(), req.host, &path, best.clone().next())
-        {
-            return by_method(self.best_among(candidates, req.host, &to.prefix), req)
+        let tables = self.tables_for(req.host);
+        let best = self.best_among(&tables, &path);
+        if let Some(to) = self.wants_slash(&tables, &path, best.clone().next()) {
+            return by_method(self.best_among(&tables, &to.prefix), req)
                 .ok()?
                 .max_body;
         }
@@ -736,16 +891,16 @@ mod tests {
         let r = Router::of(vec![route("/site/", None), route("/", None)]);
         let found = |p: &str| r.routes.iter().find(|x| x.matches(None, p));
         assert!(r
-            .wants_slash(r.candidates(None), None, "/site", found("/site"))
+            .wants_slash(&r.tables_for(None), "/site", found("/site"))
             .is_some());
         assert!(r
-            .wants_slash(r.candidates(None), None, "/site/", found("/site/"))
+            .wants_slash(&r.tables_for(None), "/site/", found("/site/"))
             .is_none());
         assert!(r
-            .wants_slash(r.candidates(None), None, "/sit", found("/sit"))
+            .wants_slash(&r.tables_for(None), "/sit", found("/sit"))
             .is_none());
         assert!(r
-            .wants_slash(r.candidates(None), None, "/", found("/"))
+            .wants_slash(&r.tables_for(None), "/", found("/"))
             .is_none());
         // A route of its own for `/site` wins over the redirect.
         let r = Router::of(vec![
@@ -754,17 +909,15 @@ mod tests {
             route("/", None),
         ]);
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
-        assert!(r
-            .wants_slash(r.candidates(None), None, "/site", found)
-            .is_none());
+        assert!(r.wants_slash(&r.tables_for(None), "/site", found).is_none());
         // Only for the host the route is for.
         let r = Router::of(vec![route("/site/", Some("a.test")), route("/", None)]);
         let found = r.routes.iter().find(|x| x.matches(None, "/site"));
         assert!(r
-            .wants_slash(r.candidates(Some("a.test")), Some("a.test"), "/site", found)
+            .wants_slash(&r.tables_for(Some("a.test")), "/site", found)
             .is_some());
         assert!(r
-            .wants_slash(r.candidates(Some("b.test")), Some("b.test"), "/site", found)
+            .wants_slash(&r.tables_for(Some("b.test")), "/site", found)
             .is_none());
     }
 
@@ -825,9 +978,10 @@ mod tests {
         );
         assert_eq!(best(Some("elsewhere.test"), "/x"), ("/".into(), None));
         assert_eq!(best(None, "/api/x"), ("/".into(), None));
-        assert_eq!(r.candidates(Some("site7.test")).count(), 4);
-        assert_eq!(r.candidates(Some("Site7.test")).count(), 4);
-        assert_eq!(r.candidates(Some("elsewhere.test")).count(), 2);
+        // Its name's table and any host's.
+        assert_eq!(r.tables_for(Some("site7.test")).iter().count(), 2);
+        assert_eq!(r.tables_for(Some("Site7.test")).iter().count(), 2);
+        assert_eq!(r.tables_for(Some("elsewhere.test")).iter().count(), 1);
         let r = Router::of(vec![route("/", Some("only.test"))]);
         assert!(r.best(Some("other.test"), "/").next().is_none());
         assert!(r.best(Some("Only.Test"), "/").next().is_some());
@@ -872,13 +1026,11 @@ mod tests {
         assert_eq!(best("example.org", "/"), "/ .example.org");
         assert_eq!(best("deep.sub.example.org", "/"), "/ .example.org");
         assert_eq!(best("example.org.uk", "/"), "/ any");
-        // Its name's, its wildcards' (of both suffixes), any host's.
-        assert_eq!(r.candidates(Some("x.example.com")).count(), 5);
-        assert_eq!(r.candidates(Some("b.a.example.com")).count(), 5);
-        assert_eq!(r.candidates(Some("example.org")).count(), 2);
-        assert_eq!(r.candidates(None).count(), 1);
-        let positions: Vec<usize> = r.candidates(Some("b.a.example.com")).collect();
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+        // Its name's, its wildcards' (of each suffix), any host's.
+        assert_eq!(r.tables_for(Some("x.example.com")).iter().count(), 4);
+        assert_eq!(r.tables_for(Some("b.a.example.com")).iter().count(), 4);
+        assert_eq!(r.tables_for(Some("example.org")).iter().count(), 2);
+        assert_eq!(r.tables_for(None).iter().count(), 1);
     }
 
     /// A host of thousands of labels is looked up by its suffixes that a
@@ -911,6 +1063,81 @@ mod tests {
         assert!(itself.take("a.example.com"));
         assert!(!itself.take("xample.com"));
         assert!(Hosts::of("example.com").take("Example.Com"));
+    }
+
+    /// The tables find what a scan of every route in order finds by the
+    /// rule (`Route::matches`): the best routes and the slash redirect,
+    /// for any mix of prefixes, names, wildcards and host spellings.
+    #[test]
+    fn the_tables_find_what_a_scan_by_the_rule_finds() {
+        use proptest::prelude::*;
+        const PREFIXES: [&str; 9] = [
+            "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/b/", "/b", "/a/b/c",
+        ];
+        const HOSTS: [Option<&str>; 8] = [
+            None,
+            Some("x.test"),
+            Some("a.x.test"),
+            Some("*.x.test"),
+            Some(".x.test"),
+            Some("*.test"),
+            Some("*.a.x.test"),
+            Some(".a.x.test"),
+        ];
+        const PATHS: [&str; 12] = [
+            "/", "/a", "/a/", "/a/b", "/a/b/", "/a/bc", "/ab", "/abc", "/b", "/b/x", "/a/b/c/d",
+            "/c",
+        ];
+        const ASKED: [Option<&str>; 9] = [
+            None,
+            Some("x.test"),
+            Some("X.Test:80"),
+            Some("a.x.test."),
+            Some("b.a.x.test"),
+            Some("c.b.a.x.test"),
+            Some("y.test"),
+            Some("test"),
+            Some("x.testy"),
+        ];
+        let configs = proptest::collection::vec((0..PREFIXES.len(), 0..HOSTS.len()), 1..12);
+        proptest!(ProptestConfig::with_cases(400), |(picked in configs)| {
+            let r = Router::of(
+                picked.iter().map(|&(p, h)| route(PREFIXES[p], HOSTS[h])).collect(),
+            );
+            for path in PATHS {
+                for host in ASKED {
+                    let tables = r.tables_for(host);
+                    let got: Vec<*const Route> =
+                        r.best_among(&tables, path).map(|x| x as *const Route).collect();
+                    let first = r.routes.iter().find(|x| x.matches(host, path));
+                    let level = first.map(|x| (x.prefix.len(), x.narrowness));
+                    let want: Vec<*const Route> = r
+                        .routes
+                        .iter()
+                        .filter(|x| {
+                            x.matches(host, path) && Some((x.prefix.len(), x.narrowness)) == level
+                        })
+                        .map(|x| x as *const Route)
+                        .collect();
+                    prop_assert_eq!(&got, &want, "{:?} {:?}", host, path);
+                    let slash = r.wants_slash(&tables, path, first).map(|x| x as *const Route);
+                    let want_slash = if first.is_some_and(|x| x.prefix.len() >= path.len()) {
+                        None
+                    } else {
+                        r.routes
+                            .iter()
+                            .find(|x| {
+                                x.prefix.len() == path.len() + 1
+                                    && x.prefix.ends_with('/')
+                                    && x.prefix.starts_with(path)
+                                    && x.matches(host, &x.prefix)
+                            })
+                            .map(|x| x as *const Route)
+                    };
+                    prop_assert_eq!(slash, want_slash, "slash {:?} {:?}", host, path);
+                }
+            }
+        });
     }
 
     #[test]

@@ -157,14 +157,18 @@ impl Walker<'_> {
             // refused (400), so the route would never match; and no
             // wildcard but the first label (nginx's `www.example.*` is not
             // taken).
+            // A DNS name's limits (253 bytes, labels of 63): a longer one
+            // no client could send, and a wildcard's suffix bounds what a
+            // request's host is looked up by.
             _ => Some(name.strip_suffix('.').unwrap_or(name))
                 .filter(|h| {
-                    h.split('.').all(|label| {
-                        !label.is_empty()
-                            && label
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    })
+                    h.len() <= 253
+                        && h.split('.').all(|label| {
+                            (1..=63).contains(&label.len())
+                                && label
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        })
                 })
                 .map(|h| format!("{wildcard}{h}")),
         };
@@ -269,6 +273,8 @@ mod tests {
             "*.*.example.com",
             "www.example.*",
             "a.*.example.com",
+            &format!("*.{}example.com", "a.".repeat(9000)),
+            &format!("{}.example.com", "a".repeat(64)),
         ] {
             let errs = errors(&route(bad));
             assert_eq!(

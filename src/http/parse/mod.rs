@@ -430,8 +430,8 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// Host is `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
 /// reg-name or IPv4 address, or an IPv6 address in brackets, then digits
 /// after a colon. Anything else (spaces, slashes, controls, a port that is
-/// no number, a bare or unclosed IPv6 literal, an empty label as in `a..b`
-/// or `..`, as nginx refuses them) is refused (RFC 9112 §3.2: 400), so
+/// no number, a bare or unclosed IPv6 literal, an empty label as in `a..b`,
+/// `..`, `.` or `.example.com`) is refused (RFC 9112 §3.2: 400), so
 /// that host matching, logging and the `Host` an upstream gets see only a
 /// host.
 pub fn valid_host(value: &[u8]) -> bool {
@@ -463,6 +463,7 @@ pub fn valid_host(value: &[u8]) -> bool {
         _ => false,
     };
     port_ok
+        && !host.starts_with(b".")
         && !host.windows(2).any(|w| w == b"..")
         && host
             .iter()

@@ -78,6 +78,9 @@ fn host_rules() {
         "..",
         "a..b",
         "a..:80",
+        ".",
+        ".:80",
+        ".example.com",
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
         assert_eq!(err(&req), ParseError::Target, "{bad:?}");
