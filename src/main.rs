@@ -250,9 +250,13 @@ fn init_logging() {
                     log::Level::Info => 6,
                     log::Level::Debug | log::Level::Trace => 7,
                 };
-                // Each continuation line an entry of the same priority.
-                let text = text.replace("\n    ", &format!("\n<{prio}>    "));
-                writeln!(buf, "<{prio}>{text}")
+                if text.contains('\n') {
+                    // Each continuation line an entry of the same priority.
+                    let text = text.replace("\n    ", &format!("\n<{prio}>    "));
+                    writeln!(buf, "<{prio}>{text}")
+                } else {
+                    writeln!(buf, "<{prio}>{text}")
+                }
             } else {
                 writeln!(buf, "{:<5} {text}", record.level())
             }
@@ -283,4 +287,20 @@ fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped;
+
+    #[test]
+    fn control_characters_are_escaped_but_an_indented_continuation() {
+        assert_eq!(escaped("plain line"), "plain line");
+        assert_eq!(escaped("a\nb\r\u{1b}[31m\tc"), "a\\nb\\r\\x1b[31m\tc");
+        assert_eq!(
+            escaped("exited; its last output:\n    Error: x\n    at y"),
+            "exited; its last output:\n    Error: x\n    at y"
+        );
+        assert_eq!(escaped("x\n   three"), "x\\n   three");
+    }
 }

@@ -2,11 +2,12 @@
 //! host and method. A shard owns its router; a reload replaces it whole.
 
 use std::cmp::Reverse;
-
-use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::rc::Rc;
 
-use crate::config::{HandlerConfig, RouteConfig};
+use rustc_hash::FxHashMap;
+
+use crate::config::{HandlerConfig, RouteConfig, MAX_NAME};
 use crate::handlers::proxy::{Proxy, ProxyRoute};
 use crate::handlers::static_files::StaticSite;
 use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect};
@@ -219,9 +220,39 @@ pub struct Router {
     /// thousands of labels, each hashing the rest, made a request cost
     /// seconds).
     longest_suffix: usize,
-    /// The longest route prefix, in bytes: a path's longer prefixes are
-    /// never looked up.
-    longest_prefix: usize,
+    /// The lengths route prefixes have: a path's prefix of another length
+    /// is never hashed (a path of thousands of `/` costs what its few
+    /// prefixes of those lengths do).
+    lengths: Lengths,
+    /// What is left of the maps' keys as the router is shed.
+    leftovers: Vec<Box<str>>,
+}
+
+/// A set of lengths, as bits.
+#[derive(Default)]
+struct Lengths(Vec<u64>);
+
+impl Lengths {
+    fn insert(&mut self, n: usize) {
+        if self.0.len() <= n / 64 {
+            self.0.resize(n / 64 + 1, 0);
+        }
+        self.0[n / 64] |= 1 << (n % 64);
+    }
+
+    fn has(&self, n: usize) -> bool {
+        self.0
+            .get(n / 64)
+            .is_some_and(|bits| bits & (1 << (n % 64)) != 0)
+    }
+
+    /// One more than the longest (0 when empty).
+    fn end(&self) -> usize {
+        self.0
+            .iter()
+            .rposition(|&bits| bits != 0)
+            .map_or(0, |i| i * 64 + 64 - self.0[i].leading_zeros() as usize)
+    }
 }
 
 /// The table of the routes for any host.
@@ -230,13 +261,14 @@ const ANY: u32 = 0;
 /// The end of a `Router::next` chain.
 const NONE: u32 = u32::MAX;
 
-/// The tables of the routes for one name: for it alone (`exact`), for it
-/// and the names under it (`dotted`, `.example.com`), for the names under
-/// it (`starred`, `*.example.com`).
+/// The tables of the routes for one name.
 #[derive(Default, Clone, Copy)]
 struct NameTables {
+    /// For it alone (`example.com`).
     exact: Option<u32>,
+    /// For it and the names under it (`.example.com`).
     dotted: Option<u32>,
+    /// For the names under it (`*.example.com`).
     starred: Option<u32>,
 }
 
@@ -244,8 +276,11 @@ struct NameTables {
 /// wildcards', any host's. Held inline: a host matches more than a few
 /// only under wildcards nested many deep.
 struct HostTables {
+    /// The first ones.
     inline: [u32; 8],
+    /// How many of `inline` are.
     len: usize,
+    /// Those past `inline`.
     more: Vec<u32>,
 }
 
@@ -279,19 +314,21 @@ impl HostTables {
     }
 }
 
-/// The prefixes a route could have that takes `path`, longest first, none
-/// longer than `longest`: the path itself, then at each `/` from the end
-/// the path up to and with it (`/a/` for `/a/b`), and without it (`/a`).
-fn prefixes(path: &str, longest: usize) -> impl Iterator<Item = &str> {
-    let whole = (path.len() <= longest).then_some(path);
-    let slashes = memchr::memrchr_iter(b'/', path.as_bytes()).flat_map(move |i| {
+/// The prefixes a route could have that takes `path`, longest first, of
+/// the `lengths` routes' prefixes have: the path itself, then at each `/`
+/// from the end the path up to and with it (`/a/` for `/a/b`), and without
+/// it (`/a`). Only the path's first bytes, up to the longest length, are
+/// searched.
+fn prefixes<'p>(path: &'p str, lengths: &'p Lengths) -> impl Iterator<Item = &'p str> {
+    let searched = &path.as_bytes()[..path.len().min(lengths.end())];
+    let slashes = memchr::memrchr_iter(b'/', searched).flat_map(move |i| {
         let with = (i + 1 < path.len()).then(|| &path[..=i]);
         let without = (i > 0).then(|| &path[..i]);
         with.into_iter().chain(without)
     });
-    whole
-        .into_iter()
-        .chain(slashes.skip_while(move |p| p.len() > longest))
+    std::iter::once(path)
+        .chain(slashes)
+        .filter(|p| lengths.has(p.len()))
 }
 
 impl Router {
@@ -326,6 +363,7 @@ impl Router {
             slashed: FxHashMap::default(),
             ids: FxHashMap::default(),
             names: FxHashMap::default(),
+            lengths: Lengths::default(),
         }
     }
 
@@ -334,16 +372,7 @@ impl Router {
     #[cfg(test)]
     fn of(mut routes: Vec<Route>) -> Router {
         routes.sort_by_key(|r| precedence(&r.prefix, r.narrowness, false, r.methods.is_some()));
-        let mut building = RouterBuilder {
-            pending: Vec::new().into_iter(),
-            routes: Vec::with_capacity(routes.len()),
-            next: Vec::with_capacity(routes.len()),
-            tables: 1,
-            first: FxHashMap::default(),
-            slashed: FxHashMap::default(),
-            ids: FxHashMap::default(),
-            names: FxHashMap::default(),
-        };
+        let mut building = Router::builder(std::iter::empty());
         for r in routes {
             building.push(r);
         }
@@ -354,8 +383,23 @@ impl Router {
     /// A shard lets go of a replaced router of thousands of routes a few
     /// at a time, as it builds one; it is looked up no more.
     pub fn shed(&mut self, n: usize) -> bool {
-        self.routes.truncate(self.routes.len().saturating_sub(n));
-        !self.routes.is_empty()
+        if !self.routes.is_empty() {
+            self.routes.truncate(self.routes.len().saturating_sub(n));
+        } else if self.leftovers.is_empty() {
+            // Then the maps' keys (a prefix, a name each), out of their
+            // maps at once (their tables are a few large blocks).
+            self.leftovers
+                .extend(self.ids.drain().map(|(prefix, _)| prefix));
+            self.leftovers
+                .extend(self.names.drain().map(|(name, _)| name));
+        } else {
+            self.leftovers
+                .truncate(self.leftovers.len().saturating_sub(n));
+        }
+        !(self.routes.is_empty()
+            && self.leftovers.is_empty()
+            && self.ids.is_empty()
+            && self.names.is_empty())
     }
 
     /// The position of the route at `at`'s table and prefix that comes
@@ -369,19 +413,27 @@ impl Router {
         let mut tables = HostTables::new();
         match host.map(bare_host) {
             Some(host) if !self.names.is_empty() => {
+                // No route's name is longer than a DNS name, nor any
+                // wildcard's suffix than the longest: only the end of a
+                // longer host is looked at (a Host of 30 KB costs what a
+                // short one does).
+                let keep = MAX_NAME.max(self.longest_suffix + 1);
+                let tail = host.get(host.len().saturating_sub(keep)..).unwrap_or(host);
                 // Route hosts are kept in lower case; clients send theirs
                 // so, and only another spelling costs a copy.
                 let lower;
-                let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                    lower = host.to_ascii_lowercase();
+                let tail = if tail.bytes().any(|b| b.is_ascii_uppercase()) {
+                    lower = tail.to_ascii_lowercase();
                     &lower
                 } else {
-                    host
+                    tail
                 };
-                if let Some(name) = self.names.get(host) {
-                    tables.extend_with([name.exact, name.dotted]);
+                if tail.len() == host.len() {
+                    if let Some(name) = self.names.get(tail) {
+                        tables.extend_with([name.exact, name.dotted]);
+                    }
                 }
-                for suffix in self.wildcard_suffixes(host) {
+                for suffix in self.wildcard_suffixes(tail) {
                     if let Some(name) = self.names.get(suffix) {
                         tables.extend_with([name.starred, name.dotted]);
                     }
@@ -413,7 +465,8 @@ impl Router {
         path: &str,
         found: Option<&Route>,
     ) -> Option<&Route> {
-        if found.is_some_and(|r| r.prefix.len() >= path.len()) {
+        if found.is_some_and(|r| r.prefix.len() >= path.len()) || !self.lengths.has(path.len() + 1)
+        {
             return None;
         }
         let id = self.ids.get(path)?;
@@ -447,7 +500,7 @@ impl Router {
             router: self,
             heads: [NONE, NONE],
         };
-        for prefix in prefixes(path, self.longest_prefix) {
+        for prefix in prefixes(path, &self.lengths) {
             let Some(id) = self.ids.get(prefix) else {
                 continue;
             };
@@ -456,12 +509,16 @@ impl Router {
                 continue;
             };
             // Of this prefix, the routes as narrow as the first: those of
-            // one table, or of `.x` and `*.x` for a name under x.
+            // one table, or of `.x` and `*.x` for a name under x (no other
+            // two tables of a host are as narrow: its suffixes differ in
+            // length, and a name is narrower than any).
             let narrowness = self.routes[first as usize].narrowness;
             let mut heads = level.heads.iter_mut();
             for at in tables.iter().filter_map(found) {
                 if self.routes[at as usize].narrowness == narrowness {
-                    if let Some(head) = heads.next() {
+                    let head = heads.next();
+                    debug_assert!(head.is_some(), "three tables as narrow");
+                    if let Some(head) = head {
                         *head = at;
                     }
                 }
@@ -476,14 +533,16 @@ impl Router {
 pub struct RouterBuilder<'c> {
     /// What is left to build, in order of precedence.
     pending: std::vec::IntoIter<&'c RouteConfig>,
+    /// What `Router`'s fields of the same names will be.
     routes: Vec<Route>,
     next: Vec<u32>,
-    /// How many tables there are.
-    tables: u32,
     first: FxHashMap<(u32, u32), u32>,
     slashed: FxHashMap<(u32, u32), u32>,
     ids: FxHashMap<Box<str>, u32>,
     names: FxHashMap<Box<str>, NameTables>,
+    lengths: Lengths,
+    /// How many tables there are.
+    tables: u32,
 }
 
 impl RouterBuilder<'_> {
@@ -532,13 +591,17 @@ impl RouterBuilder<'_> {
                 })
             }
         };
-        let at = u32::try_from(self.routes.len()).expect("fewer than 4 billion routes");
+        let at = u32::try_from(self.routes.len())
+            .ok()
+            .filter(|&at| at != NONE)
+            .expect("fewer than 4 billion routes");
         let id = self.id(&r.prefix);
+        self.lengths.insert(r.prefix.len());
         match self.first.entry((table, id)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
+            Entry::Vacant(v) => {
                 v.insert(at);
             }
-            std::collections::hash_map::Entry::Occupied(o) => {
+            Entry::Occupied(o) => {
                 // Appended to its chain: a few routes that differ by
                 // `scheme` or `methods`.
                 let mut last = *o.get() as usize;
@@ -574,12 +637,8 @@ impl RouterBuilder<'_> {
             .max()
             .unwrap_or(0);
         Router {
-            longest_prefix: self
-                .routes
-                .iter()
-                .map(|r| r.prefix.len())
-                .max()
-                .unwrap_or(0),
+            lengths: self.lengths,
+            leftovers: Vec::new(),
             routes: self.routes,
             next: self.next,
             first: self.first,
@@ -648,10 +707,12 @@ fn precedence(
 
 /// The routes of one level (a prefix and a host's narrowness) in order of
 /// precedence: one table's chain, or two merged (`.x`'s and `*.x`'s, for a
-/// name under x), from their heads (`NONE`: none).
+/// name under x).
 #[derive(Clone)]
 struct Level<'r> {
+    /// Whose routes and chains.
     router: &'r Router,
+    /// The next route of each chain (`NONE`: none).
     heads: [u32; 2],
 }
 
@@ -1074,7 +1135,7 @@ mod tests {
         const PREFIXES: [&str; 9] = [
             "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/b/", "/b", "/a/b/c",
         ];
-        const HOSTS: [Option<&str>; 8] = [
+        const HOSTS: [Option<&str>; 11] = [
             None,
             Some("x.test"),
             Some("a.x.test"),
@@ -1083,26 +1144,41 @@ mod tests {
             Some("*.test"),
             Some("*.a.x.test"),
             Some(".a.x.test"),
+            Some("*.b.a.x.test"),
+            Some(".c.b.a.x.test"),
+            Some("::1"),
         ];
-        const PATHS: [&str; 12] = [
+        const METHODS: [Option<&str>; 3] = [None, Some("GET"), Some("POST")];
+        const PATHS: [&str; 14] = [
             "/", "/a", "/a/", "/a/b", "/a/b/", "/a/bc", "/ab", "/abc", "/b", "/b/x", "/a/b/c/d",
-            "/c",
+            "/c", "/a/é/b", "/é",
         ];
-        const ASKED: [Option<&str>; 9] = [
+        const ASKED: [Option<&str>; 13] = [
             None,
+            Some(""),
             Some("x.test"),
             Some("X.Test:80"),
             Some("a.x.test."),
             Some("b.a.x.test"),
             Some("c.b.a.x.test"),
+            Some("d.c.b.a.x.test"),
             Some("y.test"),
             Some("test"),
             Some("x.testy"),
+            Some("[::1]:80"),
+            Some("::1"),
         ];
-        let configs = proptest::collection::vec((0..PREFIXES.len(), 0..HOSTS.len()), 1..12);
+        let configs =
+            proptest::collection::vec((0..PREFIXES.len(), 0..HOSTS.len(), 0..METHODS.len()), 1..14);
         proptest!(ProptestConfig::with_cases(400), |(picked in configs)| {
             let r = Router::of(
-                picked.iter().map(|&(p, h)| route(PREFIXES[p], HOSTS[h])).collect(),
+                picked
+                    .iter()
+                    .map(|&(p, h, m)| Route {
+                        methods: METHODS[m].map(|m| vec![m.to_string()]),
+                        ..route(PREFIXES[p], HOSTS[h])
+                    })
+                    .collect(),
             );
             for path in PATHS {
                 for host in ASKED {
@@ -1138,6 +1214,52 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// Only a path's prefixes of lengths routes' prefixes have are looked
+    /// up, and only its first bytes searched for them; only a long host's
+    /// end: a path of thousands of `/`, or a Host of 30 KB, costs what a
+    /// short one does.
+    #[test]
+    fn long_paths_and_hosts_are_looked_at_as_far_as_routes_reach() {
+        let r = Router::of(vec![
+            route("/", None),
+            route("/b/b/", None),
+            route("/", Some("*.example.com")),
+        ]);
+        let path = "/b".repeat(15_000);
+        assert_eq!(
+            prefixes(&path, &r.lengths).collect::<Vec<_>>(),
+            ["/b/b/", "/"]
+        );
+        assert_eq!(r.best(None, &path).next().unwrap().prefix, "/b/b/");
+        let host = format!("{}example.com", "A.".repeat(15_000));
+        assert_eq!(r.best(Some(&host), "/x").next().unwrap().narrowness, 12);
+        let mut lengths = Lengths::default();
+        assert_eq!(lengths.end(), 0);
+        for n in [1, 63, 64, 200] {
+            lengths.insert(n);
+        }
+        assert!(lengths.has(64) && lengths.has(200) && !lengths.has(65) && !lengths.has(9999));
+        assert_eq!(lengths.end(), 201);
+    }
+
+    /// A replaced router is let go of a few routes, then a few keys, at a
+    /// time.
+    #[test]
+    fn a_router_is_shed_in_steps() {
+        let routes = (0..100).map(|n| route(&format!("/r{n}/"), Some(&format!("h{n}.test"))));
+        let mut r = Router::of(routes.collect());
+        let mut steps = 0;
+        while r.shed(32) {
+            steps += 1;
+        }
+        // 100 routes 32 at a time (4 steps); their 100 prefixes, 100
+        // without their slash and 100 names taken out of their maps (1);
+        // those 300, 32 at a time (9 steps, and the last, which says
+        // nothing is left).
+        assert_eq!(steps, 14);
+        assert!(r.routes.is_empty() && r.ids.is_empty() && r.names.is_empty());
     }
 
     #[test]

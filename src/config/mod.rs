@@ -247,6 +247,10 @@ impl Default for MetricsConfig {
     }
 }
 
+/// The longest name a route's `host` may have (DNS's limit, without the
+/// root's dot): the router looks at no more of a longer request host.
+pub const MAX_NAME: usize = 253;
+
 /// One `[[route]]`: which requests it takes and what answers them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {

@@ -1028,7 +1028,7 @@ fn out_of_descriptors_a_file_is_a_500_not_a_404() {
     assert!(taken.len() < 80, "every connection was taken: no limit?");
     let r = ask(&mut taken[0]);
     assert_eq!(r.status, 500, "{r:?}");
-    server.wait_for_log("static file /ten.txt: Too many open files");
+    server.wait_for_log("static file \"/ten.txt\": Too many open files");
     // Free again: the file, not a remembered failure.
     let mut first = taken.swap_remove(0);
     drop(taken);
@@ -1046,23 +1046,35 @@ fn out_of_descriptors_a_file_is_a_500_not_a_404() {
     }
 }
 
+/// 150 files over 64 KiB (each kept open once looked at) under `www`, and
+/// their content.
+fn large_files(name: &str) -> (Scratch, Vec<u8>) {
+    let dir = Scratch::new(name);
+    let big = vec![b'x'; 70 << 10];
+    for i in 0..150 {
+        dir.write(&format!("www/f{i}.bin"), &big);
+    }
+    (dir, big)
+}
+
+/// A one-shard server of `conf` that may open 100 descriptors.
+fn one_shard_with_100_descriptors(conf: &std::path::Path) -> Server {
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(conf);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 100);
+    Server::spawn(cmd)
+}
+
 /// The large files a site keeps open (up to 1000 per shard, as nginx's
 /// `open_file_cache`) give their descriptors back when the process runs
 /// out: many files looked at in a second under a low limit are served, not
 /// a 500 for every file past the limit until the first ones expire.
 #[test]
 fn cached_open_files_make_room_when_descriptors_run_out() {
-    let dir = Scratch::new("static-cache-fds");
-    let big = vec![b'x'; 70 << 10];
-    for i in 0..150 {
-        dir.write(&format!("www/f{i}.bin"), &big);
-    }
+    let (dir, big) = large_files("static-cache-fds");
     let conf = www_conf(&dir, "/", "cache-valid = \"1m\"\n");
-    let mut cmd = crate::util::command();
-    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
-        .arg(&conf);
-    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 100);
-    let server = Server::spawn(cmd);
+    let server = one_shard_with_100_descriptors(&conf);
     let mut s = server.connect();
     for i in 0..150 {
         s.write_all(format!("HEAD /f{i}.bin HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -1079,11 +1091,7 @@ fn cached_open_files_make_room_when_descriptors_run_out() {
 /// yet is served while another holds the shard's descriptors.
 #[test]
 fn one_sites_cached_files_make_room_for_another() {
-    let dir = Scratch::new("static-cache-fds-shard");
-    let big = vec![b'x'; 70 << 10];
-    for i in 0..150 {
-        dir.write(&format!("www/f{i}.bin"), &big);
-    }
+    let (dir, _) = large_files("static-cache-fds-shard");
     let conf = www_conf(
         &dir,
         "/a/",
@@ -1092,11 +1100,7 @@ fn one_sites_cached_files_make_room_for_another() {
             dir.path("www")
         ),
     );
-    let mut cmd = crate::util::command();
-    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
-        .arg(&conf);
-    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 100);
-    let server = Server::spawn(cmd);
+    let server = one_shard_with_100_descriptors(&conf);
     let mut s = server.connect();
     let mut head = |path: &str| {
         s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

@@ -162,7 +162,7 @@ impl Walker<'_> {
             // request's host is looked up by.
             _ => Some(name.strip_suffix('.').unwrap_or(name))
                 .filter(|h| {
-                    h.len() <= 253
+                    h.len() <= crate::config::MAX_NAME
                         && h.split('.').all(|label| {
                             (1..=63).contains(&label.len())
                                 && label

@@ -622,7 +622,8 @@ async fn serve(
             res.body("text/plain; charset=utf-8", b"Forbidden\n");
         }
         Found::Failed(why) => {
-            log::error!("static file /{rel}: {why}");
+            // The client's path, decoded: a line break in it stays escaped.
+            log::error!("static file \"/{}\": {why}", rel.escape_debug());
             res.begin(Status::INTERNAL_SERVER_ERROR);
             res.body("text/plain; charset=utf-8", b"Internal Server Error\n");
         }
