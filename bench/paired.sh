@@ -15,6 +15,10 @@
 #
 # DURATION (default 4s) is each pair's run, CONNS (default 50) the clients
 # shared by the two wrks; SERVER_CPU and LOAD_CPU as in bench/lib.sh.
+# CONFIG (a coreserve configuration in place of the hello-world one),
+# TARGET (the path asked, default /) and HOST (a Host header) measure a
+# router of many routes or sites, coreserve against coreserve:
+#   CONFIG=routes.toml TARGET=/other/x bench/paired.sh OLD_BIN NEW_BIN 4
 #
 # Sharing one CPU, each server gets about half of it: a figure here is not
 # the pinned layout's, but the ratio of the two is steady. Needs wrk
@@ -46,6 +50,13 @@ if [ "${PROXY:-0}" = 1 ]; then
 else
     hello_config "$work/hello.toml"
     nginx_conf=$PEERS/nginx.conf
+fi
+if [ -n "${CONFIG:-}" ]; then
+    cp "$CONFIG" "$work/hello.toml"
+fi
+TARGET=${TARGET:-/}
+if [ -n "${HOST:-}" ]; then
+    wrk_args+=(-H "Host: $HOST")
 fi
 tck=$(getconf CLK_TCK)
 
@@ -88,8 +99,8 @@ pair() {
     p2=$pids
     # shellcheck disable=SC2086
     c1=$(ticks $p1); c2=$(ticks $p2)
-    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" http://127.0.0.1:3012/ > "$work/w2" &
-    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" http://127.0.0.1:3011/ > "$work/w1"
+    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" "http://127.0.0.1:3012$TARGET" > "$work/w2" &
+    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" "http://127.0.0.1:3011$TARGET" > "$work/w1"
     wait "$!"
     # shellcheck disable=SC2086
     c1=$(( $(ticks $p1) - c1 )); c2=$(( $(ticks $p2) - c2 ))
