@@ -140,7 +140,7 @@ impl Dealer {
             for k in 0..n {
                 let i = (self.next + k) % n;
                 let Some(tx) = &self.shards[i] else { continue };
-                if with_room && tx.at_capacity() {
+                if with_room && !tx.has_room() {
                     live += 1;
                     continue;
                 }
@@ -433,26 +433,33 @@ mod tests {
     #[test]
     fn a_shard_at_capacity_is_passed_over_while_another_has_room() {
         let (mut d, rxs) = dealer(3, 8);
-        rxs[0].capacity().set(true);
+        rxs[0].capacity().set(0);
         for _ in 0..4 {
             assert!(matches!(d.deal(conn()), Dealt::Queued));
         }
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [0, 2, 2]);
-        rxs[1].capacity().set(true);
-        rxs[2].capacity().set(true);
+        rxs[1].capacity().set(0);
+        rxs[2].capacity().set(0);
         for _ in 0..3 {
             assert!(matches!(d.deal(conn()), Dealt::Queued));
         }
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 1, 1]);
-        rxs[0].capacity().set(false);
+        rxs[0].capacity().set(u64::MAX);
         for _ in 0..2 {
             assert!(matches!(d.deal(conn()), Dealt::Queued));
         }
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [2, 0, 0]);
+        // Three were dealt to it: a budget of five is room for two, then
+        // the others (full) in turn.
+        rxs[0].capacity().set(5);
+        for _ in 0..4 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [2, 1, 1]);
         // The one with room is behind for a moment: accepting pauses
         // rather than deal to the full ones.
         let (mut d, rxs) = dealer(2, 1);
-        rxs[1].capacity().set(true);
+        rxs[1].capacity().set(0);
         assert!(matches!(d.deal(conn()), Dealt::Queued));
         assert!(matches!(d.deal(conn()), Dealt::AllFull(_)));
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 0]);

@@ -26,7 +26,7 @@ use crate::job::{self, JobConn};
 use crate::listener::Scheme;
 use crate::metrics::TlsFailure;
 use crate::proxy_protocol;
-use crate::state::{ConnKey, Shard, Site};
+use crate::state::{ConnKey, Shard, Site, Starting};
 use crate::tls::{self, TlsSite};
 use crate::transport::{Room, Socket};
 
@@ -42,8 +42,12 @@ pub const LINGER_BYTES: usize = 1 << 20;
 pub const IDLE_OUTPUT: usize = 4096;
 
 /// Serve one accepted connection until it closes; `scheme` says whether it
-/// came to an HTTPS address.
-pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>) {
+/// came to an HTTPS address; `starting` counted it as taken until its task
+/// ran.
+pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, starting: Starting) {
+    // Counted as taken until here; from here by its registration (or not
+    // at all, refused).
+    drop(starting);
     let first_site = shard.site();
     let limits = first_site.limits;
     // TCP_NODELAY comes with the socket, from its listener (`listener::prepare`).

@@ -15,10 +15,11 @@
 //! of a busy shard, no glommio park between two connections); see
 //! `readiness`.
 //!
-//! The shard also says through it whether it holds `max-connections`
-//! already (`Capacity`): the acceptor then deals to the others while one
-//! has room, as nginx's accept mutex keeps a nearly full worker from
-//! taking new connections.
+//! The shard also says through it how many connections it may be dealt in
+//! all, near `max-connections` (`Capacity`: those it has taken and the room
+//! it has left); the acceptor, which counts what it dealt, deals to it no
+//! more than that while another has room, as nginx's accept mutex keeps a
+//! nearly full worker from taking new connections.
 //!
 //! Each connection travels with the index of the listener that accepted it
 //! (`Accepted`): the shard tells an HTTPS connection from a plain one by it.
@@ -26,9 +27,10 @@
 //! Every descriptor in the queue is owned by it: whatever is left when the
 //! last end goes — a dead shard, shutdown — is closed, never leaked.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -58,10 +60,13 @@ struct Shared {
     ringing: AtomicBool,
     sender_gone: AtomicBool,
     receiver_gone: AtomicBool,
-    /// The shard holds `max-connections`: written by the shard when that
-    /// changes, read by the acceptor as it deals (a hint: no ordering
-    /// with the queue is needed).
-    at_capacity: AtomicBool,
+    /// How many connections the shard may be dealt since the queue was
+    /// made (`u64::MAX`: far from its limit): written by the shard when
+    /// that changes, read by the acceptor as it deals (a hint: no ordering
+    /// with the queue is needed). Taking a connection leaves it as it is:
+    /// one taken off the queue but not yet counted as the shard's is never
+    /// dealt twice.
+    budget: AtomicU64,
 }
 
 /// A new queue holding at most `capacity` connections.
@@ -79,9 +84,9 @@ pub fn queue(capacity: usize) -> std::io::Result<(Sender, Receiver)> {
         ringing: AtomicBool::new(false),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
-        at_capacity: AtomicBool::new(false),
+        budget: AtomicU64::new(u64::MAX),
     });
-    Ok((Sender(shared.clone()), Receiver(shared)))
+    Ok((Sender(shared.clone(), Cell::new(0)), Receiver(shared)))
 }
 
 impl Shared {
@@ -103,7 +108,9 @@ pub enum Refused {
 }
 
 /// The acceptor's end of one shard's queue.
-pub struct Sender(Arc<Shared>);
+/// The acceptor's end of one shard's queue, and how many connections it
+/// has dealt through it.
+pub struct Sender(Arc<Shared>, Cell<u64>);
 
 impl Sender {
     /// Queue a connection for the shard and wake it if it waits.
@@ -113,6 +120,7 @@ impl Sender {
         }
         match self.0.queue.push(conn) {
             Ok(()) => {
+                self.1.set(self.1.get() + 1);
                 // Pairs with the fence in `recv_ringing`: either the shard
                 // sees this connection, or this sees that it waits.
                 fence(Ordering::SeqCst);
@@ -126,9 +134,10 @@ impl Sender {
         }
     }
 
-    /// Whether the shard said it holds `max-connections` (`Capacity`).
-    pub fn at_capacity(&self) -> bool {
-        self.0.at_capacity.load(Ordering::Relaxed)
+    /// Whether the shard has room for one more connection than were dealt
+    /// to it (`Capacity`).
+    pub fn has_room(&self) -> bool {
+        self.1.get() < self.0.budget.load(Ordering::Relaxed)
     }
 
     /// Close what the queue still holds (its shard died and will not take
@@ -215,21 +224,31 @@ impl Receiver {
         Closer(self.0.clone())
     }
 
-    /// A handle for the shard to say whether it holds `max-connections`.
+    /// A handle for the shard to say how many more connections it has
+    /// room for.
     pub fn capacity(&self) -> Capacity {
         Capacity(self.0.clone())
     }
 }
 
-/// How the shard tells the acceptor that it holds `max-connections` (it
-/// is dealt new connections only when every shard does: it then closes an
-/// idle one to make room, or answers 503), and that it has room again.
+/// How the shard tells the acceptor how many connections it may be dealt:
+/// one without room is dealt new connections only when every shard is so
+/// (it then closes an idle one to make room, or answers 503).
 pub struct Capacity(Arc<Shared>);
 
 impl Capacity {
-    /// Say whether the shard is at `max-connections`.
-    pub fn set(&self, full: bool) {
-        self.0.at_capacity.store(full, Ordering::Relaxed);
+    /// The room under which a shard says its budget (`set`): more than the
+    /// queue holds, so that farther from its limit it says nothing as its
+    /// count changes.
+    pub fn near(&self) -> usize {
+        self.0.queue.capacity() + 1
+    }
+
+    /// Say how many connections the shard may be dealt since the queue was
+    /// made: those it has taken off it and the room it has left
+    /// (`u64::MAX`: room past `near`).
+    pub fn set(&self, budget: u64) {
+        self.0.budget.store(budget, Ordering::Relaxed);
     }
 }
 

@@ -206,12 +206,13 @@ impl HostLimits {
     }
 
     /// Descriptors the process holds besides its connections with `shards`
-    /// shards, each with room for `refusing` 503s under way, and
-    /// `instances` app instances (about: what the advice on
-    /// `max-connections` leaves out).
-    pub fn reserved_descriptors(shards: u64, refusing: u64, instances: u64) -> u64 {
+    /// shards, each holding `outside` connections outside its
+    /// `max-connections` at worst (503s under way, those handed to it and
+    /// not yet counted), and `instances` app instances (about: what the
+    /// advice on `max-connections` leaves out).
+    pub fn reserved_descriptors(shards: u64, outside: u64, instances: u64) -> u64 {
         BASE_DESCRIPTORS
-            + shards * (DESCRIPTORS_PER_SHARD + refusing)
+            + shards * (DESCRIPTORS_PER_SHARD + outside)
             + instances * DESCRIPTORS_PER_INSTANCE
     }
 

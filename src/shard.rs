@@ -395,11 +395,17 @@ fn readiness_ring(idle_wait: Duration) -> std::io::Result<Rc<Readiness>> {
 /// Spawn a connection task in the gate, isolating a panic to that connection.
 fn start_connection(client: Socket, scheme: Scheme, shard: &Rc<Shard>, gate: &Gate) {
     let id = shard.id();
+    let starting = shard.starting();
     // Boxed: each async wrapper below (this block, the gate's) would otherwise
     // hold the connection's future by value and again while awaiting it,
     // doubling its size at every level: 9.2 KB a connection instead of 2.3.
-    let task =
-        AssertUnwindSafe(Box::pin(conn::serve(client, scheme, shard.clone()))).catch_unwind();
+    let task = AssertUnwindSafe(Box::pin(conn::serve(
+        client,
+        scheme,
+        shard.clone(),
+        starting,
+    )))
+    .catch_unwind();
     let spawned = gate.spawn(async move {
         if let Err(panic) = task.await {
             error!(
@@ -414,6 +420,11 @@ fn start_connection(client: Socket, scheme: Scheme, shard: &Rc<Shard>, gate: &Ga
         task.detach();
     }
 }
+
+/// Connections a shard takes off its hand-off queue before it lets them
+/// (and its other tasks) run: each holds a descriptor meanwhile, outside
+/// `max-connections`.
+pub const INTAKE_BATCH: usize = 32;
 
 async fn channel_intake(
     rx: handoff::Receiver,
@@ -437,7 +448,7 @@ async fn channel_intake(
         // the shard's other tasks) run. Not after each one: stepping aside
         // per connection doubled the shard's io_uring_enter calls.
         taken += 1;
-        if taken % 32 == 0 {
+        if taken % INTAKE_BATCH == 0 {
             futures_lite::future::yield_now().await;
         }
     }

@@ -151,10 +151,15 @@ pub struct Shard {
     /// replaced on reload (a connection keeps the one it started with);
     /// None when no address speaks HTTPS.
     tls: RefCell<Option<Rc<TlsSite>>>,
-    /// Where it tells the master's acceptor that it holds
-    /// `max-connections` (master dispatch), and what it said last.
+    /// Where it tells the master's acceptor how many more connections it
+    /// has room for (master dispatch), and what it said last.
     capacity: OnceCell<Capacity>,
-    said_full: Cell<bool>,
+    said_budget: Cell<u64>,
+    /// Connections taken off its queue (or accepted) since it started.
+    taken: Cell<u64>,
+    /// Connections taken whose task has not run yet (`Starting`): they
+    /// count against `max-connections` for the acceptor's dealing.
+    starting: Cell<usize>,
     /// Connections being answered 503 at `max-connections` (`refusal`).
     refusing: Cell<usize>,
 }
@@ -166,6 +171,17 @@ pub struct Shard {
 /// `max-connections`: without a bound, a flood of them ran the process out
 /// of descriptors under the limit `--check` advises.
 pub const MAX_REFUSING: usize = 16;
+
+/// A connection whose task has not run yet (`Shard::starting`); dropped
+/// when it runs, or with its task.
+pub struct Starting(Rc<Shard>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.starting.set(self.0.starting.get() - 1);
+        self.0.say_capacity();
+    }
+}
 
 /// A refusal under way (`Shard::refusal`); ends when dropped.
 pub struct Refusal<'a>(&'a Shard);
@@ -201,26 +217,51 @@ impl Shard {
             // Set by `set_tls`, before the first connection.
             tls: RefCell::new(None),
             capacity: OnceCell::new(),
-            said_full: Cell::new(false),
+            said_budget: Cell::new(u64::MAX),
+            taken: Cell::new(0),
+            starting: Cell::new(0),
             refusing: Cell::new(0),
         }
     }
 
-    /// Tell the acceptor through `capacity` whenever the shard comes to
-    /// hold `max-connections` and when it has room again.
+    /// Tell the acceptor through `capacity` how many connections the shard
+    /// may be dealt, whenever that changes near the limit.
     pub(crate) fn tell_capacity(&self, capacity: Capacity) {
         let _ = self.capacity.set(capacity);
         self.say_capacity();
     }
 
     fn say_capacity(&self) {
-        let full = self.at_capacity();
-        if full != self.said_full.get() {
-            self.said_full.set(full);
-            if let Some(c) = self.capacity.get() {
-                c.set(full);
-            }
+        let Some(capacity) = self.capacity.get() else {
+            return;
+        };
+        let held = self.conns.borrow().len() + self.starting.get();
+        let room = self
+            .site
+            .borrow()
+            .limits
+            .max_connections
+            .saturating_sub(held);
+        // Taking a connection adds one to `taken` and one to `held`: the
+        // budget stays, and nothing is said.
+        let budget = if room >= capacity.near() {
+            u64::MAX
+        } else {
+            self.taken.get() + room as u64
+        };
+        if budget != self.said_budget.get() {
+            self.said_budget.set(budget);
+            capacity.set(budget);
         }
+    }
+
+    /// A connection taken, until its task runs (and registers it or
+    /// refuses it): it counts for `say_capacity` meanwhile.
+    pub fn starting(self: &Rc<Self>) -> Starting {
+        self.taken.set(self.taken.get() + 1);
+        self.starting.set(self.starting.get() + 1);
+        self.say_capacity();
+        Starting(self.clone())
     }
 
     /// Room to answer a connection past `max-connections` with a 503, if

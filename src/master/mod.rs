@@ -143,11 +143,17 @@ impl Preflight {
         let wanted = n.saturating_mul(max_connections as u64);
         let have = self.limits.nofile;
         // What the process holds besides connections (listeners, rings,
-        // eventfds, log files, app pipes, 503s under way), left out of the
+        // eventfds, log files, app pipes, 503s under way, and with master
+        // dispatch those in a shard's queue and taken off it but not yet
+        // counted: a flood past the limit holds them all), left out of the
         // fit.
+        let in_flight = match config.dispatch {
+            Dispatch::Master => SHARD_QUEUE + crate::shard::INTAKE_BATCH,
+            Dispatch::Reuseport => 1,
+        };
         let reserved = HostLimits::reserved_descriptors(
             n,
-            crate::state::MAX_REFUSING as u64,
+            (crate::state::MAX_REFUSING + in_flight) as u64,
             app_instances(config, self.plan.len()),
         );
         let fits = have.saturating_sub(reserved) / n.max(1);

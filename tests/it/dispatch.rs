@@ -62,6 +62,48 @@ fn a_full_shard_is_passed_over_while_another_has_room() {
     assert_eq!(dealt, [3, 9], "{log}");
 }
 
+/// A burst of connections to a shard one short of `max-connections` gets
+/// it one, the rest going to the shard with room: the connections it
+/// holds are not closed to make room for a burst another shard could take.
+/// The acceptor counts what it dealt against what the shard may be dealt
+/// (it was dealt them in turn: the shard said it was full only once it had
+/// run them).
+#[test]
+fn a_burst_does_not_overfill_a_nearly_full_shard() {
+    let server = Server::start(&["--shards", "2", "--max-connections", "10"]);
+    let close = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Nine idle keep-alive connections on one shard, as above.
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        let s = server.connect();
+        (&s).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(Reader::new(&s).next(false).status, 200);
+        held.push(s);
+        assert!(server.exchange(close).starts_with("HTTP/1.1 200 "));
+    }
+    // Queued in the backlog while the server is stopped, so that the
+    // acceptor takes them in one batch and deals them before the shard has
+    // run any of them.
+    // Kept alive, as the held ones: each keeps its place.
+    server.signal(libc::SIGSTOP);
+    let mut burst: Vec<_> = (0..10).map(|_| server.connect()).collect();
+    for s in &mut burst {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+    server.signal(libc::SIGCONT);
+    for s in &burst {
+        assert_eq!(Reader::new(s).next(false).status, 200);
+    }
+    for (i, s) in held.iter().enumerate() {
+        (&*s)
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut r = Reader::new(s);
+        assert_eq!(r.next(false).status, 200, "held connection {i} was closed");
+    }
+}
+
 #[test]
 fn master_dispatch_deals_round_robin() {
     spread("master");

@@ -147,6 +147,10 @@ struct SiteState {
     gzipped: RefCell<HashMap<String, Gzipped>>,
     /// What `gzipped` holds, against `GZIP_CACHE_BYTES`.
     gzipped_bytes: Cell<usize>,
+    /// Its lines about files it could not serve (500s): at most one a
+    /// second, the next saying how many were held back (a flood out of
+    /// descriptors wrote one a request).
+    failures: crate::throttle::Throttle,
     /// Paths being compressed now: a request for one meanwhile gets the
     /// file as it is rather than a compression of its own (a burst of
     /// requests for a new bundle compresses it once).
@@ -186,6 +190,7 @@ impl StaticSite {
                 open_files: RefCell::new(VecDeque::new()),
                 gzipped: RefCell::new(HashMap::new()),
                 gzipped_bytes: Cell::new(0),
+                failures: crate::throttle::Throttle::default(),
                 gzipping: RefCell::new(HashSet::new()),
             }),
         }
@@ -623,7 +628,9 @@ async fn serve(
         }
         Found::Failed(why) => {
             // The client's path, decoded: a line break in it stays escaped.
-            log::error!("static file \"/{}\": {why}", rel.escape_debug());
+            if let Some(held) = job.state.failures.admit(Instant::now()) {
+                log::error!("static file \"/{}\": {why}{held}", rel.escape_debug());
+            }
             res.begin(Status::INTERNAL_SERVER_ERROR);
             res.body("text/plain; charset=utf-8", b"Internal Server Error\n");
         }
