@@ -98,9 +98,9 @@ ONLY = [
     ),
     (
         "handlers",
-        ["handlers", "http", "config", "recheck"],
+        ["handlers", "http", "config", "recheck", "throttle"],
         "a handler sees a request and a response writer, never a socket "
-        "owner, a shard or the log",
+        "owner, a shard or the log (a throttle paces its own lines)",
     ),
 ]
 

@@ -10,8 +10,7 @@ fn spread(mode: &str) {
     let server = Server::start(&["--shards", "2", "--dispatch", mode]);
     for _ in 0..40 {
         let mut s = server.connect();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(CLOSE).unwrap();
         assert_eq!(Reader::new(&s).next(false).status, 200);
     }
     let log = server.stop();
@@ -32,26 +31,36 @@ fn spread(mode: &str) {
     }
 }
 
+/// A request that closes its connection.
+const CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// `n` connections held on the first shard of two, each after a request
+/// answered and with `then` sent: round-robin deals each to shard 0, and a
+/// closing request between them to shard 1.
+fn held_on_one_shard(server: &Server, n: usize, then: &[u8]) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = server.connect();
+            (&s).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            (&s).write_all(then).unwrap();
+            assert_eq!(Reader::new(&s).next(false).status, 200);
+            assert!(server.exchange(CLOSE).starts_with("HTTP/1.1 200 "));
+            s
+        })
+        .collect()
+}
+
 /// A shard that holds `max-connections` is passed over while another has
 /// room (nginx's accept mutex does the same for a nearly full worker): new
 /// connections are served there, not answered 503 by the full one.
 #[test]
 fn a_full_shard_is_passed_over_while_another_has_room() {
     let server = Server::start(&["--shards", "2", "--max-connections", "3"]);
-    let close = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    // Round-robin: each held connection goes to shard 0 (busy: half its
-    // second request sent, never reclaimed), each closing one to shard 1.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let s = server.connect();
-        (&s).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n")
-            .unwrap();
-        assert_eq!(Reader::new(&s).next(false).status, 200);
-        held.push(s);
-        assert!(server.exchange(close).starts_with("HTTP/1.1 200 "));
-    }
+    // Busy: half a second request sent, never reclaimed.
+    let held = held_on_one_shard(&server, 3, b"GET / HTTP/1.1\r\n");
     for i in 0..6 {
-        let text = server.exchange(close);
+        let text = server.exchange(CLOSE);
         assert!(text.starts_with("HTTP/1.1 200 "), "connection {i}: {text}");
     }
     drop(held);
@@ -71,21 +80,11 @@ fn a_full_shard_is_passed_over_while_another_has_room() {
 #[test]
 fn a_burst_does_not_overfill_a_nearly_full_shard() {
     let server = Server::start(&["--shards", "2", "--max-connections", "10"]);
-    let close = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    // Nine idle keep-alive connections on one shard, as above.
-    let mut held = Vec::new();
-    for _ in 0..9 {
-        let s = server.connect();
-        (&s).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        assert_eq!(Reader::new(&s).next(false).status, 200);
-        held.push(s);
-        assert!(server.exchange(close).starts_with("HTTP/1.1 200 "));
-    }
+    // Nine idle keep-alive connections on one shard.
+    let held = held_on_one_shard(&server, 9, b"");
     // Queued in the backlog while the server is stopped, so that the
     // acceptor takes them in one batch and deals them before the shard has
-    // run any of them.
-    // Kept alive, as the held ones: each keeps its place.
+    // run any of them; kept alive, as the held ones: each keeps its place.
     server.signal(libc::SIGSTOP);
     let mut burst: Vec<_> = (0..10).map(|_| server.connect()).collect();
     for s in &mut burst {
