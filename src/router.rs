@@ -355,15 +355,19 @@ impl Router {
             )
         });
         RouterBuilder {
-            routes: Vec::with_capacity(configs.len()),
-            next: Vec::with_capacity(configs.len()),
+            router: Router {
+                routes: Vec::with_capacity(configs.len()),
+                next: Vec::with_capacity(configs.len()),
+                first: FxHashMap::default(),
+                slashed: FxHashMap::default(),
+                ids: FxHashMap::default(),
+                names: FxHashMap::default(),
+                longest_suffix: 0,
+                lengths: Lengths::default(),
+                leftovers: Vec::new(),
+            },
             pending: configs.into_iter(),
             tables: 1,
-            first: FxHashMap::default(),
-            slashed: FxHashMap::default(),
-            ids: FxHashMap::default(),
-            names: FxHashMap::default(),
-            lengths: Lengths::default(),
         }
     }
 
@@ -533,14 +537,8 @@ impl Router {
 pub struct RouterBuilder<'c> {
     /// What is left to build, in order of precedence.
     pending: std::vec::IntoIter<&'c RouteConfig>,
-    /// What `Router`'s fields of the same names will be.
-    routes: Vec<Route>,
-    next: Vec<u32>,
-    first: FxHashMap<(u32, u32), u32>,
-    slashed: FxHashMap<(u32, u32), u32>,
-    ids: FxHashMap<Box<str>, u32>,
-    names: FxHashMap<Box<str>, NameTables>,
-    lengths: Lengths,
+    /// The router so far (`longest_suffix` set when finished).
+    router: Router,
     /// How many tables there are.
     tables: u32,
 }
@@ -579,7 +577,7 @@ impl RouterBuilder<'_> {
                         (suffix, if *itself { Slot::Dotted } else { Slot::Starred })
                     }
                 };
-                let tables = self.names.entry(name.clone()).or_default();
+                let tables = self.router.names.entry(name.clone()).or_default();
                 let id = match slot {
                     Slot::Exact => &mut tables.exact,
                     Slot::Dotted => &mut tables.dotted,
@@ -591,13 +589,13 @@ impl RouterBuilder<'_> {
                 })
             }
         };
-        let at = u32::try_from(self.routes.len())
+        let at = u32::try_from(self.router.routes.len())
             .ok()
             .filter(|&at| at != NONE)
             .expect("fewer than 4 billion routes");
         let id = self.id(&r.prefix);
-        self.lengths.insert(r.prefix.len());
-        match self.first.entry((table, id)) {
+        self.router.lengths.insert(r.prefix.len());
+        match self.router.first.entry((table, id)) {
             Entry::Vacant(v) => {
                 v.insert(at);
             }
@@ -605,48 +603,39 @@ impl RouterBuilder<'_> {
                 // Appended to its chain: a few routes that differ by
                 // `scheme` or `methods`.
                 let mut last = *o.get() as usize;
-                while self.next[last] != NONE {
-                    last = self.next[last] as usize;
+                while self.router.next[last] != NONE {
+                    last = self.router.next[last] as usize;
                 }
-                self.next[last] = at;
+                self.router.next[last] = at;
             }
         }
-        self.next.push(NONE);
+        self.router.next.push(NONE);
         // `/` has none: no path is empty.
         if let Some(slashless) = r.prefix.strip_suffix('/').filter(|s| !s.is_empty()) {
             let id = self.id(slashless);
-            self.slashed.entry((table, id)).or_insert(at);
+            self.router.slashed.entry((table, id)).or_insert(at);
         }
-        self.routes.push(r);
+        self.router.routes.push(r);
     }
 
     /// The number of `prefix` (`Router::ids`).
     fn id(&mut self, prefix: &str) -> u32 {
-        let n = u32::try_from(self.ids.len()).expect("fewer than 4 billion prefixes");
-        *self.ids.entry(prefix.into()).or_insert(n)
+        let n = u32::try_from(self.router.ids.len()).expect("fewer than 4 billion prefixes");
+        *self.router.ids.entry(prefix.into()).or_insert(n)
     }
 
     /// The router of the routes built (all of them, once `step` said none
     /// are left).
-    pub fn finish(self) -> Router {
-        let longest_suffix = self
+    pub fn finish(mut self) -> Router {
+        let r = &mut self.router;
+        r.longest_suffix = r
             .names
             .iter()
             .filter(|(_, t)| t.dotted.is_some() || t.starred.is_some())
             .map(|(name, _)| name.len())
             .max()
             .unwrap_or(0);
-        Router {
-            lengths: self.lengths,
-            leftovers: Vec::new(),
-            routes: self.routes,
-            next: self.next,
-            first: self.first,
-            slashed: self.slashed,
-            ids: self.ids,
-            names: self.names,
-            longest_suffix,
-        }
+        self.router
     }
 }
 
