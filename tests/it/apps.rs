@@ -817,15 +817,9 @@ fn instances_inherit_no_descriptor_of_coreserves() {
     for list in &lists {
         for line in list.lines() {
             let (fd, target) = line.split_once(' ').unwrap();
-            if ["0", "1", "2"].contains(&fd) {
-                continue;
-            }
-            // What the test itself was started with (a CI runner's pipes)
-            // coreserve passes on as any program does.
-            let ours = std::fs::read_link(format!("/proc/self/fd/{fd}"));
-            assert_eq!(
-                ours.ok().map(|p| p.display().to_string()).as_deref(),
-                Some(target),
+            // coreserve itself starts with no more (`util::command`).
+            assert!(
+                ["0", "1", "2"].contains(&fd),
                 "an instance inherited fd {fd} ({target}) from coreserve:\n{list}"
             );
         }
