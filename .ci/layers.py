@@ -36,6 +36,7 @@ LAYERS = {
     # 0: leaves, nothing else from the crate.
     "http": 0,      # the protocol: parsing, bodies, responses, the session
     "units": 0,     # `8k`, `75s`
+    "utc": 0,       # calendar time for log timestamps
     "cpus": 0,      # which CPUs get a shard
     "host": 0,      # rlimits, the io_uring probe
     "signals": 0,   # signals as typed events

@@ -26,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessLog, LogConfig, LogFormat};
 use crate::http::log::Entry;
+use crate::utc::Civil;
 
 /// Buffered bytes that trigger a write before the next second.
 pub const FLUSH_BYTES: usize = 64 << 10;
@@ -226,7 +227,14 @@ impl AccessLogger {
             .unwrap_or(0);
         if now != self.second.get() {
             self.second.set(now);
-            let (y, mo, d, h, mi, s) = civil(now);
+            let Civil {
+                year: y,
+                month: mo,
+                day: d,
+                hour: h,
+                minute: mi,
+                second: s,
+            } = Civil::of(now);
             const MONTHS: [&str; 12] = [
                 "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
             ];
@@ -659,30 +667,6 @@ fn json_string(out: &mut Vec<u8>, v: &[u8]) {
     out.push(b'"');
 }
 
-/// Seconds since the epoch to (year, month, day, hour, minute, second), UTC
-/// (Howard Hinnant's days-to-civil algorithm).
-fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,13 +688,6 @@ mod tests {
         assert_eq!(mended(b"{\"a\":1}\n"), b"{}\n");
         assert_eq!(mended(b""), b"{}\n");
         let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
-        assert_eq!(civil(1_795_615_269), (2026, 11, 25, 14, 1, 9));
     }
 
     fn logger(format: LogFormat) -> AccessLogger {

@@ -48,3 +48,4 @@ pub mod throttle;
 pub mod tls;
 pub mod transport;
 pub mod units;
+pub mod utc;

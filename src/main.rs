@@ -15,7 +15,10 @@ static LOG: OnceLock<Flusher> = OnceLock::new();
 
 fn main() -> ExitCode {
     let cli = coreserve::cli::parse_or_exit();
-    init_logging();
+    // A command's own output (`--check`, `status`) is read at once, as
+    // `nginx -t`'s is: no time on its lines.
+    let serving = !cli.check && cli.command.is_none();
+    init_logging(serving);
     coreserve::access_log::stream_lines::start();
     let code = run(cli);
     flush_log();
@@ -189,14 +192,16 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 
 /// One line per message on stderr. Under systemd (JOURNAL_STREAM set) each
 /// line carries its syslog priority as `<N>`, so journald files it at the
-/// right level. An app's output lines (`app_output`) and the "listening
+/// right level (journald stamps the time); elsewhere each starts with its
+/// level and, when `serving` (not `--check` or `status`), before it the
+/// time in UTC to the millisecond, as nginx's error log has it. An app's output lines (`app_output`) and the "listening
 /// on" lines (`listening`) are logged whatever level RUST_LOG gives the
 /// rest, unless it names them. rustls is held to errors unless RUST_LOG
 /// names it: it warns of each
 /// peer's misstep (an alert, a refused renegotiation, a message out of
 /// order), which any client can repeat on one connection to flood the log;
 /// nginx logs a client's TLS failures at `info`, below its default level.
-fn init_logging() {
+fn init_logging(serving: bool) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let mut builder = env_logger::Builder::new();
     match std::env::var("RUST_LOG") {
@@ -222,10 +227,20 @@ fn init_logging() {
     }
     // Through a queue of its own thread: a stderr nobody reads must not
     // stop whoever logs (a shard, the master, an app's output relay).
-    let dropped: fn(u64) -> String = if journald {
-        |n| format!("<4>{n} log line(s) dropped: the log was not read fast enough\n")
-    } else {
-        |n| format!("WARN  {n} log line(s) dropped: the log was not read fast enough\n")
+    let stamped = serving && !journald;
+    let stamp = move || match stamped {
+        true => coreserve::utc::rfc3339_millis(std::time::SystemTime::now()) + " ",
+        false => String::new(),
+    };
+    let dropped: fn(u64) -> String = match (journald, stamped) {
+        (true, _) => |n| format!("<4>{n} log line(s) dropped: the log was not read fast enough\n"),
+        (false, true) => |n| {
+            let now = coreserve::utc::rfc3339_millis(std::time::SystemTime::now());
+            format!("{now} WARN  {n} log line(s) dropped: the log was not read fast enough\n")
+        },
+        (false, false) => {
+            |n| format!("WARN  {n} log line(s) dropped: the log was not read fast enough\n")
+        }
     };
     if let Ok(queue) = LogQueue::to_stderr(dropped) {
         let _ = LOG.set(queue.flusher());
@@ -258,7 +273,7 @@ fn init_logging() {
                     writeln!(buf, "<{prio}>{text}")
                 }
             } else {
-                writeln!(buf, "{:<5} {text}", record.level())
+                writeln!(buf, "{}{:<5} {text}", stamp(), record.level())
             }
         })
         .init();

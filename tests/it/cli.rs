@@ -64,11 +64,12 @@ fn bad_flag_values_exit_2_naming_the_flag() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
         // One line names the flag first, as README promises (the log's
-        // level before it once logging is up), and no usage text follows.
+        // time and level before it once logging is up), and no usage text
+        // follows.
         let named = err
             .lines()
             .filter(|l| {
-                let l = l.strip_prefix("ERROR ").unwrap_or(l);
+                let l = crate::util::message(l);
                 l.starts_with(&format!("{}: ", args[0]))
             })
             .count();
@@ -95,4 +96,63 @@ fn port_zero_binds_all_interfaces_and_logs_the_real_port() {
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
     let r = crate::util::get(local, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.text(), "Hello World");
+}
+
+/// Outside systemd a serving process's lines start with the time, in UTC
+/// to the millisecond, then the level; a command (`status`, `--check`)
+/// writes the level alone, as `nginx -t` writes no time.
+#[test]
+fn the_log_stamps_a_serving_process_s_lines_not_a_command_s() {
+    let today = || {
+        let out = std::process::Command::new("date")
+            .args(["-u", "+%F"])
+            .output();
+        String::from_utf8(out.unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = today();
+    let server = Server::start(&["--shards", "1"]);
+    let log = server.stop();
+    let after = today();
+    let mut lines = 0;
+    for line in log.lines() {
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        // 2026-12-05T18:34:25.291Z
+        let ok = stamp.len() == 24
+            && stamp.ends_with('Z')
+            && stamp.chars().enumerate().all(|(i, c)| match i {
+                4 | 7 => c == '-',
+                10 => c == 'T',
+                13 | 16 => c == ':',
+                19 => c == '.',
+                23 => c == 'Z',
+                _ => c.is_ascii_digit(),
+            });
+        assert!(ok, "{line}");
+        assert!(
+            ["INFO ", "WARN ", "ERROR"]
+                .iter()
+                .any(|l| rest.starts_with(l)),
+            "{line}"
+        );
+        assert_eq!(crate::util::message(line), rest[5..].trim_start());
+        lines += 1;
+    }
+    assert!(lines >= 3, "{log}");
+    // Today's, as date(1) says: the calendar is right.
+    assert!(
+        log.starts_with(&before) || log.starts_with(&after),
+        "{before}: {log}"
+    );
+    let out = command()
+        .args(["status", "--url", "http://127.0.0.1:1/metrics"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("ERROR cannot read http://127.0.0.1:1/"),
+        "{err}"
+    );
 }

@@ -459,6 +459,22 @@ pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A line of the server's log without the time and level it starts with
+/// outside systemd (`2026-12-05T18:04:09.123Z ERROR text`); a line without
+/// them (one printed before logging is up) as it is.
+pub fn message(line: &str) -> &str {
+    let mut words = line.splitn(2, ' ');
+    let stamped = words
+        .next()
+        .is_some_and(|w| w.len() == 24 && w.ends_with('Z') && w.as_bytes()[10] == b'T');
+    match words.next() {
+        Some(rest) if stamped => rest
+            .split_once(' ')
+            .map_or(rest, |(_, text)| text.trim_start()),
+        _ => line,
+    }
+}
+
 /// How many file descriptors process `pid` has open.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -253,16 +253,17 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
             })?,
         )
     };
+    let shards = if n == 1 { "shard" } else { "shards" };
     for (scheme, addr) in &s.bound {
         info!(
             target: LISTENING_TARGET,
-            "listening on {}://{addr} (dispatch {}, {n} shards)",
+            "listening on {}://{addr} (dispatch {}, {n} {shards})",
             scheme.name(),
             s.config.dispatch.name()
         );
     }
     let status = format!(
-        "serving {} with {n} shards",
+        "serving {} with {n} {shards}",
         s.bound
             .iter()
             .map(|(scheme, a)| format!("{}://{a}", scheme.name()))
