@@ -68,6 +68,32 @@ pub enum Balance {
     LeastConn,
 }
 
+/// The largest `weight=` a server may be given: shares past a thousand to
+/// one are more likely a typo than a plan.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// How one server of a group shares its requests, as nginx's `server`
+/// parameters say it (`"10.0.0.2:3001 weight=3 backup"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Its part of the requests against the others' (`weight=N`), 1 to
+    /// `MAX_WEIGHT`: with round-robin, N turns in each round; with
+    /// least-conn, the requests in flight counted as 1/N each.
+    pub weight: u32,
+    /// Sent requests only when no server that is not a backup can be
+    /// tried (`backup`): all resting after failures, or tried already.
+    pub backup: bool,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            weight: 1,
+            backup: false,
+        }
+    }
+}
+
 /// One `[[upstream]]` group: the servers a `proxy` route sends requests to.
 /// Every shard keeps its own connections to them and its own view of their
 /// health; nothing about a group is shared between shards.
@@ -77,6 +103,10 @@ pub struct UpstreamConfig {
     pub name: String,
     /// The servers, in file order; at least one, no duplicates.
     pub servers: Vec<ServerAddr>,
+    /// Each server's share, by its place in `servers`: empty when every
+    /// server takes an equal turn (always, for an app's instances), else
+    /// as long as `servers`, with at least one server not a backup.
+    pub shares: Vec<Share>,
     /// How a server is picked.
     pub balance: Balance,
     /// Idle connections kept per shard per server (0: none, close after each response).
@@ -96,11 +126,17 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// The share of the server at `i` in `servers`.
+    pub fn share(&self, i: usize) -> Share {
+        self.shares.get(i).copied().unwrap_or_default()
+    }
+
     /// A group with the given servers and every default.
     pub fn new(name: impl Into<String>, servers: Vec<ServerAddr>) -> Self {
         UpstreamConfig {
             name: name.into(),
             servers,
+            shares: Vec::new(),
             balance: Balance::default(),
             keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,

@@ -46,6 +46,9 @@ pub struct Group {
     pub servers: Vec<Rc<Server>>,
     /// Where round-robin goes next.
     next: Cell<usize>,
+    /// With shares (`weight`, `backup`): each server's standing in the
+    /// smooth weighted round-robin (nginx's), by its place in `servers`.
+    current: Vec<Cell<i64>>,
 }
 
 /// One server of a group, on one shard.
@@ -128,6 +131,7 @@ impl Upstreams {
                 c.name.clone(),
                 Rc::new(Group {
                     config: c.clone(),
+                    current: c.shares.iter().map(|_| Cell::new(0)).collect(),
                     servers,
                     next: Cell::new(before.map_or(0, |g| g.next.get())),
                 }),
@@ -273,24 +277,76 @@ impl Upstreams {
 
 impl Group {
     /// The server to try next, skipping those in `tried` (indexes) and
-    /// those resting after failures; None when no server is usable.
+    /// those resting after failures; None when no server is usable. With
+    /// shares, a backup only when no other server can be tried.
     pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<(usize, Rc<Server>)> {
         let n = self.servers.len();
-        let start = self.next.get() % n.max(1);
         // A lone server is never rested (as in nginx): there is nowhere
         // else to send its requests, and 503s for `fail-timeout` after one
         // failure would be worse than trying it.
         let alone = n == 1;
-        let usable = (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|i| !tried.contains(i) && (alone || self.servers[*i].usable(now)));
-        let chosen = match self.config.balance {
-            Balance::RoundRobin => usable.into_iter().next(),
-            // Ties go to the first in round-robin order.
-            Balance::LeastConn => usable.min_by_key(|i| self.servers[*i].busy.get()),
+        let usable = |i: usize| !tried.contains(&i) && (alone || self.servers[i].usable(now));
+        let chosen = if self.current.is_empty() {
+            let start = self.next.get() % n.max(1);
+            let usable = (0..n).map(|k| (start + k) % n).filter(|i| usable(*i));
+            match self.config.balance {
+                Balance::RoundRobin => usable.into_iter().next(),
+                // Ties go to the first in round-robin order.
+                Balance::LeastConn => usable.min_by_key(|i| self.servers[*i].busy.get()),
+            }
+        } else {
+            self.by_share(false, usable)
+                .or_else(|| self.by_share(true, usable))
         }?;
         self.next.set(chosen + 1);
         Some((chosen, self.servers[chosen].clone()))
+    }
+
+    /// Among the usable servers that are backups or are not (`backup`),
+    /// the one their weights give the request to: with round-robin, the
+    /// smooth weighted round-robin nginx uses (each adds its weight to its
+    /// standing, the highest is chosen and gives back the total: weights
+    /// 5, 1, 1 go a a b a c a a, never five in a row); with least-conn, the
+    /// fewest requests in flight for its weight, ties in turn.
+    fn by_share(&self, backup: bool, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.servers.len();
+        let eligible = |i: &usize| self.config.share(*i).backup == backup && usable(*i);
+        match self.config.balance {
+            Balance::RoundRobin => {
+                let (mut best, mut total) = (None::<usize>, 0i64);
+                for i in (0..n).filter(eligible) {
+                    let standing = &self.current[i];
+                    let weight = i64::from(self.config.share(i).weight);
+                    standing.set(standing.get() + weight);
+                    total += weight;
+                    if best.is_none_or(|b| standing.get() > self.current[b].get()) {
+                        best = Some(i);
+                    }
+                }
+                let best = best?;
+                self.current[best].set(self.current[best].get() - total);
+                Some(best)
+            }
+            Balance::LeastConn => {
+                let start = self.next.get() % n.max(1);
+                let load = |i: usize| {
+                    let busy = u64::from(self.servers[i].busy.get());
+                    (busy, u64::from(self.config.share(i).weight))
+                };
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(eligible)
+                    .reduce(|best, i| {
+                        let ((b, bw), (l, lw)) = (load(best), load(i));
+                        // Fewer for its weight: l / lw < b / bw.
+                        if l * bw < b * lw {
+                            i
+                        } else {
+                            best
+                        }
+                    })
+            }
+        }
     }
 }
 
@@ -480,6 +536,89 @@ mod tests {
         let later = now + g.config.fail_timeout;
         assert!((0..3).any(|_| g.pick(later, &[]).unwrap().0 == 2));
         assert_eq!(g.pick(now, &[0, 1]).map(|p| p.0), None);
+    }
+
+    /// A group of `shares` (weight, backup), one server each.
+    fn shared(balance: Balance, shares: &[(u32, bool)]) -> UpstreamConfig {
+        let mut c = group(balance, shares.len() as u16);
+        c.shares = shares
+            .iter()
+            .map(|&(weight, backup)| crate::config::Share { weight, backup })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn weights_share_the_turns_smoothly_as_nginx_does() {
+        let u = Upstreams::new(&[shared(
+            Balance::RoundRobin,
+            &[(5, false), (1, false), (1, false)],
+        )]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..14).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        // nginx's order for weights 5, 1, 1: a a b a c a a, round after round.
+        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+        // A server tried already is left out of the round.
+        assert_eq!(g.pick(now, &[0]).unwrap().0, 1);
+        assert_eq!(g.pick(now, &[0, 1]).unwrap().0, 2);
+    }
+
+    #[test]
+    fn backups_take_requests_only_when_no_other_server_can() {
+        let u = Upstreams::new(&[shared(
+            Balance::RoundRobin,
+            &[(1, false), (1, true), (2, false), (1, true)],
+        )]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..6).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        assert_eq!(picks, [2, 0, 2, 2, 0, 2]);
+        // Both others tried (a retry): a backup, then the other.
+        assert_eq!(g.pick(now, &[0, 2]).unwrap().0, 1);
+        assert_eq!(g.pick(now, &[0, 2, 1]).unwrap().0, 3);
+        assert_eq!(g.pick(now, &[0, 1, 2, 3]).map(|p| p.0), None);
+        // Both others resting: the backups in turn, until they are back.
+        g.servers[0].failed(&g.config, now);
+        g.servers[2].failed(&g.config, now);
+        let mut picks: Vec<usize> = (0..4).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        assert_ne!(picks[0], picks[1]);
+        picks.sort();
+        assert_eq!(picks, [1, 1, 3, 3]);
+        let later = now + g.config.fail_timeout;
+        assert!(g
+            .pick(later, &[])
+            .is_some_and(|p| !g.config.share(p.0).backup));
+    }
+
+    #[test]
+    fn a_lone_server_with_a_backup_may_rest() {
+        let u = Upstreams::new(&[shared(Balance::RoundRobin, &[(1, false), (1, true)])]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        assert_eq!(g.pick(now, &[]).unwrap().0, 0);
+        g.servers[0].failed(&g.config, now);
+        assert_eq!(g.pick(now, &[]).unwrap().0, 1);
+    }
+
+    #[test]
+    fn least_conn_counts_requests_in_flight_for_each_weight() {
+        let u = Upstreams::new(&[shared(
+            Balance::LeastConn,
+            &[(3, false), (1, false), (1, true)],
+        )]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        let mut held = Vec::new();
+        let mut picks = Vec::new();
+        for _ in 0..8 {
+            let (i, s) = g.pick(now, &[]).unwrap();
+            picks.push(i);
+            held.push(s.busy());
+        }
+        // Three in flight on the first for each on the second; never the backup.
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 2, "{picks:?}");
     }
 
     #[test]

@@ -302,6 +302,51 @@ fn round_robin_alternates_and_least_conn_avoids_a_busy_server() {
     assert_eq!(Reader::new(&held).next(false).text(), other);
 }
 
+/// nginx's `server` parameters: a server of `weight=3` gets three requests
+/// for each the other gets, in smooth turns; a `backup` gets none while
+/// another server can take them, and all of them once none can.
+#[test]
+fn weights_share_the_requests_and_a_backup_waits_for_the_others() {
+    let a = Upstream::start(ok("A"));
+    let b = Upstream::start(ok("B"));
+    let spare = Upstream::start(ok("S"));
+    let servers = [
+        format!("{} weight=3", a.server()),
+        b.server(),
+        format!("{}  backup", spare.server()),
+    ];
+    let proxy = Proxy::start(
+        "proxy-weights",
+        // No pooled connection outlives its server's listener.
+        &simple(&servers, "keepalive = 0\nfail-timeout = \"10s\"", ""),
+    );
+    let got: Vec<String> = (0..8).map(|_| proxy.get(GET).text()).collect();
+    assert_eq!(got, ["A", "A", "B", "A", "A", "A", "B", "A"]);
+    assert_eq!(spare.accepted(), 0);
+    // Both others gone: the backup answers, the first request too.
+    drop((a, b));
+    for _ in 0..4 {
+        assert_eq!(proxy.get(GET).text(), "S");
+    }
+    // A backup alone is no group.
+    let dir = Scratch::new("proxy-weights-check");
+    let conf = dir.write(
+        "all-backups.toml",
+        simple(&[format!("{} backup", spare.server())], "", ""),
+    );
+    let out = crate::util::command()
+        .args(["--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("upstream[1].servers: are all backups"),
+        "{err}"
+    );
+}
+
 /// One per-upstream-server sample: labels `upstream="app"` and `server`,
 /// merged over shards (`shard="all"`) if there is a shard label; 0 if
 /// absent.

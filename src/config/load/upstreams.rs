@@ -14,7 +14,7 @@ use toml_edit::{ArrayOfTables, Table};
 
 use super::values::set;
 use super::{Field, Walker};
-use crate::config::{upstream_key, Balance, ServerAddr, UpstreamConfig};
+use crate::config::{upstream_key, Balance, ServerAddr, Share, UpstreamConfig, MAX_WEIGHT};
 
 /// The keys a group takes besides its proxy settings.
 const KEYS: &[&str] = &["name", "servers"];
@@ -59,6 +59,25 @@ enum ServerError {
         /// The path's length in bytes, after joining it to the file's directory.
         len: usize,
     },
+    /// A word after the address that is not `weight=N` or `backup`.
+    #[error("{entry:?}: unknown parameter {word:?}: a server takes weight=N and backup (max-fails and fail-timeout are the group's keys)")]
+    UnknownParameter {
+        /// The entry as written.
+        entry: String,
+        /// The word not understood.
+        word: String,
+    },
+    /// `weight=` not a number from 1 to `MAX_WEIGHT`.
+    #[error("{0:?}: weight must be a number from 1 to {MAX_WEIGHT}")]
+    BadWeight(String),
+    /// `weight=` or `backup` written twice.
+    #[error("{entry:?}: {word} is given twice")]
+    Repeated {
+        /// The entry as written.
+        entry: String,
+        /// The parameter's name.
+        word: &'static str,
+    },
     /// The resolver failed, or gave no address.
     #[error("{entry:?}: cannot resolve {host:?}: {reason}")]
     Unresolved {
@@ -81,7 +100,42 @@ enum Target<'s> {
     Unix(&'s str),
 }
 
-/// Read one entry's syntax; nothing is looked up.
+/// Split an entry into its address and its share: the words after the
+/// address are nginx's `server` parameters, `weight=N` and `backup`.
+fn share(entry: &str) -> Result<(&str, Share), ServerError> {
+    let mut words = entry.split_ascii_whitespace();
+    let address = words.next().unwrap_or("");
+    let mut share = Share::default();
+    let (mut weighted, mut backup) = (false, false);
+    for word in words {
+        let repeated = |word| ServerError::Repeated {
+            entry: entry.into(),
+            word,
+        };
+        if word == "backup" {
+            if std::mem::replace(&mut backup, true) {
+                return Err(repeated("backup"));
+            }
+            share.backup = true;
+        } else if let Some(n) = word.strip_prefix("weight=") {
+            if std::mem::replace(&mut weighted, true) {
+                return Err(repeated("weight"));
+            }
+            share.weight = match n.parse::<u32>() {
+                Ok(n @ 1..=MAX_WEIGHT) => n,
+                _ => return Err(ServerError::BadWeight(entry.into())),
+            };
+        } else {
+            return Err(ServerError::UnknownParameter {
+                entry: entry.into(),
+                word: word.into(),
+            });
+        }
+    }
+    Ok((address, share))
+}
+
+/// Read one entry's address; nothing is looked up.
 fn target(s: &str) -> Result<Target<'_>, ServerError> {
     if let Some(path) = s.strip_prefix("unix:") {
         return match path {
@@ -147,7 +201,7 @@ impl Walker<'_> {
                 }
                 "servers" => {
                     listed = true;
-                    g.servers = self.servers(&f);
+                    (g.servers, g.shares) = self.servers(&f);
                 }
                 other => {
                     if !self.upstream_setting(&mut g, other, &f) {
@@ -211,9 +265,11 @@ impl Walker<'_> {
     }
 
     /// `servers`: a list of entries, each giving one server or, for a host
-    /// name, one per address. A bad entry is reported and left out; the
-    /// others are kept in file order (a duplicate too, for `validate`).
-    fn servers(&mut self, f: &Field) -> Vec<ServerAddr> {
+    /// name, one per address, each with the entry's share. A bad entry is
+    /// reported and left out; the others are kept in file order (a
+    /// duplicate too, for `validate`). The shares are left empty when every
+    /// one is the default.
+    fn servers(&mut self, f: &Field) -> (Vec<ServerAddr>, Vec<Share>) {
         let entries = f.item.as_array().and_then(|a| {
             a.iter()
                 .map(|v| v.as_str().map(str::to_string))
@@ -222,16 +278,24 @@ impl Walker<'_> {
         let Some(entries) = entries else {
             let rule = "must be a list like [\"127.0.0.1:3001\", \"unix:/run/app.sock\"]";
             self.error(f, rule.into());
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
-        let mut servers = Vec::new();
+        let (mut servers, mut shares) = (Vec::new(), Vec::new());
         for entry in &entries {
-            match self.server_entry(entry) {
-                Ok(found) => servers.extend(found),
+            let found =
+                share(entry).and_then(|(address, share)| Ok((self.server_entry(address)?, share)));
+            match found {
+                Ok((found, share)) => {
+                    shares.extend(std::iter::repeat_n(share, found.len()));
+                    servers.extend(found);
+                }
                 Err(e) => self.error(f, e.to_string()),
             }
         }
-        servers
+        if shares.iter().all(|s| *s == Share::default()) {
+            shares.clear();
+        }
+        (servers, shares)
     }
 
     /// The servers one entry names: one, or every address a host name
@@ -279,7 +343,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::parse_with;
-    use crate::config::{Balance, Config, ServerAddr, UpstreamConfig};
+    use crate::config::{Balance, Config, ServerAddr, Share, UpstreamConfig};
 
     /// A resolver that knows two names: `app` has an IPv4 and an IPv6
     /// address, `twice` answers the same address twice; nothing else
@@ -309,7 +373,7 @@ mod tests {
             r#"
 [[upstream]]
 name = "app.v2_blue-1"
-servers = ["127.0.0.1:3001", "[::1]:3002", "app:3003", "unix:/run/app.sock", "unix:app.sock"]
+servers = ["127.0.0.1:3001 weight=3", "[::1]:3002", "app:3003  backup weight=2", "unix:/run/app.sock", "unix:app.sock\tbackup"]
 balance = "least-conn"
 keepalive = 0
 idle-timeout = "3s"
@@ -334,6 +398,16 @@ fail-timeout = "20s"
                     ServerAddr::Unix("/run/app.sock".into()),
                     ServerAddr::Unix("/etc/cs/app.sock".into()),
                 ],
+                shares: [
+                    (3, false),
+                    (1, false),
+                    (2, true),
+                    (2, true),
+                    (1, false),
+                    (1, true)
+                ]
+                .map(|(weight, backup)| Share { weight, backup })
+                .to_vec(),
                 balance: Balance::LeastConn,
                 keepalive: 0,
                 idle_timeout: Duration::from_secs(3),
@@ -371,7 +445,7 @@ fail-timeout = "20s"
         let errs = load(
             r#"[[upstream]]
 name = 7
-servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "[::1]", "[nope]:80", "a b:80", "elsewhere:80", "empty:80"]
+servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "[::1]", "[nope]:80", "a b:80", "a_b:80 weight=0", "a_b:80 weight=1001", "a_b:80 weight=2 weight=3", "a_b:80 backup backup", "a_b:80 down", "weight=2", "elsewhere:80", "empty:80"]
 balance = "random"
 keepalive = -1
 idle-timeout = "soon"
@@ -397,7 +471,13 @@ servers = "127.0.0.1:80"
                 format!("/etc/cs/{s}: \"::1:80\": write an IPv6 address in brackets, like \"[::1]:8080\""),
                 format!("/etc/cs/{s}: \"[::1]\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\""),
                 format!("/etc/cs/{s}: \"[nope]:80\" is not a host name or address"),
-                format!("/etc/cs/{s}: \"a b:80\" is not a host name or address"),
+                format!("/etc/cs/{s}: \"a b:80\": unknown parameter \"b:80\": a server takes weight=N and backup (max-fails and fail-timeout are the group's keys)"),
+                format!("/etc/cs/{s}: \"a_b:80 weight=0\": weight must be a number from 1 to 1000"),
+                format!("/etc/cs/{s}: \"a_b:80 weight=1001\": weight must be a number from 1 to 1000"),
+                format!("/etc/cs/{s}: \"a_b:80 weight=2 weight=3\": weight is given twice"),
+                format!("/etc/cs/{s}: \"a_b:80 backup backup\": backup is given twice"),
+                format!("/etc/cs/{s}: \"a_b:80 down\": unknown parameter \"down\": a server takes weight=N and backup (max-fails and fail-timeout are the group's keys)"),
+                format!("/etc/cs/{s}: \"weight=2\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\""),
                 format!("/etc/cs/{s}: \"elsewhere:80\": cannot resolve \"elsewhere\": Name or service not known"),
                 format!("/etc/cs/{s}: \"empty:80\": cannot resolve \"empty\": it has no address"),
                 "/etc/cs/t.toml:4: upstream[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\"".into(),

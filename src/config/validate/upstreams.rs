@@ -38,6 +38,9 @@ pub(super) fn validate_upstreams(
         }
         if g.servers.is_empty() {
             err(&key("servers"), "must list at least one server".into());
+        } else if !g.shares.is_empty() && g.shares.iter().all(|s| s.backup) {
+            let rule = "are all backups: a backup is used when the others cannot be, so at least one server must not be one";
+            err(&key("servers"), rule.into());
         }
         let mut seen: HashMap<&ServerAddr, usize> = HashMap::new();
         for s in &g.servers {
@@ -475,6 +478,13 @@ mod tests {
         g.fail_timeout = Duration::ZERO;
         c.upstreams.push(g);
         c.upstreams.push(group("empty", &[]));
+        let mut spares = group("spares", &["127.0.0.1:4000", "127.0.0.1:4001"]);
+        let backup = crate::config::Share {
+            weight: 2,
+            backup: true,
+        };
+        spares.shares = vec![backup; 2];
+        c.upstreams.push(spares);
         let mut tunnel = proxy_route("/ws/", "app");
         if let HandlerConfig::Proxy(p) = &mut tunnel.handler {
             p.tunnel_idle_timeout = Duration::ZERO;
@@ -493,6 +503,7 @@ mod tests {
                 "conf/x.toml:9: upstream[1].idle-timeout: must be longer than 0",
                 "conf/x.toml:9: upstream[1].fail-timeout: must be longer than 0",
                 "conf/x.toml: upstream[2].servers: must list at least one server",
+                "conf/x.toml: upstream[3].servers: are all backups: a backup is used when the others cannot be, so at least one server must not be one",
             ]
         );
     }
