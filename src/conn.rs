@@ -302,6 +302,14 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         shard.set_idle(key, false);
         read_once = true;
         match read {
+            // The shard ended it while it waited (to make room, or a
+            // drain): the end of the stream is its own (over TLS an
+            // unexpected one), and it closes cleanly, as nginx does.
+            Ok(0) | Err(_) if shard.was_shut(key) => {
+                session.client_left(log);
+                finish_tls(&mut client).await;
+                return;
+            }
             Ok(0) => {
                 session.client_left(log);
                 return;

@@ -31,6 +31,9 @@ struct ConnEntry {
     /// When it last became idle, in the shard's count of such moments
     /// (`Shard::idle_turns`): the lowest is the longest idle.
     idle_since: Cell<u64>,
+    /// The shard shut it for reading while it waited for a request (to
+    /// make room, or in a drain): its end is the server's, and clean.
+    shut: Cell<bool>,
 }
 
 /// A registry key for one connection.
@@ -402,9 +405,7 @@ impl Shard {
         };
         // Not chosen twice before its task has run.
         c.idle.set(false);
-        // SAFETY: the fd belongs to a live connection task of this shard;
-        // shutdown(2) only changes the socket's state, it closes nothing.
-        unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+        shut_reading(c);
         true
     }
 
@@ -415,6 +416,7 @@ impl Shard {
             fd,
             idle: Cell::new(false),
             idle_since: Cell::new(0),
+            shut: Cell::new(false),
         });
         self.say_capacity();
         key
@@ -454,19 +456,42 @@ impl Shard {
         f(&mut self.metrics.stats.borrow_mut());
     }
 
+    /// Whether the shard shut this connection while it waited for a
+    /// request (`reclaim_idle`, a drain): its task, seeing the end of the
+    /// stream, closes it cleanly (TLS's close_notify) rather than as a
+    /// client that left.
+    pub fn was_shut(&self, key: ConnKey) -> bool {
+        self.conns.borrow().get(key).is_some_and(|c| c.shut.get())
+    }
+
     /// Shut down connections; only the idle ones unless `all`. Their tasks
-    /// see end-of-file and finish. Returns how many were shut.
+    /// see end-of-file and finish: an idle one closing cleanly (`was_shut`),
+    /// the rest, at a drain's deadline, cut. Returns how many were shut.
     pub(crate) fn shut_connections(&self, all: bool) -> usize {
         let conns = self.conns.borrow();
         let mut n = 0;
         for (_, c) in conns.iter().filter(|(_, c)| all || c.idle.get()) {
-            // SAFETY: the fd belongs to a live connection task of this shard;
-            // shutdown(2) only changes the socket's state, it closes nothing.
-            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+            if c.idle.get() {
+                shut_reading(c);
+            } else {
+                // SAFETY: the fd belongs to a live connection task of this
+                // shard; shutdown(2) only changes the socket's state.
+                unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+            }
             n += 1;
         }
         n
     }
+}
+
+/// End an idle connection's reading: its task's read sees the end of the
+/// stream and it closes, writing first what a clean end needs (TLS's
+/// close_notify, which a shutdown for writing too would not let out).
+fn shut_reading(c: &ConnEntry) {
+    c.shut.set(true);
+    // SAFETY: the fd belongs to a live connection task of this shard;
+    // shutdown(2) only changes the socket's state, it closes nothing.
+    unsafe { libc::shutdown(c.fd, libc::SHUT_RD) };
 }
 
 /// The part of the limits the HTTP session enforces: the request-target

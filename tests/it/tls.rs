@@ -271,6 +271,43 @@ fn a_connection_that_closes_cleanly_sends_close_notify() {
     }
 }
 
+/// A kept-alive connection the server closes while it waits for a request
+/// ends cleanly too, with close_notify, as nginx closes it: to make room
+/// past `max-connections`, and in a drain; with the shard's readiness ring
+/// and without it.
+#[test]
+fn an_idle_connection_the_server_closes_gets_close_notify() {
+    let dir = Scratch::new("tls-close-notify-idle");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let ended_cleanly = |mut s: Tls, what: &str| {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)
+            .unwrap_or_else(|e| panic!("{what}: {e} after {all:?}"));
+        assert!(all.is_empty(), "{what}: {all:?}");
+    };
+    for ring in [true, false] {
+        let server = Server::spawn({
+            let mut c = command();
+            c.args(["--config", &file, "--max-connections", "1", "--shards", "1"]);
+            if !ring {
+                c.env("CORESERVE_FAULT_NO_RING", "1");
+            }
+            c
+        });
+        let addr = server.https_addrs()[0];
+        let mut idle = tls_connect(addr, "localhost", Some(&ca));
+        assert_eq!(exchange(&mut idle, GET).1, b"hi");
+        // A second connection takes the idle one's place.
+        let mut other = tls_connect(addr, "localhost", Some(&ca));
+        assert_eq!(exchange(&mut other, GET).1, b"hi");
+        ended_cleanly(idle, &format!("reclaimed, ring {ring}"));
+        server.signal(libc::SIGTERM);
+        ended_cleanly(other, &format!("drained, ring {ring}"));
+    }
+}
+
 #[test]
 fn get_over_tls_with_keep_alive_alpn_and_hsts() {
     let dir = Scratch::new("tls-get");
