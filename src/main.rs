@@ -144,6 +144,12 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
         Some(u) => u,
         None => match cli.metrics() {
             Ok(m) => match m.listen {
+                Some(addr) if addr.port() == 0 => {
+                    log::error!(
+                        "the metrics endpoint is on any free port ([metrics] listen = \"{addr}\"): pass --url with the address its \"metrics on\" line names"
+                    );
+                    return ExitCode::from(2);
+                }
                 Some(mut addr) => {
                     // A wildcard is asked on its loopback: `[::]` may take
                     // IPv6 alone.

@@ -271,6 +271,15 @@ fn status_needs_only_the_metrics_section_of_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: metrics.listen"), "{err}");
 
+    // Port 0 (any free port, as the tests run servers) names no server.
+    let out = crate::util::command().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("on any free port ([metrics] listen = \"127.0.0.1:0\"): pass --url"),
+        "{err}"
+    );
+
     // An unset variable elsewhere leaves nothing parsed: it is said, not
     // an empty error.
     let unset = dir.write(
