@@ -20,6 +20,8 @@ pub struct Stat {
     /// When it started, in clock ticks since boot: with the pid, what
     /// tells it from a later process given the same pid.
     pub start: u64,
+    /// Its resident memory, in pages.
+    pub rss: u64,
 }
 
 impl Stat {
@@ -34,11 +36,14 @@ impl Stat {
         // session, tty, tpgid, flags, 4 fault counts, 4 times, priority,
         // nice, threads, itrealvalue: 16 fields, then the start time.
         let start = f.nth(16)?.parse().ok()?;
+        // The virtual size, then the resident set.
+        let rss = f.nth(1)?.parse().ok()?;
         Some(Stat {
             state,
             parent,
             group,
             start,
+            rss,
         })
     }
 
@@ -127,6 +132,33 @@ fn descendants(table: &HashMap<u32, Stat>, leader: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The process table, read once for questions about several trees.
+pub struct Table(HashMap<u32, Stat>);
+
+impl Table {
+    /// Read `/proc`; `None` when it cannot be.
+    pub fn read() -> Option<Table> {
+        table().map(Table)
+    }
+
+    /// The resident memory of `leader` and its descendants, in bytes, as
+    /// PM2 counts an app's (`npm start` or `sh -c` run the server as a
+    /// child); `None` when the leader is not in the table. Pages two of
+    /// them share count twice.
+    pub fn resident_bytes(&self, leader: u32) -> Option<u64> {
+        let own = self.0.get(&leader)?.rss;
+        let children = descendants(&self.0, leader).into_iter();
+        let pages: u64 = own
+            + children
+                .filter_map(|p| self.0.get(&p))
+                .map(|s| s.rss)
+                .sum::<u64>();
+        // SAFETY: sysconf(3) reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        Some(pages * page)
+    }
 }
 
 /// The descendants of `leader` that are not in its process group: a
@@ -228,7 +260,8 @@ mod tests {
                 state: b'S',
                 parent: 1,
                 group: 7,
-                start: 987
+                start: 987,
+                rss: 45,
             }
         );
         assert!(s.runs());
@@ -260,5 +293,38 @@ mod tests {
             ..known
         };
         assert!(!other.runs());
+    }
+
+    #[test]
+    fn a_trees_memory_counts_its_children() {
+        // A child that holds 64 MiB it has written, resident.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys; b = bytearray(64 << 20); sys.stdin.read()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let mine = Table::read().unwrap().resident_bytes(me).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let child_own = Table::read()
+                .unwrap()
+                .resident_bytes(child.id())
+                .unwrap_or(0);
+            let tree = Table::read().unwrap().resident_bytes(me).unwrap();
+            if child_own >= 64 << 20 {
+                assert!(tree >= child_own, "{tree} < {child_own}");
+                assert!(mine < tree, "{mine} >= {tree}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{child_own}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert_eq!(Table::read().unwrap().resident_bytes(u32::MAX), None);
     }
 }

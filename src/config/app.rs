@@ -21,6 +21,10 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// and then dies on its first requests is found while the old instances
 /// still run.
 pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(2);
+/// The smallest `max-memory`: below a few MiB not even a shell runs, and
+/// a limit in bytes (`max-memory = 300`, meant as MiB) would replace every
+/// instance as soon as it is ready.
+pub const MIN_MAX_MEMORY: u64 = 4 << 20;
 /// Most instances of one app.
 pub const MAX_INSTANCES: usize = 256;
 
@@ -163,6 +167,10 @@ pub struct AppConfig {
     pub min_uptime: Duration,
     /// Which reloads replace its instances.
     pub reload: AppReload,
+    /// Resident memory (an instance's with its children's) past which an
+    /// instance is replaced, as PM2's `max_memory_restart`; `None`: no
+    /// limit. At least `MIN_MAX_MEMORY`.
+    pub max_memory: Option<u64>,
     /// The group's proxy settings (its `servers` are the instances, filled
     /// in while it runs; `name` is the app's).
     pub upstream: UpstreamConfig,
@@ -186,6 +194,7 @@ impl AppConfig {
             stop_signal: StopSignal::Term,
             min_uptime: DEFAULT_MIN_UPTIME,
             reload: AppReload::Changed,
+            max_memory: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //! instance answered before it is stopped, a replacement that never
 //! comes up, an app renamed under load with no failed request, a new app
 //! that never comes up refusing its reload, a changed number of instances,
-//! and an output flood. The harness is in `apps.rs`.
+//! an instance replaced past `max-memory`, and an output flood. The
+//! harness is in `apps.rs`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -328,6 +329,45 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
 
 /// A reload to a command that exits at once: the roll must not start
 /// replacements as fast as they die, and the old instance keeps serving.
+/// An instance whose memory passes `max-memory` (a leak) is replaced as a
+/// rolling reload replaces one, as PM2's `max_memory_restart` restarts it
+/// but without failing a request: a replacement starts and serves, then
+/// the instance leaves; the other instance is left alone.
+#[test]
+fn an_instance_past_max_memory_is_replaced_without_failing_a_request() {
+    if !have_node() {
+        return;
+    }
+    let toml =
+        node_app("web", 2, "max-memory = \"200m\"\nmin-uptime = \"0s\"") + &proxied("/", "web");
+    let s = AppServer::start("apps-max-memory", &toml);
+    let old = s.ready_pids("web", 2);
+    let load = Load::start(s.server.addr, "/whoami", 2, 1);
+    load.wait_ok(20);
+    // Whichever instance takes it grows past the limit.
+    let mut c = Conn::open(s.server.addr).unwrap();
+    let (status, grown) = c.get("/grow?mb=300").unwrap();
+    assert_eq!(status, 200);
+    let grown: u32 = grown.parse().unwrap();
+    let kept = old.iter().copied().find(|&p| p != grown).unwrap();
+    let is = s.wait_instances("web", "replaced", |is| {
+        is.len() == 2
+            && is.iter().all(|i| i.state == "ready")
+            && !is.iter().any(|i| i.pid == Some(grown))
+    });
+    assert!(is.iter().any(|i| i.pid == Some(kept)), "{is:?}");
+    assert!(all_gone(&[grown], WAIT), "{grown} still runs");
+    load.wait_ok(20);
+    let t = load.stop();
+    assert_eq!(t.failed, 0, "{:?}", t.errors);
+    let log = s.server.log();
+    assert!(
+        log.contains(&format!("(pid {grown}): "))
+            && log.contains("over max-memory (200 MiB); replacing it"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     if !have_node() {

@@ -35,6 +35,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// How often a retiring instance's open connections are counted.
 const RETIRE_POLL: Duration = Duration::from_millis(250);
+/// How often the memory of the instances of apps with `max-memory` is
+/// read (the whole process table, for their children): PM2 looks every
+/// 30 s; a leak that grows by a few MiB a second is found before it
+/// grows much past the limit.
+const MEMORY_EVERY: Duration = Duration::from_secs(2);
 /// How often an instance still there after SIGKILL is killed again: its
 /// exit is not seen yet (the rest of its output is awaited, or the kernel
 /// has not let it go).
@@ -115,6 +120,9 @@ struct Slot {
     /// How and when its last process to end (current or replacement)
     /// ended, for `coreserve status`.
     last_exit: Option<(String, Instant)>,
+    /// Its instance passed the app's `max-memory`: the roll replaces it
+    /// as a rolling reload does, with the settings it runs.
+    oversized: bool,
 }
 
 struct App {
@@ -179,6 +187,9 @@ pub(super) struct Manager {
     /// Where the handles read every instance's status.
     board: Board,
     next_tag: u64,
+    /// When the instances' memory is read next (`check_memory`); `None`:
+    /// at the next pass.
+    memory_at: Option<Instant>,
 }
 
 impl State {
@@ -202,6 +213,7 @@ impl Slot {
             replacement_failed: false,
             restart_as: None,
             last_exit: None,
+            oversized: false,
         }
     }
 
@@ -273,6 +285,7 @@ impl Manager {
             notify,
             board,
             next_tag: 0,
+            memory_at: None,
         }
     }
 
@@ -403,6 +416,7 @@ impl Manager {
         }
         let _ = self.probe(now, false);
         self.timers(now);
+        self.check_memory(now);
         self.roll(now);
         self.count_leaving();
         self.publish();
@@ -437,8 +451,10 @@ impl Manager {
                 match self.spawn(a, i, generation, now) {
                     Ok(mut inst) => {
                         inst.fallback = fallback.is_some();
-                        self.apps[a].slots[i].restart_as = None;
-                        self.apps[a].slots[i].current.started(inst, now);
+                        let slot = &mut self.apps[a].slots[i];
+                        slot.restart_as = None;
+                        slot.oversized = false;
+                        slot.current.started(inst, now);
                     }
                     Err(e) if startup => return Err(e),
                     Err(e) => {
@@ -621,6 +637,55 @@ impl Manager {
         }
     }
 
+    /// Every `MEMORY_EVERY`, the resident memory of each ready instance of
+    /// an app with `max-memory`, its children's included: one past it is
+    /// marked for the roll to replace (a replacement starts, serves, and
+    /// the instance leaves once its requests are done), as PM2's
+    /// `max_memory_restart` restarts it but without failing a request.
+    /// One already being replaced, or starting, is not looked at.
+    fn check_memory(&mut self, now: Instant) {
+        if self.memory_at.is_some_and(|t| t > now) {
+            return;
+        }
+        if !self.apps.iter().any(|a| a.config.max_memory.is_some()) {
+            self.memory_at = None;
+            return;
+        }
+        self.memory_at = Some(now + MEMORY_EVERY);
+        let Some(table) = proc_table::Table::read() else {
+            return;
+        };
+        for app in &mut self.apps {
+            let Some(limit) = app.config.max_memory else {
+                continue;
+            };
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                if slot.oversized || slot.next.is_some() {
+                    continue;
+                }
+                let Some(inst) = slot.current.get() else {
+                    continue;
+                };
+                if !matches!(inst.state, State::Ready { .. }) {
+                    continue;
+                }
+                let pid = inst.process.pid;
+                let Some(used) = table.resident_bytes(pid) else {
+                    continue;
+                };
+                if used > limit {
+                    warn!(
+                        "{} (pid {pid}): {} MiB resident, over max-memory ({} MiB); replacing it",
+                        who(&app.config.name, index),
+                        used >> 20,
+                        limit >> 20
+                    );
+                    slot.oversized = true;
+                }
+            }
+        }
+    }
+
     /// Tell the master each app's serving addresses, when they changed.
     /// The grace of an instance taken out counts from then: the pass
     /// that retired it may have spent a while probing and reading the
@@ -676,6 +741,9 @@ impl Manager {
                     at(since + app.config.min_uptime);
                 }
             }
+        }
+        if self.apps.iter().any(|a| a.config.max_memory.is_some()) {
+            at(self.memory_at.unwrap_or(now));
         }
         // A past one is spent: the roll started the replacement, or the
         // slot needs none any more.

@@ -44,6 +44,7 @@ impl Manager {
                     slot.replace_backoff = Backoff::new(now);
                     slot.replacement_failed = false;
                     slot.restart_as = None;
+                    slot.oversized = false;
                     if let Some(mut inst) = old {
                         inst.state = State::retiring(now, self.drain);
                         self.leaving.push(Leaving::new(&app.config, index, inst));
@@ -59,8 +60,9 @@ impl Manager {
             if busy {
                 continue;
             }
+            // Settings a reload replaced, or past `max-memory`.
             let outdated = self.apps[a].slots.iter().position(|s| {
-                matches!(s.current.get(), Some(i) if i.generation != generation && matches!(i.state, State::Ready { .. }))
+                matches!(s.current.get(), Some(i) if (i.generation != generation || s.oversized) && matches!(i.state, State::Ready { .. }))
             });
             let Some(i) = outdated else { continue };
             match self.spawn(a, i, generation, now) {

@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "stop-signal",
     "min-uptime",
     "reload",
+    "max-memory",
 ];
 
 /// What `command` looks like, for messages.
@@ -110,6 +111,11 @@ impl Walker<'_> {
                     ];
                     if let Some(v) = self.one_of(&f, &choices) {
                         a.reload = v;
+                    }
+                }
+                "max-memory" => {
+                    if let Some(n) = self.size(&f) {
+                        a.max_memory = Some(n);
                     }
                 }
                 "servers" => {
@@ -194,6 +200,7 @@ stop-timeout = 2
 stop-signal = "SIGINT"
 min-uptime = "0s"
 reload = "always"
+max-memory = "300m"
 balance = "least-conn"
 keepalive = 0
 idle-timeout = "3s"
@@ -237,6 +244,7 @@ fail-timeout = "20s"
                 stop_signal: crate::config::StopSignal::Int,
                 min_uptime: Duration::ZERO,
                 reload: crate::config::AppReload::Always,
+                max_memory: Some(300 << 20),
                 upstream,
             }]
         );
@@ -353,7 +361,7 @@ stop-signal = "TERM"
                 at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"-1\""),
                 at(11, "app[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\""),
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
-                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string"),
                 at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),

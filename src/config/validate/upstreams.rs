@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::super::{
     app_key, route_key, upstream_key, AppConfig, HandlerConfig, Instances, RouteConfig, ServerAddr,
-    UpstreamConfig, MAX_INSTANCES, MAX_UPSTREAM_KEEPALIVE,
+    UpstreamConfig, MAX_INSTANCES, MAX_UPSTREAM_KEEPALIVE, MIN_MAX_MEMORY,
 };
 
 /// The groups' own rules (a name, unique; at least one server, none
@@ -234,6 +234,15 @@ fn validate_app(
             err(&key(k), "must be longer than 0".into());
         }
     }
+    if let Some(n) = a.max_memory.filter(|&n| n < MIN_MAX_MEMORY) {
+        err(
+            &key("max-memory"),
+            format!(
+                "must be at least {}m (a size like 300m or 1g), got {n}",
+                MIN_MAX_MEMORY >> 20
+            ),
+        );
+    }
     validate_settings(&app_key(i), &a.upstream, err);
 }
 
@@ -360,6 +369,7 @@ mod tests {
         a.listen_env = "APP PORT".into();
         a.start_timeout = Duration::ZERO;
         a.stop_timeout = Duration::ZERO;
+        a.max_memory = Some(300);
         a.upstream.keepalive = MAX_UPSTREAM_KEEPALIVE + 1;
         a.upstream.read_timeout = Duration::ZERO;
         c.apps.push(a);
@@ -382,6 +392,7 @@ mod tests {
                 "conf/x.toml:3: app[1].listen-env: \"APP PORT\" is not an environment variable name: letters, digits and \"_\", not starting with a digit",
                 "conf/x.toml:3: app[1].start-timeout: must be longer than 0",
                 "conf/x.toml:3: app[1].stop-timeout: must be longer than 0",
+                "conf/x.toml:3: app[1].max-memory: must be at least 4m (a size like 300m or 1g), got 300",
                 "conf/x.toml:3: app[1].keepalive: must be 0 to 4096, got 4097",
                 "conf/x.toml:3: app[1].read-timeout: must be longer than 0",
                 "conf/x.toml: app[2].command: the program must not be empty",

@@ -14,6 +14,8 @@
 //            from its environment, `-` when unset), after the request's
 //            body; `/whoami?ms=N` answers N ms later
 //   /sse     five server-sent events (`data: N`), 100 ms apart
+//   /grow?mb=N  keeps N MiB more, written (resident), for as long as it
+//            runs; answers its pid
 //   other    JSON: method, url, headers, bodyLength
 //
 // With FLOOD set it writes lines to stdout as fast as the pipe takes them,
@@ -23,7 +25,16 @@
 const http = require('http');
 const fs = require('fs');
 
+const kept = [];
+
 const server = http.createServer((req, res) => {
+  if (req.url.startsWith('/grow?mb=')) {
+    kept.push(Buffer.alloc(Number(req.url.split('=')[1]) << 20, 1));
+    const body = `${process.pid}`;
+    res.writeHead(200, { 'Content-Length': Buffer.byteLength(body) });
+    res.end(body);
+    return;
+  }
   if (req.url === '/whoami' || req.url.startsWith('/whoami?ms=')) {
     const env = process.env;
     const body = `${process.pid} ${env.CORESERVE_INSTANCE || '-'} ${env.VERSION || '-'}`;
