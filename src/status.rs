@@ -85,8 +85,9 @@ pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
 }
 
 /// One line per app instance (from the `coreserve_app_*` series): pid,
-/// state (`restarting(Ns)`: its next start in N s), restarts, uptime, how
-/// and how long ago its last process ended, and the requests its address
+/// state (`restarting(Ns)`: its next start in N s), restarts, uptime,
+/// memory (with its children's), how and how long ago its last process
+/// ended, and the requests its address
 /// was sent. A
 /// replacement a rolling reload started follows its slot's current one,
 /// its state `new-starting`, or `new-ready` while it serves its
@@ -102,6 +103,7 @@ pub(crate) fn apps_table(text: &str) -> String {
         uptime: Option<f64>,
         last_exit: Option<(String, f64)>,
         restart_in: Option<f64>,
+        memory: Option<f64>,
     }
     // By app, slot, then the current instance (no pid) before those
     // leaving (by pid).
@@ -132,6 +134,9 @@ pub(crate) fn apps_table(text: &str) -> String {
             "coreserve_app_instance_restart_in_seconds" => {
                 insts.entry(current).or_default().restart_in = Some(value)
             }
+            "coreserve_app_instance_memory_bytes" => {
+                insts.entry(current).or_default().memory = Some(value)
+            }
             "coreserve_app_instance_replacement_uptime_seconds" => {
                 let pid = label("pid");
                 let key = (slot.0, slot.1, Some(pid.parse().unwrap_or(0)));
@@ -158,8 +163,8 @@ pub(crate) fn apps_table(text: &str) -> String {
         return String::new();
     }
     let mut out = format!(
-        "\n{:<16} {:>8} {:>8} {:<16} {:>8} {:>10} {:>12}  {}\n",
-        "app", "instance", "pid", "state", "restarts", "uptime", "requests", "last exit"
+        "\n{:<16} {:>8} {:>8} {:<16} {:>8} {:>10} {:>8} {:>12}  {}\n",
+        "app", "instance", "pid", "state", "restarts", "uptime", "memory", "requests", "last exit"
     );
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for ((app, index, _), i) in &insts {
@@ -171,7 +176,7 @@ pub(crate) fn apps_table(text: &str) -> String {
             _ => i.state.clone(),
         };
         out.push_str(&format!(
-            "{:<16} {:>8} {:>8} {:<16} {:>8} {:>10} {:>12}  {}\n",
+            "{:<16} {:>8} {:>8} {:<16} {:>8} {:>10} {:>8} {:>12}  {}\n",
             app,
             index,
             if i.pid.is_empty() { "-" } else { &i.pid },
@@ -183,6 +188,7 @@ pub(crate) fn apps_table(text: &str) -> String {
             } else {
                 or_dash(i.uptime.map(format_uptime))
             },
+            or_dash(i.memory.map(format_memory)),
             // A current instance not sent anything yet has no series.
             match (sent, i.restarts) {
                 (Some(n), _) => n.to_string(),
@@ -197,6 +203,16 @@ pub(crate) fn apps_table(text: &str) -> String {
         ));
     }
     out
+}
+
+/// Bytes as `pm2 ls` shows them, in MiB, or GiB from 10 GiB.
+fn format_memory(bytes: f64) -> String {
+    let mib = bytes / f64::from(1 << 20);
+    if mib < 10240.0 {
+        format!("{mib:.0}M")
+    } else {
+        format!("{:.1}G", mib / 1024.0)
+    }
 }
 
 fn format_uptime(s: f64) -> String {

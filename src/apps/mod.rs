@@ -151,6 +151,10 @@ pub struct InstanceStatus {
     /// For a slot `restarting`: how long until its next start, counted
     /// when the status is read.
     pub restart_in: Option<Duration>,
+    /// The resident memory of a slot's ready instance, with its
+    /// children's, in bytes, read every couple of seconds; `None` before
+    /// the first look, or for another role.
+    pub memory: Option<u64>,
 }
 
 /// The running apps: a handle on the manager's thread.

@@ -134,31 +134,60 @@ fn descendants(table: &HashMap<u32, Stat>, leader: u32) -> Vec<u32> {
     out
 }
 
-/// The process table, read once for questions about several trees.
-pub struct Table(HashMap<u32, Stat>);
-
-impl Table {
-    /// Read `/proc`; `None` when it cannot be.
-    pub fn read() -> Option<Table> {
-        table().map(Table)
-    }
-
-    /// The resident memory of `leader` and its descendants, in bytes, as
-    /// PM2 counts an app's (`npm start` or `sh -c` run the server as a
-    /// child); `None` when the leader is not in the table. Pages two of
-    /// them share count twice.
-    pub fn resident_bytes(&self, leader: u32) -> Option<u64> {
-        let own = self.0.get(&leader)?.rss;
-        let children = descendants(&self.0, leader).into_iter();
-        let pages: u64 = own
-            + children
-                .filter_map(|p| self.0.get(&p))
+/// The resident memory of `leader` and its descendants, in bytes, as PM2
+/// counts an app's (`npm start` or `sh -c` run the server as a child);
+/// `None` when the leader is gone. Pages two of them share count twice.
+/// The tree is found through each thread's `children` file, a few reads
+/// per process rather than the whole table; the table when the kernel
+/// has no such files.
+pub fn resident_bytes(leader: u32) -> Option<u64> {
+    let own = Stat::read(leader)?.rss;
+    let pages = match children_of(leader) {
+        Some(first) => {
+            let me = std::process::id();
+            let mut seen = HashSet::from([leader]);
+            let mut next = first;
+            let mut pages = own;
+            while let Some(pid) = next.pop() {
+                // The tree is no snapshot: a pid reused meanwhile could
+                // make a loop, or lead to coreserve itself.
+                if pid == me || !seen.insert(pid) {
+                    continue;
+                }
+                pages += Stat::read(pid).map_or(0, |s| s.rss);
+                next.extend(children_of(pid).unwrap_or_default());
+            }
+            pages
+        }
+        None => {
+            let table = table()?;
+            let children = descendants(&table, leader).into_iter();
+            own + children
+                .filter_map(|p| table.get(&p))
                 .map(|s| s.rss)
-                .sum::<u64>();
-        // SAFETY: sysconf(3) reads a constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        Some(pages * page)
+                .sum::<u64>()
+        }
+    };
+    // SAFETY: sysconf(3) reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(pages * page)
+}
+
+/// The children of every thread of `pid`; `None` when they cannot be read
+/// (a kernel without `/proc/PID/task/TID/children`, or `pid` gone).
+fn children_of(pid: u32) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            list.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
+    Some(out)
 }
 
 /// The descendants of `leader` that are not in its process group: a
@@ -307,14 +336,11 @@ mod tests {
             .spawn()
             .unwrap();
         let me = std::process::id();
-        let mine = Table::read().unwrap().resident_bytes(me).unwrap();
+        let mine = resident_bytes(me).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let child_own = Table::read()
-                .unwrap()
-                .resident_bytes(child.id())
-                .unwrap_or(0);
-            let tree = Table::read().unwrap().resident_bytes(me).unwrap();
+            let child_own = resident_bytes(child.id()).unwrap_or(0);
+            let tree = resident_bytes(me).unwrap();
             if child_own >= 64 << 20 {
                 assert!(tree >= child_own, "{tree} < {child_own}");
                 assert!(mine < tree, "{mine} >= {tree}");
@@ -323,8 +349,12 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{child_own}");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // The whole table finds the same tree (the fallback's way).
+        let listed = descendants(&table().unwrap(), me);
+        assert!(listed.contains(&child.id()), "{listed:?}");
+        assert_eq!(children_of(me).map(|c| c.contains(&child.id())), Some(true));
         drop(child.stdin.take());
         child.wait().unwrap();
-        assert_eq!(Table::read().unwrap().resident_bytes(u32::MAX), None);
+        assert_eq!(resident_bytes(u32::MAX), None);
     }
 }

@@ -195,6 +195,25 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
             i.uptime.as_secs_f64()
         );
     }
+    let measured: Vec<_> = instances
+        .iter()
+        .filter_map(|i| Some((i, i.memory?)))
+        .collect();
+    if !measured.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP coreserve_app_instance_memory_bytes The resident memory of a ready \
+             instance, its children's included, as max-memory counts it.\n\
+             # TYPE coreserve_app_instance_memory_bytes gauge"
+        );
+        for (i, bytes) in measured {
+            let _ = writeln!(
+                out,
+                "coreserve_app_instance_memory_bytes{{{}}} {bytes}",
+                label(i)
+            );
+        }
+    }
     let exited: Vec<_> = instances
         .iter()
         .filter_map(|i| Some((i, i.last_exit.as_ref()?)))
@@ -353,6 +372,7 @@ mod tests {
             open_connections: leaving.flatten(),
             last_exit: None,
             restart_in: None,
+            memory: None,
         }
     }
 
@@ -411,11 +431,11 @@ mod tests {
         assert_eq!(
             rows,
             [
-                ["web", "0", "30", "ready", "2", "1m30s", "0", "-"],
-                ["web", "0", "10", "draining(3)", "-", "-", "-", "-"],
-                ["web", "1", "40", "ready", "2", "1m30s", "0", "-"],
-                ["web", "1", "20", "stopping", "-", "-", "-", "-"],
-                ["web", "1", "50", "new-ready", "-", "1s", "-", "-"],
+                ["web", "0", "30", "ready", "2", "1m30s", "-", "0", "-"],
+                ["web", "0", "10", "draining(3)", "-", "-", "-", "-", "-"],
+                ["web", "1", "40", "ready", "2", "1m30s", "-", "0", "-"],
+                ["web", "1", "20", "stopping", "-", "-", "-", "-", "-"],
+                ["web", "1", "50", "new-ready", "-", "1s", "-", "-", "-"],
             ],
             "{table}"
         );
@@ -433,6 +453,7 @@ mod tests {
         };
         let exited = InstanceStatus {
             last_exit: Some(("exit 1".into(), Duration::from_secs(5))),
+            memory: Some(87 << 20),
             ..instance(1, 40, "ready", None)
         };
         let mut text = String::new();
@@ -441,6 +462,7 @@ mod tests {
             "coreserve_app_instance_last_exit_seconds{app=\"web\",instance=\"0\",how=\"SIGSEGV\"} 75.0\n",
             "coreserve_app_instance_last_exit_seconds{app=\"web\",instance=\"1\",how=\"exit 1\"} 5.0\n",
             "coreserve_app_instance_restart_in_seconds{app=\"web\",instance=\"0\"} 3.2\n",
+            "coreserve_app_instance_memory_bytes{app=\"web\",instance=\"1\"} 91226112\n",
         ] {
             assert!(text.contains(series), "{series}{text}");
         }
@@ -450,8 +472,8 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "web 0 - restarting(4s) 2 - 0 SIGSEGV, 1m15s ago",
-                "web 1 40 ready 2 1m30s 0 exit 1, 5s ago",
+                "web 0 - restarting(4s) 2 - - 0 SIGSEGV, 1m15s ago",
+                "web 1 40 ready 2 1m30s 87M 0 exit 1, 5s ago",
             ]
             .map(|r| r.split(' ').collect::<Vec<_>>()),
             "{table}"

@@ -511,22 +511,31 @@ fn instances_start_over_tcp_and_unix_sockets_and_show_in_metrics_and_status() {
     let columns: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(
         columns,
-        ["app", "instance", "pid", "state", "restarts", "uptime", "requests", "last", "exit"]
+        [
+            "app", "instance", "pid", "state", "restarts", "uptime", "memory", "requests", "last",
+            "exit"
+        ]
     );
     for (app, pids) in [("web", &web), ("sock", &sock)] {
         for (i, pid) in pids.iter().enumerate() {
             let row: Vec<&str> = table
                 .lines()
                 .map(|l| l.split_whitespace().collect::<Vec<_>>())
-                .find(|r| r.len() == 8 && r[0] == app && r[1] == i.to_string())
+                .find(|r| r.len() == 9 && r[0] == app && r[1] == i.to_string())
                 .unwrap_or_else(|| panic!("no row {app} {i}:\n{table}"));
             assert_eq!(row[2], pid.to_string(), "{table}");
             assert_eq!(&row[3..5], ["ready", "0"], "{table}");
             assert!(row[5].ends_with('s'), "{table}");
+            // A Node process's few tens of MiB.
+            let mib: u64 = row[6]
+                .strip_suffix('M')
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            assert!((10..1000).contains(&mib), "{table}");
             // Round-robin: half of the ten requests each.
-            assert_eq!(row[6], "5", "{table}");
+            assert_eq!(row[7], "5", "{table}");
             // Never ended.
-            assert_eq!(row[7], "-", "{table}");
+            assert_eq!(row[8], "-", "{table}");
         }
     }
     let _ = s.server.stop();

@@ -35,10 +35,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// How often a retiring instance's open connections are counted.
 const RETIRE_POLL: Duration = Duration::from_millis(250);
-/// How often the memory of the instances of apps with `max-memory` is
-/// read (the whole process table, for their children): PM2 looks every
-/// 30 s; a leak that grows by a few MiB a second is found before it
-/// grows much past the limit.
+/// How often the memory of ready instances is read (for `coreserve
+/// status`, the metrics and `max-memory`): PM2 looks every 30 s; a leak
+/// that grows by a few MiB a second is found before it grows much past
+/// the limit. A few small reads of `/proc` per process of an instance.
 const MEMORY_EVERY: Duration = Duration::from_secs(2);
 /// How often an instance still there after SIGKILL is killed again: its
 /// exit is not seen yet (the rest of its output is awaited, or the kernel
@@ -79,6 +79,9 @@ struct Instance {
     /// `stop-timeout`, those of a reload that did not replace it (a
     /// replaced instance keeps the ones its code was started with).
     stop: (StopSignal, Duration),
+    /// Its resident memory with its children's at the last look
+    /// (`check_memory`), once ready.
+    memory: Option<u64>,
 }
 
 enum State {
@@ -513,6 +516,7 @@ impl Manager {
             started: now,
             fallback: false,
             stop: (config.stop_signal, config.stop_timeout),
+            memory: None,
         })
     }
 
@@ -637,43 +641,33 @@ impl Manager {
         }
     }
 
-    /// Every `MEMORY_EVERY`, the resident memory of each ready instance of
-    /// an app with `max-memory`, its children's included: one past it is
-    /// marked for the roll to replace (a replacement starts, serves, and
-    /// the instance leaves once its requests are done), as PM2's
-    /// `max_memory_restart` restarts it but without failing a request.
-    /// One already being replaced, or starting, is not looked at.
+    /// Every `MEMORY_EVERY`, the resident memory of each ready instance,
+    /// its children's included, for the status; of an app with
+    /// `max-memory`, one past it is marked for the roll to replace (a
+    /// replacement starts, serves, and the instance leaves once its
+    /// requests are done), as PM2's `max_memory_restart` restarts it but
+    /// without failing a request. A replacement is not looked at until it
+    /// takes its slot, nor an instance while it is being replaced.
     fn check_memory(&mut self, now: Instant) {
         if self.memory_at.is_some_and(|t| t > now) {
             return;
         }
-        if !self.apps.iter().any(|a| a.config.max_memory.is_some()) {
-            self.memory_at = None;
-            return;
-        }
         self.memory_at = Some(now + MEMORY_EVERY);
-        let Some(table) = proc_table::Table::read() else {
-            return;
-        };
         for app in &mut self.apps {
-            let Some(limit) = app.config.max_memory else {
-                continue;
-            };
+            let limit = app.config.max_memory;
             for (index, slot) in app.slots.iter_mut().enumerate() {
-                if slot.oversized || slot.next.is_some() {
-                    continue;
-                }
-                let Some(inst) = slot.current.get() else {
+                let Some(inst) = slot.current.get_mut() else {
                     continue;
                 };
                 if !matches!(inst.state, State::Ready { .. }) {
                     continue;
                 }
                 let pid = inst.process.pid;
-                let Some(used) = table.resident_bytes(pid) else {
+                inst.memory = proc_table::resident_bytes(pid);
+                let Some((used, limit)) = inst.memory.zip(limit) else {
                     continue;
                 };
-                if used > limit {
+                if used > limit && !slot.oversized && slot.next.is_none() {
                     warn!(
                         "{} (pid {pid}): {} MiB resident, over max-memory ({} MiB); replacing it",
                         who(&app.config.name, index),
@@ -742,7 +736,13 @@ impl Manager {
                 }
             }
         }
-        if self.apps.iter().any(|a| a.config.max_memory.is_some()) {
+        let ready = self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .filter_map(|s| s.current.get())
+            .any(|i| matches!(i.state, State::Ready { .. }));
+        if ready {
             at(self.memory_at.unwrap_or(now));
         }
         // A past one is spent: the roll started the replacement, or the

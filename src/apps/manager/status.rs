@@ -114,6 +114,7 @@ impl Manager {
                             .as_ref()
                             .map(|(how, _)| (how.clone(), Duration::ZERO)),
                         restart_in: None,
+                        memory: inst.and_then(|i| i.memory),
                     },
                     started: inst.map(|i| i.started),
                     exited: slot.last_exit.as_ref().map(|&(_, t)| t),
@@ -143,6 +144,7 @@ impl Manager {
                             open_connections: None,
                             last_exit: None,
                             restart_in: None,
+                            memory: None,
                         },
                         started: Some(next.started),
                         exited: None,
@@ -170,6 +172,7 @@ impl Manager {
                     open_connections: l.open,
                     last_exit: None,
                     restart_in: None,
+                    memory: None,
                 },
                 started: Some(l.inst.started),
                 exited: None,
