@@ -137,10 +137,10 @@ pub fn status_for(err: ParseError) -> Status {
         | DuplicateHost
         | ContentLength
         | LengthAndTransferEncoding
+        // RFC 9112 §6.3: the body's length cannot be told; a MUST.
+        | ChunkedNotLast
         | Chunk => Status::BAD_REQUEST,
-        UnsupportedTransferCoding | ChunkedNotLast | MethodNotImplemented => {
-            Status::NOT_IMPLEMENTED
-        }
+        UnsupportedTransferCoding | MethodNotImplemented => Status::NOT_IMPLEMENTED,
         HeadersTooLarge | TooManyHeaders => Status::REQUEST_HEADER_FIELDS_TOO_LARGE,
         UriTooLong => Status::URI_TOO_LONG,
         BodyTooLarge => Status::PAYLOAD_TOO_LARGE,
@@ -172,6 +172,7 @@ mod tests {
             status_for(ParseError::UnsupportedTransferCoding).code(),
             501
         );
+        assert_eq!(status_for(ParseError::ChunkedNotLast).code(), 400);
         assert_eq!(status_for(ParseError::HeadTimeout).code(), 408);
     }
 }
