@@ -407,7 +407,8 @@ async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
 /// destroys the response's unread end at the client; else cleanly. nginx's
 /// `lingering_close on` decides the same way, when it closes.
 async fn close_after_response(client: &mut Socket, input: &mut InputBuffer) {
-    if client.unread_in_kernel() {
+    // Read already or not, what it sent says it may send more.
+    if !input.data().is_empty() || client.unread_in_kernel() {
         Box::pin(linger_close(client, input)).await;
     } else {
         finish_tls(client).await;

@@ -338,6 +338,34 @@ fn a_response_of_many_fields_is_relayed_up_to_256() {
     assert_eq!(r.next(false).status, 502);
 }
 
+/// A client that sent more after a request whose proxied response closes
+/// the connection (HTTP/1.0, or `Connection: close`, then the start of a
+/// pipelined request) is lingered on, as after any closing response: what
+/// it goes on sending is read and dropped rather than answered with a
+/// reset, which would destroy the response it has not read yet.
+#[test]
+fn more_bytes_after_a_closing_proxied_request_meet_a_lingering_close() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-closing-linger", &simple(&[up.server()], "", ""));
+    for first in [
+        "GET /t HTTP/1.0\r\n\r\nG",
+        "GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nG",
+    ] {
+        let mut s = connect(proxy.addr());
+        s.write_all(first.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert!(all.starts_with(b"HTTP/1.1 200 OK\r\n"), "{first:?}");
+        // A closed socket would answer the first of these with a reset,
+        // which fails the second.
+        for more in ["ET /x HTTP/1.1\r\n", "Host: a\r\n\r\n"] {
+            std::thread::sleep(Duration::from_millis(50));
+            s.write_all(more.as_bytes())
+                .unwrap_or_else(|e| panic!("{first:?}: {e}"));
+        }
+    }
+}
+
 /// A proxied request in flight when the drain begins: its response, which
 /// begins later, says the connection closes (the client would otherwise
 /// send its next request on a connection about to close).
