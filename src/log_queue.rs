@@ -4,20 +4,23 @@
 //! master or the relay of an app's output. Past `CAPACITY` waiting lines,
 //! new ones are dropped and counted, and the count is logged once the
 //! writer catches up, at most once a second. Lines from a thread marked
-//! `bulk_thread` (an app's output relayed) may fill only three quarters of
-//! it: a flood of an app's output leaves room for coreserve's own lines
-//! (that instance's exit, its restart).
+//! `bulk_thread` (an app's output relayed) wait in a queue of their own,
+//! which may hold three quarters of it, and are written only when none of
+//! coreserve's own lines waits: a flood of an app's output into a log read
+//! slowly neither crowds out nor holds up coreserve's own lines (that
+//! instance's exit, its restart, why the process stops), which go ahead of
+//! the app lines queued before them.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Lines that may wait for stderr: a burst (a reload's lines, a crash
 /// loop's output) passes whole; a log stalled for good costs at most this
-/// many lines of memory: a few hundred KiB of coreserve's own, 16 MiB at
+/// many lines of memory: a few hundred KiB of coreserve's own, 12 MiB at
 /// the very worst of app output (its lines are cut at 4 KiB).
 pub const CAPACITY: usize = 4096;
 
@@ -31,33 +34,61 @@ thread_local! {
 }
 
 /// Mark the lines this thread logs from now on as bulk (an app's output,
-/// relayed): past three quarters of the queue they are dropped, so that
-/// coreserve's own lines still find room.
+/// relayed): they wait behind coreserve's own lines, and past three
+/// quarters of the queue they are dropped, so that those still find room.
 pub fn bulk_thread() {
     BULK.with(|b| b.set(true));
 }
 
+/// The lines waiting, coreserve's own apart from the bulk ones.
+#[derive(Debug, Default)]
+struct Waiting {
+    own: VecDeque<Vec<u8>>,
+    bulk: VecDeque<Vec<u8>>,
+    /// The line the writer has taken and not yet written: `Some(true)`
+    /// for a bulk one.
+    writing: Option<bool>,
+    /// The writing end is gone: the writer ends once the rest is out.
+    closed: bool,
+}
+
+impl Waiting {
+    /// Lines queued or being written.
+    fn pending(&self) -> usize {
+        self.own.len() + self.bulk.len() + usize::from(self.writing.is_some())
+    }
+}
+
 /// What the writing end and the writer thread share.
 #[derive(Debug, Default)]
-struct Counts {
+struct Shared {
+    waiting: Mutex<Waiting>,
+    /// Signalled when a line is queued, or the queue empties.
+    changed: Condvar,
     /// Lines dropped since the writer last said so.
     dropped: AtomicU64,
-    /// Lines queued and not yet written.
-    pending: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // A panic while it was held left whole queues behind.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The writing end, as the logger's target: each `write` is one formatted
 /// line (env_logger writes a record whole), queued without waiting.
 pub struct LogQueue {
-    tx: SyncSender<Vec<u8>>,
-    counts: Arc<Counts>,
-    /// Waiting lines past which bulk lines are dropped.
+    shared: Arc<Shared>,
+    /// Waiting lines past which any line is dropped.
+    capacity: usize,
+    /// Waiting bulk lines past which bulk lines are dropped.
     bulk_capacity: usize,
 }
 
 /// Waits for the queue to be written out (see `flush`).
 #[derive(Debug, Clone)]
-pub struct Flusher(Arc<Counts>);
+pub struct Flusher(Arc<Shared>);
 
 impl LogQueue {
     /// A queue to stderr, with its writer thread. `dropped_line` formats
@@ -73,23 +104,43 @@ impl LogQueue {
         capacity: usize,
         dropped_line: fn(u64) -> String,
     ) -> io::Result<LogQueue> {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(capacity);
-        let counts = Arc::new(Counts::default());
-        let shared = counts.clone();
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
+                let shared = theirs;
                 let mut said: Option<Instant> = None;
                 loop {
-                    match rx.recv_timeout(SAY_DROPPED_EVERY) {
-                        Ok(line) => {
-                            // A failed write (stderr closed) loses the
-                            // line, as writing it directly would.
-                            let _ = sink.write_all(&line);
-                            shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    let line = {
+                        let mut w = shared.lock();
+                        if w.own.is_empty() && w.bulk.is_empty() {
+                            if w.closed {
+                                return;
+                            }
+                            w = shared
+                                .changed
+                                .wait_timeout(w, SAY_DROPPED_EVERY)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
                         }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
+                        match w.own.pop_front() {
+                            Some(line) => {
+                                w.writing = Some(false);
+                                Some(line)
+                            }
+                            None => w.bulk.pop_front().inspect(|_| w.writing = Some(true)),
+                        }
+                    };
+                    if let Some(line) = line {
+                        // A failed write (stderr closed) loses the line,
+                        // as writing it directly would.
+                        let _ = sink.write_all(&line);
+                        let mut w = shared.lock();
+                        w.writing = None;
+                        if w.pending() == 0 {
+                            shared.changed.notify_all();
+                        }
                     }
                     if said.is_some_and(|t| t.elapsed() < SAY_DROPPED_EVERY) {
                         continue;
@@ -102,39 +153,35 @@ impl LogQueue {
                 }
             })?;
         Ok(LogQueue {
-            tx,
-            counts,
+            shared,
+            capacity,
             bulk_capacity: capacity - capacity / 4,
         })
     }
 
     /// What waits for this queue to be written out.
     pub fn flusher(&self) -> Flusher {
-        Flusher(self.counts.clone())
+        Flusher(self.shared.clone())
     }
 }
 
 impl Write for LogQueue {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let waiting = self.counts.pending.fetch_add(1, Ordering::AcqRel);
-        if waiting >= self.bulk_capacity && BULK.with(Cell::get) {
-            self.counts.pending.fetch_sub(1, Ordering::AcqRel);
-            self.counts.dropped.fetch_add(1, Ordering::AcqRel);
+        let bulk = BULK.with(Cell::get);
+        let mut w = self.shared.lock();
+        let full = w.pending() >= self.capacity
+            || (bulk && w.bulk.len() + usize::from(w.writing == Some(true)) >= self.bulk_capacity);
+        if full {
+            drop(w);
+            self.shared.dropped.fetch_add(1, Ordering::AcqRel);
             return Ok(buf.len());
         }
-        match self.tx.try_send(buf.to_vec()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.counts.pending.fetch_sub(1, Ordering::AcqRel);
-                self.counts.dropped.fetch_add(1, Ordering::AcqRel);
-            }
-            // The writer is gone (it never ends while `tx` lives, unless
-            // it panicked): straight to stderr.
-            Err(TrySendError::Disconnected(line)) => {
-                self.counts.pending.fetch_sub(1, Ordering::AcqRel);
-                io::stderr().write_all(&line)?;
-            }
+        match bulk {
+            true => w.bulk.push_back(buf.to_vec()),
+            false => w.own.push_back(buf.to_vec()),
         }
+        drop(w);
+        self.shared.changed.notify_all();
         Ok(buf.len())
     }
 
@@ -143,14 +190,32 @@ impl Write for LogQueue {
     }
 }
 
+impl Drop for LogQueue {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
 impl Flusher {
     /// Wait until the queued lines are written, at most `limit` (stderr
     /// may be stalled for good): before the process exits, so that its
-    /// last lines (why it stopped) are not lost.
+    /// last lines (why it stopped) are not lost. coreserve's own lines
+    /// go first: those are out before any app line still waiting.
     pub fn flush(&self, limit: Duration) {
         let until = Instant::now() + limit;
-        while self.0.pending.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
+        let mut w = self.0.lock();
+        while w.pending() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            w = self
+                .0
+                .changed
+                .wait_timeout(w, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -158,8 +223,7 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::Receiver;
-    use std::sync::Mutex;
+    use std::sync::mpsc::{self, Receiver};
 
     /// A sink that takes a write only when the test lets it, and keeps
     /// what it took.
@@ -254,5 +318,40 @@ mod tests {
             lines.contains(&"own 0") && lines.contains(&"own 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn own_lines_go_ahead_of_the_bulk_lines_queued_before_them() {
+        let (open, gate) = mpsc::channel();
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let sink = Gated {
+            gate,
+            taken: taken.clone(),
+        };
+        let q = LogQueue::to(sink, 16, |n| format!("{n} dropped\n")).unwrap();
+        let flusher = q.flusher();
+        let q = Arc::new(Mutex::new(q));
+        let flood = q.clone();
+        std::thread::spawn(move || {
+            bulk_thread();
+            for i in 0..5 {
+                let line = format!("app {i}\n");
+                flood.lock().unwrap().write_all(line.as_bytes()).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        // The writer may have taken the first app line to the gate.
+        std::thread::sleep(Duration::from_millis(50));
+        q.lock().unwrap().write_all(b"own exit\n").unwrap();
+        for _ in 0..100 {
+            let _ = open.send(());
+        }
+        flusher.flush(Duration::from_secs(5));
+        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines[1], "own exit", "{text}");
+        assert_eq!(lines[0], "app 0", "{text}");
     }
 }
