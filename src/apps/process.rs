@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,9 @@ pub struct Process {
     /// Asked to stop (`stop`): what the stop reaches, and when it gets
     /// SIGKILL. Once it exits, the rest gets its time until then.
     stopping: Arc<OnceLock<Stop>>,
+    /// The process coreserve started has ended (its exit is reported once
+    /// the rest of its group has too).
+    ended: Arc<AtomicBool>,
 }
 
 /// An instance's stop under way.
@@ -86,6 +90,14 @@ impl Process {
         if let Some(stop) = self.stopping.get() {
             stop.signal(self.pid, signal.number());
         }
+    }
+
+    /// Whether the process coreserve started has ended, while what it
+    /// left in its group (a wrapper's app) may still run: a SIGKILL at the
+    /// stop timeout is then that group's, which the wait says in its own
+    /// words, not the process's.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// SIGKILL to the instance's process group, and to the descendants
@@ -169,6 +181,8 @@ pub fn spawn(
     let (relaying, drained) = mpsc::channel::<()>();
     let stopping: Arc<OnceLock<Stop>> = Arc::new(OnceLock::new());
     let asked = stopping.clone();
+    let ended = Arc::new(AtomicBool::new(false));
+    let it_ended = ended.clone();
     if let Some(out) = child.stdout.take() {
         relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
     }
@@ -179,6 +193,7 @@ pub fn spawn(
         .name(format!("wait-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
+                it_ended.store(true, Ordering::Release);
                 match asked.get() {
                     // Stopping: the group got the stop signal too; what is
                     // left of it finishes, or SIGKILL at the stop timeout
@@ -215,6 +230,7 @@ pub fn spawn(
         pid,
         tail,
         stopping,
+        ended,
     })
 }
 
@@ -246,18 +262,25 @@ fn relay_lines(
             let mut line = Vec::with_capacity(256);
             loop {
                 line.clear();
+                // Room for a whole line's end (`\r\n`) after its most.
                 match reader
                     .by_ref()
-                    .take(MAX_LINE as u64)
+                    .take(MAX_LINE as u64 + 2)
                     .read_until(b'\n', &mut line)
                 {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
-                let cut = line.len() == MAX_LINE && line.last() != Some(&b'\n');
+                let ended = line.last() == Some(&b'\n');
+                let mut text_len = line.len() - usize::from(ended);
+                if ended && text_len > 0 && line[text_len - 1] == b'\r' {
+                    text_len -= 1;
+                }
+                let cut = text_len > MAX_LINE;
                 if cut {
                     // A character the cut split is left out whole rather
                     // than garbled.
+                    line.truncate(MAX_LINE);
                     line.truncate(whole_chars(&line));
                     line.extend_from_slice(b" [cut]");
                 }
@@ -274,7 +297,7 @@ fn relay_lines(
                 }
                 t.push_back(text.to_string());
                 drop(t);
-                if cut {
+                if cut && !ended {
                     // The rest of the line, once its start is logged, is
                     // skipped: one line of output is one line of the log.
                     let _ = reader.skip_until(b'\n');
@@ -375,13 +398,8 @@ mod tests {
         assert_eq!(whole_chars(&[]), 0);
     }
 
-    #[test]
-    fn a_long_line_is_cut_once_and_whole_characters_kept() {
-        // 4 095 bytes and a two-byte character that the cut at 4 096
-        // splits, then more of the same line, then the next line.
-        let mut out = "a".repeat(MAX_LINE - 1).into_bytes();
-        out.extend_from_slice("é".repeat(3000).as_bytes());
-        out.extend_from_slice(b"\nnext\n");
+    /// The lines `relay_lines` keeps of `out`, once it has read it all.
+    fn relayed(out: Vec<u8>) -> Vec<String> {
         let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
         let (relaying, done) = mpsc::channel();
         relay_lines(
@@ -392,7 +410,18 @@ mod tests {
             relaying,
         );
         assert!(done.recv().is_err(), "the relay ended");
-        let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        let lines = tail.lock().unwrap().iter().cloned().collect();
+        lines
+    }
+
+    #[test]
+    fn a_long_line_is_cut_once_and_whole_characters_kept() {
+        // 4 095 bytes and a two-byte character that the cut at 4 096
+        // splits, then more of the same line, then the next line.
+        let mut out = "a".repeat(MAX_LINE - 1).into_bytes();
+        out.extend_from_slice("é".repeat(3000).as_bytes());
+        out.extend_from_slice(b"\nnext\n");
+        let lines = relayed(out);
         assert_eq!(
             lines.len(),
             2,
@@ -401,6 +430,15 @@ mod tests {
         );
         assert_eq!(lines[0], "a".repeat(MAX_LINE - 1) + " [cut]");
         assert_eq!(lines[1], "next");
+    }
+
+    #[test]
+    fn a_line_of_the_most_bytes_is_whole_however_it_ends() {
+        let most = "b".repeat(MAX_LINE);
+        let out = format!("{most}\n{most}\r\n{most}c\n{most}cd\r\nlast");
+        let lines = relayed(out.into_bytes());
+        let cut = most.clone() + " [cut]";
+        assert_eq!(lines, [&most, &most, &cut, &cut, "last"]);
     }
 
     #[test]

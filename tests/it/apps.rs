@@ -702,6 +702,37 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
     assert!(all_gone(&[pid], Duration::from_secs(2)), "{log}");
 }
 
+/// An instance that ends at its stop signal, but leaves in its group a
+/// child that ignores it (a wrapper's app): the SIGKILL at `stop-timeout`
+/// is said of what it started, not of the instance, which stopped at once.
+#[test]
+fn a_stop_timeout_reached_by_what_an_instance_started_names_that() {
+    let dir = Scratch::new("apps-stop-wrapper-script");
+    let script = dir.write(
+        "wrapper.py",
+        "import os, socket, subprocess, time\n\
+         subprocess.Popen(['sh', '-c', \"trap '' TERM; echo child $$; sleep 300\"])\n\
+         s = socket.socket()\n\
+         s.bind(('127.0.0.1', int(os.environ['PORT'])))\n\
+         s.listen(8)\n\
+         time.sleep(600)\n",
+    );
+    let toml = app("wrap", &["python3", &script.display().to_string()], 1, "")
+        .replace("stop-timeout = \"3s\"", "stop-timeout = \"1s\"")
+        + &proxied("/", "wrap");
+    let s = AppServer::start("apps-stop-wrapper", &toml);
+    let pid = s.ready_pids("wrap", 1)[0];
+    s.server.wait_for_log("app wrap[0]: child ");
+    let log = s.server.stop();
+    assert!(
+        log.contains(&format!(
+            "app wrap[0] (pid {pid}): what it started was still running at stop-timeout; killed"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("did not stop in time"), "{log}");
+}
+
 /// An app's output goes to the log whatever level quiets coreserve's own
 /// lines (`RUST_LOG=warn`: every `console.log` of the app was dropped),
 /// unless RUST_LOG names it (`app_output=off`); so does the "listening on"

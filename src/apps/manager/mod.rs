@@ -868,11 +868,14 @@ fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String)
     if kill_at > now {
         return;
     }
-    warn!(
-        "{} (pid {}) did not stop in time; killed",
-        who(),
-        inst.process.pid
-    );
+    // A wrapper that ended at once, its app not: the wait names that.
+    if !inst.process.ended() {
+        warn!(
+            "{} (pid {}) did not stop in time; killed",
+            who(),
+            inst.process.pid
+        );
+    }
     inst.process.kill();
     inst.state = State::Stopping {
         kill_at: now + KILL_AGAIN,

@@ -77,7 +77,9 @@ impl Manager {
                 let (name, pid) = (&g.who, g.process.pid);
                 if at_once {
                     warn!("{name} (pid {pid}) killed at once (a second stop signal)");
-                } else if g.killed.is_none() {
+                } else if g.killed.is_none() && !g.process.ended() {
+                    // (A wrapper that ended at once, its app not: the
+                    // wait names that.)
                     warn!("{name} (pid {pid}) did not stop in time; killed");
                 }
                 g.process.kill();
