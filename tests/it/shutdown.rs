@@ -28,6 +28,9 @@ fn graceful_shutdown_finishes_a_slow_request() {
     // New connections are refused.
     std::thread::sleep(Duration::from_millis(100));
     assert!(std::net::TcpStream::connect(server.addr).is_err());
+    // A reload is said to be ignored, not dropped without a word.
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: ignored: stopping");
     // The slow request is still answered, and told the connection closes.
     slow.write_all(b"world\r\n0\r\n\r\n").unwrap();
     let resp = Reader::new(&slow).next(false);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use glommio::channels::local_channel::LocalReceiver;
-use log::{error, info};
+use log::{error, info, warn};
 
 use super::events::later;
 use super::world::Real;
@@ -84,6 +84,13 @@ impl Supervisor<Real> {
                 Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
                     return Err(MasterError::Forced(signals::name(sig)));
                 }
+                // Said, not silently dropped: the operator learns the new
+                // file was not read.
+                Some(MasterEvent::Signal(Signal::Reload)) => {
+                    warn!("SIGHUP: ignored: stopping (the configuration is read again at the next start)");
+                }
+                // A log rotated meanwhile is still let go of.
+                Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
                 Some(_) => {}
                 None => break,
             }
