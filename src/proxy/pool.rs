@@ -46,9 +46,6 @@ pub struct Group {
     pub servers: Vec<Rc<Server>>,
     /// Where round-robin goes next.
     next: Cell<usize>,
-    /// With shares (`weight`, `backup`): each server's standing in the
-    /// smooth weighted round-robin (nginx's), by its place in `servers`.
-    current: Vec<Cell<i64>>,
 }
 
 /// One server of a group, on one shard.
@@ -82,6 +79,11 @@ pub struct Server {
     /// sent to it (a group of one is never skipped), and a warning each
     /// was thousands of lines a second.
     lines: Throttle,
+    /// Its standing in its group's smooth weighted round-robin (nginx's),
+    /// with shares (`weight`, `backup`): kept, as the rest, while a reload
+    /// or an app's new instances leave it in the group, so that the turns
+    /// go on rather than start again at the heaviest server.
+    standing: Cell<i64>,
 }
 
 struct Idle {
@@ -131,7 +133,6 @@ impl Upstreams {
                 c.name.clone(),
                 Rc::new(Group {
                     config: c.clone(),
-                    current: c.shares.iter().map(|_| Cell::new(0)).collect(),
                     servers,
                     next: Cell::new(before.map_or(0, |g| g.next.get())),
                 }),
@@ -286,7 +287,7 @@ impl Group {
         // failure would be worse than trying it.
         let alone = n == 1;
         let usable = |i: usize| !tried.contains(&i) && (alone || self.servers[i].usable(now));
-        let chosen = if self.current.is_empty() {
+        let chosen = if self.config.shares.is_empty() {
             let start = self.next.get() % n.max(1);
             let usable = (0..n).map(|k| (start + k) % n).filter(|i| usable(*i));
             match self.config.balance {
@@ -315,16 +316,17 @@ impl Group {
             Balance::RoundRobin => {
                 let (mut best, mut total) = (None::<usize>, 0i64);
                 for i in (0..n).filter(eligible) {
-                    let standing = &self.current[i];
+                    let standing = &self.servers[i].standing;
                     let weight = i64::from(self.config.share(i).weight);
                     standing.set(standing.get() + weight);
                     total += weight;
-                    if best.is_none_or(|b| standing.get() > self.current[b].get()) {
+                    if best.is_none_or(|b| standing.get() > self.servers[b].standing.get()) {
                         best = Some(i);
                     }
                 }
                 let best = best?;
-                self.current[best].set(self.current[best].get() - total);
+                let standing = &self.servers[best].standing;
+                standing.set(standing.get() - total);
                 Some(best)
             }
             Balance::LeastConn => {
@@ -399,6 +401,7 @@ impl Server {
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
             removed: Cell::new(false),
             lines: Throttle::default(),
+            standing: Cell::new(0),
         }
     }
 
@@ -562,6 +565,21 @@ mod tests {
         // A server tried already is left out of the round.
         assert_eq!(g.pick(now, &[0]).unwrap().0, 1);
         assert_eq!(g.pick(now, &[0, 1]).unwrap().0, 2);
+    }
+
+    #[test]
+    fn the_turns_go_on_across_an_update_that_keeps_the_servers() {
+        let shares = [(1, false), (1, false), (1, true)];
+        let u = Upstreams::new(&[shared(Balance::RoundRobin, &shares)]);
+        let now = Instant::now();
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            // As an app's new addresses or a reload update the groups
+            // between requests.
+            u.update(&[shared(Balance::RoundRobin, &shares)]);
+            picks.push(u.group("app").unwrap().pick(now, &[]).unwrap().0);
+        }
+        assert_eq!(picks, [0, 1, 0, 1]);
     }
 
     #[test]
