@@ -156,7 +156,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         // The site of this step: a reload takes effect for the next request.
         let site = shard.site();
         let limits = site.limits;
-        let cx = context(&shard, &site, log, headers, scheme);
+        let cx = context(&shard, key, &site, log, headers, scheme);
         // A panic in a handler ends this connection, with a 500 if its
         // response was not sent yet; the shard and its other connections go on.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -321,7 +321,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let site = shard.site();
-                let cx = context(&shard, &site, log, headers, scheme);
+                let cx = context(&shard, key, &site, log, headers, scheme);
                 let next = session.timed_out(wait, input.data(), &mut out, &cx);
                 let written = flush(&mut client, &mut out, &mut session, &limits)
                     .await
@@ -442,6 +442,7 @@ impl Drop for Registration<'_> {
 /// shard types.
 fn context<'a>(
     shard: &Shard,
+    key: ConnKey,
     site: &'a Site,
     log: Option<&'a dyn RequestLog>,
     headers: &'a [u8],
@@ -450,7 +451,9 @@ fn context<'a>(
     Context {
         limits: &site.session_limits,
         date: shard.date(),
-        draining: shard.is_draining(),
+        // A connection the shard shut while its request was on the way
+        // (to make room, or a drain) says it closes after it.
+        draining: shard.is_draining() || shard.was_shut(key),
         handler: site.router(scheme),
         log,
         headers,

@@ -234,14 +234,10 @@ fn init_logging(serving: bool) {
     // Through a queue of its own thread: a stderr nobody reads must not
     // stop whoever logs (a shard, the master, an app's output relay).
     let stamped = serving && !journald;
-    let stamp = move || match stamped {
-        true => coreserve::utc::rfc3339_millis(std::time::SystemTime::now()) + " ",
-        false => String::new(),
-    };
     let dropped: fn(u64) -> String = match (journald, stamped) {
         (true, _) => |n| format!("<4>{n} log line(s) dropped: the log was not read fast enough\n"),
         (false, true) => |n| {
-            let now = coreserve::utc::rfc3339_millis(std::time::SystemTime::now());
+            let now = coreserve::utc::Rfc3339Millis(std::time::SystemTime::now());
             format!("{now} WARN  {n} log line(s) dropped: the log was not read fast enough\n")
         },
         (false, false) => {
@@ -278,8 +274,11 @@ fn init_logging(serving: bool) {
                 } else {
                     writeln!(buf, "<{prio}>{text}")
                 }
+            } else if stamped {
+                let now = coreserve::utc::Rfc3339Millis(std::time::SystemTime::now());
+                writeln!(buf, "{now} {:<5} {text}", record.level())
             } else {
-                writeln!(buf, "{}{:<5} {text}", stamp(), record.level())
+                writeln!(buf, "{:<5} {text}", record.level())
             }
         })
         .init();

@@ -45,22 +45,30 @@ impl Civil {
     }
 }
 
-/// `t` as RFC 3339 in UTC to the millisecond (`2026-12-05T18:04:09.123Z`),
-/// as a log line's first word: it sorts as text sorts, and reads the same
-/// wherever the log is read. A time before the epoch reads as the epoch.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let c = Civil::of(since.as_secs());
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year,
-        c.month,
-        c.day,
-        c.hour,
-        c.minute,
-        c.second,
-        since.subsec_millis()
-    )
+/// A time shown as RFC 3339 in UTC to the millisecond
+/// (`2026-12-05T18:04:09.123Z`), as a log line's first word: it sorts as
+/// text sorts, and reads the same wherever the log is read. Written
+/// straight into the line, nothing allocated. A time before the epoch
+/// reads as the epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339Millis(pub SystemTime);
+
+impl std::fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let c = Civil::of(since.as_secs());
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            c.year,
+            c.month,
+            c.day,
+            c.hour,
+            c.minute,
+            c.second,
+            since.subsec_millis()
+        )
+    }
 }
 
 #[cfg(test)]
@@ -84,9 +92,10 @@ mod tests {
     #[test]
     fn timestamps_carry_milliseconds() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_615_269_007);
-        assert_eq!(rfc3339_millis(t), "2026-11-25T14:01:09.007Z");
+        assert_eq!(Rfc3339Millis(t).to_string(), "2026-11-25T14:01:09.007Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
         assert_eq!(
-            rfc3339_millis(UNIX_EPOCH - Duration::from_secs(1)),
+            Rfc3339Millis(before).to_string(),
             "1970-01-01T00:00:00.000Z"
         );
     }

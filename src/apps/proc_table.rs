@@ -173,21 +173,27 @@ pub fn resident_bytes(leader: u32) -> Option<u64> {
     Some(pages * page)
 }
 
-/// The children of every thread of `pid`; `None` when they cannot be read
-/// (a kernel without `/proc/PID/task/TID/children`, or `pid` gone).
+/// The children of every thread of `pid`; `None` when none of its
+/// threads' lists can be read (a kernel without
+/// `/proc/PID/task/TID/children`, or `pid` gone). A thread that ends
+/// while they are read is left out, not the process.
 fn children_of(pid: u32) -> Option<Vec<u32>> {
     let mut out = Vec::new();
+    let mut read = false;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
     {
-        let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        read = true;
         out.extend(
             list.split_ascii_whitespace()
                 .filter_map(|p| p.parse::<u32>().ok()),
         );
     }
-    Some(out)
+    read.then_some(out)
 }
 
 /// The descendants of `leader` that are not in its process group: a

@@ -327,8 +327,6 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
     assert!(!s.server.log().contains("still open after drain-timeout"));
 }
 
-/// A reload to a command that exits at once: the roll must not start
-/// replacements as fast as they die, and the old instance keeps serving.
 /// An instance whose memory passes `max-memory` (a leak) is replaced as a
 /// rolling reload replaces one, as PM2's `max_memory_restart` restarts it
 /// but without failing a request: a replacement starts and serves, then
@@ -368,6 +366,8 @@ fn an_instance_past_max_memory_is_replaced_without_failing_a_request() {
     );
 }
 
+/// A reload to a command that exits at once: the roll must not start
+/// replacements as fast as they die, and the old instance keeps serving.
 #[test]
 fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     if !have_node() {

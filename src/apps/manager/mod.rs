@@ -646,8 +646,8 @@ impl Manager {
     /// `max-memory`, one past it is marked for the roll to replace (a
     /// replacement starts, serves, and the instance leaves once its
     /// requests are done), as PM2's `max_memory_restart` restarts it but
-    /// without failing a request. A replacement is not looked at until it
-    /// takes its slot, nor an instance while it is being replaced.
+    /// without failing a request. A replacement is not read until it
+    /// takes its slot, and an instance being replaced is not marked.
     fn check_memory(&mut self, now: Instant) {
         if self.memory_at.is_some_and(|t| t > now) {
             return;
@@ -664,18 +664,23 @@ impl Manager {
                 }
                 let pid = inst.process.pid;
                 inst.memory = proc_table::resident_bytes(pid);
-                let Some((used, limit)) = inst.memory.zip(limit) else {
+                if slot.next.is_some() {
+                    // Being replaced already (for this, or a reload).
                     continue;
-                };
-                if used > limit && !slot.oversized && slot.next.is_none() {
+                }
+                let over = inst.memory.zip(limit).filter(|(used, limit)| used > limit);
+                if let (Some((used, limit)), false) = (over, slot.oversized) {
                     warn!(
                         "{} (pid {pid}): {} MiB resident, over max-memory ({} MiB); replacing it",
                         who(&app.config.name, index),
                         used >> 20,
                         limit >> 20
                     );
-                    slot.oversized = true;
                 }
+                // Back under it (a reload raised or removed the limit, the
+                // heap shrank) while a failed replacement waits: none is
+                // needed any more.
+                slot.oversized = over.is_some();
             }
         }
     }

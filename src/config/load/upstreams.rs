@@ -121,8 +121,10 @@ fn share(entry: &str) -> Result<(&str, Share), ServerError> {
             if std::mem::replace(&mut weighted, true) {
                 return Err(repeated("weight"));
             }
+            // Digits alone: Rust's parse also takes a sign (`+5`).
+            let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
             share.weight = match n.parse::<u32>() {
-                Ok(n @ 1..=MAX_WEIGHT) => n,
+                Ok(n @ 1..=MAX_WEIGHT) if digits => n,
                 _ => return Err(ServerError::BadWeight(entry.into())),
             };
         } else {
@@ -445,7 +447,7 @@ fail-timeout = "20s"
         let errs = load(
             r#"[[upstream]]
 name = 7
-servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "[::1]", "[nope]:80", "a b:80", "a_b:80 weight=0", "a_b:80 weight=1001", "a_b:80 weight=2 weight=3", "a_b:80 backup backup", "a_b:80 down", "weight=2", "elsewhere:80", "empty:80"]
+servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "[::1]", "[nope]:80", "a b:80", "a_b:80 weight=0", "a_b:80 weight=+5", "a_b:80 weight=1001", "a_b:80 weight=2 weight=3", "a_b:80 backup backup", "a_b:80 down", "weight=2", "elsewhere:80", "empty:80"]
 balance = "random"
 keepalive = -1
 idle-timeout = "soon"
@@ -473,6 +475,7 @@ servers = "127.0.0.1:80"
                 format!("/etc/cs/{s}: \"[nope]:80\" is not a host name or address"),
                 format!("/etc/cs/{s}: \"a b:80\": unknown parameter \"b:80\": a server takes weight=N and backup (max-fails and fail-timeout are the group's keys)"),
                 format!("/etc/cs/{s}: \"a_b:80 weight=0\": weight must be a number from 1 to 1000"),
+                format!("/etc/cs/{s}: \"a_b:80 weight=+5\": weight must be a number from 1 to 1000"),
                 format!("/etc/cs/{s}: \"a_b:80 weight=1001\": weight must be a number from 1 to 1000"),
                 format!("/etc/cs/{s}: \"a_b:80 weight=2 weight=3\": weight is given twice"),
                 format!("/etc/cs/{s}: \"a_b:80 backup backup\": backup is given twice"),
