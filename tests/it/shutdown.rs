@@ -31,6 +31,9 @@ fn graceful_shutdown_finishes_a_slow_request() {
     // A reload is said to be ignored, not dropped without a word.
     server.signal(libc::SIGHUP);
     server.wait_for_log("SIGHUP: ignored: stopping");
+    // A log rotated meanwhile is still looked after.
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("SIGUSR1: no log file to reopen");
     // The slow request is still answered, and told the connection closes.
     slow.write_all(b"world\r\n0\r\n\r\n").unwrap();
     let resp = Reader::new(&slow).next(false);

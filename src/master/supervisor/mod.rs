@@ -839,7 +839,8 @@ impl<W: World> Supervisor<W> {
                 info!("SIGUSR1: reopening {}", path.display());
                 self.broadcast(|| Control::ReopenLogs);
             }
-            _ => info!("SIGUSR1: no log file to reopen; still serving"),
+            // (Also during a drain: nothing is said of serving.)
+            _ => info!("SIGUSR1: no log file to reopen"),
         }
     }
 
