@@ -308,47 +308,53 @@ impl Group {
     /// smooth weighted round-robin nginx uses (each adds its weight to its
     /// standing, the highest is chosen and gives back the total: weights
     /// 5, 1, 1 go a a b a c a a, never five in a row); with least-conn, the
-    /// fewest requests in flight for its weight, ties in turn.
+    /// fewest requests in flight for its weight, ties by the same smooth
+    /// turns.
     fn by_share(&self, backup: bool, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.servers.len();
         let eligible = |i: &usize| self.config.share(*i).backup == backup && usable(*i);
         match self.config.balance {
-            Balance::RoundRobin => {
-                let (mut best, mut total) = (None::<usize>, 0i64);
-                for i in (0..n).filter(eligible) {
-                    let standing = &self.servers[i].standing;
-                    let weight = i64::from(self.config.share(i).weight);
-                    standing.set(standing.get() + weight);
-                    total += weight;
-                    if best.is_none_or(|b| standing.get() > self.servers[b].standing.get()) {
-                        best = Some(i);
-                    }
-                }
-                let best = best?;
-                let standing = &self.servers[best].standing;
-                standing.set(standing.get() - total);
-                Some(best)
-            }
+            Balance::RoundRobin => self.smooth((0..n).filter(eligible)),
             Balance::LeastConn => {
-                let start = self.next.get() % n.max(1);
                 let load = |i: usize| {
                     let busy = u64::from(self.servers[i].busy.get());
                     (busy, u64::from(self.config.share(i).weight))
                 };
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(eligible)
-                    .reduce(|best, i| {
-                        let ((b, bw), (l, lw)) = (load(best), load(i));
-                        // Fewer for its weight: l / lw < b / bw.
-                        if l * bw < b * lw {
-                            i
-                        } else {
-                            best
-                        }
-                    })
+                // Fewer in flight for its weight: l / lw < b / bw.
+                let fewer = |(l, lw): (u64, u64), (b, bw): (u64, u64)| l * bw < b * lw;
+                let least = (0..n).filter(eligible).reduce(|best, i| {
+                    if fewer(load(i), load(best)) {
+                        i
+                    } else {
+                        best
+                    }
+                })?;
+                // Ties go by weight, in smooth turns, as nginx's least_conn
+                // breaks them: at light load every server has as few.
+                let tied = |i: &usize| !fewer(load(least), load(*i));
+                self.smooth((0..n).filter(eligible).filter(tied))
             }
         }
+    }
+
+    /// Among `candidates`, the one the smooth weighted round-robin gives
+    /// the request to: each adds its weight to its standing, the highest
+    /// (the first of equals) is chosen and gives back the total.
+    fn smooth(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
+        let (mut best, mut total) = (None::<usize>, 0i64);
+        for i in candidates {
+            let standing = &self.servers[i].standing;
+            let weight = i64::from(self.config.share(i).weight);
+            standing.set(standing.get() + weight);
+            total += weight;
+            if best.is_none_or(|b| standing.get() > self.servers[b].standing.get()) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        let standing = &self.servers[best].standing;
+        standing.set(standing.get() - total);
+        Some(best)
     }
 }
 
@@ -617,6 +623,19 @@ mod tests {
         assert_eq!(g.pick(now, &[]).unwrap().0, 0);
         g.servers[0].failed(&g.config, now);
         assert_eq!(g.pick(now, &[]).unwrap().0, 1);
+    }
+
+    #[test]
+    fn least_conn_breaks_ties_by_weight() {
+        let u = Upstreams::new(&[shared(
+            Balance::LeastConn,
+            &[(5, false), (1, false), (1, false)],
+        )]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        // One request at a time: every server has none in flight.
+        let picks: Vec<usize> = (0..7).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
