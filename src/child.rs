@@ -129,6 +129,13 @@ impl<R> Child<R> {
         (self.running.take(), delay)
     }
 
+    /// Count a restart of the running incarnation that its own state
+    /// called for though it did not end by itself (an app instance
+    /// replaced past `max-memory`, as PM2 counts its memory restarts).
+    pub fn count_restart(&mut self) {
+        self.restarts += 1;
+    }
+
     /// A replacement of new settings (a rolling reload) runs now, started
     /// at `started`: `started`, and its back-off starts afresh, as the
     /// failures were the old settings'. Returns the previous handles.

@@ -354,16 +354,47 @@ fn an_instance_past_max_memory_is_replaced_without_failing_a_request() {
             && !is.iter().any(|i| i.pid == Some(grown))
     });
     assert!(is.iter().any(|i| i.pid == Some(kept)), "{is:?}");
+    // Counted as its slot's restart, as PM2 counts it, and said why.
+    let replaced = is.iter().find(|i| i.pid != Some(kept)).unwrap();
+    assert_eq!(replaced.restarts, 1.0, "{is:?}");
     assert!(all_gone(&[grown], WAIT), "{grown} still runs");
     load.wait_ok(20);
     let t = load.stop();
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     let log = s.server.log();
     assert!(
-        log.contains(&format!("(pid {grown}): "))
-            && log.contains("over max-memory (200 MiB); replacing it"),
+        log.contains(&format!("(pid {grown}): ")) && log.contains("over max-memory (200 MiB)"),
         "{log}"
     );
+    let exits = crate::metrics::scrape(&s.server).samples;
+    let said = exits.iter().any(|x| {
+        x.metric == "coreserve_app_instance_last_exit_seconds"
+            && x.labels.get("how") == Some("max-memory")
+    });
+    assert!(said, "no last exit of max-memory");
+}
+
+/// An app that needs more than its `max-memory` from its start is replaced
+/// after 1 s, then 2, then 4 (a crash loop's back-off), not every few
+/// seconds for ever: each replacement would be past the limit too.
+#[test]
+fn an_app_past_max_memory_from_its_start_is_replaced_ever_more_slowly() {
+    if !have_node() {
+        return;
+    }
+    let toml = node_app(
+        "big",
+        1,
+        "max-memory = \"100m\"\nmin-uptime = \"0s\"\nenv = { BOOT_MB = \"150\" }",
+    ) + &proxied("/", "big");
+    let s = AppServer::start("apps-max-memory-boot", &toml);
+    s.wait_for_count("replacing it in 4s", 1);
+    let log = s.server.log();
+    let delays: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("replacing it in ").nth(1))
+        .collect();
+    assert_eq!(delays, ["1s", "2s", "4s"], "{log}");
 }
 
 /// A reload to a command that exits at once: the roll must not start

@@ -20,7 +20,7 @@ mod tests;
 use super::process::{self, Process};
 use super::{address, proc_table};
 use super::{AppError, AppEvent, AppServers, Notify};
-use crate::child::{Backoff, Child};
+use crate::child::{Backoff, Child, STABLE_AFTER};
 use crate::config::{AppConfig, ServerAddr, StopSignal};
 use crate::signals;
 pub(super) use status::Board;
@@ -126,6 +126,10 @@ struct Slot {
     /// Its instance passed the app's `max-memory`: the roll replaces it
     /// as a rolling reload does, with the settings it runs.
     oversized: bool,
+    /// Instances found past `max-memory` soon after their start, in a row:
+    /// an app that needs more than its limit from the start is replaced
+    /// after 1 s, doubling to 30 s, not every few seconds for ever.
+    memory_backoff: Backoff,
 }
 
 struct App {
@@ -217,6 +221,7 @@ impl Slot {
             restart_as: None,
             last_exit: None,
             oversized: false,
+            memory_backoff: Backoff::new(now),
         }
     }
 
@@ -670,12 +675,26 @@ impl Manager {
                 }
                 let over = inst.memory.zip(limit).filter(|(used, limit)| used > limit);
                 if let (Some((used, limit)), false) = (over, slot.oversized) {
-                    warn!(
-                        "{} (pid {pid}): {} MiB resident, over max-memory ({} MiB); replacing it",
-                        who(&app.config.name, index),
-                        used >> 20,
-                        limit >> 20
-                    );
+                    let who = who(&app.config.name, index);
+                    let (used, limit) = (used >> 20, limit >> 20);
+                    // One that lived a while leaked; one past it from the
+                    // start needs more than the limit, and its replacements
+                    // will too: they are spaced out as a crash loop is.
+                    let lived = now.saturating_duration_since(inst.started);
+                    if lived >= STABLE_AFTER {
+                        slot.memory_backoff = Backoff::new(now);
+                        warn!(
+                            "{who} (pid {pid}): {used} MiB resident, over max-memory ({limit} MiB); replacing it"
+                        );
+                    } else {
+                        let delay = slot.memory_backoff.start_failed();
+                        slot.replace_at = Some(now + delay);
+                        warn!(
+                            "{who} (pid {pid}): {used} MiB resident, over max-memory ({limit} MiB) {}s after its start; replacing it in {}s",
+                            lived.as_secs(),
+                            delay.as_secs()
+                        );
+                    }
                 }
                 // Back under it (a reload raised or removed the limit, the
                 // heap shrank) while a failed replacement waits: none is

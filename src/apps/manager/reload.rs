@@ -44,7 +44,11 @@ impl Manager {
                     slot.replace_backoff = Backoff::new(now);
                     slot.replacement_failed = false;
                     slot.restart_as = None;
-                    slot.oversized = false;
+                    if std::mem::take(&mut slot.oversized) {
+                        // Its own restart, as PM2 counts it, and why.
+                        slot.current.count_restart();
+                        slot.last_exit = Some(("max-memory".into(), now));
+                    }
                     if let Some(mut inst) = old {
                         inst.state = State::retiring(now, self.drain);
                         self.leaving.push(Leaving::new(&app.config, index, inst));

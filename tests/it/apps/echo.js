@@ -15,7 +15,7 @@
 //            body; `/whoami?ms=N` answers N ms later
 //   /sse     five server-sent events (`data: N`), 100 ms apart
 //   /grow?mb=N  keeps N MiB more, written (resident), for as long as it
-//            runs; answers its pid
+//            runs; answers its pid (BOOT_MB=N: as many from its start)
 //   other    JSON: method, url, headers, bodyLength
 //
 // With FLOOD set it writes lines to stdout as fast as the pipe takes them,
@@ -25,7 +25,8 @@
 const http = require('http');
 const fs = require('fs');
 
-const kept = [];
+// With BOOT_MB set it keeps that many MiB, written, from its start.
+const kept = process.env.BOOT_MB ? [Buffer.alloc(Number(process.env.BOOT_MB) << 20, 1)] : [];
 
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/grow?mb=')) {
