@@ -142,7 +142,8 @@ pub fn spawn(
     // SAFETY: getpid is async-signal-safe; the closure below runs between
     // fork and exec and calls only async-signal-safe functions.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: as said above: setpgid, prctl, getppid and kill only.
+    // SAFETY: as said above: setpgid, prctl, getppid, kill and
+    // close_range only.
     unsafe {
         cmd.pre_exec(move || {
             // Its own group: a stop signal reaches what it forks too.
@@ -157,6 +158,14 @@ pub fn spawn(
             if libc::getppid() != parent {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
+            // Nothing but its standard input, output and error: what
+            // coreserve itself was given open (a shell's pipe, which the
+            // app would hold open for as long as it runs) is closed at
+            // exec, as coreserve's own descriptors are. Marked rather than
+            // closed, so std's report of a failed exec still gets out; a
+            // kernel before 5.11 has no close_range, and passes them on.
+            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
+            libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, flags);
             Ok(())
         });
     }

@@ -809,8 +809,10 @@ fn unix_socket_paths_too_long_are_found_by_check() {
 
 /// An instance starts with standard input, output and error and nothing
 /// else of coreserve's: an inherited descriptor would let an app read the
-/// signals meant for coreserve, or keep its sockets and rings open. The
-/// first instance starts before the shards run, a reload's after.
+/// signals meant for coreserve, or keep its sockets and rings open; nor
+/// what coreserve was itself given open (a shell's pipe, kept open by the
+/// app for as long as it runs). The first instance starts before the
+/// shards run, a reload's after.
 #[test]
 fn instances_inherit_no_descriptor_of_coreserves() {
     if !have_node() {
@@ -841,7 +843,27 @@ fn instances_inherit_no_descriptor_of_coreserves() {
             &format!("env = {{ VERSION = \"{version}\" }}"),
         ) + &proxied("/", "web")
     };
-    let s = AppServer::start("apps-fds", &toml("1"));
+    // coreserve itself given a descriptor open across exec, as a shell's
+    // pipe is: not passed on either.
+    let dir = Scratch::new("apps-fds");
+    let conf = dir.write("app.toml", toml("1"));
+    let server = Server::spawn({
+        let mut cmd = command();
+        cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+            .arg(&conf);
+        // SAFETY: dup2 is async-signal-safe; runs in the child before exec,
+        // after `command()`'s own close-on-exec marking.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::dup2(2, 50) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    });
+    let s = AppServer { server, dir };
     let first = s.ready_pids("web", 1);
     s.reload(&toml("2"));
     s.wait_instances("web", "replaced", |is| {
@@ -857,7 +879,6 @@ fn instances_inherit_no_descriptor_of_coreserves() {
     for list in &lists {
         for line in list.lines() {
             let (fd, target) = line.split_once(' ').unwrap();
-            // coreserve itself starts with no more (`util::command`).
             assert!(
                 ["0", "1", "2"].contains(&fd),
                 "an instance inherited fd {fd} ({target}) from coreserve:\n{list}"
