@@ -357,10 +357,18 @@ impl Drop for Upstream {
     }
 }
 
-/// A TCP address nothing listens on: bound, then let go.
+/// A TCP address nothing listens on, nor will for the rest of the run.
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    // Bound and never listening, and kept for the rest of the run: a
+    // connection is refused, and no other test's listener can take the
+    // port meanwhile (one freed at once was, by a metrics listener: its 404
+    // answered a request meant to find nobody).
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(s);
+    addr
 }
 
 enum Fill {
