@@ -223,7 +223,7 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::{self, Receiver};
+    use std::sync::mpsc::{self, Receiver, Sender};
 
     /// A sink that takes a write only when the test lets it, and keeps
     /// what it took.
@@ -243,28 +243,75 @@ mod tests {
         }
     }
 
+    /// A queue of `capacity` lines to a sink that writes nothing until
+    /// `written` opens its gate.
+    struct Test {
+        queue: Arc<Mutex<LogQueue>>,
+        open: Sender<()>,
+        taken: Arc<Mutex<Vec<u8>>>,
+        flusher: Flusher,
+    }
+
+    impl Test {
+        fn new(capacity: usize) -> Test {
+            let (open, gate) = mpsc::channel();
+            let taken = Arc::new(Mutex::new(Vec::new()));
+            let sink = Gated {
+                gate,
+                taken: taken.clone(),
+            };
+            let q = LogQueue::to(sink, capacity, |n| format!("{n} dropped\n")).unwrap();
+            Test {
+                flusher: q.flusher(),
+                queue: Arc::new(Mutex::new(q)),
+                open,
+                taken,
+            }
+        }
+
+        /// Log `lines` from this thread.
+        fn log(&self, lines: impl IntoIterator<Item = String>) {
+            for line in lines {
+                self.queue
+                    .lock()
+                    .unwrap()
+                    .write_all(line.as_bytes())
+                    .unwrap();
+            }
+        }
+
+        /// Log `lines` from a thread marked `bulk_thread`.
+        fn log_bulk(&self, lines: impl IntoIterator<Item = String> + Send + 'static) {
+            let queue = self.queue.clone();
+            std::thread::spawn(move || {
+                bulk_thread();
+                for line in lines {
+                    queue.lock().unwrap().write_all(line.as_bytes()).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+        }
+
+        /// Open the gate, wait for the queue to empty: what was written.
+        fn written(&self) -> String {
+            for _ in 0..100 {
+                let _ = self.open.send(());
+            }
+            self.flusher.flush(Duration::from_secs(5));
+            String::from_utf8(self.taken.lock().unwrap().clone()).unwrap()
+        }
+    }
+
     #[test]
     fn a_stalled_sink_drops_lines_instead_of_blocking_and_says_how_many() {
-        let (open, gate) = mpsc::channel();
-        let taken = Arc::new(Mutex::new(Vec::new()));
-        let sink = Gated {
-            gate,
-            taken: taken.clone(),
-        };
-        let mut q = LogQueue::to(sink, 4, |n| format!("{n} dropped\n")).unwrap();
-        let flusher = q.flusher();
+        let t = Test::new(4);
         let started = Instant::now();
         // The writer holds a line at the gate (or not yet), four wait: the
         // rest drop.
-        for i in 0..20 {
-            q.write_all(format!("line {i}\n").as_bytes()).unwrap();
-        }
+        t.log((0..20).map(|i| format!("line {i}\n")));
         assert!(started.elapsed() < Duration::from_secs(1), "a write waited");
-        for _ in 0..100 {
-            let _ = open.send(());
-        }
-        flusher.flush(Duration::from_secs(5));
-        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let text = t.written();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "line 0", "{text}");
         assert!(!lines.contains(&"line 19"), "{text}");
@@ -278,39 +325,10 @@ mod tests {
 
     #[test]
     fn a_flood_of_bulk_lines_leaves_room_for_the_others() {
-        let (open, gate) = mpsc::channel();
-        let taken = Arc::new(Mutex::new(Vec::new()));
-        let sink = Gated {
-            gate,
-            taken: taken.clone(),
-        };
-        let q = LogQueue::to(sink, 8, |n| format!("{n} dropped\n")).unwrap();
-        let flusher = q.flusher();
-        let q = Arc::new(Mutex::new(q));
-        let flood = q.clone();
-        std::thread::spawn(move || {
-            bulk_thread();
-            for i in 0..50 {
-                flood
-                    .lock()
-                    .unwrap()
-                    .write_all(format!("app {i}\n").as_bytes())
-                    .unwrap();
-            }
-        })
-        .join()
-        .unwrap();
-        for i in 0..2 {
-            q.lock()
-                .unwrap()
-                .write_all(format!("own {i}\n").as_bytes())
-                .unwrap();
-        }
-        for _ in 0..100 {
-            let _ = open.send(());
-        }
-        flusher.flush(Duration::from_secs(5));
-        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let t = Test::new(8);
+        t.log_bulk((0..50).map(|i| format!("app {i}\n")));
+        t.log((0..2).map(|i| format!("own {i}\n")));
+        let text = t.written();
         let lines: Vec<&str> = text.lines().collect();
         let bulk = lines.iter().filter(|l| l.starts_with("app ")).count();
         assert_eq!(bulk, 6, "three quarters of 8: {text}");
@@ -322,33 +340,12 @@ mod tests {
 
     #[test]
     fn own_lines_go_ahead_of_the_bulk_lines_queued_before_them() {
-        let (open, gate) = mpsc::channel();
-        let taken = Arc::new(Mutex::new(Vec::new()));
-        let sink = Gated {
-            gate,
-            taken: taken.clone(),
-        };
-        let q = LogQueue::to(sink, 16, |n| format!("{n} dropped\n")).unwrap();
-        let flusher = q.flusher();
-        let q = Arc::new(Mutex::new(q));
-        let flood = q.clone();
-        std::thread::spawn(move || {
-            bulk_thread();
-            for i in 0..5 {
-                let line = format!("app {i}\n");
-                flood.lock().unwrap().write_all(line.as_bytes()).unwrap();
-            }
-        })
-        .join()
-        .unwrap();
+        let t = Test::new(16);
+        t.log_bulk((0..5).map(|i| format!("app {i}\n")));
         // The writer may have taken the first app line to the gate.
         std::thread::sleep(Duration::from_millis(50));
-        q.lock().unwrap().write_all(b"own exit\n").unwrap();
-        for _ in 0..100 {
-            let _ = open.send(());
-        }
-        flusher.flush(Duration::from_secs(5));
-        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        t.log(["own exit\n".to_string()]);
+        let text = t.written();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6, "{text}");
         assert_eq!(lines[1], "own exit", "{text}");

@@ -169,89 +169,67 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
             u8::from(matches!(i.state, "ready" | "ready-old"))
         );
     }
-    let _ = writeln!(
+    per_slot(
         out,
-        "# HELP coreserve_app_instance_restarts_total Times an app instance was started again after it exited.\n\
-         # TYPE coreserve_app_instance_restarts_total counter"
+        "coreserve_app_instance_restarts_total counter",
+        "Times an app instance was started again after it exited.",
+        instances.iter().map(|i| (label(i), i.restarts.to_string())),
     );
-    for i in &instances {
-        let _ = writeln!(
-            out,
-            "coreserve_app_instance_restarts_total{{{}}} {}",
-            label(i),
-            i.restarts
-        );
-    }
-    let _ = writeln!(
+    per_slot(
         out,
-        "# HELP coreserve_app_instance_uptime_seconds Since the instance's process started.\n\
-         # TYPE coreserve_app_instance_uptime_seconds gauge"
+        "coreserve_app_instance_uptime_seconds gauge",
+        "Since the instance's process started.",
+        instances
+            .iter()
+            .map(|i| (label(i), format!("{:.1}", i.uptime.as_secs_f64()))),
     );
-    for i in &instances {
-        let _ = writeln!(
-            out,
-            "coreserve_app_instance_uptime_seconds{{{}}} {:.1}",
-            label(i),
-            i.uptime.as_secs_f64()
-        );
+    per_slot(
+        out,
+        "coreserve_app_instance_memory_bytes gauge",
+        "The resident memory of a ready instance, its children's included, as max-memory \
+         counts it.",
+        instances
+            .iter()
+            .filter_map(|i| Some((label(i), i.memory?.to_string()))),
+    );
+    per_slot(
+        out,
+        "coreserve_app_instance_last_exit_seconds gauge",
+        "Since the slot's last process ended, with how (exit N, or the signal's name).",
+        instances.iter().filter_map(|i| {
+            let (how, ago) = i.last_exit.as_ref()?;
+            let value = format!("{:.1}", ago.as_secs_f64());
+            Some((format!("{},how=\"{how}\"", label(i)), value))
+        }),
+    );
+    per_slot(
+        out,
+        "coreserve_app_instance_restart_in_seconds gauge",
+        "Until the next start of a slot waiting out its back-off.",
+        instances
+            .iter()
+            .filter_map(|i| Some((label(i), format!("{:.1}", i.restart_in?.as_secs_f64())))),
+    );
+}
+
+/// One series per slot: `name_and_type` is the metric's name and its
+/// type (`… gauge`); each row its labels and value. Nothing, not even
+/// the help, when there is no row (no slot has exited yet).
+fn per_slot(
+    out: &mut String,
+    name_and_type: &str,
+    help: &str,
+    rows: impl Iterator<Item = (String, String)>,
+) {
+    use std::fmt::Write;
+    let name = name_and_type.split(' ').next().unwrap_or(name_and_type);
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
+        return;
     }
-    let measured: Vec<_> = instances
-        .iter()
-        .filter_map(|i| Some((i, i.memory?)))
-        .collect();
-    if !measured.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP coreserve_app_instance_memory_bytes The resident memory of a ready \
-             instance, its children's included, as max-memory counts it.\n\
-             # TYPE coreserve_app_instance_memory_bytes gauge"
-        );
-        for (i, bytes) in measured {
-            let _ = writeln!(
-                out,
-                "coreserve_app_instance_memory_bytes{{{}}} {bytes}",
-                label(i)
-            );
-        }
-    }
-    let exited: Vec<_> = instances
-        .iter()
-        .filter_map(|i| Some((i, i.last_exit.as_ref()?)))
-        .collect();
-    if !exited.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP coreserve_app_instance_last_exit_seconds Since the slot's last process \
-             ended, with how (exit N, or the signal's name).\n\
-             # TYPE coreserve_app_instance_last_exit_seconds gauge"
-        );
-        for (i, (how, ago)) in exited {
-            let _ = writeln!(
-                out,
-                "coreserve_app_instance_last_exit_seconds{{{},how=\"{how}\"}} {:.1}",
-                label(i),
-                ago.as_secs_f64()
-            );
-        }
-    }
-    let waiting: Vec<_> = instances
-        .iter()
-        .filter_map(|i| Some((i, i.restart_in?)))
-        .collect();
-    if !waiting.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP coreserve_app_instance_restart_in_seconds Until the next start of a slot \
-             waiting out its back-off.\n# TYPE coreserve_app_instance_restart_in_seconds gauge"
-        );
-        for (i, t) in waiting {
-            let _ = writeln!(
-                out,
-                "coreserve_app_instance_restart_in_seconds{{{}}} {:.1}",
-                label(i),
-                t.as_secs_f64()
-            );
-        }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name_and_type}");
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
     }
 }
 

@@ -536,15 +536,20 @@ mod tests {
         let u = Upstreams::new(&[group(Balance::RoundRobin, 3)]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
-        let picks: Vec<usize> = (0..4).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        let picks: Vec<usize> = picked(&g, now, 4);
         assert_eq!(picks, [0, 1, 2, 0]);
         g.servers[2].failed(&g.config, now);
-        let picks: Vec<usize> = (0..3).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        let picks: Vec<usize> = picked(&g, now, 3);
         assert_eq!(picks, [1, 0, 1]);
         // Back after fail-timeout.
         let later = now + g.config.fail_timeout;
         assert!((0..3).any(|_| g.pick(later, &[]).unwrap().0 == 2));
         assert_eq!(g.pick(now, &[0, 1]).map(|p| p.0), None);
+    }
+
+    /// The servers `n` picks in a row choose, none tried before.
+    fn picked(g: &Group, now: Instant, n: usize) -> Vec<usize> {
+        (0..n).map(|_| g.pick(now, &[]).unwrap().0).collect()
     }
 
     /// A group of `shares` (weight, backup), one server each.
@@ -565,7 +570,7 @@ mod tests {
         )]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
-        let picks: Vec<usize> = (0..14).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        let picks: Vec<usize> = picked(&g, now, 14);
         // nginx's order for weights 5, 1, 1: a a b a c a a, round after round.
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
         // A server tried already is left out of the round.
@@ -596,7 +601,7 @@ mod tests {
         )]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
-        let picks: Vec<usize> = (0..6).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        let picks: Vec<usize> = picked(&g, now, 6);
         assert_eq!(picks, [2, 0, 2, 2, 0, 2]);
         // Both others tried (a retry): a backup, then the other.
         assert_eq!(g.pick(now, &[0, 2]).unwrap().0, 1);
@@ -605,7 +610,7 @@ mod tests {
         // Both others resting: the backups in turn, until they are back.
         g.servers[0].failed(&g.config, now);
         g.servers[2].failed(&g.config, now);
-        let mut picks: Vec<usize> = (0..4).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        let mut picks: Vec<usize> = picked(&g, now, 4);
         assert_ne!(picks[0], picks[1]);
         picks.sort();
         assert_eq!(picks, [1, 1, 3, 3]);
@@ -634,7 +639,7 @@ mod tests {
         let g = u.group("app").unwrap();
         let now = Instant::now();
         // One request at a time: every server has none in flight.
-        let picks: Vec<usize> = (0..7).map(|_| g.pick(now, &[]).unwrap().0).collect();
+        let picks: Vec<usize> = picked(&g, now, 7);
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
 
