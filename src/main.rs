@@ -96,7 +96,7 @@ fn run(cli: Cli) -> ExitCode {
                 let short = p.short_of_descriptors(&config);
                 let tasks = p.short_of_tasks(&config).err().map(|e| e.to_string());
                 for warning in p.shared_cpus().into_iter().chain(short).chain(tasks) {
-                    eprintln!("warning: {warning}");
+                    log::warn!("{warning}");
                 }
                 println!("configuration OK");
                 ExitCode::SUCCESS

@@ -666,10 +666,10 @@ fn route(c: &RouteConfig) -> Route {
                 content_type: content_type.clone(),
                 body: body.as_bytes().to_vec(),
             }),
-            HandlerConfig::Redirect { status, location } => Action::Redirect(Redirect {
-                status: Status::from_code(*status).unwrap_or(Status::MOVED_PERMANENTLY),
-                location: location.clone(),
-            }),
+            HandlerConfig::Redirect { status, location } => Action::Redirect(Redirect::new(
+                Status::from_code(*status).unwrap_or(Status::MOVED_PERMANENTLY),
+                location,
+            )),
             HandlerConfig::Static(s) => {
                 Action::Static(StaticSite::new(c.path.clone(), Rc::new(s.clone())))
             }

@@ -48,8 +48,8 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 /// Parse a duration, nginx's way: one or more terms of a number and a unit
 /// (`us`, `ms`, `s`, `m`, `h`, `d`, `w`), summed, written together or apart
 /// (`1h30m`, `1h 30m`); a bare number means seconds. A term's number may
-/// have a fraction (`0.2s`, `1.5h`, which nginx does not take), cut to the
-/// microsecond.
+/// have a fraction (`0.2s`, `1.5h`, and a bare `2.5`, which nginx does not
+/// take), cut to the microsecond.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let err = || UnitError::Duration(s.to_string());
     // All digits: too many of them is too long, not malformed.
@@ -61,6 +61,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     }
     if t.is_empty() {
         return Err(err());
+    }
+    // A bare number with a fraction is seconds as a whole one is (TOML's
+    // `drain-timeout = 2.5` reads as this).
+    if let Some((whole, fraction)) = t.split_once('.') {
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if digits(whole) && digits(fraction) {
+            return parse_duration(&format!("{t}s")).map_err(|e| match e {
+                UnitError::DurationTooLong(_) => too_long(),
+                _ => err(),
+            });
+        }
     }
     let mut micros: u128 = 0;
     for word in t.split_ascii_whitespace() {
@@ -201,6 +212,13 @@ mod tests {
         // Never 0 when written non-zero.
         assert_eq!(parse_duration("0.0000001s"), Ok(Duration::from_micros(1)));
         assert_eq!(parse_duration("0.0s"), Ok(Duration::ZERO));
+        // A bare fraction is seconds, as a bare whole number is.
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration(" 0.25 "), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("31536000.5"),
+            Err(UnitError::DurationTooLong("31536000.5".into()))
+        );
         assert_eq!(parse_duration("52w 1d"), Ok(MAX_DURATION));
         assert_eq!(
             parse_duration("52w 2d"),

@@ -159,7 +159,9 @@ fn expand(
         out.push_str(reference);
         return;
     }
-    if depth > MAX_NESTING {
+    // `depth` counts the defaults around this reference: the outermost
+    // reference is at 0, so the ninth nested one is at 8.
+    if depth >= MAX_NESTING {
         return problem(name, Why::TooDeep);
     }
     let Ok(found) = lookup(name) else {
@@ -526,6 +528,9 @@ mod tests {
         // Eight are fine.
         let eight = format!("a = {}1{}\n", "${A:-".repeat(8), "}".repeat(8));
         assert_eq!(substitute(&eight, ok(env), 1 << 20).unwrap(), "a = 1\n");
+        let nine = format!("a = {}1{}\n", "${A:-".repeat(9), "}".repeat(9));
+        let errs = substitute(&nine, ok(env), 1 << 20).unwrap_err();
+        assert_eq!(errs[0].why, Why::TooDeep);
         // 200 000 references never closed: left as written, at once.
         let open = format!("x = \"{}\"\n", "${A".repeat(200_000));
         let started = std::time::Instant::now();

@@ -12,6 +12,7 @@ mod env;
 mod files;
 mod gzip;
 mod load;
+mod location;
 mod tls;
 mod tls_files;
 mod upstream;
@@ -21,6 +22,7 @@ pub use app::*;
 pub use files::{listeners_bound, preflight, wait_again};
 pub use gzip::*;
 pub use load::{is_pipe, load_file, parse_str, LoadFailure, DEFAULT_PATH};
+pub use location::{Location, LocationError};
 pub use tls::*;
 pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
 pub use upstream::*;
@@ -314,9 +316,10 @@ pub enum HandlerConfig {
     Static(StaticConfig),
     /// A redirect.
     Redirect {
-        /// 301, 302, 307 or 308.
+        /// 301, 302, 303, 307 or 308.
         status: u16,
-        /// The Location sent.
+        /// The Location sent, as written: `$host` and `$request_uri` in it
+        /// are filled in per request (`Location::parse` reads it).
         location: String,
     },
     /// The reverse proxy to an upstream group.

@@ -1,25 +1,47 @@
-//! A redirect: a fixed status and Location for every request of the route.
+//! A redirect: a fixed status, and a Location that may carry the request's
+//! host and target (`https://$host$request_uri`).
 
 use super::{Handler, Job, Outcome};
+use crate::config::Location;
 use crate::http::parse::Request;
 use crate::http::response::ResponseWriter;
 use crate::http::status::Status;
 
-/// Answers with a 301/302/303/307/308 to a fixed location.
+/// Answers with a 301/302/303/307/308 to its location.
 #[derive(Debug, Clone)]
 pub struct Redirect {
-    /// The status sent.
-    pub status: Status,
-    /// The `Location` sent.
-    pub location: String,
+    status: Status,
+    location: Location,
+}
+
+impl Redirect {
+    /// A redirect with `status` to `location`, as a validated configuration
+    /// writes it.
+    pub fn new(status: Status, location: &str) -> Redirect {
+        // A validated location always parses; one that did not would be
+        // sent as written rather than stop the shard.
+        let location = Location::parse(location).unwrap_or_else(|_| Location::literal(location));
+        Redirect { status, location }
+    }
 }
 
 impl Handler for Redirect {
     type Job = Job;
 
-    fn handle(&self, _req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+    fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
+        let host = req.host.or((!self.location.needs_host()).then_some(""));
+        let Some(host) = host else {
+            // An HTTP/1.0 request without Host (only a route for any host
+            // takes one): no name to send it to.
+            res.begin(Status::BAD_REQUEST);
+            res.body(
+                "text/plain; charset=utf-8",
+                b"Bad Request: no Host to redirect to\n",
+            );
+            return Outcome::Done;
+        };
         res.begin(self.status);
-        res.header("Location", self.location.as_bytes());
+        res.header_with("Location", |out| self.location.write(host, req.target, out));
         // A short body for clients that do not follow redirects, as nginx sends.
         res.body("text/plain; charset=utf-8", self.status.reason().as_bytes());
         Outcome::Done

@@ -156,9 +156,16 @@ impl<'o> ResponseWriter<'o> {
 
     /// One more header field.
     pub fn header(&mut self, name: &str, value: &[u8]) {
+        self.header_with(name, |out| out.extend_from_slice(value));
+    }
+
+    /// `header`, its value written by `value` straight into the response
+    /// (one made of parts, without building it first). What it writes must
+    /// be a field value: no CR or LF.
+    pub fn header_with(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b": ");
-        self.out.extend_from_slice(value);
+        value(self.out);
         self.out.extend_from_slice(b"\r\n");
     }
 

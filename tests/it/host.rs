@@ -89,7 +89,7 @@ fn a_task_limit_too_low_for_the_shards() {
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("warning: the process limit"), "{err}");
+    assert!(err.contains("WARN  the process limit"), "{err}");
     assert!(err.contains("but 2 shards need at least 14 more"), "{err}");
     assert!(err.contains("LimitNPROC="), "{err}");
 
@@ -171,7 +171,8 @@ fn more_connections_than_descriptors_is_warned_of() {
     };
     let err = check("16384");
     assert!(
-        err.contains("2 shard(s) x max-connections 16384 = 32768 connections exceed the open files limit (1000)"),
+        // At the level every other warning of --check is written with.
+        err.contains("WARN  2 shard(s) x max-connections 16384 = 32768 connections exceed the open files limit (1000)"),
         "{err}"
     );
     // 1000, less 24, less 2 x (12 + 16 503s + 32 queued + 32 taken).

@@ -865,7 +865,8 @@ fn check_reports_bad_certificate_files_with_file_line_and_key() {
 }
 
 /// The README's redirect: a route narrowed to plain HTTP sends every
-/// plain request to HTTPS; the same path over TLS is served.
+/// plain request to HTTPS, its host and target kept (nginx's
+/// `https://$host$request_uri`); the same path over TLS is served.
 #[test]
 fn plain_http_redirects_to_https_with_a_scheme_route() {
     let dir = Scratch::new("tls-redirect");
@@ -875,20 +876,39 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str(
         "\n[[route]]\npath = \"/\"\nscheme = \"http\"\nhandler = \"redirect\"\nstatus = 301\n\
-         location = \"https://localhost/\"\n",
+         location = \"https://$host$request_uri\"\n\
+         \n[[route]]\npath = \"/old/\"\nhandler = \"redirect\"\nlocation = \"/new$request_uri\"\n",
     );
     std::fs::write(&file, text).unwrap();
     let (server, addr) = start(&file, &[]);
-    let plain = server.exchange(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    assert!(
-        plain.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
-        "{plain}"
-    );
-    assert!(
-        plain.contains("\r\nLocation: https://localhost/\r\n"),
+    let location = |request: &str| {
+        let answer = server.exchange(request.as_bytes());
+        let status = answer.split(' ').nth(1).unwrap_or("").to_string();
+        let at = answer
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("Location: "));
+        (status, at.map(str::to_string), answer)
+    };
+    let (status, at, plain) =
+        location("GET /a/b?x=1&y HTTP/1.1\r\nHost: LocalHost:8080\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, "301", "{plain}");
+    assert_eq!(
+        at.as_deref(),
+        Some("https://localhost/a/b?x=1&y"),
         "{plain}"
     );
     assert!(!plain.contains("Strict-Transport-Security"), "{plain}");
+    // An absolute-form target: its authority is the host, its path the URI.
+    let (_, at, plain) =
+        location("GET http://[::1]:80/p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(at.as_deref(), Some("https://[::1]/p"), "{plain}");
+    // HTTP/1.0 without Host: a location without $host is still sent,
+    // one with it has no host to go to.
+    let (status, at, plain) = location("GET /old/x?q HTTP/1.0\r\n\r\n");
+    assert_eq!(status, "301", "{plain}");
+    assert_eq!(at.as_deref(), Some("/new/old/x?q"), "{plain}");
+    let (status, at, plain) = location("GET /x HTTP/1.0\r\n\r\n");
+    assert_eq!((status.as_str(), at), ("400", None), "{plain}");
     let mut s = tls_connect(addr, "localhost", Some(&ca));
     let (head, body) = exchange(&mut s, GET);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");

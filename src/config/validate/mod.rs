@@ -311,6 +311,8 @@ fn validate_route(
                     &key("location"),
                     format!("must be a URL or path, got {location:?}"),
                 );
+            } else if let Err(e) = crate::config::Location::parse(location) {
+                err(&key("location"), e.to_string());
             }
         }
         // Its group (or app) is checked in `upstreams::validate_upstreams`.
@@ -593,7 +595,8 @@ mod tests {
         .is_empty());
     }
 
-    /// Values that parse but could never work: a blank redirect, a body
+    /// Values that parse but could never work: a blank redirect, one to
+    /// a variable nothing fills in, a body
     /// on a 204, a metrics path no request can name, a route for a scheme
     /// no listener speaks.
     #[test]
@@ -627,7 +630,12 @@ mod tests {
                 content_type: "text/plain".into(),
                 body: String::new(),
             }),
+            route(HandlerConfig::Redirect {
+                status: 301,
+                location: "https://$server_name$request_uri".into(),
+            }),
         ];
+        c.routes[5].path = "/f".into();
         c.routes[1].path = "/b".into();
         c.routes[2].path = "/c".into();
         c.routes[3].path = "/d".into();
@@ -640,6 +648,7 @@ mod tests {
                 "route[2].body: a 204 response has no body: leave body out, or use 200",
                 "route[4].body: a 205 response has no body: leave body out, or use 200",
                 "route[5].status: must be a known HTTP status between 200 and 599, got 299",
+                "route[6].location: unknown variable $server_name: a location takes $host and $request_uri, as nginx's",
                 "metrics.path: must be a path like \"/metrics\" (from /, without ?, # or spaces), got \"/m?x\"",
                 "route[3].scheme: is never reached: no [tls] listen address speaks HTTPS",
             ]

@@ -1,0 +1,195 @@
+//! A redirect route's `location`: text with nginx's `$host` and
+//! `$request_uri` in it (`https://$host$request_uri`, the usual way to send
+//! plain HTTP to HTTPS), read once at load and filled in per request
+//! without allocating.
+
+use thiserror::Error;
+
+/// A `location` as the configuration wrote it, cut into its literal text
+/// and its variables.
+///
+/// Invariant: built only by `parse`, so every `$` that starts a name is one
+/// of the variables here (a `$` before anything else is text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    parts: Box<[Part]>,
+    /// Whether some part is `$host` (a request without a host cannot fill it).
+    needs_host: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(Box<str>),
+    /// The request's host, lower case, without its port or a trailing dot
+    /// (nginx's `$host`).
+    Host,
+    /// The request's path and query as sent (nginx's `$request_uri`).
+    RequestUri,
+}
+
+/// Why a `location` cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LocationError {
+    /// A `$name` that is none of the variables a location takes.
+    #[error("unknown variable ${0}: a location takes $host and $request_uri, as nginx's")]
+    Unknown(String),
+}
+
+/// The variables, by name.
+const VARIABLES: [(&str, Part); 2] = [("host", Part::Host), ("request_uri", Part::RequestUri)];
+
+impl Location {
+    /// Read `text`: `$` then a letter or `_` starts a variable's name, which
+    /// runs over letters, digits and `_` (so `$host.example` is `$host`,
+    /// then `.example`); any other `$` is itself.
+    pub fn parse(text: &str) -> Result<Location, LocationError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('$') {
+            literal.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            let starts_name = after
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            if !starts_name {
+                literal.push('$');
+                rest = after;
+                continue;
+            }
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..len];
+            let Some((_, part)) = VARIABLES.iter().find(|(n, _)| *n == name) else {
+                return Err(LocationError::Unknown(name.into()));
+            };
+            if !literal.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut literal).into()));
+            }
+            parts.push(part.clone());
+            rest = &after[len..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal.into()));
+        }
+        let needs_host = parts.contains(&Part::Host);
+        Ok(Location {
+            parts: parts.into(),
+            needs_host,
+        })
+    }
+
+    /// `text` as it stands, every `$` in it text.
+    pub fn literal(text: &str) -> Location {
+        Location {
+            parts: Box::new([Part::Text(text.into())]),
+            needs_host: false,
+        }
+    }
+
+    /// Whether the location names `$host`.
+    pub fn needs_host(&self) -> bool {
+        self.needs_host
+    }
+
+    /// Append the location for a request to `out`: `host` its authority
+    /// (`Host`, or an absolute-form target's, already checked to be a host
+    /// and an optional port), `target` its target as sent.
+    pub fn write(&self, host: &str, target: &str, out: &mut Vec<u8>) {
+        for part in self.parts.iter() {
+            match part {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::Host => {
+                    out.extend(without_port(host).bytes().map(|b| b.to_ascii_lowercase()));
+                }
+                Part::RequestUri => out.extend_from_slice(origin_form(target).as_bytes()),
+            }
+        }
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` without the port, and without the
+/// root's trailing dot (`example.com.` is `example.com`, as nginx takes it).
+fn without_port(authority: &str) -> &str {
+    let host = match authority.find(']') {
+        Some(close) if authority.starts_with('[') => &authority[..=close],
+        _ => authority.split(':').next().unwrap_or(authority),
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+/// A target's path and query: an absolute-form target's without its scheme
+/// and authority (as nginx's `$request_uri`), `/` for asterisk-form.
+fn origin_form(target: &str) -> &str {
+    if target.starts_with('/') {
+        return target;
+    }
+    let after_scheme = target.find("://").map(|i| &target[i + 3..]);
+    match after_scheme {
+        Some(rest) => match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('/') => &rest[i..],
+            // `http://a?q`: its path is empty, which is `/`.
+            _ => "/",
+        },
+        None => "/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(location: &str, host: &str, target: &str) -> String {
+        let mut out = Vec::new();
+        Location::parse(location)
+            .unwrap()
+            .write(host, target, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn variables_take_the_requests_host_and_target() {
+        let https = "https://$host$request_uri";
+        assert_eq!(
+            fill(https, "Example.COM:8080", "/a/b?x=1&y"),
+            "https://example.com/a/b?x=1&y"
+        );
+        assert_eq!(fill(https, "[::1]:80", "/"), "https://[::1]/");
+        assert_eq!(fill(https, "10.0.0.1", "/p"), "https://10.0.0.1/p");
+        assert_eq!(fill(https, "a.test.:443", "/"), "https://a.test/");
+        // Absolute-form: the authority is the host, the path and query the URI.
+        assert_eq!(
+            fill(https, "a.test", "http://a.test:80/x?q"),
+            "https://a.test/x?q"
+        );
+        assert_eq!(fill(https, "a.test", "http://a.test?q"), "https://a.test/");
+        assert_eq!(fill(https, "a.test", "*"), "https://a.test/");
+        // Around text, and next to characters that end a name.
+        assert_eq!(
+            fill("https://new.$host.example/old$request_uri", "a", "/z"),
+            "https://new.a.example/old/z"
+        );
+    }
+
+    #[test]
+    fn plain_text_and_lone_dollars_stay_as_written() {
+        assert_eq!(fill("/new", "a", "/x"), "/new");
+        assert_eq!(fill("/price$5/$", "a", "/x"), "/price$5/$");
+        assert!(!Location::parse("/new").unwrap().needs_host());
+        assert!(Location::parse("//$host/").unwrap().needs_host());
+    }
+
+    #[test]
+    fn unknown_variables_are_named() {
+        let err = Location::parse("https://$server_name$uri").unwrap_err();
+        assert_eq!(err, LocationError::Unknown("server_name".into()));
+        assert_eq!(
+            err.to_string(),
+            "unknown variable $server_name: a location takes $host and $request_uri, as nginx's"
+        );
+        assert!(Location::parse("https://$hostname/").is_err());
+    }
+}
