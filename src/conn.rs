@@ -34,8 +34,6 @@ use crate::transport::{Room, Socket};
 /// so that unread data does not turn our FIN into a reset that destroys the
 /// response in flight (nginx's lingering close).
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
-/// Most bytes discarded while lingering.
-pub const LINGER_BYTES: usize = 1 << 20;
 
 /// Output buffer capacity a waiting connection keeps; a pipelined burst may
 /// have grown it to `MAX_BATCH` and more.
@@ -392,12 +390,10 @@ async fn flush(
 }
 
 /// Half-close, then read and discard until the client closes too, for at most
-/// `LINGER_TIME` and `LINGER_BYTES`.
+/// `LINGER_TIME`.
 async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
     input.consume(input.data().len());
-    client
-        .linger_close(input.spare(), LINGER_TIME, LINGER_BYTES)
-        .await;
+    client.linger_close(input.spare(), LINGER_TIME).await;
 }
 
 /// End a connection after its last response, as the server decided (HTTP/1.0,

@@ -650,19 +650,19 @@ impl Socket {
     }
 
     /// Half-close, then read and discard until the peer closes too, for at
-    /// most `time` and `bytes` (nginx's lingering close): unread data would
-    /// turn our FIN into a reset that destroys the response in flight.
-    pub async fn linger_close(&mut self, scratch: &mut [u8], time: Duration, bytes: usize) {
+    /// most `time` (nginx's lingering close): unread data would turn our
+    /// FIN into a reset that destroys the response in flight. No bound on
+    /// the bytes: a client that sends a whole body too large before it
+    /// reads (Python's `requests`) must get to read its 413; time bounds
+    /// what it can cost, and the loop yields so that a fast sender never
+    /// holds the shard.
+    pub async fn linger_close(&mut self, scratch: &mut [u8], time: Duration) {
         if self.shutdown_write().await.is_err() {
             return;
         }
         let deadline = Instant::now() + time;
-        let mut discarded = 0;
-        while discarded < bytes {
-            match self.read(scratch, deadline).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => discarded += n,
-            }
+        while let Ok(1..) = self.read(scratch, deadline).await {
+            glommio::yield_if_needed().await;
         }
     }
 }

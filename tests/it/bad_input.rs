@@ -146,6 +146,22 @@ fn declared_body_over_the_limit_gets_413_without_being_read() {
     assert_eq!(resp.header("connection"), Some("close"));
 }
 
+/// A client that writes its whole body before it reads (Python's
+/// `requests` does) still gets its 413: the server discards what it sends
+/// while it lingers, however much, rather than close on unread bytes and
+/// destroy the answer with a reset (it stopped after 1 MiB).
+#[test]
+fn a_body_sent_whole_before_reading_still_gets_its_413() {
+    let server = Server::start(&["--max-body-bytes", "1k"]);
+    let mut s = server.connect();
+    let body = vec![b'a'; 8 << 20];
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n")
+        .unwrap();
+    s.write_all(&body).expect("the server read the body away");
+    let resp = Reader::new(&s).next(false);
+    assert_eq!(resp.status, 413);
+}
+
 #[test]
 fn chunked_body_over_the_limit_gets_413() {
     let server = Server::start(&["--max-body-bytes", "1k"]);
