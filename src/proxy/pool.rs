@@ -75,10 +75,14 @@ pub struct Server {
     /// still finish there, but its connections are not kept, so that an
     /// app instance being replaced sees them close when its requests end.
     removed: Cell<bool>,
-    /// Its log lines (`log`): a server that is down fails every request
-    /// sent to it (a group of one is never skipped), and a warning each
-    /// was thousands of lines a second.
-    lines: Throttle,
+    /// Its warnings and errors (`log`): a server that is down fails every
+    /// request sent to it (a group of one is never skipped), and a warning
+    /// each was thousands of lines a second.
+    warnings: Throttle,
+    /// Its lines below a warning (a retry on another connection): throttled
+    /// apart, so that one never holds back the warning of a request that
+    /// failed in the same second.
+    notes: Throttle,
     /// Its standing in its group's smooth weighted round-robin (nginx's),
     /// with shares (`weight`, `backup`): kept, as the rest, while a reload
     /// or an app's new instances leave it in the group, so that the turns
@@ -406,17 +410,27 @@ impl Server {
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
             removed: Cell::new(false),
-            lines: Throttle::default(),
+            warnings: Throttle::default(),
+            notes: Throttle::default(),
             standing: Cell::new(0),
         }
     }
 
-    /// Log a line about this server, unless one was logged less than a
-    /// second ago (`throttle`): then it is only counted, and the next one
-    /// logged says how many were held back.
+    /// Log a line about this server, unless one of its kind (a warning or
+    /// worse, or a lesser note) was logged less than a second ago
+    /// (`throttle`): then it is only counted, and the next one logged says
+    /// how many were held back.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
-        if let Some(held) = self.lines.admit(now) {
+        if let Some(held) = self.throttle(level).admit(now) {
             log::log!(level, "{message}{held}");
+        }
+    }
+
+    fn throttle(&self, level: log::Level) -> &Throttle {
+        if level <= log::Level::Warn {
+            &self.warnings
+        } else {
+            &self.notes
         }
     }
 
@@ -545,6 +559,18 @@ mod tests {
         let later = now + g.config.fail_timeout;
         assert!((0..3).any(|_| g.pick(later, &[]).unwrap().0 == 2));
         assert_eq!(g.pick(now, &[0, 1]).map(|p| p.0), None);
+    }
+
+    /// A retry's note does not use up the second's allowance of the
+    /// warning that follows it (a failed request's went unsaid).
+    #[test]
+    fn a_note_never_holds_back_a_warning() {
+        let server = Server::new(ServerAddr::Tcp(([127, 0, 0, 1], 1).into()));
+        let now = Instant::now();
+        assert!(server.throttle(log::Level::Info).admit(now).is_some());
+        assert!(server.throttle(log::Level::Warn).admit(now).is_some());
+        assert!(server.throttle(log::Level::Error).admit(now).is_none());
+        assert!(server.throttle(log::Level::Debug).admit(now).is_none());
     }
 
     /// The servers `n` picks in a row choose, none tried before.
