@@ -130,11 +130,14 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         }
         let names = if c.names.is_empty() {
             let own = dns_names(&parsed[0]);
-            if own.is_empty() {
+            // The first is the default, served for every name no other
+            // takes: an IP-only certificate needs no name for that (nginx
+            // serves any as its default). Another would never be chosen.
+            if own.is_empty() && i > 0 {
                 fail(
                     "names",
                     format!(
-                        "{} lists no DNS name: give the names it is for here",
+                        "{} lists no DNS name: give the names it is for here (only the first certificate, the default, needs none)",
                         c.chain.display()
                     ),
                 );

@@ -800,6 +800,46 @@ fn curl_and_openssl_speak_to_it() {
     assert!(!log.contains("NoRenegotiation"), "{log}");
 }
 
+/// A certificate for an address alone (no DNS name) may be the first,
+/// the default, without `names`, as nginx serves any certificate as its
+/// default; after the first it would never be chosen, and is an error.
+#[test]
+fn an_address_only_certificate_can_be_the_default() {
+    let dir = Scratch::new("tls-address-only");
+    let ca = Ca::new();
+    let (ip, site) = (ca.leaf(&["127.0.0.1"], 90), ca.leaf(&["localhost"], 90));
+    install(&dir, "ip", &ip);
+    install(&dir, "site", &site);
+    let file = config(
+        &dir,
+        &[("ip.pem", "ip.key", &[]), ("site.pem", "site.key", &[])],
+        "",
+    );
+    let (_server, addr) = start(&file, &[]);
+    // An address sends no SNI: the default answers, and verifies.
+    let mut s = tls_connect(addr, "127.0.0.1", Some(&ca));
+    assert_eq!(presented(&s), ip.der);
+    assert_eq!(exchange(&mut s, GET).1, b"hi");
+    let s = tls_connect(addr, "localhost", Some(&ca));
+    assert_eq!(presented(&s), site.der);
+
+    let second = config(
+        &dir,
+        &[("site.pem", "site.key", &[]), ("ip.pem", "ip.key", &[])],
+        "",
+    );
+    let out = command()
+        .args(["--check", "--config", &second])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tls.certificate[2].names: ") && err.contains("ip.pem lists no DNS name"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_reports_bad_certificate_files_with_file_line_and_key() {
     let dir = Scratch::new("tls-check");
