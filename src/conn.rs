@@ -71,7 +71,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             // Counted and logged as any response (its request unread: a
             // line without one, as for a request that did not parse).
             let log = ConnLog::of(&shard, &client, None);
-            finish(&shard, log.as_ref(), &Record::refusal(&out, 0));
+            finish(&shard, log.as_ref(), &Record::refusal(b"", &out, 0));
             // The client's request is unread: linger so the 503 is not reset away.
             Box::pin(linger_close(
                 &mut client,
@@ -508,9 +508,9 @@ async fn accept_tls(
             finish(shard, None, &Record::counts(gone, None));
             return None;
         }
-        // Logged as nginx logs it, but without its request line (not read
-        // as a request), as the refusal at max-connections is.
-        let refusal = Record::refusal(&out, bytes_in);
+        // Logged as nginx logs it: its request line, when what came
+        // begins with one, to find the client that has the wrong scheme.
+        let refusal = Record::refusal(input.data(), &out, bytes_in);
         finish(shard, ConnLog::of(shard, &client, known).as_ref(), &refusal);
         linger_close(&mut client, input).await;
         return None;

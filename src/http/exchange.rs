@@ -101,14 +101,16 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// A response written before any request was read (a refusal at
+    /// A response written before any request was parsed (a refusal at
     /// `max-connections`, plain HTTP on an HTTPS port), `out` whole, after
-    /// `bytes_in` were read: its log line, without a request (`"-"`), and
-    /// its counts.
-    pub fn refusal(out: &[u8], bytes_in: u64) -> Self {
+    /// `bytes_in` were read, of which `head` is what the client sent (empty
+    /// when nothing was read): its log line, naming the request line when
+    /// `head` begins with one (`Entry::refused`), else `"-"`, and its
+    /// counts.
+    pub fn refusal(head: &'a [u8], out: &[u8], bytes_in: u64) -> Self {
         let (status, bytes) = super::response::summarize(out);
         Record {
-            entry: Some(Entry::bare(status, bytes)),
+            entry: Some(Entry::refused(head, status, bytes)),
             tally: Tally {
                 bytes_in,
                 ..Tally::response(status, out.len() as u64)
