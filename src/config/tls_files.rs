@@ -144,6 +144,22 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
             }
             own
         } else {
+            // A name the certificate does not cover is served, and every
+            // client that asks for it refuses the certificate.
+            let own = dns_names(&parsed[0]);
+            for name in c.names.iter().filter(|n| !own.iter().any(|o| covers(o, n))) {
+                loaded.warnings.push(ConfigError::new(
+                    format!("{prefix}.names"),
+                    format!(
+                        "{name:?} is not a name of the certificate in {} ({}): clients that ask for it will not trust it",
+                        c.chain.display(),
+                        match own.is_empty() {
+                            true => "it has none".to_string(),
+                            false => own.join(", "),
+                        }
+                    ),
+                ));
+            }
             c.names.clone()
         };
         let Some(key) = key else { continue };
@@ -391,6 +407,19 @@ fn expiry(x: &X509Certificate, now: SystemTime) -> Option<String> {
 }
 
 /// The DNS names a certificate lists (subjectAltName), lower case.
+/// Whether a certificate's DNS name `own` is good for `name` (RFC 6125
+/// §6.4.3): the same name in any case, or `*.rest` for one label more
+/// than `rest` (a `name` that is a wildcard needs the same wildcard).
+fn covers(own: &str, name: &str) -> bool {
+    if own.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    let (Some(suffix), Some((label, rest))) = (own.strip_prefix("*."), name.split_once('.')) else {
+        return false;
+    };
+    !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix)
+}
+
 fn dns_names(x: &X509Certificate) -> Vec<String> {
     let Ok(Some(san)) = x.subject_alternative_name() else {
         return Vec::new();
@@ -480,6 +509,38 @@ mod tests {
     fn at(y: i32, m: u8, d: u8) -> SystemTime {
         let days = (rcgen::date_time_ymd(y, m, d).unix_timestamp() / 86400) as u64;
         SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86400)
+    }
+
+    /// `names` the certificate does not cover load (they may be meant for
+    /// a renewal under way), with a warning each.
+    #[test]
+    fn names_the_certificate_does_not_cover_are_warned_of() {
+        let d = Dir::new("uncovered");
+        let (leaf, mid, _, key) = chain(&["example.com", "*.example.com"], (2030, 1, 10));
+        let names = [
+            "Example.com",
+            "a.example.com",
+            "*.example.com",
+            "other.test",
+            "a.b.example.com",
+        ];
+        let c = config(vec![CertificateConfig {
+            chain: d.write("chain.pem", &(leaf + &mid)),
+            key: d.write("key.pem", &key),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }]);
+        let loaded = load_certificates(&c, at(2029, 6, 1));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("t.toml:7: tls.certificate[1].names: \"other.test\" is not a name of the certificate in ")
+                && w[0].ends_with("(example.com, *.example.com): clients that ask for it will not trust it"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("\"a.b.example.com\" is not a name"), "{w:?}");
+        assert!(!covers("*.example.com", ".example.com"));
+        assert!(!covers("*.example.com", "example.com"));
     }
 
     #[test]
