@@ -193,9 +193,12 @@ pub fn plain_http_refusal(date: &[u8]) -> Vec<u8> {
 }
 
 /// Whether the first byte a client sent can begin a TLS handshake: a
-/// handshake record (RFC 8446 §5.1, content type 22).
+/// handshake record (RFC 8446 §5.1, content type 22), or an SSLv2-style
+/// hello (its high bit set; no request line begins so), which rustls
+/// refuses with an alert, as nginx does: a TLS client, however old, hears
+/// TLS, not HTTP text.
 pub fn is_tls_record(first: u8) -> bool {
-    first == 0x16
+    first == 0x16 || first & 0x80 != 0
 }
 
 #[cfg(test)]

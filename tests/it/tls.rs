@@ -470,6 +470,30 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
     assert_eq!(refused.count(), 1, "{lines}");
 }
 
+/// An SSLv2-style hello (its first byte's high bit set) is answered with
+/// a TLS alert, as nginx answers it, not with the plain-HTTP 400 page.
+#[test]
+fn an_sslv2_hello_hears_an_alert() {
+    let dir = Scratch::new("tls-sslv2");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let file = config(&dir, &[("site.pem", "site.key", &[])], "");
+    let (_server, addr) = start(&file, &[]);
+    let mut old = connect(addr);
+    // SSLv2 record header (2 bytes, high bit set), CLIENT-HELLO, TLS 1.0.
+    let mut hello = vec![
+        0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10,
+    ];
+    hello.extend_from_slice(&[0x00, 0x00, 0x2f, 0x00, 0x00, 0x35, 0x00, 0x00, 0x0a]);
+    hello.extend_from_slice(&[0x01, 0x00, 0x80, 0x07, 0x00, 0xc0, 0x03, 0x00, 0x80]);
+    hello.extend_from_slice(&[0x55; 16]);
+    old.write_all(&hello).unwrap();
+    let mut answer = Vec::new();
+    let _ = old.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&0x15), "{answer:02x?}");
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"));
+}
+
 /// Reads what comes (an alert) until the server closes.
 fn is_closed_soon(s: &mut TcpStream) -> bool {
     let deadline = Instant::now() + WAIT;
