@@ -653,16 +653,20 @@ impl Socket {
     /// most `time` (nginx's lingering close): unread data would turn our
     /// FIN into a reset that destroys the response in flight. No bound on
     /// the bytes: a client that sends a whole body too large before it
-    /// reads (Python's `requests`) must get to read its 413; time bounds
-    /// what it can cost, and the loop yields so that a fast sender never
-    /// holds the shard.
+    /// reads (Python's `requests`) must get to read its 413. The clock is
+    /// looked at before every read, as nginx does with `lingering_time`: a
+    /// read that finds data waiting never reaches its deadline, so a peer
+    /// that sends without pause would otherwise be read for ever.
     pub async fn linger_close(&mut self, scratch: &mut [u8], time: Duration) {
         if self.shutdown_write().await.is_err() {
             return;
         }
         let deadline = Instant::now() + time;
-        while let Ok(1..) = self.read(scratch, deadline).await {
-            glommio::yield_if_needed().await;
+        while Instant::now() < deadline {
+            match self.read(scratch, deadline).await {
+                Ok(1..) => {}
+                Ok(0) | Err(_) => return,
+            }
         }
     }
 }

@@ -162,6 +162,48 @@ fn a_body_sent_whole_before_reading_still_gets_its_413() {
     assert_eq!(resp.status, 413);
 }
 
+/// A client that never stops sending is read for the lingering close's
+/// 2 s, not for as long as it sends: a read that finds data waiting never
+/// met its deadline, and a 503's small buffer past `max-connections` was
+/// outrun for ever by a client writing 1 MiB at a time.
+#[test]
+fn a_client_that_never_stops_sending_is_closed_after_lingering() {
+    let server = Server::start(&["--shards", "1", "--max-connections", "1"]);
+    let held = server.connect();
+    half_a_request_in(&held, &mut Reader::new(&held));
+    // Four at once, each refused and lingered on, so that the shard's
+    // reads fall behind their writers (one alone sometimes kept up).
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = server.connect();
+            std::thread::spawn(move || {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let start = Instant::now();
+                let chunk = vec![b'a'; 1 << 20];
+                loop {
+                    if let Err(e) = s.write_all(&chunk) {
+                        break e.kind();
+                    }
+                    // Five times the lingering close's 2 s.
+                    if start.elapsed() > Duration::from_secs(10) {
+                        panic!("still read after 10 s");
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        let refused = sender.join().expect("closed after lingering");
+        assert!(
+            matches!(
+                refused,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{refused}"
+        );
+    }
+}
+
 #[test]
 fn chunked_body_over_the_limit_gets_413() {
     let server = Server::start(&["--max-body-bytes", "1k"]);
