@@ -25,7 +25,8 @@ pub enum Why {
     /// another control character outside a `"…"` string, or a `'` in a
     /// `'…'` string (nothing can be escaped there).
     Unfit(&'static str),
-    /// It sits in defaults nested deeper than `MAX_NESTING`.
+    /// It sits in more than `MAX_NESTING` nested defaults (references nest
+    /// more than 8 deep, the outermost counted).
     TooDeep,
     /// Its value is not UTF-8 (a configuration is text).
     NotUtf8,

@@ -8,8 +8,8 @@ use thiserror::Error;
 /// A `location` as the configuration wrote it, cut into its literal text
 /// and its variables.
 ///
-/// Invariant: built only by `parse`, so every `$` that starts a name is one
-/// of the variables here (a `$` before anything else is text).
+/// Invariant: every variable it holds is one of `VARIABLES` (`parse`
+/// refuses any other name; `literal` holds none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     parts: Box<[Part]>,
@@ -23,7 +23,8 @@ enum Part {
     /// The request's host, lower case, without its port or a trailing dot
     /// (nginx's `$host`).
     Host,
-    /// The request's path and query as sent (nginx's `$request_uri`).
+    /// The request's path and query as sent (nginx's `$request_uri`):
+    /// an absolute-form target's without its scheme and authority.
     RequestUri,
 }
 
@@ -97,17 +98,41 @@ impl Location {
 
     /// Append the location for a request to `out`: `host` its authority
     /// (`Host`, or an absolute-form target's, already checked to be a host
-    /// and an optional port), `target` its target as sent.
-    pub fn write(&self, host: &str, target: &str, out: &mut Vec<u8>) {
-        for part in self.parts.iter() {
+    /// and an optional port), `path` and `query` its target's as the parser
+    /// split them (`*` for asterisk-form, written `/`).
+    pub fn write(&self, host: &str, path: &str, query: Option<&str>, out: &mut Vec<u8>) {
+        for (i, part) in self.parts.iter().enumerate() {
+            // A location that begins with the path would make `//evil.test/x`
+            // a scheme-relative redirect to another host: one slash.
+            let path = if i == 0 {
+                one_leading_slash(path)
+            } else {
+                path
+            };
             match part {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Host => {
                     out.extend(without_port(host).bytes().map(|b| b.to_ascii_lowercase()));
                 }
-                Part::RequestUri => out.extend_from_slice(origin_form(target).as_bytes()),
+                Part::RequestUri => {
+                    out.extend_from_slice(if path == "*" { b"/" } else { path.as_bytes() });
+                    if let Some(q) = query {
+                        out.push(b'?');
+                        out.extend_from_slice(q.as_bytes());
+                    }
+                }
             }
         }
+    }
+}
+
+/// `path` with the slashes it begins with made one.
+fn one_leading_slash(path: &str) -> &str {
+    let rest = path.trim_start_matches('/');
+    if rest.len() + 1 < path.len() {
+        &path[path.len() - rest.len() - 1..]
+    } else {
+        path
     }
 }
 
@@ -121,32 +146,21 @@ fn without_port(authority: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
-/// A target's path and query: an absolute-form target's without its scheme
-/// and authority (as nginx's `$request_uri`), `/` for asterisk-form.
-fn origin_form(target: &str) -> &str {
-    if target.starts_with('/') {
-        return target;
-    }
-    let after_scheme = target.find("://").map(|i| &target[i + 3..]);
-    match after_scheme {
-        Some(rest) => match rest.find(['/', '?']) {
-            Some(i) if rest[i..].starts_with('/') => &rest[i..],
-            // `http://a?q`: its path is empty, which is `/`.
-            _ => "/",
-        },
-        None => "/",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `location` for a request for `host` with `target` (origin-form, or
+    /// `*`), split as the parser splits it.
     fn fill(location: &str, host: &str, target: &str) -> String {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
         let mut out = Vec::new();
         Location::parse(location)
             .unwrap()
-            .write(host, target, &mut out);
+            .write(host, path, query, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -160,12 +174,7 @@ mod tests {
         assert_eq!(fill(https, "[::1]:80", "/"), "https://[::1]/");
         assert_eq!(fill(https, "10.0.0.1", "/p"), "https://10.0.0.1/p");
         assert_eq!(fill(https, "a.test.:443", "/"), "https://a.test/");
-        // Absolute-form: the authority is the host, the path and query the URI.
-        assert_eq!(
-            fill(https, "a.test", "http://a.test:80/x?q"),
-            "https://a.test/x?q"
-        );
-        assert_eq!(fill(https, "a.test", "http://a.test?q"), "https://a.test/");
+        assert_eq!(fill(https, "a.test", "/?"), "https://a.test/?");
         assert_eq!(fill(https, "a.test", "*"), "https://a.test/");
         // Around text, and next to characters that end a name.
         assert_eq!(
@@ -177,6 +186,10 @@ mod tests {
     #[test]
     fn plain_text_and_lone_dollars_stay_as_written() {
         assert_eq!(fill("/new", "a", "/x"), "/new");
+        // Never a scheme-relative `//other.host/…` of the client's making.
+        assert_eq!(fill("$request_uri", "a", "//evil.test/x"), "/evil.test/x");
+        assert_eq!(fill("$request_uri", "a", "///x//y"), "/x//y");
+        assert_eq!(fill("/a$request_uri", "a", "//x"), "/a//x");
         assert_eq!(fill("/price$5/$", "a", "/x"), "/price$5/$");
         assert!(!Location::parse("/new").unwrap().needs_host());
         assert!(Location::parse("//$host/").unwrap().needs_host());

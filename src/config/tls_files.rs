@@ -406,7 +406,6 @@ fn expiry(x: &X509Certificate, now: SystemTime) -> Option<String> {
     }
 }
 
-/// The DNS names a certificate lists (subjectAltName), lower case.
 /// Whether a certificate's DNS name `own` is good for `name` (RFC 6125
 /// §6.4.3): the same name in any case, or `*.rest` for one label more
 /// than `rest` (a `name` that is a wildcard needs the same wildcard).
@@ -420,6 +419,7 @@ fn covers(own: &str, name: &str) -> bool {
     !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix)
 }
 
+/// The DNS names a certificate lists (subjectAltName), lower case.
 fn dns_names(x: &X509Certificate) -> Vec<String> {
     let Ok(Some(san)) = x.subject_alternative_name() else {
         return Vec::new();
@@ -518,7 +518,7 @@ mod tests {
         let d = Dir::new("uncovered");
         let (leaf, mid, _, key) = chain(&["example.com", "*.example.com"], (2030, 1, 10));
         let names = [
-            "Example.com",
+            "example.com",
             "a.example.com",
             "*.example.com",
             "other.test",

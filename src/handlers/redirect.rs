@@ -29,10 +29,14 @@ impl Handler for Redirect {
     type Job = Job;
 
     fn handle(&self, req: &Request<'_>, mut res: ResponseWriter<'_>) -> Outcome {
-        let host = req.host.or((!self.location.needs_host()).then_some(""));
+        // An empty Host is no name: `https:///evil.test/x` is read by
+        // browsers as a redirect to evil.test.
+        let named = req.host.filter(|h| !h.is_empty());
+        let host = named.or((!self.location.needs_host()).then_some(""));
         let Some(host) = host else {
-            // An HTTP/1.0 request without Host (only a route for any host
-            // takes one): no name to send it to.
+            // An HTTP/1.0 request without Host, or any with an empty one
+            // (only a route for any host takes them): no name to send it
+            // to, as nginx answers an empty Host.
             res.begin(Status::BAD_REQUEST);
             res.body(
                 "text/plain; charset=utf-8",
@@ -41,7 +45,9 @@ impl Handler for Redirect {
             return Outcome::Done;
         };
         res.begin(self.status);
-        res.header_with("Location", |out| self.location.write(host, req.target, out));
+        res.header_with("Location", |out| {
+            self.location.write(host, req.path, req.query, out)
+        });
         // A short body for clients that do not follow redirects, as nginx sends.
         res.body("text/plain; charset=utf-8", self.status.reason().as_bytes());
         Outcome::Done

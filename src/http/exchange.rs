@@ -104,9 +104,9 @@ impl<'a> Record<'a> {
     /// A response written before any request was parsed (a refusal at
     /// `max-connections`, plain HTTP on an HTTPS port), `out` whole, after
     /// `bytes_in` were read, of which `head` is what the client sent (empty
-    /// when nothing was read): its log line, naming the request line when
-    /// `head` begins with one (`Entry::refused`), else `"-"`, and its
-    /// counts.
+    /// when nothing was read): its log line, written as `Entry::refused`
+    /// writes a refused head's (its request line, or its first line as
+    /// sent, or `"-"`), and its counts.
     pub fn refusal(head: &'a [u8], out: &[u8], bytes_in: u64) -> Self {
         let (status, bytes) = super::response::summarize(out);
         Record {

@@ -426,6 +426,8 @@ impl Server {
         }
     }
 
+    /// The throttle a line of `level` goes through: errors share the
+    /// warnings' (both say a request failed), notes have their own.
     fn throttle(&self, level: log::Level) -> &Throttle {
         if level <= log::Level::Warn {
             &self.warnings

@@ -969,6 +969,14 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
     let (_, at, plain) =
         location("GET http://[::1]:80/p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(at.as_deref(), Some("https://[::1]/p"), "{plain}");
+    let (_, at, plain) =
+        location("GET http://A.test.?q HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(at.as_deref(), Some("https://a.test/?q"), "{plain}");
+    // An empty Host names nothing: never `https:///…`, which browsers
+    // read as another host.
+    let (status, at, plain) =
+        location("GET //evil.test/x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n");
+    assert_eq!((status.as_str(), at), ("400", None), "{plain}");
     // HTTP/1.0 without Host: a location without $host is still sent,
     // one with it has no host to go to.
     let (status, at, plain) = location("GET /old/x?q HTTP/1.0\r\n\r\n");
