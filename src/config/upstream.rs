@@ -66,6 +66,12 @@ pub enum Balance {
     /// The server this shard has the fewest requests in flight to
     /// (`"least-conn"`), ties in turn.
     LeastConn,
+    /// The server the client's address falls to (`"ip-hash"`, nginx's
+    /// `ip_hash`): its /24 for IPv4, the whole address for IPv6, hashed
+    /// alike on every shard, so a client's requests all go to one server
+    /// while it is usable (sessions an app keeps in its memory, socket.io's
+    /// polling); another is hashed to while it rests.
+    IpHash,
 }
 
 /// The largest `weight=` a server may be given: shares past a thousand to

@@ -322,7 +322,7 @@ async fn forward(
             now = Instant::now();
         }
         first = false;
-        let Some((index, server)) = group.pick(now, &tried[..attempts]) else {
+        let Some((index, server)) = group.pick(now, &tried[..attempts], c.remote) else {
             break;
         };
         match (&last, stale) {

@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -281,21 +282,35 @@ impl Upstreams {
 }
 
 impl Group {
-    /// The server to try next, skipping those in `tried` (indexes) and
-    /// those resting after failures; None when no server is usable. With
-    /// shares, a backup only when no other server can be tried.
-    pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<(usize, Rc<Server>)> {
+    /// The server to try next for a client at `client`, skipping those in
+    /// `tried` (indexes) and those resting after failures; None when no
+    /// server is usable. With shares, a backup only when no other server
+    /// can be tried.
+    pub fn pick(
+        &self,
+        now: Instant,
+        tried: &[usize],
+        client: Option<IpAddr>,
+    ) -> Option<(usize, Rc<Server>)> {
         let n = self.servers.len();
         // A lone server is never rested (as in nginx): there is nowhere
         // else to send its requests, and 503s for `fail-timeout` after one
         // failure would be worse than trying it.
         let alone = n == 1;
         let usable = |i: usize| !tried.contains(&i) && (alone || self.servers[i].usable(now));
-        let chosen = if self.config.shares.is_empty() {
+        let hashed = match (self.config.balance, client) {
+            (Balance::IpHash, Some(ip)) => self.by_address(ip, usable),
+            _ => None,
+        };
+        let chosen = if let Some(i) = hashed {
+            Some(i)
+        } else if self.config.shares.is_empty() {
             let start = self.next.get() % n.max(1);
             let usable = (0..n).map(|k| (start + k) % n).filter(|i| usable(*i));
             match self.config.balance {
-                Balance::RoundRobin => usable.into_iter().next(),
+                // An address none of whose hashes found a usable server
+                // (or none, a unix socket's client) goes in turn.
+                Balance::RoundRobin | Balance::IpHash => usable.into_iter().next(),
                 // Ties go to the first in round-robin order.
                 Balance::LeastConn => usable.min_by_key(|i| self.servers[*i].busy.get()),
             }
@@ -318,7 +333,7 @@ impl Group {
         let n = self.servers.len();
         let eligible = |i: &usize| self.config.share(*i).backup == backup && usable(*i);
         match self.config.balance {
-            Balance::RoundRobin => self.smooth((0..n).filter(eligible)),
+            Balance::RoundRobin | Balance::IpHash => self.smooth((0..n).filter(eligible)),
             Balance::LeastConn => {
                 let load = |i: usize| {
                     let busy = u64::from(self.servers[i].busy.get());
@@ -341,6 +356,39 @@ impl Group {
         }
     }
 
+    /// The server `client`'s address falls to, as nginx's `ip_hash`: the
+    /// address hashed to a point of the servers' weights laid end to end
+    /// (backups take none), hashed again while that server cannot be tried,
+    /// 20 times at most. The same on every shard, and the same after a
+    /// reload that keeps the servers and weights.
+    fn by_address(&self, client: IpAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.servers.len();
+        let weight = |i: usize| {
+            let share = self.config.share(i);
+            u64::from(!share.backup) * u64::from(share.weight)
+        };
+        let total: u64 = (0..n).map(weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut hash = address_hash(client);
+        for _ in 0..MAX_REHASH {
+            let mut point = hash % total;
+            let at = (0..n).find(|&i| match point.checked_sub(weight(i)) {
+                Some(left) => {
+                    point = left;
+                    false
+                }
+                None => true,
+            })?;
+            if usable(at) {
+                return Some(at);
+            }
+            hash = mix(hash);
+        }
+        None
+    }
+
     /// Among `candidates`, the one the smooth weighted round-robin gives
     /// the request to: each adds its weight to its standing, the highest
     /// (the first of equals) is chosen and gives back the total.
@@ -360,6 +408,38 @@ impl Group {
         standing.set(standing.get() - total);
         Some(best)
     }
+}
+
+/// How many servers an address is hashed to before its requests go in
+/// turn (nginx's `ip_hash` tries 20).
+const MAX_REHASH: usize = 20;
+
+/// The hash of the part of an address that names a client for
+/// `ip-hash`: an IPv4 address's first three octets (nginx's: the clients
+/// of one network, whose NAT may change the last, stay together), an IPv6
+/// address whole (one mapping an IPv4 address as that address). FNV-1a:
+/// the same in every process and on every shard, unlike std's hasher.
+fn address_hash(client: IpAddr) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match client.to_canonical() {
+        IpAddr::V4(v4) => eat(&v4.octets()[..3]),
+        IpAddr::V6(v6) => eat(&v6.octets()),
+    }
+    mix(hash)
+}
+
+/// A 64-bit hash's bits spread (splitmix64's finalizer): FNV's low bits,
+/// which `%` reads, vary too little between neighbouring networks.
+fn mix(mut h: u64) -> u64 {
+    h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// A request's hold on a server: counts it busy while alive.
@@ -559,8 +639,8 @@ mod tests {
         assert_eq!(picks, [1, 0, 1]);
         // Back after fail-timeout.
         let later = now + g.config.fail_timeout;
-        assert!((0..3).any(|_| g.pick(later, &[]).unwrap().0 == 2));
-        assert_eq!(g.pick(now, &[0, 1]).map(|p| p.0), None);
+        assert!((0..3).any(|_| g.pick(later, &[], None).unwrap().0 == 2));
+        assert_eq!(g.pick(now, &[0, 1], None).map(|p| p.0), None);
     }
 
     /// A retry's note does not use up the second's allowance of the
@@ -575,9 +655,69 @@ mod tests {
         assert!(server.throttle(log::Level::Debug).admit(now).is_none());
     }
 
+    /// `ip-hash`: an address's requests go to one server, the same in a
+    /// group built anew (another shard, a reload); an IPv4 network's
+    /// addresses with it; the networks spread over the servers by weight;
+    /// a resting server's clients go elsewhere while the others' stay.
+    #[test]
+    fn ip_hash_keeps_a_client_on_one_server_on_every_shard() {
+        let config = shared(Balance::IpHash, &[(3, false), (1, false), (1, true)]);
+        let (one, other) = (
+            Upstreams::new(std::slice::from_ref(&config)),
+            Upstreams::new(&[config]),
+        );
+        let (g, h) = (one.group("app").unwrap(), other.group("app").unwrap());
+        let now = Instant::now();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let to = |g: &Group, a: &str| g.pick(now, &[], ip(a)).unwrap().0;
+        let mut counts = [0usize; 3];
+        for net in 0..2000 {
+            let a = format!("10.{}.{}.7", net / 256, net % 256);
+            let server = to(&g, &a);
+            counts[server] += 1;
+            for _ in 0..3 {
+                assert_eq!(to(&g, &a), server, "{a}");
+            }
+            assert_eq!(to(&h, &a), server, "{a} on another shard");
+            let neighbour = format!("10.{}.{}.200", net / 256, net % 256);
+            assert_eq!(to(&h, &neighbour), server, "{neighbour}");
+        }
+        // Weights 3 and 1, and the backup none: 1500 and 500, roughly.
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!((1350..1650).contains(&counts[0]), "{counts:?}");
+        // IPv6 whole, and an IPv4-mapped address as its IPv4 address.
+        assert_eq!(to(&g, "::ffff:10.0.1.9"), to(&g, "10.0.1.1"));
+        let v6: Vec<usize> = (0..64)
+            .map(|k| to(&g, &format!("2001:db8::{k:x}")))
+            .collect();
+        assert!(v6.contains(&0) && v6.contains(&1), "{v6:?}");
+        // Server 0 rests: its clients go elsewhere, never to the backup
+        // while server 1 can take them; server 1's stay where they were.
+        let on = |server: usize| {
+            (0..200)
+                .map(|net| format!("10.1.{net}.1"))
+                .filter(|a| to(&g, a) == server)
+                .collect::<Vec<_>>()
+        };
+        let (zero, ones) = (on(0), on(1));
+        for _ in 0..g.config.max_fails {
+            g.servers[0].failed(&g.config, now);
+        }
+        for a in &zero {
+            assert_eq!(to(&g, a), 1, "{a}");
+        }
+        for a in &ones {
+            assert_eq!(to(&g, a), 1, "{a}");
+        }
+        // A retry goes to another server; one without an address in turn.
+        let a = &ones[0];
+        assert_eq!(g.pick(now, &[1], ip(a)).unwrap().0, 2);
+        assert!(g.pick(now, &[], None).is_some());
+    }
+
     /// The servers `n` picks in a row choose, none tried before.
     fn picked(g: &Group, now: Instant, n: usize) -> Vec<usize> {
-        (0..n).map(|_| g.pick(now, &[]).unwrap().0).collect()
+        (0..n).map(|_| g.pick(now, &[], None).unwrap().0).collect()
     }
 
     /// A group of `shares` (weight, backup), one server each.
@@ -602,8 +742,8 @@ mod tests {
         // nginx's order for weights 5, 1, 1: a a b a c a a, round after round.
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
         // A server tried already is left out of the round.
-        assert_eq!(g.pick(now, &[0]).unwrap().0, 1);
-        assert_eq!(g.pick(now, &[0, 1]).unwrap().0, 2);
+        assert_eq!(g.pick(now, &[0], None).unwrap().0, 1);
+        assert_eq!(g.pick(now, &[0, 1], None).unwrap().0, 2);
     }
 
     #[test]
@@ -616,7 +756,7 @@ mod tests {
             // As an app's new addresses or a reload update the groups
             // between requests.
             u.update(&[shared(Balance::RoundRobin, &shares)]);
-            picks.push(u.group("app").unwrap().pick(now, &[]).unwrap().0);
+            picks.push(u.group("app").unwrap().pick(now, &[], None).unwrap().0);
         }
         assert_eq!(picks, [0, 1, 0, 1]);
     }
@@ -632,9 +772,9 @@ mod tests {
         let picks: Vec<usize> = picked(&g, now, 6);
         assert_eq!(picks, [2, 0, 2, 2, 0, 2]);
         // Both others tried (a retry): a backup, then the other.
-        assert_eq!(g.pick(now, &[0, 2]).unwrap().0, 1);
-        assert_eq!(g.pick(now, &[0, 2, 1]).unwrap().0, 3);
-        assert_eq!(g.pick(now, &[0, 1, 2, 3]).map(|p| p.0), None);
+        assert_eq!(g.pick(now, &[0, 2], None).unwrap().0, 1);
+        assert_eq!(g.pick(now, &[0, 2, 1], None).unwrap().0, 3);
+        assert_eq!(g.pick(now, &[0, 1, 2, 3], None).map(|p| p.0), None);
         // Both others resting: the backups in turn, until they are back.
         g.servers[0].failed(&g.config, now);
         g.servers[2].failed(&g.config, now);
@@ -644,7 +784,7 @@ mod tests {
         assert_eq!(picks, [1, 1, 3, 3]);
         let later = now + g.config.fail_timeout;
         assert!(g
-            .pick(later, &[])
+            .pick(later, &[], None)
             .is_some_and(|p| !g.config.share(p.0).backup));
     }
 
@@ -653,9 +793,9 @@ mod tests {
         let u = Upstreams::new(&[shared(Balance::RoundRobin, &[(1, false), (1, true)])]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
-        assert_eq!(g.pick(now, &[]).unwrap().0, 0);
+        assert_eq!(g.pick(now, &[], None).unwrap().0, 0);
         g.servers[0].failed(&g.config, now);
-        assert_eq!(g.pick(now, &[]).unwrap().0, 1);
+        assert_eq!(g.pick(now, &[], None).unwrap().0, 1);
     }
 
     #[test]
@@ -682,7 +822,7 @@ mod tests {
         let mut held = Vec::new();
         let mut picks = Vec::new();
         for _ in 0..8 {
-            let (i, s) = g.pick(now, &[]).unwrap();
+            let (i, s) = g.pick(now, &[], None).unwrap();
             picks.push(i);
             held.push(s.busy());
         }
@@ -754,10 +894,10 @@ mod tests {
         let u = Upstreams::new(&[group(Balance::LeastConn, 2)]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
-        let (first, s) = g.pick(now, &[]).unwrap();
+        let (first, s) = g.pick(now, &[], None).unwrap();
         let _hold = s.busy();
         for _ in 0..3 {
-            assert_ne!(g.pick(now, &[]).unwrap().0, first);
+            assert_ne!(g.pick(now, &[], None).unwrap().0, first);
         }
     }
 
@@ -767,7 +907,7 @@ mod tests {
         let g = u.group("app").unwrap();
         let now = Instant::now();
         g.servers[0].failed(&g.config, now);
-        assert!(g.pick(now, &[]).is_some());
+        assert!(g.pick(now, &[], None).is_some());
     }
 
     #[test]
@@ -778,13 +918,16 @@ mod tests {
         let g = u.group("app").unwrap();
         let now = Instant::now();
         g.servers[0].failed(&g.config, now);
-        assert!(g.pick(now, &[1]).is_some(), "one failure of two allowed");
+        assert!(
+            g.pick(now, &[1], None).is_some(),
+            "one failure of two allowed"
+        );
         // The window passed: the count starts again.
         let later = now + g.config.fail_timeout;
         g.servers[0].failed(&g.config, later);
-        assert!(g.pick(later, &[1]).is_some());
+        assert!(g.pick(later, &[1], None).is_some());
         g.servers[0].failed(&g.config, later);
-        assert!(g.pick(later, &[1]).is_none());
+        assert!(g.pick(later, &[1], None).is_none());
     }
 
     #[test]

@@ -347,6 +347,51 @@ fn weights_share_the_requests_and_a_backup_waits_for_the_others() {
     );
 }
 
+/// `ip-hash` (nginx's `ip_hash`): every request from one client goes to
+/// one server, on both shards (the connections alternate between them),
+/// and the clients of one IPv4 network with it; networks spread over the
+/// servers; clients of a server that went away go to the other.
+#[test]
+fn ip_hash_sends_a_clients_requests_to_one_server_from_every_shard() {
+    let a = Upstream::start(ok("A"));
+    let b = Upstream::start(ok("B"));
+    let servers = [a.server(), b.server()];
+    let proxy = Proxy::start_with(
+        "proxy-ip-hash",
+        &simple(&servers, "balance = \"ip-hash\"\nkeepalive = 0", ""),
+        &["--shards", "2"],
+    );
+    // A request on a new connection from `from` (127/8 is all loopback).
+    let from = |source: &str| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        s.bind(&source.into()).unwrap();
+        s.connect(&proxy.addr().into()).unwrap();
+        let mut s = TcpStream::from(s);
+        s.write_all(GET.as_bytes()).unwrap();
+        Reader::new(&s).next(false).text()
+    };
+    let mut seen = Vec::new();
+    for net in 1..=24 {
+        let first = from(&format!("127.0.{net}.1"));
+        for host in [1, 2, 77, 1, 254] {
+            assert_eq!(
+                from(&format!("127.0.{net}.{host}")),
+                first,
+                "127.0.{net}.{host}"
+            );
+        }
+        seen.push(first);
+    }
+    assert!(seen.contains(&"A".to_string()), "{seen:?}");
+    assert!(seen.contains(&"B".to_string()), "{seen:?}");
+    // A goes: its clients go to B, whose clients stay.
+    drop(a);
+    for net in 1..=24 {
+        assert_eq!(from(&format!("127.0.{net}.9")), "B", "127.0.{net}.9");
+    }
+}
+
 /// One per-upstream-server sample: labels `upstream="app"` and `server`,
 /// merged over shards (`shard="all"`) if there is a shard label; 0 if
 /// absent.

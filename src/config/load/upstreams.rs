@@ -237,6 +237,7 @@ impl Walker<'_> {
                 let choices = [
                     ("round-robin", Balance::RoundRobin),
                     ("least-conn", Balance::LeastConn),
+                    ("ip-hash", Balance::IpHash),
                 ];
                 if let Some(v) = self.one_of(f, &choices) {
                     g.balance = v;
