@@ -484,7 +484,7 @@ servers = "127.0.0.1:80"
                 format!("/etc/cs/{s}: \"weight=2\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\""),
                 format!("/etc/cs/{s}: \"elsewhere:80\": cannot resolve \"elsewhere\": Name or service not known"),
                 format!("/etc/cs/{s}: \"empty:80\": cannot resolve \"empty\": it has no address"),
-                "/etc/cs/t.toml:4: upstream[1].balance: must be \"round-robin\" or \"least-conn\", got \"random\"".into(),
+                "/etc/cs/t.toml:4: upstream[1].balance: must be \"round-robin\", \"least-conn\" or \"ip-hash\", got \"random\"".into(),
                 "/etc/cs/t.toml:5: upstream[1].keepalive: must be a number of idle connections per server, 0 to 4096, got -1".into(),
                 "/etc/cs/t.toml:6: upstream[1].idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\"".into(),
                 "/etc/cs/t.toml:7: upstream[1].max-fails: must be at most 4294967295, got 4294967296".into(),
