@@ -84,6 +84,10 @@ pub struct Server {
     /// apart, so that one never holds back the warning of a request that
     /// failed in the same second.
     notes: Throttle,
+    /// Its identity for `ip-hash` (`Group::by_address`): the hash of its
+    /// address as configured, so that its clients are its own whatever
+    /// the other servers of its group do.
+    key: u64,
     /// Its standing in its group's smooth weighted round-robin (nginx's),
     /// with shares (`weight`, `backup`): kept, as the rest, while a reload
     /// or an app's new instances leave it in the group, so that the turns
@@ -356,37 +360,29 @@ impl Group {
         }
     }
 
-    /// The server `client`'s address falls to, as nginx's `ip_hash`: the
-    /// address hashed to a point of the servers' weights laid end to end
-    /// (backups take none), hashed again while that server cannot be tried,
-    /// 20 times at most. The same on every shard, and the same after a
-    /// reload that keeps the servers and weights.
+    /// The server `client`'s address belongs to (`ip-hash`): of the
+    /// usable servers that are not backups, the one that scores highest
+    /// for it — rendezvous hashing, each server's score the hash of the
+    /// address with the server's own `key`, weighted as `weight / -ln(u)`
+    /// with `u` that hash in (0, 1). Nothing depends on the shard or on the
+    /// servers' order; a server that rests, leaves or comes (an app's
+    /// instance replaced) moves only the clients whose best it is or
+    /// becomes, where nginx's `hash % total` moves most of them, and a
+    /// retry goes to the client's next best.
     fn by_address(&self, client: IpAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = self.servers.len();
-        let weight = |i: usize| {
-            let share = self.config.share(i);
-            u64::from(!share.backup) * u64::from(share.weight)
+        let client = address_hash(client);
+        let hash = |i: usize| mix(client ^ self.servers[i].key);
+        let candidates =
+            (0..self.servers.len()).filter(|&i| !self.config.share(i).backup && usable(i));
+        if self.config.shares.is_empty() {
+            return candidates.max_by_key(|&i| hash(i));
+        }
+        let score = |i: usize| {
+            // The top 53 bits, as a fraction strictly inside (0, 1).
+            let u = ((hash(i) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            f64::from(self.config.share(i).weight) / -u.ln()
         };
-        let total: u64 = (0..n).map(weight).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut hash = address_hash(client);
-        for _ in 0..MAX_REHASH {
-            let mut point = hash % total;
-            let at = (0..n).find(|&i| match point.checked_sub(weight(i)) {
-                Some(left) => {
-                    point = left;
-                    false
-                }
-                None => true,
-            })?;
-            if usable(at) {
-                return Some(at);
-            }
-            hash = mix(hash);
-        }
-        None
+        candidates.max_by(|&a, &b| score(a).total_cmp(&score(b)))
     }
 
     /// Among `candidates`, the one the smooth weighted round-robin gives
@@ -410,31 +406,28 @@ impl Group {
     }
 }
 
-/// How many servers an address is hashed to before its requests go in
-/// turn (nginx's `ip_hash` tries 20).
-const MAX_REHASH: usize = 20;
-
 /// The hash of the part of an address that names a client for
 /// `ip-hash`: an IPv4 address's first three octets (nginx's: the clients
 /// of one network, whose NAT may change the last, stay together), an IPv6
-/// address whole (one mapping an IPv4 address as that address). FNV-1a:
-/// the same in every process and on every shard, unlike std's hasher.
+/// address whole (one mapping an IPv4 address as that address).
 fn address_hash(client: IpAddr) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
     match client.to_canonical() {
-        IpAddr::V4(v4) => eat(&v4.octets()[..3]),
-        IpAddr::V6(v6) => eat(&v6.octets()),
+        IpAddr::V4(v4) => fnv1a(&v4.octets()[..3]),
+        IpAddr::V6(v6) => fnv1a(&v6.octets()),
     }
-    mix(hash)
 }
 
-/// A 64-bit hash's bits spread (splitmix64's finalizer): FNV's low bits,
-/// which `%` reads, vary too little between neighbouring networks.
+/// FNV-1a of `bytes`: the same in every process and on every shard,
+/// unlike std's randomly keyed hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A 64-bit hash's bits spread (splitmix64's finalizer): FNV's of
+/// neighbouring networks, or of a network with two servers' keys, differ
+/// in few bits.
 fn mix(mut h: u64) -> u64 {
     h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -475,8 +468,10 @@ fn trim(idle: &mut VecDeque<Idle>, keepalive: usize, now: Instant) {
 
 impl Server {
     fn new(addr: ServerAddr) -> Server {
+        let label: Rc<str> = addr.to_string().into();
         Server {
-            label: addr.to_string().into(),
+            key: fnv1a(label.as_bytes()),
+            label,
             host: match &addr {
                 ServerAddr::Tcp(a) => a.to_string(),
                 ServerAddr::Unix(_) => "localhost".into(),
@@ -656,21 +651,27 @@ mod tests {
     }
 
     /// `ip-hash`: an address's requests go to one server, the same in a
-    /// group built anew (another shard, a reload); an IPv4 network's
-    /// addresses with it; the networks spread over the servers by weight;
-    /// a resting server's clients go elsewhere while the others' stay.
+    /// group built anew (another shard, a reload) and whatever the order
+    /// of its servers; an IPv4 network's addresses with it; the networks
+    /// spread over the servers by weight, none to a backup; a server that
+    /// rests moves its own clients only, to their next best.
     #[test]
     fn ip_hash_keeps_a_client_on_one_server_on_every_shard() {
-        let config = shared(Balance::IpHash, &[(3, false), (1, false), (1, true)]);
+        let shares = [(3, false), (1, true), (1, false), (1, false)];
+        let config = shared(Balance::IpHash, &shares);
+        let mut reversed = config.clone();
+        reversed.servers.reverse();
+        reversed.shares.reverse();
         let (one, other) = (
             Upstreams::new(std::slice::from_ref(&config)),
-            Upstreams::new(&[config]),
+            Upstreams::new(&[reversed]),
         );
         let (g, h) = (one.group("app").unwrap(), other.group("app").unwrap());
         let now = Instant::now();
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let to = |g: &Group, a: &str| g.pick(now, &[], ip(a)).unwrap().0;
-        let mut counts = [0usize; 3];
+        let mut counts = [0usize; 4];
+        let mut homes = Vec::new();
         for net in 0..2000 {
             let a = format!("10.{}.{}.7", net / 256, net % 256);
             let server = to(&g, &a);
@@ -678,40 +679,45 @@ mod tests {
             for _ in 0..3 {
                 assert_eq!(to(&g, &a), server, "{a}");
             }
-            assert_eq!(to(&h, &a), server, "{a} on another shard");
+            // The other group lists them the other way round.
+            assert_eq!(3 - to(&h, &a), server, "{a} on another shard");
             let neighbour = format!("10.{}.{}.200", net / 256, net % 256);
-            assert_eq!(to(&h, &neighbour), server, "{neighbour}");
+            assert_eq!(to(&g, &neighbour), server, "{neighbour}");
+            homes.push((a, server));
         }
-        // Weights 3 and 1, and the backup none: 1500 and 500, roughly.
-        assert_eq!(counts[2], 0, "{counts:?}");
-        assert!((1350..1650).contains(&counts[0]), "{counts:?}");
+        // Weights 3, 1 and 1, the backup none: 1200, 400 and 400, roughly.
+        assert_eq!(counts[1], 0, "{counts:?}");
+        assert!((1080..1320).contains(&counts[0]), "{counts:?}");
+        assert!((320..480).contains(&counts[2]), "{counts:?}");
         // IPv6 whole, and an IPv4-mapped address as its IPv4 address.
         assert_eq!(to(&g, "::ffff:10.0.1.9"), to(&g, "10.0.1.1"));
         let v6: Vec<usize> = (0..64)
             .map(|k| to(&g, &format!("2001:db8::{k:x}")))
             .collect();
-        assert!(v6.contains(&0) && v6.contains(&1), "{v6:?}");
-        // Server 0 rests: its clients go elsewhere, never to the backup
-        // while server 1 can take them; server 1's stay where they were.
-        let on = |server: usize| {
-            (0..200)
-                .map(|net| format!("10.1.{net}.1"))
-                .filter(|a| to(&g, a) == server)
-                .collect::<Vec<_>>()
-        };
-        let (zero, ones) = (on(0), on(1));
+        assert!(
+            v6.contains(&0) && v6.contains(&2) && v6.contains(&3),
+            "{v6:?}"
+        );
+        // Server 2 rests: its clients go to 0 or 3, never to the backup;
+        // the clients of 0 and 3 stay where they were.
         for _ in 0..g.config.max_fails {
-            g.servers[0].failed(&g.config, now);
+            g.servers[2].failed(&g.config, now);
         }
-        for a in &zero {
-            assert_eq!(to(&g, a), 1, "{a}");
+        let mut moved = [0usize; 4];
+        for (a, home) in &homes {
+            let now_at = to(&g, a);
+            match home {
+                2 => moved[now_at] += 1,
+                _ => assert_eq!(now_at, *home, "{a}"),
+            }
         }
-        for a in &ones {
-            assert_eq!(to(&g, a), 1, "{a}");
-        }
-        // A retry goes to another server; one without an address in turn.
-        let a = &ones[0];
-        assert_eq!(g.pick(now, &[1], ip(a)).unwrap().0, 2);
+        assert_eq!((moved[1], moved[2]), (0, 0), "{moved:?}");
+        assert!(moved[0] > 0 && moved[3] > 0, "{moved:?}");
+        // A retry goes to the client's next best; one without an address
+        // goes in turn.
+        let (a, home) = homes.iter().find(|(_, s)| *s == 0).unwrap();
+        let next = g.pick(now, &[*home], ip(a)).unwrap().0;
+        assert!(next == 3, "{a}: {next}");
         assert!(g.pick(now, &[], None).is_some());
     }
 

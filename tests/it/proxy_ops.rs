@@ -356,13 +356,17 @@ fn ip_hash_sends_a_clients_requests_to_one_server_from_every_shard() {
     let a = Upstream::start(ok("A"));
     let b = Upstream::start(ok("B"));
     let servers = [a.server(), b.server()];
-    let proxy = Proxy::start_with(
-        "proxy-ip-hash",
-        &simple(&servers, "balance = \"ip-hash\"\nkeepalive = 0", ""),
-        &["--shards", "2"],
-    );
-    // A request on a new connection from `from` (127/8 is all loopback).
-    let from = |source: &str| {
+    let hashed = |name: &str, servers: &[String]| {
+        Proxy::start_with(
+            name,
+            &simple(servers, "balance = \"ip-hash\"\nkeepalive = 0", ""),
+            &["--shards", "2"],
+        )
+    };
+    let proxy = hashed("proxy-ip-hash", &servers);
+    // A request to `proxy` on a new connection from `source` (127/8 is all
+    // loopback).
+    let send = |proxy: &Proxy, source: &str| {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
         s.bind(&source.into()).unwrap();
@@ -371,6 +375,7 @@ fn ip_hash_sends_a_clients_requests_to_one_server_from_every_shard() {
         s.write_all(GET.as_bytes()).unwrap();
         Reader::new(&s).next(false).text()
     };
+    let from = |source: &str| send(&proxy, source);
     let mut seen = Vec::new();
     for net in 1..=24 {
         let first = from(&format!("127.0.{net}.1"));
@@ -385,11 +390,18 @@ fn ip_hash_sends_a_clients_requests_to_one_server_from_every_shard() {
     }
     assert!(seen.contains(&"A".to_string()), "{seen:?}");
     assert!(seen.contains(&"B".to_string()), "{seen:?}");
-    // A goes: its clients go to B, whose clients stay.
-    drop(a);
+    // The same group with A's place taken by an address nothing listens
+    // on: A's clients go to B (a connection refused is tried again).
+    let dead = dead_addr().to_string();
+    let without_a = hashed("proxy-ip-hash-dead", &[dead, b.server()]);
     for net in 1..=24 {
-        assert_eq!(from(&format!("127.0.{net}.9")), "B", "127.0.{net}.9");
+        assert_eq!(
+            send(&without_a, &format!("127.0.{net}.9")),
+            "B",
+            "127.0.{net}.9"
+        );
     }
+    drop(a);
 }
 
 /// One per-upstream-server sample: labels `upstream="app"` and `server`,
