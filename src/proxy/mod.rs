@@ -285,6 +285,10 @@ async fn forward(
         return served;
     };
     let cfg = &group.config;
+    let client = match cfg.balance {
+        crate::config::Balance::IpHash => request::hashed_client(head, &route.config, c.remote),
+        _ => c.remote,
+    };
     let target = route.upstream_target(head);
     let upgrade = request::upgrade_wanted(head).filter(|_| route.config.upgrade);
     let idempotent = matches!(
@@ -322,7 +326,7 @@ async fn forward(
             now = Instant::now();
         }
         first = false;
-        let Some((index, server)) = group.pick(now, &tried[..attempts], c.remote) else {
+        let Some((index, server)) = group.pick(now, &tried[..attempts], client) else {
             break;
         };
         match (&last, stale) {

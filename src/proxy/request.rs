@@ -53,6 +53,40 @@ pub fn upgrade_wanted(head: &RequestHead) -> Option<&[u8]> {
         .filter(|v| asked && !has_token(v, b"h2c"))
 }
 
+/// The address `ip-hash` takes for the client of `head` from `remote`: from
+/// a peer in `trusted-proxies`, the client it names, as nginx's realip
+/// module finds it — its `X-Real-IP`, else the last address of
+/// `X-Forwarded-For` that is not itself a trusted proxy's (the first if
+/// all are) — and from anyone else, or without a readable one, the peer.
+/// Without it a whole load balancer's clients would share one server.
+pub fn hashed_client(
+    head: &RequestHead,
+    config: &ProxyConfig,
+    remote: Option<IpAddr>,
+) -> Option<IpAddr> {
+    let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|c| c.contains(ip));
+    if !remote.is_some_and(trusted) {
+        return remote;
+    }
+    let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.trim().parse::<IpAddr>().ok();
+    if let Some(ip) = head.header("x-real-ip").and_then(parse) {
+        return Some(ip);
+    }
+    let mut first = None;
+    let mut last_untrusted = None;
+    for ip in head
+        .headers("x-forwarded-for")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .filter_map(parse)
+    {
+        first.get_or_insert(ip);
+        if !trusted(ip) {
+            last_untrusted = Some(ip);
+        }
+    }
+    last_untrusted.or(first).or(remote)
+}
+
 /// Append the head to send upstream for `head` with `target`.
 pub fn write_head(
     out: &mut Vec<u8>,
@@ -254,6 +288,42 @@ mod tests {
         };
         write_head(&mut out, &h, h.target(), config, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    /// ip-hash believes a trusted proxy's word for the client, as nginx's
+    /// realip does, and nobody else's.
+    #[test]
+    fn the_hashed_client_is_the_one_a_trusted_proxy_names() {
+        let mut config = ProxyConfig::new("app");
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let client = |raw: &str, remote: &str| {
+            hashed_client(
+                &head(&format!("GET / HTTP/1.1\r\nHost: a\r\n{raw}\r\n")),
+                &config,
+                ip(remote),
+            )
+        };
+        assert_eq!(
+            client("X-Real-IP: 192.0.2.7\r\n", "10.1.1.1"),
+            ip("192.0.2.7")
+        );
+        assert_eq!(
+            client("X-Real-IP: 192.0.2.7\r\n", "198.51.100.1"),
+            ip("198.51.100.1")
+        );
+        // The last address no trusted proxy has, over several lines.
+        let chain = "X-Forwarded-For: 203.0.113.5, 192.0.2.8\r\nX-Forwarded-For: 10.2.2.2\r\n";
+        assert_eq!(client(chain, "10.1.1.1"), ip("192.0.2.8"));
+        assert_eq!(
+            client("X-Forwarded-For: 10.3.3.3, 10.2.2.2\r\n", "10.1.1.1"),
+            ip("10.3.3.3")
+        );
+        assert_eq!(
+            client("X-Forwarded-For: garbage\r\n", "10.1.1.1"),
+            ip("10.1.1.1")
+        );
+        assert_eq!(client("", "10.1.1.1"), ip("10.1.1.1"));
     }
 
     #[test]
