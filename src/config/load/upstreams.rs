@@ -449,7 +449,7 @@ fail-timeout = "20s"
             r#"[[upstream]]
 name = 7
 servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "[::1]", "[nope]:80", "a b:80", "a_b:80 weight=0", "a_b:80 weight=+5", "a_b:80 weight=1001", "a_b:80 weight=2 weight=3", "a_b:80 backup backup", "a_b:80 down", "weight=2", "elsewhere:80", "empty:80"]
-balance = "random"
+balance = "ip_hash"
 keepalive = -1
 idle-timeout = "soon"
 max-fails = 4294967296
@@ -484,7 +484,7 @@ servers = "127.0.0.1:80"
                 format!("/etc/cs/{s}: \"weight=2\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\""),
                 format!("/etc/cs/{s}: \"elsewhere:80\": cannot resolve \"elsewhere\": Name or service not known"),
                 format!("/etc/cs/{s}: \"empty:80\": cannot resolve \"empty\": it has no address"),
-                "/etc/cs/t.toml:4: upstream[1].balance: must be \"round-robin\", \"least-conn\" or \"ip-hash\", got \"random\"".into(),
+                "/etc/cs/t.toml:4: upstream[1].balance: must be \"round-robin\", \"least-conn\" or \"ip-hash\", got \"ip_hash\" (did you mean \"ip-hash\"?)".into(),
                 "/etc/cs/t.toml:5: upstream[1].keepalive: must be a number of idle connections per server, 0 to 4096, got -1".into(),
                 "/etc/cs/t.toml:6: upstream[1].idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\"".into(),
                 "/etc/cs/t.toml:7: upstream[1].max-fails: must be at most 4294967295, got 4294967296".into(),

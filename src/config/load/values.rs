@@ -71,7 +71,12 @@ impl Walker<'_> {
             Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
             None => String::new(),
         };
-        self.error(f, format!("must be {list}, got {given:?}"));
+        let known: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let meant = match super::closest(&given, &known) {
+            Some(meant) => format!(" (did you mean {meant:?}?)"),
+            None => String::new(),
+        };
+        self.error(f, format!("must be {list}, got {given:?}{meant}"));
         None
     }
 
