@@ -1,8 +1,9 @@
 //! Where an instance listens: coreserve chooses, the app is told. A free TCP
 //! port on 127.0.0.1 (free on ::1 too: an app that listens on `localhost`
 //! may take either), or a Unix socket path in a directory of coreserve's.
-//! Each incarnation gets a new address, so a replacement can start while
-//! the instance it replaces still serves.
+//! A replacement gets a new address, so that it can start while the
+//! instance it replaces still serves; a restart gets its slot's last one
+//! again when it is free (`choose_again`: its identity to `ip-hash`).
 
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -49,6 +50,33 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             Ok(ServerAddr::Unix(path))
         }
     }
+}
+
+/// `choose`, but `previous` again when it is of the kind `listen` asks for
+/// and free (a port nothing listens on, on 127.0.0.1 and ::1; a socket
+/// path in `dir`): a slot's instance restarted after an exit keeps its
+/// address, which is its identity to `ip-hash`.
+pub fn choose_again(
+    previous: Option<&ServerAddr>,
+    listen: AppListen,
+    dir: &Path,
+    app: &str,
+    tag: u64,
+) -> io::Result<ServerAddr> {
+    match (previous, listen) {
+        (Some(ServerAddr::Tcp(at)), AppListen::Port)
+            if TcpListener::bind(at).is_ok() && free_on_ipv6_loopback(at.port()) =>
+        {
+            return Ok(ServerAddr::Tcp(*at));
+        }
+        (Some(ServerAddr::Unix(path)), AppListen::Unix) if path.parent() == Some(dir) => {
+            own_dir(dir)?;
+            let _ = std::fs::remove_file(path);
+            return Ok(ServerAddr::Unix(path.clone()));
+        }
+        _ => {}
+    }
+    choose(listen, dir, app, tag)
 }
 
 /// Where the kernel says which ports it hands out itself.
@@ -482,6 +510,29 @@ mod tests {
             .to_string();
         assert!(err.contains("longer than the 107 bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A restart gets its last address again when it is free, a new one
+    /// when it is taken or of another kind.
+    #[test]
+    fn a_restart_listens_where_its_slot_did_when_it_can() {
+        let dir = std::env::temp_dir().join(format!("cs-again-{}", std::process::id()));
+        let free = choose(AppListen::Port, &dir, "web", 1).unwrap();
+        let again = choose_again(Some(&free), AppListen::Port, &dir, "web", 2).unwrap();
+        assert_eq!(again, free);
+        let ServerAddr::Tcp(at) = free else {
+            panic!("{free:?}")
+        };
+        let _taken = TcpListener::bind(at).unwrap();
+        let other = choose_again(Some(&free), AppListen::Port, &dir, "web", 3).unwrap();
+        assert_ne!(other, free);
+        let unix = choose_again(Some(&free), AppListen::Unix, &dir, "web", 4).unwrap();
+        assert!(matches!(unix, ServerAddr::Unix(_)), "{unix:?}");
+        assert_eq!(
+            choose_again(Some(&unix), AppListen::Unix, &dir, "web", 5).unwrap(),
+            unix
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

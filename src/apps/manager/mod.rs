@@ -130,6 +130,11 @@ struct Slot {
     /// an app that needs more than its limit from the start is replaced
     /// after 1 s, doubling to 30 s, not every few seconds for ever.
     memory_backoff: Backoff,
+    /// Where its last instance to exit unasked listened: its restart
+    /// listens there again when that is free, so that `ip-hash`, keyed by
+    /// a server's address, gives it back the clients it had and takes
+    /// none of the other instances'.
+    last_addr: Option<ServerAddr>,
 }
 
 struct App {
@@ -222,6 +227,7 @@ impl Slot {
             last_exit: None,
             oversized: false,
             memory_backoff: Backoff::new(now),
+            last_addr: None,
         }
     }
 
@@ -497,7 +503,15 @@ impl Manager {
             index,
             err,
         };
-        let addr = address::choose(config.listen, &self.dir, &config.name, tag).map_err(failed)?;
+        // A restart (no instance in the slot) where its last one listened;
+        // a replacement, which runs beside the one it replaces, anew.
+        let slot = &app.slots[index];
+        let previous = slot
+            .last_addr
+            .as_ref()
+            .filter(|_| slot.current.get().is_none());
+        let addr = address::choose_again(previous, config.listen, &self.dir, &config.name, tag)
+            .map_err(failed)?;
         let tx = self.tx.clone();
         let process = process::spawn(config, index, &address::env_value(&addr), move |status| {
             let _ = tx.send(Msg::Exited { tag, status });
@@ -828,6 +842,7 @@ impl Manager {
                     let (gone, delay) = slot.current.ended(now, ready);
                     let gone = gone.expect("checked above");
                     address::release(&gone.addr);
+                    slot.last_addr = Some(gone.addr.clone());
                     slot.last_exit = Some((signals::exit_summary(status), now));
                     // Settings a reload replaced, while the new ones have
                     // not come up anywhere: the ones known to work, if

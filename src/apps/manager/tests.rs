@@ -462,6 +462,7 @@ fn an_instance_that_exits_is_restarted_after_its_back_off() {
         c.listen_env = AppListen::Unix.default_env().into();
         h.start(vec![c]).unwrap();
         let first = current(&h.m, "web", 0).unwrap().process.pid;
+        let first_addr = current(&h.m, "web", 0).unwrap().addr.clone();
         h.touch("exit");
         let mut seen = Instant::now();
         h.turn_until("the exit is seen", |m| {
@@ -487,6 +488,8 @@ fn an_instance_that_exits_is_restarted_after_its_back_off() {
             "restarted after {waited:?}"
         );
         assert_ne!(again.process.pid, first);
+        // Where it listened before: its identity to ip-hash.
+        assert_eq!(again.addr, first_addr);
         assert_eq!(last(&h), Some(vec![again.addr.clone()]));
         let shown = h.m.board.read(Instant::now());
         assert_eq!((shown[0].state, shown[0].restarts), ("ready", 1));
