@@ -68,8 +68,7 @@ pub fn hashed_client(
     if !remote.is_some_and(trusted) {
         return remote;
     }
-    let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.trim().parse::<IpAddr>().ok();
-    if let Some(ip) = head.header("x-real-ip").and_then(parse) {
+    if let Some(ip) = head.header("x-real-ip").and_then(forwarded_ip) {
         return Some(ip);
     }
     let mut first = None;
@@ -77,7 +76,7 @@ pub fn hashed_client(
     for ip in head
         .headers("x-forwarded-for")
         .flat_map(|v| v.split(|&b| b == b','))
-        .filter_map(parse)
+        .filter_map(forwarded_ip)
     {
         first.get_or_insert(ip);
         if !trusted(ip) {
@@ -85,6 +84,20 @@ pub fn hashed_client(
         }
     }
     last_untrusted.or(first).or(remote)
+}
+
+/// An address as a forwarding header writes it: alone, with a port as some
+/// balancers add (`203.0.113.5:4711`, `[2001:db8::1]:443`), or an IPv6 one
+/// in brackets.
+fn forwarded_ip(value: &[u8]) -> Option<IpAddr> {
+    let v = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(ip) = v.parse() {
+        return Some(ip);
+    }
+    if let Ok(at) = v.parse::<std::net::SocketAddr>() {
+        return Some(at.ip());
+    }
+    v.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// Append the head to send upstream for `head` with `target`.
@@ -324,6 +337,15 @@ mod tests {
             ip("10.1.1.1")
         );
         assert_eq!(client("", "10.1.1.1"), ip("10.1.1.1"));
+        // With ports, and IPv6 in brackets, as some balancers write them.
+        let ported = "X-Forwarded-For: 203.0.113.5:4711, [2001:db8::1]:443\r\n";
+        assert_eq!(client(ported, "10.1.1.1"), ip("2001:db8::1"));
+        let one = "X-Forwarded-For: 203.0.113.5:4711\r\n";
+        assert_eq!(client(one, "10.1.1.1"), ip("203.0.113.5"));
+        assert_eq!(
+            client("X-Real-IP: [2001:db8::2]\r\n", "10.1.1.1"),
+            ip("2001:db8::2")
+        );
     }
 
     #[test]
