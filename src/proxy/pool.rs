@@ -312,8 +312,8 @@ impl Group {
             let start = self.next.get() % n.max(1);
             let usable = (0..n).map(|k| (start + k) % n).filter(|i| usable(*i));
             match self.config.balance {
-                // An address none of whose hashes found a usable server
-                // (or none, a unix socket's client) goes in turn.
+                // A client without an address (its peer's could not be
+                // read) goes in turn.
                 Balance::RoundRobin | Balance::IpHash => usable.into_iter().next(),
                 // Ties go to the first in round-robin order.
                 Balance::LeastConn => usable.min_by_key(|i| self.servers[*i].busy.get()),
