@@ -74,6 +74,12 @@ impl Shared {
         // A panic while it was held left whole queues behind.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Wait on `changed` with `w` held, at most `limit`.
+    fn wait<'a>(&self, w: MutexGuard<'a, Waiting>, limit: Duration) -> MutexGuard<'a, Waiting> {
+        let waited = self.changed.wait_timeout(w, limit);
+        waited.unwrap_or_else(|e| e.into_inner()).0
+    }
 }
 
 /// The writing end, as the logger's target: each `write` is one formatted
@@ -118,11 +124,7 @@ impl LogQueue {
                             if w.closed {
                                 return;
                             }
-                            w = shared
-                                .changed
-                                .wait_timeout(w, SAY_DROPPED_EVERY)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
+                            w = shared.wait(w, SAY_DROPPED_EVERY);
                         }
                         match w.own.pop_front() {
                             Some(line) => {
@@ -210,12 +212,7 @@ impl Flusher {
             if left.is_zero() {
                 return;
             }
-            w = self
-                .0
-                .changed
-                .wait_timeout(w, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            w = self.0.wait(w, left);
         }
     }
 }
