@@ -3,7 +3,7 @@
 //! may take either), or a Unix socket path in a directory of coreserve's.
 //! A replacement gets a new address, so that it can start while the
 //! instance it replaces still serves; a restart gets its slot's last one
-//! again when it is free (`choose_again`: its identity to `ip-hash`).
+//! again when it is free (`choose_again`: its metrics go on under it).
 
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -55,7 +55,7 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
 /// `choose`, but `previous` again when it is of the kind `listen` asks for
 /// and free (a port nothing listens on, on 127.0.0.1 and ::1; a socket
 /// path in `dir`): a slot's instance restarted after an exit keeps its
-/// address, which is its identity to `ip-hash`.
+/// address, and the shards' series for it (labelled by address) go on.
 pub fn choose_again(
     previous: Option<&ServerAddr>,
     listen: AppListen,

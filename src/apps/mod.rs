@@ -41,20 +41,45 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// What the app manager tells the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppEvent {
-    /// These addresses now serve `app` (its ready instances, in order).
+    /// These instances now serve `app` (its ready ones, in order).
     Servers {
         /// The app's name (its upstream group's).
         app: String,
-        /// Its ready instances' addresses.
-        servers: Vec<ServerAddr>,
+        /// Its ready instances.
+        servers: Vec<AppServer>,
     },
+}
+
+/// A ready instance as the shards' group for its app lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppServer {
+    /// Where it listens.
+    pub addr: ServerAddr,
+    /// The slot it fills (0 to `instances` - 1): its identity to
+    /// `ip-hash`, so that its replacement, at another address, takes its
+    /// clients and no other instance's. A slot's instance and its
+    /// replacement are both listed while they overlap in a rolling reload.
+    pub slot: usize,
+}
+
+impl AppServer {
+    /// Its identity to `ip-hash` in the group of `app`.
+    pub fn identity(&self, app: &str) -> String {
+        format!("{app}[{}]", self.slot)
+    }
+}
+
+impl std::fmt::Display for AppServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
 }
 
 /// How the manager reaches the master: called on the manager's thread.
 pub type Notify = Box<dyn Fn(AppEvent) + Send>;
 
-/// Each app's name and the addresses of its ready instances.
-pub type AppServers = Vec<(String, Vec<ServerAddr>)>;
+/// Each app's name and its ready instances.
+pub type AppServers = Vec<(String, Vec<AppServer>)>;
 
 /// Why the apps could not be started.
 #[derive(Debug, thiserror::Error)]

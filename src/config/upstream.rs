@@ -113,6 +113,11 @@ pub struct UpstreamConfig {
     /// server takes an equal turn (always, for an app's instances), else
     /// as long as `servers`, with at least one server not a backup.
     pub shares: Vec<Share>,
+    /// Each server's identity to `ip-hash`, by its place in `servers`:
+    /// empty when each is known by its address (a file's group), else as
+    /// long as `servers` (an app's instances, known by their slot: one
+    /// replaced by a process at another address keeps its slot's clients).
+    pub identities: Vec<String>,
     /// How a server is picked.
     pub balance: Balance,
     /// Idle connections kept per shard per server (0: none, close after each response).
@@ -137,12 +142,19 @@ impl UpstreamConfig {
         self.shares.get(i).copied().unwrap_or_default()
     }
 
+    /// The identity of the server at `i` in `servers` given apart from its
+    /// address, if it has one.
+    pub fn identity(&self, i: usize) -> Option<&str> {
+        self.identities.get(i).map(String::as_str)
+    }
+
     /// A group with the given servers and every default.
     pub fn new(name: impl Into<String>, servers: Vec<ServerAddr>) -> Self {
         UpstreamConfig {
             name: name.into(),
             servers,
             shares: Vec::new(),
+            identities: Vec::new(),
             balance: Balance::default(),
             keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,

@@ -19,8 +19,8 @@ use log::{info, warn};
 
 use std::collections::HashMap;
 
-use crate::apps::{AppError, Apps};
-use crate::config::{AppConfig, Config, ConfigError, Dispatch, ServerAddr, UpstreamConfig};
+use crate::apps::{AppError, AppServer, Apps};
+use crate::config::{AppConfig, Config, ConfigError, Dispatch, UpstreamConfig};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError, HostLimits};
 use crate::listener::{self, BindError, Scheme};
@@ -409,7 +409,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         }
         (started, _) => started?,
     };
-    let app_servers: HashMap<String, Vec<ServerAddr>> = app_servers.into_iter().collect();
+    let app_servers: HashMap<String, Vec<AppServer>> = app_servers.into_iter().collect();
     let file_upstreams = config.upstreams.clone();
     let mut config = config;
     config.upstreams = effective_upstreams(&file_upstreams, &config.apps, &app_servers);
@@ -471,13 +471,15 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
 pub(crate) fn effective_upstreams(
     file: &[UpstreamConfig],
     apps: &[AppConfig],
-    servers: &HashMap<String, Vec<ServerAddr>>,
+    servers: &HashMap<String, Vec<AppServer>>,
 ) -> Vec<UpstreamConfig> {
     let mut all = file.to_vec();
     for app in apps {
         let mut g = app.upstream.clone();
         g.name = app.name.clone();
-        g.servers = servers.get(&app.name).cloned().unwrap_or_default();
+        let ready = servers.get(&app.name).map_or(&[][..], Vec::as_slice);
+        g.servers = ready.iter().map(|s| s.addr.clone()).collect();
+        g.identities = ready.iter().map(|s| s.identity(&app.name)).collect();
         all.push(g);
     }
     all

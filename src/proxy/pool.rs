@@ -85,7 +85,8 @@ pub struct Server {
     /// failed in the same second.
     notes: Throttle,
     /// Its identity for `ip-hash` (`Group::by_address`): the hash of its
-    /// address as configured, so that its clients are its own whatever
+    /// address as configured, or of the identity its group gives it (an
+    /// app's instance: its slot), so that its clients are its own whatever
     /// the other servers of its group do.
     key: u64,
     /// Its standing in its group's smooth weighted round-robin (nginx's),
@@ -120,22 +121,26 @@ impl Upstreams {
             let servers = c
                 .servers
                 .iter()
-                .map(|addr| {
-                    if let Some(s) = before.and_then(|g| g.servers.iter().find(|s| &s.addr == addr))
-                    {
+                .enumerate()
+                .map(|(i, addr)| {
+                    let key = identity_key(addr, c.identity(i));
+                    // The same address under another identity (a port an
+                    // instance of another slot had) is another server.
+                    let same = |s: &Rc<Server>| &s.addr == addr && s.key == key;
+                    if let Some(s) = before.and_then(|g| g.servers.iter().find(|s| same(s))) {
                         return s.clone();
                     }
                     // Dropped before with requests still in flight, and back
                     // (a port used again): its series goes on as it was.
                     if let Some(i) = retired
                         .iter()
-                        .position(|(name, s)| name == &c.name && &s.addr == addr)
+                        .position(|(name, s)| name == &c.name && same(s))
                     {
                         let (_, s) = retired.swap_remove(i);
                         s.removed.set(false);
                         return s;
                     }
-                    Rc::new(Server::new(addr.clone()))
+                    Rc::new(Server::new(addr.clone(), key))
                 })
                 .collect();
             groups.insert(
@@ -417,6 +422,15 @@ fn address_hash(client: IpAddr) -> u64 {
     }
 }
 
+/// A server's `key` for `ip-hash`: the hash of the identity its group
+/// gives it, else of its address as logs show it.
+fn identity_key(addr: &ServerAddr, identity: Option<&str>) -> u64 {
+    match identity {
+        Some(id) => fnv1a(id.as_bytes()),
+        None => fnv1a(addr.to_string().as_bytes()),
+    }
+}
+
 /// FNV-1a of `bytes`: the same in every process and on every shard,
 /// unlike std's randomly keyed hasher.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -467,10 +481,10 @@ fn trim(idle: &mut VecDeque<Idle>, keepalive: usize, now: Instant) {
 }
 
 impl Server {
-    fn new(addr: ServerAddr) -> Server {
+    fn new(addr: ServerAddr, key: u64) -> Server {
         let label: Rc<str> = addr.to_string().into();
         Server {
-            key: fnv1a(label.as_bytes()),
+            key,
             label,
             host: match &addr {
                 ServerAddr::Tcp(a) => a.to_string(),
@@ -642,7 +656,7 @@ mod tests {
     /// warning that follows it (a failed request's went unsaid).
     #[test]
     fn a_note_never_holds_back_a_warning() {
-        let server = Server::new(ServerAddr::Tcp(([127, 0, 0, 1], 1).into()));
+        let server = Server::new(ServerAddr::Tcp(([127, 0, 0, 1], 1).into()), 0);
         let now = Instant::now();
         assert!(server.throttle(log::Level::Info).admit(now).is_some());
         assert!(server.throttle(log::Level::Warn).admit(now).is_some());
@@ -719,6 +733,72 @@ mod tests {
         let next = g.pick(now, &[*home], ip(a)).unwrap().0;
         assert!(next == 3, "{a}: {next}");
         assert!(g.pick(now, &[], None).is_some());
+    }
+
+    /// `ip-hash` in an app's group, whose servers are known by their slot:
+    /// an instance replaced by one at another address takes its clients
+    /// and no other's, also while both are listed (a rolling reload's
+    /// overlap); by address, the same change moves other servers' clients.
+    #[test]
+    fn ip_hash_follows_a_slot_to_its_new_address() {
+        let now = Instant::now();
+        let clients: Vec<IpAddr> = (0..1500)
+            .map(|n| IpAddr::from([10, (n / 256) as u8, (n % 256) as u8, 1]))
+            .collect();
+        let picks = |u: &Upstreams| -> Vec<(String, u16)> {
+            let g = u.group("app").unwrap();
+            let port = |s: &Server| match s.addr {
+                ServerAddr::Tcp(a) => a.port(),
+                ServerAddr::Unix(_) => unreachable!(),
+            };
+            let pick = |&ip| g.pick(now, &[], Some(ip)).unwrap();
+            let named = |(i, s): (usize, Rc<Server>)| {
+                let id = g.config.identity(i).unwrap_or("-").to_string();
+                (id, port(&s))
+            };
+            clients.iter().map(pick).map(named).collect()
+        };
+        let slots = |p: &[(String, u16)]| p.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        let mut config = group(Balance::IpHash, 3);
+        config.identities = (0..3).map(|i| format!("web[{i}]")).collect();
+        let u = Upstreams::new(std::slice::from_ref(&config));
+        let before = picks(&u);
+        let replacement = ServerAddr::Tcp(([127, 0, 0, 1], 9).into());
+        let mut overlap = config.clone();
+        overlap.servers.push(replacement.clone());
+        overlap.identities.push("web[1]".into());
+        u.update(std::slice::from_ref(&overlap));
+        let during = picks(&u);
+        assert_eq!(slots(&during), slots(&before));
+        for ((id, was), (_, is)) in before.iter().zip(&during) {
+            let moved = if id == "web[1]" { 9 } else { *was };
+            assert_eq!(*is, moved, "{id}");
+        }
+        config.servers[1] = replacement;
+        u.update(std::slice::from_ref(&config));
+        assert_eq!(picks(&u), during);
+        // Slot 2's port given to slot 1: another server, not slot 2's.
+        let slot_2 = u.group("app").unwrap().servers[2].clone();
+        config.servers.swap(1, 2);
+        u.update(std::slice::from_ref(&config));
+        let g = u.group("app").unwrap();
+        assert!(g.servers.iter().all(|s| !Rc::ptr_eq(s, &slot_2)));
+        assert_eq!(slots(&picks(&u)), slots(&before));
+
+        let mut plain = group(Balance::IpHash, 3);
+        let u = Upstreams::new(std::slice::from_ref(&plain));
+        let before = picks(&u);
+        plain.servers[1] = ServerAddr::Tcp(([127, 0, 0, 1], 9).into());
+        u.update(std::slice::from_ref(&plain));
+        let others_moved = before
+            .iter()
+            .zip(picks(&u))
+            .filter(|((_, was), (_, is))| *was != 2 && was != is)
+            .count();
+        assert!(
+            others_moved > 0,
+            "by address, the new one takes others' clients"
+        );
     }
 
     /// The servers `n` picks in a row choose, none tried before.

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
-use crate::util::{command, Server, WAIT};
+use crate::util::{command, connect_from, Server, WAIT};
 
 /// The Node app every app test runs.
 pub const ECHO_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/echo.js");
@@ -117,7 +117,15 @@ impl AppServer {
     /// Which process answers `path` (a `/whoami` of echo.js), on a fresh
     /// connection.
     pub fn whoami(&self, path: &str) -> Who {
-        let mut conn = Conn::open(self.server.addr).expect("connect");
+        Self::who(Conn::open(self.server.addr).expect("connect"), path)
+    }
+
+    /// Which process answers `path` for a client at `source` (in 127/8).
+    pub fn whoami_from(&self, path: &str, source: std::net::IpAddr) -> Who {
+        Self::who(Conn::on(connect_from(self.server.addr, source)), path)
+    }
+
+    fn who(mut conn: Conn, path: &str) -> Who {
         let (status, body) = conn.get(path).expect("a response");
         assert_eq!(status, 200, "{path}: {body}");
         Who::parse(&body).unwrap_or_else(|| panic!("{path} said {body:?}"))
@@ -262,9 +270,14 @@ impl Conn {
         let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.set_write_timeout(Some(WAIT)).unwrap();
-        Ok(Conn {
+        Ok(Conn::on(s))
+    }
+
+    /// A connection already made.
+    pub fn on(s: TcpStream) -> Conn {
+        Conn {
             reader: BufReader::new(s),
-        })
+        }
     }
 
     /// One GET; its status and body.

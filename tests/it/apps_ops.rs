@@ -327,6 +327,58 @@ fn a_replaced_instance_finishes_its_long_request_before_it_is_stopped() {
     assert!(!s.server.log().contains("still open after drain-timeout"));
 }
 
+/// `ip-hash` with an app: a client's instance is known by its slot, so a
+/// rolling reload hands each slot's clients to that slot's replacement
+/// (at another port) and moves no client to another slot's instance,
+/// before, during or after the roll.
+#[test]
+fn ip_hash_keeps_each_client_in_its_slot_through_a_rolling_reload() {
+    if !have_node() {
+        return;
+    }
+    let toml = |version: u32| {
+        let settings = format!(
+            "balance = \"ip-hash\"\nmax-fails = 0\nmin-uptime = \"300ms\"\n\
+             env = {{ VERSION = \"{version}\" }}"
+        );
+        node_app("web", 3, &settings) + &proxied("/", "web")
+    };
+    let s = AppServer::start("apps-ip-hash-roll", &toml(1));
+    let old = s.ready_pids("web", 3);
+    let clients: Vec<std::net::IpAddr> = (1..=30).map(|n| [127, 0, n, 1].into()).collect();
+    let homes: Vec<String> = clients
+        .iter()
+        .map(|&c| s.whoami_from("/whoami", c).instance)
+        .collect();
+    let slots: BTreeSet<&String> = homes.iter().collect();
+    assert!(slots.len() > 1, "30 networks all in one slot: {homes:?}");
+    let in_their_slots = |round: &str| {
+        for (&c, home) in clients.iter().zip(&homes) {
+            let who = s.whoami_from("/whoami", c);
+            assert_eq!(&who.instance, home, "{c} {round}: {who:?}");
+        }
+    };
+    s.reload(&toml(2));
+    let deadline = Instant::now() + WAIT * 3;
+    let mut rounds = 0;
+    while old.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "the roll never ended:\n{}",
+            s.server.log()
+        );
+        rounds += 1;
+        in_their_slots(&format!("in round {rounds} of the roll"));
+    }
+    let new = s.ready_pids("web", 3);
+    assert!(new.iter().all(|p| !old.contains(p)), "{old:?} {new:?}");
+    in_their_slots("after the roll");
+    assert!(
+        rounds > 3,
+        "the roll was over before it was looked at: {rounds} rounds"
+    );
+}
+
 /// An instance whose memory passes `max-memory` (a leak) is replaced as a
 /// rolling reload replaces one, as PM2's `max_memory_restart` restarts it
 /// but without failing a request: a replacement starts and serves, then

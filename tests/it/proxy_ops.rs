@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Scratch;
 use crate::proxy::{contains, simple, Proxy};
 use crate::upstream::{dead_addr, ok, Gate, NodeApp, Reply, Upstream};
-use crate::util::{connect, open_fds, Reader, WAIT};
+use crate::util::{connect, connect_from, open_fds, Reader, WAIT};
 
 const GET: &str = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -367,11 +367,7 @@ fn ip_hash_sends_a_clients_requests_to_one_server_from_every_shard() {
     // A request to `proxy` on a new connection from `source` (127/8 is all
     // loopback).
     let send = |proxy: &Proxy, source: &str| {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-        s.bind(&source.into()).unwrap();
-        s.connect(&proxy.addr().into()).unwrap();
-        let mut s = TcpStream::from(s);
+        let mut s = connect_from(proxy.addr(), source.parse().unwrap());
         s.write_all(GET.as_bytes()).unwrap();
         Reader::new(&s).next(false).text()
     };

@@ -242,6 +242,19 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Connect from `source` (any address of 127/8 is this host's), with 10 s
+/// read and write timeouts: a client of another network to `ip-hash`.
+pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> TcpStream {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::new(source, 0).into()).expect("bind");
+    s.connect(&addr.into()).expect("connect");
+    let s = TcpStream::from(s);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
 /// Read until end of file (or a reset after data), as text.
 pub fn read_to_close(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();

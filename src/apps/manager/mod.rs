@@ -19,7 +19,7 @@ mod tests;
 
 use super::process::{self, Process};
 use super::{address, proc_table};
-use super::{AppError, AppEvent, AppServers, Notify};
+use super::{AppError, AppEvent, AppServer, AppServers, Notify};
 use crate::child::{Backoff, Child, STABLE_AFTER};
 use crate::config::{AppConfig, ServerAddr, StopSignal};
 use crate::signals;
@@ -131,9 +131,9 @@ struct Slot {
     /// after 1 s, doubling to 30 s, not every few seconds for ever.
     memory_backoff: Backoff,
     /// Where its last instance to exit unasked listened: its restart
-    /// listens there again when that is free, so that `ip-hash`, keyed by
-    /// a server's address, gives it back the clients it had and takes
-    /// none of the other instances'.
+    /// listens there again when that is free, so that the shards' series
+    /// for that server (labelled by address) go on. (`ip-hash` knows the
+    /// instance by its slot, `AppServer::slot`, whatever its address.)
     last_addr: Option<ServerAddr>,
 }
 
@@ -151,7 +151,7 @@ struct App {
     proven: bool,
     slots: Vec<Slot>,
     /// What the master was last told.
-    published: Vec<ServerAddr>,
+    published: Vec<AppServer>,
 }
 
 /// An instance out of service, on its way out (replaced, its slot or app
@@ -732,7 +732,8 @@ impl Manager {
                     app: app.config.name.clone(),
                     servers,
                 });
-                let now_out = |a: &ServerAddr| old.contains(a) && !app.published.contains(a);
+                let listed = |list: &[AppServer], a: &ServerAddr| list.iter().any(|s| &s.addr == a);
+                let now_out = |a: &ServerAddr| listed(&old, a) && !listed(&app.published, a);
                 grace_from_now(&mut self.leaving, &app.config.name, now_out);
             }
         }
@@ -923,12 +924,16 @@ fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String)
 
 /// The addresses that serve an app: its ready instances, in slot order
 /// (a replacement serving its min-uptime after the one it replaces).
-fn servers_of(app: &App) -> Vec<ServerAddr> {
+fn servers_of(app: &App) -> Vec<AppServer> {
     app.slots
         .iter()
-        .flat_map(Slot::instances)
-        .filter(|i| matches!(i.state, State::Ready { .. }))
-        .map(|i| i.addr.clone())
+        .enumerate()
+        .flat_map(|(slot, s)| s.instances().map(move |i| (slot, i)))
+        .filter(|(_, i)| matches!(i.state, State::Ready { .. }))
+        .map(|(slot, i)| AppServer {
+            addr: i.addr.clone(),
+            slot,
+        })
         .collect()
 }
 

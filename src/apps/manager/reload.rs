@@ -216,7 +216,7 @@ impl Manager {
                 app: gone.config.name.clone(),
                 servers: Vec::new(),
             });
-            let was = |a: &ServerAddr| gone.published.contains(a);
+            let was = |a: &ServerAddr| gone.published.iter().any(|s| &s.addr == a);
             grace_from_now(&mut self.leaving, &gone.config.name, was);
         }
     }

@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Board, Instance, Manager, Msg, State, RETIRE_GRACE};
-use crate::apps::{address, process, AppError, AppEvent, AppServers, Apps, Notify, Role};
+use crate::apps::{
+    address, process, AppError, AppEvent, AppServer, AppServers, Apps, Notify, Role,
+};
 use crate::child::restart_delay;
 use crate::config::{AppConfig, AppListen, Instances, ServerAddr};
 
@@ -230,8 +232,11 @@ struct Sent {
     at: f64,
     /// Which app.
     app: String,
-    /// Its ready instances, as the master would give them to the shards.
+    /// Its ready instances' addresses, as the master would give them to
+    /// the shards.
     servers: Vec<ServerAddr>,
+    /// The slot of each (their identities to `ip-hash`).
+    slots: Vec<usize>,
     /// Whether every one of them accepted a connection then.
     all_accept: bool,
 }
@@ -257,11 +262,14 @@ impl Harness {
         let log = sent.clone();
         let notify: Notify = Box::new(move |e| {
             let AppEvent::Servers { app, servers } = e;
+            let (servers, slots): (Vec<_>, Vec<_>) =
+                servers.into_iter().map(|s| (s.addr, s.slot)).unzip();
             let all_accept = servers.iter().all(address::accepts);
             log.lock().unwrap().push(Sent {
                 at: mono(),
                 app,
                 servers,
+                slots,
                 all_accept,
             });
         });
@@ -366,7 +374,9 @@ fn start_up_waits_until_every_instance_accepts() {
             panic!("one app: {servers:?}")
         };
         assert_eq!((name.as_str(), addrs.len()), ("web", 2));
-        assert!(addrs.iter().all(address::accepts));
+        assert!(addrs.iter().all(|s| address::accepts(&s.addr)));
+        let slots: Vec<usize> = addrs.iter().map(|s| s.slot).collect();
+        assert_eq!(slots, [0, 1]);
         let shown = h.m.board.read(Instant::now());
         let states: Vec<_> = shown.iter().map(|s| (s.index, s.state)).collect();
         assert_eq!(states, [(0, "ready"), (1, "ready")]);
@@ -565,6 +575,10 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
             [new[0].clone(), old[1].1.clone(), new[1].clone()]
         );
         assert_eq!(sent[3].servers, new);
+        // A replacement fills its instance's slot: ip-hash gives it that
+        // one's clients, no other's.
+        let slots: Vec<&[usize]> = sent.iter().map(|e| &e.slots[..]).collect();
+        assert_eq!(slots, [&[0, 0, 1][..], &[0, 1], &[0, 1, 1], &[0, 1]]);
         for (joined, left) in [(0, 1), (2, 3)] {
             let served = sent[left].at - sent[joined].at;
             assert!(served >= MIN_UPTIME.as_secs_f64() - SLACK, "{served:.3}s");
@@ -1118,7 +1132,8 @@ fn an_instance_on_the_ipv6_loopback_alone_is_found_there() {
         };
         assert_eq!(at.ip(), std::net::Ipv6Addr::LOCALHOST, "{addr}");
         assert!(address::accepts(&addr));
-        assert_eq!(servers, [("web".to_string(), vec![addr])]);
+        let ready = AppServer { addr, slot: 0 };
+        assert_eq!(servers, [("web".to_string(), vec![ready])]);
     });
 }
 

@@ -411,6 +411,7 @@ fail-timeout = "20s"
                 ]
                 .map(|(weight, backup)| Share { weight, backup })
                 .to_vec(),
+                identities: Vec::new(),
                 balance: Balance::LeastConn,
                 keepalive: 0,
                 idle_timeout: Duration::from_secs(3),

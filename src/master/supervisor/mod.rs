@@ -30,9 +30,9 @@ use super::scrape::{finish_gather, Gather, Scraped, ShardLife, SCRAPE_WAIT};
 use super::{MasterError, Reloader};
 use crate::acceptor::Acceptor;
 use crate::admin;
-use crate::apps::{AppEvent, AppsHandle};
+use crate::apps::{AppEvent, AppServer, AppsHandle};
 use crate::child::Child;
-use crate::config::{AccessLog, AppConfig, Config, ServerAddr, UpstreamConfig};
+use crate::config::{AccessLog, AppConfig, Config, UpstreamConfig};
 use crate::keep_awake::{self, KeepAwake};
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal, SignalPipe, Signals};
@@ -42,7 +42,7 @@ use crate::systemd;
 pub(super) struct AppLink {
     pub(super) handle: AppsHandle,
     /// Each app's ready instances.
-    pub(super) servers: HashMap<String, Vec<ServerAddr>>,
+    pub(super) servers: HashMap<String, Vec<AppServer>>,
     /// The groups the file defines (the shards get these and the apps').
     pub(super) file_upstreams: Vec<UpstreamConfig>,
     /// Written to when `events` has something.
@@ -171,7 +171,7 @@ struct Supervisor<W: World> {
     gather_seq: u64,
     scraped: Scraped,
     /// Each app's ready instances.
-    app_servers: HashMap<String, Vec<ServerAddr>>,
+    app_servers: HashMap<String, Vec<AppServer>>,
     /// The groups the file defines (the shards get these and the apps').
     file_upstreams: Vec<UpstreamConfig>,
     /// A reload waiting for the instances of the apps it adds.
@@ -336,7 +336,7 @@ impl<W: World> Supervisor<W> {
         slots: Vec<Slot<W::Shard>>,
         config: Config,
         reload: Reloader,
-        app_servers: HashMap<String, Vec<ServerAddr>>,
+        app_servers: HashMap<String, Vec<AppServer>>,
         file_upstreams: Vec<UpstreamConfig>,
     ) -> Self {
         Supervisor {
@@ -776,7 +776,7 @@ impl<W: World> Supervisor<W> {
     ///
     /// An app a held reload adds is not in the shards' groups yet: its
     /// servers are kept for the reload, which applies once it has them all.
-    fn on_app_servers(&mut self, app: String, servers: Vec<ServerAddr>) {
+    fn on_app_servers(&mut self, app: String, servers: Vec<AppServer>) {
         let serving = self.config.apps.iter().any(|a| a.name == app);
         let held = self.held.as_ref();
         let held = held.is_some_and(|h| h.config.apps.iter().any(|a| a.name == app));

@@ -9,7 +9,7 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 
 use super::*;
 use crate::apps::InstanceStatus;
-use crate::config::{AppConfig, ConfigError, Instances, DEFAULT_START_TIMEOUT};
+use crate::config::{AppConfig, ConfigError, Instances, ServerAddr, DEFAULT_START_TIMEOUT};
 use crate::metrics::ShardMetrics;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -559,7 +559,7 @@ fn an_apps_ready_instances_go_to_every_shard() {
         ..Config::default()
     };
     let mut sup = serving_with(2, config, Box::new(|| Ok(Config::default())));
-    let servers = vec![ServerAddr::Tcp("127.0.0.1:9000".parse().unwrap())];
+    let servers = vec![instance_on(9000, 0)];
     let app = |name: &str| {
         MasterEvent::App(AppEvent::Servers {
             app: name.into(),
@@ -589,7 +589,7 @@ fn what_a_full_control_queue_held_back_follows_in_order() {
     let servers = |port: u16| {
         MasterEvent::App(AppEvent::Servers {
             app: "api".into(),
-            servers: vec![ServerAddr::Tcp(([127, 0, 0, 1], port).into())],
+            servers: vec![instance_on(port, 0)],
         })
     };
     let groups =
@@ -653,9 +653,18 @@ fn app_servers(app: &str, ports: &[u16]) -> MasterEvent {
         app: app.into(),
         servers: ports
             .iter()
-            .map(|&p| ServerAddr::Tcp(([127, 0, 0, 1], p).into()))
+            .enumerate()
+            .map(|(slot, &p)| instance_on(p, slot))
             .collect(),
     })
+}
+
+/// An app's instance ready on a local port, in `slot`.
+fn instance_on(port: u16, slot: usize) -> AppServer {
+    AppServer {
+        addr: ServerAddr::Tcp(([127, 0, 0, 1], port).into()),
+        slot,
+    }
 }
 
 /// Each group the shards are to proxy to: its name and servers.
