@@ -25,6 +25,7 @@ use crate::http::date::DateCache;
 use crate::keep_awake::{self, KeepAwake};
 use crate::listener::{self, Scheme};
 use crate::metrics::{ShardStats, Snapshot};
+use crate::proxy::Rest;
 use crate::readiness::Readiness;
 use crate::state::{Shard, Site};
 use crate::transport::Socket;
@@ -55,6 +56,9 @@ pub enum Control {
     Upstreams(Box<Vec<UpstreamConfig>>),
     /// Answer with `ShardEvent::Snapshot` (a metrics scrape).
     Snapshot,
+    /// Skip this server as long as another shard that took it out does
+    /// (its `ShardEvent::Rested`).
+    Rest(Rest),
 }
 
 /// The parts of the configuration a running shard can take without a restart.
@@ -94,6 +98,14 @@ pub enum ShardEvent {
         id: usize,
         /// The reload's number.
         seq: u64,
+    },
+    /// The shard took an upstream server out after its failures: the
+    /// other shards are to skip it too (`Control::Rest`).
+    Rested {
+        /// Shard id.
+        id: usize,
+        /// Which, and until when.
+        rest: Rest,
     },
     /// The shard finished draining; these are its final counters.
     Stopped {
@@ -210,7 +222,7 @@ async fn run(spec: ShardSpec) {
     let _awake = KeepAwake::start(&format!("awake-shard{id}"), keep_awake::PERIOD)
         .map_err(|e| warn!("shard {id}: no keep-awake thread ({e}): a control message may wait for the next request"))
         .ok();
-    let events = spec.events.connect().await;
+    let events = Rc::new(spec.events.connect().await);
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
     let readiness = match readiness_ring(spec.idle_wait) {
@@ -232,6 +244,15 @@ async fn run(spec: ShardSpec) {
         readiness,
     ));
     shard.set_tls(&spec.tls);
+    // Weak: the master's channel closes when this task ends, whatever
+    // still holds the groups.
+    let to_master = Rc::downgrade(&events);
+    shard.upstreams().announce_to(move |rest| {
+        if let Some(events) = to_master.upgrade() {
+            // Dropped when the master is behind: a rest is a hint.
+            let _ = events.try_send(ShardEvent::Rested { id, rest });
+        }
+    });
     // Idle upstream connections past their timeout, or closed by their
     // server, are let go once a second.
     let sweep_shard = shard.clone();
@@ -322,6 +343,7 @@ async fn run(spec: ShardSpec) {
                 let _ = events.send(ShardEvent::Snapshot(Box::new(snap))).await;
             }
             Some(Control::Upstreams(list)) => shard.upstreams().update(&list),
+            Some(Control::Rest(rest)) => shard.upstreams().rest(&rest),
             Some(Control::Ping) => {
                 let _ = events.try_send(ShardEvent::Pong { id });
             }

@@ -31,7 +31,7 @@ mod response;
 mod send;
 mod tunnel;
 
-pub use pool::{Server, Upstreams};
+pub use pool::{Rest, Server, Upstreams};
 pub use response::Compression;
 
 use relay::{read_head, relay, Fault, HeadEnd};
@@ -365,7 +365,7 @@ async fn forward(
                     // error rate (not one this process could not make).
                     server.count(|st| st.requests += 1);
                     let at = Instant::now();
-                    server.failed(cfg, at);
+                    upstreams.failed(cfg, &server, at);
                     served.failed.push((server.label.clone(), at - now));
                     let kind = if e.kind() == io::ErrorKind::TimedOut {
                         Failure::Timeout
@@ -565,7 +565,7 @@ async fn forward(
                         // most likely well, and is not taken out for it.
                         server.count(|s| s.failures += 1);
                     } else {
-                        server.failed(cfg, at);
+                        upstreams.failed(cfg, &server, at);
                     }
                     served.failed.push((server.label.clone(), at - now));
                     server.log(
@@ -629,7 +629,7 @@ async fn forward(
             // However the bytes of a bad body arrived (with its head, or
             // after it was sent), the server's health is the same.
             if fault.is_the_servers() {
-                server.failed(cfg, at);
+                upstreams.failed(cfg, &server, at);
             } else {
                 server.count(|s| s.failures += 1);
             }

@@ -34,6 +34,27 @@ pub struct Upstreams {
     /// Requests each group (by name, so that a reload keeps the count)
     /// answered 503 with no server to try.
     unavailable: RefCell<HashMap<String, u64>>,
+    /// Where a server this shard takes out is told, for the other shards
+    /// (`Upstreams::rest`); nowhere until the shard says (`announce_to`).
+    announce: RefCell<Option<Announce>>,
+}
+
+/// Where a shard tells of a server it took out.
+type Announce = Box<dyn Fn(Rest)>;
+
+/// A server one shard took out after its failures, for every other shard
+/// to skip as long (`Upstreams::rest`): with `ip-hash`, a client whose
+/// connections land on several shards would otherwise be sent to its
+/// server by some and to its next best by others, two places for one
+/// session; with any balance, the others need not fail on it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rest {
+    /// The group's name.
+    pub group: String,
+    /// The server taken out.
+    pub server: ServerAddr,
+    /// Until when it is skipped.
+    pub until: Instant,
 }
 
 /// The `server` label of what the servers a group dropped had counted.
@@ -167,6 +188,40 @@ impl Upstreams {
         }
         drop(retired);
         self.fold_retired();
+    }
+
+    /// Tell `to` of each server this shard takes out from now on.
+    pub fn announce_to(&self, to: impl Fn(Rest) + 'static) {
+        *self.announce.borrow_mut() = Some(Box::new(to));
+    }
+
+    /// Count a failure of `server` of the group `config` describes (its
+    /// `Server::failed`); when that takes it out, say so (`announce_to`).
+    pub fn failed(&self, config: &UpstreamConfig, server: &Server, now: Instant) {
+        let Some(until) = server.failed(config, now) else {
+            return;
+        };
+        if let Some(announce) = &*self.announce.borrow() {
+            announce(Rest {
+                group: config.name.clone(),
+                server: server.addr.clone(),
+                until,
+            });
+        }
+    }
+
+    /// Skip a server another shard took out, as long as it does (longer if
+    /// this shard took it out for longer); its idle connections are as
+    /// suspect here. A group or server no longer listed is let be.
+    pub fn rest(&self, rest: &Rest) {
+        let Some(group) = self.group(&rest.group) else {
+            return;
+        };
+        for s in group.servers.iter().filter(|s| s.addr == rest.server) {
+            let until = s.down_until.get().map_or(rest.until, |u| u.max(rest.until));
+            s.down_until.set(Some(until));
+            s.idle.borrow_mut().clear();
+        }
     }
 
     /// Add what the dropped servers with nothing in flight counted into
@@ -590,8 +645,9 @@ impl Server {
     }
 
     /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):
-    /// enough of them rest the server for `fail_timeout`.
-    pub fn failed(&self, config: &UpstreamConfig, now: Instant) {
+    /// enough of them rest the server for `fail_timeout`. Until when, if
+    /// this one took it out (it was not resting already).
+    fn failed(&self, config: &UpstreamConfig, now: Instant) -> Option<Instant> {
         self.stats.borrow_mut().failures += 1;
         let fresh = self
             .failed_at
@@ -603,10 +659,14 @@ impl Server {
         }
         self.fails.set(self.fails.get() + 1);
         if config.max_fails > 0 && self.fails.get() >= config.max_fails {
-            self.down_until.set(Some(now + config.fail_timeout));
+            let was_up = self.usable(now);
+            let until = now + config.fail_timeout;
+            self.down_until.set(Some(until));
             // Its pooled connections are as suspect as it is.
             self.idle.borrow_mut().clear();
+            return was_up.then_some(until);
         }
+        None
     }
 
     /// A response came back whole: the failure count starts over.
@@ -1014,6 +1074,58 @@ mod tests {
         assert!(g.pick(later, &[1], None).is_some());
         g.servers[0].failed(&g.config, later);
         assert!(g.pick(later, &[1], None).is_none());
+    }
+
+    /// A server one shard takes out is announced once, and another shard
+    /// told of it skips it as long: an `ip-hash` client goes to its next
+    /// best from every shard.
+    #[test]
+    fn a_server_one_shard_takes_out_rests_on_every_shard() {
+        let mut c = group(Balance::IpHash, 3);
+        c.max_fails = 2;
+        let (one, other) = (Upstreams::new(&[c.clone()]), Upstreams::new(&[c]));
+        let told = Rc::new(RefCell::new(Vec::new()));
+        let heard = told.clone();
+        one.announce_to(move |r| heard.borrow_mut().push(r));
+        let (g, h) = (one.group("app").unwrap(), other.group("app").unwrap());
+        let now = Instant::now();
+        let client = Some(IpAddr::from([10, 1, 2, 3]));
+        let home = g.pick(now, &[], client).unwrap().0;
+        one.failed(&g.config, &g.servers[home], now);
+        assert!(told.borrow().is_empty(), "one failure of two allowed");
+        one.failed(&g.config, &g.servers[home], now);
+        // Failing again while it rests says nothing new.
+        one.failed(&g.config, &g.servers[home], now);
+        let until = now + g.config.fail_timeout;
+        let rest = Rest {
+            group: "app".into(),
+            server: g.servers[home].addr.clone(),
+            until,
+        };
+        assert_eq!(*told.borrow(), std::slice::from_ref(&rest));
+        let next = g.pick(now, &[], client).unwrap().0;
+        assert_ne!(next, home);
+        assert_eq!(h.pick(now, &[], client).unwrap().0, home, "not told yet");
+        // Of a group or server the other shard does not have: let be.
+        other.rest(&Rest {
+            group: "gone".into(),
+            ..rest.clone()
+        });
+        other.rest(&Rest {
+            server: ServerAddr::Tcp(([127, 0, 0, 1], 99).into()),
+            ..rest.clone()
+        });
+        assert_eq!(h.pick(now, &[], client).unwrap().0, home);
+        other.rest(&rest);
+        assert_eq!(h.pick(now, &[], client).unwrap().0, next);
+        assert_eq!(h.pick(until, &[], client).unwrap().0, home, "back after it");
+        // A shorter rest never cuts one the shard gave itself.
+        other.rest(&Rest {
+            until: now + g.config.fail_timeout * 2,
+            ..rest.clone()
+        });
+        other.rest(&rest);
+        assert_eq!(h.pick(until, &[], client).unwrap().0, next);
     }
 
     #[test]

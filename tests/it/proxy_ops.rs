@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
 use crate::proxy::{contains, simple, Proxy};
-use crate::upstream::{dead_addr, ok, Gate, NodeApp, Reply, Upstream};
+use crate::upstream::{dead_addr, ok, Gate, NodeApp, Reply, Request, Upstream};
 use crate::util::{connect, connect_from, open_fds, Reader, WAIT};
 
 const GET: &str = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -398,6 +398,43 @@ fn ip_hash_sends_a_clients_requests_to_one_server_from_every_shard() {
         );
     }
     drop(a);
+}
+
+/// A server one shard takes out is skipped by the other too: a client of
+/// `ip-hash` whose server failed a request goes to its next best from
+/// both shards, not back and forth between the two for `fail-timeout`.
+#[test]
+fn a_server_one_shard_takes_out_is_skipped_by_every_shard() {
+    let a = Upstream::start(|req: &Request| match req.target.as_str() {
+        "/fail" => Reply::new().reset(),
+        _ => Reply::ok_to(req, "A"),
+    });
+    let b = Upstream::start(ok("B"));
+    let proxy = Proxy::start_with(
+        "proxy-shared-rest",
+        &simple(
+            &[a.server(), b.server()],
+            "balance = \"ip-hash\"\nkeepalive = 0\nmax-fails = 1\nfail-timeout = \"30s\"",
+            "",
+        ),
+        &["--shards", "2"],
+    );
+    let ask = |source: std::net::IpAddr, path: &str| {
+        let mut s = connect_from(proxy.addr(), source);
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        Reader::new(&s).next(false).text()
+    };
+    // A client whose server is A, from both shards (connections alternate).
+    let client = (1..=64)
+        .map(|n| std::net::IpAddr::from([127, 0, n, 1]))
+        .find(|&c| (0..4).all(|_| ask(c, "/") == "A"))
+        .expect("some network's server is A");
+    // A resets it: tried again on B, and A taken out by that shard.
+    assert_eq!(ask(client, "/fail"), "B");
+    // The other shard hears of it through the master, well within this.
+    std::thread::sleep(Duration::from_millis(300));
+    let now: Vec<String> = (0..8).map(|_| ask(client, "/")).collect();
+    assert!(now.iter().all(|s| s == "B"), "{now:?}");
 }
 
 /// One per-upstream-server sample: labels `upstream="app"` and `server`,

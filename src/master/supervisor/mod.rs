@@ -34,6 +34,7 @@ use crate::apps::{AppEvent, AppServer, AppsHandle};
 use crate::child::Child;
 use crate::config::{AccessLog, AppConfig, Config, UpstreamConfig};
 use crate::keep_awake::{self, KeepAwake};
+use crate::proxy::Rest;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal, SignalPipe, Signals};
 use crate::systemd;
@@ -382,6 +383,7 @@ impl<W: World> Supervisor<W> {
                 }
             }
             MasterEvent::Shard(ShardEvent::Pong { id }) => self.answered[id] = true,
+            MasterEvent::Shard(ShardEvent::Rested { id, rest }) => self.on_rested(id, &rest),
             MasterEvent::Watchdog => self.on_watchdog(),
             MasterEvent::Signal(Signal::Reopen) => self.on_reopen(),
             MasterEvent::Signal(Signal::Unsupported(sig)) => warn!(
@@ -445,6 +447,18 @@ impl<W: World> Supervisor<W> {
         }
         self.flush_later();
         reached
+    }
+
+    /// Shard `from` took an upstream server out: every other running
+    /// shard skips it as long. Not held back for a full queue: by the time
+    /// it is through, the rest may be over, and the shard learns of the
+    /// server's failures by itself anyway.
+    fn on_rested(&mut self, from: usize, rest: &Rest) {
+        for (id, slot) in self.slots.iter().enumerate() {
+            if let Some(shard) = slot.child.get().filter(|_| id != from) {
+                let _ = self.world.send(shard, Control::Rest(rest.clone()));
+            }
+        }
     }
 
     /// Send again what waits in the backlogs, in order, as far as each

@@ -51,6 +51,8 @@ enum Sent {
     },
     /// Each group's name and servers.
     Upstreams(Vec<(String, Vec<String>)>),
+    /// A group's name and the server to skip.
+    Rest(String, String),
 }
 
 /// An event put on the queue for later.
@@ -122,6 +124,7 @@ impl World for Fake {
                     })
                     .collect(),
             ),
+            Control::Rest(rest) => Sent::Rest(rest.group, rest.server.to_string()),
         };
         self.did.push(Did::Send(shard.id, shard.incarnation, sent));
         Delivery::Sent
@@ -575,6 +578,35 @@ fn an_apps_ready_instances_go_to_every_shard() {
     // News of an app the configuration no longer has.
     on(&mut sup, app("gone"));
     assert!(sup.world.take().is_empty());
+}
+
+/// A server one shard takes out is skipped by the others too: the master
+/// tells each other running shard, none twice, not the one that said it.
+#[test]
+fn a_rest_one_shard_says_reaches_the_others() {
+    let mut sup = serving(3);
+    let rest = Rest {
+        group: "api".into(),
+        server: ServerAddr::Tcp(([127, 0, 0, 1], 9000).into()),
+        until: Instant::now() + Duration::from_secs(10),
+    };
+    let rested = || {
+        MasterEvent::Shard(ShardEvent::Rested {
+            id: 1,
+            rest: rest.clone(),
+        })
+    };
+    on(&mut sup, rested());
+    let told = || Sent::Rest("api".into(), "127.0.0.1:9000".into());
+    assert_eq!(
+        sup.world.take(),
+        [Did::Send(0, 1, told()), Did::Send(2, 1, told())]
+    );
+    // A full queue drops it: no backlog.
+    sup.world.full = vec![2];
+    on(&mut sup, rested());
+    assert_eq!(sup.world.take(), [Did::Send(0, 1, told())]);
+    assert!(sup.backlog[2].is_empty());
 }
 
 #[test]
