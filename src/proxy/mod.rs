@@ -343,44 +343,64 @@ async fn forward(
             server.checkout(cfg.idle_timeout, now)
         };
         let reused = pooled.is_some();
-        let mut up = match pooled {
-            Some(s) => s,
-            None => match server.connect(cfg.connect_timeout, readiness).await {
-                Ok(s) => s,
-                Err(e) if is_local(&e) => {
-                    server.log(
-                        log::Level::Error,
-                        Instant::now(),
-                        format_args!(
-                            "upstream {} ({}): connect: {e} (a limit of this process, not the server's fault)",
-                            cfg.name, server.label
-                        ),
-                    );
-                    served.failed.push((server.label.clone(), now.elapsed()));
-                    last = Some((server, Failure::Local));
-                    break;
-                }
-                Err(e) => {
-                    // A request to it too: failures over requests is its
-                    // error rate (not one this process could not make).
-                    server.count(|st| st.requests += 1);
-                    let at = Instant::now();
-                    upstreams.failed(cfg, &server, at);
-                    served.failed.push((server.label.clone(), at - now));
-                    let kind = if e.kind() == io::ErrorKind::TimedOut {
-                        Failure::Timeout
-                    } else {
-                        Failure::Connect
-                    };
-                    server.log(
-                        log::Level::Warn,
-                        at,
-                        format_args!("upstream {} ({}): connect: {e}", cfg.name, server.label),
-                    );
-                    last = Some((server, kind));
-                    continue;
-                }
-            },
+        let connected = match pooled {
+            Some(s) => Some(Ok(s)),
+            // A client that leaves while the server is slow to accept (its
+            // backlog full) takes its request with it, as one that leaves
+            // while the answer is awaited does: sent later, it would run
+            // for nobody (nginx too gives up the connect).
+            None => {
+                futures_lite::future::or(
+                    async { Some(server.connect(cfg.connect_timeout, readiness).await) },
+                    async {
+                        c.socket.closed().await;
+                        None
+                    },
+                )
+                .await
+            }
+        };
+        let Some(connected) = connected else {
+            served.status = 499;
+            served.cut = true;
+            served.upstream = Some((server, 0, now.elapsed()));
+            return served;
+        };
+        let mut up = match connected {
+            Ok(s) => s,
+            Err(e) if is_local(&e) => {
+                server.log(
+                    log::Level::Error,
+                    Instant::now(),
+                    format_args!(
+                        "upstream {} ({}): connect: {e} (a limit of this process, not the server's fault)",
+                        cfg.name, server.label
+                    ),
+                );
+                served.failed.push((server.label.clone(), now.elapsed()));
+                last = Some((server, Failure::Local));
+                break;
+            }
+            Err(e) => {
+                // A request to it too: failures over requests is its
+                // error rate (not one this process could not make).
+                server.count(|st| st.requests += 1);
+                let at = Instant::now();
+                upstreams.failed(cfg, &server, at);
+                served.failed.push((server.label.clone(), at - now));
+                let kind = if e.kind() == io::ErrorKind::TimedOut {
+                    Failure::Timeout
+                } else {
+                    Failure::Connect
+                };
+                server.log(
+                    log::Level::Warn,
+                    at,
+                    format_args!("upstream {} ({}): connect: {e}", cfg.name, server.label),
+                );
+                last = Some((server, kind));
+                continue;
+            }
         };
         server.count(|st| st.requests += 1);
         up_out.clear();

@@ -718,3 +718,70 @@ fn out_of_descriptors_is_not_the_servers_fault() {
         }
     }
 }
+
+/// A client that leaves while its server is slow to accept (its backlog
+/// full: an app overloaded) takes its request with it, as nginx does:
+/// once the server accepts again, nothing of the request reaches it.
+#[test]
+fn a_client_gone_while_its_server_is_slow_to_accept_sends_it_nothing() {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let at = listener.local_addr().unwrap().as_socket().unwrap();
+    // Connections it never accepts fill its backlog: SYNs from now on are
+    // dropped, and connecting waits for their next try.
+    let fillers: Vec<socket2::Socket> = (0..3)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&at.into());
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let proxy = Proxy::start(
+        "proxy-gone-while-connecting",
+        &simple(&[at.to_string()], "connect-timeout = \"5s\"", ""),
+    );
+    let mut client = connect(proxy.addr());
+    client
+        .write_all(b"POST /order HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(200));
+    // The backlog empties; the proxy's connection, had it gone on trying,
+    // comes in at its next SYN (a second after its first).
+    listener.set_nonblocking(true).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut heard = Vec::new();
+    let mut accepted = Vec::new();
+    while std::time::Instant::now() < until {
+        if let Ok((s, _)) = listener.accept() {
+            s.set_nonblocking(true).unwrap();
+            accepted.push(TcpStream::from(s));
+        }
+        for s in &mut accepted {
+            let mut buf = [0u8; 256];
+            if let Ok(n) = std::io::Read::read(s, &mut buf) {
+                heard.extend_from_slice(&buf[..n]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        heard.is_empty(),
+        "sent after its client left: {:?}",
+        String::from_utf8_lossy(&heard)
+    );
+    drop(fillers);
+}
