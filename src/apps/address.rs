@@ -24,8 +24,17 @@ pub fn socket_dir() -> PathBuf {
 }
 
 /// A new address of the kind `listen` asks for; `tag` names the
-/// incarnation in a socket's file name.
-pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<ServerAddr> {
+/// incarnation in a socket's file name. `given`: the ports of instances
+/// that run or are starting, never chosen again — a port is free in the
+/// kernel's eyes from its choice until its instance binds it, so two
+/// instances started together could otherwise be told the same.
+pub fn choose(
+    listen: AppListen,
+    dir: &Path,
+    app: &str,
+    tag: u64,
+    given: &HashSet<u16>,
+) -> io::Result<ServerAddr> {
     match listen {
         AppListen::Port => {
             // A free port, released for the app to take. Below the kernel's
@@ -34,7 +43,12 @@ pub fn choose(listen: AppListen, dir: &Path, app: &str, tag: u64) -> io::Result<
             // range, so one of them could take the port first (the
             // instance then fails to listen, at start-up fatally); below
             // it, only a program that binds that very number can.
-            let l = free_port_below(ephemeral_start(), tag).map_or_else(any_free_port, Ok)?;
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let seed = clock ^ tag.rotate_left(32) ^ u64::from(std::process::id());
+            let l = free_port_below(ephemeral_start(), seed, given)
+                .map_or_else(|| any_free_port(given), Ok)?;
             Ok(ServerAddr::Tcp(l.local_addr()?))
         }
         AppListen::Unix => {
@@ -62,10 +76,13 @@ pub fn choose_again(
     dir: &Path,
     app: &str,
     tag: u64,
+    given: &HashSet<u16>,
 ) -> io::Result<ServerAddr> {
     match (previous, listen) {
         (Some(ServerAddr::Tcp(at)), AppListen::Port)
-            if TcpListener::bind(at).is_ok() && free_on_ipv6_loopback(at.port()) =>
+            if !given.contains(&at.port())
+                && TcpListener::bind(at).is_ok()
+                && free_on_ipv6_loopback(at.port()) =>
         {
             return Ok(ServerAddr::Tcp(*at));
         }
@@ -76,7 +93,7 @@ pub fn choose_again(
         }
         _ => {}
     }
-    choose(listen, dir, app, tag)
+    choose(listen, dir, app, tag, given)
 }
 
 /// Where the kernel says which ports it hands out itself.
@@ -97,39 +114,48 @@ fn ephemeral_start() -> u16 {
 const LOWEST_APP_PORT: u16 = 10000;
 
 /// A listener on a free port of 127.0.0.1 from `LOWEST_APP_PORT` up to
-/// `below` (the ephemeral range's start), tried at random places: `None`
-/// when that range is small or no try found one free.
-fn free_port_below(below: u16, tag: u64) -> Option<TcpListener> {
+/// `below` (the ephemeral range's start) and not `given`, tried at places
+/// `seed` spreads at random: `None` when that range is small or no try
+/// found one free.
+fn free_port_below(below: u16, seed: u64, given: &HashSet<u16>) -> Option<TcpListener> {
     let span = u64::from(below.checked_sub(LOWEST_APP_PORT)?);
     if span < 1000 {
         return None;
     }
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut x = clock ^ tag.rotate_left(32) ^ u64::from(std::process::id()) | 1;
+    let mut x = seed | 1;
     (0..32).find_map(|_| {
         // xorshift64: spread enough for picking ports.
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let port = LOWEST_APP_PORT + (x % span) as u16;
+        if given.contains(&port) {
+            return None;
+        }
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
         free_on_ipv6_loopback(port).then_some(listener)
     })
 }
 
-/// A listener on a port of 127.0.0.1 the kernel chose, free on ::1 too
-/// if one of a few tries finds it so.
-fn any_free_port() -> io::Result<TcpListener> {
-    let mut l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    for _ in 0..8 {
-        if free_on_ipv6_loopback(l.local_addr()?.port()) {
-            break;
+/// A listener on a port of 127.0.0.1 the kernel chose, not one `given`,
+/// free on ::1 too if one of a few tries finds it so.
+fn any_free_port(given: &HashSet<u16>) -> io::Result<TcpListener> {
+    // Those passed over stay bound until the choice is made, so that the
+    // kernel does not offer them again.
+    let mut passed = Vec::new();
+    loop {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = l.local_addr()?.port();
+        if !given.contains(&port) && (passed.len() >= 8 || free_on_ipv6_loopback(port)) {
+            return Ok(l);
         }
-        l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        if passed.len() >= 64 {
+            return Err(io::Error::other(
+                "no free port: the kernel offered only ports given to other instances",
+            ));
+        }
+        passed.push(l);
     }
-    Ok(l)
 }
 
 /// Whether nothing listens on `[::1]:port` (true on a host without IPv6):
@@ -483,7 +509,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let dir = base.join("sockets");
-        let at = |dir: &Path| choose(AppListen::Unix, dir, "web", 1);
+        let at = |dir: &Path| choose(AppListen::Unix, dir, "web", 1, &HashSet::new());
         assert!(at(&dir).is_ok());
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
@@ -500,12 +526,13 @@ mod tests {
         // A long app name is cut short in the socket's name, which the
         // tag keeps unique; a directory too deep is said so.
         let long = "a".repeat(120);
-        let Ok(ServerAddr::Unix(p)) = choose(AppListen::Unix, &dir, &long, 12) else {
+        let Ok(ServerAddr::Unix(p)) = choose(AppListen::Unix, &dir, &long, 12, &HashSet::new())
+        else {
             panic!("no socket path for a long name");
         };
         assert_eq!(p, dir.join(format!("{}.12.sock", &long[..32])));
         let deep = base.join("d".repeat(100));
-        let err = choose(AppListen::Unix, &deep, "web", 1)
+        let err = choose(AppListen::Unix, &deep, "web", 1, &HashSet::new())
             .unwrap_err()
             .to_string();
         assert!(err.contains("longer than the 107 bytes"), "{err}");
@@ -517,28 +544,45 @@ mod tests {
     #[test]
     fn a_restart_listens_where_its_slot_did_when_it_can() {
         let dir = std::env::temp_dir().join(format!("cs-again-{}", std::process::id()));
-        let free = choose(AppListen::Port, &dir, "web", 1).unwrap();
-        let again = choose_again(Some(&free), AppListen::Port, &dir, "web", 2).unwrap();
-        assert_eq!(again, free);
+        let none = HashSet::new();
+        let again = |previous: &ServerAddr, listen, tag, given: &HashSet<u16>| {
+            choose_again(Some(previous), listen, &dir, "web", tag, given).unwrap()
+        };
+        let free = choose(AppListen::Port, &dir, "web", 1, &none).unwrap();
+        assert_eq!(again(&free, AppListen::Port, 2, &none), free);
         let ServerAddr::Tcp(at) = free else {
             panic!("{free:?}")
         };
+        // Given to another instance that has not bound it yet.
+        let given = HashSet::from([at.port()]);
+        assert_ne!(again(&free, AppListen::Port, 2, &given), free);
         let _taken = TcpListener::bind(at).unwrap();
-        let other = choose_again(Some(&free), AppListen::Port, &dir, "web", 3).unwrap();
-        assert_ne!(other, free);
-        let unix = choose_again(Some(&free), AppListen::Unix, &dir, "web", 4).unwrap();
+        assert_ne!(again(&free, AppListen::Port, 3, &none), free);
+        let unix = again(&free, AppListen::Unix, 4, &none);
         assert!(matches!(unix, ServerAddr::Unix(_)), "{unix:?}");
-        assert_eq!(
-            choose_again(Some(&unix), AppListen::Unix, &dir, "web", 5).unwrap(),
-            unix
-        );
+        assert_eq!(again(&unix, AppListen::Unix, 5, &none), unix);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A port chosen for an instance that has not bound it yet is free in
+    /// the kernel's eyes, and must not be chosen for another.
+    #[test]
+    fn a_port_given_to_a_starting_instance_is_not_chosen_again() {
+        let below = ephemeral_start();
+        let port_of = |l: TcpListener| l.local_addr().unwrap().port();
+        let Some(first) = free_port_below(below, 42, &HashSet::new()).map(port_of) else {
+            return;
+        };
+        // The same draw, that port now given.
+        let again = free_port_below(below, 42, &HashSet::from([first])).map(port_of);
+        assert_ne!(again, Some(first));
     }
 
     #[test]
     fn app_ports_come_from_below_the_ephemeral_range() {
         for tag in 0..20 {
-            let ServerAddr::Tcp(a) = choose(AppListen::Port, Path::new("/"), "web", tag).unwrap()
+            let ServerAddr::Tcp(a) =
+                choose(AppListen::Port, Path::new("/"), "web", tag, &HashSet::new()).unwrap()
             else {
                 panic!("not a port");
             };
@@ -552,8 +596,8 @@ mod tests {
             }
         }
         // Too small a range below: the kernel's choice.
-        assert!(free_port_below(LOWEST_APP_PORT + 10, 1).is_none());
-        assert!(free_port_below(LOWEST_APP_PORT - 1, 1).is_none());
+        assert!(free_port_below(LOWEST_APP_PORT + 10, 1, &HashSet::new()).is_none());
+        assert!(free_port_below(LOWEST_APP_PORT - 1, 1, &HashSet::new()).is_none());
     }
 
     #[test]
@@ -577,7 +621,7 @@ mod tests {
         // A port where apps get theirs, below the ephemeral range: there no
         // other connection on the host can have it as its local port (one
         // did once, with a port-0 listener, while a probe ran).
-        let l = free_port_below(ephemeral_start(), 7)
+        let l = free_port_below(ephemeral_start(), 7, &HashSet::new())
             .unwrap_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
         let addr = ServerAddr::Tcp(l.local_addr().unwrap());
         assert_eq!(count(&addr), Some(0));

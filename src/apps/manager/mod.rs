@@ -4,6 +4,7 @@
 //! them one at a time when their app changes (a rolling reload), and stops
 //! them. It tells the master which addresses serve each app (`AppEvent`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -482,6 +483,22 @@ impl Manager {
         Ok(())
     }
 
+    /// The TCP ports of every instance that runs, is starting or is on its
+    /// way out: none is given to a new one (`address::choose`), even
+    /// before its instance binds it.
+    fn ports_given(&self) -> HashSet<u16> {
+        let slots = self.apps.iter().flat_map(|a| &a.slots);
+        let leaving = self.leaving.iter().map(|l| &l.inst);
+        slots
+            .flat_map(Slot::instances)
+            .chain(leaving)
+            .filter_map(|i| match i.addr {
+                ServerAddr::Tcp(at) => Some(at.port()),
+                ServerAddr::Unix(_) => None,
+            })
+            .collect()
+    }
+
     /// Start an instance for slot `index` of app `a` with the settings of
     /// `generation` (the app's, unless they are no longer known).
     fn spawn(
@@ -491,6 +508,7 @@ impl Manager {
         generation: u64,
         now: Instant,
     ) -> Result<Instance, AppError> {
+        let given = self.ports_given();
         let app = &self.apps[a];
         let (generation, config) = match app.settings(generation) {
             Some(config) => (generation, config),
@@ -510,8 +528,15 @@ impl Manager {
             .last_addr
             .as_ref()
             .filter(|_| slot.current.get().is_none());
-        let addr = address::choose_again(previous, config.listen, &self.dir, &config.name, tag)
-            .map_err(failed)?;
+        let addr = address::choose_again(
+            previous,
+            config.listen,
+            &self.dir,
+            &config.name,
+            tag,
+            &given,
+        )
+        .map_err(failed)?;
         let tx = self.tx.clone();
         let process = process::spawn(config, index, &address::env_value(&addr), move |status| {
             let _ = tx.send(Msg::Exited { tag, status });
