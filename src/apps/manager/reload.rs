@@ -180,11 +180,16 @@ impl Manager {
                             slot.current.start_afresh(now);
                             slot.replace_backoff = Backoff::new(now);
                             slot.replace_at = None;
-                            // Its processes run on: the next stop is the
-                            // new settings' (a stop-signal fixed by this
-                            // very reload).
+                            // Its processes of these settings run on: the
+                            // next stop is the new settings' (a stop-signal
+                            // fixed by this very reload). One a roll is
+                            // replacing keeps its own (a reload that changes
+                            // nothing of the app may come during a roll).
                             let running = slot.current.get_mut().into_iter();
-                            for inst in running.chain(slot.next.iter_mut()) {
+                            for inst in running
+                                .chain(slot.next.iter_mut())
+                                .filter(|i| i.generation == app.generation)
+                            {
                                 inst.stop = (config.stop_signal, config.stop_timeout);
                             }
                         }

@@ -1013,7 +1013,9 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
 }
 
 /// A reload that replaces an app written for PM2 (SIGINT) with one that
-/// stops on SIGTERM: the old instance is stopped as its own settings say.
+/// stops on SIGTERM: the old instance is stopped as its own settings say,
+/// also when another reload, one that changes nothing of the app, comes
+/// while it is being replaced.
 #[test]
 fn a_replaced_instance_is_stopped_as_its_own_settings_say() {
     within(|| {
@@ -1025,6 +1027,7 @@ fn a_replaced_instance_is_stopped_as_its_own_settings_say() {
         let old = current(&h.m, "web", 0).unwrap().process.pid;
         let mut v2 = version(&c, "2", SERVES);
         v2.stop_signal = crate::config::StopSignal::Term;
+        h.send(Msg::Reload(vec![v2.clone()], true));
         h.send(Msg::Reload(vec![v2], true));
         h.turn_until("the old instance is gone", |_| !alive(old));
         assert!(records(&h.dir)[&old].term.is_some(), "no SIGINT");
