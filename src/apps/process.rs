@@ -101,12 +101,15 @@ impl Process {
     }
 
     /// SIGKILL to the instance's process group, and to the descendants
-    /// outside it its stop found.
+    /// outside it its stop found, or, killed without a stop first (one
+    /// that never became ready), those found now: left alone, each one
+    /// killed so leaked a process for as long as coreserve ran.
     pub fn kill(&self) {
-        match self.stopping.get() {
-            Some(stop) => stop.signal(self.pid, libc::SIGKILL),
-            None => signal_group(self.pid, libc::SIGKILL),
-        }
+        let stop = self.stopping.get_or_init(|| Stop {
+            kill_at: Instant::now(),
+            strays: proc_table::strays(self.pid),
+        });
+        stop.signal(self.pid, libc::SIGKILL);
     }
 }
 

@@ -1250,6 +1250,42 @@ fn an_instance_killed_at_its_start_timeout_is_awaited_without_spinning() {
     });
 }
 
+/// An instance killed because it never listened, not stopped, takes its
+/// child that left its group with it, as a stop would.
+#[test]
+fn a_kill_at_the_start_timeout_reaches_a_child_that_left_the_group() {
+    within(|| {
+        let mut h = Harness::new("stray-kill");
+        let web = app("web", 1, SERVES, &h.dir);
+        let body = "import subprocess\n\
+                    p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n\
+                    open(os.path.join(DIR, 'stray'), 'w').write(str(p.pid))\n\
+                    signal.pause()";
+        let mut v2 = version(&web, "2", body);
+        v2.start_timeout = Duration::from_secs(1);
+        h.start(vec![web]).unwrap();
+        h.send(Msg::Reload(vec![v2], true));
+        h.turn_until("the replacement is killed at its start timeout", |m| {
+            let next = m.apps[0].slots[0].next.as_ref();
+            next.is_some_and(|i| matches!(i.state, State::Stopping { .. }))
+        });
+        let stray: u32 = std::fs::read_to_string(h.dir.join("stray"))
+            .expect("the stray's pid")
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + STEP;
+        while process::runs(stray) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = process::runs(stray);
+        if left {
+            // SAFETY: kill(2) on the test's own stray, so it does not linger.
+            unsafe { libc::kill(stray as libc::pid_t, libc::SIGKILL) };
+        }
+        assert!(!left, "the detached child {stray} outlived the kill");
+    });
+}
+
 /// A connection to the instance of `web`'s slot 0: its pid, its address
 /// and the connection.
 fn hold(m: &Manager) -> (u32, ServerAddr, std::net::TcpStream) {
