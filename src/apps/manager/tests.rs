@@ -1034,6 +1034,25 @@ fn a_replaced_instance_is_stopped_as_its_own_settings_say() {
     });
 }
 
+/// Apps never stopped (the master failed after they started) are stopped
+/// when let go, as a stop does: their stop signal, their group.
+#[test]
+fn apps_let_go_without_a_stop_stop_their_instances() {
+    within(|| {
+        let dir = scratch("dropped");
+        let c = app("web", 2, SERVES, &dir);
+        let (apps, _) = Apps::start(vec![c], 1, DRAIN, Box::new(|_| {}), || false).unwrap();
+        drop(apps);
+        let records = records(&dir);
+        assert_eq!(records.len(), 2);
+        for (pid, r) in &records {
+            assert!(r.term.is_some(), "{pid} got no SIGTERM");
+            assert!(!alive(*pid), "{pid} still runs");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 /// An app written for PM2: SIGINT is its stop, SIGTERM is ignored.
 const PM2_STYLE: &str = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
                          signal.signal(signal.SIGINT, lambda *_: (mark('term'), sys.exit(0)))\n\
