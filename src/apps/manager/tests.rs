@@ -613,9 +613,15 @@ fn a_replacement_that_dies_within_min_uptime_leaves_the_old_instance_serving() {
         h.start(vec![version(&web, "1", SERVES)]).unwrap();
         let old = current(&h.m, "web", 0).unwrap();
         let (pid, addr) = (old.process.pid, old.addr.clone());
-        // It exits once it has accepted the manager's probe: ready, then
-        // gone within min-uptime, however slow the machine.
-        let v2 = version(&web, "2", "s = listen()\ns.accept()\nsys.exit(1)");
+        // It exits once it has accepted the manager's probe and the
+        // harness's look at what was published: ready, then gone within
+        // min-uptime, however slow the machine. (Gone after the probe
+        // alone, it was at times gone before the harness looked.)
+        let v2 = version(
+            &web,
+            "2",
+            "s = listen()\ns.accept()\ns.accept()\nsys.exit(1)",
+        );
         h.send(Msg::Reload(vec![v2], true));
         h.turn_until("the replacement failed after it was ready", |m| {
             m.apps[0].slots[0].replacement_failed
