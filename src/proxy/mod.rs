@@ -683,7 +683,7 @@ async fn forward(
         } else {
             // A tunnel's response time is its switch's.
             let answered = relayed.switched.unwrap_or(ended);
-            server.succeeded(answered.saturating_duration_since(now));
+            server.succeeded(now, answered.saturating_duration_since(now));
         }
         if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 {
             server.checkin(up, cfg.keepalive, ended);

@@ -89,6 +89,9 @@ pub struct Server {
     failed_at: Cell<Option<Instant>>,
     /// Skipped until then after `max-fails` failures.
     down_until: Cell<Option<Instant>>,
+    /// Its last failure (or when another shard's rest of it arrived): a
+    /// request that started before it and ends well says nothing new.
+    last_failed: Cell<Option<Instant>>,
     /// Counters for the metrics.
     stats: RefCell<UpstreamStats>,
     /// Upstream response times, microseconds.
@@ -217,9 +220,11 @@ impl Upstreams {
         let Some(group) = self.group(&rest.group) else {
             return;
         };
+        let now = Instant::now();
         for s in group.servers.iter().filter(|s| s.addr == rest.server) {
             let until = s.down_until.get().map_or(rest.until, |u| u.max(rest.until));
             s.down_until.set(Some(until));
+            s.last_failed.set(Some(now));
             s.idle.borrow_mut().clear();
         }
     }
@@ -551,6 +556,7 @@ impl Server {
             fails: Cell::new(0),
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
+            last_failed: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
             removed: Cell::new(false),
@@ -658,6 +664,7 @@ impl Server {
             self.failed_at.set(Some(now));
         }
         self.fails.set(self.fails.get() + 1);
+        self.last_failed.set(Some(now));
         if config.max_fails > 0 && self.fails.get() >= config.max_fails {
             let was_up = self.usable(now);
             let until = now + config.fail_timeout;
@@ -669,10 +676,17 @@ impl Server {
         None
     }
 
-    /// A response came back whole: the failure count starts over.
-    pub fn succeeded(&self, took: Duration) {
-        self.fails.set(0);
-        self.down_until.set(None);
+    /// A response to a request sent at `started` came back whole after
+    /// `took`: if the request started after the server last failed, the
+    /// failure count starts over and a rest ends. One that was in flight
+    /// when it failed (a long poll, a slow download) does not bring back
+    /// a server taken out, as in nginx, where only a request sent after
+    /// its failure does.
+    pub fn succeeded(&self, started: Instant, took: Duration) {
+        if self.last_failed.get().is_none_or(|t| started > t) {
+            self.fails.set(0);
+            self.down_until.set(None);
+        }
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency.borrow_mut().record(us, 1);
     }
@@ -1118,6 +1132,9 @@ mod tests {
         assert_eq!(h.pick(now, &[], client).unwrap().0, home);
         other.rest(&rest);
         assert_eq!(h.pick(now, &[], client).unwrap().0, next);
+        // A request sent there before the news ends well: still resting.
+        h.servers[home].succeeded(now, Duration::from_millis(5));
+        assert_eq!(h.pick(now, &[], client).unwrap().0, next);
         assert_eq!(h.pick(until, &[], client).unwrap().0, home, "back after it");
         // A shorter rest never cuts one the shard gave itself.
         other.rest(&Rest {
@@ -1126,6 +1143,25 @@ mod tests {
         });
         other.rest(&rest);
         assert_eq!(h.pick(until, &[], client).unwrap().0, next);
+    }
+
+    /// A request that was in flight when its server failed and then ends
+    /// well does not bring the server back (a long poll would, within
+    /// seconds of every failure); one sent after the failure does.
+    #[test]
+    fn only_a_success_sent_after_a_failure_ends_a_rest() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 2)]);
+        let g = u.group("app").unwrap();
+        let before = Instant::now();
+        let failed = before + Duration::from_millis(10);
+        let first = |at| g.pick(at, &[1], None).map(|p| p.0);
+        g.servers[0].failed(&g.config, failed);
+        assert_eq!(first(failed), None);
+        g.servers[0].succeeded(before, Duration::from_millis(20));
+        assert_eq!(first(failed), None, "a request older than the failure");
+        let after = failed + Duration::from_millis(1);
+        g.servers[0].succeeded(after, Duration::from_millis(1));
+        assert_eq!(first(after), Some(0));
     }
 
     #[test]

@@ -437,6 +437,45 @@ fn a_server_one_shard_takes_out_is_skipped_by_every_shard() {
     assert!(now.iter().all(|s| s == "B"), "{now:?}");
 }
 
+/// A request in flight to a server when it fails, which then ends well (a
+/// long poll), does not bring the server back before `fail-timeout`: only
+/// one sent after the failure would.
+#[test]
+fn a_request_older_than_a_failure_does_not_end_the_servers_rest() {
+    let a = Upstream::start(|req: &Request| match req.target.as_str() {
+        "/fail" => Reply::new().reset(),
+        "/poll" => Reply::new()
+            .sleep(Duration::from_millis(500))
+            .then(Reply::ok_to(req, "A")),
+        _ => Reply::ok_to(req, "A"),
+    });
+    let b = Upstream::start(ok("B"));
+    let proxy = Proxy::start(
+        "proxy-old-success",
+        &simple(
+            &[a.server(), b.server()],
+            "balance = \"ip-hash\"\nkeepalive = 0\nfail-timeout = \"30s\"",
+            "",
+        ),
+    );
+    let send = |source: std::net::IpAddr, path: &str| {
+        let mut s = connect_from(proxy.addr(), source);
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s
+    };
+    let ask = |source, path| Reader::new(&send(source, path)).next(false).text();
+    let client = (1..=64)
+        .map(|n| std::net::IpAddr::from([127, 0, n, 1]))
+        .find(|&c| ask(c, "/") == "A")
+        .expect("some network's server is A");
+    let poll = send(client, "/poll");
+    a.wait_until(|u| u.requests().iter().any(|r| r.target == "/poll"));
+    assert_eq!(ask(client, "/fail"), "B");
+    assert_eq!(Reader::new(&poll).next(false).text(), "A");
+    let now: Vec<String> = (0..4).map(|_| ask(client, "/")).collect();
+    assert!(now.iter().all(|s| s == "B"), "{now:?}");
+}
+
 /// One per-upstream-server sample: labels `upstream="app"` and `server`,
 /// merged over shards (`shard="all"`) if there is a shard label; 0 if
 /// absent.
