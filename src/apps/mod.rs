@@ -63,6 +63,11 @@ pub struct AppServer {
 }
 
 impl AppServer {
+    /// Whether `list` has an instance at `addr`.
+    pub fn listed(list: &[AppServer], addr: &ServerAddr) -> bool {
+        list.iter().any(|s| &s.addr == addr)
+    }
+
     /// Its identity to `ip-hash` in the group of `app`.
     pub fn identity(&self, app: &str) -> String {
         format!("{app}[{}]", self.slot)

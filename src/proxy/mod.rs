@@ -350,21 +350,12 @@ async fn forward(
             // while the answer is awaited does: sent later, it would run
             // for nobody (nginx too gives up the connect).
             None => {
-                futures_lite::future::or(
-                    async { Some(server.connect(cfg.connect_timeout, readiness).await) },
-                    async {
-                        c.socket.closed().await;
-                        None
-                    },
-                )
-                .await
+                let connecting = server.connect(cfg.connect_timeout, readiness);
+                c.socket.unless_closed(connecting).await
             }
         };
         let Some(connected) = connected else {
-            served.status = 499;
-            served.cut = true;
-            served.upstream = Some((server, 0, now.elapsed()));
-            return served;
+            return client_gone(served, server, now);
         };
         let mut up = match connected {
             Ok(s) => s,
@@ -553,12 +544,7 @@ async fn forward(
             }
             let filled = match got {
                 Ok(filled) => filled,
-                Err(HeadEnd::ClientGone) => {
-                    served.status = 499;
-                    served.cut = true;
-                    served.upstream = Some((server, 0, now.elapsed()));
-                    return served;
-                }
+                Err(HeadEnd::ClientGone) => return client_gone(served, server, now),
                 Err(HeadEnd::Failed(_)) if retry && race => {
                     server.log(
                         log::Level::Info,
@@ -707,6 +693,15 @@ async fn forward(
         let (_, took) = served.failed.pop()?;
         Some((s, 0, took))
     });
+    served
+}
+
+/// The exchange of a client that left before its server answered (the
+/// attempt to `server` began at `began`): logged 499, as nginx logs it.
+fn client_gone(mut served: Served, server: Rc<Server>, began: Instant) -> Served {
+    served.status = 499;
+    served.cut = true;
+    served.upstream = Some((server, 0, began.elapsed()));
     served
 }
 

@@ -51,8 +51,10 @@ type Announce = Box<dyn Fn(Rest)>;
 pub struct Rest {
     /// The group's name.
     pub group: String,
-    /// The server taken out.
-    pub server: ServerAddr,
+    /// The server taken out: its address, and its identity to `ip-hash`
+    /// (`Server::key`): an address alone may be another app instance's by
+    /// the time a shard hears of it.
+    pub server: (ServerAddr, u64),
     /// Until when it is skipped.
     pub until: Instant,
 }
@@ -207,7 +209,7 @@ impl Upstreams {
         if let Some(announce) = &*self.announce.borrow() {
             announce(Rest {
                 group: config.name.clone(),
-                server: server.addr.clone(),
+                server: (server.addr.clone(), server.key),
                 until,
             });
         }
@@ -221,7 +223,12 @@ impl Upstreams {
             return;
         };
         let now = Instant::now();
-        for s in group.servers.iter().filter(|s| s.addr == rest.server) {
+        let (addr, key) = &rest.server;
+        for s in group
+            .servers
+            .iter()
+            .filter(|s| &s.addr == addr && s.key == *key)
+        {
             let until = s.down_until.get().map_or(rest.until, |u| u.max(rest.until));
             s.down_until.set(Some(until));
             s.last_failed.set(Some(now));
@@ -430,16 +437,20 @@ impl Group {
     /// for it — rendezvous hashing, each server's score the hash of the
     /// address with the server's own `key`, weighted as `weight / -ln(u)`
     /// with `u` that hash in (0, 1). Nothing depends on the shard or on the
-    /// servers' order; a server that rests, leaves or comes (an app's
-    /// instance replaced) moves only the clients whose best it is or
-    /// becomes, where nginx's `hash % total` moves most of them, and a
-    /// retry goes to the client's next best.
+    /// servers' order, but for servers of one identity (an app instance
+    /// and its replacement, while a roll has both listed), which score
+    /// alike: the last listed is chosen, and an app lists the replacement
+    /// last. A server that rests, leaves or comes (an app's instance
+    /// replaced) moves only the clients whose best it is or becomes, where
+    /// nginx's `hash % total` moves most of them, and a retry goes to the
+    /// client's next best.
     fn by_address(&self, client: IpAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let client = address_hash(client);
         let hash = |i: usize| mix(client ^ self.servers[i].key);
         let candidates =
             (0..self.servers.len()).filter(|&i| !self.config.share(i).backup && usable(i));
         if self.config.shares.is_empty() {
+            // The last of equals: a replacement over its instance.
             return candidates.max_by_key(|&i| hash(i));
         }
         let score = |i: usize| {
@@ -1113,7 +1124,7 @@ mod tests {
         let until = now + g.config.fail_timeout;
         let rest = Rest {
             group: "app".into(),
-            server: g.servers[home].addr.clone(),
+            server: (g.servers[home].addr.clone(), g.servers[home].key),
             until,
         };
         assert_eq!(*told.borrow(), std::slice::from_ref(&rest));
@@ -1126,7 +1137,12 @@ mod tests {
             ..rest.clone()
         });
         other.rest(&Rest {
-            server: ServerAddr::Tcp(([127, 0, 0, 1], 99).into()),
+            server: (ServerAddr::Tcp(([127, 0, 0, 1], 99).into()), rest.server.1),
+            ..rest.clone()
+        });
+        // Its address under another identity (another app slot's by now).
+        other.rest(&Rest {
+            server: (rest.server.0.clone(), rest.server.1 ^ 1),
             ..rest.clone()
         });
         assert_eq!(h.pick(now, &[], client).unwrap().0, home);

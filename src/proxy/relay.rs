@@ -156,14 +156,10 @@ pub(super) async fn read_head(
             Heard::Partial { .. } => {}
         }
         let deadline = Instant::now() + wait;
-        let read = futures_lite::future::or(
-            async { Some(up.read(&mut rbuf[filled..max_head], deadline).await) },
-            async {
-                c.socket.closed().await;
-                None
-            },
-        )
-        .await;
+        let read = c
+            .socket
+            .unless_closed(up.read(&mut rbuf[filled..max_head], deadline))
+            .await;
         let n = match read {
             None => return Err(HeadEnd::ClientGone),
             Some(Ok(0)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
@@ -580,14 +576,10 @@ pub(super) async fn stream(
             return r;
         }
         let deadline = Instant::now() + cfg.read_timeout;
-        let read = futures_lite::future::or(
-            async { Some(up.read(&mut rbuf[..CHUNK], deadline).await) },
-            async {
-                c.socket.closed().await;
-                None
-            },
-        )
-        .await;
+        let read = c
+            .socket
+            .unless_closed(up.read(&mut rbuf[..CHUNK], deadline))
+            .await;
         piece = 0..match read {
             None => {
                 r.client_failed = true;

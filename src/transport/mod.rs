@@ -504,6 +504,20 @@ impl Socket {
         }
     }
 
+    /// `work`, unless the peer closes or resets first (`closed`): `None`
+    /// then, and `work` is dropped. For what a proxied request waits on
+    /// (a connect, a response) while its client may leave.
+    pub async fn unless_closed<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        futures_lite::future::or(async { Some(work.await) }, async {
+            self.closed().await;
+            None
+        })
+        .await
+    }
+
     /// Wait until the peer sends something or closes; nothing is taken, and
     /// the next read looks. For an upstream that may answer while its
     /// request's body is still going up.

@@ -757,8 +757,9 @@ impl Manager {
                     app: app.config.name.clone(),
                     servers,
                 });
-                let listed = |list: &[AppServer], a: &ServerAddr| list.iter().any(|s| &s.addr == a);
-                let now_out = |a: &ServerAddr| listed(&old, a) && !listed(&app.published, a);
+                let now_out = |a: &ServerAddr| {
+                    AppServer::listed(&old, a) && !AppServer::listed(&app.published, a)
+                };
                 grace_from_now(&mut self.leaving, &app.config.name, now_out);
             }
         }

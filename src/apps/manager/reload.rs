@@ -6,7 +6,7 @@ use std::time::Instant;
 use log::{error, info};
 
 use super::{grace_from_now, App, Instance, Leaving, Manager, Slot, State};
-use crate::apps::AppEvent;
+use crate::apps::{AppEvent, AppServer};
 use crate::child::Backoff;
 use crate::config::{AppConfig, AppReload, ServerAddr};
 
@@ -221,7 +221,7 @@ impl Manager {
                 app: gone.config.name.clone(),
                 servers: Vec::new(),
             });
-            let was = |a: &ServerAddr| gone.published.iter().any(|s| &s.addr == a);
+            let was = |a: &ServerAddr| AppServer::listed(&gone.published, a);
             grace_from_now(&mut self.leaving, &gone.config.name, was);
         }
     }

@@ -1287,7 +1287,9 @@ fn a_kill_at_the_start_timeout_reaches_a_child_that_left_the_group() {
                     open(os.path.join(DIR, 'stray'), 'w').write(str(p.pid))\n\
                     signal.pause()";
         let mut v2 = version(&web, "2", body);
-        v2.start_timeout = Duration::from_secs(1);
+        // Time for python to start the child and write its pid, on a
+        // loaded machine too.
+        v2.start_timeout = Duration::from_secs(3);
         h.start(vec![web]).unwrap();
         h.send(Msg::Reload(vec![v2], true));
         h.turn_until("the replacement is killed at its start timeout", |m| {

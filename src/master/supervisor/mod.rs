@@ -32,7 +32,7 @@ use crate::acceptor::Acceptor;
 use crate::admin;
 use crate::apps::{AppEvent, AppServer, AppsHandle};
 use crate::child::Child;
-use crate::config::{AccessLog, AppConfig, Config, UpstreamConfig};
+use crate::config::{AccessLog, AppConfig, Config, ServerAddr, UpstreamConfig};
 use crate::keep_awake::{self, KeepAwake};
 use crate::proxy::Rest;
 use crate::shard::{self, Control, ShardEvent};
@@ -118,6 +118,11 @@ const FLUSH_RETRY: Duration = Duration::from_millis(20);
 /// their readiness reaches the master a probe (50 ms) and a message later.
 const HELD_RELOAD_SLACK: Duration = Duration::from_secs(1);
 
+/// How much later a server's new rest must end than the one told already
+/// to be told too (`on_rested`): shards that took it out together end
+/// theirs within a moment of each other.
+const RESTS_APART: Duration = Duration::from_secs(1);
+
 /// A reload that adds apps, held back until every instance of each is
 /// ready. The shards keep the previous configuration meanwhile: its routes
 /// name the apps that serve, whereas a new app's group would have no server
@@ -179,6 +184,8 @@ struct Supervisor<W: World> {
     held: Option<Held>,
     /// The number of the latest held reload.
     held_seq: u64,
+    /// Until when each server taken out was last said to be (`on_rested`).
+    rests: HashMap<(String, ServerAddr, u64), Instant>,
 }
 
 /// Run the master until it is told to stop (on the master's executor).
@@ -357,6 +364,7 @@ impl<W: World> Supervisor<W> {
             file_upstreams,
             held: None,
             held_seq: 0,
+            rests: HashMap::new(),
         }
     }
 
@@ -453,7 +461,23 @@ impl<W: World> Supervisor<W> {
     /// shard skips it as long. Not held back for a full queue: by the time
     /// it is through, the rest may be over, and the shard learns of the
     /// server's failures by itself anyway.
+    ///
+    /// A server every shard takes out at once (an instance crashed under
+    /// load) is told once, not once per shard to every other: a rest
+    /// ending within `RESTS_APART` of one told already is not told again.
     fn on_rested(&mut self, from: usize, rest: &Rest) {
+        let now = Instant::now();
+        self.rests.retain(|_, until| *until > now);
+        let (addr, key) = &rest.server;
+        let which = (rest.group.clone(), addr.clone(), *key);
+        if self
+            .rests
+            .get(&which)
+            .is_some_and(|&told| rest.until <= told + RESTS_APART)
+        {
+            return;
+        }
+        self.rests.insert(which, rest.until);
         for (id, slot) in self.slots.iter().enumerate() {
             if let Some(shard) = slot.child.get().filter(|_| id != from) {
                 let _ = self.world.send(shard, Control::Rest(rest.clone()));

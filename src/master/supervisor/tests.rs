@@ -124,7 +124,7 @@ impl World for Fake {
                     })
                     .collect(),
             ),
-            Control::Rest(rest) => Sent::Rest(rest.group, rest.server.to_string()),
+            Control::Rest(rest) => Sent::Rest(rest.group, rest.server.0.to_string()),
         };
         self.did.push(Did::Send(shard.id, shard.incarnation, sent));
         Delivery::Sent
@@ -587,7 +587,7 @@ fn a_rest_one_shard_says_reaches_the_others() {
     let mut sup = serving(3);
     let rest = Rest {
         group: "api".into(),
-        server: ServerAddr::Tcp(([127, 0, 0, 1], 9000).into()),
+        server: (ServerAddr::Tcp(([127, 0, 0, 1], 9000).into()), 7),
         until: Instant::now() + Duration::from_secs(10),
     };
     let rested = || {
@@ -602,10 +602,23 @@ fn a_rest_one_shard_says_reaches_the_others() {
         sup.world.take(),
         [Did::Send(0, 1, told()), Did::Send(2, 1, told())]
     );
-    // A full queue drops it: no backlog.
+    // The same server taken out by another shard a moment later (a crash
+    // every shard saw): told already.
+    let later = |id, by: Duration| {
+        MasterEvent::Shard(ShardEvent::Rested {
+            id,
+            rest: Rest {
+                until: rest.until + by,
+                ..rest.clone()
+            },
+        })
+    };
+    on(&mut sup, later(2, Duration::from_millis(3)));
+    assert!(sup.world.take().is_empty());
+    // Taken out again for longer: told again; a full queue drops it.
     sup.world.full = vec![2];
-    on(&mut sup, rested());
-    assert_eq!(sup.world.take(), [Did::Send(0, 1, told())]);
+    on(&mut sup, later(0, Duration::from_secs(5)));
+    assert_eq!(sup.world.take(), [Did::Send(1, 1, told())]);
     assert!(sup.backlog[2].is_empty());
 }
 
