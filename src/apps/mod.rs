@@ -287,10 +287,11 @@ impl Apps {
 }
 
 impl Drop for Apps {
-    /// Never stopped (the master failed after the apps had started: a
-    /// shard's thread could not be made): the instances are stopped as
-    /// `stop` does, not left to the kernel's parent-death SIGKILL, which
-    /// reaches the processes coreserve started and nothing they started.
+    /// Never stopped (the master panicked or returned early after the
+    /// apps had started; its failures to start shards stop them itself,
+    /// hearing stop signals): the instances are stopped as `stop` does,
+    /// not left to the kernel's parent-death SIGKILL, which reaches the
+    /// processes coreserve started and nothing they started.
     fn drop(&mut self) {
         if self.thread.is_some() {
             self.stop_instances(false, || false);

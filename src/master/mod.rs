@@ -424,20 +424,33 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         selected,
         nodes: cpus::numa_nodes(),
     };
-    let mut launched = Vec::with_capacity(n);
-    for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {
-        launched.push(launcher.launch(id, cpu, &config, Some(listeners))?);
-    }
-    let io_memory = launcher.io_memory;
-
-    let master = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("master")
-        .io_memory(io_memory)
-        .make()
-        .map_err(|e| MasterError::Executor {
-            what: "the master executor".into(),
-            err: e.to_string(),
-        })?;
+    let started = 'start: {
+        let mut launched = Vec::with_capacity(n);
+        for (id, (&cpu, listeners)) in plan.iter().zip(per_shard).enumerate() {
+            match launcher.launch(id, cpu, &config, Some(listeners)) {
+                Ok(shard) => launched.push(shard),
+                Err(e) => break 'start Err(e),
+            }
+        }
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .name("master")
+            .io_memory(launcher.io_memory)
+            .make()
+            .map(|master| (launched, master))
+            .map_err(|e| MasterError::Executor {
+                what: "the master executor".into(),
+                err: e.to_string(),
+            })
+    };
+    let (launched, master) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // The apps started and the server cannot: they stop as at a
+            // shutdown, at once after another stop signal.
+            apps.stop(false, || watch.stop_signal().is_some());
+            return Err(e);
+        }
+    };
     let supervised = master.run(supervise(Supervision {
         apps: AppLink {
             handle: apps.handle(),
