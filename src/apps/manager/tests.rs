@@ -1008,12 +1008,7 @@ fn stopping_sends_sigterm_then_sigkill_after_the_stop_timeout() {
             "killed before its stop timeout"
         );
         assert!(handle.status().is_empty());
-        let records = records(&dir);
-        assert_eq!(records.len(), 2);
-        for (pid, r) in &records {
-            assert!(r.term.is_some(), "{pid} got no SIGTERM");
-            assert!(!alive(*pid), "{pid} still runs");
-        }
+        all_stopped(&dir, 2, "SIGTERM");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -1049,12 +1044,7 @@ fn apps_let_go_without_a_stop_stop_their_instances() {
         let c = app("web", 2, SERVES, &dir);
         let (apps, _) = Apps::start(vec![c], 1, DRAIN, Box::new(|_| {}), || false).unwrap();
         drop(apps);
-        let records = records(&dir);
-        assert_eq!(records.len(), 2);
-        for (pid, r) in &records {
-            assert!(r.term.is_some(), "{pid} got no SIGTERM");
-            assert!(!alive(*pid), "{pid} still runs");
-        }
+        all_stopped(&dir, 2, "SIGTERM");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -1079,12 +1069,7 @@ fn an_app_is_stopped_with_its_stop_signal() {
             began.elapsed() < Duration::from_secs(2),
             "killed at its timeout"
         );
-        let records = records(&dir);
-        assert_eq!(records.len(), 1);
-        for (pid, r) in &records {
-            assert!(r.term.is_some(), "{pid} got no SIGINT");
-            assert!(!alive(*pid));
-        }
+        all_stopped(&dir, 1, "SIGINT");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -1165,6 +1150,40 @@ fn an_instance_on_the_ipv6_loopback_alone_is_found_there() {
     });
 }
 
+/// An instance's first lines: a child in a session of its own (Node's
+/// `detached`), its pid written to `stray` (`stray_of`).
+const DETACHES: &str = "import subprocess\n\
+                        p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n\
+                        open(os.path.join(DIR, 'stray'), 'w').write(str(p.pid))";
+
+/// The pid of the child `DETACHES` started, from the test's `dir`.
+fn stray_of(dir: &Path) -> u32 {
+    std::fs::read_to_string(dir.join("stray"))
+        .expect("the stray's pid")
+        .parse()
+        .unwrap()
+}
+
+/// Whether `pid` is gone within `STEP`.
+fn gone_soon(pid: u32) -> bool {
+    let deadline = Instant::now() + STEP;
+    while process::runs(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !process::runs(pid)
+}
+
+/// Each of the `n` instances recorded in `dir` got its stop signal
+/// (`signal`, as the message names it) and is gone.
+fn all_stopped(dir: &Path, n: usize, signal: &str) {
+    let records = records(dir);
+    assert_eq!(records.len(), n);
+    for (pid, r) in &records {
+        assert!(r.term.is_some(), "{pid} got no {signal}");
+        assert!(!alive(*pid), "{pid} still runs");
+    }
+}
+
 /// A child the instance spawned in a session of its own (Node's
 /// `detached`) is outside its process group: its stop reaches it anyway,
 /// as PM2's tree kill does, instead of leaving it behind for good.
@@ -1172,12 +1191,7 @@ fn an_instance_on_the_ipv6_loopback_alone_is_found_there() {
 fn a_stop_reaches_a_child_that_left_the_instances_group() {
     within(|| {
         let dir = scratch("stray");
-        let body = format!(
-            "import subprocess\n\
-             p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n\
-             open(os.path.join(DIR, 'stray'), 'w').write(str(p.pid))\n\
-             {SERVES}"
-        );
+        let body = format!("{DETACHES}\n{SERVES}");
         let (apps, _) = Apps::start(
             vec![app("detaches", 1, &body, &dir)],
             1,
@@ -1186,18 +1200,11 @@ fn a_stop_reaches_a_child_that_left_the_instances_group() {
             || false,
         )
         .unwrap();
-        let stray: u32 = std::fs::read_to_string(dir.join("stray"))
-            .expect("the stray's pid")
-            .parse()
-            .unwrap();
+        let stray = stray_of(&dir);
         assert!(process::runs(stray));
         apps.stop(false, || false);
-        let deadline = Instant::now() + STEP;
-        while process::runs(stray) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
         assert!(
-            !process::runs(stray),
+            gone_soon(stray),
             "the detached child {stray} outlived the stop"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -1282,11 +1289,8 @@ fn a_kill_at_the_start_timeout_reaches_a_child_that_left_the_group() {
     within(|| {
         let mut h = Harness::new("stray-kill");
         let web = app("web", 1, SERVES, &h.dir);
-        let body = "import subprocess\n\
-                    p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n\
-                    open(os.path.join(DIR, 'stray'), 'w').write(str(p.pid))\n\
-                    signal.pause()";
-        let mut v2 = version(&web, "2", body);
+        let body = format!("{DETACHES}\nsignal.pause()");
+        let mut v2 = version(&web, "2", &body);
         // Time for python to start the child and write its pid, on a
         // loaded machine too.
         v2.start_timeout = Duration::from_secs(3);
@@ -1296,15 +1300,8 @@ fn a_kill_at_the_start_timeout_reaches_a_child_that_left_the_group() {
             let next = m.apps[0].slots[0].next.as_ref();
             next.is_some_and(|i| matches!(i.state, State::Stopping { .. }))
         });
-        let stray: u32 = std::fs::read_to_string(h.dir.join("stray"))
-            .expect("the stray's pid")
-            .parse()
-            .unwrap();
-        let deadline = Instant::now() + STEP;
-        while process::runs(stray) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let left = process::runs(stray);
+        let stray = stray_of(&h.dir);
+        let left = !gone_soon(stray);
         if left {
             // SAFETY: kill(2) on the test's own stray, so it does not linger.
             unsafe { libc::kill(stray as libc::pid_t, libc::SIGKILL) };
