@@ -33,6 +33,16 @@ pub const BUDGET: u32 = 256;
 thread_local! {
     /// Direct attempts made on this shard since a real wait last ended.
     static SINCE_WAIT: Cell<u32> = const { Cell::new(0) };
+    /// Waits through glommio under way on this shard ([`wait`]).
+    static AWAY: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a task of this shard waits through glommio ([`wait`]): its
+/// wake-up arrives through glommio's rings, which the readiness driver's
+/// brief wait in its own ring does not see, so the driver parks glommio
+/// instead.
+pub fn away() -> bool {
+    AWAY.get() > 0
 }
 
 /// Whether one more direct attempt fits in the shard's budget; counts it if so.
@@ -84,7 +94,18 @@ pub async fn step_aside() {
 }
 
 /// Runs a glommio wait; if it really waited, renews the shard's budget.
+/// Every wait of a shard's task through glommio (its timers, files, the
+/// blocking pool) goes through this, so that the shard is [`away`] meanwhile.
 pub async fn wait<F: Future>(f: F) -> F::Output {
+    /// Ends the wait's count however the wait ends (dropped too).
+    struct Back;
+    impl Drop for Back {
+        fn drop(&mut self) {
+            AWAY.set(AWAY.get() - 1);
+        }
+    }
+    AWAY.set(AWAY.get() + 1);
+    let _back = Back;
     let (out, pended) = waited(f).await;
     if pended {
         SINCE_WAIT.with(|n| n.set(0));

@@ -26,7 +26,7 @@ use crate::keep_awake::{self, KeepAwake};
 use crate::listener::{self, Scheme};
 use crate::metrics::{ShardStats, Snapshot};
 use crate::proxy::Rest;
-use crate::readiness::Readiness;
+use crate::readiness::{self, Readiness};
 use crate::state::{Shard, Site};
 use crate::transport::Socket;
 
@@ -207,7 +207,7 @@ fn build(
     LocalExecutorBuilder::new(placement)
         .name(&format!("shard{}", spec.id))
         .io_memory(spec.io_memory)
-        .spawn(move || run(spec))
+        .spawn(move || readiness::taking_turns(run(spec)))
 }
 
 /// The shard's main task.
@@ -289,11 +289,8 @@ async fn run(spec: ShardSpec) {
         Intake::Channel(rx) => {
             INTAKE_CLOSER.with(|slot| *slot.borrow_mut() = Some(rx.closer()));
             shard.tell_capacity(rx.capacity());
-            intake.push(glommio::spawn_local(channel_intake(
-                rx,
-                spec.schemes.clone(),
-                shard.clone(),
-                gate.clone(),
+            intake.push(glommio::spawn_local(readiness::taking_turns(
+                channel_intake(rx, spec.schemes.clone(), shard.clone(), gate.clone()),
             )));
         }
         Intake::Listeners(listeners) => {
@@ -303,12 +300,8 @@ async fn run(spec: ShardSpec) {
                 // handed over its only handle.
                 let fd = l.into_raw_fd();
                 let l = unsafe { TcpListener::from_raw_fd(fd) };
-                intake.push(glommio::spawn_local(accept_intake(
-                    l,
-                    fd,
-                    scheme,
-                    shard.clone(),
-                    gate.clone(),
+                intake.push(glommio::spawn_local(readiness::taking_turns(
+                    accept_intake(l, fd, scheme, shard.clone(), gate.clone()),
                 )));
             }
         }
@@ -428,14 +421,14 @@ fn start_connection(client: Socket, scheme: Scheme, shard: &Rc<Shard>, gate: &Ga
         starting,
     )))
     .catch_unwind();
-    let spawned = gate.spawn(async move {
+    let spawned = gate.spawn(readiness::taking_turns(async move {
         if let Err(panic) = task.await {
             error!(
                 "shard {id}: connection task panicked: {}",
                 crate::panics::message(&*panic)
             );
         }
-    });
+    }));
     // A closed gate means the shard is shutting down: the future, and with
     // it the socket, is dropped and closed.
     if let Ok(task) = spawned {

@@ -97,11 +97,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `server.idle-wait`: long enough to catch the next request of a busy
 /// keep-alive load without parking glommio (a membarrier, an interrupt to
 /// every CPU running a shard, per park), short enough that glommio's own
-/// timers, messages and file reads wait little. Chosen from the all-cores
-/// measurements of 0, 50, 200 and 1000 µs in bench/RESULTS.md: 1 ms cost
-/// more per new connection with `dispatch = "reuseport"`, and per
-/// keep-alive request less with pinned shards but more with floating ones.
-pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_micros(200);
+/// timers and control messages wait little (a task waiting through glommio
+/// makes the shard park instead of waiting). Chosen from the all-cores
+/// measurements in bench/RESULTS.md: once a runnable task ends the wait
+/// (twenty-fifth session), 1 ms costs less than 200 µs per keep-alive
+/// request and per new connection in both dispatch modes, and 2 ms no
+/// less than 1 ms.
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Limits every shard enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

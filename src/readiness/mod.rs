@@ -66,6 +66,26 @@ const WRITE_MASK: u32 = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as u32;
 /// Marks a writable poll's user data (in the key's half; keys stay far below).
 const WRITE_BIT: u64 = 1 << 31;
 
+thread_local! {
+    /// Polls of this thread's counted tasks ([`taking_turns`]) so far.
+    static TURNS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Run `task` so that the shard's driver knows when it had a turn: each
+/// poll is counted. The driver blocks the thread in its ring only after a
+/// turn of its own in which no counted task ran: then none is runnable
+/// (each had its turn and waits). Every task that serves connections, and
+/// every task that spawns or wakes them, runs through this; one that does
+/// not may be left runnable for up to `idle-wait` while the driver waits.
+pub async fn taking_turns<F: Future>(task: F) -> F::Output {
+    let mut task = std::pin::pin!(task);
+    std::future::poll_fn(|cx| {
+        TURNS.set(TURNS.get().wrapping_add(1));
+        task.as_mut().poll(cx)
+    })
+    .await
+}
+
 /// Why a wait ended without the socket becoming readable.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -523,6 +543,8 @@ impl Readiness {
             Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(dup.into_raw_fd()) });
         let mut ring_read: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
         let mut streak = false;
+        // The counted tasks' turns when the driver last stepped aside.
+        let mut mark = TURNS.get();
         loop {
             if let Err(e) = self.flush() {
                 log::error!("readiness ring: submit: {e}");
@@ -532,20 +554,31 @@ impl Readiness {
             if self.next_deadline.get().is_some_and(|d| d <= now) {
                 self.next_deadline.set(self.expire(now));
             }
-            if reaped == 0 && streak && !self.idle_wait.is_zero() {
-                // The shard was busy a moment ago: the next request is
-                // likely close. Wait for it in this ring, a short while,
-                // instead of parking glommio (a membarrier that interrupts
-                // every CPU running a shard, and several ring entries).
-                streak = self.wait_briefly();
-                continue;
+            // The shard was busy a moment ago: the next request is likely
+            // close. Wait for it in this ring, a short while, instead of
+            // parking glommio (a membarrier that interrupts every CPU
+            // running a shard, and several ring entries). But that wait
+            // blocks the thread: not while a task waits through glommio's
+            // reactor (its completion would wait too), nor while a task may
+            // be runnable (one spawned or woken since the driver's last
+            // turn, or one that stepped aside).
+            let waiting = reaped == 0 && streak && !self.idle_wait.is_zero() && !recheck::away();
+            if waiting {
+                if TURNS.get() == mark {
+                    streak = self.wait_briefly();
+                    continue;
+                }
+            } else {
+                streak = reaped > 0;
             }
-            streak = reaped > 0;
-            if reaped > 0 {
-                // More may arrive while the woken tasks run. Within the
-                // shard's budget look again after them; past it, go
-                // through glommio's reactor so that its own completions
-                // (new connections, timers, messages) are not kept waiting.
+            if streak {
+                // More may arrive while the woken tasks run (or, waiting,
+                // tasks that ran since the driver's last turn may run
+                // again). Within the shard's budget look again after them;
+                // past it, go through glommio's reactor so that its own
+                // completions (new connections, timers, messages) are not
+                // kept waiting.
+                mark = TURNS.get();
                 if recheck::try_direct() {
                     futures_lite::future::yield_now().await;
                 } else {

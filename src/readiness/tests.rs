@@ -18,12 +18,19 @@ fn pair() -> (TcpStream, OwnedFd) {
     })
 }
 
+type Test = Box<dyn FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
 fn on_a_shard(
     test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
 ) {
+    on_a_shard_waiting(Duration::from_micros(200), Box::new(test));
+}
+
+/// Run `test` on an executor whose driver waits up to `idle_wait` in its ring.
+fn on_a_shard_waiting(idle_wait: Duration, test: Test) {
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let readiness = Readiness::new(Duration::from_micros(200)).expect("a readiness ring");
+            let readiness = Readiness::new(idle_wait).expect("a readiness ring");
             let driver = glommio::spawn_local(readiness.clone().drive());
             test(readiness).await;
             drop(driver);
@@ -196,4 +203,73 @@ fn a_closed_connection_is_closed_for_the_peer_at_once() {
             assert_eq!(readiness.registered(), 0);
         })
     });
+}
+
+/// An idle wait far longer than any test: a driver that waits it out
+/// instead of letting a task run shows as a test that takes this long.
+const LONG_WAIT: Duration = Duration::from_secs(20);
+
+/// Runs on a shard whose driver waits `LONG_WAIT` once busy: a counted task
+/// waits for a byte sent a moment later (so that the driver is busy when
+/// it wakes the task), then does `then`; returns how long it all took.
+fn after_a_wake(then: fn() -> Pin<Box<dyn Future<Output = ()>>>) -> Duration {
+    let took = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let out = took.clone();
+    on_a_shard_waiting(
+        LONG_WAIT,
+        Box::new(move |readiness| {
+            Box::pin(async move {
+                let started = Instant::now();
+                let (mut client, server) = pair();
+                let fd = server.as_raw_fd();
+                let mut interest = readiness.register(fd);
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    client.write_all(b"x").unwrap();
+                    client
+                });
+                glommio::spawn_local(taking_turns(async move {
+                    assert!(interest.try_recv(fd, &mut [0; 8]).is_none());
+                    interest.readable(None).await.unwrap();
+                    then().await;
+                }))
+                .await;
+                drop(writer.join());
+                *out.lock().unwrap() = started.elapsed();
+            })
+        }),
+    );
+    let took = *took.lock().unwrap();
+    took
+}
+
+#[test]
+fn the_driver_lets_a_runnable_task_run_before_it_waits_in_its_ring() {
+    // The woken task spawns another and waits for it; the new task steps
+    // aside once (as a connection's first read that finds nothing does):
+    // it is runnable while the driver, busy a moment ago, would wait.
+    let took = after_a_wake(|| {
+        Box::pin(glommio::spawn_local(taking_turns(
+            futures_lite::future::yield_now(),
+        )))
+    });
+    assert!(
+        took < LONG_WAIT / 2,
+        "the spawned task waited out the driver's wait ({took:?})"
+    );
+}
+
+#[test]
+fn the_driver_does_not_wait_in_its_ring_while_a_task_waits_through_glommio() {
+    // A glommio timer's expiry arrives in glommio's ring, which the
+    // driver's wait does not watch.
+    let took = after_a_wake(|| {
+        Box::pin(crate::recheck::wait(glommio::timer::sleep(
+            Duration::from_millis(1),
+        )))
+    });
+    assert!(
+        took < LONG_WAIT / 2,
+        "the timer waited out the driver's wait ({took:?})"
+    );
 }

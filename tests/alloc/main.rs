@@ -159,7 +159,7 @@ fn warm_requests_allocate_nothing_answered_or_proxied() {
         // A proxied request waits for the upstream, a thread that may be
         // scheduled late on a busy machine: past `idle-wait` the shard
         // parks glommio, which allocates (2 821 times over the proxied
-        // requests in one CI run at the default 200 µs). Waiting longer in
+        // requests in one CI run at an idle wait of 200 µs). Waiting longer in
         // the shard's own ring keeps the count to the request's path.
         idle_wait: Duration::from_millis(50),
         ..parsed

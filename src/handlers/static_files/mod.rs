@@ -339,7 +339,9 @@ impl SiteState {
             encodings: job.encodings.clone(),
         };
         let look = |lookup: Lookup| {
-            glommio::executor().spawn_blocking(move || fs::find_from_configured(lookup))
+            recheck::wait(
+                glommio::executor().spawn_blocking(move || fs::find_from_configured(lookup)),
+            )
         };
         let mut found = look(lookup.clone()).await;
         if matches!(found, FoundSend::Short(_)) && close_shard_files() > 0 {
@@ -468,9 +470,9 @@ impl SiteState {
         }
         let done = Done(&self.gzipping, rel);
         let level = g.level;
-        let result = glommio::executor()
-            .spawn_blocking(move || fs::gzip_whole(whole, level))
-            .await;
+        let result =
+            recheck::wait(glommio::executor().spawn_blocking(move || fs::gzip_whole(whole, level)))
+                .await;
         drop(done);
         let Ok(bytes) = result else {
             return found;
@@ -848,7 +850,7 @@ async fn stream_file(
     }
     .await;
     if let Some(reader) = reader {
-        let _ = reader.close().await;
+        let _ = recheck::wait(reader.close()).await;
     }
     (pos - start, result)
 }
