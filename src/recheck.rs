@@ -94,8 +94,9 @@ pub async fn step_aside() {
 }
 
 /// Runs a glommio wait; if it really waited, renews the shard's budget.
-/// Every wait of a shard's task through glommio (its timers, files, the
-/// blocking pool) goes through this, so that the shard is [`away`] meanwhile.
+/// A connection's waits through glommio (the step-aside timer, file reads,
+/// the blocking pool) go through this, so that the shard is [`away`]
+/// meanwhile.
 pub async fn wait<F: Future>(f: F) -> F::Output {
     /// Ends the wait's count however the wait ends (dropped too).
     struct Back;
@@ -181,5 +182,22 @@ mod tests {
         // Pending once, then ready.
         futures_lite::future::block_on(wait(futures_lite::future::yield_now()));
         assert!(try_direct());
+    }
+
+    #[test]
+    fn a_wait_through_glommio_is_counted_until_it_ends_however_it_ends() {
+        use futures_lite::future::{block_on, poll_once};
+        assert!(!away());
+        let mut pending = Box::pin(wait(std::future::pending::<()>()));
+        assert!(block_on(poll_once(&mut pending)).is_none());
+        assert!(away());
+        drop(pending);
+        assert!(!away());
+        let panicked =
+            std::panic::catch_unwind(|| block_on(wait(async { panic!("a wait that panics") })));
+        assert!(panicked.is_err());
+        assert!(!away());
+        block_on(wait(async {}));
+        assert!(!away());
     }
 }

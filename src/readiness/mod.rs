@@ -157,6 +157,9 @@ pub struct Readiness {
     /// How long the driver waits in this ring, after a busy spell, before
     /// it parks glommio; zero parks at once.
     idle_wait: Duration,
+    /// Waits in this ring the driver began (`wait_briefly`).
+    #[cfg(test)]
+    brief_waits: Cell<u64>,
 }
 
 impl Readiness {
@@ -190,6 +193,8 @@ impl Readiness {
             driver: RefCell::new(None),
             next_deadline: Cell::new(None),
             idle_wait,
+            #[cfg(test)]
+            brief_waits: Cell::new(0),
         }))
     }
 
@@ -478,9 +483,9 @@ impl Readiness {
     }
 
     /// Wake the waiting tasks whose deadline passed; returns the earliest
-    /// deadline still ahead.
-    fn expire(&self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
+    /// deadline still ahead, and how many tasks it woke.
+    fn expire(&self, now: Instant) -> (Option<Instant>, usize) {
+        let (mut next, mut woken) = (None::<Instant>, 0);
         for (_, slot) in self.slots.borrow_mut().iter_mut() {
             let Some(d) = slot.deadline else { continue };
             if d <= now {
@@ -488,18 +493,25 @@ impl Readiness {
                 slot.timed_out = Some(d);
                 if let Some(w) = slot.waker.take() {
                     w.wake();
+                    woken += 1;
                 }
             } else if next.is_none_or(|n| d < n) {
                 next = Some(d);
             }
         }
-        next
+        (next, woken)
     }
 
-    /// Block in this ring until a completion arrives or `idle_wait` passes;
-    /// returns whether one arrived.
-    fn wait_briefly(&self) -> bool {
-        let ts = types::Timespec::from(self.idle_wait);
+    /// Block in this ring until a completion arrives, `idle_wait` passes or
+    /// the next deadline does (read at `now`); returns whether one arrived.
+    fn wait_briefly(&self, now: Instant) -> bool {
+        #[cfg(test)]
+        self.brief_waits.set(self.brief_waits.get() + 1);
+        let time = match self.next_deadline.get() {
+            Some(d) => self.idle_wait.min(d.saturating_duration_since(now)),
+            None => self.idle_wait,
+        };
+        let ts = types::Timespec::from(time);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.borrow().submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -549,23 +561,27 @@ impl Readiness {
             if let Err(e) = self.flush() {
                 log::error!("readiness ring: submit: {e}");
             }
-            let reaped = self.reap();
+            // Tasks this round woke: a completion's, or a deadline's.
+            let mut reaped = self.reap();
             let now = Instant::now();
             if self.next_deadline.get().is_some_and(|d| d <= now) {
-                self.next_deadline.set(self.expire(now));
+                let (next, expired) = self.expire(now);
+                self.next_deadline.set(next);
+                reaped += expired;
             }
             // The shard was busy a moment ago: the next request is likely
             // close. Wait for it in this ring, a short while, instead of
             // parking glommio (a membarrier that interrupts every CPU
             // running a shard, and several ring entries). But that wait
             // blocks the thread: not while a task waits through glommio's
-            // reactor (its completion would wait too), nor while a task may
-            // be runnable (one spawned or woken since the driver's last
-            // turn, or one that stepped aside).
+            // reactor (its completion would wait too: the driver parks
+            // instead), nor while a counted task may be runnable (one
+            // spawned or woken since the driver's last turn, or one that
+            // yielded: the driver yields first).
             let waiting = reaped == 0 && streak && !self.idle_wait.is_zero() && !recheck::away();
             if waiting {
                 if TURNS.get() == mark {
-                    streak = self.wait_briefly();
+                    streak = self.wait_briefly(now);
                     continue;
                 }
             } else {

@@ -18,7 +18,9 @@ fn pair() -> (TcpStream, OwnedFd) {
     })
 }
 
-type Test = Box<dyn FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+/// What a test runs on the shard.
+type Work = Pin<Box<dyn Future<Output = ()>>>;
+type Test = Box<dyn FnOnce(Rc<Readiness>) -> Work + Send>;
 
 fn on_a_shard(
     test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
@@ -212,7 +214,7 @@ const LONG_WAIT: Duration = Duration::from_secs(20);
 /// Runs on a shard whose driver waits `LONG_WAIT` once busy: a counted task
 /// waits for a byte sent a moment later (so that the driver is busy when
 /// it wakes the task), then does `then`; returns how long it all took.
-fn after_a_wake(then: fn() -> Pin<Box<dyn Future<Output = ()>>>) -> Duration {
+fn after_a_wake(then: fn(Rc<Readiness>) -> Work) -> Duration {
     let took = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
     let out = took.clone();
     on_a_shard_waiting(
@@ -228,10 +230,11 @@ fn after_a_wake(then: fn() -> Pin<Box<dyn Future<Output = ()>>>) -> Duration {
                     client.write_all(b"x").unwrap();
                     client
                 });
+                let ring = readiness.clone();
                 glommio::spawn_local(taking_turns(async move {
                     assert!(interest.try_recv(fd, &mut [0; 8]).is_none());
                     interest.readable(None).await.unwrap();
-                    then().await;
+                    then(ring).await;
                 }))
                 .await;
                 drop(writer.join());
@@ -245,13 +248,13 @@ fn after_a_wake(then: fn() -> Pin<Box<dyn Future<Output = ()>>>) -> Duration {
 
 #[test]
 fn the_driver_lets_a_runnable_task_run_before_it_waits_in_its_ring() {
-    // The woken task spawns another and waits for it; the new task steps
-    // aside once (as a connection's first read that finds nothing does):
-    // it is runnable while the driver, busy a moment ago, would wait.
-    let took = after_a_wake(|| {
-        Box::pin(glommio::spawn_local(taking_turns(
-            futures_lite::future::yield_now(),
-        )))
+    // The woken task spawns another and waits for it. Spawned into the
+    // queue, as the intake's gate spawns a connection (not run at once, as
+    // `spawn_local` would): it is runnable while the driver, busy a moment
+    // ago, would wait.
+    let took = after_a_wake(|_| {
+        let queue = glommio::executor().current_task_queue();
+        Box::pin(glommio::spawn_local_into(taking_turns(async {}), queue).unwrap())
     });
     assert!(
         took < LONG_WAIT / 2,
@@ -263,7 +266,7 @@ fn the_driver_lets_a_runnable_task_run_before_it_waits_in_its_ring() {
 fn the_driver_does_not_wait_in_its_ring_while_a_task_waits_through_glommio() {
     // A glommio timer's expiry arrives in glommio's ring, which the
     // driver's wait does not watch.
-    let took = after_a_wake(|| {
+    let took = after_a_wake(|_| {
         Box::pin(crate::recheck::wait(glommio::timer::sleep(
             Duration::from_millis(1),
         )))
@@ -271,5 +274,61 @@ fn the_driver_does_not_wait_in_its_ring_while_a_task_waits_through_glommio() {
     assert!(
         took < LONG_WAIT / 2,
         "the timer waited out the driver's wait ({took:?})"
+    );
+}
+
+#[test]
+fn a_driver_busy_a_moment_ago_waits_in_its_ring_before_it_parks() {
+    // What the two tests above guard must not turn the wait off: once the
+    // woken task waits again and nothing else can run, the driver waits.
+    on_a_shard_waiting(
+        Duration::from_millis(5),
+        Box::new(|readiness| {
+            Box::pin(async move {
+                let (mut client, server) = pair();
+                let fd = server.as_raw_fd();
+                let mut interest = readiness.register(fd);
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    client.write_all(b"x").unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                    client.write_all(b"y").unwrap();
+                    client
+                });
+                let driver = readiness.clone();
+                glommio::spawn_local(taking_turns(async move {
+                    let mut buf = [0u8; 8];
+                    assert!(interest.try_recv(fd, &mut buf).is_none());
+                    interest.readable(None).await.unwrap();
+                    let before = driver.brief_waits.get();
+                    assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 1);
+                    interest.readable(None).await.unwrap();
+                    assert!(driver.brief_waits.get() > before, "the driver never waited");
+                    assert!(!crate::recheck::away());
+                }))
+                .await;
+                drop(writer.join());
+            })
+        }),
+    );
+}
+
+#[test]
+fn the_driver_waits_in_its_ring_no_longer_than_the_next_deadline() {
+    // The woken task waits on another socket, with a deadline: the
+    // driver's wait ends there, and the deadline wakes the task.
+    let took = after_a_wake(|readiness| {
+        Box::pin(async move {
+            let (_client, server) = pair();
+            let mut interest = readiness.register(server.as_raw_fd());
+            assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
+            let deadline = Instant::now() + Duration::from_millis(5);
+            let waited = interest.readable(Some(deadline)).await;
+            assert!(matches!(waited, Err(WaitError::TimedOut)), "{waited:?}");
+        })
+    });
+    assert!(
+        took < LONG_WAIT / 2,
+        "the deadline waited out the driver's wait ({took:?})"
     );
 }
