@@ -80,16 +80,23 @@ fn a_socket_is_ready_when_bytes_arrive_and_not_before() {
     });
 }
 
+/// Wait on a socket nobody writes to, `time` at most; the wait must time
+/// out. Returns its deadline.
+async fn times_out(readiness: &Rc<Readiness>, time: Duration) -> Instant {
+    let (_client, server) = pair();
+    let mut interest = readiness.register(server.as_raw_fd());
+    assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
+    let deadline = Instant::now() + time;
+    let got = interest.readable(Some(deadline)).await;
+    assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
+    deadline
+}
+
 #[test]
 fn a_wait_ends_at_its_deadline() {
     on_a_shard(|readiness| {
         Box::pin(async move {
-            let (_client, server) = pair();
-            let mut interest = readiness.register(server.as_raw_fd());
-            assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
-            let deadline = Instant::now() + Duration::from_millis(30);
-            let got = interest.readable(Some(deadline)).await;
-            assert!(matches!(got, Err(WaitError::TimedOut)), "{got:?}");
+            let deadline = times_out(&readiness, Duration::from_millis(30)).await;
             assert!(Instant::now() >= deadline);
         })
     });
@@ -211,14 +218,16 @@ fn a_closed_connection_is_closed_for_the_peer_at_once() {
 /// instead of letting a task run shows as a test that takes this long.
 const LONG_WAIT: Duration = Duration::from_secs(20);
 
-/// Runs on a shard whose driver waits `LONG_WAIT` once busy: a counted task
+/// Runs on a shard whose driver waits `idle_wait` once busy: a counted task
 /// waits for a byte sent a moment later (so that the driver is busy when
-/// it wakes the task), then does `then`; returns how long it all took.
-fn after_a_wake(then: fn(Rc<Readiness>) -> Work) -> Duration {
+/// it wakes the task), then does `then` with the ring, the socket's
+/// registration and its descriptor (a second byte follows 100 ms after
+/// the first); returns how long it all took.
+fn after_a_wake(idle_wait: Duration, then: fn(Rc<Readiness>, Interest, RawFd) -> Work) -> Duration {
     let took = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
     let out = took.clone();
     on_a_shard_waiting(
-        LONG_WAIT,
+        idle_wait,
         Box::new(move |readiness| {
             Box::pin(async move {
                 let started = Instant::now();
@@ -228,17 +237,19 @@ fn after_a_wake(then: fn(Rc<Readiness>) -> Work) -> Duration {
                 let writer = std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(50));
                     client.write_all(b"x").unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                    client.write_all(b"y").unwrap();
                     client
                 });
                 let ring = readiness.clone();
                 glommio::spawn_local(taking_turns(async move {
                     assert!(interest.try_recv(fd, &mut [0; 8]).is_none());
                     interest.readable(None).await.unwrap();
-                    then(ring).await;
+                    then(ring, interest, fd).await;
                 }))
                 .await;
-                drop(writer.join());
                 *out.lock().unwrap() = started.elapsed();
+                drop(writer.join());
             })
         }),
     );
@@ -252,7 +263,7 @@ fn the_driver_lets_a_runnable_task_run_before_it_waits_in_its_ring() {
     // queue, as the intake's gate spawns a connection (not run at once, as
     // `spawn_local` would): it is runnable while the driver, busy a moment
     // ago, would wait.
-    let took = after_a_wake(|_| {
+    let took = after_a_wake(LONG_WAIT, |_, _, _| {
         let queue = glommio::executor().current_task_queue();
         Box::pin(glommio::spawn_local_into(taking_turns(async {}), queue).unwrap())
     });
@@ -266,7 +277,7 @@ fn the_driver_lets_a_runnable_task_run_before_it_waits_in_its_ring() {
 fn the_driver_does_not_wait_in_its_ring_while_a_task_waits_through_glommio() {
     // A glommio timer's expiry arrives in glommio's ring, which the
     // driver's wait does not watch.
-    let took = after_a_wake(|_| {
+    let took = after_a_wake(LONG_WAIT, |_, _, _| {
         Box::pin(crate::recheck::wait(glommio::timer::sleep(
             Duration::from_millis(1),
         )))
@@ -281,50 +292,24 @@ fn the_driver_does_not_wait_in_its_ring_while_a_task_waits_through_glommio() {
 fn a_driver_busy_a_moment_ago_waits_in_its_ring_before_it_parks() {
     // What the two tests above guard must not turn the wait off: once the
     // woken task waits again and nothing else can run, the driver waits.
-    on_a_shard_waiting(
-        Duration::from_millis(5),
-        Box::new(|readiness| {
-            Box::pin(async move {
-                let (mut client, server) = pair();
-                let fd = server.as_raw_fd();
-                let mut interest = readiness.register(fd);
-                let writer = std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(50));
-                    client.write_all(b"x").unwrap();
-                    std::thread::sleep(Duration::from_millis(100));
-                    client.write_all(b"y").unwrap();
-                    client
-                });
-                let driver = readiness.clone();
-                glommio::spawn_local(taking_turns(async move {
-                    let mut buf = [0u8; 8];
-                    assert!(interest.try_recv(fd, &mut buf).is_none());
-                    interest.readable(None).await.unwrap();
-                    let before = driver.brief_waits.get();
-                    assert_eq!(interest.try_recv(fd, &mut buf).unwrap().unwrap(), 1);
-                    interest.readable(None).await.unwrap();
-                    assert!(driver.brief_waits.get() > before, "the driver never waited");
-                    assert!(!crate::recheck::away());
-                }))
-                .await;
-                drop(writer.join());
-            })
-        }),
-    );
+    after_a_wake(Duration::from_millis(5), |driver, mut interest, fd| {
+        Box::pin(async move {
+            let before = driver.brief_waits.get();
+            assert_eq!(interest.try_recv(fd, &mut [0; 8]).unwrap().unwrap(), 1);
+            interest.readable(None).await.unwrap();
+            assert!(driver.brief_waits.get() > before, "the driver never waited");
+            assert!(!crate::recheck::away());
+        })
+    });
 }
 
 #[test]
 fn the_driver_waits_in_its_ring_no_longer_than_the_next_deadline() {
     // The woken task waits on another socket, with a deadline: the
     // driver's wait ends there, and the deadline wakes the task.
-    let took = after_a_wake(|readiness| {
+    let took = after_a_wake(LONG_WAIT, |readiness, _, _| {
         Box::pin(async move {
-            let (_client, server) = pair();
-            let mut interest = readiness.register(server.as_raw_fd());
-            assert!(interest.try_recv(server.as_raw_fd(), &mut [0; 8]).is_none());
-            let deadline = Instant::now() + Duration::from_millis(5);
-            let waited = interest.readable(Some(deadline)).await;
-            assert!(matches!(waited, Err(WaitError::TimedOut)), "{waited:?}");
+            times_out(&readiness, Duration::from_millis(5)).await;
         })
     });
     assert!(
