@@ -385,6 +385,11 @@ impl AccessLogger {
         out.extend_from_slice(b"}\n");
     }
 
+    /// Whether lines wait in the buffer (or a write of them is under way).
+    pub fn has_lines(&self) -> bool {
+        self.flushing.get() || !self.buf.borrow().is_empty()
+    }
+
     /// Write out what is buffered, on the blocking thread.
     pub async fn flush(&self) {
         if self.flushing.replace(true) {

@@ -15,8 +15,22 @@
 //! queued task; nothing on the executor has to run first for the next
 //! wake to work (a socket a task reads would need that task to read
 //! again). So a stuck executor is stuck for at most one period.
+//!
+//! Only an executor that ran can be stuck so, and one that has not run
+//! since the last wake was handled need not be woken: each wake of a
+//! sleeping executor costs it a pass and a park (on a VM about half a
+//! millisecond of CPU, between the two threads: ten a second made an
+//! idle server use 4 % of a CPU). So the thread counts the executor's
+//! thread's time slices (`/proc/thread-self/schedstat`, opened by the
+//! executor's thread, read by this one) and wakes it only when it ran
+//! since the last look, beyond the slice the last wake itself cost. While
+//! the executor sleeps, the thread looks less and less often, down to once
+//! every `SLOWEST` periods: an executor stuck just after a long sleep is
+//! woken a second late at worst (every look that finds it ran wakes it).
 
 use std::cell::RefCell;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -27,6 +41,10 @@ use std::time::Duration;
 /// How often an executor's task is woken: the longest an executor stays
 /// asleep with work queued.
 pub const PERIOD: Duration = Duration::from_millis(100);
+
+/// While the executor does not run, the looks slow down to one every this
+/// many periods (doubling each time): the thread's own wake-ups cost too.
+const SLOWEST: u32 = 10;
 
 /// Wakes queued for the task and not yet seen by it: past this, the
 /// executor is busy, not asleep, and more wakes would only pile up
@@ -59,9 +77,13 @@ pub struct KeepAwake {
 }
 
 impl KeepAwake {
-    /// Start waking a new task of the current executor every `period`;
-    /// `name` names the thread. Must be called on a glommio executor.
+    /// Start waking a new task of the current executor every `period`
+    /// that the executor ran in; `name` names the thread. Must be called
+    /// on a glommio executor, on its own thread.
     pub fn start(name: &str, period: Duration) -> std::io::Result<KeepAwake> {
+        // Opened here, on the executor's thread: the file then stays that
+        // thread's. Without it (no procfs, no schedstats) every period wakes.
+        let slices = File::open("/proc/thread-self/schedstat").ok();
         let shared = Arc::new(Shared {
             unseen: AtomicU32::new(0),
             stop: AtomicBool::new(false),
@@ -74,7 +96,7 @@ impl KeepAwake {
             .name(name.into())
             // It only sleeps and wakes: a small stack is plenty.
             .stack_size(64 << 10)
-            .spawn(move || tick(&theirs, &rx, period))?;
+            .spawn(move || tick(&theirs, &rx, period, slices.as_ref()))?;
         let handle = thread.thread().clone();
         ORPHANS.with(|o| o.0.borrow_mut().push((shared.clone(), handle)));
         glommio::spawn_local(Awake {
@@ -124,10 +146,16 @@ impl Drop for KeepAwake {
     }
 }
 
-/// The thread: wait for the task's waker, then wake it every `period`
-/// until told to stop; give the waker back (forgotten instead when the
-/// executor's thread is gone).
-fn tick(shared: &Shared, rx: &mpsc::Receiver<Waker>, period: Duration) -> Option<Waker> {
+/// The thread: wait for the task's waker, then wake it every `period` in
+/// which the executor's thread ran (read from `slices`, its schedstat
+/// file; every period without it) until told to stop; give the waker back
+/// (forgotten instead when the executor's thread is gone).
+fn tick(
+    shared: &Shared,
+    rx: &mpsc::Receiver<Waker>,
+    period: Duration,
+    slices: Option<&File>,
+) -> Option<Waker> {
     let waker = loop {
         match rx.recv_timeout(period) {
             Ok(waker) => break waker,
@@ -137,18 +165,47 @@ fn tick(shared: &Shared, rx: &mpsc::Receiver<Waker>, period: Duration) -> Option
             Err(_) => return handed_back(shared, rx.try_recv().ok()),
         }
     };
+    // The executor's time slices at the last look, and whether the last
+    // look woke it (that wake's own slice is not a sign of work).
+    let (mut seen, mut woke) = (None, true);
+    let mut pause = period;
     while !shared.stop.load(Ordering::Relaxed) {
-        std::thread::park_timeout(period);
+        std::thread::park_timeout(pause);
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
-        if shared.unseen.fetch_add(1, Ordering::Relaxed) < MAX_UNSEEN {
-            waker.wake_by_ref();
+        let now = slices.and_then(time_slices);
+        let ran = match (seen, now) {
+            (Some(before), Some(now)) => now > before + u64::from(woke),
+            _ => true,
+        };
+        seen = now;
+        pause = if ran {
+            period
         } else {
+            (pause * 2).min(period * SLOWEST)
+        };
+        woke = ran && shared.unseen.fetch_add(1, Ordering::Relaxed) < MAX_UNSEEN;
+        if woke {
+            waker.wake_by_ref();
+        } else if ran {
             shared.unseen.fetch_sub(1, Ordering::Relaxed);
         }
     }
     handed_back(shared, Some(waker))
+}
+
+/// How many time slices the thread whose schedstat file this is has had
+/// on a CPU (the file's third number: each wake-up starts one).
+fn time_slices(file: &File) -> Option<u64> {
+    let mut buf = [0u8; 96];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// The waker for the owner to drop on the executor's thread; none, and
@@ -194,11 +251,19 @@ mod tests {
             .run(f);
     }
 
+    /// Keeps the executor running: a timer every millisecond.
+    async fn busy_for(time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[test]
     fn its_task_is_woken_each_period_until_it_is_dropped() {
         on_executor(async {
             let awake = KeepAwake::start("test-awake", Duration::from_millis(20)).unwrap();
-            glommio::timer::sleep(Duration::from_millis(300)).await;
+            busy_for(Duration::from_millis(300)).await;
             let runs = awake.shared.runs.load(Ordering::Relaxed);
             // The first run, then about one per period (a crowded CPU may
             // let fewer through).
@@ -215,6 +280,24 @@ mod tests {
                 after,
                 "woken after the drop"
             );
+        });
+    }
+
+    #[test]
+    fn an_executor_that_does_not_run_is_not_woken() {
+        on_executor(async {
+            let awake = KeepAwake::start("test-awake", Duration::from_millis(10)).unwrap();
+            busy_for(Duration::from_millis(50)).await;
+            // Asleep from here (one timer): a wake or two while the thread
+            // sees the last of the work, then none.
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let settled = awake.shared.runs.load(Ordering::Relaxed);
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let runs = awake.shared.runs.load(Ordering::Relaxed);
+            assert!(runs <= settled + 1, "woken {} times asleep", runs - settled);
+            // Running again, it is woken again.
+            busy_for(Duration::from_millis(200)).await;
+            assert!(awake.shared.runs.load(Ordering::Relaxed) >= runs + 3);
         });
     }
 

@@ -253,35 +253,33 @@ async fn run(spec: ShardSpec) {
             let _ = events.try_send(ShardEvent::Rested { id, rest });
         }
     });
-    // Idle upstream connections past their timeout, or closed by their
-    // server, are let go once a second.
-    let sweep_shard = shard.clone();
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            sweep_shard.upstreams().sweep(std::time::Instant::now());
-        }
-    })
-    .detach();
-    if let Some(log) = shard.access_log() {
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_secs(1)).await;
-                log.flush().await;
-            }
-        })
-        .detach();
-    }
-    let gate = Rc::new(Gate::new());
-
-    let date_shard = shard.clone();
+    // Once a second, at the turn of the second (one wake-up for all three:
+    // each costs the shard a pass and a park): the `Date` field; idle
+    // upstream connections past their timeout, or closed by their server,
+    // let go; the access log written out (in a task of its own, so that a
+    // slow write never holds the date back). A second with none of it to
+    // do (no response, no idle upstream connection, no line waiting) stops
+    // the ticks until the next response reads the date: an idle shard
+    // sleeps.
+    let ticking = shard.clone();
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(DateCache::until_next_second()).await;
-            date_shard.refresh_date();
+            ticking.refresh_date();
+            let pooled = ticking.upstreams().sweep(std::time::Instant::now());
+            let mut logging = false;
+            if let Some(log) = ticking.access_log().filter(|l| l.has_lines()) {
+                logging = true;
+                glommio::spawn_local(async move { log.flush().await }).detach();
+            }
+            let date = ticking.date_cache();
+            if !date.was_read() && !pooled && !logging {
+                date.until_read().await;
+            }
         }
     })
     .detach();
+    let gate = Rc::new(Gate::new());
 
     let mut intake: Vec<glommio::Task<()>> = Vec::new();
     let from_channel = matches!(spec.intake, Intake::Channel(_));

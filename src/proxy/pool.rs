@@ -273,16 +273,20 @@ impl Upstreams {
 
     /// Close idle connections past their group's idle timeout, or that the
     /// server closed (or sent something unasked) while they sat idle, and
-    /// those beyond `keepalive` past `OVERFLOW_GRACE`.
-    pub fn sweep(&self, now: Instant) {
+    /// those beyond `keepalive` past `OVERFLOW_GRACE`. Returns whether any
+    /// idle connection is left (to sweep again later).
+    pub fn sweep(&self, now: Instant) -> bool {
+        let mut left = false;
         for g in self.groups.borrow().values() {
             for s in &g.servers {
                 let mut idle = s.idle.borrow_mut();
                 idle.retain_mut(|i| i.since + g.config.idle_timeout > now && !i.socket.has_input());
                 trim(&mut idle, g.config.keepalive, now);
+                left |= !idle.is_empty();
             }
         }
         self.fold_retired();
+        left
     }
 
     /// Close every idle connection (a shutdown).
