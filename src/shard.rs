@@ -258,9 +258,10 @@ async fn run(spec: ShardSpec) {
     // upstream connections past their timeout, or closed by their server,
     // let go; the access log written out (in a task of its own, so that a
     // slow write never holds the date back). A second with none of it to
-    // do (no response, no idle upstream connection, no line waiting) stops
-    // the ticks until the next response reads the date: an idle shard
-    // sleeps.
+    // do (no connection open, no response, no idle upstream connection, no
+    // line waiting) stops the ticks until a new connection or a response
+    // restarts them: an idle shard sleeps. Lines and pooled connections
+    // come only from connections, so none arrives while the ticks stop.
     let ticking = shard.clone();
     glommio::spawn_local(async move {
         loop {
@@ -273,7 +274,7 @@ async fn run(spec: ShardSpec) {
                 glommio::spawn_local(async move { log.flush().await }).detach();
             }
             let date = ticking.date_cache();
-            if !date.was_read() && !pooled && !logging {
+            if !date.was_read() && !pooled && !logging && ticking.open_connections() == 0 {
                 date.until_read().await;
             }
         }

@@ -409,8 +409,15 @@ impl Shard {
         true
     }
 
+    /// Connections open on the shard (registered).
+    pub fn open_connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
     /// Track a new connection, whose socket is `fd`; returns its key.
+    /// Restarts the shard's ticks if they stopped.
     pub fn register(&self, fd: RawFd) -> ConnKey {
+        self.date.resume();
         self.count(|s| s.connections += 1);
         let key = self.conns.borrow_mut().insert(ConnEntry {
             fd,

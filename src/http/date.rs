@@ -49,15 +49,18 @@ impl DateCache {
 
     /// The current value, as sent.
     pub fn get(&self) -> [u8; DATE_LEN] {
-        if self.stopped.get() {
-            self.restart();
-        }
+        self.resume();
         self.read.set(true);
         self.value.get()
     }
 
-    /// The first read after the timer task stopped: a fresh value, and the
-    /// task woken to keep it so.
+    /// If the timer task stopped: refresh the value and wake the task.
+    pub fn resume(&self) {
+        if self.stopped.get() {
+            self.restart();
+        }
+    }
+
     #[cold]
     fn restart(&self) {
         self.stopped.set(false);

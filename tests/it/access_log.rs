@@ -329,8 +329,21 @@ fn a_head_that_times_out_is_logged_with_its_request_line() {
 /// looked as if never sent, and its bytes were missing from the metrics).
 #[test]
 fn an_abandoned_download_is_logged_with_what_was_sent() {
+    abandon_a_download("log-abandoned", Duration::ZERO);
+}
+
+#[test]
+fn a_download_abandoned_after_a_quiet_while_is_logged_within_a_second() {
+    // Seconds without a response or a line: a shard with a connection open
+    // keeps writing its log once a second all the same.
+    abandon_a_download("log-abandoned-late", Duration::from_millis(3500));
+}
+
+/// A client that reads 1 MiB of a large file, waits `pause`, and leaves:
+/// its line, with the bytes sent, is written within `wait_for_lines`'s time.
+fn abandon_a_download(name: &str, pause: Duration) {
     use std::io::{Read, Write};
-    let dir = Scratch::new("log-abandoned");
+    let dir = Scratch::new(name);
     let size: u64 = 256 << 20;
     dir.write("www/big.bin", "");
     std::fs::File::options()
@@ -345,6 +358,7 @@ fn an_abandoned_download_is_logged_with_what_was_sent() {
         .unwrap();
     let mut got = vec![0; 1 << 20];
     s.read_exact(&mut got).unwrap();
+    std::thread::sleep(pause);
     drop(s);
     let lines = wait_for_lines(&log, 1);
     assert_eq!(lines.len(), 1, "{lines:?}");
