@@ -22,10 +22,10 @@
 //! CPU or more: ten a second for each executor made an idle server use
 //! 5 % of a CPU). So the task notes its thread's time slices when it runs
 //! (`/proc/thread-self/schedstat`, opened by the executor's thread), and
-//! the thread wakes it each period only when the executor has had two
-//! slices since (the rest of the pass that ran the task may take one; a
-//! stuck executor had two: it ran, then was kept off its CPU and ran
-//! again), or when the last wake was not seen yet (a wake sent while the
+//! the thread wakes it each period only when the executor has had a slice
+//! since (any slice: the pass that ran the task may itself be kept off
+//! its CPU and come back stuck; a harmless slice costs one more wake), or
+//! when the last wake was not seen yet (a wake sent while the
 //! executor ran writes no eventfd: if it then parks stuck, only a second
 //! wake reaches it). While the executor sleeps the looks slow down to one
 //! every `SLOWEST` periods, and every `REGARDLESS` periods it is woken all
@@ -189,7 +189,7 @@ fn tick(shared: &Shared, rx: &mpsc::Receiver<Waker>, period: Duration) -> Option
         since_wake += pause;
         let at_run = shared.slices_at_run.load(Ordering::Relaxed);
         let ran = match shared.slices.as_ref().and_then(time_slices) {
-            Some(now) => at_run == NOT_YET || now > at_run + 1,
+            Some(now) => at_run == NOT_YET || now > at_run,
             None => true,
         };
         let unseen = shared.unseen.load(Ordering::Relaxed) > 0;
