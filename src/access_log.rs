@@ -385,9 +385,10 @@ impl AccessLogger {
         out.extend_from_slice(b"}\n");
     }
 
-    /// Whether lines wait in the buffer (or a write of them is under way).
+    /// Whether lines wait in the buffer (or a write of them is under way,
+    /// or the count of dropped ones is still to be said).
     pub fn has_lines(&self) -> bool {
-        self.flushing.get() || !self.buf.borrow().is_empty()
+        self.flushing.get() || !self.buf.borrow().is_empty() || self.dropped.get() > 0
     }
 
     /// Write out what is buffered, on the blocking thread.
@@ -402,11 +403,17 @@ impl AccessLogger {
     async fn write_buffered(&self) {
         let data = {
             let mut buf = self.buf.borrow_mut();
-            if buf.is_empty() {
-                return;
-            }
-            std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES))
+            (!buf.is_empty()).then(|| std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES)))
         };
+        if let Some(data) = data {
+            self.write(data).await;
+        }
+        self.say_dropped();
+    }
+
+    /// Write `data` (whole lines) to the sink; lines the stderr queue has
+    /// no room for are counted as dropped.
+    async fn write(&self, data: Vec<u8>) {
         match &self.sink {
             Sink::Stderr | Sink::Stream(_) => {
                 let to = match &self.sink {
@@ -446,8 +453,12 @@ impl AccessLogger {
                 self.failures.borrow_mut().note(written, what);
             }
         }
-        // Said at most once a second: a log that stays behind would
-        // otherwise get a warning per flush.
+    }
+
+    /// Log how many lines were dropped since it was last said, if any.
+    /// Said at most once a second: a log that stays behind would
+    /// otherwise get a warning per flush.
+    fn say_dropped(&self) {
         let now = std::time::Instant::now();
         // At shutdown the last count is said whenever it is.
         let due = self.closing.get()
@@ -722,6 +733,26 @@ mod tests {
         referer: None,
         user_agent: Some(b"curl/8"),
     };
+
+    /// Lines dropped with none logged after them are still said: the
+    /// count keeps the shard's ticks going (`has_lines`) until it is.
+    #[test]
+    fn a_count_of_dropped_lines_is_said_with_no_line_after_it() {
+        let log = logger(LogFormat::Combined);
+        let now = std::time::Instant::now();
+        log.dropped.set(3);
+        log.dropped_said.set(Some(now));
+        assert!(log.has_lines());
+        futures_lite::future::block_on(log.flush());
+        // Said a moment ago: not yet again.
+        assert_eq!(log.dropped.get(), 3);
+        assert!(log.has_lines());
+        log.dropped_said
+            .set(now.checked_sub(std::time::Duration::from_secs(2)));
+        futures_lite::future::block_on(log.flush());
+        assert_eq!(log.dropped.get(), 0);
+        assert!(!log.has_lines());
+    }
 
     /// A refused head whose first line is no request line: that line,
     /// escaped, where the request goes (nginx logs `"\x16\x03..."`).
