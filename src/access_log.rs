@@ -484,6 +484,8 @@ impl AccessLogger {
             if self.flushing.get() {
                 glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
             } else if self.buf.borrow().is_empty() {
+                // A count the once-a-second rule held back.
+                self.say_dropped();
                 return;
             } else {
                 self.flush().await;

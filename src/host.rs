@@ -31,9 +31,9 @@ const SPARE_EXECUTORS: u64 = 2;
 /// app manager, the log writer and the access-log stream.
 const BASE_THREADS: u64 = 8;
 
-/// Threads each shard runs: its executor, glommio's blocking-call thread
-/// and its keep-awake thread.
-const THREADS_PER_SHARD: u64 = 3;
+/// Threads each shard runs: its executor and glommio's blocking-call
+/// thread (one keep-awake thread looks after every executor).
+const THREADS_PER_SHARD: u64 = 2;
 
 /// Tasks each app instance takes at least: its process, and coreserve's
 /// thread that waits for it and two that relay its output. A Node process
@@ -463,14 +463,14 @@ mod tests {
             tasks: Some(Tasks { limit, in_use }),
             ..limits(u64::MAX, false)
         };
-        // 8 + 2 x 3 + 2 x 4 = 22.
-        assert!(with(100, 78).tasks_for(2, 2).is_ok());
+        // 8 + 2 x 2 + 2 x 4 = 20.
+        assert!(with(100, 80).tasks_for(2, 2).is_ok());
         assert!(matches!(
-            with(100, 79).tasks_for(2, 2),
-            Err(HostError::TooFewTasks { need: 22, .. })
+            with(100, 81).tasks_for(2, 2),
+            Err(HostError::TooFewTasks { need: 20, .. })
         ));
-        assert!(with(16, 2).tasks_for(2, 0).is_ok());
-        assert!(with(16, 3).tasks_for(2, 0).is_err());
+        assert!(with(16, 4).tasks_for(2, 0).is_ok());
+        assert!(with(16, 5).tasks_for(2, 0).is_err());
         assert!(limits(u64::MAX, false).tasks_for(1000, 1000).is_ok());
     }
 

@@ -124,7 +124,18 @@ impl LogQueue {
                             if w.closed {
                                 return;
                             }
-                            w = shared.wait(w, SAY_DROPPED_EVERY);
+                            // Asleep until a line comes, unless a count of
+                            // dropped lines waits to be said: an idle
+                            // server's log costs no wake-up.
+                            w = match shared.dropped.load(Ordering::Acquire) {
+                                0 => shared.changed.wait(w).unwrap_or_else(|e| e.into_inner()),
+                                _ => shared.wait(
+                                    w,
+                                    said.map_or(Duration::ZERO, |t| {
+                                        SAY_DROPPED_EVERY.saturating_sub(t.elapsed())
+                                    }),
+                                ),
+                            };
                         }
                         match w.own.pop_front() {
                             Some(line) => {
@@ -174,8 +185,12 @@ impl Write for LogQueue {
         let full = w.pending() >= self.capacity
             || (bulk && w.bulk.len() + usize::from(w.writing == Some(true)) >= self.bulk_capacity);
         if full {
-            drop(w);
+            // Counted with the lock held: the writer, which looks at the
+            // count under it before it sleeps, cannot miss it (and is told,
+            // should it sleep with nothing queued: a queue of no room).
             self.shared.dropped.fetch_add(1, Ordering::AcqRel);
+            drop(w);
+            self.shared.changed.notify_all();
             return Ok(buf.len());
         }
         match bulk {
@@ -298,6 +313,23 @@ mod tests {
             self.flusher.flush(Duration::from_secs(5));
             String::from_utf8(self.taken.lock().unwrap().clone()).unwrap()
         }
+    }
+
+    /// The writer sleeps until it has something to say, and a dropped
+    /// line is something: its count comes at once, with nothing queued.
+    #[test]
+    fn a_dropped_line_wakes_the_writer() {
+        let t = Test::new(0);
+        for _ in 0..10 {
+            let _ = t.open.send(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        t.log(["lost\n".to_string()]);
+        let until = Instant::now() + Duration::from_millis(500);
+        while t.taken.lock().unwrap().is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*t.taken.lock().unwrap(), b"1 dropped\n");
     }
 
     #[test]

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     let serving = !cli.check && cli.command.is_none();
     init_logging(serving);
     coreserve::access_log::stream_lines::start();
+    // Here, before any shard: a thread started by a pinned shard would
+    // keep its CPU. Should it fail, the executors say so as they start.
+    let _ = coreserve::keep_awake::start_thread();
     let code = run(cli);
     flush_log();
     code

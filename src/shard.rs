@@ -219,7 +219,7 @@ async fn run(spec: ShardSpec) {
     let id = spec.id;
     // Held for the shard's whole run: glommio may park the executor with a
     // task queued (see `keep_awake`); this bounds that to a period.
-    let _awake = KeepAwake::start(&format!("awake-shard{id}"), keep_awake::PERIOD)
+    let _awake = KeepAwake::start(keep_awake::PERIOD)
         .map_err(|e| warn!("shard {id}: no keep-awake thread ({e}): a control message may wait for the next request"))
         .ok();
     let events = Rc::new(spec.events.connect().await);

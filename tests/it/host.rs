@@ -90,7 +90,7 @@ fn a_task_limit_too_low_for_the_shards() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("WARN  the process limit"), "{err}");
-    assert!(err.contains("but 2 shards need at least 14 more"), "{err}");
+    assert!(err.contains("but 2 shards need at least 12 more"), "{err}");
     assert!(err.contains("LimitNPROC="), "{err}");
 
     let mut cmd = command();

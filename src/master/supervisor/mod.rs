@@ -196,11 +196,9 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
 
     forward_app_events(s.apps.wake, s.apps.events, tx.clone());
     // Held to the end of the master's run (see `keep_awake`).
-    let _awake = KeepAwake::start("master-awake", keep_awake::PERIOD).map_err(|e| {
-        MasterError::Executor {
-            what: "the master's keep-awake thread".into(),
-            err: e.to_string(),
-        }
+    let _awake = KeepAwake::start(keep_awake::PERIOD).map_err(|e| MasterError::Executor {
+        what: "the master's keep-awake thread".into(),
+        err: e.to_string(),
     })?;
     for sig in s.held_signals {
         let _ = tx.try_send(MasterEvent::Signal(sig));
