@@ -101,9 +101,12 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// makes the shard park instead of waiting). Chosen from the all-cores
 /// measurements in bench/RESULTS.md: once a runnable task ends the wait
 /// (twenty-fifth session), 1 ms costs less than 200 µs per keep-alive
-/// request and per new connection in both dispatch modes, and 2 ms no
-/// less than 1 ms.
-pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(1);
+/// request and per new connection in both dispatch modes; 5 ms less than
+/// 1 ms again at half load (a proxied request 0.86–0.87× pinned,
+/// 0.92–0.94× all-cores) and under full load in the VM's slower mode, where the
+/// gaps between a shard's turns on a shared CPU outlast 1 ms (twenty-sixth
+/// session), and the same otherwise.
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);
 
 /// Limits every shard enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,6 +54,11 @@ const RING_ENTRIES: u32 = 256;
 /// at worst ends a multishot poll, which the connection then arms again.
 const CQ_ENTRIES: u32 = 4096;
 
+/// The longest the driver, busy, goes without a turn through glommio's
+/// reactor (whose completions its ring does not see: timers, control
+/// messages, the date): with the idle wait, the longest these wait.
+const REACTOR_EVERY: Duration = Duration::from_millis(10);
+
 /// What a connection waits for: data, end of stream, or an error.
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
 
@@ -557,6 +562,8 @@ impl Readiness {
         let mut streak = false;
         // The counted tasks' turns when the driver last stepped aside.
         let mut mark = TURNS.get();
+        // When glommio's reactor was last gone through (a step aside, a park).
+        let mut reactor_at = Instant::now();
         loop {
             if let Err(e) = self.flush() {
                 log::error!("readiness ring: submit: {e}");
@@ -594,11 +601,16 @@ impl Readiness {
                 // past it, go through glommio's reactor so that its own
                 // completions (new connections, timers, messages) are not
                 // kept waiting.
+                // Also past `REACTOR_EVERY`: brief waits that each end with
+                // a completion spend the budget slowly, and meanwhile
+                // glommio would look at its own ring only when its
+                // preemption timer fires (100 ms).
                 mark = TURNS.get();
-                if recheck::try_direct() {
+                if now.duration_since(reactor_at) < REACTOR_EVERY && recheck::try_direct() {
                     futures_lite::future::yield_now().await;
                 } else {
                     recheck::step_aside().await;
+                    reactor_at = Instant::now();
                 }
                 continue;
             }
@@ -637,6 +649,7 @@ impl Readiness {
                     ring_read = None;
                 }
                 self.driver.borrow_mut().take();
+                reactor_at = Instant::now();
             }
             self.asleep.set(false);
             self.ring.borrow_mut().completion().disable_eventfd();

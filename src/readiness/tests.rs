@@ -317,3 +317,56 @@ fn the_driver_waits_in_its_ring_no_longer_than_the_next_deadline() {
         "the deadline waited out the driver's wait ({took:?})"
     );
 }
+
+#[test]
+fn glommio_is_not_kept_waiting_by_a_steady_trickle_of_ring_events() {
+    // A byte every 2 ms, each less than the idle wait after the last: each
+    // of the driver's brief waits ends with work, so it never parks. A
+    // glommio timer (as the shard's ticker, or a control message from the
+    // master, which the ring does not see) must still be served soon, not
+    // when the recheck budget runs out or glommio's preemption timer
+    // (100 ms) fires.
+    on_a_shard_waiting(
+        Duration::from_millis(10),
+        Box::new(|readiness| {
+            Box::pin(async move {
+                let (mut client, server) = pair();
+                let fd = server.as_raw_fd();
+                let mut interest = readiness.register(fd);
+                let writer = std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        std::thread::sleep(Duration::from_millis(2));
+                        if client.write_all(b"x").is_err() {
+                            break;
+                        }
+                    }
+                });
+                let reader = glommio::spawn_local(taking_turns(async move {
+                    let mut got = 0;
+                    while got < 200 {
+                        match interest.try_recv(fd, &mut [0; 8]) {
+                            Some(Ok(0)) | Some(Err(_)) => break,
+                            Some(Ok(n)) => got += n,
+                            None => interest.readable(None).await.unwrap(),
+                        }
+                    }
+                }));
+                // 1 ms timers, one after another, while the trickle lasts
+                // (at least 400 ms): every 11 ms at worst, not every 100.
+                let fired = Rc::new(Cell::new(0u32));
+                let counted = fired.clone();
+                let timers = glommio::spawn_local(async move {
+                    loop {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                        counted.set(counted.get() + 1);
+                    }
+                });
+                reader.await;
+                let fired = fired.get();
+                drop(timers);
+                writer.join().unwrap();
+                assert!(fired >= 15, "{fired} 1 ms timers fired in 200 bytes' time");
+            })
+        }),
+    );
+}
