@@ -101,12 +101,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// makes the shard park instead of waiting). Chosen from the all-cores
 /// measurements in bench/RESULTS.md: once a runnable task ends the wait
 /// (twenty-fifth session), 1 ms costs less than 200 µs per keep-alive
-/// request and per new connection in both dispatch modes; 5 ms less than
-/// 1 ms again at half load (a proxied request 0.86–0.87× pinned,
-/// 0.92–0.94× all-cores) and under full load in the VM's slower mode, where the
-/// gaps between a shard's turns on a shared CPU outlast 1 ms (twenty-sixth
-/// session), and the same otherwise.
-pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);
+/// request and per new connection in both dispatch modes. 5 ms costs less
+/// again at half load (a proxied request 0.86–0.87× pinned, 0.92–0.94×
+/// all-cores; twenty-sixth session), but control messages then wait longer
+/// behind the ring: a drain seen 5 ms after a request it should have
+/// closed was answered (the packaging test's), so 5 ms waits for the
+/// master's messages to ring the shard's ring as new connections do.
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Limits every shard enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
