@@ -77,14 +77,6 @@ run_one() { # name port pids...
     measured "$name" load "$url" "$@"
 }
 
-start_coreserve() { # binary port
-    local cpus=()
-    if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
-    "${on_server[@]}" "$1" --config "$work/coreserve.toml" --listen "127.0.0.1:$2" --shards "$NCPU" "${cpus[@]}" \
-        --dispatch "$DISPATCH" --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
-    echo $!
-}
-
 mkdir -p "$work/nginx/logs" "$work/www"
 chmod 755 "$work"  # nginx workers run as www-data and must read the files
 head -c 4096 /dev/urandom > "$work/www/4k.bin"
@@ -104,19 +96,9 @@ if [ "$CONNS" -gt 1000 ]; then ulimit -n 65536; fi
 results=$work/results
 : > "$results"
 echo "$LAYOUT: $NCPU shards/workers, wrk -t1 -c$CONNS, pipeline $PIPELINE, new connection $NEWCONN, $DURATION per run"
-for round in $(seq "$ROUNDS"); do
-    # shellcheck disable=SC2086
-    for spec in $(rotated $((round - 1)) $BINS nginx); do
-        if [ "$spec" = nginx ]; then
-            nginx_run "$work/nginx/" "$work/nginx.conf"
-            continue
-        fi
-        name=${spec%%=*}; bin=${spec#*=}
-        pid=$(start_coreserve "$bin" 3100); wait_port 3100
-        run_one "$name" 3100 "$pid" | tee -a "$results"
-        stop TERM "$pid"
-    done
-done
+cpus=()
+if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
+interleaved "$ROUNDS" "$work/nginx/" "$work/nginx.conf" "${cpus[@]}" --dispatch "$DISPATCH"
 
 echo "medians over $ROUNDS rounds:"
 names=()

@@ -61,21 +61,7 @@ hello_config "$work/coreserve.toml"
 results=$work/results
 : > "$results"
 echo "idle: $NCPU shards/workers, ${DURATION}s of quiet after a 1 s burst"
-for round in $(seq "$ROUNDS"); do
-    # shellcheck disable=SC2086
-    for spec in $(rotated $((round - 1)) $BINS nginx); do
-        if [ "$spec" = nginx ]; then
-            nginx_run "$work/nginx/" "$work/nginx.conf"
-            continue
-        fi
-        name=${spec%%=*}; bin=${spec#*=}
-        "$bin" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 --shards "$NCPU" \
-            --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
-        pid=$!; wait_port 3100
-        run_one "$name" 3100 "$pid" | tee -a "$results"
-        stop TERM "$pid"
-    done
-done
+interleaved "$ROUNDS" "$work/nginx/" "$work/nginx.conf"
 
 echo "medians over $ROUNDS rounds:"
 for spec in $BINS nginx; do

@@ -101,6 +101,32 @@ nginx_run() {
     stop QUIT "$pid"
 }
 
+# interleaved ROUNDS NGINX_PREFIX NGINX_CONF [FLAG...]: ROUNDS rounds of
+# every coreserve of $BINS (NAME=PATH; started under $on_server on
+# 127.0.0.1:3100 with $work/coreserve.toml, $NCPU shards and FLAGS) and of
+# nginx (`nginx_run`), each in every place of a round in turn; each run
+# measured by the script's `run_one NAME PORT PID...`, its row appended to
+# $results.
+interleaved() {
+    local rounds=$1 prefix=$2 conf=$3 round spec name bin pid
+    shift 3
+    for round in $(seq "$rounds"); do
+        # shellcheck disable=SC2086
+        for spec in $(rotated $((round - 1)) $BINS nginx); do
+            if [ "$spec" = nginx ]; then
+                nginx_run "$prefix" "$conf"
+                continue
+            fi
+            name=${spec%%=*}; bin=${spec#*=}
+            "${on_server[@]}" "$bin" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 \
+                --shards "$NCPU" --metrics-listen off "$@" > /dev/null 2> "$work/coreserve.log" &
+            pid=$!; wait_port 3100
+            run_one "$name" 3100 "$pid" | tee -a "$results"
+            stop TERM "$pid"
+        done
+    done
+}
+
 # rotated N WORD...: the words, rotated left by N. A round's first place is
 # favoured by a few per cent on this VM, so interleaved scripts give each
 # server every place in turn (round r starts at its r-th server).

@@ -96,23 +96,9 @@ fi
 results=$work/results
 : > "$results"
 echo "$LAYOUT: $NCPU shards/workers proxying to one nginx worker, ${GZIP:+an 8 KiB JSON gzipped, }${RATE:+open loop at $RATE req/s, }$CONNS connections, $DURATION per run"
-for round in $(seq "$ROUNDS"); do
-    # shellcheck disable=SC2086
-    for spec in $(rotated $((round - 1)) $BINS nginx); do
-        if [ "$spec" = nginx ]; then
-            nginx_run "$work/px/" "$work/px.conf"
-            continue
-        fi
-        name=${spec%%=*}; bin=${spec#*=}
-        cpus=()
-        if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
-        "${on_server[@]}" "$bin" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 --shards "$NCPU" \
-            "${cpus[@]}" --metrics-listen off > /dev/null 2> "$work/coreserve.log" &
-        pid=$!; wait_port 3100
-        run_one "$name" 3100 "$pid" | tee -a "$results"
-        stop TERM "$pid"
-    done
-done
+cpus=()
+if [ "$LAYOUT" = pinned ]; then cpus=(--cpus "$SERVER_CPU"); fi
+interleaved "$ROUNDS" "$work/px/" "$work/px.conf" "${cpus[@]}"
 
 echo "medians over $ROUNDS rounds:"
 names=()

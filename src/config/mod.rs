@@ -103,10 +103,11 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// (twenty-fifth session), 1 ms costs less than 200 µs per keep-alive
 /// request and per new connection in both dispatch modes. 5 ms costs less
 /// again at half load (a proxied request 0.86–0.87× pinned, 0.92–0.94×
-/// all-cores; twenty-sixth session), but control messages then wait longer
-/// behind the ring: a drain seen 5 ms after a request it should have
-/// closed was answered (the packaging test's), so 5 ms waits for the
-/// master's messages to ring the shard's ring as new connections do.
+/// all-cores; twenty-sixth session), but the master's messages then wait as
+/// long behind the ring: a request whose end arrived in a drain's first
+/// milliseconds was answered without `Connection: close` (the packaging
+/// test's). 5 ms waits for those messages to ring the shard's ring, as
+/// new connections do.
 pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Limits every shard enforces.
