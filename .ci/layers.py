@@ -40,6 +40,7 @@ LAYERS = {
     "cpus": 0,      # which CPUs get a shard
     "host": 0,      # rlimits, the io_uring probe
     "signals": 0,   # signals as typed events
+    "bell": 0,      # an eventfd one thread rings to wake another
     "recheck": 0,   # the shard's budget of direct syscalls
     "recycled": 0,  # a future in a block the shard reuses (a Box::pin without malloc)
     "sys": 0,       # send and recv without libc's cancellation wrappers

@@ -16,13 +16,14 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::warn;
 
+use crate::bell::Bell;
 use crate::handoff::{Accepted, Refused, Sender};
 use crate::listener::{self, AcceptErrors};
 
@@ -47,7 +48,7 @@ pub enum Command {
 /// sending end, which tells each shard no more will come.
 pub struct Acceptor {
     commands: Option<mpsc::Sender<Command>>,
-    bell: OwnedFd,
+    bell: Bell,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -56,7 +57,7 @@ impl Acceptor {
     /// them) and dealing to `shards`, indexed by shard id. Each connection
     /// goes with its listener's index in `listeners`.
     pub fn start(listeners: Vec<TcpListener>, shards: Vec<Sender>) -> io::Result<Acceptor> {
-        let bell = eventfd()?;
+        let bell = Bell::new()?;
         let (tx, rx) = mpsc::channel();
         let dealer = Dealer {
             shards: shards.into_iter().map(Some).collect(),
@@ -77,23 +78,16 @@ impl Acceptor {
     pub fn tell(&self, command: Command) {
         if let Some(c) = &self.commands {
             if c.send(command).is_ok() {
-                self.ring();
+                self.bell.ring();
             }
         }
-    }
-
-    fn ring(&self) {
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write to our eventfd; it can only fail if the
-        // counter is about to overflow, and then the thread is woken anyway.
-        unsafe { libc::write(self.bell.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
     }
 
     /// Stop accepting and wait for the thread to finish (at most the
     /// current batch of accepts).
     pub fn stop(&mut self) {
         if self.commands.take().is_some() {
-            self.ring();
+            self.bell.ring();
         }
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
@@ -192,22 +186,11 @@ impl Dealer {
     }
 }
 
-/// A new non-blocking, close-on-exec eventfd: the acceptor's bell.
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd(2) returns a new descriptor or -1.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
 /// Everything the accept thread keeps between passes of its loop.
 struct Accepting {
     listeners: Vec<TcpListener>,
     /// The thread's copy of the bell (`fds[0]`).
-    _bell: OwnedFd,
+    _bell: Bell,
     /// The bell first, then one entry per listener.
     fds: Vec<libc::pollfd>,
     commands: mpsc::Receiver<Command>,
@@ -250,11 +233,11 @@ fn run(mut a: Accepting) {
 impl Accepting {
     fn new(
         listeners: Vec<TcpListener>,
-        bell: OwnedFd,
+        bell: Bell,
         commands: mpsc::Receiver<Command>,
         dealer: Dealer,
     ) -> Accepting {
-        let fds = std::iter::once(bell.as_raw_fd())
+        let fds = std::iter::once(bell.fd())
             .chain(listeners.iter().map(|l| l.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
@@ -483,7 +466,7 @@ mod tests {
         std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let (d, rxs) = dealer(1, 1);
         let (_commands, rx) = mpsc::channel();
-        let mut a = Accepting::new(vec![l], eventfd().unwrap(), rx, d);
+        let mut a = Accepting::new(vec![l], Bell::new().unwrap(), rx, d);
         // The shard's queue is full before the connection comes.
         assert!(matches!(a.dealer.deal(conn()), Dealt::Queued));
         let (done_tx, done_rx) = mpsc::channel();

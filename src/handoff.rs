@@ -29,7 +29,7 @@
 
 use std::cell::Cell;
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -37,6 +37,7 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
+use crate::bell::Bell;
 use crate::readiness::Interest;
 
 /// An accepted connection on its way to a shard.
@@ -53,9 +54,8 @@ struct Shared {
     queue: ArrayQueue<Accepted>,
     /// The intake task, registered when it found the queue empty.
     waker: AtomicWaker,
-    /// An eventfd the shard's readiness ring polls (never read: each write
-    /// is an event of its own).
-    bell: OwnedFd,
+    /// What the shard's readiness ring polls while it waits.
+    bell: Bell,
     /// The intake task waits on the bell: the next push rings it.
     ringing: AtomicBool,
     sender_gone: AtomicBool,
@@ -71,31 +71,17 @@ struct Shared {
 
 /// A new queue holding at most `capacity` connections.
 pub fn queue(capacity: usize) -> std::io::Result<(Sender, Receiver)> {
-    // SAFETY: eventfd(2) returns a new descriptor or -1.
-    let bell = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if bell < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let bell = Bell::new()?;
     let shared = Arc::new(Shared {
         queue: ArrayQueue::new(capacity),
         waker: AtomicWaker::new(),
-        // SAFETY: just created, owned by nothing else.
-        bell: unsafe { OwnedFd::from_raw_fd(bell) },
+        bell,
         ringing: AtomicBool::new(false),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
         budget: AtomicU64::new(u64::MAX),
     });
     Ok((Sender(shared.clone(), Cell::new(0)), Receiver(shared)))
-}
-
-impl Shared {
-    fn ring(&self) {
-        // Never blocks: the descriptor is non-blocking, and a counter near
-        // its limit (2^64 writes) already says what a write would.
-        // SAFETY: write(2) of eight bytes from a local.
-        unsafe { libc::write(self.bell.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
-    }
 }
 
 /// Why a connection was not queued; it comes back with the answer.
@@ -125,7 +111,7 @@ impl Sender {
                 // sees this connection, or this sees that it waits.
                 fence(Ordering::SeqCst);
                 if self.0.ringing.swap(false, Ordering::Relaxed) {
-                    self.0.ring();
+                    self.0.bell.ring();
                 }
                 self.0.waker.wake();
                 Ok(())
@@ -154,7 +140,7 @@ impl Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         self.0.sender_gone.store(true, Ordering::Release);
-        self.0.ring();
+        self.0.bell.ring();
         self.0.waker.wake();
     }
 }
@@ -187,7 +173,7 @@ impl Receiver {
 
     /// The queue's bell, for the shard's readiness ring to poll.
     pub fn bell(&self) -> std::os::fd::RawFd {
-        self.0.bell.as_raw_fd()
+        self.0.bell.fd()
     }
 
     /// `recv`, waiting on the bell through `interest` (the registration of

@@ -15,6 +15,7 @@ pub mod acceptor;
 pub mod access_log;
 pub mod admin;
 pub mod apps;
+pub mod bell;
 
 pub mod child;
 pub mod cli;

@@ -18,6 +18,7 @@ use glommio::LocalExecutorBuilder;
 use log::{error, info, warn};
 
 use crate::access_log::AccessLogger;
+use crate::bell::Bell;
 use crate::config::{Cidr, Limits, LogConfig, RouteConfig, TlsConfig, UpstreamConfig};
 use crate::conn;
 use crate::handoff;
@@ -131,6 +132,10 @@ pub struct ShardSpec {
     pub intake: Intake,
     /// Control messages from the master.
     pub control: SharedReceiver<Control>,
+    /// Rung by the master after each control message, and when it closes
+    /// the channel: a shard waiting in its readiness ring sees the ring,
+    /// not glommio's channel (`Readiness::heed`).
+    pub control_bell: Bell,
     /// Events to the master.
     pub events: SharedSender<ShardEvent>,
     /// Request limits.
@@ -228,6 +233,10 @@ async fn run(spec: ShardSpec) {
     let readiness = match readiness_ring(spec.idle_wait) {
         Ok(readiness) => {
             glommio::spawn_local(readiness.clone().drive()).detach();
+            glommio::spawn_local(readiness::taking_turns(
+                readiness.clone().heed(spec.control_bell),
+            ))
+            .detach();
             Some(readiness)
         }
         Err(e) => {

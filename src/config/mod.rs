@@ -101,14 +101,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// makes the shard park instead of waiting). Chosen from the all-cores
 /// measurements in bench/RESULTS.md: once a runnable task ends the wait
 /// (twenty-fifth session), 1 ms costs less than 200 µs per keep-alive
-/// request and per new connection in both dispatch modes. 5 ms costs less
-/// again at half load (a proxied request 0.86–0.87× pinned, 0.92–0.94×
-/// all-cores; twenty-sixth session), but the master's messages then wait as
-/// long behind the ring: a request whose end arrived in a drain's first
-/// milliseconds was answered without `Connection: close` (the packaging
-/// test's). 5 ms waits for those messages to ring the shard's ring, as
-/// new connections do.
-pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(1);
+/// request and per new connection in both dispatch modes, and 5 ms less
+/// again at partial load (a proxied request at half load 0.86–0.87× of
+/// 1 ms's CPU pinned, 0.92–0.94× all-cores; twenty-sixth session) and
+/// never more at full load. The master's control messages do not wait for
+/// it: each rings the shard's ring (`Readiness::heed`); before they did, a
+/// drain could miss a request whose end arrived in its first milliseconds.
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);
 
 /// Limits every shard enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use glommio::channels::shared_channel;
 
 use super::{MasterError, SHARD_QUEUE};
 use crate::access_log;
+use crate::bell::Bell;
 use crate::config::{AccessLog, Affinity, Config, Dispatch};
 use crate::cpus;
 use crate::handoff;
@@ -49,6 +50,8 @@ pub(super) struct Launched {
     /// take them out of the SO_REUSEPORT group if the shard dies.
     pub(super) listener_copies: Vec<std::net::TcpListener>,
     pub(super) control: shared_channel::SharedSender<Control>,
+    /// Rung after each control message (see `ShardSpec::control_bell`).
+    pub(super) control_bell: Bell,
     pub(super) events: shared_channel::SharedReceiver<ShardEvent>,
     /// Master dispatch: the sending end of the shard's hand-off queue.
     pub(super) conns: Option<handoff::Sender>,
@@ -66,6 +69,12 @@ impl Launcher {
     ) -> Result<Launched, MasterError> {
         let (ctl_tx, ctl_rx) = shared_channel::new_bounded(4);
         let (ev_tx, ev_rx) = shared_channel::new_bounded(16);
+        let bell_failed = |e: std::io::Error| MasterError::Executor {
+            what: format!("shard {id}'s control bell"),
+            err: e.to_string(),
+        };
+        let control_bell = Bell::new().map_err(bell_failed)?;
+        let shard_bell = control_bell.try_clone().map_err(bell_failed)?;
         let mut conns = None;
         let mut listener_copies = Vec::new();
         let intake = match config.dispatch {
@@ -115,6 +124,7 @@ impl Launcher {
             placement: self.placement(cpu),
             intake,
             control: ctl_rx,
+            control_bell: shard_bell,
             events: ev_tx,
             limits: config.limits,
             routes: config.routes.clone(),
@@ -138,6 +148,7 @@ impl Launcher {
             lifeline,
             listener_copies,
             control: ctl_tx,
+            control_bell,
             events: ev_rx,
             conns,
         })

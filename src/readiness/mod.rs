@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use crate::bell::Bell;
 use crate::recheck;
 
 mod interest;
@@ -505,6 +506,25 @@ impl Readiness {
             }
         }
         (next, woken)
+    }
+
+    /// Lets what arrives through glommio (a message on a shared channel)
+    /// in while the driver waits in this ring, which does not see it: the
+    /// sender rings `bell` after each message, and each ring sends the
+    /// shard through glommio's reactor once, after the ring was seen. Runs
+    /// until the ring fails (then glommio's own park lets messages in, up to
+    /// `idle-wait` late); spawn it counted ([`taking_turns`]).
+    pub async fn heed(self: Rc<Self>, bell: Bell) {
+        let mut interest = self.register(bell.fd());
+        loop {
+            if interest.readable(None).await.is_err() {
+                return;
+            }
+            // Rings so far are spent here, each before the step aside
+            // below; one arriving during it is seen at the next wait.
+            interest.take_ready();
+            recheck::step_aside().await;
+        }
     }
 
     /// Block in this ring until a completion arrives, `idle_wait` passes or

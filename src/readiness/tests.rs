@@ -370,3 +370,56 @@ fn glommio_is_not_kept_waiting_by_a_steady_trickle_of_ring_events() {
         }),
     );
 }
+
+#[test]
+fn a_message_through_glommio_reaches_a_shard_waiting_in_its_ring_when_the_bell_rings() {
+    // The shard, busy a moment ago (a byte arrived), waits in its ring
+    // while another executor sends it a message through glommio's channel
+    // (as the master sends a drain) and rings the bell. The message must
+    // be taken before the next byte, a second later, would end that wait.
+    on_a_shard_waiting(
+        LONG_WAIT,
+        Box::new(|readiness| {
+            Box::pin(async move {
+                let (mut client, server) = pair();
+                let fd = server.as_raw_fd();
+                let mut interest = readiness.register(fd);
+                let bell = Bell::new().unwrap();
+                let ringer = bell.try_clone().unwrap();
+                glommio::spawn_local(taking_turns(readiness.clone().heed(bell))).detach();
+                let (tx, rx) = glommio::channels::shared_channel::new_bounded(1);
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    client.write_all(b"x").unwrap();
+                    std::thread::sleep(Duration::from_secs(1));
+                    client.write_all(b"y").unwrap();
+                    client
+                });
+                let master = glommio::LocalExecutorBuilder::default()
+                    .spawn(move || async move {
+                        let tx = tx.connect().await;
+                        glommio::timer::sleep(Duration::from_millis(200)).await;
+                        tx.try_send(7u32).unwrap();
+                        ringer.ring();
+                        // Open until the shard has it: a close would wake it too.
+                        glommio::timer::sleep(Duration::from_secs(2)).await;
+                    })
+                    .unwrap();
+                let rx = crate::recheck::wait(rx.connect()).await;
+                let next_byte_came_first = glommio::spawn_local(taking_turns(async move {
+                    interest.readable(None).await.unwrap();
+                    assert_eq!(interest.try_recv(fd, &mut [0; 8]).unwrap().unwrap(), 1);
+                    assert_eq!(rx.recv().await, Some(7));
+                    interest.try_recv(fd, &mut [0; 8]).is_some()
+                }))
+                .await;
+                assert!(
+                    !next_byte_came_first,
+                    "the message waited for the next byte to end the shard's wait"
+                );
+                drop(writer.join());
+                master.join().unwrap();
+            })
+        }),
+    );
+}

@@ -17,6 +17,7 @@ use super::events::{forward_events, later, watch_lifeline};
 use super::MasterEvent;
 use crate::acceptor::{Acceptor, Command};
 use crate::apps::{AppsHandle, InstanceStatus};
+use crate::bell::Bell;
 use crate::config::{AppConfig, Config};
 use crate::handoff;
 use crate::master::launch::{Launched, Launcher};
@@ -104,12 +105,41 @@ pub(super) struct Real {
 /// The handles of a shard thread's incarnation while it runs.
 pub(super) struct Running {
     /// Taken when the drain tells it to stop.
-    pub(super) control: Option<ConnectedSender<Control>>,
+    pub(super) control: Option<ControlLine>,
     pub(super) handle: Option<glommio::ExecutorJoinHandle<()>>,
     /// A restarted shard's hand-off sender, until it says it is ready.
     pub(super) pending_conns: Option<handoff::Sender>,
     /// Reuseport mode: copies of the shard's listeners (see `Launched`).
     pub(super) listener_copies: Vec<std::net::TcpListener>,
+}
+
+/// The master's end of a shard's control channel. The shard's bell is rung
+/// after each message is queued, and after the channel closes (which the
+/// shard takes as a drain): a shard waiting in its readiness ring sees the
+/// bell, not glommio's channel, and goes through glommio's reactor for it.
+pub(super) struct ControlLine {
+    /// None only while dropping: closed before the last ring.
+    tx: Option<ConnectedSender<Control>>,
+    bell: Bell,
+}
+
+impl ControlLine {
+    /// Queue `msg` for the shard without waiting; a full queue gives it back.
+    pub(super) fn try_send(&self, msg: Control) -> Result<(), GlommioError<Control>> {
+        let Some(tx) = &self.tx else {
+            return Err(GlommioError::Closed(ResourceType::Channel(msg)));
+        };
+        tx.try_send(msg)?;
+        self.bell.ring();
+        Ok(())
+    }
+}
+
+impl Drop for ControlLine {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.bell.ring();
+    }
 }
 
 /// Connect the master to shard `id` just launched, as incarnation
@@ -127,7 +157,10 @@ pub(super) async fn connect(
     let control = l.control.connect().await;
     watch_lifeline(id, incarnation, l.lifeline, tx.clone());
     Running {
-        control: Some(control),
+        control: Some(ControlLine {
+            tx: Some(control),
+            bell: l.control_bell,
+        }),
         handle: Some(l.handle),
         pending_conns: l.conns,
         listener_copies: l.listener_copies,
