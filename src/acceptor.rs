@@ -190,7 +190,7 @@ impl Dealer {
 struct Accepting {
     listeners: Vec<TcpListener>,
     /// The thread's copy of the bell (`fds[0]`).
-    _bell: Bell,
+    bell: Bell,
     /// The bell first, then one entry per listener.
     fds: Vec<libc::pollfd>,
     commands: mpsc::Receiver<Command>,
@@ -247,7 +247,7 @@ impl Accepting {
             .collect();
         Accepting {
             listeners,
-            _bell: bell,
+            bell,
             fds,
             commands,
             dealer,
@@ -286,9 +286,7 @@ impl Accepting {
             }
         }
         if self.fds[0].revents != 0 {
-            let mut count = 0u64;
-            // SAFETY: an 8-byte read from our non-blocking eventfd.
-            unsafe { libc::read(self.fds[0].fd, std::ptr::from_mut(&mut count).cast(), 8) };
+            self.bell.reset();
         }
         loop {
             match self.commands.try_recv() {

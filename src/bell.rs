@@ -2,11 +2,11 @@
 //! acceptor's `poll(2)`, or a shard's readiness ring (the hand-off queue's
 //! bell, the master's control bell).
 //!
-//! A bell is never read. A readiness ring's multishot poll reports every
-//! write as an event of its own, so the count need not be reset; `poll(2)`
-//! sees a readable descriptor, and the acceptor reads its commands, not the
-//! bell. Writes never block: the descriptor is non-blocking, and a counter
-//! near its limit (2^64 writes) already says what a write would.
+//! A readiness ring's multishot poll reports every write as an event of its
+//! own, so a shard never resets its bells; the acceptor's `poll(2)` is
+//! level-triggered, so it resets its own ([`Bell::reset`]) before it looks
+//! at its commands. Writes never block: the descriptor is non-blocking, and
+//! a counter near its limit (2^64 writes) already says what a write would.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,6 +39,14 @@ impl Bell {
         unsafe { libc::write(self.0.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
     }
 
+    /// Set the count back to zero, so that a level-triggered poll waits
+    /// for the next ring.
+    pub fn reset(&self) {
+        let mut count = 0u64;
+        // SAFETY: an eight-byte read into a local from our non-blocking eventfd.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+
     /// The descriptor to poll; valid as long as this bell lives.
     pub fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
@@ -66,6 +74,8 @@ mod tests {
         bell.ring();
         bell.ring();
         assert!(readable(&copy));
+        copy.reset();
+        assert!(!readable(&bell));
         let flags = unsafe { libc::fcntl(copy.fd(), libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
     }

@@ -115,7 +115,7 @@ pub struct Cli {
     pub drain_timeout: Option<Duration>,
 
     /// How long a shard that was just busy waits for more before it parks;
-    /// 0 parks at once. [default: 1ms]
+    /// 0 parks at once. [default: 5ms]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub idle_wait: Option<Duration>,
 }

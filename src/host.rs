@@ -46,10 +46,11 @@ const TASKS_PER_INSTANCE: u64 = 4;
 const BASE_DESCRIPTORS: u64 = 24;
 
 /// Descriptors each shard holds before any connection: its io_uring rings,
-/// its readiness ring, eventfds, its hand-off and control bells (the
-/// master holds a copy of each), its lifeline and control channel (13
-/// measured).
-const DESCRIPTORS_PER_SHARD: u64 = 14;
+/// its readiness ring, eventfds, its hand-off bell (master dispatch), its
+/// control bell (a descriptor on each side), its lifeline and control
+/// channel, its own listener (reuseport): 13 measured with master
+/// dispatch, 14 with reuseport.
+const DESCRIPTORS_PER_SHARD: u64 = 15;
 
 /// Descriptors coreserve holds for each app instance: the pipes that relay
 /// its output and the handle it is waited on by.
@@ -481,12 +482,12 @@ mod tests {
             nofile,
             ..limits(u64::MAX, false)
         };
-        // 24 + 16 x (14 + 1) = 264: what a 16-shard server holds idle
+        // 24 + 16 x (15 + 1) = 280: what a 16-shard server holds idle
         // (227 measured) and a connection each.
-        assert!(with(264).descriptors_for(16, 0).is_ok());
+        assert!(with(280).descriptors_for(16, 0).is_ok());
         let m = with(128).descriptors_for(16, 2).unwrap_err().to_string();
         assert!(
-            m.contains("open files limit (ulimit -n) is 128, but 16 shards and 2 app instances need about 272 descriptors")
+            m.contains("open files limit (ulimit -n) is 128, but 16 shards and 2 app instances need about 288 descriptors")
                 && m.contains("LimitNOFILE=")
                 && m.contains("fewer shards"),
             "{m}"

@@ -90,7 +90,17 @@ pub async fn direct<T>(mut op: impl FnMut() -> io::Result<T>) -> Option<io::Resu
 /// keeps finding work without ever waiting: a wait through glommio's
 /// reactor, which renews the budget.
 pub async fn step_aside() {
-    wait(glommio::timer::sleep(std::time::Duration::from_micros(1))).await;
+    wait(async {
+        // A timer whose microsecond passed before its first poll (the
+        // thread was preempted, or reading the clock is slow) is ready at
+        // once, without a pass through the reactor: sleep again until one
+        // really waited.
+        while !waited(glommio::timer::sleep(std::time::Duration::from_micros(1)))
+            .await
+            .1
+        {}
+    })
+    .await;
 }
 
 /// Runs a glommio wait; if it really waited, renews the shard's budget.

@@ -233,10 +233,13 @@ async fn run(spec: ShardSpec) {
     let readiness = match readiness_ring(spec.idle_wait) {
         Ok(readiness) => {
             glommio::spawn_local(readiness.clone().drive()).detach();
-            glommio::spawn_local(readiness::taking_turns(
-                readiness.clone().heed(spec.control_bell),
-            ))
-            .detach();
+            // A driver that never waits in its ring needs no bell.
+            if !spec.idle_wait.is_zero() {
+                glommio::spawn_local(readiness::taking_turns(
+                    readiness.clone().heed(spec.control_bell),
+                ))
+                .detach();
+            }
             Some(readiness)
         }
         Err(e) => {

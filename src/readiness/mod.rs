@@ -56,8 +56,9 @@ const RING_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 4096;
 
 /// The longest the driver, busy, goes without a turn through glommio's
-/// reactor (whose completions its ring does not see: timers, control
-/// messages, the date): with the idle wait, the longest these wait.
+/// reactor (whose completions its ring does not see: timers, the date, the
+/// access log's flush; the master's messages ring a bell instead): with the
+/// idle wait, the longest these wait.
 const REACTOR_EVERY: Duration = Duration::from_millis(10);
 
 /// What a connection waits for: data, end of stream, or an error.
@@ -160,6 +161,9 @@ pub struct Readiness {
     driver: RefCell<Option<Waker>>,
     /// The earliest deadline of a waiting slot the driver knows of.
     next_deadline: Cell<Option<Instant>>,
+    /// A bell ([`Readiness::heed`]) rang: the driver's next busy round goes
+    /// through glommio's reactor instead of yielding.
+    reactor_wanted: Cell<bool>,
     /// How long the driver waits in this ring, after a busy spell, before
     /// it parks glommio; zero parks at once.
     idle_wait: Duration,
@@ -198,6 +202,7 @@ impl Readiness {
             kicked: Cell::new(false),
             driver: RefCell::new(None),
             next_deadline: Cell::new(None),
+            reactor_wanted: Cell::new(false),
             idle_wait,
             #[cfg(test)]
             brief_waits: Cell::new(0),
@@ -511,19 +516,25 @@ impl Readiness {
     /// Lets what arrives through glommio (a message on a shared channel)
     /// in while the driver waits in this ring, which does not see it: the
     /// sender rings `bell` after each message, and each ring sends the
-    /// shard through glommio's reactor once, after the ring was seen. Runs
-    /// until the ring fails (then glommio's own park lets messages in, up to
-    /// `idle-wait` late); spawn it counted ([`taking_turns`]).
+    /// shard through glommio's reactor once, after the ring was seen (the
+    /// driver too, if it is busy, rather than in up to `REACTOR_EVERY`).
+    /// Runs as long as the shard; spawn it counted ([`taking_turns`]).
     pub async fn heed(self: Rc<Self>, bell: Bell) {
-        let mut interest = self.register(bell.fd());
         loop {
-            if interest.readable(None).await.is_err() {
-                return;
+            let mut interest = self.register(bell.fd());
+            while interest.readable(None).await.is_ok() {
+                // Rings so far are spent here, each before the step aside
+                // below; one arriving during it is seen at the next wait.
+                interest.take_ready();
+                self.reactor_wanted.set(true);
+                recheck::step_aside().await;
             }
-            // Rings so far are spent here, each before the step aside
-            // below; one arriving during it is seen at the next wait.
-            interest.take_ready();
-            recheck::step_aside().await;
+            // The kernel refused or ended the poll. Meanwhile messages come
+            // in at glommio's own pace (up to `idle-wait` late): try again
+            // in a while rather than at once.
+            log::warn!("readiness ring: the control bell's poll failed; polled again in 1 s");
+            drop(interest);
+            recheck::wait(glommio::timer::sleep(Duration::from_secs(1))).await;
         }
     }
 
@@ -626,9 +637,13 @@ impl Readiness {
                 // glommio would look at its own ring only when its
                 // preemption timer fires (100 ms).
                 mark = TURNS.get();
-                if now.duration_since(reactor_at) < REACTOR_EVERY && recheck::try_direct() {
+                if now.duration_since(reactor_at) < REACTOR_EVERY
+                    && !self.reactor_wanted.get()
+                    && recheck::try_direct()
+                {
                     futures_lite::future::yield_now().await;
                 } else {
+                    self.reactor_wanted.set(false);
                     recheck::step_aside().await;
                     reactor_at = Instant::now();
                 }
@@ -669,6 +684,7 @@ impl Readiness {
                     ring_read = None;
                 }
                 self.driver.borrow_mut().take();
+                self.reactor_wanted.set(false);
                 reactor_at = Instant::now();
             }
             self.asleep.set(false);

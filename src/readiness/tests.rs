@@ -381,6 +381,7 @@ fn a_message_through_glommio_reaches_a_shard_waiting_in_its_ring_when_the_bell_r
         LONG_WAIT,
         Box::new(|readiness| {
             Box::pin(async move {
+                use std::sync::mpsc::channel;
                 let (mut client, server) = pair();
                 let fd = server.as_raw_fd();
                 let mut interest = readiness.register(fd);
@@ -388,31 +389,52 @@ fn a_message_through_glommio_reaches_a_shard_waiting_in_its_ring_when_the_bell_r
                 let ringer = bell.try_clone().unwrap();
                 glommio::spawn_local(taking_turns(readiness.clone().heed(bell))).detach();
                 let (tx, rx) = glommio::channels::shared_channel::new_bounded(1);
+                // Each step waits for the one before: the first byte read,
+                // the message sent, the test over.
+                let (read_first, first_read) = channel();
+                let (say_sent, sent) = channel();
+                let (say_done, done) = channel::<()>();
                 let writer = std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(50));
                     client.write_all(b"x").unwrap();
+                    sent.recv().unwrap();
                     std::thread::sleep(Duration::from_secs(1));
-                    client.write_all(b"y").unwrap();
+                    let _ = client.write_all(b"y");
                     client
                 });
                 let master = glommio::LocalExecutorBuilder::default()
                     .spawn(move || async move {
                         let tx = tx.connect().await;
-                        glommio::timer::sleep(Duration::from_millis(200)).await;
+                        first_read.recv().unwrap();
+                        // Long enough for the shard to be waiting in its ring.
+                        std::thread::sleep(Duration::from_millis(50));
                         tx.try_send(7u32).unwrap();
                         ringer.ring();
+                        say_sent.send(()).unwrap();
                         // Open until the shard has it: a close would wake it too.
-                        glommio::timer::sleep(Duration::from_secs(2)).await;
+                        let _ = done.recv_timeout(LONG_WAIT * 2);
                     })
                     .unwrap();
                 let rx = crate::recheck::wait(rx.connect()).await;
-                let next_byte_came_first = glommio::spawn_local(taking_turns(async move {
-                    interest.readable(None).await.unwrap();
-                    assert_eq!(interest.try_recv(fd, &mut [0; 8]).unwrap().unwrap(), 1);
-                    assert_eq!(rx.recv().await, Some(7));
-                    interest.try_recv(fd, &mut [0; 8]).is_some()
-                }))
-                .await;
+                let ring = readiness.clone();
+                let (waited, next_byte_came_first) =
+                    glommio::spawn_local(taking_turns(async move {
+                        interest.readable(None).await.unwrap();
+                        assert_eq!(interest.try_recv(fd, &mut [0; 8]).unwrap().unwrap(), 1);
+                        let before = ring.brief_waits.get();
+                        read_first.send(()).unwrap();
+                        assert_eq!(rx.recv().await, Some(7));
+                        (
+                            ring.brief_waits.get() > before,
+                            interest.try_recv(fd, &mut [0; 8]).is_some(),
+                        )
+                    }))
+                    .await;
+                say_done.send(()).unwrap();
+                assert!(
+                    waited,
+                    "the driver never waited in its ring: nothing was tested"
+                );
                 assert!(
                     !next_byte_came_first,
                     "the message waited for the next byte to end the shard's wait"
