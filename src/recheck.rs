@@ -91,14 +91,20 @@ pub async fn direct<T>(mut op: impl FnMut() -> io::Result<T>) -> Option<io::Resu
 /// reactor, which renews the budget.
 pub async fn step_aside() {
     wait(async {
-        // A timer whose microsecond passed before its first poll (the
-        // thread was preempted, or reading the clock is slow) is ready at
-        // once, without a pass through the reactor: sleep again until one
-        // really waited.
-        while !waited(glommio::timer::sleep(std::time::Duration::from_micros(1)))
-            .await
-            .1
-        {}
+        // A timer whose time passed before its first poll (the thread was
+        // preempted, or reading the clock is slow) is ready at once,
+        // without a pass through the reactor: sleep again, longer, so that
+        // the wait is real (and a clock slower than that cannot make this
+        // spin).
+        for micros in [1, 50, 1000] {
+            let (_, really) = waited(glommio::timer::sleep(std::time::Duration::from_micros(
+                micros,
+            )))
+            .await;
+            if really {
+                break;
+            }
+        }
     })
     .await;
 }

@@ -407,7 +407,7 @@ fn a_message_through_glommio_reaches_a_shard_waiting_in_its_ring_when_the_bell_r
                         let tx = tx.connect().await;
                         first_read.recv().unwrap();
                         // Long enough for the shard to be waiting in its ring.
-                        std::thread::sleep(Duration::from_millis(50));
+                        std::thread::sleep(Duration::from_millis(200));
                         tx.try_send(7u32).unwrap();
                         ringer.ring();
                         say_sent.send(()).unwrap();
