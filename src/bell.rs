@@ -76,6 +76,7 @@ mod tests {
         assert!(readable(&copy));
         copy.reset();
         assert!(!readable(&bell));
+        // SAFETY: fcntl(2) F_GETFD on our own descriptor.
         let flags = unsafe { libc::fcntl(copy.fd(), libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
     }

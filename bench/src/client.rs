@@ -242,10 +242,12 @@ pub async fn drive(plan: Plan, mine: Vec<usize>, start: Instant, progress: Arc<P
     // While the ring's driver waits before parking, glommio's own
     // completions wait too: the open loop's send timers and every connect
     // go through glommio, so those runs park at once rather than send late.
+    // Fixed, not the server's default: the generator's own cost must not
+    // change between sessions when that does.
     let idle_wait = if plan.rate.is_some() || plan.new_connection {
         Duration::ZERO
     } else {
-        coreserve::config::DEFAULT_IDLE_WAIT
+        Duration::from_millis(1)
     };
     let readiness = Readiness::new(idle_wait).ok();
     let driver = readiness.clone().map(|r| glommio::spawn_local(r.drive()));

@@ -97,14 +97,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `server.idle-wait`: long enough to catch the next request of a busy
 /// keep-alive load without parking glommio (a membarrier, an interrupt to
 /// every CPU running a shard, per park), short enough that glommio's own
-/// timers and control messages wait little (a task waiting through glommio
-/// makes the shard park instead of waiting). Chosen from the all-cores
+/// timers wait little (a task waiting through glommio makes the shard park
+/// instead of waiting; the master's messages ring the shard). Chosen from the all-cores
 /// measurements in bench/RESULTS.md: once a runnable task ends the wait
 /// (twenty-fifth session), 1 ms costs less than 200 µs per keep-alive
 /// request and per new connection in both dispatch modes, and 5 ms less
 /// again at partial load (a proxied request at half load 0.86–0.87× of
 /// 1 ms's CPU pinned, 0.92–0.94× all-cores; twenty-sixth session) and
-/// never more at full load. The master's control messages do not wait for
+/// about the same at full load (within the VM's noise). The master's control messages do not wait for
 /// it: each rings the shard's ring (`Readiness::heed`); before they did, a
 /// drain could miss a request whose end arrived in its first milliseconds.
 pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);

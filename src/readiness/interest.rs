@@ -32,7 +32,7 @@ pub enum Aside {
     No,
     /// Let the tasks already woken run (a yield: nothing allocated).
     Yield,
-    /// Through glommio's reactor (a 1 µs timer), so that completions not
+    /// Through glommio's reactor (`recheck::step_aside`), so that completions not
     /// seen yet are: the ring's (other connections, new ones), glommio's
     /// own (timers, messages).
     Reactor,

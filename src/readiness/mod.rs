@@ -520,19 +520,26 @@ impl Readiness {
     /// driver too, if it is busy, rather than in up to `REACTOR_EVERY`).
     /// Runs as long as the shard; spawn it counted ([`taking_turns`]).
     pub async fn heed(self: Rc<Self>, bell: Bell) {
+        let mut failures = 0u32;
         loop {
             let mut interest = self.register(bell.fd());
-            while interest.readable(None).await.is_ok() {
+            let failed = loop {
+                if let Err(e) = interest.readable(None).await {
+                    break e;
+                }
                 // Rings so far are spent here, each before the step aside
                 // below; one arriving during it is seen at the next wait.
                 interest.take_ready();
                 self.reactor_wanted.set(true);
                 recheck::step_aside().await;
-            }
+            };
             // The kernel refused or ended the poll. Meanwhile messages come
             // in at glommio's own pace (up to `idle-wait` late): try again
-            // in a while rather than at once.
-            log::warn!("readiness ring: the control bell's poll failed; polled again in 1 s");
+            // in a while rather than at once, and say so once a minute.
+            if failures % 60 == 0 {
+                log::warn!("readiness ring: the control bell's poll failed ({failed}); polled again in 1 s");
+            }
+            failures = failures.wrapping_add(1);
             drop(interest);
             recheck::wait(glommio::timer::sleep(Duration::from_secs(1))).await;
         }

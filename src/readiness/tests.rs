@@ -322,8 +322,8 @@ fn the_driver_waits_in_its_ring_no_longer_than_the_next_deadline() {
 fn glommio_is_not_kept_waiting_by_a_steady_trickle_of_ring_events() {
     // A byte every 2 ms, each less than the idle wait after the last: each
     // of the driver's brief waits ends with work, so it never parks. A
-    // glommio timer (as the shard's ticker, or a control message from the
-    // master, which the ring does not see) must still be served soon, not
+    // glommio timer (as the shard's ticker, which the ring does not see)
+    // must still be served soon, not
     // when the recheck budget runs out or glommio's preemption timer
     // (100 ms) fires.
     on_a_shard_waiting(

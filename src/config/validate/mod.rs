@@ -42,7 +42,7 @@ impl Config {
             );
         }
         if self.idle_wait > MAX_IDLE_WAIT {
-            // The executor's timers and control messages wait that long.
+            // The executor's timers wait that long.
             err(
                 "server.idle-wait",
                 format!(
@@ -180,7 +180,7 @@ impl Config {
 pub const MAX_SHARDS: usize = 1024;
 
 /// Longest `idle-wait`: a shard waiting in its ring does not run its
-/// executor's timers and control messages meanwhile.
+/// executor's timers meanwhile (the master's messages ring it).
 const MAX_IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Whether two listening addresses cannot both be bound: the same port,
