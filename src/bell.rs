@@ -1,6 +1,7 @@
 //! An eventfd one thread writes to wake another that polls it: the
 //! acceptor's `poll(2)`, or a shard's readiness ring (the hand-off queue's
-//! bell, the master's control bell).
+//! bell, the master's control bell). The readiness ring's own eventfd,
+//! which the kernel signals, is made as one too.
 //!
 //! A readiness ring's multishot poll reports every write as an event of its
 //! own, so a shard never resets its bells; the acceptor's `poll(2)` is
@@ -50,6 +51,14 @@ impl Bell {
     /// The descriptor to poll; valid as long as this bell lives.
     pub fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+}
+
+/// The eventfd itself, for an owner that rings it another way (an io_uring
+/// registered to signal it) or hands it on.
+impl From<Bell> for OwnedFd {
+    fn from(bell: Bell) -> OwnedFd {
+        bell.0
     }
 }
 

@@ -184,13 +184,7 @@ impl Readiness {
             .setup_single_issuer()
             .setup_cqsize(CQ_ENTRIES)
             .build(RING_ENTRIES)?;
-        // SAFETY: eventfd(2) returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: just created, owned by nobody else.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let eventfd = OwnedFd::from(Bell::new()?);
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         ring.completion().disable_eventfd();
         Ok(Rc::new(Readiness {

@@ -118,27 +118,26 @@ pub(super) struct Running {
 /// shard takes as a drain): a shard waiting in its readiness ring sees the
 /// bell, not glommio's channel, and goes through glommio's reactor for it.
 pub(super) struct ControlLine {
-    /// None only while dropping: closed before the last ring.
-    tx: Option<ConnectedSender<Control>>,
-    bell: Bell,
+    // Fields drop in this order: the channel closes before the last ring.
+    tx: ConnectedSender<Control>,
+    bell: RingsWhenDropped,
+}
+
+/// The shard's control bell, rung once more as it is dropped.
+struct RingsWhenDropped(Bell);
+
+impl Drop for RingsWhenDropped {
+    fn drop(&mut self) {
+        self.0.ring();
+    }
 }
 
 impl ControlLine {
     /// Queue `msg` for the shard without waiting; a full queue gives it back.
     pub(super) fn try_send(&self, msg: Control) -> Result<(), GlommioError<Control>> {
-        let Some(tx) = &self.tx else {
-            return Err(GlommioError::Closed(ResourceType::Channel(msg)));
-        };
-        tx.try_send(msg)?;
-        self.bell.ring();
+        self.tx.try_send(msg)?;
+        self.bell.0.ring();
         Ok(())
-    }
-}
-
-impl Drop for ControlLine {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        self.bell.ring();
     }
 }
 
@@ -158,8 +157,8 @@ pub(super) async fn connect(
     watch_lifeline(id, incarnation, l.lifeline, tx.clone());
     Running {
         control: Some(ControlLine {
-            tx: Some(control),
-            bell: l.control_bell,
+            tx: control,
+            bell: RingsWhenDropped(l.control_bell),
         }),
         handle: Some(l.handle),
         pending_conns: l.conns,
