@@ -299,6 +299,23 @@ async fn forward(
         head: head.is_head(),
     };
     let mut body = ex.body.clone();
+    // A chunked body whose start came with the head and is malformed is
+    // refused before a server is picked: nothing of it could go up, and a
+    // connection made or taken from the pool for it would only be closed,
+    // one per bad request (nginx, reading the body first, never contacts
+    // the upstream for one either).
+    if let Some(Err(e)) = body
+        .as_ref()
+        .filter(|d| !d.is_counted())
+        .map(|d| d.clone().decode(c.input.data()))
+    {
+        served.error = Some(e);
+        served.linger = true;
+        served.keep_alive = false;
+        c.added = None;
+        reply(&mut c, &ex, &mut served, asked.head, status_for(e)).await;
+        return served;
+    }
     let mut body_started = false;
     // Servers tried, up to `MAX_TRIES` (nginx tries each server once).
     let mut tried = [usize::MAX; MAX_TRIES];

@@ -371,6 +371,39 @@ fn smuggling_payloads_never_make_a_second_upstream_request() {
     assert!(contains(&e.body, b"/smuggled"));
 }
 
+/// A chunked body whose malformed start came with the head is refused
+/// before any server is picked: it neither opens an upstream connection
+/// nor takes (and closes) the pooled one, so bad requests cannot empty the
+/// pool or cost the upstream a connection each.
+#[test]
+fn a_malformed_chunked_body_costs_the_upstream_no_connection() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-bad-chunk", &simple(&[up.server()], "", ""));
+    assert_eq!(
+        proxy.get("GET /warm HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    for size in ["zz", "fffffffffffffffffffff", "5 ; x\n"] {
+        let mut s = connect(proxy.addr());
+        s.write_all(
+            format!(
+                "POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let text = read_to_close(&mut s);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{size:?}: {text:?}");
+    }
+    assert_eq!(
+        proxy.get("GET /after HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    let targets: Vec<String> = up.requests().into_iter().map(|q| q.target).collect();
+    assert_eq!(targets, ["/warm", "/after"]);
+    assert_eq!(up.accepted(), 1, "{:?}", up.connections());
+}
+
 /// A route's `headers` go on every response its handler gives: a fixed
 /// one, a redirect, a file and a static 404, a proxied response (where the
 /// application's own field of that name wins) and the proxy's own 502.
