@@ -190,7 +190,14 @@ fn own_dir(dir: &Path) -> io::Result<()> {
             }
             Ok(())
         }
-        other => other,
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot make {} for the apps' sockets: {e} (it is made in RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR)",
+                dir.display()
+            ),
+        )),
+        Ok(()) => Ok(()),
     }
 }
 

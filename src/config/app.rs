@@ -35,12 +35,18 @@ pub const SOCKET_NAME_BYTES: usize = 32;
 /// `RuntimeDirectory=` when the service has one, else `$XDG_RUNTIME_DIR`
 /// or the temporary directory, in a subdirectory of the process's own.
 pub fn socket_dir(pid: u32) -> PathBuf {
-    let base = std::env::var_os("RUNTIME_DIRECTORY")
+    socket_base().join(format!("coreserve-{pid}"))
+}
+
+/// Where `socket_dir` makes its subdirectory: `RUNTIME_DIRECTORY` or
+/// `XDG_RUNTIME_DIR` when it names a directory, else `TMPDIR` (or `/tmp`)
+/// as it is, which may not exist (`--check` says so).
+pub fn socket_base() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
         .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("coreserve-{pid}"))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// The file name of app `app`'s socket for its incarnation `tag`: the tag

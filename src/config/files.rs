@@ -219,12 +219,20 @@ fn not_local(addr: SocketAddr) -> Option<String> {
 const LONGEST_PID: u32 = 4_194_304;
 const LONGEST_TAG: u64 = 999_999;
 
-/// Why an app's sockets (`listen = "unix"`) could not be made, if their
-/// paths would not fit a Unix socket address (the runtime directory is
-/// deep): start-up would fail on it.
-fn socket_too_long(a: &AppConfig) -> Option<String> {
+/// Why an app's sockets (`listen = "unix"`) could not be made, if the
+/// directory they go in cannot be made (`TMPDIR` names no directory of
+/// ours) or their paths would not fit a Unix socket address (it is deep):
+/// start-up would fail on it.
+fn socket_problem(a: &AppConfig) -> Option<String> {
     if a.listen != super::AppListen::Unix {
         return None;
+    }
+    let base = super::socket_base();
+    if !base.is_dir() || !may(base.as_os_str(), libc::W_OK | libc::X_OK) {
+        return Some(format!(
+            "its sockets go in a directory made in {}, which is not a directory this user can write to: set RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR to one",
+            base.display()
+        ));
     }
     let path = super::socket_dir(LONGEST_PID).join(super::socket_file(&a.name, LONGEST_TAG));
     let len = path.as_os_str().len();
@@ -246,7 +254,7 @@ fn socket_too_long(a: &AppConfig) -> Option<String> {
 /// `cwd` that cannot be used is not looked for (the `cwd` is the error).
 fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
     let key = |k: &str| format!("{}.{k}", app_key(i));
-    if let Some(why) = socket_too_long(a) {
+    if let Some(why) = socket_problem(a) {
         errors.push(ConfigError::new(key("listen"), why));
     }
     let mut cwd_usable = true;

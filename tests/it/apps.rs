@@ -782,10 +782,11 @@ fn an_apps_output_is_logged_whatever_level_quiets_coreserves_own() {
 }
 
 /// An app of `listen = "unix"` whose socket paths would not fit a Unix
-/// socket address (a deep runtime directory) is an error of `--check`, at
-/// its `listen`, before anything starts; a short directory passes.
+/// socket address (a deep runtime directory), or whose sockets' directory
+/// cannot be made (`TMPDIR` names none), is an error of `--check`, at its
+/// `listen`, before anything starts; a short directory passes.
 #[test]
-fn unix_socket_paths_too_long_are_found_by_check() {
+fn unix_socket_paths_too_long_or_without_a_directory_are_found_by_check() {
     let dir = Scratch::new("app-socket-path");
     let conf = dir.write(
         "app.toml",
@@ -818,6 +819,29 @@ fn unix_socket_paths_too_long_are_found_by_check() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Neither runtime variable: the temporary directory, which is not one.
+    let missing = dir.path("no-such-dir");
+    dir.write("a-file", "");
+    let file = dir.path("a-file");
+    for tmp in [missing.as_str(), file.as_str()] {
+        let out = command()
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("TMPDIR", tmp)
+            .arg("--check")
+            .arg("--config")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tmp}: {err}");
+        assert!(
+            err.contains(&format!(
+                "app.toml:6: app[1].listen: its sockets go in a directory made in {tmp}, which is not a directory this user can write to"
+            )),
+            "{tmp}: {err}"
+        );
+    }
 }
 
 /// An instance starts with standard input, output and error and nothing
