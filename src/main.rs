@@ -129,9 +129,12 @@ fn run(cli: Cli) -> ExitCode {
             flush_log();
             std::process::exit(1);
         }
+        // The configuration's fault, as under `--check`: status 2, which
+        // the service's RestartPreventExitStatus= does not restart on.
         Err(MasterError::Cpus(cpu)) => {
             log::error!("{}", cpus_error(&cpu));
-            ExitCode::from(1)
+            log::error!("configuration has 1 error(s); not starting");
+            ExitCode::from(2)
         }
         Err(e) => {
             log::error!("{e}");

@@ -84,7 +84,7 @@ fn cpus_outside_the_affinity_mask_are_refused() {
         .args(["--cpus", "4000", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CPU 4000 is not available"));
 }
 

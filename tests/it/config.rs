@@ -509,14 +509,34 @@ fn check_runs_the_start_up_checks() {
         "{err}"
     );
 
-    // Start-up says the same (exit 1: it stops start-up, as a host check).
+    // Start-up says the same, with the same status 2 as any configuration
+    // error (the service does not restart on it), from the file too.
     let out = command()
         .args(["--listen", "127.0.0.1:0", "--cpus", &cpu])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(&format!("--cpus: {why}")), "{err}");
+    assert!(
+        err.contains("configuration has 1 error(s); not starting"),
+        "{err}"
+    );
+    let out = command()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &file.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:2: {rule}", file.display())),
+        "{err}"
+    );
 
     // The host: too little locked memory for io_uring.
     let mut cmd = command();
