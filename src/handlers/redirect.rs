@@ -45,8 +45,11 @@ impl Handler for Redirect {
             return Outcome::Done;
         };
         res.begin(self.status);
+        // `$request_uri` is the target as sent, as nginx's: an escaped
+        // slash (`group%2Fproject`) names another resource than a slash.
         res.header_with("Location", |out| {
-            self.location.write(host, req.path, req.query, out)
+            self.location
+                .write(host, req.path_as_sent(), req.query, out)
         });
         // A short body for clients that do not follow redirects, as nginx sends.
         res.body("text/plain; charset=utf-8", self.status.reason().as_bytes());

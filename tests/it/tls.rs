@@ -965,6 +965,16 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
         "{plain}"
     );
     assert!(!plain.contains("Strict-Transport-Security"), "{plain}");
+    // The target as sent, as nginx's `$request_uri`: an escaped slash is
+    // not a slash, and neither escapes nor dot segments are undone.
+    let (_, at, plain) = location(
+        "GET /api/group%2Fproject/a%2F..%2Fb//c/../%41?x=%2F HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        at.as_deref(),
+        Some("https://localhost/api/group%2Fproject/a%2F..%2Fb//c/../%41?x=%2F"),
+        "{plain}"
+    );
     // An absolute-form target: its authority is the host, its path the URI.
     let (_, at, plain) =
         location("GET http://[::1]:80/p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -180,6 +180,14 @@ impl<'a> Request<'a> {
     pub fn is_head(&self) -> bool {
         self.method == Method::Head
     }
+
+    /// The target's path as the client sent it, escapes and dot segments
+    /// and all (`path` is what routing made of it, once a route saw it):
+    /// an absolute-form target's without its scheme and authority, `*` for
+    /// asterisk-form.
+    pub fn path_as_sent(&self) -> &'a str {
+        split_target(self.target, self.method).map_or(self.path, |t| t.path)
+    }
 }
 
 /// Finds the end of a request head as bytes arrive, without rescanning what
