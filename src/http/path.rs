@@ -19,12 +19,34 @@ use std::borrow::Cow;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClimbsAboveRoot;
 
+/// Why a path has no canonical form: a request's is answered 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// It climbs above `/`.
+    #[error("climbs above /")]
+    ClimbsAboveRoot,
+    /// A `%` that does not begin two hex digits (`/100%`, `/%zz`): no URI
+    /// holds one (RFC 3986 §2.1), and taking it as itself would give one
+    /// path two readings. nginx answers 400 too.
+    #[error("has a % that is not followed by two hex digits (a % itself is written %25)")]
+    BadEscape,
+}
+
+impl From<ClimbsAboveRoot> for PathError {
+    fn from(_: ClimbsAboveRoot) -> PathError {
+        PathError::ClimbsAboveRoot
+    }
+}
+
 /// The canonical form of an origin-form `path` (it starts with `/`). Borrows
 /// when the path is already canonical, which is the common case and costs
 /// one scan.
-pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
+pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     if is_canonical(path) {
         return Ok(Cow::Borrowed(path));
+    }
+    if !escapes_are_whole(path.as_bytes()) {
+        return Err(PathError::BadEscape);
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
     let segments = resolve_dots(&decoded)?;
@@ -50,6 +72,19 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, ClimbsAboveRoot> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// Whether every `%` in `path` begins two hex digits.
+fn escapes_are_whole(path: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(i) = path[at..].iter().position(|&b| b == b'%') {
+        let escape = &path[at + i..];
+        if escape.len() < 3 || !escape[1].is_ascii_hexdigit() || !escape[2].is_ascii_hexdigit() {
+            return false;
+        }
+        at += i + 3;
+    }
+    true
 }
 
 /// The names of a decoded path, split on `/`: empty and `.` segments
@@ -189,7 +224,24 @@ mod tests {
             "/%2e%2e/x",
             "/a/%2E%2E%2f..%2Fx",
         ] {
-            assert_eq!(canonical(p), Err(ClimbsAboveRoot), "{p}");
+            assert_eq!(canonical(p), Err(PathError::ClimbsAboveRoot), "{p}");
         }
+    }
+
+    #[test]
+    fn a_percent_that_begins_no_escape_is_refused() {
+        for p in [
+            "/100%",
+            "/100%.txt",
+            "/%zz",
+            "/a%2",
+            "/a%2/b",
+            "/%%41",
+            "/%G0",
+        ] {
+            assert_eq!(canonical(p), Err(PathError::BadEscape), "{p}");
+        }
+        assert_eq!(c("/100%25.txt"), "/100%25.txt");
+        assert_eq!(c("/%41%2f%aB"), "/A/%AB");
     }
 }

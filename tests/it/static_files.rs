@@ -91,6 +91,22 @@ fn curl(args: &[&str]) -> (String, Vec<u8>) {
     )
 }
 
+/// A `%` that begins no escape is a 400, as nginx answers (RFC 3986
+/// §2.1: no URI holds one); the file whose name has a `%` is `%25`.
+#[test]
+fn a_percent_that_begins_no_escape_is_a_400() {
+    let (dir, server) = site("bad-escape", "");
+    dir.write("www/100%.txt", "all of it\n");
+    for target in ["/static/100%.txt", "/static/%zz", "/static/a%2", "/%"] {
+        let r = fetch(&server, target, "");
+        assert_eq!(r.status, 400, "{target}: {:?}", r.text());
+    }
+    assert_eq!(
+        fetch(&server, "/static/100%25.txt", "").text(),
+        "all of it\n"
+    );
+}
+
 #[test]
 fn traversal_attempts_never_escape_the_root() {
     let (_dir, server) = site("traversal", "");

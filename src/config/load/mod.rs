@@ -586,6 +586,11 @@ read-timeout = 9223372036854775807
         }
         let errs = path_of("/../x").unwrap_err();
         assert_eq!(errs, ["t.toml:2: route[1].path: \"/../x\" climbs above /"]);
+        let errs = path_of("/100%/").unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.toml:2: route[1].path: \"/100%/\" has a % that is not followed by two hex digits (a % itself is written %25)"]
+        );
     }
 
     #[test]

@@ -52,8 +52,8 @@ impl Walker<'_> {
                 } else {
                     match crate::http::path::canonical(&path) {
                         Ok(canonical) => canonical.into_owned(),
-                        Err(_) => {
-                            self.error(f, format!("{path:?} climbs above /"));
+                        Err(e) => {
+                            self.error(f, format!("{path:?} {e}"));
                             path
                         }
                     }
