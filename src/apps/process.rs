@@ -328,6 +328,8 @@ fn relay_lines(
 /// `stopped`: the instance, whose stop this is (its SIGKILL is logged).
 fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
     let mut killed = false;
+    // Whether something was running at the previous look.
+    let mut ran = false;
     let mut scanned: Option<Instant> = None;
     let mut group_gone = false;
     loop {
@@ -357,11 +359,12 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
                 s.reap_if_ours();
             }
         }
-        if group_gone && !strays_run {
-            return;
-        }
+        let running = !group_gone || strays_run;
         if now >= stop.kill_at && !std::mem::replace(&mut killed, true) {
-            if let Some(who) = stopped {
+            // Running now, or at the last look: the manager's own SIGKILL
+            // at the same time may have just ended it (a detached child
+            // it reaches as a stray), which must not make this go unsaid.
+            if let Some(who) = stopped.filter(|_| running || ran) {
                 // The status coreserve logs is its own process's (a
                 // wrapper's death by the stop signal): this says the app behind it did not
                 // stop in time.
@@ -369,8 +372,14 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
                     "{who} (pid {pgid}): what it started was still running at stop-timeout; killed"
                 );
             }
-            stop.signal(pgid, libc::SIGKILL);
+            if running {
+                stop.signal(pgid, libc::SIGKILL);
+            }
         }
+        if !running {
+            return;
+        }
+        ran = running;
         if now >= stop.kill_at + GIVE_UP {
             return;
         }

@@ -716,34 +716,48 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
 }
 
 /// An instance that ends at its stop signal, but leaves in its group a
-/// child that ignores it (a wrapper's app): the SIGKILL at `stop-timeout`
-/// is said of what it started, not of the instance, which stopped at once.
+/// child that ignores it (a wrapper's app), or one it started in a session
+/// of its own (Node's `detached`, found as a stray): the SIGKILL at
+/// `stop-timeout` is said of what it started, not of the instance, which
+/// stopped at once.
 #[test]
 fn a_stop_timeout_reached_by_what_an_instance_started_names_that() {
-    let dir = Scratch::new("apps-stop-wrapper-script");
-    let script = dir.write(
-        "wrapper.py",
-        "import os, socket, subprocess, time\n\
-         subprocess.Popen(['sh', '-c', \"trap '' TERM; echo child $$; sleep 300\"])\n\
-         s = socket.socket()\n\
-         s.bind(('127.0.0.1', int(os.environ['PORT'])))\n\
-         s.listen(8)\n\
-         time.sleep(600)\n",
-    );
-    let toml = app("wrap", &["python3", &script.display().to_string()], 1, "")
-        .replace("stop-timeout = \"3s\"", "stop-timeout = \"1s\"")
-        + &proxied("/", "wrap");
-    let s = AppServer::start("apps-stop-wrapper", &toml);
-    let pid = s.ready_pids("wrap", 1)[0];
-    s.server.wait_for_log("app wrap[0]: child ");
-    let log = s.server.stop();
-    assert!(
-        log.contains(&format!(
-            "app wrap[0] (pid {pid}): what it started was still running at stop-timeout; killed"
-        )),
-        "{log}"
-    );
-    assert!(!log.contains("did not stop in time"), "{log}");
+    for (name, session) in [("wrap", "False"), ("detach", "True")] {
+        let dir = Scratch::new(&format!("apps-stop-{name}-script"));
+        let script = dir.write(
+            "wrapper.py",
+            format!(
+                "import os, socket, subprocess, time\n\
+                 subprocess.Popen(['sh', '-c', \"trap '' TERM; echo child $$; sleep 300\"], start_new_session={session})\n\
+                 s = socket.socket()\n\
+                 s.bind(('127.0.0.1', int(os.environ['PORT'])))\n\
+                 s.listen(8)\n\
+                 time.sleep(600)\n"
+            ),
+        );
+        let toml = app(name, &["python3", &script.display().to_string()], 1, "")
+            .replace("stop-timeout = \"3s\"", "stop-timeout = \"1s\"")
+            + &proxied("/", name);
+        let s = AppServer::start(&format!("apps-stop-{name}"), &toml);
+        let pid = s.ready_pids(name, 1)[0];
+        s.server.wait_for_log(&format!("app {name}[0]: child "));
+        let child: u32 = s
+            .server
+            .log()
+            .split(&format!("app {name}[0]: child "))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let log = s.server.stop();
+        assert!(
+            log.contains(&format!(
+                "app {name}[0] (pid {pid}): what it started was still running at stop-timeout; killed"
+            )),
+            "{log}"
+        );
+        assert!(!log.contains("did not stop in time"), "{log}");
+        assert!(all_gone(&[child], Duration::from_secs(2)), "{name}: {log}");
+    }
 }
 
 /// An app's output goes to the log whatever level quiets coreserve's own
