@@ -165,7 +165,8 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
     let doc = ImDocument::parse(text.clone()).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
         let msg = e.message().trim().replace('\n', " ");
-        LoadFailure::new(None, vec![at(line, "", format!("not valid TOML: {msg}"))])
+        let key = line.and_then(|l| key_on_line(&text, l)).unwrap_or_default();
+        LoadFailure::new(None, vec![at(line, &key, format!("not valid TOML: {msg}"))])
     })?;
 
     let mut w = Walker {
@@ -188,6 +189,59 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
         }
         Err(LoadFailure::new(Some(w.config), errors))
     }
+}
+
+/// The key that line `line` (from 1) of a file TOML cannot read assigns,
+/// named as the other errors name keys (`server.shards`, `route[2].path`),
+/// when the line is a plain `key = …` under plain table headers: a value
+/// TOML refuses (a number past 64 bits) is then put to its key, not to a
+/// line alone. `None` when that cannot be told.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    let mut table = String::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.split('#').next().unwrap_or("").trim();
+        if i + 1 == line {
+            let key = l.split_once('=')?.0.trim();
+            if !plain(key) {
+                return None;
+            }
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim();
+            if !plain(name) {
+                return None;
+            }
+            let n = match counts.iter_mut().find(|(t, _)| t == name) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    counts.push((name.to_string(), 1));
+                    1
+                }
+            };
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let name = name.trim();
+            if plain(name) {
+                table = name.to_string();
+            }
+        }
+    }
+    None
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -623,7 +677,29 @@ read-timeout = 9223372036854775807
     #[test]
     fn toml_syntax_errors_have_a_line() {
         let errs = parse("[server]\nshards = = 2\n").unwrap_err();
-        assert!(errs[0].starts_with("t.toml:2: not valid TOML"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.toml:2: server.shards: not valid TOML"),
+            "{errs:?}"
+        );
+        let errs = parse("[server\nshards = 2\n").unwrap_err();
+        assert!(errs[0].starts_with("t.toml:1: not valid TOML"), "{errs:?}");
+    }
+
+    /// A value TOML itself refuses is put to its key, as a value the
+    /// configuration refuses is.
+    #[test]
+    fn a_number_past_64_bits_names_its_key() {
+        let errs = parse("[server]\nshards = 99999999999999999999\n").unwrap_err();
+        assert!(
+            errs[0].starts_with("t.toml:2: server.shards: not valid TOML: "),
+            "{errs:?}"
+        );
+        let text = "[[route]]\npath = \"/\"\n[[route]] # two\npath = \"/b\"\nmax-body-bytes = 99999999999999999999\n";
+        let errs = parse(text).unwrap_err();
+        assert!(
+            errs[0].starts_with("t.toml:5: route[2].max-body-bytes: not valid TOML: "),
+            "{errs:?}"
+        );
     }
 
     #[test]
