@@ -69,6 +69,12 @@ testssl --quiet --color 0 --warnings off --sneaky --add-ca "$dir/ca.pem" \
     --ip 127.0.0.1 --jsonfile "$dir/testssl.json" \
     -p -s -f -S -P -h -U "localhost:$port" > "$dir/testssl.txt" 2>&1 || true
 
+# A WARN "sessionresumption_ticket: check failed because of connect problem"
+# comes and goes: over TLS 1.3 the ticket follows the client's Finished, and
+# testssl's `openssl s_client -sess_out </dev/null` saves it only if it
+# arrives before s_client reads the end of its input and hangs up. nginx
+# 1.22 with TLS 1.3 loses that race as often (55 of 300 tries, coreserve 71,
+# ad hoc); the ticket itself comes 57 us after the Finished (nginx 75 us).
 python3 - "$dir/testssl.json" <<'EOF'
 import json, sys
 findings = json.load(open(sys.argv[1]))
