@@ -38,14 +38,17 @@ pub fn socket_dir(pid: u32) -> PathBuf {
     socket_base().join(format!("coreserve-{pid}"))
 }
 
-/// Where `socket_dir` makes its subdirectory: `RUNTIME_DIRECTORY` or
-/// `XDG_RUNTIME_DIR` when it names a directory, else `TMPDIR` (or `/tmp`)
-/// as it is, which may not exist (`--check` says so).
+/// Where `socket_dir` makes its subdirectory: the first of
+/// `RUNTIME_DIRECTORY` and `XDG_RUNTIME_DIR` that names a directory (a
+/// unit with several `RuntimeDirectory=` gets a list, which does not),
+/// else `TMPDIR` (or `/tmp`) as it is, which may not exist (`--check` says
+/// so).
 pub fn socket_base() -> PathBuf {
-    std::env::var_os("RUNTIME_DIRECTORY")
-        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
+    ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+        .into_iter()
+        .filter_map(std::env::var_os)
         .map(PathBuf::from)
-        .filter(|p| p.is_dir())
+        .find(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir)
 }
 
