@@ -115,7 +115,7 @@ impl Location {
                     out.extend(without_port(host).bytes().map(|b| b.to_ascii_lowercase()));
                 }
                 Part::RequestUri => {
-                    out.extend_from_slice(if path == "*" { b"/" } else { path.as_bytes() });
+                    crate::http::path::write_as_sent(if path == "*" { "/" } else { path }, out);
                     if let Some(q) = query {
                         out.push(b'?');
                         out.extend_from_slice(q.as_bytes());
@@ -190,6 +190,16 @@ mod tests {
         assert_eq!(fill("$request_uri", "a", "//evil.test/x"), "/evil.test/x");
         assert_eq!(fill("$request_uri", "a", "///x//y"), "/x//y");
         assert_eq!(fill("/a$request_uri", "a", "//x"), "/a//x");
+        // Browsers take a `\` for a `/`: `/\evil.test/x` would be
+        // `//evil.test/x`. Escaped, it is a name.
+        assert_eq!(
+            fill("$request_uri", "a", "/\\evil.test/x"),
+            "/%5Cevil.test/x"
+        );
+        assert_eq!(
+            fill("$request_uri", "a", "/caf\u{e9} <a>%2F?q=\\"),
+            "/caf%C3%A9%20%3Ca%3E%2F?q=\\"
+        );
         assert_eq!(fill("/price$5/$", "a", "/x"), "/price$5/$");
         assert!(!Location::parse("/new").unwrap().needs_host());
         assert!(Location::parse("//$host/").unwrap().needs_host());

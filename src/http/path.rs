@@ -74,6 +74,21 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
+/// Append `path`, a target's path as the client sent it, with every byte
+/// no path may hold raw (`\`, `"`, `<`, space, non-ASCII, …) escaped and its
+/// own escapes kept as they are: it names what it named, and no reader
+/// can take a `\` in it for a `/` (browsers do, in a Location).
+pub fn write_as_sent(path: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in path.as_bytes() {
+        if b == b'%' || !ESCAPED[usize::from(b)] {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
 /// Whether every `%` in `path` begins two hex digits.
 fn escapes_are_whole(path: &[u8]) -> bool {
     let mut at = 0;

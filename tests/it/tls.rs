@@ -975,6 +975,14 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
         Some("https://localhost/api/group%2Fproject/a%2F..%2Fb//c/../%41?x=%2F"),
         "{plain}"
     );
+    // What no path holds raw is escaped: a browser reads `\` as `/`.
+    let (_, at, plain) =
+        location("GET /\\evil.test/a\\b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        at.as_deref(),
+        Some("https://localhost/%5Cevil.test/a%5Cb"),
+        "{plain}"
+    );
     // An absolute-form target: its authority is the host, its path the URI.
     let (_, at, plain) =
         location("GET http://[::1]:80/p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
