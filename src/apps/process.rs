@@ -58,6 +58,9 @@ struct Stop {
     kill_at: Instant,
     /// Its descendants outside its process group when it was asked.
     strays: Vec<Known>,
+    /// The manager sent its own SIGKILL (`Process::kill`): what it ended
+    /// had not stopped in time, though the wait may no longer see it run.
+    killed: AtomicBool,
 }
 
 impl Stop {
@@ -86,6 +89,7 @@ impl Process {
         let _ = self.stopping.set(Stop {
             kill_at: Instant::now() + timeout,
             strays: proc_table::strays(self.pid),
+            killed: AtomicBool::new(false),
         });
         if let Some(stop) = self.stopping.get() {
             stop.signal(self.pid, signal.number());
@@ -108,7 +112,9 @@ impl Process {
         let stop = self.stopping.get_or_init(|| Stop {
             kill_at: Instant::now(),
             strays: proc_table::strays(self.pid),
+            killed: AtomicBool::new(false),
         });
+        stop.killed.store(true, Ordering::Release);
         stop.signal(self.pid, libc::SIGKILL);
     }
 }
@@ -226,6 +232,7 @@ pub fn spawn(
                         &Stop {
                             kill_at: Instant::now(),
                             strays: Vec::new(),
+                            killed: AtomicBool::new(false),
                         },
                         None,
                     ),
@@ -328,8 +335,6 @@ fn relay_lines(
 /// `stopped`: the instance, whose stop this is (its SIGKILL is logged).
 fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
     let mut killed = false;
-    // Whether something was running at the previous look.
-    let mut ran = false;
     let mut scanned: Option<Instant> = None;
     let mut group_gone = false;
     loop {
@@ -361,10 +366,11 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
         }
         let running = !group_gone || strays_run;
         if now >= stop.kill_at && !std::mem::replace(&mut killed, true) {
-            // Running now, or at the last look: the manager's own SIGKILL
-            // at the same time may have just ended it (a detached child
-            // it reaches as a stray), which must not make this go unsaid.
-            if let Some(who) = stopped.filter(|_| running || ran) {
+            // Running now, or ended by the manager's own SIGKILL at the
+            // same moment (a detached child, which it reaches as a stray),
+            // which must not make this go unsaid.
+            let overdue = running || stop.killed.load(Ordering::Acquire);
+            if let Some(who) = stopped.filter(|_| overdue) {
                 // The status coreserve logs is its own process's (a
                 // wrapper's death by the stop signal): this says the app behind it did not
                 // stop in time.
@@ -379,7 +385,6 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
         if !running {
             return;
         }
-        ran = running;
         if now >= stop.kill_at + GIVE_UP {
             return;
         }
