@@ -192,10 +192,11 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
 }
 
 /// The key that line `line` (from 1) of a file TOML cannot read assigns,
-/// named as the other errors name keys (`server.shards`, `route[2].path`),
-/// when the line is a plain `key = …` under plain table headers: a value
-/// TOML refuses (a number past 64 bits) is then put to its key, not to a
-/// line alone. `None` when that cannot be told.
+/// named as the other errors name keys (`server.shards`, `route[2].path`,
+/// `app[1].env.PORT`), when the line is a plain `key = …` under plain
+/// table headers, every value before it on one line: a value TOML refuses
+/// (a number past 64 bits) is then put to its key, not to a line alone.
+/// `None` when that cannot be told.
 fn key_on_line(text: &str, line: usize) -> Option<String> {
     let plain = |name: &str| {
         !name.is_empty()
@@ -204,18 +205,22 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     };
     let mut table = String::new();
-    let mut counts: Vec<(String, usize)> = Vec::new();
+    // Each array table's count so far, and its latest entry's name.
+    let mut arrays: Vec<(String, usize)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
+        if raw.contains("\"\"\"") || raw.contains("\'\'\'") {
+            // A string over several lines: what follows may be inside it.
+            return None;
+        }
         let l = raw.split('#').next().unwrap_or("").trim();
         if i + 1 == line {
             let key = l.split_once('=')?.0.trim();
-            if !plain(key) {
-                return None;
-            }
-            return Some(if table.is_empty() {
-                key.to_string()
-            } else {
-                format!("{table}.{key}")
+            return plain(key).then(|| {
+                if table.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{table}.{key}")
+                }
             });
         }
         if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
@@ -223,22 +228,35 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
             if !plain(name) {
                 return None;
             }
-            let n = match counts.iter_mut().find(|(t, _)| t == name) {
+            let n = match arrays.iter_mut().find(|(t, _)| t == name) {
                 Some((_, n)) => {
                     *n += 1;
                     *n
                 }
                 None => {
-                    counts.push((name.to_string(), 1));
+                    arrays.push((name.to_string(), 1));
                     1
                 }
             };
             table = format!("{name}[{n}]");
         } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             let name = name.trim();
-            if plain(name) {
-                table = name.to_string();
+            if !plain(name) {
+                return None;
             }
+            // A table under an array table's entry (`[app.env]` after
+            // `[[app]]`) belongs to that entry.
+            table = match arrays
+                .iter()
+                .filter(|(t, _)| name.starts_with(&format!("{t}.")))
+                .max_by_key(|(t, _)| t.len())
+            {
+                Some((t, n)) => format!("{t}[{n}]{}", &name[t.len()..]),
+                None => name.to_string(),
+            };
+        } else if l.contains('=') && l.matches('[').count() != l.matches(']').count() {
+            // An array over several lines: its lines are no keys.
+            return None;
         }
     }
     None
@@ -700,6 +718,26 @@ read-timeout = 9223372036854775807
             errs[0].starts_with("t.toml:5: route[2].max-body-bytes: not valid TOML: "),
             "{errs:?}"
         );
+        // A table of an array table's entry, as its keys are named.
+        let text = "[[app]]\nname = \"a\"\n[app.env]\nN = 99999999999999999999\n";
+        let errs = parse(text).unwrap_err();
+        assert!(
+            errs[0].starts_with("t.toml:4: app[1].env.N: not valid TOML: "),
+            "{errs:?}"
+        );
+        // Where lines may be inside a value, or the table is not plain,
+        // no key is guessed.
+        for text in [
+            "[server]\nx = \"\"\"\na = b\n\"\"\"\nshards = 99999999999999999999\n",
+            "[server]\nlisten = [\n\"a\",\n]\nshards = 99999999999999999999\n",
+            "[\"server\"]\nshards = 99999999999999999999\n",
+        ] {
+            let errs = parse(text).unwrap_err();
+            assert!(
+                errs[0].contains(": not valid TOML: ") && !errs[0].contains("shards"),
+                "{text:?}: {errs:?}"
+            );
+        }
     }
 
     #[test]
