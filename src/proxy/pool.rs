@@ -23,10 +23,11 @@ use crate::transport::Socket;
 #[derive(Default)]
 pub struct Upstreams {
     groups: RefCell<HashMap<String, Rc<Group>>>,
-    /// Servers a reload dropped, by the group that had them: reported as
-    /// they are while requests to them are in flight, then added into
-    /// `removed`.
-    retired: RefCell<Vec<(String, Rc<Server>)>>,
+    /// Servers a reload dropped, by the group that had them, and since
+    /// when: reported as they are while requests to them are in flight
+    /// and for `KEEP_DROPPED` after (so that an app instance restarted on
+    /// its address takes its series up again), then added into `removed`.
+    retired: RefCell<Vec<(String, Rc<Server>, Instant)>>,
     /// What the servers each group dropped had counted: the group's
     /// `server="removed"` series, so that its totals never go down (an app
     /// instance gets a new address each time it is replaced).
@@ -61,6 +62,18 @@ pub struct Rest {
 
 /// The `server` label of what the servers a group dropped had counted.
 pub const REMOVED_SERVERS: &str = "removed";
+
+/// How long a server dropped from its group is kept as itself with
+/// nothing in flight: an app instance that exited is dropped until it is
+/// restarted on the same address (after a back-off of up to 30 s and its
+/// start), and then goes on with its counters, not from 0 beside a
+/// `removed` series that took them.
+const KEEP_DROPPED: Duration = Duration::from_secs(60);
+
+/// Most dropped servers with nothing in flight a shard keeps so (each holds
+/// a latency histogram of about 20 KiB; reloads that replace many
+/// instances drop as many): beyond it the oldest are folded first.
+const MAX_KEPT_DROPPED: usize = 32;
 
 /// One group as a shard sees it.
 pub struct Group {
@@ -139,6 +152,7 @@ impl Upstreams {
     /// same name keeps its idle connections, health and counters; requests
     /// in flight keep the `Rc` of what they started with.
     pub fn update(&self, configs: &[UpstreamConfig]) {
+        let now = Instant::now();
         let mut groups = self.groups.borrow_mut();
         let old = std::mem::take(&mut *groups);
         let mut retired = self.retired.borrow_mut();
@@ -160,10 +174,10 @@ impl Upstreams {
                     // (a port used again): its series goes on as it was.
                     if let Some(i) = retired
                         .iter()
-                        .position(|(name, s)| name == &c.name && same(s))
+                        .position(|(name, s, _)| name == &c.name && same(s))
                     {
-                        let (_, s) = retired.swap_remove(i);
-                        s.removed.set(false);
+                        let (_, s, _) = retired.swap_remove(i);
+                        s.taken_back();
                         return s;
                     }
                     Rc::new(Server::new(addr.clone(), key))
@@ -187,12 +201,12 @@ impl Upstreams {
                     .any(|n| n.servers.iter().any(|k| Rc::ptr_eq(k, s)));
                 if !kept && !s.removed.replace(true) {
                     s.idle.borrow_mut().clear();
-                    retired.push((name.clone(), s.clone()));
+                    retired.push((name.clone(), s.clone(), now));
                 }
             }
         }
         drop(retired);
-        self.fold_retired();
+        self.fold_retired(now);
     }
 
     /// Tell `to` of each server this shard takes out from now on.
@@ -237,15 +251,31 @@ impl Upstreams {
     }
 
     /// Add what the dropped servers with nothing in flight counted into
-    /// their groups' `removed` totals, and let them go: `retired` holds
-    /// only servers with requests in flight (each holds a latency
-    /// histogram of about 20 KiB, and an app instance replaced over and
-    /// over drops one each time). Called at each update, sweep and scrape.
-    fn fold_retired(&self) {
+    /// their groups' `removed` totals, and let them go, once they have been
+    /// out `KEEP_DROPPED`, or sooner, oldest first, beyond
+    /// `MAX_KEPT_DROPPED` (each holds a latency histogram of about 20 KiB,
+    /// and an app instance replaced over and over drops one each time).
+    /// Called at each update, sweep and scrape.
+    fn fold_retired(&self, now: Instant) {
         let mut removed = self.removed.borrow_mut();
-        self.retired.borrow_mut().retain(|(name, s)| {
+        let mut retired = self.retired.borrow_mut();
+        let fresh = |s: &Server, since: Instant| {
+            s.busy.get() == 0 && now.saturating_duration_since(since) < KEEP_DROPPED
+        };
+        let mut excess = retired
+            .iter()
+            .filter(|(_, s, since)| fresh(s, *since))
+            .count()
+            .saturating_sub(MAX_KEPT_DROPPED);
+        retired.retain(|(name, s, since)| {
             if s.busy.get() > 0 {
                 return true;
+            }
+            if fresh(s, *since) {
+                if excess == 0 {
+                    return true;
+                }
+                excess -= 1;
             }
             let (stats, latency) = removed.entry(name.clone()).or_default();
             stats.add(&s.stats.borrow());
@@ -285,7 +315,7 @@ impl Upstreams {
                 left |= !idle.is_empty();
             }
         }
-        self.fold_retired();
+        self.fold_retired(now);
         left
     }
 
@@ -302,7 +332,7 @@ impl Upstreams {
     /// listed, those dropped with requests still in flight, and per group
     /// what the dropped ones counted (`REMOVED_SERVERS`).
     pub fn samples(&self) -> Vec<UpstreamSample> {
-        self.fold_retired();
+        self.fold_retired(Instant::now());
         let removed = self.removed.borrow();
         let sample = |name: &String, s: &Server| UpstreamSample {
             upstream: name.clone(),
@@ -323,7 +353,7 @@ impl Upstreams {
             self.retired
                 .borrow()
                 .iter()
-                .map(|(name, s)| sample(name, s)),
+                .map(|(name, s, _)| sample(name, s)),
         );
         let mut gone: Vec<_> = removed.iter().collect();
         gone.sort_by(|a, b| a.0.cmp(b.0));
@@ -663,6 +693,18 @@ impl Server {
             }
             (ServerAddr::Unix(path), _) => Socket::connect_unix(path, readiness),
         }
+    }
+
+    /// Listed again after it was dropped (a reload that lists it, an app
+    /// instance restarted on its address): its counters go on, but its
+    /// health starts afresh, as a new server's would, since whoever listed
+    /// it found it serving (an app instance is listed once it accepts).
+    fn taken_back(&self) {
+        self.removed.set(false);
+        self.fails.set(0);
+        self.failed_at.set(None);
+        self.down_until.set(None);
+        self.last_failed.set(None);
     }
 
     /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):
@@ -1023,6 +1065,18 @@ mod tests {
                 .map(|s| (s.server, s.stats.requests, s.busy))
                 .collect::<Vec<_>>()
         };
+        // Kept as they are a while (`KEEP_DROPPED`), then the idle one is
+        // counted with the removed ones.
+        assert_eq!(
+            series(&u),
+            [
+                ("127.0.0.1:1".into(), 10, 0),
+                ("127.0.0.1:2".into(), 10, 0),
+                ("127.0.0.1:3".into(), 11, 1),
+            ]
+        );
+        let later = || Instant::now() + KEEP_DROPPED;
+        u.sweep(later());
         assert_eq!(
             series(&u),
             [
@@ -1033,6 +1087,7 @@ mod tests {
         );
         // Its request done, the third is counted with the removed ones.
         drop(hold);
+        u.sweep(later());
         assert_eq!(
             series(&u),
             [
@@ -1042,6 +1097,7 @@ mod tests {
         );
         // A group the reload drops whole keeps its totals too.
         u.update(&[]);
+        u.sweep(later());
         assert_eq!(series(&u), [(REMOVED_SERVERS.into(), 31, 0)]);
     }
 
@@ -1052,8 +1108,11 @@ mod tests {
         let second = Rc::downgrade(&g.servers[1]);
         let busy = g.servers[0].busy();
         drop(g);
-        // Dropped idle: gone at once, no scrape needed.
+        // Dropped idle: kept a while (an app instance restarted on its
+        // address), then let go at the next sweep or scrape.
         u.update(&[group(Balance::RoundRobin, 0)]);
+        assert_eq!(u.retired.borrow().len(), 2);
+        u.sweep(Instant::now() + KEEP_DROPPED);
         assert!(second.upgrade().is_none(), "an idle dropped server is kept");
         assert_eq!(u.retired.borrow().len(), 1);
         // Back while busy: the same server, its counts going on.
@@ -1062,6 +1121,69 @@ mod tests {
         let g = u.group("app").unwrap();
         assert!(Rc::ptr_eq(&g.servers[0], &busy.0));
         assert!(!g.servers[0].removed.get());
+    }
+
+    /// An app instance that exited leaves its group until it is restarted
+    /// on the same address: its series then goes on from where it was,
+    /// never back to 0 beside a `removed` series that took its counts
+    /// (a Prometheus counter reset, and a burst in `removed` that never
+    /// happened); its health starts afresh.
+    #[test]
+    fn a_server_back_on_its_address_goes_on_with_its_counts() {
+        let u = Upstreams::new(&[group(Balance::RoundRobin, 2)]);
+        let g = u.group("app").unwrap();
+        g.servers[1].count(|st| st.requests += 7);
+        let cfg = &g.config;
+        for _ in 0..cfg.max_fails {
+            u.failed(cfg, &g.servers[1], Instant::now());
+        }
+        assert!(g.servers[1].down_until.get().is_some());
+        let second = g.servers[1].clone();
+        drop(g);
+        u.update(&[group(Balance::RoundRobin, 1)]);
+        let series = |u: &Upstreams| {
+            u.samples()
+                .into_iter()
+                .map(|s| (s.server, s.stats.requests))
+                .collect::<Vec<_>>()
+        };
+        // Out of the group, still itself: no `removed` yet.
+        assert_eq!(
+            series(&u),
+            [("127.0.0.1:1".into(), 0), ("127.0.0.1:2".into(), 7)]
+        );
+        u.update(&[group(Balance::RoundRobin, 2)]);
+        let g = u.group("app").unwrap();
+        assert!(Rc::ptr_eq(&g.servers[1], &second));
+        assert!(g.servers[1].down_until.get().is_none());
+        assert_eq!(
+            series(&u),
+            [("127.0.0.1:1".into(), 0), ("127.0.0.1:2".into(), 7)]
+        );
+    }
+
+    /// Past `MAX_KEPT_DROPPED` idle dropped servers, the oldest are folded
+    /// into `removed` at once: reloads that replace many instances keep
+    /// a bounded number of histograms.
+    #[test]
+    fn dropped_servers_kept_are_bounded() {
+        let n = MAX_KEPT_DROPPED + 5;
+        let u = Upstreams::new(&[group(Balance::RoundRobin, n as u16)]);
+        u.group("app").unwrap().servers[0].count(|st| st.requests += 1);
+        u.update(&[]);
+        assert_eq!(u.retired.borrow().len(), MAX_KEPT_DROPPED);
+        // The first ones went, the last ones stay.
+        assert!(u
+            .retired
+            .borrow()
+            .iter()
+            .all(|(_, s, _)| s.label.as_ref() != "127.0.0.1:1"));
+        let removed = u
+            .samples()
+            .into_iter()
+            .find(|s| s.server == REMOVED_SERVERS)
+            .unwrap();
+        assert_eq!(removed.stats.requests, 1);
     }
 
     #[test]

@@ -24,6 +24,25 @@ fn kill(pid: u32) {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
+/// `coreserve_upstream_requests_total` of app `web`'s server `server` (one
+/// shard: its own series, or the `all` one).
+fn requests_to(s: &AppServer, server: &str) -> f64 {
+    crate::metrics::scrape(&s.server)
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == "coreserve_upstream_requests_total"
+                && x.labels.get("upstream") == Some("web")
+                && x.labels.get("server") == Some(server)
+                && x.labels.get("shard").is_none_or(|s| s == "all")
+        })
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .sum()
+}
+
 /// Every line of `log` that contains `needle`, from byte `from` on.
 fn lines_with<'a>(log: &'a str, from: usize, needle: &str) -> Vec<&'a str> {
     log[from..].lines().filter(|l| l.contains(needle)).collect()
@@ -41,12 +60,18 @@ fn a_killed_instance_is_restarted_while_the_other_serves() {
     let old = s.ready_pids("web", 2);
     let load = Load::start(s.server.addr, "/whoami", 1, 1);
     load.wait_ok(20);
+    let addr = s.instances()[0].server.clone();
+    let before = requests_to(&s, &addr);
+    assert!(before > 0.0, "{addr}: {before}");
     kill(old[0]);
     let is = s.wait_instances("web", "restarted", |is| {
         is.len() == 2 && is[0].state == "ready" && is[0].pid.is_some_and(|p| p != old[0])
     });
     assert_eq!(is[0].restarts, 1.0, "{is:?}");
     assert_eq!((is[1].pid, is[1].restarts), (Some(old[1]), 0.0), "{is:?}");
+    // On its slot's address again, where its series goes on: never back
+    // to 0 beside a `removed` series that took its counts.
+    assert_eq!(is[0].server, addr, "{is:?}");
     let new = is[0].pid.unwrap();
     // The load reaches the new instance too.
     let deadline = Instant::now() + WAIT;
@@ -54,6 +79,8 @@ fn a_killed_instance_is_restarted_while_the_other_serves() {
         assert!(Instant::now() < deadline, "{new} never answers");
     }
     load.wait_ok(20);
+    assert!(requests_to(&s, &addr) > before, "{addr}");
+    assert_eq!(requests_to(&s, "removed"), 0.0);
     let t = load.stop();
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     let log = s.server.log();
