@@ -225,7 +225,10 @@ fn format_uptime(s: f64) -> String {
 }
 
 fn format_seconds(s: f64) -> String {
-    if s >= 1.0 {
+    // A summary with no time yet (NaN).
+    if s.is_nan() {
+        "-".to_string()
+    } else if s >= 1.0 {
         format!("{s:.2} s")
     } else {
         format!("{:.2} ms", s * 1000.0)

@@ -393,7 +393,7 @@ pub fn render(snaps: &[Snapshot]) -> String {
                     let _ = writeln!(
                         o,
                         "coreserve_request_duration_seconds{{shard=\"{shard}\",quantile=\"{q}\"}} {}",
-                        seconds(h.quantile(q))
+                        quantile_seconds(h, q)
                     );
                 }
                 let _ = writeln!(
@@ -447,6 +447,17 @@ type Counter = (
 
 fn seconds(us: u64) -> f64 {
     us as f64 / 1e6
+}
+
+/// A summary's quantile `q` of `h`, in seconds: NaN while it holds no time,
+/// as Prometheus's own clients write it (a 0 read as a p99 of 0 ms on a
+/// dashboard, for a server that never answered).
+fn quantile_seconds(h: &Timings, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        seconds(h.quantile(q))
+    }
 }
 
 #[cfg(test)]

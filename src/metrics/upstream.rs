@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::{seconds, LabelValue, Timings, QUANTILES};
+use super::{quantile_seconds, seconds, LabelValue, Timings, QUANTILES};
 use crate::http::exchange;
 
 /// Counters for one upstream server on one shard.
@@ -210,7 +210,7 @@ pub(super) fn render_upstreams<'a>(
                 out,
                 "{name}{{{},quantile=\"{q}\"}} {}",
                 label(s),
-                seconds(h.quantile(q))
+                quantile_seconds(h, q)
             );
         }
         let _ = writeln!(out, "{name}_sum{{{}}} {}", label(s), seconds(h.sum_us()));
@@ -274,6 +274,14 @@ mod tests {
             out.contains("_count{upstream=\"app\",server=\"127.0.0.1:1\"} 0\n"),
             "{out}"
         );
+        // No time yet: its quantiles are NaN, as Prometheus's clients
+        // write them, not a p99 of 0.
+        assert!(
+            out.contains(
+                "coreserve_upstream_response_seconds{upstream=\"app\",server=\"127.0.0.1:1\",quantile=\"0.99\"} NaN\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
@@ -286,10 +294,11 @@ mod tests {
             out.contains(&format!("coreserve_upstream_requests_total{{{l}}} 0\n")),
             "{out}"
         );
-        // Every line still a comment or a whole sample.
-        assert!(out
-            .lines()
-            .all(|line| line.starts_with('#') || line.ends_with(" 0")));
+        // Every line still a comment or a whole sample (a quantile of no
+        // time is NaN).
+        assert!(out.lines().all(|line| line.starts_with('#')
+            || line.ends_with(" 0")
+            || line.contains("quantile=") && line.ends_with(" NaN")));
     }
 
     #[test]
