@@ -162,7 +162,8 @@ pub struct InstanceStatus {
     /// `restarting` (waiting out its back-off) or `down`; for one leaving,
     /// `draining` (waiting for its connections to end) or `stopping`.
     pub state: &'static str,
-    /// Times it was started again after it exited.
+    /// Times it exited and was to start again (counted at the exit, before
+    /// its back-off).
     pub restarts: u32,
     /// Since the current process started, counted when the status is read
     /// (zero when no process runs).
