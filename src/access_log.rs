@@ -116,19 +116,22 @@ impl Failures {
 /// own if the file ends within one: a write a full disk cut (by any shard:
 /// each appends to the same file) leaves a piece, and a JSON line glued to
 /// it would no longer parse. On the blocking thread: it reads the file.
-fn mend_file(fd: RawFd, data: &mut Vec<u8>) {
+/// Whether it put a line break before `data`.
+fn mend_file(fd: RawFd, data: &mut Vec<u8>) -> bool {
     use std::os::unix::fs::FileExt;
     // The descriptor appends only: the same file, opened again to read.
     let Ok(file) = std::fs::File::open(format!("/proc/self/fd/{fd}")) else {
-        return;
+        return false;
     };
     let Some(end) = file.metadata().ok().map(|m| m.len()).filter(|&n| n > 0) else {
-        return;
+        return false;
     };
     let mut last = [0u8];
-    if file.read_exact_at(&mut last, end - 1).is_ok() && last[0] != b'\n' {
+    let cut = file.read_exact_at(&mut last, end - 1).is_ok() && last[0] != b'\n';
+    if cut {
         data.insert(0, b'\n');
     }
+    cut
 }
 
 enum Sink {
@@ -443,10 +446,14 @@ impl AccessLogger {
                 let mend = self.failures.borrow().failing();
                 let written = glommio::executor()
                     .spawn_blocking(move || {
-                        if mend {
-                            mend_file(fd, &mut data);
-                        }
-                        write_lines(fd, &data, false)
+                        let mended = mend && mend_file(fd, &mut data);
+                        write_lines(fd, &data, false).map_err(|(e, left)| {
+                            // The break put before a cut line is no line
+                            // of the log's: one per failed write, over a
+                            // full disk's many, was counted as lost.
+                            let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
+                            (e, left.min(lines - u64::from(mended)))
+                        })
                     })
                     .await;
                 let what = format_args!("shard {} ({})", self.shard, path.display());
@@ -698,7 +705,8 @@ mod tests {
             std::fs::write(&path, content).unwrap();
             let f = open(&path).unwrap();
             let mut data = b"{}\n".to_vec();
-            mend_file(f.as_raw_fd(), &mut data);
+            let put = mend_file(f.as_raw_fd(), &mut data);
+            assert_eq!(put, data[0] == b'\n');
             data
         };
         // A piece of a line a full disk left: the next starts on its own.
