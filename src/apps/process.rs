@@ -58,8 +58,9 @@ struct Stop {
     kill_at: Instant,
     /// Its descendants outside its process group when it was asked.
     strays: Vec<Known>,
-    /// The manager sent its own SIGKILL (`Process::kill`): what it ended
-    /// had not stopped in time, though the wait may no longer see it run.
+    /// The manager sent its own SIGKILL (`Process::kill`) to something
+    /// still running: it had not stopped in time, though the wait may no
+    /// longer see it run.
     killed: AtomicBool,
 }
 
@@ -114,7 +115,11 @@ impl Process {
             strays: proc_table::strays(self.pid),
             killed: AtomicBool::new(false),
         });
-        stop.killed.store(true, Ordering::Release);
+        // Only what it finds running: a stray that ended by itself just
+        // before is not said to have been killed at stop-timeout.
+        if proc_table::group_runs(self.pid) || stop.strays.iter().any(|s| s.runs()) {
+            stop.killed.store(true, Ordering::Release);
+        }
         stop.signal(self.pid, libc::SIGKILL);
     }
 }
