@@ -170,13 +170,18 @@ impl Upstreams {
                     if let Some(s) = before.and_then(|g| g.servers.iter().find(|s| same(s))) {
                         return s.clone();
                     }
-                    // Dropped before with requests still in flight, and back
-                    // (a port used again): its series goes on as it was.
-                    if let Some(i) = retired
-                        .iter()
-                        .position(|(name, s, _)| name == &c.name && same(s))
-                    {
-                        let (_, s, _) = retired.swap_remove(i);
+                    // Dropped before, and back (an app instance restarted on
+                    // its address) while still kept (`fold_retired`): its
+                    // series goes on as it was. Past that, a new one, on
+                    // every shard alike whether or not it folded yet.
+                    if let Some(i) = retired.iter().position(|(name, s, since)| {
+                        name == &c.name
+                            && same(s)
+                            && (s.busy.get() > 0
+                                || now.saturating_duration_since(*since) < KEEP_DROPPED)
+                    }) {
+                        // In order: the oldest are folded first.
+                        let (_, s, _) = retired.remove(i);
                         s.taken_back();
                         return s;
                     }
@@ -193,8 +198,12 @@ impl Upstreams {
             );
         }
         // What no group lists any more: its pooled connections go now, and
-        // those in use when their requests end (`checkin`).
-        for (name, g) in &old {
+        // those in use when their requests end (`checkin`). In the groups'
+        // order, the same on every shard, so that past `MAX_KEPT_DROPPED`
+        // each folds the same servers.
+        let mut names: Vec<&String> = old.keys().collect();
+        names.sort();
+        for (name, g) in names.into_iter().map(|n| (n, &old[n])) {
             for s in &g.servers {
                 let kept = groups
                     .values()
@@ -329,8 +338,9 @@ impl Upstreams {
     }
 
     /// Counters and gauges of every server, for a metrics snapshot: those
-    /// listed, those dropped with requests still in flight, and per group
-    /// what the dropped ones counted (`REMOVED_SERVERS`).
+    /// listed, those dropped but still kept (requests in flight, or out less
+    /// than `KEEP_DROPPED`), and per group what the rest of the dropped ones
+    /// counted (`REMOVED_SERVERS`).
     pub fn samples(&self) -> Vec<UpstreamSample> {
         self.fold_retired(Instant::now());
         let removed = self.removed.borrow();
