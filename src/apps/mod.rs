@@ -163,7 +163,7 @@ pub struct InstanceStatus {
     /// `draining` (waiting for its connections to end) or `stopping`.
     pub state: &'static str,
     /// Times it exited and was to start again (counted at the exit, before
-    /// its back-off).
+    /// its back-off), or was replaced past `max-memory`.
     pub restarts: u32,
     /// Since the current process started, counted when the status is read
     /// (zero when no process runs).

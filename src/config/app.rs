@@ -39,16 +39,16 @@ pub fn socket_dir(pid: u32) -> PathBuf {
 }
 
 /// Where `socket_dir` makes its subdirectory: the first of
-/// `RUNTIME_DIRECTORY` and `XDG_RUNTIME_DIR` that names a directory (a
-/// unit with several `RuntimeDirectory=` gets a list, which does not),
-/// else `TMPDIR` (or `/tmp`) as it is, which may not exist (`--check` says
-/// so).
+/// `RUNTIME_DIRECTORY` and `XDG_RUNTIME_DIR` that names a directory this
+/// user can write to (a unit with several `RuntimeDirectory=` gets a list,
+/// which does not; sudo passes on the invoking user's), else `TMPDIR` (or
+/// `/tmp`) as it is, which may not exist (`--check` says so).
 pub fn socket_base() -> PathBuf {
     ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
         .into_iter()
         .filter_map(std::env::var_os)
         .map(PathBuf::from)
-        .find(|p| p.is_dir())
+        .find(|p| p.is_dir() && super::files::may(p.as_os_str(), libc::W_OK | libc::X_OK))
         .unwrap_or_else(std::env::temp_dir)
 }
 

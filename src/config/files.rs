@@ -337,7 +337,7 @@ fn can_execute(path: &OsStr) -> bool {
 
 /// access(2) with `mode`: whether this process's real user may use `path`
 /// so (what a shard or an app, running as that user, will try).
-fn may(path: &OsStr, mode: libc::c_int) -> bool {
+pub(super) fn may(path: &OsStr, mode: libc::c_int) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_encoded_bytes()) else {
         return false;
     };

@@ -101,13 +101,16 @@ impl Location {
     /// and an optional port), `path` and `query` its target's as the parser
     /// split them (`*` for asterisk-form, written `/`).
     pub fn write(&self, host: &str, path: &str, query: Option<&str>, out: &mut Vec<u8>) {
-        for (i, part) in self.parts.iter().enumerate() {
-            // A location that begins with the path would make `//evil.test/x`
-            // a scheme-relative redirect to another host: one slash.
-            let path = if i == 0 {
-                one_leading_slash(path)
-            } else {
-                path
+        let start = out.len();
+        let path = if path == "*" { "/" } else { path };
+        for part in self.parts.iter() {
+            // A location that begins with the path (or with `/` and then
+            // the path) would make `//evil.test/x` a scheme-relative
+            // redirect to another host: one slash.
+            let path = match &out[start..] {
+                [] => one_leading_slash(path),
+                [b'/'] => path.trim_start_matches('/'),
+                _ => path,
             };
             match part {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
@@ -115,7 +118,7 @@ impl Location {
                     out.extend(without_port(host).bytes().map(|b| b.to_ascii_lowercase()));
                 }
                 Part::RequestUri => {
-                    crate::http::path::write_as_sent(if path == "*" { "/" } else { path }, out);
+                    crate::http::path::write_as_sent(path, out);
                     if let Some(q) = query {
                         out.push(b'?');
                         out.extend_from_slice(q.as_bytes());
@@ -190,6 +193,9 @@ mod tests {
         assert_eq!(fill("$request_uri", "a", "//evil.test/x"), "/evil.test/x");
         assert_eq!(fill("$request_uri", "a", "///x//y"), "/x//y");
         assert_eq!(fill("/a$request_uri", "a", "//x"), "/a//x");
+        assert_eq!(fill("/$request_uri", "a", "//evil.test/x"), "/evil.test/x");
+        assert_eq!(fill("/$request_uri", "a", "/"), "/");
+        assert_eq!(fill("/$request_uri", "a", "*"), "/");
         // Browsers take a `\` for a `/`: `/\evil.test/x` would be
         // `//evil.test/x`. Escaped, it is a name.
         assert_eq!(

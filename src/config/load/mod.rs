@@ -207,6 +207,8 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
     let mut table = String::new();
     // Each array table's count so far, and its latest entry's name.
     let mut arrays: Vec<(String, usize)> = Vec::new();
+    // TOML takes a byte order mark before the first line; `trim` does not.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         if raw.contains("\"\"\"") || raw.contains("\'\'\'") {
             // A string over several lines: what follows may be inside it.
@@ -718,8 +720,9 @@ read-timeout = 9223372036854775807
             errs[0].starts_with("t.toml:5: route[2].max-body-bytes: not valid TOML: "),
             "{errs:?}"
         );
-        // A table of an array table's entry, as its keys are named.
-        let text = "[[app]]\nname = \"a\"\n[app.env]\nN = 99999999999999999999\n";
+        // A table of an array table's entry, as its keys are named; after
+        // a byte order mark too.
+        let text = "\u{feff}[[app]]\nname = \"a\"\n[app.env]\nN = 99999999999999999999\n";
         let errs = parse(text).unwrap_err();
         assert!(
             errs[0].starts_with("t.toml:4: app[1].env.N: not valid TOML: "),
