@@ -78,7 +78,10 @@ pub fn write_head(
     // A 304 to the copy of a compressed response stands for that response.
     let revalidated =
         res.status == 304 && compression.is_some_and(|g| g.accepted && g.weak_validator);
-    let varies = compressible || revalidated;
+    // A 304 says the `Vary` its 200 would (RFC 9110 §15.4.5); it has no
+    // type to tell whether that one was compressible, so on a route that
+    // compresses it always does, as the static files' 304s.
+    let varies = compressible || (res.status == 304 && compression.is_some());
     let weakens = gzip || revalidated;
     let mut code = itoa::Buffer::new();
     write_status_line(out, res);
@@ -418,10 +421,11 @@ mod tests {
             "{h}"
         );
         assert!(!h.contains("Content-Encoding"), "{h}");
-        // A strong copy, or a client that does not take gzip: as it came.
+        // A strong copy, or a client that does not take gzip: its tag as it
+        // came, and the `Vary` its 200 says on this route.
         for h in [head(false, true), head(true, false)] {
             assert!(
-                h.contains("ETag: \"abc\"\r\n") && !h.contains("Vary"),
+                h.contains("ETag: \"abc\"\r\n") && h.contains("Vary: Accept-Encoding\r\n"),
                 "{h}"
             );
         }

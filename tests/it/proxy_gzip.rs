@@ -75,6 +75,14 @@ fn a_compressible_response_goes_gzipped_to_a_client_that_takes_it() {
     assert_eq!(res.status, 304);
     assert_eq!(res.header("etag"), Some("W/\"v1\""), "{res:?}");
     assert_eq!(res.header("vary"), Some("Accept-Encoding"));
+    // Revalidating the uncompressed copy: its strong tag, and the Vary
+    // its 200 said (RFC 9110 §15.4.5).
+    s.write_all(b"GET /items HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\n\r\n")
+        .unwrap();
+    let res = r.next(false);
+    assert_eq!(res.status, 304);
+    assert_eq!(res.header("etag"), Some("\"v1\""), "{res:?}");
+    assert_eq!(res.header("vary"), Some("Accept-Encoding"), "{res:?}");
 
     // A client that does not take gzip, one that asks for no transform,
     // an HTTP/1.0 client, and a HEAD without Accept-Encoding get the app's
