@@ -539,6 +539,38 @@ fn a_small_file_written_while_read_is_never_a_404() {
     assert_eq!(r.body.len() as u64, size);
 }
 
+/// A large file truncated in place while its lookup is cached (a copy
+/// over it, as deploy tools do): the promised length cannot be kept, so the
+/// connection closes short of it, and the error log says which file (as
+/// nginx's "was truncated" alert); the server goes on serving.
+#[test]
+fn a_file_truncated_in_place_while_cached_is_cut_short_and_logged() {
+    let dir = Scratch::new("truncated-in-place");
+    let path = dir.0.join("www/big.txt");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, vec![b'a'; 4 << 20]).unwrap();
+    // One shard: the one whose cache holds the file.
+    let conf = www_conf(&dir, "/static/", "cache-valid = \"60s\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let full = fetch(&server, "/static/big.txt", "");
+    assert_eq!(full.body.len(), 4 << 20);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(1 << 20).unwrap();
+    drop(f);
+    let mut s = server.connect();
+    s.write_all(b"GET /static/big.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    assert!(text.contains("Content-Length: 4194304"), "{text}");
+    assert!(got.len() < 4 << 20, "{} bytes", got.len());
+    let line = "static file \"/big.txt\": it shrank while being served: ";
+    server.wait_for_log(line);
+    assert_eq!(fetch(&server, "/static/hello.txt", "").status, 404);
+}
+
 /// A large file replaced (renamed over) while its lookup is cached: each
 /// response is one file's, its bytes those its validators and length name.
 /// They were the new file's bytes under the old ETag and length (a resumed

@@ -742,7 +742,23 @@ async fn serve(
         };
     };
     let (streamed, result) = match rest {
-        Rest::File(file, start, len) => stream_file(&file, start, len, stream).await,
+        Rest::File(file, start, len) => {
+            let (sent, result) = stream_file(&file, start, len, stream).await;
+            // Cut short under its promised length, the connection closes;
+            // the operator is told, as nginx's "was truncated" alert does.
+            let shrank = result
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
+            if shrank {
+                if let Some(held) = job.state.failures.admit(Instant::now()) {
+                    log::error!(
+                        "static file \"/{}\": it shrank while being served: {sent} of {len} bytes sent, the connection closed{held}",
+                        rel.escape_debug()
+                    );
+                }
+            }
+            (sent, result)
+        }
         Rest::Memory(body, range) => {
             let mut sent = 0;
             let mut result = Ok(());
