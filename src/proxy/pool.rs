@@ -81,8 +81,6 @@ pub struct Group {
     pub config: UpstreamConfig,
     /// Its servers, in configuration order.
     pub servers: Vec<Rc<Server>>,
-    /// Where round-robin goes next.
-    next: Cell<usize>,
 }
 
 /// One server of a group, on one shard.
@@ -193,7 +191,6 @@ impl Upstreams {
                 Rc::new(Group {
                     config: c.clone(),
                     servers,
-                    next: Cell::new(before.map_or(0, |g| g.next.get())),
                 }),
             );
         }
@@ -422,23 +419,16 @@ impl Group {
             (Balance::IpHash, Some(ip)) => self.by_address(ip, usable),
             _ => None,
         };
-        let chosen = if let Some(i) = hashed {
-            Some(i)
-        } else if self.config.shares.is_empty() {
-            let start = self.next.get() % n.max(1);
-            let usable = (0..n).map(|k| (start + k) % n).filter(|i| usable(*i));
-            match self.config.balance {
-                // A client without an address (its peer's could not be
-                // read) goes in turn.
-                Balance::RoundRobin | Balance::IpHash => usable.into_iter().next(),
-                // Ties go to the first in round-robin order.
-                Balance::LeastConn => usable.min_by_key(|i| self.servers[*i].busy.get()),
-            }
-        } else {
+        // Equal weights too go by smooth turns, as nginx's: a retry counts
+        // as a turn only among the servers it could go to, so a server that
+        // fails gets its share of first attempts and no more (a plain
+        // rotation gave it every one: its retry took the next server's
+        // turn, and the rotation came back to it). A client without an
+        // address (its peer's could not be read) goes in turn.
+        let chosen = hashed.or_else(|| {
             self.by_share(false, usable)
                 .or_else(|| self.by_share(true, usable))
-        }?;
-        self.next.set(chosen + 1);
+        })?;
         Some((chosen, self.servers[chosen].clone()))
     }
 
@@ -785,12 +775,42 @@ mod tests {
         let picks: Vec<usize> = picked(&g, now, 4);
         assert_eq!(picks, [0, 1, 2, 0]);
         g.servers[2].failed(&g.config, now);
-        let picks: Vec<usize> = picked(&g, now, 3);
-        assert_eq!(picks, [1, 0, 1]);
+        // Smooth turns, as nginx's: the second had waited longer.
+        let picks: Vec<usize> = picked(&g, now, 5);
+        assert_eq!(picks, [1, 1, 0, 1, 0]);
         // Back after fail-timeout.
         let later = now + g.config.fail_timeout;
         assert!((0..3).any(|_| g.pick(later, &[], None).unwrap().0 == 2));
         assert_eq!(g.pick(now, &[0, 1], None).map(|p| p.0), None);
+    }
+
+    /// A server whose every attempt fails (with `max-fails = 0`, never
+    /// rested) gets its share of first attempts and no more, and the
+    /// others share the rest evenly, retries included, as with nginx: a
+    /// retry counts as a turn only among the servers it could go to (a
+    /// rotation gave the failing server every first attempt with two
+    /// servers, half with three).
+    #[test]
+    fn a_failing_server_gets_its_share_of_first_attempts_and_no_more() {
+        for balance in [Balance::RoundRobin, Balance::LeastConn] {
+            let u = Upstreams::new(&[group(balance, 3)]);
+            let g = u.group("app").unwrap();
+            let now = Instant::now();
+            let mut first_to_failing = 0;
+            let mut served = [0; 3];
+            for _ in 0..12 {
+                let (first, _) = g.pick(now, &[], None).unwrap();
+                let answered = if first == 0 {
+                    first_to_failing += 1;
+                    g.pick(now, &[0], None).unwrap().0
+                } else {
+                    first
+                };
+                served[answered] += 1;
+            }
+            assert_eq!(first_to_failing, 4, "{balance:?}");
+            assert_eq!(served, [0, 6, 6], "{balance:?}");
+        }
     }
 
     /// A retry's note does not use up the second's allowance of the
