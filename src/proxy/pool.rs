@@ -126,8 +126,8 @@ pub struct Server {
     /// app's instance: its slot), so that its clients are its own whatever
     /// the other servers of its group do.
     key: u64,
-    /// Its standing in its group's smooth weighted round-robin (nginx's),
-    /// with shares (`weight`, `backup`): kept, as the rest, while a reload
+    /// Its standing in its group's smooth weighted round-robin (nginx's;
+    /// equal weights too, and least-conn's ties): kept, as the rest, while a reload
     /// or an app's new instances leave it in the group, so that the turns
     /// go on rather than start again at the heaviest server.
     standing: Cell<i64>,

@@ -80,7 +80,8 @@ pub fn write_head(
         res.status == 304 && compression.is_some_and(|g| g.accepted && g.weak_validator);
     // A 304 says the `Vary` its 200 would (RFC 9110 §15.4.5); it has no
     // type to tell whether that one was compressible, so on a route that
-    // compresses it always does, as the static files' 304s.
+    // compresses it always does (a cache then keys an image's copies by
+    // Accept-Encoding too: more copies, never a wrong one).
     let varies = compressible || (res.status == 304 && compression.is_some());
     let weakens = gzip || revalidated;
     let mut code = itoa::Buffer::new();

@@ -368,14 +368,26 @@ impl SiteState {
             if expired_by.is_some_and(|now| now.duration_since(*made) < self.cfg.cache_valid) {
                 break;
             }
-            let mut cache = self.cache.borrow_mut();
-            if cache.get(key).is_some_and(|e| e.checked == *made) {
-                let e = cache.remove(key).expect("just seen");
-                let (size, files) = cost(key, &e.found);
-                self.cache_bytes.set(self.cache_bytes.get() - size);
-                self.cache_files.set(self.cache_files.get() - files);
+            let current = self
+                .cache
+                .borrow()
+                .get(key)
+                .is_some_and(|e| e.checked == *made);
+            if current {
+                self.forget(key);
             }
             queue.pop_front();
+        }
+    }
+
+    /// Drop what the cache holds for `key`, if anything: an entry expired,
+    /// or a file that shrank under the length its entry promises (every
+    /// request for it would be cut short until `cache-valid` passed).
+    fn forget(&self, key: &CacheKey) {
+        if let Some(e) = self.cache.borrow_mut().remove(key) {
+            let (size, files) = cost(key, &e.found);
+            self.cache_bytes.set(self.cache_bytes.get() - size);
+            self.cache_files.set(self.cache_files.get() - files);
         }
     }
 
@@ -607,11 +619,13 @@ async fn serve(
 ) -> Served {
     let cfg = &job.state.cfg;
     let mut rel = job.rel.path.as_str();
-    let mut found = job.state.lookup(&job, rel, job.rel.trailing_slash).await;
+    let mut slash = job.rel.trailing_slash;
+    let mut found = job.state.lookup(&job, rel, slash).await;
     if let (Found::NotFound, Some(fallback)) = (&found, &cfg.fallback) {
         // A single-page app's paths are its own: they get its page (nginx's
         // `try_files $uri $uri/ /index.html`).
         rel = fallback;
+        slash = false;
         found = job.state.lookup(&job, fallback, false).await;
     }
     let found = job.state.maybe_gzipped(&job, rel, found).await;
@@ -756,6 +770,12 @@ async fn serve(
                         rel.escape_debug()
                     );
                 }
+                // The next request looks at the file again.
+                job.state.forget(&CacheKey {
+                    rel: rel.to_string(),
+                    trailing_slash: slash,
+                    encodings: job.encodings.clone(),
+                });
             }
             (sent, result)
         }
