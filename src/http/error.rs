@@ -35,6 +35,11 @@ pub enum ParseError {
     /// smuggling vector, refused outright).
     #[error("Content-Length together with Transfer-Encoding")]
     LengthAndTransferEncoding,
+    /// Transfer-Encoding in an HTTP/1.0 request, which has none (RFC 9112
+    /// §6.1: faulty framing): a 1.0 hop before this one may have read the
+    /// body otherwise, so it is refused, as nginx refuses it.
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    TransferEncodingInHttp10,
     /// A transfer coding this server does not decode (anything but chunked).
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
@@ -75,7 +80,7 @@ pub enum ParseError {
 
 impl ParseError {
     /// Every variant, for tests and for metrics that count errors by kind.
-    pub const ALL: [ParseError; 19] = [
+    pub const ALL: [ParseError; 20] = [
         Self::RequestLine,
         Self::HeaderField,
         Self::Target,
@@ -83,6 +88,7 @@ impl ParseError {
         Self::DuplicateHost,
         Self::ContentLength,
         Self::LengthAndTransferEncoding,
+        Self::TransferEncodingInHttp10,
         Self::UnsupportedTransferCoding,
         Self::ChunkedNotLast,
         Self::Chunk,
@@ -110,6 +116,7 @@ impl ParseError {
             DuplicateHost => "duplicate_host",
             ContentLength => "content_length",
             LengthAndTransferEncoding => "length_and_transfer_encoding",
+            TransferEncodingInHttp10 => "transfer_encoding_in_http10",
             UnsupportedTransferCoding => "unsupported_transfer_coding",
             ChunkedNotLast => "chunked_not_last",
             Chunk => "chunk",
@@ -137,6 +144,7 @@ pub fn status_for(err: ParseError) -> Status {
         | DuplicateHost
         | ContentLength
         | LengthAndTransferEncoding
+        | TransferEncodingInHttp10
         // RFC 9112 §6.3: the body's length cannot be told; a MUST.
         | ChunkedNotLast
         | Chunk => Status::BAD_REQUEST,

@@ -302,6 +302,9 @@ pub fn parse<'a>(
     }
     let host = target_parts.authority.or(fields.host);
 
+    if version == Version::Http10 && fields.transfer != Transfer::None {
+        return Err(ParseError::TransferEncodingInHttp10);
+    }
     let body = match (fields.content_length, fields.transfer) {
         (Some(_), Transfer::Chunked | Transfer::Unsupported) => {
             return Err(ParseError::LengthAndTransferEncoding)
@@ -314,11 +317,7 @@ pub fn parse<'a>(
 
     let keep_alive = match version {
         Version::Http11 => !fields.conn_close,
-        // RFC 9112 §6.1: a 1.0 message with Transfer-Encoding has faulty
-        // framing; answer it, then close.
-        Version::Http10 => {
-            fields.conn_keep_alive && !fields.conn_close && body != BodyFraming::Chunked
-        }
+        Version::Http10 => fields.conn_keep_alive && !fields.conn_close,
     };
     // RFC 9110 §10.1.1: a server must not send 100 Continue to an HTTP/1.0 client.
     let expect_continue = fields.expect_continue && version == Version::Http11;

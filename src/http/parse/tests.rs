@@ -152,6 +152,16 @@ fn transfer_encoding_rules() {
         ),
         ParseError::LengthAndTransferEncoding
     );
+    // HTTP/1.0 has no transfer codings (RFC 9112 §6.1), whatever else.
+    for te in ["chunked", "gzip, chunked", "identity"] {
+        assert_eq!(
+            err(&format!(
+                "POST / HTTP/1.0\r\nTransfer-Encoding: {te}\r\n\r\n"
+            )),
+            ParseError::TransferEncodingInHttp10,
+            "{te}"
+        );
+    }
 }
 
 #[test]
