@@ -48,7 +48,7 @@ pub fn socket_base() -> PathBuf {
         .into_iter()
         .filter_map(std::env::var_os)
         .map(PathBuf::from)
-        .find(|p| p.is_dir() && super::files::may(p.as_os_str(), libc::W_OK | libc::X_OK))
+        .find(|p| super::files::writable_dir(p))
         .unwrap_or_else(std::env::temp_dir)
 }
 

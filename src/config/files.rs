@@ -228,7 +228,7 @@ fn socket_problem(a: &AppConfig) -> Option<String> {
         return None;
     }
     let base = super::socket_base();
-    if !base.is_dir() || !may(base.as_os_str(), libc::W_OK | libc::X_OK) {
+    if !writable_dir(&base) {
         return Some(format!(
             "its sockets go in a directory made in {}, which is not a directory this user can write to: set RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR to one",
             base.display()
@@ -335,9 +335,15 @@ fn can_execute(path: &OsStr) -> bool {
     may(path, libc::X_OK)
 }
 
+/// Whether `dir` is a directory this process's real user may make
+/// entries in.
+pub(super) fn writable_dir(dir: &Path) -> bool {
+    dir.is_dir() && may(dir.as_os_str(), libc::W_OK | libc::X_OK)
+}
+
 /// access(2) with `mode`: whether this process's real user may use `path`
 /// so (what a shard or an app, running as that user, will try).
-pub(super) fn may(path: &OsStr, mode: libc::c_int) -> bool {
+fn may(path: &OsStr, mode: libc::c_int) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_encoded_bytes()) else {
         return false;
     };

@@ -59,10 +59,7 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
         for &b in *seg {
             if ESCAPED[usize::from(b)] {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 15)]));
+                out.extend(escape(b).map(char::from));
             } else {
                 out.push(char::from(b));
             }
@@ -79,14 +76,19 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// own escapes kept as they are: it names what it named, and no reader
 /// can take a `\` in it for a `/` (browsers do, in a Location).
 pub fn write_as_sent(path: &str, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in path.as_bytes() {
         if b == b'%' || !ESCAPED[usize::from(b)] {
             out.push(b);
         } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            out.extend_from_slice(&escape(b));
         }
     }
+}
+
+/// `b` as a percent-escape, upper-case hex.
+fn escape(b: u8) -> [u8; 3] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]
 }
 
 /// Whether every `%` in `path` begins two hex digits.

@@ -75,6 +75,12 @@ const KEEP_DROPPED: Duration = Duration::from_secs(60);
 /// instances drop as many): beyond it the oldest are folded first.
 const MAX_KEPT_DROPPED: usize = 32;
 
+/// Whether a server dropped at `since` is still kept as itself at `now`
+/// (`KEEP_DROPPED`), busy or not.
+fn recent(since: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(since) < KEEP_DROPPED
+}
+
 /// One group as a shard sees it.
 pub struct Group {
     /// Its settings.
@@ -173,10 +179,7 @@ impl Upstreams {
                     // series goes on as it was. Past that, a new one, on
                     // every shard alike whether or not it folded yet.
                     if let Some(i) = retired.iter().position(|(name, s, since)| {
-                        name == &c.name
-                            && same(s)
-                            && (s.busy.get() > 0
-                                || now.saturating_duration_since(*since) < KEEP_DROPPED)
+                        name == &c.name && same(s) && (s.busy.get() > 0 || recent(*since, now))
                     }) {
                         // In order: the oldest are folded first.
                         let (_, s, _) = retired.remove(i);
@@ -265,9 +268,7 @@ impl Upstreams {
     fn fold_retired(&self, now: Instant) {
         let mut removed = self.removed.borrow_mut();
         let mut retired = self.retired.borrow_mut();
-        let fresh = |s: &Server, since: Instant| {
-            s.busy.get() == 0 && now.saturating_duration_since(since) < KEEP_DROPPED
-        };
+        let fresh = |s: &Server, since: Instant| s.busy.get() == 0 && recent(since, now);
         let mut excess = retired
             .iter()
             .filter(|(_, s, since)| fresh(s, *since))

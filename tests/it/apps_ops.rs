@@ -24,23 +24,10 @@ fn kill(pid: u32) {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
-/// `coreserve_upstream_requests_total` of app `web`'s server `server` (one
-/// shard: its own series, or the `all` one).
+/// `coreserve_upstream_requests_total` of app `web`'s server `server`.
 fn requests_to(s: &AppServer, server: &str) -> f64 {
-    crate::metrics::scrape(&s.server)
-        .samples
-        .iter()
-        .filter(|x| {
-            x.metric == "coreserve_upstream_requests_total"
-                && x.labels.get("upstream") == Some("web")
-                && x.labels.get("server") == Some(server)
-                && x.labels.get("shard").is_none_or(|s| s == "all")
-        })
-        .map(|x| match x.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-        .sum()
+    let scrape = crate::metrics::scrape(&s.server);
+    crate::proxy_ops::group_sample(&scrape, "coreserve_upstream_requests_total", "web", server)
 }
 
 /// Every line of `log` that contains `needle`, from byte `from` on.

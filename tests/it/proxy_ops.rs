@@ -476,16 +476,25 @@ fn a_request_older_than_a_failure_does_not_end_the_servers_rest() {
     assert!(now.iter().all(|s| s == "B"), "{now:?}");
 }
 
-/// One per-upstream-server sample: labels `upstream="app"` and `server`,
-/// merged over shards (`shard="all"`) if there is a shard label; 0 if
-/// absent.
+/// One per-upstream-server sample of group `app`: see `group_sample`.
 fn upstream_sample(s: &prometheus_parse::Scrape, name: &str, server: &str) -> f64 {
+    group_sample(s, name, "app", server)
+}
+
+/// One per-upstream-server sample: labels `upstream` and `server`, merged
+/// over shards (`shard="all"`) if there is a shard label; 0 if absent.
+pub(crate) fn group_sample(
+    s: &prometheus_parse::Scrape,
+    name: &str,
+    group: &str,
+    server: &str,
+) -> f64 {
     let found: Vec<f64> = s
         .samples
         .iter()
         .filter(|x| {
             x.metric == name
-                && x.labels.get("upstream") == Some("app")
+                && x.labels.get("upstream") == Some(group)
                 && x.labels.get("server") == Some(server)
                 && x.labels.get("shard").is_none_or(|s| s == "all")
         })

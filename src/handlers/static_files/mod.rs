@@ -176,6 +176,17 @@ struct CacheEntry {
     checked: Instant,
 }
 
+impl FileJob {
+    /// What the site's cache knows this job's lookup of `rel` by.
+    fn cache_key(&self, rel: &str, trailing_slash: bool) -> CacheKey {
+        CacheKey {
+            rel: rel.to_string(),
+            trailing_slash,
+            encodings: self.encodings.clone(),
+        }
+    }
+}
+
 impl StaticSite {
     /// A site for the route with this prefix.
     pub fn new(prefix: String, cfg: Rc<StaticConfig>) -> StaticSite {
@@ -312,11 +323,7 @@ impl SiteState {
     /// What `rel` (the job's path, or the route's `fallback`) is on disk:
     /// from the cache while fresh, otherwise from the blocking thread.
     async fn lookup(self: &Rc<Self>, job: &FileJob, rel: &str, trailing_slash: bool) -> Found {
-        let key = CacheKey {
-            rel: rel.to_string(),
-            trailing_slash,
-            encodings: job.encodings.clone(),
-        };
+        let key = job.cache_key(rel, trailing_slash);
         let now = Instant::now();
         self.close_files(Some(now));
         if let Some(e) = self.cache.borrow().get(&key) {
@@ -771,11 +778,7 @@ async fn serve(
                     );
                 }
                 // The next request looks at the file again.
-                job.state.forget(&CacheKey {
-                    rel: rel.to_string(),
-                    trailing_slash: slash,
-                    encodings: job.encodings.clone(),
-                });
+                job.state.forget(&job.cache_key(rel, slash));
             }
             (sent, result)
         }
