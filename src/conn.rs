@@ -294,6 +294,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 input: &mut input,
                 out: &mut out,
                 idle,
+                body: wait == Wait::Body,
             };
             client.read(&mut room, deadline).await
         };
@@ -352,11 +353,17 @@ struct Reading<'a> {
     input: &'a mut InputBuffer,
     out: &'a mut Vec<u8>,
     idle: bool,
+    /// A request body is being read: a buffer's worth at a time.
+    body: bool,
 }
 
 impl Room for Reading<'_> {
     fn room(&mut self) -> &mut [u8] {
-        self.input.spare()
+        if self.body {
+            self.input.body_room()
+        } else {
+            self.input.spare()
+        }
     }
 
     /// Idle connections are the many, and they should cost little (the

@@ -12,7 +12,7 @@ use crate::http::encode::BodyEncoder;
 use crate::http::error::ParseError;
 use crate::http::parse::BodyFraming;
 use crate::http::upstream::Asked;
-use crate::transport::Socket;
+use crate::transport::{BodyRoom, Socket};
 
 /// How sending the request went.
 pub(super) struct Sent {
@@ -182,7 +182,7 @@ pub(super) async fn send_request(
             continue;
         }
         let read = futures_lite::future::or(
-            async { Some(c.socket.read(&mut *c.input, deadline).await) },
+            async { Some(c.socket.read(&mut BodyRoom(c.input), deadline).await) },
             async {
                 up.answered().await;
                 None

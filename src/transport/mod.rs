@@ -776,6 +776,16 @@ impl Room for InputBuffer {
     }
 }
 
+/// A connection's input read for a request body: room for a buffer's
+/// worth at a time (`InputBuffer::body_room`).
+pub struct BodyRoom<'a>(pub &'a mut InputBuffer);
+
+impl Room for BodyRoom<'_> {
+    fn room(&mut self) -> &mut [u8] {
+        self.0.body_room()
+    }
+}
+
 /// What a peek found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peek {

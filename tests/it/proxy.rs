@@ -166,6 +166,30 @@ fn bodies_stream_both_ways_with_content_length() {
 }
 
 #[test]
+fn an_upload_goes_up_a_buffer_at_a_time_not_a_kib_at_a_time() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-upload-reads", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    // One chunk of 256 KiB, in one write: coreserve re-chunks what each
+    // read gave it, so the chunks the upstream sees count its reads.
+    let body = pattern(256 << 10);
+    let mut req = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(&chunk(&body));
+    req.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&req).unwrap();
+    assert_eq!(r.next(false).status, 200);
+    let reqs = up.requests();
+    assert_eq!(reqs[0].body, body);
+    let raw = up.received();
+    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let chunks = raw[start..].windows(2).filter(|w| w == b"\r\n").count() / 2;
+    // Read 1 KiB at a time (as before) it went up as some 256 chunks;
+    // 16 KiB at a time, about 17.
+    assert!(chunks < 64, "the body went up in {chunks} chunks");
+}
+
+#[test]
 fn a_chunked_request_is_reframed_without_extensions_or_trailers() {
     let up = Upstream::start(echo());
     let proxy = Proxy::start("proxy-chunked", &simple(&[up.server()], "", ""));

@@ -637,7 +637,8 @@ impl<J> Session<J> {
 /// A connection's input: bytes read but not yet consumed.
 ///
 /// Starts small (most requests are a few hundred bytes) and grows, up to the
-/// head limit, only when a head needs it, so idle connections stay cheap.
+/// head limit, when a head needs it, or to `BODY_READ` for a body; an idle
+/// connection gives that back, so idle connections stay cheap.
 #[derive(Debug)]
 pub struct InputBuffer {
     buf: Vec<u8>,
@@ -656,6 +657,11 @@ pub const MAX_BATCH: usize = 64 << 10;
 /// request head fits (nginx's client_header_buffer_size is the same 1 KiB);
 /// a larger head or a pipelined burst grows the buffer up to the limit.
 pub const INITIAL_INPUT: usize = 1024;
+
+/// The least room a body is read into (`InputBuffer::body_room`): the
+/// 16 KiB the proxy relays responses with, and nginx's
+/// `client_body_buffer_size` on 64-bit machines.
+pub const BODY_READ: usize = 16 << 10;
 
 impl InputBuffer {
     /// An empty buffer that grows up to `max` bytes.
@@ -693,9 +699,7 @@ impl InputBuffer {
     pub fn spare(&mut self) -> &mut [u8] {
         if self.end == self.buf.len() {
             if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
+                self.compact();
             } else {
                 // Past `max` only if a caller reads without consuming; the
                 // session refuses an oversized head before that happens.
@@ -704,6 +708,27 @@ impl InputBuffer {
             }
         }
         &mut self.buf[self.end..]
+    }
+
+    /// Room to read a body into, at least `BODY_READ` bytes: an upload then
+    /// comes off the socket a buffer at a time, not in pieces of whatever
+    /// size the head left the buffer (1 KiB, a read and a write per KiB).
+    /// An idle connection gives it back (`shrink`).
+    pub fn body_room(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.end < BODY_READ {
+            self.compact();
+            if self.buf.len() - self.end < BODY_READ {
+                self.buf.resize(self.end + BODY_READ, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Move the unconsumed bytes to the front.
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
     }
 
     /// Give back memory a large head made the buffer take, once it is empty.

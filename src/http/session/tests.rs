@@ -296,3 +296,18 @@ proptest! {
         prop_assert_eq!(next, Next::Read(Wait::Idle));
     }
 }
+
+#[test]
+fn a_body_is_read_a_buffer_at_a_time_and_an_idle_connection_gives_it_back() {
+    let mut buf = InputBuffer::new(4096);
+    assert_eq!(buf.spare().len(), INITIAL_INPUT);
+    buf.spare()[..10].copy_from_slice(b"0123456789");
+    buf.filled(10);
+    buf.consume(4);
+    // Room for a buffer's worth, the unconsumed bytes kept in front of it.
+    assert!(buf.body_room().len() >= BODY_READ);
+    assert_eq!(buf.data(), b"456789");
+    buf.consume(6);
+    buf.shrink();
+    assert_eq!(buf.spare().len(), INITIAL_INPUT);
+}
