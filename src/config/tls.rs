@@ -191,6 +191,15 @@ impl TlsConfig {
                         "must be a Strict-Transport-Security value like \"max-age=31536000\", got {h:?}"
                     ),
                 );
+            } else if let Some(name) = repeated_directive(h) {
+                // RFC 6797 §6.1: browsers drop a header with one twice,
+                // and HSTS would silently not be in force.
+                err(
+                    "tls.hsts",
+                    format!(
+                        "{name:?} appears twice in {h:?}: a browser ignores the whole header then; give each directive once"
+                    ),
+                );
             }
         }
         // A name of two certificates is checked when their keys are read
@@ -225,6 +234,22 @@ fn has_max_age(value: &str) -> bool {
         name.trim().eq_ignore_ascii_case("max-age")
             && !seconds.is_empty()
             && seconds.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The first directive of a Strict-Transport-Security value that appears
+/// more than once (names compared in any case, as RFC 6797 §6.1 has it).
+fn repeated_directive(value: &str) -> Option<&str> {
+    let names: Vec<&str> = value
+        .split(';')
+        .map(|d| d.split_once('=').map_or(d, |(name, _)| name).trim())
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.iter().enumerate().find_map(|(i, name)| {
+        names[..i]
+            .iter()
+            .any(|earlier| earlier.eq_ignore_ascii_case(name))
+            .then_some(*name)
     })
 }
 
@@ -310,6 +335,20 @@ mod tests {
         ] {
             assert!(!has_max_age(bad), "{bad}");
         }
+        assert_eq!(repeated_directive("max-age=1; includeSubDomains"), None);
+        assert_eq!(repeated_directive("max-age=1;max-age=2"), Some("max-age"));
+        assert_eq!(
+            repeated_directive("includeSubDomains; max-age=1; INCLUDESUBDOMAINS"),
+            Some("INCLUDESUBDOMAINS")
+        );
+        let t = TlsConfig {
+            hsts: Some("max-age=1;max-age=2".into()),
+            ..TlsConfig::default()
+        };
+        assert_eq!(
+            rules(&t, &[]),
+            ["tls.hsts: \"max-age\" appears twice in \"max-age=1;max-age=2\": a browser ignores the whole header then; give each directive once"]
+        );
         assert!(is_server_name("*.example.com"));
         assert!(is_server_name("localhost"));
         assert!(!is_server_name("*"));

@@ -75,7 +75,28 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                 None
             }
         };
-        let Some(chain) = chain else { continue };
+        let Some(mut chain) = chain else { continue };
+        // A certificate written twice (`cat cert.pem fullchain.pem`) would
+        // break the chain's order where it repeats: it is sent once (nginx
+        // sends it twice).
+        let mut n = 1;
+        while n < chain.len() {
+            match chain[..n].iter().position(|earlier| *earlier == chain[n]) {
+                Some(m) => {
+                    loaded.warnings.push(ConfigError::new(
+                        format!("{prefix}.chain"),
+                        format!(
+                            "{}: certificate {} repeats certificate {}: it is sent once (remove it from the file; the certificates after it are counted without it below)",
+                            c.chain.display(),
+                            n + 1,
+                            m + 1
+                        ),
+                    ));
+                    chain.remove(n);
+                }
+                None => n += 1,
+            }
+        }
         let parsed: Result<Vec<X509Certificate>, usize> = chain
             .iter()
             .enumerate()
@@ -180,8 +201,14 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                 continue;
             }
         };
+        // The key's public half against the certificate's, compared here:
+        // rustls' `keys_match` parses the certificate with webpki first,
+        // which refuses an X.509 version 1 one (`openssl x509 -req`
+        // without extensions makes them), reported as a mismatch.
+        let spki = parsed[0].public_key().raw;
+        let matched = signer.public_key().map(|own| own.as_ref() == spki);
         let certified = CertifiedKey::new(chain, signer);
-        if certified.keys_match().is_err() {
+        if !matched.unwrap_or_else(|| certified.keys_match().is_ok()) {
             fail(
                 "key",
                 format!(
@@ -655,6 +682,102 @@ mod tests {
                 && errs[4].ends_with("the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"),
             "{}", errs[4]
         );
+    }
+
+    /// A certificate written twice in the file (`cat cert.pem
+    /// fullchain.pem`) loads, sent once, with a warning that says so.
+    #[test]
+    fn a_repeated_certificate_is_sent_once() {
+        let d = Dir::new("repeated");
+        let (leaf, mid, _, key) = chain(&["a.example"], (2030, 1, 10));
+        for (file, text, n, m) in [
+            ("leaf-twice.pem", leaf.clone() + &leaf + &mid, 2, 1),
+            ("mid-twice.pem", leaf.clone() + &mid + &mid, 3, 2),
+        ] {
+            let c = config(vec![CertificateConfig {
+                chain: d.write(file, &text),
+                key: d.write("key.pem", &key),
+                names: vec![],
+            }]);
+            let loaded = load_certificates(&c, at(2029, 1, 1));
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            assert_eq!(loaded.certificates[0].key.cert.len(), 2);
+            let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].contains(&format!(
+                    "{file}: certificate {n} repeats certificate {m}: it is sent once"
+                )),
+                "{w:?}"
+            );
+        }
+    }
+
+    /// An X.509 version 1 certificate (what `openssl x509 -req` makes
+    /// without extensions, the classic self-signed recipe) loads with its
+    /// key, as nginx takes it; a foreign key is still refused.
+    #[test]
+    fn a_version_1_certificate_loads_with_its_key() {
+        let d = Dir::new("v1");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&d.0)
+                .output()
+                .expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "k.pem",
+        ]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            "k.pem",
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            "r.csr",
+        ]);
+        run(&[
+            "x509", "-req", "-in", "r.csr", "-signkey", "k.pem", "-days", "30", "-out", "c.pem",
+        ]);
+        let pem = std::fs::read(d.0.join("c.pem")).unwrap();
+        let der = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, x) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(x.version(), x509_parser::x509::X509Version::V1);
+        let (_, _, _, other_key) = chain(&["b.example"], (2030, 1, 10));
+        let c = config(vec![
+            CertificateConfig {
+                chain: d.0.join("c.pem"),
+                key: d.0.join("k.pem"),
+                names: vec![],
+            },
+            CertificateConfig {
+                chain: d.0.join("c.pem"),
+                key: d.write("other.key", &other_key),
+                names: vec!["b.example".into()],
+            },
+        ]);
+        let loaded = load_certificates(&c, SystemTime::now());
+        let errs: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("tls.certificate[2].key: ")
+                && errs[0].contains("other.key is not the key of the certificate in "),
+            "{errs:?}"
+        );
+        assert_eq!(loaded.certificates.len(), 1);
     }
 
     /// Two certificates for one name load when their keys differ in type
