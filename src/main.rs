@@ -101,6 +101,9 @@ fn run(cli: Cli) -> ExitCode {
                 for warning in p.shared_cpus().into_iter().chain(short).chain(tasks) {
                     log::warn!("{warning}");
                 }
+                // The warnings (through the log thread) come first, as the
+                // docs say, when both go to one terminal or pipe.
+                flush_log();
                 println!("configuration OK");
                 ExitCode::SUCCESS
             }
@@ -265,6 +268,16 @@ fn init_logging(serving: bool) {
                     &formatted
                 }
             };
+            // A library's message may be a multi-line debug dump (glommio's
+            // `SkippingOs {` …): one line, its indentation folded. Only
+            // coreserve's own keep an indented continuation.
+            let folded;
+            let text = if record.target().starts_with("coreserve") || !text.contains('\n') {
+                text
+            } else {
+                folded = fold_lines(text);
+                &folded
+            };
             let text = escaped(text);
             if journald {
                 let prio = match record.level() {
@@ -288,6 +301,16 @@ fn init_logging(serving: bool) {
             }
         })
         .init();
+}
+
+/// `text` on one line: each line break and the spaces around it become
+/// one space.
+fn fold_lines(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A log message with its control characters escaped (a socket path or log
@@ -318,6 +341,14 @@ fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::escaped;
+
+    #[test]
+    fn a_library_s_debug_dump_is_folded_into_one_line() {
+        assert_eq!(
+            super::fold_lines("Error: registering buffers. SkippingOs {\n    code: 12,\n    kind: OutOfMemory,\n}"),
+            "Error: registering buffers. SkippingOs { code: 12, kind: OutOfMemory, }"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped_but_an_indented_continuation() {

@@ -230,7 +230,7 @@ async fn run(spec: ShardSpec) {
     let events = Rc::new(spec.events.connect().await);
     let control = spec.control.connect().await;
     let logger = AccessLogger::new(&spec.log, spec.log_file, id);
-    let readiness = match readiness_ring(spec.idle_wait) {
+    let readiness = match readiness_ring(spec.idle_wait).await {
         Ok(readiness) => {
             glommio::spawn_local(readiness.clone().drive()).detach();
             // A driver that never waits in its ring needs no bell.
@@ -410,12 +410,50 @@ async fn run(spec: ShardSpec) {
 /// The shard's readiness ring. With `fault-injection`, the environment
 /// variable `CORESERVE_FAULT_NO_RING` refuses it, so tests reach the path of
 /// a kernel that cannot set one up (glommio's streams wait instead).
-fn readiness_ring(idle_wait: Duration) -> std::io::Result<Rc<Readiness>> {
+async fn readiness_ring(idle_wait: Duration) -> std::io::Result<Rc<Readiness>> {
     #[cfg(feature = "fault-injection")]
     if std::env::var_os("CORESERVE_FAULT_NO_RING").is_some() {
         return Err(std::io::Error::other("refused by CORESERVE_FAULT_NO_RING"));
     }
-    Readiness::new(idle_wait)
+    // ENOMEM is most often passing: the rings of an instance that just
+    // exited stay counted against the user's locked memory until the
+    // kernel frees them, a moment later (a restart). Without the ring the
+    // shard would serve at a higher cost for the rest of its life.
+    let mut tries = 0;
+    loop {
+        match Readiness::new(idle_wait) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && tries < RING_TRIES => {
+                tries += 1;
+                glommio::timer::sleep(RING_RETRY).await;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                return Err(std::io::Error::other(format!("{e}: {LOCKED_MEMORY_HINT}")))
+            }
+            ring => return ring,
+        }
+    }
+}
+
+/// How often, and how far apart, a shard tries again to set up its
+/// readiness ring when the kernel says ENOMEM.
+const RING_TRIES: u32 = 10;
+const RING_RETRY: Duration = Duration::from_millis(100);
+
+/// What ENOMEM from io_uring means, said to the operator.
+const LOCKED_MEMORY_HINT: &str = "io_uring could not lock memory: its rings count against this user's locked-memory limit (ulimit -l, LimitMEMLOCK=) with those of every other process of the user, and an instance that has just stopped holds its share for a moment after it exits; raise the limit, or start again";
+
+/// Why an executor (a shard's, the master's) could not start, from
+/// glommio's error: with what ENOMEM means when that is the cause.
+pub fn start_error(e: &glommio::GlommioError<()>) -> String {
+    let os = match e {
+        glommio::GlommioError::IoError(io) => io.raw_os_error(),
+        glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    match os {
+        Some(libc::ENOMEM) => format!("{e} ({LOCKED_MEMORY_HINT})"),
+        _ => e.to_string(),
+    }
 }
 
 /// Spawn a connection task in the gate, isolating a panic to that connection.
@@ -519,5 +557,20 @@ pub fn log_stopped(id: usize, place: &str, stats: &ShardStats, forced: usize) {
     );
     if forced > 0 {
         warn!("shard {id}: drain deadline passed; closed {forced} connections still open");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_that_could_not_lock_memory_says_what_that_means() {
+        let nomem = glommio::GlommioError::IoError(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        let why = start_error(&nomem);
+        assert!(why.contains("Cannot allocate memory"), "{why}");
+        assert!(why.contains("(io_uring could not lock memory: its rings count against this user's locked-memory limit"), "{why}");
+        let other = glommio::GlommioError::IoError(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert!(!start_error(&other).contains("locked-memory"));
     }
 }

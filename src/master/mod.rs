@@ -80,9 +80,9 @@ pub enum MasterError {
         /// glommio's error.
         err: String,
     },
-    /// A shard stopped before it was ready.
-    #[error("shard {0} failed to start")]
-    ShardStart(usize),
+    /// A shard stopped before it was ready, and why.
+    #[error("shard {0} failed to start: {1}")]
+    ShardStart(usize, String),
     /// Every shard died.
     #[error("no shard is left alive")]
     NoShards,
@@ -439,7 +439,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             .map(|master| (launched, master))
             .map_err(|e| MasterError::Executor {
                 what: "the master executor".into(),
-                err: e.to_string(),
+                err: crate::shard::start_error(&e),
             })
     };
     let (launched, master) = match started {

@@ -105,6 +105,33 @@ fn the_shipped_default_config_checks_and_serves_hello_world() {
     assert_eq!(r.status, 304);
 }
 
+/// On one terminal or pipe, `--check`'s warnings (written by the log
+/// thread) come before its "configuration OK", as the docs say: even the
+/// last one, of the host's limits, logged just before it.
+#[test]
+fn check_s_warnings_come_before_its_ok() {
+    let dir = Scratch::new("check-order");
+    let conf = dir.write("c.toml", "[server]\nlisten = [\"127.0.0.1:0\"]\n");
+    for _ in 0..5 {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 1000 && '{}' --check --config '{}' --shards 2 2>&1",
+                env!("CARGO_BIN_EXE_coreserve"),
+                conf.display()
+            ))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The last warning, written just before the OK.
+        let warn = text
+            .find("exceed the open files limit")
+            .expect("the warning");
+        let ok = text.find("configuration OK").expect("the OK");
+        assert!(warn < ok, "{text}");
+    }
+}
+
 #[test]
 fn check_reports_every_error_with_file_line_and_key() {
     let dir = Scratch::new("check");

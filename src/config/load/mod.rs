@@ -164,7 +164,17 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
     })?;
     let doc = ImDocument::parse(text.clone()).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
-        let msg = e.message().trim().replace('\n', " ");
+        let msg = match e.message().trim() {
+            // What toml_edit says of a file that ends after `key =`.
+            "" if e
+                .span()
+                .is_some_and(|s| text.get(s.start..).is_some_and(|t| t.trim().is_empty())) =>
+            {
+                "the file ends where a value should be".to_string()
+            }
+            "" => "unexpected text".to_string(),
+            m => m.replace('\n', " "),
+        };
         let key = line.and_then(|l| key_on_line(&text, l)).unwrap_or_default();
         LoadFailure::new(None, vec![at(line, &key, format!("not valid TOML: {msg}"))])
     })?;
@@ -703,6 +713,12 @@ read-timeout = 9223372036854775807
         );
         let errs = parse("[server\nshards = 2\n").unwrap_err();
         assert!(errs[0].starts_with("t.toml:1: not valid TOML"), "{errs:?}");
+        // toml_edit says nothing of a value cut by the end of the file.
+        let errs = parse("[server]\nlisten =").unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.toml:2: server.listen: not valid TOML: the file ends where a value should be"]
+        );
     }
 
     /// A value TOML itself refuses is put to its key, as a value the

@@ -238,7 +238,16 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
                 info!("shard {id} started on {}", slots[id].place);
                 ready += 1;
             }
-            Some(MasterEvent::Gone(id, _)) => return Err(MasterError::ShardStart(id)),
+            Some(MasterEvent::Gone(id, _)) => {
+                // Its thread has ended: its executor's error, if it had one
+                // (glommio builds the executor in the new thread).
+                let handle = slots[id].child.take().and_then(|r| r.handle);
+                let why = match handle.map(|h| h.join()) {
+                    Some(Err(e)) => shard::start_error(&e),
+                    _ => "it stopped before it was ready".into(),
+                };
+                return Err(MasterError::ShardStart(id, why));
+            }
             Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
                 info!("{} during start-up: stopping", signals::name(sig));
                 return Ok(());
