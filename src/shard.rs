@@ -354,6 +354,17 @@ async fn run(spec: ShardSpec) {
             Some(Control::Drain) | None => break,
         }
     }
+    // While it drains, a rotated access log is still let go of (the
+    // master keeps the channel open; the rest has no meaning now).
+    let draining = shard.clone();
+    glommio::spawn_local(async move {
+        while let Some(msg) = control.recv().await {
+            if let (Control::ReopenLogs, Some(log)) = (msg, draining.access_log()) {
+                log.reopen().await;
+            }
+        }
+    })
+    .detach();
     shard.start_draining();
     let deadline = std::time::Instant::now() + spec.drain_timeout;
     if from_channel {

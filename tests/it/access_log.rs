@@ -161,6 +161,38 @@ fn sigusr1_reopens_the_file_after_rotation() {
     assert!(old.contains("/before") && !old.contains("/after"), "{old}");
 }
 
+/// SIGUSR1 during a drain (logrotate while the service stops) reopens
+/// the log too: the line of a request still in flight goes to the new
+/// file, not the rotated one.
+#[test]
+fn sigusr1_reopens_the_file_during_a_drain() {
+    let dir = Scratch::new("log-reopen-drain");
+    let (mut server, log) = start(&dir, "combined");
+    let mut slow = server.connect();
+    std::io::Write::write_all(
+        &mut slow,
+        b"POST /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("draining");
+    let rotated = dir.0.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("SIGUSR1: reopening");
+    let deadline = Instant::now() + crate::util::WAIT;
+    while !log.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(log.exists(), "no new log file: {}", server.log());
+    std::io::Write::write_all(&mut slow, b"\r\n0\r\n\r\n").unwrap();
+    assert_eq!(crate::util::Reader::new(&slow).next(false).status, 200);
+    assert!(server.wait(crate::util::WAIT).success(), "{}", server.log());
+    let fresh = wait_for_lines(&log, 1);
+    assert!(fresh[0].contains("/slow"), "{fresh:?}");
+}
+
 /// A log file named with a line break: the server's own line about it
 /// escapes it, so that it stays one line (the rest would read as a line of
 /// its own, without a level).

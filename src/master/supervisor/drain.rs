@@ -34,9 +34,9 @@ impl Supervisor<Real> {
             a.stop();
         }
         // Every shard with a control channel is told, a restarted one not
-        // yet ready too; dropping the sender right after means a shard
-        // whose queue was full still sees the channel close, which also
-        // means drain.
+        // yet ready too. The channel stays open, so that SIGUSR1 still
+        // reaches the shards while they drain; a shard whose queue was
+        // full sees it close instead, which also means drain.
         let mut running = 0;
         let mut stopping = vec![false; self.slots.len()];
         for (id, slot) in self.slots.iter_mut().enumerate() {
@@ -47,8 +47,10 @@ impl Supervisor<Real> {
             // Reuseport: the master's copies would keep the sockets
             // listening (and queueing connections nobody accepts) until exit.
             r.listener_copies.clear();
-            if let Some(c) = r.control.take() {
-                let _ = c.try_send(Control::Drain);
+            if let Some(c) = &r.control {
+                if c.try_send(Control::Drain).is_err() {
+                    r.control = None;
+                }
                 stopping[id] = true;
                 running += 1;
             }
