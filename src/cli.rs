@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{Affinity, Config, ConfigError, Dispatch, MetricsConfig};
+use crate::config::{Affinity, Config, ConfigError, Dispatch, MetricsConfig, UnsetVars};
 use crate::cpus;
 use crate::units;
 
@@ -263,7 +263,8 @@ impl Cli {
 
     /// Where a running server serves its metrics, for `coreserve status`:
     /// the file's `[metrics]` with `--metrics-listen` over it. Only that
-    /// section (and the file's syntax) must be right: a status check has no
+    /// section (and the file's syntax) must be right, and only its own
+    /// `${VAR}`s must be set: a status check has no
     /// business opening the access log or the static roots, which the
     /// service's own user may be the only one allowed to.
     pub fn metrics(&self) -> Result<MetricsConfig, Vec<ConfigError>> {
@@ -274,10 +275,21 @@ impl Cli {
                     let mine = |e: &ConfigError| e.key.is_empty() || e.key.starts_with("metrics.");
                     match f.partial {
                         Some(partial) if !f.errors.iter().any(mine) => partial.metrics,
-                        // Not read at all (an unset `${VAR}` elsewhere: the
-                        // text could not be parsed): every reason, rather
-                        // than none.
-                        None if !f.errors.iter().any(mine) => return Err(f.errors),
+                        // Not read at all: an unset `${VAR}` elsewhere (one
+                        // the service's environment sets, which this shell
+                        // may not have). Read again with those empty.
+                        None if !f.errors.iter().any(mine) => {
+                            match crate::config::load_file_with(&path, UnsetVars::Empty) {
+                                Ok(c) => c.metrics,
+                                Err(again) => match again.partial {
+                                    Some(partial) if !again.errors.iter().any(mine) => {
+                                        partial.metrics
+                                    }
+                                    // Every reason, rather than none.
+                                    _ => return Err(f.errors),
+                                },
+                            }
+                        }
                         _ => return Err(f.errors.into_iter().filter(mine).collect()),
                     }
                 }

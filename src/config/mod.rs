@@ -21,7 +21,9 @@ mod validate;
 pub use app::*;
 pub use files::{listeners_bound, preflight, wait_again};
 pub use gzip::*;
-pub use load::{is_pipe, load_file, parse_str, LoadFailure, DEFAULT_PATH};
+pub use load::{
+    is_pipe, load_file, load_file_with, parse_str, LoadFailure, UnsetVars, DEFAULT_PATH,
+};
 pub use location::{Location, LocationError};
 pub use tls::*;
 pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};

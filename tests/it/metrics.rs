@@ -299,6 +299,23 @@ fn status_needs_only_the_metrics_section_of_the_file() {
             && err.contains("pass --url"),
         "{err}"
     );
+
+    // One the service's environment sets (systemd's `Environment=`), in a
+    // string outside `[metrics]`: status runs without it.
+    let elsewhere = dir.write(
+        "elsewhere.toml",
+        format!(
+            "[metrics]\nlisten = \"${{CORESERVE_TEST_SURELY_UNSET:-{addr}}}\"\n\n\
+             [[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:9\"]\n\n\
+             [[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"a\"\n\
+             request-headers = {{ X-Token = \"${{CORESERVE_TEST_SURELY_UNSET}}\" }}\n"
+        ),
+    );
+    assert_status_table(bare().arg("--config").arg(&elsewhere).args([
+        "status",
+        "--interval",
+        "100ms",
+    ]));
 }
 
 /// The admin listener's address.

@@ -61,6 +61,21 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// On errors, returns them with the configuration as far as it could be read
 /// (so validation can still report the rest).
 pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
+    load_file_with(path, UnsetVars::Refused)
+}
+
+/// What a `${VAR}` without a default whose variable is not set becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsetVars {
+    /// An error at its key: the server and `--check`.
+    Refused,
+    /// The empty string: for `coreserve status`, which reads `[metrics]`
+    /// alone and runs where the service's environment is not.
+    Empty,
+}
+
+/// `load_file`, with unset variables taken as `unset` says.
+pub fn load_file_with(path: &Path, unset: UnsetVars) -> Result<Config, LoadFailure> {
     let name = path.display().to_string();
     let bytes = super::files::read_small(path, MAX_CONFIG_BYTES);
     // Where the bytes stop being UTF-8, as a line an editor can go to.
@@ -104,7 +119,7 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
             };
             LoadFailure::new(None, vec![err])
         })?;
-    parse_str(&text, path)
+    parse_with(&text, path, &resolve_host, unset)
 }
 
 /// Whether `path` is a pipe, a socket or a terminal (following links:
@@ -134,11 +149,16 @@ fn resolve_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 
 /// Parse configuration text as if read from `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<Config, LoadFailure> {
-    parse_with(text, path, &resolve_host)
+    parse_with(text, path, &resolve_host, UnsetVars::Refused)
 }
 
-/// `parse_str` with the resolver given.
-fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, LoadFailure> {
+/// `parse_str` with the resolver and the way with unset variables given.
+fn parse_with(
+    text: &str,
+    path: &Path,
+    resolve: Resolve<'_>,
+    unset: UnsetVars,
+) -> Result<Config, LoadFailure> {
     let name = path.display().to_string();
     let at = |line: Option<usize>, key: &str, rule: String| ConfigError {
         file: Some(name.clone()),
@@ -150,6 +170,9 @@ fn parse_with(text: &str, path: &Path, resolve: Resolve<'_>) -> Result<Config, L
         text,
         |v| match std::env::var(v) {
             Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) if unset == UnsetVars::Empty => {
+                Ok(Some(String::new()))
+            }
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(raw)) => Err(raw),
         },

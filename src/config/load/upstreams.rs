@@ -362,8 +362,13 @@ mod tests {
     }
 
     fn load(text: &str) -> Result<Config, Vec<String>> {
-        parse_with(text, Path::new("/etc/cs/t.toml"), &fake)
-            .map_err(|f| f.errors.iter().map(|e| e.to_string()).collect())
+        parse_with(
+            text,
+            Path::new("/etc/cs/t.toml"),
+            &fake,
+            crate::config::UnsetVars::Refused,
+        )
+        .map_err(|f| f.errors.iter().map(|e| e.to_string()).collect())
     }
 
     fn tcp(s: &str) -> ServerAddr {
