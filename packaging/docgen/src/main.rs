@@ -180,7 +180,7 @@ fn operator_sections() -> Roff {
     item(
         &mut r,
         "SIGHUP",
-        "Reload the configuration. A valid file replaces routes and limits on every shard without dropping a connection; an invalid one is logged and the running configuration kept. Settings that need a restart ([server], [log], [metrics]) keep their running values and are named in the log.",
+        "Reload the configuration. A valid file replaces routes and limits on every shard without dropping a connection; an invalid one is logged and the running configuration kept. Settings that need a restart ([server] but its proxy-protocol, [log], [metrics]) keep their running values and are named in the log.",
     );
     item(&mut r, "SIGUSR1", "Reopen the access log file.");
     item(
