@@ -51,6 +51,31 @@ pub fn take(len: usize) -> Buffer {
     Buffer { v, kind }
 }
 
+/// A buffer to read into of at least `len` bytes: a spare as long as it is
+/// (not cut to `len`: the next `take` of its whole length would zero it
+/// again), else a new one of `len`. For what holds a buffer only while it
+/// has bytes in it (a tunnel's way), taking and giving back at each read.
+pub fn take_at_least(len: usize) -> Buffer {
+    let v = SPARE
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let spares = &mut s[READ];
+            let i = spares.iter().rposition(|b| b.len() >= len)?;
+            Some(spares.swap_remove(i))
+        })
+        .unwrap_or_else(|| vec![0; len]);
+    Buffer { v, kind: READ }
+}
+
+/// A buffer of nothing, which nothing allocated and no spare is kept of:
+/// to put where one was given back early.
+pub fn none() -> Buffer {
+    Buffer {
+        v: Vec::new(),
+        kind: WRITE,
+    }
+}
+
 /// Largest write buffer kept for reuse: one grown past it by a large head
 /// and body bytes is freed. (A read buffer's length is the configured
 /// head limit or 16 KiB, so those are bounded already.)
@@ -59,7 +84,7 @@ const KEPT_CAPACITY: usize = 64 << 10;
 impl Drop for Buffer {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.v);
-        if self.kind == WRITE && v.capacity() > KEPT_CAPACITY {
+        if v.capacity() == 0 || self.kind == WRITE && v.capacity() > KEPT_CAPACITY {
             return;
         }
         SPARE.with(|s| {
@@ -87,6 +112,26 @@ impl DerefMut for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tunnel_takes_a_spare_whole_and_an_emptied_place_keeps_nothing() {
+        let mut big = take(32 << 10);
+        big.fill(9);
+        let at = big.as_ptr();
+        drop(big);
+        // Not cut to 16 KiB: the next exchange's 32 KiB would be zeroed
+        // again.
+        let pipe = take_at_least(16 << 10);
+        assert_eq!((pipe.as_ptr(), pipe.len()), (at, 32 << 10));
+        drop(pipe);
+        let again = take(32 << 10);
+        assert!(again.iter().all(|&b| b == 9), "zeroed again");
+        drop(again);
+        let spares = || SPARE.with(|s| s.borrow().iter().map(Vec::len).sum::<usize>());
+        let before = spares();
+        drop(none());
+        assert_eq!(spares(), before, "an empty buffer was kept as a spare");
+    }
 
     #[test]
     fn a_read_buffer_comes_back_as_it_was_not_emptied_by_a_write_one() {

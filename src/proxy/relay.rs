@@ -5,6 +5,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
+use super::buffers::{self, Buffer};
 use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIELDS};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
@@ -496,7 +497,7 @@ impl Outgoing {
 pub(super) async fn relay(
     c: &mut Client<'_>,
     up: &mut Socket,
-    rbuf: &mut [u8],
+    rbuf: &mut Buffer,
     filled: usize,
     ex: &Exchange,
     cfg: &UpstreamConfig,
@@ -522,11 +523,17 @@ pub(super) async fn relay(
         c.out.clear();
         let early: Vec<u8> = c.input.data().to_vec();
         c.input.consume(early.len());
+        // A tunnel may stay open for hours, mostly quiet: what the
+        // exchange grew goes back (the response buffer to the shard's
+        // spares), and it holds buffers only while bytes pass.
+        c.input.shrink();
+        let upstream_early = rbuf[head_len..filled].to_vec();
+        *rbuf = buffers::none();
         let tunnelled = tunnel::run(
             c.socket,
             up,
             &early,
-            &rbuf[head_len..filled],
+            &upstream_early,
             tunnel_idle,
             ex.send_timeout,
         )
@@ -538,7 +545,18 @@ pub(super) async fn relay(
         r.bytes_in = tunnelled.from_client;
         return r;
     }
-    stream(c, up, rbuf, head_len, filled, ex, cfg, begun.out, r).await
+    stream(
+        c,
+        up,
+        &mut rbuf[..],
+        head_len,
+        filled,
+        ex,
+        cfg,
+        begun.out,
+        r,
+    )
+    .await
 }
 
 /// Relay the rest of a response whose head is in the client's output:

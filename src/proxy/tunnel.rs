@@ -8,6 +8,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use super::buffers::{self, Buffer};
 use crate::transport::Socket;
 
 /// Bytes moved per read.
@@ -117,7 +118,10 @@ async fn pass(
 
 /// One way's bytes: read from one side, not yet all written to the other.
 struct Pipe {
-    buf: Vec<u8>,
+    /// A buffer of the shard's spares, held only while it has bytes to
+    /// write (or for a read): an idle tunnel holds none, so a thousand
+    /// quiet WebSockets do not keep 32 KiB each.
+    buf: Option<Buffer>,
     /// What is still to write: `buf[start..end]`.
     start: usize,
     end: usize,
@@ -133,7 +137,7 @@ struct Pipe {
 impl Pipe {
     fn new() -> Pipe {
         Pipe {
-            buf: vec![0u8; CHUNK],
+            buf: None,
             start: 0,
             end: 0,
             stall: None,
@@ -144,6 +148,19 @@ impl Pipe {
 
     fn pending(&self) -> bool {
         self.start < self.end
+    }
+
+    /// The bytes still to write.
+    fn waiting(&self) -> &[u8] {
+        self.buf
+            .as_deref()
+            .map_or(&[], |b| &b[self.start..self.end])
+    }
+
+    /// Everything written: the buffer goes back to the shard's spares.
+    fn emptied(&mut self) {
+        (self.start, self.end) = (0, 0);
+        self.buf = None;
     }
 }
 
@@ -235,7 +252,7 @@ fn step(
         moved = to.try_flush()? > 0;
     }
     while p.pending() {
-        match to.try_write(&p.buf[p.start..p.end]) {
+        match to.try_write(p.waiting()) {
             None => break,
             Some(Ok(n)) => {
                 p.start += n;
@@ -254,8 +271,10 @@ fn step(
         return Ok(moved);
     }
     p.stall = None;
-    match from.try_read(&mut p.buf) {
-        None => {}
+    (p.start, p.end) = (0, 0);
+    let buf = p.buf.get_or_insert_with(|| buffers::take_at_least(CHUNK));
+    match from.try_read(&mut buf[..]) {
+        None => p.emptied(),
         Some(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
         Some(Ok(n)) => {
             (p.start, p.end) = (0, n);
@@ -270,12 +289,13 @@ fn step(
 /// Write what `p` holds for `to` (counted in `p.sent`), and what TLS
 /// still has to send, waiting for room up to `send_timeout` at a time.
 async fn finish(to: &mut Socket, p: &mut Pipe, send_timeout: Duration) {
-    let rest = &p.buf[p.start..p.end];
+    let rest = p.waiting();
+    let len = rest.len() as u64;
     if !rest.is_empty() && to.write_all(rest, send_timeout).await.is_err() {
         return;
     }
-    p.sent += rest.len() as u64;
-    p.start = p.end;
+    p.sent += len;
+    p.emptied();
     while to.unsent() {
         match to.try_flush() {
             Ok(0) => {
