@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
-use crate::config::{HandlerConfig, RouteConfig, MAX_NAME};
+use crate::config::{narrowness, wildcard, HandlerConfig, RouteConfig, MAX_NAME};
 use crate::handlers::proxy::{Proxy, ProxyRoute};
 use crate::handlers::static_files::StaticSite;
 use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect};
@@ -90,29 +90,6 @@ impl Hosts {
                 _ => false,
             },
         }
-    }
-}
-
-/// How narrowly routes name their hosts, the narrowest highest: at one
-/// prefix a route for the request's name wins over a wildcard's, the
-/// longer of two wildcards over the shorter (nginx's choice among
-/// `server_name`s), and any of them over a route for any host.
-fn narrowness(host: Option<&str>) -> usize {
-    match host.map(wildcard) {
-        None => 0,
-        Some(Some((suffix, _))) => 1 + suffix.len(),
-        Some(None) => usize::MAX,
-    }
-}
-
-/// A route `host` that is a wildcard, as its suffix and whether it takes
-/// the suffix itself (`.example.com`) or only the names under it
-/// (`*.example.com`); None for one name.
-fn wildcard(host: &str) -> Option<(&str, bool)> {
-    match (host.strip_prefix("*."), host.strip_prefix('.')) {
-        (Some(suffix), _) => Some((suffix, false)),
-        (_, Some(suffix)) => Some((suffix, true)),
-        _ => None,
     }
 }
 

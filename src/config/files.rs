@@ -157,6 +157,10 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
             file.display()
         );
     }
+    for mut w in config.shadowed_https_redirects() {
+        config.locate(&mut w);
+        log::warn!("{w}");
+    }
     // Located already, and logged each time: a warning stops nothing.
     let tls = super::load_certificates(config, std::time::SystemTime::now());
     for w in &tls.warnings {

@@ -308,6 +308,30 @@ impl RouteConfig {
     }
 }
 
+/// How narrowly routes name their hosts, the narrowest highest: at one
+/// prefix a route for the request's name wins over a wildcard's, the
+/// longer of two wildcards over the shorter (nginx's choice among
+/// `server_name`s), and any of them over a route for any host. The
+/// router's order, and `--check`'s when it says which route wins.
+pub fn narrowness(host: Option<&str>) -> usize {
+    match host.map(wildcard) {
+        None => 0,
+        Some(Some((suffix, _))) => 1 + suffix.len(),
+        Some(None) => usize::MAX,
+    }
+}
+
+/// A route `host` that is a wildcard, as its suffix and whether it takes
+/// the suffix itself (`.example.com`) or only the names under it
+/// (`*.example.com`); None for one name.
+pub fn wildcard(host: &str) -> Option<(&str, bool)> {
+    match (host.strip_prefix("*."), host.strip_prefix('.')) {
+        (Some(suffix), _) => Some((suffix, false)),
+        (_, Some(suffix)) => Some((suffix, true)),
+        _ => None,
+    }
+}
+
 /// The handler of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerConfig {

@@ -591,6 +591,36 @@ fn check(scratch: &str, text: &str) -> (Option<i32>, Vec<String>, String) {
     (out.status.code(), lines, file)
 }
 
+/// A catch-all redirect of plain HTTP to HTTPS does not reach a deeper
+/// path or a virtual host's route without `scheme`: `--check` says which
+/// route takes those plain requests, and passes; the route answers them.
+#[test]
+fn a_route_that_shadows_the_https_redirect_is_warned_of() {
+    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n\n\
+                [[route]]\npath = \"/\"\nscheme = \"http\"\nhandler = \"redirect\"\n\
+                location = \"https://$host$request_uri\"\n\n\
+                [[route]]\npath = \"/login/\"\nhandler = \"respond\"\nbody = \"login form\"\n";
+    let (code, err, file) = check("shadowed-redirect", text);
+    assert_eq!(code, Some(0), "{err:?}");
+    let warned: Vec<&String> = err
+        .iter()
+        .filter(|l| l.contains("redirect to HTTPS"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{err:?}");
+    assert!(
+        warned[0].starts_with(&format!("WARN  {file}:11: route[2].path: plain-HTTP requests for /login/ get this route, not route[1]'s redirect to HTTPS")),
+        "{err:?}"
+    );
+    // (`check`'s scratch directory is gone.)
+    let dir = Scratch::new("shadowed-redirect-serve");
+    let file = dir.write("c.toml", text).display().to_string();
+    let server = Server::start(&["--config", &file]);
+    let r = get(server.addr, "GET /login/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.text(), "login form");
+    let r = get(server.addr, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 301);
+}
+
 /// A file without a route is valid (every request gets the built-in Hello
 /// World), but more likely emptied or cut short than meant: `--check` says
 /// so, and passes.

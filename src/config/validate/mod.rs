@@ -5,6 +5,7 @@
 //! directory) is `files::preflight`. What proxy routes send requests to
 //! (`[[upstream]]` and `[[app]]`) is checked in `upstreams`.
 
+mod shadows;
 mod upstreams;
 
 use super::{route_key, Config, ConfigError, HandlerConfig, RouteConfig, Scheme};

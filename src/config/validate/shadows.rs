@@ -1,0 +1,177 @@
+//! Routes that answer plain HTTP ahead of the redirect meant to send it to
+//! HTTPS: a `scheme = "http"` redirect at `/` loses to a longer path (or a
+//! narrower host) without `scheme`, so a login page under it would be served
+//! over plain HTTP while the operator believes every plain request is
+//! redirected (nginx's port-80 `server` block with `return 301` has no such
+//! gap). Warned of, not refused: a route meant for both (an ACME challenge)
+//! is legitimate.
+
+use super::super::{
+    narrowness, route_key, wildcard, Config, ConfigError, HandlerConfig, RouteConfig, Scheme,
+};
+
+impl Config {
+    /// A warning for each route without `scheme` that takes plain-HTTP
+    /// requests a `scheme = "http"` redirect to `https://…` would otherwise
+    /// answer, at the shadowing route's `path` (not located yet).
+    pub fn shadowed_https_redirects(&self) -> Vec<ConfigError> {
+        if self.listen.is_empty() {
+            return Vec::new();
+        }
+        let to_https = |r: &RouteConfig| {
+            r.scheme == Some(Scheme::Http)
+                && matches!(&r.handler, HandlerConfig::Redirect { location, .. }
+                    if location.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")))
+        };
+        let mut warnings = Vec::new();
+        for (i, x) in self.routes.iter().enumerate() {
+            if x.scheme.is_some() || matches!(x.handler, HandlerConfig::Redirect { .. }) {
+                continue;
+            }
+            let shadowed = self.routes.iter().enumerate().find(|(_, r)| {
+                to_https(r)
+                    && hosts_overlap(x.host.as_deref(), r.host.as_deref())
+                    && (x.path.len() > r.path.len() && under(&x.path, &r.path)
+                        || x.path == r.path
+                            && narrowness(x.host.as_deref()) > narrowness(r.host.as_deref()))
+            });
+            if let Some((j, r)) = shadowed {
+                warnings.push(ConfigError::new(
+                    format!("{}.path", route_key(i)),
+                    format!(
+                        "plain-HTTP requests for {}{} get this route, not {}'s redirect to HTTPS (a longer path or a narrower host wins over `scheme`): add scheme = \"https\" to keep it to HTTPS, or scheme = \"http\" if it is meant for plain HTTP (an ACME challenge)",
+                        x.host.as_deref().or(r.host.as_deref()).unwrap_or(""),
+                        x.path,
+                        route_key(j)
+                    ),
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// Whether a request for `path` (a route's own) falls under route `prefix`,
+/// as the router matches them.
+fn under(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// A route `host` as the names it takes: its name or suffix, whether it
+/// takes names below it (`*.x`, `.x`) and whether it takes itself (a name,
+/// `.x`).
+fn names(host: &str) -> (&str, bool, bool) {
+    match wildcard(host) {
+        Some((suffix, itself)) => (suffix, true, itself),
+        None => (host, false, true),
+    }
+}
+
+/// Whether two route hosts (None: any) take a name in common.
+fn hosts_overlap(a: Option<&str>, b: Option<&str>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return true;
+    };
+    let (sa, below_a, itself_a) = names(a);
+    let (sb, below_b, itself_b) = names(b);
+    let is_below = |name: &str, suffix: &str| {
+        name.len() > suffix.len() + 1
+            && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+    };
+    if sa.eq_ignore_ascii_case(sb) {
+        // The same suffix or name: both take it, or both take names below.
+        return itself_a && itself_b || below_a && below_b;
+    }
+    // One's names lie below the other's suffix.
+    below_b && is_below(sa, sb) || below_a && is_below(sb, sa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StaticConfig;
+
+    fn route(
+        path: &str,
+        host: Option<&str>,
+        scheme: Option<Scheme>,
+        redirect: bool,
+    ) -> RouteConfig {
+        RouteConfig {
+            path: path.into(),
+            host: host.map(Into::into),
+            scheme,
+            handler: if redirect {
+                HandlerConfig::Redirect {
+                    status: 301,
+                    location: "https://$host$request_uri".into(),
+                }
+            } else {
+                HandlerConfig::Static(StaticConfig::new("/srv".into()))
+            },
+            ..RouteConfig::hello_world()
+        }
+    }
+
+    fn warned(routes: Vec<RouteConfig>) -> Vec<String> {
+        let c = Config {
+            routes,
+            ..Config::default()
+        };
+        c.shadowed_https_redirects()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_longer_path_or_a_narrower_host_without_scheme_is_warned_of() {
+        let http = Some(Scheme::Http);
+        let redirect = route("/", None, http, true);
+        // The case of the report: a login page and a virtual host.
+        assert_eq!(
+            warned(vec![
+                redirect.clone(),
+                route("/login/", None, None, false),
+                route("/", Some("shop.test"), None, false),
+                route("/", None, None, false),
+            ]),
+            ["route[2].path", "route[3].path"]
+        );
+        // Kept to HTTPS, or meant for plain HTTP: nothing to say.
+        assert!(warned(vec![
+            redirect.clone(),
+            route("/login/", None, Some(Scheme::Https), false),
+            route("/.well-known/acme-challenge/", None, http, false),
+            route("/old", None, None, true),
+        ])
+        .is_empty());
+        // A redirect for one host leaves other hosts' routes alone.
+        let one = route("/", Some("example.com"), http, true);
+        assert_eq!(
+            warned(vec![
+                one.clone(),
+                route("/a/", Some("other.test"), None, false),
+                route("/b/", Some("*.example.com"), None, false),
+                route("/c/", Some(".example.com"), None, false),
+                route("/d/", Some("EXAMPLE.com"), None, false),
+                route("/e/", None, None, false),
+            ]),
+            ["route[4].path", "route[5].path", "route[6].path"]
+        );
+        // A path beside the redirect's, not under it.
+        assert!(warned(vec![
+            route("/app", None, http, true),
+            route("/application", None, None, false),
+        ])
+        .is_empty());
+        assert!(hosts_overlap(Some("*.x.test"), Some("a.b.x.test")));
+        assert!(!hosts_overlap(Some("*.x.test"), Some("x.test")));
+        assert!(hosts_overlap(Some(".x.test"), Some("x.test")));
+        assert!(hosts_overlap(Some("*.x.test"), Some("*.a.x.test")));
+    }
+}
