@@ -124,6 +124,14 @@ pub fn write_head(
     if varies && !vary_sent {
         write_field(out, "Vary", b"Accept-Encoding");
     }
+    // A 426 must say what to upgrade to (RFC 9110 §15.5.22): the one hop-
+    // by-hop field that goes on, without `Connection: upgrade` (this
+    // connection is not switching).
+    if res.status == 426 {
+        if let Some(u) = res.header("upgrade") {
+            write_field(out, "Upgrade", u);
+        }
+    }
     if tunnel {
         write_field(out, "Connection", b"upgrade");
         if let Some(u) = res.header("upgrade") {
@@ -478,6 +486,24 @@ mod tests {
             weak_validator: false,
         });
         assert!(!write_head(&mut Vec::new(), &res, DATE, KEEP, true, gzip).gzip);
+    }
+
+    #[test]
+    fn a_426_keeps_its_upgrade_and_nothing_else_does() {
+        let (head, _) = convert(
+            "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Content-Length: 0\r\n\r\n",
+            false,
+            KEEP,
+        );
+        assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
+        assert!(!head.contains("Connection"), "{head}");
+        let (head, _) = convert(
+            "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
+            false,
+            KEEP,
+        );
+        assert!(!head.contains("Upgrade"), "{head}");
     }
 
     #[test]
