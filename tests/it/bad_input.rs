@@ -120,6 +120,41 @@ fn oversized_header_block_gets_431() {
     assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
 }
 
+/// A head shown wrong by its first lines is answered then, as nginx does,
+/// not at header-timeout when the blank line never comes (the read would
+/// time out); a head still good so far waits.
+#[test]
+fn a_malformed_head_is_answered_before_it_ends() {
+    let server = Server::start(&[]);
+    for (raw, status) in [
+        ("GET / HTTP/1.1 x\r\n", 400),
+        ("GET / HTTP/9.9\r\n", 505),
+        ("GET / HTTP/1.1\r\nBad Header\r\n", 400),
+        ("GET /r HTTP/1.1\rHost: a\r", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n", 400),
+    ] {
+        let mut s = server.connect();
+        s.write_all(raw.as_bytes()).unwrap();
+        let r = Reader::new(&s).next(false);
+        assert_eq!(r.status, status, "{raw:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
+    }
+    // Good so far (a later minor version is served as 1.1): no answer yet,
+    // then the rest of the head, then the answer.
+    let mut s = server.connect();
+    s.write_all(b"GET / HTTP/1.2\r\nHost: x\r\n").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut s, &mut byte).is_err(),
+        "answered early"
+    );
+    s.set_read_timeout(None).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    assert_eq!(Reader::new(&s).next(false).status, 200);
+}
+
 #[test]
 fn oversized_target_gets_414() {
     let server = Server::start(&["--max-uri-bytes", "1k"]);

@@ -215,6 +215,12 @@ impl HeadScanner {
         None
     }
 
+    /// How much of the current head has been scanned: the bytes after it
+    /// are what arrived since.
+    pub fn scanned(&self) -> usize {
+        self.scanned
+    }
+
     /// Whether nothing of the current head has been scanned yet.
     pub fn is_fresh(&self) -> bool {
         self.scanned == 0
@@ -223,6 +229,23 @@ impl HeadScanner {
     /// Forget progress: the next head starts fresh.
     pub fn reset(&mut self) {
         self.scanned = 0;
+    }
+}
+
+/// The error a head not yet whole already earns: what httparse refuses in
+/// the lines that are there (a request line or a field that cannot be one,
+/// a bare CR, a version that is not HTTP/1), as the whole head would get it
+/// (`parse`), so that it is answered at once, as nginx does, rather than
+/// after `header-timeout`. None while it may still become a good head (a
+/// later HTTP/1 minor version is one: the session reads it as 1.1).
+pub fn refused_early(buf: &[u8], limits: &HeadLimits) -> Option<ParseError> {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+    let max = limits.max_headers.min(MAX_HEADERS_LIMIT);
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers[..max]) {
+        Ok(_) => None,
+        Err(httparse::Error::Version) if later_minor(buf).is_some() => None,
+        Err(e) => Some(map_httparse_error(e, buf)),
     }
 }
 

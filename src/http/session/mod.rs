@@ -287,6 +287,7 @@ impl<J> Session<J> {
                     if data.len() > max_uri && parse::target_outgrew(seen, max_uri) {
                         return self.fail_with(ParseError::UriTooLong, Some(seen), out, cx);
                     }
+                    let new_from = self.scanner.scanned();
                     let end = self.scanner.find_end(data);
                     // Judge an oversized head on its first `max` bytes only, so
                     // the answer does not depend on how the bytes arrived.
@@ -296,6 +297,18 @@ impl<J> Session<J> {
                         return self.fail_with(e, Some(seen), out, cx);
                     }
                     let Some(end) = end else {
+                        // A line ended (or a bare CR came) since the last
+                        // look: what is there may be wrong already. Looked
+                        // at only then, so a head trickled a byte at a time
+                        // is parsed once a line, not once a byte.
+                        let line_ended = memchr::memchr2(b'\n', b'\r', &data[new_from..]).is_some();
+                        if let Some(e) = line_ended
+                            .then(|| parse::refused_early(data, &cx.limits.head))
+                            .flatten()
+                        {
+                            self.scanner.reset();
+                            return self.fail_with(e, Some(data), out, cx);
+                        }
                         return Next::Read(Wait::Head);
                     };
                     let body_waiting = data.len() == end;
