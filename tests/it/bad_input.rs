@@ -130,7 +130,7 @@ fn a_malformed_head_is_answered_before_it_ends() {
         ("GET / HTTP/1.1 x\r\n", 400),
         ("GET / HTTP/9.9\r\n", 505),
         ("GET / HTTP/1.1\r\nBad Header\r\n", 400),
-        ("GET /r HTTP/1.1\rHost: a\r", 400),
+        ("GET /r HTTP/1.1\r\nHost: a\rb\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n", 400),
     ] {
         let mut s = server.connect();

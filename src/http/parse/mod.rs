@@ -233,12 +233,15 @@ impl HeadScanner {
 }
 
 /// The error a head not yet whole already earns: what httparse refuses in
-/// the lines that are there (a request line or a field that cannot be one,
-/// a bare CR, a version that is not HTTP/1), as the whole head would get it
-/// (`parse`), so that it is answered at once, as nginx does, rather than
-/// after `header-timeout`. None while it may still become a good head (a
-/// later HTTP/1 minor version is one: the session reads it as 1.1).
+/// its whole lines (through the last line feed: a request line or a field
+/// that cannot be one, a CR inside a line, a version that is not HTTP/1),
+/// as the whole head would get it (`parse`), so that it is answered at
+/// once, as nginx does, rather than after `header-timeout`. Whole lines
+/// only, so the answer is the same however the bytes arrived. None while it
+/// may still become a good head (a later HTTP/1 minor version is one: the
+/// session reads it as 1.1).
 pub fn refused_early(buf: &[u8], limits: &HeadLimits) -> Option<ParseError> {
+    let buf = &buf[..=memchr::memrchr(b'\n', buf)?];
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
     let max = limits.max_headers.min(MAX_HEADERS_LIMIT);
     let mut req = httparse::Request::new(&mut []);

@@ -293,15 +293,18 @@ impl<J> Session<J> {
                     // the answer does not depend on how the bytes arrived.
                     if end.map_or(data.len() >= max, |end| end > max) {
                         let seen = &data[..max.min(data.len())];
-                        let e = parse::overflow_error(seen);
+                        // What its lines show wrong first, as a head that
+                        // came in pieces would have been told.
+                        let e = parse::refused_early(seen, &cx.limits.head)
+                            .unwrap_or_else(|| parse::overflow_error(seen));
                         return self.fail_with(e, Some(seen), out, cx);
                     }
                     let Some(end) = end else {
-                        // A line ended (or a bare CR came) since the last
-                        // look: what is there may be wrong already. Looked
-                        // at only then, so a head trickled a byte at a time
-                        // is parsed once a line, not once a byte.
-                        let line_ended = memchr::memchr2(b'\n', b'\r', &data[new_from..]).is_some();
+                        // A line ended since the last look: what is there
+                        // may be wrong already. Looked at only then, so a
+                        // head trickled a byte at a time is parsed once a
+                        // line, not once a byte.
+                        let line_ended = memchr::memchr(b'\n', &data[new_from..]).is_some();
                         if let Some(e) = line_ended
                             .then(|| parse::refused_early(data, &cx.limits.head))
                             .flatten()
@@ -659,6 +662,8 @@ pub struct InputBuffer {
     end: usize,
     /// Largest size the buffer grows to.
     max: usize,
+    /// The last read filled the buffer to its end.
+    was_filled: bool,
 }
 
 /// Responses a pipelined batch may accumulate before they are written: a
@@ -684,6 +689,7 @@ impl InputBuffer {
             start: 0,
             end: 0,
             max: max.max(INITIAL_INPUT),
+            was_filled: false,
         }
     }
 
@@ -723,11 +729,16 @@ impl InputBuffer {
         &mut self.buf[self.end..]
     }
 
-    /// Room to read a body into, at least `BODY_READ` bytes: an upload then
+    /// Room to read a body into: once a read has filled the buffer (more
+    /// is coming than it holds), at least `BODY_READ` bytes, so an upload
     /// comes off the socket a buffer at a time, not in pieces of whatever
-    /// size the head left the buffer (1 KiB, a read and a write per KiB).
-    /// An idle connection gives it back (`shrink`).
+    /// size the head left the buffer (1 KiB, a read and a write per KiB);
+    /// a small body that fits is read as it is, the buffer not grown. An
+    /// idle connection gives it back (`shrink`).
     pub fn body_room(&mut self) -> &mut [u8] {
+        if !self.was_filled {
+            return self.spare();
+        }
         if self.buf.len() - self.end < BODY_READ {
             self.compact();
             if self.buf.len() - self.end < BODY_READ {
@@ -756,6 +767,7 @@ impl InputBuffer {
     pub fn filled(&mut self, n: usize) {
         self.end += n;
         debug_assert!(self.end <= self.buf.len());
+        self.was_filled = self.end == self.buf.len();
     }
 }
 
