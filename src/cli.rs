@@ -277,9 +277,10 @@ impl Cli {
                         Some(partial) if !f.errors.iter().any(mine) => partial.metrics,
                         // Not read at all: an unset `${VAR}` elsewhere (one
                         // the service's environment sets, which this shell
-                        // may not have). Read again with those empty.
-                        None if !f.errors.iter().any(mine) => {
-                            match crate::config::load_file_with(&path, UnsetVars::Empty) {
+                        // may not have). Read again with a placeholder for
+                        // them (a pipe cannot be read again).
+                        None if !f.errors.iter().any(mine) && !crate::config::is_pipe(&path) => {
+                            match crate::config::load_file_with(&path, UnsetVars::Placeholder) {
                                 Ok(c) => c.metrics,
                                 Err(again) => match again.partial {
                                     Some(partial) if !again.errors.iter().any(mine) => {
@@ -290,6 +291,7 @@ impl Cli {
                                 },
                             }
                         }
+                        None if !f.errors.iter().any(mine) => return Err(f.errors),
                         _ => return Err(f.errors.into_iter().filter(mine).collect()),
                     }
                 }

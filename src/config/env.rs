@@ -83,11 +83,14 @@ enum Quote {
 /// (`${A:-${B:-x}}`).
 /// A reference that is not closed on its line, or whose name is not
 /// `[A-Za-z_][A-Za-z0-9_]*`, is left as written (TOML will then complain
-/// about it with its line).
+/// about it with its line). With `placeholder`, that is written for a
+/// reference whose variable is not set and that has no default, rather than
+/// refusing it (one with a default still gets its default).
 pub fn substitute(
     text: &str,
     lookup: impl Fn(&str) -> Lookup,
     limit: usize,
+    placeholder: Option<&str>,
 ) -> Result<String, Vec<Unset>> {
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
@@ -113,7 +116,11 @@ pub fn substitute(
                     why,
                 })
             };
-            expand(&line[range.clone()], q, &lookup, &mut out, &mut problem, 0);
+            let vars = Vars {
+                lookup: &lookup,
+                placeholder,
+            };
+            expand(&line[range.clone()], q, &vars, &mut out, &mut problem, 0);
             from = range.end;
             // Values can make a small file huge: stop at the first that
             // makes it larger than a file may be.
@@ -141,12 +148,19 @@ pub fn substitute(
     }
 }
 
+/// Where references find their values: the environment, and what stands
+/// for one it does not set (`substitute_with`).
+struct Vars<'a, L> {
+    lookup: &'a L,
+    placeholder: Option<&'a str>,
+}
+
 /// Write what `reference` (`${…}`, closed) stands for to `out`, as the
 /// string it is in wants it; `depth`: the defaults it is nested in.
-fn expand(
+fn expand<L: Fn(&str) -> Lookup>(
     reference: &str,
     quote: Quote,
-    lookup: &impl Fn(&str) -> Lookup,
+    vars: &Vars<'_, L>,
     out: &mut String,
     problem: &mut impl FnMut(&str, Why),
     depth: usize,
@@ -165,7 +179,7 @@ fn expand(
     if depth >= MAX_NESTING {
         return problem(name, Why::TooDeep);
     }
-    let Ok(found) = lookup(name) else {
+    let Ok(found) = (vars.lookup)(name) else {
         return problem(name, Why::NotUtf8);
     };
     // `${VAR}` with VAR set to "" is a value; `${VAR:-d}` gives d for it.
@@ -181,7 +195,7 @@ fn expand(
                 match closed.get(&start) {
                     Some(&end) => {
                         out.push_str(&d[from..start]);
-                        expand(&d[start..end], quote, lookup, out, problem, depth + 1);
+                        expand(&d[start..end], quote, vars, out, problem, depth + 1);
                         (from, at) = (end, end);
                     }
                     None => at = start + 2,
@@ -190,7 +204,10 @@ fn expand(
             out.push_str(&d[from..]);
             return;
         }
-        (None, None) => return problem(name, Why::NotSet),
+        (None, None) => match vars.placeholder {
+            Some(p) => p.to_string(),
+            None => return problem(name, Why::NotSet),
+        },
     };
     if let Quote::Basic { .. } = quote {
         for c in value.chars() {
@@ -419,8 +436,20 @@ mod tests {
     fn replaces_and_defaults() {
         let t = "listen = \"0.0.0.0:${PORT}\"\nroot = \"${ROOT:-/srv/www}\"\nx = \"${EMPTY:-d}${EMPTY}\"\n";
         assert_eq!(
-            substitute(t, ok(env), 1 << 20).unwrap(),
+            substitute(t, ok(env), 1 << 20, None).unwrap(),
             "listen = \"0.0.0.0:8080\"\nroot = \"/srv/www\"\nx = \"d\"\n"
+        );
+    }
+
+    /// `coreserve status`'s reading: an unset variable without a default
+    /// becomes the placeholder, quoted as its place wants; a default still
+    /// wins.
+    #[test]
+    fn a_placeholder_stands_for_what_is_unset_without_a_default() {
+        let t = "n = ${NOPE}\ns = \"a${NOPE}\"\nl = 'b${NOPE}'\nd = \"${NOPE:-x}\"\n";
+        assert_eq!(
+            substitute(t, ok(env), 1 << 20, Some("\"\"")).unwrap(),
+            "n = \"\"\ns = \"a\\\"\\\"\"\nl = 'b\"\"'\nd = \"x\"\n"
         );
     }
 
@@ -432,7 +461,7 @@ mod tests {
                  d = \"\"\"\nline # ${PORT}\n\"\"\" # ${NOPE}\n\
                  e = \"q\\\"#${PORT}\" # ${NOPE}\n";
         assert_eq!(
-            substitute(t, ok(env), 1 << 20).unwrap(),
+            substitute(t, ok(env), 1 << 20, None).unwrap(),
             "a = \"8080\" # not ${NOPE}\n\
              b = \"#8080\" # \"${NOPE}\"\n\
              c = 'x#8080' # '${NOPE}'\n\
@@ -444,7 +473,7 @@ mod tests {
     #[test]
     fn unset_variables_are_reported_by_line() {
         let t = "a = 1\nb = \"${NOPE}\"\n# c = \"${ALSO_NOPE}\"\nd = \"${X-1}\"\n";
-        let errs = substitute(t, ok(env), 1 << 20).unwrap_err();
+        let errs = substitute(t, ok(env), 1 << 20, None).unwrap_err();
         assert_eq!(
             errs,
             vec![Unset {
@@ -456,7 +485,7 @@ mod tests {
         );
         // A table of an array's entry is named after the entry.
         let t = "[[app]]\nname = \"a\"\n[[app]]\nname = \"b\"\n[app.env]\nA = \"${NOPE}\"\n";
-        let errs = substitute(t, ok(env), 1 << 20).unwrap_err();
+        let errs = substitute(t, ok(env), 1 << 20, None).unwrap_err();
         assert_eq!(errs[0].key, "app[2].env.A");
     }
 
@@ -464,10 +493,10 @@ mod tests {
     fn defaults_may_hold_references() {
         let t = "a = \"${NOPE:-${PORT}}\"\nb = \"${NOPE:-x${ALSO:-${EMPTY:-y}}z}\"\n";
         assert_eq!(
-            substitute(t, ok(env), 1 << 20).unwrap(),
+            substitute(t, ok(env), 1 << 20, None).unwrap(),
             "a = \"8080\"\nb = \"xyz\"\n"
         );
-        let errs = substitute("a = \"${NOPE:-${ALSO}}\"\n", ok(env), 1 << 20).unwrap_err();
+        let errs = substitute("a = \"${NOPE:-${ALSO}}\"\n", ok(env), 1 << 20, None).unwrap_err();
         assert_eq!(errs[0].name, "ALSO");
     }
 
@@ -481,7 +510,7 @@ mod tests {
             _ => None,
         };
         let t = "a = \"${ODD}\"\nm = \"\"\"\n${ODD}\n\"\"\"\nn = ${N}\nbad = nope\n";
-        let text = substitute(t, ok(odd), 1 << 20).unwrap();
+        let text = substitute(t, ok(odd), 1 << 20, None).unwrap();
         // The lines after a value with a line break are where they were.
         assert_eq!(text.lines().nth(5), Some("bad = nope"));
         let doc = toml_edit::ImDocument::parse(text.replace("bad = nope", "")).unwrap();
@@ -497,7 +526,7 @@ mod tests {
         assert_eq!(doc["n"].as_integer(), Some(4));
         // Where nothing can be escaped, such a value is an error.
         let t = "a = 'x${APOS}'\nb = ${LINES}\nc = '${N}'\n";
-        let errs = substitute(t, ok(odd), 1 << 20).unwrap_err();
+        let errs = substitute(t, ok(odd), 1 << 20, None).unwrap_err();
         let got: Vec<_> = errs
             .iter()
             .map(|u| (u.line, u.name.as_str(), u.why))
@@ -518,7 +547,7 @@ mod tests {
     fn deep_or_unclosed_references_cost_their_length_and_no_stack() {
         // 40 000 nested defaults: an error, not a stack overflow.
         let deep = format!("a = {}1{}\n", "${A:-".repeat(40_000), "}".repeat(40_000));
-        let errs = substitute(&deep, ok(env), 1 << 20).unwrap_err();
+        let errs = substitute(&deep, ok(env), 1 << 20, None).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].why, Why::TooDeep);
         assert!(
@@ -528,19 +557,22 @@ mod tests {
         );
         // Eight are fine.
         let eight = format!("a = {}1{}\n", "${A:-".repeat(8), "}".repeat(8));
-        assert_eq!(substitute(&eight, ok(env), 1 << 20).unwrap(), "a = 1\n");
+        assert_eq!(
+            substitute(&eight, ok(env), 1 << 20, None).unwrap(),
+            "a = 1\n"
+        );
         let nine = format!("a = {}1{}\n", "${A:-".repeat(9), "}".repeat(9));
-        let errs = substitute(&nine, ok(env), 1 << 20).unwrap_err();
+        let errs = substitute(&nine, ok(env), 1 << 20, None).unwrap_err();
         assert_eq!(errs[0].why, Why::TooDeep);
         // 200 000 references never closed: left as written, at once.
         let open = format!("x = \"{}\"\n", "${A".repeat(200_000));
         let started = std::time::Instant::now();
-        assert_eq!(substitute(&open, ok(env), 1 << 20).unwrap(), open);
+        assert_eq!(substitute(&open, ok(env), 1 << 20, None).unwrap(), open);
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // A small file that values make larger than a file may be.
         let big = |_: &str| Some("x".repeat(100_000));
         let many = "a = \"${BIG}\"\n".repeat(20);
-        let errs = substitute(&many, ok(big), 1 << 20).unwrap_err();
+        let errs = substitute(&many, ok(big), 1 << 20, None).unwrap_err();
         assert_eq!((errs[0].line, errs[0].why), (11, Why::TooLarge(1 << 20)));
         assert!(
             errs[0].rule().contains("larger than 1 MiB"),
@@ -556,7 +588,7 @@ mod tests {
             "x = \"\"\"a\"\"\"\"  # ${NOPE}\ny = \"${PORT}\"\n",
             "x = '''a''''  # ${NOPE}\ny = \"${PORT}\"\n",
         ] {
-            let text = substitute(t, ok(env), 1 << 20).unwrap();
+            let text = substitute(t, ok(env), 1 << 20, None).unwrap();
             assert!(text.ends_with("# ${NOPE}\ny = \"8080\"\n"), "{text}");
         }
     }

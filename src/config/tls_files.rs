@@ -79,6 +79,8 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         // A certificate written twice (`cat cert.pem fullchain.pem`) would
         // break the chain's order where it repeats: it is sent once (nginx
         // sends it twice).
+        // Positions as the file has them, for the warnings.
+        let mut place: Vec<usize> = (1..=chain.len()).collect();
         let mut n = 1;
         while n < chain.len() {
             match chain[..n].iter().position(|earlier| *earlier == chain[n]) {
@@ -88,11 +90,12 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                         format!(
                             "{}: certificate {} repeats certificate {}: it is sent once (remove it from the file; the certificates after it are counted without it below)",
                             c.chain.display(),
-                            n + 1,
-                            m + 1
+                            place[n],
+                            place[m]
                         ),
                     ));
                     chain.remove(n);
+                    place.remove(n);
                 }
                 None => n += 1,
             }
@@ -690,9 +693,20 @@ mod tests {
     fn a_repeated_certificate_is_sent_once() {
         let d = Dir::new("repeated");
         let (leaf, mid, _, key) = chain(&["a.example"], (2030, 1, 10));
-        for (file, text, n, m) in [
-            ("leaf-twice.pem", leaf.clone() + &leaf + &mid, 2, 1),
-            ("mid-twice.pem", leaf.clone() + &mid + &mid, 3, 2),
+        for (file, text, repeats) in [
+            ("leaf-twice.pem", leaf.clone() + &leaf + &mid, &[(2, 1)][..]),
+            ("mid-twice.pem", leaf.clone() + &mid + &mid, &[(3, 2)]),
+            // `cat fullchain.pem fullchain.pem`: positions as in the file.
+            (
+                "all-twice.pem",
+                leaf.clone() + &mid + &leaf + &mid,
+                &[(3, 1), (4, 2)],
+            ),
+            (
+                "leaf-thrice.pem",
+                leaf.clone() + &leaf + &leaf + &mid,
+                &[(2, 1), (3, 1)],
+            ),
         ] {
             let c = config(vec![CertificateConfig {
                 chain: d.write(file, &text),
@@ -703,13 +717,15 @@ mod tests {
             assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
             assert_eq!(loaded.certificates[0].key.cert.len(), 2);
             let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-            assert_eq!(w.len(), 1, "{w:?}");
-            assert!(
-                w[0].contains(&format!(
-                    "{file}: certificate {n} repeats certificate {m}: it is sent once"
-                )),
-                "{w:?}"
-            );
+            assert_eq!(w.len(), repeats.len(), "{w:?}");
+            for (w, (n, m)) in w.iter().zip(repeats) {
+                assert!(
+                    w.contains(&format!(
+                        "{file}: certificate {n} repeats certificate {m}: it is sent once"
+                    )),
+                    "{w:?}"
+                );
+            }
         }
     }
 

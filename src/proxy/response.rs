@@ -125,12 +125,15 @@ pub fn write_head(
         write_field(out, "Vary", b"Accept-Encoding");
     }
     // A 426 must say what to upgrade to (RFC 9110 §15.5.22): the one hop-
-    // by-hop field that goes on, without `Connection: upgrade` (this
-    // connection is not switching).
-    if res.status == 426 {
-        if let Some(u) = res.header("upgrade") {
-            write_field(out, "Upgrade", u);
-        }
+    // by-hop field that goes on, named in `Connection` as its sender must
+    // (§7.8), so that the next hop does not pass it on in turn.
+    let offers = if res.status == 426 {
+        res.header("upgrade")
+    } else {
+        None
+    };
+    if let Some(u) = offers {
+        write_field(out, "Upgrade", u);
     }
     if tunnel {
         write_field(out, "Connection", b"upgrade");
@@ -173,10 +176,22 @@ pub fn write_head(
     };
     let keep_alive =
         client.persistence != Persistence::Close && client.reusable && encoder.self_delimited();
-    if !keep_alive {
-        write_field(out, "Connection", b"close");
+    let connection: &[u8] = if !keep_alive {
+        b"close"
     } else if client.persistence == Persistence::KeepAliveHttp10 {
-        write_field(out, "Connection", b"keep-alive");
+        b"keep-alive"
+    } else {
+        b""
+    };
+    match (connection, offers.is_some()) {
+        (b"", false) => {}
+        (b"", true) => write_field(out, "Connection", b"upgrade"),
+        (c, false) => write_field(out, "Connection", c),
+        (c, true) => {
+            out.extend_from_slice(b"Connection: ");
+            out.extend_from_slice(c);
+            out.extend_from_slice(b", upgrade\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
     Downstream {
@@ -489,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn a_426_keeps_its_upgrade_and_nothing_else_does() {
+    fn a_426_keeps_its_upgrade_named_in_connection_and_nothing_else_does() {
         let (head, _) = convert(
             "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Content-Length: 0\r\n\r\n",
@@ -497,7 +512,20 @@ mod tests {
             KEEP,
         );
         assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
-        assert!(!head.contains("Connection"), "{head}");
+        assert!(head.contains("\r\nConnection: upgrade\r\n"), "{head}");
+        let closing = ClientSide {
+            persistence: Persistence::Close,
+            ..KEEP
+        };
+        let (head, _) = convert(
+            "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+            false,
+            closing,
+        );
+        assert!(
+            head.contains("\r\nConnection: close, upgrade\r\n"),
+            "{head}"
+        );
         let (head, _) = convert(
             "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
             false,

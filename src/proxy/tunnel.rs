@@ -273,7 +273,9 @@ fn step(
     p.stall = None;
     (p.start, p.end) = (0, 0);
     let buf = p.buf.get_or_insert_with(|| buffers::take_at_least(CHUNK));
-    match from.try_read(&mut buf[..]) {
+    // A spare may be longer (an exchange's, as long as the head limit):
+    // a way holds at most CHUNK for a slow reader, as documented.
+    match from.try_read(&mut buf[..CHUNK]) {
         None => p.emptied(),
         Some(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
         Some(Ok(n)) => {

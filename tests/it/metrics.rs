@@ -280,11 +280,10 @@ fn status_needs_only_the_metrics_section_of_the_file() {
         "{err}"
     );
 
-    // An unset variable elsewhere leaves nothing parsed: it is said, not
-    // an empty error.
+    // An unset variable in [metrics] is said, not an empty error.
     let unset = dir.write(
         "unset.toml",
-        "[server]\nshards = ${CORESERVE_TEST_SURELY_UNSET}\n",
+        "[metrics]\nlisten = \"${CORESERVE_TEST_SURELY_UNSET}\"\n",
     );
     let out = bare()
         .arg("--config")
@@ -308,7 +307,8 @@ fn status_needs_only_the_metrics_section_of_the_file() {
             "[metrics]\nlisten = \"${{CORESERVE_TEST_SURELY_UNSET:-{addr}}}\"\n\n\
              [[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:9\"]\n\n\
              [[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"a\"\n\
-             request-headers = {{ X-Token = \"${{CORESERVE_TEST_SURELY_UNSET}}\" }}\n"
+             request-headers = {{ X-Token = \"${{CORESERVE_TEST_SURELY_UNSET}}\" }}\n\n\
+             [server]\nshards = ${{CORESERVE_TEST_SURELY_UNSET}}\n"
         ),
     );
     assert_status_table(bare().arg("--config").arg(&elsewhere).args([

@@ -69,9 +69,10 @@ pub fn load_file(path: &Path) -> Result<Config, LoadFailure> {
 pub enum UnsetVars {
     /// An error at its key: the server and `--check`.
     Refused,
-    /// The empty string: for `coreserve status`, which reads `[metrics]`
-    /// alone and runs where the service's environment is not.
-    Empty,
+    /// `""` (an empty string where the reference is bare): for `coreserve
+    /// status`, which reads `[metrics]` alone and runs where the
+    /// service's environment is not; what else the file says is not used.
+    Placeholder,
 }
 
 /// `load_file`, with unset variables taken as `unset` says.
@@ -170,13 +171,14 @@ fn parse_with(
         text,
         |v| match std::env::var(v) {
             Ok(value) => Ok(Some(value)),
-            Err(std::env::VarError::NotPresent) if unset == UnsetVars::Empty => {
-                Ok(Some(String::new()))
-            }
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(raw)) => Err(raw),
         },
         MAX_CONFIG_BYTES as usize,
+        // `""`: an empty string where the reference is bare (`shards =
+        // ${N}`), two quote marks inside a string; so the text parses
+        // either way.
+        (unset == UnsetVars::Placeholder).then_some("\"\""),
     )
     .map_err(|unset| {
         let unset = unset

@@ -28,6 +28,17 @@ impl Config {
             if x.scheme.is_some() || matches!(x.handler, HandlerConfig::Redirect { .. }) {
                 continue;
             }
+            // A plain-HTTP route of its own path and host, for every method,
+            // takes its plain requests first (a redirect of its own).
+            let own_plain = self.routes.iter().any(|r| {
+                r.scheme == Some(Scheme::Http)
+                    && r.path == x.path
+                    && r.host == x.host
+                    && r.methods.is_none()
+            });
+            if own_plain {
+                continue;
+            }
             let shadowed = self.routes.iter().enumerate().find(|(_, r)| {
                 to_https(r)
                     && hosts_overlap(x.host.as_deref(), r.host.as_deref())
@@ -163,6 +174,15 @@ mod tests {
             ]),
             ["route[4].path", "route[5].path", "route[6].path"]
         );
+        // Routes with plain-HTTP redirects of their own.
+        assert!(warned(vec![
+            redirect.clone(),
+            route("/", Some("shop.test"), http, true),
+            route("/", Some("shop.test"), None, false),
+            route("/login/", None, http, true),
+            route("/login/", None, None, false),
+        ])
+        .is_empty());
         // A path beside the redirect's, not under it.
         assert!(warned(vec![
             route("/app", None, http, true),

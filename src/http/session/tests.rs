@@ -301,12 +301,21 @@ proptest! {
 fn a_body_is_read_a_buffer_at_a_time_and_an_idle_connection_gives_it_back() {
     let mut buf = InputBuffer::new(4096);
     assert_eq!(buf.spare().len(), INITIAL_INPUT);
+    // A small body that fits: read as it is, nothing grown.
     buf.spare()[..10].copy_from_slice(b"0123456789");
     buf.filled(10);
     buf.consume(4);
-    // Room for a buffer's worth, the unconsumed bytes kept in front of it.
+    assert_eq!(buf.body_room().len(), INITIAL_INPUT - 10);
+    buf.consume(6);
+    // A read that filled the buffer: more is coming, room for a buffer's
+    // worth, the unconsumed bytes kept in front of it.
+    let room = buf.body_room();
+    let n = room.len();
+    room.fill(b'a');
+    buf.filled(n);
+    buf.consume(n - 6);
     assert!(buf.body_room().len() >= BODY_READ);
-    assert_eq!(buf.data(), b"456789");
+    assert_eq!(buf.data(), b"aaaaaa");
     buf.consume(6);
     buf.shrink();
     assert_eq!(buf.spare().len(), INITIAL_INPUT);

@@ -35,8 +35,9 @@ impl Supervisor<Real> {
         }
         // Every shard with a control channel is told, a restarted one not
         // yet ready too. The channel stays open, so that SIGUSR1 still
-        // reaches the shards while they drain; a shard whose queue was
-        // full sees it close instead, which also means drain.
+        // reaches the shards while they drain; a shard whose queue is full
+        // (or has messages waiting for it) gets `Drain` after them, as the
+        // retries (`on_flush`) deliver the backlog.
         let mut running = 0;
         let mut stopping = vec![false; self.slots.len()];
         for (id, slot) in self.slots.iter_mut().enumerate() {
@@ -48,13 +49,15 @@ impl Supervisor<Real> {
             // listening (and queueing connections nobody accepts) until exit.
             r.listener_copies.clear();
             if let Some(c) = &r.control {
-                if c.try_send(Control::Drain).is_err() {
-                    r.control = None;
+                let backlog = &mut self.backlog[id];
+                if !backlog.is_empty() || c.try_send(Control::Drain).is_err() {
+                    super::hold_back(backlog, Control::Drain);
                 }
                 stopping[id] = true;
                 running += 1;
             }
         }
+        self.flush_later();
         while running > 0 {
             match rx.recv().await {
                 // A shard is done at its Stopped report, or at its thread's
@@ -93,6 +96,8 @@ impl Supervisor<Real> {
                 }
                 // A log rotated meanwhile is still let go of.
                 Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
+                // What waits for a full queue (a reopen, the drain itself).
+                Some(MasterEvent::Flush) => self.on_flush(),
                 Some(_) => {}
                 None => break,
             }
