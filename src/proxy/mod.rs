@@ -160,8 +160,8 @@ enum Failure {
     Timeout,
     /// Closed or reset after the request went out, before any response byte.
     Reset,
-    /// An invalid or oversized response head, or one cut short.
-    Bad,
+    /// An invalid or oversized response head, or one cut short: why.
+    Bad(relay::BadHead),
     /// This process could not make a connection at all (out of
     /// descriptors or memory): nothing the server did, so not held
     /// against it, and no other server is tried (each would fail alike).
@@ -175,7 +175,7 @@ impl std::fmt::Display for Failure {
             Failure::Connect => "no connection",
             Failure::Timeout => "no response in time",
             Failure::Reset => "closed or reset before any response",
-            Failure::Bad => "an invalid, oversized or cut-short response head",
+            Failure::Bad(why) => return write!(f, "{why}"),
             Failure::Local => "no connection could be made here",
         })
     }
@@ -641,7 +641,7 @@ async fn forward(
                     cfg.name,
                     server.label,
                     head.method_str(),
-                    fault.says()
+                    fault
                 ),
             );
         }

@@ -13,7 +13,7 @@ use crate::http::coding::GzipStream;
 use crate::http::encode::BodyEncoder;
 use crate::http::parse::{has_token, list_items};
 use crate::http::response::Persistence;
-use crate::http::upstream::{parse_response, Asked, ResponseFraming};
+use crate::http::upstream::{parse_response, Asked, ResponseFraming, UpstreamError};
 use crate::transport::Socket;
 
 /// Why no response head came.
@@ -33,7 +33,38 @@ pub(super) enum Heard {
     /// the start of a 1xx response (or is too short to tell).
     Partial { interim: bool },
     /// Not a response head, or one too large.
-    Bad,
+    Bad(BadHead),
+}
+
+/// Why an upstream's response head could not be taken, as the log says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BadHead {
+    /// It does not begin with `HTTP/1.`.
+    NotHttp1,
+    /// Longer than `max-header-bytes` without ending.
+    TooLarge,
+    /// Whole, but wrong in a way the parse says.
+    Invalid(UpstreamError),
+    /// The upstream closed before it ended.
+    CutShort,
+    /// The connection failed before it ended.
+    Failed,
+}
+
+impl std::fmt::Display for BadHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadHead::NotHttp1 => f.write_str("a response that is not HTTP/1.x"),
+            BadHead::TooLarge => f.write_str("a response head larger than max-header-bytes"),
+            BadHead::Invalid(e) => write!(f, "an invalid response head ({e})"),
+            BadHead::CutShort => {
+                f.write_str("the connection closed in the middle of the response head")
+            }
+            BadHead::Failed => {
+                f.write_str("the connection failed in the middle of the response head")
+            }
+        }
+    }
 }
 
 /// Most interim responses passed on to the client per request: an
@@ -74,11 +105,11 @@ pub(super) fn heard(
         // "HTTP/1.1 1": the status's first digit is the tenth byte.
         if start.len() >= 10 && start[9] != b'1' {
             return if !start.starts_with(b"HTTP/1.") {
-                Heard::Bad
+                Heard::Bad(BadHead::NotHttp1)
             } else if head_ended(start) {
                 Heard::Final
             } else if start.len() >= max_head {
-                Heard::Bad
+                Heard::Bad(BadHead::TooLarge)
             } else {
                 Heard::Partial { interim: false }
             };
@@ -88,7 +119,9 @@ pub(super) fn heard(
         // framing, which is not read here.
         let asked = Asked { head: false };
         let len = match parse_response(start, &mut fields, max_head, asked) {
-            Err(_) => return Heard::Bad,
+            Err(UpstreamError::HeadTooLarge) => return Heard::Bad(BadHead::TooLarge),
+            Err(_) if !start.starts_with(b"HTTP/1.") => return Heard::Bad(BadHead::NotHttp1),
+            Err(e) => return Heard::Bad(BadHead::Invalid(e)),
             Ok(None) => return Heard::Partial { interim: true },
             Ok(Some(res)) if res.is_interim() => {
                 if let Some(i) = interim.as_mut() {
@@ -153,7 +186,7 @@ pub(super) async fn read_head(
         }
         match heard {
             Heard::Final => return Ok(filled),
-            Heard::Bad => return Err(HeadEnd::Failed(Failure::Bad)),
+            Heard::Bad(why) => return Err(HeadEnd::Failed(Failure::Bad(why))),
             Heard::Partial { .. } => {}
         }
         let deadline = Instant::now() + wait;
@@ -163,13 +196,13 @@ pub(super) async fn read_head(
             .await;
         let n = match read {
             None => return Err(HeadEnd::ClientGone),
-            Some(Ok(0)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
+            Some(Ok(0)) if any => return Err(HeadEnd::Failed(Failure::Bad(BadHead::CutShort))),
             Some(Ok(0)) => return Err(HeadEnd::Failed(Failure::Reset)),
             Some(Ok(n)) => n,
             Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(HeadEnd::Failed(Failure::Timeout))
             }
-            Some(Err(_)) if any => return Err(HeadEnd::Failed(Failure::Bad)),
+            Some(Err(_)) if any => return Err(HeadEnd::Failed(Failure::Bad(BadHead::Failed))),
             Some(Err(_)) => return Err(HeadEnd::Failed(Failure::Reset)),
         };
         any = true;
@@ -181,9 +214,10 @@ pub(super) async fn read_head(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Fault {
     /// Its head does not hold together.
-    InvalidHead,
-    /// A 101 the client did not ask for, or to a protocol it did not offer.
-    UnaskedSwitch,
+    InvalidHead(UpstreamError),
+    /// A 101 the client did not ask for (`asked`: it did, to a protocol
+    /// the upstream's 101 does not name).
+    UnaskedSwitch { asked: bool },
     /// Its body's framing is broken (a bad chunk), or its gzip stream
     /// could not be ended.
     InvalidBody,
@@ -203,20 +237,27 @@ impl Fault {
     /// after a good head is not, since a client may be able to make the
     /// app cut it short, and would then take every server out in turn.
     pub(super) fn is_the_servers(self) -> bool {
-        matches!(self, Fault::InvalidHead | Fault::UnaskedSwitch)
+        matches!(self, Fault::InvalidHead(_) | Fault::UnaskedSwitch { .. })
     }
+}
 
+impl std::fmt::Display for Fault {
     /// What the log says of it.
-    pub(super) fn says(self) -> &'static str {
-        match self {
-            Fault::InvalidHead => "an invalid response head",
-            Fault::UnaskedSwitch => "a 101 (switching protocols) the client did not ask for",
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::InvalidHead(e) => return write!(f, "an invalid response head ({e})"),
+            Fault::UnaskedSwitch { asked: false } => {
+                "a 101 (switching protocols) to a request that did not ask to upgrade"
+            }
+            Fault::UnaskedSwitch { asked: true } => {
+                "a 101 (switching protocols) to a protocol the request did not offer"
+            }
             Fault::InvalidBody => "an invalid response body (its framing is broken)",
             Fault::Closed => "it closed the connection before the response ended",
             Fault::Reset => "it reset the connection before the response ended",
             Fault::TimedOut => "nothing came for read-timeout before the response ended",
             Fault::RequestBody => "the request body could not be sent",
-        }
+        })
     }
 }
 
@@ -325,11 +366,18 @@ pub(super) fn begin(
         client
     };
     let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-    let Ok(Some(res)) = parse_response(rbuf, &mut fields, ex.max_head, asked) else {
+    let res = match parse_response(rbuf, &mut fields, ex.max_head, asked) {
+        Ok(Some(res)) => res,
         // `read_head` saw where the head ends; whether it holds together
         // shows here: a bad upstream, answered with a 502.
-        r.upstream_fault = Some(Fault::InvalidHead);
-        return None;
+        Err(e) => {
+            r.upstream_fault = Some(Fault::InvalidHead(e));
+            return None;
+        }
+        Ok(None) => {
+            r.upstream_fault = Some(Fault::InvalidHead(UpstreamError::Malformed));
+            return None;
+        }
     };
     r.upstream_status = res.status;
     let tunnel = res.status == 101;
@@ -338,7 +386,9 @@ pub(super) fn begin(
         // offer (RFC 9110 §7.8: the server must not; its 101 names the
         // protocol): the upstream is confused, and the client would be
         // tunnelled into something it does not speak.
-        r.upstream_fault = Some(Fault::UnaskedSwitch);
+        r.upstream_fault = Some(Fault::UnaskedSwitch {
+            asked: upgrade.is_some(),
+        });
         return None;
     }
     // Past the shard's cap on streams under way, this one goes as it is.
@@ -709,12 +759,12 @@ mod tests {
         assert_eq!(hear(b"HTTP/1.").0, Heard::Partial { interim: true });
         assert_eq!(hear(b"HTTP/1.1 10").0, Heard::Partial { interim: true });
         assert_eq!(hear(b"HTTP/1.1 2").0, Heard::Partial { interim: false });
-        assert_eq!(hear(b"garbage!\r\n\r\n").0, Heard::Bad);
+        assert_eq!(hear(b"garbage!\r\n\r\n").0, Heard::Bad(BadHead::NotHttp1));
         assert_eq!(hear(b"HTTP/1.1 200 OK\nA: b\n\n").0, Heard::Final);
         assert_eq!(
             hear(b"HTTP/1.1 200 OK\r\nA: b\r\n").0,
             Heard::Partial { interim: false }
         );
-        assert_eq!(hear(&[b'x'; 256]).0, Heard::Bad);
+        assert_eq!(hear(&[b'x'; 256]).0, Heard::Bad(BadHead::NotHttp1));
     }
 }

@@ -257,7 +257,7 @@ fn take_answer(up: &mut Socket, rbuf: &mut [u8], max_head: usize, sent: &mut Sen
             sent.any = true;
             match heard(rbuf, &mut sent.heard, max_head, None) {
                 Heard::Partial { interim: true } => false,
-                Heard::Bad => true,
+                Heard::Bad(_) => true,
                 // "HTTP/1.1 2": the status's first digit.
                 _ if rbuf.get(9) == Some(&b'2') => {
                     sent.duplex = true;
@@ -318,7 +318,7 @@ async fn flow(
                         return true;
                     }
                 }
-                Heard::Bad => return true,
+                Heard::Bad(_) => return true,
                 Heard::Partial { .. } => {}
             }
         }

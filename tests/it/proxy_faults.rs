@@ -304,6 +304,47 @@ fn a_bad_upstream_response_gets_502_and_the_client_connection_recovers() {
     }
 }
 
+/// The log says what was wrong with a bad response, as nginx names its
+/// causes (a proxy of its own each: a server's failures are logged once
+/// a second).
+#[test]
+fn a_bad_upstream_response_is_logged_with_its_cause() {
+    let upgrade = crate::util::upgrade_request("/ws");
+    for (reply, request, why) in [
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /x: an invalid response head (Content-Length together with Transfer-Encoding in the response)",
+        ),
+        (
+            "HTTP/2 200\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /x: a response that is not HTTP/1.x",
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+            upgrade.as_str(),
+            "GET /ws: a 101 (switching protocols) to a protocol the request did not offer",
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /x: a 101 (switching protocols) to a request that did not ask to upgrade",
+        ),
+    ] {
+        let up = Upstream::start(move |_| Reply::new().write(reply).hold());
+        let proxy = Proxy::start("proxy-bad-cause", &simple(&[up.server()], "", ""));
+        assert_eq!(proxy.get(request).status, 502, "{why}");
+        proxy.server.wait_for_log(why);
+    }
+    let up = Upstream::start(|_| Reply::oversized_head());
+    let proxy = Proxy::start("proxy-bad-cause", &simple(&[up.server()], "", ""));
+    assert_eq!(proxy.get("GET /x HTTP/1.1\r\nHost: x\r\n\r\n").status, 502);
+    proxy
+        .server
+        .wait_for_log("GET /x: a response head larger than max-header-bytes");
+}
+
 #[test]
 fn a_truncated_upstream_body_closes_the_client_connection() {
     let up = Upstream::start(|req| match req.target.as_str() {
