@@ -427,6 +427,29 @@ fn index_redirect_autoindex_and_forbidden() {
     );
 }
 
+/// A route written without its slash (`/docs`) redirects its root's
+/// slashless URL to `/docs/`, as any directory's: served there, the
+/// listing's and the index's relative links would resolve against `/`.
+#[test]
+fn a_slashless_route_redirects_its_root_to_the_slash() {
+    let dir = Scratch::new("slashless-route");
+    dir.write("www/readme.txt", "read me\n");
+    let server = serve_www(&dir, "/docs", "autoindex = true\n");
+    let r = fetch(&server, "/docs?x=1", "");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/docs/?x=1"));
+    let r = fetch(&server, "/docs/", "");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("<a href=\"readme%2Etxt\">readme.txt</a>"),
+        "{}",
+        r.text()
+    );
+    // Asked for first, the redirect is not what the slashed URL gets later.
+    assert_eq!(fetch(&server, "/docs", "").status, 301);
+    assert_eq!(fetch(&server, "/docs/readme.txt", "").text(), "read me\n");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

@@ -240,6 +240,14 @@ impl Handler for StaticSite {
         let s = &self.state;
         let below = req.path.get(s.prefix.len()..).unwrap_or("");
         let rel = match resolve::decode(below, s.cfg.dotfiles) {
+            // Nothing below the prefix: the root, asked for with its slash
+            // or not (`/docs` on a route `/docs`: redirected to `/docs/`,
+            // or the listing's and index's relative links would resolve
+            // against `/`).
+            Ok(rel) if below.is_empty() => resolve::RelPath {
+                trailing_slash: req.path.ends_with('/'),
+                ..rel
+            },
             Ok(rel) => rel,
             Err(Reject::BadPath) => {
                 res.begin(Status::BAD_REQUEST);
