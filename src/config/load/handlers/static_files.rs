@@ -147,6 +147,15 @@ mod tests {
             ["/srv/t.toml:5: route[1].fallback: \".app/index.html\" is a hidden name, which this route does not serve (dotfiles = false)"]
         );
         assert!(load("fallback = \"/.app/index.html\"\ndotfiles = true\n").is_ok());
+        // An index name the route would never find.
+        assert_eq!(
+            load("index = [\".index.html\", \"a\\u0000b\"]\n").unwrap_err(),
+            [
+                "/srv/t.toml:5: route[1].index: \".index.html\" is a hidden name, which this route does not serve (dotfiles = false)",
+                "/srv/t.toml:5: route[1].index: must be plain file names, got \"a\\0b\""
+            ]
+        );
+        assert!(load("index = [\".index.html\"]\ndotfiles = true\n").is_ok());
     }
 
     #[test]
