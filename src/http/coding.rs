@@ -22,7 +22,14 @@ pub fn accepted_encodings(text: &str) -> Vec<&'static str> {
     let star = quality(text, "*");
     let mut ranked: Vec<(&'static str, f32)> = KNOWN
         .into_iter()
-        .filter_map(|coding| Some((coding, quality(text, coding).or(star)?)))
+        .filter_map(|coding| {
+            // `x-gzip`, gzip's old name, counts as gzip (RFC 9110 §8.4.1.3).
+            let named = match coding {
+                "gzip" => quality(text, "gzip").or_else(|| quality(text, "x-gzip")),
+                _ => quality(text, coding),
+            };
+            Some((coding, named.or(star)?))
+        })
         .filter(|&(_, q)| q > 0.0)
         .collect();
     // A stable sort keeps br first among equals.
@@ -399,6 +406,9 @@ mod tests {
         // Ranked by q: the client prefers gzip here.
         assert_eq!(accepted_encodings("br;q=0.1, gzip;q=1"), vec!["gzip", "br"]);
         assert_eq!(accepted_encodings("gzip, br;q=0.9"), vec!["gzip", "br"]);
+        // gzip's old name, as `accepts_gzip` reads it.
+        assert_eq!(accepted_encodings("x-gzip"), vec!["gzip"]);
+        assert_eq!(accepted_encodings("x-gzip;q=0.5, br"), vec!["br", "gzip"]);
         assert_eq!(accepted_encodings("*;q=0.5, br"), vec!["br", "gzip"]);
         assert_eq!(accepted_encodings("gzip;q=0.5, *"), vec!["br", "gzip"]);
     }

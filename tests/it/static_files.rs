@@ -291,6 +291,16 @@ fn precompressed_siblings_follow_accept_encoding() {
     assert_eq!(r.header("content-encoding"), None);
     assert_eq!(r.text(), "body { color: red }\n");
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    // gzip's old name is gzip.
+    let r = fetch(&server, "/static/style.css", "Accept-Encoding: x-gzip\r\n");
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    // An HTTP/1.0 client (or cache, which does not read Vary) gets the file.
+    let r = get(
+        server.addr,
+        "GET /static/style.css HTTP/1.0\r\nAccept-Encoding: gzip, br\r\n\r\n",
+    );
+    assert_eq!(r.header("content-encoding"), None);
+    assert_eq!(r.text(), "body { color: red }\n");
 }
 
 #[test]

@@ -270,7 +270,9 @@ impl Handler for StaticSite {
         } else {
             Cow::Borrowed("")
         };
-        let encodings = if s.cfg.precompressed {
+        // As `gzip`: HTTP/1.0 caches do not read `Vary` (nginx's
+        // `gzip_http_version 1.1` holds for `gzip_static` too).
+        let encodings = if s.cfg.precompressed && req.version == Version::Http11 {
             accepted_encodings(&accept)
         } else {
             Vec::new()
