@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Seek};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -400,21 +400,40 @@ fn info(
 /// anything goes. Non-blocking, so that a FIFO swapped in does not hang
 /// the blocking thread; `info` refuses all but regular files.
 fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
+    open_below(l, real, false)
+}
+
+/// `open_checked` for a directory (`dir`) or a file: what opens is what
+/// `inside_root` approved, each name below the root opened without
+/// following a symlink. A directory may be the root itself.
+fn open_below(l: &Lookup, real: &Path, dir: bool) -> io::Result<fs::File> {
     let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let last = if dir {
+        libc::O_RDONLY | libc::O_DIRECTORY
+    } else {
+        libc::O_RDONLY
+    };
     let Ok(below) = real.strip_prefix(&l.root) else {
         return fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(libc::O_NONBLOCK | (last & libc::O_DIRECTORY))
             .open(real);
     };
+    if below.as_os_str().is_empty() {
+        // The root itself (followed if a link, as configured): a
+        // directory, no file.
+        if !dir {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        return fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&l.root);
+    }
     let mut at = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(&l.root)?;
-    if below.as_os_str().is_empty() {
-        // The root itself: no file.
-        return Err(io::ErrorKind::NotFound.into());
-    }
     let mut names = below.components().peekable();
     while let Some(name) = names.next() {
         let Component::Normal(name) = name else {
@@ -424,7 +443,7 @@ fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
         let mode = if names.peek().is_some() {
             libc::O_PATH | libc::O_DIRECTORY
         } else {
-            libc::O_RDONLY
+            last
         };
         // SAFETY: `at` is an open descriptor and `name` a C string; the
         // descriptor returned is ours alone.
@@ -438,8 +457,11 @@ fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
     Ok(at)
 }
 
+/// A directory's listing, read from the directory `inside_root` approved,
+/// opened as `open_checked` opens a file: one swapped for a link out of the
+/// root since then lists nothing, rather than another directory's names.
 fn listing(l: &Lookup, dir: &Path) -> FoundSend {
-    let entries = match fs::read_dir(dir) {
+    let entries = match open_below(l, dir, true).and_then(entries) {
         Ok(entries) => entries,
         Err(e) => {
             return match failure(e) {
@@ -449,13 +471,12 @@ fn listing(l: &Lookup, dir: &Path) -> FoundSend {
         }
     };
     let mut names: Vec<(String, bool)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
+        .into_iter()
+        .filter_map(|(name, is_dir)| {
+            let name = name.into_string().ok()?;
             if !l.dotfiles && name.starts_with('.') {
                 return None;
             }
-            let is_dir = e.file_type().ok()?.is_dir();
             Some((name, is_dir))
         })
         .collect();
@@ -477,6 +498,56 @@ fn listing(l: &Lookup, dir: &Path) -> FoundSend {
     }
     html.push_str("</pre><hr></body></html>\n");
     FoundSend::Listing(html.into_bytes())
+}
+
+/// The names in the open directory `dir` (but `.` and `..`), each with
+/// whether it is a directory, a symlink to one included (its listing link
+/// then ends in `/`, as the redirect would add).
+fn entries(dir: fs::File) -> io::Result<Vec<(std::ffi::OsString, bool)>> {
+    use std::ffi::{CStr, OsStr};
+    let fd = dir.into_raw_fd();
+    // SAFETY: `fd` is an open directory descriptor we own; fdopendir takes
+    // it over (closedir closes it), and on failure it is closed here.
+    let stream = unsafe { libc::fdopendir(fd) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: still ours when fdopendir failed.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `stream` is an open DIR; the entry it returns stays valid
+        // until the next readdir or closedir, and is copied out before.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: readdir's entry holds a NUL-terminated name.
+        let (name, kind) = unsafe { (CStr::from_ptr((*entry).d_name.as_ptr()), (*entry).d_type) };
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let is_dir = match kind {
+            libc::DT_DIR => true,
+            libc::DT_LNK | libc::DT_UNKNOWN => {
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                // SAFETY: `stream`'s descriptor is open; `name` is a C
+                // string; fstatat fills `st` when it returns 0.
+                let ok = unsafe {
+                    libc::fstatat(libc::dirfd(stream), name.as_ptr(), st.as_mut_ptr(), 0)
+                } == 0;
+                // SAFETY: filled, as fstatat returned 0.
+                ok && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFDIR
+            }
+            _ => false,
+        };
+        out.push((OsStr::from_bytes(bytes).to_os_string(), is_dir));
+    }
+    // SAFETY: opened above, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(out)
 }
 
 fn html_escape(s: &str) -> String {
@@ -589,6 +660,47 @@ mod tests {
         let mut first = [0u8; 4];
         kept.read_exact(&mut first).unwrap();
         assert_eq!(&first, b"iiii");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A listing is read from the directory approved: one swapped for a
+    /// link out of the root since lists nothing of the outside; a link to
+    /// a directory inside is listed with its slash.
+    #[test]
+    fn a_listing_is_of_the_directory_approved() {
+        let dir = std::env::temp_dir().join(format!("coreserve-list-{}", std::process::id()));
+        let root = dir.join("root");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(root.join("sub/inner")).unwrap();
+        fs::create_dir_all(dir.join("outside")).unwrap();
+        fs::write(root.join("sub/mine.txt"), "m").unwrap();
+        fs::write(dir.join("outside/theirs.txt"), "t").unwrap();
+        std::os::unix::fs::symlink(root.join("sub/inner"), root.join("sub/linked")).unwrap();
+        let mut l = lookup(&root, "sub/");
+        l.autoindex = true;
+        let real = inside_root(&l, &root.join("sub")).unwrap().unwrap();
+        let FoundSend::Listing(html) = listing(&l, &real) else {
+            panic!("no listing");
+        };
+        let html = String::from_utf8(html).unwrap();
+        assert!(
+            html.contains("<a href=\"mine%2Etxt\">mine.txt</a>"),
+            "{html}"
+        );
+        assert!(html.contains("<a href=\"inner/\">inner/</a>"), "{html}");
+        assert!(html.contains("<a href=\"linked/\">linked/</a>"), "{html}");
+        // The root itself lists too.
+        let top = lookup(&root, "");
+        assert!(matches!(
+            listing(&top, &root.canonicalize().unwrap()),
+            FoundSend::Listing(_)
+        ));
+        // Between the check and the read, `sub` becomes a link out.
+        fs::rename(root.join("sub"), root.join("sub.old")).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), root.join("sub")).unwrap();
+        if let FoundSend::Listing(html) = listing(&l, &real) {
+            panic!("listed: {}", String::from_utf8_lossy(&html));
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
