@@ -49,6 +49,9 @@ pub(super) enum BadHead {
     CutShort,
     /// The connection failed before it ended.
     Failed,
+    /// The upstream closed, or the connection failed, after an interim
+    /// (1xx) response, before a final one began.
+    AfterInterim,
 }
 
 impl std::fmt::Display for BadHead {
@@ -63,6 +66,9 @@ impl std::fmt::Display for BadHead {
             BadHead::Failed => {
                 f.write_str("the connection failed in the middle of the response head")
             }
+            BadHead::AfterInterim => f.write_str(
+                "the connection ended after an interim (1xx) response, before the final one",
+            ),
         }
     }
 }
@@ -92,6 +98,18 @@ pub(super) fn heard(
     mut interim: Option<Interim<'_>>,
 ) -> Heard {
     loop {
+        // Empty lines before a status line (a stray CRLF after a body or
+        // an interim response): dropped, as httparse skips them, so that
+        // what follows sees the status line at the start (as interim
+        // responses are taken off, however many come).
+        let blank = rbuf[..*filled]
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if blank > 0 {
+            rbuf.copy_within(blank..*filled, 0);
+            *filled -= blank;
+        }
         if *filled >= 8
             && rbuf.starts_with(b"HTTP/1.")
             && matches!(rbuf[7], b'2'..=b'9')
@@ -196,11 +214,18 @@ pub(super) async fn read_head(
             .await;
         let n = match read {
             None => return Err(HeadEnd::ClientGone),
+            // Only interim responses came: nothing of a final head yet.
+            Some(Ok(0)) if any && filled == 0 => {
+                return Err(HeadEnd::Failed(Failure::Bad(BadHead::AfterInterim)))
+            }
             Some(Ok(0)) if any => return Err(HeadEnd::Failed(Failure::Bad(BadHead::CutShort))),
             Some(Ok(0)) => return Err(HeadEnd::Failed(Failure::Reset)),
             Some(Ok(n)) => n,
             Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(HeadEnd::Failed(Failure::Timeout))
+            }
+            Some(Err(_)) if any && filled == 0 => {
+                return Err(HeadEnd::Failed(Failure::Bad(BadHead::AfterInterim)))
             }
             Some(Err(_)) if any => return Err(HeadEnd::Failed(Failure::Bad(BadHead::Failed))),
             Some(Err(_)) => return Err(HeadEnd::Failed(Failure::Reset)),
@@ -215,9 +240,9 @@ pub(super) async fn read_head(
 pub(super) enum Fault {
     /// Its head does not hold together.
     InvalidHead(UpstreamError),
-    /// A 101 the client did not ask for (`asked`: it did, to a protocol
-    /// the upstream's 101 does not name).
-    UnaskedSwitch { asked: bool },
+    /// A 101 the client did not ask for (`asked`: it did, and the 101
+    /// names another protocol; `named`: it names one at all).
+    UnaskedSwitch { asked: bool, named: bool },
     /// Its body's framing is broken (a bad chunk), or its gzip stream
     /// could not be ended.
     InvalidBody,
@@ -246,10 +271,13 @@ impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Fault::InvalidHead(e) => return write!(f, "an invalid response head ({e})"),
-            Fault::UnaskedSwitch { asked: false } => {
+            Fault::UnaskedSwitch { asked: false, .. } => {
                 "a 101 (switching protocols) to a request that did not ask to upgrade"
             }
-            Fault::UnaskedSwitch { asked: true } => {
+            Fault::UnaskedSwitch { named: false, .. } => {
+                "a 101 (switching protocols) that names no protocol (no Upgrade field)"
+            }
+            Fault::UnaskedSwitch { .. } => {
                 "a 101 (switching protocols) to a protocol the request did not offer"
             }
             Fault::InvalidBody => "an invalid response body (its framing is broken)",
@@ -388,6 +416,7 @@ pub(super) fn begin(
         // tunnelled into something it does not speak.
         r.upstream_fault = Some(Fault::UnaskedSwitch {
             asked: upgrade.is_some(),
+            named: res.header("upgrade").is_some(),
         });
         return None;
     }
@@ -766,5 +795,22 @@ mod tests {
             Heard::Partial { interim: false }
         );
         assert_eq!(hear(&[b'x'; 256]).0, Heard::Bad(BadHead::NotHttp1));
+        // Empty lines before the status line are skipped, as httparse
+        // does, whatever they are and whatever the status.
+        for stray in [&b"\r\n"[..], b"\n", b"\r\n\r\n"] {
+            for (head, heard) in [
+                (&b"HTTP/1.0 200 OK\r\n\r\n"[..], Heard::Final),
+                (b"HTTP/1.1 200 OK\r\n\r\n", Heard::Final),
+                (b"HTTP/1.1 2", Heard::Partial { interim: false }),
+                (
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    Heard::Final,
+                ),
+            ] {
+                let (h, left) = hear(&[stray, head].concat());
+                assert_eq!((h, &left[..]), (heard, head), "{stray:?} {head:?}");
+            }
+        }
+        assert_eq!(hear(b"\r\n").0, Heard::Partial { interim: true });
     }
 }

@@ -337,6 +337,36 @@ fn a_bad_upstream_response_is_logged_with_its_cause() {
         assert_eq!(proxy.get(request).status, 502, "{why}");
         proxy.server.wait_for_log(why);
     }
+    let up = Upstream::start(|_| {
+        Reply::new()
+            .write("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
+            .hold()
+    });
+    let proxy = Proxy::start("proxy-bad-cause", &simple(&[up.server()], "", ""));
+    assert_eq!(proxy.get(&upgrade).status, 502);
+    proxy
+        .server
+        .wait_for_log("GET /ws: a 101 (switching protocols) that names no protocol");
+    // An interim response, then the close: no final head had begun.
+    let up = Upstream::start(|_| {
+        Reply::new()
+            .write("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            .close()
+    });
+    let proxy = Proxy::start(
+        "proxy-bad-cause",
+        &simple(&[up.server()], "max-fails = 0", ""),
+    );
+    // (HTTP/1.0: the 103 is not passed on to it.)
+    assert_eq!(
+        proxy
+            .get("POST /x HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+            .status,
+        502
+    );
+    proxy.server.wait_for_log(
+        "POST /x: the connection ended after an interim (1xx) response, before the final one",
+    );
     let up = Upstream::start(|_| Reply::oversized_head());
     let proxy = Proxy::start("proxy-bad-cause", &simple(&[up.server()], "", ""));
     assert_eq!(proxy.get("GET /x HTTP/1.1\r\nHost: x\r\n\r\n").status, 502);

@@ -324,17 +324,14 @@ fn validate_route(
         }
         HandlerConfig::Static(s) => {
             for name in &s.index {
-                if name.is_empty()
-                    || name.contains(['/', '\0', '\\'])
-                    || name == "."
-                    || name == ".."
-                {
+                if name.is_empty() || name.contains(['/', '\0']) || name == "." || name == ".." {
                     err(
                         &key("index"),
                         format!("must be plain file names, got {name:?}"),
                     );
                 } else if !s.dotfiles && name.starts_with('.') {
-                    // Never found: the lookup hides it, as any dotfile.
+                    // Hidden names are not served here, as `fallback`'s
+                    // (a plain `.index.html` would never be found).
                     err(
                         &key("index"),
                         format!("{name:?} is a hidden name, which this route does not serve (dotfiles = false)"),

@@ -516,12 +516,18 @@ fn entries(dir: fs::File) -> io::Result<Vec<(std::ffi::OsString, bool)>> {
         return Err(e);
     }
     let mut out = Vec::new();
-    loop {
+    let failed = loop {
+        // readdir says an error only through errno (NULL is also the end),
+        // and fstatat may have left one there.
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = 0 };
         // SAFETY: `stream` is an open DIR; the entry it returns stays valid
         // until the next readdir or closedir, and is copied out before.
         let entry = unsafe { libc::readdir(stream) };
         if entry.is_null() {
-            break;
+            // A listing cut short by an I/O error would be cached as whole.
+            let e = io::Error::last_os_error();
+            break (e.raw_os_error() != Some(0)).then_some(e);
         }
         // SAFETY: readdir's entry holds a NUL-terminated name.
         let (name, kind) = unsafe { (CStr::from_ptr((*entry).d_name.as_ptr()), (*entry).d_type) };
@@ -544,10 +550,13 @@ fn entries(dir: fs::File) -> io::Result<Vec<(std::ffi::OsString, bool)>> {
             _ => false,
         };
         out.push((OsStr::from_bytes(bytes).to_os_string(), is_dir));
-    }
+    };
     // SAFETY: opened above, closed once.
     unsafe { libc::closedir(stream) };
-    Ok(out)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 fn html_escape(s: &str) -> String {
