@@ -186,13 +186,14 @@ fn validate_app(
                     "{name} is set by coreserve to each instance's address (listen-env); leave it out"
                 ),
             );
-        } else if matches!(
-            name.as_str(),
-            "CORESERVE_APP" | "CORESERVE_INSTANCE" | "NODE_APP_INSTANCE"
-        ) {
+        } else if let Some(what) = match name.as_str() {
+            "CORESERVE_APP" => Some("the app's name"),
+            "CORESERVE_INSTANCE" | "NODE_APP_INSTANCE" => Some("each instance's number"),
+            _ => None,
+        } {
             err(
                 &key,
-                format!("{name} is set by coreserve to each instance's app name or number; leave it out"),
+                format!("{name} is set by coreserve to {what}; leave it out"),
             );
         }
         if value.contains('\0') {
@@ -238,8 +239,9 @@ fn validate_app(
         err(
             &key("max-memory"),
             format!(
-                "must be at least {}m (a size like 300m or 1g), got {n}",
-                MIN_MAX_MEMORY >> 20
+                "must be at least {}m (a size like 300m or 1g), got {}",
+                MIN_MAX_MEMORY >> 20,
+                crate::units::format_size(n)
             ),
         );
     }
@@ -421,7 +423,7 @@ mod tests {
             messages(c),
             [
                 "app[1].env.SOCKET: SOCKET is set by coreserve to each instance's address (listen-env); leave it out",
-                "app[1].env.CORESERVE_INSTANCE: CORESERVE_INSTANCE is set by coreserve to each instance's app name or number; leave it out",
+                "app[1].env.CORESERVE_INSTANCE: CORESERVE_INSTANCE is set by coreserve to each instance's number; leave it out",
             ]
         );
         for taken in ["PATH", "CORESERVE_APP", "NODE_APP_INSTANCE"] {
