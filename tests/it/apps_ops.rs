@@ -662,7 +662,8 @@ fn an_instance_that_never_listens_fails_start_up_with_its_last_output() {
     let dir = Scratch::new("apps-never-ready");
     let script = dir.write(
         "slow.sh",
-        "echo \"loading the bundle\"\necho \"still loading\" >&2\nexec sleep 30\n",
+        "echo \"loading the bundle\"\necho \"still loading\" >&2\n\
+         printf \"connecting to the database... \"\nexec sleep 30\n",
     );
     let toml = app(
         "slow",
@@ -685,6 +686,13 @@ fn an_instance_that_never_listens_fails_start_up_with_its_last_output() {
     let after: Vec<&str> = log.lines().skip(error + 1).take(3).collect();
     assert!(after.contains(&"    loading the bundle"), "{log}");
     assert!(after.contains(&"    still loading"), "{log}");
+    // A line it had not ended yet: what it hung on.
+    assert!(
+        after
+            .iter()
+            .any(|l| l.starts_with("    connecting to the database...")),
+        "{log}"
+    );
     assert!(!log.contains("listening on"), "{log}");
     // Both instances (`sleep`, exec'd by the script) are gone.
     let pids: Vec<u32> = ["app slow[0]", "app slow[1]"]

@@ -586,11 +586,22 @@ impl Manager {
                             inst.addr = at;
                         }
                     } else if deadline <= now {
-                        let tail = tail_of(&inst.process);
                         let listens =
                             where_it_listens(inst, &app.config.listen_env, &self.proc_net);
                         let timeout = app.config.start_timeout;
                         inst.process.kill();
+                        if startup {
+                            // Start-up ends with this error: its last output
+                            // whole, a line it had not ended too (what it was
+                            // doing when it hung: "connecting to the
+                            // database... "), which comes at the pipe's end.
+                            let until = Instant::now() + START_FAILURE_OUTPUT_WAIT;
+                            while !inst.process.ended() && Instant::now() < until {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        let tail = tail_of(&inst.process);
                         inst.state = State::Stopping {
                             kill_at: now + inst.stop.1,
                         };
@@ -1012,6 +1023,10 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
 
 /// An instance's last lines, for a message: empty, or `; its last
 /// output:` and the lines, indented.
+/// How long a start-up that fails on an instance's start-timeout waits
+/// for it to die after SIGKILL, so that its error quotes all it wrote.
+const START_FAILURE_OUTPUT_WAIT: Duration = Duration::from_secs(1);
+
 fn tail_of(p: &Process) -> String {
     let tail = p.tail.lock().unwrap_or_else(|e| e.into_inner());
     if tail.is_empty() {
