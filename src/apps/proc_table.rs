@@ -244,6 +244,29 @@ pub fn socket_inodes(leader: u32) -> Option<HashSet<u64>> {
     Some(inodes)
 }
 
+/// The processes, but coreserve, that hold one of the pipes whose inodes
+/// are `pipes` open (another user's, unreadable, are left out).
+pub fn holding(pipes: &[u64]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let names: Vec<String> = pipes.iter().map(|i| format!("pipe:[{i}]")).collect();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| names.iter().any(|n| l.as_os_str() == n.as_str()))
+                })
+            })
+        })
+        .collect()
+}
+
 /// Whether the table shows a process of group `group` that runs (true
 /// when it cannot be read). A group's zombies whose parent is coreserve
 /// (the orphans a container's pid 1 inherits) are reaped on the way:

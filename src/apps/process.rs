@@ -5,9 +5,11 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -206,6 +208,16 @@ pub fn spawn(
     let asked = stopping.clone();
     let ended = Arc::new(AtomicBool::new(false));
     let it_ended = ended.clone();
+    // Its output pipes, by inode: what still holds them once it has gone
+    // is what it started and left behind (`proc_table::holding`).
+    let pipes: Vec<u64> = [
+        child.stdout.as_ref().map(|p| p.as_raw_fd()),
+        child.stderr.as_ref().map(|p| p.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(pipe_inode)
+    .collect();
     if let Some(out) = child.stdout.take() {
         relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
     }
@@ -246,7 +258,22 @@ pub fn spawn(
                 // is reported (the error that quotes them may be the last
                 // thing coreserve does); a process it left behind holding
                 // the pipes open delays this only a little.
-                let _ = drained.recv_timeout(DRAIN_WAIT);
+                let left = drained.recv_timeout(DRAIN_WAIT) == Err(RecvTimeoutError::Timeout);
+                if left && asked.get().is_none() {
+                    // It ended by itself and something it started outside
+                    // its group (`detached`) holds its output: what a stop
+                    // would have ended, found by the pipes now that it has
+                    // no parent to be found by. Left, each crash of a
+                    // crash-looping app would leave it running, and two
+                    // output threads here waiting on it.
+                    for pid in proc_table::holding(&pipes) {
+                        // SAFETY: kill(2) on a pid read from /proc a moment
+                        // ago, not coreserve's own (`holding` leaves it out).
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                        log::warn!("{stopped}: process {pid}, which it started and left behind holding its output, killed");
+                    }
+                    let _ = drained.recv_timeout(DRAIN_WAIT);
+                }
                 on_exit(status);
             }
         })?;
@@ -256,6 +283,14 @@ pub fn spawn(
         stopping,
         ended,
     })
+}
+
+/// The inode of pipe `fd` (what `/proc/PID/fd` links name `pipe:[N]`).
+fn pipe_inode(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat(2) on a descriptor the child handle owns; `st` is
+    // filled when it returns 0.
+    (unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0).then(|| unsafe { st.assume_init() }.st_ino)
 }
 
 /// How much of `line`, cut at an arbitrary byte, holds whole characters:

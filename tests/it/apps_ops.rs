@@ -82,6 +82,51 @@ fn a_killed_instance_is_restarted_while_the_other_serves() {
     assert!(!alive(old[0]));
 }
 
+/// The processes whose command line is `sleep ARG` (a test's marker).
+fn sleeping(arg: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c == format!("sleep\0{arg}\0").as_bytes())
+        })
+        .collect()
+}
+
+/// An instance that dies by itself leaving a `detached` child holding its
+/// output: the child is ended with it (a stop would have ended it too), not
+/// left running with two of coreserve's output threads waiting on it, one
+/// pair more at each crash of a crash-looping app.
+#[test]
+fn a_detached_child_left_holding_a_dead_instances_output_is_ended() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-detached-files");
+    let marker = format!("{}.5", 3000 + std::process::id() % 1000);
+    let script = dir.write(
+        "app.sh",
+        format!("setsid sleep {marker} &\nexec node {ECHO_JS}\n"),
+    );
+    let toml = app("web", &["sh", &script.display().to_string()], 1, "") + &proxied("/", "web");
+    let s = AppServer::start("apps-detached-output", &toml);
+    let pid = s.ready_pids("web", 1)[0];
+    let left = sleeping(&marker);
+    assert_eq!(left.len(), 1, "{left:?}");
+    kill(pid);
+    s.server
+        .wait_for_log("which it started and left behind holding its output, killed");
+    assert!(all_gone(&left, Duration::from_secs(2)), "{left:?}");
+    // The restarted instance started its own, which the stop ends.
+    s.ready_pids("web", 1);
+    drop(s);
+    for p in sleeping(&marker) {
+        kill(p);
+    }
+}
+
 #[test]
 fn a_crash_loop_backs_off_while_the_rest_keeps_serving() {
     if !have_node() {
