@@ -245,10 +245,16 @@ pub fn socket_inodes(leader: u32) -> Option<HashSet<u64>> {
 }
 
 /// The processes, but coreserve, that hold one of the pipes whose inodes
-/// are `pipes` open (another user's, unreadable, are left out).
+/// are `pipes` open (another user's, unreadable, are left out). Nor a
+/// process still running coreserve's own program: one it has just forked
+/// to start another instance holds a copy of every descriptor until its
+/// exec closes them.
 pub fn holding(pipes: &[u64]) -> Vec<u32> {
     let me = std::process::id();
     let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let Ok(own) = std::fs::read_link("/proc/self/exe") else {
         return Vec::new();
     };
     let names: Vec<String> = pipes.iter().map(|i| format!("pipe:[{i}]")).collect();
@@ -256,6 +262,7 @@ pub fn holding(pipes: &[u64]) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&own))
         .filter(|pid| {
             std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
                 fds.flatten().any(|fd| {
