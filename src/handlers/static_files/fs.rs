@@ -408,15 +408,12 @@ fn open_checked(l: &Lookup, real: &Path) -> io::Result<fs::File> {
 /// following a symlink. A directory may be the root itself.
 fn open_below(l: &Lookup, real: &Path, dir: bool) -> io::Result<fs::File> {
     let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let last = if dir {
-        libc::O_RDONLY | libc::O_DIRECTORY
-    } else {
-        libc::O_RDONLY
-    };
+    let directory = if dir { libc::O_DIRECTORY } else { 0 };
+    let last = libc::O_RDONLY | directory;
     let Ok(below) = real.strip_prefix(&l.root) else {
         return fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK | (last & libc::O_DIRECTORY))
+            .custom_flags(libc::O_NONBLOCK | directory)
             .open(real);
     };
     if below.as_os_str().is_empty() {
