@@ -318,6 +318,14 @@ impl AppsHandle {
         let _ = self.tx.send(Msg::Reload(configs, renew));
     }
 
+    /// The server has begun to drain: the manager starts nothing more (no
+    /// rolling-reload replacement, no restart) and stops a replacement
+    /// still starting, so that the stop that follows is not held up by a
+    /// slow start. What serves goes on serving until the stop.
+    pub fn wind_down(&self) {
+        let _ = self.tx.send(Msg::WindDown);
+    }
+
     /// Every instance slot's state as of the manager's latest pass (it
     /// makes one after each event and timer), in app then slot order, each
     /// uptime counted to now; empty once the manager has stopped. Never

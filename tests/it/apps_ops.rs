@@ -3,7 +3,8 @@
 //! while traffic goes to the others, a crash loop backing off, a rolling
 //! reload under load with no failed request, a long request on a replaced
 //! instance answered before it is stopped, a replacement that never
-//! comes up, an app renamed under load with no failed request, a new app
+//! comes up, a stop that finds a replacement still starting, an app
+//! renamed under load with no failed request, a new app
 //! that never comes up refusing its reload, a changed number of instances,
 //! an instance replaced past `max-memory`, and an output flood. The
 //! harness is in `apps.rs`.
@@ -557,6 +558,33 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     );
     assert_eq!(s.ready_pids("web", 1), old);
     assert_eq!(s.whoami("/whoami").pid, old[0]);
+}
+
+/// A stop while a rolling reload's replacement is still starting: the
+/// replacement is stopped at once rather than waited for, and the old
+/// instance serves until the stop.
+#[test]
+fn a_stop_during_a_rolling_reload_stops_the_starting_replacement() {
+    if !have_node() {
+        return;
+    }
+    let good = node_app("web", 1, "") + &proxied("/", "web");
+    // Still loading when the stop comes.
+    let command = format!("sleep 60; exec node {ECHO_JS}");
+    let slow = app("web", &["sh", "-c", &command], 1, "") + &proxied("/", "web");
+    let s = AppServer::start("apps-stop-mid-roll", &good);
+    let old = s.ready_pids("web", 1);
+    s.reload(&slow);
+    s.wait_for_count("app web[0] started: pid", 2);
+    let replacement = started_pids(&s.server.log(), "app web[0]")[1];
+    let from = s.server.log().len();
+    let log = s.server.stop();
+    assert_eq!(
+        lines_with(&log, from, "is stopped before it was ready").len(),
+        1,
+        "{log}"
+    );
+    assert!(all_gone(&[old[0], replacement], WAIT), "{log}");
 }
 
 /// App `name` of `instances` echo.js instances at `version`, proxied at

@@ -60,6 +60,10 @@ pub(super) enum Msg {
     /// During a stop: SIGKILL what is left now, not at its stop timeout
     /// (a second stop signal).
     KillNow,
+    /// The server drains before it stops: nothing starts any more (no
+    /// replacement, no restart), and a replacement still starting leaves;
+    /// what serves goes on serving the requests in flight.
+    WindDown,
 }
 
 /// One incarnation of an instance.
@@ -203,6 +207,8 @@ pub(super) struct Manager {
     /// When the instances' memory is read next (`check_memory`); `None`:
     /// at the next pass.
     memory_at: Option<Instant>,
+    /// The server drains (`Msg::WindDown`): nothing more is started.
+    winding_down: bool,
 }
 
 impl State {
@@ -301,6 +307,7 @@ impl Manager {
             board,
             next_tag: 0,
             memory_at: None,
+            winding_down: false,
         }
     }
 
@@ -368,7 +375,8 @@ impl Manager {
                     let _ = done.send(());
                     return Err(AppError::Interrupted);
                 }
-                Ok(Msg::Reload(..) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Reload(..) | Msg::KillNow | Msg::WindDown)
+                | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
             }
         }
@@ -410,6 +418,7 @@ impl Manager {
         match msg {
             Some(Msg::Exited { tag, status }) => self.on_exit(tag, status, Instant::now()),
             Some(Msg::Reload(configs, renew)) => self.on_reload(configs, renew, Instant::now()),
+            Some(Msg::WindDown) => self.wind_down(Instant::now()),
             Some(Msg::Stop(done)) => {
                 self.stop_all(rx);
                 let _ = done.send(());
@@ -455,6 +464,9 @@ impl Manager {
     /// rolling reload) replacements. At start-up, a failure to spawn is the
     /// caller's error; later it is logged and retried.
     fn start_due(&mut self, now: Instant, startup: bool) -> Result<(), AppError> {
+        if self.winding_down {
+            return Ok(());
+        }
         for a in 0..self.apps.len() {
             for i in 0..self.apps[a].slots.len() {
                 if !self.apps[a].slots[i].current.is_due(now) {
@@ -891,12 +903,16 @@ impl Manager {
                     slot.restart_as = earlier.then_some(gone.generation);
                     // One line per death: a crash loop's deaths are spaced
                     // by the back-off, so it logs once per step.
+                    let again = if self.winding_down {
+                        "not started again: the server is stopping".to_string()
+                    } else {
+                        format!("starting it again in {}s", delay.as_secs())
+                    };
                     warn!(
-                        "app {name}[{index}] (pid {}) exited{}: {status}; starting it again in {}s{}{}",
+                        "app {name}[{index}] (pid {}) exited{}: {status}; {again}{}{}",
                         gone.process.pid,
                         if ready { "" } else { " before it was ready" },
-                        delay.as_secs(),
-                        if earlier {
+                        if earlier && !self.winding_down {
                             " with the settings it ran (the reload's have not come up yet)"
                         } else {
                             ""

@@ -61,7 +61,7 @@ impl Manager {
                 .slots
                 .iter()
                 .any(|s| s.next.is_some() || s.replace_at.is_some_and(|t| t > now));
-            if busy {
+            if busy || self.winding_down {
                 continue;
             }
             // Settings a reload replaced, or past `max-memory`.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use log::{error, info, warn};
 
-use super::{Manager, Msg, State, KILL_AGAIN};
+use super::{Instance, Leaving, Manager, Msg, State, KILL_AGAIN};
 use crate::apps::address;
 use crate::apps::process::{Process, GIVE_UP};
 
@@ -21,6 +21,39 @@ struct Going {
 }
 
 impl Manager {
+    /// The server drains (`Msg::WindDown`): from now on nothing starts,
+    /// and a replacement still starting is stopped (a slow start would
+    /// only hold the stop up; the instance it was to replace serves on).
+    /// A replacement already serving beside its old instance stays: the
+    /// shards may have requests in flight to either.
+    pub(super) fn wind_down(&mut self, now: Instant) {
+        self.winding_down = true;
+        for app in &mut self.apps {
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                if !matches!(
+                    slot.next,
+                    Some(Instance {
+                        state: State::Starting { .. },
+                        ..
+                    })
+                ) {
+                    continue;
+                }
+                let mut inst = slot.next.take().expect("matched above");
+                info!(
+                    "app {}[{index}]: the server is stopping: its replacement (pid {}) is stopped before it was ready",
+                    app.config.name, inst.process.pid
+                );
+                let (signal, timeout) = inst.stop;
+                inst.process.stop(timeout, signal);
+                inst.state = State::Stopping {
+                    kill_at: now + timeout,
+                };
+                self.leaving.push(Leaving::new(&app.config, index, inst));
+            }
+        }
+    }
+
     /// Stop every instance: SIGTERM to each process group, SIGKILL to
     /// those still there after their app's stop timeout.
     pub(super) fn stop_all(&mut self, rx: &Receiver<Msg>) {
@@ -107,7 +140,8 @@ impl Manager {
                         g.kill_at = Instant::now();
                     }
                 }
-                Ok(Msg::Reload(..) | Msg::KillNow) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Reload(..) | Msg::KillNow | Msg::WindDown)
+                | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }

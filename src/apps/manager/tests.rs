@@ -602,6 +602,64 @@ fn a_rolling_reload_replaces_one_instance_at_a_time() {
     });
 }
 
+/// Once the server drains, a rolling reload stops where it is: the
+/// replacement still starting is stopped (its slow start would hold up
+/// the stop), no other starts, and an instance that exits is not started
+/// again; the old instances serve on.
+#[test]
+fn a_drain_stops_the_rolling_reload_and_restarts() {
+    within(|| {
+        let mut h = Harness::new("wind-down");
+        // The first instance of slot 1 exits when told; the rest serve.
+        let body = "s = listen()\n\
+                    if os.environ.get('VERSION') == '1' and once('first'):\n    wait_for('exit')\n    sys.exit(3)\n\
+                    on_term(lambda: sys.exit(0))\n\
+                    serve(s)";
+        let web = app("web", 2, body, &h.dir);
+        h.start(vec![version(&web, "1", body)]).unwrap();
+        let old: Vec<u32> = (0..2)
+            .map(|i| current(&h.m, "web", i).unwrap().process.pid)
+            .collect();
+        // The new version never comes up by itself.
+        let v2 = version(&web, "2", &format!("wait_for('never')\n{SERVES}"));
+        h.send(Msg::Reload(vec![v2], true));
+        let h_dir = h.dir.clone();
+        h.turn_until("a replacement starts", |m| {
+            m.apps[0].slots.iter().any(|s| s.next.is_some())
+        });
+        let next = h.m.apps[0].slots.iter().find_map(|s| s.next.as_ref());
+        let replacement = next.unwrap().process.pid;
+        h.turn_until("the replacement runs", |_| {
+            records(&h_dir).contains_key(&replacement)
+        });
+        h.send(Msg::WindDown);
+        h.turn_until("the replacement is gone", |m| {
+            m.leaving.is_empty() && m.apps[0].slots.iter().all(|s| s.next.is_none())
+        });
+        assert!(!alive(replacement));
+        h.touch("exit");
+        h.turn_until("an instance exits", |m| {
+            m.apps[0].slots.iter().any(|s| s.current.get().is_none())
+        });
+        // Well past the first restart's back-off and a new replacement's
+        // turn: nothing was started.
+        h.turn_till(Instant::now() + restart_delay(0) * 2 + MIN_UPTIME);
+        let started: BTreeSet<u32> = records(&h.dir).into_keys().collect();
+        let mut expected = BTreeSet::from([replacement]);
+        expected.extend(&old);
+        assert_eq!(started, expected);
+        let serving: Vec<u32> = h.m.apps[0]
+            .slots
+            .iter()
+            .filter_map(|s| s.current.get())
+            .map(|i| i.process.pid)
+            .collect();
+        assert_eq!(serving.len(), 1);
+        assert!(old.contains(&serving[0]) && alive(serving[0]));
+        assert_eq!(records(&h.dir)[&serving[0]].term, None);
+    });
+}
+
 /// A replacement that accepts and then dies within min-uptime (a release
 /// that crashes on its first requests) is a failed replacement: the
 /// instance it was to replace never left, and serves on.

@@ -29,6 +29,7 @@ impl Supervisor<Real> {
         if let Some(n) = &self.world.notifier {
             n.stopping("draining connections");
         }
+        self.world.apps.wind_down();
         // Closes the listeners and every hand-off queue's sending end.
         if let Some(a) = self.world.acceptor.as_mut() {
             a.stop();
