@@ -552,6 +552,25 @@ fn max_forwards_fragments_and_malformed_hosts_at_the_edge() {
     );
 }
 
+/// A `%00` in the path (a NUL byte, which an app's C strings cut the path
+/// at) is a 400 at the edge and never goes up, as nginx refuses it; one in
+/// the query is the app's to read.
+#[test]
+fn a_nul_in_the_path_is_refused_at_the_edge() {
+    let up = Upstream::start(echo());
+    let proxy = Proxy::start("proxy-nul", &simple(&[up.server()], "", ""));
+    for target in ["/a%00b", "/admin%00.png", "/%2e/%00/x"] {
+        let r = proxy.get(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert_eq!(r.status, 400, "{target}: {r:?}");
+    }
+    let r = proxy.get("GET /a?q=%00 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = up.wait_for_requests(1);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(up.requests().len(), 1, "{:?}", up.requests());
+    assert_eq!(got[0].target, "/a?q=%00");
+}
+
 /// `request-headers` on a proxy route, as nginx's `proxy_set_header`: a
 /// value replaces the client's field in any spelling, an empty one removes
 /// it, and `Host` replaces the one `keep-host` would send.
