@@ -901,4 +901,17 @@ fn reload_always_rolls_out_new_code_under_the_same_settings() {
     for w in s.whoamis("/whoami", 4) {
         assert!(new.contains(&w.pid) && w.version == "2", "{w:?}");
     }
+    // A reload that changes the settings too says what changed.
+    let extra = format!(
+        "cwd = \"{}\"\nreload = \"always\"\nenv = {{ X = \"1\" }}",
+        dir.path("")
+    );
+    s.reload(&(app("web", &["sh", "-c", &command], 2, &extra) + &proxied("/", "web")));
+    s.wait_for_count("app web: changed; replacing its instances one at a time", 1);
+    let log = s.server.log();
+    assert_eq!(
+        log.matches("reload = \"always\"; replacing").count(),
+        1,
+        "{log}"
+    );
 }

@@ -97,6 +97,8 @@ impl Manager {
     /// the settings are the same but every instance is replaced all the
     /// same (`reload = "always"`), a generation of their own.
     fn change(&mut self, app: &mut App, config: &AppConfig, now: Instant, renew: bool) {
+        // The log names the change over `reload = "always"` when both hold.
+        let changed = app.config.replaces_instances(config);
         let left = (app.generation, app.config.clone());
         app.earlier.push(left);
         app.proven = false;
@@ -146,7 +148,7 @@ impl Manager {
                 "app {}: changed back to the settings some of its instances run; replacing the other {n} one at a time",
                 config.name
             ),
-            (None, _) if renew => info!(
+            (None, _) if renew && !changed => info!(
                 "app {}: reload = \"always\"; replacing its instances one at a time",
                 config.name
             ),
