@@ -99,7 +99,7 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>>>;
 
 /// What the checks before binding found: the host's limits, where each
 /// shard runs, and the io_uring memory each executor gets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Preflight {
     /// The resource limits in force (raised to the hard limits).
     pub limits: host::HostLimits,
@@ -229,6 +229,8 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         warn!("{short}");
     }
     checked.short_of_tasks(&config)?;
+    // Reloads are measured against what start-up found.
+    let fit = checked.clone();
     let Preflight {
         limits,
         plan,
@@ -451,6 +453,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             return Err(e);
         }
     };
+    let reload = checked_reloads(reload, fit, passed.then(|| config.listen.clone()));
     let supervised = master.run(supervise(Supervision {
         apps: AppLink {
             handle: apps.handle(),
@@ -477,6 +480,29 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let forced = matches!(supervised, Err(MasterError::Forced(_)));
     apps.stop(forced, || watch.stop_signal().is_some());
     supervised
+}
+
+/// `reload`, with what start-up checks of a configuration done to each
+/// reloaded one too: the warning for more connections than descriptors
+/// (`Preflight::short_of_descriptors`, against the limits start-up found);
+/// and under socket activation (`activated`: the file's `listen` when it
+/// started), the file's `listen` kept as it was, since it is not used: a
+/// change there is neither a new address to refuse nor one to restart for.
+fn checked_reloads(
+    reload: Reloader,
+    fit: Preflight,
+    activated: Option<Vec<SocketAddr>>,
+) -> Reloader {
+    Box::new(move || {
+        let mut new = reload()?;
+        if let Some(listen) = &activated {
+            new.listen.clone_from(listen);
+        }
+        if let Some(short) = fit.short_of_descriptors(&new) {
+            warn!("SIGHUP: {short}");
+        }
+        Ok(new)
+    })
 }
 
 /// The groups the shards proxy to: the file's, then each app's, whose

@@ -181,6 +181,33 @@ fn more_connections_than_descriptors_is_warned_of() {
     assert!(check("394").contains("open files"));
 }
 
+/// A reload that raises `max-connections` past the descriptors is warned
+/// of too, as start-up warns of it (a bare `kill -HUP` runs no --check).
+#[test]
+fn a_reload_past_the_descriptors_is_warned_of() {
+    let dir = crate::config::Scratch::new("reload-descriptors");
+    let conf = |max: u32| format!("[limits]\nmax-connections = {max}\n");
+    let path = dir.write("c.toml", conf(300));
+    let mut cmd = crate::util::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "2"])
+        .args(["--config", &path.display().to_string()]);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 1000);
+    let server = crate::util::Server::spawn(cmd);
+    assert!(
+        !server.log().contains("open files limit"),
+        "{}",
+        server.log()
+    );
+    dir.write("c.toml", conf(16384));
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("configuration reloaded on every shard");
+    let log = server.log();
+    assert!(
+        log.contains("WARN  SIGHUP: 2 shard(s) x max-connections 16384 = 32768 connections exceed the open files limit (1000)"),
+        "{log}"
+    );
+}
+
 /// An open-files limit too low for the shards to start (each holds about
 /// fifteen descriptors before any connection) is one line at --check and at
 /// start-up, naming the limit and what is needed; it was `configuration

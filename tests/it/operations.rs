@@ -58,8 +58,39 @@ fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
     // way): refused, rather than Hello World on every path.
     dir.write("c.toml", "[server]\nshards = 7\n");
     server.signal(libc::SIGHUP);
-    server.wait_for_log("has no [[route]] (an empty or cut-short file?)");
+    server.wait_for_log("no [[route]] (an empty or cut-short file?)");
     assert_eq!(body(), "three");
+}
+
+/// A file emptied (or cut short) has lost its `listen` too: the refusal
+/// says what happened to the file, not that the default address it falls
+/// back to would take a restart.
+#[test]
+fn an_emptied_file_is_refused_as_such_whatever_it_listened_on() {
+    let dir = Scratch::new("reload-emptied");
+    let conf = dir.write(
+        "c.toml",
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", route("one")),
+    );
+    let mut cmd = command();
+    cmd.args(["--config", &conf.display().to_string()]);
+    let server = Server::spawn(cmd);
+    dir.write("c.toml", "");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("still serving the previous one");
+    let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "SIGHUP: {}: no [[route]] (an empty or cut-short file?)",
+            conf.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("adds 0.0.0.0:3000"), "{log}");
+    assert_eq!(
+        get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "one"
+    );
 }
 
 #[test]
@@ -209,13 +240,20 @@ fn socket_activation_uses_the_passed_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let dir = Scratch::new("activation");
+    // The file's `listen` is not used: nothing binds it, and a reload
+    // that changes it is no new address to refuse.
+    let file =
+        |port: u16, body: &str| format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{}", route(body));
     for dispatch in ["master", "reuseport"] {
+        let conf = dir.write("c.toml", file(1, "Hello World"));
         // The shell's pid is the pid coreserve runs as after exec.
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
             .arg(format!(
-                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --metrics-listen 127.0.0.1:0 --dispatch {dispatch}",
-                env!("CARGO_BIN_EXE_coreserve")
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --metrics-listen 127.0.0.1:0 --dispatch {dispatch} --config {}",
+                env!("CARGO_BIN_EXE_coreserve"),
+                conf.display()
             ))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -245,6 +283,11 @@ fn socket_activation_uses_the_passed_socket() {
             let r = get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
             assert_eq!(r.text(), "Hello World");
         }
+        dir.write("c.toml", file(2, "two"));
+        server.signal(libc::SIGHUP);
+        server.wait_for_log("configuration reloaded on every shard");
+        assert_eq!(get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(), "two");
+        assert!(!server.log().contains("server.listen"), "{}", server.log());
         // The socket outlives the server: the next one takes it over.
         drop(server);
     }

@@ -604,6 +604,19 @@ impl<W: World> Supervisor<W> {
                 return;
             }
         };
+        if self.config.has_own_routes() && !new.has_own_routes() {
+            // A file emptied or cut short (a deploy that wrote half of it)
+            // would put Hello World in place of every route. Looked at
+            // first: such a file has lost its `listen` too, and the
+            // default address it falls back to is no news to act on.
+            let file = new
+                .source
+                .as_deref()
+                .unwrap_or(std::path::Path::new("the file"));
+            error!("SIGHUP: {}: no [[route]] (an empty or cut-short file?), so every request would get the built-in Hello World; the reload is refused, still serving the previous one (restart coreserve to serve it as it is)", file.display());
+            self.refused();
+            return;
+        }
         // A reload opens no listening socket: routes written for a new
         // address (a redirect of plain HTTP to a new HTTPS port) would
         // apply without it, so the whole reload waits for the restart.
@@ -613,13 +626,6 @@ impl<W: World> Supervisor<W> {
                 error!("SIGHUP: {key} adds {addr}, which takes a restart (a reload opens no listening socket)");
             }
             error!("SIGHUP: the reload is refused, so that nothing written for the new address applies without it; still serving the previous one (restart coreserve to apply it)");
-            self.refused();
-            return;
-        }
-        if self.config.has_own_routes() && !new.has_own_routes() {
-            // A file emptied or cut short (a deploy that wrote half of it)
-            // would put Hello World in place of every route.
-            error!("SIGHUP: the new configuration has no [[route]] (an empty or cut-short file?), so every request would get the built-in Hello World; the reload is refused, still serving the previous one (restart coreserve to serve it as it is)");
             self.refused();
             return;
         }

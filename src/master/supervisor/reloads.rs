@@ -72,8 +72,9 @@ pub(super) fn needs_restart(
     wanted: usize,
 ) -> Vec<&'static str> {
     [
-        ("server.listen", old.listen != new.listen),
-        ("tls.listen", old.tls.listen != new.tls.listen),
+        // Listed in any order: the same addresses are the same sockets.
+        ("server.listen", !same_set(&old.listen, &new.listen)),
+        ("tls.listen", !same_set(&old.tls.listen, &new.tls.listen)),
         ("server.shards", running != wanted),
         ("server.cpus", old.cpus != new.cpus),
         ("server.dispatch", old.dispatch != new.dispatch),
@@ -93,6 +94,11 @@ pub(super) fn needs_restart(
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
     .collect()
+}
+
+/// Whether `a` and `b` hold the same addresses, in whatever order.
+fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
+    a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
 }
 
 #[cfg(test)]
@@ -126,6 +132,17 @@ mod tests {
         assert!(needs_restart(&old, &new, 2, 2).is_empty());
         // A number to "auto", which would start more.
         assert_eq!(needs_restart(&new, &old, 2, 8), ["server.shards"]);
+        // The same addresses in another order are no change.
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let (mut x, mut y) = (old.clone(), old.clone());
+        x.listen = vec![a, b];
+        y.listen = vec![b, a];
+        assert!(needs_restart(&x, &y, 2, 2).is_empty());
+        y.listen = vec![b];
+        assert_eq!(needs_restart(&x, &y, 2, 2), ["server.listen"]);
         new.shards = Some(3);
         new.affinity = crate::config::Affinity::Pinned;
         new.drain_timeout = std::time::Duration::from_secs(1);
