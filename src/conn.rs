@@ -35,6 +35,10 @@ use crate::transport::{Room, Socket};
 /// response in flight (nginx's lingering close).
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
+/// The longest a closing connection lingers while the client has not taken
+/// all of its response yet (nginx's `lingering_time`).
+pub const LINGER_MOST: Duration = Duration::from_secs(30);
+
 /// Output buffer capacity a waiting connection keeps; a pipelined burst may
 /// have grown it to `MAX_BATCH` and more.
 pub const IDLE_OUTPUT: usize = 4096;
@@ -72,12 +76,10 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             // line without one, as for a request that did not parse).
             let log = ConnLog::of(&shard, &client, None);
             finish(&shard, log.as_ref(), &Record::refusal(b"", &out, 0));
-            // The client's request is unread: linger so the 503 is not reset away.
-            Box::pin(linger_close(
-                &mut client,
-                &mut InputBuffer::new(INITIAL_INPUT),
-            ))
-            .await;
+            // The client's request is unread: linger so the 503 is not reset
+            // away; not past LINGER_TIME, as refusals are bounded in number.
+            let mut scratch = InputBuffer::new(INITIAL_INPUT);
+            Box::pin(client.linger_close(scratch.spare(), LINGER_TIME, LINGER_TIME)).await;
         }
         return;
     }
@@ -150,6 +152,10 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
     let mut bytes_in = input.data().len() as u64;
     // Whether a read has been tried on this connection yet.
     let mut read_once = false;
+    // The client sent a request before it had its previous one's response
+    // (nginx's `c->pipeline`): it may send more while a closing response
+    // is still on its way to it.
+    let mut pipelined = false;
     loop {
         // The site of this step: a reload takes effect for the next request.
         let site = shard.site();
@@ -188,6 +194,11 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             return;
         };
         if session.served() != served {
+            // Two answered in one pass, or one with the next one's bytes
+            // already here (not a body being read, nor a job's body).
+            let body = matches!(next, Next::Read(Wait::Body) | Next::Serve);
+            let more = !input.data().is_empty() && !body;
+            pipelined |= session.served() > served + 1 || more;
             served = session.served();
             head_deadline = None;
         }
@@ -244,9 +255,12 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                     ended.after
                 };
                 match after {
-                    After::Open => continue,
+                    After::Open => {
+                        pipelined |= !input.data().is_empty();
+                        continue;
+                    }
                     After::Close => {
-                        close_after_response(&mut client, &mut input).await;
+                        close_after_response(&mut client, &mut input, pipelined).await;
                         return;
                     }
                     After::Abort => return,
@@ -260,7 +274,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 if linger {
                     Box::pin(linger_close(&mut client, &mut input)).await;
                 } else {
-                    close_after_response(&mut client, &mut input).await;
+                    close_after_response(&mut client, &mut input, pipelined).await;
                 }
                 return;
             }
@@ -396,22 +410,27 @@ async fn flush(
     Ok(n as u64)
 }
 
-/// Half-close, then read and discard until the client closes too, for at most
-/// `LINGER_TIME`.
+/// Half-close, then read and discard until the client closes too: for
+/// `LINGER_TIME`, and on while it has not taken all of the response, up to
+/// `LINGER_MOST` (`Socket::linger_close`).
 async fn linger_close(client: &mut Socket, input: &mut InputBuffer) {
     input.consume(input.data().len());
-    client.linger_close(input.spare(), LINGER_TIME).await;
+    client
+        .linger_close(input.spare(), LINGER_TIME, LINGER_MOST)
+        .await;
 }
 
 /// End a connection after its last response, as the server decided (HTTP/1.0,
-/// `Connection: close`, an error): lingering if the client sent more while
-/// the response went (a pipelined request, its TLS close_notify once it
-/// had sent its request), which a plain close would turn into a reset that
-/// destroys the response's unread end at the client; else cleanly. nginx's
-/// `lingering_close on` decides the same way, when it closes.
-async fn close_after_response(client: &mut Socket, input: &mut InputBuffer) {
+/// `Connection: close`, an error, a drain): lingering if the client sent
+/// more while the response went (a pipelined request, its TLS close_notify
+/// once it had sent its request), or has pipelined on this connection
+/// (`pipelined`: it may send the next request before it reads this
+/// response, as apt does), which a plain close would turn into a reset
+/// that destroys the response's unread end at the client; else cleanly.
+/// nginx's `lingering_close on` decides the same way, when it closes.
+async fn close_after_response(client: &mut Socket, input: &mut InputBuffer, pipelined: bool) {
     // Read already or not, what it sent says it may send more.
-    if !input.data().is_empty() || client.unread_in_kernel() {
+    if pipelined || !input.data().is_empty() || client.unread_in_kernel() {
         Box::pin(linger_close(client, input)).await;
     } else {
         finish_tls(client).await;

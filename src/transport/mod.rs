@@ -663,24 +663,53 @@ impl Socket {
         }
     }
 
-    /// Half-close, then read and discard until the peer closes too, for at
-    /// most `time` (nginx's lingering close): unread data would turn our
-    /// FIN into a reset that destroys the response in flight. No bound on
+    /// Half-close, then read and discard until the peer closes too, for
+    /// `time` (nginx's lingering close): unread data would turn our FIN
+    /// into a reset that destroys the response in flight. Past `time`, as
+    /// long as the peer has not taken all of the response yet (bytes it has
+    /// not acknowledged: `unacknowledged`), `time` again, up to `most` in
+    /// all: a client that pipelines (apt sends a request as each response
+    /// comes) and reads slowly would otherwise send into a closed socket,
+    /// whose reset drops what the kernel still had to send it. No bound on
     /// the bytes: a client that sends a whole body too large before it
     /// reads (Python's `requests`) must get to read its 413. The clock is
     /// looked at before every read, as nginx does with `lingering_time`: a
     /// read that finds data waiting never reaches its deadline, so a peer
     /// that sends without pause would otherwise be read for ever.
-    pub async fn linger_close(&mut self, scratch: &mut [u8], time: Duration) {
+    pub async fn linger_close(&mut self, scratch: &mut [u8], time: Duration, most: Duration) {
         if self.shutdown_write().await.is_err() {
             return;
         }
-        let deadline = Instant::now() + time;
-        while Instant::now() < deadline {
+        let start = Instant::now();
+        let mut deadline = start + time;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let left = (start + most).saturating_duration_since(now);
+                if left.is_zero() || self.unacknowledged() == 0 {
+                    return;
+                }
+                deadline = now + time.min(left);
+            }
             match self.read(scratch, deadline).await {
                 Ok(1..) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
                 Ok(0) | Err(_) => return,
             }
+        }
+    }
+
+    /// Bytes sent that the peer has not acknowledged yet (SIOCOUTQ), our
+    /// FIN included: while there are any, a reset from a closed socket
+    /// would drop them. 0 when the kernel cannot say.
+    pub fn unacknowledged(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one int.
+        let r = unsafe { libc::ioctl(self.fd(), libc::TIOCOUTQ, &mut n) };
+        if r == 0 {
+            usize::try_from(n).unwrap_or(0)
+        } else {
+            0
         }
     }
 }

@@ -1247,6 +1247,45 @@ fn bytes_sent_after_a_closing_request_do_not_cut_its_response() {
     crate::util::read_whole_response(&mut s, data.len());
 }
 
+/// A client that pipelines (apt sends a request as each response comes)
+/// may send again after the server's last response went into the kernel
+/// but before it read it: the server lingers on a connection that
+/// pipelined, and on while the client has not taken the whole response,
+/// else the client's bytes meet a closed socket whose reset drops the
+/// rest (2 of 31 responses arrived). nginx lingers the same way
+/// (`c->pipeline`). The second round does not read for longer than the
+/// lingering close's 2 s: a slow reader keeps it lingering.
+#[test]
+fn a_pipelining_client_that_sends_after_the_last_response_gets_them_all() {
+    let dir = Scratch::new("pipelined-closing");
+    dir.write("www/big.bin", vec![b'x'; 100_000]);
+    dir.write("www/small.txt", "small\n");
+    let server = serve_www(&dir, "/", "");
+    for (last, wait) in [
+        (
+            "GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            300,
+        ),
+        ("GET /small.txt HTTP/1.0\r\n\r\n", 2500),
+    ] {
+        let mut s = server.connect();
+        let mut all = "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n".repeat(30);
+        all.push_str(last);
+        s.write_all(all.as_bytes()).unwrap();
+        // Every response is in the kernel's hands by now, none read.
+        std::thread::sleep(Duration::from_millis(wait));
+        s.write_all(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut r = Reader::new(&s);
+        for i in 0..30 {
+            let big = r.next(false);
+            assert_eq!((big.status, big.body.len()), (200, 100_000), "response {i}");
+        }
+        assert_eq!(r.next(false).text(), "small\n");
+        assert!(r.rest().is_empty());
+    }
+}
+
 /// A root that is a symlink (`current -> releases/N`, the atomic deploy)
 /// is followed at each look, not once at start: the swap is served once
 /// `cache-valid` has passed, and removing the old release takes nothing
