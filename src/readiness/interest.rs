@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Readiness, WaitError};
 
@@ -23,6 +23,9 @@ pub struct Interest {
     pub(super) at_once: u8,
     /// Times it stepped aside since it last went through glommio's reactor.
     pub(super) asides: u8,
+    /// The peer has half-closed: a poll for room would complete at once
+    /// (`writable`).
+    pub(super) peer_shut: bool,
 }
 
 /// How a task that keeps finding data steps aside (`Interest::aside`).
@@ -152,16 +155,36 @@ impl Interest {
     }
 }
 
+/// How long a write to a peer that has half-closed waits before it looks
+/// for room again (`Interest::writable`).
+pub const SHUT_PEER_PAUSE: Duration = Duration::from_millis(10);
+
 impl Interest {
     /// Wait until the socket is writable (a non-blocking connect finished,
     /// or failed: then `SO_ERROR` says how), at most until `deadline`.
     /// One-shot: armed only when a write found no room (or a connect is
-    /// under way), never for a write that goes out at once.
-    pub fn writable(
-        &mut self,
-        deadline: Instant,
-    ) -> impl Future<Output = Result<(), WaitError>> + '_ {
-        std::future::poll_fn(move |cx| self.readiness.poll_writable(self.key, deadline, cx))
+    /// under way), never for a write that goes out at once. Once the peer
+    /// has half-closed (a client that sent its request and shut its side,
+    /// `nc -N`), every poll completes at once, room or not, as io_uring
+    /// adds POLLRDHUP to each: a write waiting for room then waits
+    /// `SHUT_PEER_PAUSE` by the driver's clock and looks again, rather
+    /// than spin until its deadline.
+    pub async fn writable(&mut self, deadline: Instant) -> Result<(), WaitError> {
+        if !self.peer_shut {
+            let shut =
+                std::future::poll_fn(|cx| self.readiness.poll_writable(self.key, deadline, cx))
+                    .await?;
+            if !shut {
+                return Ok(());
+            }
+            self.peer_shut = true;
+        }
+        let until = deadline.min(Instant::now() + SHUT_PEER_PAUSE);
+        std::future::poll_fn(|cx| self.readiness.poll_until(self.key, until, cx)).await;
+        if until == deadline {
+            return Err(WaitError::TimedOut);
+        }
+        Ok(())
     }
 }
 
@@ -183,7 +206,7 @@ impl Interest {
             }
             self.readiness
                 .poll_writable(self.key, deadline, cx)
-                .map(|r| r.map(|()| false))
+                .map(|r| r.map(|_| false))
         })
     }
 

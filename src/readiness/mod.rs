@@ -43,7 +43,7 @@ use crate::recheck;
 
 mod interest;
 
-pub use interest::{Aside, Interest};
+pub use interest::{Aside, Interest, SHUT_PEER_PAUSE};
 
 /// Submission queue entries; a poll is armed once per connection, so this
 /// bounds only how many connections start waiting between two submissions
@@ -143,6 +143,9 @@ struct Slot {
     write_armed: bool,
     /// The writable poll completed since the task last looked.
     writable: bool,
+    /// It completed for the peer's half-close alone, not for room:
+    /// io_uring adds POLLRDHUP to every poll it arms.
+    write_shut: bool,
 }
 
 /// A shard's readiness ring, its registered sockets and its driver's state.
@@ -220,6 +223,7 @@ impl Readiness {
             hung_up: false,
             write_armed: false,
             writable: false,
+            write_shut: false,
         });
         Interest {
             readiness: self.clone(),
@@ -227,6 +231,7 @@ impl Readiness {
             maybe_more: true,
             at_once: 0,
             asides: 0,
+            peer_shut: false,
         }
     }
 
@@ -351,19 +356,20 @@ impl Readiness {
         }
     }
 
-    /// Like `poll_ready`, for the one-shot writable poll.
+    /// Like `poll_ready`, for the one-shot writable poll; true when it
+    /// completed for the peer's half-close alone (room or not).
     fn poll_writable(
         &self,
         key: usize,
         deadline: Instant,
         cx: &Context<'_>,
-    ) -> Poll<Result<(), WaitError>> {
+    ) -> Poll<Result<bool, WaitError>> {
         let mut slots = self.slots.borrow_mut();
         let slot = &mut slots[key];
         if std::mem::take(&mut slot.writable) {
             slot.waker = None;
             slot.deadline = None;
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(std::mem::take(&mut slot.write_shut)));
         }
         // A deadline already past is the driver's to expire, as in `poll_ready`.
         if slot.timed_out.take() == Some(deadline) {
@@ -389,6 +395,23 @@ impl Readiness {
                 return Poll::Ready(Err(e.into()));
             }
         }
+        Poll::Pending
+    }
+
+    /// Ready once `until` has passed, by the driver's clock (no glommio
+    /// timer): a pause.
+    fn poll_until(&self, key: usize, until: Instant, cx: &Context<'_>) -> Poll<()> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[key];
+        if slot.timed_out.take() == Some(until) {
+            slot.waker = None;
+            slot.deadline = None;
+            return Poll::Ready(());
+        }
+        slot.waker = Some(cx.waker().clone());
+        slot.deadline = Some(until);
+        drop(slots);
+        self.watch_deadline(until);
         Poll::Pending
     }
 
@@ -454,6 +477,9 @@ impl Readiness {
             if write {
                 slot.write_armed = false;
                 slot.writable = true;
+                const ROOM: i32 =
+                    libc::POLLOUT as i32 | libc::POLLERR as i32 | libc::POLLHUP as i32;
+                slot.write_shut = cqe.result() > 0 && cqe.result() & ROOM == 0;
                 if let Some(w) = slot.waker.take() {
                     w.wake();
                 }

@@ -142,6 +142,59 @@ fn a_wait_whose_deadline_has_passed_times_out() {
     });
 }
 
+/// A write waiting for room to a peer that has half-closed and does not
+/// read: io_uring adds POLLRDHUP to every poll, so each poll for room
+/// completed at once and the wait spun a core until its deadline (a
+/// client that sent its request, shut its side and read slowly). It now
+/// looks again every `SHUT_PEER_PAUSE`, and still ends at its deadline,
+/// and once the peer reads there is room.
+#[test]
+fn a_write_to_a_half_closed_peer_waits_for_room_without_spinning() {
+    on_a_shard(|readiness| {
+        Box::pin(async move {
+            let (mut client, server) = pair();
+            let fd = server.as_raw_fd();
+            let mut interest = readiness.register(fd);
+            let chunk = [b'x'; 65536];
+            while crate::sys::send(fd, &chunk).is_ok() {}
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let time = Duration::from_millis(200);
+            let deadline = Instant::now() + time;
+            let mut waits = 0;
+            let end = loop {
+                match interest.writable(deadline).await {
+                    Ok(()) => waits += 1,
+                    Err(e) => break e,
+                }
+                // Whatever room the peer's kernel made, filled again.
+                while crate::sys::send(fd, &chunk).is_ok() {}
+            };
+            assert!(matches!(end, WaitError::TimedOut), "{end:?}");
+            assert!(Instant::now() >= deadline);
+            // One look per pause, not thousands.
+            let most = (time.as_millis() / SHUT_PEER_PAUSE.as_millis()) as usize + 2;
+            assert!(waits <= most, "{waits} wake-ups in {time:?}");
+            let reader = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                while client.read(&mut buf).unwrap_or(0) > 0 {}
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                interest
+                    .writable(deadline)
+                    .await
+                    .expect("room once the peer reads");
+                if crate::sys::send(fd, &chunk).is_ok() {
+                    break;
+                }
+            }
+            drop(interest);
+            drop(server);
+            reader.join().unwrap();
+        })
+    });
+}
+
 /// The race a poll remove lost: bytes arrive (their wake-up's task work
 /// then owns the poll until this thread enters the kernel) and the
 /// connection closes before any other system call.

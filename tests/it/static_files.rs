@@ -1286,6 +1286,24 @@ fn a_pipelining_client_that_sends_after_the_last_response_gets_them_all() {
     }
 }
 
+/// A client that sends its request and shuts its side (`nc -N`), then
+/// reads: the whole file comes. (Its socket full, the write waited for
+/// room with a poll that completes at once after the peer's half-close,
+/// which spun a core until send-timeout; `readiness` tests the wait.)
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_whole_file() {
+    let dir = Scratch::new("half-closed");
+    let data = vec![b'x'; 8 << 20];
+    dir.write("www/big.bin", &data);
+    let server = serve_www(&dir, "/", "");
+    let mut s = server.connect();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    crate::util::read_whole_response(&mut s, data.len());
+}
+
 /// A root that is a symlink (`current -> releases/N`, the atomic deploy)
 /// is followed at each look, not once at start: the swap is served once
 /// `cache-valid` has passed, and removing the old release takes nothing
