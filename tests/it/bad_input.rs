@@ -328,6 +328,13 @@ fn a_silent_new_connection_is_closed_without_a_response() {
     let text = read_to_close(&mut s);
     assert_eq!(text, "");
     assert!(start.elapsed() >= Duration::from_millis(400));
+    // No request came: no timeout to count (a browser's unused preconnect).
+    let log = server.stop();
+    let timeouts: u64 = crate::util::stopped_stats(&log)
+        .iter()
+        .map(|s| s.timeouts)
+        .sum();
+    assert_eq!(timeouts, 0, "{log}");
 }
 
 #[test]

@@ -426,8 +426,10 @@ impl<J> Session<J> {
     /// under way (`unread`, what arrived of it, is not empty), and close. A
     /// connection that never sent a byte is closed silently, as nginx does:
     /// an unasked-for 408 could be mistaken for the answer to a request
-    /// crossing it on the wire. A head cut short is logged with its request
-    /// line when that arrived whole, as nginx logs it.
+    /// crossing it on the wire; nor is it counted as a timeout, there was
+    /// no request (a browser's unused preconnect). A head cut short is
+    /// logged with its request line when that arrived whole, as nginx logs
+    /// it.
     pub fn timed_out(
         &mut self,
         wait: Wait,
@@ -437,10 +439,7 @@ impl<J> Session<J> {
     ) -> Next {
         match wait {
             Wait::Idle => Next::Close { linger: false },
-            Wait::Head if unread.is_empty() => {
-                self.error = Some(ParseError::HeadTimeout);
-                Next::Close { linger: false }
-            }
+            Wait::Head if unread.is_empty() => Next::Close { linger: false },
             Wait::Head => self.fail_with(ParseError::HeadTimeout, Some(unread), out, cx),
             // The response went before the body: a 408 now would be taken
             // for the answer to a next request. The timeout is counted.
