@@ -270,21 +270,21 @@ impl Cli {
     pub fn metrics(&self) -> Result<MetricsConfig, Vec<ConfigError>> {
         let mut m = match self.config_path() {
             Some(path) => match crate::config::load_file(&path) {
-                Ok(c) => c.metrics,
+                Ok(c) => checked_metrics(c)?,
                 Err(f) => {
                     let mine = |e: &ConfigError| e.key.is_empty() || e.key.starts_with("metrics.");
                     match f.partial {
-                        Some(partial) if !f.errors.iter().any(mine) => partial.metrics,
+                        Some(partial) if !f.errors.iter().any(mine) => checked_metrics(*partial)?,
                         // Not read at all: an unset `${VAR}` elsewhere (one
                         // the service's environment sets, which this shell
                         // may not have). Read again with a placeholder for
                         // them (a pipe cannot be read again).
                         None if !f.errors.iter().any(mine) && !crate::config::is_pipe(&path) => {
                             match crate::config::load_file_with(&path, UnsetVars::Placeholder) {
-                                Ok(c) => c.metrics,
+                                Ok(c) => checked_metrics(c)?,
                                 Err(again) => match again.partial {
                                     Some(partial) if !again.errors.iter().any(mine) => {
-                                        partial.metrics
+                                        checked_metrics(*partial)?
                                     }
                                     // Every reason, rather than none.
                                     _ => return Err(f.errors),
@@ -482,6 +482,20 @@ fn flag_of(key: &str) -> String {
         "server.listen" => "--listen/--port".into(),
         "metrics.listen" => "--metrics-listen".into(),
         k => format!("--{}", k.split_once('.').map_or(k, |(_, name)| name)),
+    }
+}
+
+/// `config`'s `[metrics]`, once its `path` is one a URL can end with (the
+/// whole-file validation, which says so too, is not run for `status`):
+/// else the error, at the file's line.
+fn checked_metrics(config: Config) -> Result<MetricsConfig, Vec<ConfigError>> {
+    match crate::config::bad_metrics_path(&config.metrics.path) {
+        Some(why) => {
+            let mut e = ConfigError::new("metrics.path", why);
+            config.locate(&mut e);
+            Err(vec![e])
+        }
+        None => Ok(config.metrics),
     }
 }
 

@@ -28,6 +28,7 @@ pub use location::{Location, LocationError};
 pub use tls::*;
 pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
 pub use upstream::*;
+pub use validate::bad_metrics_path;
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};

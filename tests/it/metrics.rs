@@ -271,6 +271,26 @@ fn status_needs_only_the_metrics_section_of_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: metrics.listen"), "{err}");
 
+    // A path no URL can end with: the file's line, not a URL never typed.
+    for path in ["metrics", "/metrics?x", "/a b"] {
+        let bad = dir.write(
+            "bad-path.toml",
+            format!("[metrics]\nlisten = \"{addr}\"\npath = \"{path}\"\n"),
+        );
+        let out = bare()
+            .arg("--config")
+            .arg(&bad)
+            .arg("status")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(
+            err.contains("bad-path.toml:3: metrics.path: must be a path"),
+            "{err}"
+        );
+    }
+
     // Port 0 (any free port, as the tests run servers) names no server.
     let out = crate::util::command().arg("status").output().unwrap();
     assert_eq!(out.status.code(), Some(2));

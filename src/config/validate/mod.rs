@@ -132,17 +132,8 @@ impl Config {
             earlier.extend(methods.iter().map(|m| (i, m.as_str())));
         }
         upstreams::validate_upstreams(&self.upstreams, &self.apps, &self.routes, &mut err);
-        let path = &self.metrics.path;
-        // What a request target's path can be: no query, fragment, space.
-        if !path.starts_with('/')
-            || path
-                .bytes()
-                .any(|b| b"?# ".contains(&b) || !b.is_ascii_graphic())
-        {
-            err(
-                "metrics.path",
-                format!("must be a path like \"/metrics\" (from /, without ?, # or spaces), got {path:?}"),
-            );
+        if let Some(why) = bad_metrics_path(&self.metrics.path) {
+            err("metrics.path", why);
         }
         // A route for HTTPS with no HTTPS listener would never be reached
         // (plain ones may come from systemd's socket activation).
@@ -382,6 +373,19 @@ pub(super) fn fallback_fault(path: &str, dotfiles: bool) -> Option<String> {
 fn is_header_value(v: &str) -> bool {
     v.bytes()
         .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+/// Why `path` cannot be `[metrics] path`, if it cannot: it must be what a
+/// request target's path can be (from `/`, no query, fragment or space).
+/// `coreserve status` asks it too, before it builds a URL of it.
+pub fn bad_metrics_path(path: &str) -> Option<String> {
+    let bad = !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|b| b"?# ".contains(&b) || !b.is_ascii_graphic());
+    bad.then(|| {
+        format!("must be a path like \"/metrics\" (from /, without ?, # or spaces), got {path:?}")
+    })
 }
 
 #[cfg(test)]
