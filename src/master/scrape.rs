@@ -42,7 +42,12 @@ impl Scraped {
     /// A shard died: keep its last counters, to add to its successor's.
     pub(super) fn retire(&mut self, id: usize) {
         if let Some(mut last) = self.latest.remove(&id) {
+            // Its connections died with it, the pooled and busy upstream
+            // ones too: shown while it waits for its restart.
             last.active = 0;
+            for u in &mut last.upstreams {
+                (u.idle, u.busy) = (0, 0);
+            }
             match self.retired.get_mut(&id) {
                 Some(r) => r.absorb(&last),
                 None => {
@@ -311,12 +316,26 @@ mod tests {
     #[test]
     fn a_dead_shards_counters_are_kept_and_added_to_its_successors() {
         let mut s = Scraped::default();
-        s.update(snap(0, 10, 3));
+        let mut with_pool = snap(0, 10, 3);
+        let mut server = crate::metrics::UpstreamSample {
+            upstream: "app".into(),
+            server: "127.0.0.1:3000".into(),
+            stats: Default::default(),
+            idle: 2,
+            busy: 1,
+            latency: Default::default(),
+        };
+        server.stats.requests = 4;
+        with_pool.upstreams.push(server);
+        s.update(with_pool);
         s.update(snap(1, 5, 1));
         s.retire(0);
-        // Dead and not back yet: its last counters, no open connections.
+        // Dead and not back yet: its last counters, no open connections,
+        // upstream ones included.
         let v = s.view();
         assert_eq!((v[0].stats.requests, v[0].active), (10, 0));
+        assert_eq!(v[0].upstreams[0].stats.requests, 4);
+        assert_eq!((v[0].upstreams[0].idle, v[0].upstreams[0].busy), (0, 0));
         // The restarted shard counts from zero; the sum never goes back.
         s.update(snap(0, 2, 1));
         let v = s.view();
