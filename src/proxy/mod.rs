@@ -272,7 +272,9 @@ async fn forward(
         // previous routes. As for any 503: a body not read whole closes
         // the connection, lingering so that the answer is not lost.
         upstreams.count_unavailable(&route.config.upstream);
-        served.keep_alive = ex.body.as_ref().is_none_or(BodyDecoder::is_done);
+        let mut body = ex.body.clone();
+        discard_if_here(&mut body, c.input);
+        served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
         served.linger = !served.keep_alive;
         reply(
             &mut c,
@@ -701,7 +703,9 @@ async fn forward(
         }
         Some((_, f)) => f.status(),
     };
-    // The body may not have been read whole: then the connection closes.
+    // The body may not have been read whole: then the connection closes,
+    // unless the rest of it is here already.
+    discard_if_here(&mut body, c.input);
     served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
     served.linger = !served.keep_alive;
     reply(&mut c, &ex, &mut served, asked.head, status).await;
@@ -711,6 +715,25 @@ async fn forward(
         Some((s, 0, took))
     });
     served
+}
+
+/// What is left of a body no server took (none could be reached, or the
+/// request failed before its body went), when all of it is in `input`
+/// already (it came with the head, as a small form's does): read away, so
+/// that the connection can stay open for the next request, as nginx's does
+/// (it reads a body before it proxies). A body still on its way, or one
+/// that breaks a rule, is left: the connection then closes.
+fn discard_if_here(body: &mut Option<BodyDecoder>, input: &mut InputBuffer) {
+    let Some(d) = body.as_mut().filter(|d| !d.is_done()) else {
+        return;
+    };
+    let mut ahead = d.clone();
+    if let Ok(p) = ahead.decode(input.data()) {
+        if p.done {
+            input.consume(p.consumed);
+            *d = ahead;
+        }
+    }
 }
 
 /// The exchange of a client that left before its server answered (the

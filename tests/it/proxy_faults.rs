@@ -529,6 +529,39 @@ fn no_usable_server_gets_503() {
     );
 }
 
+/// A body that came whole with its head, to a server that cannot be
+/// reached, is read away: the 502 keeps the connection for the requests
+/// pipelined after it, as nginx's does (it reads bodies first). One still
+/// on its way closes the connection, lingering.
+#[test]
+fn a_whole_body_no_server_took_keeps_the_connection() {
+    let proxy = Proxy::start(
+        "proxy-body-here",
+        &simple(&[dead_addr().to_string()], "", ""),
+    );
+    let mut s = connect(proxy.addr());
+    s.write_all(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          PUT /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          GET /c HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = Reader::new(&s);
+    for what in ["counted", "chunked", "none"] {
+        let resp = r.next(false);
+        assert_eq!(resp.status, 502, "{what}: {resp:?}");
+        assert_eq!(resp.header("connection"), None, "{what}: {resp:?}");
+    }
+    // Half of the body: the rest may never come.
+    s.write_all(b"POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    let resp = r.next(false);
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (502, Some("close"))
+    );
+}
+
 /// A group of one server that is down fails every request (such a server
 /// is never skipped, as in nginx); its warnings come at most once a second
 /// per shard, the next one saying how many were held back.
