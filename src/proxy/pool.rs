@@ -108,6 +108,11 @@ pub struct Server {
     failed_at: Cell<Option<Instant>>,
     /// Skipped until then after `max-fails` failures.
     down_until: Cell<Option<Instant>>,
+    /// Its rest ended and one request was sent to try it (`Group::pick`):
+    /// the others skip it for another `fail-timeout` unless that one ends
+    /// well, and if it fails the server rests again at once, whatever
+    /// `max-fails` (nginx's one trial request per `fail_timeout`).
+    on_trial: Cell<bool>,
     /// Its last failure (or when another shard's rest of it arrived): a
     /// request that started before it and ends well says nothing new.
     last_failed: Cell<Option<Instant>>,
@@ -430,7 +435,11 @@ impl Group {
             self.by_share(false, usable)
                 .or_else(|| self.by_share(true, usable))
         })?;
-        Some((chosen, self.servers[chosen].clone()))
+        let server = &self.servers[chosen];
+        if !alone {
+            server.try_out(now, self.config.fail_timeout);
+        }
+        Some((chosen, server.clone()))
     }
 
     /// Among the usable servers that are backups or are not (`backup`),
@@ -602,6 +611,7 @@ impl Server {
             fails: Cell::new(0),
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
+            on_trial: Cell::new(false),
             last_failed: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
@@ -634,6 +644,18 @@ impl Server {
 
     fn usable(&self, now: Instant) -> bool {
         self.down_until.get().is_none_or(|t| t <= now)
+    }
+
+    /// Picked for a request at `now`: if its rest has ended (and no
+    /// request since has ended well), this one is its trial, and the
+    /// others skip it for `fail_timeout` more, rather than every request
+    /// of the window going to a server that may well still be down, each
+    /// waiting out its connect or read timeout.
+    fn try_out(&self, now: Instant, fail_timeout: Duration) {
+        if self.down_until.get().is_some_and(|t| t <= now) {
+            self.down_until.set(Some(now + fail_timeout));
+            self.on_trial.set(true);
+        }
     }
 
     /// Count a request in flight to this server until the guard drops.
@@ -705,6 +727,7 @@ impl Server {
         self.fails.set(0);
         self.failed_at.set(None);
         self.down_until.set(None);
+        self.on_trial.set(false);
         self.last_failed.set(None);
     }
 
@@ -723,8 +746,10 @@ impl Server {
         }
         self.fails.set(self.fails.get() + 1);
         self.last_failed.set(Some(now));
-        if config.max_fails > 0 && self.fails.get() >= config.max_fails {
-            let was_up = self.usable(now);
+        // A failed trial rests it again at once, as nginx's does.
+        let trial_failed = self.on_trial.take();
+        if config.max_fails > 0 && (trial_failed || self.fails.get() >= config.max_fails) {
+            let was_up = trial_failed || self.usable(now);
             let until = now + config.fail_timeout;
             self.down_until.set(Some(until));
             // Its pooled connections are as suspect as it is.
@@ -744,6 +769,7 @@ impl Server {
         if self.last_failed.get().is_none_or(|t| started > t) {
             self.fails.set(0);
             self.down_until.set(None);
+            self.on_trial.set(false);
         }
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency.borrow_mut().record(us, 1);
@@ -783,6 +809,41 @@ mod tests {
         let later = now + g.config.fail_timeout;
         assert!((0..3).any(|_| g.pick(later, &[], None).unwrap().0 == 2));
         assert_eq!(g.pick(now, &[0, 1], None).map(|p| p.0), None);
+    }
+
+    /// When a rest ends, one request tries the server: the others skip it
+    /// for another `fail-timeout` unless that one ends well; one failed
+    /// trial rests it again, whatever `max-fails` (nginx's `checked`).
+    /// Every request whose turn it was went to it, each waiting out its
+    /// connect or read timeout when it was still down.
+    #[test]
+    fn a_rested_server_gets_one_trial_request_when_its_rest_ends() {
+        let mut c = group(Balance::RoundRobin, 3);
+        c.max_fails = 3;
+        let u = Upstreams::new(&[c]);
+        let g = u.group("app").unwrap();
+        let ft = g.config.fail_timeout;
+        let now = Instant::now();
+        for _ in 0..3 {
+            g.servers[2].failed(&g.config, now);
+        }
+        assert!(!picked(&g, now, 6).contains(&2));
+        // The rest is over: its turn comes once, then not until the trial
+        // has ended.
+        let later = now + ft;
+        let picks = picked(&g, later, 9);
+        assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 1, "{picks:?}");
+        // The trial fails: resting again, at once.
+        let failed_at = later + Duration::from_millis(10);
+        assert!(g.servers[2].failed(&g.config, failed_at).is_some());
+        assert!(!picked(&g, failed_at + ft / 2, 6).contains(&2));
+        // The next trial ends well: back in every turn.
+        let again = failed_at + ft;
+        let picks = picked(&g, again, 3);
+        assert!(picks.contains(&2), "{picks:?}");
+        g.servers[2].succeeded(again, Duration::from_millis(1));
+        let picks = picked(&g, again, 6);
+        assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 2, "{picks:?}");
     }
 
     /// A server whose every attempt fails (with `max-fails = 0`, never
