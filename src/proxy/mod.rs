@@ -699,6 +699,7 @@ async fn forward(
     let status = match &last {
         None => {
             upstreams.count_unavailable(&route.config.upstream);
+            group.unavailable(now);
             Status::SERVICE_UNAVAILABLE
         }
         Some((_, f)) => f.status(),

@@ -87,6 +87,9 @@ pub struct Group {
     pub config: UpstreamConfig,
     /// Its servers, in configuration order.
     pub servers: Vec<Rc<Server>>,
+    /// Its warning that no server could be tried (`unavailable`): once a
+    /// second at most, as every request gets it while the servers rest.
+    unavailable: Throttle,
 }
 
 /// One server of a group, on one shard.
@@ -199,6 +202,7 @@ impl Upstreams {
                 Rc::new(Group {
                     config: c.clone(),
                     servers,
+                    unavailable: Throttle::default(),
                 }),
             );
         }
@@ -405,6 +409,24 @@ impl Upstreams {
 }
 
 impl Group {
+    /// Say that a request found no server to try (each resting after
+    /// failures, or tried already): the 503 it gets would otherwise leave
+    /// no line in the log (nginx's `no live upstreams`).
+    pub fn unavailable(&self, now: Instant) {
+        let Some(held) = self.unavailable.admit(now) else {
+            return;
+        };
+        let back = self.servers.iter().filter_map(|s| s.down_until.get()).min();
+        let when = back
+            .filter(|&t| t > now)
+            .map(|t| format!(", the first back in {:.1}s", (t - now).as_secs_f64()))
+            .unwrap_or_default();
+        log::warn!(
+            "upstream {}: no server can be tried (resting after failures{when}); answering 503{held}",
+            self.config.name
+        );
+    }
+
     /// The server to try next for a client at `client`, skipping those in
     /// `tried` (indexes) and those resting after failures; None when no
     /// server is usable. With shares, a backup only when no other server

@@ -504,6 +504,12 @@ fn no_usable_server_gets_503() {
         let r = proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(r.status, 503, "{r:?}");
     }
+    // Said in the log (nginx's "no live upstreams"), once a second at most.
+    let log = proxy.server.log();
+    let said = log
+        .matches("upstream app: no server can be tried (resting after failures, the first back in ")
+        .count();
+    assert!(matches!(said, 1 | 2), "{log}");
     // To HEAD, the head alone: a body would be read as the next response.
     let mut s = connect(proxy.addr());
     s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
