@@ -593,11 +593,19 @@ async fn forward(
                         upstreams.failed(cfg, &server, at);
                     }
                     served.failed.push((server.label.clone(), at - now));
+                    // Told apart from a server that fails on the request:
+                    // the operator can do nothing for the race but lower
+                    // `idle-timeout` below the app's keep-alive timeout.
+                    let why = if reset && race {
+                        " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as the method is not idempotent, and the server is not taken out)"
+                    } else {
+                        ""
+                    };
                     server.log(
                         log::Level::Warn,
                         at,
                         format_args!(
-                            "upstream {} ({}): {} {target}: {f}",
+                            "upstream {} ({}): {} {target}: {f}{why}",
                             cfg.name,
                             server.label,
                             head.method_str()
