@@ -891,6 +891,11 @@ impl Manager {
                     let ready = matches!(inst.state, State::Ready { .. });
                     let (gone, delay) = slot.current.ended(now, ready);
                     let gone = gone.expect("checked above");
+                    if self.winding_down {
+                        // Counted as a restart's back-off would be, but
+                        // nothing is due: no start comes during a drain.
+                        slot.current.retire();
+                    }
                     address::release(&gone.addr);
                     slot.last_addr = Some(gone.addr.clone());
                     slot.last_exit = Some((signals::exit_summary(status), now));

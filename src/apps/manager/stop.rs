@@ -30,6 +30,11 @@ impl Manager {
         self.winding_down = true;
         for app in &mut self.apps {
             for (index, slot) in app.slots.iter_mut().enumerate() {
+                // A restart waiting out its back-off will not come: its
+                // time would wake the manager for nothing, over and over.
+                if slot.current.get().is_none() {
+                    slot.current.retire();
+                }
                 if !matches!(
                     slot.next,
                     Some(Instance {

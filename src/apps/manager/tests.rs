@@ -641,9 +641,21 @@ fn a_drain_stops_the_rolling_reload_and_restarts() {
         h.turn_until("an instance exits", |m| {
             m.apps[0].slots.iter().any(|s| s.current.get().is_none())
         });
+        // Nothing is due for the slot (a restart time left in place woke
+        // the manager at once, for ever: it spun a CPU through the drain).
+        assert!(h.m.apps[0].slots.iter().all(|s| s.current.due().is_none()));
+        let shown = h.m.board.read(Instant::now());
+        assert!(shown.iter().any(|s| s.state == "down"), "{shown:?}");
         // Well past the first restart's back-off and a new replacement's
-        // turn: nothing was started.
-        h.turn_till(Instant::now() + restart_delay(0) * 2 + MIN_UPTIME);
+        // turn: nothing was started, and the manager slept.
+        let end = Instant::now() + restart_delay(0) * 2 + MIN_UPTIME;
+        let mut turns = 0;
+        while Instant::now() < end {
+            h.check();
+            assert!(h.m.turn(&h.rx, Some(end)), "stopped");
+            turns += 1;
+        }
+        assert!(turns < 100, "{turns} turns");
         let started: BTreeSet<u32> = records(&h.dir).into_keys().collect();
         let mut expected = BTreeSet::from([replacement]);
         expected.extend(&old);
