@@ -197,7 +197,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             // Two answered in one pass, or one with the next one's bytes
             // already here (not a body being read, nor a job's body).
             let body = matches!(next, Next::Read(Wait::Body) | Next::Serve);
-            let more = !input.data().is_empty() && !body;
+            let more = holds_request(input.data()) && !body;
             pipelined |= session.served() > served + 1 || more;
             served = session.served();
             head_deadline = None;
@@ -256,7 +256,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 };
                 match after {
                     After::Open => {
-                        pipelined |= !input.data().is_empty();
+                        pipelined |= holds_request(input.data());
                         continue;
                     }
                     After::Close => {
@@ -295,7 +295,13 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         let quiet = idle || (wait == Wait::Head && input.data().is_empty());
         // A fresh connection is read once first: its request may be there.
         if quiet && (idle || read_once) && shard.is_draining() {
-            finish_tls(&mut client).await;
+            // A client that pipelined may send again before it has read
+            // what it was sent, and meet a closed socket's reset.
+            if pipelined && client.unacknowledged() > 0 {
+                Box::pin(linger_close(&mut client, &mut input)).await;
+            } else {
+                finish_tls(&mut client).await;
+            }
             return;
         }
         shard.set_idle(key, quiet);
@@ -320,6 +326,13 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             // unexpected one), and it closes cleanly, as nginx does.
             Ok(0) | Err(_) if shard.was_shut(key) => {
                 session.client_left(log);
+                // A drain's: a client that pipelined may send again before
+                // it has read what it was sent; the close's reset must not
+                // drop what is still on its way (its reading side is shut,
+                // so no linger: what it sends stays unread).
+                if pipelined && shard.is_draining() {
+                    Box::pin(client.until_acknowledged(LINGER_TIME, LINGER_MOST)).await;
+                }
                 finish_tls(&mut client).await;
                 return;
             }
@@ -408,6 +421,12 @@ async fn flush(
     out.drain(..n);
     session.written(n);
     Ok(n as u64)
+}
+
+/// Whether `input` holds the start of a request: more than the blank lines
+/// some clients send after a body (which the next request's parse skips).
+fn holds_request(input: &[u8]) -> bool {
+    input.iter().any(|&b| b != b'\r' && b != b'\n')
 }
 
 /// Half-close, then read and discard until the client closes too: for

@@ -453,7 +453,12 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             return Err(e);
         }
     };
-    let reload = checked_reloads(reload, fit, passed.then(|| config.listen.clone()));
+    let reload = checked_reloads(
+        reload,
+        fit,
+        config.dispatch,
+        passed.then(|| config.listen.clone()),
+    );
     let supervised = master.run(supervise(Supervision {
         apps: AppLink {
             handle: apps.handle(),
@@ -484,13 +489,16 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
 
 /// `reload`, with what start-up checks of a configuration done to each
 /// reloaded one too: the warning for more connections than descriptors
-/// (`Preflight::short_of_descriptors`, against the limits start-up found);
+/// (`Preflight::short_of_descriptors`, against the limits start-up found
+/// and the running `dispatch`; said even if the reload is then refused for
+/// another reason, as `--check` says it of the file);
 /// and under socket activation (`activated`: the file's `listen` when it
 /// started), the file's `listen` kept as it was, since it is not used: a
 /// change there is neither a new address to refuse nor one to restart for.
 fn checked_reloads(
     reload: Reloader,
     fit: Preflight,
+    dispatch: Dispatch,
     activated: Option<Vec<SocketAddr>>,
 ) -> Reloader {
     Box::new(move || {
@@ -498,7 +506,11 @@ fn checked_reloads(
         if let Some(listen) = &activated {
             new.listen.clone_from(listen);
         }
-        if let Some(short) = fit.short_of_descriptors(&new) {
+        // Measured with the running dispatch: a new one takes a restart.
+        let asked = std::mem::replace(&mut new.dispatch, dispatch);
+        let short = fit.short_of_descriptors(&new);
+        new.dispatch = asked;
+        if let Some(short) = short {
             warn!("SIGHUP: {short}");
         }
         Ok(new)

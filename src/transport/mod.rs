@@ -666,11 +666,13 @@ impl Socket {
     /// Half-close, then read and discard until the peer closes too, for
     /// `time` (nginx's lingering close): unread data would turn our FIN
     /// into a reset that destroys the response in flight. Past `time`, as
-    /// long as the peer has not taken all of the response yet (bytes it has
-    /// not acknowledged: `unacknowledged`), `time` again, up to `most` in
-    /// all: a client that pipelines (apt sends a request as each response
-    /// comes) and reads slowly would otherwise send into a closed socket,
-    /// whose reset drops what the kernel still had to send it. No bound on
+    /// long as the peer is still taking the response (the bytes it has not
+    /// acknowledged, `unacknowledged`, are fewer than a `time` before),
+    /// `time` again, up to `most` in all: a client that pipelines (apt
+    /// sends a request as each response comes) and reads slowly would
+    /// otherwise send into a closed socket, whose reset drops what the
+    /// kernel still had to send it. One that takes nothing (a window shut
+    /// for good, a peer gone) ends the linger at `time`. No bound on
     /// the bytes: a client that sends a whole body too large before it
     /// reads (Python's `requests`) must get to read its 413. The clock is
     /// looked at before every read, as nginx does with `lingering_time`: a
@@ -682,19 +684,47 @@ impl Socket {
         }
         let start = Instant::now();
         let mut deadline = start + time;
+        let mut outstanding = self.unacknowledged();
         loop {
             let now = Instant::now();
             if now >= deadline {
                 let left = (start + most).saturating_duration_since(now);
-                if left.is_zero() || self.unacknowledged() == 0 {
+                let still = self.unacknowledged();
+                if left.is_zero() || still == 0 || still >= outstanding {
                     return;
                 }
+                outstanding = still;
                 deadline = now + time.min(left);
             }
             match self.read(scratch, deadline).await {
                 Ok(1..) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
                 Ok(0) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Wait, without reading, until the peer has acknowledged every byte
+    /// sent (`unacknowledged`), for as long as it keeps taking them: a
+    /// `quiet` while in which it took none ends the wait, as does `most`.
+    /// For a socket whose reading side is shut already (a drain's), whose
+    /// close would reset what the kernel still has to send if the peer
+    /// sends again: once all of it is acknowledged, a reset loses nothing
+    /// the peer was sent (its kernel holds it, and hands it over first).
+    pub async fn until_acknowledged(&mut self, quiet: Duration, most: Duration) {
+        let start = Instant::now();
+        let mut outstanding = self.unacknowledged();
+        let mut moved = start;
+        while outstanding > 0 {
+            glommio::timer::sleep(ACK_POLL).await;
+            let now = Instant::now();
+            let still = self.unacknowledged();
+            if still < outstanding {
+                moved = now;
+            }
+            outstanding = still;
+            if now.duration_since(moved) >= quiet || now.duration_since(start) >= most {
+                return;
             }
         }
     }
@@ -713,6 +743,9 @@ impl Socket {
         }
     }
 }
+
+/// How often `Socket::until_acknowledged` looks.
+const ACK_POLL: Duration = Duration::from_millis(20);
 
 /// How long a closing TLS connection waits to send its close_notify.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(2);

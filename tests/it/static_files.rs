@@ -1250,39 +1250,99 @@ fn bytes_sent_after_a_closing_request_do_not_cut_its_response() {
 /// A client that pipelines (apt sends a request as each response comes)
 /// may send again after the server's last response went into the kernel
 /// but before it read it: the server lingers on a connection that
-/// pipelined, and on while the client has not taken the whole response,
-/// else the client's bytes meet a closed socket whose reset drops the
-/// rest (2 of 31 responses arrived). nginx lingers the same way
-/// (`c->pipeline`). The second round does not read for longer than the
-/// lingering close's 2 s: a slow reader keeps it lingering.
+/// pipelined, else the client's bytes meet a closed socket whose reset
+/// drops the rest (2 of 31 responses arrived). nginx lingers the same way
+/// (`c->pipeline`). The second client reads slowly, for longer than the
+/// lingering close's 2 s, and sends after them: as long as it takes the
+/// response, the linger goes on.
 #[test]
 fn a_pipelining_client_that_sends_after_the_last_response_gets_them_all() {
     let dir = Scratch::new("pipelined-closing");
     dir.write("www/big.bin", vec![b'x'; 100_000]);
     dir.write("www/small.txt", "small\n");
     let server = serve_www(&dir, "/", "");
-    for (last, wait) in [
-        (
-            "GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            300,
-        ),
-        ("GET /small.txt HTTP/1.0\r\n\r\n", 2500),
-    ] {
-        let mut s = server.connect();
-        let mut all = "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n".repeat(30);
-        all.push_str(last);
-        s.write_all(all.as_bytes()).unwrap();
-        // Every response is in the kernel's hands by now, none read.
-        std::thread::sleep(Duration::from_millis(wait));
-        s.write_all(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut r = Reader::new(&s);
-        for i in 0..30 {
-            let big = r.next(false);
-            assert_eq!((big.status, big.body.len()), (200, 100_000), "response {i}");
+    let mut all = "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n".repeat(30);
+    let next = b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut s = server.connect();
+    s.write_all(
+        format!("{all}GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    // Every response is in the kernel's hands by now, none read.
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(next).unwrap();
+    let mut r = Reader::new(&s);
+    for i in 0..30 {
+        let big = r.next(false);
+        assert_eq!((big.status, big.body.len()), (200, 100_000), "response {i}");
+    }
+    assert_eq!(r.next(false).text(), "small\n");
+    assert!(r.rest().is_empty());
+
+    let mut s = server.connect();
+    // A small window, so that most of the 3 MB waits on the server's side.
+    let size: libc::c_int = 32 << 10;
+    // SAFETY: setsockopt on this test's own socket, with an int.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    all.push_str("GET /small.txt HTTP/1.0\r\n\r\n");
+    s.write_all(all.as_bytes()).unwrap();
+    let mut late = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2500));
+        late.write_all(next).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    let started = Instant::now();
+    loop {
+        // About 3 MB in 4 s.
+        std::thread::sleep(Duration::from_millis(20));
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("after {} bytes, {:?}: {e}", got.len(), started.elapsed()),
         }
-        assert_eq!(r.next(false).text(), "small\n");
-        assert!(r.rest().is_empty());
+    }
+    sender.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 31);
+    assert!(text.ends_with("small\n"), "{} bytes", got.len());
+}
+
+/// A drain that closes a pipelining connection between its requests, its
+/// responses still on their way to the client, lingers too: the client
+/// may send its next request before it has read them.
+#[test]
+fn a_drain_lingers_on_an_idle_connection_that_pipelined() {
+    let dir = Scratch::new("pipelined-drain");
+    dir.write("www/big.bin", vec![b'x'; 100_000]);
+    let server = serve_www(&dir, "/", "");
+    let mut s = server.connect();
+    s.write_all(
+        "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(30)
+            .as_bytes(),
+    )
+    .unwrap();
+    // All answered, into the kernel, none read: the connection waits idle.
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = Reader::new(&s);
+    for i in 0..30 {
+        let big = r.next(false);
+        assert_eq!((big.status, big.body.len()), (200, 100_000), "response {i}");
     }
 }
 
