@@ -71,6 +71,11 @@ const MAX_TRIES: usize = 8;
 /// A pooled connection's close that gets the keep-alive race's own try
 /// does not count.
 const MAX_DROPPED: usize = 2;
+/// How soon after an attempt on a pooled connection began its close must
+/// come to be the keep-alive race's (the server closed it idle as the
+/// request went, which shows within a round trip): later, the server died
+/// or dropped the request while it had it, a failure like any other.
+const RACE_WINDOW: Duration = Duration::from_millis(500);
 
 /// The client's side of the exchange, lent by its connection.
 pub struct Client<'a> {
@@ -552,10 +557,12 @@ async fn forward(
             )
             .await;
             let reset = matches!(got, Err(HeadEnd::Failed(Failure::Reset)));
-            // A pooled connection's first close is the keep-alive race's
-            // (its own try follows): the request most likely never reached
-            // the app, and a killed instance's backlog may drop the next.
-            let race = reused && stale.is_none();
+            // A pooled connection's first close, soon after the request
+            // went, is the keep-alive race's (its own try follows): the
+            // request most likely never reached the app, and a killed
+            // instance's backlog may drop the next. (The clock is read only
+            // for a close.)
+            let race = reset && reused && stale.is_none() && now.elapsed() < RACE_WINDOW;
             dropped += usize::from(reset && !race);
             let retry = reset && idempotent && !body_started && dropped < MAX_DROPPED;
             if !retry {
@@ -565,6 +572,9 @@ async fn forward(
                 Ok(filled) => filled,
                 Err(HeadEnd::ClientGone) => return client_gone(served, server, now),
                 Err(HeadEnd::Failed(_)) if retry && race => {
+                    // Listed in the access log all the same, as nginx
+                    // lists each attempt, with its own time.
+                    served.failed.push((server.label.clone(), now.elapsed()));
                     server.log(
                         log::Level::Info,
                         Instant::now(),
@@ -584,7 +594,7 @@ async fn forward(
                 }
                 Err(HeadEnd::Failed(f)) => {
                     let at = Instant::now();
-                    if reset && race {
+                    if race {
                         // The keep-alive race, for a request that may not
                         // be sent again (a POST): a 502, but the server is
                         // most likely well, and is not taken out for it.
@@ -596,7 +606,7 @@ async fn forward(
                     // Told apart from a server that fails on the request:
                     // the operator can do nothing for the race but lower
                     // `idle-timeout` below the app's keep-alive timeout.
-                    let why = if reset && race {
+                    let why = if race {
                         " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as the method is not idempotent, and the server is not taken out)"
                     } else {
                         ""

@@ -180,6 +180,51 @@ fn a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one() {
     assert_eq!(up.accepted(), 2, "a POST is not sent twice");
 }
 
+/// A pooled connection that the server drops long after the request went
+/// (it died while it had it) is no keep-alive race: a failure like any
+/// other, counted and tried on the next server, and the access log lists
+/// both attempts with their times, as nginx's does. It was taken for the
+/// race: tried again on the same server, its second lost to the log.
+#[test]
+fn a_pooled_connection_dropped_late_is_a_failure_not_the_race() {
+    let a = Upstream::start(|req| {
+        if req.seq == 1 {
+            Reply::new().sleep(Duration::from_millis(800)).reset()
+        } else {
+            Reply::ok("A")
+        }
+    });
+    let b = Upstream::start(ok("B"));
+    let logs = crate::config::Scratch::new("proxy-late-drop-log");
+    let log = logs.0.join("access.log");
+    let toml = format!("[log]\naccess = \"{}\"\n\n", log.display())
+        + &simple(&[a.server(), b.server()], "max-fails = 1", "");
+    let proxy = Proxy::start("proxy-late-drop", &toml);
+    let get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Round-robin: A, B, then A's pooled connection, dropped late.
+    assert_eq!(proxy.get(get).text(), "A");
+    assert_eq!(proxy.get(get).text(), "B");
+    assert_eq!(proxy.get(get).text(), "B");
+    assert_eq!(a.accepted(), 1, "not tried again on A");
+    let failures = crate::metrics::values(
+        &crate::metrics::scrape(&proxy.server),
+        "coreserve_upstream_failures_total",
+    );
+    let on_a = format!("server={},upstream=app", a.server());
+    assert_eq!(failures.get(&on_a), Some(&1.0), "{failures:?}");
+    proxy.server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().nth(2).unwrap();
+    assert!(
+        line.contains(&format!(
+            "upstream={},{} upstream_status=-,200 upstream_time=0.",
+            a.server(),
+            b.server()
+        )),
+        "{text}"
+    );
+}
+
 /// A POST that meets the keep-alive race gets its 502, but its server is
 /// not taken out for it (`max-fails = 1`): the server is most likely well,
 /// and an app behind a race would otherwise be rested for `fail-timeout`
@@ -205,8 +250,7 @@ fn a_post_in_the_keep_alive_race_does_not_rest_its_server() {
     let post = proxy.get("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nid");
     assert_eq!(post.status, 502, "{post:?}");
     // Said for what it is, not as a server that failed on the request.
-    let log = proxy.server.log();
-    assert!(log.contains("POST /: closed or reset before any response (a pooled connection the server closed as the request went: the keep-alive race;"), "{log}");
+    proxy.server.wait_for_log("POST /: closed or reset before any response (a pooled connection the server closed as the request went: the keep-alive race;");
     // A still takes its turn.
     let answers: Vec<String> = (0..2).map(|_| proxy.get(get).text()).collect();
     assert!(answers.contains(&"A".to_string()), "{answers:?}");
@@ -508,6 +552,9 @@ fn no_usable_server_gets_503() {
         assert_eq!(r.status, 503, "{r:?}");
     }
     // Said in the log (nginx's "no live upstreams"), once a second at most.
+    proxy
+        .server
+        .wait_for_log("upstream app: no server can be tried");
     let log = proxy.server.log();
     let said = log
         .matches("upstream app: no server can be tried (resting after failures, the first back in ")
