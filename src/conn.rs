@@ -330,8 +330,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 // it has read what it was sent; the close's reset must not
                 // drop what is still on its way (its reading side is shut,
                 // so no linger: what it sends stays unread).
-                if pipelined && shard.is_draining() {
-                    Box::pin(client.until_acknowledged(LINGER_TIME, LINGER_MOST)).await;
+                if let Some(until) = shard.drain_deadline().filter(|_| pipelined) {
+                    let until = until.min(Instant::now() + LINGER_MOST);
+                    Box::pin(client.until_acknowledged(LINGER_TIME, until)).await;
                 }
                 finish_tls(&mut client).await;
                 return;

@@ -365,8 +365,8 @@ async fn run(spec: ShardSpec) {
         }
     })
     .detach();
-    shard.start_draining();
     let deadline = std::time::Instant::now() + spec.drain_timeout;
+    shard.start_draining(deadline);
     if from_channel {
         // The master closed its end before asking us to drain: take what it
         // already sent (each is answered with `Connection: close`), so no

@@ -6,6 +6,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::time::Instant;
 
 use slab::Slab;
 
@@ -134,6 +135,8 @@ pub struct Shard {
     site: RefCell<Rc<Site>>,
     date: DateCache,
     draining: Cell<bool>,
+    /// When a drain under way closes what is still open.
+    drain_deadline: Cell<Option<Instant>>,
     access_log: Option<Rc<AccessLogger>>,
     /// The lines about connections closed for their PROXY protocol header.
     proxy_protocol_lines: Throttle,
@@ -209,6 +212,7 @@ impl Shard {
             site: RefCell::new(Rc::new(site)),
             date: DateCache::default(),
             draining: Cell::new(false),
+            drain_deadline: Cell::new(None),
             access_log: log.map(Rc::new),
             proxy_protocol_lines: Throttle::default(),
             conns: RefCell::new(Slab::new()),
@@ -330,9 +334,17 @@ impl Shard {
         self.date.refresh();
     }
 
-    /// Stop taking new requests on kept-alive connections.
-    pub(crate) fn start_draining(&self) {
+    /// Stop taking new requests on kept-alive connections; what is still
+    /// open at `deadline` is closed.
+    pub(crate) fn start_draining(&self, deadline: Instant) {
         self.draining.set(true);
+        self.drain_deadline.set(Some(deadline));
+    }
+
+    /// When the drain under way closes what is still open: a wait of a
+    /// connection's own (`Socket::until_acknowledged`) ends by then.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.drain_deadline.get()
     }
 
     /// The shard's metrics as a message for the master.

@@ -706,16 +706,16 @@ impl Socket {
 
     /// Wait, without reading, until the peer has acknowledged every byte
     /// sent (`unacknowledged`), for as long as it keeps taking them: a
-    /// `quiet` while in which it took none ends the wait, as does `most`.
-    /// For a socket whose reading side is shut already (a drain's), whose
-    /// close would reset what the kernel still has to send if the peer
-    /// sends again: once all of it is acknowledged, a reset loses nothing
-    /// the peer was sent (its kernel holds it, and hands it over first).
-    pub async fn until_acknowledged(&mut self, quiet: Duration, most: Duration) {
-        let start = Instant::now();
+    /// `quiet` while in which it took none ends the wait, as do `until`
+    /// and the connection's end (a reset). For a socket whose reading side
+    /// is shut already (a drain's), whose close would reset what the kernel
+    /// still has to send if the peer sends again: once all of it is
+    /// acknowledged, a reset loses nothing the peer was sent (its kernel
+    /// holds it, and hands it over first).
+    pub async fn until_acknowledged(&mut self, quiet: Duration, until: Instant) {
         let mut outstanding = self.unacknowledged();
-        let mut moved = start;
-        while outstanding > 0 {
+        let mut moved = Instant::now();
+        while outstanding > 0 && !self.tcp_closed() {
             glommio::timer::sleep(ACK_POLL).await;
             let now = Instant::now();
             let still = self.unacknowledged();
@@ -723,10 +723,29 @@ impl Socket {
                 moved = now;
             }
             outstanding = still;
-            if now.duration_since(moved) >= quiet || now.duration_since(start) >= most {
+            if now.duration_since(moved) >= quiet || now >= until {
                 return;
             }
         }
+    }
+
+    /// Whether the TCP connection has ended (TCP_INFO's state is CLOSE:
+    /// reset, or closed both ways): what is left in its queue goes nowhere.
+    fn tcp_closed(&self) -> bool {
+        // SAFETY: tcp_info is plain old data, all zeroes a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        r != 0 || info.tcpi_state == TCP_CLOSE
     }
 
     /// Bytes sent that the peer has not acknowledged yet (SIOCOUTQ), our
@@ -746,6 +765,10 @@ impl Socket {
 
 /// How often `Socket::until_acknowledged` looks.
 const ACK_POLL: Duration = Duration::from_millis(20);
+
+/// TCP_INFO's state of a connection that has ended (the kernel's
+/// `TCP_CLOSE`).
+const TCP_CLOSE: u8 = 7;
 
 /// How long a closing TLS connection waits to send its close_notify.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(2);
