@@ -276,7 +276,7 @@ async fn forward(
         // Only when a reload removed the group under a request of the
         // previous routes. As for any 503: a body not read whole closes
         // the connection, lingering so that the answer is not lost.
-        upstreams.count_unavailable(&route.config.upstream);
+        upstreams.unavailable(&route.config.upstream, None, Instant::now());
         let mut body = ex.body.clone();
         discard_if_here(&mut body, c.input);
         served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
@@ -606,10 +606,11 @@ async fn forward(
                     // Told apart from a server that fails on the request:
                     // the operator can do nothing for the race but lower
                     // `idle-timeout` below the app's keep-alive timeout.
-                    let why = if race {
-                        " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as the method is not idempotent, and the server is not taken out)"
-                    } else {
-                        ""
+                    let why = match (race, idempotent, body_started) {
+                        (false, ..) => "",
+                        (true, false, _) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as the method is not idempotent, and the server is not taken out)",
+                        (true, true, true) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as its body is gone, and the server is not taken out)",
+                        (true, true, false) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as servers dropped it before, and the server is not taken out)",
                     };
                     server.log(
                         log::Level::Warn,
@@ -716,8 +717,7 @@ async fn forward(
     }
     let status = match &last {
         None => {
-            upstreams.count_unavailable(&route.config.upstream);
-            group.unavailable(now);
+            upstreams.unavailable(&route.config.upstream, Some(&group), now);
             Status::SERVICE_UNAVAILABLE
         }
         Some((_, f)) => f.status(),

@@ -32,9 +32,10 @@ pub struct Upstreams {
     /// `server="removed"` series, so that its totals never go down (an app
     /// instance gets a new address each time it is replaced).
     removed: RefCell<HashMap<String, (UpstreamStats, Timings)>>,
-    /// Requests each group (by name, so that a reload keeps the count)
-    /// answered 503 with no server to try.
-    unavailable: RefCell<HashMap<String, u64>>,
+    /// Requests each group (by name, so that a reload or an app's new
+    /// servers keep the count) answered 503 with no server to try, and the
+    /// throttle of the warning that says so.
+    unavailable: RefCell<HashMap<String, (u64, Throttle)>>,
     /// Where a server this shard takes out is told, for the other shards
     /// (`Upstreams::rest`); nowhere until the shard says (`announce_to`).
     announce: RefCell<Option<Announce>>,
@@ -87,9 +88,6 @@ pub struct Group {
     pub config: UpstreamConfig,
     /// Its servers, in configuration order.
     pub servers: Vec<Rc<Server>>,
-    /// Its warning that no server could be tried (`unavailable`): once a
-    /// second at most, as every request gets it while the servers rest.
-    unavailable: Throttle,
 }
 
 /// One server of a group, on one shard.
@@ -116,6 +114,9 @@ pub struct Server {
     /// well, and if it fails the server rests again at once, whatever
     /// `max-fails` (nginx's one trial request per `fail_timeout`).
     on_trial: Cell<bool>,
+    /// `pick` made the request it chose the trial, and that request has
+    /// not taken hold of the server yet (`busy`, right after).
+    trial_handed: Cell<bool>,
     /// Its last failure (or when another shard's rest of it arrived): a
     /// request that started before it and ends well says nothing new.
     last_failed: Cell<Option<Instant>>,
@@ -202,7 +203,6 @@ impl Upstreams {
                 Rc::new(Group {
                     config: c.clone(),
                     servers,
-                    unavailable: Throttle::default(),
                 }),
             );
         }
@@ -254,6 +254,11 @@ impl Upstreams {
         let Some(group) = self.group(&rest.group) else {
             return;
         };
+        // Never taken out here (a shard still on an older configuration
+        // sent it).
+        if group.config.max_fails == 0 {
+            return;
+        }
         let now = Instant::now();
         let (addr, key) = &rest.server;
         for s in group
@@ -301,15 +306,42 @@ impl Upstreams {
     }
 
     /// Count a request the group `name` answered 503 because none of its
-    /// servers could be tried.
-    pub fn count_unavailable(&self, name: &str) {
-        let mut counts = self.unavailable.borrow_mut();
-        match counts.get_mut(name) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(name.to_string(), 1);
+    /// servers could be tried, and say why in the log, once a second per
+    /// group at most (every request meets it meanwhile; nginx's `no live
+    /// upstreams`). `group`: the group as the request found it, none when a
+    /// reload removed it under the request.
+    pub fn unavailable(&self, name: &str, group: Option<&Group>, now: Instant) {
+        let mut all = self.unavailable.borrow_mut();
+        let entry = match all.get_mut(name) {
+            Some(e) => e,
+            None => all.entry(name.to_string()).or_default(),
+        };
+        entry.0 += 1;
+        let Some(held) = entry.1.admit(now) else {
+            return;
+        };
+        let why = match group {
+            None => "a reload removed it under the request".to_string(),
+            Some(g) if g.servers.is_empty() => {
+                "it lists none (an app with no instance ready)".to_string()
             }
-        }
+            Some(g) => {
+                let back = g
+                    .servers
+                    .iter()
+                    .filter_map(|s| s.down_until.get())
+                    .filter(|&t| t > now)
+                    .min();
+                match back {
+                    Some(t) => format!(
+                        "each rests after failures, the first back in {:.1}s",
+                        (t - now).as_secs_f64()
+                    ),
+                    None => "each rests after failures".to_string(),
+                }
+            }
+        };
+        log::warn!("upstream {name}: no server can be tried: {why}; answering 503{held}");
     }
 
     /// The group called `name`.
@@ -389,7 +421,7 @@ impl Upstreams {
             .unavailable
             .borrow()
             .iter()
-            .map(|(name, n)| (name.clone(), *n))
+            .map(|(name, (n, _))| (name.clone(), *n))
             .collect();
         own.sort();
         out.extend(own.into_iter().map(|(name, n)| UpstreamSample {
@@ -409,24 +441,6 @@ impl Upstreams {
 }
 
 impl Group {
-    /// Say that a request found no server to try (each resting after
-    /// failures, or tried already): the 503 it gets would otherwise leave
-    /// no line in the log (nginx's `no live upstreams`).
-    pub fn unavailable(&self, now: Instant) {
-        let Some(held) = self.unavailable.admit(now) else {
-            return;
-        };
-        let back = self.servers.iter().filter_map(|s| s.down_until.get()).min();
-        let when = back
-            .filter(|&t| t > now)
-            .map(|t| format!(", the first back in {:.1}s", (t - now).as_secs_f64()))
-            .unwrap_or_default();
-        log::warn!(
-            "upstream {}: no server can be tried (resting after failures{when}); answering 503{held}",
-            self.config.name
-        );
-    }
-
     /// The server to try next for a client at `client`, skipping those in
     /// `tried` (indexes) and those resting after failures; None when no
     /// server is usable. With shares, a backup only when no other server
@@ -458,7 +472,7 @@ impl Group {
                 .or_else(|| self.by_share(true, usable))
         })?;
         let server = &self.servers[chosen];
-        if !alone {
+        if !alone && self.config.max_fails > 0 {
             server.try_out(now, self.config.fail_timeout);
         }
         Some((chosen, server.clone()))
@@ -586,12 +600,21 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// A request's hold on a server: counts it busy while alive.
-pub struct Busy(Rc<Server>);
+/// A request's hold on a server: counts it busy while alive; `.1`: the
+/// attempt is the server's trial (`Server::try_out`).
+pub struct Busy(Rc<Server>, bool);
 
 impl Drop for Busy {
+    /// The request's attempt is over. One that was its server's trial and
+    /// ended with no word on it (its client left, its response was cut
+    /// short, the keep-alive race) leaves the next request to try it at
+    /// once, rather than another `fail-timeout` out of rotation.
     fn drop(&mut self) {
-        self.0.busy.set(self.0.busy.get() - 1);
+        let s = &self.0;
+        s.busy.set(s.busy.get() - 1);
+        if self.1 && s.on_trial.take() {
+            s.down_until.set(Some(Instant::now()));
+        }
     }
 }
 
@@ -634,6 +657,7 @@ impl Server {
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
             on_trial: Cell::new(false),
+            trial_handed: Cell::new(false),
             last_failed: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
@@ -677,13 +701,15 @@ impl Server {
         if self.down_until.get().is_some_and(|t| t <= now) {
             self.down_until.set(Some(now + fail_timeout));
             self.on_trial.set(true);
+            self.trial_handed.set(true);
         }
     }
 
     /// Count a request in flight to this server until the guard drops.
     pub fn busy(self: &Rc<Self>) -> Busy {
         self.busy.set(self.busy.get() + 1);
-        Busy(self.clone())
+        // The trial `pick` just handed out is this request's.
+        Busy(self.clone(), self.trial_handed.take())
     }
 
     /// A pooled connection that is still good, newest first (it is the
@@ -750,6 +776,7 @@ impl Server {
         self.failed_at.set(None);
         self.down_until.set(None);
         self.on_trial.set(false);
+        self.trial_handed.set(false);
         self.last_failed.set(None);
     }
 
@@ -866,6 +893,52 @@ mod tests {
         g.servers[2].succeeded(again, Duration::from_millis(1));
         let picks = picked(&g, again, 6);
         assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 2, "{picks:?}");
+    }
+
+    /// A trial that ends with no word on the server (its client left, its
+    /// response was cut short) leaves the next request to try it, rather
+    /// than another `fail-timeout` out; a request of before the rest that
+    /// ends meanwhile takes nothing from the trial. With `max-fails = 0`
+    /// there is no trial: a rest another shard announced is not taken.
+    #[test]
+    fn a_trial_with_no_verdict_hands_the_trial_on() {
+        let mut c = group(Balance::RoundRobin, 2);
+        c.max_fails = 1;
+        let u = Upstreams::new(&[c]);
+        let g = u.group("app").unwrap();
+        let ft = g.config.fail_timeout;
+        let now = Instant::now();
+        let before = g.servers[1].busy();
+        g.servers[1].failed(&g.config, now);
+        let later = now + ft;
+        let trial = loop {
+            let (i, s) = g.pick(later, &[], None).unwrap();
+            let hold = s.busy();
+            if i == 1 {
+                break hold;
+            }
+        };
+        // The old request ends: the trial still goes on.
+        drop(before);
+        assert!(!picked(&g, later, 4).contains(&1));
+        // The trial's client leaves.
+        drop(trial);
+        let picks = picked(&g, later + Duration::from_millis(1), 2);
+        assert!(picks.contains(&1), "{picks:?}");
+
+        let mut c = group(Balance::RoundRobin, 2);
+        c.max_fails = 0;
+        let u = Upstreams::new(&[c]);
+        u.rest(&Rest {
+            group: "app".into(),
+            server: (
+                ServerAddr::Tcp(([127, 0, 0, 1], 2).into()),
+                u.group("app").unwrap().servers[1].key,
+            ),
+            until: Instant::now() + Duration::from_secs(60),
+        });
+        let g = u.group("app").unwrap();
+        assert!(picked(&g, Instant::now(), 2).contains(&1));
     }
 
     /// A server whose every attempt fails (with `max-fails = 0`, never

@@ -560,6 +560,37 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     assert_eq!(s.whoami("/whoami").pid, old[0]);
 }
 
+/// An app whose only instance is down answers 503, and the log says why
+/// (its group lists no server), not that servers rest after failures.
+#[test]
+fn an_app_with_no_instance_ready_says_so_with_its_503() {
+    if !have_node() {
+        return;
+    }
+    let s = AppServer::start(
+        "apps-none-ready",
+        &(node_app("web", 1, "") + &proxied("/", "web")),
+    );
+    let pid = s.ready_pids("web", 1)[0];
+    kill(pid);
+    // Restarted after a second's back-off: a 503 meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        let status = Conn::open(s.server.addr)
+            .and_then(|mut c| c.get("/whoami"))
+            .map(|r| r.0);
+        got.push(status);
+        if got.last() == Some(&Ok(503)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(got.last(), Some(&Ok(503)), "{got:?}");
+    s.server
+        .wait_for_log("upstream web: no server can be tried: it lists none (an app with no instance ready); answering 503");
+}
+
 /// A stop while a rolling reload's replacement is still starting: the
 /// replacement is stopped at once rather than waited for, and the old
 /// instance serves until the stop.

@@ -557,7 +557,9 @@ fn no_usable_server_gets_503() {
         .wait_for_log("upstream app: no server can be tried");
     let log = proxy.server.log();
     let said = log
-        .matches("upstream app: no server can be tried (resting after failures, the first back in ")
+        .matches(
+            "upstream app: no server can be tried: each rests after failures, the first back in ",
+        )
         .count();
     assert!(matches!(said, 1 | 2), "{log}");
     // To HEAD, the head alone: a body would be read as the next response.

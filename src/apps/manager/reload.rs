@@ -163,6 +163,10 @@ impl Manager {
     /// (with `renew`, those of `reload = "always"` too), and a changed
     /// number of instances adds or retires slots.
     pub(super) fn on_reload(&mut self, configs: Vec<AppConfig>, renew: bool, now: Instant) {
+        // The master sends none once it drains; one would start slots.
+        if self.winding_down {
+            return;
+        }
         let mut old = std::mem::take(&mut self.apps);
         for config in configs {
             let n = config.instance_count(self.shards);
