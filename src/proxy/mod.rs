@@ -328,6 +328,10 @@ async fn forward(
     let mut tried = [usize::MAX; MAX_TRIES];
     let mut attempts = 0;
     let mut last: Option<(Rc<Server>, Failure)> = None;
+    // The server of the last attempt `served.failed` lists: the log's own
+    // entry at the end, whatever `last` says (a keep-alive race's attempt
+    // is listed but is no failure).
+    let mut listed: Option<Rc<Server>> = None;
     // A pooled connection the server had closed (its keep-alive timeout
     // racing our request) is no failure of the server's: an idempotent
     // request gets one more try, which may go to the same server, on a
@@ -393,6 +397,7 @@ async fn forward(
                     ),
                 );
                 served.failed.push((server.label.clone(), now.elapsed()));
+                listed = Some(server.clone());
                 last = Some((server, Failure::Local));
                 break;
             }
@@ -403,6 +408,7 @@ async fn forward(
                 let at = Instant::now();
                 upstreams.failed(cfg, &server, at);
                 served.failed.push((server.label.clone(), at - now));
+                listed = Some(server.clone());
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
                     Failure::Timeout
                 } else {
@@ -575,6 +581,7 @@ async fn forward(
                     // Listed in the access log all the same, as nginx
                     // lists each attempt, with its own time.
                     served.failed.push((server.label.clone(), now.elapsed()));
+                    listed = Some(server.clone());
                     server.log(
                         log::Level::Info,
                         Instant::now(),
@@ -603,14 +610,16 @@ async fn forward(
                         upstreams.failed(cfg, &server, at);
                     }
                     served.failed.push((server.label.clone(), at - now));
+                    listed = Some(server.clone());
                     // Told apart from a server that fails on the request:
                     // the operator can do nothing for the race but lower
                     // `idle-timeout` below the app's keep-alive timeout.
                     let why = match (race, idempotent, body_started) {
                         (false, ..) => "",
                         (true, false, _) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as the method is not idempotent, and the server is not taken out)",
-                        (true, true, true) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as its body is gone, and the server is not taken out)",
-                        (true, true, false) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as servers dropped it before, and the server is not taken out)",
+                        // (Idempotent and no body sent: tried again, but
+                        // past `MAX_DROPPED`, which a race does not reach.)
+                        (true, true, _) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as its body is gone, and the server is not taken out)",
                     };
                     server.log(
                         log::Level::Warn,
@@ -728,8 +737,8 @@ async fn forward(
     served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
     served.linger = !served.keep_alive;
     reply(&mut c, &ex, &mut served, asked.head, status).await;
-    // The last failure is the entry's own, not one before it.
-    served.upstream = last.and_then(|(s, _)| {
+    // The last attempt is the entry's own, not one before it.
+    served.upstream = listed.and_then(|s| {
         let (_, took) = served.failed.pop()?;
         Some((s, 0, took))
     });

@@ -115,8 +115,9 @@ pub struct Server {
     /// `max-fails` (nginx's one trial request per `fail_timeout`).
     on_trial: Cell<bool>,
     /// `pick` made the request it chose the trial, and that request has
-    /// not taken hold of the server yet (`busy`, right after).
-    trial_handed: Cell<bool>,
+    /// not taken hold of the server yet (`busy`, right after): until when
+    /// the others skip it.
+    trial_handed: Cell<Option<Instant>>,
     /// Its last failure (or when another shard's rest of it arrived): a
     /// request that started before it and ends well says nothing new.
     last_failed: Cell<Option<Instant>>,
@@ -181,6 +182,10 @@ impl Upstreams {
                     // instance of another slot had) is another server.
                     let same = |s: &Rc<Server>| &s.addr == addr && s.key == key;
                     if let Some(s) = before.and_then(|g| g.servers.iter().find(|s| same(s))) {
+                        // Never taken out from now on: a rest under way ends.
+                        if c.max_fails == 0 {
+                            s.rest_ends();
+                        }
                         return s.clone();
                     }
                     // Dropped before, and back (an app instance restarted on
@@ -268,6 +273,8 @@ impl Upstreams {
         {
             let until = s.down_until.get().map_or(rest.until, |u| u.max(rest.until));
             s.down_until.set(Some(until));
+            // A trial here says nothing the other shard's failure does not.
+            s.on_trial.set(false);
             s.last_failed.set(Some(now));
             s.idle.borrow_mut().clear();
         }
@@ -601,8 +608,9 @@ fn mix(mut h: u64) -> u64 {
 }
 
 /// A request's hold on a server: counts it busy while alive; `.1`: the
-/// attempt is the server's trial (`Server::try_out`).
-pub struct Busy(Rc<Server>, bool);
+/// attempt is the server's trial (`Server::try_out`), until when the
+/// others skip the server for it.
+pub struct Busy(Rc<Server>, Option<Instant>);
 
 impl Drop for Busy {
     /// The request's attempt is over. One that was its server's trial and
@@ -612,7 +620,10 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let s = &self.0;
         s.busy.set(s.busy.get() - 1);
-        if self.1 && s.on_trial.take() {
+        // Still its trial: no verdict came, no failure elsewhere rested it
+        // since, and no later trial took over.
+        if self.1.is_some() && s.on_trial.get() && s.down_until.get() == self.1 {
+            s.on_trial.set(false);
             s.down_until.set(Some(Instant::now()));
         }
     }
@@ -657,7 +668,7 @@ impl Server {
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
             on_trial: Cell::new(false),
-            trial_handed: Cell::new(false),
+            trial_handed: Cell::new(None),
             last_failed: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
@@ -701,7 +712,7 @@ impl Server {
         if self.down_until.get().is_some_and(|t| t <= now) {
             self.down_until.set(Some(now + fail_timeout));
             self.on_trial.set(true);
-            self.trial_handed.set(true);
+            self.trial_handed.set(Some(now + fail_timeout));
         }
     }
 
@@ -776,8 +787,15 @@ impl Server {
         self.failed_at.set(None);
         self.down_until.set(None);
         self.on_trial.set(false);
-        self.trial_handed.set(false);
+        self.trial_handed.set(None);
         self.last_failed.set(None);
+    }
+
+    /// Back in every turn now (its group no longer takes servers out).
+    fn rest_ends(&self) {
+        self.down_until.set(None);
+        self.on_trial.set(false);
+        self.trial_handed.set(None);
     }
 
     /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):
@@ -937,6 +955,39 @@ mod tests {
             ),
             until: Instant::now() + Duration::from_secs(60),
         });
+        let g = u.group("app").unwrap();
+        assert!(picked(&g, Instant::now(), 2).contains(&1));
+    }
+
+    /// Another shard's rest that comes while this shard's trial runs holds
+    /// when the trial ends with no word (a trial's end handed the server
+    /// back at once, undoing it); a reload to `max-fails = 0` ends a rest.
+    #[test]
+    fn a_rest_from_elsewhere_outlives_a_trial_and_max_fails_zero_ends_one() {
+        let mut c = group(Balance::RoundRobin, 2);
+        c.max_fails = 1;
+        let u = Upstreams::new(std::slice::from_ref(&c));
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        g.servers[1].failed(&g.config, now);
+        let later = now + g.config.fail_timeout;
+        let trial = loop {
+            let (i, s) = g.pick(later, &[], None).unwrap();
+            let hold = s.busy();
+            if i == 1 {
+                break hold;
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        u.rest(&Rest {
+            group: "app".into(),
+            server: (g.servers[1].addr.clone(), g.servers[1].key),
+            until,
+        });
+        drop(trial);
+        assert_eq!(g.servers[1].down_until.get(), Some(until));
+        c.max_fails = 0;
+        u.update(&[c]);
         let g = u.group("app").unwrap();
         assert!(picked(&g, Instant::now(), 2).contains(&1));
     }

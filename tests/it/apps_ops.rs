@@ -573,8 +573,9 @@ fn an_app_with_no_instance_ready_says_so_with_its_503() {
     );
     let pid = s.ready_pids("web", 1)[0];
     kill(pid);
-    // Restarted after a second's back-off: a 503 meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(1);
+    // Restarted after a second's back-off: a 503 meanwhile (the exit
+    // takes a moment to reach the shards).
+    let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = Vec::new();
     while Instant::now() < deadline {
         let status = Conn::open(s.server.addr)
