@@ -24,7 +24,7 @@ use crate::config::{AppConfig, Config, ConfigError, Dispatch, UpstreamConfig};
 use crate::cpus::{self, CpuError};
 use crate::host::{self, HostError, HostLimits};
 use crate::listener::{self, BindError, Scheme};
-use crate::signals;
+use crate::signals::{self, Signal};
 use crate::systemd;
 
 pub use crate::child::restart_delay;
@@ -449,7 +449,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         Err(e) => {
             // The apps started and the server cannot: they stop as at a
             // shutdown, at once after another stop signal.
-            apps.stop(false, || watch.stop_signal().is_some());
+            apps.stop(false, || stop_asked(&mut watch));
             return Err(e);
         }
     };
@@ -483,8 +483,25 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     // their stop timeout, or at once after a second stop signal, before
     // or during this), whatever way the master ended.
     let forced = matches!(supervised, Err(MasterError::Forced(_)));
-    apps.stop(forced, || watch.stop_signal().is_some());
+    apps.stop(forced, || stop_asked(&mut watch));
     supervised
+}
+
+/// Whether a stop signal came while the apps stop (`SignalWatch::stop_signal`);
+/// any other signal then is said to be ignored, as while the shards
+/// drain, rather than dropped without a word.
+fn stop_asked(watch: &mut signals::SignalWatch) -> bool {
+    let stop = watch.stop_signal().is_some();
+    for held in watch.held() {
+        let name = match held {
+            Signal::Reload => "SIGHUP",
+            Signal::Reopen => "SIGUSR1",
+            Signal::Unsupported(sig) => signals::name(sig),
+            Signal::Terminate(_) => continue,
+        };
+        warn!("{name}: ignored: stopping (the app instances are being stopped)");
+    }
+    stop
 }
 
 /// `reload`, with what start-up checks of a configuration done to each

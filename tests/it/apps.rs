@@ -699,6 +699,13 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
     let pid = s.ready_pids("deaf", 1)[0];
     s.server.signal(libc::SIGTERM);
     s.server.wait_for_log("stopping 1 app instance(s)");
+    // Neither a reload nor a reopen now: said, not dropped.
+    s.server.signal(libc::SIGHUP);
+    s.server
+        .wait_for_log("SIGHUP: ignored: stopping (the app instances are being stopped)");
+    s.server.signal(libc::SIGUSR1);
+    s.server
+        .wait_for_log("SIGUSR1: ignored: stopping (the app instances are being stopped)");
     let second = Instant::now();
     s.server.signal(libc::SIGTERM);
     s.server.wait(WAIT);

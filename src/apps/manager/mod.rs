@@ -716,6 +716,7 @@ impl Manager {
     /// without failing a request. A replacement is not read until it
     /// takes its slot, and an instance being replaced is not marked.
     fn check_memory(&mut self, now: Instant) {
+        let winding_down = self.winding_down;
         if self.memory_at.is_some_and(|t| t > now) {
             return;
         }
@@ -736,7 +737,8 @@ impl Manager {
                     continue;
                 }
                 let over = inst.memory.zip(limit).filter(|(used, limit)| used > limit);
-                if let (Some((used, limit)), false) = (over, slot.oversized) {
+                // Nothing is replaced once the server drains: nor said.
+                if let (Some((used, limit)), false) = (over, slot.oversized || winding_down) {
                     let who = who(&app.config.name, index);
                     let (used, limit) = (used >> 20, limit >> 20);
                     // One that lived a while leaked; one past it from the
@@ -879,10 +881,14 @@ impl Manager {
                     let delay = slot.replace_backoff.start_failed();
                     slot.replace_at = Some(now + delay);
                     slot.replacement_failed = true;
+                    let again = if self.winding_down {
+                        "not tried again: the server is stopping".to_string()
+                    } else {
+                        format!("trying again in {}s", delay.as_secs())
+                    };
                     error!(
-                        "app {name}[{index}]: the replacement (pid {}) exited {when} ({status}); the instance it was to replace serves on; trying again in {}s{}",
+                        "app {name}[{index}]: the replacement (pid {}) exited {when} ({status}); the instance it was to replace serves on; {again}{}",
                         gone.process.pid,
-                        delay.as_secs(),
                         tail_of(&gone.process)
                     );
                     return;

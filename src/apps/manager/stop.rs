@@ -28,6 +28,7 @@ impl Manager {
     /// shards may have requests in flight to either.
     pub(super) fn wind_down(&mut self, now: Instant) {
         self.winding_down = true;
+        let starting = |i: &Instance| matches!(i.state, State::Starting { .. });
         for app in &mut self.apps {
             for (index, slot) in app.slots.iter_mut().enumerate() {
                 // A restart waiting out its back-off will not come: its
@@ -35,26 +36,38 @@ impl Manager {
                 if slot.current.get().is_none() {
                     slot.current.retire();
                 }
-                if !matches!(
-                    slot.next,
-                    Some(Instance {
-                        state: State::Starting { .. },
-                        ..
-                    })
-                ) {
-                    continue;
-                }
-                let mut inst = slot.next.take().expect("matched above");
-                info!(
-                    "app {}[{index}]: the server is stopping: its replacement (pid {}) is stopped before it was ready",
-                    app.config.name, inst.process.pid
-                );
-                let (signal, timeout) = inst.stop;
-                inst.process.stop(timeout, signal);
-                inst.state = State::Stopping {
-                    kill_at: now + timeout,
+                // Nor will one still starting serve (a restart, or the new
+                // app of a reload that waits for it, which cannot apply
+                // now), nor a replacement still starting: stopped now,
+                // their stop-timeout beside the drain.
+                let current = if slot.current.get().is_some_and(starting) {
+                    slot.current.retire()
+                } else {
+                    None
                 };
-                self.leaving.push(Leaving::new(&app.config, index, inst));
+                let next = slot.next.take_if(|i| starting(i));
+                for (mut inst, what) in current
+                    .map(|i| (i, ""))
+                    .into_iter()
+                    .chain(next.map(|i| (i, "its replacement ")))
+                {
+                    let pid = inst.process.pid;
+                    let who = if what.is_empty() {
+                        format!("pid {pid}")
+                    } else {
+                        format!("{what}(pid {pid})")
+                    };
+                    info!(
+                        "app {}[{index}]: the server is stopping: {who} is stopped before it was ready",
+                        app.config.name
+                    );
+                    let (signal, timeout) = inst.stop;
+                    inst.process.stop(timeout, signal);
+                    inst.state = State::Stopping {
+                        kill_at: now + timeout,
+                    };
+                    self.leaving.push(Leaving::new(&app.config, index, inst));
+                }
             }
         }
     }

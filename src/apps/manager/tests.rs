@@ -672,6 +672,45 @@ fn a_drain_stops_the_rolling_reload_and_restarts() {
     });
 }
 
+/// A drain also stops an instance still starting in its slot (a restart
+/// under way, or a new app a held reload waits for): it would never serve,
+/// and its stop-timeout would come after the drain's.
+#[test]
+fn a_drain_stops_an_instance_still_starting() {
+    within(|| {
+        let mut h = Harness::new("wind-down-restart");
+        // The first incarnation serves until told to exit; the next never
+        // comes up.
+        let body = "if once('first'):\n    s = listen()\n    wait_for('exit')\n    sys.exit(3)\n\
+                    wait_for('never')";
+        h.start(vec![app("web", 1, body, &h.dir)]).unwrap();
+        h.touch("exit");
+        let h_dir = h.dir.clone();
+        let mut restarted = None;
+        h.turn_until("restarted, and starting", |m| {
+            restarted = current(m, "web", 0)
+                .filter(|i| matches!(i.state, State::Starting { .. }))
+                .map(|i| i.process.pid)
+                .filter(|pid| records(&h_dir).contains_key(pid));
+            restarted.is_some()
+        });
+        let pid = restarted.unwrap();
+        h.send(Msg::WindDown);
+        // At once, not at its start-timeout.
+        assert!(h.m.turn(&h.rx, Some(Instant::now() + STEP)));
+        assert!(current(&h.m, "web", 0).is_none());
+        assert!(h
+            .m
+            .leaving
+            .iter()
+            .any(|l| l.inst.process.pid == pid && matches!(l.inst.state, State::Stopping { .. })));
+        h.turn_until("it is gone", |m| {
+            m.leaving.is_empty() && current(m, "web", 0).is_none()
+        });
+        assert!(!alive(pid));
+    });
+}
+
 /// A replacement that accepts and then dies within min-uptime (a release
 /// that crashes on its first requests) is a failed replacement: the
 /// instance it was to replace never left, and serves on.
