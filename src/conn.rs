@@ -339,6 +339,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             }
             Ok(0) => {
                 session.client_left(log);
+                // Over TLS, its close_notify gets ours (a client that only
+                // closed its sending side reads it as the clean end).
+                finish_tls(&mut client).await;
                 return;
             }
             Ok(n) => {

@@ -528,12 +528,19 @@ impl Socket {
     /// Wait until a peek finds bytes or the end, and say which. Over TLS
     /// the bytes are records: they are taken into rustls (what they
     /// decrypt to stays there for the next read), and say whether the
-    /// client sent data, closed (its `close_notify`, as curl and browsers
-    /// send on leaving) or only talked TLS (a key update: go on waiting).
+    /// client sent data, failed, or only talked TLS (a key update: go on
+    /// waiting). Its `close_notify` alone is the end of what it sends, not
+    /// of what it reads (Go's `CloseWrite`, as a plain client's
+    /// half-close... which a plain socket cannot tell from leaving): it has
+    /// left only once the connection itself ends too (curl and browsers
+    /// close it right after their close_notify).
     async fn stirred(&mut self) -> Peek {
         loop {
             if let Stream::Tls(t) = &mut self.stream {
                 if let Some(seen) = t.pending() {
+                    if !seen && t.notified_close() {
+                        return self.connection_ends().await;
+                    }
                     return seen_as_peek(seen);
                 }
             }
@@ -552,7 +559,8 @@ impl Socket {
                     // rustls's plaintext buffer is full: a client sending.
                     Some(Err(_)) if t.pending() == Some(true) => Peek::Data,
                     Some(Err(_)) => Peek::Closed,
-                    Some(Ok(_)) => t.pending().map_or(Peek::Nothing, seen_as_peek),
+                    // What it brought is looked at above: data, a close_notify.
+                    Some(Ok(_)) => Peek::Nothing,
                 };
                 if seen == Peek::Nothing {
                     // Bytes taken (a record's start, a key update): look
@@ -569,16 +577,43 @@ impl Socket {
                     return seen;
                 }
             }
-            match self.interest.as_mut() {
-                Some(interest) => {
-                    // Nothing is there, so forgetting what said to look
-                    // loses nothing: new bytes bring a new completion.
-                    interest.take_ready();
-                    if interest.readable(None).await.is_err() {
-                        return Peek::Closed;
-                    }
+            if !self.until_stirred().await {
+                return Peek::Closed;
+            }
+        }
+    }
+
+    /// Wait until the socket may hold something new (the ring's word; or
+    /// 100 ms without a ring); false when the wait itself failed.
+    async fn until_stirred(&mut self) -> bool {
+        match self.interest.as_mut() {
+            Some(interest) => {
+                // Nothing is there, so forgetting what said to look loses
+                // nothing: new bytes bring a new completion.
+                interest.take_ready();
+                interest.readable(None).await.is_ok()
+            }
+            None => {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                true
+            }
+        }
+    }
+
+    /// After a TLS close_notify: wait for the connection's own end (its
+    /// FIN or reset), which is then `Closed`. Bytes after a close_notify
+    /// break TLS: taken as an end too.
+    async fn connection_ends(&mut self) -> Peek {
+        loop {
+            let quiet = self.interest.as_ref().is_some_and(Interest::is_quiet);
+            if !quiet && self.peek() != Peek::Nothing {
+                if let Some(interest) = self.interest.as_mut() {
+                    interest.look_again();
                 }
-                None => glommio::timer::sleep(Duration::from_millis(100)).await,
+                return Peek::Closed;
+            }
+            if !self.until_stirred().await {
+                return Peek::Closed;
             }
         }
     }

@@ -101,6 +101,14 @@ impl TlsStream {
         }
     }
 
+    /// Whether the peer sent its close_notify (and nothing is left to
+    /// read before it): it has said all it will, but may still read.
+    pub(super) fn notified_close(&mut self) -> bool {
+        self.conn
+            .process_new_packets()
+            .is_ok_and(|s| s.peer_has_closed() && s.plaintext_bytes_to_read() == 0)
+    }
+
     /// One read of what the socket holds into rustls, if it is worth a
     /// look (None: nothing there now, wait for the ring). `Some(Ok(0))` is
     /// the end of the stream.

@@ -1033,19 +1033,25 @@ fn proxying_to(
     (server, addr, ca)
 }
 
+/// What an app reads of a request: up to the end of its head.
+fn request_head(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf
+}
+
 #[test]
 fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app_addr = app.local_addr().unwrap();
     let heard = std::thread::spawn(move || {
         let (mut s, _) = app.accept().unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0);
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        let buf = request_head(&mut s);
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\napp")
             .unwrap();
         String::from_utf8_lossy(&buf).into_owned()
@@ -1066,11 +1072,11 @@ fn a_proxied_request_over_tls_says_https_and_carries_hsts() {
     );
 }
 
-/// A TLS client that leaves (its close_notify, the TCP connection still
-/// open) while its proxied request waits on the app: the app's request is
-/// cancelled, as for a plain client that closes.
+/// A TLS client that leaves (its close_notify, then the connection's end,
+/// as browsers and curl leave) while its proxied request waits on the app:
+/// the app's request is cancelled, as for a plain client that closes.
 #[test]
-fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
+fn a_tls_client_that_leaves_cancels_its_proxied_request() {
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app_addr = app.local_addr().unwrap();
     let (told, cancelled) = std::sync::mpsc::channel();
@@ -1091,12 +1097,42 @@ fn a_tls_client_that_says_close_notify_cancels_its_proxied_request() {
     while s.conn.wants_write() {
         s.conn.write_tls(&mut s.sock).unwrap();
     }
+    drop(s);
     // The app's read-timeout is 60 s: only the client's leaving ends it.
     assert!(
         cancelled.recv_timeout(Duration::from_secs(5)).is_ok(),
         "the app's request outlived its client"
     );
-    drop(s);
+}
+
+/// A TLS client that sends its close_notify once its request is out and
+/// goes on reading (Go's `CloseWrite`; TLS 1.3 allows the half-close) has
+/// said all it will, not left: its proxied response comes whole, as from
+/// nginx. It was cancelled as a client gone (a 499, or a body cut short).
+#[test]
+fn a_close_notify_alone_does_not_cancel_a_proxied_request() {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let body = vec![b'y'; 4 << 20];
+    let sent = body.clone();
+    std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        request_head(&mut s);
+        // Slow to answer: the close_notify comes first.
+        std::thread::sleep(Duration::from_millis(300));
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", sent.len());
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&sent).unwrap();
+    });
+    let (_server, addr, ca) = proxying_to("tls-close-write", app_addr, "", &[]);
+    let mut s = tls_connect(addr, "localhost", Some(&ca));
+    s.write_all(b"GET /app/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    crate::util::read_whole_response(&mut s, body.len());
 }
 
 /// An app that takes one connection, answers its upgrade request with a
