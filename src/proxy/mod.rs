@@ -71,6 +71,9 @@ const MAX_TRIES: usize = 8;
 /// A pooled connection's close that gets the keep-alive race's own try
 /// does not count.
 const MAX_DROPPED: usize = 2;
+/// Most body bytes read off the socket to discard a body no server took
+/// (`discard_if_here`): a small form's or JSON's rest, not an upload.
+const DISCARD_MOST: u64 = 64 << 10;
 /// How soon after an attempt on a pooled connection began its close must
 /// come to be the keep-alive race's (the server closed it idle as the
 /// request went, which shows within a round trip): later, the server died
@@ -278,7 +281,7 @@ async fn forward(
         // the connection, lingering so that the answer is not lost.
         upstreams.unavailable(&route.config.upstream, None, Instant::now());
         let mut body = ex.body.clone();
-        discard_if_here(&mut body, c.input);
+        served.bytes_in += discard_if_here(&mut body, &mut c);
         served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
         served.linger = !served.keep_alive;
         reply(
@@ -733,7 +736,7 @@ async fn forward(
     };
     // The body may not have been read whole: then the connection closes,
     // unless the rest of it is here already.
-    discard_if_here(&mut body, c.input);
+    served.bytes_in += discard_if_here(&mut body, &mut c);
     served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
     served.linger = !served.keep_alive;
     reply(&mut c, &ex, &mut served, asked.head, status).await;
@@ -746,22 +749,35 @@ async fn forward(
 }
 
 /// What is left of a body no server took (none could be reached, or the
-/// request failed before its body went), when all of it is in `input`
-/// already (it came with the head, as a small form's does): read away, so
-/// that the connection can stay open for the next request, as nginx's does
-/// (it reads a body before it proxies). A body still on its way, or one
-/// that breaks a rule, is left: the connection then closes.
-fn discard_if_here(body: &mut Option<BodyDecoder>, input: &mut InputBuffer) {
-    let Some(d) = body.as_mut().filter(|d| !d.is_done()) else {
-        return;
+/// request failed before its body went), when all of it has arrived
+/// already (it came with the head, as a small form's does; what the head's
+/// read left in the socket is read now, without waiting, up to
+/// `DISCARD_MOST`): read away, so that the connection can stay open for the
+/// next request, as nginx's does (it reads a body before it proxies). A
+/// body still on its way, or one that breaks a rule, is left: the
+/// connection then closes. The bytes read off the socket.
+fn discard_if_here(body: &mut Option<BodyDecoder>, c: &mut Client<'_>) -> u64 {
+    let Some(d) = body.as_mut() else {
+        return 0;
     };
-    let mut ahead = d.clone();
-    if let Ok(p) = ahead.decode(input.data()) {
-        if p.done {
-            input.consume(p.consumed);
-            *d = ahead;
+    let mut read = 0;
+    while !d.is_done() {
+        match d.decode(c.input.data()) {
+            Ok(p) => c.input.consume(p.consumed),
+            Err(_) => return read,
+        }
+        if d.is_done() || read >= DISCARD_MOST {
+            break;
+        }
+        match c.socket.try_read(c.input.body_room()) {
+            Some(Ok(n)) if n > 0 => {
+                c.input.filled(n);
+                read += n as u64;
+            }
+            _ => break,
         }
     }
+    read
 }
 
 /// The exchange of a client that left before its server answered (the

@@ -617,6 +617,23 @@ fn a_whole_body_no_server_took_keeps_the_connection() {
         assert_eq!(resp.status, 502, "{what}: {resp:?}");
         assert_eq!(resp.header("connection"), None, "{what}: {resp:?}");
     }
+    // Longer than the head's first read (1 KiB), all sent at once: the rest
+    // is read away too (it was left, and the connection closed).
+    for len in [4000, 20_000] {
+        let mut req =
+            format!("POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        req.extend(std::iter::repeat_n(b'x', len));
+        req.extend_from_slice(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(&req).unwrap();
+        for what in ["the POST", "the GET after it"] {
+            let resp = r.next(false);
+            assert_eq!(
+                (resp.status, resp.header("connection")),
+                (502, None),
+                "{len}, {what}: {resp:?}"
+            );
+        }
+    }
     // Half of the body: the rest may never come.
     s.write_all(b"POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
         .unwrap();
