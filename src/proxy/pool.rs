@@ -109,15 +109,13 @@ pub struct Server {
     failed_at: Cell<Option<Instant>>,
     /// Skipped until then after `max-fails` failures.
     down_until: Cell<Option<Instant>>,
-    /// Its rest ended and one request was sent to try it (`Group::pick`):
-    /// the others skip it for another `fail-timeout` unless that one ends
-    /// well, and if it fails the server rests again at once, whatever
-    /// `max-fails` (nginx's one trial request per `fail_timeout`).
-    on_trial: Cell<bool>,
-    /// `pick` made the request it chose the trial, and that request has
-    /// not taken hold of the server yet (`busy`, right after): until when
-    /// the others skip it.
-    trial_handed: Cell<Option<Instant>>,
+    /// Its rest ended and one request was sent to try it (`Group::pick`),
+    /// which holds the others off until then (its `down_until` too) unless
+    /// it ends well; if it fails the server rests again at once, whatever
+    /// `max-fails` (nginx's one trial request per `fail_timeout`). Only the
+    /// trial can take hold of the server meanwhile (`busy`): the others
+    /// skip it.
+    trial: Cell<Option<Instant>>,
     /// Its last failure (or when another shard's rest of it arrived): a
     /// request that started before it and ends well says nothing new.
     last_failed: Cell<Option<Instant>>,
@@ -274,7 +272,7 @@ impl Upstreams {
             let until = s.down_until.get().map_or(rest.until, |u| u.max(rest.until));
             s.down_until.set(Some(until));
             // A trial here says nothing the other shard's failure does not.
-            s.on_trial.set(false);
+            s.trial.set(None);
             s.last_failed.set(Some(now));
             s.idle.borrow_mut().clear();
         }
@@ -622,8 +620,8 @@ impl Drop for Busy {
         s.busy.set(s.busy.get() - 1);
         // Still its trial: no verdict came, no failure elsewhere rested it
         // since, and no later trial took over.
-        if self.1.is_some() && s.on_trial.get() && s.down_until.get() == self.1 {
-            s.on_trial.set(false);
+        if self.1.is_some() && s.trial.get() == self.1 && s.down_until.get() == self.1 {
+            s.trial.set(None);
             s.down_until.set(Some(Instant::now()));
         }
     }
@@ -667,8 +665,7 @@ impl Server {
             fails: Cell::new(0),
             failed_at: Cell::new(None),
             down_until: Cell::new(None),
-            on_trial: Cell::new(false),
-            trial_handed: Cell::new(None),
+            trial: Cell::new(None),
             last_failed: Cell::new(None),
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
@@ -711,16 +708,16 @@ impl Server {
     fn try_out(&self, now: Instant, fail_timeout: Duration) {
         if self.down_until.get().is_some_and(|t| t <= now) {
             self.down_until.set(Some(now + fail_timeout));
-            self.on_trial.set(true);
-            self.trial_handed.set(Some(now + fail_timeout));
+            self.trial.set(Some(now + fail_timeout));
         }
     }
 
     /// Count a request in flight to this server until the guard drops.
     pub fn busy(self: &Rc<Self>) -> Busy {
         self.busy.set(self.busy.get() + 1);
-        // The trial `pick` just handed out is this request's.
-        Busy(self.clone(), self.trial_handed.take())
+        // A server on trial is this request's trial (`pick` just handed it
+        // out: no other request can have picked it meanwhile).
+        Busy(self.clone(), self.trial.get())
     }
 
     /// A pooled connection that is still good, newest first (it is the
@@ -786,16 +783,14 @@ impl Server {
         self.fails.set(0);
         self.failed_at.set(None);
         self.down_until.set(None);
-        self.on_trial.set(false);
-        self.trial_handed.set(None);
+        self.trial.set(None);
         self.last_failed.set(None);
     }
 
     /// Back in every turn now (its group no longer takes servers out).
     fn rest_ends(&self) {
         self.down_until.set(None);
-        self.on_trial.set(false);
-        self.trial_handed.set(None);
+        self.trial.set(None);
     }
 
     /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):
@@ -814,7 +809,7 @@ impl Server {
         self.fails.set(self.fails.get() + 1);
         self.last_failed.set(Some(now));
         // A failed trial rests it again at once, as nginx's does.
-        let trial_failed = self.on_trial.take();
+        let trial_failed = self.trial.take().is_some();
         if config.max_fails > 0 && (trial_failed || self.fails.get() >= config.max_fails) {
             let was_up = trial_failed || self.usable(now);
             let until = now + config.fail_timeout;
@@ -836,7 +831,7 @@ impl Server {
         if self.last_failed.get().is_none_or(|t| started > t) {
             self.fails.set(0);
             self.down_until.set(None);
-            self.on_trial.set(false);
+            self.trial.set(None);
         }
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency.borrow_mut().record(us, 1);

@@ -260,15 +260,20 @@ fn status_needs_only_the_metrics_section_of_the_file() {
             .arg(&conf),
     );
 
+    // `coreserve --config FILE status`: its exit code and its stderr.
+    let status_of = |file: &std::path::Path| {
+        let out = bare()
+            .arg("--config")
+            .arg(file)
+            .arg("status")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
     let bad = dir.write("bad.toml", "[metrics]\nlisten = \"nowhere\"\n");
-    let out = bare()
-        .arg("--config")
-        .arg(&bad)
-        .arg("status")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = status_of(&bad);
+    assert_eq!(code, Some(2));
     assert!(err.contains("bad.toml:2: metrics.listen"), "{err}");
 
     // A path no URL can end with: the file's line, not a URL never typed.
@@ -277,14 +282,8 @@ fn status_needs_only_the_metrics_section_of_the_file() {
             "bad-path.toml",
             format!("[metrics]\nlisten = \"{addr}\"\npath = \"{path}\"\n"),
         );
-        let out = bare()
-            .arg("--config")
-            .arg(&bad)
-            .arg("status")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        let (code, err) = status_of(&bad);
+        assert_eq!(code, Some(2), "{path}: {err}");
         assert!(
             err.contains("bad-path.toml:3: metrics.path: must be a path"),
             "{err}"
@@ -305,14 +304,8 @@ fn status_needs_only_the_metrics_section_of_the_file() {
         "unset.toml",
         "[metrics]\nlisten = \"${CORESERVE_TEST_SURELY_UNSET}\"\n",
     );
-    let out = bare()
-        .arg("--config")
-        .arg(&unset)
-        .arg("status")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = status_of(&unset);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("environment variable CORESERVE_TEST_SURELY_UNSET is not set")
             && err.contains("pass --url"),
