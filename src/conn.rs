@@ -39,6 +39,11 @@ pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// all of its response yet (nginx's `lingering_time`).
 pub const LINGER_MOST: Duration = Duration::from_secs(30);
 
+/// The longest a connection refused at `max-connections` waits for its
+/// request's first bytes before its 503 (a HEAD's has no body): short, as
+/// it holds one of the few refusals' places.
+const REFUSAL_READ: Duration = Duration::from_secs(1);
+
 /// Output buffer capacity a waiting connection keeps; a pipelined burst may
 /// have grown it to `MAX_BATCH` and more.
 pub const IDLE_OUTPUT: usize = 4096;
@@ -69,16 +74,38 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         let Some(_refusal) = (scheme == Scheme::Http).then(|| shard.refusal()).flatten() else {
             return;
         };
+        // The request's first bytes, waited for briefly (they most often
+        // came with the connection): a HEAD gets the 503 without a body,
+        // and the log line names the request.
+        let mut scratch = InputBuffer::new(INITIAL_INPUT);
+        let mut first = [0u8; INITIAL_INPUT];
+        let wait = limits.header_timeout.min(REFUSAL_READ);
+        let seen = client
+            .read(&mut first[..], Instant::now() + wait)
+            .await
+            .unwrap_or(0);
+        let head = &first[..seen];
         let mut out = Vec::new();
-        write_error(&mut out, shard.date(), Status::SERVICE_UNAVAILABLE, false);
+        let head_only = head.starts_with(b"HEAD ");
+        write_error(
+            &mut out,
+            shard.date(),
+            Status::SERVICE_UNAVAILABLE,
+            head_only,
+        );
         if client.write_all(&out, limits.send_timeout).await.is_ok() {
-            // Counted and logged as any response (its request unread: a
-            // line without one, as for a request that did not parse).
+            // Counted and logged as any response, its request as far as
+            // it was read (a line without one when nothing was, as for a
+            // request that did not parse).
             let log = ConnLog::of(&shard, &client, None);
-            finish(&shard, log.as_ref(), &Record::refusal(b"", &out, 0));
-            // The client's request is unread: linger so the 503 is not reset
-            // away; not past LINGER_TIME, as refusals are bounded in number.
-            let mut scratch = InputBuffer::new(INITIAL_INPUT);
+            finish(
+                &shard,
+                log.as_ref(),
+                &Record::refusal(head, &out, seen as u64),
+            );
+            // The rest of the request is unread: linger so the 503 is not
+            // reset away; not past LINGER_TIME, as refusals are bounded in
+            // number.
             Box::pin(client.linger_close(scratch.spare(), LINGER_TIME, LINGER_TIME)).await;
         }
         return;

@@ -576,6 +576,41 @@ fn a_flood_past_the_limit_is_answered_a_few_at_a_time() {
     assert!((1..=16).contains(&refused), "{refused} answered 503");
 }
 
+/// A HEAD past `max-connections` gets its 503 without a body (its
+/// request's first bytes are read before the answer), and the 503's log
+/// line names the request.
+#[test]
+fn a_head_past_the_limit_gets_a_503_without_a_body() {
+    let dir = crate::config::Scratch::new("head-past-limit");
+    let log = dir.0.join("access.log");
+    let conf = dir.write(
+        "c.toml",
+        format!(
+            "[limits]\nmax-connections = 1\n[log]\naccess = \"{}\"\n",
+            log.display()
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let busy = server.connect();
+    half_a_request_in(&busy, &mut Reader::new(&busy));
+    let text = server.exchange(b"HEAD /probe HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(text.contains("\r\nContent-Length: 20\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a body after the head: {text:?}"
+    );
+    drop(busy);
+    drop(server.stop());
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("\"HEAD /probe HTTP/1.1\" 503 0 ")),
+        "{lines}"
+    );
+}
+
 #[test]
 fn connections_past_the_limit_get_503() {
     let server = Server::start(&["--shards", "1", "--max-connections", "2"]);
