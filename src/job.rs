@@ -151,4 +151,11 @@ impl Sink for SocketSink<'_> {
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         self.socket.write_all(buf, self.timeout).await
     }
+
+    async fn room(&mut self, stalled: std::time::Instant) -> Option<std::io::Result<()>> {
+        if !self.socket.non_blocking() {
+            return None;
+        }
+        Some(self.socket.ready(false, true, stalled + self.timeout).await)
+    }
 }

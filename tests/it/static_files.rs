@@ -513,6 +513,48 @@ fn a_100_mib_file_streams_with_flat_memory() {
     );
 }
 
+/// Readers that stop reading a large file hold no descriptor (and no
+/// buffer) of their own while their sockets are full: sendfile waits for
+/// room. A chunk waiting in a write held 64 KiB and a copy of the file's
+/// descriptor for each, 6x nginx's memory per stalled download.
+#[test]
+fn stalled_downloads_hold_nothing_of_their_own() {
+    use std::os::fd::AsRawFd;
+    let dir = Scratch::new("stalled");
+    dir.write("www/big.bin", vec![7u8; 16 << 20]);
+    // One lookup per shard, its descriptor shared by every download.
+    let server = serve_www(&dir, "/", "cache-valid = \"60s\"\n");
+    let mut clients = Vec::new();
+    // One after another, each once the server has sent until its socket
+    // was full (so later ones find the file in the shard's cache).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..16 {
+        let mut s = server.connect();
+        s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) };
+            if queued >= 64 << 10 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{queued} bytes arrived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        clients.push(s);
+    }
+    // The shards' cached descriptor (one each), none per download.
+    let mut most = 0;
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        most = most.max(open_to(&server, "big.bin"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most <= 2, "{most} descriptors open to the file");
+    drop(clients);
+}
+
 #[test]
 fn a_file_changed_on_disk_is_served_fresh() {
     let (dir, server) = site("fresh", "cache-valid = \"200ms\"\n");

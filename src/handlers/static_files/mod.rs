@@ -314,6 +314,10 @@ pub trait Sink {
     /// Write all of `buf`, failing on a stall (the connection's
     /// send-timeout).
     fn write_all(&mut self, buf: &[u8]) -> impl Future<Output = std::io::Result<()>>;
+    /// Wait until the socket has room again, failing once it has had none
+    /// for the connection's send-timeout since `stalled`; None where the
+    /// socket cannot be waited on so (then only a write waits).
+    fn room(&mut self, stalled: Instant) -> impl Future<Output = Option<std::io::Result<()>>>;
 }
 
 /// How the file response is framed, from the session.
@@ -814,9 +818,8 @@ async fn serve(
 }
 
 /// Copy `len` bytes from `file` at `start` to the socket: by sendfile where
-/// the page cache holds the range and the socket takes it, otherwise (and
-/// whenever the socket is full, to wait for room) a chunk at a time read
-/// through io_uring. A file
+/// the page cache holds the range (waiting for room when the socket is
+/// full), otherwise a chunk at a time read through io_uring. A file
 /// that shrank underneath fails the connection: the length was already
 /// promised. Returns the bytes sent (on a failure, those before the call
 /// or chunk that failed) and whether all of them went.
@@ -851,6 +854,9 @@ async fn stream_file(
         // chunk that waited, at once: pages may have gone meanwhile).
         // Without sendfile nobody asks.
         let (mut cached_to, mut ask_at) = (0, if socket.is_some() { start } else { end });
+        // Since when sendfile has found no room (the send-timeout counts
+        // from there, as a write's stall does).
+        let mut stalled: Option<Instant> = None;
         while pos < end {
             if pos >= cached_to && pos >= ask_at {
                 let window = SENDFILE_WINDOW.min(end - pos);
@@ -865,13 +871,23 @@ async fn stream_file(
                     Ok(0) => return Err(shrank()),
                     Ok(n) => {
                         pos += n as u64;
+                        stalled = None;
                         // A reader as fast as loopback would otherwise keep
                         // this task running for up to 256 calls in a row.
                         futures_lite::future::yield_now().await;
                         continue;
                     }
-                    // No room: the chunk below waits for it.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // No room: waited for with nothing held, then sent
+                    // again (a chunk waiting in a write would hold 64 KiB
+                    // and a descriptor for each slow reader); where the
+                    // socket cannot be waited on, the chunk below waits.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let since = *stalled.get_or_insert_with(Instant::now);
+                        if let Some(room) = stream.room(since).await {
+                            room?;
+                            continue;
+                        }
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -890,6 +906,7 @@ async fn stream_file(
             }
             stream.write_all(&chunk).await?;
             pos += chunk.len() as u64;
+            stalled = None;
             if cached_to > 0 {
                 cached_to = 0;
                 ask_at = pos;
