@@ -303,6 +303,44 @@ fn precompressed_siblings_follow_accept_encoding() {
     assert_eq!(r.text(), "body { color: red }\n");
 }
 
+/// A precompressed sibling the server cannot read is passed over, said in
+/// the log, and the file served (as nginx's gzip_static): every client
+/// that accepted the encoding got a 403.
+#[test]
+fn an_unreadable_sibling_is_passed_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("unreadable-sibling");
+    dir.write("www/app.css", "body { color: red }\n");
+    let gz = dir.write("www/app.css.gz", b"\x1f\x8bGZIPPED");
+    let br = dir.write("www/app.css.br", b"BROTLI");
+    std::fs::set_permissions(&br, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = www_conf(&dir, "/", "precompressed = true\ncache-valid = \"0s\"\n");
+    let mut cmd = crate::util::command();
+    crate::util::with_memlock(&mut cmd, 8 << 20);
+    if !crate::util::as_user(&mut cmd, 60_104) {
+        return eprintln!("skipped: needs root to switch to an unprivileged user");
+    }
+    cmd.args([
+        "--config",
+        &conf.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let server = Server::spawn(cmd);
+    // br unreadable: gzip, the next accepted.
+    let r = fetch(&server, "/app.css", "Accept-Encoding: gzip, br\r\n");
+    assert_eq!(
+        (r.status, r.header("content-encoding")),
+        (200, Some("gzip"))
+    );
+    server.wait_for_log("app.css.br\": permission denied; served without it");
+    // Neither readable: the file itself.
+    std::fs::set_permissions(&gz, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = fetch(&server, "/app.css", "Accept-Encoding: gzip, br\r\n");
+    assert_eq!((r.status, r.header("content-encoding")), (200, None));
+    assert_eq!(r.text(), "body { color: red }\n");
+}
+
 #[test]
 fn the_slash_redirect_never_names_another_host() {
     // Files served from "/": a target starting "//" that resolves to a

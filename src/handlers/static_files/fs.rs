@@ -296,7 +296,17 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
         if let Ok(Some(real)) = inside_root(l, &sib) {
             if let Ok(m) = fs::metadata(&real) {
                 if m.is_file() && m.mtime() >= meta.mtime() {
-                    return info(l, &real, content_type, Some(enc));
+                    // One that cannot be read is passed over, said (as
+                    // nginx's gzip_static): else every client that accepts
+                    // the encoding, every browser, would get a 403 or 500
+                    // for a file others are served.
+                    let why = match info(l, &real, content_type, Some(enc)) {
+                        FoundSend::Forbidden => "permission denied".to_string(),
+                        FoundSend::Failed(why) => why,
+                        FoundSend::NotFound => continue,
+                        found => return found,
+                    };
+                    log::error!("static file {:?}: {why}; served without it", real.display());
                 }
             }
         }
