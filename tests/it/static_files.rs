@@ -593,6 +593,32 @@ fn stalled_downloads_hold_nothing_of_their_own() {
     drop(clients);
 }
 
+/// A large file written over in place (`cp` onto it) is served whole and
+/// newly tagged at once, not from its new bytes under the old length and
+/// tag until `cache-valid` passes (nginx without `open_file_cache`).
+#[test]
+fn a_large_file_written_over_is_served_whole_at_once() {
+    let dir = Scratch::new("overwritten");
+    let path = dir.write("www/app.js", vec![b'a'; 200_000]);
+    let conf = www_conf(&dir, "/", "cache-valid = \"60s\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let first = fetch(&server, "/app.js", "");
+    assert_eq!(first.body.len(), 200_000);
+    for (byte, len) in [(b'b', 300_000), (b'c', 300_000), (b'd', 100_000)] {
+        // Written in place: the same inode, truncated and written again.
+        std::fs::write(&path, vec![byte; len]).unwrap();
+        let r = fetch(&server, "/app.js", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+        assert!(
+            r.body.iter().all(|&b| b == byte),
+            "old bytes after {}",
+            byte as char
+        );
+        assert_ne!(r.header("etag"), first.header("etag"));
+    }
+}
+
 #[test]
 fn a_file_changed_on_disk_is_served_fresh() {
     let (dir, server) = site("fresh", "cache-valid = \"200ms\"\n");

@@ -77,13 +77,27 @@ pub struct FileStamp {
     ctime_ns: i128,
 }
 
+/// Nanoseconds since the epoch, of a time in seconds and nanoseconds.
+fn ns(s: i64, n: i64) -> i128 {
+    i128::from(s) * 1_000_000_000 + i128::from(n)
+}
+
 impl FileStamp {
     fn of(meta: &fs::Metadata) -> FileStamp {
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         FileStamp {
             ino: meta.ino(),
             mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
             ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of what fstat(2) said of an open file (no I/O here: the
+    /// shard makes that call, on a descriptor it holds).
+    pub fn of_stat(st: &libc::stat) -> FileStamp {
+        FileStamp {
+            ino: st.st_ino,
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
         }
     }
 }

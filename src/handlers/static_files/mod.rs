@@ -306,6 +306,33 @@ impl Handler for StaticSite {
     }
 }
 
+/// Whether a cached lookup still describes the file: a large file's open
+/// descriptor is asked (fstat(2): no path looked up, no disk read), as
+/// its bytes are read at each request. A file written over in place (`cp`
+/// onto it) was otherwise sent from its new bytes under its old length and
+/// validators until `cache-valid` passed: a new file cut short, or other
+/// bytes under the same strong tag. A small file's bytes were read with
+/// the lookup: stale for `cache-valid` at most, but whole and as tagged.
+fn current(found: &Found) -> bool {
+    let Found::File(FileInfo {
+        file: Some(file),
+        stamp,
+        size,
+        ..
+    }) = found
+    else {
+        return true;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes one stat into the buffer it is given.
+    if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    FileStamp::of_stat(&st) == *stamp && st.st_size as u64 == *size
+}
+
 /// Where a file response goes: the connection's socket.
 pub trait Sink {
     /// The socket's descriptor when the file's bytes may go to it by
@@ -341,7 +368,7 @@ impl SiteState {
         let now = Instant::now();
         self.close_files(Some(now));
         if let Some(e) = self.cache.borrow().get(&key) {
-            if now.duration_since(e.checked) < self.cfg.cache_valid {
+            if now.duration_since(e.checked) < self.cfg.cache_valid && current(&e.found) {
                 return e.found.clone();
             }
         }
