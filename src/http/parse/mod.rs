@@ -58,12 +58,14 @@ pub fn later_minor(head: &[u8]) -> Option<usize> {
 
 /// Whether `v` is an HTTP version as RFC 9112 §2.3 writes one (`HTTP/1.1`,
 /// `HTTP/2.0`), or as HTTP/2 and 3 name themselves (`HTTP/2`): a version
-/// this server may not speak, but a client speaking HTTP.
+/// this server may not speak, but a client speaking HTTP. `HTTP/1` alone
+/// is no version (HTTP/1 always has its minor digit): a bad request line.
 pub fn is_version_text(v: &[u8]) -> bool {
     match v {
-        [b'H', b'T', b'T', b'P', b'/', major, rest @ ..] if major.is_ascii_digit() => {
-            matches!(rest, [] | [b'.', b'0'..=b'9'])
-        }
+        [b'H', b'T', b'T', b'P', b'/', major, rest @ ..] if major.is_ascii_digit() => match rest {
+            [] => *major >= b'2',
+            rest => matches!(rest, [b'.', b'0'..=b'9']),
+        },
         _ => false,
     }
 }

@@ -198,6 +198,11 @@ fn versions() {
     );
     assert_eq!(err("PRI * HTTP/2.0\r\n\r\n"), ParseError::Version);
     assert_eq!(err("GET / HTTP/3\r\n\r\n"), ParseError::Version);
+    // HTTP/1 always has its minor digit: without it, no version (400).
+    assert_eq!(
+        err("GET / HTTP/1\r\nHost: x\r\n\r\n"),
+        ParseError::RequestLine
+    );
     assert_eq!(err("GET / FOO/1.1\r\n\r\n"), ParseError::RequestLine);
     // A bare CR in a header line after a good request line is a bad
     // header, not a version the server lacks.
