@@ -157,6 +157,28 @@ fn symlinks_and_dotfiles_can_be_allowed() {
     assert_eq!(fetch(&server, "/static/.secret", "").text(), "dotfile\n");
 }
 
+/// `certbot --webroot` writes its challenge under `.well-known`: served
+/// without `dotfiles` (RFC 8615), its own dotted names still hidden.
+#[test]
+fn well_known_files_are_served_without_dotfiles() {
+    let (_dir, server) = root_site(
+        "well-known",
+        &[
+            (".well-known/acme-challenge/t0k3n", "t0k3n.thumbprint"),
+            (".well-known/.htpasswd", "secret"),
+            (".env", "secret"),
+        ],
+        "autoindex = true\n",
+    );
+    let r = fetch(&server, "/.well-known/acme-challenge/t0k3n", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "t0k3n.thumbprint"));
+    assert_eq!(fetch(&server, "/.well-known/.htpasswd", "").status, 404);
+    assert_eq!(fetch(&server, "/.env", "").status, 404);
+    let listing = fetch(&server, "/.well-known/", "").text();
+    assert!(listing.contains("acme-challenge/"), "{listing}");
+    assert!(!listing.contains("htpasswd"), "{listing}");
+}
+
 #[test]
 fn files_carry_type_length_validators_and_cache_control() {
     let (_dir, server) = site("headers", "cache-control = \"public, max-age=60\"\n");

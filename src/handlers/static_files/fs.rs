@@ -287,7 +287,7 @@ fn inside_root(l: &Lookup, p: &Path) -> io::Result<Option<PathBuf>> {
         let shown = below.unwrap_or_else(|| Path::new(real.file_name().unwrap_or_default()));
         if shown
             .components()
-            .any(|c| c.as_os_str().as_bytes().starts_with(b"."))
+            .any(|c| super::resolve::hidden(c.as_os_str().as_bytes()))
         {
             return Ok(None);
         }
@@ -495,7 +495,7 @@ fn listing(l: &Lookup, dir: &Path) -> FoundSend {
         .into_iter()
         .filter_map(|(name, is_dir)| {
             let name = name.into_string().ok()?;
-            if !l.dotfiles && name.starts_with('.') {
+            if !l.dotfiles && super::resolve::hidden(name.as_bytes()) {
                 return None;
             }
             Some((name, is_dir))

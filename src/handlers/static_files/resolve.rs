@@ -10,7 +10,9 @@
 //! 4. Segments are split on `/`; empty and `.` segments are dropped, `..` pops
 //!    a segment and is refused when there is none left to pop, so the result
 //!    is a relative path of plain names that cannot climb above the root.
-//! 5. Names starting with `.` are hidden unless the route sets `dotfiles`.
+//! 5. Names starting with `.` are hidden unless the route sets `dotfiles`
+//!    (`hidden`), but for `.well-known` (RFC 8615: ACME challenges,
+//!    security.txt), whose own dotted names stay hidden.
 //! 6. On disk (see `fs.rs`), the candidate is canonicalized and must still lie
 //!    under the canonical root unless `follow-symlinks` is set, so a symlink
 //!    cannot lead outside.
@@ -39,6 +41,13 @@ pub struct RelPath {
     pub trailing_slash: bool,
 }
 
+/// Whether a route without `dotfiles` hides the file or directory `name`:
+/// a dotted name (`.env`, `.git`), but for `.well-known`, the place of
+/// RFC 8615's public files (nginx's usual `location ~ /\.(?!well-known)`).
+pub fn hidden(name: &[u8]) -> bool {
+    name.starts_with(b".") && name != b".well-known"
+}
+
 /// Decode and normalize the part of the request path below the prefix.
 pub fn decode(raw: &str, dotfiles: bool) -> Result<RelPath, Reject> {
     let bytes: Vec<u8> = percent_decode_str(raw).collect();
@@ -47,7 +56,7 @@ pub fn decode(raw: &str, dotfiles: bool) -> Result<RelPath, Reject> {
     }
     let decoded = std::str::from_utf8(&bytes).map_err(|_| Reject::BadPath)?;
     let segments = crate::http::path::resolve_dots(&bytes).map_err(|_| Reject::BadPath)?;
-    if !dotfiles && segments.iter().any(|s| s.starts_with(b".")) {
+    if !dotfiles && segments.iter().any(|s| hidden(s)) {
         return Err(Reject::Hidden);
     }
     let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.is_empty();
@@ -107,5 +116,14 @@ mod tests {
         assert_eq!(decode(".env", false), Err(Reject::Hidden));
         assert_eq!(decode("a/.git/config", false), Err(Reject::Hidden));
         assert_eq!(decode(".env", true).unwrap().path, ".env");
+        // RFC 8615's files are public; dotted names below it are not.
+        assert_eq!(
+            decode(".well-known/acme-challenge/t0k3n", false)
+                .unwrap()
+                .path,
+            ".well-known/acme-challenge/t0k3n"
+        );
+        assert_eq!(decode(".well-known/.htpasswd", false), Err(Reject::Hidden));
+        assert_eq!(decode(".well-knownx/a", false), Err(Reject::Hidden));
     }
 }
