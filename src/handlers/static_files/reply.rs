@@ -74,9 +74,11 @@ pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
         return Decision::Full;
     };
     if let Some(ir) = &c.if_range {
-        // §13.1.5: an entity tag must match strongly; a date exactly.
-        let current = if ir.trim_start().starts_with('"') || ir.trim_start().starts_with("W/") {
-            etag_list_matches(ir, &etag, true)
+        // §13.1.5: one entity tag, which must match strongly (a list is no
+        // valid If-Range, so no match); a date exactly.
+        let ir = ir.trim();
+        let current = if ir.starts_with('"') || ir.starts_with("W/") {
+            ir == etag && !etag.starts_with("W/")
         } else {
             parse_date(ir).is_some_and(|d| d == info.modified())
         };
@@ -321,6 +323,9 @@ mod tests {
         let part = Decision::Partial { start: 0, end: 0 };
         assert_eq!(decide(&i, &r(&i.etag()), true), part);
         assert_eq!(decide(&i, &r("\"stale\""), true), Decision::Full);
+        // One validator only: a list holding the current tag is no match.
+        let listed = format!("\"stale\", {}", i.etag());
+        assert_eq!(decide(&i, &r(&listed), true), Decision::Full);
         assert_eq!(
             decide(&i, &r(&format!("W/{}", i.etag())), true),
             Decision::Full
