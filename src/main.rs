@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     // Here, before any shard: a thread started by a pinned shard would
     // keep its CPU. Should it fail, the executors say so as they start.
     let _ = coreserve::keep_awake::start_thread();
+    if serving {
+        coreserve::apps::reap_orphans_as_init();
+    }
     let code = run(cli);
     flush_log();
     code

@@ -10,12 +10,16 @@
 //! it posts every instance's status on a `Board` the master reads without
 //! waiting for it.
 //! `process` is one instance's process and output; `address` where it
-//! listens and how it is probed.
+//! listens and how it is probed; `reaper` reaps orphans as a container's
+//! pid 1.
 
 mod address;
 mod manager;
 mod proc_table;
 mod process;
+mod reaper;
+
+pub use reaper::start_if_init as reap_orphans_as_init;
 
 /// The log target of the apps' own output lines: logged at `info`
 /// (stdout) and `warn` (stderr) whatever `RUST_LOG` sets for coreserve's

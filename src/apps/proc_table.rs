@@ -300,9 +300,21 @@ pub fn group_runs(group: u32) -> bool {
     runs
 }
 
+/// The zombies whose parent is coreserve (the table read as it is; empty
+/// when it cannot be).
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    table()
+        .into_iter()
+        .flatten()
+        .filter(|(_, s)| s.parent == me && s.state == b'Z')
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// Reap `pid`, a zombie child of coreserve's (an orphan it inherited), if
 /// it is one; never waits.
-fn reap(pid: u32) {
+pub fn reap(pid: u32) {
     // SAFETY: waitpid(2) on one pid, without waiting: a process that is
     // not our zombie child is left as it is.
     unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };

@@ -154,6 +154,12 @@ pub fn spawn(
         .stderr(Stdio::piped());
     if let Some(dir) = &app.cwd {
         cmd.current_dir(dir);
+        // What shells and `process.env.PWD` readers take for the
+        // directory: coreserve's own would name another (unless the app's
+        // env sets it).
+        if !app.env.iter().any(|(k, _)| k == "PWD") {
+            cmd.env("PWD", dir);
+        }
     }
     // SAFETY: getpid is async-signal-safe; the closure below runs between
     // fork and exec and calls only async-signal-safe functions.
@@ -185,7 +191,7 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    let mut child = super::reaper::spawn_instance(&mut cmd).map_err(|e| {
         let cwd = app
             .cwd
             .as_ref()
@@ -227,7 +233,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("wait-{pid}"))
         .spawn(move || {
-            if let Ok(status) = child.wait() {
+            let waited = child.wait();
+            super::reaper::instance_reaped(pid);
+            if let Ok(status) = waited {
                 it_ended.store(true, Ordering::Release);
                 match asked.get() {
                     // Stopping: the group got the stop signal too; what is

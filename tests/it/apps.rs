@@ -944,3 +944,113 @@ fn instances_inherit_no_descriptor_of_coreserves() {
         }
     }
 }
+
+/// The processes whose parent is `pid`, as the host sees them.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// As a container's pid 1 (here a pid namespace of its own), coreserve
+/// reaps the orphans it inherits, a shell's background jobs here, as tini
+/// does: they piled up as zombies until the container's pids.max refused
+/// the app's next fork. An instance's own exit is still its wait thread's,
+/// reported as ever.
+#[test]
+fn as_pid_one_ended_orphans_are_reaped_and_instances_reported() {
+    if !have_node() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return eprintln!("skipped: needs root for a pid namespace");
+    }
+    // Twenty background jobs, each an orphan once its subshell exits,
+    // ending a moment later; then the app.
+    let start = "for i in $(seq 20); do (sleep 0.3 &); done; exec node $0";
+    let dir = Scratch::new("apps-pid-one");
+    let conf = dir.write(
+        "app.toml",
+        app("web", &["sh", "-c", start, ECHO_JS], 1, "") + &proxied("/", "web"),
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    // Killed with unshare (the test's end, or its failure).
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_coreserve"))
+        .args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args(["--shards", "1", "--config"])
+        .arg(&conf)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::spawn(cmd);
+    let s = AppServer { server, dir };
+    s.ready_pids("web", 1);
+    let coreserve = children_of(s.server.pid());
+    assert_eq!(coreserve.len(), 1, "{coreserve:?}");
+    let coreserve = coreserve[0];
+    let zombies = || {
+        children_of(coreserve)
+            .into_iter()
+            .filter(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|l| l.rsplit_once(')').is_some_and(|(_, f)| f.starts_with(" Z")))
+            })
+            .count()
+    };
+    // Every job has ended by now (0.3 s); each is reaped within a second.
+    let deadline = Instant::now() + WAIT;
+    let mut seen = 0;
+    loop {
+        let left = zombies();
+        seen = seen.max(left);
+        if left == 0 && children_of(coreserve).len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} zombies left (most {seen}), children {:?}",
+            children_of(coreserve)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The instance (the one child left) killed: its exit still reported.
+    let instance = children_of(coreserve)[0];
+    // SAFETY: kill(2) on the instance's pid, just read.
+    unsafe { libc::kill(instance as libc::pid_t, libc::SIGKILL) };
+    s.wait_for_count("exited: signal: 9 (SIGKILL); starting it again in 1s", 1);
+    s.wait_for_count("app web[0] is ready", 2);
+    assert_eq!(s.whoamis("/whoami", 1).len(), 1);
+}
+
+/// An app started in its `cwd` is told so by `$PWD` too (shells and
+/// `process.env.PWD` readers take it for the directory): it named
+/// coreserve's own.
+#[test]
+fn an_apps_pwd_is_its_cwd() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-pwd");
+    dir.write("site/keep", "");
+    let start = format!("console.log('pwd=' + process.env.PWD); require('{ECHO_JS}')");
+    let toml = app(
+        "web",
+        &["node", "-e", &start],
+        1,
+        &format!("cwd = \"{}\"", dir.path("site")),
+    ) + &proxied("/", "web");
+    let s = AppServer::start("apps-pwd-server", &toml);
+    s.ready_pids("web", 1);
+    s.server.wait_for_log(&format!("pwd={}", dir.path("site")));
+}
