@@ -269,6 +269,14 @@ pub struct ProxyConfig {
     pub upgrade: bool,
     /// Longest silence on an upgraded tunnel.
     pub tunnel_idle_timeout: Duration,
+    /// Pass the server's interim responses (`103 Early Hints`; any 1xx
+    /// but the 100 coreserve answers itself and the 101 of a tunnel) on to
+    /// HTTP/1.1 clients. Off by default, as nginx's `early_hints`: many
+    /// HTTP/1.1 clients (Python's http.client, so requests and urllib3)
+    /// take a 103 for the final response and pair every later one on the
+    /// connection with the request before it, and browsers act on Early
+    /// Hints only over HTTP/2 and 3.
+    pub early_hints: bool,
     /// Request fields set on what goes up (nginx's `proxy_set_header`), in
     /// the file's order: each replaces the client's field of its name (in
     /// any case, and spelled with `_` for `-`); an empty value only
@@ -290,6 +298,7 @@ impl ProxyConfig {
             trusted_proxies: Vec::new(),
             upgrade: true,
             tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            early_hints: false,
             request_headers: Vec::new(),
             gzip: None,
         }

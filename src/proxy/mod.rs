@@ -561,7 +561,7 @@ async fn forward(
                 sent.any,
                 wait,
                 ex.max_head,
-                (!back.client.http10).then_some(ex.send_timeout),
+                (route.config.early_hints && !back.client.http10).then_some(ex.send_timeout),
                 &mut served.bytes_out,
             )
             .await;

@@ -856,9 +856,13 @@ fn an_interim_response_does_not_stop_the_body() {
     assert_eq!(r.header("connection"), None);
 }
 
-/// Interim responses the client did not get from coreserve itself go on
-/// to it (RFC 9110 §15.2), a 103's `Link`s included: to HTTP/1.1 clients,
-/// at most 16 per request; a 100 never (coreserve answers `Expect`).
+/// With `early-hints`, interim responses the client did not get from
+/// coreserve itself go on to it (RFC 9110 §15.2), a 103's `Link`s
+/// included: to HTTP/1.1 clients, at most 16 per request; a 100 never
+/// (coreserve answers `Expect`). Without it (the default, as nginx's) the
+/// client gets the final response alone: Python's http.client took a 103
+/// for the final response, and each later response on the connection for
+/// the request before it.
 #[test]
 fn early_hints_reach_an_http11_client() {
     let up = Upstream::start(|req| {
@@ -877,7 +881,18 @@ fn early_hints_reach_an_http11_client() {
             .write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
     }
     });
-    let proxy = Proxy::start("proxy-early-hints", &simple(&[up.server()], "", ""));
+    let off = Proxy::start("proxy-early-hints-off", &simple(&[up.server()], "", ""));
+    let mut s = connect(off.addr());
+    let mut r = Reader::new(&s);
+    for _ in 0..2 {
+        s.write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let page = r.next(false);
+        assert_eq!((page.status, page.text().as_str()), (200, "ok"));
+    }
+
+    let on = "early-hints = true";
+    let proxy = Proxy::start("proxy-early-hints", &simple(&[up.server()], "", on));
     let mut s = connect(proxy.addr());
     let mut r = Reader::new(&s);
     s.write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -929,7 +944,11 @@ fn after_a_hint_went_out_a_failure_is_not_retried() {
     let (a, b) = (hint_then_close(), hint_then_close());
     let proxy = Proxy::start(
         "proxy-hint-close",
-        &simple(&[a.server(), b.server()], "max-fails = 0", ""),
+        &simple(
+            &[a.server(), b.server()],
+            "max-fails = 0",
+            "early-hints = true",
+        ),
     );
     let mut s = connect(proxy.addr());
     let mut r = Reader::new(&s);

@@ -16,6 +16,7 @@ pub(super) const KIND: Kind = Kind {
         "trusted-proxies",
         "upgrade",
         "tunnel-idle-timeout",
+        "early-hints",
         "request-headers",
         "gzip",
         "gzip-level",
@@ -52,6 +53,7 @@ impl KindReader for Proxy {
             "keep-host" => c.keep_host = w.flag(f).unwrap_or(c.keep_host),
             "strip-prefix" => c.strip_prefix = w.flag(f).unwrap_or(c.strip_prefix),
             "upgrade" => c.upgrade = w.flag(f).unwrap_or(c.upgrade),
+            "early-hints" => c.early_hints = w.flag(f).unwrap_or(c.early_hints),
             "trusted-proxies" => c.trusted_proxies = w.networks(f),
             "tunnel-idle-timeout" => {
                 if let Some(d) = w.duration(f) {
@@ -153,7 +155,7 @@ mod tests {
         let h = load(
             "upstream = \"app\"\nkeep-host = false\nstrip-prefix = true\n\
              trusted-proxies = [\"10.0.0.0/8\", \"::1\"]\nupgrade = false\n\
-             tunnel-idle-timeout = \"90s\"\n",
+             tunnel-idle-timeout = \"90s\"\nearly-hints = true\n",
         )
         .unwrap();
         let mut p = ProxyConfig::new("app");
@@ -162,6 +164,7 @@ mod tests {
         p.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
         p.upgrade = false;
         p.tunnel_idle_timeout = Duration::from_secs(90);
+        p.early_hints = true;
         assert_eq!(h, HandlerConfig::Proxy(p));
     }
 
@@ -276,7 +279,7 @@ mod tests {
                 "t.toml:6: route[1].trusted-proxies: \"nowhere\" is not an IP address or network (10.0.0.0/8)",
                 "t.toml:7: route[1].upgrade: must be true or false",
                 "t.toml:8: route[1].tunnel-idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"forever\"",
-                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, request-headers, gzip, gzip-level, gzip-min-length, gzip-types)",
+                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, early-hints, request-headers, gzip, gzip-level, gzip-min-length, gzip-types)",
                 "t.toml:1: route[1].upstream: is required for a proxy route: the name of an [[upstream]] group",
             ]
         );
