@@ -6,6 +6,8 @@
 //! gap). Warned of, not refused: a route meant for both (an ACME challenge)
 //! is legitimate.
 
+use std::collections::{HashMap, HashSet};
+
 use super::super::{
     narrowness, route_key, wildcard, Config, ConfigError, HandlerConfig, RouteConfig, Scheme,
 };
@@ -23,29 +25,62 @@ impl Config {
                 && matches!(&r.handler, HandlerConfig::Redirect { location, .. }
                     if location.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")))
         };
+        // Looked up, not searched for each route: tens of thousands of
+        // routes (a site per host) took minutes to load when each route
+        // scanned all the others twice.
+        let redirects: Vec<usize> = (0..self.routes.len())
+            .filter(|&j| to_https(&self.routes[j]))
+            .collect();
+        if redirects.is_empty() {
+            return Vec::new();
+        }
+        // The redirects a route of a plain host name can meet: those of its
+        // name (in any case), and those of a wildcard or of any host.
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut broad: Vec<usize> = Vec::new();
+        for &j in &redirects {
+            match self.routes[j].host.as_deref() {
+                Some(h) if wildcard(h).is_none() => {
+                    by_name.entry(h.to_ascii_lowercase()).or_default().push(j)
+                }
+                _ => broad.push(j),
+            }
+        }
+        // A plain-HTTP route of a path and host, for every method, takes
+        // that path's plain requests first (a redirect of its own).
+        let own_plain: HashSet<(&str, Option<&str>)> = self
+            .routes
+            .iter()
+            .filter(|r| r.scheme == Some(Scheme::Http) && r.methods.is_none())
+            .map(|r| (r.path.as_str(), r.host.as_deref()))
+            .collect();
         let mut warnings = Vec::new();
         for (i, x) in self.routes.iter().enumerate() {
             if x.scheme.is_some() || matches!(x.handler, HandlerConfig::Redirect { .. }) {
                 continue;
             }
-            // A plain-HTTP route of its own path and host, for every method,
-            // takes its plain requests first (a redirect of its own).
-            let own_plain = self.routes.iter().any(|r| {
-                r.scheme == Some(Scheme::Http)
-                    && r.path == x.path
-                    && r.host == x.host
-                    && r.methods.is_none()
-            });
-            if own_plain {
+            if own_plain.contains(&(x.path.as_str(), x.host.as_deref())) {
                 continue;
             }
-            let shadowed = self.routes.iter().enumerate().find(|(_, r)| {
-                to_https(r)
-                    && hosts_overlap(x.host.as_deref(), r.host.as_deref())
-                    && (x.path.len() > r.path.len() && under(&x.path, &r.path)
-                        || x.path == r.path
-                            && narrowness(x.host.as_deref()) > narrowness(r.host.as_deref()))
-            });
+            let candidates: Vec<usize> = match x.host.as_deref() {
+                Some(h) if wildcard(h).is_none() => {
+                    let named = by_name.get(&h.to_ascii_lowercase());
+                    let mut c: Vec<usize> =
+                        named.into_iter().flatten().chain(&broad).copied().collect();
+                    c.sort_unstable();
+                    c
+                }
+                _ => redirects.clone(),
+            };
+            let shadowed = candidates
+                .into_iter()
+                .map(|j| (j, &self.routes[j]))
+                .find(|(_, r)| {
+                    hosts_overlap(x.host.as_deref(), r.host.as_deref())
+                        && (x.path.len() > r.path.len() && under(&x.path, &r.path)
+                            || x.path == r.path
+                                && narrowness(x.host.as_deref()) > narrowness(r.host.as_deref()))
+                });
             if let Some((j, r)) = shadowed {
                 warnings.push(ConfigError::new(
                     format!("{}.path", route_key(i)),
