@@ -126,7 +126,7 @@ fn run(cli: Cli) -> ExitCode {
         };
     }
     // SIGHUP reads the same file again and applies the same flags over it.
-    let reload = Box::new(move || again.clone().reload());
+    let reload = std::sync::Arc::new(move || again.clone().reload());
     match master::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MasterError::Forced(_)) => {

@@ -94,8 +94,11 @@ pub enum MasterError {
     App(#[from] AppError),
 }
 
-/// Re-reads the configuration (the file, then the flags) on SIGHUP.
-pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>>>;
+/// Re-reads the configuration (the file, then the flags) on SIGHUP. It runs
+/// on a blocking thread, not the master's loop: reading a large file or
+/// resolving upstream names behind a slow resolver would stall the
+/// watchdog, the metrics and the signals for as long.
+pub type Reloader = std::sync::Arc<dyn Fn() -> Result<Config, Vec<ConfigError>> + Send + Sync>;
 
 /// What the checks before binding found: the host's limits, where each
 /// shard runs, and the io_uring memory each executor gets.
@@ -518,7 +521,7 @@ fn checked_reloads(
     dispatch: Dispatch,
     activated: Option<Vec<SocketAddr>>,
 ) -> Reloader {
-    Box::new(move || {
+    std::sync::Arc::new(move || {
         let mut new = reload()?;
         if let Some(listen) = &activated {
             new.listen.clone_from(listen);

@@ -164,8 +164,9 @@ fn warm_requests_allocate_nothing_answered_or_proxied() {
         idle_wait: Duration::from_millis(50),
         ..parsed
     };
-    let server =
-        std::thread::spawn(move || coreserve::master::run(config, Box::new(|| Err(Vec::new()))));
+    let server = std::thread::spawn(move || {
+        coreserve::master::run(config, std::sync::Arc::new(|| Err(Vec::new())))
+    });
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut s = loop {

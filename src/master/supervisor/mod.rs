@@ -32,7 +32,7 @@ use crate::acceptor::Acceptor;
 use crate::admin;
 use crate::apps::{AppEvent, AppServer, AppsHandle};
 use crate::child::Child;
-use crate::config::{AccessLog, AppConfig, Config, ServerAddr, UpstreamConfig};
+use crate::config::{AccessLog, AppConfig, Config, ConfigError, ServerAddr, UpstreamConfig};
 use crate::keep_awake::{self, KeepAwake};
 use crate::proxy::Rest;
 use crate::shard::{self, Control, ShardEvent};
@@ -107,6 +107,8 @@ enum MasterEvent {
     /// A reload held for its new apps (`Held::seq`) has waited long
     /// enough.
     ReloadTimeout(u64),
+    /// What a reload read (`World::load`).
+    Loaded(Box<Result<Config, Vec<ConfigError>>>),
 }
 
 /// How soon a control message that found its shard's queue full is sent
@@ -184,6 +186,9 @@ struct Supervisor<W: World> {
     held: Option<Held>,
     /// The number of the latest held reload.
     held_seq: u64,
+    /// A reload's configuration is being read (`World::load`); `Some(true)`
+    /// when another SIGHUP came meanwhile, read again once it is done.
+    loading: Option<bool>,
     /// Until when each server taken out was last said to be (`on_rested`).
     rests: HashMap<(String, ServerAddr, u64), Instant>,
 }
@@ -371,6 +376,7 @@ impl<W: World> Supervisor<W> {
             file_upstreams,
             held: None,
             held_seq: 0,
+            loading: None,
             rests: HashMap::new(),
         }
     }
@@ -392,6 +398,7 @@ impl<W: World> Supervisor<W> {
             }
             MasterEvent::Signal(Signal::Terminate(sig)) => return Flow::Drain(sig),
             MasterEvent::Signal(Signal::Reload) => self.on_reload(),
+            MasterEvent::Loaded(loaded) => self.on_loaded(*loaded),
             MasterEvent::Shard(ShardEvent::Reloaded { id, seq }) => {
                 if self.reloads.applied(id, seq) {
                     self.reloaded("every shard");
@@ -589,8 +596,27 @@ impl<W: World> Supervisor<W> {
     }
 
     fn on_reload(&mut self) {
+        if let Some(again) = self.loading.as_mut() {
+            // The file may have changed since the read began: read once
+            // more when it ends (any number of SIGHUPs meanwhile, once).
+            *again = true;
+            return;
+        }
+        self.loading = Some(false);
         self.world.notify(Note::Reloading);
-        let mut new = match (self.reload)() {
+        self.world.load(&self.reload);
+    }
+
+    fn on_loaded(&mut self, loaded: Result<Config, Vec<ConfigError>>) {
+        let again = self.loading.take() == Some(true);
+        self.apply_loaded(loaded);
+        if again {
+            self.on_reload();
+        }
+    }
+
+    fn apply_loaded(&mut self, loaded: Result<Config, Vec<ConfigError>>) {
+        let mut new = match loaded {
             Ok(new) => new,
             Err(errors) => {
                 for e in &errors {

@@ -72,6 +72,11 @@ struct Fake {
     /// The shards whose control queue is full: what is sent to them is
     /// given back.
     full: Vec<usize>,
+    /// What a reload read, not handed back yet (`on` hands it back after
+    /// the event that asked for it, unless `hold_loads`).
+    loaded: Vec<Result<Config, Vec<ConfigError>>>,
+    /// Keep what reloads read until the test hands it back.
+    hold_loads: bool,
 }
 
 impl Fake {
@@ -154,6 +159,10 @@ impl World for Fake {
         self.did.push(Did::Notify(note));
     }
 
+    fn load(&mut self, reload: &Reloader) {
+        self.loaded.push(reload());
+    }
+
     /// Each app by name, and its environment's values when it has one
     /// (`web RELEASE=2`), to tell a changed app from the serving one.
     fn reload_apps(&mut self, apps: Vec<AppConfig>, _renew: bool) {
@@ -197,7 +206,7 @@ fn serving_with(n: usize, config: Config, reload: Reloader) -> Supervisor<Fake> 
 }
 
 fn serving(n: usize) -> Supervisor<Fake> {
-    serving_with(n, Config::default(), Box::new(|| Ok(Config::default())))
+    serving_with(n, Config::default(), Arc::new(|| Ok(Config::default())))
 }
 
 /// Hand the supervisor one event, as the loop does.
@@ -205,6 +214,11 @@ fn on(sup: &mut Supervisor<Fake>, ev: MasterEvent) {
     // The fake world never makes it wait.
     if let Flow::Drain(_) = future::block_on(sup.on_event(ev)) {
         panic!("only a stop signal drains");
+    }
+    // A reload's reading ends at once, unless the test holds it.
+    while !sup.world.hold_loads && !sup.world.loaded.is_empty() {
+        let loaded = sup.world.loaded.remove(0);
+        on(sup, MasterEvent::Loaded(Box::new(loaded)));
     }
 }
 
@@ -368,13 +382,72 @@ fn a_reload_with_errors_keeps_the_configuration_and_serves_on() {
             rule: "must be a size".into(),
         }])
     };
-    let mut sup = serving_with(2, Config::default(), Box::new(broken));
+    let mut sup = serving_with(2, Config::default(), Arc::new(broken));
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
     assert_eq!(
         sup.world.take(),
         [Did::Notify(Note::Reloading), Did::Notify(Note::Ready)]
     );
     assert_eq!(sup.config.limits, Config::default().limits);
+}
+
+/// A reload is read off the loop: the loop goes on meanwhile (the watchdog
+/// is petted), and SIGHUPs that come while it reads make one more read
+/// once it ends, not one each.
+#[test]
+fn sighups_while_a_reload_is_read_make_one_more_read() {
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = reads.clone();
+    let mut sup = serving_with(
+        1,
+        Config::default(),
+        Arc::new(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let mut new = Config::default();
+            new.limits.max_body_bytes = n;
+            Ok(new)
+        }),
+    );
+    sup.world.hold_loads = true;
+    for _ in 0..3 {
+        on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    }
+    on(&mut sup, pong(0));
+    on(&mut sup, MasterEvent::Watchdog);
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::Notify(Note::Reloading),
+            Did::Notify(Note::Watchdog),
+            Did::Send(0, 1, Sent::Ping)
+        ]
+    );
+    assert_eq!(sup.world.loaded.len(), 1);
+    let first = sup.world.loaded.remove(0);
+    sup.world.hold_loads = false;
+    on(&mut sup, MasterEvent::Loaded(Box::new(first)));
+    let reload = |seq| {
+        Did::Send(
+            0,
+            1,
+            Sent::Reload {
+                seq,
+                max_body_bytes: seq,
+            },
+        )
+    };
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::ReloadApps(vec![]),
+            reload(1),
+            Did::Notify(Note::Reloading),
+            Did::ReloadApps(vec![]),
+            reload(2),
+        ]
+    );
+    assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(sup.config.limits.max_body_bytes, 2);
 }
 
 /// The first reload (seq 1, `max-body-bytes` 1234) sent to shard `id`'s
@@ -398,7 +471,7 @@ fn a_reload_is_complete_once_every_live_shard_applied_it() {
     };
     let mut new = config.clone();
     new.limits.max_body_bytes = 1234;
-    let mut sup = serving_with(3, config, Box::new(move || Ok(new.clone())));
+    let mut sup = serving_with(3, config, Arc::new(move || Ok(new.clone())));
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
     assert_eq!(
         sup.world.take(),
@@ -561,7 +634,7 @@ fn an_apps_ready_instances_go_to_every_shard() {
         apps: vec![AppConfig::new("api", vec!["node".into()])],
         ..Config::default()
     };
-    let mut sup = serving_with(2, config, Box::new(|| Ok(Config::default())));
+    let mut sup = serving_with(2, config, Arc::new(|| Ok(Config::default())));
     let servers = vec![instance_on(9000, 0)];
     let app = |name: &str| {
         MasterEvent::App(AppEvent::Servers {
@@ -630,7 +703,7 @@ fn what_a_full_control_queue_held_back_follows_in_order() {
     };
     let mut new = config.clone();
     new.limits.max_body_bytes = 1234;
-    let mut sup = serving_with(2, config, Box::new(move || Ok(new.clone())));
+    let mut sup = serving_with(2, config, Arc::new(move || Ok(new.clone())));
     let servers = |port: u16| {
         MasterEvent::App(AppEvent::Servers {
             app: "api".into(),
@@ -738,7 +811,7 @@ fn renaming(instances: usize) -> Supervisor<Fake> {
         ..Config::default()
     };
     new.limits.max_body_bytes = 1234;
-    let mut sup = serving_with(2, old, Box::new(move || Ok(new.clone())));
+    let mut sup = serving_with(2, old, Arc::new(move || Ok(new.clone())));
     on(&mut sup, app_servers("web", &[9000, 9001]));
     sup.world.take();
     sup
@@ -806,7 +879,7 @@ fn a_reload_of_a_broken_file_gives_a_held_one_up() {
     sup.world.take();
     // The file was edited again, and now has an error: the reload it
     // replaces is not applied seconds later behind the log's back.
-    sup.reload = Box::new(|| {
+    sup.reload = Arc::new(|| {
         Err(vec![ConfigError {
             file: None,
             line: None,
@@ -846,7 +919,7 @@ fn a_held_reload_changes_no_serving_app_until_it_applies() {
         apps: vec![release("2"), app_of("api", 1)],
         ..Config::default()
     };
-    let mut sup = serving_with(2, old, Box::new(move || Ok(new.clone())));
+    let mut sup = serving_with(2, old, Arc::new(move || Ok(new.clone())));
     on(&mut sup, app_servers("web", &[9000, 9001]));
     sup.world.take();
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
@@ -928,7 +1001,7 @@ fn a_reload_that_adds_no_app_is_not_held() {
         ..Config::default()
     };
     new.limits.max_body_bytes = 1234;
-    let mut sup = serving_with(2, old, Box::new(move || Ok(new.clone())));
+    let mut sup = serving_with(2, old, Arc::new(move || Ok(new.clone())));
     on(&mut sup, MasterEvent::Signal(Signal::Reload));
     assert_eq!(
         sup.world.take(),

@@ -21,7 +21,7 @@ use crate::bell::Bell;
 use crate::config::{AppConfig, Config};
 use crate::handoff;
 use crate::master::launch::{Launched, Launcher};
-use crate::master::MasterError;
+use crate::master::{MasterError, Reloader};
 use crate::shard::Control;
 use crate::systemd;
 
@@ -58,6 +58,10 @@ pub(super) trait World {
 
     /// Tell systemd.
     fn notify(&mut self, note: Note);
+
+    /// Read the configuration again with `reload`, off the supervisor's
+    /// loop; what it read is to come back as `MasterEvent::Loaded`.
+    fn load(&mut self, reload: &Reloader);
 
     /// Hand the app manager the apps of a reload; `renew`: the reload's
     /// own, applied now (see `AppsHandle::reload`).
@@ -234,6 +238,15 @@ impl World for Real {
 
     fn reload_apps(&mut self, apps: Vec<AppConfig>, renew: bool) {
         self.apps.reload(apps, renew);
+    }
+
+    fn load(&mut self, reload: &Reloader) {
+        let (reload, tx) = (reload.clone(), self.tx.clone());
+        glommio::spawn_local(async move {
+            let loaded = glommio::executor().spawn_blocking(move || reload()).await;
+            let _ = tx.try_send(MasterEvent::Loaded(Box::new(loaded)));
+        })
+        .detach();
     }
 
     fn app_status(&self) -> Vec<InstanceStatus> {
