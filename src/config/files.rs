@@ -161,6 +161,16 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
         config.locate(&mut w);
         log::warn!("{w}");
     }
+    if config.tls.listen.is_empty() && !config.tls.certificates.is_empty() {
+        // Certificates are read only for an address that speaks HTTPS: a
+        // forgotten `listen` would otherwise go unsaid, HTTPS simply off.
+        let mut w = ConfigError::new(
+            "tls.certificate[1].chain",
+            "is not read, and HTTPS is off: [tls] listen names no address (add listen = [\"0.0.0.0:443\"])".to_string(),
+        );
+        config.locate(&mut w);
+        log::warn!("{w}");
+    }
     // Located already, and logged each time: a warning stops nothing.
     let tls = super::load_certificates(config, std::time::SystemTime::now());
     for w in &tls.warnings {

@@ -206,13 +206,22 @@ impl TlsConfig {
         // (`tls_files`): it may have one per key type.
         for (i, c) in self.certificates.iter().enumerate() {
             let key = format!("{}.names", certificate_key(i));
-            for n in c.names.iter().filter(|n| !is_server_name(n)) {
-                err(
-                    &key,
-                    format!(
-                        "must be host names like \"example.com\" or \"*.example.com\", got {n:?}"
-                    ),
-                );
+            for n in &c.names {
+                if n.parse::<std::net::IpAddr>().is_ok() {
+                    // RFC 6066 §3: no client names an address in SNI, so
+                    // the entry could never be chosen.
+                    err(
+                        &key,
+                        format!("{n:?} is an IP address, which clients never ask for by name: a connection to an address gets the first certificate, the default; list this certificate first instead"),
+                    );
+                } else if !is_server_name(n) {
+                    err(
+                        &key,
+                        format!(
+                            "must be host names like \"example.com\" or \"*.example.com\", got {n:?}"
+                        ),
+                    );
+                }
             }
         }
     }
@@ -305,7 +314,7 @@ mod tests {
         let t = TlsConfig {
             certificates: vec![
                 cert(&["example.com", "*.example.com"]),
-                cert(&["example.com", "a.*.b", "UP.example"]),
+                cert(&["example.com", "a.*.b", "UP.example", "127.0.0.1"]),
             ],
             hsts: Some("includeSubDomains".into()),
             protocols: vec![],
@@ -318,6 +327,7 @@ mod tests {
                 "tls.hsts: must be a Strict-Transport-Security value like \"max-age=31536000\", got \"includeSubDomains\"",
                 "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"a.*.b\"",
                 "tls.certificate[2].names: must be host names like \"example.com\" or \"*.example.com\", got \"UP.example\"",
+                "tls.certificate[2].names: \"127.0.0.1\" is an IP address, which clients never ask for by name: a connection to an address gets the first certificate, the default; list this certificate first instead",
             ]
         );
         for good in [

@@ -132,6 +132,27 @@ fn check_s_warnings_come_before_its_ok() {
     }
 }
 
+/// Certificates with no HTTPS address are not read: said, not silent (a
+/// forgotten `[tls] listen` left HTTPS off without a word).
+#[test]
+fn certificates_without_an_https_address_are_warned_of() {
+    let dir = Scratch::new("tls-no-listen");
+    let conf = dir.write(
+        "c.toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[tls]\n[[tls.certificate]]\nchain = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
+    );
+    let out = command()
+        .args(["--check", "--config", &conf.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("c.toml:6: tls.certificate[1].chain: is not read, and HTTPS is off: [tls] listen names no address"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_file_line_and_key() {
     let dir = Scratch::new("check");
