@@ -81,6 +81,10 @@ impl Walker<'_> {
                         r.read(self, n, f);
                     }
                 }
+                // Without a handler (missing, or not one there is) a key
+                // some handler takes is not the fault: the handler's error
+                // says what is, once, not a line for each of its keys.
+                n if kind.is_none() && handlers::KINDS.iter().any(|k| k.keys.contains(&n)) => {}
                 _ => {
                     let every = [
                         "path",
@@ -112,8 +116,9 @@ impl Walker<'_> {
     }
 
     /// The route's `handler`: a name in `handlers::KINDS`. A missing,
-    /// malformed or unknown one is reported and gives `None`; the route's
-    /// other keys are then all unknown.
+    /// malformed or unknown one is reported (with the name it most likely
+    /// meant) and gives `None`; the route's keys no handler takes are then
+    /// unknown.
     fn route_kind(&mut self, prefix: &str, f: Option<&Field>) -> Option<&'static Kind> {
         let Some(f) = f else {
             let rule = format!("is required: {}", handlers::names());
@@ -123,7 +128,10 @@ impl Walker<'_> {
         let name = self.string(f)?;
         let kind = handlers::find(&name);
         if kind.is_none() {
-            let rule = format!("must be {}, got {name:?}", handlers::names());
+            let kinds: Vec<&str> = handlers::KINDS.iter().map(|k| k.name).collect();
+            let meant = super::closest(&name, &kinds)
+                .map_or(String::new(), |m| format!(" (did you mean {m:?}?)"));
+            let rule = format!("must be {}, got {name:?}{meant}", handlers::names());
             self.error(f, rule);
         }
         kind
@@ -297,22 +305,26 @@ mod tests {
         }
     }
 
+    /// A handler missing or not one there is is said once, with the name
+    /// it most likely meant: the keys a handler takes are not reported one
+    /// by one as unknown (a typo in `handler` made a line of each); a key
+    /// no handler takes still is.
     #[test]
-    fn an_unknown_or_missing_kind_makes_every_kind_key_unknown() {
+    fn an_unknown_or_missing_kind_is_said_once() {
         let errs = errors(
             "[[route]]\npath = \"/\"\nhandler = \"fastcgi\"\nstatus = 200\n\n\
-             [[route]]\npath = \"/b\"\nbody = \"x\"\n\n\
-             [[route]]\npath = \"/c\"\nhandler = 1\nroot = \"/srv\"\n",
+             [[route]]\npath = \"/b\"\nbody = \"x\"\nbogus = 1\n\n\
+             [[route]]\npath = \"/c\"\nhandler = 1\nroot = \"/srv\"\n\n\
+             [[route]]\npath = \"/d\"\nhandler = \"statc\"\nroot = \"/srv\"\nindex = [\"a\"]\n",
         );
         assert_eq!(
             errs,
             [
                 "t.toml:3: route[1].handler: must be \"respond\", \"static\", \"redirect\" or \"proxy\", got \"fastcgi\"",
-                "t.toml:4: route[1].status: unknown key",
                 "t.toml:6: route[2].handler: is required: \"respond\", \"static\", \"redirect\" or \"proxy\"",
-                "t.toml:8: route[2].body: unknown key",
-                "t.toml:12: route[3].handler: must be a string",
-                "t.toml:13: route[3].root: unknown key",
+                "t.toml:9: route[2].bogus: unknown key",
+                "t.toml:13: route[3].handler: must be a string",
+                "t.toml:18: route[4].handler: must be \"respond\", \"static\", \"redirect\" or \"proxy\", got \"statc\" (did you mean \"static\"?)",
             ]
         );
     }
