@@ -352,7 +352,13 @@ fn fetch(url: &str) -> Result<String, StatusError> {
     s.read_to_string(&mut body).map_err(|e| match e.kind() {
         // What a read timeout gives on Linux: say it in words.
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            fail(format!("no answer within {}s", patience.as_secs()))
+            // The endpoint is bound before the apps start, and answers
+            // once they are ready: a start-up that waits for them (up to
+            // their start-timeout) looks so from here.
+            fail(format!(
+                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them",
+                patience.as_secs()
+            ))
         }
         _ => fail(e.to_string()),
     })?;
