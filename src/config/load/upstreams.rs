@@ -45,6 +45,10 @@ enum ServerError {
     /// `"::1:8080"`: which colon ends the address is anybody's guess.
     #[error("{0:?}: write an IPv6 address in brackets, like \"[::1]:8080\"")]
     BareIpv6(String),
+    /// `"http://app:3000"`, as nginx's `proxy_pass` takes it: a server is
+    /// an address; the scheme is always HTTP, and a path is the route's.
+    #[error("{0:?}: a server is \"host:port\" (\"{1}\"), without a scheme or path: requests go to it over HTTP, with the path the route gives")]
+    Url(String, String),
     /// Characters no host name has, or a bracketed address that is not IPv6.
     #[error("{0:?} is not a host name or address")]
     BadHost(String),
@@ -150,6 +154,19 @@ fn target(s: &str) -> Result<Target<'_>, ServerError> {
             0 => Err(ServerError::BadPort(s.into())),
             _ => Ok(Target::Addr(a)),
         };
+    }
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        let host_port = match authority.rsplit_once(':') {
+            Some((_, p)) if !p.is_empty() && !p.ends_with(']') => authority.to_string(),
+            _ => format!("{authority}:{port}"),
+        };
+        return Err(ServerError::Url(s.into(), host_port));
     }
     if let Some(bracketed) = s.strip_prefix('[') {
         // Not a valid `[v6]:port`, or it would have parsed above.
@@ -454,7 +471,7 @@ fail-timeout = "20s"
         let errs = load(
             r#"[[upstream]]
 name = 7
-servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "[::1]", "[nope]:80", "a b:80", "a_b:80 weight=0", "a_b:80 weight=+5", "a_b:80 weight=1001", "a_b:80 weight=2 weight=3", "a_b:80 backup backup", "a_b:80 down", "weight=2", "elsewhere:80", "empty:80"]
+servers = ["127.0.0.1", "nohost:99999", "unix:", "127.0.0.1:0", "::1:80", "http://app:3000/api", "https://secure.example", "[::1]", "[nope]:80", "a b:80", "a_b:80 weight=0", "a_b:80 weight=+5", "a_b:80 weight=1001", "a_b:80 weight=2 weight=3", "a_b:80 backup backup", "a_b:80 down", "weight=2", "elsewhere:80", "empty:80"]
 balance = "ip_hash"
 keepalive = -1
 idle-timeout = "soon"
@@ -478,6 +495,8 @@ servers = "127.0.0.1:80"
                 format!("/etc/cs/{s}: \"unix:\": a unix socket needs a path, like \"unix:/run/app.sock\""),
                 format!("/etc/cs/{s}: \"127.0.0.1:0\": the port must be a number from 1 to 65535"),
                 format!("/etc/cs/{s}: \"::1:80\": write an IPv6 address in brackets, like \"[::1]:8080\""),
+                format!("/etc/cs/{s}: \"http://app:3000/api\": a server is \"host:port\" (\"app:3000\"), without a scheme or path: requests go to it over HTTP, with the path the route gives"),
+                format!("/etc/cs/{s}: \"https://secure.example\": a server is \"host:port\" (\"secure.example:443\"), without a scheme or path: requests go to it over HTTP, with the path the route gives"),
                 format!("/etc/cs/{s}: \"[::1]\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\""),
                 format!("/etc/cs/{s}: \"[nope]:80\" is not a host name or address"),
                 format!("/etc/cs/{s}: \"a b:80\": unknown parameter \"b:80\": a server takes weight=N and backup (max-fails and fail-timeout are the group's keys)"),
