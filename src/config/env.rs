@@ -40,6 +40,11 @@ impl Unset {
     pub fn rule(&self) -> String {
         let name = &self.name;
         match self.why {
+            // The variables coreserve sets for each app instance are not
+            // the file's to replace: a shell in the command reads them.
+            Why::NotSet if name == "PORT" || name == "SOCKET" => format!(
+                "environment variable {name} is not set: ${{{name}}} is replaced when the file is read, while each [[app]] instance gets its own {name} when it starts; for a command that needs it, write it for a shell without braces, [\"sh\", \"-c\", \"exec node app.js --port ${name}\"]"
+            ),
             Why::NotSet => format!(
                 "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
             ),
@@ -487,6 +492,18 @@ mod tests {
         let t = "[[app]]\nname = \"a\"\n[[app]]\nname = \"b\"\n[app.env]\nA = \"${NOPE}\"\n";
         let errs = substitute(t, ok(env), 1 << 20, None).unwrap_err();
         assert_eq!(errs[0].key, "app[2].env.A");
+        // An app's own PORT is not the file's: said so, with what works.
+        let why = Unset {
+            line: 1,
+            name: "PORT".into(),
+            key: "app[1].command".into(),
+            why: Why::NotSet,
+        };
+        assert!(
+            why.rule().contains("write it for a shell without braces"),
+            "{}",
+            why.rule()
+        );
     }
 
     #[test]
