@@ -95,6 +95,10 @@ impl Supervisor<Real> {
                 Some(MasterEvent::Signal(Signal::Reload)) => {
                     warn!("SIGHUP: ignored: stopping (the configuration is read again at the next start)");
                 }
+                // A SIGHUP's read that ended after the stop signal.
+                Some(MasterEvent::Loaded(_)) => {
+                    warn!("SIGHUP: the configuration read is not applied: stopping (it is read again at the next start)");
+                }
                 // A log rotated meanwhile is still let go of.
                 Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
                 // What waits for a full queue (a reopen, the drain itself).

@@ -18,7 +18,7 @@ use super::MasterEvent;
 use crate::acceptor::{Acceptor, Command};
 use crate::apps::{AppsHandle, InstanceStatus};
 use crate::bell::Bell;
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, ConfigError};
 use crate::handoff;
 use crate::master::launch::{Launched, Launcher};
 use crate::master::{MasterError, Reloader};
@@ -243,7 +243,23 @@ impl World for Real {
     fn load(&mut self, reload: &Reloader) {
         let (reload, tx) = (reload.clone(), self.tx.clone());
         glommio::spawn_local(async move {
-            let loaded = glommio::executor().spawn_blocking(move || reload()).await;
+            // A panic would end the blocking thread with the answer never
+            // sent: every later SIGHUP would wait for it. It is the
+            // reload's failure instead, said as one.
+            let read = move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reload())).unwrap_or_else(
+                    |panic| {
+                        Err(vec![ConfigError::new(
+                            "configuration",
+                            format!(
+                                "reading it failed ({}); report this as a bug",
+                                crate::panics::message(panic.as_ref())
+                            ),
+                        )])
+                    },
+                )
+            };
+            let loaded = glommio::executor().spawn_blocking(read).await;
             let _ = tx.try_send(MasterEvent::Loaded(Box::new(loaded)));
         })
         .detach();
