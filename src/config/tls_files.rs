@@ -171,7 +171,23 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
             // A name the certificate does not cover is served, and every
             // client that asks for it refuses the certificate.
             let own = dns_names(&parsed[0]);
-            for name in c.names.iter().filter(|n| !own.iter().any(|o| covers(o, n))) {
+            for name in c
+                .names
+                .iter()
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            {
+                // RFC 6066 §3: a client sends no server name for an
+                // address, so no connection chooses by it.
+                loaded.warnings.push(ConfigError::new(
+                    format!("{prefix}.names"),
+                    format!("{name:?} is an IP address, which clients never ask for by name: it is ignored (a connection to an address gets the first certificate, the default); leave it out"),
+                ));
+            }
+            let named = c
+                .names
+                .iter()
+                .filter(|n| n.parse::<std::net::IpAddr>().is_err());
+            for name in named.filter(|n| !own.iter().any(|o| covers(o, n))) {
                 loaded.warnings.push(ConfigError::new(
                     format!("{prefix}.names"),
                     format!(
@@ -553,6 +569,7 @@ mod tests {
             "*.example.com",
             "other.test",
             "a.b.example.com",
+            "127.0.0.1",
         ];
         let c = config(vec![CertificateConfig {
             chain: d.write("chain.pem", &(leaf + &mid)),
@@ -562,7 +579,13 @@ mod tests {
         let loaded = load_certificates(&c, at(2029, 6, 1));
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
+        // An address is never a server name (no false "not a name" either).
+        assert!(
+            w[0].contains("\"127.0.0.1\" is an IP address, which clients never ask for by name: it is ignored"),
+            "{w:?}"
+        );
+        let w = &w[1..];
         assert!(
             w[0].starts_with("t.toml:7: tls.certificate[1].names: \"other.test\" is not a name of the certificate in ")
                 && w[0].ends_with("(example.com, *.example.com): clients that ask for it will not trust it"),
