@@ -84,7 +84,21 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             .read(&mut first[..], Instant::now() + wait)
             .await
             .unwrap_or(0);
-        let head = &first[..seen];
+        // Behind a balancer that speaks the PROXY protocol, its header
+        // comes first: the request follows it, and the client is the one
+        // it names (when the balancer is trusted).
+        let (head, known) = match proxy_protocol::parse(&first[..seen]) {
+            Ok(Some(h)) if !first_site.proxy_protocol.is_empty() => {
+                let trusted = client
+                    .peer_addr()
+                    .is_some_and(|a| first_site.proxy_protocol.iter().any(|n| n.contains(a.ip())));
+                (
+                    &first[h.len..seen],
+                    trusted.then(|| h.source.map(|a| a.ip())),
+                )
+            }
+            _ => (&first[..seen], None),
+        };
         let mut out = Vec::new();
         let head_only = head.starts_with(b"HEAD ");
         write_error(
@@ -97,7 +111,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             // Counted and logged as any response, its request as far as
             // it was read (a line without one when nothing was, as for a
             // request that did not parse).
-            let log = ConnLog::of(&shard, &client, None);
+            let log = ConnLog::of(&shard, &client, known);
             finish(
                 &shard,
                 log.as_ref(),

@@ -117,6 +117,51 @@ fn the_client_a_load_balancer_names_is_the_connections() {
     );
 }
 
+/// Past `max-connections`, a balancer's header is not taken for the
+/// request: a HEAD behind it gets its 503 without a body, and the log line
+/// names the request and the client the header names.
+#[test]
+fn a_refusal_behind_a_balancer_reads_past_its_header() {
+    let up = Upstream::start(ok("hi"));
+    let dir = Scratch::new("pp-refused-log");
+    let log = dir.0.join("access.log");
+    let toml = format!(
+        "[server]\nproxy-protocol = [\"127.0.0.1\"]\n\n[limits]\nmax-connections = 1\n\n[log]\naccess = \"{}\"\nformat = \"json\"\n\n",
+        log.display()
+    ) + &simple(&[up.server()], "", "");
+    let proxy = Proxy::start("pp-refused", &toml);
+    // The one connection there is room for, busy with a request's head.
+    let busy = connect(proxy.addr());
+    let mut r = Reader::new(&busy);
+    (&busy)
+        .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 80\r\nGET /who HTTP/1.1\r\nHost: x\r\n\r\nGET /who HTTP/1.1\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    let mut s = connect(proxy.addr());
+    s.write_all(
+        b"PROXY TCP4 192.0.2.9 127.0.0.1 5555 80\r\nHEAD /probe HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a body after the head: {text:?}"
+    );
+    drop((r, busy));
+    proxy.server.stop();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let refused = lines
+        .lines()
+        .find(|l| l.contains("\"status\":503"))
+        .expect(&lines);
+    assert!(refused.contains("\"remote\":\"192.0.2.9\""), "{refused}");
+    assert!(
+        refused.contains("\"method\":\"HEAD\",\"target\":\"/probe\""),
+        "{refused}"
+    );
+}
+
 #[test]
 fn a_connection_from_a_balancer_without_a_header_is_closed() {
     let up = Upstream::start(ok("hi"));
