@@ -157,8 +157,12 @@ pub fn spawn(
         // What shells and `process.env.PWD` readers take for the
         // directory: coreserve's own would name another (unless the app's
         // env sets it).
+        // Absolute, as POSIX has it (a `--config` given relative makes
+        // `cwd` relative too).
         if !app.env.iter().any(|(k, _)| k == "PWD") {
-            cmd.env("PWD", dir);
+            let absolute =
+                std::env::current_dir().map_or_else(|_| dir.clone(), |here| here.join(dir));
+            cmd.env("PWD", absolute);
         }
     }
     // SAFETY: getpid is async-signal-safe; the closure below runs between
@@ -284,7 +288,10 @@ pub fn spawn(
                 }
                 on_exit(status);
             }
-        })?;
+        })
+        // Its thread did not start: nobody waits for it here, and the
+        // reaper may take its zombie.
+        .inspect_err(|_| super::reaper::instance_reaped(pid))?;
     Ok(Process {
         pid,
         tail,
