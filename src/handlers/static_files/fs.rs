@@ -9,11 +9,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Files up to this size are read whole and kept in the shard's cache; larger
 /// ones are streamed from disk in chunks.
 pub const SMALL_FILE: u64 = 64 << 10;
+
+/// The second (since the epoch) an unreadable precompressed sibling was
+/// last logged in, by any shard's lookup.
+static SIBLING_TOLD: AtomicU64 = AtomicU64::new(0);
 
 /// Reads of a small file that changes while it is read before what was
 /// read is served as it is.
@@ -320,7 +325,14 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
                         FoundSend::NotFound => continue,
                         found => return found,
                     };
-                    log::error!("static file {:?}: {why}; served without it", real.display());
+                    // Once a second at most: with `cache-valid = "0s"`
+                    // every request of a browser would log it.
+                    let second = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if SIBLING_TOLD.swap(second, Ordering::Relaxed) != second {
+                        log::error!("static file {:?}: {why}; served without it", real.display());
+                    }
                 }
             }
         }

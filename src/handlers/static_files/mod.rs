@@ -909,6 +909,11 @@ async fn stream_file(
                     // and a descriptor for each slow reader); where the
                     // socket cannot be waited on, the chunk below waits.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // A copy a chunk needed is not held through the
+                        // wait either.
+                        if let Some(r) = reader.take() {
+                            let _ = recheck::wait(r.close()).await;
+                        }
                         let since = *stalled.get_or_insert_with(Instant::now);
                         if let Some(room) = stream.room(since).await {
                             room?;
