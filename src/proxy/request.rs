@@ -6,12 +6,12 @@
 //! SECURITY: nothing of the client's framing goes on. `Content-Length` and
 //! `Transfer-Encoding` are written from the body decoder's view of the
 //! request (the parser already refused ambiguous framing with 400/501), so
-//! the upstream reads exactly one message per request. `X-Forwarded-For`,
-//! `-Proto` and `-Host` from a peer outside `trusted-proxies` are dropped
-//! and written anew (other `X-Forwarded-*` fields pass, as with nginx), and so
-//! is `X-Real-IP` (what apps set up behind nginx's usual
-//! `proxy_set_header X-Real-IP $remote_addr` read); its `Forwarded`
-//! (RFC 7239) is dropped. Each of these fields, and every field the proxy
+//! the upstream reads exactly one message per request. `X-Forwarded-For`
+//! and `-Proto` from a peer outside `trusted-proxies` are dropped and
+//! written anew (other `X-Forwarded-*` fields pass, as with nginx), and its
+//! `Forwarded` (RFC 7239) is dropped; `X-Forwarded-Host` and `X-Real-IP`
+//! (what apps set up behind nginx's usual `proxy_set_header X-Real-IP
+//! $remote_addr` read) are always written anew, whoever the peer. Each of these fields, and every field the proxy
 //! removes, goes in any spelling with `_` for `-` too (`X_Forwarded_For`),
 //! which CGI-style apps read as the same; as does `Proxy` ("httpoxy").
 
@@ -53,11 +53,15 @@ pub fn upgrade_wanted(head: &RequestHead) -> Option<&[u8]> {
         .filter(|v| asked && !has_token(v, b"h2c"))
 }
 
-/// The address `ip-hash` takes for the client of `head` from `remote`: from
-/// a peer in `trusted-proxies`, the client it names, as nginx's realip
-/// module finds it — its `X-Real-IP`, else the last address of
+/// The client of `head` from `remote`, what `X-Real-IP` says upstream and
+/// `ip-hash` takes: from a peer in `trusted-proxies`, the client it names,
+/// as nginx's realip module finds it with `real_ip_header
+/// X-Forwarded-For` and `real_ip_recursive on` — the last address of
 /// `X-Forwarded-For` that is not itself a trusted proxy's (the first if
-/// all are) — and from anyone else, or without a readable one, the peer.
+/// all are), else (no `X-Forwarded-For`) its `X-Real-IP` — and from anyone
+/// else, or without a readable one, the peer. `X-Forwarded-For` first: a
+/// balancer appends to it, whereas many (AWS's ALB) pass a client's own
+/// `X-Real-IP` as it came, which would let any client name itself.
 /// Without it a whole load balancer's clients would share one server.
 pub fn hashed_client(
     head: &RequestHead,
@@ -67,9 +71,6 @@ pub fn hashed_client(
     let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|c| c.contains(ip));
     if !remote.is_some_and(trusted) {
         return remote;
-    }
-    if let Some(ip) = head.header("x-real-ip").and_then(forwarded_ip) {
-        return Some(ip);
     }
     let mut first = None;
     let mut last_untrusted = None;
@@ -83,7 +84,10 @@ pub fn hashed_client(
             last_untrusted = Some(ip);
         }
     }
-    last_untrusted.or(first).or(remote)
+    last_untrusted
+        .or(first)
+        .or_else(|| head.header("x-real-ip").and_then(forwarded_ip))
+        .or(remote)
 }
 
 /// An address as a forwarding header writes it: alone, with a port as some
@@ -130,8 +134,6 @@ pub fn write_head(
     write_field(out, "Host", host.as_bytes());
     let connection: Vec<&[u8]> = head.headers("connection").collect();
     let mut proto_sent = false;
-    let mut host_sent = false;
-    let mut real_sent = false;
     let mut max_forwards_sent = false;
     for (name, value) in head.fields() {
         // `Proxy` is no field of HTTP's, but CGI-style apps read it as the
@@ -170,18 +172,22 @@ pub fn write_head(
             // The route's value goes up instead (below).
             continue;
         }
+        // Always written anew: the host from the request (as nginx's usual
+        // `proxy_set_header X-Forwarded-Host $host`), the client from the
+        // trusted proxies' `X-Forwarded-For` (`hashed_client`): a balancer
+        // that neither sets nor strips them (AWS's ALB) passes a client's
+        // own, which would reach the app as the proxy's word.
+        if is_field(name, "x-forwarded-host") || is_field(name, "x-real-ip") {
+            continue;
+        }
         let proto = is_field(name, "x-forwarded-proto");
-        let fhost = is_field(name, "x-forwarded-host");
-        let real = is_field(name, "x-real-ip");
-        if proto || fhost || real || is_field(name, "forwarded") {
-            // Only as spelled: `X_Real_IP` is the same field to CGI-style
-            // apps, but no proxy sends it so.
+        if proto || is_field(name, "forwarded") {
+            // Only as spelled: `X_Forwarded_Proto` is the same field to
+            // CGI-style apps, but no proxy sends it so.
             if !trusted || name.contains('_') {
                 continue;
             }
             proto_sent |= proto;
-            host_sent |= fhost;
-            real_sent |= real;
         }
         write_field(out, name, value);
     }
@@ -218,10 +224,10 @@ pub fn write_head(
         let proto: &[u8] = if fwd.https { b"https" } else { b"http" };
         write_field(out, "X-Forwarded-Proto", proto);
     }
-    if let (false, Some(h)) = (host_sent, client_host) {
+    if let Some(h) = client_host {
         write_field(out, "X-Forwarded-Host", h.as_bytes());
     }
-    if let (false, Some(ip)) = (real_sent, fwd.remote) {
+    if let Some(ip) = hashed_client(head, config, fwd.remote) {
         out.extend_from_slice(b"X-Real-IP: ");
         write_ip(out, ip);
         out.extend_from_slice(b"\r\n");
@@ -328,6 +334,10 @@ mod tests {
         // The last address no trusted proxy has, over several lines.
         let chain = "X-Forwarded-For: 203.0.113.5, 192.0.2.8\r\nX-Forwarded-For: 10.2.2.2\r\n";
         assert_eq!(client(chain, "10.1.1.1"), ip("192.0.2.8"));
+        // X-Forwarded-For over X-Real-IP, which a balancer may pass as a
+        // client wrote it.
+        let both = "X-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 192.0.2.8\r\n";
+        assert_eq!(client(both, "10.1.1.1"), ip("192.0.2.8"));
         assert_eq!(
             client("X-Forwarded-For: 10.3.3.3, 10.2.2.2\r\n", "10.1.1.1"),
             ip("10.3.3.3")
@@ -444,8 +454,11 @@ mod tests {
             "{up}"
         );
         assert!(up.contains("X-Forwarded-Proto: https\r\n"));
-        assert!(up.contains("X-Forwarded-Host: evil\r\n"));
-        assert!(up.contains("X-Real-IP: 7.7.7.7\r\n"));
+        // The host is the request's, and the client the one the trusted
+        // proxy appended, whatever it passed on of the client's own.
+        assert!(up.contains("X-Forwarded-Host: a\r\n"), "{up}");
+        assert!(!up.contains("evil") && !up.contains("7.7.7.7"), "{up}");
+        assert!(up.contains("X-Real-IP: 6.6.6.6\r\n"), "{up}");
         assert!(up.contains("Forwarded: for=8.8.8.8\r\n"));
         assert_eq!(up.matches("X-Forwarded-Proto").count(), 1);
         assert_eq!(up.matches("X-Real-IP").count(), 1);

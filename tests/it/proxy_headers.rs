@@ -145,7 +145,7 @@ fn trusted_proxies_keep_and_extend_x_forwarded_for() {
     proxy.get(
         "GET / HTTP/1.1\r\nHost: h.example\r\nX-Forwarded-For: 1.2.3.4\r\n\
          X-Forwarded-For: 5.6.7.8, 9.9.9.9\r\nX-Forwarded-Proto: https\r\n\
-         X-Forwarded-Host: orig.example\r\n\r\n",
+         X-Forwarded-Host: evil.example\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
     );
     let reqs = up.wait_for_requests(2);
     // Nothing forwarded before: set, as from anyone.
@@ -156,9 +156,14 @@ fn trusted_proxies_keep_and_extend_x_forwarded_for() {
     // several, read as one list).
     let chain = reqs[1].all("x-forwarded-for").join(", ");
     assert_eq!(chain, "1.2.3.4, 5.6.7.8, 9.9.9.9, 127.0.0.1");
-    // What a trusted proxy says about the original request is kept.
+    // What a trusted proxy says about the original request's scheme is
+    // kept. The host is the request's, and the client the last address
+    // of the chain no trusted proxy has: a balancer that passes a
+    // client's own X-Forwarded-Host or X-Real-IP (AWS's ALB) would let
+    // it name itself and the host of the app's links.
     assert_eq!(reqs[1].all("x-forwarded-proto"), ["https"]);
-    assert_eq!(reqs[1].all("x-forwarded-host"), ["orig.example"]);
+    assert_eq!(reqs[1].all("x-forwarded-host"), ["h.example"]);
+    assert_eq!(reqs[1].all("x-real-ip"), ["9.9.9.9"]);
 }
 
 #[test]
