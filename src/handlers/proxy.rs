@@ -47,7 +47,8 @@ pub struct ProxyJob {
 
 impl ProxyRoute {
     /// The request target to send upstream: as the client sent it (an
-    /// absolute-form target becomes origin-form), or with `strip-prefix`
+    /// absolute-form target becomes origin-form: what follows its
+    /// authority, unchanged), or with `strip-prefix`
     /// the canonical path below the route's prefix, as nginx's `proxy_pass
     /// http://app/;` does.
     pub fn upstream_target<'h>(&self, head: &'h RequestHead) -> Cow<'h, str> {
@@ -61,12 +62,23 @@ impl ProxyRoute {
                 // `/api` itself, under route `/api` or `/api/`.
                 "/"
             }
-        } else if head.target().starts_with('/') {
+        } else {
             // Without a fragment, which is no part of a request target (RFC
             // 9112 §3.2) and was dropped when the request was parsed.
             let target = head.target();
-            return Cow::Borrowed(target.split_once('#').map_or(target, |(t, _)| t));
-        } else {
+            let target = target.split_once('#').map_or(target, |(t, _)| t);
+            if target.starts_with('/') {
+                return Cow::Borrowed(target);
+            }
+            // Absolute-form: what follows the authority, as sent, as
+            // origin-form would have it (`%2F` in a segment stays so).
+            if let Some((_, rest)) = target.split_once("://") {
+                return match rest.find(['/', '?']) {
+                    Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
+                    Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+                    None => Cow::Borrowed("/"),
+                };
+            }
             head.path()
         };
         let mut target = String::with_capacity(path.len() + query);
@@ -187,5 +199,19 @@ mod tests {
         assert_eq!(route("/", false).upstream_target(&fragment), "/api/x?q");
         let odd = head("GET /%61pi/%2e/x HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(route("/", false).upstream_target(&odd), "/%61pi/%2e/x");
+        // Absolute-form goes up as origin-form would, unchanged: a `%2F` in
+        // a segment (RabbitMQ's vhost "/") is no slash to the app.
+        for (sent, up) in [
+            (
+                "http://a/api/queues/%2F/q1/../q2//x",
+                "/api/queues/%2F/q1/../q2//x",
+            ),
+            ("http://a:8080/a%2Fb?q=%2F#f", "/a%2Fb?q=%2F"),
+            ("http://a?q", "/?q"),
+            ("http://a", "/"),
+        ] {
+            let h = head(&format!("GET {sent} HTTP/1.1\r\nHost: a\r\n\r\n"));
+            assert_eq!(route("/", false).upstream_target(&h), up, "{sent}");
+        }
     }
 }
