@@ -25,6 +25,8 @@ fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
 
     dir.write("c.toml", route("two"));
     server.signal(libc::SIGHUP);
+    // Said at once (a read may wait on a slow resolver), then its end.
+    server.wait_for_log("SIGHUP: reading the configuration");
     server.wait_for_log("configuration reloaded on every shard");
     assert_eq!(body(), "two");
 

@@ -34,6 +34,9 @@ fn graceful_shutdown_finishes_a_slow_request() {
     // A log rotated meanwhile is still looked after.
     server.signal(libc::SIGUSR1);
     server.wait_for_log("SIGUSR1: no log file to reopen");
+    // So is nginx's binary upgrade, as while serving.
+    server.signal(libc::SIGUSR2);
+    server.wait_for_log("SIGUSR2: ignored");
     // The slow request is still answered, and told the connection closes.
     slow.write_all(b"world\r\n0\r\n\r\n").unwrap();
     let resp = Reader::new(&slow).next(false);

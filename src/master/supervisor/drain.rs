@@ -101,6 +101,11 @@ impl Supervisor<Real> {
                 }
                 // A log rotated meanwhile is still let go of.
                 Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
+                // As while serving: ignored, with a word.
+                Some(MasterEvent::Signal(Signal::Unsupported(sig))) => warn!(
+                    "{}: ignored (nginx's binary upgrade has no counterpart: restart the service)",
+                    signals::name(sig)
+                ),
                 // What waits for a full queue (a reopen, the drain itself).
                 Some(MasterEvent::Flush) => self.on_flush(),
                 Some(_) => {}

@@ -599,10 +599,15 @@ impl<W: World> Supervisor<W> {
         if let Some(again) = self.loading.as_mut() {
             // The file may have changed since the read began: read once
             // more when it ends (any number of SIGHUPs meanwhile, once).
-            *again = true;
+            if !std::mem::replace(again, true) {
+                info!("SIGHUP: a read of the configuration is under way; it is read again once that ends");
+            }
             return;
         }
         self.loading = Some(false);
+        // Said at once, as nginx's "reconfiguring": a read that waits on a
+        // slow resolver is then no lost signal.
+        info!("SIGHUP: reading the configuration");
         self.world.notify(Note::Reloading);
         self.world.load(&self.reload);
     }
