@@ -78,10 +78,10 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         // came with the connection): a HEAD gets the 503 without a body,
         // and the log line names the request.
         let mut scratch = InputBuffer::new(INITIAL_INPUT);
-        let mut first = [0u8; INITIAL_INPUT];
+        let first = scratch.spare();
         let wait = limits.header_timeout.min(REFUSAL_READ);
         let seen = client
-            .read(&mut first[..], Instant::now() + wait)
+            .read(&mut *first, Instant::now() + wait)
             .await
             .unwrap_or(0);
         // Behind a balancer that speaks the PROXY protocol, its header

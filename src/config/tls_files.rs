@@ -171,23 +171,22 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
             // A name the certificate does not cover is served, and every
             // client that asks for it refuses the certificate.
             let own = dns_names(&parsed[0]);
-            for name in c
+            // RFC 6066 §3: a client sends no server name for an address,
+            // so no connection chooses by one.
+            let (addresses, named): (Vec<&String>, Vec<&String>) = c
                 .names
                 .iter()
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            {
-                // RFC 6066 §3: a client sends no server name for an
-                // address, so no connection chooses by it.
+                .partition(|n| n.parse::<std::net::IpAddr>().is_ok());
+            for name in addresses {
                 loaded.warnings.push(ConfigError::new(
                     format!("{prefix}.names"),
                     format!("{name:?} is an IP address, which clients never ask for by name: it is ignored (a connection to an address gets the first certificate, the default); leave it out"),
                 ));
             }
-            let named = c
-                .names
-                .iter()
-                .filter(|n| n.parse::<std::net::IpAddr>().is_err());
-            for name in named.filter(|n| !own.iter().any(|o| covers(o, n))) {
+            for name in named
+                .into_iter()
+                .filter(|n| !own.iter().any(|o| covers(o, n)))
+            {
                 loaded.warnings.push(ConfigError::new(
                     format!("{prefix}.names"),
                     format!(

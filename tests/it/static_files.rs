@@ -573,13 +573,29 @@ fn a_100_mib_file_streams_with_flat_memory() {
     );
 }
 
+/// Wait (until `deadline`) for 64 KiB of a response to be queued on the
+/// client's socket: the server is sending, and a reader that stops now
+/// leaves it waiting for room.
+fn until_queued(s: &std::net::TcpStream, deadline: Instant) {
+    use std::os::fd::AsRawFd;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        if queued >= 64 << 10 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{queued} bytes arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Readers that stop reading a large file hold no descriptor (and no
 /// buffer) of their own while their sockets are full: sendfile waits for
 /// room. A chunk waiting in a write held 64 KiB and a copy of the file's
 /// descriptor for each, 6x nginx's memory per stalled download.
 #[test]
 fn stalled_downloads_hold_nothing_of_their_own() {
-    use std::os::fd::AsRawFd;
     let dir = Scratch::new("stalled");
     dir.write("www/big.bin", vec![7u8; 16 << 20]);
     // Without cachestat (Linux 6.5) files are read through io_uring, a
@@ -600,16 +616,7 @@ fn stalled_downloads_hold_nothing_of_their_own() {
         let mut s = server.connect();
         s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
-        loop {
-            let mut queued: libc::c_int = 0;
-            // SAFETY: FIONREAD writes one int.
-            unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) };
-            if queued >= 64 << 10 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{queued} bytes arrived");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until_queued(&s, deadline);
         clients.push(s);
     }
     // The shard's cached descriptor, none per download.
@@ -714,7 +721,6 @@ fn a_small_file_written_while_read_is_never_a_404() {
 /// nginx's "was truncated" alert); the next request gets it as it is now.
 #[test]
 fn a_file_truncated_in_place_while_served_is_cut_short_and_logged() {
-    use std::os::fd::AsRawFd;
     let dir = Scratch::new("truncated-in-place");
     let path = dir.0.join("www/big.txt");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -726,17 +732,7 @@ fn a_file_truncated_in_place_while_served_is_cut_short_and_logged() {
     let mut s = server.connect();
     s.write_all(b"GET /static/big.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int.
-        unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) };
-        if queued >= 64 << 10 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{queued} bytes arrived");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_queued(&s, Instant::now() + Duration::from_secs(10));
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(1 << 20).unwrap();
     drop(f);
