@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     // `nginx -t`'s is: no time on its lines.
     let serving = !cli.check && cli.command.is_none();
     init_logging(serving);
-    coreserve::access_log::stream_lines::start();
+    coreserve::access_log::writer::start();
     // Here, before any shard: a thread started by a pinned shard would
     // keep its CPU. Should it fail, the executors say so as they start.
     let _ = coreserve::keep_awake::start_thread();
@@ -31,11 +31,11 @@ fn main() -> ExitCode {
     code
 }
 
-/// Let the log writer put out what is queued (at most 2 s: stderr may be
-/// stalled for good), so the lines that say why the process ends are
-/// not lost with it.
+/// Let the log writers put out what is queued (at most 5 s for access-log
+/// lines, 2 s for the log's own: stderr may be stalled for good), so the
+/// lines that say why the process ends are not lost with it.
 fn flush_log() {
-    coreserve::access_log::stream_lines::flush(std::time::Duration::from_secs(2));
+    coreserve::access_log::writer::flush(std::time::Duration::from_secs(5));
     if let Some(f) = LOG.get() {
         f.flush(std::time::Duration::from_secs(2));
     }

@@ -268,8 +268,7 @@ async fn run(spec: ShardSpec) {
     // Once a second, at the turn of the second (one wake-up for all three:
     // each costs the shard a pass and a park): the `Date` field; idle
     // upstream connections past their timeout, or closed by their server,
-    // let go; the access log written out (in a task of its own, so that a
-    // slow write never holds the date back). A second with none of it to
+    // let go; the access log's lines handed to its writer thread. A second with none of it to
     // do (no connection open, no response, no idle upstream connection, no
     // line waiting) stops the ticks until a new connection or a response
     // restarts them: an idle shard sleeps. Lines and pooled connections
@@ -283,7 +282,7 @@ async fn run(spec: ShardSpec) {
             let mut logging = false;
             if let Some(log) = ticking.access_log().filter(|l| l.has_lines()) {
                 logging = true;
-                glommio::spawn_local(async move { log.flush().await }).detach();
+                log.flush();
             }
             let date = ticking.date_cache();
             if !date.was_read() && !pooled && !logging && ticking.open_connections() == 0 {

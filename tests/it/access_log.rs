@@ -266,6 +266,43 @@ fn many_lines_from_two_shards_never_interleave() {
     }
 }
 
+/// Clients that pipeline thousands of requests on each of many
+/// connections keep the shards from ever waiting: every request still gets
+/// its line (lines were dropped when a write's completion had to wait for
+/// the executor to look).
+#[test]
+fn a_pipelined_flood_gets_every_line() {
+    use std::io::{Read, Write};
+    const CONNS: usize = 64;
+    const EACH: usize = 3000;
+    let dir = Scratch::new("log-flood");
+    let (server, log) = start(&dir, "combined");
+    let addr = server.addr;
+    let mut batch = "GET /flood HTTP/1.1\r\nHost: x\r\n\r\n".repeat(EACH - 1);
+    batch.push_str("GET /flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let batch = std::sync::Arc::new(batch);
+    let clients: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let batch = batch.clone();
+            std::thread::spawn(move || {
+                let mut s = crate::util::connect(addr);
+                let mut w = s.try_clone().unwrap();
+                let writer = std::thread::spawn(move || w.write_all(batch.as_bytes()).unwrap());
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                writer.join().unwrap();
+                memchr::memmem::find_iter(&got, b"HTTP/1.1 200 ").count()
+            })
+        })
+        .collect();
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(answered, CONNS * EACH);
+    let said = server.stop();
+    let lines = wait_for_lines(&log, CONNS * EACH);
+    assert_eq!(lines.len(), CONNS * EACH);
+    assert!(!said.contains("dropped"), "{said}");
+}
+
 /// Issue 15, item 11: a relative access-log path is relative to the
 /// configuration file's directory, as a static route's `root` is.
 #[test]
