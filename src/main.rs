@@ -31,11 +31,11 @@ fn main() -> ExitCode {
     code
 }
 
-/// Let the log writers put out what is queued (at most 5 s for access-log
-/// lines, 2 s for the log's own: stderr may be stalled for good), so the
-/// lines that say why the process ends are not lost with it.
+/// Let the log writers put out what is queued (at most 2 s each: stderr
+/// may be stalled for good), so the lines that say why the process ends
+/// are not lost with it.
 fn flush_log() {
-    coreserve::access_log::writer::flush(std::time::Duration::from_secs(5));
+    coreserve::access_log::writer::flush(std::time::Duration::from_secs(2));
     if let Some(f) = LOG.get() {
         f.flush(std::time::Duration::from_secs(2));
     }
