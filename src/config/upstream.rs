@@ -29,6 +29,14 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest stall while sending the request (nginx's `proxy_send_timeout`).
 pub const DEFAULT_UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of a response read from its server ahead of a client that reads
+/// more slowly (nginx's `proxy_buffers`, 8 × 8 KiB on 64-bit): a response
+/// that fits, with what the sockets hold, frees its server before the
+/// client has it all.
+pub const DEFAULT_UPSTREAM_BUFFER: usize = 64 << 10;
+/// Most `buffer` a group may have: each slow client of it may hold this
+/// much memory.
+pub const MAX_UPSTREAM_BUFFER: usize = 64 << 20;
 /// Failures within `fail-timeout` that take a server out (nginx's `max_fails=1`).
 pub const DEFAULT_MAX_FAILS: u32 = 1;
 /// How long a failed server is skipped, and the window failures are counted
@@ -130,6 +138,9 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Longest stall writing the request to the server.
     pub send_timeout: Duration,
+    /// Most bytes of a response held for a client slower than the server
+    /// (0: each read is written to the client before the next).
+    pub buffer: usize,
     /// Failures within `fail_timeout` after which the server is skipped.
     pub max_fails: u32,
     /// How long a failed server is skipped.
@@ -161,6 +172,7 @@ impl UpstreamConfig {
             connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_UPSTREAM_READ_TIMEOUT,
             send_timeout: DEFAULT_UPSTREAM_SEND_TIMEOUT,
+            buffer: DEFAULT_UPSTREAM_BUFFER,
             max_fails: DEFAULT_MAX_FAILS,
             fail_timeout: DEFAULT_FAIL_TIMEOUT,
         }

@@ -723,8 +723,25 @@ async fn forward(
         }
         if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 {
             server.checkin(up, cfg.keepalive, ended);
+        } else {
+            drop(up);
         }
         served.upstream = Some((server, relayed.upstream_status, took));
+        // The end of a response read ahead of a slow client (`buffer`):
+        // its server is free already, and its time is the upstream's.
+        if !c.out.is_empty() || c.socket.unsent() {
+            if relay::write_rest(c.socket, c.out, ex.send_timeout)
+                .await
+                .is_ok()
+            {
+                served.bytes_out += c.out.len() as u64;
+            } else {
+                served.cut = true;
+                served.keep_alive = false;
+                served.linger = false;
+            }
+            c.out.clear();
+        }
         return served;
     }
     let status = match &last {

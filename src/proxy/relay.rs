@@ -639,8 +639,17 @@ pub(super) async fn relay(
 }
 
 /// Relay the rest of a response whose head is in the client's output:
-/// `rbuf[pos..filled]` first, then what the upstream sends, each read
-/// written to the client before the next is waited for.
+/// `rbuf[pos..filled]` first, then what the upstream sends. What the client
+/// does not take at once is held, and the upstream read on meanwhile, up to
+/// `cfg.buffer` bytes held (nginx's `proxy_buffering`, in memory): a
+/// response that fits is read whole however slowly its client reads, and
+/// its server is free for the next request. Past that, or with `buffer`
+/// 0, or a socket the ring does not watch, each read is written to the
+/// client before the next is waited for.
+///
+/// Returning with the body complete, `c.out` may still hold its end: the
+/// caller writes it (`write_rest`) once the upstream connection is let
+/// go. Otherwise `c.out` is empty.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream(
     c: &mut Client<'_>,
@@ -653,58 +662,191 @@ pub(super) async fn stream(
     mut out: Outgoing,
     mut r: Relayed,
 ) -> Relayed {
+    let ahead = if c.socket.non_blocking() && up.non_blocking() {
+        cfg.buffer
+    } else {
+        0
+    };
+    // `c.out[..sent]` went to the client already.
+    let mut sent = 0;
+    // When a client that takes nothing more fails (`send-timeout` after
+    // its last progress), while bytes are held for it.
+    let mut stall: Option<Instant> = None;
+    // The client took less than it was given, and has not said it has
+    // room since: no write is tried (each would fail, a system call each).
+    let mut client_full = false;
+    let mut last_read = Instant::now();
     let mut piece = pos..filled;
     loop {
         if out.feed(&rbuf[piece], c.out, &mut r).is_err() {
             r.upstream_fault = Some(Fault::InvalidBody);
-            return r;
-        }
-        if !c.out.is_empty() {
-            if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
-                r.client_failed = true;
-                return r;
-            }
-            r.bytes_out += c.out.len() as u64;
             c.out.clear();
+            return r;
         }
         if out.complete {
             r.client_keep_alive = out.keep_alive;
             r.upstream_reusable = out.reusable;
+            r.bytes_out += sent as u64;
+            c.out.drain(..sent);
             return r;
         }
-        let deadline = Instant::now() + cfg.read_timeout;
-        let read = c
-            .socket
-            .unless_closed(up.read(&mut rbuf[..CHUNK], deadline))
-            .await;
-        piece = 0..match read {
-            None => {
-                r.client_failed = true;
-                return r;
+        if ahead == 0 {
+            if !c.out.is_empty() {
+                if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+                    r.client_failed = true;
+                    c.out.clear();
+                    return r;
+                }
+                r.bytes_out += c.out.len() as u64;
+                c.out.clear();
             }
-            Some(Ok(0)) if out.framing == ResponseFraming::UntilClose => {
+        } else if !client_full {
+            match push(c.socket, &c.out[sent..]) {
+                Ok(0) => {}
+                Ok(n) => {
+                    sent += n;
+                    stall = None;
+                }
+                Err(_) => {
+                    r.client_failed = true;
+                    c.out.clear();
+                    return r;
+                }
+            }
+            client_full = sent < c.out.len() || c.socket.unsent();
+            if sent == c.out.len() {
+                r.bytes_out += sent as u64;
+                c.out.clear();
+                sent = 0;
+            }
+        }
+        let held = c.out.len() - sent;
+        let read = if ahead == 0 || held == 0 && !c.socket.unsent() {
+            // Nothing held: the upstream is waited on alone, and a client
+            // that leaves meanwhile ends it.
+            stall = None;
+            let deadline = Instant::now() + cfg.read_timeout;
+            match c
+                .socket
+                .unless_closed(up.read(&mut rbuf[..CHUNK], deadline))
+                .await
+            {
+                Some(read) => Some(read),
+                None => {
+                    r.client_failed = true;
+                    return r;
+                }
+            }
+        } else {
+            let room = held < ahead;
+            match room.then(|| up.try_read(&mut rbuf[..CHUNK])).flatten() {
+                Some(read) => Some(read),
+                None => {
+                    let now = Instant::now();
+                    let stall_at = *stall.get_or_insert(now + ex.send_timeout);
+                    let quiet_at = last_read + cfg.read_timeout;
+                    let deadline = if room {
+                        stall_at.min(quiet_at)
+                    } else {
+                        stall_at
+                    };
+                    // Whether the client woke it (else the upstream).
+                    let woke = futures_lite::future::or(
+                        async { c.socket.ready(false, true, deadline).await.map(|_| true) },
+                        async {
+                            if room {
+                                up.ready(true, false, deadline).await.map(|_| false)
+                            } else {
+                                std::future::pending().await
+                            }
+                        },
+                    )
+                    .await;
+                    match woke {
+                        Ok(client) => client_full &= !client,
+                        Err(_) => {
+                            if !room || Instant::now() >= stall_at {
+                                r.client_failed = true;
+                            } else {
+                                r.upstream_fault = Some(Fault::TimedOut);
+                            }
+                            c.out.clear();
+                            return r;
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        piece = 0..0;
+        let Some(read) = read else {
+            continue;
+        };
+        last_read = Instant::now();
+        piece = 0..match read {
+            Ok(0) if out.framing == ResponseFraming::UntilClose => {
                 if out.end(c.out, &mut r).is_err() {
                     r.upstream_fault = Some(Fault::InvalidBody);
+                    c.out.clear();
                     return r;
                 }
                 0
             }
-            Some(Ok(n)) if n > 0 => n,
+            Ok(n) if n > 0 => n,
             // Cut short or silent: the client's response is cut short too
             // (its framing shows it), and the connection closes.
-            Some(Ok(_)) => {
+            Ok(_) => {
                 r.upstream_fault = Some(Fault::Closed);
+                c.out.clear();
                 return r;
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 r.upstream_fault = Some(match e.kind() {
                     std::io::ErrorKind::TimedOut => Fault::TimedOut,
                     _ => Fault::Reset,
                 });
+                c.out.clear();
                 return r;
             }
         };
     }
+}
+
+/// Write what the client takes of `bytes` now, and TLS records waiting to
+/// go, never waiting: the bytes taken.
+fn push(socket: &mut Socket, bytes: &[u8]) -> io::Result<usize> {
+    if socket.unsent() {
+        socket.try_flush()?;
+    }
+    let mut taken = 0;
+    while taken < bytes.len() {
+        match socket.try_write(&bytes[taken..]) {
+            None => break,
+            Some(Ok(n)) => taken += n,
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(taken)
+}
+
+/// Write `out` to the client, and TLS records still waiting to go: the end
+/// of a response `stream` returned with, its upstream connection let go.
+pub(super) async fn write_rest(
+    socket: &mut Socket,
+    out: &[u8],
+    send_timeout: Duration,
+) -> io::Result<()> {
+    if !out.is_empty() {
+        socket.write_all(out, send_timeout).await?;
+    }
+    while socket.unsent() {
+        if socket.try_flush()? == 0 {
+            socket
+                .ready(false, true, Instant::now() + send_timeout)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

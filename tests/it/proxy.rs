@@ -307,6 +307,60 @@ fn raw_upstream(app: impl Fn(TcpStream) + Send + Sync + 'static) -> String {
     addr.to_string()
 }
 
+/// A response larger than the sockets on the way hold, to a client that
+/// reads none of it yet, is read whole into the group's `buffer`: its
+/// server (a single-threaded app writes one response at a time) is free
+/// before the client has any of it, as behind nginx's `proxy_buffering`.
+/// With `buffer = 0` the server's write waits on the client. Either way
+/// the client then gets every byte, and its connection serves on.
+#[test]
+fn a_response_that_fits_the_buffer_frees_its_server_before_a_slow_client_reads() {
+    const LEN: usize = 12 << 20;
+    let freed = |buffer: &str, within: Duration| -> bool {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let done_tx = std::sync::Mutex::new(done_tx);
+        let server = raw_upstream(move |mut s| {
+            read_head(&mut s);
+            let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+            resp.extend(pattern(LEN));
+            if s.write_all(&resp).is_ok() {
+                let _ = done_tx.lock().unwrap().send(());
+            }
+        });
+        let toml = simple(&[server], &format!("buffer = \"{buffer}\""), "");
+        let proxy = Proxy::start("proxy-buffer", &toml);
+        // A client with a small receive buffer, as one on a slow link is.
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_recv_buffer_size(4096).unwrap();
+        c.connect(&proxy.addr().into()).unwrap();
+        let mut c: TcpStream = c.into();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let freed = done_rx.recv_timeout(within).is_ok();
+        let mut reader = Reader::new(&c);
+        let r = reader.next(false);
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body == pattern(LEN),
+            "{} bytes, not the pattern",
+            r.body.len()
+        );
+        c.write_all(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(reader.next(false).status, 200);
+        freed
+    };
+    assert!(
+        freed("16m", Duration::from_secs(10)),
+        "the server's write waited on the client"
+    );
+    assert!(
+        !freed("0", Duration::from_secs(2)),
+        "the sockets alone held the response: the test shows nothing"
+    );
+}
+
 /// Read `s` up to the end of a request head; returns what came after it.
 fn read_head(s: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();

@@ -29,6 +29,7 @@ pub(super) const PROXY_KEYS: &[&str] = &[
     "connect-timeout",
     "read-timeout",
     "send-timeout",
+    "buffer",
     "max-fails",
     "fail-timeout",
 ];
@@ -268,6 +269,11 @@ impl Walker<'_> {
             "connect-timeout" => set(&mut g.connect_timeout, self.duration(f)),
             "read-timeout" => set(&mut g.read_timeout, self.duration(f)),
             "send-timeout" => set(&mut g.send_timeout, self.duration(f)),
+            "buffer" => {
+                if let Some(n) = self.size(f) {
+                    g.buffer = usize::try_from(n).unwrap_or(usize::MAX);
+                }
+            }
             "max-fails" => {
                 let what = "a number of failures (0: never taken out)";
                 match self.count(f, what).map(u32::try_from) {
@@ -405,6 +411,7 @@ idle-timeout = "3s"
 connect-timeout = "500ms"
 read-timeout = 30
 send-timeout = "1m"
+buffer = "1m"
 max-fails = 0
 fail-timeout = "20s"
 "#,
@@ -440,12 +447,13 @@ fail-timeout = "20s"
                 connect_timeout: Duration::from_millis(500),
                 read_timeout: Duration::from_secs(30),
                 send_timeout: Duration::from_secs(60),
+                buffer: 1 << 20,
                 max_fails: 0,
                 fail_timeout: Duration::from_secs(20),
             }
         );
         assert_eq!(c.lines["upstream[1]]"], 2);
-        assert_eq!(c.lines["upstream[1].fail-timeout"], 12);
+        assert_eq!(c.lines["upstream[1].fail-timeout"], 13);
     }
 
     #[test]
@@ -513,7 +521,7 @@ servers = "127.0.0.1:80"
                 "/etc/cs/t.toml:5: upstream[1].keepalive: must be a number of idle connections per server, 0 to 4096, got -1".into(),
                 "/etc/cs/t.toml:6: upstream[1].idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\"".into(),
                 "/etc/cs/t.toml:7: upstream[1].max-fails: must be at most 4294967295, got 4294967296".into(),
-                "/etc/cs/t.toml:8: upstream[1].weight: unknown key (a group takes name, servers, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, max-fails, fail-timeout)".into(),
+                "/etc/cs/t.toml:8: upstream[1].weight: unknown key (a group takes name, servers, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, max-fails, fail-timeout)".into(),
                 "/etc/cs/t.toml:11: upstream[2].servers: must be a list like [\"127.0.0.1:3001\", \"unix:/run/app.sock\"]".into(),
                 "/etc/cs/t.toml:10: upstream[2].name: is required: the name proxy routes give as upstream = \"…\"".into(),
                 "/etc/cs/t.toml:13: upstream[3].name: is required: the name proxy routes give as upstream = \"…\"".into(),

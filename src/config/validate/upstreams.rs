@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::super::{
     app_key, route_key, upstream_key, AppConfig, HandlerConfig, Instances, RouteConfig, ServerAddr,
-    UpstreamConfig, MAX_INSTANCES, MAX_UPSTREAM_KEEPALIVE, MIN_MAX_MEMORY,
+    UpstreamConfig, MAX_INSTANCES, MAX_UPSTREAM_BUFFER, MAX_UPSTREAM_KEEPALIVE, MIN_MAX_MEMORY,
 };
 
 /// The groups' own rules (a name, unique; at least one server, none
@@ -106,13 +106,24 @@ fn names<'a>(all: impl Iterator<Item = &'a String>) -> String {
 }
 
 /// How a group's servers are used, for a group (`upstream[N]`) and an app
-/// (`app[N]`) alike: the keep-alive pool's size, timeouts above 0.
+/// (`app[N]`) alike: the keep-alive pool's size, the response buffer,
+/// timeouts above 0.
 fn validate_settings(prefix: &str, g: &UpstreamConfig, err: &mut impl FnMut(&str, String)) {
     let key = |k: &str| format!("{prefix}.{k}");
     if g.keepalive > MAX_UPSTREAM_KEEPALIVE {
         err(
             &key("keepalive"),
             format!("must be 0 to {MAX_UPSTREAM_KEEPALIVE}, got {}", g.keepalive),
+        );
+    }
+    if g.buffer > MAX_UPSTREAM_BUFFER {
+        err(
+            &key("buffer"),
+            format!(
+                "must be at most {}m (each slow client may hold this much), got {}",
+                MAX_UPSTREAM_BUFFER >> 20,
+                g.buffer
+            ),
         );
     }
     for (k, d) in [
@@ -487,6 +498,7 @@ mod tests {
             ],
         );
         g.keepalive = MAX_UPSTREAM_KEEPALIVE + 1;
+        g.buffer = MAX_UPSTREAM_BUFFER + 1;
         g.idle_timeout = Duration::ZERO;
         g.fail_timeout = Duration::ZERO;
         c.upstreams.push(g);
@@ -513,6 +525,7 @@ mod tests {
                 "conf/x.toml:9: upstream[1].servers: 127.0.0.1:3000 is listed twice (a host name stands for every address it resolves to)",
                 "conf/x.toml:9: upstream[1].servers: unix:/a is listed twice (a host name stands for every address it resolves to)",
                 "conf/x.toml:12: upstream[1].keepalive: must be 0 to 4096, got 4097",
+                "conf/x.toml:9: upstream[1].buffer: must be at most 64m (each slow client may hold this much), got 67108865",
                 "conf/x.toml:9: upstream[1].idle-timeout: must be longer than 0",
                 "conf/x.toml:9: upstream[1].fail-timeout: must be longer than 0",
                 "conf/x.toml: upstream[2].servers: must list at least one server",
