@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::util::{is_closed, Reader, Server, WAIT};
+use crate::util::{is_closed, read_to_close, Reader, Server, WAIT};
 
 #[test]
 fn graceful_shutdown_finishes_a_slow_request() {
@@ -101,12 +101,38 @@ fn a_second_signal_exits_at_once() {
     std::thread::sleep(Duration::from_millis(100));
     server.signal(libc::SIGTERM);
     server.wait_for_log("draining");
+    // Past the moment in which a repeat is the same stop.
+    std::thread::sleep(Duration::from_millis(700));
     let start = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server.wait(WAIT);
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(status.code(), Some(1));
     assert!(server.log().contains("second SIGTERM"), "{}", server.log());
+}
+
+/// GNU `timeout` (and wrappers passing on a terminal's Ctrl-C) send the
+/// stop signal twice, microseconds apart: that is one stop, and the
+/// request in flight still gets its answer.
+#[test]
+fn a_stop_signal_sent_twice_at_once_still_drains() {
+    let mut server = Server::start(&["--drain-timeout", "60s"]);
+    let mut slow = server.connect();
+    // A body whose end comes after the signals: the drain waits for it.
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nhello")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Two sent at once merge into one (a pending signal is one signal):
+    // the second goes as the drain begins, as a wrapper's often does.
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("draining");
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("the same stop");
+    slow.write_all(b"world\r\n0\r\n\r\n").unwrap();
+    let answer = read_to_close(&mut slow);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let status = server.wait(WAIT);
+    assert!(status.success(), "{}", server.log());
 }
 
 #[test]

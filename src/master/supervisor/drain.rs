@@ -1,7 +1,7 @@
 //! The end of serving: stop accepting, tell every shard to drain, and wait
 //! for each to report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::LocalReceiver;
 use log::{error, info, warn};
@@ -13,14 +13,23 @@ use crate::master::MasterError;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal};
 
+/// A stop signal this soon after the one that began the drain is the same
+/// stop, not a second: GNU `timeout` sends SIGTERM to its child and then to
+/// the whole process group, microseconds apart, and a wrapper that passes
+/// on a terminal's Ctrl-C doubles the one the terminal sent the group. A
+/// person who means the second one sends it again.
+const SAME_STOP: Duration = Duration::from_millis(500);
+
 impl Supervisor<Real> {
     /// Drain: stop accepting, close the hand-off queues, tell every shard,
-    /// and wait for each to report (or for a second signal).
+    /// and wait for each to report (or for a second signal, `SAME_STOP`
+    /// after the first at least).
     pub(super) async fn drain(
         mut self,
         sig: i32,
         rx: &LocalReceiver<MasterEvent>,
     ) -> Result<(), MasterError> {
+        let began = Instant::now();
         info!(
             "{}: draining (deadline {:?})",
             signals::name(sig),
@@ -86,6 +95,16 @@ impl Supervisor<Real> {
                     if std::mem::take(&mut stopping[id]) {
                         running -= 1;
                     }
+                }
+                Some(MasterEvent::Signal(Signal::Terminate(again)))
+                    if began.elapsed() < SAME_STOP =>
+                {
+                    info!(
+                        "{} {} ms after {}: the same stop (as a wrapper such as `timeout` sends it); one sent later exits at once",
+                        signals::name(again),
+                        began.elapsed().as_millis(),
+                        signals::name(sig)
+                    );
                 }
                 Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
                     return Err(MasterError::Forced(signals::name(sig)));
