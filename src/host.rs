@@ -189,13 +189,19 @@ impl HostLimits {
     /// the master), so that all their rings and registered buffers fit in the
     /// counted locked-memory limit with room to restart crashed shards.
     /// Where the limit is not counted or unlimited, [`MAX_IO_MEMORY`].
+    /// Below glommio's minimum, the error says what all of them need, so
+    /// that the limit is raised once.
     pub fn io_memory_per_executor(&self, executors: usize) -> Result<u64, HostError> {
-        if !self.memlock_counted || self.memlock == libc::RLIM_INFINITY {
+        let counted = self.memlock_counted && self.memlock != libc::RLIM_INFINITY;
+        if !counted && self.memlock < MIN_MEMLOCK {
+            return Err(HostError::MemlockTooLow { have: self.memlock });
+        }
+        if !counted {
             return Ok(MAX_IO_MEMORY);
         }
         let executors = executors as u64;
         let rings = (executors + SPARE_EXECUTORS) * RING_MEMLOCK;
-        let need = rings + executors * REGISTRATIONS * MIN_IO_MEMORY;
+        let need = (rings + executors * REGISTRATIONS * MIN_IO_MEMORY).max(MIN_MEMLOCK);
         if self.memlock < need {
             return Err(HostError::MemlockTooLowForShards {
                 have: self.memlock,
@@ -270,10 +276,9 @@ impl HostLimits {
 /// against the process limit (see `HostLimits::tasks_for`).
 pub fn prepare() -> Result<HostLimits, HostError> {
     let nofile = raise(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
+    // Checked against what the executors need once their number is known
+    // (`io_memory_per_executor`).
     let memlock = raise(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK")?;
-    if memlock < MIN_MEMLOCK {
-        return Err(HostError::MemlockTooLow { have: memlock });
-    }
     let nproc = raise(libc::RLIMIT_NPROC, "RLIMIT_NPROC")?;
     probe_io_uring()?;
     // SAFETY: getuid(2) cannot fail.
@@ -536,6 +541,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One message gives the whole need: not glommio's minimum first, and
+    /// then, once raised to it, what the shards need.
+    #[test]
+    fn a_limit_below_the_minimum_is_told_what_every_executor_needs() {
+        match limits(64 << 10, true).io_memory_per_executor(3) {
+            Err(HostError::MemlockTooLowForShards { need, .. }) => {
+                assert!(need > MIN_MEMLOCK, "{need}");
+                assert!(limits(need, true).io_memory_per_executor(3).is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            limits(64 << 10, false).io_memory_per_executor(3),
+            Err(HostError::MemlockTooLow { .. })
+        ));
     }
 
     #[test]

@@ -65,6 +65,29 @@ fn unprivileged_user_with_too_little_for_the_shards() {
     );
 }
 
+/// Below glommio's own minimum, the message gives what the shards need,
+/// not the minimum (which would fail next with the shards' need): raised to
+/// it, the server starts.
+#[test]
+fn unprivileged_user_below_the_minimum_is_told_the_whole_need() {
+    let Some(cmd) = unprivileged(60_104, 256 << 10) else {
+        return;
+    };
+    fails_with(
+        cmd,
+        "locked-memory limit is 256 KiB but 3 io_uring executors (2 shards and the master) need at least 1216 KiB",
+    );
+    let Some(mut cmd) = unprivileged(60_104, 1216 << 10) else {
+        return;
+    };
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let server = Server::spawn(cmd);
+    assert_eq!(
+        get(server.addr, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
+}
+
 /// RLIMIT_NPROC counts every thread of the user's: one too low for the
 /// shards' threads is said before any starts (glommio panics where it
 /// cannot start one), and one that fits them serves.
