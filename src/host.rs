@@ -345,6 +345,7 @@ fn in_user_namespace() -> bool {
     }
 }
 
+const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -364,6 +365,20 @@ fn has_capability(cap: u32) -> bool {
     // If the kernel will not say, assume it is absent: limits are then
     // checked and budgeted as if they bind, which they may not.
     rc == 0 && data[0] & (1 << cap) != 0
+}
+
+/// The lowest port this process may listen on: 0 with
+/// CAP_NET_BIND_SERVICE, else this network namespace's
+/// `net.ipv4.ip_unprivileged_port_start` (1024 unless changed; it covers
+/// IPv6 too). A bind below it fails with EACCES.
+pub fn lowest_unprivileged_port() -> u16 {
+    if has_capability(CAP_NET_BIND_SERVICE) {
+        return 0;
+    }
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 /// Set the soft limit to the hard one; return the soft limit now in force.

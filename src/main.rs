@@ -95,8 +95,8 @@ fn run(cli: Cli) -> ExitCode {
         at.to_string()
     };
     if check {
-        // Every start-up check but binding: the CPUs, the host's limits
-        // and io_uring.
+        // Every start-up check but binding: the CPUs, the host's limits,
+        // io_uring and the privilege a port below 1024 needs.
         return match master::preflight(&config) {
             Ok(p) => {
                 let short = p.short_of_descriptors(&config);

@@ -189,12 +189,13 @@ fn app_instances(config: &Config, shards: usize) -> u64 {
 }
 
 /// Every check start-up makes before it binds anything: resource limits
-/// and io_uring, the CPU selection against the affinity mask, and locked
-/// memory for every executor. `run` starts with it and `--check` runs it
+/// and io_uring, the privilege for ports below 1024, the CPU selection
+/// against the affinity mask, and locked memory for every executor. `run` starts with it and `--check` runs it
 /// too, so a configuration `--check` passes does not then fail to start
 /// (binding aside). The configuration itself was validated when loaded.
 pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
     let limits = host::prepare()?;
+    privileged_ports(config)?;
     let allowed = cpus::allowed_cpus()?;
     let plan = cpus::plan_shards(&allowed, config.cpus.as_deref(), config.shards)?;
     let selected = cpus::selected(&allowed, config.cpus.as_deref());
@@ -208,6 +209,31 @@ pub fn preflight(config: &Config) -> Result<Preflight, MasterError> {
         allowed: allowed.len(),
         io_memory,
     })
+}
+
+/// A listen address whose port this process may not bind (below 1024, and
+/// no CAP_NET_BIND_SERVICE), refused as the bind itself would refuse it:
+/// `--check` finds it too, as `nginx -t` does. Not under socket activation,
+/// where systemd binds.
+fn privileged_ports(config: &Config) -> Result<(), MasterError> {
+    if std::env::var_os("LISTEN_FDS").is_some() {
+        return Ok(());
+    }
+    let lowest = host::lowest_unprivileged_port();
+    let denied = |addr: &SocketAddr| {
+        (addr.port() != 0 && addr.port() < lowest).then(|| BindError {
+            addr: *addr,
+            err: std::io::Error::from_raw_os_error(libc::EACCES),
+        })
+    };
+    let served = config.listen.iter().chain(&config.tls.listen);
+    if let Some(e) = served.filter_map(denied).next() {
+        return Err(MasterError::Bind(e));
+    }
+    match config.metrics.listen.iter().find_map(denied) {
+        Some(e) => Err(MasterError::MetricsBind(e)),
+        None => Ok(()),
+    }
 }
 
 /// Whether a socket the service manager passed, bound to `passed`, is the

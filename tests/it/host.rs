@@ -88,6 +88,29 @@ fn unprivileged_user_below_the_minimum_is_told_the_whole_need() {
     );
 }
 
+/// A port below 1024 without the privilege to bind it is refused by
+/// `--check` as by a start, in the same words (`nginx -t` refuses it too).
+#[test]
+fn a_privileged_port_without_privilege_fails_the_check_as_the_start() {
+    for check in [true, false] {
+        let mut cmd = command();
+        if !as_user(&mut cmd, 60_105) {
+            return eprintln!("skipped: needs root to switch to an unprivileged user");
+        }
+        cmd.args(["--listen", "127.0.0.1:80"]);
+        if check {
+            cmd.arg("--check");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("cannot listen on 127.0.0.1:80: Permission denied (os error 13); a port below 1024 needs privilege"),
+            "{err}"
+        );
+    }
+}
+
 /// RLIMIT_NPROC counts every thread of the user's: one too low for the
 /// shards' threads is said before any starts (glommio panics where it
 /// cannot start one), and one that fits them serves.
