@@ -291,39 +291,90 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
         Some(cwd) => cwd.join(p),
         None => p.to_path_buf(),
     };
-    if program.contains('/') {
-        let path = Path::new(program);
-        if path.is_relative() && !cwd_usable {
-            return;
-        }
-        if let Err(why) = check_executable(&from_cwd(path)) {
-            errors.push(ConfigError::new(key("command"), why));
-        }
-    } else {
-        let search = a
-            .env
-            .iter()
-            .rev()
-            .find(|(name, _)| name == "PATH")
-            .map(|(_, v)| OsString::from(v))
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_else(|| DEFAULT_PATH.into());
-        let found = std::env::split_paths(&search).any(|dir| {
+    let search = a
+        .env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, v)| OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    // Where execvp(3) finds `name` on the instance's PATH.
+    let on_path = |name: &str| {
+        std::env::split_paths(&search).find_map(|dir| {
             // An empty entry is the working directory, as for execvp(3).
             let dir = if dir.as_os_str().is_empty() {
                 PathBuf::from(".")
             } else {
                 dir
             };
-            is_executable_file(&from_cwd(&dir).join(program))
-        });
-        if !found {
-            errors.push(ConfigError::new(
-                key("command"),
-                format!("{program:?} is not found on PATH"),
-            ));
+            Some(from_cwd(&dir).join(name)).filter(|p| is_executable_file(p))
+        })
+    };
+    let found = if program.contains('/') {
+        let path = Path::new(program);
+        if path.is_relative() && !cwd_usable {
+            return;
         }
+        let path = from_cwd(path);
+        match check_executable(&path) {
+            Ok(()) => path,
+            Err(why) => return errors.push(ConfigError::new(key("command"), why)),
+        }
+    } else {
+        match on_path(program) {
+            Some(path) => path,
+            None => {
+                return errors.push(ConfigError::new(
+                    key("command"),
+                    format!("{program:?} is not found on PATH"),
+                ))
+            }
+        }
+    };
+    if let Some(why) = bad_interpreter(&found, on_path) {
+        errors.push(ConfigError::new(key("command"), why));
     }
+}
+
+/// Why the script at `path` cannot run, if its `#!` line names an
+/// interpreter that is missing or not executable (exec then fails with
+/// ENOENT, as for a missing program), or `/usr/bin/env` and a program
+/// `on_path` does not find (env then fails, exit 127). Not a script, or
+/// unreadable: nothing to say.
+fn bad_interpreter(path: &Path, on_path: impl Fn(&str) -> Option<PathBuf>) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..memchr::memchr(b'\n', line)?];
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
+    // A relative one is the instance's working directory's: left alone.
+    let interpreter = words.next().filter(|w| w.starts_with('/'))?;
+    if !is_executable_file(Path::new(interpreter)) {
+        return Some(format!(
+            "{}: its #! line names {interpreter}, which is {}",
+            path.display(),
+            if Path::new(interpreter).exists() {
+                "not executable"
+            } else {
+                "missing"
+            }
+        ));
+    }
+    // `#!/usr/bin/env node`: env looks the program up on the PATH the
+    // instance gets (`env -S` and options are left to env).
+    let program = words.next().filter(|_| interpreter.ends_with("/env"))?;
+    if program.starts_with('-') || program.contains('=') {
+        return None;
+    }
+    on_path(program).is_none().then(|| {
+        format!(
+            "{}: its #! line runs {program:?} through env, which is not found on PATH",
+            path.display()
+        )
+    })
 }
 
 /// Why `path` cannot be run as a program, if it cannot.
@@ -601,6 +652,62 @@ mod tests {
             ["conf/x.toml:4: app[1].command: cannot use ./definitely/not/here: No such file or directory (os error 2)"]
         );
         assert_eq!(app_errors(vec![app(&[], None), app(&[""], None)]), [""; 0]);
+    }
+
+    /// A script whose `#!` line names a missing interpreter fails its
+    /// exec as a missing program does: `--check` says so, as a start
+    /// would fail. Through `/usr/bin/env`, the program it names is looked
+    /// for on the instance's PATH (a CRLF line names "node\r").
+    #[test]
+    fn a_script_s_interpreter_must_be_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Scratch::new("preflight-interpreter");
+        let script = |name: &str, first: &str| {
+            let p = dir.file(name, 0o755);
+            std::fs::write(&p, format!("{first}\necho hi\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p.display().to_string()
+        };
+        let errors = |first: &str| {
+            let s = script("run.sh", first);
+            app_errors(vec![app(&[&s], None)])
+        };
+        let s = dir.0.join("run.sh").display().to_string();
+        assert_eq!(errors("#!/bin/sh"), [""; 0]);
+        assert_eq!(errors("#! /bin/sh -e"), [""; 0]);
+        assert_eq!(errors("#!/usr/bin/env sh"), [""; 0]);
+        assert_eq!(errors("#!/usr/bin/env -S sh -e"), [""; 0]);
+        assert_eq!(errors("echo not a script"), [""; 0]);
+        assert_eq!(
+            errors("#!/definitely/not/here/node"),
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line names /definitely/not/here/node, which is missing")]
+        );
+        assert_eq!(
+            errors(&format!("#!{}", dir.0.display())),
+            [format!(
+                "conf/x.toml:4: app[1].command: {s}: its #! line names {}, which is not executable",
+                dir.0.display()
+            )]
+        );
+        assert_eq!(
+            errors("#!/usr/bin/env nodee"),
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line runs \"nodee\" through env, which is not found on PATH")]
+        );
+        assert_eq!(
+            errors("#!/usr/bin/env sh\r"),
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line runs \"sh\\r\" through env, which is not found on PATH")]
+        );
+        // A script found on the app's PATH is looked into too.
+        script("bin/serve", "#!/definitely/not/here/python3");
+        let mut a = app(&["serve"], None);
+        a.env = vec![("PATH".into(), dir.0.join("bin").display().to_string())];
+        assert_eq!(
+            app_errors(vec![a]),
+            [format!(
+                "conf/x.toml:4: app[1].command: {}/serve: its #! line names /definitely/not/here/python3, which is missing",
+                dir.0.join("bin").display()
+            )]
+        );
     }
 
     #[test]
