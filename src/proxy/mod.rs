@@ -448,6 +448,16 @@ async fn forward(
                 persistence: ex.persistence,
                 http10: head.version == Version::Http10,
                 reusable: true,
+                redirect: Some(response::Redirect {
+                    upstream: &server.host,
+                    scheme: if c.https { "https" } else { "http" },
+                    host: head.host().filter(|h| !h.is_empty()),
+                    prefix: if route.config.strip_prefix {
+                        route.prefix.trim_end_matches('/')
+                    } else {
+                        ""
+                    },
+                }),
             },
         };
         let mut sent = send_request(

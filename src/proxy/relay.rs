@@ -379,7 +379,7 @@ pub(super) fn begin(
     rbuf: &[u8],
     ex: &Exchange,
     asked: Asked,
-    client: response::ClientSide,
+    client: response::ClientSide<'_>,
     upgrade: Option<&[u8]>,
     r: &mut Relayed,
 ) -> Option<Begun> {
@@ -581,7 +581,7 @@ pub(super) async fn relay(
     ex: &Exchange,
     cfg: &UpstreamConfig,
     asked: Asked,
-    client: response::ClientSide,
+    client: response::ClientSide<'_>,
     upgrade: Option<&[u8]>,
     tunnel_idle: Duration,
 ) -> Relayed {

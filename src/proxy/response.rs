@@ -30,7 +30,7 @@ pub struct Downstream {
 
 /// What the client's request decided about its response.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientSide {
+pub struct ClientSide<'a> {
     /// What the session decided (the client's wish, shutdown).
     pub persistence: Persistence,
     /// The client speaks HTTP/1.0: no chunked coding.
@@ -38,6 +38,87 @@ pub struct ClientSide {
     /// The connection can take another request after this one (its body
     /// was read whole).
     pub reusable: bool,
+    /// Redirects naming the server to map back to the client's origin.
+    pub redirect: Option<Redirect<'a>>,
+}
+
+/// What a `Location` (or `Refresh`) naming the server by its own address
+/// becomes, as nginx's `proxy_redirect default` has it: an app that builds
+/// absolute URLs from the `Host` it got (`keep-host = false` sends the
+/// server's address) or from its own address would send clients to an
+/// address they cannot reach (an app instance's port, loopback).
+#[derive(Debug, Clone, Copy)]
+pub struct Redirect<'a> {
+    /// The server's address as it goes in `Host` (`Server::host`).
+    pub upstream: &'a str,
+    /// The client's scheme: `http` or `https`.
+    pub scheme: &'a str,
+    /// The client's `Host`, if it sent one (else the URL goes relative).
+    pub host: Option<&'a str>,
+    /// What `strip-prefix` took off the path (no trailing `/`), put back;
+    /// empty without it.
+    pub prefix: &'a str,
+}
+
+impl Redirect<'_> {
+    /// Write `url` mapped back into `out`, if it names the server: scheme
+    /// `http` or `https`, then its address (in any case), then the end or a
+    /// path, query or fragment.
+    fn rewrite(&self, url: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(rest) = strip_prefix_ignore_case(url, b"http://")
+            .or_else(|| strip_prefix_ignore_case(url, b"https://"))
+            .and_then(|r| strip_prefix_ignore_case(r, self.upstream.as_bytes()))
+        else {
+            return false;
+        };
+        if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
+            return false;
+        }
+        if let Some(host) = self.host {
+            out.extend_from_slice(self.scheme.as_bytes());
+            out.extend_from_slice(b"://");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(self.prefix.as_bytes());
+        if !rest.starts_with(b"/") {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rest);
+        true
+    }
+
+    /// Write the field `name: value` into `out` with its URL mapped back,
+    /// if it is a `Location` or a `Refresh` (`5; url=…`) naming the server.
+    fn write_field(&self, out: &mut Vec<u8>, name: &str, value: &[u8]) -> bool {
+        let start = if name.eq_ignore_ascii_case("location") {
+            0
+        } else if name.eq_ignore_ascii_case("refresh") {
+            let lower = value.to_ascii_lowercase();
+            match memchr::memmem::find(&lower, b"url=") {
+                // A quoted URL (`url='…'`) keeps its quotes around it.
+                Some(i) => i + 4 + usize::from(matches!(value.get(i + 4), Some(b'\'' | b'"'))),
+                None => return false,
+            }
+        } else {
+            return false;
+        };
+        let mark = out.len();
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value[..start]);
+        if !self.rewrite(&value[start..], out) {
+            out.truncate(mark);
+            return false;
+        }
+        out.extend_from_slice(b"\r\n");
+        true
+    }
+}
+
+/// `s` without `prefix`, compared in any case.
+fn strip_prefix_ignore_case<'s>(s: &'s [u8], prefix: &[u8]) -> Option<&'s [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
 }
 
 /// A route's compression as it applies to one request.
@@ -116,6 +197,12 @@ pub fn write_head(
         vary_sent |= varies
             && h.name.eq_ignore_ascii_case("vary")
             && (has_token(h.value, b"*") || has_token(h.value, b"accept-encoding"));
+        if client
+            .redirect
+            .is_some_and(|r| r.write_field(out, h.name, h.value))
+        {
+            continue;
+        }
         write_field(out, h.name, h.value);
     }
     if gzip {
@@ -308,10 +395,77 @@ mod tests {
         persistence: Persistence::KeepAlive,
         http10: false,
         reusable: true,
+        redirect: None,
     };
 
     fn convert(raw: &str, head: bool, client: ClientSide) -> (String, Downstream) {
         convert_with(raw, head, client, None)
+    }
+
+    /// A Location or Refresh naming the server by the address it was sent
+    /// as goes back as the client's origin, with the stripped prefix put
+    /// back (nginx's `proxy_redirect default`); any other stays as it is.
+    #[test]
+    fn redirects_naming_the_server_are_mapped_back() {
+        let redirect = Redirect {
+            upstream: "127.0.0.1:3001",
+            scheme: "https",
+            host: Some("shop.example"),
+            prefix: "/api",
+        };
+        let client = ClientSide {
+            redirect: Some(redirect),
+            ..KEEP
+        };
+        let field = |name: &str, value: &str| {
+            let raw = format!("HTTP/1.1 302 Found\r\n{name}: {value}\r\nContent-Length: 0\r\n\r\n");
+            let (head, _) = convert(&raw, false, client);
+            let line = head
+                .lines()
+                .find(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with(&name.to_ascii_lowercase())
+                })
+                .unwrap()
+                .to_string();
+            line[name.len() + 2..].to_string()
+        };
+        for (sent, got) in [
+            ("http://127.0.0.1:3001/pid", "https://shop.example/api/pid"),
+            ("HTTP://127.0.0.1:3001", "https://shop.example/api/"),
+            ("http://127.0.0.1:3001?a=1", "https://shop.example/api/?a=1"),
+            (
+                "https://127.0.0.1:3001/x#top",
+                "https://shop.example/api/x#top",
+            ),
+            // Not the server: another port, a longer name, elsewhere, relative.
+            ("http://127.0.0.1:30011/x", "http://127.0.0.1:30011/x"),
+            (
+                "http://127.0.0.1:3001.evil/x",
+                "http://127.0.0.1:3001.evil/x",
+            ),
+            ("https://login.example/x", "https://login.example/x"),
+            ("/pid", "/pid"),
+        ] {
+            assert_eq!(field("Location", sent), got, "{sent}");
+        }
+        assert_eq!(
+            field("Refresh", "5; url='http://127.0.0.1:3001/next'"),
+            "5; url='https://shop.example/api/next'"
+        );
+        assert_eq!(field("Refresh", "5"), "5");
+        // No Host from the client (HTTP/1.0): a relative reference.
+        let relative = ClientSide {
+            redirect: Some(Redirect {
+                host: None,
+                ..redirect
+            }),
+            ..KEEP
+        };
+        let raw =
+            "HTTP/1.1 301 Moved\r\nLocation: http://127.0.0.1:3001/a\r\nContent-Length: 0\r\n\r\n";
+        let (head, _) = convert(raw, false, relative);
+        assert!(head.contains("\r\nLocation: /api/a\r\n"), "{head}");
     }
 
     fn convert_with(
@@ -362,7 +516,7 @@ mod tests {
         let old = ClientSide {
             persistence: Persistence::KeepAliveHttp10,
             http10: true,
-            reusable: true,
+            ..KEEP
         };
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 300\r\n\
                    ETag: \"x\"\r\n\r\n";
@@ -560,7 +714,7 @@ mod tests {
         let old = ClientSide {
             persistence: Persistence::KeepAliveHttp10,
             http10: true,
-            reusable: true,
+            ..KEEP
         };
         let (head, d) = convert(raw, false, old);
         assert!(head.contains("Connection: close\r\n"), "{head}");

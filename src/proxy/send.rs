@@ -77,7 +77,7 @@ pub(super) async fn send_request(
     ex: &Exchange,
     cfg: &UpstreamConfig,
     rbuf: &mut [u8],
-    back: Back,
+    back: Back<'_>,
 ) -> Sent {
     let mut sent = Sent {
         read: 0,
@@ -220,10 +220,10 @@ pub(super) async fn send_request(
 /// How the response of a request whose body is still going up is written
 /// to the client, should it begin early.
 #[derive(Clone, Copy)]
-pub(super) struct Back {
+pub(super) struct Back<'a> {
     pub(super) asked: Asked,
     /// As the exchange will be if the body goes up whole.
-    pub(super) client: response::ClientSide,
+    pub(super) client: response::ClientSide<'a>,
 }
 
 /// The upstream said something while its request's body went up. True
@@ -233,7 +233,7 @@ async fn answer(
     up: &mut Socket,
     rbuf: &mut [u8],
     ex: &Exchange,
-    back: Back,
+    back: Back<'_>,
     sent: &mut Sent,
 ) -> bool {
     if !sent.duplex && take_answer(up, rbuf, ex.max_head, sent) {
@@ -279,7 +279,7 @@ async fn flow(
     up: &mut Socket,
     rbuf: &mut [u8],
     ex: &Exchange,
-    back: Back,
+    back: Back<'_>,
     sent: &mut Sent,
 ) -> bool {
     loop {

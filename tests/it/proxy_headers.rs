@@ -166,6 +166,41 @@ fn trusted_proxies_keep_and_extend_x_forwarded_for() {
     assert_eq!(reqs[1].all("x-real-ip"), ["9.9.9.9"]);
 }
 
+/// An app that builds its redirects from the Host it got (Rails'
+/// `redirect_to`, Express with its own host) names its own address when
+/// `keep-host = false` sends that: the client gets its own origin back,
+/// with the prefix `strip-prefix` took off, as behind nginx's
+/// `proxy_redirect default`; a redirect elsewhere is left alone.
+#[test]
+fn a_redirect_naming_the_server_goes_back_as_the_client_s_origin() {
+    let up = Upstream::start(|req| {
+        let host = req.header("host").unwrap_or("none").to_string();
+        let to = match req.target.as_str() {
+            "/away" => "https://login.example/x".to_string(),
+            _ => format!("http://{host}/done?x=1"),
+        };
+        Reply::status(302, &[("Location", to.as_str())], "")
+    });
+    let toml = group("app", &[up.server()], "")
+        + &route("/shop/", "app", "keep-host = false\nstrip-prefix = true")
+        + &route("/", "app", "keep-host = false");
+    let proxy = Proxy::start("proxy-redirect", &toml);
+    let location = |target: &str| {
+        let r = proxy.get(&format!(
+            "GET {target} HTTP/1.1\r\nHost: Example.test:8080\r\n\r\n"
+        ));
+        assert_eq!(r.status, 302);
+        r.header("location").unwrap().to_string()
+    };
+    assert_eq!(
+        location("/shop/cart"),
+        "http://Example.test:8080/shop/done?x=1"
+    );
+    assert_eq!(location("/cart"), "http://Example.test:8080/done?x=1");
+    assert_eq!(location("/away"), "https://login.example/x");
+    assert_eq!(location("/shop/away"), "https://login.example/x");
+}
+
 #[test]
 fn keep_host_sends_the_client_host_or_the_server_address() {
     let up = Upstream::start(echo());
