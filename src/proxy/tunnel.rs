@@ -1,6 +1,8 @@
 //! An upgraded connection (WebSocket): after the upstream's 101, bytes go
 //! both ways as they are until either side closes or both stay silent for
-//! the route's `tunnel-idle-timeout`. Each way has a buffer of its own, so
+//! the route's `tunnel-idle-timeout`; a client that only half-closes (a
+//! FIN after its close frame) has it passed on, and still gets what the
+//! upstream sends until the upstream closes. Each way has a buffer of its own, so
 //! one side that reads slowly holds up only what goes to it: the other way
 //! keeps moving (as nginx's two buffers do), and two peers that both write
 //! before they read cannot wait on each other through the proxy.
@@ -166,8 +168,12 @@ impl Pipe {
 
 /// Both ways at once, never waiting on a write: each side is waited on for
 /// what its way needs (a read when that way has nothing waiting to be
-/// written, room when it has). When one side closes, what was read for it
-/// from the other is still written to it (it may only have half-closed).
+/// written, room when it has). A client that ends its way (a FIN: one
+/// that half-closes after its WebSocket close frame) is heard by the
+/// upstream, once what was read for it is written, and the way back goes
+/// on until the upstream closes too (its close frame, its last messages),
+/// fails, or idles out. When the upstream closes, what was read for it is
+/// still written to it (it may only have half-closed), and the tunnel ends.
 async fn duplex(
     client: &mut Socket,
     upstream: &mut Socket,
@@ -176,32 +182,41 @@ async fn duplex(
 ) -> Moved {
     let mut up = Pipe::new();
     let mut down = Pipe::new();
+    // The client's way, until the client ends it.
+    let mut up_open = true;
     let mut quiet_until = Instant::now() + idle;
     loop {
         let now = Instant::now();
-        // Each way's end: on a close, what was read for the side that
-        // closed still goes to it.
-        let moved = match step(client, upstream, &mut up, now, send_timeout) {
-            Ok(moved_up) => step(upstream, client, &mut down, now, send_timeout)
-                .map(|moved_down| moved_up || moved_down)
-                .map_err(|e| (e, Side::Upstream)),
-            Err(e) => Err((e, Side::Client)),
-        };
-        let moved = match moved {
-            Ok(moved) => moved,
-            Err((e, closed)) => {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    match closed {
-                        Side::Client => finish(client, &mut down, send_timeout).await,
-                        Side::Upstream => finish(upstream, &mut up, send_timeout).await,
-                    }
-                }
-                return Moved {
-                    to_client: down.sent,
-                    from_client: up.got,
-                };
+        let mut moved = false;
+        let mut ended = None;
+        if up_open {
+            match step(client, upstream, &mut up, now, send_timeout) {
+                Ok(m) => moved |= m,
+                Err(e) => ended = Some((e, Side::Client)),
             }
-        };
+        }
+        if ended.is_none() {
+            match step(upstream, client, &mut down, now, send_timeout) {
+                Ok(m) => moved |= m,
+                Err(e) => ended = Some((e, Side::Upstream)),
+            }
+        }
+        if let Some((e, side)) = ended {
+            // A failure ends both ways. The client's end is passed on
+            // (`step` finds it only once what its way held was written).
+            let end = e.kind() == io::ErrorKind::UnexpectedEof;
+            if end && matches!(side, Side::Client) && upstream.shutdown_write().await.is_ok() {
+                up_open = false;
+                continue;
+            }
+            if end && matches!(side, Side::Upstream) && up_open {
+                finish(upstream, &mut up, send_timeout).await;
+            }
+            return Moved {
+                to_client: down.sent,
+                from_client: up.got,
+            };
+        }
         if moved {
             quiet_until = now + idle;
             // A peer as fast as loopback keeps every read full and every
@@ -218,12 +233,13 @@ async fn duplex(
             .expect("the idle deadline is always there");
         // A way with bytes waiting for its writer reads nothing more: its
         // reader is not waited on (it would say "readable" at once, and
-        // again, without anything moving).
+        // again, without anything moving); nor is a client that ended its
+        // way (its end reads as "readable" for good).
         let up_held = up.pending() || upstream.unsent();
         let down_held = down.pending() || client.unsent();
         let woke = futures_lite::future::or(
-            client.ready(!up_held, down_held, deadline),
-            upstream.ready(!down_held, up_held, deadline),
+            client.ready(up_open && !up_held, down_held, deadline),
+            upstream.ready(!down_held, up_open && up_held, deadline),
         )
         .await;
         // Idle for `idle`, a write stalled for `send-timeout`, or a failure.

@@ -1144,6 +1144,30 @@ fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
     assert_eq!(r.rest(), b"bye");
 }
 
+/// A client that half-closes (its WebSocket close frame, then a FIN)
+/// still gets what the app sends once it hears that: its own close frame.
+/// The tunnel passes the FIN on and waits for the app to close.
+#[test]
+fn a_client_that_half_closes_still_gets_the_app_s_last_words() {
+    let server = raw_upstream(|mut s| {
+        read_head(&mut s);
+        s.write_all(SWITCHING).unwrap();
+        // Until the client's end comes through.
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let _ = s.write_all(&[b"got:", &got[..], b" bye"].concat());
+    });
+    let proxy = Proxy::start("proxy-ws-half", &simple(&[server], "", "upgrade = true"));
+    let mut s = connect(proxy.addr());
+    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    expect_switch(&mut s);
+    s.write_all(b"\x88\x02\x03\xe8").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"got:\x88\x02\x03\xe8 bye");
+}
+
 /// What went through a tunnel is its 101's body in the access log, as
 /// nginx's `$body_bytes_sent` counts it.
 #[test]
