@@ -96,6 +96,7 @@ pub(super) fn finish_gather(
     g: Gather,
     scraped: &mut Scraped,
     lives: &[ShardLife],
+    reload: &LastReload,
     apps: impl FnOnce() -> Vec<InstanceStatus>,
 ) -> Option<Gather> {
     if !g.waiting_for.is_empty() {
@@ -103,11 +104,44 @@ pub(super) fn finish_gather(
     }
     let mut text = metrics::render(&scraped.view());
     render_lives(&mut text, lives);
+    render_reload(&mut text, reload);
     render_apps(&mut text, &apps());
     for r in g.replies {
         let _ = r.try_send(text.clone());
     }
     None
+}
+
+/// How the last SIGHUP went, for the metrics: a refused reload is said in
+/// the log alone otherwise, and `systemctl reload` (its `--check` passes
+/// files a reload then refuses: a new listen address, no routes) succeeds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LastReload {
+    /// The last reload was applied (true before any).
+    pub successful: bool,
+    /// When the configuration served now was applied: the start, or the
+    /// last reload that was.
+    pub applied_at: std::time::SystemTime,
+}
+
+/// Prometheus's own names for the same (`prometheus_config_…`), so that
+/// the usual alert on a refused reload carries over.
+fn render_reload(out: &mut String, r: &LastReload) {
+    use std::fmt::Write;
+    let at = r
+        .applied_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_config_last_reload_successful Whether the last SIGHUP's configuration was applied (1; also before any) or refused (0: still serving the previous one; the log says why).\n\
+         # TYPE coreserve_config_last_reload_successful gauge\n\
+         coreserve_config_last_reload_successful {}\n\
+         # HELP coreserve_config_last_reload_success_timestamp_seconds When the configuration served now was applied: the start, or the last reload that was.\n\
+         # TYPE coreserve_config_last_reload_success_timestamp_seconds gauge\n\
+         coreserve_config_last_reload_success_timestamp_seconds {at:.3}",
+        u8::from(r.successful)
+    );
 }
 
 /// The shards' supervision series: up, restarts (a dead shard's traffic

@@ -26,7 +26,7 @@ use world::{connect, Delivery, Note, Real, World};
 
 use super::effective_upstreams;
 use super::launch::{Launched, Launcher};
-use super::scrape::{finish_gather, Gather, Scraped, ShardLife, SCRAPE_WAIT};
+use super::scrape::{finish_gather, Gather, LastReload, Scraped, ShardLife, SCRAPE_WAIT};
 use super::{MasterError, Reloader};
 use crate::acceptor::Acceptor;
 use crate::admin;
@@ -191,6 +191,8 @@ struct Supervisor<W: World> {
     loading: Option<bool>,
     /// Until when each server taken out was last said to be (`on_rested`).
     rests: HashMap<(String, ServerAddr, u64), Instant>,
+    /// How the last SIGHUP went (the metrics say it).
+    last_reload: LastReload,
 }
 
 /// Run the master until it is told to stop (on the master's executor).
@@ -378,6 +380,10 @@ impl<W: World> Supervisor<W> {
             held_seq: 0,
             loading: None,
             rests: HashMap::new(),
+            last_reload: LastReload {
+                successful: true,
+                applied_at: std::time::SystemTime::now(),
+            },
         }
     }
 
@@ -564,7 +570,8 @@ impl<W: World> Supervisor<W> {
         };
         let lives = self.lives();
         let world = &self.world;
-        self.gather = finish_gather(g, &mut self.scraped, &lives, || world.app_status());
+        let reload = &self.last_reload;
+        self.gather = finish_gather(g, &mut self.scraped, &lives, reload, || world.app_status());
         if self.gather.is_some() {
             // A stuck shard must not hang every scrape: answer with its
             // last snapshot after a moment.
@@ -591,7 +598,9 @@ impl<W: World> Supervisor<W> {
             update(&mut g);
             let lives = self.lives();
             let world = &self.world;
-            self.gather = finish_gather(g, &mut self.scraped, &lives, || world.app_status());
+            let reload = &self.last_reload;
+            self.gather =
+                finish_gather(g, &mut self.scraped, &lives, reload, || world.app_status());
         }
     }
 
@@ -821,6 +830,7 @@ impl<W: World> Supervisor<W> {
             );
         }
         error!("SIGHUP: the new app(s) did not start; the reload is refused, still serving the previous configuration");
+        self.last_reload.successful = false;
         self.drop_held();
         self.ready();
     }
@@ -829,6 +839,7 @@ impl<W: World> Supervisor<W> {
     /// any reload still waiting for its apps, and the latest file says
     /// what is wanted, so that one is given up too.
     fn refused(&mut self) {
+        self.last_reload.successful = false;
         if let Some(held) = self.drop_held() {
             error!(
                 "SIGHUP: the reload that waited for app(s) {} is given up too",
@@ -893,6 +904,10 @@ impl<W: World> Supervisor<W> {
     /// The latest reload is applied on every shard that is alive.
     fn reloaded(&mut self, which: &str) {
         info!("SIGHUP: configuration reloaded on {which}");
+        self.last_reload = LastReload {
+            successful: true,
+            applied_at: std::time::SystemTime::now(),
+        };
         self.ready();
     }
 

@@ -570,6 +570,55 @@ fn a_scrape_is_answered_when_every_live_shard_replied() {
     assert_eq!(value(&text, "coreserve_shard_restarts_total", 2), "1");
 }
 
+/// A refused reload shows in the metrics (as Prometheus's own
+/// `…_config_last_reload_successful`), until a reload is applied.
+#[test]
+fn the_metrics_say_whether_the_last_reload_was_applied() {
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = reads.clone();
+    let mut sup = serving_with(
+        1,
+        Config::default(),
+        Arc::new(
+            move || match counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+                0 => Err(vec![ConfigError::new("server.shards", "a bad value")]),
+                _ => Ok(Config::default()),
+            },
+        ),
+    );
+    let last = |sup: &mut Supervisor<Fake>| {
+        let answered = scrape(sup);
+        on(sup, snapshot(0, 1));
+        let text = answer(&answered).expect("answered");
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .to_string()
+        };
+        (
+            value("coreserve_config_last_reload_successful"),
+            value("coreserve_config_last_reload_success_timestamp_seconds")
+                .parse::<f64>()
+                .unwrap(),
+        )
+    };
+    let (ok, started) = last(&mut sup);
+    assert_eq!(ok, "1");
+    assert!(started > 1.7e9, "{started}");
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    assert_eq!(last(&mut sup), ("0".to_string(), started));
+    std::thread::sleep(Duration::from_millis(20));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    on(
+        &mut sup,
+        MasterEvent::Shard(ShardEvent::Reloaded { id: 0, seq: 1 }),
+    );
+    let (ok, applied) = last(&mut sup);
+    assert_eq!(ok, "1");
+    assert!(applied > started, "{applied} {started}");
+}
+
 #[test]
 fn a_scrape_waits_for_no_shard_that_died_meanwhile() {
     let mut sup = serving(2);
