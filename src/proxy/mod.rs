@@ -739,7 +739,7 @@ async fn forward(
         served.upstream = Some((server, relayed.upstream_status, took));
         // The end of a response read ahead of a slow client (`buffer`):
         // its server is free already, and its time is the upstream's.
-        if !c.out.is_empty() || c.socket.unsent() {
+        if !relayed.client_failed && (!c.out.is_empty() || c.socket.unsent()) {
             if relay::write_rest(c.socket, c.out, ex.send_timeout)
                 .await
                 .is_ok()

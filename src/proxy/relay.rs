@@ -649,7 +649,9 @@ pub(super) async fn relay(
 ///
 /// Returning with the body complete, `c.out` may still hold its end: the
 /// caller writes it (`write_rest`) once the upstream connection is let
-/// go. Otherwise `c.out` is empty.
+/// go. Otherwise `c.out` is empty: a response the upstream cut short gets
+/// what was held for it first (it is cut short all the same), unless
+/// nothing of it went out yet (then it is a 502).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream(
     c: &mut Client<'_>,
@@ -659,92 +661,138 @@ pub(super) async fn stream(
     filled: usize,
     ex: &Exchange,
     cfg: &UpstreamConfig,
-    mut out: Outgoing,
-    mut r: Relayed,
+    out: Outgoing,
+    r: Relayed,
 ) -> Relayed {
     let ahead = if c.socket.non_blocking() && up.non_blocking() {
         cfg.buffer
     } else {
         0
     };
-    // `c.out[..sent]` went to the client already.
-    let mut sent = 0;
-    // When a client that takes nothing more fails (`send-timeout` after
-    // its last progress), while bytes are held for it.
-    let mut stall: Option<Instant> = None;
-    // The client took less than it was given, and has not said it has
-    // room since: no write is tried (each would fail, a system call each).
-    let mut client_full = false;
-    let mut last_read = Instant::now();
-    let mut piece = pos..filled;
-    loop {
-        if out.feed(&rbuf[piece], c.out, &mut r).is_err() {
-            r.upstream_fault = Some(Fault::InvalidBody);
-            c.out.clear();
-            return r;
+    let mut relay = Ahead {
+        out,
+        r,
+        sent: 0,
+        stall: None,
+        client_full: false,
+    };
+    let r = relay.run(c, up, rbuf, pos..filled, ex, cfg, ahead).await;
+    if r.upstream_fault.is_some() && r.bytes_out > 0 && relay.sent < c.out.len() {
+        // Cut short by the upstream after it began: what was read for the
+        // client still goes to it (a download resumed from there loses
+        // nothing), within send-timeout.
+        let mut r = r;
+        let held = &c.out[relay.sent..];
+        if c.socket.write_all(held, ex.send_timeout).await.is_ok() {
+            r.bytes_out += held.len() as u64;
         }
-        if out.complete {
-            r.client_keep_alive = out.keep_alive;
-            r.upstream_reusable = out.reusable;
-            r.bytes_out += sent as u64;
-            c.out.drain(..sent);
-            return r;
-        }
-        if ahead == 0 {
-            if !c.out.is_empty() {
-                if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
-                    r.client_failed = true;
+        c.out.clear();
+        return r;
+    }
+    if !relay.out.complete || r.client_failed || r.upstream_fault.is_some() {
+        c.out.clear();
+    }
+    r
+}
+
+/// Reads in a row, without a wait, after which the relay steps aside for
+/// the shard's other tasks (as `Socket::read` does for its own).
+const READS_IN_A_ROW: u32 = 8;
+
+/// A response's body on its way: re-framed into the client's output, and
+/// what of that went out.
+struct Ahead {
+    out: Outgoing,
+    r: Relayed,
+    /// `c.out[..sent]` went to the client already.
+    sent: usize,
+    /// When a client that takes nothing more fails (`send-timeout` after
+    /// its last progress), while bytes are held for it.
+    stall: Option<Instant>,
+    /// The client took less than it was given, and has not said it has
+    /// room since: no write is tried (each would fail, a system call each).
+    client_full: bool,
+}
+
+impl Ahead {
+    /// The relay's loop (`stream`); returns how it went, `c.out` as it is.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &mut self,
+        c: &mut Client<'_>,
+        up: &mut Socket,
+        rbuf: &mut [u8],
+        first: std::ops::Range<usize>,
+        ex: &Exchange,
+        cfg: &UpstreamConfig,
+        ahead: usize,
+    ) -> Relayed {
+        let mut piece = first;
+        // Since when the upstream owes a byte (reset while no room is
+        // left: it is not read then, so its silence does not count).
+        let mut quiet_since: Option<Instant> = None;
+        let mut in_a_row = 0;
+        loop {
+            if self.out.feed(&rbuf[piece], c.out, &mut self.r).is_err() {
+                self.r.upstream_fault = Some(Fault::InvalidBody);
+                return std::mem::take(&mut self.r);
+            }
+            if self.out.complete {
+                self.r.client_keep_alive = self.out.keep_alive;
+                self.r.upstream_reusable = self.out.reusable;
+                c.out.drain(..self.sent);
+                self.sent = 0;
+                return std::mem::take(&mut self.r);
+            }
+            if ahead == 0 {
+                if !c.out.is_empty() {
+                    if c.socket.write_all(c.out, ex.send_timeout).await.is_err() {
+                        self.r.client_failed = true;
+                        return std::mem::take(&mut self.r);
+                    }
+                    self.r.bytes_out += c.out.len() as u64;
                     c.out.clear();
-                    return r;
                 }
-                r.bytes_out += c.out.len() as u64;
-                c.out.clear();
+            } else if !self.client_full && self.push(c).is_err() {
+                self.r.client_failed = true;
+                return std::mem::take(&mut self.r);
             }
-        } else if !client_full {
-            match push(c.socket, &c.out[sent..]) {
-                Ok(0) => {}
-                Ok(n) => {
-                    sent += n;
-                    stall = None;
+            let held = c.out.len() - self.sent;
+            let read = if ahead == 0 || held == 0 && !c.socket.unsent() {
+                // Nothing held: the upstream is waited on alone, and a
+                // client that leaves meanwhile ends it.
+                self.stall = None;
+                in_a_row = 0;
+                let deadline = Instant::now() + cfg.read_timeout;
+                match c
+                    .socket
+                    .unless_closed(up.read(&mut rbuf[..CHUNK], deadline))
+                    .await
+                {
+                    Some(read) => read,
+                    None => {
+                        self.r.client_failed = true;
+                        return std::mem::take(&mut self.r);
+                    }
                 }
-                Err(_) => {
-                    r.client_failed = true;
-                    c.out.clear();
-                    return r;
+            } else {
+                let room = held < ahead;
+                let now = Instant::now();
+                let quiet_at = *quiet_since.get_or_insert(now) + cfg.read_timeout;
+                if !room {
+                    quiet_since = None;
                 }
-            }
-            client_full = sent < c.out.len() || c.socket.unsent();
-            if sent == c.out.len() {
-                r.bytes_out += sent as u64;
-                c.out.clear();
-                sent = 0;
-            }
-        }
-        let held = c.out.len() - sent;
-        let read = if ahead == 0 || held == 0 && !c.socket.unsent() {
-            // Nothing held: the upstream is waited on alone, and a client
-            // that leaves meanwhile ends it.
-            stall = None;
-            let deadline = Instant::now() + cfg.read_timeout;
-            match c
-                .socket
-                .unless_closed(up.read(&mut rbuf[..CHUNK], deadline))
-                .await
-            {
-                Some(read) => Some(read),
-                None => {
-                    r.client_failed = true;
-                    return r;
-                }
-            }
-        } else {
-            let room = held < ahead;
-            match room.then(|| up.try_read(&mut rbuf[..CHUNK])).flatten() {
-                Some(read) => Some(read),
-                None => {
-                    let now = Instant::now();
-                    let stall_at = *stall.get_or_insert(now + ex.send_timeout);
-                    let quiet_at = last_read + cfg.read_timeout;
+                let tried = room.then(|| up.try_read(&mut rbuf[..CHUNK])).flatten();
+                if let Some(read) = tried {
+                    in_a_row += 1;
+                    if in_a_row >= READS_IN_A_ROW {
+                        in_a_row = 0;
+                        futures_lite::future::yield_now().await;
+                    }
+                    read
+                } else {
+                    in_a_row = 0;
+                    let stall_at = *self.stall.get_or_insert(now + ex.send_timeout);
                     let deadline = if room {
                         stall_at.min(quiet_at)
                     } else {
@@ -763,74 +811,82 @@ pub(super) async fn stream(
                     )
                     .await;
                     match woke {
-                        Ok(client) => client_full &= !client,
+                        Ok(client) => self.client_full &= !client,
+                        Err(_) if !room || Instant::now() >= stall_at => {
+                            self.r.client_failed = true;
+                            return std::mem::take(&mut self.r);
+                        }
                         Err(_) => {
-                            if !room || Instant::now() >= stall_at {
-                                r.client_failed = true;
-                            } else {
-                                r.upstream_fault = Some(Fault::TimedOut);
-                            }
-                            c.out.clear();
-                            return r;
+                            self.r.upstream_fault = Some(Fault::TimedOut);
+                            return std::mem::take(&mut self.r);
                         }
                     }
-                    None
+                    piece = 0..0;
+                    continue;
                 }
-            }
-        };
-        piece = 0..0;
-        let Some(read) = read else {
-            continue;
-        };
-        last_read = Instant::now();
-        piece = 0..match read {
-            Ok(0) if out.framing == ResponseFraming::UntilClose => {
-                if out.end(c.out, &mut r).is_err() {
-                    r.upstream_fault = Some(Fault::InvalidBody);
-                    c.out.clear();
-                    return r;
+            };
+            quiet_since = None;
+            piece = 0..match read {
+                Ok(0) if self.out.framing == ResponseFraming::UntilClose => {
+                    if self.out.end(c.out, &mut self.r).is_err() {
+                        self.r.upstream_fault = Some(Fault::InvalidBody);
+                        return std::mem::take(&mut self.r);
+                    }
+                    0
                 }
-                0
-            }
-            Ok(n) if n > 0 => n,
-            // Cut short or silent: the client's response is cut short too
-            // (its framing shows it), and the connection closes.
-            Ok(_) => {
-                r.upstream_fault = Some(Fault::Closed);
-                c.out.clear();
-                return r;
-            }
-            Err(e) => {
-                r.upstream_fault = Some(match e.kind() {
-                    std::io::ErrorKind::TimedOut => Fault::TimedOut,
-                    _ => Fault::Reset,
-                });
-                c.out.clear();
-                return r;
-            }
-        };
-    }
-}
-
-/// Write what the client takes of `bytes` now, and TLS records waiting to
-/// go, never waiting: the bytes taken.
-fn push(socket: &mut Socket, bytes: &[u8]) -> io::Result<usize> {
-    if socket.unsent() {
-        socket.try_flush()?;
-    }
-    let mut taken = 0;
-    while taken < bytes.len() {
-        match socket.try_write(&bytes[taken..]) {
-            None => break,
-            Some(Ok(n)) => taken += n,
-            Some(Err(e)) => return Err(e),
+                Ok(n) if n > 0 => n,
+                // Cut short or silent: the client's response is cut short
+                // too (its framing shows it), and the connection closes.
+                Ok(_) => {
+                    self.r.upstream_fault = Some(Fault::Closed);
+                    return std::mem::take(&mut self.r);
+                }
+                Err(e) => {
+                    self.r.upstream_fault = Some(match e.kind() {
+                        std::io::ErrorKind::TimedOut => Fault::TimedOut,
+                        _ => Fault::Reset,
+                    });
+                    return std::mem::take(&mut self.r);
+                }
+            };
         }
     }
-    Ok(taken)
+
+    /// Write what the client takes of what is held now, and TLS records
+    /// waiting to go, never waiting; what went is counted as sent, and let
+    /// go of once it is half the buffer (so that a client that keeps up
+    /// only in part does not make the buffer grow with the response).
+    fn push(&mut self, c: &mut Client<'_>) -> io::Result<()> {
+        let mut progress = c.socket.unsent() && c.socket.try_flush()? > 0;
+        while self.sent < c.out.len() {
+            match c.socket.try_write(&c.out[self.sent..]) {
+                None => break,
+                Some(Ok(n)) => {
+                    self.sent += n;
+                    self.r.bytes_out += n as u64;
+                    progress = true;
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        if progress {
+            self.stall = None;
+        }
+        self.client_full = self.sent < c.out.len() || c.socket.unsent();
+        if self.sent == c.out.len() {
+            c.out.clear();
+            self.sent = 0;
+        } else if self.sent >= c.out.len() - self.sent {
+            c.out.drain(..self.sent);
+            self.sent = 0;
+        }
+        Ok(())
+    }
 }
 
 /// Write `out` to the client, and TLS records still waiting to go: the end
 /// of a response `stream` returned with, its upstream connection let go.
+/// Fails when nothing goes for `send_timeout`.
 pub(super) async fn write_rest(
     socket: &mut Socket,
     out: &[u8],
@@ -839,11 +895,14 @@ pub(super) async fn write_rest(
     if !out.is_empty() {
         socket.write_all(out, send_timeout).await?;
     }
+    let mut deadline = Instant::now() + send_timeout;
     while socket.unsent() {
-        if socket.try_flush()? == 0 {
-            socket
-                .ready(false, true, Instant::now() + send_timeout)
-                .await?;
+        if socket.try_flush()? > 0 {
+            deadline = Instant::now() + send_timeout;
+        } else if Instant::now() >= deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        } else {
+            socket.ready(false, true, deadline).await?;
         }
     }
     Ok(())

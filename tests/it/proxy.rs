@@ -361,6 +361,95 @@ fn a_response_that_fits_the_buffer_frees_its_server_before_a_slow_client_reads()
     );
 }
 
+/// A client with a small receive buffer (as one on a slow link has).
+fn slow_client(addr: SocketAddr) -> TcpStream {
+    let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    c.set_recv_buffer_size(4096).unwrap();
+    c.connect(&addr.into()).unwrap();
+    let c: TcpStream = c.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+/// An upstream that breaks off after part of a response, while a slow
+/// client still has some of it to take: the client gets every byte read
+/// for it, then the close (a response cut short), never a 502 appended to
+/// the 200 it had begun.
+#[test]
+fn a_response_cut_short_while_held_gets_what_was_read_then_the_close() {
+    const SENT: usize = 3 << 20;
+    let server = raw_upstream(move |mut s| {
+        read_head(&mut s);
+        let mut resp =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 2 * SENT).into_bytes();
+        resp.extend(pattern(SENT));
+        let _ = s.write_all(&resp);
+    });
+    let proxy = Proxy::start(
+        "proxy-buffer-cut",
+        &simple(&[server], "buffer = \"16m\"", ""),
+    );
+    let mut c = slow_client(proxy.addr());
+    c.write_all(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // The client takes nothing while the upstream sends and closes.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut all = Vec::new();
+    let end = c.read_to_end(&mut all);
+    assert!(end.is_ok(), "{end:?}");
+    let head = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(all.starts_with(b"HTTP/1.1 200 "));
+    assert!(
+        !contains(&all[head..], b"HTTP/1.1 502"),
+        "a 502 after the 200"
+    );
+    assert_eq!(all.len() - head, SENT);
+    assert!(all[head..] == pattern(SENT)[..]);
+}
+
+/// A client that keeps up with part of what comes, not all, does not make
+/// the buffer grow with the response: what it took is let go of.
+#[test]
+fn a_client_slower_than_the_upstream_holds_no_more_than_the_buffer() {
+    const LEN: usize = 96 << 20;
+    let server = raw_upstream(move |mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").as_bytes());
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..LEN >> 20 {
+            if s.write_all(&block).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-buffer-bound",
+        &simple(&[server], "buffer = \"1m\"", ""),
+    );
+    let mut c = slow_client(proxy.addr());
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0;
+    // Slower than loopback: a pause after each read.
+    while got < LEN {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got} bytes");
+        got += n;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.server.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 48 << 10,
+        "peak RSS {peak_kib} KiB for a 1 MiB buffer"
+    );
+}
+
 /// Read `s` up to the end of a request head; returns what came after it.
 fn read_head(s: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
