@@ -42,9 +42,12 @@ const PIPE_BUF: usize = 4096;
 /// stderr, a slow disk): past it, lines are dropped.
 pub const MAX_BUFFERED: usize = 4 << 20;
 
-/// Buffers (of up to `FLUSH_BYTES` or so) that may wait for the writer
-/// thread, from all shards together.
+/// Buffers (of `FLUSH_BYTES` or so, a shard's whole backlog after the
+/// queue was full) that may wait for the writer thread, from all shards
+/// together; and the bytes they may hold together (one, however large,
+/// is always taken).
 const QUEUE: usize = 64;
+const QUEUE_BYTES: usize = 16 << 20;
 
 /// Open an access-log file for appending, creating it `0640`. A FIFO that
 /// nothing reads is refused at once: a blocking open would wait for a
@@ -175,8 +178,9 @@ pub struct AccessLogger {
     /// or, after the writer's queue was full, `FLUSH_BYTES` more than the
     /// buffer held then (not a try per line while the queue stays full).
     next_hand_off: Cell<usize>,
-    /// A reopen is under way (SIGUSR1s in a row open the file once).
+    /// A reopen is under way; another was asked for meanwhile.
     reopening: Cell<bool>,
+    reopen_again: Cell<bool>,
     /// Lines dropped (the buffer was full) since the last flush said so.
     dropped: Cell<u64>,
     /// Shutting down (`flush_all`): the count of dropped lines is said at
@@ -213,6 +217,7 @@ impl AccessLogger {
             buf: RefCell::new(Vec::with_capacity(FLUSH_BYTES)),
             next_hand_off: Cell::new(FLUSH_BYTES),
             reopening: Cell::new(false),
+            reopen_again: Cell::new(false),
             dropped: Cell::new(0),
             closing: Cell::new(false),
             dropped_said: Cell::new(None),
@@ -226,6 +231,10 @@ impl AccessLogger {
     /// without waiting for the next second.
     pub fn record(&self, e: &Entry) {
         self.tick();
+        // Full: the writer may have caught up since the last try.
+        if self.buf.borrow().len() >= MAX_BUFFERED {
+            self.hand_off();
+        }
         let full = {
             let mut buf = self.buf.borrow_mut();
             if buf.len() >= MAX_BUFFERED {
@@ -259,7 +268,8 @@ impl AccessLogger {
             }
             Err(back) => {
                 *buf = back;
-                self.next_hand_off.set(buf.len() + FLUSH_BYTES);
+                self.next_hand_off
+                    .set((buf.len() + FLUSH_BYTES).min(MAX_BUFFERED));
                 false
             }
         }
@@ -480,28 +490,37 @@ impl AccessLogger {
     }
 
     /// Reopen the file (after logrotate moved it); stderr needs nothing.
-    /// Lines buffered before go to the file as it was.
+    /// Lines buffered before go to the file as it was, unless the writer's
+    /// queue is full then (they go to the new one).
     pub async fn reopen(&self) {
         let Sink::File { path, fd } = &self.sink else {
             return;
         };
+        // One under way opens it again after (the file may have moved
+        // after its open).
         if self.reopening.replace(true) {
+            self.reopen_again.set(true);
             return;
         }
-        self.hand_off();
-        let at = path.clone();
-        let opened = glommio::executor()
-            .spawn_blocking(move || open(&at).map(OwnedFd::from))
-            .await;
-        match opened {
-            // The old descriptor closes once the writer is done with the
-            // buffers handed off for it.
-            Ok(new) => *fd.borrow_mut() = Arc::new(new),
-            Err(e) => log::error!(
-                "shard {}: cannot reopen the access log {}: {e}",
-                self.shard,
-                path.display()
-            ),
+        loop {
+            self.hand_off();
+            let at = path.clone();
+            let opened = glommio::executor()
+                .spawn_blocking(move || open(&at).map(OwnedFd::from))
+                .await;
+            match opened {
+                // The old descriptor closes once the writer is done with
+                // the buffers handed off for it.
+                Ok(new) => *fd.borrow_mut() = Arc::new(new),
+                Err(e) => log::error!(
+                    "shard {}: cannot reopen the access log {}: {e}",
+                    self.shard,
+                    path.display()
+                ),
+            }
+            if !self.reopen_again.replace(false) {
+                break;
+            }
         }
         self.reopening.set(false);
     }
@@ -550,8 +569,9 @@ pub mod writer {
         }
     }
 
-    /// Buffers queued and not yet written.
+    /// Buffers queued and not yet written, and their bytes.
     static PENDING: AtomicUsize = AtomicUsize::new(0);
+    static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
     type Lines = (Target, Vec<u8>);
 
     /// The queue, once its thread runs (`None`: it could not start).
@@ -582,7 +602,9 @@ pub mod writer {
                                 &mut failures.last_mut().expect("just pushed").1
                             }
                         };
+                        let len = data.len();
                         f.note(write(&to, data, f.failing()), name);
+                        PENDING_BYTES.fetch_sub(len, Ordering::AcqRel);
                         PENDING.fetch_sub(1, Ordering::AcqRel);
                     }
                 })
@@ -620,10 +642,17 @@ pub mod writer {
             return Ok(());
         };
         let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+        let len = data.len();
+        let queued = PENDING_BYTES.fetch_add(len, Ordering::AcqRel);
+        if queued > 0 && queued + len > super::QUEUE_BYTES {
+            PENDING_BYTES.fetch_sub(len, Ordering::AcqRel);
+            return Err(data);
+        }
         PENDING.fetch_add(1, Ordering::AcqRel);
         match tx.try_send((to, data)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full((_, data)) | TrySendError::Disconnected((_, data))) => {
+                PENDING_BYTES.fetch_sub(len, Ordering::AcqRel);
                 PENDING.fetch_sub(1, Ordering::AcqRel);
                 Err(data)
             }
@@ -631,12 +660,13 @@ pub mod writer {
     }
 
     /// Wait until what is queued is written, at most `limit`: before the
-    /// process exits.
-    pub fn flush(limit: Duration) {
+    /// process exits. The bytes of lines left unwritten.
+    pub fn flush(limit: Duration) -> usize {
         let until = Instant::now() + limit;
         while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(2));
         }
+        PENDING_BYTES.load(Ordering::Acquire)
     }
 }
 
@@ -740,6 +770,7 @@ mod tests {
             buf: RefCell::new(Vec::new()),
             next_hand_off: Cell::new(FLUSH_BYTES),
             reopening: Cell::new(false),
+            reopen_again: Cell::new(false),
             dropped: Cell::new(0),
             closing: Cell::new(false),
             dropped_said: Cell::new(None),

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
 /// may be stalled for good), so the lines that say why the process ends
 /// are not lost with it.
 fn flush_log() {
-    coreserve::access_log::writer::flush(std::time::Duration::from_secs(2));
+    let left = coreserve::access_log::writer::flush(std::time::Duration::from_secs(2));
+    if left > 0 {
+        log::warn!("access log: {left} bytes of lines are not written: the log did not take them within 2 s of the exit");
+    }
     if let Some(f) = LOG.get() {
         f.flush(std::time::Duration::from_secs(2));
     }
