@@ -9,6 +9,27 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use futures_lite::AsyncReadExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
+/// A stop signal this soon after the first is the same stop, not a second
+/// (which exits at once): GNU `timeout` sends SIGTERM to its child and
+/// then to the whole process group, microseconds apart, and a wrapper that
+/// passes on a terminal's Ctrl-C doubles the one the terminal sent the
+/// group. A person who means the second one sends it again.
+pub const SAME_STOP: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// When the first stop signal was seen.
+static FIRST_STOP: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Note a stop signal seen now: whether it repeats the first one within
+/// `SAME_STOP` (false for the first itself, and for one after the window).
+pub fn repeats_first_stop() -> bool {
+    let mut first = false;
+    let at = FIRST_STOP.get_or_init(|| {
+        first = true;
+        std::time::Instant::now()
+    });
+    !first && at.elapsed() < SAME_STOP
+}
+
 /// What a signal asks of the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

@@ -706,6 +706,8 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
     s.server.signal(libc::SIGUSR1);
     s.server
         .wait_for_log("SIGUSR1: ignored: stopping (the app instances are being stopped)");
+    // Past the moment in which a repeat is the same stop.
+    std::thread::sleep(Duration::from_millis(700));
     let second = Instant::now();
     s.server.signal(libc::SIGTERM);
     s.server.wait(WAIT);
@@ -719,6 +721,27 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
         log.contains(&format!("app deaf[0] (pid {pid}) killed at once")),
         "{log}"
     );
+    assert!(all_gone(&[pid], Duration::from_secs(2)), "{log}");
+}
+
+/// A stop signal sent twice at once (GNU `timeout`: to coreserve, then to
+/// its process group) is one stop, also once the shards are done and the
+/// apps stop: they get their stop signal and time, not a SIGKILL.
+#[test]
+fn a_stop_signal_sent_twice_at_once_stops_the_apps_gracefully() {
+    let dir = Scratch::new("apps-twice-script");
+    let script = dir.write("deaf.py", DEAF).display().to_string();
+    let toml = app("deaf", &["python3", &script], 1, "") + &proxied("/", "deaf");
+    let toml = toml.replace("stop-timeout = \"3s\"", "stop-timeout = \"1s\"");
+    let mut s = AppServer::start("apps-twice", &toml);
+    let pid = s.ready_pids("deaf", 1)[0];
+    s.server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    s.server.signal(libc::SIGTERM);
+    s.server.wait(WAIT);
+    let log = s.server.log();
+    assert!(!log.contains("a second stop signal"), "{log}");
+    assert!(!log.contains("killed at once"), "{log}");
     assert!(all_gone(&[pid], Duration::from_secs(2)), "{log}");
 }
 

@@ -1,7 +1,7 @@
 //! The end of serving: stop accepting, tell every shard to drain, and wait
 //! for each to report.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use glommio::channels::local_channel::LocalReceiver;
 use log::{error, info, warn};
@@ -13,23 +13,17 @@ use crate::master::MasterError;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal};
 
-/// A stop signal this soon after the one that began the drain is the same
-/// stop, not a second: GNU `timeout` sends SIGTERM to its child and then to
-/// the whole process group, microseconds apart, and a wrapper that passes
-/// on a terminal's Ctrl-C doubles the one the terminal sent the group. A
-/// person who means the second one sends it again.
-const SAME_STOP: Duration = Duration::from_millis(500);
-
 impl Supervisor<Real> {
     /// Drain: stop accepting, close the hand-off queues, tell every shard,
-    /// and wait for each to report (or for a second signal, `SAME_STOP`
-    /// after the first at least).
+    /// and wait for each to report (or for a second signal, not a repeat
+    /// of the first: `signals::repeats_first_stop`).
     pub(super) async fn drain(
         mut self,
         sig: i32,
         rx: &LocalReceiver<MasterEvent>,
     ) -> Result<(), MasterError> {
-        let began = Instant::now();
+        // The first stop signal's moment, if none was noted before.
+        signals::repeats_first_stop();
         info!(
             "{}: draining (deadline {:?})",
             signals::name(sig),
@@ -97,12 +91,12 @@ impl Supervisor<Real> {
                     }
                 }
                 Some(MasterEvent::Signal(Signal::Terminate(again)))
-                    if began.elapsed() < SAME_STOP =>
+                    if signals::repeats_first_stop() =>
                 {
                     info!(
-                        "{} {} ms after {}: the same stop (as a wrapper such as `timeout` sends it); one sent later exits at once",
+                        "{} again within {} ms of {}: the same stop (as a wrapper such as `timeout` sends it); one sent later exits at once",
                         signals::name(again),
-                        began.elapsed().as_millis(),
+                        signals::SAME_STOP.as_millis(),
                         signals::name(sig)
                     );
                 }

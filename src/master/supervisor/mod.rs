@@ -257,6 +257,8 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
             }
             Some(MasterEvent::Signal(Signal::Terminate(sig))) => {
                 info!("{} during start-up: stopping", signals::name(sig));
+                // A repeat of it while the apps stop is the same stop.
+                signals::repeats_first_stop();
                 return Ok(());
             }
             Some(ev) => early.push(ev),
