@@ -348,13 +348,21 @@ fn bad_interpreter(path: &Path, on_path: impl Fn(&str) -> Option<PathBuf>) -> Op
     let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
     let line = head[..n].strip_prefix(b"#!")?;
     let line = &line[..memchr::memchr(b'\n', line)?];
-    let line = std::str::from_utf8(line).ok()?;
-    let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
+    let line = std::str::from_utf8(line)
+        .ok()?
+        .trim_start_matches([' ', '\t']);
+    // Linux splits the line once: the interpreter, then the rest as one
+    // argument (its trailing blanks dropped).
+    let (interpreter, argument) = line
+        .split_once([' ', '\t'])
+        .map_or((line, ""), |(i, a)| (i, a.trim_matches([' ', '\t'])));
     // A relative one is the instance's working directory's: left alone.
-    let interpreter = words.next().filter(|w| w.starts_with('/'))?;
+    if !interpreter.starts_with('/') {
+        return None;
+    }
     if !is_executable_file(Path::new(interpreter)) {
         return Some(format!(
-            "{}: its #! line names {interpreter}, which is {}",
+            "{}: its #! line names {interpreter:?}, which is {}",
             path.display(),
             if Path::new(interpreter).exists() {
                 "not executable"
@@ -364,14 +372,22 @@ fn bad_interpreter(path: &Path, on_path: impl Fn(&str) -> Option<PathBuf>) -> Op
         ));
     }
     // `#!/usr/bin/env node`: env looks the program up on the PATH the
-    // instance gets (`env -S` and options are left to env).
-    let program = words.next().filter(|_| interpreter.ends_with("/env"))?;
-    if program.starts_with('-') || program.contains('=') {
+    // instance gets (`env -S` and env's other options are left to it).
+    if !interpreter.ends_with("/env") || argument.is_empty() || argument.starts_with('-') {
         return None;
     }
-    on_path(program).is_none().then(|| {
+    if argument.contains([' ', '\t']) {
+        return Some(format!(
+            "{}: its #! line gives env {argument:?} as one program name (Linux passes all after the interpreter as one argument): write \"#!/usr/bin/env -S {argument}\"",
+            path.display()
+        ));
+    }
+    if argument.contains('=') {
+        return None;
+    }
+    on_path(argument).is_none().then(|| {
         format!(
-            "{}: its #! line runs {program:?} through env, which is not found on PATH",
+            "{}: its #! line runs {argument:?} through env, which is not found on PATH",
             path.display()
         )
     })
@@ -680,18 +696,26 @@ mod tests {
         assert_eq!(errors("echo not a script"), [""; 0]);
         assert_eq!(
             errors("#!/definitely/not/here/node"),
-            [format!("conf/x.toml:4: app[1].command: {s}: its #! line names /definitely/not/here/node, which is missing")]
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line names \"/definitely/not/here/node\", which is missing")]
         );
         assert_eq!(
             errors(&format!("#!{}", dir.0.display())),
             [format!(
-                "conf/x.toml:4: app[1].command: {s}: its #! line names {}, which is not executable",
-                dir.0.display()
+                "conf/x.toml:4: app[1].command: {s}: its #! line names {:?}, which is not executable",
+                dir.0.display().to_string()
             )]
         );
         assert_eq!(
             errors("#!/usr/bin/env nodee"),
             [format!("conf/x.toml:4: app[1].command: {s}: its #! line runs \"nodee\" through env, which is not found on PATH")]
+        );
+        assert_eq!(
+            errors("#!/bin/sh\r"),
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line names \"/bin/sh\\r\", which is missing")]
+        );
+        assert_eq!(
+            errors("#!/usr/bin/env sh -e"),
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line gives env \"sh -e\" as one program name (Linux passes all after the interpreter as one argument): write \"#!/usr/bin/env -S sh -e\"")]
         );
         assert_eq!(
             errors("#!/usr/bin/env sh\r"),
@@ -704,7 +728,7 @@ mod tests {
         assert_eq!(
             app_errors(vec![a]),
             [format!(
-                "conf/x.toml:4: app[1].command: {}/serve: its #! line names /definitely/not/here/python3, which is missing",
+                "conf/x.toml:4: app[1].command: {}/serve: its #! line names \"/definitely/not/here/python3\", which is missing",
                 dir.0.join("bin").display()
             )]
         );
