@@ -746,6 +746,8 @@ async fn forward(
             {
                 served.bytes_out += c.out.len() as u64;
             } else {
+                // Not known to have gone: not counted as sent.
+                served.body_bytes = served.body_bytes.saturating_sub(c.out.len() as u64);
                 served.cut = true;
                 served.keep_alive = false;
                 served.linger = false;

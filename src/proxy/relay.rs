@@ -689,6 +689,14 @@ pub(super) async fn stream(
         c.out.clear();
         return r;
     }
+    let mut r = r;
+    if r.client_failed {
+        // What was read ahead and never went is no body sent (nginx's
+        // `$body_bytes_sent`); for a chunked body its chunk lines are taken
+        // off too, a few bytes per read.
+        let held = c.out.len().saturating_sub(relay.sent) as u64;
+        r.body_bytes = r.body_bytes.saturating_sub(held);
+    }
     if !relay.out.complete || r.client_failed || r.upstream_fault.is_some() {
         c.out.clear();
     }

@@ -407,6 +407,49 @@ fn a_response_cut_short_while_held_gets_what_was_read_then_the_close() {
     assert!(all[head..] == pattern(SENT)[..]);
 }
 
+/// A client that leaves after part of a response read ahead for it: the
+/// access log counts the body bytes that went to it, not those read for
+/// it (nginx's `$body_bytes_sent`).
+#[test]
+fn a_client_that_leaves_is_logged_with_what_went_not_what_was_read() {
+    const LEN: usize = 8 << 20;
+    let server = raw_upstream(move |mut s| {
+        read_head(&mut s);
+        let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+        resp.extend(pattern(LEN));
+        let _ = s.write_all(&resp);
+    });
+    let dir = Scratch::new("proxy-buffer-log");
+    let log = dir.0.join("access.log");
+    let toml = format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n\n",
+        log.display()
+    ) + &simple(&[server], "buffer = \"16m\"", "");
+    let proxy = Proxy::start("proxy-buffer-log", &toml);
+    let mut c = slow_client(proxy.addr());
+    c.write_all(b"GET /left HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Read ahead whole meanwhile; the client takes a little and leaves.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut buf = [0u8; 4096];
+    let _ = c.read(&mut buf).unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("/left"))
+        .expect("its line");
+    let bytes: usize = line
+        .split("\"bytes\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(bytes < LEN / 2, "{bytes} of {LEN} logged as sent: {line}");
+}
+
 /// A client that keeps up with part of what comes, not all, does not make
 /// the buffer grow with the response: what it took is let go of.
 #[test]

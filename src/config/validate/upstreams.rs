@@ -122,7 +122,7 @@ fn validate_settings(prefix: &str, g: &UpstreamConfig, err: &mut impl FnMut(&str
             format!(
                 "must be at most {}m (each slow client may hold this much), got {}",
                 MAX_UPSTREAM_BUFFER >> 20,
-                g.buffer
+                crate::units::format_size(g.buffer as u64)
             ),
         );
     }
