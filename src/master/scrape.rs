@@ -122,6 +122,9 @@ pub(super) struct LastReload {
     /// When the configuration served now was applied: the start, or the
     /// last reload that was.
     pub applied_at: std::time::SystemTime,
+    /// A SIGHUP was refused after the reload under way was sent: when
+    /// that one is applied, the last is still the refused one.
+    pub refused_since_sent: bool,
 }
 
 /// Prometheus's own names for the same (`prometheus_config_…`), so that

@@ -685,6 +685,9 @@ pub(super) async fn stream(
         let held = &c.out[relay.sent..];
         if c.socket.write_all(held, ex.send_timeout).await.is_ok() {
             r.bytes_out += held.len() as u64;
+        } else {
+            r.body_bytes = r.body_bytes.saturating_sub(held.len() as u64);
+            r.client_failed = true;
         }
         c.out.clear();
         return r;
@@ -784,7 +787,9 @@ impl Ahead {
                     }
                 }
             } else {
-                let room = held < ahead;
+                // Against the whole buffer, what went included until it is let
+                // go of: it holds `buffer` and a read at most.
+                let room = c.out.len() < ahead;
                 let now = Instant::now();
                 let quiet_at = *quiet_since.get_or_insert(now) + cfg.read_timeout;
                 if !room {

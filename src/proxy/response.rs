@@ -65,17 +65,31 @@ impl Redirect<'_> {
     /// `http` or `https`, then its address (in any case), then the end or a
     /// path, query or fragment.
     fn rewrite(&self, url: &[u8], out: &mut Vec<u8>) -> bool {
-        let Some(rest) = strip_prefix_ignore_case(url, b"http://")
-            .or_else(|| strip_prefix_ignore_case(url, b"https://"))
-            .and_then(|r| strip_prefix_ignore_case(r, self.upstream.as_bytes()))
-        else {
+        // An app that says https (it believes a balancer in front that
+        // terminates TLS) keeps it; one that says http gets the client's.
+        let (scheme, rest) = match strip_prefix_ignore_case(url, b"https://") {
+            Some(rest) => ("https", rest),
+            None => (
+                self.scheme,
+                strip_prefix_ignore_case(url, b"http://").unwrap_or(b""),
+            ),
+        };
+        let Some(rest) = strip_prefix_ignore_case(rest, self.upstream.as_bytes()) else {
             return false;
         };
         if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
             return false;
         }
+        // Relative, a path starting `//` or `/\` would name another host.
+        if self.host.is_none()
+            && self.prefix.is_empty()
+            && rest.len() > 1
+            && matches!(rest[1], b'/' | b'\\')
+        {
+            return false;
+        }
         if let Some(host) = self.host {
-            out.extend_from_slice(self.scheme.as_bytes());
+            out.extend_from_slice(scheme.as_bytes());
             out.extend_from_slice(b"://");
             out.extend_from_slice(host.as_bytes());
         }
@@ -466,6 +480,37 @@ mod tests {
             "HTTP/1.1 301 Moved\r\nLocation: http://127.0.0.1:3001/a\r\nContent-Length: 0\r\n\r\n";
         let (head, _) = convert(raw, false, relative);
         assert!(head.contains("\r\nLocation: /api/a\r\n"), "{head}");
+        // Relative without a prefix, a path of `//` would name a host:
+        // left as the app sent it.
+        let bare = ClientSide {
+            redirect: Some(Redirect {
+                host: None,
+                prefix: "",
+                ..redirect
+            }),
+            ..KEEP
+        };
+        for path in ["//login", "/\\evil"] {
+            let raw = format!("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:3001{path}\r\nContent-Length: 0\r\n\r\n");
+            let (head, _) = convert(&raw, false, bare);
+            let kept = format!("\r\nLocation: http://127.0.0.1:3001{path}\r\n");
+            assert!(head.contains(&kept), "{head}");
+        }
+        // An app that says https keeps it, whatever the client's scheme.
+        let plain = ClientSide {
+            redirect: Some(Redirect {
+                scheme: "http",
+                ..redirect
+            }),
+            ..KEEP
+        };
+        let raw =
+            "HTTP/1.1 302 Found\r\nLocation: https://127.0.0.1:3001/a\r\nContent-Length: 0\r\n\r\n";
+        let (head, _) = convert(raw, false, plain);
+        assert!(
+            head.contains("\r\nLocation: https://shop.example/api/a\r\n"),
+            "{head}"
+        );
     }
 
     fn convert_with(

@@ -385,6 +385,7 @@ impl<W: World> Supervisor<W> {
             last_reload: LastReload {
                 successful: true,
                 applied_at: std::time::SystemTime::now(),
+                refused_since_sent: false,
             },
         }
     }
@@ -776,8 +777,11 @@ impl<W: World> Supervisor<W> {
         let listen = std::mem::take(&mut self.config.tls.listen);
         self.config.tls = new.tls;
         self.config.tls.listen = listen;
+        // A refusal before this one no longer says how the last went.
+        self.last_reload.refused_since_sent = false;
         if self.reloads.sent(reached).1 {
-            self.ready();
+            // No shard to wait for: the ones that start take it.
+            self.reloaded("no live shard (those that start take it)");
         }
     }
 
@@ -833,6 +837,7 @@ impl<W: World> Supervisor<W> {
         }
         error!("SIGHUP: the new app(s) did not start; the reload is refused, still serving the previous configuration");
         self.last_reload.successful = false;
+        self.last_reload.refused_since_sent = true;
         self.drop_held();
         self.ready();
     }
@@ -842,6 +847,7 @@ impl<W: World> Supervisor<W> {
     /// what is wanted, so that one is given up too.
     fn refused(&mut self) {
         self.last_reload.successful = false;
+        self.last_reload.refused_since_sent = true;
         if let Some(held) = self.drop_held() {
             error!(
                 "SIGHUP: the reload that waited for app(s) {} is given up too",
@@ -906,10 +912,10 @@ impl<W: World> Supervisor<W> {
     /// The latest reload is applied on every shard that is alive.
     fn reloaded(&mut self, which: &str) {
         info!("SIGHUP: configuration reloaded on {which}");
-        self.last_reload = LastReload {
-            successful: true,
-            applied_at: std::time::SystemTime::now(),
-        };
+        // Served from now; but a SIGHUP refused since it was sent is the
+        // last one, and it was not applied.
+        self.last_reload.applied_at = std::time::SystemTime::now();
+        self.last_reload.successful = !self.last_reload.refused_since_sent;
         self.ready();
     }
 

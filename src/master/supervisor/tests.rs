@@ -581,7 +581,7 @@ fn the_metrics_say_whether_the_last_reload_was_applied() {
         Config::default(),
         Arc::new(
             move || match counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
-                0 => Err(vec![ConfigError::new("server.shards", "a bad value")]),
+                0 | 3 => Err(vec![ConfigError::new("server.shards", "a bad value")]),
                 _ => Ok(Config::default()),
             },
         ),
@@ -617,6 +617,18 @@ fn the_metrics_say_whether_the_last_reload_was_applied() {
     let (ok, applied) = last(&mut sup);
     assert_eq!(ok, "1");
     assert!(applied > started, "{applied} {started}");
+    // A reload sent, then one refused before the first is applied: the
+    // refused one is the last, though the other is served once applied.
+    std::thread::sleep(Duration::from_millis(20));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    on(
+        &mut sup,
+        MasterEvent::Shard(ShardEvent::Reloaded { id: 0, seq: 2 }),
+    );
+    let (ok, later) = last(&mut sup);
+    assert_eq!(ok, "0");
+    assert!(later > applied, "{later} {applied}");
 }
 
 #[test]
