@@ -2,7 +2,8 @@
 //! both ways as they are until either side closes or both stay silent for
 //! the route's `tunnel-idle-timeout`; a client that only half-closes (a
 //! FIN after its close frame) has it passed on, and still gets what the
-//! upstream sends until the upstream closes. Each way has a buffer of its own, so
+//! upstream sends until the upstream closes (or is quiet for
+//! `HALF_CLOSED_IDLE`). Each way has a buffer of its own, so
 //! one side that reads slowly holds up only what goes to it: the other way
 //! keeps moving (as nginx's two buffers do), and two peers that both write
 //! before they read cannot wait on each other through the proxy.
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::buffers::{self, Buffer};
 use crate::transport::Socket;
+
+/// Longest quiet wait for the upstream once the client half-closed.
+const HALF_CLOSED_IDLE: Duration = Duration::from_secs(5);
 
 /// Bytes moved per read.
 const CHUNK: usize = 16 << 10;
@@ -184,6 +188,7 @@ async fn duplex(
     let mut down = Pipe::new();
     // The client's way, until the client ends it.
     let mut up_open = true;
+    let mut idle = idle;
     let mut quiet_until = Instant::now() + idle;
     loop {
         let now = Instant::now();
@@ -207,6 +212,11 @@ async fn duplex(
             let end = e.kind() == io::ErrorKind::UnexpectedEof;
             if end && matches!(side, Side::Client) && upstream.shutdown_write().await.is_ok() {
                 up_open = false;
+                // The app's last words come soon after the end it heard;
+                // one that ignores it (or a client gone for good, whose
+                // reset goes unseen now) holds the pair this long at most.
+                idle = idle.min(HALF_CLOSED_IDLE);
+                quiet_until = quiet_until.min(now + idle);
                 continue;
             }
             if end && matches!(side, Side::Upstream) && up_open {

@@ -1300,6 +1300,34 @@ fn a_client_that_half_closes_still_gets_the_app_s_last_words() {
     assert_eq!(rest, b"got:\x88\x02\x03\xe8 bye");
 }
 
+/// An app that ignores a client's half-close (and a client gone for good
+/// looks the same) holds the tunnel a few seconds, not its idle timeout.
+#[test]
+fn a_half_closed_tunnel_the_app_ignores_ends_soon() {
+    let server = raw_upstream(|mut s| {
+        read_head(&mut s);
+        s.write_all(SWITCHING).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let proxy = Proxy::start(
+        "proxy-ws-half-deaf",
+        &simple(&[server], "", "upgrade = true"),
+    );
+    let mut s = connect(proxy.addr());
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    expect_switch(&mut s);
+    let at = Instant::now();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let took = at.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
 /// What went through a tunnel is its 101's body in the access log, as
 /// nginx's `$body_bytes_sent` counts it.
 #[test]
