@@ -346,6 +346,12 @@ fn bad_interpreter(path: &Path, on_path: impl Fn(&str) -> Option<PathBuf>) -> Op
     use std::io::Read;
     let mut head = [0u8; 256];
     let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    if head[..n].starts_with(b"\xef\xbb\xbf#!") {
+        return Some(format!(
+            "{}: a byte-order mark comes before its #! line (saved as UTF-8 with BOM), so the kernel does not see it: save it without one",
+            path.display()
+        ));
+    }
     let line = head[..n].strip_prefix(b"#!")?;
     let line = &line[..memchr::memchr(b'\n', line)?];
     let line = std::str::from_utf8(line)
@@ -372,8 +378,9 @@ fn bad_interpreter(path: &Path, on_path: impl Fn(&str) -> Option<PathBuf>) -> Op
         ));
     }
     // `#!/usr/bin/env node`: env looks the program up on the PATH the
-    // instance gets (`env -S` and env's other options are left to it).
-    if !interpreter.ends_with("/env") || argument.is_empty() || argument.starts_with('-') {
+    // instance gets (`env -S` splits the rest itself; env's other options
+    // are left to it).
+    if !interpreter.ends_with("/env") || argument.is_empty() || argument.starts_with("-S") {
         return None;
     }
     if argument.contains([' ', '\t']) {
@@ -382,7 +389,7 @@ fn bad_interpreter(path: &Path, on_path: impl Fn(&str) -> Option<PathBuf>) -> Op
             path.display()
         ));
     }
-    if argument.contains('=') {
+    if argument.contains('=') || argument.starts_with('-') {
         return None;
     }
     on_path(argument).is_none().then(|| {
@@ -708,6 +715,14 @@ mod tests {
         assert_eq!(
             errors("#!/usr/bin/env nodee"),
             [format!("conf/x.toml:4: app[1].command: {s}: its #! line runs \"nodee\" through env, which is not found on PATH")]
+        );
+        assert_eq!(
+            errors("#!/usr/bin/env -- sh"),
+            [format!("conf/x.toml:4: app[1].command: {s}: its #! line gives env \"-- sh\" as one program name (Linux passes all after the interpreter as one argument): write \"#!/usr/bin/env -S -- sh\"")]
+        );
+        assert_eq!(
+            errors("\u{feff}#!/bin/sh"),
+            [format!("conf/x.toml:4: app[1].command: {s}: a byte-order mark comes before its #! line (saved as UTF-8 with BOM), so the kernel does not see it: save it without one")]
         );
         assert_eq!(
             errors("#!/bin/sh\r"),

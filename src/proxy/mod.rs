@@ -450,7 +450,7 @@ async fn forward(
                 reusable: true,
                 redirect: Some(response::Redirect {
                     upstream: &server.host,
-                    scheme: if c.https { "https" } else { "http" },
+                    scheme: request::client_scheme(head, &route.config, c.remote, c.https),
                     host: head.host().filter(|h| !h.is_empty()),
                     prefix: if route.config.strip_prefix {
                         route.prefix.trim_end_matches('/')

@@ -104,6 +104,28 @@ fn forwarded_ip(value: &[u8]) -> Option<IpAddr> {
     v.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
+/// The scheme the client used: `https` over coreserve's own TLS, or when
+/// a trusted proxy in front (`trusted-proxies`) says so in the first item
+/// of its `X-Forwarded-Proto` (TLS ended at an ALB); else `http`.
+pub(super) fn client_scheme(
+    head: &RequestHead,
+    config: &ProxyConfig,
+    remote: Option<IpAddr>,
+    https: bool,
+) -> &'static str {
+    let trusted = remote.is_some_and(|ip| config.trusted_proxies.iter().any(|c| c.contains(ip)));
+    let said = trusted
+        && head
+            .header("x-forwarded-proto")
+            .and_then(|v| v.split(|&b| b == b',').next())
+            .is_some_and(|p| p.trim_ascii().eq_ignore_ascii_case(b"https"));
+    if https || said {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Append the head to send upstream for `head` with `target`.
 pub fn write_head(
     out: &mut Vec<u8>,

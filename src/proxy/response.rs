@@ -80,12 +80,13 @@ impl Redirect<'_> {
         if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
             return false;
         }
-        // Relative, a path starting `//` or `/\` would name another host.
-        if self.host.is_none()
-            && self.prefix.is_empty()
-            && rest.len() > 1
-            && matches!(rest[1], b'/' | b'\\')
-        {
+        // Relative, a path starting `//` or `/\` would name another host
+        // (browsers drop tabs and line breaks from a URL first).
+        let mut path = rest
+            .iter()
+            .filter(|&&b| !matches!(b, b'\t' | b'\r' | b'\n'));
+        let other_host = matches!((path.next(), path.next()), (Some(b'/'), Some(b'/' | b'\\')));
+        if self.host.is_none() && self.prefix.is_empty() && other_host {
             return false;
         }
         if let Some(host) = self.host {
@@ -490,7 +491,7 @@ mod tests {
             }),
             ..KEEP
         };
-        for path in ["//login", "/\\evil"] {
+        for path in ["//login", "/\\evil", "/\t/evil"] {
             let raw = format!("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:3001{path}\r\nContent-Length: 0\r\n\r\n");
             let (head, _) = convert(&raw, false, bare);
             let kept = format!("\r\nLocation: http://127.0.0.1:3001{path}\r\n");

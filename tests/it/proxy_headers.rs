@@ -183,15 +183,32 @@ fn a_redirect_naming_the_server_goes_back_as_the_client_s_origin() {
     });
     let toml = group("app", &[up.server()], "")
         + &route("/shop/", "app", "keep-host = false\nstrip-prefix = true")
+        + &route(
+            "/behind/",
+            "app",
+            "keep-host = false\ntrusted-proxies = [\"127.0.0.1\"]",
+        )
         + &route("/", "app", "keep-host = false");
     let proxy = Proxy::start("proxy-redirect", &toml);
-    let location = |target: &str| {
+    let location_with = |target: &str, extra: &str| {
         let r = proxy.get(&format!(
-            "GET {target} HTTP/1.1\r\nHost: Example.test:8080\r\n\r\n"
+            "GET {target} HTTP/1.1\r\nHost: Example.test:8080\r\n{extra}\r\n"
         ));
         assert_eq!(r.status, 302);
         r.header("location").unwrap().to_string()
     };
+    let location = |target: &str| location_with(target, "");
+    // TLS ended at a trusted balancer in front: the client's scheme is
+    // the one it says; an untrusted client's word is not taken.
+    let https = "X-Forwarded-Proto: https\r\n";
+    assert_eq!(
+        location_with("/behind/cart", https),
+        "https://Example.test:8080/done?x=1"
+    );
+    assert_eq!(
+        location_with("/cart", https),
+        "http://Example.test:8080/done?x=1"
+    );
     assert_eq!(
         location("/shop/cart"),
         "http://Example.test:8080/shop/done?x=1"
