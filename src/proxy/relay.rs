@@ -661,9 +661,21 @@ pub(super) async fn stream(
     filled: usize,
     ex: &Exchange,
     cfg: &UpstreamConfig,
-    out: Outgoing,
-    r: Relayed,
+    mut out: Outgoing,
+    mut r: Relayed,
 ) -> Relayed {
+    // Most responses came whole with their head: done here, without the
+    // relay's loop.
+    if out.feed(&rbuf[pos..filled], c.out, &mut r).is_err() {
+        r.upstream_fault = Some(Fault::InvalidBody);
+        c.out.clear();
+        return r;
+    }
+    if out.complete {
+        r.client_keep_alive = out.keep_alive;
+        r.upstream_reusable = out.reusable;
+        return r;
+    }
     let ahead = if c.socket.non_blocking() && up.non_blocking() {
         cfg.buffer
     } else {
@@ -676,7 +688,7 @@ pub(super) async fn stream(
         stall: None,
         client_full: false,
     };
-    let r = relay.run(c, up, rbuf, pos..filled, ex, cfg, ahead).await;
+    let r = relay.run(c, up, rbuf, filled..filled, ex, cfg, ahead).await;
     if r.upstream_fault.is_some() && r.bytes_out > 0 && relay.sent < c.out.len() {
         // Cut short by the upstream after it began: what was read for the
         // client still goes to it (a download resumed from there loses
