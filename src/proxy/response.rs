@@ -12,7 +12,7 @@
 use crate::config::GzipConfig;
 use crate::http::date::DATE_LEN;
 use crate::http::encode::BodyEncoder;
-use crate::http::parse::has_token;
+use crate::http::parse::{has_token, strip_prefix_ignore_case};
 use crate::http::response::Persistence;
 use crate::http::status::Status;
 use crate::http::upstream::{is_hop_by_hop, write_field, Response, ResponseFraming};
@@ -65,16 +65,20 @@ impl Redirect<'_> {
     /// `http` or `https`, then its address (in any case), then the end or a
     /// path, query or fragment.
     fn rewrite(&self, url: &[u8], out: &mut Vec<u8>) -> bool {
+        // Not text, it names no address of ours.
+        let Ok(url) = std::str::from_utf8(url) else {
+            return false;
+        };
         // An app that says https (it believes a balancer in front that
         // terminates TLS) keeps it; one that says http gets the client's.
-        let (scheme, rest) = match strip_prefix_ignore_case(url, b"https://") {
+        let (scheme, rest) = match strip_prefix_ignore_case(url, "https://") {
             Some(rest) => ("https", rest),
             None => (
                 self.scheme,
-                strip_prefix_ignore_case(url, b"http://").unwrap_or(b""),
+                strip_prefix_ignore_case(url, "http://").unwrap_or(""),
             ),
         };
-        let Some(rest) = strip_prefix_ignore_case(rest, self.upstream.as_bytes()) else {
+        let Some(rest) = strip_prefix_ignore_case(rest, self.upstream).map(str::as_bytes) else {
             return false;
         };
         if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
@@ -128,12 +132,6 @@ impl Redirect<'_> {
         out.extend_from_slice(b"\r\n");
         true
     }
-}
-
-/// `s` without `prefix`, compared in any case.
-fn strip_prefix_ignore_case<'s>(s: &'s [u8], prefix: &[u8]) -> Option<&'s [u8]> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
 }
 
 /// A route's compression as it applies to one request.

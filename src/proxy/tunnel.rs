@@ -315,28 +315,15 @@ fn step(
 }
 
 /// Write what `p` holds for `to` (counted in `p.sent`), and what TLS
-/// still has to send, waiting for room up to `send_timeout` at a time.
+/// still has to send (`relay::write_rest`: up to `send_timeout` without progress).
 async fn finish(to: &mut Socket, p: &mut Pipe, send_timeout: Duration) {
     let rest = p.waiting();
     let len = rest.len() as u64;
-    if !rest.is_empty() && to.write_all(rest, send_timeout).await.is_err() {
-        return;
+    if super::relay::write_rest(to, rest, send_timeout)
+        .await
+        .is_ok()
+    {
+        p.sent += len;
     }
-    p.sent += len;
     p.emptied();
-    while to.unsent() {
-        match to.try_flush() {
-            Ok(0) => {
-                if to
-                    .ready(false, true, Instant::now() + send_timeout)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
 }

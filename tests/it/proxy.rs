@@ -329,12 +329,7 @@ fn a_response_that_fits_the_buffer_frees_its_server_before_a_slow_client_reads()
         });
         let toml = simple(&[server], &format!("buffer = \"{buffer}\""), "");
         let proxy = Proxy::start("proxy-buffer", &toml);
-        // A client with a small receive buffer, as one on a slow link is.
-        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        c.set_recv_buffer_size(4096).unwrap();
-        c.connect(&proxy.addr().into()).unwrap();
-        let mut c: TcpStream = c.into();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = slow_client(proxy.addr());
         c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         let freed = done_rx.recv_timeout(within).is_ok();
@@ -1276,23 +1271,35 @@ fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
     assert_eq!(r.rest(), b"bye");
 }
 
+/// A tunnel through a proxy `name` to an app that, after its 101, reads
+/// until the client's end comes through and then does `then` with what it
+/// read; the client's side of it, switched.
+fn tunnel_to(
+    name: &str,
+    then: impl Fn(&[u8], &mut TcpStream) + Send + Sync + 'static,
+) -> (Proxy, TcpStream) {
+    let server = raw_upstream(move |mut s| {
+        read_head(&mut s);
+        s.write_all(SWITCHING).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        then(&got, &mut s);
+    });
+    let proxy = Proxy::start(name, &simple(&[server], "", "upgrade = true"));
+    let mut s = connect(proxy.addr());
+    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    expect_switch(&mut s);
+    (proxy, s)
+}
+
 /// A client that half-closes (its WebSocket close frame, then a FIN)
 /// still gets what the app sends once it hears that: its own close frame.
 /// The tunnel passes the FIN on and waits for the app to close.
 #[test]
 fn a_client_that_half_closes_still_gets_the_app_s_last_words() {
-    let server = raw_upstream(|mut s| {
-        read_head(&mut s);
-        s.write_all(SWITCHING).unwrap();
-        // Until the client's end comes through.
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        let _ = s.write_all(&[b"got:", &got[..], b" bye"].concat());
+    let (_proxy, mut s) = tunnel_to("proxy-ws-half", |got, s| {
+        let _ = s.write_all(&[b"got:", got, b" bye"].concat());
     });
-    let proxy = Proxy::start("proxy-ws-half", &simple(&[server], "", "upgrade = true"));
-    let mut s = connect(proxy.addr());
-    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
-    expect_switch(&mut s);
     s.write_all(b"\x88\x02\x03\xe8").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
@@ -1304,21 +1311,10 @@ fn a_client_that_half_closes_still_gets_the_app_s_last_words() {
 /// looks the same) holds the tunnel a few seconds, not its idle timeout.
 #[test]
 fn a_half_closed_tunnel_the_app_ignores_ends_soon() {
-    let server = raw_upstream(|mut s| {
-        read_head(&mut s);
-        s.write_all(SWITCHING).unwrap();
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
+    let (_proxy, mut s) = tunnel_to("proxy-ws-half-deaf", |_, _| {
         std::thread::sleep(Duration::from_secs(30));
     });
-    let proxy = Proxy::start(
-        "proxy-ws-half-deaf",
-        &simple(&[server], "", "upgrade = true"),
-    );
-    let mut s = connect(proxy.addr());
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
-    expect_switch(&mut s);
     let at = Instant::now();
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();

@@ -456,7 +456,8 @@ fn split_target(target: &str, method: Method) -> Result<TargetParts<'_>, ParseEr
     })
 }
 
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+/// `s` without `prefix`, compared in any (ASCII) case.
+pub fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
