@@ -53,6 +53,11 @@ pub fn upgrade_wanted(head: &RequestHead) -> Option<&[u8]> {
         .filter(|v| asked && !has_token(v, b"h2c"))
 }
 
+/// Whether `remote` is one of the route's `trusted-proxies`.
+fn trusts(config: &ProxyConfig, remote: Option<IpAddr>) -> bool {
+    remote.is_some_and(|ip| config.trusted_proxies.iter().any(|c| c.contains(ip)))
+}
+
 /// The client of `head` from `remote`, what `X-Real-IP` says upstream and
 /// `ip-hash` takes: from a peer in `trusted-proxies`, the client it names,
 /// as nginx's realip module finds it with `real_ip_header
@@ -68,8 +73,8 @@ pub fn hashed_client(
     config: &ProxyConfig,
     remote: Option<IpAddr>,
 ) -> Option<IpAddr> {
-    let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|c| c.contains(ip));
-    if !remote.is_some_and(trusted) {
+    let trusted = |ip: IpAddr| trusts(config, Some(ip));
+    if !trusts(config, remote) {
         return remote;
     }
     let mut first = None;
@@ -113,8 +118,7 @@ pub(super) fn client_scheme(
     remote: Option<IpAddr>,
     https: bool,
 ) -> &'static str {
-    let trusted = remote.is_some_and(|ip| config.trusted_proxies.iter().any(|c| c.contains(ip)));
-    let said = trusted
+    let said = trusts(config, remote)
         && head
             .header("x-forwarded-proto")
             .and_then(|v| v.split(|&b| b == b',').next())
@@ -134,9 +138,7 @@ pub fn write_head(
     config: &ProxyConfig,
     fwd: &Forwarding<'_>,
 ) {
-    let trusted = fwd
-        .remote
-        .is_some_and(|ip| config.trusted_proxies.iter().any(|c| c.contains(ip)));
+    let trusted = trusts(config, fwd.remote);
     out.extend_from_slice(head.method_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
