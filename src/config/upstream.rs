@@ -34,8 +34,8 @@ pub const DEFAULT_UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// that fits, with what the sockets hold, frees its server before the
 /// client has it all.
 pub const DEFAULT_UPSTREAM_BUFFER: usize = 64 << 10;
-/// Most `buffer` a group may have: each slow client of it may hold this
-/// much memory.
+/// Most `buffer` or `request-buffer` a group may have: each slow client
+/// of it may hold this much memory.
 pub const MAX_UPSTREAM_BUFFER: usize = 64 << 20;
 /// Failures within `fail-timeout` that take a server out (nginx's `max_fails=1`).
 pub const DEFAULT_MAX_FAILS: u32 = 1;
@@ -141,6 +141,10 @@ pub struct UpstreamConfig {
     /// Most bytes of a response held for a client slower than the server
     /// (0: each read is written to the client before the next).
     pub buffer: usize,
+    /// Most bytes of a request body read from the client before a server
+    /// is picked (0: the body goes up as it comes, the default; see
+    /// `proxy::upload`).
+    pub request_buffer: usize,
     /// Failures within `fail_timeout` after which the server is skipped.
     pub max_fails: u32,
     /// How long a failed server is skipped.
@@ -173,6 +177,7 @@ impl UpstreamConfig {
             read_timeout: DEFAULT_UPSTREAM_READ_TIMEOUT,
             send_timeout: DEFAULT_UPSTREAM_SEND_TIMEOUT,
             buffer: DEFAULT_UPSTREAM_BUFFER,
+            request_buffer: 0,
             max_fails: DEFAULT_MAX_FAILS,
             fail_timeout: DEFAULT_FAIL_TIMEOUT,
         }

@@ -30,6 +30,7 @@ mod request;
 mod response;
 mod send;
 mod tunnel;
+mod upload;
 
 pub use pool::{Rest, Server, Upstreams};
 pub use response::Compression;
@@ -309,23 +310,31 @@ async fn forward(
         head: head.is_head(),
     };
     let mut body = ex.body.clone();
-    // A chunked body whose start came with the head and is malformed is
-    // refused before a server is picked: nothing of it could go up, and a
-    // connection made or taken from the pool for it would only be closed,
-    // one per bad request (nginx, reading the body first, never contacts
-    // the upstream for one either).
-    if let Some(Err(e)) = body
-        .as_ref()
-        .filter(|d| !d.is_counted())
-        .map(|d| d.clone().decode(c.input.data()))
-    {
-        served.error = Some(e);
-        served.linger = true;
-        served.keep_alive = false;
-        c.added = None;
-        reply(&mut c, &ex, &mut served, asked.head, status_for(e)).await;
-        return served;
-    }
+    let (read, held) = upload::hold(
+        &mut c,
+        &body,
+        head.body,
+        cfg.request_buffer,
+        ex.body_timeout,
+    )
+    .await;
+    served.bytes_in += read;
+    let framing = match held {
+        Ok(framing) => framing,
+        Err(ClientEnd::Gone) => {
+            served.status = 499;
+            served.cut = true;
+            return served;
+        }
+        Err(ClientEnd::Refused(e)) => {
+            served.error = Some(e);
+            served.linger = true;
+            served.keep_alive = false;
+            c.added = None;
+            reply(&mut c, &ex, &mut served, asked.head, status_for(e)).await;
+            return served;
+        }
+    };
     let mut body_started = false;
     // Servers tried, up to `MAX_TRIES` (nginx tries each server once).
     let mut tried = [usize::MAX; MAX_TRIES];
@@ -434,6 +443,7 @@ async fn forward(
             &target,
             &route.config,
             &request::Forwarding {
+                framing,
                 remote: c.remote,
                 server_host: &server.host,
                 upgrade,
@@ -465,7 +475,7 @@ async fn forward(
             &mut up,
             &mut up_out,
             &mut body,
-            head.body,
+            framing,
             &ex,
             cfg,
             &mut rbuf,

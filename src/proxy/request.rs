@@ -25,6 +25,9 @@ use crate::http::upstream::{is_field, is_hop_by_hop, max_forwards, write_field};
 
 /// What the request head depends on besides the client's request.
 pub struct Forwarding<'a> {
+    /// How the body goes up: the request's own framing, or a length for a
+    /// chunked body held whole (`upload`).
+    pub framing: BodyFraming,
     /// The client's address.
     pub remote: Option<IpAddr>,
     /// The `Host` to send when the client's is not kept (or it sent none):
@@ -256,7 +259,7 @@ pub fn write_head(
         write_ip(out, ip);
         out.extend_from_slice(b"\r\n");
     }
-    match head.body {
+    match fwd.framing {
         BodyFraming::Length(n) => {
             let mut num = itoa::Buffer::new();
             write_field(out, "Content-Length", num.format(n).as_bytes());
@@ -323,6 +326,7 @@ mod tests {
         let h = head(raw);
         let mut out = Vec::new();
         let fwd = Forwarding {
+            framing: h.body,
             remote: Some(remote.parse().unwrap()),
             server_host: "10.0.0.9:3001",
             upgrade: upgrade_wanted(&h).filter(|_| config.upgrade),

@@ -116,10 +116,13 @@ pub(super) async fn send_request(
         let mut taken = 0;
         // At least one piece whatever the head's size: a head of more than
         // the cap (a large `max-header-bytes`) must not leave the body's
-        // start unsent, waiting for client bytes that already came.
+        // start unsent, waiting for client bytes that already came. The
+        // first write takes all that is here: a body `upload::hold` read
+        // whole then goes in one write, and stays to be sent again.
+        let first = !sent.consumed;
         while taken < c.input.data().len()
             && !trial.is_done()
-            && (taken == 0 || up_out.len() < CHUNK * 4)
+            && (first || taken == 0 || up_out.len() < CHUNK * 4)
         {
             let data = &c.input.data()[taken..];
             match trial.next_payload(data) {
@@ -139,7 +142,6 @@ pub(super) async fn send_request(
         if trial.is_done() {
             let _ = encoder.finish(up_out);
         }
-        let first = !sent.consumed;
         let mut written = 0;
         while written < up_out.len() {
             match up

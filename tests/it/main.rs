@@ -21,6 +21,7 @@ mod proxy_gzip;
 mod proxy_headers;
 mod proxy_ops;
 mod proxy_protocol;
+mod proxy_request_buffer;
 mod shutdown;
 mod static_files;
 #[cfg(feature = "fault-injection")]

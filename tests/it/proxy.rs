@@ -82,7 +82,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// `n` bytes of a pattern no test sends by accident.
-fn pattern(n: usize) -> Vec<u8> {
+pub fn pattern(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
         .collect()

@@ -56,7 +56,7 @@ fn nothing_listening_means_the_next_server_for_every_method() {
 
 /// The fixture's first request gets `first`; every later one 200 with
 /// its method and body.
-fn first_fails(first: fn() -> Reply) -> impl Fn(&Request) -> Reply + Send + Sync {
+pub fn first_fails(first: fn() -> Reply) -> impl Fn(&Request) -> Reply + Send + Sync {
     let done = AtomicBool::new(false);
     move |req| {
         if done.swap(true, Ordering::SeqCst) {

@@ -361,7 +361,7 @@ stop-signal = "TERM"
                 at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"-1\""),
                 at(11, "app[1].balance: must be \"round-robin\", \"least-conn\" or \"ip-hash\", got \"random\""),
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
-                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, max-fails, fail-timeout)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string"),
                 at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),

@@ -30,6 +30,7 @@ pub(super) const PROXY_KEYS: &[&str] = &[
     "read-timeout",
     "send-timeout",
     "buffer",
+    "request-buffer",
     "max-fails",
     "fail-timeout",
 ];
@@ -274,6 +275,11 @@ impl Walker<'_> {
                     g.buffer = usize::try_from(n).unwrap_or(usize::MAX);
                 }
             }
+            "request-buffer" => {
+                if let Some(n) = self.size(f) {
+                    g.request_buffer = usize::try_from(n).unwrap_or(usize::MAX);
+                }
+            }
             "max-fails" => {
                 let what = "a number of failures (0: never taken out)";
                 match self.count(f, what).map(u32::try_from) {
@@ -412,6 +418,7 @@ connect-timeout = "500ms"
 read-timeout = 30
 send-timeout = "1m"
 buffer = "1m"
+request-buffer = "2m"
 max-fails = 0
 fail-timeout = "20s"
 "#,
@@ -448,12 +455,13 @@ fail-timeout = "20s"
                 read_timeout: Duration::from_secs(30),
                 send_timeout: Duration::from_secs(60),
                 buffer: 1 << 20,
+                request_buffer: 2 << 20,
                 max_fails: 0,
                 fail_timeout: Duration::from_secs(20),
             }
         );
         assert_eq!(c.lines["upstream[1]]"], 2);
-        assert_eq!(c.lines["upstream[1].fail-timeout"], 13);
+        assert_eq!(c.lines["upstream[1].fail-timeout"], 14);
     }
 
     #[test]
@@ -521,7 +529,7 @@ servers = "127.0.0.1:80"
                 "/etc/cs/t.toml:5: upstream[1].keepalive: must be a number of idle connections per server, 0 to 4096, got -1".into(),
                 "/etc/cs/t.toml:6: upstream[1].idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\"".into(),
                 "/etc/cs/t.toml:7: upstream[1].max-fails: must be at most 4294967295, got 4294967296".into(),
-                "/etc/cs/t.toml:8: upstream[1].weight: unknown key (a group takes name, servers, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, max-fails, fail-timeout)".into(),
+                "/etc/cs/t.toml:8: upstream[1].weight: unknown key (a group takes name, servers, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)".into(),
                 "/etc/cs/t.toml:11: upstream[2].servers: must be a list like [\"127.0.0.1:3001\", \"unix:/run/app.sock\"]".into(),
                 "/etc/cs/t.toml:10: upstream[2].name: is required: the name proxy routes give as upstream = \"…\"".into(),
                 "/etc/cs/t.toml:13: upstream[3].name: is required: the name proxy routes give as upstream = \"…\"".into(),

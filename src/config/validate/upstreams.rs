@@ -106,7 +106,7 @@ fn names<'a>(all: impl Iterator<Item = &'a String>) -> String {
 }
 
 /// How a group's servers are used, for a group (`upstream[N]`) and an app
-/// (`app[N]`) alike: the keep-alive pool's size, the response buffer,
+/// (`app[N]`) alike: the keep-alive pool's size, the buffers,
 /// timeouts above 0.
 fn validate_settings(prefix: &str, g: &UpstreamConfig, err: &mut impl FnMut(&str, String)) {
     let key = |k: &str| format!("{prefix}.{k}");
@@ -116,15 +116,17 @@ fn validate_settings(prefix: &str, g: &UpstreamConfig, err: &mut impl FnMut(&str
             format!("must be 0 to {MAX_UPSTREAM_KEEPALIVE}, got {}", g.keepalive),
         );
     }
-    if g.buffer > MAX_UPSTREAM_BUFFER {
-        err(
-            &key("buffer"),
-            format!(
-                "must be at most {}m (each slow client may hold this much), got {}",
-                MAX_UPSTREAM_BUFFER >> 20,
-                crate::units::format_size(g.buffer as u64)
-            ),
-        );
+    for (k, size) in [("buffer", g.buffer), ("request-buffer", g.request_buffer)] {
+        if size > MAX_UPSTREAM_BUFFER {
+            err(
+                &key(k),
+                format!(
+                    "must be at most {}m (each slow client may hold this much), got {}",
+                    MAX_UPSTREAM_BUFFER >> 20,
+                    crate::units::format_size(size as u64)
+                ),
+            );
+        }
     }
     for (k, d) in [
         ("idle-timeout", g.idle_timeout),
@@ -499,6 +501,7 @@ mod tests {
         );
         g.keepalive = MAX_UPSTREAM_KEEPALIVE + 1;
         g.buffer = MAX_UPSTREAM_BUFFER + 1;
+        g.request_buffer = MAX_UPSTREAM_BUFFER + 1;
         g.idle_timeout = Duration::ZERO;
         g.fail_timeout = Duration::ZERO;
         c.upstreams.push(g);
@@ -526,6 +529,7 @@ mod tests {
                 "conf/x.toml:9: upstream[1].servers: unix:/a is listed twice (a host name stands for every address it resolves to)",
                 "conf/x.toml:12: upstream[1].keepalive: must be 0 to 4096, got 4097",
                 "conf/x.toml:9: upstream[1].buffer: must be at most 64m (each slow client may hold this much), got 67108865",
+                "conf/x.toml:9: upstream[1].request-buffer: must be at most 64m (each slow client may hold this much), got 67108865",
                 "conf/x.toml:9: upstream[1].idle-timeout: must be longer than 0",
                 "conf/x.toml:9: upstream[1].fail-timeout: must be longer than 0",
                 "conf/x.toml: upstream[2].servers: must list at least one server",
