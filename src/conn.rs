@@ -366,7 +366,8 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             // drain): the end of the stream is its own (over TLS an
             // unexpected one), and it closes cleanly, as nginx does.
             Ok(0) | Err(_) if shard.was_shut(key) => {
-                session.client_left(log);
+                // What it left of a head is no fault of the client's.
+                session.client_left(&[], log);
                 // A drain's: a client that pipelined may send again before
                 // it has read what it was sent; the close's reset must not
                 // drop what is still on its way (its reading side is shut,
@@ -379,7 +380,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 return;
             }
             Ok(0) => {
-                session.client_left(log);
+                left(&shard, &mut session, input.data(), log);
                 // Over TLS, its close_notify gets ours (a client that only
                 // closed its sending side reads it as the clean end).
                 finish_tls(&mut client).await;
@@ -411,7 +412,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 return;
             }
             Err(_) => {
-                session.client_left(log);
+                left(&shard, &mut session, input.data(), log);
                 return;
             }
         }
@@ -694,6 +695,16 @@ async fn read_proxy_header(
 /// session, a job, the connection itself): the record's access-log line,
 /// when it has one and logging is on, and its counts and service time on
 /// the shard. The one place a connection logs or counts an exchange.
+/// The client closed or reset the connection while it was read: the
+/// request it left unfinished is logged and counted (`Session::client_left`).
+fn left(shard: &Shard, session: &mut Session<Job>, unread: &[u8], log: Option<&dyn RequestLog>) {
+    session.client_left(unread, log);
+    let tally = session.take_tally();
+    if tally.error.is_some() {
+        finish(shard, None, &Record::counts(tally, None));
+    }
+}
+
 fn finish(shard: &Shard, log: Option<&ConnLog>, record: &Record<'_>) {
     if let (Some(log), Some(entry)) = (log, record.entry) {
         log.write(entry);

@@ -76,11 +76,16 @@ pub enum ParseError {
     /// The body stalled for longer than `body-timeout`.
     #[error("timed out reading the request body")]
     BodyTimeout,
+    /// The client closed (or reset) its connection in the middle of a
+    /// request head: nothing is sent, but the request is logged, as nginx
+    /// logs one ("client prematurely closed connection"), with 400.
+    #[error("closed before the request head ended")]
+    HeadCutShort,
 }
 
 impl ParseError {
     /// Every variant, for tests and for metrics that count errors by kind.
-    pub const ALL: [ParseError; 20] = [
+    pub const ALL: [ParseError; 21] = [
         Self::RequestLine,
         Self::HeaderField,
         Self::Target,
@@ -101,6 +106,7 @@ impl ParseError {
         Self::MethodNotImplemented,
         Self::HeadTimeout,
         Self::BodyTimeout,
+        Self::HeadCutShort,
     ];
 }
 
@@ -129,6 +135,7 @@ impl ParseError {
             MethodNotImplemented => "method_not_implemented",
             HeadTimeout => "head_timeout",
             BodyTimeout => "body_timeout",
+            HeadCutShort => "head_cut_short",
         }
     }
 }
@@ -147,7 +154,8 @@ pub fn status_for(err: ParseError) -> Status {
         | TransferEncodingInHttp10
         // RFC 9112 §6.3: the body's length cannot be told; a MUST.
         | ChunkedNotLast
-        | Chunk => Status::BAD_REQUEST,
+        | Chunk
+        | HeadCutShort => Status::BAD_REQUEST,
         UnsupportedTransferCoding | MethodNotImplemented => Status::NOT_IMPLEMENTED,
         HeadersTooLarge | TooManyHeaders => Status::REQUEST_HEADER_FIELDS_TOO_LARGE,
         UriTooLong => Status::URI_TOO_LONG,

@@ -393,6 +393,51 @@ fn a_head_that_times_out_is_logged_with_its_request_line() {
     assert!(lines[1].contains("\"-\" 408 "), "{lines:?}");
 }
 
+/// A client that closes (or resets) its connection in the middle of a head
+/// gets a line as nginx writes one ("client prematurely closed
+/// connection"): 400 with nothing sent, its request line if that came
+/// whole, and it is counted as refused. A connection that sent nothing is
+/// neither logged nor counted.
+#[test]
+fn a_head_the_client_cut_short_is_logged_and_counted() {
+    let dir = Scratch::new("log-head-cut-short");
+    let (server, log) = start_with(&dir, "combined", "", "1");
+    use std::io::Write;
+    drop(server.connect());
+    let mut s = server.connect();
+    s.write_all(b"GET /half HTTP/1.1\r\nHost: x\r\nUser-Agent: quitter/1\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = crate::util::read_to_close(&mut s);
+    let mut r = server.connect();
+    r.write_all(b"GET /ha").unwrap();
+    // Read before the reset comes, which would drop it unread.
+    std::thread::sleep(Duration::from_millis(200));
+    crate::upstream::reset(&r);
+    drop(r);
+    let lines = wait_for_lines(&log, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("\"GET /half HTTP/1.1\" 400 0 ") && lines[0].contains("\"quitter/1\""),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("\"-\" 400 0 "), "{lines:?}");
+    let scraped = crate::metrics::scrape(&server);
+    let errors = crate::metrics::values(&scraped, "coreserve_parse_errors_total");
+    assert_eq!(
+        errors.get("kind=head_cut_short,shard=all"),
+        Some(&2.0),
+        "{errors:?}"
+    );
+    let statuses = crate::metrics::values(&scraped, "coreserve_requests_total");
+    assert!(
+        statuses
+            .get("class=4xx,shard=all")
+            .is_none_or(|&n| n == 0.0),
+        "nothing was sent: {statuses:?}"
+    );
+}
+
 /// A file download the client abandons is logged with its status and the
 /// body bytes that went out, as nginx logs it (it was `0 0`: the response
 /// looked as if never sent, and its bytes were missing from the metrics).

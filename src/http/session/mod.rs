@@ -229,10 +229,22 @@ impl<J> Session<J> {
 
     /// The client closed (or its socket failed) while the connection waited
     /// for input: a request whose body was being read gets its one log line,
-    /// 499 as nginx logs a client that left, with nothing sent.
-    pub fn client_left(&mut self, log: Option<&dyn RequestLog>) {
-        if let (Some(line), Some(log)) = (self.unlogged.take(), log) {
-            log.record(line.0.entry(None, 499, 0));
+    /// 499 as nginx logs a client that left, with nothing sent. So does a
+    /// head it left in the middle (`unread`, what came of it), with 400 as
+    /// nginx's, and it is counted as refused (`HeadCutShort`, in the next
+    /// `take_tally`): a client that sends half a request and closes is no
+    /// less a bad one than one that goes quiet (408).
+    pub fn client_left(&mut self, unread: &[u8], log: Option<&dyn RequestLog>) {
+        if let Some(line) = self.unlogged.take() {
+            if let Some(log) = log {
+                log.record(line.0.entry(None, 499, 0));
+            }
+        } else if matches!(self.phase, Phase::Head) && !unread.is_empty() {
+            let e = ParseError::HeadCutShort;
+            if let Some(log) = log {
+                log.record(Entry::refused(unread, status_for(e).code(), 0));
+            }
+            self.error = Some(e);
         }
     }
 
