@@ -11,6 +11,7 @@ use crate::config::{narrowness, wildcard, HandlerConfig, RouteConfig, MAX_NAME};
 use crate::handlers::proxy::{Proxy, ProxyRoute};
 use crate::handlers::static_files::StaticSite;
 use crate::handlers::{DynHandler, FixedResponse, Handler, Job, Outcome, Redirect};
+use crate::http::error::ParseError;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{AddedHeaders, ResponseWriter};
 use crate::http::status::Status;
@@ -789,11 +790,7 @@ impl Handler for Router {
         // a route other than the one its plain form does (see http::path).
         let path = match crate::http::path::canonical(req.path) {
             Ok(path) => path,
-            Err(_) => {
-                res.begin(Status::BAD_REQUEST);
-                res.body("text/plain; charset=utf-8", b"Bad Request\n");
-                return Outcome::Done;
-            }
+            Err(_) => return Outcome::Refused(ParseError::Target),
         };
         let canonical_req;
         let req = match path {

@@ -3,6 +3,7 @@
 //! generic over the work a handler may defer, so that the protocol layer
 //! knows nothing of the handlers above it (files, routes).
 
+use super::error::ParseError;
 use super::parse::Request;
 use super::response::ResponseWriter;
 
@@ -20,6 +21,12 @@ pub enum Outcome<J> {
     /// body itself (the session hands over its decoder) and writes the
     /// whole response (a proxy streams both). Nothing was written yet.
     Takeover(J),
+    /// The request is a bad one the parser could not tell (a path that
+    /// climbs above the root, an escape that decodes to no path): the
+    /// session answers it as it answers a malformed head, with the error's
+    /// status, counted, and closes, as nginx closes after its 400. Nothing
+    /// was written.
+    Refused(ParseError),
 }
 
 /// Answers requests. Implementations are per shard (`!Sync` is fine), run

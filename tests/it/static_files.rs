@@ -107,6 +107,34 @@ fn a_percent_that_begins_no_escape_is_a_400() {
     );
 }
 
+/// A path that climbs above the root, or a `%00` in it, is refused as a
+/// malformed request is: 400, counted as a bad request (a scanner's `../`
+/// probes show in the metrics), and the connection closes after it, as
+/// nginx's does; a request pipelined behind it is not answered.
+#[test]
+fn a_path_above_the_root_is_a_bad_request_that_closes() {
+    let (_dir, server) = site("bad-path-closes", "");
+    for target in ["/static/../../etc/passwd", "/static/a%00b", "/%zz/../.."] {
+        let mut s = server.connect();
+        s.write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\nGET /static/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let all = crate::util::read_to_close(&mut s);
+        assert!(all.starts_with("HTTP/1.1 400 "), "{target}: {all}");
+        assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "{target}: {all}");
+        assert!(all.contains("Connection: close"), "{target}: {all}");
+    }
+    let scraped = crate::metrics::scrape(&server);
+    let errors = crate::metrics::values(&scraped, "coreserve_parse_errors_total");
+    assert_eq!(
+        errors.get("kind=target,shard=all"),
+        Some(&3.0),
+        "{errors:?}"
+    );
+}
+
 #[test]
 fn traversal_attempts_never_escape_the_root() {
     let (_dir, server) = site("traversal", "");

@@ -36,6 +36,7 @@ use super::{Handler, Job, Outcome};
 use crate::config::{GzipConfig, StaticConfig};
 use crate::http::coding::{accepted_encodings, accepts_gzip};
 use crate::http::date::DATE_LEN;
+use crate::http::error::ParseError;
 use crate::http::exchange::{After, Ended, Tally};
 use crate::http::parse::{has_token, Request, Version};
 use crate::http::response::{summarize, AddedHeaders, Persistence, ResponseWriter};
@@ -249,11 +250,7 @@ impl Handler for StaticSite {
                 ..rel
             },
             Ok(rel) => rel,
-            Err(Reject::BadPath) => {
-                res.begin(Status::BAD_REQUEST);
-                res.body("text/plain; charset=utf-8", b"Bad Request\n");
-                return Outcome::Done;
-            }
+            Err(Reject::BadPath) => return Outcome::Refused(ParseError::Target),
             Err(Reject::Hidden) => {
                 res.begin(Status::NOT_FOUND);
                 res.body("text/plain; charset=utf-8", b"Not Found\n");
