@@ -2,8 +2,9 @@
 //! coreserve supervises: a shard thread (`master::supervisor`) and an app
 //! instance (`apps::manager`). [`Child`] holds the running incarnation's
 //! handles, counts restarts and says when the next start is due;
-//! [`Backoff`] is the rule that spaces restarts: 1 s doubling to 30 s for
-//! deaths in a row, afresh after a child that lived a while.
+//! [`Backoff`] is the rule that spaces restarts: at once for a child that
+//! served a while, else 1 s doubling to 30 s for deaths in a row, afresh
+//! after a child that lived long.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,15 @@ use std::time::{Duration, Instant};
 /// nor should it wait 30 s each time with nothing else serving.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
+/// A child that served at least this long before it died starts again at
+/// once (an app crashed by one request, a shard by one connection): PM2
+/// restarts an app so, as a cluster master that forks on `exit` does, and
+/// a back-off there only leaves the child's share unserved, every
+/// instance's when one request took them all down. One that dies sooner
+/// is in a crash loop, or near one, and backs off. (An app's
+/// `min-uptime`, 2 s by default, says the same of a replacement.)
+pub const SERVED_LONG: Duration = Duration::from_secs(2);
+
 /// The longest wait between two starts.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
 
@@ -20,6 +30,15 @@ pub const MAX_DELAY: Duration = Duration::from_secs(30);
 /// 1 s doubling to [`MAX_DELAY`].
 pub fn restart_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(5)).min(MAX_DELAY)
+}
+
+/// A restart's delay as the log says it: "now", or "in 2s".
+pub fn when(delay: Duration) -> String {
+    if delay.is_zero() {
+        "now".to_string()
+    } else {
+        format!("in {}s", delay.as_secs())
+    }
 }
 
 /// The back-off state of one child.
@@ -46,9 +65,17 @@ impl Backoff {
     }
 
     /// The child died at `now`: how long to wait before starting it again.
+    /// A death after [`SERVED_LONG`] is no failure in a row (none is
+    /// counted), but only one after [`STABLE_AFTER`] forgets the earlier
+    /// ones: a child that dies quickly again still backs off from where
+    /// it was.
     pub fn died(&mut self, now: Instant) -> Duration {
-        if now.saturating_duration_since(self.started) >= STABLE_AFTER {
+        let lived = now.saturating_duration_since(self.started);
+        if lived >= STABLE_AFTER {
             self.failures = 0;
+        }
+        if lived >= SERVED_LONG {
+            return Duration::ZERO;
         }
         self.next()
     }
@@ -232,9 +259,17 @@ mod tests {
         b.started(t0 + 2 * second);
         assert_eq!(b.died(t0 + 3 * second), 2 * second);
         assert_eq!(b.start_failed(), 4 * second);
+        // Served a while: at once, and no failure counted.
         b.started(t0 + 10 * second);
-        // Lived 30 s: the next death is the first of a new run.
-        assert_eq!(b.died(t0 + 10 * second + STABLE_AFTER), second);
+        assert_eq!(b.died(t0 + 10 * second + SERVED_LONG), Duration::ZERO);
+        // Quick again: backing off from where it was.
+        b.started(t0 + 20 * second);
+        assert_eq!(b.died(t0 + 21 * second), 8 * second);
+        // Lived 30 s: the next quick death is the first of a new run.
+        b.started(t0 + 30 * second);
+        assert_eq!(b.died(t0 + 30 * second + STABLE_AFTER), Duration::ZERO);
+        b.started(t0 + 100 * second);
+        assert_eq!(b.died(t0 + 101 * second), second);
     }
 
     #[test]

@@ -917,7 +917,7 @@ impl Manager {
                     let again = if self.winding_down {
                         "not started again: the server is stopping".to_string()
                     } else {
-                        format!("starting it again in {}s", delay.as_secs())
+                        format!("starting it again {}", crate::child::when(delay))
                     };
                     warn!(
                         "app {name}[{index}] (pid {}) exited{}: {status}; {again}{}{}",

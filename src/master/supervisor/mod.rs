@@ -964,8 +964,9 @@ impl<W: World> Supervisor<W> {
             self.reloaded("every live shard");
         }
         error!(
-            "shard {id} ({}) died: {why}; restarting it in {delay:?}",
-            self.slots[id].place
+            "shard {id} ({}) died: {why}; restarting it {}",
+            self.slots[id].place,
+            crate::child::when(delay)
         );
         if !self.slots.iter().any(|s| s.alive) {
             error!("no shard is alive: new connections are refused until one is back");
