@@ -445,7 +445,11 @@ pub(super) fn begin(
     Some(Begun {
         out: Outgoing {
             framing,
-            decoder: framing.decoder(ex.max_head),
+            // Trailers are read past and dropped, never held: however many
+            // there are costs only their reading, as the body's bytes do
+            // (nginx reads past any number too). Bounded by the head's
+            // limit, a response the server finished was cut short.
+            decoder: framing.decoder(usize::MAX),
             encoder: down.encoder,
             // A length of nothing is complete with its head: no read
             // would ever bring the bytes that end it (Express's

@@ -429,6 +429,41 @@ fn a_bad_upstream_response_is_logged_with_its_cause() {
         .wait_for_log("GET /x: a response head larger than max-header-bytes");
 }
 
+/// A response whose trailer section is larger than a head may be (40 KB
+/// of fields) is still whole: its body reaches the client, the trailers
+/// are dropped, and both connections serve on, as behind nginx. Bounded by
+/// the head's limit, the finished response was cut short.
+#[test]
+fn a_response_with_large_trailers_is_relayed_whole() {
+    let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n".to_vec();
+    for i in 0..400 {
+        raw.extend_from_slice(format!("X-Trailer-{i}: {}\r\n", "t".repeat(90)).as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    let up = Upstream::start(move |req| {
+        if req.target == "/big-trailers" {
+            Reply::new().write(&raw)
+        } else {
+            Reply::ok("next")
+        }
+    });
+    let proxy = Proxy::start("proxy-big-trailers", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(b"GET /big-trailers HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = r.next(false);
+    assert_eq!(
+        (resp.status, resp.text()),
+        (200, "ok".to_string()),
+        "{resp:?}"
+    );
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).text(), "next");
+    assert_eq!(up.accepted(), 1, "the pooled connection was not reused");
+}
+
 #[test]
 fn a_truncated_upstream_body_closes_the_client_connection() {
     let up = Upstream::start(|req| match req.target.as_str() {
