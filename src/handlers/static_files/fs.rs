@@ -300,10 +300,36 @@ fn inside_root(l: &Lookup, p: &Path) -> io::Result<Option<PathBuf>> {
     Ok(Some(real))
 }
 
+/// The `Content-Type` of a file named `name`: `mime_guess`'s, but for the
+/// types of the web's own files that its table gives by their older names
+/// (`application/font-woff`) or not at all, which browsers want by their
+/// registered ones: JavaScript modules as `text/javascript` (RFC 9239; a
+/// module script of another type is refused by browsers checking it),
+/// fonts as `font/*` (RFC 8081), source maps as JSON.
+fn content_type(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+    let registered = [
+        ("js", "text/javascript"),
+        ("mjs", "text/javascript"),
+        ("cjs", "text/javascript"),
+        ("woff", "font/woff"),
+        ("woff2", "font/woff2"),
+        ("otf", "font/otf"),
+        ("ttf", "font/ttf"),
+        ("map", "application/json"),
+        ("wasm", "application/wasm"),
+        ("webmanifest", "application/manifest+json"),
+    ];
+    match registered.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)) {
+        Some((_, t)) => t,
+        None => mime_guess::from_path(name)
+            .first_raw()
+            .unwrap_or("application/octet-stream"),
+    }
+}
+
 fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
-    let content_type = mime_guess::from_path(name)
-        .first_raw()
-        .unwrap_or("application/octet-stream");
+    let content_type = content_type(name);
     // A precompressed sibling, if one is accepted, exists, is a file and is
     // not older than the original.
     for &enc in &l.encodings {
@@ -610,6 +636,24 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn web_files_get_their_registered_types() {
+        for (name, t) in [
+            ("app.js", "text/javascript"),
+            ("chunk.MJS", "text/javascript"),
+            ("font.woff", "font/woff"),
+            ("font.woff2", "font/woff2"),
+            ("font.otf", "font/otf"),
+            ("app.js.map", "application/json"),
+            ("index.html", "text/html"),
+            ("style.css", "text/css"),
+            ("photo.jpeg", "image/jpeg"),
+            ("README", "application/octet-stream"),
+        ] {
+            assert_eq!(content_type(name), t, "{name}");
+        }
+    }
 
     #[test]
     fn what_a_failed_look_answers() {
