@@ -451,12 +451,13 @@ fn seconds(us: u64) -> f64 {
 
 /// A summary's quantile `q` of `h`, in seconds: NaN while it holds no time,
 /// as Prometheus's own clients write it (a 0 read as a p99 of 0 ms on a
-/// dashboard, for a server that never answered).
+/// dashboard, for a server that never answered). Never above the exact
+/// maximum: the histogram gives its bucket's top, which may be.
 fn quantile_seconds(h: &Timings, q: f64) -> f64 {
     if h.is_empty() {
         f64::NAN
     } else {
-        seconds(h.quantile(q))
+        seconds(h.quantile(q).min(h.max_us()))
     }
 }
 
@@ -494,5 +495,19 @@ mod tests {
         assert!(text
             .contains("coreserve_request_duration_seconds{shard=\"1\",quantile=\"0.5\"} 0.0015"));
         assert!(text.contains("# TYPE coreserve_request_duration_seconds summary\n"));
+    }
+
+    #[test]
+    fn no_quantile_is_above_the_maximum() {
+        let m = ShardMetrics::default();
+        // Its bucket's top is 1.952767 s.
+        m.record_latency(1_952_266, 1);
+        let text = render(&[m.snapshot(0, 0, 1)]);
+        assert!(
+            text.contains(
+                "coreserve_request_duration_seconds{shard=\"all\",quantile=\"0.99\"} 1.952266\n"
+            ),
+            "{text}"
+        );
     }
 }
