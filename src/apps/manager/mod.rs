@@ -1039,11 +1039,26 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
             format!("; it listens on no socket (it was given {env}={given})")
         }
         Some(at) => {
-            let at: Vec<String> = at.iter().map(ToString::to_string).collect();
-            format!(
-                "; it listens on {}, but was given {env}={given}",
-                at.join(", ")
-            )
+            // The port it was given, on an address coreserve does not
+            // connect to (127.0.0.2, the host's own): the port is right.
+            let elsewhere = match &inst.addr {
+                ServerAddr::Tcp(want) => at
+                    .iter()
+                    .any(|a| matches!(a, ServerAddr::Tcp(a) if a.port() == want.port())),
+                ServerAddr::Unix(_) => false,
+            };
+            let list: Vec<String> = at.iter().map(ToString::to_string).collect();
+            match &inst.addr {
+                ServerAddr::Tcp(want) if elsewhere => format!(
+                    "; it listens on {}, but coreserve connects to {want} ({env}={given}): listen on {}",
+                    list.join(", "),
+                    want.ip()
+                ),
+                _ => format!(
+                    "; it listens on {}, but was given {env}={given}",
+                    list.join(", ")
+                ),
+            }
         }
     }
 }

@@ -443,6 +443,33 @@ fn an_app_that_ignores_its_port_is_told_where_it_listens() {
     });
 }
 
+/// The port it was given, but on another address than the one coreserve
+/// connects to: the message says where to listen, not that the port is
+/// wrong.
+#[test]
+fn an_app_on_its_port_but_another_address_is_told_which_address() {
+    within(|| {
+        let mut h = Harness::new("own-address");
+        let body = "s = socket.socket()\n\
+                    s.bind(('127.0.0.2', int(os.environ['PORT'])))\n\
+                    s.listen(8)\n\
+                    signal.pause()";
+        let mut c = app("web", 1, body, &h.dir);
+        c.start_timeout = Duration::from_secs(1);
+        let msg = h.start(vec![c]).unwrap_err().to_string();
+        let port = msg
+            .split_once("it listens on 127.0.0.2:")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no address in {msg}"));
+        assert!(
+            msg.contains(&format!(
+                "but coreserve connects to 127.0.0.1:{port} (PORT={port}): listen on 127.0.0.1"
+            )),
+            "{msg}"
+        );
+    });
+}
+
 #[test]
 fn start_up_fails_with_the_last_output_when_an_instance_exits() {
     within(|| {
