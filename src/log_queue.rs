@@ -9,13 +9,20 @@
 //! coreserve's own lines waits: a flood of an app's output into a log read
 //! slowly neither crowds out nor holds up coreserve's own lines (that
 //! instance's exit, its restart, why the process stops), which go ahead of
-//! the app lines queued before them.
+//! the app lines queued before them. The writer takes what waits in
+//! batches (one write for many lines: a log written a line per system call
+//! fell behind a chatty app writing to a plain file). A bulk thread waits
+//! for room before it logs (`wait_for_bulk_room`) while the writer is
+//! writing, so a burst of an app's output into a log that is only slower
+//! than the app holds the app back (its writes to its pipe wait, as under
+//! PM2) rather than losing lines; a writer that wrote nothing for
+//! `BULK_PATIENCE` is stalled, and then lines are dropped, not waited for.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Lines that may wait for stderr: a burst (a reload's lines, a crash
@@ -27,6 +34,17 @@ pub const CAPACITY: usize = 4096;
 /// How often, at most, the count of dropped lines is logged: a log that
 /// keeps falling behind gets one such line a second, not one per line.
 const SAY_DROPPED_EVERY: Duration = Duration::from_secs(1);
+
+/// Most bytes the writer takes for one write: lines are many and short.
+const BATCH: usize = 64 << 10;
+
+/// How long a bulk thread waits for room while the writer writes nothing:
+/// past it the log is stalled (nobody reads it), and an app must not wait
+/// on it.
+const BULK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// The process's own queue (`to_stderr`), for `wait_for_bulk_room`.
+static INSTALLED: OnceLock<Arc<Shared>> = OnceLock::new();
 
 thread_local! {
     /// This thread's lines are bulk (`bulk_thread`).
@@ -45,9 +63,15 @@ pub fn bulk_thread() {
 struct Waiting {
     own: VecDeque<Vec<u8>>,
     bulk: VecDeque<Vec<u8>>,
-    /// The line the writer has taken and not yet written: `Some(true)`
-    /// for a bulk one.
-    writing: Option<bool>,
+    /// The lines the writer has taken and not yet written: coreserve's
+    /// own, and bulk ones.
+    writing: (usize, usize),
+    /// Batches written so far: what a bulk thread waiting for room sees
+    /// move while the writer writes.
+    batches: u64,
+    /// A bulk thread waited `BULK_PATIENCE` and no batch was written: the
+    /// others do not wait until one is.
+    stalled: bool,
     /// The writing end is gone: the writer ends once the rest is out.
     closed: bool,
 }
@@ -55,7 +79,12 @@ struct Waiting {
 impl Waiting {
     /// Lines queued or being written.
     fn pending(&self) -> usize {
-        self.own.len() + self.bulk.len() + usize::from(self.writing.is_some())
+        self.own.len() + self.bulk.len() + self.writing.0 + self.writing.1
+    }
+
+    /// Bulk lines queued or being written.
+    fn bulk_pending(&self) -> usize {
+        self.bulk.len() + self.writing.1
     }
 }
 
@@ -67,6 +96,10 @@ struct Shared {
     changed: Condvar,
     /// Lines dropped since the writer last said so.
     dropped: AtomicU64,
+    /// Waiting lines past which any line is dropped.
+    capacity: usize,
+    /// Waiting bulk lines past which bulk lines are dropped.
+    bulk_capacity: usize,
 }
 
 impl Shared {
@@ -86,10 +119,6 @@ impl Shared {
 /// line (env_logger writes a record whole), queued without waiting.
 pub struct LogQueue {
     shared: Arc<Shared>,
-    /// Waiting lines past which any line is dropped.
-    capacity: usize,
-    /// Waiting bulk lines past which bulk lines are dropped.
-    bulk_capacity: usize,
 }
 
 /// Waits for the queue to be written out (see `flush`).
@@ -101,7 +130,9 @@ impl LogQueue {
     /// the line that says how many lines were dropped, as the logger
     /// formats a warning.
     pub fn to_stderr(dropped_line: fn(u64) -> String) -> io::Result<LogQueue> {
-        LogQueue::to(io::stderr(), CAPACITY, dropped_line)
+        let q = LogQueue::to(io::stderr(), CAPACITY, dropped_line)?;
+        let _ = INSTALLED.set(q.shared.clone());
+        Ok(q)
     }
 
     /// A queue of `capacity` lines to `sink`, with its writer thread.
@@ -110,15 +141,20 @@ impl LogQueue {
         capacity: usize,
         dropped_line: fn(u64) -> String,
     ) -> io::Result<LogQueue> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            capacity,
+            bulk_capacity: capacity - capacity / 4,
+            ..Shared::default()
+        });
         let theirs = shared.clone();
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
                 let shared = theirs;
                 let mut said: Option<Instant> = None;
+                let mut batch = Vec::new();
                 loop {
-                    let line = {
+                    let taken = {
                         let mut w = shared.lock();
                         if w.own.is_empty() && w.bulk.is_empty() {
                             if w.closed {
@@ -137,23 +173,39 @@ impl LogQueue {
                                 ),
                             };
                         }
-                        match w.own.pop_front() {
-                            Some(line) => {
-                                w.writing = Some(false);
-                                Some(line)
-                            }
-                            None => w.bulk.pop_front().inspect(|_| w.writing = Some(true)),
+                        // Coreserve's own lines first, then the bulk ones.
+                        batch.clear();
+                        let mut taken = (0, 0);
+                        while batch.len() < BATCH {
+                            let line = match w.own.pop_front() {
+                                Some(line) => {
+                                    taken.0 += 1;
+                                    line
+                                }
+                                None => match w.bulk.pop_front() {
+                                    Some(line) => {
+                                        taken.1 += 1;
+                                        line
+                                    }
+                                    None => break,
+                                },
+                            };
+                            batch.extend_from_slice(&line);
                         }
+                        w.writing = taken;
+                        taken != (0, 0)
                     };
-                    if let Some(line) = line {
-                        // A failed write (stderr closed) loses the line,
-                        // as writing it directly would.
-                        let _ = sink.write_all(&line);
+                    if taken {
+                        // A failed write (stderr closed) loses the lines,
+                        // as writing them directly would.
+                        let _ = sink.write_all(&batch);
                         let mut w = shared.lock();
-                        w.writing = None;
-                        if w.pending() == 0 {
-                            shared.changed.notify_all();
-                        }
+                        w.writing = (0, 0);
+                        w.batches += 1;
+                        w.stalled = false;
+                        // For a flush waiting for the queue to empty, and
+                        // bulk threads waiting for room.
+                        shared.changed.notify_all();
                     }
                     if said.is_some_and(|t| t.elapsed() < SAY_DROPPED_EVERY) {
                         continue;
@@ -165,11 +217,7 @@ impl LogQueue {
                     }
                 }
             })?;
-        Ok(LogQueue {
-            shared,
-            capacity,
-            bulk_capacity: capacity - capacity / 4,
-        })
+        Ok(LogQueue { shared })
     }
 
     /// What waits for this queue to be written out.
@@ -182,8 +230,8 @@ impl Write for LogQueue {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let bulk = BULK.with(Cell::get);
         let mut w = self.shared.lock();
-        let full = w.pending() >= self.capacity
-            || (bulk && w.bulk.len() + usize::from(w.writing == Some(true)) >= self.bulk_capacity);
+        let full = w.pending() >= self.shared.capacity
+            || (bulk && w.bulk_pending() >= self.shared.bulk_capacity);
         if full {
             // Counted with the lock held: the writer, which looks at the
             // count under it before it sleeps, cannot miss it (and is told,
@@ -211,6 +259,33 @@ impl Drop for LogQueue {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.changed.notify_all();
+    }
+}
+
+/// For a thread marked `bulk_thread`, before it logs a line (outside the
+/// logger, whose lock every thread's lines take): wait while the bulk
+/// lines fill their share of the process's queue and the writer writes
+/// them, but not once it wrote nothing for `BULK_PATIENCE` (until it
+/// writes again). Without a queue installed (`to_stderr`), at once.
+pub fn wait_for_bulk_room() {
+    if let Some(shared) = INSTALLED.get() {
+        shared.wait_for_bulk_room();
+    }
+}
+
+impl Shared {
+    fn wait_for_bulk_room(&self) {
+        let mut w = self.lock();
+        let mut progress = (w.batches, Instant::now());
+        while !w.closed && !w.stalled && w.bulk_pending() >= self.bulk_capacity {
+            if w.batches != progress.0 {
+                progress = (w.batches, Instant::now());
+            } else if progress.1.elapsed() >= BULK_PATIENCE {
+                w.stalled = true;
+                break;
+            }
+            w = self.wait(w, BULK_PATIENCE);
+        }
     }
 }
 
@@ -370,14 +445,69 @@ mod tests {
     #[test]
     fn own_lines_go_ahead_of_the_bulk_lines_queued_before_them() {
         let t = Test::new(16);
-        t.log_bulk((0..5).map(|i| format!("app {i}\n")));
-        // The writer may have taken the first app line to the gate.
+        t.log_bulk(["app 0\n".to_string()]);
+        // The writer takes the first app line to the gate.
         std::thread::sleep(Duration::from_millis(50));
+        t.log_bulk((1..5).map(|i| format!("app {i}\n")));
         t.log(["own exit\n".to_string()]);
         let text = t.written();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6, "{text}");
-        assert_eq!(lines[1], "own exit", "{text}");
-        assert_eq!(lines[0], "app 0", "{text}");
+        assert_eq!(lines[..2], ["app 0", "own exit"], "{text}");
+    }
+
+    /// Log `n` lines from a bulk thread that waits for room before each,
+    /// as an app's output relay does; how long that took.
+    fn log_bulk_waiting(t: &Test, n: usize) -> Duration {
+        let queue = t.queue.clone();
+        let shared = queue.lock().unwrap().shared.clone();
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            bulk_thread();
+            for i in 0..n {
+                shared.wait_for_bulk_room();
+                queue
+                    .lock()
+                    .unwrap()
+                    .write_all(format!("app {i}\n").as_bytes())
+                    .unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        started.elapsed()
+    }
+
+    /// A log slower than the app, but written: the app's lines wait for
+    /// room, and none is lost (it had lost most past the queue's room).
+    #[test]
+    fn a_bulk_flood_into_a_slow_log_waits_for_room_and_loses_nothing() {
+        let t = Test::new(8);
+        let open = t.open.clone();
+        std::thread::spawn(move || {
+            while open.send(()).is_ok() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        log_bulk_waiting(&t, 300);
+        let text = t.written();
+        let bulk = text.lines().filter(|l| l.starts_with("app ")).count();
+        assert_eq!(bulk, 300, "{text}");
+        assert!(!text.contains("dropped"), "{text}");
+    }
+
+    /// A log that stopped: the app's relay waits once, for
+    /// `BULK_PATIENCE`, and then drops its lines without waiting, as
+    /// before (an app must not hang on a log nobody reads).
+    #[test]
+    fn a_stalled_log_holds_a_bulk_thread_back_once() {
+        let t = Test::new(8);
+        let took = log_bulk_waiting(&t, 50);
+        assert!(took >= BULK_PATIENCE, "{took:?}");
+        assert!(took < BULK_PATIENCE * 3, "it waited per line: {took:?}");
+        let text = t.written();
+        let bulk = text.lines().filter(|l| l.starts_with("app ")).count();
+        assert_eq!(bulk, 6, "three quarters of 8: {text}");
+        assert!(text.contains("44 dropped"), "{text}");
     }
 }

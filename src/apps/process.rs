@@ -316,8 +316,9 @@ fn whole_chars(line: &[u8]) -> usize {
 }
 
 /// Log each line read from `pipe` (stderr at warning level), and keep the
-/// last ones in `tail`, on a thread of its own: a slow log never blocks the
-/// app for long, and never a shard.
+/// last ones in `tail`, on a thread of its own: a slow log holds the app
+/// back only while it is written (`log_queue::wait_for_bulk_room`), a
+/// stalled one for half a second once, and never a shard.
 fn relay_lines(
     pipe: impl Read + Send + 'static,
     who: String,
@@ -360,6 +361,10 @@ fn relay_lines(
                 }
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
+                // A burst waits here, and the app's writes to its pipe
+                // with it, while the log is written, rather than lose
+                // lines; a log that stopped does not hold it.
+                crate::log_queue::wait_for_bulk_room();
                 if stderr {
                     log::warn!(target: crate::apps::OUTPUT_TARGET, "{who}: {text}");
                 } else {
