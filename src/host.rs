@@ -122,6 +122,11 @@ pub enum HostError {
          io_uring_enter and io_uring_register)"
     )]
     IoUringBlocked,
+    /// io_uring_setup returned ENOMEM for even a tiny ring: the user's
+    /// locked memory is taken (another instance of the user's, or one
+    /// that has just stopped), not io_uring missing.
+    #[error("io_uring_setup failed: out of locked memory ({LOCKED_MEMORY_HINT})")]
+    IoUringNoMemory,
     /// io_uring_setup failed for another reason.
     #[error("io_uring is not usable: io_uring_setup failed: {0}")]
     IoUring(io::Error),
@@ -405,6 +410,9 @@ fn raise(resource: libc::__rlimit_resource_t, which: &'static str) -> Result<u64
     Ok(lim.rlim_cur)
 }
 
+/// What ENOMEM from io_uring means, said to the operator.
+pub const LOCKED_MEMORY_HINT: &str = "io_uring could not lock memory: its rings count against this user's locked-memory limit (ulimit -l, LimitMEMLOCK=) with those of every other process of the user, and an instance that has just stopped holds its share for a moment after it exits; raise the limit, or start again";
+
 /// Create and close a tiny ring, to tell "disabled" from "blocked" from
 /// "fine" before glommio tries and fails less legibly.
 fn probe_io_uring() -> Result<(), HostError> {
@@ -418,6 +426,7 @@ fn probe_io_uring() -> Result<(), HostError> {
         return Err(match err.raw_os_error() {
             Some(libc::EPERM) => HostError::IoUringDisabled,
             Some(libc::ENOSYS) => HostError::IoUringBlocked,
+            Some(libc::ENOMEM) => HostError::IoUringNoMemory,
             _ => HostError::IoUring(err),
         });
     }
@@ -432,6 +441,13 @@ mod tests {
 
     #[test]
     fn messages_say_how_to_fix() {
+        // Another process of the user's holds the locked memory: not a
+        // kernel without io_uring.
+        let m = HostError::IoUringNoMemory.to_string();
+        assert!(
+            m.contains("out of locked memory") && m.contains("every other process of the user"),
+            "{m}"
+        );
         let m = HostError::MemlockTooLow { have: 64 * 1024 }.to_string();
         assert!(
             m.contains("64 KiB") && m.contains("512 KiB") && m.contains("ulimit -l"),

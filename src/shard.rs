@@ -22,6 +22,7 @@ use crate::bell::Bell;
 use crate::config::{Cidr, Limits, LogConfig, RouteConfig, TlsConfig, UpstreamConfig};
 use crate::conn;
 use crate::handoff;
+use crate::host::LOCKED_MEMORY_HINT;
 use crate::http::date::DateCache;
 use crate::keep_awake::{self, KeepAwake};
 use crate::listener::{self, Scheme};
@@ -448,9 +449,6 @@ async fn readiness_ring(idle_wait: Duration) -> std::io::Result<Rc<Readiness>> {
 /// readiness ring when the kernel says ENOMEM.
 const RING_TRIES: u32 = 10;
 const RING_RETRY: Duration = Duration::from_millis(100);
-
-/// What ENOMEM from io_uring means, said to the operator.
-const LOCKED_MEMORY_HINT: &str = "io_uring could not lock memory: its rings count against this user's locked-memory limit (ulimit -l, LimitMEMLOCK=) with those of every other process of the user, and an instance that has just stopped holds its share for a moment after it exits; raise the limit, or start again";
 
 /// Why an executor (a shard's, the master's) could not start, from
 /// glommio's error: with what ENOMEM means when that is the cause.
