@@ -276,7 +276,7 @@ async fn forward(
 ) -> Served {
     let ProxyJob { head, route, .. } = job;
     let mut served = Served::default();
-    let Some(group) = upstreams.group(&route.config.upstream) else {
+    let Some(mut group) = upstreams.group(&route.config.upstream) else {
         // Only when a reload removed the group under a request of the
         // previous routes. As for any 503: a body not read whole closes
         // the connection, lingering so that the answer is not lost.
@@ -295,6 +295,40 @@ async fn forward(
         .await;
         return served;
     };
+    if group.servers.is_empty() && !c.draining.get() {
+        // An app with no instance ready: each is starting again (one
+        // request crashed them all, or the only one). The request waits
+        // for one, at most connect-timeout (a connect to a server slow to
+        // accept waits as long), as cluster's master holds its connections
+        // while it forks workers anew, rather than a 503 for the moment
+        // they take to start. Not in a drain: none starts again then.
+        let name = &route.config.upstream;
+        let until = Instant::now() + group.config.connect_timeout;
+        let ready = c.socket.unless_closed(async {
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                futures_lite::future::or(upstreams.changed(), glommio::timer::sleep(left)).await;
+                match upstreams.group(name) {
+                    Some(g) if !g.servers.is_empty() => return Some(g),
+                    Some(_) => {}
+                    // Gone with a reload: its 503 below.
+                    None => return None,
+                }
+            }
+        });
+        match ready.await {
+            None => {
+                served.status = 499;
+                served.cut = true;
+                return served;
+            }
+            Some(Some(g)) => group = g,
+            Some(None) => {}
+        }
+    }
     let cfg = &group.config;
     let client = match cfg.balance {
         crate::config::Balance::IpHash => request::hashed_client(head, &route.config, c.remote),

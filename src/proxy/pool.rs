@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
@@ -39,6 +40,9 @@ pub struct Upstreams {
     /// Where a server this shard takes out is told, for the other shards
     /// (`Upstreams::rest`); nowhere until the shard says (`announce_to`).
     announce: RefCell<Option<Announce>>,
+    /// Updates so far, and the tasks waiting for the next (`changed`).
+    updates: Cell<u64>,
+    waiting: RefCell<Vec<Waker>>,
 }
 
 /// Where a shard tells of a server it took out.
@@ -228,6 +232,27 @@ impl Upstreams {
         }
         drop(retired);
         self.fold_retired(now);
+        self.updates.set(self.updates.get() + 1);
+        for w in self.waiting.take() {
+            w.wake();
+        }
+    }
+
+    /// Wait for the next `update` (a reload, an app's instances that came
+    /// up or went).
+    pub async fn changed(&self) {
+        let seen = self.updates.get();
+        std::future::poll_fn(|cx| {
+            if self.updates.get() != seen {
+                return Poll::Ready(());
+            }
+            let mut waiting = self.waiting.borrow_mut();
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Tell `to` of each server this shard takes out from now on.

@@ -128,6 +128,52 @@ fn a_detached_child_left_holding_a_dead_instances_output_is_ended() {
     }
 }
 
+/// One request crashed an app's only instance: the next request waits
+/// for its restart (at most connect-timeout) rather than getting a 503 for
+/// the moment the instance takes to start, as cluster's master holds its
+/// connections while it forks a worker anew.
+#[test]
+fn a_request_waits_for_an_app_whose_instances_are_all_restarting() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-all-down-script");
+    let marker = dir.path("started");
+    // A restart listens a second late, long after every shard knew the
+    // instance was gone.
+    let script = dir.write(
+        "app.js",
+        format!(
+            "const fs = require('fs');\nconst http = require('http');\n\
+             const late = fs.existsSync({marker:?});\nfs.writeFileSync({marker:?}, '');\n\
+             setTimeout(() => http.createServer((req, res) => {{\n\
+               if (req.url === '/crash') process.exit(1);\n\
+               res.end('up ' + process.pid);\n\
+             }}).listen(process.env.PORT, '127.0.0.1'), late ? 1000 : 0);\n"
+        ),
+    );
+    let toml = app("web", &["node", &script.display().to_string()], 1, "") + &proxied("/", "web");
+    let s = AppServer::start("apps-all-down", &toml);
+    let old = s.ready_pids("web", 1)[0];
+    // Served long enough to be started again at once.
+    std::thread::sleep(Duration::from_millis(2100));
+    let _ = Conn::open(s.server.addr).unwrap().get("/crash");
+    s.server.wait_for_log("starting it again now");
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    let got = Conn::open(s.server.addr).unwrap().get("/");
+    let (status, body) = got.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("up ") && body != format!("up {old}"),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "it did not wait"
+    );
+}
+
 #[test]
 fn a_crash_loop_backs_off_while_the_rest_keeps_serving() {
     if !have_node() {
@@ -565,21 +611,34 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     assert_eq!(s.whoami("/whoami").pid, old[0]);
 }
 
-/// An app whose only instance is down answers 503, and the log says why
-/// (its group lists no server), not that servers rest after failures.
+/// An app whose only instance is down for longer than connect-timeout
+/// answers 503 once that is over, and the log says why (its group lists no
+/// server), not that servers rest after failures.
 #[test]
 fn an_app_with_no_instance_ready_says_so_with_its_503() {
     if !have_node() {
         return;
     }
+    let dir = Scratch::new("apps-none-ready-mark");
+    let mark = dir.path("started");
+    // Its restart takes 10 s to listen.
+    let command = format!(
+        "if [ -e {m} ]; then sleep 10; fi; touch {m}; exec node {ECHO_JS}",
+        m = mark
+    );
     let s = AppServer::start(
         "apps-none-ready",
-        &(node_app("web", 1, "") + &proxied("/", "web")),
+        &(app(
+            "web",
+            &["sh", "-c", &command],
+            1,
+            "connect-timeout = \"300ms\"",
+        ) + &proxied("/", "web")),
     );
     let pid = s.ready_pids("web", 1)[0];
     kill(pid);
-    // Restarted after a second's back-off: a 503 meanwhile (the exit
-    // takes a moment to reach the shards).
+    // A 503 once a request waited connect-timeout for the restart (the
+    // exit takes a moment to reach the shards).
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = Vec::new();
     while Instant::now() < deadline {
