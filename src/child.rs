@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 /// nor should it wait 30 s each time with nothing else serving.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// A child that served at least this long before it died starts again at
-/// once (an app crashed by one request, a shard by one connection): PM2
-/// restarts an app so, as a cluster master that forks on `exit` does, and
-/// a back-off there only leaves the child's share unserved, every
-/// instance's when one request took them all down. One that dies sooner
-/// is in a crash loop, or near one, and backs off. (An app's
-/// `min-uptime`, 2 s by default, says the same of a replacement.)
+/// A child that served at least this long (from when it was ready) before
+/// it died starts again at once (an app crashed by one request, a shard
+/// by one connection): PM2 restarts an app so, as a cluster master that
+/// forks on `exit` does, and a back-off there only leaves the child's share
+/// unserved, every instance's when one request took them all down. One
+/// that dies sooner, however long it took to start, is in a crash loop
+/// (an app that exits as soon as it finds its database down), or near
+/// one, and backs off. (An app's `min-uptime`, 2 s by default, says the
+/// same of a replacement.)
 pub const SERVED_LONG: Duration = Duration::from_secs(2);
 
 /// The longest wait between two starts.
@@ -64,17 +66,16 @@ impl Backoff {
         self.started = now;
     }
 
-    /// The child died at `now`: how long to wait before starting it again.
-    /// A death after [`SERVED_LONG`] is no failure in a row (none is
-    /// counted), but only one after [`STABLE_AFTER`] forgets the earlier
-    /// ones: a child that dies quickly again still backs off from where
-    /// it was.
-    pub fn died(&mut self, now: Instant) -> Duration {
-        let lived = now.saturating_duration_since(self.started);
-        if lived >= STABLE_AFTER {
+    /// The child, ready since `ready`, died at `now`: how long to wait
+    /// before starting it again. A death after [`SERVED_LONG`] of serving
+    /// is no failure in a row (none is counted), but only one after
+    /// [`STABLE_AFTER`] of life forgets the earlier ones: a child that dies
+    /// quickly again still backs off from where it was.
+    pub fn died(&mut self, now: Instant, ready: Instant) -> Duration {
+        if now.saturating_duration_since(self.started) >= STABLE_AFTER {
             self.failures = 0;
         }
-        if lived >= SERVED_LONG {
+        if now.saturating_duration_since(ready) >= SERVED_LONG {
             return Duration::ZERO;
         }
         self.next()
@@ -141,15 +142,15 @@ impl<R> Child<R> {
         delay
     }
 
-    /// The running incarnation ended at `now`; `served` says whether it had
-    /// come to serve (else it died starting, which backs off like a failed
-    /// start). Counts a restart and makes the next start due after the
-    /// returned back-off; gives back the ended incarnation's handles.
-    pub fn ended(&mut self, now: Instant, served: bool) -> (Option<R>, Duration) {
-        let delay = if served {
-            self.backoff.died(now)
-        } else {
-            self.backoff.start_failed()
+    /// The running incarnation ended at `now`; `ready` says since when it
+    /// had served, if it had come to (else it died starting, which backs
+    /// off like a failed start). Counts a restart and makes the next start
+    /// due after the returned back-off; gives back the ended incarnation's
+    /// handles.
+    pub fn ended(&mut self, now: Instant, ready: Option<Instant>) -> (Option<R>, Duration) {
+        let delay = match ready {
+            Some(ready) => self.backoff.died(now, ready),
+            None => self.backoff.start_failed(),
         };
         self.restarts += 1;
         self.due = Some(now + delay);
@@ -218,6 +219,11 @@ impl<R> Child<R> {
         self.running.take()
     }
 
+    /// When the running (or last) incarnation started.
+    pub fn started_at(&self) -> Instant {
+        self.backoff.started
+    }
+
     /// The number of the latest incarnation started (0: none yet).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
@@ -255,21 +261,29 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Backoff::new(t0);
         let second = Duration::from_secs(1);
-        assert_eq!(b.died(t0 + second), second);
+        assert_eq!(b.died(t0 + second, t0), second);
         b.started(t0 + 2 * second);
-        assert_eq!(b.died(t0 + 3 * second), 2 * second);
+        assert_eq!(b.died(t0 + 3 * second, t0 + 2 * second), 2 * second);
         assert_eq!(b.start_failed(), 4 * second);
         // Served a while: at once, and no failure counted.
         b.started(t0 + 10 * second);
-        assert_eq!(b.died(t0 + 10 * second + SERVED_LONG), Duration::ZERO);
-        // Quick again: backing off from where it was.
+        assert_eq!(
+            b.died(t0 + 10 * second + SERVED_LONG, t0 + 10 * second),
+            Duration::ZERO
+        );
+        // Slow to start, then dead soon after it was ready (its database
+        // down): backing off from where it was, however long it lived.
         b.started(t0 + 20 * second);
-        assert_eq!(b.died(t0 + 21 * second), 8 * second);
+        assert_eq!(b.died(t0 + 25 * second, t0 + 24 * second), 8 * second);
         // Lived 30 s: the next quick death is the first of a new run.
         b.started(t0 + 30 * second);
-        assert_eq!(b.died(t0 + 30 * second + STABLE_AFTER), Duration::ZERO);
+        let ready = t0 + 31 * second;
+        assert_eq!(
+            b.died(t0 + 30 * second + STABLE_AFTER, ready),
+            Duration::ZERO
+        );
         b.started(t0 + 100 * second);
-        assert_eq!(b.died(t0 + 101 * second), second);
+        assert_eq!(b.died(t0 + 101 * second, t0 + 100 * second), second);
     }
 
     #[test]
@@ -279,11 +293,11 @@ mod tests {
         let mut c: Child<&str> = Child::new(t0);
         c.started("v1", t0);
         for n in 0..4 {
-            assert_eq!(c.ended(t0 + second, true).1, second * (1 << n));
+            assert_eq!(c.ended(t0 + second, Some(t0)).1, second * (1 << n));
             c.started("v1", t0);
         }
         assert_eq!(c.replaced("v2", t0 + second), Some("v1"));
-        assert_eq!(c.ended(t0 + 2 * second, true).1, second);
+        assert_eq!(c.ended(t0 + 2 * second, Some(t0 + second)).1, second);
     }
 
     #[test]
@@ -297,7 +311,7 @@ mod tests {
         assert_eq!(c.next_incarnation(), 1);
         assert_eq!(c.started("a", t0 + second), None);
         assert!(c.is_current(1) && c.due().is_none());
-        let (old, delay) = c.ended(t0 + 2 * second, true);
+        let (old, delay) = c.ended(t0 + 2 * second, Some(t0 + second));
         assert_eq!((old, delay), (Some("a"), 2 * second));
         assert_eq!(c.restarts(), 1);
         // News of the ended incarnation is not news of the next.

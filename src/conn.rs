@@ -691,10 +691,6 @@ async fn read_proxy_header(
     }
 }
 
-/// Where every exchange of a connection ends, whoever answered it (the
-/// session, a job, the connection itself): the record's access-log line,
-/// when it has one and logging is on, and its counts and service time on
-/// the shard. The one place a connection logs or counts an exchange.
 /// The client closed or reset the connection while it was read: the
 /// request it left unfinished is logged and counted (`Session::client_left`).
 fn left(shard: &Shard, session: &mut Session<Job>, unread: &[u8], log: Option<&dyn RequestLog>) {
@@ -705,6 +701,10 @@ fn left(shard: &Shard, session: &mut Session<Job>, unread: &[u8], log: Option<&d
     }
 }
 
+/// Where every exchange of a connection ends, whoever answered it (the
+/// session, a job, the connection itself): the record's access-log line,
+/// when it has one and logging is on, and its counts and service time on
+/// the shard. The one place a connection logs or counts an exchange.
 fn finish(shard: &Shard, log: Option<&ConnLog>, record: &Record<'_>) {
     if let (Some(log), Some(entry)) = (log, record.entry) {
         log.write(entry);

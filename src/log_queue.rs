@@ -35,8 +35,16 @@ pub const CAPACITY: usize = 4096;
 /// keeps falling behind gets one such line a second, not one per line.
 const SAY_DROPPED_EVERY: Duration = Duration::from_secs(1);
 
-/// Most bytes the writer takes for one write: lines are many and short.
-const BATCH: usize = 64 << 10;
+/// Most bytes the writer takes for one write (lines are many and short),
+/// whole lines only, unless one line alone is longer: `PIPE_BUF`, so that
+/// each write to a pipe or a journald stream is one piece that no other
+/// writer's (the access log to stderr writes such pieces too) can land in.
+const BATCH: usize = 4096;
+
+/// Bulk lines admitted past the bulk share for threads that waited for
+/// room (`wait_for_bulk_room`): each app output relay that saw room gets
+/// its line in, though another took that room first.
+const BULK_ADMITTED: usize = 64;
 
 /// How long a bulk thread waits for room while the writer writes nothing:
 /// past it the log is stalled (nobody reads it), and an app must not wait
@@ -49,6 +57,9 @@ static INSTALLED: OnceLock<Arc<Shared>> = OnceLock::new();
 thread_local! {
     /// This thread's lines are bulk (`bulk_thread`).
     static BULK: Cell<bool> = const { Cell::new(false) };
+    /// This bulk thread waited for room and found it: its next line is
+    /// admitted within `BULK_ADMITTED` past the share.
+    static ROOM_SEEN: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Mark the lines this thread logs from now on as bulk (an app's output,
@@ -92,7 +103,8 @@ impl Waiting {
 #[derive(Debug, Default)]
 struct Shared {
     waiting: Mutex<Waiting>,
-    /// Signalled when a line is queued, or the queue empties.
+    /// Signalled when a line is queued or dropped, and when a batch is
+    /// written.
     changed: Condvar,
     /// Lines dropped since the writer last said so.
     dropped: AtomicU64,
@@ -176,7 +188,11 @@ impl LogQueue {
                         // Coreserve's own lines first, then the bulk ones.
                         batch.clear();
                         let mut taken = (0, 0);
-                        while batch.len() < BATCH {
+                        loop {
+                            let next = w.own.front().or(w.bulk.front()).map(Vec::len);
+                            if next.is_none_or(|n| !batch.is_empty() && batch.len() + n > BATCH) {
+                                break;
+                            }
                             let line = match w.own.pop_front() {
                                 Some(line) => {
                                     taken.0 += 1;
@@ -199,6 +215,17 @@ impl LogQueue {
                         // A failed write (stderr closed) loses the lines,
                         // as writing them directly would.
                         let _ = sink.write_all(&batch);
+                    }
+                    // Said before the batch counts as written: a flush
+                    // waits for it too.
+                    if said.is_none_or(|t| t.elapsed() >= SAY_DROPPED_EVERY) {
+                        let dropped = shared.dropped.swap(0, Ordering::AcqRel);
+                        if dropped > 0 {
+                            let _ = sink.write_all(dropped_line(dropped).as_bytes());
+                            said = Some(Instant::now());
+                        }
+                    }
+                    if taken {
                         let mut w = shared.lock();
                         w.writing = (0, 0);
                         w.batches += 1;
@@ -206,14 +233,6 @@ impl LogQueue {
                         // For a flush waiting for the queue to empty, and
                         // bulk threads waiting for room.
                         shared.changed.notify_all();
-                    }
-                    if said.is_some_and(|t| t.elapsed() < SAY_DROPPED_EVERY) {
-                        continue;
-                    }
-                    let dropped = shared.dropped.swap(0, Ordering::AcqRel);
-                    if dropped > 0 {
-                        let _ = sink.write_all(dropped_line(dropped).as_bytes());
-                        said = Some(Instant::now());
                     }
                 }
             })?;
@@ -229,9 +248,12 @@ impl LogQueue {
 impl Write for LogQueue {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let bulk = BULK.with(Cell::get);
+        let share = match bulk && ROOM_SEEN.with(|r| r.replace(false)) {
+            true => self.shared.bulk_capacity + BULK_ADMITTED,
+            false => self.shared.bulk_capacity,
+        };
         let mut w = self.shared.lock();
-        let full = w.pending() >= self.shared.capacity
-            || (bulk && w.bulk_pending() >= self.shared.bulk_capacity);
+        let full = w.pending() >= self.shared.capacity || (bulk && w.bulk_pending() >= share);
         if full {
             // Counted with the lock held: the writer, which looks at the
             // count under it before it sleeps, cannot miss it (and is told,
@@ -280,12 +302,15 @@ impl Shared {
         while !w.closed && !w.stalled && w.bulk_pending() >= self.bulk_capacity {
             if w.batches != progress.0 {
                 progress = (w.batches, Instant::now());
-            } else if progress.1.elapsed() >= BULK_PATIENCE {
-                w.stalled = true;
-                break;
             }
-            w = self.wait(w, BULK_PATIENCE);
+            let left = BULK_PATIENCE.saturating_sub(progress.1.elapsed());
+            if left.is_zero() {
+                w.stalled = true;
+                return;
+            }
+            w = self.wait(w, left);
         }
+        ROOM_SEEN.with(|r| r.set(!w.stalled));
     }
 }
 
@@ -456,25 +481,31 @@ mod tests {
         assert_eq!(lines[..2], ["app 0", "own exit"], "{text}");
     }
 
-    /// Log `n` lines from a bulk thread that waits for room before each,
-    /// as an app's output relay does; how long that took.
-    fn log_bulk_waiting(t: &Test, n: usize) -> Duration {
-        let queue = t.queue.clone();
-        let shared = queue.lock().unwrap().shared.clone();
+    /// Log `n` lines from each of `threads` bulk threads that wait for
+    /// room before each line, as an app's output relays do; how long that
+    /// took.
+    fn log_bulk_waiting(t: &Test, threads: usize, n: usize) -> Duration {
         let started = Instant::now();
-        std::thread::spawn(move || {
-            bulk_thread();
-            for i in 0..n {
-                shared.wait_for_bulk_room();
-                queue
-                    .lock()
-                    .unwrap()
-                    .write_all(format!("app {i}\n").as_bytes())
-                    .unwrap();
-            }
-        })
-        .join()
-        .unwrap();
+        let relays: Vec<_> = (0..threads)
+            .map(|k| {
+                let queue = t.queue.clone();
+                let shared = queue.lock().unwrap().shared.clone();
+                std::thread::spawn(move || {
+                    bulk_thread();
+                    for i in 0..n {
+                        shared.wait_for_bulk_room();
+                        queue
+                            .lock()
+                            .unwrap()
+                            .write_all(format!("app {k} {i}\n").as_bytes())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for r in relays {
+            r.join().unwrap();
+        }
         started.elapsed()
     }
 
@@ -489,10 +520,12 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
         });
-        log_bulk_waiting(&t, 300);
+        // Three relays (three instances) at once: each one that saw room
+        // gets its line in, though another took that room first.
+        log_bulk_waiting(&t, 3, 200);
         let text = t.written();
         let bulk = text.lines().filter(|l| l.starts_with("app ")).count();
-        assert_eq!(bulk, 300, "{text}");
+        assert_eq!(bulk, 600, "{text}");
         assert!(!text.contains("dropped"), "{text}");
     }
 
@@ -502,7 +535,7 @@ mod tests {
     #[test]
     fn a_stalled_log_holds_a_bulk_thread_back_once() {
         let t = Test::new(8);
-        let took = log_bulk_waiting(&t, 50);
+        let took = log_bulk_waiting(&t, 1, 50);
         assert!(took >= BULK_PATIENCE, "{took:?}");
         assert!(took < BULK_PATIENCE * 3, "it waited per line: {took:?}");
         let text = t.written();

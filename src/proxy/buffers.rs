@@ -79,7 +79,7 @@ pub fn none() -> Buffer {
 /// Largest write buffer kept for reuse: one grown past it by a large head
 /// and body bytes is freed. (A read buffer's length is the configured
 /// head limit or 16 KiB, so those are bounded already.)
-const KEPT_CAPACITY: usize = 64 << 10;
+pub const KEPT_CAPACITY: usize = 64 << 10;
 
 impl Drop for Buffer {
     fn drop(&mut self) {

@@ -516,6 +516,12 @@ async fn forward(
             back,
         )
         .await;
+        if up_out.capacity() > buffers::KEPT_CAPACITY {
+            // A body held whole (`request-buffer`) went up in it: its copy
+            // is not kept through the response (a retry makes it again
+            // from the client's input, which holds the body until then).
+            up_out = buffers::none();
+        }
         body_started |= sent.consumed;
         // Bytes off the client's socket count however the attempt ends.
         served.bytes_in += sent.read;

@@ -894,8 +894,12 @@ impl Manager {
                     return;
                 }
                 if let Some(inst) = slot.current.get().filter(|i| i.tag == tag) {
-                    let ready = matches!(inst.state, State::Ready { .. });
-                    let (gone, delay) = slot.current.ended(now, ready);
+                    let since = match inst.state {
+                        State::Ready { since } => Some(since),
+                        _ => None,
+                    };
+                    let ready = since.is_some();
+                    let (gone, delay) = slot.current.ended(now, since);
                     let gone = gone.expect("checked above");
                     if self.winding_down {
                         // Counted as a restart's back-off would be, but
@@ -913,7 +917,9 @@ impl Manager {
                     let earlier = served && gone.generation != generation && !proven;
                     slot.restart_as = earlier.then_some(gone.generation);
                     // One line per death: a crash loop's deaths are spaced
-                    // by the back-off, so it logs once per step.
+                    // by the back-off (or, for an instance that served 2 s
+                    // each time, by that and its start), so it logs once
+                    // per step.
                     let again = if self.winding_down {
                         "not started again: the server is stopping".to_string()
                     } else {
@@ -1041,10 +1047,13 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
         Some(at) => {
             // The port it was given, on an address coreserve does not
             // connect to (127.0.0.2, the host's own): the port is right.
+            // (Not one that reaches it: the address itself, or every
+            // address, listened on since the last look.)
             let elsewhere = match &inst.addr {
-                ServerAddr::Tcp(want) => at
-                    .iter()
-                    .any(|a| matches!(a, ServerAddr::Tcp(a) if a.port() == want.port())),
+                ServerAddr::Tcp(want) => at.iter().any(|a| {
+                    matches!(a, ServerAddr::Tcp(a) if a.port() == want.port()
+                        && a.ip() != want.ip() && !a.ip().is_unspecified())
+                }),
                 ServerAddr::Unix(_) => false,
             };
             let list: Vec<String> = at.iter().map(ToString::to_string).collect();

@@ -954,7 +954,9 @@ impl<W: World> Supervisor<W> {
     fn on_gone(&mut self, id: usize) {
         let slot = &mut self.slots[id];
         slot.alive = false;
-        let (running, delay) = slot.child.ended(Instant::now(), true);
+        // A shard serves from its start (it is up within milliseconds).
+        let started = slot.child.started_at();
+        let (running, delay) = slot.child.ended(Instant::now(), Some(started));
         self.backlog[id].clear();
         let why = self.world.ended(id, running);
         self.answered[id] = true;
