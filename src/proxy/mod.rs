@@ -302,30 +302,12 @@ async fn forward(
         // accept waits as long), as cluster's master holds its connections
         // while it forks workers anew, rather than a 503 for the moment
         // they take to start. Not in a drain: none starts again then.
-        let name = &route.config.upstream;
         let until = Instant::now() + group.config.connect_timeout;
-        let ready = c.socket.unless_closed(async {
-            loop {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return None;
-                }
-                futures_lite::future::or(upstreams.changed(), glommio::timer::sleep(left)).await;
-                match upstreams.group(name) {
-                    Some(g) if !g.servers.is_empty() => return Some(g),
-                    Some(_) => {}
-                    // Gone with a reload: its 503 below.
-                    None => return None,
-                }
-            }
-        });
-        match ready.await {
-            None => {
-                served.status = 499;
-                served.cut = true;
-                return served;
-            }
+        let listed = upstreams.until_listed(&route.config.upstream, until);
+        match c.socket.unless_closed(listed).await {
+            None => return client_gone(served, None),
             Some(Some(g)) => group = g,
+            // None in time, or the group gone with a reload: its 503.
             Some(None) => {}
         }
     }
@@ -355,11 +337,7 @@ async fn forward(
     served.bytes_in += read;
     let framing = match held {
         Ok(framing) => framing,
-        Err(ClientEnd::Gone) => {
-            served.status = 499;
-            served.cut = true;
-            return served;
-        }
+        Err(ClientEnd::Gone) => return client_gone(served, None),
         Err(ClientEnd::Refused(e)) => {
             served.error = Some(e);
             served.linger = true;
@@ -429,7 +407,7 @@ async fn forward(
             }
         };
         let Some(connected) = connected else {
-            return client_gone(served, server, now);
+            return client_gone(served, Some((server, now)));
         };
         let mut up = match connected {
             Ok(s) => s,
@@ -639,7 +617,7 @@ async fn forward(
             }
             let filled = match got {
                 Ok(filled) => filled,
-                Err(HeadEnd::ClientGone) => return client_gone(served, server, now),
+                Err(HeadEnd::ClientGone) => return client_gone(served, Some((server, now))),
                 Err(HeadEnd::Failed(_)) if retry && race => {
                     // Listed in the access log all the same, as nginx
                     // lists each attempt, with its own time.
@@ -860,11 +838,12 @@ fn discard_if_here(body: &mut Option<BodyDecoder>, c: &mut Client<'_>) -> u64 {
 }
 
 /// The exchange of a client that left before its server answered (the
-/// attempt to `server` began at `began`): logged 499, as nginx logs it.
-fn client_gone(mut served: Served, server: Rc<Server>, began: Instant) -> Served {
+/// attempt to a server, if one was made, and when it began): logged 499,
+/// as nginx logs it.
+fn client_gone(mut served: Served, attempt: Option<(Rc<Server>, Instant)>) -> Served {
     served.status = 499;
     served.cut = true;
-    served.upstream = Some((server, 0, began.elapsed()));
+    served.upstream = attempt.map(|(server, began)| (server, 0, began.elapsed()));
     served
 }
 

@@ -238,9 +238,26 @@ impl Upstreams {
         }
     }
 
+    /// The group `name` once it lists a server (an app's instance is
+    /// ready), waiting for the updates that may bring one until `until`:
+    /// `None` past it, or when the group is gone (a reload).
+    pub async fn until_listed(&self, name: &str, until: Instant) -> Option<Rc<Group>> {
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            futures_lite::future::or(self.changed(), glommio::timer::sleep(left)).await;
+            let group = self.group(name)?;
+            if !group.servers.is_empty() {
+                return Some(group);
+            }
+        }
+    }
+
     /// Wait for the next `update` (a reload, an app's instances that came
     /// up or went).
-    pub async fn changed(&self) {
+    async fn changed(&self) {
         let seen = self.updates.get();
         std::future::poll_fn(|cx| {
             if self.updates.get() != seen {

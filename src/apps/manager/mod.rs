@@ -1049,21 +1049,24 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
             // connect to (127.0.0.2, the host's own): the port is right.
             // (Not one that reaches it: the address itself, or every
             // address, listened on since the last look.)
-            let elsewhere = match &inst.addr {
-                ServerAddr::Tcp(want) => at.iter().any(|a| {
+            let wanted = match &inst.addr {
+                ServerAddr::Tcp(want) => Some(want),
+                ServerAddr::Unix(_) => None,
+            };
+            let elsewhere = wanted.filter(|want| {
+                at.iter().any(|a| {
                     matches!(a, ServerAddr::Tcp(a) if a.port() == want.port()
                         && a.ip() != want.ip() && !a.ip().is_unspecified())
-                }),
-                ServerAddr::Unix(_) => false,
-            };
+                })
+            });
             let list: Vec<String> = at.iter().map(ToString::to_string).collect();
-            match &inst.addr {
-                ServerAddr::Tcp(want) if elsewhere => format!(
+            match elsewhere {
+                Some(want) => format!(
                     "; it listens on {}, but coreserve connects to {want} ({env}={given}): listen on {}",
                     list.join(", "),
                     want.ip()
                 ),
-                _ => format!(
+                None => format!(
                     "; it listens on {}, but was given {env}={given}",
                     list.join(", ")
                 ),
