@@ -25,6 +25,7 @@ use std::io::{self, Write as _};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -78,6 +79,29 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
 /// Why lines were not written: the error, and how many lines it lost.
 type Lost = (io::Error, u64);
 
+/// Lines dropped by every shard since the start: the writer had fallen
+/// behind (its queue and the shard's buffer full). For the metrics.
+static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Lines lost to failed writes since the start. For the metrics.
+static FAILED_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Lines lost to failed writes since writes to their sink last worked:
+/// not said yet (`Failures`), said at the exit instead.
+static FAILING: AtomicU64 = AtomicU64::new(0);
+
+/// Lines not written since the start: (dropped, lost to failed writes).
+pub fn lines_lost() -> (u64, u64) {
+    (
+        DROPPED_TOTAL.load(Ordering::Relaxed),
+        FAILED_TOTAL.load(Ordering::Relaxed),
+    )
+}
+
+/// Lines lost to failed writes that no line has said yet: writes to their
+/// sink have not worked since (a full disk at the exit).
+pub fn lost_unsaid() -> u64 {
+    FAILING.load(Ordering::Relaxed)
+}
+
 /// Lines lost to failed writes, said once per run of failures: the first
 /// failure is an error line, the first success after it says how many
 /// lines were lost (nginx logs each failed write; a full disk would make
@@ -99,13 +123,17 @@ impl Failures {
                         "{what}: cannot write the access log: {e}; its lines are lost until a write works"
                     );
                 }
-                self.lost += lines.max(1);
+                let lines = lines.max(1);
+                self.lost += lines;
+                FAILED_TOTAL.fetch_add(lines, Ordering::Relaxed);
+                FAILING.fetch_add(lines, Ordering::Relaxed);
             }
             Ok(()) if self.lost > 0 => {
                 log::warn!(
                     "{what}: the access log is written again; {} line(s) were lost",
                     self.lost
                 );
+                FAILING.fetch_sub(self.lost, Ordering::Relaxed);
                 self.lost = 0;
             }
             Ok(()) => {}
@@ -239,6 +267,7 @@ impl AccessLogger {
             let mut buf = self.buf.borrow_mut();
             if buf.len() >= MAX_BUFFERED {
                 self.dropped.set(self.dropped.get() + 1);
+                DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             match self.format {

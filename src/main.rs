@@ -39,6 +39,10 @@ fn flush_log() {
     if left > 0 {
         log::warn!("access log: {left} bytes of lines are not written: the log did not take them within 2 s of the exit");
     }
+    let lost = coreserve::access_log::lost_unsaid();
+    if lost > 0 {
+        log::warn!("access log: {lost} line(s) were lost to failed writes, and no write had worked again by the exit");
+    }
     if let Some(f) = LOG.get() {
         f.flush(std::time::Duration::from_secs(2));
     }

@@ -105,6 +105,7 @@ pub(super) fn finish_gather(
     let mut text = metrics::render(&scraped.view());
     render_lives(&mut text, lives);
     render_reload(&mut text, reload);
+    render_access_log(&mut text);
     render_apps(&mut text, &apps());
     for r in g.replies {
         let _ = r.try_send(text.clone());
@@ -144,6 +145,19 @@ fn render_reload(out: &mut String, r: &LastReload) {
          # TYPE coreserve_config_last_reload_success_timestamp_seconds gauge\n\
          coreserve_config_last_reload_success_timestamp_seconds {at:.3}",
         u8::from(r.successful)
+    );
+}
+
+/// Access-log lines that were not written, by why.
+fn render_access_log(out: &mut String) {
+    use std::fmt::Write;
+    let (dropped, failed) = crate::access_log::lines_lost();
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_access_log_lines_lost_total Access-log lines not written: dropped (the log's writer had fallen behind, its queue and the shard's buffer full) or failed (a write failed: a full disk, a closed pipe).\n\
+         # TYPE coreserve_access_log_lines_lost_total counter\n\
+         coreserve_access_log_lines_lost_total{{why=\"dropped\"}} {dropped}\n\
+         coreserve_access_log_lines_lost_total{{why=\"failed\"}} {failed}"
     );
 }
 

@@ -573,4 +573,20 @@ fn a_failing_access_log_says_so_once_and_the_server_serves_on() {
         "{log}"
     );
     assert!(log.contains("log.access: cannot write"), "{log}");
+    // The metrics count them, and the exit says how many were lost, no
+    // write having worked again.
+    let scraped = crate::metrics::scrape(&server);
+    let lost = crate::metrics::values(&scraped, "coreserve_access_log_lines_lost_total");
+    assert!(
+        lost.get("why=failed").is_some_and(|&n| n >= 1.0),
+        "{lost:?}"
+    );
+    assert_eq!(lost.get("why=dropped"), Some(&0.0), "{lost:?}");
+    let log = server.stop();
+    assert!(
+        log.contains(
+            "line(s) were lost to failed writes, and no write had worked again by the exit"
+        ),
+        "{log}"
+    );
 }

@@ -1562,4 +1562,13 @@ fn a_symlinked_root_follows_its_swap() {
     std::thread::sleep(Duration::from_millis(200));
     let r = v();
     assert_eq!((r.status, r.text().as_str()), (200, "two\n"));
+    // The release it names removed as well (a deploy gone wrong): every
+    // file is a 404, and the log says why, as nginx logs its failed open.
+    std::fs::remove_dir_all(dir.0.join("releases/2")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(v().status, 404);
+    server.wait_for_log(&format!(
+        "static root {:?}: No such file or directory",
+        dir.path("current")
+    ));
 }

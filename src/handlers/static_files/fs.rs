@@ -20,6 +20,19 @@ pub const SMALL_FILE: u64 = 64 << 10;
 /// last logged in, by any shard's lookup.
 static SIBLING_TOLD: AtomicU64 = AtomicU64::new(0);
 
+/// The second a missing root was last logged in, likewise.
+static ROOT_TOLD: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a line counted by `told` is due: the first in this second (by
+/// any shard's lookup). Once a second at most: with `cache-valid = "0s"`
+/// every request of a browser would log it.
+fn due(told: &AtomicU64) -> bool {
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    told.swap(second, Ordering::Relaxed) != second
+}
+
 /// Reads of a small file that changes while it is read before what was
 /// read is served as it is.
 const SMALL_FILE_READS: u32 = 3;
@@ -220,14 +233,24 @@ pub struct Lookup {
 /// Resolve a lookup whose root is as configured: the root is resolved
 /// first, at each look rather than once, so that a deploy that swaps a
 /// symlinked root (`current -> releases/N`) is served at once, as nginx
-/// serves it. A root that is not there is a 404, as a missing file.
+/// serves it. A root that is not there is a 404, as a missing file, and
+/// an error line once a second at most (a deploy's link left dangling:
+/// every file is a 404, and nginx logs each `open()` that failed).
 pub fn find_from_configured(mut l: Lookup) -> FoundSend {
     match fs::canonicalize(&l.root) {
         Ok(root) => {
             l.root = root;
             find(&l)
         }
-        Err(e) => failure(e),
+        Err(e) => {
+            if due(&ROOT_TOLD) {
+                log::error!(
+                    "static root {:?}: {e}; its requests are answered 404",
+                    l.root.display()
+                );
+            }
+            failure(e)
+        }
     }
 }
 
@@ -351,12 +374,7 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
                         FoundSend::NotFound => continue,
                         found => return found,
                     };
-                    // Once a second at most: with `cache-valid = "0s"`
-                    // every request of a browser would log it.
-                    let second = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    if SIBLING_TOLD.swap(second, Ordering::Relaxed) != second {
+                    if due(&SIBLING_TOLD) {
                         log::error!("static file {:?}: {why}; served without it", real.display());
                     }
                 }
