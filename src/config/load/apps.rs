@@ -32,6 +32,47 @@ const KEYS: &[&str] = &[
     "max-memory",
 ];
 
+/// PM2's ecosystem keys that an [[app]] spells otherwise or has no use
+/// for, with what to write instead: a PM2 user's first file is written
+/// from memory.
+const PM2_KEYS: &[(&str, &str)] = &[
+    (
+        "script",
+        "write command = [\"node\", \"server.js\"] (the program, then its arguments)",
+    ),
+    (
+        "args",
+        "write command = [\"node\", \"server.js\", ...] (the arguments follow the program)",
+    ),
+    (
+        "interpreter",
+        "write command = [\"node\", \"server.js\"] (the program first)",
+    ),
+    (
+        "exec_interpreter",
+        "write command = [\"node\", \"server.js\"] (the program first)",
+    ),
+    (
+        "exec_mode",
+        "none is needed: each instance is a process of its own, as in PM2's cluster mode",
+    ),
+    ("max_memory_restart", "write max-memory = \"300m\""),
+    ("kill_timeout", "write stop-timeout = \"5s\""),
+    ("listen_timeout", "write start-timeout = \"10s\""),
+    (
+        "wait_ready",
+        "none is needed: an instance is ready when it accepts a connection",
+    ),
+    (
+        "autorestart",
+        "none is needed: an instance that exits is always started again",
+    ),
+    (
+        "watch",
+        "none is needed: deploy, then systemctl reload coreserve (with reload = \"always\")",
+    ),
+];
+
 /// What `command` looks like, for messages.
 const COMMAND_EXAMPLE: &str = "the program, then its arguments, like [\"node\", \"server.js\"]";
 
@@ -83,7 +124,8 @@ impl Walker<'_> {
                         a.instances = Instances::PerShard;
                     }
                     _ => {
-                        let what = "a number of instances or \"auto\" (one per shard)";
+                        let what =
+                            "a number of instances or \"auto\" (one per shard: PM2's \"max\")";
                         if let Some(n) = self.count(&f, what) {
                             a.instances = Instances::Count(n);
                         }
@@ -123,11 +165,14 @@ impl Walker<'_> {
                                 which coreserve starts (see instances and listen)";
                     self.error(&f, rule.into());
                 }
-                other => {
-                    if !self.upstream_setting(&mut a.upstream, other, &f) {
-                        self.unknown(&f, other, &[KEYS, PROXY_KEYS].concat(), "an app");
+                other if self.upstream_setting(&mut a.upstream, other, &f) => {}
+                other => match PM2_KEYS.iter().find(|(k, _)| *k == other) {
+                    Some((_, instead)) => {
+                        let rule = format!("is PM2's, not a key of an app: {instead}");
+                        self.error(&f, rule);
                     }
-                }
+                    None => self.unknown(&f, other, &[KEYS, PROXY_KEYS].concat(), "an app"),
+                },
             }
         }
         if !named {
@@ -354,7 +399,7 @@ stop-signal = "TERM"
                 at(3, "app[1].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(4, "app[1].cwd: must be a string"),
                 at(5, "app[1].env: must be a table of strings, like { NODE_ENV = \"production\" }"),
-                at(6, "app[1].instances: must be a number of instances or \"auto\" (one per shard), got \"many\""),
+                at(6, "app[1].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got \"many\""),
                 at(7, "app[1].listen: must be \"port\" or \"unix\", got \"tcp\""),
                 at(8, "app[1].listen-env: must be a string"),
                 at(9, "app[1].start-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\""),
@@ -364,11 +409,40 @@ stop-signal = "TERM"
                 at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string"),
-                at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard), got -1"),
+                at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got -1"),
                 at(15, "app[2].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
                 at(21, "app[3].stop-signal: must be \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", \"SIGUSR1\" or \"SIGUSR2\", got \"TERM\""),
                 at(20, "app[3].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
                 at(20, "app[3].command: is required: the program, then its arguments, like [\"node\", \"server.js\"]"),
+            ]
+        );
+    }
+
+    /// A file written from a PM2 ecosystem file's memory: each of PM2's
+    /// keys is told what to write instead, and PM2's spelling of a key
+    /// coreserve has (`min_uptime`) what it is here.
+    #[test]
+    fn pm2_keys_are_told_their_names_here() {
+        let errs = load(
+            r#"[[app]]
+name = "web"
+script = "server.js"
+max_memory_restart = "300M"
+exec_mode = "cluster"
+min_uptime = "2s"
+instances = "max"
+"#,
+        )
+        .unwrap_err();
+        let at = |line: usize, rest: &str| format!("/etc/cs/t.toml:{line}: {rest}");
+        assert_eq!(
+            errs[..5],
+            [
+                at(3, "app[1].script: is PM2's, not a key of an app: write command = [\"node\", \"server.js\"] (the program, then its arguments)"),
+                at(4, "app[1].max_memory_restart: is PM2's, not a key of an app: write max-memory = \"300m\""),
+                at(5, "app[1].exec_mode: is PM2's, not a key of an app: none is needed: each instance is a process of its own, as in PM2's cluster mode"),
+                at(6, "app[1].min_uptime: unknown key (did you mean min-uptime?)"),
+                at(7, "app[1].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got \"max\""),
             ]
         );
     }

@@ -475,7 +475,8 @@ impl Walker<'_> {
 /// The one of `known` that `name` most likely misspells: at most two
 /// edits (one for a short name) away, in any case.
 fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
-    let name = name.to_ascii_lowercase();
+    // `min_uptime` is `min-uptime` as PM2 and other tools spell it.
+    let name = name.to_ascii_lowercase().replace('_', "-");
     let limit = if name.len() <= 4 { 1 } else { 2 };
     known
         .iter()
