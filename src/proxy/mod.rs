@@ -16,8 +16,10 @@
 //! a reset or close after the request went out but before any byte of a
 //! response → the next server for idempotent methods whose body was not
 //! consumed, unless it is the second such close (`MAX_DROPPED`: a request
-//! that crashes app processes takes down two of them, three when the first
-//! close was a pooled connection's, not each in turn); never after a
+//! that crashes app processes takes down two of them, not each in turn: a
+//! pooled connection's close, maybe the keep-alive race's, is tried again
+//! on the same server, and counts when that server then refuses); never
+//! after a
 //! response byte. A server silent for read-timeout
 //! is not tried again on another (504): the request may be what makes it
 //! slow, and a retry would double the client's wait. 502 for a failed or
@@ -70,7 +72,7 @@ const MAX_TRIES: usize = 8;
 /// past two, the request is most likely what ends them (an app process
 /// that crashes on it), and each retry would take another instance down.
 /// A pooled connection's close that gets the keep-alive race's own try
-/// does not count.
+/// does not count, unless that try finds the server refusing.
 const MAX_DROPPED: usize = 2;
 /// Most body bytes read off the socket to discard a body no server took
 /// (`discard_if_here`): a small form's or JSON's rest, not an upload.
@@ -358,7 +360,7 @@ async fn forward(
     let mut listed: Option<Rc<Server>> = None;
     // A pooled connection the server had closed (its keep-alive timeout
     // racing our request) is no failure of the server's: an idempotent
-    // request gets one more try, which may go to the same server, on a
+    // request gets one more try, which goes to the same server, on a
     // new connection (nginx gives a cached connection's error a try of
     // its own too). Once per request: `stale` is the server whose pooled
     // connection that was (its pool is passed by) and the attempt that
@@ -378,7 +380,17 @@ async fn forward(
             now = Instant::now();
         }
         first = false;
-        let Some((index, server)) = group.pick(now, &tried[..attempts], client) else {
+        // The keep-alive race's own try goes to the same server, on a new
+        // connection: a server that closed an idle connection is well, and
+        // one that refuses the new one died with the request (its close
+        // was no race: counted as a drop below), so that a request that
+        // crashes app processes does not take a third down.
+        let again = stale
+            .filter(|&(_, at)| at == attempts)
+            .and_then(|(s, _)| Some((s, group.servers.get(s)?.clone())));
+        let raced = again.is_some();
+        let Some((index, server)) = again.or_else(|| group.pick(now, &tried[..attempts], client))
+        else {
             break;
         };
         match (&last, stale) {
@@ -426,6 +438,9 @@ async fn forward(
                 break;
             }
             Err(e) => {
+                if raced {
+                    dropped += 1;
+                }
                 // A request to it too: failures over requests is its
                 // error rate (not one this process could not make).
                 server.count(|st| st.requests += 1);

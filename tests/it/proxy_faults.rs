@@ -2,6 +2,7 @@
 //! where safe, 502/503/504, passive health, and a client connection that
 //! gets none of a bad upstream's bytes afterwards.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +133,43 @@ fn a_request_that_servers_drop_reaches_two_at_most() {
         proxy.get("GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").text(),
         "fine"
     );
+}
+
+/// A request every server drops, each on a pooled connection (an app that
+/// crashes on it, behind a warm pool): the first close looks like the
+/// keep-alive race, whose try goes to the same server on a new connection;
+/// dropped there too, it counts as the first drop, so the request reaches
+/// two servers, not three (it went to the next in turn, and took a third
+/// down).
+#[test]
+fn a_request_dropped_on_a_pooled_connection_reaches_two_servers() {
+    let up = Upstream::start_many(4, |req| {
+        if req.target == "/crash" {
+            Reply::reset_after_request()
+        } else {
+            Reply::ok("fine")
+        }
+    });
+    let proxy = Proxy::start(
+        "proxy-poison-pooled",
+        &simple(&up.servers(), "max-fails = 0", ""),
+    );
+    // A pooled connection to each server.
+    for _ in 0..4 {
+        assert_eq!(
+            proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+            "fine"
+        );
+    }
+    let r = proxy.get("GET /crash HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502, "{r:?}");
+    let reached: BTreeSet<u16> = up
+        .requests()
+        .iter()
+        .filter(|q| q.target == "/crash")
+        .map(|q| q.port)
+        .collect();
+    assert_eq!(reached.len(), 2, "{:?}", up.requests());
 }
 
 /// The keep-alive race with a lone server: it closes a pooled connection
