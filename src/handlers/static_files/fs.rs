@@ -244,10 +244,8 @@ pub fn find_from_configured(mut l: Lookup) -> FoundSend {
         }
         Err(e) => {
             if due(&ROOT_TOLD) {
-                log::error!(
-                    "static root {:?}: {e}; its requests are answered 404",
-                    l.root.display()
-                );
+                // The requests' status says the rest (404, 403, 500).
+                log::error!("static root {:?}: {e}", l.root.display());
             }
             failure(e)
         }
