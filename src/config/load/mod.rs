@@ -351,6 +351,20 @@ impl Walker<'_> {
         self.error_at(f.key.clone(), f.line, rule);
     }
 
+    /// An error about the `i`th element of the list `f`, at that
+    /// element's line: in a list written one element a line (a long
+    /// `servers`), the line to fix, not the one the list opens on.
+    fn element_error(&mut self, f: &Field, i: usize, rule: String) {
+        let line = f
+            .item
+            .as_array()
+            .and_then(|a| a.get(i))
+            .and_then(|v| v.span())
+            .map(|s| self.lines.line(s.start))
+            .or(f.line);
+        self.error_at(f.key.clone(), line, rule);
+    }
+
     /// `f`'s key (the last part of it, `name`) is none of `known`, the
     /// keys its table takes: the error names the closest when it looks
     /// like a typo of one, else lists them, as `who` ("it", "an app")

@@ -313,7 +313,7 @@ impl Walker<'_> {
             return (Vec::new(), Vec::new());
         };
         let (mut servers, mut shares) = (Vec::new(), Vec::new());
-        for entry in &entries {
+        for (i, entry) in entries.iter().enumerate() {
             let found =
                 share(entry).and_then(|(address, share)| Ok((self.server_entry(address)?, share)));
             match found {
@@ -321,7 +321,7 @@ impl Walker<'_> {
                     shares.extend(std::iter::repeat_n(share, found.len()));
                     servers.extend(found);
                 }
-                Err(e) => self.error(f, e.to_string()),
+                Err(e) => self.element_error(f, i, e.to_string()),
             }
         }
         if shares.iter().all(|s| *s == Share::default()) {
@@ -534,6 +534,23 @@ servers = "127.0.0.1:80"
                 "/etc/cs/t.toml:10: upstream[2].name: is required: the name proxy routes give as upstream = \"…\"".into(),
                 "/etc/cs/t.toml:13: upstream[3].name: is required: the name proxy routes give as upstream = \"…\"".into(),
                 "/etc/cs/t.toml:13: upstream[3].servers: is required: a list like [\"127.0.0.1:3001\", \"unix:/run/app.sock\"]".into(),
+            ]
+        );
+    }
+
+    /// A list written one server a line: each bad entry's error is at its
+    /// own line, not the one the list opens on.
+    #[test]
+    fn a_bad_server_in_a_long_list_is_at_its_own_line() {
+        let errs = load(
+            "[[upstream]]\nname = \"app\"\nservers = [\n  \"127.0.0.1:3001\",\n  \"127.0.0.1:99999\",\n  \"127.0.0.1:3003\",\n  \"127.0.0.1\",\n]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "/etc/cs/t.toml:5: upstream[1].servers: \"127.0.0.1:99999\": the port must be a number from 1 to 65535",
+                "/etc/cs/t.toml:7: upstream[1].servers: \"127.0.0.1\" has no port: write \"host:port\", \"[::1]:port\" or \"unix:/path\"",
             ]
         );
     }

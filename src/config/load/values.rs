@@ -97,10 +97,10 @@ impl Walker<'_> {
     /// typo does not hide the others.
     pub(super) fn networks(&mut self, f: &Field) -> Vec<Cidr> {
         let mut out = Vec::new();
-        for s in self.string_list(f).unwrap_or_default() {
+        for (i, s) in self.string_list(f).unwrap_or_default().iter().enumerate() {
             match s.parse::<Cidr>() {
                 Ok(net) => out.push(net),
-                Err(e) => self.error(f, e),
+                Err(e) => self.element_error(f, i, e),
             }
         }
         out
