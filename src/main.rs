@@ -215,7 +215,8 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
     }
 }
 
-/// One line per message on stderr. Under systemd (JOURNAL_STREAM set) each
+/// One line per message on stderr. Under systemd (stderr the stream
+/// `JOURNAL_STREAM` names: `systemd::stderr_is_journal`) each
 /// line carries its syslog priority as `<N>`, so journald files it at the
 /// right level (journald stamps the time); elsewhere each starts with its
 /// level and, when `serving` (not `--check` or `status`), before it the
@@ -227,7 +228,7 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 /// order), which any client can repeat on one connection to flood the log;
 /// nginx logs a client's TLS failures at `info`, below its default level.
 fn init_logging(serving: bool) {
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journald = coreserve::systemd::stderr_is_journal();
     let mut builder = env_logger::Builder::new();
     match std::env::var("RUST_LOG") {
         // RUST_LOG as env_logger reads it (a module alone leaves the rest

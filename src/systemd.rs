@@ -138,3 +138,46 @@ fn is_listening_tcp(fd: RawFd) -> bool {
     };
     get(libc::SO_ACCEPTCONN) == Some(1) && get(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
 }
+
+/// Whether stderr is the journal stream systemd gave this process, as
+/// `JOURNAL_STREAM` (`DEVICE:INODE` of that stream) says (systemd.exec(5):
+/// compare it with stderr's own, for a child that inherited the variable
+/// with another stderr, a shell started from the service, or a process
+/// whose stderr was sent elsewhere, would write `<N>` priorities into a
+/// file and lose its lines' time stamps).
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat(2) fills `st` for the open descriptor 2 when it
+    // returns 0; nothing is read from it otherwise.
+    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat returned 0, so `st` is filled in.
+    let st = unsafe { st.assume_init() };
+    value
+        .to_str()
+        .and_then(journal_stream)
+        .is_some_and(|(dev, ino)| dev == st.st_dev && ino == st.st_ino)
+}
+
+/// `JOURNAL_STREAM`'s device and inode, decimal, `:` between them.
+fn journal_stream(value: &str) -> Option<(u64, u64)> {
+    let (dev, ino) = value.split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_is_a_device_and_an_inode() {
+        assert_eq!(journal_stream("8:1234"), Some((8, 1234)));
+        for bad in ["", "8", "8:", ":1234", "x:1", "8:1:2"] {
+            assert_eq!(journal_stream(bad), None, "{bad}");
+        }
+    }
+}

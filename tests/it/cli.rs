@@ -98,6 +98,50 @@ fn port_zero_binds_all_interfaces_and_logs_the_real_port() {
     assert_eq!(r.text(), "Hello World");
 }
 
+/// Under systemd a line carries its syslog priority (`<6>`) for journald,
+/// but only when stderr is the stream `JOURNAL_STREAM` names: a process
+/// that inherited the variable with its stderr elsewhere (a file, a pipe of
+/// its own) stamps its lines with their time, as outside systemd, rather
+/// than write priorities no journald reads and lose the time.
+#[test]
+fn journal_priorities_go_only_to_the_journal_stream() {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let first_line = |journal: &dyn Fn(&std::fs::File) -> String| -> String {
+        let mut ends = [0; 2];
+        // SAFETY: pipe(2) fills the two descriptors, owned here from then on.
+        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+        let (read, write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(ends[0]),
+                std::fs::File::from_raw_fd(ends[1]),
+            )
+        };
+        let stream = journal(&write);
+        let mut child = command()
+            .args(["--port", "0", "--shards", "1"])
+            .env("JOURNAL_STREAM", stream)
+            .stderr(std::process::Stdio::from(write))
+            .spawn()
+            .unwrap();
+        let line = BufReader::new(read).lines().next().unwrap().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        line
+    };
+    let journal = first_line(&|w| {
+        let m = w.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    });
+    assert!(journal.starts_with("<6>"), "{journal}");
+    let elsewhere = first_line(&|_| "1:2".to_string());
+    assert!(
+        elsewhere.starts_with("20") && elsewhere.contains("Z INFO "),
+        "{elsewhere}"
+    );
+}
+
 /// Outside systemd a serving process's lines start with the time, in UTC
 /// to the millisecond, then the level; a command (`status`, `--check`)
 /// writes the level alone, as `nginx -t` writes no time.
