@@ -211,6 +211,23 @@ enum ClientEnd {
     Refused(ParseError),
 }
 
+/// What one read of the request body off the client's socket came to: its
+/// bytes, now in the client's input, or how the client's side ended (it
+/// closed or failed; or it was silent for `body-timeout`, a 408).
+fn body_read(c: &mut Client<'_>, read: io::Result<usize>) -> Result<usize, ClientEnd> {
+    match read {
+        Ok(0) => Err(ClientEnd::Gone),
+        Ok(n) => {
+            c.input.filled(n);
+            Ok(n)
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(ClientEnd::Refused(ParseError::BodyTimeout))
+        }
+        Err(_) => Err(ClientEnd::Gone),
+    }
+}
+
 /// Forward `job` to its upstream group and stream the answer back: a job's
 /// run (see `job`), reported as every job reports its exchange.
 pub async fn serve(

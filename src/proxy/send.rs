@@ -5,11 +5,10 @@ use std::io;
 use std::time::Instant;
 
 use super::relay::{begin, heard, Fault, Heard, Outgoing, Relayed};
-use super::{response, Client, ClientEnd, Exchange, CHUNK};
+use super::{body_read, response, Client, ClientEnd, Exchange, CHUNK};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
 use crate::http::encode::BodyEncoder;
-use crate::http::error::ParseError;
 use crate::http::parse::BodyFraming;
 use crate::http::upstream::Asked;
 use crate::transport::{BodyRoom, Socket};
@@ -197,22 +196,13 @@ pub(super) async fn send_request(
             }
             continue;
         };
-        match read {
-            Ok(0) => {
-                sent.client = Err(ClientEnd::Gone);
-                return sent;
-            }
+        match body_read(c, read) {
             Ok(n) => {
-                c.input.filled(n);
                 sent.read += n as u64;
                 deadline = Instant::now() + ex.body_timeout;
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                sent.client = Err(ClientEnd::Refused(ParseError::BodyTimeout));
-                return sent;
-            }
-            Err(_) => {
-                sent.client = Err(ClientEnd::Gone);
+            Err(end) => {
+                sent.client = Err(end);
                 return sent;
             }
         }

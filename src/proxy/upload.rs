@@ -12,12 +12,10 @@
 //! goes up with a `Content-Length`, as nginx sends one it buffered: a WSGI
 //! app that reads `CONTENT_LENGTH` alone gets no chunked body.
 
-use std::io;
 use std::time::{Duration, Instant};
 
-use super::{Client, ClientEnd};
+use super::{body_read, Client, ClientEnd};
 use crate::http::body::BodyDecoder;
-use crate::http::error::ParseError;
 use crate::http::parse::BodyFraming;
 use crate::transport::BodyRoom;
 
@@ -71,20 +69,13 @@ pub(super) async fn hold(
             return (read, Ok(framing));
         }
         // Renewed by each read: `body-timeout` is between two reads.
-        match c
+        let got = c
             .socket
             .read(&mut BodyRoom(c.input), Instant::now() + timeout)
-            .await
-        {
-            Ok(0) => return (read, Err(ClientEnd::Gone)),
-            Ok(n) => {
-                c.input.filled(n);
-                read += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return (read, Err(ClientEnd::Refused(ParseError::BodyTimeout)))
-            }
-            Err(_) => return (read, Err(ClientEnd::Gone)),
+            .await;
+        match body_read(c, got) {
+            Ok(n) => read += n as u64,
+            Err(end) => return (read, Err(end)),
         }
     }
 }

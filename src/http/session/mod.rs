@@ -548,10 +548,7 @@ impl<J> Session<J> {
         let writer =
             ResponseWriter::new(out, cx.date, persistence, head_only).with_headers(cx.headers);
         let outcome = cx.handler.handle(&req, writer);
-        if let Outcome::Refused(e) = outcome {
-            return Err(e);
-        }
-        if held_back && !matches!(outcome, Outcome::Done) {
+        if held_back && matches!(outcome, Outcome::Deferred(_) | Outcome::Takeover(_)) {
             out.splice(mark..mark, CONTINUE.iter().copied());
             self.committed = mark + CONTINUE.len();
         }
@@ -590,7 +587,8 @@ impl<J> Session<J> {
                     unread_body: false,
                 });
             }
-            Outcome::Refused(_) => unreachable!("returned above"),
+            // Answered as a malformed head is (nothing was written).
+            Outcome::Refused(e) => return Err(e),
             Outcome::Done => {
                 if held_back {
                     // Answered without the body (a refusal, a redirect, a
