@@ -492,9 +492,33 @@ impl ConfigError {
     }
 }
 
+/// The key under which the loader records the line of element `i`
+/// (0-based) of the list at `key`, and under which a rule about that
+/// element is reported: `locate` points it at the element's own line and
+/// shows the list's key.
+pub fn element_key(key: &str, i: usize) -> String {
+    format!("{key}[{i}]")
+}
+
+/// The list's key of an element key (`route[2].methods[1]` →
+/// `route[2].methods`), or None for any other key (`route[2].methods`,
+/// `route[2]`, `route[2]]`): every list is a key of some table.
+fn list_of_element(key: &str) -> Option<&str> {
+    let (list, index) = key.strip_suffix(']')?.rsplit_once('[')?;
+    let (_, name) = list.rsplit_once('.')?;
+    let named = !name.is_empty() && !name.ends_with(']');
+    (named && !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())).then_some(list)
+}
+
 impl Config {
     /// Point an error at the file and line its key came from, if it did.
     pub fn locate(&self, e: &mut ConfigError) {
+        if let Some(list) = list_of_element(&e.key) {
+            // An element's own line, or the list's when it has none.
+            let element = self.lines.get(&e.key).copied();
+            e.key = list.to_string();
+            e.line = e.line.or(element);
+        }
         if let Some(src) = &self.source {
             if e.file.is_none() {
                 e.file = Some(src.display().to_string());
@@ -547,6 +571,22 @@ pub fn app_key(i: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_element_key_names_its_list() {
+        let key = element_key("route[2].methods", 1);
+        assert_eq!(list_of_element(&key), Some("route[2].methods"));
+        assert_eq!(list_of_element("server.listen[0]"), Some("server.listen"));
+        for other in [
+            "route[2].methods",
+            "route[2]",
+            "route[2]]",
+            "route[2].x[]",
+            "a.b[1a]",
+        ] {
+            assert_eq!(list_of_element(other), None, "{other}");
+        }
+    }
 
     /// A quoted key with a newline in it (`"evil\nINFO fake" = 1`) would
     /// print a forged second line.

@@ -355,13 +355,8 @@ impl Walker<'_> {
     /// element's line: in a list written one element a line (a long
     /// `servers`), the line to fix, not the one the list opens on.
     fn element_error(&mut self, f: &Field, i: usize, rule: String) {
-        let line = f
-            .item
-            .as_array()
-            .and_then(|a| a.get(i))
-            .and_then(|v| v.span())
-            .map(|s| self.lines.line(s.start))
-            .or(f.line);
+        let element = crate::config::element_key(&f.key, i);
+        let line = self.config.lines.get(&element).copied().or(f.line);
         self.error_at(f.key.clone(), line, rule);
     }
 
@@ -425,6 +420,17 @@ impl Walker<'_> {
                 };
                 if let Some(l) = line {
                     self.config.lines.insert(key.clone(), l);
+                }
+                // A list's elements too, as `key[i]` (0-based): a rule
+                // checked after loading (a route's `methods`) can then
+                // point at the element of a list written one a line.
+                for (i, v) in item.as_array().into_iter().flatten().enumerate() {
+                    if let Some(s) = v.span() {
+                        let l = self.lines.line(s.start);
+                        self.config
+                            .lines
+                            .insert(crate::config::element_key(&key, i), l);
+                    }
                 }
                 let raw = item
                     .span()
@@ -831,6 +837,33 @@ read-timeout = 9223372036854775807
         assert_eq!(
             errs,
             vec!["t.toml:3: limits.max-header-bytes: must be between 256 and 1m, got 10"]
+        );
+    }
+
+    /// Rules checked after loading about one element of a list written an
+    /// element a line point at that element's line, under the list's key.
+    #[test]
+    fn post_parse_rules_on_an_element_point_at_its_line() {
+        let errs = parse(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"/srv\"\nmethods = [\n  \"GET\",\n  \"get\",\n  \"GET\",\n]\nindex = [\n  \"index.html\",\n  \"a/b.html\",\n]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                "t.toml:7: route[1].methods: must be upper-case method names like \"GET\", got \"get\"",
+                "t.toml:8: route[1].methods: \"GET\" is listed twice",
+                "t.toml:12: route[1].index: must be plain file names, got \"a/b.html\"",
+            ]
+        );
+        // On one line, the line is the list's.
+        let errs = parse(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\nmethods = [\"GET\", \"CONNECT\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            vec!["t.toml:4: route[1].methods: CONNECT is never routed: coreserve is not a forward proxy, and answers it 501"]
         );
     }
 }

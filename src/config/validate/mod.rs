@@ -211,6 +211,8 @@ fn validate_route(
     err: &mut impl FnMut(&str, String),
 ) {
     let key = |k: &str| format!("{}.{k}", route_key(i));
+    // A rule about one element of a list, at that element's line.
+    let element = |k: &str, n: usize| crate::config::element_key(&key(k), n);
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
     }
@@ -237,19 +239,19 @@ fn validate_route(
         for (n, m) in methods.iter().enumerate() {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
                 err(
-                    &key("methods"),
+                    &element("methods", n),
                     format!("must be upper-case method names like \"GET\", got {m:?}"),
                 );
             } else if m == "CONNECT" {
                 // Refused before routing (a forward proxy's method): the
                 // route would never see one.
                 err(
-                    &key("methods"),
+                    &element("methods", n),
                     "CONNECT is never routed: coreserve is not a forward proxy, and answers it 501"
                         .into(),
                 );
             } else if methods[..n].contains(m) {
-                err(&key("methods"), format!("{m:?} is listed twice"));
+                err(&element("methods", n), format!("{m:?} is listed twice"));
             }
         }
         let serves_get = methods.iter().any(|m| m == "GET" || m == "HEAD");
@@ -314,17 +316,17 @@ fn validate_route(
             }
         }
         HandlerConfig::Static(s) => {
-            for name in &s.index {
+            for (n, name) in s.index.iter().enumerate() {
                 if name.is_empty() || name.contains(['/', '\0']) || name == "." || name == ".." {
                     err(
-                        &key("index"),
+                        &element("index", n),
                         format!("must be plain file names, got {name:?}"),
                     );
                 } else if !s.dotfiles && name.starts_with('.') {
                     // Hidden names are not served here, as `fallback`'s
                     // (a plain `.index.html` would never be found).
                     err(
-                        &key("index"),
+                        &element("index", n),
                         format!("{name:?} is a hidden name, which this route does not serve (dotfiles = false)"),
                     );
                 }
