@@ -16,6 +16,7 @@ fn site(name: &str, extra: &str) -> (Scratch, Server) {
     dir.write("www/style.css", "body { color: red }\n");
     dir.write("www/style.css.gz", b"\x1f\x8bGZIPPED");
     dir.write("www/style.css.br", b"BROTLI");
+    dir.write("www/only.js.gz", b"\x1f\x8bONLY");
     dir.write("www/docs/readme.txt", "read me\n");
     dir.write("www/.secret", "dotfile\n");
     dir.write("outside.txt", "outside the root\n");
@@ -351,6 +352,24 @@ fn precompressed_siblings_follow_accept_encoding() {
     );
     assert_eq!(r.header("content-encoding"), None);
     assert_eq!(r.text(), "body { color: red }\n");
+    // A sibling shipped without its original is served to a client that
+    // accepts it (nginx's gzip_static); to one that does not, nothing is.
+    let r = fetch(&server, "/static/only.js", "Accept-Encoding: gzip\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.header("content-type"), Some("text/javascript"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(r.body, b"\x1f\x8bONLY");
+    assert_eq!(fetch(&server, "/static/only.js", "").status, 404);
+    let r = get(
+        server.addr,
+        "GET /static/only.js HTTP/1.0\r\nAccept-Encoding: gzip\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        fetch(&server, "/static/only.js/", "Accept-Encoding: gzip\r\n").status,
+        404
+    );
 }
 
 /// A precompressed sibling the server cannot read is passed over, said in

@@ -258,6 +258,9 @@ pub fn find(l: &Lookup) -> FoundSend {
     let real = match inside_root(l, &candidate) {
         Ok(Some(real)) => real,
         Ok(None) => return FoundSend::NotFound,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !l.trailing_slash => {
+            return compressed_alone(l, &candidate).unwrap_or_else(|| failure(e));
+        }
         Err(e) => return failure(e),
     };
     let meta = match fs::metadata(&real) {
@@ -354,12 +357,7 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
     // A precompressed sibling, if one is accepted, exists, is a file and is
     // not older than the original.
     for &enc in &l.encodings {
-        let ext = if enc == "br" { "br" } else { "gz" };
-        let mut sib = path.as_os_str().to_owned();
-        sib.push(".");
-        sib.push(ext);
-        let sib = PathBuf::from(sib);
-        if let Ok(Some(real)) = inside_root(l, &sib) {
+        if let Ok(Some(real)) = inside_root(l, &sibling(path, enc)) {
             if let Ok(m) = fs::metadata(&real) {
                 if m.is_file() && m.mtime() >= meta.mtime() {
                     // One that cannot be read is passed over, said (as
@@ -380,6 +378,28 @@ fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
         }
     }
     info(l, path, content_type, None)
+}
+
+/// A precompressed sibling of a file that is not there (`app.css.gz`
+/// shipped without `app.css`), for a client that accepts its encoding, as
+/// nginx's `gzip_static` serves it; None when there is none to serve (a
+/// client that accepts none gets the 404, as from nginx).
+fn compressed_alone(l: &Lookup, path: &Path) -> Option<FoundSend> {
+    let name = l.rel.rsplit('/').next().unwrap_or("");
+    l.encodings.iter().find_map(|&enc| {
+        let real = inside_root(l, &sibling(path, enc)).ok()??;
+        match info(l, &real, content_type(name), Some(enc)) {
+            FoundSend::NotFound => None,
+            found => Some(found),
+        }
+    })
+}
+
+/// The precompressed sibling of `path` for `encoding` (`br` or `gzip`).
+fn sibling(path: &Path, encoding: &str) -> PathBuf {
+    let mut sib = path.as_os_str().to_owned();
+    sib.push(if encoding == "br" { ".br" } else { ".gz" });
+    PathBuf::from(sib)
 }
 
 /// What a failed look at a file means for its request: not there (it, or

@@ -65,7 +65,12 @@ pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
                 return Decision::NotModified;
             }
         } else if let Some(ims) = c.if_modified_since.as_deref().and_then(parse_date) {
-            if info.modified() <= ims {
+            // The date must be this version's own, as nginx's default
+            // `if_modified_since exact`: a client's copy is the Last-Modified
+            // it was sent. §13.1.3's "not newer" would keep a copy newer
+            // than a file rolled back to an older build (its mtime went
+            // back), or any copy against a date in the future.
+            if info.modified() == ims {
                 return Decision::NotModified;
             }
         }
@@ -94,6 +99,12 @@ pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
 pub fn parse_range(value: &str, size: u64) -> Decision {
     // The unit is compared without regard to case (§14.1).
     let value = value.trim();
+    // No part of an empty file can be named (nor any Content-Range say
+    // it): the whole of it, a 200, as nginx (a client testing for range
+    // support with `bytes=0-` must not see an error).
+    if size == 0 {
+        return Decision::Full;
+    }
     let Some(spec) = value
         .get(..6)
         .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
@@ -117,13 +128,10 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
     match (a.trim(), b.trim()) {
         ("", suffix) => match num(suffix) {
             Some(0) => Decision::Unsatisfiable,
-            Some(n) if size > 0 => Decision::Partial {
+            Some(n) => Decision::Partial {
                 start: size.saturating_sub(n),
                 end: size - 1,
             },
-            // The last n bytes of an empty file are the whole of it
-            // (§14.1.1), which no Content-Range can say: a 200, as nginx.
-            Some(_) => Decision::Full,
             None => Decision::Full,
         },
         (first, last) => {
@@ -231,7 +239,8 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Decision::Full);
         assert_eq!(parse_range("bytes=x-1", 100), Decision::Full);
         assert_eq!(parse_range("bytes=-5", 0), Decision::Full);
-        assert_eq!(parse_range("bytes=0-", 0), Decision::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Decision::Full);
+        assert_eq!(parse_range("bytes=5-9", 0), Decision::Full);
         // Positions past what 64 bits hold.
         let huge = "99999999999999999999999";
         assert_eq!(parse_range(&format!("bytes=0-{huge}"), 100), p(0, 99));
@@ -310,6 +319,10 @@ mod tests {
         assert_eq!(decide(&i, &c(None, Some(&lm)), true), Decision::NotModified);
         let earlier = httpdate::fmt_http_date(i.modified() - std::time::Duration::from_secs(5));
         assert_eq!(decide(&i, &c(None, Some(&earlier)), true), Decision::Full);
+        // A later date is not this version's: a file rolled back to an
+        // older mtime is sent again.
+        let later = httpdate::fmt_http_date(i.modified() + std::time::Duration::from_secs(5));
+        assert_eq!(decide(&i, &c(None, Some(&later)), true), Decision::Full);
     }
 
     #[test]
