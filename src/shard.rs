@@ -44,8 +44,9 @@ pub enum Intake {
 /// Messages from the master to a shard.
 #[derive(Debug)]
 pub enum Control {
-    /// Stop taking connections, finish what is in flight, and stop.
-    Drain,
+    /// Stop taking connections, finish what is in flight within this
+    /// long, and stop (cutting what is still open then).
+    Drain(Duration),
     /// Reopen the access-log file (SIGUSR1, after logrotate).
     ReopenLogs,
     /// Serve new requests with these routes and limits (SIGHUP); the number
@@ -156,7 +157,8 @@ pub struct ShardSpec {
     pub log: LogConfig,
     /// The access-log file, opened by the master for this shard.
     pub log_file: Option<std::fs::File>,
-    /// How long draining may take before open connections are cut.
+    /// How long draining may take before open connections are cut, when
+    /// the master is gone without saying (its `Control::Drain` says).
     pub drain_timeout: Duration,
     /// How long the readiness ring's driver waits before parking.
     pub idle_wait: Duration,
@@ -322,7 +324,7 @@ async fn run(spec: ShardSpec) {
     }
 
     // Serve until the master says drain (or is gone).
-    loop {
+    let drain_for = loop {
         match control.recv().await {
             Some(Control::ReopenLogs) => {
                 if let Some(log) = shard.access_log() {
@@ -351,9 +353,10 @@ async fn run(spec: ShardSpec) {
             Some(Control::Ping) => {
                 let _ = events.try_send(ShardEvent::Pong { id });
             }
-            Some(Control::Drain) | None => break,
+            Some(Control::Drain(drain_for)) => break drain_for,
+            None => break spec.drain_timeout,
         }
-    }
+    };
     // While it drains, a rotated access log is still let go of (the
     // master keeps the channel open; the rest has no meaning now).
     let draining = shard.clone();
@@ -365,7 +368,7 @@ async fn run(spec: ShardSpec) {
         }
     })
     .detach();
-    let deadline = std::time::Instant::now() + spec.drain_timeout;
+    let deadline = std::time::Instant::now() + drain_for;
     shard.start_draining(deadline);
     if from_channel {
         // The master closed its end before asking us to drain: take what it

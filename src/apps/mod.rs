@@ -330,6 +330,14 @@ impl AppsHandle {
         let _ = self.tx.send(Msg::WindDown);
     }
 
+    /// The drain's deadline passed with connections still open: every
+    /// instance is asked to stop now (its stop signal, SIGKILL after its
+    /// stop timeout), while the shards still relay what it sends in
+    /// answer; the stop that follows waits for them without asking again.
+    pub fn last_call(&self) {
+        let _ = self.tx.send(Msg::LastCall);
+    }
+
     /// Every instance slot's state as of the manager's latest pass (it
     /// makes one after each event and timer), in app then slot order, each
     /// uptime counted to now; empty once the manager has stopped. Never

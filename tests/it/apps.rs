@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
-use crate::util::{command, connect_from, Server, WAIT};
+use crate::util::{command, connect_from, Reader, Server, WAIT};
 
 /// The Node app every app test runs.
 pub const ECHO_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/echo.js");
@@ -608,6 +608,46 @@ fn sigterm_stops_every_instance_after_the_drain() {
     }
     assert!(!log.contains("did not stop in time"), "{log}");
     assert!(log.contains("every app instance has stopped"), "{log}");
+}
+
+/// What is still open at drain-timeout is not cut then: the apps are
+/// asked to stop first, and what they send in answer (an event stream's
+/// goodbye and its end) reaches the client, as in a rolling reload.
+#[test]
+fn at_the_drain_deadline_an_app_ends_its_own_streams() {
+    if !have_node() {
+        return;
+    }
+    let toml = "[server]\ndrain-timeout = \"1s\"\n\n".to_string()
+        + &node_app("web", 1, "")
+        + &proxied("/", "web");
+    let mut s = AppServer::start("apps-last-call", &toml);
+    let pid = s.ready_pids("web", 1)[0];
+    let c = s.server.connect();
+    (&c).write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = Reader::new(&c);
+    let head = r.head();
+    assert_eq!(head.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.chunk().as_deref(), Some(&b"data: open\n\n"[..]));
+    s.server.signal(libc::SIGTERM);
+    // The goodbye, then the last chunk: the response ended whole.
+    assert_eq!(r.chunk().as_deref(), Some(&b"data: bye\n\n"[..]));
+    assert_eq!(r.chunk(), None);
+    assert!(s.server.wait(WAIT).success());
+    let log = s.server.log();
+    assert!(
+        log.contains(
+            "drain-timeout passed with connections open: 1 app instance(s) asked to stop now"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("app web[0] (pid {pid}) stopped: exit status: 0")),
+        "{log}"
+    );
+    assert!(!log.contains("did not stop in time"), "{log}");
+    assert!(!log.contains("drain deadline passed"), "{log}");
 }
 
 /// The kernel kills each instance when coreserve dies (its parent-death

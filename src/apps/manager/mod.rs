@@ -64,6 +64,10 @@ pub(super) enum Msg {
     /// replacement, no restart), and a replacement still starting leaves;
     /// what serves goes on serving the requests in flight.
     WindDown,
+    /// The drain's deadline passed with connections still open: every
+    /// instance is asked to stop now, while the shards still relay what it
+    /// sends (`Manager::last_call`).
+    LastCall,
 }
 
 /// One incarnation of an instance.
@@ -375,7 +379,7 @@ impl Manager {
                     let _ = done.send(());
                     return Err(AppError::Interrupted);
                 }
-                Ok(Msg::Reload(..) | Msg::KillNow | Msg::WindDown)
+                Ok(Msg::Reload(..) | Msg::KillNow | Msg::WindDown | Msg::LastCall)
                 | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(AppError::Interrupted),
             }
@@ -419,6 +423,7 @@ impl Manager {
             Some(Msg::Exited { tag, status }) => self.on_exit(tag, status, Instant::now()),
             Some(Msg::Reload(configs, renew)) => self.on_reload(configs, renew, Instant::now()),
             Some(Msg::WindDown) => self.wind_down(Instant::now()),
+            Some(Msg::LastCall) => self.last_call(Instant::now()),
             Some(Msg::Stop(done)) => {
                 self.stop_all(rx);
                 let _ = done.send(());

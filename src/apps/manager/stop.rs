@@ -72,6 +72,41 @@ impl Manager {
         }
     }
 
+    /// The drain's deadline passed with connections still open
+    /// (`Msg::LastCall`): every instance, serving or leaving, is asked to
+    /// stop now, while the shards go on relaying for its stop timeout, so
+    /// that an app can end its own long-lived responses (a server-sent
+    /// events goodbye, a WebSocket close frame) before they are cut, as a
+    /// rolling reload lets it. `stop_all` then waits out the same stop
+    /// timeout, without asking again.
+    pub(super) fn last_call(&mut self, now: Instant) {
+        // Nothing is restarted or replaced after this (a drain came first).
+        self.winding_down = true;
+        for app in &mut self.apps {
+            for (index, slot) in app.slots.iter_mut().enumerate() {
+                for inst in slot.current.retire().into_iter().chain(slot.next.take()) {
+                    self.leaving.push(Leaving::new(&app.config, index, inst));
+                }
+            }
+        }
+        let mut asked = 0;
+        for l in &mut self.leaving {
+            if !matches!(l.inst.state, State::Stopping { .. }) {
+                let (signal, timeout) = l.inst.stop;
+                l.inst.process.stop(timeout, signal);
+                l.inst.state = State::Stopping {
+                    kill_at: now + timeout,
+                };
+                asked += 1;
+            }
+        }
+        if asked > 0 {
+            info!(
+                "drain-timeout passed with connections open: {asked} app instance(s) asked to stop now, so that they can end their own (each within its stop-timeout)"
+            );
+        }
+    }
+
     /// Stop every instance: SIGTERM to each process group, SIGKILL to
     /// those still there after their app's stop timeout.
     pub(super) fn stop_all(&mut self, rx: &Receiver<Msg>) {
@@ -158,7 +193,7 @@ impl Manager {
                         g.kill_at = Instant::now();
                     }
                 }
-                Ok(Msg::Reload(..) | Msg::KillNow | Msg::WindDown)
+                Ok(Msg::Reload(..) | Msg::KillNow | Msg::WindDown | Msg::LastCall)
                 | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }

@@ -33,6 +33,20 @@ impl Supervisor<Real> {
             n.stopping("draining connections");
         }
         self.world.apps.wind_down();
+        // With apps, what is open at drain-timeout is not cut then: the
+        // apps are asked to stop (`last_call`), and the shards relay their
+        // answer to it (an event stream's goodbye, a WebSocket's close)
+        // for as long as the longest stop-timeout gives them; after it,
+        // the apps are killed and the rest is cut.
+        let grace = self.config.apps.iter().map(|a| a.stop_timeout).max();
+        if grace.is_some() {
+            later(
+                &self.world.tx,
+                self.config.drain_timeout,
+                MasterEvent::LastCall,
+            );
+        }
+        let drain_for = self.config.drain_timeout + grace.unwrap_or_default();
         // Closes the listeners and every hand-off queue's sending end.
         if let Some(a) = self.world.acceptor.as_mut() {
             a.stop();
@@ -54,8 +68,8 @@ impl Supervisor<Real> {
             r.listener_copies.clear();
             if let Some(c) = &r.control {
                 let backlog = &mut self.backlog[id];
-                if !backlog.is_empty() || c.try_send(Control::Drain).is_err() {
-                    super::hold_back(backlog, Control::Drain);
+                if !backlog.is_empty() || c.try_send(Control::Drain(drain_for)).is_err() {
+                    super::hold_back(backlog, Control::Drain(drain_for));
                 }
                 stopping[id] = true;
                 running += 1;
@@ -112,6 +126,7 @@ impl Supervisor<Real> {
                 Some(MasterEvent::Loaded(_)) => {
                     warn!("SIGHUP: the configuration read is not applied: stopping (it is read again at the next start)");
                 }
+                Some(MasterEvent::LastCall) => self.world.apps.last_call(),
                 // A log rotated meanwhile is still let go of.
                 Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
                 // As while serving: ignored, with a word.

@@ -109,6 +109,9 @@ enum MasterEvent {
     ReloadTimeout(u64),
     /// What a reload read (`World::load`).
     Loaded(Box<Result<Config, Vec<ConfigError>>>),
+    /// During the drain: drain-timeout has passed; the apps are asked to
+    /// stop while the shards relay what they answer.
+    LastCall,
 }
 
 /// How soon a control message that found its shard's queue full is sent
@@ -435,8 +438,12 @@ impl<W: World> Supervisor<W> {
             {
                 self.on_ready(id)
             }
-            // News of a shard's earlier incarnation.
-            MasterEvent::Gone(..) | MasterEvent::Ended(_) | MasterEvent::Shard(_) => {}
+            // News of a shard's earlier incarnation; a drain's (only
+            // scheduled once the serving loop has ended).
+            MasterEvent::Gone(..)
+            | MasterEvent::Ended(_)
+            | MasterEvent::Shard(_)
+            | MasterEvent::LastCall => {}
         }
         Flow::Continue
     }

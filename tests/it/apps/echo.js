@@ -14,6 +14,8 @@
 //            from its environment, `-` when unset), after the request's
 //            body; `/whoami?ms=N` answers N ms later
 //   /sse     five server-sent events (`data: N`), 100 ms apart
+//   /stream  an event stream that says `data: open` and stays open until
+//            SIGTERM, when it says `data: bye` and ends
 //   /grow?mb=N  keeps N MiB more, written (resident), for as long as it
 //            runs; answers its pid (BOOT_MB=N: as many from its start)
 //   other    JSON: method, url, headers, bodyLength
@@ -27,6 +29,8 @@ const fs = require('fs');
 
 // With BOOT_MB set it keeps that many MiB, written, from its start.
 const kept = process.env.BOOT_MB ? [Buffer.alloc(Number(process.env.BOOT_MB) << 20, 1)] : [];
+// The open /stream responses, ended with a goodbye on SIGTERM.
+const streams = new Set();
 
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/grow?mb=')) {
@@ -50,6 +54,13 @@ const server = http.createServer((req, res) => {
         res.end(body);
       }, delay);
     });
+    return;
+  }
+  if (req.url === '/stream') {
+    res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+    res.write('data: open\n\n');
+    streams.add(res);
+    res.on('close', () => streams.delete(res));
     return;
   }
   if (req.url === '/sse') {
@@ -108,6 +119,9 @@ if (process.env.CORESERVE_APP) {
   if (!process.env.ABRUPT) {
     process.on('SIGTERM', () => {
       console.log('SIGTERM: closing');
+      for (const res of streams) {
+        res.end('data: bye\n\n');
+      }
       server.close(() => process.exit(0));
     });
   }
