@@ -454,6 +454,8 @@ impl Cli {
         );
         for key in &overridden {
             c.lines.remove(*key);
+            let element = format!("{key}[");
+            c.element_lines.retain(|k, _| !k.starts_with(&element));
         }
         let unusable = crate::config::preflight(&mut c);
         match c.validate() {

@@ -196,6 +196,9 @@ pub struct Config {
     /// Line of each key set in the file, so that errors found after parsing
     /// can still point at the line.
     pub lines: HashMap<String, usize>,
+    /// Line of each element of a list in the file, keyed by `element_key`:
+    /// a rule about one element points at it (a list written one a line).
+    pub element_lines: HashMap<String, usize>,
 }
 
 impl Default for Config {
@@ -222,6 +225,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             source: None,
             lines: HashMap::new(),
+            element_lines: HashMap::new(),
         }
     }
 }
@@ -493,9 +497,9 @@ impl ConfigError {
 }
 
 /// The key under which the loader records the line of element `i`
-/// (0-based) of the list at `key`, and under which a rule about that
-/// element is reported: `locate` points it at the element's own line and
-/// shows the list's key.
+/// (0-based) of the list at `key` (`Config::element_lines`), and under
+/// which a rule about that element is reported: `locate` points it at the
+/// element's own line and shows the list's key.
 pub fn element_key(key: &str, i: usize) -> String {
     format!("{key}[{i}]")
 }
@@ -513,9 +517,11 @@ fn list_of_element(key: &str) -> Option<&str> {
 impl Config {
     /// Point an error at the file and line its key came from, if it did.
     pub fn locate(&self, e: &mut ConfigError) {
-        if let Some(list) = list_of_element(&e.key) {
-            // An element's own line, or the list's when it has none.
-            let element = self.lines.get(&e.key).copied();
+        // An element's own line, or the list's when it has none; a key
+        // of the file's that only looks like one (a quoted env name
+        // `"A[0]"`) stays as it is.
+        if let Some(list) = list_of_element(&e.key).filter(|_| !self.lines.contains_key(&e.key)) {
+            let element = self.element_lines.get(&e.key).copied();
             e.key = list.to_string();
             e.line = e.line.or(element);
         }

@@ -356,7 +356,7 @@ impl Walker<'_> {
     /// `servers`), the line to fix, not the one the list opens on.
     fn element_error(&mut self, f: &Field, i: usize, rule: String) {
         let element = crate::config::element_key(&f.key, i);
-        let line = self.config.lines.get(&element).copied().or(f.line);
+        let line = self.config.element_lines.get(&element).copied().or(f.line);
         self.error_at(f.key.clone(), line, rule);
     }
 
@@ -427,9 +427,8 @@ impl Walker<'_> {
                 for (i, v) in item.as_array().into_iter().flatten().enumerate() {
                     if let Some(s) = v.span() {
                         let l = self.lines.line(s.start);
-                        self.config
-                            .lines
-                            .insert(crate::config::element_key(&key, i), l);
+                        let element = crate::config::element_key(&key, i);
+                        self.config.element_lines.insert(element, l);
                     }
                 }
                 let raw = item
@@ -855,6 +854,15 @@ read-timeout = 9223372036854775807
                 "t.toml:8: route[1].methods: \"GET\" is listed twice",
                 "t.toml:12: route[1].index: must be plain file names, got \"a/b.html\"",
             ]
+        );
+        // A key of the file's that only looks like an element keeps its
+        // name and line.
+        let errs = parse("[[app]]\nname = \"web\"\ncommand = [\"node\"]\n\n[app.env]\nOK = \"1\"\n\"A[0]\" = \"1\"\n")
+            .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.toml:7: app[1].env.A[0]: \"A[0]\" "),
+            "{errs:?}"
         );
         // On one line, the line is the list's.
         let errs = parse(
