@@ -360,7 +360,23 @@ fn precompressed_siblings_follow_accept_encoding() {
     assert_eq!(r.header("content-type"), Some("text/javascript"));
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert_eq!(r.body, b"\x1f\x8bONLY");
-    assert_eq!(fetch(&server, "/static/only.js", "").status, 404);
+    let r = fetch(&server, "/static/only.js", "");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    // HEAD and revalidation, from the sibling's own file.
+    let r = get(
+        server.addr,
+        "HEAD /static/only.js HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("6"));
+    let etag = r.header("etag").unwrap().to_string();
+    let r = fetch(
+        &server,
+        "/static/only.js",
+        &format!("Accept-Encoding: gzip\r\nIf-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(r.status, 304);
     let r = get(
         server.addr,
         "GET /static/only.js HTTP/1.0\r\nAccept-Encoding: gzip\r\n\r\n",
@@ -402,7 +418,7 @@ fn an_unreadable_sibling_is_passed_over() {
         (r.status, r.header("content-encoding")),
         (200, Some("gzip"))
     );
-    server.wait_for_log("app.css.br\": permission denied; served without it");
+    server.wait_for_log("app.css.br\": permission denied; passed over");
     // Neither readable: the file itself.
     std::fs::set_permissions(&gz, std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = fetch(&server, "/app.css", "Accept-Encoding: gzip, br\r\n");

@@ -255,11 +255,17 @@ pub fn find_from_configured(mut l: Lookup) -> FoundSend {
 /// Resolve a lookup on disk.
 pub fn find(l: &Lookup) -> FoundSend {
     let candidate = l.root.join(&l.rel);
+    // The file's own name (its type's); an index file's, below.
+    let name = l.rel.rsplit('/').next().unwrap_or("");
     let real = match inside_root(l, &candidate) {
         Ok(Some(real)) => real,
         Ok(None) => return FoundSend::NotFound,
+        // A sibling shipped without its original (`app.css.gz` alone) is
+        // served to a client that accepts it, as nginx's gzip_static does;
+        // a client that accepts none gets the 404, as there.
         Err(e) if e.kind() == io::ErrorKind::NotFound && !l.trailing_slash => {
-            return compressed_alone(l, &candidate).unwrap_or_else(|| failure(e));
+            return compressed(l, &candidate, content_type(name), None)
+                .unwrap_or_else(|| failure(e));
         }
         Err(e) => return failure(e),
     };
@@ -295,7 +301,6 @@ pub fn find(l: &Lookup) -> FoundSend {
         // Devices, sockets, FIFOs: never served.
         return FoundSend::NotFound;
     }
-    let name = l.rel.rsplit('/').next().unwrap_or("");
     file(l, &real, name, &meta)
 }
 
@@ -354,45 +359,40 @@ fn content_type(name: &str) -> &'static str {
 
 fn file(l: &Lookup, path: &Path, name: &str, meta: &fs::Metadata) -> FoundSend {
     let content_type = content_type(name);
-    // A precompressed sibling, if one is accepted, exists, is a file and is
-    // not older than the original.
-    for &enc in &l.encodings {
-        if let Ok(Some(real)) = inside_root(l, &sibling(path, enc)) {
-            if let Ok(m) = fs::metadata(&real) {
-                if m.is_file() && m.mtime() >= meta.mtime() {
-                    // One that cannot be read is passed over, said (as
-                    // nginx's gzip_static): else every client that accepts
-                    // the encoding, every browser, would get a 403 or 500
-                    // for a file others are served.
-                    let why = match info(l, &real, content_type, Some(enc)) {
-                        FoundSend::Forbidden => "permission denied".to_string(),
-                        FoundSend::Failed(why) => why,
-                        FoundSend::NotFound => continue,
-                        found => return found,
-                    };
-                    if due(&SIBLING_TOLD) {
-                        log::error!("static file {:?}: {why}; served without it", real.display());
-                    }
-                }
-            }
-        }
-    }
-    info(l, path, content_type, None)
+    compressed(l, path, content_type, Some(meta.mtime()))
+        .unwrap_or_else(|| info(l, path, content_type, None))
 }
 
-/// A precompressed sibling of a file that is not there (`app.css.gz`
-/// shipped without `app.css`), for a client that accepts its encoding, as
-/// nginx's `gzip_static` serves it; None when there is none to serve (a
-/// client that accepts none gets the 404, as from nginx).
-fn compressed_alone(l: &Lookup, path: &Path) -> Option<FoundSend> {
-    let name = l.rel.rsplit('/').next().unwrap_or("");
-    l.encodings.iter().find_map(|&enc| {
-        let real = inside_root(l, &sibling(path, enc)).ok()??;
-        match info(l, &real, content_type(name), Some(enc)) {
-            FoundSend::NotFound => None,
-            found => Some(found),
+/// The first precompressed sibling of `path` that the client accepts, is a
+/// file and is not older than the original (modified at `original`; None:
+/// there is none). One that cannot be read is passed over, said (as
+/// nginx's gzip_static): else every client that accepts the encoding,
+/// every browser, would get a 403 or 500 for a file others are served.
+fn compressed(
+    l: &Lookup,
+    path: &Path,
+    content_type: &'static str,
+    original: Option<i64>,
+) -> Option<FoundSend> {
+    for &enc in &l.encodings {
+        let Ok(Some(real)) = inside_root(l, &sibling(path, enc)) else {
+            continue;
+        };
+        let fresh = |m: &fs::Metadata| m.is_file() && original.is_none_or(|t| m.mtime() >= t);
+        if !fs::metadata(&real).is_ok_and(|m| fresh(&m)) {
+            continue;
         }
-    })
+        let why = match info(l, &real, content_type, Some(enc)) {
+            FoundSend::Forbidden => "permission denied".to_string(),
+            FoundSend::Failed(why) => why,
+            FoundSend::NotFound => continue,
+            found => return Some(found),
+        };
+        if due(&SIBLING_TOLD) {
+            log::error!("static file {:?}: {why}; passed over", real.display());
+        }
+    }
+    None
 }
 
 /// The precompressed sibling of `path` for `encoding` (`br` or `gzip`).

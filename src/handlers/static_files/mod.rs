@@ -681,6 +681,11 @@ async fn serve(
     match found {
         Found::NotFound => {
             res.begin(Status::NOT_FOUND);
+            // A client that accepts a sibling shipped alone gets it: a
+            // cache keeping this 404 must not give it to that client.
+            if cfg.precompressed {
+                res.header("Vary", b"Accept-Encoding");
+            }
             res.body("text/plain; charset=utf-8", b"Not Found\n");
         }
         Found::Forbidden => {

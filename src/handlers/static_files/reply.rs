@@ -99,12 +99,6 @@ pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
 pub fn parse_range(value: &str, size: u64) -> Decision {
     // The unit is compared without regard to case (§14.1).
     let value = value.trim();
-    // No part of an empty file can be named (nor any Content-Range say
-    // it): the whole of it, a 200, as nginx (a client testing for range
-    // support with `bytes=0-` must not see an error).
-    if size == 0 {
-        return Decision::Full;
-    }
     let Some(spec) = value
         .get(..6)
         .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
@@ -128,10 +122,13 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
     match (a.trim(), b.trim()) {
         ("", suffix) => match num(suffix) {
             Some(0) => Decision::Unsatisfiable,
-            Some(n) => Decision::Partial {
+            Some(n) if size > 0 => Decision::Partial {
                 start: size.saturating_sub(n),
                 end: size - 1,
             },
+            // The last n bytes of an empty file are the whole of it
+            // (§14.1.1), which no Content-Range can say: a 200, as nginx.
+            Some(_) => Decision::Full,
             None => Decision::Full,
         },
         (first, last) => {
@@ -147,7 +144,14 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
                 }
             };
             if start >= size {
-                return Decision::Unsatisfiable;
+                // From its start, an empty file is the whole of it, as a
+                // suffix: a 200, as nginx (a client testing for range
+                // support with `bytes=0-` must not see an error).
+                return if size == 0 && start == 0 {
+                    Decision::Full
+                } else {
+                    Decision::Unsatisfiable
+                };
             }
             Decision::Partial {
                 start,
@@ -240,7 +244,9 @@ mod tests {
         assert_eq!(parse_range("bytes=x-1", 100), Decision::Full);
         assert_eq!(parse_range("bytes=-5", 0), Decision::Full);
         assert_eq!(parse_range("bytes=0-", 0), Decision::Full);
-        assert_eq!(parse_range("bytes=5-9", 0), Decision::Full);
+        assert_eq!(parse_range("bytes=0-9", 0), Decision::Full);
+        assert_eq!(parse_range("bytes=5-9", 0), Decision::Unsatisfiable);
+        assert_eq!(parse_range("bytes=1-", 0), Decision::Unsatisfiable);
         // Positions past what 64 bits hold.
         let huge = "99999999999999999999999";
         assert_eq!(parse_range(&format!("bytes=0-{huge}"), 100), p(0, 99));
