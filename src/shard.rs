@@ -358,12 +358,23 @@ async fn run(spec: ShardSpec) {
         }
     };
     // While it drains, a rotated access log is still let go of (the
-    // master keeps the channel open; the rest has no meaning now).
+    // master keeps the channel open), and a shorter drain is taken (the
+    // apps whose answer it waited for are gone); the rest has no meaning
+    // now.
     let draining = shard.clone();
+    let (shorter_tx, shorter) = glommio::channels::local_channel::new_bounded(1);
     glommio::spawn_local(async move {
         while let Some(msg) = control.recv().await {
-            if let (Control::ReopenLogs, Some(log)) = (msg, draining.access_log()) {
-                log.reopen().await;
+            match msg {
+                Control::ReopenLogs => {
+                    if let Some(log) = draining.access_log() {
+                        log.reopen().await;
+                    }
+                }
+                Control::Drain(drain_for) => {
+                    let _ = shorter_tx.try_send(drain_for);
+                }
+                _ => {}
             }
         }
     })
@@ -400,6 +411,13 @@ async fn run(spec: ShardSpec) {
     }
     .or(async {
         glommio::timer::sleep(left).await;
+        false
+    })
+    .or(async {
+        match shorter.recv().await {
+            Some(drain_for) => glommio::timer::sleep(drain_for).await,
+            None => futures_lite::future::pending().await,
+        }
         false
     })
     .await;

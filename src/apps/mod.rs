@@ -338,6 +338,14 @@ impl AppsHandle {
         let _ = self.tx.send(Msg::LastCall);
     }
 
+    /// The longest stop timeout of the instances that run, each with the
+    /// settings it was started with (a reload may have removed its app, or
+    /// changed it without replacing it yet), as of the manager's latest
+    /// pass; `None` once none runs: how long a last call may take.
+    pub fn longest_stop_timeout(&self) -> Option<Duration> {
+        self.board.longest_stop_timeout()
+    }
+
     /// Every instance slot's state as of the manager's latest pass (it
     /// makes one after each event and timer), in app then slot order, each
     /// uptime counted to now; empty once the manager has stopped. Never

@@ -650,6 +650,43 @@ fn at_the_drain_deadline_an_app_ends_its_own_streams() {
     assert!(!log.contains("drain deadline passed"), "{log}");
 }
 
+/// Once the apps asked at drain-timeout are gone, what is still open (here
+/// a request to a server outside that never answers) is cut then, not
+/// after their whole stop-timeout.
+#[test]
+fn once_the_apps_are_gone_the_drain_cuts_what_is_left() {
+    if !have_node() {
+        return;
+    }
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let toml = "[server]\ndrain-timeout = \"1s\"\n\n".to_string()
+        + &node_app("web", 1, "").replace("stop-timeout = \"3s\"", "stop-timeout = \"30s\"")
+        + &crate::proxy::group("silent", &[silent.local_addr().unwrap().to_string()], "")
+        + &crate::proxy::route("/hang", "silent", "")
+        + &proxied("/", "web");
+    let mut s = AppServer::start("apps-gone-cut", &toml);
+    s.ready_pids("web", 1);
+    let c = s.server.connect();
+    (&c).write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (_held, _) = silent.accept().unwrap();
+    let began = Instant::now();
+    s.server.signal(libc::SIGTERM);
+    assert!(s.server.wait(WAIT).success());
+    // Not the 31 s a grace of the app's whole stop-timeout would take.
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    let log = s.server.log();
+    assert!(log.contains("app web[0] (pid "), "{log}");
+    assert!(
+        log.contains("drain deadline passed; closed 1 connections still open"),
+        "{log}"
+    );
+}
+
 /// The kernel kills each instance when coreserve dies (its parent-death
 /// signal). Not tested: a process an instance forks itself survives a
 /// SIGKILL of coreserve, unless systemd's cgroup (`KillMode`) catches it.

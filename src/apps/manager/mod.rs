@@ -690,11 +690,7 @@ impl Manager {
                             self.drain.max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
-                    let (signal, timeout) = l.inst.stop;
-                    l.inst.process.stop(timeout, signal);
-                    l.inst.state = State::Stopping {
-                        kill_at: now + timeout,
-                    };
+                    l.inst.ask_to_stop(now);
                 }
                 _ => {
                     let (app, index) = (&l.app, l.index);

@@ -28,6 +28,9 @@ pub(in crate::apps) struct Shown {
     pub(super) status: InstanceStatus,
     /// When the slot's current process started; `None`: none runs.
     started: Option<Instant>,
+    /// Its process's stop timeout (the settings it runs with); `None`:
+    /// none runs.
+    stop_timeout: Option<Duration>,
     /// When its last process ended.
     exited: Option<Instant>,
     /// When its next start is due, if it waits out a back-off.
@@ -51,6 +54,12 @@ impl Board {
                 status
             })
             .collect()
+    }
+
+    /// The longest stop timeout of the processes that run; `None`: none
+    /// runs.
+    pub(in crate::apps) fn longest_stop_timeout(&self) -> Option<Duration> {
+        self.lock().iter().filter_map(|s| s.stop_timeout).max()
     }
 
     /// Replace the snapshot.
@@ -117,6 +126,7 @@ impl Manager {
                         memory: inst.and_then(|i| i.memory),
                     },
                     started: inst.map(|i| i.started),
+                    stop_timeout: inst.map(|i| i.stop.1),
                     exited: slot.last_exit.as_ref().map(|&(_, t)| t),
                     due: if inst.is_none() {
                         slot.current.due()
@@ -147,6 +157,7 @@ impl Manager {
                             memory: None,
                         },
                         started: Some(next.started),
+                        stop_timeout: Some(next.stop.1),
                         exited: None,
                         due: None,
                     });
@@ -175,6 +186,7 @@ impl Manager {
                     memory: None,
                 },
                 started: Some(l.inst.started),
+                stop_timeout: Some(l.inst.stop.1),
                 exited: None,
                 due: None,
             });

@@ -20,6 +20,23 @@ struct Going {
     who: String,
 }
 
+impl Instance {
+    /// Ask it to stop: its stop signal to its process group, SIGKILL at
+    /// the returned time. Asked already (a reload retired it, the drain's
+    /// last call came), it is not asked again (a second SIGTERM could read
+    /// as "now" to an app) and its time runs on.
+    pub(super) fn ask_to_stop(&mut self, now: Instant) -> Instant {
+        if let State::Stopping { kill_at } = self.state {
+            return kill_at;
+        }
+        let (signal, timeout) = self.stop;
+        self.process.stop(timeout, signal);
+        let kill_at = now + timeout;
+        self.state = State::Stopping { kill_at };
+        kill_at
+    }
+}
+
 impl Manager {
     /// The server drains (`Msg::WindDown`): from now on nothing starts,
     /// and a replacement still starting is stopped (a slow start would
@@ -61,11 +78,7 @@ impl Manager {
                         "app {}[{index}]: the server is stopping: {who} is stopped before it was ready",
                         app.config.name
                     );
-                    let (signal, timeout) = inst.stop;
-                    inst.process.stop(timeout, signal);
-                    inst.state = State::Stopping {
-                        kill_at: now + timeout,
-                    };
+                    inst.ask_to_stop(now);
                     self.leaving.push(Leaving::new(&app.config, index, inst));
                 }
             }
@@ -84,19 +97,13 @@ impl Manager {
         self.winding_down = true;
         for app in &mut self.apps {
             for (index, slot) in app.slots.iter_mut().enumerate() {
-                for inst in slot.current.retire().into_iter().chain(slot.next.take()) {
-                    self.leaving.push(Leaving::new(&app.config, index, inst));
-                }
+                slot.retire(&app.config, index, now, self.drain, &mut self.leaving);
             }
         }
         let mut asked = 0;
         for l in &mut self.leaving {
             if !matches!(l.inst.state, State::Stopping { .. }) {
-                let (signal, timeout) = l.inst.stop;
-                l.inst.process.stop(timeout, signal);
-                l.inst.state = State::Stopping {
-                    kill_at: now + timeout,
-                };
+                l.inst.ask_to_stop(now);
                 asked += 1;
             }
         }
@@ -123,17 +130,8 @@ impl Manager {
             info!("stopping {} app instance(s)", all.len());
         }
         let mut left: Vec<Going> = Vec::new();
-        for l in all {
-            let kill_at = match l.inst.state {
-                // Asked already (a reload retired it): a second SIGTERM
-                // could read as "now" to an app, and its time runs on.
-                State::Stopping { kill_at } => kill_at,
-                _ => {
-                    let (signal, timeout) = l.inst.stop;
-                    l.inst.process.stop(timeout, signal);
-                    now + timeout
-                }
-            };
+        for mut l in all {
+            let kill_at = l.inst.ask_to_stop(now);
             address::release(&l.inst.addr);
             left.push(Going {
                 tag: l.inst.tag,

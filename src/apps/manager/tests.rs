@@ -746,6 +746,39 @@ fn a_drain_stops_an_instance_still_starting() {
     });
 }
 
+/// The drain's last call asks every instance to stop at once, one that
+/// exits then and one that does not: the first is not started again, the
+/// second gets no second SIGTERM from the stop that follows.
+#[test]
+fn the_drains_last_call_asks_each_instance_once_and_restarts_none() {
+    within(|| {
+        let mut h = Harness::new("last-call");
+        let mut deaf = app("deaf", 1, "on_term(lambda: None)\nserve(listen())", &h.dir);
+        deaf.stop_timeout = Duration::from_secs(2);
+        h.start(vec![app("web", 1, SERVES, &h.dir), deaf]).unwrap();
+        let web = current(&h.m, "web", 0).unwrap().process.pid;
+        let deaf = current(&h.m, "deaf", 0).unwrap().process.pid;
+        h.send(Msg::WindDown);
+        h.send(Msg::LastCall);
+        let dir = h.dir.clone();
+        h.turn_until("both asked, web gone", |m| {
+            let r = records(&dir);
+            [web, deaf]
+                .iter()
+                .all(|p| r.get(p).is_some_and(|r| r.term.is_some()))
+                && !m.leaving.iter().any(|l| l.inst.process.pid == web)
+        });
+        assert!(current(&h.m, "web", 0).is_none() && current(&h.m, "deaf", 0).is_none());
+        // Nothing new started after web's exit.
+        h.turn_till(Instant::now() + Duration::from_millis(300));
+        assert_eq!(records(&h.dir).len(), 2);
+        assert!(alive(deaf));
+        h.m.stop_all(&h.rx);
+        assert_eq!(records(&h.dir)[&deaf].terms, 1);
+        assert!(!alive(deaf));
+    });
+}
+
 /// A replacement that accepts and then dies within min-uptime (a release
 /// that crashes on its first requests) is a failed replacement: the
 /// instance it was to replace never left, and serves on.

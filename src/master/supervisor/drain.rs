@@ -1,17 +1,30 @@
 //! The end of serving: stop accepting, tell every shard to drain, and wait
 //! for each to report.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use glommio::channels::local_channel::LocalReceiver;
 use log::{error, info, warn};
 
 use super::events::later;
-use super::world::Real;
+use super::world::{ControlLine, Real};
 use super::{MasterEvent, Supervisor};
 use crate::master::MasterError;
 use crate::shard::{self, Control, ShardEvent};
 use crate::signals::{self, Signal};
+
+/// Send a draining shard `msg` now, or after what its queue holds back
+/// (`on_flush` delivers it).
+fn tell(control: &ControlLine, backlog: &mut VecDeque<Control>, msg: impl Fn() -> Control) {
+    if !backlog.is_empty() || control.try_send(msg()).is_err() {
+        super::hold_back(backlog, msg());
+    }
+}
+
+/// How often, after the drain's last call, the master looks whether the
+/// apps are gone (their instances' exits reach the board at once).
+const APPS_GONE_POLL: Duration = Duration::from_millis(50);
 
 impl Supervisor<Real> {
     /// Drain: stop accepting, close the hand-off queues, tell every shard,
@@ -33,12 +46,13 @@ impl Supervisor<Real> {
             n.stopping("draining connections");
         }
         self.world.apps.wind_down();
-        // With apps, what is open at drain-timeout is not cut then: the
-        // apps are asked to stop (`last_call`), and the shards relay their
-        // answer to it (an event stream's goodbye, a WebSocket's close)
-        // for as long as the longest stop-timeout gives them; after it,
-        // the apps are killed and the rest is cut.
-        let grace = self.config.apps.iter().map(|a| a.stop_timeout).max();
+        // With app instances running, what is open at drain-timeout is not
+        // cut then: they are asked to stop (`last_call`), and the shards
+        // relay their answer to it (an event stream's goodbye, a
+        // WebSocket's close) until they are gone (`AppsGone`), at most the
+        // longest stop-timeout, after which they are killed; then the rest
+        // is cut.
+        let grace = self.world.apps.longest_stop_timeout();
         if grace.is_some() {
             later(
                 &self.world.tx,
@@ -67,10 +81,7 @@ impl Supervisor<Real> {
             // listening (and queueing connections nobody accepts) until exit.
             r.listener_copies.clear();
             if let Some(c) = &r.control {
-                let backlog = &mut self.backlog[id];
-                if !backlog.is_empty() || c.try_send(Control::Drain(drain_for)).is_err() {
-                    super::hold_back(backlog, Control::Drain(drain_for));
-                }
+                tell(c, &mut self.backlog[id], || Control::Drain(drain_for));
                 stopping[id] = true;
                 running += 1;
             }
@@ -126,7 +137,25 @@ impl Supervisor<Real> {
                 Some(MasterEvent::Loaded(_)) => {
                     warn!("SIGHUP: the configuration read is not applied: stopping (it is read again at the next start)");
                 }
-                Some(MasterEvent::LastCall) => self.world.apps.last_call(),
+                Some(MasterEvent::LastCall) => {
+                    self.world.apps.last_call();
+                    later(&self.world.tx, APPS_GONE_POLL, MasterEvent::AppsGone);
+                }
+                // Once the apps are gone, nothing they send is awaited:
+                // what is still open is cut now, not at the grace's end.
+                Some(MasterEvent::AppsGone) => {
+                    if self.world.apps.longest_stop_timeout().is_some() {
+                        later(&self.world.tx, APPS_GONE_POLL, MasterEvent::AppsGone);
+                    } else {
+                        for (id, slot) in self.slots.iter().enumerate() {
+                            let control = slot.child.get().and_then(|r| r.control.as_ref());
+                            if let (Some(c), true) = (control, stopping[id]) {
+                                tell(c, &mut self.backlog[id], || Control::Drain(Duration::ZERO));
+                            }
+                        }
+                        self.flush_later();
+                    }
+                }
                 // A log rotated meanwhile is still let go of.
                 Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
                 // As while serving: ignored, with a word.

@@ -112,6 +112,9 @@ enum MasterEvent {
     /// During the drain: drain-timeout has passed; the apps are asked to
     /// stop while the shards relay what they answer.
     LastCall,
+    /// During the drain, after `LastCall`: time to look whether every app
+    /// instance is gone (then the shards cut what is left).
+    AppsGone,
 }
 
 /// How soon a control message that found its shard's queue full is sent
@@ -443,7 +446,8 @@ impl<W: World> Supervisor<W> {
             MasterEvent::Gone(..)
             | MasterEvent::Ended(_)
             | MasterEvent::Shard(_)
-            | MasterEvent::LastCall => {}
+            | MasterEvent::LastCall
+            | MasterEvent::AppsGone => {}
         }
         Flow::Continue
     }
