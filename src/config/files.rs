@@ -161,7 +161,9 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
         config.locate(&mut w);
         log::warn!("{w}");
     }
-    if config.tls.listen.is_empty() && !config.tls.certificates.is_empty() {
+    // (A `listen` written, if wrongly or empty, is its own error or wish.)
+    let forgotten = !config.lines.contains_key("tls.listen");
+    if config.tls.listen.is_empty() && !config.tls.certificates.is_empty() && forgotten {
         // Certificates are read only for an address that speaks HTTPS: a
         // forgotten `listen` would otherwise go unsaid, HTTPS simply off.
         let mut w = ConfigError::new(

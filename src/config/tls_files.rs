@@ -183,9 +183,10 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                     format!("{name:?} is an IP address, which clients never ask for by name: it is ignored (a connection to an address gets the first certificate, the default); leave it out"),
                 ));
             }
+            // (One that is no host name at all is an error of its own.)
             for name in named
                 .into_iter()
-                .filter(|n| !own.iter().any(|o| covers(o, n)))
+                .filter(|n| super::tls::is_server_name(n) && !own.iter().any(|o| covers(o, n)))
             {
                 loaded.warnings.push(ConfigError::new(
                     format!("{prefix}.names"),
@@ -193,7 +194,7 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                         "{name:?} is not a name of the certificate in {} ({}): clients that ask for it will not trust it",
                         c.chain.display(),
                         match own.is_empty() {
-                            true => "it has none".to_string(),
+                            true => "it has no DNS name in subjectAltName, and clients do not look at its subject's CN".to_string(),
                             false => own.join(", "),
                         }
                     ),
@@ -205,16 +206,19 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         let signer = match rustls::crypto::aws_lc_rs::sign::any_supported_type(&key) {
             Ok(s) => s,
             Err(e) => {
-                // The library says only that it could not parse it; an RSA
-                // key that parses as one is most likely too short.
-                let hint = if is_rsa(&key) {
-                    " (an RSA key must have 2048 to 8192 bits)"
-                } else {
-                    ""
+                // The library says only that it "failed to parse" it, of a
+                // key that parsed: an RSA one is most likely too short, an
+                // EC one on a curve TLS does not use (secp256k1).
+                let why = match key_kind(&key) {
+                    Some(KeyKind::Rsa) => "an RSA key must have 2048 to 8192 bits".to_string(),
+                    Some(KeyKind::Ec) => {
+                        "an EC key must be on the curve P-256, P-384 or P-521".to_string()
+                    }
+                    None => e.to_string(),
                 };
                 fail(
                     "key",
-                    format!("{}: not a usable private key: {e}{hint}", c.key.display()),
+                    format!("{}: not a usable private key: {why}", c.key.display()),
                 );
                 continue;
             }
@@ -384,18 +388,29 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
 }
 
 /// Whether `key` is an RSA key: PKCS#1, or PKCS#8 naming rsaEncryption.
-fn is_rsa(key: &PrivateKeyDer) -> bool {
-    // The DER of the rsaEncryption OID, 1.2.840.113549.1.1.1.
+/// The two kinds of key whose refusal the TLS library does not explain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    Ec,
+}
+
+/// What kind of key `key` is, by its form or its PKCS#8 algorithm; None
+/// for another (Ed25519) or one that says nothing.
+fn key_kind(key: &PrivateKeyDer) -> Option<KeyKind> {
+    // The DER of the rsaEncryption OID, 1.2.840.113549.1.1.1, and of
+    // id-ecPublicKey, 1.2.840.10045.2.1.
     const RSA_OID: &[u8] = &[
         0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
     ];
+    const EC_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+    let has = |der: &[u8], oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
     match key {
-        PrivateKeyDer::Pkcs1(_) => true,
-        PrivateKeyDer::Pkcs8(k) => k
-            .secret_pkcs8_der()
-            .windows(RSA_OID.len())
-            .any(|w| w == RSA_OID),
-        _ => false,
+        PrivateKeyDer::Pkcs1(_) => Some(KeyKind::Rsa),
+        PrivateKeyDer::Sec1(_) => Some(KeyKind::Ec),
+        PrivateKeyDer::Pkcs8(k) if has(k.secret_pkcs8_der(), RSA_OID) => Some(KeyKind::Rsa),
+        PrivateKeyDer::Pkcs8(k) if has(k.secret_pkcs8_der(), EC_OID) => Some(KeyKind::Ec),
+        _ => None,
     }
 }
 
@@ -569,6 +584,8 @@ mod tests {
             "other.test",
             "a.b.example.com",
             "127.0.0.1",
+            // No host name: `validate`'s error, not a warning too.
+            "*.*.example.com",
         ];
         let c = config(vec![CertificateConfig {
             chain: d.write("chain.pem", &(leaf + &mid)),
@@ -924,11 +941,15 @@ mod tests {
                 path.display()
             )
         );
-        assert!(is_rsa(&PrivateKeyDer::Pkcs1(vec![0u8; 4].into())));
+        let rsa = PrivateKeyDer::Pkcs1(vec![0u8; 4].into());
+        assert_eq!(key_kind(&rsa), Some(KeyKind::Rsa));
         let (_, _, _, ec) = chain(&["a.example"], (2030, 1, 10));
-        assert!(!is_rsa(
-            &PrivateKeyDer::from_pem_slice(ec.as_bytes()).unwrap()
-        ));
+        let ec = PrivateKeyDer::from_pem_slice(ec.as_bytes()).unwrap();
+        assert_eq!(key_kind(&ec), Some(KeyKind::Ec));
+        assert_eq!(
+            key_kind(&PrivateKeyDer::Sec1(vec![0u8; 4].into())),
+            Some(KeyKind::Ec)
+        );
     }
 
     #[test]

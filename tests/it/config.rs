@@ -151,6 +151,19 @@ fn certificates_without_an_https_address_are_warned_of() {
         err.contains("c.toml:6: tls.certificate[1].chain: is not read, and HTTPS is off: [tls] listen names no address"),
         "{err}"
     );
+    // A listen written wrongly is its own error, not a forgotten one.
+    dir.write(
+        "c.toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[tls]\nlisten = [\"localhost:443\"]\n[[tls.certificate]]\nchain = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
+    );
+    let out = command()
+        .args(["--check", "--config", &conf.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("c.toml:5: tls.listen: "), "{err}");
+    assert!(!err.contains("HTTPS is off"), "{err}");
 }
 
 #[test]
