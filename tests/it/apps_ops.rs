@@ -958,6 +958,27 @@ fn an_output_flood_does_not_hold_up_other_routes() {
     assert!(log.contains("app loud[0]: listening"), "{log}");
 }
 
+/// A SIGHUP that changes nothing of an app (the default `reload =
+/// "changed"`) keeps its instances, and says so and how new code would
+/// start: an operator who deployed code and reloaded, as with `pm2
+/// reload`, learns why the old code still answers.
+#[test]
+fn a_reload_that_changes_nothing_of_an_app_says_its_instances_run_on() {
+    if !have_node() {
+        return;
+    }
+    let toml = node_app("web", 1, "") + &proxied("/", "web");
+    let s = AppServer::start("apps-reload-unchanged", &toml);
+    let pids = s.ready_pids("web", 1);
+    s.reload(&toml);
+    s.server
+        .wait_for_log("configuration reloaded on every shard");
+    s.server.wait_for_log(
+        "app web: its settings did not change, so its instances run on (to start new code at every reload, set reload = \"always\"",
+    );
+    assert_eq!(s.whoami("/whoami").pid, pids[0]);
+}
+
 /// `reload = "always"`: a SIGHUP with the same settings replaces the
 /// instances one at a time all the same, as `pm2 reload` does: new code
 /// deployed (here a release file the app reads at start) goes live with

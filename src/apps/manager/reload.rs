@@ -178,6 +178,14 @@ impl Manager {
                     if changed || always {
                         self.change(&mut app, &config, now, always);
                     } else {
+                        // Said, for the operator who deployed new code and
+                        // reloaded, as `pm2 reload` would have it running.
+                        if renew {
+                            info!(
+                                "app {}: its settings did not change, so its instances run on (to start new code at every reload, set reload = \"always\", as pm2 reload does)",
+                                config.name
+                            );
+                        }
                         // A reload is the operator's "try again now" (the
                         // cause fixed outside the settings: a database up
                         // again, the app's files deployed): what waits out
