@@ -114,7 +114,14 @@ fn run(cli: Cli) -> ExitCode {
                 // The warnings (through the log thread) come first, as the
                 // docs say, when both go to one terminal or pipe.
                 flush_log();
-                println!("configuration OK");
+                // Which file, as `nginx -t` names it: with none found, the
+                // defaults were checked, not the file the user meant.
+                match &config.source {
+                    Some(file) => println!("configuration OK: {}", file.display()),
+                    None => println!(
+                        "configuration OK (no configuration file: the built-in defaults and the flags)"
+                    ),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

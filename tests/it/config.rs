@@ -67,8 +67,17 @@ fn the_shipped_default_config_checks_and_serves_hello_world() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "configuration OK"
+        format!("configuration OK: {conf}")
     );
+    // With no file (none installed here), what was checked is said.
+    if !std::path::Path::new("/etc/coreserve/coreserve.toml").exists() {
+        let out = command().args(["--check", "--port", "0"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "configuration OK (no configuration file: the built-in defaults and the flags)"
+        );
+    }
     let server = Server::start(&["--config", conf, "--listen", "127.0.0.1:0"]);
     let r = get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((r.status, r.text().as_str()), (200, "Hello World"));

@@ -34,7 +34,7 @@ fn check_in(dir: &Scratch, text: &str) -> (Option<i32>, Vec<String>, String) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.code() != Some(0)
-            || String::from_utf8_lossy(&out.stdout).trim() == "configuration OK",
+            || String::from_utf8_lossy(&out.stdout).trim() == format!("configuration OK: {file}"),
         "{err}"
     );
     let lines = err.lines().map(str::to_string).collect();
