@@ -957,7 +957,21 @@ impl Manager {
                 };
                 let inst = gone.expect("checked above");
                 address::release(&inst.addr);
-                return Some((a.config.name.clone(), i, tail_of(&inst.process)));
+                // The cluster example's port left in the code: the first
+                // instance takes it, and every other dies of EADDRINUSE
+                // on a port it was never given; the one that holds it says.
+                let holder = a.slots.iter().enumerate().find_map(|(j, s)| {
+                    let at = listens_elsewhere(s.current.get()?, &self.proc_net)?;
+                    Some(format!(
+                        "; app {}[{j}] listens on {at}, not where it was told ({}={}): an app that listens on a port of its own leaves its other instances none (listen on process.env.{})",
+                        a.config.name,
+                        a.config.listen_env,
+                        address::env_value(&s.current.get()?.addr),
+                        a.config.listen_env
+                    ))
+                });
+                let tail = holder.unwrap_or_default() + &tail_of(&inst.process);
+                return Some((a.config.name.clone(), i, tail));
             }
         }
         None
@@ -1074,6 +1088,23 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
             }
         }
     }
+}
+
+/// Where `inst` listens on TCP, when none of it is the address it was
+/// given (an app that ignores `$PORT`); None when it listens there, on
+/// nothing, or where cannot be read.
+fn listens_elsewhere(inst: &Instance, proc_net: &Path) -> Option<String> {
+    let ServerAddr::Tcp(want) = &inst.addr else {
+        return None;
+    };
+    let inodes = proc_table::socket_inodes(inst.process.pid)?;
+    let at = address::SocketTables::new(proc_net).listening(&inodes)?;
+    let theirs = |a: &ServerAddr| matches!(a, ServerAddr::Tcp(a) if a.port() == want.port());
+    if at.is_empty() || at.iter().any(theirs) {
+        return None;
+    }
+    let list: Vec<String> = at.iter().map(ToString::to_string).collect();
+    Some(list.join(", "))
 }
 
 /// An instance's last lines, for a message: empty, or `; its last

@@ -492,6 +492,36 @@ fn start_up_fails_with_the_last_output_when_an_instance_exits() {
     });
 }
 
+/// The cluster example's port left in the code, with two instances: the
+/// first takes the port, the second dies of EADDRINUSE; the error names
+/// the one that holds it and where it was told to listen.
+#[test]
+fn start_up_fails_naming_the_instance_that_took_a_port_of_its_own() {
+    within(|| {
+        let mut h = Harness::new("own-port");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let body = format!(
+            "s = socket.socket()\nif not once('first'):\n    time.sleep(0.3)\n\
+             s.bind(('127.0.0.1', {port}))\ns.listen(8)\non_term(lambda: sys.exit(0))\nserve(s)"
+        );
+        let err = h.start(vec![app("web", 2, &body, &h.dir)]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AppError::Exited { .. }), "{text}");
+        assert!(
+            text.contains(&format!(
+                "listens on 127.0.0.1:{port}, not where it was told (PORT="
+            )),
+            "{text}"
+        );
+        assert!(text.contains("(listen on process.env.PORT)"), "{text}");
+        assert!(text.contains("Address already in use"), "{text}");
+    });
+}
+
 #[test]
 fn an_instance_that_exits_is_restarted_after_its_back_off() {
     within(|| {
