@@ -864,14 +864,16 @@ impl Server {
     }
 
     /// A response to a request sent at `started` came back whole after
-    /// `took`: if the request started after the server last failed, the
-    /// failure count starts over and a rest ends. One that was in flight
-    /// when it failed (a long poll, a slow download) does not bring back
-    /// a server taken out, as in nginx, where only a request sent after
-    /// its failure does.
+    /// `took`: if the request started after the server last failed, a
+    /// rest ends. One that was in flight when it failed (a long poll, a
+    /// slow download) does not bring back a server taken out, as in nginx,
+    /// where only a request sent after its failure does. The failures of
+    /// the window stay counted, as nginx's `max_fails` counts them within
+    /// `fail_timeout` whatever succeeds between: a server that fails one
+    /// request in three is taken out, not reprieved by each success (the
+    /// next failure after the window starts a new count).
     pub fn succeeded(&self, started: Instant, took: Duration) {
         if self.last_failed.get().is_none_or(|t| started > t) {
-            self.fails.set(0);
             self.down_until.set(None);
             self.trial.set(None);
         }
@@ -1500,6 +1502,27 @@ mod tests {
         assert!(g.pick(later, &[1], None).is_some());
         g.servers[0].failed(&g.config, later);
         assert!(g.pick(later, &[1], None).is_none());
+    }
+
+    /// Successes between the failures of a window do not reprieve a
+    /// server that fails some of its requests: three failures in the
+    /// window take it out (nginx's `max_fails=3`), as three in a row do.
+    #[test]
+    fn successes_between_failures_do_not_reset_the_count() {
+        let mut c = group(Balance::RoundRobin, 2);
+        c.max_fails = 3;
+        let u = Upstreams::new(&[c]);
+        let g = u.group("app").unwrap();
+        let now = Instant::now();
+        for k in 0..3u64 {
+            let at = now + Duration::from_millis(100 * k);
+            g.servers[0].failed(&g.config, at);
+            let taken = g.pick(at, &[1], None).is_none();
+            assert_eq!(taken, k == 2, "after failure {}", k + 1);
+            // A request sent after it, answered whole.
+            let after = at + Duration::from_millis(10);
+            g.servers[0].succeeded(after, Duration::from_millis(1));
+        }
     }
 
     /// A server one shard takes out is announced once, and another shard
