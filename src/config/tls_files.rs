@@ -387,7 +387,6 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
     Ok(warnings)
 }
 
-/// Whether `key` is an RSA key: PKCS#1, or PKCS#8 naming rsaEncryption.
 /// The two kinds of key whose refusal the TLS library does not explain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyKind {

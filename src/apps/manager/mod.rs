@@ -961,12 +961,13 @@ impl Manager {
                 // instance takes it, and every other dies of EADDRINUSE
                 // on a port it was never given; the one that holds it says.
                 let holder = a.slots.iter().enumerate().find_map(|(j, s)| {
-                    let at = listens_elsewhere(s.current.get()?, &self.proc_net)?;
+                    let sibling = s.current.get()?;
+                    let at = listens_elsewhere(sibling, &self.proc_net)?;
                     Some(format!(
                         "; app {}[{j}] listens on {at}, not where it was told ({}={}): an app that listens on a port of its own leaves its other instances none (listen on process.env.{})",
                         a.config.name,
                         a.config.listen_env,
-                        address::env_value(&s.current.get()?.addr),
+                        address::env_value(&sibling.addr),
                         a.config.listen_env
                     ))
                 });
