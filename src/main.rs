@@ -166,6 +166,9 @@ fn run(cli: Cli) -> ExitCode {
 /// `coreserve status`: the URL from the flag, else from the configuration's
 /// admin listener.
 fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitCode {
+    // The file the address came from, to compare with the one the server
+    // that answers there runs.
+    let expected = url.is_none().then(|| cli.config_path()).flatten();
     let url = match url {
         Some(u) => u,
         None => match cli.metrics() {
@@ -206,7 +209,7 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
             }
         },
     };
-    match coreserve::status::run(&url, interval) {
+    match coreserve::status::run(&url, interval, expected.as_deref()) {
         Ok(table) => {
             print!("{table}");
             ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Why the status could not be shown.
@@ -35,8 +36,10 @@ struct Row {
     p99: f64,
 }
 
-/// Fetch twice, `interval` apart, and render the table.
-pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
+/// Fetch twice, `interval` apart, and render the table; `expected`: the
+/// configuration file whose metrics address `url` is, when it came from
+/// one (a note then says if another file's server answered there).
+pub fn run(url: &str, interval: Duration, expected: Option<&Path>) -> Result<String, StatusError> {
     let first = fetch(url)?;
     if !samples(&first).any(|(name, _, _)| name == "coreserve_shard_requests_total") {
         return Err(StatusError::NotMetrics(url.to_string()));
@@ -81,7 +84,34 @@ pub fn run(url: &str, interval: Duration) -> Result<String, StatusError> {
         }
     }
     out.push_str(&apps_table(&second));
+    if let Some(note) = expected.and_then(|file| another_server(&second, url, file)) {
+        out.push_str(&note);
+    }
     Ok(out)
+}
+
+/// A note when the server that answered runs another configuration file
+/// than `expected` (compared canonical): two instances on one metrics
+/// address (a dev server on the default one the packaged service's file
+/// names) would otherwise show one's table for the other's. None when it
+/// runs that file, or does not say (an older server).
+fn another_server(text: &str, url: &str, expected: &Path) -> Option<String> {
+    let (_, labels, _) = samples(text).find(|(name, _, _)| *name == "coreserve_info")?;
+    let theirs = label(labels, "config")?;
+    let ours = std::fs::canonicalize(expected).unwrap_or_else(|_| expected.to_path_buf());
+    if Path::new(&theirs) == ours {
+        return None;
+    }
+    let pid = label(labels, "pid").unwrap_or_default();
+    let runs = if theirs.is_empty() {
+        "no configuration file".to_string()
+    } else {
+        theirs
+    };
+    Some(format!(
+        "note: the server answering at {url} (pid {pid}) runs {runs}, not {}: another instance has this file's metrics address\n",
+        ours.display()
+    ))
 }
 
 /// One line per app instance (from the `coreserve_app_*` series): pid,
@@ -374,6 +404,37 @@ fn fetch(url: &str) -> Result<String, StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another file's server at the address is said; the same file (by
+    /// its canonical path), or a server that does not say, is not.
+    #[test]
+    fn a_server_running_another_file_is_said() {
+        let dir = std::env::temp_dir();
+        let ours = dir.join(".");
+        let text = |config: &str| {
+            format!("coreserve_info{{version=\"0.1.0\",pid=\"42\",config=\"{config}\"}} 1\n")
+        };
+        let canonical = std::fs::canonicalize(&dir).unwrap();
+        let url = "http://127.0.0.1:9464/metrics";
+        assert_eq!(
+            another_server(&text(&canonical.display().to_string()), url, &ours),
+            None
+        );
+        assert_eq!(
+            another_server("coreserve_shard_up{shard=\"0\"} 1\n", url, &ours),
+            None
+        );
+        let note = another_server(&text("/etc/coreserve/coreserve.toml"), url, &ours).unwrap();
+        assert_eq!(
+            note,
+            format!("note: the server answering at {url} (pid 42) runs /etc/coreserve/coreserve.toml, not {}: another instance has this file's metrics address\n", canonical.display())
+        );
+        let none = another_server(&text(""), url, &ours).unwrap();
+        assert!(
+            none.contains("(pid 42) runs no configuration file, not "),
+            "{none}"
+        );
+    }
 
     #[test]
     fn labels_are_read_with_their_escapes_undone() {

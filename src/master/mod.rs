@@ -382,6 +382,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     }
 
     crate::config::listeners_bound();
+    scrape::identify(config.source.as_deref());
     let admin = match config.metrics.listen {
         // A scrape now and then: the kernel's default is fine there.
         Some(addr) => match listener::bind_exclusive(addr, false) {

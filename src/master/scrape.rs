@@ -106,6 +106,7 @@ pub(super) fn finish_gather(
     render_lives(&mut text, lives);
     render_reload(&mut text, reload);
     render_access_log(&mut text);
+    render_identity(&mut text);
     render_apps(&mut text, &apps());
     for r in g.replies {
         let _ = r.try_send(text.clone());
@@ -159,6 +160,36 @@ fn render_access_log(out: &mut String) {
          coreserve_access_log_lines_lost_total{{why=\"dropped\"}} {dropped}\n\
          coreserve_access_log_lines_lost_total{{why=\"failed\"}} {failed}"
     );
+}
+
+/// What serves, as `render_identity` says it: set once at start-up.
+static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Note what serves: this version, this process, and the configuration
+/// file it runs (canonical; None: no file). `coreserve status` compares the
+/// file with its own, so that a table from another instance answering at
+/// the same address (a dev server beside the packaged one) is said.
+pub(super) fn identify(config: Option<&std::path::Path>) {
+    let file = config.map_or(String::new(), |p| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    });
+    let _ = IDENTITY.set(format!(
+        "# HELP coreserve_info What serves: its version, its master's pid and the configuration file it runs (\"\": none).\n\
+         # TYPE coreserve_info gauge\n\
+         coreserve_info{{version=\"{}\",pid=\"{}\",config=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        metrics::LabelValue(&file)
+    ));
+}
+
+fn render_identity(out: &mut String) {
+    if let Some(id) = IDENTITY.get() {
+        out.push_str(id);
+    }
 }
 
 /// The shards' supervision series: up, restarts (a dead shard's traffic

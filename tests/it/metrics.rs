@@ -508,3 +508,50 @@ fn assert_status_table(cmd: &mut std::process::Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `coreserve status --config FILE` with another instance answering at
+/// that file's metrics address says so under the table, rather than
+/// showing the other's table as this file's.
+#[test]
+fn status_says_when_another_files_server_answers() {
+    let dir = crate::config::Scratch::new("status-other-file");
+    let running = dir.write("running.toml", "[server]\nlisten = [\"127.0.0.1:0\"]\n");
+    let server = Server::start(&["--config", &running.display().to_string()]);
+    let addr = server
+        .metrics_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let metrics = format!("[metrics]\nlisten = \"{addr}\"\n");
+    let other = dir.write("other.toml", &metrics);
+    let status = |file: &std::path::Path| {
+        let out = succeeds(
+            std::process::Command::new(env!("CARGO_BIN_EXE_coreserve")).args([
+                "status",
+                "--interval",
+                "100ms",
+                "--config",
+                &file.display().to_string(),
+            ]),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = status(&other);
+    let running = std::fs::canonicalize(&running).unwrap();
+    assert!(table.starts_with("shard"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "(pid {}) runs {}, not ",
+            server.pid(),
+            running.display()
+        )),
+        "{table}"
+    );
+    // Its own file, with the address written in: no note.
+    dir.write(
+        "running.toml",
+        format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{metrics}"),
+    );
+    let table = status(&running);
+    assert!(!table.contains("note:"), "{table}");
+}
