@@ -160,6 +160,10 @@ struct Served {
     /// The servers that failed before it, with the time each attempt took
     /// (empty, unallocated, unless the request was tried again).
     pub failed: Vec<(Rc<str>, Duration)>,
+    /// No server of the group could be tried (a 503): its name, which the
+    /// access log gives as the upstream, as nginx's "no live upstreams"
+    /// line gives the upstream's.
+    pub unavailable: Option<Rc<str>>,
 }
 
 /// How one attempt at a server failed.
@@ -258,12 +262,21 @@ impl Served {
         Ended {
             status: self.status,
             body_bytes: self.body_bytes,
-            upstream: self.upstream.map(|(server, status, time)| UpstreamLog {
-                addr: server.label.clone(),
-                status,
-                time,
-                failed: self.failed,
-            }),
+            upstream: match (self.upstream, self.unavailable) {
+                (Some((server, status, time)), _) => Some(UpstreamLog {
+                    addr: server.label.clone(),
+                    status,
+                    time,
+                    failed: self.failed,
+                }),
+                (None, Some(group)) => Some(UpstreamLog {
+                    addr: group,
+                    status: 0,
+                    time: Duration::ZERO,
+                    failed: Vec::new(),
+                }),
+                (None, None) => None,
+            },
             tally,
             after: match (self.keep_alive, self.linger, self.cut) {
                 (_, _, true) => After::Abort,
@@ -300,6 +313,7 @@ async fn forward(
         // previous routes. As for any 503: a body not read whole closes
         // the connection, lingering so that the answer is not lost.
         upstreams.unavailable(&route.config.upstream, None, Instant::now());
+        served.unavailable = Some(route.config.upstream.as_str().into());
         let mut body = ex.body.clone();
         served.bytes_in += discard_if_here(&mut body, &mut c);
         served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done);
@@ -819,6 +833,7 @@ async fn forward(
     let status = match &last {
         None => {
             upstreams.unavailable(&route.config.upstream, Some(&group), now);
+            served.unavailable = Some(route.config.upstream.as_str().into());
             Status::SERVICE_UNAVAILABLE
         }
         Some((_, f)) => f.status(),

@@ -620,9 +620,12 @@ fn a_silent_upstream_gets_504_and_the_next_request_is_answered() {
 #[test]
 fn no_usable_server_gets_503() {
     let servers = [dead_addr().to_string(), dead_addr().to_string()];
+    let logs = crate::config::Scratch::new("proxy-none-usable-log");
+    let access = logs.0.join("access.log");
     let proxy = Proxy::start(
         "proxy-none-usable",
-        &simple(&servers, "max-fails = 1\nfail-timeout = \"10s\"", ""),
+        &(format!("[log]\naccess = \"{}\"\n\n", access.display())
+            + &simple(&servers, "max-fails = 1\nfail-timeout = \"10s\"", "")),
     );
     // The first finds both refusing; after that both are out.
     let first = proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -664,6 +667,15 @@ fn no_usable_server_gets_503() {
     assert!(
         !s.samples.iter().any(|x| x.labels.get("server") == Some("")),
         "a series for no server"
+    );
+    // The access log names the group as the upstream, as nginx's "no live
+    // upstreams" line does, with no status from it.
+    proxy.server.stop();
+    let text = std::fs::read_to_string(&access).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains(" 503 ") && last.contains("upstream=app upstream_status=- "),
+        "{text}"
     );
 }
 
