@@ -426,6 +426,10 @@ async fn run(spec: ShardSpec) {
         forced = shard.shut_connections(true);
         let _ = closing.await;
     }
+    // Nothing may hold an app's server open past the shard's end (its
+    // `server.close()` waits for every connection): the drain's start
+    // closed the idle ones, and none is kept since; this makes sure.
+    shard.upstreams().close_idle();
     if let Some(log) = shard.access_log() {
         log.flush_all().await;
     }

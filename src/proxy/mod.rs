@@ -805,7 +805,11 @@ async fn forward(
             let answered = relayed.switched.unwrap_or(ended);
             server.succeeded(now, answered.saturating_duration_since(now));
         }
-        if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 {
+        // Not kept while the shard drains (nginx keeps none while it
+        // exits): an app asked to stop closes its server once its
+        // connections are gone, and one kept here would hold it until
+        // its SIGKILL.
+        if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 && !c.draining.get() {
             server.checkin(up, cfg.keepalive, ended);
         } else {
             drop(up);

@@ -650,6 +650,37 @@ fn at_the_drain_deadline_an_app_ends_its_own_streams() {
     assert!(!log.contains("drain deadline passed"), "{log}");
 }
 
+/// A request that ends during the grace after drain-timeout leaves no
+/// pooled connection behind: the app's `server.close()` then ends, and it
+/// exits by itself, not at its stop-timeout's SIGKILL.
+#[test]
+fn a_request_ending_in_the_grace_lets_the_app_exit_by_itself() {
+    if !have_node() {
+        return;
+    }
+    // A stop-timeout (3 s) below Node's keepAliveTimeout (5 s): a pooled
+    // connection left open would be closed by neither before the SIGKILL.
+    let toml = "[server]\ndrain-timeout = \"1s\"\n\n".to_string()
+        + &node_app("web", 1, "")
+        + &proxied("/", "web");
+    let mut s = AppServer::start("apps-grace-pool", &toml);
+    let pid = s.ready_pids("web", 1)[0];
+    let c = s.server.connect();
+    (&c).write_all(b"GET /whoami?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.server.signal(libc::SIGTERM);
+    let r = Reader::new(&c).next(false);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(s.server.wait(WAIT).success());
+    let log = s.server.log();
+    assert!(
+        log.contains(&format!("app web[0] (pid {pid}) stopped: exit status: 0")),
+        "{log}"
+    );
+    assert!(!log.contains("did not stop in time"), "{log}");
+}
+
 /// Once the apps asked at drain-timeout are gone, what is still open (here
 /// a request to a server outside that never answers) is cut then, not
 /// after their whole stop-timeout.
