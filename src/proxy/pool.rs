@@ -107,9 +107,10 @@ pub struct Server {
     idle: RefCell<VecDeque<Idle>>,
     /// Requests of this shard in flight to it.
     busy: Cell<u32>,
-    /// Failures counted in the current window.
+    /// Failures counted since the count last started.
     fails: Cell<u32>,
-    /// When the current failure window began.
+    /// When its last failure was counted: one more than `fail_timeout`
+    /// after it starts the count again.
     failed_at: Cell<Option<Instant>>,
     /// Skipped until then after `max-fails` failures.
     down_until: Cell<Option<Instant>>,
@@ -836,8 +837,12 @@ impl Server {
     }
 
     /// Count a failed attempt (nginx's `max_fails` within `fail_timeout`):
-    /// enough of them rest the server for `fail_timeout`. Until when, if
-    /// this one took it out (it was not resting already).
+    /// enough of them rest the server for `fail_timeout`. As in nginx, the
+    /// count goes on while each failure comes within `fail_timeout` of the
+    /// one before, whatever succeeded between them (a server that fails a
+    /// request every 4 s with a 5 s `fail_timeout` is taken out), and
+    /// starts again after a longer quiet. Until when, if this one took it
+    /// out (it was not resting already).
     fn failed(&self, config: &UpstreamConfig, now: Instant) -> Option<Instant> {
         self.stats.borrow_mut().failures += 1;
         let fresh = self
@@ -846,8 +851,8 @@ impl Server {
             .is_none_or(|t| now.duration_since(t) >= config.fail_timeout);
         if fresh {
             self.fails.set(0);
-            self.failed_at.set(Some(now));
         }
+        self.failed_at.set(Some(now));
         self.fails.set(self.fails.get() + 1);
         self.last_failed.set(Some(now));
         // A failed trial rests it again at once, as nginx's does.
@@ -1496,7 +1501,7 @@ mod tests {
             g.pick(now, &[1], None).is_some(),
             "one failure of two allowed"
         );
-        // The window passed: the count starts again.
+        // A quiet of fail-timeout: the count starts again.
         let later = now + g.config.fail_timeout;
         g.servers[0].failed(&g.config, later);
         assert!(g.pick(later, &[1], None).is_some());
@@ -1504,9 +1509,10 @@ mod tests {
         assert!(g.pick(later, &[1], None).is_none());
     }
 
-    /// Successes between the failures of a window do not reprieve a
-    /// server that fails some of its requests: three failures in the
-    /// window take it out (nginx's `max_fails=3`), as three in a row do.
+    /// Successes between failures do not reprieve a server that fails
+    /// some of its requests, nor does a count that outlasts one
+    /// `fail-timeout`: three failures, each within `fail-timeout` of the
+    /// one before, take it out (nginx's `max_fails=3`), as three in a row do.
     #[test]
     fn successes_between_failures_do_not_reset_the_count() {
         let mut c = group(Balance::RoundRobin, 2);
@@ -1514,8 +1520,10 @@ mod tests {
         let u = Upstreams::new(&[c]);
         let g = u.group("app").unwrap();
         let now = Instant::now();
-        for k in 0..3u64 {
-            let at = now + Duration::from_millis(100 * k);
+        // 0.8 fail-timeout apart: the third comes 1.6 of it after the first.
+        let apart = g.config.fail_timeout.mul_f64(0.8);
+        for k in 0..3u32 {
+            let at = now + apart * k;
             g.servers[0].failed(&g.config, at);
             let taken = g.pick(at, &[1], None).is_none();
             assert_eq!(taken, k == 2, "after failure {}", k + 1);
