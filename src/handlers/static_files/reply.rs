@@ -121,14 +121,15 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
     };
     match (a.trim(), b.trim()) {
         ("", suffix) => match num(suffix) {
+            // The last n bytes of an empty file are the whole of it
+            // (§14.1.1), which no Content-Range can say: a 200, as nginx
+            // (`bytes=-0` too).
+            Some(_) if size == 0 => Decision::Full,
             Some(0) => Decision::Unsatisfiable,
-            Some(n) if size > 0 => Decision::Partial {
+            Some(n) => Decision::Partial {
                 start: size.saturating_sub(n),
                 end: size - 1,
             },
-            // The last n bytes of an empty file are the whole of it
-            // (§14.1.1), which no Content-Range can say: a 200, as nginx.
-            Some(_) => Decision::Full,
             None => Decision::Full,
         },
         (first, last) => {
@@ -247,6 +248,7 @@ mod tests {
         assert_eq!(parse_range("bytes=0-9", 0), Decision::Full);
         assert_eq!(parse_range("bytes=5-9", 0), Decision::Unsatisfiable);
         assert_eq!(parse_range("bytes=1-", 0), Decision::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 0), Decision::Full);
         // Positions past what 64 bits hold.
         let huge = "99999999999999999999999";
         assert_eq!(parse_range(&format!("bytes=0-{huge}"), 100), p(0, 99));
