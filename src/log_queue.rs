@@ -188,9 +188,8 @@ impl LogQueue {
                         // Coreserve's own lines first, then the bulk ones.
                         batch.clear();
                         let mut taken = (0, 0);
-                        loop {
-                            let next = w.own.front().or(w.bulk.front()).map(Vec::len);
-                            if next.is_none_or(|n| !batch.is_empty() && batch.len() + n > BATCH) {
+                        while let Some(n) = w.own.front().or(w.bulk.front()).map(Vec::len) {
+                            if !batch.is_empty() && batch.len() + n > BATCH {
                                 break;
                             }
                             let line = match w.own.pop_front() {
@@ -198,13 +197,10 @@ impl LogQueue {
                                     taken.0 += 1;
                                     line
                                 }
-                                None => match w.bulk.pop_front() {
-                                    Some(line) => {
-                                        taken.1 += 1;
-                                        line
-                                    }
-                                    None => break,
-                                },
+                                None => {
+                                    taken.1 += 1;
+                                    w.bulk.pop_front().expect("a bulk line is first")
+                                }
                             };
                             batch.extend_from_slice(&line);
                         }

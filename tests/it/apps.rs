@@ -610,6 +610,21 @@ fn sigterm_stops_every_instance_after_the_drain() {
     assert!(log.contains("every app instance has stopped"), "{log}");
 }
 
+/// One Node instance ("web", its stop-timeout 3 s) behind a 1 s
+/// drain-timeout, and a connection that asked for `target`: the server,
+/// the instance's pid and the connection.
+fn short_drain_with(name: &str, target: &str) -> (AppServer, u32, TcpStream) {
+    let toml = "[server]\ndrain-timeout = \"1s\"\n\n".to_string()
+        + &node_app("web", 1, "")
+        + &proxied("/", "web");
+    let s = AppServer::start(name, &toml);
+    let pid = s.ready_pids("web", 1)[0];
+    let c = s.server.connect();
+    (&c).write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    (s, pid, c)
+}
+
 /// What is still open at drain-timeout is not cut then: the apps are
 /// asked to stop first, and what they send in answer (an event stream's
 /// goodbye and its end) reaches the client, as in a rolling reload.
@@ -618,14 +633,7 @@ fn at_the_drain_deadline_an_app_ends_its_own_streams() {
     if !have_node() {
         return;
     }
-    let toml = "[server]\ndrain-timeout = \"1s\"\n\n".to_string()
-        + &node_app("web", 1, "")
-        + &proxied("/", "web");
-    let mut s = AppServer::start("apps-last-call", &toml);
-    let pid = s.ready_pids("web", 1)[0];
-    let c = s.server.connect();
-    (&c).write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    let (mut s, pid, c) = short_drain_with("apps-last-call", "/stream");
     let mut r = Reader::new(&c);
     let head = r.head();
     assert_eq!(head.header("transfer-encoding"), Some("chunked"));
@@ -658,16 +666,10 @@ fn a_request_ending_in_the_grace_lets_the_app_exit_by_itself() {
     if !have_node() {
         return;
     }
-    // A stop-timeout (3 s) below Node's keepAliveTimeout (5 s): a pooled
-    // connection left open would be closed by neither before the SIGKILL.
-    let toml = "[server]\ndrain-timeout = \"1s\"\n\n".to_string()
-        + &node_app("web", 1, "")
-        + &proxied("/", "web");
-    let mut s = AppServer::start("apps-grace-pool", &toml);
-    let pid = s.ready_pids("web", 1)[0];
-    let c = s.server.connect();
-    (&c).write_all(b"GET /whoami?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    // A stop-timeout (3 s, `app`'s) below Node's keepAliveTimeout (5 s): a
+    // pooled connection left open would be closed by neither before the
+    // SIGKILL.
+    let (mut s, pid, c) = short_drain_with("apps-grace-pool", "/whoami?ms=1500");
     std::thread::sleep(Duration::from_millis(100));
     s.server.signal(libc::SIGTERM);
     let r = Reader::new(&c).next(false);

@@ -1051,11 +1051,8 @@ fn grace_from_now(leaving: &mut [Leaving], app: &str, gone: impl Fn(&ServerAddr)
 /// Empty when its sockets cannot be seen (`/proc` hidden, another user's
 /// process).
 fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
-    let Some(inodes) = proc_table::socket_inodes(inst.process.pid) else {
-        return String::new();
-    };
     let given = address::env_value(&inst.addr);
-    match address::SocketTables::new(proc_net).listening(&inodes) {
+    match listening(inst, proc_net) {
         None => String::new(),
         Some(at) if at.is_empty() => {
             format!("; it listens on no socket (it was given {env}={given})")
@@ -1091,6 +1088,13 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
     }
 }
 
+/// Where `inst`'s process listens, read from `/proc`; None when that
+/// cannot be read.
+fn listening(inst: &Instance, proc_net: &Path) -> Option<Vec<ServerAddr>> {
+    let inodes = proc_table::socket_inodes(inst.process.pid)?;
+    address::SocketTables::new(proc_net).listening(&inodes)
+}
+
 /// Where `inst` listens on TCP, when none of it is the address it was
 /// given (an app that ignores `$PORT`); None when it listens there, on
 /// nothing, or where cannot be read.
@@ -1098,8 +1102,7 @@ fn listens_elsewhere(inst: &Instance, proc_net: &Path) -> Option<String> {
     let ServerAddr::Tcp(want) = &inst.addr else {
         return None;
     };
-    let inodes = proc_table::socket_inodes(inst.process.pid)?;
-    let at = address::SocketTables::new(proc_net).listening(&inodes)?;
+    let at = listening(inst, proc_net)?;
     let theirs = |a: &ServerAddr| matches!(a, ServerAddr::Tcp(a) if a.port() == want.port());
     if at.is_empty() || at.iter().any(theirs) {
         return None;
