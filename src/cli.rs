@@ -209,7 +209,7 @@ pub fn parse_or_exit() -> Cli {
         ) {
             e.exit();
         }
-        eprintln!("{}", one_line(&e));
+        crate::systemd::print_error(&one_line(&e));
         std::process::exit(2);
     })
 }

@@ -77,7 +77,7 @@ fn run(cli: Cli) -> ExitCode {
         Err(errors) => {
             for e in &errors {
                 if check {
-                    eprintln!("{e}");
+                    coreserve::systemd::print_error(e);
                 } else {
                     log::error!("{e}");
                 }
@@ -126,8 +126,8 @@ fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => {
                 match &e {
-                    MasterError::Cpus(cpu) => eprintln!("{}", cpus_error(cpu)),
-                    e => eprintln!("{e}"),
+                    MasterError::Cpus(cpu) => coreserve::systemd::print_error(&cpus_error(cpu)),
+                    e => coreserve::systemd::print_error(e),
                 }
                 // A CPU list that cannot be honoured is the configuration's
                 // fault; a host that cannot run io_uring is not.

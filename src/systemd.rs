@@ -163,6 +163,19 @@ pub fn stderr_is_journal() -> bool {
         .is_some_and(|(dev, ino)| dev == st.st_dev && ino == st.st_ino)
 }
 
+/// Writes one line a command refuses with (a `--check` error, a bad flag)
+/// to stderr: bare, as `nginx -t` prints its errors, or with the error
+/// priority `<3>` when stderr is the journal (`stderr_is_journal`), so that
+/// `journalctl -p err` shows why a `systemctl reload` was refused, beside
+/// the same command's warnings (`<4>`, through the log).
+pub fn print_error(line: &dyn std::fmt::Display) {
+    if stderr_is_journal() {
+        eprintln!("<3>{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 /// `JOURNAL_STREAM`'s device and inode, decimal, `:` between them.
 fn journal_stream(value: &str) -> Option<(u64, u64)> {
     let (dev, ino) = value.split_once(':')?;

@@ -106,18 +106,8 @@ fn port_zero_binds_all_interfaces_and_logs_the_real_port() {
 #[test]
 fn journal_priorities_go_only_to_the_journal_stream() {
     use std::io::{BufRead, BufReader};
-    use std::os::fd::FromRawFd;
-    use std::os::unix::fs::MetadataExt;
     let first_line = |journal: &dyn Fn(&std::fs::File) -> String| -> String {
-        let mut ends = [0; 2];
-        // SAFETY: pipe(2) fills the two descriptors, owned here from then on.
-        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
-        let (read, write) = unsafe {
-            (
-                std::fs::File::from_raw_fd(ends[0]),
-                std::fs::File::from_raw_fd(ends[1]),
-            )
-        };
+        let (read, write) = pipe();
         let stream = journal(&write);
         let mut child = command()
             .args(["--port", "0", "--shards", "1"])
@@ -130,16 +120,73 @@ fn journal_priorities_go_only_to_the_journal_stream() {
         let _ = child.wait();
         line
     };
-    let journal = first_line(&|w| {
-        let m = w.metadata().unwrap();
-        format!("{}:{}", m.dev(), m.ino())
-    });
+    let journal = first_line(&journal_stream);
     assert!(journal.starts_with("<6>"), "{journal}");
     let elsewhere = first_line(&|_| "1:2".to_string());
     assert!(
         elsewhere.starts_with("20") && elsewhere.contains("Z INFO "),
         "{elsewhere}"
     );
+}
+
+/// A pipe, both ends owned.
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut ends = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors, owned here from then on.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(ends[0]),
+            std::fs::File::from_raw_fd(ends[1]),
+        )
+    }
+}
+
+/// `JOURNAL_STREAM` as systemd sets it for `stream`.
+fn journal_stream(stream: &std::fs::File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let m = stream.metadata().unwrap();
+    format!("{}:{}", m.dev(), m.ino())
+}
+
+/// Under systemd the error a `--check` refuses with (`ExecReload=`) is
+/// filed at error priority, as its warnings are at warning priority:
+/// `journalctl -p warning` must show why a reload failed, not only the
+/// warning beside it.
+#[test]
+fn a_check_s_error_has_the_journal_s_error_priority() {
+    use std::io::Read;
+    let dir = crate::config::Scratch::new("check-journal");
+    let file = dir.write("bad.toml", "[limits]\nmax-headers = 1000\n");
+    let stderr = |journal: bool| -> String {
+        let (mut read, write) = pipe();
+        let mut cmd = command();
+        cmd.arg("--check").arg("--config").arg(&file);
+        if journal {
+            cmd.env("JOURNAL_STREAM", journal_stream(&write));
+        }
+        let mut child = cmd
+            .stderr(std::process::Stdio::from(write))
+            .spawn()
+            .unwrap();
+        // The child holds the only write end once the command is gone: its
+        // exit ends the read.
+        drop(cmd);
+        let mut out = String::new();
+        read.read_to_string(&mut out).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(2), "{out}");
+        out
+    };
+    // The file has no route: a warning says so, at its own priority.
+    let error = format!("{}:2: limits.max-headers: ", file.display());
+    let journal = stderr(true);
+    let has = |text: &str, line: &str| text.lines().any(|l| l.starts_with(line));
+    assert!(has(&journal, &format!("<3>{error}")), "{journal}");
+    assert!(has(&journal, "<4>"), "{journal}");
+    // In a terminal, the line alone, as `nginx -t` prints it.
+    let terminal = stderr(false);
+    assert!(has(&terminal, &error), "{terminal}");
 }
 
 /// Outside systemd a serving process's lines start with the time, in UTC
