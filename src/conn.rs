@@ -405,9 +405,14 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 };
                 finish(&shard, None, &Record::counts(tally, None));
                 // Idle past keepalive-timeout, or silent since it came: a
-                // clean end (a 408 is not, as nginx has it).
-                if matches!(next, Next::Close { linger: false }) {
-                    finish_tls(&mut client).await;
+                // clean end. A 408 lingers as any error does: a client
+                // still sending would otherwise get a reset, which can
+                // destroy the 408 before it is read.
+                match next {
+                    Next::Close { linger: true } => {
+                        Box::pin(linger_close(&mut client, &mut input)).await;
+                    }
+                    _ => finish_tls(&mut client).await,
                 }
                 return;
             }

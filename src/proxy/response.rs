@@ -200,11 +200,16 @@ pub fn write_head(
         if gzip && drops_when_compressed(h.name) {
             continue;
         }
-        if weakens && h.name.eq_ignore_ascii_case("etag") && h.value.starts_with(b"\"") {
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": W/");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
+        if weakens && h.name.eq_ignore_ascii_case("etag") && !h.value.starts_with(b"W/") {
+            // A tag that is neither strong nor weak (unquoted, `w/`) cannot
+            // be made weak: it would name both bodies, so it goes (as
+            // nginx's does).
+            if h.value.starts_with(b"\"") {
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": W/");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
+            }
             continue;
         }
         vary_sent |= varies
@@ -547,6 +552,16 @@ mod tests {
              Content-Type: application/json; charset=utf-8\r\nETag: W/\"abc\"\r\nVary: Origin\r\n\
              Content-Encoding: gzip\r\nVary: Accept-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
+        // A tag that is not one (unquoted, a lower-case `w/`) cannot be
+        // made weak: it is dropped rather than name both bodies.
+        for tag in ["abc", "w/\"abc\""] {
+            let raw = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 1000\r\n\
+                 ETag: {tag}\r\n\r\n"
+            );
+            let (head, d) = convert_with(&raw, false, KEEP, Some(&g));
+            assert!(d.gzip && !head.contains("ETag"), "{head}");
+        }
         // A weak validator stays as it is; a Vary that covers it, too.
         let raw = "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nETag: W/\"x\"\r\n\
                    Vary: accept-encoding\r\n\r\n";
