@@ -416,12 +416,22 @@ impl AccessLogger {
             Some((m, t, v)) => (Some(m), Some(t), Some(v)),
             None => (None, None, None),
         };
-        for (key, value) in [("method", m), ("target", t), ("protocol", v)] {
+        let (m, t, v) = (
+            m.map(str::as_bytes),
+            t.map(str::as_bytes),
+            v.map(str::as_bytes),
+        );
+        for (key, value) in [
+            ("method", m),
+            ("target", t),
+            ("protocol", v),
+            ("host", e.host),
+        ] {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"\":");
             match value {
-                Some(s) => json_string(out, s.as_bytes()),
+                Some(s) => json_string(out, s),
                 None => out.extend_from_slice(b"null"),
             }
         }
@@ -818,6 +828,7 @@ mod tests {
         bytes: 11,
         referer: None,
         user_agent: Some(b"curl/8"),
+        host: Some(b"example.com:8080"),
     };
 
     /// A shard whose connections never wait (deep pipelining) never lets
@@ -886,6 +897,7 @@ mod tests {
         let garbage = Entry {
             request: None,
             line: Some(b"\x16\x03\x01 \"x\xff"),
+            host: None,
             ..ENTRY
         };
         let mut out = Vec::new();
@@ -899,7 +911,7 @@ mod tests {
         logger(LogFormat::Json).json(&mut out, &garbage);
         let line = String::from_utf8(out).unwrap();
         assert!(
-            line.contains("\"method\":null,\"target\":null,\"protocol\":null,\"line\":\"\\u0016\\u0003\\u0001 \\\"x\u{fffd}\",\"status\""),
+            line.contains("\"method\":null,\"target\":null,\"protocol\":null,\"host\":null,\"line\":\"\\u0016\\u0003\\u0001 \\\"x\u{fffd}\",\"status\""),
             "{line}"
         );
     }
@@ -923,7 +935,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"time\":\"2026-11-25T14:01:09Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\",\
-             \"target\":\"/a\\\"b\",\"protocol\":\"HTTP/1.1\",\"status\":200,\"bytes\":11,\
+             \"target\":\"/a\\\"b\",\"protocol\":\"HTTP/1.1\",\"host\":\"example.com:8080\",\"status\":200,\"bytes\":11,\
              \"referer\":null,\"user_agent\":\"curl/8\",\"shard\":1}\n"
         );
     }

@@ -31,6 +31,10 @@ pub struct Entry<'a> {
     pub referer: Option<&'a [u8]>,
     /// User-Agent header.
     pub user_agent: Option<&'a [u8]>,
+    /// The host the request named (its absolute-form target's authority,
+    /// else its Host field; as sent, port included): which site, when
+    /// routes match on `host` (nginx's `$host` in a `log_format`).
+    pub host: Option<&'a [u8]>,
     /// For a proxied request: the upstream that answered (or failed).
     pub upstream: Option<&'a UpstreamLog>,
 }
@@ -64,6 +68,7 @@ impl<'a> Entry<'a> {
             bytes,
             referer: req.header("referer"),
             user_agent: req.header("user-agent"),
+            host: req.host.map(str::as_bytes),
             upstream: None,
         }
     }
@@ -108,6 +113,7 @@ impl<'a> Entry<'a> {
             line,
             referer: field("referer"),
             user_agent: field("user-agent"),
+            host: field("host"),
             ..Entry::bare(status, bytes)
         }
     }
@@ -123,6 +129,7 @@ impl<'a> Entry<'a> {
             bytes,
             referer: None,
             user_agent: None,
+            host: None,
             upstream: None,
         }
     }
@@ -166,8 +173,12 @@ fn request_line(head: &[u8]) -> Option<(&str, &str, &str)> {
 /// proxied exchange) runs: its log line is written when it ends.
 #[derive(Debug, Clone)]
 pub struct OwnedRequest {
-    method: String,
-    target: String,
+    /// The method, the target and the host, one after the other: one
+    /// allocation for the three.
+    text: String,
+    /// Where the method ends in `text`, then the target.
+    ends: (usize, usize),
+    has_host: bool,
     version: Version,
     referer: Option<Vec<u8>>,
     user_agent: Option<Vec<u8>>,
@@ -176,9 +187,18 @@ pub struct OwnedRequest {
 impl OwnedRequest {
     /// Copy what the log needs out of a request.
     pub fn new(req: &Request<'_>) -> Self {
+        let host = req.host.unwrap_or("");
+        let mut text = String::with_capacity(req.method_str.len() + req.target.len() + host.len());
+        text.push_str(req.method_str);
+        text.push_str(req.target);
+        text.push_str(host);
         OwnedRequest {
-            method: req.method_str.to_string(),
-            target: req.target.to_string(),
+            ends: (
+                req.method_str.len(),
+                req.method_str.len() + req.target.len(),
+            ),
+            text,
+            has_host: req.host.is_some(),
             version: req.version,
             referer: req.header("referer").map(<[u8]>::to_vec),
             user_agent: req.header("user-agent").map(<[u8]>::to_vec),
@@ -187,14 +207,20 @@ impl OwnedRequest {
 
     /// The entry, once the response is known.
     pub fn entry(&self, remote: Option<IpAddr>, status: u16, bytes: u64) -> Entry<'_> {
+        let (method, target) = self.ends;
         Entry {
             remote,
-            request: Some((&self.method, &self.target, self.version.as_str())),
+            request: Some((
+                &self.text[..method],
+                &self.text[method..target],
+                self.version.as_str(),
+            )),
             line: None,
             status,
             bytes,
             referer: self.referer.as_deref(),
             user_agent: self.user_agent.as_deref(),
+            host: self.has_host.then(|| &self.text.as_bytes()[target..]),
             upstream: None,
         }
     }
@@ -203,6 +229,40 @@ impl OwnedRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::mem::MaybeUninit;
+
+    /// A job's copy names what the request did: its method, target and
+    /// host (an absolute-form target's authority over the Host field).
+    #[test]
+    fn an_owned_request_keeps_the_method_target_and_host() {
+        let limits = super::super::parse::HeadLimits {
+            max_header_bytes: 4096,
+            max_uri_bytes: 1024,
+            max_headers: 16,
+        };
+        for (raw, host) in [
+            (
+                "GET /a?b HTTP/1.1\r\nHost: Example.com:8080\r\n\r\n",
+                Some("Example.com:8080"),
+            ),
+            (
+                "GET http://b.example/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Some("b.example"),
+            ),
+            ("GET /a?b HTTP/1.0\r\n\r\n", None),
+        ] {
+            let mut fields = [const { MaybeUninit::uninit() }; 16];
+            let req = super::super::parse::parse(raw.as_bytes(), &mut fields, &limits).unwrap();
+            let owned = OwnedRequest::new(&req);
+            let entry = owned.entry(None, 200, 1);
+            assert_eq!(entry.host, host.map(str::as_bytes), "{raw}");
+            assert_eq!(
+                entry.request,
+                Some(("GET", req.target, req.version.as_str())),
+                "{raw}"
+            );
+        }
+    }
 
     #[test]
     fn a_refused_head_names_its_request_line_when_it_has_one() {
@@ -214,6 +274,10 @@ mod tests {
         assert_eq!(h2.request, Some(("GET", "/", "HTTP/2.0")));
         assert_eq!(entry.user_agent, Some(&b"curl/8"[..]));
         assert_eq!(entry.referer, None);
+        // No Host line: none, not the one a later line would give.
+        assert_eq!(entry.host, None);
+        let named = Entry::refused(b"GET / HTTP/1.1\r\nHost: a.example\r\nX\r\n\r\n", 400, 0);
+        assert_eq!(named.host, Some(&b"a.example"[..]));
         for not_one in [
             &b"GARBAGE\r\n\r\n"[..],
             b"GET / HTTP/2.x\r\n\r\n",

@@ -121,7 +121,7 @@ fn json_lines_parse_and_file_requests_are_logged() {
     let (server, log) = json_files_site(&dir);
     get(
         server.addr,
-        "GET /f.txt HTTP/1.1\r\nHost: x\r\nUser-Agent: a\"b\r\n\r\n",
+        "GET /f.txt HTTP/1.1\r\nHost: x.example:80\r\nUser-Agent: a\"b\r\n\r\n",
     );
     let text = server.stop();
     let lines = wait_for_lines(&log, 1);
@@ -132,6 +132,8 @@ fn json_lines_parse_and_file_requests_are_logged() {
         "\"method\":\"GET\"",
         "\"target\":\"/f.txt\"",
         "\"protocol\":\"HTTP/1.1\"",
+        // Which site, where routes match on host.
+        "\"host\":\"x.example:80\"",
         "\"status\":200",
         "\"bytes\":5",
         "\"user_agent\":\"a\\\"b\"",
