@@ -18,10 +18,10 @@ pub struct Entry<'a> {
     /// could be read: the protocol may be one this server does not speak
     /// (a 505's `HTTP/2.0`).
     pub request: Option<(&'a str, &'a str, &'a str)>,
-    /// A refused head's first line as sent, when it is no request line
-    /// (`request` is None): logged escaped in its place, as nginx logs
-    /// what a malformed request began with (a scanner's probe, TLS sent to
-    /// a plain port).
+    /// A refused head's first line as sent (as far as it came), when it is
+    /// no whole request line (`request` is None): logged escaped in its
+    /// place, as nginx logs what a malformed request began with (a
+    /// scanner's probe, TLS sent to a plain port, a target too long).
     pub line: Option<&'a [u8]>,
     /// Status sent.
     pub status: u16,
@@ -76,9 +76,8 @@ impl<'a> Entry<'a> {
     /// An entry for a request refused for its head (a 400 for a missing
     /// Host, a 501 for an unknown transfer coding): its request line, as
     /// nginx logs it, when the head's first line is one; else that line as
-    /// sent (`line`), when it ended or could not begin a request (its first
-    /// byte is no token's: TLS on a plain port), its first `LOGGED_LINE`
-    /// bytes; else as `bare`.
+    /// sent (`line`), as far as it came (a target too long, a head cut
+    /// short), its first `LOGGED_LINE` bytes; else (nothing came) as `bare`.
     pub fn refused(head: &'a [u8], status: u16, bytes: u64) -> Self {
         let request = request_line(head);
         let line = match request {
@@ -88,10 +87,10 @@ impl<'a> Entry<'a> {
                     let line = &head[..end];
                     Some(line.strip_suffix(b"\r").unwrap_or(line))
                 }
-                None => head
-                    .first()
-                    .is_some_and(|b| !super::parse::is_token_byte(*b))
-                    .then_some(head),
+                // The line so far: a target too long (414), a head cut
+                // short or timed out, TLS on a plain port (no line end in
+                // sight), as nginx logs what came of it.
+                None => (!head.is_empty()).then_some(head),
             },
         }
         .map(|line| &line[..line.len().min(LOGGED_LINE)]);
@@ -291,14 +290,16 @@ mod tests {
         ] {
             assert_eq!(Entry::refused(not_one, 400, 0).request, None, "{not_one:?}");
         }
-        // Logged as sent when its line ended, or when no request could
-        // begin so (TLS: no line end in sight); a request line not ended
-        // yet is not; a long one is cut.
+        // Logged as sent when its line ended, or as far as it came (TLS:
+        // no line end in sight; a target too long; a head cut short); a
+        // long one is cut.
         let garbage = Entry::refused(b"\x16\x03\x01\x00\x05hello\r\n\r\n", 400, 0);
         assert_eq!(garbage.line, Some(&b"\x16\x03\x01\x00\x05hello"[..]));
         let hello = Entry::refused(b"\x16\x03\x01\x02\x00\x01", 400, 0);
         assert_eq!(hello.line, Some(&b"\x16\x03\x01\x02\x00\x01"[..]));
-        assert_eq!(Entry::refused(b"GET / HTTP/1.1", 400, 0).line, None);
+        let cut = Entry::refused(b"GET /u", 400, 0);
+        assert_eq!((cut.request, cut.line), (None, Some(&b"GET /u"[..])));
+        assert_eq!(Entry::refused(b"", 400, 0).line, None);
         assert_eq!(entry.line, None);
         let long = [b"A".as_slice(), &[0xff; 30_000], b"\r\n\r\n"].concat();
         assert_eq!(

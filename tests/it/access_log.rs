@@ -371,7 +371,8 @@ fn a_request_whose_body_fails_gets_one_line() {
 }
 
 /// A head cut short by header-timeout is logged with its request line when
-/// that arrived whole (nginx's `"GET /slow HTTP/1.1" 408`), `"-"` when not.
+/// that arrived whole (nginx's `"GET /slow HTTP/1.1" 408`), as far as it
+/// came when not (nginx's too).
 #[test]
 fn a_head_that_times_out_is_logged_with_its_request_line() {
     let dir = Scratch::new("log-head-timeout");
@@ -392,7 +393,25 @@ fn a_head_that_times_out_is_logged_with_its_request_line() {
         lines[0].contains("\"GET /slow HTTP/1.1\" 408 ") && lines[0].contains("\"slowpoke/1\""),
         "{lines:?}"
     );
-    assert!(lines[1].contains("\"-\" 408 "), "{lines:?}");
+    assert!(lines[1].contains("\"GET /cut-sho\" 408 "), "{lines:?}");
+}
+
+/// A target too long gets its 414 as soon as it is, its line unfinished:
+/// the log says which target, as far as it came (its first 512 bytes, as
+/// nginx logs the line of a 414).
+#[test]
+fn a_target_too_long_is_logged_as_far_as_it_came() {
+    let dir = Scratch::new("log-414");
+    let (server, log) = start_with(&dir, "combined", "[limits]\nmax-uri-bytes = \"1k\"\n", "1");
+    use std::io::Write;
+    let target = format!("/very/long/{}", "u".repeat(1500));
+    let mut s = server.connect();
+    s.write_all(format!("GET {target}").as_bytes()).unwrap();
+    let answer = crate::util::read_to_close(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 414 "), "{answer}");
+    let lines = wait_for_lines(&log, 1);
+    let logged = format!("\"GET {}\" 414 ", &target[..508]);
+    assert!(lines[0].contains(&logged), "{lines:?}");
 }
 
 /// A client that closes (or resets) its connection in the middle of a head
@@ -423,7 +442,7 @@ fn a_head_the_client_cut_short_is_logged_and_counted() {
         lines[0].contains("\"GET /half HTTP/1.1\" 400 0 ") && lines[0].contains("\"quitter/1\""),
         "{lines:?}"
     );
-    assert!(lines[1].contains("\"-\" 400 0 "), "{lines:?}");
+    assert!(lines[1].contains("\"GET /ha\" 400 0 "), "{lines:?}");
     let scraped = crate::metrics::scrape(&server);
     let errors = crate::metrics::values(&scraped, "coreserve_parse_errors_total");
     assert_eq!(
