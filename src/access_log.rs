@@ -171,9 +171,13 @@ fn mend_file(fd: RawFd, data: &mut Vec<u8>) -> bool {
 
 enum Sink {
     Stderr,
-    /// A path that is no regular file (a pipe, a terminal, a socket):
-    /// written as stderr is, never reopened (there is nothing to rotate).
-    Stream(Arc<OwnedFd>),
+    /// A path that is no regular file (a pipe, a terminal, a socket, a
+    /// device): written as stderr is, never reopened (there is nothing to
+    /// rotate).
+    Stream {
+        fd: Arc<OwnedFd>,
+        path: Arc<Path>,
+    },
     /// A file, reopened on SIGUSR1: buffers handed off before a reopen
     /// keep the descriptor they were for, until they are written.
     File {
@@ -187,7 +191,10 @@ impl Sink {
     fn target(&self) -> writer::Target {
         match self {
             Sink::Stderr => writer::Target::Stderr,
-            Sink::Stream(fd) => writer::Target::Stream(fd.clone()),
+            Sink::Stream { fd, path } => writer::Target::Stream {
+                fd: fd.clone(),
+                path: path.clone(),
+            },
             Sink::File { path, fd } => writer::Target::File {
                 fd: fd.borrow().clone(),
                 path: path.clone(),
@@ -228,8 +235,11 @@ impl AccessLogger {
     pub fn new(cfg: &LogConfig, file: Option<std::fs::File>, shard: usize) -> Option<AccessLogger> {
         let sink = match (&cfg.access, file) {
             (AccessLog::Off, _) => return None,
-            (AccessLog::File(_), Some(file)) if !file.metadata().is_ok_and(|m| m.is_file()) => {
-                Sink::Stream(Arc::new(OwnedFd::from(file)))
+            (AccessLog::File(path), Some(file)) if !file.metadata().is_ok_and(|m| m.is_file()) => {
+                Sink::Stream {
+                    fd: Arc::new(OwnedFd::from(file)),
+                    path: Arc::from(path.as_path()),
+                }
             }
             (AccessLog::File(path), Some(file)) => Sink::File {
                 path: Arc::from(path.as_path()),
@@ -587,9 +597,12 @@ pub mod writer {
     /// reopen).
     pub enum Target {
         Stderr,
-        /// A pipe, terminal or socket: written in pieces of at most
-        /// PIPE_BUF bytes.
-        Stream(Arc<OwnedFd>),
+        /// A pipe, terminal, socket or device: written in pieces of at
+        /// most PIPE_BUF bytes; its path names it in the log's lines.
+        Stream {
+            fd: Arc<OwnedFd>,
+            path: Arc<Path>,
+        },
         /// A file opened to append, by its path (for the log's lines).
         File {
             fd: Arc<OwnedFd>,
@@ -602,8 +615,7 @@ pub mod writer {
         fn name(&self) -> Cow<'_, str> {
             match self {
                 Target::Stderr => Cow::Borrowed("stderr"),
-                Target::Stream(_) => Cow::Borrowed("log.access"),
-                Target::File { path, .. } => path.to_string_lossy(),
+                Target::Stream { path, .. } | Target::File { path, .. } => path.to_string_lossy(),
             }
         }
     }
@@ -657,7 +669,7 @@ pub mod writer {
     fn write(to: &Target, mut data: Vec<u8>, mend: bool) -> Result<(), super::Lost> {
         match to {
             Target::Stderr => super::write_lines(io::stderr().as_raw_fd(), &data, true),
-            Target::Stream(fd) => super::write_lines(fd.as_raw_fd(), &data, true),
+            Target::Stream { fd, .. } => super::write_lines(fd.as_raw_fd(), &data, true),
             Target::File { fd, .. } => {
                 let mended = mend && super::mend_file(fd.as_raw_fd(), &mut data);
                 super::write_lines(fd.as_raw_fd(), &data, false).map_err(|(e, left)| {
