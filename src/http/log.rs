@@ -90,7 +90,10 @@ impl<'a> Entry<'a> {
                 // The line so far: a target too long (414), a head cut
                 // short or timed out, TLS on a plain port (no line end in
                 // sight), as nginx logs what came of it.
-                None => (!head.is_empty()).then_some(head),
+                None => {
+                    let line = head.strip_suffix(b"\r").unwrap_or(head);
+                    (!line.is_empty()).then_some(line)
+                }
             },
         }
         .map(|line| &line[..line.len().min(LOGGED_LINE)]);
@@ -297,8 +300,10 @@ mod tests {
         assert_eq!(garbage.line, Some(&b"\x16\x03\x01\x00\x05hello"[..]));
         let hello = Entry::refused(b"\x16\x03\x01\x02\x00\x01", 400, 0);
         assert_eq!(hello.line, Some(&b"\x16\x03\x01\x02\x00\x01"[..]));
-        let cut = Entry::refused(b"GET /u", 400, 0);
-        assert_eq!((cut.request, cut.line), (None, Some(&b"GET /u"[..])));
+        for cut in [&b"GET /u"[..], b"GET /u\r"] {
+            let cut = Entry::refused(cut, 400, 0);
+            assert_eq!((cut.request, cut.line), (None, Some(&b"GET /u"[..])));
+        }
         assert_eq!(Entry::refused(b"", 400, 0).line, None);
         assert_eq!(entry.line, None);
         let long = [b"A".as_slice(), &[0xff; 30_000], b"\r\n\r\n"].concat();

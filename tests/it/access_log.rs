@@ -397,8 +397,9 @@ fn a_head_that_times_out_is_logged_with_its_request_line() {
 }
 
 /// A target too long gets its 414 as soon as it is, its line unfinished:
-/// the log says which target, as far as it came (its first 512 bytes, as
-/// nginx logs the line of a 414).
+/// the log says which target, as far as it came (the line's first 512
+/// bytes), as nginx logs the line of a 414. (A long line that came whole
+/// is logged whole, as any request line.)
 #[test]
 fn a_target_too_long_is_logged_as_far_as_it_came() {
     let dir = Scratch::new("log-414");

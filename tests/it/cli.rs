@@ -159,10 +159,11 @@ fn a_check_s_error_has_the_journal_s_error_priority() {
     use std::io::Read;
     let dir = crate::config::Scratch::new("check-journal");
     let file = dir.write("bad.toml", "[limits]\nmax-headers = 1000\n");
-    let stderr = |journal: bool| -> String {
+    let file_arg = file.display().to_string();
+    let stderr = |args: &[&str], journal: bool| -> String {
         let (mut read, write) = pipe();
         let mut cmd = command();
-        cmd.arg("--check").arg("--config").arg(&file);
+        cmd.args(args);
         if journal {
             cmd.env("JOURNAL_STREAM", journal_stream(&write));
         }
@@ -180,13 +181,17 @@ fn a_check_s_error_has_the_journal_s_error_priority() {
     };
     // The file has no route: a warning says so, at its own priority.
     let error = format!("{}:2: limits.max-headers: ", file.display());
-    let journal = stderr(true);
+    let check = ["--check", "--config", &file_arg];
+    let journal = stderr(&check, true);
     let has = |text: &str, line: &str| text.lines().any(|l| l.starts_with(line));
     assert!(has(&journal, &format!("<3>{error}")), "{journal}");
     assert!(has(&journal, "<4>"), "{journal}");
     // In a terminal, the line alone, as `nginx -t` prints it.
-    let terminal = stderr(false);
+    let terminal = stderr(&check, false);
     assert!(has(&terminal, &error), "{terminal}");
+    // A bad flag (a unit's ExecStart= edited wrongly) is such an error too.
+    let flag = stderr(&["--shards", "many"], true);
+    assert!(has(&flag, "<3>--shards: "), "{flag}");
 }
 
 /// Outside systemd a serving process's lines start with the time, in UTC

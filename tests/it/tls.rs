@@ -243,21 +243,34 @@ impl<T: Read + Write> ReadWrite for T {}
 const GET: &str = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// A connection that closes after its response (HTTP/1.0, `Connection:
-/// close`) or idle past keepalive-timeout ends with close_notify: a TLS client tells that clean end from
-/// a cut (rustls reports a bare close as UnexpectedEof; OpenSSL 3 clients,
-/// curl among them, as "unexpected eof while reading").
+/// close`, an error's, a timeout's 408) or idle past keepalive-timeout ends
+/// with close_notify: a TLS client tells that clean end from a cut (rustls
+/// reports a bare close as UnexpectedEof; OpenSSL 3 clients, curl among
+/// them, as "unexpected eof while reading").
 #[test]
 fn a_connection_that_closes_cleanly_sends_close_notify() {
     let dir = Scratch::new("tls-close-notify");
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
     let file = config(&dir, &[("site.pem", "site.key", &[])], "");
-    let (_server, addr) = start(&file, &["--keepalive-timeout", "1s"]);
-    for request in [
-        "GET / HTTP/1.0\r\n\r\n",
-        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    let (_server, addr) = start(
+        &file,
+        &["--keepalive-timeout", "1s", "--header-timeout", "1s"],
+    );
+    for (request, status) in [
+        ("GET / HTTP/1.0\r\n\r\n", "200 OK"),
+        (
+            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "200 OK",
+        ),
         // Kept alive, then idle past keepalive-timeout: a clean end too.
-        GET,
+        (GET, "200 OK"),
+        ("GET / HTTP/1.1\r\n\r\n", "400 Bad Request"),
+        // A head not finished within header-timeout.
+        (
+            "GET / HTTP/1.1\r\nHost: localhost\r\n",
+            "408 Request Timeout",
+        ),
     ] {
         let mut s = tls_connect(addr, "localhost", Some(&ca));
         s.write_all(request.as_bytes()).unwrap();
@@ -265,7 +278,7 @@ fn a_connection_that_closes_cleanly_sends_close_notify() {
         s.read_to_end(&mut all)
             .unwrap_or_else(|e| panic!("{request:?}: {e} after {all:?}"));
         assert!(
-            all.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            all.starts_with(format!("HTTP/1.1 {status}\r\n").as_bytes()),
             "{request:?}: {all:?}"
         );
     }
