@@ -67,27 +67,53 @@ pub fn run(url: &str, interval: Duration, expected: Option<&Path>) -> Result<Str
             format_seconds(row.p99)
         ));
     }
-    let counts: Vec<f64> = b
-        .iter()
-        .filter(|(s, _)| s.as_str() != "all")
-        .map(|(_, r)| r.requests)
-        .collect();
-    if let (Some(max), Some(min)) = (
-        counts.iter().cloned().reduce(f64::max),
-        counts.iter().cloned().reduce(f64::min),
-    ) {
-        if min > 0.0 {
-            out.push_str(&format!(
-                "spread of requests over shards (max/min): {:.2}\n",
-                max / min
-            ));
-        }
-    }
+    out.push_str(&spread(&a, &b, secs));
     out.push_str(&apps_table(&second));
     if let Some(note) = expected.and_then(|file| another_server(&second, url, file)) {
         out.push_str(&note);
     }
     Ok(out)
+}
+
+/// How evenly the shards took the requests (max/min of their counts):
+/// between the two reads, the question an operator watching a load asks
+/// (one shard saturated beside an idle one is not "even" because their
+/// totals since start are), and since start. A shard with none of them
+/// is named rather than given an infinite ratio.
+fn spread(a: &BTreeMap<String, Row>, b: &BTreeMap<String, Row>, secs: f64) -> String {
+    let ratio = |counts: &[(&str, f64)]| -> Option<String> {
+        let max = counts.iter().map(|c| c.1).reduce(f64::max)?;
+        if max <= 0.0 {
+            return None;
+        }
+        let idle: Vec<&str> = counts.iter().filter(|c| c.1 <= 0.0).map(|c| c.0).collect();
+        Some(if idle.is_empty() {
+            let min = counts.iter().map(|c| c.1).reduce(f64::min)?;
+            format!("{:.2}", max / min)
+        } else {
+            format!("shard {} took none", idle.join(", "))
+        })
+    };
+    let shards = || b.iter().filter(|(s, _)| s.as_str() != "all");
+    let lately: Vec<(&str, f64)> = shards()
+        .map(|(s, r)| {
+            let before = a.get(s).map_or(0.0, |r| r.requests);
+            (s.as_str(), (r.requests - before).max(0.0))
+        })
+        .collect();
+    let total: Vec<(&str, f64)> = shards().map(|(s, r)| (s.as_str(), r.requests)).collect();
+    let mut out = String::new();
+    if let Some(r) = ratio(&lately) {
+        out.push_str(&format!(
+            "spread of requests over shards in these {secs:.1} s (max/min): {r}\n"
+        ));
+    }
+    if let Some(r) = ratio(&total) {
+        out.push_str(&format!(
+            "spread of requests over shards since start (max/min): {r}\n"
+        ));
+    }
+    out
 }
 
 /// A note when the server that answered runs another configuration file
@@ -386,7 +412,7 @@ fn fetch(url: &str) -> Result<String, StatusError> {
             // once they are ready: a start-up that waits for them (up to
             // their start-timeout) looks so from here.
             fail(format!(
-                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them",
+                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them (or it cannot take connections now: its log says why, out of open files for one)",
                 patience.as_secs()
             ))
         }
@@ -448,6 +474,40 @@ mod tests {
         assert_eq!(label(labels, "pid"), None);
         assert_eq!(label("", "app"), None);
         assert_eq!(label(r#"app="cut"#, "app"), None);
+    }
+
+    /// The spread between the reads is the interval's own: one shard
+    /// saturated beside an idle one is said so, whatever their totals.
+    #[test]
+    fn the_spread_is_the_interval_s_and_the_total_s() {
+        let table = |counts: &[(&str, f64)]| -> BTreeMap<String, Row> {
+            counts
+                .iter()
+                .map(|&(s, requests)| {
+                    let row = Row {
+                        requests,
+                        ..Row::default()
+                    };
+                    (s.to_string(), row)
+                })
+                .collect()
+        };
+        let before = table(&[("0", 3000.0), ("1", 2600.0), ("all", 5600.0)]);
+        let after = table(&[("0", 3600.0), ("1", 2600.0), ("all", 6200.0)]);
+        assert_eq!(
+            spread(&before, &after, 2.0),
+            "spread of requests over shards in these 2.0 s (max/min): shard 1 took none\n\
+             spread of requests over shards since start (max/min): 1.38\n"
+        );
+        let after = table(&[("0", 3100.0), ("1", 2650.0), ("all", 5750.0)]);
+        assert_eq!(
+            spread(&before, &after, 1.0),
+            "spread of requests over shards in these 1.0 s (max/min): 2.00\n\
+             spread of requests over shards since start (max/min): 1.17\n"
+        );
+        // Nothing served yet: nothing to say.
+        let none = table(&[("0", 0.0), ("1", 0.0), ("all", 0.0)]);
+        assert_eq!(spread(&none, &none, 1.0), "");
     }
 
     #[test]

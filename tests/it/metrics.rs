@@ -180,7 +180,7 @@ fn status_prints_a_table_of_shards() {
     assert_eq!(row("1")[1], "1");
     assert_eq!(row("all")[3], "10");
     assert!(
-        table.contains("spread of requests over shards (max/min): 1.00"),
+        table.contains("spread of requests over shards since start (max/min): 1.00"),
         "{table}"
     );
     // By name, as an operator types it.
