@@ -110,6 +110,18 @@ struct Dealer {
     next: usize,
 }
 
+/// The shards a round of dealing offers a connection to, in turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Those under `max-connections`.
+    Room,
+    /// Those at it that hold a connection waiting for a request, which
+    /// they close to make room.
+    Reclaim,
+    /// Any (a shard with neither answers 503).
+    Any,
+}
+
 /// What became of one connection.
 enum Dealt {
     Queued,
@@ -124,17 +136,22 @@ impl Dealer {
         let n = self.shards.len();
         let mut conn = conn;
         // First the shards with room; when every one holds
-        // `max-connections`, any that is not behind (it closes an idle
-        // connection to make room, or answers 503). One with room that is
-        // only behind is waited for (a pause), not passed over for a full
-        // one.
-        for with_room in [true, false] {
+        // `max-connections`, those that would close an idle connection to
+        // make room; then any that is not behind (it answers 503). One
+        // with room, or one that can make it, that is only behind is
+        // waited for (a pause), not passed over for one that cannot.
+        for tier in [Tier::Room, Tier::Reclaim, Tier::Any] {
             let mut live = 0;
             let mut roomy_behind = false;
             for k in 0..n {
                 let i = (self.next + k) % n;
                 let Some(tx) = &self.shards[i] else { continue };
-                if with_room && !tx.has_room() {
+                let takes = match tier {
+                    Tier::Room => tx.has_room(),
+                    Tier::Reclaim => tx.can_reclaim(),
+                    Tier::Any => true,
+                };
+                if !takes {
                     live += 1;
                     continue;
                 }
@@ -145,7 +162,7 @@ impl Dealer {
                     }
                     Err((back, Refused::Full)) => {
                         live += 1;
-                        roomy_behind |= with_room;
+                        roomy_behind |= tier != Tier::Any;
                         conn = back;
                     }
                     Err((back, Refused::Closed)) => {
@@ -444,6 +461,33 @@ mod tests {
         assert!(matches!(d.deal(conn()), Dealt::Queued));
         assert!(matches!(d.deal(conn()), Dealt::AllFull(_)));
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 0]);
+    }
+
+    /// Every shard at `max-connections`: one that holds an idle connection
+    /// (it closes it to make room) is dealt to before one whose every
+    /// connection has a request under way (it would answer 503).
+    #[test]
+    fn out_of_room_a_shard_that_can_make_room_comes_first() {
+        let (mut d, rxs) = dealer(3, 8);
+        for rx in &rxs {
+            rx.capacity().set(0);
+        }
+        rxs[1].capacity().set_reclaimable(true);
+        for _ in 0..3 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [0, 3, 0]);
+        // None can make room: in turn, as before.
+        rxs[1].capacity().set_reclaimable(false);
+        for _ in 0..3 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 1, 1]);
+        // Room beats making room.
+        rxs[0].capacity().set_reclaimable(true);
+        rxs[2].capacity().set(u64::MAX);
+        assert!(matches!(d.deal(conn()), Dealt::Queued));
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [0, 0, 1]);
     }
 
     #[test]

@@ -67,6 +67,11 @@ struct Shared {
     /// one taken off the queue but not yet counted as the shard's is never
     /// dealt twice.
     budget: AtomicU64,
+    /// Whether the shard holds a connection waiting for a request, which
+    /// it would close to make room past its limit: written by the shard
+    /// when that changes while it is near its limit, read by the acceptor
+    /// (a hint, as `budget`).
+    reclaimable: AtomicBool,
 }
 
 /// A new queue holding at most `capacity` connections.
@@ -80,6 +85,7 @@ pub fn queue(capacity: usize) -> std::io::Result<(Sender, Receiver)> {
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
         budget: AtomicU64::new(u64::MAX),
+        reclaimable: AtomicBool::new(false),
     });
     Ok((Sender(shared.clone(), Cell::new(0)), Receiver(shared)))
 }
@@ -124,6 +130,12 @@ impl Sender {
     /// to it (`Capacity`).
     pub fn has_room(&self) -> bool {
         self.1.get() < self.0.budget.load(Ordering::Relaxed)
+    }
+
+    /// Whether the shard, out of room, would make room by closing an idle
+    /// connection rather than answer 503 (`Capacity::set_reclaimable`).
+    pub fn can_reclaim(&self) -> bool {
+        self.0.reclaimable.load(Ordering::Relaxed)
     }
 
     /// Close what the queue still holds (its shard died and will not take
@@ -235,6 +247,14 @@ impl Capacity {
     /// (`u64::MAX`: room past `near`).
     pub fn set(&self, budget: u64) {
         self.0.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// Say whether the shard holds a connection it would close to make
+    /// room (one waiting for a request): a shard at its limit full of
+    /// requests under way is dealt to only when every shard is out of
+    /// room and none can make it.
+    pub fn set_reclaimable(&self, reclaimable: bool) {
+        self.0.reclaimable.store(reclaimable, Ordering::Relaxed);
     }
 }
 

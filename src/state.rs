@@ -144,6 +144,11 @@ pub struct Shard {
     /// Times a connection of the shard became idle: orders them by how
     /// long they have been (a counter, not a clock: nothing to read).
     idle_turns: Cell<u64>,
+    /// Connections idle now (`ConnEntry::idle`), and whether the acceptor
+    /// was last told that there is one to close for room
+    /// (`Capacity::set_reclaimable`).
+    idle_now: Cell<usize>,
+    said_reclaimable: Cell<bool>,
     /// The CPU the shard was planned on (its own when pinned).
     cpu: usize,
     metrics: ShardMetrics,
@@ -217,6 +222,8 @@ impl Shard {
             proxy_protocol_lines: Throttle::default(),
             conns: RefCell::new(Slab::new()),
             idle_turns: Cell::new(0),
+            idle_now: Cell::new(0),
+            said_reclaimable: Cell::new(false),
             cpu,
             metrics: ShardMetrics::default(),
             readiness,
@@ -260,6 +267,29 @@ impl Shard {
             self.said_budget.set(budget);
             capacity.set(budget);
         }
+        self.say_reclaimable();
+    }
+
+    /// Tell the acceptor whether an idle connection could make room, when
+    /// that changed and the shard is near its limit (far from it, room is
+    /// all the acceptor looks at, and idle connections come and go with
+    /// every request).
+    fn say_reclaimable(&self) {
+        let Some(capacity) = self.capacity.get() else {
+            return;
+        };
+        let reclaimable = self.idle_now.get() > 0;
+        if self.said_budget.get() != u64::MAX && reclaimable != self.said_reclaimable.get() {
+            self.said_reclaimable.set(reclaimable);
+            capacity.set_reclaimable(reclaimable);
+        }
+    }
+
+    /// Count a connection becoming idle, or no longer.
+    fn count_idle(&self, idle: bool) {
+        let now = self.idle_now.get();
+        self.idle_now.set(if idle { now + 1 } else { now - 1 });
+        self.say_reclaimable();
     }
 
     /// A connection taken, until its task runs (and registers it or
@@ -418,6 +448,8 @@ impl Shard {
         // Not chosen twice before its task has run.
         c.idle.set(false);
         shut_reading(c);
+        drop(conns);
+        self.count_idle(false);
         true
     }
 
@@ -443,20 +475,28 @@ impl Shard {
 
     /// Forget a closed connection.
     pub fn deregister(&self, key: ConnKey) {
-        self.conns.borrow_mut().try_remove(key);
+        let gone = self.conns.borrow_mut().try_remove(key);
+        if gone.is_some_and(|c| c.idle.get()) {
+            self.idle_now.set(self.idle_now.get() - 1);
+        }
         self.say_capacity();
     }
 
     /// Mark whether no byte of a request is waiting on a connection (it is
     /// between requests, or has sent nothing yet).
     pub fn set_idle(&self, key: ConnKey, idle: bool) {
-        if let Some(c) = self.conns.borrow().get(key) {
+        let changed = {
+            let conns = self.conns.borrow();
+            let Some(c) = conns.get(key) else { return };
             if idle && !c.idle.get() {
                 let turn = self.idle_turns.get() + 1;
                 self.idle_turns.set(turn);
                 c.idle_since.set(turn);
             }
-            c.idle.set(idle);
+            c.idle.replace(idle) != idle
+        };
+        if changed {
+            self.count_idle(idle);
         }
     }
 

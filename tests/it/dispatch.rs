@@ -71,6 +71,40 @@ fn a_full_shard_is_passed_over_while_another_has_room() {
     assert_eq!(dealt, [3, 9], "{log}");
 }
 
+/// Every shard at `max-connections`: new connections go to the one that
+/// holds idle keep-alive connections (it closes one to make room), not to
+/// the one whose every connection has a request under way, which could
+/// only answer 503 while the server has room.
+#[test]
+fn out_of_room_a_shard_with_idle_connections_takes_the_new_ones() {
+    let server = Server::start(&["--shards", "2", "--max-connections", "3"]);
+    // Dealt in turn: a busy one (half a request sent) to shard 0, an idle
+    // keep-alive one to shard 1, three times.
+    let held: Vec<_> = (0..3)
+        .flat_map(|_| {
+            let busy = server.connect();
+            (&busy).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+            let idle = server.connect();
+            (&idle)
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            assert_eq!(Reader::new(&idle).next(false).status, 200);
+            [busy, idle]
+        })
+        .collect();
+    for i in 0..3 {
+        let text = server.exchange(CLOSE);
+        assert!(text.starts_with("HTTP/1.1 200 "), "connection {i}: {text}");
+    }
+    drop(held);
+    let log = server.stop();
+    let dealt: BTreeMap<usize, u64> = stopped_stats(&log)
+        .iter()
+        .map(|s| (s.shard, s.connections))
+        .collect();
+    assert_eq!(dealt, BTreeMap::from([(0, 3), (1, 6)]), "{log}");
+}
+
 /// A burst of connections to a shard one short of `max-connections` gets
 /// it one, the rest going to the shard with room: the connections it
 /// holds are not closed to make room for a burst another shard could take.
