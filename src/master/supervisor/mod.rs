@@ -685,13 +685,14 @@ impl<W: World> Supervisor<W> {
         }
         // What the new settings would start: "auto" is the CPUs they give.
         let running = self.slots.len();
-        let wanted = crate::cpus::allowed_cpus()
-            .ok()
+        let allowed = crate::cpus::allowed_cpus().ok();
+        let wanted = allowed
+            .as_deref()
             .and_then(|allowed| {
-                crate::cpus::plan_shards(&allowed, new.cpus.as_deref(), new.shards).ok()
+                crate::cpus::plan_shards(allowed, new.cpus.as_deref(), new.shards).ok()
             })
             .map_or(running, |plan| plan.len());
-        for key in needs_restart(&self.config, &new, running, wanted) {
+        for key in needs_restart(&self.config, &new, running, wanted, allowed.as_deref()) {
             warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
         }
         if new.tls.listen.is_empty() && !self.config.tls.listen.is_empty() {

@@ -64,19 +64,29 @@ pub(super) fn added_listeners(old: &Config, new: &Config) -> Vec<(&'static str, 
 /// (listening addresses removed: `added_listeners` refuses new ones).
 /// Shards are compared by number: `running`, the shards there are, and
 /// `wanted`, what `new` would start (`"auto"` and the number it gives
-/// here are the same).
+/// here are the same); CPU lists by the CPUs they name, `"all"` being
+/// `allowed` (this process's affinity mask, when known).
 pub(super) fn needs_restart(
     old: &Config,
     new: &Config,
     running: usize,
     wanted: usize,
+    allowed: Option<&[usize]>,
 ) -> Vec<&'static str> {
+    let cpus = |c: &Config| {
+        let mut cpus = c.cpus.as_deref().or(allowed).map(<[usize]>::to_vec);
+        if let Some(list) = &mut cpus {
+            list.sort_unstable();
+            list.dedup();
+        }
+        cpus
+    };
     [
         // Listed in any order: the same addresses are the same sockets.
         ("server.listen", !same_set(&old.listen, &new.listen)),
         ("tls.listen", !same_set(&old.tls.listen, &new.tls.listen)),
         ("server.shards", running != wanted),
-        ("server.cpus", old.cpus != new.cpus),
+        ("server.cpus", cpus(old) != cpus(new)),
         ("server.dispatch", old.dispatch != new.dispatch),
         ("server.affinity", old.affinity != new.affinity),
         ("server.defer-accept", old.defer_accept != new.defer_accept),
@@ -126,12 +136,12 @@ mod tests {
     fn restart_only_settings_are_named() {
         let old = Config::default();
         let mut new = old.clone();
-        assert!(needs_restart(&old, &new, 2, 2).is_empty());
+        assert!(needs_restart(&old, &new, 2, 2, None).is_empty());
         // "auto" and the number it means here are the same.
         new.shards = Some(2);
-        assert!(needs_restart(&old, &new, 2, 2).is_empty());
+        assert!(needs_restart(&old, &new, 2, 2, None).is_empty());
         // A number to "auto", which would start more.
-        assert_eq!(needs_restart(&new, &old, 2, 8), ["server.shards"]);
+        assert_eq!(needs_restart(&new, &old, 2, 8, None), ["server.shards"]);
         // The same addresses in another order are no change.
         let (a, b): (SocketAddr, SocketAddr) = (
             "127.0.0.1:1".parse().unwrap(),
@@ -140,17 +150,30 @@ mod tests {
         let (mut x, mut y) = (old.clone(), old.clone());
         x.listen = vec![a, b];
         y.listen = vec![b, a];
-        assert!(needs_restart(&x, &y, 2, 2).is_empty());
+        assert!(needs_restart(&x, &y, 2, 2, None).is_empty());
         y.listen = vec![b];
-        assert_eq!(needs_restart(&x, &y, 2, 2), ["server.listen"]);
+        assert_eq!(needs_restart(&x, &y, 2, 2, None), ["server.listen"]);
         new.shards = Some(3);
         new.affinity = crate::config::Affinity::Pinned;
         new.drain_timeout = std::time::Duration::from_secs(1);
         new.limits.max_body_bytes += 1;
         assert_eq!(
-            needs_restart(&old, &new, 2, 3),
+            needs_restart(&old, &new, 2, 3, None),
             ["server.shards", "server.affinity", "server.drain-timeout"]
         );
+        // "all" and the list of every CPU allowed are the same CPUs; a
+        // list in another order too.
+        let listed = Config {
+            cpus: Some(vec![1, 0]),
+            ..old.clone()
+        };
+        let both: &[usize] = &[0, 1];
+        assert!(needs_restart(&old, &listed, 2, 2, Some(both)).is_empty());
+        assert_eq!(
+            needs_restart(&old, &listed, 2, 2, Some(&[0, 1, 2])),
+            ["server.cpus"]
+        );
+        assert_eq!(needs_restart(&old, &listed, 2, 2, None), ["server.cpus"]);
     }
 
     #[test]
