@@ -285,11 +285,16 @@ impl Shard {
         }
     }
 
-    /// Count a connection becoming idle, or no longer.
+    /// Count a connection becoming idle, or no longer: said only when the
+    /// count crosses zero, which is all `say_reclaimable` tells (most
+    /// requests change neither).
     fn count_idle(&self, idle: bool) {
-        let now = self.idle_now.get();
-        self.idle_now.set(if idle { now + 1 } else { now - 1 });
-        self.say_reclaimable();
+        let was = self.idle_now.get();
+        let now = if idle { was + 1 } else { was - 1 };
+        self.idle_now.set(now);
+        if was == 0 || now == 0 {
+            self.say_reclaimable();
+        }
     }
 
     /// A connection taken, until its task runs (and registers it or
