@@ -412,7 +412,7 @@ fn fetch(url: &str) -> Result<String, StatusError> {
             // once they are ready: a start-up that waits for them (up to
             // their start-timeout) looks so from here.
             fail(format!(
-                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them (or it cannot take connections now: its log says why, out of open files for one)",
+                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them, or it cannot take connections now, out of open files for one: its log says why",
                 patience.as_secs()
             ))
         }

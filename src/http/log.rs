@@ -115,7 +115,13 @@ impl<'a> Entry<'a> {
             line,
             referer: field("referer"),
             user_agent: field("user-agent"),
-            host: field("host"),
+            // As a request's: an absolute-form target's authority (when
+            // it is a host), else the Host field.
+            host: request
+                .and_then(|(_, target, _)| super::parse::split_absolute(target))
+                .map(|(authority, _)| authority.as_bytes())
+                .filter(|a| super::parse::valid_host(a))
+                .or_else(|| field("host")),
             ..Entry::bare(status, bytes)
         }
     }
@@ -280,6 +286,9 @@ mod tests {
         assert_eq!(entry.host, None);
         let named = Entry::refused(b"GET / HTTP/1.1\r\nHost: a.example\r\nX\r\n\r\n", 400, 0);
         assert_eq!(named.host, Some(&b"a.example"[..]));
+        let absolute = b"POST HTTP://b.example:8080/x HTTP/1.1\r\nHost: a\r\nX\r\n\r\n";
+        let absolute = Entry::refused(absolute, 400, 0);
+        assert_eq!(absolute.host, Some(&b"b.example:8080"[..]));
         for not_one in [
             &b"GARBAGE\r\n\r\n"[..],
             b"GET / HTTP/2.x\r\n\r\n",

@@ -430,17 +430,11 @@ fn split_target(target: &str, method: Method) -> Result<TargetParts<'_>, ParseEr
             authority: None,
         });
     } else {
-        let after_scheme = strip_prefix_ignore_case(target, "http://")
-            .or_else(|| strip_prefix_ignore_case(target, "https://"))
-            .ok_or(ParseError::Target)?;
-        let end = after_scheme
-            .find(['/', '?', '#'])
-            .unwrap_or(after_scheme.len());
-        let authority = &after_scheme[..end];
+        let (authority, rest) = split_absolute(target).ok_or(ParseError::Target)?;
         if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
             return Err(ParseError::Target);
         }
-        (Some(authority), &after_scheme[end..])
+        (Some(authority), rest)
     };
     // A fragment is never sent by a conforming client; drop it if one is.
     let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
@@ -454,6 +448,17 @@ fn split_target(target: &str, method: Method) -> Result<TargetParts<'_>, ParseEr
         query,
         authority,
     })
+}
+
+/// An absolute-form target (`http://` or `https://`, in any case) split
+/// into its authority, unchecked, and what follows it.
+pub fn split_absolute(target: &str) -> Option<(&str, &str)> {
+    let after_scheme = strip_prefix_ignore_case(target, "http://")
+        .or_else(|| strip_prefix_ignore_case(target, "https://"))?;
+    let end = after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len());
+    Some(after_scheme.split_at(end))
 }
 
 /// `s` without `prefix`, compared in any (ASCII) case.
