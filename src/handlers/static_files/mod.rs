@@ -57,9 +57,17 @@ pub const SENDFILE_WINDOW: u64 = 1 << 20;
 pub const CACHE_BYTES: usize = 32 << 20;
 
 /// What an entry counts against `CACHE_BYTES` besides its content and
-/// name: its bookkeeping, so that names looked up and not there (each
-/// cached as not found) cannot grow the cache without bound.
-const ENTRY_COST: usize = 256;
+/// name: its bookkeeping, about what it takes (its slot in a table that
+/// may be twice the size of its entries, the key's allocations), so that
+/// names looked up and not there (each cached as not found) cannot grow
+/// the cache past what it says.
+const ENTRY_COST: usize = 2 * std::mem::size_of::<(CacheKey, CacheEntry)>() + 64;
+
+/// Most entries one site caches per shard, whatever they hold: a scanner's
+/// (or a single-page app's) stream of names that are not there is
+/// remembered, as not found, at this cost at most (a few MiB), as nginx's
+/// `open_file_cache max=` bounds its own.
+pub const CACHE_ENTRIES: usize = 8192;
 
 /// Files larger than this are never compressed by `gzip` (served as they
 /// are, or from a precompressed sibling): one is read whole and compressed
@@ -446,10 +454,12 @@ impl SiteState {
         }
         if self.cache_bytes.get() + size > CACHE_BYTES
             || self.cache_files.get() + files > CACHE_FILES
+            || cache.len() >= CACHE_ENTRIES
         {
-            // Full: start over rather than track recency on every hit.
-            cache.clear();
-            self.open_files.borrow_mut().clear();
+            // Full: start over rather than track recency on every hit, and
+            // give the table's memory back (a cleared one keeps it).
+            *cache = HashMap::new();
+            *self.open_files.borrow_mut() = VecDeque::new();
             self.cache_bytes.set(0);
             self.cache_files.set(0);
         }
@@ -953,4 +963,38 @@ async fn stream_file(
         let _ = recheck::wait(reader.close()).await;
     }
     (pos - start, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names that are not there, one after another (a scanner's probes, a
+    /// single-page app's routes under a `fallback`): the cache holds at
+    /// most `CACHE_ENTRIES` of them, and starting over gives the table's
+    /// memory back.
+    #[test]
+    fn names_not_there_cannot_grow_the_cache_past_its_entries() {
+        let site = StaticSite::new(
+            "/".into(),
+            Rc::new(StaticConfig::new("/nonexistent".into())),
+        );
+        let state = &site.state;
+        for i in 0..CACHE_ENTRIES + 10 {
+            let key = CacheKey {
+                rel: format!("scan-{i}.php"),
+                trailing_slash: false,
+                encodings: Vec::new(),
+            };
+            state.remember(key, &Found::NotFound);
+            assert!(state.cache.borrow().len() <= CACHE_ENTRIES);
+        }
+        let cache = state.cache.borrow();
+        assert_eq!(cache.len(), 10);
+        assert!(cache.capacity() < 64, "{}", cache.capacity());
+        assert_eq!(
+            state.cache_bytes.get(),
+            10 * (ENTRY_COST + "scan-8192.php".len())
+        );
+    }
 }
