@@ -137,9 +137,9 @@ impl Dealer {
         let mut conn = conn;
         // First the shards with room; when every one holds
         // `max-connections`, those that would close an idle connection to
-        // make room; then any that is not behind (it answers 503). One
-        // with room, or one that can make it, that is only behind is
-        // waited for (a pause), not passed over for one that cannot.
+        // make room (no more than they hold); then any that is not behind
+        // (it answers 503). One with room that is only behind is waited
+        // for (a pause), not passed over for one that cannot take it.
         for tier in [Tier::Room, Tier::Reclaim, Tier::Any] {
             let mut live = 0;
             let mut roomy_behind = false;
@@ -162,7 +162,10 @@ impl Dealer {
                     }
                     Err((back, Refused::Full)) => {
                         live += 1;
-                        roomy_behind |= tier != Tier::Any;
+                        // Behind with room: it will take this soon. One
+                        // that could only make room is no better than one
+                        // not behind that answers.
+                        roomy_behind |= tier == Tier::Room;
                         conn = back;
                     }
                     Err((back, Refused::Closed)) => {
@@ -472,22 +475,28 @@ mod tests {
         for rx in &rxs {
             rx.capacity().set(0);
         }
-        rxs[1].capacity().set_reclaimable(true);
-        for _ in 0..3 {
+        // Shard 1 holds two idle connections: it takes two, then every
+        // shard, none able to make room, in turn.
+        rxs[1].capacity().set_reclaim_budget(2);
+        for _ in 0..5 {
             assert!(matches!(d.deal(conn()), Dealt::Queued));
         }
-        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [0, 3, 0]);
-        // None can make room: in turn, as before.
-        rxs[1].capacity().set_reclaimable(false);
-        for _ in 0..3 {
-            assert!(matches!(d.deal(conn()), Dealt::Queued));
-        }
-        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 3, 1]);
         // Room beats making room.
-        rxs[0].capacity().set_reclaimable(true);
+        rxs[0].capacity().set_reclaim_budget(5);
         rxs[2].capacity().set(u64::MAX);
         assert!(matches!(d.deal(conn()), Dealt::Queued));
         assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [0, 0, 1]);
+        // One that could make room but is behind is passed over for one
+        // that answers, not waited for.
+        let (mut d, rxs) = dealer(2, 1);
+        for rx in &rxs {
+            rx.capacity().set(0);
+        }
+        rxs[0].capacity().set_reclaim_budget(9);
+        assert!(matches!(d.deal(conn()), Dealt::Queued));
+        assert!(matches!(d.deal(conn()), Dealt::Queued));
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [1, 1]);
     }
 
     #[test]

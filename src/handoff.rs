@@ -67,11 +67,12 @@ struct Shared {
     /// one taken off the queue but not yet counted as the shard's is never
     /// dealt twice.
     budget: AtomicU64,
-    /// Whether the shard holds a connection waiting for a request, which
-    /// it would close to make room past its limit: written by the shard
-    /// when that changes while it is near its limit, read by the acceptor
-    /// (a hint, as `budget`).
-    reclaimable: AtomicBool,
+    /// `budget` and the connections waiting for a request the shard holds,
+    /// each of which it would close to make room past its limit: how many
+    /// it may be dealt when every shard is out of room. Written by the
+    /// shard while it is near its limit, read by the acceptor (a hint, as
+    /// `budget`).
+    reclaim_budget: AtomicU64,
 }
 
 /// A new queue holding at most `capacity` connections.
@@ -85,7 +86,7 @@ pub fn queue(capacity: usize) -> std::io::Result<(Sender, Receiver)> {
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
         budget: AtomicU64::new(u64::MAX),
-        reclaimable: AtomicBool::new(false),
+        reclaim_budget: AtomicU64::new(0),
     });
     Ok((Sender(shared.clone(), Cell::new(0)), Receiver(shared)))
 }
@@ -132,10 +133,11 @@ impl Sender {
         self.1.get() < self.0.budget.load(Ordering::Relaxed)
     }
 
-    /// Whether the shard, out of room, would make room by closing an idle
-    /// connection rather than answer 503 (`Capacity::set_reclaimable`).
+    /// Whether the shard, out of room, would make room for one more
+    /// connection than were dealt to it by closing an idle one, rather than
+    /// answer 503 (`Capacity::set_reclaim_budget`).
     pub fn can_reclaim(&self) -> bool {
-        self.0.reclaimable.load(Ordering::Relaxed)
+        self.1.get() < self.0.reclaim_budget.load(Ordering::Relaxed)
     }
 
     /// Close what the queue still holds (its shard died and will not take
@@ -249,12 +251,13 @@ impl Capacity {
         self.0.budget.store(budget, Ordering::Relaxed);
     }
 
-    /// Say whether the shard holds a connection it would close to make
-    /// room (one waiting for a request): a shard at its limit full of
+    /// Say how many connections the shard may be dealt since the queue was
+    /// made if it closes, for each past its room, one waiting for a request
+    /// (its budget and its idle connections): a shard at its limit full of
     /// requests under way is dealt to only when every shard is out of
     /// room and none can make it.
-    pub fn set_reclaimable(&self, reclaimable: bool) {
-        self.0.reclaimable.store(reclaimable, Ordering::Relaxed);
+    pub fn set_reclaim_budget(&self, budget: u64) {
+        self.0.reclaim_budget.store(budget, Ordering::Relaxed);
     }
 }
 

@@ -144,11 +144,11 @@ pub struct Shard {
     /// Times a connection of the shard became idle: orders them by how
     /// long they have been (a counter, not a clock: nothing to read).
     idle_turns: Cell<u64>,
-    /// Connections idle now (`ConnEntry::idle`), and whether the acceptor
-    /// was last told that there is one to close for room
-    /// (`Capacity::set_reclaimable`).
+    /// Connections idle now (`ConnEntry::idle`), and what the acceptor was
+    /// last told it may deal past the shard's room, closing them
+    /// (`Capacity::set_reclaim_budget`).
     idle_now: Cell<usize>,
-    said_reclaimable: Cell<bool>,
+    said_reclaim_budget: Cell<u64>,
     /// The CPU the shard was planned on (its own when pinned).
     cpu: usize,
     metrics: ShardMetrics,
@@ -223,7 +223,7 @@ impl Shard {
             conns: RefCell::new(Slab::new()),
             idle_turns: Cell::new(0),
             idle_now: Cell::new(0),
-            said_reclaimable: Cell::new(false),
+            said_reclaim_budget: Cell::new(0),
             cpu,
             metrics: ShardMetrics::default(),
             readiness,
@@ -267,34 +267,35 @@ impl Shard {
             self.said_budget.set(budget);
             capacity.set(budget);
         }
-        self.say_reclaimable();
+        self.say_reclaim_budget();
     }
 
-    /// Tell the acceptor whether an idle connection could make room, when
-    /// that changed and the shard is near its limit (far from it, room is
-    /// all the acceptor looks at, and idle connections come and go with
-    /// every request).
-    fn say_reclaimable(&self) {
+    /// Tell the acceptor how many it may deal past the shard's room, the
+    /// idle connections it would close for them, when that changed and the
+    /// shard is near its limit (far from it, room is all the acceptor looks
+    /// at, and idle connections come and go with every request).
+    fn say_reclaim_budget(&self) {
+        let budget = self.said_budget.get();
+        if budget == u64::MAX {
+            return;
+        }
         let Some(capacity) = self.capacity.get() else {
             return;
         };
-        let reclaimable = self.idle_now.get() > 0;
-        if self.said_budget.get() != u64::MAX && reclaimable != self.said_reclaimable.get() {
-            self.said_reclaimable.set(reclaimable);
-            capacity.set_reclaimable(reclaimable);
+        let reclaim = budget + self.idle_now.get() as u64;
+        if reclaim != self.said_reclaim_budget.replace(reclaim) {
+            capacity.set_reclaim_budget(reclaim);
         }
     }
 
-    /// Count a connection becoming idle, or no longer: said only when the
-    /// count crosses zero, which is all `say_reclaimable` tells (most
-    /// requests change neither).
+    /// Count a connection becoming idle, or no longer (said to the acceptor
+    /// only near the limit).
     fn count_idle(&self, idle: bool) {
         let was = self.idle_now.get();
-        let now = if idle { was + 1 } else { was - 1 };
-        self.idle_now.set(now);
-        if was == 0 || now == 0 {
-            self.say_reclaimable();
-        }
+        debug_assert!(idle || was > 0, "an idle connection uncounted");
+        self.idle_now
+            .set(if idle { was + 1 } else { was.saturating_sub(1) });
+        self.say_reclaim_budget();
     }
 
     /// A connection taken, until its task runs (and registers it or

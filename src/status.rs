@@ -91,7 +91,8 @@ fn spread(a: &BTreeMap<String, Row>, b: &BTreeMap<String, Row>, secs: f64) -> St
             let min = counts.iter().map(|c| c.1).reduce(f64::min)?;
             format!("{:.2}", max / min)
         } else {
-            format!("shard {} took none", idle.join(", "))
+            let shards = if idle.len() == 1 { "shard" } else { "shards" };
+            format!("{shards} {} took none", idle.join(", "))
         })
     };
     let shards = || b.iter().filter(|(s, _)| s.as_str() != "all");
@@ -412,7 +413,7 @@ fn fetch(url: &str) -> Result<String, StatusError> {
             // once they are ready: a start-up that waits for them (up to
             // their start-timeout) looks so from here.
             fail(format!(
-                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them, or it cannot take connections now, out of open files for one: its log says why",
+                "no answer within {}s: coreserve answers here once its [[app]] instances are ready, and may still be starting them, or it cannot take connections now (out of open files, say): its log says why",
                 patience.as_secs()
             ))
         }

@@ -120,7 +120,7 @@ impl<'a> Entry<'a> {
             host: request
                 .and_then(|(_, target, _)| super::parse::split_absolute(target))
                 .map(|(authority, _)| authority.as_bytes())
-                .filter(|a| super::parse::valid_host(a))
+                .filter(|a| !a.is_empty() && super::parse::valid_host(a))
                 .or_else(|| field("host")),
             ..Entry::bare(status, bytes)
         }
@@ -289,6 +289,8 @@ mod tests {
         let absolute = b"POST HTTP://b.example:8080/x HTTP/1.1\r\nHost: a\r\nX\r\n\r\n";
         let absolute = Entry::refused(absolute, 400, 0);
         assert_eq!(absolute.host, Some(&b"b.example:8080"[..]));
+        let empty = Entry::refused(b"GET http:///x HTTP/1.1\r\nHost: a\r\nX\r\n\r\n", 400, 0);
+        assert_eq!(empty.host, Some(&b"a"[..]));
         for not_one in [
             &b"GARBAGE\r\n\r\n"[..],
             b"GET / HTTP/2.x\r\n\r\n",

@@ -63,11 +63,12 @@ pub const CACHE_BYTES: usize = 32 << 20;
 /// the cache past what it says.
 const ENTRY_COST: usize = 2 * std::mem::size_of::<(CacheKey, CacheEntry)>() + 64;
 
-/// Most entries one site caches per shard, whatever they hold: a scanner's
-/// (or a single-page app's) stream of names that are not there is
-/// remembered, as not found, at this cost at most (a few MiB), as nginx's
-/// `open_file_cache max=` bounds its own.
-pub const CACHE_ENTRIES: usize = 8192;
+/// Most lookups that found nothing to serve (not there, forbidden, a
+/// directory without its slash) one site keeps per shard: past it they are
+/// all dropped, the files found kept. A scanner's (or a single-page app's)
+/// stream of names that are not there costs a few MiB at most, and cannot
+/// push out what is served. 7168: what a table of 8192 slots holds.
+pub const CACHE_MISSING: usize = 7168;
 
 /// Files larger than this are never compressed by `gzip` (served as they
 /// are, or from a precompressed sibling): one is read whole and compressed
@@ -75,9 +76,13 @@ pub const CACHE_ENTRIES: usize = 8192;
 /// largest.
 pub const GZIP_MAX_FILE: u64 = 8 << 20;
 
-/// Most compressed bytes one site keeps per shard (and `ENTRY_COST` an
-/// entry); past it the compressed files are dropped and made again.
+/// Most compressed bytes one site keeps per shard (and `GZIP_ENTRY_COST`
+/// an entry); past it the compressed files are dropped and made again.
 pub const GZIP_CACHE_BYTES: usize = 32 << 20;
+
+/// What a compressed file counts against `GZIP_CACHE_BYTES` besides its
+/// bytes and name, as `ENTRY_COST` for the lookup cache.
+const GZIP_ENTRY_COST: usize = 2 * std::mem::size_of::<(String, Gzipped)>() + 64;
 
 /// Most open large files one site keeps cached per shard (as nginx's
 /// `open_file_cache max=1000`): each holds a descriptor.
@@ -141,6 +146,8 @@ struct SiteState {
     cache_bytes: Cell<usize>,
     /// Entries holding an open file.
     cache_files: Cell<usize>,
+    /// Entries that found nothing to serve, against `CACHE_MISSING`.
+    cache_missing: Cell<usize>,
     /// Whether it is in `KEEPING_FILES`, which it joins with its first
     /// open file (and is pruned from once dropped).
     keeps_files: Cell<bool>,
@@ -206,6 +213,7 @@ impl StaticSite {
                 cache: RefCell::new(HashMap::new()),
                 cache_bytes: Cell::new(0),
                 cache_files: Cell::new(0),
+                cache_missing: Cell::new(0),
                 keeps_files: Cell::new(false),
                 open_files: RefCell::new(VecDeque::new()),
                 gzipped: RefCell::new(HashMap::new()),
@@ -438,23 +446,38 @@ impl SiteState {
     /// request for it would be cut short until `cache-valid` passed).
     fn forget(&self, key: &CacheKey) {
         if let Some(e) = self.cache.borrow_mut().remove(key) {
-            let (size, files) = cost(key, &e.found);
-            self.cache_bytes.set(self.cache_bytes.get() - size);
-            self.cache_files.set(self.cache_files.get() - files);
+            self.uncount(key, &e.found);
         }
     }
 
+    /// Take an entry gone from the cache off its counts.
+    fn uncount(&self, key: &CacheKey, found: &Found) {
+        let (size, files, missing) = cost(key, found);
+        self.cache_bytes.set(self.cache_bytes.get() - size);
+        self.cache_files.set(self.cache_files.get() - files);
+        self.cache_missing.set(self.cache_missing.get() - missing);
+    }
+
     fn remember(&self, key: CacheKey, found: &Found) {
-        let (size, files) = cost(&key, found);
+        let (size, files, missing) = cost(&key, found);
         let mut cache = self.cache.borrow_mut();
         if let Some(old) = cache.remove(&key) {
-            let (old_size, old_files) = cost(&key, &old.found);
-            self.cache_bytes.set(self.cache_bytes.get() - old_size);
-            self.cache_files.set(self.cache_files.get() - old_files);
+            self.uncount(&key, &old.found);
+        }
+        if self.cache_missing.get() + missing > CACHE_MISSING {
+            // Lookups that found nothing go, all at once (no recency kept
+            // on every hit); what is served stays.
+            cache.retain(|k, e| {
+                let gone = cost(k, &e.found).2 > 0;
+                if gone {
+                    self.uncount(k, &e.found);
+                }
+                !gone
+            });
+            cache.shrink_to_fit();
         }
         if self.cache_bytes.get() + size > CACHE_BYTES
             || self.cache_files.get() + files > CACHE_FILES
-            || cache.len() >= CACHE_ENTRIES
         {
             // Full: start over rather than track recency on every hit, and
             // give the table's memory back (a cleared one keeps it).
@@ -462,9 +485,11 @@ impl SiteState {
             *self.open_files.borrow_mut() = VecDeque::new();
             self.cache_bytes.set(0);
             self.cache_files.set(0);
+            self.cache_missing.set(0);
         }
         self.cache_bytes.set(self.cache_bytes.get() + size);
         self.cache_files.set(self.cache_files.get() + files);
+        self.cache_missing.set(self.cache_missing.get() + missing);
         let checked = Instant::now();
         if files > 0 {
             self.open_files
@@ -550,7 +575,7 @@ impl SiteState {
     }
 
     fn keep_gzipped(&self, key: String, info: &FileInfo, body: Rc<[u8]>) {
-        let cost = |key: &String, z: &Gzipped| ENTRY_COST + key.len() + z.body.len();
+        let cost = |key: &String, z: &Gzipped| GZIP_ENTRY_COST + key.len() + z.body.len();
         let z = Gzipped {
             stamp: info.stamp,
             size: info.size,
@@ -590,14 +615,16 @@ fn compressible(g: &GzipConfig, info: &FileInfo) -> bool {
         && g.compresses_type(Some(info.content_type.as_bytes()))
 }
 
-/// What an entry counts against the cache's limits: bytes, open files.
-fn cost(key: &CacheKey, found: &Found) -> (usize, usize) {
-    let (content, files) = match found {
-        Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => (b.len(), 0),
-        Found::File(FileInfo { file: Some(_), .. }) => (0, 1),
-        _ => (0, 0),
+/// What an entry counts against the cache's limits: bytes, open files,
+/// lookups that found nothing to serve.
+fn cost(key: &CacheKey, found: &Found) -> (usize, usize, usize) {
+    let (content, files, missing) = match found {
+        Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => (b.len(), 0, 0),
+        Found::File(FileInfo { file: Some(_), .. }) => (0, 1, 0),
+        Found::File(_) => (0, 0, 0),
+        Found::NotFound | Found::Forbidden | Found::AddSlash | Found::Failed(_) => (0, 0, 1),
     };
-    (ENTRY_COST + key.rel.len() + content, files)
+    (ENTRY_COST + key.rel.len() + content, files, missing)
 }
 
 /// A file job's run (see `job`): serve it and report the exchange as every
@@ -971,30 +998,42 @@ mod tests {
 
     /// Names that are not there, one after another (a scanner's probes, a
     /// single-page app's routes under a `fallback`): the cache holds at
-    /// most `CACHE_ENTRIES` of them, and starting over gives the table's
-    /// memory back.
+    /// most `CACHE_MISSING` of them, dropping them gives the table's
+    /// memory back, and a file that is served stays.
     #[test]
-    fn names_not_there_cannot_grow_the_cache_past_its_entries() {
+    fn names_not_there_cannot_grow_the_cache_or_push_out_a_file() {
         let site = StaticSite::new(
             "/".into(),
             Rc::new(StaticConfig::new("/nonexistent".into())),
         );
         let state = &site.state;
-        for i in 0..CACHE_ENTRIES + 10 {
-            let key = CacheKey {
-                rel: format!("scan-{i}.php"),
-                trailing_slash: false,
-                encodings: Vec::new(),
-            };
-            state.remember(key, &Found::NotFound);
-            assert!(state.cache.borrow().len() <= CACHE_ENTRIES);
+        let key = |rel: String| CacheKey {
+            rel,
+            trailing_slash: false,
+            encodings: Vec::new(),
+        };
+        let page = Found::File(FileInfo {
+            size: 2,
+            mtime: 0,
+            content_type: "text/html",
+            encoding: None,
+            stamp: FileStamp::default(),
+            compressed_from: None,
+            body: Some(Rc::from(&b"hi"[..])),
+            file: None,
+        });
+        state.remember(key("index.html".into()), &page);
+        for i in 0..CACHE_MISSING + 10 {
+            state.remember(key(format!("scan-{i:05}.php")), &Found::NotFound);
+            assert!(state.cache_missing.get() <= CACHE_MISSING);
         }
         let cache = state.cache.borrow();
-        assert_eq!(cache.len(), 10);
+        assert_eq!((cache.len(), state.cache_missing.get()), (11, 10));
+        assert!(cache.contains_key(&key("index.html".into())));
         assert!(cache.capacity() < 64, "{}", cache.capacity());
         assert_eq!(
             state.cache_bytes.get(),
-            10 * (ENTRY_COST + "scan-8192.php".len())
+            10 * (ENTRY_COST + "scan-00000.php".len()) + ENTRY_COST + "index.html".len() + 2
         );
     }
 }
