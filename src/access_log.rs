@@ -383,6 +383,13 @@ impl AccessLogger {
             out.push(b'"');
         }
         if let Some(u) = &e.upstream {
+            // How long the client waited beside how long the server took
+            // (nginx's `$request_time` beside `$upstream_response_time`):
+            // a client slow to send or to read shows in the difference.
+            // Proxied lines only: the others stay exactly combined.
+            if let Some(took) = e.request_time {
+                let _ = write!(out, " request_time={:.3}", took.as_secs_f64());
+            }
             // nginx users add `$upstream_addr` and friends the same way,
             // each a list when the request was tried on several servers
             // (comma-separated here, without nginx's spaces, so that each
@@ -461,6 +468,9 @@ impl AccessLogger {
                 Some(v) => json_string(out, v),
                 None => out.extend_from_slice(b"null"),
             }
+        }
+        if let Some(took) = e.request_time {
+            let _ = write!(out, ",\"request_time\":{:.3}", took.as_secs_f64());
         }
         if let Some(u) = &e.upstream {
             out.extend_from_slice(b",\"upstream_addr\":");
@@ -833,6 +843,7 @@ mod tests {
 
     const ENTRY: Entry = Entry {
         upstream: None,
+        request_time: None,
         remote: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
         request: Some(("GET", "/a\"b", "HTTP/1.1")),
         line: None,
@@ -962,6 +973,7 @@ mod tests {
         };
         let proxied = Entry {
             upstream: Some(&upstream),
+            request_time: Some(std::time::Duration::from_millis(30)),
             ..ENTRY
         };
         let mut out = Vec::new();
@@ -969,7 +981,7 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         assert!(
             line.contains(
-                ",\"upstream_addr\":\"127.0.0.1:3001\",\"upstream_status\":502,\"upstream_time\":0.012,"
+                ",\"request_time\":0.030,\"upstream_addr\":\"127.0.0.1:3001\",\"upstream_status\":502,\"upstream_time\":0.012,"
             ),
             "{line}"
         );
@@ -977,9 +989,20 @@ mod tests {
         logger(LogFormat::Combined).combined(&mut out, &proxied);
         let line = String::from_utf8(out).unwrap();
         assert!(
-            line.ends_with(" upstream=127.0.0.1:3001 upstream_status=502 upstream_time=0.012\n"),
+            line.ends_with(
+                "\"curl/8\" request_time=0.030 upstream=127.0.0.1:3001 upstream_status=502 upstream_time=0.012\n"
+            ),
             "{line}"
         );
+        // A line of a request not proxied stays exactly combined.
+        let mut out = Vec::new();
+        let served = Entry {
+            upstream: None,
+            ..proxied
+        };
+        logger(LogFormat::Combined).combined(&mut out, &served);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.ends_with(" 200 11 \"-\" \"curl/8\"\n"), "{line}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! kind. Every exchange, whoever answered it, ends in `finish`: its
 //! access-log line and its counts.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -242,6 +243,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             pipelined |= session.served() > served + 1 || more;
             served = session.served();
             head_deadline = None;
+            if let (Some(log), false) = (&conn_log, input.data().is_empty()) {
+                log.begin(arrived);
+            }
         }
         // The batch just written: its responses' lines went as the session
         // wrote them; a job's request is left to the job's own record.
@@ -298,6 +302,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 match after {
                     After::Open => {
                         pipelined |= holds_request(input.data());
+                        if let (Some(log), false) = (&conn_log, input.data().is_empty()) {
+                            log.begin(Instant::now());
+                        }
                         continue;
                     }
                     After::Close => {
@@ -390,6 +397,12 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 input.filled(n);
                 bytes_in += n as u64;
                 arrived = Instant::now();
+                // The first bytes of a request (none of it was here, nor
+                // is its body being read).
+                let fresh = wait != Wait::Body && input.data().len() == n;
+                if let (Some(log), true) = (&conn_log, fresh) {
+                    log.begin(arrived);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let site = shard.site();
@@ -733,6 +746,11 @@ struct ConnLog<'a> {
     shard: &'a Shard,
     logger: Rc<AccessLogger>,
     remote: Option<IpAddr>,
+    /// When the request being answered began: its first byte read, or
+    /// the end of the request before it when it came pipelined (nginx
+    /// starts a pipelined request's clock there too). Its line's
+    /// `request_time` runs from here.
+    began: Cell<Instant>,
 }
 
 impl<'a> ConnLog<'a> {
@@ -744,13 +762,21 @@ impl<'a> ConnLog<'a> {
             shard,
             logger,
             remote: known.unwrap_or_else(|| client.peer_addr().map(|a| a.ip())),
+            began: Cell::new(Instant::now()),
         })
     }
 
-    /// Write one line, with the client's address.
+    /// Write one line, with the client's address and how long its
+    /// request took.
     fn write(&self, mut entry: Entry<'_>) {
         entry.remote = self.remote;
+        entry.request_time = Some(self.began.get().elapsed());
         self.logger.record(&entry);
+    }
+
+    /// The next request begins at `at`.
+    fn begin(&self, at: Instant) {
+        self.began.set(at);
     }
 }
 

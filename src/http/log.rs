@@ -37,6 +37,11 @@ pub struct Entry<'a> {
     pub host: Option<&'a [u8]>,
     /// For a proxied request: the upstream that answered (or failed).
     pub upstream: Option<&'a UpstreamLog>,
+    /// From the request's first byte read (or, pipelined, from the end of
+    /// the request before it) to its line written, once its response went
+    /// out (nginx's `$request_time`); filled in by the connection that
+    /// writes the line.
+    pub request_time: Option<Duration>,
 }
 
 /// What the access log says of a proxied request's upstream side (nginx's
@@ -70,6 +75,7 @@ impl<'a> Entry<'a> {
             user_agent: req.header("user-agent"),
             host: req.host.map(str::as_bytes),
             upstream: None,
+            request_time: None,
         }
     }
 
@@ -139,6 +145,7 @@ impl<'a> Entry<'a> {
             user_agent: None,
             host: None,
             upstream: None,
+            request_time: None,
         }
     }
 }
@@ -230,6 +237,7 @@ impl OwnedRequest {
             user_agent: self.user_agent.as_deref(),
             host: self.has_host.then(|| &self.text.as_bytes()[target..]),
             upstream: None,
+            request_time: None,
         }
     }
 }

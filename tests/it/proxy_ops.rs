@@ -594,12 +594,7 @@ fn the_access_log_records_the_upstream() {
     std::thread::sleep(Duration::from_millis(200));
     proxy.server.stop();
     let text = std::fs::read_to_string(&log).unwrap();
-    let line = |target: &str| {
-        text.lines()
-            .find(|l| l.contains(&format!("\"target\":\"{target}\"")))
-            .unwrap_or_else(|| panic!("no line for {target}:\n{text}"))
-            .to_string()
-    };
+    let line = |target: &str| line_for(&text, target);
     let gone = line("/left");
     assert!(gone.contains("\"status\":499,"), "{gone}");
     assert!(
@@ -613,15 +608,10 @@ fn the_access_log_records_the_upstream() {
         "{proxied}"
     );
     assert!(proxied.contains("\"upstream_status\":200"), "{proxied}");
-    let time = proxied
-        .split("\"upstream_time\":")
-        .nth(1)
-        .and_then(|rest| rest.split([',', '}']).next())
-        .unwrap_or_else(|| panic!("no upstream_time in {proxied}"));
-    let secs: f64 = time
-        .parse()
-        .unwrap_or_else(|_| panic!("upstream_time {time:?} is not a number of seconds"));
-    assert!((0.0..60.0).contains(&secs), "{proxied}");
+    assert!(
+        (0.0..60.0).contains(&seconds(&proxied, "upstream_time")),
+        "{proxied}"
+    );
     // The request tried on the dead server first says so, as nginx lists
     // each server in `$upstream_addr`.
     let failed = format!("\"upstream_failed\":[{{\"addr\":\"{dead}\",\"time\":");
@@ -642,6 +632,89 @@ fn the_access_log_records_the_upstream() {
         !plain.contains("\"upstream_addr\":\""),
         "a request that was not proxied names an upstream: {plain}"
     );
+}
+
+/// The JSON line of the request for `target` in the log's `text`.
+fn line_for(text: &str, target: &str) -> String {
+    text.lines()
+        .find(|l| l.contains(&format!("\"target\":\"{target}\"")))
+        .unwrap_or_else(|| panic!("no line for {target}:\n{text}"))
+        .to_string()
+}
+
+/// The seconds a JSON line gives `key`.
+fn seconds(line: &str, key: &str) -> f64 {
+    let text = line
+        .split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    text.parse()
+        .unwrap_or_else(|_| panic!("{key} {text:?} is not a number of seconds"))
+}
+
+/// `request_time` runs from a request's first byte to its answer (nginx's
+/// `$request_time`): a client slow to send its head shows in it and not in
+/// `upstream_time`; a kept-alive connection's quiet wait before the next
+/// request shows in neither.
+#[test]
+fn request_time_runs_from_the_first_byte_to_the_answer() {
+    let up = Upstream::start(ok("timed"));
+    let logs = Scratch::new("proxy-request-time");
+    let log = logs.0.join("access.log");
+    let toml = format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n\n[[route]]\npath = \"/plain\"\nhandler = \"respond\"\nbody = \"plain\"\n\n",
+        log.display()
+    ) + &simple(&[up.server()], "", "");
+    let proxy = Proxy::start("proxy-request-time", &toml);
+    let pause = Duration::from_millis(400);
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    for target in ["/slow", "/plain-slow"] {
+        let (first, rest) = match target {
+            "/slow" => ("GET /slow HTTP/1.1\r\nHo", "st: x\r\n\r\n"),
+            _ => (
+                "GET /plain HTTP/1.1\r\nX-Which: slow\r\nHo",
+                "st: x\r\n\r\n",
+            ),
+        };
+        s.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(pause);
+        s.write_all(rest.as_bytes()).unwrap();
+        assert_eq!(r.next(false).status, 200);
+    }
+    // Quiet on the kept-alive connection, then a request, then two sent
+    // at once.
+    std::thread::sleep(pause);
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    std::thread::sleep(pause);
+    s.write_all(
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /plain?quick HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    assert_eq!(r.next(false).status, 200);
+    drop(s);
+    proxy.server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |target: &str| line_for(&text, target);
+    // Each slow head's own wait, not the connection's age.
+    let slow = line("/slow");
+    assert!(
+        (0.4..0.8).contains(&seconds(&slow, "request_time")),
+        "{slow}"
+    );
+    assert!(seconds(&slow, "upstream_time") < 0.4, "{slow}");
+    let plain = line("/plain");
+    assert!(
+        (0.4..0.8).contains(&seconds(&plain, "request_time")),
+        "{plain}"
+    );
+    for quick in [line("/next"), line("/first"), line("/plain?quick")] {
+        assert!(seconds(&quick, "request_time") < 0.4, "{quick}");
+    }
 }
 
 #[test]
