@@ -208,11 +208,14 @@ pub fn listeners_bound() {
 }
 
 /// Why `addr` cannot be listened on, if its IP is no address of this
-/// machine (a typo, another host's, one a DHCP lease took away): start-up
-/// would fail on it with EADDRNOTAVAIL. Binding that IP with port 0 asks
-/// the kernel just that, listening on nothing (the ephemeral port it takes
-/// is let go at once), so a port in use (by the running server itself,
-/// when `--check` precedes a reload) is no error here.
+/// machine (a typo, another host's, one a DHCP lease took away: start-up
+/// would fail on it with EADDRNOTAVAIL), or none an IPv6 listener can take
+/// (a link-local address without its interface, an IPv4-mapped one:
+/// EINVAL). Binding that IP with port 0, as the listener's socket is made
+/// (IPv6 only), asks the kernel just that, listening on nothing (the
+/// ephemeral port it takes is let go at once), so a port in use (by the
+/// running server itself, when `--check` precedes a reload) is no error
+/// here.
 fn not_local(addr: SocketAddr) -> Option<String> {
     if addr.ip().is_unspecified() {
         return None;
@@ -220,13 +223,29 @@ fn not_local(addr: SocketAddr) -> Option<String> {
     let mut probe = addr;
     probe.set_port(0);
     let sk = Socket::new(Domain::for_address(probe), Type::STREAM, None).ok()?;
-    match sk.bind(&probe.into()) {
-        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => Some(format!(
-            "cannot listen on {addr}: {} is not an address of this machine (ip addr lists them)",
-            addr.ip()
-        )),
-        _ => None,
+    if probe.is_ipv6() {
+        sk.set_only_v6(true).ok()?;
     }
+    let e = sk.bind(&probe.into()).err()?;
+    let ip = addr.ip();
+    let why = match addr {
+        _ if e.kind() == io::ErrorKind::AddrNotAvailable => {
+            format!("{ip} is not an address of this machine (ip addr lists them)")
+        }
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => format!(
+            "{ip} is an IPv4 address written as IPv6, which an IPv6-only listener cannot take: write {} ({e})",
+            SocketAddr::new(ip.to_canonical(), addr.port())
+        ),
+        SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() && v6.scope_id() == 0 => format!(
+            "{ip} is a link-local address, which needs its interface's index: [{ip}%2]:{} for the interface `ip link` numbers 2 ({e})",
+            addr.port()
+        ),
+        // A port in use is for start-up to say; any other refusal of the
+        // address is what start-up would meet too.
+        _ if e.kind() == io::ErrorKind::AddrInUse => return None,
+        _ => e.to_string(),
+    };
+    Some(format!("cannot listen on {addr}: {why}"))
 }
 
 /// The highest process id Linux gives (`pid_max`'s ceiling), and an
@@ -798,6 +817,21 @@ mod tests {
         for ok in ["127.0.0.1:8080", "0.0.0.0:80", "[::]:443"] {
             assert_eq!(not_local(addr(ok)), None, "{ok}");
         }
+        // Start-up's bind refuses them (EINVAL), so must the check (on
+        // a host with IPv6).
+        if Socket::new(Domain::IPV6, Type::STREAM, None).is_err() {
+            return;
+        }
+        let mapped = not_local(addr("[::ffff:127.0.0.1]:8080")).unwrap();
+        assert!(
+            mapped.starts_with("cannot listen on [::ffff:127.0.0.1]:8080: ::ffff:127.0.0.1 is an IPv4 address written as IPv6, which an IPv6-only listener cannot take: write 127.0.0.1:8080 ("),
+            "{mapped}"
+        );
+        let scopeless = not_local(addr("[fe80::1]:8080")).unwrap();
+        assert!(
+            scopeless.starts_with("cannot listen on [fe80::1]:8080: fe80::1 is a link-local address, which needs its interface's index: [fe80::1%2]:8080"),
+            "{scopeless}"
+        );
         // A port in use is for start-up to report, not the check.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert_eq!(not_local(taken.local_addr().unwrap()), None);

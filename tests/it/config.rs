@@ -916,6 +916,36 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
     );
 }
 
+/// A relative `unix:` path is the file's directory's, measured whole
+/// against the 107 bytes a socket address holds however `--config` names
+/// the file: a check from the file's own directory says what the service,
+/// given its absolute path, would.
+#[test]
+fn a_unix_socket_path_is_measured_whole_however_the_file_is_named() {
+    let dir = Scratch::new("unix-relative");
+    let deep = "x".repeat(90);
+    let conf = dir.write(
+        "up.toml",
+        format!(
+            "[[upstream]]\nname = \"u\"\nservers = [\"unix:{deep}/s.sock\"]\n\n\
+             [[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"u\"\n"
+        ),
+    );
+    for name in ["up.toml", "./up.toml", &conf.display().to_string()] {
+        let out = command()
+            .args(["--check", "--config", name])
+            .current_dir(&dir.0)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains("a unix socket path must be at most 107 bytes"),
+            "{name}: {err}"
+        );
+    }
+}
+
 /// What the user coreserve runs as cannot open is a --check error, not a
 /// server that starts and then answers every file with 403 or cannot
 /// start its app: a static root or an app's cwd of mode 000 (checked as

@@ -198,7 +198,9 @@ names = ["Example.COM.", "*.example.com"]
             t.hsts.as_deref(),
             Some("max-age=63072000; includeSubDomains")
         );
-        assert_eq!(t.certificates[0].chain, Path::new("conf/tls/a.pem"));
+        // Relative to the file, made absolute.
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(t.certificates[0].chain, here.join("conf/tls/a.pem"));
         assert_eq!(t.certificates[0].key, Path::new("/etc/k.pem"));
         assert_eq!(t.certificates[0].names, ["example.com", "*.example.com"]);
         assert_eq!(c.lines["tls.certificate[1]]"], 8);

@@ -243,17 +243,27 @@ impl Walker<'_> {
 
     /// A path from the file: a relative one is relative to the file's
     /// directory, so a configuration, its site and its logs can move
-    /// together (a static `root` and the access log alike).
+    /// together (a static `root` and the access log alike). Made absolute
+    /// (the file named relative to where coreserve started): the same
+    /// file gives the same paths however `--config` spells it, so a limit
+    /// on a path's length (a Unix socket's) is met or not alike by
+    /// `cd conf && coreserve --check --config f.toml` and by the service
+    /// that runs it as `/etc/…/f.toml`, and the log names where it looked.
     pub(super) fn relative_to_file(&self, p: &str) -> PathBuf {
         let source = self.config.source.as_deref();
+        let cwd = || std::env::current_dir().unwrap_or_default();
         if source.is_some_and(super::is_pipe) {
             // Read from a pipe (`--config /dev/stdin`): no directory of its
             // own (`/dev` is none to mean), so the one coreserve started in.
-            return std::env::current_dir().unwrap_or_default().join(p);
+            return cwd().join(p);
         }
-        source
-            .and_then(Path::parent)
-            .unwrap_or(Path::new(""))
-            .join(p)
+        let dir = source.and_then(Path::parent).unwrap_or(Path::new(""));
+        let dir = if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            cwd().join(dir)
+        };
+        // `./f.toml`'s `.`: not kept in every path made from it.
+        dir.components().collect::<PathBuf>().join(p)
     }
 }
