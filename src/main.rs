@@ -240,7 +240,25 @@ fn status(cli: Cli, url: Option<String>, interval: std::time::Duration) -> ExitC
 fn init_logging(serving: bool) {
     let journald = coreserve::systemd::stderr_is_journal();
     let mut builder = env_logger::Builder::new();
-    match std::env::var("RUST_LOG") {
+    // A spec env_logger cannot read whole (`RUST_LOG=bogus==`, a typo) it
+    // warns of and half ignores, leaving every line but those named above
+    // off: the start-up and shutdown lines too. The default instead, said
+    // once the log is set up. An empty one (`RUST_LOG= coreserve`) is none.
+    let mut unread = None;
+    let spec = std::env::var("RUST_LOG").ok().filter(|filter| {
+        if filter.trim().is_empty() {
+            return false;
+        }
+        let read = env_filter::Builder::new().try_parse(filter).map(|_| ());
+        if let Err(e) = read {
+            unread = Some(format!(
+                "RUST_LOG={filter:?}: {e}; logging at the default level (info)"
+            ));
+            return false;
+        }
+        true
+    });
+    match spec.ok_or(()) {
         // RUST_LOG as env_logger reads it (a module alone leaves the rest
         // off; "off" is off), rustls held to errors if it does not name it.
         Ok(filter) => {
@@ -255,7 +273,7 @@ fn init_logging(serving: bool) {
             }
             builder.parse_filters(&filter);
         }
-        Err(_) => {
+        Err(()) => {
             builder
                 .filter_level(log::LevelFilter::Info)
                 .filter_module("rustls", log::LevelFilter::Error);
@@ -322,6 +340,9 @@ fn init_logging(serving: bool) {
             }
         })
         .init();
+    if let Some(why) = unread {
+        log::warn!("{why}");
+    }
 }
 
 /// `text` on one line: each line break and the spaces around it become

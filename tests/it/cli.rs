@@ -252,3 +252,17 @@ fn the_log_stamps_a_serving_process_s_lines_not_a_command_s() {
         "{err}"
     );
 }
+
+/// A RUST_LOG that env_logger cannot read whole (a typo) does not turn
+/// the log off: the default level, and a warning naming it.
+#[test]
+fn an_unreadable_rust_log_keeps_the_default_level_and_says_so() {
+    let mut cmd = command();
+    cmd.env("RUST_LOG", "bogus==").args(["--port", "0"]);
+    let server = Server::spawn(cmd);
+    server.wait_for_log("RUST_LOG=\"bogus==\": ");
+    server.wait_for_log("logging at the default level (info)");
+    let log = server.stop();
+    assert!(log.contains(" is running (coreserve "), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
