@@ -198,7 +198,15 @@ impl Socket {
         };
         loop {
             if t.conn.wants_write() {
-                t.flush(self.interest.as_mut(), deadline, None).await?;
+                let flushed = t.flush(self.interest.as_mut(), deadline, None).await;
+                // Done, what failed is the write of what follows the
+                // handshake (TLS 1.3's session tickets, sent once the
+                // client's Finished is read): a client that shook hands
+                // and left at once (a TLS health check) failed nothing, as
+                // nginx sees it. Its connection ends at the first read.
+                if flushed.is_err() && t.conn.is_handshaking() {
+                    return flushed;
+                }
             }
             if !t.conn.is_handshaking() {
                 return Ok(());
