@@ -454,10 +454,14 @@ fn expiry(x: &X509Certificate, now: SystemTime) -> Option<String> {
     if left < 0 {
         Some(format!("has expired (not after {when})"))
     } else if left < EXPIRY_WARNING.as_secs() as i64 {
-        let days = match left / 86400 {
-            0 => "less than a day".to_string(),
-            1 => "1 day".to_string(),
-            n => format!("{n} days"),
+        // To the nearest day (a certificate of three days, checked at once,
+        // has three, not two and 23 hours' worth of "2"), in hours for the
+        // last two.
+        let days = match (left < 2 * 86_400, (left + 1_800) / 3_600) {
+            (true, 0) => "less than an hour".to_string(),
+            (true, 1) => "1 hour".to_string(),
+            (true, hours) => format!("{hours} hours"),
+            (false, _) => format!("{} days", (left + 43_200) / 86_400),
         };
         Some(format!("expires in {days} (not after {when}): renew it"))
     } else {
@@ -638,6 +642,25 @@ mod tests {
                 && w[0].contains("expires in 5 days"),
             "{w:?}"
         );
+        // Rounded: three days less a minute are three days; the last day
+        // and a half in hours.
+        let ends = c.tls.certificates[0].chain.clone();
+        let x = std::fs::read(&ends).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&x).unwrap();
+        let end = pem.parse_x509().unwrap().validity().not_after.timestamp() as u64;
+        let before = |secs: u64| {
+            let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(end - secs);
+            let w = load_certificates(&c, when).warnings;
+            w[0].rule.clone()
+        };
+        assert!(
+            before(3 * 86_400 - 60).contains("expires in 3 days"),
+            "{}",
+            before(3 * 86_400 - 60)
+        );
+        assert!(before(36 * 3_600).contains("expires in 36 hours"));
+        assert!(before(3_600).contains("expires in 1 hour "));
+        assert!(before(60).contains("expires in less than an hour"));
         let late = load_certificates(&c, at(2030, 2, 1));
         assert!(late.warnings[0].rule.contains("has expired"));
         // Before its start (rcgen's is 1975): a warning too.
