@@ -13,6 +13,28 @@ BIN=${CORESERVE_BIN:-target/release/coreserve}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
+# port_free PORT: fails, saying so, when a server already answers on
+# 127.0.0.1:PORT: wait_port would take it for the one about to start, and
+# the run would measure it instead.
+port_free() {
+    if curl -s -o /dev/null "http://127.0.0.1:$1/"; then
+        echo "127.0.0.1:$1 is taken by another server: stop it first" >&2
+        return 1
+    fi
+}
+
+# seconds DURATION: wrk's duration (`5`, `5s`, `2m`, `1h`) in seconds, for
+# the rates measured over it; anything else (wrk takes no `500ms`) fails.
+seconds() {
+    case $1 in
+        *[0-9]h) echo $((${1%h} * 3600)) ;;
+        *[0-9]m) echo $((${1%m} * 60)) ;;
+        *[0-9]s) echo $((${1%s})) ;;
+        *[0-9]) echo $(($1)) ;;
+        *) echo "DURATION=$1: give whole seconds, minutes or hours (5s, 2m, 1h), as wrk takes" >&2; return 1 ;;
+    esac
+}
+
 # wait_port PORT: until a server answers on 127.0.0.1:PORT (5 s at most).
 wait_port() {
     for _ in $(seq 100); do
@@ -54,10 +76,7 @@ TOML
 # (run under PREFIX, a taskset say) and stopped with the script.
 start_upstream() {
     local port=$1; shift
-    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
-        echo "127.0.0.1:$port is taken by another server" >&2
-        return 1
-    fi
+    port_free "$port" || return 1
     mkdir -p "$work/up/logs"
     sed -e "s/listen 127.0.0.1:3002/listen 127.0.0.1:$port/" "${UPSTREAM_CONF:-$PEERS/nginx.conf}" > "$work/up.conf"
     "$@" nginx -p "$work/up/" -c "$work/up.conf" -g 'daemon off;' &
@@ -94,6 +113,7 @@ TOML
 # counted), stop it.
 nginx_run() {
     local pid
+    port_free 3002 || return 1
     "${on_server[@]}" nginx -p "$1" -c "$2" -g 'daemon off;' &
     pid=$!; wait_port 3002
     # shellcheck disable=SC2046
@@ -118,6 +138,7 @@ interleaved() {
                 continue
             fi
             name=${spec%%=*}; bin=${spec#*=}
+            port_free 3100 || return 1
             "${on_server[@]}" "$bin" --config "$work/coreserve.toml" --listen 127.0.0.1:3100 \
                 --shards "$NCPU" --metrics-listen off "$@" > /dev/null 2> "$work/coreserve.log" &
             pid=$!; wait_port 3100
@@ -179,7 +200,8 @@ medians() {
 # $DURATION is the load's length; $work holds perf's output.
 measured() {
     local name=$1 load=$2 url=$3; shift 3
-    local events="" s pidlist
+    local events="" s pidlist secs
+    secs=$(seconds "$DURATION") || return 1
     for s in $SYSCALLS; do events+="syscalls:sys_enter_$s,"; done
     pidlist=$(IFS=,; echo "$*")
     perf stat -x, -e "${events%,}" -p "$pidlist" -o "$work/perf.txt" &
@@ -194,7 +216,7 @@ measured() {
     bad=$(awk '/Non-2xx/ {print $5}' <<< "$out")
     [ -z "$bad" ] || echo "$name: $bad responses were not 2xx/3xx; the figures below are void" >&2
     calls=$(awk -F, -v r="$reqs" '$3 ~ /sys_enter_/ { sub(/.*sys_enter_/, "", $3); if ($1 > 0) printf " %s=%.3f", $3, $1 / r }' "$work/perf.txt")
-    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
+    awk -v n="$name" -v r="$reqs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="$secs" \
         -v p99="$(awk '$1=="99%" {print $2}' <<< "$out")" -v c="$calls" \
         -v p50="$(awk '$1=="50%" {print $2}' <<< "$out")" -v k=$((k1 - k0)) \
         'BEGIN { printf "%-22s %9.0f req/s %7.2f us/req p99 %-8s kernel %2.0f%%%s p50 %s\n", n, r / d, t / hz * 1e6 / r, p99, t ? 100 * k / t : 0, c, p50 }'
