@@ -402,6 +402,10 @@ async fn forward(
     let mut up_out = buffers::take(0);
     let mut now = Instant::now();
     let mut first = true;
+    // The servers a try is picked from: the group as the request found it,
+    // or as it is at a retry, when an update came meanwhile (the settings
+    // stay the request's own, `cfg`).
+    let mut servers = group.clone();
 
     while attempts < MAX_TRIES {
         // The clock is read once per attempt and once at its end: a dozen
@@ -409,6 +413,25 @@ async fn forward(
         // (bench/RESULTS.md).
         if !first {
             now = Instant::now();
+            // A retry goes to the group as it is now: an app's rolling
+            // reload that stopped the server that failed (at its
+            // drain-timeout, the request still open) may have stopped its
+            // siblings of the request's time too, and started the servers
+            // the request can go to. The servers tried stay tried.
+            if let Some(current) = upstreams
+                .group(&route.config.upstream)
+                .filter(|g| !Rc::ptr_eq(g, &servers))
+            {
+                let same = |i: usize| {
+                    let old = servers.servers.get(i)?;
+                    current.servers.iter().position(|s| Rc::ptr_eq(s, old))
+                };
+                for t in &mut tried[..attempts] {
+                    *t = same(*t).unwrap_or(usize::MAX);
+                }
+                stale = stale.and_then(|(s, at)| Some((same(s)?, at)));
+                servers = current;
+            }
         }
         first = false;
         // The keep-alive race's own try goes to the same server, on a new
@@ -418,9 +441,9 @@ async fn forward(
         // crashes app processes does not take a third down.
         let again = stale
             .filter(|&(_, at)| at == attempts)
-            .and_then(|(s, _)| Some((s, group.servers.get(s)?.clone())));
+            .and_then(|(s, _)| Some((s, servers.servers.get(s)?.clone())));
         let raced = again.is_some();
-        let Some((index, server)) = again.or_else(|| group.pick(now, &tried[..attempts], client))
+        let Some((index, server)) = again.or_else(|| servers.pick(now, &tried[..attempts], client))
         else {
             break;
         };

@@ -756,6 +756,53 @@ fn sighup_switches_servers_and_a_request_in_flight_completes() {
     );
 }
 
+/// A request whose server drops it after a reload (an app instance a
+/// rolling reload stopped at its drain-timeout, the request still open) is
+/// tried again on the group as it is now, not on a server of the old list
+/// (the instance's old sibling, stopped by the same reload: refused, 502).
+#[test]
+fn a_retry_after_a_reload_goes_to_the_servers_listed_now() {
+    let gate = Gate::new();
+    let a = Upstream::start({
+        let gate = gate.clone();
+        move |req: &Request| {
+            if req.target == "/hold" {
+                Reply::new().wait(&gate).then(Reply::new().reset())
+            } else {
+                Reply::ok("A")
+            }
+        }
+    });
+    let gone = dead_addr().to_string();
+    let c = Upstream::start(ok("C"));
+    let proxy = Proxy::start_with(
+        "proxy-retry-reloaded",
+        &simple(&[a.server(), gone.clone()], "", ""),
+        &["--shards", "1"],
+    );
+    let held = connect(proxy.addr());
+    (&held)
+        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(a.wait_until(|u| u.requests().iter().any(|q| q.target == "/hold")));
+    std::fs::write(proxy.conf(), simple(&[c.server()], "", "")).unwrap();
+    proxy.server.signal(libc::SIGHUP);
+    proxy
+        .server
+        .wait_for_log("configuration reloaded on every shard");
+    // A drops the request: tried again, on C.
+    gate.open();
+    let mut r = Reader::new(&held);
+    let answer = r.next(false);
+    assert_eq!((answer.status, answer.text()), (200, "C".to_string()));
+    assert!(c.requests().iter().any(|q| q.target == "/hold"));
+    assert!(
+        !proxy.server.log().contains(&gone),
+        "a server of the old list was tried: {}",
+        proxy.server.log()
+    );
+}
+
 /// A server a reload removed keeps no pooled connection, even while a
 /// request of the old configuration still runs on the shard: an app
 /// instance being replaced waits for its connections to close before it
