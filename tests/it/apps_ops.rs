@@ -974,7 +974,7 @@ fn a_reload_that_changes_nothing_of_an_app_says_its_instances_run_on() {
     s.server
         .wait_for_log("configuration reloaded on every shard");
     s.server.wait_for_log(
-        "app web: its settings did not change, so its instances run on (to start new code at every reload, set reload = \"always\"",
+        "app web: nothing that replaces its instances changed, so they run on (to start new code at every reload, set reload = \"always\"",
     );
     assert_eq!(s.whoami("/whoami").pid, pids[0]);
 }

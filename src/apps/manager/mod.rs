@@ -605,7 +605,9 @@ impl Manager {
                     } else if deadline <= now {
                         let listens =
                             where_it_listens(inst, &app.config.listen_env, &self.proc_net);
-                        let timeout = app.config.start_timeout;
+                        // Its own: a reload may have changed the setting
+                        // since it started (and its deadline with it).
+                        let timeout = deadline.saturating_duration_since(inst.started);
                         inst.process.kill();
                         if startup {
                             // Start-up ends with this error: its last output

@@ -182,7 +182,7 @@ impl Manager {
                         // reloaded, as `pm2 reload` would have it running.
                         if renew {
                             info!(
-                                "app {}: its settings did not change, so its instances run on (to start new code at every reload, set reload = \"always\", as pm2 reload does)",
+                                "app {}: nothing that replaces its instances changed, so they run on (to start new code at every reload, set reload = \"always\", as pm2 reload does)",
                                 config.name
                             );
                         }
@@ -205,6 +205,12 @@ impl Manager {
                                 .filter(|i| i.generation == app.generation)
                             {
                                 inst.stop = (config.stop_signal, config.stop_timeout);
+                                // A start-timeout raised for an instance
+                                // slow to start applies to it too: the
+                                // reload is what the operator does about it.
+                                if let State::Starting { deadline } = &mut inst.state {
+                                    *deadline = inst.started + config.start_timeout;
+                                }
                             }
                         }
                     }

@@ -1612,3 +1612,33 @@ fn a_retiring_instance_whose_connections_cannot_be_counted_gets_the_whole_drain_
         sigterm_after_the_drain_timeout(&mut h, pid);
     });
 }
+
+/// A reload that raises `start-timeout` for an app whose new instance is
+/// slow to start (the operator's fix for exactly that) gives the instance
+/// starting now the new time too, not only the next one.
+#[test]
+fn a_start_timeout_raised_by_a_reload_applies_to_the_instance_starting() {
+    within(|| {
+        let mut h = Harness::new("raise-start");
+        let web = app("web", 1, SERVES, &h.dir);
+        let mut v2 = version(&web, "2", "signal.pause()");
+        v2.start_timeout = Duration::from_secs(1);
+        h.start(vec![web]).unwrap();
+        h.send(Msg::Reload(vec![v2.clone()], true));
+        let starting = |m: &Manager, at_least: Duration| {
+            m.apps[0].slots[0].next.as_ref().is_some_and(|i| {
+                matches!(i.state, State::Starting { deadline } if deadline >= i.started + at_least)
+            })
+        };
+        h.turn_until("the replacement starts", |m| starting(m, Duration::ZERO));
+        let pid = |m: &Manager| m.apps[0].slots[0].next.as_ref().map(|i| i.process.pid);
+        let first = pid(&h.m);
+        let mut longer = v2;
+        longer.start_timeout = Duration::from_secs(30);
+        h.send(Msg::Reload(vec![longer], true));
+        // The same instance, not the next one after a kill at 1 s.
+        h.turn_until("its deadline is the new start-timeout's", |m| {
+            starting(m, Duration::from_secs(30)) && pid(m) == first
+        });
+    });
+}
