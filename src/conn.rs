@@ -243,9 +243,6 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             pipelined |= session.served() > served + 1 || more;
             served = session.served();
             head_deadline = None;
-            if let (Some(log), false) = (&conn_log, input.data().is_empty()) {
-                log.begin(arrived);
-            }
         }
         // The batch just written: its responses' lines went as the session
         // wrote them; a job's request is left to the job's own record.
@@ -302,9 +299,6 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 match after {
                     After::Open => {
                         pipelined |= holds_request(input.data());
-                        if let (Some(log), false) = (&conn_log, input.data().is_empty()) {
-                            log.begin(Instant::now());
-                        }
                         continue;
                     }
                     After::Close => {
@@ -398,8 +392,12 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 bytes_in += n as u64;
                 arrived = Instant::now();
                 // The first bytes of a request (none of it was here, nor
-                // is its body being read).
-                let fresh = wait != Wait::Body && input.data().len() == n;
+                // is its body being read), or more of a body answered and
+                // logged already: what comes after it begins no sooner.
+                let fresh = match wait {
+                    Wait::Body => session.body_answered(),
+                    _ => input.data().len() == n,
+                };
                 if let (Some(log), true) = (&conn_log, fresh) {
                     log.begin(arrived);
                 }
@@ -747,9 +745,10 @@ struct ConnLog<'a> {
     logger: Rc<AccessLogger>,
     remote: Option<IpAddr>,
     /// When the request being answered began: its first byte read, or
-    /// the end of the request before it when it came pipelined (nginx
-    /// starts a pipelined request's clock there too). Its line's
-    /// `request_time` runs from here.
+    /// the end of the request before it when it came with that one's bytes
+    /// (its line written; the last read of its body, when it was answered
+    /// and logged before its body came): nginx starts a pipelined
+    /// request's clock there too. Its line's `request_time` runs from here.
     began: Cell<Instant>,
 }
 
@@ -770,8 +769,12 @@ impl<'a> ConnLog<'a> {
     /// request took.
     fn write(&self, mut entry: Entry<'_>) {
         entry.remote = self.remote;
-        entry.request_time = Some(self.began.get().elapsed());
+        let now = Instant::now();
+        entry.request_time = Some(now.saturating_duration_since(self.began.get()));
         self.logger.record(&entry);
+        // What comes next and is here already begins now; a read that
+        // brings the first byte of one begins it then (`begin`).
+        self.began.set(now);
     }
 
     /// The next request begins at `at`.

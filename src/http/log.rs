@@ -37,10 +37,10 @@ pub struct Entry<'a> {
     pub host: Option<&'a [u8]>,
     /// For a proxied request: the upstream that answered (or failed).
     pub upstream: Option<&'a UpstreamLog>,
-    /// From the request's first byte read (or, pipelined, from the end of
-    /// the request before it) to its line written, once its response went
-    /// out (nginx's `$request_time`); filled in by the connection that
-    /// writes the line.
+    /// From the request's first byte read (or, when it came with the end
+    /// of the request before it, from that one's end) to its line written
+    /// (nginx's `$request_time`); filled in by the connection that writes
+    /// the line.
     pub request_time: Option<Duration>,
 }
 

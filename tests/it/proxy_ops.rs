@@ -683,6 +683,22 @@ fn request_time_runs_from_the_first_byte_to_the_answer() {
         s.write_all(rest.as_bytes()).unwrap();
         assert_eq!(r.next(false).status, 200);
     }
+    // A head in two reads, the second with the body: timed from the
+    // first.
+    s.write_all(b"POST /post-slow HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(pause);
+    s.write_all(b"st: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    // A body slow to come, the next request with its end: that one begins
+    // when the body ended, not with its request.
+    s.write_all(b"POST /plain?body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        .unwrap();
+    std::thread::sleep(pause);
+    s.write_all(b"67890GET /plain?after-body HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    assert_eq!(r.next(false).status, 200);
     // Quiet on the kept-alive connection, then a request, then two sent
     // at once.
     std::thread::sleep(pause);
@@ -712,7 +728,19 @@ fn request_time_runs_from_the_first_byte_to_the_answer() {
         (0.4..0.8).contains(&seconds(&plain, "request_time")),
         "{plain}"
     );
-    for quick in [line("/next"), line("/first"), line("/plain?quick")] {
+    let slow = line("/post-slow");
+    assert!(
+        (0.4..0.8).contains(&seconds(&slow, "request_time")),
+        "{slow}"
+    );
+    // A fixed answer goes (and is logged) before its body is read.
+    for quick in [
+        line("/plain?body"),
+        line("/next"),
+        line("/first"),
+        line("/plain?quick"),
+        line("/plain?after-body"),
+    ] {
         assert!(seconds(&quick, "request_time") < 0.4, "{quick}");
     }
 }

@@ -463,8 +463,9 @@ impl<J> Session<J> {
         }
     }
 
-    /// A request body is being read whose response has gone already.
-    fn body_answered(&self) -> bool {
+    /// A request body is being read whose response has gone already (its
+    /// log line too: what comes after the body begins once it is read).
+    pub fn body_answered(&self) -> bool {
         matches!(self.phase, Phase::Body { answered: true, .. })
     }
 
