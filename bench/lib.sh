@@ -17,7 +17,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # 127.0.0.1:PORT: wait_port would take it for the one about to start, and
 # the run would measure it instead.
 port_free() {
-    if curl -s -o /dev/null "http://127.0.0.1:$1/"; then
+    if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/"; then
         echo "127.0.0.1:$1 is taken by another server: stop it first" >&2
         return 1
     fi
@@ -26,12 +26,14 @@ port_free() {
 # seconds DURATION: wrk's duration (`5`, `5s`, `2m`, `1h`) in seconds, for
 # the rates measured over it; anything else (wrk takes no `500ms`) fails.
 seconds() {
+    local bad="DURATION=$1: give whole seconds, minutes or hours (5s, 2m, 1h), as wrk takes"
     case $1 in
-        *[0-9]h) echo $((${1%h} * 3600)) ;;
-        *[0-9]m) echo $((${1%m} * 60)) ;;
-        *[0-9]s) echo $((${1%s})) ;;
-        *[0-9]) echo $(($1)) ;;
-        *) echo "DURATION=$1: give whole seconds, minutes or hours (5s, 2m, 1h), as wrk takes" >&2; return 1 ;;
+        # Digits, then at most one unit; base 10 (`08s` is no octal).
+        "" | [hms] | *[!0-9]*[hms] | *[!0-9hms]*) echo "$bad" >&2; return 1 ;;
+        *h) echo $((10#${1%h} * 3600)) ;;
+        *m) echo $((10#${1%m} * 60)) ;;
+        *s) echo $((10#${1%s})) ;;
+        *) echo $((10#$1)) ;;
     esac
 }
 

@@ -30,10 +30,10 @@ pub struct BindError {
     pub err: io::Error,
 }
 
-/// What to do about the two bind errors a user meets most, so the message
+/// What to do about the bind errors a user meets most, so the message
 /// does not end at the kernel's word for it.
-fn bind_hint(addr: &SocketAddr, err: &io::Error) -> &'static str {
-    match err.kind() {
+fn bind_hint(addr: &SocketAddr, err: &io::Error) -> std::borrow::Cow<'static, str> {
+    let hint = match err.kind() {
         // Ports below net.ipv4.ip_unprivileged_port_start (1024) need
         // CAP_NET_BIND_SERVICE, which only root has by default.
         io::ErrorKind::PermissionDenied if addr.port() != 0 => {
@@ -47,8 +47,15 @@ fn bind_hint(addr: &SocketAddr, err: &io::Error) -> &'static str {
             "; another process listens there (ss -ltnp shows which), or pick \
              another port (port 0 takes a free one)"
         }
+        io::ErrorKind::InvalidInput => {
+            return match crate::config::unlistenable(addr) {
+                Some(why) => format!("; {why}").into(),
+                None => "".into(),
+            };
+        }
         _ => "",
-    }
+    };
+    hint.into()
 }
 
 /// How long the kernel holds a deferred connection that has sent nothing
@@ -269,6 +276,30 @@ impl AcceptErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_no_listener_can_take_is_said_in_words() {
+        let einval = |addr: &str| {
+            BindError {
+                addr: addr.parse().unwrap(),
+                err: io::Error::from_raw_os_error(libc::EINVAL),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            einval("[::ffff:127.0.0.1]:80"),
+            "cannot listen on [::ffff:127.0.0.1]:80: Invalid argument (os error 22); \
+             ::ffff:127.0.0.1 is an IPv4 address written as IPv6, which an IPv6-only \
+             listener cannot take: write 127.0.0.1:80"
+        );
+        assert!(einval("[fe80::1]:80").ends_with(
+            "; fe80::1 is a link-local address, which needs its interface's index: \
+             [fe80::1%2]:80 for the interface `ip link` numbers 2"
+        ));
+        // With its interface, or any other address: the kernel's word.
+        assert!(einval("[fe80::1%2]:80").ends_with("(os error 22)"));
+        assert!(einval("127.0.0.1:80").ends_with("(os error 22)"));
+    }
 
     #[test]
     fn bind_errors_say_what_to_do() {

@@ -157,8 +157,8 @@ pub fn spawn(
         // What shells and `process.env.PWD` readers take for the
         // directory: coreserve's own would name another (unless the app's
         // env sets it).
-        // Absolute, as POSIX has it (a `--config` given relative makes
-        // `cwd` relative too).
+        // Absolute, as POSIX has it (the file's relative paths are made
+        // absolute already; a `cwd` given by other means may not be).
         if !app.env.iter().any(|(k, _)| k == "PWD") {
             let absolute =
                 std::env::current_dir().map_or_else(|_| dir.clone(), |here| here.join(dir));

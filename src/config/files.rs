@@ -227,25 +227,42 @@ fn not_local(addr: SocketAddr) -> Option<String> {
         sk.set_only_v6(true).ok()?;
     }
     let e = sk.bind(&probe.into()).err()?;
-    let ip = addr.ip();
-    let why = match addr {
-        _ if e.kind() == io::ErrorKind::AddrNotAvailable => {
-            format!("{ip} is not an address of this machine (ip addr lists them)")
-        }
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => format!(
-            "{ip} is an IPv4 address written as IPv6, which an IPv6-only listener cannot take: write {} ({e})",
-            SocketAddr::new(ip.to_canonical(), addr.port())
+    let why = match e.kind() {
+        io::ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this machine (ip addr lists them)",
+            addr.ip()
         ),
-        SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() && v6.scope_id() == 0 => format!(
-            "{ip} is a link-local address, which needs its interface's index: [{ip}%2]:{} for the interface `ip link` numbers 2 ({e})",
-            addr.port()
-        ),
-        // A port in use is for start-up to say; any other refusal of the
-        // address is what start-up would meet too.
-        _ if e.kind() == io::ErrorKind::AddrInUse => return None,
-        _ => e.to_string(),
+        io::ErrorKind::InvalidInput => match unlistenable(&addr) {
+            Some(why) => format!("{why} ({e})"),
+            None => e.to_string(),
+        },
+        // A port in use is for start-up to say; anything else (a policy
+        // that treats port 0 apart) is not known to refuse the real port.
+        _ => return None,
     };
     Some(format!("cannot listen on {addr}: {why}"))
+}
+
+/// Why no IPv6 listener can take `addr` (bind(2)'s EINVAL), in words: an
+/// IPv4-mapped address (a listener is IPv6 only), a link-local one without
+/// its interface. For `--check` and for start-up's own bind error alike.
+pub fn unlistenable(addr: &SocketAddr) -> Option<String> {
+    let SocketAddr::V6(v6) = addr else {
+        return None;
+    };
+    let ip = v6.ip();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(format!(
+            "{ip} is an IPv4 address written as IPv6, which an IPv6-only listener cannot take: write {}",
+            SocketAddr::new(v4.into(), addr.port())
+        ));
+    }
+    (ip.is_unicast_link_local() && v6.scope_id() == 0).then(|| {
+        format!(
+            "{ip} is a link-local address, which needs its interface's index: [{ip}%2]:{} for the interface `ip link` numbers 2",
+            addr.port()
+        )
+    })
 }
 
 /// The highest process id Linux gives (`pid_max`'s ceiling), and an

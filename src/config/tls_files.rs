@@ -642,8 +642,8 @@ mod tests {
                 && w[0].contains("expires in 5 days"),
             "{w:?}"
         );
-        // Rounded: three days less a minute are three days; the last day
-        // and a half in hours.
+        // Rounded: three days less a minute are three days; the last two
+        // days in hours.
         let ends = c.tls.certificates[0].chain.clone();
         let x = std::fs::read(&ends).unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(&x).unwrap();

@@ -199,12 +199,16 @@ impl Socket {
         loop {
             if t.conn.wants_write() {
                 let flushed = t.flush(self.interest.as_mut(), deadline, None).await;
-                // Done, what failed is the write of what follows the
-                // handshake (TLS 1.3's session tickets, sent once the
-                // client's Finished is read): a client that shook hands
-                // and left at once (a TLS health check) failed nothing, as
-                // nginx sees it. Its connection ends at the first read.
-                if flushed.is_err() && t.conn.is_handshaking() {
+                // Done under TLS 1.3, what failed is the write of what
+                // follows the handshake (the session tickets, sent once
+                // the client's Finished is read): a client that shook
+                // hands and left at once (a TLS health check) failed
+                // nothing, as nginx sees it. Its connection ends at the
+                // first read. (Under TLS 1.2 the server's own Finished is
+                // still to go when rustls says it is done: a failure.)
+                let done = !t.conn.is_handshaking()
+                    && t.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+                if flushed.is_err() && !done {
                     return flushed;
                 }
             }
