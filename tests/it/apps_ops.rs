@@ -529,6 +529,14 @@ fn an_instance_past_max_memory_is_replaced_without_failing_a_request() {
         log.contains(&format!("(pid {grown}): ")) && log.contains("over max-memory (200 MiB)"),
         "{log}"
     );
+    // By how much, to a tenth of a MiB: more than the limit.
+    let used: f64 = log
+        .split(&format!("(pid {grown}): "))
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB resident").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resident size in {log}"));
+    assert!(used > 200.0, "{log}");
     let exits = crate::metrics::scrape(&s.server).samples;
     let said = exits.iter().any(|x| {
         x.metric == "coreserve_app_instance_last_exit_seconds"

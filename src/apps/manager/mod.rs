@@ -743,7 +743,13 @@ impl Manager {
                 // Nothing is replaced once the server drains: nor said.
                 if let (Some((used, limit)), false) = (over, slot.oversized || winding_down) {
                     let who = who(&app.config.name, index);
-                    let (used, limit) = (used >> 20, limit >> 20);
+                    // To a tenth of a MiB but for whole ones: "80 MiB,
+                    // over max-memory (80 MiB)" said nothing of by how much.
+                    let mib = |bytes: u64| match bytes % (1 << 20) {
+                        0 => (bytes >> 20).to_string(),
+                        _ => format!("{:.1}", bytes as f64 / f64::from(1 << 20)),
+                    };
+                    let (used, limit) = (mib(used), mib(limit));
                     // One that lived a while leaked; one past it from the
                     // start needs more than the limit, and its replacements
                     // will too: they are spaced out as a crash loop is.
