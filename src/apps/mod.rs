@@ -52,6 +52,15 @@ pub enum AppEvent {
         /// Its ready instances.
         servers: Vec<AppServer>,
     },
+    /// An instance of `app` exited before it was ready: a reload that
+    /// waits for the app (one it adds) is refused at once, as start-up
+    /// fails at once, rather than after its start-timeout.
+    NotStarted {
+        /// The app's name.
+        app: String,
+        /// Which instance, and how it ended.
+        why: String,
+    },
 }
 
 /// A ready instance as the shards' group for its app lists it.

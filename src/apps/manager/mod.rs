@@ -934,6 +934,15 @@ impl Manager {
                     } else {
                         format!("starting it again {}", crate::child::when(delay))
                     };
+                    if !ready {
+                        (self.notify)(AppEvent::NotStarted {
+                            app: name.clone(),
+                            why: format!(
+                                "app {name}[{index}] (pid {}) exited before it was ready: {status}",
+                                gone.process.pid
+                            ),
+                        });
+                    }
                     warn!(
                         "app {name}[{index}] (pid {}) exited{}: {status}; {again}{}{}",
                         gone.process.pid,

@@ -261,7 +261,11 @@ impl Harness {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let log = sent.clone();
         let notify: Notify = Box::new(move |e| {
-            let AppEvent::Servers { app, servers } = e;
+            // Exits before ready are the master's to weigh; the tests
+            // follow the servers.
+            let AppEvent::Servers { app, servers } = e else {
+                return;
+            };
             let (servers, slots): (Vec<_>, Vec<_>) =
                 servers.into_iter().map(|s| (s.addr, s.slot)).unzip();
             // With more time than the manager's own probe: a test run

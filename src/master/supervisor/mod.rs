@@ -436,6 +436,9 @@ impl<W: World> Supervisor<W> {
             MasterEvent::App(AppEvent::Servers { app, servers }) => {
                 self.on_app_servers(app, servers)
             }
+            MasterEvent::App(AppEvent::NotStarted { app, why }) => {
+                self.on_app_not_started(&app, &why)
+            }
             MasterEvent::Shard(ShardEvent::Ready { id })
                 if self.slots[id].child.get().is_some() =>
             {
@@ -847,6 +850,28 @@ impl<W: World> Supervisor<W> {
                 held.wait
             );
         }
+        self.refuse_held();
+    }
+
+    /// An instance of an app exited before it was ready: a held reload
+    /// that adds the app is refused now, as start-up fails at once on it
+    /// (its instances would be started again, and fail again, until the
+    /// start-timeout). Of any other app, its restart is the manager's.
+    fn on_app_not_started(&mut self, app: &str, why: &str) {
+        if !self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.starting.iter().any(|a| a == app))
+        {
+            return;
+        }
+        error!("SIGHUP: {why}");
+        self.refuse_held();
+    }
+
+    /// The held reload did not get its apps started: refused, as a
+    /// configuration with errors is, and the previous one serves on.
+    fn refuse_held(&mut self) {
         error!("SIGHUP: the new app(s) did not start; the reload is refused, still serving the previous configuration");
         self.last_reload.successful = false;
         self.last_reload.refused_since_sent = true;

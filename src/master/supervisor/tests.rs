@@ -933,6 +933,40 @@ fn a_reload_that_adds_an_app_waits_until_its_instances_are_ready() {
     assert_eq!(sup.world.take(), [Did::Notify(Note::Ready)]);
 }
 
+/// An instance of the app a held reload adds exits before it is ready:
+/// the reload is refused at once (start-up fails at once on it too), not
+/// at the start-timeout; an exit of a serving app's instance changes
+/// nothing of the reload.
+#[test]
+fn a_held_reload_is_refused_when_its_apps_instance_exits_before_ready() {
+    let mut sup = renaming(2);
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
+    sup.world.take();
+    let exited = |app: &str| {
+        MasterEvent::App(AppEvent::NotStarted {
+            app: app.into(),
+            why: format!("app {app}[0] (pid 1) exited before it was ready: exit status: 0"),
+        })
+    };
+    on(&mut sup, exited("web"));
+    assert!(sup.world.take().is_empty());
+    on(&mut sup, exited("web2"));
+    assert_eq!(
+        sup.world.take(),
+        [
+            Did::ReloadApps(vec!["web".into()]),
+            Did::Notify(Note::Ready)
+        ]
+    );
+    assert!(sup.held.is_none());
+    assert!(!sup.last_reload.successful);
+    // Its timeout, and web2's news, are of a reload no longer held.
+    on(&mut sup, MasterEvent::ReloadTimeout(1));
+    on(&mut sup, app_servers("web2", &[9100, 9101]));
+    assert!(sup.world.take().is_empty());
+    assert_eq!(sup.config.limits, Config::default().limits);
+}
+
 #[test]
 fn a_reload_of_a_broken_file_gives_a_held_one_up() {
     let mut sup = renaming(2);
