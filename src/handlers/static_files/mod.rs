@@ -190,6 +190,9 @@ struct CacheKey {
 struct CacheEntry {
     found: Found,
     checked: Instant,
+    /// Served from the cache since the last time it was full: kept when
+    /// it fills up again (a second chance), when the rest goes.
+    used: Cell<bool>,
 }
 
 impl FileJob {
@@ -380,10 +383,8 @@ impl SiteState {
         let key = job.cache_key(rel, trailing_slash);
         let now = Instant::now();
         self.close_files(Some(now));
-        if let Some(e) = self.cache.borrow().get(&key) {
-            if now.duration_since(e.checked) < self.cfg.cache_valid && current(&e.found) {
-                return e.found.clone();
-            }
+        if let Some(found) = self.cached(&key, now) {
+            return found;
         }
         let lookup = Lookup {
             // As configured: resolved at each look
@@ -419,6 +420,18 @@ impl SiteState {
             }
         }
         found
+    }
+
+    /// What the cache knows of `key`, while it is fresh at `now`; marked
+    /// used, to be kept when the cache fills up.
+    fn cached(&self, key: &CacheKey, now: Instant) -> Option<Found> {
+        let cache = self.cache.borrow();
+        let e = cache.get(key)?;
+        if now.duration_since(e.checked) < self.cfg.cache_valid && current(&e.found) {
+            e.used.set(true);
+            return Some(e.found.clone());
+        }
+        None
     }
 
     /// Drop the entries holding an open file that expired by `now`, or
@@ -476,11 +489,26 @@ impl SiteState {
             });
             cache.shrink_to_fit();
         }
-        if self.cache_bytes.get() + size > CACHE_BYTES
-            || self.cache_files.get() + files > CACHE_FILES
-        {
-            // Full: start over rather than track recency on every hit, and
-            // give the table's memory back (a cleared one keeps it).
+        let full =
+            |bytes: usize, open: usize| bytes + size > CACHE_BYTES || open + files > CACHE_FILES;
+        if full(self.cache_bytes.get(), self.cache_files.get()) {
+            // Full: what was not served from the cache since it was last
+            // full goes, the rest stays with its mark cleared (a second
+            // chance, CLOCK's, in one sweep: a hit costs a flag, not an
+            // order kept), so the pages a site serves all day are not
+            // read again because a crawler walked its archive.
+            cache.retain(|k, e| {
+                let kept = e.used.replace(false);
+                if !kept {
+                    self.uncount(k, &e.found);
+                }
+                kept
+            });
+            cache.shrink_to_fit();
+        }
+        if full(self.cache_bytes.get(), self.cache_files.get()) {
+            // Every entry was served since: start over, and give the
+            // table's memory back (a cleared one keeps it).
             *cache = HashMap::new();
             *self.open_files.borrow_mut() = VecDeque::new();
             self.cache_bytes.set(0);
@@ -501,6 +529,7 @@ impl SiteState {
             CacheEntry {
                 found: found.clone(),
                 checked,
+                used: Cell::new(false),
             },
         );
     }
@@ -995,6 +1024,52 @@ async fn stream_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache that fills up keeps what was served from it since it was
+    /// last full (a site's hot pages), and lets the rest go: a crawler
+    /// walking an archive does not push the home page out.
+    #[test]
+    fn a_full_cache_keeps_what_it_served() {
+        let site = StaticSite::new(
+            "/".into(),
+            Rc::new(StaticConfig::new("/nonexistent".into())),
+        );
+        let state = &site.state;
+        let key = |rel: &str| CacheKey {
+            rel: rel.to_string(),
+            trailing_slash: false,
+            encodings: Vec::new(),
+        };
+        let file = |body: Rc<[u8]>| {
+            Found::File(FileInfo {
+                size: body.len() as u64,
+                mtime: 0,
+                content_type: "text/html",
+                encoding: None,
+                stamp: FileStamp::default(),
+                compressed_from: None,
+                body: Some(body),
+                file: None,
+            })
+        };
+        let mib: Rc<[u8]> = Rc::from(vec![0u8; 1 << 20]);
+        state.remember(key("home.html"), &file(Rc::from(&b"home"[..])));
+        state.remember(key("cold.html"), &file(Rc::from(&b"cold"[..])));
+        for i in 0..48 {
+            assert!(
+                state.cached(&key("home.html"), Instant::now()).is_some(),
+                "{i}"
+            );
+            state.remember(key(&format!("archive/{i}.html")), &file(mib.clone()));
+            assert!(state.cache_bytes.get() <= CACHE_BYTES);
+        }
+        let cache = state.cache.borrow();
+        assert!(cache.contains_key(&key("home.html")));
+        assert!(!cache.contains_key(&key("cold.html")));
+        // The crawl's last pages are there, its first gone.
+        assert!(cache.contains_key(&key("archive/47.html")));
+        assert!(!cache.contains_key(&key("archive/0.html")));
+    }
 
     /// Names that are not there, one after another (a scanner's probes, a
     /// single-page app's routes under a `fallback`): the cache holds at
