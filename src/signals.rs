@@ -40,9 +40,9 @@ pub enum Signal {
     Reload,
     /// SIGUSR1: reopen log files.
     Reopen,
-    /// SIGUSR2, nginx's binary upgrade, which has no counterpart here:
-    /// said and ignored, rather than the default action's sudden death.
-    Unsupported(i32),
+    /// SIGUSR2 (nginx's): a binary upgrade, the binary at this process's
+    /// path started on its listening sockets (`master::upgrade`).
+    Upgrade,
 }
 
 impl Signal {
@@ -51,7 +51,7 @@ impl Signal {
             SIGTERM | SIGINT | SIGQUIT => Some(Signal::Terminate(sig)),
             SIGHUP => Some(Signal::Reload),
             SIGUSR1 => Some(Signal::Reopen),
-            SIGUSR2 => Some(Signal::Unsupported(sig)),
+            SIGUSR2 => Some(Signal::Upgrade),
             _ => None,
         }
     }

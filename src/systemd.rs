@@ -17,6 +17,9 @@ const LISTEN_FDS_START: RawFd = 3;
 pub struct Notifier {
     socket: UnixDatagram,
     addr: UnixAddr,
+    /// `$NOTIFY_SOCKET` as it was: what a binary upgrade's new process is
+    /// given (the variable is gone from this one's environment).
+    path: String,
 }
 
 impl Notifier {
@@ -35,7 +38,12 @@ impl Notifier {
         // A full queue at the manager drops a notification instead of
         // blocking the master.
         socket.set_nonblocking(true).ok()?;
-        Some(Notifier { socket, addr })
+        Some(Notifier { socket, addr, path })
+    }
+
+    /// The socket's address as `$NOTIFY_SOCKET` gave it.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Send one notification (newline-separated `KEY=value` assignments).
@@ -83,24 +91,40 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
-/// Listening sockets passed by socket activation, if `$LISTEN_PID` is this
-/// process. The variables are removed afterwards, as sd_listen_fds(3) does.
-pub fn listen_fds() -> io::Result<Vec<TcpListener>> {
+/// What `$LISTEN_FDS` passed this process.
+#[derive(Default)]
+pub struct Passed {
+    /// The sockets to serve.
+    pub listeners: Vec<TcpListener>,
+    /// The one named `metrics` (`METRICS_FD_NAME` in `$LISTEN_FDNAMES`):
+    /// a binary upgrade's admin listener, served as metrics, not HTTP.
+    pub metrics: Option<TcpListener>,
+}
+
+/// The name a binary upgrade gives the admin (metrics) listener it passes.
+pub const METRICS_FD_NAME: &str = "metrics";
+
+/// Listening sockets passed by socket activation (or a binary upgrade),
+/// if `$LISTEN_PID` is this process. The variables are removed afterwards,
+/// as sd_listen_fds(3) does.
+pub fn listen_fds() -> io::Result<Passed> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
     let (Some(pid), Some(fds)) = (pid, fds) else {
-        return Ok(Vec::new());
+        return Ok(Passed::default());
     };
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(Vec::new());
+        return Ok(Passed::default());
     }
     let n: RawFd = fds
         .parse()
         .map_err(|_| io::Error::other(format!("LISTEN_FDS is not a number: {fds:?}")))?;
-    let mut out = Vec::new();
+    let mut names = names.split(':');
+    let mut out = Passed::default();
     for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
         if !is_listening_tcp(fd) {
             return Err(io::Error::other(format!(
@@ -109,12 +133,17 @@ pub fn listen_fds() -> io::Result<Vec<TcpListener>> {
         }
         // SAFETY: systemd hands these descriptors to this process; we take
         // ownership exactly once and mark them close-on-exec.
-        unsafe {
+        let l = unsafe {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            out.push(TcpListener::from_raw_fd(fd));
+            TcpListener::from_raw_fd(fd)
+        };
+        if names.next() == Some(METRICS_FD_NAME) {
+            out.metrics = Some(l);
+        } else {
+            out.listeners.push(l);
         }
     }
-    for l in &out {
+    for l in &out.listeners {
         crate::listener::prepare(l)?;
     }
     Ok(out)

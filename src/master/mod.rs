@@ -11,6 +11,7 @@
 mod launch;
 mod scrape;
 mod supervisor;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 
@@ -290,20 +291,38 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     let mut watch = pipe.watch().map_err(MasterError::Signals)?;
     // Read (and remove) NOTIFY_SOCKET while this is the only thread.
     let notifier = systemd::Notifier::from_env();
+    // Started by a binary upgrade: the previous process hears on this
+    // once this one serves.
+    let upgrade_ready = upgrade::ready_fd_from_env();
 
     // Bind before any shard starts, so a busy port stops start-up here.
     let mut exclusive = Vec::new();
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
     let mut bound: Vec<(Scheme, SocketAddr)> = Vec::new();
-    let activated = systemd::listen_fds().map_err(MasterError::Activation)?;
+    let systemd::Passed {
+        listeners: activated,
+        metrics: passed_metrics,
+    } = systemd::listen_fds().map_err(MasterError::Activation)?;
     if !activated.is_empty() {
-        info!(
-            "socket activation: {} listening sockets from the service manager; [server] listen is not used",
-            activated.len()
-        );
+        if upgrade_ready.is_some() {
+            info!(
+                "upgrade: {} listening sockets from the previous process; [server] listen is not used",
+                activated.len()
+            );
+        } else {
+            info!(
+                "socket activation: {} listening sockets from the service manager; [server] listen is not used",
+                activated.len()
+            );
+        }
     }
     let mut sources = Vec::new();
     let passed = !activated.is_empty();
+    let source = if upgrade_ready.is_some() {
+        "upgrade"
+    } else {
+        "socket activation"
+    };
     for l in activated {
         let addr = l.local_addr().map_err(MasterError::Activation)?;
         // A passed socket speaks TLS when its address is a tls.listen one.
@@ -313,7 +332,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             Scheme::Http
         };
         info!(
-            "socket activation: {addr} serves {}",
+            "{source}: {addr} serves {}",
             if scheme == Scheme::Https {
                 "HTTPS (a tls.listen address)"
             } else {
@@ -383,30 +402,49 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
 
     crate::config::listeners_bound();
     scrape::identify(config.source.as_deref());
-    let admin = match config.metrics.listen {
-        // A scrape now and then: the kernel's default is fine there.
-        Some(addr) => match listener::bind_exclusive(addr, false) {
-            Ok(l) => {
-                let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
-                Some((l, bound))
-            }
-            // Nobody asked for this port: another instance (or anything
-            // else) on it must not keep this one from serving.
-            Err(e)
-                if config.metrics.listen_is_default
-                    && e.err.kind() == std::io::ErrorKind::AddrInUse =>
-            {
-                warn!(
-                    "metrics: the default address {addr} is in use, so this instance serves \
+    let admin = match (config.metrics.listen, passed_metrics) {
+        // A binary upgrade's: the previous process's admin listener.
+        (Some(_), Some(l)) => {
+            let bound = l.local_addr().map_err(MasterError::Activation)?;
+            Some((l, bound))
+        }
+        (addr, _) => match addr {
+            // A scrape now and then: the kernel's default is fine there.
+            Some(addr) => match listener::bind_exclusive(addr, false) {
+                Ok(l) => {
+                    let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
+                    Some((l, bound))
+                }
+                // Nobody asked for this port: another instance (or anything
+                // else) on it must not keep this one from serving.
+                Err(e)
+                    if config.metrics.listen_is_default
+                        && e.err.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    warn!(
+                        "metrics: the default address {addr} is in use, so this instance serves \
                      no metrics; set [metrics] listen (or --metrics-listen) to another \
                      address, 127.0.0.1:0 for any free port, or \"off\""
-                );
-                None
-            }
-            Err(e) => return Err(MasterError::MetricsBind(e)),
+                    );
+                    None
+                }
+                Err(e) => return Err(MasterError::MetricsBind(e)),
+            },
+            None => None,
         },
-        None => None,
     };
+    // Copies of every listener, for a binary upgrade to pass on (the
+    // activated ones among them).
+    let mut handover = upgrade::Handover::default();
+    let keep = |h: &mut upgrade::Handover, l: &std::net::TcpListener, name| {
+        h.keep(l, name).map_err(MasterError::Activation)
+    };
+    for l in exclusive.iter().chain(per_shard.iter().flatten()) {
+        keep(&mut handover, l, "coreserve")?;
+    }
+    if let Some((l, _)) = &admin {
+        keep(&mut handover, l, systemd::METRICS_FD_NAME)?;
+    }
 
     // The apps first: every instance accepts connections before a shard
     // starts, so the service is ready when systemd hears so.
@@ -501,6 +539,8 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
         reload,
         notifier,
         admin,
+        handover,
+        upgrade_ready,
         cpus: plan,
         pipe,
         held_signals: watch.held(),
@@ -527,7 +567,7 @@ fn stop_asked(watch: &mut signals::SignalWatch) -> bool {
         let name = match held {
             Signal::Reload => "SIGHUP",
             Signal::Reopen => "SIGUSR1",
-            Signal::Unsupported(sig) => signals::name(sig),
+            Signal::Upgrade => "SIGUSR2",
             Signal::Terminate(_) => continue,
         };
         warn!("{name}: ignored: stopping (the app instances are being stopped)");

@@ -294,3 +294,106 @@ fn socket_activation_uses_the_passed_socket() {
         drop(server);
     }
 }
+
+/// Kills a process by pid when dropped: the new process of a binary
+/// upgrade, which no `Server` owns.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test saw started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// SIGUSR2, nginx's binary upgrade: the binary is started on the running
+/// process's listening sockets (the metrics listener too); once it serves,
+/// the old process drains (its request in flight completes) and exits, and
+/// no connection in between is refused or dropped. A new process that
+/// cannot start (a file it refuses) leaves the old one serving.
+#[test]
+fn sigusr2_upgrades_the_binary_without_refusing_a_connection() {
+    use crate::upstream::{Gate, Reply, Upstream};
+    let gate = Gate::new();
+    let held = gate.clone();
+    let up = Upstream::start(move |req| match req.target.as_str() {
+        "/hold" => Reply::new().wait(&held).then(Reply::ok("held")),
+        _ => Reply::ok("up"),
+    });
+    let dir = Scratch::new("upgrade");
+    let good = crate::proxy::simple(&[up.server()], "", "");
+    let conf = dir.write("c.toml", &good);
+    let mut server = Server::start(&["--config", &conf.display().to_string()]);
+    let addr = server.addr;
+    let metrics: std::net::SocketAddr = server
+        .metrics_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+
+    // A new process that refuses the file ends; the old serves on.
+    dir.write("c.toml", format!("{good}bogus = 1\n"));
+    server.signal(libc::SIGUSR2);
+    server.wait_for_log("ended before it served (exit status: 2); still serving");
+    dir.write("c.toml", &good);
+    assert_eq!(get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(), "up");
+
+    // A request in flight, and a client connecting all along.
+    let mut slow = connect(addr);
+    slow.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(up.wait_until(|u| u.requests().iter().any(|q| q.target == "/hold")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, served) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let answer = std::panic::catch_unwind(|| {
+                    get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text()
+                });
+                match answer {
+                    Ok(text) if text == "up" => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            failures
+        })
+    };
+    server.signal(libc::SIGUSR2);
+    server.wait_for_log(") serves; this one drains and exits");
+    let log = server.log();
+    let pid: i32 = log
+        .split(") serves; this one drains and exits")
+        .next()
+        .and_then(|before| before.rsplit("(pid ").next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {log}"));
+    let _new = KillOnDrop(pid);
+    // The old one waits for its request in flight, then exits.
+    std::thread::sleep(Duration::from_millis(200));
+    gate.open();
+    assert_eq!(Reader::new(&slow).next(false).text(), "held");
+    let status = server.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}\n{}", server.log());
+    // The new one serves on the same sockets, its metrics too.
+    let before = served.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served.load(Ordering::Relaxed) < before + 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
+    assert!(served.load(Ordering::Relaxed) >= before + 20);
+    let scraped = get(metrics, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(scraped.status, 200);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // SAFETY: kill(2) on the new process, which this test saw started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+}

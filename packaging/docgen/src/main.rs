@@ -186,7 +186,7 @@ fn operator_sections() -> Roff {
     item(
         &mut r,
         "SIGUSR2",
-        "Ignored, with a warning: nginx's binary upgrade has no counterpart; restart the service.",
+        "Binary upgrade, as nginx's: the binary now at this process's path is started with the same arguments on this process's listening sockets; once it serves it becomes the service's main process and this one drains and exits. No connection is refused meanwhile; a new process that fails to start leaves this one serving.",
     );
 
     section(&mut r, "ENVIRONMENT");

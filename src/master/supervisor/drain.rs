@@ -158,11 +158,10 @@ impl Supervisor<Real> {
                 }
                 // A log rotated meanwhile is still let go of.
                 Some(MasterEvent::Signal(Signal::Reopen)) => self.on_reopen(),
-                // As while serving: ignored, with a word.
-                Some(MasterEvent::Signal(Signal::Unsupported(sig))) => warn!(
-                    "{}: ignored (nginx's binary upgrade has no counterpart: restart the service)",
-                    signals::name(sig)
-                ),
+                // Nothing starts once stopping: said.
+                Some(MasterEvent::Signal(Signal::Upgrade)) => {
+                    warn!("SIGUSR2: ignored: stopping (no upgrade starts now)")
+                }
                 // What waits for a full queue (a reopen, the drain itself).
                 Some(MasterEvent::Flush) => self.on_flush(),
                 Some(_) => {}

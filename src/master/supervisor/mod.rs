@@ -27,7 +27,7 @@ use world::{connect, Delivery, Note, Real, World};
 use super::effective_upstreams;
 use super::launch::{Launched, Launcher};
 use super::scrape::{finish_gather, Gather, LastReload, Scraped, ShardLife, SCRAPE_WAIT};
-use super::{MasterError, Reloader};
+use super::{upgrade, MasterError, Reloader};
 use crate::acceptor::Acceptor;
 use crate::admin;
 use crate::apps::{AppEvent, AppServer, AppsHandle};
@@ -59,6 +59,10 @@ pub(super) struct Supervision {
     pub(super) notifier: Option<systemd::Notifier>,
     /// The admin (metrics) listener and its address.
     pub(super) admin: Option<(std::net::TcpListener, std::net::SocketAddr)>,
+    /// What a binary upgrade passes on.
+    pub(super) handover: upgrade::Handover,
+    /// Started by a binary upgrade: where to say this process serves.
+    pub(super) upgrade_ready: Option<std::os::fd::OwnedFd>,
     /// The CPU of each shard.
     pub(super) cpus: Vec<usize>,
     pub(super) pipe: SignalPipe,
@@ -115,6 +119,10 @@ enum MasterEvent {
     /// During the drain, after `LastCall`: time to look whether every app
     /// instance is gone (then the shards cut what is left).
     AppsGone,
+    /// The process a binary upgrade started (its pid) serves.
+    Upgraded(u32),
+    /// It ended before it served: its pid, and how it ended.
+    UpgradeFailed(u32, String),
 }
 
 /// How soon a control message that found its shard's queue full is sent
@@ -316,6 +324,10 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
     if let Some(n) = &s.notifier {
         n.ready(&status);
     }
+    if let Some(fd) = s.upgrade_ready {
+        info!("upgrade: serving; the previous process drains and exits");
+        upgrade::say_ready(fd);
+    }
     if let Some(every) = systemd::watchdog_interval() {
         let tick = tx.clone();
         glommio::spawn_local(async move {
@@ -334,6 +346,8 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         notifier: s.notifier,
         status,
         apps: s.apps.handle,
+        handover: s.handover,
+        upgrading: None,
     };
     let mut sup = Supervisor::new(
         world,
@@ -423,10 +437,18 @@ impl<W: World> Supervisor<W> {
             MasterEvent::Shard(ShardEvent::Rested { id, rest }) => self.on_rested(id, &rest),
             MasterEvent::Watchdog => self.on_watchdog(),
             MasterEvent::Signal(Signal::Reopen) => self.on_reopen(),
-            MasterEvent::Signal(Signal::Unsupported(sig)) => warn!(
-                "{}: ignored (nginx's binary upgrade has no counterpart: restart the service)",
-                signals::name(sig)
-            ),
+            MasterEvent::Signal(Signal::Upgrade) => self.on_upgrade(),
+            MasterEvent::Upgraded(pid) => {
+                // systemd follows the new process from now on; this one's
+                // notifications (its STOPPING) are no longer heard.
+                self.world.notify(Note::MainPid(pid));
+                info!("upgrade: the new process (pid {pid}) serves; this one drains and exits");
+                return Flow::Drain(libc::SIGUSR2);
+            }
+            MasterEvent::UpgradeFailed(pid, why) => {
+                self.world.upgrade_over();
+                error!("upgrade: the new process (pid {pid}) ended before it served ({why}); still serving (its own lines above say why)");
+            }
             MasterEvent::Gone(id, incarnation) if self.slots[id].child.is_current(incarnation) => {
                 self.on_gone(id)
             }
@@ -851,6 +873,18 @@ impl<W: World> Supervisor<W> {
             );
         }
         self.refuse_held();
+    }
+
+    /// SIGUSR2: start the binary now at this process's path on its
+    /// listening sockets; this process drains once that one serves
+    /// (`MasterEvent::Upgraded`). One at a time.
+    fn on_upgrade(&mut self) {
+        match self.world.upgrade() {
+            Ok((pid, exe)) => info!(
+                "SIGUSR2: upgrade: started {exe} (pid {pid}) on this process's listening sockets; this process drains once it serves"
+            ),
+            Err(why) => error!("SIGUSR2: upgrade: {why}; still serving"),
+        }
     }
 
     /// An instance of an app exited before it was ready: a held reload

@@ -36,6 +36,10 @@ enum Did {
     Notify(Note),
     /// The names of the apps a reload hands the app manager.
     ReloadApps(Vec<String>),
+    /// A binary upgrade's new process started.
+    Upgrade,
+    /// The upgrade under way is over without serving.
+    UpgradeOver,
 }
 
 /// A control message, by what tells one from another.
@@ -77,6 +81,8 @@ struct Fake {
     loaded: Vec<Result<Config, Vec<ConfigError>>>,
     /// Keep what reloads read until the test hands it back.
     hold_loads: bool,
+    /// An upgrade's new process is starting.
+    upgrading: bool,
 }
 
 impl Fake {
@@ -175,6 +181,19 @@ impl World for Fake {
 
     fn app_status(&self) -> Vec<InstanceStatus> {
         Vec::new()
+    }
+
+    fn upgrade(&mut self) -> Result<(u32, String), String> {
+        if std::mem::replace(&mut self.upgrading, true) {
+            return Err("one is under way already".into());
+        }
+        self.did.push(Did::Upgrade);
+        Ok((4242, "/usr/bin/coreserve".into()))
+    }
+
+    fn upgrade_over(&mut self) {
+        self.upgrading = false;
+        self.did.push(Did::UpgradeOver);
     }
 }
 
@@ -931,6 +950,30 @@ fn a_reload_that_adds_an_app_waits_until_its_instances_are_ready() {
     on(&mut sup, applied(0));
     on(&mut sup, applied(1));
     assert_eq!(sup.world.take(), [Did::Notify(Note::Ready)]);
+}
+
+/// SIGUSR2 starts one upgrade at a time; one that ends before it serves
+/// leaves the process serving (and another may start); one that serves
+/// becomes systemd's main process and this one drains.
+#[test]
+fn an_upgrade_hands_over_once_the_new_process_serves() {
+    let mut sup = serving(2);
+    sup.world.take();
+    on(&mut sup, MasterEvent::Signal(Signal::Upgrade));
+    assert_eq!(sup.world.take(), [Did::Upgrade]);
+    // A second one while the first is under way starts nothing.
+    on(&mut sup, MasterEvent::Signal(Signal::Upgrade));
+    assert!(sup.world.take().is_empty());
+    on(
+        &mut sup,
+        MasterEvent::UpgradeFailed(4242, "exit status: 2".into()),
+    );
+    assert_eq!(sup.world.take(), [Did::UpgradeOver]);
+    on(&mut sup, MasterEvent::Signal(Signal::Upgrade));
+    assert_eq!(sup.world.take(), [Did::Upgrade]);
+    let flow = future::block_on(sup.on_event(MasterEvent::Upgraded(4242)));
+    assert!(matches!(flow, Flow::Drain(libc::SIGUSR2)));
+    assert_eq!(sup.world.take(), [Did::Notify(Note::MainPid(4242))]);
 }
 
 /// An instance of the app a held reload adds exits before it is ready:

@@ -70,6 +70,14 @@ pub(super) trait World {
     /// Every app instance's state, for a scrape; must not block (the
     /// supervisor's loop calls it).
     fn app_status(&self) -> Vec<InstanceStatus>;
+
+    /// Start a binary upgrade's new process (`master::upgrade`): its pid
+    /// and path, or why not. Its news is to come back as
+    /// `MasterEvent::Upgraded` or `MasterEvent::UpgradeFailed`.
+    fn upgrade(&mut self) -> Result<(u32, String), String>;
+
+    /// The upgrade under way ended without serving: another may start.
+    fn upgrade_over(&mut self);
 }
 
 /// What became of a control message sent to a shard.
@@ -91,6 +99,9 @@ pub(super) enum Note {
     Reloading,
     /// `WATCHDOG=1`: every live shard answered the last ping.
     Watchdog,
+    /// `MAINPID=`: a binary upgrade's new process serves, and is the
+    /// service's main process from now on.
+    MainPid(u32),
 }
 
 /// The world as it is.
@@ -104,6 +115,10 @@ pub(super) struct Real {
     /// What systemd's status line says while serving.
     pub(super) status: String,
     pub(super) apps: AppsHandle,
+    /// The listening sockets a binary upgrade passes on.
+    pub(super) handover: crate::master::upgrade::Handover,
+    /// The pid of an upgrade's new process until it serves or ends.
+    pub(super) upgrading: Option<u32>,
 }
 
 /// The handles of a shard thread's incarnation while it runs.
@@ -232,8 +247,40 @@ impl World for Real {
                 Note::Ready => n.ready(&self.status),
                 Note::Reloading => n.reloading(),
                 Note::Watchdog => n.notify("WATCHDOG=1"),
+                Note::MainPid(pid) => n.notify(&format!("MAINPID={pid}")),
             }
         }
+    }
+
+    fn upgrade(&mut self) -> Result<(u32, String), String> {
+        use crate::master::upgrade::{self, Outcome};
+        if let Some(pid) = self.upgrading {
+            return Err(format!("one is under way already (pid {pid})"));
+        }
+        if self.handover.is_empty() {
+            return Err("this process has no listening socket to pass on".into());
+        }
+        let notify = self.notifier.as_ref().map(systemd::Notifier::path);
+        let (started, exe) = upgrade::start(&self.handover, notify)
+            .map_err(|e| format!("cannot start the new binary: {e}"))?;
+        let pid = started.pid;
+        self.upgrading = Some(pid);
+        let tx = self.tx.clone();
+        glommio::spawn_local(async move {
+            let outcome =
+                crate::recheck::wait(glommio::executor().spawn_blocking(move || started.wait()))
+                    .await;
+            let _ = tx.try_send(match outcome {
+                Outcome::Serves => MasterEvent::Upgraded(pid),
+                Outcome::Ended(why) => MasterEvent::UpgradeFailed(pid, why),
+            });
+        })
+        .detach();
+        Ok((pid, exe.to_string_lossy().into_owned()))
+    }
+
+    fn upgrade_over(&mut self) {
+        self.upgrading = None;
     }
 
     fn reload_apps(&mut self, apps: Vec<AppConfig>, renew: bool) {

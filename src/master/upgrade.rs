@@ -1,0 +1,205 @@
+//! The binary upgrade (SIGUSR2, as nginx's): the running master starts the
+//! binary now installed at its own path, passing it every listening socket
+//! it holds (the systemd socket-activation way: `LISTEN_FDS`, the admin
+//! listener named `metrics` in `LISTEN_FDNAMES`), so that no connection is
+//! refused while one process hands over to the other: both accept on the
+//! same sockets while they overlap. The new process says it serves by
+//! writing to a pipe (`READY_FD_VAR`); the old one then makes it systemd's
+//! main process (`MAINPID=`) and drains as at a stop. A new process that
+//! ends first (a configuration the new binary refuses) changes nothing.
+
+use std::ffi::OsString;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command};
+
+/// The variable that tells a new process which descriptor to say "ready"
+/// on once it serves.
+const READY_FD_VAR: &str = "CORESERVE_UPGRADE_READY_FD";
+
+/// What the new process writes once it serves.
+const READY: &[u8] = b"ready\n";
+
+/// The first descriptor passed sockets take (systemd's SD_LISTEN_FDS_START).
+const FIRST_FD: RawFd = 3;
+
+/// The sockets a binary upgrade passes on: copies of every listener the
+/// process serves (closed with it), each with its `LISTEN_FDNAMES` name.
+#[derive(Default)]
+pub struct Handover {
+    fds: Vec<(OwnedFd, &'static str)>,
+    /// Each socket's inode: the same socket is kept once.
+    inodes: Vec<u64>,
+}
+
+/// The inode of the socket behind `fd`.
+fn inode(fd: RawFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` when it returns 0; it is read only then.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0.
+    Ok(unsafe { st.assume_init() }.st_ino)
+}
+
+impl Handover {
+    /// Keep a copy of `socket` to pass on under `name`; once (each shard
+    /// of reuseport dispatch holds a copy of a socket systemd passed).
+    pub fn keep(&mut self, socket: &impl std::os::fd::AsFd, name: &'static str) -> io::Result<()> {
+        let fd = socket.as_fd();
+        let ino = inode(fd.as_raw_fd())?;
+        if !self.inodes.contains(&ino) {
+            self.inodes.push(ino);
+            self.fds.push((fd.try_clone_to_owned()?, name));
+        }
+        Ok(())
+    }
+
+    /// Whether it passes none.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+}
+
+/// A new process started by `start`, until it serves or ends.
+pub struct Started {
+    /// Its process id (the shell that starts it execs it: the same).
+    pub pid: u32,
+    child: Child,
+    ready: std::fs::File,
+}
+
+/// How a started process's start ended.
+pub enum Outcome {
+    /// It serves.
+    Serves,
+    /// It ended first (how: its exit status, or why it could not be read).
+    Ended(String),
+}
+
+impl Started {
+    /// Wait (blocking) until it says it serves or ends.
+    pub fn wait(mut self) -> Outcome {
+        let mut said = Vec::new();
+        // Its end closes the pipe's only writer; so does its "ready".
+        let _ = (&mut self.ready).take(64).read_to_end(&mut said);
+        if said == READY {
+            // It runs on; whoever is its parent when it ends reaps it.
+            return Outcome::Serves;
+        }
+        match self.child.wait() {
+            Ok(status) => Outcome::Ended(status.to_string()),
+            Err(e) => Outcome::Ended(format!("cannot wait for it: {e}")),
+        }
+    }
+}
+
+/// The binary to start: this process's own path, as the kernel has it (a
+/// package upgrade replaced the file: the old one is "(deleted)"; the new
+/// one is at the path).
+fn own_path() -> io::Result<OsString> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let exe = exe.into_os_string();
+    let bytes = exe.as_encoded_bytes();
+    Ok(match bytes.strip_suffix(b" (deleted)") {
+        // SAFETY: cut at an ASCII boundary of bytes from an OsString.
+        Some(path) => unsafe { OsString::from_encoded_bytes_unchecked(path.to_vec()) },
+        None => exe,
+    })
+}
+
+/// Start the binary at this process's path with this process's arguments,
+/// passing `handover`'s sockets and, when systemd watches, its
+/// notification socket (`notify`: removed from this process's
+/// environment at start).
+pub fn start(handover: &Handover, notify: Option<&str>) -> io::Result<(Started, OsString)> {
+    let exe = own_path()?;
+    let (read, write) = pipe()?;
+    let n = handover.fds.len() as RawFd;
+    // The descriptors the child gets, in order: the sockets at 3.., the
+    // pipe's end after them.
+    let mut sources: Vec<RawFd> = handover.fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    sources.push(write.as_raw_fd());
+    let names: Vec<&str> = handover.fds.iter().map(|&(_, name)| name).collect();
+    let mut cmd = Command::new("/bin/sh");
+    // LISTEN_PID and WATCHDOG_PID must be the new process's own: the shell
+    // knows its pid, and exec keeps it.
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$0\" \"$@\"")
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .env("LISTEN_FDS", n.to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env(READY_FD_VAR, (FIRST_FD + n).to_string());
+    if let Some(path) = notify {
+        cmd.env("NOTIFY_SOCKET", path);
+    }
+    let mut high = sources.clone();
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
+    // dup2), on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first: a source may sit where another goes.
+            let above = FIRST_FD + sources.len() as RawFd;
+            for (i, &fd) in sources.iter().enumerate() {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if high[i] < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // dup2 clears close-on-exec on the copy.
+            for (i, &fd) in high.iter().enumerate() {
+                if libc::dup2(fd, FIRST_FD + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Only the child holds the writing end now: its end (or exec failing)
+    // is the pipe's end.
+    drop(write);
+    let started = Started {
+        pid: child.id(),
+        child,
+        ready: std::fs::File::from(read),
+    };
+    Ok((started, exe))
+}
+
+/// A pipe, both ends close-on-exec.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors of ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// In a process a binary upgrade started: the descriptor to say "ready"
+/// on, taken from the environment (and removed from it, as the sockets'
+/// variables are, so that nothing this process starts inherits it).
+pub fn ready_fd_from_env() -> Option<OwnedFd> {
+    let fd = std::env::var(READY_FD_VAR).ok()?;
+    std::env::remove_var(READY_FD_VAR);
+    let fd: RawFd = fd.parse().ok().filter(|&fd| fd >= FIRST_FD)?;
+    // SAFETY: a pipe's end passed to this process for this; checked open
+    // before it is owned, and owned once.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return None;
+    }
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Tell the process that started this one that it serves.
+pub fn say_ready(fd: OwnedFd) {
+    let mut f = std::fs::File::from(fd);
+    if let Err(e) = f.write_all(READY) {
+        log::warn!("upgrade: cannot tell the previous process that this one serves: {e}");
+    }
+}
