@@ -11,11 +11,24 @@ use crate::config::{Affinity, Config, ConfigError, Dispatch, MetricsConfig, Unse
 use crate::cpus;
 use crate::units;
 
+/// The signals, under `--help` (the package's upgrade looks for SIGUSR2
+/// there in the running version's help: one without it ignores it).
+const SIGNALS: &str = "Signals: SIGTERM, SIGINT, SIGQUIT drain and exit; SIGHUP reloads the \
+configuration; SIGUSR1 reopens the access log; SIGUSR2 upgrades the binary in place (the one \
+now at this process's path starts on its sockets and takes over once it serves).";
+
 /// coreserve: a thread-per-core io_uring HTTP/1.1 server. One shard per CPU,
 /// fed round-robin by a master; with no configuration every request
 /// is answered `200 OK` `Hello World`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "coreserve", version, about, long_about = None, disable_help_subcommand = true)]
+#[command(
+    name = "coreserve",
+    version,
+    about,
+    long_about = None,
+    disable_help_subcommand = true,
+    after_help = SIGNALS
+)]
 pub struct Cli {
     /// A command other than serving.
     #[command(subcommand)]

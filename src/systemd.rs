@@ -10,6 +10,8 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::time::Duration;
 
+use crate::listener::Scheme;
+
 /// The first descriptor systemd passes (SD_LISTEN_FDS_START).
 const LISTEN_FDS_START: RawFd = 3;
 
@@ -94,8 +96,10 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// What `$LISTEN_FDS` passed this process.
 #[derive(Default)]
 pub struct Passed {
-    /// The sockets to serve.
-    pub listeners: Vec<TcpListener>,
+    /// The sockets to serve, each with the scheme its `$LISTEN_FDNAMES`
+    /// name gives (`http`, `https`: a binary upgrade names them; None:
+    /// the file's `tls.listen` addresses tell).
+    pub listeners: Vec<(TcpListener, Option<Scheme>)>,
     /// The one named `metrics` (`METRICS_FD_NAME` in `$LISTEN_FDNAMES`):
     /// a binary upgrade's admin listener, served as metrics, not HTTP.
     pub metrics: Option<TcpListener>,
@@ -137,13 +141,14 @@ pub fn listen_fds() -> io::Result<Passed> {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             TcpListener::from_raw_fd(fd)
         };
-        if names.next() == Some(METRICS_FD_NAME) {
-            out.metrics = Some(l);
-        } else {
-            out.listeners.push(l);
+        match names.next() {
+            Some(METRICS_FD_NAME) => out.metrics = Some(l),
+            Some("https") => out.listeners.push((l, Some(Scheme::Https))),
+            Some("http") => out.listeners.push((l, Some(Scheme::Http))),
+            _ => out.listeners.push((l, None)),
         }
     }
-    for l in &out.listeners {
+    for (l, _) in &out.listeners {
         crate::listener::prepare(l)?;
     }
     Ok(out)

@@ -323,20 +323,19 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     } else {
         "socket activation"
     };
-    for l in activated {
+    for (l, named) in activated {
         let addr = l.local_addr().map_err(MasterError::Activation)?;
-        // A passed socket speaks TLS when its address is a tls.listen one.
-        let scheme = if config.tls.listen.iter().any(|&t| same_listener(addr, t)) {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        };
+        // A passed socket speaks TLS when its address is a tls.listen one,
+        // or (a binary upgrade's) when it is named so: what the previous
+        // process served on it, its port 0 resolved.
+        let tls = config.tls.listen.iter().any(|&t| same_listener(addr, t));
+        let scheme = named.unwrap_or(if tls { Scheme::Https } else { Scheme::Http });
         info!(
             "{source}: {addr} serves {}",
-            if scheme == Scheme::Https {
-                "HTTPS (a tls.listen address)"
-            } else {
-                "plain HTTP"
+            match (scheme, named) {
+                (Scheme::Https, None) => "HTTPS (a tls.listen address)",
+                (Scheme::Https, Some(_)) => "HTTPS",
+                (Scheme::Http, _) => "plain HTTP",
             }
         );
         bound.push((scheme, addr));
@@ -402,12 +401,22 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
 
     crate::config::listeners_bound();
     scrape::identify(config.source.as_deref());
+    // A binary upgrade's: the previous process's admin listener, while the
+    // file names the same address (else bound anew, as at a start).
+    let passed_metrics = passed_metrics
+        .map(|l| l.local_addr().map(|a| (l, a)))
+        .transpose()
+        .map_err(MasterError::Activation)?
+        .filter(|&(_, a)| {
+            // Port 0 in the file: whichever port it took.
+            let taken = |m: SocketAddr| m.port() == 0 && m.ip() == a.ip();
+            config
+                .metrics
+                .listen
+                .is_some_and(|m| same_listener(a, m) || taken(m))
+        });
     let admin = match (config.metrics.listen, passed_metrics) {
-        // A binary upgrade's: the previous process's admin listener.
-        (Some(_), Some(l)) => {
-            let bound = l.local_addr().map_err(MasterError::Activation)?;
-            Some((l, bound))
-        }
+        (Some(_), Some(passed)) => Some(passed),
         (addr, _) => match addr {
             // A scrape now and then: the kernel's default is fine there.
             Some(addr) => match listener::bind_exclusive(addr, false) {
@@ -433,17 +442,23 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
             None => None,
         },
     };
-    // Copies of every listener, for a binary upgrade to pass on (the
-    // activated ones among them).
+    // Copies of the listeners no shard owns, for a binary upgrade to pass
+    // on, each named by its scheme: the acceptor's (master dispatch), the
+    // sockets passed to this process (shared by every shard), the admin
+    // listener. A shard's own reuseport sockets are taken from the running
+    // shards at the upgrade (a restarted shard binds new ones).
     let mut handover = upgrade::Handover::default();
-    let keep = |h: &mut upgrade::Handover, l: &std::net::TcpListener, name| {
-        h.keep(l, name).map_err(MasterError::Activation)
-    };
-    for l in exclusive.iter().chain(per_shard.iter().flatten()) {
-        keep(&mut handover, l, "coreserve")?;
+    let shared = if passed { per_shard.first() } else { None };
+    let listeners = exclusive.iter().chain(shared.into_iter().flatten());
+    for (l, &(scheme, _)) in listeners.zip(&bound) {
+        handover
+            .keep(l, scheme.name())
+            .map_err(MasterError::Activation)?;
     }
     if let Some((l, _)) = &admin {
-        keep(&mut handover, l, systemd::METRICS_FD_NAME)?;
+        handover
+            .keep(l, systemd::METRICS_FD_NAME)
+            .map_err(MasterError::Activation)?;
     }
 
     // The apps first: every instance accepts connections before a shard

@@ -61,45 +61,91 @@ impl Handover {
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
     }
+
+    /// A copy, to add to.
+    pub fn try_clone(&self) -> io::Result<Handover> {
+        let mut copy = Handover::default();
+        for (fd, name) in &self.fds {
+            copy.keep(fd, name)?;
+        }
+        Ok(copy)
+    }
 }
 
 /// A new process started by `start`, until it serves or ends.
 pub struct Started {
     /// Its process id (the shell that starts it execs it: the same).
     pub pid: u32,
-    child: Child,
-    ready: std::fs::File,
+    /// The binary started.
+    pub exe: OsString,
+    /// How its start ends, once it has (`wait`'s, on a thread of its own).
+    pub outcome: std::sync::mpsc::Receiver<Outcome>,
 }
 
 /// How a started process's start ended.
 pub enum Outcome {
     /// It serves.
     Serves,
-    /// It ended first (how: its exit status, or why it could not be read).
+    /// It ended first, or was stopped (how).
     Ended(String),
 }
 
-impl Started {
-    /// Wait (blocking) until it says it serves or ends.
-    pub fn wait(mut self) -> Outcome {
-        let mut said = Vec::new();
-        // Its end closes the pipe's only writer; so does its "ready".
-        let _ = (&mut self.ready).take(64).read_to_end(&mut said);
-        if said == READY {
-            // It runs on; whoever is its parent when it ends reaps it.
-            return Outcome::Serves;
+/// Wait until `child` says it serves on `ready` or ends; past `within`,
+/// stop it (SIGTERM, SIGKILL 10 s later): a new process that never serves
+/// must not hold the next upgrade off for ever.
+fn wait(mut child: Child, ready: OwnedFd, within: std::time::Duration) -> Outcome {
+    let mut pfd = libc::pollfd {
+        fd: ready.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(within.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on one pollfd of ours.
+    let n = loop {
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            n => break n,
         }
-        match self.child.wait() {
-            Ok(status) => Outcome::Ended(status.to_string()),
-            Err(e) => Outcome::Ended(format!("cannot wait for it: {e}")),
+    };
+    if n == 0 {
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child, not yet waited for.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        return Outcome::Ended(format!(
+            "it did not serve within {}s, and was stopped",
+            within.as_secs()
+        ));
+    }
+    let mut said = Vec::new();
+    // Its end closes the pipe's only writer; so does its "ready".
+    let _ = std::fs::File::from(ready).take(64).read_to_end(&mut said);
+    if said == READY {
+        // It runs on; whoever is its parent when it ends reaps it.
+        return Outcome::Serves;
+    }
+    match child.wait() {
+        Ok(status) => Outcome::Ended(status.to_string()),
+        Err(e) => Outcome::Ended(format!("cannot wait for it: {e}")),
     }
 }
 
-/// The binary to start: this process's own path, as the kernel has it (a
-/// package upgrade replaced the file: the old one is "(deleted)"; the new
-/// one is at the path).
+/// The binary to start: the path this process was started by (argv[0],
+/// when it is one: `/usr/bin/coreserve` under systemd; through a symlink,
+/// the symlink, so a switched `current` link starts the new version), else
+/// its own, as the kernel has it (a package upgrade replaced the file: the
+/// old one is "(deleted)"; the new one is at the path).
 fn own_path() -> io::Result<OsString> {
+    if let Some(arg0) = std::env::args_os().next() {
+        if arg0.as_encoded_bytes().contains(&b'/') {
+            return Ok(arg0);
+        }
+    }
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe = exe.into_os_string();
     let bytes = exe.as_encoded_bytes();
@@ -113,8 +159,19 @@ fn own_path() -> io::Result<OsString> {
 /// Start the binary at this process's path with this process's arguments,
 /// passing `handover`'s sockets and, when systemd watches, its
 /// notification socket (`notify`: removed from this process's
-/// environment at start).
-pub fn start(handover: &Handover, notify: Option<&str>) -> io::Result<(Started, OsString)> {
+/// environment at start); it has `within` to serve.
+pub fn start(
+    handover: &Handover,
+    notify: Option<&str>,
+    within: std::time::Duration,
+) -> io::Result<Started> {
+    if std::process::id() == 1 {
+        // A container's init: its exit ends every process of the
+        // container, the new one too.
+        return Err(io::Error::other(
+            "this process is PID 1 (a container's init), whose exit would end the new one too: replace the container instead",
+        ));
+    }
     let exe = own_path()?;
     let (read, write) = pipe()?;
     let n = handover.fds.len() as RawFd;
@@ -162,12 +219,14 @@ pub fn start(handover: &Handover, notify: Option<&str>) -> io::Result<(Started, 
     // Only the child holds the writing end now: its end (or exec failing)
     // is the pipe's end.
     drop(write);
-    let started = Started {
-        pid: child.id(),
-        child,
-        ready: std::fs::File::from(read),
-    };
-    Ok((started, exe))
+    let pid = child.id();
+    let (tx, outcome) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("upgrade".into())
+        .spawn(move || {
+            let _ = tx.send(wait(child, read, within));
+        })?;
+    Ok(Started { pid, exe, outcome })
 }
 
 /// A pipe, both ends close-on-exec.

@@ -365,16 +365,25 @@ fn sigusr2_upgrades_the_binary_without_refusing_a_connection() {
             failures
         })
     };
+    let from = server.log().len();
     server.signal(libc::SIGUSR2);
-    server.wait_for_log(") serves; this one drains and exits");
+    // Its pid at once, so that a failure below leaves no server behind.
+    let started = "SIGUSR2: upgrade: started ";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log()[from..].contains(started) {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let log = server.log();
-    let pid: i32 = log
-        .split(") serves; this one drains and exits")
-        .next()
-        .and_then(|before| before.rsplit("(pid ").next())
+    let pid: i32 = log[from..]
+        .split(started)
+        .nth(1)
+        .and_then(|rest| rest.split("(pid ").nth(1))
+        .and_then(|rest| rest.split(')').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {log}"));
     let _new = KillOnDrop(pid);
+    server.wait_for_log(&format!("(pid {pid}) serves; this one drains and exits"));
     // The old one waits for its request in flight, then exits.
     std::thread::sleep(Duration::from_millis(200));
     gate.open();

@@ -42,8 +42,21 @@ impl Supervisor<Real> {
             signals::name(sig),
             self.config.drain_timeout
         );
-        if let Some(n) = &self.world.notifier {
+        // A binary upgrade's drain: systemd follows the new process
+        // already, and must not hear this one is stopping.
+        let handed_over = sig == libc::SIGUSR2;
+        if let (Some(n), false) = (&self.world.notifier, handed_over) {
             n.stopping("draining connections");
+        }
+        // The copies kept for an upgrade go: the sockets close with the
+        // shards' and the acceptor's (new connections are refused, not
+        // left in a queue nobody reads), unless a new process has them.
+        self.world.handover = Default::default();
+        // One still starting stops too: it would serve on alone.
+        if let Some(pid) = self.world.upgrading.take().filter(|_| !handed_over) {
+            info!("upgrade: stopping the new process (pid {pid}) too: it did not serve yet");
+            // SAFETY: kill(2) on the child this process started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
         self.world.apps.wind_down();
         // With app instances running, what is open at drain-timeout is not

@@ -134,6 +134,10 @@ const FLUSH_RETRY: Duration = Duration::from_millis(20);
 /// their readiness reaches the master a probe (50 ms) and a message later.
 const HELD_RELOAD_SLACK: Duration = Duration::from_secs(1);
 
+/// How long a binary upgrade's new process has to serve, besides its apps'
+/// longest `start-timeout`.
+const UPGRADE_SLACK: Duration = Duration::from_secs(60);
+
 /// How much later a server's new rest must end than the one told already
 /// to be told too (`on_rested`): shards that took it out together end
 /// theirs within a moment of each other.
@@ -292,7 +296,12 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         )
     };
     let shards = if n == 1 { "shard" } else { "shards" };
-    for (scheme, addr) in &s.bound {
+    for (i, (scheme, addr)) in s.bound.iter().enumerate() {
+        // Once each (a binary upgrade passes each of the reuseport
+        // sockets of an address).
+        if s.bound[..i].contains(&(*scheme, *addr)) {
+            continue;
+        }
         info!(
             target: LISTENING_TARGET,
             "listening on {}://{addr} (dispatch {}, {n} {shards})",
@@ -304,7 +313,9 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         "serving {} with {n} {shards}",
         s.bound
             .iter()
-            .map(|(scheme, a)| format!("{}://{a}", scheme.name()))
+            .enumerate()
+            .filter(|&(i, b)| !s.bound[..i].contains(b))
+            .map(|(_, (scheme, a))| format!("{}://{a}", scheme.name()))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -879,7 +890,11 @@ impl<W: World> Supervisor<W> {
     /// listening sockets; this process drains once that one serves
     /// (`MasterEvent::Upgraded`). One at a time.
     fn on_upgrade(&mut self) {
-        match self.world.upgrade() {
+        let shards: Vec<&W::Shard> = self.slots.iter().filter_map(|s| s.child.get()).collect();
+        // As long as its apps may take to start, and a minute more.
+        let apps = self.config.apps.iter().map(|a| a.start_timeout).max();
+        let within = apps.unwrap_or_default() + UPGRADE_SLACK;
+        match self.world.upgrade(&shards, within) {
             Ok((pid, exe)) => info!(
                 "SIGUSR2: upgrade: started {exe} (pid {pid}) on this process's listening sockets; this process drains once it serves"
             ),

@@ -183,7 +183,7 @@ impl World for Fake {
         Vec::new()
     }
 
-    fn upgrade(&mut self) -> Result<(u32, String), String> {
+    fn upgrade(&mut self, _: &[&FakeShard], _: Duration) -> Result<(u32, String), String> {
         if std::mem::replace(&mut self.upgrading, true) {
             return Err("one is under way already".into());
         }

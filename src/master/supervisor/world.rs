@@ -71,10 +71,15 @@ pub(super) trait World {
     /// supervisor's loop calls it).
     fn app_status(&self) -> Vec<InstanceStatus>;
 
-    /// Start a binary upgrade's new process (`master::upgrade`): its pid
-    /// and path, or why not. Its news is to come back as
+    /// Start a binary upgrade's new process (`master::upgrade`) on the
+    /// listeners, `shards`' own among them; it has `within` to serve. Its
+    /// pid and path, or why not. Its news is to come back as
     /// `MasterEvent::Upgraded` or `MasterEvent::UpgradeFailed`.
-    fn upgrade(&mut self) -> Result<(u32, String), String>;
+    fn upgrade(
+        &mut self,
+        shards: &[&Self::Shard],
+        within: Duration,
+    ) -> Result<(u32, String), String>;
 
     /// The upgrade under way ended without serving: another may start.
     fn upgrade_over(&mut self);
@@ -247,36 +252,56 @@ impl World for Real {
                 Note::Ready => n.ready(&self.status),
                 Note::Reloading => n.reloading(),
                 Note::Watchdog => n.notify("WATCHDOG=1"),
-                Note::MainPid(pid) => n.notify(&format!("MAINPID={pid}")),
+                // With a watchdog ping: the new process's own come
+                // on its own clock.
+                Note::MainPid(pid) => n.notify(&format!("MAINPID={pid}\nWATCHDOG=1")),
             }
         }
     }
 
-    fn upgrade(&mut self) -> Result<(u32, String), String> {
+    fn upgrade(&mut self, shards: &[&Running], within: Duration) -> Result<(u32, String), String> {
         use crate::master::upgrade::{self, Outcome};
         if let Some(pid) = self.upgrading {
             return Err(format!("one is under way already (pid {pid})"));
         }
-        if self.handover.is_empty() {
+        // The sockets no shard owns, and each running shard's own.
+        let mut handover = self.handover.try_clone().map_err(|e| e.to_string())?;
+        for r in shards {
+            for (l, scheme) in r.listener_copies.iter().zip(&self.launcher.schemes) {
+                handover.keep(l, scheme.name()).map_err(|e| e.to_string())?;
+            }
+        }
+        if handover.is_empty() {
             return Err("this process has no listening socket to pass on".into());
         }
         let notify = self.notifier.as_ref().map(systemd::Notifier::path);
-        let (started, exe) = upgrade::start(&self.handover, notify)
+        let started = upgrade::start(&handover, notify, within)
             .map_err(|e| format!("cannot start the new binary: {e}"))?;
         let pid = started.pid;
         self.upgrading = Some(pid);
         let tx = self.tx.clone();
+        // The wait is a thread's of its own (the master's blocking thread
+        // reads reloads); what it learns is looked for a few times a
+        // second, only while an upgrade is under way.
         glommio::spawn_local(async move {
-            let outcome =
-                crate::recheck::wait(glommio::executor().spawn_blocking(move || started.wait()))
-                    .await;
+            let outcome = loop {
+                match started.outcome.try_recv() {
+                    Ok(outcome) => break outcome,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        break Outcome::Ended("its wait ended without a word".into());
+                    }
+                }
+            };
             let _ = tx.try_send(match outcome {
                 Outcome::Serves => MasterEvent::Upgraded(pid),
                 Outcome::Ended(why) => MasterEvent::UpgradeFailed(pid, why),
             });
         })
         .detach();
-        Ok((pid, exe.to_string_lossy().into_owned()))
+        Ok((pid, started.exe.to_string_lossy().into_owned()))
     }
 
     fn upgrade_over(&mut self) {
