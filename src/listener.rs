@@ -293,8 +293,9 @@ mod tests {
              listener cannot take: write 127.0.0.1:80"
         );
         assert!(einval("[fe80::1]:80").ends_with(
-            "; fe80::1 is a link-local address, which needs its interface's index: \
-             [fe80::1%2]:80 for the interface `ip link` numbers 2"
+            "; fe80::1 is a link-local address, which needs its interface's index \
+             ([fe80::1%2]:80 for the interface `ip link` numbers 2), and no interface \
+             of this machine has it (ip addr lists them)"
         ));
         // With its interface, or any other address: the kernel's word.
         assert!(einval("[fe80::1%2]:80").ends_with("(os error 22)"));

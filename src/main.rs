@@ -249,7 +249,11 @@ fn init_logging(serving: bool) {
         if filter.trim().is_empty() {
             return false;
         }
-        let read = env_filter::Builder::new().try_parse(filter).map(|_| ());
+        let read = env_filter::Builder::new()
+            .try_parse(filter)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .and_then(|()| misspelled_level(filter));
         if let Err(e) = read {
             unread = Some(format!(
                 "RUST_LOG={filter:?}: {e}; logging at the default level (info)"
@@ -343,6 +347,33 @@ fn init_logging(serving: bool) {
     if let Some(why) = unread {
         log::warn!("{why}");
     }
+}
+
+/// A word of `filter` alone that is no level and names no module whose
+/// lines coreserve writes: env_logger takes `RUST_LOG=debg` for a module
+/// `debg` at every level, and so turns every other line off, errors too.
+fn misspelled_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    const TARGETS: [&str; 5] = ["coreserve", "rustls", "glommio", "app_output", "listening"];
+    let directives = filter.split('/').next().unwrap_or("");
+    for word in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        if word.contains('=') || LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l)) {
+            continue;
+        }
+        let root = word.split("::").next().unwrap_or(word);
+        if !TARGETS.contains(&root) {
+            return Err(format!(
+                "`{word}` is neither a level ({}) nor a module coreserve logs from ({})",
+                LEVELS.join(", "),
+                TARGETS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `text` on one line: each line break and the spaces around it become

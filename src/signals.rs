@@ -19,6 +19,27 @@ pub const SAME_STOP: std::time::Duration = std::time::Duration::from_millis(500)
 /// When the first stop signal was seen.
 static FIRST_STOP: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// Set when a binary upgrade's handover began the drain: no stop signal
+/// did, so the first one that comes (nginx's QUIT to the old master after
+/// USR2) is that stop, not a second one.
+static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The drain began with a handover, not a stop signal.
+pub fn handed_over() {
+    HANDED_OVER.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Note a stop signal seen now: whether it is the first since a handover
+/// began the drain (then it is noted as the first stop, and stops
+/// nothing that was not stopping already).
+pub fn first_after_handover() -> bool {
+    if HANDED_OVER.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        let _ = repeats_first_stop();
+        return true;
+    }
+    false
+}
+
 /// Note a stop signal seen now: whether it repeats the first one within
 /// `SAME_STOP` (false for the first itself, and for one after the window).
 pub fn repeats_first_stop() -> bool {

@@ -236,6 +236,10 @@ fn not_local(addr: SocketAddr) -> Option<String> {
             Some(why) => format!("{why} ({e})"),
             None => e.to_string(),
         },
+        // A scope naming no interface.
+        _ if e.raw_os_error() == Some(libc::ENODEV) => {
+            format!("no network interface has that index (ip link lists them) ({e})")
+        }
         // A port in use is for start-up to say; anything else (a policy
         // that treats port 0 apart) is not known to refuse the real port.
         _ => return None,
@@ -257,11 +261,36 @@ pub fn unlistenable(addr: &SocketAddr) -> Option<String> {
             SocketAddr::new(v4.into(), addr.port())
         ));
     }
-    (ip.is_unicast_link_local() && v6.scope_id() == 0).then(|| {
-        format!(
-            "{ip} is a link-local address, which needs its interface's index: [{ip}%2]:{} for the interface `ip link` numbers 2",
+    if !ip.is_unicast_link_local() || v6.scope_id() != 0 {
+        return None;
+    }
+    // Which interfaces have it (/proc/net/if_inet6: the address in hex,
+    // then the interface's index in hex, …, its name last).
+    let hex: String = ip.octets().iter().map(|b| format!("{b:02x}")).collect();
+    let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    let on: Vec<String> = table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let index = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            (f.first() == Some(&hex.as_str())).then(|| {
+                format!(
+                    "[{ip}%{index}]:{} ({})",
+                    addr.port(),
+                    f.last().unwrap_or(&"?")
+                )
+            })
+        })
+        .collect();
+    Some(match on.as_slice() {
+        [] => format!(
+            "{ip} is a link-local address, which needs its interface's index ([{ip}%2]:{} for the interface `ip link` numbers 2), and no interface of this machine has it (ip addr lists them)",
             addr.port()
-        )
+        ),
+        _ => format!(
+            "{ip} is a link-local address, which needs its interface's index: {}",
+            on.join(" or ")
+        ),
     })
 }
 
@@ -846,9 +875,36 @@ mod tests {
         );
         let scopeless = not_local(addr("[fe80::1]:8080")).unwrap();
         assert!(
-            scopeless.starts_with("cannot listen on [fe80::1]:8080: fe80::1 is a link-local address, which needs its interface's index: [fe80::1%2]:8080"),
+            scopeless.starts_with("cannot listen on [fe80::1]:8080: fe80::1 is a link-local address, which needs its interface's index ([fe80::1%2]:8080 for the interface `ip link` numbers 2), and no interface of this machine has it"),
             "{scopeless}"
         );
+        // With the index of no interface.
+        let nowhere = not_local(addr("[fe80::1%4000000]:8080")).unwrap();
+        assert!(
+            nowhere.contains("no network interface has that index"),
+            "{nowhere}"
+        );
+        // One of this machine's, if it has one: named, with its index.
+        let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        if let Some(f) = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f[0].starts_with("fe80"))
+        {
+            let hex = f[0];
+            let ip: std::net::Ipv6Addr = (0..8)
+                .map(|i| u16::from_str_radix(&hex[i * 4..i * 4 + 4], 16).unwrap())
+                .collect::<Vec<_>>()
+                .try_into()
+                .map(|a: [u16; 8]| a.into())
+                .unwrap();
+            let index = u32::from_str_radix(f[1], 16).unwrap();
+            let said = not_local(SocketAddr::new(ip.into(), 8080)).unwrap();
+            assert!(
+                said.contains(&format!("[{ip}%{index}]:8080 ({})", f[f.len() - 1])),
+                "{said}"
+            );
+        }
         // A port in use is for start-up to report, not the check.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert_eq!(not_local(taken.local_addr().unwrap()), None);

@@ -576,8 +576,11 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
 /// any other signal then is said to be ignored, as while the shards
 /// drain, rather than dropped without a word.
 fn stop_asked(watch: &mut signals::SignalWatch) -> bool {
-    // A repeat of the one that began the stop is not a second one.
-    let stop = watch.stop_signal().is_some() && !signals::repeats_first_stop();
+    // A repeat of the one that began the stop is not a second one, nor
+    // the first after a handover (which began the stop without one).
+    let stop = watch.stop_signal().is_some()
+        && !signals::first_after_handover()
+        && !signals::repeats_first_stop();
     for held in watch.held() {
         let name = match held {
             Signal::Reload => "SIGHUP",

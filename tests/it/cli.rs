@@ -257,12 +257,16 @@ fn the_log_stamps_a_serving_process_s_lines_not_a_command_s() {
 /// the log off: the default level, and a warning naming it.
 #[test]
 fn an_unreadable_rust_log_keeps_the_default_level_and_says_so() {
-    let mut cmd = command();
-    cmd.env("RUST_LOG", "bogus==").args(["--port", "0"]);
-    let server = Server::spawn(cmd);
-    server.wait_for_log("RUST_LOG=\"bogus==\": ");
-    server.wait_for_log("logging at the default level (info)");
-    let log = server.stop();
-    assert!(log.contains(" is running (coreserve "), "{log}");
-    assert!(log.contains("stopped"), "{log}");
+    // Unreadable, and a level misspelled (which env_logger takes for a
+    // module's name, every other line then off).
+    for spec in ["bogus==", "debg", "warn,inof"] {
+        let mut cmd = command();
+        cmd.env("RUST_LOG", spec).args(["--port", "0"]);
+        let server = Server::spawn(cmd);
+        server.wait_for_log(&format!("RUST_LOG={spec:?}: "));
+        server.wait_for_log("logging at the default level (info)");
+        let log = server.stop();
+        assert!(log.contains(" is running (coreserve "), "{spec}: {log}");
+        assert!(log.contains("stopped"), "{spec}: {log}");
+    }
 }

@@ -384,8 +384,12 @@ fn sigusr2_upgrades_the_binary_without_refusing_a_connection() {
         .unwrap_or_else(|| panic!("no pid in {log}"));
     let _new = KillOnDrop(pid);
     server.wait_for_log(&format!("(pid {pid}) serves; this one drains and exits"));
-    // The old one waits for its request in flight, then exits.
+    // The old one waits for its request in flight, then exits; the stop
+    // signal nginx's procedure sends it now (QUIT) stops nothing sooner.
     std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGQUIT);
+    server.wait_for_log("SIGQUIT: draining already, the new process serving");
+    std::thread::sleep(Duration::from_millis(100));
     gate.open();
     assert_eq!(Reader::new(&slow).next(false).text(), "held");
     let status = server.wait(Duration::from_secs(10));

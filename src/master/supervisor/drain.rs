@@ -35,8 +35,13 @@ impl Supervisor<Real> {
         sig: i32,
         rx: &LocalReceiver<MasterEvent>,
     ) -> Result<(), MasterError> {
-        // The first stop signal's moment, if none was noted before.
-        signals::repeats_first_stop();
+        // The first stop signal's moment, if none was noted before; after
+        // a handover, that of the first one to come.
+        if sig == libc::SIGUSR2 {
+            signals::handed_over();
+        } else {
+            signals::repeats_first_stop();
+        }
         info!(
             "{}: draining (deadline {:?})",
             signals::name(sig),
@@ -127,6 +132,14 @@ impl Supervisor<Real> {
                     if std::mem::take(&mut stopping[id]) {
                         running -= 1;
                     }
+                }
+                Some(MasterEvent::Signal(Signal::Terminate(first)))
+                    if signals::first_after_handover() =>
+                {
+                    info!(
+                        "{}: draining already, the new process serving; a second stop signal exits at once",
+                        signals::name(first)
+                    );
                 }
                 Some(MasterEvent::Signal(Signal::Terminate(again)))
                     if signals::repeats_first_stop() =>

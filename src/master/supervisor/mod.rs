@@ -655,6 +655,12 @@ impl<W: World> Supervisor<W> {
     }
 
     fn on_reload(&mut self) {
+        // The new process of an upgrade read the file as it started, and
+        // soon serves alone: what this one would apply would not last.
+        if let Some(pid) = self.world.upgrading() {
+            warn!("SIGHUP: ignored: an upgrade is under way (pid {pid}, which read the configuration as it started); send it SIGHUP once it serves (systemctl reload does)");
+            return;
+        }
         if let Some(again) = self.loading.as_mut() {
             // The file may have changed since the read began: read once
             // more when it ends (any number of SIGHUPs meanwhile, once).

@@ -195,6 +195,10 @@ impl World for Fake {
         self.upgrading = false;
         self.did.push(Did::UpgradeOver);
     }
+
+    fn upgrading(&self) -> Option<u32> {
+        self.upgrading.then_some(4242)
+    }
 }
 
 /// A supervisor of `n` shards, all serving their first incarnation, with
@@ -961,8 +965,10 @@ fn an_upgrade_hands_over_once_the_new_process_serves() {
     sup.world.take();
     on(&mut sup, MasterEvent::Signal(Signal::Upgrade));
     assert_eq!(sup.world.take(), [Did::Upgrade]);
-    // A second one while the first is under way starts nothing.
+    // A second one while the first is under way starts nothing, nor does
+    // a reload (the new process read the file as it started).
     on(&mut sup, MasterEvent::Signal(Signal::Upgrade));
+    on(&mut sup, MasterEvent::Signal(Signal::Reload));
     assert!(sup.world.take().is_empty());
     on(
         &mut sup,

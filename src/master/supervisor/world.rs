@@ -83,6 +83,9 @@ pub(super) trait World {
 
     /// The upgrade under way ended without serving: another may start.
     fn upgrade_over(&mut self);
+
+    /// The pid of an upgrade's new process, while it starts.
+    fn upgrading(&self) -> Option<u32>;
 }
 
 /// What became of a control message sent to a shard.
@@ -306,6 +309,10 @@ impl World for Real {
 
     fn upgrade_over(&mut self) {
         self.upgrading = None;
+    }
+
+    fn upgrading(&self) -> Option<u32> {
+        self.upgrading
     }
 
     fn reload_apps(&mut self, apps: Vec<AppConfig>, renew: bool) {
