@@ -583,6 +583,13 @@ async fn forward(
         if let Err(end) = sent.client {
             // The upstream saw part of a request: that connection is done.
             let begun = sent.begun.take();
+            // The response went out whole before the client left: an early
+            // answer (a refused upload, whose client stops sending and
+            // goes), which its client had.
+            let delivered = c.out.is_empty()
+                && begun
+                    .as_ref()
+                    .is_some_and(|(out, r)| out.complete() && r.bytes_out > 0);
             // Logged with the server it went to, its status `-` when it had
             // not answered (as nginx logs a 499 whose request was sent).
             let status = begun.as_ref().map_or(0, |(_, r)| r.upstream_status);
@@ -593,6 +600,10 @@ async fn forward(
                 served.body_bytes = r.body_bytes;
             }
             match end {
+                // Logged with its status, as nginx logs it, not 499.
+                ClientEnd::Gone if delivered => {
+                    served.status = begun.map_or(0, |(_, r)| r.status);
+                }
                 ClientEnd::Gone => {
                     served.status = 499;
                     served.cut = true;

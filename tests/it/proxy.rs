@@ -637,6 +637,42 @@ fn an_early_answer_reaches_the_client_while_its_body_is_still_coming() {
     }
 }
 
+/// An early success the client had whole (an app that answers an upload
+/// before it reads it, its connection kept: the body would go on; the
+/// client, answered, stops sending and leaves) is logged with its status,
+/// as nginx logs it, not as a 499 of a client that left before its answer.
+#[test]
+fn an_early_answer_the_client_had_is_logged_with_its_status() {
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let logs = Scratch::new("proxy-early-logged");
+    let log = logs.0.join("access.log");
+    let toml = format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n\n",
+        log.display()
+    ) + &simple(&[up], "", "");
+    let proxy = Proxy::start("proxy-early-logged", &toml);
+    let mut s = connect(proxy.addr());
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'u'; 1000]).unwrap();
+    let r = Reader::new(&s).next(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "done"));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"target\":\"/upload\""))
+        .unwrap_or_else(|| panic!("no line:\n{text}"));
+    assert!(line.contains("\"status\":200,"), "{line}");
+    assert!(line.contains("\"upstream_status\":200"), "{line}");
+}
+
 /// A request head larger than the proxy's first write to the upstream
 /// (64 KiB; `max-header-bytes` allows up to 1 MiB), its whole body sent
 /// with it: the body goes up too, without waiting for more from the client.
