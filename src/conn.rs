@@ -236,6 +236,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             return;
         };
         if session.served() != served {
+            if served == 0 {
+                shard.answered(key);
+            }
             // Two answered in one pass, or one with the next one's bytes
             // already here (not a body being read, nor a job's body).
             let body = matches!(next, Next::Read(Wait::Body) | Next::Serve);
@@ -335,8 +338,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         // once rather than wait out the drain deadline for it.
         let idle = wait == Wait::Idle;
         let quiet = idle || (wait == Wait::Head && input.data().is_empty());
-        // A fresh connection is read once first: its request may be there.
-        if quiet && (idle || read_once) && shard.is_draining() {
+        // A fresh connection is read once first: its request may be there
+        // (and in an upgrade's drain, it has a grace to bring it).
+        if quiet && shard.is_draining() && (idle || (read_once && shard.fresh_may_close())) {
             // A client that pipelined may send again before it has read
             // what it was sent, and meet a closed socket's reset.
             if pipelined && client.unacknowledged() > 0 {

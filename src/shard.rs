@@ -47,6 +47,10 @@ pub enum Control {
     /// Stop taking connections, finish what is in flight within this
     /// long, and stop (cutting what is still open then).
     Drain(Duration),
+    /// `Drain`, for a binary upgrade: the new process takes new
+    /// connections from now on; those this shard has that wait for their
+    /// first request get `state::FRESH_GRACE` to bring it.
+    HandOver(Duration),
     /// Reopen the access-log file (SIGUSR1, after logrotate).
     ReopenLogs,
     /// Serve new requests with these routes and limits (SIGHUP); the number
@@ -324,7 +328,7 @@ async fn run(spec: ShardSpec) {
     }
 
     // Serve until the master says drain (or is gone).
-    let drain_for = loop {
+    let (drain_for, handover) = loop {
         match control.recv().await {
             Some(Control::ReopenLogs) => {
                 if let Some(log) = shard.access_log() {
@@ -353,8 +357,9 @@ async fn run(spec: ShardSpec) {
             Some(Control::Ping) => {
                 let _ = events.try_send(ShardEvent::Pong { id });
             }
-            Some(Control::Drain(drain_for)) => break drain_for,
-            None => break spec.drain_timeout,
+            Some(Control::Drain(drain_for)) => break (drain_for, false),
+            Some(Control::HandOver(drain_for)) => break (drain_for, true),
+            None => break (spec.drain_timeout, false),
         }
     };
     // While it drains, a rotated access log is still let go of (the
@@ -371,7 +376,7 @@ async fn run(spec: ShardSpec) {
                         log.reopen().await;
                     }
                 }
-                Control::Drain(drain_for) => {
+                Control::Drain(drain_for) | Control::HandOver(drain_for) => {
                     let _ = shorter_tx.try_send(drain_for);
                 }
                 _ => {}
@@ -380,7 +385,15 @@ async fn run(spec: ShardSpec) {
     })
     .detach();
     let deadline = std::time::Instant::now() + drain_for;
-    shard.start_draining(deadline);
+    shard.start_draining(deadline, handover);
+    if handover {
+        let grace = shard.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(crate::state::FRESH_GRACE).await;
+            grace.shut_fresh();
+        })
+        .detach();
+    }
     if from_channel {
         // The master closed its end before asking us to drain: take what it
         // already sent (each is answered with `Connection: close`), so no

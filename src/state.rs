@@ -6,7 +6,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -35,7 +35,19 @@ struct ConnEntry {
     /// The shard shut it for reading while it waited for a request (to
     /// make room, or in a drain): its end is the server's, and clean.
     shut: Cell<bool>,
+    /// No request of it has been answered yet (a new connection, its TLS
+    /// handshake or first request on the way): a binary upgrade's drain
+    /// gives it `FRESH_GRACE` to bring its request rather than close it
+    /// at once, as a keep-alive wait is.
+    fresh: Cell<bool>,
 }
+
+/// How long a binary upgrade's drain lets a new connection (no request
+/// answered yet) bring its request: one that connected as the handover
+/// began, its TLS handshake or its request on the way, is served, not
+/// closed unanswered (nginx's old workers serve them too). One still
+/// silent then is closed: a browser's preconnect holds the drain no longer.
+pub const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 /// A registry key for one connection.
 pub type ConnKey = usize;
@@ -137,6 +149,9 @@ pub struct Shard {
     draining: Cell<bool>,
     /// When a drain under way closes what is still open.
     drain_deadline: Cell<Option<Instant>>,
+    /// A binary upgrade's drain: until then new connections are not closed
+    /// for waiting (`FRESH_GRACE`).
+    fresh_until: Cell<Option<Instant>>,
     access_log: Option<Rc<AccessLogger>>,
     /// The lines about connections closed for their PROXY protocol header.
     proxy_protocol_lines: Throttle,
@@ -218,6 +233,7 @@ impl Shard {
             date: DateCache::default(),
             draining: Cell::new(false),
             drain_deadline: Cell::new(None),
+            fresh_until: Cell::new(None),
             access_log: log.map(Rc::new),
             proxy_protocol_lines: Throttle::default(),
             conns: RefCell::new(Slab::new()),
@@ -372,9 +388,27 @@ impl Shard {
 
     /// Stop taking new requests on kept-alive connections; what is still
     /// open at `deadline` is closed.
-    pub(crate) fn start_draining(&self, deadline: Instant) {
+    pub(crate) fn start_draining(&self, deadline: Instant, fresh_grace: bool) {
         self.draining.set(true);
         self.drain_deadline.set(Some(deadline));
+        if fresh_grace {
+            self.fresh_until.set(Some(Instant::now() + FRESH_GRACE));
+        }
+    }
+
+    /// Whether a new connection that waits for its request may be closed
+    /// in the drain: at once, but in a binary upgrade's `FRESH_GRACE`.
+    pub fn fresh_may_close(&self) -> bool {
+        self.fresh_until
+            .get()
+            .is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Connection `key` has had a request answered: no longer new.
+    pub fn answered(&self, key: ConnKey) {
+        if let Some(c) = self.conns.borrow().get(key) {
+            c.fresh.set(false);
+        }
     }
 
     /// When the drain under way closes what is still open: a wait of a
@@ -474,6 +508,7 @@ impl Shard {
             idle: Cell::new(false),
             idle_since: Cell::new(0),
             shut: Cell::new(false),
+            fresh: Cell::new(true),
         });
         self.say_capacity();
         key
@@ -535,7 +570,12 @@ impl Shard {
     pub(crate) fn shut_connections(&self, all: bool) -> usize {
         let conns = self.conns.borrow();
         let mut n = 0;
-        for (_, c) in conns.iter().filter(|(_, c)| all || c.idle.get()) {
+        // New ones, in an upgrade's grace, wait for its end (`shut_fresh`).
+        let spared = |c: &ConnEntry| c.fresh.get() && !self.fresh_may_close();
+        for (_, c) in conns
+            .iter()
+            .filter(|(_, c)| all || (c.idle.get() && !spared(c)))
+        {
             if c.idle.get() {
                 shut_reading(c);
             } else {
@@ -546,6 +586,17 @@ impl Shard {
             n += 1;
         }
         n
+    }
+}
+
+impl Shard {
+    /// At the end of an upgrade's `FRESH_GRACE`: shut the new connections
+    /// still waiting for a request.
+    pub(crate) fn shut_fresh(&self) {
+        let conns = self.conns.borrow();
+        for (_, c) in conns.iter().filter(|(_, c)| c.idle.get() && c.fresh.get()) {
+            shut_reading(c);
+        }
     }
 }
 

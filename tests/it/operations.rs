@@ -323,7 +323,14 @@ fn sigusr2_upgrades_the_binary_without_refusing_a_connection() {
     let dir = Scratch::new("upgrade");
     let good = crate::proxy::simple(&[up.server()], "", "");
     let conf = dir.write("c.toml", &good);
-    let mut server = Server::start(&["--config", &conf.display().to_string()]);
+    // Without deferred accept: a connection that sends nothing yet is the
+    // old process's, not left in the queue the new one takes from.
+    let mut server = Server::start(&[
+        "--config",
+        &conf.display().to_string(),
+        "--defer-accept",
+        "false",
+    ]);
     let addr = server.addr;
     let metrics: std::net::SocketAddr = server
         .metrics_url()
@@ -365,6 +372,10 @@ fn sigusr2_upgrades_the_binary_without_refusing_a_connection() {
             failures
         })
     };
+    // A connection made just before the handover, its request not sent
+    // yet (a TLS handshake on its way, say).
+    let fresh = connect(addr);
+    std::thread::sleep(Duration::from_millis(100));
     let from = server.log().len();
     server.signal(libc::SIGUSR2);
     // Its pid at once, so that a failure below leaves no server behind.
@@ -384,6 +395,12 @@ fn sigusr2_upgrades_the_binary_without_refusing_a_connection() {
         .unwrap_or_else(|| panic!("no pid in {log}"));
     let _new = KillOnDrop(pid);
     server.wait_for_log(&format!("(pid {pid}) serves; this one drains and exits"));
+    // It brings its request within the old one's grace: answered.
+    std::thread::sleep(Duration::from_millis(200));
+    (&fresh)
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(Reader::new(&fresh).next(false).text(), "up");
     // The old one waits for its request in flight, then exits; the stop
     // signal nginx's procedure sends it now (QUIT) stops nothing sooner.
     std::thread::sleep(Duration::from_millis(200));

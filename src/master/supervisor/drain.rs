@@ -99,7 +99,13 @@ impl Supervisor<Real> {
             // listening (and queueing connections nobody accepts) until exit.
             r.listener_copies.clear();
             if let Some(c) = &r.control {
-                tell(c, &mut self.backlog[id], || Control::Drain(drain_for));
+                tell(c, &mut self.backlog[id], || {
+                    if handed_over {
+                        Control::HandOver(drain_for)
+                    } else {
+                        Control::Drain(drain_for)
+                    }
+                });
                 stopping[id] = true;
                 running += 1;
             }

@@ -121,7 +121,7 @@ impl World for Fake {
             Control::Ping => Sent::Ping,
             Control::Snapshot => Sent::Snapshot,
             Control::ReopenLogs => Sent::ReopenLogs,
-            Control::Drain(_) => Sent::Drain,
+            Control::Drain(_) | Control::HandOver(_) => Sent::Drain,
             Control::Reload(r, seq) => Sent::Reload {
                 seq,
                 max_body_bytes: r.limits.max_body_bytes,
