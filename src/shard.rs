@@ -387,10 +387,15 @@ async fn run(spec: ShardSpec) {
     let deadline = std::time::Instant::now() + drain_for;
     shard.start_draining(deadline, handover);
     if handover {
+        // Then again every tenth of a second: a TLS handshake that ends
+        // past the grace leaves a new connection waiting for a request.
         let grace = shard.clone();
         glommio::spawn_local(async move {
             glommio::timer::sleep(crate::state::FRESH_GRACE).await;
-            grace.shut_fresh();
+            loop {
+                grace.shut_fresh();
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
         })
         .detach();
     }

@@ -587,14 +587,13 @@ impl Shard {
         }
         n
     }
-}
 
-impl Shard {
-    /// At the end of an upgrade's `FRESH_GRACE`: shut the new connections
-    /// still waiting for a request.
+    /// Past an upgrade's `FRESH_GRACE`: shut the new connections still
+    /// waiting for a request.
     pub(crate) fn shut_fresh(&self) {
         let conns = self.conns.borrow();
-        for (_, c) in conns.iter().filter(|(_, c)| c.idle.get() && c.fresh.get()) {
+        let waiting = |c: &&ConnEntry| c.idle.get() && c.fresh.get() && !c.shut.get();
+        for (_, c) in conns.iter().filter(|(_, c)| waiting(c)) {
             shut_reading(c);
         }
     }
