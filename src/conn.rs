@@ -398,12 +398,14 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 // The first bytes of a request (none of it was here, nor
                 // is its body being read), or more of a body answered and
                 // logged already: what comes after it begins no sooner.
-                let fresh = match wait {
-                    Wait::Body => session.body_answered(),
-                    _ => input.data().len() == n,
-                };
-                if let (Some(log), true) = (&conn_log, fresh) {
-                    log.begin(arrived);
+                if let Some(log) = &conn_log {
+                    let begins = match wait {
+                        Wait::Body => session.body_answered(),
+                        _ => input.data().len() == n,
+                    };
+                    if begins {
+                        log.begin(arrived);
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {

@@ -78,7 +78,8 @@ pub struct Started {
     pub pid: u32,
     /// The binary started.
     pub exe: OsString,
-    /// How its start ends, once it has (`wait`'s, on a thread of its own).
+    /// How its start ends, once it has (`wait`'s, on a thread of its own,
+    /// which then writes a byte on `start`'s `wake`).
     pub outcome: std::sync::mpsc::Receiver<Outcome>,
 }
 
@@ -159,11 +160,13 @@ fn own_path() -> io::Result<OsString> {
 /// Start the binary at this process's path with this process's arguments,
 /// passing `handover`'s sockets and, when systemd watches, its
 /// notification socket (`notify`: removed from this process's
-/// environment at start); it has `within` to serve.
+/// environment at start); it has `within` to serve. How that ends is said
+/// on `Started::outcome`, then by a byte on `wake`.
 pub fn start(
     handover: &Handover,
     notify: Option<&str>,
     within: std::time::Duration,
+    wake: std::os::unix::net::UnixStream,
 ) -> io::Result<Started> {
     if std::process::id() == 1 {
         // A container's init: its exit ends every process of the
@@ -225,6 +228,7 @@ pub fn start(
         .name("upgrade".into())
         .spawn(move || {
             let _ = tx.send(wait(child, read, within));
+            let _ = (&wake).write_all(&[1]);
         })?;
     Ok(Started { pid, exe, outcome })
 }

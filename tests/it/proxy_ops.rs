@@ -745,6 +745,22 @@ fn request_time_runs_from_the_first_byte_to_the_answer() {
     }
 }
 
+/// A request for `/hold` sent through `proxy` and taken by `held_by`, then
+/// `toml` applied by SIGHUP: the client's connection, its answer to come.
+fn hold_then_reload(proxy: &Proxy, held_by: &Upstream, toml: &str) -> TcpStream {
+    let held = connect(proxy.addr());
+    (&held)
+        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(held_by.wait_until(|u| u.requests().iter().any(|q| q.target == "/hold")));
+    std::fs::write(proxy.conf(), toml).unwrap();
+    proxy.server.signal(libc::SIGHUP);
+    proxy
+        .server
+        .wait_for_log("configuration reloaded on every shard");
+    held
+}
+
 #[test]
 fn sighup_switches_servers_and_a_request_in_flight_completes() {
     let gate = Gate::new();
@@ -756,17 +772,7 @@ fn sighup_switches_servers_and_a_request_in_flight_completes() {
         &["--shards", "2"],
     );
     assert_eq!(proxy.get(GET).text(), "A");
-    let held = connect(proxy.addr());
-    (&held)
-        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert!(a.wait_until(|u| u.requests().iter().any(|q| q.target == "/hold")));
-
-    std::fs::write(proxy.conf(), simple(&[b.server()], "", "")).unwrap();
-    proxy.server.signal(libc::SIGHUP);
-    proxy
-        .server
-        .wait_for_log("configuration reloaded on every shard");
+    let held = hold_then_reload(&proxy, &a, &simple(&[b.server()], "", ""));
     for _ in 0..4 {
         assert_eq!(proxy.get(GET).text(), "B");
     }
@@ -808,16 +814,7 @@ fn a_retry_after_a_reload_goes_to_the_servers_listed_now() {
         &simple(&[a.server(), gone.clone()], "", ""),
         &["--shards", "1"],
     );
-    let held = connect(proxy.addr());
-    (&held)
-        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert!(a.wait_until(|u| u.requests().iter().any(|q| q.target == "/hold")));
-    std::fs::write(proxy.conf(), simple(&[c.server()], "", "")).unwrap();
-    proxy.server.signal(libc::SIGHUP);
-    proxy
-        .server
-        .wait_for_log("configuration reloaded on every shard");
+    let held = hold_then_reload(&proxy, &a, &simple(&[c.server()], "", ""));
     // A drops the request: tried again, on C.
     gate.open();
     let mut r = Reader::new(&held);

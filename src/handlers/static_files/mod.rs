@@ -1025,33 +1025,45 @@ async fn stream_file(
 mod tests {
     use super::*;
 
+    /// A site whose cache the tests fill by hand (its root is never read).
+    fn cache_site() -> StaticSite {
+        StaticSite::new(
+            "/".into(),
+            Rc::new(StaticConfig::new("/nonexistent".into())),
+        )
+    }
+
+    /// What a plain lookup of `rel` is cached by.
+    fn cache_key(rel: String) -> CacheKey {
+        CacheKey {
+            rel,
+            trailing_slash: false,
+            encodings: Vec::new(),
+        }
+    }
+
+    /// A file found, its bytes kept in memory.
+    fn file(body: Rc<[u8]>) -> Found {
+        Found::File(FileInfo {
+            size: body.len() as u64,
+            mtime: 0,
+            content_type: "text/html",
+            encoding: None,
+            stamp: FileStamp::default(),
+            compressed_from: None,
+            body: Some(body),
+            file: None,
+        })
+    }
+
     /// A cache that fills up keeps what was served from it since it was
     /// last full (a site's hot pages), and lets the rest go: a crawler
     /// walking an archive does not push the home page out.
     #[test]
     fn a_full_cache_keeps_what_it_served() {
-        let site = StaticSite::new(
-            "/".into(),
-            Rc::new(StaticConfig::new("/nonexistent".into())),
-        );
+        let site = cache_site();
         let state = &site.state;
-        let key = |rel: &str| CacheKey {
-            rel: rel.to_string(),
-            trailing_slash: false,
-            encodings: Vec::new(),
-        };
-        let file = |body: Rc<[u8]>| {
-            Found::File(FileInfo {
-                size: body.len() as u64,
-                mtime: 0,
-                content_type: "text/html",
-                encoding: None,
-                stamp: FileStamp::default(),
-                compressed_from: None,
-                body: Some(body),
-                file: None,
-            })
-        };
+        let key = |rel: &str| cache_key(rel.to_string());
         let mib: Rc<[u8]> = Rc::from(vec![0u8; 1 << 20]);
         state.remember(key("home.html"), &file(Rc::from(&b"home"[..])));
         state.remember(key("cold.html"), &file(Rc::from(&b"cold"[..])));
@@ -1077,26 +1089,10 @@ mod tests {
     /// memory back, and a file that is served stays.
     #[test]
     fn names_not_there_cannot_grow_the_cache_or_push_out_a_file() {
-        let site = StaticSite::new(
-            "/".into(),
-            Rc::new(StaticConfig::new("/nonexistent".into())),
-        );
+        let site = cache_site();
         let state = &site.state;
-        let key = |rel: String| CacheKey {
-            rel,
-            trailing_slash: false,
-            encodings: Vec::new(),
-        };
-        let page = Found::File(FileInfo {
-            size: 2,
-            mtime: 0,
-            content_type: "text/html",
-            encoding: None,
-            stamp: FileStamp::default(),
-            compressed_from: None,
-            body: Some(Rc::from(&b"hi"[..])),
-            file: None,
-        });
+        let key = cache_key;
+        let page = file(Rc::from(&b"hi"[..]));
         state.remember(key("index.html".into()), &page);
         for i in 0..CACHE_MISSING + 10 {
             state.remember(key(format!("scan-{i:05}.php")), &Found::NotFound);

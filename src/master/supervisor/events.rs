@@ -17,6 +17,19 @@ pub(super) fn forward_app_events(
     events: std::sync::mpsc::Receiver<AppEvent>,
     tx: Rc<LocalSender<MasterEvent>>,
 ) {
+    forward_from_thread(wake, events, tx, MasterEvent::App);
+}
+
+/// Forward what a thread sends on `events` to the master's queue, as
+/// `wrap` makes it: the thread writes a byte on its end of `wake` after
+/// each send, which the master reads through its ring (nothing polls); its
+/// end closed, the forwarding ends.
+pub(super) fn forward_from_thread<T: 'static>(
+    wake: std::os::unix::net::UnixStream,
+    events: std::sync::mpsc::Receiver<T>,
+    tx: Rc<LocalSender<MasterEvent>>,
+    wrap: impl Fn(T) -> MasterEvent + 'static,
+) {
     use futures_lite::AsyncReadExt;
     use std::os::fd::{FromRawFd, IntoRawFd};
     let _ = wake.set_nonblocking(true);
@@ -26,7 +39,7 @@ pub(super) fn forward_app_events(
         let mut buf = [0u8; 64];
         while let Ok(n) = stream.read(&mut buf).await {
             while let Ok(ev) = events.try_recv() {
-                let _ = tx.try_send(MasterEvent::App(ev));
+                let _ = tx.try_send(wrap(ev));
             }
             if n == 0 {
                 return;

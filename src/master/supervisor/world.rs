@@ -13,7 +13,7 @@ use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
 use glommio::{GlommioError, ResourceType};
 
-use super::events::{forward_events, later, watch_lifeline};
+use super::events::{forward_events, forward_from_thread, later, watch_lifeline};
 use super::MasterEvent;
 use crate::acceptor::{Acceptor, Command};
 use crate::apps::{AppsHandle, InstanceStatus};
@@ -278,32 +278,19 @@ impl World for Real {
             return Err("this process has no listening socket to pass on".into());
         }
         let notify = self.notifier.as_ref().map(systemd::Notifier::path);
-        let started = upgrade::start(&handover, notify, within)
+        let (wake, thread_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| format!("cannot start the new binary: {e}"))?;
+        let started = upgrade::start(&handover, notify, within, thread_end)
             .map_err(|e| format!("cannot start the new binary: {e}"))?;
         let pid = started.pid;
         self.upgrading = Some(pid);
-        let tx = self.tx.clone();
-        // The wait is a thread's of its own (the master's blocking thread
-        // reads reloads); what it learns is looked for a few times a
-        // second, only while an upgrade is under way.
-        glommio::spawn_local(async move {
-            let outcome = loop {
-                match started.outcome.try_recv() {
-                    Ok(outcome) => break outcome,
-                    Err(std::sync::mpsc::TryRecvError::Empty) => {
-                        glommio::timer::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        break Outcome::Ended("its wait ended without a word".into());
-                    }
-                }
-            };
-            let _ = tx.try_send(match outcome {
-                Outcome::Serves => MasterEvent::Upgraded(pid),
-                Outcome::Ended(why) => MasterEvent::UpgradeFailed(pid, why),
-            });
-        })
-        .detach();
+        // Its wait is a thread's of its own (the master's blocking thread
+        // reads reloads), which says how it ended as the app manager says
+        // its news.
+        forward_from_thread(wake, started.outcome, self.tx.clone(), move |o| match o {
+            Outcome::Serves => MasterEvent::Upgraded(pid),
+            Outcome::Ended(why) => MasterEvent::UpgradeFailed(pid, why),
+        });
         Ok((pid, started.exe.to_string_lossy().into_owned()))
     }
 
