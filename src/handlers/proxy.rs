@@ -76,6 +76,9 @@ impl ProxyRoute {
                 return match rest.find(['/', '?']) {
                     Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
                     Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+                    // An empty path: `/`, but for OPTIONS, which then asks
+                    // about the server itself, `*` (RFC 9112 §3.2.4).
+                    None if head.method_str() == "OPTIONS" => Cow::Borrowed("*"),
                     None => Cow::Borrowed("/"),
                 };
             }
@@ -211,6 +214,12 @@ mod tests {
             ("http://a", "/"),
         ] {
             let h = head(&format!("GET {sent} HTTP/1.1\r\nHost: a\r\n\r\n"));
+            assert_eq!(route("/", false).upstream_target(&h), up, "{sent}");
+        }
+        // OPTIONS of an empty path asks about the server (RFC 9112
+        // §3.2.4); with a path or a query it asks about that resource.
+        for (sent, up) in [("http://a", "*"), ("http://a/", "/"), ("http://a?q", "/?q")] {
+            let h = head(&format!("OPTIONS {sent} HTTP/1.1\r\nHost: a\r\n\r\n"));
             assert_eq!(route("/", false).upstream_target(&h), up, "{sent}");
         }
     }
