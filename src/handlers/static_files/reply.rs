@@ -106,10 +106,13 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
     else {
         return Decision::Full;
     };
-    if spec.contains(',') {
+    // A list's empty elements are no ranges (RFC 9110 §5.6.1.2: a
+    // recipient ignores them): `bytes=0-1,` is the one range.
+    let mut ranges = spec.split(',').map(str::trim).filter(|r| !r.is_empty());
+    let (Some(spec), None) = (ranges.next(), ranges.next()) else {
         return Decision::Full;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
+    };
+    let Some((a, b)) = spec.split_once('-') else {
         return Decision::Full;
     };
     // Digits past what a u64 holds are a position past any file: the
@@ -182,8 +185,14 @@ fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
     })
 }
 
+/// An HTTP date, read as nginx reads one: what follows a `;` (old
+/// browsers' `; length=…`) is no part of it, and `UTC` is `GMT`.
 fn parse_date(s: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(s.trim()).ok()
+    let s = s.split(';').next().unwrap_or(s).trim();
+    match s.strip_suffix(" UTC") {
+        Some(day) => httpdate::parse_http_date(&format!("{day} GMT")).ok(),
+        None => httpdate::parse_http_date(s).ok(),
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +249,10 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), Decision::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Decision::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Decision::Full);
+        for empties in ["bytes=0-1,", "bytes=, 0-1", "bytes= ,0-1 , ,"] {
+            assert_eq!(parse_range(empties, 100), p(0, 1), "{empties}");
+        }
+        assert_eq!(parse_range("bytes=,", 100), Decision::Full);
         assert_eq!(parse_range("bytes=9-1", 100), Decision::Full);
         assert_eq!(parse_range("items=0-1", 100), Decision::Full);
         assert_eq!(parse_range("bytes=x-1", 100), Decision::Full);
@@ -325,6 +338,12 @@ mod tests {
             Decision::Full
         );
         assert_eq!(decide(&i, &c(None, Some(&lm)), true), Decision::NotModified);
+        // As nginx reads it: an old browser's `; length=`, `UTC` for GMT.
+        let utc = lm.replace("GMT", "UTC");
+        for old_style in [format!("{lm}; length=100"), format!("{lm};length=3"), utc] {
+            let c = c(None, Some(&old_style));
+            assert_eq!(decide(&i, &c, true), Decision::NotModified, "{old_style}");
+        }
         let earlier = httpdate::fmt_http_date(i.modified() - std::time::Duration::from_secs(5));
         assert_eq!(decide(&i, &c(None, Some(&earlier)), true), Decision::Full);
         // A later date is not this version's: a file rolled back to an
