@@ -699,14 +699,23 @@ pub async fn run(
     }
 }
 
+/// Where the bytes of a body that goes out after its head come from.
+enum Source {
+    /// The open file.
+    File(Rc<OwnedFd>),
+    /// A body the shard keeps (a large file compressed here), shared by
+    /// every response that sends it.
+    Memory(Rc<[u8]>),
+}
+
 /// The body of a file response that goes out after its head, by the
 /// connection's writes rather than from its head buffer.
 enum Rest {
-    /// `len` bytes of the open file from `start`.
-    File(Rc<OwnedFd>, u64, u64),
-    /// These bytes of a body the shard keeps (a large file compressed
-    /// here), shared by every response that sends it.
-    Memory(Rc<[u8]>, std::ops::Range<usize>),
+    /// `len` bytes of the source from `start`.
+    One(Source, u64, u64),
+    /// A `multipart/byteranges` body: each part's head then its bytes
+    /// (`start`, `end` inclusive), then the closing delimiter.
+    Parts(Source, Vec<(u64, u64)>, reply::Multipart),
 }
 
 /// What `serve` sent of a file response.
@@ -779,7 +788,7 @@ async fn serve(
             let status = match decision {
                 Decision::NotModified => Status::NOT_MODIFIED,
                 Decision::Full => Status::OK,
-                Decision::Partial { .. } => Status::PARTIAL_CONTENT,
+                Decision::Partial { .. } | Decision::Parts(_) => Status::PARTIAL_CONTENT,
                 Decision::Unsatisfiable => Status::RANGE_NOT_SATISFIABLE,
                 Decision::PreconditionFailed => Status::PRECONDITION_FAILED,
             };
@@ -841,17 +850,55 @@ async fn serve(
                         Some(body) => {
                             res.sized(info.content_type, len);
                             if !rc.head_only {
-                                rest = Some(Rest::Memory(body.clone(), range));
+                                rest = Some(Rest::One(
+                                    Source::Memory(body.clone()),
+                                    range.start as u64,
+                                    len,
+                                ));
                             }
                         }
                         None => {
                             res.sized(info.content_type, len);
                             if let Some(file) = info.file.as_ref().filter(|_| !rc.head_only) {
                                 if len > 0 {
-                                    rest = Some(Rest::File(file.clone(), start, len));
+                                    rest = Some(Rest::One(Source::File(file.clone()), start, len));
                                 }
                             }
                         }
+                    }
+                }
+                Decision::Parts(parts) => {
+                    res.header("Accept-Ranges", b"bytes");
+                    if let Some(enc) = info.encoding {
+                        res.header("Content-Encoding", enc.as_bytes());
+                    }
+                    let framing = reply::Multipart::new(&parts, info.size, info.content_type);
+                    let source = match (&info.body, &info.file) {
+                        (Some(body), _) => Some(Source::Memory(body.clone())),
+                        (None, Some(file)) => Some(Source::File(file.clone())),
+                        (None, None) => None,
+                    };
+                    match source {
+                        // Small: the whole body made here, sent with the
+                        // head in one write.
+                        Some(Source::Memory(body)) if framing.len <= fs::SMALL_FILE => {
+                            let mut whole = Vec::with_capacity(framing.len as usize);
+                            for (head, &(start, end)) in framing.heads.iter().zip(&parts) {
+                                whole.extend_from_slice(head);
+                                whole.extend_from_slice(&body[start as usize..=end as usize]);
+                            }
+                            whole.extend_from_slice(&framing.close);
+                            res.body(&framing.content_type, &whole);
+                        }
+                        Some(source) => {
+                            res.sized(&framing.content_type, framing.len);
+                            if !rc.head_only {
+                                rest = Some(Rest::Parts(source, parts, framing));
+                            }
+                        }
+                        // Parts are of a file with bytes, which a lookup
+                        // gives a body or a descriptor.
+                        None => res.sized(&framing.content_type, 0),
                     }
                 }
             }
@@ -871,44 +918,80 @@ async fn serve(
             result,
         };
     };
+    let promised = match &rest {
+        Rest::One(_, _, len) => *len,
+        Rest::Parts(_, _, framing) => framing.len,
+    };
     let (streamed, result) = match rest {
-        Rest::File(file, start, len) => {
-            let (sent, result) = stream_file(&file, start, len, stream).await;
-            // Cut short under its promised length, the connection closes;
-            // the operator is told, as nginx's "was truncated" alert does.
-            let shrank = result
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
-            if shrank {
-                if let Some(held) = job.state.failures.admit(Instant::now()) {
-                    log::error!(
-                        "static file \"/{}\": it shrank while being served: {sent} of {len} bytes sent, the connection closed{held}",
-                        rel.escape_debug()
-                    );
-                }
-                // The next request looks at the file again.
-                job.state.forget(&job.cache_key(rel, slash));
-            }
-            (sent, result)
-        }
-        Rest::Memory(body, range) => {
+        Rest::One(source, start, len) => send_range(&source, start, len, stream).await,
+        Rest::Parts(source, parts, framing) => {
             let mut sent = 0;
             let mut result = Ok(());
-            for chunk in body[range].chunks(CHUNK) {
-                result = stream.write_all(chunk).await;
+            for (head, &(start, end)) in framing.heads.iter().zip(&parts) {
+                result = stream.write_all(head).await;
                 if result.is_err() {
                     break;
                 }
-                sent += chunk.len() as u64;
+                let (bytes, r) = send_range(&source, start, end - start + 1, stream).await;
+                sent += head.len() as u64 + bytes;
+                result = r;
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() {
+                result = stream.write_all(&framing.close).await;
+                if result.is_ok() {
+                    sent += framing.close.len() as u64;
+                }
             }
             (sent, result)
         }
     };
+    // Cut short under its promised length, the connection closes; the
+    // operator is told, as nginx's "was truncated" alert does.
+    let shrank = result
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
+    if shrank {
+        if let Some(held) = job.state.failures.admit(Instant::now()) {
+            log::error!(
+                "static file \"/{}\": it shrank while being served: {streamed} of {promised} bytes sent, the connection closed{held}",
+                rel.escape_debug()
+            );
+        }
+        // The next request looks at the file again.
+        job.state.forget(&job.cache_key(rel, slash));
+    }
     Served {
         status,
         body_bytes: streamed,
         bytes_out: head + streamed,
         result,
+    }
+}
+
+/// Send `len` bytes of `source` from `start`: the bytes sent, and whether
+/// all of them went.
+async fn send_range(
+    source: &Source,
+    start: u64,
+    len: u64,
+    stream: &mut impl Sink,
+) -> (u64, std::io::Result<()>) {
+    match source {
+        Source::File(file) => stream_file(file, start, len, stream).await,
+        Source::Memory(body) => {
+            let mut sent = 0;
+            let range = start as usize..(start + len) as usize;
+            for chunk in body[range].chunks(CHUNK) {
+                if let Err(e) = stream.write_all(chunk).await {
+                    return (sent, Err(e));
+                }
+                sent += chunk.len() as u64;
+            }
+            (sent, Ok(()))
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Conditions {
 }
 
 /// The response to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// 304: the client's copy is current.
     NotModified,
@@ -36,6 +36,10 @@ pub enum Decision {
         /// Last byte, inclusive.
         end: u64,
     },
+    /// 206 with these ranges (`start`, `end` inclusive; two or more, in
+    /// the order asked, together no longer than the file) as a
+    /// `multipart/byteranges` body.
+    Parts(Vec<(u64, u64)>),
     /// 416: the range lies outside the file.
     Unsatisfiable,
     /// 412: the client's If-Match or If-Unmodified-Since is not met (it
@@ -94,8 +98,17 @@ pub fn decide(info: &FileInfo, c: &Conditions, get_or_head: bool) -> Decision {
     parse_range(range, info.size)
 }
 
-/// A single `bytes=` range against `size`. Multiple ranges and syntax the
-/// server does not understand are ignored (a full 200), as §14.2 allows.
+/// Most ranges one request is given parts for; a longer list gets the
+/// whole file (a list of many tiny ranges costs more to frame than it
+/// saves).
+const MAX_RANGES: usize = 64;
+
+/// A `bytes=` range set against `size`: one range, or several as parts.
+/// Syntax the server does not understand is ignored (a full 200), as
+/// §14.2 allows; so is a list whose ranges add up to more than the file
+/// (overlaps: as nginx) or that is longer than `MAX_RANGES`. Of several,
+/// those the file cannot satisfy are left out (§14.1.1), and 416 comes
+/// only when none is left.
 pub fn parse_range(value: &str, size: u64) -> Decision {
     // The unit is compared without regard to case (§14.1).
     let value = value.trim();
@@ -109,9 +122,42 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
     // A list's empty elements are no ranges (RFC 9110 §5.6.1.2: a
     // recipient ignores them): `bytes=0-1,` is the one range.
     let mut ranges = spec.split(',').map(str::trim).filter(|r| !r.is_empty());
-    let (Some(spec), None) = (ranges.next(), ranges.next()) else {
-        return Decision::Full;
+    let (first, second) = match (ranges.next(), ranges.next()) {
+        (Some(first), None) => return one_range(first, size),
+        (Some(first), Some(second)) => (first, second),
+        (None, _) => return Decision::Full,
     };
+    let mut parts = Vec::new();
+    for spec in [first, second].into_iter().chain(ranges) {
+        match one_range(spec, size) {
+            Decision::Partial { start, end } => parts.push((start, end)),
+            Decision::Unsatisfiable => {}
+            _ => return Decision::Full,
+        }
+        if parts.len() > MAX_RANGES {
+            return Decision::Full;
+        }
+    }
+    let total = parts
+        .iter()
+        .map(|(start, end)| end - start + 1)
+        .sum::<u64>();
+    match parts.as_slice() {
+        [] => Decision::Unsatisfiable,
+        // One left: sent as one, never as a multipart of one part (§14.6).
+        [(start, end)] => Decision::Partial {
+            start: *start,
+            end: *end,
+        },
+        _ if total > size => Decision::Full,
+        _ => Decision::Parts(parts),
+    }
+}
+
+/// One range of a set against `size`: `Partial`, `Unsatisfiable`, or
+/// `Full` for what is not understood (and a suffix or start range of an
+/// empty file).
+fn one_range(spec: &str, size: u64) -> Decision {
     let Some((a, b)) = spec.split_once('-') else {
         return Decision::Full;
     };
@@ -161,6 +207,67 @@ pub fn parse_range(value: &str, size: u64) -> Decision {
                 start,
                 end: end.map_or(size - 1, |e| e.min(size - 1)),
             }
+        }
+    }
+}
+
+/// The framing of a `multipart/byteranges` body (RFC 9110 §14.6): each
+/// part's head, to go before its bytes, and the closing delimiter.
+#[derive(Debug)]
+pub struct Multipart {
+    /// The response's Content-Type, which names the boundary.
+    pub content_type: String,
+    /// Each part's head, in the order of the parts.
+    pub heads: Vec<Vec<u8>>,
+    /// The closing delimiter, after the last part's bytes.
+    pub close: Vec<u8>,
+    /// The whole body's length: heads, parts and close.
+    pub len: u64,
+}
+
+thread_local! {
+    /// A shard's multipart responses so far: each gets its own boundary.
+    static BOUNDARIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl Multipart {
+    /// The framing of `parts` (from `Decision::Parts`) of a file of `size`
+    /// bytes whose parts are `part_type`.
+    pub fn new(parts: &[(u64, u64)], size: u64, part_type: &str) -> Multipart {
+        // No byte of the file may read as the boundary: one from the clock
+        // and a count, which a file would have to hold by chance (nginx's
+        // is a count alone).
+        let n = BOUNDARIES.with(|b| {
+            b.set(b.get().wrapping_add(1));
+            b.get()
+        });
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let boundary = format!(
+            "{:016x}{n:08x}",
+            nanos.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15
+        );
+        let heads: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|(start, end)| {
+                format!(
+                    "\r\n--{boundary}\r\nContent-Type: {part_type}\r\nContent-Range: bytes {start}-{end}/{size}\r\n\r\n"
+                )
+                .into_bytes()
+            })
+            .collect();
+        let close = format!("\r\n--{boundary}--\r\n").into_bytes();
+        let framing = heads.iter().map(Vec::len).sum::<usize>() + close.len();
+        let bytes = parts
+            .iter()
+            .map(|(start, end)| end - start + 1)
+            .sum::<u64>();
+        Multipart {
+            content_type: format!("multipart/byteranges; boundary={boundary}"),
+            heads,
+            close,
+            len: framing as u64 + bytes,
         }
     }
 }
@@ -248,7 +355,40 @@ mod tests {
         assert_eq!(parse_range("bytes=50-500", 100), p(50, 99));
         assert_eq!(parse_range("bytes=100-", 100), Decision::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Decision::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Decision::Full);
+        // Several: parts, in the order asked, those past the end left out;
+        // one left is a single range, none a 416.
+        let parts = |v: &[(u64, u64)]| Decision::Parts(v.to_vec());
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), parts(&[(0, 1), (5, 6)]));
+        assert_eq!(
+            parse_range("bytes=50-, -10, 0-0", 100),
+            parts(&[(50, 99), (90, 99), (0, 0)])
+        );
+        assert_eq!(parse_range("bytes=0-1,200-300", 100), p(0, 1));
+        assert_eq!(parse_range("bytes=100-,200-", 100), Decision::Unsatisfiable);
+        // Not understood anywhere, overlapping past the file's length, or
+        // too many: the whole file.
+        assert_eq!(parse_range("bytes=0-1,x-2", 100), Decision::Full);
+        assert_eq!(parse_range("bytes=0-1,9-1", 100), Decision::Full);
+        assert_eq!(parse_range("bytes=0-60,40-99", 100), Decision::Full);
+        assert_eq!(
+            parse_range("bytes=0-49,0-49", 100),
+            parts(&[(0, 49), (0, 49)])
+        );
+        let many = (0..=MAX_RANGES)
+            .map(|i| format!("{i}-{i}"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            parse_range(&format!("bytes={}", many.join(",")), 100),
+            Decision::Full
+        );
+        let most = &many[..MAX_RANGES];
+        assert!(matches!(
+            parse_range(&format!("bytes={}", most.join(",")), 100),
+            Decision::Parts(p) if p.len() == MAX_RANGES
+        ));
+        // An empty file: nothing to give parts of.
+        assert_eq!(parse_range("bytes=0-,-5", 0), Decision::Full);
+        assert_eq!(parse_range("bytes=1-,2-", 0), Decision::Unsatisfiable);
         for empties in ["bytes=0-1,", "bytes=, 0-1", "bytes= ,0-1 , ,"] {
             assert_eq!(parse_range(empties, 100), p(0, 1), "{empties}");
         }
