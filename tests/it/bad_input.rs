@@ -358,21 +358,30 @@ fn a_head_request_cut_short_gets_an_error_without_a_body() {
     assert!(text.ends_with("\r\n\r\n"), "{text:?}");
 }
 
-/// A TLS ClientHello on a plain port (`curl https://` to an http port), or
-/// any first byte no method begins with, is a 400 at once, as nginx has
-/// it, not a wait for the rest of a head that never comes.
+/// A TLS ClientHello on a plain port (`curl https://` to an http port),
+/// any first byte no method begins with, or a line broken by a bare CR
+/// (which no byte to come makes a line end), is a 400 at once, as nginx
+/// has it, not a wait for the rest of a head that never comes. However
+/// the bytes arrive: a CR that ends one write is judged with the next.
 #[test]
 fn a_tls_hello_on_a_plain_port_gets_400_at_once() {
     let server = Server::start(&["--header-timeout", "60s"]);
-    for start in [
-        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
-        b"\r\n\x00GET",
+    for writes in [
+        &[&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..]][..],
+        &[b"\r\n\x00GET"],
+        &[b"GET / HTTP/1.1\rHost: x\r"],
+        &[b"GET / HTTP/1.1\r", b"Host: x"],
+        &[b"GET / HTTP/1.1\r\nHost: x\rY: z"],
+        &[b"GET /a\rb HTTP/1.1"],
     ] {
         let mut s = server.connect();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(start).unwrap();
+        for w in writes {
+            s.write_all(w).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let text = read_to_close(&mut s);
-        assert!(text.starts_with("HTTP/1.1 400 "), "{start:?}: {text}");
+        assert!(text.starts_with("HTTP/1.1 400 "), "{writes:?}: {text}");
     }
 }
 

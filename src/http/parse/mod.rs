@@ -243,7 +243,14 @@ impl HeadScanner {
 /// may still become a good head (a later HTTP/1 minor version is one: the
 /// session reads it as 1.1).
 pub fn refused_early(buf: &[u8], limits: &HeadLimits) -> Option<ParseError> {
-    let buf = &buf[..=memchr::memrchr(b'\n', buf)?];
+    // Through the last line feed, or through a bare CR and the byte after
+    // it, which no byte to come makes a line end (RFC 9112 §2.2): the line
+    // is refused now, as httparse refuses it in a whole head.
+    let end = match bare_cr(buf, 0) {
+        Some(cr) => cr + 2,
+        None => memchr::memrchr(b'\n', buf)? + 1,
+    };
+    let buf = &buf[..end];
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
     let max = limits.max_headers.min(MAX_HEADERS_LIMIT);
     let mut req = httparse::Request::new(&mut []);
@@ -252,6 +259,14 @@ pub fn refused_early(buf: &[u8], limits: &HeadLimits) -> Option<ParseError> {
         Err(httparse::Error::Version) if later_minor(buf).is_some() => None,
         Err(e) => Some(map_httparse_error(e, buf)),
     }
+}
+
+/// Where in `buf` the first CR at or after `from` is that a byte other
+/// than LF follows: a bare CR, which ends no line.
+pub fn bare_cr(buf: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr_iter(b'\r', buf.get(from..)?)
+        .map(|i| i + from)
+        .find(|&i| buf.get(i + 1).is_some_and(|&b| b != b'\n'))
 }
 
 /// Which error a head that outgrew `max-header-bytes` gets: still inside the
@@ -322,13 +337,27 @@ pub fn parse<'a>(
         return Err(ParseError::MethodNotImplemented);
     }
     let target_parts = split_target(target, method)?;
-    let fields = scan_fields(headers)?;
+    let fields = scan_fields(headers).map_err(|e| match e {
+        // Any Transfer-Encoding in HTTP/1.0 is a 400, whatever it names.
+        ParseError::UnsupportedTransferCoding | ParseError::ChunkedNotLast
+            if version == Version::Http10 =>
+        {
+            ParseError::TransferEncodingInHttp10
+        }
+        e => e,
+    })?;
 
     // RFC 9112 §3.2: a 1.1 request without exactly one Host is a 400.
     if version == Version::Http11 && fields.host.is_none() {
         return Err(ParseError::MissingHost);
     }
     let host = target_parts.authority.or(fields.host);
+    // An empty Host names no host: the target URI it makes has none, which
+    // a recipient must refuse (RFC 9110 §4.2.1). Beside an absolute-form
+    // target, whose authority counts, it is what a client sends (§7.2).
+    if host == Some("") {
+        return Err(ParseError::Target);
+    }
 
     if version == Version::Http10 && fields.transfer != Transfer::None {
         return Err(ParseError::TransferEncodingInHttp10);

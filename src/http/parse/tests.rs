@@ -102,6 +102,20 @@ fn host_rules() {
         assert!(parse_str(&req).is_ok(), "{good:?}");
     }
     assert!(parse_str("GET / HTTP/1.0\r\n\r\n").is_ok());
+    // An empty Host names no host (RFC 9110 §4.2.1), in either version;
+    // beside an absolute-form target it is what a client sends (§7.2).
+    for empty in [
+        "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET / HTTP/1.0\r\nHost:\r\n\r\n",
+    ] {
+        assert_eq!(err(empty), ParseError::Target, "{empty:?}");
+    }
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
+    let absolute = b"GET http://a/ HTTP/1.1\r\nHost:\r\n\r\n";
+    assert_eq!(
+        parse(absolute, &mut headers, &LIMITS).unwrap().host,
+        Some("a")
+    );
 }
 
 #[test]
@@ -153,7 +167,14 @@ fn transfer_encoding_rules() {
         ParseError::LengthAndTransferEncoding
     );
     // HTTP/1.0 has no transfer codings (RFC 9112 §6.1), whatever else.
-    for te in ["chunked", "gzip, chunked", "identity"] {
+    for te in [
+        "chunked",
+        "gzip, chunked",
+        "identity",
+        "chunked;q=1",
+        "",
+        "chunked, gzip",
+    ] {
         assert_eq!(
             err(&format!(
                 "POST / HTTP/1.0\r\nTransfer-Encoding: {te}\r\n\r\n"
@@ -301,4 +322,24 @@ fn overflow_picks_414_or_431() {
         overflow_error(b"GET / HTTP/1.1\r\nX: aaaa"),
         ParseError::HeadersTooLarge
     );
+}
+
+/// A bare CR is one a byte other than LF follows; a CR last in the buffer
+/// waits for its next byte.
+#[test]
+fn bare_crs_are_found_from_where_asked() {
+    assert_eq!(bare_cr(b"GET / HTTP/1.1\rH", 0), Some(14));
+    assert_eq!(bare_cr(b"GET / HTTP/1.1\r\nH\r", 0), None);
+    assert_eq!(bare_cr(b"a\rb\rc", 2), Some(3));
+    assert_eq!(bare_cr(b"a\r", 5), None);
+    let limits = &LIMITS;
+    assert_eq!(
+        refused_early(b"GET / HTTP/1.1\rHost: x", limits),
+        Some(ParseError::RequestLine)
+    );
+    assert_eq!(
+        refused_early(b"GET / HTTP/1.1\r\nHost: x\rY", limits),
+        Some(ParseError::HeaderField)
+    );
+    assert_eq!(refused_early(b"GET / HTTP/1.1\r\nHost: x\r", limits), None);
 }

@@ -312,11 +312,14 @@ impl<J> Session<J> {
                         return self.fail_with(e, Some(seen), out, cx);
                     }
                     let Some(end) = end else {
-                        // A line ended since the last look: what is there
-                        // may be wrong already. Looked at only then, so a
-                        // head trickled a byte at a time is parsed once a
-                        // line, not once a byte.
-                        let line_ended = memchr::memchr(b'\n', &data[new_from..]).is_some();
+                        // A line ended since the last look, or a bare CR
+                        // came (a CR the last look ended on counts with
+                        // what follows it): what is there may be wrong
+                        // already. Looked at only then, so a head trickled
+                        // a byte at a time is parsed once a line, not once
+                        // a byte.
+                        let line_ended = memchr::memchr(b'\n', &data[new_from..]).is_some()
+                            || parse::bare_cr(data, new_from.saturating_sub(1)).is_some();
                         if let Some(e) = line_ended
                             .then(|| parse::refused_early(data, &cx.limits.head))
                             .flatten()
