@@ -256,8 +256,12 @@ pub fn write_head(
         ResponseFraming::None => {
             // A HEAD's or 304's length describes the representation: pass
             // it, unless it is the one compression replaces (a HEAD's
-            // head is its GET's: compressed, its length unknown).
-            if let Some(n) = length.filter(|_| res.status != 204 && res.status >= 200 && !gzip) {
+            // head is its GET's: compressed, its length unknown), or a
+            // Transfer-Encoding beside it says it is no length at all
+            // (RFC 9112 §6.3: a proxy removes it).
+            let framed_otherwise = res.header("transfer-encoding").is_some();
+            let passed = res.status != 204 && res.status >= 200 && !gzip && !framed_otherwise;
+            if let Some(n) = length.filter(|_| passed) {
                 write_field(out, "Content-Length", n);
             }
             BodyEncoder::None
@@ -785,6 +789,15 @@ mod tests {
         let (head, d) = convert("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true, KEEP);
         assert!(head.contains("Content-Length: 99\r\n"));
         assert_eq!(d.encoder, BodyEncoder::None);
+        // Beside a Transfer-Encoding it is no length (RFC 9112 §6.3).
+        for both in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n",
+        ] {
+            let (head, _) = convert(both, true, KEEP);
+            assert!(!head.contains("Content-Length"), "{head}");
+            assert!(!head.contains("Transfer-Encoding"), "{head}");
+        }
         let (head, _) = convert("HTTP/1.1 204 No Content\r\n\r\n", false, KEEP);
         assert!(!head.contains("Content-Length"), "{head}");
         let (head, d) = convert(
