@@ -2,9 +2,11 @@
 //! every connection or request (a server that is down, a listener out of
 //! descriptors, a load balancer that does not speak the PROXY protocol)
 //! would otherwise write thousands a second. What is held back is counted
-//! and said with the next line let through.
+//! and said with the next line let through, or (`ThrottledLines`) on its
+//! own once the second has passed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 /// The least time between two lines a `Throttle` lets through.
@@ -50,6 +52,74 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// Lines held back that no line let through has said, `EVERY` after
+    /// the last one went out: their count, to be said now (as a line let
+    /// through at `now`: the count starts over). None when there are none,
+    /// or it is too soon.
+    pub fn overdue(&self, now: Instant) -> Option<Held> {
+        let due = self.held.get() > 0
+            && self
+                .last
+                .get()
+                .is_none_or(|t| now.saturating_duration_since(t) >= EVERY);
+        due.then(|| self.admit(now)).flatten()
+    }
+
+    /// Whether lines are held back, still to be said.
+    pub fn holds(&self) -> bool {
+        self.held.get() > 0
+    }
+}
+
+/// Lines about one thing through a `Throttle`, the last one held back kept
+/// so that it is said (`flush`) even when no line comes after it: a burst
+/// of failures that ends is told whole, with its last line, not at the
+/// next failure, which may be hours later or never.
+#[derive(Debug, Default)]
+pub struct ThrottledLines {
+    throttle: Throttle,
+    /// The last line held back and its level (the buffer reused).
+    last_held: RefCell<Option<(log::Level, String)>>,
+}
+
+impl ThrottledLines {
+    /// Log `message` at `level` now, or keep it (counted) when a line went
+    /// out less than `EVERY` ago. A level the log leaves out costs nothing.
+    pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
+        if !log::log_enabled!(level) {
+            return;
+        }
+        if let Some(held) = self.throttle.admit(now) {
+            log::log!(level, "{message}{held}");
+            return;
+        }
+        let mut last = self.last_held.borrow_mut();
+        let (kept, text) = last.get_or_insert_with(|| (level, String::new()));
+        *kept = level;
+        text.clear();
+        let _ = write!(text, "{message}");
+    }
+
+    /// Say the last line held back, with how many others were, once
+    /// `EVERY` has passed since a line went out and none came to say them.
+    /// Returns whether lines are still held (to flush later).
+    pub fn flush(&self, now: Instant) -> bool {
+        let Some(Held(n)) = self.throttle.overdue(now) else {
+            return self.throttle.holds();
+        };
+        if let Some((level, text)) = self.last_held.borrow().as_ref() {
+            log::log!(*level, "{text}{}", Held(n - 1));
+        }
+        false
+    }
+
+    /// The throttle the lines go through.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +134,22 @@ mod tests {
         let held = t.admit(start + EVERY).unwrap();
         assert_eq!(held.to_string(), " (2 more since the last report)");
         assert_eq!(t.admit(start + EVERY * 3).unwrap().to_string(), "");
+    }
+
+    /// Lines held back are overdue a second after the last let through,
+    /// and saying them counts as a line let through.
+    #[test]
+    fn held_lines_fall_due_a_second_after_the_last() {
+        let t = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(t.overdue(start), None);
+        t.admit(start).unwrap();
+        assert_eq!(t.overdue(start + EVERY), None, "none held");
+        assert_eq!(t.admit(start + EVERY / 2), None);
+        assert!(t.holds());
+        assert_eq!(t.overdue(start + EVERY / 2), None, "too soon");
+        assert_eq!(t.overdue(start + EVERY), Some(Held(1)));
+        assert!(!t.holds());
+        assert_eq!(t.admit(start + EVERY + EVERY / 2), None);
     }
 }

@@ -17,7 +17,7 @@ use crate::metrics::{
     Recorder, Timings, UpstreamSample, UpstreamStats, GROUP_ITSELF, UPSTREAM_FIGURES,
 };
 use crate::readiness::Readiness;
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, ThrottledLines};
 use crate::transport::Socket;
 
 /// Every upstream group of a shard, by name.
@@ -135,11 +135,11 @@ pub struct Server {
     /// Its warnings and errors (`log`): a server that is down fails every
     /// request sent to it (a group of one is never skipped), and a warning
     /// each was thousands of lines a second.
-    warnings: Throttle,
+    warnings: ThrottledLines,
     /// Its lines below a warning (a retry on another connection): throttled
     /// apart, so that one never holds back the warning of a request that
     /// failed in the same second.
-    notes: Throttle,
+    notes: ThrottledLines,
     /// Its identity for `ip-hash` (`Group::by_address`): the hash of its
     /// address as configured, or of the identity its group gives it (an
     /// app's instance: its slot), so that its clients are its own whatever
@@ -399,8 +399,9 @@ impl Upstreams {
 
     /// Close idle connections past their group's idle timeout, or that the
     /// server closed (or sent something unasked) while they sat idle, and
-    /// those beyond `keepalive` past `OVERFLOW_GRACE`. Returns whether any
-    /// idle connection is left (to sweep again later).
+    /// those beyond `keepalive` past `OVERFLOW_GRACE`; say the log lines
+    /// about a server held back a second or more ago. Returns whether any
+    /// idle connection or held line is left (to sweep again later).
     pub fn sweep(&self, now: Instant) -> bool {
         let mut left = false;
         for g in self.groups.borrow().values() {
@@ -409,7 +410,13 @@ impl Upstreams {
                 idle.retain_mut(|i| i.since + g.config.idle_timeout > now && !i.socket.has_input());
                 trim(&mut idle, g.config.keepalive, now);
                 left |= !idle.is_empty();
+                left |= s.flush_lines(now);
             }
+        }
+        // A server a reload dropped (an app's instance replaced) may have
+        // failed its last requests.
+        for (_, s, _) in self.retired.borrow().iter() {
+            left |= s.flush_lines(now);
         }
         self.fold_retired(now);
         left
@@ -713,25 +720,32 @@ impl Server {
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
             removed: Cell::new(false),
-            warnings: Throttle::default(),
-            notes: Throttle::default(),
+            warnings: ThrottledLines::default(),
+            notes: ThrottledLines::default(),
             standing: Cell::new(0),
         }
     }
 
     /// Log a line about this server, unless one of its kind (a warning or
     /// worse, or a lesser note) was logged less than a second ago
-    /// (`throttle`): then it is only counted, and the next one logged says
-    /// how many were held back.
+    /// (`lines`): then it is counted and kept, and the next one logged, or
+    /// the shard's tick once the second has passed (`flush_lines`), says it
+    /// and how many others were held back.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
-        if let Some(held) = self.throttle(level).admit(now) {
-            log::log!(level, "{message}{held}");
-        }
+        self.lines(level).log(level, now, message);
     }
 
-    /// The throttle a line of `level` goes through: errors share the
-    /// warnings' (both say a request failed), notes have their own.
-    fn throttle(&self, level: log::Level) -> &Throttle {
+    /// Say the lines held back a second or more ago that no line since has
+    /// said. Returns whether lines are still held.
+    fn flush_lines(&self, now: Instant) -> bool {
+        // Both, whatever the first returns.
+        let warnings = self.warnings.flush(now);
+        self.notes.flush(now) | warnings
+    }
+
+    /// The lines a line of `level` goes with: errors share the warnings'
+    /// (both say a request failed), notes have their own.
+    fn lines(&self, level: log::Level) -> &ThrottledLines {
         if level <= log::Level::Warn {
             &self.warnings
         } else {
@@ -1071,10 +1085,11 @@ mod tests {
     fn a_note_never_holds_back_a_warning() {
         let server = Server::new(ServerAddr::Tcp(([127, 0, 0, 1], 1).into()), 0);
         let now = Instant::now();
-        assert!(server.throttle(log::Level::Info).admit(now).is_some());
-        assert!(server.throttle(log::Level::Warn).admit(now).is_some());
-        assert!(server.throttle(log::Level::Error).admit(now).is_none());
-        assert!(server.throttle(log::Level::Debug).admit(now).is_none());
+        let admit = |level| server.lines(level).throttle().admit(now);
+        assert!(admit(log::Level::Info).is_some());
+        assert!(admit(log::Level::Warn).is_some());
+        assert!(admit(log::Level::Error).is_none());
+        assert!(admit(log::Level::Debug).is_none());
     }
 
     /// `ip-hash`: an address's requests go to one server, the same in a
