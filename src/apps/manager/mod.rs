@@ -161,6 +161,11 @@ struct App {
     slots: Vec<Slot>,
     /// What the master was last told.
     published: Vec<AppServer>,
+    /// Added by a reload that waits for it (the master's held reload):
+    /// the reload that then applies is its own, which changes nothing of
+    /// it and replaces none of its new instances (`reload = "always"`
+    /// too).
+    held_start: bool,
 }
 
 /// An instance out of service, on its way out (replaced, its slot or app
@@ -273,6 +278,7 @@ impl App {
             proven: false,
             slots: (0..n).map(|_| Slot::new(now)).collect(),
             published: Vec::new(),
+            held_start: false,
         }
     }
 

@@ -174,13 +174,16 @@ impl Manager {
                 Some(i) => {
                     let mut app = old.swap_remove(i);
                     let changed = app.config.replaces_instances(&config);
-                    let always = renew && config.reload == AppReload::Always;
+                    // The reload that waited for it applies: its instances
+                    // are of this very deploy.
+                    let own = renew && std::mem::take(&mut app.held_start);
+                    let always = renew && !own && config.reload == AppReload::Always;
                     if changed || always {
                         self.change(&mut app, &config, now, always);
                     } else {
                         // Said, for the operator who deployed new code and
                         // reloaded, as `pm2 reload` would have it running.
-                        if renew {
+                        if renew && !own {
                             info!(
                                 "app {}: nothing that replaces its instances changed, so they run on (to start new code at every reload, set reload = \"always\", as pm2 reload does)",
                                 config.name
@@ -226,8 +229,11 @@ impl Manager {
                     app
                 }
                 None => {
-                    info!("app {}: new; starting {n} instances", config.name);
-                    App::new(config, n, now)
+                    let s = if n == 1 { "" } else { "s" };
+                    info!("app {}: new; starting {n} instance{s}", config.name);
+                    let mut app = App::new(config, n, now);
+                    app.held_start = !renew;
+                    app
                 }
             };
             self.apps.push(app);

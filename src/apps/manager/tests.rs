@@ -1037,6 +1037,37 @@ fn reload_always_renews_for_the_reloads_own_settings_only() {
     });
 }
 
+/// An app a reload adds, with `reload = "always"`, starts once: the
+/// reload that waited for it applies without replacing its new instances
+/// (they are of that very deploy); the next reload replaces them.
+#[test]
+fn an_app_a_reload_adds_is_not_replaced_by_that_reload() {
+    within(|| {
+        let mut h = Harness::new("adds");
+        let web = app("web", 1, SERVES, &h.dir);
+        h.start(vec![web.clone()]).unwrap();
+        let mut api = app("api", 1, SERVES, &h.dir);
+        api.reload = crate::config::AppReload::Always;
+        // The master's held reload: the new app, the serving ones as they are.
+        h.send(Msg::Reload(vec![api.clone(), web.clone()], false));
+        h.turn_until("the new app ready", |m| is_ready(current(m, "api", 0)));
+        let first = current(&h.m, "api", 0).unwrap().process.pid;
+        // Its instances ready, the reload applies.
+        h.send(Msg::Reload(vec![web.clone(), api.clone()], true));
+        h.turn_till(Instant::now() + Duration::from_millis(500));
+        let app = h.m.apps.iter().find(|a| a.config.name == "api").unwrap();
+        assert_eq!(app.generation, 0);
+        assert!(app.slots.iter().all(|s| s.next.is_none()));
+        assert_eq!(current(&h.m, "api", 0).unwrap().process.pid, first);
+        // A reload after it is one of its own.
+        h.send(Msg::Reload(vec![web, api], true));
+        h.turn_until("replaced", |m| {
+            current(m, "api", 0).is_some_and(|i| i.process.pid != first && i.generation == 1)
+                && is_ready(current(m, "api", 0))
+        });
+    });
+}
+
 /// A rolling reload whose replacement fails: every slot still on the
 /// old settings shows `ready-old`, and while the failed one waits out its
 /// back-off no other slot starts one (one at a time). With `reload =
