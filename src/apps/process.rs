@@ -229,10 +229,18 @@ pub fn spawn(
     .filter_map(pipe_inode)
     .collect();
     if let Some(out) = child.stdout.take() {
-        relay_lines(out, who.clone(), tail.clone(), false, relaying.clone());
+        let asked = stopping.clone();
+        relay_lines(
+            out,
+            who.clone(),
+            tail.clone(),
+            false,
+            relaying.clone(),
+            asked,
+        );
     }
     if let Some(err) = child.stderr.take() {
-        relay_lines(err, who, tail.clone(), true, relaying);
+        relay_lines(err, who, tail.clone(), true, relaying, stopping.clone());
     }
     std::thread::Builder::new()
         .name(format!("wait-{pid}"))
@@ -318,13 +326,16 @@ fn whole_chars(line: &[u8]) -> usize {
 /// Log each line read from `pipe` (stderr at warning level), and keep the
 /// last ones in `tail`, on a thread of its own: a slow log holds the app
 /// back only while it is written (`log_queue::wait_for_bulk_room`), a
-/// stalled one for half a second once, and never a shard.
+/// stalled one for half a second once, and never a shard. Once the
+/// instance is asked to stop (`stopping`), its lines say so: a rolling
+/// reload's replacement is `who` too, and writes beside it.
 fn relay_lines(
     pipe: impl Read + Send + 'static,
     who: String,
     tail: Tail,
     stderr: bool,
     relaying: mpsc::Sender<()>,
+    stopping: Arc<OnceLock<Stop>>,
 ) {
     let spawned = std::thread::Builder::new()
         .name("app-output".into())
@@ -365,10 +376,15 @@ fn relay_lines(
                 // with it, while the log is written, rather than lose
                 // lines; a log that stopped does not hold it.
                 crate::log_queue::wait_for_bulk_room();
-                if stderr {
-                    log::warn!(target: crate::apps::OUTPUT_TARGET, "{who}: {text}");
+                let when = if stopping.get().is_some() {
+                    " (stopping)"
                 } else {
-                    log::info!(target: crate::apps::OUTPUT_TARGET, "{who}: {text}");
+                    ""
+                };
+                if stderr {
+                    log::warn!(target: crate::apps::OUTPUT_TARGET, "{who}{when}: {text}");
+                } else {
+                    log::info!(target: crate::apps::OUTPUT_TARGET, "{who}{when}: {text}");
                 }
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == TAIL_LINES {
@@ -494,6 +510,7 @@ mod tests {
             tail.clone(),
             false,
             relaying,
+            Arc::new(OnceLock::new()),
         );
         assert!(done.recv().is_err(), "the relay ended");
         let lines = tail.lock().unwrap().iter().cloned().collect();

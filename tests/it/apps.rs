@@ -598,7 +598,7 @@ fn sigterm_stops_every_instance_after_the_drain() {
         ("forks[0]", forks),
     ] {
         assert!(
-            log.contains(&format!("app {who}: SIGTERM: closing")),
+            log.contains(&format!("app {who} (stopping): SIGTERM: closing")),
             "{log}"
         );
         assert!(
