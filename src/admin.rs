@@ -116,7 +116,13 @@ async fn answer(
     }
     let (tx, rx) = local_channel::new_bounded(1);
     scrape(tx);
-    let body = rx.recv().await.unwrap_or_default();
+    // No answer: the master stops (a drain, an upgrade's handover) and
+    // dropped the request. An empty 200 would be a scrape that worked and
+    // found no series (Prometheus marks them all stale).
+    let Some(body) = rx.recv().await else {
+        let body = "the server is stopping: no metrics\n";
+        return reply_to(stream, 503, "text/plain", body, "", head_only).await;
+    };
     reply_to(stream, 200, PROMETHEUS_TEXT, &body, "", head_only).await
 }
 
@@ -151,4 +157,65 @@ async fn reply_to(
         stream.write_all(body.as_bytes()).await?;
     }
     stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// The text of a GET of `path` from the admin listener at `addr`.
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// A scrape the master answers is a 200 with its text; one it drops
+    /// (it stops) is a 503, never an empty 200.
+    #[test]
+    fn a_scrape_the_master_drops_is_a_503() {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            glommio::LocalExecutorBuilder::default()
+                .spawn(move || async move {
+                    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                    addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let asked = Rc::new(Cell::new(0));
+                    let scrape: Rc<dyn Fn(ScrapeRequest)> = Rc::new(move |tx: ScrapeRequest| {
+                        asked.set(asked.get() + 1);
+                        if asked.get() == 1 {
+                            glommio::spawn_local(async move {
+                                let _ = tx.send("coreserve_info 1\n".to_string()).await;
+                            })
+                            .detach();
+                        }
+                    });
+                    let serving = glommio::spawn_local(serve(listener, "/metrics".into(), scrape));
+                    while stop_rx.try_recv().is_err() {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                    drop(serving);
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        });
+        let addr = addr_rx.recv().unwrap();
+        let answered = get(addr, "/metrics");
+        assert!(answered.starts_with("HTTP/1.1 200 "), "{answered}");
+        assert!(
+            answered.ends_with("\r\n\r\ncoreserve_info 1\n"),
+            "{answered}"
+        );
+        let dropped = get(addr, "/metrics");
+        assert!(dropped.starts_with("HTTP/1.1 503 "), "{dropped}");
+        stop_tx.send(()).unwrap();
+        server.join().unwrap();
+    }
 }
