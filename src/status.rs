@@ -48,17 +48,31 @@ pub fn run(url: &str, interval: Duration, expected: Option<&Path>) -> Result<Str
     std::thread::sleep(interval);
     let second = fetch(url)?;
     let secs = t0.elapsed().as_secs_f64();
-    let (a, b) = (rows(&first), rows(&second));
+    Ok(render(&first, &second, secs, url, expected))
+}
+
+/// The table of two reads `secs` apart.
+fn render(first: &str, second: &str, secs: f64, url: &str, expected: Option<&Path>) -> String {
+    let (a, b) = (rows(first), rows(second));
+    // Another process answered the second read (a binary upgrade, a
+    // restart): its counts started again, and a rate from the first
+    // process's would say the traffic stopped.
+    let (pid_before, pid_after) = (pid_of(first), pid_of(second));
+    let changed = pid_before.is_some() && pid_after.is_some() && pid_before != pid_after;
     let mut out = format!(
         "{:<6} {:>4} {:>12} {:>14} {:>10} {:>10}\n",
         "shard", "cpu", "connections", "requests", "req/s", "p99"
     );
     for (shard, row) in ordered(&b) {
         let before = a.get(shard).map_or(0.0, |r| r.requests);
-        let rate = (row.requests - before).max(0.0) / secs;
+        let rate = if changed {
+            "-".to_string()
+        } else {
+            format!("{:.0}", (row.requests - before).max(0.0) / secs)
+        };
         let cpu = row.cpu.map_or("-".to_string(), |c| format!("{c}"));
         out.push_str(&format!(
-            "{:<6} {:>4} {:>12} {:>14} {:>10.0} {:>10}\n",
+            "{:<6} {:>4} {:>12} {:>14} {:>10} {:>10}\n",
             shard,
             cpu,
             row.connections,
@@ -67,20 +81,34 @@ pub fn run(url: &str, interval: Duration, expected: Option<&Path>) -> Result<Str
             format_seconds(row.p99)
         ));
     }
-    out.push_str(&spread(&a, &b, secs));
-    out.push_str(&apps_table(&second));
-    if let Some(note) = expected.and_then(|file| another_server(&second, url, file)) {
+    out.push_str(&spread((!changed).then_some(&a), &b, secs));
+    out.push_str(&apps_table(second));
+    if changed {
+        out.push_str(&format!(
+            "note: another process answered the second read (pid {}, then pid {}: a binary upgrade or a restart between them): its counts started again, so no rate is shown\n",
+            pid_before.unwrap_or_default(),
+            pid_after.unwrap_or_default()
+        ));
+    }
+    if let Some(note) = expected.and_then(|file| another_server(second, url, file)) {
         out.push_str(&note);
     }
-    Ok(out)
+    out
+}
+
+/// The pid the server says it has (`coreserve_info`), if it says.
+fn pid_of(text: &str) -> Option<String> {
+    let (_, labels, _) = samples(text).find(|(name, _, _)| *name == "coreserve_info")?;
+    label(labels, "pid")
 }
 
 /// How evenly the shards took the requests (max/min of their counts):
 /// between the two reads, the question an operator watching a load asks
 /// (one shard saturated beside an idle one is not "even" because their
 /// totals since start are), and since start. A shard with none of them
-/// is named rather than given an infinite ratio.
-fn spread(a: &BTreeMap<String, Row>, b: &BTreeMap<String, Row>, secs: f64) -> String {
+/// is named rather than given an infinite ratio. Without the first read
+/// (another process made it), since start only.
+fn spread(a: Option<&BTreeMap<String, Row>>, b: &BTreeMap<String, Row>, secs: f64) -> String {
     let ratio = |counts: &[(&str, f64)]| -> Option<String> {
         let max = counts.iter().map(|c| c.1).reduce(f64::max)?;
         if max <= 0.0 {
@@ -96,12 +124,15 @@ fn spread(a: &BTreeMap<String, Row>, b: &BTreeMap<String, Row>, secs: f64) -> St
         })
     };
     let shards = || b.iter().filter(|(s, _)| s.as_str() != "all");
-    let lately: Vec<(&str, f64)> = shards()
-        .map(|(s, r)| {
-            let before = a.get(s).map_or(0.0, |r| r.requests);
-            (s.as_str(), (r.requests - before).max(0.0))
-        })
-        .collect();
+    let lately: Vec<(&str, f64)> = match a {
+        Some(a) => shards()
+            .map(|(s, r)| {
+                let before = a.get(s).map_or(0.0, |r| r.requests);
+                (s.as_str(), (r.requests - before).max(0.0))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let total: Vec<(&str, f64)> = shards().map(|(s, r)| (s.as_str(), r.requests)).collect();
     let mut out = String::new();
     if let Some(r) = ratio(&lately) {
@@ -496,19 +527,46 @@ mod tests {
         let before = table(&[("0", 3000.0), ("1", 2600.0), ("all", 5600.0)]);
         let after = table(&[("0", 3600.0), ("1", 2600.0), ("all", 6200.0)]);
         assert_eq!(
-            spread(&before, &after, 2.0),
+            spread(Some(&before), &after, 2.0),
             "spread of requests over shards in these 2.0 s (max/min): shard 1 took none\n\
              spread of requests over shards since start (max/min): 1.38\n"
         );
         let after = table(&[("0", 3100.0), ("1", 2650.0), ("all", 5750.0)]);
         assert_eq!(
-            spread(&before, &after, 1.0),
+            spread(Some(&before), &after, 1.0),
             "spread of requests over shards in these 1.0 s (max/min): 2.00\n\
              spread of requests over shards since start (max/min): 1.17\n"
         );
         // Nothing served yet: nothing to say.
         let none = table(&[("0", 0.0), ("1", 0.0), ("all", 0.0)]);
-        assert_eq!(spread(&none, &none, 1.0), "");
+        assert_eq!(spread(Some(&none), &none, 1.0), "");
+    }
+
+    /// Two reads of two processes (an upgrade between them): no rate from
+    /// the first's counts, which would say the traffic stopped, and a
+    /// note saying why.
+    #[test]
+    fn reads_of_two_processes_give_no_rate() {
+        let read = |pid: u32, n: u32| {
+            format!(
+                "coreserve_info{{version=\"0.1.0\",pid=\"{pid}\",config=\"\"}} 1\n\
+                 coreserve_shard_requests_total{{shard=\"0\"}} {n}\n\
+                 coreserve_shard_requests_total{{shard=\"all\"}} {n}\n"
+            )
+        };
+        let url = "http://127.0.0.1:9464/metrics";
+        let same = render(&read(7, 100), &read(7, 400), 3.0, url, None);
+        assert!(same.lines().nth(1).unwrap().contains(" 100 "), "{same}");
+        assert!(same.contains("in these 3.0 s"), "{same}");
+        assert!(!same.contains("note:"), "{same}");
+        let other = render(&read(7, 5000), &read(9, 118), 3.0, url, None);
+        let row: Vec<&str> = other.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[4], "-", "{other}");
+        assert!(!other.contains("in these"), "{other}");
+        assert!(
+            other.contains("note: another process answered the second read (pid 7, then pid 9"),
+            "{other}"
+        );
     }
 
     #[test]
