@@ -1,5 +1,5 @@
 //! Static files under a root directory, as complete as nginx's: conditional
-//! requests, single ranges, index files, autoindex, precompressed siblings,
+//! requests, ranges (several as multipart/byteranges), index files, autoindex, precompressed siblings,
 //! Cache-Control — and never a blocking call on a shard.
 //!
 //! The request path is made safe synchronously (`resolve`), the file system
