@@ -2,8 +2,8 @@
 //! every connection or request (a server that is down, a listener out of
 //! descriptors, a load balancer that does not speak the PROXY protocol)
 //! would otherwise write thousands a second. What is held back is counted
-//! and said with the next line let through, or (`ThrottledLines`) on its
-//! own once the second has passed.
+//! and said with the next line let through, or (`ThrottledLines`) with
+//! the first of them once the second has passed.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write;
@@ -72,44 +72,68 @@ impl Throttle {
     }
 }
 
-/// Lines about one thing through a `Throttle`, the last one held back kept
-/// so that it is said (`flush`) even when no line comes after it: a burst
-/// of failures that ends is told whole, with its last line, not at the
-/// next failure, which may be hours later or never.
-#[derive(Debug, Default)]
+/// Lines about one thing through a `Throttle`, the first one held back
+/// kept so that it is said (`flush`) even when no line comes after it: a
+/// burst of failures that ends is told whole, with a line of it, not at
+/// the next failure, which may be hours later or never.
+#[derive(Debug)]
 pub struct ThrottledLines {
     throttle: Throttle,
-    /// The last line held back and its level (the buffer reused).
-    last_held: RefCell<Option<(log::Level, String)>>,
+    /// The log target the lines go to (the module they are about, as a
+    /// line logged there would have: `RUST_LOG` filters by it).
+    target: &'static str,
+    /// The first line held back since one went out, and its level (the
+    /// buffer reused).
+    held: RefCell<Option<(log::Level, String)>>,
+    /// Whether `held` is a line held back since one went out: only that
+    /// one is formatted (a server that is down fails every request, and
+    /// each line costs a format only once a second).
+    kept: Cell<bool>,
 }
 
 impl ThrottledLines {
-    /// Log `message` at `level` now, or keep it (counted) when a line went
-    /// out less than `EVERY` ago. A level the log leaves out costs nothing.
+    /// Lines to `target` (`module_path!()` of the module they are about).
+    pub fn new(target: &'static str) -> ThrottledLines {
+        ThrottledLines {
+            throttle: Throttle::default(),
+            target,
+            held: RefCell::new(None),
+            kept: Cell::new(false),
+        }
+    }
+
+    /// Log `message` at `level` now, or count it (the first kept) when a
+    /// line went out less than `EVERY` ago. A level the log leaves out
+    /// costs nothing.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
-        if !log::log_enabled!(level) {
+        if !log::log_enabled!(target: self.target, level) {
             return;
         }
         if let Some(held) = self.throttle.admit(now) {
-            log::log!(level, "{message}{held}");
+            self.kept.set(false);
+            log::log!(target: self.target, level, "{message}{held}");
             return;
         }
-        let mut last = self.last_held.borrow_mut();
-        let (kept, text) = last.get_or_insert_with(|| (level, String::new()));
+        if self.kept.replace(true) {
+            return;
+        }
+        let mut held = self.held.borrow_mut();
+        let (kept, text) = held.get_or_insert_with(|| (level, String::new()));
         *kept = level;
         text.clear();
         let _ = write!(text, "{message}");
     }
 
-    /// Say the last line held back, with how many others were, once
+    /// Say the first line held back, with how many others were, once
     /// `EVERY` has passed since a line went out and none came to say them.
     /// Returns whether lines are still held (to flush later).
     pub fn flush(&self, now: Instant) -> bool {
         let Some(Held(n)) = self.throttle.overdue(now) else {
             return self.throttle.holds();
         };
-        if let Some((level, text)) = self.last_held.borrow().as_ref() {
-            log::log!(*level, "{text}{}", Held(n - 1));
+        self.kept.set(false);
+        if let Some((level, text)) = self.held.borrow().as_ref() {
+            log::log!(target: self.target, *level, "{text}{}", Held(n - 1));
         }
         false
     }

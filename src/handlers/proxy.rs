@@ -52,6 +52,17 @@ impl ProxyRoute {
     /// the canonical path below the route's prefix, as nginx's `proxy_pass
     /// http://app/;` does.
     pub fn upstream_target<'h>(&self, head: &'h RequestHead) -> Cow<'h, str> {
+        // An OPTIONS of an absolute-form target with an empty path and no
+        // query asks about the server itself: `*`, prefix or not (RFC 9112
+        // §3.2.4).
+        if head.method_str() == "OPTIONS" {
+            let target = head.target();
+            if let Some((_, authority)) = target.split_once("://") {
+                if !authority.contains(['/', '?']) {
+                    return Cow::Borrowed("*");
+                }
+            }
+        }
         let query = head.query().map_or(0, |q| q.len() + 1);
         let path = if self.config.strip_prefix {
             let prefix = self.prefix.trim_end_matches('/');
@@ -76,9 +87,6 @@ impl ProxyRoute {
                 return match rest.find(['/', '?']) {
                     Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
                     Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
-                    // An empty path: `/`, but for OPTIONS, which then asks
-                    // about the server itself, `*` (RFC 9112 §3.2.4).
-                    None if head.method_str() == "OPTIONS" => Cow::Borrowed("*"),
                     None => Cow::Borrowed("/"),
                 };
             }
@@ -221,6 +229,7 @@ mod tests {
         for (sent, up) in [("http://a", "*"), ("http://a/", "/"), ("http://a?q", "/?q")] {
             let h = head(&format!("OPTIONS {sent} HTTP/1.1\r\nHost: a\r\n\r\n"));
             assert_eq!(route("/", false).upstream_target(&h), up, "{sent}");
+            assert_eq!(route("/", true).upstream_target(&h), up, "{sent}");
         }
     }
 }

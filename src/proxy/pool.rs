@@ -720,17 +720,17 @@ impl Server {
             stats: RefCell::new(UpstreamStats::default()),
             latency: RefCell::new(Recorder::new(UPSTREAM_FIGURES)),
             removed: Cell::new(false),
-            warnings: ThrottledLines::default(),
-            notes: ThrottledLines::default(),
+            warnings: ThrottledLines::new(module_path!()),
+            notes: ThrottledLines::new(module_path!()),
             standing: Cell::new(0),
         }
     }
 
     /// Log a line about this server, unless one of its kind (a warning or
     /// worse, or a lesser note) was logged less than a second ago
-    /// (`lines`): then it is counted and kept, and the next one logged, or
-    /// the shard's tick once the second has passed (`flush_lines`), says it
-    /// and how many others were held back.
+    /// (`lines`): then it is counted (the first kept), and the next one
+    /// logged, or the shard's tick once the second has passed
+    /// (`flush_lines`) with the first held back, says how many were.
     pub fn log(&self, level: log::Level, now: Instant, message: std::fmt::Arguments<'_>) {
         self.lines(level).log(level, now, message);
     }

@@ -782,7 +782,12 @@ async fn serve(
             res.body("text/html; charset=utf-8", &html);
         }
         Found::File(info) => {
-            let decision = reply::decide(&info, &job.conditions, true);
+            let decision = match reply::decide(&info, &job.conditions, true) {
+                // Parts are of bytes a lookup gives (a body or a
+                // descriptor); without, the file as a single range is.
+                Decision::Parts(_) if info.body.is_none() && info.file.is_none() => Decision::Full,
+                decision => decision,
+            };
             let etag = info.etag();
             let last_modified = httpdate::fmt_http_date(info.modified());
             let status = match decision {
@@ -881,7 +886,9 @@ async fn serve(
                     match source {
                         // Small: the whole body made here, sent with the
                         // head in one write.
-                        Some(Source::Memory(body)) if framing.len <= fs::SMALL_FILE => {
+                        Some(Source::Memory(body))
+                            if framing.len <= fs::SMALL_FILE && !rc.head_only =>
+                        {
                             let mut whole = Vec::with_capacity(framing.len as usize);
                             for (head, &(start, end)) in framing.heads.iter().zip(&parts) {
                                 whole.extend_from_slice(head);
@@ -896,8 +903,7 @@ async fn serve(
                                 rest = Some(Rest::Parts(source, parts, framing));
                             }
                         }
-                        // Parts are of a file with bytes, which a lookup
-                        // gives a body or a descriptor.
+                        // Not reached: made the whole file above.
                         None => res.sized(&framing.content_type, 0),
                     }
                 }
