@@ -51,6 +51,7 @@ LAYERS = {
     "log_queue": 0, # the log's lines on their way to stderr, never waited for
     "throttle": 0,  # at most one log line a second about one thing
     "proxy_protocol": 0, # the PROXY protocol header a load balancer sends first
+    "memory": 0,    # memory a burst of connections left, given back to the system
     # 1: built on the leaves.
     "config": 1,    # Config, its loading and validation
     "readiness": 1, # the shard's own io_uring ring

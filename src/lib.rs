@@ -31,6 +31,7 @@ pub mod keep_awake;
 pub mod listener;
 pub mod log_queue;
 pub mod master;
+pub mod memory;
 pub mod metrics;
 pub mod panics;
 pub mod proxy;

@@ -272,10 +272,12 @@ async fn run(spec: ShardSpec) {
             let _ = events.try_send(ShardEvent::Rested { id, rest });
         }
     });
-    // Once a second, at the turn of the second (one wake-up for all three:
+    // Once a second, at the turn of the second (one wake-up for all of it:
     // each costs the shard a pass and a park): the `Date` field; idle
     // upstream connections past their timeout, or closed by their server,
-    // let go; the access log's lines handed to its writer thread. A second with none of it to
+    // let go; the access log's lines handed to its writer thread; the
+    // memory of a burst of connections that has ended given back
+    // (`memory`). A second with none of it to
     // do (no connection open, no response, no idle upstream connection, no
     // line waiting) stops the ticks until a new connection or a response
     // restarts them: an idle shard sleeps. Lines and pooled connections
@@ -290,6 +292,10 @@ async fn run(spec: ShardSpec) {
             if let Some(log) = ticking.access_log().filter(|l| l.has_lines()) {
                 logging = true;
                 log.flush();
+            }
+            if ticking.burst_ended() {
+                crate::proxy::buffers::shrink_spares(ticking.open_connections());
+                crate::memory::release().await;
             }
             let date = ticking.date_cache();
             if !date.was_read() && !pooled && !logging && ticking.open_connections() == 0 {

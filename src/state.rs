@@ -156,6 +156,9 @@ pub struct Shard {
     /// The lines about connections closed for their PROXY protocol header.
     proxy_protocol_lines: Throttle,
     conns: RefCell<Slab<ConnEntry>>,
+    /// The most connections open at once since memory was last given
+    /// back (`memory::Bursts`).
+    bursts: crate::memory::Bursts,
     /// Times a connection of the shard became idle: orders them by how
     /// long they have been (a counter, not a clock: nothing to read).
     idle_turns: Cell<u64>,
@@ -237,6 +240,7 @@ impl Shard {
             access_log: log.map(Rc::new),
             proxy_protocol_lines: Throttle::default(),
             conns: RefCell::new(Slab::new()),
+            bursts: crate::memory::Bursts::default(),
             idle_turns: Cell::new(0),
             idle_now: Cell::new(0),
             said_reclaim_budget: Cell::new(0),
@@ -510,8 +514,15 @@ impl Shard {
             shut: Cell::new(false),
             fresh: Cell::new(true),
         });
+        self.bursts.seen(self.conns.borrow().len());
         self.say_capacity();
         key
+    }
+
+    /// Whether a burst of connections has ended since memory was last
+    /// given back (`memory::Bursts::ended`): once per burst.
+    pub fn burst_ended(&self) -> bool {
+        self.bursts.ended(self.open_connections())
     }
 
     /// Forget a closed connection.

@@ -67,6 +67,22 @@ pub fn take_at_least(len: usize) -> Buffer {
     Buffer { v, kind: READ }
 }
 
+/// Fewest spares of each kind `shrink_spares` leaves.
+const KEPT_AFTER_BURST: usize = 16;
+
+/// Free the spares past `open` (the exchanges that may take one now; at
+/// least `KEPT_AFTER_BURST`), when a burst of connections has ended: they
+/// were for it, and the next burst makes its own (`memory`).
+pub fn shrink_spares(open: usize) {
+    let keep = open.clamp(KEPT_AFTER_BURST, KEPT);
+    SPARE.with(|s| {
+        for spares in s.borrow_mut().iter_mut() {
+            spares.truncate(keep);
+            spares.shrink_to_fit();
+        }
+    });
+}
+
 /// A buffer of nothing, which nothing allocated and no spare is kept of:
 /// to put where one was given back early.
 pub fn none() -> Buffer {
@@ -112,6 +128,21 @@ impl DerefMut for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a burst the spares go down to what may be taken now.
+    #[test]
+    fn a_burst_s_spares_are_let_go() {
+        let taken: Vec<Buffer> = (0..100).map(|_| take(1 << 10)).collect();
+        drop(taken);
+        let spares = || SPARE.with(|s| s.borrow()[READ].len());
+        assert!(spares() >= 100);
+        shrink_spares(3);
+        assert_eq!(spares(), KEPT_AFTER_BURST);
+        let taken: Vec<Buffer> = (0..100).map(|_| take(1 << 10)).collect();
+        drop(taken);
+        shrink_spares(40);
+        assert_eq!(spares(), 40);
+    }
 
     #[test]
     fn a_tunnel_takes_a_spare_whole_and_an_emptied_place_keeps_nothing() {

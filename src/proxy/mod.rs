@@ -25,7 +25,7 @@
 //! slow, and a retry would double the client's wait. 502 for a failed or
 //! bad upstream, 504 for a timeout, 503 when no server is usable.
 
-mod buffers;
+pub mod buffers;
 mod pool;
 mod relay;
 mod request;

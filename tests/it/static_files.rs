@@ -694,15 +694,6 @@ fn a_slashless_route_redirects_its_root_to_the_slash() {
     assert_eq!(fetch(&server, "/docs/readme.txt", "").text(), "read me\n");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_100_mib_file_streams_with_flat_memory() {
     let dir = Scratch::new("big");
@@ -718,7 +709,7 @@ fn a_100_mib_file_streams_with_flat_memory() {
         ),
     );
     let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
-    let before = rss_kib(server.pid());
+    let before = crate::util::rss_kib(server.pid());
     let mut s = server.connect();
     s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -733,7 +724,7 @@ fn a_100_mib_file_streams_with_flat_memory() {
         }
         total += n as u64;
         if total % (8 << 20) < n as u64 {
-            peak = peak.max(rss_kib(server.pid()));
+            peak = peak.max(crate::util::rss_kib(server.pid()));
             // Read slowly at first so the server has to hold back.
             if start.elapsed() < Duration::from_millis(300) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -1362,7 +1353,7 @@ fn a_large_gzipped_file_is_not_copied_per_connection() {
     assert_eq!(gunzip(&r.body), text.as_bytes());
     let compressed = r.body.len() as u64;
     assert!(compressed > 5 << 20, "{compressed}");
-    let before = rss_kib(server.pid());
+    let before = crate::util::rss_kib(server.pid());
     let idle: Vec<_> = (0..40)
         .map(|_| {
             // A small receive window: what the client does not read stays
@@ -1377,7 +1368,7 @@ fn a_large_gzipped_file_is_not_copied_per_connection() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(server.pid());
+    let after = crate::util::rss_kib(server.pid());
     assert!(
         after < before + 32 * 1024,
         "RSS grew from {before} KiB to {after} KiB with {} clients of a {compressed}-byte body",
