@@ -107,6 +107,7 @@ pub(super) fn finish_gather(
     render_reload(&mut text, reload);
     render_access_log(&mut text);
     render_identity(&mut text);
+    metrics::process::render(&mut text);
     render_apps(&mut text, &apps());
     for r in g.replies {
         let _ = r.try_send(text.clone());

@@ -4,6 +4,7 @@
 //! and sends a `Snapshot` when the master asks; the master merges snapshots
 //! and renders them. Nothing here is shared between shards.
 
+pub mod process;
 mod timings;
 mod upstream;
 
