@@ -142,6 +142,13 @@ impl<R> Child<R> {
         delay
     }
 
+    /// Starting it failed at `now` for a cause outside it (this process
+    /// out of descriptors): the next try is due after `delay`, its
+    /// back-off as it was.
+    pub fn start_deferred(&mut self, now: Instant, delay: Duration) {
+        self.due = Some(now + delay);
+    }
+
     /// The running incarnation ended at `now`; `ready` says since when it
     /// had served, if it had come to (else it died starting, which backs
     /// off like a failed start). Counts a restart and makes the next start
@@ -298,6 +305,21 @@ mod tests {
         }
         assert_eq!(c.replaced("v2", t0 + second), Some("v1"));
         assert_eq!(c.ended(t0 + 2 * second, Some(t0 + second)).1, second);
+    }
+
+    /// A start put off for a cause outside the child (this process out of
+    /// descriptors) is due after its delay, its back-off as it was: the
+    /// next failure of its own waits what it would have.
+    #[test]
+    fn a_start_put_off_keeps_the_back_off() {
+        let t0 = Instant::now();
+        let mut c: Child<()> = Child::new(t0);
+        assert_eq!(c.start_failed(t0), Duration::from_secs(1));
+        for _ in 0..5 {
+            c.start_deferred(t0, Duration::from_secs(1));
+        }
+        assert_eq!(c.due(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(c.start_failed(t0), Duration::from_secs(2));
     }
 
     #[test]

@@ -147,6 +147,14 @@ pub enum AppError {
     Thread(std::io::Error),
 }
 
+impl AppError {
+    /// A start that failed for want of this process's descriptors or
+    /// memory (or the system's), which no fault of the app's caused.
+    pub fn is_local(&self) -> bool {
+        matches!(self, AppError::Spawn { err, .. } if process::is_local_failure(err))
+    }
+}
+
 /// What an instance is to its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

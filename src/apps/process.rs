@@ -206,7 +206,11 @@ pub fn spawn(
             }
             _ => "",
         };
-        io::Error::new(e.kind(), format!("{program}{cwd}: {e}{hint}"))
+        let failure = StartFailure {
+            text: format!("{program}{cwd}: {e}{hint}"),
+            errno: e.raw_os_error(),
+        };
+        io::Error::new(e.kind(), failure)
     })?;
     let pid = child.id();
     let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
@@ -306,6 +310,36 @@ pub fn spawn(
         stopping,
         ended,
     })
+}
+
+/// A start that failed, in words (the program, where, why), with the
+/// system's error number kept: a limit of this process (out of
+/// descriptors) is told from the app's own fault by it.
+#[derive(Debug)]
+struct StartFailure {
+    text: String,
+    errno: Option<i32>,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for StartFailure {}
+
+/// Whether `e`, a failure to start an instance, is a limit of this process
+/// or of the system (descriptors, memory, processes) rather than the
+/// app's: it goes as connections close, and says nothing of the app.
+pub fn is_local_failure(e: &io::Error) -> bool {
+    let errno = e
+        .raw_os_error()
+        .or_else(|| e.get_ref()?.downcast_ref::<StartFailure>()?.errno);
+    matches!(
+        errno,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 /// The inode of pipe `fd` (what `/proc/PID/fd` links name `pipe:[N]`).
@@ -533,6 +567,31 @@ mod tests {
         );
         assert_eq!(lines[0], "a".repeat(MAX_LINE - 1) + " [cut]");
         assert_eq!(lines[1], "next");
+    }
+
+    /// Out of descriptors, memory or processes is this process's limit,
+    /// through the words a failed start is put in too; a missing program
+    /// is the app's.
+    #[test]
+    fn a_limit_of_this_process_is_told_from_the_app_s_fault() {
+        let worded = |errno: i32| {
+            let e = io::Error::from_raw_os_error(errno);
+            let failure = StartFailure {
+                text: format!("node: {e}"),
+                errno: e.raw_os_error(),
+            };
+            io::Error::new(e.kind(), failure)
+        };
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN] {
+            assert!(is_local_failure(&worded(errno)), "{errno}");
+            assert!(is_local_failure(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_local_failure(&worded(libc::ENOENT)));
+        assert!(!is_local_failure(&io::Error::other("no errno")));
+        assert_eq!(
+            worded(libc::EMFILE).to_string(),
+            format!("node: {}", io::Error::from_raw_os_error(libc::EMFILE))
+        );
     }
 
     #[test]

@@ -1042,3 +1042,48 @@ fn reload_always_rolls_out_new_code_under_the_same_settings() {
         "{log}"
     );
 }
+
+/// An instance that exits while coreserve is out of descriptors is tried
+/// again every second, not after a back-off that grows meanwhile (1, 2, 4,
+/// 8 … s): the failures are this process's limit, not the app's fault,
+/// and the app is up as soon as descriptors come back.
+#[test]
+fn a_start_that_fails_for_want_of_descriptors_does_not_back_off() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-emfile");
+    let conf = dir.write("app.toml", node_app("web", 1, "") + &proxied("/", "web"));
+    let mut cmd = command();
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(&conf);
+    crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 64);
+    let server = Server::spawn(cmd);
+    server.wait_for_log("app web[0] is ready");
+    let log = server.log();
+    let pid: i32 = log
+        .split("app web[0] started: pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    // Connections until coreserve takes no more: the rest wait in the
+    // backlog, and each one it can take takes a descriptor.
+    let conns: Vec<std::net::TcpStream> = (0..80).map(|_| server.connect()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) of the instance this server started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let tried = "(a limit of this process, not the app's fault); trying again in 1s";
+    let deadline = Instant::now() + WAIT;
+    while server.log().matches(tried).count() < 3 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    assert!(!log.contains("trying again in 2s"), "{log}");
+    drop(conns);
+    let deadline = Instant::now() + WAIT;
+    while server.log().matches("app web[0] is ready").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -27,6 +27,10 @@ use crate::signals;
 pub(super) use status::Board;
 
 /// How often starting instances are probed.
+/// How soon a start that failed for want of this process's descriptors
+/// (or memory) is tried again: a fixed second, not the app's back-off.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
+
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// How long an instance taken out of service keeps running at least before
 /// it is asked to stop: the shards have stopped sending it requests by
@@ -495,6 +499,19 @@ impl Manager {
                         slot.current.started(inst, now);
                     }
                     Err(e) if startup => return Err(e),
+                    // This process is out of descriptors (or the system
+                    // is): no fault of the app's, and gone as connections
+                    // close. Tried again in a second, its back-off as it
+                    // was, so the app is up as soon as the limit allows.
+                    Err(e) if e.is_local() => {
+                        self.apps[a].slots[i]
+                            .current
+                            .start_deferred(now, LOCAL_RETRY);
+                        error!(
+                            "{e} (a limit of this process, not the app's fault); trying again in {}s",
+                            LOCAL_RETRY.as_secs()
+                        );
+                    }
                     Err(e) => {
                         // `restart_as` kept: the next try falls back too.
                         let delay = self.apps[a].slots[i].current.start_failed(now);
