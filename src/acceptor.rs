@@ -3,8 +3,10 @@
 //! It waits in poll(2) on the listeners and an eventfd the master rings,
 //! accepts with accept4 whatever the kernel has queued, and deals the
 //! connections round-robin to the shards' hand-off queues, skipping a shard
-//! that is behind (its queue is full) or dead, and one that holds
-//! `max-connections` while another has room. When every live shard is
+//! that is dead, one that has not yet taken what it was dealt while
+//! another has (a shard busy or stalled gets no more than it holds), one
+//! whose queue is full, and one that holds `max-connections` while another
+//! has room. When every live shard is
 //! behind it stops accepting for a moment, so the kernel backlog absorbs the
 //! burst; with no shard alive a connection is closed at once (refused).
 //!
@@ -113,6 +115,12 @@ struct Dealer {
 /// The shards a round of dealing offers a connection to, in turn.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tier {
+    /// Those under `max-connections` that have taken every connection
+    /// dealt to them: one that has not (busy with a long computation, or
+    /// stalled) is passed over while another takes at once, as cluster's
+    /// master avoids overloading a worker, not dealt every other
+    /// connection until its queue is full.
+    Drained,
     /// Those under `max-connections`.
     Room,
     /// Those at it that hold a connection waiting for a request, which
@@ -135,18 +143,20 @@ impl Dealer {
     fn deal(&mut self, conn: Accepted) -> Dealt {
         let n = self.shards.len();
         let mut conn = conn;
-        // First the shards with room; when every one holds
+        // First the shards with room that have taken all they were dealt,
+        // then those with room; when every one holds
         // `max-connections`, those that would close an idle connection to
         // make room (no more than they hold); then any that is not behind
         // (it answers 503). One with room that is only behind is waited
         // for (a pause), not passed over for one that cannot take it.
-        for tier in [Tier::Room, Tier::Reclaim, Tier::Any] {
+        for tier in [Tier::Drained, Tier::Room, Tier::Reclaim, Tier::Any] {
             let mut live = 0;
             let mut roomy_behind = false;
             for k in 0..n {
                 let i = (self.next + k) % n;
                 let Some(tx) = &self.shards[i] else { continue };
                 let takes = match tier {
+                    Tier::Drained => tx.has_room() && tx.is_drained(),
                     Tier::Room => tx.has_room(),
                     Tier::Reclaim => tx.can_reclaim(),
                     Tier::Any => true,
@@ -426,6 +436,25 @@ mod tests {
         for rx in [&rxs[0], &rx1, &rxs[2]] {
             assert_eq!(queued(rx), 1);
         }
+    }
+
+    /// A shard that has not taken what it was dealt (busy, or stalled) is
+    /// passed over while another takes each connection at once: it holds
+    /// one, not every other connection until its queue is full. Both
+    /// behind, they are dealt to in turn.
+    #[test]
+    fn a_shard_that_has_not_taken_its_last_is_passed_over() {
+        let (mut d, rxs) = dealer(2, 32);
+        let mut took = 0;
+        for _ in 0..10 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+            took += queued(&rxs[1]);
+        }
+        assert_eq!((queued(&rxs[0]), took), (1, 9));
+        for _ in 0..4 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!(rxs.iter().map(queued).collect::<Vec<_>>(), [2, 2]);
     }
 
     /// A shard that holds `max-connections` is passed over while another

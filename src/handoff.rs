@@ -127,6 +127,12 @@ impl Sender {
         }
     }
 
+    /// Whether the shard has taken every connection dealt to it (its
+    /// queue is empty): two atomic loads.
+    pub fn is_drained(&self) -> bool {
+        self.0.queue.is_empty()
+    }
+
     /// Whether the shard has room for one more connection than were dealt
     /// to it (`Capacity`).
     pub fn has_room(&self) -> bool {

@@ -859,6 +859,18 @@ fn inject_fault(fault: &str, mut res: ResponseWriter<'_>) -> Outcome {
             res.begin(Status::OK);
             res.body("text/plain", b"killing this shard\n");
         }
+        "stall" => {
+            // The shard's thread stops for 3 s after answering (a long
+            // computation that never yields, or a stopped thread), its
+            // tasks and its queue of new connections with it.
+            glommio::spawn_local(async {
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            })
+            .detach();
+            res.begin(Status::OK);
+            res.body("text/plain", b"stalling this shard\n");
+        }
         _ => {
             res.begin(Status::NOT_FOUND);
             res.body("text/plain", b"unknown fault\n");

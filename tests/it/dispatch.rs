@@ -301,3 +301,41 @@ fn several_listen_addresses() {
         assert_eq!(r.status, 200);
     }
 }
+
+/// A shard whose thread stops (a computation that never yields) is dealt
+/// one new connection, not every other one: the master passes over a
+/// shard that has not taken what it was dealt while another takes each at
+/// once, as cluster's master avoids overloading a worker. Clients arriving
+/// one after another during the stall are served by the other shard.
+#[test]
+fn a_stalled_shard_is_dealt_no_more_than_it_holds() {
+    let server = Server::start(&["--shards", "2"]);
+    assert!(server
+        .exchange(b"GET /__fault/stall HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .starts_with("HTTP/1.1 200 "));
+    let stalled_at = std::time::Instant::now();
+    // Ten clients, 20 ms apart, well within the 3 s stall.
+    let conns: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let s = server.connect();
+            (&s).write_all(CLOSE).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            s
+        })
+        .collect();
+    let mut waiting = 0;
+    for s in &conns {
+        // Answered long before the stall ends, or stuck behind it.
+        let left = std::time::Duration::from_millis(1500).saturating_sub(stalled_at.elapsed());
+        s.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .unwrap();
+        let mut first = [0u8; 12];
+        if std::io::Read::read_exact(&mut &*s, &mut first).is_err() {
+            waiting += 1;
+        }
+    }
+    assert!(
+        waiting <= 2,
+        "{waiting} of 10 clients waited for the stalled shard"
+    );
+}
