@@ -70,6 +70,13 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
 
     if shard.at_capacity() && !shard.reclaim_idle() {
         shard.count(|s| s.refused += 1);
+        if let Some(held) = shard.refusal_lines().admit(Instant::now()) {
+            log::warn!(
+                "shard {}: max-connections ({}) reached, none of them idle to close: a new connection refused (503, or closed over HTTPS){held}",
+                shard.id(),
+                limits.max_connections
+            );
+        }
         // A TLS client could not read a plain 503: it is only closed; so is
         // one past the 503s under way (each holds a descriptor).
         let Some(_refusal) = (scheme == Scheme::Http).then(|| shard.refusal()).flatten() else {

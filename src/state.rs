@@ -155,6 +155,8 @@ pub struct Shard {
     access_log: Option<Rc<AccessLogger>>,
     /// The lines about connections closed for their PROXY protocol header.
     proxy_protocol_lines: Throttle,
+    /// The lines about connections refused at `max-connections`.
+    refusal_lines: Throttle,
     conns: RefCell<Slab<ConnEntry>>,
     /// The most connections open at once since memory was last given
     /// back (`memory::Bursts`).
@@ -239,6 +241,7 @@ impl Shard {
             fresh_until: Cell::new(None),
             access_log: log.map(Rc::new),
             proxy_protocol_lines: Throttle::default(),
+            refusal_lines: Throttle::default(),
             conns: RefCell::new(Slab::new()),
             bursts: crate::memory::Bursts::default(),
             idle_turns: Cell::new(0),
@@ -360,6 +363,13 @@ impl Shard {
     /// a load balancer that does not send one fails every connection.
     pub fn proxy_protocol_lines(&self) -> &Throttle {
         &self.proxy_protocol_lines
+    }
+
+    /// Its lines about connections refused at `max-connections`: an
+    /// overload refuses thousands a second, and the operator must hear of
+    /// it without a line each.
+    pub fn refusal_lines(&self) -> &Throttle {
+        &self.refusal_lines
     }
 
     /// The shard's id.

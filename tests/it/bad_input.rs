@@ -592,6 +592,16 @@ fn a_flood_past_the_limit_is_answered_a_few_at_a_time() {
     let closed = answers.iter().filter(|a| a.is_empty()).count();
     assert_eq!(refused + closed, 40, "{answers:?}");
     assert!((1..=16).contains(&refused), "{refused} answered 503");
+    // The operator is told, not with a line each: one, then, at the next
+    // refusal a second later, how many more there were.
+    let said = "shard 0: max-connections (1) reached, none of them idle to close";
+    let log = server.log();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut late = server.connect();
+    late.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = late.read_to_end(&mut Vec::new());
+    server.wait_for_log("(39 more since the last report)");
 }
 
 /// A HEAD past `max-connections` gets its 503 without a body (its
