@@ -77,13 +77,27 @@ impl Manager {
                 }
                 Err(e) => {
                     let slot = &mut self.apps[a].slots[i];
+                    // A rolling reload's, or one past `max-memory`.
+                    let what = if slot.oversized {
+                        "the replacement past max-memory"
+                    } else {
+                        "the rolling reload"
+                    };
+                    // Out of this process's descriptors: no fault of the
+                    // new settings, tried again in a second, the back-off
+                    // as it was (as a restart is).
+                    if e.is_local() {
+                        slot.replace_at = Some(now + super::LOCAL_RETRY);
+                        error!(
+                            "{e} (a limit of this process, not the app's fault); {what} tries again in {}s",
+                            super::LOCAL_RETRY.as_secs()
+                        );
+                        continue;
+                    }
                     let delay = slot.replace_backoff.start_failed();
                     slot.replace_at = Some(now + delay);
                     slot.replacement_failed = true;
-                    error!(
-                        "{e}; the rolling reload tries again in {}s",
-                        delay.as_secs()
-                    );
+                    error!("{e}; {what} tries again in {}s", delay.as_secs());
                 }
             }
         }
