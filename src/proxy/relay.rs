@@ -128,6 +128,8 @@ pub(super) fn heard(
                 Heard::Final
             } else if start.len() >= max_head {
                 Heard::Bad(BadHead::TooLarge)
+            } else if let Some(e) = refused_early(start, max_head) {
+                Heard::Bad(BadHead::Invalid(e))
             } else {
                 Heard::Partial { interim: false }
             };
@@ -155,6 +157,20 @@ pub(super) fn heard(
         rbuf.copy_within(len..*filled, 0);
         *filled -= len;
     }
+}
+
+/// The error a final response head not yet whole already earns: what its
+/// whole lines, or a bare CR (which no byte to come makes a line end),
+/// show wrong. Answered now (502), as nginx does, not at `read-timeout`
+/// (504, a minute by default, its cause unsaid). Looked at only while a
+/// head comes in pieces, which a healthy app's rarely does.
+fn refused_early(start: &[u8], max_head: usize) -> Option<UpstreamError> {
+    let end = match crate::http::parse::bare_cr(start, 0) {
+        Some(cr) => cr + 2,
+        None => memchr::memrchr(b'\n', start)? + 1,
+    };
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    parse_response(&start[..end], &mut fields, max_head, Asked { head: false }).err()
 }
 
 /// Whether `head` holds the empty line that ends a head (CRLF or, as
@@ -962,6 +978,35 @@ mod tests {
         assert!(!switch_asked(b"websocket", Some(b"websocket, h2c")));
         assert!(!switch_asked(b"websocket", Some(b"")));
         assert!(!switch_asked(b"websocket", None));
+    }
+
+    /// A final head not yet whole is refused as soon as its whole lines,
+    /// or a bare CR, show it bad, not at read-timeout; one that may still
+    /// end well waits.
+    #[test]
+    fn a_head_in_pieces_is_refused_as_soon_as_it_shows_bad() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\rok"[..],
+            b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Le",
+            b"HTTP/1.1 200 OK\r\nBad Name: a\r\nContent-Le",
+            b"HTTP/1.1 200 OK\rX",
+        ] {
+            assert!(
+                matches!(hear(bad).0, Heard::Bad(BadHead::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        for partial in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r",
+            b"HTTP/1.1 200 OK\r\nX-A: a",
+        ] {
+            assert_eq!(
+                hear(partial).0,
+                Heard::Partial { interim: false },
+                "{partial:?}"
+            );
+        }
     }
 
     #[test]
