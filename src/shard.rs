@@ -454,6 +454,7 @@ async fn run(spec: ShardSpec) {
     // `server.close()` waits for every connection): the drain's start
     // closed the idle ones, and none is kept since; this makes sure.
     shard.upstreams().close_idle();
+    shard.upstreams().flush_lines();
     if let Some(log) = shard.access_log() {
         log.flush_all().await;
     }

@@ -70,6 +70,13 @@ impl Throttle {
     pub fn holds(&self) -> bool {
         self.held.get() > 0
     }
+
+    /// The lines held back, to be said now whatever the time (the server
+    /// stops): their count, which starts over. None when there are none.
+    pub fn take_held(&self) -> Option<Held> {
+        let n = self.held.replace(0);
+        (n > 0).then_some(Held(n))
+    }
 }
 
 /// Lines about one thing through a `Throttle`, the first one held back
@@ -128,14 +135,27 @@ impl ThrottledLines {
     /// `EVERY` has passed since a line went out and none came to say them.
     /// Returns whether lines are still held (to flush later).
     pub fn flush(&self, now: Instant) -> bool {
-        let Some(Held(n)) = self.throttle.overdue(now) else {
+        let Some(held) = self.throttle.overdue(now) else {
             return self.throttle.holds();
         };
+        self.say(held);
+        false
+    }
+
+    /// Say the lines held back now, whatever the time: the server stops,
+    /// and what it held would be lost.
+    pub fn flush_all(&self) {
+        if let Some(held) = self.throttle.take_held() {
+            self.say(held);
+        }
+    }
+
+    /// Say the first line held back and the count of the others.
+    fn say(&self, Held(n): Held) {
         self.kept.set(false);
         if let Some((level, text)) = self.held.borrow().as_ref() {
             log::log!(target: self.target, *level, "{text}{}", Held(n - 1));
         }
-        false
     }
 
     /// The throttle the lines go through.

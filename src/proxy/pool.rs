@@ -422,6 +422,18 @@ impl Upstreams {
         left
     }
 
+    /// Say every server's log lines held back, whatever the time: the
+    /// shard stops, and they would be lost.
+    pub fn flush_lines(&self) {
+        let groups = self.groups.borrow();
+        let listed = groups.values().flat_map(|g| g.servers.iter());
+        let retired = self.retired.borrow();
+        for s in listed.chain(retired.iter().map(|(_, s, _)| s)) {
+            s.warnings.flush_all();
+            s.notes.flush_all();
+        }
+    }
+
     /// Close every idle connection (a shutdown).
     pub fn close_idle(&self) {
         for g in self.groups.borrow().values() {

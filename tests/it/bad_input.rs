@@ -599,7 +599,8 @@ fn a_flood_past_the_limit_is_answered_a_few_at_a_time() {
     assert_eq!(log.matches(said).count(), 1, "{log}");
     std::thread::sleep(Duration::from_millis(1100));
     let mut late = server.connect();
-    late.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    late.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let _ = late.read_to_end(&mut Vec::new());
     server.wait_for_log("(39 more since the last report)");
 }

@@ -764,6 +764,13 @@ fn a_server_that_is_down_is_not_a_warning_per_request() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(told(&proxy.server.log()), 30, "{}", proxy.server.log());
+    // Those held back when the server stops are told as it stops.
+    for i in 0..5 {
+        let r = proxy.get(&format!("GET /late{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(r.status, 502, "request {i}");
+    }
+    let log = proxy.server.stop();
+    assert_eq!(told(&log), 35, "{log}");
 }
 
 /// A server that answers and then cuts its response short is not taken
