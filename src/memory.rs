@@ -13,7 +13,7 @@ use std::cell::Cell;
 
 /// Fewest connections a burst must have reached for its end to be worth
 /// a release: below it, what was freed is little, and kept for the next.
-pub const BURST: usize = 256;
+pub const BURST: usize = 128;
 
 /// A shard's record of its connections since it last released memory.
 #[derive(Debug, Default)]
@@ -67,7 +67,7 @@ mod tests {
     #[test]
     fn a_burst_that_ends_asks_once() {
         let b = Bursts::default();
-        for open in [10, 100, 200] {
+        for open in [10, 100, 120] {
             b.seen(open);
         }
         assert!(!b.ended(0), "too small to be worth it");
@@ -78,7 +78,7 @@ mod tests {
         assert!(!b.ended(400), "asked once");
         assert!(b.ended(100), "the rest of it gone");
         assert!(!b.ended(0), "too small");
-        b.seen(300);
+        b.seen(200);
         assert!(b.ended(10), "the next burst");
     }
 }

@@ -293,13 +293,37 @@ fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
 }
 
 /// An HTTP date, read as nginx reads one: what follows a `;` (old
-/// browsers' `; length=…`) is no part of it, and `UTC` is `GMT`.
+/// browsers' `; length=…`) is no part of it; a date httpdate refuses is
+/// read for its day, month, year and time alone, whatever its weekday, its
+/// spacing, its zone (`UTC`, `+0000`, none: GMT) or the text after it.
 fn parse_date(s: &str) -> Option<SystemTime> {
     let s = s.split(';').next().unwrap_or(s).trim();
-    match s.strip_suffix(" UTC") {
-        Some(day) => httpdate::parse_http_date(&format!("{day} GMT")).ok(),
-        None => httpdate::parse_http_date(s).ok(),
+    if let Ok(t) = httpdate::parse_http_date(s) {
+        return Some(t);
     }
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let at = words.iter().position(|w| is_time_of_day(w))?;
+    let [day, month, year] = words.get(at.checked_sub(3)?..at)? else {
+        return None;
+    };
+    let time = words[at];
+    // The weekday httpdate insists on is the date's own: whichever of the
+    // seven it takes.
+    ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        .iter()
+        .find_map(|weekday| {
+            let date = format!("{weekday}, {day:0>2} {month} {year} {time} GMT");
+            httpdate::parse_http_date(&date).ok()
+        })
+}
+
+/// Whether `w` is a time of day as a date writes it, `08:49:37`.
+fn is_time_of_day(w: &str) -> bool {
+    let b = w.as_bytes();
+    b.len() == 8
+        && b[2] == b':'
+        && b[5] == b':'
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -478,9 +502,22 @@ mod tests {
             Decision::Full
         );
         assert_eq!(decide(&i, &c(None, Some(&lm)), true), Decision::NotModified);
-        // As nginx reads it: an old browser's `; length=`, `UTC` for GMT.
-        let utc = lm.replace("GMT", "UTC");
-        for old_style in [format!("{lm}; length=100"), format!("{lm};length=3"), utc] {
+        // As nginx reads it: an old browser's `; length=`, `UTC` for GMT,
+        // no zone, two spaces, text after it, another weekday.
+        let (weekday, rest) = lm.split_once(", ").unwrap();
+        let other_day = if weekday == "Mon" { "Tue" } else { "Mon" };
+        let no_zone = lm.trim_end_matches(" GMT").to_string();
+        for old_style in [
+            format!("{lm}; length=100"),
+            format!("{lm};length=3"),
+            lm.replace("GMT", "UTC"),
+            lm.replace("GMT", "+0000"),
+            no_zone.clone(),
+            format!("{weekday},  {rest}"),
+            format!("{lm} junk"),
+            format!("{other_day}, {rest}"),
+            no_zone[5..].to_string(),
+        ] {
             let c = c(None, Some(&old_style));
             assert_eq!(decide(&i, &c, true), Decision::NotModified, "{old_style}");
         }
