@@ -50,9 +50,7 @@ impl Throttle {
         self.last.set(Some(now));
         Some(Held(self.held.replace(0)))
     }
-}
 
-impl Throttle {
     /// Lines held back that no line let through has said, `EVERY` after
     /// the last one went out: their count, to be said now (as a line let
     /// through at `now`: the count starts over). None when there are none,
