@@ -301,8 +301,16 @@ fn parse_date(s: &str) -> Option<SystemTime> {
     if let Ok(t) = httpdate::parse_http_date(s) {
         return Some(t);
     }
-    let words: Vec<&str> = s.split_whitespace().collect();
+    let words: Vec<&str> = s
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(','))
+        .collect();
     let at = words.iter().position(|w| is_time_of_day(w))?;
+    // One date: two (a field sent twice, its lines joined) are no date
+    // (RFC 9110 §13.1.3).
+    if words[at + 1..].iter().any(|w| is_time_of_day(w)) {
+        return None;
+    }
     let [day, month, year] = words.get(at.checked_sub(3)?..at)? else {
         return None;
     };
@@ -520,6 +528,14 @@ mod tests {
         ] {
             let c = c(None, Some(&old_style));
             assert_eq!(decide(&i, &c, true), Decision::NotModified, "{old_style}");
+        }
+        // Sent twice, its lines joined: no date, however each is spelled.
+        for twice in [format!("{lm}, {lm}"), format!("{no_zone}, {no_zone}")] {
+            assert_eq!(
+                decide(&i, &c(None, Some(&twice)), true),
+                Decision::Full,
+                "{twice}"
+            );
         }
         let earlier = httpdate::fmt_http_date(i.modified() - std::time::Duration::from_secs(5));
         assert_eq!(decide(&i, &c(None, Some(&earlier)), true), Decision::Full);
