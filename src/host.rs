@@ -410,6 +410,16 @@ fn raise(resource: libc::__rlimit_resource_t, which: &'static str) -> Result<u64
     Ok(lim.rlim_cur)
 }
 
+/// Whether a system call failed for want of this process's resources or
+/// the system's (descriptors, buffers, memory), which no peer caused and no
+/// other peer would change: a limit to wait out, not a fault to count.
+pub fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// What ENOMEM from io_uring means, said to the operator.
 pub const LOCKED_MEMORY_HINT: &str = "io_uring could not lock memory: its rings count against this user's locked-memory limit (ulimit -l, LimitMEMLOCK=) with those of every other process of the user, and an instance that has just stopped holds its share for a moment after it exits; raise the limit, or start again";
 

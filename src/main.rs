@@ -354,7 +354,13 @@ fn init_logging(serving: bool) {
 /// `debg` at every level, and so turns every other line off, errors too.
 fn misspelled_level(filter: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    const TARGETS: [&str; 5] = ["coreserve", "rustls", "glommio", "app_output", "listening"];
+    const TARGETS: [&str; 5] = [
+        "coreserve",
+        "rustls",
+        "glommio",
+        coreserve::apps::OUTPUT_TARGET,
+        coreserve::master::LISTENING_TARGET,
+    ];
     let directives = filter.split('/').next().unwrap_or("");
     for word in directives
         .split(',')

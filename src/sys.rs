@@ -71,6 +71,18 @@ fn done(n: libc::c_long) -> io::Result<usize> {
     }
 }
 
+/// The inode of what descriptor `fd` is open to (a socket, a pipe: what
+/// `/proc/PID/fd` links name `socket:[N]`, `pipe:[N]`).
+pub fn inode(fd: RawFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` when it returns 0; it is read only then.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0.
+    Ok(unsafe { st.assume_init() }.st_ino)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,12 +88,9 @@ pub struct ThrottledLines {
     /// line logged there would have: `RUST_LOG` filters by it).
     target: &'static str,
     /// The first line held back since one went out, and its level (the
-    /// buffer reused).
+    /// buffer reused). Only that one is formatted: a server that is down
+    /// fails every request, and a line costs a format once a second.
     held: RefCell<Option<(log::Level, String)>>,
-    /// Whether `held` is a line held back since one went out: only that
-    /// one is formatted (a server that is down fails every request, and
-    /// each line costs a format only once a second).
-    kept: Cell<bool>,
 }
 
 impl ThrottledLines {
@@ -103,7 +100,6 @@ impl ThrottledLines {
             throttle: Throttle::default(),
             target,
             held: RefCell::new(None),
-            kept: Cell::new(false),
         }
     }
 
@@ -115,11 +111,11 @@ impl ThrottledLines {
             return;
         }
         if let Some(held) = self.throttle.admit(now) {
-            self.kept.set(false);
             log::log!(target: self.target, level, "{message}{held}");
             return;
         }
-        if self.kept.replace(true) {
+        // Not the first held back since a line went out.
+        if self.throttle.held.get() > 1 {
             return;
         }
         let mut held = self.held.borrow_mut();
@@ -150,7 +146,6 @@ impl ThrottledLines {
 
     /// Say the first line held back and the count of the others.
     fn say(&self, Held(n): Held) {
-        self.kept.set(false);
         if let Some((level, text)) = self.held.borrow().as_ref() {
             log::log!(target: self.target, *level, "{text}{}", Held(n - 1));
         }

@@ -15,7 +15,7 @@
 
 mod address;
 mod manager;
-mod proc_table;
+pub mod proc_table;
 mod process;
 mod reaper;
 

@@ -20,6 +20,10 @@ pub struct Stat {
     /// When it started, in clock ticks since boot: with the pid, what
     /// tells it from a later process given the same pid.
     pub start: u64,
+    /// Its user and system CPU time, in clock ticks.
+    pub cpu: u64,
+    /// Its virtual memory size, in bytes.
+    pub vsize: u64,
     /// Its resident memory, in pages.
     pub rss: u64,
 }
@@ -33,16 +37,22 @@ impl Stat {
         let state = *f.next()?.as_bytes().first()?;
         let parent = f.next()?.parse().ok()?;
         let group = f.next()?.parse().ok()?;
-        // session, tty, tpgid, flags, 4 fault counts, 4 times, priority,
-        // nice, threads, itrealvalue: 16 fields, then the start time.
-        let start = f.nth(16)?.parse().ok()?;
-        // The virtual size, then the resident set.
-        let rss = f.nth(1)?.parse().ok()?;
+        // session, tty, tpgid, flags, 4 fault counts: 8 fields, then its
+        // user and system times.
+        let user: u64 = f.nth(8)?.parse().ok()?;
+        let system: u64 = f.next()?.parse().ok()?;
+        // Its children's 2 times, priority, nice, threads, itrealvalue: 6
+        // fields, then the start time.
+        let start = f.nth(6)?.parse().ok()?;
+        let vsize = f.next()?.parse().ok()?;
+        let rss = f.next()?.parse().ok()?;
         Some(Stat {
             state,
             parent,
             group,
             start,
+            cpu: user + system,
+            vsize,
             rss,
         })
     }
@@ -338,6 +348,8 @@ mod tests {
                 parent: 1,
                 group: 7,
                 start: 987,
+                cpu: 8,
+                vsize: 123,
                 rss: 45,
             }
         );

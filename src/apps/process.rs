@@ -230,7 +230,7 @@ pub fn spawn(
     ]
     .into_iter()
     .flatten()
-    .filter_map(pipe_inode)
+    .filter_map(|fd| crate::sys::inode(fd).ok())
     .collect();
     if let Some(out) = child.stdout.take() {
         let asked = stopping.clone();
@@ -336,18 +336,10 @@ pub fn is_local_failure(e: &io::Error) -> bool {
     let errno = e
         .raw_os_error()
         .or_else(|| e.get_ref()?.downcast_ref::<StartFailure>()?.errno);
-    matches!(
-        errno,
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
-    )
-}
-
-/// The inode of pipe `fd` (what `/proc/PID/fd` links name `pipe:[N]`).
-fn pipe_inode(fd: std::os::fd::RawFd) -> Option<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat(2) on a descriptor the child handle owns; `st` is
-    // filled when it returns 0.
-    (unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0).then(|| unsafe { st.assume_init() }.st_ino)
+    // fork's EAGAIN too: the user's process limit.
+    errno.is_some_and(|n| {
+        n == libc::EAGAIN || crate::host::out_of_resources(&io::Error::from_raw_os_error(n))
+    })
 }
 
 /// How much of `line`, cut at an arbitrary byte, holds whole characters:

@@ -415,31 +415,31 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
                 .listen
                 .is_some_and(|m| same_listener(a, m) || taken(m))
         });
-    let admin = match (config.metrics.listen, passed_metrics) {
-        (Some(_), Some(passed)) => Some(passed),
-        (addr, _) => match addr {
-            // A scrape now and then: the kernel's default is fine there.
-            Some(addr) => match listener::bind_exclusive(addr, false) {
-                Ok(l) => {
-                    let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
-                    Some((l, bound))
-                }
-                // Nobody asked for this port: another instance (or anything
-                // else) on it must not keep this one from serving.
-                Err(e)
-                    if config.metrics.listen_is_default
-                        && e.err.kind() == std::io::ErrorKind::AddrInUse =>
-                {
-                    warn!(
-                        "metrics: the default address {addr} is in use, so this instance serves \
+    // One passed on by the process before (a SIGUSR2 upgrade) is one the
+    // file names (the filter above).
+    let admin = match (passed_metrics, config.metrics.listen) {
+        (Some(passed), _) => Some(passed),
+        (None, None) => None,
+        // A scrape now and then: the kernel's default is fine there.
+        (None, Some(addr)) => match listener::bind_exclusive(addr, false) {
+            Ok(l) => {
+                let bound = l.local_addr().map_err(|err| BindError { addr, err })?;
+                Some((l, bound))
+            }
+            // Nobody asked for this port: another instance (or anything
+            // else) on it must not keep this one from serving.
+            Err(e)
+                if config.metrics.listen_is_default
+                    && e.err.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                warn!(
+                    "metrics: the default address {addr} is in use, so this instance serves \
                      no metrics; set [metrics] listen (or --metrics-listen) to another \
                      address, 127.0.0.1:0 for any free port, or \"off\""
-                    );
-                    None
-                }
-                Err(e) => return Err(MasterError::MetricsBind(e)),
-            },
-            None => None,
+                );
+                None
+            }
+            Err(e) => return Err(MasterError::MetricsBind(e)),
         },
     };
     // Copies of the listeners no shard owns, for a binary upgrade to pass

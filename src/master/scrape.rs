@@ -107,7 +107,14 @@ pub(super) fn finish_gather(
     render_reload(&mut text, reload);
     render_access_log(&mut text);
     render_identity(&mut text);
-    metrics::process::render(&mut text);
+    let own = crate::apps::proc_table::Stat::read(std::process::id());
+    let stat = own.map(|s| metrics::process::Stat {
+        cpu_ticks: s.cpu,
+        start_ticks: s.start,
+        vsize: s.vsize,
+        rss_pages: s.rss,
+    });
+    metrics::process::render(&mut text, stat);
     render_apps(&mut text, &apps());
     for r in g.replies {
         let _ = r.try_send(text.clone());

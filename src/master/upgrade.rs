@@ -33,23 +33,12 @@ pub struct Handover {
     inodes: Vec<u64>,
 }
 
-/// The inode of the socket behind `fd`.
-fn inode(fd: RawFd) -> io::Result<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills `st` when it returns 0; it is read only then.
-    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstat returned 0.
-    Ok(unsafe { st.assume_init() }.st_ino)
-}
-
 impl Handover {
     /// Keep a copy of `socket` to pass on under `name`; once (each shard
     /// of reuseport dispatch holds a copy of a socket systemd passed).
     pub fn keep(&mut self, socket: &impl std::os::fd::AsFd, name: &'static str) -> io::Result<()> {
         let fd = socket.as_fd();
-        let ino = inode(fd.as_raw_fd())?;
+        let ino = crate::sys::inode(fd.as_raw_fd())?;
         if !self.inodes.contains(&ino) {
             self.inodes.push(ino);
             self.fds.push((fd.try_clone_to_owned()?, name));

@@ -289,15 +289,6 @@ impl Served {
     }
 }
 
-/// Whether a connect failed for want of this process's resources (its
-/// descriptors, the system's, memory), which no other server would change.
-fn is_local(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 /// The exchange itself: servers tried in turn, the answer relayed.
 async fn forward(
     job: &ProxyJob,
@@ -477,7 +468,7 @@ async fn forward(
         };
         let mut up = match connected {
             Ok(s) => s,
-            Err(e) if is_local(&e) => {
+            Err(e) if crate::host::out_of_resources(&e) => {
                 server.log(
                     log::Level::Error,
                     Instant::now(),

@@ -165,10 +165,7 @@ pub(super) fn heard(
 /// (504, a minute by default, its cause unsaid). Looked at only while a
 /// head comes in pieces, which a healthy app's rarely does.
 fn refused_early(start: &[u8], max_head: usize) -> Option<UpstreamError> {
-    let end = match crate::http::parse::bare_cr(start, 0) {
-        Some(cr) => cr + 2,
-        None => memchr::memrchr(b'\n', start)? + 1,
-    };
+    let end = crate::http::parse::judgeable(start)?;
     let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
     parse_response(&start[..end], &mut fields, max_head, Asked { head: false }).err()
 }

@@ -26,11 +26,11 @@ use crate::config::{AppConfig, ServerAddr, StopSignal};
 use crate::signals;
 pub(super) use status::Board;
 
-/// How often starting instances are probed.
 /// How soon a start that failed for want of this process's descriptors
 /// (or memory) is tried again: a fixed second, not the app's back-off.
 const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
+/// How often starting instances are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// How long an instance taken out of service keeps running at least before
 /// it is asked to stop: the shards have stopped sending it requests by

@@ -878,10 +878,10 @@ async fn serve(
                         res.header("Content-Encoding", enc.as_bytes());
                     }
                     let framing = reply::Multipart::new(&parts, info.size, info.content_type);
+                    // One of them, as the decision above made sure.
                     let source = match (&info.body, &info.file) {
                         (Some(body), _) => Some(Source::Memory(body.clone())),
-                        (None, Some(file)) => Some(Source::File(file.clone())),
-                        (None, None) => None,
+                        (None, file) => file.clone().map(Source::File),
                     };
                     match source {
                         // Small: the whole body made here, sent with the
@@ -889,22 +889,14 @@ async fn serve(
                         Some(Source::Memory(body))
                             if framing.len <= fs::SMALL_FILE && !rc.head_only =>
                         {
-                            let mut whole = Vec::with_capacity(framing.len as usize);
-                            for (head, &(start, end)) in framing.heads.iter().zip(&parts) {
-                                whole.extend_from_slice(head);
-                                whole.extend_from_slice(&body[start as usize..=end as usize]);
-                            }
-                            whole.extend_from_slice(&framing.close);
-                            res.body(&framing.content_type, &whole);
+                            res.body(&framing.content_type, &framing.assemble(&parts, &body));
                         }
-                        Some(source) => {
+                        source => {
                             res.sized(&framing.content_type, framing.len);
-                            if !rc.head_only {
+                            if let Some(source) = source.filter(|_| !rc.head_only) {
                                 rest = Some(Rest::Parts(source, parts, framing));
                             }
                         }
-                        // Not reached: made the whole file above.
-                        None => res.sized(&framing.content_type, 0),
                     }
                 }
             }

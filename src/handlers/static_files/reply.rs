@@ -270,6 +270,18 @@ impl Multipart {
             len: bytes.saturating_add(framing as u64),
         }
     }
+
+    /// The whole body of `parts` of `file` (all of its bytes), to send at
+    /// once: for a small file the shard holds.
+    pub fn assemble(&self, parts: &[(u64, u64)], file: &[u8]) -> Vec<u8> {
+        let mut whole = Vec::with_capacity(self.len as usize);
+        for (head, &(start, end)) in self.heads.iter().zip(parts) {
+            whole.extend_from_slice(head);
+            whole.extend_from_slice(&file[start as usize..=end as usize]);
+        }
+        whole.extend_from_slice(&self.close);
+        whole
+    }
 }
 
 /// Whether a list of entity tags (or `*`) matches `etag`.

@@ -243,14 +243,7 @@ impl HeadScanner {
 /// may still become a good head (a later HTTP/1 minor version is one: the
 /// session reads it as 1.1).
 pub fn refused_early(buf: &[u8], limits: &HeadLimits) -> Option<ParseError> {
-    // Through the last line feed, or through a bare CR and the byte after
-    // it, which no byte to come makes a line end (RFC 9112 §2.2): the line
-    // is refused now, as httparse refuses it in a whole head.
-    let end = match bare_cr(buf, 0) {
-        Some(cr) => cr + 2,
-        None => memchr::memrchr(b'\n', buf)? + 1,
-    };
-    let buf = &buf[..end];
+    let buf = &buf[..judgeable(buf)?];
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS_LIMIT];
     let max = limits.max_headers.min(MAX_HEADERS_LIMIT);
     let mut req = httparse::Request::new(&mut []);
@@ -258,6 +251,18 @@ pub fn refused_early(buf: &[u8], limits: &HeadLimits) -> Option<ParseError> {
         Ok(_) => None,
         Err(httparse::Error::Version) if later_minor(buf).is_some() => None,
         Err(e) => Some(map_httparse_error(e, buf)),
+    }
+}
+
+/// How much of a head not yet whole can be judged now (a request's or an
+/// upstream's response's): through its last line feed, or through a bare
+/// CR and the byte after it, which no byte to come makes a line end (RFC
+/// 9112 §2.2), so that the line is refused now, as httparse refuses it in
+/// a whole head. None while no line has ended.
+pub fn judgeable(buf: &[u8]) -> Option<usize> {
+    match bare_cr(buf, 0) {
+        Some(cr) => Some(cr + 2),
+        None => Some(memchr::memrchr(b'\n', buf)? + 1),
     }
 }
 
