@@ -5,6 +5,8 @@
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
+use crate::transport::Room;
+
 /// Buffers kept per shard and kind: enough for the exchanges of a busy
 /// shard.
 const KEPT: usize = 256;
@@ -125,6 +127,82 @@ impl DerefMut for Buffer {
     }
 }
 
+/// A response's read buffer, held only while a read fills it or bytes sit
+/// in it: an exchange waiting on its upstream (an app taking seconds, a
+/// quiet event stream) holds none, and a shard with thousands of them
+/// does not hold a buffer each. Taking and giving back is a spare's move,
+/// nothing allocated or zeroed once the shard has spares.
+///
+/// Invariant: bytes an exchange has read and not yet used are in a held
+/// buffer (`give_back` and a wait's `Window` are used only with none).
+pub struct OnDemand {
+    buf: Buffer,
+    len: usize,
+}
+
+impl OnDemand {
+    /// A buffer of `len` bytes, not taken yet.
+    pub fn new(len: usize) -> OnDemand {
+        OnDemand { buf: none(), len }
+    }
+
+    /// The buffer, taken from the spares if it is not held.
+    pub fn get(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = take(self.len);
+        }
+        &mut self.buf
+    }
+
+    /// What is held: the buffer, or nothing if it is not held.
+    pub fn held(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// `range` of the buffer; empty, without taking it, for an empty range.
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        if range.is_empty() {
+            &[]
+        } else {
+            &self.buf[range]
+        }
+    }
+
+    /// Back to the spares: nothing in it is wanted any more.
+    pub fn give_back(&mut self) {
+        self.buf = none();
+    }
+
+    /// Room to read into at `from..to`, the buffer given back if the read
+    /// has to wait and `from` is 0 (nothing in it then).
+    pub fn window(&mut self, from: usize, to: usize) -> Window<'_> {
+        Window {
+            buf: self,
+            from,
+            to,
+        }
+    }
+}
+
+/// Part of an `OnDemand` buffer to read into (`OnDemand::window`).
+pub struct Window<'a> {
+    buf: &'a mut OnDemand,
+    from: usize,
+    to: usize,
+}
+
+impl Room for Window<'_> {
+    fn room(&mut self) -> &mut [u8] {
+        &mut self.buf.get()[self.from..self.to]
+    }
+
+    fn before_wait(&mut self) {
+        if self.from == 0 {
+            self.buf.give_back();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +240,30 @@ mod tests {
         let before = spares();
         drop(none());
         assert_eq!(spares(), before, "an empty buffer was kept as a spare");
+    }
+
+    /// A response buffer is held while it is read into or holds bytes,
+    /// and back with the spares while its exchange waits with none.
+    #[test]
+    fn a_buffer_on_demand_is_held_only_while_it_holds_bytes() {
+        let mut rbuf = OnDemand::new(16 << 10);
+        assert!(rbuf.held().is_empty(), "taken before it was read into");
+        assert!(rbuf.bytes(0..0).is_empty());
+        let mut empty = rbuf.window(0, 16 << 10);
+        assert_eq!(empty.room().len(), 16 << 10);
+        empty.before_wait();
+        assert!(
+            rbuf.held().is_empty(),
+            "held through a wait with nothing in it"
+        );
+        rbuf.window(0, 100).room()[..5].copy_from_slice(b"HTTP/");
+        // A head in part: kept through the wait for its rest.
+        let mut rest = rbuf.window(5, 16 << 10);
+        rest.before_wait();
+        assert_eq!(rest.room().len(), (16 << 10) - 5);
+        assert_eq!(rbuf.bytes(0..5), b"HTTP/");
+        rbuf.give_back();
+        assert!(rbuf.held().is_empty());
     }
 
     #[test]

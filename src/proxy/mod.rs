@@ -523,7 +523,7 @@ async fn forward(
                 https: c.https,
             },
         );
-        let mut rbuf = buffers::take(CHUNK.max(ex.max_head));
+        let mut rbuf = buffers::OnDemand::new(CHUNK.max(ex.max_head));
         let back = Back {
             asked,
             client: response::ClientSide {

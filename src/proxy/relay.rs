@@ -5,7 +5,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-use super::buffers::{self, Buffer};
+use super::buffers::OnDemand;
 use super::{response, tunnel, Client, Exchange, Failure, CHUNK, MAX_RESPONSE_FIELDS};
 use crate::config::UpstreamConfig;
 use crate::http::body::BodyDecoder;
@@ -190,7 +190,7 @@ fn head_ended(head: &[u8]) -> bool {
 pub(super) async fn read_head(
     c: &mut Client<'_>,
     up: &mut Socket,
-    rbuf: &mut [u8],
+    rbuf: &mut OnDemand,
     mut filled: usize,
     mut any: bool,
     wait: Duration,
@@ -206,7 +206,7 @@ pub(super) async fn read_head(
             out: c.out,
             sent: &mut sent,
         });
-        let heard = heard(rbuf, &mut filled, max_head, pass);
+        let heard = heard(rbuf.held(), &mut filled, max_head, pass);
         if let Some(send_timeout) = pass_interim.filter(|_| !c.out.is_empty()) {
             if c.socket.write_all(c.out, send_timeout).await.is_err() {
                 c.out.clear();
@@ -223,7 +223,7 @@ pub(super) async fn read_head(
         let deadline = Instant::now() + wait;
         let read = c
             .socket
-            .unless_closed(up.read(&mut rbuf[filled..max_head], deadline))
+            .unless_closed(up.read(&mut rbuf.window(filled, max_head), deadline))
             .await;
         let n = match read {
             None => return Err(HeadEnd::ClientGone),
@@ -593,7 +593,7 @@ impl Outgoing {
 pub(super) async fn relay(
     c: &mut Client<'_>,
     up: &mut Socket,
-    rbuf: &mut Buffer,
+    rbuf: &mut OnDemand,
     filled: usize,
     ex: &Exchange,
     cfg: &UpstreamConfig,
@@ -603,7 +603,7 @@ pub(super) async fn relay(
     tunnel_idle: Duration,
 ) -> Relayed {
     let mut r = Relayed::default();
-    let Some(begun) = begin(c, &rbuf[..filled], ex, asked, client, upgrade, &mut r) else {
+    let Some(begun) = begin(c, rbuf.bytes(0..filled), ex, asked, client, upgrade, &mut r) else {
         return r;
     };
     let head_len = begun.head_len;
@@ -623,8 +623,8 @@ pub(super) async fn relay(
         // exchange grew goes back (the response buffer to the shard's
         // spares), and it holds buffers only while bytes pass.
         c.input.shrink();
-        let upstream_early = rbuf[head_len..filled].to_vec();
-        *rbuf = buffers::none();
+        let upstream_early = rbuf.bytes(head_len..filled).to_vec();
+        rbuf.give_back();
         let tunnelled = tunnel::run(
             c.socket,
             up,
@@ -641,18 +641,7 @@ pub(super) async fn relay(
         r.bytes_in = tunnelled.from_client;
         return r;
     }
-    stream(
-        c,
-        up,
-        &mut rbuf[..],
-        head_len,
-        filled,
-        ex,
-        cfg,
-        begun.out,
-        r,
-    )
-    .await
+    stream(c, up, rbuf, head_len, filled, ex, cfg, begun.out, r).await
 }
 
 /// Relay the rest of a response whose head is in the client's output:
@@ -673,7 +662,7 @@ pub(super) async fn relay(
 pub(super) async fn stream(
     c: &mut Client<'_>,
     up: &mut Socket,
-    rbuf: &mut [u8],
+    rbuf: &mut OnDemand,
     pos: usize,
     filled: usize,
     ex: &Exchange,
@@ -683,7 +672,7 @@ pub(super) async fn stream(
 ) -> Relayed {
     // Most responses came whole with their head: done here, without the
     // relay's loop.
-    if out.feed(&rbuf[pos..filled], c.out, &mut r).is_err() {
+    if out.feed(rbuf.bytes(pos..filled), c.out, &mut r).is_err() {
         r.upstream_fault = Some(Fault::InvalidBody);
         c.out.clear();
         return r;
@@ -761,7 +750,7 @@ impl Ahead {
         &mut self,
         c: &mut Client<'_>,
         up: &mut Socket,
-        rbuf: &mut [u8],
+        rbuf: &mut OnDemand,
         first: std::ops::Range<usize>,
         ex: &Exchange,
         cfg: &UpstreamConfig,
@@ -773,7 +762,11 @@ impl Ahead {
         let mut quiet_since: Option<Instant> = None;
         let mut in_a_row = 0;
         loop {
-            if self.out.feed(&rbuf[piece], c.out, &mut self.r).is_err() {
+            if self
+                .out
+                .feed(rbuf.bytes(piece), c.out, &mut self.r)
+                .is_err()
+            {
                 self.r.upstream_fault = Some(Fault::InvalidBody);
                 return std::mem::take(&mut self.r);
             }
@@ -806,7 +799,7 @@ impl Ahead {
                 let deadline = Instant::now() + cfg.read_timeout;
                 match c
                     .socket
-                    .unless_closed(up.read(&mut rbuf[..CHUNK], deadline))
+                    .unless_closed(up.read(&mut rbuf.window(0, CHUNK), deadline))
                     .await
                 {
                     Some(read) => read,
@@ -824,7 +817,9 @@ impl Ahead {
                 if !room {
                     quiet_since = None;
                 }
-                let tried = room.then(|| up.try_read(&mut rbuf[..CHUNK])).flatten();
+                let tried = room
+                    .then(|| up.try_read(&mut rbuf.get()[..CHUNK]))
+                    .flatten();
                 if let Some(read) = tried {
                     in_a_row += 1;
                     if in_a_row >= READS_IN_A_ROW {
@@ -840,6 +835,9 @@ impl Ahead {
                     } else {
                         stall_at
                     };
+                    // Nothing is in it between reads: held bytes are
+                    // the client's output's.
+                    rbuf.give_back();
                     // Whether the client woke it (else the upstream).
                     let woke = futures_lite::future::or(
                         async { c.socket.ready(false, true, deadline).await.map(|_| true) },

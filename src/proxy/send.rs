@@ -4,6 +4,7 @@
 use std::io;
 use std::time::Instant;
 
+use super::buffers::OnDemand;
 use super::relay::{begin, heard, Fault, Heard, Outgoing, Relayed};
 use super::{body_read, response, Client, ClientEnd, Exchange, CHUNK};
 use crate::config::UpstreamConfig;
@@ -75,7 +76,7 @@ pub(super) async fn send_request(
     framing: BodyFraming,
     ex: &Exchange,
     cfg: &UpstreamConfig,
-    rbuf: &mut [u8],
+    rbuf: &mut OnDemand,
     back: Back<'_>,
 ) -> Sent {
     let mut sent = Sent {
@@ -223,11 +224,14 @@ pub(super) struct Back<'a> {
 async fn answer(
     c: &mut Client<'_>,
     up: &mut Socket,
-    rbuf: &mut [u8],
+    rbuf: &mut OnDemand,
     ex: &Exchange,
     back: Back<'_>,
     sent: &mut Sent,
 ) -> bool {
+    // Taken only now: a request whose body goes up without an answer
+    // meanwhile holds no response buffer for it.
+    let rbuf = rbuf.get();
     if !sent.duplex && take_answer(up, rbuf, ex.max_head, sent) {
         return true;
     }
