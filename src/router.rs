@@ -846,6 +846,11 @@ impl Handler for Router {
 /// panics a task of the shard itself, which ends its executor.
 #[cfg(feature = "fault-injection")]
 fn inject_fault(fault: &str, mut res: ResponseWriter<'_>) -> Outcome {
+    // `stall/N`: a stall of N seconds.
+    let (fault, secs) = match fault.split_once('/') {
+        Some(("stall", n)) => ("stall", n.parse().unwrap_or(3)),
+        _ => (fault, 3),
+    };
     match fault {
         "panic" => panic!("fault injection: a request handler panicked"),
         "kill-shard" => {
@@ -860,12 +865,13 @@ fn inject_fault(fault: &str, mut res: ResponseWriter<'_>) -> Outcome {
             res.body("text/plain", b"killing this shard\n");
         }
         "stall" => {
-            // The shard's thread stops for 3 s after answering (a long
-            // computation that never yields, or a stopped thread), its
-            // tasks and its queue of new connections with it.
-            glommio::spawn_local(async {
+            // The shard's thread stops for 3 s (or `stall/N`'s N) after
+            // answering (a long computation that never yields, or a
+            // stopped thread), its tasks and its queue of new connections
+            // with it.
+            glommio::spawn_local(async move {
                 glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
-                std::thread::sleep(std::time::Duration::from_secs(3));
+                std::thread::sleep(std::time::Duration::from_secs(secs));
             })
             .detach();
             res.begin(Status::OK);

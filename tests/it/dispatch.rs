@@ -302,6 +302,43 @@ fn several_listen_addresses() {
     }
 }
 
+/// A shard that stops running its tasks is said to (the master pings the
+/// shards every 2 s), and said to be back when it is: nothing else shows
+/// why its connections wait.
+#[test]
+fn a_stalled_shard_is_said_to_be_and_to_be_back() {
+    let server = Server::start(&["--shards", "2"]);
+    assert!(server
+        .exchange(b"GET /__fault/stall/6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .starts_with("HTTP/1.1 200 "));
+    server.wait_for_log("has not answered the master for");
+    server.wait_for_log("answers again");
+    let log = server.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("has not answered"))
+        .unwrap();
+    assert!(
+        said.contains("WARN") && said.contains("new ones go to the other shards"),
+        "{said}"
+    );
+    assert_eq!(
+        log.matches("has not answered").count(),
+        1,
+        "said again:\n{log}"
+    );
+    // The other shard was never said to be stalled.
+    let id = |l: &str| {
+        l.split("shard ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+    };
+    let back = log.lines().find(|l| l.contains("answers again")).unwrap();
+    assert_eq!(id(said), id(back), "{log}");
+    assert!(server.exchange(CLOSE).starts_with("HTTP/1.1 200 "));
+}
+
 /// A shard whose thread stops (a computation that never yields) is dealt
 /// one new connection, not every other one: the master passes over a
 /// shard that has not taken what it was dealt while another takes each at

@@ -32,7 +32,9 @@ use crate::acceptor::Acceptor;
 use crate::admin;
 use crate::apps::{AppEvent, AppServer, AppsHandle};
 use crate::child::Child;
-use crate::config::{AccessLog, AppConfig, Config, ConfigError, ServerAddr, UpstreamConfig};
+use crate::config::{
+    AccessLog, AppConfig, Config, ConfigError, Dispatch, ServerAddr, UpstreamConfig,
+};
 use crate::keep_awake::{self, KeepAwake};
 use crate::proxy::Rest;
 use crate::shard::{self, Control, ShardEvent};
@@ -94,8 +96,9 @@ enum MasterEvent {
     /// A shard's thread ended (it stopped or died); with its incarnation,
     /// so news of an old one is not taken for the restarted one.
     Gone(usize, u64),
-    /// Time to check the shards answered and pet the systemd watchdog.
-    Watchdog,
+    /// Time to check the shards answered the last ping, pet the systemd
+    /// watchdog if they did, and ping them again (`PING_EVERY`).
+    Ping,
     /// The admin endpoint wants the rendered metrics.
     Scrape(admin::ScrapeRequest),
     /// Time to start a dead shard again.
@@ -124,6 +127,14 @@ enum MasterEvent {
     /// It ended before it served: its pid, and how it ended.
     UpgradeFailed(u32, String),
 }
+
+/// How often the master pings the shards: one that has not answered by
+/// the next ping is said to be stalled (a task that never yields, a
+/// blocking call on its thread), its connections waiting with it. Often
+/// enough to say it while it lasts, seldom enough to cost nothing (a
+/// wake-up of each shard); with systemd's watchdog on, at least as often
+/// as it wants a sign of life.
+const PING_EVERY: Duration = Duration::from_secs(2);
 
 /// How soon a control message that found its shard's queue full is sent
 /// again.
@@ -182,9 +193,16 @@ struct Supervisor<W: World> {
     /// that freeing it (thousands of routes) falls to the master, not to
     /// the last shard done with it.
     sent: Option<Arc<shard::Reload>>,
-    /// Per shard: answered the last watchdog ping (the watchdog is petted
-    /// only when every live shard did).
+    /// Per shard: answered the last ping (the watchdog is petted only when
+    /// every live shard did).
     answered: Vec<bool>,
+    /// Per shard: since when it is known stalled (the ping it left
+    /// unanswered went then), once said; cleared when it answers or ends.
+    stalled: Vec<Option<Instant>>,
+    /// When the last ping went.
+    pinged_at: Instant,
+    /// systemd's watchdog is on: a stalled shard holds it back.
+    watchdog: bool,
     /// Per shard: the messages it must get (a reload, new upstream
     /// servers, a log reopen) that found its queue full, oldest first;
     /// sent again every `FLUSH_RETRY` until they go, and forgotten if its
@@ -339,22 +357,22 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         info!("upgrade: serving; the previous process drains and exits");
         upgrade::say_ready(fd);
     }
-    if let Some(every) = systemd::watchdog_interval() {
-        let tick = tx.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(every).await;
-                let _ = tick.try_send(MasterEvent::Watchdog);
-            }
-        })
-        .detach();
-    }
+    let every = systemd::watchdog_interval().map_or(PING_EVERY, |w| w.min(PING_EVERY));
+    let tick = tx.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(every).await;
+            let _ = tick.try_send(MasterEvent::Ping);
+        }
+    })
+    .detach();
 
     let world = Real {
         tx,
         launcher: s.launcher,
         acceptor,
         notifier: s.notifier,
+        watchdog: systemd::watchdog_interval().is_some(),
         status,
         apps: s.apps.handle,
         handover: s.handover,
@@ -396,6 +414,9 @@ impl<W: World> Supervisor<W> {
     ) -> Self {
         Supervisor {
             answered: vec![true; slots.len()],
+            stalled: vec![None; slots.len()],
+            pinged_at: Instant::now(),
+            watchdog: systemd::watchdog_interval().is_some(),
             backlog: slots.iter().map(|_| VecDeque::new()).collect(),
             flush_due: false,
             world,
@@ -444,9 +465,9 @@ impl<W: World> Supervisor<W> {
                     self.reloaded("every shard");
                 }
             }
-            MasterEvent::Shard(ShardEvent::Pong { id }) => self.answered[id] = true,
+            MasterEvent::Shard(ShardEvent::Pong { id }) => self.on_pong(id),
             MasterEvent::Shard(ShardEvent::Rested { id, rest }) => self.on_rested(id, &rest),
-            MasterEvent::Watchdog => self.on_watchdog(),
+            MasterEvent::Ping => self.on_ping(),
             MasterEvent::Signal(Signal::Reopen) => self.on_reopen(),
             MasterEvent::Signal(Signal::Upgrade) => self.on_upgrade(),
             MasterEvent::Upgraded(pid) => {
@@ -1011,15 +1032,38 @@ impl<W: World> Supervisor<W> {
         self.ready();
     }
 
-    fn on_watchdog(&mut self) {
-        let stuck: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].alive && !self.answered[i])
-            .collect();
-        if stuck.is_empty() {
-            self.world.notify(Note::Watchdog);
-        } else {
-            warn!("watchdog: shard(s) {stuck:?} did not answer; not petting the watchdog");
+    fn on_ping(&mut self) {
+        let now = Instant::now();
+        let mut all = true;
+        for id in 0..self.slots.len() {
+            if !self.slots[id].alive || self.answered[id] {
+                continue;
+            }
+            all = false;
+            if self.stalled[id].is_some() {
+                continue;
+            }
+            // Said once, when it shows; `on_pong` says when it is back.
+            self.stalled[id] = Some(self.pinged_at);
+            let waiting = match self.config.dispatch {
+                Dispatch::Master => "new ones go to the other shards",
+                Dispatch::Reuseport => "so do new ones the kernel gives its listener",
+            };
+            let watchdog = if self.watchdog {
+                "; systemd's watchdog is not petted meanwhile"
+            } else {
+                ""
+            };
+            warn!(
+                "shard {id} ({}) has not answered the master for {:.1} s: a task on it runs without yielding (a long computation, or a blocking call on its thread); its connections wait, {waiting}{watchdog}",
+                self.slots[id].place,
+                (now - self.pinged_at).as_secs_f64()
+            );
         }
+        if all {
+            self.world.notify(Note::Watchdog);
+        }
+        self.pinged_at = now;
         self.broadcast(|| Control::Ping);
         // Owed by every running shard, reached or not: one whose queue is
         // too full to take a ping is not keeping up either.
@@ -1041,6 +1085,18 @@ impl<W: World> Supervisor<W> {
         }
     }
 
+    /// Shard `id` answered a ping: it runs its tasks.
+    fn on_pong(&mut self, id: usize) {
+        self.answered[id] = true;
+        if let Some(since) = self.stalled[id].take() {
+            info!(
+                "shard {id} ({}) answers again after at least {:.1} s without running its tasks",
+                self.slots[id].place,
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
     /// Shard `id`'s thread ended while serving: take it out of the rotation,
     /// of the scrape and the reload under way, and start it again later.
     fn on_gone(&mut self, id: usize) {
@@ -1052,6 +1108,7 @@ impl<W: World> Supervisor<W> {
         self.backlog[id].clear();
         let why = self.world.ended(id, running);
         self.answered[id] = true;
+        self.stalled[id] = None;
         self.gather_progress(|g| g.waiting_for.retain(|&w| w != id));
         self.scraped.retire(id);
         if self.reloads.forget(id) {

@@ -343,7 +343,7 @@ fn a_restart_that_fails_is_tried_again_after_the_back_off() {
 /// incarnations were pinged, as (shard, incarnation).
 fn tick(sup: &mut Supervisor<Fake>) -> (bool, Vec<(usize, u64)>) {
     sup.world.take();
-    on(sup, MasterEvent::Watchdog);
+    on(sup, MasterEvent::Ping);
     let did = sup.world.take();
     let pinged = did
         .iter()
@@ -436,7 +436,7 @@ fn sighups_while_a_reload_is_read_make_one_more_read() {
         on(&mut sup, MasterEvent::Signal(Signal::Reload));
     }
     on(&mut sup, pong(0));
-    on(&mut sup, MasterEvent::Watchdog);
+    on(&mut sup, MasterEvent::Ping);
     assert_eq!(
         sup.world.take(),
         [
@@ -1156,4 +1156,27 @@ fn a_reload_that_adds_no_app_is_not_held() {
             first_reload(1)
         ]
     );
+}
+
+/// A shard that leaves a ping unanswered is marked stalled once, since
+/// the ping it missed, until it answers or ends.
+#[test]
+fn a_stalled_shard_is_marked_once_until_it_answers_or_ends() {
+    let mut sup = serving(2);
+    tick(&mut sup);
+    on(&mut sup, pong(0));
+    tick(&mut sup);
+    assert_eq!((sup.stalled[0], sup.stalled[1].is_some()), (None, true));
+    let since = sup.stalled[1];
+    on(&mut sup, pong(0));
+    tick(&mut sup);
+    assert_eq!(sup.stalled[1], since, "marked again");
+    on(&mut sup, pong(1));
+    assert_eq!(sup.stalled[1], None);
+    on(&mut sup, pong(0));
+    tick(&mut sup);
+    tick(&mut sup);
+    assert!(sup.stalled[0].is_some());
+    on(&mut sup, MasterEvent::Gone(0, 1));
+    assert_eq!(sup.stalled[0], None);
 }
