@@ -8,8 +8,9 @@
 //! request (the parser already refused ambiguous framing with 400/501), so
 //! the upstream reads exactly one message per request. `X-Forwarded-For`
 //! and `-Proto` from a peer outside `trusted-proxies` are dropped and
-//! written anew (other `X-Forwarded-*` fields pass, as with nginx), and its
-//! `Forwarded` (RFC 7239) is dropped; `X-Forwarded-Host` and `X-Real-IP`
+//! written anew, and its `Forwarded` (RFC 7239), other `X-Forwarded-*`
+//! fields, `Front-End-Https` and `X-Url-Scheme` are dropped (nginx passes
+//! those: apps believe them); `X-Forwarded-Host` and `X-Real-IP`
 //! (what apps set up behind nginx's usual `proxy_set_header X-Real-IP
 //! $remote_addr` read) are always written anew, whoever the peer. Each of these fields, and every field the proxy
 //! removes, goes in any spelling with `_` for `-` too (`X_Forwarded_For`),
@@ -64,10 +65,13 @@ fn trusts(config: &ProxyConfig, remote: Option<IpAddr>) -> bool {
 /// The client of `head` from `remote`, what `X-Real-IP` says upstream and
 /// `ip-hash` takes: from a peer in `trusted-proxies`, the client it names,
 /// as nginx's realip module finds it with `real_ip_header
-/// X-Forwarded-For` and `real_ip_recursive on` — the last address of
-/// `X-Forwarded-For` that is not itself a trusted proxy's (the first if
-/// all are), else (no `X-Forwarded-For`) its `X-Real-IP` — and from anyone
-/// else, or without a readable one, the peer. `X-Forwarded-For` first: a
+/// X-Forwarded-For` and `real_ip_recursive on`: `X-Forwarded-For` read
+/// from its end, past the trusted proxies' addresses, the first that is
+/// not one (the first of all if all are); an item that is no address
+/// (`unknown`, an obfuscated `_hidden`) ends the walk at the trusted one
+/// after it, or the peer: what lies before it was written by someone no
+/// trusted proxy vouches for. Without `X-Forwarded-For`, its `X-Real-IP`;
+/// from anyone else, or without a readable one, the peer. `X-Forwarded-For` first: a
 /// balancer appends to it, whereas many (AWS's ALB) pass a client's own
 /// `X-Real-IP` as it came, which would let any client name itself.
 /// Without it a whole load balancer's clients would share one server.
@@ -80,22 +84,41 @@ pub fn hashed_client(
     if !trusts(config, remote) {
         return remote;
     }
-    let mut first = None;
-    let mut last_untrusted = None;
-    for ip in head
+    // The walk from the end, as the list so far would end it, kept as
+    // each item comes (no list is gathered).
+    enum Walk {
+        /// Nothing yet.
+        Empty,
+        /// Every item is a trusted proxy's; the first of them.
+        AllTrusted(IpAddr),
+        /// The walk stops at this untrusted address.
+        Found(IpAddr),
+        /// The walk stops at an item that is no address: the trusted one
+        /// after it, if any yet.
+        Unreadable(Option<IpAddr>),
+    }
+    let mut walk = Walk::Empty;
+    for item in head
         .headers("x-forwarded-for")
         .flat_map(|v| v.split(|&b| b == b','))
-        .filter_map(forwarded_ip)
     {
-        first.get_or_insert(ip);
-        if !trusted(ip) {
-            last_untrusted = Some(ip);
+        if item.trim_ascii().is_empty() {
+            // An empty list element (RFC 9110 §5.6.1): no item.
+            continue;
         }
+        walk = match (forwarded_ip(item), walk) {
+            (None, _) => Walk::Unreadable(None),
+            (Some(ip), _) if !trusted(ip) => Walk::Found(ip),
+            (Some(ip), Walk::Empty) => Walk::AllTrusted(ip),
+            (Some(ip), Walk::Unreadable(None)) => Walk::Unreadable(Some(ip)),
+            (Some(_), kept) => kept,
+        };
     }
-    last_untrusted
-        .or(first)
-        .or_else(|| head.header("x-real-ip").and_then(forwarded_ip))
-        .or(remote)
+    match walk {
+        Walk::Found(ip) | Walk::AllTrusted(ip) | Walk::Unreadable(Some(ip)) => Some(ip),
+        Walk::Unreadable(None) => remote,
+        Walk::Empty => head.header("x-real-ip").and_then(forwarded_ip).or(remote),
+    }
 }
 
 /// An address as a forwarding header writes it: alone, with a port as some
@@ -131,6 +154,16 @@ pub(super) fn client_scheme(
     } else {
         "http"
     }
+}
+
+/// A field other than those `write_head` writes itself in which a proxy
+/// says how its client came: any other `X-Forwarded-*` (`-Port`, `-Ssl`,
+/// `-Scheme`, `-Prefix`, `-Server` …), `Front-End-Https`, `X-Url-Scheme`;
+/// in any spelling with `_` for `-`.
+fn says_how_the_client_came(name: &str) -> bool {
+    name.get(..12).is_some_and(|p| is_field(p, "x-forwarded-"))
+        || is_field(name, "front-end-https")
+        || is_field(name, "x-url-scheme")
 }
 
 /// Append the head to send upstream for `head` with `target`.
@@ -215,6 +248,13 @@ pub fn write_head(
                 continue;
             }
             proto_sent |= proto;
+        }
+        // What else says how the client came (its port, TLS, a path
+        // prefix) is a proxy's word too, believed by Rack
+        // (`X-Forwarded-Ssl`), Spring (`-Port`, `-Prefix`) and others:
+        // from anyone else, a client's own, and it goes no further.
+        if !trusted && says_how_the_client_came(name) {
+            continue;
         }
         write_field(out, name, value);
     }
@@ -374,6 +414,23 @@ mod tests {
             client("X-Forwarded-For: garbage\r\n", "10.1.1.1"),
             ip("10.1.1.1")
         );
+        // An item that is no address ends the walk: what comes before it
+        // is the client's own word, as nginx's realip has it.
+        for unread in ["unknown", "_hidden", "999.1.1.1", "10.0.0.1 junk"] {
+            let xff = format!("X-Forwarded-For: 6.6.6.6, {unread}\r\n");
+            assert_eq!(client(&xff, "10.1.1.1"), ip("10.1.1.1"), "{unread}");
+            let xff = format!("X-Forwarded-For: 6.6.6.6, {unread}, 10.9.9.9\r\n");
+            assert_eq!(client(&xff, "10.1.1.1"), ip("10.9.9.9"), "{unread}");
+            // Not past an untrusted address after it.
+            let xff = format!("X-Forwarded-For: {unread}, 192.0.2.9, 10.9.9.9\r\n");
+            assert_eq!(client(&xff, "10.1.1.1"), ip("192.0.2.9"), "{unread}");
+        }
+        // Empty elements are no items; and a readable list is not passed
+        // over for a client's X-Real-IP.
+        let sparse = "X-Forwarded-For: 1.1.1.1 , 2.2.2.2 ,, \r\n";
+        assert_eq!(client(sparse, "10.1.1.1"), ip("2.2.2.2"));
+        let forged = "X-Real-IP: 6.6.6.6\r\nX-Forwarded-For: unknown\r\n";
+        assert_eq!(client(forged, "10.1.1.1"), ip("10.1.1.1"));
         assert_eq!(client("", "10.1.1.1"), ip("10.1.1.1"));
         // With ports, and IPv6 in brackets, as some balancers write them.
         let ported = "X-Forwarded-For: 203.0.113.5:4711, [2001:db8::1]:443\r\n";
@@ -420,6 +477,40 @@ mod tests {
              X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\
              X-Real-IP: 192.0.2.1\r\n\r\n"
         );
+    }
+
+    /// A client's own word on how it came goes up only from a trusted
+    /// proxy; a route can still set such a field itself.
+    #[test]
+    fn how_the_client_came_is_believed_from_trusted_proxies_only() {
+        let mut config = ProxyConfig::new("app");
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        config.request_headers = vec![("X-Forwarded-Prefix".into(), "/api".into())];
+        let said = "X-Forwarded-Port: 443\r\nX-Forwarded-Ssl: on\r\nx_forwarded_scheme: https\r\n\
+                    Front-End-Https: on\r\nX-Url-Scheme: https\r\nX-Forwarded-Prefix: /evil\r\n\
+                    X-Forwardedness: kept\r\n";
+        let raw = format!("GET /x HTTP/1.1\r\nHost: a\r\n{said}\r\n");
+        let from_client = sent(&raw, &config, "192.0.2.1");
+        for gone in ["443", "Ssl", "scheme", "Front-End", "X-Url", "/evil"] {
+            assert!(!from_client.contains(gone), "{gone}: {from_client}");
+        }
+        assert!(
+            from_client.contains("X-Forwardedness: kept\r\n"),
+            "{from_client}"
+        );
+        assert!(
+            from_client.contains("X-Forwarded-Prefix: /api\r\n"),
+            "{from_client}"
+        );
+        let from_proxy = sent(&raw, &config, "10.1.1.1");
+        for kept in [
+            "X-Forwarded-Port: 443",
+            "X-Forwarded-Ssl: on",
+            "Front-End-Https: on",
+        ] {
+            assert!(from_proxy.contains(kept), "{kept}: {from_proxy}");
+        }
+        assert!(!from_proxy.contains("/evil"), "{from_proxy}");
     }
 
     #[test]
