@@ -126,6 +126,9 @@ impl Process {
     }
 }
 
+/// The variable naming systemd's credentials directory (`LoadCredential=`).
+const CREDENTIALS: &str = "CREDENTIALS_DIRECTORY";
+
 /// Start `app`'s instance number `index`, its address in `address` (the
 /// value of `app.listen_env`); `on_exit` is called, on a thread of its own,
 /// when it exits. Must be called from the thread that lives as long as
@@ -152,6 +155,12 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // systemd's `LoadCredential=` directory (the TLS key, as the packaged
+    // unit suggests) is coreserve's: an app is not pointed at it unless
+    // its `env` says so.
+    if !app.env.iter().any(|(k, _)| k == CREDENTIALS) {
+        cmd.env_remove(CREDENTIALS);
+    }
     if let Some(dir) = &app.cwd {
         cmd.current_dir(dir);
         // What shells and `process.env.PWD` readers take for the
@@ -176,6 +185,18 @@ pub fn spawn(
             if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
+            // None of coreserve's ambient capabilities (the packaged unit
+            // gives it CAP_NET_BIND_SERVICE for ports below 1024): an app
+            // listens where coreserve tells it, and one that is broken
+            // into must not bind :80 or :443 elsewhere. (A kernel before
+            // 4.3 has none to clear, and says EINVAL.)
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
             // Killed with coreserve, even if coreserve is killed with SIGKILL.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());

@@ -1197,3 +1197,78 @@ fn an_apps_pwd_is_its_cwd() {
     s.ready_pids("web", 1);
     s.server.wait_for_log(&format!("pwd={}", dir.path("site")));
 }
+
+/// An app gets none of coreserve's privileges: run as the packaged unit
+/// runs it (an unprivileged user with CAP_NET_BIND_SERVICE ambient, its
+/// TLS key in systemd's credentials directory), an instance has no
+/// ambient capability (it could bind :80 or :443 elsewhere) and is not
+/// told where the credentials are, unless its `env` says so.
+#[test]
+fn an_app_gets_neither_coreserves_capabilities_nor_its_credentials() {
+    // SAFETY: geteuid cannot fail.
+    if !have_node() || unsafe { libc::geteuid() } != 0 {
+        // Raising an ambient capability for another user takes root.
+        eprintln!("skipped: needs node and root");
+        return;
+    }
+    let dir = Scratch::new("apps-privileges");
+    let say = format!(
+        "const caps = require('fs').readFileSync('/proc/self/status', 'utf8')\
+         .split('CapAmb:')[1].trim().slice(0, 16);\
+         console.log(process.env.CORESERVE_APP + ' ambient=' + caps + \
+         ' credentials=' + process.env.CREDENTIALS_DIRECTORY);\
+         require('{ECHO_JS}')"
+    );
+    let toml = app("plain", &["node", "-e", &say], 1, "")
+        + &app(
+            "told",
+            &["node", "-e", &say],
+            1,
+            "env = { CREDENTIALS_DIRECTORY = \"/run/credentials/told\" }",
+        )
+        + &proxied("/", "plain");
+    let conf = dir.write("app.toml", toml);
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+        env!("CARGO_BIN_EXE_coreserve"),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--config",
+    ])
+    .arg(&conf)
+    .env("RUST_LOG", "info")
+    .env(
+        "CREDENTIALS_DIRECTORY",
+        "/run/credentials/coreserve.service",
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let server = Server::spawn(cmd);
+    // coreserve itself has it (else the test proves nothing).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    assert!(
+        status.contains("CapAmb:\t0000000000000400"),
+        "coreserve runs without the capability:\n{status}"
+    );
+    server.wait_for_log("plain ambient=");
+    server.wait_for_log("told ambient=");
+    let log = server.log();
+    assert!(
+        log.contains("plain ambient=0000000000000000 credentials=undefined"),
+        "{log}"
+    );
+    assert!(
+        log.contains("told ambient=0000000000000000 credentials=/run/credentials/told"),
+        "{log}"
+    );
+}
