@@ -275,11 +275,12 @@ async fn run(spec: ShardSpec) {
     // Once a second, at the turn of the second (one wake-up for all of it:
     // each costs the shard a pass and a park): the `Date` field; idle
     // upstream connections past their timeout, or closed by their server,
-    // let go; the access log's lines handed to its writer thread; the
+    // let go; files static routes keep open past `cache-valid` closed;
+    // the access log's lines handed to its writer thread; the
     // memory of a burst of connections that has ended given back
     // (`memory`). A second with none of it to
     // do (no connection open, no response, no idle upstream connection, no
-    // line waiting) stops the ticks until a new connection or a response
+    // file kept open, no line waiting) stops the ticks until a new connection or a response
     // restarts them: an idle shard sleeps. Lines and pooled connections
     // come only from connections, so none arrives while the ticks stop.
     let ticking = shard.clone();
@@ -287,7 +288,9 @@ async fn run(spec: ShardSpec) {
         loop {
             glommio::timer::sleep(DateCache::until_next_second()).await;
             ticking.refresh_date();
-            let pooled = ticking.upstreams().sweep(std::time::Instant::now());
+            let now = std::time::Instant::now();
+            let pooled = ticking.upstreams().sweep(now);
+            let files = crate::handlers::static_files::close_expired_files(now);
             let mut logging = false;
             if let Some(log) = ticking.access_log().filter(|l| l.has_lines()) {
                 logging = true;
@@ -298,7 +301,8 @@ async fn run(spec: ShardSpec) {
                 crate::memory::release().await;
             }
             let date = ticking.date_cache();
-            if !date.was_read() && !pooled && !logging && ticking.open_connections() == 0 {
+            if !date.was_read() && !pooled && !files && !logging && ticking.open_connections() == 0
+            {
                 date.until_read().await;
             }
         }

@@ -1709,3 +1709,79 @@ fn a_symlinked_root_follows_its_swap() {
         dir.path("current")
     ));
 }
+
+/// A shard serves one release or the other across a root's swap, never
+/// a page of one with the assets of the next: what it looks up within
+/// `cache-valid` of resolving the root goes by that root, cached or not
+/// (a page cached from the old release named an asset the new one lacks:
+/// 404 until the page's entry expired), and the new root empties the
+/// cache at once.
+#[test]
+fn a_swapped_root_is_served_one_release_or_the_other() {
+    let dir = Scratch::new("swapped-root");
+    dir.write("releases/1/index.html", "uses a1.js\n");
+    dir.write("releases/1/a1.js", "one\n");
+    dir.write("releases/2/index.html", "uses a2.js\n");
+    dir.write("releases/2/a2.js", "two\n");
+    std::os::unix::fs::symlink("releases/1", dir.0.join("current")).unwrap();
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\ncache-valid = \"1s\"\n",
+            dir.path("current")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let get_ = |path: &str| {
+        get(
+            server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+    };
+    assert_eq!(get_("/index.html").text(), "uses a1.js\n");
+    std::os::unix::fs::symlink("releases/2", dir.0.join("current.new")).unwrap();
+    std::fs::rename(dir.0.join("current.new"), dir.0.join("current")).unwrap();
+    // The page just served names its asset: still there.
+    let r = get_("/a1.js");
+    assert_eq!((r.status, r.text().as_str()), (200, "one\n"));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(get_("/index.html").text(), "uses a2.js\n");
+    assert_eq!(get_("/a2.js").text(), "two\n");
+    assert_eq!(get_("/a1.js").status, 404);
+}
+
+/// A large file kept open by a route's cache is closed once `cache-valid`
+/// has passed, requests or not: deleted meanwhile, its disk space comes
+/// back without a request to the route (it stayed open, `(deleted)`,
+/// until the route's next request on each shard).
+#[test]
+fn a_deleted_large_file_is_let_go_without_another_request() {
+    let dir = Scratch::new("deleted-large");
+    dir.write("www/big.bin", vec![7u8; 256 << 10]);
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\ncache-valid = \"200ms\"\n",
+            dir.path("www")
+        ),
+    );
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    let r = get(
+        server.addr,
+        "GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((r.status, r.body.len()), (200, 256 << 10));
+    std::fs::remove_file(dir.0.join("www/big.bin")).unwrap();
+    let deleted = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.to_string_lossy().contains("big.bin"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while deleted() > 0 {
+        assert!(Instant::now() < deadline, "the deleted file is still open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -231,23 +231,24 @@ pub struct Lookup {
 }
 
 /// Resolve a lookup whose root is as configured: the root is resolved
-/// first, at each look rather than once, so that a deploy that swaps a
-/// symlinked root (`current -> releases/N`) is served at once, as nginx
-/// serves it. A root that is not there is a 404, as a missing file, and
-/// an error line once a second at most (a deploy's link left dangling:
-/// every file is a 404, and nginx logs each `open()` that failed).
-pub fn find_from_configured(mut l: Lookup) -> FoundSend {
+/// first, rather than once for good, so that a deploy that swaps a
+/// symlinked root (`current -> releases/N`) is served without a reload,
+/// as nginx serves it; returned with the finding (None: it could not be).
+/// A root that is not there is a 404, as a missing file, and an error line
+/// once a second at most (a deploy's link left dangling: every file is a
+/// 404, and nginx logs each `open()` that failed).
+pub fn find_from_configured(mut l: Lookup) -> (FoundSend, Option<PathBuf>) {
     match fs::canonicalize(&l.root) {
         Ok(root) => {
             l.root = root;
-            find(&l)
+            (find(&l), Some(l.root))
         }
         Err(e) => {
             if due(&ROOT_TOLD) {
                 // The requests' status says the rest (404, 403, 500).
                 log::error!("static root {:?}: {e}", l.root.display());
             }
-            failure(e)
+            (failure(e), None)
         }
     }
 }

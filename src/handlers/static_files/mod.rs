@@ -23,6 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
@@ -119,6 +120,23 @@ impl Keepers {
     }
 }
 
+/// Close the files the static routes of this shard keep open past
+/// `cache-valid` at `now` (the shard's tick): a file deleted or replaced
+/// meanwhile gives its disk space back even when its route gets no more
+/// requests (nginx's `open_file_cache` closes on its own clock too).
+/// Whether any is still kept open (to be looked at again).
+pub fn close_expired_files(now: Instant) -> bool {
+    KEEPING_FILES.with_borrow(|k| {
+        k.sites
+            .iter()
+            .filter_map(Weak::upgrade)
+            .fold(false, |open, site| {
+                site.close_files(Some(now));
+                open || site.cache_files.get() > 0
+            })
+    })
+}
+
 /// Close the files every static route of this shard keeps open (one a
 /// response still sends stays open until it ends); how many there were.
 fn close_shard_files() -> usize {
@@ -171,6 +189,39 @@ struct SiteState {
     /// file as it is rather than a compression of its own (a burst of
     /// requests for a new bundle compresses it once).
     gzipping: RefCell<HashSet<String>>,
+    /// The root as the cache knows it.
+    root: RefCell<Root>,
+}
+
+/// A route's root as a shard last resolved it. Every lookup within
+/// `cache-valid` of that goes by it, found in the cache or not, and a root
+/// resolved anew to another directory (a symlink swapped by a deploy,
+/// `current -> releases/N`) empties the cache: a shard serves one release
+/// or the other, never a page of one with the assets of the next (a page
+/// cached from the old release named assets the new one lacks: 404s for
+/// up to `cache-valid`).
+#[derive(Default)]
+struct Root {
+    /// Canonical; None while not resolved (or it could not be).
+    path: Option<PathBuf>,
+    /// When it was resolved; None: never.
+    at: Option<Instant>,
+    /// A lookup is resolving it again: the cache serves meanwhile.
+    refreshing: bool,
+    /// Counts the times a new root emptied the cache: a lookup begun
+    /// before does not put what it found under the old one in.
+    generation: u64,
+}
+
+/// How a lookup goes by the root.
+enum ByRoot {
+    /// By the root resolved within `cache-valid` (`Root::path`).
+    Fresh,
+    /// Resolving it, for every lookup (no cache, or another lookup is
+    /// resolving it now, or it could not be).
+    Resolve,
+    /// Resolving it for the site: its time has passed.
+    Refresh,
 }
 
 /// A file compressed by `gzip`, and the version it was compressed from.
@@ -223,6 +274,7 @@ impl StaticSite {
                 gzipped_bytes: Cell::new(0),
                 failures: crate::throttle::Throttle::default(),
                 gzipping: RefCell::new(HashSet::new()),
+                root: RefCell::new(Root::default()),
             }),
         }
     }
@@ -383,13 +435,16 @@ impl SiteState {
         let key = job.cache_key(rel, trailing_slash);
         let now = Instant::now();
         self.close_files(Some(now));
-        if let Some(found) = self.cached(&key, now) {
-            return found;
+        let by = self.by_root(now);
+        let generation = self.root.borrow().generation;
+        if !matches!(by, ByRoot::Refresh) {
+            if let Some(found) = self.cached(&key, now) {
+                return found;
+            }
         }
         let lookup = Lookup {
-            // As configured: resolved at each look
-            // (`fs::find_from_configured`), the jail every candidate must
-            // stay in.
+            // As configured, to be resolved (`fs::find_from_configured`);
+            // the jail every candidate must stay in.
             root: self.cfg.root.clone(),
             rel: rel.to_string(),
             trailing_slash,
@@ -400,26 +455,84 @@ impl SiteState {
             dotfiles: self.cfg.dotfiles,
             encodings: job.encodings.clone(),
         };
-        let look = |lookup: Lookup| {
-            recheck::wait(
-                glommio::executor().spawn_blocking(move || fs::find_from_configured(lookup)),
-            )
+        // Taken only now: a hit costs no copy of the path.
+        let pinned = match by {
+            ByRoot::Fresh => self.root.borrow().path.clone(),
+            _ => None,
         };
-        let mut found = look(lookup.clone()).await;
+        let look = |lookup: Lookup| {
+            let pinned = pinned.clone();
+            recheck::wait(glommio::executor().spawn_blocking(move || match pinned {
+                Some(root) => (fs::find(&Lookup { root, ..lookup }), None),
+                None => fs::find_from_configured(lookup),
+            }))
+        };
+        let (mut found, mut resolved) = look(lookup.clone()).await;
         if matches!(found, FoundSend::Short(_)) && close_shard_files() > 0 {
             // Out of descriptors while the shard's sites keep files open:
             // they go first, then one more look, rather than a 500 for
             // every new file until they expire.
-            found = look(lookup).await;
+            (found, resolved) = look(lookup).await;
         }
+        let generation = match by {
+            ByRoot::Refresh => self.rooted(resolved, now),
+            _ => generation,
+        };
         let found: Found = found.into();
-        if !self.cfg.cache_valid.is_zero() && !matches!(found, Found::Failed(_)) {
+        if !self.cfg.cache_valid.is_zero()
+            && !matches!(found, Found::Failed(_))
+            && self.root.borrow().generation == generation
+        {
             self.remember(key, &found);
             if self.cache_files.get() > 0 && !self.keeps_files.replace(true) {
                 KEEPING_FILES.with_borrow_mut(|k| k.add(Rc::downgrade(self)));
             }
         }
         found
+    }
+
+    /// How a lookup at `now` goes by the root; `Refresh` marks the root
+    /// being resolved, by the lookup told so.
+    fn by_root(&self, now: Instant) -> ByRoot {
+        if self.cfg.cache_valid.is_zero() {
+            return ByRoot::Resolve;
+        }
+        let mut root = self.root.borrow_mut();
+        match (&root.path, root.at) {
+            _ if root.refreshing => ByRoot::Resolve,
+            (Some(_), Some(at)) if now.duration_since(at) < self.cfg.cache_valid => ByRoot::Fresh,
+            _ => {
+                root.refreshing = true;
+                ByRoot::Refresh
+            }
+        }
+    }
+
+    /// The root, resolved at `at` (None: it could not be): a new one
+    /// empties the cache. Returns the generation what was found under it
+    /// belongs to.
+    fn rooted(&self, resolved: Option<PathBuf>, at: Instant) -> u64 {
+        let mut root = self.root.borrow_mut();
+        root.refreshing = false;
+        root.at = Some(at);
+        if root.path == resolved {
+            return root.generation;
+        }
+        root.path = resolved;
+        root.generation += 1;
+        let generation = root.generation;
+        drop(root);
+        self.clear();
+        generation
+    }
+
+    /// Forget everything cached, and give the table's memory back.
+    fn clear(&self) {
+        *self.cache.borrow_mut() = HashMap::new();
+        *self.open_files.borrow_mut() = VecDeque::new();
+        self.cache_bytes.set(0);
+        self.cache_files.set(0);
+        self.cache_missing.set(0);
     }
 
     /// What the cache knows of `key`, while it is fresh at `now`; marked
@@ -507,13 +620,11 @@ impl SiteState {
             cache.shrink_to_fit();
         }
         if full(self.cache_bytes.get(), self.cache_files.get()) {
-            // Every entry was served since: start over, and give the
-            // table's memory back (a cleared one keeps it).
-            *cache = HashMap::new();
-            *self.open_files.borrow_mut() = VecDeque::new();
-            self.cache_bytes.set(0);
-            self.cache_files.set(0);
-            self.cache_missing.set(0);
+            // Every entry was served since: start over (a cleared table
+            // would keep its memory).
+            drop(cache);
+            self.clear();
+            cache = self.cache.borrow_mut();
         }
         self.cache_bytes.set(self.cache_bytes.get() + size);
         self.cache_files.set(self.cache_files.get() + files);
