@@ -713,10 +713,12 @@ async fn forward(
                 }
                 Err(HeadEnd::Failed(f)) => {
                     let at = Instant::now();
-                    if race {
+                    let clients = matches!(f, Failure::Bad(b) if b.may_be_the_clients());
+                    if race || clients {
                         // The keep-alive race, for a request that may not
                         // be sent again (a POST): a 502, but the server is
-                        // most likely well, and is not taken out for it.
+                        // most likely well, and is not taken out for it;
+                        // nor for a head a client may have made too large.
                         server.count(|s| s.failures += 1);
                     } else {
                         upstreams.failed(cfg, &server, at);

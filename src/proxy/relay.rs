@@ -54,6 +54,28 @@ pub(super) enum BadHead {
     AfterInterim,
 }
 
+impl BadHead {
+    /// Whether a client may have made it so, and it is not held against
+    /// the server's health: a head too large or with too many fields may
+    /// be a client's own bytes an app sends back (a cookie, a query
+    /// value), and two such requests took every server of a group out.
+    pub(super) fn may_be_the_clients(self) -> bool {
+        match self {
+            BadHead::TooLarge => true,
+            BadHead::Invalid(e) => too_much(e),
+            _ => false,
+        }
+    }
+}
+
+/// A response head's error that is one of size: too large, too many fields.
+fn too_much(e: UpstreamError) -> bool {
+    matches!(
+        e,
+        UpstreamError::HeadTooLarge | UpstreamError::TooManyHeaders
+    )
+}
+
 impl std::fmt::Display for BadHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -272,10 +294,16 @@ pub(super) enum Fault {
 impl Fault {
     /// Whether it holds against the server's health (`max-fails`): a head
     /// that does not hold together is the server's; what befalls a body
-    /// after a good head is not, since a client may be able to make the
-    /// app cut it short, and would then take every server out in turn.
+    /// after a good head is not, nor a head too large (`BadHead::
+    /// may_be_the_clients`), since a client may be able to make the app
+    /// cut it short or send its bytes back, and would then take every
+    /// server out in turn.
     pub(super) fn is_the_servers(self) -> bool {
-        matches!(self, Fault::InvalidHead(_) | Fault::UnaskedSwitch { .. })
+        match self {
+            Fault::InvalidHead(e) => !too_much(e),
+            Fault::UnaskedSwitch { .. } => true,
+            _ => false,
+        }
     }
 }
 

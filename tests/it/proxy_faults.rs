@@ -1079,3 +1079,35 @@ fn a_client_gone_while_its_server_is_slow_to_accept_sends_it_nothing() {
     );
     drop(fillers);
 }
+
+/// A response head too large is a 502, but its server is not taken out
+/// for it (`max-fails = 1`): an app that sends a client's bytes back (a
+/// cookie, a query value) would let any client rest every server in turn,
+/// two requests putting the whole group out for `fail-timeout`.
+#[test]
+fn a_head_too_large_does_not_rest_its_server() {
+    let a = Upstream::start(|req| {
+        if req.target == "/echo-cookie" {
+            Reply::new().write(&format!(
+                "HTTP/1.1 200 OK\r\nSet-Cookie: c={}\r\nContent-Length: 0\r\n\r\n",
+                "x".repeat(40 << 10)
+            ))
+        } else {
+            Reply::ok("A")
+        }
+    });
+    let b = Upstream::start(ok("B"));
+    let proxy = Proxy::start(
+        "proxy-head-too-large",
+        &simple(&[a.server(), b.server()], "max-fails = 1", ""),
+    );
+    let big = proxy.get("GET /echo-cookie HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(big.status, 502, "{big:?}");
+    proxy
+        .server
+        .wait_for_log("a response head larger than max-header-bytes");
+    let answers: Vec<String> = (0..4)
+        .map(|_| proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text())
+        .collect();
+    assert!(answers.iter().any(|t| t == "A"), "{answers:?}");
+}
