@@ -1088,7 +1088,7 @@ fn a_client_gone_while_its_server_is_slow_to_accept_sends_it_nothing() {
 fn a_head_too_large_does_not_rest_its_server() {
     let a = Upstream::start(|req| {
         if req.target == "/echo-cookie" {
-            Reply::new().write(&format!(
+            Reply::new().write(format!(
                 "HTTP/1.1 200 OK\r\nSet-Cookie: c={}\r\nContent-Length: 0\r\n\r\n",
                 "x".repeat(40 << 10)
             ))
