@@ -71,6 +71,55 @@ const PM2_KEYS: &[(&str, &str)] = &[
         "watch",
         "none is needed: deploy, then systemctl reload coreserve (with reload = \"always\")",
     ),
+    ("kill_signal", "write stop-signal = \"SIGINT\""),
+    (
+        "restart_delay",
+        "none is needed: an instance that exits is started again at once, then after 1, 2, 4 ... 30 s while it keeps exiting within min-uptime",
+    ),
+    (
+        "exp_backoff_restart_delay",
+        "none is needed: an instance that keeps exiting is started again after 1, 2, 4 ... 30 s",
+    ),
+    (
+        "max_restarts",
+        "none is needed: an instance is started again for as long as coreserve runs, its back-off growing to 30 s",
+    ),
+    (
+        "uid",
+        "none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])",
+    ),
+    (
+        "gid",
+        "none can be: an instance runs as coreserve's own user and group",
+    ),
+    (
+        "out_file",
+        "none is needed: an instance's output goes to coreserve's log, each line labelled app NAME[N]",
+    ),
+    (
+        "error_file",
+        "none is needed: an instance's output goes to coreserve's log, each line labelled app NAME[N]",
+    ),
+    (
+        "log_file",
+        "none is needed: an instance's output goes to coreserve's log, each line labelled app NAME[N]",
+    ),
+    (
+        "node_args",
+        "write them in command = [\"node\", \"--max-old-space-size=512\", \"server.js\"]",
+    ),
+    (
+        "instance_var",
+        "none is needed: CORESERVE_INSTANCE and NODE_APP_INSTANCE carry the instance's number",
+    ),
+    (
+        "env_production",
+        "write env = { NODE_ENV = \"production\" } (one environment per file)",
+    ),
+    (
+        "cron_restart",
+        "none is offered: restart from a timer with systemctl reload coreserve (with reload = \"always\")",
+    ),
 ];
 
 /// What `command` looks like, for messages.
@@ -166,7 +215,13 @@ impl Walker<'_> {
                     self.error(&f, rule.into());
                 }
                 other if self.upstream_setting(&mut a.upstream, other, &f) => {}
-                other => match PM2_KEYS.iter().find(|(k, _)| *k == other) {
+                // In PM2's spelling, or in ours (`kill-timeout`).
+                other => match PM2_KEYS.iter().find(|(k, _)| {
+                    k.len() == other.len()
+                        && k.bytes()
+                            .zip(other.bytes())
+                            .all(|(k, o)| k == o || k == b'_' && o == b'-')
+                }) {
                     Some((_, instead)) => {
                         let rule = format!("is PM2's, not a key of an app: {instead}");
                         self.error(&f, rule);
@@ -431,18 +486,23 @@ max_memory_restart = "300M"
 exec_mode = "cluster"
 min_uptime = "2s"
 instances = "max"
+kill-timeout = 3000
+uid = "www"
 "#,
         )
         .unwrap_err();
         let at = |line: usize, rest: &str| format!("/etc/cs/t.toml:{line}: {rest}");
         assert_eq!(
-            errs[..5],
+            errs[..7],
             [
                 at(3, "app[1].script: is PM2's, not a key of an app: write command = [\"node\", \"server.js\"] (the program, then its arguments)"),
                 at(4, "app[1].max_memory_restart: is PM2's, not a key of an app: write max-memory = \"300m\""),
                 at(5, "app[1].exec_mode: is PM2's, not a key of an app: none is needed: each instance is a process of its own, as in PM2's cluster mode"),
                 at(6, "app[1].min_uptime: unknown key (did you mean min-uptime?)"),
                 at(7, "app[1].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got \"max\""),
+                // In either spelling.
+                at(8, "app[1].kill-timeout: is PM2's, not a key of an app: write stop-timeout = \"5s\""),
+                at(9, "app[1].uid: is PM2's, not a key of an app: none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])"),
             ]
         );
     }
