@@ -163,6 +163,12 @@ impl UpstreamConfig {
         self.identities.get(i).map(String::as_str)
     }
 
+    /// Whether the group is an app's instances (`identities` is the mark:
+    /// an app's lists one per instance, a file's none).
+    pub fn is_apps(&self) -> bool {
+        !self.identities.is_empty()
+    }
+
     /// A group with the given servers and every default.
     pub fn new(name: impl Into<String>, servers: Vec<ServerAddr>) -> Self {
         UpstreamConfig {

@@ -34,6 +34,7 @@ mod send;
 mod tunnel;
 mod upload;
 
+use pool::Group;
 pub use pool::{Rest, Server, Upstreams};
 pub use response::Compression;
 
@@ -392,7 +393,13 @@ async fn forward(
     let mut dropped = 0;
     let mut up_out = buffers::take(0);
     let mut now = Instant::now();
+    let began = now;
     let mut first = true;
+    // The last try was an app's instance that refused the connection: most
+    // likely exiting (its listener closes a moment before the process
+    // ends and coreserve hears of it), so the request may wait for
+    // another once no server is left to try.
+    let mut exiting = false;
     // The servers a try is picked from: the group as the request found it,
     // or as it is at a retry, when an update came meanwhile (the settings
     // stay the request's own, `cfg`).
@@ -436,6 +443,26 @@ async fn forward(
         let raced = again.is_some();
         let Some((index, server)) = again.or_else(|| servers.pick(now, &tried[..attempts], client))
         else {
+            // Waits for the instance started in its place, or another, as
+            // a request that finds none ready waits (at most
+            // connect-timeout from its start), rather than a 502 for each
+            // request of the moment an instance takes to exit (hundreds
+            // under load). Not in a drain, when none starts again.
+            if std::mem::take(&mut exiting) && !c.draining.get() {
+                let until = began + cfg.connect_timeout;
+                let relisted = relisted(upstreams, &servers, until);
+                match c.socket.unless_closed(relisted).await {
+                    None => return client_gone(served, None),
+                    Some(true) => {
+                        // The group is listed anew: what was tried may be
+                        // a new instance at the same address (a restarted
+                        // one takes its port again).
+                        tried[..attempts].fill(usize::MAX);
+                        continue;
+                    }
+                    Some(false) => {}
+                }
+            }
             break;
         };
         match (&last, stale) {
@@ -498,6 +525,11 @@ async fn forward(
                 } else {
                     Failure::Connect
                 };
+                exiting = cfg.is_apps()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    );
                 server.log(
                     log::Level::Warn,
                     at,
@@ -913,6 +945,21 @@ fn discard_if_here(body: &mut Option<BodyDecoder>, c: &mut Client<'_>) -> u64 {
         }
     }
     read
+}
+
+/// Whether the group `servers` was taken from is listed anew, with a
+/// server, before `until` (an app's instances that came up or went):
+/// waits for the group's updates.
+async fn relisted(upstreams: &Upstreams, servers: &Rc<Group>, until: Instant) -> bool {
+    while upstreams.changed_before(until).await {
+        let Some(group) = upstreams.group(&servers.config.name) else {
+            return false;
+        };
+        if !Rc::ptr_eq(&group, servers) && !group.servers.is_empty() {
+            return true;
+        }
+    }
+    false
 }
 
 /// The exchange of a client that left before its server answered (the

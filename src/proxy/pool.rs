@@ -256,6 +256,22 @@ impl Upstreams {
         }
     }
 
+    /// Whether an `update` comes before `until`.
+    pub async fn changed_before(&self, until: Instant) -> bool {
+        let left = until.saturating_duration_since(Instant::now());
+        futures_lite::future::or(
+            async {
+                self.changed().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(left).await;
+                false
+            },
+        )
+        .await
+    }
+
     /// Wait for the next `update` (a reload, an app's instances that came
     /// up or went).
     async fn changed(&self) {

@@ -1272,3 +1272,44 @@ fn an_app_gets_neither_coreserves_capabilities_nor_its_credentials() {
         "{log}"
     );
 }
+
+/// A request that meets an app's only instance as it exits (its listener
+/// closed, the process not yet ended: refused) waits for the instance
+/// started in its place, as one that finds none ready does, rather than a
+/// 502 (hundreds of them a second under load for each exit).
+#[test]
+fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
+    if !have_node() {
+        return;
+    }
+    let code = "const http = require('http');\
+                const s = http.createServer((q, r) => {\
+                  if (q.url === '/exit') {\
+                    r.writeHead(200, { 'Connection': 'close', 'Content-Length': 4 });\
+                    r.end('bye!');\
+                    s.close();\
+                    setTimeout(() => process.exit(0), 700);\
+                    return;\
+                  }\
+                  const b = String(process.pid);\
+                  r.writeHead(200, { 'Content-Length': b.length });\
+                  r.end(b);\
+                });\
+                s.listen(+process.env.PORT, '127.0.0.1');";
+    let s = AppServer::start(
+        "apps-exiting",
+        &(app("web", &["node", "-e", code], 1, "") + &proxied("/", "web")),
+    );
+    let first = s.ready_pids("web", 1)[0];
+    let get = |path: &str| {
+        crate::util::get(
+            s.server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(get("/exit").text(), "bye!");
+    // Within the 700 ms its listener is closed and it still runs.
+    let r = get("/");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
+    assert_ne!(r.text(), first.to_string(), "answered by the exiting one");
+}
