@@ -51,6 +51,8 @@ pub struct Process {
     /// The process coreserve started has ended (its exit is reported once
     /// the rest of its group has too).
     ended: Arc<AtomicBool>,
+    /// Its output pipes, by inode (`proc_table::strays`).
+    pipes: Vec<u64>,
 }
 
 /// An instance's stop under way.
@@ -78,8 +80,9 @@ impl Stop {
 
 impl Process {
     /// Ask the instance to stop: `signal` (SIGTERM unless its app says
-    /// otherwise) to its process group and to its descendants that left it
-    /// (a child spawned `detached`: PM2 kills the whole tree), SIGKILL
+    /// otherwise) to its process group and to what left it (a child spawned
+    /// `detached`: PM2 kills the whole tree; a daemon holding its output,
+    /// `proc_table::strays`), SIGKILL
     /// after `timeout` (the manager sends its own too). Its exit is
     /// reported only once all of them have ended, so that the app a
     /// wrapper started (`npm start`, `sh -c "node app.js; …"`), which
@@ -91,7 +94,7 @@ impl Process {
         // and SIGKILLs the group.
         let _ = self.stopping.set(Stop {
             kill_at: Instant::now() + timeout,
-            strays: proc_table::strays(self.pid),
+            strays: proc_table::strays(self.pid, &self.pipes),
             killed: AtomicBool::new(false),
         });
         if let Some(stop) = self.stopping.get() {
@@ -114,7 +117,7 @@ impl Process {
     pub fn kill(&self) {
         let stop = self.stopping.get_or_init(|| Stop {
             kill_at: Instant::now(),
-            strays: proc_table::strays(self.pid),
+            strays: proc_table::strays(self.pid, &self.pipes),
             killed: AtomicBool::new(false),
         });
         // Only what it finds running: a stray that ended by itself just
@@ -253,6 +256,7 @@ pub fn spawn(
     .flatten()
     .filter_map(|fd| crate::sys::inode(fd).ok())
     .collect();
+    let held_by = pipes.clone();
     if let Some(out) = child.stdout.take() {
         let asked = stopping.clone();
         relay_lines(
@@ -311,7 +315,7 @@ pub fn spawn(
                     // no parent to be found by. Left, each crash of a
                     // crash-looping app would leave it running, and two
                     // output threads here waiting on it.
-                    for pid in proc_table::holding(&pipes) {
+                    for pid in proc_table::holding(&held_by) {
                         // SAFETY: kill(2) on a pid read from /proc a moment
                         // ago, not coreserve's own (`holding` leaves it out).
                         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -330,6 +334,7 @@ pub fn spawn(
         tail,
         stopping,
         ended,
+        pipes,
     })
 }
 

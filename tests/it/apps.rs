@@ -1313,3 +1313,48 @@ fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
     assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
     assert_ne!(r.text(), first.to_string(), "answered by the exiting one");
 }
+
+/// What an instance started and left (`setsid`, forked twice: its parent
+/// is another now) still holding its output gets the instance's stop
+/// signal with it, as PM2 kills the whole tree: a reload that replaced the
+/// instance left it running (on the old port, its lines logged as the
+/// stopped instance's), where an instance's crash had it killed.
+#[test]
+fn a_reload_stops_what_an_instance_left_holding_its_output() {
+    if !have_node() {
+        return;
+    }
+    let toml = |version: &str| {
+        app(
+            "web",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "(setsid sh -c 'while :; do echo left $$; sleep 0.2; done' &); exec node {ECHO_JS}"
+                ),
+            ],
+            1,
+            &format!("env = {{ VERSION = \"{version}\" }}\nmin-uptime = \"0s\""),
+        ) + &proxied("/", "web")
+    };
+    let s = AppServer::start("apps-left-holding", &toml("1"));
+    let first = s.ready_pids("web", 1)[0];
+    s.server.wait_for_log("app web[0]: left ");
+    let left: u32 = s
+        .server
+        .log()
+        .lines()
+        .find_map(|l| l.split_once("app web[0]: left ")?.1.trim().parse().ok())
+        .unwrap();
+    assert!(alive(left));
+    s.reload(&toml("2"));
+    s.wait_instances("web", "replaced", |is| {
+        is.len() == 1 && is[0].state == "ready" && is[0].pid != Some(first)
+    });
+    assert!(
+        all_gone(&[first, left], Duration::from_secs(5)),
+        "left running by the reload:\n{}",
+        s.server.log()
+    );
+}
