@@ -868,6 +868,22 @@ async fn forward(
         // exits): an app asked to stop closes its server once its
         // connections are gone, and one kept here would hold it until
         // its SIGKILL.
+        if relayed.overran > 0 {
+            // As nginx says "upstream sent more data than specified": the
+            // app's error costs a connection each time, which only this
+            // line shows.
+            server.log(
+                log::Level::Warn,
+                ended,
+                format_args!(
+                    "upstream {} ({}): {} {target}: {} byte(s) came past the response's end (a body to a HEAD, 204 or 304, or more than its Content-Length or last chunk); dropped, and the connection closed",
+                    cfg.name,
+                    server.label,
+                    head.method_str(),
+                    relayed.overran
+                ),
+            );
+        }
         if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 && !c.draining.get() {
             server.checkin(up, cfg.keepalive, ended);
         } else {

@@ -363,6 +363,10 @@ pub(super) struct Relayed {
     pub(super) switched: Option<Instant>,
     pub(super) client_keep_alive: bool,
     pub(super) upstream_reusable: bool,
+    /// Bytes the upstream sent past the response's end (a body to a HEAD,
+    /// 204 or 304; more than its length), which nobody asked for: its
+    /// connection is not reused, and the log says why.
+    pub(super) overran: u64,
     /// What went wrong on the upstream's side, if anything: the response
     /// is cut short (or, with nothing sent yet, a 502).
     pub(super) upstream_fault: Option<Fault>,
@@ -388,6 +392,8 @@ pub(super) struct Outgoing {
     reusable: bool,
     /// The client's connection stays open after it.
     keep_alive: bool,
+    /// Bytes that came past its end (`Relayed::overran`).
+    overran: u64,
 }
 
 /// The start of a response: the final head at the start of `rbuf`, parsed
@@ -503,6 +509,7 @@ pub(super) fn begin(
             ended: false,
             reusable: res.reusable,
             keep_alive: down.keep_alive,
+            overran: 0,
         },
         head_len: res.head_len,
         tunnel,
@@ -566,6 +573,7 @@ impl Outgoing {
         if pos < bytes.len() {
             // Bytes past the response's end were never asked for.
             self.reusable = false;
+            self.overran += (bytes.len() - pos) as u64;
         }
         Ok(pos)
     }
@@ -708,6 +716,7 @@ pub(super) async fn stream(
     if out.complete {
         r.client_keep_alive = out.keep_alive;
         r.upstream_reusable = out.reusable;
+        r.overran = out.overran;
         return r;
     }
     let ahead = if c.socket.non_blocking() && up.non_blocking() {
@@ -801,6 +810,7 @@ impl Ahead {
             if self.out.complete {
                 self.r.client_keep_alive = self.out.keep_alive;
                 self.r.upstream_reusable = self.out.reusable;
+                self.r.overran = self.out.overran;
                 c.out.drain(..self.sent);
                 self.sent = 0;
                 return std::mem::take(&mut self.r);

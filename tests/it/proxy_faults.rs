@@ -1111,3 +1111,29 @@ fn a_head_too_large_does_not_rest_its_server() {
         .collect();
     assert!(answers.iter().any(|t| t == "A"), "{answers:?}");
 }
+
+/// Bytes an upstream sends past its response's end are not passed on,
+/// its connection is not reused, and the log says so, as nginx's "upstream
+/// sent more data than specified": the app's fault costs a connection
+/// each time, which nothing else shows.
+#[test]
+fn bytes_past_a_responses_end_are_said_and_its_connection_dropped() {
+    let up = Upstream::start(|req| {
+        if req.target == "/over" {
+            Reply::new().write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+        } else {
+            Reply::ok("fine")
+        }
+    });
+    let proxy = Proxy::start("proxy-overran", &simple(&[up.server()], "", ""));
+    let r = proxy.get("GET /over HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    proxy.server.wait_for_log(
+        "GET /over: 5 byte(s) came past the response's end (a body to a HEAD, 204 or 304, or more than its Content-Length or last chunk); dropped, and the connection closed",
+    );
+    assert_eq!(
+        proxy.get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "fine"
+    );
+    assert_eq!(up.accepted(), 2, "the connection was reused");
+}
