@@ -1141,13 +1141,14 @@ async fn stream_file(
         // chunk that waited, at once: pages may have gone meanwhile).
         // Without sendfile nobody asks.
         let (mut cached_to, mut ask_at) = (0, if socket.is_some() { start } else { end });
+        let mut asking = sendfile::Asking::default();
         // Since when sendfile has found no room (the send-timeout counts
         // from there, as a write's stall does).
         let mut stalled: Option<Instant> = None;
         while pos < end {
             if pos >= cached_to && pos >= ask_at {
                 let window = SENDFILE_WINDOW.min(end - pos);
-                match sendfile::residency(fd, pos, window) {
+                match sendfile::residency(fd, pos, window, &mut asking) {
                     Residency::Cached => cached_to = pos + window,
                     Residency::NotCached => ask_at = pos + window,
                     Residency::Unknown => ask_at = end,
