@@ -1785,3 +1785,57 @@ fn a_deleted_large_file_is_let_go_without_another_request() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A file the server's user neither owns nor may write (a site's files
+/// are root's; the packaged service runs as a user of its own): cachestat
+/// refuses to say what of it is cached, and reads that do not wait tell
+/// instead, so it still goes by sendfile, whole and as it is on disk.
+#[test]
+fn a_file_of_another_user_is_served_whole() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to run the server as another user");
+        return;
+    }
+    let dir = Scratch::new("others-file");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    dir.write("www/big.bin", &body);
+    let conf = dir.write(
+        "site.toml",
+        format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"{}\"\n",
+            dir.path("www")
+        ),
+    );
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_coreserve"))
+        .args([
+            "--metrics-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--config",
+        ])
+        .arg(&conf)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::spawn(cmd);
+    for _ in 0..2 {
+        let r = get(
+            server.addr,
+            "GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body == body,
+            "a body of {} bytes, not the file",
+            r.body.len()
+        );
+    }
+    server.wait_for_log("looked at by reads that do not wait");
+}
