@@ -673,6 +673,20 @@ async fn forward(
                     ),
                 );
                 r.upstream_fault = Some(Fault::RequestBody);
+            } else if sent.send_timed_out && out.complete() {
+                // The client had its answer at once, but its upload waited
+                // send-timeout on a server that took none of the rest
+                // (stuck, or its request paused): nothing else says why.
+                server.log(
+                    log::Level::Warn,
+                    Instant::now(),
+                    format_args!(
+                        "upstream {} ({}): {} {target}: it answered in full, then took nothing more of the request body for send-timeout (the client's upload waited as long); the client's connection closes",
+                        cfg.name,
+                        server.label,
+                        head.method_str()
+                    ),
+                );
             }
             let mut relayed = if r.upstream_fault.is_some() {
                 c.out.clear();

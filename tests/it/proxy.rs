@@ -1611,3 +1611,37 @@ fn an_upstream_connection_close_leaves_the_client_connection_open() {
         }
     }
 }
+
+/// An early success whose server then takes none of the rest of the body
+/// (stuck, or a paused request) holds the client's upload for
+/// send-timeout: the client had its answer, and the log says why the
+/// upload waited (nothing did).
+#[test]
+fn an_early_answer_whose_server_stops_taking_the_body_is_said() {
+    let up = raw_upstream(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let proxy = Proxy::start(
+        "proxy-early-stalled",
+        &(simple(&[up], "send-timeout = \"1s\"", "") + "[limits]\nmax-body-bytes = \"100m\"\n"),
+    );
+    let s = connect(proxy.addr());
+    (&s).write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n")
+        .unwrap();
+    let writer = {
+        let s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'u'; 64 << 10];
+            while (&s).write_all(&chunk).is_ok() {}
+        })
+    };
+    let r = Reader::new(&s).next(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "done"));
+    proxy.server.wait_for_log(
+        "POST /upload: it answered in full, then took nothing more of the request body for send-timeout",
+    );
+    drop(s);
+    writer.join().unwrap();
+}
