@@ -1789,9 +1789,11 @@ fn a_deleted_large_file_is_let_go_without_another_request() {
 /// A file the server's user neither owns nor may write (a site's files
 /// are root's; the packaged service runs as a user of its own): cachestat
 /// refuses to say what of it is cached, and reads that do not wait tell
-/// instead, so it still goes by sendfile, whole and as it is on disk.
+/// instead, so it still goes by sendfile, whole and as it is on disk. One
+/// it may not read is a 403, and the log says which (as nginx logs its
+/// failed open): a deploy with a bad umask showed nowhere.
 #[test]
-fn a_file_of_another_user_is_served_whole() {
+fn files_of_another_user_are_served_or_refused_as_their_mode_says() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root, to run the server as another user");
@@ -1800,6 +1802,12 @@ fn a_file_of_another_user_is_served_whole() {
     let dir = Scratch::new("others-file");
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     dir.write("www/big.bin", &body);
+    let private = dir.write("www/private.html", "secret");
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let conf = dir.write(
         "site.toml",
         format!(
@@ -1838,4 +1846,10 @@ fn a_file_of_another_user_is_served_whole() {
         );
     }
     server.wait_for_log("looked at by reads that do not wait");
+    let r = get(
+        server.addr,
+        "GET /private.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 403);
+    server.wait_for_log("static file \"/private.html\": permission denied");
 }

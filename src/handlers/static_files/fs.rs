@@ -48,9 +48,13 @@ pub enum Found {
     Listing(Rc<[u8]>),
     /// Nothing there (or hidden behind a refused symlink).
     NotFound,
-    /// A directory without an index and without autoindex, or a file or
-    /// directory the server may not read (EACCES, as nginx answers it).
+    /// A directory without an index and without autoindex (a 403, as
+    /// nginx answers it).
     Forbidden,
+    /// A file or directory the server may not read (EACCES): a 403, as
+    /// nginx answers it, and logged, as nginx logs its failed `open()`
+    /// (a deploy with a bad umask or owner shows nowhere else).
+    Denied,
     /// The server could not look (out of descriptors, an I/O error): a
     /// 500, logged, and never cached. A 404 would tell clients and caches
     /// the file is gone.
@@ -165,6 +169,8 @@ pub enum FoundSend {
     NotFound,
     /// See `Found::Forbidden`.
     Forbidden,
+    /// See `Found::Denied`.
+    Denied,
     /// See `Found::Failed`.
     Failed(String),
     /// The process is out of descriptors (EMFILE, ENFILE): a
@@ -201,6 +207,7 @@ impl From<FoundSend> for Found {
             FoundSend::Listing(v) => Found::Listing(v.into()),
             FoundSend::NotFound => Found::NotFound,
             FoundSend::Forbidden => Found::Forbidden,
+            FoundSend::Denied => Found::Denied,
             FoundSend::Failed(why) | FoundSend::Short(why) => Found::Failed(why.into()),
         }
     }
@@ -384,7 +391,7 @@ fn compressed(
             continue;
         }
         let why = match info(l, &real, content_type, Some(enc)) {
-            FoundSend::Forbidden => "permission denied".to_string(),
+            FoundSend::Denied => "permission denied".to_string(),
             FoundSend::Failed(why) => why,
             FoundSend::NotFound => continue,
             found => return Some(found),
@@ -412,7 +419,7 @@ fn failure(e: io::Error) -> FoundSend {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => {
             FoundSend::NotFound
         }
-        Some(libc::EACCES) => FoundSend::Forbidden,
+        Some(libc::EACCES) => FoundSend::Denied,
         Some(libc::EMFILE | libc::ENFILE) => FoundSend::Short(e.to_string()),
         _ if e.kind() == io::ErrorKind::NotFound => FoundSend::NotFound,
         _ => FoundSend::Failed(e.to_string()),
@@ -698,7 +705,7 @@ mod tests {
         for missing in [libc::ENOENT, libc::ENOTDIR, libc::ELOOP, libc::ENAMETOOLONG] {
             assert!(matches!(of(missing), FoundSend::NotFound), "{missing}");
         }
-        assert!(matches!(of(libc::EACCES), FoundSend::Forbidden));
+        assert!(matches!(of(libc::EACCES), FoundSend::Denied));
         for ours in [libc::EIO, libc::ENOMEM] {
             assert!(matches!(of(ours), FoundSend::Failed(_)), "{ours}");
         }

@@ -181,7 +181,8 @@ struct SiteState {
     gzipped: RefCell<HashMap<String, Gzipped>>,
     /// What `gzipped` holds, against `GZIP_CACHE_BYTES`.
     gzipped_bytes: Cell<usize>,
-    /// Its lines about files it could not serve (500s): at most one a
+    /// Its lines about files it could not serve (500s, and 403s it may not
+    /// read them): at most one a
     /// second, the next saying how many were held back (a flood out of
     /// descriptors wrote one a request).
     failures: crate::throttle::Throttle,
@@ -762,7 +763,9 @@ fn cost(key: &CacheKey, found: &Found) -> (usize, usize, usize) {
         Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => (b.len(), 0, 0),
         Found::File(FileInfo { file: Some(_), .. }) => (0, 1, 0),
         Found::File(_) => (0, 0, 0),
-        Found::NotFound | Found::Forbidden | Found::AddSlash | Found::Failed(_) => (0, 0, 1),
+        Found::NotFound | Found::Forbidden | Found::Denied | Found::AddSlash | Found::Failed(_) => {
+            (0, 0, 1)
+        }
     };
     (ENTRY_COST + key.rel.len() + content, files, missing)
 }
@@ -875,6 +878,16 @@ async fn serve(
             res.body("text/plain; charset=utf-8", b"Not Found\n");
         }
         Found::Forbidden => {
+            res.begin(Status::FORBIDDEN);
+            res.body("text/plain; charset=utf-8", b"Forbidden\n");
+        }
+        Found::Denied => {
+            if let Some(held) = job.state.failures.admit(Instant::now()) {
+                log::error!(
+                    "static file \"/{}\": permission denied (the server's user may not read it, or a directory on its way){held}",
+                    rel.escape_debug()
+                );
+            }
             res.begin(Status::FORBIDDEN);
             res.body("text/plain; charset=utf-8", b"Forbidden\n");
         }
