@@ -206,24 +206,16 @@ fn children_of(pid: u32) -> Option<Vec<u32>> {
     read.then_some(out)
 }
 
-/// What of `leader`'s a signal to its process group misses: its
-/// descendants outside the group, and the processes outside it that hold
-/// one of its output `pipes` (what it started and left, `setsid` and
-/// forked twice: their parent is another now, but they hold what they
-/// inherited from it).
-pub fn strays(leader: u32, pipes: &[u64]) -> Vec<Known> {
+/// The descendants of `leader` that are not in its process group: a
+/// signal to the group misses them.
+pub fn strays(leader: u32) -> Vec<Known> {
     let Some(table) = table() else {
         return Vec::new();
     };
-    let mut pids = descendants(&table, leader);
-    for pid in holding(pipes) {
-        if !pids.contains(&pid) {
-            pids.push(pid);
-        }
-    }
-    pids.into_iter()
+    descendants(&table, leader)
+        .into_iter()
         .filter_map(|pid| {
-            let s = table.get(&pid)?;
+            let s = &table[&pid];
             (s.group != leader).then_some(Known {
                 pid,
                 start: s.start,
@@ -268,9 +260,6 @@ pub fn socket_inodes(leader: u32) -> Option<HashSet<u64>> {
 /// to start another instance holds a copy of every descriptor until its
 /// exec closes them.
 pub fn holding(pipes: &[u64]) -> Vec<u32> {
-    if pipes.is_empty() {
-        return Vec::new();
-    }
     let me = std::process::id();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -51,8 +51,6 @@ pub struct Process {
     /// The process coreserve started has ended (its exit is reported once
     /// the rest of its group has too).
     ended: Arc<AtomicBool>,
-    /// Its output pipes, by inode (`proc_table::strays`).
-    pipes: Vec<u64>,
 }
 
 /// An instance's stop under way.
@@ -80,9 +78,8 @@ impl Stop {
 
 impl Process {
     /// Ask the instance to stop: `signal` (SIGTERM unless its app says
-    /// otherwise) to its process group and to what left it (a child spawned
-    /// `detached`: PM2 kills the whole tree; a daemon holding its output,
-    /// `proc_table::strays`), SIGKILL
+    /// otherwise) to its process group and to its descendants that left it
+    /// (a child spawned `detached`: PM2 kills the whole tree), SIGKILL
     /// after `timeout` (the manager sends its own too). Its exit is
     /// reported only once all of them have ended, so that the app a
     /// wrapper started (`npm start`, `sh -c "node app.js; …"`), which
@@ -94,7 +91,7 @@ impl Process {
         // and SIGKILLs the group.
         let _ = self.stopping.set(Stop {
             kill_at: Instant::now() + timeout,
-            strays: proc_table::strays(self.pid, &self.pipes),
+            strays: proc_table::strays(self.pid),
             killed: AtomicBool::new(false),
         });
         if let Some(stop) = self.stopping.get() {
@@ -117,7 +114,7 @@ impl Process {
     pub fn kill(&self) {
         let stop = self.stopping.get_or_init(|| Stop {
             kill_at: Instant::now(),
-            strays: proc_table::strays(self.pid, &self.pipes),
+            strays: proc_table::strays(self.pid),
             killed: AtomicBool::new(false),
         });
         // Only what it finds running: a stray that ended by itself just
@@ -256,7 +253,6 @@ pub fn spawn(
     .flatten()
     .filter_map(|fd| crate::sys::inode(fd).ok())
     .collect();
-    let held_by = pipes.clone();
     if let Some(out) = child.stdout.take() {
         let asked = stopping.clone();
         relay_lines(
@@ -308,14 +304,18 @@ pub fn spawn(
                 // thing coreserve does); a process it left behind holding
                 // the pipes open delays this only a little.
                 let left = drained.recv_timeout(DRAIN_WAIT) == Err(RecvTimeoutError::Timeout);
-                if left && asked.get().is_none() {
-                    // It ended by itself and something it started outside
-                    // its group (`detached`) holds its output: what a stop
-                    // would have ended, found by the pipes now that it has
-                    // no parent to be found by. Left, each crash of a
-                    // crash-looping app would leave it running, and two
-                    // output threads here waiting on it.
-                    for pid in proc_table::holding(&held_by) {
+                if left {
+                    // Its group has ended, and something it started outside
+                    // the group holds its output: one that left its parent
+                    // (`setsid`, forked twice), which neither a stop nor its
+                    // group's end reached, found by the pipes now that it
+                    // has no parent to be found by (a scan of every
+                    // process's descriptors: only then, never at each
+                    // stop). Left, each crash of a crash-looping app, each
+                    // reload, would leave one running (on the old port, its
+                    // lines logged as the gone instance's), and two output
+                    // threads here waiting on it.
+                    for pid in proc_table::holding(&pipes) {
                         // SAFETY: kill(2) on a pid read from /proc a moment
                         // ago, not coreserve's own (`holding` leaves it out).
                         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -334,7 +334,6 @@ pub fn spawn(
         tail,
         stopping,
         ended,
-        pipes,
     })
 }
 
