@@ -34,7 +34,6 @@ mod send;
 mod tunnel;
 mod upload;
 
-use pool::Group;
 pub use pool::{Rest, Server, Upstreams};
 pub use response::Compression;
 
@@ -450,21 +449,23 @@ async fn forward(
             // under load). Not in a drain, when none starts again.
             if std::mem::take(&mut exiting) && !c.draining.get() {
                 let until = began + cfg.connect_timeout;
-                let relisted = relisted(upstreams, &servers, until);
+                let name = &route.config.upstream;
+                let relisted = upstreams.until_relisted(name, &servers.servers, until);
                 match c.socket.unless_closed(relisted).await {
                     None => return client_gone(served, None),
-                    Some(true) => {
+                    Some(Some(_)) => {
                         // The group is listed anew: what was tried may be
                         // a new instance at the same address (a restarted
                         // one takes its port again).
                         tried[..attempts].fill(usize::MAX);
                         continue;
                     }
-                    Some(false) => {}
+                    Some(None) => {}
                 }
             }
             break;
         };
+        exiting = false;
         match (&last, stale) {
             (Some(_), Some((_, again))) if again == attempts => {}
             (Some((previous, _)), _) => previous.count(|s| s.retries += 1),
@@ -975,21 +976,6 @@ fn discard_if_here(body: &mut Option<BodyDecoder>, c: &mut Client<'_>) -> u64 {
         }
     }
     read
-}
-
-/// Whether the group `servers` was taken from is listed anew, with a
-/// server, before `until` (an app's instances that came up or went):
-/// waits for the group's updates.
-async fn relisted(upstreams: &Upstreams, servers: &Rc<Group>, until: Instant) -> bool {
-    while upstreams.changed_before(until).await {
-        let Some(group) = upstreams.group(&servers.config.name) else {
-            return false;
-        };
-        if !Rc::ptr_eq(&group, servers) && !group.servers.is_empty() {
-            return true;
-        }
-    }
-    false
 }
 
 /// The exchange of a client that left before its server answered (the

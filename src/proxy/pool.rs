@@ -243,21 +243,42 @@ impl Upstreams {
     /// ready), waiting for the updates that may bring one until `until`:
     /// `None` past it, or when the group is gone (a reload).
     pub async fn until_listed(&self, name: &str, until: Instant) -> Option<Rc<Group>> {
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            futures_lite::future::or(self.changed(), glommio::timer::sleep(left)).await;
+        self.until_relisted(name, &[], until).await
+    }
+
+    /// The group `name` once it lists servers other than `seen` (compared
+    /// one by one: each update makes every group anew, and a restarted
+    /// instance at its old address is its old `Server`), at least one,
+    /// waiting for updates until `until`: `None` past it, or when the
+    /// group is gone. An update of other groups, or one that leaves this
+    /// one's list as it was, goes on waiting.
+    pub async fn until_relisted(
+        &self,
+        name: &str,
+        seen: &[Rc<Server>],
+        until: Instant,
+    ) -> Option<Rc<Group>> {
+        let mut seen: Vec<*const Server> = seen.iter().map(Rc::as_ptr).collect();
+        while self.changed_before(until).await {
             let group = self.group(name)?;
+            if group
+                .servers
+                .iter()
+                .map(Rc::as_ptr)
+                .eq(seen.iter().copied())
+            {
+                continue;
+            }
             if !group.servers.is_empty() {
                 return Some(group);
             }
+            seen.clear();
         }
+        None
     }
 
     /// Whether an `update` comes before `until`.
-    pub async fn changed_before(&self, until: Instant) -> bool {
+    async fn changed_before(&self, until: Instant) -> bool {
         let left = until.saturating_duration_since(Instant::now());
         futures_lite::future::or(
             async {
@@ -945,6 +966,49 @@ mod tests {
         let mut c = UpstreamConfig::new("app", servers);
         c.balance = balance;
         c
+    }
+
+    /// A request refused by an exiting instance waits for its group's
+    /// list to change: another group's update, or one that leaves this
+    /// list as it was, does not end the wait (every update makes every
+    /// group anew); the instance listed again at its old address does.
+    #[test]
+    fn a_wait_for_a_group_listed_anew_passes_over_other_updates() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let app = group(Balance::RoundRobin, 1);
+                let mut other = UpstreamConfig::new("other", app.servers.clone());
+                let u = Rc::new(Upstreams::new(&[app.clone(), other.clone()]));
+                let seen = u.group("app").unwrap().servers.clone();
+                let until = Instant::now() + Duration::from_secs(10);
+                let waiter = u.clone();
+                let done = Rc::new(Cell::new(false));
+                let said = done.clone();
+                let waiting = glommio::spawn_local(async move {
+                    let group = waiter.until_relisted("app", &seen, until).await;
+                    said.set(true);
+                    group.map(|g| g.servers.len())
+                });
+                let step = || glommio::timer::sleep(Duration::from_millis(20));
+                step().await;
+                other
+                    .servers
+                    .push(ServerAddr::Tcp(([127, 0, 0, 1], 99).into()));
+                u.update(&[app.clone(), other.clone()]);
+                step().await;
+                u.update(&[app.clone(), other.clone()]);
+                step().await;
+                let mut gone = app.clone();
+                gone.servers.clear();
+                u.update(&[gone, other.clone()]);
+                step().await;
+                assert!(!done.get(), "ended by an update that listed nothing new");
+                u.update(&[app, other]);
+                assert_eq!(waiting.await, Some(1));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

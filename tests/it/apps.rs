@@ -1298,7 +1298,9 @@ fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
                 s.listen(+process.env.PORT, '127.0.0.1');";
     let s = AppServer::start(
         "apps-exiting",
-        &(app("web", &["node", "-e", code], 1, "") + &proxied("/", "web")),
+        // Its restart waits 1 s (it served less than 2 s): the request's
+        // wait is bounded by connect-timeout, raised for a slow machine.
+        &(app("web", &["node", "-e", code], 1, "connect-timeout = \"30s\"") + &proxied("/", "web")),
     );
     let first = s.ready_pids("web", 1)[0];
     let get = |path: &str| {
