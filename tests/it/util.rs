@@ -789,3 +789,24 @@ pub fn read_whole_response(s: &mut impl Read, len: usize) {
         all.len() - head,
     );
 }
+
+/// Whether another user (the tests that run the server as `nobody`) can
+/// reach `path`: every directory on its way searchable by others, and the
+/// file readable by them. A checkout under a private home (`/root`) is
+/// not, and those tests say so and skip, rather than fail for it.
+pub fn others_may_read(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+    mode(path) & 0o004 != 0 && path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
+}
+
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}

@@ -207,7 +207,9 @@ struct Root {
     path: Option<PathBuf>,
     /// When it was resolved; None: never.
     at: Option<Instant>,
-    /// A lookup is resolving it again: the cache serves meanwhile.
+    /// A lookup is resolving it again: the cache serves meanwhile, and
+    /// lookups go by the root as it was (one resolving it for itself could
+    /// find the new one first, and its finding join the old root's).
     refreshing: bool,
     /// Counts the times a new root emptied the cache: a lookup begun
     /// before does not put what it found under the old one in.
@@ -218,8 +220,8 @@ struct Root {
 enum ByRoot {
     /// By the root resolved within `cache-valid` (`Root::path`).
     Fresh,
-    /// Resolving it, for every lookup (no cache, or another lookup is
-    /// resolving it now, or it could not be).
+    /// Resolving it, for every lookup (no cache, or it was never
+    /// resolved, or it could not be).
     Resolve,
     /// Resolving it for the site: its time has passed.
     Refresh,
@@ -500,6 +502,7 @@ impl SiteState {
         }
         let mut root = self.root.borrow_mut();
         match (&root.path, root.at) {
+            (Some(_), _) if root.refreshing => ByRoot::Fresh,
             _ if root.refreshing => ByRoot::Resolve,
             (Some(_), Some(at)) if now.duration_since(at) < self.cfg.cache_valid => ByRoot::Fresh,
             _ => {
@@ -1154,14 +1157,13 @@ async fn stream_file(
         // chunk that waited, at once: pages may have gone meanwhile).
         // Without sendfile nobody asks.
         let (mut cached_to, mut ask_at) = (0, if socket.is_some() { start } else { end });
-        let mut asking = sendfile::Asking::default();
         // Since when sendfile has found no room (the send-timeout counts
         // from there, as a write's stall does).
         let mut stalled: Option<Instant> = None;
         while pos < end {
             if pos >= cached_to && pos >= ask_at {
                 let window = SENDFILE_WINDOW.min(end - pos);
-                match sendfile::residency(fd, pos, window, &mut asking) {
+                match sendfile::residency(fd, pos, window) {
                     Residency::Cached => cached_to = pos + window,
                     Residency::NotCached => ask_at = pos + window,
                     Residency::Unknown => ask_at = end,

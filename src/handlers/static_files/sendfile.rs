@@ -8,12 +8,14 @@
 //! page evicted, or still being read in, between the two calls costs one
 //! read, nothing worse — and the io_uring path serves the rest. cachestat
 //! answers only for files the caller owns or may write (Linux 6.14 and
-//! backports): a site's files are often root's, and a service's user
-//! neither; for those, one-byte reads that do not wait (`RWF_NOWAIT`) at
-//! each 128 KiB of the range and at its end tell (readahead brings a file
-//! in by such runs), and the io_uring path was 35–40 % slower than nginx's
-//! sendfile for 80–200 KB files. Where neither answers, the io_uring path
-//! serves. The socket must be non-blocking (every connection's is):
+//! backports), and a system-call filter may not know it (the packaged
+//! unit's `@system-service` on an older systemd): a site's files are often
+//! root's, and a service's user neither. Once it refuses, a shard asks by
+//! one-byte reads that do not wait (`RWF_NOWAIT`) at each 128 KiB of the
+//! range and at its end (readahead brings a file in by such runs) instead,
+//! as it does on a kernel without cachestat: the io_uring path was 35–40 %
+//! slower than nginx's sendfile for 80–200 KB files. Where neither
+//! answers (a file system without `RWF_NOWAIT`), the io_uring path serves. The socket must be non-blocking (every connection's is):
 //! sendfile sends what fits and the caller waits for room its own way.
 
 use std::cell::Cell;
@@ -36,8 +38,10 @@ fn page_size() -> u64 {
 const SYS_CACHESTAT: libc::c_long = 451;
 
 thread_local! {
-    /// Cleared for good when the kernel has no cachestat (before 6.5, or a
-    /// seccomp filter): every range then takes the io_uring path.
+    /// Cleared for good when cachestat gives no answer (a kernel before
+    /// 6.5; a file it refuses, or a seccomp filter): the shard asks by
+    /// reads from then on (`by_reads`), not cachestat and then reads for
+    /// every range of a refused file (a site's files are all alike).
     static CACHESTAT: Cell<bool> = const { Cell::new(true) };
     /// Whether this shard has said that cachestat refused a file.
     static TOLD_REFUSED: Cell<bool> = const { Cell::new(false) };
@@ -50,8 +54,8 @@ pub enum Residency {
     Cached,
     /// Some page is not.
     NotCached,
-    /// No answer for this file (not ours, no cachestat): do not ask again
-    /// during this transfer.
+    /// No answer for this file (its file system reads no `RWF_NOWAIT`):
+    /// do not ask again during this transfer.
     Unknown,
 }
 
@@ -71,25 +75,13 @@ struct Cachestat {
     nr_recently_evicted: u64,
 }
 
-/// How a transfer asks whether its ranges are cached: cachestat until it
-/// refuses the file, then reads that do not wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Asking {
-    /// cachestat(2).
-    #[default]
-    Cachestat,
-    /// One-byte `RWF_NOWAIT` reads (`by_reads`).
-    Reads,
-}
-
 /// Whether every page of `len` bytes of `fd` from `off` is in the page
-/// cache, asked as `asking` says (and, once cachestat refuses the file,
-/// says from then on).
-pub fn residency(fd: RawFd, off: u64, len: u64, asking: &mut Asking) -> Residency {
+/// cache.
+pub fn residency(fd: RawFd, off: u64, len: u64) -> Residency {
     if len == 0 {
         return Residency::Unknown;
     }
-    if *asking == Asking::Reads || !CACHESTAT.with(Cell::get) {
+    if !CACHESTAT.with(Cell::get) {
         return by_reads(fd, off, len);
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -111,14 +103,14 @@ pub fn residency(fd: RawFd, off: u64, len: u64, asking: &mut Asking) -> Residenc
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::ENOSYS) => CACHESTAT.with(|c| c.set(false)),
                 Some(libc::EPERM) => {
+                    CACHESTAT.with(|c| c.set(false));
                     if !TOLD_REFUSED.with(|t| t.replace(true)) {
                         log::info!(
-                            "static files: cachestat(2) refused a file this user neither owns \
-                             nor may write; such files are looked at by reads that do not wait \
-                             before sendfile"
+                            "static files: cachestat(2) refused (a file this user neither owns \
+                             nor may write, or a system-call filter); files are looked at by \
+                             reads that do not wait before sendfile"
                         );
                     }
-                    *asking = Asking::Reads;
                 }
                 _ => return Residency::Unknown,
             }
@@ -222,17 +214,12 @@ mod tests {
         let (f, path) = file_of(256 << 10);
         // SAFETY: advice on our own clean (synced) file.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let mut asking = Asking::default();
-        if residency(f.as_raw_fd(), 0, 256 << 10, &mut asking) == Residency::NotCached {
+        if residency(f.as_raw_fd(), 0, 256 << 10) == Residency::NotCached {
             std::io::copy(&mut &f, &mut std::io::sink()).unwrap();
-            let cached = |off, len| residency(f.as_raw_fd(), off, len, &mut Asking::default());
-            assert_eq!(cached(0, 256 << 10), Residency::Cached);
-            assert_eq!(cached(4095, 2), Residency::Cached);
+            assert_eq!(residency(f.as_raw_fd(), 0, 256 << 10), Residency::Cached);
+            assert_eq!(residency(f.as_raw_fd(), 4095, 2), Residency::Cached);
         }
-        assert_eq!(
-            residency(f.as_raw_fd(), 0, 0, &mut asking),
-            Residency::Unknown
-        );
+        assert_eq!(residency(f.as_raw_fd(), 0, 0), Residency::Unknown);
         std::fs::remove_file(path).unwrap();
     }
 
@@ -243,13 +230,22 @@ mod tests {
         let fd = f.as_raw_fd();
         // SAFETY: advice on our own clean (synced) file.
         unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let first = by_reads(fd, 0, 512 << 10);
-        if first == Residency::Unknown {
-            // A file system without RWF_NOWAIT for its reads (tmpfs before 6.x).
-            std::fs::remove_file(path).unwrap();
-            return;
+        let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+        // SAFETY: fstatfs writes one statfs into the buffer it is given.
+        assert_eq!(unsafe { libc::fstatfs(fd, fs.as_mut_ptr()) }, 0);
+        // SAFETY: fstatfs succeeded, so it filled the buffer.
+        let memory = unsafe { fs.assume_init() }.f_type == libc::TMPFS_MAGIC;
+        match by_reads(fd, 0, 512 << 10) {
+            // A file system without RWF_NOWAIT for its reads.
+            Residency::Unknown => {
+                std::fs::remove_file(path).unwrap();
+                return;
+            }
+            // tmpfs keeps its pages: no disk to wait for.
+            first if memory => assert_eq!(first, Residency::Cached),
+            // Its pages dropped: a read would wait for the disk.
+            first => assert_eq!(first, Residency::NotCached),
         }
-        // Its pages dropped (unless the file system keeps them: tmpfs).
         std::io::copy(&mut &f, &mut std::io::sink()).unwrap();
         assert_eq!(by_reads(fd, 0, 512 << 10), Residency::Cached);
         assert_eq!(by_reads(fd, 300_000, 1), Residency::Cached);
