@@ -74,7 +74,7 @@ const PM2_KEYS: &[(&str, &str)] = &[
     ("kill_signal", "write stop-signal = \"SIGINT\""),
     (
         "restart_delay",
-        "none is needed: an instance that exits is started again at once, then after 1, 2, 4 ... 30 s while it keeps exiting within min-uptime",
+        "none is needed: an instance that exits after serving 2 s is started again at once, one that exits sooner after 1, 2, 4 ... 30 s",
     ),
     (
         "exp_backoff_restart_delay",
@@ -216,12 +216,10 @@ impl Walker<'_> {
                 }
                 other if self.upstream_setting(&mut a.upstream, other, &f) => {}
                 // In PM2's spelling, or in ours (`kill-timeout`).
-                other => match PM2_KEYS.iter().find(|(k, _)| {
-                    k.len() == other.len()
-                        && k.bytes()
-                            .zip(other.bytes())
-                            .all(|(k, o)| k == o || k == b'_' && o == b'-')
-                }) {
+                other => match PM2_KEYS
+                    .iter()
+                    .find(|(k, _)| crate::http::parse::same_field(k, other))
+                {
                     Some((_, instead)) => {
                         let rule = format!("is PM2's, not a key of an app: {instead}");
                         self.error(&f, rule);

@@ -357,7 +357,8 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         info!("upgrade: serving; the previous process drains and exits");
         upgrade::say_ready(fd);
     }
-    let every = systemd::watchdog_interval().map_or(PING_EVERY, |w| w.min(PING_EVERY));
+    let watchdog = systemd::watchdog_interval();
+    let every = watchdog.map_or(PING_EVERY, |w| w.min(PING_EVERY));
     let tick = tx.clone();
     glommio::spawn_local(async move {
         loop {
@@ -372,7 +373,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         launcher: s.launcher,
         acceptor,
         notifier: s.notifier,
-        watchdog: systemd::watchdog_interval().is_some(),
+        watchdog: watchdog.is_some(),
         status,
         apps: s.apps.handle,
         handover: s.handover,
@@ -385,6 +386,7 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         s.reload,
         s.apps.servers,
         s.apps.file_upstreams,
+        watchdog.is_some(),
     );
     // Serve until told to stop.
     let mut first_signal = 0;
@@ -411,12 +413,13 @@ impl<W: World> Supervisor<W> {
         reload: Reloader,
         app_servers: HashMap<String, Vec<AppServer>>,
         file_upstreams: Vec<UpstreamConfig>,
+        watchdog: bool,
     ) -> Self {
         Supervisor {
             answered: vec![true; slots.len()],
             stalled: vec![None; slots.len()],
             pinged_at: Instant::now(),
-            watchdog: systemd::watchdog_interval().is_some(),
+            watchdog,
             backlog: slots.iter().map(|_| VecDeque::new()).collect(),
             flush_due: false,
             world,
