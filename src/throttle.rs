@@ -87,10 +87,11 @@ pub struct ThrottledLines {
     /// The log target the lines go to (the module they are about, as a
     /// line logged there would have: `RUST_LOG` filters by it).
     target: &'static str,
-    /// The first line held back since one went out, and its level (the
-    /// buffer reused). Only that one is formatted: a server that is down
-    /// fails every request, and a line costs a format once a second.
-    held: RefCell<Option<(log::Level, String)>>,
+    /// The first line held back since one went out, its level and when
+    /// it happened (the buffer reused). Only that one is formatted: a
+    /// server that is down fails every request, and a line costs a format
+    /// once a second.
+    held: RefCell<Option<(log::Level, String, Instant)>>,
 }
 
 impl ThrottledLines {
@@ -119,8 +120,9 @@ impl ThrottledLines {
             return;
         }
         let mut held = self.held.borrow_mut();
-        let (kept, text) = held.get_or_insert_with(|| (level, String::new()));
+        let (kept, text, at) = held.get_or_insert_with(|| (level, String::new(), now));
         *kept = level;
+        *at = now;
         text.clear();
         let _ = write!(text, "{message}");
     }
@@ -132,7 +134,7 @@ impl ThrottledLines {
         let Some(held) = self.throttle.overdue(now) else {
             return self.throttle.holds();
         };
-        self.say(held);
+        self.say(held, now);
         false
     }
 
@@ -140,14 +142,18 @@ impl ThrottledLines {
     /// and what it held would be lost.
     pub fn flush_all(&self) {
         if let Some(held) = self.throttle.take_held() {
-            self.say(held);
+            self.say(held, Instant::now());
         }
     }
 
-    /// Say the first line held back and the count of the others.
-    fn say(&self, Held(n): Held) {
-        if let Some((level, text)) = self.held.borrow().as_ref() {
-            log::log!(target: self.target, *level, "{text}{}", Held(n - 1));
+    /// Say the first line held back, how long ago it happened (its time
+    /// stamp is the saying's: read in order, a refusal said after a
+    /// restart would seem to be the new process's), and the count of the
+    /// others.
+    fn say(&self, Held(n): Held, now: Instant) {
+        if let Some((level, text, at)) = self.held.borrow().as_ref() {
+            let ago = now.saturating_duration_since(*at).as_secs_f64();
+            log::log!(target: self.target, *level, "{text} ({ago:.1} s ago){}", Held(n - 1));
         }
     }
 

@@ -777,10 +777,10 @@ async fn forward(
                     // `idle-timeout` below the app's keep-alive timeout.
                     let why = match (race, idempotent, body_started) {
                         (false, ..) => "",
-                        (true, false, _) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as the method is not idempotent, and the server is not taken out)",
+                        (true, false, _) => " (a pooled connection the server closed as the request went: the keep-alive race, unless the server was going away (an app instance killed under it); not sent again, as the method is not idempotent, and the server is not taken out)",
                         // (Idempotent and no body sent: tried again, but
                         // past `MAX_DROPPED`, which a race does not reach.)
-                        (true, true, _) => " (a pooled connection the server closed as the request went: the keep-alive race; not sent again, as its body is gone, and the server is not taken out)",
+                        (true, true, _) => " (a pooled connection the server closed as the request went: the keep-alive race, unless the server was going away (an app instance killed under it); not sent again, as its body is gone, and the server is not taken out)",
                     };
                     server.log(
                         log::Level::Warn,
