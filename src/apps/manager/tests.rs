@@ -450,7 +450,7 @@ fn an_app_that_ignores_its_port_is_told_where_it_listens() {
             .map(|(_, p)| p.trim())
             .unwrap_or_else(|| panic!("no port in {msg}"));
         let head = format!(
-            "app web[0] did not accept connections within 1s (start-timeout); \
+            "app web[0] did not accept connections within 3s (start-timeout); \
              it listens on 0.0.0.0:{port}, but was given PORT="
         );
         assert!(msg.starts_with(&head), "{msg}");
