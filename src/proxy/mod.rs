@@ -518,7 +518,24 @@ async fn forward(
                 // error rate (not one this process could not make).
                 server.count(|st| st.requests += 1);
                 let at = Instant::now();
-                upstreams.failed(cfg, &server, at);
+                // An app's instance that refuses (or resets a connection
+                // its closing listener held) is most likely exiting: its
+                // supervisor starts another, often on the same address,
+                // within moments, which a rest would keep from requests
+                // for fail-timeout (every instance of an app that crashed
+                // whole rested, and its requests 503'd while it was back).
+                exiting = cfg.is_apps()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::NotFound
+                            | io::ErrorKind::ConnectionReset
+                    );
+                if exiting {
+                    server.count(|s| s.failures += 1);
+                } else {
+                    upstreams.failed(cfg, &server, at);
+                }
                 served.failed.push((server.label.clone(), at - now));
                 listed = Some(server.clone());
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
@@ -526,11 +543,6 @@ async fn forward(
                 } else {
                     Failure::Connect
                 };
-                exiting = cfg.is_apps()
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-                    );
                 server.log(
                     log::Level::Warn,
                     at,

@@ -1276,16 +1276,9 @@ fn an_app_gets_neither_coreserves_capabilities_nor_its_credentials() {
     );
 }
 
-/// A request that meets an app's only instance as it exits (its listener
-/// closed, the process not yet ended: refused) waits for the instance
-/// started in its place, as one that finds none ready does, rather than a
-/// 502 (hundreds of them a second under load for each exit).
-#[test]
-fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
-    if !have_node() {
-        return;
-    }
-    let code = "const http = require('http');\
+/// A node app that answers its pid, and to `/exit` says `bye!`, closes its
+/// listener and exits 700 ms later.
+const EXITING_APP: &str = "const http = require('http');\
                 const s = http.createServer((q, r) => {\
                   if (q.url === '/exit') {\
                     r.writeHead(200, { 'Connection': 'close', 'Content-Length': 4 });\
@@ -1299,6 +1292,17 @@ fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
                   r.end(b);\
                 });\
                 s.listen(+process.env.PORT, '127.0.0.1');";
+
+/// A request that meets an app's only instance as it exits (its listener
+/// closed, the process not yet ended: refused) waits for the instance
+/// started in its place, as one that finds none ready does, rather than a
+/// 502 (hundreds of them a second under load for each exit).
+#[test]
+fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
+    if !have_node() {
+        return;
+    }
+    let code = EXITING_APP;
     let s = AppServer::start(
         "apps-exiting",
         // Its restart waits 1 s (it served less than 2 s): the request's
@@ -1317,6 +1321,46 @@ fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
     let r = get("/");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
     assert_ne!(r.text(), first.to_string(), "answered by the exiting one");
+}
+
+/// Every instance of an app exiting at once (a request that crashes each,
+/// a bad release): the refusals meanwhile rest none of them, so a request
+/// that comes after another was refused by all waits for them as that one
+/// does, rather than a 503 for fail-timeout ("each rests after failures")
+/// while they are back within moments.
+#[test]
+fn requests_wait_for_an_app_whose_instances_all_exit() {
+    if !have_node() {
+        return;
+    }
+    let s = AppServer::start(
+        "apps-all-exiting",
+        &(app(
+            "web",
+            &["node", "-e", EXITING_APP],
+            2,
+            "connect-timeout = \"30s\"",
+        ) + &proxied("/", "web")),
+    );
+    s.ready_pids("web", 2);
+    let get = |path: &str| {
+        crate::util::get(
+            s.server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    // Round-robin: each instance gets one.
+    assert_eq!(get("/exit").text(), "bye!");
+    assert_eq!(get("/exit").text(), "bye!");
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| get("/"));
+        std::thread::sleep(Duration::from_millis(100));
+        let second = get("/");
+        let first = first.join().unwrap();
+        for r in [first, second] {
+            assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
+        }
+    });
 }
 
 /// What an instance started and left (`setsid`, forked twice: its parent
