@@ -126,6 +126,28 @@ const PM2_KEYS: &[(&str, &str)] = &[
 const COMMAND_EXAMPLE: &str = "the program, then its arguments, like [\"node\", \"server.js\"]";
 
 impl Walker<'_> {
+    /// An app's time: as any duration, but a bare number of 1000 or more
+    /// is refused. PM2 counts its times in milliseconds (`kill_timeout:
+    /// 3000`), and here a bare number is seconds: 3000 would wait 50
+    /// minutes before a SIGKILL.
+    fn app_duration(&mut self, f: &Field) -> Option<std::time::Duration> {
+        if let Some(Value::Integer(n)) = f.item.as_value() {
+            let n = *n.value();
+            if n >= 1000 {
+                let rule = format!(
+                    "a bare number is seconds here, and {n} s is {} minutes: PM2 counts \
+                     milliseconds, so write \"{}ms\" or \"{}s\" (or \"{n}s\" if you mean it)",
+                    n / 60,
+                    n,
+                    n as f64 / 1000.0
+                );
+                self.error(f, rule);
+                return None;
+            }
+        }
+        self.duration(f)
+    }
+
     /// Every `[[app]]`, in file order.
     pub(super) fn apps(&mut self, apps: &ArrayOfTables) {
         for (i, t) in apps.iter().enumerate() {
@@ -191,10 +213,10 @@ impl Walker<'_> {
                         listen_env = Some(v);
                     }
                 }
-                "start-timeout" => set(&mut a.start_timeout, self.duration(&f)),
-                "stop-timeout" => set(&mut a.stop_timeout, self.duration(&f)),
+                "start-timeout" => set(&mut a.start_timeout, self.app_duration(&f)),
+                "stop-timeout" => set(&mut a.stop_timeout, self.app_duration(&f)),
                 "stop-signal" => set(&mut a.stop_signal, self.one_of(&f, &StopSignal::NAMED)),
-                "min-uptime" => set(&mut a.min_uptime, self.duration(&f)),
+                "min-uptime" => set(&mut a.min_uptime, self.app_duration(&f)),
                 "reload" => {
                     let choices = [
                         ("changed", AppReload::Changed),
@@ -501,6 +523,30 @@ uid = "www"
                 // In either spelling.
                 at(8, "app[1].kill-timeout: is PM2's, not a key of an app: write stop-timeout = \"5s\""),
                 at(9, "app[1].uid: is PM2's, not a key of an app: none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])"),
+            ]
+        );
+    }
+
+    /// PM2's milliseconds written as a bare number are refused, with what
+    /// to write: read as seconds, `stop-timeout = 3000` waited 50 minutes.
+    #[test]
+    fn an_apps_time_in_pm2_milliseconds_is_refused() {
+        let errs = load(
+            r#"[[app]]
+name = "web"
+command = ["node", "server.js"]
+stop-timeout = 1600
+start-timeout = 30
+min-uptime = 5000
+"#,
+        )
+        .unwrap_err();
+        let at = |line: usize, rest: &str| format!("/etc/cs/t.toml:{line}: {rest}");
+        assert_eq!(
+            errs,
+            [
+                at(4, "app[1].stop-timeout: a bare number is seconds here, and 1600 s is 26 minutes: PM2 counts milliseconds, so write \"1600ms\" or \"1.6s\" (or \"1600s\" if you mean it)"),
+                at(6, "app[1].min-uptime: a bare number is seconds here, and 5000 s is 83 minutes: PM2 counts milliseconds, so write \"5000ms\" or \"5s\" (or \"5000s\" if you mean it)"),
             ]
         );
     }
