@@ -122,6 +122,29 @@ const PM2_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// For a PM2 key whose value carries over, what to write with the file's
+/// own value (`kill_timeout = 1600` → `stop-timeout = "1.6s"`: PM2's
+/// milliseconds made ours), rather than the table's example, which a
+/// user copying it would take for theirs.
+fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
+    let ours = match key {
+        "kill_timeout" => "stop-timeout",
+        "listen_timeout" => "start-timeout",
+        "max_memory_restart" => {
+            let size = value?.as_str()?.to_ascii_lowercase();
+            return Some(format!("write max-memory = \"{size}\""));
+        }
+        _ => return None,
+    };
+    let ms = value?.as_integer().filter(|&n| n >= 0)?;
+    let time = if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    };
+    Some(format!("write {ours} = \"{time}\""))
+}
+
 /// What `command` looks like, for messages.
 const COMMAND_EXAMPLE: &str = "the program, then its arguments, like [\"node\", \"server.js\"]";
 
@@ -242,7 +265,9 @@ impl Walker<'_> {
                     .iter()
                     .find(|(k, _)| crate::http::parse::same_field(k, other))
                 {
-                    Some((_, instead)) => {
+                    Some((key, instead)) => {
+                        let instead = pm2_value(key, f.item.as_value())
+                            .unwrap_or_else(|| instead.to_string());
                         let rule = format!("is PM2's, not a key of an app: {instead}");
                         self.error(&f, rule);
                     }
@@ -508,12 +533,13 @@ min_uptime = "2s"
 instances = "max"
 kill-timeout = 3000
 uid = "www"
+listen_timeout = 1500
 "#,
         )
         .unwrap_err();
         let at = |line: usize, rest: &str| format!("/etc/cs/t.toml:{line}: {rest}");
         assert_eq!(
-            errs[..7],
+            errs[..8],
             [
                 at(3, "app[1].script: is PM2's, not a key of an app: write command = [\"node\", \"server.js\"] (the program, then its arguments)"),
                 at(4, "app[1].max_memory_restart: is PM2's, not a key of an app: write max-memory = \"300m\""),
@@ -521,8 +547,9 @@ uid = "www"
                 at(6, "app[1].min_uptime: unknown key (did you mean min-uptime?)"),
                 at(7, "app[1].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got \"max\""),
                 // In either spelling.
-                at(8, "app[1].kill-timeout: is PM2's, not a key of an app: write stop-timeout = \"5s\""),
+                at(8, "app[1].kill-timeout: is PM2's, not a key of an app: write stop-timeout = \"3s\""),
                 at(9, "app[1].uid: is PM2's, not a key of an app: none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])"),
+                at(10, "app[1].listen_timeout: is PM2's, not a key of an app: write start-timeout = \"1500ms\""),
             ]
         );
     }
