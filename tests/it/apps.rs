@@ -1115,17 +1115,12 @@ fn as_pid_one_ended_orphans_are_reaped_and_instances_reported() {
         "app.toml",
         app("web", &["sh", "-c", start, ECHO_JS], 1, "") + &proxied("/", "web"),
     );
-    let mut cmd = std::process::Command::new("unshare");
     // Killed with unshare (the test's end, or its failure).
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(env!("CARGO_BIN_EXE_coreserve"))
-        .args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-        .args(["--shards", "1", "--config"])
-        .arg(&conf)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let cmd = crate::util::wrapped(
+        "unshare",
+        &["--pid", "--fork", "--kill-child", "--mount-proc"],
+        &conf,
+    );
     let server = Server::spawn(cmd);
     let s = AppServer { server, dir };
     s.ready_pids("web", 1);
@@ -1231,31 +1226,21 @@ fn an_app_gets_neither_coreserves_capabilities_nor_its_credentials() {
         )
         + &proxied("/", "plain");
     let conf = dir.write("app.toml", toml);
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=+net_bind_service",
-        "--ambient-caps=+net_bind_service",
-        env!("CARGO_BIN_EXE_coreserve"),
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--config",
-    ])
-    .arg(&conf)
-    .env("RUST_LOG", "info")
-    .env(
+    let mut cmd = crate::util::wrapped(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+        ],
+        &conf,
+    );
+    cmd.env(
         "CREDENTIALS_DIRECTORY",
         "/run/credentials/coreserve.service",
-    )
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    );
     let server = Server::spawn(cmd);
     // coreserve itself has it (else the test proves nothing).
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();

@@ -1816,23 +1816,11 @@ fn files_of_another_user_are_served_or_refused_as_their_mode_says() {
             dir.path("www")
         ),
     );
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_coreserve"))
-        .args([
-            "--metrics-listen",
-            "off",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--config",
-        ])
-        .arg(&conf)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let cmd = crate::util::wrapped(
+        "setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+        &conf,
+    );
     let server = Server::spawn(cmd);
     for _ in 0..2 {
         let r = get(

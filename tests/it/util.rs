@@ -790,6 +790,24 @@ pub fn read_whole_response(s: &mut impl Read, len: usize) {
     );
 }
 
+/// The server run through `program` with `args` before it (`setpriv` as
+/// another user, `unshare` in a pid namespace), on any free port with one
+/// shard and `conf`, logging at info to a pipe, as `command()` runs it.
+pub fn wrapped(program: &str, args: &[&str], conf: &std::path::Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg(env!("CARGO_BIN_EXE_coreserve"))
+        .args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args(["--shards", "1", "--config"])
+        .arg(conf)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Whether another user (the tests that run the server as `nobody`) can
 /// reach `path`: every directory on its way searchable by others, and the
 /// file readable by them. A checkout under a private home (`/root`) is
