@@ -394,10 +394,11 @@ async fn forward(
     let mut now = Instant::now();
     let began = now;
     let mut first = true;
-    // The last try was an app's instance that refused the connection: most
-    // likely exiting (its listener closes a moment before the process
-    // ends and coreserve hears of it), so the request may wait for
-    // another once no server is left to try.
+    // The last try was an app's instance that refused the connection, or
+    // closed it before any response: most likely exiting (its listener
+    // and idle connections close a moment before the process ends and
+    // coreserve hears of it), so the request may wait for another once no
+    // server is left to try.
     let mut exiting = false;
     // The servers a try is picked from: the group as the request found it,
     // or as it is at a retry, when an update came meanwhile (the settings
@@ -773,7 +774,13 @@ async fn forward(
                 Err(HeadEnd::Failed(f)) => {
                     let at = Instant::now();
                     let clients = matches!(f, Failure::Bad(b) if b.may_be_the_clients());
-                    if race || clients {
+                    // An app's instance that closed or reset a connection
+                    // before any response is most likely exiting (its
+                    // idle connections closed as it stops), as one that
+                    // refuses one: not rested, and a request tried again
+                    // may wait for its successor.
+                    let exits = reset && cfg.is_apps();
+                    if race || clients || exits {
                         // The keep-alive race, for a request that may not
                         // be sent again (a POST): a 502, but the server is
                         // most likely well, and is not taken out for it;
@@ -806,6 +813,7 @@ async fn forward(
                     );
                     last = Some((server, f));
                     if retry {
+                        exiting = exits;
                         continue;
                     }
                     break;
