@@ -63,6 +63,12 @@ use crate::transport::Socket;
 /// Upstream response bytes read at once, and how much of the client's
 /// response is gathered before it is written.
 const CHUNK: usize = 16 << 10;
+
+/// How soon after an app's instance closed or reset a connection before any
+/// response its group must change (the instance's exit heard, within
+/// milliseconds) for a request to wait for its successor: one that
+/// destroys a socket on purpose and runs on gets its 502 then.
+const EXIT_NOTICE: Duration = Duration::from_millis(500);
 /// Most header fields accepted in an upstream's response head (more is a
 /// 502): as many as `max-headers` may allow a request.
 const MAX_RESPONSE_FIELDS: usize = crate::http::parse::MAX_HEADERS_LIMIT;
@@ -399,7 +405,12 @@ async fn forward(
     // and idle connections close a moment before the process ends and
     // coreserve hears of it), so the request may wait for another once no
     // server is left to try.
-    let mut exiting = false;
+    // By when the group's list must change for the wait to go on: a
+    // refusal's is the whole connect-timeout (an app that stops listening
+    // may finish its requests for long before it exits); a close's or
+    // reset's `EXIT_NOTICE` (an app that means it, destroying a socket,
+    // does not exit).
+    let mut exiting: Option<Instant> = None;
     // The servers a try is picked from: the group as the request found it,
     // or as it is at a retry, when an update came meanwhile (the settings
     // stay the request's own, `cfg`).
@@ -448,10 +459,10 @@ async fn forward(
             // connect-timeout from its start), rather than a 502 for each
             // request of the moment an instance takes to exit (hundreds
             // under load). Not in a drain, when none starts again.
-            if std::mem::take(&mut exiting) && !c.draining.get() {
+            if let Some(changed_by) = exiting.take().filter(|_| !c.draining.get()) {
                 let until = began + cfg.connect_timeout;
                 let name = &route.config.upstream;
-                let relisted = upstreams.until_relisted(name, &servers.servers, until);
+                let relisted = upstreams.until_relisted(name, &servers.servers, changed_by, until);
                 match c.socket.unless_closed(relisted).await {
                     None => return client_gone(served, None),
                     Some(Some(_)) => {
@@ -466,7 +477,7 @@ async fn forward(
             }
             break;
         };
-        exiting = false;
+        exiting = None;
         match (&last, stale) {
             (Some(_), Some((_, again))) if again == attempts => {}
             (Some((previous, _)), _) => previous.count(|s| s.retries += 1),
@@ -525,14 +536,15 @@ async fn forward(
                 // within moments, which a rest would keep from requests
                 // for fail-timeout (every instance of an app that crashed
                 // whole rested, and its requests 503'd while it was back).
-                exiting = cfg.is_apps()
+                let refused = cfg.is_apps()
                     && matches!(
                         e.kind(),
                         io::ErrorKind::ConnectionRefused
                             | io::ErrorKind::NotFound
                             | io::ErrorKind::ConnectionReset
                     );
-                if exiting {
+                exiting = refused.then_some(began + cfg.connect_timeout);
+                if refused {
                     server.count(|s| s.failures += 1);
                 } else {
                     upstreams.failed(cfg, &server, at);
@@ -813,7 +825,7 @@ async fn forward(
                     );
                     last = Some((server, f));
                     if retry {
-                        exiting = exits;
+                        exiting = exits.then(|| Instant::now() + EXIT_NOTICE);
                         continue;
                     }
                     break;

@@ -1392,3 +1392,31 @@ fn a_reload_stops_what_an_instance_left_holding_its_output() {
         s.server.log()
     );
 }
+
+/// An instance that destroys a request's socket on purpose and runs on
+/// (no exit follows) gets its 502 soon: the wait for a successor that a
+/// close before any response starts ends when no exit is heard within
+/// moments, not at connect-timeout.
+#[test]
+fn a_socket_an_instance_destroys_on_purpose_is_a_502_soon() {
+    if !have_node() {
+        return;
+    }
+    let code = "require('http').createServer((q, r) => {\
+                  if (q.url === '/destroy') { q.socket.destroy(); return; }\
+                  r.end('alive');\
+                }).listen(+process.env.PORT, '127.0.0.1');";
+    let s = AppServer::start(
+        "apps-destroys",
+        &(app("web", &["node", "-e", code], 1, "connect-timeout = \"60s\"") + &proxied("/", "web")),
+    );
+    s.ready_pids("web", 1);
+    let mut conn = Conn::open(s.server.addr).unwrap();
+    // Far below connect-timeout: the wait did not run to it.
+    conn.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(conn.get("/destroy").map(|(status, _)| status), Ok(502));
+    assert_eq!(conn.get("/"), Ok((200, "alive".into())));
+}
