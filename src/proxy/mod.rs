@@ -63,12 +63,6 @@ use crate::transport::Socket;
 /// Upstream response bytes read at once, and how much of the client's
 /// response is gathered before it is written.
 const CHUNK: usize = 16 << 10;
-
-/// How soon after an app's instance closed or reset a connection before any
-/// response its group must change (the instance's exit heard, within
-/// milliseconds) for a request to wait for its successor: one that
-/// destroys a socket on purpose and runs on gets its 502 then.
-const EXIT_NOTICE: Duration = Duration::from_millis(500);
 /// Most header fields accepted in an upstream's response head (more is a
 /// 502): as many as `max-headers` may allow a request.
 const MAX_RESPONSE_FIELDS: usize = crate::http::parse::MAX_HEADERS_LIMIT;
@@ -405,12 +399,9 @@ async fn forward(
     // and idle connections close a moment before the process ends and
     // coreserve hears of it), so the request may wait for another once no
     // server is left to try.
-    // By when the group's list must change for the wait to go on: a
-    // refusal's is the whole connect-timeout (an app that stops listening
-    // may finish its requests for long before it exits); a close's or
-    // reset's `EXIT_NOTICE` (an app that means it, destroying a socket,
-    // does not exit).
-    let mut exiting: Option<Instant> = None;
+    // The last try was refused by an app's instance, most likely exiting:
+    // the request may wait for its successor once no server is left.
+    let mut exiting = false;
     // The servers a try is picked from: the group as the request found it,
     // or as it is at a retry, when an update came meanwhile (the settings
     // stay the request's own, `cfg`).
@@ -459,10 +450,10 @@ async fn forward(
             // connect-timeout from its start), rather than a 502 for each
             // request of the moment an instance takes to exit (hundreds
             // under load). Not in a drain, when none starts again.
-            if let Some(changed_by) = exiting.take().filter(|_| !c.draining.get()) {
+            if std::mem::take(&mut exiting) && !c.draining.get() {
                 let until = began + cfg.connect_timeout;
                 let name = &route.config.upstream;
-                let relisted = upstreams.until_relisted(name, &servers.servers, changed_by, until);
+                let relisted = upstreams.until_relisted(name, &servers.servers, until);
                 match c.socket.unless_closed(relisted).await {
                     None => return client_gone(served, None),
                     Some(Some(_)) => {
@@ -477,7 +468,7 @@ async fn forward(
             }
             break;
         };
-        exiting = None;
+        exiting = false;
         match (&last, stale) {
             (Some(_), Some((_, again))) if again == attempts => {}
             (Some((previous, _)), _) => previous.count(|s| s.retries += 1),
@@ -543,7 +534,7 @@ async fn forward(
                             | io::ErrorKind::NotFound
                             | io::ErrorKind::ConnectionReset
                     );
-                exiting = refused.then_some(began + cfg.connect_timeout);
+                exiting = refused;
                 if refused {
                     server.count(|s| s.failures += 1);
                 } else {
@@ -824,8 +815,17 @@ async fn forward(
                         ),
                     );
                     last = Some((server, f));
+                    if retry && exits && stale.is_none() {
+                        // Tried again at once on a new connection to the
+                        // same instance, which tells an exiting one (its
+                        // listener closed with the connection in its
+                        // backlog: refused now, and the request waits for
+                        // its successor) from one that closed it on
+                        // purpose and runs on (dropped twice: its 502).
+                        stale = Some((tried[attempts - 1], attempts));
+                        continue;
+                    }
                     if retry {
-                        exiting = exits.then(|| Instant::now() + EXIT_NOTICE);
                         continue;
                     }
                     break;

@@ -243,26 +243,23 @@ impl Upstreams {
     /// ready), waiting for the updates that may bring one until `until`:
     /// `None` past it, or when the group is gone (a reload).
     pub async fn until_listed(&self, name: &str, until: Instant) -> Option<Rc<Group>> {
-        self.until_relisted(name, &[], until, until).await
+        self.until_relisted(name, &[], until).await
     }
 
     /// The group `name` once it lists servers other than `seen` (compared
     /// one by one: each update makes every group anew, and a restarted
     /// instance at its old address is its old `Server`), at least one,
-    /// waiting for updates until `until`, and for the list's first
-    /// change until `changed_by` (at most `until`): `None` past either, or
-    /// when the group is gone. An update of other groups, or one that
-    /// leaves this one's list as it was, goes on waiting.
+    /// waiting for updates until `until`: `None` past it, or when the
+    /// group is gone. An update of other groups, or one that leaves this
+    /// one's list as it was, goes on waiting.
     pub async fn until_relisted(
         &self,
         name: &str,
         seen: &[Rc<Server>],
-        changed_by: Instant,
         until: Instant,
     ) -> Option<Rc<Group>> {
         let mut seen: Vec<*const Server> = seen.iter().map(Rc::as_ptr).collect();
-        let mut by = changed_by.min(until);
-        while self.changed_before(by).await {
+        while self.changed_before(until).await {
             let group = self.group(name)?;
             if group
                 .servers
@@ -276,7 +273,6 @@ impl Upstreams {
                 return Some(group);
             }
             seen.clear();
-            by = until;
         }
         None
     }
@@ -989,7 +985,7 @@ mod tests {
                 let done = Rc::new(Cell::new(false));
                 let said = done.clone();
                 let waiting = glommio::spawn_local(async move {
-                    let group = waiter.until_relisted("app", &seen, until, until).await;
+                    let group = waiter.until_relisted("app", &seen, until).await;
                     said.set(true);
                     group.map(|g| g.servers.len())
                 });

@@ -1262,13 +1262,22 @@ fn an_app_gets_neither_coreserves_capabilities_nor_its_credentials() {
 }
 
 /// A node app that answers its pid, and to `/exit` says `bye!`, closes its
-/// listener and exits 700 ms later.
+/// listener and exits 700 ms later; to `/vanish` the same without a word
+/// (the request's connection destroyed), once: while the file `$MARK`
+/// names is not there, which it makes.
 const EXITING_APP: &str = "const http = require('http');\
                 const s = http.createServer((q, r) => {\
                   if (q.url === '/exit') {\
                     r.writeHead(200, { 'Connection': 'close', 'Content-Length': 4 });\
                     r.end('bye!');\
                     s.close();\
+                    setTimeout(() => process.exit(0), 700);\
+                    return;\
+                  }\
+                  if (q.url === '/vanish' && !require('fs').existsSync(process.env.MARK)) {\
+                    require('fs').writeFileSync(process.env.MARK, '');\
+                    s.close();\
+                    q.socket.destroy();\
                     setTimeout(() => process.exit(0), 700);\
                     return;\
                   }\
@@ -1419,4 +1428,31 @@ fn a_socket_an_instance_destroys_on_purpose_is_a_502_soon() {
         .unwrap();
     assert_eq!(conn.get("/destroy").map(|(status, _)| status), Ok(502));
     assert_eq!(conn.get("/"), Ok((200, "alive".into())));
+}
+
+/// A request whose connection an instance drops without a word as it
+/// stops listening and exits (a crash on that request, its listener gone
+/// first) is tried once more on a new connection to it: refused, it
+/// waits for the instance started in its place, not a 502.
+#[test]
+fn a_request_an_exiting_instance_drops_waits_for_its_successor() {
+    if !have_node() {
+        return;
+    }
+    let marks = Scratch::new("apps-vanishing-mark");
+    let mark = marks.path("vanished");
+    let extra = format!("connect-timeout = \"30s\"\nenv = {{ MARK = \"{mark}\" }}");
+    let s = AppServer::start(
+        "apps-vanishing",
+        &(app("web", &["node", "-e", EXITING_APP], 1, &extra) + &proxied("/", "web")),
+    );
+    let first = s.ready_pids("web", 1)[0];
+    let r = crate::util::get(
+        s.server.addr,
+        "GET /vanish HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    // Tried again on the successor, which answers it (`/vanish` vanishes
+    // once): its pid.
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
+    assert_ne!(r.text(), first.to_string());
 }
