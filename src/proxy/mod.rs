@@ -394,11 +394,6 @@ async fn forward(
     let mut now = Instant::now();
     let began = now;
     let mut first = true;
-    // The last try was an app's instance that refused the connection, or
-    // closed it before any response: most likely exiting (its listener
-    // and idle connections close a moment before the process ends and
-    // coreserve hears of it), so the request may wait for another once no
-    // server is left to try.
     // The last try was refused by an app's instance, most likely exiting:
     // the request may wait for its successor once no server is left.
     let mut exiting = false;
@@ -535,11 +530,7 @@ async fn forward(
                             | io::ErrorKind::ConnectionReset
                     );
                 exiting = refused;
-                if refused {
-                    server.count(|s| s.failures += 1);
-                } else {
-                    upstreams.failed(cfg, &server, at);
-                }
+                upstreams.failed(cfg, &server, at, !refused);
                 served.failed.push((server.label.clone(), at - now));
                 listed = Some(server.clone());
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
@@ -783,15 +774,11 @@ async fn forward(
                     // refuses one: not rested, and a request tried again
                     // may wait for its successor.
                     let exits = reset && cfg.is_apps();
-                    if race || clients || exits {
-                        // The keep-alive race, for a request that may not
-                        // be sent again (a POST): a 502, but the server is
-                        // most likely well, and is not taken out for it;
-                        // nor for a head a client may have made too large.
-                        server.count(|s| s.failures += 1);
-                    } else {
-                        upstreams.failed(cfg, &server, at);
-                    }
+                    // The keep-alive race, for a request that may not be
+                    // sent again (a POST): a 502, but the server is most
+                    // likely well, and is not taken out for it; nor for a
+                    // head a client may have made too large.
+                    upstreams.failed(cfg, &server, at, !(race || clients || exits));
                     served.failed.push((server.label.clone(), at - now));
                     listed = Some(server.clone());
                     // Told apart from a server that fails on the request:
@@ -874,11 +861,7 @@ async fn forward(
             let at = Instant::now();
             // However the bytes of a bad body arrived (with its head, or
             // after it was sent), the server's health is the same.
-            if fault.is_the_servers() {
-                upstreams.failed(cfg, &server, at);
-            } else {
-                server.count(|s| s.failures += 1);
-            }
+            upstreams.failed(cfg, &server, at, fault.is_the_servers());
             server.count(|s| s.count_status(relayed.upstream_status));
             served.keep_alive = body.as_ref().is_none_or(BodyDecoder::is_done) && sent.upstream_ok;
             // Its body may still be coming (the upstream answered early).

@@ -258,21 +258,23 @@ impl Upstreams {
         seen: &[Rc<Server>],
         until: Instant,
     ) -> Option<Rc<Group>> {
-        let mut seen: Vec<*const Server> = seen.iter().map(Rc::as_ptr).collect();
+        // Once the list was seen empty, any server is a new one.
+        let mut emptied = seen.is_empty();
         while self.changed_before(until).await {
             let group = self.group(name)?;
-            if group
-                .servers
-                .iter()
-                .map(Rc::as_ptr)
-                .eq(seen.iter().copied())
-            {
-                continue;
-            }
-            if !group.servers.is_empty() {
+            let same = || {
+                group.servers.len() == seen.len()
+                    && group
+                        .servers
+                        .iter()
+                        .zip(seen)
+                        .all(|(a, b)| Rc::ptr_eq(a, b))
+            };
+            if group.servers.is_empty() {
+                emptied = true;
+            } else if emptied || !same() {
                 return Some(group);
             }
-            seen.clear();
         }
         None
     }
@@ -315,9 +317,16 @@ impl Upstreams {
         *self.announce.borrow_mut() = Some(Box::new(to));
     }
 
-    /// Count a failure of `server` of the group `config` describes (its
-    /// `Server::failed`); when that takes it out, say so (`announce_to`).
-    pub fn failed(&self, config: &UpstreamConfig, server: &Server, now: Instant) {
+    /// Count a failure of `server` of the group `config` describes; one
+    /// that `rests` it goes against its health (`Server::failed`), and
+    /// when that takes it out, say so (`announce_to`). One that does not
+    /// is only counted: a failure a client may have caused, the keep-alive
+    /// race, an app's instance exiting.
+    pub fn failed(&self, config: &UpstreamConfig, server: &Server, now: Instant, rests: bool) {
+        if !rests {
+            server.count(|s| s.failures += 1);
+            return;
+        }
         let Some(until) = server.failed(config, now) else {
             return;
         };
@@ -1524,7 +1533,7 @@ mod tests {
         g.servers[1].count(|st| st.requests += 7);
         let cfg = &g.config;
         for _ in 0..cfg.max_fails {
-            u.failed(cfg, &g.servers[1], Instant::now());
+            u.failed(cfg, &g.servers[1], Instant::now(), true);
         }
         assert!(g.servers[1].down_until.get().is_some());
         let second = g.servers[1].clone();
@@ -1655,11 +1664,11 @@ mod tests {
         let now = Instant::now();
         let client = Some(IpAddr::from([10, 1, 2, 3]));
         let home = g.pick(now, &[], client).unwrap().0;
-        one.failed(&g.config, &g.servers[home], now);
+        one.failed(&g.config, &g.servers[home], now, true);
         assert!(told.borrow().is_empty(), "one failure of two allowed");
-        one.failed(&g.config, &g.servers[home], now);
+        one.failed(&g.config, &g.servers[home], now, true);
         // Failing again while it rests says nothing new.
-        one.failed(&g.config, &g.servers[home], now);
+        one.failed(&g.config, &g.servers[home], now, true);
         let until = now + g.config.fail_timeout;
         let rest = Rest {
             group: "app".into(),

@@ -517,6 +517,13 @@ pub(super) fn begin(
 }
 
 impl Outgoing {
+    /// What a complete response says of both connections, into `r`.
+    fn finish(&self, r: &mut Relayed) {
+        r.client_keep_alive = self.keep_alive;
+        r.upstream_reusable = self.reusable;
+        r.overran = self.overran;
+    }
+
     /// Re-frame the body bytes `bytes` into `out`, and the body's end once
     /// it is complete. Returns the bytes taken: all of them, unless the
     /// body ended before their end. An error when they break its framing.
@@ -714,9 +721,7 @@ pub(super) async fn stream(
         return r;
     }
     if out.complete {
-        r.client_keep_alive = out.keep_alive;
-        r.upstream_reusable = out.reusable;
-        r.overran = out.overran;
+        out.finish(&mut r);
         return r;
     }
     let ahead = if c.socket.non_blocking() && up.non_blocking() {
@@ -808,9 +813,7 @@ impl Ahead {
                 return std::mem::take(&mut self.r);
             }
             if self.out.complete {
-                self.r.client_keep_alive = self.out.keep_alive;
-                self.r.upstream_reusable = self.out.reusable;
-                self.r.overran = self.out.overran;
+                self.out.finish(&mut self.r);
                 c.out.drain(..self.sent);
                 self.sent = 0;
                 return std::mem::take(&mut self.r);

@@ -880,12 +880,12 @@ async fn serve(
             }
             res.body("text/plain; charset=utf-8", b"Not Found\n");
         }
-        Found::Forbidden => {
-            res.begin(Status::FORBIDDEN);
-            res.body("text/plain; charset=utf-8", b"Forbidden\n");
-        }
-        Found::Denied => {
-            if let Some(held) = job.state.failures.admit(Instant::now()) {
+        Found::Forbidden | Found::Denied => {
+            let denied = matches!(found, Found::Denied);
+            if let Some(held) = denied
+                .then(|| job.state.failures.admit(Instant::now()))
+                .flatten()
+            {
                 log::error!(
                     "static file \"/{}\": permission denied (the server's user may not read it, or a directory on its way){held}",
                     rel.escape_debug()

@@ -43,8 +43,6 @@ thread_local! {
     /// reads from then on (`by_reads`), not cachestat and then reads for
     /// every range of a refused file (a site's files are all alike).
     static CACHESTAT: Cell<bool> = const { Cell::new(true) };
-    /// Whether this shard has said that cachestat refused a file.
-    static TOLD_REFUSED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What cachestat says of a range.
@@ -102,15 +100,14 @@ pub fn residency(fd: RawFd, off: u64, len: u64) -> Residency {
         if rc != 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::ENOSYS) => CACHESTAT.with(|c| c.set(false)),
+                // Said once a shard: it is not asked again.
                 Some(libc::EPERM) => {
                     CACHESTAT.with(|c| c.set(false));
-                    if !TOLD_REFUSED.with(|t| t.replace(true)) {
-                        log::info!(
-                            "static files: cachestat(2) refused (a file this user neither owns \
-                             nor may write, or a system-call filter); files are looked at by \
-                             reads that do not wait before sendfile"
-                        );
-                    }
+                    log::info!(
+                        "static files: cachestat(2) refused (a file this user neither owns \
+                         nor may write, or a system-call filter); files are looked at by \
+                         reads that do not wait before sendfile"
+                    );
                 }
                 _ => return Residency::Unknown,
             }

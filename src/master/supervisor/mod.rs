@@ -373,7 +373,6 @@ pub(super) async fn supervise(s: Supervision) -> Result<(), MasterError> {
         launcher: s.launcher,
         acceptor,
         notifier: s.notifier,
-        watchdog: watchdog.is_some(),
         status,
         apps: s.apps.handle,
         handover: s.handover,
@@ -1063,7 +1062,7 @@ impl<W: World> Supervisor<W> {
                 (now - self.pinged_at).as_secs_f64()
             );
         }
-        if all {
+        if all && self.watchdog {
             self.world.notify(Note::Watchdog);
         }
         self.pinged_at = now;

@@ -225,7 +225,7 @@ fn serving_with(n: usize, config: Config, reload: Reloader) -> Supervisor<Fake> 
         reload,
         HashMap::new(),
         Vec::new(),
-        false,
+        true,
     )
 }
 

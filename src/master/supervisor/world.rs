@@ -120,8 +120,6 @@ pub(super) struct Real {
     /// Master dispatch: the thread that accepts and deals connections.
     pub(super) acceptor: Option<Acceptor>,
     pub(super) notifier: Option<systemd::Notifier>,
-    /// systemd's watchdog is on (`Note::Watchdog` is for it only).
-    pub(super) watchdog: bool,
     /// What systemd's status line says while serving.
     pub(super) status: String,
     pub(super) apps: AppsHandle,
@@ -256,8 +254,7 @@ impl World for Real {
             match note {
                 Note::Ready => n.ready(&self.status),
                 Note::Reloading => n.reloading(),
-                Note::Watchdog if self.watchdog => n.notify("WATCHDOG=1"),
-                Note::Watchdog => {}
+                Note::Watchdog => n.notify("WATCHDOG=1"),
                 // With a watchdog ping: the new process's own come
                 // on its own clock.
                 Note::MainPid(pid) => n.notify(&format!("MAINPID={pid}\nWATCHDOG=1")),
