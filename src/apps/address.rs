@@ -12,10 +12,15 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use socket2::{Domain, SockAddr, Socket, Type};
+
 use crate::config::{AppListen, ServerAddr, MAX_UNIX_PATH};
 
 /// Longest wait of one readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Longest wait of one look at a ready instance (`refuses`): a refusal on
+/// loopback comes at once, and a look that waits longer tells nothing.
+const LOOK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The directory for this process's apps' Unix sockets
 /// (`config::socket_dir`).
@@ -214,6 +219,36 @@ pub fn accepts(addr: &ServerAddr) -> bool {
     match addr {
         ServerAddr::Tcp(a) => TcpStream::connect_timeout(a, PROBE_TIMEOUT).is_ok(),
         ServerAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+    }
+}
+
+/// Whether nothing listens at `addr` any more: a connection to it is
+/// refused (a Unix socket's file gone too). A look that cannot tell — the
+/// listener's backlog full under load, where the connect waits (TCP) or
+/// would block (Unix) — is no refusal: a busy instance is never taken for
+/// one that stopped listening.
+pub fn refuses(addr: &ServerAddr) -> bool {
+    let refused = |e: io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+        )
+    };
+    match addr {
+        ServerAddr::Tcp(a) => TcpStream::connect_timeout(a, LOOK_TIMEOUT)
+            .err()
+            .is_some_and(refused),
+        ServerAddr::Unix(p) => {
+            // Not blocking: a blocking connect to a full backlog waits
+            // until the app accepts, and the manager with it.
+            let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None) else {
+                return false;
+            };
+            SockAddr::unix(p)
+                .and_then(|to| socket.connect(&to))
+                .err()
+                .is_some_and(refused)
+        }
     }
 }
 

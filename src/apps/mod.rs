@@ -179,12 +179,14 @@ pub struct InstanceStatus {
     pub pid: Option<u32>,
     /// `starting`, `ready`, `ready-old` (serving with settings a reload
     /// replaced, while that reload's replacements fail to come up),
-    /// `stopping`,
+    /// `not-listening` (running, but refusing connections: out of
+    /// service), `stopping`,
     /// `restarting` (waiting out its back-off) or `down`; for one leaving,
     /// `draining` (waiting for its connections to end) or `stopping`.
     pub state: &'static str,
     /// Times it exited and was to start again (counted at the exit, before
-    /// its back-off), or was replaced past `max-memory`.
+    /// its back-off), or was replaced past `max-memory` or for not
+    /// listening.
     pub restarts: u32,
     /// Since the current process started, counted when the status is read
     /// (zero when no process runs).

@@ -1274,6 +1274,13 @@ const EXITING_APP: &str = "const http = require('http');\
                     setTimeout(() => process.exit(0), 700);\
                     return;\
                   }\
+                  if (q.url === '/close') {\
+                    r.writeHead(200, { 'Connection': 'close', 'Content-Length': 6 });\
+                    r.end('closed');\
+                    s.close();\
+                    setInterval(() => {}, 1000);\
+                    return;\
+                  }\
                   if (q.url === '/vanish' && !require('fs').existsSync(process.env.MARK)) {\
                     require('fs').writeFileSync(process.env.MARK, '');\
                     s.close();\
@@ -1455,4 +1462,47 @@ fn a_request_an_exiting_instance_drops_waits_for_its_successor() {
     // once): its pid.
     assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
     assert_ne!(r.text(), first.to_string());
+}
+
+/// An instance that closes its listener and runs on (`server.close()` in
+/// an error handler) is out of service at the next look, shown
+/// `not-listening`, and replaced once it has refused connections for its
+/// start-timeout: a request meanwhile waits for its successor, where it
+/// got a 502 after connect-timeout for as long as the instance lived.
+#[test]
+fn an_instance_that_stops_listening_is_replaced() {
+    if !have_node() {
+        return;
+    }
+    let extra = "connect-timeout = \"30s\"\nstart-timeout = \"2s\"";
+    let s = AppServer::start(
+        "apps-deaf",
+        &(app("web", &["node", "-e", EXITING_APP], 1, extra) + &proxied("/", "web")),
+    );
+    let first = s.ready_pids("web", 1)[0];
+    let get = |path: &str| {
+        crate::util::get(
+            s.server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(get("/close").text(), "closed");
+    s.wait_instances("web", "out of service", |is| {
+        is.len() == 1 && is[0].state == "not-listening" && is[0].up == 0.0
+    });
+    assert!(alive(first));
+    let r = get("/");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
+    assert_ne!(
+        r.text(),
+        first.to_string(),
+        "answered by the one not listening"
+    );
+    let log = s.server.log();
+    assert!(
+        log.contains(&format!("app web[0] (pid {first}) refuses connections at")),
+        "{log}"
+    );
+    assert!(log.contains("(start-timeout); replacing it"), "{log}");
+    assert!(all_gone(&[first], Duration::from_secs(10)), "{log}");
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+mod listening;
 mod reload;
 mod status;
 mod stop;
@@ -100,8 +101,13 @@ struct Instance {
 enum State {
     /// Not accepting connections yet; gives up at the deadline.
     Starting { deadline: Instant },
-    /// Serving, since it first accepted a connection.
-    Ready { since: Instant },
+    /// Serving, since it first accepted a connection; out of service
+    /// while `refused` holds when a look first found it refusing
+    /// connections (its listener closed while it runs on: `listening`).
+    Ready {
+        since: Instant,
+        refused: Option<Instant>,
+    },
     /// Out of service; asked to stop at `stop_at` if it has no connection
     /// left then (else it is looked at again), and at `give_up` at the
     /// latest.
@@ -139,6 +145,10 @@ struct Slot {
     /// Its instance passed the app's `max-memory`: the roll replaces it
     /// as a rolling reload does, with the settings it runs.
     oversized: bool,
+    /// Its instance has refused connections for its start-timeout while
+    /// running on (`listening`): the roll replaces it as one past
+    /// `max-memory`.
+    not_listening: bool,
     /// Instances found past `max-memory` soon after their start, in a row:
     /// an app that needs more than its limit from the start is replaced
     /// after 1 s, doubling to 30 s, not every few seconds for ever.
@@ -220,6 +230,9 @@ pub(super) struct Manager {
     /// When the instances' memory is read next (`check_memory`); `None`:
     /// at the next pass.
     memory_at: Option<Instant>,
+    /// When the ready instances are looked at next (`check_listening`);
+    /// `None`: at the next pass.
+    listen_at: Option<Instant>,
     /// The server drains (`Msg::WindDown`): nothing more is started.
     winding_down: bool,
 }
@@ -246,6 +259,7 @@ impl Slot {
             restart_as: None,
             last_exit: None,
             oversized: false,
+            not_listening: false,
             memory_backoff: Backoff::new(now),
             last_addr: None,
         }
@@ -321,6 +335,7 @@ impl Manager {
             board,
             next_tag: 0,
             memory_at: None,
+            listen_at: None,
             winding_down: false,
         }
     }
@@ -456,6 +471,7 @@ impl Manager {
         let _ = self.probe(now, false);
         self.timers(now);
         self.check_memory(now);
+        self.check_listening(now);
         self.roll(now);
         self.count_leaving();
         self.publish();
@@ -496,6 +512,7 @@ impl Manager {
                         let slot = &mut self.apps[a].slots[i];
                         slot.restart_as = None;
                         slot.oversized = false;
+                        slot.not_listening = false;
                         slot.current.started(inst, now);
                     }
                     Err(e) if startup => return Err(e),
@@ -616,7 +633,10 @@ impl Manager {
                         continue;
                     };
                     if let Some(at) = address::accepting(&inst.addr) {
-                        inst.state = State::Ready { since: now };
+                        inst.state = State::Ready {
+                            since: now,
+                            refused: None,
+                        };
                         info!(
                             "app {name}[{index}] is ready ({:.1}s after start)",
                             now.duration_since(inst.started).as_secs_f64()
@@ -853,7 +873,7 @@ impl Manager {
         // replaces takes the slot then.
         for app in &self.apps {
             for next in app.slots.iter().filter_map(|s| s.next.as_ref()) {
-                if let State::Ready { since } = next.state {
+                if let State::Ready { since, .. } = next.state {
                     at(since + app.config.min_uptime);
                 }
             }
@@ -866,6 +886,7 @@ impl Manager {
             .any(|i| matches!(i.state, State::Ready { .. }));
         if ready {
             at(self.memory_at.unwrap_or(now));
+            at(self.listen_at.unwrap_or(now));
         }
         // A past one is spent: the roll started the replacement, or the
         // slot needs none any more.
@@ -901,7 +922,7 @@ impl Manager {
                     let gone = slot.next.take().expect("checked above");
                     address::release(&gone.addr);
                     let when = match gone.state {
-                        State::Ready { since } => format!(
+                        State::Ready { since, .. } => format!(
                             "{:.1}s after it was ready, within min-uptime",
                             now.duration_since(since).as_secs_f64()
                         ),
@@ -927,7 +948,7 @@ impl Manager {
                 }
                 if let Some(inst) = slot.current.get().filter(|i| i.tag == tag) {
                     let since = match inst.state {
-                        State::Ready { since } => Some(since),
+                        State::Ready { since, .. } => Some(since),
                         _ => None,
                     };
                     let ready = since.is_some();
@@ -1055,7 +1076,7 @@ fn servers_of(app: &App) -> Vec<AppServer> {
         .iter()
         .enumerate()
         .flat_map(|(slot, s)| s.instances().map(move |i| (slot, i)))
-        .filter(|(_, i)| matches!(i.state, State::Ready { .. }))
+        .filter(|(_, i)| matches!(i.state, State::Ready { refused: None, .. }))
         .map(|(slot, i)| AppServer {
             addr: i.addr.clone(),
             slot,

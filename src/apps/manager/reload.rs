@@ -32,7 +32,7 @@ impl Manager {
                 if matches!(
                     slot.next,
                     Some(Instance {
-                        state: State::Ready { since },
+                        state: State::Ready { since, .. },
                         ..
                     }) if since + min_uptime <= now || slot.current.get().is_none()
                 ) {
@@ -44,10 +44,16 @@ impl Manager {
                     slot.replace_backoff = Backoff::new(now);
                     slot.replacement_failed = false;
                     slot.restart_as = None;
-                    if std::mem::take(&mut slot.oversized) {
+                    let oversized = std::mem::take(&mut slot.oversized);
+                    if std::mem::take(&mut slot.not_listening) || oversized {
                         // Its own restart, as PM2 counts it, and why.
                         slot.current.count_restart();
-                        slot.last_exit = Some(("max-memory".into(), now));
+                        let why = if oversized {
+                            "max-memory"
+                        } else {
+                            "not listening"
+                        };
+                        slot.last_exit = Some((why.into(), now));
                     }
                     if let Some(mut inst) = old {
                         inst.state = State::retiring(now, self.drain);
@@ -64,9 +70,11 @@ impl Manager {
             if busy || self.winding_down {
                 continue;
             }
-            // Settings a reload replaced, or past `max-memory`.
+            // Settings a reload replaced, past `max-memory`, or no longer
+            // listening.
             let outdated = self.apps[a].slots.iter().position(|s| {
-                matches!(s.current.get(), Some(i) if (i.generation != generation || s.oversized) && matches!(i.state, State::Ready { .. }))
+                let replace = s.oversized || s.not_listening;
+                matches!(s.current.get(), Some(i) if (i.generation != generation || replace) && matches!(i.state, State::Ready { .. }))
             });
             let Some(i) = outdated else { continue };
             match self.spawn(a, i, generation, now) {
@@ -80,6 +88,8 @@ impl Manager {
                     // A rolling reload's, or one past `max-memory`.
                     let what = if slot.oversized {
                         "the replacement past max-memory"
+                    } else if slot.not_listening {
+                        "the replacement of the instance not listening"
                     } else {
                         "the rolling reload"
                     };

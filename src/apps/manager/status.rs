@@ -97,6 +97,9 @@ impl Manager {
                             None if slot.current.due().is_some() => "restarting",
                             None => "down",
                             Some(State::Starting { .. }) => "starting",
+                            Some(State::Ready {
+                                refused: Some(_), ..
+                            }) => "not-listening",
                             // The reload's settings failed to come up (in
                             // this slot or another): it serves the old ones.
                             Some(State::Ready { .. })
@@ -144,6 +147,9 @@ impl Manager {
                             pid: Some(next.process.pid),
                             state: match next.state {
                                 State::Starting { .. } => "starting",
+                                State::Ready {
+                                    refused: Some(_), ..
+                                } => "not-listening",
                                 State::Ready { .. } => "ready",
                                 State::Retiring { .. } | State::Stopping { .. } => "stopping",
                             },

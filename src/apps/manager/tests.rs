@@ -1681,3 +1681,64 @@ fn a_start_timeout_raised_by_a_reload_applies_to_the_instance_starting() {
         });
     });
 }
+
+/// The first incarnation closes its listener when told (`close`) and runs
+/// on; told `reopen`, it listens again. Later ones serve.
+const CLOSES: &str = "on_term(lambda: sys.exit(0))\n\
+                      s = listen()\n\
+                      if once('first'):\n    wait_for('close')\n    s.close()\n    \
+                      wait_for('reopen')\n    s = listen()\n\
+                      serve(s)";
+
+/// An instance that closes its listener and runs on is out of service
+/// while it refuses connections, shown `not-listening`, and back in
+/// service, the same process, once it listens again within its
+/// start-timeout.
+#[test]
+fn an_instance_that_stops_listening_is_out_of_service_until_it_listens_again() {
+    within(|| {
+        let mut h = Harness::new("deaf-back");
+        h.start(vec![app("web", 1, CLOSES, &h.dir)]).unwrap();
+        let first = current(&h.m, "web", 0).unwrap().process.pid;
+        let addr = current(&h.m, "web", 0).unwrap().addr.clone();
+        let sent = h.sent.clone();
+        let last = move || sent.lock().unwrap().last().map(|e| e.servers.clone());
+        h.touch("close");
+        h.turn_until("out of service", |_| last() == Some(Vec::new()));
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!(
+            (shown[0].state, shown[0].pid),
+            ("not-listening", Some(first))
+        );
+        h.touch("reopen");
+        h.turn_until("back in service", |_| last() == Some(vec![addr.clone()]));
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!((shown[0].state, shown[0].pid), ("ready", Some(first)));
+        assert_eq!(shown[0].restarts, 0);
+    });
+}
+
+/// One that has refused connections for its start-timeout is replaced as
+/// one past `max-memory` is: its successor serves, then it is asked to
+/// stop, and the slot counts a restart "not listening".
+#[test]
+fn an_instance_that_refuses_for_its_start_timeout_is_replaced() {
+    within(|| {
+        let mut h = Harness::new("deaf-replaced");
+        let mut c = app("web", 1, CLOSES, &h.dir);
+        c.start_timeout = Duration::from_secs(1);
+        h.start(vec![c]).unwrap();
+        let first = current(&h.m, "web", 0).unwrap().process.pid;
+        h.touch("close");
+        h.turn_until("replaced", |m| {
+            is_ready(current(m, "web", 0)) && current(m, "web", 0).unwrap().process.pid != first
+        });
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!((shown[0].state, shown[0].restarts), ("ready", 1));
+        assert_eq!(shown[0].last_exit.as_ref().unwrap().0, "not listening");
+        let dir = h.dir.clone();
+        h.turn_until("the old one asked to stop", |_| {
+            records(&dir)[&first].term.is_some()
+        });
+    });
+}
