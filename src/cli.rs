@@ -473,21 +473,26 @@ impl Cli {
         let unusable = crate::config::preflight(&mut c);
         match c.validate() {
             Ok(c) if unusable.is_empty() => Ok(c),
-            Ok(_) => Err(unusable),
+            Ok(_) => Err(flags_own(unusable, &overridden)),
             Err(mut errors) => {
-                // A value a flag set is the flag's error, not the file's.
-                for e in &mut errors {
-                    if overridden.contains(&e.key.as_str()) {
-                        e.key = flag_of(&e.key);
-                        e.file = None;
-                        e.line = None;
-                    }
-                }
                 errors.extend(unusable);
-                Err(errors)
+                Err(flags_own(errors, &overridden))
             }
         }
     }
+}
+
+/// `errors` with those about a value a flag set made the flag's, not the
+/// file's: `--listen 8.8.8.8:80` is no `server.listen` line of the file.
+fn flags_own(mut errors: Vec<ConfigError>, overridden: &[&str]) -> Vec<ConfigError> {
+    for e in &mut errors {
+        if overridden.contains(&e.key.as_str()) {
+            e.key = flag_of(&e.key);
+            e.file = None;
+            e.line = None;
+        }
+    }
+    errors
 }
 
 /// The flag that sets configuration key `key` (`limits.max-body-bytes` is

@@ -75,6 +75,12 @@ fn run(cli: Cli) -> ExitCode {
     let config = match cli.load() {
         Ok(c) => c,
         Err(errors) => {
+            // The warnings of the load (written by the log thread) before
+            // the errors, which --check writes itself: in file order, not
+            // mixed at random.
+            if check {
+                flush_log();
+            }
             for e in &errors {
                 if check {
                     coreserve::systemd::print_error(e);
@@ -125,6 +131,7 @@ fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
+                flush_log();
                 match &e {
                     MasterError::Cpus(cpu) => coreserve::systemd::print_error(&cpus_error(cpu)),
                     e => coreserve::systemd::print_error(e),
@@ -263,9 +270,13 @@ fn init_logging(serving: bool) {
         true
     });
     match spec.ok_or(()) {
-        // RUST_LOG as env_logger reads it (a module alone leaves the rest
-        // off; "off" is off), rustls held to errors if it does not name it.
+        // RUST_LOG as env_logger reads it, but for what it leaves out:
+        // `rustls=debug` alone would turn every other line off, the error
+        // that stops start-up too, where an operator asked for more; the
+        // rest stays at info unless a level alone says otherwise ("off"
+        // is off). rustls held to errors if it does not name it.
         Ok(filter) => {
+            builder.filter_level(log::LevelFilter::Info);
             if !filter.contains("rustls") && filter.trim() != "off" {
                 builder.filter_module("rustls", log::LevelFilter::Error);
             }
@@ -349,9 +360,10 @@ fn init_logging(serving: bool) {
     }
 }
 
-/// A word of `filter` alone that is no level and names no module whose
-/// lines coreserve writes: env_logger takes `RUST_LOG=debg` for a module
-/// `debg` at every level, and so turns every other line off, errors too.
+/// A word of `filter` that is no level and names no module whose lines
+/// coreserve writes, alone or before `=`: env_logger takes `RUST_LOG=debg`
+/// for a module `debg` at every level, and so turns every other line off,
+/// errors too; `corserve=debug` shows nothing more than the default.
 fn misspelled_level(filter: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     const TARGETS: [&str; 5] = [
@@ -367,17 +379,19 @@ fn misspelled_level(filter: &str) -> Result<(), String> {
         .map(str::trim)
         .filter(|w| !w.is_empty())
     {
-        if word.contains('=') || LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l)) {
-            continue;
-        }
+        let module = match word.split_once('=') {
+            Some((module, _)) => module.trim(),
+            None if LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l)) => continue,
+            None => word,
+        };
         // env_logger matches a module's name as a prefix of the target's
         // (`core` names coreserve's lines).
         if !TARGETS
             .iter()
-            .any(|t| t.starts_with(word) || word.starts_with(t))
+            .any(|t| t.starts_with(module) || module.starts_with(t))
         {
             return Err(format!(
-                "`{word}` is neither a level ({}) nor a module coreserve logs from ({})",
+                "`{module}` is neither a level ({}) nor a module coreserve logs from ({})",
                 LEVELS.join(", "),
                 TARGETS.join(", ")
             ));

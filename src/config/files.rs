@@ -541,6 +541,10 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
     match opened {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A dangling link is created at its target: that one's
+            // directory must be there (`/var/log/coreserve/access.log` a
+            // link into a log mount that is missing).
+            let path = &link_target(path);
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
                 _ => Path::new("."),
@@ -561,6 +565,24 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Where `path` leads through its symbolic links (relative ones from the
+/// link's directory), as an open that creates it would follow them; the
+/// last link's target when they go round (the open fails on that anyway).
+fn link_target(path: &Path) -> std::path::PathBuf {
+    let mut at = path.to_path_buf();
+    // The kernel's own limit (ELOOP past 40).
+    for _ in 0..40 {
+        let Ok(to) = std::fs::read_link(&at) else {
+            break;
+        };
+        at = match at.parent() {
+            Some(dir) => dir.join(to),
+            None => to,
+        };
+    }
+    at
 }
 
 #[cfg(test)]
@@ -920,6 +942,17 @@ mod tests {
         std::fs::write(&missing, b"").unwrap();
         check_writable(&missing).unwrap();
         assert!(check_writable(&dir.join("no/such/dir/access.log")).is_err());
+        // A link with no file at its end: its target's directory is what
+        // must be there, relative links read from the link's directory.
+        let dangling = dir.join("dangling.log");
+        let _ = std::fs::remove_file(&dangling);
+        std::os::unix::fs::symlink("/nonexistent/dir/access.log", &dangling).unwrap();
+        assert!(check_writable(&dangling).is_err());
+        let relative = dir.join("relative.log");
+        let _ = std::fs::remove_file(&relative);
+        std::os::unix::fs::symlink("new.log", &relative).unwrap();
+        check_writable(&relative).unwrap();
+        assert!(!dir.join("new.log").exists(), "the check created the file");
         // A FIFO is not opened (closing it would end a reader that stops
         // at end of file): with no reader the check neither waits nor
         // fails; the server's open refuses it at once.

@@ -253,13 +253,35 @@ fn the_log_stamps_a_serving_process_s_lines_not_a_command_s() {
     );
 }
 
+/// A RUST_LOG that names modules alone (`rustls=debug`, as the docs
+/// suggest for TLS) leaves the rest at the default level: env_logger
+/// turned every other line off, the error that stops start-up too.
+#[test]
+fn a_rust_log_of_modules_alone_keeps_the_rest_at_info() {
+    for spec in ["rustls=debug", "glommio=warn,app_output=off"] {
+        let mut cmd = command();
+        cmd.env("RUST_LOG", spec).args(["--port", "0"]);
+        let log = Server::spawn(cmd).stop();
+        assert!(log.contains(" is running (coreserve "), "{spec}: {log}");
+        assert!(!log.contains("RUST_LOG="), "{spec}: {log}");
+        let out = command()
+            .env("RUST_LOG", spec)
+            .args(["--config", "/nonexistent/coreserve.toml"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {err}");
+        assert!(err.contains("/nonexistent/coreserve.toml"), "{spec}: {err}");
+    }
+}
+
 /// A RUST_LOG that env_logger cannot read whole (a typo) does not turn
 /// the log off: the default level, and a warning naming it.
 #[test]
 fn an_unreadable_rust_log_keeps_the_default_level_and_says_so() {
     // Unreadable, and a level misspelled (which env_logger takes for a
     // module's name, every other line then off).
-    for spec in ["bogus==", "debg", "warn,inof"] {
+    for spec in ["bogus==", "debg", "warn,inof", "corserve=debug"] {
         let mut cmd = command();
         cmd.env("RUST_LOG", spec).args(["--port", "0"]);
         let server = Server::spawn(cmd);

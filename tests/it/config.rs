@@ -141,6 +141,52 @@ fn check_s_warnings_come_before_its_ok() {
     }
 }
 
+/// An address a flag gave that this host cannot listen on is the flag's
+/// error, not a key of the file's.
+#[test]
+fn an_address_a_flag_gives_is_named_by_the_flag() {
+    let dir = Scratch::new("check-flag-address");
+    let conf = dir.write("c.toml", crate::apps::OK_ROUTE);
+    for (flag, named) in [
+        ("--listen", "--listen/--port: "),
+        ("--metrics-listen", "--metrics-listen: "),
+    ] {
+        // Not `command()`, which gives every server a metrics port.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"))
+            .args(["--check", "--config", &conf.display().to_string()])
+            .args([flag, "192.0.2.1:23008"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with(named), "{flag}: {err}");
+        assert!(!err.contains("c.toml"), "{flag}: {err}");
+    }
+}
+
+/// A file with warnings and errors: `--check` writes its warnings (through
+/// the log thread) before its errors (its own), not mixed at random.
+#[test]
+fn check_s_warnings_come_before_its_errors() {
+    let dir = Scratch::new("check-order-errors");
+    let conf = dir.write(
+        "c.toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[limits]\nmax-uri-bytes = 4\n\n[tls]\n\
+         [[tls.certificate]]\nchain = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
+    );
+    for _ in 0..5 {
+        let out = command()
+            .args(["--check", "--config", &conf.display().to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let warn = err.find("HTTPS is off").expect("the warning");
+        let error = err.find("limits.max-uri-bytes: ").expect("the error");
+        assert!(warn < error, "{err}");
+    }
+}
+
 /// Certificates with no HTTPS address are not read: said, not silent (a
 /// forgotten `[tls] listen` left HTTPS off without a word).
 #[test]
@@ -909,6 +955,23 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
         .write_all(b"[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n")
         .unwrap();
     let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // So are those of a file redirected to it (`< site.toml`), which
+    // /dev/stdin then names as a regular file.
+    let file = dir.write(
+        "elsewhere/site.toml",
+        "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n",
+    );
+    let out = command()
+        .args(["--check", "--config", "/dev/stdin"])
+        .current_dir(&dir.0)
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -252,9 +252,12 @@ impl Walker<'_> {
     pub(super) fn relative_to_file(&self, p: &str) -> PathBuf {
         let source = self.config.source.as_deref();
         let cwd = || std::env::current_dir().unwrap_or_default();
-        if source.is_some_and(super::is_pipe) {
-            // Read from a pipe (`--config /dev/stdin`): no directory of its
-            // own (`/dev` is none to mean), so the one coreserve started in.
+        // Read from a pipe or a standard stream (`--config /dev/stdin`,
+        // `/dev/fd/3`, a file redirected to it alike): no directory of its
+        // own (`/dev` is none to mean), so the one coreserve started in.
+        let stream =
+            |s: &Path| super::is_pipe(s) || s.starts_with("/dev") || s.starts_with("/proc");
+        if source.is_some_and(stream) {
             return cwd().join(p);
         }
         let dir = source.and_then(Path::parent).unwrap_or(Path::new(""));

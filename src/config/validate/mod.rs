@@ -21,7 +21,8 @@ impl Config {
     /// Pure: it reads nothing but `self` (no file system, no environment),
     /// so it gives the same answer anywhere. The checks against the file
     /// system are `files::preflight`, which `Cli::apply` runs with it.
-    pub fn validate(self) -> Result<Self, Vec<ConfigError>> {
+    pub fn validate(mut self) -> Result<Self, Vec<ConfigError>> {
+        self.metrics_off_where_served();
         let mut errors = Vec::new();
         let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
         let l = &self.limits;
@@ -167,6 +168,31 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The default metrics address nobody asked for, when the server
+    /// itself listens there (`listen = "127.0.0.1:9464"`): no metrics,
+    /// and a warning, as when another process has that port, not an
+    /// error about a key the file never set.
+    fn metrics_off_where_served(&mut self) {
+        let Some(m) = self
+            .metrics
+            .listen
+            .filter(|_| self.metrics.listen_is_default)
+        else {
+            return;
+        };
+        let served = self.listen.iter().chain(&self.tls.listen);
+        if let Some(b) = served.into_iter().find(|b| clash(&m, b)) {
+            log::warn!(
+                "metrics: the default address {m} is taken by {b}, where this server listens, so it \
+                 serves no metrics; set [metrics] listen (or --metrics-listen) to another address, \
+                 127.0.0.1:0 for any free port, or \"off\""
+            );
+            self.metrics.listen = None;
+        }
+    }
+}
+
 /// Most shards: each is a thread with its own rings and buffers (about 2 MB),
 /// and a start-up that builds them all.
 pub const MAX_SHARDS: usize = 1024;
@@ -215,6 +241,17 @@ fn validate_route(
     let element = |k: &str, n: usize| crate::config::element_key(&key(k), n);
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
+    } else if let Some(c) = r.path.chars().find(|c| matches!(c, '?' | '#')) {
+        // A request's `?` begins its query, which no route matches (and a
+        // client never sends its `#`): only a `%3F` in the path would
+        // reach this route.
+        err(
+            &key("path"),
+            format!(
+                "{:?}: a route matches the path alone, which never holds a {c:?} (the query after ? is not matched)",
+                r.path
+            ),
+        );
     }
     if let Some((n, dup)) = dup {
         let rule = match (&dup.host, &r.host) {
@@ -470,6 +507,7 @@ mod tests {
         c.listen = vec![a, any, a, any];
         c.tls.listen = vec![tls];
         c.metrics.listen = Some(tls);
+        c.metrics.listen_is_default = false;
         let errors = c.validate().unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(
@@ -483,6 +521,24 @@ mod tests {
             "{text:?}"
         );
         assert!(!text.iter().any(|t| t.contains("127.0.0.1:0")), "{text:?}");
+    }
+
+    #[test]
+    fn the_default_metrics_address_gives_way_to_the_servers_own() {
+        for served in ["127.0.0.1:9464", "0.0.0.0:9464"] {
+            let c = Config {
+                listen: vec![served.parse().unwrap()],
+                ..Config::default()
+            };
+            assert_eq!(c.validate().unwrap().metrics.listen, None, "{served}");
+        }
+        let mut c = Config::default();
+        c.tls.listen = vec!["127.0.0.1:9464".parse().unwrap()];
+        let errors = c.validate().unwrap_err();
+        assert!(
+            !errors.iter().any(|e| e.key == "metrics.listen"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -503,6 +559,7 @@ mod tests {
             ..Config::default()
         };
         c.metrics.listen = Some(at("0.0.0.0:8080"));
+        c.metrics.listen_is_default = false;
         let text = messages(c);
         assert!(
             text.contains(&"server.listen: 0.0.0.0:8080 and 127.0.0.1:8080 cannot both be bound: one takes the other's port".to_string()),
@@ -552,6 +609,21 @@ mod tests {
                 "limits.max-connections"
             ]
         );
+    }
+
+    #[test]
+    fn a_route_path_holds_no_query_or_fragment() {
+        for path in ["/search?q=1", "/a#top"] {
+            let mut c = Config::default();
+            let mut r = RouteConfig::hello_world();
+            r.path = path.into();
+            c.routes.push(r);
+            let errors = c.validate().unwrap_err();
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(text.len(), 1, "{text:?}");
+            assert!(text[0].starts_with("route[2].path: "), "{text:?}");
+            assert!(text[0].contains("matches the path alone"), "{text:?}");
+        }
     }
 
     #[test]
