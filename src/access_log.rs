@@ -171,6 +171,7 @@ fn mend_file(fd: RawFd, data: &mut Vec<u8>) -> bool {
 
 enum Sink {
     Stderr,
+    Stdout,
     /// A path that is no regular file (a pipe, a terminal, a socket, a
     /// device): written as stderr is, never reopened (there is nothing to
     /// rotate).
@@ -191,6 +192,7 @@ impl Sink {
     fn target(&self) -> writer::Target {
         match self {
             Sink::Stderr => writer::Target::Stderr,
+            Sink::Stdout => writer::Target::Stdout,
             Sink::Stream { fd, path } => writer::Target::Stream {
                 fd: fd.clone(),
                 path: path.clone(),
@@ -247,6 +249,7 @@ impl AccessLogger {
             },
             // A file that could not be opened was refused by validation.
             (AccessLog::File(_), None) | (AccessLog::Stderr, _) => Sink::Stderr,
+            (AccessLog::Stdout, _) => Sink::Stdout,
         };
         Some(AccessLogger {
             format: cfg.format,
@@ -607,6 +610,7 @@ pub mod writer {
     /// reopen).
     pub enum Target {
         Stderr,
+        Stdout,
         /// A pipe, terminal, socket or device: written in pieces of at
         /// most PIPE_BUF bytes; its path names it in the log's lines.
         Stream {
@@ -625,6 +629,7 @@ pub mod writer {
         fn name(&self) -> Cow<'_, str> {
             match self {
                 Target::Stderr => Cow::Borrowed("stderr"),
+                Target::Stdout => Cow::Borrowed("stdout"),
                 Target::Stream { path, .. } | Target::File { path, .. } => path.to_string_lossy(),
             }
         }
@@ -679,6 +684,7 @@ pub mod writer {
     fn write(to: &Target, mut data: Vec<u8>, mend: bool) -> Result<(), super::Lost> {
         match to {
             Target::Stderr => super::write_lines(io::stderr().as_raw_fd(), &data, true),
+            Target::Stdout => super::write_lines(io::stdout().as_raw_fd(), &data, true),
             Target::Stream { fd, .. } => super::write_lines(fd.as_raw_fd(), &data, true),
             Target::File { fd, .. } => {
                 let mended = mend && super::mend_file(fd.as_raw_fd(), &mut data);

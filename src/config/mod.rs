@@ -420,6 +420,9 @@ pub enum AccessLog {
     Off,
     /// To standard error, with the server's own messages.
     Stderr,
+    /// To standard output (a container's log apart from the server's own
+    /// messages; the journal under systemd, as stderr).
+    Stdout,
     /// Appended to this file, reopened on SIGUSR1.
     File(PathBuf),
 }

@@ -1,11 +1,12 @@
 //! The access log: combined and JSON lines, flushed within a second and at
 //! shutdown, reopened on SIGUSR1.
 
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use crate::config::Scratch;
-use crate::util::{get, run_to_exit, Server};
+use crate::util::{command, get, run_to_exit, Server};
 
 fn start(dir: &Scratch, format: &str) -> (Server, std::path::PathBuf) {
     start_with(dir, format, "", "2")
@@ -94,6 +95,37 @@ fn combined_lines_are_written_within_a_second() {
     // A first line that is no request line, as sent (nginx's too).
     let bad = lines.iter().find(|l| l.contains("GARBAGE")).unwrap();
     assert!(bad.contains("\"GARBAGE\" 400 12 \"-\" \"-\""), "{bad}");
+}
+
+/// `access = "stdout"` (in any case, as `"off"` and `"stderr"`: `"OFF"`
+/// made a file of that name) writes the lines to standard output, apart
+/// from the server's own messages.
+#[test]
+fn lines_go_to_stdout_when_told() {
+    let dir = Scratch::new("log-stdout");
+    let conf = dir.write("log.toml", "[log]\naccess = \"STDOUT\"\n");
+    let mut cmd = command();
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &conf.display().to_string(),
+    ]);
+    let mut server = Server::spawn(cmd);
+    let mut out = server.stdout();
+    assert_eq!(
+        get(server.addr, "GET /to-stdout HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    let log = server.stop();
+    let mut lines = String::new();
+    out.read_to_string(&mut lines).unwrap();
+    assert!(
+        lines.contains("\"GET /to-stdout HTTP/1.1\" 200 11 "),
+        "{lines}"
+    );
+    assert!(!log.contains("/to-stdout"), "{log}");
+    assert!(!dir.0.join("STDOUT").exists());
 }
 
 /// A server of the files under `dir`'s `www`, logging JSON lines to its
@@ -332,10 +364,19 @@ fn a_relative_path_is_relative_to_the_config_file() {
     );
 }
 
+/// So does one for a file, whose response waits for its body: it was
+/// logged `"-"`, or not at all when the client left.
 #[test]
 fn a_request_whose_body_fails_gets_one_line() {
     let dir = Scratch::new("log-body-fails");
-    let (server, log) = start_with(&dir, "combined", "[limits]\nbody-timeout = \"1s\"\n", "1");
+    let www = dir.write("www/a.txt", "a file");
+    let files = format!(
+        "[[route]]\npath = \"/files/\"\nhandler = \"static\"\nroot = \"{}\"\n\
+         [[route]]\npath = \"/\"\nhandler = \"respond\"\nbody = \"ok\"\n",
+        www.parent().unwrap().display()
+    );
+    let extra = format!("[limits]\nbody-timeout = \"1s\"\n{files}");
+    let (server, log) = start_with(&dir, "combined", &extra, "1");
     use std::io::{Read, Write};
     // Chunked: a response made without a body of declared length goes
     // before it, and its line with it.
@@ -368,6 +409,31 @@ fn a_request_whose_body_fails_gets_one_line() {
         lines[1].contains("\"POST /gone HTTP/1.1\" 499 0 "),
         "{lines:?}"
     );
+    // The same for a file: a bad chunk (400), silence (408), gone (499).
+    let file = "GET /files/a.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut s = server.connect();
+    s.write_all(format!("{file}zz\r\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let mut s = server.connect();
+    s.write_all(format!("{file}64\r\nxx").as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let mut s = server.connect();
+    s.write_all(format!("{file}64\r\nxx").as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = wait_for_lines(&log, 5);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (line, status) in lines[2..].iter().zip(["400", "408", "499"]) {
+        assert!(
+            line.contains(&format!("\"GET /files/a.txt HTTP/1.1\" {status} ")),
+            "{lines:?}"
+        );
+    }
 }
 
 /// A head cut short by header-timeout is logged with its request line when

@@ -9,16 +9,25 @@ impl Walker<'_> {
     pub(super) fn log(&mut self, t: &dyn TableLike) {
         for f in self.fields(t, "log") {
             match f.key.as_str() {
-                "log.access" => match self.string(&f).as_deref() {
-                    Some("off") => self.config.log.access = AccessLog::Off,
-                    Some("stderr") => self.config.log.access = AccessLog::Stderr,
-                    Some("") => self.error(
-                        &f,
-                        "must be \"off\", \"stderr\" or a file path, got \"\"".into(),
-                    ),
-                    Some(p) => self.config.log.access = AccessLog::File(self.relative_to_file(p)),
-                    None => {}
-                },
+                "log.access" => {
+                    let Some(value) = self.string(&f) else {
+                        continue;
+                    };
+                    // In any case: `"OFF"` made a file named OFF.
+                    let keyword = |k: &str| value.eq_ignore_ascii_case(k);
+                    self.config.log.access = match value.as_str() {
+                        _ if keyword("off") => AccessLog::Off,
+                        _ if keyword("stderr") => AccessLog::Stderr,
+                        _ if keyword("stdout") => AccessLog::Stdout,
+                        "" => {
+                            let rule =
+                                "must be \"off\", \"stderr\", \"stdout\" or a file path, got \"\"";
+                            self.error(&f, rule.into());
+                            continue;
+                        }
+                        p => AccessLog::File(self.relative_to_file(p)),
+                    };
+                }
                 "log.format" => {
                     let choices = [("combined", LogFormat::Combined), ("json", LogFormat::Json)];
                     if let Some(v) = self.one_of(&f, &choices) {

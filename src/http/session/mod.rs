@@ -235,9 +235,15 @@ impl<J> Session<J> {
     /// `take_tally`): a client that sends half a request and closes is no
     /// less a bad one than one that goes quiet (408).
     pub fn client_left(&mut self, unread: &[u8], log: Option<&dyn RequestLog>) {
+        let in_body = matches!(self.phase, Phase::Body { .. });
         if let Some(line) = self.unlogged.take() {
             if let Some(log) = log {
                 log.record(line.0.entry(None, 499, 0));
+            }
+        } else if let Some(request) = self.pending.take().and_then(|p| p.log).filter(|_| in_body) {
+            // A job's request (a file), its body being read first.
+            if let Some(log) = log {
+                log.record(request.entry(None, 499, 0));
             }
         } else if matches!(self.phase, Phase::Head) && !unread.is_empty() {
             let e = ParseError::HeadCutShort;
@@ -644,7 +650,8 @@ impl<J> Session<J> {
         cx: &Context<J>,
     ) -> Next {
         out.truncate(self.committed);
-        self.pending = None;
+        // A job's request (a file) whose body failed: its line names it.
+        let deferred = self.pending.take().and_then(|p| p.log);
         self.uncommitted_status = None;
         let mark = out.len();
         write_error(out, cx.date, status_for(e), self.head_request);
@@ -652,9 +659,11 @@ impl<J> Session<J> {
         let unlogged = self.unlogged.take();
         if let Some(log) = cx.log {
             let (status, bytes) = summarize(&out[mark..]);
-            // The request whose body failed, if its head was answered.
-            log.record(match &unlogged {
-                Some(line) => line.0.entry(None, status, bytes),
+            // The request whose body failed, if its head was answered
+            // or its job waits for the body.
+            let request = unlogged.as_ref().map(|l| &l.0).or(deferred.as_ref());
+            log.record(match request {
+                Some(request) => request.entry(None, status, bytes),
                 None => match head {
                     Some(head) => Entry::refused(head, status, bytes),
                     None => Entry::bare(status, bytes),
