@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -171,7 +172,7 @@ pub fn spawn(
         if !app.env.iter().any(|(k, _)| k == "PWD") {
             let absolute =
                 std::env::current_dir().map_or_else(|_| dir.clone(), |here| here.join(dir));
-            cmd.env("PWD", absolute);
+            cmd.env("PWD", logical(&absolute));
         }
     }
     // SAFETY: getpid is async-signal-safe; the closure below runs between
@@ -521,6 +522,23 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
 
 /// Whether `pid` still runs (a zombie, killed and not yet reaped by its
 /// new parent, does not): for tests of what outlives what.
+/// `path` with its `.` and `..` taken out as a shell's `cd` takes them
+/// (`/srv/conf/../web` is `/srv/web`, whatever `conf` links to), as POSIX
+/// has `$PWD`, and as PM2 and Node's `path.resolve` give it.
+fn logical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) fn runs(pid: u32) -> bool {
     proc_table::Stat::read(pid).is_some_and(|s| s.runs())
@@ -536,6 +554,18 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pwd_has_no_dot_or_dot_dot() {
+        for (given, pwd) in [
+            ("/srv/web/.", "/srv/web"),
+            ("/srv/conf/../web", "/srv/web"),
+            ("/srv/./web/", "/srv/web"),
+            ("/..", "/"),
+        ] {
+            assert_eq!(logical(Path::new(given)), Path::new(pwd), "{given}");
+        }
+    }
 
     #[test]
     fn a_cut_keeps_whole_characters_only() {

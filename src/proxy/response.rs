@@ -78,7 +78,8 @@ impl Redirect<'_> {
                 strip_prefix_ignore_case(url, "http://").unwrap_or(""),
             ),
         };
-        let Some(rest) = strip_prefix_ignore_case(rest, self.upstream).map(str::as_bytes) else {
+        let named = strip_prefix_ignore_case(rest, self.upstream).or_else(|| self.by_alias(rest));
+        let Some(rest) = named.map(str::as_bytes) else {
             return false;
         };
         if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
@@ -104,6 +105,25 @@ impl Redirect<'_> {
         }
         out.extend_from_slice(rest);
         true
+    }
+
+    /// `rest` after the server's address as another name of it, for a
+    /// server on loopback: `localhost`, `127.0.0.1`, `[::1]` or the
+    /// all-interfaces `0.0.0.0`, `[::]`, with its port. An app builds its
+    /// own URL as `http://localhost:${PORT}` (or from the address it
+    /// listens on), and an `[[app]]` instance's port is coreserve's
+    /// choice, new at each replacement: no `proxy_redirect` could name it.
+    fn by_alias<'u>(&self, rest: &'u str) -> Option<&'u str> {
+        const ALIASES: [&str; 5] = ["localhost", "127.0.0.1", "[::1]", "0.0.0.0", "[::]"];
+        let (ip, port) = self.upstream.rsplit_once(':')?;
+        if !matches!(ip, "127.0.0.1" | "[::1]") {
+            return None;
+        }
+        ALIASES.iter().find_map(|alias| {
+            strip_prefix_ignore_case(rest, alias)?
+                .strip_prefix(':')?
+                .strip_prefix(port)
+        })
     }
 
     /// Write the field `name: value` into `out` with its URL mapped back,
@@ -468,9 +488,24 @@ mod tests {
             ),
             ("https://login.example/x", "https://login.example/x"),
             ("/pid", "/pid"),
+            // Its other names on loopback, with its port (an app's own
+            // `http://localhost:${PORT}`); not with another port.
+            ("http://localhost:3001/x", "https://shop.example/api/x"),
+            ("http://LOCALHOST:3001", "https://shop.example/api/"),
+            ("http://[::1]:3001/x", "https://shop.example/api/x"),
+            ("http://0.0.0.0:3001/x", "https://shop.example/api/x"),
+            ("http://localhost:3002/x", "http://localhost:3002/x"),
+            ("http://localhost:30011/x", "http://localhost:30011/x"),
+            ("http://localhost/x", "http://localhost/x"),
         ] {
             assert_eq!(field("Location", sent), got, "{sent}");
         }
+        // A server elsewhere has no other names here.
+        let remote = Redirect {
+            upstream: "10.0.0.5:3001",
+            ..redirect
+        };
+        assert!(!remote.rewrite(b"http://localhost:3001/x", &mut Vec::new()));
         assert_eq!(
             field("Refresh", "5; url='http://127.0.0.1:3001/next'"),
             "5; url='https://shop.example/api/next'"

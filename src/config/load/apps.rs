@@ -61,7 +61,7 @@ const PM2_KEYS: &[(&str, &str)] = &[
     ("listen_timeout", "write start-timeout = \"10s\""),
     (
         "wait_ready",
-        "none is needed: an instance is ready when it accepts a connection",
+        "there is none: an instance is ready, and gets requests, once it accepts a connection, so listen only when the app can serve (after its warm-up)",
     ),
     (
         "autorestart",

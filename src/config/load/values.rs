@@ -266,7 +266,8 @@ impl Walker<'_> {
         } else {
             cwd().join(dir)
         };
-        // `./f.toml`'s `.`: not kept in every path made from it.
-        dir.components().collect::<PathBuf>().join(p)
+        // `./f.toml`'s `.`, or `cwd = "."`: not kept in the path (nor in
+        // an app's `$PWD`, or the log's messages).
+        dir.join(p).components().collect()
     }
 }
