@@ -214,6 +214,8 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
                     Some(KeyKind::Ec) => {
                         "an EC key must be on the curve P-256, P-384 or P-521".to_string()
                     }
+                    Some(KeyKind::RsaPss) => "an RSA-PSS key (openssl's -newkey rsa-pss) is not taken: make a plain RSA key (-newkey rsa:2048), which signs with PSS in TLS 1.3 all the same".to_string(),
+                    Some(KeyKind::Ed448) => "an Ed448 key is not taken: make an Ed25519, ECDSA (P-256) or RSA one".to_string(),
                     None => e.to_string(),
                 };
                 fail(
@@ -229,16 +231,30 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         // without extensions makes them), reported as a mismatch.
         let spki = parsed[0].public_key().raw;
         let matched = signer.public_key().map(|own| own.as_ref() == spki);
+        // A key whose curve the certificate writes out where the key names
+        // it (`ec_param_enc:explicit`) does not match byte for byte: no
+        // mismatch to report, but a form TLS does not take.
+        let explicit = parsed[0]
+            .public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.tag() == x509_parser::der_parser::asn1_rs::Tag::Sequence);
         let certified = CertifiedKey::new(chain, signer);
         if !matched.unwrap_or_else(|| certified.keys_match().is_ok()) {
-            fail(
-                "key",
+            let why = if explicit {
+                format!(
+                    "the certificate in {} spells its EC curve out (explicit parameters), which TLS does not take (RFC 5480): make it with a named curve (openssl's -pkeyopt ec_param_enc:named_curve, the default)",
+                    c.chain.display()
+                )
+            } else {
                 format!(
                     "{} is not the key of the certificate in {}",
                     c.key.display(),
                     c.chain.display()
-                ),
-            );
+                )
+            };
+            fail("key", why);
             continue;
         }
         let algorithm = certified.key.algorithm();
@@ -392,6 +408,11 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
 enum KeyKind {
     Rsa,
     Ec,
+    /// RSASSA-PSS (`openssl -newkey rsa-pss`): an RSA key bound to PSS,
+    /// which TLS libraries rarely take as a server's key.
+    RsaPss,
+    /// Ed448: TLS allows it, rustls does not sign with it.
+    Ed448,
 }
 
 /// What kind of key `key` is, by its form or its PKCS#8 algorithm; None
@@ -403,12 +424,19 @@ fn key_kind(key: &PrivateKeyDer) -> Option<KeyKind> {
         0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
     ];
     const EC_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+    // id-RSASSA-PSS, 1.2.840.113549.1.1.10, and id-Ed448, 1.3.101.113.
+    const PSS_OID: &[u8] = &[
+        0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0A,
+    ];
+    const ED448_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x71];
     let has = |der: &[u8], oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
     match key {
         PrivateKeyDer::Pkcs1(_) => Some(KeyKind::Rsa),
         PrivateKeyDer::Sec1(_) => Some(KeyKind::Ec),
         PrivateKeyDer::Pkcs8(k) if has(k.secret_pkcs8_der(), RSA_OID) => Some(KeyKind::Rsa),
         PrivateKeyDer::Pkcs8(k) if has(k.secret_pkcs8_der(), EC_OID) => Some(KeyKind::Ec),
+        PrivateKeyDer::Pkcs8(k) if has(k.secret_pkcs8_der(), PSS_OID) => Some(KeyKind::RsaPss),
+        PrivateKeyDer::Pkcs8(k) if has(k.secret_pkcs8_der(), ED448_OID) => Some(KeyKind::Ed448),
         _ => None,
     }
 }

@@ -990,6 +990,74 @@ fn check_reports_bad_certificate_files_with_file_line_and_key() {
     assert_eq!(lines.len(), 3, "{err}");
 }
 
+/// Keys TLS does not take are named as such: an EC key whose certificate
+/// spells its curve out (openssl's `ec_param_enc:explicit`) was "not the
+/// key of the certificate" (the two do not match byte for byte); an
+/// RSA-PSS or Ed448 one got the library's "failed to parse".
+#[test]
+fn unusual_keys_are_named_as_such() {
+    let dir = Scratch::new("tls-unusual-keys");
+    for (name, key, says) in [
+        (
+            "explicit",
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-pkeyopt",
+                "ec_param_enc:explicit",
+            ][..],
+            "explicit parameters",
+        ),
+        (
+            "pss",
+            &["-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+            "an RSA-PSS key",
+        ),
+        (
+            "ed448",
+            &["-newkey", "ed448"][..],
+            "an Ed448 key is not taken",
+        ),
+    ] {
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-nodes", "-days", "30"])
+            .args(key)
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .arg("-keyout")
+            .arg(dir.0.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(dir.0.join(format!("{name}.pem")))
+            .output()
+            .expect("openssl (.ci/run installs it)");
+        assert!(
+            made.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let file = config(
+            &dir,
+            &[(&format!("{name}.pem"), &format!("{name}.key"), &[])],
+            "",
+        );
+        let out = command()
+            .args(["--check", "--config", &file])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("tls.certificate[1].key: "), "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(!err.contains("is not the key"), "{name}: {err}");
+    }
+}
+
 /// The README's redirect: a route narrowed to plain HTTP sends every
 /// plain request to HTTPS, its host and target kept (nginx's
 /// `https://$host$request_uri`); the same path over TLS is served.

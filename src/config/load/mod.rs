@@ -687,7 +687,7 @@ read-timeout = 9223372036854775807
                 "t.toml:9: limits.max-body-bytes: must be a size like 8k, 1m or 1048576, got \"lots\"",
                 "t.toml:10: limits.header-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"soon\"",
                 "t.toml:12: route[1].root: is required for a static route (the directory served)",
-                "t.toml:19: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type)",
+                "t.toml:19: route[2].root: unknown key for handler \"respond\" (it takes status, body, content-type; every route takes path, handler, methods, host, scheme, max-body-bytes, headers)",
                 "t.toml:24: route[3].status: must be an HTTP status code, got 65736",
                 "t.toml:29: upstream[1].read-timeout: must be at most 365 days (8760h), got \"9223372036854775807\"",
             ]

@@ -98,10 +98,13 @@ impl Walker<'_> {
                     let known = [&every[..], keys].concat();
                     let rule = match (super::closest(name, &known), kind) {
                         (Some(meant), _) => format!("unknown key (did you mean {meant}?)"),
+                        // Its own keys, and those every route takes: the
+                        // handler's alone read as all there are.
                         (None, Some(k)) if !k.keys.is_empty() => format!(
-                            "unknown key for handler {:?} (it takes {})",
+                            "unknown key for handler {:?} (it takes {}; every route takes {})",
                             k.name,
-                            k.keys.join(", ")
+                            k.keys.join(", "),
+                            every.join(", ")
                         ),
                         _ => "unknown key".to_string(),
                     };
@@ -256,7 +259,7 @@ mod tests {
                 "t.toml:1: route[1].path: is required (a path prefix like \"/\" or \"/static/\")",
                 "t.toml:3: route[1].status: must be an HTTP status code, got \"soon\"",
                 "t.toml:4: route[1].host: must be a host name or address without a port (\"example.com\", \"[::1]\"), or a name's wildcard (\"*.example.com\": the names under it; \".example.com\": it and the names under it), got \"a b\"",
-                "t.toml:5: route[1].body: unknown key for handler \"redirect\" (it takes status, location)",
+                "t.toml:5: route[1].body: unknown key for handler \"redirect\" (it takes status, location; every route takes path, handler, methods, host, scheme, max-body-bytes, headers)",
                 "t.toml:1: route[1].location: is required for a redirect route",
             ]
         );

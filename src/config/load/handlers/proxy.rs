@@ -279,7 +279,7 @@ mod tests {
                 "t.toml:6: route[1].trusted-proxies: \"nowhere\" is not an IP address or network (10.0.0.0/8)",
                 "t.toml:7: route[1].upgrade: must be true or false",
                 "t.toml:8: route[1].tunnel-idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"forever\"",
-                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, early-hints, request-headers, gzip, gzip-level, gzip-min-length, gzip-types)",
+                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, early-hints, request-headers, gzip, gzip-level, gzip-min-length, gzip-types; every route takes path, handler, methods, host, scheme, max-body-bytes, headers)",
                 "t.toml:1: route[1].upstream: is required for a proxy route: the name of an [[upstream]] group",
             ]
         );
