@@ -74,6 +74,11 @@ const MAX_TRIES: usize = 8;
 /// A pooled connection's close that gets the keep-alive race's own try
 /// does not count, unless that try finds the server refusing.
 const MAX_DROPPED: usize = 2;
+
+/// How long a request an app's instance dropped twice waits for that
+/// instance's exit to be heard (`Upstreams::until_unlisted`): its process
+/// reaped, the manager and the master told, a few milliseconds.
+const EXIT_NOTICE: Duration = Duration::from_secs(1);
 /// Most body bytes read off the socket to discard a body no server took
 /// (`discard_if_here`): a small form's or JSON's rest, not an upload.
 const DISCARD_MOST: u64 = 64 << 10;
@@ -801,6 +806,31 @@ async fn forward(
                             head.method_str()
                         ),
                     );
+                    // Dropped again on the new connection to the same
+                    // instance: one that runs on destroyed it (its 502), or
+                    // one that dies took it into its backlog as it went
+                    // (a crash under load: every request queued on it).
+                    // Its exit, heard soon, tells: then both drops were
+                    // that exit, which counts as one, and the request goes
+                    // to another instance, or waits for its successor.
+                    // (A request that crashes instances still takes two
+                    // down at most.)
+                    let gone = raced && exits && idempotent && body.is_none() && !c.draining.get();
+                    if gone {
+                        let until = Instant::now() + EXIT_NOTICE;
+                        let unlisted =
+                            upstreams.until_unlisted(&route.config.upstream, &server, until);
+                        match c.socket.unless_closed(unlisted).await {
+                            None => return client_gone(served, None),
+                            Some(true) => {
+                                dropped -= 1;
+                                exiting = true;
+                                last = Some((server, f));
+                                continue;
+                            }
+                            Some(false) => {}
+                        }
+                    }
                     last = Some((server, f));
                     if retry && exits && stale.is_none() {
                         // Tried again at once on a new connection to the

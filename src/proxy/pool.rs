@@ -279,6 +279,23 @@ impl Upstreams {
         None
     }
 
+    /// Whether `server` has left group `name` (its instance's exit heard,
+    /// or the group gone) by `until`, waiting for the updates that may
+    /// take it out.
+    pub async fn until_unlisted(&self, name: &str, server: &Rc<Server>, until: Instant) -> bool {
+        loop {
+            let listed = self
+                .group(name)
+                .is_some_and(|g| g.servers.iter().any(|s| Rc::ptr_eq(s, server)));
+            if !listed {
+                return true;
+            }
+            if !self.changed_before(until).await {
+                return false;
+            }
+        }
+    }
+
     /// Whether an `update` comes before `until`.
     async fn changed_before(&self, until: Instant) -> bool {
         let left = until.saturating_duration_since(Instant::now());
@@ -1014,6 +1031,39 @@ mod tests {
                 assert!(!done.get(), "ended by an update that listed nothing new");
                 u.update(&[app, other]);
                 assert_eq!(waiting.await, Some(1));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A request an instance dropped twice waits for that instance to
+    /// leave the list (its exit heard): updates that keep it do not end
+    /// the wait, one without it does; none by the deadline is a no.
+    #[test]
+    fn a_wait_for_a_server_to_leave_ends_when_it_does() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let app = group(Balance::RoundRobin, 2);
+                let u = Rc::new(Upstreams::new(std::slice::from_ref(&app)));
+                let first = u.group("app").unwrap().servers[0].clone();
+                let step = || glommio::timer::sleep(Duration::from_millis(20));
+                let soon = Instant::now() + Duration::from_millis(100);
+                u.update(std::slice::from_ref(&app));
+                assert!(!u.until_unlisted("app", &first, soon).await);
+                let waiter = u.clone();
+                let gone = first.clone();
+                let until = Instant::now() + Duration::from_secs(10);
+                let waiting = glommio::spawn_local(async move {
+                    waiter.until_unlisted("app", &gone, until).await
+                });
+                step().await;
+                u.update(std::slice::from_ref(&app));
+                step().await;
+                let mut without = app.clone();
+                without.servers.remove(0);
+                u.update(&[without]);
+                assert!(waiting.await);
             })
             .unwrap()
             .join()
