@@ -470,6 +470,7 @@ impl Cli {
             let element = format!("{key}[");
             c.element_lines.retain(|k, _| !k.starts_with(&element));
         }
+        c.metrics_off_where_served();
         let unusable = crate::config::preflight(&mut c);
         match c.validate() {
             Ok(c) if unusable.is_empty() => Ok(c),
@@ -507,8 +508,12 @@ fn flag_of(key: &str) -> String {
 
 /// `config`'s `[metrics]`, once its `path` is one a URL can end with (the
 /// whole-file validation, which says so too, is not run for `status`):
-/// else the error, at the file's line.
-fn checked_metrics(config: Config) -> Result<MetricsConfig, Vec<ConfigError>> {
+/// else the error, at the file's line. Off where the server has it off:
+/// the default address, which the server itself listens on.
+fn checked_metrics(mut config: Config) -> Result<MetricsConfig, Vec<ConfigError>> {
+    if config.default_metrics_taken().is_some() {
+        config.metrics.listen = None;
+    }
     match crate::config::bad_metrics_path(&config.metrics.path) {
         Some(why) => {
             let mut e = ConfigError::new("metrics.path", why);

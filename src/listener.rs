@@ -262,12 +262,16 @@ impl AcceptErrors {
 
     /// `pause_for`, waiting out the pause on the calling executor.
     pub async fn pause(&mut self, err: &glommio::GlommioError<()>, who: impl std::fmt::Display) {
-        let errno = match err {
-            glommio::GlommioError::IoError(e) => e.raw_os_error(),
-            glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
-            _ => None,
+        // The system's error in its own words, as the master's accept
+        // says it: glommio's wrapper adds "IO error occurred: ".
+        let (errno, said): (_, &dyn std::fmt::Display) = match err {
+            glommio::GlommioError::IoError(e) => (e.raw_os_error(), e),
+            glommio::GlommioError::EnhancedIoError { source, .. } => {
+                (source.raw_os_error(), source)
+            }
+            e => (None, e),
         };
-        if let Some(pause) = self.pause_for(errno, err, &who) {
+        if let Some(pause) = self.pause_for(errno, said, &who) {
             glommio::timer::sleep(pause).await;
         }
     }

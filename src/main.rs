@@ -261,6 +261,12 @@ fn init_logging(serving: bool) {
             .map(|_| ())
             .map_err(|e| e.to_string())
             .and_then(|()| misspelled_level(filter));
+        if let Ok(Some(module)) = &read {
+            // Kept: the rest stays at the default level below.
+            unread = Some(format!(
+                "RUST_LOG={filter:?}: `{module}` names no module coreserve logs from; the rest of it applies"
+            ));
+        }
         if let Err(e) = read {
             unread = Some(format!(
                 "RUST_LOG={filter:?}: {e}; logging at the default level (info)"
@@ -360,11 +366,13 @@ fn init_logging(serving: bool) {
     }
 }
 
-/// A word of `filter` that is no level and names no module whose lines
-/// coreserve writes, alone or before `=`: env_logger takes `RUST_LOG=debg`
-/// for a module `debg` at every level, and so turns every other line off,
-/// errors too; `corserve=debug` shows nothing more than the default.
-fn misspelled_level(filter: &str) -> Result<(), String> {
+/// A word of `filter` alone that is no level and names no module whose
+/// lines coreserve writes: env_logger takes `RUST_LOG=debg` for a module
+/// `debg` at every level, and so turns every other line off, errors too.
+/// `Ok(Some(module))`: a `module=level` naming none of coreserve's
+/// (`corserve=debug`, a typo; `hyper=off` from a shared environment), said
+/// but harmless, the rest staying at the default level.
+fn misspelled_level(filter: &str) -> Result<Option<&str>, String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     const TARGETS: [&str; 5] = [
         "coreserve",
@@ -374,30 +382,36 @@ fn misspelled_level(filter: &str) -> Result<(), String> {
         coreserve::master::LISTENING_TARGET,
     ];
     let directives = filter.split('/').next().unwrap_or("");
+    let mut foreign = None;
     for word in directives
         .split(',')
         .map(str::trim)
         .filter(|w| !w.is_empty())
     {
-        let module = match word.split_once('=') {
-            Some((module, _)) => module.trim(),
+        let (module, alone) = match word.split_once('=') {
+            Some((module, _)) => (module.trim(), false),
             None if LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l)) => continue,
-            None => word,
+            None => (word, true),
         };
         // env_logger matches a module's name as a prefix of the target's
         // (`core` names coreserve's lines).
-        if !TARGETS
+        let ours = TARGETS
             .iter()
-            .any(|t| t.starts_with(module) || module.starts_with(t))
-        {
-            return Err(format!(
-                "`{module}` is neither a level ({}) nor a module coreserve logs from ({})",
-                LEVELS.join(", "),
-                TARGETS.join(", ")
-            ));
+            .any(|t| t.starts_with(module) || module.starts_with(t));
+        if ours {
+            continue;
         }
+        if !alone {
+            foreign = foreign.or(Some(module));
+            continue;
+        }
+        return Err(format!(
+            "`{module}` is neither a level ({}) nor a module coreserve logs from ({})",
+            LEVELS.join(", "),
+            TARGETS.join(", ")
+        ));
     }
-    Ok(())
+    Ok(foreign)
 }
 
 /// `text` on one line: each line break and the spaces around it become

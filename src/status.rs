@@ -179,7 +179,8 @@ fn another_server(text: &str, url: &str, expected: &Path) -> Option<String> {
 /// was sent. A
 /// replacement a rolling reload started follows its slot's current one,
 /// its state `new-starting`, or `new-ready` while it serves its
-/// `min-uptime` beside it; so does an instance on its way out, its state
+/// `min-uptime` beside it (`new-not-listening` while it refuses
+/// connections); so does an instance on its way out, its state
 /// `draining(K)` with K open connections, or `stopping`.
 pub(crate) fn apps_table(text: &str) -> String {
     #[derive(Default)]

@@ -20,7 +20,7 @@ use crate::config::{AppListen, ServerAddr, MAX_UNIX_PATH};
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Longest wait of one look at a ready instance (`refuses`): a refusal on
 /// loopback comes at once, and a look that waits longer tells nothing.
-const LOOK_TIMEOUT: Duration = Duration::from_millis(100);
+const LOOK_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// The directory for this process's apps' Unix sockets
 /// (`config::socket_dir`).

@@ -520,25 +520,21 @@ fn await_group(pgid: u32, stop: &Stop, stopped: Option<&str>) {
     }
 }
 
-/// Whether `pid` still runs (a zombie, killed and not yet reaped by its
-/// new parent, does not): for tests of what outlives what.
-/// `path` with its `.` and `..` taken out as a shell's `cd` takes them
-/// (`/srv/conf/../web` is `/srv/web`, whatever `conf` links to), as POSIX
-/// has `$PWD`, and as PM2 and Node's `path.resolve` give it.
+/// `path` as `$PWD` names it, POSIX's way: without `.` or `..`. A `..`
+/// is resolved where it leads, links and all, as the kernel resolves the
+/// directory itself (taking it off by text would name another directory
+/// behind a link); one that cannot be (gone meanwhile) stays.
 fn logical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            c => out.push(c),
+    if path.components().any(|c| c == Component::ParentDir) {
+        if let Ok(real) = std::fs::canonicalize(path) {
+            return real;
         }
     }
-    out
+    path.components().collect()
 }
 
+/// Whether `pid` still runs (a zombie, killed and not yet reaped by its
+/// new parent, does not): for tests of what outlives what.
 #[cfg(test)]
 pub(crate) fn runs(pid: u32) -> bool {
     proc_table::Stat::read(pid).is_some_and(|s| s.runs())
@@ -557,14 +553,18 @@ mod tests {
 
     #[test]
     fn pwd_has_no_dot_or_dot_dot() {
-        for (given, pwd) in [
-            ("/srv/web/.", "/srv/web"),
-            ("/srv/conf/../web", "/srv/web"),
-            ("/srv/./web/", "/srv/web"),
-            ("/..", "/"),
-        ] {
+        for (given, pwd) in [("/srv/web/.", "/srv/web"), ("/srv/./web/", "/srv/web")] {
             assert_eq!(logical(Path::new(given)), Path::new(pwd), "{given}");
         }
+        // `..` where it leads: behind a link, not the text's parent.
+        let dir = std::env::temp_dir().join(format!("coreserve-pwd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real/conf")).unwrap();
+        std::fs::create_dir_all(dir.join("real/web")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real/conf"), dir.join("conf")).unwrap();
+        let real = std::fs::canonicalize(dir.join("real/web")).unwrap();
+        assert_eq!(logical(&dir.join("conf/../web")), real);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

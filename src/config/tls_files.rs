@@ -234,12 +234,12 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         // A key whose curve the certificate writes out where the key names
         // it (`ec_param_enc:explicit`) does not match byte for byte: no
         // mismatch to report, but a form TLS does not take.
-        let explicit = parsed[0]
-            .public_key()
-            .algorithm
-            .parameters
-            .as_ref()
-            .is_some_and(|p| p.tag() == x509_parser::der_parser::asn1_rs::Tag::Sequence);
+        let algorithm = &parsed[0].public_key().algorithm;
+        let explicit = algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+            && algorithm
+                .parameters
+                .as_ref()
+                .is_some_and(|p| p.tag() == x509_parser::der_parser::asn1_rs::Tag::Sequence);
         let certified = CertifiedKey::new(chain, signer);
         if !matched.unwrap_or_else(|| certified.keys_match().is_ok()) {
             let why = if explicit {

@@ -77,8 +77,9 @@ const MAX_DROPPED: usize = 2;
 
 /// How long a request an app's instance dropped twice waits for that
 /// instance's exit to be heard (`Upstreams::until_unlisted`): its process
-/// reaped, the manager and the master told, a few milliseconds.
-const EXIT_NOTICE: Duration = Duration::from_secs(1);
+/// reaped, its group awaited (200 ms at least), the manager and the master
+/// told; a loaded machine, or an app behind `npm start`, takes longer.
+const EXIT_NOTICE: Duration = Duration::from_secs(2);
 /// Most body bytes read off the socket to discard a body no server took
 /// (`discard_if_here`): a small form's or JSON's rest, not an upload.
 const DISCARD_MOST: u64 = 64 << 10;
@@ -393,6 +394,9 @@ async fn forward(
     // connection that was (its pool is passed by) and the attempt that
     // tries again (no retry after a failure).
     let mut stale: Option<(usize, usize)> = None;
+    // That try on the same server was given: never twice, even once the
+    // server has left the group (which forgets `stale`).
+    let mut same_spent = false;
     // Servers that took the request and closed without a word.
     let mut dropped = 0;
     let mut up_out = buffers::take(0);
@@ -739,7 +743,7 @@ async fn forward(
             // request most likely never reached the app, and a killed
             // instance's backlog may drop the next. (The clock is read only
             // for a close.)
-            let race = reset && reused && stale.is_none() && now.elapsed() < RACE_WINDOW;
+            let race = reset && reused && !same_spent && now.elapsed() < RACE_WINDOW;
             dropped += usize::from(reset && !race);
             let retry = reset && idempotent && !body_started && dropped < MAX_DROPPED;
             if !retry {
@@ -767,6 +771,7 @@ async fn forward(
                     // as it was (a 503 if no server is left to pick).
                     attempts -= 1;
                     stale = Some((tried[attempts], attempts));
+                    same_spent = true;
                     tried[attempts] = usize::MAX;
                     continue;
                 }
@@ -815,7 +820,14 @@ async fn forward(
                     // to another instance, or waits for its successor.
                     // (A request that crashes instances still takes two
                     // down at most.)
-                    let gone = raced && exits && idempotent && body.is_none() && !c.draining.get();
+                    // (Only past the drops allowed: before, the request
+                    // goes to another instance anyway.)
+                    let gone = !retry
+                        && raced
+                        && exits
+                        && idempotent
+                        && body.is_none()
+                        && !c.draining.get();
                     if gone {
                         let until = Instant::now() + EXIT_NOTICE;
                         let unlisted =
@@ -832,7 +844,7 @@ async fn forward(
                         }
                     }
                     last = Some((server, f));
-                    if retry && exits && stale.is_none() {
+                    if retry && exits && !same_spent {
                         // Tried again at once on a new connection to the
                         // same instance, which tells an exiting one (its
                         // listener closed with the connection in its
@@ -840,6 +852,7 @@ async fn forward(
                         // its successor) from one that closed it on
                         // purpose and runs on (dropped twice: its 502).
                         stale = Some((tried[attempts - 1], attempts));
+                        same_spent = true;
                         continue;
                     }
                     if retry {

@@ -235,10 +235,12 @@ fn warm_requests_allocate_nothing_answered_or_proxied() {
     // One per request would be `proxied_requests` at least. What is left
     // is glommio's: a timer sleep each time the shard's budget of direct
     // system calls runs out (`recheck::BUDGET`, every 256; 210-320 over
-    // this run), and a park now and then.
+    // this run), and a park each time the shard runs out of work, which a
+    // slower machine makes more often (620-750, and once 1 274 under CI's
+    // load, when this VM ran five times slower: the base's count the same).
     if ring {
         assert!(
-            proxied < proxied_requests / 5,
+            proxied < proxied_requests / 2,
             "{proxied} allocations over {proxied_requests} proxied requests: the proxy's path allocates"
         );
     } else {

@@ -218,12 +218,12 @@ impl Server {
         }
     }
 
-    /// Stop with SIGTERM and return the log once it has exited.
     /// Its standard output, to read (once).
     pub fn stdout(&mut self) -> std::process::ChildStdout {
         self.child.stdout.take().expect("stdout, taken once")
     }
 
+    /// Stop with SIGTERM and return the log once it has exited.
     pub fn stop(mut self) -> String {
         self.signal(libc::SIGTERM);
         let status = self.wait(WAIT);

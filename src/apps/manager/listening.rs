@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 
 use super::{Instance, Manager, State};
 use crate::apps::address;
@@ -27,10 +27,13 @@ const RELOOK: Duration = Duration::from_millis(250);
 impl Manager {
     /// Every `LISTEN_EVERY` (`RELOOK` while one refuses), whether each
     /// ready instance still accepts connections: one that refuses them is
-    /// out of service until it accepts again, and its slot's current one
-    /// is marked for the roll to replace once it has refused for its app's
-    /// `start-timeout`. Nothing is marked once the server drains (the roll
-    /// starts nothing then either).
+    /// out of service until it accepts again. Once it has refused for its
+    /// app's `start-timeout`, a slot's current one is marked for the roll
+    /// to replace (unless a replacement is on its way already, or the
+    /// server drains, when the roll starts nothing), and a replacement
+    /// serving its `min-uptime` is killed, a failed replacement
+    /// (`on_exit`: the instance it was to replace serves on, and the roll
+    /// tries again after its back-off).
     pub(super) fn check_listening(&mut self, now: Instant) {
         if self.listen_at.is_some_and(|t| t > now) {
             return;
@@ -43,7 +46,8 @@ impl Manager {
                 if let Some(inst) = slot.current.get_mut() {
                     if let Some(refused) = look(inst, now, name, index, patience) {
                         refusing = true;
-                        if refused >= patience && !slot.not_listening && !self.winding_down {
+                        let due = !slot.not_listening && slot.next.is_none();
+                        if refused >= patience && due && !self.winding_down {
                             slot.not_listening = true;
                             warn!(
                                 "app {name}[{index}] (pid {}) has refused connections for {:.1}s (start-timeout); replacing it",
@@ -57,7 +61,19 @@ impl Manager {
                     }
                 }
                 if let Some(next) = &mut slot.next {
-                    refusing |= look(next, now, name, index, patience).is_some();
+                    let refused = look(next, now, name, index, patience);
+                    refusing |= refused.is_some();
+                    if refused.is_some_and(|r| r >= patience) {
+                        error!(
+                            "app {name}[{index}]: the replacement (pid {}) has refused connections for {:.1}s (start-timeout); killed",
+                            next.process.pid,
+                            patience.as_secs_f64()
+                        );
+                        next.process.kill();
+                        next.state = State::Stopping {
+                            kill_at: now + next.stop.1,
+                        };
+                    }
                 }
             }
         }
@@ -67,7 +83,7 @@ impl Manager {
 
 /// Look at `inst` if it is ready: how long it has refused connections
 /// (`None`: it accepts them). Said when it starts and stops refusing.
-fn look(
+pub(super) fn look(
     inst: &mut Instance,
     now: Instant,
     name: &str,
@@ -77,6 +93,11 @@ fn look(
     let State::Ready { refused, .. } = &mut inst.state else {
         return None;
     };
+    // Its exit is on its way (the rest of its group awaited): no look,
+    // nor a line saying it runs on.
+    if inst.process.ended() {
+        return None;
+    }
     let pid = inst.process.pid;
     match (*refused, address::refuses(&inst.addr)) {
         (None, false) => None,

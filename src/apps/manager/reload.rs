@@ -28,13 +28,25 @@ impl Manager {
                         i.generation == generation && matches!(i.state, State::Ready { .. })
                     });
             let min_uptime = app.config.min_uptime;
+            let (name, patience) = (&app.config.name, app.config.start_timeout);
             for (index, slot) in app.slots.iter_mut().enumerate() {
+                // A look of its own before it takes the slot: it may have
+                // closed its listener since the last (2 s apart, where
+                // `min-uptime` may be less).
+                if let Some(next) = slot.next.as_mut().filter(|n| {
+                    matches!(n.state, State::Ready { since, refused: None } if since + min_uptime <= now)
+                }) {
+                    super::listening::look(next, now, name, index, patience);
+                }
+                // Not one that stopped listening in its min-uptime: it
+                // would retire the instance that serves (`listening`
+                // fails it past its start-timeout).
                 if matches!(
                     slot.next,
                     Some(Instance {
-                        state: State::Ready { since, .. },
+                        state: State::Ready { since, refused },
                         ..
-                    }) if since + min_uptime <= now || slot.current.get().is_none()
+                    }) if (refused.is_none() && since + min_uptime <= now) || slot.current.get().is_none()
                 ) {
                     // (An old instance that died meanwhile leaves nothing
                     // to serve beside: the replacement takes the slot.)

@@ -1726,10 +1726,24 @@ fn an_instance_that_refuses_for_its_start_timeout_is_replaced() {
     within(|| {
         let mut h = Harness::new("deaf-replaced");
         let mut c = app("web", 1, CLOSES, &h.dir);
-        c.start_timeout = Duration::from_secs(1);
+        c.start_timeout = Duration::from_secs(2);
         h.start(vec![c]).unwrap();
         let first = current(&h.m, "web", 0).unwrap().process.pid;
         h.touch("close");
+        // Each step within its own `STEP`: the next look (2 s), the
+        // start-timeout of refusals, the replacement's start.
+        h.turn_until("out of service", |m| {
+            matches!(
+                current(m, "web", 0).map(|i| &i.state),
+                Some(State::Ready {
+                    refused: Some(_),
+                    ..
+                })
+            )
+        });
+        h.turn_until("a replacement started", |m| {
+            m.apps[0].slots[0].next.is_some()
+        });
         h.turn_until("replaced", |m| {
             is_ready(current(m, "web", 0)) && current(m, "web", 0).unwrap().process.pid != first
         });
@@ -1740,5 +1754,47 @@ fn an_instance_that_refuses_for_its_start_timeout_is_replaced() {
         h.turn_until("the old one asked to stop", |_| {
             records(&dir)[&first].term.is_some()
         });
+    });
+}
+
+/// A replacement that stops listening in its min-uptime does not take the
+/// slot (the instance it replaces would leave for one that serves
+/// nothing), and once it has refused for its start-timeout it is killed,
+/// a failed replacement, while the old instance serves on.
+#[test]
+fn a_replacement_that_stops_listening_is_not_promoted_and_is_killed() {
+    within(|| {
+        let mut h = Harness::new("deaf-replacement");
+        let mut c = app("web", 1, SERVES, &h.dir);
+        c.start_timeout = Duration::from_secs(2);
+        h.start(vec![c.clone()]).unwrap();
+        let old = current(&h.m, "web", 0).unwrap().process.pid;
+        h.send(Msg::Reload(vec![version(&c, "2", CLOSES)], true));
+        h.turn_until("the replacement ready", |m| {
+            matches!(
+                m.apps[0].slots[0].next.as_ref().map(|i| &i.state),
+                Some(State::Ready { .. })
+            )
+        });
+        h.touch("close");
+        let still_old = |m: &Manager| current(m, "web", 0).unwrap().process.pid == old;
+        h.turn_until("the replacement out of service", |m| {
+            assert!(still_old(m), "a replacement not listening took the slot");
+            matches!(
+                m.apps[0].slots[0].next.as_ref().map(|i| &i.state),
+                Some(State::Ready {
+                    refused: Some(_),
+                    ..
+                })
+            )
+        });
+        h.turn_until("the replacement killed", |m| {
+            assert!(still_old(m), "a replacement not listening took the slot");
+            !matches!(
+                m.apps[0].slots[0].next.as_ref().map(|i| &i.state),
+                Some(State::Ready { .. })
+            )
+        });
+        assert!(is_ready(current(&h.m, "web", 0)));
     });
 }

@@ -255,8 +255,13 @@ impl Walker<'_> {
         // Read from a pipe or a standard stream (`--config /dev/stdin`,
         // `/dev/fd/3`, a file redirected to it alike): no directory of its
         // own (`/dev` is none to mean), so the one coreserve started in.
-        let stream =
-            |s: &Path| super::is_pipe(s) || s.starts_with("/dev") || s.starts_with("/proc");
+        let stream = |s: &Path| {
+            let fd = |dir: &str| s.parent() == Some(Path::new(dir));
+            super::is_pipe(s)
+                || s == Path::new("/dev/stdin")
+                || fd("/dev/fd")
+                || fd("/proc/self/fd")
+        };
         if source.is_some_and(stream) {
             return cwd().join(p);
         }

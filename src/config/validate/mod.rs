@@ -21,8 +21,7 @@ impl Config {
     /// Pure: it reads nothing but `self` (no file system, no environment),
     /// so it gives the same answer anywhere. The checks against the file
     /// system are `files::preflight`, which `Cli::apply` runs with it.
-    pub fn validate(mut self) -> Result<Self, Vec<ConfigError>> {
-        self.metrics_off_where_served();
+    pub fn validate(self) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
         let l = &self.limits;
@@ -169,27 +168,32 @@ impl Config {
 }
 
 impl Config {
-    /// The default metrics address nobody asked for, when the server
-    /// itself listens there (`listen = "127.0.0.1:9464"`): no metrics,
-    /// and a warning, as when another process has that port, not an
-    /// error about a key the file never set.
-    fn metrics_off_where_served(&mut self) {
-        let Some(m) = self
+    /// The server's own address the default metrics address (nobody asked
+    /// for it) would take: `listen = "127.0.0.1:9464"`.
+    pub fn default_metrics_taken(&self) -> Option<SocketAddr> {
+        let m = self
             .metrics
             .listen
-            .filter(|_| self.metrics.listen_is_default)
-        else {
+            .filter(|_| self.metrics.listen_is_default)?;
+        let mut served = self.listen.iter().chain(&self.tls.listen);
+        served.find(|b| clash(&m, b)).copied()
+    }
+
+    /// Where the default metrics address is taken by the server's own
+    /// (`default_metrics_taken`): no metrics, and a warning, as when
+    /// another process has that port, not an error about a key the file
+    /// never set. `Cli::apply` runs it before `validate`; `coreserve
+    /// status` finds the metrics off alike.
+    pub fn metrics_off_where_served(&mut self) {
+        let (Some(m), Some(b)) = (self.metrics.listen, self.default_metrics_taken()) else {
             return;
         };
-        let served = self.listen.iter().chain(&self.tls.listen);
-        if let Some(b) = served.into_iter().find(|b| clash(&m, b)) {
-            log::warn!(
-                "metrics: the default address {m} is taken by {b}, where this server listens, so it \
-                 serves no metrics; set [metrics] listen (or --metrics-listen) to another address, \
-                 127.0.0.1:0 for any free port, or \"off\""
-            );
-            self.metrics.listen = None;
-        }
+        log::warn!(
+            "metrics: the default address {m} is taken by {b}, where this server listens, so it \
+             serves no metrics; set [metrics] listen (or --metrics-listen) to another address, \
+             127.0.0.1:0 for any free port, or \"off\""
+        );
+        self.metrics.listen = None;
     }
 }
 
@@ -526,19 +530,29 @@ mod tests {
     #[test]
     fn the_default_metrics_address_gives_way_to_the_servers_own() {
         for served in ["127.0.0.1:9464", "0.0.0.0:9464"] {
-            let c = Config {
+            let mut c = Config {
                 listen: vec![served.parse().unwrap()],
                 ..Config::default()
             };
+            c.metrics_off_where_served();
             assert_eq!(c.validate().unwrap().metrics.listen, None, "{served}");
         }
         let mut c = Config::default();
         c.tls.listen = vec!["127.0.0.1:9464".parse().unwrap()];
+        c.metrics_off_where_served();
         let errors = c.validate().unwrap_err();
         assert!(
             !errors.iter().any(|e| e.key == "metrics.listen"),
             "{errors:?}"
         );
+        // Set by the file (or a flag): an error, as any address twice.
+        let mut c = Config {
+            listen: vec!["127.0.0.1:9464".parse().unwrap()],
+            ..Config::default()
+        };
+        c.metrics.listen_is_default = false;
+        c.metrics_off_where_served();
+        assert!(c.validate().is_err());
     }
 
     #[test]

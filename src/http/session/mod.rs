@@ -235,13 +235,15 @@ impl<J> Session<J> {
     /// `take_tally`): a client that sends half a request and closes is no
     /// less a bad one than one that goes quiet (408).
     pub fn client_left(&mut self, unread: &[u8], log: Option<&dyn RequestLog>) {
+        // The request whose body was being read: answered already, or a
+        // job's (a file's) that waits for it.
         let in_body = matches!(self.phase, Phase::Body { .. });
-        if let Some(line) = self.unlogged.take() {
-            if let Some(log) = log {
-                log.record(line.0.entry(None, 499, 0));
-            }
-        } else if let Some(request) = self.pending.take().and_then(|p| p.log).filter(|_| in_body) {
-            // A job's request (a file), its body being read first.
+        let request = match self.unlogged.take() {
+            Some(line) => Some(line.0),
+            None if in_body => self.pending.take().and_then(|p| p.log),
+            None => None,
+        };
+        if let Some(request) = request {
             if let Some(log) = log {
                 log.record(request.entry(None, 499, 0));
             }
