@@ -518,9 +518,10 @@ fn a_client_that_leaves_right_after_its_handshake_is_no_failure() {
         "{failures:?}"
     );
     // A reset can still beat the client's Finished to the server's read (1
-    // in a few hundred here): that handshake did not end, for the server.
+    // in a few hundred here, but 51 in 100 once in CI while this VM ran
+    // five times slower): that handshake did not end, for the server.
     // Without the distinction nearly every one was counted (93 to 100).
-    assert!(of("closed") <= 25.0, "{failures:?}");
+    assert!(of("closed") <= 75.0, "{failures:?}");
     // Handshakes that did fail are still counted.
     assert!(try_tls_connect(addr, "localhost", Some(&Ca::new()), None).is_err());
     std::thread::sleep(Duration::from_millis(100));
