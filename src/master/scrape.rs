@@ -267,7 +267,7 @@ fn render_apps(out: &mut String, all: &[InstanceStatus]) {
     per_slot(
         out,
         "coreserve_app_instance_restarts_total counter",
-        "Times an app instance exited and was to start again (counted at the exit, before its back-off), or was replaced past max-memory.",
+        "Times an app instance exited and was to start again (counted at the exit, before its back-off), or was replaced past max-memory or for not listening.",
         instances.iter().map(|i| (label(i), i.restarts.to_string())),
     );
     per_slot(

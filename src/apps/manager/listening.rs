@@ -31,7 +31,7 @@ impl Manager {
     /// app's `start-timeout`, a slot's current one is marked for the roll
     /// to replace (unless a replacement is on its way already, or the
     /// server drains, when the roll starts nothing), and a replacement
-    /// serving its `min-uptime` is killed, a failed replacement
+    /// serving its `min-uptime` is asked to stop, a failed replacement
     /// (`on_exit`: the instance it was to replace serves on, and the roll
     /// tries again after its back-off).
     pub(super) fn check_listening(&mut self, now: Instant) {
@@ -65,14 +65,12 @@ impl Manager {
                     refusing |= refused.is_some();
                     if refused.is_some_and(|r| r >= patience) {
                         error!(
-                            "app {name}[{index}]: the replacement (pid {}) has refused connections for {:.1}s (start-timeout); killed",
+                            "app {name}[{index}]: the replacement (pid {}) has refused connections for {:.1}s (start-timeout); stopping it",
                             next.process.pid,
                             patience.as_secs_f64()
                         );
-                        next.process.kill();
-                        next.state = State::Stopping {
-                            kill_at: now + next.stop.1,
-                        };
+                        next.deaf = true;
+                        next.ask_to_stop(now);
                     }
                 }
             }

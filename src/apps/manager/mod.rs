@@ -96,6 +96,9 @@ struct Instance {
     /// Its resident memory with its children's at the last look
     /// (`check_memory`), once ready.
     memory: Option<u64>,
+    /// Asked to stop for refusing connections past its start-timeout
+    /// once ready (`listening`): its exit says so.
+    deaf: bool,
 }
 
 enum State {
@@ -618,6 +621,7 @@ impl Manager {
             fallback: false,
             stop: (config.stop_signal, config.stop_timeout),
             memory: None,
+            deaf: false,
         })
     }
 
@@ -926,6 +930,10 @@ impl Manager {
                             "{:.1}s after it was ready, within min-uptime",
                             now.duration_since(since).as_secs_f64()
                         ),
+                        _ if gone.deaf => {
+                            "once stopped for refusing connections (its listener closed)"
+                                .to_string()
+                        }
                         _ => "before it was ready".to_string(),
                     };
                     slot.last_exit = Some((signals::exit_summary(status), now));

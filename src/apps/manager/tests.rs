@@ -1759,10 +1759,10 @@ fn an_instance_that_refuses_for_its_start_timeout_is_replaced() {
 
 /// A replacement that stops listening in its min-uptime does not take the
 /// slot (the instance it replaces would leave for one that serves
-/// nothing), and once it has refused for its start-timeout it is killed,
-/// a failed replacement, while the old instance serves on.
+/// nothing), and once it has refused for its start-timeout it is asked to
+/// stop, a failed replacement, while the old instance serves on.
 #[test]
-fn a_replacement_that_stops_listening_is_not_promoted_and_is_killed() {
+fn a_replacement_that_stops_listening_is_not_promoted_and_is_stopped() {
     within(|| {
         let mut h = Harness::new("deaf-replacement");
         let mut c = app("web", 1, SERVES, &h.dir);
@@ -1788,7 +1788,7 @@ fn a_replacement_that_stops_listening_is_not_promoted_and_is_killed() {
                 })
             )
         });
-        h.turn_until("the replacement killed", |m| {
+        h.turn_until("the replacement stopped", |m| {
             assert!(still_old(m), "a replacement not listening took the slot");
             !matches!(
                 m.apps[0].slots[0].next.as_ref().map(|i| &i.state),

@@ -46,8 +46,18 @@ impl Walker<'_> {
                 // As requests are routed: decoded and normalized, written
                 // back escaped (`/café/` is `/caf%C3%A9/`, `/a/../b` is
                 // `/b`), so the route matches every spelling of its path.
+                let query = path.chars().find(|c| matches!(c, '?' | '#'));
                 route.path = if !path.starts_with('/') {
                     // `validate` says it must.
+                    path
+                } else if let Some(c) = query {
+                    // A request's `?` begins its query, which no route
+                    // matches (and a client never sends its `#`): escaped
+                    // as it would be, only a `%3F` in a path reached it.
+                    self.error(
+                        f,
+                        format!("{path:?}: a route matches the path alone, which never holds a {c:?} (the query after ? is not matched)"),
+                    );
                     path
                 } else {
                     match crate::http::path::canonical(&path) {
@@ -263,6 +273,21 @@ mod tests {
                 "t.toml:1: route[1].location: is required for a redirect route",
             ]
         );
+    }
+
+    /// Read from the file as written: made canonical first, a `?` became
+    /// `%3F` and passed every check (a unit test of `validate` did not see).
+    #[test]
+    fn a_route_path_holds_no_query_or_fragment() {
+        for path in ["/search?q=1", "/a#top", "/x/?"] {
+            let errs = errors(&format!(
+                "[[route]]\npath = \"{path}\"\nhandler = \"respond\"\n"
+            ));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with("t.toml:2: route[1].path: "), "{errs:?}");
+            assert!(errs[0].contains("matches the path alone"), "{errs:?}");
+        }
+        assert!(errors("[[route]]\npath = \"/a%3Fb\"\nhandler = \"respond\"\n").is_empty());
     }
 
     #[test]

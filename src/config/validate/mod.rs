@@ -188,10 +188,15 @@ impl Config {
         let (Some(m), Some(b)) = (self.metrics.listen, self.default_metrics_taken()) else {
             return;
         };
+        let by = if b == m {
+            "is also one this server listens on".to_string()
+        } else {
+            format!("is taken by {b}, where this server listens")
+        };
         log::warn!(
-            "metrics: the default address {m} is taken by {b}, where this server listens, so it \
-             serves no metrics; set [metrics] listen (or --metrics-listen) to another address, \
-             127.0.0.1:0 for any free port, or \"off\""
+            "metrics: the default address {m} {by}, so it serves no metrics; set [metrics] \
+             listen (or --metrics-listen) to another address, 127.0.0.1:0 for any free port, \
+             or \"off\""
         );
         self.metrics.listen = None;
     }
@@ -245,17 +250,6 @@ fn validate_route(
     let element = |k: &str, n: usize| crate::config::element_key(&key(k), n);
     if !r.path.starts_with('/') {
         err(&key("path"), format!("must start with /, got {:?}", r.path));
-    } else if let Some(c) = r.path.chars().find(|c| matches!(c, '?' | '#')) {
-        // A request's `?` begins its query, which no route matches (and a
-        // client never sends its `#`): only a `%3F` in the path would
-        // reach this route.
-        err(
-            &key("path"),
-            format!(
-                "{:?}: a route matches the path alone, which never holds a {c:?} (the query after ? is not matched)",
-                r.path
-            ),
-        );
     }
     if let Some((n, dup)) = dup {
         let rule = match (&dup.host, &r.host) {
@@ -623,21 +617,6 @@ mod tests {
                 "limits.max-connections"
             ]
         );
-    }
-
-    #[test]
-    fn a_route_path_holds_no_query_or_fragment() {
-        for path in ["/search?q=1", "/a#top"] {
-            let mut c = Config::default();
-            let mut r = RouteConfig::hello_world();
-            r.path = path.into();
-            c.routes.push(r);
-            let errors = c.validate().unwrap_err();
-            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            assert_eq!(text.len(), 1, "{text:?}");
-            assert!(text[0].starts_with("route[2].path: "), "{text:?}");
-            assert!(text[0].contains("matches the path alone"), "{text:?}");
-        }
     }
 
     #[test]
