@@ -95,6 +95,14 @@ pub struct AppServer {
 }
 
 impl AppServer {
+    /// `GET path` on a connection of its own, closed after the response.
+    pub fn get(&self, path: &str) -> crate::util::Response {
+        crate::util::get(
+            self.server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    }
+
     /// Start with this configuration and one shard.
     pub fn start(name: &str, toml: &str) -> AppServer {
         let dir = Scratch::new(name);
@@ -1322,12 +1330,7 @@ fn a_request_refused_by_an_exiting_instance_waits_for_its_successor() {
         &(app("web", &["node", "-e", code], 1, "connect-timeout = \"30s\"") + &proxied("/", "web")),
     );
     let first = s.ready_pids("web", 1)[0];
-    let get = |path: &str| {
-        crate::util::get(
-            s.server.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        )
-    };
+    let get = |path: &str| s.get(path);
     assert_eq!(get("/exit").text(), "bye!");
     // Within the 700 ms its listener is closed and it still runs.
     let r = get("/");
@@ -1355,12 +1358,7 @@ fn requests_wait_for_an_app_whose_instances_all_exit() {
         ) + &proxied("/", "web")),
     );
     s.ready_pids("web", 2);
-    let get = |path: &str| {
-        crate::util::get(
-            s.server.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        )
-    };
+    let get = |path: &str| s.get(path);
     // Round-robin: each instance gets one.
     assert_eq!(get("/exit").text(), "bye!");
     assert_eq!(get("/exit").text(), "bye!");
@@ -1491,12 +1489,7 @@ fn an_instance_that_stops_listening_is_replaced() {
         &(app("web", &["node", "-e", EXITING_APP], 1, extra) + &proxied("/", "web")),
     );
     let first = s.ready_pids("web", 1)[0];
-    let get = |path: &str| {
-        crate::util::get(
-            s.server.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        )
-    };
+    let get = |path: &str| s.get(path);
     assert_eq!(get("/close").text(), "closed");
     s.wait_instances("web", "out of service", |is| {
         is.len() == 1 && is[0].state == "not-listening" && is[0].up == 0.0
@@ -1541,12 +1534,7 @@ fn a_request_an_instance_drops_twice_as_it_dies_goes_to_another() {
         ) + &proxied("/", "web")),
     );
     s.ready_pids("web", 2);
-    let get = |path: &str| {
-        crate::util::get(
-            s.server.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        )
-    };
+    let get = |path: &str| s.get(path);
     // Every request goes to this client's instance (ip-hash): from now on
     // it drops each and dies.
     let doomed = get("/doom").text();

@@ -175,12 +175,8 @@ fn check_s_warnings_come_before_its_errors() {
          [[tls.certificate]]\nchain = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
     );
     for _ in 0..5 {
-        let out = command()
-            .args(["--check", "--config", &conf.display().to_string()])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = crate::util::check_file(&conf);
+        assert_eq!(code, Some(2), "{err}");
         let warn = err.find("HTTPS is off").expect("the warning");
         let error = err.find("limits.max-uri-bytes: ").expect("the error");
         assert!(warn < error, "{err}");
@@ -196,12 +192,8 @@ fn certificates_without_an_https_address_are_warned_of() {
         "c.toml",
         "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[tls]\n[[tls.certificate]]\nchain = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
     );
-    let out = command()
-        .args(["--check", "--config", &conf.display().to_string()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, err) = crate::util::check_file(&conf);
+    assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("c.toml:6: tls.certificate[1].chain: is not read, and HTTPS is off: [tls] listen names no address"),
         "{err}"
@@ -211,12 +203,8 @@ fn certificates_without_an_https_address_are_warned_of() {
         "c.toml",
         "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[tls]\nlisten = [\"localhost:443\"]\n[[tls.certificate]]\nchain = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
     );
-    let out = command()
-        .args(["--check", "--config", &conf.display().to_string()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = crate::util::check_file(&conf);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("c.toml:5: tls.listen: "), "{err}");
     assert!(!err.contains("HTTPS is off"), "{err}");
 }
@@ -966,16 +954,11 @@ fn a_configuration_from_a_pipe_is_read_once_and_never_waited_for() {
         "elsewhere/site.toml",
         "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n",
     );
-    let out = command()
-        .args(["--check", "--config", "/dev/stdin"])
-        .current_dir(&dir.0)
-        .stdin(std::fs::File::open(file).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::util::succeeds(
+        command()
+            .args(["--check", "--config", "/dev/stdin"])
+            .current_dir(&dir.0)
+            .stdin(std::fs::File::open(file).unwrap()),
     );
 }
 

@@ -1022,37 +1022,28 @@ fn unusual_keys_are_named_as_such() {
             "an Ed448 key is not taken",
         ),
     ] {
-        let made = Command::new("openssl")
-            .args(["req", "-x509", "-nodes", "-days", "30"])
-            .args(key)
-            .args([
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost",
-            ])
-            .arg("-keyout")
-            .arg(dir.0.join(format!("{name}.key")))
-            .arg("-out")
-            .arg(dir.0.join(format!("{name}.pem")))
-            .output()
-            .expect("openssl (.ci/run installs it)");
-        assert!(
-            made.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&made.stderr)
+        crate::util::succeeds(
+            Command::new("openssl")
+                .args(["req", "-x509", "-nodes", "-days", "30"])
+                .args(key)
+                .args([
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost",
+                ])
+                .arg("-keyout")
+                .arg(dir.0.join(format!("{name}.key")))
+                .arg("-out")
+                .arg(dir.0.join(format!("{name}.pem"))),
         );
         let file = config(
             &dir,
             &[(&format!("{name}.pem"), &format!("{name}.key"), &[])],
             "",
         );
-        let out = command()
-            .args(["--check", "--config", &file])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        let (code, err) = crate::util::check_file(&file);
+        assert_eq!(code, Some(2), "{name}: {err}");
         assert!(err.contains("tls.certificate[1].key: "), "{name}: {err}");
         assert!(err.contains(says), "{name}: {err}");
         assert!(!err.contains("is not the key"), "{name}: {err}");

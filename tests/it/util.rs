@@ -734,6 +734,19 @@ pub fn push_until_ping(s: TcpStream, heard: std::sync::mpsc::Sender<()>) {
     let _ = heard.send(());
 }
 
+/// `coreserve --check --config FILE`: its exit code and stderr.
+pub fn check_file(file: impl AsRef<std::path::Path>) -> (Option<i32>, String) {
+    let out = command()
+        .args(["--check", "--config"])
+        .arg(file.as_ref())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Run a command (curl, say); it must succeed.
 pub fn succeeds(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().expect("the command is installed");
