@@ -50,6 +50,7 @@ LAYERS = {
     "keep_awake": 0, # a thread that wakes an executor's task (glommio's lost wake-up)
     "log_queue": 0, # the log's lines on their way to stderr, never waited for
     "throttle": 0,  # at most one log line a second about one thing
+    "waiters": 0,   # tasks of one thread waiting for what another changes
     "proxy_protocol": 0, # the PROXY protocol header a load balancer sends first
     "memory": 0,    # memory a burst of connections left, given back to the system
     # 1: built on the leaves.

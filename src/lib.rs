@@ -51,3 +51,4 @@ pub mod tls;
 pub mod transport;
 pub mod units;
 pub mod utc;
+pub mod waiters;

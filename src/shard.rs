@@ -561,6 +561,7 @@ async fn channel_intake(
     let mut taken = 0usize;
     let mut bell = shard.readiness().map(|r| r.register(rx.bell()));
     loop {
+        shard.until_room_to_close().await;
         let next = match bell.as_mut() {
             Some(bell) => rx.recv_ringing(bell).await,
             None => rx.recv().await,
@@ -592,6 +593,7 @@ async fn accept_intake(
     // The ring, with the listener's registration on it, when the shard has one.
     let mut ring = shard.readiness().map(|r| (r.clone(), r.register(fd)));
     loop {
+        shard.until_room_to_close().await;
         let accepted = match ring.as_mut() {
             Some((readiness, interest)) => listener::accept_ready(interest, fd)
                 .await

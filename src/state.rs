@@ -22,6 +22,7 @@ use crate::readiness::Readiness;
 use crate::router::Router;
 use crate::throttle::Throttle;
 use crate::tls::TlsSite;
+use crate::waiters::Waiters;
 
 /// A connection in the shard's registry.
 #[derive(Debug)]
@@ -40,6 +41,9 @@ struct ConnEntry {
     /// gives it `FRESH_GRACE` to bring its request rather than close it
     /// at once, as a keep-alive wait is.
     fresh: Cell<bool>,
+    /// Shut to make room for a new connection (`Shard::reclaim_idle`):
+    /// counted in `Shard::closing` until it is gone.
+    reclaimed: Cell<bool>,
 }
 
 /// How long a binary upgrade's drain lets a new connection (no request
@@ -193,6 +197,11 @@ pub struct Shard {
     starting: Cell<usize>,
     /// Connections being answered 503 at `max-connections` (`refusal`).
     refusing: Cell<usize>,
+    /// Connections closed to make room (`reclaim_idle`) whose tasks have
+    /// not ended: each still holds its descriptor beside the newcomer's.
+    closing: Cell<usize>,
+    /// The intakes waiting for `closing` to fall below `MAX_CLOSING`.
+    intakes_waiting: Waiters,
 }
 
 /// Most connections a shard answers 503 at a time at `max-connections`;
@@ -202,6 +211,16 @@ pub struct Shard {
 /// `max-connections`: without a bound, a flood of them ran the process out
 /// of descriptors under the limit `--check` advises.
 pub const MAX_REFUSING: usize = 16;
+
+/// Most connections a shard has closed to make room (`Shard::reclaim_idle`)
+/// and not yet seen end, before it takes no new connection until one has
+/// (`Shard::until_room_to_close`). A flood of new connections at
+/// `max-connections`, each closing an idle one, would otherwise take them
+/// faster than the closed ones' tasks run (each must see its end of
+/// stream first), holding up to twice `max-connections` descriptors: the
+/// process ran out of them under the limit `--check` advises. The new
+/// ones wait in the hand-off queue and the listen backlog meanwhile.
+pub const MAX_CLOSING: usize = 16;
 
 /// A connection whose task has not run yet (`Shard::starting`); dropped
 /// when it runs, or with its task.
@@ -258,6 +277,8 @@ impl Shard {
             taken: Cell::new(0),
             starting: Cell::new(0),
             refusing: Cell::new(0),
+            closing: Cell::new(0),
+            intakes_waiting: Waiters::default(),
         }
     }
 
@@ -501,10 +522,21 @@ impl Shard {
         };
         // Not chosen twice before its task has run.
         c.idle.set(false);
+        c.reclaimed.set(true);
         shut_reading(c);
         drop(conns);
+        self.closing.set(self.closing.get() + 1);
         self.count_idle(false);
         true
+    }
+
+    /// Wait, before taking a new connection, until fewer than
+    /// `MAX_CLOSING` connections closed to make room are still closing:
+    /// at once but in a flood at `max-connections`.
+    pub async fn until_room_to_close(&self) {
+        self.intakes_waiting
+            .until(|| self.closing.get() < MAX_CLOSING)
+            .await
     }
 
     /// Connections open on the shard (registered).
@@ -523,6 +555,7 @@ impl Shard {
             idle_since: Cell::new(0),
             shut: Cell::new(false),
             fresh: Cell::new(true),
+            reclaimed: Cell::new(false),
         });
         self.bursts.seen(self.conns.borrow().len());
         self.say_capacity();
@@ -538,8 +571,15 @@ impl Shard {
     /// Forget a closed connection.
     pub fn deregister(&self, key: ConnKey) {
         let gone = self.conns.borrow_mut().try_remove(key);
-        if gone.is_some_and(|c| c.idle.get()) {
+        if gone.as_ref().is_some_and(|c| c.idle.get()) {
             self.idle_now.set(self.idle_now.get() - 1);
+        }
+        if gone.is_some_and(|c| c.reclaimed.get()) {
+            let closing = self.closing.get() - 1;
+            self.closing.set(closing);
+            if closing < MAX_CLOSING {
+                self.intakes_waiting.wake_all();
+            }
         }
         self.say_capacity();
     }

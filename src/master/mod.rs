@@ -151,10 +151,13 @@ impl Preflight {
         // dispatch those in a shard's queue and taken off it but not yet
         // counted: a flood past the limit holds them all), left out of the
         // fit.
-        let in_flight = match config.dispatch {
-            Dispatch::Master => SHARD_QUEUE + crate::shard::INTAKE_BATCH,
-            Dispatch::Reuseport => 1,
-        };
+        // Those closed to make room for new ones whose tasks have not
+        // ended yet hold theirs too.
+        let in_flight = crate::state::MAX_CLOSING
+            + match config.dispatch {
+                Dispatch::Master => SHARD_QUEUE + crate::shard::INTAKE_BATCH,
+                Dispatch::Reuseport => 1,
+            };
         let reserved = HostLimits::reserved_descriptors(
             n,
             (crate::state::MAX_REFUSING + in_flight) as u64,

@@ -9,7 +9,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, ServerAddr, UpstreamConfig};
@@ -19,6 +18,7 @@ use crate::metrics::{
 use crate::readiness::Readiness;
 use crate::throttle::{Throttle, ThrottledLines};
 use crate::transport::Socket;
+use crate::waiters::Waiters;
 
 /// Every upstream group of a shard, by name.
 #[derive(Default)]
@@ -42,7 +42,7 @@ pub struct Upstreams {
     announce: RefCell<Option<Announce>>,
     /// Updates so far, and the tasks waiting for the next (`changed`).
     updates: Cell<u64>,
-    waiting: RefCell<Vec<Waker>>,
+    waiting: Waiters,
 }
 
 /// Where a shard tells of a server it took out.
@@ -234,9 +234,7 @@ impl Upstreams {
         drop(retired);
         self.fold_retired(now);
         self.updates.set(self.updates.get() + 1);
-        for w in self.waiting.take() {
-            w.wake();
-        }
+        self.waiting.wake_all();
     }
 
     /// The group `name` once it lists a server (an app's instance is
@@ -316,17 +314,7 @@ impl Upstreams {
     /// up or went).
     async fn changed(&self) {
         let seen = self.updates.get();
-        std::future::poll_fn(|cx| {
-            if self.updates.get() != seen {
-                return Poll::Ready(());
-            }
-            let mut waiting = self.waiting.borrow_mut();
-            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                waiting.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        self.waiting.until(|| self.updates.get() != seen).await
     }
 
     /// Tell `to` of each server this shard takes out from now on.

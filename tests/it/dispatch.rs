@@ -141,6 +141,60 @@ fn a_burst_does_not_overfill_a_nearly_full_shard() {
     }
 }
 
+/// A flood of new connections at `max-connections` (the most the
+/// open-files limit fits, as --check advises), each closing an idle one
+/// for room, stays within the descriptors, in either dispatch: the closed
+/// ones hold theirs until their tasks run, and the shards took newcomers
+/// faster than that ("accept failed: Too many open files" in most runs,
+/// each pausing accepting 100 ms). The last connection is served.
+#[test]
+fn a_flood_at_max_connections_stays_within_the_open_files_limit() {
+    crate::util::raise_nofile();
+    for mode in ["master", "reuseport"] {
+        let mut cmd = crate::util::command();
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--dispatch",
+            mode,
+        ])
+        .args(["--max-connections", "377"]);
+        crate::util::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 1000);
+        let server = Server::spawn(cmd);
+        // Two waves of 4 000 keep-alive connections, each sending a
+        // request and not reading its answer: idle once answered, and
+        // closed for the ones after them.
+        for _ in 0..2 {
+            let wave: Vec<_> = std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            (0..500)
+                                .map(|_| {
+                                    let s = server.connect();
+                                    (&s).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                                        .unwrap();
+                                    s
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                openers
+                    .into_iter()
+                    .flat_map(|t| t.join().unwrap())
+                    .collect()
+            });
+            let last = &wave[wave.len() - 1];
+            assert_eq!(Reader::new(last).next(false).status, 200, "{mode}");
+        }
+        let log = server.stop();
+        assert!(!log.contains("Too many open files"), "{mode}: {log}");
+    }
+}
+
 #[test]
 fn master_dispatch_deals_round_robin() {
     spread("master");
