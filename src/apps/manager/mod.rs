@@ -936,7 +936,12 @@ impl Manager {
                         }
                         _ => "before it was ready".to_string(),
                     };
-                    slot.last_exit = Some((signals::exit_summary(status), now));
+                    // Named as the replacement's: the slot's instance,
+                    // shown beside it, is the old one, which never exited.
+                    slot.last_exit = Some((
+                        format!("replacement {}", signals::exit_summary(status)),
+                        now,
+                    ));
                     // The old instance keeps serving; the roll tries again
                     // after a back-off, as a restart would.
                     let delay = slot.replace_backoff.start_failed();

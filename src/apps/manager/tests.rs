@@ -843,6 +843,16 @@ fn a_replacement_that_dies_within_min_uptime_leaves_the_old_instance_serving() {
         });
         let slot = &h.m.apps[0].slots[0];
         assert_eq!(slot.current.get().map(|i| i.process.pid), Some(pid));
+        // Its status names the exit the replacement's, not the serving
+        // instance's.
+        let shown = h.m.board.read(Instant::now());
+        assert_eq!(
+            (
+                shown[0].pid,
+                shown[0].last_exit.as_ref().map(|e| e.0.as_str())
+            ),
+            (Some(pid), Some("replacement exit 1"))
+        );
         assert!(h.m.leaving.is_empty());
         assert!(alive(pid));
         assert_eq!(records(&h.dir)[&pid].term, None);
