@@ -680,6 +680,7 @@ fn session_limits(limits: &Limits) -> SessionLimits {
             max_headers: limits.max_headers,
         },
         max_body_bytes: limits.max_body_bytes,
+        keep_alive: !limits.keepalive_timeout.is_zero(),
     }
 }
 

@@ -130,7 +130,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Time allowed between two writes of a response.
     pub send_timeout: Duration,
-    /// How long an idle keep-alive connection stays open.
+    /// How long an idle keep-alive connection stays open; zero turns
+    /// keep-alive off (each response closes its connection).
     pub keepalive_timeout: Duration,
     /// Open connections per shard; past it, new ones get 503 and are closed.
     pub max_connections: usize,

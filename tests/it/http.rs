@@ -79,6 +79,26 @@ fn connection_close_is_honoured() {
     assert!(is_closed(&mut s));
 }
 
+/// `keepalive-timeout = 0` turns keep-alive off, as nginx's
+/// `keepalive_timeout 0`: every response closes its connection, asked to
+/// keep alive or not, and a request pipelined behind it goes unanswered
+/// (it was refused at --check: "must be longer than 0").
+#[test]
+fn a_keepalive_timeout_of_zero_turns_keep_alive_off() {
+    let server = Server::start(&["--keepalive-timeout", "0s"]);
+    for first in [
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    ] {
+        let mut s = server.connect();
+        s.write_all(format!("{first}GET /second HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let text = read_to_close(&mut s);
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 1, "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+    }
+}
+
 #[test]
 fn a_hundred_pipelined_requests_in_one_write() {
     let server = Server::start(&[]);

@@ -81,7 +81,6 @@ impl Config {
             ("limits.header-timeout", l.header_timeout),
             ("limits.body-timeout", l.body_timeout),
             ("limits.send-timeout", l.send_timeout),
-            ("limits.keepalive-timeout", l.keepalive_timeout),
             ("server.drain-timeout", self.drain_timeout),
         ] {
             if d.is_zero() {
@@ -604,7 +603,6 @@ mod tests {
         c.shards = Some(0);
         c.limits.max_header_bytes = 10;
         c.limits.max_headers = 0;
-        c.limits.keepalive_timeout = Duration::ZERO;
         c.limits.max_connections = 0;
         assert_eq!(
             failing_keys(c),
@@ -613,7 +611,6 @@ mod tests {
                 "server.shards",
                 "limits.max-header-bytes",
                 "limits.max-headers",
-                "limits.keepalive-timeout",
                 "limits.max-connections"
             ]
         );

@@ -27,6 +27,10 @@ pub struct SessionLimits {
     pub head: HeadLimits,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// Whether a connection may carry more than one request: false with
+    /// `keepalive-timeout = 0` (nginx's `keepalive_timeout 0`), when every
+    /// response says `Connection: close`.
+    pub keep_alive: bool,
 }
 
 /// What a session needs from its shard for one `process` call.
@@ -549,7 +553,7 @@ impl<J> Session<J> {
         // without it (below).
         let held_back =
             req.expect_continue && body_waiting && body.as_ref().is_some_and(|d| d.untouched());
-        let mut keep_alive = req.keep_alive && !cx.draining;
+        let mut keep_alive = req.keep_alive && cx.limits.keep_alive && !cx.draining;
         let persistence = match (keep_alive, req.version) {
             (false, _) => Persistence::Close,
             (true, Version::Http11) => Persistence::KeepAlive,

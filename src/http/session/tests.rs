@@ -12,6 +12,7 @@ const LIMITS: SessionLimits = SessionLimits {
         max_headers: 16,
     },
     max_body_bytes: 256,
+    keep_alive: true,
 };
 
 /// What the tests' sessions run with: `handler`, the test limits, no log.
