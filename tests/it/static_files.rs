@@ -821,6 +821,31 @@ fn a_large_file_written_over_is_served_whole_at_once() {
     }
 }
 
+/// A small file read half written (`cp` onto it, an upload into the
+/// root: a piece written, the rest still to come) is not served as it was
+/// read, whole and cacheable, for `cache-valid` once it is complete: its
+/// next request has the finished file (nginx reads it anew each time). A
+/// precompressed sibling caught so was a broken gzip for every client.
+#[test]
+fn a_small_file_read_half_written_is_served_whole_once_written() {
+    let dir = Scratch::new("torn");
+    let path = dir.write("www/app.js", vec![b'a'; 30_000]);
+    let conf = www_conf(&dir, "/", "cache-valid = \"60s\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string(), "--shards", "1"]);
+    // The first 30 000 bytes of 60 000 written: what a request sees.
+    assert_eq!(fetch(&server, "/app.js", "").body.len(), 30_000);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(&[b'b'; 30_000]).unwrap();
+    drop(file);
+    let r = fetch(&server, "/app.js", "");
+    assert_eq!(r.header("content-length"), Some("60000"));
+    assert_eq!(r.body.len(), 60_000);
+    assert!(r.body[30_000..].iter().all(|&b| b == b'b'));
+}
+
 #[test]
 fn a_file_changed_on_disk_is_served_fresh() {
     let (dir, server) = site("fresh", "cache-valid = \"200ms\"\n");

@@ -37,6 +37,25 @@ fn due(told: &AtomicU64) -> bool {
 /// read is served as it is.
 const SMALL_FILE_READS: u32 = 3;
 
+/// How long after its last change a file may still be being written, as
+/// far as a lookup can tell (git's "racily clean" entries): a small one
+/// changed since is looked at again at each request while cached. Two
+/// seconds: some file systems keep times to 2 s (FAT).
+const SETTLING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `meta`'s file changed within `SETTLING` of now (or in the
+/// future, a clock set back or another host's).
+fn changed_lately(meta: &fs::Metadata) -> bool {
+    let changed = UNIX_EPOCH
+        + std::time::Duration::new(
+            meta.ctime().max(0) as u64,
+            meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+        );
+    SystemTime::now()
+        .duration_since(changed)
+        .map_or(true, |ago| ago < SETTLING)
+}
+
 /// What a request resolved to on disk.
 #[derive(Debug, Clone)]
 pub enum Found {
@@ -451,9 +470,9 @@ fn info(
         return failure(e);
     }
     let mut tries = 0;
-    let (size, body, file) = loop {
+    let (size, body) = loop {
         if meta.len() > SMALL_FILE {
-            break (meta.len(), None, Some(OwnedFd::from(file)));
+            break (meta.len(), None);
         }
         let mut buf = Vec::with_capacity(meta.len() as usize);
         if let Err(e) = (&file).take(SMALL_FILE + 1).read_to_end(&mut buf) {
@@ -468,7 +487,7 @@ fn info(
         // Unchanged while read: the bytes are the version the validators
         // name.
         if n == after.len() && FileStamp::of(&after) == FileStamp::of(&meta) {
-            break (n, Some(buf), None);
+            break (n, Some(buf));
         }
         // Still being written (a log appended to, a page rewritten in
         // place): what was read, with its own length, as nginx sends what
@@ -476,17 +495,24 @@ fn info(
         // version has (the change time only grows), so nothing compressed
         // from these bytes is taken for another version's.
         if tries >= SMALL_FILE_READS && n <= SMALL_FILE {
-            break (n, Some(buf), None);
+            break (n, Some(buf));
         }
         meta = after;
         if tries >= SMALL_FILE_READS {
             // Grown past a small file while read: streamed as a large one.
-            break (meta.len(), None, Some(OwnedFd::from(file)));
+            break (meta.len(), None);
         }
         if let Err(e) = file.seek(io::SeekFrom::Start(0)) {
             return failure(e);
         }
     };
+    // A large file is streamed from its descriptor. A small one changed
+    // just before it was read may be half written (`cp` onto it writes it
+    // in pieces, each consistent as read): its descriptor is kept too, for
+    // each request to see whether it changed since (`current`), or its
+    // torn copy was served whole, under its own validators and the
+    // route's cache-control, for `cache-valid`.
+    let file = (body.is_none() || changed_lately(&meta)).then(|| OwnedFd::from(file));
     FoundSend::File(FileInfoSend {
         size,
         mtime: meta.mtime().max(0) as u64,

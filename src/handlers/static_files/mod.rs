@@ -383,7 +383,9 @@ impl Handler for StaticSite {
 /// onto it) was otherwise sent from its new bytes under its old length and
 /// validators until `cache-valid` passed: a new file cut short, or other
 /// bytes under the same strong tag. A small file's bytes were read with
-/// the lookup: stale for `cache-valid` at most, but whole and as tagged.
+/// the lookup: stale for `cache-valid` at most, but as tagged; one that
+/// had changed just before may have been read half written, and keeps its
+/// descriptor to be asked too (`fs::SETTLING`).
 fn current(found: &Found) -> bool {
     let Found::File(FileInfo {
         file: Some(file),
@@ -763,9 +765,12 @@ fn compressible(g: &GzipConfig, info: &FileInfo) -> bool {
 /// lookups that found nothing to serve.
 fn cost(key: &CacheKey, found: &Found) -> (usize, usize, usize) {
     let (content, files, missing) = match found {
-        Found::File(FileInfo { body: Some(b), .. }) | Found::Listing(b) => (b.len(), 0, 0),
-        Found::File(FileInfo { file: Some(_), .. }) => (0, 1, 0),
-        Found::File(_) => (0, 0, 0),
+        Found::File(FileInfo { body, file, .. }) => (
+            body.as_ref().map_or(0, |b| b.len()),
+            usize::from(file.is_some()),
+            0,
+        ),
+        Found::Listing(b) => (b.len(), 0, 0),
         Found::NotFound | Found::Forbidden | Found::Denied | Found::AddSlash | Found::Failed(_) => {
             (0, 0, 1)
         }
