@@ -43,6 +43,10 @@ pub enum Command {
     ShardDied(usize),
     /// The shard was restarted: deal to it again through this queue.
     ShardBack(usize, Sender),
+    /// The shard has left the master's ping unanswered (a task that never
+    /// yields), or answers again (`false`): while it is, it is dealt
+    /// nothing while another shard lives.
+    ShardStalled(usize, bool),
 }
 
 /// The running accept thread. Stopping it (or dropping this) closes the
@@ -61,10 +65,7 @@ impl Acceptor {
     pub fn start(listeners: Vec<TcpListener>, shards: Vec<Sender>) -> io::Result<Acceptor> {
         let bell = Bell::new()?;
         let (tx, rx) = mpsc::channel();
-        let dealer = Dealer {
-            shards: shards.into_iter().map(Some).collect(),
-            next: 0,
-        };
+        let dealer = Dealer::new(shards);
         let accepting = Accepting::new(listeners, bell.try_clone()?, rx, dealer);
         let thread = std::thread::Builder::new()
             .name("acceptor".into())
@@ -109,6 +110,8 @@ impl Drop for Acceptor {
 struct Dealer {
     /// None: the shard is dead (or its queue closed).
     shards: Vec<Option<Sender>>,
+    /// The shards the master found stalled (`Command::ShardStalled`).
+    stalled: Vec<bool>,
     next: usize,
 }
 
@@ -140,9 +143,23 @@ enum Dealt {
 }
 
 impl Dealer {
+    fn new(shards: Vec<Sender>) -> Dealer {
+        Dealer {
+            stalled: vec![false; shards.len()],
+            shards: shards.into_iter().map(Some).collect(),
+            next: 0,
+        }
+    }
+
     fn deal(&mut self, conn: Accepted) -> Dealt {
         let n = self.shards.len();
         let mut conn = conn;
+        // A stalled shard takes nothing until it runs again: passed over
+        // while another lives, as the log that says it is stalled
+        // promises (with an empty queue it would be dealt the next
+        // connection, which waited for the stall's end). All stalled, they
+        // are dealt to as ever: the connections wait in their queues.
+        let pass_stalled = (0..n).any(|i| self.shards[i].is_some() && !self.stalled[i]);
         // First the shards with room that have taken all they were dealt,
         // then those with room; when every one holds
         // `max-connections`, those that would close an idle connection to
@@ -155,12 +172,13 @@ impl Dealer {
             for k in 0..n {
                 let i = (self.next + k) % n;
                 let Some(tx) = &self.shards[i] else { continue };
-                let takes = match tier {
-                    Tier::Drained => tx.has_room() && tx.is_drained(),
-                    Tier::Room => tx.has_room(),
-                    Tier::Reclaim => tx.can_reclaim(),
-                    Tier::Any => true,
-                };
+                let takes = !(pass_stalled && self.stalled[i])
+                    && match tier {
+                        Tier::Drained => tx.has_room() && tx.is_drained(),
+                        Tier::Room => tx.has_room(),
+                        Tier::Reclaim => tx.can_reclaim(),
+                        Tier::Any => true,
+                    };
                 if !takes {
                     live += 1;
                     continue;
@@ -200,6 +218,9 @@ impl Dealer {
     fn apply(&mut self, command: Command) {
         match command {
             Command::ShardDied(id) => {
+                if let Some(stalled) = self.stalled.get_mut(id) {
+                    *stalled = false;
+                }
                 if let Some(tx) = self.shards.get_mut(id).and_then(Option::take) {
                     let n = tx.discard_queued();
                     if n > 0 {
@@ -210,6 +231,11 @@ impl Dealer {
             Command::ShardBack(id, tx) => {
                 if let Some(slot) = self.shards.get_mut(id) {
                     *slot = Some(tx);
+                }
+            }
+            Command::ShardStalled(id, stalled) => {
+                if let Some(s) = self.stalled.get_mut(id) {
+                    *s = stalled;
                 }
             }
         }
@@ -393,11 +419,7 @@ mod tests {
     fn dealer(n: usize, capacity: usize) -> (Dealer, Vec<Receiver>) {
         let (txs, rxs): (Vec<_>, Vec<_>) =
             (0..n).map(|_| handoff::queue(capacity).unwrap()).unzip();
-        let d = Dealer {
-            shards: txs.into_iter().map(Some).collect(),
-            next: 0,
-        };
-        (d, rxs)
+        (Dealer::new(txs), rxs)
     }
 
     fn queued(rx: &Receiver) -> usize {
@@ -409,6 +431,30 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    /// A shard the master found stalled is dealt nothing while another
+    /// lives, even with an empty queue and room; all stalled, they are
+    /// dealt to as ever; answering again, it is dealt to again.
+    #[test]
+    fn a_stalled_shard_is_passed_over_while_another_lives() {
+        let (mut d, rxs) = dealer(2, 8);
+        d.apply(Command::ShardStalled(0, true));
+        for _ in 0..4 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!((queued(&rxs[0]), queued(&rxs[1])), (0, 4));
+        d.apply(Command::ShardStalled(1, true));
+        for _ in 0..4 {
+            assert!(matches!(d.deal(conn()), Dealt::Queued));
+        }
+        assert_eq!((queued(&rxs[0]), queued(&rxs[1])), (2, 2));
+        d.apply(Command::ShardStalled(0, false));
+        d.apply(Command::ShardDied(1));
+        d.apply(Command::ShardStalled(0, true));
+        // The one live shard, stalled: dealt to all the same.
+        assert!(matches!(d.deal(conn()), Dealt::Queued));
+        assert_eq!(queued(&rxs[0]), 1);
     }
 
     #[test]

@@ -430,3 +430,34 @@ fn a_stalled_shard_is_dealt_no_more_than_it_holds() {
         "{waiting} of 10 clients waited for the stalled shard"
     );
 }
+
+/// Once the master has found a shard stalled (and said new connections go
+/// to the other shards), it is dealt none: with its queue empty it was
+/// dealt the next one, which waited for the stall's end (3.8 s in a
+/// probe, long after the log said otherwise).
+#[test]
+fn a_shard_found_stalled_is_dealt_no_new_connection() {
+    let server = Server::start(&["--shards", "2"]);
+    assert!(server
+        .exchange(b"GET /__fault/stall/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .starts_with("HTTP/1.1 200 "));
+    let stalled_at = std::time::Instant::now();
+    server.wait_for_log("has not answered the master for");
+    // Clients one after another, each answered before the next comes.
+    for i in 0..6 {
+        let s = server.connect();
+        (&s).write_all(CLOSE).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut first = [0u8; 12];
+        assert!(
+            std::io::Read::read_exact(&mut &s, &mut first).is_ok(),
+            "client {i} waited for the stalled shard ({:?} into the stall)",
+            stalled_at.elapsed()
+        );
+    }
+    assert!(
+        stalled_at.elapsed() < std::time::Duration::from_secs(10),
+        "the stall was over before the clients came: nothing was tried"
+    );
+}

@@ -1047,6 +1047,7 @@ impl<W: World> Supervisor<W> {
             }
             // Said once, when it shows; `on_pong` says when it is back.
             self.stalled[id] = Some(self.pinged_at);
+            self.world.stalled(id, true);
             let waiting = match self.config.dispatch {
                 Dispatch::Master => "new ones go to the other shards",
                 Dispatch::Reuseport => "so do new ones the kernel gives its listener",
@@ -1091,6 +1092,7 @@ impl<W: World> Supervisor<W> {
     fn on_pong(&mut self, id: usize) {
         self.answered[id] = true;
         if let Some(since) = self.stalled[id].take() {
+            self.world.stalled(id, false);
             info!(
                 "shard {id} ({}) answers again after at least {:.1} s without running its tasks",
                 self.slots[id].place,

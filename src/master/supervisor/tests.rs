@@ -32,6 +32,8 @@ enum Did {
     Ended(usize, Option<u64>),
     /// Back into the rotation, with the incarnation whose queue is dealt to.
     Back(usize, u64),
+    /// Found stalled, or answering again.
+    Stalled(usize, bool),
     Later(Duration, Due),
     Notify(Note),
     /// The names of the apps a reload hands the app manager.
@@ -148,6 +150,10 @@ impl World for Fake {
 
     fn back(&mut self, id: usize, shard: &mut FakeShard) {
         self.did.push(Did::Back(id, shard.incarnation));
+    }
+
+    fn stalled(&mut self, id: usize, stalled: bool) {
+        self.did.push(Did::Stalled(id, stalled));
     }
 
     fn later(&mut self, delay: Duration, ev: MasterEvent) {
@@ -1164,15 +1170,28 @@ fn a_reload_that_adds_no_app_is_not_held() {
 #[test]
 fn a_stalled_shard_is_marked_once_until_it_answers_or_ends() {
     let mut sup = serving(2);
+    // What a ping does beside pinging: the shards it finds stalled.
+    let ping = |sup: &mut Supervisor<Fake>| {
+        sup.world.take();
+        on(sup, MasterEvent::Ping);
+        sup.world
+            .take()
+            .into_iter()
+            .filter(|d| matches!(d, Did::Stalled(..)))
+            .collect::<Vec<_>>()
+    };
     tick(&mut sup);
     on(&mut sup, pong(0));
-    tick(&mut sup);
+    // The acceptor is told, for new connections to go to the other shard.
+    assert_eq!(ping(&mut sup), [Did::Stalled(1, true)]);
     assert_eq!((sup.stalled[0], sup.stalled[1].is_some()), (None, true));
     let since = sup.stalled[1];
     on(&mut sup, pong(0));
-    tick(&mut sup);
+    assert_eq!(ping(&mut sup), []);
     assert_eq!(sup.stalled[1], since, "marked again");
+    sup.world.take();
     on(&mut sup, pong(1));
+    assert_eq!(sup.world.take(), [Did::Stalled(1, false)]);
     assert_eq!(sup.stalled[1], None);
     on(&mut sup, pong(0));
     tick(&mut sup);

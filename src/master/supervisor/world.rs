@@ -53,6 +53,10 @@ pub(super) trait World {
     /// Restarted shard `id` serves: deal it connections again.
     fn back(&mut self, id: usize, shard: &mut Self::Shard);
 
+    /// Shard `id` left a ping unanswered (`true`) or answers again: while
+    /// it is stalled, new connections go to the other shards.
+    fn stalled(&mut self, id: usize, stalled: bool);
+
     /// Put `ev` on the master's queue after `delay`.
     fn later(&mut self, delay: Duration, ev: MasterEvent);
 
@@ -242,6 +246,12 @@ impl World for Real {
     fn back(&mut self, id: usize, shard: &mut Running) {
         if let (Some(a), Some(c)) = (&self.acceptor, shard.pending_conns.take()) {
             a.tell(Command::ShardBack(id, c));
+        }
+    }
+
+    fn stalled(&mut self, id: usize, stalled: bool) {
+        if let Some(a) = &self.acceptor {
+            a.tell(Command::ShardStalled(id, stalled));
         }
     }
 
