@@ -361,7 +361,11 @@ fn inside_root(l: &Lookup, p: &Path) -> io::Result<Option<PathBuf>> {
 /// (`application/font-woff`) or not at all, which browsers want by their
 /// registered ones: JavaScript modules as `text/javascript` (RFC 9239; a
 /// module script of another type is refused by browsers checking it),
-/// fonts as `font/*` (RFC 8081), source maps as JSON.
+/// fonts as `font/*` (RFC 8081), source maps as JSON; and HLS streams'
+/// playlists and segments as nginx's `mime.types` gives them (players
+/// check the playlist's; `mime_guess` has `.ts` as a DLNA type), MIDI as
+/// `audio/midi`, `.m4a` as `audio/mp4` (RFC 4337), RPM packages as nginx
+/// names them.
 fn content_type(name: &str) -> &'static str {
     let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
     let registered = [
@@ -375,6 +379,12 @@ fn content_type(name: &str) -> &'static str {
         ("map", "application/json"),
         ("wasm", "application/wasm"),
         ("webmanifest", "application/manifest+json"),
+        ("m3u8", "application/vnd.apple.mpegurl"),
+        ("ts", "video/mp2t"),
+        ("m4a", "audio/mp4"),
+        ("mid", "audio/midi"),
+        ("midi", "audio/midi"),
+        ("rpm", "application/x-redhat-package-manager"),
     ];
     match registered.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)) {
         Some((_, t)) => t,
@@ -716,6 +726,10 @@ mod tests {
             ("font.woff2", "font/woff2"),
             ("font.otf", "font/otf"),
             ("app.js.map", "application/json"),
+            ("live/index.m3u8", "application/vnd.apple.mpegurl"),
+            ("live/seg-001.ts", "video/mp2t"),
+            ("song.m4a", "audio/mp4"),
+            ("tune.mid", "audio/midi"),
             ("index.html", "text/html"),
             ("style.css", "text/css"),
             ("photo.jpeg", "image/jpeg"),
