@@ -2,7 +2,8 @@
 //!
 //! Each shard owns its logger and buffers lines; the buffer is handed to
 //! the writer thread (`writer`) once it grows past `FLUSH_BYTES`, at least
-//! once a second, and at shutdown. Whole lines only: a file opened O_APPEND
+//! once a second, and at shutdown; each line as it is made once the shard
+//! drains (a second stop signal exits without waiting for the shards). Whole lines only: a file opened O_APPEND
 //! takes each buffer in one write(2), and a pipe gets writes of at most
 //! PIPE_BUF bytes cut at line ends, so lines from different shards never
 //! interleave mid-line.
@@ -215,6 +216,8 @@ pub struct AccessLogger {
     /// or, after the writer's queue was full, `FLUSH_BYTES` more than the
     /// buffer held then (not a try per line while the queue stays full).
     next_hand_off: Cell<usize>,
+    /// The shard drains (`hand_off_each`): each line goes as it is made.
+    eager: Cell<bool>,
     /// A reopen is under way; another was asked for meanwhile.
     reopening: Cell<bool>,
     reopen_again: Cell<bool>,
@@ -257,6 +260,7 @@ impl AccessLogger {
             shard,
             buf: RefCell::new(Vec::with_capacity(FLUSH_BYTES)),
             next_hand_off: Cell::new(FLUSH_BYTES),
+            eager: Cell::new(false),
             reopening: Cell::new(false),
             reopen_again: Cell::new(false),
             dropped: Cell::new(0),
@@ -294,6 +298,18 @@ impl AccessLogger {
         }
     }
 
+    /// From now on (the shard drains) hand each line to the writer thread
+    /// as it is made, and what is buffered at once: a second stop signal
+    /// ends the process without waiting for the shards, and the lines a
+    /// shard still held (up to a second's) were lost with it, unsaid. The
+    /// writer's own queue is flushed at the exit. Lines are few by then:
+    /// each connection closes after its response.
+    pub fn hand_off_each(&self) {
+        self.eager.set(true);
+        self.next_hand_off.set(1);
+        self.hand_off();
+    }
+
     /// Queue the buffered lines for the writer thread. When its queue is
     /// full they stay, and more are buffered (up to `MAX_BUFFERED`).
     /// Whether nothing is left buffered.
@@ -305,7 +321,8 @@ impl AccessLogger {
         match writer::send(self.sink.target(), std::mem::take(&mut *buf)) {
             Ok(()) => {
                 buf.reserve(FLUSH_BYTES);
-                self.next_hand_off.set(FLUSH_BYTES);
+                self.next_hand_off
+                    .set(if self.eager.get() { 1 } else { FLUSH_BYTES });
                 true
             }
             Err(back) => {
@@ -836,6 +853,7 @@ mod tests {
             shard: 1,
             buf: RefCell::new(Vec::new()),
             next_hand_off: Cell::new(FLUSH_BYTES),
+            eager: Cell::new(false),
             reopening: Cell::new(false),
             reopen_again: Cell::new(false),
             dropped: Cell::new(0),

@@ -425,6 +425,9 @@ impl Shard {
     /// open at `deadline` is closed.
     pub(crate) fn start_draining(&self, deadline: Instant, fresh_grace: bool) {
         self.draining.set(true);
+        if let Some(log) = &self.access_log {
+            log.hand_off_each();
+        }
         self.drain_deadline.set(Some(deadline));
         if fresh_grace {
             self.fresh_until.set(Some(Instant::now() + FRESH_GRACE));
