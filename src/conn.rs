@@ -402,6 +402,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 input.filled(n);
                 bytes_in += n as u64;
                 arrived = Instant::now();
+                shard.overtook_its_close(key);
                 // The first bytes of a request (none of it was here, nor
                 // is its body being read), or more of a body answered and
                 // logged already: what comes after it begins no sooner.

@@ -220,7 +220,14 @@ pub const MAX_REFUSING: usize = 16;
 /// stream first), holding up to twice `max-connections` descriptors: the
 /// process ran out of them under the limit `--check` advises. The new
 /// ones wait in the hand-off queue and the listen backlog meanwhile.
+/// (A batch the intake took before it looked may close up to
+/// `INTAKE_BATCH` more: `--check`'s reserve holds both.)
 pub const MAX_CLOSING: usize = 16;
+
+/// The longest the intake waits for those closing: one whose request was on
+/// its way is served first, or a TLS one writes its close_notify to a
+/// client that reads nothing (up to 2 s).
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
 
 /// A connection whose task has not run yet (`Shard::starting`); dropped
 /// when it runs, or with its task.
@@ -534,12 +541,44 @@ impl Shard {
     }
 
     /// Wait, before taking a new connection, until fewer than
-    /// `MAX_CLOSING` connections closed to make room are still closing:
-    /// at once but in a flood at `max-connections`.
+    /// `MAX_CLOSING` connections closed to make room are still closing
+    /// (or `CLOSING_WAIT` has passed): at once but in a flood at
+    /// `max-connections`.
     pub async fn until_room_to_close(&self) {
-        self.intakes_waiting
-            .until(|| self.closing.get() < MAX_CLOSING)
-            .await
+        if self.closing.get() < MAX_CLOSING {
+            return;
+        }
+        let room = self
+            .intakes_waiting
+            .until(|| self.closing.get() < MAX_CLOSING);
+        futures_lite::future::or(room, glommio::timer::sleep(CLOSING_WAIT)).await
+    }
+
+    /// Connection `key` read a request after it was closed to make room
+    /// (it was on its way): it is served, then closes, and may take long
+    /// (a download, a WebSocket), so it no longer counts as closing.
+    pub fn overtook_its_close(&self, key: ConnKey) {
+        if self.closing.get() == 0 {
+            return;
+        }
+        let was = self
+            .conns
+            .borrow()
+            .get(key)
+            .is_some_and(|c| c.reclaimed.replace(false));
+        if was {
+            self.closed_for_room();
+        }
+    }
+
+    /// One connection closed to make room has ended, or is served after
+    /// all: the intake may take again below `MAX_CLOSING`.
+    fn closed_for_room(&self) {
+        let closing = self.closing.get() - 1;
+        self.closing.set(closing);
+        if closing < MAX_CLOSING {
+            self.intakes_waiting.wake_all();
+        }
     }
 
     /// Connections open on the shard (registered).
@@ -578,11 +617,7 @@ impl Shard {
             self.idle_now.set(self.idle_now.get() - 1);
         }
         if gone.is_some_and(|c| c.reclaimed.get()) {
-            let closing = self.closing.get() - 1;
-            self.closing.set(closing);
-            if closing < MAX_CLOSING {
-                self.intakes_waiting.wake_all();
-            }
+            self.closed_for_room();
         }
         self.say_capacity();
     }
@@ -698,5 +733,57 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(session_limits(&limits).head.max_uri_bytes, 4096);
+    }
+
+    /// Connections closed to make room count as closing until they end,
+    /// or until one is served after all (its request was on its way):
+    /// past `MAX_CLOSING` the intake waits, and goes on once one of them
+    /// is no longer closing.
+    #[test]
+    fn connections_closed_for_room_hold_the_intake_until_they_end() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let site = Site::build(Limits::default(), &[], &[]).await;
+                let shard = Rc::new(Shard::new(0, 0, site, &[], None, None));
+                let pairs: Vec<_> = (0..MAX_CLOSING + 1)
+                    .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+                    .collect();
+                let keys: Vec<_> = pairs
+                    .iter()
+                    .map(|(a, _)| {
+                        let key = shard.register(std::os::fd::AsRawFd::as_raw_fd(a));
+                        shard.set_idle(key, true);
+                        key
+                    })
+                    .collect();
+                let room = |shard: &Rc<Shard>| {
+                    let shard = shard.clone();
+                    futures_lite::future::block_on(futures_lite::future::poll_once(Box::pin(
+                        async move { shard.until_room_to_close().await },
+                    )))
+                    .is_some()
+                };
+                for _ in 0..MAX_CLOSING {
+                    assert!(room(&shard));
+                    assert!(shard.reclaim_idle());
+                }
+                assert!(!room(&shard), "the intake took past MAX_CLOSING");
+                // One whose request came after all: served, not closing.
+                shard.overtook_its_close(keys[0]);
+                assert!(room(&shard));
+                assert!(shard.reclaim_idle());
+                assert!(!room(&shard));
+                // One that ends.
+                shard.deregister(keys[1]);
+                assert!(room(&shard));
+                // Neither counts twice.
+                shard.deregister(keys[0]);
+                shard.overtook_its_close(keys[2]);
+                shard.overtook_its_close(keys[2]);
+                assert_eq!(shard.closing.get(), MAX_CLOSING - 2);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

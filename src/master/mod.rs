@@ -147,12 +147,10 @@ impl Preflight {
         let wanted = n.saturating_mul(max_connections as u64);
         let have = self.limits.nofile;
         // What the process holds besides connections (listeners, rings,
-        // eventfds, log files, app pipes, 503s under way, and with master
-        // dispatch those in a shard's queue and taken off it but not yet
-        // counted: a flood past the limit holds them all), left out of the
-        // fit.
-        // Those closed to make room for new ones whose tasks have not
-        // ended yet hold theirs too.
+        // eventfds, log files, app pipes, 503s under way, those closed to
+        // make room whose tasks have not ended, and with master dispatch
+        // those in a shard's queue and taken off it but not yet counted:
+        // a flood past the limit holds them all), left out of the fit.
         let in_flight = crate::state::MAX_CLOSING
             + match config.dispatch {
                 Dispatch::Master => SHARD_QUEUE + crate::shard::INTAKE_BATCH,

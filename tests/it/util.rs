@@ -646,8 +646,6 @@ pub struct Stopped {
     pub bad_requests: u64,
     /// Timeouts.
     pub timeouts: u64,
-    /// New connections refused at `max-connections`.
-    pub refused: u64,
 }
 
 /// Every "shard N (CPU C) stopped: ..." line in a log ("CPUs A-B" floating).
@@ -676,7 +674,6 @@ pub fn stopped_stats(log: &str) -> Vec<Stopped> {
                     "requests" => s.requests = n,
                     "bad requests" => s.bad_requests = n,
                     "timeouts" => s.timeouts = n,
-                    "refused" => s.refused = n,
                     _ => {}
                 }
             }

@@ -43,17 +43,20 @@ const SMALL_FILE_READS: u32 = 3;
 /// seconds: some file systems keep times to 2 s (FAT).
 const SETTLING: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whether `meta`'s file changed within `SETTLING` of now (or in the
-/// future, a clock set back or another host's).
+/// Whether `meta`'s file changed within `SETTLING` of now, before or
+/// after (this host's clock set back a little).
 fn changed_lately(meta: &fs::Metadata) -> bool {
     let changed = UNIX_EPOCH
         + std::time::Duration::new(
             meta.ctime().max(0) as u64,
             meta.ctime_nsec().clamp(0, 999_999_999) as u32,
         );
-    SystemTime::now()
-        .duration_since(changed)
-        .map_or(true, |ago| ago < SETTLING)
+    // A time ahead of this host's clock by more (another host's, over
+    // NFS) is not taken as recent: every file would be.
+    match SystemTime::now().duration_since(changed) {
+        Ok(ago) => ago < SETTLING,
+        Err(ahead) => ahead.duration() < SETTLING,
+    }
 }
 
 /// What a request resolved to on disk.

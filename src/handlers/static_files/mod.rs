@@ -85,8 +85,9 @@ pub const GZIP_CACHE_BYTES: usize = 32 << 20;
 /// bytes and name, as `ENTRY_COST` for the lookup cache.
 const GZIP_ENTRY_COST: usize = 2 * std::mem::size_of::<(String, Gzipped)>() + 64;
 
-/// Most open large files one site keeps cached per shard (as nginx's
-/// `open_file_cache max=1000`): each holds a descriptor.
+/// Most open files one site keeps cached per shard (as nginx's
+/// `open_file_cache max=1000`): large ones, and small ones changed just
+/// before they were read (`fs::SETTLING`); each holds a descriptor.
 pub const CACHE_FILES: usize = 1000;
 
 thread_local! {
