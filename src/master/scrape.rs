@@ -81,11 +81,13 @@ impl Scraped {
 }
 
 /// What the master knows of a shard's thread (not its traffic): whether it
-/// serves, and how often it died and was started again.
+/// serves, whether it is stalled (its last ping unanswered), and how often
+/// it died and was started again.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ShardLife {
     pub(super) id: usize,
     pub(super) up: bool,
+    pub(super) stalled: bool,
     pub(super) restarts: u32,
 }
 
@@ -200,8 +202,9 @@ fn render_identity(out: &mut String) {
     }
 }
 
-/// The shards' supervision series: up, restarts (a dead shard's traffic
-/// counters are kept by `Scraped`; these say that it died).
+/// The shards' supervision series: up, stalled, restarts (a dead shard's
+/// traffic counters are kept by `Scraped`; these say that it died; a
+/// stalled one's are its last snapshot's, which these say).
 fn render_lives(out: &mut String, lives: &[ShardLife]) {
     use std::fmt::Write;
     let _ = writeln!(
@@ -215,6 +218,19 @@ fn render_lives(out: &mut String, lives: &[ShardLife]) {
             "coreserve_shard_up{{shard=\"{}\"}} {}",
             l.id,
             u8::from(l.up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coreserve_shard_stalled Whether a shard has left the master's last ping unanswered, 2 s or more (1: a task on it runs without yielding; its connections wait, its series here are its last snapshot's).\n\
+         # TYPE coreserve_shard_stalled gauge"
+    );
+    for l in lives {
+        let _ = writeln!(
+            out,
+            "coreserve_shard_stalled{{shard=\"{}\"}} {}",
+            l.id,
+            u8::from(l.stalled)
         );
     }
     let _ = writeln!(

@@ -619,6 +619,7 @@ impl<W: World> Supervisor<W> {
             .map(|(id, s)| ShardLife {
                 id,
                 up: s.alive,
+                stalled: self.stalled[id].is_some(),
                 restarts: s.child.restarts(),
             })
             .collect()

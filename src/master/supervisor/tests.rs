@@ -661,6 +661,32 @@ fn the_metrics_say_whether_the_last_reload_was_applied() {
     assert!(later > applied, "{later} {applied}");
 }
 
+/// A stalled shard shows in the metrics (its series are its last
+/// snapshot's, its `up` 1): Prometheus can alert on it.
+#[test]
+fn a_stalled_shard_shows_in_the_metrics() {
+    let mut sup = serving(2);
+    tick(&mut sup);
+    on(&mut sup, pong(0));
+    tick(&mut sup);
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 5));
+    on(&mut sup, MasterEvent::ScrapeTimeout(1));
+    let text = answer(&answered).expect("answered at the timeout");
+    let stalled = "coreserve_shard_stalled";
+    assert_eq!(
+        (value(&text, stalled, 0), value(&text, stalled, 1)),
+        ("0", "1")
+    );
+    assert_eq!(value(&text, "coreserve_shard_up", 1), "1");
+    on(&mut sup, pong(1));
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 5));
+    on(&mut sup, snapshot(1, 5));
+    let text = answer(&answered).expect("answered");
+    assert_eq!(value(&text, stalled, 1), "0");
+}
+
 #[test]
 fn a_scrape_waits_for_no_shard_that_died_meanwhile() {
     let mut sup = serving(2);
