@@ -34,6 +34,10 @@ struct Row {
     connections: f64,
     requests: f64,
     p99: f64,
+    /// `coreserve_shard_up` 0: dead, waiting to be restarted.
+    down: bool,
+    /// `coreserve_shard_stalled` 1: its last ping unanswered.
+    stalled: bool,
 }
 
 /// Fetch twice, `interval` apart, and render the table; `expected`: the
@@ -82,6 +86,7 @@ fn render(first: &str, second: &str, secs: f64, url: &str, expected: Option<&Pat
         ));
     }
     out.push_str(&spread((!changed).then_some(&a), &b, secs));
+    out.push_str(&health(&b));
     out.push_str(&apps_table(second));
     if changed {
         out.push_str(&format!(
@@ -92,6 +97,24 @@ fn render(first: &str, second: &str, secs: f64, url: &str, expected: Option<&Pat
     }
     if let Some(note) = expected.and_then(|file| another_server(second, url, file)) {
         out.push_str(&note);
+    }
+    out
+}
+
+/// A line for each shard that does not serve as it should: stalled (the
+/// table shows its last snapshot, which looks live) or dead.
+fn health(rows: &BTreeMap<String, Row>) -> String {
+    let mut out = String::new();
+    for (shard, row) in rows.iter().filter(|(s, _)| s.as_str() != "all") {
+        if row.down {
+            out.push_str(&format!(
+                "shard {shard}: down (its thread died; restarted after a back-off)\n"
+            ));
+        } else if row.stalled {
+            out.push_str(&format!(
+                "shard {shard}: stalled (it has not answered the master for 2 s or more: a task on it runs without yielding; its connections wait, new ones go to the other shards; its figures are from before)\n"
+            ));
+        }
     }
     out
 }
@@ -337,6 +360,8 @@ fn rows(text: &str) -> BTreeMap<String, Row> {
             "coreserve_shard_cpu" => row.cpu = Some(value),
             "coreserve_connections_active" => row.connections = value,
             "coreserve_shard_requests_total" => row.requests = value,
+            "coreserve_shard_up" => row.down = value == 0.0,
+            "coreserve_shard_stalled" => row.stalled = value == 1.0,
             "coreserve_request_duration_seconds"
                 if label("quantile").as_deref() == Some("0.99") =>
             {
@@ -541,6 +566,24 @@ mod tests {
         // Nothing served yet: nothing to say.
         let none = table(&[("0", 0.0), ("1", 0.0), ("all", 0.0)]);
         assert_eq!(spread(Some(&none), &none, 1.0), "");
+    }
+
+    /// A stalled or dead shard is said under the table: its row shows its
+    /// last figures.
+    #[test]
+    fn a_stalled_or_dead_shard_is_said() {
+        let text = "coreserve_shard_up{shard=\"0\"} 1\n\
+                    coreserve_shard_up{shard=\"1\"} 1\n\
+                    coreserve_shard_up{shard=\"2\"} 0\n\
+                    coreserve_shard_stalled{shard=\"0\"} 0\n\
+                    coreserve_shard_stalled{shard=\"1\"} 1\n\
+                    coreserve_shard_stalled{shard=\"2\"} 0\n";
+        let said = health(&rows(text));
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(lines.len(), 2, "{said}");
+        assert!(lines[0].starts_with("shard 1: stalled ("), "{said}");
+        assert!(lines[1].starts_with("shard 2: down ("), "{said}");
+        assert_eq!(health(&rows("coreserve_shard_up{shard=\"0\"} 1\n")), "");
     }
 
     /// Two reads of two processes (an upgrade between them): no rate from
