@@ -137,6 +137,10 @@ pub(super) struct LastReload {
     /// A SIGHUP was refused after the reload under way was sent: when
     /// that one is applied, the last is still the refused one.
     pub refused_since_sent: bool,
+    /// Binary upgrades (SIGUSR2) whose new process ended before it
+    /// served: a `systemctl kill -s USR2` that did nothing is otherwise in
+    /// the log alone (one that works ends this process).
+    pub upgrades_failed: u64,
 }
 
 /// Prometheus's own names for the same (`prometheus_config_…`), so that
@@ -154,8 +158,12 @@ fn render_reload(out: &mut String, r: &LastReload) {
          coreserve_config_last_reload_successful {}\n\
          # HELP coreserve_config_last_reload_success_timestamp_seconds When the configuration served now was applied: the start, or the last reload that was.\n\
          # TYPE coreserve_config_last_reload_success_timestamp_seconds gauge\n\
-         coreserve_config_last_reload_success_timestamp_seconds {at:.3}",
-        u8::from(r.successful)
+         coreserve_config_last_reload_success_timestamp_seconds {at:.3}\n\
+         # HELP coreserve_upgrades_failed_total Binary upgrades (SIGUSR2) whose new process ended before it served (this process serves on; the log says why).\n\
+         # TYPE coreserve_upgrades_failed_total counter\n\
+         coreserve_upgrades_failed_total {}",
+        u8::from(r.successful),
+        r.upgrades_failed
     );
 }
 

@@ -440,6 +440,7 @@ impl<W: World> Supervisor<W> {
                 successful: true,
                 applied_at: std::time::SystemTime::now(),
                 refused_since_sent: false,
+                upgrades_failed: 0,
             },
         }
     }
@@ -481,6 +482,7 @@ impl<W: World> Supervisor<W> {
             }
             MasterEvent::UpgradeFailed(pid, why) => {
                 self.world.upgrade_over();
+                self.last_reload.upgrades_failed += 1;
                 error!("upgrade: the new process (pid {pid}) ended before it served ({why}); still serving (its own lines above say why)");
             }
             MasterEvent::Gone(id, incarnation) if self.slots[id].child.is_current(incarnation) => {

@@ -1008,6 +1008,17 @@ fn an_upgrade_hands_over_once_the_new_process_serves() {
         MasterEvent::UpgradeFailed(4242, "exit status: 2".into()),
     );
     assert_eq!(sup.world.take(), [Did::UpgradeOver]);
+    // Counted for the metrics: the log alone said it.
+    let answered = scrape(&mut sup);
+    on(&mut sup, snapshot(0, 1));
+    on(&mut sup, snapshot(1, 1));
+    let text = answer(&answered).expect("answered");
+    assert!(
+        text.lines()
+            .any(|l| l == "coreserve_upgrades_failed_total 1"),
+        "{text}"
+    );
+    sup.world.take();
     on(&mut sup, MasterEvent::Signal(Signal::Upgrade));
     assert_eq!(sup.world.take(), [Did::Upgrade]);
     let flow = future::block_on(sup.on_event(MasterEvent::Upgraded(4242)));
