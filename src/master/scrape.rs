@@ -215,44 +215,31 @@ fn render_identity(out: &mut String) {
 /// stalled one's are its last snapshot's, which these say).
 fn render_lives(out: &mut String, lives: &[ShardLife]) {
     use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP coreserve_shard_up Whether a shard's thread serves (1) or is down, waiting to be restarted (0).\n\
-         # TYPE coreserve_shard_up gauge"
+    // One series a shard: its HELP and TYPE, then each shard's value.
+    let mut series = |name: &str, help: &str, kind: &str, value: fn(&ShardLife) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in lives {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", l.id, value(l));
+        }
+    };
+    series(
+        "coreserve_shard_up",
+        "Whether a shard's thread serves (1) or is down, waiting to be restarted (0).",
+        "gauge",
+        |l| u64::from(l.up),
     );
-    for l in lives {
-        let _ = writeln!(
-            out,
-            "coreserve_shard_up{{shard=\"{}\"}} {}",
-            l.id,
-            u8::from(l.up)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP coreserve_shard_stalled Whether a shard has left the master's last ping unanswered, 2 s or more (1: a task on it runs without yielding; its connections wait, its series here are its last snapshot's).\n\
-         # TYPE coreserve_shard_stalled gauge"
+    series(
+        "coreserve_shard_stalled",
+        "Whether a shard has left the master's last ping unanswered, 2 s or more (1: a task on it runs without yielding; its connections wait, its series here are its last snapshot's).",
+        "gauge",
+        |l| u64::from(l.stalled),
     );
-    for l in lives {
-        let _ = writeln!(
-            out,
-            "coreserve_shard_stalled{{shard=\"{}\"}} {}",
-            l.id,
-            u8::from(l.stalled)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP coreserve_shard_restarts_total Times a shard's thread died (each death is followed by a restart after the back-off).\n\
-         # TYPE coreserve_shard_restarts_total counter"
+    series(
+        "coreserve_shard_restarts_total",
+        "Times a shard's thread died (each death is followed by a restart after the back-off).",
+        "counter",
+        |l| u64::from(l.restarts),
     );
-    for l in lives {
-        let _ = writeln!(
-            out,
-            "coreserve_shard_restarts_total{{shard=\"{}\"}} {}",
-            l.id, l.restarts
-        );
-    }
 }
 
 /// The app instances' series: state, restarts, uptime of each slot's
