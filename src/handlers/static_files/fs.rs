@@ -257,6 +257,11 @@ pub struct Lookup {
     pub dotfiles: bool,
     /// Precompressed encodings to try, best first (`br`, `gzip`).
     pub encodings: Vec<&'static str>,
+    /// The cache's entry for it was found changed (its open file's times
+    /// or size): it is being written, whatever a stat now says. One racing
+    /// a truncation (`cp` onto it) can see the new size, 0, under the old
+    /// times, which would pass for a file settled long ago.
+    pub changing: bool,
 }
 
 /// Resolve a lookup whose root is as configured: the root is resolved
@@ -525,7 +530,7 @@ fn info(
     // each request to see whether it changed since (`current`), or its
     // torn copy was served whole, under its own validators and the
     // route's cache-control, for `cache-valid`.
-    let file = (body.is_none() || changed_lately(&meta)).then(|| OwnedFd::from(file));
+    let file = (body.is_none() || l.changing || changed_lately(&meta)).then(|| OwnedFd::from(file));
     FoundSend::File(FileInfoSend {
         size,
         mtime: meta.mtime().max(0) as u64,
@@ -768,6 +773,7 @@ mod tests {
             follow_symlinks: false,
             dotfiles: false,
             encodings: vec![],
+            changing: false,
         }
     }
 
@@ -797,6 +803,30 @@ mod tests {
         let mut l = lookup(&root, "env-alias");
         l.dotfiles = true;
         assert!(matches!(find(&l), FoundSend::File(_)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A small file keeps its descriptor, for each request to check it,
+    /// while it may be being written: changed within `SETTLING`, or found
+    /// changed by the cache (whatever its times say then: a stat racing a
+    /// truncation sees the new size under the old times); settled, it is
+    /// served from memory alone.
+    #[test]
+    fn a_small_file_keeps_its_descriptor_while_it_may_be_written() {
+        let dir = std::env::temp_dir().join(format!("coreserve-settling-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.js"), "x".repeat(1000)).unwrap();
+        let open = |l: &Lookup| match find(l) {
+            FoundSend::File(f) => (f.body.is_some(), f.file.is_some()),
+            _ => panic!("not found"),
+        };
+        assert_eq!(open(&lookup(&dir, "a.js")), (true, true), "just written");
+        std::thread::sleep(SETTLING + std::time::Duration::from_millis(100));
+        assert_eq!(open(&lookup(&dir, "a.js")), (true, false), "settled");
+        let mut l = lookup(&dir, "a.js");
+        l.changing = true;
+        assert_eq!(open(&l), (true, true), "found changed by the cache");
         fs::remove_dir_all(&dir).unwrap();
     }
 

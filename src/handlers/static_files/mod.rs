@@ -443,9 +443,11 @@ impl SiteState {
         self.close_files(Some(now));
         let by = self.by_root(now);
         let generation = self.root.borrow().generation;
+        let mut changing = false;
         if !matches!(by, ByRoot::Refresh) {
-            if let Some(found) = self.cached(&key, now) {
-                return found;
+            match self.cached(&key, now) {
+                Ok(found) => return found,
+                Err(changed) => changing = changed,
             }
         }
         let lookup = Lookup {
@@ -460,6 +462,7 @@ impl SiteState {
             follow_symlinks: self.cfg.follow_symlinks,
             dotfiles: self.cfg.dotfiles,
             encodings: job.encodings.clone(),
+            changing,
         };
         // Taken only now: a hit costs no copy of the path.
         let pinned = match by {
@@ -543,15 +546,22 @@ impl SiteState {
     }
 
     /// What the cache knows of `key`, while it is fresh at `now`; marked
-    /// used, to be kept when the cache fills up.
-    fn cached(&self, key: &CacheKey, now: Instant) -> Option<Found> {
+    /// used, to be kept when the cache fills up. `Err(true)`: a fresh
+    /// entry whose open file changed since (`current`): it is being
+    /// written now.
+    fn cached(&self, key: &CacheKey, now: Instant) -> Result<Found, bool> {
         let cache = self.cache.borrow();
-        let e = cache.get(key)?;
-        if now.duration_since(e.checked) < self.cfg.cache_valid && current(&e.found) {
-            e.used.set(true);
-            return Some(e.found.clone());
+        let Some(e) = cache.get(key) else {
+            return Err(false);
+        };
+        if now.duration_since(e.checked) >= self.cfg.cache_valid {
+            return Err(false);
         }
-        None
+        if !current(&e.found) {
+            return Err(true);
+        }
+        e.used.set(true);
+        Ok(e.found.clone())
     }
 
     /// Drop the entries holding an open file that expired by `now`, or
@@ -1283,7 +1293,7 @@ mod tests {
         state.remember(key("cold.html"), &file(Rc::from(&b"cold"[..])));
         for i in 0..48 {
             assert!(
-                state.cached(&key("home.html"), Instant::now()).is_some(),
+                state.cached(&key("home.html"), Instant::now()).is_ok(),
                 "{i}"
             );
             state.remember(key(&format!("archive/{i}.html")), &file(mib.clone()));
