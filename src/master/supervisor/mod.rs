@@ -1040,6 +1040,7 @@ impl<W: World> Supervisor<W> {
     fn on_ping(&mut self) {
         let now = Instant::now();
         let mut all = true;
+        let mut found = Vec::new();
         for id in 0..self.slots.len() {
             if !self.slots[id].alive || self.answered[id] {
                 continue;
@@ -1051,9 +1052,16 @@ impl<W: World> Supervisor<W> {
             // Said once, when it shows; `on_pong` says when it is back.
             self.stalled[id] = Some(self.pinged_at);
             self.world.stalled(id, true);
-            let waiting = match self.config.dispatch {
-                Dispatch::Master => "new ones go to the other shards",
-                Dispatch::Reuseport => "so do new ones the kernel gives its listener",
+            found.push(id);
+        }
+        // Whether a shard still takes new connections: else they wait too.
+        let serving =
+            (0..self.slots.len()).any(|i| self.slots[i].alive && self.stalled[i].is_none());
+        for id in found {
+            let waiting = match (self.config.dispatch, serving) {
+                (Dispatch::Master, true) => "new ones go to the other shards",
+                (Dispatch::Master, false) => "so do new ones: no other shard runs its tasks either",
+                (Dispatch::Reuseport, _) => "so do new ones the kernel gives its listener",
             };
             let watchdog = if self.watchdog {
                 "; systemd's watchdog is not petted meanwhile"
