@@ -693,18 +693,14 @@ fn a_second_stop_signal_loses_no_line_of_a_request_answered() {
         start_with(&dir, "combined", "[server]\ndrain-timeout = \"60s\"\n", "1");
     // Their bodies unfinished: the drain waits for them. One is finished
     // during the drain, the other holds it.
-    let mut held = server.connect();
-    held.write_all(b"POST /held HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nab")
-        .unwrap();
-    let mut slow = server.connect();
-    slow.write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nab")
-        .unwrap();
+    let _held = crate::util::unfinished_post(&server, "/held");
+    let mut slow = crate::util::unfinished_post(&server, "/slow");
     std::thread::sleep(Duration::from_millis(100));
     server.signal(libc::SIGTERM);
     server.wait_for_log("draining");
     // Past the moment in which a repeat is the same stop.
     std::thread::sleep(Duration::from_millis(700));
-    slow.write_all(b"cdefghij\r\n0\r\n\r\n").unwrap();
+    slow.write_all(crate::util::UNFINISHED_REST).unwrap();
     let answered = crate::util::Reader::new(&slow).next(false);
     assert_eq!(answered.status, 200);
     server.signal(libc::SIGTERM);

@@ -361,10 +361,7 @@ fn several_listen_addresses() {
 /// why its connections wait.
 #[test]
 fn a_stalled_shard_is_said_to_be_and_to_be_back() {
-    let server = Server::start(&["--shards", "2"]);
-    assert!(server
-        .exchange(b"GET /__fault/stall/6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .starts_with("HTTP/1.1 200 "));
+    let (server, _) = with_a_stalled_shard(6);
     server.wait_for_log("has not answered the master for");
     server.wait_for_log("answers again");
     let log = server.log();
@@ -393,6 +390,26 @@ fn a_stalled_shard_is_said_to_be_and_to_be_back() {
     assert!(server.exchange(CLOSE).starts_with("HTTP/1.1 200 "));
 }
 
+/// A server of two shards, one of them stalled for `secs` (its thread
+/// blocked by a fault-injection route), and when the stall began.
+fn with_a_stalled_shard(secs: u64) -> (Server, std::time::Instant) {
+    let server = Server::start(&["--shards", "2"]);
+    let stall =
+        format!("GET /__fault/stall/{secs} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(server
+        .exchange(stall.as_bytes())
+        .starts_with("HTTP/1.1 200 "));
+    (server, std::time::Instant::now())
+}
+
+/// Whether the response to the request sent on `s` begins within `wait`.
+fn answered_within(s: &std::net::TcpStream, wait: std::time::Duration) -> bool {
+    s.set_read_timeout(Some(wait.max(std::time::Duration::from_millis(1))))
+        .unwrap();
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut &*s, &mut first).is_ok()
+}
+
 /// A shard whose thread stops (a computation that never yields) is dealt
 /// one new connection, not every other one: the master passes over a
 /// shard that has not taken what it was dealt while another takes each at
@@ -400,11 +417,7 @@ fn a_stalled_shard_is_said_to_be_and_to_be_back() {
 /// one after another during the stall are served by the other shard.
 #[test]
 fn a_stalled_shard_is_dealt_no_more_than_it_holds() {
-    let server = Server::start(&["--shards", "2"]);
-    assert!(server
-        .exchange(b"GET /__fault/stall HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .starts_with("HTTP/1.1 200 "));
-    let stalled_at = std::time::Instant::now();
+    let (server, stalled_at) = with_a_stalled_shard(3);
     // Ten clients, 20 ms apart, well within the 3 s stall.
     let conns: Vec<std::net::TcpStream> = (0..10)
         .map(|_| {
@@ -418,12 +431,7 @@ fn a_stalled_shard_is_dealt_no_more_than_it_holds() {
     for s in &conns {
         // Answered long before the stall ends, or stuck behind it.
         let left = std::time::Duration::from_millis(1500).saturating_sub(stalled_at.elapsed());
-        s.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
-            .unwrap();
-        let mut first = [0u8; 12];
-        if std::io::Read::read_exact(&mut &*s, &mut first).is_err() {
-            waiting += 1;
-        }
+        waiting += usize::from(!answered_within(s, left));
     }
     assert!(
         waiting <= 2,
@@ -437,21 +445,14 @@ fn a_stalled_shard_is_dealt_no_more_than_it_holds() {
 /// probe, long after the log said otherwise).
 #[test]
 fn a_shard_found_stalled_is_dealt_no_new_connection() {
-    let server = Server::start(&["--shards", "2"]);
-    assert!(server
-        .exchange(b"GET /__fault/stall/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .starts_with("HTTP/1.1 200 "));
-    let stalled_at = std::time::Instant::now();
+    let (server, stalled_at) = with_a_stalled_shard(10);
     server.wait_for_log("has not answered the master for");
     // Clients one after another, each answered before the next comes.
     for i in 0..6 {
         let s = server.connect();
         (&s).write_all(CLOSE).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
-        let mut first = [0u8; 12];
         assert!(
-            std::io::Read::read_exact(&mut &s, &mut first).is_ok(),
+            answered_within(&s, std::time::Duration::from_secs(2)),
             "client {i} waited for the stalled shard ({:?} into the stall)",
             stalled_at.elapsed()
         );

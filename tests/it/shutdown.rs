@@ -5,7 +5,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::util::{is_closed, read_to_close, Reader, Server, WAIT};
+use crate::util::{
+    is_closed, read_to_close, unfinished_post, Reader, Server, UNFINISHED_REST, WAIT,
+};
 
 #[test]
 fn graceful_shutdown_finishes_a_slow_request() {
@@ -15,10 +17,7 @@ fn graceful_shutdown_finishes_a_slow_request() {
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert_eq!(Reader::new(&idle).next(false).status, 200);
-    // Chunked: the answer to a body of declared length would go before it.
-    let mut slow = server.connect();
-    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nhello")
-        .unwrap();
+    let mut slow = unfinished_post(&server, "/");
     std::thread::sleep(Duration::from_millis(100));
 
     server.signal(libc::SIGTERM);
@@ -38,7 +37,7 @@ fn graceful_shutdown_finishes_a_slow_request() {
     server.signal(libc::SIGUSR2);
     server.wait_for_log("SIGUSR2: ignored");
     // The slow request is still answered, and told the connection closes.
-    slow.write_all(b"world\r\n0\r\n\r\n").unwrap();
+    slow.write_all(UNFINISHED_REST).unwrap();
     let resp = Reader::new(&slow).next(false);
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("connection"), Some("close"));
@@ -85,10 +84,7 @@ fn sigusr2_during_a_drain_is_ignored_with_a_word() {
 #[test]
 fn the_drain_deadline_cuts_stuck_requests() {
     let mut server = Server::start(&["--drain-timeout", "500ms"]);
-    let mut stuck = server.connect();
-    stuck
-        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nab")
-        .unwrap();
+    let mut stuck = unfinished_post(&server, "/");
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     server.signal(libc::SIGTERM);
@@ -106,10 +102,7 @@ fn the_drain_deadline_cuts_stuck_requests() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut server = Server::start(&["--drain-timeout", "60s"]);
-    let mut stuck = server.connect();
-    stuck
-        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nab")
-        .unwrap();
+    let _stuck = unfinished_post(&server, "/");
     std::thread::sleep(Duration::from_millis(100));
     server.signal(libc::SIGTERM);
     server.wait_for_log("draining");
@@ -129,10 +122,8 @@ fn a_second_signal_exits_at_once() {
 #[test]
 fn a_stop_signal_sent_twice_at_once_still_drains() {
     let mut server = Server::start(&["--drain-timeout", "60s"]);
-    let mut slow = server.connect();
     // A body whose end comes after the signals: the drain waits for it.
-    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nhello")
-        .unwrap();
+    let mut slow = unfinished_post(&server, "/");
     std::thread::sleep(Duration::from_millis(100));
     // Two sent at once may merge into one (a pending signal is one
     // signal): the second goes a moment later, as a wrapper's often does.
@@ -140,7 +131,7 @@ fn a_stop_signal_sent_twice_at_once_still_drains() {
     std::thread::sleep(Duration::from_millis(20));
     server.signal(libc::SIGTERM);
     server.wait_for_log("the same stop");
-    slow.write_all(b"world\r\n0\r\n\r\n").unwrap();
+    slow.write_all(UNFINISHED_REST).unwrap();
     let answer = read_to_close(&mut slow);
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let status = server.wait(WAIT);

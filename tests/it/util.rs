@@ -682,6 +682,23 @@ pub fn stopped_stats(log: &str) -> Vec<Stopped> {
         .collect()
 }
 
+/// A connection in the middle of a chunked POST to `path` (2 bytes of a
+/// 10-byte chunk sent): its answer waits for the body's end (one of
+/// declared length could be answered before it), `UNFINISHED_REST`. A
+/// request in flight that a drain waits for.
+pub fn unfinished_post(server: &Server, path: &str) -> TcpStream {
+    let mut s = server.connect();
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nab")
+            .as_bytes(),
+    )
+    .unwrap();
+    s
+}
+
+/// The rest of an `unfinished_post`'s body.
+pub const UNFINISHED_REST: &[u8] = b"cdefghij\r\n0\r\n\r\n";
+
 /// A WebSocket upgrade request for `path`.
 pub fn upgrade_request(path: &str) -> String {
     format!(

@@ -215,6 +215,17 @@ fn current<'m>(m: &'m Manager, app: &str, index: usize) -> Option<&'m Instance> 
 }
 
 /// Whether `i` is an instance that serves.
+/// Whether `i` is ready but refuses connections (out of service).
+fn is_refusing(i: Option<&Instance>) -> bool {
+    matches!(
+        i.map(|i| &i.state),
+        Some(State::Ready {
+            refused: Some(_),
+            ..
+        })
+    )
+}
+
 fn is_ready(i: Option<&Instance>) -> bool {
     matches!(
         i,
@@ -1742,15 +1753,7 @@ fn an_instance_that_refuses_for_its_start_timeout_is_replaced() {
         h.touch("close");
         // Each step within its own `STEP`: the next look (2 s), the
         // start-timeout of refusals, the replacement's start.
-        h.turn_until("out of service", |m| {
-            matches!(
-                current(m, "web", 0).map(|i| &i.state),
-                Some(State::Ready {
-                    refused: Some(_),
-                    ..
-                })
-            )
-        });
+        h.turn_until("out of service", |m| is_refusing(current(m, "web", 0)));
         h.turn_until("a replacement started", |m| {
             m.apps[0].slots[0].next.is_some()
         });
@@ -1790,13 +1793,7 @@ fn a_replacement_that_stops_listening_is_not_promoted_and_is_stopped() {
         let still_old = |m: &Manager| current(m, "web", 0).unwrap().process.pid == old;
         h.turn_until("the replacement out of service", |m| {
             assert!(still_old(m), "a replacement not listening took the slot");
-            matches!(
-                m.apps[0].slots[0].next.as_ref().map(|i| &i.state),
-                Some(State::Ready {
-                    refused: Some(_),
-                    ..
-                })
-            )
+            is_refusing(m.apps[0].slots[0].next.as_ref())
         });
         h.turn_until("the replacement stopped", |m| {
             assert!(still_old(m), "a replacement not listening took the slot");
