@@ -64,11 +64,11 @@ def wait_for(name):
     while not os.path.exists(os.path.join(DIR, name)):
         time.sleep(0.01)
 def once(name):
-    path = os.path.join(DIR, name)
-    if os.path.exists(path):
+    try:
+        os.close(os.open(os.path.join(DIR, name), os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
         return False
-    open(path, 'w').close()
-    return True
 "#;
 
 /// A well-behaved app: serves at once, exits (status 0) on SIGTERM.
