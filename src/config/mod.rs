@@ -461,31 +461,52 @@ pub struct ConfigError {
     pub rule: String,
 }
 
+/// Most characters of a key an error shows: past it, a key the file made
+/// up (a 200 KB name) is cut, so that the line still reads as one.
+const SHOWN_KEY: usize = 120;
+/// Most characters of a rule an error shows: every rule's own words fit,
+/// and a value quoted in one (a 200 KB string) is cut.
+const SHOWN_RULE: usize = 1000;
+
 /// One line whatever it holds: a control character in a file name, a
 /// quoted key or a value quoted in a rule (`"a\nINFO fake"`) is written
-/// escaped, so an error can never forge a line of the log it goes to.
+/// escaped, so an error can never forge a line of the log it goes to; an
+/// overlong key or rule is cut, saying how much was left out.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = String::new();
         match (&self.file, self.line) {
-            (Some(file), Some(line)) => text.push_str(&format!("{file}:{line}: ")),
-            (Some(file), None) => text.push_str(&format!("{file}: ")),
+            (Some(file), Some(line)) => {
+                write_escaped(f, file, usize::MAX)?;
+                write!(f, ":{line}: ")?;
+            }
+            (Some(file), None) => {
+                write_escaped(f, file, usize::MAX)?;
+                f.write_str(": ")?;
+            }
             _ => {}
         }
         if !self.key.is_empty() {
-            text.push_str(&self.key);
-            text.push_str(": ");
+            write_escaped(f, &self.key, SHOWN_KEY)?;
+            f.write_str(": ")?;
         }
-        text.push_str(&self.rule);
-        for c in text.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                f.write_char(c)?;
-            }
-        }
-        Ok(())
+        write_escaped(f, &self.rule, SHOWN_RULE)
     }
+}
+
+/// Write `text` with its control characters escaped, at most `most` of
+/// its characters, then `… (N more bytes)` for the rest.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str, most: usize) -> fmt::Result {
+    for (n, (at, c)) in text.char_indices().enumerate() {
+        if n == most {
+            return write!(f, "… ({} more bytes)", text.len() - at);
+        }
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            f.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 impl ConfigError {
@@ -611,6 +632,32 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "a\\tb.toml:2: server.evil\\nINFO  fake log line: unknown key\\u{1b}[2J"
+        );
+    }
+
+    /// A made-up key of 200 KB (or a value quoted in a rule) printed
+    /// whole was one line of 200 KB at `--check` and in the log at each
+    /// SIGHUP.
+    #[test]
+    fn an_overlong_key_or_value_is_cut_in_an_error() {
+        let e = ConfigError {
+            file: Some("a.toml".into()),
+            line: Some(2),
+            key: format!("server.{}", "k".repeat(200_000)),
+            rule: format!("must be a number, got \"{}\"", "x".repeat(200_000)),
+        };
+        let shown = e.to_string();
+        assert!(shown.len() < 2_000, "{} bytes", shown.len());
+        let key = format!("a.toml:2: server.{}… (", "k".repeat(SHOWN_KEY - 7));
+        assert!(shown.starts_with(&key), "{}", &shown[..200]);
+        assert!(shown.contains(&format!(
+            "… ({} more bytes): must be a number, got \"xxx",
+            200_007 - SHOWN_KEY
+        )));
+        assert!(
+            shown.ends_with(&format!("… ({} more bytes)", 200_024 - SHOWN_RULE)),
+            "{}",
+            &shown[shown.len() - 100..]
         );
     }
 
