@@ -212,19 +212,64 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// The flags, or one line naming the flag and the rule and exit status 2
 /// (help and version are printed as clap prints them).
 pub fn parse_or_exit() -> Cli {
-    Cli::try_parse().unwrap_or_else(|e| {
-        use clap::error::ErrorKind;
-        if matches!(
-            e.kind(),
-            ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        ) {
-            e.exit();
-        }
-        crate::systemd::print_error(&one_line(&e));
+    parse_from(std::env::args_os()).unwrap_or_else(|e| {
+        let line = match e {
+            Refused::Clap(e) => {
+                use clap::error::ErrorKind;
+                if matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelp
+                        | ErrorKind::DisplayVersion
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ) {
+                    e.exit();
+                }
+                one_line(&e)
+            }
+            Refused::NotForCommand(line) => line,
+        };
+        crate::systemd::print_error(&line);
         std::process::exit(2);
     })
+}
+
+/// Why the command line was refused.
+enum Refused {
+    /// clap's own error (or help and version, which it prints).
+    Clap(clap::Error),
+    /// A server's flag given with a subcommand, as one line.
+    NotForCommand(String),
+}
+
+/// Parse `args` (the program's name first). A server's flag beside a
+/// subcommand is refused: `coreserve --check status` would otherwise
+/// run `status` and check nothing, unsaid. (`--config`, which `status`
+/// reads too, may come before it; clap's own rule against it would
+/// refuse that as well.)
+fn parse_from<I, T>(args: I) -> Result<Cli, Refused>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(Refused::Clap)?;
+    if let Some(sub) = matches.subcommand_name() {
+        let command = Cli::command();
+        let given = command.get_arguments().find(|a| {
+            let id = a.get_id().as_str();
+            id != "config"
+                && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        });
+        if let Some(arg) = given {
+            let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
+            return Err(Refused::NotForCommand(format!(
+                "--{flag}: not used by `coreserve {sub}`, which takes --config and its own flags (coreserve {sub} --help)"
+            )));
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(Refused::Clap)
 }
 
 /// A flag error as one line: `--shards: must be ..., got "many"`, as the
@@ -568,6 +613,47 @@ mod tests {
         assert_eq!(Config::default().affinity, Affinity::Floating);
         assert!(!c.defer_accept);
         assert!(Config::default().defer_accept);
+    }
+
+    /// `coreserve --check status` ran `status` and checked nothing.
+    #[test]
+    fn a_servers_flag_beside_a_subcommand_is_refused() {
+        let refused = |args: &[&str]| match parse_from(
+            std::iter::once("coreserve").chain(args.iter().copied()),
+        ) {
+            Err(Refused::NotForCommand(line)) => line,
+            Err(Refused::Clap(e)) => panic!("{args:?}: {e}"),
+            Ok(_) => panic!("{args:?} was taken"),
+        };
+        assert_eq!(
+            refused(&["--check", "status"]),
+            "--check: not used by `coreserve status`, which takes --config and its own flags (coreserve status --help)"
+        );
+        assert!(refused(&["--shards", "2", "status", "--interval", "2s"]).starts_with("--shards: "));
+        assert!(refused(&["--max-body-bytes", "1m", "status"]).starts_with("--max-body-bytes: "));
+        for args in [
+            &["status"][..],
+            &["--config", "a.toml", "status"],
+            &[
+                "status",
+                "--config",
+                "a.toml",
+                "--url",
+                "http://127.0.0.1:9/m",
+            ],
+        ] {
+            let taken = parse_from(std::iter::once("coreserve").chain(args.iter().copied()));
+            assert!(
+                matches!(
+                    taken,
+                    Ok(Cli {
+                        command: Some(Command::Status { .. }),
+                        ..
+                    })
+                ),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
