@@ -18,7 +18,10 @@ use super::proc_table::{self, Known};
 use crate::config::{AppConfig, StopSignal};
 
 /// Lines of output kept per instance, for the error when it fails to start.
-pub const TAIL_LINES: usize = 20;
+/// A Node crash's report (the throw site, the error, its stack, the
+/// error's fields, Node's version) runs to 25–30 lines with the error
+/// itself near the top: 20 lines left out `Error: listen EADDRINUSE …`.
+pub const TAIL_LINES: usize = 40;
 /// A longer line is cut: a line flood cannot grow memory or the log.
 const MAX_LINE: usize = 4096;
 /// Longest wait, once an instance has exited, for the rest of its output.

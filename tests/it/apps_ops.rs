@@ -885,21 +885,35 @@ fn an_instance_that_never_listens_fails_start_up_with_its_last_output() {
 #[test]
 fn an_instance_that_exits_at_start_up_fails_it_with_its_last_output() {
     let dir = Scratch::new("apps-exits");
+    // Node's report of an uncaught error, as long as its real one (28
+    // lines), the error itself near the top: a tail of 20 lines left it out.
+    let frames: String = (0..17)
+        .map(|i| format!("echo '    at frame{i} (node:net:{i}:16)'\n"))
+        .collect();
     let script = dir.write(
         "bad.sh",
-        "echo \"Error: Cannot find module 'express'\"\nexit 3\n",
+        format!(
+            "echo 'node:events:497'\necho '      throw er; // Unhandled error event'\n\
+             echo \"Error: listen EADDRINUSE: address already in use :::3000\"\n{frames}\
+             echo '{{'\necho \"  code: 'EADDRINUSE',\"\necho '}}'\necho\n\
+             echo 'Node.js v20.19.2'\nexit 3\n"
+        ),
     );
     let toml = app("bad", &["sh", &script.display().to_string()], 1, "") + &proxied("/", "bad");
     let conf = dir.write("app.toml", toml).display().to_string();
     let (status, log, _) = run_to_exit(&["--config", &conf], Duration::from_secs(8));
     assert_eq!(status.code(), Some(1), "{log}");
+    let (_, report) = log
+        .split_once("app bad[0] exited during start-up (exit status: 3); its last output:\n")
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(
-        log.contains(
-            "app bad[0] exited during start-up (exit status: 3); its last output:\n    \
-             Error: Cannot find module 'express'\n"
+        report.starts_with(
+            "    node:events:497\n          throw er; // Unhandled error event\n    \
+             Error: listen EADDRINUSE: address already in use :::3000\n"
         ),
         "{log}"
     );
+    assert!(report.contains("    Node.js v20.19.2\n"), "{log}");
 }
 
 #[test]
