@@ -368,8 +368,12 @@ impl Accepting {
             }
             for _ in 0..ACCEPT_BATCH {
                 match listener::accept4(self.listeners[i].as_raw_fd()) {
-                    Ok(fd) => {
-                        if !self.deal(Accepted { fd, listener: i }) {
+                    Ok((fd, peer)) => {
+                        if !self.deal(Accepted {
+                            fd,
+                            listener: i,
+                            peer,
+                        }) {
                             return Pass::Again;
                         }
                     }
@@ -413,6 +417,7 @@ mod tests {
         Accepted {
             fd: std::fs::File::open("/dev/null").unwrap().into(),
             listener: 0,
+            peer: None,
         }
     }
 

@@ -161,8 +161,9 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         known = Some(source.or(peer));
         head_deadline = Some(deadline);
     }
-    // A system call: made when the log needs it, else when the first
-    // proxied request does (`Some` once known).
+    // As accept gave it; where it gave none (glommio's accept, on a shard
+    // without a ring), a system call: made when the log needs it, else when
+    // the first proxied request does (`Some` once known).
     let conn_log = ConnLog::of(&shard, &client, known);
     let mut remote: Option<Option<IpAddr>> = conn_log.as_ref().map(|l| l.remote).or(known);
     let log = conn_log.as_ref().map(|l| l as &dyn RequestLog);
@@ -636,8 +637,8 @@ async fn accept_tls(
         linger_close(&mut client, input).await;
         return None;
     }
-    // Only for the debug line a failure gets: a getpeername(2) saved on
-    // every handshake otherwise.
+    // Only for the debug line a failure gets: a getpeername(2), where
+    // accept gave no address, saved on every handshake otherwise.
     let peer = log::log_enabled!(log::Level::Debug)
         .then(|| client.peer_addr())
         .flatten();
@@ -768,7 +769,8 @@ struct ConnLog<'a> {
 
 impl<'a> ConnLog<'a> {
     /// The log as `client`'s connection writes to it, when logging is on
-    /// (the client's address costs a system call, made only then).
+    /// (the client's address, where accept gave none, costs a system call,
+    /// made only then).
     fn of(shard: &'a Shard, client: &Socket, known: Option<Option<IpAddr>>) -> Option<ConnLog<'a>> {
         let logger = shard.access_log()?;
         Some(ConnLog {

@@ -48,6 +48,8 @@ pub struct Accepted {
     /// Which listener accepted it: its index in the master's list of
     /// listeners (the shard maps it to plain HTTP or HTTPS).
     pub listener: usize,
+    /// The client's address, as accept gave it.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 struct Shared {
@@ -297,6 +299,7 @@ mod tests {
 
     fn fd() -> Accepted {
         Accepted {
+            peer: None,
             fd: std::fs::File::open("/dev/null").unwrap().into(),
             listener: 0,
         }

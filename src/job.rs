@@ -55,8 +55,9 @@ pub struct JobConn<'a> {
     pub limits: &'a Limits,
     /// Largest head accepted (the session's limit), also from an upstream.
     pub max_head: usize,
-    /// The client's address: None until a job first needs it (it costs a
-    /// system call), then kept for the connection's later jobs.
+    /// The client's address: None until a job first needs it (where accept
+    /// gave none, it costs a system call), then kept for the connection's
+    /// later jobs.
     pub remote: &'a mut Option<Option<IpAddr>>,
     /// The shard's upstream groups and their pools.
     pub upstreams: &'a Upstreams,

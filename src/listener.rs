@@ -162,25 +162,34 @@ fn bind_probe(addr: SocketAddr) -> io::Result<Socket> {
 }
 
 /// accept4(2) on a non-blocking listener: the new socket, non-blocking and
-/// close-on-exec (glommio's own accept makes four system calls for this).
-pub fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
+/// close-on-exec (glommio's own accept makes four system calls for this),
+/// and the client's address. The address is taken here, where the kernel
+/// has it whatever the client did since: a getpeername(2) made later
+/// fails once the client's reset came (the access log's `-`).
+pub fn accept4(listener: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    // SAFETY: zeroes are a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: accept4 on a listening socket the caller holds open (every
     // listener is bound non-blocking, see `socket`, so this cannot block the
-    // executor); no address is asked for.
+    // executor), with room for any address and its length.
     let conn = unsafe {
         libc::accept4(
             listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
+            (&raw mut storage).cast(),
+            &mut len,
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
         )
     };
     if conn < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        // SAFETY: a new descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(conn) })
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: a new descriptor that nothing else owns.
+    let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+    // SAFETY: the kernel wrote an address of `len` bytes (at most the
+    // storage's size, which it truncates to).
+    let peer = unsafe { socket2::SockAddr::new(storage, len) }.as_socket();
+    Ok((conn, peer))
 }
 
 /// Accept the next connection on a shard's own `listener`, whose
@@ -194,20 +203,26 @@ pub fn accept4(listener: RawFd) -> io::Result<OwnedFd> {
 pub async fn accept(
     listener: &glommio::net::TcpListener,
     fd: RawFd,
-) -> glommio::Result<glommio::net::TcpStream, ()> {
+) -> glommio::Result<(glommio::net::TcpStream, Option<SocketAddr>), ()> {
     if let Some(accepted) = crate::recheck::direct(|| accept4(fd)).await {
         // SAFETY: a connected socket nothing else owns or will close.
         return accepted
-            .map(|conn| unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) })
+            .map(|(conn, peer)| {
+                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(conn.into_raw_fd()) };
+                (stream, peer)
+            })
             .map_err(Into::into);
     }
     let stream = crate::recheck::wait(listener.accept()).await?;
+    // glommio's accept gives no address: asked at once, before a reset
+    // can come.
+    let peer = stream.peer_addr().ok();
     // glommio accepts without SOCK_NONBLOCK; every connection socket must be
     // non-blocking (sendfile has no MSG_DONTWAIT to lean on).
     // SAFETY: the stream's descriptor, open for as long as the borrow.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     SockRef::from(&fd).set_nonblocking(true)?;
-    Ok(stream)
+    Ok((stream, peer))
 }
 
 /// Accept the next connection on the listener `fd`, waiting as the shard's
@@ -216,7 +231,7 @@ pub async fn accept(
 pub async fn accept_ready(
     interest: &mut crate::readiness::Interest,
     fd: RawFd,
-) -> io::Result<OwnedFd> {
+) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
     loop {
         // Each success may leave more in the backlog: look again next time.
         if let Some(accepted) = interest.try_io(|| accept4(fd), |_| true) {
@@ -368,7 +383,7 @@ mod tests {
     }
 
     /// The connection loop sets nothing per socket: what it relies on must
-    /// come from the listener.
+    /// come from the listener. The client's address comes with it.
     #[test]
     fn accepted_sockets_inherit_nodelay_and_are_nonblocking() {
         for defer in [false, true] {
@@ -377,7 +392,10 @@ mod tests {
             std::io::Write::write_all(&mut c, b"GET / HTTP/1.1\r\n\r\n").unwrap();
             let fd = loop {
                 match accept4(l.as_raw_fd()) {
-                    Ok(fd) => break fd,
+                    Ok((fd, peer)) => {
+                        assert_eq!(peer, Some(c.local_addr().unwrap()));
+                        break fd;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))
                     }

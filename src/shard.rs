@@ -568,7 +568,7 @@ async fn channel_intake(
         };
         let Some(conn) = next else { break };
         let scheme = schemes.get(conn.listener).copied().unwrap_or(Scheme::Http);
-        let client = Socket::accepted(conn.fd, shard.readiness());
+        let client = Socket::accepted(conn.fd, conn.peer, shard.readiness());
         start_connection(client, scheme, &shard, &gate);
         // The acceptor refills the queue from another thread, so it might
         // never run dry: now and then let the connections taken so far (and
@@ -597,9 +597,11 @@ async fn accept_intake(
         let accepted = match ring.as_mut() {
             Some((readiness, interest)) => listener::accept_ready(interest, fd)
                 .await
-                .map(|conn| Socket::accepted(conn, Some(readiness)))
+                .map(|(conn, peer)| Socket::accepted(conn, peer, Some(readiness)))
                 .map_err(glommio::GlommioError::from),
-            None => listener::accept(&listener, fd).await.map(Socket::glommio),
+            None => listener::accept(&listener, fd)
+                .await
+                .map(|(stream, peer)| Socket::glommio(stream).with_peer(peer)),
         };
         match accepted {
             Ok(client) => {

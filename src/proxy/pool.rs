@@ -1788,7 +1788,7 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         // SAFETY: taken from the stream, owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(ours.into_raw_fd()) };
-        (peer, Socket::accepted(fd, Some(readiness)))
+        (peer, Socket::accepted(fd, None, Some(readiness)))
     }
 
     /// True once the other end closed `peer` (it reads the end of stream).

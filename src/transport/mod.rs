@@ -49,6 +49,9 @@ pub enum Stream {
 pub struct Socket {
     interest: Option<Interest>,
     stream: Stream,
+    /// The other end's address when known from the start (a client's, as
+    /// accept gave it); else `peer_addr` asks the kernel.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl AsFd for Socket {
@@ -77,20 +80,32 @@ impl Socket {
         let mut socket = Socket {
             interest: None,
             stream,
+            peer: None,
         };
         socket.interest = readiness.map(|r| r.register(socket.fd()));
         socket
     }
 
-    /// A connection the shard accepted (non-blocking, owned alone): read
-    /// directly and waited on through `readiness`, or through glommio on a
-    /// shard without a ring.
-    pub fn accepted(conn: OwnedFd, readiness: Option<&Rc<Readiness>>) -> Socket {
+    /// A connection the shard accepted (non-blocking, owned alone), from
+    /// `peer` when accept said: read directly and waited on through
+    /// `readiness`, or through glommio on a shard without a ring.
+    pub fn accepted(
+        conn: OwnedFd,
+        peer: Option<std::net::SocketAddr>,
+        readiness: Option<&Rc<Readiness>>,
+    ) -> Socket {
         match readiness {
             Some(_) => Socket::new(Stream::Direct(conn), readiness),
             // SAFETY: a connected socket nothing else owns; glommio takes it.
             None => Socket::glommio(unsafe { TcpStream::from_raw_fd(conn.into_raw_fd()) }),
         }
+        .with_peer(peer)
+    }
+
+    /// The socket, its peer's address known to be `peer` (when Some).
+    pub fn with_peer(mut self, peer: Option<std::net::SocketAddr>) -> Socket {
+        self.peer = peer;
+        self
     }
 
     /// A connection glommio accepted or made (on a shard without a ring).
@@ -161,9 +176,12 @@ impl Socket {
         }
     }
 
-    /// The peer's address (a system call); None for a Unix socket.
+    /// The peer's address: as accept gave it, else asked of the kernel (a
+    /// system call, which fails once the peer's reset came); None for a
+    /// Unix socket.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        socket2::SockRef::from(self).peer_addr().ok()?.as_socket()
+        self.peer
+            .or_else(|| socket2::SockRef::from(self).peer_addr().ok()?.as_socket())
     }
 
     /// Turn a plain TCP connection into a TLS server connection, fed first
@@ -174,16 +192,25 @@ impl Socket {
         if !matches!(self.stream, Stream::Direct(_) | Stream::Tcp(_)) {
             return Err(io::Error::other("TLS runs over TCP only"));
         }
-        let Socket { interest, stream } = self;
+        let Socket {
+            interest,
+            stream,
+            peer,
+        } = self;
         match TlsStream::new(stream, config, early) {
             Ok(t) => Ok(Socket {
                 interest,
                 stream: Stream::Tls(Box::new(t)),
+                peer,
             }),
             Err((e, stream)) => {
                 // Dropped as a `Socket`: the registration goes before the
                 // descriptor closes.
-                drop(Socket { interest, stream });
+                drop(Socket {
+                    interest,
+                    stream,
+                    peer,
+                });
                 Err(e)
             }
         }

@@ -483,6 +483,32 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
     assert_eq!(refused.count(), 1, "{lines}");
 }
 
+/// A scanner's plain request to the HTTPS port, its connection closed at
+/// once without reading the 400: its line named no client (`-`, 11 to 15 of
+/// 20), the address asked of the kernel after the 400 went, which the
+/// client's socket answered with a reset.
+#[test]
+fn a_plain_request_to_the_tls_port_is_logged_with_its_client_though_it_left() {
+    let dir = Scratch::new("tls-plain-left");
+    let ca = Ca::new();
+    install(&dir, "site", &ca.leaf(&["localhost"], 90));
+    let log = dir.0.join("access.log");
+    let logged = format!("\n[log]\naccess = \"{}\"", log.display());
+    let file = config(&dir, &[("site.pem", "site.key", &[])], &logged);
+    let (server, addr) = start(&file, &[]);
+    for _ in 0..20 {
+        connect(addr).write_all(GET.as_bytes()).unwrap();
+    }
+    crate::access_log::wait_for_lines(&log, 20);
+    server.stop();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 20, "{lines}");
+    for line in lines.lines() {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{lines}");
+        assert!(line.contains("\"GET / HTTP/1.1\" 400 "), "{lines}");
+    }
+}
+
 /// A client that completes its handshake and leaves at once (a TLS health
 /// check, a certificate-expiry monitor) did not fail a handshake, though
 /// the session tickets that TLS 1.3 sends after it meet a closed socket:
