@@ -404,6 +404,14 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
                 bytes_in += n as u64;
                 arrived = Instant::now();
                 shard.overtook_its_close(key);
+                // A request on its way as the shard shut the connection:
+                // served (its answer says `Connection: close`), and its
+                // proxied exchange is not ended by the shutdown's end of
+                // stream, as if its client had left (a 499 for a request
+                // the app ran).
+                if quiet && shard.was_shut(key) {
+                    client.reading_was_shut();
+                }
                 // The first bytes of a request (none of it was here, nor
                 // is its body being read), or more of a body answered and
                 // logged already: what comes after it begins no sooner.

@@ -52,6 +52,9 @@ pub struct Socket {
     /// The other end's address when known from the start (a client's, as
     /// accept gave it); else `peer_addr` asks the kernel.
     peer: Option<std::net::SocketAddr>,
+    /// This end shut its reading (`reading_was_shut`): the end of stream a
+    /// read or peek meets is its own, not the peer's leaving.
+    deaf: bool,
 }
 
 impl AsFd for Socket {
@@ -81,6 +84,7 @@ impl Socket {
             interest: None,
             stream,
             peer: None,
+            deaf: false,
         };
         socket.interest = readiness.map(|r| r.register(socket.fd()));
         socket
@@ -106,6 +110,14 @@ impl Socket {
     pub fn with_peer(mut self, peer: Option<std::net::SocketAddr>) -> Socket {
         self.peer = peer;
         self
+    }
+
+    /// Say that this end shut the socket's reading (the shard closed it
+    /// as idle) after a request had come on it: that request is served,
+    /// and `closed` no longer takes the end of stream the shutdown makes
+    /// for the client's leaving (which it could not hear now).
+    pub fn reading_was_shut(&mut self) {
+        self.deaf = true;
     }
 
     /// A connection glommio accepted or made (on a shard without a ring).
@@ -196,12 +208,14 @@ impl Socket {
             interest,
             stream,
             peer,
+            deaf,
         } = self;
         match TlsStream::new(stream, config, early) {
             Ok(t) => Ok(Socket {
                 interest,
                 stream: Stream::Tls(Box::new(t)),
                 peer,
+                deaf,
             }),
             Err((e, stream)) => {
                 // Dropped as a `Socket`: the registration goes before the
@@ -210,6 +224,7 @@ impl Socket {
                     interest,
                     stream,
                     peer,
+                    deaf,
                 });
                 Err(e)
             }
@@ -537,8 +552,10 @@ impl Socket {
     /// meanwhile (a pipelined request) are left for the next read, and end
     /// the watch: a client that sends is there. For a client whose proxied
     /// request waits on its upstream: nginx's `proxy_ignore_client_abort off`.
+    /// After `reading_was_shut` it never ends: each peek would meet this
+    /// end's own shutdown.
     pub async fn closed(&mut self) {
-        if self.stirred().await == Peek::Data {
+        if self.deaf || self.stirred().await == Peek::Data {
             std::future::pending::<()>().await;
         }
     }

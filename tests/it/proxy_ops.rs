@@ -14,6 +14,42 @@ use crate::util::{connect, connect_from, open_fds, Reader, WAIT};
 
 const GET: &str = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
+/// A request on its way as a drain shut its idle keep-alive connection
+/// (the shard reads what came before the shutdown): served, as a static
+/// one is. The proxy took the end of stream the shutdown made for its
+/// client's leaving, and answered nothing, logged 499, though the upstream
+/// ran the request (10 to 45 a stop under load).
+#[test]
+fn a_request_that_overtakes_a_drains_close_is_proxied_and_answered() {
+    let up = Upstream::start(|_| Reply::slow(Duration::from_millis(100), "served"));
+    // Reuseport: the drain shuts the idle connections at once (master
+    // dispatch's first lets the shard take what the master sent).
+    let proxy = Proxy::start_with(
+        "proxy-overtakes-drain",
+        &simple(&[up.server()], "", ""),
+        &["--shards", "1", "--dispatch", "reuseport"],
+    );
+    let mut a = connect(proxy.addr());
+    let mut r = Reader::new(&a);
+    a.write_all(GET.as_bytes()).unwrap();
+    assert_eq!(r.next(false).text(), "served");
+    // The one shard stops for a second: the drain's word, then the next
+    // request, wait for it, and the drain, first, shuts the idle connection
+    // the request has come on.
+    let mut stall = connect(proxy.addr());
+    stall
+        .write_all(b"GET /__fault/stall/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    a.write_all(GET.as_bytes()).unwrap();
+    let res = r.next(false);
+    assert_eq!((res.status, res.text().as_str()), (200, "served"));
+    assert_eq!(res.header("connection"), Some("close"));
+    assert_eq!(up.requests().len(), 2);
+}
+
 #[test]
 fn keepalive_reuses_one_upstream_connection() {
     let up = Upstream::start(ok("pooled"));
