@@ -406,6 +406,9 @@ async fn forward(
     // The last try was refused by an app's instance, most likely exiting:
     // the request may wait for its successor once no server is left.
     let mut exiting = false;
+    // The last try was dropped by an app's instance whose own try on a new
+    // connection is spent: exiting, if its exit is heard soon.
+    let mut dropped_by: Option<Rc<Server>> = None;
     // The servers a try is picked from: the group as the request found it,
     // or as it is at a retry, when an update came meanwhile (the settings
     // stay the request's own, `cfg`).
@@ -454,6 +457,23 @@ async fn forward(
             // connect-timeout from its start), rather than a 502 for each
             // request of the moment an instance takes to exit (hundreds
             // under load). Not in a drain, when none starts again.
+            if let Some(gone) = dropped_by.take().filter(|_| !c.draining.get()) {
+                // A drop is an exit only if one is heard within moments
+                // (an instance killed under it: about a millisecond);
+                // else the instance runs on, and dropped it on purpose.
+                let until = Instant::now() + EXIT_NOTICE;
+                let unlisted = upstreams.until_unlisted(&route.config.upstream, &gone, until);
+                match c.socket.unless_closed(unlisted).await {
+                    None => return client_gone(served, None),
+                    // Round again, for the group as it is now (without
+                    // it): then the wait for its successor.
+                    Some(true) => {
+                        exiting = true;
+                        continue;
+                    }
+                    Some(false) => {}
+                }
+            }
             if std::mem::take(&mut exiting) && !c.draining.get() {
                 let until = began + cfg.connect_timeout;
                 let name = &route.config.upstream;
@@ -473,6 +493,7 @@ async fn forward(
             break;
         };
         exiting = false;
+        dropped_by = None;
         match (&last, stale) {
             (Some(_), Some((_, again))) if again == attempts => {}
             (Some((previous, _)), _) => previous.count(|s| s.retries += 1),
@@ -856,6 +877,13 @@ async fn forward(
                         continue;
                     }
                     if retry {
+                        // An app's instance that dropped it again (its try
+                        // on a new connection spent after a pooled one's,
+                        // the race's: a killed process drops what its
+                        // backlog took too): with no other server to try,
+                        // the request waits for its successor once its
+                        // exit is heard, as after a refusal.
+                        dropped_by = last.as_ref().filter(|_| exits).map(|(s, _)| s.clone());
                         continue;
                     }
                     break;

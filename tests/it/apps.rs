@@ -1444,6 +1444,11 @@ fn a_socket_an_instance_destroys_on_purpose_is_a_502_soon() {
         .unwrap();
     assert_eq!(conn.get("/destroy").map(|(status, _)| status), Ok(502));
     assert_eq!(conn.get("/"), Ok((200, "alive".into())));
+    // Again on the connection that request left in the pool: its drop is
+    // the keep-alive race's, tried again on a new one and dropped there,
+    // and no exit follows: a 502 as soon.
+    assert_eq!(conn.get("/destroy").map(|(status, _)| status), Ok(502));
+    assert_eq!(conn.get("/"), Ok((200, "alive".into())));
 }
 
 /// A request whose connection an instance drops without a word as it
@@ -1469,6 +1474,51 @@ fn a_request_an_exiting_instance_drops_waits_for_its_successor() {
     );
     // Tried again on the successor, which answers it (`/vanish` vanishes
     // once): its pid.
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
+    assert_ne!(r.text(), first.to_string());
+}
+
+/// An instance killed with a connection of the pool to it (a SIGKILL, an
+/// out-of-memory kill): the request on that connection is dropped, then,
+/// tried again on a new one, dropped too by the dying process, which took
+/// it into its backlog. The first drop being the keep-alive race's try
+/// (not counted), the second left a retry allowed but no other server to
+/// go to, and the request got a 502 at once, not the wait for the
+/// instance's successor that a refused connection gets (about 8 a kill
+/// under load, with one instance).
+#[test]
+fn a_pooled_request_to_an_instance_killed_under_it_waits_for_its_successor() {
+    if !have_node() {
+        return;
+    }
+    let marks = Scratch::new("apps-killed-pooled-mark");
+    let mark = marks.path("killed");
+    // `/crash`, once: every request from then on, on any connection, is
+    // dropped, and the process ends 300 ms later, its listener open until
+    // then (as a killed process's is while the kernel tears it down).
+    let code = "const fs = require('fs'); let dying = false;\
+                require('http').createServer((q, r) => {\
+                  if (dying) { q.socket.destroy(); return; }\
+                  if (q.url === '/crash' && !fs.existsSync(process.env.MARK)) {\
+                    fs.writeFileSync(process.env.MARK, '');\
+                    dying = true;\
+                    q.socket.destroy();\
+                    setTimeout(() => process.exit(0), 300);\
+                    return;\
+                  }\
+                  const b = String(process.pid);\
+                  r.writeHead(200, { 'Content-Length': b.length });\
+                  r.end(b);\
+                }).listen(+process.env.PORT, '127.0.0.1');";
+    let extra = format!("connect-timeout = \"30s\"\nenv = {{ MARK = \"{mark}\" }}");
+    let s = AppServer::start(
+        "apps-killed-pooled",
+        &(app("web", &["node", "-e", code], 1, &extra) + &proxied("/", "web")),
+    );
+    let first = s.ready_pids("web", 1)[0];
+    // Leaves a connection to the instance in the shard's pool.
+    assert_eq!(s.get("/").text(), first.to_string());
+    let r = s.get("/crash");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.server.log());
     assert_ne!(r.text(), first.to_string());
 }
