@@ -241,11 +241,14 @@ enum Refused {
     NotForCommand(String),
 }
 
+/// The server's flags a subcommand reads too: the file, and where the
+/// metrics are (`status` finds its URL there).
+const READ_BY_COMMANDS: [&str; 2] = ["config", "metrics_listen"];
+
 /// Parse `args` (the program's name first). A server's flag beside a
 /// subcommand is refused: `coreserve --check status` would otherwise
-/// run `status` and check nothing, unsaid. (`--config`, which `status`
-/// reads too, may come before it; clap's own rule against it would
-/// refuse that as well.)
+/// run `status` and check nothing, unsaid. (`READ_BY_COMMANDS` may come
+/// before it; clap's own rule against it would refuse those as well.)
 fn parse_from<I, T>(args: I) -> Result<Cli, Refused>
 where
     I: IntoIterator<Item = T>,
@@ -259,13 +262,13 @@ where
         let command = Cli::command();
         let given = command.get_arguments().find(|a| {
             let id = a.get_id().as_str();
-            id != "config"
+            !READ_BY_COMMANDS.contains(&id)
                 && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
         });
         if let Some(arg) = given {
             let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
             return Err(Refused::NotForCommand(format!(
-                "--{flag}: not used by `coreserve {sub}`, which takes --config and its own flags (coreserve {sub} --help)"
+                "--{flag}: not used by `coreserve {sub}`, which takes --config, --metrics-listen and its own flags (coreserve {sub} --help)"
             )));
         }
     }
@@ -627,13 +630,14 @@ mod tests {
         };
         assert_eq!(
             refused(&["--check", "status"]),
-            "--check: not used by `coreserve status`, which takes --config and its own flags (coreserve status --help)"
+            "--check: not used by `coreserve status`, which takes --config, --metrics-listen and its own flags (coreserve status --help)"
         );
         assert!(refused(&["--shards", "2", "status", "--interval", "2s"]).starts_with("--shards: "));
         assert!(refused(&["--max-body-bytes", "1m", "status"]).starts_with("--max-body-bytes: "));
         for args in [
             &["status"][..],
             &["--config", "a.toml", "status"],
+            &["--metrics-listen", "127.0.0.1:0", "status"],
             &[
                 "status",
                 "--config",

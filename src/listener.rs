@@ -214,15 +214,13 @@ pub async fn accept(
             .map_err(Into::into);
     }
     let stream = crate::recheck::wait(listener.accept()).await?;
-    // glommio's accept gives no address: asked at once, before a reset
-    // can come.
-    let peer = stream.peer_addr().ok();
     // glommio accepts without SOCK_NONBLOCK; every connection socket must be
     // non-blocking (sendfile has no MSG_DONTWAIT to lean on).
     // SAFETY: the stream's descriptor, open for as long as the borrow.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     SockRef::from(&fd).set_nonblocking(true)?;
-    Ok((stream, peer))
+    // glommio's accept gives no address: asked of the kernel if needed.
+    Ok((stream, None))
 }
 
 /// Accept the next connection on the listener `fd`, waiting as the shard's

@@ -883,7 +883,10 @@ async fn forward(
                         // backlog took too): with no other server to try,
                         // the request waits for its successor once its
                         // exit is heard, as after a refusal.
-                        dropped_by = last.as_ref().filter(|_| exits).map(|(s, _)| s.clone());
+                        dropped_by = last
+                            .as_ref()
+                            .filter(|_| exits && body.is_none())
+                            .map(|(s, _)| s.clone());
                         continue;
                     }
                     break;

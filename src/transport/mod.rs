@@ -552,10 +552,17 @@ impl Socket {
     /// meanwhile (a pipelined request) are left for the next read, and end
     /// the watch: a client that sends is there. For a client whose proxied
     /// request waits on its upstream: nginx's `proxy_ignore_client_abort off`.
-    /// After `reading_was_shut` it never ends: each peek would meet this
-    /// end's own shutdown.
+    /// After `reading_was_shut` a peek would meet this end's own shutdown:
+    /// it ends only when the client resets or the shard cuts the
+    /// connection (a drain's deadline), looked at every `DEAF_POLL`.
     pub async fn closed(&mut self) {
-        if self.deaf || self.stirred().await == Peek::Data {
+        if self.deaf {
+            while !hung_up(self.fd()) {
+                glommio::timer::sleep(DEAF_POLL).await;
+            }
+            return;
+        }
+        if self.stirred().await == Peek::Data {
             std::future::pending::<()>().await;
         }
     }
@@ -981,6 +988,28 @@ fn seen_as_peek(data: bool) -> Peek {
 }
 
 /// What the socket `fd` holds, looking without taking.
+/// How often a socket whose reading this end shut is looked at for its
+/// end (`Socket::closed`): such sockets are few (a request on its way as
+/// the shard closed its connection), and a readiness wait would fire at
+/// once and for ever, the shutdown's end of stream being readable.
+const DEAF_POLL: Duration = Duration::from_millis(250);
+
+/// Whether the socket `fd` has hung up or failed: cut both ways (a drain's
+/// deadline), or reset by the peer; not the end of stream of a shutdown
+/// for reading alone, which poll(2) reports as readable only.
+fn hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on a descriptor the socket holds open; a zero
+    // timeout never blocks. POLLHUP and POLLERR are reported whatever
+    // `events` asks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 fn peek(fd: RawFd) -> Peek {
     match recv(fd, &mut [0u8; 1], libc::MSG_PEEK) {
         Ok(0) => Peek::Closed,

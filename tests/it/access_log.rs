@@ -680,11 +680,6 @@ fn a_failing_access_log_says_so_once_and_the_server_serves_on() {
     );
 }
 
-/// A second stop signal ends the process without waiting for the shards:
-/// the line of a request answered during the drain is written all the
-/// same. A shard kept its lines up to a second before handing them to the
-/// log's writer, and they were lost with it, unsaid (about 900 of 52 900
-/// under load in a probe).
 /// A client that sent its request and reset its connection at once (a
 /// scanner, a load test's client killed): its line named no client (`-`,
 /// 19 of 20), its address asked of the kernel once the reset had come.
@@ -720,6 +715,11 @@ fn a_client_that_reset_its_connection_is_logged_with_its_address() {
     }
 }
 
+/// A second stop signal ends the process without waiting for the shards:
+/// the line of a request answered during the drain is written all the
+/// same. A shard kept its lines up to a second before handing them to the
+/// log's writer, and they were lost with it, unsaid (about 900 of 52 900
+/// under load in a probe).
 #[test]
 fn a_second_stop_signal_loses_no_line_of_a_request_answered() {
     use std::io::Write;

@@ -14,40 +14,70 @@ use crate::util::{connect, connect_from, open_fds, Reader, WAIT};
 
 const GET: &str = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
-/// A request on its way as a drain shut its idle keep-alive connection
-/// (the shard reads what came before the shutdown): served, as a static
-/// one is. The proxy took the end of stream the shutdown made for its
-/// client's leaving, and answered nothing, logged 499, though the upstream
-/// ran the request (10 to 45 a stop under load).
+/// Send a request on an idle keep-alive connection to `up` just as a
+/// drain (SIGTERM) shuts that connection: the one shard stops for two
+/// seconds, the drain's word and then the request wait for it, and the
+/// drain, first, shuts the idle connection the request has come on (the
+/// shard reads what came before the shutdown). Reuseport: its drain shuts
+/// the idle connections at once (master dispatch's first lets the shard
+/// take what the master sent). The proxy (in scratch directory `name`),
+/// the client, and its reader.
+fn overtake_a_drains_close(
+    name: &str,
+    up: &Upstream,
+    flags: &[&str],
+) -> (Proxy, TcpStream, Reader) {
+    let mut args = vec!["--shards", "1", "--dispatch", "reuseport"];
+    args.extend_from_slice(flags);
+    let proxy = Proxy::start_with(name, &simple(&[up.server()], "", ""), &args);
+    let mut a = connect(proxy.addr());
+    let mut r = Reader::new(&a);
+    a.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).status, 200);
+    let mut stall = connect(proxy.addr());
+    stall
+        .write_all(b"GET /__fault/stall/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    proxy.server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    a.write_all(GET.as_bytes()).unwrap();
+    (proxy, a, r)
+}
+
+/// A request on its way as a drain shut its idle keep-alive connection:
+/// served, as a static one is. The proxy took the end of stream the
+/// shutdown made for its client's leaving, and answered nothing, logged
+/// 499, though the upstream ran the request (10 to 45 a stop under load).
 #[test]
 fn a_request_that_overtakes_a_drains_close_is_proxied_and_answered() {
     let up = Upstream::start(|_| Reply::slow(Duration::from_millis(100), "served"));
-    // Reuseport: the drain shuts the idle connections at once (master
-    // dispatch's first lets the shard take what the master sent).
-    let proxy = Proxy::start_with(
-        "proxy-overtakes-drain",
-        &simple(&[up.server()], "", ""),
-        &["--shards", "1", "--dispatch", "reuseport"],
-    );
-    let mut a = connect(proxy.addr());
-    let mut r = Reader::new(&a);
-    a.write_all(GET.as_bytes()).unwrap();
-    assert_eq!(r.next(false).text(), "served");
-    // The one shard stops for a second: the drain's word, then the next
-    // request, wait for it, and the drain, first, shuts the idle connection
-    // the request has come on.
-    let mut stall = connect(proxy.addr());
-    stall
-        .write_all(b"GET /__fault/stall/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    proxy.server.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
-    a.write_all(GET.as_bytes()).unwrap();
+    let (_proxy, _a, mut r) = overtake_a_drains_close("proxy-overtakes-drain", &up, &[]);
     let res = r.next(false);
     assert_eq!((res.status, res.text().as_str()), (200, "served"));
     assert_eq!(res.header("connection"), Some("close"));
     assert_eq!(up.requests().len(), 2);
+}
+
+/// Such a request is still cut at the drain's deadline, when its upstream
+/// has not answered by then: its watch for the client's end, which can no
+/// longer take an end of stream for one, sees the cut.
+#[test]
+fn a_request_that_overtook_a_drains_close_is_cut_at_its_deadline() {
+    let up = Upstream::start(|req| {
+        if req.target == "/first" {
+            Reply::ok("first")
+        } else {
+            Reply::slow(Duration::from_secs(30), "late")
+        }
+    });
+    let (mut proxy, _a, _r) =
+        overtake_a_drains_close("proxy-overtook-drain", &up, &["--drain-timeout", "1s"]);
+    up.wait_for_requests(2);
+    // At its deadline (1 s after the stall), not its upstream's answer.
+    let status = proxy.server.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
