@@ -414,15 +414,23 @@ fn a_name_with_two_key_types_gives_each_client_one_it_verifies() {
     }
 }
 
-#[test]
-fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
-    let dir = Scratch::new("tls-bad");
+/// A server in scratch directory `name` with one certificate, for
+/// `localhost`, and an access log: the directory, the certificate's CA,
+/// the log's path, the server and its HTTPS address.
+fn logged_site(name: &str) -> (Scratch, Ca, std::path::PathBuf, Server, SocketAddr) {
+    let dir = Scratch::new(name);
     let ca = Ca::new();
     install(&dir, "site", &ca.leaf(&["localhost"], 90));
     let log = dir.0.join("access.log");
     let logged = format!("\n[log]\naccess = \"{}\"", log.display());
     let file = config(&dir, &[("site.pem", "site.key", &[])], &logged);
     let (server, addr) = start(&file, &[]);
+    (dir, ca, log, server, addr)
+}
+
+#[test]
+fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
+    let (_dir, ca, log, server, addr) = logged_site("tls-bad");
     let mut keep = tls_connect(addr, "localhost", Some(&ca));
     let mut plain = connect(addr);
     plain.write_all(GET.as_bytes()).unwrap();
@@ -489,13 +497,7 @@ fn plain_http_and_garbage_on_the_tls_port_close_only_that_connection() {
 /// client's socket answered with a reset.
 #[test]
 fn a_plain_request_to_the_tls_port_is_logged_with_its_client_though_it_left() {
-    let dir = Scratch::new("tls-plain-left");
-    let ca = Ca::new();
-    install(&dir, "site", &ca.leaf(&["localhost"], 90));
-    let log = dir.0.join("access.log");
-    let logged = format!("\n[log]\naccess = \"{}\"", log.display());
-    let file = config(&dir, &[("site.pem", "site.key", &[])], &logged);
-    let (server, addr) = start(&file, &[]);
+    let (_dir, _ca, log, server, addr) = logged_site("tls-plain-left");
     for _ in 0..20 {
         connect(addr).write_all(GET.as_bytes()).unwrap();
     }
