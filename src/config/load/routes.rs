@@ -258,6 +258,33 @@ mod tests {
         }
     }
 
+    /// A 200 KB one passed `--check` and went out whole, a head curl
+    /// cuts short, where `headers` refuses the same.
+    #[test]
+    fn a_content_type_or_location_longer_than_a_head_is_an_error() {
+        let long = "a".repeat(9000);
+        let rule = "bytes: at most 8 KiB, as a route's headers in all (a head that large is refused by clients and servers alike)";
+        let respond =
+            format!("[[route]]\npath = \"/\"\nhandler = \"respond\"\ncontent-type = \"{long}\"\n");
+        assert_eq!(
+            errors(&respond),
+            [format!("t.toml:4: route[1].content-type: is 9000 {rule}")]
+        );
+        let redirect = format!(
+            "[[route]]\npath = \"/\"\nhandler = \"redirect\"\nlocation = \"https://example.com/{long}\"\n"
+        );
+        assert_eq!(
+            errors(&redirect)[0],
+            format!("t.toml:4: route[1].location: is 9020 {rule}")
+        );
+        // At the limit: taken.
+        let fits = "a".repeat(8 << 10);
+        assert!(errors(&format!(
+            "[[route]]\npath = \"/\"\nhandler = \"respond\"\ncontent-type = \"{fits}\"\n"
+        ))
+        .is_empty());
+    }
+
     #[test]
     fn a_routes_errors_come_in_file_order_with_missing_keys_last() {
         let errs = errors(

@@ -22,7 +22,7 @@ impl KindReader for Redirect {
     fn read(&mut self, w: &mut Walker<'_>, name: &str, f: &Field<'_>) {
         match name {
             "status" => self.status = w.status(f),
-            "location" => self.location = w.string(f),
+            "location" => self.location = w.head_value(f),
             _ => w.error(f, "unknown key".into()),
         }
     }

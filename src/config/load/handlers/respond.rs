@@ -25,7 +25,7 @@ impl KindReader for Respond {
         match name {
             "status" => self.status = w.status(f),
             "body" => self.body = w.string(f).unwrap_or_default(),
-            "content-type" => self.content_type = Some(w.string(f).unwrap_or_default()),
+            "content-type" => self.content_type = Some(w.head_value(f).unwrap_or_default()),
             _ => w.error(f, "unknown key".into()),
         }
     }
