@@ -1451,6 +1451,21 @@ fn a_socket_an_instance_destroys_on_purpose_is_a_502_soon() {
     assert_eq!(conn.get("/"), Ok((200, "alive".into())));
 }
 
+/// One instance of the Node app `code`, proxied at `/`, with 30 s to
+/// connect and `MARK`, a path that it creates for what it does once: the
+/// scratch directory that holds the path (kept while the app runs) and the
+/// server.
+fn marked_app(name: &str, code: &str) -> (Scratch, AppServer) {
+    let marks = Scratch::new(&format!("{name}-mark"));
+    let mark = marks.path("done");
+    let extra = format!("connect-timeout = \"30s\"\nenv = {{ MARK = \"{mark}\" }}");
+    let s = AppServer::start(
+        name,
+        &(app("web", &["node", "-e", code], 1, &extra) + &proxied("/", "web")),
+    );
+    (marks, s)
+}
+
 /// A request whose connection an instance drops without a word as it
 /// stops listening and exits (a crash on that request, its listener gone
 /// first) is tried once more on a new connection to it: refused, it
@@ -1460,13 +1475,7 @@ fn a_request_an_exiting_instance_drops_waits_for_its_successor() {
     if !have_node() {
         return;
     }
-    let marks = Scratch::new("apps-vanishing-mark");
-    let mark = marks.path("vanished");
-    let extra = format!("connect-timeout = \"30s\"\nenv = {{ MARK = \"{mark}\" }}");
-    let s = AppServer::start(
-        "apps-vanishing",
-        &(app("web", &["node", "-e", EXITING_APP], 1, &extra) + &proxied("/", "web")),
-    );
+    let (_marks, s) = marked_app("apps-vanishing", EXITING_APP);
     let first = s.ready_pids("web", 1)[0];
     let r = crate::util::get(
         s.server.addr,
@@ -1491,8 +1500,6 @@ fn a_pooled_request_to_an_instance_killed_under_it_waits_for_its_successor() {
     if !have_node() {
         return;
     }
-    let marks = Scratch::new("apps-killed-pooled-mark");
-    let mark = marks.path("killed");
     // `/crash`, once: every request from then on, on any connection, is
     // dropped, and the process ends 300 ms later, its listener open until
     // then (as a killed process's is while the kernel tears it down).
@@ -1510,11 +1517,7 @@ fn a_pooled_request_to_an_instance_killed_under_it_waits_for_its_successor() {
                   r.writeHead(200, { 'Content-Length': b.length });\
                   r.end(b);\
                 }).listen(+process.env.PORT, '127.0.0.1');";
-    let extra = format!("connect-timeout = \"30s\"\nenv = {{ MARK = \"{mark}\" }}");
-    let s = AppServer::start(
-        "apps-killed-pooled",
-        &(app("web", &["node", "-e", code], 1, &extra) + &proxied("/", "web")),
-    );
+    let (_marks, s) = marked_app("apps-killed-pooled", code);
     let first = s.ready_pids("web", 1)[0];
     // Leaves a connection to the instance in the shard's pool.
     assert_eq!(s.get("/").text(), first.to_string());
