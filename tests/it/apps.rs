@@ -842,6 +842,42 @@ fn a_second_stop_signal_kills_the_instances_at_once() {
     assert!(all_gone(&[pid], Duration::from_secs(2)), "{log}");
 }
 
+/// A wrapper that died of the stop's SIGTERM, its app not: the second stop
+/// signal kills what it started, said as such; the instance's own exit was
+/// the signal's (before, "killed at once" was followed by "stopped: signal:
+/// 15").
+#[test]
+fn a_second_stop_signal_says_what_it_killed_of_a_wrapped_app() {
+    let dir = Scratch::new("apps-second-signal-wrapper-script");
+    let script = dir.write("deaf.py", DEAF).display().to_string();
+    let start = format!("python3 {script}; true");
+    let toml = app("deaf", &["sh", "-c", &start], 1, "") + &proxied("/", "deaf");
+    let toml = toml.replace("stop-timeout = \"3s\"", "stop-timeout = \"2m\"");
+    let mut s = AppServer::start("apps-second-signal-wrapper", &toml);
+    let pid = s.ready_pids("deaf", 1)[0];
+    s.server.signal(libc::SIGTERM);
+    s.server.wait_for_log("stopping 1 app instance(s)");
+    // Past the moment in which a repeat is the same stop.
+    std::thread::sleep(Duration::from_millis(700));
+    s.server.signal(libc::SIGTERM);
+    s.server.wait(WAIT);
+    let log = s.server.log();
+    assert!(
+        log.contains(&format!(
+            "app deaf[0] (pid {pid}): what it started was still running; killed at once (a second stop signal)"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("app deaf[0] (pid {pid}) stopped: signal: 15")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("app deaf[0] (pid {pid}) killed at once")),
+        "{log}"
+    );
+}
+
 /// A stop signal sent twice at once (GNU `timeout`: to coreserve, then to
 /// its process group) is one stop, also once the shards are done and the
 /// apps stop: they get their stop signal and time, not a SIGKILL.

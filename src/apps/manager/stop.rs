@@ -1,5 +1,6 @@
 //! The end of every instance.
 
+use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ struct Going {
     kill_at: Instant,
     /// When it first got SIGKILL.
     killed: Option<Instant>,
+    /// Its first SIGKILL was a second stop signal's.
+    killed_at_once: bool,
     who: String,
 }
 
@@ -139,6 +142,7 @@ impl Manager {
                 process: l.inst.process,
                 kill_at,
                 killed: None,
+                killed_at_once: false,
             });
         }
         let mut at_once = false;
@@ -159,14 +163,18 @@ impl Manager {
             });
             for g in left.iter_mut().filter(|g| g.kill_at <= now) {
                 let (name, pid) = (&g.who, g.process.pid);
-                if at_once {
-                    warn!("{name} (pid {pid}) killed at once (a second stop signal)");
-                } else if g.killed.is_none() && !g.process.ended() {
+                // At once, the process itself is said to be killed at its
+                // exit: one already dying of its SIGTERM ends by that, not
+                // by the SIGKILL (its exit said "signal 15" after "killed").
+                if at_once && g.killed.is_none() && g.process.ended() {
+                    warn!("{name} (pid {pid}): what it started was still running; killed at once (a second stop signal)");
+                } else if !at_once && g.killed.is_none() && !g.process.ended() {
                     // (A wrapper that ended at once, its app not: the
                     // wait names that.)
                     warn!("{name} (pid {pid}) did not stop in time; killed");
                 }
                 g.process.kill();
+                g.killed_at_once |= at_once && g.killed.is_none();
                 g.killed.get_or_insert(now);
                 g.kill_at = now + KILL_AGAIN;
             }
@@ -179,7 +187,14 @@ impl Manager {
                         let g = left.swap_remove(pos);
                         let pid = g.process.pid;
                         self.board.remove(pid);
-                        info!("{} (pid {pid}) stopped: {status}", g.who);
+                        if g.killed_at_once && status.signal() == Some(libc::SIGKILL) {
+                            warn!(
+                                "{} (pid {pid}) killed at once (a second stop signal)",
+                                g.who
+                            );
+                        } else {
+                            info!("{} (pid {pid}) stopped: {status}", g.who);
+                        }
                     }
                 }
                 Ok(Msg::Stop(done)) => {
