@@ -141,6 +141,18 @@ fn parse_duration(s: &str) -> Result<Duration, units::UnitError> {
     units::parse_duration(s)
 }
 
+/// `status --interval`: a rate needs time between its two reads (0 gave
+/// the rates of a few microseconds).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match units::parse_duration(s) {
+        Ok(d) if d.is_zero() => {
+            Err("must be more than 0 (the time between the two reads a rate is taken from)".into())
+        }
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Commands besides serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
@@ -151,7 +163,7 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
         /// Time between the two reads that give requests/s.
-        #[arg(long, value_name = "DURATION", default_value = "1s", allow_hyphen_values = true, value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", allow_hyphen_values = true, value_parser = parse_interval)]
         interval: Duration,
     },
 }
@@ -234,6 +246,7 @@ pub fn parse_or_exit() -> Cli {
 }
 
 /// Why the command line was refused.
+#[derive(Debug)]
 enum Refused {
     /// clap's own error (or help and version, which it prints).
     Clap(clap::Error),
@@ -634,6 +647,14 @@ mod tests {
         );
         assert!(refused(&["--shards", "2", "status", "--interval", "2s"]).starts_with("--shards: "));
         assert!(refused(&["--max-body-bytes", "1m", "status"]).starts_with("--max-body-bytes: "));
+        // (A rate over no time at all.)
+        for zero in ["0", "0s", "0ms"] {
+            let e = parse_from(["coreserve", "status", "--interval", zero]).unwrap_err();
+            assert!(
+                matches!(&e, Refused::Clap(c) if c.to_string().contains("must be more than 0")),
+                "{zero}: {e:?}"
+            );
+        }
         for args in [
             &["status"][..],
             &["--config", "a.toml", "status"],
