@@ -149,9 +149,12 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
     for e in &mut errors {
         config.locate(e);
     }
-    if let (Some(file), false) = (&config.source, config.has_own_routes()) {
+    let refused_as_such = OWN_ROUTES_SERVED.load(Ordering::Relaxed);
+    if let (Some(file), false, false) = (&config.source, config.has_own_routes(), refused_as_such) {
         // Valid (every default), but an empty or cut-short file is the
-        // likelier cause than a wish for Hello World on every path.
+        // likelier cause than a wish for Hello World on every path. (A
+        // reload's, while routes of a file are served, is refused with an
+        // error that says so: not a warning first.)
         log::warn!(
             "{}: no [[route]]: every request gets the built-in Hello World response",
             file.display()
@@ -205,6 +208,17 @@ static LISTENERS_BOUND: AtomicBool = AtomicBool::new(false);
 /// whether their addresses are this machine's.
 pub fn listeners_bound() {
     LISTENERS_BOUND.store(true, Ordering::Relaxed);
+}
+
+/// Set while the routes served are a file's own (not the built-in Hello
+/// World): a reload's file without any is then refused by the supervisor,
+/// and `preflight` does not warn of it first.
+static OWN_ROUTES_SERVED: AtomicBool = AtomicBool::new(false);
+
+/// Say whether the routes now served are the file's own (at start-up and
+/// at each reload applied).
+pub fn own_routes_served(yes: bool) {
+    OWN_ROUTES_SERVED.store(yes, Ordering::Relaxed);
 }
 
 /// Why `addr` cannot be listened on, if its IP is no address of this

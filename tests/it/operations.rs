@@ -51,7 +51,10 @@ fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
         ),
     );
     server.signal(libc::SIGHUP);
-    server.wait_for_log("server.shards changed; that takes a restart");
+    server.wait_for_log(&format!(
+        "SIGHUP: {}:3: server.shards: changed; that takes a restart",
+        conf.display()
+    ));
     assert!(!server.log().contains("server.listen changed"));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(body(), "three");
@@ -89,6 +92,12 @@ fn an_emptied_file_is_refused_as_such_whatever_it_listened_on() {
         "{log}"
     );
     assert!(!log.contains("adds 0.0.0.0:3000"), "{log}");
+    // Said once, as the refusal: not a warning that every request gets
+    // Hello World first (which it does not).
+    assert!(
+        !log.contains("every request gets the built-in Hello World"),
+        "{log}"
+    );
     assert_eq!(
         get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
         "one"

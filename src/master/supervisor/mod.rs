@@ -744,8 +744,15 @@ impl<W: World> Supervisor<W> {
         // apply without it, so the whole reload waits for the restart.
         let added = added_listeners(&self.config, &new);
         if !added.is_empty() {
-            for (key, addr) in &added {
-                error!("SIGHUP: {key} adds {addr}, which takes a restart (a reload opens no listening socket)");
+            for (key, addr) in added {
+                let mut e = ConfigError::new(
+                    key,
+                    format!(
+                        "adds {addr}, which takes a restart (a reload opens no listening socket)"
+                    ),
+                );
+                new.locate(&mut e);
+                error!("SIGHUP: {e}");
             }
             error!("SIGHUP: the reload is refused, so that nothing written for the new address applies without it; still serving the previous one (restart coreserve to apply it)");
             self.refused();
@@ -761,7 +768,12 @@ impl<W: World> Supervisor<W> {
             })
             .map_or(running, |plan| plan.len());
         for key in needs_restart(&self.config, &new, running, wanted, allowed.as_deref()) {
-            warn!("SIGHUP: {key} changed; that takes a restart, the running value stays");
+            let mut e = ConfigError::new(
+                key,
+                "changed; that takes a restart, the running value stays",
+            );
+            new.locate(&mut e);
+            warn!("SIGHUP: {e}");
         }
         if new.tls.listen.is_empty() && !self.config.tls.listen.is_empty() {
             // Its HTTPS listeners stay bound until a restart: without
@@ -849,6 +861,7 @@ impl<W: World> Supervisor<W> {
         let reached = self.broadcast(|| Control::Reload(update.clone(), seq));
         self.sent = Some(update);
         self.config.limits = new.limits;
+        crate::config::own_routes_served(new.has_own_routes());
         self.config.routes = new.routes;
         self.config.proxy_protocol = new.proxy_protocol;
         self.config.upstreams = upstreams;

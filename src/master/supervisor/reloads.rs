@@ -45,19 +45,22 @@ impl Reloads {
     }
 }
 
-/// Listening addresses `new` has that `old` has not, with the key that
-/// names them: a reload cannot open them.
-pub(super) fn added_listeners(old: &Config, new: &Config) -> Vec<(&'static str, SocketAddr)> {
-    let plain = new.listen.iter().filter(|a| !old.listen.contains(a));
-    let tls = new
-        .tls
-        .listen
-        .iter()
-        .filter(|a| !old.tls.listen.contains(a));
-    plain
-        .map(|a| ("server.listen", *a))
-        .chain(tls.map(|a| ("tls.listen", *a)))
-        .collect()
+/// Listening addresses `new` has that `old` has not, with the key of the
+/// element that names each (`server.listen[1]`, which `Config::locate`
+/// finds the line of): a reload cannot open them.
+pub(super) fn added_listeners(old: &Config, new: &Config) -> Vec<(String, SocketAddr)> {
+    let added = |key: &str, listed: &[SocketAddr], before: &[SocketAddr]| {
+        let key = key.to_string();
+        listed
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !before.contains(a))
+            .map(move |(i, a)| (format!("{key}[{i}]"), *a))
+            .collect::<Vec<_>>()
+    };
+    let mut all = added("server.listen", &new.listen, &old.listen);
+    all.extend(added("tls.listen", &new.tls.listen, &old.tls.listen));
+    all
 }
 
 /// Settings a running server cannot change, named by key, that differ
@@ -124,9 +127,13 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         new.tls.listen.push(a);
         new.listen.push(b);
+        let at = new.listen.len() - 1;
         assert_eq!(
             added_listeners(&old, &new),
-            [("server.listen", b), ("tls.listen", a)]
+            [
+                (format!("server.listen[{at}]"), b),
+                ("tls.listen[0]".into(), a)
+            ]
         );
         // Removed ones are not added ones.
         assert!(added_listeners(&new, &old).is_empty());
