@@ -378,18 +378,35 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
                 n + 2
             ));
         } else {
-            // A certificate of the file issued another one that it does
-            // not directly follow: the right ones, out of order.
-            let misplaced = chain.iter().enumerate().any(|(i, a)| {
-                chain
+            // The right certificates out of order: its issuer further on,
+            // or the first one the issuer of another (not the server's).
+            let issuer_later = chain[n + 2..]
+                .iter()
+                .any(|b| same_name(cert.issuer(), b.subject()));
+            let first = &chain[0];
+            let first_issued = !same_name(first.issuer(), first.subject())
+                && chain[1..]
                     .iter()
-                    .enumerate()
-                    .any(|(j, b)| i != j && j != i + 1 && same_name(a.issuer(), b.subject()))
+                    .any(|b| same_name(b.issuer(), first.subject()));
+            // Or one that has no place in it (another site's certificate
+            // appended, one after a root): it and those after it issued
+            // none of those before (another site's may have been issued by
+            // one of them: that is no reason to move it).
+            let stray = !chain[n + 1..].iter().any(|b| {
+                chain[..=n]
+                    .iter()
+                    .any(|a| same_name(a.issuer(), b.subject()))
             });
-            let hint = if misplaced {
-                "the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"
+            let hint = if issuer_later || first_issued {
+                "the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on".to_string()
+            } else if stray {
+                format!(
+                    "certificate {} issued none of the certificates before it, so it is not part of this chain: remove it (and what follows), or put the one that issued certificate {} in its place",
+                    n + 2,
+                    n + 1
+                )
             } else {
-                "the certificate that issued it must come next"
+                "the certificate that issued it must come next".to_string()
             };
             return Err(format!(
                 "certificate {} (issued by {}) is followed by certificate {} ({}); {hint}",
@@ -974,9 +991,59 @@ mod tests {
         assert!(
             errs[0]
                 .rule
-                .contains("the certificate that issued it must come next"),
+                .contains("certificate 2 issued none of the certificates before it, so it is not part of this chain: remove it (and what follows), or put the one that issued certificate 1 in its place"),
             "{errs:?}"
         );
+    }
+
+    /// A whole chain with another site's certificate after it (issued by
+    /// the same intermediate) was said to be "in the wrong order"; so is
+    /// one after a root. Neither is: the certificate does not belong.
+    #[test]
+    fn a_certificate_that_does_not_belong_is_named_as_such() {
+        let d = Dir::new("stray");
+        let (leaf, mid, root, key) = chain(&["a.example"], (2030, 1, 10));
+        let (other_leaf, _, _, _) = chain(&["b.example"], (2030, 1, 10));
+        for (file, text, stray) in [
+            ("other-site.pem", leaf.clone() + &mid + &other_leaf, 3),
+            (
+                "after-root.pem",
+                leaf.clone() + &mid + &root + &other_leaf,
+                4,
+            ),
+        ] {
+            let c = config(vec![CertificateConfig {
+                chain: d.write(file, &text),
+                key: d.write("key.pem", &key),
+                names: vec![],
+            }]);
+            let errs = load_certificates(&c, at(2029, 1, 1)).errors;
+            assert_eq!(errs.len(), 1, "{file}: {errs:?}");
+            assert!(
+                errs[0].rule.ends_with(&format!(
+                    "certificate {stray} issued none of the certificates before it, so it is not part of this chain: remove it (and what follows), or put the one that issued certificate {} in its place",
+                    stray - 1
+                )),
+                "{file}: {errs:?}"
+            );
+        }
+        // Out of order is still said as such: the leaf after its issuer,
+        // the issuer after the root.
+        for (file, text) in [
+            ("reversed.pem", mid.clone() + &leaf),
+            ("root-first.pem", leaf.clone() + &root + &mid),
+        ] {
+            let c = config(vec![CertificateConfig {
+                chain: d.write(file, &text),
+                key: d.write("key.pem", &key),
+                names: vec![],
+            }]);
+            let errs = load_certificates(&c, at(2029, 1, 1)).errors;
+            assert!(
+                errs[0].rule.ends_with("the chain is in the wrong order: put the server's certificate first, then the one that issued it, and so on"),
+                "{file}: {errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -104,13 +104,13 @@ impl Walker<'_> {
         for f in self.fields(t, &prefix) {
             match &f.key[prefix.len() + 1..] {
                 "chain" => {
-                    if let Some(p) = self.string(&f) {
+                    if let Some(p) = self.non_empty_string(&f) {
                         cert.chain = self.relative_to_file(&p);
                         chain = true;
                     }
                 }
                 "key" => {
-                    if let Some(p) = self.string(&f) {
+                    if let Some(p) = self.non_empty_string(&f) {
                         cert.key = self.relative_to_file(&p);
                         key = true;
                     }
@@ -217,6 +217,17 @@ names = ["Example.COM.", "*.example.com"]
                 "conf/t.toml:4: tls.ciphers: unknown key (it takes listen, protocols, session-tickets, hsts, [[tls.certificate]])",
                 "conf/t.toml:8: tls.certificate[1].sni: unknown key (it takes chain, key, names)",
                 "conf/t.toml:6: tls.certificate[1].key: is required (a PEM file: the private key)",
+            ]
+        );
+        // Empty, as `root = ""`: not the file's own directory, read as a
+        // file ("Is a directory").
+        assert_eq!(
+            errors(
+                "[tls]\nlisten = \"127.0.0.1:8443\"\n\n[[tls.certificate]]\nchain = \"\"\nkey = \" \"\n"
+            ),
+            [
+                "conf/t.toml:5: tls.certificate[1].chain: must not be empty",
+                "conf/t.toml:6: tls.certificate[1].key: must not be empty",
             ]
         );
     }
