@@ -81,12 +81,19 @@ fn run(cli: Cli) -> ExitCode {
             if check {
                 flush_log();
             }
-            for e in &errors {
+            let say = |line: &dyn std::fmt::Display| {
                 if check {
-                    coreserve::systemd::print_error(e);
+                    coreserve::systemd::print_error(line);
                 } else {
-                    log::error!("{e}");
+                    log::error!("{line}");
                 }
+            };
+            let (shown, more) = coreserve::config::shown_errors(&errors);
+            for e in shown {
+                say(e);
+            }
+            if let Some(more) = &more {
+                say(more);
             }
             if !check {
                 log::error!("configuration has {} error(s); not starting", errors.len());

@@ -493,6 +493,26 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// How many of a file's errors are shown: a file written in the wrong
+/// format (a YAML file, a PM2 ecosystem file pasted whole) breaks a rule on
+/// every line, and hundreds of lines bury the first, which is the one to
+/// fix.
+pub const SHOWN_ERRORS: usize = 50;
+
+/// The errors to show of `errors`, and a line saying how many were left
+/// out when there are more than `SHOWN_ERRORS`.
+pub fn shown_errors(errors: &[ConfigError]) -> (&[ConfigError], Option<String>) {
+    match errors.len().checked_sub(SHOWN_ERRORS) {
+        Some(more) if more > 0 => (
+            &errors[..SHOWN_ERRORS],
+            Some(format!(
+                "… and {more} more error(s), not shown: fix those above first"
+            )),
+        ),
+        _ => (errors, None),
+    }
+}
+
 /// Write `text` with its control characters escaped, at most `most` of
 /// its characters, then `… (N more bytes)` for the rest.
 fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str, most: usize) -> fmt::Result {

@@ -698,6 +698,49 @@ fn a_route_that_shadows_the_https_redirect_is_warned_of() {
     assert_eq!(r.status, 301);
 }
 
+/// A file that breaks a rule on every line (the wrong format pasted whole)
+/// shows its first 50 errors and how many more there are, at `--check` as
+/// at a start; before, every one of them, the first buried.
+#[test]
+fn a_file_with_hundreds_of_errors_shows_the_first_fifty() {
+    let text: String = (0..300).map(|i| format!("bogus{i} = 1\n")).collect();
+    let dir = Scratch::new("many-errors");
+    let file = dir
+        .write("c.toml", text + crate::apps::OK_ROUTE)
+        .display()
+        .to_string();
+    let out = command()
+        .args(["--check", "--config", &file])
+        .output()
+        .unwrap();
+    let err: Vec<_> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(out.status.code(), Some(2), "{err:?}");
+    assert_eq!(err.len(), 51, "{err:?}");
+    assert!(
+        err[0].starts_with(&format!("{file}:1: bogus0: unknown key")),
+        "{err:?}"
+    );
+    assert_eq!(
+        err[50],
+        "… and 250 more error(s), not shown: fix those above first"
+    );
+    // Started, it says the same, then that it is not starting.
+    let out = command()
+        .args(["--config", &file, "--port", "0"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("… and 250 more error(s), not shown"), "{log}");
+    assert!(
+        log.contains("configuration has 300 error(s); not starting"),
+        "{log}"
+    );
+}
+
 /// A file without a route is valid (every request gets the built-in Hello
 /// World), but more likely emptied or cut short than meant: `--check` says
 /// so, and passes.

@@ -715,8 +715,12 @@ impl<W: World> Supervisor<W> {
         let mut new = match loaded {
             Ok(new) => new,
             Err(errors) => {
-                for e in &errors {
+                let (shown, more) = crate::config::shown_errors(&errors);
+                for e in shown {
                     error!("SIGHUP: {e}");
+                }
+                if let Some(more) = more {
+                    error!("SIGHUP: {more}");
                 }
                 error!(
                     "SIGHUP: the configuration has {} error(s); still serving the previous one",
