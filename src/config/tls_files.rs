@@ -384,10 +384,9 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
                 .iter()
                 .any(|b| same_name(cert.issuer(), b.subject()));
             let first = &chain[0];
-            let first_issued = !same_name(first.issuer(), first.subject())
-                && chain[1..]
-                    .iter()
-                    .any(|b| same_name(b.issuer(), first.subject()));
+            let first_issued = chain[1..]
+                .iter()
+                .any(|b| same_name(b.issuer(), first.subject()));
             // Or one that has no place in it (another site's certificate
             // appended, one after a root): it and those after it issued
             // none of those before (another site's may have been issued by
@@ -1027,10 +1026,11 @@ mod tests {
                 "{file}: {errs:?}"
             );
         }
-        // Out of order is still said as such: the leaf after its issuer,
-        // the issuer after the root.
+        // Out of order is still said as such: the leaf after its issuer
+        // (or after the root), the issuer after the root.
         for (file, text) in [
             ("reversed.pem", mid.clone() + &leaf),
+            ("root-then-leaf.pem", root.clone() + &mid + &leaf),
             ("root-first.pem", leaf.clone() + &root + &mid),
         ] {
             let c = config(vec![CertificateConfig {
