@@ -53,11 +53,12 @@ pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// Why a static route's `fallback` cannot be served from `root`, if it
-/// cannot: it must be a file there now (one deleted later is a 404).
+/// cannot: it must be a file there now (one deleted later is a 404) that
+/// this user may read (else every path it stands for is a 403).
 fn not_a_file(root: &Path, fallback: &str) -> Option<String> {
     let file = root.join(fallback);
     match std::fs::metadata(&file) {
-        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_file() => unusable(&file, libc::R_OK),
         Ok(_) => Some(format!("{} is not a file", file.display())),
         Err(e) => Some(format!("cannot use {}: {e}", file.display())),
     }
@@ -86,7 +87,7 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
                     } else {
                         libc::X_OK
                     };
-                    if let Some(fault) = unusable_dir(&s.root, needs) {
+                    if let Some(fault) = unusable(&s.root, needs) {
                         errors.push(ConfigError::new(key.clone(), fault));
                     }
                     // One validation refused (`..`, a hidden name) is not
@@ -355,7 +356,7 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
     let mut cwd_usable = true;
     if let Some(cwd) = &a.cwd {
         let why = match std::fs::metadata(cwd) {
-            Ok(m) if m.is_dir() => unusable_dir(cwd, libc::X_OK),
+            Ok(m) if m.is_dir() => unusable(cwd, libc::X_OK),
             Ok(_) => Some(format!("{} is not a directory", cwd.display())),
             Err(e) => Some(format!("cannot use {}: {e}", cwd.display())),
         };
@@ -520,13 +521,14 @@ fn may(path: &OsStr, mode: libc::c_int) -> bool {
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
-/// Why this process cannot use directory `dir` as `needs` says (list it
-/// and open what is in it, or only enter it), if it cannot: the check
-/// that passed a directory of mode 000, whose every request then failed.
-fn unusable_dir(dir: &Path, mode: libc::c_int) -> Option<String> {
-    (!may(dir.as_os_str(), mode)).then(|| {
+/// Why this process cannot use `path` as `mode` says (a directory: list
+/// it and open what is in it, or only enter it; a file: read it), if it
+/// cannot: the check that passed a directory of mode 000, whose every
+/// request then failed.
+fn unusable(path: &Path, mode: libc::c_int) -> Option<String> {
+    (!may(path.as_os_str(), mode)).then(|| {
         let err = io::Error::last_os_error();
-        format!("cannot use {}: {err}", dir.display())
+        format!("cannot use {}: {err}", path.display())
     })
 }
 

@@ -1037,8 +1037,10 @@ fn a_unix_socket_path_is_measured_whole_however_the_file_is_named() {
 
 /// What the user coreserve runs as cannot open is a --check error, not a
 /// server that starts and then answers every file with 403 or cannot
-/// start its app: a static root or an app's cwd of mode 000 (checked as
-/// `nobody` when the test runs as root, who may open anything).
+/// start its app: a static root or an app's cwd of mode 000, a
+/// single-page app's fallback it may not read (every path it stands for
+/// was a 403) (checked as `nobody` when the test runs as root, who may
+/// open anything).
 #[test]
 fn a_directory_the_server_may_not_open_is_a_check_error() {
     use std::os::unix::fs::PermissionsExt;
@@ -1046,10 +1048,13 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
     dir.write("www/index.html", "hi");
     dir.write("locked/.keep", "");
     dir.write("entered/index.html", "hi");
+    let unread = dir.write("spa/app.html", "<html>");
+    std::fs::set_permissions(&unread, std::fs::Permissions::from_mode(0o000)).unwrap();
     let conf = dir.write(
         "site.toml",
         "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"www\"\n\n\
          [[route]]\npath = \"/e/\"\nhandler = \"static\"\nroot = \"entered\"\n\n\
+         [[route]]\npath = \"/spa/\"\nhandler = \"static\"\nroot = \"spa\"\nfallback = \"/app.html\"\n\n\
          [[app]]\nname = \"web\"\ncommand = [\"true\"]\ncwd = \"locked\"\n",
     );
     for d in ["www", "locked"] {
@@ -1080,7 +1085,11 @@ fn a_directory_the_server_may_not_open_is_a_check_error() {
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    for (key, d) in [("route[1].root", "www"), ("app[1].cwd", "locked")] {
+    for (key, d) in [
+        ("route[1].root", "www"),
+        ("app[1].cwd", "locked"),
+        ("route[3].fallback", "spa/app.html"),
+    ] {
         let line = format!(
             "{key}: cannot use {}: Permission denied (os error 13)",
             dir.path(d)
