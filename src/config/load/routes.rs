@@ -277,6 +277,20 @@ mod tests {
             errors(&redirect)[0],
             format!("t.toml:4: route[1].location: is 9020 {rule}")
         );
+        // A static route's Cache-Control and HSTS too (probe C: 200 KB
+        // ones passed, and curl could read no response).
+        let cache = format!(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \"/srv\"\ncache-control = \"max-age=60, {long}\"\n"
+        );
+        assert_eq!(
+            errors(&cache),
+            [format!("t.toml:5: route[1].cache-control: is 9012 {rule}")]
+        );
+        let hsts = format!("[tls]\nhsts = \"max-age=60; {long}\"\n");
+        assert_eq!(
+            errors(&hsts),
+            [format!("t.toml:2: tls.hsts: is 9012 {rule}")]
+        );
         // At the limit: taken.
         let fits = "a".repeat(8 << 10);
         assert!(errors(&format!(

@@ -37,7 +37,7 @@ impl Walker<'_> {
                 }
                 "tls.hsts" => match f.item.as_value() {
                     Some(Value::Boolean(b)) if !*b.value() => self.config.tls.hsts = None,
-                    _ => self.config.tls.hsts = self.string(&f),
+                    _ => self.config.tls.hsts = self.head_value(&f),
                 },
                 other => {
                     let name = &other["tls.".len()..];

@@ -38,11 +38,22 @@ pub(super) enum Sent {
 
 impl Walker<'_> {
     /// A string written into a response head as one field's value (a
-    /// respond route's `content-type`, a redirect's `location`): at most
-    /// `MAX_HEADER_BLOCK` bytes, as a route's `headers` in all. A 200 KB
-    /// one passed `--check` and went out whole, past what clients read.
+    /// respond route's `content-type`, a redirect's `location`, a static
+    /// route's `cache-control`, `tls.hsts`): at most `MAX_HEADER_BLOCK`
+    /// bytes, as a route's `headers` in all. A 200 KB one passed `--check`
+    /// and went out whole, past what clients read.
     pub(super) fn head_value(&mut self, f: &Field) -> Option<String> {
         let value = self.string(f)?;
+        self.head_sized(f, value)
+    }
+
+    /// `head_value` for a value that must not be empty either.
+    pub(super) fn non_empty_head_value(&mut self, f: &Field) -> Option<String> {
+        let value = self.non_empty_string(f)?;
+        self.head_sized(f, value)
+    }
+
+    fn head_sized(&mut self, f: &Field, value: String) -> Option<String> {
         if value.len() > MAX_HEADER_BLOCK {
             let rule = format!(
                 "is {} bytes: at most {} KiB, as a route's headers in all (a head that large is refused by clients and servers alike)",

@@ -62,7 +62,7 @@ impl KindReader for Static {
             "follow-symlinks" => c.follow_symlinks = w.flag(f).unwrap_or(false),
             "dotfiles" => c.dotfiles = w.flag(f).unwrap_or(false),
             "precompressed" => c.precompressed = w.flag(f).unwrap_or(false),
-            "cache-control" => c.cache_control = w.non_empty_string(f),
+            "cache-control" => c.cache_control = w.non_empty_head_value(f),
             // `/index.html`, as nginx's `try_files` names it, or `index.html`.
             "fallback" => c.fallback = w.string(f).map(|p| p.trim_start_matches('/').into()),
             "cache-valid" => {
