@@ -203,11 +203,13 @@ pub fn stderr_is_journal() -> bool {
 /// `journalctl -p err` shows why a `systemctl reload` was refused, beside
 /// the same command's warnings (`<4>`, through the log).
 pub fn print_error(line: &dyn std::fmt::Display) {
-    if stderr_is_journal() {
-        eprintln!("<3>{line}");
-    } else {
-        eprintln!("{line}");
-    }
+    use std::io::Write;
+    // Made whole first, then written at once: stderr is unbuffered, and a
+    // line formatted piece by piece went out a character per write(2),
+    // which another writer to the same stderr could cut into.
+    let prefix = if stderr_is_journal() { "<3>" } else { "" };
+    let whole = format!("{prefix}{line}\n");
+    let _ = std::io::stderr().lock().write_all(whole.as_bytes());
 }
 
 /// `JOURNAL_STREAM`'s device and inode, decimal, `:` between them.
