@@ -48,6 +48,93 @@ pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The most bytes one argument or environment string may have for
+/// execve(2), its NUL included (Linux's `MAX_ARG_STRLEN`, 32 pages).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Room for what the spawn adds to an instance's environment (its address,
+/// `CORESERVE_APP`, `CORESERVE_INSTANCE`, `NODE_APP_INSTANCE`, `PWD`).
+const SPAWN_ADDS: usize = 4096;
+
+/// What of an app's command and environment execve(2) would refuse with
+/// E2BIG ("Argument list too long": the instance could never start, and a
+/// reload retried it for ever), each said with its key (`command`,
+/// `env.NAME`, `listen-env`) to `fault`: a string over `MAX_ARG_STRLEN`,
+/// or all of them, with coreserve's own environment, which the instance
+/// inherits, over the system's `ARG_MAX`.
+fn exec_limits(a: &AppConfig, fault: &mut dyn FnMut(String, String)) {
+    let most = MAX_ARG_STRLEN - 1;
+    for (n, arg) in a.command.iter().enumerate() {
+        if arg.len() > most {
+            let what = if n == 0 { "the program" } else { "an argument" };
+            fault(
+                "command".into(),
+                format!(
+                    "{what} ({}) is {} bytes: execve(2) takes at most {most} bytes per argument",
+                    n + 1,
+                    arg.len()
+                ),
+            );
+        }
+    }
+    for (name, value) in &a.env {
+        let len = name.len() + 1 + value.len();
+        if len > most {
+            fault(
+                format!("env.{name}"),
+                format!("is {len} bytes with its name: execve(2) takes at most {most} bytes per variable"),
+            );
+        }
+    }
+    if a.listen_env.len() > most / 2 {
+        fault(
+            "listen-env".into(),
+            format!("is {} bytes: a variable's name this long leaves no room for its value in execve(2)'s {most} bytes", a.listen_env.len()),
+        );
+    }
+    // Each string with its NUL and its pointer.
+    let size = |len: usize| len + 1 + std::mem::size_of::<usize>();
+    let own: usize = a.command.iter().map(|s| size(s.len())).sum::<usize>()
+        + a.env
+            .iter()
+            .map(|(k, v)| size(k.len() + 1 + v.len()))
+            .sum::<usize>();
+    let inherited: usize = std::env::vars_os()
+        .map(|(k, v)| size(k.len() + 1 + v.len()))
+        .sum();
+    let arg_max = exec_room();
+    {
+        let total = own + inherited + SPAWN_ADDS + a.listen_env.len();
+        if total > arg_max {
+            let key = if a.env.is_empty() { "command" } else { "env" };
+            fault(
+                key.into(),
+                format!(
+                    "the command and environment come to about {total} bytes with coreserve's own environment ({inherited} bytes), which an instance inherits: execve(2) takes at most {arg_max} in all (a quarter of the stack's limit, at most 6 MiB)"
+                ),
+            );
+        }
+    }
+}
+
+/// What execve(2) takes in all, arguments and environment with their
+/// pointers, as Linux reckons it: a quarter of the stack's limit, at most
+/// three quarters of 8 MiB and at least 32 pages (`ARG_MAX` of old).
+fn exec_room() -> usize {
+    let mut stack = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) fills the struct we pass.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut stack) } == 0;
+    let quarter = if known {
+        usize::try_from(stack.rlim_cur / 4).unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    quarter.clamp(MAX_ARG_STRLEN, (8 << 20) / 4 * 3)
+}
+
 /// Where a program without a slash is looked for when `PATH` is not set:
 /// what execvp(3) searches then (glibc's `confstr(_CS_PATH)`).
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
@@ -365,6 +452,7 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError::new(key("cwd"), why));
         }
     }
+    exec_limits(a, &mut |k, why| errors.push(ConfigError::new(key(&k), why)));
     let Some(program) = a.command.first().filter(|p| !p.is_empty()) else {
         return;
     };
@@ -614,6 +702,50 @@ mod tests {
             handler: HandlerConfig::Static(StaticConfig::new(root.into())),
             ..RouteConfig::hello_world()
         }
+    }
+
+    /// Probe C: a 140 KB variable passed `--check`, then start-up failed
+    /// with "Argument list too long" and no file or line, and a reload
+    /// retried the instance for ever.
+    #[test]
+    fn what_execve_would_refuse_is_said_with_its_key() {
+        let faults = |a: &AppConfig| {
+            let mut said = Vec::new();
+            exec_limits(a, &mut |k, why| said.push(format!("{k}: {why}")));
+            said
+        };
+        let mut a = AppConfig::new("web", vec!["node".into(), "server.js".into()]);
+        a.env = vec![("NODE_ENV".into(), "production".into())];
+        assert!(faults(&a).is_empty());
+        let big = "x".repeat(140_000);
+        a.command.push(big.clone());
+        a.env.push(("BIG".into(), big.clone()));
+        assert_eq!(
+            faults(&a),
+            [
+                "command: an argument (3) is 140000 bytes: execve(2) takes at most 131071 bytes per argument",
+                "env.BIG: is 140004 bytes with its name: execve(2) takes at most 131071 bytes per variable",
+            ]
+        );
+        // At the limit, with its name and `=`: taken.
+        let mut a = AppConfig::new("web", vec!["node".into()]);
+        a.env = vec![("A".into(), "x".repeat(MAX_ARG_STRLEN - 3))];
+        assert!(faults(&a).is_empty());
+        a.listen_env = "P".repeat(70_000);
+        assert!(faults(&a)[0].starts_with("listen-env: is 70000 bytes"));
+        // Many that fit one by one, past what execve(2) takes in all.
+        let room = exec_room();
+        let mut a = AppConfig::new("web", vec!["node".into()]);
+        a.env = (0..=room / 100_000)
+            .map(|i| (format!("V{i}"), "x".repeat(100_000)))
+            .collect();
+        let said = faults(&a);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("env: the command and environment come to about ")
+                && said[0].ends_with(&format!("execve(2) takes at most {room} in all (a quarter of the stack's limit, at most 6 MiB)")),
+            "{said:?}"
+        );
     }
 
     #[test]
