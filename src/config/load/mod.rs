@@ -499,6 +499,9 @@ fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     let limit = if name.len() <= 4 { 1 } else { 2 };
     known
         .iter()
+        // Lengths further apart than the limit are more edits apart: a
+        // made-up 1 MB key built a 1 MB by N table for each known one.
+        .filter(|k| name.len().abs_diff(k.len()) <= limit)
         .map(|k| (edits(&name, k), *k))
         .filter(|&(d, _)| d <= limit)
         .min_by_key(|&(d, _)| d)
