@@ -157,14 +157,12 @@ impl TlsConfig {
     pub(super) fn validate(&self, plain: &[SocketAddr], errors: &mut Vec<ConfigError>) {
         let mut err = |key: &str, rule: String| errors.push(ConfigError::new(key, rule));
         for (i, a) in self.listen.iter().enumerate() {
+            let at = super::element_key("tls.listen", i);
             if let Some(b) = plain.iter().find(|b| clash(a, b)) {
                 let rule = clash_message(a, b, "server.listen");
-                err(
-                    "tls.listen",
-                    format!("{rule}: a port is plain HTTP or HTTPS"),
-                );
+                err(&at, format!("{rule}: a port is plain HTTP or HTTPS"));
             } else if let Some(b) = self.listen[..i].iter().find(|b| clash(a, b)) {
-                err("tls.listen", clash_message(a, b, "listed"));
+                err(&at, clash_message(a, b, "listed"));
             }
         }
         if !self.listen.is_empty() && self.certificates.is_empty() {
@@ -297,7 +295,8 @@ mod tests {
         assert_eq!(
             rules(&t, &["0.0.0.0:80"]),
             [
-                "tls.listen: 0.0.0.0:80 is also a server.listen address: a port is plain HTTP or HTTPS",
+                // (Its element: `Config::locate` gives it the line.)
+                "tls.listen[0]: 0.0.0.0:80 is also a server.listen address: a port is plain HTTP or HTTPS",
                 "tls.listen: HTTPS needs a certificate: add a [[tls.certificate]] with chain and key",
             ]
         );

@@ -101,11 +101,12 @@ impl Walker<'_> {
             return None;
         };
         let mut out = Vec::new();
-        for s in strings {
+        for (i, s) in strings.iter().enumerate() {
             match s.parse() {
                 Ok(a) => out.push(a),
-                Err(_) => self.error(
+                Err(_) => self.element_error(
                     f,
+                    i,
                     format!("must be an address like \"0.0.0.0:80\" or \"[::]:80\", got {s:?}"),
                 ),
             }

@@ -76,12 +76,13 @@ impl Walker<'_> {
     fn protocols(&mut self, f: &Field) -> Option<Vec<TlsProtocol>> {
         let names = self.string_list(f)?;
         let mut out = Vec::new();
-        for n in names {
-            match TlsProtocol::parse(&n) {
+        for (i, n) in names.iter().enumerate() {
+            match TlsProtocol::parse(n) {
                 Some(p) if !out.contains(&p) => out.push(p),
                 Some(_) => {}
-                None => self.error(
+                None => self.element_error(
                     f,
+                    i,
                     format!(
                         "must be \"TLSv1.2\" or \"TLSv1.3\" (older versions are not safe, and not \
                          offered), got {n:?}"
@@ -204,6 +205,35 @@ names = ["Example.COM.", "*.example.com"]
         assert_eq!(t.certificates[0].key, Path::new("/etc/k.pem"));
         assert_eq!(t.certificates[0].names, ["example.com", "*.example.com"]);
         assert_eq!(c.lines["tls.certificate[1]]"], 8);
+    }
+
+    /// A list written one element a line: an error about an element is
+    /// at that element's line, not the list's first (probe C).
+    #[test]
+    fn an_elements_error_is_at_its_own_line() {
+        assert_eq!(
+            errors("[server]\nlisten = [\n  \"127.0.0.1:8080\",\n  \"nowhere\",\n]\n"),
+            ["conf/t.toml:4: server.listen: must be an address like \"0.0.0.0:80\" or \"[::]:80\", got \"nowhere\""]
+        );
+        assert_eq!(
+            errors("[server]\nlisten = [\n  \"127.0.0.1:8080\",\n  \"127.0.0.1:8080\",\n]\n"),
+            ["conf/t.toml:4: server.listen: 127.0.0.1:8080 is listed twice"]
+        );
+        let tls = "[server]\nlisten = \"127.0.0.1:80\"\n[tls]\nlisten = [\n  \"127.0.0.1:443\",\n  \"127.0.0.1:80\",\n]\n\
+                   protocols = [\n  \"TLSv1.3\",\n  \"TLSv1.1\",\n]\n";
+        let errs = errors(tls);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("conf/t.toml:10: tls.protocols: must be")),
+            "{errs:?}"
+        );
+        let errs = errors(&tls.replace("\"TLSv1.1\"", "\"TLSv1.2\""));
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "conf/t.toml:6: tls.listen: 127.0.0.1:80 is also a server.listen address"
+            )),
+            "{errs:?}"
+        );
     }
 
     #[test]

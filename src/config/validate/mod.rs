@@ -33,7 +33,10 @@ impl Config {
         }
         for (i, a) in self.listen.iter().enumerate() {
             if let Some(b) = self.listen[..i].iter().find(|b| clash(a, b)) {
-                err("server.listen", clash_message(a, b, "listed"));
+                err(
+                    &super::element_key("server.listen", i),
+                    clash_message(a, b, "listed"),
+                );
             }
         }
         if let Some(n) = self.shards.filter(|n| !(1..=MAX_SHARDS).contains(n)) {
