@@ -25,6 +25,16 @@ impl Walker<'_> {
                             self.error(&f, rule.into());
                             continue;
                         }
+                        // `" stderr"` made a file named " stderr"; a path
+                        // with spaces around it is no likelier meant.
+                        p if p.trim() != p => {
+                            let rule = format!(
+                                "{p:?} has spaces around it: write \"{}\" (a keyword or a path) without them",
+                                p.trim()
+                            );
+                            self.error(&f, rule);
+                            continue;
+                        }
                         p => AccessLog::File(self.relative_to_file(p)),
                     };
                 }
@@ -37,5 +47,38 @@ impl Walker<'_> {
                 other => self.unknown(&f, &other["log.".len()..], &["access", "format"], "it"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{parse_str, AccessLog};
+
+    fn access(value: &str) -> Result<AccessLog, Vec<String>> {
+        parse_str(
+            &format!("[log]\naccess = {value:?}\n"),
+            Path::new("/etc/cs/t.toml"),
+        )
+        .map(|c| c.log.access)
+        .map_err(|f| f.errors.iter().map(ToString::to_string).collect())
+    }
+
+    /// Probe C: `" stderr"` made a file named " stderr" beside the file.
+    #[test]
+    fn a_value_with_spaces_around_it_is_refused() {
+        assert_eq!(access("Stderr"), Ok(AccessLog::Stderr));
+        assert_eq!(
+            access("logs/a.log"),
+            Ok(AccessLog::File("/etc/cs/logs/a.log".into()))
+        );
+        assert_eq!(
+            access(" stderr"),
+            Err(vec![
+                "/etc/cs/t.toml:2: log.access: \" stderr\" has spaces around it: write \"stderr\" (a keyword or a path) without them".to_string()
+            ])
+        );
+        assert!(access("a.log ").is_err());
     }
 }
