@@ -386,10 +386,15 @@ impl Walker<'_> {
     /// A key that `table` (`route[2]`) should have set and did not: the
     /// error points at the table's own line.
     fn missing(&mut self, table: &str, name: &str, rule: String) {
+        let key = format!("{table}.{name}");
+        // Written, but wrongly (`location = 0`): that error says it all.
+        if self.errors.iter().any(|e| e.key == key) {
+            return;
+        }
         self.errors.push(ConfigError {
             file: None,
             line: self.config.lines.get(&format!("{table}]")).copied(),
-            key: format!("{table}.{name}"),
+            key,
             rule,
         });
     }
@@ -538,6 +543,29 @@ fn edits(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A required key written with the wrong type is said once, as that:
+    /// not also as missing (probe C: `location = 0` gave both).
+    #[test]
+    fn a_required_key_of_the_wrong_type_is_not_also_missing() {
+        let errs: Vec<String> = parse_str(
+            "[[route]]\npath = \"/\"\nhandler = \"redirect\"\nlocation = 0\n\n\
+             [[upstream]]\nname = 7\nservers = [\"127.0.0.1:1\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            errs,
+            [
+                "t.toml:4: route[1].location: must be a string",
+                "t.toml:7: upstream[1].name: must be a string",
+            ]
+        );
+    }
 
     /// A key one or two letters off a known one is named as the typo it
     /// likely is, in any table; one far from every key gets the list.
