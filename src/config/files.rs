@@ -497,7 +497,10 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
             None => {
                 return errors.push(ConfigError::new(
                     key("command"),
-                    format!("{program:?} is not found on PATH"),
+                    format!(
+                        "{program:?} is not found on PATH{}",
+                        not_found_hint(program)
+                    ),
                 ))
             }
         }
@@ -505,6 +508,32 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
     if let Some(why) = bad_interpreter(&found, on_path) {
         errors.push(ConfigError::new(key("command"), why));
     }
+}
+
+/// What a program name not found on PATH most likely meant: a command
+/// line in one string (`"node app.js"`: no shell splits it), or a script
+/// named alone (PM2's `script = "app.js"`, which PM2 runs with node).
+fn not_found_hint(program: &str) -> String {
+    let mut words = program.split_whitespace();
+    if let (Some(first), Some(_)) = (words.next(), words.next()) {
+        let all: Vec<String> = program
+            .split_whitespace()
+            .map(|w| format!("{w:?}"))
+            .collect();
+        return format!(
+            " (it is the program's name, not a command line, and no shell splits it: did you mean {first:?} with its arguments apart, [{}]?)",
+            all.join(", ")
+        );
+    }
+    let script = [".js", ".mjs", ".cjs", ".ts"]
+        .iter()
+        .any(|ext| program.ends_with(ext));
+    if script {
+        return format!(
+            " (a script is run by its interpreter, which comes first: [\"node\", {program:?}])"
+        );
+    }
+    String::new()
 }
 
 /// Why the script at `path` cannot run, if its `#!` line names an
@@ -702,6 +731,21 @@ mod tests {
             handler: HandlerConfig::Static(StaticConfig::new(root.into())),
             ..RouteConfig::hello_world()
         }
+    }
+
+    /// Probe B: a PM2 user's `command = ["node app.js"]` or `["app.js"]`
+    /// was only "not found on PATH".
+    #[test]
+    fn a_program_not_found_says_what_was_likely_meant() {
+        assert_eq!(
+            not_found_hint("node app.js --port 3"),
+            " (it is the program's name, not a command line, and no shell splits it: did you mean \"node\" with its arguments apart, [\"node\", \"app.js\", \"--port\", \"3\"]?)"
+        );
+        assert_eq!(
+            not_found_hint("app.js"),
+            " (a script is run by its interpreter, which comes first: [\"node\", \"app.js\"])"
+        );
+        assert_eq!(not_found_hint("nodee"), "");
     }
 
     /// Probe C: a 140 KB variable passed `--check`, then start-up failed

@@ -120,7 +120,71 @@ const PM2_KEYS: &[(&str, &str)] = &[
         "cron_restart",
         "none is offered: restart from a timer with systemctl reload coreserve (with reload = \"always\")",
     ),
+    (
+        "user",
+        "none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])",
+    ),
+    (
+        "min_uptime",
+        "write min-uptime = \"2s\"",
+    ),
+    (
+        "merge_logs",
+        "none is needed: an instance's output goes to coreserve's log, time-stamped, each line labelled app NAME[N]",
+    ),
+    (
+        "combine_logs",
+        "none is needed: an instance's output goes to coreserve's log, time-stamped, each line labelled app NAME[N]",
+    ),
+    (
+        "log_date_format",
+        "none is needed: an instance's output goes to coreserve's log, time-stamped, each line labelled app NAME[N]",
+    ),
+    (
+        "time",
+        "none is needed: an instance's output goes to coreserve's log, time-stamped, each line labelled app NAME[N]",
+    ),
+    (
+        "pid_file",
+        "none is needed: coreserve status and the coreserve_app_instance_* metrics give each instance's pid",
+    ),
+    (
+        "increment_var",
+        "none is offered: CORESERVE_INSTANCE and NODE_APP_INSTANCE carry the instance's number (from 0), and each instance has an address of its own in PORT",
+    ),
+    (
+        "namespace",
+        "none is offered: an app is known by its name",
+    ),
+    (
+        "shutdown_with_message",
+        "none is offered: an instance is told to stop by its stop-signal (SIGTERM unless stop-signal says otherwise), never by a message",
+    ),
+    (
+        "treekill",
+        "none is needed: the stop signal goes to the instance's whole process group and to the descendants that left it, as PM2's treekill",
+    ),
+    (
+        "stop_exit_codes",
+        "none is offered: an instance that exits is started again, whatever its exit status",
+    ),
+    (
+        "source_map_support",
+        "write it in command = [\"node\", \"--enable-source-maps\", \"server.js\"]",
+    ),
+    (
+        "vizion",
+        "none is needed: coreserve keeps no record of versions (deploy, then systemctl reload coreserve)",
+    ),
+    (
+        "force",
+        "none is needed: two apps may run the same program, each under its own name",
+    ),
 ];
+
+/// What `min-uptime` is here, said to a PM2 user who wrote `min_uptime`:
+/// a like name, another use.
+const MIN_UPTIME_HERE: &str = "(here, how long a rolling reload's new instance serves beside the one it replaces before that one leaves, one that exits sooner being a failed release; whatever it says, an instance that exits within 2 s of accepting connections is started again with back-off)";
 
 /// For a PM2 key whose value carries over, what to write with the file's
 /// own value (`kill_timeout = 1600` → `stop-timeout = "1.6s"`: PM2's
@@ -130,19 +194,60 @@ fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
     let ours = match key {
         "kill_timeout" => "stop-timeout",
         "listen_timeout" => "start-timeout",
+        "min_uptime" => "min-uptime",
         "max_memory_restart" => {
-            let size = value?.as_str()?.to_ascii_lowercase();
+            let size = match value? {
+                Value::String(s) => s.value().to_ascii_lowercase(),
+                // Bytes, as PM2 takes a number: in MiB, rounded up.
+                Value::Integer(n) => {
+                    format!("{}m", (*n.value()).max(0).unsigned_abs().div_ceil(1 << 20))
+                }
+                _ => return None,
+            };
             return Some(format!("write max-memory = \"{size}\""));
+        }
+        "kill_signal" => {
+            let signal = value?.as_str()?;
+            return Some(format!("write stop-signal = {signal:?}"));
+        }
+        "node_args" => {
+            let args: Vec<String> = match value? {
+                Value::String(s) => s.value().split_whitespace().map(str::to_string).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                _ => return None,
+            };
+            let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+            return Some(format!(
+                "write them in command = [\"node\", {}, \"server.js\"]",
+                args.join(", ")
+            ));
         }
         _ => return None,
     };
-    let ms = value?.as_integer().filter(|&n| n >= 0)?;
-    let time = if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    let time = match value {
+        // Ours already (`kill-timeout = "6s"`): as written.
+        Some(Value::String(s)) => Some(s.value().clone()),
+        Some(Value::Integer(n)) if *n.value() >= 0 => {
+            let ms = *n.value();
+            Some(if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            })
+        }
+        _ => None,
     };
-    Some(format!("write {ours} = \"{time}\""))
+    // `min_uptime` is told what `min-uptime` is here in any case.
+    let time = time.or_else(|| (ours == "min-uptime").then(|| "2s".to_string()))?;
+    let here = if ours == "min-uptime" {
+        format!(" {MIN_UPTIME_HERE}")
+    } else {
+        String::new()
+    };
+    Some(format!("write {ours} = \"{time}\"{here}"))
 }
 
 /// What `command` looks like, for messages.
@@ -216,6 +321,14 @@ impl Walker<'_> {
                 "instances" => match f.item.as_value() {
                     Some(Value::String(s)) if s.value() == "auto" => {
                         a.instances = Instances::PerShard;
+                    }
+                    // PM2's `0` ("max") and `-1` (all CPUs but one).
+                    Some(Value::Integer(n)) if *n.value() <= 0 => {
+                        let rule = format!(
+                            "must be a number of instances (at least 1) or \"auto\", got {}: PM2's 0 and -1 (every CPU, every CPU but one) are written \"auto\" (one per shard) or a number here",
+                            n.value()
+                        );
+                        self.error(&f, rule);
                     }
                     _ => {
                         let what =
@@ -304,8 +417,22 @@ impl Walker<'_> {
         };
         let mut env = Vec::new();
         for v in self.fields(table, &f.key) {
+            let name = &v.key[f.key.len() + 1..];
+            // `WORKERS = 4`, as a PM2 file's JavaScript writes it.
+            let unquoted = v
+                .item
+                .as_value()
+                .filter(|x| x.is_integer() || x.is_float() || x.is_bool());
+            if unquoted.is_some() {
+                let rule = format!(
+                    "must be a string: write {name} = \"{}\" (an environment holds only strings)",
+                    v.raw
+                );
+                self.error(&v, rule);
+                continue;
+            }
             if let Some(value) = self.string(&v) {
-                env.push((v.key[f.key.len() + 1..].to_string(), value));
+                env.push((name.to_string(), value));
             }
         }
         env
@@ -508,8 +635,8 @@ stop-signal = "TERM"
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
                 at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
-                at(17, "app[2].env.PORT: must be a string"),
-                at(18, "app[2].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got -1"),
+                at(17, "app[2].env.PORT: must be a string: write PORT = \"3000\" (an environment holds only strings)"),
+                at(18, "app[2].instances: must be a number of instances (at least 1) or \"auto\", got -1: PM2's 0 and -1 (every CPU, every CPU but one) are written \"auto\" (one per shard) or a number here"),
                 at(15, "app[2].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
                 at(21, "app[3].stop-signal: must be \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", \"SIGUSR1\" or \"SIGUSR2\", got \"TERM\""),
                 at(20, "app[3].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
@@ -544,12 +671,50 @@ listen_timeout = 1500
                 at(3, "app[1].script: is PM2's, not a key of an app: write command = [\"node\", \"server.js\"] (the program, then its arguments)"),
                 at(4, "app[1].max_memory_restart: is PM2's, not a key of an app: write max-memory = \"300m\""),
                 at(5, "app[1].exec_mode: is PM2's, not a key of an app: none is needed: each instance is a process of its own, as in PM2's cluster mode"),
-                at(6, "app[1].min_uptime: unknown key (did you mean min-uptime?)"),
+                // A like name, another use: said.
+                at(6, "app[1].min_uptime: is PM2's, not a key of an app: write min-uptime = \"2s\" (here, how long a rolling reload's new instance serves beside the one it replaces before that one leaves, one that exits sooner being a failed release; whatever it says, an instance that exits within 2 s of accepting connections is started again with back-off)"),
                 at(7, "app[1].instances: must be a number of instances or \"auto\" (one per shard: PM2's \"max\"), got \"max\""),
                 // In either spelling.
                 at(8, "app[1].kill-timeout: is PM2's, not a key of an app: write stop-timeout = \"3s\""),
                 at(9, "app[1].uid: is PM2's, not a key of an app: none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])"),
                 at(10, "app[1].listen_timeout: is PM2's, not a key of an app: write start-timeout = \"1500ms\""),
+            ]
+        );
+    }
+
+    /// Probe B: what a PM2 user wrote is carried into what to write here
+    /// (their signal, arguments, size in bytes, our spelling's string), and
+    /// PM2's other keys are each told why none is needed.
+    #[test]
+    fn pm2_values_carry_over_into_the_hint() {
+        let errs = load(
+            r#"[[app]]
+name = "web"
+command = ["node", "server.js"]
+kill_signal = "SIGTERM"
+node_args = "--max-old-space-size=200 --trace-warnings"
+max_memory_restart = 157286400
+kill-timeout = "6s"
+merge_logs = true
+user = "www"
+treekill = false
+"#,
+        )
+        .unwrap_err();
+        let rules: Vec<&str> = errs
+            .iter()
+            .map(|e| e.split_once("not a key of an app: ").unwrap().1)
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "write stop-signal = \"SIGTERM\"",
+                "write them in command = [\"node\", \"--max-old-space-size=200\", \"--trace-warnings\", \"server.js\"]",
+                "write max-memory = \"150m\"",
+                "write stop-timeout = \"6s\"",
+                "none is needed: an instance's output goes to coreserve's log, time-stamped, each line labelled app NAME[N]",
+                "none can be: an instance runs as coreserve's own user (an app that must run as another runs in a unit of its own, behind an [[upstream]])",
+                "none is needed: the stop signal goes to the instance's whole process group and to the descendants that left it, as PM2's treekill",
             ]
         );
     }
