@@ -952,10 +952,16 @@ impl Manager {
                     } else {
                         format!("trying again in {}s", delay.as_secs())
                     };
+                    let tail = tail_of(&gone.process);
+                    let holder = self
+                        .apps
+                        .iter()
+                        .find(|a| a.config.name == name)
+                        .and_then(|a| port_holder(a, &self.proc_net, &tail));
                     error!(
-                        "app {name}[{index}]: the replacement (pid {}) exited {when} ({status}); the instance it was to replace serves on; {again}{}",
+                        "app {name}[{index}]: the replacement (pid {}) exited {when} ({status}); the instance it was to replace serves on; {again}{}{tail}",
                         gone.process.pid,
-                        tail_of(&gone.process)
+                        holder.unwrap_or_default(),
                     );
                     return;
                 }
@@ -1031,21 +1037,9 @@ impl Manager {
                 };
                 let inst = gone.expect("checked above");
                 address::release(&inst.addr);
-                // The cluster example's port left in the code: the first
-                // instance takes it, and every other dies of EADDRINUSE
-                // on a port it was never given; the one that holds it says.
-                let holder = a.slots.iter().enumerate().find_map(|(j, s)| {
-                    let sibling = s.current.get()?;
-                    let at = listens_elsewhere(sibling, &self.proc_net)?;
-                    Some(format!(
-                        "; app {}[{j}] listens on {at}, not where it was told ({}={}): an app that listens on a port of its own leaves its other instances none (listen on process.env.{})",
-                        a.config.name,
-                        a.config.listen_env,
-                        address::env_value(&sibling.addr),
-                        a.config.listen_env
-                    ))
-                });
-                let tail = holder.unwrap_or_default() + &tail_of(&inst.process);
+                let tail = tail_of(&inst.process);
+                let holder = port_holder(a, &self.proc_net, &tail);
+                let tail = holder.unwrap_or_default() + &tail;
                 return Some((a.config.name.clone(), i, tail));
             }
         }
@@ -1169,20 +1163,61 @@ fn listening(inst: &Instance, proc_net: &Path) -> Option<Vec<ServerAddr>> {
     address::SocketTables::new(proc_net).listening(&inodes)
 }
 
-/// Where `inst` listens on TCP, when none of it is the address it was
-/// given (an app that ignores `$PORT`); None when it listens there, on
+/// Where `inst` listens on TCP other than the address it was given (an
+/// app that ignores `$PORT`, or opens a port of its own besides), and
+/// whether it listens there too; None when it listens there alone, on
 /// nothing, or where cannot be read.
-fn listens_elsewhere(inst: &Instance, proc_net: &Path) -> Option<String> {
-    let ServerAddr::Tcp(want) = &inst.addr else {
-        return None;
+fn listens_elsewhere(inst: &Instance, proc_net: &Path) -> Option<(String, bool)> {
+    let want = match &inst.addr {
+        ServerAddr::Tcp(want) => Some(want.port()),
+        ServerAddr::Unix(_) => None,
     };
     let at = listening(inst, proc_net)?;
-    let theirs = |a: &ServerAddr| matches!(a, ServerAddr::Tcp(a) if a.port() == want.port());
-    if at.is_empty() || at.iter().any(theirs) {
+    let theirs = |a: &ServerAddr| matches!(a, ServerAddr::Tcp(a) if Some(a.port()) == want);
+    let others: Vec<String> = at
+        .iter()
+        .filter(|a| matches!(a, ServerAddr::Tcp(_)) && !theirs(a))
+        .map(ToString::to_string)
+        .collect();
+    if others.is_empty() {
         return None;
     }
-    let list: Vec<String> = at.iter().map(ToString::to_string).collect();
-    Some(list.join(", "))
+    let also_told = want.is_none() || at.iter().any(theirs);
+    Some((others.join(", "), also_told))
+}
+
+/// Why an instance of `a` that ended with `tail` as its last output most
+/// likely could not listen, said of the sibling that holds a port the code
+/// fixed, when one does: the cluster example's port left in the code (the
+/// first instance takes it, every other dies of EADDRINUSE on a port it
+/// was never given), or a second server's (a metrics or WebSocket port),
+/// which cluster's workers share and processes of their own cannot.
+fn port_holder(a: &App, proc_net: &Path, tail: &str) -> Option<String> {
+    let in_use =
+        tail.contains("EADDRINUSE") || tail.to_ascii_lowercase().contains("address already in use");
+    a.slots.iter().enumerate().find_map(|(j, s)| {
+        let sibling = s.current.get()?;
+        let (at, also_told) = listens_elsewhere(sibling, proc_net)?;
+        let told = format!(
+            "{}={}",
+            a.config.listen_env,
+            address::env_value(&sibling.addr)
+        );
+        if !also_told {
+            return Some(format!(
+                "; app {}[{j}] listens on {at}, not where it was told ({told}): an app that listens on a port of its own leaves its other instances none (listen on process.env.{})",
+                a.config.name, a.config.listen_env
+            ));
+        }
+        // Said only of a death by it: a port besides is the app's own
+        // business otherwise (one instance may well hold it).
+        in_use.then(|| {
+            format!(
+                "; app {}[{j}] listens on {at} besides where it was told ({told}): the instances are processes of their own, not cluster workers that share a port, so a port fixed in the code (a second server, a metrics port) is held by one instance and the others cannot listen on it (give each instance its own, from CORESERVE_INSTANCE, or open it in one only)",
+                a.config.name
+            )
+        })
+    })
 }
 
 /// An instance's last lines, for a message: empty, or `; its last

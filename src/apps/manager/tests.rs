@@ -541,6 +541,38 @@ fn start_up_fails_naming_the_instance_that_took_a_port_of_its_own() {
     });
 }
 
+/// A second server on a port fixed in the code (a metrics or WebSocket
+/// port), which cluster's workers share: the first instance holds it
+/// beside its own, the second dies of EADDRINUSE; the error says why
+/// (probe B: it named no one).
+#[test]
+fn start_up_fails_naming_the_instance_that_holds_a_second_port() {
+    within(|| {
+        let mut h = Harness::new("second-port");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let body = format!(
+            "if not once('first'):\n    time.sleep(0.3)\n\
+             t = socket.socket()\nt.bind(('127.0.0.1', {port}))\nt.listen(8)\n\
+             s = listen()\non_term(lambda: sys.exit(0))\nserve(s)"
+        );
+        let err = h.start(vec![app("web", 2, &body, &h.dir)]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AppError::Exited { .. }), "{text}");
+        assert!(
+            text.contains(&format!(
+                "listens on 127.0.0.1:{port} besides where it was told (PORT="
+            )),
+            "{text}"
+        );
+        assert!(text.contains("not cluster workers that share a port"), "{text}");
+        assert!(text.contains("Address already in use"), "{text}");
+    });
+}
+
 #[test]
 fn an_instance_that_exits_is_restarted_after_its_back_off() {
     within(|| {
