@@ -114,19 +114,21 @@ impl Process {
     /// SIGKILL to the instance's process group, and to the descendants
     /// outside it its stop found, or, killed without a stop first (one
     /// that never became ready), those found now: left alone, each one
-    /// killed so leaked a process for as long as coreserve ran.
-    pub fn kill(&self) {
+    /// killed so leaked a process for as long as coreserve ran. Whether
+    /// any of them still ran (one that exited by itself just before, not
+    /// yet reaped, is not said to have been killed).
+    pub fn kill(&self) -> bool {
         let stop = self.stopping.get_or_init(|| Stop {
             kill_at: Instant::now(),
             strays: proc_table::strays(self.pid),
             killed: AtomicBool::new(false),
         });
-        // Only what it finds running: a stray that ended by itself just
-        // before is not said to have been killed at stop-timeout.
-        if proc_table::group_runs(self.pid) || stop.strays.iter().any(|s| s.runs()) {
+        let ran = proc_table::group_runs(self.pid) || stop.strays.iter().any(|s| s.runs());
+        if ran {
             stop.killed.store(true, Ordering::Release);
         }
         stop.signal(self.pid, libc::SIGKILL);
+        ran
     }
 }
 

@@ -1062,15 +1062,17 @@ fn kill_overdue(inst: &mut Instance, now: Instant, who: impl FnOnce() -> String)
     if kill_at > now {
         return;
     }
-    // A wrapper that ended at once, its app not: the wait names that.
-    if !inst.process.ended() {
+    // A wrapper that ended at once, its app not: the wait names that. One
+    // that exited by itself at that moment was not killed ("killed", then
+    // "exit status: 0").
+    let ended = inst.process.ended();
+    if inst.process.kill() && !ended {
         warn!(
             "{} (pid {}) did not stop in time; killed",
             who(),
             inst.process.pid
         );
     }
-    inst.process.kill();
     inst.state = State::Stopping {
         kill_at: now + KILL_AGAIN,
     };

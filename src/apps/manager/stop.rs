@@ -166,14 +166,16 @@ impl Manager {
                 // At once, the process itself is said to be killed at its
                 // exit: one already dying of its SIGTERM ends by that, not
                 // by the SIGKILL (its exit said "signal 15" after "killed").
-                if at_once && g.killed.is_none() && g.process.ended() {
+                let ended = g.process.ended();
+                let ran = g.process.kill();
+                if at_once && g.killed.is_none() && ended && ran {
                     warn!("{name} (pid {pid}): what it started was still running; killed at once (a second stop signal)");
-                } else if !at_once && g.killed.is_none() && !g.process.ended() {
+                } else if !at_once && g.killed.is_none() && !ended && ran {
                     // (A wrapper that ended at once, its app not: the
-                    // wait names that.)
+                    // wait names that. One that exited by itself at that
+                    // moment was not killed.)
                     warn!("{name} (pid {pid}) did not stop in time; killed");
                 }
-                g.process.kill();
                 g.killed_at_once |= at_once && g.killed.is_none();
                 g.killed.get_or_insert(now);
                 g.kill_at = now + KILL_AGAIN;

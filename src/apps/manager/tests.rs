@@ -568,7 +568,10 @@ fn start_up_fails_naming_the_instance_that_holds_a_second_port() {
             )),
             "{text}"
         );
-        assert!(text.contains("not cluster workers that share a port"), "{text}");
+        assert!(
+            text.contains("not cluster workers that share a port"),
+            "{text}"
+        );
         assert!(text.contains("Address already in use"), "{text}");
     });
 }
