@@ -833,7 +833,20 @@ fn the_serving_set_follows_a_changed_number_of_instances() {
     assert_eq!(s.ready_pids("web", 1), [two[0]]);
     assert_eq!(seen(4), BTreeSet::from([(two[0], "0".to_string())]));
     assert!(all_gone(&three[1..], Duration::ZERO));
-    assert!(!s.server.log().contains("replacing its instances"));
+    let log = s.server.log();
+    assert!(!log.contains("replacing its instances"), "{log}");
+    // Said as what it is (probe B: only "nothing ... changed, so they run
+    // on" was logged).
+    assert!(
+        log.contains("app web: instances 2 -> 3; starting instance 2"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "app web: instances 3 -> 1; stopping instances 1 to 2 once their requests are done"
+        ),
+        "{log}"
+    );
 }
 
 #[test]

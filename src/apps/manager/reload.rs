@@ -254,6 +254,26 @@ impl Manager {
                         }
                     }
                     app.config = config;
+                    // Said, beside "run on": scaling is no change of the
+                    // instances that stay.
+                    let had = app.slots.len();
+                    let slots = |from: usize, to: usize| match to - from {
+                        0 => format!("instance {from}"),
+                        _ => format!("instances {from} to {to}"),
+                    };
+                    if n < had {
+                        info!(
+                            "app {}: instances {had} -> {n}; stopping {} once their requests are done",
+                            app.config.name,
+                            slots(n, had - 1)
+                        );
+                    } else if n > had {
+                        info!(
+                            "app {}: instances {had} -> {n}; starting {}",
+                            app.config.name,
+                            slots(had, n - 1)
+                        );
+                    }
                     while app.slots.len() > n {
                         let index = app.slots.len() - 1;
                         let mut slot = app.slots.pop().expect("more than n");
