@@ -42,6 +42,14 @@ pub(super) const GIVE_UP: Duration = Duration::from_secs(10);
 /// The last lines an instance wrote.
 pub type Tail = Arc<Mutex<VecDeque<String>>>;
 
+/// What an instance's output lines say beside its name: `(stopping)` once
+/// it is asked to stop, `(new)` while it is a replacement beside the
+/// instance of its slot.
+struct Label {
+    stopping: Arc<OnceLock<Stop>>,
+    new: Arc<AtomicBool>,
+}
+
 /// A running instance's process.
 #[derive(Debug)]
 pub struct Process {
@@ -55,6 +63,10 @@ pub struct Process {
     /// The process coreserve started has ended (its exit is reported once
     /// the rest of its group has too).
     ended: Arc<AtomicBool>,
+    /// A rolling reload's replacement that has not taken its slot yet: its
+    /// lines say `(new)`, the old instance's beside them nothing (until it
+    /// is asked to stop), so the two are told apart.
+    new: Arc<AtomicBool>,
 }
 
 /// An instance's stop under way.
@@ -111,6 +123,11 @@ impl Process {
         self.ended.load(Ordering::Acquire)
     }
 
+    /// The replacement took its slot: its lines are the slot's own again.
+    pub fn took_slot(&self) {
+        self.new.store(false, Ordering::Relaxed);
+    }
+
     /// SIGKILL to the instance's process group, and to the descendants
     /// outside it its stop found, or, killed without a stop first (one
     /// that never became ready), those found now: left alone, each one
@@ -144,6 +161,7 @@ pub fn spawn(
     app: &AppConfig,
     index: usize,
     address: &str,
+    replacement: bool,
     on_exit: impl FnOnce(ExitStatus) + Send + 'static,
 ) -> io::Result<Process> {
     let (program, args) = app
@@ -246,6 +264,7 @@ pub fn spawn(
     // Each relay holds a sender; all gone: its output is all read.
     let (relaying, drained) = mpsc::channel::<()>();
     let stopping: Arc<OnceLock<Stop>> = Arc::new(OnceLock::new());
+    let new = Arc::new(AtomicBool::new(replacement));
     let asked = stopping.clone();
     let ended = Arc::new(AtomicBool::new(false));
     let it_ended = ended.clone();
@@ -260,18 +279,25 @@ pub fn spawn(
     .filter_map(|fd| crate::sys::inode(fd).ok())
     .collect();
     if let Some(out) = child.stdout.take() {
-        let asked = stopping.clone();
+        let label = Label {
+            stopping: stopping.clone(),
+            new: new.clone(),
+        };
         relay_lines(
             out,
             who.clone(),
             tail.clone(),
             false,
             relaying.clone(),
-            asked,
+            label,
         );
     }
     if let Some(err) = child.stderr.take() {
-        relay_lines(err, who, tail.clone(), true, relaying, stopping.clone());
+        let label = Label {
+            stopping: stopping.clone(),
+            new: new.clone(),
+        };
+        relay_lines(err, who, tail.clone(), true, relaying, label);
     }
     std::thread::Builder::new()
         .name(format!("wait-{pid}"))
@@ -340,6 +366,7 @@ pub fn spawn(
         tail,
         stopping,
         ended,
+        new,
     })
 }
 
@@ -383,16 +410,16 @@ fn whole_chars(line: &[u8]) -> usize {
 /// Log each line read from `pipe` (stderr at warning level), and keep the
 /// last ones in `tail`, on a thread of its own: a slow log holds the app
 /// back only while it is written (`log_queue::wait_for_bulk_room`), a
-/// stalled one for half a second once, and never a shard. Once the
-/// instance is asked to stop (`stopping`), its lines say so: a rolling
-/// reload's replacement is `who` too, and writes beside it.
+/// stalled one for half a second once, and never a shard. A rolling
+/// reload's replacement is `who` too, and writes beside the instance it
+/// replaces: `label` tells them apart.
 fn relay_lines(
     pipe: impl Read + Send + 'static,
     who: String,
     tail: Tail,
     stderr: bool,
     relaying: mpsc::Sender<()>,
-    stopping: Arc<OnceLock<Stop>>,
+    label: Label,
 ) {
     let spawned = std::thread::Builder::new()
         .name("app-output".into())
@@ -433,8 +460,10 @@ fn relay_lines(
                 // with it, while the log is written, rather than lose
                 // lines; a log that stopped does not hold it.
                 crate::log_queue::wait_for_bulk_room();
-                let when = if stopping.get().is_some() {
+                let when = if label.stopping.get().is_some() {
                     " (stopping)"
+                } else if label.new.load(Ordering::Relaxed) {
+                    " (new)"
                 } else {
                     ""
                 };
@@ -596,7 +625,10 @@ mod tests {
             tail.clone(),
             false,
             relaying,
-            Arc::new(OnceLock::new()),
+            Label {
+                stopping: Arc::new(OnceLock::new()),
+                new: Arc::new(AtomicBool::new(false)),
+            },
         );
         assert!(done.recv().is_err(), "the relay ended");
         let lines = tail.lock().unwrap().iter().cloned().collect();
@@ -665,7 +697,7 @@ mod tests {
                 .to_vec(),
         );
         let (tx, rx) = mpsc::channel();
-        let p = spawn(&app, 0, "0", move |_| tx.send(()).unwrap()).unwrap();
+        let p = spawn(&app, 0, "0", false, move |_| tx.send(()).unwrap()).unwrap();
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the shell's exit");
         let line = p.tail.lock().unwrap().front().cloned().expect("its output");

@@ -1055,6 +1055,19 @@ fn reload_always_rolls_out_new_code_under_the_same_settings() {
     for w in s.whoamis("/whoami", 4) {
         assert!(new.contains(&w.pid) && w.version == "2", "{w:?}");
     }
+    // The replacements wrote beside the instances they replaced, told
+    // apart (probe B: both were `app web[0]:`).
+    let log = s.server.log();
+    for i in 0..2 {
+        assert!(
+            log.contains(&format!("app web[{i}] (new): listening ")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("app web[{i}] (stopping): SIGTERM: closing")),
+            "{log}"
+        );
+    }
     // A reload that changes the settings too says what changed.
     let extra = format!(
         "cwd = \"{}\"\nreload = \"always\"\nenv = {{ X = \"1\" }}",

@@ -598,9 +598,16 @@ impl Manager {
         )
         .map_err(failed)?;
         let tx = self.tx.clone();
-        let process = process::spawn(config, index, &address::env_value(&addr), move |status| {
-            let _ = tx.send(Msg::Exited { tag, status });
-        })
+        let replacement = slot.current.get().is_some();
+        let process = process::spawn(
+            config,
+            index,
+            &address::env_value(&addr),
+            replacement,
+            move |status| {
+                let _ = tx.send(Msg::Exited { tag, status });
+            },
+        )
         .map_err(failed)?;
         info!(
             "app {}[{index}] started: pid {}, {} = {}",

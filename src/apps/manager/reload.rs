@@ -51,6 +51,7 @@ impl Manager {
                     // (An old instance that died meanwhile leaves nothing
                     // to serve beside: the replacement takes the slot.)
                     let new = slot.next.take().expect("matched above");
+                    new.process.took_slot();
                     let started = new.started;
                     let old = slot.current.replaced(new, started);
                     slot.replace_backoff = Backoff::new(now);
