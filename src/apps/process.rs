@@ -185,7 +185,10 @@ pub fn spawn(
     if !app.env.iter().any(|(k, _)| k == CREDENTIALS) {
         cmd.env_remove(CREDENTIALS);
     }
-    if let Some(dir) = &app.cwd {
+    // The release a `current` link named when the file was read: an old
+    // instance restarted during a roll runs its own code, not the one the
+    // link names now.
+    if let Some(dir) = app.cwd_target.as_ref().or(app.cwd.as_ref()) {
         cmd.current_dir(dir);
         // What shells and `process.env.PWD` readers take for the
         // directory: coreserve's own would name another (unless the app's

@@ -156,6 +156,12 @@ pub struct AppConfig {
     /// Working directory (relative paths in the file are relative to the
     /// file's directory); `None`: coreserve's own.
     pub cwd: Option<PathBuf>,
+    /// Where `cwd` led, its links followed, when the file was read (by
+    /// `preflight`): a release directory that a `current` link names. The
+    /// link moved to another release and a reload replaces the instances,
+    /// as a changed `cwd` does (`pm2 reload` after a Capistrano-style
+    /// deploy); `None` when not read.
+    pub cwd_target: Option<PathBuf>,
     /// Environment variables added to coreserve's own, in file order.
     pub env: Vec<(String, String)>,
     /// How many instances run.
@@ -194,6 +200,7 @@ impl AppConfig {
             name,
             command,
             cwd: None,
+            cwd_target: None,
             env: Vec::new(),
             instances: Instances::PerShard,
             listen: AppListen::Port,
@@ -221,6 +228,7 @@ impl AppConfig {
     pub fn replaces_instances(&self, new: &AppConfig) -> bool {
         self.command != new.command
             || self.cwd != new.cwd
+            || self.cwd_target != new.cwd_target
             || self.env != new.env
             || self.listen != new.listen
             || self.listen_env != new.listen_env

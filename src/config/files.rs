@@ -212,7 +212,8 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
             ));
         }
     }
-    for (i, a) in config.apps.iter().enumerate() {
+    for (i, a) in config.apps.iter_mut().enumerate() {
+        a.cwd_target = a.cwd.as_deref().and_then(|c| std::fs::canonicalize(c).ok());
         check_app(i, a, &mut errors);
     }
     // Under socket activation systemd binds what is served; the file's

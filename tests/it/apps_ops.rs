@@ -1020,6 +1020,59 @@ fn a_reload_that_changes_nothing_of_an_app_says_its_instances_run_on() {
 /// instances one at a time all the same, as `pm2 reload` does: new code
 /// deployed (here a release file the app reads at start) goes live with
 /// `systemctl reload`, and no request fails.
+/// A Capistrano-style deploy: `cwd` names a `current` link to the release
+/// directory; the link moved to a new release and a reload rolls it out,
+/// as a changed `cwd` would (probe B: "nothing ... changed", and a crashed
+/// instance later restarted on the new code beside the old ones).
+#[test]
+fn a_reload_after_the_cwd_link_moved_rolls_out_the_release_it_names() {
+    if !have_node() {
+        return;
+    }
+    let dir = Scratch::new("apps-cwd-link-releases");
+    dir.write("r1/release", "1");
+    dir.write("r2/release", "2");
+    std::os::unix::fs::symlink("r1", dir.0.join("current")).unwrap();
+    let command = format!("VERSION=$(cat release) exec node {ECHO_JS}");
+    let toml = app(
+        "web",
+        &["sh", "-c", &command],
+        1,
+        &format!("cwd = \"{}\"", dir.path("current")),
+    ) + &proxied("/", "web");
+    let s = AppServer::start("apps-cwd-link", &toml);
+    let old = s.ready_pids("web", 1);
+    assert_eq!(s.whoami("/whoami").version, "1");
+    // Unchanged, a reload leaves it be.
+    s.reload(&toml);
+    s.wait_for_count("app web: nothing that replaces its instances changed", 1);
+    // The link moved (as `ln -sfn r2 current` does: a new link renamed
+    // over the old one).
+    std::os::unix::fs::symlink("r2", dir.0.join("next")).unwrap();
+    std::fs::rename(dir.0.join("next"), dir.0.join("current")).unwrap();
+    // Before the reload, an instance that dies starts again in the release
+    // it ran, not the one the link names now: no two versions side by side.
+    kill(old[0]);
+    s.wait_for_count(
+        &format!("app web[0] (pid {}) exited: signal: 9 (SIGKILL)", old[0]),
+        1,
+    );
+    let restarted = loop {
+        let pids = s.ready_pids("web", 1);
+        if pids != old {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(s.whoami("/whoami").version, "1");
+    s.reload(&toml);
+    s.wait_for_count("app web: changed; replacing its instances one at a time", 1);
+    s.wait_for_count(&format!("app web[0] (pid {}) stopped: ", restarted[0]), 1);
+    let new = s.ready_pids("web", 1);
+    assert_ne!(new, restarted);
+    assert_eq!(s.whoami("/whoami").version, "2");
+}
+
 #[test]
 fn reload_always_rolls_out_new_code_under_the_same_settings() {
     if !have_node() {

@@ -503,6 +503,8 @@ fail-timeout = "20s"
                     "server.js".into()
                 ],
                 cwd: Some("/etc/cs/app".into()),
+                // Followed by `preflight`, not by the load.
+                cwd_target: None,
                 env: vec![
                     ("NODE_ENV".into(), "production".into()),
                     ("A_1".into(), String::new()),
