@@ -964,7 +964,7 @@ impl Manager {
                         .apps
                         .iter()
                         .find(|a| a.config.name == name)
-                        .and_then(|a| port_holder(a, &self.proc_net, &tail));
+                        .and_then(|a| port_holder(a, index, &self.proc_net, &tail));
                     error!(
                         "app {name}[{index}]: the replacement (pid {}) exited {when} ({status}); the instance it was to replace serves on; {again}{}{tail}",
                         gone.process.pid,
@@ -1045,7 +1045,7 @@ impl Manager {
                 let inst = gone.expect("checked above");
                 address::release(&inst.addr);
                 let tail = tail_of(&inst.process);
-                let holder = port_holder(a, &self.proc_net, &tail);
+                let holder = port_holder(a, i, &self.proc_net, &tail);
                 let tail = holder.unwrap_or_default() + &tail;
                 return Some((a.config.name.clone(), i, tail));
             }
@@ -1195,13 +1195,15 @@ fn listens_elsewhere(inst: &Instance, proc_net: &Path) -> Option<(String, bool)>
     Some((others.join(", "), also_told))
 }
 
-/// Why an instance of `a` that ended with `tail` as its last output most
-/// likely could not listen, said of the sibling that holds a port the code
-/// fixed, when one does: the cluster example's port left in the code (the
-/// first instance takes it, every other dies of EADDRINUSE on a port it
-/// was never given), or a second server's (a metrics or WebSocket port),
-/// which cluster's workers share and processes of their own cannot.
-fn port_holder(a: &App, proc_net: &Path, tail: &str) -> Option<String> {
+/// Why an instance of `a` in slot `index` that ended with `tail` as its
+/// last output most likely could not listen, said of the instance that
+/// holds a port the code fixed, when one does: the cluster example's port
+/// left in the code (the first instance takes it, every other dies of
+/// EADDRINUSE on a port it was never given), or a second server's (a
+/// metrics or WebSocket port), which cluster's workers share and processes
+/// of their own cannot. The holder may be the very instance a replacement
+/// was to replace, which serves beside it until it has come up.
+fn port_holder(a: &App, index: usize, proc_net: &Path, tail: &str) -> Option<String> {
     let in_use =
         tail.contains("EADDRINUSE") || tail.to_ascii_lowercase().contains("address already in use");
     a.slots.iter().enumerate().find_map(|(j, s)| {
@@ -1220,10 +1222,19 @@ fn port_holder(a: &App, proc_net: &Path, tail: &str) -> Option<String> {
         }
         // Said only of a death by it: a port besides is the app's own
         // business otherwise (one instance may well hold it).
-        in_use.then(|| {
+        if !in_use {
+            return None;
+        }
+        let name = &a.config.name;
+        Some(if j == index {
+            // Its own slot's: the instance a rolling reload's replacement
+            // was to replace, whatever port the code derives for the slot.
             format!(
-                "; app {}[{j}] listens on {at} besides where it was told ({told}): the instances are processes of their own, not cluster workers that share a port, so a port fixed in the code (a second server, a metrics port) is held by one instance and the others cannot listen on it (give each instance its own, from CORESERVE_INSTANCE, or open it in one only)",
-                a.config.name
+                "; app {name}[{j}], which it was to replace, listens on {at} besides where it was told ({told}): a replacement runs beside the instance it replaces until it has come up, so a port fixed in the code is never free for it (open that port with SO_REUSEPORT, or serve it on the port the app is given)"
+            )
+        } else {
+            format!(
+                "; app {name}[{j}] listens on {at} besides where it was told ({told}): the instances are processes of their own, not cluster workers that share a port, so a port fixed in the code (a second server, a metrics port) is held by one instance and the others cannot listen on it (and a rolling reload's replacement, beside the instance it replaces, cannot either: open it with SO_REUSEPORT, or serve it on the port the app is given)"
             )
         })
     })
