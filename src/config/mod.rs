@@ -19,7 +19,9 @@ mod upstream;
 mod validate;
 
 pub use app::*;
-pub use files::{listeners_bound, own_routes_served, preflight, unlistenable, wait_again};
+pub use files::{
+    listeners_bound, own_routes_served, preflight, serve_own_routes, unlistenable, wait_again,
+};
 pub use gzip::*;
 pub use load::{
     is_pipe, load_file, load_file_with, parse_str, LoadFailure, UnsetVars, DEFAULT_PATH,

@@ -401,7 +401,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), MasterError> {
     }
 
     crate::config::listeners_bound();
-    crate::config::own_routes_served(config.has_own_routes());
+    crate::config::serve_own_routes(config.has_own_routes());
     scrape::identify(config.source.as_deref());
     // A binary upgrade's: the previous process's admin listener, while the
     // file names the same address (else bound anew, as at a start).

@@ -55,7 +55,7 @@ fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
         "SIGHUP: {}:3: server.shards: changed; that takes a restart",
         conf.display()
     ));
-    assert!(!server.log().contains("server.listen changed"));
+    assert!(!server.log().contains("server.listen: changed"));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(body(), "three");
 
@@ -102,6 +102,31 @@ fn an_emptied_file_is_refused_as_such_whatever_it_listened_on() {
         get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
         "one"
     );
+}
+
+/// Routes given by a reload, the server having started without any: an
+/// emptied file after that is refused too (the check read the start's
+/// file, which had none, and let Hello World in place of every route).
+#[test]
+fn an_emptied_file_is_refused_after_a_reload_gave_the_routes() {
+    let dir = Scratch::new("reload-emptied-later");
+    let conf = dir.write("c.toml", "[server]\nlisten = \"127.0.0.1:0\"\n");
+    let server = Server::start(&["--config", &conf.display().to_string()]);
+    let body = || get(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text();
+    dir.write(
+        "c.toml",
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", route("one")),
+    );
+    server.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while body() != "one" {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dir.write("c.toml", "[server]\nlisten = \"127.0.0.1:0\"\n");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("no [[route]] (an empty or cut-short file?)");
+    assert_eq!(body(), "one");
 }
 
 #[test]

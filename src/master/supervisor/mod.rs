@@ -730,7 +730,9 @@ impl<W: World> Supervisor<W> {
                 return;
             }
         };
-        if self.config.has_own_routes() && !new.has_own_routes() {
+        // (What is served now: `self.config`'s lines are the start's, not
+        // the last reload's.)
+        if crate::config::own_routes_served() && !new.has_own_routes() {
             // A file emptied or cut short (a deploy that wrote half of it)
             // would put Hello World in place of every route. Looked at
             // first: such a file has lost its `listen` too, and the
@@ -776,7 +778,11 @@ impl<W: World> Supervisor<W> {
                 key,
                 "changed; that takes a restart, the running value stays",
             );
-            new.locate(&mut e);
+            // At its line when the file set it; not put on the file when
+            // a flag or the CPUs (`shards = "auto"`) changed it.
+            if new.lines.contains_key(key) {
+                new.locate(&mut e);
+            }
             warn!("SIGHUP: {e}");
         }
         if new.tls.listen.is_empty() && !self.config.tls.listen.is_empty() {
@@ -865,7 +871,7 @@ impl<W: World> Supervisor<W> {
         let reached = self.broadcast(|| Control::Reload(update.clone(), seq));
         self.sent = Some(update);
         self.config.limits = new.limits;
-        crate::config::own_routes_served(new.has_own_routes());
+        crate::config::serve_own_routes(new.has_own_routes());
         self.config.routes = new.routes;
         self.config.proxy_protocol = new.proxy_protocol;
         self.config.upstreams = upstreams;
