@@ -379,14 +379,16 @@ fn chain_order(chain: &[X509Certificate]) -> Result<Vec<String>, String> {
             ));
         } else {
             // The right certificates out of order: its issuer further on,
-            // or the first one the issuer of another (not the server's).
+            // or the first one the issuer of another, or a CA's (either
+            // way not the server's, which must come first).
             let issuer_later = chain[n + 2..]
                 .iter()
                 .any(|b| same_name(cert.issuer(), b.subject()));
             let first = &chain[0];
-            let first_issued = chain[1..]
-                .iter()
-                .any(|b| same_name(b.issuer(), first.subject()));
+            let first_issued = first.is_ca()
+                || chain[1..]
+                    .iter()
+                    .any(|b| same_name(b.issuer(), first.subject()));
             // Or one that has no place in it (another site's certificate
             // appended, one after a root): it and those after it issued
             // none of those before (another site's may have been issued by
@@ -1002,7 +1004,7 @@ mod tests {
     fn a_certificate_that_does_not_belong_is_named_as_such() {
         let d = Dir::new("stray");
         let (leaf, mid, root, key) = chain(&["a.example"], (2030, 1, 10));
-        let (other_leaf, _, _, _) = chain(&["b.example"], (2030, 1, 10));
+        let (other_leaf, other_mid, _, _) = chain(&["b.example"], (2030, 1, 10));
         for (file, text, stray) in [
             ("other-site.pem", leaf.clone() + &mid + &other_leaf, 3),
             (
@@ -1031,6 +1033,9 @@ mod tests {
         for (file, text) in [
             ("reversed.pem", mid.clone() + &leaf),
             ("root-then-leaf.pem", root.clone() + &mid + &leaf),
+            // (Its issuer missing: the root first is still no server's.)
+            ("root-and-leaf.pem", root.clone() + &leaf),
+            ("other-mid-and-leaf.pem", other_mid.clone() + &leaf),
             ("root-first.pem", leaf.clone() + &root + &mid),
         ] {
             let c = config(vec![CertificateConfig {
