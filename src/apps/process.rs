@@ -46,7 +46,9 @@ pub type Tail = Arc<Mutex<VecDeque<String>>>;
 /// it is asked to stop, `(new)` while it is a replacement beside the
 /// instance of its slot.
 struct Label {
+    /// Set once the instance is asked to stop.
     stopping: Arc<OnceLock<Stop>>,
+    /// True while it is a replacement that has not taken its slot.
     new: Arc<AtomicBool>,
 }
 

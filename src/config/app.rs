@@ -17,7 +17,8 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// needs a few seconds).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a replacement serves beside the instance it replaces before
-/// that one leaves (PM2's `min_uptime` is 1 s): a release that comes up
+/// that one leaves (`pm2 reload` has no such overlap; PM2's like-named
+/// `min_uptime` only tells unstable restarts): a release that comes up
 /// and then dies on its first requests is found while the old instances
 /// still run.
 pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(2);

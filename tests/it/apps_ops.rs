@@ -590,7 +590,11 @@ fn a_replacement_that_never_comes_up_backs_off_and_the_old_instance_serves() {
     let tries = lines_with(&log, from, "the replacement (pid ").len();
     // At 0, 1 and 3 s with the back-off; hundreds without.
     assert!((1..=4).contains(&tries), "{tries} tries:\n{log}");
-    assert!(log[from..].contains("app web[0]: broken build"), "{log}");
+    // (A replacement's line, beside the instance it was to replace.)
+    assert!(
+        log[from..].contains("app web[0] (new): broken build"),
+        "{log}"
+    );
     let t = load.stop();
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     assert_eq!(t.seen.iter().map(|w| w.pid).collect::<Vec<_>>(), old);
@@ -1016,10 +1020,46 @@ fn a_reload_that_changes_nothing_of_an_app_says_its_instances_run_on() {
     assert_eq!(s.whoami("/whoami").pid, pids[0]);
 }
 
-/// `reload = "always"`: a SIGHUP with the same settings replaces the
-/// instances one at a time all the same, as `pm2 reload` does: new code
-/// deployed (here a release file the app reads at start) goes live with
-/// `systemctl reload`, and no request fails.
+/// An app with a second server on a port fixed in the code: a rolling
+/// reload's replacement, beside the instance it replaces, dies of
+/// EADDRINUSE on it; the log says the instance it was to replace holds it,
+/// and why that cannot work (the first words of the advice told it to
+/// give each instance its own port, which a replacement shares).
+#[test]
+fn a_replacement_that_cannot_take_a_second_port_says_who_holds_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = Scratch::new("apps-second-port-script");
+    let script = dir.write(
+        "two.py",
+        format!(
+            "import os, socket, time\n\
+             t = socket.socket()\nt.bind(('127.0.0.1', {port}))\nt.listen(8)\n\
+             s = socket.socket()\ns.bind(('127.0.0.1', int(os.environ['PORT'])))\ns.listen(8)\n\
+             time.sleep(600)\n"
+        ),
+    );
+    let script = script.display().to_string();
+    let toml = |v: &str| {
+        app(
+            "web",
+            &["python3", &script],
+            1,
+            &format!("env = {{ V = \"{v}\" }}"),
+        ) + &proxied("/", "web")
+    };
+    let s = AppServer::start("apps-second-port", &toml("1"));
+    s.ready_pids("web", 1);
+    s.reload(&toml("2"));
+    s.server.wait_for_log(&format!(
+        "app web[0], which it was to replace, listens on 127.0.0.1:{port} besides where it was told (PORT="
+    ));
+    assert!(s.server.log().contains("Address already in use"));
+}
+
 /// A Capistrano-style deploy: `cwd` names a `current` link to the release
 /// directory; the link moved to a new release and a reload rolls it out,
 /// as a changed `cwd` would (probe B: "nothing ... changed", and a crashed
@@ -1057,22 +1097,35 @@ fn a_reload_after_the_cwd_link_moved_rolls_out_the_release_it_names() {
         &format!("app web[0] (pid {}) exited: signal: 9 (SIGKILL)", old[0]),
         1,
     );
+    let deadline = Instant::now() + WAIT;
     let restarted = loop {
         let pids = s.ready_pids("web", 1);
         if pids != old {
             break pids;
         }
+        assert!(Instant::now() < deadline, "never restarted");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(s.whoami("/whoami").version, "1");
     s.reload(&toml);
-    s.wait_for_count("app web: changed; replacing its instances one at a time", 1);
+    s.wait_for_count(
+        &format!(
+            "app web: its cwd now leads to {} (was {}); replacing its instances one at a time",
+            dir.path("r2"),
+            dir.path("r1")
+        ),
+        1,
+    );
     s.wait_for_count(&format!("app web[0] (pid {}) stopped: ", restarted[0]), 1);
     let new = s.ready_pids("web", 1);
     assert_ne!(new, restarted);
     assert_eq!(s.whoami("/whoami").version, "2");
 }
 
+/// `reload = "always"`: a SIGHUP with the same settings replaces the
+/// instances one at a time all the same, as `pm2 reload` does: new code
+/// deployed (here a release file the app reads at start) goes live with
+/// `systemctl reload`, and no request fails.
 #[test]
 fn reload_always_rolls_out_new_code_under_the_same_settings() {
     if !have_node() {

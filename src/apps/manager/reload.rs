@@ -189,6 +189,23 @@ impl Manager {
                 "app {}: reload = \"always\"; replacing its instances one at a time",
                 config.name
             ),
+            // Said, when nothing in the file changed but where a link led.
+            (None, _) if !app.config.replaces_instances(&AppConfig {
+                cwd_target: app.config.cwd_target.clone(),
+                ..config.clone()
+            }) =>
+            {
+                let shown = |p: &Option<std::path::PathBuf>| {
+                    p.as_deref()
+                        .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+                };
+                info!(
+                    "app {}: its cwd now leads to {} (was {}); replacing its instances one at a time",
+                    config.name,
+                    shown(&config.cwd_target),
+                    shown(&app.config.cwd_target)
+                )
+            }
             (None, _) => info!(
                 "app {}: changed; replacing its instances one at a time",
                 config.name

@@ -12,7 +12,9 @@ use toml_edit::{ArrayOfTables, Table, Value};
 use super::upstreams::PROXY_KEYS;
 use super::values::set;
 use super::{Field, Walker};
-use crate::config::{app_key, AppConfig, AppListen, AppReload, Instances, StopSignal};
+use crate::config::{
+    app_key, AppConfig, AppListen, AppReload, Instances, StopSignal, MAX_INSTANCES,
+};
 
 /// The keys an app takes besides its proxy settings, in the order messages
 /// list them.
@@ -207,8 +209,27 @@ fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
             return Some(format!("write max-memory = \"{size}\""));
         }
         "kill_signal" => {
-            let signal = value?.as_str()?;
-            return Some(format!("write stop-signal = {signal:?}"));
+            let given = value?.as_str()?.to_ascii_uppercase();
+            let named = if given.starts_with("SIG") {
+                given
+            } else {
+                format!("SIG{given}")
+            };
+            // One coreserve sends (SIGKILL is not one: it comes at
+            // stop-timeout anyway).
+            let known = StopSignal::NAMED.iter().any(|(n, _)| *n == named);
+            return Some(if known {
+                format!("write stop-signal = {named:?}")
+            } else {
+                let names: Vec<String> = StopSignal::NAMED
+                    .iter()
+                    .map(|(n, _)| format!("{n:?}"))
+                    .collect();
+                format!(
+                    "write stop-signal = one of {} (SIGKILL follows at stop-timeout in any case)",
+                    names.join(", ")
+                )
+            });
         }
         "node_args" => {
             let args: Vec<String> = match value? {
@@ -325,7 +346,7 @@ impl Walker<'_> {
                     // PM2's `0` ("max") and `-1` (all CPUs but one).
                     Some(Value::Integer(n)) if *n.value() <= 0 => {
                         let rule = format!(
-                            "must be a number of instances (at least 1) or \"auto\", got {}: PM2's 0 and -1 (every CPU, every CPU but one) are written \"auto\" (one per shard) or a number here",
+                            "must be 1 to {MAX_INSTANCES}, or \"auto\" (one per shard), got {}: PM2's 0 and -1 (every CPU, every CPU but one) are \"auto\" or a number here",
                             n.value()
                         );
                         self.error(&f, rule);
@@ -638,7 +659,7 @@ stop-signal = "TERM"
                 at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string: write PORT = \"3000\" (an environment holds only strings)"),
-                at(18, "app[2].instances: must be a number of instances (at least 1) or \"auto\", got -1: PM2's 0 and -1 (every CPU, every CPU but one) are written \"auto\" (one per shard) or a number here"),
+                at(18, "app[2].instances: must be 1 to 256, or \"auto\" (one per shard), got -1: PM2's 0 and -1 (every CPU, every CPU but one) are \"auto\" or a number here"),
                 at(15, "app[2].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
                 at(21, "app[3].stop-signal: must be \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", \"SIGUSR1\" or \"SIGUSR2\", got \"TERM\""),
                 at(20, "app[3].name: is required: the app's name, also its upstream group's, which proxy routes give as upstream = \"…\""),
@@ -693,7 +714,7 @@ listen_timeout = 1500
             r#"[[app]]
 name = "web"
 command = ["node", "server.js"]
-kill_signal = "SIGTERM"
+kill_signal = "term"
 node_args = "--max-old-space-size=200 --trace-warnings"
 max_memory_restart = 157286400
 kill-timeout = "6s"

@@ -19,10 +19,11 @@ impl Walker<'_> {
                         _ if keyword("off") => AccessLog::Off,
                         _ if keyword("stderr") => AccessLog::Stderr,
                         _ if keyword("stdout") => AccessLog::Stdout,
-                        "" => {
-                            let rule =
-                                "must be \"off\", \"stderr\", \"stdout\" or a file path, got \"\"";
-                            self.error(&f, rule.into());
+                        blank if blank.trim().is_empty() => {
+                            let rule = format!(
+                                "must be \"off\", \"stderr\", \"stdout\" or a file path, got {blank:?}"
+                            );
+                            self.error(&f, rule);
                             continue;
                         }
                         // `" stderr"` made a file named " stderr"; a path
@@ -80,5 +81,11 @@ mod tests {
             ])
         );
         assert!(access("a.log ").is_err());
+        assert_eq!(
+            access("  "),
+            Err(vec![
+                "/etc/cs/t.toml:2: log.access: must be \"off\", \"stderr\", \"stdout\" or a file path, got \"  \"".to_string()
+            ])
+        );
     }
 }

@@ -101,16 +101,22 @@ impl Walker<'_> {
             return None;
         };
         let mut out = Vec::new();
+        let mut all = true;
         for (i, s) in strings.iter().enumerate() {
             match s.parse() {
                 Ok(a) => out.push(a),
-                Err(_) => self.element_error(
-                    f,
-                    i,
-                    format!("must be an address like \"0.0.0.0:80\" or \"[::]:80\", got {s:?}"),
-                ),
+                Err(_) => {
+                    all = false;
+                    self.element_error(
+                        f,
+                        i,
+                        format!("must be an address like \"0.0.0.0:80\" or \"[::]:80\", got {s:?}"),
+                    );
+                }
             }
         }
-        Some(out)
+        // Whole or not at all: the rules on the list (an address listed
+        // twice) name elements by their place in the file.
+        all.then_some(out)
     }
 }

@@ -139,7 +139,7 @@ fn bad_app_configs_fail_check_with_file_line_and_key() {
         ),
         (
             app("instances = 0"),
-            "4: app[1].instances: must be 1 to 256, or \"auto\" (one per shard), got 0".into(),
+            "4: app[1].instances: must be 1 to 256, or \"auto\" (one per shard), got 0: PM2's 0 and -1 (every CPU, every CPU but one) are \"auto\" or a number here".into(),
         ),
         (
             app("listen = \"tcp\""),
