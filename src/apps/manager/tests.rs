@@ -511,6 +511,12 @@ fn start_up_fails_with_the_last_output_when_an_instance_exits() {
     });
 }
 
+/// A port nobody listens on now (the kernel's pick, let go).
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 /// The cluster example's port left in the code, with two instances: the
 /// first takes the port, the second dies of EADDRINUSE; the error names
 /// the one that holds it and where it was told to listen.
@@ -518,11 +524,7 @@ fn start_up_fails_with_the_last_output_when_an_instance_exits() {
 fn start_up_fails_naming_the_instance_that_took_a_port_of_its_own() {
     within(|| {
         let mut h = Harness::new("own-port");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let body = format!(
             "s = socket.socket()\nif not once('first'):\n    time.sleep(0.3)\n\
              s.bind(('127.0.0.1', {port}))\ns.listen(8)\non_term(lambda: sys.exit(0))\nserve(s)"
@@ -549,11 +551,7 @@ fn start_up_fails_naming_the_instance_that_took_a_port_of_its_own() {
 fn start_up_fails_naming_the_instance_that_holds_a_second_port() {
     within(|| {
         let mut h = Harness::new("second-port");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let body = format!(
             "if not once('first'):\n    time.sleep(0.3)\n\
              t = socket.socket()\nt.bind(('127.0.0.1', {port}))\nt.listen(8)\n\

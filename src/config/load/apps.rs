@@ -202,7 +202,10 @@ fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
                 Value::String(s) => s.value().to_ascii_lowercase(),
                 // Bytes, as PM2 takes a number: in MiB, rounded up.
                 Value::Integer(n) => {
-                    format!("{}m", (*n.value()).max(0).unsigned_abs().div_ceil(1 << 20))
+                    format!(
+                        "{}m",
+                        u64::try_from(*n.value()).unwrap_or(0).div_ceil(1 << 20)
+                    )
                 }
                 _ => return None,
             };
@@ -240,6 +243,9 @@ fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
                     .collect(),
                 _ => return None,
             };
+            if args.is_empty() {
+                return None;
+            }
             let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
             return Some(format!(
                 "write them in command = [\"node\", {}, \"server.js\"]",
