@@ -246,10 +246,17 @@ pub fn spawn(
         });
     }
     let mut child = super::reaper::spawn_instance(&mut cmd).map_err(|e| {
-        let cwd = app
-            .cwd
-            .as_ref()
-            .map_or(String::new(), |d| format!(" in {}", d.display()));
+        // Where it was started: the release a link led to, named as such
+        // when that is what is gone (the link itself may well be there).
+        let cwd = match (&app.cwd, &app.cwd_target) {
+            (Some(link), Some(target)) if target != link && !target.is_dir() => format!(
+                " in {} (where {} led when the file was read: gone; a reload starts it where the link leads now)",
+                target.display(),
+                link.display()
+            ),
+            (Some(d), _) => format!(" in {}", d.display()),
+            (None, _) => String::new(),
+        };
         let hint = match e.kind() {
             io::ErrorKind::NotFound => {
                 " (the program, the interpreter its #! line names, or the directory is missing)"

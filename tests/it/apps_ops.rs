@@ -1120,6 +1120,18 @@ fn a_reload_after_the_cwd_link_moved_rolls_out_the_release_it_names() {
     let new = s.ready_pids("web", 1);
     assert_ne!(new, restarted);
     assert_eq!(s.whoami("/whoami").version, "2");
+    // Its release deleted under it (old releases cleaned up, the link
+    // moved back), then killed: its restart fails, and says which
+    // directory is gone (it named the link, which is there).
+    std::fs::rename(dir.0.join("r2"), dir.0.join("r2-deleted")).unwrap();
+    std::os::unix::fs::symlink("r1", dir.0.join("next")).unwrap();
+    std::fs::rename(dir.0.join("next"), dir.0.join("current")).unwrap();
+    kill(new[0]);
+    s.server.wait_for_log(&format!(
+        "in {} (where {} led when the file was read: gone; a reload starts it where the link leads now)",
+        dir.path("r2"),
+        dir.path("current")
+    ));
 }
 
 /// `reload = "always"`: a SIGHUP with the same settings replaces the
