@@ -231,9 +231,10 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
             ("metrics.listen", config.metrics.listen.as_slice()),
         ];
         for (key, addrs) in listens {
-            for a in addrs {
+            for (i, a) in addrs.iter().enumerate() {
                 if let Some(fault) = not_local(*a) {
-                    errors.push(ConfigError::new(key, fault));
+                    // Its element's line, in a list written one a line.
+                    errors.push(ConfigError::new(super::element_key(key, i), fault));
                 }
             }
         }

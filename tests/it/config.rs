@@ -164,6 +164,33 @@ fn an_address_a_flag_gives_is_named_by_the_flag() {
     }
 }
 
+/// An address of a list written one a line that this host cannot listen
+/// on is named at its own line (it was the list's first).
+#[test]
+fn an_address_not_of_this_machine_is_at_its_own_line() {
+    let dir = Scratch::new("check-listen-lines");
+    let conf = dir.write(
+        "c.toml",
+        format!(
+            "[server]\nlisten = [\n  \"127.0.0.1:0\",\n  \"192.0.2.1:23008\",\n]\n\n{}",
+            crate::apps::OK_ROUTE
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coreserve"))
+        .args(["--check", "--config", &conf.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{}:4: server.listen: cannot listen on 192.0.2.1:23008",
+            conf.display()
+        )),
+        "{err}"
+    );
+}
+
 /// A file with warnings and errors: `--check` writes its warnings (through
 /// the log thread) before its errors (its own), not mixed at random.
 #[test]

@@ -13,7 +13,7 @@ use super::upstreams::PROXY_KEYS;
 use super::values::set;
 use super::{Field, Walker};
 use crate::config::{
-    app_key, AppConfig, AppListen, AppReload, Instances, StopSignal, MAX_INSTANCES,
+    app_key, AppConfig, AppListen, AppReload, Instances, StopSignal, MAX_INSTANCES, MIN_MAX_MEMORY,
 };
 
 /// The keys an app takes besides its proxy settings, in the order messages
@@ -204,7 +204,11 @@ fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
                 Value::Integer(n) => {
                     format!(
                         "{}m",
-                        u64::try_from(*n.value()).unwrap_or(0).div_ceil(1 << 20)
+                        u64::try_from(*n.value())
+                            .unwrap_or(0)
+                            .div_ceil(1 << 20)
+                            // (At least what `max-memory` takes.)
+                            .max(MIN_MAX_MEMORY >> 20)
                     )
                 }
                 _ => return None,
@@ -746,6 +750,10 @@ treekill = false
                 "none is needed: the stop signal goes to the instance's whole process group and to the descendants that left it, as PM2's treekill",
             ]
         );
+        // Under the smallest `max-memory`: that, not a value refused.
+        let small = load("[[app]]\nname = \"w\"\ncommand = [\"a\"]\nmax_memory_restart = 1000\n")
+            .unwrap_err();
+        assert!(small[0].ends_with("write max-memory = \"4m\""), "{small:?}");
     }
 
     /// PM2's milliseconds written as a bare number are refused, with what
