@@ -194,6 +194,13 @@ const MIN_UPTIME_HERE: &str = "(here, how long a rolling reload's new instance s
 /// user copying it would take for theirs.
 fn pm2_value(key: &str, value: Option<&Value>) -> Option<String> {
     let ours = match key {
+        // PM2 runs a script with node (its `interpreter`, by default).
+        "script" => {
+            let script = value?.as_str()?;
+            return Some(format!(
+                "write command = [\"node\", {script:?}] (the program, then its arguments)"
+            ));
+        }
         "kill_timeout" => "stop-timeout",
         "listen_timeout" => "start-timeout",
         "min_uptime" => "min-uptime",
@@ -738,6 +745,13 @@ treekill = false
             .iter()
             .map(|e| e.split_once("not a key of an app: ").unwrap().1)
             .collect();
+        let script = load("[[app]]\nname = \"w\"\nscript = \"dist/main.js\"\n").unwrap_err();
+        assert!(
+            script[0].ends_with(
+                "write command = [\"node\", \"dist/main.js\"] (the program, then its arguments)"
+            ),
+            "{script:?}"
+        );
         assert_eq!(
             rules,
             [
