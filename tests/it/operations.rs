@@ -46,13 +46,18 @@ fn sighup_applies_a_valid_file_and_keeps_the_old_one_on_errors() {
     dir.write(
         "c.toml",
         format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\nshards = 7\n{}",
+            "[server]\nlisten = \"127.0.0.1:1\"\nshards = 7\n[log]\nformat = \"json\"\n{}",
             route("three")
         ),
     );
     server.signal(libc::SIGHUP);
     server.wait_for_log(&format!(
         "SIGHUP: {}:3: server.shards: changed; that takes a restart",
+        conf.display()
+    ));
+    // A table's at its header.
+    server.wait_for_log(&format!(
+        "SIGHUP: {}:4: [log]: changed; that takes a restart",
         conf.display()
     ));
     assert!(!server.log().contains("server.listen: changed"));

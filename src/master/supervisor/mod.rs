@@ -778,10 +778,15 @@ impl<W: World> Supervisor<W> {
                 key,
                 "changed; that takes a restart, the running value stays",
             );
-            // At its line when the file set it; not put on the file when
-            // a flag or the CPUs (`shards = "auto"`) changed it.
+            // At its line when the file set it (a table, `[log]`, at its
+            // header's); not put on the file when a flag or the CPUs
+            // (`shards = "auto"`) changed it.
+            let table = key.trim_start_matches('[').trim_end_matches(']');
             if new.lines.contains_key(key) {
                 new.locate(&mut e);
+            } else if let Some(&line) = new.lines.get(table).filter(|_| table != key) {
+                e.line = Some(line);
+                e.file = new.source.as_ref().map(|f| f.display().to_string());
             }
             warn!("SIGHUP: {e}");
         }
