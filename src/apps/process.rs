@@ -45,6 +45,7 @@ pub type Tail = Arc<Mutex<VecDeque<String>>>;
 /// What an instance's output lines say beside its name: `(stopping)` once
 /// it is asked to stop, `(new)` while it is a replacement beside the
 /// instance of its slot.
+#[derive(Clone)]
 struct Label {
     /// Set once the instance is asked to stop.
     stopping: Arc<OnceLock<Stop>>,
@@ -290,25 +291,21 @@ pub fn spawn(
     .flatten()
     .filter_map(|fd| crate::sys::inode(fd).ok())
     .collect();
+    let label = Label {
+        stopping: stopping.clone(),
+        new: new.clone(),
+    };
     if let Some(out) = child.stdout.take() {
-        let label = Label {
-            stopping: stopping.clone(),
-            new: new.clone(),
-        };
         relay_lines(
             out,
             who.clone(),
             tail.clone(),
             false,
             relaying.clone(),
-            label,
+            label.clone(),
         );
     }
     if let Some(err) = child.stderr.take() {
-        let label = Label {
-            stopping: stopping.clone(),
-            new: new.clone(),
-        };
         relay_lines(err, who, tail.clone(), true, relaying, label);
     }
     std::thread::Builder::new()

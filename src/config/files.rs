@@ -525,12 +525,9 @@ fn check_app(i: usize, a: &AppConfig, errors: &mut Vec<ConfigError>) {
 /// line in one string (`"node app.js"`: no shell splits it), or a script
 /// named alone (PM2's `script = "app.js"`, which PM2 runs with node).
 fn not_found_hint(program: &str) -> String {
-    let mut words = program.split_whitespace();
-    if let (Some(first), Some(_)) = (words.next(), words.next()) {
-        let all: Vec<String> = program
-            .split_whitespace()
-            .map(|w| format!("{w:?}"))
-            .collect();
+    let words: Vec<&str> = program.split_whitespace().collect();
+    if let [first, _, ..] = words[..] {
+        let all: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
         return format!(
             " (it is the program's name, not a command line, and no shell splits it: did you mean {first:?} with its arguments apart, [{}]?)",
             all.join(", ")

@@ -561,6 +561,14 @@ fn list_of_element(key: &str) -> Option<&str> {
     (named && !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())).then_some(list)
 }
 
+/// The key a whole table's is recorded under: `[log]` is the file's `log`
+/// (its header's line); any other key is itself.
+fn table_of(key: &str) -> &str {
+    key.strip_prefix('[')
+        .and_then(|k| k.strip_suffix(']'))
+        .unwrap_or(key)
+}
+
 impl Config {
     /// Point an error at the file and line its key came from, if it did.
     pub fn locate(&self, e: &mut ConfigError) {
@@ -577,7 +585,7 @@ impl Config {
                 e.file = Some(src.display().to_string());
             }
             if e.line.is_none() {
-                e.line = self.lines.get(&e.key).copied();
+                e.line = self.lines.get(table_of(&e.key)).copied();
             }
             if e.line.is_none() {
                 // An error about a route or a group may name a key it did
@@ -588,6 +596,13 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Whether the file set `key` (a table, `[log]`, by its header): an
+    /// error about a key it did not set (a flag's, a default's) is not put
+    /// on it.
+    pub fn sets(&self, key: &str) -> bool {
+        self.lines.contains_key(table_of(key))
     }
 
     /// Whether the file this came from has its own routes: false with no

@@ -781,12 +781,8 @@ impl<W: World> Supervisor<W> {
             // At its line when the file set it (a table, `[log]`, at its
             // header's); not put on the file when a flag or the CPUs
             // (`shards = "auto"`) changed it.
-            let table = key.trim_start_matches('[').trim_end_matches(']');
-            if new.lines.contains_key(key) {
+            if new.sets(key) {
                 new.locate(&mut e);
-            } else if let Some(&line) = new.lines.get(table).filter(|_| table != key) {
-                e.line = Some(line);
-                e.file = new.source.as_ref().map(|f| f.display().to_string());
             }
             warn!("SIGHUP: {e}");
         }

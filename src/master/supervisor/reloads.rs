@@ -50,12 +50,11 @@ impl Reloads {
 /// finds the line of): a reload cannot open them.
 pub(super) fn added_listeners(old: &Config, new: &Config) -> Vec<(String, SocketAddr)> {
     let added = |key: &str, listed: &[SocketAddr], before: &[SocketAddr]| {
-        let key = key.to_string();
         listed
             .iter()
             .enumerate()
             .filter(|(_, a)| !before.contains(a))
-            .map(move |(i, a)| (format!("{key}[{i}]"), *a))
+            .map(|(i, a)| (crate::config::element_key(key, i), *a))
             .collect::<Vec<_>>()
     };
     let mut all = added("server.listen", &new.listen, &old.listen);
