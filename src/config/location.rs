@@ -34,6 +34,10 @@ pub enum LocationError {
     /// A `$name` that is none of the variables a location takes.
     #[error("unknown variable ${0}: a location takes $host and $request_uri, as nginx's")]
     Unknown(String),
+    /// `$1` and the like: a `rewrite`'s capture, which a route matched by
+    /// its path prefix has none of.
+    #[error("${0} is a rewrite's capture, and a route matches by path prefix, not by a regular expression: a location has none (it takes $host and $request_uri; %24 is a literal $)")]
+    Capture(String),
 }
 
 /// The variables, by name.
@@ -42,7 +46,9 @@ const VARIABLES: [(&str, Part); 2] = [("host", Part::Host), ("request_uri", Part
 impl Location {
     /// Read `text`: `$` then a letter or `_` starts a variable's name, which
     /// runs over letters, digits and `_` (so `$host.example` is `$host`,
-    /// then `.example`); any other `$` is itself.
+    /// then `.example`); `$` then a digit is a capture (refused: nginx's
+    /// `rewrite … /new/$1` copied over would send `$1` as written); any
+    /// other `$` is itself.
     pub fn parse(text: &str) -> Result<Location, LocationError> {
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -50,19 +56,16 @@ impl Location {
         while let Some(at) = rest.find('$') {
             literal.push_str(&rest[..at]);
             let after = &rest[at + 1..];
-            let starts_name = after
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-            if !starts_name {
+            let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            if digits > 0 {
+                return Err(LocationError::Capture(after[..digits].into()));
+            }
+            let Some(name) = variable_name(after) else {
                 literal.push('$');
                 rest = after;
                 continue;
-            }
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let name = &after[..len];
+            };
+            let len = name.len();
             let Some((_, part)) = VARIABLES.iter().find(|(n, _)| *n == name) else {
                 return Err(LocationError::Unknown(name.into()));
             };
@@ -127,6 +130,26 @@ impl Location {
             }
         }
     }
+}
+
+/// The name of the variable that `after`, the text after a `$`, starts
+/// with, if any: a letter or `_`, then letters, digits and `_`, as nginx
+/// reads `$name`.
+pub fn variable_name(after: &str) -> Option<&str> {
+    let first = after.bytes().next()?;
+    if !(first.is_ascii_alphabetic() || first == b'_') {
+        return None;
+    }
+    let len = after
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(after.len());
+    Some(&after[..len])
+}
+
+/// The first `$name` in `text` (its name), as nginx would expand it.
+pub fn first_variable(text: &str) -> Option<&str> {
+    text.match_indices('$')
+        .find_map(|(at, _)| variable_name(&text[at + 1..]))
 }
 
 /// `path` with the slashes it begins with made one.
@@ -206,7 +229,7 @@ mod tests {
             fill("$request_uri", "a", "/caf\u{e9} <a>%2F?q=\\"),
             "/caf%C3%A9%20%3Ca%3E%2F?q=\\"
         );
-        assert_eq!(fill("/price$5/$", "a", "/x"), "/price$5/$");
+        assert_eq!(fill("/price$/$", "a", "/x"), "/price$/$");
         assert!(!Location::parse("/new").unwrap().needs_host());
         assert!(Location::parse("//$host/").unwrap().needs_host());
     }
@@ -220,5 +243,23 @@ mod tests {
             "unknown variable $server_name: a location takes $host and $request_uri, as nginx's"
         );
         assert!(Location::parse("https://$hostname/").is_err());
+    }
+
+    /// nginx's `rewrite ^/blog/(.*)$ /articles/$1 permanent;` copied over
+    /// sent `Location: /articles/$1`.
+    #[test]
+    fn a_rewrites_capture_is_refused() {
+        let err = Location::parse("/articles/$1").unwrap_err();
+        assert_eq!(err, LocationError::Capture("1".into()));
+        assert!(
+            err.to_string().starts_with("$1 is a rewrite's capture"),
+            "{err}"
+        );
+        assert_eq!(
+            Location::parse("https://$host/a/$12x").unwrap_err(),
+            LocationError::Capture("12".into())
+        );
+        assert_eq!(first_variable("a $ b $_x1-y"), Some("_x1"));
+        assert_eq!(first_variable("$9 and $"), None);
     }
 }

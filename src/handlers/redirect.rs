@@ -12,6 +12,8 @@ use crate::http::status::Status;
 pub struct Redirect {
     status: Status,
     location: Location,
+    /// Its reason phrase and a newline, as the router's own answers end.
+    body: &'static [u8],
 }
 
 impl Redirect {
@@ -21,7 +23,18 @@ impl Redirect {
         // A validated location always parses; one that did not would be
         // sent as written rather than stop the shard.
         let location = Location::parse(location).unwrap_or_else(|_| Location::literal(location));
-        Redirect { status, location }
+        let body: &[u8] = match status.code() {
+            302 => b"Found\n",
+            303 => b"See Other\n",
+            307 => b"Temporary Redirect\n",
+            308 => b"Permanent Redirect\n",
+            _ => b"Moved Permanently\n",
+        };
+        Redirect {
+            status,
+            location,
+            body,
+        }
     }
 }
 
@@ -52,7 +65,7 @@ impl Handler for Redirect {
                 .write(host, req.path_as_sent(), req.query, out)
         });
         // A short body for clients that do not follow redirects, as nginx sends.
-        res.body("text/plain; charset=utf-8", self.status.reason().as_bytes());
+        res.body("text/plain; charset=utf-8", self.body);
         Outcome::Done
     }
 }

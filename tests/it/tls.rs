@@ -1133,6 +1133,8 @@ fn plain_http_redirects_to_https_with_a_scheme_route() {
         "{plain}"
     );
     assert!(!plain.contains("Strict-Transport-Security"), "{plain}");
+    // Its reason, a line as the slash redirect's (probe A: no newline).
+    assert!(plain.ends_with("\r\n\r\nMoved Permanently\n"), "{plain}");
     // The target as sent, as nginx's `$request_uri`: an escaped slash is
     // not a slash, and neither escapes nor dot segments are undone.
     let (_, at, plain) = location(

@@ -106,11 +106,12 @@ impl Walker<'_> {
                         "headers",
                     ];
                     let known = [&every[..], keys].concat();
-                    let rule = match (super::closest(name, &known), kind) {
-                        (Some(meant), _) => format!("unknown key (did you mean {meant}?)"),
+                    let rule = match (elsewhere(name), super::closest(name, &known), kind) {
+                        (Some(hint), _, _) => hint,
+                        (None, Some(meant), _) => format!("unknown key (did you mean {meant}?)"),
                         // Its own keys, and those every route takes: the
                         // handler's alone read as all there are.
-                        (None, Some(k)) if !k.keys.is_empty() => format!(
+                        (None, None, Some(k)) if !k.keys.is_empty() => format!(
                             "unknown key for handler {:?} (it takes {}; every route takes {})",
                             k.name,
                             k.keys.join(", "),
@@ -163,6 +164,13 @@ impl Walker<'_> {
     /// `.example.com` (that name and every name under it).
     fn route_host(&mut self, f: &Field) -> Option<String> {
         let host = self.string(f)?.to_ascii_lowercase();
+        if host == "_" {
+            // nginx's `server_name _;` of a default server: here it would
+            // match only a request whose Host is `_`.
+            let rule = "\"_\" is nginx's catch-all server_name, a name no client sends: leave host out: a route without host answers every host that no route for its name takes";
+            self.error(f, rule.into());
+            return None;
+        }
         let (wildcard, name) = match (host.strip_prefix("*."), host.strip_prefix('.')) {
             (Some(name), _) => ("*.", name),
             (_, Some(name)) => (".", name),
@@ -203,6 +211,113 @@ impl Walker<'_> {
         }
         bare
     }
+}
+
+/// nginx's directives of a `location` or `server` block that a migrating
+/// user writes into a route, with what to write instead (matched in any
+/// case, `-` for `_`).
+const NGINX_KEYS: &[(&str, &str)] = &[
+    (
+        "client_max_body_size",
+        "write max-body-bytes = \"10m\" on the route, or in [limits] for every route",
+    ),
+    (
+        "alias",
+        "a static route's root is what nginx's alias is (/static/a.css under path = \"/static/\" and root = \"/srv/www\" is /srv/www/a.css)",
+    ),
+    (
+        "expires",
+        "write cache-control = \"max-age=2592000\" (expires 30d) on a static route",
+    ),
+    (
+        "add_header",
+        "write headers = { X-Frame-Options = \"DENY\" }",
+    ),
+    (
+        "proxy_pass",
+        "write handler = \"proxy\" and upstream = the name of an [[upstream]] group or [[app]]",
+    ),
+    (
+        "proxy_set_header",
+        "write request-headers = { X-Name = \"value\" }; the client's Host is kept (keep-host) and X-Forwarded-* are set by coreserve (see trusted-proxies)",
+    ),
+    (
+        "try_files",
+        "a static route's fallback = \"/index.html\" is try_files $uri $uri/ /index.html",
+    ),
+    (
+        "server_name",
+        "write host = \"example.com\", or leave host out for every host",
+    ),
+    (
+        "return",
+        "write handler = \"redirect\" with status and location, or handler = \"respond\" with status and body",
+    ),
+    (
+        "rewrite",
+        "write handler = \"redirect\" with location; routes match by path prefix, not by regular expressions",
+    ),
+    (
+        "error_page",
+        "there are no error pages to set: coreserve's own answers (404, 405, 413…) are short plain text, and an app behind a proxy route sends its own",
+    ),
+    (
+        "proxy_http_version",
+        "none is needed: coreserve speaks HTTP/1.1 with keep-alive to every upstream",
+    ),
+    (
+        "proxy_redirect",
+        "none is needed: a redirect naming the upstream's address is rewritten as nginx's proxy_redirect default does (see keep-host)",
+    ),
+    (
+        "listen",
+        "addresses are [server] listen and [tls] listen; a route is narrowed to plain HTTP or HTTPS with scheme",
+    ),
+    (
+        "ssl_certificate",
+        "certificates are [[tls.certificate]] tables, with chain and key",
+    ),
+    (
+        "ssl_certificate_key",
+        "certificates are [[tls.certificate]] tables, with chain and key",
+    ),
+];
+
+/// nginx's per-location proxy directives, with the group key each is.
+const NGINX_GROUP_KEYS: &[(&str, &str)] = &[
+    ("proxy_read_timeout", "read-timeout"),
+    ("proxy_connect_timeout", "connect-timeout"),
+    ("proxy_send_timeout", "send-timeout"),
+    ("proxy_buffering", "buffer"),
+    ("proxy_request_buffering", "request-buffer"),
+];
+
+/// Where a key that no route takes belongs, if it is one of an upstream
+/// group's or nginx's (nginx sets `proxy_read_timeout` per location: a
+/// migrating user writes it on the route, and "unknown key" alone does not
+/// say where it goes).
+fn elsewhere(name: &str) -> Option<String> {
+    let same = |k: &str| crate::http::parse::same_field(k, name);
+    let group = |key: &str| {
+        format!(
+            "{key} is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own (a long poll's read-timeout) names a group of its own with the same servers"
+        )
+    };
+    if same("servers") {
+        let rule =
+            "servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")";
+        return Some(rule.into());
+    }
+    if let Some(key) = super::upstreams::PROXY_KEYS.iter().find(|k| same(k)) {
+        return Some(group(key));
+    }
+    if let Some((n, key)) = NGINX_GROUP_KEYS.iter().find(|(n, _)| same(n)) {
+        return Some(format!("is nginx's {n}: {}", group(key)));
+    }
+    NGINX_KEYS
+        .iter()
+        .find(|(n, _)| same(n))
+        .map(|(n, instead)| format!("is nginx's {n}: {instead}"))
 }
 
 /// Why a route of `kind` cannot add field `name`, if it cannot: coreserve
@@ -318,6 +433,79 @@ mod tests {
 
     /// Read from the file as written: made canonical first, a `?` became
     /// `%3F` and passed every check (a unit test of `validate` did not see).
+    /// Probe A (an nginx site moved over): each of these passed `--check`
+    /// and did nothing, or something else than nginx's, at run time.
+    #[test]
+    fn what_nginx_would_expand_or_match_is_refused_with_what_to_write() {
+        let route = |keys: &str| {
+            errors(&format!(
+                "[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:3000\"]\n\
+                 [[route]]\npath = \"/\"\nhandler = \"proxy\"\nupstream = \"app\"\n{keys}"
+            ))
+        };
+        // `proxy_set_header Host $host`: the app was sent `Host: $host`.
+        let e = route("request-headers = { Host = \"$host\", X-Request-Id = \"$request_id\" }\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(
+            e[0],
+            "t.toml:8: route[1].request-headers.Host: $host would be sent as written: a header value is not expanded, as nginx's variables are (keep-host = true, the default, sends the client's Host on)"
+        );
+        assert!(e[1].starts_with("t.toml:8: route[1].request-headers.X-Request-Id: $request_id would be sent as written"), "{e:?}");
+        let e = route("headers = { X-Served-By = \"$hostname\", X-Price = \"5$ or $5\" }\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("headers.X-Served-By: $hostname would be sent as written"),
+            "{e:?}"
+        );
+        // `server_name _;` matched only a Host of `_`.
+        let e = route("host = \"_\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:8: route[1].host: \"_\" is nginx's catch-all server_name"),
+            "{e:?}"
+        );
+        // `rewrite … /articles/$1` sent `Location: /articles/$1`.
+        let text =
+            "[[route]]\npath = \"/blog/\"\nhandler = \"redirect\"\nlocation = \"/articles/$1\"\n";
+        let c = crate::config::parse_str(text, Path::new("t.toml")).unwrap();
+        let e: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:4: route[1].location: $1 is a rewrite's capture"),
+            "{e:?}"
+        );
+        // A group's key, or nginx's name for it, on the route says where
+        // it goes (it said only "unknown key for handler").
+        let e = route("read-timeout = \"300s\"\nproxy_buffering = \"off\"\nservers = []\n");
+        assert_eq!(
+            e,
+            [
+                "t.toml:8: route[1].read-timeout: read-timeout is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own (a long poll's read-timeout) names a group of its own with the same servers",
+                "t.toml:9: route[1].proxy_buffering: is nginx's proxy_buffering: buffer is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own (a long poll's read-timeout) names a group of its own with the same servers",
+                "t.toml:10: route[1].servers: servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")",
+            ]
+        );
+        let e = errors(
+            "[[route]]\npath = \"/\"\nhandler = \"static\"\nroot = \".\"\n\
+             client_max_body_size = \"10m\"\nAlias = \"/srv\"\ntry-files = \"$uri\"\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("t.toml:5: route[1].client_max_body_size: is nginx's client_max_body_size: write max-body-bytes"), "{e:?}");
+        assert!(
+            e[1].contains("route[1].Alias: is nginx's alias: a static route's root is what"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].contains("route[1].try-files: is nginx's try_files: a static route's fallback"),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn a_route_path_holds_no_query_or_fragment() {
         for path in ["/search?q=1", "/a#top", "/x/?"] {

@@ -249,6 +249,20 @@ impl Walker<'_> {
                 self.error(&v, rule);
                 continue;
             }
+            // nginx's `proxy_set_header Host $host` and `add_header …
+            // $hostname` copied over went out as the text `$host`.
+            if let Some(var) = crate::config::first_variable(&value) {
+                let instead = if upstream && name.eq_ignore_ascii_case("host") {
+                    " (keep-host = true, the default, sends the client's Host on)"
+                } else {
+                    ""
+                };
+                let rule = format!(
+                    "${var} would be sent as written: a header value is not expanded, as nginx's variables are{instead}"
+                );
+                self.error(&v, rule);
+                continue;
+            }
             if let Some(rule) = match sent {
                 Sent::Upstream(rule) => rule(name, &value),
                 Sent::Client => None,

@@ -63,7 +63,9 @@ impl GzipKeys {
 }
 
 /// `gzip-types`: every media type that parses is kept, each that does not
-/// reported, so one typo does not hide the others.
+/// reported, so one typo does not hide the others; `text/html` is always
+/// among them, as in nginx's `gzip_types` (a list copied from nginx left
+/// every page uncompressed).
 fn read_types(w: &mut Walker<'_>, f: &Field<'_>, g: &mut GzipConfig) {
     let Some(types) = w.string_list(f) else {
         return;
@@ -87,6 +89,10 @@ fn read_types(w: &mut Walker<'_>, f: &Field<'_>, g: &mut GzipConfig) {
                 ),
             );
         }
+    }
+    let covers_html = |t: &String| matches!(t.as_str(), "text/html" | "text/*" | "*" | "*/*");
+    if !g.types.iter().any(covers_html) {
+        g.types.push("text/html".into());
     }
 }
 

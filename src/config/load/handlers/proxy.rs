@@ -188,6 +188,20 @@ mod tests {
                 types: vec!["text/html".into(), "application/json".into()],
             })
         );
+        // nginx's gzip_types always takes text/html (a list copied from
+        // nginx left every page uncompressed); a wider type covers it.
+        let types = |list: &str| match load(&format!(
+            "upstream = \"app\"\ngzip = true\ngzip-types = {list}\n"
+        )) {
+            Ok(HandlerConfig::Proxy(p)) => p.gzip.unwrap().types,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            types("[\"application/json\"]"),
+            ["application/json", "text/html"]
+        );
+        assert_eq!(types("[\"TEXT/*\"]"), ["text/*"]);
+        assert_eq!(types("[\"*\"]"), ["*"]);
         let errs = load(
             "upstream = \"app\"\ngzip = true\ngzip-level = 0\ngzip-types = [\"json\", \"text/html; charset=utf-8\", \"*/html\", \"text/*\", \"*\"]\n\
              gzip-min-length = \"big\"\n",
