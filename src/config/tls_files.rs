@@ -297,8 +297,19 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
 /// `-----BEGIN` line, it hid that section (the server's own certificate),
 /// where OpenSSL reads it.
 fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes = super::files::read_small(path, 1 << 20)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = super::files::read_small(path, 1 << 20).map_err(|e| {
+        let mut why = format!("cannot read {}: {e}", path.display());
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            // certbot's live/ and archive/ are root's alone: `sudo
+            // coreserve --check` passed, and the service's user failed.
+            // SAFETY: geteuid(2) cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            why.push_str(&format!(
+                " (read as uid {uid}: under the packaged service, pass a root-only key as a credential, or give the service a group that may read it; see \"Keys under systemd\" in docs/configuration.md)"
+            ));
+        }
+        why
+    })?;
     if bytes.starts_with(b"\xEF\xBB\xBF") {
         bytes.drain(..3);
     }

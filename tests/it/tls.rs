@@ -976,6 +976,42 @@ fn an_address_only_certificate_can_be_the_default() {
     );
 }
 
+/// certbot keeps its keys where only root may read them: `sudo coreserve
+/// --check` passed, and the packaged service's user failed with a bare
+/// "Permission denied" (probe C). The error says as whom it read and what
+/// to do (checked as `nobody` when the test runs as root).
+#[test]
+fn a_key_the_server_may_not_read_says_as_whom_and_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("tls-root-only");
+    let leaf = Ca::new().leaf(&["localhost"], 90);
+    dir.write("live/fullchain.pem", &leaf.pem);
+    let key = dir.write("live/privkey.pem", &leaf.key);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let conf = config(&dir, &[("live/fullchain.pem", "live/privkey.pem", &[])], "");
+    let bin = env!("CARGO_BIN_EXE_coreserve");
+    // SAFETY: geteuid(2) has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let out = cmd.args(["--check", "--config", &conf]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = format!(
+        "tls.certificate[1].key: cannot read {}: Permission denied (os error 13) (read as uid ",
+        key.display()
+    );
+    assert!(err.contains(&line), "{line} not in:\n{err}");
+    assert!(
+        err.contains("see \"Keys under systemd\" in docs/configuration.md)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_reports_bad_certificate_files_with_file_line_and_key() {
     let dir = Scratch::new("tls-check");
