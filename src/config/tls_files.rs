@@ -250,8 +250,8 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
             } else {
                 format!(
                     "{} is not the key of the certificate in {}",
-                    c.key.display(),
-                    c.chain.display()
+                    with_target(&c.key),
+                    with_target(&c.chain)
                 )
             };
             fail("key", why);
@@ -290,6 +290,16 @@ pub fn load_certificates(config: &Config, now: SystemTime) -> Loaded {
         config.locate(e);
     }
     loaded
+}
+
+/// `path`, and where it leads when it is a symlink: certbot's `live/` names
+/// `archive/`'s numbered files, and a key and chain of different renewals
+/// (a reload between its renames) are told apart by those numbers.
+fn with_target(path: &Path) -> String {
+    match std::fs::read_link(path) {
+        Ok(target) => format!("{} (-> {})", path.display(), target.display()),
+        Err(_) => path.display().to_string(),
+    }
 }
 
 /// A PEM file's bytes (at most 1 MiB: a chain is a few KiB), without the
@@ -352,16 +362,27 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = read_pem(path)?;
     // PKCS#8's encrypted form, or OpenSSL's older one (a Proc-Type header).
-    let encrypted = |marker: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
-    if encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || encrypted(b"Proc-Type: 4,ENCRYPTED") {
+    let holds = |marker: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
+    if holds(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || holds(b"Proc-Type: 4,ENCRYPTED") {
         return Err(format!(
             "{} is encrypted (protected by a passphrase), which a server starting on its own cannot enter: decrypt it (openssl pkey -in {0} -out {0}.plain) and name that",
             path.display()
         ));
     }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound if holds(b"-----BEGIN CERTIFICATE-----") => {
+            format!(
+                "{} holds certificates, not a private key: are chain and key swapped?",
+                path.display()
+            )
+        }
+        // DER's SEQUENCE: the key as `openssl … -outform DER` writes it.
+        rustls_pki_types::pem::Error::NoItemsFound if bytes.first() == Some(&0x30) => format!(
+            "{} is not PEM (binary DER?): convert it with openssl pkey -inform DER -in {0} -out {0}.pem and name that",
+            path.display()
+        ),
         rustls_pki_types::pem::Error::NoItemsFound => format!(
-            "{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+            "{} holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)",
             path.display()
         ),
         e => pem_fault(path, e),
@@ -753,6 +774,63 @@ mod tests {
             .is_empty());
     }
 
+    /// A certificate named as the key, or a key in DER, says which (probe
+    /// C: both were "holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+    /// one of the three PEM forms taken).
+    #[test]
+    fn a_key_file_that_holds_something_else_says_what() {
+        let d = Dir::new("key-forms");
+        let (leaf, _, _, _) = chain(&["a.example"], (2030, 1, 10));
+        let swapped = read_key(&d.write("cert-as-key.pem", &leaf)).unwrap_err();
+        assert!(
+            swapped.ends_with(
+                "cert-as-key.pem holds certificates, not a private key: are chain and key swapped?"
+            ),
+            "{swapped}"
+        );
+        let der = d.0.join("key.der");
+        std::fs::write(&der, [0x30, 0x82, 0x04, 0xa4, 0x02, 0x01, 0x00, 0xff]).unwrap();
+        let e = read_key(&der).unwrap_err();
+        assert!(
+            e.contains(
+                "key.der is not PEM (binary DER?): convert it with openssl pkey -inform DER"
+            ),
+            "{e}"
+        );
+    }
+
+    /// A reload between certbot's renames: the links name the renewals
+    /// they lead to (probe C: the message named `live/`'s links alone).
+    #[test]
+    fn a_key_of_another_renewal_is_named_with_where_its_link_leads() {
+        let d = Dir::new("half-flipped");
+        let (leaf, mid, _, _) = chain(&["a.example"], (2030, 1, 10));
+        let (_, _, _, old_key) = chain(&["a.example"], (2030, 1, 10));
+        for sub in ["archive", "live"] {
+            std::fs::create_dir_all(d.0.join(sub)).unwrap();
+        }
+        d.write("archive/fullchain2.pem", &(leaf + &mid));
+        d.write("archive/privkey1.pem", &old_key);
+        std::os::unix::fs::symlink("../archive/fullchain2.pem", d.0.join("live/fullchain.pem"))
+            .unwrap();
+        std::os::unix::fs::symlink("../archive/privkey1.pem", d.0.join("live/privkey.pem"))
+            .unwrap();
+        let c = config(vec![CertificateConfig {
+            chain: d.0.join("live/fullchain.pem"),
+            key: d.0.join("live/privkey.pem"),
+            names: vec![],
+        }]);
+        let errs = load_certificates(&c, at(2029, 1, 1)).errors;
+        let p = d.0.display();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].to_string().ends_with(&format!(
+                "{p}/live/privkey.pem (-> ../archive/privkey1.pem) is not the key of the certificate in {p}/live/fullchain.pem (-> ../archive/fullchain2.pem)"
+            )),
+            "{errs:?}"
+        );
+    }
+
     #[test]
     fn missing_files_a_foreign_key_and_a_wrong_order_are_errors() {
         let d = Dir::new("bad");
@@ -796,7 +874,7 @@ mod tests {
         );
         assert_eq!(
             errs[3],
-            format!("t.toml: tls.certificate[3].key: {p}/not-a-key.pem holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+            format!("t.toml: tls.certificate[3].key: {p}/not-a-key.pem holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)")
         );
         assert!(
             errs[4].starts_with(&format!("t.toml: tls.certificate[3].chain: {p}/reversed.pem: certificate 1 (issued by CN=test root) is followed by certificate 2"))
