@@ -1237,6 +1237,38 @@ fn an_apps_pwd_is_its_cwd() {
     s.server.wait_for_log(&format!("pwd={}", dir.path("site")));
 }
 
+/// An instance that listens on every interface (Node's
+/// `listen(process.env.PORT)` without a host) is reachable around
+/// coreserve: the log says so, once for the app (probe B: nothing did);
+/// one on 127.0.0.1 is not warned of.
+#[test]
+fn an_instance_listening_on_every_interface_is_warned_of_once() {
+    let serve = |host: &str| {
+        format!(
+            "import http.server, os; http.server.HTTPServer(('{host}', int(os.environ['PORT'])), http.server.BaseHTTPRequestHandler).serve_forever()"
+        )
+    };
+    let toml = app("open", &["python3", "-c", &serve("0.0.0.0")], 2, "")
+        + &app("shut", &["python3", "-c", &serve("127.0.0.1")], 1, "")
+        + &proxied("/", "open");
+    let s = AppServer::start("apps-every-interface", &toml);
+    for who in ["open[0]", "open[1]", "shut[0]"] {
+        s.server.wait_for_log(&format!("app {who} is ready"));
+    }
+    let log = s.server.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("every interface"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("] listens on 0.0.0.0:")
+            && warned[0].contains("listen on 127.0.0.1 alone (server.listen(process.env.PORT, \"127.0.0.1\") in Node)"),
+        "{log}"
+    );
+    assert!(!warned[0].contains("app shut"), "{log}");
+}
+
 /// An app gets none of coreserve's privileges: run as the packaged unit
 /// runs it (an unprivileged user with CAP_NET_BIND_SERVICE ambient, its
 /// TLS key in systemd's credentials directory), an instance has no

@@ -5,6 +5,7 @@
 //! them. It tells the master which addresses serve each app (`AppEvent`).
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -183,6 +184,9 @@ struct App {
     /// it and replaces none of its new instances (`reload = "always"`
     /// too).
     held_start: bool,
+    /// An instance was found listening on every interface and the log said
+    /// so: once, not at each restart and replacement.
+    said_open: bool,
 }
 
 /// An instance out of service, on its way out (replaced, its slot or app
@@ -300,6 +304,7 @@ impl App {
             slots: (0..n).map(|_| Slot::new(now)).collect(),
             published: Vec::new(),
             held_start: false,
+            said_open: false,
         }
     }
 
@@ -655,6 +660,15 @@ impl Manager {
                         if at != inst.addr {
                             info!("app {name}[{index}] listens on {at} (not 127.0.0.1): requests go there");
                             inst.addr = at;
+                        }
+                        if !app.said_open {
+                            if let Some(open) = listens_open(inst, &self.proc_net) {
+                                app.said_open = true;
+                                warn!(
+                                    "app {name}[{index}] listens on {open}, every interface: clients can reach it there around coreserve (its TLS, limits, trusted-proxies and access log); listen on 127.0.0.1 alone (server.listen(process.env.{}, \"127.0.0.1\") in Node)",
+                                    app.config.listen_env
+                                );
+                            }
                         }
                     } else if deadline <= now {
                         let listens =
@@ -1132,7 +1146,9 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
     match listening(inst, proc_net) {
         None => String::new(),
         Some(at) if at.is_empty() => {
-            format!("; it listens on no socket (it was given {env}={given})")
+            // Not yet, most likely: an app that loads a large bundle or
+            // waits for its database (probe B: a 10 s warm-up).
+            format!("; it listens on no socket (it was given {env}={given}): one that needs longer to get ready needs a longer start-timeout")
         }
         Some(at) => {
             // The port it was given, on an address coreserve does not
@@ -1163,6 +1179,21 @@ fn where_it_listens(inst: &Instance, env: &str, proc_net: &Path) -> String {
             }
         }
     }
+}
+
+/// The address on every interface (`0.0.0.0:P`, `[::]:P`) where `inst`
+/// listens on the port it was given, if it does: Node's
+/// `listen(process.env.PORT)` with no host, which the network reaches.
+fn listens_open(inst: &Instance, proc_net: &Path) -> Option<SocketAddr> {
+    let ServerAddr::Tcp(given) = &inst.addr else {
+        return None;
+    };
+    listening(inst, proc_net)?
+        .into_iter()
+        .find_map(|a| match a {
+            ServerAddr::Tcp(a) if a.port() == given.port() && a.ip().is_unspecified() => Some(a),
+            _ => None,
+        })
 }
 
 /// Where `inst`'s process listens, read from `/proc`; None when that
