@@ -105,6 +105,7 @@ pub async fn run(job: Job, c: JobConn<'_>) -> Ended {
                 body_timeout: c.limits.body_timeout,
                 send_timeout: c.limits.send_timeout,
                 max_head: c.max_head,
+                read_timeout: job.route.config.read_timeout,
             };
             let client = proxy::Client {
                 draining: c.draining,

@@ -292,6 +292,11 @@ pub struct ProxyConfig {
     pub upgrade: bool,
     /// Longest silence on an upgraded tunnel.
     pub tunnel_idle_timeout: Duration,
+    /// Longest silence while waiting for the response on this route, over
+    /// its group's `read-timeout` (nginx's `proxy_read_timeout` in a
+    /// location: a long poll's route waits longer than the rest); None:
+    /// the group's.
+    pub read_timeout: Option<Duration>,
     /// Pass the server's interim responses (`103 Early Hints`; any 1xx
     /// but the 100 coreserve answers itself and the 101 of a tunnel) on to
     /// HTTP/1.1 clients. Off by default, as nginx's `early_hints`: many
@@ -321,6 +326,7 @@ impl ProxyConfig {
             trusted_proxies: Vec::new(),
             upgrade: true,
             tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            read_timeout: None,
             early_hints: false,
             request_headers: Vec::new(),
             gzip: None,

@@ -133,6 +133,16 @@ pub struct Exchange {
     pub send_timeout: Duration,
     /// Largest head accepted, also from an upstream.
     pub max_head: usize,
+    /// The route's own `read-timeout`, over the group's; None: the group's.
+    pub read_timeout: Option<Duration>,
+}
+
+impl Exchange {
+    /// Longest silence while waiting for the response: the route's, else
+    /// the group's.
+    pub fn read_timeout(&self, cfg: &crate::config::UpstreamConfig) -> Duration {
+        self.read_timeout.unwrap_or(cfg.read_timeout)
+    }
 }
 
 /// How the exchange went, as it is worked out along the way; `ended` makes
@@ -744,7 +754,7 @@ async fn forward(
             let wait = if sent.send_timed_out && !sent.any {
                 Duration::ZERO
             } else {
-                cfg.read_timeout
+                ex.read_timeout(cfg)
             };
             let got = read_head(
                 &mut c,

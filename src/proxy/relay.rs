@@ -837,7 +837,7 @@ impl Ahead {
                 // client that leaves meanwhile ends it.
                 self.stall = None;
                 in_a_row = 0;
-                let deadline = Instant::now() + cfg.read_timeout;
+                let deadline = Instant::now() + ex.read_timeout(cfg);
                 match c
                     .socket
                     .unless_closed(up.read(&mut rbuf.window(0, CHUNK), deadline))
@@ -854,7 +854,7 @@ impl Ahead {
                 // go of: it holds `buffer` and a read at most.
                 let room = c.out.len() < ahead;
                 let now = Instant::now();
-                let quiet_at = *quiet_since.get_or_insert(now) + cfg.read_timeout;
+                let quiet_at = *quiet_since.get_or_insert(now) + ex.read_timeout(cfg);
                 if !room {
                     quiet_since = None;
                 }

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::proxy::{simple, Proxy};
+use crate::proxy::{group, route, simple, Proxy};
 use crate::upstream::{chunk, dead_addr, echo, ok, Reply, Request, Upstream};
 use crate::util::{connect, Reader, Response};
 
@@ -912,6 +912,36 @@ fn passive_health_skips_a_failed_server_for_fail_timeout() {
         bad.accepted() > before,
         "not tried again after fail-timeout"
     );
+}
+
+/// A route's own read-timeout (nginx's `proxy_read_timeout` in a
+/// location) is waited on that route, for the head and between reads of
+/// the body, while the group's holds on the others (probe A: only a group
+/// of its own could wait longer, with its own pools and health).
+#[test]
+fn a_routes_read_timeout_holds_over_its_groups() {
+    let up = Upstream::start(|r| match r.target.as_str() {
+        "/poll/stream" => Reply::new()
+            .write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .sleep(Duration::from_millis(800))
+            .write("4\r\nlast\r\n0\r\n\r\n"),
+        _ => Reply::new()
+            .sleep(Duration::from_millis(800))
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate"),
+    });
+    let conf = group(
+        "app",
+        &[up.server()],
+        "max-fails = 100\nread-timeout = \"300ms\"",
+    ) + &route("/poll/", "app", "read-timeout = \"5s\"")
+        + &route("/", "app", "");
+    let proxy = Proxy::start("proxy-route-read-timeout", &conf);
+    let late = proxy.get("GET /poll/a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((late.status, late.text().as_str()), (200, "late"));
+    let stream = proxy.get("GET /poll/stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((stream.status, stream.text().as_str()), (200, "firstlast"));
+    let other = proxy.get("GET /other HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(other.status, 504, "{other:?}");
 }
 
 /// The `Date` of a proxied response is when coreserve sent it, not when

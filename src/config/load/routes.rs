@@ -274,6 +274,10 @@ const NGINX_KEYS: &[(&str, &str)] = &[
         "addresses are [server] listen and [tls] listen; a route is narrowed to plain HTTP or HTTPS with scheme",
     ),
     (
+        "proxy_read_timeout",
+        "write read-timeout = \"300s\" on a proxy route (its group's read-timeout, 60 s by default, is the others')",
+    ),
+    (
         "ssl_certificate",
         "certificates are [[tls.certificate]] tables, with chain and key",
     ),
@@ -285,7 +289,6 @@ const NGINX_KEYS: &[(&str, &str)] = &[
 
 /// nginx's per-location proxy directives, with the group key each is.
 const NGINX_GROUP_KEYS: &[(&str, &str)] = &[
-    ("proxy_read_timeout", "read-timeout"),
     ("proxy_connect_timeout", "connect-timeout"),
     ("proxy_send_timeout", "send-timeout"),
     ("proxy_buffering", "buffer"),
@@ -300,9 +303,13 @@ fn elsewhere(name: &str) -> Option<String> {
     let same = |k: &str| crate::http::parse::same_field(k, name);
     let group = |key: &str| {
         format!(
-            "{key} is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own (a long poll's read-timeout) names a group of its own with the same servers"
+            "{key} is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers"
         )
     };
+    if same("read-timeout") {
+        let rule = "is a proxy route's (over its group's read-timeout), not this route's";
+        return Some(rule.into());
+    }
     if same("servers") {
         let rule =
             "servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")";
@@ -481,13 +488,14 @@ mod tests {
         );
         // A group's key, or nginx's name for it, on the route says where
         // it goes (it said only "unknown key for handler").
-        let e = route("read-timeout = \"300s\"\nproxy_buffering = \"off\"\nservers = []\n");
+        let e = route("send-timeout = \"300s\"\nproxy_buffering = \"off\"\nservers = []\nproxy_read_timeout = \"300s\"\n");
         assert_eq!(
             e,
             [
-                "t.toml:8: route[1].read-timeout: read-timeout is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own (a long poll's read-timeout) names a group of its own with the same servers",
-                "t.toml:9: route[1].proxy_buffering: is nginx's proxy_buffering: buffer is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own (a long poll's read-timeout) names a group of its own with the same servers",
+                "t.toml:8: route[1].send-timeout: send-timeout is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers",
+                "t.toml:9: route[1].proxy_buffering: is nginx's proxy_buffering: buffer is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers",
                 "t.toml:10: route[1].servers: servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")",
+                "t.toml:11: route[1].proxy_read_timeout: is nginx's proxy_read_timeout: write read-timeout = \"300s\" on a proxy route (its group's read-timeout, 60 s by default, is the others')",
             ]
         );
         let e = errors(

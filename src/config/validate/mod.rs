@@ -351,6 +351,9 @@ fn validate_route(
             if p.tunnel_idle_timeout.is_zero() {
                 err(&key("tunnel-idle-timeout"), "must be longer than 0".into());
             }
+            if p.read_timeout.is_some_and(|t| t.is_zero()) {
+                err(&key("read-timeout"), "must be longer than 0".into());
+            }
         }
         HandlerConfig::Static(s) => {
             for (n, name) in s.index.iter().enumerate() {

@@ -16,6 +16,7 @@ pub(super) const KIND: Kind = Kind {
         "trusted-proxies",
         "upgrade",
         "tunnel-idle-timeout",
+        "read-timeout",
         "early-hints",
         "request-headers",
         "gzip",
@@ -60,6 +61,7 @@ impl KindReader for Proxy {
                     c.tunnel_idle_timeout = d;
                 }
             }
+            "read-timeout" => c.read_timeout = w.duration(f),
             "request-headers" => {
                 c.request_headers = w.header_fields(f, set_by_coreserve, Sent::Upstream(host_rule));
             }
@@ -155,7 +157,7 @@ mod tests {
         let h = load(
             "upstream = \"app\"\nkeep-host = false\nstrip-prefix = true\n\
              trusted-proxies = [\"10.0.0.0/8\", \"::1\"]\nupgrade = false\n\
-             tunnel-idle-timeout = \"90s\"\nearly-hints = true\n",
+             tunnel-idle-timeout = \"90s\"\nearly-hints = true\nread-timeout = \"5m\"\n",
         )
         .unwrap();
         let mut p = ProxyConfig::new("app");
@@ -165,6 +167,7 @@ mod tests {
         p.upgrade = false;
         p.tunnel_idle_timeout = Duration::from_secs(90);
         p.early_hints = true;
+        p.read_timeout = Some(Duration::from_secs(300));
         assert_eq!(h, HandlerConfig::Proxy(p));
     }
 
@@ -293,7 +296,7 @@ mod tests {
                 "t.toml:6: route[1].trusted-proxies: \"nowhere\" is not an IP address or network (10.0.0.0/8)",
                 "t.toml:7: route[1].upgrade: must be true or false",
                 "t.toml:8: route[1].tunnel-idle-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"forever\"",
-                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, early-hints, request-headers, gzip, gzip-level, gzip-min-length, gzip-types; every route takes path, handler, methods, host, scheme, max-body-bytes, headers)",
+                "t.toml:9: route[1].root: unknown key for handler \"proxy\" (it takes upstream, keep-host, strip-prefix, trusted-proxies, upgrade, tunnel-idle-timeout, read-timeout, early-hints, request-headers, gzip, gzip-level, gzip-min-length, gzip-types; every route takes path, handler, methods, host, scheme, max-body-bytes, headers)",
                 "t.toml:1: route[1].upstream: is required for a proxy route: the name of an [[upstream]] group",
             ]
         );
