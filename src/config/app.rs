@@ -183,6 +183,12 @@ pub struct AppConfig {
     pub min_uptime: Duration,
     /// Which reloads replace its instances.
     pub reload: AppReload,
+    /// How long an instance taken out of service (replaced by a reload,
+    /// past `max-memory`, no longer listening) keeps its open connections
+    /// before its stop signal; `None`: the server's `drain-timeout`. A
+    /// WebSocket app's sockets never end on their own, so each reload
+    /// waited the whole server drain for them.
+    pub drain_timeout: Option<Duration>,
     /// Resident memory (an instance's with its children's) past which an
     /// instance is replaced, as PM2's `max_memory_restart`; `None`: no
     /// limit. At least `MIN_MAX_MEMORY`.
@@ -211,8 +217,15 @@ impl AppConfig {
             stop_signal: StopSignal::Term,
             min_uptime: DEFAULT_MIN_UPTIME,
             reload: AppReload::Changed,
+            drain_timeout: None,
             max_memory: None,
         }
+    }
+
+    /// How long an instance taken out of service keeps its connections:
+    /// the app's `drain-timeout`, else the server's, `server`.
+    pub fn drain(&self, server: Duration) -> Duration {
+        self.drain_timeout.unwrap_or(server)
     }
 
     /// How many instances run with `shards` shards.

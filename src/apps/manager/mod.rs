@@ -199,6 +199,8 @@ struct Leaving {
     /// pass after it left on); `None` before, or when the kernel's tables
     /// cannot be read.
     open: Option<usize>,
+    /// Its app's own `drain-timeout`, if it set one, for the log.
+    drain: Option<Duration>,
 }
 
 impl Leaving {
@@ -209,6 +211,7 @@ impl Leaving {
             index,
             inst,
             open: None,
+            drain: app.drain_timeout,
         }
     }
 
@@ -286,7 +289,7 @@ impl Slot {
         out: &mut Vec<Leaving>,
     ) {
         for mut inst in self.current.retire().into_iter().chain(self.next.take()) {
-            inst.state = State::retiring(now, drain);
+            inst.state = State::retiring(now, app.drain(drain));
             out.push(Leaving::new(app, index, inst));
         }
     }
@@ -757,7 +760,7 @@ impl Manager {
                         warn!(
                             "{} (pid {pid}): {open} connection(s) still open after drain-timeout ({:.1}s); stopping it",
                             l.who(),
-                            self.drain.max(RETIRE_GRACE).as_secs_f64()
+                            l.drain.unwrap_or(self.drain).max(RETIRE_GRACE).as_secs_f64()
                         );
                     }
                     l.inst.ask_to_stop(now);

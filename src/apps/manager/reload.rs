@@ -69,7 +69,7 @@ impl Manager {
                         slot.last_exit = Some((why.into(), now));
                     }
                     if let Some(mut inst) = old {
-                        inst.state = State::retiring(now, self.drain);
+                        inst.state = State::retiring(now, app.config.drain(self.drain));
                         self.leaving.push(Leaving::new(&app.config, index, inst));
                     }
                 }
@@ -158,7 +158,7 @@ impl Manager {
         };
         for (index, slot) in app.slots.iter_mut().enumerate() {
             if let Some(mut next) = slot.next.take_if(|n| n.generation != app.generation) {
-                next.state = State::retiring(now, self.drain);
+                next.state = State::retiring(now, app.config.drain(self.drain));
                 self.leaving.push(Leaving::new(&app.config, index, next));
             }
             slot.replace_backoff = Backoff::new(now);

@@ -1695,6 +1695,40 @@ fn sigterm_after_the_drain_timeout(h: &mut Harness, pid: u32) {
     );
 }
 
+/// An app's own `drain-timeout` holds for its instances taken out of
+/// service, shorter than the server's: a WebSocket app's sockets never end
+/// by themselves, and each reload waited the server's whole drain (probe B).
+#[test]
+fn an_apps_own_drain_timeout_holds_over_the_servers() {
+    within(|| {
+        let mut h = Harness::new("app-drain");
+        h.m.drain = Duration::from_secs(30);
+        let mut web = app("web", 1, HOLDS, &h.dir);
+        web.drain_timeout = Some(Duration::from_secs(1));
+        h.start(vec![version(&web, "1", HOLDS)]).unwrap();
+        let (pid, _, _stuck) = hold(&h.m);
+        h.send(Msg::Reload(vec![version(&web, "2", HOLDS)], true));
+        h.turn_until("the old instance gone", |m| {
+            m.leaving.is_empty() && current(m, "web", 0).is_some_and(|i| i.process.pid != pid)
+        });
+        let out = h
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e.servers.len() == 1)
+            .map(|e| e.at)
+            .unwrap();
+        let term = records(&h.dir)[&pid].term.expect("a SIGTERM");
+        let after = term - out;
+        assert!(
+            (1.0 - SLACK..10.0).contains(&after),
+            "SIGTERM {after:.3}s after it was taken out"
+        );
+    });
+}
+
 #[test]
 fn a_retiring_instance_whose_connections_cannot_be_counted_gets_the_whole_drain_timeout() {
     within(|| {

@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "stop-signal",
     "min-uptime",
     "reload",
+    "drain-timeout",
     "max-memory",
 ];
 
@@ -391,6 +392,7 @@ impl Walker<'_> {
                 "stop-timeout" => set(&mut a.stop_timeout, self.app_duration(&f)),
                 "stop-signal" => set(&mut a.stop_signal, self.one_of(&f, &StopSignal::NAMED)),
                 "min-uptime" => set(&mut a.min_uptime, self.app_duration(&f)),
+                "drain-timeout" => a.drain_timeout = self.app_duration(&f),
                 "reload" => {
                     let choices = [
                         ("changed", AppReload::Changed),
@@ -510,6 +512,7 @@ stop-timeout = 2
 stop-signal = "SIGINT"
 min-uptime = "0s"
 reload = "always"
+drain-timeout = "3s"
 max-memory = "300m"
 balance = "least-conn"
 keepalive = 0
@@ -556,6 +559,7 @@ fail-timeout = "20s"
                 stop_signal: crate::config::StopSignal::Int,
                 min_uptime: Duration::ZERO,
                 reload: crate::config::AppReload::Always,
+                drain_timeout: Some(Duration::from_secs(3)),
                 max_memory: Some(300 << 20),
                 upstream,
             }]
@@ -673,7 +677,7 @@ stop-signal = "TERM"
                 at(10, "app[1].stop-timeout: must be a duration like 500ms, 60s, 1.5s, 5m, 1h 30m or 1d, got \"-1\""),
                 at(11, "app[1].balance: must be \"round-robin\", \"least-conn\" or \"ip-hash\", got \"random\""),
                 at(12, "app[1].servers: is not a key of an app: its servers are its instances, which coreserve starts (see instances and listen)"),
-                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)"),
+                at(13, "app[1].restart: unknown key (an app takes name, command, cwd, env, instances, listen, listen-env, start-timeout, stop-timeout, stop-signal, min-uptime, reload, drain-timeout, max-memory, balance, keepalive, idle-timeout, connect-timeout, read-timeout, send-timeout, buffer, request-buffer, max-fails, fail-timeout)"),
                 at(16, "app[2].command: must be a list of strings: the program, then its arguments, like [\"node\", \"server.js\"]"),
                 at(17, "app[2].env.PORT: must be a string: write PORT = \"3000\" (an environment holds only strings)"),
                 at(18, "app[2].instances: must be 1 to 256, or \"auto\" (one per shard), got -1: PM2's 0 and -1 (every CPU, every CPU but one) are \"auto\" or a number here"),

@@ -243,6 +243,10 @@ fn validate_app(
     for (k, d) in [
         ("start-timeout", a.start_timeout),
         ("stop-timeout", a.stop_timeout),
+        (
+            "drain-timeout",
+            a.drain_timeout.unwrap_or(std::time::Duration::MAX),
+        ),
     ] {
         if d.is_zero() {
             err(&key(k), "must be longer than 0".into());
