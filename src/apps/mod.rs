@@ -222,8 +222,9 @@ pub struct Apps {
 impl Apps {
     /// Start every instance of `configs` and wait until each accepts
     /// connections (`start-timeout`); with `shards` shards for `"auto"`.
-    /// An instance taken out of service (a reload) gets `drain` (the
-    /// server's `drain-timeout`) to finish its requests in flight.
+    /// An instance taken out of service (a reload) gets its app's
+    /// `drain-timeout`, else `drain` (the server's), to finish its requests
+    /// in flight.
     /// Returns the handle and each app's addresses; on a failure every
     /// instance started is stopped again. `stop_signal` is asked every
     /// `SIGNAL_POLL` while it waits: a stop signal (SIGTERM, SIGINT) ends

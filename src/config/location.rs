@@ -135,7 +135,7 @@ impl Location {
 /// The name of the variable that `after`, the text after a `$`, starts
 /// with, if any: a letter or `_`, then letters, digits and `_`, as nginx
 /// reads `$name`.
-pub fn variable_name(after: &str) -> Option<&str> {
+fn variable_name(after: &str) -> Option<&str> {
     let first = after.bytes().next()?;
     if !(first.is_ascii_alphabetic() || first == b'_') {
         return None;
@@ -146,10 +146,10 @@ pub fn variable_name(after: &str) -> Option<&str> {
     Some(&after[..len])
 }
 
-/// The first `$name` in `text` (its name), as nginx would expand it.
-pub fn first_variable(text: &str) -> Option<&str> {
+/// The names of the `$name`s in `text`, as nginx would read them.
+pub fn variables(text: &str) -> impl Iterator<Item = &str> {
     text.match_indices('$')
-        .find_map(|(at, _)| variable_name(&text[at + 1..]))
+        .filter_map(|(at, _)| variable_name(&text[at + 1..]))
 }
 
 /// `path` with the slashes it begins with made one.
@@ -259,7 +259,10 @@ mod tests {
             Location::parse("https://$host/a/$12x").unwrap_err(),
             LocationError::Capture("12".into())
         );
-        assert_eq!(first_variable("a $ b $_x1-y"), Some("_x1"));
-        assert_eq!(first_variable("$9 and $"), None);
+        assert_eq!(
+            variables("a $ b $_x1-y $z").collect::<Vec<_>>(),
+            ["_x1", "z"]
+        );
+        assert_eq!(variables("$9 and $").next(), None);
     }
 }

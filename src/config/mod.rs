@@ -26,7 +26,7 @@ pub use gzip::*;
 pub use load::{
     is_pipe, load_file, load_file_with, parse_str, LoadFailure, UnsetVars, DEFAULT_PATH,
 };
-pub use location::{first_variable, Location, LocationError};
+pub use location::{variables, Location, LocationError};
 pub use tls::*;
 pub use tls_files::{load_certificates, Loaded, LoadedCertificate, EXPIRY_WARNING};
 pub use upstream::*;

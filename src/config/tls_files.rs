@@ -315,7 +315,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
             // SAFETY: geteuid(2) cannot fail.
             let uid = unsafe { libc::geteuid() };
             why.push_str(&format!(
-                " (read as uid {uid}: under the packaged service, pass a root-only key as a credential, or give the service a group that may read it; see \"Keys under systemd\" in docs/configuration.md)"
+                " (read as uid {uid}: under the packaged service, pass a root-only file as a credential, or give the service a group that may read it; see \"Keys under systemd\" in docs/configuration.md)"
             ));
         }
         why

@@ -13,7 +13,7 @@ pub struct Redirect {
     status: Status,
     location: Location,
     /// Its reason phrase and a newline, as the router's own answers end.
-    body: &'static [u8],
+    body: Box<[u8]>,
 }
 
 impl Redirect {
@@ -23,13 +23,9 @@ impl Redirect {
         // A validated location always parses; one that did not would be
         // sent as written rather than stop the shard.
         let location = Location::parse(location).unwrap_or_else(|_| Location::literal(location));
-        let body: &[u8] = match status.code() {
-            302 => b"Found\n",
-            303 => b"See Other\n",
-            307 => b"Temporary Redirect\n",
-            308 => b"Permanent Redirect\n",
-            _ => b"Moved Permanently\n",
-        };
+        let body = format!("{}\n", status.reason())
+            .into_bytes()
+            .into_boxed_slice();
         Redirect {
             status,
             location,
@@ -65,7 +61,7 @@ impl Handler for Redirect {
                 .write(host, req.path_as_sent(), req.query, out)
         });
         // A short body for clients that do not follow redirects, as nginx sends.
-        res.body("text/plain; charset=utf-8", self.body);
+        res.body("text/plain; charset=utf-8", &self.body);
         Outcome::Done
     }
 }

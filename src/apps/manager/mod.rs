@@ -120,6 +120,9 @@ enum State {
         give_up: Instant,
         /// Its open connections were counted and said so in the log.
         waiting: bool,
+        /// The drain it was given (its app's `drain-timeout`, else the
+        /// server's), for the log.
+        drain: Duration,
     },
     /// Asked to stop; killed at this time.
     Stopping { kill_at: Instant },
@@ -187,6 +190,10 @@ struct App {
     /// An instance was found listening on every interface and the log said
     /// so: once, not at each restart and replacement.
     said_open: bool,
+    /// The last generation whose instance was looked at for that: its
+    /// instances run the same code, and the look reads `/proc`'s process
+    /// and socket tables, so one instance of each is looked at.
+    open_looked: Option<u64>,
 }
 
 /// An instance out of service, on its way out (replaced, its slot or app
@@ -199,8 +206,6 @@ struct Leaving {
     /// pass after it left on); `None` before, or when the kernel's tables
     /// cannot be read.
     open: Option<usize>,
-    /// Its app's own `drain-timeout`, if it set one, for the log.
-    drain: Option<Duration>,
 }
 
 impl Leaving {
@@ -211,7 +216,6 @@ impl Leaving {
             index,
             inst,
             open: None,
-            drain: app.drain_timeout,
         }
     }
 
@@ -227,7 +231,7 @@ pub(super) struct Manager {
     leaving: Vec<Leaving>,
     shards: usize,
     /// How long a retiring instance's requests in flight may take (the
-    /// server's `drain-timeout`).
+    /// server's `drain-timeout`), unless its app sets its own.
     drain: Duration,
     dir: PathBuf,
     /// Where the kernel's socket tables are read (`address::PROC_NET`).
@@ -250,10 +254,12 @@ pub(super) struct Manager {
 impl State {
     /// Taken out of service at `now`; its requests in flight get `drain`.
     fn retiring(now: Instant, drain: Duration) -> State {
+        let drain = drain.max(RETIRE_GRACE);
         State::Retiring {
             stop_at: now + RETIRE_GRACE,
-            give_up: now + drain.max(RETIRE_GRACE),
+            give_up: now + drain,
             waiting: false,
+            drain,
         }
     }
 }
@@ -308,6 +314,7 @@ impl App {
             published: Vec::new(),
             held_start: false,
             said_open: false,
+            open_looked: None,
         }
     }
 
@@ -326,7 +333,7 @@ impl App {
 impl Manager {
     /// A manager with no app yet; it sends itself its instances' exits on
     /// `tx` and posts their status on `board`. A retiring instance gets
-    /// `drain` to finish its requests.
+    /// `drain` to finish its requests, unless its app sets its own.
     pub(super) fn new(
         shards: usize,
         drain: Duration,
@@ -664,7 +671,8 @@ impl Manager {
                             info!("app {name}[{index}] listens on {at} (not 127.0.0.1): requests go there");
                             inst.addr = at;
                         }
-                        if !app.said_open {
+                        if !app.said_open && app.open_looked != Some(inst.generation) {
+                            app.open_looked = Some(inst.generation);
                             if let Some(open) = listens_open(inst, &self.proc_net) {
                                 app.said_open = true;
                                 warn!(
@@ -728,6 +736,7 @@ impl Manager {
                     stop_at,
                     give_up,
                     waiting,
+                    drain,
                 } if stop_at <= now => {
                     l.open = tables.open_connections(&l.inst.addr);
                     let pid = l.inst.process.pid;
@@ -753,6 +762,7 @@ impl Manager {
                             stop_at: now + RETIRE_POLL,
                             give_up,
                             waiting: true,
+                            drain,
                         };
                         continue;
                     }
@@ -760,7 +770,7 @@ impl Manager {
                         warn!(
                             "{} (pid {pid}): {open} connection(s) still open after drain-timeout ({:.1}s); stopping it",
                             l.who(),
-                            l.drain.unwrap_or(self.drain).max(RETIRE_GRACE).as_secs_f64()
+                            drain.as_secs_f64()
                         );
                     }
                     l.inst.ask_to_stop(now);
@@ -1131,6 +1141,7 @@ fn grace_from_now(leaving: &mut [Leaving], app: &str, gone: impl Fn(&ServerAddr)
             stop_at,
             give_up,
             waiting: false,
+            ..
         } = &mut l.inst.state
         {
             *stop_at = (*stop_at).max(graced);

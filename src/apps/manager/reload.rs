@@ -158,7 +158,8 @@ impl Manager {
         };
         for (index, slot) in app.slots.iter_mut().enumerate() {
             if let Some(mut next) = slot.next.take_if(|n| n.generation != app.generation) {
-                next.state = State::retiring(now, app.config.drain(self.drain));
+                // `app.config` is still the old one here: the reload's.
+                next.state = State::retiring(now, config.drain(self.drain));
                 self.leaving.push(Leaving::new(&app.config, index, next));
             }
             slot.replace_backoff = Backoff::new(now);

@@ -106,7 +106,7 @@ impl Walker<'_> {
                         "headers",
                     ];
                     let known = [&every[..], keys].concat();
-                    let rule = match (elsewhere(name), super::closest(name, &known), kind) {
+                    let rule = match (elsewhere(name, kind), super::closest(name, &known), kind) {
                         (Some(hint), _, _) => hint,
                         (None, Some(meant), _) => format!("unknown key (did you mean {meant}?)"),
                         // Its own keys, and those every route takes: the
@@ -299,14 +299,15 @@ const NGINX_GROUP_KEYS: &[(&str, &str)] = &[
 /// group's or nginx's (nginx sets `proxy_read_timeout` per location: a
 /// migrating user writes it on the route, and "unknown key" alone does not
 /// say where it goes).
-fn elsewhere(name: &str) -> Option<String> {
+fn elsewhere(name: &str, kind: Option<&Kind>) -> Option<String> {
     let same = |k: &str| crate::http::parse::same_field(k, name);
     let group = |key: &str| {
         format!(
             "{key} is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers"
         )
     };
-    if same("read-timeout") {
+    // A proxy route's own key in another spelling is a typo of it.
+    if same("read-timeout") && kind.is_none_or(|k| k.name != "proxy") {
         let rule = "is a proxy route's (over its group's read-timeout), not this route's";
         return Some(rule.into());
     }
@@ -315,7 +316,10 @@ fn elsewhere(name: &str) -> Option<String> {
             "servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")";
         return Some(rule.into());
     }
-    if let Some(key) = super::upstreams::PROXY_KEYS.iter().find(|k| same(k)) {
+    if let Some(key) = super::upstreams::PROXY_KEYS
+        .iter()
+        .find(|k| same(k) && **k != "read-timeout")
+    {
         return Some(group(key));
     }
     if let Some((n, key)) = NGINX_GROUP_KEYS.iter().find(|(n, _)| same(n)) {
@@ -438,8 +442,6 @@ mod tests {
         );
     }
 
-    /// Read from the file as written: made canonical first, a `?` became
-    /// `%3F` and passed every check (a unit test of `validate` did not see).
     /// Probe A (an nginx site moved over): each of these passed `--check`
     /// and did nothing, or something else than nginx's, at run time.
     #[test]
@@ -455,14 +457,28 @@ mod tests {
         assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(
             e[0],
-            "t.toml:8: route[1].request-headers.Host: $host would be sent as written: a header value is not expanded, as nginx's variables are (keep-host = true, the default, sends the client's Host on)"
+            "t.toml:8: route[1].request-headers.Host: $host is nginx's variable, which coreserve does not expand: it would be sent as the text $host (keep-host = true, the default, sends the client's Host on)"
         );
-        assert!(e[1].starts_with("t.toml:8: route[1].request-headers.X-Request-Id: $request_id would be sent as written"), "{e:?}");
-        let e = route("headers = { X-Served-By = \"$hostname\", X-Price = \"5$ or $5\" }\n");
+        assert!(
+            e[1].starts_with(
+                "t.toml:8: route[1].request-headers.X-Request-Id: $request_id is nginx's variable"
+            ),
+            "{e:?}"
+        );
+        // A `$` of the value's own (a token, a cookie's `$Version`) is
+        // kept: there is no escape for it.
+        let e = route(
+            "headers = { X-Served-By = \"$hostname\", X-Price = \"5$ or $5\", Set-Cookie = \"$Version=1; t=a$bc\" }\n",
+        );
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].contains("headers.X-Served-By: $hostname would be sent as written"),
+            e[0].contains("headers.X-Served-By: $hostname is nginx's variable"),
             "{e:?}"
+        );
+        // The proxy route's own key, spelled with `_`, is a typo of it.
+        assert_eq!(
+            route("read_timeout = \"5m\"\n"),
+            ["t.toml:8: route[1].read_timeout: unknown key (did you mean read-timeout?)"]
         );
         // `server_name _;` matched only a Host of `_`.
         let e = route("host = \"_\"\n");
@@ -514,6 +530,8 @@ mod tests {
         );
     }
 
+    /// Read from the file as written: made canonical first, a `?` became
+    /// `%3F` and passed every check (a unit test of `validate` did not see).
     #[test]
     fn a_route_path_holds_no_query_or_fragment() {
         for path in ["/search?q=1", "/a#top", "/x/?"] {

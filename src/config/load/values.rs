@@ -26,6 +26,61 @@ pub(super) const MAX_HEADER_FIELDS: usize = 64;
 /// browsers 256 KiB) and what servers read (nginx's 8 KiB per line).
 pub(super) const MAX_HEADER_BLOCK: usize = 8 << 10;
 
+/// nginx's variables that its `add_header` and `proxy_set_header` lines
+/// use, by name, and the families it names by prefix (`$http_x_api_key`):
+/// written into a header value here, they would go out as text.
+const NGINX_VARIABLES: &[&str] = &[
+    "args",
+    "binary_remote_addr",
+    "connection",
+    "content_length",
+    "content_type",
+    "document_root",
+    "document_uri",
+    "host",
+    "hostname",
+    "https",
+    "is_args",
+    "msec",
+    "nginx_version",
+    "proxy_add_x_forwarded_for",
+    "proxy_host",
+    "proxy_port",
+    "query_string",
+    "realip_remote_addr",
+    "realpath_root",
+    "remote_addr",
+    "remote_port",
+    "remote_user",
+    "request",
+    "request_id",
+    "request_method",
+    "request_time",
+    "request_uri",
+    "scheme",
+    "server_addr",
+    "server_name",
+    "server_port",
+    "server_protocol",
+    "status",
+    "time_iso8601",
+    "time_local",
+    "uri",
+];
+const NGINX_VARIABLE_FAMILIES: &[&str] = &[
+    "arg_",
+    "cookie_",
+    "http_",
+    "sent_http_",
+    "ssl_",
+    "upstream_",
+];
+
+/// Whether `name` (after its `$`) is one of nginx's variables.
+fn is_nginx_variable(name: &str) -> bool {
+    NGINX_VARIABLES.contains(&name) || NGINX_VARIABLE_FAMILIES.iter().any(|f| name.starts_with(f))
+}
+
 /// Where a table of header fields goes, which decides its rules.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Sent {
@@ -250,15 +305,17 @@ impl Walker<'_> {
                 continue;
             }
             // nginx's `proxy_set_header Host $host` and `add_header …
-            // $hostname` copied over went out as the text `$host`.
-            if let Some(var) = crate::config::first_variable(&value) {
+            // $hostname` copied over went out as the text `$host`. Only
+            // nginx's names: a `$` is a value's own otherwise (a token, a
+            // cookie's `$Version`), and there is no escape for it.
+            if let Some(var) = crate::config::variables(&value).find(|v| is_nginx_variable(v)) {
                 let instead = if upstream && name.eq_ignore_ascii_case("host") {
                     " (keep-host = true, the default, sends the client's Host on)"
                 } else {
                     ""
                 };
                 let rule = format!(
-                    "${var} would be sent as written: a header value is not expanded, as nginx's variables are{instead}"
+                    "${var} is nginx's variable, which coreserve does not expand: it would be sent as the text ${var}{instead}"
                 );
                 self.error(&v, rule);
                 continue;

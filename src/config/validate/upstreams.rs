@@ -243,14 +243,13 @@ fn validate_app(
     for (k, d) in [
         ("start-timeout", a.start_timeout),
         ("stop-timeout", a.stop_timeout),
-        (
-            "drain-timeout",
-            a.drain_timeout.unwrap_or(std::time::Duration::MAX),
-        ),
     ] {
         if d.is_zero() {
             err(&key(k), "must be longer than 0".into());
         }
+    }
+    if a.drain_timeout.is_some_and(|d| d.is_zero()) {
+        err(&key("drain-timeout"), "must be longer than 0".into());
     }
     if let Some(n) = a.max_memory.filter(|&n| n < MIN_MAX_MEMORY) {
         err(
