@@ -136,6 +136,12 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
     let _registration = Registration { shard: &shard, key };
     let mut input = InputBuffer::new(limits.max_header_bytes as usize);
     let mut head_deadline: Option<Instant> = None;
+    // The end of the reading of a body whose response went already (a
+    // route that does not read it), at most `LINGER_MOST` after it began,
+    // as nginx's `lingering_time` bounds its discard: a byte each
+    // body-timeout held the connection for as long as the client liked,
+    // and `max-connections` could not close it for room (probe D).
+    let mut discard_deadline: Option<Instant> = None;
     // The client's address, once known (`Some`): read for the PROXY
     // protocol's test, or named by the load balancer that passed the
     // connection on (`Some(None)`: the balancer's own check).
@@ -254,6 +260,7 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
             pipelined |= session.served() > served + 1 || more;
             served = session.served();
             head_deadline = None;
+            discard_deadline = None;
         }
         // The batch just written: its responses' lines went as the session
         // wrote them; a job's request is left to the job's own record.
@@ -337,6 +344,10 @@ pub async fn serve(mut client: Socket, scheme: Scheme, shard: Rc<Shard>, startin
         let now = Instant::now();
         let deadline = match wait {
             Wait::Idle => now + limits.keepalive_timeout,
+            Wait::Body if session.body_answered() => {
+                let most = *discard_deadline.get_or_insert(now + LINGER_MOST);
+                most.min(now + limits.body_timeout)
+            }
             Wait::Body => now + limits.body_timeout,
             Wait::Head => *head_deadline.get_or_insert(now + limits.header_timeout),
         };

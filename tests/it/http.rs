@@ -247,6 +247,38 @@ fn a_declared_body_is_not_waited_for_by_a_route_that_ignores_it() {
     }
 }
 
+/// Such a body sent a byte at a time, each within body-timeout, is read
+/// past for 30 s at most (nginx's `lingering_time`), then the connection is
+/// closed: it held the connection as long as the client went on, where
+/// `max-connections` could not close it for room (probe D).
+#[test]
+fn an_answered_body_trickled_in_is_read_past_for_30_seconds_at_most() {
+    let server = Server::start(&["--body-timeout", "2s"]);
+    let mut s = server.connect();
+    let mut r = Reader::new(&s);
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.next(false).text(), "Hello World");
+    let began = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    loop {
+        let elapsed = began.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(45),
+            "still open after {elapsed:?}"
+        );
+        if s.write_all(b"x").is_err() || is_closed(&mut s) {
+            break;
+        }
+    }
+    let elapsed = began.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(29),
+        "closed after {elapsed:?}"
+    );
+}
+
 #[test]
 fn expect_with_a_declared_body_too_large_gets_413_without_continue() {
     let server = Server::start(&["--max-body-bytes", "1k"]);
