@@ -998,7 +998,12 @@ async fn forward(
                 ),
             );
         }
-        if relayed.upstream_reusable && sent.upstream_ok && cfg.keepalive > 0 && !c.draining.get() {
+        // A connection an upgrade was asked on and refused (a 200, a 426)
+        // is not pooled: an app that took the request for a tunnel anyway
+        // would read the next client's requests as its tunnel's (probe D;
+        // nginx pools it).
+        let reusable = relayed.upstream_reusable && upgrade.is_none();
+        if reusable && sent.upstream_ok && cfg.keepalive > 0 && !c.draining.get() {
             server.checkin(up, cfg.keepalive, ended);
         } else {
             drop(up);

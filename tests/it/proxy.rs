@@ -1243,6 +1243,34 @@ fn a_streamed_response_reaches_the_client_as_it_arrives() {
     assert_eq!(r.next(false).text(), "after");
 }
 
+/// An upgrade the app refused (a 200, a 426) leaves its connection out of
+/// the pool: an app that took the request for a tunnel anyway would read
+/// the next client's requests as its tunnel's (probe D).
+#[test]
+fn a_connection_an_upgrade_was_refused_on_is_not_pooled() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/ws" => Reply::ok("no tunnel here"),
+        _ => Reply::ok("plain"),
+    });
+    let proxy = Proxy::start("proxy-upgrade-refused", &simple(&[up.server()], "", ""));
+    let mut s = connect(proxy.addr());
+    let mut r = Reader::new(&s);
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.next(false).text(), "no tunnel here");
+    for _ in 0..2 {
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(r.next(false).text(), "plain");
+    }
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 3);
+    // The upgrade's connection carried it alone; the plain requests share one.
+    assert_ne!(reqs[0].conn, reqs[1].conn, "{reqs:?}");
+    assert_eq!(reqs[1].conn, reqs[2].conn, "{reqs:?}");
+}
+
 #[test]
 fn websocket_upgrade_is_tunnelled_both_ways_until_either_side_closes() {
     let up = Upstream::start(|req| {
