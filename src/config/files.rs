@@ -253,7 +253,8 @@ pub fn preflight(config: &mut Config) -> Vec<ConfigError> {
             file.display()
         );
     }
-    for mut w in config.shadowed_https_redirects() {
+    let shadowed = config.shadowed_https_redirects();
+    for mut w in shadowed.into_iter().chain(config.shadowed_refusals()) {
         config.locate(&mut w);
         log::warn!("{w}");
     }

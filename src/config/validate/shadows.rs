@@ -4,7 +4,8 @@
 //! over plain HTTP while the operator believes every plain request is
 //! redirected (nginx's port-80 `server` block with `return 301` has no such
 //! gap). Warned of, not refused: a route meant for both (an ACME challenge)
-//! is legitimate.
+//! is legitimate. Likewise a refusal for one host (a 403 for an admin host)
+//! that a longer prefix for every host answers under.
 
 use std::collections::{HashMap, HashSet};
 
@@ -97,6 +98,72 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A warning for each route that refuses one host (a `respond` with a
+    /// 4xx status, for every method: nginx's `server_name admin.x { return
+    /// 403; }`) while a longer prefix of a route without host, or of a
+    /// wildcard over it, answers that host's requests under it (a longer
+    /// prefix wins whatever its host): the operator believes the host fenced
+    /// off (probe D). At the refusing route's `path` (not located yet).
+    pub fn shadowed_refusals(&self) -> Vec<ConfigError> {
+        let refuses = |r: &RouteConfig| {
+            r.methods.is_none()
+                && matches!(
+                    r.handler,
+                    HandlerConfig::Respond {
+                        status: 400..=499,
+                        ..
+                    }
+                )
+        };
+        // The routes that can take a host's requests from its own: few, so
+        // each refusal looks at them all.
+        let broad: Vec<usize> = (0..self.routes.len())
+            .filter(|&j| {
+                let r = &self.routes[j];
+                !refuses(r) && r.host.as_deref().is_none_or(|h| wildcard(h).is_some())
+            })
+            .collect();
+        if broad.is_empty() {
+            return Vec::new();
+        }
+        // A host's own route at a path takes its requests there first.
+        let own: HashSet<(&str, String)> = self
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.path.as_str(), r.host.as_deref()?.to_ascii_lowercase())))
+            .collect();
+        let mut warnings = Vec::new();
+        for (i, x) in self.routes.iter().enumerate() {
+            let Some(host) = x.host.as_deref().filter(|h| wildcard(h).is_none()) else {
+                continue;
+            };
+            if !refuses(x) {
+                continue;
+            }
+            let lower = host.to_ascii_lowercase();
+            let taken = broad.iter().map(|&j| (j, &self.routes[j])).find(|(_, r)| {
+                r.path.len() > x.path.len()
+                    && under(&r.path, &x.path)
+                    && hosts_overlap(Some(host), r.host.as_deref())
+                    && !own.contains(&(r.path.as_str(), lower.clone()))
+            });
+            if let Some((j, r)) = taken {
+                warnings.push(ConfigError::new(
+                    format!("{}.path", route_key(i)),
+                    format!(
+                        "{host}'s requests under {} get {} (a longer prefix wins whatever its host), not this route's refusal: give {host} a route of its own at {}",
+                        r.path,
+                        route_key(j),
+                        r.path
+                    ),
+                ));
+            }
+        }
+        warnings
+    }
+}
+
 /// Whether a request for `path` (a route's own) falls under route `prefix`,
 /// as the router matches them.
 fn under(path: &str, prefix: &str) -> bool {
@@ -172,6 +239,67 @@ mod tests {
             .iter()
             .map(|e| e.key.clone())
             .collect()
+    }
+
+    /// A refusal for one host, nginx's `server_name admin.x { return 403;
+    /// }`, and a longer prefix for any host (probe D: `/api/x` of the admin
+    /// host reached the app).
+    #[test]
+    fn a_refusal_for_a_host_under_a_longer_prefix_for_any_host_is_warned_of() {
+        let refusal = |path: &str, host: &str, status: u16| RouteConfig {
+            path: path.into(),
+            host: Some(host.into()),
+            handler: HandlerConfig::Respond {
+                status,
+                content_type: "text/plain".into(),
+                body: String::new(),
+            },
+            ..RouteConfig::hello_world()
+        };
+        let warned = |routes: Vec<RouteConfig>| -> Vec<String> {
+            let c = Config {
+                routes,
+                ..Config::default()
+            };
+            c.shadowed_refusals()
+                .iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        let w = warned(vec![
+            refusal("/", "admin.test", 403),
+            route("/api/", None, None, false),
+            route("/", None, None, false),
+        ]);
+        assert_eq!(
+            w,
+            ["route[1].path: admin.test's requests under /api/ get route[2] (a longer prefix wins whatever its host), not this route's refusal: give admin.test a route of its own at /api/"]
+        );
+        // A route of its own there, a wildcard of another name, a path
+        // beside it, an answer that is no refusal: nothing to say.
+        assert!(warned(vec![
+            refusal("/", "admin.test", 403),
+            refusal("/api/", "Admin.test", 404),
+            route("/api/", None, None, false),
+            route("/b/", Some("*.other.test"), None, false),
+        ])
+        .is_empty());
+        assert!(warned(vec![
+            refusal("/admin", "a.test", 403),
+            route("/administrator/", None, None, false),
+            refusal("/", "b.test", 200),
+            route("/x/", None, None, false),
+        ])
+        .is_empty());
+        // A wildcard over it takes it too.
+        assert_eq!(
+            warned(vec![
+                refusal("/", "admin.x.test", 403),
+                route("/static/", Some("*.x.test"), None, false),
+            ])
+            .len(),
+            1
+        );
     }
 
     #[test]
