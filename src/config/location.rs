@@ -56,9 +56,14 @@ impl Location {
         while let Some(at) = rest.find('$') {
             literal.push_str(&rest[..at]);
             let after = &rest[at + 1..];
-            let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            // nginx writes a capture `$1` or `${1}`.
+            let braced = after.strip_prefix('{').unwrap_or(after);
+            let digits = braced.len()
+                - braced
+                    .trim_start_matches(|c: char| c.is_ascii_digit())
+                    .len();
             if digits > 0 {
-                return Err(LocationError::Capture(after[..digits].into()));
+                return Err(LocationError::Capture(braced[..digits].into()));
             }
             let Some(name) = variable_name(after) else {
                 literal.push('$');
@@ -258,6 +263,10 @@ mod tests {
         assert_eq!(
             Location::parse("https://$host/a/$12x").unwrap_err(),
             LocationError::Capture("12".into())
+        );
+        assert_eq!(
+            Location::parse("/articles/${1}").unwrap_err(),
+            LocationError::Capture("1".into())
         );
         assert_eq!(
             variables("a $ b $_x1-y $z").collect::<Vec<_>>(),

@@ -315,7 +315,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
             // SAFETY: geteuid(2) cannot fail.
             let uid = unsafe { libc::geteuid() };
             why.push_str(&format!(
-                " (read as uid {uid}: under the packaged service, pass a root-only file as a credential, or give the service a group that may read it; see \"Keys under systemd\" in docs/configuration.md)"
+                " (read as uid {uid}: under the packaged service, pass a root-only file as a credential, or give the service a group that may read it; see \"Keys under systemd\" and \"Let's Encrypt\" in docs/configuration.md)"
             ));
         }
         why
@@ -373,6 +373,14 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         rustls_pki_types::pem::Error::NoItemsFound if holds(b"-----BEGIN CERTIFICATE-----") => {
             format!(
                 "{} holds certificates, not a private key: are chain and key swapped?",
+                path.display()
+            )
+        }
+        rustls_pki_types::pem::Error::NoItemsFound
+            if x509_parser::parse_x509_certificate(&bytes).is_ok() =>
+        {
+            format!(
+                "{} holds a certificate (in DER), not a private key: are chain and key swapped?",
                 path.display()
             )
         }
@@ -787,6 +795,18 @@ mod tests {
                 "cert-as-key.pem holds certificates, not a private key: are chain and key swapped?"
             ),
             "{swapped}"
+        );
+        // A certificate in DER: not a key to convert.
+        let cert_der = d.0.join("leaf.der");
+        let first = CertificateDer::pem_slice_iter(leaf.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        std::fs::write(&cert_der, first.as_ref()).unwrap();
+        let e = read_key(&cert_der).unwrap_err();
+        assert!(
+            e.ends_with("leaf.der holds a certificate (in DER), not a private key: are chain and key swapped?"),
+            "{e}"
         );
         let der = d.0.join("key.der");
         std::fs::write(&der, [0x30, 0x82, 0x04, 0xa4, 0x02, 0x01, 0x00, 0xff]).unwrap();

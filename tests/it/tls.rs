@@ -1007,7 +1007,7 @@ fn a_key_the_server_may_not_read_says_as_whom_and_what_to_do() {
     );
     assert!(err.contains(&line), "{line} not in:\n{err}");
     assert!(
-        err.contains("see \"Keys under systemd\" in docs/configuration.md)"),
+        err.contains("see \"Keys under systemd\" and \"Let's Encrypt\" in docs/configuration.md)"),
         "{err}"
     );
 }

@@ -164,7 +164,7 @@ impl Walker<'_> {
     /// `.example.com` (that name and every name under it).
     fn route_host(&mut self, f: &Field) -> Option<String> {
         let host = self.string(f)?.to_ascii_lowercase();
-        if host == "_" {
+        if host.trim_end_matches('.') == "_" {
             // nginx's `server_name _;` of a default server: here it would
             // match only a request whose Host is `_`.
             let rule = "\"_\" is nginx's catch-all server_name, a name no client sends: leave host out: a route without host answers every host that no route for its name takes";
@@ -311,6 +311,11 @@ fn elsewhere(name: &str, kind: Option<&Kind>) -> Option<String> {
         let rule = "is a proxy route's (over its group's read-timeout), not this route's";
         return Some(rule.into());
     }
+    // nginx's send_timeout is the client's; ours of that name the server's.
+    if same("send-timeout") {
+        let rule = "the client's is [limits] send-timeout (nginx's send_timeout); the server's, nginx's proxy_send_timeout, is the [[upstream]] group's (or [[app]]'s) send-timeout; neither is a route's";
+        return Some(rule.into());
+    }
     if same("servers") {
         let rule =
             "servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")";
@@ -318,7 +323,7 @@ fn elsewhere(name: &str, kind: Option<&Kind>) -> Option<String> {
     }
     if let Some(key) = super::upstreams::PROXY_KEYS
         .iter()
-        .find(|k| same(k) && **k != "read-timeout")
+        .find(|k| same(k) && !["read-timeout", "send-timeout"].contains(*k))
     {
         return Some(group(key));
     }
@@ -481,6 +486,7 @@ mod tests {
             ["t.toml:8: route[1].read_timeout: unknown key (did you mean read-timeout?)"]
         );
         // `server_name _;` matched only a Host of `_`.
+        assert_eq!(route("host = \"_.\"\n").len(), 1);
         let e = route("host = \"_\"\n");
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
@@ -508,7 +514,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                "t.toml:8: route[1].send-timeout: send-timeout is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers",
+                "t.toml:8: route[1].send-timeout: the client's is [limits] send-timeout (nginx's send_timeout); the server's, nginx's proxy_send_timeout, is the [[upstream]] group's (or [[app]]'s) send-timeout; neither is a route's",
                 "t.toml:9: route[1].proxy_buffering: is nginx's proxy_buffering: buffer is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers",
                 "t.toml:10: route[1].servers: servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")",
                 "t.toml:11: route[1].proxy_read_timeout: is nginx's proxy_read_timeout: write read-timeout = \"300s\" on a proxy route (its group's read-timeout, 60 s by default, is the others')",
