@@ -37,7 +37,8 @@ use crate::transport::{Room, Socket};
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// The longest a closing connection lingers while the client has not taken
-/// all of its response yet (nginx's `lingering_time`).
+/// all of its response yet, and the longest a body whose response went
+/// first is read past (nginx's `lingering_time`, which bounds both).
 pub const LINGER_MOST: Duration = Duration::from_secs(30);
 
 /// The longest a connection refused at `max-connections` waits for its

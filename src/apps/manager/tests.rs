@@ -1674,6 +1674,16 @@ fn a_retiring_instance_is_stopped_once_its_connections_end_or_at_the_drain_timeo
 /// that its SIGTERM came no sooner than the drain timeout after it was
 /// taken out of service.
 fn sigterm_after_the_drain_timeout(h: &mut Harness, pid: u32) {
+    let after = sigterm_after_taken_out(h, pid);
+    assert!(
+        after >= DRAIN.as_secs_f64() - SLACK,
+        "SIGTERM {after:.3}s after it was taken out"
+    );
+}
+
+/// Wait until `web`'s instance `pid`, replaced, has exited: how long after
+/// it was taken out of service its SIGTERM came, in seconds.
+fn sigterm_after_taken_out(h: &mut Harness, pid: u32) -> f64 {
     h.turn_until("the old instance gone", |m| {
         m.leaving.is_empty() && current(m, "web", 0).is_some_and(|i| i.process.pid != pid)
     });
@@ -1687,12 +1697,7 @@ fn sigterm_after_the_drain_timeout(h: &mut Harness, pid: u32) {
         .find(|e| e.servers.len() == 1)
         .map(|e| e.at)
         .unwrap();
-    let term = records(&h.dir)[&pid].term.expect("a SIGTERM");
-    assert!(
-        term - out >= DRAIN.as_secs_f64() - SLACK,
-        "SIGTERM {:.3}s after it was taken out",
-        term - out
-    );
+    records(&h.dir)[&pid].term.expect("a SIGTERM") - out
 }
 
 /// An app's own `drain-timeout` holds for its instances taken out of
@@ -1708,20 +1713,7 @@ fn an_apps_own_drain_timeout_holds_over_the_servers() {
         h.start(vec![version(&web, "1", HOLDS)]).unwrap();
         let (pid, _, _stuck) = hold(&h.m);
         h.send(Msg::Reload(vec![version(&web, "2", HOLDS)], true));
-        h.turn_until("the old instance gone", |m| {
-            m.leaving.is_empty() && current(m, "web", 0).is_some_and(|i| i.process.pid != pid)
-        });
-        let out = h
-            .sent
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|e| e.servers.len() == 1)
-            .map(|e| e.at)
-            .unwrap();
-        let term = records(&h.dir)[&pid].term.expect("a SIGTERM");
-        let after = term - out;
+        let after = sigterm_after_taken_out(&mut h, pid);
         assert!(
             (1.0 - SLACK..10.0).contains(&after),
             "SIGTERM {after:.3}s after it was taken out"
