@@ -306,10 +306,11 @@ fn elsewhere(name: &str, kind: Option<&Kind>) -> Option<String> {
             "{key} is a key of the [[upstream]] group (or [[app]]) a proxy route names, not of a route: a route that needs its own names a group of its own with the same servers"
         )
     };
-    // A proxy route's own key in another spelling is a typo of it.
-    if same("read-timeout") && kind.is_none_or(|k| k.name != "proxy") {
+    // On a proxy route, its own key in another spelling: a typo of it,
+    // which "did you mean" says.
+    if same("read-timeout") {
         let rule = "is a proxy route's (over its group's read-timeout), not this route's";
-        return Some(rule.into());
+        return kind.is_none_or(|k| k.name != "proxy").then(|| rule.into());
     }
     // nginx's send_timeout is the client's; ours of that name the server's.
     if same("send-timeout") {
@@ -321,10 +322,7 @@ fn elsewhere(name: &str, kind: Option<&Kind>) -> Option<String> {
             "servers are an [[upstream]] group's, which a proxy route names (upstream = \"NAME\")";
         return Some(rule.into());
     }
-    if let Some(key) = super::upstreams::PROXY_KEYS
-        .iter()
-        .find(|k| same(k) && !["read-timeout", "send-timeout"].contains(*k))
-    {
+    if let Some(key) = super::upstreams::PROXY_KEYS.iter().find(|k| same(k)) {
         return Some(group(key));
     }
     if let Some((n, key)) = NGINX_GROUP_KEYS.iter().find(|(n, _)| same(n)) {

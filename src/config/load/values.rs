@@ -67,6 +67,8 @@ const NGINX_VARIABLES: &[&str] = &[
     "time_local",
     "uri",
 ];
+/// nginx's variables named by a prefix and what follows (`$http_x_api_key`,
+/// `$cookie_session`).
 const NGINX_VARIABLE_FAMILIES: &[&str] = &[
     "arg_",
     "cookie_",
